@@ -13,4 +13,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("governance.api_urls")),
+    path("", include("governance.urls")),
 ]

@@ -1,0 +1,3 @@
+"""Management REST API routes."""
+
+urlpatterns: list = []

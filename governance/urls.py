@@ -1,0 +1,3 @@
+"""HTML routes of the governance app."""
+
+urlpatterns: list = []
