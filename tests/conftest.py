@@ -1,1 +1,214 @@
-"""Shared fixtures. Tests run against real PostgreSQL and Redis (see config.devstack)."""
+"""Shared fixtures. Tests run against real PostgreSQL and Redis (see config.devstack).
+
+Personas (each a User with a known password ``pw-<role>-Warden1!`` and a linked
+human Identity of the same name):
+
+- ``admin_user``: superuser, role admin, TOTP already activated
+  (``admin_user.totp_secret`` holds the base32 secret, for browser sign-in);
+- ``security_user``, ``reviewer_user``, ``auditor_user``: those roles;
+- ``outsider_user``: role none (signed in, sees nothing).
+
+``team_a`` / ``team_b`` are two teams; ``demo_policy`` builds, through the
+services, a production datasource with a schema, identities of each kind,
+column classifications, masking rules and two guardrails.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from governance import services
+from governance.models import Classification, Environment, Membership, Role
+
+PASSWORDS = {
+    role: f"pw-{role}-Warden1!" for role in ("admin", "security", "reviewer", "auditor", "none")
+}
+
+
+def persona_password(role: str) -> str:
+    return PASSWORDS[role]
+
+
+def _make_user(username: str, role: Role, *, actor: Any = None, superuser: bool = False) -> Any:
+    User = get_user_model()
+    user = User.objects.create_user(
+        username=username,
+        email=f"{username}@example.com",
+        password=PASSWORDS[role.value],
+        is_superuser=superuser,
+        is_staff=superuser,
+    )
+    Membership.objects.create(user=user, role=role)
+    services.identity_create(
+        actor=actor or user,
+        name=username,
+        kind="human",
+        display_name=username.title(),
+        email=user.email,
+        user=user,
+    )
+    return user
+
+
+@pytest.fixture
+def admin_user(db: Any) -> Any:
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+
+    user = _make_user("admin", Role.ADMIN, superuser=True)
+    secret = generate_totp_secret()
+    TOTP.activate(user, secret)
+    user.totp_secret = secret
+    return user
+
+
+@pytest.fixture
+def security_user(admin_user: Any) -> Any:
+    return _make_user("security", Role.SECURITY, actor=admin_user)
+
+
+@pytest.fixture
+def reviewer_user(admin_user: Any) -> Any:
+    return _make_user("reviewer", Role.REVIEWER, actor=admin_user)
+
+
+@pytest.fixture
+def auditor_user(admin_user: Any) -> Any:
+    return _make_user("auditor", Role.AUDITOR, actor=admin_user)
+
+
+@pytest.fixture
+def outsider_user(admin_user: Any) -> Any:
+    return _make_user("outsider", Role.NONE, actor=admin_user)
+
+
+@pytest.fixture
+def personas(
+    admin_user: Any, security_user: Any, reviewer_user: Any, auditor_user: Any, outsider_user: Any
+) -> dict[str, Any]:
+    """All five, by role name (``none`` is the outsider)."""
+    return {
+        "admin": admin_user,
+        "security": security_user,
+        "reviewer": reviewer_user,
+        "auditor": auditor_user,
+        "none": outsider_user,
+    }
+
+
+@pytest.fixture
+def team_a(admin_user: Any) -> Any:
+    return services.team_create(actor=admin_user, name="Team A", slug="team-a")
+
+
+@pytest.fixture
+def team_b(admin_user: Any) -> Any:
+    return services.team_create(actor=admin_user, name="Team B", slug="team-b")
+
+
+DEMO_SCHEMA = {
+    "tables": [
+        {
+            "schema": "public",
+            "name": "customers",
+            "kind": "table",
+            "columns": [
+                {"name": "id", "type": "bigint"},
+                {"name": "full_name", "type": "text"},
+                {"name": "email", "type": "text"},
+                {"name": "phone", "type": "text"},
+                {"name": "ssn", "type": "text"},
+                {"name": "birth_date", "type": "date"},
+            ],
+        },
+        {
+            "schema": "public",
+            "name": "orders",
+            "kind": "table",
+            "columns": [
+                {"name": "id", "type": "bigint"},
+                {"name": "customer_id", "type": "bigint"},
+                {"name": "card_number", "type": "text"},
+                {"name": "amount", "type": "numeric(12,2)"},
+            ],
+        },
+    ]
+}
+
+
+@pytest.fixture
+def demo_policy(admin_user: Any, security_user: Any, team_a: Any, team_b: Any) -> SimpleNamespace:
+    actor = admin_user
+    production = Environment.objects.get(name="production")
+    datasource = services.datasource_create(
+        actor=actor,
+        name="crm-prod",
+        environment=production,
+        description="Customer database",
+        schema_snapshot=DEMO_SCHEMA,
+        connect_teams=[team_a],
+        review_teams=[team_b],
+    )
+    owner = security_user.identity
+    services.identity_update(actor=actor, identity=owner, data={"teams": [team_a]})
+    service = services.identity_create(
+        actor=actor, name="svc-billing", kind="service", owner=owner, teams=[team_a]
+    )
+    agent = services.identity_create(
+        actor=actor, name="agent-reports", kind="agent", owner=owner, teams=[team_a]
+    )
+    by_name = {c.name: c for c in Classification.objects.all()}
+    columns = [
+        services.column_classification_set(
+            actor=actor,
+            datasource=datasource,
+            schema_name="public",
+            table_name=table,
+            column_name=column,
+            classification=by_name[label],
+        )
+        for table, column, label in [
+            ("customers", "email", "pii.email"),
+            ("customers", "ssn", "pii.ssn"),
+            ("orders", "card_number", "financial.card"),
+        ]
+    ]
+    email_rule = services.masking_rule_create(
+        actor=actor, name="mask-email", classification=by_name["pii.email"], strategy="email"
+    )
+    ssn_rule = services.masking_rule_create(
+        actor=actor,
+        name="mask-ssn",
+        classification=by_name["pii.ssn"],
+        strategy="partial",
+        params={"keep_last": 4},
+        exempt_teams=[team_b],
+    )
+    block_ddl = services.guardrail_create(
+        actor=actor,
+        name="block-ddl-in-production",
+        action="block",
+        conditions={"environments": ["production"], "statement_kinds": ["ddl"]},
+        message="Schema changes in production go through migrations.",
+    )
+    review_agents = services.guardrail_create(
+        actor=actor,
+        name="review-agent-writes",
+        action="review",
+        conditions={"identity_kinds": ["agent"], "statement_kinds": ["insert", "update", "delete"]},
+        message="Writes by AI agents need a human reviewer.",
+    )
+    return SimpleNamespace(
+        datasource=datasource,
+        owner=owner,
+        service=service,
+        agent=agent,
+        columns=columns,
+        masking_rules=[email_rule, ssn_rule],
+        guardrails=[block_ddl, review_agents],
+        team_a=team_a,
+        team_b=team_b,
+    )

@@ -1,0 +1,912 @@
+"""The policy model: who may connect, to which databases, what is sensitive, and what is refused.
+
+Every invariant lives twice: as a database constraint (so no code path, not even
+a raw UPDATE, can store contradictory policy) and in ``clean()`` (so forms and
+the API explain the problem field by field before anything is stored). Rules
+that need other rows (an owner must be a human, a masking rule must not
+contradict another) can only live in ``clean()``; services always call
+``full_clean()`` before saving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+@models.JSONField.register_lookup
+class JSONBTypeOf(models.Transform):
+    """``field__jsonb_typeof="object"``: lets a CHECK constraint pin a JSON column's shape."""
+
+    lookup_name = "jsonb_typeof"
+    function = "jsonb_typeof"
+    output_field = models.CharField()
+
+
+# --- roles -------------------------------------------------------------------------
+
+
+class Role(models.TextChoices):
+    """What a signed-in person may do in the control plane (one role per user)."""
+
+    ADMIN = "admin", "Admin"
+    SECURITY = "security", "Security (edits policy)"
+    REVIEWER = "reviewer", "Reviewer (decides approvals)"
+    AUDITOR = "auditor", "Auditor (reads everything)"
+    NONE = "none", "None (sees nothing)"
+
+
+class Membership(models.Model):
+    """A user's role. Users without one have role ``none``; superusers are admins."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.NONE)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role})"
+
+
+# --- teams and identities ----------------------------------------------------------
+
+# An identity name is the PostgreSQL user name clients connect with; keeping it
+# to lower-case identifier characters means it never needs quoting anywhere.
+IDENTITY_NAME_RE = r"^[a-z_][a-z0-9_.-]{0,62}$"
+SLUG_RE = r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$"
+identity_name_validator = RegexValidator(
+    IDENTITY_NAME_RE,
+    "Use 1-63 lower-case letters, digits, '_', '.' or '-', starting with a letter or '_'.",
+)
+slug_validator = RegexValidator(
+    SLUG_RE, "Use lower-case letters and digits, separated by single '-' or '_'."
+)
+
+
+class Team(models.Model):
+    """A group of identities; teams may connect to, review, or be exempt from policy."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(slug__regex=SLUG_RE), name="team_slug_format"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class IdentityKind(models.TextChoices):
+    HUMAN = "human", "Human"
+    SERVICE = "service", "Service account"
+    AGENT = "agent", "AI agent"
+
+
+class Identity(models.Model):
+    """Someone or something that connects to a protected database through the sidecar."""
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[identity_name_validator],
+        help_text="The PostgreSQL user name clients connect with.",
+    )
+    kind = models.CharField(max_length=16, choices=IdentityKind.choices)
+    display_name = models.CharField(max_length=200, blank=True)
+    email = models.EmailField(blank=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="identity",
+        help_text="The sign-in account of a human identity.",
+    )
+    owner = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="owned_identities",
+        help_text="The accountable human for a service account or AI agent.",
+    )
+    teams = models.ManyToManyField(Team, blank=True, related_name="identities")
+    is_active = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "identities"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=IdentityKind.values), name="identity_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(name__regex=IDENTITY_NAME_RE), name="identity_name_format"
+            ),
+            # Non-humans are always accountable to someone.
+            models.CheckConstraint(
+                condition=Q(kind=IdentityKind.HUMAN) | Q(owner__isnull=False),
+                name="identity_nonhuman_has_owner",
+            ),
+            # Only people sign in; a service account with a login is a shared password.
+            models.CheckConstraint(
+                condition=Q(kind=IdentityKind.HUMAN) | Q(user__isnull=True),
+                name="identity_only_humans_have_user",
+            ),
+            models.CheckConstraint(
+                condition=~Q(owner=models.F("id")), name="identity_not_own_owner"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.kind != IdentityKind.HUMAN:
+            if self.owner_id is None:
+                errors.setdefault("owner", []).append(
+                    "A service account or agent needs an accountable human owner."
+                )
+            if self.user_id is not None:
+                errors.setdefault("user", []).append("Only human identities have a sign-in.")
+        if self.owner_id is not None:
+            owner = self.owner
+            if self.pk is not None and owner.pk == self.pk:
+                errors.setdefault("owner", []).append("An identity cannot own itself.")
+            elif owner.kind != IdentityKind.HUMAN:
+                errors.setdefault("owner", []).append("The owner must be a human identity.")
+            elif not owner.is_active:
+                errors.setdefault("owner", []).append("The owner is not active.")
+        if (
+            self.pk is not None
+            and self.kind != IdentityKind.HUMAN
+            and self.owned_identities.exists()
+        ):
+            errors.setdefault("kind", []).append(
+                "This identity owns others; only a human can own identities."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+# --- access tokens -------------------------------------------------------------------
+
+TOKEN_PREFIX = "wdn_"  # noqa: S105 - a marker, not a secret
+API_TOKEN_PREFIX = "wda_"  # noqa: S105
+
+
+def token_digest(raw: str) -> str:
+    """SHA-256 hex of a raw token. Tokens carry 256 bits of entropy, so no salt is needed."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def scram_sha256_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = 4096
+) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier for ``password`` (as stored in pg_authid).
+
+    The sidecar authenticates clients offline against this; the raw token never
+    leaves the control plane. Tokens are ASCII, so SASLprep leaves them unchanged.
+    """
+    import base64
+    import hmac
+
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class AccessToken(models.Model):
+    """A credential an identity connects with (its PostgreSQL password). Shown once."""
+
+    identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise it.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    scram_verifier = models.CharField(max_length=200, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(digest__regex=r"^[0-9a-f]{64}$"), name="accesstoken_digest_sha256"
+            ),
+            models.CheckConstraint(
+                condition=Q(scram_verifier__startswith="SCRAM-SHA-256$"),
+                name="accesstoken_scram_format",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identity.name}: {self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def clean(self) -> None:
+        if self._state.adding and self.expires_at is not None and self.expires_at <= timezone.now():
+            raise ValidationError({"expires_at": "The expiry must be in the future."})
+
+
+class ApiToken(models.Model):
+    """A management-API token for automation, acting as its user. Stored as a digest."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(digest__regex=r"^[0-9a-f]{64}$"), name="apitoken_digest_sha256"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+# --- environments and datasources ----------------------------------------------------
+
+
+class Environment(models.Model):
+    """Where a datasource runs; criticality 1 (sandbox) .. 5 (production) drives risk."""
+
+    name = models.CharField(max_length=32, unique=True, validators=[slug_validator])
+    criticality = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-criticality", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(criticality__gte=1) & Q(criticality__lte=5),
+                name="environment_criticality_1_5",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Engine(models.TextChoices):
+    POSTGRESQL = "postgresql", "PostgreSQL"
+
+
+class Dialect(models.TextChoices):
+    POSTGRES = "postgres", "PostgreSQL"
+
+
+def _new_masking_key() -> str:
+    return secrets.token_hex(32)
+
+
+def validate_schema_snapshot(value: Any) -> None:
+    """Shape: {"tables": [{"schema", "name", "kind", "columns": [{"name", "type"}]}]}."""
+    if not isinstance(value, dict):
+        raise ValidationError("The schema snapshot must be an object with a 'tables' list.")
+    unknown = set(value) - {"tables", "scanned_at"}
+    if unknown:
+        raise ValidationError(f"Unknown keys in the schema snapshot: {', '.join(sorted(unknown))}.")
+    tables = value.get("tables", [])
+    if not isinstance(tables, list):
+        raise ValidationError("'tables' must be a list.")
+    seen: set[tuple[str, str]] = set()
+    for i, table in enumerate(tables):
+        where = f"tables[{i}]"
+        if not isinstance(table, dict):
+            raise ValidationError(f"{where} must be an object.")
+        for key in ("schema", "name"):
+            if not isinstance(table.get(key), str) or not table.get(key):
+                raise ValidationError(f"{where}.{key} must be a non-empty string.")
+        if table.get("kind", "table") not in {
+            "table",
+            "view",
+            "materialized_view",
+            "foreign_table",
+            "partitioned_table",
+        }:
+            raise ValidationError(f"{where}.kind is not a known relation kind.")
+        key_pair = (table["schema"], table["name"])
+        if key_pair in seen:
+            raise ValidationError(f"{where}: {table['schema']}.{table['name']} appears twice.")
+        seen.add(key_pair)
+        columns = table.get("columns", [])
+        if not isinstance(columns, list):
+            raise ValidationError(f"{where}.columns must be a list.")
+        names: set[str] = set()
+        for j, column in enumerate(columns):
+            if (
+                not isinstance(column, dict)
+                or not isinstance(column.get("name"), str)
+                or not column.get("name")
+                or not isinstance(column.get("type"), str)
+            ):
+                raise ValidationError(f"{where}.columns[{j}] needs a 'name' and a 'type' string.")
+            if column["name"] in names:
+                raise ValidationError(f"{where}: column {column['name']} appears twice.")
+            names.add(column["name"])
+
+
+class Datasource(models.Model):
+    """One protected database behind a sidecar."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    engine = models.CharField(max_length=16, choices=Engine.choices, default=Engine.POSTGRESQL)
+    dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.POSTGRES)
+    environment = models.ForeignKey(
+        Environment, on_delete=models.PROTECT, related_name="datasources"
+    )
+    description = models.TextField(blank=True)
+    schema_snapshot = models.JSONField(
+        default=dict, blank=True, validators=[validate_schema_snapshot]
+    )
+    connect_teams = models.ManyToManyField(Team, blank=True, related_name="connectable_datasources")
+    review_teams = models.ManyToManyField(Team, blank=True, related_name="reviewed_datasources")
+    # Key of the keyed-HMAC ("hash") masking strategy; it travels only in the
+    # signed bundle to the sidecar, never to a page or an API response.
+    masking_key = models.CharField(max_length=64, default=_new_masking_key, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(engine__in=Engine.values), name="datasource_engine_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(dialect__in=Dialect.values), name="datasource_dialect_valid"
+            ),
+            models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="datasource_name_format"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.engine == Engine.POSTGRESQL and self.dialect != Dialect.POSTGRES:
+            raise ValidationError({"dialect": "A PostgreSQL datasource uses the postgres dialect."})
+
+    def snapshot_columns(self) -> dict[tuple[str, str], list[str]]:
+        """(schema, table) -> column names, from the schema snapshot."""
+        tables = (self.schema_snapshot or {}).get("tables", [])
+        return {(t["schema"], t["name"]): [c["name"] for c in t.get("columns", [])] for t in tables}
+
+
+# --- classifications -----------------------------------------------------------------
+
+
+class Level(models.TextChoices):
+    """Sensitivity, in increasing order."""
+
+    PUBLIC = "public", "Public"
+    INTERNAL = "internal", "Internal"
+    CONFIDENTIAL = "confidential", "Confidential"
+    RESTRICTED = "restricted", "Restricted"
+
+    @property
+    def rank(self) -> int:
+        return list(Level).index(self)
+
+
+CLASSIFICATION_NAME_RE = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+
+
+class Classification(models.Model):
+    """A sensitivity label such as ``pii.email``; built-in ones come from a migration."""
+
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[
+            RegexValidator(
+                CLASSIFICATION_NAME_RE,
+                "Use dotted lower-case names such as 'pii.email' (at least one dot).",
+            )
+        ],
+    )
+    level = models.CharField(max_length=16, choices=Level.choices)
+    description = models.TextField(blank=True)
+    is_builtin = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(level__in=Level.values), name="classification_level_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(name__regex=CLASSIFICATION_NAME_RE), name="classification_name_format"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def level_rank(self) -> int:
+        return Level(self.level).rank
+
+
+class ClassificationSource(models.TextChoices):
+    AUTO = "auto", "Scanner"
+    MANUAL = "manual", "Manual"
+
+
+class ClassificationStatus(models.TextChoices):
+    PROPOSED = "proposed", "Proposed"
+    CONFIRMED = "confirmed", "Confirmed"
+    REJECTED = "rejected", "Rejected"
+
+
+class ColumnClassification(models.Model):
+    """Binds a classification to ``schema.table.column`` of one datasource."""
+
+    datasource = models.ForeignKey(
+        Datasource, on_delete=models.CASCADE, related_name="column_classifications"
+    )
+    schema_name = models.CharField(max_length=63)
+    table_name = models.CharField(max_length=63)
+    column_name = models.CharField(max_length=63)
+    classification = models.ForeignKey(
+        Classification, on_delete=models.PROTECT, related_name="column_classifications"
+    )
+    source = models.CharField(
+        max_length=16, choices=ClassificationSource.choices, default=ClassificationSource.MANUAL
+    )
+    confidence = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    status = models.CharField(
+        max_length=16, choices=ClassificationStatus.choices, default=ClassificationStatus.PROPOSED
+    )
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["datasource__name", "schema_name", "table_name", "column_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datasource", "schema_name", "table_name", "column_name"],
+                name="columnclassification_unique_column",
+            ),
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0) & Q(confidence__lte=1),
+                name="columnclassification_confidence_0_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(source__in=ClassificationSource.values),
+                name="columnclassification_source_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=ClassificationStatus.values),
+                name="columnclassification_status_valid",
+            ),
+            # A confirmation always says when it happened.
+            models.CheckConstraint(
+                condition=~Q(status=ClassificationStatus.CONFIRMED) | Q(confirmed_at__isnull=False),
+                name="columnclassification_confirmed_has_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.datasource}:{self.schema_name}.{self.table_name}.{self.column_name}"
+
+    @property
+    def column_path(self) -> str:
+        return f"{self.schema_name}.{self.table_name}.{self.column_name}"
+
+    def clean(self) -> None:
+        if self.datasource_id is None:
+            return
+        # A classification of a column the datasource does not have protects nothing
+        # and hides a typo; refuse it whenever a snapshot exists to check against.
+        columns = self.datasource.snapshot_columns()
+        if columns:
+            key = (self.schema_name, self.table_name)
+            if key not in columns:
+                raise ValidationError(
+                    {
+                        "table_name": f"{self.schema_name}.{self.table_name} is not in the "
+                        "schema snapshot."
+                    }
+                )
+            if self.column_name not in columns[key]:
+                raise ValidationError(
+                    {
+                        "column_name": f"{self.schema_name}.{self.table_name} has no column "
+                        f"{self.column_name!r}."
+                    }
+                )
+
+
+# --- masking -------------------------------------------------------------------------
+
+
+class MaskingStrategy(models.TextChoices):
+    REDACT = "redact", "Redact (replace with a constant)"
+    PARTIAL = "partial", "Partial (keep the last N characters)"
+    EMAIL = "email", "E-mail (keep the domain)"
+    HASH = "hash", "Hash (keyed HMAC, stable for joins)"
+    NULL = "null", "NULL"
+    YEAR_ONLY = "year_only", "Year only (dates)"
+
+
+# Allowed params per strategy: name -> (type, check, message).
+_STRATEGY_PARAMS: dict[str, dict[str, tuple[type, Any, str]]] = {
+    MaskingStrategy.REDACT: {
+        "replacement": (str, lambda v: len(v) <= 64, "must be a string of at most 64 characters"),
+    },
+    MaskingStrategy.PARTIAL: {
+        "keep_last": (int, lambda v: 1 <= v <= 16, "must be an integer from 1 to 16"),
+        "mask_char": (str, lambda v: len(v) == 1, "must be a single character"),
+    },
+    MaskingStrategy.EMAIL: {},
+    MaskingStrategy.HASH: {
+        "length": (int, lambda v: 8 <= v <= 64, "must be an integer from 8 to 64"),
+    },
+    MaskingStrategy.NULL: {},
+    MaskingStrategy.YEAR_ONLY: {},
+}
+
+
+def validate_strategy_params(strategy: str, params: Any) -> list[str]:
+    """Problems with ``params`` for ``strategy`` (empty when valid)."""
+    if not isinstance(params, dict):
+        return ["Parameters must be an object."]
+    allowed = _STRATEGY_PARAMS.get(strategy)
+    if allowed is None:
+        return []  # the strategy field reports its own error
+    problems = []
+    for key, value in params.items():
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            problems.append(f"'{key}' is not a parameter of {strategy} (allowed: {names}).")
+            continue
+        kind, check, message = allowed[key]
+        # bool is an int in Python; a JSON true is not a count.
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            problems.append(f"'{key}' {message}.")
+    if strategy == MaskingStrategy.PARTIAL and "keep_last" not in params:
+        problems.append("'keep_last' is required for the partial strategy.")
+    return problems
+
+
+class MaskingRule(models.Model):
+    """How values of one classification are masked for everyone not exempt."""
+
+    name = models.CharField(max_length=100, unique=True)
+    classification = models.ForeignKey(
+        Classification, on_delete=models.PROTECT, related_name="masking_rules"
+    )
+    strategy = models.CharField(max_length=16, choices=MaskingStrategy.choices)
+    params = models.JSONField(default=dict, blank=True)
+    exempt_teams = models.ManyToManyField(Team, blank=True, related_name="masking_exemptions")
+    environments = models.JSONField(
+        default=list, blank=True, help_text="Environment names; empty means every environment."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["classification__name", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(strategy__in=MaskingStrategy.values), name="maskingrule_strategy_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(params__jsonb_typeof="object"), name="maskingrule_params_object"
+            ),
+            models.CheckConstraint(
+                condition=Q(environments__jsonb_typeof="array"),
+                name="maskingrule_environments_array",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        problems = validate_strategy_params(self.strategy, self.params)
+        if problems:
+            errors["params"] = problems
+        env_problems = validate_environment_names(self.environments)
+        if env_problems:
+            errors["environments"] = env_problems
+        if not errors and self.enabled and self.classification_id is not None:
+            # Two enabled rules for one classification in one environment would
+            # leave the sidecar to pick a mask; refuse the contradiction here.
+            mine = set(self.environments or [])
+            others = MaskingRule.objects.filter(
+                classification_id=self.classification_id, enabled=True
+            ).exclude(pk=self.pk)
+            for other in others:
+                theirs = set(other.environments or [])
+                if not mine or not theirs or mine & theirs:
+                    where = (
+                        ", ".join(sorted(mine & theirs)) if mine and theirs else "every environment"
+                    )
+                    errors["classification"] = [
+                        f"Masking rule '{other.name}' already masks {self.classification.name} "
+                        f"in {where}."
+                    ]
+                    break
+        if errors:
+            raise ValidationError(errors)
+
+
+def validate_environment_names(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ["Must be a list of environment names."]
+    known = set(Environment.objects.values_list("name", flat=True))
+    unknown = sorted(set(value) - known)
+    if unknown:
+        return [f"Unknown environment: {', '.join(unknown)}."]
+    if len(set(value)) != len(value):
+        return ["An environment is listed twice."]
+    return []
+
+
+# --- guardrails ----------------------------------------------------------------------
+
+
+class GuardrailAction(models.TextChoices):
+    ALLOW = "allow", "Allow"
+    REVIEW = "review", "Hold for review"
+    BLOCK = "block", "Block"
+
+
+# Statement kinds the engine reports. "unknown" is anything it cannot classify.
+STATEMENT_KINDS = (
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "copy",
+    "ddl",
+    "truncate",
+    "grant",
+    "transaction",
+    "set",
+    "explain",
+    "call",
+    "utility",
+    "unknown",
+)
+LIST_CONDITIONS = (
+    "environments",
+    "identity_kinds",
+    "teams",
+    "statement_kinds",
+    "tables",
+    "classifications",
+    "functions",
+)
+FLAG_CONDITIONS = ("missing_where", "unbounded_classified_read", "multi_statement", "unparseable")
+_TABLE_RE = re.compile(r"^(?:[a-z_][a-z0-9_$]*|\*)(?:\.(?:[a-z_][a-z0-9_$]*|\*))?$")
+_FUNCTION_RE = re.compile(r"^(?:[a-z_][a-z0-9_$]*\.)?[a-z_][a-z0-9_$]*$")
+
+
+def empty_conditions() -> dict[str, Any]:
+    conditions: dict[str, Any] = {key: [] for key in LIST_CONDITIONS}
+    conditions.update({key: None for key in FLAG_CONDITIONS})
+    return conditions
+
+
+def validate_guardrail_conditions(value: Any) -> list[str]:
+    """Problems with a conditions object (empty when valid). Lists: empty = any."""
+    if not isinstance(value, dict):
+        return ["Conditions must be an object."]
+    problems: list[str] = []
+    unknown = sorted(set(value) - set(LIST_CONDITIONS) - set(FLAG_CONDITIONS))
+    if unknown:
+        problems.append(f"Unknown condition: {', '.join(unknown)}.")
+    for key in LIST_CONDITIONS:
+        items = value.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+            problems.append(f"'{key}' must be a list of names.")
+            continue
+        if len(set(items)) != len(items):
+            problems.append(f"'{key}' lists a value twice.")
+    for key in FLAG_CONDITIONS:
+        if value.get(key) not in (True, False, None):
+            problems.append(f"'{key}' must be true, false or null.")
+    if problems:
+        return problems
+
+    def unknown_values(key: str, known: set[str]) -> None:
+        bad = sorted(set(value.get(key, [])) - known)
+        if bad:
+            problems.append(f"Unknown {key.replace('_', ' ')}: {', '.join(bad)}.")
+
+    unknown_values("environments", set(Environment.objects.values_list("name", flat=True)))
+    unknown_values("identity_kinds", set(IdentityKind.values))
+    unknown_values("teams", set(Team.objects.values_list("slug", flat=True)))
+    unknown_values("statement_kinds", set(STATEMENT_KINDS))
+    # Classification conditions may name a family ("pii.*").
+    known_classes = set(Classification.objects.values_list("name", flat=True))
+    families = {name.split(".")[0] + ".*" for name in known_classes}
+    unknown_values("classifications", known_classes | families)
+    bad_tables = [t for t in value.get("tables", []) if not _TABLE_RE.match(t)]
+    if bad_tables:
+        problems.append(
+            f"Tables must look like 'table', 'schema.table' or 'schema.*': {', '.join(bad_tables)}."
+        )
+    bad_functions = [f for f in value.get("functions", []) if not _FUNCTION_RE.match(f)]
+    if bad_functions:
+        problems.append(
+            f"Functions must be plain (schema-qualified) names: {', '.join(bad_functions)}."
+        )
+    return problems
+
+
+class GuardrailRule(models.Model):
+    """An ordered rule: when every condition matches a statement, take the action.
+
+    Conditions are an object; list conditions are empty for "any", flags are
+    null for "either". The first enabled rule (lowest position) that matches
+    decides; the risk score decides when none does.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    position = models.PositiveIntegerField()
+    enabled = models.BooleanField(default=True)
+    conditions = models.JSONField(default=empty_conditions, blank=True)
+    action = models.CharField(max_length=16, choices=GuardrailAction.choices)
+    message = models.CharField(
+        max_length=500, blank=True, help_text="What the client sees when this rule decides."
+    )
+    datasource = models.ForeignKey(
+        Datasource,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="guardrails",
+        help_text="Empty: applies to every datasource.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            # Deferred, so that a move can swap two positions inside one transaction.
+            models.UniqueConstraint(
+                fields=["position"],
+                name="guardrail_position_unique",
+                deferrable=models.Deferrable.DEFERRED,
+            ),
+            models.CheckConstraint(
+                condition=Q(action__in=GuardrailAction.values), name="guardrail_action_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(conditions__jsonb_typeof="object"), name="guardrail_conditions_object"
+            ),
+            # The client must be told why it was stopped.
+            models.CheckConstraint(
+                condition=Q(action=GuardrailAction.ALLOW) | ~Q(message=""),
+                name="guardrail_refusal_has_message",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def normalised_conditions(self) -> dict[str, Any]:
+        merged = empty_conditions()
+        if isinstance(self.conditions, dict):
+            merged.update(self.conditions)
+        return merged
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        problems = validate_guardrail_conditions(self.conditions)
+        if problems:
+            raise ValidationError({"conditions": problems})
+        self.conditions = self.normalised_conditions()
+        cond = self.conditions
+        if self.action != GuardrailAction.ALLOW and not self.message.strip():
+            errors["message"] = ["Tell the client why: a block or review needs a message."]
+        envs = set(cond["environments"])
+        if self.datasource_id is not None and envs:
+            ds_env = self.datasource.environment.name
+            if ds_env not in envs:
+                errors["conditions"] = [
+                    f"This rule is scoped to {self.datasource.name} ({ds_env}) but only matches "
+                    f"{', '.join(sorted(envs))}, so it can never apply."
+                ]
+        if self.action == GuardrailAction.ALLOW and self.enabled:
+            covered = self._covered_environments()
+            critical = sorted(e.name for e in covered if e.criticality >= 5)
+            narrowing = [k for k in LIST_CONDITIONS if k != "environments" and cond[k]] + [
+                k for k in FLAG_CONDITIONS if cond[k] is not None
+            ]
+            if critical and not narrowing:
+                errors.setdefault("conditions", []).append(
+                    f"An allow rule with no conditions would allow everything in "
+                    f"{', '.join(critical)}. Narrow it (identity kinds, teams, statement kinds, "
+                    f"tables...) or scope it to other environments."
+                )
+            if critical and cond["unparseable"] is True:
+                errors.setdefault("conditions", []).append(
+                    f"Allowing statements Warden cannot parse in {', '.join(critical)} would let "
+                    f"anything through."
+                )
+        if errors:
+            raise ValidationError(errors)
+
+    def _covered_environments(self) -> list[Environment]:
+        if self.datasource_id is not None:
+            return [self.datasource.environment]
+        names = self.normalised_conditions()["environments"]
+        qs = Environment.objects.all()
+        return list(qs.filter(name__in=names) if names else qs)

@@ -1,0 +1,304 @@
+"""Read paths of the governance app, already restricted to what the user may see.
+
+``<noun>_list(*, user, filters)`` returns a queryset (empty for role ``none``);
+``<noun>_get(*, user, pk)`` raises Http404 when the object does not exist or is
+out of the user's scope, so "another team's object" and "no such object" look
+the same. The scoping rule is documented in ``governance.permissions``.
+
+Filters are plain dicts (a request's query parameters work): ``q`` searches
+names everywhere; the other keys are listed per selector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from audit.selectors import change_history_for
+from governance.models import (
+    AccessToken,
+    ApiToken,
+    Classification,
+    ColumnClassification,
+    Datasource,
+    Environment,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    Role,
+    Team,
+)
+from governance.permissions import can_read_all_tokens, can_view, user_role
+
+__all__ = [
+    "api_token_get",
+    "api_token_list",
+    "change_history_for",
+    "classification_get",
+    "classification_list",
+    "column_classification_get",
+    "column_classification_list",
+    "datasource_get",
+    "datasource_list",
+    "environment_list",
+    "guardrail_get",
+    "guardrail_list",
+    "identity_get",
+    "identity_list",
+    "masking_rule_get",
+    "masking_rule_list",
+    "team_get",
+    "team_list",
+    "token_get",
+    "token_list",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(filters: dict[str, Any], key: str) -> bool | None:
+    value = filters.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _text(filters: dict[str, Any], key: str) -> str:
+    value = filters.get(key)
+    return str(value).strip() if value not in (None, "") else ""
+
+
+def _get(qs: QuerySet, pk: Any) -> Any:
+    try:
+        return qs.get(pk=int(pk))
+    except (ValueError, TypeError, qs.model.DoesNotExist):
+        raise Http404(f"No such {qs.model._meta.verbose_name}.") from None
+
+
+def _visible(user: Any, qs: QuerySet) -> QuerySet:
+    return qs if can_view(user) else qs.none()
+
+
+# --- environments and teams -------------------------------------------------------------
+
+
+def environment_list(*, user: Any, filters: dict | None = None) -> QuerySet[Environment]:
+    return _visible(user, Environment.objects.all())
+
+
+def team_list(*, user: Any, filters: dict | None = None) -> QuerySet[Team]:
+    """Filters: q."""
+    filters = filters or {}
+    qs = Team.objects.all()
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(slug__icontains=q) | Q(description__icontains=q))
+    return _visible(user, qs)
+
+
+def team_get(*, user: Any, pk: Any) -> Team:
+    return _get(team_list(user=user), pk)
+
+
+# --- identities and tokens ----------------------------------------------------------------
+
+
+def identity_list(*, user: Any, filters: dict | None = None) -> QuerySet[Identity]:
+    """Filters: q, kind, team (slug), is_active, owner (identity name)."""
+    filters = filters or {}
+    qs = Identity.objects.select_related("owner", "user").prefetch_related("teams")
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(display_name__icontains=q) | Q(email__icontains=q))
+    if kind := _text(filters, "kind"):
+        qs = qs.filter(kind=kind)
+    if team := _text(filters, "team"):
+        qs = qs.filter(teams__slug=team)
+    if (active := _flag(filters, "is_active")) is not None:
+        qs = qs.filter(is_active=active)
+    if owner := _text(filters, "owner"):
+        qs = qs.filter(owner__name=owner)
+    return _visible(user, qs.distinct())
+
+
+def identity_get(*, user: Any, pk: Any) -> Identity:
+    return _get(identity_list(user=user), pk)
+
+
+def _own_identity_scope(user: Any) -> Q:
+    return Q(identity__user=user) | Q(identity__owner__user=user)
+
+
+def token_list(*, user: Any, filters: dict | None = None) -> QuerySet[AccessToken]:
+    """Identity access tokens in scope. Filters: identity (pk), active (bool)."""
+    filters = filters or {}
+    qs = AccessToken.objects.select_related("identity", "created_by")
+    role = user_role(user)
+    if can_read_all_tokens(user):
+        pass
+    elif role == Role.REVIEWER:
+        qs = qs.filter(_own_identity_scope(user))
+    else:
+        return qs.none()
+    if identity := _text(filters, "identity"):
+        qs = qs.filter(identity_id=identity) if identity.isdigit() else qs.none()
+    active = _flag(filters, "active")
+    if active is not None:
+        from django.utils import timezone
+
+        live = Q(revoked_at__isnull=True) & (
+            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        )
+        qs = qs.filter(live) if active else qs.exclude(live)
+    return qs
+
+
+def token_get(*, user: Any, pk: Any) -> AccessToken:
+    return _get(token_list(user=user), pk)
+
+
+def api_token_list(*, user: Any, filters: dict | None = None) -> QuerySet[ApiToken]:
+    """The user's own API tokens (an admin sees everyone's). Filters: user (username)."""
+    filters = filters or {}
+    qs = ApiToken.objects.select_related("user")
+    if not getattr(user, "is_authenticated", False):
+        return qs.none()
+    if user_role(user) != Role.ADMIN:
+        qs = qs.filter(user=user)
+    if username := _text(filters, "user"):
+        qs = qs.filter(user__username=username)
+    return qs
+
+
+def api_token_get(*, user: Any, pk: Any) -> ApiToken:
+    return _get(api_token_list(user=user), pk)
+
+
+# --- datasources and classifications ------------------------------------------------------
+
+
+def datasource_list(*, user: Any, filters: dict | None = None) -> QuerySet[Datasource]:
+    """Filters: q, environment (name), team (slug, connect or review)."""
+    filters = filters or {}
+    qs = Datasource.objects.select_related("environment").prefetch_related(
+        "connect_teams", "review_teams"
+    )
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q))
+    if environment := _text(filters, "environment"):
+        qs = qs.filter(environment__name=environment)
+    if team := _text(filters, "team"):
+        qs = qs.filter(Q(connect_teams__slug=team) | Q(review_teams__slug=team))
+    return _visible(user, qs.distinct())
+
+
+def datasource_get(*, user: Any, pk: Any) -> Datasource:
+    return _get(datasource_list(user=user), pk)
+
+
+def datasource_schema(*, datasource: Datasource) -> list[dict[str, Any]]:
+    """The snapshot's tables with each column's classification (or None), for display."""
+    by_column = {
+        (c.schema_name, c.table_name, c.column_name): c
+        for c in datasource.column_classifications.select_related("classification")
+    }
+    tables = []
+    for table in (datasource.schema_snapshot or {}).get("tables", []):
+        columns = [
+            {
+                **column,
+                "classification": by_column.get((table["schema"], table["name"], column["name"])),
+            }
+            for column in table.get("columns", [])
+        ]
+        tables.append({**table, "columns": columns})
+    return tables
+
+
+def classification_list(*, user: Any, filters: dict | None = None) -> QuerySet[Classification]:
+    """Filters: q, level, is_builtin."""
+    filters = filters or {}
+    qs = Classification.objects.all()
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q))
+    if level := _text(filters, "level"):
+        qs = qs.filter(level=level)
+    if (builtin := _flag(filters, "is_builtin")) is not None:
+        qs = qs.filter(is_builtin=builtin)
+    return _visible(user, qs)
+
+
+def classification_get(*, user: Any, pk: Any) -> Classification:
+    return _get(classification_list(user=user), pk)
+
+
+def column_classification_list(
+    *, user: Any, filters: dict | None = None
+) -> QuerySet[ColumnClassification]:
+    """Filters: q (column path), datasource (pk), classification (name), status, source."""
+    filters = filters or {}
+    qs = ColumnClassification.objects.select_related("datasource", "classification", "confirmed_by")
+    if q := _text(filters, "q"):
+        qs = qs.filter(
+            Q(schema_name__icontains=q) | Q(table_name__icontains=q) | Q(column_name__icontains=q)
+        )
+    if datasource := _text(filters, "datasource"):
+        qs = qs.filter(datasource_id=datasource) if datasource.isdigit() else qs.none()
+    if classification := _text(filters, "classification"):
+        qs = qs.filter(classification__name=classification)
+    if status := _text(filters, "status"):
+        qs = qs.filter(status=status)
+    if source := _text(filters, "source"):
+        qs = qs.filter(source=source)
+    return _visible(user, qs)
+
+
+def column_classification_get(*, user: Any, pk: Any) -> ColumnClassification:
+    return _get(column_classification_list(user=user), pk)
+
+
+# --- masking rules and guardrails -----------------------------------------------------------
+
+
+def masking_rule_list(*, user: Any, filters: dict | None = None) -> QuerySet[MaskingRule]:
+    """Filters: q, classification (name), strategy, enabled, environment (name)."""
+    filters = filters or {}
+    qs = MaskingRule.objects.select_related("classification").prefetch_related("exempt_teams")
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(classification__name__icontains=q))
+    if classification := _text(filters, "classification"):
+        qs = qs.filter(classification__name=classification)
+    if strategy := _text(filters, "strategy"):
+        qs = qs.filter(strategy=strategy)
+    if (enabled := _flag(filters, "enabled")) is not None:
+        qs = qs.filter(enabled=enabled)
+    if environment := _text(filters, "environment"):
+        qs = qs.filter(Q(environments=[]) | Q(environments__contains=[environment]))
+    return _visible(user, qs)
+
+
+def masking_rule_get(*, user: Any, pk: Any) -> MaskingRule:
+    return _get(masking_rule_list(user=user), pk)
+
+
+def guardrail_list(*, user: Any, filters: dict | None = None) -> QuerySet[GuardrailRule]:
+    """In evaluation order. Filters: q, action, enabled, datasource (pk)."""
+    filters = filters or {}
+    qs = GuardrailRule.objects.select_related("datasource").order_by("position")
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(name__icontains=q) | Q(message__icontains=q))
+    if action := _text(filters, "action"):
+        qs = qs.filter(action=action)
+    if (enabled := _flag(filters, "enabled")) is not None:
+        qs = qs.filter(enabled=enabled)
+    if datasource := _text(filters, "datasource"):
+        qs = qs.filter(datasource_id=datasource) if datasource.isdigit() else qs.none()
+    return _visible(user, qs)
+
+
+def guardrail_get(*, user: Any, pk: Any) -> GuardrailRule:
+    return _get(guardrail_list(user=user), pk)

@@ -1,0 +1,708 @@
+"""Write paths of the governance app: one function per use case, shared by UI and API.
+
+Every service is keyword-only with ``actor`` first, runs in one transaction,
+checks that the actor may do it (``PermissionDenied`` otherwise), calls
+``full_clean()`` before saving and records configuration history
+(``audit.ChangeRecord``) in the same transaction.
+
+Update services take ``data: dict[str, Any]`` with the fields to change
+(many-to-many fields take an iterable of objects), so a form's
+``cleaned_data`` or a serializer's ``validated_data`` can be passed as is.
+
+Field problems raise ``django.core.exceptions.ValidationError`` (a dict by
+field); other expected failures raise ``governance.errors.ApplicationError``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.db.models import Max, ProtectedError
+from django.utils import timezone
+from django.utils.text import slugify
+
+from audit.models import ChangeAction
+from audit.services import change_record_create, object_snapshot
+from governance.errors import ApplicationError
+from governance.models import (
+    API_TOKEN_PREFIX,
+    TOKEN_PREFIX,
+    AccessToken,
+    ApiToken,
+    Classification,
+    ClassificationSource,
+    ClassificationStatus,
+    ColumnClassification,
+    Datasource,
+    Environment,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    Membership,
+    Role,
+    Team,
+    scram_sha256_verifier,
+    token_digest,
+)
+from governance.permissions import can_edit_policy, can_manage_all_tokens, user_role
+
+# --- shared helpers -------------------------------------------------------------------
+
+
+def _require_policy_editor(actor: Any) -> None:
+    if not can_edit_policy(actor):
+        raise PermissionDenied("Only admin and security may change policy.")
+
+
+def _m2m_names(model: type[models.Model]) -> set[str]:
+    return {f.name for f in model._meta.many_to_many}
+
+
+def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None = None) -> None:
+    obj.full_clean()
+    obj.save()
+    for name, values in (m2m or {}).items():
+        getattr(obj, name).set(list(values))
+    change_record_create(
+        actor=actor, action=ChangeAction.CREATE, obj=obj, before=None, after=object_snapshot(obj)
+    )
+
+
+def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed here." for name in unknown})
+    before = object_snapshot(obj)
+    m2m = _m2m_names(type(obj))
+    for name, value in data.items():
+        if name not in m2m:
+            setattr(obj, name, value)
+    obj.full_clean()
+    obj.save()
+    for name, value in data.items():
+        if name in m2m:
+            getattr(obj, name).set(list(value))
+    change_record_create(
+        actor=actor, action=ChangeAction.UPDATE, obj=obj, before=before, after=object_snapshot(obj)
+    )
+
+
+def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
+    before = object_snapshot(obj)
+    pk = obj.pk
+    try:
+        with transaction.atomic():
+            obj.delete()
+    except ProtectedError as exc:
+        users = sorted({str(o) for o in exc.protected_objects})[:5]
+        raise ApplicationError(
+            f"{obj} is still used by {blocked_by}: {', '.join(users)}.",
+            {"protected": users},
+        ) from exc
+    change_record_create(
+        actor=actor, action=ChangeAction.DELETE, obj=obj, before=before, after=None, object_id=pk
+    )
+
+
+def _guardrails_naming(key: str, value: str) -> list[str]:
+    """Names of guardrails whose list condition ``key`` mentions ``value``."""
+    return list(
+        GuardrailRule.objects.filter(**{f"conditions__{key}__contains": [value]}).values_list(
+            "name", flat=True
+        )
+    )
+
+
+# --- roles ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def membership_set_role(*, actor: Any, user: Any, role: Role | str) -> Membership:
+    """Give ``user`` a role (admins only). Recorded in history."""
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("Only admins may change roles.")
+    membership, created = Membership.objects.get_or_create(user=user)
+    before = None if created else object_snapshot(membership)
+    membership.role = Role(role)
+    membership.full_clean()
+    membership.save()
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.CREATE if created else ChangeAction.UPDATE,
+        obj=membership,
+        before=before,
+        after=object_snapshot(membership),
+    )
+    return membership
+
+
+# --- teams ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def team_create(*, actor: Any, name: str, slug: str = "", description: str = "") -> Team:
+    _require_policy_editor(actor)
+    team = Team(name=name, slug=slug or slugify(name), description=description)
+    _create(actor, team)
+    return team
+
+
+@transaction.atomic
+def team_update(*, actor: Any, team: Team, data: dict[str, Any]) -> Team:
+    """Change name, slug or description. A slug used by a guardrail cannot change."""
+    _require_policy_editor(actor)
+    team = Team.objects.select_for_update().get(pk=team.pk)
+    if "slug" in data and data["slug"] != team.slug:
+        users = _guardrails_naming("teams", team.slug)
+        if users:
+            raise ValidationError(
+                {"slug": f"Guardrails refer to this team by its slug: {', '.join(users)}."}
+            )
+    _update(actor, team, data, allowed={"name", "slug", "description"})
+    return team
+
+
+@transaction.atomic
+def team_delete(*, actor: Any, team: Team) -> None:
+    _require_policy_editor(actor)
+    users = _guardrails_naming("teams", team.slug)
+    if users:
+        raise ApplicationError(
+            f"Team {team.name} is named in guardrails: {', '.join(users)}. Change them first.",
+            {"guardrails": users},
+        )
+    _delete(actor, team, blocked_by="other objects")
+
+
+# --- identities -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def identity_create(
+    *,
+    actor: Any,
+    name: str,
+    kind: str,
+    display_name: str = "",
+    email: str = "",
+    user: Any = None,
+    owner: Identity | None = None,
+    teams: Iterable[Team] = (),
+    is_active: bool = True,
+    expires_at: datetime.datetime | None = None,
+) -> Identity:
+    _require_policy_editor(actor)
+    identity = Identity(
+        name=name,
+        kind=kind,
+        display_name=display_name,
+        email=email,
+        user=user,
+        owner=owner,
+        is_active=is_active,
+        expires_at=expires_at,
+    )
+    _create(actor, identity, {"teams": teams})
+    return identity
+
+
+IDENTITY_FIELDS = {
+    "name",
+    "kind",
+    "display_name",
+    "email",
+    "user",
+    "owner",
+    "teams",
+    "is_active",
+    "expires_at",
+}
+
+
+@transaction.atomic
+def identity_update(*, actor: Any, identity: Identity, data: dict[str, Any]) -> Identity:
+    """Change any of IDENTITY_FIELDS (``teams``: an iterable of Team)."""
+    _require_policy_editor(actor)
+    identity = Identity.objects.select_for_update().get(pk=identity.pk)
+    _update(actor, identity, data, allowed=IDENTITY_FIELDS)
+    return identity
+
+
+@transaction.atomic
+def identity_delete(*, actor: Any, identity: Identity) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, identity, blocked_by="the identities it owns")
+
+
+# --- access tokens --------------------------------------------------------------------
+
+
+def _may_manage_tokens_of(actor: Any, identity: Identity) -> bool:
+    if can_manage_all_tokens(actor):
+        return True
+    if user_role(actor) != Role.REVIEWER:
+        return False
+    own = Identity.objects.filter(user=actor).first()
+    return own is not None and (identity.pk == own.pk or identity.owner_id == own.pk)
+
+
+@transaction.atomic
+def token_issue(
+    *,
+    actor: Any,
+    identity: Identity,
+    name: str,
+    expires_at: datetime.datetime | None = None,
+) -> tuple[AccessToken, str]:
+    """Mint an access token; the raw value is returned here once and never stored."""
+    if not _may_manage_tokens_of(actor, identity):
+        raise PermissionDenied("You may not issue tokens for this identity.")
+    if not identity.is_active or identity.is_expired:
+        raise ApplicationError(f"{identity.name} is not active; it cannot get a token.")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = AccessToken(
+        identity=identity,
+        name=name,
+        prefix=raw[:10],
+        digest=token_digest(raw),
+        scram_verifier=scram_sha256_verifier(raw),
+        created_by=actor,
+        expires_at=expires_at,
+    )
+    _create(actor, token)
+    return token, raw
+
+
+@transaction.atomic
+def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
+    if not _may_manage_tokens_of(actor, token.identity):
+        raise PermissionDenied("You may not revoke tokens of this identity.")
+    token = AccessToken.objects.select_for_update().get(pk=token.pk)
+    if token.revoked_at is not None:
+        raise ApplicationError("This token is already revoked.")
+    before = object_snapshot(token)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=token,
+        before=before,
+        after=object_snapshot(token),
+    )
+    return token
+
+
+@transaction.atomic
+def api_token_issue(
+    *, actor: Any, name: str, expires_at: datetime.datetime | None = None
+) -> tuple[ApiToken, str]:
+    """Mint a management-API token acting as ``actor``; raw value returned once."""
+    if not getattr(actor, "is_authenticated", False):
+        raise PermissionDenied("Sign in first.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    raw = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user=actor, name=name, prefix=raw[:10], digest=token_digest(raw), expires_at=expires_at
+    )
+    _create(actor, token)
+    return token, raw
+
+
+@transaction.atomic
+def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
+    if token.user_id != actor.pk and user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("You may only revoke your own API tokens.")
+    token = ApiToken.objects.select_for_update().get(pk=token.pk)
+    if token.revoked_at is not None:
+        raise ApplicationError("This token is already revoked.")
+    before = object_snapshot(token)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=token,
+        before=before,
+        after=object_snapshot(token),
+    )
+    return token
+
+
+# --- datasources ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def datasource_create(
+    *,
+    actor: Any,
+    name: str,
+    environment: Environment,
+    engine: str = "postgresql",
+    dialect: str = "postgres",
+    description: str = "",
+    schema_snapshot: dict[str, Any] | None = None,
+    connect_teams: Iterable[Team] = (),
+    review_teams: Iterable[Team] = (),
+) -> Datasource:
+    _require_policy_editor(actor)
+    datasource = Datasource(
+        name=name,
+        environment=environment,
+        engine=engine,
+        dialect=dialect,
+        description=description,
+        schema_snapshot=schema_snapshot if schema_snapshot is not None else {"tables": []},
+    )
+    _create(actor, datasource, {"connect_teams": connect_teams, "review_teams": review_teams})
+    return datasource
+
+
+DATASOURCE_FIELDS = {
+    "name",
+    "environment",
+    "engine",
+    "dialect",
+    "description",
+    "schema_snapshot",
+    "connect_teams",
+    "review_teams",
+}
+
+
+@transaction.atomic
+def datasource_update(*, actor: Any, datasource: Datasource, data: dict[str, Any]) -> Datasource:
+    """Change any of DATASOURCE_FIELDS. Moving environment re-checks its guardrails."""
+    _require_policy_editor(actor)
+    datasource = Datasource.objects.select_for_update().get(pk=datasource.pk)
+    _update(actor, datasource, data, allowed=DATASOURCE_FIELDS)
+    for guardrail in datasource.guardrails.all():
+        try:
+            guardrail.full_clean()
+        except ValidationError as exc:
+            raise ValidationError(
+                {
+                    "environment": f"Guardrail '{guardrail.name}' would become invalid: "
+                    + "; ".join(exc.messages)
+                }
+            ) from exc
+    return datasource
+
+
+@transaction.atomic
+def datasource_delete(*, actor: Any, datasource: Datasource) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, datasource, blocked_by="other objects")
+
+
+# --- classifications ------------------------------------------------------------------
+
+
+@transaction.atomic
+def classification_create(
+    *, actor: Any, name: str, level: str, description: str = ""
+) -> Classification:
+    _require_policy_editor(actor)
+    classification = Classification(name=name, level=level, description=description)
+    _create(actor, classification)
+    return classification
+
+
+@transaction.atomic
+def classification_update(
+    *, actor: Any, classification: Classification, data: dict[str, Any]
+) -> Classification:
+    """Change name, level or description. Built-in names are fixed; so are names in use."""
+    _require_policy_editor(actor)
+    classification = Classification.objects.select_for_update().get(pk=classification.pk)
+    if "name" in data and data["name"] != classification.name:
+        if classification.is_builtin:
+            raise ValidationError({"name": "Built-in classifications cannot be renamed."})
+        users = _guardrails_naming("classifications", classification.name)
+        if users:
+            raise ValidationError({"name": f"Guardrails refer to it by name: {', '.join(users)}."})
+    _update(actor, classification, data, allowed={"name", "level", "description"})
+    return classification
+
+
+@transaction.atomic
+def classification_delete(*, actor: Any, classification: Classification) -> None:
+    _require_policy_editor(actor)
+    if classification.is_builtin:
+        raise ApplicationError(f"{classification.name} is built in and cannot be deleted.")
+    users = _guardrails_naming("classifications", classification.name)
+    if users:
+        raise ApplicationError(
+            f"{classification.name} is named in guardrails: {', '.join(users)}.",
+            {"guardrails": users},
+        )
+    _delete(actor, classification, blocked_by="masking rules or column classifications")
+
+
+@transaction.atomic
+def column_classification_set(
+    *,
+    actor: Any,
+    datasource: Datasource,
+    schema_name: str,
+    table_name: str,
+    column_name: str,
+    classification: Classification,
+    source: str = ClassificationSource.MANUAL,
+    confidence: float = 1.0,
+) -> ColumnClassification:
+    """Classify one column (create or replace).
+
+    A manual classification is confirmed by the actor at once. A scanner
+    (``auto``) finding is only a proposal, and never overrides a person's
+    confirmed decision for the same column.
+    """
+    _require_policy_editor(actor)
+    existing = (
+        ColumnClassification.objects.select_for_update()
+        .filter(
+            datasource=datasource,
+            schema_name=schema_name,
+            table_name=table_name,
+            column_name=column_name,
+        )
+        .first()
+    )
+    if (
+        existing is not None
+        and source == ClassificationSource.AUTO
+        and existing.source == ClassificationSource.MANUAL
+        and existing.status == ClassificationStatus.CONFIRMED
+    ):
+        return existing
+    manual = source == ClassificationSource.MANUAL
+    values = {
+        "classification": classification,
+        "source": source,
+        "confidence": 1.0 if manual else confidence,
+        "status": ClassificationStatus.CONFIRMED if manual else ClassificationStatus.PROPOSED,
+        "confirmed_by": actor if manual else None,
+        "confirmed_at": timezone.now() if manual else None,
+    }
+    if existing is None:
+        column = ColumnClassification(
+            datasource=datasource,
+            schema_name=schema_name,
+            table_name=table_name,
+            column_name=column_name,
+            **values,
+        )
+        _create(actor, column)
+        return column
+    _update(actor, existing, values, allowed=set(values))
+    return existing
+
+
+@transaction.atomic
+def column_classification_review(
+    *, actor: Any, column_classification: ColumnClassification, status: str
+) -> ColumnClassification:
+    """Confirm or reject a (scanner-)proposed classification."""
+    _require_policy_editor(actor)
+    if status not in {ClassificationStatus.CONFIRMED, ClassificationStatus.REJECTED}:
+        raise ValidationError({"status": "Choose confirmed or rejected."})
+    column = ColumnClassification.objects.select_for_update().get(pk=column_classification.pk)
+    _update(
+        actor,
+        column,
+        {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
+        allowed={"status", "confirmed_by", "confirmed_at"},
+    )
+    return column
+
+
+@transaction.atomic
+def column_classification_delete(
+    *, actor: Any, column_classification: ColumnClassification
+) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, column_classification, blocked_by="other objects")
+
+
+# --- masking rules --------------------------------------------------------------------
+
+
+@transaction.atomic
+def masking_rule_create(
+    *,
+    actor: Any,
+    name: str,
+    classification: Classification,
+    strategy: str,
+    params: dict[str, Any] | None = None,
+    exempt_teams: Iterable[Team] = (),
+    environments: list[str] | None = None,
+    enabled: bool = True,
+) -> MaskingRule:
+    _require_policy_editor(actor)
+    rule = MaskingRule(
+        name=name,
+        classification=classification,
+        strategy=strategy,
+        params=params if params is not None else {},
+        environments=environments if environments is not None else [],
+        enabled=enabled,
+    )
+    _create(actor, rule, {"exempt_teams": exempt_teams})
+    return rule
+
+
+MASKING_RULE_FIELDS = {
+    "name",
+    "classification",
+    "strategy",
+    "params",
+    "exempt_teams",
+    "environments",
+    "enabled",
+}
+
+
+@transaction.atomic
+def masking_rule_update(*, actor: Any, rule: MaskingRule, data: dict[str, Any]) -> MaskingRule:
+    """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team)."""
+    _require_policy_editor(actor)
+    rule = MaskingRule.objects.select_for_update().get(pk=rule.pk)
+    _update(actor, rule, data, allowed=MASKING_RULE_FIELDS)
+    return rule
+
+
+@transaction.atomic
+def masking_rule_delete(*, actor: Any, rule: MaskingRule) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, rule, blocked_by="other objects")
+
+
+# --- guardrails -----------------------------------------------------------------------
+
+
+def _lock_guardrails() -> list[GuardrailRule]:
+    # Positions are one sequence; moving or inserting locks all of it so two
+    # concurrent edits cannot interleave.
+    return list(GuardrailRule.objects.select_for_update().order_by("position", "id"))
+
+
+@transaction.atomic
+def guardrail_create(
+    *,
+    actor: Any,
+    name: str,
+    action: str,
+    conditions: dict[str, Any] | None = None,
+    message: str = "",
+    datasource: Datasource | None = None,
+    enabled: bool = True,
+    position: int | None = None,
+) -> GuardrailRule:
+    """Add a guardrail at ``position`` (1 = first), or last when not given."""
+    _require_policy_editor(actor)
+    rules = _lock_guardrails()
+    last = rules[-1].position if rules else 0
+    if position is None or position > last:
+        position = last + 1
+    elif position < 1:
+        raise ValidationError({"position": "Positions start at 1."})
+    else:
+        GuardrailRule.objects.filter(position__gte=position).update(
+            position=models.F("position") + 1
+        )
+    guardrail = GuardrailRule(
+        name=name,
+        action=action,
+        conditions=conditions if conditions is not None else {},
+        message=message,
+        datasource=datasource,
+        enabled=enabled,
+        position=position,
+    )
+    _create(actor, guardrail)
+    return guardrail
+
+
+GUARDRAIL_FIELDS = {"name", "action", "conditions", "message", "datasource", "enabled"}
+
+
+@transaction.atomic
+def guardrail_update(
+    *, actor: Any, guardrail: GuardrailRule, data: dict[str, Any]
+) -> GuardrailRule:
+    """Change any of GUARDRAIL_FIELDS; use guardrail_move to change the order."""
+    _require_policy_editor(actor)
+    guardrail = GuardrailRule.objects.select_for_update().get(pk=guardrail.pk)
+    _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS)
+    return guardrail
+
+
+@transaction.atomic
+def guardrail_set_enabled(*, actor: Any, guardrail: GuardrailRule, enabled: bool) -> GuardrailRule:
+    return guardrail_update(actor=actor, guardrail=guardrail, data={"enabled": enabled})
+
+
+@transaction.atomic
+def guardrail_move(
+    *,
+    actor: Any,
+    guardrail: GuardrailRule,
+    position: int | None = None,
+    direction: str | None = None,
+) -> GuardrailRule:
+    """Move to ``position`` (1 = first) or one step ``direction`` "up"/"down".
+
+    Positions are renumbered 1..n afterwards; every guardrail whose position
+    changed gets a history record.
+    """
+    _require_policy_editor(actor)
+    if (position is None) == (direction is None):
+        raise ValidationError({"position": "Give either a position or a direction."})
+    rules = _lock_guardrails()
+    ids = [r.pk for r in rules]
+    if guardrail.pk not in ids:
+        raise ApplicationError("This guardrail no longer exists.")
+    index = ids.index(guardrail.pk)
+    if direction is not None:
+        if direction not in {"up", "down"}:
+            raise ValidationError({"direction": "Use 'up' or 'down'."})
+        target = index - 1 if direction == "up" else index + 1
+    else:
+        assert position is not None
+        if position < 1:
+            raise ValidationError({"position": "Positions start at 1."})
+        target = position - 1
+    target = max(0, min(target, len(rules) - 1))
+    moved = rules.pop(index)
+    rules.insert(target, moved)
+    for new_position, rule in enumerate(rules, start=1):
+        if rule.position != new_position:
+            before = object_snapshot(rule)
+            rule.position = new_position
+            # The deferred unique constraint is checked at commit, after all moves.
+            GuardrailRule.objects.filter(pk=rule.pk).update(position=new_position)
+            change_record_create(
+                actor=actor,
+                action=ChangeAction.UPDATE,
+                obj=rule,
+                before=before,
+                after=object_snapshot(rule),
+            )
+    return moved
+
+
+@transaction.atomic
+def guardrail_delete(*, actor: Any, guardrail: GuardrailRule) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, guardrail, blocked_by="other objects")
+
+
+def next_guardrail_position() -> int:
+    return (GuardrailRule.objects.aggregate(m=Max("position"))["m"] or 0) + 1
