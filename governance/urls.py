@@ -1,3 +1,48 @@
-"""HTML routes of the governance app."""
+"""HTML routes of the governance app (the security-team UI), mounted at ``/``.
 
-urlpatterns: list = []
+Each policy object gets list/new/detail/edit/delete routes named
+``governance:<key>_<page>``; the key is the ``Resource.key`` in views.
+"""
+
+from django.urls import URLPattern, path
+
+from governance import views
+
+app_name = "governance"
+
+
+def _resource_routes(prefix: str, res: views.Resource) -> list[URLPattern]:
+    kw = {"res": res}
+    return [
+        path(f"{prefix}/", views.object_list, kw, name=f"{res.key}_list"),
+        path(f"{prefix}/new/", views.object_create, kw, name=f"{res.key}_create"),
+        path(f"{prefix}/<int:pk>/", views.object_detail, kw, name=f"{res.key}_detail"),
+        path(f"{prefix}/<int:pk>/edit/", views.object_edit, kw, name=f"{res.key}_edit"),
+        path(f"{prefix}/<int:pk>/delete/", views.object_delete, kw, name=f"{res.key}_delete"),
+    ]
+
+
+_PREFIXES = {
+    "team": "teams",
+    "identity": "identities",
+    "datasource": "datasources",
+    "classification": "classifications",
+    "column": "columns",
+    "masking_rule": "masking-rules",
+    "guardrail": "guardrails",
+}
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    *(
+        route
+        for key, prefix in _PREFIXES.items()
+        for route in _resource_routes(prefix, views.RESOURCES[key])
+    ),
+    path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
+    path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
+    path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("account/api-tokens/", views.api_token_list, name="api_token_list"),
+    path("account/api-tokens/<int:pk>/revoke/", views.api_token_revoke, name="api_token_revoke"),
+]

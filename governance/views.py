@@ -1,0 +1,563 @@
+"""HTML views of the security-team UI: thin functions over selectors and services.
+
+Every policy object gets the same five pages (list with filters, detail with
+configuration history, create, edit, delete after confirmation), described
+once per object by a ``Resource``; guardrails add inline enable/disable and
+reordering (htmx, with a plain-POST fallback), identities add access tokens,
+and every signed-in person manages their own API tokens. Reading needs a
+viewer role, writing needs admin or security (``governance.permissions``);
+services re-check, so a view can never do more than its service allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
+
+from audit.selectors import change_history_for
+from governance import selectors, services
+from governance.errors import ApplicationError
+from governance.forms import (
+    ApiTokenIssueForm,
+    ClassificationForm,
+    ColumnClassificationForm,
+    DatasourceForm,
+    GuardrailForm,
+    IdentityForm,
+    MaskingRuleForm,
+    ServiceForm,
+    TeamForm,
+    TokenIssueForm,
+)
+from governance.models import (
+    ClassificationSource,
+    ClassificationStatus,
+    GuardrailAction,
+    IdentityKind,
+    Level,
+    MaskingStrategy,
+)
+from governance.permissions import (
+    POLICY_EDITORS,
+    VIEWERS,
+    Role,
+    can_edit_policy,
+    can_manage_all_tokens,
+    require_role,
+    user_role,
+)
+
+PAGE_SIZE = 25
+
+viewer_required = require_role(*VIEWERS)
+editor_required = require_role(*POLICY_EDITORS)
+
+
+# --- filters --------------------------------------------------------------------------
+
+
+def _choice(choices: Any, label: str) -> forms.ChoiceField:
+    return forms.ChoiceField(choices=[("", "Any"), *choices], required=False, label=label)
+
+
+_YES_NO = [("true", "Yes"), ("false", "No")]
+
+
+class SearchForm(forms.Form):
+    q = forms.CharField(
+        required=False,
+        label="Search",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Name or description"}),
+    )
+
+
+class IdentityFilters(SearchForm):
+    kind = _choice(IdentityKind.choices, "Kind")
+    team = forms.ChoiceField(required=False, label="Team")
+    is_active = _choice(_YES_NO, "Active")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        teams = selectors.team_list(user=user)
+        self.fields["team"].choices = [("", "Any"), *((t.slug, t.name) for t in teams)]
+
+
+class DatasourceFilters(SearchForm):
+    environment = forms.ChoiceField(required=False, label="Environment")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        envs = selectors.environment_list(user=user)
+        self.fields["environment"].choices = [("", "Any"), *((e.name, e.name) for e in envs)]
+
+
+class ClassificationFilters(SearchForm):
+    level = _choice(Level.choices, "Level")
+    is_builtin = _choice(_YES_NO, "Built in")
+
+
+class ColumnFilters(SearchForm):
+    datasource = forms.ChoiceField(required=False, label="Datasource")
+    status = _choice(ClassificationStatus.choices, "Status")
+    source = _choice(ClassificationSource.choices, "Source")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sources = selectors.datasource_list(user=user)
+        self.fields["datasource"].choices = [("", "Any"), *((str(d.pk), d.name) for d in sources)]
+        self.fields["q"].widget.attrs["placeholder"] = "schema, table or column"
+
+
+class MaskingFilters(SearchForm):
+    strategy = _choice(MaskingStrategy.choices, "Strategy")
+    enabled = _choice(_YES_NO, "Enabled")
+
+
+class GuardrailFilters(SearchForm):
+    action = _choice(GuardrailAction.choices, "Action")
+    enabled = _choice(_YES_NO, "Enabled")
+
+
+def _with_user(form_class: type[forms.Form]) -> Callable[..., forms.Form]:
+    def build(data: Any, *, user: Any) -> forms.Form:
+        if "user" in form_class.__init__.__code__.co_varnames:
+            return form_class(data, user=user)  # type: ignore[call-arg]
+        return form_class(data)
+
+    return build
+
+
+# --- resources ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How one policy object is listed, shown, edited and deleted."""
+
+    key: str  # URL-name prefix and template stem: "team" → team_list, governance/team_*.html
+    singular: str
+    plural: str
+    list_selector: Callable[..., Any]
+    get_selector: Callable[..., Any]
+    form_class: type[ServiceForm]
+    delete_service: Callable[..., None]
+    delete_kwarg: str
+    filter_form: type[forms.Form] = SearchForm
+    lede: str = ""
+    form_takes_instance: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, action: str, pk: Any = None) -> str:
+        name = f"governance:{self.key}_{action}"
+        return reverse(name, args=[pk]) if pk is not None else reverse(name)
+
+    def template(self, page: str) -> str:
+        return f"governance/{self.key}_{page}.html"
+
+
+RESOURCES: dict[str, Resource] = {
+    r.key: r
+    for r in (
+        Resource(
+            key="team",
+            singular="team",
+            plural="Teams",
+            list_selector=selectors.team_list,
+            get_selector=selectors.team_get,
+            form_class=TeamForm,
+            delete_service=services.team_delete,
+            delete_kwarg="team",
+            lede="Groups of identities. Teams may connect to datasources, review, or be exempt "
+            "from masking.",
+        ),
+        Resource(
+            key="identity",
+            singular="identity",
+            plural="Identities",
+            list_selector=selectors.identity_list,
+            get_selector=selectors.identity_get,
+            form_class=IdentityForm,
+            delete_service=services.identity_delete,
+            delete_kwarg="identity",
+            filter_form=IdentityFilters,
+            form_takes_instance=True,
+            lede="People, service accounts and AI agents that connect through the sidecar.",
+        ),
+        Resource(
+            key="datasource",
+            singular="datasource",
+            plural="Datasources",
+            list_selector=selectors.datasource_list,
+            get_selector=selectors.datasource_get,
+            form_class=DatasourceForm,
+            delete_service=services.datasource_delete,
+            delete_kwarg="datasource",
+            filter_form=DatasourceFilters,
+            lede="Protected databases, each behind its own sidecar.",
+        ),
+        Resource(
+            key="classification",
+            singular="classification",
+            plural="Classifications",
+            list_selector=selectors.classification_list,
+            get_selector=selectors.classification_get,
+            form_class=ClassificationForm,
+            delete_service=services.classification_delete,
+            delete_kwarg="classification",
+            filter_form=ClassificationFilters,
+            lede="Sensitivity labels, from public to restricted.",
+        ),
+        Resource(
+            key="column",
+            singular="column classification",
+            plural="Column classifications",
+            list_selector=selectors.column_classification_list,
+            get_selector=selectors.column_classification_get,
+            form_class=ColumnClassificationForm,
+            delete_service=services.column_classification_delete,
+            delete_kwarg="column_classification",
+            filter_form=ColumnFilters,
+            form_takes_instance=True,
+            lede="Which columns hold which kind of data. Set by hand or proposed by the scanner.",
+        ),
+        Resource(
+            key="masking_rule",
+            singular="masking rule",
+            plural="Masking rules",
+            list_selector=selectors.masking_rule_list,
+            get_selector=selectors.masking_rule_get,
+            form_class=MaskingRuleForm,
+            delete_service=services.masking_rule_delete,
+            delete_kwarg="rule",
+            filter_form=MaskingFilters,
+            lede="How classified values are masked, inside the database, for everyone not exempt.",
+        ),
+        Resource(
+            key="guardrail",
+            singular="guardrail",
+            plural="Guardrails",
+            list_selector=selectors.guardrail_list,
+            get_selector=selectors.guardrail_get,
+            form_class=GuardrailForm,
+            delete_service=services.guardrail_delete,
+            delete_kwarg="guardrail",
+            filter_form=GuardrailFilters,
+            lede="Evaluated top to bottom; the first enabled rule that matches decides.",
+        ),
+    )
+}
+
+
+def _form(res: Resource, *args: Any, instance: Any = None, **kwargs: Any) -> ServiceForm:
+    if res.form_takes_instance:
+        kwargs["instance"] = instance
+    return res.form_class(*args, **kwargs)
+
+
+def _paginate(request: HttpRequest, queryset: Any) -> Any:
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+# --- generic pages --------------------------------------------------------------------
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def home(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    counts = [
+        (res, res.list_selector(user=user).count())
+        for res in RESOURCES.values()
+        if res.key != "column"
+    ]
+    context = {
+        "counts": counts,
+        "guardrails": selectors.guardrail_list(user=user)[:8],
+        "datasources": selectors.datasource_list(user=user)[:8],
+        "proposed": selectors.column_classification_list(
+            user=user, filters={"status": ClassificationStatus.PROPOSED}
+        ).count(),
+    }
+    return render(request, "governance/home.html", context)
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def object_list(request: HttpRequest, *, res: Resource) -> HttpResponse:
+    filters = _with_user(res.filter_form)(request.GET or None, user=request.user)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    page = _paginate(request, res.list_selector(user=request.user, filters=cleaned))
+    context = {"res": res, "filters": filters, "page": page, "objects": page.object_list}
+    return render(request, res.template("list"), context)
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def object_detail(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse:
+    obj = res.get_selector(user=request.user, pk=pk)
+    context: dict[str, Any] = {"res": res, "object": obj, "history": change_history_for(obj)}
+    extra = DETAIL_CONTEXT.get(res.key)
+    if extra is not None:
+        context.update(extra(request, obj))
+    return render(request, res.template("detail"), context)
+
+
+@editor_required
+@require_http_methods(["GET", "POST"])
+def object_create(request: HttpRequest, *, res: Resource) -> HttpResponse:
+    form = _form(res, request.POST or None, initial=request.GET.dict() or None)
+    if request.method == "POST":
+        obj = form.save(actor=request.user)
+        if obj is not None:
+            messages.success(request, f"Created {res.singular} {obj}.")
+            return redirect(res.url("detail", obj.pk))
+    return render(request, "governance/object_form.html", {"res": res, "form": form})
+
+
+@editor_required
+@require_http_methods(["GET", "POST"])
+def object_edit(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse:
+    obj = res.get_selector(user=request.user, pk=pk)
+    initial = res.form_class.initial_from(obj)
+    form = _form(res, request.POST or None, initial=initial, instance=obj)
+    if request.method == "POST":
+        saved = form.save(actor=request.user, obj=obj)
+        if saved is not None:
+            messages.success(request, f"Saved {res.singular} {saved}.")
+            return redirect(res.url("detail", saved.pk))
+    context = {"res": res, "form": form, "object": obj}
+    return render(request, "governance/object_form.html", context)
+
+
+@editor_required
+@require_http_methods(["GET", "POST"])
+def object_delete(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse:
+    obj = res.get_selector(user=request.user, pk=pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            res.delete_service(actor=request.user, **{res.delete_kwarg: obj})
+        except ApplicationError as exc:
+            error = exc.message
+        else:
+            messages.success(request, f"Deleted {res.singular} {obj}.")
+            return redirect(res.url("list"))
+    context = {"res": res, "object": obj, "error": error}
+    return render(
+        request, "governance/object_confirm_delete.html", context, status=400 if error else 200
+    )
+
+
+# --- per-object detail context --------------------------------------------------------
+
+
+def _identity_detail(request: HttpRequest, identity: Any) -> dict[str, Any]:
+    tokens = selectors.token_list(user=request.user, filters={"identity": str(identity.pk)})
+    return {
+        "tokens": tokens,
+        "may_manage_tokens": _may_manage_tokens_of(request.user, identity),
+        "owned": selectors.identity_list(user=request.user, filters={"owner": identity.name}),
+    }
+
+
+def _may_manage_tokens_of(user: Any, identity: Any) -> bool:
+    # Only decides whether to show the buttons; token_issue/token_revoke re-check.
+    if can_manage_all_tokens(user):
+        return True
+    if user_role(user) != Role.REVIEWER:
+        return False
+    owner_user = identity.owner.user_id if identity.owner_id else None
+    return user.pk in {identity.user_id, owner_user}
+
+
+def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
+    rules = selectors.masking_rule_list(
+        user=request.user, filters={"environment": datasource.environment.name, "enabled": True}
+    )
+    by_classification = {rule.classification_id: rule for rule in rules}
+    tables = selectors.datasource_schema(datasource=datasource)
+    for table in tables:
+        for column in table["columns"]:
+            found = column["classification"]
+            column["masking_rule"] = (
+                by_classification.get(found.classification_id) if found is not None else None
+            )
+    guardrails = selectors.guardrail_list(
+        user=request.user, filters={"datasource": str(datasource.pk)}
+    )
+    return {"tables": tables, "guardrails": guardrails}
+
+
+def _classification_detail(request: HttpRequest, classification: Any) -> dict[str, Any]:
+    return {
+        "rules": selectors.masking_rule_list(
+            user=request.user, filters={"classification": classification.name}
+        ),
+        "columns": selectors.column_classification_list(
+            user=request.user, filters={"classification": classification.name}
+        )[:50],
+    }
+
+
+DETAIL_CONTEXT: dict[str, Callable[[HttpRequest, Any], dict[str, Any]]] = {
+    "identity": _identity_detail,
+    "datasource": _datasource_detail,
+    "classification": _classification_detail,
+}
+
+
+# --- guardrails: inline actions -------------------------------------------------------
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponse:
+    target = request.POST.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return redirect(target)
+    return redirect(fallback)
+
+
+def _guardrail_rows(request: HttpRequest, status: int = 200) -> HttpResponse:
+    """The whole tbody: a move changes two rows' positions, so both are redrawn."""
+    guardrails = selectors.guardrail_list(user=request.user)
+    context = {"objects": guardrails, "may_edit": can_edit_policy(request.user)}
+    return render(request, "governance/_guardrail_rows.html", context, status=status)
+
+
+@editor_required
+@require_POST
+def guardrail_toggle(request: HttpRequest, pk: int) -> HttpResponse:
+    guardrail = selectors.guardrail_get(user=request.user, pk=pk)
+    enabled = not guardrail.enabled
+    error = ""
+    try:
+        guardrail = services.guardrail_set_enabled(
+            actor=request.user, guardrail=guardrail, enabled=enabled
+        )
+    except ValidationError as exc:
+        # Enabling can be refused (an allow-all rule in production): say why, inline.
+        error = " ".join(exc.messages)
+    except ApplicationError as exc:
+        error = exc.message
+    if request.htmx:
+        context = {"g": guardrail, "may_edit": True, "error": error, "flash": not error}
+        response = render(request, "governance/_guardrail_row.html", context)
+        if error:
+            return trigger_client_event(response, "warden:error", {"message": error})
+        return response
+    if error:
+        messages.error(request, f"{guardrail.name}: {error}")
+    else:
+        state = "enabled" if enabled else "disabled"
+        messages.success(request, f"Guardrail {guardrail.name} {state}.")
+    return _back(request, reverse("governance:guardrail_list"))
+
+
+@editor_required
+@require_POST
+def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
+    guardrail = selectors.guardrail_get(user=request.user, pk=pk)
+    direction = request.POST.get("direction", "")
+    if direction not in {"up", "down"}:
+        if request.htmx:
+            return _guardrail_rows(request, status=400)
+        messages.error(request, "Choose up or down.")
+        return _back(request, reverse("governance:guardrail_list"))
+    services.guardrail_move(actor=request.user, guardrail=guardrail, direction=direction)
+    if request.htmx:
+        return _guardrail_rows(request)
+    messages.success(request, f"Moved {guardrail.name} {direction}.")
+    return _back(request, reverse("governance:guardrail_list"))
+
+
+# --- identity access tokens -----------------------------------------------------------
+
+
+@viewer_required
+@require_http_methods(["GET", "POST"])
+def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
+    identity = selectors.identity_get(user=request.user, pk=pk)
+    form = TokenIssueForm(request.POST or None, identity=identity)
+    if request.method == "POST":
+        # A PermissionDenied from the service (not this identity's manager) → 403.
+        token = form.save(actor=request.user)
+        if token is not None:
+            # The raw value exists only in this response; it is never stored or logged.
+            context = {"token": token, "raw": form.raw_token, "identity": identity}
+            response = render(request, "governance/token_issued.html", context)
+            response["Cache-Control"] = "no-store"
+            return response
+    return render(request, "governance/token_issue.html", {"form": form, "identity": identity})
+
+
+@viewer_required
+@require_http_methods(["GET", "POST"])
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = selectors.token_get(user=request.user, pk=pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            services.token_revoke(actor=request.user, token=token)
+        except ApplicationError as exc:
+            error = exc.message
+        else:
+            messages.success(request, f"Revoked token {token.name} ({token.prefix}…).")
+            return redirect("governance:identity_detail", token.identity_id)
+    context = {"token": token, "error": error}
+    return render(request, "governance/token_revoke.html", context, status=400 if error else 200)
+
+
+# --- personal API tokens --------------------------------------------------------------
+
+
+def _signed_in(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    # API tokens act as their user, so every signed-in person may hold some,
+    # even with role none (the API then refuses them the same way).
+    from django.contrib.auth.decorators import login_required
+
+    return login_required(view)
+
+
+@_signed_in
+@require_http_methods(["GET", "POST"])
+def api_token_list(request: HttpRequest) -> HttpResponse:
+    form = ApiTokenIssueForm(request.POST or None)
+    if request.method == "POST":
+        token = form.save(actor=request.user)
+        if token is not None:
+            context = {"token": token, "raw": form.raw_token}
+            response = render(request, "governance/api_token_issued.html", context)
+            response["Cache-Control"] = "no-store"
+            return response
+    tokens = selectors.api_token_list(user=request.user).filter(user=request.user)
+    return render(request, "governance/api_token_list.html", {"form": form, "tokens": tokens})
+
+
+@_signed_in
+@require_http_methods(["GET", "POST"])
+def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = selectors.api_token_get(user=request.user, pk=pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            services.api_token_revoke(actor=request.user, token=token)
+        except ApplicationError as exc:
+            error = exc.message
+        else:
+            messages.success(request, f"Revoked API token {token.name} ({token.prefix}…).")
+            return redirect("governance:api_token_list")
+    context = {"token": token, "error": error}
+    return render(
+        request, "governance/api_token_revoke.html", context, status=400 if error else 200
+    )

@@ -1,0 +1,26 @@
+/* Progressive enhancement only: every page works without this file.
+   Copy buttons (token reveal) and confirm prompts for htmx deletes. */
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) return;
+    var input = document.getElementById(button.getAttribute("data-copy-target"));
+    if (!input) return;
+    input.select();
+    var done = function () {
+      var label = button.getAttribute("data-copied-label") || "Copied";
+      button.textContent = label;
+      button.setAttribute("aria-live", "polite");
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(input.value).then(done, function () {
+        document.execCommand("copy");
+        done();
+      });
+    } else {
+      document.execCommand("copy");
+      done();
+    }
+  });
+})();

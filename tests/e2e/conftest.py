@@ -1,0 +1,115 @@
+"""Browser-test harness: Playwright's sync API driving Debian's chromium against
+pytest-django's ``live_server`` (a real threaded server on a free port).
+
+Playwright's own browser download is never used. When chromium is missing the
+tests are skipped with the reason, except under CI (``CI`` set), where a
+missing browser is a failure rather than a silently green run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Playwright's sync API runs an event loop in this thread; Django refuses ORM
+# calls from a thread with a running loop unless told it is safe (it is: the
+# loop only drives the browser).
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+CHROMIUM = os.environ.get("WARDEN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT_DIR = Path(os.environ.get("WARDEN_SCREENSHOTS", "/tmp/warden-screenshots"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        reason = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any) -> Iterator[Any]:
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    # A JavaScript error on any page is a defect even if the assertions passed.
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def totp_code(secret: str, *, at: float | None = None, step: int = 30, digits: int = 6) -> str:
+    """RFC 6238 TOTP (HMAC-SHA1), computed here independently of allauth."""
+    key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+    counter = int((time.time() if at is None else at) // step)
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**digits).zfill(digits)
+
+
+@pytest.fixture
+def sign_in(page: Any) -> Callable[..., None]:
+    """Sign in through the real allauth pages, with the TOTP step when the user has one."""
+    from tests.conftest import persona_password
+
+    def do(user: Any, role: str, *, totp_secret: str | None = None) -> None:
+        page.goto("/accounts/login/")
+        page.get_by_label("Username or email").fill(user.username)
+        page.get_by_label("Password").fill(persona_password(role))
+        page.get_by_role("button", name="Sign in").click()
+        if totp_secret is not None:
+            page.wait_for_url("**/accounts/2fa/authenticate/**")
+            page.get_by_label("Code").fill(totp_code(totp_secret))
+            page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/accounts/" not in url)
+
+    return do
+
+
+@pytest.fixture
+def screenshot(page: Any) -> Callable[[str], Path]:
+    """Save a full-page screenshot under /tmp (never committed) for a human to look at."""
+
+    def take(name: str) -> Path:
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOT_DIR / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take

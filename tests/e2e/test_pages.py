@@ -1,0 +1,65 @@
+"""Signing in through the real allauth pages, and every main page rendering in a
+real browser with the demo policy (screenshots go to /tmp for a human to check)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def test_admin_signs_in_with_password_and_totp(page: Any, sign_in: Any, admin_user: Any) -> None:
+    sign_in(admin_user, "admin", totp_secret=admin_user.totp_secret)
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.locator(".sidebar-footer .who")).to_have_text("admin")
+
+
+def test_wrong_totp_code_keeps_admin_out(page: Any, admin_user: Any) -> None:
+    from tests.conftest import persona_password
+
+    page.goto("/accounts/login/")
+    page.get_by_label("Username or email").fill("admin")
+    page.get_by_label("Password").fill(persona_password("admin"))
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/accounts/2fa/authenticate/**")
+    page.get_by_label("Code").fill("000000")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".errorlist")).to_be_visible()
+    page.goto("/guardrails/")
+    # Still in the sign-in flow (login or 2FA stage), never on a policy page.
+    assert "/accounts/" in page.url
+    expect(page.get_by_role("heading", name="Guardrails")).to_have_count(0)
+
+
+def test_anonymous_visitor_is_sent_to_sign_in(page: Any) -> None:
+    page.goto("/guardrails/")
+    assert "/accounts/login/" in page.url
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+def test_main_pages_render(page: Any, sign_in: Any, demo_policy: Any, screenshot: Any) -> None:
+    from tests.conftest import persona_password  # noqa: F401 - documents the credentials used
+
+    security = demo_policy.owner.user
+    sign_in(security, "security")
+    screenshot("01-overview")
+    pages = [
+        ("/identities/", "Identities", "02-identities"),
+        (f"/identities/{demo_policy.service.pk}/", "svc-billing", "03-identity"),
+        ("/teams/", "Teams", "04-teams"),
+        ("/datasources/", "Datasources", "05-datasources"),
+        (f"/datasources/{demo_policy.datasource.pk}/", "crm-prod", "06-datasource"),
+        ("/classifications/", "Classifications", "07-classifications"),
+        ("/columns/", "Column classifications", "08-columns"),
+        ("/masking-rules/", "Masking rules", "09-masking-rules"),
+        ("/guardrails/", "Guardrails", "10-guardrails"),
+        ("/guardrails/new/", "New guardrail", "11-guardrail-form"),
+        ("/account/api-tokens/", "Your API tokens", "12-api-tokens"),
+    ]
+    for path, heading, shot in pages:
+        page.goto(path)
+        expect(page.get_by_role("heading", level=1)).to_contain_text(heading)
+        screenshot(shot)
