@@ -7,6 +7,7 @@ With nothing set, Warden uses the embedded PostgreSQL (pgserver) and Redis
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,6 +87,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "allauth",
     "allauth.account",
@@ -108,6 +110,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "governance.adapters.AdminMfaRequiredMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -161,6 +164,100 @@ EMAIL_BACKEND = envstr("EMAIL_BACKEND") or "django.core.mail.backends.console.Em
 EMAIL_HOST = envstr("EMAIL_HOST") or "localhost"
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL") or "warden@localhost"
+
+# --- sign-in: django-allauth, local accounts + TOTP, optional OIDC single sign-on ---------
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "/"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_ADAPTER = "governance.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "governance.adapters.SocialAccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"username", "email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+# Open sign-up would hand anyone a (role-less) account; off unless asked for.
+ACCOUNT_ALLOW_SIGNUPS = envbool("ACCOUNT_ALLOW_SIGNUPS", False)
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = envstr("MFA_TOTP_ISSUER") or "Warden"
+SOCIALACCOUNT_LOGIN_ON_GET = False
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_ONLY = False
+
+
+def _json_map(name: str) -> dict[str, str]:
+    raw = envstr(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ImproperlyConfigured(f'{name} must map group names to names, e.g. {{"dba": "x"}}')
+    return value
+
+
+OIDC_PROVIDER_NAME = envstr("OIDC_PROVIDER_NAME") or "Single sign-on"
+OIDC_PROVIDER_ID = envstr("OIDC_PROVIDER_ID") or "sso"
+OIDC_SERVER_URL = envstr("OIDC_SERVER_URL") or ""
+OIDC_CLIENT_ID = envstr("OIDC_CLIENT_ID") or ""
+OIDC_CLIENT_SECRET = envstr("OIDC_CLIENT_SECRET") or ""
+OIDC_GROUPS_CLAIM = envstr("OIDC_GROUPS_CLAIM") or "groups"
+# IdP group -> team slug, and IdP group -> role (the highest one wins).
+OIDC_GROUP_TEAM_MAP = _json_map("OIDC_GROUP_TEAM_MAP")
+OIDC_GROUP_ROLE_MAP = _json_map("OIDC_GROUP_ROLE_MAP")
+_ROLES = {"admin", "security", "reviewer", "auditor", "none"}
+if set(OIDC_GROUP_ROLE_MAP.values()) - _ROLES:
+    raise ImproperlyConfigured(
+        f"OIDC_GROUP_ROLE_MAP roles must be among {sorted(_ROLES)}, got "
+        f"{sorted(set(OIDC_GROUP_ROLE_MAP.values()) - _ROLES)}"
+    )
+if OIDC_SERVER_URL and not (OIDC_CLIENT_ID and OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured("OIDC_SERVER_URL is set: OIDC_CLIENT_ID and OIDC_CLIENT_SECRET too")
+if OIDC_SERVER_URL and urlsplit(OIDC_SERVER_URL).scheme not in {"http", "https"}:
+    raise ImproperlyConfigured(f"OIDC_SERVER_URL must be an http(s) URL, got {OIDC_SERVER_URL!r}")
+SOCIALACCOUNT_PROVIDERS: dict[str, dict] = {"openid_connect": {"OAUTH_PKCE_ENABLED": True}}
+if OIDC_SERVER_URL:
+    SOCIALACCOUNT_PROVIDERS["openid_connect"]["APPS"] = [
+        {
+            "provider_id": OIDC_PROVIDER_ID,
+            "name": OIDC_PROVIDER_NAME,
+            "client_id": OIDC_CLIENT_ID,
+            "secret": OIDC_CLIENT_SECRET,
+            "settings": {"server_url": OIDC_SERVER_URL, "scope": ["openid", "profile", "email"]},
+        }
+    ]
+
+# --- management API -------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "governance.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["governance.permissions.IsPolicyEditorOrReadOnly"],
+    "DEFAULT_PAGINATION_CLASS": "governance.authentication.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "governance.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Warden management API",
+    "DESCRIPTION": "Policy objects of the Warden control plane. Errors always have the shape "
+    '{"error": {"code", "message", "fields"}}.',
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 LOGGING = {
     "version": 1,

@@ -1,3 +1,22 @@
-"""Management REST API routes."""
+"""Management REST API routes, under /api/v1/ (see governance.api)."""
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from governance import api
+
+router = SimpleRouter(trailing_slash="/?")
+router.register("teams", api.TeamViewSet, basename="team")
+router.register("identities", api.IdentityViewSet, basename="identity")
+router.register("tokens", api.AccessTokenViewSet, basename="token")
+router.register("api-tokens", api.ApiTokenViewSet, basename="api-token")
+router.register("environments", api.EnvironmentViewSet, basename="environment")
+router.register("datasources", api.DatasourceViewSet, basename="datasource")
+router.register("classifications", api.ClassificationViewSet, basename="classification")
+router.register(
+    "column-classifications", api.ColumnClassificationViewSet, basename="column-classification"
+)
+router.register("masking-rules", api.MaskingRuleViewSet, basename="masking-rule")
+router.register("guardrails", api.GuardrailViewSet, basename="guardrail")
+
+app_name = "api"
+urlpatterns = router.urls

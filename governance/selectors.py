@@ -45,6 +45,7 @@ __all__ = [
     "environment_list",
     "guardrail_get",
     "guardrail_list",
+    "identity_for_tokens_get",
     "identity_get",
     "identity_list",
     "masking_rule_get",
@@ -302,3 +303,15 @@ def guardrail_list(*, user: Any, filters: dict | None = None) -> QuerySet[Guardr
 
 def guardrail_get(*, user: Any, pk: Any) -> GuardrailRule:
     return _get(guardrail_list(user=user), pk)
+
+
+def identity_for_tokens_get(*, user: Any, pk: Any) -> Identity:
+    """An identity whose tokens ``user`` may see (Http404 otherwise, see permissions)."""
+    qs = Identity.objects.all()
+    if can_read_all_tokens(user):
+        pass
+    elif user_role(user) == Role.REVIEWER:
+        qs = qs.filter(Q(user=user) | Q(owner__user=user))
+    else:
+        qs = qs.none()
+    return _get(qs, pk)

@@ -42,6 +42,7 @@ from governance.models import (
     Environment,
     GuardrailRule,
     Identity,
+    IdentityKind,
     MaskingRule,
     Membership,
     Role,
@@ -706,3 +707,77 @@ def guardrail_delete(*, actor: Any, guardrail: GuardrailRule) -> None:
 
 def next_guardrail_position() -> int:
     return (GuardrailRule.objects.aggregate(m=Max("position"))["m"] or 0) + 1
+
+
+# --- single sign-on ---------------------------------------------------------------------
+
+_ROLE_ORDER = [Role.ADMIN, Role.SECURITY, Role.REVIEWER, Role.AUDITOR, Role.NONE]
+
+
+def _identity_name_for(user: Any) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9_.-]", "_", (user.get_username() or "user").lower().split("@")[0])
+    if not re.match(r"^[a-z_]", base):
+        base = "u_" + base
+    base = base[:56]
+    name, n = base, 1
+    while Identity.objects.filter(name=name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+@transaction.atomic
+def sso_user_sync(
+    *,
+    user: Any,
+    groups: list[str],
+    team_map: dict[str, str],
+    role_map: dict[str, str],
+) -> Identity:
+    """Apply an identity provider's group claims to a user signing in with SSO.
+
+    The user gets a human identity (created on first sign-in) whose teams are
+    exactly the mapped groups' teams, and, when a role map is configured, the
+    highest role any of their groups maps to (``none`` when no group maps).
+    The provider is the source of truth, so removals apply at the next sign-in.
+    Recorded in history with the actor "system".
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    identity = Identity.objects.filter(user=user).first()
+    if identity is None:
+        identity = Identity(
+            name=_identity_name_for(user),
+            kind=IdentityKind.HUMAN,
+            display_name=user.get_full_name() or user.get_username(),
+            email=user.email or "",
+            user=user,
+        )
+        _create(None, identity)
+    wanted_slugs = sorted({team_map[g] for g in groups if g in team_map})
+    teams = list(Team.objects.filter(slug__in=wanted_slugs))
+    missing = sorted(set(wanted_slugs) - {t.slug for t in teams})
+    if missing:
+        log.warning("OIDC_GROUP_TEAM_MAP names teams that do not exist: %s", ", ".join(missing))
+    if {t.pk for t in identity.teams.all()} != {t.pk for t in teams}:
+        _update(None, identity, {"teams": teams}, allowed={"teams"})
+    if role_map:
+        roles = {Role(role_map[g]) for g in groups if g in role_map}
+        role = next((r for r in _ROLE_ORDER if r in roles), Role.NONE)
+        membership, created = Membership.objects.get_or_create(user=user)
+        if created or membership.role != role:
+            before = None if created else object_snapshot(membership)
+            membership.role = role
+            membership.full_clean()
+            membership.save()
+            change_record_create(
+                actor=None,
+                action=ChangeAction.CREATE if created else ChangeAction.UPDATE,
+                obj=membership,
+                before=before,
+                after=object_snapshot(membership),
+            )
+    return identity

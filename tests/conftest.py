@@ -33,6 +33,12 @@ def persona_password(role: str) -> str:
     return PASSWORDS[role]
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # PBKDF2's deliberate slowness is for attackers, not for five personas per test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def _make_user(username: str, role: Role, *, actor: Any = None, superuser: bool = False) -> Any:
     User = get_user_model()
     user = User.objects.create_user(

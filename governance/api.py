@@ -1,0 +1,734 @@
+"""The management REST API (DRF): thin views over the same services and selectors as the UI.
+
+Every endpoint authenticates with an API token (``Authorization: Token wda_…``,
+stored only as a SHA-256 digest) or the browser session (with CSRF). Lists are
+paginated and filtered with the selectors' query parameters; related objects
+are referred to by their natural names (team slug, classification name,
+environment name, identity name, datasource name). Every error has the shape
+``{"error": {"code", "message", "fields"}}`` (see ``governance.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import QuerySet
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from audit.models import ChangeRecord
+from audit.selectors import change_history_for
+from governance import selectors, services
+from governance.models import (
+    AccessToken,
+    ApiToken,
+    Classification,
+    ColumnClassification,
+    Datasource,
+    Environment,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    Team,
+)
+from governance.permissions import IsViewer
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "governance.authentication.ApiTokenAuthentication"
+    name = "ApiToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Token wda_…` (mint one with `manage.py mint_api_token <username>`).",
+        }
+
+
+# --- serializer helpers --------------------------------------------------------------------
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class JSONObjectField(serializers.JSONField):
+    """A JSON object; PostgreSQL's jsonb cannot store NUL characters, so refuse them here."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        if _has_nul(value):
+            raise serializers.ValidationError("NUL characters are not allowed.")
+        return value
+
+
+def by_name(
+    queryset: QuerySet, field: str, label: str, *, many: bool = False, **kwargs: Any
+) -> serializers.SlugRelatedField:
+    """A relation written and read as the related object's natural name."""
+    return serializers.SlugRelatedField(
+        slug_field=field,
+        queryset=queryset,
+        many=many,
+        error_messages={"does_not_exist": f"Unknown {label} '{{value}}'."},
+        **kwargs,
+    )
+
+
+# --- serializers ---------------------------------------------------------------------------
+
+
+class EnvironmentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Environment
+        fields = ["id", "name", "criticality", "description"]
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    slug = serializers.CharField(
+        max_length=64, required=False, help_text="Derived from the name when omitted."
+    )
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "slug", "description", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class IdentitySerializer(serializers.ModelSerializer):
+    owner = by_name(Identity.objects.all(), "name", "identity", required=False, allow_null=True)
+    teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
+    user = by_name(
+        get_user_model().objects.all(), "username", "user", required=False, allow_null=True
+    )
+
+    class Meta:
+        model = Identity
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "display_name",
+            "email",
+            "user",
+            "owner",
+            "teams",
+            "is_active",
+            "expires_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class AccessTokenSerializer(serializers.ModelSerializer):
+    identity = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    is_active = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = AccessToken
+        fields = [
+            "id",
+            "identity",
+            "name",
+            "prefix",
+            "created_at",
+            "created_by",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "is_active",
+        ]
+        read_only_fields = fields
+
+
+class TokenIssueSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class IssuedAccessTokenSerializer(AccessTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="Shown once; store it now.")
+
+    class Meta(AccessTokenSerializer.Meta):
+        fields = [*AccessTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    is_active = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = [
+            "id",
+            "user",
+            "name",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "is_active",
+        ]
+        read_only_fields = fields
+
+
+class IssuedApiTokenSerializer(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="Shown once; store it now.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class DatasourceSerializer(serializers.ModelSerializer):
+    environment = by_name(Environment.objects.all(), "name", "environment")
+    connect_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
+    review_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
+    schema_snapshot = JSONObjectField(required=False)
+
+    class Meta:
+        model = Datasource
+        # masking_key is deliberately absent: it leaves only inside signed bundles.
+        fields = [
+            "id",
+            "name",
+            "engine",
+            "dialect",
+            "environment",
+            "description",
+            "schema_snapshot",
+            "connect_teams",
+            "review_teams",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate_schema_snapshot(self, value: Any) -> Any:
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        from governance.models import validate_schema_snapshot
+
+        try:
+            validate_schema_snapshot(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+        return value
+
+
+class ClassificationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Classification
+        fields = ["id", "name", "level", "description", "is_builtin", "created_at", "updated_at"]
+        read_only_fields = ["is_builtin", "created_at", "updated_at"]
+
+
+class ColumnClassificationSerializer(serializers.ModelSerializer):
+    datasource = by_name(Datasource.objects.all(), "name", "datasource")
+    classification = by_name(Classification.objects.all(), "name", "classification")
+    confirmed_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ColumnClassification
+        fields = [
+            "id",
+            "datasource",
+            "schema_name",
+            "table_name",
+            "column_name",
+            "classification",
+            "source",
+            "confidence",
+            "status",
+            "confirmed_by",
+            "confirmed_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["status", "confirmed_by", "confirmed_at", "created_at", "updated_at"]
+        # Setting a classification on an already classified column replaces it
+        # (column_classification_set), so the uniqueness check must not refuse it.
+        validators: list = []
+
+
+class MaskingRuleSerializer(serializers.ModelSerializer):
+    classification = by_name(Classification.objects.all(), "name", "classification")
+    exempt_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
+    params = JSONObjectField(required=False)
+    environments = serializers.ListField(
+        child=serializers.CharField(max_length=32), required=False, max_length=50
+    )
+
+    class Meta:
+        model = MaskingRule
+        fields = [
+            "id",
+            "name",
+            "classification",
+            "strategy",
+            "params",
+            "exempt_teams",
+            "environments",
+            "enabled",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class GuardrailSerializer(serializers.ModelSerializer):
+    datasource = by_name(
+        Datasource.objects.all(), "name", "datasource", required=False, allow_null=True
+    )
+    conditions = JSONObjectField(
+        required=False,
+        help_text="Lists (empty = any): environments, identity_kinds, teams, statement_kinds, "
+        "tables, classifications, functions. Flags (true/false/null = either): missing_where, "
+        "unbounded_classified_read, multi_statement, unparseable.",
+    )
+    position = serializers.IntegerField(
+        required=False, min_value=1, max_value=1_000_000, help_text="1 = evaluated first."
+    )
+
+    class Meta:
+        model = GuardrailRule
+        fields = [
+            "id",
+            "name",
+            "position",
+            "enabled",
+            "conditions",
+            "action",
+            "message",
+            "datasource",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class GuardrailMoveSerializer(serializers.Serializer):
+    position = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+    direction = serializers.ChoiceField(choices=["up", "down"], required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("position" in attrs) == ("direction" in attrs):
+            raise serializers.ValidationError("Give either a position or a direction.")
+        return attrs
+
+
+class ChangeRecordSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ChangeRecord
+        fields = [
+            "id",
+            "at",
+            "actor_name",
+            "request_id",
+            "action",
+            "object_repr",
+            "before",
+            "after",
+        ]
+        read_only_fields = fields
+
+
+# --- viewsets ------------------------------------------------------------------------------
+
+ErrorSerializer = inline_serializer(
+    "Error",
+    {
+        "error": inline_serializer(
+            "ErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "fields": serializers.DictField(child=serializers.ListField()),
+            },
+        )
+    },
+)
+_ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 405)}
+
+
+def _query(name: str, description: str, type_: Any = OpenApiTypes.STR) -> OpenApiParameter:
+    return OpenApiParameter(name, type_, OpenApiParameter.QUERY, description=description)
+
+
+Q_PARAM = _query("q", "Search in names.")
+
+
+class PolicyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """CRUD over one policy object through its selectors and services.
+
+    Subclasses name the selectors, the services and the service's keyword for
+    the object (``team=...``); the viewset only translates HTTP.
+    """
+
+    list_selector: Callable[..., QuerySet]
+    get_selector: Callable[..., Any]
+    create_service: Callable[..., Any]
+    update_service: Callable[..., Any]
+    delete_service: Callable[..., Any]
+    object_kwarg: str
+    read_only_on_update: tuple[str, ...] = ()
+
+    def get_queryset(self) -> QuerySet:
+        return type(self).list_selector(user=self.request.user, filters=self.request.query_params)
+
+    def get_object(self) -> Any:
+        obj = type(self).get_selector(user=self.request.user, pk=self.kwargs["pk"])
+        self.check_object_permissions(self.request, obj)
+        return obj
+
+    def perform_create(self, serializer: serializers.Serializer) -> None:
+        serializer.instance = type(self).create_service(
+            actor=self.request.user, **serializer.validated_data
+        )
+
+    def perform_update(self, serializer: serializers.Serializer) -> None:
+        data = {
+            k: v for k, v in serializer.validated_data.items() if k not in self.read_only_on_update
+        }
+        serializer.instance = type(self).update_service(
+            actor=self.request.user, **{self.object_kwarg: serializer.instance}, data=data
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        type(self).delete_service(actor=self.request.user, **{self.object_kwarg: instance})
+
+    @extend_schema(responses={200: ChangeRecordSerializer(many=True), **_ERRORS})
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str) -> Response:
+        """Configuration history of this object: who changed what, when, from what to what."""
+        obj = self.get_object()
+        page = self.paginate_queryset(change_history_for(obj))
+        return self.get_paginated_response(ChangeRecordSerializer(page, many=True).data)
+
+
+def _crud_schema(tag: str, filters: list[OpenApiParameter]) -> Callable[[type], type]:
+    return extend_schema_view(
+        list=extend_schema(tags=[tag], parameters=[Q_PARAM, *filters]),
+        retrieve=extend_schema(tags=[tag]),
+        create=extend_schema(tags=[tag]),
+        update=extend_schema(tags=[tag]),
+        partial_update=extend_schema(tags=[tag]),
+        destroy=extend_schema(tags=[tag]),
+        history=extend_schema(tags=[tag]),
+    )
+
+
+@_crud_schema("teams", [])
+class TeamViewSet(PolicyViewSet):
+    serializer_class = TeamSerializer
+    list_selector = selectors.team_list
+    get_selector = selectors.team_get
+    create_service = services.team_create
+    update_service = services.team_update
+    delete_service = services.team_delete
+    object_kwarg = "team"
+
+
+@_crud_schema(
+    "identities",
+    [
+        _query("kind", "human, service or agent."),
+        _query("team", "Team slug."),
+        _query("is_active", "true or false.", OpenApiTypes.BOOL),
+        _query("owner", "Owner's identity name."),
+    ],
+)
+class IdentityViewSet(PolicyViewSet):
+    serializer_class = IdentitySerializer
+    list_selector = selectors.identity_list
+    get_selector = selectors.identity_get
+    create_service = services.identity_create
+    update_service = services.identity_update
+    delete_service = services.identity_delete
+    object_kwarg = "identity"
+
+    @extend_schema(
+        tags=["tokens"],
+        request=TokenIssueSerializer,
+        responses={200: AccessTokenSerializer(many=True), 201: IssuedAccessTokenSerializer},
+    )
+    @action(detail=True, methods=["get", "post"], permission_classes=[IsViewer])
+    def tokens(self, request: Request, pk: str) -> Response:
+        """GET: this identity's access tokens. POST: issue one (the raw token is shown once)."""
+        identity = selectors.identity_for_tokens_get(user=request.user, pk=pk)
+        if request.method == "GET":
+            qs = selectors.token_list(user=request.user, filters={"identity": str(identity.pk)})
+            page = self.paginate_queryset(qs)
+            return self.get_paginated_response(AccessTokenSerializer(page, many=True).data)
+        payload = TokenIssueSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        token, raw = services.token_issue(
+            actor=request.user, identity=identity, **payload.validated_data
+        )
+        token.token = raw  # type: ignore[attr-defined]
+        return Response(IssuedAccessTokenSerializer(token).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        tags=["tokens"],
+        parameters=[
+            _query("identity", "Identity id.", OpenApiTypes.INT),
+            _query("active", "true: usable now; false: revoked or expired.", OpenApiTypes.BOOL),
+        ],
+    ),
+    retrieve=extend_schema(tags=["tokens"]),
+)
+class AccessTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Identity access tokens in the caller's scope (see governance.permissions)."""
+
+    serializer_class = AccessTokenSerializer
+    permission_classes = [IsViewer]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.token_list(user=self.request.user, filters=self.request.query_params)
+
+    def get_object(self) -> AccessToken:
+        return selectors.token_get(user=self.request.user, pk=self.kwargs["pk"])
+
+    @extend_schema(tags=["tokens"], request=None, responses={200: AccessTokenSerializer, **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        token = services.token_revoke(actor=request.user, token=self.get_object())
+        return Response(AccessTokenSerializer(token).data)
+
+
+@extend_schema_view(
+    list=extend_schema(tags=["api-tokens"], parameters=[_query("user", "Username (admins).")]),
+    retrieve=extend_schema(tags=["api-tokens"]),
+    create=extend_schema(
+        tags=["api-tokens"],
+        request=TokenIssueSerializer,
+        responses={201: IssuedApiTokenSerializer, **_ERRORS},
+    ),
+)
+class ApiTokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Your management-API tokens (admins see everyone's)."""
+
+    serializer_class = ApiTokenSerializer
+    permission_classes = [IsViewer]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.api_token_list(user=self.request.user, filters=self.request.query_params)
+
+    def get_object(self) -> ApiToken:
+        return selectors.api_token_get(user=self.request.user, pk=self.kwargs["pk"])
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        payload = TokenIssueSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        token, raw = services.api_token_issue(actor=request.user, **payload.validated_data)
+        token.token = raw  # type: ignore[attr-defined]
+        return Response(IssuedApiTokenSerializer(token).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        tags=["api-tokens"], request=None, responses={200: ApiTokenSerializer, **_ERRORS}
+    )
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        token = services.api_token_revoke(actor=request.user, token=self.get_object())
+        return Response(ApiTokenSerializer(token).data)
+
+
+@extend_schema_view(
+    list=extend_schema(tags=["datasources"]), retrieve=extend_schema(tags=["datasources"])
+)
+class EnvironmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Environments (seeded: production, staging, sandbox) and their criticality."""
+
+    serializer_class = EnvironmentSerializer
+    permission_classes = [IsViewer]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.environment_list(user=self.request.user)
+
+
+@_crud_schema(
+    "datasources",
+    [_query("environment", "Environment name."), _query("team", "Team slug (connect or review).")],
+)
+class DatasourceViewSet(PolicyViewSet):
+    serializer_class = DatasourceSerializer
+    list_selector = selectors.datasource_list
+    get_selector = selectors.datasource_get
+    create_service = services.datasource_create
+    update_service = services.datasource_update
+    delete_service = services.datasource_delete
+    object_kwarg = "datasource"
+
+
+@_crud_schema(
+    "classifications",
+    [
+        _query("level", "public, internal, confidential or restricted."),
+        _query("is_builtin", "", OpenApiTypes.BOOL),
+    ],
+)
+class ClassificationViewSet(PolicyViewSet):
+    serializer_class = ClassificationSerializer
+    list_selector = selectors.classification_list
+    get_selector = selectors.classification_get
+    create_service = services.classification_create
+    update_service = services.classification_update
+    delete_service = services.classification_delete
+    object_kwarg = "classification"
+
+
+def _column_set(*, actor: Any, **data: Any) -> ColumnClassification:
+    return services.column_classification_set(actor=actor, **data)
+
+
+def _column_update(*, actor: Any, column_classification: ColumnClassification, data: dict) -> Any:
+    # The column itself is fixed; what changes is its classification (and source).
+    return services.column_classification_set(
+        actor=actor,
+        datasource=column_classification.datasource,
+        schema_name=column_classification.schema_name,
+        table_name=column_classification.table_name,
+        column_name=column_classification.column_name,
+        classification=data.get("classification", column_classification.classification),
+        source=data.get("source", column_classification.source),
+        confidence=data.get("confidence", column_classification.confidence),
+    )
+
+
+@_crud_schema(
+    "column-classifications",
+    [
+        _query("datasource", "Datasource id.", OpenApiTypes.INT),
+        _query("classification", "Classification name."),
+        _query("status", "proposed, confirmed or rejected."),
+        _query("source", "auto or manual."),
+    ],
+)
+class ColumnClassificationViewSet(PolicyViewSet):
+    """Classify a column: POST replaces any earlier classification of the same column."""
+
+    serializer_class = ColumnClassificationSerializer
+    list_selector = selectors.column_classification_list
+    get_selector = selectors.column_classification_get
+    create_service = _column_set
+    update_service = _column_update
+    delete_service = services.column_classification_delete
+    object_kwarg = "column_classification"
+    read_only_on_update = ("datasource", "schema_name", "table_name", "column_name")
+
+
+@_crud_schema(
+    "masking-rules",
+    [
+        _query("classification", "Classification name."),
+        _query("strategy", "redact, partial, email, hash, null or year_only."),
+        _query("enabled", "", OpenApiTypes.BOOL),
+        _query("environment", "Rules that apply in this environment."),
+    ],
+)
+class MaskingRuleViewSet(PolicyViewSet):
+    serializer_class = MaskingRuleSerializer
+    list_selector = selectors.masking_rule_list
+    get_selector = selectors.masking_rule_get
+    create_service = services.masking_rule_create
+    update_service = services.masking_rule_update
+    delete_service = services.masking_rule_delete
+    object_kwarg = "rule"
+
+
+@_crud_schema(
+    "guardrails",
+    [
+        _query("action", "allow, review or block."),
+        _query("enabled", "", OpenApiTypes.BOOL),
+        _query("datasource", "Datasource id.", OpenApiTypes.INT),
+    ],
+)
+class GuardrailViewSet(PolicyViewSet):
+    """Guardrails in evaluation order; change the order with ``move``."""
+
+    serializer_class = GuardrailSerializer
+    list_selector = selectors.guardrail_list
+    get_selector = selectors.guardrail_get
+    create_service = services.guardrail_create
+    update_service = services.guardrail_update
+    delete_service = services.guardrail_delete
+    object_kwarg = "guardrail"
+    read_only_on_update = ("position",)
+
+    def _toggle(self, request: Request, enabled: bool) -> Response:
+        guardrail = services.guardrail_set_enabled(
+            actor=request.user, guardrail=self.get_object(), enabled=enabled
+        )
+        return Response(GuardrailSerializer(guardrail).data)
+
+    @extend_schema(
+        tags=["guardrails"], request=None, responses={200: GuardrailSerializer, **_ERRORS}
+    )
+    @action(detail=True, methods=["post"])
+    def enable(self, request: Request, pk: str) -> Response:
+        return self._toggle(request, True)
+
+    @extend_schema(
+        tags=["guardrails"], request=None, responses={200: GuardrailSerializer, **_ERRORS}
+    )
+    @action(detail=True, methods=["post"])
+    def disable(self, request: Request, pk: str) -> Response:
+        return self._toggle(request, False)
+
+    @extend_schema(
+        tags=["guardrails"],
+        request=GuardrailMoveSerializer,
+        responses={200: GuardrailSerializer, **_ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def move(self, request: Request, pk: str) -> Response:
+        """Move to ``position`` (1 = first) or one step ``direction`` up/down."""
+        guardrail = self.get_object()
+        payload = GuardrailMoveSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        moved = services.guardrail_move(
+            actor=request.user, guardrail=guardrail, **payload.validated_data
+        )
+        moved.refresh_from_db()
+        return Response(GuardrailSerializer(moved).data)
