@@ -1,0 +1,200 @@
+"""``make run``: Warden on one machine with nothing but Python.
+
+Starts (or reuses) the embedded PostgreSQL and Redis under ``var/`` unless
+``DATABASE_URL``/``REDIS_URL`` are set, migrates, seeds the demo (idempotent),
+then runs the web server (uvicorn, ASGI), a Celery worker with embedded beat,
+and any demo processes from ``demo_processes()``. It prints where to go and how
+to sign in. Ctrl-C or SIGTERM stops every child, then the embedded services;
+the next ``make run`` finds the same data again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from config.devstack import BASE_DIR, VAR_DIR, services
+
+STOP_TIMEOUT = 20.0
+
+
+def _secret_key() -> str:
+    """A per-machine SECRET_KEY kept in var/, so sessions survive a restart."""
+    path = VAR_DIR / "secret-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def demo_processes(env: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """Hook for the demo datasource and its sidecar (later issues): (name, argv) pairs.
+
+    They start after the web server is ready and stop with everything else.
+    """
+    return []
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run(  # noqa: S603 - our own manage.py with fixed arguments
+        [sys.executable, str(BASE_DIR / "manage.py"), *args], env=env, check=True
+    )
+
+
+def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Own session per child: signals come from us, in order, not from the
+    # terminal to everyone at once (a second SIGINT makes Celery cold-stop).
+    print(f"[run] starting {name}", flush=True)
+    return subprocess.Popen(argv, env=env, cwd=BASE_DIR, start_new_session=True)  # noqa: S603
+
+
+def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:
+    for _name, proc in reversed(children):
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for name, proc in reversed(children):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"[run] {name} did not stop in time; killing it", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # Children of the child (Celery's pool and beat) share its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop()
+
+
+def main() -> int:
+    host = os.environ.get("WARDEN_HOST", "127.0.0.1")
+    port = os.environ.get("WARDEN_PORT", "8000")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        print(f"WARDEN_PORT must be a TCP port number, got {port!r}", file=sys.stderr)
+        return 2
+    url = f"http://{host}:{port}"
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    children: list[tuple[str, subprocess.Popen]] = []
+    try:
+        with services() as service_env:
+            try:
+                return _serve(service_env, host, port, url, children)
+            except _Stop:
+                print("\n[run] stopping…", flush=True)
+                return 0
+            finally:
+                # No second signal may interrupt the shutdown itself; children
+                # stop before the embedded PostgreSQL and Redis they use.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                _stop(children)
+    except _Stop:
+        return 0
+
+
+def _serve(
+    service_env: dict[str, str],
+    host: str,
+    port: str,
+    url: str,
+    children: list[tuple[str, subprocess.Popen]],
+) -> int:
+    env = {**os.environ, **service_env}
+    env.setdefault("WARDEN_DEV", "1")
+    env.setdefault("DEBUG", "1")
+    env.setdefault("SECRET_KEY", _secret_key())
+    env.setdefault("WARDEN_BASE_URL", url)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    _manage(env, "migrate", "--no-input", "-v", "0")
+    _manage(env, "seed_demo")
+    children.append(
+        (
+            "web",
+            _start(
+                "web",
+                [
+                    sys.executable, "-m", "uvicorn", "config.asgi:application",
+                    "--host", host, "--port", port, "--no-access-log",
+                ],
+                env,
+            ),
+        )
+    )  # fmt: skip
+    children.append(
+        (
+            "worker",
+            _start(
+                "worker",
+                [
+                    sys.executable, "-m", "celery", "-A", "config", "worker", "-B",
+                    "--loglevel", "INFO", "--concurrency", "1",
+                    "--schedule", str(VAR_DIR / "celerybeat-schedule"),
+                ],
+                env,
+            ),
+        )
+    )  # fmt: skip
+    if not _wait_ready(url, children[0][1]):
+        print("[run] the web server did not become ready; stopping", file=sys.stderr)
+        return 1
+    for name, argv in demo_processes(env):
+        children.append((name, _start(name, argv, env)))
+    creds_path = Path(VAR_DIR) / "demo-credentials.json"
+    creds = json.loads(creds_path.read_text()) if creds_path.exists() else {}
+    print(
+        "\n"
+        f"  Warden is running at {url}/\n"
+        f"  Sign in as admin / {creds.get('admin', '?')} "
+        "(you will set up a TOTP authenticator first: admins need MFA)\n"
+        f"  or as security / {creds.get('security', '?')} (edits policy), "
+        f"reviewer / {creds.get('reviewer', '?')}, auditor / {creds.get('auditor', '?')}.\n"
+        f"  API docs: {url}/api/docs/   (credentials kept in {creds_path})\n"
+        "  Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    while True:
+        for name, proc in children:
+            if proc.poll() is not None:
+                print(f"[run] {name} exited with {proc.returncode}; stopping", flush=True)
+                return 1
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
