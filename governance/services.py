@@ -263,6 +263,7 @@ def token_issue(
     """Mint an access token; the raw value is returned here once and never stored."""
     if not _may_manage_tokens_of(actor, identity):
         raise PermissionDenied("You may not issue tokens for this identity.")
+    identity = Identity.objects.select_for_update().get(pk=identity.pk)
     if not identity.is_active or identity.is_expired:
         raise ApplicationError(f"{identity.name} is not active; it cannot get a token.")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
