@@ -9,7 +9,7 @@ from typing import Any
 
 from django import template
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from governance.permissions import can_edit_policy, user_role
 
@@ -41,8 +41,8 @@ def nav_current(context: template.Context, *prefixes: str) -> SafeString:
     match = getattr(request, "resolver_match", None)
     name = getattr(match, "url_name", "") or ""
     if any(name == p or name.startswith(p + "_") for p in prefixes):
-        return format_html('aria-current="page"')
-    return format_html("")
+        return mark_safe('aria-current="page"')
+    return mark_safe("")
 
 
 _ENV_CLASSES = {"production", "staging", "sandbox"}
