@@ -218,6 +218,14 @@ def always_true(node: Any, notes: list[str] | None = None) -> bool:
     return False
 
 
+def _returning(body: dict[str, Any]) -> list[Any]:
+    """RETURNING items (PostgreSQL 18 wraps them in a returningClause)."""
+    clause = body.get("returningClause")
+    if isinstance(clause, dict):
+        return list(clause.get("exprs", []))
+    return list(body.get("returningList", []))
+
+
 class _Walker:
     """Collects relations, column references and calls from one statement tree."""
 
@@ -356,8 +364,7 @@ class _Walker:
                 self.r.literal_sensitive = True
         info = WriteInfo(kind, target, effective)
         self.r.writes.append(info)
-        returning = body.get("returningList", [])
-        for item in returning:
+        for item in _returning(body):
             val = item.get("ResTarget", {}).get("val", {})
             if "ColumnRef" in val:
                 fields = val["ColumnRef"]["fields"]
@@ -373,14 +380,14 @@ class _Walker:
         info = self._write("insert", body, ctes)
         self.visit(body.get("selectStmt"), ctes)
         if info is not None:
-            self._oracle(info, [body.get("onConflictClause"), body.get("returningList")], ctes)
+            self._oracle(info, [body.get("onConflictClause"), _returning(body)], ctes)
 
     def v_UpdateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
         info = self._write("update", body, ctes)
         self.visit(body.get("fromClause"), ctes)
         if info is not None:
-            parts = [body.get("targetList"), body.get("whereClause"), body.get("returningList")]
+            parts = [body.get("targetList"), body.get("whereClause"), _returning(body)]
             self._oracle(info, parts, ctes)
 
     def v_DeleteStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
@@ -388,7 +395,7 @@ class _Walker:
         info = self._write("delete", body, ctes)
         self.visit(body.get("usingClause"), ctes)
         if info is not None:
-            self._oracle(info, [body.get("whereClause"), body.get("returningList")], ctes)
+            self._oracle(info, [body.get("whereClause"), _returning(body)], ctes)
 
     def v_MergeStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -398,7 +405,7 @@ class _Walker:
             parts = [
                 body.get("joinCondition"),
                 body.get("mergeWhenClauses"),
-                body.get("returningList"),
+                _returning(body),
             ]
             self._oracle(info, parts, ctes)
 

@@ -391,10 +391,14 @@ class Engine:
             masked_cols = sorted(
                 f"{t}.{c}" for t, cols in masked_here.items() for c in cols if f"{t}.{c}" in columns
             )
-            levels = [bundle.classification_levels[c] for c in classes]
-            all_masked = bool(classes) and all(
-                c in masked_cols for c in read_cols if c in bundle.column_classifications
-            )
+            masked_levels = [
+                bundle.classification_levels[bundle.column_classifications[c]] for c in masked_cols
+            ]
+            unmasked_levels = [
+                bundle.classification_levels[bundle.column_classifications[c]]
+                for c in read_cols
+                if c in bundle.column_classifications and c not in masked_cols
+            ]
             missing_where = runs and any(w.has_effective_where is False for w in a.writes)
             unbounded = (
                 bool(classes) and a.judged_type == "SelectStmt" and not (a.has_where or a.has_limit)
@@ -526,7 +530,14 @@ class Engine:
             )
             risks.append(
                 policy.statement_risk(
-                    a, bundle, who, levels, all_masked, missing_where, unbounded, dangerous
+                    a,
+                    bundle,
+                    who,
+                    unmasked_levels,
+                    masked_levels,
+                    missing_where,
+                    unbounded,
+                    dangerous,
                 )
             )
             facts.append(

@@ -137,7 +137,9 @@ class Token:
 
 def scan_tokens(sql: str) -> list[Token]:
     """pglast's scanner, with offsets converted to UTF-8 byte offsets (end exclusive)."""
-    tokens = pg.scan(sql)
+    # Comments never hold a splice point; dropping them lets a name written as
+    # ``public/**/./**/customers`` be spliced like any other.
+    tokens = [t for t in pg.scan(sql) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
     if sql.isascii():
         return [Token(t.start, t.end + 1, t.name, t.kind != "NO_KEYWORD") for t in tokens]
     offsets = [0]

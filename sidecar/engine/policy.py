@@ -119,7 +119,7 @@ def setting_reason(a: Analysis) -> tuple[str, str] | None:
     """(rule, message) when a SET/RESET statement is refused."""
     setting = a.setting or {}
     kind, name = setting.get("kind"), setting.get("name", "")
-    if kind in ("VAR_RESET_ALL",) or (kind == "VAR_RESET" and name != "role"):
+    if kind in ("VAR_RESET_ALL", "VAR_RESET", "VAR_SET_DEFAULT"):
         return None  # back to the server's defaults, which are safe
     if name == "standard_conforming_strings":
         values = [str(v).lower() for v in setting.get("values", [])]
@@ -139,8 +139,8 @@ def statement_risk(
     a: Analysis,
     bundle: Bundle,
     identity: Identity,
-    levels: list[str],
-    all_masked: bool,
+    unmasked_levels: list[str],
+    masked_levels: list[str],
     missing_where: bool,
     unbounded: bool,
     dangerous: bool,
@@ -152,9 +152,12 @@ def statement_risk(
         risk += 15
     if missing_where:
         risk += 20
-    if levels:
-        level_risk = max(LEVEL_RISK[level] for level in levels)
-        risk += level_risk // 2 if all_masked else level_risk
+    # Masked data leaves the database masked: it weighs half.
+    risk += max(
+        [LEVEL_RISK[level] for level in unmasked_levels]
+        + [LEVEL_RISK[level] // 2 for level in masked_levels]
+        + [0]
+    )
     risk += IDENTITY_RISK.get(identity.kind, 0)
     if unbounded:
         risk += 10
