@@ -79,12 +79,12 @@ def _mutations() -> list[tuple[str, Any]]:
         (
             "unknown classification",
             set_path(["guardrails", 1, "conditions", "classifications"], ["pii.nope"]),
-        ),  # fmt: skip
+        ),
         ("unknown classification", set_path(["masking_rules", 0, "classification"], "pii.nope")),
         (
             "unknown classification",
             set_path(["column_classifications", 0, "classification"], "pii.nope"),
-        ),  # fmt: skip
+        ),
         ("unknown table", set_path(["column_classifications", 0, "table"], "nope")),
         ("unknown column", set_path(["column_classifications", 0, "column"], "nope")),
         ("duplicate", set_path(["identities", 1, "name"], "alice")),
