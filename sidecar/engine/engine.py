@@ -571,6 +571,21 @@ class Engine:
                 upstream = sql
                 statements = [replace(s, rewritten_sql=None) for s in statements]
 
+        if any(
+            raw.node_type == "ExplainStmt"
+            and s.rewritten_sql is not None
+            and bundle.masking_key in s.rewritten_sql
+            for raw, s in zip(raws, statements[-len(raws) :] if raws else [], strict=False)
+        ):
+            # A plan prints the masking expressions, and with them the hash mask's key.
+            hard.append(
+                Reason(
+                    "mask.explain_rewritten",
+                    "EXPLAIN of this statement would print the key of the hash mask",
+                )
+            )
+            upstream = sql
+
         if explain and raws and parse_error is None:
             statements = self._with_lineage(state, sql, raws, statements)
 

@@ -83,6 +83,8 @@ for sql in [
     # A table with masked columns is always replaced by its masking subquery, even
     # when the statement reads none of them (cheap: the planner flattens it).
     touches = any(t in sql for t in ("customers", "payments", "employees"))
+    if sql.startswith("EXPLAIN") and "customers" in sql:
+        action = "block"  # mask.explain_rewritten
     CASES.append(C(sql, action, rewritten=touches))
 
 # -- transactions, session settings, cursors and prepared statements --
@@ -393,12 +395,12 @@ CLASSIFIED_READS = [
     "SELECT format('%s', email) FROM customers WHERE id = 1",
     "SELECT string_agg(email, ',') FROM customers WHERE id < 4",
     "SELECT md5(ssn) FROM customers WHERE id = 1",
+    "EXPLAIN SELECT card_number FROM payments WHERE id = 1",
+    "EXPLAIN ANALYZE SELECT card_number FROM payments WHERE id = 1",
     "SELECT EXISTS (SELECT 1 FROM customers WHERE email LIKE 'person1.%')",
     "SELECT CASE WHEN ssn LIKE '1%' THEN 1 ELSE 0 END FROM customers WHERE id = 1",
     "VALUES ((SELECT email FROM customers WHERE id = 1))",
     "SELECT id FROM customers WHERE id = 1 AND ssn = $1",
-    "EXPLAIN SELECT email FROM customers",
-    "EXPLAIN ANALYZE SELECT email FROM customers WHERE id = 1",
     "PREPARE leak(int) AS SELECT email FROM customers WHERE id = $1",
     "DECLARE cur CURSOR FOR SELECT ssn FROM customers WHERE id < 3",
     "COPY customers TO STDOUT",
@@ -499,6 +501,14 @@ for sql, rule in [
     ("SELECT query FROM pg_stat_activity", "mask.value_catalog"),
     ("SELECT * FROM pg_statistic", "mask.value_catalog"),
     ("SELECT * FROM my_function()", "mask.opaque_table_function"),
+    ("EXPLAIN SELECT email FROM customers", "mask.explain_rewritten"),
+    ("EXPLAIN ANALYZE SELECT email FROM customers WHERE id = 1", "mask.explain_rewritten"),
+    (
+        "EXPLAIN (VERBOSE) SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id",
+        "mask.explain_rewritten",
+    ),
+    ("SELECT current_query(), phone FROM customers WHERE id = 1", "mask.statement_text"),
+    ("EXPLAIN SELECT * FROM hr.employees", "mask.explain_rewritten"),
     ("SELECT * FROM orders, LATERAL leak_everything(orders.id)", "mask.opaque_table_function"),
 ]:
     CASES.append(C(sql, "block", rules=(rule,)))
