@@ -475,6 +475,11 @@ def analyse_statement(bundle: Bundle, raw: RawStatement) -> Analysis:
             "values": [_setting_value(a) for a in body.get("args", [])],
             "local": bool(body.get("is_local")),
         }
+        result.details["setting"] = {
+            "kind": result.setting["kind"].removeprefix("VAR_").lower(),
+            "name": result.setting["name"],
+            "local": result.setting["local"],
+        }
     elif node_type == "TransactionStmt":
         result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()
     elif node_type == "SelectStmt" and body.get("intoClause"):

@@ -51,6 +51,9 @@ class StatementAnalysis:
     explain_analyze: bool = False
     copy: dict[str, Any] | None = None
     lineage: tuple[dict[str, Any], ...] | None = None
+    # {"transaction": "begin"|"commit"|...} or {"setting": {kind, name, local}};
+    # setting values are left out (they are literals).
+    session: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class StatementAnalysis:
             "redacted_sql": self.redacted_sql,
             "rewritten_sql": self.rewritten_sql,
             "row_bound": self.row_bound,
+            "session": self.session,
             "tables_read": list(self.tables_read),
             "tables_written": list(self.tables_written),
         }

@@ -526,6 +526,7 @@ class Engine:
                     data_modifying_cte=a.data_modifying_cte,
                     explain_analyze=a.explain_analyze,
                     copy=a.copy,
+                    session=dict(a.details) or None,
                 )
             )
             risks.append(

@@ -63,6 +63,15 @@ def test_writes_ctes_copy_and_explain(production: Bundle) -> None:
     assert s.explain_analyze and s.kind == "explain_analyze"
 
 
+def test_session_statements_are_described(production: Bundle) -> None:
+    d = Engine(production).decide(identity="alice", sql="BEGIN; SET LOCAL lock_timeout = 5; COMMIT")
+    assert [s.session for s in d.statements] == [
+        {"transaction": "begin"},
+        {"setting": {"kind": "set_value", "name": "lock_timeout", "local": True}},
+        {"transaction": "commit"},
+    ]
+
+
 def test_statements_split_like_postgresql(production: Bundle) -> None:
     sql = "SELECT 'a;b'; SELECT $$;$$ /* ; */; -- ;\nSELECT 3"
     d = Engine(production).decide(identity="alice", sql=sql)
