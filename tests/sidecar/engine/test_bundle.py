@@ -141,3 +141,21 @@ def test_column_types_cannot_smuggle_sql(column_type: str) -> None:
     data["schema"]["tables"][0]["columns"][0]["type"] = column_type
     with pytest.raises(BundleError, match="schema violation"):
         load_bundle(_resigned(data))
+
+
+def test_unqualified_names_follow_the_datasource_search_path() -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["schema"]["tables"].append(
+        {
+            "schema": "public",
+            "name": "employees",
+            "kind": "table",
+            "columns": [{"name": "id", "type": "integer"}],
+        }
+    )
+    default = load_bundle(_resigned(data))
+    assert default.resolve_table(None, "employees").key == "public.employees"
+    data["datasource"]["search_path"] = ["hr", "public"]
+    hr_first = load_bundle(_resigned(data))
+    assert hr_first.resolve_table(None, "employees").key == "hr.employees"
+    assert hr_first.resolve_table(None, "customers").key == "public.customers"
