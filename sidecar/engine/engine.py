@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -100,6 +101,14 @@ def _redact(text: str) -> tuple[str, str]:
         except Exception:
             redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
     return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
+
+
+def _parse_error(exc: Exception) -> str:
+    """The parser's message without the text it quotes (which may be a literal)."""
+    message = str(exc.args[0] if exc.args else exc).split("\n")[0]
+    message = re.sub(r' at or near ".*"$', "", message)
+    location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+    return message if location is None else f"{message} at character {location}"
 
 
 @dataclass(slots=True)
@@ -310,7 +319,7 @@ class Engine:
             parse_error: str | None = None
         except Exception as exc:
             raws = []
-            parse_error = str(exc).split("\n")[0]
+            parse_error = _parse_error(exc)
 
         analyses: list[Analysis] = []
         statements: list[StatementAnalysis] = []

@@ -228,3 +228,19 @@ def test_cli_check_prints_the_decision() -> None:
         capture_output=True, text=True, env=_env(), cwd=ROOT, check=False,
     )  # fmt: skip
     assert out.returncode == 2 and "cannot read bundle" in out.stderr
+
+
+def test_parse_errors_do_not_echo_literals(production: Bundle) -> None:
+    d = Engine(production).decide(identity="alice", sql="SELECT 1 'person1.secret@x.org' FROMM t")
+    assert d.action == "block"
+    assert "person1" not in json.dumps(d.to_json(audit=True))
+    assert "syntax error at character" in d.reasons[0].message
+
+
+def test_audit_form_carries_no_literals(production: Bundle) -> None:
+    sql = "SELECT email FROM customers WHERE ssn = '101-41-5037'"
+    d = Engine(production).decide(identity="alice", sql=sql)
+    assert "101-41-5037" in json.dumps(d.to_json())
+    data = d.to_json(audit=True)
+    assert "101-41-5037" not in json.dumps(data)
+    assert data["upstream_sql"] is None and data["statements"][0]["rewritten_sql"] is None
