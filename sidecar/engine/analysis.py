@@ -122,6 +122,7 @@ class Analysis:
     ranges: list[RangeRef] = field(default_factory=list)
     cte_refs: int = 0
     colrefs: list[tuple[str, ...]] = field(default_factory=list)
+    star_scopes: list[list[RangeRef] | None] = field(default_factory=list)  # one per bare *
     using_cols: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
     set_config_params: list[str | None] = field(default_factory=list)
@@ -231,6 +232,20 @@ def always_true(node: Any, notes: list[str] | None = None) -> bool:
     return False
 
 
+def _direct_locations(items: list[Any]) -> set[int]:
+    """Locations of the relations named directly in a FROM list (through joins)."""
+    out: set[int] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "RangeVar" in item:
+            out.add(item["RangeVar"].get("location", -1))
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            out |= _direct_locations([join.get("larg"), join.get("rarg")])
+    return out
+
+
 def _returning(body: dict[str, Any]) -> list[Any]:
     """RETURNING items (PostgreSQL 18 wraps them in a returningClause)."""
     clause = body.get("returningClause")
@@ -245,6 +260,9 @@ class _Walker:
     def __init__(self, bundle: Bundle, result: Analysis) -> None:
         self.bundle = bundle
         self.r = result
+        # Relations a bare * expands to, innermost last; None: every table
+        # (RETURNING *, which also covers UPDATE ... FROM and DELETE ... USING).
+        self.scope: list[list[RangeRef] | None] = []
 
     # -- generic traversal -------------------------------------------------
     def visit(self, node: Any, ctes: frozenset[str]) -> None:
@@ -323,6 +341,9 @@ class _Walker:
             "*" if "A_Star" in f else f.get("String", {}).get("sval", "") for f in body["fields"]
         )
         self.r.colrefs.append(parts)
+        if parts == ("*",):
+            top = self.scope[-1] if self.scope else None
+            self.r.star_scopes.append(None if top is None else list(top))
 
     def v_FuncCall(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         names = _names(body.get("funcname", []))
@@ -355,7 +376,14 @@ class _Walker:
         into = body.get("intoClause")
         if into:
             self.add_range(into["rel"], "into", ctes)
-        self.fields(body, ctes, skip=("withClause", "intoClause"))
+        # A bare * expands to the relations of this SELECT's own FROM, not to
+        # every table of the statement: find those first.
+        start = len(self.r.ranges)
+        self.visit(body.get("fromClause"), ctes)
+        direct = _direct_locations(body.get("fromClause", []))
+        self.scope.append([r for r in self.r.ranges[start:] if r.location in direct])
+        self.fields(body, ctes, skip=("withClause", "intoClause", "fromClause"))
+        self.scope.pop()
 
     def _oracle(self, info: WriteInfo, parts: list[Any], ctes: frozenset[str]) -> None:
         start = len(self.r.colrefs)
@@ -365,6 +393,7 @@ class _Walker:
         info.oracle_refs.extend(self.r.colrefs[start:])
 
     def _write(self, kind: str, body: dict[str, Any], ctes: frozenset[str]) -> WriteInfo | None:
+        self.scope.append(None)  # popped by the v_*Stmt handler
         target = self.add_range(body["relation"], "write", ctes)
         if target is None:  # unreachable: role write never resolves to a CTE
             return None
@@ -394,6 +423,7 @@ class _Walker:
         self.visit(body.get("selectStmt"), ctes)
         if info is not None:
             self._oracle(info, [body.get("onConflictClause"), _returning(body)], ctes)
+        self.scope.pop()
 
     def v_UpdateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -402,6 +432,7 @@ class _Walker:
         if info is not None:
             parts = [body.get("targetList"), body.get("whereClause"), _returning(body)]
             self._oracle(info, parts, ctes)
+        self.scope.pop()
 
     def v_DeleteStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -409,6 +440,7 @@ class _Walker:
         self.visit(body.get("usingClause"), ctes)
         if info is not None:
             self._oracle(info, [body.get("whereClause"), _returning(body)], ctes)
+        self.scope.pop()
 
     def v_MergeStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -421,6 +453,7 @@ class _Walker:
                 _returning(body),
             ]
             self._oracle(info, parts, ctes)
+        self.scope.pop()
 
     def v_TruncateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         for rel in body.get("relations", []):

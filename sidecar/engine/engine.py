@@ -216,7 +216,12 @@ class Engine:
                 if decision is not None:
                     self._remember(state.exact, key, decision)
                     return decision
-        decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+        try:
+            decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+        except Exception:  # never fail open, never crash the proxy
+            return self._refusal(
+                bundle, identity, sql, "default.engine_error", "Warden could not judge this text"
+            )
         self._remember(state.exact, key, decision)
         if new_template is not None and norm_key is not None:
             self._remember(state.normalised, norm_key, new_template)
@@ -375,7 +380,13 @@ class Engine:
             )
 
         for raw in raws:
-            a = analyse_statement(bundle, raw)
+            try:
+                a = analyse_statement(bundle, raw)
+            except Exception:  # a tree shape we did not foresee: fail closed
+                a = Analysis(raw.node_type, "unknown", "unknown", raw.node_type)
+                hard.append(
+                    Reason("default.analysis_failed", "Warden could not analyse this statement")
+                )
             analyses.append(a)
             if raw.node_type not in REWRITABLE:
                 for ref in a.ranges:
@@ -500,7 +511,7 @@ class Engine:
                     tokens = scan_tokens(sql)
                 try:
                     splices.extend(self._splices(a, tokens, who, bundle))
-                except (StopIteration, IndexError):
+                except Exception:
                     hard.append(
                         Reason(
                             "mask.rewrite_failed",
@@ -569,7 +580,7 @@ class Engine:
             try:
                 upstream, statements, spans = self._apply(sql, raws, statements, splices)
                 verified = self._verify(bundle, who, upstream, len(raws), spans)
-            except ValueError:
+            except Exception:
                 verified = False
             if not verified:
                 hard.append(
@@ -674,9 +685,12 @@ class Engine:
                     hit = True
             return hit
 
+        stars = iter(a.star_scopes)
         for parts in a.colrefs:
             if parts == ("*",):
-                all_of([r for r in tables if r.role in ("read", "copy")])
+                # RETURNING * and the like have no SELECT scope: all tables then.
+                scope = next(stars, None)
+                all_of([r for r in (tables if scope is None else scope) if r.table is not None])
             elif len(parts) == 1:
                 if not named(tables, parts[0]) and parts[0] in by_alias:
                     all_of(by_alias[parts[0]])  # whole-row reference
