@@ -122,6 +122,7 @@ class Analysis:
     ranges: list[RangeRef] = field(default_factory=list)
     cte_refs: int = 0
     colrefs: list[tuple[str, ...]] = field(default_factory=list)
+    colref_outer: list[bool] = field(default_factory=list)  # parallel to colrefs
     star_scopes: list[list[RangeRef] | None] = field(default_factory=list)  # one per bare *
     using_cols: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
@@ -341,6 +342,15 @@ class _Walker:
             "*" if "A_Star" in f else f.get("String", {}).get("sval", "") for f in body["fields"]
         )
         self.r.colrefs.append(parts)
+        top = self.scope[-1] if self.scope else None
+        # An unqualified name inside a nested SELECT belongs to that SELECT when
+        # one of its own tables has the column; otherwise it may be the outer
+        # (written) table's, which matters for the write-oracle check.
+        self.r.colref_outer.append(
+            top is None
+            or len(parts) > 1
+            or not any(r.table is not None and parts[0] in r.table.column_names() for r in top)
+        )
         if parts == ("*",):
             top = self.scope[-1] if self.scope else None
             self.r.star_scopes.append(None if top is None else list(top))
@@ -390,7 +400,13 @@ class _Walker:
         for part in parts:
             if part:
                 self.visit(part, ctes)
-        info.oracle_refs.extend(self.r.colrefs[start:])
+        info.oracle_refs.extend(
+            parts
+            for parts, outer in zip(
+                self.r.colrefs[start:], self.r.colref_outer[start:], strict=True
+            )
+            if outer
+        )
 
     def _write(self, kind: str, body: dict[str, Any], ctes: frozenset[str]) -> WriteInfo | None:
         self.scope.append(None)  # popped by the v_*Stmt handler

@@ -158,6 +158,17 @@ for sql, action in [
         "allow",
     ),
     ("INSERT INTO products VALUES (1, 'a', 1) ON CONFLICT DO NOTHING", "allow"),
+    (
+        "INSERT INTO customers (id, name, email) VALUES (1, 'x', 'a@b.c') ON CONFLICT (id) DO "
+        "UPDATE SET email = excluded.email",
+        "allow",
+    ),
+    ("UPDATE customers SET email = 'new@example.org', name = upper(name) WHERE id = 1", "allow"),
+    (
+        "UPDATE customers SET name = (SELECT email FROM customers c2 WHERE c2.id = customers.id) "
+        "WHERE id = 1",
+        "allow",
+    ),
     ("UPDATE orders SET status = 'paid' WHERE id = 7", "allow"),
     ("UPDATE orders SET status = $1 WHERE id = $2", "allow"),
     ('UPDATE "orders" SET "status" = \'shipped\' WHERE "orders"."id" IN (1, 2, 3)', "allow"),
@@ -474,6 +485,28 @@ for sql, rule in [
         "mask.write_oracle",
     ),
     ("UPDATE payments SET amount = 0 WHERE card_number LIKE '4111%'", "mask.write_oracle"),
+    ("UPDATE customers SET name = row_to_json(customers)::text WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers c SET name = c::text WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers SET name = (customers).ssn WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers c SET name = concat(c.*) WHERE id = 1", "mask.write_oracle"),
+    (
+        "DELETE FROM customers WHERE EXISTS (SELECT 1 FROM orders o WHERE o.note = email)",
+        "mask.write_oracle",
+    ),
+    (
+        "DELETE FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE note = ssn)",
+        "mask.write_oracle",
+    ),
+    (
+        "UPDATE customers SET name = (SELECT max(x.e) FROM (SELECT email AS e) x) WHERE id = 1",
+        "mask.write_oracle",
+    ),
+    ("DELETE FROM customers WHERE id = 1 RETURNING to_jsonb(customers)", "mask.write_oracle"),
+    (
+        "INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET "
+        "tier = customers::text",
+        "mask.write_oracle",
+    ),
     ("UPDATE hr.employees SET name = 'x' WHERE salary > 60000", "mask.write_oracle"),
     ("CREATE VIEW v_leak AS SELECT * FROM customers", "mask.opaque_definition"),
     (
