@@ -757,3 +757,26 @@ for sql, action, kinds, read, written, classes in [
             classifications=classes,
         )
     )
+
+# -- what drivers, ORMs and psql send on their own: must pass ------------------------------
+for sql in [
+    "SELECT set_config('TimeZone', $1, false)",  # Django (psycopg 3)
+    "SELECT set_config('TimeZone', 'UTC', false)",
+    "select pg_catalog.version()",  # SQLAlchemy dialect initialisation
+    "select current_schema()",
+    "show standard_conforming_strings",
+    "show transaction isolation level",
+    "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid "
+    "WHERE typname = 'hstore'",
+    "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN "
+    "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) "
+    "'^(customers)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) "
+    "ORDER BY 2, 3",  # psql \d customers
+    "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull FROM "
+    "pg_catalog.pg_attribute a WHERE a.attrelid = '16384' AND a.attnum > 0 AND NOT "
+    "a.attisdropped ORDER BY a.attnum",
+    "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE "
+    "table_schema = 'public'",
+    "SELECT 1 AS ping",
+]:
+    CASES.append(C(sql, "allow", identity="svc_app", rewritten=False))
