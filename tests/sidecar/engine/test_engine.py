@@ -244,3 +244,32 @@ def test_audit_form_carries_no_literals(production: Bundle) -> None:
     data = d.to_json(audit=True)
     assert "101-41-5037" not in json.dumps(data)
     assert data["upstream_sql"] is None and data["statements"][0]["rewritten_sql"] is None
+
+
+def test_replace_bundle_is_atomic_under_concurrent_decisions(production: Bundle) -> None:
+    import threading
+
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["masking_rules"][0]["exempt_teams"] = ["dpo", "analysts"]  # alice sees emails
+    data["revision"] = compute_revision(data)
+    relaxed = load_bundle(data)
+    engine = Engine(production)
+    sql = "SELECT email, ssn FROM customers WHERE id = 1"
+    seen: list[tuple[str, bool]] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            d = engine.decide(identity="alice", sql=sql)
+            seen.append((d.revision, 'AS "email"' not in d.upstream_sql))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        engine.replace_bundle(relaxed if i % 2 else production)
+    stop.set()
+    for t in threads:
+        t.join()
+    # Each decision is wholly of one bundle: email unmasked exactly under the relaxed one.
+    assert seen and all((rev == relaxed.revision) == raw for rev, raw in seen)
