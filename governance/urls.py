@@ -41,6 +41,7 @@ urlpatterns = [
     ),
     path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
     path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
+    path("columns/<int:pk>/review/", views.column_review, name="column_review"),
     path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("account/api-tokens/", views.api_token_list, name="api_token_list"),

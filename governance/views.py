@@ -12,7 +12,7 @@ services re-check, so a view can never do more than its service allows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -76,11 +76,16 @@ _YES_NO = [("true", "Yes"), ("false", "No")]
 
 
 class SearchForm(forms.Form):
+    """The filters of a list page; subclasses may use ``user`` to scope their choices."""
+
     q = forms.CharField(
         required=False,
         label="Search",
         widget=forms.TextInput(attrs={"type": "search", "placeholder": "Name or description"}),
     )
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
 
 class IdentityFilters(SearchForm):
@@ -130,15 +135,6 @@ class GuardrailFilters(SearchForm):
     enabled = _choice(_YES_NO, "Enabled")
 
 
-def _with_user(form_class: type[forms.Form]) -> Callable[..., forms.Form]:
-    def build(data: Any, *, user: Any) -> forms.Form:
-        if "user" in form_class.__init__.__code__.co_varnames:
-            return form_class(data, user=user)  # type: ignore[call-arg]
-        return form_class(data)
-
-    return build
-
-
 # --- resources ------------------------------------------------------------------------
 
 
@@ -154,10 +150,9 @@ class Resource:
     form_class: type[ServiceForm]
     delete_service: Callable[..., None]
     delete_kwarg: str
-    filter_form: type[forms.Form] = SearchForm
+    filter_form: type[SearchForm] = SearchForm
     lede: str = ""
     form_takes_instance: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def url(self, action: str, pk: Any = None) -> str:
         name = f"governance:{self.key}_{action}"
@@ -296,7 +291,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @viewer_required
 @require_http_methods(["GET"])
 def object_list(request: HttpRequest, *, res: Resource) -> HttpResponse:
-    filters = _with_user(res.filter_form)(request.GET or None, user=request.user)
+    filters = res.filter_form(request.GET or None, user=request.user)
     cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
     page = _paginate(request, res.list_selector(user=request.user, filters=cleaned))
     context = {"res": res, "filters": filters, "page": page, "objects": page.object_list}
@@ -421,11 +416,17 @@ DETAIL_CONTEXT: dict[str, Callable[[HttpRequest, Any], dict[str, Any]]] = {
 # --- guardrails: inline actions -------------------------------------------------------
 
 
-def _back(request: HttpRequest, fallback: str) -> HttpResponse:
+def _back(request: HttpRequest, fallback: str, status: int = 302) -> HttpResponse:
+    """Redirect to the page the form was on (same host only), else to ``fallback``.
+
+    A refused action answers 400 with the message and a link instead of redirecting.
+    """
     target = request.POST.get("next") or ""
-    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
-        return redirect(target)
-    return redirect(fallback)
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = fallback
+    if status != 302:
+        return render(request, "governance/refused.html", {"back": target}, status=status)
+    return redirect(target)
 
 
 def _guardrail_rows(request: HttpRequest, status: int = 200) -> HttpResponse:
@@ -479,6 +480,25 @@ def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
         return _guardrail_rows(request)
     messages.success(request, f"Moved {guardrail.name} {direction}.")
     return _back(request, reverse("governance:guardrail_list"))
+
+
+# --- column classifications: review of scanner proposals -------------------------------
+
+
+@editor_required
+@require_POST
+def column_review(request: HttpRequest, pk: int) -> HttpResponse:
+    column = selectors.column_classification_get(user=request.user, pk=pk)
+    status = request.POST.get("status", "")
+    try:
+        services.column_classification_review(
+            actor=request.user, column_classification=column, status=status
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return _back(request, reverse("governance:column_detail", args=[pk]), status=400)
+    messages.success(request, f"{column.column_path}: {status}.")
+    return _back(request, reverse("governance:column_detail", args=[pk]))
 
 
 # --- identity access tokens -----------------------------------------------------------

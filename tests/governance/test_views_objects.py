@@ -375,3 +375,47 @@ def test_second_rule_for_same_classification_is_refused(editor: Any, demo_policy
     assert response.status_code == 200
     assert b"already masks pii.email" in response.content
     assert not MaskingRule.objects.filter(name="mask-email-2").exists()
+
+
+def test_scanner_proposal_confirmed_or_rejected(
+    editor: Any, demo_policy: Any, security_user: Any
+) -> None:
+    from governance import services
+
+    phone = Classification.objects.get(name="pii.phone")
+    proposal = services.column_classification_set(
+        actor=security_user,
+        datasource=demo_policy.datasource,
+        schema_name="public",
+        table_name="customers",
+        column_name="phone",
+        classification=phone,
+        source="auto",
+        confidence=0.8,
+    )
+    assert proposal.status == "proposed"
+    listing = editor.get(reverse("governance:column_list"), {"status": "proposed"})
+    assert [c.pk for c in listing.context["objects"]] == [proposal.pk]
+    assert b'value="confirmed"' in listing.content
+    url = reverse("governance:column_review", args=[proposal.pk])
+    assert editor.get(url).status_code == 405
+    bad = editor.post(url, {"status": "maybe"})
+    assert bad.status_code == 400
+    proposal.refresh_from_db()
+    assert proposal.status == "proposed"
+    response = editor.post(url, {"status": "confirmed", "next": "/columns/?status=proposed"})
+    assert response.status_code == 302
+    assert response.url == "/columns/?status=proposed"
+    proposal.refresh_from_db()
+    assert proposal.status == "confirmed"
+    assert proposal.confirmed_by == security_user
+
+
+def test_review_needs_an_editor(client: Any, demo_policy: Any, auditor_user: Any) -> None:
+    column = demo_policy.columns[0]
+    url = reverse("governance:column_review", args=[column.pk])
+    assert client.post(url, {"status": "rejected"}).status_code == 302  # to sign-in
+    client.force_login(auditor_user)
+    assert client.post(url, {"status": "rejected"}).status_code == 403
+    column.refresh_from_db()
+    assert column.status == "confirmed"
