@@ -419,3 +419,21 @@ def test_review_needs_an_editor(client: Any, demo_policy: Any, auditor_user: Any
     assert client.post(url, {"status": "rejected"}).status_code == 403
     column.refresh_from_db()
     assert column.status == "confirmed"
+
+
+def test_lists_paginate_and_keep_filters(editor: Any, security_user: Any) -> None:
+    from governance import services
+
+    for i in range(30):
+        services.team_create(actor=security_user, name=f"Squad {i:02d}", slug=f"squad-{i:02d}")
+    url = reverse("governance:team_list")
+    first = editor.get(url, {"q": "squad"})
+    assert len(first.context["objects"]) == 25
+    assert first.context["page"].paginator.count == 30
+    # The next-page link keeps the search.
+    assert b'href="?q=squad&amp;page=2"' in first.content
+    second = editor.get(url, {"q": "squad", "page": 2})
+    assert [t.name for t in second.context["objects"]] == [f"Squad {i:02d}" for i in range(25, 30)]
+    # A page number past the end shows the last page rather than failing.
+    assert editor.get(url, {"q": "squad", "page": 99}).status_code == 200
+    assert editor.get(url, {"page": "x"}).status_code == 200
