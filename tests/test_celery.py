@@ -1,0 +1,63 @@
+"""A real Celery worker (with beat) on the real broker runs what services enqueue on commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+
+from config.celery import app as celery_app
+from governance import services
+from governance.models import Identity
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "WARDEN_DEV": "1",
+        # The worker must see the test database, not the development one.
+        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    }
+    celery_app.control.purge()  # tasks left by earlier transactional tests
+    start = services.policy_generation()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.team_create(actor=admin_user, name="Rolled back")
+        raise RuntimeError("abort")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "--pool", "solo",
+         "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat")],
+        cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Nothing was committed, so nothing was enqueued.
+        time.sleep(3)
+        assert services.policy_generation() == start
+        services.team_create(actor=admin_user, name="Committed")
+        assert _wait_for(lambda: services.policy_generation() == start + 1)
+        # Beat's expiry sweep also runs through the worker.
+        identity = Identity.objects.get(user=admin_user)
+        Identity.objects.filter(pk=identity.pk).update(expires_at="2000-01-01T00:00:00Z")
+        celery_app.send_task("governance.tasks.identities_expire")
+        assert _wait_for(lambda: not Identity.objects.get(pk=identity.pk).is_active)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
