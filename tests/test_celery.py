@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,14 +38,17 @@ def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
         # The worker must see the test database, not the development one.
         "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
     }
-    celery_app.control.purge()  # tasks left by earlier transactional tests
+    # A queue of our own: other tests (other xdist workers) enqueue too.
+    queue = f"test-{uuid.uuid4().hex}"
+    default_queue = celery_app.conf.task_default_queue
+    celery_app.conf.task_default_queue = queue
     start = services.policy_generation()
     with pytest.raises(RuntimeError), transaction.atomic():
         services.team_create(actor=admin_user, name="Rolled back")
         raise RuntimeError("abort")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "--pool", "solo",
-         "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat")],
+         "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat"), "-Q", queue],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     try:
@@ -53,11 +57,12 @@ def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
         assert services.policy_generation() == start
         services.team_create(actor=admin_user, name="Committed")
         assert _wait_for(lambda: services.policy_generation() == start + 1)
-        # Beat's expiry sweep also runs through the worker.
+        # The expiry sweep (scheduled by beat every 5 minutes) runs on the worker too.
         identity = Identity.objects.get(user=admin_user)
         Identity.objects.filter(pk=identity.pk).update(expires_at="2000-01-01T00:00:00Z")
-        celery_app.send_task("governance.tasks.identities_expire")
+        celery_app.send_task("governance.tasks.identities_expire", queue=queue)
         assert _wait_for(lambda: not Identity.objects.get(pk=identity.pk).is_active)
     finally:
+        celery_app.conf.task_default_queue = default_queue
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
