@@ -26,6 +26,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from audit import selectors as audit_selectors
 from audit.selectors import change_history_for
 from governance import selectors, services
 from governance.errors import ApplicationError
@@ -352,6 +353,60 @@ def object_delete(request: HttpRequest, pk: int, *, res: Resource) -> HttpRespon
     context = {"res": res, "object": obj, "error": error}
     return render(
         request, "governance/object_confirm_delete.html", context, status=400 if error else 200
+    )
+
+
+class ChangeFilters(SearchForm):
+    model = forms.ChoiceField(required=False, label="Object type")
+    actor = forms.CharField(required=False, label="Changed by")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, user=user, **kwargs)
+        del self.fields["q"]
+        self.fields["model"].choices = [("", "Any"), *CHANGE_MODELS.items()]
+
+
+# content-type model name → label, for the policy objects the UI shows.
+CHANGE_MODELS = {
+    "team": "Team",
+    "identity": "Identity",
+    "accesstoken": "Access token",
+    "datasource": "Datasource",
+    "classification": "Classification",
+    "columnclassification": "Column classification",
+    "maskingrule": "Masking rule",
+    "guardrailrule": "Guardrail",
+}
+# content-type model name → Resource key, to link a change to its object's page.
+_CHANGE_LINKS = {
+    "team": "team",
+    "identity": "identity",
+    "datasource": "datasource",
+    "classification": "classification",
+    "columnclassification": "column",
+    "maskingrule": "masking_rule",
+    "guardrailrule": "guardrail",
+}
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def change_list(request: HttpRequest) -> HttpResponse:
+    """Every configuration change, newest first: who changed what, when, from what to what."""
+    filters = ChangeFilters(request.GET or None, user=request.user)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    records = audit_selectors.change_list(filters={k: v for k, v in cleaned.items() if v})
+    page = _paginate(request, records)
+    for record in page.object_list:
+        key = _CHANGE_LINKS.get(record.content_type.model)
+        record.link = (
+            reverse(f"governance:{key}_detail", args=[record.object_id])
+            if key and record.action != "delete"
+            else ""
+        )
+        record.kind = CHANGE_MODELS.get(record.content_type.model, record.content_type.model)
+    return render(
+        request, "governance/change_list.html", {"filters": filters, "page": page, "objects": page}
     )
 
 

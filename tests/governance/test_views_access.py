@@ -37,6 +37,7 @@ READ_PAGES = [
     ("governance:masking_rule_detail", "masking_rule"),
     ("governance:guardrail_list", None),
     ("governance:guardrail_detail", "guardrail"),
+    ("governance:change_list", None),
 ]
 # Pages that change policy (GET shows the form or confirmation): admin/security only.
 WRITE_PAGES = [

@@ -437,3 +437,25 @@ def test_lists_paginate_and_keep_filters(editor: Any, security_user: Any) -> Non
     # A page number past the end shows the last page rather than failing.
     assert editor.get(url, {"q": "squad", "page": 99}).status_code == 200
     assert editor.get(url, {"page": "x"}).status_code == 200
+
+
+def test_history_page_lists_changes_with_filters(
+    client: Any, demo_policy: Any, security_user: Any, auditor_user: Any
+) -> None:
+    from governance import services
+
+    rule = demo_policy.masking_rules[0]
+    services.masking_rule_update(actor=security_user, rule=rule, data={"strategy": "redact"})
+    client.force_login(auditor_user)
+    url = reverse("governance:change_list")
+    response = client.get(url, {"model": "maskingrule", "actor": "security"})
+    assert response.status_code == 200
+    records = list(response.context["objects"])
+    assert [(r.action, r.object_repr) for r in records] == [("update", "mask-email")]
+    body = response.content.decode()
+    assert f'href="{reverse("governance:masking_rule_detail", args=[rule.pk])}"' in body
+    assert '<td class="before">email</td><td class="after">redact</td>' in body
+    # Unfiltered it also holds the demo's creations, by admin.
+    everything = client.get(url)
+    assert everything.context["page"].paginator.count > 10
+    assert client.get(url, {"model": "no-such-model"}).status_code == 200
