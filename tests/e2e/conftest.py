@@ -127,6 +127,9 @@ def sign_in(page: Any) -> Callable[..., None]:
         page.get_by_role("button", name="Sign in").click()
         if totp_secret is not None:
             page.wait_for_url("**/accounts/2fa/authenticate/**")
+            # allauth accepts only the current 30 s window; never type a code about to expire.
+            if 30 - time.time() % 30 < 5:
+                time.sleep(30 - time.time() % 30 + 0.5)
             page.get_by_label("Code").fill(totp_code(totp_secret))
             page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(lambda url: "/accounts/" not in url)
