@@ -17,7 +17,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -563,9 +564,11 @@ def column_review(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
     identity = selectors.identity_get(user=request.user, pk=pk)
+    if not _may_manage_tokens_of(request.user, identity):
+        # Don't show a form whose submission the service would refuse.
+        raise PermissionDenied("You may not issue tokens for this identity.")
     form = TokenIssueForm(request.POST or None, identity=identity)
     if request.method == "POST":
-        # A PermissionDenied from the service (not this identity's manager) → 403.
         token = form.save(actor=request.user)
         if token is not None:
             # The raw value exists only in this response; it is never stored or logged.
@@ -580,6 +583,8 @@ def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = selectors.token_get(user=request.user, pk=pk)
+    if not _may_manage_tokens_of(request.user, token.identity):
+        raise PermissionDenied("You may not revoke tokens of this identity.")
     error = ""
     if request.method == "POST":
         try:
@@ -596,15 +601,11 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 # --- personal API tokens --------------------------------------------------------------
 
 
-def _signed_in(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    # API tokens act as their user, so every signed-in person may hold some,
-    # even with role none (the API then refuses them the same way).
-    from django.contrib.auth.decorators import login_required
-
-    return login_required(view)
+# API tokens act as their user, so every signed-in person may hold some, even
+# with role none (the API then refuses them the same way): sign-in is enough.
 
 
-@_signed_in
+@login_required
 @require_http_methods(["GET", "POST"])
 def api_token_list(request: HttpRequest) -> HttpResponse:
     form = ApiTokenIssueForm(request.POST or None)
@@ -619,7 +620,7 @@ def api_token_list(request: HttpRequest) -> HttpResponse:
     return render(request, "governance/api_token_list.html", {"form": form, "tokens": tokens})
 
 
-@_signed_in
+@login_required
 @require_http_methods(["GET", "POST"])
 def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = selectors.api_token_get(user=request.user, pk=pk)
