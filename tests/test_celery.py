@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.db import connection, transaction
@@ -30,14 +31,20 @@ def _wait_for(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
+def _test_database_url() -> str:
+    """The test database as a URL, for the worker (not the development database)."""
     db = connection.settings_dict
-    env = {
-        **os.environ,
-        "WARDEN_DEV": "1",
-        # The worker must see the test database, not the development one.
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-    }
+    auth = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    if not db["HOST"] or db["HOST"].startswith("/"):  # a Unix socket (the embedded server)
+        query = f"?host={db['HOST']}" if db["HOST"] else ""
+        if db["PORT"]:
+            query += f"&port={db['PORT']}"
+        return f"postgresql://{auth}@/{db['NAME']}{query}"
+    return f"postgresql://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
+    env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": _test_database_url()}
     # A queue of our own: other tests (other xdist workers) enqueue too.
     queue = f"test-{uuid.uuid4().hex}"
     default_queue = celery_app.conf.task_default_queue
