@@ -35,8 +35,9 @@ def _test_database_url() -> str:
     """The test database as a URL, for the worker (not the development database)."""
     db = connection.settings_dict
     auth = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
-    if not db["HOST"] or db["HOST"].startswith("/"):  # a Unix socket (the embedded server)
-        query = f"?host={db['HOST']}" if db["HOST"] else ""
+    host = db["HOST"] or db.get("OPTIONS", {}).get("host", "")
+    if not host or host.startswith("/"):  # a Unix socket (the embedded server)
+        query = f"?host={host}" if host else ""
         if db["PORT"]:
             query += f"&port={db['PORT']}"
         return f"postgresql://{auth}@/{db['NAME']}{query}"
