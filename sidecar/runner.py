@@ -1,0 +1,306 @@
+"""Run the sidecar: configuration → bundle → engine → proxy, plus audit and metrics.
+
+``python -m sidecar.runner --config sidecar.toml`` (or ``python -m sidecar run``).
+The bundle comes from a ``BundleSource``; today that is a local JSON file
+watched for changes, and the signed REST client plugs in behind the same two
+methods (``current()`` and ``subscribe()``). A bundle that fails to load never
+replaces the one being enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sidecar.config import ConfigError, SidecarConfig, load_config
+from sidecar.metrics import Metrics, serve_metrics
+from sidecar.proxy.policy import Identity, Verdict, identities_from_bundle
+from sidecar.proxy.server import ProxyServer, ProxySettings
+from sidecar.proxy.upstream import UpstreamTarget
+from sidecar.shipper import AuditShipper, AuditSpool, Upload
+
+log = logging.getLogger("warden.sidecar")
+
+
+class BundleSource(Protocol):
+    """Where the enforced bundle comes from (local file now, signed REST later)."""
+
+    def current(self) -> dict[str, Any]: ...
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None: ...
+
+
+def inner_bundle(document: dict[str, Any]) -> dict[str, Any]:
+    """Accept either the inner bundle or an envelope ``{"bundle": {...}, ...}``."""
+    if "identities" not in document and isinstance(document.get("bundle"), dict):
+        return dict(document["bundle"])
+    return document
+
+
+class FileBundleSource:
+    """A bundle JSON file, re-read when its modification time changes."""
+
+    def __init__(self, path: Path, *, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._mtime = path.stat().st_mtime_ns
+        self._current = inner_bundle(json.loads(path.read_text()))
+
+    def current(self) -> dict[str, Any]:
+        return self._current
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._callbacks.append(callback)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                mtime = self.path.stat().st_mtime_ns
+                if mtime == self._mtime:
+                    continue
+                self._mtime = mtime
+                candidate = inner_bundle(json.loads(self.path.read_text()))
+                for callback in self._callbacks:
+                    callback(candidate)  # raises if the bundle does not load
+                self._current = candidate
+                log.info("bundle reloaded from %s", self.path.name)
+            except Exception as exc:
+                log.error("bundle file rejected, keeping the current one: %s", exc)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def verdict_from_decision(decision: Any) -> Verdict:
+    """The proxy's view of an engine ``Decision``; audit facts are computed once here."""
+    statements = []
+    for st in getattr(decision, "statements", ()) or ():
+        statements.append(
+            {
+                "kind": _jsonable(getattr(st, "kind", None)),
+                "tables_read": _jsonable(getattr(st, "tables_read", [])),
+                "tables_written": _jsonable(getattr(st, "tables_written", [])),
+                "classifications": _jsonable(getattr(st, "classifications", [])),
+                "masked_columns": _jsonable(getattr(st, "masked_columns", [])),
+                "fingerprint": _jsonable(getattr(st, "fingerprint", None)),
+                "redacted_sql": _jsonable(getattr(st, "redacted_sql", None)),
+            }
+        )
+    audit = {
+        "kind": ",".join(str(s["kind"]) for s in statements) or None,
+        "statement": "; ".join(str(s["redacted_sql"]) for s in statements) or None,
+        "fingerprint": statements[0]["fingerprint"] if len(statements) == 1 else None,
+        "statements": statements,
+        "reasons": _jsonable(getattr(decision, "reasons", [])),
+        "risk": _jsonable(getattr(decision, "risk", None)),
+    }
+    return Verdict(
+        action=str(decision.action),
+        message=str(getattr(decision, "message", "") or "Warden: statement refused by policy"),
+        upstream_sql=str(decision.upstream_sql),
+        audit=audit,
+    )
+
+
+class EnginePolicy:
+    """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
+
+    CACHE_LIMIT = 50_000
+
+    def __init__(self, source: BundleSource, metrics: Metrics) -> None:
+        import importlib
+
+        # Imported here so the proxy layer and its tests stay engine-agnostic.
+        engine: Any = importlib.import_module("sidecar.engine")
+
+        self._engine_mod = engine
+        self.metrics = metrics
+        document = source.current()
+        self._engine = engine.Engine(engine.load_bundle(document))
+        self._identities = identities_from_bundle(document)
+        self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
+        self._note(document)
+        source.subscribe(self.replace)
+
+    def _note(self, document: dict[str, Any]) -> None:
+        issued = document.get("issued_at")
+        try:
+            issued_ts = datetime.fromisoformat(str(issued)).timestamp() if issued else None
+        except ValueError:
+            issued_ts = None
+        self.metrics.bundle_loaded(str(document.get("revision", "")), issued_ts)
+
+    def replace(self, document: dict[str, Any]) -> None:
+        bundle = self._engine_mod.load_bundle(document)
+        identities = identities_from_bundle(document)
+        self._engine.replace_bundle(bundle)
+        self._identities = identities
+        self._cache = {}
+        self._note(document)
+
+    def identity(self, name: str) -> Identity | None:
+        return self._identities.get(name)
+
+    def decide(
+        self,
+        *,
+        identity: str,
+        sql: str,
+        standard_conforming_strings: bool,
+        in_transaction: bool,
+        protocol: str,
+    ) -> Verdict:
+        # The engine is pure, so a verdict depends only on these inputs and the
+        # bundle (the cache is dropped on every bundle change).
+        key = (identity, sql, standard_conforming_strings, in_transaction, protocol)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            session = self._engine_mod.SessionContext(
+                standard_conforming_strings=standard_conforming_strings,
+                in_transaction=in_transaction,
+            )
+            decision = self._engine.decide(
+                identity=identity, sql=sql, session=session, protocol=protocol
+            )
+            verdict = verdict_from_decision(decision)
+            if len(self._cache) >= self.CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = verdict
+        return verdict
+
+
+def http_upload(url: str, token: str | None) -> Upload:
+    """An ``upload`` for the shipper: POST the batch as JSON; any non-2xx raises."""
+
+    def post(batch: list[dict[str, Any]]) -> None:
+        body = json.dumps({"events": batch}, default=str).encode()
+        request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            if response.status // 100 != 2:
+                raise OSError(f"audit upload answered {response.status}")
+
+    async def upload(batch: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(post, batch)
+
+    return upload
+
+
+def _tls_context(config: SidecarConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert or not config.tls_key:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def _write_ready(path: str, data: dict[str, Any]) -> None:
+    target = Path(path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(target)
+
+
+async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    metrics = Metrics()
+    source = FileBundleSource(Path(config.bundle_file))
+    policy = EnginePolicy(source, metrics)
+    document = source.current()
+    upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
+    spool = AuditSpool(
+        Path(config.state_dir) / "spool",
+        max_bytes=config.spool_max_bytes,
+        full_policy=config.spool_full_policy,
+    )
+    metrics.spool_depth = lambda: spool.depth
+    metrics.spool_dropped = lambda: spool.dropped
+    datasource = document.get("datasource") or {}
+    settings = ProxySettings(
+        database=config.database or upstream.database,
+        datasource=str(datasource.get("name", "")) if isinstance(datasource, dict) else "",
+        sidecar_id=config.sidecar_id,
+        upstream=upstream,
+        tls=_tls_context(config),
+        cleartext_over_tls=config.cleartext_over_tls,
+        max_message=config.max_message_bytes,
+    )
+    server = ProxyServer(settings=settings, policy=policy, audit=spool, metrics=metrics)
+    port = await server.start(config.listen_host, config.listen_port)
+    tasks = [asyncio.create_task(spool.run()), asyncio.create_task(source.watch())]
+    if config.audit_url:
+        shipper = AuditShipper(spool, http_upload(config.audit_url, config.audit_token))
+        tasks.append(asyncio.create_task(shipper.run()))
+    ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
+    if config.metrics_listen:
+        host, _, mport = config.metrics_listen.rpartition(":")
+        metrics_server = await serve_metrics(metrics, host or "127.0.0.1", int(mport))
+        sockets: Any = getattr(metrics_server, "sockets", ())
+        ready["metrics_port"] = sockets[0].getsockname()[1]
+    log.info(
+        "sidecar serving on %s:%s for database %s", config.listen_host, port, settings.database
+    )
+    if config.ready_file:
+        _write_ready(config.ready_file, ready)
+    await stop.wait()
+    await server.stop()
+    for task in tasks:
+        task.cancel()
+    spool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sidecar.runner", description=__doc__)
+    parser.add_argument("--config", help="TOML or JSON config file (env overrides it)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is pinned, but the sidecar still runs without it
+        uvloop = None  # type: ignore[assignment]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    if uvloop is not None:
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
