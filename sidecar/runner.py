@@ -80,46 +80,36 @@ class FileBundleSource:
                 log.error("bundle file rejected, keeping the current one: %s", exc)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_jsonable(v) for v in value]
-        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def verdict_from_decision(decision: Any) -> Verdict:
-    """The proxy's view of an engine ``Decision``; audit facts are computed once here."""
-    statements = []
-    for st in getattr(decision, "statements", ()) or ():
-        statements.append(
-            {
-                "kind": _jsonable(getattr(st, "kind", None)),
-                "tables_read": _jsonable(getattr(st, "tables_read", [])),
-                "tables_written": _jsonable(getattr(st, "tables_written", [])),
-                "classifications": _jsonable(getattr(st, "classifications", [])),
-                "masked_columns": _jsonable(getattr(st, "masked_columns", [])),
-                "fingerprint": _jsonable(getattr(st, "fingerprint", None)),
-                "redacted_sql": _jsonable(getattr(st, "redacted_sql", None)),
-            }
-        )
-    audit = {
-        "kind": ",".join(str(s["kind"]) for s in statements) or None,
-        "statement": "; ".join(str(s["redacted_sql"]) for s in statements) or None,
+def audit_facts(decision: Any) -> dict[str, Any]:
+    """What the audit trail keeps of a decision: never the literals, never upstream_sql
+    (which can carry the masking key), only the engine's redacted text and facts."""
+    statements = [
+        {
+            "kind": st.kind,
+            "category": st.category,
+            "tables_read": list(st.tables_read),
+            "tables_written": list(st.tables_written),
+            "columns_read": list(st.columns_read),
+            "functions": list(st.functions),
+            "classifications": list(st.classifications),
+            "masked_columns": list(st.masked_columns),
+            "fingerprint": st.fingerprint,
+            "redacted_sql": st.redacted_sql,
+        }
+        for st in decision.statements
+    ]
+    return {
+        "kind": ",".join(s["kind"] for s in statements) or None,
+        "statement": "; ".join(s["redacted_sql"] for s in statements) or None,
         "fingerprint": statements[0]["fingerprint"] if len(statements) == 1 else None,
+        "tables": sorted({t for s in statements for t in s["tables_read"] + s["tables_written"]}),
+        "classifications": sorted({c for s in statements for c in s["classifications"]}),
+        "masked_columns": sorted({c for s in statements for c in s["masked_columns"]}),
         "statements": statements,
-        "reasons": _jsonable(getattr(decision, "reasons", [])),
-        "risk": _jsonable(getattr(decision, "risk", None)),
+        "reasons": [r.to_json() for r in decision.reasons],
+        "risk": decision.risk,
+        "revision": decision.revision,
     }
-    return Verdict(
-        action=str(decision.action),
-        message=str(getattr(decision, "message", "") or "Warden: statement refused by policy"),
-        upstream_sql=str(decision.upstream_sql),
-        audit=audit,
-    )
 
 
 class EnginePolicy:
@@ -139,6 +129,7 @@ class EnginePolicy:
         self._engine = engine.Engine(engine.load_bundle(document))
         self._identities = identities_from_bundle(document)
         self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
+        self._audit_cache: dict[Any, str] = {}
         self._note(document)
         source.subscribe(self.replace)
 
@@ -156,7 +147,30 @@ class EnginePolicy:
         self._engine.replace_bundle(bundle)
         self._identities = identities
         self._cache = {}
+        self._audit_cache = {}
         self._note(document)
+
+    def _audit_json(self, decision: Any) -> str:
+        # Statements that differ only in literals share their audit facts; encode
+        # those once rather than on every execution.
+        key = (
+            decision.action,
+            decision.risk,
+            decision.revision,
+            decision.reasons,
+            tuple(
+                (s.fingerprint, s.redacted_sql, s.masked_columns, s.classifications)
+                for s in decision.statements
+            ),
+        )
+        fragment = self._audit_cache.get(key)
+        if fragment is None:
+            encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
+            fragment = encoded[1:-1]
+            if len(self._audit_cache) >= self.CACHE_LIMIT:
+                self._audit_cache.clear()
+            self._audit_cache[key] = fragment
+        return fragment
 
     def identity(self, name: str) -> Identity | None:
         return self._identities.get(name)
@@ -182,7 +196,12 @@ class EnginePolicy:
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )
-            verdict = verdict_from_decision(decision)
+            verdict = Verdict(
+                action=decision.action,
+                message=decision.message or "Warden: statement refused by policy",
+                upstream_sql=decision.upstream_sql,
+                _audit_json=self._audit_json(decision),
+            )
             if len(self._cache) >= self.CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = verdict

@@ -61,7 +61,7 @@ class AuditSpool:
         self.full_policy = full_policy
         self.dropped = 0
         self.written = 0
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[str] = []
         existing = self.segments()
         self._seq = int(existing[-1].stem) + 1 if existing else 1
         self._current_lines = 0
@@ -89,19 +89,23 @@ class AuditSpool:
         return self._depth + len(self._buffer)
 
     def append(self, event: dict[str, Any]) -> None:
-        if self.full and event.get("type") != "session_end":
+        self.append_line(json.dumps(event, separators=(",", ":"), default=str), event.get("type"))
+
+    def append_line(self, line: str, kind: object = None) -> None:
+        """Append one event already encoded as a JSON object (no newline)."""
+        if self.full and kind != "session_end":
             self.dropped += 1
             return
-        self._buffer.append(event)
+        self._buffer.append(line)
         if len(self._buffer) >= self.flush_events:
             self.flush()
 
     def flush(self) -> None:
         if not self._buffer:
             return
-        data = "".join(
-            json.dumps(e, separators=(",", ":"), default=str) + "\n" for e in self._buffer
-        ).encode()
+        self._buffer.append("")
+        data = "\n".join(self._buffer).encode()
+        self._buffer.pop()
         count = len(self._buffer)
         self._buffer = []
         self._file.write(data)

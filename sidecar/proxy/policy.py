@@ -9,6 +9,7 @@ the engine's internal types.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ REVIEW = "review"
 BLOCK = "block"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """What the proxy needs from a decision.
 
@@ -34,6 +35,14 @@ class Verdict:
     message: str
     upstream_sql: str
     audit: Mapping[str, Any] = field(default_factory=dict)
+    _audit_json: str | None = field(default=None, repr=False, compare=False)
+
+    def audit_json(self) -> str:
+        """The audit facts as the members of a JSON object (no braces), encoded once."""
+        if self._audit_json is None:
+            encoded = json.dumps(dict(self.audit), separators=(",", ":"), default=str)
+            self._audit_json = encoded[1:-1]
+        return self._audit_json
 
 
 @dataclass(frozen=True, slots=True)

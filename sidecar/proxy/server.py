@@ -277,7 +277,7 @@ class ProxyServer:
             end.update(
                 id=str(uuid.uuid4()),
                 type="session_end",
-                time=datetime.now(UTC).isoformat(),
+                ts=round(time.time(), 6),
                 duration_ms=round((time.time() - session.started) * 1000, 3),
             )
             self.audit.append(end)
@@ -301,7 +301,7 @@ class ProxyServer:
         self.sessions.add(session)
         self.metrics.connection_opened()
         start = dict(base_event)
-        start.update(id=str(uuid.uuid4()), type="session_start", time=datetime.now(UTC).isoformat())
+        start.update(id=str(uuid.uuid4()), type="session_start", ts=round(time.time(), 6))
         self.audit.append(start)
         leftover_client = bytes(reader._buffer)  # type: ignore[attr-defined]
         leftover_upstream = bytes(up.reader._buffer)

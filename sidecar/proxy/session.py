@@ -20,14 +20,14 @@ Nothing of the refused text reaches the database.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import secrets
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.proxy import messages as m
@@ -57,21 +57,39 @@ _UP_STATEFUL = frozenset(b"ZSCEsI")
 class AuditSink(Protocol):
     def append(self, event: dict[str, Any]) -> None: ...
 
+    def append_line(self, line: str, kind: object = None) -> None: ...
+
     @property
     def accepting(self) -> bool: ...
+
+
+_UNSEEN_PORTAL = Verdict(
+    action=ALLOW,
+    message="",
+    upstream_sql="",
+    # A portal the sidecar did not see prepared, e.g. a cursor opened by a
+    # DECLARE statement (which was itself decided when it ran).
+    audit={"kind": "execute_portal"},
+)
 
 
 class _Exec:
     """An Execute (or simple Query) whose outcome the audit trail is waiting for."""
 
-    __slots__ = ("error", "event", "is_query", "rows", "started")
+    __slots__ = ("error", "is_query", "rows", "started", "verdict")
 
-    def __init__(self, event: dict[str, Any] | None, is_query: bool) -> None:
-        self.event = event
+    def __init__(self, verdict: Verdict | None, is_query: bool) -> None:
+        self.verdict = verdict
         self.is_query = is_query
         self.rows: int | None = None
         self.error: str | None = None
         self.started = time.perf_counter()
+
+
+def _event_id() -> str:
+    # A random (version 4) UUID, formatted without uuid.UUID's Python-level cost.
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 _SYNC = object()
@@ -120,6 +138,7 @@ class Session:
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
+        self._base_json = self._encode_base()
         self.keepalive: tuple[object, ...] = ()
 
     # ---- client -> upstream -------------------------------------------------
@@ -156,7 +175,8 @@ class Session:
                     out.append(data[pos:end])
                 elif kind == _E:
                     portal = data[pos + 5 : data.index(0, pos + 5)]
-                    self.pending.append(_Exec(self._event(self.portals.get(portal)), False))
+                    verdict = self.portals.get(portal, _UNSEEN_PORTAL)
+                    self.pending.append(_Exec(verdict or _UNSEEN_PORTAL, False))
                     out.append(data[pos:end])
                 elif kind == _S:
                     self.pending.append(_SYNC)
@@ -240,7 +260,7 @@ class Session:
         raw = payload[:-1]
         verdict = self._decide(self._decode(raw), "simple")
         if verdict.action == ALLOW:
-            self.pending.append(_Exec(self._event(verdict), True))
+            self.pending.append(_Exec(verdict, True))
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
             return m.query(sql) if sql != raw else m.frame(b"Q", payload)
         self.pending.append(_Exec(None, True))
@@ -288,27 +308,30 @@ class Session:
         )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
-        event = self._event(verdict)
-        if event is not None:
-            event["outcome"] = "held" if held else "blocked"
-            event["duration_ms"] = 0.0
-            self.audit.append(event)
+        self._record(verdict, "held" if held else "blocked", None, 0.0, None)
         return b'SELECT "' + self._marker + str(self._refusal_seq).encode() + b'"'
 
-    def _event(self, verdict: Verdict | None) -> dict[str, Any] | None:
-        event = dict(self.base_event)
-        event["id"] = str(uuid.uuid4())
-        event["type"] = "statement"
-        event["time"] = datetime.now(UTC).isoformat()
-        if verdict is not None:
-            event.update(verdict.audit)
-            event["action"] = verdict.action
-        else:
-            # A portal the sidecar did not see prepared (e.g. a cursor opened by a
-            # DECLARE statement, itself decided when it ran).
-            event["action"] = ALLOW
-            event["kind"] = "execute_portal"
-        return event
+    def _encode_base(self) -> str:
+        return json.dumps(self.base_event, separators=(",", ":"), default=str)[1:-1]
+
+    def _record(
+        self,
+        verdict: Verdict,
+        outcome: str,
+        rows: int | None,
+        duration_ms: float,
+        sqlstate: str | None,
+    ) -> None:
+        """Append one statement event; only the per-execution fields are encoded here."""
+        line = (
+            f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
+            f'"action":"{verdict.action}","outcome":"{outcome}",'
+            f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
+            f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
+            f"{self._base_json}"
+        )
+        extra = verdict.audit_json()
+        self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
 
     # ---- upstream -> client -------------------------------------------------
 
@@ -403,6 +426,7 @@ class Session:
                 self.codec = _CODECS.get(value.decode("ascii", "replace"))
             elif name == b"application_name":
                 self.base_event["application_name"] = value.decode("utf-8", "replace")
+                self._base_json = self._encode_base()
         elif (
             kind in (0x73, 0x49)  # s PortalSuspended, I EmptyQueryResponse
             and pending
@@ -413,15 +437,10 @@ class Session:
         return None
 
     def _finish(self, item: _Exec, outcome: str) -> None:
-        event = item.event
-        if event is None:
+        if item.verdict is None:  # a refusal, recorded when it was decided
             return
-        event["outcome"] = outcome
-        event["rows"] = item.rows
-        event["duration_ms"] = round((time.perf_counter() - item.started) * 1000, 3)
-        if item.error:
-            event["error_sqlstate"] = item.error
-        self.audit.append(event)
+        duration = round((time.perf_counter() - item.started) * 1000, 3)
+        self._record(item.verdict, outcome, item.rows, duration, item.error)
 
     # ---- lifetime -----------------------------------------------------------
 
