@@ -166,9 +166,9 @@ class Session:
                 if kind in _COPY:
                     out.append(data[pos:end])
                 elif kind == _Q:
-                    out.append(self._on_query(data[pos + 5 : end]))
+                    out.append(self._on_query(data[pos + 5 : end]) or data[pos:end])
                 elif kind == _P:
-                    out.append(self._on_parse(data[pos + 5 : end]))
+                    out.append(self._on_parse(data[pos + 5 : end]) or data[pos:end])
                 elif kind == _B:
                     portal, stmt = m.parse_bind_names(data[pos + 5 : end])
                     self.portals[portal] = self.statements.get(stmt)
@@ -254,25 +254,32 @@ class Session:
             )
         return verdict
 
-    def _on_query(self, payload: bytes) -> bytes:
+    # _on_query and _on_parse return the message to send upstream, or None when
+    # the client's own bytes go through unchanged (the common, unmasked case).
+
+    def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:
             raise m.ProtocolViolation("Query is not NUL-terminated")
-        raw = payload[:-1]
-        verdict = self._decide(self._decode(raw), "simple")
+        text = self._decode(payload[:-1])
+        verdict = self._decide(text, "simple")
         if verdict.action == ALLOW:
             self.pending.append(_Exec(verdict, True))
-            sql = verdict.upstream_sql.encode(self.codec or "utf-8")
-            return m.query(sql) if sql != raw else m.frame(b"Q", payload)
+            if verdict.upstream_sql == text:
+                return None
+            return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
         self.pending.append(_Exec(None, True))
         return m.query(self._refuse(verdict))
 
-    def _on_parse(self, payload: bytes) -> bytes:
+    def _on_parse(self, payload: bytes) -> bytes | None:
         name, raw, tail = m.parse_parse(payload)
-        verdict = self._decide(self._decode(raw), "extended")
+        text = self._decode(raw)
+        verdict = self._decide(text, "extended")
         if verdict.action == ALLOW:
             self.statements[name] = verdict
+            if verdict.upstream_sql == text:
+                return None
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
-            return m.build_parse(name, sql, tail) if sql != raw else m.frame(b"P", payload)
+            return m.build_parse(name, sql, tail)
         self.statements.pop(name, None)
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
 
