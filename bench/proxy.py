@@ -274,7 +274,7 @@ def pgbench(
     database: str,
     clients: int,
     duration: int,
-    select_only: bool,
+    options: list[str],
     password: str = "",
 ) -> tuple[float, float]:
     cmd = [
@@ -292,9 +292,8 @@ def pgbench(
         str(clients),
         "-j",
         str(min(clients, 2)),
+        *options,
     ]
-    if select_only:
-        cmd.append("-S")
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     out = subprocess.run(
         [*cmd, database],
@@ -322,9 +321,9 @@ def idle_memory(port: int, database: str, pid: int, count: int) -> float:
     dsn = (
         f"host=127.0.0.1 port={port} user=bench password={TOKEN} dbname={database} sslmode=disable"
     )
-    warm = [psycopg.connect(dsn) for _ in range(10)]  # warm allocator and caches
-    for c in warm:
-        c.close()
+    warm = psycopg.connect(dsn)  # lazy imports and the first decision happen here
+    warm.execute("SELECT 1")
+    warm.close()
     time.sleep(0.5)
     before = rss_kb(pid)
     conns = [psycopg.connect(dsn) for _ in range(count)]
@@ -344,7 +343,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     parser.add_argument("--scale", type=int, default=8)
-    parser.add_argument("--idle", type=int, default=40, help="idle connections for memory")
+    parser.add_argument("--idle", type=int, default=60, help="idle connections for memory")
     args = parser.parse_args()
 
     database = "warden_proxy_bench_" + secrets.token_hex(3)
@@ -368,6 +367,9 @@ def main() -> int:
         procs.append(bouncer)
         sidecar, sidecar_port = start_sidecar(tmp, upstream, bundle(database))
         procs.append(sidecar)
+        # Measured first, on a fresh process, so memory freed by earlier sessions
+        # cannot hide what new ones cost.
+        per_conn = idle_memory(sidecar_port, database, sidecar.pid, args.idle)
         targets = {
             "direct": (port, "postgres", ""),
             "pgbouncer": (bouncer_port, "postgres", ""),
@@ -376,24 +378,30 @@ def main() -> int:
         results: dict[tuple[str, int, str], tuple[float, float]] = {}
         print(f"pgbench scale {args.scale}, {args.duration}s per run, targets interleaved")
         print(
-            f"{'workload':<12}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
+            f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
             f"{'vs direct':>11}{'vs bouncer':>12}"
         )
-        for select_only, workload in ((True, "select-only"), (False, "tpcb-like")):
+        # "select-prepared" (-M prepared) is informational: statements are decided
+        # once, at Parse, so it shows the protocol layer's cost without the engine's.
+        workloads = (
+            ("select-only", ["-S"]),
+            ("select-prepared", ["-S", "-M", "prepared"]),
+            ("tpcb-like", []),
+        )
+        for workload, options in workloads:
             for clients in (1, 8):
                 for target, (tport, user, pw) in targets.items():
                     results[(workload, clients, target)] = pgbench(
-                        tport, user, database, clients, args.duration, select_only, pw
+                        tport, user, database, clients, args.duration, options, pw
                     )
                 for target in targets:
                     tps, lat = results[(workload, clients, target)]
                     direct = results[(workload, clients, "direct")][0]
                     bouncer_tps = results[(workload, clients, "pgbouncer")][0]
                     print(
-                        f"{workload:<12}{clients:>8}  {target:<10}{tps:>12.0f}{lat:>10.3f}"
+                        f"{workload:<16}{clients:>8}  {target:<10}{tps:>12.0f}{lat:>10.3f}"
                         f"{tps / direct:>11.3f}{tps / bouncer_tps:>12.3f}"
                     )
-        per_conn = idle_memory(sidecar_port, database, sidecar.pid, args.idle)
         print(f"sidecar memory per idle connection: {per_conn:.1f} KB ({args.idle} connections)")
         print()
         lines = []

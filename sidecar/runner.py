@@ -116,6 +116,7 @@ class EnginePolicy:
     """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
 
     CACHE_LIMIT = 50_000
+    CACHE_TEXT_LIMIT = 4096
 
     def __init__(self, source: BundleSource, metrics: Metrics) -> None:
         import importlib
@@ -202,9 +203,10 @@ class EnginePolicy:
                 upstream_sql=decision.upstream_sql,
                 _audit_json=self._audit_json(decision),
             )
-            if len(self._cache) >= self.CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = verdict
+            if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
+                if len(self._cache) >= self.CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[key] = verdict
         return verdict
 
 
