@@ -48,14 +48,19 @@ def inner_bundle(document: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileBundleSource:
-    """A bundle JSON file, re-read when its modification time changes."""
+    """A bundle JSON file, re-read when its content changes.
+
+    Compared by content, not only modification time: a coarse mtime can hide a
+    second write, and a half-written file (write it to a temporary name and
+    rename it, ideally) is simply retried on the next tick.
+    """
 
     def __init__(self, path: Path, *, interval: float = 1.0) -> None:
         self.path = path
         self.interval = interval
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
-        self._mtime = path.stat().st_mtime_ns
-        self._current = inner_bundle(json.loads(path.read_text()))
+        self._seen = path.read_bytes()
+        self._current = inner_bundle(json.loads(self._seen))
 
     def current(self) -> dict[str, Any]:
         return self._current
@@ -67,13 +72,13 @@ class FileBundleSource:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                mtime = self.path.stat().st_mtime_ns
-                if mtime == self._mtime:
+                raw = self.path.read_bytes()
+                if raw == self._seen:
                     continue
-                self._mtime = mtime
-                candidate = inner_bundle(json.loads(self.path.read_text()))
+                self._seen = raw
+                candidate = inner_bundle(json.loads(raw))
                 for callback in self._callbacks:
-                    callback(candidate)  # raises if the bundle does not load
+                    callback(candidate)  # the policy's raises if the bundle does not load
                 self._current = candidate
                 log.info("bundle reloaded from %s", self.path.name)
             except Exception as exc:
@@ -270,6 +275,8 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         max_message=config.max_message_bytes,
     )
     server = ProxyServer(settings=settings, policy=policy, audit=spool, metrics=metrics)
+    # Subscribed after the policy, so it sees the new bundle's identities.
+    source.subscribe(lambda _document: server.revalidate())
     port = await server.start(config.listen_host, config.listen_port)
     tasks = [asyncio.create_task(spool.run()), asyncio.create_task(source.watch())]
     if config.audit_url:

@@ -95,6 +95,17 @@ class ProxyServer:
         for session in list(self.sessions):
             session.close()
 
+    def revalidate(self) -> None:
+        """After a bundle change: end sessions whose identity is gone or expired."""
+        now = datetime.now(UTC)
+        for session in list(self.sessions):
+            current = self.policy.identity(session.identity.name)
+            if current is None or not current.usable_credentials(now):
+                log.info("ending session of %s: identity revoked", session.identity.name)
+                session.terminate(
+                    "28000", f'Warden: identity "{session.identity.name}" is no longer allowed'
+                )
+
     # ---- startup ------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -182,7 +193,13 @@ class ProxyServer:
             raise _Refused(
                 exc.fields.get("C", "08006"), f"Warden: the upstream database refused: {exc}"
             ) from exc
-        self._begin_session(reader, writer, up, identity, params, client_addr)
+        # The bundle may have changed while the upstream login was in flight; a
+        # revocation in that window must not let the session through.
+        current = self.policy.identity(identity.name)
+        if current is None or not current.usable_credentials(datetime.now(UTC)):
+            up.writer.close()
+            raise _Refused("28000", f'Warden: identity "{identity.name}" is no longer allowed')
+        self._begin_session(reader, writer, up, current, params, client_addr)
 
     async def _authenticate(
         self,

@@ -464,6 +464,14 @@ class Session:
         )
         self.close()
 
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the session from the sidecar's side, telling the client why."""
+        if not self.closed:
+            self.client.write(
+                m.error_response(severity="FATAL", sqlstate=sqlstate, message=message)
+            )
+            self.close()
+
     def close(self) -> None:
         if self.closed:
             return
