@@ -85,7 +85,7 @@ def mask_expression(column: str, type_name: str, masking: Masking, key: str) -> 
         )
     elif strategy == "email" and family == "text":
         expr = (
-            f"CASE WHEN position('@' in {c}) > 0 "
+            f"CASE WHEN {c} IS NULL THEN NULL WHEN position('@' in {c}) > 0 "
             f"THEN '***@' || split_part({c}, '@', 2) ELSE '***' END"
         )
     elif strategy == "year_only" and family in ("date", "timestamp"):

@@ -93,6 +93,16 @@ VALUE_CATALOGS = frozenset(
         "pg_largeobject",
     }
 )  # fmt: skip
+# Functions that return statement text, which for a rewritten statement includes
+# the masking expressions and the datasource's masking key.
+STATEMENT_TEXT_FUNCTIONS = frozenset(
+    {
+        "current_query",
+        "pg_stat_get_activity",
+        "pg_stat_statements",
+        "pg_get_backend_memory_contexts",
+    }
+)
 LEVEL_RISK = {"public": 0, "internal": 8, "confidential": 20, "restricted": 30}
 IDENTITY_RISK = {"human": 0, "service": 5, "agent": 15}
 CATEGORY_RISK = {"write": 15, "ddl": 30, "unknown": 50, "unparseable": 50}
@@ -189,12 +199,15 @@ def masking_violations(
         for parts in write.oracle_refs:
             column = parts[-1]
             qualifier = parts[-2] if len(parts) >= 2 else None
-            if column in masked and (qualifier is None or qualifier in names):
+            whole_row = (len(parts) == 1 and column in names) or (
+                column == "*" and (qualifier is None or qualifier in names)
+            )
+            if whole_row or (column in masked and (qualifier is None or qualifier in names)):
                 out.append(
                     (
                         "mask.write_oracle",
-                        f"this {write.kind} reads the classified column {table.key}.{column} "
-                        "of the table it writes, which masking cannot cover",
+                        f"this {write.kind} reads classified data of {table.key}, the table "
+                        "it writes, which masking cannot cover",
                     )
                 )
                 break
@@ -230,6 +243,16 @@ def masking_violations(
                     (
                         "mask.opaque_table_function",
                         f"the table function {name}() may return data masking cannot see",
+                    )
+                )
+                break
+        for name in a.functions:
+            if function_base(name) in STATEMENT_TEXT_FUNCTIONS:
+                out.append(
+                    (
+                        "mask.statement_text",
+                        f"{function_base(name)}() returns statement text, which carries the "
+                        "masking expressions",
                     )
                 )
                 break
