@@ -242,6 +242,9 @@ def start_sidecar(
         "listen_port": 0,
         "ready_file": str(ready),
         "sidecar_id": "bench",
+        # No control plane here, so nothing drains the spool: give it room for
+        # every event of the run (they are deleted with the temporary directory).
+        "spool_max_bytes": 16 * 1024**3,
         "log_level": "WARNING",
     }
     (workdir / "sidecar.json").write_text(json.dumps(config))

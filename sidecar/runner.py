@@ -110,7 +110,13 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         "tables": sorted({t for s in statements for t in s["tables_read"] + s["tables_written"]}),
         "classifications": sorted({c for s in statements for c in s["classifications"]}),
         "masked_columns": sorted({c for s in statements for c in s["masked_columns"]}),
-        "statements": statements,
+        # Per-statement detail only when there is more than one; a single
+        # statement's facts are the top-level ones (keeps events small).
+        "statements": statements if len(statements) > 1 else None,
+        "tables_read": sorted({t for s in statements for t in s["tables_read"]}),
+        "tables_written": sorted({t for s in statements for t in s["tables_written"]}),
+        "columns_read": sorted({c for s in statements for c in s["columns_read"]}),
+        "functions": sorted({f for s in statements for f in s["functions"]}),
         "reasons": [r.to_json() for r in decision.reasons],
         "risk": decision.risk,
         "revision": decision.revision,
