@@ -132,3 +132,17 @@ def test_control_plane_down_then_back_every_event_arrives_once(
         if receiver is not None:
             receiver.terminate()
             receiver.wait()
+
+
+def test_sigterm_flushes_the_spool_with_session_ends(upstream: str, tmp_path: Path) -> None:
+    name = urlsplit(upstream).path.lstrip("/")
+    sidecar = start_sidecar(tmp_path, upstream, build_bundle(name))
+    conn = psycopg.connect(sidecar.dsn(application_name="shutdown"), autocommit=True)
+    conn.execute("SELECT 1")
+    sidecar.stop()
+    assert sidecar.proc.returncode == 0
+    events = [e for e in sidecar.events() if e.get("application_name") == "shutdown"]
+    assert [e["type"] for e in events] == ["session_start", "statement", "session_end"]
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()

@@ -124,3 +124,14 @@ def test_truncated_message_then_hangup(sidecar: Sidecar, bystander: psycopg.Conn
     raw.sendall(m.startup_message({"user": "alice", "database": sidecar.database}))
     assert raw.recv(1)[:1] == b"R"
     raw.close()
+
+
+def test_newer_protocol_minor_is_negotiated_down(sidecar: Sidecar) -> None:
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+        body = struct.pack("!i", (3 << 16) | 2) + b"user\x00alice\x00database\x00"
+        body += sidecar.database.encode() + b"\x00_pq_.future\x00on\x00\x00"
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        kind, payload = recv_message(sock)
+        assert kind == b"v"
+        assert struct.unpack("!ii", payload[:8]) == (0, 1) and b"_pq_.future" in payload
+        assert recv_message(sock)[0] == b"R"
