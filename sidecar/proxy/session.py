@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections import deque
@@ -134,7 +133,6 @@ class Session:
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
-        self._marker_re = re.compile(re.escape(self._marker) + rb"(\d+)")
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
@@ -408,10 +406,14 @@ class Session:
                 self._refusals.clear()
         elif kind == 0x45:  # E ErrorResponse
             replacement = None
-            if self._refusals and self._marker in data[pos:end]:
-                match = self._marker_re.search(data, pos, end)
-                if match:
-                    replacement = self._refusals.pop(int(match.group(1)), None)
+            at = data.find(self._marker, pos, end) if self._refusals else -1
+            if at >= 0:
+                digits = at + len(self._marker)
+                stop = digits
+                while stop < end and 0x30 <= data[stop] <= 0x39:
+                    stop += 1
+                if stop > digits:
+                    replacement = self._refusals.pop(int(data[digits:stop]), None)
             sqlstate = m.error_fields(data[pos + 5 : end]).get("C", "")
             if pending and pending[0] is not _SYNC:
                 head = pending[0]
