@@ -288,3 +288,14 @@ def test_metrics_endpoint(sidecar: Sidecar) -> None:
         if line.startswith('warden_sidecar_statements_total{action="allow"}')
     )
     assert int(allowed.split()[-1]) > 0
+
+
+def test_large_rows_and_copy_stream_through(sidecar: Sidecar) -> None:
+    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT repeat('x', 3000000), 7").fetchone()
+        assert row is not None and len(row[0]) == 3_000_000 and row[1] == 7
+        big = "y" * 2_000_000
+        with conn.cursor().copy("COPY notes (body) FROM STDIN") as copy:
+            copy.write_row((big,))
+        got = conn.execute("SELECT length(body) FROM notes WHERE body LIKE 'yyy%'").fetchone()
+        assert got == (2_000_000,)
