@@ -203,3 +203,21 @@ def test_psql_sees_masking_and_the_blocked_drop(sidecar: Sidecar, upstream: str)
     assert SSNS[0] not in result.stdout and EMAILS[0] not in result.stdout
     assert "no-drop" in result.stderr
     assert _ddl_seen(upstream) == []
+
+
+def test_standard_conforming_strings_is_tracked_from_the_server(sidecar: Sidecar) -> None:
+    # With standard_conforming_strings off the backslash escapes the quote, so
+    # the text means something else than with it on. The engine refuses legacy
+    # escapes outright, and names a different rule for each setting: proof that
+    # the setting the server reported is the one the engine judged with.
+    text = r"SELECT 'x\'; DROP TABLE notes; --'"
+    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("SET standard_conforming_strings = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="backslash"):
+            cur.execute(text)
+        cur.execute("SELECT 'plain'")
+        assert cur.fetchone() == ("plain",)
+        cur.execute("SET standard_conforming_strings = on")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-drop"):
+            cur.execute(text)
