@@ -234,8 +234,9 @@ class Session:
                 in_transaction=self.status != b"I",
                 protocol=protocol,
             )
-        except Exception:
-            log.exception("policy failed; statement refused")
+        except Exception as exc:
+            # Only the exception's type: its message could quote the statement.
+            log.error("policy failed (%s); statement refused", type(exc).__name__)
             verdict = Verdict(
                 action="block",
                 message="Warden: the policy engine could not decide on this statement",
