@@ -347,6 +347,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     parser.add_argument("--scale", type=int, default=8)
     parser.add_argument("--idle", type=int, default=60, help="idle connections for memory")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per cell (median kept)")
     args = parser.parse_args()
 
     database = "warden_proxy_bench_" + secrets.token_hex(3)
@@ -379,7 +380,10 @@ def main() -> int:
             "sidecar": (sidecar_port, "bench", TOKEN),
         }
         results: dict[tuple[str, int, str], tuple[float, float]] = {}
-        print(f"pgbench scale {args.scale}, {args.duration}s per run, targets interleaved")
+        print(
+            f"pgbench scale {args.scale}, {args.duration}s per run, {args.repeat} round(s), "
+            "targets interleaved"
+        )
         print(
             f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
             f"{'vs direct':>11}{'vs bouncer':>12}"
@@ -393,10 +397,15 @@ def main() -> int:
         )
         for workload, options in workloads:
             for clients in (1, 8):
-                for target, (tport, user, pw) in targets.items():
-                    results[(workload, clients, target)] = pgbench(
-                        tport, user, database, clients, args.duration, options, pw
-                    )
+                runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+                for _ in range(args.repeat):  # interleaved rounds; the median is kept
+                    for target, (tport, user, pw) in targets.items():
+                        runs[target].append(
+                            pgbench(tport, user, database, clients, args.duration, options, pw)
+                        )
+                for target, measured in runs.items():
+                    measured.sort()
+                    results[(workload, clients, target)] = measured[len(measured) // 2]
                 for target in targets:
                     tps, lat = results[(workload, clients, target)]
                     direct = results[(workload, clients, "direct")][0]
