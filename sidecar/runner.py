@@ -256,6 +256,14 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
+async def _revalidate_periodically(server: ProxyServer, interval: float = 10.0) -> None:
+    # Identities and credentials carry expiry times: a session must not outlive
+    # them just because no new bundle arrived.
+    while True:
+        await asyncio.sleep(interval)
+        server.revalidate()
+
+
 async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     metrics = Metrics()
@@ -284,7 +292,11 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     # Subscribed after the policy, so it sees the new bundle's identities.
     source.subscribe(lambda _document: server.revalidate())
     port = await server.start(config.listen_host, config.listen_port)
-    tasks = [asyncio.create_task(spool.run()), asyncio.create_task(source.watch())]
+    tasks = [
+        asyncio.create_task(spool.run()),
+        asyncio.create_task(source.watch()),
+        asyncio.create_task(_revalidate_periodically(server)),
+    ]
     if config.audit_url:
         shipper = AuditShipper(spool, http_upload(config.audit_url, config.audit_token))
         tasks.append(asyncio.create_task(shipper.run()))
