@@ -311,6 +311,12 @@ def object_detail(request: HttpRequest, pk: int, *, res: Resource) -> HttpRespon
     return render(request, res.template("detail"), context)
 
 
+def _form_status(request: HttpRequest) -> int:
+    # A POST that reaches the form page again was refused: say so with 400 (as the
+    # API does), while the page still shows the errors inline.
+    return 400 if request.method == "POST" else 200
+
+
 @editor_required
 @require_http_methods(["GET", "POST"])
 def object_create(request: HttpRequest, *, res: Resource) -> HttpResponse:
@@ -320,7 +326,8 @@ def object_create(request: HttpRequest, *, res: Resource) -> HttpResponse:
         if obj is not None:
             messages.success(request, f"Created {res.singular} {obj}.")
             return redirect(res.url("detail", obj.pk))
-    return render(request, "governance/object_form.html", {"res": res, "form": form})
+    context = {"res": res, "form": form}
+    return render(request, "governance/object_form.html", context, status=_form_status(request))
 
 
 @editor_required
@@ -335,7 +342,7 @@ def object_edit(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse
             messages.success(request, f"Saved {res.singular} {saved}.")
             return redirect(res.url("detail", saved.pk))
     context = {"res": res, "form": form, "object": obj}
-    return render(request, "governance/object_form.html", context)
+    return render(request, "governance/object_form.html", context, status=_form_status(request))
 
 
 @editor_required
@@ -576,7 +583,8 @@ def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
             response = render(request, "governance/token_issued.html", context)
             response["Cache-Control"] = "no-store"
             return response
-    return render(request, "governance/token_issue.html", {"form": form, "identity": identity})
+    context = {"form": form, "identity": identity}
+    return render(request, "governance/token_issue.html", context, status=_form_status(request))
 
 
 @viewer_required
@@ -617,7 +625,8 @@ def api_token_list(request: HttpRequest) -> HttpResponse:
             response["Cache-Control"] = "no-store"
             return response
     tokens = selectors.api_token_list(user=request.user).filter(user=request.user)
-    return render(request, "governance/api_token_list.html", {"form": form, "tokens": tokens})
+    context = {"form": form, "tokens": tokens}
+    return render(request, "governance/api_token_list.html", context, status=_form_status(request))
 
 
 @login_required

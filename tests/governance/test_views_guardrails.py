@@ -77,7 +77,7 @@ def test_allow_all_in_production_is_refused_inline(
             missing_where="",
         ),
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert b"would allow everything in production" in response.content
     assert b'class="form-errors"' in response.content
     assert GuardrailRule.objects.count() == before
@@ -101,7 +101,7 @@ def test_invalid_guardrail_shows_field_errors_and_stores_nothing(
     client.force_login(security_user)
     before = list(GuardrailRule.objects.values_list("pk", "name"))
     response = client.post(reverse("governance:guardrail_create"), _form(**overrides))
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert text in response.content
     if field is not None:
         assert response.context["form"].errors.get(field)

@@ -72,7 +72,7 @@ def test_team_create_edit_delete(editor: Any) -> None:
 def test_team_invalid(editor: Any, team_a: Any, data: dict, field: str) -> None:
     before = Team.objects.count()
     response = editor.post(reverse("governance:team_create"), {"description": "", **data})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors[field]
     assert b'class="errorlist"' in response.content
     assert Team.objects.count() == before
@@ -123,7 +123,7 @@ def test_identity_agent_without_owner_is_refused(editor: Any, demo_policy: Any) 
         reverse("governance:identity_create"),
         {"name": "agent-orphan", "kind": "agent", "is_active": "on"},
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert b"accountable human owner" in response.content
     assert response.context["form"].errors["owner"]
     assert not Identity.objects.filter(name="agent-orphan").exists()
@@ -134,7 +134,7 @@ def test_identity_bad_name(editor: Any, name: str) -> None:
     response = editor.post(
         reverse("governance:identity_create"), {"name": name, "kind": "human", "is_active": "on"}
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors["name"]
     assert not Identity.objects.filter(kind="human", user__isnull=True).exists()
 
@@ -208,7 +208,7 @@ def test_datasource_bad_schema(editor: Any, snapshot: str, text: bytes) -> None:
             "schema_snapshot": snapshot,
         },
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert text in response.content
     assert response.context["form"].errors["schema_snapshot"]
     assert not Datasource.objects.filter(name="bad-schema").exists()
@@ -258,7 +258,7 @@ def test_classification_create_and_builtin_cannot_be_deleted(editor: Any) -> Non
 def test_classification_invalid(editor: Any, data: dict, field: str) -> None:
     before = Classification.objects.count()
     response = editor.post(reverse("governance:classification_create"), data)
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors[field]
     assert Classification.objects.count() == before
 
@@ -301,7 +301,7 @@ def test_column_not_in_snapshot_is_refused(editor: Any, demo_policy: Any) -> Non
             "classification": phone.pk,
         },
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors["column_name"]
     assert not ColumnClassification.objects.filter(column_name="no_such_column").exists()
 
@@ -360,7 +360,7 @@ def test_masking_rule_invalid(
         **overrides,
     }
     response = editor.post(reverse("governance:masking_rule_create"), data)
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert text in response.content.decode()
     assert response.context["form"].errors[field]
     assert not MaskingRule.objects.filter(name="mask-card").exists()
@@ -372,7 +372,7 @@ def test_second_rule_for_same_classification_is_refused(editor: Any, demo_policy
         reverse("governance:masking_rule_create"),
         {"name": "mask-email-2", "classification": email.pk, "strategy": "redact", "enabled": "on"},
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert b"already masks pii.email" in response.content
     assert not MaskingRule.objects.filter(name="mask-email-2").exists()
 

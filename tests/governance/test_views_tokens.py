@@ -55,7 +55,7 @@ def test_issue_with_past_expiry_shows_error_and_stores_nothing(
     client.force_login(security_user)
     url = reverse("governance:token_issue", args=[demo_policy.service.pk])
     response = client.post(url, {"name": "old", "expires_at": "2001-01-01T00:00"})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors["expires_at"]
     response = client.post(url, {"name": ""})
     assert response.context["form"].errors["name"]
@@ -156,7 +156,7 @@ def test_api_tokens_are_personal(client: Any, security_user: Any, auditor_user: 
 def test_api_token_invalid_form(client: Any, security_user: Any) -> None:
     client.force_login(security_user)
     response = client.post(reverse("governance:api_token_list"), {"name": ""})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert response.context["form"].errors["name"]
     assert not ApiToken.objects.exists()
 
