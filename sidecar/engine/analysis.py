@@ -1,0 +1,512 @@
+"""Statement analysis for PostgreSQL, using PostgreSQL's own parser (pglast).
+
+``parse_statements`` splits a text exactly as the server does and
+``analyse_statement`` walks one statement's JSON parse tree to find what the
+policy needs: its kind (by allowlist), the tables read and written, the
+columns read (projections and predicates), the functions called, whether
+each write has an effective WHERE, row bounds, data-modifying CTEs, EXPLAIN
+ANALYZE, COPY direction and target, session settings, and the column
+references that would let a write act as an oracle on a classified column.
+Locations in the tree are byte offsets into the UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import parser as pg
+
+from sidecar.engine.bundle import Bundle, Table
+
+# Statement node -> (kind, category). Anything missing here is "unknown".
+KINDS: dict[str, tuple[str, str]] = {
+    "SelectStmt": ("select", "read"),
+    "InsertStmt": ("insert", "write"),
+    "UpdateStmt": ("update", "write"),
+    "DeleteStmt": ("delete", "write"),
+    "MergeStmt": ("merge", "write"),
+    "TransactionStmt": ("transaction", "transaction"),
+    "VariableSetStmt": ("set", "session"),
+    "VariableShowStmt": ("show", "session"),
+    "DiscardStmt": ("discard", "session"),
+    "ExplainStmt": ("explain", "read"),
+    "CopyStmt": ("copy", "read"),
+    "PrepareStmt": ("prepare", "utility"),
+    "ExecuteStmt": ("execute", "utility"),
+    "DeallocateStmt": ("deallocate", "utility"),
+    "DeclareCursorStmt": ("declare_cursor", "read"),
+    "FetchStmt": ("fetch", "utility"),
+    "ClosePortalStmt": ("close_cursor", "utility"),
+    "LockStmt": ("lock", "utility"),
+    "TruncateStmt": ("truncate", "ddl"),
+    "DropStmt": ("drop", "ddl"),
+    "CreateStmt": ("create_table", "ddl"),
+    "CreateTableAsStmt": ("create_table_as", "ddl"),
+    "AlterTableStmt": ("alter_table", "ddl"),
+    "IndexStmt": ("create_index", "ddl"),
+    "ViewStmt": ("create_view", "ddl"),
+    "RenameStmt": ("rename", "ddl"),
+    "CreateSchemaStmt": ("create_schema", "ddl"),
+    "CreateSeqStmt": ("create_sequence", "ddl"),
+    "AlterSeqStmt": ("alter_sequence", "ddl"),
+    "CommentStmt": ("comment", "ddl"),
+    "CreateEnumStmt": ("create_type", "ddl"),
+    "AlterEnumStmt": ("alter_type", "ddl"),
+    "CompositeTypeStmt": ("create_type", "ddl"),
+    "CreateDomainStmt": ("create_domain", "ddl"),
+    "RefreshMatViewStmt": ("refresh_materialized_view", "ddl"),
+    "CreateFunctionStmt": ("create_function", "ddl"),
+    "RuleStmt": ("create_rule", "ddl"),
+    "CreateTrigStmt": ("create_trigger", "ddl"),
+    "CreatePolicyStmt": ("create_policy", "ddl"),
+    "VacuumStmt": ("vacuum", "ddl"),
+    "GrantStmt": ("grant", "ddl"),
+}
+# Statements whose effect is code or definitions the rewrite cannot see into.
+OPAQUE_CODE = frozenset(
+    {"CreateFunctionStmt", "RuleStmt", "CreateTrigStmt", "CreatePolicyStmt", "ViewStmt"}
+)
+# DDL that does not read the values of the tables it names.
+VALUE_BLIND_DDL = frozenset(
+    {"DropStmt", "TruncateStmt", "CommentStmt", "IndexStmt", "VacuumStmt", "LockStmt"}
+)
+_WRITES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+
+
+@dataclass(slots=True)
+class RangeRef:
+    """One reference to a relation in a statement."""
+
+    schema: str | None
+    relname: str
+    alias: str | None
+    location: int  # byte offset of the (first) name token
+    inh: bool
+    role: str  # read | write | copy | into | ddl
+    table: Table | None  # the snapshot table, when known
+
+    @property
+    def key(self) -> str:
+        if self.table is not None:
+            return self.table.key
+        return f"{self.schema or 'public'}.{self.relname}"
+
+
+@dataclass(slots=True)
+class WriteInfo:
+    kind: str
+    target: RangeRef
+    has_effective_where: bool | None
+    oracle_refs: list[tuple[str, ...]] = field(default_factory=list)
+    returns_whole_row: bool = False
+
+
+@dataclass(slots=True)
+class RawStatement:
+    node_type: str
+    body: dict[str, Any]
+    start: int  # byte offsets into the whole text
+    end: int
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Everything the policy reads about one statement (before identity-specific work)."""
+
+    node_type: str
+    kind: str
+    category: str
+    judged_type: str  # node type of the statement that actually runs (EXPLAIN ANALYZE inner)
+    ranges: list[RangeRef] = field(default_factory=list)
+    cte_refs: int = 0
+    colrefs: list[tuple[str, ...]] = field(default_factory=list)
+    using_cols: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
+    set_config_params: list[str | None] = field(default_factory=list)
+    table_functions: list[str] = field(default_factory=list)
+    writes: list[WriteInfo] = field(default_factory=list)
+    data_modifying_cte: bool = False
+    literal_sensitive: bool = False
+    explain_analyze: bool = False
+    row_bound: int | None = None
+    has_limit: bool = False
+    has_where: bool = False
+    copy: dict[str, Any] | None = None
+    setting: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_statements(sql: str) -> list[RawStatement]:
+    """Split and parse ``sql``; raises ``pglast.parser.ParseError`` when PostgreSQL would."""
+    tree = json.loads(pg.parse_sql_json(sql))
+    total = len(sql.encode("utf-8")) if not sql.isascii() else len(sql)
+    out: list[RawStatement] = []
+    for raw in tree.get("stmts", []):
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len")
+        end = total if length is None or length == 0 else start + length
+        ((node_type, body),) = raw["stmt"].items()
+        out.append(RawStatement(node_type, body, start, end))
+    return out
+
+
+def _names(items: list[Any]) -> list[str]:
+    return [next(iter(i.values())).get("sval", "") for i in items if isinstance(i, dict)]
+
+
+def _const_int(node: Any) -> int | None:
+    if isinstance(node, dict) and "A_Const" in node:
+        const = node["A_Const"]
+        if "ival" in const:
+            return int(const["ival"].get("ival", 0))
+    return None
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if k != "location"}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def _has(node: Any, key: str) -> bool:
+    if isinstance(node, dict):
+        return any(k == key or _has(v, key) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_has(v, key) for v in node)
+    return False
+
+
+def always_true(node: Any, notes: list[str] | None = None) -> bool:
+    """True when a WHERE cannot filter anything: constant, tautology, OR with one.
+
+    A column-free condition is constant for the whole statement, so it counts
+    as no WHERE whatever its value (this keeps the verdict independent of
+    literals, which the normalised cache relies on). ``notes`` receives
+    "literal" when the verdict did depend on a literal.
+    """
+    if not isinstance(node, dict):
+        return False
+    if not _has(node, "ColumnRef"):
+        return True
+    if "BoolExpr" in node:
+        expr = node["BoolExpr"]
+        if expr["boolop"] == "OR_EXPR":
+            return any(always_true(a, notes) for a in expr["args"])
+        if expr["boolop"] == "AND_EXPR":
+            return all(always_true(a, notes) for a in expr["args"])
+        return False
+    if "A_Expr" in node:
+        expr = node["A_Expr"]
+        op = _names(expr.get("name", []))
+        left, right = expr.get("lexpr"), expr.get("rexpr")
+        if expr["kind"] == "AEXPR_OP" and op in (["="], [">="], ["<="]):
+            return _strip(left) == _strip(right)
+        if expr["kind"] in ("AEXPR_LIKE", "AEXPR_ILIKE") and isinstance(right, dict):
+            const = right.get("A_Const", {}).get("sval", {}).get("sval")
+            if const is not None and notes is not None:
+                notes.append("literal")
+            return const is not None and const != "" and set(const) == {"%"}
+    if "BooleanTest" in node:
+        test = node["BooleanTest"]
+        return test["booltesttype"] in ("IS_TRUE", "IS_NOT_FALSE") and always_true(
+            test["arg"], notes
+        )
+    return False
+
+
+def _returning(body: dict[str, Any]) -> list[Any]:
+    """RETURNING items (PostgreSQL 18 wraps them in a returningClause)."""
+    clause = body.get("returningClause")
+    if isinstance(clause, dict):
+        return list(clause.get("exprs", []))
+    return list(body.get("returningList", []))
+
+
+class _Walker:
+    """Collects relations, column references and calls from one statement tree."""
+
+    def __init__(self, bundle: Bundle, result: Analysis) -> None:
+        self.bundle = bundle
+        self.r = result
+
+    # -- generic traversal -------------------------------------------------
+    def visit(self, node: Any, ctes: frozenset[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.visit(item, ctes)
+        elif isinstance(node, dict):
+            if len(node) == 1:
+                ((key, value),) = node.items()
+                if key[:1].isupper():
+                    handler = getattr(self, "v_" + key, None)
+                    if handler is not None:
+                        handler(value, ctes)
+                    else:
+                        self.fields(value, ctes)
+                    return
+            self.fields(node, ctes)
+
+    def fields(
+        self, body: dict[str, Any], ctes: frozenset[str], skip: tuple[str, ...] = ()
+    ) -> None:
+        for key, value in body.items():
+            if key in skip or not isinstance(value, dict | list):
+                continue
+            if (
+                key in ("relation", "rel", "view")
+                and isinstance(value, dict)
+                and "relname" in value
+            ):
+                self.add_range(value, "ddl", ctes)
+            else:
+                self.visit(value, ctes)
+
+    def add_range(self, rv: dict[str, Any], role: str, ctes: frozenset[str]) -> RangeRef | None:
+        schema = rv.get("schemaname")
+        name = rv["relname"]
+        if schema is None and name in ctes and role == "read":
+            self.r.cte_refs += 1
+            return None
+        alias = rv.get("alias", {}).get("aliasname")
+        ref = RangeRef(
+            schema,
+            name,
+            alias,
+            rv.get("location", -1),
+            rv.get("inh", False),
+            role,
+            self.bundle.resolve_table(schema, name),
+        )
+        self.r.ranges.append(ref)
+        return ref
+
+    def with_clause(self, body: dict[str, Any], ctes: frozenset[str]) -> frozenset[str]:
+        wc = body.get("withClause")
+        if not wc:
+            return ctes
+        items = [c["CommonTableExpr"] for c in wc.get("ctes", [])]
+        names = [c["ctename"] for c in items]
+        recursive = bool(wc.get("recursive"))
+        for index, cte in enumerate(items):
+            # A non-recursive CTE does not see itself or later ones: inside its
+            # body, its own name is the real table.
+            visible = ctes | frozenset(names if recursive else names[:index])
+            query = cte.get("ctequery", {})
+            if next(iter(query), None) in _WRITES:
+                self.r.data_modifying_cte = True
+            self.visit(query, visible)
+        return ctes | frozenset(names)
+
+    # -- node handlers -------------------------------------------------------
+    def v_RangeVar(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        self.add_range(body, "read", ctes)
+
+    def v_ColumnRef(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        parts = tuple(
+            "*" if "A_Star" in f else f.get("String", {}).get("sval", "") for f in body["fields"]
+        )
+        self.r.colrefs.append(parts)
+
+    def v_FuncCall(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        names = _names(body.get("funcname", []))
+        name = ".".join(names)
+        self.r.functions.append(name)
+        if names and names[-1] == "set_config":
+            args = body.get("args", [])
+            param = None
+            if args and "A_Const" in args[0]:
+                param = args[0]["A_Const"].get("sval", {}).get("sval")
+            self.r.set_config_params.append(param)
+        self.fields(body, ctes, skip=("funcname",))
+
+    def v_RangeFunction(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        for item in body.get("functions", []):
+            items = item.get("List", {}).get("items", []) if isinstance(item, dict) else item
+            for sub in items:
+                if isinstance(sub, dict) and "FuncCall" in sub:
+                    self.r.table_functions.append(".".join(_names(sub["FuncCall"]["funcname"])))
+                elif isinstance(sub, dict) and sub and not next(iter(sub)).startswith("ColumnDef"):
+                    self.r.table_functions.append("<expression>")
+        self.fields(body, ctes)
+
+    def v_JoinExpr(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        self.r.using_cols.extend(_names(body.get("usingClause", [])))
+        self.fields(body, ctes, skip=("usingClause",))
+
+    def v_SelectStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        ctes = self.with_clause(body, ctes)
+        into = body.get("intoClause")
+        if into:
+            self.add_range(into["rel"], "into", ctes)
+        self.fields(body, ctes, skip=("withClause", "intoClause"))
+
+    def _oracle(self, info: WriteInfo, parts: list[Any], ctes: frozenset[str]) -> None:
+        start = len(self.r.colrefs)
+        for part in parts:
+            if part:
+                self.visit(part, ctes)
+        info.oracle_refs.extend(self.r.colrefs[start:])
+
+    def _write(self, kind: str, body: dict[str, Any], ctes: frozenset[str]) -> WriteInfo | None:
+        target = self.add_range(body["relation"], "write", ctes)
+        if target is None:  # unreachable: role write never resolves to a CTE
+            return None
+        where = body.get("whereClause")
+        effective: bool | None = None
+        if kind in ("update", "delete"):
+            notes: list[str] = []
+            effective = where is not None and not always_true(where, notes)
+            if notes:
+                self.r.literal_sensitive = True
+        info = WriteInfo(kind, target, effective)
+        self.r.writes.append(info)
+        for item in _returning(body):
+            val = item.get("ResTarget", {}).get("val", {})
+            if "ColumnRef" in val:
+                fields = val["ColumnRef"]["fields"]
+                names = {target.alias, target.relname}
+                if any("A_Star" in f for f in fields) or (
+                    len(fields) == 1 and fields[0].get("String", {}).get("sval") in names
+                ):
+                    info.returns_whole_row = True
+        return info
+
+    def v_InsertStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        ctes = self.with_clause(body, ctes)
+        info = self._write("insert", body, ctes)
+        self.visit(body.get("selectStmt"), ctes)
+        if info is not None:
+            self._oracle(info, [body.get("onConflictClause"), _returning(body)], ctes)
+
+    def v_UpdateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        ctes = self.with_clause(body, ctes)
+        info = self._write("update", body, ctes)
+        self.visit(body.get("fromClause"), ctes)
+        if info is not None:
+            parts = [body.get("targetList"), body.get("whereClause"), _returning(body)]
+            self._oracle(info, parts, ctes)
+
+    def v_DeleteStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        ctes = self.with_clause(body, ctes)
+        info = self._write("delete", body, ctes)
+        self.visit(body.get("usingClause"), ctes)
+        if info is not None:
+            self._oracle(info, [body.get("whereClause"), _returning(body)], ctes)
+
+    def v_MergeStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        ctes = self.with_clause(body, ctes)
+        info = self._write("merge", body, ctes)
+        self.visit(body.get("sourceRelation"), ctes)
+        if info is not None:
+            parts = [
+                body.get("joinCondition"),
+                body.get("mergeWhenClauses"),
+                _returning(body),
+            ]
+            self._oracle(info, parts, ctes)
+
+    def v_TruncateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        for rel in body.get("relations", []):
+            self.add_range(rel["RangeVar"], "write", ctes)
+
+    def v_CopyStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        direction = "from" if body.get("is_from") else "to"
+        relation = body.get("relation")
+        if relation is not None:
+            self.add_range(relation, "write" if direction == "from" else "copy", ctes)
+        self.visit(body.get("query"), ctes)
+        self.visit(body.get("whereClause"), ctes)
+        filename = body.get("filename")
+        target = "program" if body.get("is_program") else ("file" if filename else "client")
+        self.r.copy = {
+            "direction": direction,
+            "target": target,
+            "relation": relation is not None,
+            "columns": _names(body.get("attlist", [])),
+        }
+
+
+def analyse_statement(bundle: Bundle, raw: RawStatement) -> Analysis:
+    """Analyse one parsed statement against the bundle's schema snapshot."""
+    node_type, body = raw.node_type, raw.body
+    kind, category = KINDS.get(node_type, ("unknown", "unknown"))
+    result = Analysis(node_type, kind, category, node_type)
+    walker = _Walker(bundle, result)
+    judged_type, judged = node_type, body
+    if node_type == "ExplainStmt":
+        options = _names_defelem(body.get("options", []))
+        inner = body["query"]
+        ((judged_type, judged),) = inner.items()
+        if options.get("analyze", False):
+            result.explain_analyze = True
+            result.kind = "explain_analyze"
+            result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+        walker.visit(inner, frozenset())
+    elif node_type in ("PrepareStmt", "DeclareCursorStmt"):
+        ((judged_type, judged),) = body["query"].items()
+        result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+        walker.visit(body["query"], frozenset())
+    elif node_type == "CreateTableAsStmt":
+        if body.get("objtype") == "OBJECT_MATVIEW":
+            result.kind = "create_materialized_view"
+        walker.add_range(body["into"]["rel"], "into", frozenset())
+        walker.visit(body["query"], frozenset())
+    elif node_type == "VariableSetStmt":
+        result.setting = {
+            "kind": body.get("kind"),
+            "name": (body.get("name") or "").lower(),
+            "values": [_setting_value(a) for a in body.get("args", [])],
+            "local": bool(body.get("is_local")),
+        }
+    elif node_type == "TransactionStmt":
+        result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()
+    elif node_type == "SelectStmt" and body.get("intoClause"):
+        result.kind, result.category = "select_into", "ddl"
+        walker.visit({node_type: body}, frozenset())
+    else:
+        walker.visit({node_type: body}, frozenset())
+    result.judged_type = judged_type
+    if result.copy is not None:
+        result.kind = "copy_" + result.copy["direction"]
+        result.category = "write" if result.copy["direction"] == "from" else "read"
+    if result.writes and result.category == "read":
+        result.category = "write"
+    if judged_type == "SelectStmt":
+        limit = judged.get("limitCount")
+        result.has_limit = limit is not None and judged.get("limitOption") != "LIMIT_OPTION_DEFAULT"
+        result.row_bound = _const_int(limit) if result.has_limit else None
+        result.has_where = judged.get("whereClause") is not None
+    return result
+
+
+def _names_defelem(options: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for option in options:
+        elem = option.get("DefElem", {})
+        arg = elem.get("arg")
+        value: Any = True
+        if isinstance(arg, dict):
+            if "Boolean" in arg:
+                value = bool(arg["Boolean"].get("boolval", False))
+            elif "String" in arg:
+                value = arg["String"].get("sval", "").lower() not in ("false", "off", "0", "no")
+            elif "Integer" in arg:
+                value = bool(arg["Integer"].get("ival", 0))
+        out[elem.get("defname", "")] = value
+    return out
+
+
+def _setting_value(arg: Any) -> str | None:
+    if isinstance(arg, dict) and "A_Const" in arg:
+        const = arg["A_Const"]
+        for key in ("sval", "ival", "fval", "boolval"):
+            if key in const:
+                inner = const[key]
+                return str(next(iter(inner.values()), "0" if key == "ival" else ""))
+    if isinstance(arg, dict) and "TypeCast" in arg:
+        return _setting_value(arg["TypeCast"].get("arg"))
+    return None

@@ -1,0 +1,114 @@
+"""The engine's output types: Decision, Reason, StatementAnalysis, SessionContext.
+
+``Decision.to_json()`` is the stable JSON form used by the CLI, the audit
+trail and the control plane's simulator. Keys are sorted; its fields are
+documented in ``docs/bundle-format.md`` ("Decision JSON"). Fields may be
+added, never removed or renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIONS = ("allow", "review", "block")
+SEVERITY = {action: index for index, action in enumerate(ACTIONS)}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What the proxy knows about the client's session when a statement arrives."""
+
+    standard_conforming_strings: bool = True
+    in_transaction: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    rule: str  # a guardrail's name, or a built-in rule id such as "default.unknown_statement"
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"message": self.message, "rule": self.rule}
+
+
+@dataclass(frozen=True, slots=True)
+class StatementAnalysis:
+    kind: str
+    category: str
+    tables_read: tuple[str, ...]
+    tables_written: tuple[str, ...]
+    columns_read: tuple[str, ...]
+    functions: tuple[str, ...]
+    classifications: tuple[str, ...]
+    masked_columns: tuple[str, ...]
+    has_effective_where: bool | None
+    row_bound: int | None
+    rewritten_sql: str | None
+    fingerprint: str
+    redacted_sql: str
+    data_modifying_cte: bool = False
+    explain_analyze: bool = False
+    copy: dict[str, Any] | None = None
+    lineage: tuple[dict[str, Any], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "classifications": list(self.classifications),
+            "columns_read": list(self.columns_read),
+            "copy": self.copy,
+            "data_modifying_cte": self.data_modifying_cte,
+            "explain_analyze": self.explain_analyze,
+            "fingerprint": self.fingerprint,
+            "functions": list(self.functions),
+            "has_effective_where": self.has_effective_where,
+            "kind": self.kind,
+            "lineage": None if self.lineage is None else list(self.lineage),
+            "masked_columns": list(self.masked_columns),
+            "redacted_sql": self.redacted_sql,
+            "rewritten_sql": self.rewritten_sql,
+            "row_bound": self.row_bound,
+            "tables_read": list(self.tables_read),
+            "tables_written": list(self.tables_written),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: str
+    reasons: tuple[Reason, ...]
+    risk: int
+    statements: tuple[StatementAnalysis, ...]
+    upstream_sql: str
+    message: str
+    critical: bool = False
+    identity: str = ""
+    revision: str = ""
+    cached: bool = field(default=False, compare=False)
+    # The datasource's masking key appears in hash-masked SQL; the JSON form
+    # (audit trail, simulator, CLI) shows a placeholder instead.
+    secret: str = field(default="", repr=False, compare=False)
+
+    def _hide(self, text: str | None) -> str | None:
+        if text is None or not self.secret:
+            return text
+        return text.replace(self.secret, "<masking_key>")
+
+    def to_json(self) -> dict[str, Any]:
+        statements = []
+        for s in self.statements:
+            item = s.to_json()
+            item["rewritten_sql"] = self._hide(s.rewritten_sql)
+            statements.append(item)
+        return {
+            "action": self.action,
+            "critical": self.critical,
+            "identity": self.identity,
+            "message": self.message,
+            "reasons": [r.to_json() for r in self.reasons],
+            "revision": self.revision,
+            "risk": self.risk,
+            "statements": statements,
+            "upstream_sql": self._hide(self.upstream_sql),
+        }

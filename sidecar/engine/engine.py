@@ -1,0 +1,882 @@
+"""The Engine: bundle + identity + SQL text in, Decision out, with a bounded cache.
+
+Order of evaluation for one request:
+
+1. the identity must be in the bundle and not expired (else block);
+2. the text is parsed by PostgreSQL's parser; extended-protocol text must hold
+   exactly one statement; with ``standard_conforming_strings`` off, text
+   containing a backslash is refused (we do not lex the legacy escapes);
+3. each statement is analysed; masking invariants (``mask.*``) are hard
+   blocks that no guardrail lifts;
+4. guardrails, enabled and ordered by position: the first whose conditions
+   all match some statement decides. An ``allow`` guardrail cannot lift an
+   unknown or unparseable statement above ``review``;
+5. otherwise the defaults (``default.*``) and the risk thresholds decide,
+   the most severe wins.
+
+Masking is applied to every allowed or held statement by rewrite; a request
+no policy touches goes upstream byte for byte. Decisions are cached per
+bundle: first by exact text, then by text normalised for literals (the
+cached template is re-applied to the new literals at token positions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pglast import parser as pg
+
+from sidecar.engine import policy
+from sidecar.engine.analysis import (
+    Analysis,
+    RangeRef,
+    RawStatement,
+    analyse_statement,
+    parse_statements,
+)
+from sidecar.engine.bundle import Bundle, Identity, Masking
+from sidecar.engine.decision import SEVERITY, Decision, Reason, SessionContext, StatementAnalysis
+from sidecar.engine.masking import Token, masking_subquery, quote_ident, relation_span, scan_tokens
+
+REWRITABLE = frozenset(
+    {
+        "SelectStmt",
+        "InsertStmt",
+        "UpdateStmt",
+        "DeleteStmt",
+        "MergeStmt",
+        "ExplainStmt",
+        "PrepareStmt",
+        "DeclareCursorStmt",
+        "CreateTableAsStmt",
+        "CopyStmt",
+    }
+)
+_TEMPLATE_KINDS = frozenset({"select", "insert", "update", "delete"})
+_CONST_TOKENS = frozenset(
+    {
+        "ICONST",
+        "FCONST",
+        "SCONST",
+        "BCONST",
+        "XCONST",
+        "USCONST",
+        "TRUE_P",
+        "FALSE_P",
+        "NULL_P",
+        "ASCII_45",
+        "PARAM",
+    }
+)
+
+
+def _max_action(a: str, b: str) -> str:
+    return a if SEVERITY[a] >= SEVERITY[b] else b
+
+
+def _redact(text: str) -> tuple[str, str]:
+    """(redacted text, fingerprint): literals replaced, safe for the audit trail."""
+    try:
+        redacted = pg.normalize(text)
+    except Exception:
+        try:
+            parts = []
+            last = 0
+            raw = text.encode("utf-8")
+            for token in scan_tokens(text):
+                if token.name in _CONST_TOKENS - {"ASCII_45", "PARAM"}:
+                    parts.append(raw[last : token.start].decode("utf-8", "replace") + "?")
+                    last = token.end
+            parts.append(raw[last:].decode("utf-8", "replace"))
+            redacted = "".join(parts)
+            if "'" in redacted or "$" in redacted:
+                raise ValueError("unterminated literal")
+        except Exception:
+            redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
+    return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class _Splice:
+    start: int
+    end: int
+    text: str
+    first_token: int
+    last_token: int
+
+
+@dataclass(slots=True)
+class _Template:
+    """A decision for one single-statement text, re-applicable to other literals."""
+
+    decision: Decision
+    structure: tuple[bytes, ...]  # non-literal tokens of the text it was made from
+    splices: tuple[tuple[int, int, str], ...]  # (first, last structural index, text)
+    limit_index: int | None  # structural index of LIMIT when the bound is a literal
+
+
+@dataclass(slots=True)
+class _State:
+    bundle: Bundle
+    exact: OrderedDict[tuple[Any, ...], Decision] = field(default_factory=OrderedDict)
+    normalised: OrderedDict[tuple[Any, ...], _Template] = field(default_factory=OrderedDict)
+    sqlglot_schema: Any = None
+
+
+def _structure(sql: str, tokens: list[Token]) -> tuple[list[int], tuple[bytes, ...]]:
+    raw = sql.encode("utf-8")
+    index = [i for i, t in enumerate(tokens) if t.name not in _CONST_TOKENS]
+    return index, tuple(raw[tokens[i].start : tokens[i].end] for i in index)
+
+
+class Engine:
+    """Decides statements for one bundle; thread-safe; ``replace_bundle`` swaps atomically."""
+
+    def __init__(self, bundle: Bundle, cache_size: int = 4096) -> None:
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._state = _State(bundle)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self._state.bundle
+
+    def replace_bundle(self, bundle: Bundle) -> None:
+        """Swap the bundle; the caches go with the old one, so nothing stale survives."""
+        self._state = _State(bundle)
+
+    def cache_info(self) -> dict[str, int]:
+        state = self._state
+        return {"exact": len(state.exact), "normalised": len(state.normalised)}
+
+    # -- entry point ------------------------------------------------------------
+    def decide(
+        self,
+        *,
+        identity: str,
+        sql: str,
+        session: SessionContext | None = None,
+        protocol: str = "simple",
+        now: float | None = None,
+        explain: bool = False,
+    ) -> Decision:
+        state = self._state  # one read: a concurrent replace_bundle cannot mix bundles
+        bundle = state.bundle
+        session = session or SessionContext()
+        who = bundle.identities.get(identity)
+        if who is None:
+            return self._refusal(
+                bundle,
+                identity,
+                sql,
+                "default.unknown_identity",
+                f"identity {identity!r} is not allowed on this datasource",
+            )
+        if who.expires_at is not None and who.expires_at <= (time.time() if now is None else now):
+            return self._refusal(
+                bundle,
+                identity,
+                sql,
+                "default.identity_expired",
+                f"identity {identity!r} has expired",
+            )
+        if protocol not in ("simple", "extended"):
+            raise ValueError(f"protocol must be 'simple' or 'extended', not {protocol!r}")
+        scs = session.standard_conforming_strings
+        key = (identity, protocol, scs, explain, sql)
+        cached = state.exact.get(key)
+        if cached is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+                state.exact.move_to_end(key)
+            return cached
+        norm_key: tuple[Any, ...] | None = None
+        if scs and not explain:
+            try:
+                norm_key = (identity, protocol, pg.normalize(sql))
+            except Exception:
+                norm_key = None
+            template = state.normalised.get(norm_key) if norm_key else None
+            if template is not None:
+                decision = self._instantiate(template, sql)
+                if decision is not None:
+                    self._remember(state.exact, key, decision)
+                    return decision
+        decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+        self._remember(state.exact, key, decision)
+        if new_template is not None and norm_key is not None:
+            self._remember(state.normalised, norm_key, new_template)
+        return decision
+
+    def _remember(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        with self._lock:
+            cache[key] = value
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+
+    def _refusal(self, bundle: Bundle, identity: str, sql: str, rule: str, msg: str) -> Decision:
+        redacted, fingerprint = _redact(sql)
+        statement = StatementAnalysis(
+            "unknown", "unknown", (), (), (), (), (), (), None, None, None, fingerprint, redacted
+        )
+        return Decision(
+            action="block",
+            reasons=(Reason(rule, msg),),
+            risk=100,
+            statements=(statement,),
+            upstream_sql=sql,
+            message=f"Warden blocked this statement: {msg} (rule {rule})",
+            critical=True,
+            identity=identity,
+            revision=bundle.revision,
+        )
+
+    # -- the cached template path ---------------------------------------------------
+    def _instantiate(self, template: _Template, sql: str) -> Decision | None:
+        try:
+            tokens = scan_tokens(sql)
+        except Exception:
+            return None
+        index, structure = _structure(sql, tokens)
+        if structure != template.structure:
+            return None
+        d = template.decision
+        s = d.statements[0]
+        row_bound = s.row_bound
+        if template.limit_index is not None:
+            position = index[template.limit_index] + 1
+            if position >= len(tokens) or tokens[position].name != "ICONST":
+                return None
+            raw = sql.encode("utf-8")
+            row_bound = int(raw[tokens[position].start : tokens[position].end])
+        upstream = sql
+        rewritten = None
+        if template.splices:
+            raw = sql.encode("utf-8")
+            parts: list[bytes] = []
+            last = 0
+            for first, end, text in template.splices:
+                parts.append(raw[last : tokens[index[first]].start])
+                parts.append(text.encode("utf-8"))
+                last = tokens[index[end]].end
+            parts.append(raw[last:])
+            upstream = rewritten = b"".join(parts).decode("utf-8")
+        statement = replace(s, row_bound=row_bound, rewritten_sql=rewritten)
+        return Decision(
+            action=d.action,
+            reasons=d.reasons,
+            risk=d.risk,
+            statements=(statement,),
+            upstream_sql=upstream,
+            message=d.message,
+            critical=d.critical,
+            identity=d.identity,
+            revision=d.revision,
+            cached=True,
+            secret=d.secret,
+        )
+
+    # -- full analysis --------------------------------------------------------------
+    def _judge(
+        self,
+        state: _State,
+        who: Identity,
+        sql: str,
+        session: SessionContext,
+        protocol: str,
+        explain: bool,
+    ) -> tuple[Decision, _Template | None]:
+        bundle = state.bundle
+        production = bundle.environment == "production"
+        hard: list[Reason] = []
+        defaults: list[tuple[str, Reason]] = []
+        floor = "allow"  # the least an allow-guardrail can leave (unknown -> review)
+
+        if not session.standard_conforming_strings and "\\" in sql:
+            hard.append(
+                Reason(
+                    "default.backslash_escapes",
+                    "standard_conforming_strings is off and the text contains a "
+                    "backslash; Warden does not analyse legacy string escapes",
+                )
+            )
+        try:
+            raws = parse_statements(sql)
+            parse_error: str | None = None
+        except Exception as exc:
+            raws = []
+            parse_error = str(exc).split("\n")[0]
+
+        analyses: list[Analysis] = []
+        statements: list[StatementAnalysis] = []
+        risks: list[int] = []
+        splices: list[_Splice] = []
+        tokens: list[Token] | None = None
+        raw_bytes = sql.encode("utf-8")
+        masks_anything = any(not (m.exempt_teams & who.teams) for m in bundle.masking.values())
+        facts: list[dict[str, Any]] = []
+
+        if parse_error is not None:
+            redacted, fingerprint = _redact(sql)
+            statements.append(
+                StatementAnalysis(
+                    "unparseable",
+                    "unparseable",
+                    (),
+                    (),
+                    (),
+                    (),
+                    (),
+                    (),
+                    None,
+                    None,
+                    None,
+                    fingerprint,
+                    redacted,
+                )
+            )
+            msg = f"the statement could not be parsed ({parse_error})"
+            rule = Reason("default.unparseable", msg)
+            defaults.append(("block" if production else "review", rule))
+            floor = "review"
+            risks.append(min(100, bundle.criticality * 6 + 50 + policy.IDENTITY_RISK[who.kind]))
+            facts.append(
+                {
+                    "unparseable": True,
+                    "kind": "unparseable",
+                    "category": "unparseable",
+                    "tables": set(),
+                    "classifications": set(),
+                    "functions": set(),
+                    "missing_where": False,
+                    "unbounded": False,
+                }
+            )
+        if protocol == "extended" and len(raws) > 1:
+            hard.append(
+                Reason(
+                    "default.extended_multi_statement",
+                    "the extended protocol carries exactly one statement per Parse",
+                )
+            )
+
+        for raw in raws:
+            a = analyse_statement(bundle, raw)
+            analyses.append(a)
+            if raw.node_type not in REWRITABLE:
+                for ref in a.ranges:
+                    if ref.role == "read":
+                        ref.role = "ddl"
+            runs = not (raw.node_type == "ExplainStmt" and not a.explain_analyze)
+            columns = self._columns(a)
+            read_cols = sorted(columns)
+            classes = sorted(
+                {
+                    bundle.column_classifications[c]
+                    for c in read_cols
+                    if c in bundle.column_classifications
+                }
+            )
+            masked_here: dict[str, dict[str, Masking]] = {}
+            for ref in a.ranges:
+                if ref.table is not None and ref.role in ("read", "copy"):
+                    m = bundle.masked_columns_for(who, ref.table)
+                    if m:
+                        masked_here[ref.table.key] = m
+            masked_cols = sorted(
+                f"{t}.{c}" for t, cols in masked_here.items() for c in cols if f"{t}.{c}" in columns
+            )
+            masked_levels = [
+                bundle.classification_levels[bundle.column_classifications[c]] for c in masked_cols
+            ]
+            unmasked_levels = [
+                bundle.classification_levels[bundle.column_classifications[c]]
+                for c in read_cols
+                if c in bundle.column_classifications and c not in masked_cols
+            ]
+            missing_where = runs and any(w.has_effective_where is False for w in a.writes)
+            unbounded = (
+                bool(classes) and a.judged_type == "SelectStmt" and not (a.has_where or a.has_limit)
+            )
+            dangerous = False
+
+            # -- defaults --------------------------------------------------------
+            if a.category == "unknown":
+                floor = "review"
+                defaults.append(
+                    (
+                        "block" if production else "review",
+                        Reason(
+                            "default.unknown_statement",
+                            f"{raw.node_type.removesuffix('Stmt')} statements are "
+                            "not on the list of statements Warden understands",
+                        ),
+                    )
+                )
+            if production and runs and a.kind == "truncate":
+                defaults.append(
+                    (
+                        "review",
+                        Reason(
+                            "default.truncate_in_production",
+                            "TRUNCATE in production needs a review",
+                        ),
+                    )
+                )
+            elif production and runs and a.category == "ddl":
+                defaults.append(
+                    (
+                        "review",
+                        Reason(
+                            "default.ddl_in_production", f"{a.kind} in production needs a review"
+                        ),
+                    )
+                )
+            if production and missing_where:
+                defaults.append(
+                    (
+                        "review",
+                        Reason(
+                            "default.write_without_where",
+                            "a write without an effective WHERE in production needs a review",
+                        ),
+                    )
+                )
+            for name in dict.fromkeys(a.functions):
+                refused = policy.function_reason(name)
+                if refused is not None:
+                    dangerous = True
+                    defaults.append(("block", Reason(*refused)))
+            for param in a.set_config_params:
+                if param is None or param.lower() not in policy.SAFE_SETTINGS:
+                    dangerous = True
+                    defaults.append(
+                        (
+                            "block",
+                            Reason(
+                                "default.function.session",
+                                f"set_config() on {param or 'a computed name'!r} "
+                                "could weaken the session's safety",
+                            ),
+                        )
+                    )
+            if a.setting is not None:
+                refused = policy.setting_reason(a)
+                if refused is not None:
+                    defaults.append(("block", Reason(*refused)))
+            if a.copy is not None and a.copy["target"] != "client":
+                dangerous = True
+                defaults.append(
+                    (
+                        "block",
+                        Reason(
+                            "default.copy_server_side",
+                            f"COPY {a.copy['direction'].upper()} a server "
+                            f"{a.copy['target']} reaches the server's files "
+                            "or processes",
+                        ),
+                    )
+                )
+            for rule_id, msg in policy.masking_violations(a, bundle, who, masks_anything):
+                hard.append(Reason(rule_id, msg))
+
+            # -- masking rewrite ----------------------------------------------------
+            if masked_here and raw.node_type in REWRITABLE:
+                if tokens is None:
+                    tokens = scan_tokens(sql)
+                try:
+                    splices.extend(self._splices(a, tokens, who, bundle))
+                except (StopIteration, IndexError):
+                    hard.append(
+                        Reason(
+                            "mask.rewrite_failed",
+                            "Warden could not place the masking rewrite in this statement",
+                        )
+                    )
+
+            redacted, fingerprint = _redact(
+                raw_bytes[raw.start : raw.end].decode("utf-8", "replace")
+            )
+            tables_read = sorted({r.key for r in a.ranges if r.role in ("read", "copy")})
+            tables_written = sorted({r.key for r in a.ranges if r.role in ("write", "into")})
+            statements.append(
+                StatementAnalysis(
+                    kind=a.kind,
+                    category=a.category,
+                    tables_read=tuple(tables_read),
+                    tables_written=tuple(tables_written),
+                    columns_read=tuple(read_cols),
+                    functions=tuple(dict.fromkeys(a.functions)),
+                    classifications=tuple(classes),
+                    masked_columns=tuple(masked_cols),
+                    has_effective_where=(
+                        None
+                        if not any(w.has_effective_where is not None for w in a.writes)
+                        else not any(w.has_effective_where is False for w in a.writes)
+                    ),
+                    row_bound=a.row_bound,
+                    rewritten_sql=None,
+                    fingerprint=fingerprint,
+                    redacted_sql=redacted,
+                    data_modifying_cte=a.data_modifying_cte,
+                    explain_analyze=a.explain_analyze,
+                    copy=a.copy,
+                )
+            )
+            risks.append(
+                policy.statement_risk(
+                    a,
+                    bundle,
+                    who,
+                    unmasked_levels,
+                    masked_levels,
+                    missing_where,
+                    unbounded,
+                    dangerous,
+                )
+            )
+            facts.append(
+                {
+                    "unparseable": False,
+                    "kind": a.kind,
+                    "category": a.category,
+                    "tables": {r.key for r in a.ranges} | {r.relname for r in a.ranges},
+                    "classifications": set(classes),
+                    "functions": {policy.function_base(f) for f in a.functions} | set(a.functions),
+                    "missing_where": missing_where,
+                    "unbounded": unbounded,
+                }
+            )
+
+        # -- rewrite the text -------------------------------------------------------------
+        upstream = sql
+        if splices and not hard:
+            try:
+                upstream, statements, spans = self._apply(sql, raws, statements, splices)
+                verified = self._verify(bundle, who, upstream, len(raws), spans)
+            except ValueError:
+                verified = False
+            if not verified:
+                hard.append(
+                    Reason(
+                        "mask.rewrite_failed",
+                        "the masked statement did not pass Warden's own check",
+                    )
+                )
+                upstream = sql
+                statements = [replace(s, rewritten_sql=None) for s in statements]
+
+        if any(
+            raw.node_type == "ExplainStmt"
+            and s.rewritten_sql is not None
+            and bundle.masking_key in s.rewritten_sql
+            for raw, s in zip(raws, statements[-len(raws) :] if raws else [], strict=False)
+        ):
+            # A plan prints the masking expressions, and with them the hash mask's key.
+            hard.append(
+                Reason(
+                    "mask.explain_rewritten",
+                    "EXPLAIN of this statement would print the key of the hash mask",
+                )
+            )
+            upstream = sql
+
+        if explain and raws and parse_error is None:
+            statements = self._with_lineage(state, sql, raws, statements)
+
+        # -- decide -------------------------------------------------------------------------
+        risk = max(risks) if risks else 0
+        reasons: list[Reason] = list(hard)
+        action = "block" if hard else "allow"
+        guardrail = self._first_guardrail(bundle, who, facts)
+        if guardrail is not None:
+            g_action = guardrail.action
+            if SEVERITY[g_action] < SEVERITY[floor]:
+                g_action = floor
+            action = _max_action(action, g_action)
+            reasons.append(Reason(guardrail.name, guardrail.message))
+        else:
+            for d_action, d_reason in defaults:
+                action = _max_action(action, d_action)
+                reasons.append(d_reason)
+            if risk >= bundle.block_at:
+                action = _max_action(action, "block")
+                reasons.append(
+                    Reason("default.risk", f"risk {risk} is at or above {bundle.block_at}")
+                )
+            elif risk >= bundle.review_at:
+                action = _max_action(action, "review")
+                reasons.append(
+                    Reason("default.risk", f"risk {risk} is at or above {bundle.review_at}")
+                )
+        message = ""
+        if action != "allow":
+            first = next((r for r in reasons), Reason("default", "policy"))
+            verb = (
+                "blocked this statement"
+                if action == "block"
+                else "is holding this statement for review"
+            )
+            message = f"Warden {verb}: {first.message} (rule {first.rule})"
+        if action == "block":
+            upstream = sql
+        decision = Decision(
+            action=action,
+            reasons=tuple(reasons),
+            risk=risk,
+            statements=tuple(statements),
+            upstream_sql=upstream,
+            message=message,
+            critical=risk >= bundle.critical_at,
+            identity=who.name,
+            revision=bundle.revision,
+            secret=bundle.masking_key,
+        )
+        template = self._template(sql, analyses, splices, decision, hard) if not explain else None
+        return decision, template
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _columns(self, a: Analysis) -> set[str]:
+        """schema.table.column for every column reference (over-approximated when ambiguous)."""
+        tables = [r for r in a.ranges if r.table is not None and r.role != "into"]
+        by_alias: dict[str, list[RangeRef]] = {}
+        for r in tables:
+            by_alias.setdefault(r.alias or r.relname, []).append(r)
+            by_alias.setdefault(r.relname, []).append(r)
+        out: set[str] = set()
+
+        def all_of(refs: list[RangeRef]) -> None:
+            for r in refs:
+                assert r.table is not None
+                out.update(f"{r.table.key}.{c}" for c in r.table.column_names())
+
+        def named(refs: list[RangeRef], column: str) -> bool:
+            hit = False
+            for r in refs:
+                assert r.table is not None
+                if column in r.table.column_names():
+                    out.add(f"{r.table.key}.{column}")
+                    hit = True
+            return hit
+
+        for parts in a.colrefs:
+            if parts == ("*",):
+                all_of([r for r in tables if r.role in ("read", "copy")])
+            elif len(parts) == 1:
+                if not named(tables, parts[0]) and parts[0] in by_alias:
+                    all_of(by_alias[parts[0]])  # whole-row reference
+            else:
+                qualifier, column = parts[-2], parts[-1]
+                refs = by_alias.get(qualifier, [])
+                if len(parts) >= 3:
+                    refs = [r for r in refs if r.table and r.table.schema == parts[-3]] or refs
+                if column == "*":
+                    all_of(refs)
+                else:
+                    named(refs, column)
+        for column in a.using_cols:
+            named(tables, column)
+        if a.copy is not None and a.copy["relation"] and a.copy["direction"] == "to":
+            copy_refs = [r for r in tables if r.role == "copy"]
+            if a.copy["columns"]:
+                for column in a.copy["columns"]:
+                    named(copy_refs, column)
+            else:
+                all_of(copy_refs)
+        return out
+
+    def _splices(
+        self, a: Analysis, tokens: list[Token], who: Identity, bundle: Bundle
+    ) -> list[_Splice]:
+        out: list[_Splice] = []
+        for ref in a.ranges:
+            if ref.table is None or ref.role not in ("read", "copy"):
+                continue
+            masked = bundle.masked_columns_for(who, ref.table)
+            if not masked:
+                continue
+            start, end, first, last = relation_span(tokens, ref.location, ref.inh)
+            sub = masking_subquery(ref.table, masked, bundle.masking_key, only=not ref.inh)
+            if ref.role == "copy":
+                # COPY t [(cols)] TO ... -> COPY (SELECT cols FROM (masked) AS t) TO ...
+                columns = a.copy["columns"] if a.copy else []
+                if last + 1 < len(tokens) and tokens[last + 1].name == "ASCII_40":
+                    depth = 0
+                    for i in range(last + 1, len(tokens)):
+                        depth += {"ASCII_40": 1, "ASCII_41": -1}.get(tokens[i].name, 0)
+                        if depth == 0:
+                            last = i
+                            break
+                    end = tokens[last].end
+                cols = ", ".join(quote_ident(c) for c in columns) if columns else "*"
+                text = f"(SELECT {cols} FROM {sub} AS {quote_ident(ref.relname)})"
+            elif first > 0 and tokens[first - 1].name == "TABLE":
+                first -= 1
+                start = tokens[first].start
+                text = f"SELECT * FROM {sub} AS {quote_ident(ref.relname)}"
+            else:
+                text = sub if ref.alias else f"{sub} AS {quote_ident(ref.relname)}"
+            out.append(_Splice(start, end, text, first, last))
+        return out
+
+    def _apply(
+        self,
+        sql: str,
+        raws: list[RawStatement],
+        statements: list[StatementAnalysis],
+        splices: list[_Splice],
+    ) -> tuple[str, list[StatementAnalysis], list[tuple[int, int]]]:
+        raw = sql.encode("utf-8")
+        ordered = sorted(splices, key=lambda s: s.start)
+        parts: list[bytes] = []
+        spans: list[tuple[int, int]] = []
+        last = 0
+        size = 0
+        for s in ordered:
+            if s.start < last:
+                raise ValueError("overlapping splices")
+            parts.append(raw[last : s.start])
+            size += s.start - last
+            text = s.text.encode("utf-8")
+            spans.append((size, size + len(text)))
+            parts.append(text)
+            size += len(text)
+            last = s.end
+        parts.append(raw[last:])
+        upstream = b"".join(parts).decode("utf-8")
+        out = []
+        for raw_stmt, statement in zip(raws, statements[-len(raws) :], strict=True):
+            inside = [s for s in ordered if raw_stmt.start <= s.start < raw_stmt.end]
+            if not inside:
+                out.append(statement)
+                continue
+            pieces: list[bytes] = []
+            last = raw_stmt.start
+            for s in inside:
+                pieces.append(raw[last : s.start])
+                pieces.append(s.text.encode("utf-8"))
+                last = s.end
+            pieces.append(raw[last : raw_stmt.end])
+            rewritten_text = b"".join(pieces).decode("utf-8")
+            out.append(replace(statement, rewritten_sql=rewritten_text))
+        return upstream, out, spans
+
+    def _verify(
+        self, bundle: Bundle, who: Identity, upstream: str, count: int, spans: list[tuple[int, int]]
+    ) -> bool:
+        """Fail closed: the rewritten text must parse into as many statements, and every
+        read of a masked table in it must lie inside one of the masking subqueries."""
+        try:
+            raws = parse_statements(upstream)
+        except Exception:
+            return False
+        if len(raws) != count:
+            return False
+        for raw in raws:
+            a = analyse_statement(bundle, raw)
+            for ref in a.ranges:
+                if (
+                    ref.role in ("read", "copy")
+                    and ref.table is not None
+                    and bundle.masked_columns_for(who, ref.table)
+                    and not any(start <= ref.location < end for start, end in spans)
+                ):
+                    return False
+        return True
+
+    def _with_lineage(
+        self,
+        state: _State,
+        sql: str,
+        raws: list[RawStatement],
+        statements: list[StatementAnalysis],
+    ) -> list[StatementAnalysis]:
+        from sidecar.engine.lineage import column_lineage, schema_for
+
+        if state.sqlglot_schema is None:
+            state.sqlglot_schema = schema_for(state.bundle)
+        raw = sql.encode("utf-8")
+        out = []
+        for raw_stmt, statement in zip(raws, statements, strict=True):
+            lineage = None
+            if raw_stmt.node_type == "SelectStmt":
+                text = raw[raw_stmt.start : raw_stmt.end].decode("utf-8")
+                result = column_lineage(text, state.bundle, state.sqlglot_schema)
+                lineage = tuple(result) if result is not None else None
+            out.append(replace(statement, lineage=lineage))
+        return out
+
+    def _first_guardrail(self, bundle: Bundle, who: Identity, facts: list[dict[str, Any]]) -> Any:
+        multi = len(facts) > 1
+        for g in bundle.guardrails:
+            c = g.conditions
+            if c.environments and bundle.environment not in c.environments:
+                continue
+            if c.identity_kinds and who.kind not in c.identity_kinds:
+                continue
+            if c.teams and not (c.teams & who.teams):
+                continue
+            if c.multi_statement is not None and c.multi_statement != multi:
+                continue
+            for f in facts:
+                if c.statement_kinds and not ({f["kind"], f["category"]} & c.statement_kinds):
+                    continue
+                if c.tables and not (f["tables"] & c.tables):
+                    continue
+                if c.classifications and not any(
+                    cls == want or cls.startswith(want + ".")
+                    for cls in f["classifications"]
+                    for want in c.classifications
+                ):
+                    continue
+                if c.functions and not (f["functions"] & c.functions):
+                    continue
+                if c.missing_where is not None and c.missing_where != f["missing_where"]:
+                    continue
+                if c.unbounded_classified_read is not None and (
+                    c.unbounded_classified_read != f["unbounded"]
+                ):
+                    continue
+                if c.unparseable is not None and c.unparseable != f["unparseable"]:
+                    continue
+                return g
+        return None
+
+    def _template(
+        self,
+        sql: str,
+        analyses: list[Analysis],
+        splices: list[_Splice],
+        decision: Decision,
+        hard: list[Reason],
+    ) -> _Template | None:
+        """A literal-independent form of ``decision``, or None when literals matter."""
+        if len(analyses) != 1:
+            return None
+        a = analyses[0]
+        if a.kind not in _TEMPLATE_KINDS or a.set_config_params or a.literal_sensitive:
+            return None
+        try:
+            tokens = scan_tokens(sql)
+        except Exception:
+            return None
+        index, structure = _structure(sql, tokens)
+        position = {token_index: i for i, token_index in enumerate(index)}
+        mapped = []
+        applied = splices if decision.statements[0].rewritten_sql is not None else []
+        for s in sorted(applied, key=lambda s: s.start):
+            if s.first_token not in position or s.last_token not in position:
+                return None
+            mapped.append((position[s.first_token], position[s.last_token], s.text))
+        limit_index = None
+        if a.row_bound is not None:
+            limits = [i for i, t in enumerate(tokens) if t.name == "LIMIT"]
+            if len(limits) != 1 or limits[0] not in position:
+                return None
+            limit_index = position[limits[0]]
+        return _Template(decision, structure, tuple(mapped), limit_index)

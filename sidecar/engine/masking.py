@@ -1,0 +1,178 @@
+"""Masking by rewrite: masking expressions and the splice into the original text.
+
+Every reference to a table with columns masked for the identity is replaced,
+at the parser's token positions, by a subquery selecting each column in table
+order under its own name, masked columns wrapped in their strategy's
+expression and cast back to the column's type. Whatever the statement then
+does with a value (functions, casts, JSON, whole-row references, predicates,
+error messages, COPY, cursors) sees only the masked value. Everything outside
+the spliced spans is kept byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pglast import parser as pg
+
+from sidecar.engine.bundle import Masking, Table
+
+_TEXT = re.compile(r"^(text|citext|name|character varying|varchar|character|char|bpchar)\b")
+_INT = {"smallint": 14, "int2": 14, "integer": 28, "int": 28, "int4": 28, "bigint": 60, "int8": 60}
+_NUMERIC = re.compile(r"^(numeric|decimal|real|double precision|float4|float8|float|money)\b")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _type_family(type_name: str) -> str:
+    t = type_name.strip().lower()
+    if t.endswith("[]"):
+        return "other"
+    if _TEXT.match(t):
+        return "text"
+    base = t.split("(")[0].strip()
+    if base in _INT:
+        return "int"
+    if _NUMERIC.match(t):
+        return "numeric"
+    if base == "date":
+        return "date"
+    if base.startswith("timestamp"):
+        return "timestamp"
+    if base in ("json", "jsonb", "uuid", "bytea", "inet", "boolean", "bool"):
+        return base
+    return "other"
+
+
+def mask_expression(column: str, type_name: str, masking: Masking, key: str) -> str:
+    """A PostgreSQL expression masking ``column`` (quoted identifier) that keeps its type.
+
+    NULL stays NULL, so masking changes values, never row counts. A strategy
+    that has no meaning for a type falls back to redact, and redact falls back
+    to NULL, so an unexpected type is never shown raw.
+    """
+    family = _type_family(type_name)
+    strategy = masking.strategy
+    c = column
+    expr: str | None = None
+    digest = f"encode(sha256(convert_to({_literal(key)} || {c}::text, 'UTF8')), 'hex')"
+    if strategy == "hash":
+        if family in ("text", "json", "jsonb"):
+            expr = digest if family == "text" else f"to_jsonb({digest})"
+        elif family == "int":
+            bits = _INT[type_name.strip().lower().split("(")[0].strip()]
+            expr = f"('x' || substr({digest}, 1, {bits // 4}))::bit({bits})::bigint"
+        elif family == "numeric":
+            expr = f"('x' || substr({digest}, 1, 13))::bit(52)::bigint"
+        elif family == "uuid":
+            expr = f"md5({_literal(key)} || {c}::text)::uuid"
+        elif family == "bytea":
+            expr = f"sha256({_literal(key)}::bytea || {c})"
+        else:
+            strategy = "redact"
+    elif strategy == "partial" and family == "text":
+        keep = int(masking.params.get("keep_last", 4))
+        expr = (
+            f"CASE WHEN length({c}) <= {keep} THEN repeat('*', length({c})) "
+            f"ELSE repeat('*', length({c}) - {keep}) || right({c}, {keep}) END"
+        )
+    elif strategy == "email" and family == "text":
+        expr = (
+            f"CASE WHEN {c} IS NULL THEN NULL WHEN position('@' in {c}) > 0 "
+            f"THEN '***@' || split_part({c}, '@', 2) ELSE '***' END"
+        )
+    elif strategy == "year_only" and family in ("date", "timestamp"):
+        expr = (
+            f"make_date(extract(year from {c})::int, 1, 1)"
+            if family == "date"
+            else f"date_trunc('year', {c})"
+        )
+    elif strategy != "null":
+        strategy = "redact"
+    if expr is None and strategy == "redact":
+        constant = {
+            "text": "'***'",
+            "int": "0",
+            "numeric": "0",
+            "json": "'\"***\"'",
+            "jsonb": "'\"***\"'",
+            "uuid": "'00000000-0000-0000-0000-000000000000'",
+            "bytea": "'\\x'::bytea",
+        }.get(family)
+        if constant is not None:
+            expr = f"CASE WHEN {c} IS NULL THEN NULL ELSE {constant} END"
+    if expr is None:
+        expr = "NULL"
+    return f"({expr})::{type_name}"
+
+
+def masking_subquery(table: Table, masked: dict[str, Masking], key: str, only: bool) -> str:
+    """``(SELECT col, mask(col)::type AS col, ... FROM [ONLY] schema.table)``."""
+    items = []
+    for column in table.columns:
+        ident = quote_ident(column.name)
+        masking = masked.get(column.name)
+        if masking is None:
+            items.append(ident)
+        else:
+            items.append(f"{mask_expression(ident, column.type, masking, key)} AS {ident}")
+    source = f"{quote_ident(table.schema)}.{quote_ident(table.name)}"
+    return f"(SELECT {', '.join(items)} FROM {'ONLY ' if only else ''}{source})"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    start: int  # byte offsets, end exclusive
+    end: int
+    name: str
+    keyword: bool
+
+
+def scan_tokens(sql: str) -> list[Token]:
+    """pglast's scanner, with offsets converted to UTF-8 byte offsets (end exclusive)."""
+    # Comments never hold a splice point; dropping them lets a name written as
+    # ``public/**/./**/customers`` be spliced like any other.
+    tokens = [t for t in pg.scan(sql) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
+    if sql.isascii():
+        return [Token(t.start, t.end + 1, t.name, t.kind != "NO_KEYWORD") for t in tokens]
+    offsets = [0]
+    for ch in sql:
+        offsets.append(offsets[-1] + len(ch.encode("utf-8")))
+    return [
+        Token(offsets[t.start], offsets[t.end + 1], t.name, t.kind != "NO_KEYWORD") for t in tokens
+    ]
+
+
+def _is_name(token: Token) -> bool:
+    return token.name in ("IDENT", "UIDENT") or token.keyword
+
+
+def relation_span(tokens: list[Token], location: int, inh: bool) -> tuple[int, int, int, int]:
+    """(first, last) token index of a relation reference starting at ``location``.
+
+    Returns (start_byte, end_byte, first_index, last_index). The span covers a
+    preceding ``ONLY`` (when ``inh`` is false) and a trailing ``*``.
+    """
+    index = next(i for i, t in enumerate(tokens) if t.start == location)
+    first = index
+    last = index
+    while (
+        last + 2 < len(tokens)
+        and tokens[last + 1].name == "ASCII_46"
+        and _is_name(tokens[last + 2])
+    ):
+        last += 2
+    if last + 2 < len(tokens) and tokens[last + 1].name == "UESCAPE":
+        last += 2
+    if inh and last + 1 < len(tokens) and tokens[last + 1].name == "ASCII_42":
+        last += 1
+    if not inh and first > 0 and tokens[first - 1].name == "ONLY":
+        first -= 1
+    return tokens[first].start, tokens[last].end, first, last

@@ -1,0 +1,200 @@
+"""The Engine API: decisions, analysis details, the JSON form, the cache and bundle swaps."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.engine import Bundle, Engine, SessionContext, compute_revision, load_bundle
+from tests.sidecar.engine.conftest import BUNDLES, bundle_data
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_analysis_details(production: Bundle) -> None:
+    d = Engine(production).decide(
+        identity="alice",
+        sql="SELECT c.name, upper(c.email) FROM customers c JOIN orders o ON o.customer_id = c.id "
+        "WHERE c.ssn LIKE $1 LIMIT 10",
+    )
+    (s,) = d.statements
+    assert s.kind == "select" and s.category == "read"
+    assert s.tables_read == ("public.customers", "public.orders")
+    assert set(s.columns_read) == {
+        "public.customers.name",
+        "public.customers.email",
+        "public.customers.ssn",
+        "public.customers.id",
+        "public.orders.customer_id",
+    }
+    assert s.functions == ("upper",)
+    assert s.classifications == ("pii.email", "pii.ssn")
+    assert s.masked_columns == ("public.customers.email", "public.customers.ssn")
+    assert s.row_bound == 10
+    assert "$1" in s.redacted_sql and len(s.fingerprint) == 64
+
+
+def test_writes_ctes_copy_and_explain(production: Bundle) -> None:
+    engine = Engine(production)
+    d = engine.decide(
+        identity="svc_app", sql="WITH x AS (DELETE FROM orders RETURNING id) SELECT 1"
+    )
+    (s,) = d.statements
+    assert s.data_modifying_cte and s.tables_written == ("public.orders",)
+    assert s.has_effective_where is False and d.action == "review"
+    s = engine.decide(
+        identity="svc_app", sql="UPDATE orders SET note = 'x' WHERE id = 1"
+    ).statements[0]
+    assert s.has_effective_where is True and s.tables_written == ("public.orders",)
+    s = engine.decide(identity="svc_app", sql="COPY orders (id) TO STDOUT").statements[0]
+    assert s.kind == "copy_to" and s.copy == {
+        "direction": "to",
+        "target": "client",
+        "relation": True,
+        "columns": ["id"],
+    }
+    s = engine.decide(identity="svc_app", sql="EXPLAIN ANALYZE DELETE FROM orders").statements[0]
+    assert s.explain_analyze and s.kind == "explain_analyze"
+
+
+def test_statements_split_like_postgresql(production: Bundle) -> None:
+    sql = "SELECT 'a;b'; SELECT $$;$$ /* ; */; -- ;\nSELECT 3"
+    d = Engine(production).decide(identity="alice", sql=sql)
+    assert [s.kind for s in d.statements] == ["select", "select", "select"]
+
+
+def test_untouched_text_passes_byte_for_byte(production: Bundle) -> None:
+    sql = "  select  id -- keep me\n FROM orders\twhere id = 1 ;  "
+    d = Engine(production).decide(identity="alice", sql=sql)
+    assert d.action == "allow"
+    assert d.upstream_sql == sql
+
+
+def test_rewrite_keeps_the_rest_of_the_text(production: Bundle) -> None:
+    sql = "SELECT 'ünïcode', c.email /* ✓ */ FROM customers c WHERE c.name = 'Zoë'; SELECT 1"
+    d = Engine(production).decide(identity="alice", sql=sql)
+    head, tail = sql.split(" customers c ")
+    assert d.upstream_sql.startswith(head + " (SELECT ")
+    assert d.upstream_sql.endswith(") c " + tail)
+    assert d.statements[1].rewritten_sql is None
+
+
+def test_decision_json_is_stable(production: Bundle) -> None:
+    d = Engine(production).decide(identity="alice", sql="SELECT phone FROM customers WHERE id = 1")
+    data = d.to_json()
+    assert list(data) == sorted(data)
+    assert list(data["statements"][0]) == sorted(data["statements"][0])
+    assert json.loads(json.dumps(data)) == data
+    # The hash mask's key never appears in the JSON form (audit, simulator, CLI).
+    assert production.masking_key in d.upstream_sql
+    assert production.masking_key not in json.dumps(data)
+
+
+def test_cache_hits_and_replace_bundle_clears(production: Bundle) -> None:
+    engine = Engine(production, cache_size=8)
+    first = engine.decide(identity="alice", sql="SELECT 1")
+    assert engine.decide(identity="alice", sql="SELECT 1") is first
+    for i in range(20):
+        engine.decide(identity="alice", sql=f"SELECT {i} AS x{i}")
+    info = engine.cache_info()
+    assert info["exact"] <= 8 and info["normalised"] <= 8
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["identities"] = [i for i in data["identities"] if i["name"] != "alice"]
+    data["revision"] = compute_revision(data)
+    engine.replace_bundle(load_bundle(data))
+    assert engine.cache_info() == {"exact": 0, "normalised": 0}
+    assert engine.decide(identity="alice", sql="SELECT 1").action == "block"
+
+
+VARIANTS = [
+    ("SELECT email FROM customers WHERE id = {n} LIMIT {m}", "allow"),
+    ("SELECT c.id, c.ssn FROM customers c WHERE c.name = '{s}' AND c.id > -{n}", "allow"),
+    ("UPDATE orders SET note = '{s}' WHERE id = {n}", "allow"),
+    ("DELETE FROM orders WHERE {n} = {m}", "review"),
+    ("INSERT INTO orders (id, note) VALUES ({n}, '{s}')", "allow"),
+    ("UPDATE customers SET name = '{s}' WHERE ssn = '{s}'", "block"),
+    ("SELECT p.card_number FROM payments p WHERE p.amount > {n}.5 LIMIT {m}", "allow"),
+]
+
+
+@pytest.mark.parametrize(("template", "action"), VARIANTS)
+def test_normalised_cache_equals_fresh_decision(
+    production: Bundle, template: str, action: str
+) -> None:
+    warm = Engine(production)
+    warm.decide(identity="alice", sql=template.format(n=1, m=2, s="a"))
+    for n, m, s in [(7, 300, "it''s"), (12345, 1, "ünï"), (0, 0, ""), (99, 21, "x y z")]:
+        sql = template.format(n=n, m=m, s=s)
+        cached = warm.decide(identity="alice", sql=sql)
+        fresh = Engine(production).decide(identity="alice", sql=sql)
+        assert cached.to_json() == fresh.to_json()
+        assert cached.action == action
+        assert cached.cached, "served from the normalised cache"
+    assert warm.cache_info()["normalised"] >= 1
+
+
+def test_unknown_protocol_is_a_programming_error(production: Bundle) -> None:
+    with pytest.raises(ValueError):
+        Engine(production).decide(identity="alice", sql="SELECT 1", protocol="copy")
+
+
+def test_expiry_uses_the_given_clock(production: Bundle) -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["identities"][0]["expires_at"] = "2030-01-01T00:00:00Z"
+    data["revision"] = compute_revision(data)
+    engine = Engine(load_bundle(data))
+    assert engine.decide(identity="alice", sql="SELECT 1", now=1.0e9).action == "allow"
+    assert engine.decide(identity="alice", sql="SELECT 1", now=2.0e9).action == "block"
+
+
+def test_session_flag_off_blocks_backslashes(production: Bundle) -> None:
+    engine = Engine(production)
+    off = SessionContext(standard_conforming_strings=False)
+    assert engine.decide(identity="alice", sql="SELECT 'a\\'", session=off).action == "block"
+    assert engine.decide(identity="alice", sql="SELECT 'a\\'").action == "allow"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_engine_imports_without_django() -> None:
+    code = (
+        "import sys; sys.modules['django'] = None\n"
+        "import sidecar.engine, sidecar.cli\n"
+        "assert not [m for m in sys.modules if m.startswith('django') and sys.modules[m]]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), cwd=ROOT)
+
+
+def test_cli_check_prints_the_decision() -> None:
+    bundle = str(BUNDLES / "demo-production.json")
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--bundle", bundle, "--identity", "alice",
+         "--sql", "SELECT email FROM customers WHERE id = 1"],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["action"] == "allow"
+    assert data["statements"][0]["lineage"][0]["classifications"] == ["pii.email"]
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--bundle", bundle, "--identity", "alice",
+         "--sql", "-"],
+        input="DROP TABLE orders", capture_output=True, text=True, env=_env(), cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["reasons"][0]["rule"] == "no-drop-in-prod"
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--bundle", "/nonexistent.json",
+         "--identity", "alice", "--sql", "SELECT 1"],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "cannot read bundle" in out.stderr
