@@ -1,0 +1,93 @@
+"""Who is calling the sidecar-facing API: a sidecar's bearer token, bound to one datasource.
+
+Tokens are looked up by SHA-256 digest. The digest -> (sidecar, datasource)
+mapping is cached in Redis for a few minutes so a conditional GET or a
+long-poll costs no SQL; revoking or rotating a token deletes its entry when
+the change commits, so a revoked token stops working at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+
+from governance.bundles import redis_client
+from governance.models import Sidecar, token_digest
+
+_BEARER_RE = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,128})$")
+CACHE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class SidecarPrincipal:
+    sidecar_id: int
+    datasource_id: int
+
+
+def _cache_key(digest: str) -> str:
+    return f"warden:sidecar-auth:{digest}"
+
+
+def bearer_digest(header: str | None) -> str | None:
+    """The digest of a well-formed ``Bearer`` token, else None (never the token itself)."""
+    match = _BEARER_RE.match(header or "")
+    return token_digest(match.group(1)) if match else None
+
+
+def _decode(raw: bytes | None) -> SidecarPrincipal | None:
+    if not raw:
+        return None
+    sidecar_id, _, datasource_id = raw.decode().partition(":")
+    return SidecarPrincipal(int(sidecar_id), int(datasource_id))
+
+
+def _lookup_db(digest: str) -> SidecarPrincipal | None:
+    row = (
+        Sidecar.objects.filter(token_digest=digest, revoked_at__isnull=True)
+        .values_list("pk", "datasource_id")
+        .first()
+    )
+    if row is None:
+        return None
+    principal = SidecarPrincipal(row[0], row[1])
+    redis_client().set(
+        _cache_key(digest), f"{principal.sidecar_id}:{principal.datasource_id}", ex=CACHE_SECONDS
+    )
+    return principal
+
+
+def sidecar_authenticate(header: str | None) -> SidecarPrincipal | None:
+    """The sidecar behind an ``Authorization`` header, or None."""
+    digest = bearer_digest(header)
+    if digest is None:
+        return None
+    cached = _decode(redis_client().get(_cache_key(digest)))
+    return cached if cached is not None else _lookup_db(digest)
+
+
+def _lookup_db_and_close(digest: str) -> SidecarPrincipal | None:
+    # Called outside Django's request cycle (the raw ASGI path): nothing else
+    # would return the connection, and a long-poll must not hold one.
+    close_old_connections()
+    try:
+        return _lookup_db(digest)
+    finally:
+        connection.close()
+
+
+async def asidecar_authenticate(header: str | None, aredis: object) -> SidecarPrincipal | None:
+    """Async variant: one Redis GET when cached, one SQL query (in a thread) when not."""
+    digest = bearer_digest(header)
+    if digest is None:
+        return None
+    cached = _decode(await aredis.get(_cache_key(digest)))  # type: ignore[attr-defined]
+    if cached is not None:
+        return cached
+    return await sync_to_async(_lookup_db_and_close)(digest)
+
+
+def sidecar_auth_forget(*, digest: str) -> None:
+    redis_client().delete(_cache_key(digest))
