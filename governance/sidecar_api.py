@@ -238,7 +238,7 @@ async def _bundle_view(request: HttpRequest) -> HttpResponse:
     return response
 
 
-bundle_view = require_GET(_bundle_view)
+bundle_view = csrf_exempt(require_GET(_bundle_view))
 
 
 # --- the other calls -----------------------------------------------------------------

@@ -47,7 +47,9 @@ def test_demo_policy_compiles_to_a_bundle_the_engine_loads(demo_policy: Any) -> 
     # And the engine enforces it: the masking key never shows, the email is masked.
     decision = Engine(loaded).decide(identity="svc-billing", sql="SELECT email FROM customers")
     assert decision.action == "allow"
-    assert "email" in decision.upstream_sql and decision.upstream_sql != "SELECT email FROM customers"
+    assert (
+        "email" in decision.upstream_sql and decision.upstream_sql != "SELECT email FROM customers"
+    )
 
 
 def test_identities_are_the_connect_teams_live_members_with_live_tokens(
