@@ -51,7 +51,7 @@ def registered(demo_policy: Any, admin_user: Any) -> tuple[Sidecar, str]:
 def test_bundle_is_signed_served_with_an_etag_and_304_when_unchanged(
     control_plane: Server, registered: tuple[Sidecar, str]
 ) -> None:
-    sidecar, token = registered
+    _, token = registered
     url = f"{control_plane.url}/api/v1/sidecar/bundle"
     status, headers, body = call(url, token=token)
     assert status == 200
