@@ -511,6 +511,7 @@ def client_from_env(env: dict[str, str] | None = None) -> BundleClient:
         public_keys=parse_public_keys(get("BUNDLE_PUBLIC_KEYS")),
         state_dir=get("STATE_DIR"),
         wait=int(env.get("WARDEN_SIDECAR_BUNDLE_WAIT", "55")),
+        max_backoff=float(env.get("WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF", "30")),
     )
 
 
@@ -530,8 +531,15 @@ async def _main(args: argparse.Namespace) -> int:
             for who, sql in probes
             for d in [engine.decide(identity=who, sql=sql)]
         ]
+        credentials = {
+            i["name"]: [c["id"] for c in i["credentials"]] for i in verified.document["identities"]
+        }
         emit(
-            "active", revision=verified.revision, source=client.status()["source"], probes=decisions
+            "active",
+            revision=verified.revision,
+            source=client.status()["source"],
+            probes=decisions,
+            credentials=credentials,
         )
 
     try:

@@ -190,6 +190,7 @@ class SidecarClient:
                 "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": pinned_key(),
                 "WARDEN_SIDECAR_STATE_DIR": str(state_dir),
                 "WARDEN_SIDECAR_BUNDLE_WAIT": "30",
+                "WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF": "1",
                 "PYTHONUNBUFFERED": "1",
             }
         )
