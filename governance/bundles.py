@@ -304,7 +304,7 @@ def bundle_publish(*, datasource: Datasource) -> Published:
         pipe.delete(_key(datasource.pk, "error"))
         pipe.lpush(_key(datasource.pk, "history"), f"{revision} {bundle['issued_at']}")
         pipe.ltrim(_key(datasource.pk, "history"), 0, HISTORY_LENGTH - 1)
-        pipe.publish(CHANNEL, f"{datasource.pk} {revision}")
+        pipe.publish(CHANNEL, f"bundle {datasource.pk} {revision}")
         pipe.execute()
     logger.info("bundle %s for %s published", revision[:12], datasource.name)
     return Published(revision=revision, changed=True)

@@ -35,7 +35,12 @@ from django.views.decorators.http import require_GET, require_POST
 from governance.bundles import CHANNEL, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
 from governance.services import sidecar_heartbeat_record, sidecar_schema_report
-from governance.sidecar_auth import SidecarPrincipal, asidecar_authenticate, sidecar_authenticate
+from governance.sidecar_auth import (
+    PrincipalCache,
+    SidecarPrincipal,
+    asidecar_authenticate,
+    sidecar_authenticate,
+)
 from governance.signing import published_public_keys
 
 logger = logging.getLogger(__name__)
@@ -56,17 +61,45 @@ class ChangeHub:
 
     def __init__(self) -> None:
         self._events: dict[int, asyncio.Event] = {}
+        self.principals = PrincipalCache()
+        # Current revision per datasource, kept by the change messages, so a 304
+        # costs no Redis round trip; ``_generation`` stops a slow read from
+        # overwriting a newer announcement.
+        self._revisions: dict[int, str] = {}
+        self._generation: dict[int, int] = {}
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.redis: aioredis.Redis | None = None
 
     async def start(self) -> None:
         if self._task is None:
-            self.redis = aioredis.Redis.from_url(settings.REDIS_URL)
+            # Blocking pool: a thundering herd of woken waiters queues for a
+            # connection instead of failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=64, timeout=20
+            )
+            self.redis = aioredis.Redis(connection_pool=pool)
             self._ready = asyncio.Event()
             self._task = asyncio.create_task(self._listen())
         assert self._ready is not None
         await self._ready.wait()
+
+    async def revision(self, datasource_id: int) -> str | None:
+        """The current revision: from memory while subscribed, else one Redis GET."""
+        assert self.redis is not None and self._ready is not None
+        known = self._revisions.get(datasource_id)
+        if known is not None and self._ready.is_set():
+            return known
+        generation = self._generation.get(datasource_id, 0)
+        raw = await self.redis.get(f"warden:bundle:{datasource_id}:rev")
+        revision = raw.decode() if raw is not None else None
+        if (
+            revision is not None
+            and self._ready.is_set()
+            and self._generation.get(datasource_id, 0) == generation
+        ):
+            self._revisions[datasource_id] = revision
+        return revision
 
     def event_for(self, datasource_id: int) -> asyncio.Event:
         event = self._events.get(datasource_id)
@@ -93,14 +126,25 @@ class ChangeHub:
                         self._ready.set()
                         delay = 0.1
                     elif message["type"] == "message":
-                        ds_text = message["data"].split(b" ", 1)[0]
-                        self._fire(int(ds_text))
+                        kind, _, rest = message["data"].decode().partition(" ")
+                        if kind == "bundle":
+                            ds_text, _, revision = rest.partition(" ")
+                            ds = int(ds_text)
+                            self._generation[ds] = self._generation.get(ds, 0) + 1
+                            self._revisions[ds] = revision
+                            self._fire(ds)
+                        elif kind == "forget":
+                            self.principals.forget(rest)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarted or unreachable: resubscribe
                 logger.warning("bundle change subscriber lost Redis: %s", exc)
             finally:
                 self._ready.clear()
+                # Revocations may be missed while unsubscribed: remember nothing.
+                self.principals.forget()
+                self._revisions.clear()
+                self._generation.clear()
                 # Waiters re-check the revision rather than miss a change while down.
                 self._fire(None)
                 with contextlib.suppress(Exception):  # already broken; nothing to release
@@ -178,7 +222,7 @@ async def bundle_reply(
     await hub.start()
     assert hub.redis is not None
     aredis = hub.redis
-    principal = await asidecar_authenticate(authorization, aredis)
+    principal = await asidecar_authenticate(authorization, aredis, hub.principals)
     if principal is None:
         return _error(401, "A valid sidecar token is required.")
     wait = parse_wait(wait_raw)
@@ -190,7 +234,7 @@ async def bundle_reply(
         # Take the event before reading the revision: a change published in
         # between sets this event, so it cannot be missed.
         event = hub.event_for(ds)
-        revision = await _current(aredis, ds)
+        revision = await hub.revision(ds)
         if revision is None:
             await sync_to_async(_publish_now)(ds)
             revision = await _current(aredis, ds)

@@ -9,6 +9,7 @@ the change commits, so a revoked token stops working at once.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
@@ -78,16 +79,61 @@ def _lookup_db_and_close(digest: str) -> SidecarPrincipal | None:
         connection.close()
 
 
-async def asidecar_authenticate(header: str | None, aredis: object) -> SidecarPrincipal | None:
-    """Async variant: one Redis GET when cached, one SQL query (in a thread) when not."""
+class PrincipalCache:
+    """Per-process memory of recent tokens, for the hot path of the bundle call.
+
+    Entries live ``ttl`` seconds, and the change hub drops one as soon as a
+    ``forget`` message for its digest arrives (revocation, rotation), or all of
+    them while it is not subscribed, so memory never outlives a revocation by
+    more than the pub/sub delivery time.
+    """
+
+    def __init__(self, ttl: float = 60.0, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[float, SidecarPrincipal]] = {}
+
+    def get(self, digest: str) -> SidecarPrincipal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, principal: SidecarPrincipal) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+
+    def forget(self, digest: str | None = None) -> None:
+        if digest is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(digest, None)
+
+
+async def asidecar_authenticate(
+    header: str | None, aredis: object, memory: PrincipalCache | None = None
+) -> SidecarPrincipal | None:
+    """Async variant: memory, else one Redis GET, else one SQL query in a thread."""
     digest = bearer_digest(header)
     if digest is None:
         return None
-    cached = _decode(await aredis.get(_cache_key(digest)))  # type: ignore[attr-defined]
-    if cached is not None:
-        return cached
-    return await sync_to_async(_lookup_db_and_close)(digest)
+    if memory is not None:
+        remembered = memory.get(digest)
+        if remembered is not None:
+            return remembered
+    principal = _decode(await aredis.get(_cache_key(digest)))  # type: ignore[attr-defined]
+    if principal is None:
+        principal = await sync_to_async(_lookup_db_and_close)(digest)
+    if principal is not None and memory is not None:
+        memory.put(digest, principal)
+    return principal
 
 
 def sidecar_auth_forget(*, digest: str) -> None:
-    redis_client().delete(_cache_key(digest))
+    """Drop a token from the Redis cache and from every server process's memory."""
+    from governance.bundles import CHANNEL
+
+    client = redis_client()
+    client.delete(_cache_key(digest))
+    client.publish(CHANNEL, f"forget {digest}")
