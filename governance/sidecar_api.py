@@ -67,6 +67,8 @@ class ChangeHub:
         # overwriting a newer announcement.
         self._revisions: dict[int, str] = {}
         self._generation: dict[int, int] = {}
+        self._bodies: dict[int, tuple[str, bytes]] = {}
+        self._flights: dict[tuple[int, str], asyncio.Future[bytes | None]] = {}
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.redis: aioredis.Redis | None = None
@@ -100,6 +102,33 @@ class ChangeHub:
         ):
             self._revisions[datasource_id] = revision
         return revision
+
+    async def body(self, datasource_id: int, revision: str) -> bytes | None:
+        """The signed envelope of ``revision``, or None when it is no longer current.
+
+        Fetched once per process and revision however many waiters wake at once
+        (single flight), so a change costs one Redis read, not one per sidecar.
+        """
+        cached = self._bodies.get(datasource_id)
+        if cached is not None and cached[0] == revision:
+            return cached[1]
+        key = (datasource_id, revision)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch_body(datasource_id, revision))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _f: self._flights.pop(key, None))
+        return await asyncio.shield(flight)
+
+    async def _fetch_body(self, datasource_id: int, revision: str) -> bytes | None:
+        assert self.redis is not None
+        rev, body = await self.redis.mget(
+            f"warden:bundle:{datasource_id}:rev", f"warden:bundle:{datasource_id}:body"
+        )
+        if rev is None or body is None or rev.decode() != revision:
+            return None
+        self._bodies[datasource_id] = (revision, body)
+        return bytes(body)
 
     def event_for(self, datasource_id: int) -> asyncio.Event:
         event = self._events.get(datasource_id)
@@ -241,10 +270,9 @@ async def bundle_reply(
             if revision is None:
                 return _error(503, "No bundle could be compiled for this datasource yet.")
         if not if_none_match or not _etag_matches(if_none_match, revision):
-            stored = await aredis.get(f"warden:bundle:{ds}:body")
-            rev_now = await _current(aredis, ds)
-            if stored is None or rev_now != revision:
-                continue  # replaced between the two reads; take the newer one
+            stored = await hub.body(ds, revision)
+            if stored is None:
+                continue  # replaced meanwhile; take the newer one
             headers = [
                 ("content-type", "application/json"),
                 ("etag", f'"{revision}"'),

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, connection
 
 from governance.bundles import redis_client
 from governance.models import Sidecar, token_digest
@@ -69,14 +69,23 @@ def sidecar_authenticate(header: str | None) -> SidecarPrincipal | None:
     return cached if cached is not None else _lookup_db(digest)
 
 
+_in_flight = 0  # lookups queued for the one thread that runs them
+
+
 def _lookup_db_and_close(digest: str) -> SidecarPrincipal | None:
     # Called outside Django's request cycle (the raw ASGI path): nothing else
-    # would return the connection, and a long-poll must not hold one.
-    close_old_connections()
+    # would return the connection, and a long-poll must not hold one. A burst
+    # (every sidecar reconnecting at once) reuses it until the last lookup.
     try:
-        return _lookup_db(digest)
+        try:
+            return _lookup_db(digest)
+        except DatabaseError:
+            # A connection kept from an earlier burst may have died: once more, fresh.
+            connection.close()
+            return _lookup_db(digest)
     finally:
-        connection.close()
+        if _in_flight <= 1:
+            connection.close()
 
 
 class PrincipalCache:
@@ -124,7 +133,12 @@ async def asidecar_authenticate(
             return remembered
     principal = _decode(await aredis.get(_cache_key(digest)))  # type: ignore[attr-defined]
     if principal is None:
-        principal = await sync_to_async(_lookup_db_and_close)(digest)
+        global _in_flight
+        _in_flight += 1
+        try:
+            principal = await sync_to_async(_lookup_db_and_close)(digest)
+        finally:
+            _in_flight -= 1
     if principal is not None and memory is not None:
         memory.put(digest, principal)
     return principal
