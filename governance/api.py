@@ -84,11 +84,20 @@ class JSONObjectField(serializers.JSONField):
         return value
 
 
+class NameRelatedField(serializers.SlugRelatedField):
+    """SlugRelatedField that refuses NUL (PostgreSQL cannot even compare text holding one)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
+        return super().to_internal_value(data)
+
+
 def by_name(
     queryset: QuerySet, field: str, label: str, *, many: bool = False, **kwargs: Any
 ) -> serializers.SlugRelatedField:
     """A relation written and read as the related object's natural name."""
-    return serializers.SlugRelatedField(
+    return NameRelatedField(
         slug_field=field,
         queryset=queryset,
         many=many,

@@ -72,7 +72,8 @@ def _flag(filters: dict[str, Any], key: str) -> bool | None:
 
 def _text(filters: dict[str, Any], key: str) -> str:
     value = filters.get(key)
-    return str(value).strip() if value not in (None, "") else ""
+    # PostgreSQL text cannot hold NUL; a filter containing one matches what the rest matches.
+    return str(value).replace("\x00", "").strip() if value not in (None, "") else ""
 
 
 def _get(qs: QuerySet, pk: Any) -> Any:

@@ -1,14 +1,36 @@
-"""Celery entry points of the governance app; each fetches ids and calls a service."""
+"""Celery entry points of the governance app. Thin: they call services.
+
+``policy_changed`` is enqueued on commit by every policy change (never for a
+change that rolled back); ``identities_expire`` runs from beat.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from governance.bundles import bundles_publish_all
+from governance import services
+
+
+@shared_task(ignore_result=True)
+def policy_changed() -> int:
+    """Bump the policy generation, which sidecars' bundle long-polls will watch."""
+    return services.policy_generation_bump()
+
+
+@shared_task(ignore_result=True)
+def identities_expire() -> int:
+    """Deactivate identities past their expiry (recorded in history)."""
+    return services.identities_expire()
 
 
 @shared_task(name="governance.bundles_recompile")
 def bundles_recompile(*, datasource_ids: list[int] | None = None) -> dict[str, str]:
-    """Recompile (and publish when changed) the bundles of these datasources, or all."""
+    """Recompile (and publish when changed) the bundles of these datasources, or all.
+
+    Enqueued on commit by ``governance.bundles.bundles_mark_stale`` for every
+    recorded policy change, including token revocation.
+    """
+    from governance.bundles import bundles_publish_all
+
     results = bundles_publish_all(datasource_ids=datasource_ids)
     return {str(pk): p.revision for pk, p in results.items()}

@@ -39,8 +39,10 @@ urlpatterns = [
         for key, prefix in _PREFIXES.items()
         for route in _resource_routes(prefix, views.RESOURCES[key])
     ),
+    path("changes/", views.change_list, name="change_list"),
     path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
     path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
+    path("columns/<int:pk>/review/", views.column_review, name="column_review"),
     path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("sidecars/", include("governance.sidecar_ui_urls")),

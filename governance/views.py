@@ -12,12 +12,13 @@ services re-check, so a view can never do more than its service allows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -26,6 +27,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from audit import selectors as audit_selectors
 from audit.selectors import change_history_for
 from governance import selectors, services
 from governance.errors import ApplicationError
@@ -76,11 +78,16 @@ _YES_NO = [("true", "Yes"), ("false", "No")]
 
 
 class SearchForm(forms.Form):
+    """The filters of a list page; subclasses may use ``user`` to scope their choices."""
+
     q = forms.CharField(
         required=False,
         label="Search",
         widget=forms.TextInput(attrs={"type": "search", "placeholder": "Name or description"}),
     )
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
 
 class IdentityFilters(SearchForm):
@@ -130,15 +137,6 @@ class GuardrailFilters(SearchForm):
     enabled = _choice(_YES_NO, "Enabled")
 
 
-def _with_user(form_class: type[forms.Form]) -> Callable[..., forms.Form]:
-    def build(data: Any, *, user: Any) -> forms.Form:
-        if "user" in form_class.__init__.__code__.co_varnames:
-            return form_class(data, user=user)  # type: ignore[call-arg]
-        return form_class(data)
-
-    return build
-
-
 # --- resources ------------------------------------------------------------------------
 
 
@@ -154,10 +152,9 @@ class Resource:
     form_class: type[ServiceForm]
     delete_service: Callable[..., None]
     delete_kwarg: str
-    filter_form: type[forms.Form] = SearchForm
+    filter_form: type[SearchForm] = SearchForm
     lede: str = ""
     form_takes_instance: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def url(self, action: str, pk: Any = None) -> str:
         name = f"governance:{self.key}_{action}"
@@ -296,7 +293,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @viewer_required
 @require_http_methods(["GET"])
 def object_list(request: HttpRequest, *, res: Resource) -> HttpResponse:
-    filters = _with_user(res.filter_form)(request.GET or None, user=request.user)
+    filters = res.filter_form(request.GET or None, user=request.user)
     cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
     page = _paginate(request, res.list_selector(user=request.user, filters=cleaned))
     context = {"res": res, "filters": filters, "page": page, "objects": page.object_list}
@@ -357,6 +354,60 @@ def object_delete(request: HttpRequest, pk: int, *, res: Resource) -> HttpRespon
     context = {"res": res, "object": obj, "error": error}
     return render(
         request, "governance/object_confirm_delete.html", context, status=400 if error else 200
+    )
+
+
+class ChangeFilters(SearchForm):
+    model = forms.ChoiceField(required=False, label="Object type")
+    actor = forms.CharField(required=False, label="Changed by")
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, user=user, **kwargs)
+        del self.fields["q"]
+        self.fields["model"].choices = [("", "Any"), *CHANGE_MODELS.items()]
+
+
+# content-type model name → label, for the policy objects the UI shows.
+CHANGE_MODELS = {
+    "team": "Team",
+    "identity": "Identity",
+    "accesstoken": "Access token",
+    "datasource": "Datasource",
+    "classification": "Classification",
+    "columnclassification": "Column classification",
+    "maskingrule": "Masking rule",
+    "guardrailrule": "Guardrail",
+}
+# content-type model name → Resource key, to link a change to its object's page.
+_CHANGE_LINKS = {
+    "team": "team",
+    "identity": "identity",
+    "datasource": "datasource",
+    "classification": "classification",
+    "columnclassification": "column",
+    "maskingrule": "masking_rule",
+    "guardrailrule": "guardrail",
+}
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def change_list(request: HttpRequest) -> HttpResponse:
+    """Every configuration change, newest first: who changed what, when, from what to what."""
+    filters = ChangeFilters(request.GET or None, user=request.user)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    records = audit_selectors.change_list(filters={k: v for k, v in cleaned.items() if v})
+    page = _paginate(request, records)
+    for record in page.object_list:
+        key = _CHANGE_LINKS.get(record.content_type.model)
+        record.link = (
+            reverse(f"governance:{key}_detail", args=[record.object_id])
+            if key and record.action != "delete"
+            else ""
+        )
+        record.kind = CHANGE_MODELS.get(record.content_type.model, record.content_type.model)
+    return render(
+        request, "governance/change_list.html", {"filters": filters, "page": page, "objects": page}
     )
 
 
@@ -421,11 +472,17 @@ DETAIL_CONTEXT: dict[str, Callable[[HttpRequest, Any], dict[str, Any]]] = {
 # --- guardrails: inline actions -------------------------------------------------------
 
 
-def _back(request: HttpRequest, fallback: str) -> HttpResponse:
+def _back(request: HttpRequest, fallback: str, status: int = 302) -> HttpResponse:
+    """Redirect to the page the form was on (same host only), else to ``fallback``.
+
+    A refused action answers 400 with the message and a link instead of redirecting.
+    """
     target = request.POST.get("next") or ""
-    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
-        return redirect(target)
-    return redirect(fallback)
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = fallback
+    if status != 302:
+        return render(request, "governance/refused.html", {"back": target}, status=status)
+    return redirect(target)
 
 
 def _guardrail_rows(request: HttpRequest, status: int = 200) -> HttpResponse:
@@ -481,6 +538,25 @@ def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(request, reverse("governance:guardrail_list"))
 
 
+# --- column classifications: review of scanner proposals -------------------------------
+
+
+@editor_required
+@require_POST
+def column_review(request: HttpRequest, pk: int) -> HttpResponse:
+    column = selectors.column_classification_get(user=request.user, pk=pk)
+    status = request.POST.get("status", "")
+    try:
+        services.column_classification_review(
+            actor=request.user, column_classification=column, status=status
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return _back(request, reverse("governance:column_detail", args=[pk]), status=400)
+    messages.success(request, f"{column.column_path}: {status}.")
+    return _back(request, reverse("governance:column_detail", args=[pk]))
+
+
 # --- identity access tokens -----------------------------------------------------------
 
 
@@ -488,9 +564,11 @@ def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
     identity = selectors.identity_get(user=request.user, pk=pk)
+    if not _may_manage_tokens_of(request.user, identity):
+        # Don't show a form whose submission the service would refuse.
+        raise PermissionDenied("You may not issue tokens for this identity.")
     form = TokenIssueForm(request.POST or None, identity=identity)
     if request.method == "POST":
-        # A PermissionDenied from the service (not this identity's manager) → 403.
         token = form.save(actor=request.user)
         if token is not None:
             # The raw value exists only in this response; it is never stored or logged.
@@ -505,6 +583,8 @@ def token_issue(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = selectors.token_get(user=request.user, pk=pk)
+    if not _may_manage_tokens_of(request.user, token.identity):
+        raise PermissionDenied("You may not revoke tokens of this identity.")
     error = ""
     if request.method == "POST":
         try:
@@ -521,15 +601,11 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 # --- personal API tokens --------------------------------------------------------------
 
 
-def _signed_in(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    # API tokens act as their user, so every signed-in person may hold some,
-    # even with role none (the API then refuses them the same way).
-    from django.contrib.auth.decorators import login_required
-
-    return login_required(view)
+# API tokens act as their user, so every signed-in person may hold some, even
+# with role none (the API then refuses them the same way): sign-in is enough.
 
 
-@_signed_in
+@login_required
 @require_http_methods(["GET", "POST"])
 def api_token_list(request: HttpRequest) -> HttpResponse:
     form = ApiTokenIssueForm(request.POST or None)
@@ -544,7 +620,7 @@ def api_token_list(request: HttpRequest) -> HttpResponse:
     return render(request, "governance/api_token_list.html", {"form": form, "tokens": tokens})
 
 
-@_signed_in
+@login_required
 @require_http_methods(["GET", "POST"])
 def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = selectors.api_token_get(user=request.user, pk=pk)

@@ -34,6 +34,36 @@ def persona_password(role: str) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _builtin_rows(request: pytest.FixtureRequest) -> None:
+    """Built-in environments and classifications, as the data migration leaves them.
+
+    Transactional tests (live server, browser, SSO) end with a flush that also
+    removes rows seeded by migrations; put them back for whichever test comes
+    next. Idempotent and cheap when they are there.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    transactional = bool(
+        {"transactional_db", "live_server"} & names
+        or (marker is not None and marker.kwargs.get("transaction"))
+    )
+    if not transactional and marker is None and "db" not in names:
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    import importlib
+
+    from django.apps import apps
+
+    seed = importlib.import_module(
+        "governance.migrations.0002_builtin_environments_and_classifications"
+    )
+    if Environment.objects.count() < len(seed.ENVIRONMENTS) or Classification.objects.filter(
+        is_builtin=True
+    ).count() < len(seed.CLASSIFICATIONS):
+        seed.seed(apps, None)
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # PBKDF2's deliberate slowness is for attackers, not for five personas per test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

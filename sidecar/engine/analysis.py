@@ -122,6 +122,8 @@ class Analysis:
     ranges: list[RangeRef] = field(default_factory=list)
     cte_refs: int = 0
     colrefs: list[tuple[str, ...]] = field(default_factory=list)
+    colref_outer: list[bool] = field(default_factory=list)  # parallel to colrefs
+    star_scopes: list[list[RangeRef] | None] = field(default_factory=list)  # one per bare *
     using_cols: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
     set_config_params: list[str | None] = field(default_factory=list)
@@ -172,6 +174,17 @@ def _strip(node: Any) -> Any:
     return node
 
 
+def _shape(node: Any) -> Any:
+    """The tree without locations and with every constant's value erased."""
+    if isinstance(node, dict):
+        if "A_Const" in node:
+            return "<const>"
+        return {k: _shape(v) for k, v in node.items() if k != "location"}
+    if isinstance(node, list):
+        return [_shape(v) for v in node]
+    return node
+
+
 def _has(node: Any, key: str) -> bool:
     if isinstance(node, dict):
         return any(k == key or _has(v, key) for k, v in node.items())
@@ -204,6 +217,8 @@ def always_true(node: Any, notes: list[str] | None = None) -> bool:
         op = _names(expr.get("name", []))
         left, right = expr.get("lexpr"), expr.get("rexpr")
         if expr["kind"] == "AEXPR_OP" and op in (["="], [">="], ["<="]):
+            if notes is not None and _shape(left) == _shape(right) and _has(left, "A_Const"):
+                notes.append("literal")  # id + 1 = id + 1 vs id + 1 = id + 2
             return _strip(left) == _strip(right)
         if expr["kind"] in ("AEXPR_LIKE", "AEXPR_ILIKE") and isinstance(right, dict):
             const = right.get("A_Const", {}).get("sval", {}).get("sval")
@@ -216,6 +231,20 @@ def always_true(node: Any, notes: list[str] | None = None) -> bool:
             test["arg"], notes
         )
     return False
+
+
+def _direct_locations(items: list[Any]) -> set[int]:
+    """Locations of the relations named directly in a FROM list (through joins)."""
+    out: set[int] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "RangeVar" in item:
+            out.add(item["RangeVar"].get("location", -1))
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            out |= _direct_locations([join.get("larg"), join.get("rarg")])
+    return out
 
 
 def _returning(body: dict[str, Any]) -> list[Any]:
@@ -232,6 +261,9 @@ class _Walker:
     def __init__(self, bundle: Bundle, result: Analysis) -> None:
         self.bundle = bundle
         self.r = result
+        # Relations a bare * expands to, innermost last; None: every table
+        # (RETURNING *, which also covers UPDATE ... FROM and DELETE ... USING).
+        self.scope: list[list[RangeRef] | None] = []
 
     # -- generic traversal -------------------------------------------------
     def visit(self, node: Any, ctes: frozenset[str]) -> None:
@@ -310,6 +342,18 @@ class _Walker:
             "*" if "A_Star" in f else f.get("String", {}).get("sval", "") for f in body["fields"]
         )
         self.r.colrefs.append(parts)
+        top = self.scope[-1] if self.scope else None
+        # An unqualified name inside a nested SELECT belongs to that SELECT when
+        # one of its own tables has the column; otherwise it may be the outer
+        # (written) table's, which matters for the write-oracle check.
+        self.r.colref_outer.append(
+            top is None
+            or len(parts) > 1
+            or not any(r.table is not None and parts[0] in r.table.column_names() for r in top)
+        )
+        if parts == ("*",):
+            top = self.scope[-1] if self.scope else None
+            self.r.star_scopes.append(None if top is None else list(top))
 
     def v_FuncCall(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         names = _names(body.get("funcname", []))
@@ -342,16 +386,30 @@ class _Walker:
         into = body.get("intoClause")
         if into:
             self.add_range(into["rel"], "into", ctes)
-        self.fields(body, ctes, skip=("withClause", "intoClause"))
+        # A bare * expands to the relations of this SELECT's own FROM, not to
+        # every table of the statement: find those first.
+        start = len(self.r.ranges)
+        self.visit(body.get("fromClause"), ctes)
+        direct = _direct_locations(body.get("fromClause", []))
+        self.scope.append([r for r in self.r.ranges[start:] if r.location in direct])
+        self.fields(body, ctes, skip=("withClause", "intoClause", "fromClause"))
+        self.scope.pop()
 
     def _oracle(self, info: WriteInfo, parts: list[Any], ctes: frozenset[str]) -> None:
         start = len(self.r.colrefs)
         for part in parts:
             if part:
                 self.visit(part, ctes)
-        info.oracle_refs.extend(self.r.colrefs[start:])
+        info.oracle_refs.extend(
+            parts
+            for parts, outer in zip(
+                self.r.colrefs[start:], self.r.colref_outer[start:], strict=True
+            )
+            if outer
+        )
 
     def _write(self, kind: str, body: dict[str, Any], ctes: frozenset[str]) -> WriteInfo | None:
+        self.scope.append(None)  # popped by the v_*Stmt handler
         target = self.add_range(body["relation"], "write", ctes)
         if target is None:  # unreachable: role write never resolves to a CTE
             return None
@@ -381,6 +439,7 @@ class _Walker:
         self.visit(body.get("selectStmt"), ctes)
         if info is not None:
             self._oracle(info, [body.get("onConflictClause"), _returning(body)], ctes)
+        self.scope.pop()
 
     def v_UpdateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -389,6 +448,7 @@ class _Walker:
         if info is not None:
             parts = [body.get("targetList"), body.get("whereClause"), _returning(body)]
             self._oracle(info, parts, ctes)
+        self.scope.pop()
 
     def v_DeleteStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -396,6 +456,7 @@ class _Walker:
         self.visit(body.get("usingClause"), ctes)
         if info is not None:
             self._oracle(info, [body.get("whereClause"), _returning(body)], ctes)
+        self.scope.pop()
 
     def v_MergeStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
@@ -408,6 +469,7 @@ class _Walker:
                 _returning(body),
             ]
             self._oracle(info, parts, ctes)
+        self.scope.pop()
 
     def v_TruncateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         for rel in body.get("relations", []):
@@ -461,6 +523,11 @@ def analyse_statement(bundle: Bundle, raw: RawStatement) -> Analysis:
             "name": (body.get("name") or "").lower(),
             "values": [_setting_value(a) for a in body.get("args", [])],
             "local": bool(body.get("is_local")),
+        }
+        result.details["setting"] = {
+            "kind": result.setting["kind"].removeprefix("VAR_").lower(),
+            "name": result.setting["name"],
+            "local": result.setting["local"],
         }
     elif node_type == "TransactionStmt":
         result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()

@@ -121,6 +121,7 @@ class Bundle:
     environment: str
     criticality: int
     masking_key: str
+    search_path: tuple[str, ...]  # the upstream role's effective schemas, in order
     tables: dict[str, Table]  # "schema.table" -> Table
     tables_by_name: dict[str, tuple[Table, ...]]
     identities: dict[str, Identity]
@@ -137,15 +138,16 @@ class Bundle:
     def resolve_table(self, schema: str | None, name: str) -> Table | None:
         """The snapshot table a (possibly unqualified) name designates, if known.
 
-        Unqualified names resolve through ``public`` first (PostgreSQL's default
-        search_path; the engine refuses search_path changes), then a name that
-        exists in exactly one schema of the snapshot.
+        Unqualified names resolve through the datasource's search_path (default
+        ``public``; clients may not change it), then to a name that exists in
+        exactly one schema of the snapshot.
         """
         if schema is not None:
             return self.tables.get(f"{schema}.{name}")
-        table = self.tables.get(f"public.{name}")
-        if table is not None:
-            return table
+        for entry in self.search_path:
+            table = self.tables.get(f"{entry}.{name}")
+            if table is not None:
+                return table
         candidates = self.tables_by_name.get(name, ())
         return candidates[0] if len(candidates) == 1 else None
 
@@ -304,6 +306,7 @@ def load_bundle(data: Any) -> Bundle:
         environment=environment,
         criticality=data["datasource"]["criticality"],
         masking_key=data["datasource"]["masking_key"],
+        search_path=tuple(data["datasource"].get("search_path", ["public"])),
         tables=tables,
         tables_by_name={k: tuple(v) for k, v in by_name.items()},
         identities=identities,

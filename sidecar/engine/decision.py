@@ -51,6 +51,9 @@ class StatementAnalysis:
     explain_analyze: bool = False
     copy: dict[str, Any] | None = None
     lineage: tuple[dict[str, Any], ...] | None = None
+    # {"transaction": "begin"|"commit"|...} or {"setting": {kind, name, local}};
+    # setting values are left out (they are literals).
+    session: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class StatementAnalysis:
             "redacted_sql": self.redacted_sql,
             "rewritten_sql": self.rewritten_sql,
             "row_bound": self.row_bound,
+            "session": self.session,
             "tables_read": list(self.tables_read),
             "tables_written": list(self.tables_written),
         }
@@ -95,11 +99,14 @@ class Decision:
             return text
         return text.replace(self.secret, "<masking_key>")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, audit: bool = False) -> dict[str, Any]:
+        """The stable JSON form. ``upstream_sql`` and ``rewritten_sql`` carry the
+        client's literals; ``audit=True`` nulls them, leaving ``redacted_sql``,
+        for anything that is stored (the audit trail, approval requests)."""
         statements = []
         for s in self.statements:
             item = s.to_json()
-            item["rewritten_sql"] = self._hide(s.rewritten_sql)
+            item["rewritten_sql"] = None if audit else self._hide(s.rewritten_sql)
             statements.append(item)
         return {
             "action": self.action,
@@ -110,5 +117,5 @@ class Decision:
             "revision": self.revision,
             "risk": self.risk,
             "statements": statements,
-            "upstream_sql": self._hide(self.upstream_sql),
+            "upstream_sql": None if audit else self._hide(self.upstream_sql),
         }

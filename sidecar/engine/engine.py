@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -100,6 +101,14 @@ def _redact(text: str) -> tuple[str, str]:
         except Exception:
             redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
     return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
+
+
+def _parse_error(exc: Exception) -> str:
+    """The parser's message without the text it quotes (which may be a literal)."""
+    message = str(exc.args[0] if exc.args else exc).split("\n")[0]
+    message = re.sub(r' at or near ".*"$', "", message)
+    location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+    return message if location is None else f"{message} at character {location}"
 
 
 @dataclass(slots=True)
@@ -207,7 +216,12 @@ class Engine:
                 if decision is not None:
                     self._remember(state.exact, key, decision)
                     return decision
-        decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+        try:
+            decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+        except Exception:  # never fail open, never crash the proxy
+            return self._refusal(
+                bundle, identity, sql, "default.engine_error", "Warden could not judge this text"
+            )
         self._remember(state.exact, key, decision)
         if new_template is not None and norm_key is not None:
             self._remember(state.normalised, norm_key, new_template)
@@ -310,7 +324,7 @@ class Engine:
             parse_error: str | None = None
         except Exception as exc:
             raws = []
-            parse_error = str(exc).split("\n")[0]
+            parse_error = _parse_error(exc)
 
         analyses: list[Analysis] = []
         statements: list[StatementAnalysis] = []
@@ -366,7 +380,13 @@ class Engine:
             )
 
         for raw in raws:
-            a = analyse_statement(bundle, raw)
+            try:
+                a = analyse_statement(bundle, raw)
+            except Exception:  # a tree shape we did not foresee: fail closed
+                a = Analysis(raw.node_type, "unknown", "unknown", raw.node_type)
+                hard.append(
+                    Reason("default.analysis_failed", "Warden could not analyse this statement")
+                )
             analyses.append(a)
             if raw.node_type not in REWRITABLE:
                 for ref in a.ranges:
@@ -491,7 +511,7 @@ class Engine:
                     tokens = scan_tokens(sql)
                 try:
                     splices.extend(self._splices(a, tokens, who, bundle))
-                except (StopIteration, IndexError):
+                except Exception:
                     hard.append(
                         Reason(
                             "mask.rewrite_failed",
@@ -526,6 +546,7 @@ class Engine:
                     data_modifying_cte=a.data_modifying_cte,
                     explain_analyze=a.explain_analyze,
                     copy=a.copy,
+                    session=dict(a.details) or None,
                 )
             )
             risks.append(
@@ -559,7 +580,7 @@ class Engine:
             try:
                 upstream, statements, spans = self._apply(sql, raws, statements, splices)
                 verified = self._verify(bundle, who, upstream, len(raws), spans)
-            except ValueError:
+            except Exception:
                 verified = False
             if not verified:
                 hard.append(
@@ -664,9 +685,12 @@ class Engine:
                     hit = True
             return hit
 
+        stars = iter(a.star_scopes)
         for parts in a.colrefs:
             if parts == ("*",):
-                all_of([r for r in tables if r.role in ("read", "copy")])
+                # RETURNING * and the like have no SELECT scope: all tables then.
+                scope = next(stars, None)
+                all_of([r for r in (tables if scope is None else scope) if r.table is not None])
             elif len(parts) == 1:
                 if not named(tables, parts[0]) and parts[0] in by_alias:
                     all_of(by_alias[parts[0]])  # whole-row reference

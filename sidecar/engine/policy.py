@@ -199,12 +199,15 @@ def masking_violations(
         for parts in write.oracle_refs:
             column = parts[-1]
             qualifier = parts[-2] if len(parts) >= 2 else None
-            if column in masked and (qualifier is None or qualifier in names):
+            whole_row = (len(parts) == 1 and column in names) or (
+                column == "*" and (qualifier is None or qualifier in names)
+            )
+            if whole_row or (column in masked and (qualifier is None or qualifier in names)):
                 out.append(
                     (
                         "mask.write_oracle",
-                        f"this {write.kind} reads the classified column {table.key}.{column} "
-                        "of the table it writes, which masking cannot cover",
+                        f"this {write.kind} reads classified data of {table.key}, the table "
+                        "it writes, which masking cannot cover",
                     )
                 )
                 break

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from governance.models import GuardrailRule, MaskingRule
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_admin_creates_a_guardrail(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_admin_signs_in_with_password_and_totp(page: Any, sign_in: Any, admin_user: Any) -> None:
@@ -63,3 +63,20 @@ def test_main_pages_render(page: Any, sign_in: Any, demo_policy: Any, screenshot
         page.goto(path)
         expect(page.get_by_role("heading", level=1)).to_contain_text(heading)
         screenshot(shot)
+
+
+def test_keyboard_skip_link_and_visible_focus(page: Any, sign_in: Any, auditor_user: Any) -> None:
+    sign_in(auditor_user, "auditor")
+    page.goto("/identities/")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
+    # The next Tab lands inside the page content, not back in the navigation.
+    page.keyboard.press("Tab")
+    in_main = page.evaluate("document.activeElement.closest('main') !== null")
+    assert in_main
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"

@@ -439,3 +439,47 @@ def test_request_id_is_recorded_in_history(api, demo_policy):
         content_type__model="team", object_id=str(response.json()["id"]), action="create"
     )
     assert record.request_id == "req-12345"
+
+
+INVALID_UPDATES = {
+    "teams": {"slug": "Not A Slug"},
+    "identities": {"owner": "nobody-at-all"},
+    "datasources": {"schema_snapshot": {"tables": [{"schema": "public"}]}},
+    "classifications": {"level": "top-secret"},
+    "column-classifications": {"classification": "pii.unknown"},
+    "masking-rules": {"params": {"keep_last": "four"}},
+    "guardrails": {"action": "allow", "conditions": {}},
+}
+
+
+@pytest.mark.parametrize("name", POLICY)
+def test_invalid_update_is_400_and_changes_nothing(name, api, demo_policy):
+    obj = _an_object(name, demo_policy)
+    before = api["security"].call("GET", f"/api/v1/{name}/{obj.pk}/").json()
+    records = ChangeRecord.objects.count()
+    response = api["security"].call("PATCH", f"/api/v1/{name}/{obj.pk}/", INVALID_UPDATES[name])
+    assert response.status_code == 400, response.json()
+    error = _error(response)
+    assert set(error["fields"]) & (set(INVALID_UPDATES[name]) | {"non_field_errors"}), error
+    assert api["security"].call("GET", f"/api/v1/{name}/{obj.pk}/").json() == before
+    assert ChangeRecord.objects.count() == records
+
+
+@pytest.mark.parametrize("name", POLICY)
+def test_valid_update_is_recorded_from_what_to_what(name, api, demo_policy):
+    obj = _an_object(name, demo_policy)
+    field, value = {
+        "teams": ("description", "Owns the CRM"),
+        "identities": ("display_name", "Billing service"),
+        "datasources": ("description", "CRM in production"),
+        "classifications": ("description", "Where to reach someone"),
+        "column-classifications": ("classification", "pii.name"),
+        "masking-rules": ("enabled", False),
+        "guardrails": ("message", "No DDL here."),
+    }[name]
+    response = api["security"].call("PATCH", f"/api/v1/{name}/{obj.pk}/", {field: value})
+    assert response.status_code == 200, response.json()
+    assert response.json()[field] == value
+    latest = api["auditor"].call("GET", f"/api/v1/{name}/{obj.pk}/history/").json()["results"][0]
+    assert latest["action"] == "update" and latest["actor_name"] == "security"
+    assert latest["after"][field] == value and latest["before"][field] != value

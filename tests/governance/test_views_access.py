@@ -37,6 +37,7 @@ READ_PAGES = [
     ("governance:masking_rule_detail", "masking_rule"),
     ("governance:guardrail_list", None),
     ("governance:guardrail_detail", "guardrail"),
+    ("governance:change_list", None),
 ]
 # Pages that change policy (GET shows the form or confirmation): admin/security only.
 WRITE_PAGES = [
@@ -122,11 +123,14 @@ def test_viewers_read_every_page(
     client.force_login(personas[role])
     response = client.get(_url(name, key, demo_policy))
     assert response.status_code == 200
-    # Read-only roles get no edit affordances at all.
+    # Read-only roles get no edit affordances at all; editors get them on every object.
     may_edit = role in {"admin", "security"}
     assert (b'href="/guardrails/new/"' in response.content) == (
         may_edit and name == "governance:guardrail_list"
     )
+    if name.endswith("_detail"):
+        assert (b">Edit</a>" in response.content) == may_edit
+        assert (b"btn-danger" in response.content) == may_edit
 
 
 @pytest.mark.parametrize("role", ["reviewer", "auditor", "none"])

@@ -375,3 +375,87 @@ def test_second_rule_for_same_classification_is_refused(editor: Any, demo_policy
     assert response.status_code == 200
     assert b"already masks pii.email" in response.content
     assert not MaskingRule.objects.filter(name="mask-email-2").exists()
+
+
+def test_scanner_proposal_confirmed_or_rejected(
+    editor: Any, demo_policy: Any, security_user: Any
+) -> None:
+    from governance import services
+
+    phone = Classification.objects.get(name="pii.phone")
+    proposal = services.column_classification_set(
+        actor=security_user,
+        datasource=demo_policy.datasource,
+        schema_name="public",
+        table_name="customers",
+        column_name="phone",
+        classification=phone,
+        source="auto",
+        confidence=0.8,
+    )
+    assert proposal.status == "proposed"
+    listing = editor.get(reverse("governance:column_list"), {"status": "proposed"})
+    assert [c.pk for c in listing.context["objects"]] == [proposal.pk]
+    assert b'value="confirmed"' in listing.content
+    url = reverse("governance:column_review", args=[proposal.pk])
+    assert editor.get(url).status_code == 405
+    bad = editor.post(url, {"status": "maybe"})
+    assert bad.status_code == 400
+    proposal.refresh_from_db()
+    assert proposal.status == "proposed"
+    response = editor.post(url, {"status": "confirmed", "next": "/columns/?status=proposed"})
+    assert response.status_code == 302
+    assert response.url == "/columns/?status=proposed"
+    proposal.refresh_from_db()
+    assert proposal.status == "confirmed"
+    assert proposal.confirmed_by == security_user
+
+
+def test_review_needs_an_editor(client: Any, demo_policy: Any, auditor_user: Any) -> None:
+    column = demo_policy.columns[0]
+    url = reverse("governance:column_review", args=[column.pk])
+    assert client.post(url, {"status": "rejected"}).status_code == 302  # to sign-in
+    client.force_login(auditor_user)
+    assert client.post(url, {"status": "rejected"}).status_code == 403
+    column.refresh_from_db()
+    assert column.status == "confirmed"
+
+
+def test_lists_paginate_and_keep_filters(editor: Any, security_user: Any) -> None:
+    from governance import services
+
+    for i in range(30):
+        services.team_create(actor=security_user, name=f"Squad {i:02d}", slug=f"squad-{i:02d}")
+    url = reverse("governance:team_list")
+    first = editor.get(url, {"q": "squad"})
+    assert len(first.context["objects"]) == 25
+    assert first.context["page"].paginator.count == 30
+    # The next-page link keeps the search.
+    assert b'href="?q=squad&amp;page=2"' in first.content
+    second = editor.get(url, {"q": "squad", "page": 2})
+    assert [t.name for t in second.context["objects"]] == [f"Squad {i:02d}" for i in range(25, 30)]
+    # A page number past the end shows the last page rather than failing.
+    assert editor.get(url, {"q": "squad", "page": 99}).status_code == 200
+    assert editor.get(url, {"page": "x"}).status_code == 200
+
+
+def test_history_page_lists_changes_with_filters(
+    client: Any, demo_policy: Any, security_user: Any, auditor_user: Any
+) -> None:
+    from governance import services
+
+    rule = demo_policy.masking_rules[0]
+    services.masking_rule_update(actor=security_user, rule=rule, data={"strategy": "redact"})
+    client.force_login(auditor_user)
+    url = reverse("governance:change_list")
+    response = client.get(url, {"model": "maskingrule", "actor": "security"})
+    assert response.status_code == 200
+    records = list(response.context["objects"])
+    assert [(r.action, r.object_repr) for r in records] == [("update", "mask-email")]
+    body = response.content.decode()
+    assert f'href="{reverse("governance:masking_rule_detail", args=[rule.pk])}"' in body
+    assert '<td class="before">email</td><td class="after">redact</td>' in body
+    # Unfiltered it also holds the demo's creations, by admin.
+    everything = client.get(url)
+    assert everything.context["page"].paginator.count > 10
+    assert client.get(url, {"model": "no-such-model"}).status_code == 200

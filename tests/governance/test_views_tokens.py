@@ -166,3 +166,19 @@ def test_api_token_pages_need_sign_in(client: Any) -> None:
         response = client.get(url)
         assert response.status_code == 302
         assert response.url.startswith(reverse("account_login"))
+
+
+def test_token_forms_are_not_offered_to_who_may_not_use_them(
+    client: Any, demo_policy: Any, security_user: Any, auditor_user: Any, reviewer_user: Any
+) -> None:
+    token, _ = services.token_issue(actor=security_user, identity=demo_policy.service, name="t")
+    issue = reverse("governance:token_issue", args=[demo_policy.service.pk])
+    revoke = reverse("governance:token_revoke", args=[token.pk])
+    client.force_login(auditor_user)  # reads every token, manages none
+    assert client.get(issue).status_code == 403
+    assert client.get(revoke).status_code == 403
+    client.force_login(reviewer_user)  # not their identity: the token is out of scope
+    assert client.get(issue).status_code == 403
+    assert client.get(revoke).status_code == 404
+    own = reverse("governance:token_issue", args=[reviewer_user.identity.pk])
+    assert client.get(own).status_code == 200

@@ -158,6 +158,17 @@ for sql, action in [
         "allow",
     ),
     ("INSERT INTO products VALUES (1, 'a', 1) ON CONFLICT DO NOTHING", "allow"),
+    (
+        "INSERT INTO customers (id, name, email) VALUES (1, 'x', 'a@b.c') ON CONFLICT (id) DO "
+        "UPDATE SET email = excluded.email",
+        "allow",
+    ),
+    ("UPDATE customers SET email = 'new@example.org', name = upper(name) WHERE id = 1", "allow"),
+    (
+        "UPDATE customers SET name = (SELECT email FROM customers c2 WHERE c2.id = customers.id) "
+        "WHERE id = 1",
+        "allow",
+    ),
     ("UPDATE orders SET status = 'paid' WHERE id = 7", "allow"),
     ("UPDATE orders SET status = $1 WHERE id = $2", "allow"),
     ('UPDATE "orders" SET "status" = \'shipped\' WHERE "orders"."id" IN (1, 2, 3)', "allow"),
@@ -474,6 +485,28 @@ for sql, rule in [
         "mask.write_oracle",
     ),
     ("UPDATE payments SET amount = 0 WHERE card_number LIKE '4111%'", "mask.write_oracle"),
+    ("UPDATE customers SET name = row_to_json(customers)::text WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers c SET name = c::text WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers SET name = (customers).ssn WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers c SET name = concat(c.*) WHERE id = 1", "mask.write_oracle"),
+    (
+        "DELETE FROM customers WHERE EXISTS (SELECT 1 FROM orders o WHERE o.note = email)",
+        "mask.write_oracle",
+    ),
+    (
+        "DELETE FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE note = ssn)",
+        "mask.write_oracle",
+    ),
+    (
+        "UPDATE customers SET name = (SELECT max(x.e) FROM (SELECT email AS e) x) WHERE id = 1",
+        "mask.write_oracle",
+    ),
+    ("DELETE FROM customers WHERE id = 1 RETURNING to_jsonb(customers)", "mask.write_oracle"),
+    (
+        "INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET "
+        "tier = customers::text",
+        "mask.write_oracle",
+    ),
     ("UPDATE hr.employees SET name = 'x' WHERE salary > 60000", "mask.write_oracle"),
     ("CREATE VIEW v_leak AS SELECT * FROM customers", "mask.opaque_definition"),
     (
@@ -588,3 +621,162 @@ for sql, action in [
     ("UPDATE customers SET name = email WHERE id = 1", "block"),
 ]:
     CASES.append(C(sql, action, env="staging"))
+
+# -- analysis: kinds, tables and classifications found ------------------------------------
+R, W = "public.customers", "public.orders"
+for sql, action, kinds, read, written, classes in [
+    (
+        "SELECT c.email FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id = 1",
+        "allow",
+        ("select",),
+        (R, W),
+        (),
+        ("pii.email",),
+    ),
+    (
+        "SELECT c FROM customers c WHERE c.id = 1",
+        "allow",
+        ("select",),
+        (R,),
+        (),
+        ("internal.segment", "pii.birth_date", "pii.email", "pii.phone", "pii.profile", "pii.ssn"),
+    ),
+    ("SELECT id FROM customers WHERE ssn = $1", "allow", ("select",), (R,), (), ("pii.ssn",)),
+    ("SELECT name FROM customers WHERE id = 1", "allow", ("select",), (R,), (), ()),
+    (
+        "SELECT x.e FROM (SELECT email AS e FROM customers) x WHERE x.e IS NOT NULL",
+        "allow",
+        ("select",),
+        (R,),
+        (),
+        ("pii.email",),
+    ),
+    ("SELECT a.id FROM orders a JOIN customers b USING (id)", "allow", ("select",), (R, W), (), ()),
+    (
+        "WITH w AS (SELECT ssn FROM customers) SELECT * FROM w LIMIT 1",
+        "allow",
+        ("select",),
+        (R,),
+        (),
+        ("pii.ssn",),
+    ),
+    (
+        "SELECT card_number FROM payments LIMIT 1",
+        "allow",
+        ("select",),
+        ("public.payments",),
+        (),
+        ("financial.card",),
+    ),
+    (
+        "SELECT salary FROM hr.employees WHERE id = 1",
+        "allow",
+        ("select",),
+        ("hr.employees",),
+        (),
+        ("financial.salary",),
+    ),
+    (
+        "INSERT INTO orders (id, note) SELECT id, email FROM customers WHERE id = 1",
+        "allow",
+        ("insert",),
+        (R,),
+        (W,),
+        ("pii.email",),
+    ),
+    ("UPDATE orders SET note = 'x' WHERE id = 1", "allow", ("update",), (), (W,), ()),
+    (
+        "DELETE FROM orders o USING payments p WHERE p.order_id = o.id AND p.id = 1",
+        "allow",
+        ("delete",),
+        ("public.payments",),
+        (W,),
+        (),
+    ),
+    (
+        "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING id) SELECT * FROM d",
+        "allow",
+        ("select",),
+        (),
+        (W,),
+        (),
+    ),
+    ("COPY customers (id, ssn) TO STDOUT", "allow", ("copy_to",), (R,), (), ("pii.ssn",)),
+    ("COPY orders FROM STDIN", "allow", ("copy_from",), (), (W,), ()),
+    (
+        "EXPLAIN ANALYZE UPDATE orders SET note = 'x' WHERE id = 2",
+        "allow",
+        ("explain_analyze",),
+        (),
+        (W,),
+        (),
+    ),
+    (
+        "PREPARE p1 AS SELECT ssn FROM customers WHERE id = $1",
+        "allow",
+        ("prepare",),
+        (R,),
+        (),
+        ("pii.ssn",),
+    ),
+    (
+        "DECLARE k CURSOR FOR SELECT email FROM customers WHERE id = 1",
+        "allow",
+        ("declare_cursor",),
+        (R,),
+        (),
+        ("pii.email",),
+    ),
+    ("BEGIN; SELECT 1; COMMIT", "allow", ("transaction", "select", "transaction"), (), (), ()),
+    (
+        "CREATE TABLE c2 AS SELECT id, email FROM customers",
+        "review",
+        ("create_table_as",),
+        (R,),
+        ("public.c2",),
+        ("pii.email",),
+    ),
+    ("TRUNCATE orders", "review", ("truncate",), (), (W,), ()),
+    (
+        "SELECT 1; SELECT email FROM customers WHERE id = 1",
+        "allow",
+        ("select", "select"),
+        (R,),
+        (),
+        ("pii.email",),
+    ),
+]:
+    CASES.append(
+        C(
+            sql,
+            action,
+            identity="svc_app",
+            kinds=kinds,
+            tables_read=tuple(sorted(read)),
+            tables_written=written,
+            classifications=classes,
+        )
+    )
+
+# -- what drivers, ORMs and psql send on their own: must pass ------------------------------
+for sql in [
+    "SELECT set_config('TimeZone', $1, false)",  # Django (psycopg 3)
+    "SELECT set_config('TimeZone', 'UTC', false)",
+    "select pg_catalog.version()",  # SQLAlchemy dialect initialisation
+    "select current_schema()",
+    "show standard_conforming_strings",
+    "show transaction isolation level",
+    "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid "
+    "WHERE typname = 'hstore'",
+    "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN "
+    "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) "
+    "'^(customers)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) "
+    "ORDER BY 2, 3",  # psql \d customers
+    "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull FROM "
+    "pg_catalog.pg_attribute a WHERE a.attrelid = '16384' AND a.attnum > 0 AND NOT "
+    "a.attisdropped ORDER BY a.attnum",
+    "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE "
+    "table_schema = 'public'",
+    "SELECT 1 AS ping",
+]:
+    CASES.append(C(sql, "allow", identity="svc_app", rewritten=False))

@@ -112,3 +112,50 @@ def test_not_an_object() -> None:
     for value in (None, [], "x", json.dumps(bundle_data("demo-production"))):
         with pytest.raises(BundleError):
             load_bundle(value)
+
+
+@pytest.mark.parametrize(
+    "column_type",
+    [
+        "timestamp(3) without time zone",
+        "numeric(10,2)[]",
+        "bit varying(8)",
+        "interval day to second",
+        "public.mood",
+        '"MyType"',
+        'app."Weird Type"',
+        "double precision",
+    ],
+)
+def test_column_types_as_postgresql_prints_them(column_type: str) -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["schema"]["tables"][0]["columns"][0]["type"] = column_type
+    assert load_bundle(_resigned(data)).tables["public.customers"].columns[0].type == column_type
+
+
+@pytest.mark.parametrize(
+    "column_type", ["text; DROP TABLE x", "text)", "int --", '"a""b"', "text /* */", "(int)"]
+)
+def test_column_types_cannot_smuggle_sql(column_type: str) -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["schema"]["tables"][0]["columns"][0]["type"] = column_type
+    with pytest.raises(BundleError, match="schema violation"):
+        load_bundle(_resigned(data))
+
+
+def test_unqualified_names_follow_the_datasource_search_path() -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["schema"]["tables"].append(
+        {
+            "schema": "public",
+            "name": "employees",
+            "kind": "table",
+            "columns": [{"name": "id", "type": "integer"}],
+        }
+    )
+    default = load_bundle(_resigned(data))
+    assert default.resolve_table(None, "employees").key == "public.employees"
+    data["datasource"]["search_path"] = ["hr", "public"]
+    hr_first = load_bundle(_resigned(data))
+    assert hr_first.resolve_table(None, "employees").key == "hr.employees"
+    assert hr_first.resolve_table(None, "customers").key == "public.customers"

@@ -34,6 +34,16 @@ def test_case(case: Case, engines: dict[str, Engine]) -> None:
         assert rewritten == case.rewritten, d.upstream_sql
         if case.rewritten:
             assert d.upstream_sql != case.sql
+    if case.kinds is not None:
+        assert tuple(s.kind for s in d.statements) == case.kinds
+    if case.tables_read is not None:
+        assert tuple(sorted({t for s in d.statements for t in s.tables_read})) == case.tables_read
+    if case.tables_written is not None:
+        written = {t for s in d.statements for t in s.tables_written}
+        assert tuple(sorted(written)) == case.tables_written
+    if case.classifications is not None:
+        touched = {c for s in d.statements for c in s.classifications}
+        assert tuple(sorted(touched)) == case.classifications
     if d.action == "block" or not any(s.rewritten_sql for s in d.statements):
         assert d.upstream_sql == case.sql  # byte for byte
     for s in d.statements:

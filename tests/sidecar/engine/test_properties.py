@@ -56,6 +56,9 @@ def _check(engine: Engine, identity: str, sql: str, scs: bool, protocol: str) ->
         protocol=protocol,
     )
     assert d.action in ("allow", "review", "block")
+    # The engine fails closed on its own errors; here they must not happen at all.
+    internal = {"default.engine_error", "default.analysis_failed"}
+    assert not internal & {r.rule for r in d.reasons}, (sql, d.reasons)
     assert 0 <= d.risk <= 100
     count = _parses(sql)
     if count is None:

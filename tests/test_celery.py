@@ -1,0 +1,76 @@
+"""A real Celery worker (with beat) on the real broker runs what services enqueue on commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection, transaction
+
+from config.celery import app as celery_app
+from governance import services
+from governance.models import Identity
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _test_database_url() -> str:
+    """The test database as a URL, for the worker (not the development database)."""
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    host = db["HOST"] or db.get("OPTIONS", {}).get("host", "")
+    if not host or host.startswith("/"):  # a Unix socket (the embedded server)
+        query = f"?host={host}" if host else ""
+        if db["PORT"]:
+            query += f"&port={db['PORT']}"
+        return f"postgresql://{auth}@/{db['NAME']}{query}"
+    return f"postgresql://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
+    env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": _test_database_url()}
+    # A queue of our own: other tests (other xdist workers) enqueue too.
+    queue = f"test-{uuid.uuid4().hex}"
+    default_queue = celery_app.conf.task_default_queue
+    celery_app.conf.task_default_queue = queue
+    start = services.policy_generation()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.team_create(actor=admin_user, name="Rolled back")
+        raise RuntimeError("abort")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "--pool", "solo",
+         "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat"), "-Q", queue],
+        cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Nothing was committed, so nothing was enqueued.
+        time.sleep(3)
+        assert services.policy_generation() == start
+        services.team_create(actor=admin_user, name="Committed")
+        assert _wait_for(lambda: services.policy_generation() == start + 1)
+        # The expiry sweep (scheduled by beat every 5 minutes) runs on the worker too.
+        identity = Identity.objects.get(user=admin_user)
+        Identity.objects.filter(pk=identity.pk).update(expires_at="2000-01-01T00:00:00Z")
+        celery_app.send_task("governance.tasks.identities_expire", queue=queue)
+        assert _wait_for(lambda: not Identity.objects.get(pk=identity.pk).is_active)
+    finally:
+        celery_app.conf.task_default_queue = default_queue
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)

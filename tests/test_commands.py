@@ -1,0 +1,81 @@
+"""Management commands: seed_demo is idempotent and valid; mint_api_token prints a token once."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from audit.models import ChangeRecord
+from governance.models import (
+    ApiToken,
+    ColumnClassification,
+    Datasource,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    token_digest,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _counts() -> tuple[int, ...]:
+    return tuple(
+        m.objects.count()
+        for m in (
+            Identity,
+            Datasource,
+            ColumnClassification,
+            MaskingRule,
+            GuardrailRule,
+            ChangeRecord,
+        )
+    )
+
+
+def test_seed_demo_is_idempotent_and_every_object_is_valid(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    call_command("seed_demo", stdout=io.StringIO())
+    first = _counts()
+    creds = (tmp_path / "demo-credentials.json").read_text()
+    call_command("seed_demo", stdout=io.StringIO())
+    assert _counts() == first
+    assert (tmp_path / "demo-credentials.json").read_text() == creds
+    kinds = set(Identity.objects.values_list("kind", flat=True))
+    assert kinds == {"human", "service", "agent"}
+    assert all(i.owner and i.owner.kind == "human" for i in Identity.objects.exclude(kind="human"))
+    assert set(Datasource.objects.values_list("environment__name", flat=True)) >= {
+        "production",
+        "staging",
+    }
+    for model in (Identity, Datasource, ColumnClassification, MaskingRule, GuardrailRule):
+        for obj in model.objects.all():
+            obj.full_clean()
+    client = Client()
+    password = json.loads(creds)["security"]
+    response = client.post("/accounts/login/", {"login": "security", "password": password})
+    assert response.status_code == 302 and "_auth_user_id" in client.session
+
+
+def test_mint_api_token_prints_a_working_token_once(security_user):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(
+        "mint_api_token", "security", "--name", "ci", "--days", "3", stdout=out, stderr=err
+    )
+    raw = out.getvalue().strip()
+    token = ApiToken.objects.get(digest=token_digest(raw))
+    assert token.name == "ci" and token.expires_at is not None
+    assert raw not in err.getvalue() and token.prefix in err.getvalue()
+    response = Client(HTTP_AUTHORIZATION=f"Token {raw}").get("/api/v1/guardrails/")
+    assert response.status_code == 200
+
+
+def test_mint_api_token_refuses_unknown_user_and_bad_days(security_user):
+    with pytest.raises(CommandError, match="No user"):
+        call_command("mint_api_token", "ghost")
+    with pytest.raises(CommandError, match="--days"):
+        call_command("mint_api_token", "security", "--days", "0")
