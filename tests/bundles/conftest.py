@@ -117,7 +117,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "")
             try:
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()  # noqa: S310
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
                 return
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:

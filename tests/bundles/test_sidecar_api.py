@@ -29,13 +29,13 @@ def call(
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method)  # noqa: S310
+    request = urllib.request.Request(url, data=body, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
