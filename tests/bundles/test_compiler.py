@@ -132,7 +132,7 @@ def test_a_column_type_the_engine_cannot_cast_to_is_a_compile_error(
                 "schema": "public",
                 "name": "t",
                 "kind": "table",
-                "columns": [{"name": "x", "type": '"char"'}],
+                "columns": [{"name": "x", "type": "text); DROP TABLE t; --"}],
             }
         ]
     }
