@@ -7,6 +7,8 @@ database, with one signing key generated per session and pinned by the client.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -50,10 +52,27 @@ def _signing_key(settings: Any) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_content_types() -> Iterator[None]:
+    # A transactional test ends with a flush; content type ids remembered from it
+    # must not leak into the next test (history records name their content type).
+    yield
+    from django.contrib.contenttypes.models import ContentType
+
+    ContentType.objects.clear_cache()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis() -> None:
     # Our own Redis database: bundles of an earlier test's datasource ids must
     # not be served to this one's.
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+def run_async(coro: Any) -> Any:
+    """``asyncio.run`` in a thread of its own: a browser test earlier in the session may
+    leave an event loop running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def pinned_key() -> str:

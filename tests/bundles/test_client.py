@@ -6,7 +6,6 @@ test; every check is exercised on real bytes, as they would arrive.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -29,6 +28,7 @@ from sidecar.bundle import (
     parse_public_keys,
 )
 from sidecar.engine import canonical_bytes, compute_revision
+from tests.bundles.conftest import run_async
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "bundles" / "demo-production.json"
@@ -119,7 +119,7 @@ def test_no_bundle_means_refuse_to_serve(tmp_path: Path) -> None:
     with pytest.raises(NoBundle):
         client.current()
     with pytest.raises(NoBundle):
-        asyncio.run(client.start(timeout=0.3))  # nothing on disk, nobody listening
+        run_async(client.start(timeout=0.3))  # nothing on disk, nobody listening
     assert client.status()["state"] == "no_bundle"
     assert client.status()["consecutive_failures"] >= 1
 

@@ -14,8 +14,8 @@ import pytest
 from governance import services
 from governance.bundles import bundle_publish
 from governance.models import Environment, Sidecar
-from sidecar.bundle import envelope_verify, parse_public_keys
-from tests.bundles.conftest import Server, pinned_key
+from sidecar.bundle import BundleClient, envelope_verify, parse_public_keys
+from tests.bundles.conftest import Server, pinned_key, run_async
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -239,3 +239,29 @@ def test_audit_is_accepted_and_approvals_are_not_yet_available(
     assert _post(control_plane, "audit", None, events)[0] == 401
     status, _, _ = _post(control_plane, "approvals", token, {"statement": "x"})
     assert status == 501
+
+
+def test_the_client_pulls_and_reports_its_status_in_a_heartbeat(
+    control_plane: Server, registered: tuple[Sidecar, str], tmp_path: Any
+) -> None:
+    sidecar, token = registered
+    client = BundleClient(
+        url=control_plane.url,
+        token=token,
+        public_keys=parse_public_keys(pinned_key()),
+        state_dir=tmp_path,
+        datasource="crm-prod",
+    )
+
+    async def run() -> str | None:
+        await client.start(timeout=10)
+        assert await client.poll_once(wait=1) == "unchanged"  # a 304 after the wait
+        return await client.heartbeat(version="9.9.9", counters={"statements": 3})
+
+    current = run_async(run())
+    assert current == client.active().revision
+    sidecar.refresh_from_db()
+    assert sidecar.running_revision == current and sidecar.version == "9.9.9"
+    assert sidecar.bundle_status["state"] == "active"
+    assert sidecar.bundle_status["source"] == "network"
+    assert sidecar.bundle_status["rejected"] == 0
