@@ -32,7 +32,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from governance.bundles import CHANNEL, bundle_current, bundle_publish
+from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
 from governance.services import sidecar_heartbeat_record, sidecar_schema_report
 from governance.sidecar_auth import (
@@ -130,6 +130,10 @@ class ChangeHub:
         self._bodies[datasource_id] = (revision, body)
         return bytes(body)
 
+    def forget_revision(self, datasource_id: int) -> None:
+        self._generation[datasource_id] = self._generation.get(datasource_id, 0) + 1
+        self._revisions.pop(datasource_id, None)
+
     def event_for(self, datasource_id: int) -> asyncio.Event:
         event = self._events.get(datasource_id)
         if event is None:
@@ -220,7 +224,11 @@ def _etag_matches(if_none_match: str, revision: str) -> bool:
 def _publish_now(datasource_id: int) -> None:
     close_old_connections()
     try:
-        bundle_publish(datasource=Datasource.objects.get(pk=datasource_id))
+        datasource = Datasource.objects.filter(pk=datasource_id).first()
+        if datasource is not None:
+            bundle_publish(datasource=datasource)
+    except BundleCompileError:
+        pass  # logged and stored by bundle_publish; the caller answers 503
     finally:
         connection.close()
 
@@ -259,6 +267,7 @@ async def bundle_reply(
         return _error(400, "wait must be a whole number of seconds (0-60).")
     ds = principal.datasource_id
     deadline = time.monotonic() + wait
+    attempts = 0
     while True:
         # Take the event before reading the revision: a change published in
         # between sets this event, so it cannot be missed.
@@ -272,7 +281,13 @@ async def bundle_reply(
         if not if_none_match or not _etag_matches(if_none_match, revision):
             stored = await hub.body(ds, revision)
             if stored is None:
-                continue  # replaced meanwhile; take the newer one
+                # Replaced meanwhile, or Redis lost it: read the revision afresh
+                # (never spin on a remembered one), and give up after a few tries.
+                hub.forget_revision(ds)
+                attempts += 1
+                if attempts > 3:
+                    return _error(503, "The bundle is changing; try again.")
+                continue
             headers = [
                 ("content-type", "application/json"),
                 ("etag", f'"{revision}"'),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from governance import services
-from governance.bundles import bundle_publish
+from governance.bundles import bundle_publish, redis_client
 from governance.models import Environment, Sidecar
 from sidecar.bundle import BundleClient, envelope_verify, parse_public_keys
 from tests.bundles.conftest import Server, pinned_key, run_async
@@ -265,3 +265,24 @@ def test_the_client_pulls_and_reports_its_status_in_a_heartbeat(
     assert sidecar.bundle_status["state"] == "active"
     assert sidecar.bundle_status["source"] == "network"
     assert sidecar.bundle_status["rejected"] == 0
+
+
+def test_a_lost_redis_copy_is_recompiled_not_spun_on(
+    control_plane: Server, registered: tuple[Sidecar, str]
+) -> None:
+    _, token = registered
+    url = f"{control_plane.url}/api/v1/sidecar/bundle"
+    status, headers, _ = call(url, token=token)
+    assert status == 200
+    # The server remembers this revision; Redis loses everything (restart, flush).
+    redis_client().flushdb()
+    started = time.monotonic()
+    status, _, body = call(url, token=token, timeout=10)
+    assert status == 200 and time.monotonic() - started < 5
+    envelope_verify(body, parse_public_keys(pinned_key()))
+    # A fresh server process has nothing in memory either: it compiles on demand.
+    control_plane.stop()
+    control_plane.start()
+    status, fresh, body = call(url, token=token, headers={"If-None-Match": headers["etag"]})
+    assert status == 200 and fresh["etag"] != headers["etag"]  # a new issue time
+    envelope_verify(body, parse_public_keys(pinned_key()))
