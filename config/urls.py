@@ -1,10 +1,16 @@
 """URL routes of the control plane: probes, sign-in, the management API and its docs, the UI."""
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz, readyz
+from governance.errors import error_body
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -17,3 +23,22 @@ urlpatterns = [
     path("api/v1/", include("governance.api_urls")),
     path("", include("governance.urls")),
 ]
+
+
+# Outside DRF's views (an unknown /api/ URL, a crash) the API still answers in
+# its one error shape; pages keep Django's (templated) error pages.
+def _api_or_page(
+    code: str, message: str, status: int, page: Callable[..., HttpResponse]
+) -> Callable[..., HttpResponse]:
+    def handler(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return JsonResponse(error_body(code, message), status=status)
+        return page(request, *args, **kwargs)
+
+    return handler
+
+
+handler400 = _api_or_page("bad_request", "Bad request.", 400, defaults.bad_request)
+handler403 = _api_or_page("permission_denied", "Forbidden.", 403, defaults.permission_denied)
+handler404 = _api_or_page("not_found", "Not found.", 404, defaults.page_not_found)
+handler500 = _api_or_page("server_error", "Server error.", 500, defaults.server_error)

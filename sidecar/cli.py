@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--no-lineage", action="store_true", help="skip the sqlglot lineage")
     check.set_defaults(handler=_check)
+    run = commands.add_parser("run", help="run the proxy (see sidecar.runner)")
+    run.add_argument("--config", help="TOML or JSON config file (env overrides it)")
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sidecar.runner import main as run_main
+
+    return run_main(["--config", args.config] if args.config else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,3 +55,13 @@ def test_readyz_names_the_dependency_that_is_down(down):
     up = {"postgresql", "redis"} - {down}
     assert body["checks"][down].startswith("failed: ")
     assert all(body["checks"][name] == "ok" for name in up)
+
+
+@pytest.mark.django_db
+def test_unknown_api_url_answers_in_the_api_error_shape(client):
+    response = client.get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {"code": "not_found", "message": "Not found.", "fields": {}}
+    }
+    assert client.get("/no-such-page/").status_code == 404

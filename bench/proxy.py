@@ -1,0 +1,448 @@
+"""Benchmark the sidecar against direct PostgreSQL and PgBouncer (session mode) with pgbench.
+
+One run measures pgbench select-only (``-S``) and TPC-B-like, at 1 and 8
+clients, against the three targets back to back (interleaved, so machine noise
+hits all three alike), then the sidecar's memory per idle connection. It prints
+TPS and latency, the ratios, and ends with ``<metric>=<value> <unit>
+target=<target> met|missed`` lines.
+
+    .venv/bin/python bench/proxy.py [--duration 10] [--scale 8]
+
+PostgreSQL comes from ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432``,
+trust auth); a scratch database ``warden_proxy_bench_<hex>`` is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+from sidecar.engine import compute_revision  # noqa: E402
+from sidecar.proxy.scram import make_verifier  # noqa: E402
+
+TOKEN = "wdn_bench_" + secrets.token_hex(16)
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_url(database: str) -> str:
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return urlunsplit(urlsplit(base)._replace(path="/" + database))
+
+
+def bundle(datasource: str) -> dict:
+    """A realistic bundle: the pgbench schema plus a classified customer table, masking
+    rules, guardrails for DDL and unfiltered writes, several identities."""
+    cols = {
+        "pgbench_accounts": [
+            ("aid", "integer"),
+            ("bid", "integer"),
+            ("abalance", "integer"),
+            ("filler", "character(84)"),
+        ],
+        "pgbench_branches": [
+            ("bid", "integer"),
+            ("bbalance", "integer"),
+            ("filler", "character(88)"),
+        ],
+        "pgbench_tellers": [
+            ("tid", "integer"),
+            ("bid", "integer"),
+            ("tbalance", "integer"),
+            ("filler", "character(84)"),
+        ],
+        "pgbench_history": [
+            ("tid", "integer"),
+            ("bid", "integer"),
+            ("aid", "integer"),
+            ("delta", "integer"),
+            ("mtime", "timestamp without time zone"),
+            ("filler", "character(22)"),
+        ],
+        "customers": [("id", "integer"), ("email", "text"), ("ssn", "text"), ("phone", "text")],
+    }
+    identities = [
+        {
+            "name": "bench",
+            "kind": "service",
+            "teams": ["app"],
+            "owner": "ops",
+            "expires_at": None,
+            "credentials": [
+                {"id": "tok_bench", "scram_sha_256": make_verifier(TOKEN), "expires_at": None}
+            ],
+        },
+    ] + [
+        {
+            "name": f"user{i}",
+            "kind": "human",
+            "teams": ["eng"],
+            "owner": None,
+            "expires_at": None,
+            "credentials": [
+                {"id": f"tok_u{i}", "scram_sha_256": make_verifier(f"t{i}"), "expires_at": None}
+            ],
+        }
+        for i in range(5)
+    ]
+    data = {
+        "format": "warden.bundle/1",
+        "revision": "",
+        "issued_at": "2026-11-23T12:00:00Z",
+        "datasource": {
+            "name": datasource,
+            "engine": "postgresql",
+            "dialect": "postgres",
+            "environment": "production",
+            "criticality": 4,
+            "masking_key": "bench-masking-key-0123456789",
+        },
+        "schema": {
+            "tables": [
+                {
+                    "schema": "public",
+                    "name": t,
+                    "kind": "table",
+                    "columns": [{"name": n, "type": ty} for n, ty in c],
+                }
+                for t, c in cols.items()
+            ]
+        },
+        "identities": identities,
+        "classifications": [
+            {"name": "pii.email", "level": "confidential"},
+            {"name": "pii.ssn", "level": "restricted"},
+            {"name": "pii.phone", "level": "confidential"},
+        ],
+        "column_classifications": [
+            {"schema": "public", "table": "customers", "column": c, "classification": k}
+            for c, k in (("email", "pii.email"), ("ssn", "pii.ssn"), ("phone", "pii.phone"))
+        ],
+        "masking_rules": [
+            {
+                "classification": "pii.email",
+                "strategy": "email",
+                "params": {},
+                "exempt_teams": ["security"],
+                "environments": [],
+            },
+            {
+                "classification": "pii.ssn",
+                "strategy": "partial",
+                "params": {"keep_last": 4},
+                "exempt_teams": [],
+                "environments": [],
+            },
+            {
+                "classification": "pii.phone",
+                "strategy": "redact",
+                "params": {},
+                "exempt_teams": [],
+                "environments": [],
+            },
+        ],
+        "guardrails": [
+            {
+                "name": "no-drop",
+                "position": 1,
+                "enabled": True,
+                "action": "block",
+                "message": "No DROP in production",
+                "conditions": {"statement_kinds": ["drop"]},
+            },
+            {
+                "name": "unfiltered-writes",
+                "position": 2,
+                "enabled": True,
+                "action": "review",
+                "message": "UPDATE/DELETE without WHERE",
+                "conditions": {"missing_where": True},
+            },
+            {
+                "name": "agents-read-only",
+                "position": 3,
+                "enabled": True,
+                "action": "block",
+                "message": "Agents may only read",
+                "conditions": {
+                    "identity_kinds": ["agent"],
+                    "statement_kinds": ["insert", "update", "delete"],
+                },
+            },
+        ],
+        "risk": {"review_at": 101, "block_at": 101, "critical_at": 101},
+        "approvals": {"hold_seconds": 0},
+    }
+    data["revision"] = compute_revision(data)
+    return data
+
+
+def run_as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def start_pgbouncer(
+    workdir: Path, host: str, port: int, database: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    listen = free_port()
+    (workdir / "userlist.txt").write_text('"postgres" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        f"[databases]\n{database} = host={host} port={port} dbname={database}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {workdir}/userlist.txt\n"
+        "pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\n"
+        f"logfile = {workdir}/pgbouncer.log\n"
+    )
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        shutil.chown(workdir, entry.pw_uid, entry.pw_gid)
+        for p in workdir.iterdir():
+            shutil.chown(p, entry.pw_uid, entry.pw_gid)
+    proc = subprocess.Popen(
+        run_as_postgres([PGBOUNCER, str(workdir / "pgbouncer.ini")]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(listen)
+    return proc, listen
+
+
+def start_sidecar(
+    workdir: Path, upstream_dsn: str, bundle_data: dict
+) -> tuple[subprocess.Popen[bytes], int]:
+    (workdir / "bundle.json").write_text(json.dumps(bundle_data))
+    ready = workdir / "ready.json"
+    config = {
+        "upstream_dsn": upstream_dsn,
+        "bundle_file": str(workdir / "bundle.json"),
+        "state_dir": str(workdir / "state"),
+        "listen_port": 0,
+        "ready_file": str(ready),
+        "sidecar_id": "bench",
+        # No control plane here, so nothing drains the spool: give it room for
+        # every event of the run (they are deleted with the temporary directory).
+        "spool_max_bytes": 16 * 1024**3,
+        "log_level": "WARNING",
+    }
+    (workdir / "sidecar.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.runner", "--config", str(workdir / "sidecar.json")],
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("sidecar did not start")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())["port"]
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def pgbench(
+    port: int,
+    user: str,
+    database: str,
+    clients: int,
+    duration: int,
+    options: list[str],
+    password: str = "",
+) -> tuple[float, float]:
+    cmd = [
+        "pgbench",
+        "-n",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-T",
+        str(duration),
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        *options,
+    ]
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    out = subprocess.run(
+        [*cmd, database],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=duration + 60,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed on port {port}: {out.stderr}")
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    lat = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))  # type: ignore[union-attr]
+    return tps, lat
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def idle_memory(port: int, database: str, pid: int, count: int) -> float:
+    dsn = (
+        f"host=127.0.0.1 port={port} user=bench password={TOKEN} dbname={database} sslmode=disable"
+    )
+    warm = psycopg.connect(dsn)  # lazy imports and the first decision happen here
+    warm.execute("SELECT 1")
+    warm.close()
+    time.sleep(0.5)
+    before = rss_kb(pid)
+    conns = [psycopg.connect(dsn) for _ in range(count)]
+    time.sleep(1.0)
+    after = rss_kb(pid)
+    for c in conns:
+        c.close()
+    return (after - before) / count
+
+
+def verdict(name: str, value: float, unit: str, target: float, higher_is_better: bool) -> str:
+    ok = value >= target if higher_is_better else value < target
+    return f"{name}={value:.3f} {unit} target={target} {'met' if ok else 'missed'}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    parser.add_argument("--scale", type=int, default=8)
+    parser.add_argument("--idle", type=int, default=60, help="idle connections for memory")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per cell (median kept)")
+    args = parser.parse_args()
+
+    database = "warden_proxy_bench_" + secrets.token_hex(3)
+    admin = server_url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    upstream = server_url(database)
+    parts = urlsplit(upstream)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="warden-bench-"))
+    tmp.chmod(0o711)  # pgbouncer runs as the postgres user when we are root
+    try:
+        subprocess.run(
+            ["pgbench", "-i", "-q", "-s", str(args.scale), upstream],
+            check=True,
+            capture_output=True,
+        )
+        (tmp / "bouncer").mkdir()
+        bouncer, bouncer_port = start_pgbouncer(tmp / "bouncer", host, port, database)
+        procs.append(bouncer)
+        sidecar, sidecar_port = start_sidecar(tmp, upstream, bundle(database))
+        procs.append(sidecar)
+        # Measured first, on a fresh process, so memory freed by earlier sessions
+        # cannot hide what new ones cost.
+        per_conn = idle_memory(sidecar_port, database, sidecar.pid, args.idle)
+        targets = {
+            "direct": (port, "postgres", ""),
+            "pgbouncer": (bouncer_port, "postgres", ""),
+            "sidecar": (sidecar_port, "bench", TOKEN),
+        }
+        results: dict[tuple[str, int, str], tuple[float, float]] = {}
+        print(
+            f"pgbench scale {args.scale}, {args.duration}s per run, {args.repeat} round(s), "
+            "targets interleaved"
+        )
+        print(
+            f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
+            f"{'vs direct':>11}{'vs bouncer':>12}"
+        )
+        # "select-prepared" (-M prepared) is informational: statements are decided
+        # once, at Parse, so it shows the protocol layer's cost without the engine's.
+        workloads = (
+            ("select-only", ["-S"]),
+            ("select-prepared", ["-S", "-M", "prepared"]),
+            ("tpcb-like", []),
+        )
+        for workload, options in workloads:
+            for clients in (1, 8):
+                runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+                for _ in range(args.repeat):  # interleaved rounds; the median is kept
+                    for target, (tport, user, pw) in targets.items():
+                        runs[target].append(
+                            pgbench(tport, user, database, clients, args.duration, options, pw)
+                        )
+                for target, measured in runs.items():
+                    measured.sort()
+                    results[(workload, clients, target)] = measured[len(measured) // 2]
+                for target in targets:
+                    tps, lat = results[(workload, clients, target)]
+                    direct = results[(workload, clients, "direct")][0]
+                    bouncer_tps = results[(workload, clients, "pgbouncer")][0]
+                    print(
+                        f"{workload:<16}{clients:>8}  {target:<10}{tps:>12.0f}{lat:>10.3f}"
+                        f"{tps / direct:>11.3f}{tps / bouncer_tps:>12.3f}"
+                    )
+        print(f"sidecar memory per idle connection: {per_conn:.1f} KB ({args.idle} connections)")
+        print()
+        lines = []
+        for workload in ("select-only", "tpcb-like"):
+            d1 = results[(workload, 1, "direct")][0]
+            s1 = results[(workload, 1, "sidecar")][0]
+            s8 = results[(workload, 8, "sidecar")][0]
+            b8 = results[(workload, 8, "pgbouncer")][0]
+            tag = workload.replace("-", "_")
+            lines.append(
+                verdict(f"sidecar_vs_direct_tps_1client_{tag}", s1 / d1, "ratio", 0.85, True)
+            )
+            lines.append(
+                verdict(f"sidecar_vs_pgbouncer_tps_8clients_{tag}", s8 / b8, "ratio", 1.0, True)
+            )
+        lines.append(verdict("sidecar_memory_per_idle_connection", per_conn, "KB", 100, False))
+        print("\n".join(lines))
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Sidecar configuration: a TOML or JSON file, overridden by environment variables.
+
+Every key can be set as ``WARDEN_SIDECAR_<KEY>`` (upper case), and secrets also
+from ``WARDEN_SIDECAR_<KEY>_FILE``. A missing or malformed value raises
+``ConfigError`` naming the key at start-up, not later. The upstream password
+may live in the DSN or, better, in ``upstream_password`` (file or env).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    upstream_dsn: str
+    bundle_file: str
+    state_dir: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    database: str = ""  # the name clients connect to; default: the upstream's
+    upstream_password: str | None = None
+    sidecar_id: str = "sidecar"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    cleartext_over_tls: bool = False
+    metrics_listen: str | None = None  # "host:port"; port 0 picks a free one
+    ready_file: str | None = None  # written with the bound ports once serving
+    max_message_bytes: int = 256 * 1024 * 1024
+    spool_max_bytes: int = 512 * 1024 * 1024
+    spool_full_policy: str = "refuse"
+    audit_url: str | None = None  # POST target for audit batches (control plane)
+    audit_token: str | None = None
+    log_level: str = "INFO"
+
+
+_SECRETS = {"upstream_password", "audit_token", "upstream_dsn"}
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        value = str(raw).strip().lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    return None if raw is None else str(raw)
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> SidecarConfig:
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+        try:
+            data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {p} is malformed: {exc}") from exc
+    known = {f.name: f for f in fields(SidecarConfig)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    for name in known:
+        env_name = f"WARDEN_SIDECAR_{name.upper()}"
+        if name in _SECRETS and env.get(f"{env_name}_FILE"):
+            try:
+                data[name] = Path(env[f"{env_name}_FILE"]).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{env_name}_FILE: cannot read: {exc}") from exc
+        elif env_name in env:
+            data[name] = env[env_name]
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        if name in data:
+            values[name] = _coerce(name, data[name], None if f.default is MISSING else f.default)
+        elif f.default is MISSING:
+            raise ConfigError(f"missing required config key {name}")
+    config = SidecarConfig(**values)
+    if config.spool_full_policy not in ("refuse", "drop"):
+        raise ConfigError("spool_full_policy must be 'refuse' or 'drop'")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    return config

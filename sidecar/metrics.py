@@ -1,0 +1,120 @@
+"""Prometheus metrics for the sidecar, in the text exposition format.
+
+Hand-written rather than ``prometheus_client``: the sidecar needs a handful of
+counters, gauges and one histogram, and updating them sits on the per-statement
+path, where a plain attribute increment is the cheapest thing available. The
+endpoint is a tiny asyncio HTTP server that answers ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable
+
+# Decision latency buckets in seconds: the engine's cached path is tens of
+# microseconds, a cold parse of a large statement is milliseconds.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections_active = 0
+        self.statements: dict[str, int] = {"allow": 0, "review": 0, "block": 0}
+        self._bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._latency_count = 0
+        self.spool_depth: Callable[[], int] = lambda: 0
+        self.spool_dropped: Callable[[], int] = lambda: 0
+        self.bundle_revision = ""
+        self.bundle_loaded_at: float | None = None
+        self.bundle_issued_at: float | None = None
+
+    def connection_opened(self) -> None:
+        self.connections_total += 1
+        self.connections_active += 1
+
+    def connection_closed(self) -> None:
+        self.connections_active -= 1
+
+    def observe_decision(self, seconds: float, action: str) -> None:
+        self.statements[action] = self.statements.get(action, 0) + 1
+        self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
+        self._latency_count += 1
+
+    def bundle_loaded(self, revision: str, issued_at: float | None) -> None:
+        self.bundle_revision = revision
+        self.bundle_loaded_at = time.time()
+        self.bundle_issued_at = issued_at
+
+    def render(self) -> str:
+        lines = [
+            "# HELP warden_sidecar_connections_total Client sessions opened.",
+            "# TYPE warden_sidecar_connections_total counter",
+            f"warden_sidecar_connections_total {self.connections_total}",
+            "# HELP warden_sidecar_connections_active Client sessions open now.",
+            "# TYPE warden_sidecar_connections_active gauge",
+            f"warden_sidecar_connections_active {self.connections_active}",
+            "# HELP warden_sidecar_statements_total Statements decided, by action.",
+            "# TYPE warden_sidecar_statements_total counter",
+        ]
+        lines += [
+            f'warden_sidecar_statements_total{{action="{a}"}} {n}'
+            for a, n in sorted(self.statements.items())
+        ]
+        lines += [
+            "# HELP warden_sidecar_decision_seconds Time to decide on one statement.",
+            "# TYPE warden_sidecar_decision_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip(LATENCY_BUCKETS, self._bucket_counts, strict=False):
+            cumulative += count
+            lines.append(f'warden_sidecar_decision_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f'warden_sidecar_decision_seconds_bucket{{le="+Inf"}} {self._latency_count}')
+        lines.append(f"warden_sidecar_decision_seconds_sum {self._latency_sum:.9f}")
+        lines.append(f"warden_sidecar_decision_seconds_count {self._latency_count}")
+        lines += [
+            "# HELP warden_sidecar_audit_spool_depth Audit events not yet acknowledged upstream.",
+            "# TYPE warden_sidecar_audit_spool_depth gauge",
+            f"warden_sidecar_audit_spool_depth {self.spool_depth()}",
+            "# HELP warden_sidecar_audit_dropped_total Audit events dropped (spool full).",
+            "# TYPE warden_sidecar_audit_dropped_total counter",
+            f"warden_sidecar_audit_dropped_total {self.spool_dropped()}",
+            "# HELP warden_sidecar_bundle_info The bundle revision being enforced.",
+            "# TYPE warden_sidecar_bundle_info gauge",
+            f'warden_sidecar_bundle_info{{revision="{self.bundle_revision}"}} 1',
+        ]
+        if self.bundle_loaded_at is not None:
+            age = time.time() - (self.bundle_issued_at or self.bundle_loaded_at)
+            lines += [
+                "# HELP warden_sidecar_bundle_age_seconds Seconds since the bundle was issued.",
+                "# TYPE warden_sidecar_bundle_age_seconds gauge",
+                f"warden_sidecar_bundle_age_seconds {age:.3f}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.AbstractServer:
+    """Serve ``GET /metrics``; anything else is a 404."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            writer.close()
+            return
+        path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+        if path.split(b"?")[0] == b"/metrics":
+            body = metrics.render().encode()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+        else:
+            body = b"not found\n"
+            head = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, host, port)

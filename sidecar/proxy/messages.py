@@ -1,0 +1,154 @@
+"""PostgreSQL protocol 3.0 message framing: builders and small parsers.
+
+Everything here is a pure function over bytes, so the session code can stay a
+state machine and these pieces can be checked on their own. Only the fields the
+sidecar needs are parsed; everything else is forwarded as the bytes it arrived as.
+"""
+
+from __future__ import annotations
+
+import struct
+
+PROTOCOL_3_0 = 196608
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+# Sanity limits, as PostgreSQL applies them (pqcomm.c): control messages are small;
+# anything larger is refused and that connection closed, so one bad client cannot
+# make the sidecar buffer gigabytes.
+MAX_STARTUP_LENGTH = 10_000
+SMALL_MESSAGE_LIMIT = 10_000
+SMALL_TYPES = frozenset(b"CDEHSXcfp")
+
+_I32 = struct.Struct("!i")
+_HDR = struct.Struct("!ci")
+_I16 = struct.Struct("!h")
+
+
+class ProtocolViolation(Exception):
+    """The peer sent something that is not valid protocol; its connection is closed."""
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + _I32.pack(len(payload) + 4) + payload
+
+
+def cstr(value: str) -> bytes:
+    return value.encode() + b"\x00"
+
+
+def error_response(
+    *,
+    sqlstate: str,
+    message: str,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate)]
+    fields.append(b"M" + cstr(message))
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return frame(b"E", b"".join(fields) + b"\x00")
+
+
+def error_fields(payload: bytes) -> dict[str, str]:
+    """Fields of an ErrorResponse/NoticeResponse payload, keyed by their one-letter code."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(payload) and payload[pos] != 0:
+        code = chr(payload[pos])
+        end = payload.index(0, pos + 1)
+        out[code] = payload[pos + 1 : end].decode("utf-8", "replace")
+        pos = end + 1
+    return out
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return frame(b"Z", status)
+
+
+def auth_request(code: int, data: bytes = b"") -> bytes:
+    return frame(b"R", _I32.pack(code) + data)
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return frame(b"S", cstr(name) + cstr(value))
+
+
+def backend_key_data(pid: int, secret: int) -> bytes:
+    return frame(b"K", struct.pack("!ii", pid, secret))
+
+
+def negotiate_protocol_version(minor: int, unrecognised: list[str]) -> bytes:
+    body = struct.pack("!ii", minor, len(unrecognised)) + b"".join(cstr(o) for o in unrecognised)
+    return frame(b"v", body)
+
+
+def query(sql: bytes) -> bytes:
+    return frame(b"Q", sql + b"\x00")
+
+
+def parse_startup(payload: bytes) -> dict[str, str]:
+    """Key/value pairs of a StartupMessage body (after the protocol version)."""
+    params: dict[str, str] = {}
+    parts = payload.split(b"\x00")
+    # The list ends with an empty name (the terminating NUL) and the split remainder.
+    if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"":
+        raise ProtocolViolation("startup packet is not NUL-terminated")
+    items = parts[:-2]
+    if len(items) % 2:
+        raise ProtocolViolation("startup packet has a name without a value")
+    for i in range(0, len(items), 2):
+        try:
+            params[items[i].decode()] = items[i + 1].decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolViolation("startup packet is not valid UTF-8") from exc
+    return params
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    body = _I32.pack(PROTOCOL_3_0) + b"".join(cstr(k) + cstr(v) for k, v in params.items())
+    body += b"\x00"
+    return _I32.pack(len(body) + 4) + body
+
+
+def parse_parse(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a Parse payload into (statement name, query text, parameter-type tail)."""
+    name_end = payload.index(0)
+    sql_end = payload.index(0, name_end + 1)
+    return payload[:name_end], payload[name_end + 1 : sql_end], payload[sql_end + 1 :]
+
+
+def build_parse(name: bytes, sql: bytes, tail: bytes) -> bytes:
+    return frame(b"P", name + b"\x00" + sql + b"\x00" + tail)
+
+
+def parse_bind_names(payload: bytes) -> tuple[bytes, bytes]:
+    """(portal, statement) of a Bind payload; the rest is forwarded untouched."""
+    portal_end = payload.index(0)
+    stmt_end = payload.index(0, portal_end + 1)
+    return payload[:portal_end], payload[portal_end + 1 : stmt_end]
+
+
+def command_rows(tag: bytes) -> int | None:
+    """Rows affected or returned, from a CommandComplete tag such as ``SELECT 3``."""
+    head, _, last = tag.rstrip(b"\x00").rpartition(b" ")
+    if head and last.isdigit():
+        return int(last)
+    return None
+
+
+def unpack_i32(data: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    return int(_I32.unpack_from(data, pos)[0])
+
+
+def unpack_i16(data: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    return int(_I16.unpack_from(data, pos)[0])
+
+
+def pack_i32(value: int) -> bytes:
+    return _I32.pack(value)

@@ -1,0 +1,122 @@
+"""The seam between the wire protocol and the policy: one call per statement.
+
+The proxy knows nothing about rules. It asks a ``Policy`` for a ``Verdict`` on
+each statement text and for the ``Identity`` a client names at login; the
+runner adapts the engine to this interface. Identities are read from the inner
+bundle's documented ``identities`` list, so authentication does not depend on
+the engine's internal types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sidecar.proxy.scram import ScramError, Verifier
+
+ALLOW = "allow"
+REVIEW = "review"
+BLOCK = "block"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the proxy needs from a decision.
+
+    ``audit`` holds the statement facts for the trail (kind, redacted text,
+    fingerprint, tables, classifications, masked columns), computed once per
+    decision so the per-statement event only adds timing and outcome.
+    """
+
+    action: str
+    message: str
+    upstream_sql: str
+    audit: Mapping[str, Any] = field(default_factory=dict)
+    _audit_json: str | None = field(default=None, repr=False, compare=False)
+
+    def audit_json(self) -> str:
+        """The audit facts as the members of a JSON object (no braces), encoded once."""
+        if self._audit_json is None:
+            encoded = json.dumps(dict(self.audit), separators=(",", ":"), default=str)
+            self._audit_json = encoded[1:-1]
+        return self._audit_json
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    id: str
+    verifier: Verifier
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    kind: str
+    teams: tuple[str, ...]
+    owner: str | None
+    expires_at: datetime | None
+    credentials: tuple[Credential, ...]
+
+    def usable_credentials(self, now: datetime) -> list[Credential]:
+        if self.expires_at is not None and self.expires_at <= now:
+            return []
+        return [c for c in self.credentials if c.expires_at is None or c.expires_at > now]
+
+
+class Policy(Protocol):
+    """What the proxy calls. Implementations must not raise for a bad statement:
+    they return a ``block`` verdict. Anything they do raise is treated as block."""
+
+    def decide(
+        self,
+        *,
+        identity: str,
+        sql: str,
+        standard_conforming_strings: bool,
+        in_transaction: bool,
+        protocol: str,
+    ) -> Verdict: ...
+
+    def identity(self, name: str) -> Identity | None: ...
+
+
+def _parse_time(value: object) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO time, got {value!r}")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def identities_from_bundle(inner: Mapping[str, Any]) -> dict[str, Identity]:
+    """Index the bundle's identities by name. A credential whose verifier does not
+    parse is skipped (it can never authenticate), which fails closed."""
+    out: dict[str, Identity] = {}
+    for raw in inner.get("identities") or []:
+        creds: list[Credential] = []
+        for c in raw.get("credentials") or []:
+            try:
+                verifier = Verifier.parse(str(c.get("scram_sha_256", "")))
+            except ScramError:
+                continue
+            creds.append(
+                Credential(
+                    id=str(c.get("id", "")),
+                    verifier=verifier,
+                    expires_at=_parse_time(c.get("expires_at")),
+                )
+            )
+        out[str(raw["name"])] = Identity(
+            name=str(raw["name"]),
+            kind=str(raw.get("kind", "")),
+            teams=tuple(raw.get("teams") or ()),
+            owner=raw.get("owner"),
+            expires_at=_parse_time(raw.get("expires_at")),
+            credentials=tuple(creds),
+        )
+    return out

@@ -1,0 +1,345 @@
+"""The listening side: startup packets, TLS, client authentication, cancel requests.
+
+Each accepted connection runs one coroutine through the startup phase (SSL and
+GSSENC negotiation, a sanitised StartupMessage, SCRAM-SHA-256 against the
+bundle's verifiers, the upstream login) and then hands both transports to a
+``Session``, whose callbacks carry the rest of the connection. The sidecar
+issues its own BackendKeyData per client and maps it to the upstream backend,
+so a CancelRequest reaches the right query and nobody can cancel by guessing
+upstream pids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sidecar.proxy import messages as m
+from sidecar.proxy.policy import Identity, Policy
+from sidecar.proxy.scram import ScramError, ScramServer
+from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
+from sidecar.proxy.upstream import UpstreamError, UpstreamTarget, connect, send_cancel
+
+if TYPE_CHECKING:
+    from sidecar.metrics import Metrics
+
+log = logging.getLogger("warden.sidecar.proxy")
+
+# Startup parameters forwarded to the upstream. Anything else a client sends is
+# dropped: a startup GUC (search_path, role, session_replication_role...) could
+# change what a statement the engine approved actually does.
+FORWARDED_PARAMS = {
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "extra_float_digits",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+}
+_FALSY = {"", "0", "false", "off", "no"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    database: str
+    datasource: str
+    sidecar_id: str
+    upstream: UpstreamTarget
+    tls: ssl.SSLContext | None = None
+    cleartext_over_tls: bool = False
+    max_message: int = 256 * 1024 * 1024
+    auth_timeout: float = 30.0
+
+
+class _Refused(Exception):
+    """Fail the startup with a FATAL ErrorResponse carrying this SQLSTATE."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ProxyServer:
+    def __init__(
+        self, *, settings: ProxySettings, policy: Policy, audit: AuditSink, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.audit = audit
+        self.metrics = metrics
+        self.sessions: set[Session] = set()
+        self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
+        self._fake_salt_key = secrets.token_bytes(32)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, limit=2**16)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.close()
+
+    def revalidate(self) -> None:
+        """After a bundle change: end sessions whose identity is gone or expired."""
+        now = datetime.now(UTC)
+        for session in list(self.sessions):
+            current = self.policy.identity(session.identity.name)
+            if current is None or not current.usable_credentials(now):
+                log.info("ending session of %s: identity revoked", session.identity.name)
+                session.terminate(
+                    "28000", f'Warden: identity "{session.identity.name}" is no longer allowed'
+                )
+
+    # ---- startup ------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client_addr = peer[0] if isinstance(peer, tuple) else "local"
+        try:
+            await asyncio.wait_for(
+                self._startup(reader, writer, client_addr), self.settings.auth_timeout
+            )
+        except _Refused as exc:
+            self._fatal(writer, exc.sqlstate, str(exc))
+        except m.ProtocolViolation as exc:
+            log.warning("startup protocol violation from %s: %s", client_addr, exc)
+            self._fatal(writer, "08P01", f"protocol: {exc}")
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
+            writer.close()
+        except Exception:
+            log.exception("unexpected error during startup from %s", client_addr)
+            self._fatal(writer, "XX000", "Warden: internal error during login")
+
+    def _fatal(self, writer: asyncio.StreamWriter, sqlstate: str, message: str) -> None:
+        if not writer.is_closing():
+            writer.write(m.error_response(severity="FATAL", sqlstate=sqlstate, message=message))
+            writer.close()
+
+    async def _read_startup(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        header = await reader.readexactly(8)
+        length, code = struct.unpack("!ii", header)
+        if length < 8 or length > m.MAX_STARTUP_LENGTH:
+            raise m.ProtocolViolation(f"invalid startup packet length {length}")
+        return code, await reader.readexactly(length - 8)
+
+    async def _startup(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_addr: str
+    ) -> None:
+        tls = False
+        while True:
+            code, body = await self._read_startup(reader)
+            if code == m.SSL_REQUEST and not tls:
+                if self.settings.tls is None:
+                    writer.write(b"N")
+                    continue
+                writer.write(b"S")
+                await writer.drain()
+                if reader._buffer:  # type: ignore[attr-defined]
+                    # Bytes sent in the clear after SSLRequest would be
+                    # injected into the TLS session (CVE-2021-23222).
+                    raise m.ProtocolViolation("data received before the TLS handshake")
+                await writer.start_tls(self.settings.tls)
+                tls = True
+                continue
+            if code == m.GSSENC_REQUEST:
+                writer.write(b"N")
+                continue
+            if code == m.CANCEL_REQUEST:
+                await self._cancel(body)
+                writer.close()
+                return
+            break
+        major, minor = code >> 16, code & 0xFFFF
+        if major != 3:
+            raise _Refused("0A000", f"unsupported frontend protocol {major}.{minor}")
+        params = m.parse_startup(body)
+        if minor != 0 or any(k.startswith("_pq_.") for k in params):
+            unknown = [k for k in params if k.startswith("_pq_.")]
+            writer.write(m.negotiate_protocol_version(0, unknown))
+        identity_name = params.get("user", "")
+        if not identity_name:
+            raise _Refused("28000", "no user name given: connect as your Warden identity")
+        if params.get("options", "").strip():
+            raise _Refused("42501", "Warden: the startup 'options' parameter is not allowed")
+        if params.get("replication", "false").lower() not in _FALSY:
+            raise _Refused("42501", "Warden: replication connections are not allowed")
+        database = params.get("database") or identity_name
+        if database != self.settings.database:
+            raise _Refused(
+                "3D000", f'database "{database}" is not served here; use "{self.settings.database}"'
+            )
+        identity = await self._authenticate(reader, writer, identity_name, tls)
+        forwarded = {k: v for k, v in params.items() if k.lower() in FORWARDED_PARAMS}
+        try:
+            up = await connect(self.settings.upstream, forwarded)
+        except UpstreamError as exc:
+            log.warning("upstream login failed for %s: %s", identity.name, exc)
+            raise _Refused(
+                exc.fields.get("C", "08006"), f"Warden: the upstream database refused: {exc}"
+            ) from exc
+        # The bundle may have changed while the upstream login was in flight; a
+        # revocation in that window must not let the session through.
+        current = self.policy.identity(identity.name)
+        if current is None or not current.usable_credentials(datetime.now(UTC)):
+            up.writer.close()
+            raise _Refused("28000", f'Warden: identity "{identity.name}" is no longer allowed')
+        self._begin_session(reader, writer, up, current, params, client_addr)
+
+    async def _authenticate(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        name: str,
+        tls: bool,
+    ) -> Identity:
+        identity = self.policy.identity(name)
+        now = datetime.now(UTC)
+        creds = identity.usable_credentials(now) if identity else []
+        failed = _Refused("28P01", f'password authentication failed for user "{name}"')
+        if tls and self.settings.cleartext_over_tls:
+            writer.write(m.auth_request(3))
+            password = await self._read_password(reader)
+            text = password.rstrip(b"\x00").decode("utf-8", "replace")
+            if not any(c.verifier.matches_password(text) for c in creds):
+                raise failed
+            assert identity is not None
+            writer.write(m.auth_request(0))
+            return identity
+        # One salt per exchange: verify against the credentials sharing the first
+        # usable one's salt and iterations. Unknown users get a stable fake salt so
+        # the exchange does not reveal which identities exist.
+        if creds:
+            first = creds[0].verifier
+            group = [
+                c.verifier
+                for c in creds
+                if c.verifier.salt == first.salt and c.verifier.iterations == first.iterations
+            ]
+            salt, iterations = first.salt, first.iterations
+        else:
+            group = []
+            salt = hmac.new(self._fake_salt_key, name.encode(), hashlib.sha256).digest()[:16]
+            iterations = 4096
+        scram = ScramServer(group, salt=salt, iterations=iterations)
+        writer.write(m.auth_request(10, b"SCRAM-SHA-256\x00\x00"))
+        initial = await self._read_password(reader)
+        try:
+            mech_end = initial.index(0)
+            if initial[:mech_end] != b"SCRAM-SHA-256":
+                raise _Refused("28000", "Warden accepts only the SCRAM-SHA-256 mechanism")
+            size = m.unpack_i32(initial, mech_end + 1)
+            first_msg = initial[mech_end + 5 : mech_end + 5 + size]
+            writer.write(m.auth_request(11, scram.first(first_msg)))
+            final = await self._read_password(reader)
+            server_final = scram.final(final)
+        except (ScramError, ValueError, struct.error) as exc:
+            log.info("authentication failed for %r: %s", name, exc)
+            raise failed from exc
+        assert identity is not None
+        writer.write(m.auth_request(12, server_final))
+        writer.write(m.auth_request(0))
+        return identity
+
+    async def _read_password(self, reader: asyncio.StreamReader) -> bytes:
+        header = await reader.readexactly(5)
+        length = m.unpack_i32(header, 1)
+        if header[:1] != b"p" or length < 4 or length > m.SMALL_MESSAGE_LIMIT:
+            raise m.ProtocolViolation("expected a password message")
+        return await reader.readexactly(length - 4)
+
+    def _begin_session(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up: Any,
+        identity: Identity,
+        params: dict[str, str],
+        client_addr: str,
+    ) -> None:
+        pid, secret = self._new_cancel_key()
+        self._cancel_keys[(pid, secret)] = (up.backend_pid, up.backend_secret)
+        base_event: dict[str, Any] = {
+            "identity": identity.name,
+            "identity_kind": identity.kind,
+            "owner": identity.owner,
+            "datasource": self.settings.datasource,
+            "sidecar": self.settings.sidecar_id,
+            "client_addr": client_addr,
+            "application_name": params.get("application_name", ""),
+        }
+        greeting = b"".join(m.parameter_status(k, v) for k, v in up.parameters.items())
+        greeting += m.backend_key_data(pid, secret) + m.ready_for_query(up.status)
+
+        def on_close(session: Session) -> None:
+            self.sessions.discard(session)
+            self._cancel_keys.pop((pid, secret), None)
+            self.metrics.connection_closed()
+            end = dict(base_event)
+            end.update(
+                id=str(uuid.uuid4()),
+                type="session_end",
+                ts=round(time.time(), 6),
+                duration_ms=round((time.time() - session.started) * 1000, 3),
+            )
+            self.audit.append(end)
+
+        session = Session(
+            client=writer.transport,  # type: ignore[arg-type]
+            upstream=up.writer.transport,
+            identity=identity,
+            policy=self.policy,
+            audit=self.audit,
+            metrics=self.metrics,
+            parameters=up.parameters,
+            status=up.status,
+            base_event=dict(base_event),
+            max_message=self.settings.max_message,
+            on_close=on_close,
+        )
+        # StreamWriter.__del__ closes its transport, so the stream objects used for
+        # the startup phase must live as long as the session.
+        session.keepalive = (reader, writer, up.reader, up.writer)
+        self.sessions.add(session)
+        self.metrics.connection_opened()
+        start = dict(base_event)
+        start.update(id=str(uuid.uuid4()), type="session_start", ts=round(time.time(), 6))
+        self.audit.append(start)
+        leftover_client = bytes(reader._buffer)  # type: ignore[attr-defined]
+        leftover_upstream = bytes(up.reader._buffer)
+        writer.transport.set_protocol(ClientProtocol(session))
+        up.writer.transport.set_protocol(UpstreamProtocol(session))
+        writer.write(greeting)
+        if leftover_upstream:
+            session.upstream_data(leftover_upstream)
+        if leftover_client:
+            session.client_data(leftover_client)
+
+    def _new_cancel_key(self) -> tuple[int, int]:
+        while True:
+            key = (secrets.randbits(31), secrets.randbits(31))
+            if key not in self._cancel_keys:
+                return key
+
+    async def _cancel(self, body: bytes) -> None:
+        if len(body) != 8:
+            return
+        pid, secret = struct.unpack("!ii", body)
+        target = self._cancel_keys.get((pid, secret))
+        if target is not None:
+            await send_cancel(self.settings.upstream, *target)

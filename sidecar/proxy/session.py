@@ -1,0 +1,530 @@
+"""One client session after login: every statement is decided before upstream sees it.
+
+The two directions are plain ``asyncio.Protocol`` callbacks with no per-message
+coroutine, because the sidecar sits on the latency path of every query. Client
+messages are split and the statement-bearing ones (Query, Parse, FunctionCall)
+go through the policy; everything else is forwarded as the bytes it arrived
+as. Upstream messages are forwarded in byte ranges; only the few that carry
+state (ReadyForQuery, ParameterStatus, CommandComplete, ErrorResponse) are
+looked at, and DataRows are never re-framed.
+
+Refusals. A refused statement is replaced upstream by a statement that fails
+at parse analysis (``SELECT "<marker>"``), and the upstream's error for it is
+swapped for the sidecar's own ErrorResponse on the way back. The database
+therefore does exactly what PostgreSQL does on an error: a transaction block
+becomes failed (``E``), an implicit extended-protocol transaction is rolled
+back, messages are discarded until Sync, and exactly one ReadyForQuery follows.
+Nothing of the refused text reaches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sidecar.proxy import messages as m
+from sidecar.proxy.policy import ALLOW, REVIEW, Identity, Policy, Verdict
+
+if TYPE_CHECKING:
+    from sidecar.metrics import Metrics
+
+log = logging.getLogger("warden.sidecar.proxy")
+
+# Documented Warden SQLSTATEs (docs in sidecar/proxy/__init__.py): 42501 for a
+# block, WR001 for a statement that needs approval.
+SQLSTATE_BLOCKED = "42501"
+SQLSTATE_HELD = "WR001"
+
+# Python codecs for the client encodings whose bytes can be judged as text. Other
+# encodings (SJIS, BIG5, GBK...) can hide a quote inside a multibyte character,
+# so statements in them are refused rather than guessed at.
+_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "ascii", "LATIN1": "latin-1", "WIN1252": "cp1252"}
+
+_Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
+_COPY = frozenset(b"dcf")
+_UP_ROWS = frozenset(b"Dd")
+_UP_STATEFUL = frozenset(b"ZSCEsI")
+
+
+class AuditSink(Protocol):
+    def append(self, event: dict[str, Any]) -> None: ...
+
+    def append_line(self, line: str, kind: object = None) -> None: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+
+_UNSEEN_PORTAL = Verdict(
+    action=ALLOW,
+    message="",
+    upstream_sql="",
+    # A portal the sidecar did not see prepared, e.g. a cursor opened by a
+    # DECLARE statement (which was itself decided when it ran).
+    audit={"kind": "execute_portal"},
+)
+
+
+class _Exec:
+    """An Execute (or simple Query) whose outcome the audit trail is waiting for."""
+
+    __slots__ = ("error", "is_query", "rows", "started", "verdict")
+
+    def __init__(self, verdict: Verdict | None, is_query: bool) -> None:
+        self.verdict = verdict
+        self.is_query = is_query
+        self.rows: int | None = None
+        self.error: str | None = None
+        self.started = time.perf_counter()
+
+
+def _event_id() -> str:
+    # A random (version 4) UUID, formatted without uuid.UUID's Python-level cost.
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+_SYNC = object()
+
+
+class Session:
+    """Both directions of one proxied connection."""
+
+    def __init__(
+        self,
+        *,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        identity: Identity,
+        policy: Policy,
+        audit: AuditSink,
+        metrics: Metrics,
+        parameters: dict[str, str],
+        status: bytes,
+        base_event: dict[str, Any],
+        max_message: int,
+        on_close: Callable[[Session], None],
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.identity = identity
+        self.policy = policy
+        self.audit = audit
+        self.metrics = metrics
+        self.base_event = base_event
+        self.max_message = max_message
+        self.on_close = on_close
+        self.status = status
+        self.scs = parameters.get("standard_conforming_strings", "on") == "on"
+        self.codec: str | None = _CODECS.get(parameters.get("client_encoding", "UTF8"))
+        self.statements: dict[bytes, Verdict | None] = {}
+        self.portals: dict[bytes, Verdict | None] = {}
+        self.pending: deque[Any] = deque()
+        self.cbuf = b""
+        self.ubuf = b""
+        self.uskip = 0
+        self.closed = False
+        nonce = secrets.token_hex(6)
+        self._marker = f"warden refused {nonce} ".encode()
+        self._refusals: dict[int, bytes] = {}
+        self._refusal_seq = 0
+        self.started = time.time()
+        self._base_json = self._encode_base()
+        self.keepalive: tuple[object, ...] = ()
+
+    # ---- client -> upstream -------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        if self.cbuf:
+            data = self.cbuf + data
+            self.cbuf = b""
+        out: list[bytes] = []
+        pos = 0
+        n = len(data)
+        try:
+            while n - pos >= 5:
+                kind = data[pos]
+                length = m.unpack_i32(data, pos + 1)
+                if (
+                    length < 4
+                    or length > self.max_message
+                    or (kind in m.SMALL_TYPES and length > m.SMALL_MESSAGE_LIMIT)
+                ):
+                    raise m.ProtocolViolation(f"invalid message length {length}")
+                end = pos + 1 + length
+                if end > n:
+                    break
+                if kind in _COPY:
+                    out.append(data[pos:end])
+                elif kind == _Q:
+                    out.append(self._on_query(data[pos + 5 : end]) or data[pos:end])
+                elif kind == _P:
+                    out.append(self._on_parse(data[pos + 5 : end]) or data[pos:end])
+                elif kind == _B:
+                    portal, stmt = m.parse_bind_names(data[pos + 5 : end])
+                    self.portals[portal] = self.statements.get(stmt)
+                    out.append(data[pos:end])
+                elif kind == _E:
+                    portal = data[pos + 5 : data.index(0, pos + 5)]
+                    verdict = self.portals.get(portal, _UNSEEN_PORTAL)
+                    self.pending.append(_Exec(verdict or _UNSEEN_PORTAL, False))
+                    out.append(data[pos:end])
+                elif kind == _S:
+                    self.pending.append(_SYNC)
+                    out.append(data[pos:end])
+                elif kind in (_D, _H):
+                    out.append(data[pos:end])
+                elif kind == _C:
+                    what, name = data[pos + 5], data[pos + 6 : end - 1]
+                    (self.statements if what == _S else self.portals).pop(name, None)
+                    out.append(data[pos:end])
+                elif kind == _F:
+                    out.append(self._on_function_call())
+                elif kind == _X:
+                    self.upstream.write(b"".join(out) + data[pos:end])
+                    self.close()
+                    return
+                else:
+                    raise m.ProtocolViolation(f"unexpected message type {chr(kind)!r}")
+                pos = end
+        except (m.ProtocolViolation, ValueError, IndexError) as exc:
+            log.warning("closing %s: protocol violation (%s)", self._who(), exc)
+            if out:
+                self.upstream.write(b"".join(out))
+            self.client.write(
+                m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
+            )
+            self.close()
+            return
+        if pos < n:
+            self.cbuf = data[pos:]
+        if out:
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _decode(self, raw: bytes) -> str | None:
+        if self.codec is None:
+            return None
+        try:
+            return raw.decode(self.codec)
+        except UnicodeDecodeError:
+            return None
+
+    def _decide(self, text: str | None, protocol: str) -> Verdict:
+        if text is None:
+            return Verdict(
+                action="block",
+                message="Warden: statement text is not valid in the session's client_encoding "
+                "(UTF8, SQL_ASCII, LATIN1 and WIN1252 are supported)",
+                upstream_sql="",
+                audit={"kind": "undecodable"},
+            )
+        started = time.perf_counter()
+        try:
+            verdict = self.policy.decide(
+                identity=self.identity.name,
+                sql=text,
+                standard_conforming_strings=self.scs,
+                in_transaction=self.status != b"I",
+                protocol=protocol,
+            )
+        except Exception as exc:
+            # Only the exception's type: its message could quote the statement.
+            log.error("policy failed (%s); statement refused", type(exc).__name__)
+            verdict = Verdict(
+                action="block",
+                message="Warden: the policy engine could not decide on this statement",
+                upstream_sql="",
+                audit={"kind": "error"},
+            )
+        self.metrics.observe_decision(time.perf_counter() - started, verdict.action)
+        if verdict.action == ALLOW and not self.audit.accepting:
+            return Verdict(
+                action="block",
+                message="Warden: the audit spool is full; statements are refused until it drains",
+                upstream_sql="",
+                audit=verdict.audit,
+            )
+        return verdict
+
+    # _on_query and _on_parse return the message to send upstream, or None when
+    # the client's own bytes go through unchanged (the common, unmasked case).
+
+    def _on_query(self, payload: bytes) -> bytes | None:
+        if not payload or payload[-1] != 0:
+            raise m.ProtocolViolation("Query is not NUL-terminated")
+        text = self._decode(payload[:-1])
+        verdict = self._decide(text, "simple")
+        if verdict.action == ALLOW:
+            self.pending.append(_Exec(verdict, True))
+            if verdict.upstream_sql == text:
+                return None
+            return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
+        self.pending.append(_Exec(None, True))
+        return m.query(self._refuse(verdict))
+
+    def _on_parse(self, payload: bytes) -> bytes | None:
+        name, raw, tail = m.parse_parse(payload)
+        text = self._decode(raw)
+        verdict = self._decide(text, "extended")
+        if verdict.action == ALLOW:
+            self.statements[name] = verdict
+            if verdict.upstream_sql == text:
+                return None
+            sql = verdict.upstream_sql.encode(self.codec or "utf-8")
+            return m.build_parse(name, sql, tail)
+        self.statements.pop(name, None)
+        return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
+
+    def _on_function_call(self) -> bytes:
+        # FunctionCall names a function by OID with no SQL text for the engine to
+        # judge, so it is refused; the substitute Query yields the same E then Z.
+        verdict = Verdict(
+            action="block",
+            message="Warden: the FunctionCall protocol message is not allowed "
+            "(call the function from SQL so policy can judge it)",
+            upstream_sql="",
+            audit={"kind": "function_call"},
+        )
+        self.metrics.observe_decision(0.0, verdict.action)
+        self.pending.append(_Exec(None, True))
+        return m.query(self._refuse(verdict))
+
+    def _refuse(self, verdict: Verdict) -> bytes:
+        """Record the refusal and return the marker statement that stands in for it."""
+        held = verdict.action == REVIEW
+        if held:
+            message = (
+                f"{verdict.message} (this statement needs approval; "
+                "approvals through the sidecar are not enabled yet)"
+            )
+        else:
+            message = verdict.message
+        self._refusal_seq += 1
+        self._refusals[self._refusal_seq] = m.error_response(
+            sqlstate=SQLSTATE_HELD if held else SQLSTATE_BLOCKED,
+            message=message,
+            hint="Ask the data owner or your security team if you need this access.",
+        )
+        if len(self._refusals) > 10_000:  # a client that never reads its results
+            self._refusals.pop(next(iter(self._refusals)))
+        self._record(verdict, "held" if held else "blocked", None, 0.0, None)
+        return b'SELECT "' + self._marker + str(self._refusal_seq).encode() + b'"'
+
+    def _encode_base(self) -> str:
+        return json.dumps(self.base_event, separators=(",", ":"), default=str)[1:-1]
+
+    def _record(
+        self,
+        verdict: Verdict,
+        outcome: str,
+        rows: int | None,
+        duration_ms: float,
+        sqlstate: str | None,
+    ) -> None:
+        """Append one statement event; only the per-execution fields are encoded here."""
+        line = (
+            f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
+            f'"action":"{verdict.action}","outcome":"{outcome}",'
+            f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
+            f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
+            f"{self._base_json}"
+        )
+        extra = verdict.audit_json()
+        self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
+
+    # ---- upstream -> client -------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.ubuf:
+            data = self.ubuf + data
+            self.ubuf = b""
+        n = len(data)
+        pos = 0
+        if self.uskip:
+            if self.uskip >= n:
+                self.uskip -= n
+                self.client.write(data)
+                return
+            pos = self.uskip
+            self.uskip = 0
+        start = 0
+        parts: list[bytes] = []
+        while n - pos >= 5:
+            kind = data[pos]
+            end = pos + 1 + m.unpack_i32(data, pos + 1)
+            if kind in _UP_ROWS:
+                if end > n:  # stream a large row through instead of buffering it
+                    self.uskip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                break
+            if kind in _UP_STATEFUL:
+                replacement = self._on_upstream(kind, data, pos, end)
+                if replacement is not None:
+                    parts.append(data[start:pos])
+                    parts.append(replacement)
+                    start = end
+            pos = end
+        if pos < n:
+            self.ubuf = data[pos:]
+        if start == 0 and not parts:
+            if pos:
+                self.client.write(data[:pos] if pos < n else data)
+        else:
+            parts.append(data[start:pos])
+            self.client.write(b"".join(parts))
+
+    def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+        pending = self.pending
+        if kind == 0x43:  # C CommandComplete
+            if pending and pending[0] is not _SYNC:
+                head = pending[0]
+                rows = m.command_rows(data[pos + 5 : end])
+                if rows is not None:
+                    head.rows = (head.rows or 0) + rows
+                if not head.is_query:
+                    self._finish(pending.popleft(), "allowed")
+        elif kind == 0x5A:  # Z ReadyForQuery
+            self.status = data[pos + 5 : pos + 6]
+            while pending:
+                head = pending.popleft()
+                if head is _SYNC:
+                    break
+                self._finish(head, "error" if head.error or not head.is_query else "allowed")
+                if head.is_query:
+                    break
+            if not pending:
+                self._refusals.clear()
+        elif kind == 0x45:  # E ErrorResponse
+            replacement = None
+            at = data.find(self._marker, pos, end) if self._refusals else -1
+            if at >= 0:
+                digits = at + len(self._marker)
+                stop = digits
+                while stop < end and 0x30 <= data[stop] <= 0x39:
+                    stop += 1
+                if stop > digits:
+                    replacement = self._refusals.pop(int(data[digits:stop]), None)
+            sqlstate = m.error_fields(data[pos + 5 : end]).get("C", "")
+            if pending and pending[0] is not _SYNC:
+                head = pending[0]
+                head.error = sqlstate
+                if not head.is_query:
+                    # Extended protocol: the server now skips to Sync, so the
+                    # Executes queued behind this one will not run either.
+                    self._finish(pending.popleft(), "error")
+                    while pending and pending[0] is not _SYNC and not pending[0].is_query:
+                        skipped = pending.popleft()
+                        skipped.error = "skipped"
+                        self._finish(skipped, "error")
+            return replacement
+        elif kind == 0x53:  # S ParameterStatus
+            name, _, value = data[pos + 5 : end - 1].partition(b"\x00")
+            if name == b"standard_conforming_strings":
+                self.scs = value == b"on"
+            elif name == b"client_encoding":
+                self.codec = _CODECS.get(value.decode("ascii", "replace"))
+            elif name == b"application_name":
+                self.base_event["application_name"] = value.decode("utf-8", "replace")
+                self._base_json = self._encode_base()
+        elif (
+            kind in (0x73, 0x49)  # s PortalSuspended, I EmptyQueryResponse
+            and pending
+            and pending[0] is not _SYNC
+            and not pending[0].is_query
+        ):
+            self._finish(pending.popleft(), "allowed")
+        return None
+
+    def _finish(self, item: _Exec, outcome: str) -> None:
+        if item.verdict is None:  # a refusal, recorded when it was decided
+            return
+        duration = round((time.perf_counter() - item.started) * 1000, 3)
+        self._record(item.verdict, outcome, item.rows, duration, item.error)
+
+    # ---- lifetime -----------------------------------------------------------
+
+    def upstream_lost(self) -> None:
+        if self.closed:
+            return
+        log.warning("upstream connection lost for %s", self._who())
+        self.client.write(
+            m.error_response(
+                severity="FATAL",
+                sqlstate="08006",
+                message="Warden: the connection to the upstream database was lost",
+            )
+        )
+        self.close()
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the session from the sidecar's side, telling the client why."""
+        if not self.closed:
+            self.client.write(
+                m.error_response(severity="FATAL", sqlstate=sqlstate, message=message)
+            )
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for item in self.pending:
+            if item is not _SYNC:
+                item.error = item.error or "connection_closed"
+                self._finish(item, "error")
+        self.pending.clear()
+        self.client.close()
+        self.upstream.close()
+        self.on_close(self)
+
+    def _who(self) -> str:
+        return f"{self.identity.name}@{self.base_event.get('client_addr')}"
+
+
+class ClientProtocol(asyncio.Protocol):
+    """Transport callbacks for the client side; flow control pauses the upstream."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def data_received(self, data: bytes) -> None:
+        self.session.client_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.close()
+
+    def pause_writing(self) -> None:
+        self.session.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.upstream.resume_reading()
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Transport callbacks for the upstream side; flow control pauses the client."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.session.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.client.resume_reading()

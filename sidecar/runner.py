@@ -1,0 +1,352 @@
+"""Run the sidecar: configuration → bundle → engine → proxy, plus audit and metrics.
+
+``python -m sidecar.runner --config sidecar.toml`` (or ``python -m sidecar run``).
+The bundle comes from a ``BundleSource``; today that is a local JSON file
+watched for changes, and the signed REST client plugs in behind the same two
+methods (``current()`` and ``subscribe()``). A bundle that fails to load never
+replaces the one being enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sidecar.config import ConfigError, SidecarConfig, load_config
+from sidecar.metrics import Metrics, serve_metrics
+from sidecar.proxy.policy import Identity, Verdict, identities_from_bundle
+from sidecar.proxy.server import ProxyServer, ProxySettings
+from sidecar.proxy.upstream import UpstreamTarget
+from sidecar.shipper import AuditShipper, AuditSpool, Upload
+
+log = logging.getLogger("warden.sidecar")
+
+
+class BundleSource(Protocol):
+    """Where the enforced bundle comes from (local file now, signed REST later)."""
+
+    def current(self) -> dict[str, Any]: ...
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None: ...
+
+
+def inner_bundle(document: dict[str, Any]) -> dict[str, Any]:
+    """Accept either the inner bundle or an envelope ``{"bundle": {...}, ...}``."""
+    if "identities" not in document and isinstance(document.get("bundle"), dict):
+        return dict(document["bundle"])
+    return document
+
+
+class FileBundleSource:
+    """A bundle JSON file, re-read when its content changes.
+
+    Compared by content, not only modification time: a coarse mtime can hide a
+    second write, and a half-written file (write it to a temporary name and
+    rename it, ideally) is simply retried on the next tick.
+    """
+
+    def __init__(self, path: Path, *, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._seen = path.read_bytes()
+        self._current = inner_bundle(json.loads(self._seen))
+
+    def current(self) -> dict[str, Any]:
+        return self._current
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._callbacks.append(callback)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                raw = self.path.read_bytes()
+                if raw == self._seen:
+                    continue
+                self._seen = raw
+                candidate = inner_bundle(json.loads(raw))
+                for callback in self._callbacks:
+                    callback(candidate)  # the policy's raises if the bundle does not load
+                self._current = candidate
+                log.info("bundle reloaded from %s", self.path.name)
+            except Exception as exc:
+                log.error("bundle file rejected, keeping the current one: %s", exc)
+
+
+def audit_facts(decision: Any) -> dict[str, Any]:
+    """What the audit trail keeps of a decision: never the literals, never upstream_sql
+    (which can carry the masking key), only the engine's redacted text and facts."""
+    statements = [
+        {
+            "kind": st.kind,
+            "category": st.category,
+            "tables_read": list(st.tables_read),
+            "tables_written": list(st.tables_written),
+            "columns_read": list(st.columns_read),
+            "functions": list(st.functions),
+            "classifications": list(st.classifications),
+            "masked_columns": list(st.masked_columns),
+            "fingerprint": st.fingerprint,
+            "redacted_sql": st.redacted_sql,
+        }
+        for st in decision.statements
+    ]
+    return {
+        "kind": ",".join(s["kind"] for s in statements) or None,
+        "statement": "; ".join(s["redacted_sql"] for s in statements) or None,
+        "fingerprint": statements[0]["fingerprint"] if len(statements) == 1 else None,
+        "tables": sorted({t for s in statements for t in s["tables_read"] + s["tables_written"]}),
+        "classifications": sorted({c for s in statements for c in s["classifications"]}),
+        "masked_columns": sorted({c for s in statements for c in s["masked_columns"]}),
+        # Per-statement detail only when there is more than one; a single
+        # statement's facts are the top-level ones (keeps events small).
+        "statements": statements if len(statements) > 1 else None,
+        "tables_read": sorted({t for s in statements for t in s["tables_read"]}),
+        "tables_written": sorted({t for s in statements for t in s["tables_written"]}),
+        "columns_read": sorted({c for s in statements for c in s["columns_read"]}),
+        "functions": sorted({f for s in statements for f in s["functions"]}),
+        "reasons": [r.to_json() for r in decision.reasons],
+        "risk": decision.risk,
+        "revision": decision.revision,
+    }
+
+
+class EnginePolicy:
+    """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
+
+    CACHE_LIMIT = 50_000
+    CACHE_TEXT_LIMIT = 4096
+
+    def __init__(self, source: BundleSource, metrics: Metrics) -> None:
+        import importlib
+
+        # Imported here so the proxy layer and its tests stay engine-agnostic.
+        engine: Any = importlib.import_module("sidecar.engine")
+
+        self._engine_mod = engine
+        self.metrics = metrics
+        document = source.current()
+        self._engine = engine.Engine(engine.load_bundle(document))
+        self._identities = identities_from_bundle(document)
+        self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
+        self._audit_cache: dict[Any, str] = {}
+        self._note(document)
+        source.subscribe(self.replace)
+
+    def _note(self, document: dict[str, Any]) -> None:
+        issued = document.get("issued_at")
+        try:
+            issued_ts = datetime.fromisoformat(str(issued)).timestamp() if issued else None
+        except ValueError:
+            issued_ts = None
+        self.metrics.bundle_loaded(str(document.get("revision", "")), issued_ts)
+
+    def replace(self, document: dict[str, Any]) -> None:
+        bundle = self._engine_mod.load_bundle(document)
+        identities = identities_from_bundle(document)
+        self._engine.replace_bundle(bundle)
+        self._identities = identities
+        self._cache = {}
+        self._audit_cache = {}
+        self._note(document)
+
+    def _audit_json(self, decision: Any) -> str:
+        # Statements that differ only in literals share their audit facts; encode
+        # those once rather than on every execution.
+        key = (
+            decision.action,
+            decision.risk,
+            decision.revision,
+            decision.reasons,
+            tuple(
+                (s.fingerprint, s.redacted_sql, s.masked_columns, s.classifications)
+                for s in decision.statements
+            ),
+        )
+        fragment = self._audit_cache.get(key)
+        if fragment is None:
+            encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
+            fragment = encoded[1:-1]
+            if len(self._audit_cache) >= self.CACHE_LIMIT:
+                self._audit_cache.clear()
+            self._audit_cache[key] = fragment
+        return fragment
+
+    def identity(self, name: str) -> Identity | None:
+        return self._identities.get(name)
+
+    def decide(
+        self,
+        *,
+        identity: str,
+        sql: str,
+        standard_conforming_strings: bool,
+        in_transaction: bool,
+        protocol: str,
+    ) -> Verdict:
+        # The engine is pure, so a verdict depends only on these inputs and the
+        # bundle (the cache is dropped on every bundle change).
+        key = (identity, sql, standard_conforming_strings, in_transaction, protocol)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            session = self._engine_mod.SessionContext(
+                standard_conforming_strings=standard_conforming_strings,
+                in_transaction=in_transaction,
+            )
+            decision = self._engine.decide(
+                identity=identity, sql=sql, session=session, protocol=protocol
+            )
+            verdict = Verdict(
+                action=decision.action,
+                message=decision.message or "Warden: statement refused by policy",
+                upstream_sql=decision.upstream_sql,
+                _audit_json=self._audit_json(decision),
+            )
+            if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
+                if len(self._cache) >= self.CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[key] = verdict
+        return verdict
+
+
+def http_upload(url: str, token: str | None) -> Upload:
+    """An ``upload`` for the shipper: POST the batch as JSON; any non-2xx raises."""
+
+    def post(batch: list[dict[str, Any]]) -> None:
+        body = json.dumps({"events": batch}, default=str).encode()
+        request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            if response.status // 100 != 2:
+                raise OSError(f"audit upload answered {response.status}")
+
+    async def upload(batch: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(post, batch)
+
+    return upload
+
+
+def _tls_context(config: SidecarConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert or not config.tls_key:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def _write_ready(path: str, data: dict[str, Any]) -> None:
+    target = Path(path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(target)
+
+
+async def _revalidate_periodically(server: ProxyServer, interval: float = 10.0) -> None:
+    # Identities and credentials carry expiry times: a session must not outlive
+    # them just because no new bundle arrived.
+    while True:
+        await asyncio.sleep(interval)
+        server.revalidate()
+
+
+async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    metrics = Metrics()
+    source = FileBundleSource(Path(config.bundle_file))
+    policy = EnginePolicy(source, metrics)
+    document = source.current()
+    upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
+    spool = AuditSpool(
+        Path(config.state_dir) / "spool",
+        max_bytes=config.spool_max_bytes,
+        full_policy=config.spool_full_policy,
+    )
+    metrics.spool_depth = lambda: spool.depth
+    metrics.spool_dropped = lambda: spool.dropped
+    datasource = document.get("datasource") or {}
+    settings = ProxySettings(
+        database=config.database or upstream.database,
+        datasource=str(datasource.get("name", "")) if isinstance(datasource, dict) else "",
+        sidecar_id=config.sidecar_id,
+        upstream=upstream,
+        tls=_tls_context(config),
+        cleartext_over_tls=config.cleartext_over_tls,
+        max_message=config.max_message_bytes,
+    )
+    server = ProxyServer(settings=settings, policy=policy, audit=spool, metrics=metrics)
+    # Subscribed after the policy, so it sees the new bundle's identities.
+    source.subscribe(lambda _document: server.revalidate())
+    port = await server.start(config.listen_host, config.listen_port)
+    tasks = [
+        asyncio.create_task(spool.run()),
+        asyncio.create_task(source.watch()),
+        asyncio.create_task(_revalidate_periodically(server)),
+    ]
+    if config.audit_url:
+        shipper = AuditShipper(spool, http_upload(config.audit_url, config.audit_token))
+        tasks.append(asyncio.create_task(shipper.run()))
+    ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
+    if config.metrics_listen:
+        host, _, mport = config.metrics_listen.rpartition(":")
+        metrics_server = await serve_metrics(metrics, host or "127.0.0.1", int(mport))
+        sockets: Any = getattr(metrics_server, "sockets", ())
+        ready["metrics_port"] = sockets[0].getsockname()[1]
+    log.info(
+        "sidecar serving on %s:%s for database %s", config.listen_host, port, settings.database
+    )
+    if config.ready_file:
+        _write_ready(config.ready_file, ready)
+    await stop.wait()
+    await server.stop()
+    for task in tasks:
+        task.cancel()
+    spool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sidecar.runner", description=__doc__)
+    parser.add_argument("--config", help="TOML or JSON config file (env overrides it)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is pinned, but the sidecar still runs without it
+        uvloop = None  # type: ignore[assignment]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    if uvloop is not None:
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

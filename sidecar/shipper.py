@@ -1,0 +1,244 @@
+"""The audit spool and its shipper: events survive a control-plane outage and a restart.
+
+Spool. Events are appended to JSON-lines segment files under
+``<state_dir>/spool`` (``000000000001.jsonl``, ...). Appends are buffered in
+memory and written + fsynced in batches (every ``flush_interval`` seconds or
+``flush_events`` events), so the per-statement cost is a list append. A
+segment is sealed when it grows past ``segment_bytes`` or when the shipper
+asks for it; only sealed segments are shipped.
+
+Bound and policy. The spool holds at most ``max_bytes`` on disk. When it is
+full, the configured ``full_policy`` applies: ``refuse`` (the default) makes
+the proxy refuse new statements with a clear error until the spool drains, so
+nothing runs unaudited; ``drop`` keeps serving and drops the new events,
+counting them in ``dropped`` (exported as a metric). Session end events are
+written even when full: they are few and close the trail.
+
+Shipping. The shipper reads sealed segments in order and calls an async
+``upload(batch)`` with lists of events. A segment is deleted only after every
+batch in it was acknowledged; progress inside a segment is kept in
+``<segment>.ack`` (atomically replaced), so a restart resumes after the last
+acknowledged batch. Failures back off exponentially (with jitter) up to
+``max_backoff``. Event ids make uploads idempotent on the receiving side, which
+covers the one remaining window (crash between acknowledgement and ``.ack``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("warden.sidecar.shipper")
+
+Upload = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+class AuditSpool:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 512 * 1024 * 1024,
+        segment_bytes: int = 8 * 1024 * 1024,
+        flush_interval: float = 0.1,
+        flush_events: int = 500,
+        full_policy: str = "refuse",
+    ) -> None:
+        if full_policy not in ("refuse", "drop"):
+            raise ValueError("full_policy must be 'refuse' or 'drop'")
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.flush_interval = flush_interval
+        self.flush_events = flush_events
+        self.full_policy = full_policy
+        self.dropped = 0
+        self.written = 0
+        self._buffer: list[str] = []
+        existing = self.segments()
+        self._seq = int(existing[-1].stem) + 1 if existing else 1
+        self._current_lines = 0
+        self._current_bytes = 0
+        self._disk_bytes = sum(p.stat().st_size for p in existing)
+        self._depth = sum(_count_lines(p) - _acked(p) for p in existing)
+        self._file = self._open_current()
+        self._task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+
+    # ---- writing ------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return self._disk_bytes >= self.max_bytes
+
+    @property
+    def accepting(self) -> bool:
+        """False when the proxy should refuse statements (full, policy ``refuse``)."""
+        return not (self.full and self.full_policy == "refuse")
+
+    @property
+    def depth(self) -> int:
+        """Events recorded and not yet acknowledged by the control plane."""
+        return self._depth + len(self._buffer)
+
+    def append(self, event: dict[str, Any]) -> None:
+        self.append_line(json.dumps(event, separators=(",", ":"), default=str), event.get("type"))
+
+    def append_line(self, line: str, kind: object = None) -> None:
+        """Append one event already encoded as a JSON object (no newline)."""
+        if self.full and kind != "session_end":
+            self.dropped += 1
+            return
+        self._buffer.append(line)
+        if len(self._buffer) >= self.flush_events:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        self._buffer.append("")
+        data = "\n".join(self._buffer).encode()
+        self._buffer.pop()
+        count = len(self._buffer)
+        self._buffer = []
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._current_lines += count
+        self._current_bytes += len(data)
+        self._disk_bytes += len(data)
+        self._depth += count
+        self.written += count
+        if self._current_bytes >= self.segment_bytes:
+            self.seal()
+        self.changed.set()
+
+    def seal(self) -> None:
+        """Close the current segment (if it has events) so the shipper can take it."""
+        self.flush()
+        if self._current_lines == 0:
+            return
+        self._file.close()
+        self._seq += 1
+        self._current_lines = 0
+        self._current_bytes = 0
+        self._file = self._open_current()
+
+    def _open_current(self) -> Any:
+        return (self.directory / f"{self._seq:012d}.jsonl").open("ab")
+
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob("*.jsonl"))
+
+    def sealed_segments(self) -> list[Path]:
+        current = f"{self._seq:012d}.jsonl"
+        return [p for p in self.segments() if p.name != current]
+
+    def forget(self, segment: Path, *, events: int) -> None:
+        """The shipper finished ``segment``: remove it and its progress file."""
+        size = segment.stat().st_size
+        segment.unlink()
+        segment.with_suffix(".ack").unlink(missing_ok=True)
+        self._disk_bytes -= size
+        self._depth -= events
+
+    def acknowledged(self, events: int) -> None:
+        self._depth -= events
+
+    async def run(self) -> None:
+        """Flush on a timer until cancelled; the final flush happens in ``close``."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def _acked(segment: Path) -> int:
+    try:
+        return int(segment.with_suffix(".ack").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_ack(segment: Path, lines: int) -> None:
+    tmp = segment.with_suffix(".ack.tmp")
+    tmp.write_text(str(lines))
+    tmp.replace(segment.with_suffix(".ack"))
+
+
+class AuditShipper:
+    """Moves sealed spool segments to the control plane through ``upload``."""
+
+    def __init__(
+        self,
+        spool: AuditSpool,
+        upload: Upload,
+        *,
+        batch_size: int = 500,
+        interval: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spool = spool
+        self.upload = upload
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.shipped = 0
+        self.failures = 0
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self.ship_once()
+                backoff = 0.5
+                await asyncio.sleep(self.interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning("audit upload failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def ship_once(self) -> None:
+        """Ship everything recorded so far. Raises if an upload fails."""
+        self.spool.seal()
+        for segment in self.spool.sealed_segments():
+            await self._ship_segment(segment)
+
+    async def _ship_segment(self, segment: Path) -> None:
+        done = _acked(segment)
+        lines = segment.read_bytes().splitlines()
+        position = done
+        while position < len(lines):
+            chunk = lines[position : position + self.batch_size]
+            batch = []
+            for raw in chunk:
+                try:
+                    batch.append(json.loads(raw))
+                except ValueError:
+                    # A torn last line from a crash mid-write: nothing to ship.
+                    log.warning("skipping an unreadable audit line in %s", segment.name)
+            if batch:
+                await self.upload(batch)
+            position += len(chunk)
+            self.shipped += len(batch)
+            _write_ack(segment, position)
+            self.spool.acknowledged(len(chunk))
+        self.spool.forget(segment, events=0)

@@ -1,0 +1,148 @@
+"""The audit spool and shipper: bounded, resumable, and every event arrives exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from sidecar.shipper import AuditShipper, AuditSpool
+from tests.sidecar.proxy.cluster import free_port
+from tests.sidecar.proxy.conftest import build_bundle, start_sidecar, wait_for
+
+RECEIVER = Path(__file__).with_name("receiver.py")
+
+
+def _event(i: int) -> dict[str, Any]:
+    return {"id": f"ev-{i:05d}", "type": "statement", "n": i}
+
+
+def test_shipper_retries_and_resumes_without_duplicates(tmp_path: Path) -> None:
+    received: list[dict[str, Any]] = []
+    attempts = {"n": 0}
+
+    async def flaky(batch: list[dict[str, Any]]) -> None:
+        attempts["n"] += 1
+        if attempts["n"] in (1, 3):  # down at first, and again after one good batch
+            raise OSError("control plane unreachable")
+        received.extend(batch)
+
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path, segment_bytes=1_000_000)
+        for i in range(250):
+            spool.append(_event(i))
+        shipper = AuditShipper(spool, flaky, batch_size=100)
+        with pytest.raises(OSError):
+            await shipper.ship_once()  # attempt 1 fails: nothing acknowledged
+        with pytest.raises(OSError):
+            await shipper.ship_once()  # attempt 2 ships 100, attempt 3 fails
+        assert len(received) == 100 and spool.depth == 150
+        spool.close()
+        # A restart: a new spool on the same directory resumes after the last ack.
+        spool = AuditSpool(tmp_path)
+        assert spool.depth == 150
+        for i in range(250, 260):
+            spool.append(_event(i))
+        await AuditShipper(spool, flaky, batch_size=100).ship_once()
+        assert spool.depth == 0
+        spool.close()
+
+    asyncio.run(scenario())
+    ids = [e["id"] for e in received]
+    assert len(ids) == len(set(ids)) == 260
+    assert list(tmp_path.glob("*.ack")) == []
+    assert all(p.stat().st_size == 0 for p in tmp_path.glob("*.jsonl")), "shipped segments go"
+
+
+def test_spool_bound_drop_policy_counts(tmp_path: Path) -> None:
+    spool = AuditSpool(tmp_path, max_bytes=2_000, flush_events=1, full_policy="drop")
+    for i in range(100):
+        spool.append(_event(i))
+    assert spool.accepting, "drop policy keeps serving"
+    assert spool.dropped > 0
+    assert spool.written + spool.dropped == 100
+    spool.append({"id": "end", "type": "session_end"})
+    assert spool.written + spool.dropped == 101 and spool.dropped < 100
+    spool.close()
+
+
+def test_spool_bound_refuse_policy_refuses_statements(upstream: str, tmp_path: Path) -> None:
+    name = urlsplit(upstream).path.lstrip("/")
+    sidecar = start_sidecar(tmp_path, upstream, build_bundle(name), spool_max_bytes=1)
+    try:
+        with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT 1")  # fills the (one-byte) spool once flushed
+            refused = wait_for(lambda: _refused(conn), timeout=5)
+            assert refused and "audit spool is full" in refused
+    finally:
+        sidecar.stop()
+
+
+def _refused(conn: psycopg.Connection) -> str | None:
+    try:
+        conn.execute("SELECT 2")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return str(exc)
+    return None
+
+
+def test_control_plane_down_then_back_every_event_arrives_once(
+    upstream: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    name = urlsplit(upstream).path.lstrip("/")
+    sidecar = start_sidecar(
+        tmp_path / "sc", upstream, build_bundle(name), audit_url=f"http://127.0.0.1:{port}/audit"
+    )
+    receiver = None
+    out = tmp_path / "received.jsonl"
+    try:
+        # Enforcement does not need the control plane.
+        with psycopg.connect(sidecar.dsn(application_name="cp-down"), autocommit=True) as conn:
+            for i in range(40):
+                conn.execute("SELECT %s::int", (i,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DROP TABLE customers")
+        expected = 1 + 40 + 1 + 1  # session start, statements, the refusal, session end
+        spooled = wait_for(lambda: len(sidecar.events()) >= expected and sidecar.events())
+        assert len(spooled) == expected
+        receiver = subprocess.Popen([sys.executable, str(RECEIVER), str(port), str(out)])
+
+        def arrived() -> list[dict[str, Any]]:
+            if not out.exists():
+                return []
+            return [json.loads(line) for line in out.read_text().splitlines()]
+
+        assert wait_for(lambda: len(arrived()) >= expected, timeout=45)
+        got = arrived()
+        ids = [e["id"] for e in got]
+        assert len(ids) == expected, "each event exactly once"
+        assert sorted(ids) == sorted(e["id"] for e in spooled)
+        assert wait_for(lambda: sidecar.events() == [], timeout=10), "spool drains after ack"
+        assert "warden_sidecar_audit_spool_depth 0" in sidecar.metrics()
+    finally:
+        sidecar.stop()
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait()
+
+
+def test_sigterm_flushes_the_spool_with_session_ends(upstream: str, tmp_path: Path) -> None:
+    name = urlsplit(upstream).path.lstrip("/")
+    sidecar = start_sidecar(tmp_path, upstream, build_bundle(name))
+    conn = psycopg.connect(sidecar.dsn(application_name="shutdown"), autocommit=True)
+    conn.execute("SELECT 1")
+    sidecar.stop()
+    assert sidecar.proc.returncode == 0
+    events = [e for e in sidecar.events() if e.get("application_name") == "shutdown"]
+    assert [e["type"] for e in events] == ["session_start", "statement", "session_end"]
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()

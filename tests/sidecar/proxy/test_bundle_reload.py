@@ -1,0 +1,63 @@
+"""A new bundle file takes effect without a restart; a bad one never replaces the good one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from tests.sidecar.proxy.conftest import BOB_TOKEN, build_bundle, start_sidecar, wait_for
+
+
+def _publish(path: Path, bundle: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(bundle))
+    tmp.replace(path)
+
+
+def _can_login(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False
+
+
+def test_revocation_and_bad_bundles(upstream: str, tmp_path: Path) -> None:
+    name = urlsplit(upstream).path.lstrip("/")
+    first = build_bundle(name)
+    sidecar = start_sidecar(tmp_path, upstream, first)
+    bundle_file = tmp_path / "bundle.json"
+    try:
+        assert _can_login(sidecar.dsn())
+        assert f'revision="{first["revision"]}"' in sidecar.metrics()
+        open_session = psycopg.connect(sidecar.dsn(), autocommit=True)
+
+        # Revoke alice: only bob and sec remain.
+        second = build_bundle(
+            name, identities=[i for i in first["identities"] if i["name"] != "alice"]
+        )
+        _publish(bundle_file, second)
+        assert wait_for(lambda: not _can_login(sidecar.dsn()), timeout=10)
+        # The session alice already had is ended too, with a clear reason.
+        with pytest.raises(psycopg.OperationalError, match="no longer allowed"):
+            open_session.execute("SELECT 1")
+        open_session.close()
+        assert f'revision="{second["revision"]}"' in sidecar.metrics()
+
+        # A bundle that does not validate is rejected; enforcement carries on.
+        broken = dict(second, revision="0" * 64)
+        _publish(bundle_file, broken)
+        assert wait_for(lambda: "bundle file rejected" in sidecar.log(), timeout=10)
+        assert _can_login(sidecar.dsn(user="bob", token=BOB_TOKEN))
+        assert f'revision="{second["revision"]}"' in sidecar.metrics()
+        with (
+            psycopg.connect(sidecar.dsn(user="bob", token=BOB_TOKEN)) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute("DROP TABLE notes")
+    finally:
+        sidecar.stop()

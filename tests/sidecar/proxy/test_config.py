@@ -1,0 +1,56 @@
+"""Sidecar configuration: file, environment overrides, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load_config
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        'upstream_dsn = "postgresql://warden@db/app"\nbundle_file = "b.json"\n'
+        'state_dir = "state"\nlisten_port = 7000\n'
+    )
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = load_config(
+        path,
+        env={
+            "WARDEN_SIDECAR_LISTEN_PORT": "7001",
+            "WARDEN_SIDECAR_UPSTREAM_PASSWORD_FILE": str(secret),
+            "WARDEN_SIDECAR_CLEARTEXT_OVER_TLS": "true",
+        },
+    )
+    assert config.listen_port == 7001
+    assert config.upstream_password == "s3cret"
+    assert config.cleartext_over_tls is True
+    assert config.bundle_file == "b.json"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('bundle_file = "b"\nstate_dir = "s"\n', {}, "upstream_dsn"),
+        ('upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\nbogus = 1\n', {}, "bogus"),
+        (
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\n',
+            {"WARDEN_SIDECAR_LISTEN_PORT": "many"},
+            "listen_port",
+        ),
+        (
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ntls_cert = "c"\n',
+            {},
+            "tls_key",
+        ),
+        ('upstream_dsn = "x"\nbundle_file = ', {}, "malformed"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env=env)
