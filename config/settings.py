@@ -267,3 +267,17 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL") or "INFO"},
 }
+
+# --- policy bundles (governance.signing, governance.sidecar_api) ----------------------
+# The active Ed25519 signing key, "<key id>:<base64 32-byte private seed>" (or from
+# WARDEN_BUNDLE_SIGNING_KEY_FILE). Unset under WARDEN_DEV/DEBUG: a key is generated
+# once under var/ so restarts keep it. Rotation: publish the next key's public half
+# (WARDEN_BUNDLE_PUBLIC_KEYS, "<key id>:<base64 public key>,...") and pin it in every
+# sidecar before making it the signing key; keep the old one published until no
+# sidecar runs a bundle it signed.
+WARDEN_BUNDLE_SIGNING_KEY = envstr("WARDEN_BUNDLE_SIGNING_KEY") or ""
+WARDEN_BUNDLE_PUBLIC_KEYS = envlist("WARDEN_BUNDLE_PUBLIC_KEYS", [])
+WARDEN_BUNDLE_DEV_KEY_FILE = VAR_DIR / "bundle-signing.key"
+WARDEN_BUNDLE_DEV_KEY_ALLOWED = DEBUG or envbool("WARDEN_DEV", False)
+# A sidecar whose last heartbeat is older than this is flagged stale.
+WARDEN_SIDECAR_STALE_SECONDS = envint("WARDEN_SIDECAR_STALE_SECONDS", 90, minimum=5)

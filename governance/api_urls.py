@@ -2,7 +2,7 @@
 
 from rest_framework.routers import SimpleRouter
 
-from governance import api
+from governance import api, sidecar_mgmt_api
 
 router = SimpleRouter(trailing_slash="/?")
 router.register("teams", api.TeamViewSet, basename="team")
@@ -17,6 +17,7 @@ router.register(
 )
 router.register("masking-rules", api.MaskingRuleViewSet, basename="masking-rule")
 router.register("guardrails", api.GuardrailViewSet, basename="guardrail")
+router.register("sidecars", sidecar_mgmt_api.SidecarViewSet, basename="sidecar")
 
 app_name = "api"
 urlpatterns = router.urls

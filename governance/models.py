@@ -910,3 +910,62 @@ class GuardrailRule(models.Model):
         names = self.normalised_conditions()["environments"]
         qs = Environment.objects.all()
         return list(qs.filter(name__in=names) if names else qs)
+
+
+# --- sidecars ------------------------------------------------------------------------
+
+SIDECAR_TOKEN_PREFIX = "wds_"  # noqa: S105 - a marker, not a secret
+
+
+class Sidecar(models.Model):
+    """An enforcement sidecar in front of one datasource; it authenticates with a bearer token.
+
+    Only the token's digest is stored. What the sidecar last reported in a
+    heartbeat (running revision, version, counters, bundle status) is kept here
+    so the list can show who is behind or silent.
+    """
+
+    datasource = models.ForeignKey(Datasource, on_delete=models.CASCADE, related_name="sidecars")
+    name = models.CharField(max_length=63, validators=[slug_validator])
+    token_prefix = models.CharField(max_length=16, editable=False)
+    token_digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    token_rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    running_revision = models.CharField(max_length=64, blank=True)
+    version = models.CharField(max_length=64, blank=True)
+    counters = models.JSONField(default=dict, blank=True)
+    bundle_status = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["datasource__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["datasource", "name"], name="sidecar_unique_name"),
+            models.CheckConstraint(
+                condition=Q(token_digest__regex=r"^[0-9a-f]{64}$"),  # noqa: S106 - a pattern
+                name="sidecar_digest_sha256",
+            ),
+            models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="sidecar_name_format"),
+            models.CheckConstraint(
+                condition=Q(counters__jsonb_typeof="object"), name="sidecar_counters_object"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.datasource.name}/{self.name}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def is_stale(self, now: Any = None) -> bool:
+        """No heartbeat yet, or none within ``WARDEN_SIDECAR_STALE_SECONDS``."""
+        if self.last_heartbeat_at is None:
+            return True
+        now = now or timezone.now()
+        age = (now - self.last_heartbeat_at).total_seconds()
+        return age > settings.WARDEN_SIDECAR_STALE_SECONDS

@@ -28,10 +28,13 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.models import ChangeAction
-from audit.services import change_record_create, object_snapshot
+from audit.services import change_record_create as _change_record_create
+from audit.services import object_snapshot
+from governance.bundles import bundles_mark_stale
 from governance.errors import ApplicationError
 from governance.models import (
     API_TOKEN_PREFIX,
+    SIDECAR_TOKEN_PREFIX,
     TOKEN_PREFIX,
     AccessToken,
     ApiToken,
@@ -47,6 +50,7 @@ from governance.models import (
     MaskingRule,
     Membership,
     Role,
+    Sidecar,
     Team,
     scram_sha256_verifier,
     token_digest,
@@ -54,6 +58,12 @@ from governance.models import (
 from governance.permissions import can_edit_policy, can_manage_all_tokens, user_role
 
 # --- shared helpers -------------------------------------------------------------------
+
+
+def change_record_create(**kwargs: Any) -> Any:
+    """Record history, and recompile the bundles the change feeds once it commits."""
+    bundles_mark_stale(obj=kwargs["obj"])
+    return _change_record_create(**kwargs)
 
 
 def _require_policy_editor(actor: Any) -> None:
@@ -823,6 +833,148 @@ def sso_user_sync(
                 after=object_snapshot(membership),
             )
     return identity
+
+
+# --- sidecars -------------------------------------------------------------------------
+
+_HEARTBEAT_COUNTER_LIMIT = 64
+
+
+def _sidecar_token() -> tuple[str, str, str]:
+    raw = SIDECAR_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return raw, raw[:10], token_digest(raw)
+
+
+def _forget_sidecar_digest(digest: str) -> None:
+    from governance.sidecar_auth import sidecar_auth_forget
+
+    transaction.on_commit(lambda: sidecar_auth_forget(digest=digest))
+
+
+@transaction.atomic
+def sidecar_register(*, actor: Any, datasource: Datasource, name: str) -> tuple[Sidecar, str]:
+    """Register a sidecar for ``datasource``; the raw token is returned here once."""
+    _require_policy_editor(actor)
+    raw, prefix, digest = _sidecar_token()
+    sidecar = Sidecar(
+        datasource=datasource, name=name, token_prefix=prefix, token_digest=digest, created_by=actor
+    )
+    _create(actor, sidecar)
+    return sidecar, raw
+
+
+@transaction.atomic
+def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]:
+    """Replace the token; the old one stops working when this commits."""
+    _require_policy_editor(actor)
+    sidecar = Sidecar.objects.select_for_update().get(pk=sidecar.pk)
+    if sidecar.revoked_at is not None:
+        raise ApplicationError("This sidecar is revoked; register a new one.")
+    before = object_snapshot(sidecar)
+    old_digest = sidecar.token_digest
+    raw, sidecar.token_prefix, sidecar.token_digest = _sidecar_token()
+    sidecar.token_rotated_at = timezone.now()
+    sidecar.full_clean()
+    sidecar.save()
+    _forget_sidecar_digest(old_digest)
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=sidecar,
+        before=before,
+        after=object_snapshot(sidecar),
+    )
+    return sidecar, raw
+
+
+@transaction.atomic
+def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
+    _require_policy_editor(actor)
+    sidecar = Sidecar.objects.select_for_update().get(pk=sidecar.pk)
+    if sidecar.revoked_at is not None:
+        raise ApplicationError("This sidecar is already revoked.")
+    before = object_snapshot(sidecar)
+    sidecar.revoked_at = timezone.now()
+    sidecar.save(update_fields=["revoked_at"])
+    _forget_sidecar_digest(sidecar.token_digest)
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=sidecar,
+        before=before,
+        after=object_snapshot(sidecar),
+    )
+    return sidecar
+
+
+def sidecar_heartbeat_record(
+    *,
+    sidecar_id: int,
+    revision: str,
+    version: str,
+    counters: dict[str, int],
+    bundle_status: dict[str, Any],
+) -> None:
+    """Store what a sidecar reports. Not history: it changes every few seconds."""
+    if len(counters) > _HEARTBEAT_COUNTER_LIMIT:
+        raise ValidationError({"counters": f"At most {_HEARTBEAT_COUNTER_LIMIT} counters."})
+    Sidecar.objects.filter(pk=sidecar_id, revoked_at__isnull=True).update(
+        last_heartbeat_at=timezone.now(),
+        running_revision=revision,
+        version=version,
+        counters=counters,
+        bundle_status=bundle_status,
+    )
+
+
+@transaction.atomic
+def sidecar_schema_report(
+    *, datasource_id: int, snapshot: dict[str, Any], findings: list[dict[str, Any]]
+) -> dict[str, int | bool]:
+    """Take a sidecar's scan: the snapshot replaces the stored one; each finding on a
+    column nobody classified yet becomes a proposal (a scanner never overrides a person).
+    Recorded in history with the actor "system"."""
+    datasource = Datasource.objects.select_for_update().get(pk=datasource_id)
+    changed = datasource.schema_snapshot != snapshot
+    if changed:
+        before = object_snapshot(datasource)
+        datasource.schema_snapshot = snapshot
+        datasource.full_clean()
+        datasource.save(update_fields=["schema_snapshot", "updated_at"])
+        change_record_create(
+            actor=None,
+            action=ChangeAction.UPDATE,
+            obj=datasource,
+            before=before,
+            after=object_snapshot(datasource),
+        )
+    classifications = {c.name: c for c in Classification.objects.all()}
+    existing = set(
+        ColumnClassification.objects.filter(datasource=datasource).values_list(
+            "schema_name", "table_name", "column_name"
+        )
+    )
+    proposed = ignored = 0
+    for finding in findings:
+        key = (finding["schema"], finding["table"], finding["column"])
+        classification = classifications.get(finding["classification"])
+        if classification is None or key in existing:
+            ignored += 1
+            continue
+        cc = ColumnClassification(
+            datasource=datasource,
+            schema_name=key[0],
+            table_name=key[1],
+            column_name=key[2],
+            classification=classification,
+            source=ClassificationSource.AUTO,
+            confidence=float(finding["confidence"]),
+            status=ClassificationStatus.PROPOSED,
+        )
+        _create(None, cc)
+        existing.add(key)
+        proposed += 1
+    return {"snapshot_changed": changed, "proposed": proposed, "ignored": ignored}
 
 
 @transaction.atomic

@@ -21,3 +21,16 @@ def policy_changed() -> int:
 def identities_expire() -> int:
     """Deactivate identities past their expiry (recorded in history)."""
     return services.identities_expire()
+
+
+@shared_task(name="governance.bundles_recompile")
+def bundles_recompile(*, datasource_ids: list[int] | None = None) -> dict[str, str]:
+    """Recompile (and publish when changed) the bundles of these datasources, or all.
+
+    Enqueued on commit by ``governance.bundles.bundles_mark_stale`` for every
+    recorded policy change, including token revocation.
+    """
+    from governance.bundles import bundles_publish_all
+
+    results = bundles_publish_all(datasource_ids=datasource_ids)
+    return {str(pk): p.revision for pk, p in results.items()}

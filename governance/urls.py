@@ -4,7 +4,7 @@ Each policy object gets list/new/detail/edit/delete routes named
 ``governance:<key>_<page>``; the key is the ``Resource.key`` in views.
 """
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, include, path
 
 from governance import views
 
@@ -45,6 +45,7 @@ urlpatterns = [
     path("columns/<int:pk>/review/", views.column_review, name="column_review"),
     path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("sidecars/", include("governance.sidecar_ui_urls")),
     path("account/api-tokens/", views.api_token_list, name="api_token_list"),
     path("account/api-tokens/<int:pk>/revoke/", views.api_token_revoke, name="api_token_revoke"),
 ]

@@ -1,0 +1,374 @@
+"""The bundle compiler: a datasource's policy objects to a signed ``warden.bundle/1``.
+
+``bundle_compile`` turns the rows into the inner bundle dict of
+``docs/bundle-format.md`` and proves it with the engine's own ``load_bundle``
+(the contract), so the control plane never publishes what a sidecar would
+refuse. ``bundle_publish`` signs the canonical bytes, stores the envelope in
+Redis (where a conditional GET costs one Redis round trip and no SQL) and
+announces the new revision on a pub/sub channel that long-polls wait on.
+``bundles_mark_stale`` is the hook the governance services call: it enqueues
+the recompile after the change commits, never before, never per request.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from governance.models import (
+    AccessToken,
+    ApiToken,
+    Classification,
+    ClassificationStatus,
+    ColumnClassification,
+    Datasource,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    MaskingStrategy,
+    Membership,
+    Sidecar,
+)
+from governance.signing import bytes_sign
+from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "warden.bundle/1"
+# Not yet editable in the control plane; the same figures as the engine's fixtures.
+RISK_THRESHOLDS = {"review_at": 70, "block_at": 90, "critical_at": 85}
+APPROVAL_HOLD_SECONDS = 20
+# The control plane's guardrail vocabulary is coarser than the engine's: these
+# names widen to every engine kind they cover. Others (ddl, utility, transaction,
+# set, unknown, select, ...) are already engine kinds or categories.
+STATEMENT_KIND_MAP = {"copy": ["copy_to", "copy_from"], "explain": ["explain", "explain_analyze"]}
+
+CHANNEL = "warden:bundle-changed"
+HISTORY_LENGTH = 100
+# Changes to these never alter a bundle; everything else in governance might.
+_NOT_POLICY = (ApiToken, Membership, Sidecar)
+
+
+class BundleCompileError(Exception):
+    """The datasource's policy cannot make a bundle the engine would accept."""
+
+
+def _key(datasource_id: int, part: str) -> str:
+    return f"warden:bundle:{datasource_id}:{part}"
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _rfc3339(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- compile ---------------------------------------------------------------------------
+
+
+def _identities(datasource: Datasource, now: Any) -> list[dict[str, Any]]:
+    teams = list(datasource.connect_teams.all())
+    live_tokens = AccessToken.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    identities = (
+        Identity.objects.filter(is_active=True, teams__in=teams)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .select_related("owner")
+        .prefetch_related("teams", models.Prefetch("tokens", queryset=live_tokens))
+        .distinct()
+        .order_by("name")
+    )
+    result = []
+    for identity in identities:
+        result.append(
+            {
+                "name": identity.name,
+                "kind": identity.kind,
+                "teams": sorted(t.slug for t in identity.teams.all()),
+                "owner": identity.owner.name if identity.owner_id else None,
+                "credentials": [
+                    {
+                        "id": f"tok-{token.pk}",
+                        "scram_sha_256": token.scram_verifier,
+                        "expires_at": _rfc3339(token.expires_at),
+                    }
+                    for token in sorted(identity.tokens.all(), key=lambda t: t.pk)
+                ],
+                "expires_at": _rfc3339(identity.expires_at),
+            }
+        )
+    return result
+
+
+def _schema(datasource: Datasource) -> dict[str, Any]:
+    tables = []
+    for table in (datasource.schema_snapshot or {}).get("tables", []):
+        tables.append(
+            {
+                "schema": table["schema"],
+                "name": table["name"],
+                "kind": table.get("kind", "table"),
+                "columns": [{"name": c["name"], "type": c["type"]} for c in table["columns"]],
+            }
+        )
+    return {"tables": tables}
+
+
+def _masking_params(rule: MaskingRule) -> dict[str, Any]:
+    # The bundle carries only what the engine implements; the other control-plane
+    # parameters (replacement text, mask character, hash length) do not weaken a mask.
+    if rule.strategy == MaskingStrategy.PARTIAL:
+        return {"keep_last": int(rule.params.get("keep_last", 4))}
+    return {}
+
+
+def _conditions(rule: GuardrailRule, classification_names: list[str]) -> dict[str, Any]:
+    cond = rule.normalised_conditions()
+    kinds: list[str] = []
+    for kind in cond["statement_kinds"]:
+        for mapped in STATEMENT_KIND_MAP.get(kind, [kind]):
+            if mapped not in kinds:
+                kinds.append(mapped)
+    cond["statement_kinds"] = kinds
+    # "pii.*" names a family; the engine's loader accepts only known names, so
+    # the family becomes every classification in it (same matches, checked names).
+    names: list[str] = []
+    for label in cond["classifications"]:
+        family = label.removesuffix(".*") + "." if label.endswith(".*") else None
+        expanded = [n for n in classification_names if family and n.startswith(family)]
+        for name in expanded or ([] if family else [label]):
+            if name not in names:
+                names.append(name)
+    cond["classifications"] = names
+    return cond
+
+
+def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str, Any]:
+    """The inner bundle of ``datasource`` (revision included), checked by ``load_bundle``."""
+    now = timezone.now()
+    schema = _schema(datasource)
+    known_columns = {
+        (t["schema"], t["name"]): {c["name"] for c in t["columns"]} for t in schema["tables"]
+    }
+    column_classifications = []
+    skipped = []
+    for cc in (
+        ColumnClassification.objects.filter(datasource=datasource)
+        .exclude(status=ClassificationStatus.REJECTED)
+        .select_related("classification")
+        .order_by("schema_name", "table_name", "column_name")
+    ):
+        if cc.column_name not in known_columns.get((cc.schema_name, cc.table_name), set()):
+            # Not in the snapshot, so no statement can be rewritten around it; the
+            # next scan brings the column (and this classification) back.
+            skipped.append(cc.column_path)
+            continue
+        column_classifications.append(
+            {
+                "schema": cc.schema_name,
+                "table": cc.table_name,
+                "column": cc.column_name,
+                "classification": cc.classification.name,
+            }
+        )
+    if skipped:
+        logger.warning(
+            "bundle for %s: classifications of columns missing from the snapshot: %s",
+            datasource.name,
+            ", ".join(skipped),
+        )
+    rules = (
+        MaskingRule.objects.filter(enabled=True)
+        .select_related("classification")
+        .prefetch_related("exempt_teams")
+        .order_by("classification__name", "name")
+    )
+    guardrails = (
+        GuardrailRule.objects.filter(Q(datasource__isnull=True) | Q(datasource=datasource))
+        .order_by("position")
+        .all()
+    )
+    environment = datasource.environment
+    classifications = list(Classification.objects.order_by("name"))
+    classification_names = [c.name for c in classifications]
+    bundle: dict[str, Any] = {
+        "format": FORMAT,
+        "issued_at": _rfc3339(issued_at or now),
+        "datasource": {
+            "name": datasource.name,
+            "engine": datasource.engine,
+            "dialect": datasource.dialect,
+            "environment": environment.name,
+            "criticality": environment.criticality,
+            "masking_key": datasource.masking_key,
+        },
+        "schema": schema,
+        "identities": _identities(datasource, now),
+        "classifications": [{"name": c.name, "level": c.level} for c in classifications],
+        "column_classifications": column_classifications,
+        "masking_rules": [
+            {
+                "classification": rule.classification.name,
+                "strategy": rule.strategy,
+                "params": _masking_params(rule),
+                "exempt_teams": sorted(t.slug for t in rule.exempt_teams.all()),
+                "environments": list(rule.environments),
+            }
+            for rule in rules
+        ],
+        "guardrails": [
+            {
+                "name": g.name,
+                "position": g.position,
+                "enabled": g.enabled,
+                "conditions": _conditions(g, classification_names),
+                "action": g.action,
+                "message": g.message,
+            }
+            for g in guardrails
+        ],
+        "risk": dict(RISK_THRESHOLDS),
+        "approvals": {"hold_seconds": APPROVAL_HOLD_SECONDS},
+    }
+    bundle["revision"] = compute_revision(bundle)
+    try:
+        load_bundle(bundle)
+    except BundleError as exc:
+        raise BundleCompileError(f"{datasource.name}: {exc}") from exc
+    return bundle
+
+
+def content_digest(bundle: dict[str, Any]) -> str:
+    """What the policy says, without when it was said: equal digests, same bundle."""
+    content = {k: v for k, v in bundle.items() if k not in {"revision", "issued_at"}}
+    return hashlib.sha256(canonical_bytes(content)).hexdigest()
+
+
+def envelope_bytes(bundle: dict[str, Any]) -> bytes:
+    """The signed envelope as served: ``{"bundle": ..., "signature": ...}``, canonical."""
+    return canonical_bytes({"bundle": bundle, "signature": bytes_sign(canonical_bytes(bundle))})
+
+
+# --- publish -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    revision: str
+    changed: bool
+
+
+def bundle_publish(*, datasource: Datasource) -> Published:
+    """Compile, and when the policy changed, sign, store and announce a new revision.
+
+    A lock per datasource serialises compilers, so a slow run that read older rows
+    can never publish after a newer one.
+    """
+    client = redis_client()
+    with client.lock(_key(datasource.pk, "lock"), timeout=60, blocking_timeout=60):
+        datasource = Datasource.objects.select_related("environment").get(pk=datasource.pk)
+        try:
+            bundle = bundle_compile(datasource=datasource)
+        except BundleCompileError as exc:
+            # The previous bundle stays served; say why on the sidecar page.
+            client.set(_key(datasource.pk, "error"), str(exc))
+            logger.error("bundle not published: %s", exc)
+            raise
+        digest = content_digest(bundle)
+        current = client.mget(_key(datasource.pk, "content"), _key(datasource.pk, "rev"))
+        if current[0] is not None and current[0].decode() == digest and current[1] is not None:
+            client.delete(_key(datasource.pk, "error"))
+            return Published(revision=current[1].decode(), changed=False)
+        body = envelope_bytes(bundle)
+        revision = bundle["revision"]
+        pipe = client.pipeline(transaction=True)
+        pipe.set(_key(datasource.pk, "body"), body)
+        pipe.set(_key(datasource.pk, "rev"), revision)
+        pipe.set(_key(datasource.pk, "content"), digest)
+        pipe.delete(_key(datasource.pk, "error"))
+        pipe.lpush(_key(datasource.pk, "history"), f"{revision} {bundle['issued_at']}")
+        pipe.ltrim(_key(datasource.pk, "history"), 0, HISTORY_LENGTH - 1)
+        pipe.publish(CHANNEL, f"bundle {datasource.pk} {revision}")
+        pipe.execute()
+    logger.info("bundle %s for %s published", revision[:12], datasource.name)
+    return Published(revision=revision, changed=True)
+
+
+def bundle_current(*, datasource_id: int) -> tuple[str, bytes] | None:
+    """(revision, envelope) as stored, or None when nothing was published yet."""
+    rev, body = redis_client().mget(_key(datasource_id, "rev"), _key(datasource_id, "body"))
+    if rev is None or body is None:
+        return None
+    return rev.decode(), body
+
+
+def bundle_history(*, datasource_id: int) -> list[str]:
+    """Recent revisions of a datasource, newest first."""
+    items = redis_client().lrange(_key(datasource_id, "history"), 0, HISTORY_LENGTH - 1)
+    return [item.decode().split(" ", 1)[0] for item in items]
+
+
+def bundle_error(*, datasource_id: int) -> str:
+    raw = redis_client().get(_key(datasource_id, "error"))
+    return raw.decode() if raw else ""
+
+
+def bundles_publish_all(*, datasource_ids: list[int] | None = None) -> dict[int, Published]:
+    """Recompile every datasource (or those given); one that fails does not stop the rest."""
+    qs = Datasource.objects.all()
+    if datasource_ids is not None:
+        qs = qs.filter(pk__in=datasource_ids)
+    results: dict[int, Published] = {}
+    for datasource in qs.order_by("pk"):
+        try:
+            results[datasource.pk] = bundle_publish(datasource=datasource)
+        except BundleCompileError:
+            continue
+    return results
+
+
+# --- the hook the services call ------------------------------------------------------
+
+
+def _datasource_scope(obj: models.Model) -> list[int] | None:
+    """The datasources a change to ``obj`` can affect; None means all of them."""
+    if isinstance(obj, Datasource):
+        return [obj.pk] if obj.pk is not None else None
+    if isinstance(obj, ColumnClassification):
+        return [obj.datasource_id]
+    if isinstance(obj, GuardrailRule) and obj.datasource_id is not None:
+        return [obj.datasource_id]
+    return None
+
+
+def bundles_mark_stale(*, obj: models.Model) -> None:
+    """Enqueue a recompile of the bundles ``obj`` feeds, once the change commits."""
+    if isinstance(obj, _NOT_POLICY) or obj._meta.app_label != "governance":
+        return
+    scope = _datasource_scope(obj)
+
+    def enqueue() -> None:
+        from governance.tasks import bundles_recompile
+
+        try:
+            bundles_recompile.delay(datasource_ids=scope)
+        except Exception:  # the broker being down must not fail a committed change
+            logger.exception("could not enqueue the bundle recompile")
+
+    transaction.on_commit(enqueue)

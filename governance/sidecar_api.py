@@ -1,0 +1,503 @@
+"""The sidecar-facing API under ``/api/v1/sidecar/``: bundle, heartbeat, schema, audit, approvals.
+
+The bundle call is the hot path. A conditional GET compares ``If-None-Match``
+with the revision stored in Redis (no SQL); ``wait=N`` (at most 60 s) parks the
+request on an ``asyncio.Event`` that one shared Redis pub/sub subscriber per
+process sets when that datasource's revision changes, so a waiting sidecar
+costs a coroutine, not a thread or a database connection. The raw ASGI entry
+in ``governance.sidecar_asgi`` serves it without Django's middleware (some of
+which is sync-only and would pin a thread per waiter); the Django view here
+serves the same logic for completeness. The other calls are small sync views
+that validate their JSON strictly and refuse oversized bodies with 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
+from governance.models import Datasource, validate_schema_snapshot
+from governance.services import sidecar_heartbeat_record, sidecar_schema_report
+from governance.sidecar_auth import (
+    PrincipalCache,
+    SidecarPrincipal,
+    asidecar_authenticate,
+    sidecar_authenticate,
+)
+from governance.signing import published_public_keys
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60
+HEARTBEAT_MAX_BYTES = 16 * 1024
+SCHEMA_MAX_BYTES = 2 * 1024 * 1024
+AUDIT_MAX_BYTES = 4 * 1024 * 1024
+AUDIT_MAX_EVENTS = 1000
+_REVISION_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --- change notifications: one subscriber per process ------------------------------
+
+
+class ChangeHub:
+    """Fans one Redis pub/sub subscription out to per-datasource asyncio Events."""
+
+    def __init__(self) -> None:
+        self._events: dict[int, asyncio.Event] = {}
+        self.principals = PrincipalCache()
+        # Current revision per datasource, kept by the change messages, so a 304
+        # costs no Redis round trip; ``_generation`` stops a slow read from
+        # overwriting a newer announcement.
+        self._revisions: dict[int, str] = {}
+        self._generation: dict[int, int] = {}
+        self._bodies: dict[int, tuple[str, bytes]] = {}
+        self._flights: dict[tuple[int, str], asyncio.Future[bytes | None]] = {}
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.redis: aioredis.Redis | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            # Blocking pool: a thundering herd of woken waiters queues for a
+            # connection instead of failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=64, timeout=20
+            )
+            self.redis = aioredis.Redis(connection_pool=pool)
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._listen())
+        assert self._ready is not None
+        await self._ready.wait()
+
+    async def revision(self, datasource_id: int) -> str | None:
+        """The current revision: from memory while subscribed, else one Redis GET."""
+        assert self.redis is not None and self._ready is not None
+        known = self._revisions.get(datasource_id)
+        if known is not None and self._ready.is_set():
+            return known
+        generation = self._generation.get(datasource_id, 0)
+        raw = await self.redis.get(f"warden:bundle:{datasource_id}:rev")
+        revision = raw.decode() if raw is not None else None
+        if (
+            revision is not None
+            and self._ready.is_set()
+            and self._generation.get(datasource_id, 0) == generation
+        ):
+            self._revisions[datasource_id] = revision
+        return revision
+
+    async def body(self, datasource_id: int, revision: str) -> bytes | None:
+        """The signed envelope of ``revision``, or None when it is no longer current.
+
+        Fetched once per process and revision however many waiters wake at once
+        (single flight), so a change costs one Redis read, not one per sidecar.
+        """
+        cached = self._bodies.get(datasource_id)
+        if cached is not None and cached[0] == revision:
+            return cached[1]
+        key = (datasource_id, revision)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch_body(datasource_id, revision))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _f: self._flights.pop(key, None))
+        return await asyncio.shield(flight)
+
+    async def _fetch_body(self, datasource_id: int, revision: str) -> bytes | None:
+        assert self.redis is not None
+        rev, body = await self.redis.mget(
+            f"warden:bundle:{datasource_id}:rev", f"warden:bundle:{datasource_id}:body"
+        )
+        if rev is None or body is None or rev.decode() != revision:
+            return None
+        self._bodies[datasource_id] = (revision, body)
+        return bytes(body)
+
+    def forget_revision(self, datasource_id: int) -> None:
+        self._generation[datasource_id] = self._generation.get(datasource_id, 0) + 1
+        self._revisions.pop(datasource_id, None)
+
+    def event_for(self, datasource_id: int) -> asyncio.Event:
+        event = self._events.get(datasource_id)
+        if event is None:
+            event = self._events[datasource_id] = asyncio.Event()
+        return event
+
+    def _fire(self, datasource_id: int | None) -> None:
+        ids = list(self._events) if datasource_id is None else [datasource_id]
+        for ds in ids:
+            event = self._events.pop(ds, None)
+            if event is not None:
+                event.set()
+
+    async def _listen(self) -> None:
+        assert self._ready is not None
+        delay = 0.1
+        while True:
+            pubsub = aioredis.Redis.from_url(settings.REDIS_URL).pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        self._ready.set()
+                        delay = 0.1
+                    elif message["type"] == "message":
+                        kind, _, rest = message["data"].decode().partition(" ")
+                        if kind == "bundle":
+                            ds_text, _, revision = rest.partition(" ")
+                            ds = int(ds_text)
+                            self._generation[ds] = self._generation.get(ds, 0) + 1
+                            self._revisions[ds] = revision
+                            self._fire(ds)
+                        elif kind == "forget":
+                            self.principals.forget(rest)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarted or unreachable: resubscribe
+                logger.warning("bundle change subscriber lost Redis: %s", exc)
+            finally:
+                self._ready.clear()
+                # Revocations may be missed while unsubscribed: remember nothing.
+                self.principals.forget()
+                self._revisions.clear()
+                self._generation.clear()
+                # Waiters re-check the revision rather than miss a change while down.
+                self._fire(None)
+                with contextlib.suppress(Exception):  # already broken; nothing to release
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+_hubs: dict[int, ChangeHub] = {}
+
+
+def change_hub() -> ChangeHub:
+    """The hub of the running event loop (a test may run several loops in one process)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(id(loop))
+    if hub is None:
+        hub = _hubs[id(loop)] = ChangeHub()
+    return hub
+
+
+# --- the bundle call -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _error(status: int, message: str) -> Reply:
+    body = json.dumps({"error": {"code": status, "message": message}}).encode()
+    return Reply(status, [("content-type", "application/json")], body)
+
+
+def _etag_matches(if_none_match: str, revision: str) -> bool:
+    for item in if_none_match.split(","):
+        tag = item.strip().removeprefix("W/").strip('"')
+        if tag == revision or tag == "*":
+            return True
+    return False
+
+
+def _publish_now(datasource_id: int) -> None:
+    close_old_connections()
+    try:
+        datasource = Datasource.objects.filter(pk=datasource_id).first()
+        if datasource is not None:
+            bundle_publish(datasource=datasource)
+    except BundleCompileError:
+        pass  # logged and stored by bundle_publish; the caller answers 503
+    finally:
+        connection.close()
+
+
+async def _current(aredis: aioredis.Redis, datasource_id: int) -> str | None:
+    raw = await aredis.get(f"warden:bundle:{datasource_id}:rev")
+    return raw.decode() if raw is not None else None
+
+
+def parse_wait(raw: str | None) -> int | None:
+    """Seconds to long-poll (0..60), or None when the value is malformed."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 3:
+        return None
+    return min(int(raw), MAX_WAIT_SECONDS)
+
+
+async def bundle_reply(
+    *,
+    authorization: str | None,
+    if_none_match: str,
+    wait_raw: str | None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> Reply:
+    """The bundle call, independent of how it is served (raw ASGI or a Django view)."""
+    hub = change_hub()
+    await hub.start()
+    assert hub.redis is not None
+    aredis = hub.redis
+    principal = await asidecar_authenticate(authorization, aredis, hub.principals)
+    if principal is None:
+        return _error(401, "A valid sidecar token is required.")
+    wait = parse_wait(wait_raw)
+    if wait is None:
+        return _error(400, "wait must be a whole number of seconds (0-60).")
+    ds = principal.datasource_id
+    deadline = time.monotonic() + wait
+    attempts = 0
+    while True:
+        # Take the event before reading the revision: a change published in
+        # between sets this event, so it cannot be missed.
+        event = hub.event_for(ds)
+        revision = await hub.revision(ds)
+        if revision is None:
+            await sync_to_async(_publish_now)(ds)
+            revision = await _current(aredis, ds)
+            if revision is None:
+                return _error(503, "No bundle could be compiled for this datasource yet.")
+        if not if_none_match or not _etag_matches(if_none_match, revision):
+            stored = await hub.body(ds, revision)
+            if stored is None:
+                # Replaced meanwhile, or Redis lost it: read the revision afresh
+                # (never spin on a remembered one), and give up after a few tries.
+                hub.forget_revision(ds)
+                attempts += 1
+                if attempts > 3:
+                    return _error(503, "The bundle is changing; try again.")
+                continue
+            headers = [
+                ("content-type", "application/json"),
+                ("etag", f'"{revision}"'),
+                ("cache-control", "no-cache"),
+            ]
+            return Reply(200, headers, stored)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Reply(304, [("etag", f'"{revision}"'), ("cache-control", "no-cache")], b"")
+        waiter = asyncio.ensure_future(event.wait())
+        watchers: set[asyncio.Future[Any]] = {waiter}
+        gone = asyncio.ensure_future(disconnected()) if disconnected else None
+        if gone is not None:
+            watchers.add(gone)
+        try:
+            done, _ = await asyncio.wait(
+                watchers, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for fut in watchers:
+                fut.cancel()
+        if gone is not None and gone in done:
+            return Reply(499, [], b"")
+
+
+async def _bundle_view(request: HttpRequest) -> HttpResponse:
+    reply = await bundle_reply(
+        authorization=request.headers.get("Authorization"),
+        if_none_match=request.headers.get("If-None-Match", ""),
+        wait_raw=request.GET.get("wait"),
+    )
+    response = HttpResponse(reply.body, status=reply.status)
+    for name, value in reply.headers:
+        response[name] = value
+    return response
+
+
+bundle_view = csrf_exempt(require_GET(_bundle_view))
+
+
+# --- the other calls -----------------------------------------------------------------
+
+
+def _json_body(request: HttpRequest, limit: int) -> tuple[Any, JsonResponse | None]:
+    length = request.headers.get("Content-Length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return None, _json_error(413, f"The body is larger than {limit} bytes.")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return None, _json_error(413, f"The body is larger than {limit} bytes.")
+    if request.content_type != "application/json":
+        return None, _json_error(415, "Send application/json.")
+    try:
+        return json.loads(body), None
+    except (ValueError, UnicodeDecodeError):
+        return None, _json_error(400, "The body is not valid JSON.")
+
+
+def _json_error(status: int, message: str, fields: dict[str, Any] | None = None) -> JsonResponse:
+    error: dict[str, Any] = {"code": status, "message": message}
+    if fields:
+        error["fields"] = fields
+    return JsonResponse({"error": error}, status=status)
+
+
+def _principal(request: HttpRequest) -> SidecarPrincipal | None:
+    return sidecar_authenticate(request.headers.get("Authorization"))
+
+
+def _unauthorized() -> JsonResponse:
+    response = _json_error(401, "A valid sidecar token is required.")
+    response["WWW-Authenticate"] = 'Bearer realm="warden-sidecar"'
+    return response
+
+
+def _check_keys(data: Any, required: set[str], optional: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    if not isinstance(data, dict):
+        return "The body must be a JSON object."
+    missing = sorted(required - set(data))
+    unknown = sorted(set(data) - required - optional)
+    if missing:
+        return f"Missing: {', '.join(missing)}."
+    if unknown:
+        return f"Unknown: {', '.join(unknown)}."
+    return None
+
+
+@csrf_exempt
+@require_POST
+def heartbeat_view(request: HttpRequest) -> JsonResponse:
+    """Body: {revision, version, counters: {name: int}, status: {...}}."""
+    principal = _principal(request)
+    if principal is None:
+        return _unauthorized()
+    data, problem = _json_body(request, HEARTBEAT_MAX_BYTES)
+    if problem is not None:
+        return problem
+    message = _check_keys(data, {"revision", "version", "counters"}, {"status"})
+    if message:
+        return _json_error(400, message)
+    revision, version, counters = data["revision"], data["version"], data["counters"]
+    status = data.get("status", {})
+    fields: dict[str, str] = {}
+    if not isinstance(revision, str) or not (revision == "" or _REVISION_RE.match(revision)):
+        fields["revision"] = "A 64-character lower-case hex revision, or empty."
+    if not isinstance(version, str) or len(version) > 64:
+        fields["version"] = "A string of at most 64 characters."
+    if not isinstance(counters, dict) or not all(
+        isinstance(k, str)
+        and len(k) <= 64
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and 0 <= v < 2**63
+        for k, v in counters.items()
+    ):
+        fields["counters"] = "An object of names to non-negative integers."
+    if not isinstance(status, dict):
+        fields["status"] = "An object."
+    if fields:
+        return _json_error(400, "The heartbeat is not valid.", fields)
+    try:
+        sidecar_heartbeat_record(
+            sidecar_id=principal.sidecar_id,
+            revision=revision,
+            version=version,
+            counters=counters,
+            bundle_status=status,
+        )
+    except ValidationError as exc:
+        return _json_error(400, "The heartbeat is not valid.", exc.message_dict)
+    current = bundle_current(datasource_id=principal.datasource_id)
+    return JsonResponse({"current_revision": current[0] if current else None})
+
+
+_FINDING_KEYS = {"schema", "table", "column", "classification", "confidence"}
+
+
+@csrf_exempt
+@require_POST
+def schema_view(request: HttpRequest) -> JsonResponse:
+    """Body: {snapshot: {tables: [...]}, findings: [{schema, table, column, classification,
+    confidence}]}; findings name a classification, never a value."""
+    principal = _principal(request)
+    if principal is None:
+        return _unauthorized()
+    data, problem = _json_body(request, SCHEMA_MAX_BYTES)
+    if problem is not None:
+        return problem
+    message = _check_keys(data, {"snapshot", "findings"})
+    if message:
+        return _json_error(400, message)
+    try:
+        validate_schema_snapshot(data["snapshot"])
+    except ValidationError as exc:
+        return _json_error(400, "The snapshot is not valid.", {"snapshot": exc.messages})
+    findings = data["findings"]
+    if not isinstance(findings, list) or not all(
+        isinstance(f, dict)
+        and set(f) == _FINDING_KEYS
+        and all(isinstance(f[k], str) and f[k] for k in _FINDING_KEYS - {"confidence"})
+        and isinstance(f["confidence"], int | float)
+        and not isinstance(f["confidence"], bool)
+        and 0 <= f["confidence"] <= 1
+        for f in findings
+    ):
+        return _json_error(
+            400, "findings: a list of {schema, table, column, classification, confidence}."
+        )
+    try:
+        result = sidecar_schema_report(
+            datasource_id=principal.datasource_id, snapshot=data["snapshot"], findings=findings
+        )
+    except ValidationError as exc:
+        return _json_error(400, "The report is not valid.", {"findings": exc.messages})
+    return JsonResponse(result, status=202)
+
+
+@csrf_exempt
+@require_POST
+def audit_view(request: HttpRequest) -> JsonResponse:
+    """Body: {events: [{id, ...}]}. Accepted and counted; the audit issue stores them."""
+    principal = _principal(request)
+    if principal is None:
+        return _unauthorized()
+    data, problem = _json_body(request, AUDIT_MAX_BYTES)
+    if problem is not None:
+        return problem
+    message = _check_keys(data, {"events"})
+    if message:
+        return _json_error(400, message)
+    events = data["events"]
+    if not isinstance(events, list) or len(events) > AUDIT_MAX_EVENTS:
+        return _json_error(400, f"events: a list of at most {AUDIT_MAX_EVENTS} objects.")
+    if not all(isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"] for e in events):
+        return _json_error(400, "Every event needs a non-empty string id.")
+    return JsonResponse({"accepted": len({e["id"] for e in events})}, status=202)
+
+
+@csrf_exempt
+def approvals_view(request: HttpRequest, request_id: str | None = None) -> JsonResponse:
+    if _principal(request) is None:
+        return _unauthorized()
+    return _json_error(501, "Approvals are not available yet.")
+
+
+@require_GET
+def keys_view(request: HttpRequest) -> JsonResponse:
+    """The public keys bundles may be signed with (public: sidecars pin them)."""
+    keys = [
+        {"key_id": kid, "alg": "ed25519", "public_key": pub}
+        for kid, pub in published_public_keys().items()
+    ]
+    return JsonResponse({"keys": keys})

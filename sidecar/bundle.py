@@ -1,0 +1,582 @@
+"""The sidecar's bundle client: pull, verify, cache, and hand over signed policy bundles.
+
+It long-polls the control plane (``GET /api/v1/sidecar/bundle?wait=N`` with
+``If-None-Match``), checks the Ed25519 signature against public keys pinned in
+the sidecar's own configuration and the content with the engine's
+``load_bundle``, and only then activates the bundle and writes it to disk
+atomically (temp file, fsync, rename, fsync of the directory). On start it
+takes the last verified bundle from disk, re-verified, so a sidecar enforces
+while the control plane is down. A sidecar that never had a valid bundle has
+nothing to enforce and refuses to serve (``NoBundle``). A bundle that fails any
+check, or is older than the active one (a replay), is rejected and reported;
+the active bundle stays. Errors back off exponentially with full jitter.
+
+It satisfies the runner's ``BundleSource`` seam: ``current()`` (the inner
+bundle dict), ``subscribe(callback)`` and ``watch()``; ``active()`` also gives
+the parsed ``Bundle`` and its revision, ``changed()`` awaits the next one.
+No Django here: the HTTP client is a small HTTP/1.1 client on asyncio streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import logging
+import os
+import random
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sidecar.engine import Bundle, BundleError, canonical_bytes, load_bundle
+
+log = logging.getLogger("warden.sidecar.bundle")
+
+BUNDLE_PATH = "/api/v1/sidecar/bundle"
+HEARTBEAT_PATH = "/api/v1/sidecar/heartbeat"
+CACHE_FILE = "bundle.json"
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class NoBundle(Exception):
+    """No verified bundle has ever been active: the sidecar must not serve (fail closed)."""
+
+
+class BundleRejected(Exception):
+    """A bundle failed verification; the message says which check."""
+
+
+class HttpError(Exception):
+    """The control plane could not be reached or answered something unusable."""
+
+
+# --- verification ----------------------------------------------------------------------
+
+
+def parse_public_keys(specs: str | list[str]) -> dict[str, Ed25519PublicKey]:
+    """``"<key id>:<base64>"`` items (a list or a comma-separated string) -> pinned keys."""
+    items = specs.split(",") if isinstance(specs, str) else specs
+    keys: dict[str, Ed25519PublicKey] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        key_id, sep, b64 = item.partition(":")
+        if not sep or not key_id:
+            raise ValueError("a pinned public key must look like '<key id>:<base64>'")
+        try:
+            keys[key_id] = Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"pinned public key {key_id!r} is not a 32-byte base64 key") from exc
+    if not keys:
+        raise ValueError("at least one pinned public key is required")
+    return keys
+
+
+def _parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Verified:
+    document: dict[str, Any]  # the inner bundle
+    bundle: Bundle
+    revision: str
+    issued_at: str
+    key_id: str
+    raw: bytes  # the envelope exactly as received, for the disk cache
+
+
+def envelope_verify(
+    raw: bytes, keys: dict[str, Ed25519PublicKey], *, datasource: str | None = None
+) -> Verified:
+    """Signature first, then the engine's own checks; raises ``BundleRejected``."""
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleRejected(f"not JSON: {exc}") from exc
+    if not isinstance(envelope, dict) or set(envelope) != {"bundle", "signature"}:
+        raise BundleRejected("not a signed envelope {bundle, signature}")
+    document, signature = envelope["bundle"], envelope["signature"]
+    if not isinstance(document, dict) or not isinstance(signature, dict):
+        raise BundleRejected("not a signed envelope {bundle, signature}")
+    if signature.get("alg") != "ed25519":
+        raise BundleRejected(f"unsupported signature algorithm {signature.get('alg')!r}")
+    key_id = signature.get("key_id")
+    key = keys.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        raise BundleRejected(f"signed by key {key_id!r}, which is not pinned")
+    try:
+        key.verify(
+            base64.b64decode(str(signature.get("value")), validate=True), canonical_bytes(document)
+        )
+    except (InvalidSignature, binascii.Error, ValueError) as exc:
+        raise BundleRejected("the signature does not match the bundle") from exc
+    try:
+        bundle = load_bundle(document)
+    except BundleError as exc:
+        raise BundleRejected(f"signed, but refused by the engine: {exc}") from exc
+    name = document["datasource"]["name"]
+    if datasource is not None and name != datasource:
+        raise BundleRejected(f"the bundle is for datasource {name!r}, not {datasource!r}")
+    return Verified(document, bundle, document["revision"], document["issued_at"], str(key_id), raw)
+
+
+# --- a small HTTP/1.1 client -----------------------------------------------------------
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size_line = await reader.readline()
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            await reader.readline()
+            return b"".join(parts)
+        total += size
+        if total > MAX_BUNDLE_BYTES:
+            raise HttpError("response too large")
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+async def http_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: bytes | None = None,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpResponse:
+    """One request on its own connection (``Connection: close``); raises ``HttpError``."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise HttpError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+
+    async def exchange() -> HttpResponse:
+        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
+        try:
+            lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            if body is not None:
+                lines.append(f"Content-Length: {len(body)}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > MAX_HEADER_BYTES:
+                raise HttpError("response headers too large")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ", 2)[1])
+            got: dict[str, str] = {}
+            for line in header_lines:
+                if ":" in line:
+                    name, _, value = line.partition(":")
+                    got[name.strip().lower()] = value.strip()
+            if status in (204, 304) or method == "HEAD":
+                data = b""
+            elif got.get("transfer-encoding", "").lower() == "chunked":
+                data = await _read_chunked(reader)
+            elif "content-length" in got:
+                length = int(got["content-length"])
+                if length > MAX_BUNDLE_BYTES:
+                    raise HttpError("response too large")
+                data = await reader.readexactly(length)
+            else:
+                data = await reader.read(MAX_BUNDLE_BYTES + 1)
+                if len(data) > MAX_BUNDLE_BYTES:
+                    raise HttpError("response too large")
+            return HttpResponse(status, got, data)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(exchange(), timeout)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+    except TimeoutError as exc:
+        raise HttpError("timed out") from exc
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+def _utcnow() -> str:
+    return (
+        datetime.datetime.now(datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclass
+class _Status:
+    source: str = ""  # "disk" or "network"
+    activated_at: str | None = None
+    last_success_at: str | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    rejected: int = 0
+    last_rejection: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BundleClient:
+    """Keeps one verified bundle active and current; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        public_keys: dict[str, Ed25519PublicKey],
+        state_dir: str | Path,
+        datasource: str | None = None,
+        wait: int = 55,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.base_url = url.rstrip("/")
+        self._token = token
+        self.keys = public_keys
+        self.state_dir = Path(state_dir)
+        self.datasource = datasource
+        self.wait = max(0, min(wait, 60))
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.ssl_context = ssl_context
+        self._active: Verified | None = None
+        self._status = _Status()
+        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._changed: asyncio.Event | None = None
+
+    # -- what the proxy uses --
+
+    def active(self) -> Verified:
+        if self._active is None:
+            raise NoBundle("no verified policy bundle yet; refusing to serve")
+        return self._active
+
+    def current(self) -> dict[str, Any]:
+        """The active inner bundle (``BundleSource`` seam); raises ``NoBundle``."""
+        return self.active().document
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """``callback(document)`` before each activation; raising rejects the bundle."""
+        self._callbacks.append(callback)
+
+    async def changed(self, after: str | None = None) -> Verified:
+        """Wait until a bundle other than revision ``after`` is active."""
+        while self._active is None or self._active.revision == after:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+        return self._active
+
+    def status(self) -> dict[str, Any]:
+        """What a heartbeat reports about bundles (no secrets)."""
+        active = self._active
+        return {
+            "state": "active" if active else "no_bundle",
+            "revision": active.revision if active else "",
+            "issued_at": active.issued_at if active else None,
+            "key_id": active.key_id if active else None,
+            "source": self._status.source,
+            "activated_at": self._status.activated_at,
+            "last_success_at": self._status.last_success_at,
+            "consecutive_failures": self._status.consecutive_failures,
+            "last_error": self._status.last_error,
+            "rejected": self._status.rejected,
+            "last_rejection": self._status.last_rejection,
+        }
+
+    # -- activation and the disk cache --
+
+    def _activate(self, verified: Verified, source: str) -> None:
+        current = self._active
+        if current is not None and _parse_time(verified.issued_at) < _parse_time(current.issued_at):
+            raise BundleRejected(
+                f"older than the active bundle ({verified.issued_at} < {current.issued_at}): "
+                "a replay would undo newer policy"
+            )
+        for callback in self._callbacks:
+            try:
+                callback(verified.document)
+            except Exception as exc:
+                raise BundleRejected(f"refused by the sidecar: {exc}") from exc
+        self._active = verified
+        self._status.source = source
+        self._status.activated_at = _utcnow()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        log.info("bundle %s active (from %s)", verified.revision[:12], source)
+
+    def _reject(self, reason: str) -> None:
+        self._status.rejected += 1
+        self._status.last_rejection = {"at": _utcnow(), "reason": reason}
+        log.error(
+            "bundle rejected, keeping %s: %s", self.status()["revision"][:12] or "none", reason
+        )
+
+    def _write_cache(self, raw: bytes) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        target = self.state_dir / CACHE_FILE
+        tmp = self.state_dir / f".{CACHE_FILE}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, raw)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(target)
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load_from_disk(self) -> bool:
+        """Activate the cached bundle when it still verifies; True when one is active."""
+        path = self.state_dir / CACHE_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return False
+        try:
+            self._activate(envelope_verify(raw, self.keys, datasource=self.datasource), "disk")
+        except BundleRejected as exc:
+            # A cache that no longer verifies (key rotated away, engine upgraded) is
+            # not fatal: the network may still bring a good bundle.
+            self._reject(f"cached bundle: {exc}")
+            return False
+        return True
+
+    # -- talking to the control plane --
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        if self._active is not None:
+            headers["If-None-Match"] = f'"{self._active.revision}"'
+        return headers
+
+    async def poll_once(self, *, wait: int = 0) -> str:
+        """One (long-)poll: "activated", "unchanged", "rejected" or "error"."""
+        url = f"{self.base_url}{BUNDLE_PATH}?wait={wait}" if wait else self.base_url + BUNDLE_PATH
+        try:
+            response = await http_request(
+                "GET", url, headers=self._headers(), timeout=wait + 15, ssl_context=self.ssl_context
+            )
+        except HttpError as exc:
+            return self._failed(str(exc))
+        if response.status == 304:
+            self._succeeded()
+            return "unchanged"
+        if response.status != 200:
+            return self._failed(f"HTTP {response.status}: {response.body[:200]!r}")
+        try:
+            verified = envelope_verify(response.body, self.keys, datasource=self.datasource)
+            if self._active is not None and verified.revision == self._active.revision:
+                self._succeeded()
+                return "unchanged"
+            self._activate(verified, "network")
+        except BundleRejected as exc:
+            self._reject(str(exc))
+            self._status.consecutive_failures += 1
+            return "rejected"
+        try:
+            self._write_cache(verified.raw)
+        except OSError as exc:
+            # Still enforce the newer policy; the next start may use an older cache.
+            log.error("could not write the bundle cache: %s", exc)
+            self._status.last_error = f"cache write failed: {exc}"
+        self._succeeded()
+        return "activated"
+
+    def _succeeded(self) -> None:
+        self._status.last_success_at = _utcnow()
+        self._status.consecutive_failures = 0
+        self._status.last_error = None
+
+    def _failed(self, message: str) -> str:
+        self._status.consecutive_failures += 1
+        self._status.last_error = message
+        log.warning(
+            "bundle poll failed (%d in a row): %s", self._status.consecutive_failures, message
+        )
+        return "error"
+
+    def backoff_delay(self) -> float:
+        """Full jitter: uniform in [0, min(max, min * 2^(failures-1))], at least min/2."""
+        failures = max(1, self._status.consecutive_failures)
+        ceiling = min(self.max_backoff, self.min_backoff * 2 ** (failures - 1))
+        return max(self.min_backoff / 2, random.uniform(0, ceiling))  # noqa: S311 - jitter
+
+    async def watch(self) -> None:
+        """Poll forever: long-polls while healthy, backs off with jitter on failures."""
+        while True:
+            started = time.monotonic()
+            outcome = await self.poll_once(wait=self.wait if self._active else 0)
+            if outcome in {"error", "rejected"}:
+                await asyncio.sleep(self.backoff_delay())
+            elif outcome == "unchanged" and time.monotonic() - started < 1.0 and self.wait:
+                # A server that ignores wait must not turn this into a busy loop.
+                await asyncio.sleep(self.min_backoff)
+
+    async def start(self, *, timeout: float = 10.0) -> Verified:
+        """Disk first, then the network until ``timeout``; raises ``NoBundle`` if neither."""
+        if not self.load_from_disk():
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if await self.poll_once() == "activated":
+                    break
+                await asyncio.sleep(
+                    min(self.backoff_delay(), max(0.0, deadline - time.monotonic()))
+                )
+        return self.active()
+
+    async def heartbeat(self, *, version: str, counters: dict[str, int]) -> str | None:
+        """Report status; returns the control plane's current revision (None if unknown)."""
+        body = json.dumps(
+            {
+                "revision": self._active.revision if self._active else "",
+                "version": version,
+                "counters": counters,
+                "status": self.status(),
+            }
+        ).encode()
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
+        response = await http_request(
+            "POST",
+            self.base_url + HEARTBEAT_PATH,
+            headers=headers,
+            body=body,
+            timeout=10,
+            ssl_context=self.ssl_context,
+        )
+        if response.status != 200:
+            raise HttpError(f"heartbeat: HTTP {response.status}")
+        current = json.loads(response.body).get("current_revision")
+        return current if isinstance(current, str) else None
+
+
+# --- standalone use: ``python -m sidecar.bundle`` ------------------------------------------
+
+
+def client_from_env(env: dict[str, str] | None = None) -> BundleClient:
+    """Build a client from ``WARDEN_SIDECAR_CONTROL_PLANE_URL``, ``..._TOKEN`` (or
+    ``..._TOKEN_FILE``), ``..._BUNDLE_PUBLIC_KEYS`` and ``..._STATE_DIR``."""
+    env = dict(os.environ) if env is None else env
+
+    def get(name: str) -> str:
+        key = f"WARDEN_SIDECAR_{name}"
+        if env.get(f"{key}_FILE"):
+            return Path(env[f"{key}_FILE"]).read_text().strip()
+        value = env.get(key, "")
+        if not value:
+            raise SystemExit(f"{key} must be set")
+        return value
+
+    return BundleClient(
+        url=get("CONTROL_PLANE_URL"),
+        token=get("TOKEN"),
+        public_keys=parse_public_keys(get("BUNDLE_PUBLIC_KEYS")),
+        state_dir=get("STATE_DIR"),
+        wait=int(env.get("WARDEN_SIDECAR_BUNDLE_WAIT", "55")),
+        max_backoff=float(env.get("WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF", "30")),
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from sidecar.engine import Engine
+
+    client = client_from_env()
+    probes = [p.split(":", 1) for p in args.probe]
+
+    def emit(event: str, **extra: Any) -> None:
+        print(json.dumps({"event": event, "t": time.time(), **extra}), flush=True)
+
+    def report(verified: Verified) -> None:
+        engine = Engine(verified.bundle)
+        decisions = [
+            {"identity": who, "action": d.action, "upstream_sql": d.upstream_sql}
+            for who, sql in probes
+            for d in [engine.decide(identity=who, sql=sql)]
+        ]
+        credentials = {
+            i["name"]: [c["id"] for c in i["credentials"]] for i in verified.document["identities"]
+        }
+        emit(
+            "active",
+            revision=verified.revision,
+            source=client.status()["source"],
+            probes=decisions,
+            credentials=credentials,
+        )
+
+    try:
+        report(await client.start(timeout=args.start_timeout))
+    except NoBundle as exc:
+        emit("refused", reason=str(exc), status=client.status())
+        return 3
+    watcher = asyncio.create_task(client.watch())
+    rejected = client.status()["rejected"]
+    revision = client.active().revision
+    while True:
+        changed = asyncio.create_task(client.changed(after=revision))
+        done, _ = await asyncio.wait({changed, watcher}, timeout=0.2)
+        if changed in done:
+            verified = changed.result()
+            revision = verified.revision
+            report(verified)
+        else:
+            changed.cancel()
+        if client.status()["rejected"] != rejected:
+            rejected = client.status()["rejected"]
+            emit("rejected", status=client.status())
+        if watcher in done:
+            return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sidecar.bundle",
+        description="Run only the bundle client and print each activation as a JSON line.",
+    )
+    parser.add_argument("--probe", action="append", default=[], help="IDENTITY:SQL to decide")
+    parser.add_argument("--start-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

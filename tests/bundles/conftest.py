@@ -1,0 +1,304 @@
+"""Real parts for the bundle tests: the ASGI server, a Celery worker, the sidecar client.
+
+Each runs as its own process against the test database (committed rows only,
+hence ``transaction=True`` in the tests that use them) and this worker's Redis
+database, with one signing key generated per session and pinned by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from governance import signing
+from governance.signing import signing_key_generate
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SIGNING_KEY = signing_key_generate("test-1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _signing_key(settings: Any) -> Iterator[None]:
+    settings.WARDEN_BUNDLE_SIGNING_KEY = SIGNING_KEY
+    signing.active_signing_key.cache_clear()
+    yield
+    signing.active_signing_key.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_content_types() -> Iterator[None]:
+    # A transactional test ends with a flush; content type ids remembered from it
+    # must not leak into the next test (history records name their content type).
+    yield
+    from django.contrib.contenttypes.models import ContentType
+
+    ContentType.objects.clear_cache()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> None:
+    # Our own Redis database: bundles of an earlier test's datasource ids must
+    # not be served to this one's.
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+def run_async(coro: Any) -> Any:
+    """``asyncio.run`` in a thread of its own: a browser test earlier in the session may
+    leave an event loop running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def pinned_key() -> str:
+    """The client's pin for SIGNING_KEY: ``<key id>:<base64 public key>``."""
+    key_id, _ = SIGNING_KEY.split(":", 1)
+    return f"{key_id}:{signing.active_signing_key().public_b64()}"
+
+
+def server_env() -> dict[str, str]:
+    db = connection.settings_dict
+    url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return {
+        **os.environ,
+        "WARDEN_DEV": "1",
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "WARDEN_BUNDLE_SIGNING_KEY": SIGNING_KEY,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Server:
+    """uvicorn serving governance.sidecar_asgi on a fixed port; can be stopped and restarted."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "governance.sidecar_asgi:application",
+                "--port",
+                str(self.port),
+                "--loop",
+                "uvloop",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=server_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "")
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+                return
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def control_plane() -> Iterator[Server]:
+    server = Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def celery_worker() -> Iterator[subprocess.Popen[Any]]:
+    """A real worker (solo pool) that runs the recompile task."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
+        ],
+        cwd=ROOT,
+        env=server_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "ready." in line:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Celery worker did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+class SidecarClient:
+    """``python -m sidecar.bundle`` in a subprocess; its JSON-line events in a queue."""
+
+    def __init__(self, *, url: str, token: str, state_dir: Path, probes: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "WARDEN_BUNDLE"))}
+        env.update(
+            {
+                "WARDEN_SIDECAR_CONTROL_PLANE_URL": url,
+                "WARDEN_SIDECAR_TOKEN": token,
+                "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": pinned_key(),
+                "WARDEN_SIDECAR_STATE_DIR": str(state_dir),
+                "WARDEN_SIDECAR_BUNDLE_WAIT": "30",
+                "WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        args = [sys.executable, "-m", "sidecar.bundle", "--start-timeout", "3"]
+        for probe in probes:
+            args += ["--probe", probe]
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put(json.loads(line))
+        self.events.put({"event": "exited", "t": time.time()})
+
+    def next_event(self, timeout: float = 10.0, kind: str | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            if kind is None or event["event"] in (kind, "exited"):
+                return event
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def sidecar_clients() -> Iterator[list[SidecarClient]]:
+    started: list[SidecarClient] = []
+    yield started
+    for client in started:
+        client.stop()
+
+
+class ByteFlipRelay:
+    """A TCP relay that flips one byte inside every bundle body it forwards.
+
+    It fakes a hostile network, not our code: the request goes through as sent,
+    and in a 200 response the last byte of the signature's base64 value is changed.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.flipped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+            request = client.recv(65536)
+            upstream.sendall(request)
+            chunks = []
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            response = b"".join(chunks)
+            marker = b'"revision":"'
+            at = response.find(marker)
+            if response.startswith(b"HTTP/1.1 200") and at != -1:
+                # Change one hex digit of the inner revision: same length, so the
+                # framing stays valid and only the content check can notice.
+                pos = at + len(marker)
+                flipped = b"0" if response[pos : pos + 1] != b"0" else b"1"
+                response = response[:pos] + flipped + response[pos + 1 :]
+                self.flipped += 1
+            client.sendall(response)
+
+    def close(self) -> None:
+        self.sock.close()
