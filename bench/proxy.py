@@ -9,7 +9,7 @@ target=<target> met|missed`` lines.
     .venv/bin/python bench/proxy.py [--duration 10] [--scale 8]
 
 PostgreSQL comes from ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432``,
-trust auth); a scratch database ``warden_proxy_bench_<hex>`` is created and dropped.
+trust auth); a scratch database ``<its database>_proxy_bench_<hex>`` is created and dropped.
 """
 
 from __future__ import annotations
@@ -313,6 +313,12 @@ def pgbench(
     return tps, lat
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by ``pid`` (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -350,7 +356,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds per cell (median kept)")
     args = parser.parse_args()
 
-    database = "warden_proxy_bench_" + secrets.token_hex(3)
+    # Named after DATABASE_URL's database (e.g. warden_perf_proxy_bench_<hex>) so
+    # engineers sharing one server each stay within their own database names.
+    own = urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/")
+    prefix = f"{own}_" if own and own != "postgres" else "warden_"
+    database = f"{prefix}proxy_bench_{secrets.token_hex(3)}"
     admin = server_url("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
@@ -380,13 +390,16 @@ def main() -> int:
             "sidecar": (sidecar_port, "bench", TOKEN),
         }
         results: dict[tuple[str, int, str], tuple[float, float]] = {}
+        # The sidecar's own CPU time per transaction: on a shared machine TPS
+        # moves with other people's load, this figure much less.
+        cpu_us: dict[tuple[str, int], list[float]] = {}
         print(
             f"pgbench scale {args.scale}, {args.duration}s per run, {args.repeat} round(s), "
             "targets interleaved"
         )
         print(
             f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
-            f"{'vs direct':>11}{'vs bouncer':>12}"
+            f"{'vs direct':>11}{'vs bouncer':>12}{'CPU us/txn':>12}"
         )
         # "select-prepared" (-M prepared) is informational: statements are decided
         # once, at Parse, so it shows the protocol layer's cost without the engine's.
@@ -400,9 +413,15 @@ def main() -> int:
                 runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
                 for _ in range(args.repeat):  # interleaved rounds; the median is kept
                     for target, (tport, user, pw) in targets.items():
-                        runs[target].append(
-                            pgbench(tport, user, database, clients, args.duration, options, pw)
+                        before = cpu_seconds(sidecar.pid)
+                        tps, lat = pgbench(
+                            tport, user, database, clients, args.duration, options, pw
                         )
+                        runs[target].append((tps, lat))
+                        if target == "sidecar":
+                            used = cpu_seconds(sidecar.pid) - before
+                            per_txn = used / max(tps * args.duration, 1.0) * 1e6
+                            cpu_us.setdefault((workload, clients), []).append(per_txn)
                 for target, measured in runs.items():
                     measured.sort()
                     results[(workload, clients, target)] = measured[len(measured) // 2]
@@ -410,9 +429,12 @@ def main() -> int:
                     tps, lat = results[(workload, clients, target)]
                     direct = results[(workload, clients, "direct")][0]
                     bouncer_tps = results[(workload, clients, "pgbouncer")][0]
+                    cpu = ""
+                    if target == "sidecar":
+                        cpu = f"{sorted(cpu_us[(workload, clients)])[args.repeat // 2]:>12.1f}"
                     print(
                         f"{workload:<16}{clients:>8}  {target:<10}{tps:>12.0f}{lat:>10.3f}"
-                        f"{tps / direct:>11.3f}{tps / bouncer_tps:>12.3f}"
+                        f"{tps / direct:>11.3f}{tps / bouncer_tps:>12.3f}{cpu}"
                     )
         print(f"sidecar memory per idle connection: {per_conn:.1f} KB ({args.idle} connections)")
         print()

@@ -122,12 +122,19 @@ class _Splice:
 
 @dataclass(slots=True)
 class _Template:
-    """A decision for one single-statement text, re-applicable to other literals."""
+    """A decision for one single-statement text, re-applicable to other literals.
+
+    ``structure`` holds the text of every token that is neither a literal nor a
+    comment, so a text matches the template exactly when only its literals (and
+    comments) differ. ``statements`` memoises the per-hit StatementAnalysis by
+    LIMIT value: everything else in it is the same for every match.
+    """
 
     decision: Decision
-    structure: tuple[bytes, ...]  # non-literal tokens of the text it was made from
+    structure: tuple[str, ...]  # non-literal tokens of the text it was made from
     splices: tuple[tuple[int, int, str], ...]  # (first, last structural index, text)
     limit_index: int | None  # structural index of LIMIT when the bound is a literal
+    statements: dict[int | None, StatementAnalysis] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -138,10 +145,19 @@ class _State:
     sqlglot_schema: Any = None
 
 
-def _structure(sql: str, tokens: list[Token]) -> tuple[list[int], tuple[bytes, ...]]:
-    raw = sql.encode("utf-8")
-    index = [i for i, t in enumerate(tokens) if t.name not in _CONST_TOKENS]
-    return index, tuple(raw[tokens[i].start : tokens[i].end] for i in index)
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_NOT_STRUCTURE = _CONST_TOKENS | _COMMENT_TOKENS
+_STATEMENT_MEMO = 64  # distinct LIMIT values remembered per template
+
+
+def _structure(sql: str, tokens: list[Any]) -> tuple[list[Any], tuple[str, ...]]:
+    """(structural tokens, their text) from pglast's raw scan of ``sql``.
+
+    pglast reports character offsets (end inclusive), so slicing the ``str``
+    gives each token's text; equal text tuples mean equal UTF-8 byte tuples.
+    """
+    kept = [t for t in tokens if t.name not in _NOT_STRUCTURE]
+    return kept, tuple([sql[t.start : t.end + 1] for t in kept])
 
 
 class Engine:
@@ -252,35 +268,47 @@ class Engine:
 
     # -- the cached template path ---------------------------------------------------
     def _instantiate(self, template: _Template, sql: str) -> Decision | None:
+        # The hot path of a proxy under load (same statement, new literals), so it
+        # works on pglast's raw scan and str offsets: no per-token objects of our
+        # own, no re-encoding, and the StatementAnalysis is memoised per LIMIT.
         try:
-            tokens = scan_tokens(sql)
+            tokens = pg.scan(sql)
         except Exception:
             return None
-        index, structure = _structure(sql, tokens)
+        kept, structure = _structure(sql, tokens)
         if structure != template.structure:
             return None
         d = template.decision
-        s = d.statements[0]
-        row_bound = s.row_bound
+        row_bound = d.statements[0].row_bound
         if template.limit_index is not None:
-            position = index[template.limit_index] + 1
-            if position >= len(tokens) or tokens[position].name != "ICONST":
+            limit = kept[template.limit_index]
+            bound = None
+            for t in tokens[tokens.index(limit) + 1 :]:
+                if t.name not in _COMMENT_TOKENS:
+                    bound = t
+                    break
+            if bound is None or bound.name != "ICONST":
                 return None
-            raw = sql.encode("utf-8")
-            row_bound = int(raw[tokens[position].start : tokens[position].end])
+            try:
+                row_bound = int(sql[bound.start : bound.end + 1])
+            except ValueError:  # e.g. 0x1F or 1_000: let a full decision read it
+                return None
         upstream = sql
         rewritten = None
         if template.splices:
-            raw = sql.encode("utf-8")
-            parts: list[bytes] = []
+            parts: list[str] = []
             last = 0
             for first, end, text in template.splices:
-                parts.append(raw[last : tokens[index[first]].start])
-                parts.append(text.encode("utf-8"))
-                last = tokens[index[end]].end
-            parts.append(raw[last:])
-            upstream = rewritten = b"".join(parts).decode("utf-8")
-        statement = replace(s, row_bound=row_bound, rewritten_sql=rewritten)
+                parts.append(sql[last : kept[first].start])
+                parts.append(text)
+                last = kept[end].end + 1
+            parts.append(sql[last:])
+            upstream = rewritten = "".join(parts)
+        statement = template.statements.get(row_bound)
+        if statement is None or statement.rewritten_sql != rewritten:
+            statement = replace(d.statements[0], row_bound=row_bound, rewritten_sql=rewritten)
+            if rewritten is None and len(template.statements) < _STATEMENT_MEMO:
+                template.statements[row_bound] = statement
         return Decision(
             action=d.action,
             reasons=d.reasons,
@@ -887,9 +915,16 @@ class Engine:
             return None
         try:
             tokens = scan_tokens(sql)
+            raw_tokens = pg.scan(sql)
         except Exception:
             return None
-        index, structure = _structure(sql, tokens)
+        # Splices and LIMIT were located on scan_tokens (comments dropped, byte
+        # offsets); the template is keyed on structural indices, which are the
+        # same in both scans because both drop comments and literals alike.
+        index = [i for i, t in enumerate(tokens) if t.name not in _CONST_TOKENS]
+        structure = _structure(sql, raw_tokens)[1]
+        if len(structure) != len(index):
+            return None
         position = {token_index: i for i, token_index in enumerate(index)}
         mapped = []
         applied = splices if decision.statements[0].rewritten_sql is not None else []
@@ -898,8 +933,12 @@ class Engine:
                 return None
             mapped.append((position[s.first_token], position[s.last_token], s.text))
         limit_index = None
+        limits = [i for i, t in enumerate(tokens) if t.name == "LIMIT"]
+        if a.row_bound is None and limits:
+            # A LIMIT whose bound the analysis did not read (ALL, NULL, a
+            # bigint-sized FCONST...): another literal there may be a real bound.
+            return None
         if a.row_bound is not None:
-            limits = [i for i, t in enumerate(tokens) if t.name == "LIMIT"]
             if len(limits) != 1 or limits[0] not in position:
                 return None
             limit_index = position[limits[0]]

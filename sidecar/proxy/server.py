@@ -12,10 +12,12 @@ upstream pids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
+import socket
 import ssl
 import struct
 import time
@@ -50,6 +52,16 @@ FORWARDED_PARAMS = {
     "lc_time",
 }
 _FALSY = {"", "0", "false", "off", "no"}
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    # Every reply is one small write that the peer is waiting for; Nagle's
+    # algorithm would hold it back for the previous segment's ACK. asyncio and
+    # uvloop set this on plain TCP already; this also covers TLS transports.
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +336,8 @@ class ProxyServer:
         leftover_upstream = bytes(up.reader._buffer)
         writer.transport.set_protocol(ClientProtocol(session))
         up.writer.transport.set_protocol(UpstreamProtocol(session))
+        for transport in (writer.transport, up.writer.transport):
+            _no_delay(transport)
         writer.write(greeting)
         if leftover_upstream:
             session.upstream_data(leftover_upstream)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,7 @@ _Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
 _COPY = frozenset(b"dcf")
 _UP_ROWS = frozenset(b"Dd")
 _UP_STATEFUL = frozenset(b"ZSCEsI")
+_unpack_i32 = struct.Struct("!i").unpack_from  # bound once: called for every message
 
 
 class AuditSink(Protocol):
@@ -85,10 +87,30 @@ class _Exec:
         self.started = time.perf_counter()
 
 
-def _event_id() -> str:
-    # A random (version 4) UUID, formatted without uuid.UUID's Python-level cost.
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+class _EventIds:
+    """Random (version 4) UUID strings, from the OS CSPRNG read 4 KiB at a time.
+
+    One ``os.urandom`` call per event was a system call on every statement;
+    slicing a pooled buffer keeps the same randomness without it.
+    """
+
+    __slots__ = ("_hex", "_pos")
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def __call__(self) -> str:
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex = os.urandom(4096).hex()
+            pos = 0
+        self._pos = pos + 32
+        h = self._hex[pos : pos + 32]
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+_event_id = _EventIds()
 
 
 _SYNC = object()
@@ -151,7 +173,7 @@ class Session:
         try:
             while n - pos >= 5:
                 kind = data[pos]
-                length = m.unpack_i32(data, pos + 1)
+                length = _unpack_i32(data, pos + 1)[0]
                 if (
                     length < 4
                     or length > self.max_message
@@ -358,7 +380,7 @@ class Session:
         parts: list[bytes] = []
         while n - pos >= 5:
             kind = data[pos]
-            end = pos + 1 + m.unpack_i32(data, pos + 1)
+            end = pos + 1 + _unpack_i32(data, pos + 1)[0]
             if kind in _UP_ROWS:
                 if end > n:  # stream a large row through instead of buffering it
                     self.uskip = end - n

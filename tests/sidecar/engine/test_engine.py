@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidecar.engine import Bundle, Engine, SessionContext, compute_revision, load_bundle
 from tests.sidecar.engine.conftest import BUNDLES, bundle_data
@@ -167,6 +169,94 @@ def test_normalised_cache_equals_fresh_decision(
         assert cached.action == action
         assert cached.cached or "FETCH" in sql, "served from the normalised cache"
     assert warm.cache_info()["normalised"] >= (0 if "FETCH" in template else 1)
+
+
+# Literal slots for the property below. Values include literals whose kind
+# changes what the statement means: LIMIT bounds that are not plain integers
+# (ALL, NULL, a string, a hex integer), E-strings with escapes next to plain
+# strings, dollar quotes, and "literals" that are really identifiers (a column
+# in place of a number), which must never be served from another text's entry.
+_INTS = st.integers(min_value=-(2**70), max_value=2**70).map(str)
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_STRINGS = st.one_of(
+    _TEXT.map(lambda t: "'" + t.replace("'", "''") + "'"),
+    _TEXT.map(lambda t: "E'" + t.replace("\\", "\\\\").replace("'", "\\'") + "'"),
+    _TEXT.filter(lambda t: "$" not in t).map(lambda t: "$$" + t + "$$"),
+)
+_VALUES = st.one_of(
+    _INTS,
+    _STRINGS,
+    st.sampled_from(["1.5", "-0.0", "1e3", "0x1F", "1_000", "TRUE", "NULL", "id", "ssn"]),
+    st.sampled_from(["email", "c.ssn", "(SELECT ssn FROM customers LIMIT 1)"]),
+)
+_LIMITS = st.one_of(_INTS, st.sampled_from(["ALL", "NULL", "'5'", "0x10", "1_0", "5 OFFSET 2"]))
+_SHAPES = [
+    "SELECT email FROM customers WHERE id = {a} LIMIT {limit}",
+    "SELECT c.id, c.ssn FROM customers c WHERE c.name = {a} AND c.id > {b}",
+    "UPDATE orders SET note = {a} WHERE id = {b}",
+    "DELETE FROM orders WHERE {a} = {b}",
+    "INSERT INTO orders (id, note) VALUES ({a}, {b})",
+    "SELECT p.card_number FROM payments p WHERE p.amount > {a} /* {b} */ LIMIT {limit}",
+    "SELECT id, note FROM orders WHERE note = {a} ORDER BY {b} LIMIT {limit}",
+]
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    shape=st.sampled_from(_SHAPES),
+    first=st.tuples(_VALUES, _VALUES, _LIMITS),
+    second=st.tuples(_VALUES, _VALUES, _LIMITS),
+)
+def test_normalised_cache_equals_fresh_decision_for_any_literals(
+    production: Bundle, shape: str, first: tuple[str, str, str], second: tuple[str, str, str]
+) -> None:
+    # The comment slot in one shape is filled with a literal's text on purpose:
+    # comments are not structure, so that text must not change the decision.
+    def text(values: tuple[str, str, str]) -> str:
+        a, b, limit = values
+        return shape.format(a=a, b=b.replace("*/", ""), limit=limit)
+
+    warm = Engine(production)
+    warm.decide(identity="alice", sql=text(first))
+    sql = text(second)
+    cached = warm.decide(identity="alice", sql=sql)
+    fresh = Engine(production).decide(identity="alice", sql=sql)
+    assert cached.to_json() == fresh.to_json()
+    assert cached.upstream_sql == fresh.upstream_sql
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    shape=st.sampled_from(_SHAPES),
+    ints=st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
+    strings=st.tuples(_STRINGS, _STRINGS),
+)
+def test_same_kind_literals_are_served_from_the_normalised_cache(
+    production: Bundle, shape: str, ints: tuple[int, int], strings: tuple[str, str]
+) -> None:
+    # The property above holds trivially if nothing is ever served from the
+    # cache; here the literals keep their kind, so the hit must happen.
+    def text(n: int, s: str) -> str:
+        return shape.format(a=s, b=n, limit=n)
+
+    warm = Engine(production)
+    first = warm.decide(identity="alice", sql=text(1, "'x'"))
+    sql = text(ints[1], strings[1].replace("*/", ""))
+    cached = warm.decide(identity="alice", sql=sql)
+    assert cached.to_json() == Engine(production).decide(identity="alice", sql=sql).to_json()
+    # Comments are kept in the normalised key, so a new comment is a new entry;
+    # ORDER BY <n> names a column by position, so it is never a template.
+    uncached = "/*" in shape or "ORDER BY" in shape
+    if first.action != "block" and strings[1].startswith("'") and not uncached:
+        assert cached.cached, "served from the normalised cache"
 
 
 def test_unknown_protocol_is_a_programming_error(production: Bundle) -> None:
