@@ -105,7 +105,15 @@ def main(argv: list[str]) -> int:
     with services() as env:
         os.environ.update(env)
         os.environ.setdefault("WARDEN_DEV", "1")
-        return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]])  # noqa: S603
+        pytest = [sys.executable, "-m", "pytest"]
+        if argv[1:]:
+            return subprocess.call([*pytest, *argv[1:]])  # noqa: S603
+        # Two cores: the bulk runs on two workers (a file stays on one worker, so
+        # module fixtures such as the browser are set up once); tests that flush
+        # Redis or drive the whole stack then run alone.
+        parallel = subprocess.call([*pytest, "-n", "2", "--dist", "loadfile", "-m", "not serial"])  # noqa: S603
+        serial = subprocess.call([*pytest, "-m", "serial"])  # noqa: S603
+        return parallel or (0 if serial == 5 else serial)  # 5: nothing was marked serial
 
 
 if __name__ == "__main__":

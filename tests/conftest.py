@@ -24,6 +24,18 @@ from django.contrib.auth import get_user_model
 from governance import services
 from governance.models import Classification, Environment, Membership, Role
 
+# These directories flush Redis or run the whole stack as subprocesses; make
+# test runs them after the parallel part, one at a time (config.devstack).
+SERIAL_DIRS = ("bundles", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.parts
+        if "tests" in parts and parts[parts.index("tests") + 1] in SERIAL_DIRS:
+            item.add_marker(pytest.mark.serial)
+
+
 PASSWORDS = {
     role: f"pw-{role}-Warden1!" for role in ("admin", "security", "reviewer", "auditor", "none")
 }

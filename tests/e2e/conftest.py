@@ -77,7 +77,10 @@ def builtin_policy_data_after_module(
         _seed_builtin_policy_data()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running
+# in this thread while it is open, which would break later tests that call
+# asyncio.run() (the sidecar's).
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         reason = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
