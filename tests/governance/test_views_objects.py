@@ -226,8 +226,9 @@ def test_datasource_page_shows_columns_with_classification_and_masking(
     assert columns["ssn"]["masking_rule"].strategy == "partial"
     assert columns["id"]["classification"] is None
     card = {c["name"]: c for c in tables["public.orders"]["columns"]}["card_number"]
-    assert card["masking_rule"] is None  # classified, but no rule: flagged as unmasked
-    assert b"unmasked" in response.content
+    # Restricted, no rule: the engine applies the level's safe default, and says so.
+    assert card["masking_rule"] is None
+    assert b"redact (default)" in response.content
 
 
 # --- classifications and column classifications -------------------------------------------
