@@ -295,3 +295,17 @@ def test_page_simulates_and_htmx_gets_the_panel(demo_policy: Any, security_user:
     assert panel.status_code == 200
     assert "<html" not in panel.content.decode()
     assert 'id="simulator"' in panel.content.decode()
+
+
+def test_sql_is_not_logged(demo_policy: Any, security_user: Any, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    literal = "4111-simulated-secret"
+    for sql in (
+        f"SELECT email FROM customers WHERE full_name = '{literal}'",
+        f"DO $$ BEGIN PERFORM '{literal}'; END $$",  # sqlglot's Command fallback warns
+        f"SELECT FROM WHERE '{literal}",  # unparseable
+    ):
+        _simulate(security_user, demo_policy, "security", sql)
+    assert literal not in caplog.text
