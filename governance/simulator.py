@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
 from django.utils import timezone
 
 from governance import selectors
@@ -36,7 +37,7 @@ def _try_disabled_guardrail(
 ) -> str:
     try:
         guardrail = selectors.guardrail_get(user=user, pk=pk)
-    except Exception as exc:  # Http404 or a malformed pk: the same answer for both
+    except Http404 as exc:  # unknown, out of scope or malformed: one answer for all
         raise ValidationError({"include_disabled_guardrail": ["No such guardrail."]}) from exc
     if guardrail.datasource_id not in (None, datasource.pk):
         raise ValidationError(

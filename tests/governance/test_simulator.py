@@ -309,3 +309,21 @@ def test_sql_is_not_logged(demo_policy: Any, security_user: Any, caplog: Any) ->
     ):
         _simulate(security_user, demo_policy, "security", sql)
     assert literal not in caplog.text
+
+
+@pytest.mark.parametrize("pk", [999_999, "abc"])
+def test_unknown_guardrail_to_try_is_a_field_error(
+    demo_policy: Any, security_user: Any, pk: Any
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        _simulate(security_user, demo_policy, "security", "SELECT 1", include_disabled_guardrail=pk)
+    assert err.value.message_dict == {"include_disabled_guardrail": ["No such guardrail."]}
+
+
+def test_page_unknown_datasource_is_an_inline_error(demo_policy: Any, auditor_user: Any) -> None:
+    response = _client(auditor_user).post(
+        reverse("governance:simulate"),
+        {"datasource": 999_999, "identity": "security", "sql": "SELECT 1"},
+    )
+    assert response.status_code == 400
+    assert 'id="id_datasource_error"' in response.content.decode()
