@@ -498,6 +498,13 @@ class SimulateForm(ServiceForm):
         empty_label="(none: the policy as it is)",
         help_text="Simulate as if this guardrail were enabled.",
     )
+    draft_guardrail = forms.JSONField(
+        label="Try a draft guardrail (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"}),
+        help_text='Not saved; evaluated after the others, e.g. {"name": "review-customers", '
+        '"action": "review", "conditions": {"tables": ["customers"]}, "message": "..."}',
+    )
 
     def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -507,6 +514,14 @@ class SimulateForm(ServiceForm):
             user=user, filters={"enabled": "false"}
         )
         self.fields["sql"].max_length = simulator.MAX_SQL_LENGTH
+
+    def clean_draft_guardrail(self) -> dict[str, Any] | None:
+        value = self.cleaned_data["draft_guardrail"]
+        if value in (None, "", {}):
+            return None
+        if not isinstance(value, dict):
+            raise ValidationError("A JSON object: name, action, conditions, message.")
+        return value
 
     def simulate(self) -> dict[str, Any] | None:
         """The simulation, or None with the problems on the form."""
@@ -520,6 +535,7 @@ class SimulateForm(ServiceForm):
                 identity_name=self.cleaned_data["identity"],
                 sql=self.cleaned_data["sql"],
                 include_disabled_guardrail=guardrail.pk if guardrail is not None else None,
+                draft_guardrail=self.cleaned_data["draft_guardrail"],
             )
         except (ValidationError, ApplicationError) as exc:
             apply_service_error(self, exc)

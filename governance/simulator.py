@@ -58,6 +58,10 @@ def _add_draft_guardrail(
     *, bundle: dict[str, Any], datasource: Datasource, draft: dict[str, Any]
 ) -> str:
     """Validate ``draft`` as the model would, then append it (enabled, evaluated last)."""
+    if not isinstance(draft, dict):
+        raise ValidationError(
+            {"draft_guardrail": ["A JSON object: name, action, conditions, message."]}
+        )
     unknown = set(draft) - {"name", "action", "conditions", "message"}
     if unknown:
         raise ValidationError(

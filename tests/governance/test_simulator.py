@@ -327,3 +327,32 @@ def test_page_unknown_datasource_is_an_inline_error(demo_policy: Any, auditor_us
     )
     assert response.status_code == 400
     assert 'id="id_datasource_error"' in response.content.decode()
+
+
+def test_page_tries_a_draft_guardrail(demo_policy: Any, security_user: Any) -> None:
+    client = _client(security_user)
+    data = {
+        "datasource": demo_policy.datasource.pk,
+        "identity": "security",
+        "sql": "SELECT id FROM customers LIMIT 1",
+        "draft_guardrail": json.dumps(
+            {
+                "name": "review-customers",
+                "action": "review",
+                "conditions": {"tables": ["customers"]},
+                "message": "Second pair of eyes.",
+            }
+        ),
+    }
+    ok = client.post(reverse("governance:simulate"), data)
+    assert ok.status_code == 200
+    assert "badge-action-review" in ok.content.decode()
+    assert "review-customers" in ok.content.decode()
+    assert not GuardrailRule.objects.filter(name="review-customers").exists()
+    bad = client.post(
+        reverse("governance:simulate"),
+        {**data, "draft_guardrail": '{"name": "x", "action": "block"}'},
+    )
+    assert bad.status_code == 400
+    assert 'id="id_draft_guardrail_error"' in bad.content.decode()
+    assert "needs a message" in bad.content.decode()
