@@ -27,10 +27,11 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from audit.models import ChangeRecord
 from audit.selectors import change_history_for
-from governance import selectors, services
+from governance import selectors, services, simulator
 from governance.models import (
     AccessToken,
     ApiToken,
@@ -741,3 +742,67 @@ class GuardrailViewSet(PolicyViewSet):
         )
         moved.refresh_from_db()
         return Response(GuardrailSerializer(moved).data)
+
+
+# --- simulator -----------------------------------------------------------------------------
+
+
+class SimulateSerializer(serializers.Serializer):
+    datasource = by_name(Datasource.objects.all(), "name", "datasource")
+    identity = serializers.CharField(max_length=150)
+    sql = serializers.CharField(max_length=simulator.MAX_SQL_LENGTH, trim_whitespace=False)
+    include_disabled_guardrail = by_name(
+        GuardrailRule.objects.all(),
+        "name",
+        "guardrail",
+        required=False,
+        allow_null=True,
+        help_text="A guardrail (by name) to treat as enabled for this simulation.",
+    )
+    draft_guardrail = JSONObjectField(
+        required=False,
+        allow_null=True,
+        help_text="An unsaved guardrail {name, action, conditions, message}, evaluated last.",
+    )
+
+
+SimulationSerializer = inline_serializer(
+    "Simulation",
+    {
+        "decision": serializers.DictField(help_text="Decision JSON (docs/bundle-format.md)."),
+        "notes": serializers.ListField(child=serializers.CharField()),
+        "tried": serializers.ListField(child=serializers.CharField()),
+    },
+)
+
+
+class SimulateView(APIView):
+    """What the sidecar would decide for ``identity`` sending ``sql`` to ``datasource``.
+
+    Any viewer role may simulate: the answer reveals policy, not data. Nothing
+    is stored; the SQL is neither saved nor logged.
+    """
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(
+        tags=["simulate"],
+        request=SimulateSerializer,
+        responses={200: SimulationSerializer, **_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        payload = SimulateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        # Resolve through the selector so the caller's visibility rules apply.
+        datasource = selectors.datasource_get(user=request.user, pk=data["datasource"].pk)
+        guardrail = data.get("include_disabled_guardrail")
+        result = simulator.policy_simulate(
+            user=request.user,
+            datasource=datasource,
+            identity_name=data["identity"],
+            sql=data["sql"],
+            include_disabled_guardrail=guardrail.pk if guardrail is not None else None,
+            draft_guardrail=data.get("draft_guardrail"),
+        )
+        return Response(result)

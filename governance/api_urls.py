@@ -1,5 +1,6 @@
 """Management REST API routes, under /api/v1/ (see governance.api)."""
 
+from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
 from governance import api, sidecar_mgmt_api
@@ -20,4 +21,7 @@ router.register("guardrails", api.GuardrailViewSet, basename="guardrail")
 router.register("sidecars", sidecar_mgmt_api.SidecarViewSet, basename="sidecar")
 
 app_name = "api"
-urlpatterns = router.urls
+urlpatterns = [
+    re_path(r"^simulate/?$", api.SimulateView.as_view(), name="simulate"),
+    *router.urls,
+]

@@ -15,7 +15,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.forms.models import model_to_dict
 
-from governance import services
+from governance import selectors, services, simulator
 from governance.errors import ApplicationError
 from governance.models import (
     FLAG_CONDITIONS,
@@ -474,3 +474,69 @@ class GuardrailForm(ServiceForm):
 
     def update(self, *, actor: Any, obj: Any) -> GuardrailRule:
         return services.guardrail_update(actor=actor, guardrail=obj, data=self.data_for_service())
+
+
+class SimulateForm(ServiceForm):
+    """The simulator's input; ``simulate`` runs ``policy_simulate`` (nothing is saved)."""
+
+    datasource = forms.ModelChoiceField(queryset=Datasource.objects.none())
+    identity = forms.CharField(
+        max_length=150,
+        help_text="Any identity; one not allowed on the datasource is refused, as it would be.",
+        widget=forms.TextInput(attrs={"list": "simulate-identities", "autocomplete": "off"}),
+    )
+    sql = forms.CharField(
+        label="SQL",
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "class": "mono"}),
+        help_text="Neither stored nor logged.",
+    )
+    include_disabled_guardrail = forms.ModelChoiceField(
+        label="Try a disabled guardrail",
+        queryset=GuardrailRule.objects.none(),
+        required=False,
+        empty_label="(none: the policy as it is)",
+        help_text="Simulate as if this guardrail were enabled.",
+    )
+    draft_guardrail = forms.JSONField(
+        label="Try a draft guardrail (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"}),
+        help_text='Not saved; evaluated after the others, e.g. {"name": "review-customers", '
+        '"action": "review", "conditions": {"tables": ["customers"]}, "message": "..."}',
+    )
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["datasource"].queryset = selectors.datasource_list(user=user)
+        self.fields["include_disabled_guardrail"].queryset = selectors.guardrail_list(
+            user=user, filters={"enabled": "false"}
+        )
+        self.fields["sql"].max_length = simulator.MAX_SQL_LENGTH
+
+    def clean_draft_guardrail(self) -> dict[str, Any] | None:
+        value = self.cleaned_data["draft_guardrail"]
+        if value in (None, "", {}):
+            return None
+        if not isinstance(value, dict):
+            raise ValidationError("A JSON object: name, action, conditions, message.")
+        return value
+
+    def simulate(self) -> dict[str, Any] | None:
+        """The simulation, or None with the problems on the form."""
+        if not self.is_valid():
+            return None
+        guardrail = self.cleaned_data["include_disabled_guardrail"]
+        try:
+            return simulator.policy_simulate(
+                user=self.user,
+                datasource=self.cleaned_data["datasource"],
+                identity_name=self.cleaned_data["identity"],
+                sql=self.cleaned_data["sql"],
+                include_disabled_guardrail=guardrail.pk if guardrail is not None else None,
+                draft_guardrail=self.cleaned_data["draft_guardrail"],
+            )
+        except (ValidationError, ApplicationError) as exc:
+            apply_service_error(self, exc)
+            return None

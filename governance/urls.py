@@ -40,6 +40,7 @@ urlpatterns = [
         for route in _resource_routes(prefix, views.RESOURCES[key])
     ),
     path("changes/", views.change_list, name="change_list"),
+    path("simulate/", views.simulate, name="simulate"),
     path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
     path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
     path("columns/<int:pk>/review/", views.column_review, name="column_review"),

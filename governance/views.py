@@ -40,6 +40,7 @@ from governance.forms import (
     IdentityForm,
     MaskingRuleForm,
     ServiceForm,
+    SimulateForm,
     TeamForm,
     TokenIssueForm,
 )
@@ -646,3 +647,26 @@ def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request, "governance/api_token_revoke.html", context, status=400 if error else 200
     )
+
+
+# --- simulator ------------------------------------------------------------------------
+
+
+@viewer_required
+@require_http_methods(["GET", "POST"])
+def simulate(request: HttpRequest) -> HttpResponse:
+    """Try a statement against a datasource's current policy; nothing is stored.
+
+    POST, not GET: the SQL must not end up in URLs, browser history or access
+    logs. With htmx only the simulator panel (form + result) is swapped.
+    """
+    form = SimulateForm(request.POST or None, user=request.user)
+    result = form.simulate() if request.method == "POST" else None
+    status = 400 if request.method == "POST" and result is None else 200
+    context = {
+        "form": form,
+        "result": result,
+        "identities": selectors.identity_list(user=request.user).values_list("name", flat=True),
+    }
+    template = "governance/_simulator.html" if request.htmx else "governance/simulate.html"
+    return render(request, template, context, status=status)

@@ -24,3 +24,13 @@
     }
   });
 })();
+
+/* Forms marked data-swap-400 show the server's inline errors: htmx does not
+   swap 4xx answers by default, but a refused form's 400 carries the form. */
+document.addEventListener("htmx:beforeSwap", function (event) {
+  var elt = event.detail.requestConfig && event.detail.requestConfig.elt;
+  if (event.detail.xhr.status === 400 && elt && elt.hasAttribute("data-swap-400")) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
