@@ -476,6 +476,13 @@ class GuardrailForm(ServiceForm):
         return services.guardrail_update(actor=actor, guardrail=obj, data=self.data_for_service())
 
 
+class _OptionalJSONField(forms.JSONField):
+    """A JSON field that shows an empty box, not ``null``, when nothing was given."""
+
+    def prepare_value(self, value: Any) -> Any:
+        return "" if value is None else super().prepare_value(value)
+
+
 class SimulateForm(ServiceForm):
     """The simulator's input; ``simulate`` runs ``policy_simulate`` (nothing is saved)."""
 
@@ -498,7 +505,7 @@ class SimulateForm(ServiceForm):
         empty_label="(none: the policy as it is)",
         help_text="Simulate as if this guardrail were enabled.",
     )
-    draft_guardrail = forms.JSONField(
+    draft_guardrail = _OptionalJSONField(
         label="Try a draft guardrail (JSON)",
         required=False,
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"}),
