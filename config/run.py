@@ -149,7 +149,7 @@ def _serve(
             _start(
                 "web",
                 [
-                    sys.executable, "-m", "uvicorn", "config.asgi:application",
+                    sys.executable, "-m", "uvicorn", "governance.sidecar_asgi:application",
                     "--host", host, "--port", port, "--no-access-log",
                 ],
                 env,
