@@ -39,7 +39,7 @@ AUDIT_PATH = "/api/v1/sidecar/audit"
 
 
 class BundleSource(Protocol):
-    """Where the enforced bundle comes from (local file now, signed REST later)."""
+    """Where the enforced bundle comes from: ``BundleClient`` or ``FileBundleSource``."""
 
     def current(self) -> dict[str, Any]: ...
 
