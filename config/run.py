@@ -1,9 +1,11 @@
 """``make run``: Warden on one machine with nothing but Python.
 
 Starts (or reuses) the embedded PostgreSQL and Redis under ``var/`` unless
-``DATABASE_URL``/``REDIS_URL`` are set, migrates, seeds the demo (idempotent),
-then runs the web server (uvicorn, ASGI), a Celery worker with embedded beat,
-and any demo processes from ``demo_processes()``. It prints where to go and how
+``DATABASE_URL``/``REDIS_URL`` are set, migrates, seeds the demo and the demo
+database ``warden_demo`` (idempotent), then runs the web server (uvicorn on
+``governance.sidecar_asgi``, which serves the sidecars' long-poll itself), a
+Celery worker with embedded beat, and the demo sidecar on 127.0.0.1:6432
+(``WARDEN_SIDECAR_PORT``). It prints where to go and how
 to sign in. Ctrl-C or SIGTERM stops every child, then the embedded services;
 the next ``make run`` finds the same data again.
 """
@@ -38,12 +40,28 @@ def _secret_key() -> str:
     return path.read_text().strip()
 
 
-def demo_processes(env: dict[str, str]) -> list[tuple[str, list[str]]]:
-    """Hook for the demo datasource and its sidecar (later issues): (name, argv) pairs.
+DEMO_DIR = VAR_DIR / "demo-sidecar"
+
+
+def demo_processes(env: dict[str, str]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """The demo sidecar in front of the demo database: (name, argv, extra env) triples.
 
     They start after the web server is ready and stop with everything else.
+    ``manage.py demo_sidecar`` wrote the config; the token stays in its own file.
     """
-    return []
+    argv = [sys.executable, "-m", "sidecar", "run", "--config", str(DEMO_DIR / "sidecar.json")]
+    return [("sidecar", argv, {"WARDEN_SIDECAR_TOKEN_FILE": str(DEMO_DIR / "sidecar-token")})]
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if path.exists():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
@@ -93,6 +111,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool
     return False
 
 
+def _sidecar_port() -> str:
+    return os.environ.get("WARDEN_SIDECAR_PORT", "6432")
+
+
 class _Stop(Exception):
     pass
 
@@ -104,9 +126,10 @@ def _raise_stop(signum: int, frame: object) -> None:
 def main() -> int:
     host = os.environ.get("WARDEN_HOST", "127.0.0.1")
     port = os.environ.get("WARDEN_PORT", "8000")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        print(f"WARDEN_PORT must be a TCP port number, got {port!r}", file=sys.stderr)
-        return 2
+    for name, value in (("WARDEN_PORT", port), ("WARDEN_SIDECAR_PORT", _sidecar_port())):
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            print(f"{name} must be a TCP port number, got {value!r}", file=sys.stderr)
+            return 2
     url = f"http://{host}:{port}"
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -143,13 +166,14 @@ def _serve(
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     _manage(env, "migrate", "--no-input", "-v", "0")
     _manage(env, "seed_demo")
+    _manage(env, "demo_sidecar", "--control-plane", url, "--listen-port", _sidecar_port())
     children.append(
         (
             "web",
             _start(
                 "web",
                 [
-                    sys.executable, "-m", "uvicorn", "config.asgi:application",
+                    sys.executable, "-m", "uvicorn", "governance.sidecar_asgi:application",
                     "--host", host, "--port", port, "--no-access-log",
                 ],
                 env,
@@ -173,10 +197,17 @@ def _serve(
     if not _wait_ready(url, children[0][1]):
         print("[run] the web server did not become ready; stopping", file=sys.stderr)
         return 1
-    for name, argv in demo_processes(env):
-        children.append((name, _start(name, argv, env)))
+    ready_file = DEMO_DIR / "ready.json"
+    ready_file.unlink(missing_ok=True)  # written by the sidecar once it serves
+    for name, argv, extra in demo_processes(env):
+        children.append((name, _start(name, argv, {**env, **extra})))
+    if not _wait_file(ready_file, children[-1][1]):
+        print("[run] the demo sidecar did not start serving; stopping", file=sys.stderr)
+        return 1
     creds_path = Path(VAR_DIR) / "demo-credentials.json"
     creds = json.loads(creds_path.read_text()) if creds_path.exists() else {}
+    demo = json.loads((DEMO_DIR / "identity.json").read_text())
+    dbname = os.environ.get("WARDEN_DEMO_DATABASE") or "warden_demo"
     print(
         "\n"
         f"  Warden is running at {url}/\n"
@@ -185,6 +216,15 @@ def _serve(
         f"  or as security / {creds.get('security', '?')} (edits policy), "
         f"reviewer / {creds.get('reviewer', '?')}, auditor / {creds.get('auditor', '?')}.\n"
         f"  API docs: {url}/api/docs/   (credentials kept in {creds_path})\n"
+        "\n"
+        f"  The demo sidecar guards database {dbname} on 127.0.0.1:{_sidecar_port()}; "
+        f"connect as the demo identity {demo['identity']}:\n"
+        f"    PGPASSWORD={demo['token']} psql "
+        f'"host=127.0.0.1 port={_sidecar_port()} dbname={dbname} user={demo["identity"]}"\n'
+        "  and try:\n"
+        "    SELECT full_name, email, phone, ssn, birth_date FROM customers LIMIT 3;  -- masked\n"
+        "    DROP TABLE customers;  -- blocked by a guardrail (42501)\n"
+        "\n"
         "  Press Ctrl-C to stop.\n",
         flush=True,
     )

@@ -34,7 +34,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
-from governance.services import sidecar_heartbeat_record, sidecar_schema_report
+from governance.services import (
+    audit_batch_receive,
+    sidecar_heartbeat_record,
+    sidecar_schema_report,
+)
 from governance.sidecar_auth import (
     PrincipalCache,
     SidecarPrincipal,
@@ -468,7 +472,8 @@ def schema_view(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def audit_view(request: HttpRequest) -> JsonResponse:
-    """Body: {events: [{id, ...}]}. Accepted and counted; the audit issue stores them."""
+    """Body: {events: [{id, ts, type, ...}]}, the proxy's spool lines. Idempotent by
+    ``id``: a re-sent event is answered as a duplicate and not counted twice."""
     principal = _principal(request)
     if principal is None:
         return _unauthorized()
@@ -481,9 +486,20 @@ def audit_view(request: HttpRequest) -> JsonResponse:
     events = data["events"]
     if not isinstance(events, list) or len(events) > AUDIT_MAX_EVENTS:
         return _json_error(400, f"events: a list of at most {AUDIT_MAX_EVENTS} objects.")
-    if not all(isinstance(e, dict) and isinstance(e.get("id"), str) and e["id"] for e in events):
-        return _json_error(400, "Every event needs a non-empty string id.")
-    return JsonResponse({"accepted": len({e["id"] for e in events})}, status=202)
+    if not all(
+        isinstance(e, dict)
+        and isinstance(e.get("id"), str)
+        and 0 < len(e["id"]) <= 64
+        and isinstance(e.get("ts"), int | float)
+        and not isinstance(e["ts"], bool)
+        and isinstance(e.get("type", ""), str)
+        for e in events
+    ):
+        return _json_error(
+            400, "Every event needs a string id (at most 64 characters) and a numeric ts."
+        )
+    result = audit_batch_receive(sidecar_id=principal.sidecar_id, events=events)
+    return JsonResponse(result, status=202)
 
 
 @csrf_exempt

@@ -4,6 +4,9 @@ Every key can be set as ``WARDEN_SIDECAR_<KEY>`` (upper case), and secrets also
 from ``WARDEN_SIDECAR_<KEY>_FILE``. A missing or malformed value raises
 ``ConfigError`` naming the key at start-up, not later. The upstream password
 may live in the DSN or, better, in ``upstream_password`` (file or env).
+Policy comes from the control plane (``control_plane_url`` + ``token`` +
+``bundle_public_keys``) or, as an explicit offline mode, from ``bundle_file``:
+exactly one of the two.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class SidecarConfig:
     upstream_dsn: str
-    bundle_file: str
     state_dir: str
+    bundle_file: str = ""  # offline mode only: a local bundle JSON instead of the control plane
+    control_plane_url: str = ""  # e.g. http://127.0.0.1:8000; bundles, audit and heartbeats
+    token: str | None = None  # the sidecar's own token (wsc_...), from the control plane
+    bundle_public_keys: str = ""  # pinned "<key id>:<base64>" items, comma-separated
+    bundle_wait: int = 55  # long-poll seconds
+    bundle_max_backoff: int = 30
+    heartbeat_interval: int = 10  # seconds between heartbeats
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
     database: str = ""  # the name clients connect to; default: the upstream's
@@ -43,7 +52,7 @@ class SidecarConfig:
     log_level: str = "INFO"
 
 
-_SECRETS = {"upstream_password", "audit_token", "upstream_dsn"}
+_SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token"}
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
@@ -101,4 +110,17 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError("spool_full_policy must be 'refuse' or 'drop'")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key must be given together")
+    if bool(config.bundle_file) == bool(config.control_plane_url):
+        raise ConfigError(
+            "set exactly one of control_plane_url (normal) and bundle_file (offline mode)"
+        )
+    if config.control_plane_url:
+        if not config.control_plane_url.startswith(("http://", "https://")):
+            raise ConfigError("control_plane_url must be an http(s) URL")
+        if not config.token:
+            raise ConfigError("token is required with control_plane_url")
+        if not config.bundle_public_keys:
+            raise ConfigError("bundle_public_keys is required with control_plane_url")
+    if config.heartbeat_interval < 1:
+        raise ConfigError("heartbeat_interval must be at least 1 second")
     return config

@@ -1,10 +1,12 @@
 """Run the sidecar: configuration → bundle → engine → proxy, plus audit and metrics.
 
 ``python -m sidecar.runner --config sidecar.toml`` (or ``python -m sidecar run``).
-The bundle comes from a ``BundleSource``; today that is a local JSON file
-watched for changes, and the signed REST client plugs in behind the same two
-methods (``current()`` and ``subscribe()``). A bundle that fails to load never
-replaces the one being enforced.
+The bundle comes from a ``BundleSource``: normally ``sidecar.bundle``'s client
+of the control plane (signed, long-polled, cached on disk), or, as an explicit
+offline mode, a local JSON file watched for changes. A bundle that fails to
+load never replaces the one being enforced, and with no verified bundle at all
+the sidecar does not listen (fail closed). With a control plane it also ships
+the audit spool to ``/api/v1/sidecar/audit`` and sends heartbeats.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from sidecar.bundle import BundleClient, HttpError, NoBundle, parse_public_keys
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.policy import Identity, Verdict, identities_from_bundle
@@ -31,9 +34,12 @@ from sidecar.shipper import AuditShipper, AuditSpool, Upload
 
 log = logging.getLogger("warden.sidecar")
 
+VERSION = "0.1.0"
+AUDIT_PATH = "/api/v1/sidecar/audit"
+
 
 class BundleSource(Protocol):
-    """Where the enforced bundle comes from (local file now, signed REST later)."""
+    """Where the enforced bundle comes from: ``BundleClient`` or ``FileBundleSource``."""
 
     def current(self) -> dict[str, Any]: ...
 
@@ -264,10 +270,73 @@ async def _revalidate_periodically(server: ProxyServer, interval: float = 10.0) 
         server.revalidate()
 
 
+async def _first_bundle(client: BundleClient, stop: asyncio.Event) -> bool:
+    """Disk cache first, then the control plane, until a verified bundle is active.
+
+    Nothing listens meanwhile: a client finds the port closed rather than a
+    sidecar enforcing nothing. False when asked to stop first.
+    """
+    while not stop.is_set():
+        try:
+            await client.start(timeout=5.0)
+            return True
+        except NoBundle:
+            log.error(
+                "no verified bundle yet (%s); not serving, still trying",
+                client.status()["last_error"] or client.status()["last_rejection"],
+            )
+    return False
+
+
+def heartbeat_counters(metrics: Metrics, spool: AuditSpool, shipped: int) -> dict[str, int]:
+    return {
+        "connections_total": metrics.connections_total,
+        "connections_active": metrics.connections_active,
+        **{f"statements_{action}": count for action, count in metrics.statements.items()},
+        "audit_spool_depth": spool.depth,
+        "audit_dropped": spool.dropped,
+        "audit_shipped": shipped,
+    }
+
+
+async def _heartbeats(
+    client: BundleClient, interval: float, counters: Callable[[], dict[str, int]]
+) -> None:
+    while True:
+        try:
+            await client.heartbeat(version=VERSION, counters=counters())
+        except (HttpError, ValueError) as exc:
+            # Enforcement does not depend on the heartbeat; the control plane
+            # shows the sidecar as silent, which is the signal.
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
+def bundle_client(config: SidecarConfig) -> BundleClient:
+    try:
+        keys = parse_public_keys(config.bundle_public_keys)
+    except ValueError as exc:
+        raise ConfigError(f"bundle_public_keys: {exc}") from exc
+    return BundleClient(
+        url=config.control_plane_url,
+        token=config.token or "",
+        public_keys=keys,
+        state_dir=config.state_dir,
+        wait=config.bundle_wait,
+        max_backoff=float(config.bundle_max_backoff),
+    )
+
+
 async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     metrics = Metrics()
-    source = FileBundleSource(Path(config.bundle_file))
+    source: FileBundleSource | BundleClient
+    if config.control_plane_url:
+        source = bundle_client(config)
+        if not await _first_bundle(source, stop):
+            return
+    else:
+        source = FileBundleSource(Path(config.bundle_file))
     policy = EnginePolicy(source, metrics)
     document = source.current()
     upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
@@ -297,9 +366,24 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         asyncio.create_task(source.watch()),
         asyncio.create_task(_revalidate_periodically(server)),
     ]
-    if config.audit_url:
-        shipper = AuditShipper(spool, http_upload(config.audit_url, config.audit_token))
+    audit_url = config.audit_url or (
+        config.control_plane_url.rstrip("/") + AUDIT_PATH if config.control_plane_url else None
+    )
+    shipper: AuditShipper | None = None
+    if audit_url:
+        shipper = AuditShipper(spool, http_upload(audit_url, config.audit_token or config.token))
         tasks.append(asyncio.create_task(shipper.run()))
+    if isinstance(source, BundleClient):
+        shipped = shipper
+        tasks.append(
+            asyncio.create_task(
+                _heartbeats(
+                    source,
+                    config.heartbeat_interval,
+                    lambda: heartbeat_counters(metrics, spool, shipped.shipped if shipped else 0),
+                )
+            )
+        )
     ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
     if config.metrics_listen:
         host, _, mport = config.metrics_listen.rpartition(":")
@@ -324,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        if config.control_plane_url:
+            bundle_client(config)  # a bad pinned key is a start-up error, not a retry loop
     except ConfigError as exc:
         parser.error(str(exc))
     logging.basicConfig(

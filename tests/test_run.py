@@ -2,14 +2,17 @@
 
 Runs the real command with the embedded PostgreSQL and Redis in a temporary
 var/ directory, as on a fresh machine, then checks the probes, the sign-in
-page, that Ctrl-C (SIGINT) stops every process it started, and that a second
-run finds the same data.
+page, that the demo sidecar answers the printed psql line with masked values
+and blocks ``DROP TABLE``, that Ctrl-C (SIGINT) stops every process it started
+(the sidecar too), and that a second run finds the same data and token.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -35,9 +38,38 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def _run_once(var: Path, port: int) -> tuple[dict, list[int], int]:
+def _demo_psql(lines: list[str]) -> tuple[str, str]:
+    """The printed psql line, run twice: a masked SELECT and a refused DROP."""
+    line = next(x for x in lines if "PGPASSWORD=" in x and " psql " in x)
+    match = re.search(r"PGPASSWORD=(\S+) psql (.+)$", line.strip())
+    assert match, line
+    token, conninfo = match.group(1), shlex.split(match.group(2))[0]
+    env = {**os.environ, "PGPASSWORD": token}
+
+    def psql(statement: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["psql", conninfo, "-XAt", "-F", "|", "-c", statement],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    shown = psql("SELECT email, ssn FROM customers ORDER BY id LIMIT 1")
+    assert shown.returncode == 0, shown.stderr
+    email, ssn = shown.stdout.strip().split("|")
+    # Generated SSNs look like 9xx-xx-xxxx; masked, not one digit of it may remain.
+    assert email.startswith("***@") and ssn and not any(c.isdigit() for c in ssn), shown.stdout
+    dropped = psql("DROP TABLE customers")
+    assert dropped.returncode != 0 and "block-ddl-in-production" in dropped.stderr, dropped
+    return token, conninfo
+
+
+def _run_once(var: Path, port: int, sidecar_port: int) -> tuple[dict, list[int], int, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(WARDEN_VAR_DIR=str(var), WARDEN_PORT=str(port))
+    env.update(
+        WARDEN_VAR_DIR=str(var), WARDEN_PORT=str(port), WARDEN_SIDECAR_PORT=str(sidecar_port)
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "config.run"],
         cwd=ROOT,
@@ -61,6 +93,8 @@ def _run_once(var: Path, port: int) -> tuple[dict, list[int], int]:
         assert status == 200 and json.loads(body)["status"] == "ok"
         status, body = _get(f"{url}/accounts/login/")
         assert status == 200 and "password" in body.lower()
+        token, conninfo = _demo_psql(lines)
+        assert f"port={sidecar_port}" in conninfo and "dbname=warden_demo" in conninfo
         # Everything it started, at any depth (Celery's pool and beat too), plus PostgreSQL.
         started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         pg_pid = int((var / "pg" / "postmaster.pid").read_text().split()[0])
@@ -72,13 +106,13 @@ def _run_once(var: Path, port: int) -> tuple[dict, list[int], int]:
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output[-2000:]
     creds = json.loads((var / "demo-credentials.json").read_text())
-    return creds, started, history
+    return creds, started, history, token
 
 
 def test_make_run_starts_stops_cleanly_and_finds_its_data_again(tmp_path):
     var = tmp_path / "var"
-    port = free_port()
-    creds, started, history = _run_once(var, port)
+    port, sidecar_port = free_port(), free_port()
+    creds, started, history, token = _run_once(var, port, sidecar_port)
     assert history > 40  # the demo was seeded through the services
     assert set(creds) == {"admin", "security", "reviewer", "auditor"}
     assert (var / "demo-credentials.json").stat().st_mode & 0o077 == 0
@@ -88,6 +122,7 @@ def test_make_run_starts_stops_cleanly_and_finds_its_data_again(tmp_path):
     ):
         assert time.monotonic() < deadline, "children still running after Ctrl-C"
         time.sleep(0.2)
-    again, _, history_again = _run_once(var, port)
+    again, _, history_again, token_again = _run_once(var, port, sidecar_port)
     assert again == creds
+    assert token_again == token  # the demo identity's psql line stays valid
     assert history_again == history  # same data, and seeding again changed nothing

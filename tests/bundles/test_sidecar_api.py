@@ -232,10 +232,22 @@ def test_audit_is_accepted_and_approvals_are_not_yet_available(
     control_plane: Server, registered: tuple[Sidecar, str]
 ) -> None:
     _, token = registered
-    events = {"events": [{"id": "e1", "kind": "select"}, {"id": "e1"}, {"id": "e2"}]}
+    ts = 1_700_000_000.5
+    events = {
+        "events": [
+            {"id": "e1", "ts": ts, "type": "statement"},
+            {"id": "e1", "ts": ts, "type": "statement"},
+            {"id": "e2", "ts": 1_700_000_001, "type": "session_start"},
+        ]
+    }
     status, _, body = _post(control_plane, "audit", token, events)
-    assert (status, json.loads(body)) == (202, {"accepted": 2})
+    assert (status, json.loads(body)) == (202, {"accepted": 2, "duplicates": 1})
+    # The same batch again (a reply lost on the way back): nothing new is counted.
+    status, _, body = _post(control_plane, "audit", token, events)
+    assert (status, json.loads(body)) == (202, {"accepted": 0, "duplicates": 3})
     assert _post(control_plane, "audit", token, {"events": [{"kind": "x"}]})[0] == 400
+    assert _post(control_plane, "audit", token, {"events": [{"id": "e3"}]})[0] == 400
+    assert _post(control_plane, "audit", token, {"events": [{"id": "e3", "ts": True}]})[0] == 400
     assert _post(control_plane, "audit", None, events)[0] == 401
     status, _, _ = _post(control_plane, "approvals", token, {"statement": "x"})
     assert status == 501

@@ -1,0 +1,109 @@
+"""Real parts for the sidecar ↔ control plane tests: reuses the bundle tests' processes.
+
+The control plane (uvicorn on ``governance.sidecar_asgi``), the Celery worker
+and the per-session signing key come from ``tests.bundles.conftest``; this adds
+a scratch upstream database and the real sidecar process (``python -m sidecar
+run --config FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for pytest
+    ROOT,
+    _clean_redis,
+    _fresh_content_types,
+    _signing_key,
+    _stop,
+    celery_worker,
+    control_plane,
+    pinned_key,
+)
+
+UPSTREAM_ROWS = [
+    (1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0001", "123-45-6789", "1815-12-10"),
+    (2, "Alan Turing", "alan@example.com", "+44 20 7946 0002", "987-65-4321", "1912-06-23"),
+]
+
+
+def _admin_dsn(dbname: str) -> str:
+    db = connection.settings_dict
+    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{dbname}"
+
+
+@pytest.fixture
+def upstream_db() -> Iterator[str]:
+    """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN."""
+    name = f"{connection.settings_dict['NAME']}_upstream"
+    with psycopg.connect(_admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(_admin_dsn(name)) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text,"
+            " phone text, ssn text, birth_date date)"
+        )
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO customers VALUES (%s, %s, %s, %s, %s, %s)", UPSTREAM_ROWS)
+    yield _admin_dsn(name)
+    with psycopg.connect(_admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class SidecarProcess:
+    """``python -m sidecar run --config FILE``; ``port`` once its ready file appears."""
+
+    def __init__(self, *, config: dict[str, Any], state_dir: Path, timeout: float = 30.0) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file = state_dir / "ready.json"
+        self.ready_file.unlink(missing_ok=True)  # left by an earlier process on this state
+        self.log = state_dir / "sidecar.log"
+        config_file = state_dir / "sidecar.json"
+        config_file.write_text(
+            json.dumps({**config, "state_dir": str(state_dir), "ready_file": str(self.ready_file)})
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DJANGO", "WARDEN_BUNDLE", "WARDEN_SIDECAR"))
+        }
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run", "--config", str(config_file)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self.port = self._wait_ready(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited: {self.log.read_text()[-3000:]}")
+            try:
+                return int(json.loads(self.ready_file.read_text())["port"])
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        raise RuntimeError(f"sidecar not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        _stop(self.proc)

@@ -1,0 +1,160 @@
+"""The real sidecar process run against the real control plane, end to end.
+
+uvicorn serves the control plane on the test database, a Celery worker
+recompiles bundles, and ``python -m sidecar run`` takes its policy from the
+control plane, proxies a scratch database, ships audit events and sends
+heartbeats. Clients are real ``psql`` and psycopg.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+
+from governance import services
+from tests.bundles.conftest import Server
+from tests.integration.conftest import SidecarProcess, pinned_key
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+LOCKOUT_BOUND_SECONDS = 2.0
+
+
+def _psql(port: int, dbname: str, user: str, token: str, sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["psql", f"host=127.0.0.1 port={port} dbname={dbname} user={user}", "-XAt", "-c", sql],
+        env={**os.environ, "PGPASSWORD": token},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def _connect(port: int, dbname: str, user: str, token: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host="127.0.0.1", port=port, dbname=dbname, user=user, password=token, autocommit=True
+    )
+
+
+def _counts(sidecar_pk: int) -> dict[str, int]:
+    raw = redis.Redis.from_url(settings.REDIS_URL).hgetall(f"warden:audit:{sidecar_pk}:counts")
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _wait_statements(sidecar_pk: int, expected: int, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _counts(sidecar_pk)
+        if counts.get("type:statement", 0) >= expected or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
+def _assert_enforced(port: int, dbname: str, token: str) -> None:
+    with _connect(port, dbname, "svc-billing", token) as conn:
+        ssns = [r[0] for r in conn.execute("SELECT ssn FROM customers ORDER BY id").fetchall()]
+        assert ssns[0] != "123-45-6789" and ssns[0].endswith("6789"), ssns
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE customers")
+
+
+def test_sidecar_enforces_ships_audit_and_obeys_revocation(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    token, raw = services.token_issue(actor=admin_user, identity=demo_policy.service, name="t")
+    sidecar, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-integration"
+    )
+    config = {
+        "upstream_dsn": upstream_db,
+        "listen_port": 0,
+        "control_plane_url": control_plane.url,
+        "token": sidecar_token,
+        "bundle_public_keys": pinned_key(),
+        "bundle_wait": 30,
+        "bundle_max_backoff": 1,
+        "heartbeat_interval": 1,
+    }
+    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+    dbname = upstream_db.rsplit("/", 1)[1]
+    try:
+        # Masked through real psql; DROP refused with 42501.
+        select = "SELECT ssn FROM customers ORDER BY id"
+        shown = _psql(proc.port, dbname, "svc-billing", raw, select)
+        assert shown.returncode == 0, shown.stderr
+        first = shown.stdout.splitlines()[0]
+        assert first != "123-45-6789" and first.endswith("6789"), shown.stdout
+        dropped = _psql(proc.port, dbname, "svc-billing", raw, "DROP TABLE customers")
+        assert dropped.returncode != 0 and "migrations" in dropped.stderr, dropped.stderr
+        _assert_enforced(proc.port, dbname, raw)  # 2 more statements: 4 so far
+
+        counts = _wait_statements(sidecar.pk, 4, timeout=15)
+        assert counts.get("type:statement") == 4, counts
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            sidecar.refresh_from_db()
+            if sidecar.running_revision and sidecar.counters.get("statements_block", 0) >= 2:
+                break
+            time.sleep(0.2)
+        assert sidecar.last_heartbeat_at is not None
+        assert sidecar.bundle_status["state"] == "active"
+        assert sidecar.counters["statements_block"] >= 2, sidecar.counters
+
+        # Control plane down: enforcement continues from the active bundle; audit spools.
+        control_plane.stop()
+        _assert_enforced(proc.port, dbname, raw)
+        time.sleep(1.5)
+        spooled = b"".join(p.read_bytes() for p in (tmp_path / "state" / "spool").glob("*"))
+        assert spooled.count(b'"type":"statement"') >= 2
+
+        # A restart while it is still down starts from the verified disk cache; its
+        # spool survives the restart.
+        proc.stop()
+        proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+        _assert_enforced(proc.port, dbname, raw)  # 8 statements now
+
+        # A sidecar that never had a bundle does not serve at all (fail closed).
+        with pytest.raises(RuntimeError, match="not ready"):
+            SidecarProcess(config=config, state_dir=tmp_path / "fresh", timeout=3)
+
+        # Back up: the spooled events arrive, each exactly once.
+        control_plane.start()
+        counts = _wait_statements(sidecar.pk, 8, timeout=30)
+        time.sleep(1.5)  # anything sent twice would have arrived by now
+        counts = _counts(sidecar.pk)
+        assert counts.get("type:statement") == 8, counts
+        assert counts.get("duplicates") == 0, counts
+
+        # Revoking the token in the control plane locks the identity out within 2 s.
+        open_session = _connect(proc.port, dbname, "svc-billing", raw)
+        time.sleep(1.0)  # the bundle client's long-poll is re-established after the restart
+        started = time.monotonic()
+        services.token_revoke(actor=admin_user, token=token)
+        locked_out = None
+        while time.monotonic() - started < 10:
+            try:
+                _connect(proc.port, dbname, "svc-billing", raw).close()
+            except psycopg.OperationalError:
+                locked_out = time.monotonic() - started
+                break
+            time.sleep(0.05)
+        assert locked_out is not None, "the revoked token still logs in"
+        with pytest.raises(psycopg.OperationalError):
+            open_session.execute("SELECT 1")
+        print(f"\ntoken revoked -> sidecar refuses it after {locked_out * 1000:.0f} ms")
+        assert locked_out < LOCKOUT_BOUND_SECONDS
+    finally:
+        proc.stop()
