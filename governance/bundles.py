@@ -131,8 +131,7 @@ def _schema(datasource: Datasource) -> dict[str, Any]:
 
 
 def _masking_params(rule: MaskingRule) -> dict[str, Any]:
-    # The bundle carries only what the engine implements; the other control-plane
-    # parameters (replacement text, mask character, hash length) do not weaken a mask.
+    # The model accepts exactly the parameters the engine implements.
     if rule.strategy == MaskingStrategy.PARTIAL:
         return {"keep_last": int(rule.params.get("keep_last", 4))}
     return {}

@@ -328,8 +328,7 @@ class MaskingRuleForm(ServiceForm):
     params = JSONTextField(
         empty={},
         label="Parameters",
-        help_text='JSON object. partial: {"keep_last": 4}; redact: {"replacement": "***"}; '
-        'hash: {"length": 16}; others take none.',
+        help_text='JSON object. partial: {"keep_last": 4}; the other strategies take none.',
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
     )
     environments = _checkboxes([], "Environments", "None ticked: every environment.")

@@ -598,19 +598,16 @@ class MaskingStrategy(models.TextChoices):
     YEAR_ONLY = "year_only", "Year only (dates)"
 
 
-# Allowed params per strategy: name -> (type, check, message).
+# Allowed params per strategy: name -> (type, check, message). Exactly what the
+# engine implements (docs/bundle-format.md): a parameter the sidecar would
+# silently ignore must not be accepted here.
 _STRATEGY_PARAMS: dict[str, dict[str, tuple[type, Any, str]]] = {
-    MaskingStrategy.REDACT: {
-        "replacement": (str, lambda v: len(v) <= 64, "must be a string of at most 64 characters"),
-    },
+    MaskingStrategy.REDACT: {},
     MaskingStrategy.PARTIAL: {
         "keep_last": (int, lambda v: 1 <= v <= 16, "must be an integer from 1 to 16"),
-        "mask_char": (str, lambda v: len(v) == 1, "must be a single character"),
     },
     MaskingStrategy.EMAIL: {},
-    MaskingStrategy.HASH: {
-        "length": (int, lambda v: 8 <= v <= 64, "must be an integer from 8 to 64"),
-    },
+    MaskingStrategy.HASH: {},
     MaskingStrategy.NULL: {},
     MaskingStrategy.YEAR_ONLY: {},
 }

@@ -50,9 +50,10 @@ def test_owner_cannot_be_deleted_while_owning(demo_policy, admin_user):
         ("partial", {}, "keep_last"),
         ("partial", {"keep_last": 0}, "keep_last"),
         ("partial", {"keep_last": True}, "keep_last"),
-        ("hash", {"length": 4}, "length"),
+        ("hash", {"length": 12}, "not a parameter of hash"),
         ("email", {"keep_last": 4}, "not a parameter of email"),
-        ("redact", {"replacement": 5}, "replacement"),
+        ("redact", {"replacement": "***"}, "not a parameter of redact"),
+        ("partial", {"keep_last": 4, "mask_char": "#"}, "not a parameter of partial"),
     ],
 )
 def test_masking_params_are_validated_per_strategy(strategy, params, problem, admin_user):

@@ -120,8 +120,8 @@ COLUMNS = [
 MASKING_RULES = [
     ("mask-email", "pii.email", "email", {}, []),
     ("mask-phone", "pii.phone", "partial", {"keep_last": 4}, []),
-    ("mask-name", "pii.name", "hash", {"length": 12}, ["support"]),
-    ("mask-ssn", "pii.ssn", "redact", {"replacement": "***-**-****"}, []),
+    ("mask-name", "pii.name", "hash", {}, ["support"]),
+    ("mask-ssn", "pii.ssn", "redact", {}, []),
     ("mask-dob", "pii.dob", "year_only", {}, []),
     ("mask-address", "pii.address", "redact", {}, ["support"]),
     ("mask-card", "financial.card", "partial", {"keep_last": 4}, []),
