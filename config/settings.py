@@ -28,7 +28,7 @@ SECRET_KEY = envstr("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG and not envbool("WARDEN_DEV", False):
         raise ImproperlyConfigured("SECRET_KEY must be set (or run with WARDEN_DEV=1)")
-    SECRET_KEY = "dev-only-insecure-key"  # noqa: S105 - only with DEBUG or WARDEN_DEV
+    SECRET_KEY = "insecure-dev"  # noqa: S105 - only with DEBUG or WARDEN_DEV
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 WARDEN_BASE_URL = (envstr("WARDEN_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
