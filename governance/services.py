@@ -16,7 +16,6 @@ field); other expected failures raise ``governance.errors.ApplicationError``.
 from __future__ import annotations
 
 import datetime
-import logging
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -75,44 +74,7 @@ def _m2m_names(model: type[models.Model]) -> set[str]:
     return {f.name for f in model._meta.many_to_many}
 
 
-POLICY_GENERATION_KEY = "warden:policy-generation"
-
-
-def _policy_changed_on_commit() -> None:
-    # Enqueued only when the transaction commits: a worker never sees a change
-    # that was rolled back, and never races ahead of it.
-    from governance.tasks import policy_changed
-
-    def enqueue() -> None:
-        # The change is committed either way; a broker outage must not turn
-        # it into an error page. Sidecars still see the new bundle revision.
-        try:
-            policy_changed.delay()
-        except Exception:
-            logging.getLogger(__name__).warning("could not enqueue policy_changed", exc_info=True)
-
-    transaction.on_commit(enqueue)
-
-
-def policy_generation_bump() -> int:
-    """Increment the policy generation counter in Redis and return it."""
-    from django.core.cache import cache
-
-    try:
-        return cache.incr(POLICY_GENERATION_KEY)
-    except ValueError:  # first change since Redis started
-        cache.add(POLICY_GENERATION_KEY, 0, timeout=None)
-        return cache.incr(POLICY_GENERATION_KEY)
-
-
-def policy_generation() -> int:
-    from django.core.cache import cache
-
-    return int(cache.get(POLICY_GENERATION_KEY) or 0)
-
-
 def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None = None) -> None:
-    _policy_changed_on_commit()
     obj.full_clean()
     obj.save()
     for name, values in (m2m or {}).items():
@@ -126,7 +88,6 @@ def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValidationError({name: "This field cannot be changed here." for name in unknown})
-    _policy_changed_on_commit()
     before = object_snapshot(obj)
     m2m = _m2m_names(type(obj))
     for name, value in data.items():
@@ -143,7 +104,6 @@ def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set
 
 
 def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
-    _policy_changed_on_commit()
     before = object_snapshot(obj)
     pk = obj.pk
     try:
@@ -736,7 +696,6 @@ def guardrail_move(
     rules.insert(target, moved)
     for new_position, rule in enumerate(rules, start=1):
         if rule.position != new_position:
-            _policy_changed_on_commit()
             before = object_snapshot(rule)
             rule.position = new_position
             # The deferred unique constraint is checked at commit, after all moves.

@@ -1,7 +1,7 @@
 """Celery entry points of the governance app. Thin: they call services.
 
-``policy_changed`` is enqueued on commit by every policy change (never for a
-change that rolled back); ``identities_expire`` runs from beat.
+``bundles_recompile`` is enqueued on commit by every recorded policy change
+(never for a change that rolled back); ``identities_expire`` runs from beat.
 """
 
 from __future__ import annotations
@@ -9,12 +9,6 @@ from __future__ import annotations
 from celery import shared_task
 
 from governance import services
-
-
-@shared_task(ignore_result=True)
-def policy_changed() -> int:
-    """Bump the policy generation, which sidecars' bundle long-polls will watch."""
-    return services.policy_generation_bump()
 
 
 @shared_task(ignore_result=True)

@@ -12,11 +12,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection, transaction
 
 from config.celery import app as celery_app
 from governance import services
-from governance.models import Identity
+from governance.bundles import bundle_current
+from governance.models import Environment, Identity
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,21 +53,26 @@ def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
     queue = f"test-{uuid.uuid4().hex}"
     default_queue = celery_app.conf.task_default_queue
     celery_app.conf.task_default_queue = queue
-    start = services.policy_generation()
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    datasource = services.datasource_create(
+        actor=admin_user, name="celery-ds", environment=Environment.objects.get(name="staging")
+    )
+    assert broker.llen(queue) == 1  # the committed create enqueued its recompile
     with pytest.raises(RuntimeError), transaction.atomic():
-        services.team_create(actor=admin_user, name="Rolled back")
+        services.datasource_update(
+            actor=admin_user, datasource=datasource, data={"description": "x"}
+        )
         raise RuntimeError("abort")
+    # Nothing was committed by the rolled-back change, so nothing more was enqueued.
+    assert broker.llen(queue) == 1
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "--pool", "solo",
          "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat"), "-Q", queue],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     try:
-        # Nothing was committed, so nothing was enqueued.
-        time.sleep(3)
-        assert services.policy_generation() == start
-        services.team_create(actor=admin_user, name="Committed")
-        assert _wait_for(lambda: services.policy_generation() == start + 1)
+        # The committed change reaches the worker, which publishes the bundle.
+        assert _wait_for(lambda: bundle_current(datasource_id=datasource.pk) is not None)
         # The expiry sweep (scheduled by beat every 5 minutes) runs on the worker too.
         identity = Identity.objects.get(user=admin_user)
         Identity.objects.filter(pk=identity.pk).update(expires_at="2000-01-01T00:00:00Z")
