@@ -67,6 +67,19 @@ def _assert_enforced(port: int, dbname: str, token: str) -> None:
             conn.execute("DROP TABLE customers")
 
 
+def _sidecar_config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict[str, Any]:
+    return {
+        "upstream_dsn": upstream_db,
+        "listen_port": 0,
+        "control_plane_url": control_plane.url,
+        "token": sidecar_token,
+        "bundle_public_keys": pinned_key(),
+        "bundle_wait": 30,
+        "bundle_max_backoff": 1,
+        "heartbeat_interval": 1,
+    }
+
+
 def test_sidecar_enforces_ships_audit_and_obeys_revocation(
     control_plane: Server,
     celery_worker: Any,
@@ -79,16 +92,7 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
     sidecar, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-integration"
     )
-    config = {
-        "upstream_dsn": upstream_db,
-        "listen_port": 0,
-        "control_plane_url": control_plane.url,
-        "token": sidecar_token,
-        "bundle_public_keys": pinned_key(),
-        "bundle_wait": 30,
-        "bundle_max_backoff": 1,
-        "heartbeat_interval": 1,
-    }
+    config = _sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     dbname = upstream_db.rsplit("/", 1)[1]
     try:
@@ -173,15 +177,7 @@ def test_masking_rule_change_reaches_the_running_sidecar_within_2_s(
     _, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-masking-change"
     )
-    config = {
-        "upstream_dsn": upstream_db,
-        "listen_port": 0,
-        "control_plane_url": control_plane.url,
-        "token": sidecar_token,
-        "bundle_public_keys": pinned_key(),
-        "bundle_wait": 30,
-        "bundle_max_backoff": 1,
-    }
+    config = _sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     dbname = upstream_db.rsplit("/", 1)[1]
     select = "SELECT ssn FROM customers ORDER BY id LIMIT 1"
