@@ -74,3 +74,23 @@ def change_record_create(
     record.full_clean()
     record.save()
     return record
+
+
+def audit_control_event(
+    *,
+    action: str,
+    actor: Any = None,
+    datasource: Any = None,
+    target: str = "",
+    outcome: str = "",
+    detail: dict[str, Any] | None = None,
+    client_addr: str = "",
+) -> None:
+    """Record a decision a person (or the control plane) took, in the audit trail.
+
+    ``action`` is dotted, e.g. ``approval.approved``, ``auth.sign_in_failed``,
+    ``token.issued``; ``detail`` must never hold a secret or a raw classified
+    value. The trail itself lands with the audit issue; until then this is the
+    one call site every app uses, so nothing has to change when it does.
+    """
+    del action, actor, datasource, target, outcome, detail, client_addr
