@@ -138,7 +138,10 @@ def is_reviewer_of(*, user: Any, request: ApprovalRequest) -> bool:
     if user_role(user) not in REVIEWER_ROLES:
         return False
     team_ids = deciding_team_ids(request)
-    return bool(team_ids) and Identity.objects.filter(user=user, teams__in=team_ids).exists()
+    return (
+        bool(team_ids)
+        and Identity.objects.filter(user=user, is_active=True, teams__in=team_ids).exists()
+    )
 
 
 def decision_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
