@@ -594,9 +594,10 @@ def approval_decide(
     request.save(update_fields=["state", "decided_at"])
     asked_uses = [d.uses for d in approvals if d.uses is not None]
     asked_expiry = [d.grant_expires_at for d in approvals if d.grant_expires_at is not None]
-    default_expiry = now + datetime.timedelta(
-        seconds=settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS
+    default_seconds = min(
+        settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS, settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS
     )
+    default_expiry = now + datetime.timedelta(seconds=default_seconds)
     grant = Grant.objects.create(
         request=request,
         datasource_id=request.datasource_id,
