@@ -1297,7 +1297,7 @@ def scan_schedule_update(
     return schedule
 
 
-def _scan_request(*, actor: Any, datasource: Datasource) -> ScanSchedule:
+def _scan_request(*, actor: Any, datasource: Datasource, now: Any = None) -> ScanSchedule:
     import uuid
 
     schedule = ScanSchedule.objects.select_for_update().get(
@@ -1305,7 +1305,7 @@ def _scan_request(*, actor: Any, datasource: Datasource) -> ScanSchedule:
     )
     before = object_snapshot(schedule)
     schedule.requested = uuid.uuid4().hex
-    schedule.requested_at = timezone.now()
+    schedule.requested_at = now or timezone.now()
     schedule.requested_by = actor
     schedule.full_clean()
     schedule.save()
@@ -1355,7 +1355,7 @@ def scans_request_due(*, now: Any = None) -> list[int]:
         recent_request = schedule.requested_at is not None and schedule.requested_at > since
         if recent_scan or recent_request:
             continue
-        _scan_request(actor=None, datasource=datasource)
+        _scan_request(actor=None, datasource=datasource, now=now)
         asked.append(datasource.pk)
     return asked
 
