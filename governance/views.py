@@ -646,9 +646,8 @@ def review_decide(request: HttpRequest, datasource_pk: int, pk: int) -> HttpResp
             "error": error,
             "classifications": selectors.classification_list(user=request.user),
         }
-        response = render(
-            request, "governance/_review_row.html", context, status=400 if error else 200
-        )
+        # 200 even when refused: htmx swaps only 2xx, and the row shows why inline.
+        response = render(request, "governance/_review_row.html", context)
         if error:
             return trigger_client_event(response, "warden:error", {"message": error})
         return response
@@ -714,8 +713,9 @@ def detector_try(request: HttpRequest) -> HttpResponse:
     else:
         error = " ".join(m for errors in form.errors.values() for m in errors)
     context = {"try_form": form, "results": results, "try_error": error}
-    template = "governance/_detector_try.html" if request.htmx else "governance/detector_try.html"
-    return render(request, template, context, status=400 if error else 200)
+    if request.htmx:  # htmx swaps only 2xx; the panel shows why
+        return render(request, "governance/_detector_try.html", context)
+    return render(request, "governance/detector_try.html", context, status=400 if error else 200)
 
 
 # --- identity access tokens -----------------------------------------------------------

@@ -118,7 +118,8 @@ def test_a_bad_decision_is_refused_and_changes_nothing(
     for data in ({"decision": "approve"}, {"decision": "reclassify", "classification": "nope"}):
         assert client.post(_decide(phone), data).status_code == 400
         response = client.post(_decide(phone), data, headers={"HX-Request": "true"})
-        assert response.status_code == 400 and "HX-Trigger" in response.headers
+        assert response.status_code == 200 and "HX-Trigger" in response.headers
+        assert 'role="alert"' in response.content.decode()
     phone.refresh_from_db()
     assert (phone.classification.name, phone.status) == ("pii.phone", "auto_applied")
 
