@@ -359,15 +359,15 @@ def is_person_name(value: str, hinted: bool = False) -> bool:
     common family name ("Maria Garcia", "Quentin Smith"); under a name hint any
     capitalised 1-4 tokens."""
     tokens = value.split()
-    if not 1 <= len(tokens) <= 4:
-        return False
     words = [t for t in tokens if t not in _NAME_PARTICLES]
-    if not words or not all(_NAME_TOKEN.match(t) for t in words):
+    if not 1 <= len(words) <= 4 or len(tokens) > 6:
+        return False
+    if not all(_NAME_TOKEN.match(t) for t in words):
         return False
     if hinted:
         return True
     first = words[0].lower().rstrip(".")
-    if 2 <= len(tokens) <= 3:
+    if 2 <= len(words) <= 3:
         return first in GIVEN_NAMES or words[-1].lower() in FAMILY_NAMES
     return False
 
