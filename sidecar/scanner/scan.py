@@ -58,17 +58,23 @@ class ScanSettings:
     @classmethod
     def from_bundle(cls, bundle: dict[str, Any]) -> ScanSettings:
         """The bundle's ``scan`` and ``detectors`` keys; defaults when absent."""
-        scan = bundle.get("scan") if isinstance(bundle.get("scan"), dict) else {}
-        assert isinstance(scan, dict)
+        scan = bundle.get("scan")
+        if not isinstance(scan, dict):
+            scan = {}
         detectors = bundle.get("detectors")
         requested = scan.get("requested")
-        return cls(
-            sample_rows=int(scan.get("sample_rows", DEFAULT_SAMPLE_ROWS)),
-            statement_timeout_ms=int(scan.get("statement_timeout_ms", DEFAULT_TIMEOUT_MS)),
-            interval_seconds=int(scan.get("interval_seconds", DEFAULT_INTERVAL)),
-            requested=str(requested) if requested else None,
-            detectors=tuple(detectors) if isinstance(detectors, list) else (),
-        )
+        try:
+            return cls(
+                sample_rows=int(scan.get("sample_rows", DEFAULT_SAMPLE_ROWS)),
+                statement_timeout_ms=int(scan.get("statement_timeout_ms", DEFAULT_TIMEOUT_MS)),
+                interval_seconds=int(scan.get("interval_seconds", DEFAULT_INTERVAL)),
+                requested=str(requested) if requested else None,
+                detectors=tuple(detectors) if isinstance(detectors, list) else (),
+            )
+        except (TypeError, ValueError):
+            # The bundle schema rules this out; a scan with defaults beats no scan.
+            log.warning("bundle scan settings unusable; using the defaults")
+            return cls()
 
 
 @dataclass(slots=True)
