@@ -69,6 +69,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "identities-expire": {"task": "governance.tasks.identities_expire", "schedule": 300.0},
+    # Requests a scan from every datasource whose interval passed (docs/classification.md).
+    "scans-request-due": {
+        "task": "governance.tasks.scans_request_due",
+        "schedule": float(envint("WARDEN_SCAN_BEAT_SECONDS", 60, minimum=1)),
+    },
 }
 
 CACHES = {
@@ -281,3 +286,10 @@ WARDEN_BUNDLE_DEV_KEY_FILE = VAR_DIR / "bundle-signing.key"
 WARDEN_BUNDLE_DEV_KEY_ALLOWED = DEBUG or envbool("WARDEN_DEV", False)
 # A sidecar whose last heartbeat is older than this is flagged stale.
 WARDEN_SIDECAR_STALE_SECONDS = envint("WARDEN_SIDECAR_STALE_SECONDS", 90, minimum=5)
+
+# --- classification scans (docs/classification.md) ------------------------------------
+# A scanner finding at or above this confidence is applied at once (masked, flagged
+# "needs confirmation"); below it, it waits in the review queue.
+WARDEN_SCAN_AUTO_APPLY_CONFIDENCE = envint("WARDEN_SCAN_AUTO_APPLY_PERCENT", 90, minimum=0) / 100
+if WARDEN_SCAN_AUTO_APPLY_CONFIDENCE > 1:
+    raise ImproperlyConfigured("WARDEN_SCAN_AUTO_APPLY_PERCENT must be 0-100")
