@@ -179,7 +179,8 @@ def test_a_new_email_column_is_masked_within_one_scan_interval(
         assert ScanSchedule.objects.get(datasource=datasource).requested_by is None
         assert run.auto_applied >= 1 and run.sampled_columns >= 1
         print(
-            f"masked {elapsed:.1f} s after the column was added (interval {SCAN_INTERVAL_SECONDS} s)"
+            f"masked {elapsed:.1f} s after the column was added"
+            f" (interval {SCAN_INTERVAL_SECONDS} s)"
         )
     finally:
         sidecar.stop()
