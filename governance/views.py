@@ -399,6 +399,8 @@ CHANGE_MODELS = {
     "columnclassification": "Column classification",
     "maskingrule": "Masking rule",
     "guardrailrule": "Guardrail",
+    "customdetector": "Custom detector",
+    "scanschedule": "Scan schedule",
 }
 # content-type model name → Resource key, to link a change to its object's page.
 _CHANGE_LINKS = {
@@ -409,6 +411,7 @@ _CHANGE_LINKS = {
     "columnclassification": "column",
     "maskingrule": "masking_rule",
     "guardrailrule": "guardrail",
+    "customdetector": "detector",
 }
 
 

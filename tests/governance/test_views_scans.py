@@ -234,6 +234,8 @@ def test_detector_create_validates_patterns(client: Client, security_user: Any) 
     response = client.post(url, _detector_form())
     detector = CustomDetector.objects.get(name="employee-id")
     assert response.url == reverse("governance:detector_detail", args=[detector.pk])
+    history = client.get(reverse("governance:change_list"), {"model": "customdetector"})
+    assert history.status_code == 200 and "employee-id" in history.content.decode()
 
 
 def test_detector_try_shows_which_samples_match(client: Client, security_user: Any) -> None:
