@@ -516,8 +516,10 @@ def column_classification_set(
             **values,
         )
         _create(actor, column)
+        column_classifications_inherit(datasource=datasource)
         return column
     _update(actor, existing, values, allowed=set(values))
+    column_classifications_inherit(datasource=datasource)
     return existing
 
 
@@ -590,6 +592,7 @@ def column_classification_delete(
 ) -> None:
     _require_policy_editor(actor)
     _delete(actor, column_classification, blocked_by="other objects")
+    column_classifications_inherit(datasource=column_classification.datasource)
 
 
 # --- masking rules --------------------------------------------------------------------
@@ -1061,6 +1064,21 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
 
 
 def column_classifications_inherit(*, datasource: Datasource) -> int:
+    """Inherit until nothing changes, so a view over a view inherits too (bounded: a
+    chain deeper than this waits for the next scan). Returns how many changed."""
+    total = 0
+    for _ in range(_INHERIT_MAX_DEPTH):
+        changed = _inherit_pass(datasource=datasource)
+        total += changed
+        if not changed:
+            break
+    return total
+
+
+_INHERIT_MAX_DEPTH = 8
+
+
+def _inherit_pass(*, datasource: Datasource) -> int:
     """Give each view column the classification of its source columns (the snapshot's
     ``sources``), so the engine masks reads through the view like the table.
 
@@ -1105,6 +1123,7 @@ def column_classifications_inherit(*, datasource: Datasource) -> int:
     for key, row in rows.items():
         if row.source == ClassificationSource.INHERITED and key not in wanted:
             _delete(None, row, blocked_by="other objects")
+            changed += 1
     for key, (source, path) in wanted.items():
         current = rows.get(key)
         values = {

@@ -325,6 +325,29 @@ def test_view_columns_inherit_and_follow_their_source(
     assert "public.contacts.tel" not in _compiled_columns(demo_policy.datasource)
 
 
+def test_a_view_over_a_view_inherits_in_one_report(demo_policy: Any, sidecar_token: str) -> None:
+    inner = {
+        "schema": "public",
+        "name": "inner_v",
+        "kind": "view",
+        "columns": [{"name": "e", "type": "text", "sources": ["public.customers.email"]}],
+    }
+    outer = {
+        "schema": "public",
+        "name": "outer_v",
+        "kind": "view",
+        "columns": [{"name": "e2", "type": "text", "sources": ["public.inner_v.e"]}],
+    }
+    status, body = _post(sidecar_token, {"snapshot": _snapshot(inner, outer), "findings": []})
+    assert status == 202 and body["inherited"] == 2
+    assert _compiled_columns(demo_policy.datasource)["public.outer_v.e2"] == "pii.email"
+    # The source goes away: both inherited ones follow.
+    _post(sidecar_token, {"snapshot": _snapshot(inner, outer), "findings": []})
+    email = ColumnClassification.objects.get(table_name="customers", column_name="email")
+    services.column_classification_delete(actor=demo_policy.owner.user, column_classification=email)
+    assert not ColumnClassification.objects.filter(source="inherited").exists()
+
+
 # --- scan requests --------------------------------------------------------------------------
 
 
