@@ -44,6 +44,7 @@ from governance.models import (
     Identity,
     MaskingRule,
     ScanRun,
+    ScanSchedule,
     Team,
 )
 from governance.permissions import IsViewer
@@ -955,3 +956,37 @@ class ReviewDecisionView(APIView):
                 actor=request.user, column_classification=column, status=status_
             )
         return Response(ColumnClassificationSerializer(column).data)
+
+
+class ScanScheduleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScanSchedule
+        fields = ["interval_seconds", "sample_rows", "statement_timeout_ms", "requested"]
+        read_only_fields = ["requested"]
+
+
+class ScanScheduleView(APIView):
+    """``datasources/<id>/scan-schedule/``: GET the schedule, PATCH its settings."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(tags=["scans"], responses={200: ScanScheduleSerializer, **_ERRORS})
+    def get(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        return Response(
+            ScanScheduleSerializer(selectors.scan_schedule_get(datasource=datasource)).data
+        )
+
+    @extend_schema(
+        tags=["scans"],
+        request=ScanScheduleSerializer,
+        responses={200: ScanScheduleSerializer, **_ERRORS},
+    )
+    def patch(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        serializer = ScanScheduleSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        schedule = services.scan_schedule_update(
+            actor=request.user, datasource=datasource, data=serializer.validated_data
+        )
+        return Response(ScanScheduleSerializer(schedule).data)

@@ -26,6 +26,11 @@ urlpatterns = [
     re_path(r"^simulate/?$", api.SimulateView.as_view(), name="simulate"),
     re_path(r"^datasources/(?P<pk>\d+)/scans?/?$", api.ScanRequestView.as_view(), name="scan"),
     re_path(
+        r"^datasources/(?P<pk>\d+)/scan-schedule/?$",
+        api.ScanScheduleView.as_view(),
+        name="scan-schedule",
+    ),
+    re_path(
         r"^column-classifications/(?P<pk>\d+)/decide/?$",
         api.ReviewDecisionView.as_view(),
         name="column-classification-decide",

@@ -332,3 +332,21 @@ def test_scan_and_decide_api(
     )
     assert answer.status_code == 200 and answer.json()["status"] == "confirmed"
     assert answer.json()["classification"] == "pii.national_id"
+
+
+def test_scan_schedule_api(demo_policy: Any, personas: dict, other_datasource: Any) -> None:
+    url = f"/api/v1/datasources/{demo_policy.datasource.pk}/scan-schedule/"
+    assert _api(personas["auditor"]).get(url).json()["interval_seconds"] == 3600
+    assert not ScanSchedule.objects.exists()  # reading does not create it
+    change = {"interval_seconds": 300}
+    assert _api(personas["reviewer"]).patch(url, change, "application/json").status_code == 403
+    assert _api(personas["none"]).get(url).status_code == 403
+    bad = _api(personas["security"]).patch(url, {"sample_rows": 0}, "application/json")
+    assert bad.status_code == 400 and "sample_rows" in bad.json()["error"]["fields"]
+    assert not ScanSchedule.objects.exists()
+    ok = _api(personas["security"]).patch(url, change, "application/json")
+    assert ok.status_code == 200 and ok.json()["interval_seconds"] == 300
+    assert ScanSchedule.objects.get(datasource=demo_policy.datasource).interval_seconds == 300
+    assert not ScanSchedule.objects.filter(datasource=other_datasource).exists()
+    missing = "/api/v1/datasources/999999/scan-schedule/"
+    assert _api(personas["security"]).patch(missing, change, "application/json").status_code == 404
