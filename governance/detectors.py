@@ -23,7 +23,7 @@ from governance.models import DETECTOR_REGEX_MAX_LENGTH
 PROBE_TIMEOUT_SECONDS = 2.0
 MAX_SAMPLES = 20
 MAX_SAMPLE_LENGTH = 200
-_PROBE_REPEAT = 26
+_PROBE_REPEAT = 40
 
 # Runs in the child: compiles each pattern and searches each string with it.
 _CHILD = r"""

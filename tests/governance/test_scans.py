@@ -388,3 +388,49 @@ def test_scan_now_needs_a_policy_editor(demo_policy: Any, reviewer_user: Any) ->
 
     with pytest.raises(PermissionDenied):
         services.scan_request(actor=reviewer_user, datasource=demo_policy.datasource)
+
+
+def test_custom_detectors_are_compiled_into_the_bundle(
+    demo_policy: Any, security_user: Any
+) -> None:
+    national_id = Classification.objects.get(name="pii.national_id")
+    services.custom_detector_create(
+        actor=security_user,
+        name="employee-id",
+        classification=national_id,
+        confidence=0.95,
+        value_regex=r"^E\d{6}$",
+    )
+    services.custom_detector_create(
+        actor=security_user,
+        name="badge",
+        classification=national_id,
+        name_regex="(?i)badge",
+        enabled=False,
+    )
+    bundle = bundle_compile(datasource=demo_policy.datasource)  # load_bundle accepted it
+    assert bundle["detectors"] == [
+        {
+            "name": "employee-id",
+            "classification": "pii.national_id",
+            "confidence": 0.95,
+            "name_regex": None,
+            "value_regex": r"^E\d{6}$",
+        }
+    ]
+
+
+def test_a_catastrophic_detector_is_refused_by_the_service(security_user: Any) -> None:
+    from django.core.exceptions import ValidationError
+
+    from governance.models import CustomDetector
+
+    with pytest.raises(ValidationError) as refused:
+        services.custom_detector_create(
+            actor=security_user,
+            name="slow",
+            classification=Classification.objects.get(name="pii.email"),
+            value_regex="^(a|aa)+$",
+        )
+    assert "catastrophic" in str(refused.value)
+    assert not CustomDetector.objects.exists()
