@@ -1172,6 +1172,12 @@ def _scan_run_record(
     import uuid
 
     scan = scan or {}
+    if scan.get("id"):
+        # A report re-sent after a lost reply (or one request heard twice, through the
+        # bundle and the heartbeat) is the same scan: keep its first record and drift.
+        earlier = ScanRun.objects.filter(datasource=datasource, scan_id=scan["id"]).first()
+        if earlier is not None:
+            return earlier
     run = ScanRun(
         datasource=datasource,
         sidecar_id=sidecar_id,

@@ -118,6 +118,11 @@ def test_new_shape_with_share_detector_scan_and_views(demo_policy: Any, sidecar_
     )
     assert status == 202, body
     assert body["auto_applied"] == 1 and body["inherited"] == 1 and body["scan"] == "req-1"
+    # Re-sent after a lost reply: still one scan, with its first counts and drift.
+    assert (
+        _post(sidecar_token, {"snapshot": _snapshot(view), "findings": findings, "scan": scan})[0]
+        == 202
+    )
     run = ScanRun.objects.get(scan_id="req-1")
     assert (run.trigger, run.tables, run.columns, run.sampled_columns) == ("request", 3, 12, 10)
     assert run.drift["new_tables"] == ["public.customer_contacts"]

@@ -350,3 +350,24 @@ def test_scan_schedule_api(demo_policy: Any, personas: dict, other_datasource: A
     assert not ScanSchedule.objects.filter(datasource=other_datasource).exists()
     missing = "/api/v1/datasources/999999/scan-schedule/"
     assert _api(personas["security"]).patch(missing, change, "application/json").status_code == 404
+
+
+def test_scan_forms_need_the_csrf_token(
+    demo_policy: Any, proposals: dict, security_user: Any
+) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(security_user)
+    phone = proposals["phone"]
+    posts = [
+        (_decide(phone), {"decision": "confirm"}),
+        (reverse("governance:datasource_scan", args=[demo_policy.datasource.pk]), {}),
+        (reverse("governance:detector_create"), _detector_form()),
+    ]
+    for url, data in posts:
+        assert client.post(url, data).status_code == 403, url
+    phone.refresh_from_db()
+    assert phone.status == "auto_applied"
+    assert not ScanSchedule.objects.exists() and not CustomDetector.objects.exists()
+    # The page carries the token for htmx (body hx-headers) and in every form.
+    page = client.get(reverse("governance:review_queue"))
+    assert b"hx-headers" in page.content and b"csrfmiddlewaretoken" in page.content
