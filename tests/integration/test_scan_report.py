@@ -110,6 +110,25 @@ def test_sidecar_reports_a_scan_at_start_and_on_request(
             "the requested scan",
         )
         assert requested.trigger == "request"
+
+        # Control plane down: a restarted sidecar (bundle from its disk cache) scans,
+        # keeps the report and retries with backoff until the control plane is back.
+        proc.stop()
+        control_plane.stop()
+        proc = SidecarProcess(
+            config=_sidecar_config(control_plane, sidecar_token, upstream_db), state_dir=state
+        )
+        status = _wait_for(
+            lambda: json.loads(proc.ready_file.read_text()).get("scan"), 20, "the scan at restart"
+        )
+        assert status["trigger"] == "start" and status["reported"] is False
+        _wait_for(lambda: "scan report not delivered" in proc.log.read_text(), 10, "a retry")
+        control_plane.start()
+        _wait_for(
+            lambda: ScanRun.objects.filter(datasource=datasource, scan_id=status["id"]).exists(),
+            30,
+            "the kept report after the control plane came back",
+        )
     finally:
         proc.stop()
 
