@@ -136,14 +136,14 @@ class ScanReporter:
         settings = ScanSettings.from_bundle(self._bundle())
         try:
             report = await asyncio.to_thread(self._scan, settings, scan_id, trigger)
-        except ScanError as exc:
-            self.failures += 1
-            log.error("scan failed, retrying at the next trigger: %s", exc)
-            return
         except Exception as exc:
-            # Unexpected: the message is not ours and could quote a value.
             self.failures += 1
-            log.error("scan failed, retrying at the next trigger: %s", type(exc).__name__)
+            # An unexpected error's message is not ours and could quote a value.
+            reason = str(exc) if isinstance(exc, ScanError) else type(exc).__name__
+            log.error("scan failed, retrying at the next trigger: %s", reason)
+            if scan_id is not None:
+                # The request stays open: the next heartbeat reply asks again.
+                self._seen.discard(scan_id)
             return
         self.last_report = report
         try:

@@ -1,0 +1,125 @@
+"""The scan reporter's triggers against a real database: requests, failures, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from sidecar.scanner.reporter import ScanReporter, legacy_body, scanner_for
+from tests.sidecar.proxy.conftest import admin_url, drop_database, with_database
+
+
+def _bundle(requested: str | None) -> dict[str, Any]:
+    return {
+        "scan": {
+            "interval_seconds": 0,
+            "sample_rows": 20,
+            "statement_timeout_ms": 2000,
+            "requested": requested,
+        }
+    }
+
+
+async def _until(check: Any, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_a_failed_request_stays_open_and_a_later_ask_is_answered(tmp_path: Path) -> None:
+    name = "warden_scan_" + secrets.token_hex(4)
+    url = with_database(admin_url(), name)  # not created yet: scans fail
+    statuses: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        reporter = ScanReporter(
+            bundle=lambda: _bundle(None),
+            scan=scanner_for(url, None),
+            post=None,
+            state_dir=tmp_path,
+            on_status=statuses.append,
+        )
+        task = asyncio.create_task(reporter.run())
+        try:
+            await _until(lambda: reporter.failures == 1)  # the scan at start
+            reporter.request("r1")
+            await _until(lambda: reporter.failures == 2)
+            with psycopg.connect(admin_url(), autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            reporter.request("r1")  # asked again (the heartbeat repeats an open request)
+            await _until(lambda: bool(statuses))
+            reporter.request("r1")  # answered now: a repeat is ignored
+            await asyncio.sleep(0.3)
+        finally:
+            task.cancel()
+        assert [(s["id"], s["trigger"]) for s in statuses] == [("r1", "request")]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        drop_database(name)
+    report = json.loads((tmp_path / "scan-report.json").read_text())
+    assert report["scan"]["id"] == "r1"
+
+
+def test_a_request_made_while_down_is_answered_at_start(scratch_url: str, tmp_path: Path) -> None:
+    (tmp_path / "scan-state.json").write_text(json.dumps({"answered_request": "old"}))
+
+    def first_trigger(requested: str) -> tuple[str, str]:
+        statuses: list[dict[str, Any]] = []
+
+        async def scenario() -> None:
+            reporter = ScanReporter(
+                bundle=lambda: _bundle(requested),
+                scan=scanner_for(scratch_url, None),
+                post=None,
+                state_dir=tmp_path,
+                on_status=statuses.append,
+            )
+            task = asyncio.create_task(reporter.run())
+            try:
+                await _until(lambda: bool(statuses))
+            finally:
+                task.cancel()
+
+        asyncio.run(scenario())
+        return statuses[0]["trigger"], statuses[0]["id"]
+
+    assert first_trigger("old")[0] == "start"  # already answered before the restart
+    assert first_trigger("new") == ("request", "new")
+
+
+def test_legacy_body_is_the_original_shape() -> None:
+    body = {
+        "snapshot": {"tables": []},
+        "findings": [
+            {
+                "schema": "public",
+                "table": "t",
+                "column": "c",
+                "classification": "pii.email",
+                "confidence": 0.9,
+                "share": 1.0,
+                "detector": "email",
+            }
+        ],
+        "scan": {"id": "x", "trigger": "start"},
+    }
+    assert legacy_body(body) == {
+        "snapshot": {"tables": []},
+        "findings": [
+            {
+                "schema": "public",
+                "table": "t",
+                "column": "c",
+                "classification": "pii.email",
+                "confidence": 0.9,
+            }
+        ],
+    }
