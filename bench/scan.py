@@ -13,8 +13,9 @@ It then scans the seeded 34-table database of ``tests/sidecar/scanner/seed.py``
 and prints precision and recall per classification against its ground truth.
 
 It ends with ``scan_columns_per_second=<v> columns/s target=500 met|missed``
-(the best round's wall time; the CPU time of this process is printed too,
-because the machine is shared and wall time is noisy).
+(the best round's wall time). Because the machine is shared and wall time is
+noisy, it also prints CPU time: the scanner process's and its server backend's
+(read from ``/proc``, so the server must be local).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from sidecar.scanner import ScanSettings, run_scan  # noqa: E402
+from sidecar.scanner import ScanSettings, run_scan, scan_connection  # noqa: E402
+from sidecar.scanner.scan import connect  # noqa: E402
 from tests.sidecar.scanner import seed as seeded  # noqa: E402
 
 TARGET = 500.0
@@ -88,9 +90,18 @@ def _seed_wide(conn: psycopg.Connection, tables: int) -> int:
     return columns
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of a local process, e.g. the scan's server backend."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tables", type=int, default=100)
     args = parser.parse_args()
     admin = _url("postgres")
@@ -103,18 +114,21 @@ def main() -> int:
         with psycopg.connect(_url(wide), autocommit=True) as conn:
             columns = _seed_wide(conn, args.tables)
         settings = ScanSettings(sample_rows=100)
-        best_wall = float("inf")
-        best_cpu = float("inf")
+        best_wall = best_cpu = best_total_cpu = float("inf")
         for i in range(args.rounds):
-            wall, cpu = time.perf_counter(), time.process_time()
-            report = run_scan(_url(wide), settings=settings)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            with connect(_url(wide)) as conn:
+                backend = conn.info.backend_pid
+                wall, cpu, server = time.perf_counter(), time.process_time(), _cpu_of(backend)
+                report = scan_connection(conn, settings=settings)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                server = _cpu_of(backend) - server
             best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+            best_total_cpu = min(best_total_cpu, cpu + server)
             assert report.summary["columns"] == columns
             print(
                 f"round {i + 1}: {columns} columns, {report.summary['sampled_columns']} sampled, "
                 f"{len(report.findings)} findings, wall {wall * 1000:.0f} ms, "
-                f"cpu {cpu * 1000:.0f} ms"
+                f"scanner cpu {cpu * 1000:.0f} ms, server backend cpu {server * 1000:.0f} ms"
             )
         with psycopg.connect(_url(accuracy), autocommit=True) as conn:
             seeded.seed(conn)
@@ -129,8 +143,11 @@ def main() -> int:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
     rate = columns / best_wall
-    cpu_rate = columns / best_cpu
-    print(f"\ncpu-bound rate (this process's CPU time only): {cpu_rate:.0f} columns/s")
+    print(f"\nscanner-process CPU only: {columns / best_cpu:.0f} columns/s")
+    print(
+        f"scanner + server backend CPU: {columns / best_total_cpu:.0f} columns/s "
+        "(what one free core each would give; wall time on a shared machine is noisier)"
+    )
     verdict = "met" if rate >= TARGET else "missed"
     print(f"scan_columns_per_second={rate:.0f} columns/s target={TARGET:.0f} {verdict}")
     return 0
