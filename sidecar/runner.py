@@ -333,7 +333,7 @@ def scan_reporter(
 ) -> Any:
     """The scan reporter for this sidecar (imported here: psycopg and the detectors load
     only when scanning is on)."""
-    from sidecar.scanner.reporter import ScanReporter, scanner_for
+    from sidecar.scanner.reporter import ScanReporter, scan_executor, scanner_for
 
     return ScanReporter(
         bundle=source.current,
@@ -341,6 +341,7 @@ def scan_reporter(
         post=schema_post(source) if isinstance(source, BundleClient) else None,
         state_dir=Path(config.state_dir),
         on_status=on_status,
+        executor=lambda: scan_executor(config.log_level),
     )
 
 

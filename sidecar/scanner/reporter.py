@@ -3,10 +3,12 @@
 Triggers: once at start; every ``scan.interval_seconds`` of the bundle (0 = never
 on schedule); and on request, when the bundle's ``scan.requested`` changes to a
 new id or a heartbeat reply carries ``scan_requested``. One scan runs at a time,
-in a worker thread with its own database connection, so the proxy's event loop
-never waits on it; triggers that arrive meanwhile are coalesced into the next
-scan (a request outranks a schedule). A failed scan is logged without values
-and simply runs again at the next trigger.
+in a separate worker process with its own database connection (``scan_executor``),
+so neither the proxy's event loop nor its interpreter lock ever waits on the
+detectors; triggers that arrive meanwhile are coalesced into the next scan (a
+request outranks a schedule). A worker that dies is replaced at the next scan.
+A failed scan is logged without values and simply runs again at the next
+trigger.
 
 Each report is written to ``<state_dir>/scan-report.json`` (findings, never
 values) and POSTed to ``/api/v1/sidecar/schema``. While the control plane is
@@ -21,11 +23,15 @@ answered by the scan at start.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +72,14 @@ class ScanReporter:
         post: Post | None,
         state_dir: Path,
         on_status: Callable[[dict[str, Any]], None] | None = None,
+        executor: Callable[[], concurrent.futures.Executor] | None = None,
     ) -> None:
         self._bundle = bundle
         self._scan = scan
+        # None: a thread of this process (tests, the CLI); else a factory, so a
+        # broken worker process can be replaced.
+        self._executor_factory = executor
+        self._executor: concurrent.futures.Executor | None = None
         self._post = post
         self._state_dir = state_dir
         self._on_status = on_status or (lambda _status: None)
@@ -118,6 +129,8 @@ class ScanReporter:
         finally:
             if self._delivery is not None:
                 self._delivery.cancel()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _wait_for_trigger(self) -> None:
         interval = ScanSettings.from_bundle(self._bundle()).interval_seconds
@@ -135,7 +148,7 @@ class ScanReporter:
     async def _scan_once(self, trigger: str, scan_id: str | None) -> None:
         settings = ScanSettings.from_bundle(self._bundle())
         try:
-            report = await asyncio.to_thread(self._scan, settings, scan_id, trigger)
+            report = await self._run_scan(settings, scan_id, trigger)
         except Exception as exc:
             self.failures += 1
             # An unexpected error's message is not ours and could quote a value.
@@ -155,6 +168,23 @@ class ScanReporter:
             if self._delivery is not None:
                 self._delivery.cancel()  # a newer report replaces the undelivered one
             self._delivery = asyncio.create_task(self._deliver(report))
+
+    async def _run_scan(
+        self, settings: ScanSettings, scan_id: str | None, trigger: str
+    ) -> ScanReport:
+        if self._executor_factory is None:
+            return await asyncio.to_thread(self._scan, settings, scan_id, trigger)
+        if self._executor is None:
+            self._executor = self._executor_factory()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, self._scan, settings, scan_id, trigger
+            )
+        except BrokenProcessPool:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None  # a fresh worker at the next scan
+            raise
 
     async def _deliver(self, report: ScanReport) -> None:
         assert self._post is not None
@@ -215,9 +245,28 @@ class ScanReporter:
 
 
 def scanner_for(dsn: str, password: str | None) -> Scan:
-    """The worker-thread scan with the sidecar's upstream credential."""
+    """The scan with the sidecar's upstream credential (picklable, for a worker process)."""
+    return functools.partial(_scan_with, dsn, password)
 
-    def scan(settings: ScanSettings, scan_id: str | None, trigger: str) -> ScanReport:
-        return run_scan(dsn, password=password, settings=settings, scan_id=scan_id, trigger=trigger)
 
-    return scan
+def _scan_with(
+    dsn: str, password: str | None, settings: ScanSettings, scan_id: str | None, trigger: str
+) -> ScanReport:
+    return run_scan(dsn, password=password, settings=settings, scan_id=scan_id, trigger=trigger)
+
+
+def scan_executor(log_level: str) -> concurrent.futures.Executor:
+    """One worker process, started fresh ("spawn": no copy of the proxy's threads or
+    sockets), logging like the sidecar, alive between scans."""
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(log_level,),
+    )
+
+
+def _worker_init(log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )

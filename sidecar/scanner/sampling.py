@@ -42,6 +42,10 @@ class SamplingError(Exception):
         self.sqlstate = sqlstate
         self.kind = kind
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses from the scanner's worker process to the sidecar with its fields.
+        return (SamplingError, (self.relation, self.sqlstate, self.kind))
+
 
 def sampled_columns(relation: Relation) -> list[str]:
     return [c.name for c in relation.columns if c.family in SAMPLED_FAMILIES]
