@@ -91,6 +91,7 @@ class ScanReporter:
         self.reported_id: str | None = None
         self.failures = 0
         self._delivery: asyncio.Task[None] | None = None
+        self._last_scan = 0.0  # event-loop time the last scan ended
         requested = ScanSettings.from_bundle(bundle()).requested
         if requested and requested != self._answered:
             self._seen.add(requested)
@@ -111,10 +112,12 @@ class ScanReporter:
         self._wake.set()
 
     def bundle_changed(self, document: dict[str, Any]) -> None:
-        """A bundle subscriber: a new ``scan.requested`` id is a request."""
+        """A bundle subscriber: a new ``scan.requested`` id is a request; a new
+        interval takes effect at once."""
         requested = ScanSettings.from_bundle(document).requested
         if requested:
             self.request(requested)
+        self._wake.set()
 
     # -- the loop --
 
@@ -133,17 +136,21 @@ class ScanReporter:
                 self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _wait_for_trigger(self) -> None:
-        interval = ScanSettings.from_bundle(self._bundle()).interval_seconds
-        self._wake.clear()
-        if self._pending is not None:
-            return
-        if interval <= 0:
-            await self._wake.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), interval)
-        if self._pending is None:
-            self._pending = ("schedule", None)
+        """Until a request, or the interval since the last scan has passed. The interval
+        is re-read whenever the bundle changes; the clock is not reset by it."""
+        loop = asyncio.get_running_loop()
+        while self._pending is None:
+            interval = ScanSettings.from_bundle(self._bundle()).interval_seconds
+            self._wake.clear()
+            if interval <= 0:
+                await self._wake.wait()
+                continue
+            remaining = self._last_scan + interval - loop.time()
+            if remaining <= 0:
+                self._pending = ("schedule", None)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
 
     async def _scan_once(self, trigger: str, scan_id: str | None) -> None:
         settings = ScanSettings.from_bundle(self._bundle())
@@ -158,6 +165,10 @@ class ScanReporter:
                 # The request stays open: the next heartbeat reply asks again.
                 self._seen.discard(scan_id)
             return
+        finally:
+            # The interval runs from the end of a scan: a scan slower than its
+            # interval is not followed by another at once.
+            self._last_scan = asyncio.get_running_loop().time()
         self.last_report = report
         try:
             _write_json(self._state_dir / "scan-report.json", report.body())

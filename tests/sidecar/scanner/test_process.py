@@ -64,7 +64,7 @@ def test_sidecar_scans_at_start_on_schedule_and_on_request(
     bundle = build_bundle(
         "scan-test",
         scan={
-            "interval_seconds": 1,
+            "interval_seconds": 2,
             "sample_rows": 50,
             "statement_timeout_ms": 2000,
             "requested": None,

@@ -123,3 +123,30 @@ def test_legacy_body_is_the_original_shape() -> None:
             }
         ],
     }
+
+
+def test_a_new_interval_takes_effect_without_a_restart(scratch_url: str, tmp_path: Path) -> None:
+    bundle = _bundle(None)
+    statuses: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        reporter = ScanReporter(
+            bundle=lambda: bundle,
+            scan=scanner_for(scratch_url, None),
+            post=None,
+            state_dir=tmp_path,
+            on_status=statuses.append,
+        )
+        task = asyncio.create_task(reporter.run())
+        try:
+            await _until(lambda: len(statuses) == 1)  # at start; interval 0: nothing more
+            await asyncio.sleep(1.5)
+            assert len(statuses) == 1
+            bundle["scan"] = {**bundle["scan"], "interval_seconds": 1}
+            reporter.bundle_changed(bundle)
+            await _until(lambda: len(statuses) == 3)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert [s["trigger"] for s in statuses] == ["start", "schedule", "schedule"]
