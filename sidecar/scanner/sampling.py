@@ -48,6 +48,9 @@ class SamplingError(Exception):
 
 
 def sampled_columns(relation: Relation) -> list[str]:
+    if relation.kind == "foreign_table":
+        # Its rows live on another server: the scan does not reach out to it.
+        return []
     return [c.name for c in relation.columns if c.family in SAMPLED_FAMILIES]
 
 
