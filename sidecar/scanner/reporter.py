@@ -91,6 +91,7 @@ class ScanReporter:
         self.reported_id: str | None = None
         self.failures = 0
         self._delivery: asyncio.Task[None] | None = None
+        self._delivering: ScanReport | None = None
         self._last_scan = 0.0  # event-loop time the last scan ended
         requested = ScanSettings.from_bundle(bundle()).requested
         if requested and requested != self._answered:
@@ -176,8 +177,15 @@ class ScanReporter:
             log.warning("cannot write scan-report.json: %s", exc)
         self._status()
         if self._post is not None:
-            if self._delivery is not None:
+            if self._delivery is not None and not self._delivery.done():
                 self._delivery.cancel()  # a newer report replaces the undelivered one
+                if self._delivering is not None and self._delivering.summary["trigger"] == (
+                    "request"
+                ):
+                    # That request is still open on the control plane: asked
+                    # again, it is scanned again.
+                    self._seen.discard(str(self._delivering.summary["id"]))
+            self._delivering = report
             self._delivery = asyncio.create_task(self._deliver(report))
 
     async def _run_scan(

@@ -150,3 +150,45 @@ def test_a_new_interval_takes_effect_without_a_restart(scratch_url: str, tmp_pat
 
     asyncio.run(scenario())
     assert [s["trigger"] for s in statuses] == ["start", "schedule", "schedule"]
+
+
+def test_an_undelivered_request_superseded_by_a_newer_report_stays_open(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    from sidecar.bundle import http_request
+    from tests.sidecar.proxy.cluster import free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}/api/v1/sidecar/schema"  # nothing listens
+
+    async def post(body: dict[str, Any]) -> int:
+        response = await http_request(
+            "POST", unreachable, headers={}, body=json.dumps(body).encode(), timeout=2
+        )
+        return response.status
+
+    statuses: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        reporter = ScanReporter(
+            bundle=lambda: _bundle(None),
+            scan=scanner_for(scratch_url, None),
+            post=post,
+            state_dir=tmp_path,
+            on_status=statuses.append,
+        )
+        task = asyncio.create_task(reporter.run())
+        try:
+            await _until(lambda: len(statuses) == 1)  # start; its delivery keeps failing
+            reporter.request("r1")
+            await _until(lambda: len(statuses) == 2)
+            reporter.request("r1")  # still being delivered: not scanned twice
+            reporter.request("r2")  # replaces r1's report, so r1 is open again
+            await _until(lambda: len(statuses) == 3)
+            reporter.request("r1")
+            await _until(lambda: len(statuses) == 4)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert [s["id"] for s in statuses[1:]] == ["r1", "r2", "r1"]
+    assert not any(s["reported"] for s in statuses)
