@@ -440,7 +440,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     if config.ready_file:
         _write_ready(config.ready_file, ready)
     if reporter is not None:
-        # Started once serving: the scan runs in a worker thread and never delays it.
+        # Started once serving: the scan runs in a worker process and never delays it.
         tasks.append(asyncio.create_task(reporter.run()))
     await stop.wait()
     await server.stop()

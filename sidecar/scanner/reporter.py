@@ -134,7 +134,7 @@ class ScanReporter:
             if self._delivery is not None:
                 self._delivery.cancel()
             if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                _stop_executor(self._executor)
 
     async def _wait_for_trigger(self) -> None:
         """Until a request, or the interval since the last scan has passed. The interval
@@ -201,7 +201,7 @@ class ScanReporter:
                 self._executor, self._scan, settings, scan_id, trigger
             )
         except BrokenProcessPool:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            _stop_executor(self._executor)
             self._executor = None  # a fresh worker at the next scan
             raise
 
@@ -283,6 +283,15 @@ def scan_executor(log_level: str) -> concurrent.futures.Executor:
         initializer=_worker_init,
         initargs=(log_level,),
     )
+
+
+def _stop_executor(executor: concurrent.futures.Executor) -> None:
+    """Stop at once: a scan still running in the worker would otherwise hold up the
+    sidecar's exit until it finished (it only reads, so cutting it short is safe)."""
+    processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker_init(log_level: str) -> None:

@@ -169,3 +169,35 @@ def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
     assert "cannot connect to the upstream database" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert ALICE_TOKEN not in failed.stderr
+
+
+def test_stopping_the_sidecar_does_not_wait_for_a_running_scan(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("CREATE VIEW slow AS SELECT pg_sleep(30)::text AS s")
+    bundle = build_bundle(
+        "scan-test",
+        scan={
+            "interval_seconds": 0,
+            "sample_rows": 10,
+            "statement_timeout_ms": 60000,
+            "requested": None,
+        },
+    )
+    sidecar = start_sidecar(tmp_path, scratch_url, bundle)
+    try:
+        with psycopg.connect(scratch_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while not conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'warden-scanner'"
+                " AND query LIKE '%%slow%%' AND state = 'active'"
+            ).fetchone():
+                assert time.monotonic() < deadline, sidecar.log()[-2000:]
+                time.sleep(0.1)
+        started = time.monotonic()
+        sidecar.proc.terminate()
+        sidecar.proc.wait(timeout=20)
+        assert time.monotonic() - started < 5
+    finally:
+        sidecar.stop()
