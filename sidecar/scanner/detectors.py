@@ -455,6 +455,27 @@ def is_secret(value: str, hinted: bool = False) -> bool:
     return mixed
 
 
+_PASSWORD_HASH = re.compile(
+    r"^(?:"
+    r"\$2[abxy]?\$\d{2}\$[./A-Za-z0-9]{53}"  # bcrypt
+    r"|\$argon2(?:id|i|d)\$v=\d+\$\S+"  # argon2
+    r"|\$[156]\$(?:rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}"  # crypt(3)
+    r"|(?:pbkdf2_sha(?:1|256|512)|bcrypt_sha256|argon2|scrypt)\$\S{20,}"  # Django
+    r"|(?:pbkdf2|scrypt):[a-z0-9:]+\$\S{8,}"  # Werkzeug
+    r"|\{(?:SSHA|SHA|SSHA256|SSHA512|CRYPT)\}\S{16,}"  # LDAP
+    r")$"
+)
+
+
+def is_password(value: str, hinted: bool = False) -> bool:
+    """A password hash in a well-known format; under a password name also any
+    single-word value of password length (a plaintext password column)."""
+    value = value.strip()
+    if _PASSWORD_HASH.match(value):
+        return True
+    return hinted and 4 <= len(value) <= 128 and not any(c.isspace() for c in value)
+
+
 _STREET_SUFFIX = (
     r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl"
     r"|terrace|ter|circle|cir|parkway|pkwy|highway|hwy|square|sq|close|crescent|row|trail"
@@ -612,11 +633,19 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
             "signing_?key",
             "webhook_?secret",
             "credentials?",
-            "password",
-            "passwd",
         ),
         is_secret,
         min_share=0.5,
+        name_prior=0.5,
+        rank=2,
+    ),
+    Detector(
+        "password",
+        "secret.password",
+        _TEXTISH,
+        _names("password", "passwd", "pwd", "pass_?hash", "password_?(?:hash|digest|crypt)"),
+        is_password,
+        min_share=0.6,
         name_prior=0.5,
         rank=2,
     ),
