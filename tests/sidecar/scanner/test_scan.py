@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import traceback
 
 import psycopg
@@ -118,6 +119,13 @@ def test_a_failing_relation_is_reported_without_values_and_the_scan_goes_on(
     assert found[("canaries", "ssn")].classification == "pii.ssn"
     # Lineage still classifies the broken view's column.
     assert found[("broken", "contact")].detector == "lineage:email"
+
+    # The report crosses from the scanner's worker process intact.
+    copy = pickle.loads(pickle.dumps(report))  # noqa: S301 (our own bytes)
+    assert [(e.relation, e.sqlstate) for e in copy.errors] == [
+        (e.relation, e.sqlstate) for e in report.errors
+    ]
+    assert copy.body() == report.body()
 
     texts = [json.dumps(report.body()), caplog.text]
     texts += [r.getMessage() for r in caplog.records]
