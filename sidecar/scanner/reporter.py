@@ -57,6 +57,16 @@ def legacy_body(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def without_definitions(body: dict[str, Any]) -> dict[str, Any]:
+    """The report without view definitions (the bulkiest optional part); ``body`` itself
+    when it has none."""
+    tables = body["snapshot"]["tables"]
+    if not any("definition" in t for t in tables):
+        return body
+    slim = [{k: v for k, v in t.items() if k != "definition"} for t in tables]
+    return {**body, "snapshot": {**body["snapshot"], "tables": slim}}
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -206,13 +216,15 @@ class ScanReporter:
             raise
 
     async def _deliver(self, report: ScanReport) -> None:
+        """Until delivered: network errors and 5xx are retried with backoff; a 413 gets
+        the report without view definitions, a 400 the older shape; a report the
+        control plane still refuses after that is dropped (the next scan is another)."""
         assert self._post is not None
         body = report.body()
         delay = MIN_BACKOFF
-        legacy = False
         while True:
             try:
-                status = await self._post(legacy_body(body) if legacy else body)
+                status = await self._post(body)
             except Exception as exc:
                 status = 0
                 log.warning("scan report not delivered (%s); retrying in %.0f s", exc, delay)
@@ -220,10 +232,17 @@ class ScanReporter:
                 if 200 <= status < 300:
                     self._delivered(report)
                     return
-                if status == 400 and not legacy:
-                    log.warning("control plane refused the scan report; sending the older shape")
-                    legacy = True
+                if status == 413 and body is not (smaller := without_definitions(body)):
+                    log.warning("scan report too large; sending it without view definitions")
+                    body = smaller
                     continue
+                if status == 400 and "scan" in body:
+                    log.warning("control plane refused the scan report; sending the older shape")
+                    body = legacy_body(body)
+                    continue
+                if status in (400, 413, 422):
+                    log.error("control plane refused the scan report (HTTP %s); dropped", status)
+                    return
                 log.warning("scan report answered HTTP %s; retrying in %.0f s", status, delay)
             await asyncio.sleep(delay)
             delay = min(MAX_BACKOFF, delay * 2)

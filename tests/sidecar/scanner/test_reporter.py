@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from sidecar.scanner.reporter import ScanReporter, legacy_body, scanner_for
+from sidecar.scanner.reporter import ScanReporter, legacy_body, scanner_for, without_definitions
 from tests.sidecar.proxy.conftest import admin_url, drop_database, with_database
 
 
@@ -192,3 +192,16 @@ def test_an_undelivered_request_superseded_by_a_newer_report_stays_open(
     asyncio.run(scenario())
     assert [s["id"] for s in statuses[1:]] == ["r1", "r2", "r1"]
     assert not any(s["reported"] for s in statuses)
+
+
+def test_without_definitions_drops_only_view_definitions() -> None:
+    view = {"schema": "public", "name": "v", "kind": "view", "definition": "SELECT 1",
+            "columns": [{"name": "a", "type": "integer", "sources": ["public.t.a"]}]}  # fmt: skip
+    table = {"schema": "public", "name": "t", "kind": "table", "columns": []}
+    body = {"snapshot": {"tables": [view, table]}, "findings": [], "scan": {"id": "x"}}
+    slim = without_definitions(body)
+    assert "definition" not in slim["snapshot"]["tables"][0]
+    assert slim["snapshot"]["tables"][0]["columns"] == view["columns"]
+    assert slim["snapshot"]["tables"][1] == table and slim["scan"] == body["scan"]
+    assert "definition" in view  # the original is untouched
+    assert without_definitions(slim) is slim
