@@ -333,7 +333,7 @@ def scan_reporter(
 ) -> Any:
     """The scan reporter for this sidecar (imported here: psycopg and the detectors load
     only when scanning is on)."""
-    from sidecar.scanner.reporter import ScanReporter, scanner_for
+    from sidecar.scanner.reporter import ScanReporter, scan_executor, scanner_for
 
     return ScanReporter(
         bundle=source.current,
@@ -341,6 +341,7 @@ def scan_reporter(
         post=schema_post(source) if isinstance(source, BundleClient) else None,
         state_dir=Path(config.state_dir),
         on_status=on_status,
+        executor=lambda: scan_executor(config.log_level),
     )
 
 
@@ -439,7 +440,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     if config.ready_file:
         _write_ready(config.ready_file, ready)
     if reporter is not None:
-        # Started once serving: the scan runs in a worker thread and never delays it.
+        # Started once serving: the scan runs in a worker process and never delays it.
         tasks.append(asyncio.create_task(reporter.run()))
     await stop.wait()
     await server.stop()

@@ -6,7 +6,8 @@ column never crosses the wire whole. A large table (by row estimate) is read
 with ``TABLESAMPLE SYSTEM`` so the rows come from all over it rather than its
 first pages; a small one with a plain ``LIMIT``. Each query runs in its own
 read-only transaction under ``SET LOCAL statement_timeout`` and
-``lock_timeout``.
+``lock_timeout``, sent as one message, so a relation costs one round trip and
+holds its lock only for its own query.
 
 A failed query raises ``SamplingError`` carrying the relation and SQLSTATE
 only: the driver's message can quote a value (a failing cast in a view echoes
@@ -19,6 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from sidecar.scanner.catalog import Relation
 from sidecar.scanner.detectors import SAMPLED_FAMILIES
@@ -40,8 +42,15 @@ class SamplingError(Exception):
         self.sqlstate = sqlstate
         self.kind = kind
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses from the scanner's worker process to the sidecar with its fields.
+        return (SamplingError, (self.relation, self.sqlstate, self.kind))
+
 
 def sampled_columns(relation: Relation) -> list[str]:
+    if relation.kind == "foreign_table":
+        # Its rows live on another server: the scan does not reach out to it.
+        return []
     return [c.name for c in relation.columns if c.family in SAMPLED_FAMILIES]
 
 
@@ -90,8 +99,21 @@ def _unsized(relation: Relation) -> Relation:
 
 
 def _fetch(conn: psycopg.Connection[Any], query: sql.Composed, timeout_ms: int) -> list[Any]:
-    with conn.transaction():
-        # SET takes no bind parameters; both values are integers we formatted.
-        conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-        conn.execute(f"SET LOCAL lock_timeout = {min(int(timeout_ms), 1000)}")
-        return conn.execute(query).fetchall()
+    """One round trip: the transaction, its limits and the query in one simple-query
+    message (the scan's cost is mostly round trips, one per relation)."""
+    script = (
+        "BEGIN READ ONLY; "
+        f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
+        f"SET LOCAL lock_timeout = {min(int(timeout_ms), 1000)}; "
+        f"{query.as_string(conn)}; COMMIT"
+    )
+    with conn.cursor() as cur:
+        try:
+            cur.execute(script.encode())
+            while cur.description is None and cur.nextset():
+                pass
+            return cur.fetchall()
+        except psycopg.Error:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            raise

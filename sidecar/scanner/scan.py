@@ -41,6 +41,7 @@ LINEAGE_DISCOUNT = 0.95
 DEFAULT_SAMPLE_ROWS = 100
 DEFAULT_TIMEOUT_MS = 5000
 DEFAULT_INTERVAL = 3600
+MAX_REPORTED_FINDINGS = 10_000
 
 
 class ScanError(Exception):
@@ -86,10 +87,14 @@ class ScanReport:
     detectors_skipped: int = 0
 
     def body(self) -> dict[str, Any]:
-        """What ``POST /api/v1/sidecar/schema`` takes."""
+        """What ``POST /api/v1/sidecar/schema`` takes (at most ``MAX_REPORTED_FINDINGS``
+        findings, the most confident first, which is what the control plane accepts)."""
+        findings = self.findings
+        if len(findings) > MAX_REPORTED_FINDINGS:
+            findings = sorted(findings, key=lambda f: -f.confidence)[:MAX_REPORTED_FINDINGS]
         return {
             "snapshot": self.catalog.snapshot(),
-            "findings": [f.to_json() for f in self.findings],
+            "findings": [f.to_json() for f in findings],
             "scan": self.summary,
         }
 

@@ -221,6 +221,14 @@ def _address(r: random.Random) -> str:
     return street
 
 
+def _password_hash(r: random.Random) -> str:
+    salt = _b64(r, 12)[:16]
+    if r.random() < 0.5:
+        body = "".join(r.choice(string.ascii_letters + string.digits + "./") for _ in range(53))
+        return "$2b$12$" + body
+    return f"pbkdf2_sha256$870000${salt}${_b64(r, 32)}="
+
+
 def _sentence(r: random.Random) -> str:
     return " ".join(r.choice(WORDS) for _ in range(r.randint(3, 12))).capitalize() + "."
 
@@ -435,6 +443,7 @@ TABLES: dict[str, tuple[int, list[tuple[str, str, Gen]]]] = {
     "app_users": (250, [
         ("username", "text", _sku), ("display_theme", "text", _hex_color),
         ("last_login_ip", "text", _ipv4), ("password_reset_token", "text", _session_token),
+        ("password_hash", "text", _password_hash), ("password_changed_at", "timestamptz", _recent),
     ]),
     "search_queries": (200, [("query", "text", _sentence), ("results", "integer", _int)]),
 }
@@ -495,13 +504,21 @@ GROUND_TRUTH: dict[tuple[str, str], str] = {
     ("kyc_checks", "home_address"): "pii.address",
     ("app_users", "last_login_ip"): "pii.ip_address",
     ("app_users", "password_reset_token"): "secret.token",
+    ("app_users", "password_hash"): "secret.password",
     ("customer_contacts", "contact"): "pii.name",
     ("customer_contacts", "contact_email"): "pii.email",
     ("legacy_summary", "mail"): "pii.email",
     ("page_views", "visitor_ip"): "pii.ip_address",
 }
 
-RESTRICTED = {"pii.ssn", "pii.national_id", "financial.card", "financial.iban", "secret.token"}
+RESTRICTED = {
+    "pii.ssn",
+    "pii.national_id",
+    "financial.card",
+    "financial.iban",
+    "secret.token",
+    "secret.password",
+}
 
 
 def seed(conn: psycopg.Connection[Any], *, seed_value: int = 8) -> None:

@@ -20,6 +20,7 @@ from sidecar.scanner.detectors import (
     is_iban,
     is_ip_address,
     is_national_id,
+    is_password,
     is_person_name,
     is_phone,
     is_postal_address,
@@ -100,6 +101,20 @@ def test_validators(matcher, good: list[str], bad: list[str]) -> None:
         assert matcher(value, False), value
     for value in bad:
         assert not matcher(value, False), value
+
+
+def test_password_hashes() -> None:
+    bcrypt = "$2b$12$" + "R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"
+    django = "pbkdf2_sha256$870000$abcdEFGH1234$" + "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+    for value in [bcrypt, django, "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub"]:
+        assert is_password(value), value
+    assert not is_password("hunter2")  # plaintext counts only under a password name
+    assert is_password("hunter2", True) and not is_password("two words", True)
+    verdict = classify(column("pwd", [bcrypt] * 10))
+    assert verdict is not None and verdict.classification == "secret.password"
+    # A boolean or a timestamp named after passwords is not one.
+    assert classify(column("password_set", ["true"] * 10, family="bool")) is None
+    assert classify(column("password_changed_at", ["2024-01-01"] * 10, family="timestamp")) is None
 
 
 def test_hints_widen_only_what_is_ambiguous() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import traceback
 
 import psycopg
@@ -119,6 +120,13 @@ def test_a_failing_relation_is_reported_without_values_and_the_scan_goes_on(
     # Lineage still classifies the broken view's column.
     assert found[("broken", "contact")].detector == "lineage:email"
 
+    # The report crosses from the scanner's worker process intact.
+    copy = pickle.loads(pickle.dumps(report))  # noqa: S301 (our own bytes)
+    assert [(e.relation, e.sqlstate) for e in copy.errors] == [
+        (e.relation, e.sqlstate) for e in report.errors
+    ]
+    assert copy.body() == report.body()
+
     texts = [json.dumps(report.body()), caplog.text]
     texts += [r.getMessage() for r in caplog.records]
     for error in report.errors:
@@ -135,3 +143,42 @@ def test_no_connection_is_a_scan_error_without_the_password(scratch_url: str) ->
         run_scan(bad, password="hunter2-secret", settings=ScanSettings())
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_custom_detectors_and_foreign_tables(scratch_url: str) -> None:
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE TABLE staff (id int, emp_id text, badge text, email text);
+            INSERT INTO staff SELECT i, 'E' || lpad(i::text, 6, '0'), 'B-' || i,
+                                     's' || i || '@example.com'
+                FROM generate_series(1, 50) i;
+            CREATE FOREIGN DATA WRAPPER nowhere;
+            CREATE SERVER elsewhere FOREIGN DATA WRAPPER nowhere;
+            CREATE FOREIGN TABLE remote_people (email text) SERVER elsewhere;
+            """
+        )
+    detectors = (
+        {
+            "name": "employee-id",
+            "classification": "pii.national_id",
+            "confidence": 0.9,
+            "name_regex": "(?i)^emp(loyee)?_?id$",
+            "value_regex": r"^E\d{6}$",
+        },
+        {"name": "bad", "classification": "x", "confidence": 0.5, "name_regex": "[",
+         "value_regex": None},
+    )  # fmt: skip
+    report = run_scan(scratch_url, settings=ScanSettings(detectors=detectors))
+    found = {(f.table, f.column): f for f in report.findings}
+    assert found[("staff", "emp_id")].detector == "custom:employee-id"
+    assert found[("staff", "emp_id")].confidence == 0.9
+    assert ("staff", "badge") not in found
+    assert found[("staff", "email")].detector == "email"  # built-ins still run
+    assert report.detectors_skipped == 1
+    # The foreign table is in the snapshot, classified by its name, never sampled
+    # (sampling it would fail: its wrapper has no handler).
+    assert not report.errors
+    assert found[("remote_people", "email")].share == 0
+    kinds = {t["name"]: t["kind"] for t in report.body()["snapshot"]["tables"]}
+    assert kinds["remote_people"] == "foreign_table"
