@@ -7,6 +7,20 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def keep_masking_existing_proposals(apps, schema_editor):
+    """Before this migration every proposal was compiled (masked). Proposals now mask
+    only once confirmed or when above the auto-apply threshold, so existing ones
+    become auto-applied: an upgrade must not unmask anything. They still await review."""
+    ColumnClassification = apps.get_model("governance", "ColumnClassification")
+    ColumnClassification.objects.filter(status="proposed").update(status="auto_applied")
+
+
+def back_to_proposed(apps, schema_editor):
+    ColumnClassification = apps.get_model("governance", "ColumnClassification")
+    ColumnClassification.objects.filter(status="auto_applied").update(status="proposed")
+    ColumnClassification.objects.filter(source="inherited").delete()
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -195,4 +209,5 @@ class Migration(migrations.Migration):
             model_name='scanschedule',
             constraint=models.CheckConstraint(condition=models.Q(('sample_rows__gte', 1), ('sample_rows__lte', 10000)), name='scanschedule_sample_rows_range'),
         ),
+        migrations.RunPython(keep_masking_existing_proposals, back_to_proposed),
     ]
