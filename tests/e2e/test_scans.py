@@ -83,6 +83,12 @@ def test_security_works_the_review_queue_inline(
     assert ClassificationRejection.objects.filter(classification__name="pii.national_id").exists()
     page.reload()
     expect(page.locator(".card.empty")).to_contain_text("Nothing awaits review")
+    # The datasource page: the scan in the history, and "Scan now" for an editor.
+    page.goto(f"/datasources/{phone.datasource_id}/")
+    expect(page.locator("#scan-history tbody tr")).to_have_count(1)
+    page.get_by_role("button", name="Scan now").click()
+    expect(page.locator("#scan-pending")).to_contain_text("requested, not reported yet")
+    screenshot("datasource-scans")
 
 
 def test_review_queue_works_without_javascript(
