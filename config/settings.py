@@ -72,6 +72,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "approvals-expire": {"task": "approvals.tasks.approvals_expire", "schedule": 60.0},
     "approvals-escalate": {"task": "approvals.tasks.approvals_escalate", "schedule": 60.0},
     "approvals-remind": {"task": "approvals.tasks.approvals_remind", "schedule": 60.0},
+    # Requests a scan from every datasource whose interval passed (docs/classification.md).
+    "scans-request-due": {
+        "task": "governance.tasks.scans_request_due",
+        "schedule": float(envint("WARDEN_SCAN_BEAT_SECONDS", 60, minimum=1)),
+    },
 }
 
 CACHES = {
@@ -302,3 +307,10 @@ WARDEN_APPROVAL_ESCALATE_SECONDS = envint("WARDEN_APPROVAL_ESCALATE_SECONDS", 18
 WARDEN_APPROVAL_REMIND_SECONDS = envint("WARDEN_APPROVAL_REMIND_SECONDS", 3600, minimum=1)
 WARDEN_APPROVAL_WEBHOOK_URL = envstr("WARDEN_APPROVAL_WEBHOOK_URL") or ""
 WARDEN_APPROVAL_WEBHOOK_TIMEOUT = 5
+
+# --- classification scans (docs/classification.md) ------------------------------------
+# A scanner finding at or above this confidence is applied at once (masked, flagged
+# "needs confirmation"); below it, it waits in the review queue.
+WARDEN_SCAN_AUTO_APPLY_CONFIDENCE = envint("WARDEN_SCAN_AUTO_APPLY_PERCENT", 90, minimum=0) / 100
+if WARDEN_SCAN_AUTO_APPLY_CONFIDENCE > 1:
+    raise ImproperlyConfigured("WARDEN_SCAN_AUTO_APPLY_PERCENT must be 0-100")

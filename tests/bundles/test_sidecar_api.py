@@ -216,9 +216,17 @@ def test_schema_report_updates_the_snapshot_and_proposes_findings(
         control_plane, "schema", token, {"snapshot": snapshot, "findings": findings}
     )
     assert status == 202, body
-    assert json.loads(body) == {"snapshot_changed": True, "proposed": 1, "ignored": 1}
+    result = json.loads(body)
+    # 0.9 is at the default auto-apply threshold: applied at once, awaiting confirmation.
+    assert {k: result[k] for k in ("snapshot_changed", "proposed", "auto_applied", "ignored")} == {
+        "snapshot_changed": True,
+        "proposed": 0,
+        "auto_applied": 1,
+        "ignored": 1,
+    }
+    assert result["drift"] == 1  # the new table
     cc = demo_policy.datasource.column_classifications.get(table_name="leads")
-    assert (cc.classification.name, cc.status, cc.source) == ("pii.email", "proposed", "auto")
+    assert (cc.classification.name, cc.status, cc.source) == ("pii.email", "auto_applied", "auto")
     bad = {"snapshot": {"tables": "no"}, "findings": []}
     assert _post(control_plane, "schema", token, bad)[0] == 400
     bad_finding = {**findings[0], "value": "someone@example.com"}
