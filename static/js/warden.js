@@ -34,3 +34,13 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     event.detail.isError = false;
   }
 });
+
+/* Forms marked data-swap-403 show a refusal (e.g. deciding your own approval
+   request) in place of the element they target, like data-swap-400 does. */
+document.addEventListener("htmx:beforeSwap", function (event) {
+  var elt = event.detail.requestConfig && event.detail.requestConfig.elt;
+  if (event.detail.xhr.status === 403 && elt && elt.hasAttribute("data-swap-403")) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
