@@ -174,8 +174,8 @@ def state_payload(request: ApprovalRequest) -> dict[str, Any]:
     }
 
 
-def approval_publish(*, request: ApprovalRequest) -> None:
-    """Cache the request's state in Redis and wake every sidecar waiting on it.
+def approval_publish(*, request: ApprovalRequest, wake: bool = True) -> None:
+    """Cache the request's state in Redis and (``wake``) wake every sidecar waiting on it.
 
     Called on commit. Failure is logged, not raised: the decision is already
     stored, and a sidecar that missed the wake-up reads it on its next poll.
@@ -184,8 +184,10 @@ def approval_publish(*, request: ApprovalRequest) -> None:
     ttl = STATE_KEY_TTL_PENDING if request.is_pending else STATE_KEY_TTL_TERMINAL
     try:
         pipe = redis_client().pipeline()
-        pipe.set(state_key(request.id), json.dumps(payload), ex=ttl)
-        if not request.is_pending:
+        # A pending answer never overwrites a decision (a slow reader caching
+        # what it read before the decision committed).
+        pipe.set(state_key(request.id), json.dumps(payload), ex=ttl, nx=request.is_pending)
+        if wake and not request.is_pending:
             pipe.publish(DECIDED_CHANNEL, str(request.id))
         pipe.execute()
     except Exception as exc:  # Redis down: the database still has the decision

@@ -169,6 +169,8 @@ EMAIL_BACKEND = envstr("EMAIL_BACKEND") or "django.core.mail.backends.console.Em
 EMAIL_HOST = envstr("EMAIL_HOST") or "localhost"
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL") or "warden@localhost"
+# For django.core.mail.backends.filebased.EmailBackend (tests read notices across processes).
+EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")
 
 # --- sign-in: django-allauth, local accounts + TOTP, optional OIDC single sign-on ---------
 LOGIN_URL = "account_login"
