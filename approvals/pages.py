@@ -62,7 +62,11 @@ def approval_facts(*, approval: ApprovalRequest, user: Any) -> ApprovalFacts:
     if approval.state != PENDING:
         facts.why_not = f"This request is {approval.state}."
     elif not may_review(user):
-        facts.why_not = "Only reviewers decide requests."
+        facts.why_not = (
+            f"Waiting for a reviewer of {approval.datasource.name}."
+            if facts.is_requester
+            else "Only reviewers decide requests."
+        )
     elif refusal := services.decision_refusal(user=user, request=approval):
         facts.why_not = refusal
     elif any(d.reviewer_id == user.pk for d in approvals):

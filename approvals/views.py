@@ -266,7 +266,12 @@ def cancel(request: HttpRequest, pk: UUID) -> HttpResponse:
     if request.htmx:
         if error:
             approval.refresh_from_db()
-        context = {"a": approval, "error": error, "flash": not error}
+        context = {
+            "a": approval,
+            "error": error,
+            "flash": not error,
+            "next": _next_url(request, reverse("approvals:mine")),
+        }
         return render(request, "approvals/_mine_row.html", context, status=400 if error else 200)
     if error:
         messages.error(request, error)

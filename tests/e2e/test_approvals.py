@@ -149,3 +149,30 @@ def test_decisions_work_without_javascript(
         assert _state(s.critical_request) == "denied"
     finally:
         context.close()
+
+
+def test_requester_follows_their_requests_and_cancels_one(
+    page: Any, sign_in: Any, security_user: Any, s: SimpleNamespace, screenshot: Any
+) -> None:
+    # security owns agent-reports and svc-billing, so their requests are security's.
+    sign_in(security_user, "security")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="My requests").click()
+    row = page.locator(f"#mine-{s.agent_request.pk}")
+    expect(row).to_contain_text("agent-reports")
+    expect(page.locator(f"#mine-{s.critical_request.pk}")).to_contain_text("pending")
+    expect(page.locator(f"#mine-{s.own_request.pk}")).to_have_count(0)
+    screenshot("63-my-requests")
+    _no_reload_marker(page)
+    row.get_by_role("button", name="Cancel request").click()
+    expect(row).to_have_attribute("data-state", "cancelled")
+    _assert_not_reloaded(page)
+    assert _state(s.agent_request) == "cancelled"
+
+    page.goto(f"/approvals/{s.critical_request.pk}/")
+    expect(page.locator("#request-state")).to_have_text("pending")
+    expect(page.locator("#timeline")).to_contain_text("Created")
+    expect(page.get_by_role("button", name="Approve svc-billing's request")).to_have_count(0)
+    screenshot("64-request-page-requester")
+    page.get_by_role("button", name="Cancel this request").click()
+    expect(page.locator("#request-state")).to_have_text("cancelled")
+    expect(page.locator(".messages")).to_contain_text("Request cancelled")
