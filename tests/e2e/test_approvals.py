@@ -116,6 +116,33 @@ def test_badge_updates_when_a_request_arrives_while_the_page_is_open(
     _assert_not_reloaded(page)
 
 
+def test_inbox_offers_new_requests_without_redrawing_the_list(
+    page: Any, sign_in: Any, s: SimpleNamespace, demo_policy: Any
+) -> None:
+    sign_in(s.reviewer, "reviewer")
+    page.goto("/approvals/")
+    news = page.locator("#inbox-news")
+    expect(news).to_be_hidden()
+    # Deciding one lowers the count: no notice for that.
+    card = page.locator(f"#request-{s.agent_request.pk}")
+    card.get_by_role("button", name="Approve agent-reports's request").click()
+    expect(page.locator("#pending-badge")).to_have_attribute("data-count", "3")
+    page.wait_for_timeout(3_500)  # one poll
+    expect(news).to_be_hidden()
+    arrived = scenario.hold(
+        datasource=demo_policy.datasource,
+        identity=demo_policy.agent,
+        statement="UPDATE public.orders SET amount = $1 WHERE id = $2",
+        kind="update",
+        tables=["public.orders"],
+    )
+    expect(news).to_be_visible(timeout=8_000)
+    expect(page.locator(f"#request-{arrived.pk}")).to_have_count(0)
+    news.get_by_role("link", name="Show them").click()
+    expect(page.locator(f"#request-{arrived.pk}")).to_be_visible()
+    expect(news).to_be_hidden()
+
+
 def test_decisions_work_without_javascript(
     browser: Any, live_server: Any, s: SimpleNamespace
 ) -> None:
