@@ -87,7 +87,9 @@ def _next_url(request: HttpRequest, fallback: str) -> str:
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
     filters = InboxFilters(request.GET or None, user=request.user)
-    requests = selectors.approvals_inbox(user=request.user, **filters.selector_kwargs())
+    requests = selectors.approvals_inbox(
+        user=request.user, **filters.selector_kwargs()
+    ).prefetch_related("decisions__reviewer")
     page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
     cards = [_card(request, approval) for approval in page.object_list]
     context = {"filters": filters, "page": page, "cards": cards}

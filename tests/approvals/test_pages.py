@@ -453,3 +453,33 @@ def test_history_shows_other_requests_only_from_datasources_the_viewer_reviews(
     history = card[card.index("Other requests by") :]
     assert "(1)" in history[:120]
     assert "billing-prod" in history
+
+
+def test_inbox_queries_do_not_grow_with_decisions(
+    client: Client, reviewer_user: Any, demo_policy: Any, s: SimpleNamespace
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    another_critical = scenario.hold(
+        datasource=demo_policy.datasource,
+        identity=demo_policy.service,
+        statement="UPDATE public.customers SET phone = $1",
+        kind="update",
+        risk=90,
+    )
+    client.force_login(reviewer_user)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(reverse("approvals:inbox")).status_code == 200
+        return len(captured)
+
+    before = queries()
+    reviewer2 = Client()
+    reviewer2.force_login(s.reviewer2)
+    for critical in (s.critical_request, another_critical):
+        reviewer2.post(reverse("approvals:approve", args=[critical.pk]))
+        assert _state(critical) == "pending"  # one approval of two, shown on the card
+    # The approving reviewers are fetched in one query, whatever their number.
+    assert queries() <= before + 1
