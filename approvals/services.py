@@ -138,7 +138,10 @@ def is_reviewer_of(*, user: Any, request: ApprovalRequest) -> bool:
     if user_role(user) not in REVIEWER_ROLES:
         return False
     team_ids = deciding_team_ids(request)
-    return bool(team_ids) and Identity.objects.filter(user=user, teams__in=team_ids).exists()
+    return (
+        bool(team_ids)
+        and Identity.objects.filter(user=user, is_active=True, teams__in=team_ids).exists()
+    )
 
 
 def decision_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
@@ -405,7 +408,7 @@ def approval_request_open(
         datasource=datasource, identity=identity, fingerprint=fingerprint, now=now
     )
     if grant is not None:
-        request = ApprovalRequest.objects.select_related("datasource", "identity").get(
+        request = ApprovalRequest.objects.select_related("datasource__environment", "identity").get(
             pk=grant.request_id
         )
         used = grant.uses_total - grant.uses_left
@@ -483,7 +486,7 @@ def _locked(request_id: Any) -> ApprovalRequest:
         raise ApprovalRequest.DoesNotExist(f"No approval request {request_id}.") from exc
     return (
         ApprovalRequest.objects.select_for_update(of=("self",))
-        .select_related("datasource", "identity", "identity__owner")
+        .select_related("datasource", "datasource__environment", "identity", "identity__owner")
         .get(pk=request_id)
     )
 
@@ -591,9 +594,10 @@ def approval_decide(
     request.save(update_fields=["state", "decided_at"])
     asked_uses = [d.uses for d in approvals if d.uses is not None]
     asked_expiry = [d.grant_expires_at for d in approvals if d.grant_expires_at is not None]
-    default_expiry = now + datetime.timedelta(
-        seconds=settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS
+    default_seconds = min(
+        settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS, settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS
     )
+    default_expiry = now + datetime.timedelta(seconds=default_seconds)
     grant = Grant.objects.create(
         request=request,
         datasource_id=request.datasource_id,
@@ -664,7 +668,7 @@ def approvals_expire_stale(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING, expires_at__lte=now)
                 .first()
             )
@@ -683,9 +687,9 @@ def approvals_expire_stale(*, now: datetime.datetime | None = None) -> int:
                 continue
             grant.state = GrantState.EXPIRED
             grant.save(update_fields=["state"])
-            request = ApprovalRequest.objects.select_related("datasource", "identity").get(
-                pk=grant.request_id
-            )
+            request = ApprovalRequest.objects.select_related(
+                "datasource__environment", "identity"
+            ).get(pk=grant.request_id)
             _event(request, ApprovalEventKind.GRANT_EXPIRED, detail={"uses_left": grant.uses_left})
             _audit(request, "grant_expired", grant=str(grant.id), uses_left=grant.uses_left)
             ended += 1
@@ -710,7 +714,7 @@ def approvals_escalate_due(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING, escalated_at__isnull=True)
                 .first()
             )
@@ -745,7 +749,7 @@ def approvals_remind_due(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING)
                 .first()
             )
@@ -843,7 +847,9 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
     if not NOTICE_RE.match(kind):
         raise ValueError(f"Unknown notice {kind!r}.")
     request = (
-        ApprovalRequest.objects.select_related("datasource", "identity", "identity__owner")
+        ApprovalRequest.objects.select_related(
+            "datasource", "datasource__environment", "identity", "identity__owner"
+        )
         .filter(pk=request_id)
         .first()
     )

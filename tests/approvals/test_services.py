@@ -340,3 +340,16 @@ def test_selectors_scope_inbox_and_requester(review_setup, open_request, persona
         selectors.approval_for_requester(user=review_setup.requester, request_id=request.pk)
         == request
     )
+
+
+def test_recent_activity_is_scoped_to_the_viewer(review_setup, open_request, personas):
+    first = open_request(identity=review_setup.agent)
+    second = open_request(identity=review_setup.agent, fingerprint="cd" * 16)
+    everything = selectors.identity_recent_activity(identity=review_setup.agent)
+    assert everything == [second, first]
+    assert selectors.identity_recent_activity(
+        identity=review_setup.agent, user=review_setup.reviewer, limit=1
+    ) == [second]
+    assert (
+        selectors.identity_recent_activity(identity=review_setup.agent, user=personas["none"]) == []
+    )
