@@ -27,16 +27,12 @@ def pending_count(*, user: Any) -> int:
 
 
 def other_requests(*, user: Any, approval: ApprovalRequest, limit: int) -> list[ApprovalRequest]:
-    """The identity's other requests, newest first, among those the viewer may see.
-
-    Like ``identity_recent_activity``, but scoped to the viewer: a reviewer must
-    not read another team's deny reasons through a shared agent's history.
-    """
-    if may_review(user):
-        scope = selectors.approvals_inbox(user=user, state=None)
-    else:
-        scope = selectors.approvals_of_requester(user=user)
-    return list(scope.filter(identity=approval.identity).exclude(pk=approval.pk)[:limit])
+    """The identity's other requests, newest first, among those the viewer may see
+    (a reviewer must not read another team's deny reasons through a shared agent)."""
+    recent = selectors.identity_recent_activity(
+        identity=approval.identity, limit=limit + 1, user=user
+    )
+    return [past for past in recent if past.pk != approval.pk][:limit]
 
 
 @dataclass
