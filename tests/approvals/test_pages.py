@@ -297,6 +297,7 @@ def test_approve_inline_swaps_the_card_and_the_badge(
     assert _state(s.agent_request) == "approved"
     grant = Grant.objects.get(request=s.agent_request)
     assert (grant.uses_total, grant.uses_left) == (1, 1)
+    assert "Grant: 1 of 1 use left" in html
     badge = client.get(reverse("approvals:pending_badge"), **HTMX)
     assert _badge(badge.content) == before - 1
 
