@@ -484,3 +484,31 @@ def test_inbox_queries_do_not_grow_with_decisions(
         assert _state(critical) == "pending"  # one approval of two, shown on the card
     # The approving reviewers are fetched in one query, whatever their number.
     assert queries() <= before + 1
+
+
+def test_a_requester_without_a_role_follows_the_link_they_were_given(
+    client: Client, outsider_user: Any, demo_policy: Any, s: SimpleNamespace
+) -> None:
+    # Role none sees nothing of the policy, but a held statement's error message
+    # names the request's page: its requester may open it, follow it and cancel it.
+    mine = scenario.hold(datasource=demo_policy.datasource, identity=outsider_user.identity)
+    client.force_login(outsider_user)
+    page = client.get(reverse("approvals:detail", args=[mine.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Waiting for a reviewer of crm-prod" in html
+    assert reverse("approvals:approve", args=[mine.pk]) not in html
+    assert 'id="pending-badge"' not in html
+    listed = client.get(reverse("approvals:mine")).content.decode()
+    assert f'id="mine-{mine.pk}"' in listed and f'id="mine-{s.agent_request.pk}"' not in listed
+    assert client.get(reverse("governance:home")).status_code == 403  # still nothing else
+    assert client.post(reverse("approvals:cancel", args=[mine.pk])).status_code == 302
+    assert _state(mine) == "cancelled"
+
+
+def test_security_sees_only_its_own_requests_page(
+    client: Client, security_user: Any, s: SimpleNamespace
+) -> None:
+    client.force_login(security_user)
+    assert client.get(reverse("approvals:detail", args=[s.agent_request.pk])).status_code == 200
+    assert client.get(reverse("approvals:detail", args=[s.own_request.pk])).status_code == 403
