@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -34,19 +35,6 @@ PAGE_SIZE = 20
 RECENT_ACTIVITY = 5
 
 reviewer_required = require_role(Role.ADMIN, Role.REVIEWER)
-
-
-def _signed_in(view: Any) -> Any:
-    """Sign-in required, any role (requesters need not be reviewers)."""
-
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        return view(request, *args, **kwargs)
-
-    wrapper.__name__ = view.__name__
-    wrapper.__doc__ = view.__doc__
-    return wrapper
 
 
 def _card(
@@ -228,7 +216,7 @@ def _visible(request: HttpRequest, pk: UUID) -> tuple[ApprovalRequest, bool]:
         raise PermissionDenied("Only reviewers and the requester see this request.") from None
 
 
-@_signed_in
+@login_required
 @require_GET
 def detail(request: HttpRequest, pk: UUID) -> HttpResponse:
     approval, as_reviewer = _visible(request, pk)
@@ -246,7 +234,7 @@ def detail(request: HttpRequest, pk: UUID) -> HttpResponse:
 # --- requesters -------------------------------------------------------------------------
 
 
-@_signed_in
+@login_required
 @require_GET
 def my_requests(request: HttpRequest) -> HttpResponse:
     requests = selectors.approvals_of_requester(user=request.user)
@@ -254,7 +242,7 @@ def my_requests(request: HttpRequest) -> HttpResponse:
     return render(request, "approvals/mine.html", {"page": page, "objects": page.object_list})
 
 
-@_signed_in
+@login_required
 @require_POST
 def cancel(request: HttpRequest, pk: UUID) -> HttpResponse:
     approval = selectors.approval_for_requester(user=request.user, request_id=pk)
