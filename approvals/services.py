@@ -26,7 +26,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -839,10 +839,10 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
     """Send one notice (``created``, ``escalated``, ``reminder-<n>``) of a pending request
     to each reviewer by email and to the webhook. Returns how many were sent now.
 
-    Each delivery is its own transaction that locks the request, skips what an
-    ``ApprovalEvent`` says was already sent, sends, and records it. A failed send
-    raises (the task retries); what went out before it stays recorded and is not
-    sent again.
+    Each delivery is its own transaction that takes an advisory lock on (request,
+    notice, recipient), skips what an ``ApprovalEvent`` says was already sent,
+    sends, and records it. A failed send raises (the task retries); what went out
+    before it stays recorded and is not sent again.
     """
     if not NOTICE_RE.match(kind):
         raise ValueError(f"Unknown notice {kind!r}.")
@@ -867,8 +867,14 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
     for channel, recipient, target in deliveries:
         key = f"{kind}:{recipient}"
         with transaction.atomic():
-            locked = ApprovalRequest.objects.select_for_update().filter(pk=request.pk).first()
-            if locked is None or not locked.is_pending:
+            # Serialise deliveries of this one notice (two copies of the task), not
+            # the request: a reviewer deciding meanwhile must not wait for SMTP.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{request.pk}:{key}"]
+                )
+            state = ApprovalRequest.objects.filter(pk=request.pk).values_list("state", flat=True)
+            if state.first() != ApprovalState.PENDING:
                 return sent
             if ApprovalEvent.objects.filter(
                 request=request, kind=ApprovalEventKind.NOTIFIED, key=key

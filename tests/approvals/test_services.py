@@ -302,6 +302,12 @@ def test_review_settings_only_by_policy_editors(review_setup, admin_user):
         services.review_settings_set(
             actor=admin_user, datasource=review_setup.datasource, data={"webhook_url": "nope"}
         )
+    with pytest.raises(ValidationError):
+        services.review_settings_set(
+            actor=admin_user,
+            datasource=review_setup.datasource,
+            data={"webhook_url": "ftp://example.com/hook"},
+        )
     assert not ReviewSettings.objects.exists()
 
 
