@@ -8,6 +8,7 @@ escapes every token, so nothing in it can become markup.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django import template
@@ -42,6 +43,13 @@ def pending_approvals(context: template.Context) -> int | None:
     if user is None or not pages.may_review(user):
         return None
     return pages.pending_count(user=user)
+
+
+@register.filter
+def state_tally(requests: list[Any]) -> str:
+    """ "2 approved, 1 denied" for a requester's history, most frequent first."""
+    counts = Counter(str(r.state) for r in requests)
+    return ", ".join(f"{n} {state}" for state, n in counts.most_common())
 
 
 @register.filter

@@ -452,7 +452,7 @@ def test_history_shows_other_requests_only_from_datasources_the_viewer_reviews(
     client.force_login(admin_user)
     card = _card_html(client.get(reverse("approvals:inbox")).content.decode(), s.agent_request.pk)
     history = card[card.index("Other requests by") :]
-    assert "(1)" in history[:120]
+    assert "(1): 1 pending" in history[:200]
     assert "billing-prod" in history
 
 
