@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.db import connections
 from playwright.sync_api import expect
 
 from approvals.models import ApprovalRequest
@@ -34,7 +35,7 @@ from governance import services
 from governance.bundles import APPROVAL_HOLD_SECONDS
 from tests.bundles.conftest import Server
 from tests.conftest import persona_password
-from tests.e2e.conftest import browser  # noqa: F401 - fixture, re-exported for pytest
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.integration.conftest import SidecarProcess, pinned_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -109,16 +110,37 @@ def _rows(upstream_db: str) -> dict[int, str]:
 
 
 @pytest.fixture
-def reviewer_page(browser: Any, control_plane: Server) -> Iterator[Any]:  # noqa: F811
-    context = browser.new_context(
-        base_url=control_plane.url, viewport={"width": 1280, "height": 900}
-    )
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
+def reviewer_page(control_plane: Server) -> Iterator[Any]:
+    """Chromium for this test only, closed before the test's database teardown.
+
+    While Playwright's sync API is open its event loop runs in this thread, and
+    Django then hands out other connection objects (asgiref's context-local
+    storage); the serialized-rollback teardown must run on the original one, or
+    the next serialized test finds rows it did not expect. So: function scope,
+    and the connections opened meanwhile are closed before Playwright stops.
+    """
+    if not Path(CHROMIUM).exists():
+        reason = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            base_url=control_plane.url, viewport={"width": 1280, "height": 900}
+        )
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+            connections.close_all()
     assert not errors, f"JavaScript errors: {errors}"
 
 
