@@ -22,7 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
-from django.http.request import validate_host  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from approvals.sidecar_api import approval_state_reply  # noqa: E402
 from governance.sidecar_api import bundle_reply  # noqa: E402 - needs the app registry
@@ -62,7 +62,8 @@ async def _approval(scope: dict[str, Any], receive: Any, send: Any) -> None:
     # The URL names the control plane to database clients: trust only an allowed Host.
     host = headers.get("host", "")
     base = f"{scope.get('scheme', 'http')}://{host}/"
-    if not host or not validate_host(host.rsplit(":", 1)[0].strip("[]"), settings.ALLOWED_HOSTS):
+    domain, _ = split_domain_port(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
         base = settings.WARDEN_BASE_URL + "/"
 
     async def disconnected() -> None:

