@@ -581,27 +581,15 @@ class Session:
         approval_id: str | None = None,
     ) -> None:
         """Append one statement event; only the per-execution fields are encoded here."""
-        if approval_id is not None:
-            sqlstate_json = "null" if sqlstate is None else json.dumps(sqlstate)
-            line = (
-                f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
-                f'"action":"{verdict.action}","outcome":"{outcome}",'
-                f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
-                f'"error_sqlstate":{sqlstate_json},'
-                f'"approval_request":{json.dumps(approval_id)},{self._base_json}'
-            )
-            extra = verdict.audit_json()
-            self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
-            return
-        line = (
+        extra = verdict.audit_json()
+        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
+        self.audit.append_line(
             f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
             f'"action":"{verdict.action}","outcome":"{outcome}",'
             f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
             f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-            f"{self._base_json}"
+            f"{approval}{self._base_json}{',' if extra else ''}{extra}}}"
         )
-        extra = verdict.audit_json()
-        self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
 
     # ---- upstream -> client -------------------------------------------------
 
