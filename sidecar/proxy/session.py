@@ -137,13 +137,25 @@ _SYNC = object()
 class _Hold:
     """A statement waiting for an approval; the session's later messages wait behind it."""
 
-    __slots__ = ("name", "request_id", "simple", "tail", "task", "verdict")
+    __slots__ = ("bind", "name", "portal", "request_id", "simple", "tail", "task", "verdict")
 
-    def __init__(self, verdict: Verdict, simple: bool, name: bytes, tail: bytes) -> None:
+    def __init__(
+        self,
+        verdict: Verdict,
+        simple: bool,
+        name: bytes,
+        tail: bytes,
+        bind: bytes | None = None,
+        portal: bytes = b"",
+    ) -> None:
         self.verdict = verdict
-        self.simple = simple  # a Query; else a Parse named ``name`` with ``tail``
+        # A Query; else a Parse named ``name`` with ``tail``; or, with ``bind``, a
+        # Bind of prepared statement ``name`` into ``portal`` (a re-run).
+        self.simple = simple
         self.name = name
         self.tail = tail
+        self.bind = bind
+        self.portal = portal
         self.request_id: str | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -192,6 +204,7 @@ class Session:
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
+        self._refusal_name = f"warden_refusal_{nonce}".encode()
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
@@ -241,7 +254,18 @@ class Session:
                         break
                 elif kind == _B:
                     portal, stmt = m.parse_bind_names(data[pos + 5 : end])
-                    self.portals[portal] = self.statements.get(stmt)
+                    verdict = self.statements.get(stmt)
+                    if verdict is not None and verdict.action == REVIEW:
+                        if verdict.approval_id is None:
+                            # A prepared statement approved before and run since:
+                            # each run needs its own approval (a grant's uses).
+                            hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
+                            self._hold_start(hold)
+                            pos = end
+                            break
+                        # This run is the approval its Parse got; the next one asks.
+                        self.statements[stmt] = dataclasses.replace(verdict, approval_id=None)
+                    self.portals[portal] = verdict
                     out.append(data[pos:end])
                 elif kind == _E:
                     portal = data[pos + 5 : data.index(0, pos + 5)]
@@ -524,6 +548,12 @@ class Session:
         if hold.simple:
             self.pending.append(_Exec(None, True))
             return m.query(marker)
+        if hold.bind is not None:
+            # A failing Parse of a statement name nobody uses stands in for the
+            # Bind: the server errors, discards up to Sync, and keeps the client's
+            # prepared statement.
+            self.portals[hold.portal] = None
+            return m.build_parse(self._refusal_name, marker, b"\x00\x00")
         return m.build_parse(hold.name, marker, b"\x00\x00")
 
     def _hold_approved(self, hold: _Hold, state: ApprovalState) -> bytes:
@@ -533,6 +563,9 @@ class Session:
         if hold.simple:
             self.pending.append(_Exec(verdict, True))
             return m.query(sql)
+        if hold.bind is not None:
+            self.portals[hold.portal] = verdict
+            return hold.bind
         self.statements[hold.name] = verdict
         return m.build_parse(hold.name, sql, hold.tail)
 
@@ -581,27 +614,15 @@ class Session:
         approval_id: str | None = None,
     ) -> None:
         """Append one statement event; only the per-execution fields are encoded here."""
-        if approval_id is not None:
-            sqlstate_json = "null" if sqlstate is None else json.dumps(sqlstate)
-            line = (
-                f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
-                f'"action":"{verdict.action}","outcome":"{outcome}",'
-                f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
-                f'"error_sqlstate":{sqlstate_json},'
-                f'"approval_request":{json.dumps(approval_id)},{self._base_json}'
-            )
-            extra = verdict.audit_json()
-            self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
-            return
-        line = (
+        extra = verdict.audit_json()
+        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
+        self.audit.append_line(
             f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
             f'"action":"{verdict.action}","outcome":"{outcome}",'
             f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
             f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-            f"{self._base_json}"
+            f"{approval}{self._base_json}{',' if extra else ''}{extra}}}"
         )
-        extra = verdict.audit_json()
-        self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
 
     # ---- upstream -> client -------------------------------------------------
 

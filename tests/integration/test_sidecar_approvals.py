@@ -133,6 +133,21 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
             fingerprint = request.fingerprint
             ids = [str(request.id)]
 
+            # 1b. A named prepared statement: each run (Bind) needs its own approval,
+            # not only its Parse: a grant's uses count every run.
+            update = "UPDATE customers SET full_name = %s WHERE id = %s"
+            for name in ("Prepared 1", "Prepared 2"):
+                thread, result = _in_thread(
+                    lambda name=name: conn.execute(update, (name, 1), prepare=True)
+                )
+                request = _pending(demo_policy.agent)
+                approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+                thread.join(20)
+                assert "error" not in result, result
+                row = conn.execute("SELECT full_name FROM customers WHERE id = 1").fetchone()
+                assert row == (name,)
+                ids.append(str(request.id))
+
             # 2. Held, denied: 42501 naming the request, the reviewer and the reason.
             thread, result = _in_thread(lambda: conn.execute("DELETE FROM customers WHERE id = 2"))
             request = _pending(demo_policy.agent)
@@ -195,15 +210,16 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             events = [e for e in _spool_events(state_dir) if e.get("action") == "review"]
-            if len(events) >= 5:
+            if len(events) >= 7:
                 break
             time.sleep(0.2)
         outcomes = [e["outcome"] for e in events]
-        assert outcomes == ["approved", "denied", "held", "approved", "held"], outcomes
+        expected = ["approved", "approved", "approved", "denied", "held", "approved", "held"]
+        assert outcomes == expected, outcomes
         # A cancel can land before the control plane's answer, so a cancelled
         # hold may not know its request id; approved and denied ones always do.
         decided = [e["approval_request"] for e in events if e["outcome"] != "held"]
-        assert decided == [ids[0], ids[1], ids[2]], (decided, ids)
+        assert decided == ids, (decided, ids)
         spool = "".join(p.read_text() for p in (state_dir / "spool").glob("*.jsonl"))
         assert "Ada L." not in spool and "Alan T." not in spool
     finally:
