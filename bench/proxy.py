@@ -231,7 +231,7 @@ def start_pgbouncer(
 
 
 def start_sidecar(
-    workdir: Path, upstream_dsn: str, bundle_data: dict
+    workdir: Path, upstream_dsn: str, bundle_data: dict, tree: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], int]:
     (workdir / "bundle.json").write_text(json.dumps(bundle_data))
     ready = workdir / "ready.json"
@@ -250,7 +250,7 @@ def start_sidecar(
     (workdir / "sidecar.json").write_text(json.dumps(config))
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.runner", "--config", str(workdir / "sidecar.json")],
-        cwd=ROOT,
+        cwd=tree,
     )
     deadline = time.monotonic() + 30
     while not ready.exists():
@@ -343,6 +343,57 @@ def idle_memory(port: int, database: str, pid: int, count: int) -> float:
     return (after - before) / count
 
 
+def compare_trees(args: argparse.Namespace, database: str, upstream: str, tmp: Path) -> None:
+    """Sidecar CPU per transaction, this tree against ``--compare`` (another checkout),
+    interleaved round by round: the before/after measure for one change."""
+    trees = {"this": ROOT, "other": Path(args.compare).resolve()}
+    procs = {}
+    try:
+        for name, tree in trees.items():
+            (tmp / name).mkdir()
+            procs[name] = start_sidecar(tmp / name, upstream, bundle(database), tree)
+        workloads = {
+            "select-only": ["-S"],
+            "select-prepared": ["-S", "-M", "prepared"],
+            "tpcb-like": [],
+        }
+        print(f"{'workload':<16}{'clients':>8}  {'tree':<6}{'tps (median)':>14}{'CPU us/txn':>30}")
+        for workload in args.workloads.split(","):
+            for clients in (1, 8):
+                cpu: dict[str, list[float]] = {n: [] for n in trees}
+                tps_all: dict[str, list[float]] = {n: [] for n in trees}
+                for _ in range(args.repeat):
+                    for name, (proc, port) in procs.items():
+                        before = cpu_seconds(proc.pid)
+                        tps, _lat = pgbench(
+                            port,
+                            "bench",
+                            database,
+                            clients,
+                            args.duration,
+                            workloads[workload],
+                            TOKEN,
+                        )
+                        used = cpu_seconds(proc.pid) - before
+                        cpu[name].append(used / max(tps * args.duration, 1.0) * 1e6)
+                        tps_all[name].append(tps)
+                for name in trees:
+                    runs = sorted(cpu[name])
+                    tps_sorted = sorted(tps_all[name])
+                    each = " ".join(f"{c:.1f}" for c in cpu[name])
+                    print(
+                        f"{workload:<16}{clients:>8}  {name:<6}{tps_sorted[len(runs) // 2]:>14.0f}"
+                        f"{runs[len(runs) // 2]:>12.1f}  ({each})"
+                    )
+    finally:
+        for proc, _port in procs.values():
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def verdict(name: str, value: float, unit: str, target: float, higher_is_better: bool) -> str:
     ok = value >= target if higher_is_better else value < target
     return f"{name}={value:.3f} {unit} target={target} {'met' if ok else 'missed'}"
@@ -354,6 +405,14 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=8)
     parser.add_argument("--idle", type=int, default=60, help="idle connections for memory")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per cell (median kept)")
+    parser.add_argument(
+        "--compare",
+        metavar="TREE",
+        help="only the sidecar: CPU per transaction of this tree vs the checkout TREE",
+    )
+    parser.add_argument(
+        "--workloads", default="select-only,tpcb-like", help="with --compare: which workloads"
+    )
     args = parser.parse_args()
 
     # Named after DATABASE_URL's database (e.g. warden_perf_proxy_bench_<hex>) so
@@ -376,6 +435,9 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
+        if args.compare:
+            compare_trees(args, database, upstream, tmp)
+            return 0
         (tmp / "bouncer").mkdir()
         bouncer, bouncer_port = start_pgbouncer(tmp / "bouncer", host, port, database)
         procs.append(bouncer)

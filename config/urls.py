@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/v1/sidecar/", include("governance.sidecar_urls")),
     path("api/v1/", include("approvals.api_urls")),
     path("api/v1/", include("governance.api_urls")),
+    path("approvals/", include("approvals.urls")),
     path("", include("governance.urls")),
 ]
 

@@ -49,6 +49,10 @@ class SidecarConfig:
     spool_full_policy: str = "refuse"
     audit_url: str | None = None  # POST target for audit batches (control plane)
     audit_token: str | None = None
+    # Approvals API for held statements; default: <control_plane_url>/api/v1/sidecar/approvals.
+    # With neither, a held statement is refused (approval cannot be requested).
+    approvals_url: str | None = None
+    approvals_timeout: int = 10  # seconds for one approvals API call (plus any long-poll wait)
     log_level: str = "INFO"
     # Classify columns by sampling the upstream (at start, on schedule, on request).
     scan_enabled: bool = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 from sidecar.bundle import BundleClient, HttpError, NoBundle, parse_public_keys
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.metrics import Metrics, serve_metrics
+from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.policy import Identity, Verdict, identities_from_bundle
 from sidecar.proxy.server import ProxyServer, ProxySettings
 from sidecar.proxy.upstream import UpstreamTarget
@@ -91,6 +93,13 @@ class FileBundleSource:
                 log.error("bundle file rejected, keeping the current one: %s", exc)
 
 
+def hold_seconds(document: dict[str, Any]) -> float:
+    """How long a held statement waits for a decision (the bundle's ``approvals``)."""
+    approvals = document.get("approvals")
+    value = approvals.get("hold_seconds", 0) if isinstance(approvals, dict) else 0
+    return float(value) if isinstance(value, int | float) and value > 0 else 0.0
+
+
 def audit_facts(decision: Any) -> dict[str, Any]:
     """What the audit trail keeps of a decision: never the literals, never upstream_sql
     (which can carry the masking key), only the engine's redacted text and facts."""
@@ -129,6 +138,34 @@ def audit_facts(decision: Any) -> dict[str, Any]:
     }
 
 
+def approval_fingerprint(statements: Any) -> str:
+    """The identity-independent fingerprint an approval and its grant are bound to.
+
+    One statement: the engine's own fingerprint (SHA-256 of the text normalised
+    for literals). Several: SHA-256 over their fingerprints in order, so the
+    same statements with other literals match and a different mix does not.
+    """
+    prints = [st.fingerprint for st in statements]
+    if len(prints) == 1:
+        return str(prints[0])
+    return hashlib.sha256(("warden.multi/1:" + ",".join(prints)).encode()).hexdigest()
+
+
+def approval_facts(decision: Any) -> dict[str, Any]:
+    """The body of an approval request, minus who and where: redacted, no literals."""
+    return {
+        "fingerprint": approval_fingerprint(decision.statements),
+        "statement": "; ".join(st.redacted_sql for st in decision.statements),
+        "kind": ",".join(st.kind for st in decision.statements),
+        "risk": decision.risk,
+        "reasons": [r.to_json() for r in decision.reasons],
+        "tables": sorted(
+            {t for st in decision.statements for t in st.tables_read + st.tables_written}
+        ),
+        "classifications": sorted({c for st in decision.statements for c in st.classifications}),
+    }
+
+
 class EnginePolicy:
     """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
 
@@ -146,6 +183,7 @@ class EnginePolicy:
         document = source.current()
         self._engine = engine.Engine(engine.load_bundle(document))
         self._identities = identities_from_bundle(document)
+        self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
         self._audit_cache: dict[Any, str] = {}
         self._note(document)
@@ -164,6 +202,7 @@ class EnginePolicy:
         identities = identities_from_bundle(document)
         self._engine.replace_bundle(bundle)
         self._identities = identities
+        self._hold_seconds = hold_seconds(document)
         self._cache = {}
         self._audit_cache = {}
         self._note(document)
@@ -220,6 +259,9 @@ class EnginePolicy:
                 upstream_sql=decision.upstream_sql,
                 _audit_json=self._audit_json(decision),
             )
+            if decision.action == "review":
+                verdict.approval = approval_facts(decision)
+                verdict.hold_seconds = self._hold_seconds
             if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
                 if len(self._cache) >= self.CACHE_LIMIT:
                     self._cache.clear()
@@ -390,7 +432,21 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         cleartext_over_tls=config.cleartext_over_tls,
         max_message=config.max_message_bytes,
     )
-    server = ProxyServer(settings=settings, policy=policy, audit=spool, metrics=metrics)
+    approvals_url = config.approvals_url or (
+        config.control_plane_url.rstrip("/") + APPROVALS_PATH if config.control_plane_url else None
+    )
+    approvals = (
+        HttpApprovalGate(
+            url=approvals_url,
+            token=config.token or config.audit_token,
+            timeout=float(config.approvals_timeout),
+        )
+        if approvals_url
+        else None
+    )
+    server = ProxyServer(
+        settings=settings, policy=policy, audit=spool, metrics=metrics, approvals=approvals
+    )
     # Subscribed after the policy, so it sees the new bundle's identities.
     source.subscribe(lambda _document: server.revalidate())
     port = await server.start(config.listen_host, config.listen_port)

@@ -3,9 +3,13 @@
 Spool. Events are appended to JSON-lines segment files under
 ``<state_dir>/spool`` (``000000000001.jsonl``, ...). Appends are buffered in
 memory and written + fsynced in batches (every ``flush_interval`` seconds or
-``flush_events`` events), so the per-statement cost is a list append. A
-segment is sealed when it grows past ``segment_bytes`` or when the shipper
-asks for it; only sealed segments are shipped.
+``flush_events`` events), so the per-statement cost is a list append. The
+write and the fsync run on one writer thread, in submission order, so a slow
+disk does not stall the event loop (and every session with it). A segment is
+sealed when it grows past ``segment_bytes`` or when the shipper asks for it;
+only sealed segments whose writes have completed are shipped. A failed write
+makes the spool refuse (``accepting`` false) whatever the policy: the trail
+cannot be kept.
 
 Bound and policy. The spool holds at most ``max_bytes`` on disk. When it is
 full, the configured ``full_policy`` applies: ``refuse`` (the default) makes
@@ -31,6 +35,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +76,25 @@ class AuditSpool:
         self._file = self._open_current()
         self._task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-spool")
+        self._last_write: Future[None] | None = None
+        self._closing: dict[str, Future[None]] = {}
+        self.write_error: str | None = None
+        # Plain attributes, read on every statement; kept current by _account.
+        self.full = False
+        self.accepting = True
+        self._account(0)
 
     # ---- writing ------------------------------------------------------------
 
-    @property
-    def full(self) -> bool:
-        return self._disk_bytes >= self.max_bytes
-
-    @property
-    def accepting(self) -> bool:
-        """False when the proxy should refuse statements (full, policy ``refuse``)."""
-        return not (self.full and self.full_policy == "refuse")
+    def _account(self, delta: int) -> None:
+        self._disk_bytes += delta
+        self.full = self._disk_bytes >= self.max_bytes
+        # False when the proxy must refuse statements: full under ``refuse``, or
+        # the disk failed (nothing could be recorded, whatever the policy).
+        self.accepting = self.write_error is None and not (
+            self.full and self.full_policy == "refuse"
+        )
 
     @property
     def depth(self) -> int:
@@ -108,28 +121,58 @@ class AuditSpool:
         self._buffer.pop()
         count = len(self._buffer)
         self._buffer = []
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._submit(_write_sync, self._file, data)
         self._current_lines += count
         self._current_bytes += len(data)
-        self._disk_bytes += len(data)
+        self._account(len(data))
         self._depth += count
         self.written += count
         if self._current_bytes >= self.segment_bytes:
-            self.seal()
+            self._rotate()
         self.changed.set()
 
-    def seal(self) -> None:
-        """Close the current segment (if it has events) so the shipper can take it."""
-        self.flush()
+    def _submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
+        future = self._writer.submit(fn, *args)
+        future.add_done_callback(self._written)
+        self._last_write = future
+        return future
+
+    def _written(self, future: Future[None]) -> None:
+        exc = future.exception()
+        if exc is not None and self.write_error is None:
+            # Runs on the writer thread: two attribute stores, read by the loop.
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            self.accepting = False
+            log.error("audit spool write failed, refusing statements: %s", self.write_error)
+
+    def _rotate(self) -> None:
+        """Close the current segment (after its queued writes) and start the next."""
         if self._current_lines == 0:
             return
-        self._file.close()
+        # Not shippable until closed: its writes, queued before the close, are done then.
+        self._closing[f"{self._seq:012d}.jsonl"] = self._submit(_close_sync, self._file)
         self._seq += 1
         self._current_lines = 0
         self._current_bytes = 0
         self._file = self._open_current()
+
+    def seal(self) -> None:
+        """Close the current segment (if it has events); returns once it is on disk."""
+        self.flush()
+        self._rotate()
+        self.wait_written()
+
+    async def seal_async(self) -> None:
+        """``seal`` without blocking the event loop while the writer thread catches up."""
+        self.flush()
+        self._rotate()
+        if self._last_write is not None and not self._last_write.done():
+            await asyncio.wrap_future(self._last_write)
+
+    def wait_written(self) -> None:
+        """Block until everything submitted so far is written and fsynced."""
+        if self._last_write is not None:
+            self._last_write.result()
 
     def _open_current(self) -> Any:
         return (self.directory / f"{self._seq:012d}.jsonl").open("ab")
@@ -139,14 +182,16 @@ class AuditSpool:
 
     def sealed_segments(self) -> list[Path]:
         current = f"{self._seq:012d}.jsonl"
-        return [p for p in self.segments() if p.name != current]
+        for name in [n for n, f in self._closing.items() if f.done()]:
+            del self._closing[name]
+        return [p for p in self.segments() if p.name != current and p.name not in self._closing]
 
     def forget(self, segment: Path, *, events: int) -> None:
         """The shipper finished ``segment``: remove it and its progress file."""
         size = segment.stat().st_size
         segment.unlink()
         segment.with_suffix(".ack").unlink(missing_ok=True)
-        self._disk_bytes -= size
+        self._account(-size)
         self._depth -= events
 
     def acknowledged(self, events: int) -> None:
@@ -160,7 +205,18 @@ class AuditSpool:
 
     def close(self) -> None:
         self.flush()
-        self._file.close()
+        self._submit(_close_sync, self._file)
+        self._writer.shutdown(wait=True)
+
+
+def _write_sync(file: Any, data: bytes) -> None:
+    file.write(data)
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _close_sync(file: Any) -> None:
+    file.close()
 
 
 def _count_lines(path: Path) -> int:
@@ -218,7 +274,7 @@ class AuditShipper:
 
     async def ship_once(self) -> None:
         """Ship everything recorded so far. Raises if an upload fails."""
-        self.spool.seal()
+        await self.spool.seal_async()
         for segment in self.spool.sealed_segments():
             await self._ship_segment(segment)
 

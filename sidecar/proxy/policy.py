@@ -29,6 +29,12 @@ class Verdict:
     ``audit`` holds the statement facts for the trail (kind, redacted text,
     fingerprint, tables, classifications, masked columns), computed once per
     decision so the per-statement event only adds timing and outcome.
+
+    For ``review``: ``approval`` is what an approval request carries (redacted
+    statement, fingerprint, kind, risk, reasons, tables, classifications; never
+    literals), ``hold_seconds`` how long the bundle lets the sidecar wait for a
+    decision, and ``upstream_sql`` what runs once approved. ``approval_id`` is
+    set on the copy the session keeps after an approval, for the audit trail.
     """
 
     action: str
@@ -36,6 +42,9 @@ class Verdict:
     upstream_sql: str
     audit: Mapping[str, Any] = field(default_factory=dict)
     _audit_json: str | None = field(default=None, repr=False, compare=False)
+    approval: Mapping[str, Any] | None = None
+    hold_seconds: float = 0.0
+    approval_id: str | None = None
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces), encoded once."""

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sidecar.proxy import messages as m
+from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.policy import Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer
 from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
@@ -86,14 +87,22 @@ class _Refused(Exception):
 
 class ProxyServer:
     def __init__(
-        self, *, settings: ProxySettings, policy: Policy, audit: AuditSink, metrics: Metrics
+        self,
+        *,
+        settings: ProxySettings,
+        policy: Policy,
+        audit: AuditSink,
+        metrics: Metrics,
+        approvals: ApprovalGate | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.audit = audit
         self.metrics = metrics
+        self.approvals = approvals
         self.sessions: set[Session] = set()
         self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
+        self._cancel_sessions: dict[tuple[int, int], Session] = {}
         self._fake_salt_key = secrets.token_bytes(32)
         self._server: asyncio.AbstractServer | None = None
 
@@ -301,6 +310,7 @@ class ProxyServer:
         def on_close(session: Session) -> None:
             self.sessions.discard(session)
             self._cancel_keys.pop((pid, secret), None)
+            self._cancel_sessions.pop((pid, secret), None)
             self.metrics.connection_closed()
             end = dict(base_event)
             end.update(
@@ -323,7 +333,9 @@ class ProxyServer:
             base_event=dict(base_event),
             max_message=self.settings.max_message,
             on_close=on_close,
+            approvals=self.approvals,
         )
+        self._cancel_sessions[(pid, secret)] = session
         # StreamWriter.__del__ closes its transport, so the stream objects used for
         # the startup phase must live as long as the session.
         session.keepalive = (reader, writer, up.reader, up.writer)
@@ -354,6 +366,9 @@ class ProxyServer:
         if len(body) != 8:
             return
         pid, secret = struct.unpack("!ii", body)
+        session = self._cancel_sessions.get((pid, secret))
+        if session is not None and session.cancel_hold():
+            return  # the statement waiting for approval is what the client cancels
         target = self._cancel_keys.get((pid, secret))
         if target is not None:
             await send_cancel(self.settings.upstream, *target)

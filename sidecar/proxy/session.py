@@ -20,6 +20,7 @@ Nothing of the refused text reaches the database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.proxy import messages as m
+from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
 from sidecar.proxy.policy import ALLOW, REVIEW, Identity, Policy, Verdict
 
 if TYPE_CHECKING:
@@ -39,9 +41,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("warden.sidecar.proxy")
 
 # Documented Warden SQLSTATEs (docs in sidecar/proxy/__init__.py): 42501 for a
-# block, WR001 for a statement that needs approval.
+# block (and a denied approval), WR001 for a statement that needs approval and
+# did not get it in time, 57014 for a hold the client cancelled.
 SQLSTATE_BLOCKED = "42501"
 SQLSTATE_HELD = "WR001"
+SQLSTATE_CANCELED = "57014"
+_HINT = "Ask the data owner or your security team if you need this access."
+
+# Client bytes queued behind a held statement before the sidecar stops reading
+# from that client (it keeps reading below this, so a disconnect ends the wait).
+HOLD_BUFFER_LIMIT = 256 * 1024
+# Pause bits for the client transport's reading.
+_PAUSED_BY_UPSTREAM = 1
+_PAUSED_BY_HOLD = 2
 
 # Python codecs for the client encodings whose bytes can be judged as text. Other
 # encodings (SJIS, BIG5, GBK...) can hide a quote inside a multibyte character,
@@ -87,6 +99,12 @@ class _Exec:
         self.started = time.perf_counter()
 
 
+def _first_rule(verdict: Verdict) -> str:
+    reasons = (verdict.approval or {}).get("reasons") or []
+    first = reasons[0] if reasons else {}
+    return str(first.get("rule") or "review") if isinstance(first, dict) else "review"
+
+
 class _EventIds:
     """Random (version 4) UUID strings, from the OS CSPRNG read 4 KiB at a time.
 
@@ -116,6 +134,32 @@ _event_id = _EventIds()
 _SYNC = object()
 
 
+class _Hold:
+    """A statement waiting for an approval; the session's later messages wait behind it."""
+
+    __slots__ = ("bind", "name", "portal", "request_id", "simple", "tail", "task", "verdict")
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        simple: bool,
+        name: bytes,
+        tail: bytes,
+        bind: bytes | None = None,
+        portal: bytes = b"",
+    ) -> None:
+        self.verdict = verdict
+        # A Query; else a Parse named ``name`` with ``tail``; or, with ``bind``, a
+        # Bind of prepared statement ``name`` into ``portal`` (a re-run).
+        self.simple = simple
+        self.name = name
+        self.tail = tail
+        self.bind = bind
+        self.portal = portal
+        self.request_id: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
 class Session:
     """Both directions of one proxied connection."""
 
@@ -133,6 +177,7 @@ class Session:
         base_event: dict[str, Any],
         max_message: int,
         on_close: Callable[[Session], None],
+        approvals: ApprovalGate | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -143,6 +188,10 @@ class Session:
         self.base_event = base_event
         self.max_message = max_message
         self.on_close = on_close
+        self.approvals = approvals
+        self.hold: _Hold | None = None
+        self._held_data = b""
+        self._paused = 0
         self.status = status
         self.scs = parameters.get("standard_conforming_strings", "on") == "on"
         self.codec: str | None = _CODECS.get(parameters.get("client_encoding", "UTF8"))
@@ -155,6 +204,7 @@ class Session:
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
+        self._refusal_name = f"warden_refusal_{nonce}".encode()
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
@@ -164,6 +214,11 @@ class Session:
     # ---- client -> upstream -------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
+        if self.hold is not None:
+            self._held_data += data
+            if len(self._held_data) > HOLD_BUFFER_LIMIT:
+                self._pause_client(_PAUSED_BY_HOLD)
+            return
         if self.cbuf:
             data = self.cbuf + data
             self.cbuf = b""
@@ -187,11 +242,30 @@ class Session:
                     out.append(data[pos:end])
                 elif kind == _Q:
                     out.append(self._on_query(data[pos + 5 : end]) or data[pos:end])
+                    if self.hold is not None:
+                        out.pop()
+                        pos = end
+                        break
                 elif kind == _P:
                     out.append(self._on_parse(data[pos + 5 : end]) or data[pos:end])
+                    if self.hold is not None:
+                        out.pop()
+                        pos = end
+                        break
                 elif kind == _B:
                     portal, stmt = m.parse_bind_names(data[pos + 5 : end])
-                    self.portals[portal] = self.statements.get(stmt)
+                    verdict = self.statements.get(stmt)
+                    if verdict is not None and verdict.action == REVIEW:
+                        if verdict.approval_id is None:
+                            # A prepared statement approved before and run since:
+                            # each run needs its own approval (a grant's uses).
+                            hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
+                            self._hold_start(hold)
+                            pos = end
+                            break
+                        # This run is the approval its Parse got; the next one asks.
+                        self.statements[stmt] = dataclasses.replace(verdict, approval_id=None)
+                    self.portals[portal] = verdict
                     out.append(data[pos:end])
                 elif kind == _E:
                     portal = data[pos + 5 : data.index(0, pos + 5)]
@@ -225,10 +299,13 @@ class Session:
             )
             self.close()
             return
-        if pos < n:
-            self.cbuf = data[pos:]
         if out:
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+        if pos < n:
+            if self.hold is not None:
+                self._held_data = data[pos:]
+            else:
+                self.cbuf = data[pos:]
 
     def _decode(self, raw: bytes) -> str | None:
         if self.codec is None:
@@ -288,6 +365,9 @@ class Session:
             if verdict.upstream_sql == text:
                 return None
             return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
+        if verdict.action == REVIEW and verdict.approval and self.approvals:
+            self._hold_start(_Hold(verdict, True, b"", b""))
+            return b""
         self.pending.append(_Exec(None, True))
         return m.query(self._refuse(verdict))
 
@@ -302,6 +382,9 @@ class Session:
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
             return m.build_parse(name, sql, tail)
         self.statements.pop(name, None)
+        if verdict.action == REVIEW and verdict.approval and self.approvals:
+            self._hold_start(_Hold(verdict, False, name, tail))
+            return b""
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
 
     def _on_function_call(self) -> bytes:
@@ -318,26 +401,205 @@ class Session:
         self.pending.append(_Exec(None, True))
         return m.query(self._refuse(verdict))
 
-    def _refuse(self, verdict: Verdict) -> bytes:
+    def _refuse(
+        self,
+        verdict: Verdict,
+        *,
+        sqlstate: str | None = None,
+        message: str | None = None,
+        outcome: str | None = None,
+        approval_id: str | None = None,
+    ) -> bytes:
         """Record the refusal and return the marker statement that stands in for it."""
         held = verdict.action == REVIEW
-        if held:
+        if message is None:
             message = (
-                f"{verdict.message} (this statement needs approval; "
-                "approvals through the sidecar are not enabled yet)"
+                f"{verdict.message} (this statement needs approval, but approval could not "
+                "be requested: no approvals service is configured; it did not run)"
+                if held
+                else verdict.message
             )
-        else:
-            message = verdict.message
+        if sqlstate is None:
+            sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
         self._refusal_seq += 1
         self._refusals[self._refusal_seq] = m.error_response(
-            sqlstate=SQLSTATE_HELD if held else SQLSTATE_BLOCKED,
-            message=message,
-            hint="Ask the data owner or your security team if you need this access.",
+            sqlstate=sqlstate, message=message, hint=_HINT
         )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
-        self._record(verdict, "held" if held else "blocked", None, 0.0, None)
+        self._record(
+            verdict,
+            outcome or ("held" if held else "blocked"),
+            None,
+            0.0,
+            sqlstate if held else None,
+            approval_id,
+        )
         return b'SELECT "' + self._marker + str(self._refusal_seq).encode() + b'"'
+
+    # ---- approval holds -------------------------------------------------------
+
+    def _hold_start(self, hold: _Hold) -> None:
+        """Stop handling this client's messages until the approval exchange is over."""
+        self.hold = hold
+        hold.task = asyncio.get_running_loop().create_task(self._hold_run(hold))
+        hold.task.add_done_callback(lambda task: self._hold_done(hold, task))
+
+    def _hold_done(self, hold: _Hold, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            return
+        if self.closed:  # the client went away while held
+            self._record(hold.verdict, "held", None, 0.0, "connection_closed", hold.request_id)
+            return
+        where = f" of request {hold.request_id}" if hold.request_id else ""
+        message = f"Warden: canceled while waiting for approval{where}; the statement did not run"
+        self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_CANCELED, message, "held"))
+
+    async def _hold_run(self, hold: _Hold) -> None:
+        verdict = hold.verdict
+        try:
+            state = await self._ask_approval(hold)
+        except ApprovalUnavailable as exc:
+            log.warning("approval for %s could not be requested: %s", self._who(), exc)
+            self._hold_release(hold, self._hold_unavailable(hold, str(exc)))
+            return
+        except Exception:  # never let a bug in the exchange run the statement
+            log.exception("approval exchange failed for %s", self._who())
+            self._hold_release(hold, self._hold_unavailable(hold, "internal error"))
+            return
+        if state.state == "approved":
+            if not self.audit.accepting:
+                message = "Warden: the audit spool is full; statements are refused until it drains"
+                self._hold_release(
+                    hold, self._hold_refusal(hold, SQLSTATE_BLOCKED, message, "blocked")
+                )
+                return
+            self._hold_release(hold, self._hold_approved(hold, state))
+            return
+        rule = _first_rule(verdict)
+        if state.state == "denied":
+            who = state.decided_by or "a reviewer"
+            reason = state.reason or "no reason given"
+            message = f"Warden: request {state.url} was denied by {who}: {reason}"
+            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_BLOCKED, message, "denied"))
+        elif state.state == "pending":
+            message = (
+                f"Warden: this statement needs approval (rule {rule}); request {state.url} "
+                "is pending — run it again once it is approved"
+            )
+            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_HELD, message, "held"))
+        else:  # expired, cancelled
+            message = (
+                f"Warden: this statement needs approval (rule {rule}); request {state.url} "
+                f"is {state.state} — run it again to request a new approval"
+            )
+            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_HELD, message, "held"))
+
+    async def _ask_approval(self, hold: _Hold) -> ApprovalState:
+        """Open the request, wait up to the bundle's hold time, consume the grant."""
+        gate = self.approvals
+        assert gate is not None  # only held when there is a gate
+        verdict = hold.verdict
+        assert verdict.approval is not None
+        request = {
+            "identity": self.identity.name,
+            **verdict.approval,
+            "client_addr": str(self.base_event.get("client_addr") or ""),
+            "application_name": str(self.base_event.get("application_name") or ""),
+        }
+        state = await gate.open(request)
+        hold.request_id = state.id
+        if state.state == "approved":  # a grant existed; this POST consumed one use
+            return state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + verdict.hold_seconds
+        while state.state == "pending":
+            seconds = int(deadline - loop.time())
+            if seconds < 1:
+                return state
+            asked = loop.time()
+            state = await gate.wait(state.id, seconds)
+            if state.state == "pending" and loop.time() - asked < 0.5:
+                await asyncio.sleep(0.5)  # a control plane that ignores ``wait``
+        if state.state != "approved":
+            return state
+        # Approved while waiting: the run itself consumes one use of the grant.
+        consumed = await gate.open(request)
+        hold.request_id = consumed.id
+        return consumed
+
+    def _hold_unavailable(self, hold: _Hold, why: str) -> bytes:
+        rule = _first_rule(hold.verdict)
+        message = (
+            f"Warden: this statement needs approval (rule {rule}), but approval could not be "
+            f"requested ({why}); the statement did not run"
+        )
+        return self._hold_refusal(hold, SQLSTATE_HELD, message, "held")
+
+    def _hold_refusal(self, hold: _Hold, sqlstate: str, message: str, outcome: str) -> bytes:
+        """The marker statement standing in for a held message that will not run."""
+        marker = self._refuse(
+            hold.verdict,
+            sqlstate=sqlstate,
+            message=message,
+            outcome=outcome,
+            approval_id=hold.request_id,
+        )
+        if hold.simple:
+            self.pending.append(_Exec(None, True))
+            return m.query(marker)
+        if hold.bind is not None:
+            # A failing Parse of a statement name nobody uses stands in for the
+            # Bind: the server errors, discards up to Sync, and keeps the client's
+            # prepared statement.
+            self.portals[hold.portal] = None
+            return m.build_parse(self._refusal_name, marker, b"\x00\x00")
+        return m.build_parse(hold.name, marker, b"\x00\x00")
+
+    def _hold_approved(self, hold: _Hold, state: ApprovalState) -> bytes:
+        """The held statement as it runs now: the engine's upstream text, as for allow."""
+        verdict = dataclasses.replace(hold.verdict, approval_id=state.id)
+        sql = verdict.upstream_sql.encode(self.codec or "utf-8")
+        if hold.simple:
+            self.pending.append(_Exec(verdict, True))
+            return m.query(sql)
+        if hold.bind is not None:
+            self.portals[hold.portal] = verdict
+            return hold.bind
+        self.statements[hold.name] = verdict
+        return m.build_parse(hold.name, sql, hold.tail)
+
+    def _hold_release(self, hold: _Hold, message: bytes) -> None:
+        """Send what the held message became, then the messages that queued behind it."""
+        if self.hold is not hold or self.closed:
+            return
+        self.hold = None
+        queued, self._held_data = self._held_data, b""
+        self.upstream.write(message)
+        if queued:
+            self.client_data(queued)
+        if self.hold is None and not self.closed:
+            self._resume_client(_PAUSED_BY_HOLD)
+
+    def cancel_hold(self) -> bool:
+        """A CancelRequest for this session: end a hold; False when nothing is held."""
+        hold = self.hold
+        if hold is None or hold.task is None or hold.task.done():
+            return False
+        hold.task.cancel()
+        return True
+
+    def _pause_client(self, reason: int) -> None:
+        if not self._paused:
+            self.client.pause_reading()
+        self._paused |= reason
+
+    def _resume_client(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused:
+            self.client.resume_reading()
 
     def _encode_base(self) -> str:
         return json.dumps(self.base_event, separators=(",", ":"), default=str)[1:-1]
@@ -349,17 +611,18 @@ class Session:
         rows: int | None,
         duration_ms: float,
         sqlstate: str | None,
+        approval_id: str | None = None,
     ) -> None:
         """Append one statement event; only the per-execution fields are encoded here."""
-        line = (
+        extra = verdict.audit_json()
+        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
+        self.audit.append_line(
             f'{{"id":"{_event_id()}","type":"statement","ts":{time.time():.6f},'
             f'"action":"{verdict.action}","outcome":"{outcome}",'
             f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
             f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-            f"{self._base_json}"
+            f"{approval}{self._base_json}{',' if extra else ''}{extra}}}"
         )
-        extra = verdict.audit_json()
-        self.audit.append_line(line + ("," + extra + "}" if extra else "}"))
 
     # ---- upstream -> client -------------------------------------------------
 
@@ -472,7 +735,10 @@ class Session:
         if item.verdict is None:  # a refusal, recorded when it was decided
             return
         duration = round((time.perf_counter() - item.started) * 1000, 3)
-        self._record(item.verdict, outcome, item.rows, duration, item.error)
+        approval_id = item.verdict.approval_id
+        if approval_id is not None and outcome == "allowed":
+            outcome = "approved"
+        self._record(item.verdict, outcome, item.rows, duration, item.error, approval_id)
 
     # ---- lifetime -----------------------------------------------------------
 
@@ -501,6 +767,9 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        hold, self.hold = self.hold, None
+        if hold is not None and hold.task is not None:
+            hold.task.cancel()  # records the held statement as ended by the disconnect
         for item in self.pending:
             if item is not _SYNC:
                 item.error = item.error or "connection_closed"
@@ -519,6 +788,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # The loop looks data_received up once (uvloop, at set_protocol): bound
+        # straight to the session, each read skips one Python call.
+        self.data_received = session.client_data  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         self.session.client_data(data)
@@ -538,6 +810,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.data_received = session.upstream_data  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         self.session.upstream_data(data)
@@ -546,7 +819,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.session.upstream_lost()
 
     def pause_writing(self) -> None:
-        self.session.client.pause_reading()
+        self.session._pause_client(_PAUSED_BY_UPSTREAM)
 
     def resume_writing(self) -> None:
-        self.session.client.resume_reading()
+        self.session._resume_client(_PAUSED_BY_UPSTREAM)

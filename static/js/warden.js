@@ -34,3 +34,30 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     event.detail.isError = false;
   }
 });
+
+/* Forms marked data-swap-403 show a refusal (e.g. deciding your own approval
+   request) in place of the element they target, like data-swap-400 does. */
+document.addEventListener("htmx:beforeSwap", function (event) {
+  var elt = event.detail.requestConfig && event.detail.requestConfig.elt;
+  if (event.detail.xhr.status === 403 && elt && elt.hasAttribute("data-swap-403")) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+
+/* Approval inbox: when the nav badge's count rises while the inbox is open,
+   offer to show the new requests. The list is not redrawn by itself: a
+   reviewer may be halfway through typing a reason. */
+(function () {
+  "use strict";
+  var badge = document.getElementById("pending-badge");
+  var last = badge ? parseInt(badge.getAttribute("data-count"), 10) : null;
+  document.addEventListener("htmx:load", function (event) {
+    var elt = event.detail && event.detail.elt;
+    if (!elt || elt.id !== "pending-badge") return;
+    var count = parseInt(elt.getAttribute("data-count"), 10);
+    var news = document.getElementById("inbox-news");
+    if (news && last !== null && count > last) news.hidden = false;
+    last = count;
+  });
+})();

@@ -29,7 +29,7 @@ from governance.models import Environment
 from tests.approvals.conftest import open_payload
 from tests.bundles.conftest import ROOT, Server, _stop, free_port, server_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
 def _wait_for(predicate: Any, timeout: float = 30.0) -> bool:

@@ -146,3 +146,19 @@ def test_sigterm_flushes_the_spool_with_session_ends(upstream: str, tmp_path: Pa
     with pytest.raises(psycopg.OperationalError):
         conn.execute("SELECT 1")
     conn.close()
+
+
+def test_a_failed_spool_write_refuses_statements_whatever_the_policy(tmp_path: Path) -> None:
+    # The write and fsync run on the spool's writer thread; a disk error there must
+    # still stop the proxy from running statements it cannot record.
+    spool = AuditSpool(tmp_path, full_policy="drop")
+    (tmp_path / "000000000002.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    spool.append(_event(0))
+    spool.seal()  # segment 1 on disk; the next segment is the full device
+    assert spool.accepting
+    spool.append(_event(1))
+    spool.flush()
+    assert wait_for(lambda: not spool.accepting, timeout=5)
+    assert spool.write_error and "No space" in spool.write_error
+    (tmp_path / "000000000002.jsonl").unlink()
+    spool.close()

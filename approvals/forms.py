@@ -1,0 +1,99 @@
+"""Forms of the approval pages: the inbox filters, approve (optionally narrowing the
+grant) and deny (with a reason). They only parse input; ``approval_decide``
+enforces the limits and refuses anything wider than settings allow."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.utils import timezone
+
+from governance import selectors as governance_selectors
+from governance.models import IdentityKind
+
+STATES = [
+    ("pending", "Pending"),
+    ("approved", "Approved"),
+    ("denied", "Denied"),
+    ("expired", "Expired"),
+    ("cancelled", "Cancelled"),
+    ("all", "Any state"),
+]
+
+
+def max_uses() -> int:
+    return int(getattr(settings, "WARDEN_APPROVAL_MAX_USES", 10))
+
+
+def max_grant_minutes() -> int:
+    return max(1, int(getattr(settings, "WARDEN_APPROVAL_MAX_GRANT_SECONDS", 24 * 3600)) // 60)
+
+
+class InboxFilters(forms.Form):
+    q = forms.CharField(
+        required=False,
+        label="Search",
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Identity, statement, table"}
+        ),
+    )
+    state = forms.ChoiceField(choices=STATES, required=False, label="State")
+    datasource = forms.ChoiceField(required=False, label="Datasource")
+    environment = forms.ChoiceField(required=False, label="Environment")
+    identity_kind = forms.ChoiceField(
+        choices=[("", "Any"), *IdentityKind.choices], required=False, label="Identity kind"
+    )
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sources = governance_selectors.datasource_list(user=user)
+        self.fields["datasource"].choices = [("", "Any"), *((d.name, d.name) for d in sources)]
+        envs = governance_selectors.environment_list(user=user)
+        self.fields["environment"].choices = [("", "Any"), *((e.name, e.name) for e in envs)]
+
+    def selector_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``approvals_inbox``: pending unless another state is chosen."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        state = data.get("state") or "pending"
+        return {
+            "state": None if state == "all" else state,
+            "datasource": data.get("datasource") or None,
+            "environment": data.get("environment") or None,
+            "identity_kind": data.get("identity_kind") or None,
+            "q": (data.get("q") or "").strip() or None,
+        }
+
+
+class ApproveForm(forms.Form):
+    """Both fields optional: empty means the default grant (one use, one hour)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Built here, not at class level: the limits come from settings.
+        self.fields["uses"] = forms.IntegerField(
+            required=False, min_value=1, max_value=max_uses(), label="Uses"
+        )
+        self.fields["minutes"] = forms.IntegerField(
+            required=False, min_value=1, max_value=max_grant_minutes(), label="Valid for (minutes)"
+        )
+
+    def grant(self, *, now: datetime | None = None) -> dict[str, Any]:
+        """``uses`` and ``expires_at`` for ``approval_decide`` (None where not narrowed)."""
+        minutes = self.cleaned_data.get("minutes")
+        at = now or timezone.now()
+        return {
+            "uses": self.cleaned_data.get("uses"),
+            "expires_at": at + timedelta(minutes=minutes) if minutes else None,
+        }
+
+
+class DenyForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500,
+        label="Reason",
+        error_messages={"required": "Say why, so the requester knows what to change."},
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )

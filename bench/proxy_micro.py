@@ -1,0 +1,149 @@
+"""The sidecar's Python cost per transaction without sockets: a stable A/B measure.
+
+Drives one real ``Session`` (real ``EnginePolicy`` over the bench bundle, real
+``AuditSpool`` in a temporary directory, real ``Metrics``) with pgbench's
+select-only exchange: a Query with a fresh random literal in, the server's
+RowDescription/DataRow/CommandComplete/ReadyForQuery back. The transports are
+stand-ins that only count bytes, so what is measured is the sidecar's own work
+per transaction (split, decide, relay, audit), not the system calls that
+``bench/proxy.py`` includes. CPU time (``time.process_time``), best of rounds.
+
+    .venv/bin/python bench/proxy_micro.py [--n 20000] [--rounds 5] [--tree DIR]
+
+``--tree`` runs the same loop against another checkout's ``sidecar`` package
+(e.g. ``git archive HEAD sidecar | tar -x -C /tmp/base``) for a before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Transport:
+    """Counts what would have been sent; the socket write is not what is measured."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + (len(payload) + 4).to_bytes(4, "big") + payload
+
+
+def _reply() -> bytes:
+    # name, table oid, attnum, type oid (int4), type size, type modifier, format
+    field = b"abalance\x00" + (0).to_bytes(4, "big") + (0).to_bytes(2, "big")
+    field += (23).to_bytes(4, "big") + (4).to_bytes(2, "big")
+    field += (-1).to_bytes(4, "big", signed=True) + (0).to_bytes(2, "big")
+    row = (1).to_bytes(2, "big") + (4).to_bytes(4, "big") + b"1234"
+    return (
+        _frame(b"T", (1).to_bytes(2, "big") + field)
+        + _frame(b"D", row)
+        + _frame(b"C", b"SELECT 1\x00")
+        + _frame(b"Z", b"I")
+    )
+
+
+async def run(n: int, rounds: int) -> list[float]:
+    from bench.proxy import bundle
+    from sidecar.metrics import Metrics
+    from sidecar.proxy.policy import identities_from_bundle
+    from sidecar.proxy.session import Session
+    from sidecar.runner import EnginePolicy
+    from sidecar.shipper import AuditSpool
+
+    document = bundle("bench")
+
+    class Source:
+        def current(self) -> dict[str, Any]:
+            return document
+
+        def subscribe(self, callback: Any) -> None:
+            pass
+
+    metrics = Metrics()
+    policy = EnginePolicy(Source(), metrics)
+    identity = identities_from_bundle(document)["bench"]
+    tmp = Path(tempfile.mkdtemp(prefix="warden-micro-"))
+    spool = AuditSpool(tmp / "spool", max_bytes=16 * 1024**3)
+    client, upstream = _Transport(), _Transport()
+    session = Session(
+        client=client,  # type: ignore[arg-type]
+        upstream=upstream,  # type: ignore[arg-type]
+        identity=identity,
+        policy=policy,
+        audit=spool,
+        metrics=metrics,
+        parameters={"client_encoding": "UTF8", "standard_conforming_strings": "on"},
+        status=b"I",
+        base_event={
+            "identity": "bench",
+            "identity_kind": "service",
+            "owner": "ops",
+            "datasource": "bench",
+            "sidecar": "bench",
+            "client_addr": "127.0.0.1",
+            "application_name": "pgbench",
+        },
+        max_message=256 * 1024 * 1024,
+        on_close=lambda _s: None,
+    )
+    reply = _reply()
+    rng = random.Random(7)
+    results = []
+    for _ in range(rounds):
+        # Fresh literals every round, as pgbench's random aid over 800k rows: the
+        # decision caches see a new text almost every time.
+        sql = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+        queries = [
+            _frame(b"Q", sql.format(rng.randint(1, 10**9)).encode() + b"\x00") for _ in range(n)
+        ]
+        started = time.process_time()
+        for q in queries:
+            session.client_data(q)
+            session.upstream_data(reply)
+        results.append((time.process_time() - started) / n * 1e6)
+        spool.flush()
+    spool.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20000, help="transactions per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tree", default=str(ROOT), help="checkout whose sidecar package to run")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))  # bench.proxy (the bundle)
+    sys.path.insert(0, str(Path(args.tree).resolve()))  # the sidecar under test
+    results = asyncio.run(run(args.n, args.rounds))
+    print(
+        f"session CPU per select-only transaction: best {min(results):.2f} us, "
+        f"rounds {' '.join(f'{r:.2f}' for r in results)} ({args.tree})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

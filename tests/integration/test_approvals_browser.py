@@ -1,0 +1,252 @@
+"""Issue 6, "done when", end to end with every part real.
+
+uvicorn serves the control plane (pages, sidecar API, the approval long-poll),
+a Celery worker compiles the bundle and sends notices, ``python -m sidecar run``
+proxies a scratch database, the client is real ``psql``, and the reviewer
+decides in real chromium, in the inbox the pages serve. The agent identity's
+writes need a reviewer (``review-agent-writes`` in ``demo_policy``).
+
+1. A held statement completes once the reviewer approves it in the browser,
+   within the hold window.
+2. Nobody decides within the hold: psql gets WR001 naming the request's page;
+   the reviewer opens that URL, approves, and a re-run goes through at once.
+3. A denial, with its reason, reaches psql as 42501.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.db import connections
+from playwright.sync_api import expect
+
+from approvals.models import ApprovalRequest
+from governance import services
+from governance.bundles import APPROVAL_HOLD_SECONDS
+from tests.bundles.conftest import Server
+from tests.conftest import persona_password
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.conftest import SidecarProcess, pinned_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict[str, Any]:
+    return {
+        "upstream_dsn": upstream_db,
+        "listen_port": 0,
+        "control_plane_url": control_plane.url,
+        "token": sidecar_token,
+        "bundle_public_keys": pinned_key(),
+        "bundle_wait": 30,
+        "bundle_max_backoff": 1,
+        "heartbeat_interval": 5,
+    }
+
+
+class Psql:
+    """One ``psql -c`` run in a thread, so the test can act while the statement is held."""
+
+    def __init__(self, *, port: int, dbname: str, user: str, token: str, sql: str) -> None:
+        self.args = [
+            "psql",
+            f"host=127.0.0.1 port={port} dbname={dbname} user={user}",
+            "-XAt",
+            "-v",
+            "VERBOSITY=verbose",  # the SQLSTATE in the error line
+            "-c",
+            sql,
+        ]
+        self.env = {**os.environ, "PGPASSWORD": token}
+        self.result: subprocess.CompletedProcess[str] | None = None
+        self.finished_at: float | None = None
+        self.started_at = time.monotonic()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.result = subprocess.run(
+            self.args,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=APPROVAL_HOLD_SECONDS + 30,
+        )
+        self.finished_at = time.monotonic()
+
+    def join(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        self.thread.join(timeout)
+        assert self.result is not None, "psql is still waiting"
+        return self.result
+
+
+def _pending(identity: Any, *, exclude: tuple[Any, ...] = (), timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = (
+            ApprovalRequest.objects.filter(identity=identity, state="pending")
+            .exclude(pk__in=exclude)
+            .first()
+        )
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no pending approval request appeared")
+
+
+def _rows(upstream_db: str) -> dict[int, str]:
+    with psycopg.connect(upstream_db) as conn:
+        return dict(conn.execute("SELECT id, full_name FROM customers").fetchall())
+
+
+@pytest.fixture
+def reviewer_page(control_plane: Server) -> Iterator[Any]:
+    """Chromium for this test only, closed before the test's database teardown.
+
+    While Playwright's sync API is open its event loop runs in this thread, and
+    Django then hands out other connection objects (asgiref's context-local
+    storage); the serialized-rollback teardown must run on the original one, or
+    the next serialized test finds rows it did not expect. So: function scope,
+    and the connections opened meanwhile are closed before Playwright stops.
+    """
+    if not Path(CHROMIUM).exists():
+        reason = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            base_url=control_plane.url, viewport={"width": 1280, "height": 900}
+        )
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+            connections.close_all()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+    reviewer_page: Any,
+) -> None:
+    agent = demo_policy.agent
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    _, token = services.token_issue(actor=admin_user, identity=agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-ui"
+    )
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    )
+    dbname = upstream_db.rsplit("/", 1)[1]
+
+    def psql(sql: str) -> Psql:
+        return Psql(port=proc.port, dbname=dbname, user=agent.name, token=token, sql=sql)
+
+    # The control plane process uses the production hasher, not the tests' fast one.
+    hasher = PBKDF2PasswordHasher()
+    reviewer_user.password = hasher.encode(persona_password("reviewer"), hasher.salt())
+    reviewer_user.save(update_fields=["password"])
+    page = reviewer_page
+    try:
+        page.goto("/accounts/login/")
+        page.get_by_label("Username or email").fill(reviewer_user.username)
+        page.get_by_label("Password").fill(persona_password("reviewer"))
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/accounts/" not in url)
+        badge = page.locator("#pending-badge")
+        expect(badge).to_have_attribute("data-count", "0")
+
+        # 1. Held; the badge shows it without a reload; approved inline; psql completes.
+        first = psql("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1")
+        request = _pending(agent)
+        assert request.required_approvals == 1
+        assert "Ada" not in request.statement  # redacted before it left the sidecar
+        expect(badge).to_have_attribute("data-count", "1")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Inbox").click()
+        card = page.locator(f"#request-{request.pk}")
+        expect(card).to_contain_text("agent-reports")
+        assert first.thread.is_alive(), "the statement did not wait for the decision"
+        clicked = time.monotonic()
+        card.get_by_role("button", name="Approve agent-reports's request").click()
+        expect(card).to_have_attribute("data-state", "approved")
+        expect(badge).to_have_attribute("data-count", "0")
+        done = first.join(APPROVAL_HOLD_SECONDS)
+        assert done.returncode == 0, done.stderr
+        assert first.finished_at is not None
+        waited = first.finished_at - first.started_at
+        after_click = first.finished_at - clicked
+        print(f"\nheld {waited:.1f} s in all; completed {after_click:.2f} s after the click")
+        assert waited < APPROVAL_HOLD_SECONDS
+        assert _rows(upstream_db)[1] == "Ada L."
+
+        # 2. Nobody decides in time: WR001 naming the request; approve at that URL; re-run.
+        sql = "UPDATE customers SET full_name = 'Alan T.' WHERE id = 2"
+        second = psql(sql)
+        held = _pending(agent, exclude=(request.pk,))
+        timed_out = second.join(APPROVAL_HOLD_SECONDS + 20)
+        assert timed_out.returncode != 0
+        assert "WR001" in timed_out.stderr, timed_out.stderr
+        assert "is pending" in timed_out.stderr
+        url = re.search(r"https?://\S+/approvals/[0-9a-f-]{36}/", timed_out.stderr)
+        assert url is not None, timed_out.stderr
+        assert url.group(0) == f"{control_plane.url}/approvals/{held.pk}/"
+        assert _rows(upstream_db)[2] == "Alan Turing"  # nothing ran
+        page.goto(url.group(0))
+        card = page.locator(f"#request-{held.pk}")
+        card.get_by_role("button", name="Approve agent-reports's request").click()
+        expect(card).to_have_attribute("data-state", "approved")
+        rerun = psql(sql)
+        again = rerun.join(10)
+        assert again.returncode == 0, again.stderr
+        assert rerun.finished_at is not None and rerun.finished_at - rerun.started_at < 5
+        assert _rows(upstream_db)[2] == "Alan T."
+        page.reload()
+        expect(page.locator("#timeline")).to_contain_text("Grant used")
+
+        # 3. Denied in the browser with a reason: psql gets 42501 with the reason.
+        third = psql("DELETE FROM customers WHERE id = 1")
+        denied = _pending(agent, exclude=(request.pk, held.pk))
+        expect(badge).to_have_attribute("data-count", "1")
+        page.goto("/approvals/")
+        card = page.locator(f"#request-{denied.pk}")
+        card.get_by_text("Deny…").click()
+        card.get_by_label("Reason for agent-reports").fill("Deletes go through the retention job.")
+        card.get_by_role("button", name="Deny", exact=True).click()
+        expect(card).to_have_attribute("data-state", "denied")
+        refused = third.join(APPROVAL_HOLD_SECONDS)
+        assert refused.returncode != 0
+        assert "42501" in refused.stderr, refused.stderr
+        assert "denied by reviewer" in refused.stderr
+        assert "Deletes go through the retention job." in refused.stderr
+        assert f"/approvals/{denied.pk}/" in refused.stderr
+        assert 1 in _rows(upstream_db)
+    finally:
+        proc.stop()

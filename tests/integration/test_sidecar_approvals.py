@@ -1,0 +1,311 @@
+"""A held statement through the real sidecar process and the real approvals API.
+
+uvicorn serves the control plane (the approval long-poll on the ASGI app), a
+Celery worker compiles the bundle, the sidecar takes its policy from the
+control plane and asks it about every statement the engine sends to review.
+The agent identity's writes need a reviewer (``review-agent-writes`` in
+``demo_policy``); the reviewer decides through the same service the inbox uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from approvals import services as approvals
+from approvals.models import ApprovalRequest
+from governance import services
+from tests.bundles.conftest import Server
+from tests.integration.conftest import SidecarProcess, pinned_key
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict[str, Any]:
+    return {
+        "upstream_dsn": upstream_db,
+        "listen_port": 0,
+        "control_plane_url": control_plane.url,
+        "token": sidecar_token,
+        "bundle_public_keys": pinned_key(),
+        "bundle_wait": 30,
+        "bundle_max_backoff": 1,
+        "heartbeat_interval": 5,
+        # Audit stays in the local spool (nothing listens here), so the test can
+        # read each statement event the sidecar wrote.
+        "audit_url": "http://127.0.0.1:9/api/v1/sidecar/audit",
+    }
+
+
+def _connect(port: int, dbname: str, token: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        dbname=dbname,
+        user="agent-reports",
+        password=token,
+        autocommit=True,
+    )
+
+
+def _pending(agent: Any, timeout: float = 15.0) -> ApprovalRequest:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = ApprovalRequest.objects.filter(identity=agent, state="pending").first()
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no pending approval request appeared")
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            result["value"] = fn()
+        except Exception as exc:
+            result["error"] = exc
+        result["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _spool_events(state_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((state_dir / "spool").glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return out
+
+
+def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_grant(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals"
+    )
+    state_dir = tmp_path / "state"
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=state_dir
+    )
+    dbname = upstream_db.rsplit("/", 1)[1]
+    try:
+        with _connect(proc.port, dbname, raw) as conn:
+            # 1. Held, approved while the client waits: the statement then runs.
+            thread, result = _in_thread(
+                lambda: conn.execute("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1")
+            )
+            request = _pending(demo_policy.agent)
+            assert request.kind == "update"
+            assert "Ada" not in request.statement and "'" not in request.statement
+            assert request.tables == ["public.customers"]
+            time.sleep(0.3)
+            assert thread.is_alive(), "the statement did not wait for the decision"
+            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            thread.join(20)
+            assert "error" not in result, result
+            assert result["seconds"] < 15
+            assert result["value"].rowcount == 1
+            # Same connection, still usable; the update did reach the database.
+            row = conn.execute("SELECT full_name FROM customers WHERE id = 1").fetchone()
+            assert row == ("Ada L.",)
+            fingerprint = request.fingerprint
+            ids = [str(request.id)]
+
+            # 1b. A named prepared statement: each run (Bind) needs its own approval,
+            # not only its Parse: a grant's uses count every run.
+            update = "UPDATE customers SET full_name = %s WHERE id = %s"
+            for name in ("Prepared 1", "Prepared 2"):
+                thread, result = _in_thread(
+                    lambda name=name: conn.execute(update, (name, 1), prepare=True)
+                )
+                request = _pending(demo_policy.agent)
+                approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+                thread.join(20)
+                assert "error" not in result, result
+                row = conn.execute("SELECT full_name FROM customers WHERE id = 1").fetchone()
+                assert row == (name,)
+                ids.append(str(request.id))
+
+            # 2. Held, denied: 42501 naming the request, the reviewer and the reason.
+            thread, result = _in_thread(lambda: conn.execute("DELETE FROM customers WHERE id = 2"))
+            request = _pending(demo_policy.agent)
+            approvals.approval_decide(
+                request_id=request.id,
+                user=reviewer_user,
+                approve=False,
+                reason="not during the audit",
+            )
+            thread.join(20)
+            error = result.get("error")
+            assert isinstance(error, psycopg.errors.InsufficientPrivilege), result
+            assert f"/approvals/{request.id}/" in str(error)
+            assert "denied" in str(error) and "not during the audit" in str(error)
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() == (2,)
+            ids.append(str(request.id))
+
+            # 3. The same statement with other literals, after an approval given while
+            # nobody waited: the client cancels its wait, the reviewer approves later,
+            # and the re-run goes through at once on the grant.
+            thread, result = _in_thread(
+                lambda: conn.execute("UPDATE customers SET full_name = 'x' WHERE id = 2")
+            )
+            request = _pending(demo_policy.agent)
+            assert request.fingerprint == fingerprint  # literals do not change it
+            conn.cancel_safe()
+            thread.join(10)
+            assert isinstance(result.get("error"), psycopg.errors.QueryCanceled), result
+            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            ids.append(str(request.id))
+        started = time.monotonic()
+        again = subprocess.run(
+            [
+                "psql",
+                f"host=127.0.0.1 port={proc.port} dbname={dbname} user=agent-reports",
+                "-XAt",
+                "-c",
+                "UPDATE customers SET full_name = 'Alan T.' WHERE id = 2",
+            ],
+            env={**os.environ, "PGPASSWORD": raw},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert again.returncode == 0, again.stderr
+        assert time.monotonic() - started < 5  # no wait: the grant was there
+        with _connect(proc.port, dbname, raw) as conn:
+            row = conn.execute("SELECT full_name FROM customers WHERE id = 2").fetchone()
+            assert row == ("Alan T.",)
+            # The grant had one use: the next run is held again (and cancelled here).
+            thread, result = _in_thread(
+                lambda: conn.execute("UPDATE customers SET full_name = 'y' WHERE id = 2")
+            )
+            _pending(demo_policy.agent)
+            conn.cancel_safe()
+            thread.join(10)
+            assert isinstance(result.get("error"), psycopg.errors.QueryCanceled), result
+
+        # The audit trail: outcomes held/approved/denied with the request ids, no literals.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            events = [e for e in _spool_events(state_dir) if e.get("action") == "review"]
+            if len(events) >= 7:
+                break
+            time.sleep(0.2)
+        outcomes = [e["outcome"] for e in events]
+        expected = ["approved", "approved", "approved", "denied", "held", "approved", "held"]
+        assert outcomes == expected, outcomes
+        # A cancel can land before the control plane's answer, so a cancelled
+        # hold may not know its request id; approved and denied ones always do.
+        decided = [e["approval_request"] for e in events if e["outcome"] != "held"]
+        assert decided == ids, (decided, ids)
+        spool = "".join(p.read_text() for p in (state_dir / "spool").glob("*.jsonl"))
+        assert "Ada L." not in spool and "Alan T." not in spool
+    finally:
+        proc.stop()
+
+
+def test_control_plane_down_refuses_held_statements(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-down"
+    )
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    )
+    dbname = upstream_db.rsplit("/", 1)[1]
+    try:
+        control_plane.stop()  # the sidecar keeps enforcing its verified bundle
+        with _connect(proc.port, dbname, raw) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute("DELETE FROM customers WHERE id = 1")
+            assert info.value.sqlstate == "WR001"
+            assert "approval could not be requested" in str(info.value)
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() == (2,)
+    finally:
+        proc.stop()
+        control_plane.start()
+
+
+def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    security_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    from governance.bundles import APPROVAL_HOLD_SECONDS
+
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-wait"
+    )
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    )
+    dbname = upstream_db.rsplit("/", 1)[1]
+    try:
+        with _connect(proc.port, dbname, raw) as waits, _connect(proc.port, dbname, raw) as other:
+            # Nobody decides: after the bundle's hold time, WR001 naming the pending request.
+            slow, slow_result = _in_thread(
+                lambda: waits.execute("DELETE FROM customers WHERE id = 1")
+            )
+            pending = _pending(demo_policy.agent)
+            # Meanwhile another session's request is withdrawn by the agent's owner.
+            quick, quick_result = _in_thread(
+                lambda: other.execute("UPDATE customers SET full_name = 'z' WHERE id = 2")
+            )
+            deadline = time.monotonic() + 15
+            withdrawn = None
+            while withdrawn is None and time.monotonic() < deadline:
+                withdrawn = (
+                    ApprovalRequest.objects.filter(identity=demo_policy.agent, state="pending")
+                    .exclude(pk=pending.pk)
+                    .first()
+                )
+                time.sleep(0.05)
+            assert withdrawn is not None
+            approvals.approval_cancel(request_id=withdrawn.id, user=security_user)
+            quick.join(10)
+            error = quick_result.get("error")
+            assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", quick_result
+            assert f"/approvals/{withdrawn.id}/" in str(error) and "cancelled" in str(error)
+            assert slow.is_alive(), "the undecided statement stopped waiting early"
+            slow.join(APPROVAL_HOLD_SECONDS + 15)
+            error = slow_result.get("error")
+            assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", slow_result
+            assert f"/approvals/{pending.id}/" in str(error) and "is pending" in str(error)
+            assert APPROVAL_HOLD_SECONDS - 1 <= slow_result["seconds"] < APPROVAL_HOLD_SECONDS + 10
+            assert waits.execute("SELECT count(*) FROM customers").fetchone() == (2,)
+    finally:
+        proc.stop()
