@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -126,6 +127,7 @@ async def run(n: int, rounds: int) -> list[float]:
         results.append((time.process_time() - started) / n * 1e6)
         spool.flush()
     spool.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 
