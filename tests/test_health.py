@@ -54,7 +54,7 @@ def test_readyz_names_the_dependency_that_is_down(down):
     assert body["status"] == "unavailable"
     up = {"postgresql", "redis"} - {down}
     assert body["checks"][down].startswith("failed: ")
-    assert all(body["checks"][name] == "ok" for name in up)
+    assert all(body["checks"][name] == "ok" for name in up), body
 
 
 @pytest.mark.django_db
