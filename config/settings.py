@@ -69,6 +69,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "identities-expire": {"task": "governance.tasks.identities_expire", "schedule": 300.0},
+    "audit-partitions-prepare": {
+        "task": "audit.tasks.audit_partitions_prepare",
+        "schedule": 3600.0,
+    },
+    "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 3600.0},
+    "audit-retention-enforce": {"task": "audit.tasks.audit_retention_enforce", "schedule": 3600.0},
 }
 
 CACHES = {

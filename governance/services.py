@@ -947,38 +947,3 @@ def identities_expire() -> int:
         _update(None, identity, {"is_active": False}, allowed={"is_active"})
         count += 1
     return count
-
-
-# --- audit events from sidecars -------------------------------------------------------
-
-# Until audit events are stored (a later issue), the control plane remembers which
-# event ids each sidecar delivered, so a batch re-sent after a lost reply is
-# recognised, and counts what arrived: enough to prove delivery is exactly-once.
-AUDIT_IDS_TTL_SECONDS = 30 * 24 * 3600
-
-
-def audit_keys(sidecar_id: int) -> tuple[str, str]:
-    """Redis keys: the set of delivered event ids, and the hash of counts by type."""
-    return f"warden:audit:{sidecar_id}:ids", f"warden:audit:{sidecar_id}:counts"
-
-
-def audit_batch_receive(*, sidecar_id: int, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Take a sidecar's batch; an id seen before is a duplicate and not counted again."""
-    from governance.bundles import redis_client
-
-    ids_key, counts_key = audit_keys(sidecar_id)
-    client = redis_client()
-    pipe = client.pipeline(transaction=True)
-    for event in events:
-        pipe.sadd(ids_key, event["id"])
-    pipe.expire(ids_key, AUDIT_IDS_TTL_SECONDS)
-    added = pipe.execute()[:-1]
-    fresh = [event for event, new in zip(events, added, strict=True) if new]
-    pipe = client.pipeline(transaction=True)
-    pipe.hincrby(counts_key, "received", len(events))
-    pipe.hincrby(counts_key, "duplicates", len(events) - len(fresh))
-    for event in fresh:
-        pipe.hincrby(counts_key, f"type:{event.get('type', '')}", 1)
-    pipe.expire(counts_key, AUDIT_IDS_TTL_SECONDS)
-    pipe.execute()
-    return {"accepted": len(fresh), "duplicates": len(events) - len(fresh)}

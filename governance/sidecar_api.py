@@ -32,10 +32,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from audit.services import audit_events_ingest
 from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
 from governance.services import (
-    audit_batch_receive,
     sidecar_heartbeat_record,
     sidecar_schema_report,
 )
@@ -472,8 +472,9 @@ def schema_view(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def audit_view(request: HttpRequest) -> JsonResponse:
-    """Body: {events: [{id, ts, type, ...}]}, the proxy's spool lines. Idempotent by
-    ``id``: a re-sent event is answered as a duplicate and not counted twice."""
+    """Body: {events: [{id, ts, type, ...}]}, the proxy's spool lines, stored in the
+    audit trail under the token's datasource. Idempotent by ``id``: a re-sent
+    event is answered as a duplicate and stored once."""
     principal = _principal(request)
     if principal is None:
         return _unauthorized()
@@ -498,7 +499,9 @@ def audit_view(request: HttpRequest) -> JsonResponse:
         return _json_error(
             400, "Every event needs a string id (at most 64 characters) and a numeric ts."
         )
-    result = audit_batch_receive(sidecar_id=principal.sidecar_id, events=events)
+    result = audit_events_ingest(
+        sidecar_id=principal.sidecar_id, datasource_id=principal.datasource_id, events=events
+    )
     return JsonResponse(result, status=202)
 
 
