@@ -148,7 +148,27 @@ def test_rollup_counts_allowed_classified_statements(client: Client, sidecar: An
 
 
 def test_wrong_token_is_refused(client: Client, sidecar: Any) -> None:
-    assert _post(client, "not-a-token", [statement_event()]).status_code == 401
+    answer = _post(client, "not-a-token", [statement_event()])
+    assert answer.status_code == 401 and "Bearer" in answer["WWW-Authenticate"]
+
+
+def test_bad_bodies_are_refused_clearly(client: Client, sidecar: Any) -> None:
+    auth = {"authorization": f"Bearer {sidecar.token}"}
+    wrong_type = client.post(
+        "/api/v1/sidecar/audit", data="x", content_type="text/plain", headers=auth
+    )
+    assert wrong_type.status_code == 415
+    huge = json.dumps({"events": [statement_event(statement="x" * 5_000_000)]})
+    too_big = client.post(
+        "/api/v1/sidecar/audit", data=huge, content_type="application/json", headers=auth
+    )
+    assert too_big.status_code == 413
+    too_many = _post(client, sidecar.token, [statement_event() for _ in range(1001)])
+    assert too_many.status_code == 400 and "at most 1000" in too_many.json()["error"]["message"]
+    assert client.get("/api/v1/sidecar/audit", headers=auth).status_code == 405
+    assert not AuditEvent.objects.filter(
+        source="sidecar", datasource_id=sidecar.datasource.pk
+    ).exists()
 
 
 @pytest.mark.django_db(transaction=True)
