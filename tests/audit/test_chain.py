@@ -157,3 +157,25 @@ def test_unknown_datasource_is_a_clear_error() -> None:
         call_command("audit_verify", "--datasource", "nope")
     with pytest.raises(CommandError, match="not a date"):
         call_command("audit_verify", "--since", "yesterday")
+
+
+def test_periodic_verification_records_and_alerts(
+    chain: str, admin_user: Any, caplog: pytest.LogCaptureFixture, mailoutbox: list[Any]
+) -> None:
+    from audit.models import AuditVerification
+    from audit.tasks import audit_verify_chains
+
+    assert audit_verify_chains() is True
+    run = AuditVerification.objects.latest()
+    assert run.ok and run.finished_at is not None and run.checked >= 20 and run.chains >= 1
+    assert mailoutbox == []
+
+    _as_attacker("UPDATE audit_event SET rows = 999 WHERE chain = %s AND seq = 4", [chain])
+    with caplog.at_level("ERROR", logger="audit.services"):
+        assert audit_verify_chains() is False
+    run = AuditVerification.objects.latest()
+    assert not run.ok and run.first_broken is not None and run.first_broken["seq"] == 4
+    assert any("verification FAILED" in r.getMessage() for r in caplog.records)
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == [admin_user.email]
+    assert "seq 4" in mailoutbox[0].body
