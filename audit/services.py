@@ -188,6 +188,7 @@ _VALUE_CARRYING = (
 # The engine's own per-statement redacted text is the one "sql" allowed.
 _SAFE_NESTED = {"redacted_sql", "tables_read", "tables_written", "columns_read"}
 
+_SIDECAR_TYPES = frozenset({"statement", "session_start", "session_end"})
 _MIN_TS = 946_684_800  # 2000-01-01: anything earlier is a broken clock
 _FUTURE_SLACK_SECONDS = 86_400
 
@@ -291,6 +292,10 @@ def _sidecar_row(
                 invalid.append(key)
                 text = ""
         row[column] = text
+    if row["type"] not in _SIDECAR_TYPES:
+        # A sidecar cannot speak for the control plane (``policy.change`` …).
+        extra["claimed_type"] = row["type"][:64]
+        row["type"] = "sidecar.unknown"
     for key, column in _ARRAY_COLUMNS.items():
         items = event.get(key)
         if items is None:
@@ -426,7 +431,11 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
     """
     if not rows:
         return 0
-    for at, env in {(r["occurred_at"], r["environment"]) for r in rows}:
+    months = {}
+    for row in rows:
+        at = row["occurred_at"]
+        months.setdefault((at.year, at.month, row["environment"]), at)
+    for (_y, _m, env), at in months.items():
         audit_partition_ensure(at=at, environment=env)
     with connection.cursor() as cursor:
         cursor.execute(

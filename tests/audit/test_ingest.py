@@ -50,7 +50,11 @@ def test_datasource_comes_from_the_token_and_columns_are_mapped(
     client: Client, sidecar: Any
 ) -> None:
     event = statement_event(unexpected_flag=True)
-    _post(client, sidecar.token, [event])
+    forged = statement_event(type="policy.change")
+    _post(client, sidecar.token, [event, forged])
+    impostor = AuditEvent.objects.get(event_id=forged["id"])
+    assert impostor.type == "sidecar.unknown" and impostor.source == "sidecar"
+    assert impostor.extra["claimed_type"] == "policy.change"
     stored = AuditEvent.objects.get(event_id=event["id"])
     assert stored.datasource_id == sidecar.datasource.pk
     assert stored.environment == "production"
