@@ -880,6 +880,11 @@ def audit_retention_enforce(*, now: datetime.datetime | None = None) -> list[str
             if kept == 0:
                 cursor.execute(f'DROP TABLE "{month_name}"')
                 dropped.append(month_name)
+        # The rollup outlives no event it counts: kept as long as the longest retention.
+        cursor.execute(
+            "DELETE FROM audit_access_daily WHERE day < %s",
+            [(now - datetime.timedelta(days=longest)).date()],
+        )
     if dropped:
         logger.info("audit retention dropped %s", ", ".join(dropped))
     return dropped

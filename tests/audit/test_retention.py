@@ -57,6 +57,12 @@ def test_expired_month_is_dropped_and_the_chain_still_verifies(sidecar: Any) -> 
     assert "audit_event_y2024m03_production" not in _tables()
     assert not AuditEvent.objects.filter(chain=chain, occurred_at__lt=LESS_OLD).exists()
 
+    with connection.cursor() as cursor:  # the rollup of 2024-03 went with it
+        cursor.execute(
+            "SELECT min(day) FROM audit_access_daily WHERE datasource_id = %s",
+            [sidecar.datasource.pk],
+        )
+        assert cursor.fetchone()[0] == LESS_OLD.date()
     anchor = ChainAnchor.objects.get(chain=chain)
     assert (anchor.seq, anchor.hash) == (last_old.seq, last_old.hash)
     result = audit_verify(chain=chain)
