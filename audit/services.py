@@ -785,10 +785,11 @@ def audit_verify_run() -> AuditVerification:
         checked=result.checked,
         chains=result.chains,
         first_broken=result.first_broken,
+        finished_at=timezone.now(),
     )
+    # auto_now_add stamped the end; the run began earlier.
+    AuditVerification.objects.filter(pk=run.pk).update(started_at=started)
     run.started_at = started
-    run.finished_at = timezone.now()
-    run.save(update_fields=["started_at", "finished_at"])
     if not result.ok:
         _alert_broken_chain(result.first_broken or {})
     return run

@@ -108,3 +108,25 @@ def test_real_sidecar_events_carry_no_literals(
     print("\n".join(statements))
     result = audit_verify(chain=chain)
     assert result.ok, result.first_broken
+
+
+def test_beat_tasks_run_on_a_real_worker(celery_worker: Any, demo_policy: Any) -> None:
+    """The verification and partition tasks, queued as beat would, on a real worker."""
+    from audit.models import AuditVerification
+    from audit.tasks import audit_partitions_prepare, audit_verify_chains
+
+    before = AuditVerification.objects.count()
+    audit_partitions_prepare.delay()
+    audit_verify_chains.delay()
+    deadline = time.monotonic() + 30
+    while AuditVerification.objects.count() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run = AuditVerification.objects.order_by("-id").first()
+    assert run is not None and run.pk and AuditVerification.objects.count() == before + 1
+    assert run.ok and run.finished_at is not None, run.first_broken
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass('audit_event_' || to_char(now() + interval '2 month', "
+            "'\"y\"YYYY\"m\"MM') || '_production')"
+        )
+        assert cursor.fetchone()[0] is not None
