@@ -10,6 +10,7 @@ chains; ``audit_retention_enforce`` drops expired partitions and anchors the cha
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -265,7 +266,7 @@ def _sidecar_row(
 ) -> dict[str, Any]:
     """One sidecar event as column values (see the contract in docs/audit.md)."""
     row: dict[str, Any] = {
-        "event_id": event["id"],
+        "event_id": _clean_text(event["id"]),
         "received_at": received,
         "chain": context["chain"],
         "source": EventSource.SIDECAR.value,
@@ -308,10 +309,11 @@ def _sidecar_row(
     row["rows"] = _as_int(event.get("rows"))
     row["risk"] = _as_int(event.get("risk"))
     duration = event.get("duration_ms")
+    row["duration_ms"] = None
     if isinstance(duration, int | float) and not isinstance(duration, bool):
-        row["duration_ms"] = float(duration) if math.isfinite(duration) else None
-    else:
-        row["duration_ms"] = None
+        with contextlib.suppress(OverflowError):  # an int too large for a double
+            duration = float(duration)
+            row["duration_ms"] = duration if math.isfinite(duration) else None
     for key in ("rows", "risk", "duration_ms"):
         if event.get(key) is not None and row[key] is None:
             invalid.append(key)

@@ -94,8 +94,13 @@ def test_malformed_fields_are_kept_as_well_as_possible(client: Client, sidecar: 
     event = statement_event(
         rows="many", risk=True, tables="public.customers", statement="SELECT 1\x00", ts=1.0
     )
-    answer = _post(client, sidecar.token, [event])
-    assert answer.json() == {"accepted": 1, "duplicates": 0}
+    odd = statement_event(id="nul\x00-id", duration_ms=10**400, rows=2**70, identity=["x"])
+    answer = _post(client, sidecar.token, [event, odd])
+    assert answer.json() == {"accepted": 2, "duplicates": 0}
+    odd_stored = AuditEvent.objects.get(event_id="nul\ufffd-id")
+    assert odd_stored.duration_ms is None and odd_stored.rows is None
+    assert odd_stored.identity_name == ""
+    assert odd_stored.extra["invalid_fields"] == ["duration_ms", "identity", "rows"]
     stored = AuditEvent.objects.get(event_id=event["id"])
     assert stored.rows is None and stored.risk is None and stored.tables == []
     assert stored.extra["invalid_fields"] == ["risk", "rows", "tables"]
