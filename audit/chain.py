@@ -67,15 +67,18 @@ def from_micros(value: int) -> datetime.datetime:
     )
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_event(row: Mapping[str, Any]) -> bytes:
     """The bytes the chain hash covers for one event (a row's column values)."""
     doc = {name: row[name] for name in CHAINED_FIELDS}
     doc["occurred_at"] = micros(doc["occurred_at"])
     doc["received_at"] = micros(doc["received_at"])
-    text = json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return text.encode("utf-8")
+    return _CANONICAL.encode(doc).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:

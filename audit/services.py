@@ -376,6 +376,9 @@ def _array_literal(items: list[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
+_COPY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _copy_text(rows: list[dict[str, Any]]) -> str:
     """The rows in COPY's text format; built by hand, it is several times faster than
     psycopg's per-value dumpers, which matters at tens of thousands of events a second."""
@@ -391,8 +394,7 @@ def _copy_text(rows: list[dict[str, Any]]) -> str:
             elif name in _ARRAY_FIELDS:
                 fields.append(_copy_escape(_array_literal(value)))
             elif name == "extra":
-                text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-                fields.append(_copy_escape(text))
+                fields.append(_copy_escape(_COPY_JSON.encode(value)))
             elif isinstance(value, str):
                 fields.append(_copy_escape(value))
             else:
