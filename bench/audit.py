@@ -238,10 +238,11 @@ def main() -> None:
         f"audit_verify: {'OK' if verified.ok else 'BROKEN'} {verified.checked:,} events "
         f"in {time.perf_counter() - began:.2f} s"
     )
-    print(
+    verdict = (
         f"audit_ingest_rate={rate:.0f} events/s target={TARGET} "
         f"{'met' if rate >= TARGET else 'missed'}"
     )
+    print(verdict)
     queries = ROOT / "bench" / "audit_queries.py"
     if queries.exists() and not args.skip_queries:
         spec = importlib.util.spec_from_file_location("bench_audit_queries", queries)
@@ -250,6 +251,7 @@ def main() -> None:
         spec.loader.exec_module(module)
         sys.argv = [str(queries)]
         module.main()
+        print(verdict)  # the ingestion verdict stays the last line
 
 
 if __name__ == "__main__":
