@@ -37,11 +37,14 @@ from governance.models import (
     ApiToken,
     Classification,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     Environment,
     GuardrailRule,
     Identity,
     MaskingRule,
+    ScanRun,
+    ScanSchedule,
     Team,
 )
 from governance.permissions import IsViewer
@@ -806,3 +809,184 @@ class SimulateView(APIView):
             draft_guardrail=data.get("draft_guardrail"),
         )
         return Response(result)
+
+
+# --- classification scans -------------------------------------------------------------------
+
+
+class CustomDetectorSerializer(serializers.ModelSerializer):
+    classification = by_name(Classification.objects.all(), "name", "classification")
+    name_regex = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+    value_regex = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+
+    class Meta:
+        model = CustomDetector
+        fields = [
+            "id",
+            "name",
+            "classification",
+            "confidence",
+            "name_regex",
+            "value_regex",
+            "enabled",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)
+        # As in the bundle: an absent pattern is null.
+        for key in ("name_regex", "value_regex"):
+            data[key] = data[key] or None
+        return data
+
+
+@_crud_schema(
+    "detectors",
+    [_query("classification", "Classification name."), _query("enabled", "", OpenApiTypes.BOOL)],
+)
+class CustomDetectorViewSet(PolicyViewSet):
+    """Custom detectors compiled into every bundle (``detectors``). Patterns are checked
+    like the form checks them: they compile, are short enough, and do not backtrack
+    catastrophically."""
+
+    serializer_class = CustomDetectorSerializer
+    list_selector = selectors.custom_detector_list
+    get_selector = selectors.custom_detector_get
+    create_service = services.custom_detector_create
+    update_service = services.custom_detector_update
+    delete_service = services.custom_detector_delete
+    object_kwarg = "detector"
+
+
+class ScanRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScanRun
+        fields = [
+            "id",
+            "scan_id",
+            "trigger",
+            "started_at",
+            "finished_at",
+            "received_at",
+            "duration_ms",
+            "tables",
+            "columns",
+            "sampled_columns",
+            "findings",
+            "proposed",
+            "auto_applied",
+            "inherited",
+            "drift",
+        ]
+
+
+class ScanRequestView(APIView):
+    """``POST datasources/<id>/scan``: "Scan now". ``GET``: recent scans with counts."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(tags=["scans"], responses={200: ScanRunSerializer(many=True), **_ERRORS})
+    def get(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        page = self.paginate_queryset(
+            selectors.scan_run_list(user=request.user, datasource=datasource)
+        )
+        return self.get_paginated_response(ScanRunSerializer(page, many=True).data)
+
+    @extend_schema(
+        tags=["scans"],
+        request=None,
+        responses={
+            202: inline_serializer("ScanRequested", {"requested": serializers.CharField()}),
+            **_ERRORS,
+        },
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        schedule = services.scan_request(actor=request.user, datasource=datasource)
+        return Response({"requested": schedule.requested}, status=status.HTTP_202_ACCEPTED)
+
+    @property
+    def paginator(self) -> Any:
+        from rest_framework.settings import api_settings
+
+        if not hasattr(self, "_paginator"):
+            self._paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        return self._paginator
+
+    def paginate_queryset(self, queryset: QuerySet) -> Any:
+        return self.paginator.paginate_queryset(queryset, self.request, view=self)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return self.paginator.get_paginated_response(data)
+
+
+class ReviewDecisionSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["confirm", "reject", "reclassify"])
+    classification = by_name(Classification.objects.all(), "name", "classification", required=False)
+
+
+class ReviewDecisionView(APIView):
+    """``POST column-classifications/<id>/decide``: confirm, reject or reclassify."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(
+        tags=["column-classifications"],
+        request=ReviewDecisionSerializer,
+        responses={200: ColumnClassificationSerializer, **_ERRORS},
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        column = selectors.column_classification_get(user=request.user, pk=pk)
+        serializer = ReviewDecisionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decision = serializer.validated_data["decision"]
+        if decision == "reclassify":
+            classification = serializer.validated_data.get("classification")
+            if classification is None:
+                raise serializers.ValidationError({"classification": "Required to reclassify."})
+            column = services.column_classification_reclassify(
+                actor=request.user, column_classification=column, classification=classification
+            )
+        else:
+            status_ = "confirmed" if decision == "confirm" else "rejected"
+            column = services.column_classification_review(
+                actor=request.user, column_classification=column, status=status_
+            )
+        return Response(ColumnClassificationSerializer(column).data)
+
+
+class ScanScheduleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScanSchedule
+        fields = ["interval_seconds", "sample_rows", "statement_timeout_ms", "requested"]
+        read_only_fields = ["requested"]
+
+
+class ScanScheduleView(APIView):
+    """``datasources/<id>/scan-schedule/``: GET the schedule, PATCH its settings."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(tags=["scans"], responses={200: ScanScheduleSerializer, **_ERRORS})
+    def get(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        return Response(
+            ScanScheduleSerializer(selectors.scan_schedule_get(datasource=datasource)).data
+        )
+
+    @extend_schema(
+        tags=["scans"],
+        request=ScanScheduleSerializer,
+        responses={200: ScanScheduleSerializer, **_ERRORS},
+    )
+    def patch(self, request: Request, pk: str) -> Response:
+        datasource = selectors.datasource_get(user=request.user, pk=pk)
+        serializer = ScanScheduleSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        schedule = services.scan_schedule_update(
+            actor=request.user, datasource=datasource, data=serializer.validated_data
+        )
+        return Response(ScanScheduleSerializer(schedule).data)

@@ -19,9 +19,21 @@ router.register(
 router.register("masking-rules", api.MaskingRuleViewSet, basename="masking-rule")
 router.register("guardrails", api.GuardrailViewSet, basename="guardrail")
 router.register("sidecars", sidecar_mgmt_api.SidecarViewSet, basename="sidecar")
+router.register("detectors", api.CustomDetectorViewSet, basename="detector")
 
 app_name = "api"
 urlpatterns = [
     re_path(r"^simulate/?$", api.SimulateView.as_view(), name="simulate"),
+    re_path(r"^datasources/(?P<pk>\d+)/scans?/?$", api.ScanRequestView.as_view(), name="scan"),
+    re_path(
+        r"^datasources/(?P<pk>\d+)/scan-schedule/?$",
+        api.ScanScheduleView.as_view(),
+        name="scan-schedule",
+    ),
+    re_path(
+        r"^column-classifications/(?P<pk>\d+)/decide/?$",
+        api.ReviewDecisionView.as_view(),
+        name="column-classification-decide",
+    ),
     *router.urls,
 ]

@@ -26,17 +26,20 @@ from django.db.models import Q
 from django.utils import timezone
 
 from governance.models import (
+    ENFORCED_STATUSES,
     AccessToken,
     ApiToken,
     Classification,
-    ClassificationStatus,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     GuardrailRule,
     Identity,
     MaskingRule,
     MaskingStrategy,
     Membership,
+    ScanRun,
+    ScanSchedule,
     Sidecar,
 )
 from governance.signing import bytes_sign
@@ -56,7 +59,7 @@ STATEMENT_KIND_MAP = {"copy": ["copy_to", "copy_from"], "explain": ["explain", "
 CHANNEL = "warden:bundle-changed"
 HISTORY_LENGTH = 100
 # Changes to these never alter a bundle; everything else in governance might.
-_NOT_POLICY = (ApiToken, Membership, Sidecar)
+_NOT_POLICY = (ApiToken, Membership, Sidecar, ScanRun)
 
 
 class BundleCompileError(Exception):
@@ -158,6 +161,34 @@ def _conditions(rule: GuardrailRule, classification_names: list[str]) -> dict[st
     return cond
 
 
+def _scan(datasource: Datasource) -> dict[str, Any]:
+    """Scan settings. The interval is 0: the control plane schedules scans (Celery beat
+    sets ``requested`` when one is due), so one clock decides and a sidecar never
+    scans twice for one interval."""
+    schedule = ScanSchedule.objects.filter(datasource=datasource).first() or ScanSchedule()
+    return {
+        "interval_seconds": 0,
+        "sample_rows": schedule.sample_rows,
+        "statement_timeout_ms": schedule.statement_timeout_ms,
+        "requested": schedule.requested or None,
+    }
+
+
+def _detectors() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": d.name,
+            "classification": d.classification.name,
+            "confidence": d.confidence,
+            "name_regex": d.name_regex or None,
+            "value_regex": d.value_regex or None,
+        }
+        for d in CustomDetector.objects.filter(enabled=True)
+        .select_related("classification")
+        .order_by("name")
+    ]
+
+
 def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str, Any]:
     """The inner bundle of ``datasource`` (revision included), checked by ``load_bundle``."""
     now = timezone.now()
@@ -167,9 +198,10 @@ def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str
     }
     column_classifications = []
     skipped = []
+    # Confirmed and auto-applied classifications are enforced; a proposal below the
+    # auto-apply threshold waits for a person, and a rejected one is never enforced.
     for cc in (
-        ColumnClassification.objects.filter(datasource=datasource)
-        .exclude(status=ClassificationStatus.REJECTED)
+        ColumnClassification.objects.filter(datasource=datasource, status__in=ENFORCED_STATUSES)
         .select_related("classification")
         .order_by("schema_name", "table_name", "column_name")
     ):
@@ -244,6 +276,8 @@ def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str
         ],
         "risk": dict(RISK_THRESHOLDS),
         "approvals": {"hold_seconds": APPROVAL_HOLD_SECONDS},
+        "scan": _scan(datasource),
+        "detectors": _detectors(),
     }
     bundle["revision"] = compute_revision(bundle)
     try:
@@ -349,7 +383,7 @@ def _datasource_scope(obj: models.Model) -> list[int] | None:
     """The datasources a change to ``obj`` can affect; None means all of them."""
     if isinstance(obj, Datasource):
         return [obj.pk] if obj.pk is not None else None
-    if isinstance(obj, ColumnClassification):
+    if isinstance(obj, ColumnClassification | ScanSchedule):
         return [obj.datasource_id]
     if isinstance(obj, GuardrailRule) and obj.datasource_id is not None:
         return [obj.datasource_id]

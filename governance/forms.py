@@ -18,18 +18,21 @@ from django.forms.models import model_to_dict
 from governance import selectors, services, simulator
 from governance.errors import ApplicationError
 from governance.models import (
+    DETECTOR_REGEX_MAX_LENGTH,
     FLAG_CONDITIONS,
     STATEMENT_KINDS,
     AccessToken,
     ApiToken,
     Classification,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     Environment,
     GuardrailRule,
     Identity,
     IdentityKind,
     MaskingRule,
+    ScanSchedule,
     Team,
 )
 
@@ -546,3 +549,76 @@ class SimulateForm(ServiceForm):
         except (ValidationError, ApplicationError) as exc:
             apply_service_error(self, exc)
             return None
+
+
+# --- classification scans -----------------------------------------------------------------
+
+
+class CustomDetectorForm(ServiceForm):
+    name = model_field(CustomDetector, "name")
+    classification = forms.ModelChoiceField(queryset=Classification.objects.all())
+    confidence = model_field(CustomDetector, "confidence")
+    name_regex = model_field(
+        CustomDetector,
+        "name_regex",
+        required=False,
+        label="Column name pattern",
+        help_text="Python regular expression matched against column names, e.g. "
+        "(?i)^emp(loyee)?_?id$. Optional if a value pattern is given.",
+    )
+    value_regex = model_field(
+        CustomDetector,
+        "value_regex",
+        required=False,
+        label="Value pattern",
+        help_text="Matched against sampled values inside the sidecar, e.g. ^E\\d{6}$.",
+    )
+    enabled = model_field(CustomDetector, "enabled", required=False)
+
+    def create(self, *, actor: Any) -> CustomDetector:
+        return services.custom_detector_create(actor=actor, **self.cleaned_data)
+
+    def update(self, *, actor: Any, obj: Any) -> CustomDetector:
+        return services.custom_detector_update(actor=actor, detector=obj, data=self.cleaned_data)
+
+
+class DetectorTryForm(forms.Form):
+    """The detector form's patterns plus sample strings; nothing is saved."""
+
+    name_regex = forms.CharField(required=False, max_length=DETECTOR_REGEX_MAX_LENGTH)
+    value_regex = forms.CharField(required=False, max_length=DETECTOR_REGEX_MAX_LENGTH)
+    samples = forms.CharField(
+        required=False,
+        label="Samples",
+        help_text="One per line: column names and/or values. Up to 20; nothing is stored.",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        from governance.detectors import pattern_problems
+
+        data = super().clean()
+        if not data.get("name_regex") and not data.get("value_regex"):
+            raise ValidationError("Give a name pattern, a value pattern, or both.")
+        for field in ("name_regex", "value_regex"):
+            if data.get(field):
+                for problem in pattern_problems(data[field]):
+                    self.add_error(field, problem)
+        return data
+
+    def sample_lines(self) -> list[str]:
+        return [line for line in self.cleaned_data.get("samples", "").splitlines() if line][:20]
+
+
+class ScanScheduleForm(forms.Form):
+    interval_seconds = model_field(ScanSchedule, "interval_seconds", label="Scan every (seconds)")
+    sample_rows = model_field(ScanSchedule, "sample_rows", label="Rows sampled per table")
+    statement_timeout_ms = model_field(
+        ScanSchedule, "statement_timeout_ms", label="Sampling timeout (ms)"
+    )
+
+
+class ReclassifyForm(forms.Form):
+    classification = forms.ModelChoiceField(
+        queryset=Classification.objects.all(), to_field_name="name"
+    )

@@ -373,6 +373,7 @@ def validate_schema_snapshot(value: Any) -> None:
         columns = table.get("columns", [])
         if not isinstance(columns, list):
             raise ValidationError(f"{where}.columns must be a list.")
+        _validate_relation_extras(table, where)
         names: set[str] = set()
         for j, column in enumerate(columns):
             if (
@@ -385,6 +386,38 @@ def validate_schema_snapshot(value: Any) -> None:
             if column["name"] in names:
                 raise ValidationError(f"{where}: column {column['name']} appears twice.")
             names.add(column["name"])
+            sources = column.get("sources")
+            if sources is not None and (
+                not isinstance(sources, list)
+                or len(sources) > 64
+                or not all(isinstance(p, str) and _SOURCE_RE.match(p) for p in sources)
+            ):
+                raise ValidationError(
+                    f"{where}.columns[{j}].sources must be a list of 'schema.table.column'."
+                )
+
+
+# A view column's source: schema.table.column (names as PostgreSQL stores them).
+_SOURCE_RE = re.compile(r"^[^.\x00]{1,63}\.[^.\x00]{1,63}\.[^.\x00]{1,63}$")
+VIEW_DEFINITION_MAX_LENGTH = 100_000
+
+
+def _validate_relation_extras(table: dict[str, Any], where: str) -> None:
+    """The optional keys a scan adds to a relation (docs/classification.md)."""
+    estimate = table.get("row_estimate")
+    if estimate is not None and (
+        not isinstance(estimate, int) or isinstance(estimate, bool) or estimate < -1
+    ):
+        raise ValidationError(f"{where}.row_estimate must be an integer.")
+    definition = table.get("definition")
+    if definition is not None:
+        if table.get("kind") not in {"view", "materialized_view"}:
+            raise ValidationError(f"{where}.definition belongs to views only.")
+        if not isinstance(definition, str) or len(definition) > VIEW_DEFINITION_MAX_LENGTH:
+            raise ValidationError(
+                f"{where}.definition must be a string of at most {VIEW_DEFINITION_MAX_LENGTH} "
+                "characters."
+            )
 
 
 class Datasource(models.Model):
@@ -493,12 +526,26 @@ class Classification(models.Model):
 class ClassificationSource(models.TextChoices):
     AUTO = "auto", "Scanner"
     MANUAL = "manual", "Manual"
+    # A view column whose source column (the snapshot's ``sources``) is classified.
+    INHERITED = "inherited", "Inherited from a view's source"
 
 
 class ClassificationStatus(models.TextChoices):
+    """Which classifications reach the bundle: confirmed and auto-applied ones.
+
+    A scanner finding at or above ``WARDEN_SCAN_AUTO_APPLY_CONFIDENCE`` is
+    ``auto_applied`` (masked at once, still awaiting a person's confirmation);
+    below it, it is only ``proposed`` until someone confirms it.
+    """
+
     PROPOSED = "proposed", "Proposed"
+    AUTO_APPLIED = "auto_applied", "Applied automatically (needs confirmation)"
     CONFIRMED = "confirmed", "Confirmed"
     REJECTED = "rejected", "Rejected"
+
+
+# The statuses a bundle enforces.
+ENFORCED_STATUSES = (ClassificationStatus.CONFIRMED, ClassificationStatus.AUTO_APPLIED)
 
 
 class ColumnClassification(models.Model):
@@ -526,6 +573,13 @@ class ColumnClassification(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     confirmed_at = models.DateTimeField(null=True, blank=True)
+    # What the scanner said (never a value): which detector, what share of the
+    # sampled values matched; for an inherited one, the source column's path.
+    detector = models.CharField(max_length=100, blank=True)
+    share = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    inherited_from = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -561,6 +615,14 @@ class ColumnClassification(models.Model):
     @property
     def column_path(self) -> str:
         return f"{self.schema_name}.{self.table_name}.{self.column_name}"
+
+    @property
+    def is_enforced(self) -> bool:
+        return self.status in ENFORCED_STATUSES
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.status in {ClassificationStatus.PROPOSED, ClassificationStatus.AUTO_APPLIED}
 
     def clean(self) -> None:
         if self.datasource_id is None:
@@ -966,3 +1028,192 @@ class Sidecar(models.Model):
         now = now or timezone.now()
         age = (now - self.last_heartbeat_at).total_seconds()
         return age > settings.WARDEN_SIDECAR_STALE_SECONDS
+
+
+# --- classification scans ------------------------------------------------------------
+
+DETECTOR_REGEX_MAX_LENGTH = 200
+
+
+class ClassificationRejection(models.Model):
+    """A person said this column does not hold this classification: never propose it again."""
+
+    datasource = models.ForeignKey(
+        Datasource, on_delete=models.CASCADE, related_name="classification_rejections"
+    )
+    schema_name = models.CharField(max_length=63)
+    table_name = models.CharField(max_length=63)
+    column_name = models.CharField(max_length=63)
+    classification = models.ForeignKey(Classification, on_delete=models.CASCADE, related_name="+")
+    rejected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rejected_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["datasource__name", "schema_name", "table_name", "column_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datasource", "schema_name", "table_name", "column_name", "classification"],
+                name="classificationrejection_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.datasource}:{self.schema_name}.{self.table_name}.{self.column_name} "
+            f"is not {self.classification}"
+        )
+
+
+class CustomDetector(models.Model):
+    """A detector the security team adds to the sidecar's scanner (bundle ``detectors``).
+
+    A column matches when its name matches ``name_regex`` or enough sampled
+    values match ``value_regex`` (either may be empty, not both). Patterns are
+    Python ``re``; ``governance.detectors`` refuses ones that are too long or
+    backtrack catastrophically.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    classification = models.ForeignKey(
+        Classification, on_delete=models.PROTECT, related_name="detectors"
+    )
+    confidence = models.FloatField(
+        default=0.9, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    name_regex = models.CharField(max_length=DETECTOR_REGEX_MAX_LENGTH, blank=True)
+    value_regex = models.CharField(max_length=DETECTOR_REGEX_MAX_LENGTH, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(name_regex="") | ~Q(value_regex=""),
+                name="customdetector_has_a_regex",
+            ),
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0) & Q(confidence__lte=1),
+                name="customdetector_confidence_0_1",
+            ),
+            models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="customdetector_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from governance.detectors import pattern_problems
+
+        errors: dict[str, list[str]] = {}
+        if not self.name_regex and not self.value_regex:
+            errors["value_regex"] = ["Give a name pattern, a value pattern, or both."]
+        for field in ("name_regex", "value_regex"):
+            pattern = getattr(self, field)
+            if pattern:
+                problems = pattern_problems(pattern)
+                if problems:
+                    errors[field] = problems
+        if errors:
+            raise ValidationError(errors)
+
+
+class ScanSchedule(models.Model):
+    """How often a datasource's sidecar scans, and the scan asked for but not yet reported.
+
+    ``requested`` travels in the bundle (``scan.requested``) and in the
+    heartbeat reply; a new value makes the sidecar scan now and report with
+    that id. Celery beat sets one whenever no scan was reported for
+    ``interval_seconds``; "Scan now" sets one at once.
+    """
+
+    datasource = models.OneToOneField(
+        Datasource, on_delete=models.CASCADE, related_name="scan_schedule"
+    )
+    interval_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(0), MaxValueValidator(7 * 24 * 3600)],
+        help_text="Seconds between scheduled scans; 0 scans only on request.",
+    )
+    sample_rows = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
+    )
+    statement_timeout_ms = models.PositiveIntegerField(
+        default=5000, validators=[MinValueValidator(100), MaxValueValidator(600_000)]
+    )
+    requested = models.CharField(max_length=64, blank=True)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(interval_seconds__lte=7 * 24 * 3600), name="scanschedule_interval_max"
+            ),
+            models.CheckConstraint(
+                condition=Q(sample_rows__gte=1) & Q(sample_rows__lte=10_000),
+                name="scanschedule_sample_rows_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.datasource}: every {self.interval_seconds}s"
+
+
+class ScanTrigger(models.TextChoices):
+    START = "start", "Sidecar start"
+    SCHEDULE = "schedule", "Sidecar schedule"
+    REQUEST = "request", "Requested"
+    REPORT = "report", "Report without scan summary"
+
+
+class ScanRun(models.Model):
+    """One scan a sidecar reported: its counts and the schema drift since the previous one.
+
+    ``drift`` is ``{"new_tables", "dropped_tables", "new_columns",
+    "dropped_columns", "changed_columns"}``: lists of paths (changed columns
+    as ``{"column", "from", "to"}``). Names and types only, never values.
+    """
+
+    datasource = models.ForeignKey(Datasource, on_delete=models.CASCADE, related_name="scan_runs")
+    sidecar = models.ForeignKey(
+        "Sidecar", null=True, blank=True, on_delete=models.SET_NULL, related_name="scan_runs"
+    )
+    scan_id = models.CharField(max_length=64)
+    trigger = models.CharField(max_length=16, choices=ScanTrigger.choices)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.FloatField(null=True, blank=True)
+    tables = models.PositiveIntegerField(default=0)
+    columns = models.PositiveIntegerField(default=0)
+    sampled_columns = models.PositiveIntegerField(default=0)
+    findings = models.PositiveIntegerField(default=0)
+    proposed = models.PositiveIntegerField(default=0)
+    auto_applied = models.PositiveIntegerField(default=0)
+    inherited = models.PositiveIntegerField(default=0)
+    drift = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(trigger__in=ScanTrigger.values), name="scanrun_trigger_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(drift__jsonb_typeof="object"), name="scanrun_drift_object"
+            ),
+        ]
+        indexes = [models.Index(fields=["datasource", "-received_at"], name="scanrun_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.datasource} scan {self.scan_id}"
+
+    @property
+    def drift_count(self) -> int:
+        return sum(len(v) for v in (self.drift or {}).values() if isinstance(v, list))

@@ -21,13 +21,17 @@ from governance.models import (
     AccessToken,
     ApiToken,
     Classification,
+    ClassificationStatus,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     Environment,
     GuardrailRule,
     Identity,
     MaskingRule,
     Role,
+    ScanRun,
+    ScanSchedule,
     Team,
 )
 from governance.permissions import can_read_all_tokens, can_view, user_role
@@ -40,6 +44,8 @@ __all__ = [
     "classification_list",
     "column_classification_get",
     "column_classification_list",
+    "custom_detector_get",
+    "custom_detector_list",
     "datasource_get",
     "datasource_list",
     "environment_list",
@@ -50,6 +56,11 @@ __all__ = [
     "identity_list",
     "masking_rule_get",
     "masking_rule_list",
+    "review_item_get",
+    "review_queue",
+    "scan_run_get",
+    "scan_run_list",
+    "scan_schedule_get",
     "team_get",
     "team_list",
     "token_get",
@@ -316,3 +327,54 @@ def identity_for_tokens_get(*, user: Any, pk: Any) -> Identity:
     else:
         qs = qs.none()
     return _get(qs, pk)
+
+
+# --- classification scans -------------------------------------------------------------------
+
+
+def custom_detector_list(*, user: Any, filters: dict | None = None) -> QuerySet[CustomDetector]:
+    """Filters: q (name or pattern), classification (name), enabled."""
+    filters = filters or {}
+    qs = CustomDetector.objects.select_related("classification")
+    if q := _text(filters, "q"):
+        qs = qs.filter(
+            Q(name__icontains=q) | Q(name_regex__icontains=q) | Q(value_regex__icontains=q)
+        )
+    if classification := _text(filters, "classification"):
+        qs = qs.filter(classification__name=classification)
+    if (enabled := _flag(filters, "enabled")) is not None:
+        qs = qs.filter(enabled=enabled)
+    return _visible(user, qs)
+
+
+def custom_detector_get(*, user: Any, pk: Any) -> CustomDetector:
+    return _get(custom_detector_list(user=user), pk)
+
+
+def review_queue(*, user: Any, filters: dict | None = None) -> QuerySet[ColumnClassification]:
+    """Classifications awaiting a person: auto-applied first (they already mask), then
+    proposals, most confident first. Filters: datasource (pk), q."""
+    qs = column_classification_list(user=user, filters=filters).filter(
+        status__in=[ClassificationStatus.AUTO_APPLIED, ClassificationStatus.PROPOSED]
+    )
+    return qs.order_by("status", "-confidence", "datasource__name", "schema_name", "table_name")
+
+
+def review_item_get(*, user: Any, datasource_pk: Any, pk: Any) -> ColumnClassification:
+    """A classification of *this* datasource (another datasource's answers 404)."""
+    return _get(column_classification_list(user=user).filter(datasource_id=datasource_pk), pk)
+
+
+def scan_run_list(*, user: Any, datasource: Datasource) -> QuerySet[ScanRun]:
+    return _visible(user, ScanRun.objects.filter(datasource=datasource).select_related("sidecar"))
+
+
+def scan_run_get(*, user: Any, datasource_pk: Any, pk: Any) -> ScanRun:
+    return _get(_visible(user, ScanRun.objects.filter(datasource_id=datasource_pk)), pk)
+
+
+def scan_schedule_get(*, datasource: Datasource) -> ScanSchedule:
+    """The datasource's schedule, or an unsaved one with the defaults (reads never write)."""
+    return ScanSchedule.objects.filter(datasource=datasource).first() or ScanSchedule(
+        datasource=datasource
+    )

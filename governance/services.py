@@ -38,9 +38,11 @@ from governance.models import (
     AccessToken,
     ApiToken,
     Classification,
+    ClassificationRejection,
     ClassificationSource,
     ClassificationStatus,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     Environment,
     GuardrailRule,
@@ -49,6 +51,9 @@ from governance.models import (
     MaskingRule,
     Membership,
     Role,
+    ScanRun,
+    ScanSchedule,
+    ScanTrigger,
     Sidecar,
     Team,
     scram_sha256_verifier,
@@ -526,8 +531,10 @@ def column_classification_set(
             **values,
         )
         _create(actor, column)
+        column_classifications_inherit(datasource=datasource)
         return column
     _update(actor, existing, values, allowed=set(values))
+    column_classifications_inherit(datasource=datasource)
     return existing
 
 
@@ -535,7 +542,11 @@ def column_classification_set(
 def column_classification_review(
     *, actor: Any, column_classification: ColumnClassification, status: str
 ) -> ColumnClassification:
-    """Confirm or reject a (scanner-)proposed classification."""
+    """Confirm or reject a (scanner-)proposed or auto-applied classification.
+
+    A rejection is remembered per (column, classification): later scans do not
+    propose it again. Views inheriting from the column follow the decision.
+    """
     _require_policy_editor(actor)
     if status not in {ClassificationStatus.CONFIRMED, ClassificationStatus.REJECTED}:
         raise ValidationError({"status": "Choose confirmed or rejected."})
@@ -546,6 +557,47 @@ def column_classification_review(
         {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
         allowed={"status", "confirmed_by", "confirmed_at"},
     )
+    if status == ClassificationStatus.REJECTED:
+        _rejection_remember(actor=actor, column=column, classification=column.classification)
+    column_classifications_inherit(datasource=column.datasource)
+    return column
+
+
+def _rejection_remember(
+    *, actor: Any, column: ColumnClassification, classification: Classification
+) -> None:
+    ClassificationRejection.objects.get_or_create(
+        datasource=column.datasource,
+        schema_name=column.schema_name,
+        table_name=column.table_name,
+        column_name=column.column_name,
+        classification=classification,
+        defaults={"rejected_by": actor},
+    )
+
+
+@transaction.atomic
+def column_classification_reclassify(
+    *, actor: Any, column_classification: ColumnClassification, classification: Classification
+) -> ColumnClassification:
+    """A person picks another classification for a proposed one: the new one is confirmed
+    (manual), and the scanner's choice is remembered as rejected for this column."""
+    _require_policy_editor(actor)
+    column = ColumnClassification.objects.select_for_update().get(pk=column_classification.pk)
+    previous = column.classification
+    values = {
+        "classification": classification,
+        "source": ClassificationSource.MANUAL,
+        "confidence": 1.0,
+        "status": ClassificationStatus.CONFIRMED,
+        "confirmed_by": actor,
+        "confirmed_at": timezone.now(),
+        "inherited_from": "",
+    }
+    _update(actor, column, values, allowed=set(values))
+    if previous.pk != classification.pk:
+        _rejection_remember(actor=actor, column=column, classification=previous)
+    column_classifications_inherit(datasource=column.datasource)
     return column
 
 
@@ -555,6 +607,7 @@ def column_classification_delete(
 ) -> None:
     _require_policy_editor(actor)
     _delete(actor, column_classification, blocked_by="other objects")
+    column_classifications_inherit(datasource=column_classification.datasource)
 
 
 # --- masking rules --------------------------------------------------------------------
@@ -917,13 +970,28 @@ def sidecar_heartbeat_record(
 
 @transaction.atomic
 def sidecar_schema_report(
-    *, datasource_id: int, snapshot: dict[str, Any], findings: list[dict[str, Any]]
-) -> dict[str, int | bool]:
-    """Take a sidecar's scan: the snapshot replaces the stored one; each finding on a
-    column nobody classified yet becomes a proposal (a scanner never overrides a person).
-    Recorded in history with the actor "system"."""
+    *,
+    datasource_id: int,
+    snapshot: dict[str, Any],
+    findings: list[dict[str, Any]],
+    scan: dict[str, Any] | None = None,
+    sidecar_id: int | None = None,
+) -> dict[str, Any]:
+    """Take a sidecar's scan: record the drift from the previous snapshot, store the new
+    one, turn findings into classifications and views' sources into inherited ones,
+    and keep the scan's counts. Recorded in history with the actor "system".
+
+    A finding at or above ``WARDEN_SCAN_AUTO_APPLY_CONFIDENCE`` is applied at once
+    (``auto_applied``: masked, awaiting confirmation); one below is ``proposed``. A
+    scanner never overrides a person, and a rejected (column, classification) is
+    never proposed again.
+    """
+    from governance.scans import snapshot_drift
+
     datasource = Datasource.objects.select_for_update().get(pk=datasource_id)
-    changed = datasource.schema_snapshot != snapshot
+    previous = datasource.schema_snapshot or {}
+    drift = snapshot_drift(previous, snapshot) if previous.get("tables") else {}
+    changed = previous != snapshot
     if changed:
         before = object_snapshot(datasource)
         datasource.schema_snapshot = snapshot
@@ -936,33 +1004,229 @@ def sidecar_schema_report(
             before=before,
             after=object_snapshot(datasource),
         )
+    counts = _findings_apply(datasource=datasource, findings=findings)
+    counts["inherited"] = column_classifications_inherit(datasource=datasource)
+    run = _scan_run_record(
+        datasource=datasource,
+        sidecar_id=sidecar_id,
+        scan=scan,
+        findings=len(findings),
+        counts=counts,
+        drift=drift,
+    )
+    return {
+        "snapshot_changed": changed,
+        **counts,
+        "scan": run.scan_id,
+        "drift": run.drift_count,
+    }
+
+
+# Contract names the scanner may emit for built-ins Warden already has under another name.
+FINDING_CLASSIFICATION_ALIASES = {"pii.ip_address": "network.ip", "pii.birth_date": "pii.dob"}
+
+
+def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -> dict[str, int]:
+    from django.conf import settings
+
+    threshold = settings.WARDEN_SCAN_AUTO_APPLY_CONFIDENCE
     classifications = {c.name: c for c in Classification.objects.all()}
-    existing = set(
-        ColumnClassification.objects.filter(datasource=datasource).values_list(
-            "schema_name", "table_name", "column_name"
+    existing = {
+        (c.schema_name, c.table_name, c.column_name): c
+        for c in ColumnClassification.objects.select_for_update().filter(datasource=datasource)
+    }
+    rejected = set(
+        ClassificationRejection.objects.filter(datasource=datasource).values_list(
+            "schema_name", "table_name", "column_name", "classification__name"
         )
     )
-    proposed = ignored = 0
-    for finding in findings:
+    columns = datasource.snapshot_columns()
+    proposed = auto_applied = ignored = 0
+    # The most confident finding for a column wins.
+    for finding in sorted(findings, key=lambda f: -float(f["confidence"])):
         key = (finding["schema"], finding["table"], finding["column"])
-        classification = classifications.get(finding["classification"])
-        if classification is None or key in existing:
+        name = FINDING_CLASSIFICATION_ALIASES.get(
+            finding["classification"], finding["classification"]
+        )
+        classification = classifications.get(name)
+        current = existing.get(key)
+        if (
+            classification is None
+            or (*key, name) in rejected
+            or key[2] not in columns.get(key[:2], [])
+            or (current is not None and current.status != ClassificationStatus.REJECTED)
+        ):
             ignored += 1
             continue
-        cc = ColumnClassification(
-            datasource=datasource,
-            schema_name=key[0],
-            table_name=key[1],
-            column_name=key[2],
-            classification=classification,
-            source=ClassificationSource.AUTO,
-            confidence=float(finding["confidence"]),
-            status=ClassificationStatus.PROPOSED,
+        confidence = float(finding["confidence"])
+        apply_now = confidence >= threshold
+        values = {
+            "classification": classification,
+            "source": ClassificationSource.AUTO,
+            "confidence": confidence,
+            "status": ClassificationStatus.AUTO_APPLIED
+            if apply_now
+            else ClassificationStatus.PROPOSED,
+            "confirmed_by": None,
+            "confirmed_at": None,
+            "detector": str(finding.get("detector") or "")[:100],
+            "share": finding.get("share"),
+            "inherited_from": "",
+        }
+        if current is None:
+            current = ColumnClassification(
+                datasource=datasource,
+                schema_name=key[0],
+                table_name=key[1],
+                column_name=key[2],
+                **values,
+            )
+            _create(None, current)
+        else:  # rejected as another classification: this one is new
+            _update(None, current, values, allowed=set(values))
+        existing[key] = current
+        if apply_now:
+            auto_applied += 1
+        else:
+            proposed += 1
+    return {"proposed": proposed, "auto_applied": auto_applied, "ignored": ignored}
+
+
+def column_classifications_inherit(*, datasource: Datasource) -> int:
+    """Inherit until nothing changes, so a view over a view inherits too (bounded: a
+    chain deeper than this waits for the next scan). Returns how many changed."""
+    total = 0
+    for _ in range(_INHERIT_MAX_DEPTH):
+        changed = _inherit_pass(datasource=datasource)
+        total += changed
+        if not changed:
+            break
+    return total
+
+
+_INHERIT_MAX_DEPTH = 8
+
+
+def _inherit_pass(*, datasource: Datasource) -> int:
+    """Give each view column the classification of its source columns (the snapshot's
+    ``sources``), so the engine masks reads through the view like the table.
+
+    With several classified sources the most sensitive wins. An inherited
+    classification follows its source: it goes when the source is no longer
+    enforced, and a person's own decision on the view column is left alone.
+    Returns how many were created or changed.
+    """
+    from governance.models import ENFORCED_STATUSES, Level
+
+    rows = {
+        (c.schema_name, c.table_name, c.column_name): c
+        for c in ColumnClassification.objects.select_for_update()
+        .filter(datasource=datasource)
+        .select_related("classification")
+    }
+    rejected = set(
+        ClassificationRejection.objects.filter(datasource=datasource).values_list(
+            "schema_name", "table_name", "column_name", "classification__name"
         )
-        _create(None, cc)
-        existing.add(key)
-        proposed += 1
-    return {"snapshot_changed": changed, "proposed": proposed, "ignored": ignored}
+    )
+    wanted: dict[tuple[str, str, str], tuple[ColumnClassification, str]] = {}
+    for table in (datasource.schema_snapshot or {}).get("tables", []):
+        if table.get("kind", "table") not in {"view", "materialized_view"}:
+            continue
+        for column in table.get("columns", []):
+            key = (table["schema"], table["name"], column["name"])
+            best: tuple[ColumnClassification, str] | None = None
+            for path in column.get("sources") or []:
+                parts = path.rsplit(".", 2)
+                source = rows.get(tuple(parts)) if len(parts) == 3 else None  # type: ignore[arg-type]
+                if source is None or source.status not in ENFORCED_STATUSES:
+                    continue
+                if (*key, source.classification.name) in rejected:
+                    continue
+                rank = Level(source.classification.level).rank
+                if best is None or rank > Level(best[0].classification.level).rank:
+                    best = (source, path)
+            if best is not None:
+                wanted[key] = best
+    changed = 0
+    for key, row in rows.items():
+        if row.source == ClassificationSource.INHERITED and key not in wanted:
+            _delete(None, row, blocked_by="other objects")
+            changed += 1
+    for key, (source, path) in wanted.items():
+        current = rows.get(key)
+        values = {
+            "classification": source.classification,
+            "source": ClassificationSource.INHERITED,
+            "confidence": source.confidence,
+            "status": source.status,
+            "confirmed_by": source.confirmed_by,
+            "confirmed_at": source.confirmed_at,
+            "detector": "",
+            "share": None,
+            "inherited_from": path,
+        }
+        if current is None:
+            _create(
+                None,
+                ColumnClassification(
+                    datasource=datasource,
+                    schema_name=key[0],
+                    table_name=key[1],
+                    column_name=key[2],
+                    **values,
+                ),
+            )
+            changed += 1
+        elif current.source == ClassificationSource.MANUAL or (
+            current.status == ClassificationStatus.CONFIRMED
+            and current.source != ClassificationSource.INHERITED
+        ):
+            continue  # a person decided this column
+        elif any(getattr(current, k) != v for k, v in values.items()):
+            _update(None, current, values, allowed=set(values))
+            changed += 1
+    return changed
+
+
+def _scan_run_record(
+    *,
+    datasource: Datasource,
+    sidecar_id: int | None,
+    scan: dict[str, Any] | None,
+    findings: int,
+    counts: dict[str, int],
+    drift: dict[str, Any],
+) -> ScanRun:
+    import uuid
+
+    scan = scan or {}
+    if scan.get("id"):
+        # A report re-sent after a lost reply (or one request heard twice, through the
+        # bundle and the heartbeat) is the same scan: keep its first record and drift.
+        earlier = ScanRun.objects.filter(datasource=datasource, scan_id=scan["id"]).first()
+        if earlier is not None:
+            return earlier
+    run = ScanRun(
+        datasource=datasource,
+        sidecar_id=sidecar_id,
+        scan_id=scan.get("id") or uuid.uuid4().hex,
+        trigger=scan.get("trigger") or ScanTrigger.REPORT,
+        started_at=scan.get("started_at"),
+        finished_at=scan.get("finished_at"),
+        duration_ms=scan.get("duration_ms"),
+        tables=scan.get("tables", len((datasource.schema_snapshot or {}).get("tables", []))),
+        columns=scan.get("columns", sum(len(c) for c in datasource.snapshot_columns().values())),
+        sampled_columns=scan.get("sampled_columns", 0),
+        findings=findings,
+        proposed=counts["proposed"],
+        auto_applied=counts["auto_applied"],
+        inherited=counts["inherited"],
+        drift=drift,
+    )
+    run.full_clean()
+    run.save()
+    return run
 
 
 @transaction.atomic
@@ -976,3 +1240,146 @@ def identities_expire() -> int:
         _update(None, identity, {"is_active": False}, allowed={"is_active"})
         count += 1
     return count
+
+
+# --- custom detectors -------------------------------------------------------------------
+
+
+@transaction.atomic
+def custom_detector_create(
+    *,
+    actor: Any,
+    name: str,
+    classification: Classification,
+    confidence: float = 0.9,
+    name_regex: str = "",
+    value_regex: str = "",
+    enabled: bool = True,
+) -> CustomDetector:
+    _require_policy_editor(actor)
+    detector = CustomDetector(
+        name=name,
+        classification=classification,
+        confidence=confidence,
+        name_regex=name_regex or "",
+        value_regex=value_regex or "",
+        enabled=enabled,
+    )
+    _create(actor, detector)
+    return detector
+
+
+@transaction.atomic
+def custom_detector_update(
+    *, actor: Any, detector: CustomDetector, data: dict[str, Any]
+) -> CustomDetector:
+    _require_policy_editor(actor)
+    data = {k: (v or "") if k in {"name_regex", "value_regex"} else v for k, v in data.items()}
+    _update(
+        actor,
+        detector,
+        data,
+        allowed={"name", "classification", "confidence", "name_regex", "value_regex", "enabled"},
+    )
+    return detector
+
+
+@transaction.atomic
+def custom_detector_delete(*, actor: Any, detector: CustomDetector) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, detector, blocked_by="other objects")
+
+
+# --- scans --------------------------------------------------------------------------------
+
+
+def scan_schedule_for(*, datasource: Datasource) -> ScanSchedule:
+    """The datasource's schedule; one with the defaults is created on first use."""
+    schedule, _ = ScanSchedule.objects.get_or_create(datasource=datasource)
+    return schedule
+
+
+@transaction.atomic
+def scan_schedule_update(
+    *, actor: Any, datasource: Datasource, data: dict[str, Any]
+) -> ScanSchedule:
+    _require_policy_editor(actor)
+    schedule = ScanSchedule.objects.select_for_update().get(
+        pk=scan_schedule_for(datasource=datasource).pk
+    )
+    _update(
+        actor,
+        schedule,
+        data,
+        allowed={"interval_seconds", "sample_rows", "statement_timeout_ms"},
+    )
+    return schedule
+
+
+def _scan_request(*, actor: Any, datasource: Datasource, now: Any = None) -> ScanSchedule:
+    import uuid
+
+    schedule = ScanSchedule.objects.select_for_update().get(
+        pk=scan_schedule_for(datasource=datasource).pk
+    )
+    before = object_snapshot(schedule)
+    schedule.requested = uuid.uuid4().hex
+    schedule.requested_at = now or timezone.now()
+    schedule.requested_by = actor
+    schedule.full_clean()
+    schedule.save()
+    if actor is None:
+        # Beat asks every interval; history would drown in it. The bundle still changes.
+        bundles_mark_stale(obj=schedule)
+    else:
+        change_record_create(
+            actor=actor,
+            action=ChangeAction.UPDATE,
+            obj=schedule,
+            before=before,
+            after=object_snapshot(schedule),
+        )
+    return schedule
+
+
+@transaction.atomic
+def scan_request(*, actor: Any, datasource: Datasource) -> ScanSchedule:
+    """ "Scan now": a new request id that reaches the sidecar through the bundle's
+    ``scan.requested`` and the heartbeat reply; the sidecar reports with that id."""
+    _require_policy_editor(actor)
+    return _scan_request(actor=actor, datasource=datasource)
+
+
+def scan_pending(*, schedule: ScanSchedule) -> str | None:
+    """The requested scan id when no scan with that id was reported yet."""
+    if not schedule.requested:
+        return None
+    done = ScanRun.objects.filter(datasource_id=schedule.datasource_id, scan_id=schedule.requested)
+    return None if done.exists() else schedule.requested
+
+
+@transaction.atomic
+def scans_request_due(*, now: Any = None) -> list[int]:
+    """Request a scan of every datasource with no scan reported within its interval and
+    no request of its own younger than the interval (a silent sidecar is asked once per
+    interval, not every minute). Returns the datasource ids asked."""
+    now = now or timezone.now()
+    asked = []
+    for datasource in Datasource.objects.select_for_update(skip_locked=True).order_by("pk"):
+        schedule = scan_schedule_for(datasource=datasource)
+        if schedule.interval_seconds == 0:
+            continue
+        since = now - datetime.timedelta(seconds=schedule.interval_seconds)
+        recent_scan = ScanRun.objects.filter(datasource=datasource, received_at__gt=since).exists()
+        recent_request = schedule.requested_at is not None and schedule.requested_at > since
+        if recent_scan or recent_request:
+            continue
+        _scan_request(actor=None, datasource=datasource, now=now)
+        asked.append(datasource.pk)
+    return asked
+
+
+def scan_requested_for(*, datasource_id: int) -> str | None:
+    """The scan request a sidecar has not answered yet (for the heartbeat reply)."""
+    schedule = ScanSchedule.objects.filter(datasource_id=datasource_id).first()
+    return scan_pending(schedule=schedule) if schedule is not None else None

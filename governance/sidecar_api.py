@@ -36,6 +36,7 @@ from audit.services import audit_events_ingest
 from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
 from governance.services import (
+    scan_requested_for,
     sidecar_heartbeat_record,
     sidecar_schema_report,
 )
@@ -423,24 +424,95 @@ def heartbeat_view(request: HttpRequest) -> JsonResponse:
     except ValidationError as exc:
         return _json_error(400, "The heartbeat is not valid.", exc.message_dict)
     current = bundle_current(datasource_id=principal.datasource_id)
-    return JsonResponse({"current_revision": current[0] if current else None})
+    reply: dict[str, Any] = {"current_revision": current[0] if current else None}
+    requested = scan_requested_for(datasource_id=principal.datasource_id)
+    if requested:
+        reply["scan_requested"] = requested
+    return JsonResponse(reply)
 
 
 _FINDING_KEYS = {"schema", "table", "column", "classification", "confidence"}
+_FINDING_OPTIONAL = {"share", "detector"}
+_SCAN_KEYS = {"id", "trigger"}
+_SCAN_OPTIONAL = {
+    "started_at",
+    "finished_at",
+    "tables",
+    "columns",
+    "sampled_columns",
+    "duration_ms",
+}
+_SCAN_TRIGGERS = {"start", "schedule", "request"}
+MAX_FINDINGS = 10_000
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _finding_valid(f: Any) -> bool:
+    return (
+        isinstance(f, dict)
+        and _FINDING_KEYS <= set(f) <= _FINDING_KEYS | _FINDING_OPTIONAL
+        and all(
+            isinstance(f[k], str) and 0 < len(f[k]) <= 100 for k in _FINDING_KEYS - {"confidence"}
+        )
+        and _fraction(f["confidence"])
+        and ("share" not in f or _fraction(f["share"]))
+        and ("detector" not in f or (isinstance(f["detector"], str) and len(f["detector"]) <= 100))
+    )
+
+
+def _scan_problems(scan: Any) -> dict[str, str]:
+    """Field problems of the optional ``scan`` summary (empty when valid)."""
+    from django.utils.dateparse import parse_datetime
+
+    message = _check_keys(scan, _SCAN_KEYS, _SCAN_OPTIONAL)
+    if message:
+        return {"scan": message}
+    fields: dict[str, str] = {}
+    if not isinstance(scan["id"], str) or not 0 < len(scan["id"]) <= 64:
+        fields["scan.id"] = "A string of 1-64 characters."
+    if scan["trigger"] not in _SCAN_TRIGGERS:
+        fields["scan.trigger"] = "One of start, schedule, request."
+    for key in ("started_at", "finished_at"):
+        value = scan.get(key)
+        if value is None:
+            continue
+        try:
+            parsed = parse_datetime(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            fields[f"scan.{key}"] = "An ISO 8601 time with a time zone."
+    for key in ("tables", "columns", "sampled_columns"):
+        value = scan.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+            fields[f"scan.{key}"] = "A non-negative integer."
+    duration = scan.get("duration_ms", 0)
+    if (
+        not isinstance(duration, int | float)
+        or isinstance(duration, bool)
+        or not 0 <= duration < 10**9
+    ):
+        fields["scan.duration_ms"] = "A non-negative number of milliseconds."
+    return fields
 
 
 @csrf_exempt
 @require_POST
 def schema_view(request: HttpRequest) -> JsonResponse:
     """Body: {snapshot: {tables: [...]}, findings: [{schema, table, column, classification,
-    confidence}]}; findings name a classification, never a value."""
+    confidence, share?, detector?}], scan?: {id, trigger, started_at, finished_at, tables,
+    columns, sampled_columns, duration_ms}}; findings name a classification, never a
+    value. Anything malformed is refused whole (400) and nothing is stored."""
     principal = _principal(request)
     if principal is None:
         return _unauthorized()
     data, problem = _json_body(request, SCHEMA_MAX_BYTES)
     if problem is not None:
         return problem
-    message = _check_keys(data, {"snapshot", "findings"})
+    message = _check_keys(data, {"snapshot", "findings"}, {"scan"})
     if message:
         return _json_error(400, message)
     try:
@@ -448,21 +520,28 @@ def schema_view(request: HttpRequest) -> JsonResponse:
     except ValidationError as exc:
         return _json_error(400, "The snapshot is not valid.", {"snapshot": exc.messages})
     findings = data["findings"]
-    if not isinstance(findings, list) or not all(
-        isinstance(f, dict)
-        and set(f) == _FINDING_KEYS
-        and all(isinstance(f[k], str) and f[k] for k in _FINDING_KEYS - {"confidence"})
-        and isinstance(f["confidence"], int | float)
-        and not isinstance(f["confidence"], bool)
-        and 0 <= f["confidence"] <= 1
-        for f in findings
+    if (
+        not isinstance(findings, list)
+        or len(findings) > MAX_FINDINGS
+        or not all(_finding_valid(f) for f in findings)
     ):
         return _json_error(
-            400, "findings: a list of {schema, table, column, classification, confidence}."
+            400,
+            "findings: a list of {schema, table, column, classification, confidence, "
+            "share?, detector?}.",
         )
+    scan = data.get("scan")
+    if scan is not None:
+        fields = _scan_problems(scan)
+        if fields:
+            return _json_error(400, "The scan summary is not valid.", fields)
     try:
         result = sidecar_schema_report(
-            datasource_id=principal.datasource_id, snapshot=data["snapshot"], findings=findings
+            datasource_id=principal.datasource_id,
+            snapshot=data["snapshot"],
+            findings=findings,
+            scan=scan,
+            sidecar_id=principal.sidecar_id,
         )
     except ValidationError as exc:
         return _json_error(400, "The report is not valid.", {"findings": exc.messages})
@@ -545,9 +624,23 @@ def audit_reply_and_close(
 
 @csrf_exempt
 def approvals_view(request: HttpRequest, request_id: str | None = None) -> JsonResponse:
-    if _principal(request) is None:
+    """POST opens (or reuses) an approval request; GET <id> reads its state (see
+    ``approvals.sidecar_api``; under ASGI the GET long-poll never reaches Django)."""
+    from approvals import sidecar_api as approvals_api
+
+    principal = _principal(request)
+    if principal is None:
         return _unauthorized()
-    return _json_error(501, "Approvals are not available yet.")
+    if request_id is None:
+        if request.method != "POST":
+            return _json_error(405, "Use POST.")
+        data, problem = _json_body(request, approvals_api.OPEN_MAX_BYTES)
+        if problem is not None:
+            return problem
+        return approvals_api.approval_open_view(request, principal, data)
+    if request.method != "GET":
+        return _json_error(405, "Use GET.")
+    return approvals_api.approval_state_view(request, principal, request_id)
 
 
 @require_GET

@@ -28,3 +28,9 @@ def bundles_recompile(*, datasource_ids: list[int] | None = None) -> dict[str, s
 
     results = bundles_publish_all(datasource_ids=datasource_ids)
     return {str(pk): p.revision for pk, p in results.items()}
+
+
+@shared_task(ignore_result=True, name="governance.tasks.scans_request_due")
+def scans_request_due() -> list[int]:
+    """From beat: request a scan of every datasource whose scan interval passed."""
+    return services.scans_request_due()

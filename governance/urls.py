@@ -29,6 +29,7 @@ _PREFIXES = {
     "classification": "classifications",
     "column": "columns",
     "masking_rule": "masking-rules",
+    "detector": "detectors",
     "guardrail": "guardrails",
 }
 
@@ -44,6 +45,19 @@ urlpatterns = [
     path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
     path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
     path("columns/<int:pk>/review/", views.column_review, name="column_review"),
+    path("review/", views.review_queue, name="review_queue"),
+    path(
+        "datasources/<int:datasource_pk>/review/<int:pk>/",
+        views.review_decide,
+        name="review_decide",
+    ),
+    path("datasources/<int:pk>/scan/", views.datasource_scan, name="datasource_scan"),
+    path(
+        "datasources/<int:pk>/scan-schedule/",
+        views.datasource_scan_schedule,
+        name="datasource_scan_schedule",
+    ),
+    path("detectors/try/", views.detector_try, name="detector_try"),
     path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("sidecars/", include("governance.sidecar_ui_urls")),

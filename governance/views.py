@@ -20,6 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.forms.models import model_to_dict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -35,10 +36,14 @@ from governance.forms import (
     ApiTokenIssueForm,
     ClassificationForm,
     ColumnClassificationForm,
+    CustomDetectorForm,
     DatasourceForm,
+    DetectorTryForm,
     GuardrailForm,
     IdentityForm,
     MaskingRuleForm,
+    ReclassifyForm,
+    ScanScheduleForm,
     ServiceForm,
     SimulateForm,
     TeamForm,
@@ -231,6 +236,17 @@ RESOURCES: dict[str, Resource] = {
             lede="Which columns hold which kind of data. Set by hand or proposed by the scanner.",
         ),
         Resource(
+            key="detector",
+            singular="custom detector",
+            plural="Custom detectors",
+            list_selector=selectors.custom_detector_list,
+            get_selector=selectors.custom_detector_get,
+            form_class=CustomDetectorForm,
+            delete_service=services.custom_detector_delete,
+            delete_kwarg="detector",
+            lede="Patterns the sidecar's scanner runs next to its built-in detectors.",
+        ),
+        Resource(
             key="masking_rule",
             singular="masking rule",
             plural="Masking rules",
@@ -284,9 +300,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "counts": counts,
         "guardrails": selectors.guardrail_list(user=user)[:8],
         "datasources": selectors.datasource_list(user=user)[:8],
-        "proposed": selectors.column_classification_list(
-            user=user, filters={"status": ClassificationStatus.PROPOSED}
-        ).count(),
+        "proposed": selectors.review_queue(user=user).count(),
     }
     return render(request, "governance/home.html", context)
 
@@ -385,6 +399,8 @@ CHANGE_MODELS = {
     "columnclassification": "Column classification",
     "maskingrule": "Masking rule",
     "guardrailrule": "Guardrail",
+    "customdetector": "Custom detector",
+    "scanschedule": "Scan schedule",
 }
 # content-type model name → Resource key, to link a change to its object's page.
 _CHANGE_LINKS = {
@@ -395,6 +411,7 @@ _CHANGE_LINKS = {
     "columnclassification": "column",
     "maskingrule": "masking_rule",
     "guardrailrule": "guardrail",
+    "customdetector": "detector",
 }
 
 
@@ -456,7 +473,20 @@ def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
     guardrails = selectors.guardrail_list(
         user=request.user, filters={"datasource": str(datasource.pk)}
     )
-    return {"tables": tables, "guardrails": guardrails}
+    schedule = selectors.scan_schedule_get(datasource=datasource)
+    scans = list(selectors.scan_run_list(user=request.user, datasource=datasource)[:10])
+    return {
+        "tables": tables,
+        "guardrails": guardrails,
+        "schedule": schedule,
+        "schedule_form": ScanScheduleForm(initial=model_to_dict(schedule)),
+        "scan_pending": services.scan_pending(schedule=schedule),
+        "scans": scans,
+        "drift": next((run for run in scans if run.drift_count), None),
+        "awaiting_review": selectors.review_queue(
+            user=request.user, filters={"datasource": str(datasource.pk)}
+        ).count(),
+    }
 
 
 def _classification_detail(request: HttpRequest, classification: Any) -> dict[str, Any]:
@@ -563,6 +593,132 @@ def column_review(request: HttpRequest, pk: int) -> HttpResponse:
         return _back(request, reverse("governance:column_detail", args=[pk]), status=400)
     messages.success(request, f"{column.column_path}: {status}.")
     return _back(request, reverse("governance:column_detail", args=[pk]))
+
+
+# --- classification scans: review queue, scan now, schedule, detector try-out ---------
+
+
+@viewer_required
+@require_http_methods(["GET"])
+def review_queue(request: HttpRequest) -> HttpResponse:
+    """Classifications awaiting a person: auto-applied ones (already masking) and proposals."""
+    filters = ColumnFilters(request.GET or None, user=request.user)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    cleaned = {k: v for k, v in cleaned.items() if k in {"q", "datasource"}}
+    page = _paginate(request, selectors.review_queue(user=request.user, filters=cleaned))
+    context = {
+        "filters": filters,
+        "page": page,
+        "objects": page.object_list,
+        "classifications": selectors.classification_list(user=request.user),
+        "may_edit": can_edit_policy(request.user),
+    }
+    return render(request, "governance/review_queue.html", context)
+
+
+@editor_required
+@require_POST
+def review_decide(request: HttpRequest, datasource_pk: int, pk: int) -> HttpResponse:
+    """Confirm, reject or reclassify one item; htmx swaps its row, plain POST redirects."""
+    column = selectors.review_item_get(user=request.user, datasource_pk=datasource_pk, pk=pk)
+    decision = request.POST.get("decision", "")
+    error = ""
+    try:
+        if decision in {"confirm", "reject"}:
+            status = "confirmed" if decision == "confirm" else "rejected"
+            column = services.column_classification_review(
+                actor=request.user, column_classification=column, status=status
+            )
+        elif decision == "reclassify":
+            form = ReclassifyForm(request.POST)
+            if not form.is_valid():
+                raise ValidationError("Choose a known classification.")
+            column = services.column_classification_reclassify(
+                actor=request.user,
+                column_classification=column,
+                classification=form.cleaned_data["classification"],
+            )
+        else:
+            raise ValidationError("Choose confirm, reject or reclassify.")
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    if request.htmx:
+        context = {
+            "c": column,
+            "may_edit": True,
+            "error": error,
+            "classifications": selectors.classification_list(user=request.user),
+        }
+        # 200 even when refused: htmx swaps only 2xx, and the row shows why inline.
+        response = render(request, "governance/_review_row.html", context)
+        if error:
+            return trigger_client_event(response, "warden:error", {"message": error})
+        return response
+    if error:
+        messages.error(request, error)
+        return _back(request, reverse("governance:review_queue"), status=400)
+    messages.success(
+        request, f"{column.column_path}: {column.classification.name} {column.status}."
+    )
+    return _back(request, reverse("governance:review_queue"))
+
+
+@editor_required
+@require_POST
+def datasource_scan(request: HttpRequest, pk: int) -> HttpResponse:
+    """ "Scan now": the sidecar hears of it through its bundle and its heartbeat reply."""
+    datasource = selectors.datasource_get(user=request.user, pk=pk)
+    schedule = services.scan_request(actor=request.user, datasource=datasource)
+    messages.success(
+        request, f"Scan {schedule.requested[:8]} requested; the sidecar starts it within seconds."
+    )
+    return _back(request, reverse("governance:datasource_detail", args=[pk]) + "#scans")
+
+
+@editor_required
+@require_POST
+def datasource_scan_schedule(request: HttpRequest, pk: int) -> HttpResponse:
+    datasource = selectors.datasource_get(user=request.user, pk=pk)
+    form = ScanScheduleForm(request.POST)
+    if form.is_valid():
+        try:
+            services.scan_schedule_update(
+                actor=request.user, datasource=datasource, data=form.cleaned_data
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return _back(request, reverse("governance:datasource_detail", args=[pk]), status=400)
+        messages.success(request, "Scan schedule saved.")
+        return _back(request, reverse("governance:datasource_detail", args=[pk]) + "#scans")
+    problems = "; ".join(f"{form.fields[k].label}: {' '.join(v)}" for k, v in form.errors.items())
+    messages.error(request, problems)
+    return _back(request, reverse("governance:datasource_detail", args=[pk]), status=400)
+
+
+@editor_required
+@require_POST
+def detector_try(request: HttpRequest) -> HttpResponse:
+    """Run the form's patterns on sample strings (in a child process with a timeout)."""
+    from governance.detectors import PatternTimeout, detector_try
+
+    form = DetectorTryForm(request.POST)
+    results = None
+    error = ""
+    if form.is_valid():
+        try:
+            results = detector_try(
+                name_regex=form.cleaned_data["name_regex"],
+                value_regex=form.cleaned_data["value_regex"],
+                samples=form.sample_lines(),
+            )
+        except PatternTimeout:
+            error = "The patterns took too long on these samples."
+    else:
+        error = " ".join(m for errors in form.errors.values() for m in errors)
+    context = {"try_form": form, "results": results, "try_error": error}
+    if request.htmx:  # htmx swaps only 2xx; the panel shows why
+        return render(request, "governance/_detector_try.html", context)
+    return render(request, "governance/detector_try.html", context, status=400 if error else 200)
 
 
 # --- identity access tokens -----------------------------------------------------------

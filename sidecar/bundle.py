@@ -276,6 +276,8 @@ class BundleClient:
         self._status = _Status()
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._changed: asyncio.Event | None = None
+        # The last heartbeat reply (it may carry ``scan_requested``).
+        self.last_heartbeat_reply: dict[str, Any] = {}
 
     # -- what the proxy uses --
 
@@ -463,6 +465,18 @@ class BundleClient:
                 )
         return self.active()
 
+    async def post_json(self, path: str, body: dict[str, Any], *, timeout: float = 30) -> int:
+        """POST ``body`` to the control plane with the sidecar's token; the HTTP status."""
+        response = await http_request(
+            "POST",
+            self.base_url + path,
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+            timeout=timeout,
+            ssl_context=self.ssl_context,
+        )
+        return response.status
+
     async def heartbeat(self, *, version: str, counters: dict[str, int]) -> str | None:
         """Report status; returns the control plane's current revision (None if unknown)."""
         body = json.dumps(
@@ -484,7 +498,9 @@ class BundleClient:
         )
         if response.status != 200:
             raise HttpError(f"heartbeat: HTTP {response.status}")
-        current = json.loads(response.body).get("current_revision")
+        reply = json.loads(response.body)
+        self.last_heartbeat_reply = reply if isinstance(reply, dict) else {}
+        current = self.last_heartbeat_reply.get("current_revision")
         return current if isinstance(current, str) else None
 
 

@@ -2,8 +2,10 @@
 
 ``python -m sidecar check --bundle FILE --identity NAME --sql TEXT`` prints the
 engine's decision as JSON (``--sql -`` reads the statement from stdin). Exit
-codes: 0 allow, 1 review or block, 2 usage error or unusable bundle. Other
-subcommands (``run``, ``scan``) register themselves in ``build_parser``.
+codes: 0 allow, 1 review or block, 2 usage error or unusable bundle.
+``python -m sidecar scan --config FILE [--json]`` scans the upstream with the
+sidecar's credential and prints the findings (never values) for an operator;
+exit 2 when the configuration or the connection fails. ``run`` starts the proxy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,7 +64,73 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the proxy (see sidecar.runner)")
     run.add_argument("--config", help="TOML or JSON config file (env overrides it)")
     run.set_defaults(handler=_run)
+    scan = commands.add_parser(
+        "scan", help="scan the upstream now and print the findings (nothing is sent)"
+    )
+    scan.add_argument("--config", required=True, help="the sidecar's TOML or JSON config file")
+    scan.add_argument("--json", action="store_true", help="print the report body as JSON")
+    scan.set_defaults(handler=_scan)
     return parser
+
+
+def _scan_bundle(config: Any) -> dict[str, Any]:
+    """The bundle whose ``scan`` settings and ``detectors`` apply: the offline bundle file,
+    or the verified bundle cached on disk; none (defaults) when there is neither."""
+    from sidecar.runner import bundle_client, inner_bundle
+
+    if config.bundle_file:
+        return inner_bundle(json.loads(Path(config.bundle_file).read_text("utf-8")))
+    client = bundle_client(config)
+    if client.load_from_disk():
+        return client.current()
+    print("note: no cached bundle yet; scanning with default settings", file=sys.stderr)
+    return {}
+
+
+def _scan(args: argparse.Namespace) -> int:
+    import logging
+
+    from sidecar.config import ConfigError, load_config
+    from sidecar.scanner import ScanError, ScanSettings, run_scan
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+        bundle = _scan_bundle(config)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_scan(
+            config.upstream_dsn,
+            password=config.upstream_password,
+            settings=ScanSettings.from_bundle(bundle),
+            trigger="request",
+        )
+    except ScanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(report.body(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    rows = [
+        (f"{f.schema}.{f.table}.{f.column}", f.classification, f"{f.confidence:.2f}",
+         f"{f.share:.2f}", f.detector)
+        for f in sorted(report.findings, key=lambda f: (f.schema, f.table, f.column))
+    ]  # fmt: skip
+    header = ("column", "classification", "confidence", "share", "detector")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    s = report.summary
+    print(
+        f"\n{len(rows)} findings; {s['tables']} relations, {s['columns']} columns, "
+        f"{s['sampled_columns']} sampled, {len(report.errors)} errors, {s['duration_ms']} ms"
+    )
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

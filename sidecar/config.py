@@ -50,6 +50,8 @@ class SidecarConfig:
     audit_url: str | None = None  # POST target for audit batches (control plane)
     audit_token: str | None = None
     log_level: str = "INFO"
+    # Classify columns by sampling the upstream (at start, on schedule, on request).
+    scan_enabled: bool = True
 
 
 _SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token"}

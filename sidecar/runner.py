@@ -19,7 +19,7 @@ import os
 import signal
 import ssl
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -300,16 +300,49 @@ def heartbeat_counters(metrics: Metrics, spool: AuditSpool, shipped: int) -> dic
 
 
 async def _heartbeats(
-    client: BundleClient, interval: float, counters: Callable[[], dict[str, int]]
+    client: BundleClient,
+    interval: float,
+    counters: Callable[[], dict[str, int]],
+    on_scan_requested: Callable[[str], None] | None = None,
 ) -> None:
     while True:
         try:
             await client.heartbeat(version=VERSION, counters=counters())
+            requested = client.last_heartbeat_reply.get("scan_requested")
+            if on_scan_requested is not None and isinstance(requested, str) and requested:
+                on_scan_requested(requested)
         except (HttpError, ValueError) as exc:
             # Enforcement does not depend on the heartbeat; the control plane
             # shows the sidecar as silent, which is the signal.
             log.warning("heartbeat failed: %s", exc)
         await asyncio.sleep(interval)
+
+
+def schema_post(client: BundleClient) -> Callable[[dict[str, Any]], Awaitable[int]]:
+    """POST a scan report to the control plane; the HTTP status."""
+    from sidecar.scanner.reporter import SCHEMA_PATH
+
+    async def post(body: dict[str, Any]) -> int:
+        return await client.post_json(SCHEMA_PATH, body)
+
+    return post
+
+
+def scan_reporter(
+    config: SidecarConfig, source: BundleSource, on_status: Callable[[dict[str, Any]], None]
+) -> Any:
+    """The scan reporter for this sidecar (imported here: psycopg and the detectors load
+    only when scanning is on)."""
+    from sidecar.scanner.reporter import ScanReporter, scan_executor, scanner_for
+
+    return ScanReporter(
+        bundle=source.current,
+        scan=scanner_for(config.upstream_dsn, config.upstream_password),
+        post=schema_post(source) if isinstance(source, BundleClient) else None,
+        state_dir=Path(config.state_dir),
+        on_status=on_status,
+        executor=lambda: scan_executor(config.log_level),
+    )
 
 
 def bundle_client(config: SidecarConfig) -> BundleClient:
@@ -373,6 +406,17 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     if audit_url:
         shipper = AuditShipper(spool, http_upload(audit_url, config.audit_token or config.token))
         tasks.append(asyncio.create_task(shipper.run()))
+    ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
+    reporter: Any = None
+    if config.scan_enabled:
+
+        def scan_status(status: dict[str, Any]) -> None:
+            ready["scan"] = status
+            if config.ready_file:
+                _write_ready(config.ready_file, ready)
+
+        reporter = scan_reporter(config, source, scan_status)
+        source.subscribe(reporter.bundle_changed)
     if isinstance(source, BundleClient):
         shipped = shipper
         tasks.append(
@@ -381,10 +425,10 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
                     source,
                     config.heartbeat_interval,
                     lambda: heartbeat_counters(metrics, spool, shipped.shipped if shipped else 0),
+                    reporter.request if reporter is not None else None,
                 )
             )
         )
-    ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
     if config.metrics_listen:
         host, _, mport = config.metrics_listen.rpartition(":")
         metrics_server = await serve_metrics(metrics, host or "127.0.0.1", int(mport))
@@ -395,6 +439,9 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     )
     if config.ready_file:
         _write_ready(config.ready_file, ready)
+    if reporter is not None:
+        # Started once serving: the scan runs in a worker process and never delays it.
+        tasks.append(asyncio.create_task(reporter.run()))
     await stop.wait()
     await server.stop()
     for task in tasks:

@@ -216,9 +216,17 @@ def test_schema_report_updates_the_snapshot_and_proposes_findings(
         control_plane, "schema", token, {"snapshot": snapshot, "findings": findings}
     )
     assert status == 202, body
-    assert json.loads(body) == {"snapshot_changed": True, "proposed": 1, "ignored": 1}
+    result = json.loads(body)
+    # 0.9 is at the default auto-apply threshold: applied at once, awaiting confirmation.
+    assert {k: result[k] for k in ("snapshot_changed", "proposed", "auto_applied", "ignored")} == {
+        "snapshot_changed": True,
+        "proposed": 0,
+        "auto_applied": 1,
+        "ignored": 1,
+    }
+    assert result["drift"] == 1  # the new table
     cc = demo_policy.datasource.column_classifications.get(table_name="leads")
-    assert (cc.classification.name, cc.status, cc.source) == ("pii.email", "proposed", "auto")
+    assert (cc.classification.name, cc.status, cc.source) == ("pii.email", "auto_applied", "auto")
     bad = {"snapshot": {"tables": "no"}, "findings": []}
     assert _post(control_plane, "schema", token, bad)[0] == 400
     bad_finding = {**findings[0], "value": "someone@example.com"}
@@ -228,7 +236,7 @@ def test_schema_report_updates_the_snapshot_and_proposes_findings(
     )
 
 
-def test_audit_is_accepted_and_approvals_are_not_yet_available(
+def test_audit_is_accepted_and_a_malformed_approval_request_is_refused(
     control_plane: Server, registered: tuple[Sidecar, str]
 ) -> None:
     _, token = registered
@@ -249,8 +257,9 @@ def test_audit_is_accepted_and_approvals_are_not_yet_available(
     assert _post(control_plane, "audit", token, {"events": [{"id": "e3"}]})[0] == 400
     assert _post(control_plane, "audit", token, {"events": [{"id": "e3", "ts": True}]})[0] == 400
     assert _post(control_plane, "audit", None, events)[0] == 401
+    # Approvals are tested in tests/approvals; a malformed body is refused here too.
     status, _, _ = _post(control_plane, "approvals", token, {"statement": "x"})
-    assert status == 501
+    assert status == 400
 
 
 def test_the_client_pulls_and_reports_its_status_in_a_heartbeat(

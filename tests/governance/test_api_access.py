@@ -19,6 +19,7 @@ from governance.models import (
     AccessToken,
     Classification,
     ColumnClassification,
+    CustomDetector,
     Datasource,
     GuardrailRule,
     Identity,
@@ -116,6 +117,12 @@ def _payloads(demo: Any) -> dict[str, tuple[type, dict, dict, str]]:
             {"name": "allow-everything", "action": "allow", "conditions": {}},
             "conditions",
         ),
+        "detectors": (
+            CustomDetector,
+            {"name": "badge-no", "classification": "pii.national_id", "value_regex": "^B\\d{5}$"},
+            {"name": "slow", "classification": "pii.email", "value_regex": "^(a+)+$"},
+            "value_regex",
+        ),
     }
 
 
@@ -128,6 +135,13 @@ def _an_object(name: str, demo: Any) -> Any:
         "column-classifications": demo.columns[0],
         "masking-rules": demo.masking_rules[0],
         "guardrails": demo.guardrails[0],
+        "detectors": CustomDetector.objects.get_or_create(
+            name="employee-id",
+            defaults={
+                "classification": Classification.objects.get(name="pii.national_id"),
+                "value_regex": r"^E\d{6}$",
+            },
+        )[0],
     }[name]
 
 
@@ -139,6 +153,7 @@ POLICY = [
     "column-classifications",
     "masking-rules",
     "guardrails",
+    "detectors",
 ]
 
 
@@ -449,6 +464,7 @@ INVALID_UPDATES = {
     "column-classifications": {"classification": "pii.unknown"},
     "masking-rules": {"params": {"keep_last": "four"}},
     "guardrails": {"action": "allow", "conditions": {}},
+    "detectors": {"name_regex": "(x+x+)+y"},
 }
 
 
@@ -476,6 +492,7 @@ def test_valid_update_is_recorded_from_what_to_what(name, api, demo_policy):
         "column-classifications": ("classification", "pii.name"),
         "masking-rules": ("enabled", False),
         "guardrails": ("message", "No DDL here."),
+        "detectors": ("confidence", 0.75),
     }[name]
     response = api["security"].call("PATCH", f"/api/v1/{name}/{obj.pk}/", {field: value})
     assert response.status_code == 200, response.json()

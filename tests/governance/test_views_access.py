@@ -38,6 +38,9 @@ READ_PAGES = [
     ("governance:guardrail_list", None),
     ("governance:guardrail_detail", "guardrail"),
     ("governance:change_list", None),
+    ("governance:review_queue", None),
+    ("governance:detector_list", None),
+    ("governance:detector_detail", "detector"),
 ]
 # Pages that change policy (GET shows the form or confirmation): admin/security only.
 WRITE_PAGES = [
@@ -62,15 +65,21 @@ WRITE_PAGES = [
     ("governance:guardrail_create", None),
     ("governance:guardrail_edit", "guardrail"),
     ("governance:guardrail_delete", "guardrail"),
+    ("governance:detector_create", None),
+    ("governance:detector_edit", "detector"),
+    ("governance:detector_delete", "detector"),
 ]
 POST_ONLY = [
     ("governance:guardrail_toggle", "guardrail"),
     ("governance:guardrail_move", "guardrail"),
+    ("governance:datasource_scan", "datasource"),
+    ("governance:datasource_scan_schedule", "datasource"),
+    ("governance:detector_try", None),
 ]
 
 
 def _objects(demo: Any) -> dict[str, Any]:
-    from governance.models import Classification
+    from governance.models import Classification, CustomDetector
 
     return {
         "team": demo.team_a,
@@ -80,6 +89,13 @@ def _objects(demo: Any) -> dict[str, Any]:
         "column": demo.columns[0],
         "masking_rule": demo.masking_rules[0],
         "guardrail": demo.guardrails[0],
+        "detector": CustomDetector.objects.get_or_create(
+            name="employee-id",
+            defaults={
+                "classification": Classification.objects.get(name="pii.national_id"),
+                "value_regex": r"^E\d{6}$",
+            },
+        )[0],
     }
 
 

@@ -1,0 +1,43 @@
+"""Read-only admin views: every approval write goes through approvals.services."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from approvals.models import ApprovalRequest, Grant, ReviewSettings
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(ReadOnlyAdmin):
+    list_display = ["id", "datasource", "identity", "kind", "risk", "state", "created_at"]
+    list_filter = ["state"]
+
+
+@admin.register(Grant)
+class GrantAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "datasource",
+        "identity",
+        "uses_left",
+        "uses_total",
+        "state",
+        "expires_at",
+    ]
+
+
+@admin.register(ReviewSettings)
+class ReviewSettingsAdmin(ReadOnlyAdmin):
+    list_display = ["datasource", "fallback_team", "escalate_after_seconds", "webhook_url"]
