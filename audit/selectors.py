@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from django.contrib.contenttypes.models import ContentType
-from django.db import models
-from django.db.models import QuerySet
+import datetime
+from dataclasses import dataclass
+from typing import Any
 
-from audit.models import ChangeRecord
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import Q, QuerySet
+
+from audit.models import AuditEvent, ChangeRecord
+from governance.permissions import Role, user_role
 
 
 def change_history_for(obj: models.Model) -> QuerySet[ChangeRecord]:
@@ -28,3 +34,96 @@ def change_list(*, filters: dict | None = None) -> QuerySet[ChangeRecord]:
     if filters.get("request_id"):
         qs = qs.filter(request_id=filters["request_id"])
     return qs
+
+
+# --- the audit trail -----------------------------------------------------------------
+
+AUDIT_READERS = frozenset({Role.ADMIN, Role.SECURITY, Role.AUDITOR})
+
+
+def audit_can_view(user: Any) -> bool:
+    """Whether user may read the audit trail (admin, security, auditor)."""
+    return user_role(user) in AUDIT_READERS
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """What the explorer, exports and reports narrow the trail by; empty means any."""
+
+    identity: str = ""
+    identity_kind: str = ""
+    datasource_id: int | None = None
+    environment: str = ""
+    action: str = ""
+    outcome: str = ""
+    type: str = ""
+    classification: str = ""
+    table: str = ""
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    q: str = ""
+
+
+def _filtered(filters: AuditFilters) -> QuerySet[AuditEvent]:
+    qs = AuditEvent.objects.all()
+    exact = {
+        "identity_name": filters.identity,
+        "identity_kind": filters.identity_kind,
+        "environment": filters.environment,
+        "action": filters.action,
+        "outcome": filters.outcome,
+        "type": filters.type,
+    }
+    qs = qs.filter(**{k: v for k, v in exact.items() if v})
+    if filters.datasource_id is not None:
+        qs = qs.filter(datasource_id=filters.datasource_id)
+    if filters.classification:
+        qs = qs.filter(classifications__contains=[filters.classification])
+    if filters.table:
+        qs = qs.filter(tables__contains=[filters.table])
+    if filters.since is not None:
+        qs = qs.filter(occurred_at__gte=filters.since)
+    if filters.until is not None:
+        qs = qs.filter(occurred_at__lt=filters.until)
+    if filters.q:
+        qs = qs.filter(statement__icontains=filters.q)
+    return qs
+
+
+def _cursor_encode(event: AuditEvent) -> str:
+    micros = int(event.occurred_at.timestamp()) * 1_000_000 + event.occurred_at.microsecond
+    return f"{micros}.{event.id}"
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime.datetime, int]:
+    try:
+        micros_text, id_text = cursor.split(".", 1)
+        micros, event_pk = int(micros_text), int(id_text)
+        at = datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.UTC).replace(
+            microsecond=micros % 1_000_000
+        )
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ValueError("Not a valid page cursor.") from exc
+    return at, event_pk
+
+
+def audit_events_search(
+    *, user: Any, filters: AuditFilters, after: str | None = None, limit: int = 50
+) -> tuple[list[AuditEvent], str | None]:
+    """One page of events, newest first, and the cursor of the next page (None at the end).
+
+    Keyset pagination on (occurred_at, id), so page 1,000 costs what page 1 does.
+    ``after`` is a cursor from a previous page; a malformed one raises ValueError.
+    Only admin, security and auditor may read the trail (PermissionDenied otherwise).
+    """
+    if not audit_can_view(user):
+        raise PermissionDenied("Your role does not allow reading the audit trail.")
+    limit = max(1, min(int(limit), 1000))
+    qs = _filtered(filters)
+    if after:
+        at, event_pk = _cursor_decode(after)
+        qs = qs.filter(Q(occurred_at__lt=at) | Q(occurred_at=at, id__lt=event_pk))
+    events = list(qs.order_by("-occurred_at", "-id")[: limit + 1])
+    more = len(events) > limit
+    events = events[:limit]
+    return events, (_cursor_encode(events[-1]) if more and events else None)
