@@ -75,6 +75,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     },
     "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 3600.0},
     "audit-retention-enforce": {"task": "audit.tasks.audit_retention_enforce", "schedule": 3600.0},
+    "approvals-expire": {"task": "approvals.tasks.approvals_expire", "schedule": 60.0},
+    "approvals-escalate": {"task": "approvals.tasks.approvals_escalate", "schedule": 60.0},
+    "approvals-remind": {"task": "approvals.tasks.approvals_remind", "schedule": 60.0},
 }
 
 CACHES = {
@@ -172,6 +175,8 @@ EMAIL_BACKEND = envstr("EMAIL_BACKEND") or "django.core.mail.backends.console.Em
 EMAIL_HOST = envstr("EMAIL_HOST") or "localhost"
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL") or "warden@localhost"
+# For django.core.mail.backends.filebased.EmailBackend (tests read notices across processes).
+EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")
 
 # --- sign-in: django-allauth, local accounts + TOTP, optional OIDC single sign-on ---------
 LOGIN_URL = "account_login"
@@ -287,3 +292,19 @@ WARDEN_BUNDLE_DEV_KEY_FILE = VAR_DIR / "bundle-signing.key"
 WARDEN_BUNDLE_DEV_KEY_ALLOWED = DEBUG or envbool("WARDEN_DEV", False)
 # A sidecar whose last heartbeat is older than this is flagged stale.
 WARDEN_SIDECAR_STALE_SECONDS = envint("WARDEN_SIDECAR_STALE_SECONDS", 90, minimum=5)
+
+# --- approvals (approvals.services, approvals.tasks) ----------------------------------
+# Absolute base of links to approval requests (sidecar answers, emails, webhooks);
+# unset, the sidecar API uses the request's host and notifications WARDEN_BASE_URL.
+WARDEN_PUBLIC_URL = (envstr("WARDEN_PUBLIC_URL") or "").rstrip("/")
+# A grant: 1 use for an hour unless the approver narrows it; never wider than the maxima.
+WARDEN_APPROVAL_DEFAULT_USES = 1
+WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS = 3600
+WARDEN_APPROVAL_MAX_USES = envint("WARDEN_APPROVAL_MAX_USES", 10, minimum=1)
+WARDEN_APPROVAL_MAX_GRANT_SECONDS = envint("WARDEN_APPROVAL_MAX_GRANT_SECONDS", 86400, minimum=60)
+# Defaults for datasources without ReviewSettings of their own.
+WARDEN_APPROVAL_EXPIRE_SECONDS = envint("WARDEN_APPROVAL_EXPIRE_SECONDS", 86400, minimum=1)
+WARDEN_APPROVAL_ESCALATE_SECONDS = envint("WARDEN_APPROVAL_ESCALATE_SECONDS", 1800, minimum=1)
+WARDEN_APPROVAL_REMIND_SECONDS = envint("WARDEN_APPROVAL_REMIND_SECONDS", 3600, minimum=1)
+WARDEN_APPROVAL_WEBHOOK_URL = envstr("WARDEN_APPROVAL_WEBHOOK_URL") or ""
+WARDEN_APPROVAL_WEBHOOK_TIMEOUT = 5

@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/sidecar/", include("governance.sidecar_urls")),
+    path("api/v1/", include("approvals.api_urls")),
     path("api/v1/", include("governance.api_urls")),
     path("audit/", include("audit.urls")),
     path("", include("governance.urls")),

@@ -507,9 +507,23 @@ def audit_view(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 def approvals_view(request: HttpRequest, request_id: str | None = None) -> JsonResponse:
-    if _principal(request) is None:
+    """POST opens (or reuses) an approval request; GET <id> reads its state (see
+    ``approvals.sidecar_api``; under ASGI the GET long-poll never reaches Django)."""
+    from approvals import sidecar_api as approvals_api
+
+    principal = _principal(request)
+    if principal is None:
         return _unauthorized()
-    return _json_error(501, "Approvals are not available yet.")
+    if request_id is None:
+        if request.method != "POST":
+            return _json_error(405, "Use POST.")
+        data, problem = _json_body(request, approvals_api.OPEN_MAX_BYTES)
+        if problem is not None:
+            return problem
+        return approvals_api.approval_open_view(request, principal, data)
+    if request.method != "GET":
+        return _json_error(405, "Use GET.")
+    return approvals_api.approval_state_view(request, principal, request_id)
 
 
 @require_GET

@@ -1,14 +1,17 @@
-"""ASGI entry point: the bundle long-poll served directly, everything else by Django.
+"""ASGI entry point: the bundle and approval long-polls served directly, the rest by Django.
 
 Django runs sync-only middleware (request ids, the admin MFA gate) in a thread
 per request; a long-poll under it would pin one thread per waiting sidecar.
 This wrapper answers ``GET /api/v1/sidecar/bundle`` itself, with the same
 ``bundle_reply`` the Django view uses, and hands every other request to
-Django unchanged. Serve it with ``uvicorn governance.sidecar_asgi:application``.
+Django unchanged; ``GET /api/v1/sidecar/approvals/<id>`` likewise goes to
+``approvals.sidecar_api.approval_state_reply``. Serve it with
+``uvicorn governance.sidecar_asgi:application``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,9 +21,14 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+from django.http.request import validate_host  # noqa: E402
+
+from approvals.sidecar_api import approval_state_reply  # noqa: E402
 from governance.sidecar_api import bundle_reply  # noqa: E402 - needs the app registry
 
 BUNDLE_PATH = "/api/v1/sidecar/bundle"
+APPROVAL_PREFIX = "/api/v1/sidecar/approvals/"
 
 
 async def _bundle(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -47,8 +55,48 @@ async def _bundle(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
+async def _approval(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The approval long-poll: a waiting sidecar costs a coroutine (approvals.sidecar_api)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    # The URL names the control plane to database clients: trust only an allowed Host.
+    host = headers.get("host", "")
+    base = f"{scope.get('scheme', 'http')}://{host}/"
+    if not host or not validate_host(host.rsplit(":", 1)[0].strip("[]"), settings.ALLOWED_HOSTS):
+        base = settings.WARDEN_BASE_URL + "/"
+
+    async def disconnected() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    status, body = await approval_state_reply(
+        authorization=headers.get("authorization"),
+        request_id=scope["path"][len(APPROVAL_PREFIX) :],
+        wait_raw=(query.get("wait") or [None])[0],
+        base=base,
+        disconnected=disconnected,
+    )
+    if status == 499:
+        return  # the client went away; nobody to answer
+    payload = json.dumps(body).encode()
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if status == 401:
+        out.append((b"www-authenticate", b'Bearer realm="warden-sidecar"'))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": payload})
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http" and scope["path"] == BUNDLE_PATH and scope["method"] == "GET":
         await _bundle(scope, receive, send)
+        return
+    if (
+        scope["type"] == "http"
+        and scope["path"].startswith(APPROVAL_PREFIX)
+        and scope["method"] == "GET"
+    ):
+        await _approval(scope, receive, send)
         return
     await django_application(scope, receive, send)

@@ -1,0 +1,150 @@
+"""Read paths of approvals, already restricted to what the user may see.
+
+Reviewers see the requests of datasources one of their teams reviews (and,
+once a request is escalated, of the datasource's fallback team); admins see
+all; every other role sees none in the inbox. Requesters see their own
+requests: those of their human identity and of the agents and service
+accounts they own. A request out of scope answers 404, like one that does
+not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from approvals.models import ApprovalEvent, ApprovalRequest, ApprovalState
+from approvals.services import REVIEWER_ROLES
+from governance.models import Datasource, Identity, Role, Team
+from governance.permissions import user_role
+
+__all__ = [
+    "approval_for_requester",
+    "approval_for_reviewer",
+    "approval_timeline",
+    "approvals_inbox",
+    "approvals_of_requester",
+    "approvals_pending_count",
+    "identity_recent_activity",
+]
+
+_BASE_RELATED = ("datasource", "datasource__environment", "identity", "identity__owner")
+
+
+def _base() -> QuerySet[ApprovalRequest]:
+    return ApprovalRequest.objects.select_related(*_BASE_RELATED, "denied_by").order_by(
+        "-created_at"
+    )
+
+
+def _reviewer_scope(user: Any) -> QuerySet[ApprovalRequest]:
+    role = user_role(user)
+    if role == Role.ADMIN:
+        return _base()
+    if role not in REVIEWER_ROLES:
+        return ApprovalRequest.objects.none()
+    teams = Team.objects.filter(identities__user=user)
+    return _base().filter(
+        Q(datasource__review_teams__in=teams)
+        | Q(escalated_at__isnull=False, datasource__review_settings__fallback_team__in=teams)
+    )
+
+
+def _distinct_ids(qs: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:
+    # Joins through teams repeat rows; filter by id instead of DISTINCT so ordering stays free.
+    return _base().filter(pk__in=qs.values("pk"))
+
+
+def approvals_inbox(
+    *,
+    user: Any,
+    state: str | None = ApprovalState.PENDING,
+    datasource: Datasource | str | None = None,
+    environment: str | None = None,
+    identity_kind: str | None = None,
+    q: str | None = None,
+) -> QuerySet[ApprovalRequest]:
+    """Requests the user reviews, newest first; ``state`` None or "all" for every state."""
+    qs = _distinct_ids(_reviewer_scope(user))
+    if state and state != "all":
+        qs = qs.filter(state=state)
+    if isinstance(datasource, Datasource):
+        qs = qs.filter(datasource=datasource)
+    elif datasource:
+        qs = qs.filter(datasource__name=datasource)
+    if environment:
+        qs = qs.filter(datasource__environment__name=environment)
+    if identity_kind:
+        qs = qs.filter(identity__kind=identity_kind)
+    if q:
+        qs = qs.filter(
+            Q(identity__name__icontains=q)
+            | Q(datasource__name__icontains=q)
+            | Q(statement__icontains=q)
+            | Q(kind__iexact=q)
+        )
+    return qs
+
+
+def approvals_pending_count(*, user: Any) -> int:
+    return approvals_inbox(user=user).count()
+
+
+def approvals_of_requester(*, user: Any, state: str | None = None) -> QuerySet[ApprovalRequest]:
+    """The user's own requests: their human identity's, and those of identities they own."""
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return ApprovalRequest.objects.none()
+    qs = _base().filter(Q(identity__user=user) | Q(identity__owner__user=user))
+    if state and state != "all":
+        qs = qs.filter(state=state)
+    return qs
+
+
+def _by_id(qs: QuerySet[ApprovalRequest], request_id: Any) -> ApprovalRequest:
+    try:
+        pk = uuid.UUID(str(request_id))
+    except ValueError as exc:
+        raise Http404("No such approval request.") from exc
+    request = qs.filter(pk=pk).first()
+    if request is None:
+        raise Http404("No such approval request.")
+    return request
+
+
+def approval_for_reviewer(*, user: Any, request_id: Any) -> ApprovalRequest:
+    return _by_id(_distinct_ids(_reviewer_scope(user)), request_id)
+
+
+def approval_for_requester(*, user: Any, request_id: Any) -> ApprovalRequest:
+    return _by_id(approvals_of_requester(user=user), request_id)
+
+
+def approval_visible(*, user: Any, request_id: Any) -> ApprovalRequest:
+    """The request if the user reviews it or asked for it (the detail page and API)."""
+    scope = _reviewer_scope(user).values("pk")
+    mine = approvals_of_requester(user=user).values("pk")
+    return _by_id(_base().filter(Q(pk__in=scope) | Q(pk__in=mine)), request_id)
+
+
+def approval_timeline(*, request: ApprovalRequest) -> list[dict[str, Any]]:
+    """What happened to the request, oldest first: creation, notices, escalation,
+    reminders, each approval, the denial, expiry or cancellation, and grant uses."""
+    events = ApprovalEvent.objects.filter(request=request).select_related("actor")
+    return [
+        {
+            "at": event.at,
+            "kind": event.kind,
+            "label": event.get_kind_display(),
+            "actor": event.actor.get_username() if event.actor else "",
+            "detail": event.detail,
+        }
+        for event in events.order_by("at", "id")
+    ]
+
+
+def identity_recent_activity(*, identity: Identity, limit: int = 10) -> list[ApprovalRequest]:
+    """The identity's latest approval requests, for a reviewer weighing a new one."""
+    return list(_base().filter(identity=identity)[:limit])

@@ -1,0 +1,921 @@
+"""Write paths of approvals: the one place a request is opened, decided, cancelled, expired.
+
+The sidecar API, the management API and the pages all call these. Every
+transition locks the request row (``select_for_update``) and re-checks its state
+under the lock, so two reviewers clicking at once yield one decision and a grant
+with one use left is consumed once. What a waiting sidecar needs to know is
+published to Redis only once the transaction commits (``approval_publish``).
+Notifications are idempotent: each one sent is recorded as an ``ApprovalEvent``
+with a unique key in the same transaction that sends it, so a task that runs
+twice (a retry, a duplicate delivery) finds the record and sends nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from approvals.models import (
+    ApprovalDecision,
+    ApprovalEvent,
+    ApprovalEventKind,
+    ApprovalRequest,
+    ApprovalState,
+    Grant,
+    GrantState,
+    ReviewSettings,
+    can_transition,
+)
+from audit.services import audit_control_event, object_snapshot
+from audit.services import change_record_create as _change_record_create
+from governance.bundles import RISK_THRESHOLDS, redis_client
+from governance.models import Datasource, Identity, IdentityKind, Sidecar, Team
+from governance.permissions import Role, can_edit_policy, user_role
+
+logger = logging.getLogger(__name__)
+
+DECIDED_CHANNEL = "warden:approval-decided"
+# Terminal states never change, so their cached answer may live long; a pending
+# answer is only a shortcut and must not outlive a lost publication for long.
+STATE_KEY_TTL_TERMINAL = 2 * 86400
+STATE_KEY_TTL_PENDING = 60
+REVIEWER_ROLES = frozenset({Role.ADMIN, Role.REVIEWER})
+
+
+def state_key(request_id: Any) -> str:
+    return f"warden:approval:{request_id}"
+
+
+def approval_path(request_id: Any) -> str:
+    """The request's page in the control plane (served by the approvals UI)."""
+    return f"/approvals/{request_id}/"
+
+
+def approval_url(request_id: Any, *, base: str | None = None) -> str:
+    root = (settings.WARDEN_PUBLIC_URL or base or settings.WARDEN_BASE_URL).rstrip("/")
+    return root + approval_path(request_id)
+
+
+# --- who is who --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """A datasource's effective review settings (its ``ReviewSettings`` or the defaults)."""
+
+    fallback_team_id: int | None
+    escalate_after: datetime.timedelta
+    remind_every: datetime.timedelta
+    expire_after: datetime.timedelta
+    webhook_url: str
+
+
+def review_policy(*, datasource_id: int) -> ReviewPolicy:
+    row = ReviewSettings.objects.filter(datasource_id=datasource_id).first()
+
+    def seconds(value: int | None, default: int) -> datetime.timedelta:
+        return datetime.timedelta(seconds=value if value else default)
+
+    return ReviewPolicy(
+        fallback_team_id=row.fallback_team_id if row else None,
+        escalate_after=seconds(
+            row.escalate_after_seconds if row else None, settings.WARDEN_APPROVAL_ESCALATE_SECONDS
+        ),
+        remind_every=seconds(
+            row.remind_every_seconds if row else None, settings.WARDEN_APPROVAL_REMIND_SECONDS
+        ),
+        expire_after=seconds(
+            row.expire_after_seconds if row else None, settings.WARDEN_APPROVAL_EXPIRE_SECONDS
+        ),
+        webhook_url=(row.webhook_url if row else "") or settings.WARDEN_APPROVAL_WEBHOOK_URL,
+    )
+
+
+def requester_user_id(identity: Identity) -> int | None:
+    """The user on the requester's side: a human's own login, or the owner's for an agent."""
+    if identity.kind == IdentityKind.HUMAN:
+        return identity.user_id
+    owner = identity.owner
+    return owner.user_id if owner is not None else None
+
+
+def is_requester(*, user: Any, request: ApprovalRequest) -> bool:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return False
+    identity = request.identity
+    if identity.user_id is not None and identity.user_id == user.pk:
+        return True
+    return requester_user_id(identity) == user.pk
+
+
+def deciding_team_ids(request: ApprovalRequest) -> set[int]:
+    """Teams whose members may decide: the review teams, plus the fallback once escalated."""
+    ids = set(request.datasource.review_teams.values_list("pk", flat=True))
+    if request.escalated_at is not None:
+        fallback = review_policy(datasource_id=request.datasource_id).fallback_team_id
+        if fallback is not None:
+            ids.add(fallback)
+    return ids
+
+
+def is_reviewer_of(*, user: Any, request: ApprovalRequest) -> bool:
+    """Role admin or reviewer, and a member (through the user's identity) of a deciding team."""
+    if user_role(user) not in REVIEWER_ROLES:
+        return False
+    team_ids = deciding_team_ids(request)
+    return bool(team_ids) and Identity.objects.filter(user=user, teams__in=team_ids).exists()
+
+
+def decision_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
+    """Why ``user`` may not decide ``request`` (None when they may)."""
+    if not is_reviewer_of(user=user, request=request):
+        return f"You are not a reviewer of {request.datasource.name}."
+    identity = request.identity
+    if identity.user_id is not None and identity.user_id == user.pk:
+        return "Nobody decides their own request; cancel it instead."
+    if identity.kind != IdentityKind.HUMAN and requester_user_id(identity) == user.pk:
+        return (
+            f"You are the accountable owner of {identity.name}; "
+            "a request from an agent or service account needs another human reviewer."
+        )
+    return None
+
+
+# --- publishing to waiting sidecars --------------------------------------------------------
+
+
+def state_payload(request: ApprovalRequest) -> dict[str, Any]:
+    """What ``GET /api/v1/sidecar/approvals/<id>`` answers, minus the absolute URL."""
+    reviewer = ""
+    if request.state == ApprovalState.DENIED and request.denied_by is not None:
+        reviewer = request.denied_by.get_username()
+    return {
+        "id": str(request.id),
+        "state": request.state,
+        "reason": request.deny_reason if request.state == ApprovalState.DENIED else "",
+        "denied_by": reviewer,
+        "decided_at": request.decided_at.isoformat() if request.decided_at else None,
+        "datasource_id": request.datasource_id,
+    }
+
+
+def approval_publish(*, request: ApprovalRequest, wake: bool = True) -> None:
+    """Cache the request's state in Redis and (``wake``) wake every sidecar waiting on it.
+
+    Called on commit. Failure is logged, not raised: the decision is already
+    stored, and a sidecar that missed the wake-up reads it on its next poll.
+    """
+    payload = state_payload(request)
+    ttl = STATE_KEY_TTL_PENDING if request.is_pending else STATE_KEY_TTL_TERMINAL
+    try:
+        pipe = redis_client().pipeline()
+        # A pending answer never overwrites a decision (a slow reader caching
+        # what it read before the decision committed).
+        pipe.set(state_key(request.id), json.dumps(payload), ex=ttl, nx=request.is_pending)
+        if wake and not request.is_pending:
+            pipe.publish(DECIDED_CHANNEL, str(request.id))
+        pipe.execute()
+    except Exception as exc:  # Redis down: the database still has the decision
+        logger.warning("could not publish approval %s: %s", request.id, exc)
+
+
+def _on_commit_publish(request: ApprovalRequest) -> None:
+    transaction.on_commit(lambda: approval_publish(request=request))
+
+
+def _enqueue_notify(request_id: Any, kind: str) -> None:
+    def send() -> None:
+        from approvals.tasks import approval_notify_task
+
+        try:
+            approval_notify_task.delay(request_id=str(request_id), kind=kind)
+        except Exception as exc:  # the broker is down; the reminder sweep catches up
+            logger.warning("could not enqueue the %s notice of %s: %s", kind, request_id, exc)
+
+    transaction.on_commit(send)
+
+
+def _event(
+    request: ApprovalRequest,
+    kind: str,
+    *,
+    key: str = "",
+    actor: Any = None,
+    detail: dict[str, Any] | None = None,
+) -> ApprovalEvent:
+    return ApprovalEvent.objects.create(
+        request=request,
+        kind=kind,
+        key=key,
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        detail=detail or {},
+    )
+
+
+def _audit(request: ApprovalRequest, action: str, *, actor: Any = None, **detail: Any) -> None:
+    audit_control_event(
+        action=f"approval.{action}",
+        actor=actor,
+        datasource=request.datasource,
+        target=str(request.id),
+        outcome=request.state,
+        detail={
+            "identity": request.identity.name,
+            "kind": request.kind,
+            "risk": request.risk,
+            "fingerprint": request.fingerprint,
+            **detail,
+        },
+        client_addr=request.client_addr,
+    )
+
+
+def _transition(request: ApprovalRequest, target: str, now: datetime.datetime) -> None:
+    if not can_transition(request.state, target):
+        raise ValidationError(f"This request is already {request.state}.")
+    request.state = target
+    request.decided_at = now
+
+
+# --- opening a request (the sidecar) -------------------------------------------------------
+
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{8,128}$")
+KIND_RE = re.compile(r"^[a-z_]{1,32}$")
+MAX_STATEMENT = 64 * 1024
+MAX_LIST = 200
+MAX_ITEM = 300
+
+
+def _no_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, list):
+        return all(_no_nul(v) for v in value)
+    if isinstance(value, dict):
+        return all(_no_nul(k) and _no_nul(v) for k, v in value.items())
+    return True
+
+
+def validate_open_payload(
+    *,
+    fingerprint: Any,
+    statement: Any,
+    kind: Any,
+    risk: Any,
+    reasons: Any,
+    tables: Any,
+    classifications: Any,
+    client_addr: Any = "",
+    application_name: Any = "",
+) -> None:
+    """Refuse, field by field, what a sidecar must not store (raises ValidationError)."""
+    errors: dict[str, str] = {}
+    if not isinstance(fingerprint, str) or not FINGERPRINT_RE.match(fingerprint):
+        errors["fingerprint"] = "8 to 128 lower-case hex characters."
+    if not isinstance(statement, str) or not statement.strip() or len(statement) > MAX_STATEMENT:
+        errors["statement"] = f"The redacted statement, 1 to {MAX_STATEMENT} characters."
+    if not isinstance(kind, str) or not KIND_RE.match(kind):
+        errors["kind"] = "A statement kind such as 'delete'."
+    if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 100:
+        errors["risk"] = "An integer from 0 to 100."
+    if (
+        not isinstance(reasons, list)
+        or len(reasons) > MAX_LIST
+        or not all(
+            isinstance(r, dict)
+            and set(r) == {"rule", "message"}
+            and all(isinstance(v, str) and len(v) <= 1000 for v in r.values())
+            for r in reasons
+        )
+    ):
+        errors["reasons"] = "A list of {rule, message} objects."
+    for name, value in (("tables", tables), ("classifications", classifications)):
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LIST
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_ITEM for v in value)
+        ):
+            errors[name] = f"A list of at most {MAX_LIST} names."
+    if not isinstance(client_addr, str) or len(client_addr) > 64:
+        errors["client_addr"] = "A string of at most 64 characters."
+    if not isinstance(application_name, str) or len(application_name) > 128:
+        errors["application_name"] = "A string of at most 128 characters."
+    for name, value in (
+        ("statement", statement),
+        ("reasons", reasons),
+        ("tables", tables),
+        ("classifications", classifications),
+        ("client_addr", client_addr),
+        ("application_name", application_name),
+    ):
+        if name not in errors and not _no_nul(value):
+            errors[name] = "NUL characters are not allowed."
+    if errors:
+        raise ValidationError(errors)
+
+
+def identity_for_datasource(*, datasource: Datasource, name: str) -> Identity | None:
+    """The identity a sidecar names, if it may connect to this datasource now (as in its bundle)."""
+    now = timezone.now()
+    return (
+        Identity.objects.filter(name=name, is_active=True, teams__in=datasource.connect_teams.all())
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .select_related("owner")
+        .distinct()
+        .first()
+    )
+
+
+def _grant_consume(
+    *, datasource: Datasource, identity: Identity, fingerprint: str, now: datetime.datetime
+) -> Grant | None:
+    # Under READ COMMITTED a locked row is re-checked after the lock wait, so a
+    # grant a concurrent caller just used up is skipped, never taken twice.
+    grant = (
+        Grant.objects.select_for_update()
+        .filter(
+            datasource=datasource,
+            identity=identity,
+            fingerprint=fingerprint,
+            state=GrantState.ACTIVE,
+            uses_left__gt=0,
+            expires_at__gt=now,
+        )
+        .order_by("expires_at")
+        .first()
+    )
+    if grant is None:
+        return None
+    grant.uses_left -= 1
+    if grant.uses_left == 0:
+        grant.state = GrantState.USED
+    grant.save(update_fields=["uses_left", "state"])
+    return grant
+
+
+@transaction.atomic
+def approval_request_open(
+    *,
+    datasource: Datasource,
+    identity: Identity,
+    fingerprint: str,
+    statement: str,
+    kind: str,
+    risk: int,
+    reasons: list[dict[str, str]],
+    tables: list[str],
+    classifications: list[str],
+    sidecar: Sidecar | int | None = None,
+    client_addr: str = "",
+    application_name: str = "",
+) -> tuple[ApprovalRequest, Grant | None, bool]:
+    """May ``identity`` run this statement now? Returns (request, consumed grant, created).
+
+    A usable grant is consumed (one use); else the pending request for the same
+    statement is returned; else a new one is opened and its reviewers notified.
+    """
+    validate_open_payload(
+        fingerprint=fingerprint,
+        statement=statement,
+        kind=kind,
+        risk=risk,
+        reasons=reasons,
+        tables=tables,
+        classifications=classifications,
+        client_addr=client_addr,
+        application_name=application_name,
+    )
+    now = timezone.now()
+    grant = _grant_consume(
+        datasource=datasource, identity=identity, fingerprint=fingerprint, now=now
+    )
+    if grant is not None:
+        request = ApprovalRequest.objects.select_related("datasource", "identity").get(
+            pk=grant.request_id
+        )
+        used = grant.uses_total - grant.uses_left
+        _event(
+            request,
+            ApprovalEventKind.GRANT_USED,
+            key=str(used),
+            detail={"uses_left": grant.uses_left, "application_name": application_name},
+        )
+        _audit(
+            request,
+            "grant_used",
+            grant=str(grant.id),
+            uses_left=grant.uses_left,
+            grant_state=grant.state,
+        )
+        return request, grant, False
+
+    lookup = {"datasource": datasource, "identity": identity, "fingerprint": fingerprint}
+    pending = (
+        ApprovalRequest.objects.select_for_update()
+        .filter(state=ApprovalState.PENDING, **lookup)
+        .first()
+    )
+    if pending is not None:
+        if pending.expires_at > now:
+            return pending, None, False
+        _expire_locked(pending, now)
+
+    policy = review_policy(datasource_id=datasource.pk)
+    request = ApprovalRequest(
+        datasource=datasource,
+        identity=identity,
+        sidecar_id=sidecar.pk if isinstance(sidecar, Sidecar) else sidecar,
+        fingerprint=fingerprint,
+        statement=statement,
+        kind=kind,
+        risk=risk,
+        reasons=reasons,
+        tables=tables,
+        classifications=classifications,
+        client_addr=client_addr,
+        application_name=application_name,
+        required_approvals=2 if risk >= RISK_THRESHOLDS["critical_at"] else 1,
+        expires_at=now + policy.expire_after,
+    )
+    request.full_clean(validate_unique=False, validate_constraints=False)
+    try:
+        with transaction.atomic():
+            request.save()
+    except IntegrityError:
+        # Another sidecar opened the same request a moment ago: share it.
+        existing = ApprovalRequest.objects.filter(state=ApprovalState.PENDING, **lookup).first()
+        if existing is None:
+            raise
+        return existing, None, False
+    _event(
+        request,
+        ApprovalEventKind.CREATED,
+        detail={"required_approvals": request.required_approvals, "risk": risk},
+    )
+    _audit(request, "pending", required_approvals=request.required_approvals)
+    _on_commit_publish(request)
+    _enqueue_notify(request.id, "created")
+    return request, None, True
+
+
+# --- deciding and cancelling -----------------------------------------------------------------
+
+
+def _locked(request_id: Any) -> ApprovalRequest:
+    try:
+        uuid.UUID(str(request_id))
+    except ValueError as exc:
+        raise ApprovalRequest.DoesNotExist(f"No approval request {request_id}.") from exc
+    return (
+        ApprovalRequest.objects.select_for_update(of=("self",))
+        .select_related("datasource", "identity", "identity__owner")
+        .get(pk=request_id)
+    )
+
+
+def _grant_limits(
+    *, uses: int | None, expires_at: datetime.datetime | None, now: datetime.datetime
+) -> None:
+    errors: dict[str, str] = {}
+    max_uses = settings.WARDEN_APPROVAL_MAX_USES
+    if uses is not None and (
+        not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= max_uses
+    ):
+        errors["uses"] = f"Between 1 and {max_uses} uses."
+    if expires_at is not None:
+        latest = now + datetime.timedelta(seconds=settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS)
+        if timezone.is_naive(expires_at):
+            errors["expires_at"] = "Give a time zone."
+        elif expires_at <= now:
+            errors["expires_at"] = "The grant's expiry must be in the future."
+        elif expires_at > latest:
+            errors["expires_at"] = f"At most {settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS} s ahead."
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def approval_decide(
+    *,
+    request_id: Any,
+    user: Any,
+    approve: bool,
+    reason: str = "",
+    uses: int | None = None,
+    expires_at: datetime.datetime | None = None,
+) -> ApprovalRequest:
+    """One reviewer approves or denies. A denial needs a reason and ends the request; an
+    approval ends it once ``required_approvals`` distinct reviewers approved, with a grant
+    as narrow as the narrowest approver asked (never wider than the settings allow)."""
+    request = _locked(request_id)
+    refusal = decision_refusal(user=user, request=request)
+    if refusal:
+        raise PermissionDenied(refusal)
+    if not request.is_pending:
+        raise ValidationError(f"This request is already {request.state}.")
+    now = timezone.now()
+    if request.expires_at <= now:
+        raise ValidationError("This request has expired.")
+    if request.decisions.filter(reviewer=user).exists():
+        raise PermissionDenied("You have already approved this request; another reviewer must.")
+    reason = (reason or "").strip()
+    if not approve:
+        if not reason:
+            raise ValidationError({"reason": "Say why the request is denied."})
+        if uses is not None or expires_at is not None:
+            raise ValidationError({"uses": "A denial grants nothing."})
+        ApprovalDecision.objects.create(
+            request=request, reviewer=user, approve=False, reason=reason
+        )
+        _transition(request, ApprovalState.DENIED, now)
+        request.deny_reason = reason[:2000]
+        request.denied_by = user
+        request.full_clean(validate_unique=False, validate_constraints=False)
+        request.save(update_fields=["state", "decided_at", "deny_reason", "denied_by"])
+        _event(
+            request, ApprovalEventKind.DENIED, actor=user, detail={"reason": request.deny_reason}
+        )
+        _audit(request, "denied", actor=user, reviewer=user.get_username())
+        _on_commit_publish(request)
+        return request
+
+    _grant_limits(uses=uses, expires_at=expires_at, now=now)
+    ApprovalDecision.objects.create(
+        request=request,
+        reviewer=user,
+        approve=True,
+        reason=reason,
+        uses=uses,
+        grant_expires_at=expires_at,
+    )
+    approvals = list(request.decisions.filter(approve=True))
+    _event(
+        request,
+        ApprovalEventKind.APPROVAL,
+        key=str(user.pk),
+        actor=user,
+        detail={
+            "approvals": len(approvals),
+            "required": request.required_approvals,
+            "uses": uses,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
+    if len(approvals) < request.required_approvals:
+        _audit(
+            request,
+            "reviewed",
+            actor=user,
+            reviewer=user.get_username(),
+            approvals=len(approvals),
+            required=request.required_approvals,
+        )
+        return request
+
+    _transition(request, ApprovalState.APPROVED, now)
+    request.save(update_fields=["state", "decided_at"])
+    asked_uses = [d.uses for d in approvals if d.uses is not None]
+    asked_expiry = [d.grant_expires_at for d in approvals if d.grant_expires_at is not None]
+    default_expiry = now + datetime.timedelta(
+        seconds=settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS
+    )
+    grant = Grant.objects.create(
+        request=request,
+        datasource_id=request.datasource_id,
+        identity_id=request.identity_id,
+        fingerprint=request.fingerprint,
+        uses_total=min(asked_uses) if asked_uses else settings.WARDEN_APPROVAL_DEFAULT_USES,
+        uses_left=min(asked_uses) if asked_uses else settings.WARDEN_APPROVAL_DEFAULT_USES,
+        expires_at=min(asked_expiry) if asked_expiry else default_expiry,
+    )
+    _event(
+        request,
+        ApprovalEventKind.APPROVED,
+        actor=user,
+        detail={
+            "grant": str(grant.id),
+            "uses": grant.uses_total,
+            "expires_at": grant.expires_at.isoformat(),
+            "reviewers": [d.reviewer.get_username() for d in approvals],
+        },
+    )
+    _audit(
+        request,
+        "approved",
+        actor=user,
+        reviewers=[d.reviewer.get_username() for d in approvals],
+        grant=str(grant.id),
+        uses=grant.uses_total,
+        grant_expires_at=grant.expires_at.isoformat(),
+    )
+    _on_commit_publish(request)
+    return request
+
+
+@transaction.atomic
+def approval_cancel(*, request_id: Any, user: Any) -> ApprovalRequest:
+    """The requester withdraws a pending request (the human, or an agent's owner)."""
+    request = _locked(request_id)
+    if not is_requester(user=user, request=request):
+        raise PermissionDenied("Only the requester may cancel this request.")
+    now = timezone.now()
+    _transition(request, ApprovalState.CANCELLED, now)
+    request.save(update_fields=["state", "decided_at"])
+    _event(request, ApprovalEventKind.CANCELLED, actor=user)
+    _audit(request, "cancelled", actor=user)
+    _on_commit_publish(request)
+    return request
+
+
+# --- the sweeps (Celery beat) ---------------------------------------------------------------
+
+
+def _expire_locked(request: ApprovalRequest, now: datetime.datetime) -> None:
+    _transition(request, ApprovalState.EXPIRED, now)
+    request.save(update_fields=["state", "decided_at"])
+    _event(request, ApprovalEventKind.EXPIRED)
+    _audit(request, "expired")
+    _on_commit_publish(request)
+
+
+def approvals_expire_stale(*, now: datetime.datetime | None = None) -> int:
+    """Expire pending requests past their expiry, and grants past theirs. Returns how many
+    requests and grants it ended. Each in its own short transaction; rows another
+    transaction holds are left for the next run."""
+    now = now or timezone.now()
+    ended = 0
+    due = ApprovalRequest.objects.filter(state=ApprovalState.PENDING, expires_at__lte=now)
+    for request_id in due.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            request = (
+                ApprovalRequest.objects.select_for_update(skip_locked=True)
+                .select_related("datasource", "identity")
+                .filter(pk=request_id, state=ApprovalState.PENDING, expires_at__lte=now)
+                .first()
+            )
+            if request is not None:
+                _expire_locked(request, now)
+                ended += 1
+    grants = Grant.objects.filter(state=GrantState.ACTIVE, expires_at__lte=now)
+    for grant_id in grants.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            grant = (
+                Grant.objects.select_for_update(skip_locked=True)
+                .filter(pk=grant_id, state=GrantState.ACTIVE, expires_at__lte=now)
+                .first()
+            )
+            if grant is None:
+                continue
+            grant.state = GrantState.EXPIRED
+            grant.save(update_fields=["state"])
+            request = ApprovalRequest.objects.select_related("datasource", "identity").get(
+                pk=grant.request_id
+            )
+            _event(request, ApprovalEventKind.GRANT_EXPIRED, detail={"uses_left": grant.uses_left})
+            _audit(request, "grant_expired", grant=str(grant.id), uses_left=grant.uses_left)
+            ended += 1
+    return ended
+
+
+def approvals_escalate_due(*, now: datetime.datetime | None = None) -> int:
+    """Hand requests nobody acted on to the datasource's fallback team (notified, and
+    allowed to decide). Only datasources with a fallback team escalate."""
+    now = now or timezone.now()
+    escalated = 0
+    candidates = ApprovalRequest.objects.filter(
+        state=ApprovalState.PENDING,
+        escalated_at__isnull=True,
+        datasource__review_settings__fallback_team__isnull=False,
+    ).values_list("pk", "datasource_id", "created_at")
+    policies: dict[int, ReviewPolicy] = {}
+    for request_id, datasource_id, created_at in candidates[:1000]:
+        policy = policies.setdefault(datasource_id, review_policy(datasource_id=datasource_id))
+        if created_at + policy.escalate_after > now:
+            continue
+        with transaction.atomic():
+            request = (
+                ApprovalRequest.objects.select_for_update(skip_locked=True)
+                .select_related("datasource", "identity")
+                .filter(pk=request_id, state=ApprovalState.PENDING, escalated_at__isnull=True)
+                .first()
+            )
+            if request is None:
+                continue
+            request.escalated_at = now
+            request.save(update_fields=["escalated_at"])
+            team = Team.objects.filter(pk=policy.fallback_team_id).first()
+            _event(
+                request,
+                ApprovalEventKind.ESCALATED,
+                detail={"team": team.slug if team else None},
+            )
+            _audit(request, "escalated", team=team.slug if team else None)
+            _enqueue_notify(request.id, "escalated")
+            escalated += 1
+    return escalated
+
+
+def approvals_remind_due(*, now: datetime.datetime | None = None) -> int:
+    """Remind the reviewers of requests still pending ``remind_every`` after the last nudge."""
+    now = now or timezone.now()
+    reminded = 0
+    candidates = ApprovalRequest.objects.filter(
+        state=ApprovalState.PENDING, expires_at__gt=now
+    ).values_list("pk", "datasource_id", "created_at", "reminded_at")
+    policies: dict[int, ReviewPolicy] = {}
+    for request_id, datasource_id, created_at, reminded_at in candidates[:1000]:
+        policy = policies.setdefault(datasource_id, review_policy(datasource_id=datasource_id))
+        if (reminded_at or created_at) + policy.remind_every > now:
+            continue
+        with transaction.atomic():
+            request = (
+                ApprovalRequest.objects.select_for_update(skip_locked=True)
+                .select_related("datasource", "identity")
+                .filter(pk=request_id, state=ApprovalState.PENDING)
+                .first()
+            )
+            if (
+                request is None
+                or (request.reminded_at or request.created_at) + (policy.remind_every) > now
+            ):
+                continue
+            request.reminded_at = now
+            request.save(update_fields=["reminded_at"])
+            round_no = request.events.filter(kind=ApprovalEventKind.REMINDED).count() + 1
+            _event(request, ApprovalEventKind.REMINDED, key=str(round_no))
+            _audit(request, "reminded", round=round_no)
+            _enqueue_notify(request.id, f"reminder-{round_no}")
+            reminded += 1
+    return reminded
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+NOTICE_RE = re.compile(r"^(created|escalated|reminder-[0-9]{1,6})$")
+
+
+def _reviewer_recipients(request: ApprovalRequest, notice: str) -> list[tuple[int, str]]:
+    """(user id, email) of those to tell: the review teams, or the fallback team when
+    escalating; never the requester's side."""
+    if notice == "escalated":
+        fallback = review_policy(datasource_id=request.datasource_id).fallback_team_id
+        team_ids = {fallback} if fallback is not None else set()
+    else:
+        team_ids = deciding_team_ids(request)
+    if not team_ids:
+        return []
+    requester = requester_user_id(request.identity)
+    users = (
+        get_user_model()
+        .objects.filter(identity__teams__in=team_ids, is_active=True)
+        .exclude(email="")
+        .distinct()
+        .order_by("pk")
+    )
+    result = []
+    for user in users:
+        if user.pk in (requester, request.identity.user_id):
+            continue
+        if user_role(user) not in REVIEWER_ROLES:
+            continue
+        result.append((user.pk, user.email))
+    return result
+
+
+def _notice_text(request: ApprovalRequest, notice: str) -> tuple[str, str]:
+    url = approval_url(request.id)
+    headline = {
+        "created": "needs a review",
+        "escalated": "was escalated to you: nobody has reviewed it yet",
+    }.get(notice, "is still waiting for a review")
+    subject = (
+        f"[Warden] {request.identity.name} on {request.datasource.name}: {request.kind} {headline}"
+    )
+    reasons = "; ".join(r.get("message", "") for r in request.reasons) or "—"
+    body = "\n".join(
+        [
+            f"{request.identity.name} ({request.identity.kind}) wants to run a {request.kind} "
+            f"on {request.datasource.name} (risk {request.risk}).",
+            f"Why it was held: {reasons}",
+            f"Statement (literals redacted): {request.statement[:2000]}",
+            f"Approvals needed: {request.required_approvals}",
+            "",
+            f"Review it: {url}",
+        ]
+    )
+    return subject, body
+
+
+def _post_webhook(url: str, text: str) -> None:
+    data = json.dumps({"text": text}).encode()
+    req = urllib.request.Request(  # noqa: S310 - an operator-configured http(s) URL
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=settings.WARDEN_APPROVAL_WEBHOOK_TIMEOUT) as resp:  # noqa: S310
+        if not 200 <= resp.status < 300:
+            raise OSError(f"webhook answered {resp.status}")
+
+
+def approval_notify(*, request_id: Any, kind: str) -> int:
+    """Send one notice (``created``, ``escalated``, ``reminder-<n>``) of a pending request
+    to each reviewer by email and to the webhook. Returns how many were sent now.
+
+    Each delivery is its own transaction that locks the request, skips what an
+    ``ApprovalEvent`` says was already sent, sends, and records it. A failed send
+    raises (the task retries); what went out before it stays recorded and is not
+    sent again.
+    """
+    if not NOTICE_RE.match(kind):
+        raise ValueError(f"Unknown notice {kind!r}.")
+    request = (
+        ApprovalRequest.objects.select_related("datasource", "identity", "identity__owner")
+        .filter(pk=request_id)
+        .first()
+    )
+    if request is None or not request.is_pending:
+        return 0
+    subject, body = _notice_text(request, kind)
+    policy = review_policy(datasource_id=request.datasource_id)
+    deliveries: list[tuple[str, str, Any]] = [
+        ("email", f"user-{uid}", addr) for uid, addr in _reviewer_recipients(request, kind)
+    ]
+    if policy.webhook_url:
+        digest = hashlib.sha256(policy.webhook_url.encode()).hexdigest()[:16]
+        deliveries.append(("webhook", f"webhook-{digest}", policy.webhook_url))
+    sent = 0
+    for channel, recipient, target in deliveries:
+        key = f"{kind}:{recipient}"
+        with transaction.atomic():
+            locked = ApprovalRequest.objects.select_for_update().filter(pk=request.pk).first()
+            if locked is None or not locked.is_pending:
+                return sent
+            if ApprovalEvent.objects.filter(
+                request=request, kind=ApprovalEventKind.NOTIFIED, key=key
+            ).exists():
+                continue
+            if channel == "email":
+                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [target])
+            else:
+                _post_webhook(target, f"{subject}\n{approval_url(request.id)}")
+            _event(
+                request,
+                ApprovalEventKind.NOTIFIED,
+                key=key,
+                detail={"notice": kind, "channel": channel, "recipient": recipient},
+            )
+            sent += 1
+    return sent
+
+
+# --- review settings (management API) --------------------------------------------------------
+
+REVIEW_SETTINGS_FIELDS = {
+    "fallback_team",
+    "escalate_after_seconds",
+    "remind_every_seconds",
+    "expire_after_seconds",
+    "webhook_url",
+}
+
+
+@transaction.atomic
+def review_settings_set(
+    *, actor: Any, datasource: Datasource, data: dict[str, Any]
+) -> ReviewSettings:
+    """Create or change a datasource's review settings (admin and security only)."""
+    if not can_edit_policy(actor):
+        raise PermissionDenied("Only admin and security may change review settings.")
+    unknown = sorted(set(data) - REVIEW_SETTINGS_FIELDS)
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed here." for name in unknown})
+    row = ReviewSettings.objects.select_for_update().filter(datasource=datasource).first()
+    before = object_snapshot(row) if row is not None else None
+    if row is None:
+        row = ReviewSettings(datasource=datasource)
+    for name, value in data.items():
+        setattr(row, name, value)
+    row.full_clean()
+    row.save()
+    _change_record_create(
+        actor=actor,
+        action="update" if before is not None else "create",
+        obj=row,
+        before=before,
+        after=object_snapshot(row),
+    )
+    return row

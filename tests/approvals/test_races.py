@@ -1,0 +1,116 @@
+"""Races, with real threads on their own database connections: two reviewers at once yield
+one decision; a grant's last use is consumed once; two sidecars share one request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+
+from approvals import services
+from approvals.models import ApprovalDecision, ApprovalRequest, Grant
+from tests.approvals.conftest import open_payload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROUNDS = 5
+
+
+def race(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls at the same moment, each in a thread with its own connection."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int, call: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            results[i] = call()
+        except Exception as exc:  # the outcome under test
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def test_two_reviewers_at_once_yield_one_decision(review_setup, open_request):
+    for n in range(ROUNDS):
+        request = open_request(fingerprint=f"{n:02x}" * 16)
+        results = race(
+            lambda r=request: services.approval_decide(
+                request_id=r.pk, user=review_setup.reviewer, approve=True
+            ),
+            lambda r=request: services.approval_decide(
+                request_id=r.pk, user=review_setup.reviewer2, approve=False, reason="no"
+            ),
+        )
+        winners = [r for r in results if isinstance(r, ApprovalRequest)]
+        losers = [r for r in results if isinstance(r, ValidationError)]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert ApprovalDecision.objects.filter(request=request).count() == 1
+        final = ApprovalRequest.objects.get(pk=request.pk)
+        assert final.state == winners[0].state
+        assert Grant.objects.filter(request=request).count() == (final.state == "approved")
+
+
+def test_two_approvals_of_a_critical_request_at_once_both_count(review_setup, open_request):
+    for n in range(ROUNDS):
+        request = open_request(fingerprint=f"{n:02x}" * 16, risk=99)
+        results = race(
+            lambda r=request: services.approval_decide(
+                request_id=r.pk, user=review_setup.reviewer, approve=True
+            ),
+            lambda r=request: services.approval_decide(
+                request_id=r.pk, user=review_setup.reviewer2, approve=True
+            ),
+        )
+        assert all(isinstance(r, ApprovalRequest) for r in results), results
+        assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
+        assert Grant.objects.filter(request=request).count() == 1
+
+
+def test_last_use_of_a_grant_is_consumed_once(review_setup, open_request):
+    def open_same(fp: str) -> Any:
+        return services.approval_request_open(
+            datasource=review_setup.datasource,
+            identity=review_setup.requester.identity,
+            **open_payload(fingerprint=fp),
+        )
+
+    for n in range(ROUNDS):
+        fp = f"{n:02x}" * 16
+        request = open_request(fingerprint=fp)
+        services.approval_decide(request_id=request.pk, user=review_setup.reviewer, approve=True)
+        results = race(*(lambda fp=fp: open_same(fp) for _ in range(3)))
+        assert not any(isinstance(r, Exception) for r in results), results
+        granted = [r for r in results if r[1] is not None]
+        assert len(granted) == 1
+        assert Grant.objects.get(request=request).uses_left == 0
+        # The others share one new pending request.
+        pending = {r[0].pk for r in results if r[1] is None}
+        assert len(pending) == 1
+        assert ApprovalRequest.objects.filter(state="pending", fingerprint=fp).count() == 1
+
+
+def test_concurrent_opens_share_one_request(review_setup):
+    def open_new(fp: str) -> Any:
+        return services.approval_request_open(
+            datasource=review_setup.datasource,
+            identity=review_setup.requester.identity,
+            **open_payload(fingerprint=fp),
+        )
+
+    for n in range(ROUNDS):
+        fp = f"{n + 100:03x}" * 10
+        results = race(*(lambda fp=fp: open_new(fp) for _ in range(4)))
+        assert not any(isinstance(r, Exception) for r in results), results
+        assert len({r[0].pk for r in results}) == 1
+        assert sum(1 for r in results if r[2]) == 1  # exactly one "created"

@@ -1,0 +1,308 @@
+"""Approvals with real processes: the ASGI long-poll under uvicorn, and the Celery
+workflows (notify by email and webhook, escalate, expire, idempotent under retry) on a
+real worker with the real broker. Emails land in files (the worker's filebased backend);
+the webhook is a real local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from approvals import services
+from approvals.models import ApprovalEvent, ApprovalRequest, Grant
+from config.celery import app as celery_app
+from governance import services as gov
+from governance.models import Environment
+from tests.approvals.conftest import open_payload
+from tests.bundles.conftest import ROOT, Server, _stop, free_port, server_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def call(url: str, *, token: str | None = None, body: Any = None, timeout: float = 70) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+# --- the long-poll on the real ASGI server ------------------------------------------------
+
+
+@pytest.fixture
+def sidecar_token(review_setup: Any, admin_user: Any) -> str:
+    _, token = gov.sidecar_register(actor=admin_user, datasource=review_setup.datasource, name="sc")
+    return token
+
+
+def test_long_poll_reaches_the_sidecar_within_a_second_of_the_decision(
+    control_plane: Server, review_setup: Any, sidecar_token: str, admin_user: Any
+) -> None:
+    base = f"{control_plane.url}/api/v1/sidecar/approvals"
+    status, opened = call(
+        base, token=sidecar_token, body={"identity": "requester", **open_payload()}
+    )
+    assert status == 201
+    assert opened["url"] == f"{control_plane.url}/approvals/{opened['id']}/"
+    answers: list[tuple[float, Any]] = []
+
+    def wait() -> None:
+        answers.append((0.0, call(f"{base}/{opened['id']}?wait=30", token=sidecar_token)))
+        answers[-1] = (time.monotonic(), answers[-1][1])
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    time.sleep(1.0)  # the waiters are parked
+    assert not answers
+    services.approval_decide(request_id=opened["id"], user=review_setup.reviewer, approve=True)
+    committed = time.monotonic()
+    for thread in waiters:
+        thread.join(timeout=10)
+    assert len(answers) == 3
+    for received, (code, body) in answers:
+        assert code == 200 and body["state"] == "approved"
+        assert received - committed < 1.0
+    # The sidecar then consumes the grant by posting the statement again.
+    status, consumed = call(
+        base, token=sidecar_token, body={"identity": "requester", **open_payload()}
+    )
+    assert (status, consumed["state"], consumed["grant"]["uses_left"]) == (200, "approved", 0)
+
+
+def test_long_poll_times_out_pending_and_guards_the_datasource(
+    control_plane: Server, review_setup: Any, sidecar_token: str, admin_user: Any
+) -> None:
+    other = gov.datasource_create(
+        actor=admin_user, name="other-ds", environment=Environment.objects.get(name="staging")
+    )
+    _, other_token = gov.sidecar_register(actor=admin_user, datasource=other, name="sc")
+    base = f"{control_plane.url}/api/v1/sidecar/approvals"
+    _, opened = call(base, token=sidecar_token, body={"identity": "requester", **open_payload()})
+    started = time.monotonic()
+    status, body = call(f"{base}/{opened['id']}?wait=1", token=sidecar_token)
+    assert (status, body["state"]) == (200, "pending")
+    assert 0.9 < time.monotonic() - started < 3
+    assert call(f"{base}/{opened['id']}?wait=1", token=other_token)[0] == 404
+    assert call(f"{base}/{opened['id']}", token=None)[0] == 401
+    assert call(f"{base}/{opened['id']}?wait=x", token=sidecar_token)[0] == 400
+    assert call(f"{base}/nope?wait=1", token=sidecar_token)[0] == 404
+    # A denial reaches a waiter with its reason and reviewer.
+    threading.Timer(
+        0.5,
+        lambda: services.approval_decide(
+            request_id=opened["id"], user=review_setup.reviewer, approve=False, reason="Not now."
+        ),
+    ).start()
+    status, body = call(f"{base}/{opened['id']}?wait=10", token=sidecar_token)
+    assert (body["state"], body["reason"], body["denied_by"]) == ("denied", "Not now.", "reviewer")
+
+
+# --- Celery workflows on a real worker ----------------------------------------------------
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+    fail_next = 0
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        payload = json.loads(self.rfile.read(length))
+        cls = type(self)
+        if cls.fail_next > 0:
+            cls.fail_next -= 1
+            cls.received.append({"failed": True, **payload})
+            self.send_response(500)
+        else:
+            cls.received.append(payload)
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, type[Hook]]]:
+    Hook.received = []
+    Hook.fail_next = 0
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Hook
+    server.shutdown()
+
+
+@pytest.fixture
+def mail_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "mail"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def worker(mail_dir: Path) -> Iterator[subprocess.Popen[Any]]:
+    env = {
+        **server_env(),
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(mail_dir),
+        "WARDEN_PUBLIC_URL": "https://warden.example.com",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "ready." in line:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Celery worker did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def mails(mail_dir: Path) -> list[str]:
+    messages = []
+    for path in sorted(mail_dir.glob("*.log")):
+        # The filebased backend separates messages with a line of 79 dashes.
+        messages += [m for m in path.read_text().split("-" * 79) if "Subject:" in m]
+    return messages
+
+
+def recipients(mail_dir: Path) -> list[str]:
+    return sorted(
+        line.split(":", 1)[1].strip()
+        for message in mails(mail_dir)
+        for line in message.splitlines()
+        if line.startswith("To:")
+    )
+
+
+def notified(request_id: Any) -> list[str]:
+    return sorted(
+        ApprovalEvent.objects.filter(request_id=request_id, kind="notified").values_list(
+            "key", flat=True
+        )
+    )
+
+
+def test_creation_notifies_reviewers_by_email_and_webhook_once_despite_a_retry(
+    worker, webhook, mail_dir, review_setup, admin_user
+):
+    url, hook = webhook
+    services.review_settings_set(
+        actor=admin_user, datasource=review_setup.datasource, data={"webhook_url": url}
+    )
+    hook.fail_next = 1  # the first webhook delivery fails: the task retries with backoff
+    request, _, created = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(),
+    )
+    assert created
+    assert _wait_for(lambda: len(notified(request.pk)) == 3, timeout=40)
+    link = f"https://warden.example.com/approvals/{request.pk}/"
+    assert recipients(mail_dir) == ["reviewer2@example.com", "reviewer@example.com"]
+    assert all(link in message for message in mails(mail_dir))
+    assert [p.get("failed", False) for p in hook.received] == [True, False]
+    assert link in hook.received[-1]["text"]
+    # The same notice delivered again (a duplicate, a manual re-run) sends nothing more.
+    celery_app.send_task(
+        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
+    )
+    celery_app.send_task(
+        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
+    )
+    time.sleep(3)
+    assert len(mails(mail_dir)) == 2
+    assert len([p for p in hook.received if not p.get("failed")]) == 1
+    assert len(notified(request.pk)) == 3
+
+
+def test_escalation_notifies_the_fallback_team_and_expiry_ends_requests_and_grants(
+    worker, webhook, mail_dir, review_setup, admin_user
+):
+    url, hook = webhook
+    oncall_team = gov.team_create(actor=admin_user, name="Oncall", slug="oncall")
+    gov.identity_update(
+        actor=admin_user, identity=review_setup.reviewer2.identity, data={"teams": [oncall_team]}
+    )
+    services.review_settings_set(
+        actor=admin_user,
+        datasource=review_setup.datasource,
+        data={
+            "fallback_team": oncall_team,
+            "escalate_after_seconds": 1,
+            "expire_after_seconds": 3,
+            "webhook_url": url,
+        },
+    )
+    request, _, _ = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(),
+    )
+    assert _wait_for(lambda: recipients(mail_dir) == ["reviewer@example.com"])
+    time.sleep(1.1)
+    celery_app.send_task("approvals.tasks.approvals_escalate")
+    assert _wait_for(
+        lambda: recipients(mail_dir) == ["reviewer2@example.com", "reviewer@example.com"]
+    )
+    assert ApprovalRequest.objects.get(pk=request.pk).escalated_at is not None
+    assert _wait_for(lambda: any("escalated" in p["text"] for p in hook.received))
+    # A grant from another request, past its expiry, ends with the same sweep.
+    approved, _, _ = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(fingerprint="cd" * 16),
+    )
+    services.approval_decide(request_id=approved.pk, user=review_setup.reviewer, approve=True)
+    Grant.objects.filter(request=approved).update(expires_at=timezone.now())
+    time.sleep(max(0.0, 3.1 - (timezone.now() - request.created_at).total_seconds()))
+    celery_app.send_task("approvals.tasks.approvals_expire")
+    assert _wait_for(lambda: ApprovalRequest.objects.get(pk=request.pk).state == "expired")
+    assert _wait_for(lambda: Grant.objects.get(request=approved).state == "expired")
+
+
+def test_beat_schedule_names_registered_tasks():
+    celery_app.loader.import_default_modules()
+    registered = set(celery_app.tasks)
+    for entry in celery_app.conf.beat_schedule.values():
+        assert entry["task"] in registered, entry["task"]
+    assert {"approvals.tasks.approvals_expire", "approvals.tasks.approvals_escalate"} <= {
+        e["task"] for e in celery_app.conf.beat_schedule.values()
+    }
