@@ -5,8 +5,7 @@ Contents (every file listed with its SHA-256 in ``manifest.json`` and in
 
 - ``policy/<datasource>.json``: each datasource's compiled policy bundle as the
   sidecars receive it, minus secrets (the masking key and credential verifiers);
-- ``approvals.json``: approval requests with their decisions, when the approvals
-  app has models;
+- ``approvals.json``: approval requests opened in the period, with their decisions;
 - ``access-report.csv``: who read PII or confidential/restricted data, per
   identity and classification, over the period (the PII access report);
 - ``verification.json``: the hash-chain verification result, run for the pack.
@@ -29,7 +28,6 @@ import zipfile
 from collections.abc import Callable
 from typing import Any
 
-from django.apps import apps
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
@@ -122,26 +120,51 @@ def policy_snapshot(datasource: Datasource) -> dict[str, Any]:
     return bundle
 
 
-def approvals_snapshot(period: Period) -> dict[str, Any] | None:
-    """Every approvals model's rows created in the period, or None when there are none."""
-    from audit.services import object_snapshot
+def approvals_snapshot(period: Period) -> list[dict[str, Any]]:
+    """Approval requests opened in the period, each with its decisions (statements redacted)."""
+    from approvals.models import ApprovalRequest
 
-    try:
-        models = list(apps.get_app_config("approvals").get_models())
-    except LookupError:
-        return None
-    if not models:
-        return None
-    data: dict[str, Any] = {}
-    for model in models:
-        qs = model._default_manager.order_by("pk")
-        field_names = {f.name for f in model._meta.concrete_fields}
-        for stamp in ("created_at", "requested_at"):
-            if stamp in field_names:
-                qs = qs.filter(**{f"{stamp}__gte": period.since, f"{stamp}__lt": period.until})
-                break
-        data[model._meta.label] = [{"id": obj.pk, **object_snapshot(obj)} for obj in qs]
-    return data
+    requests = (
+        ApprovalRequest.objects.filter(created_at__gte=period.since, created_at__lt=period.until)
+        .select_related("datasource", "identity", "denied_by")
+        .prefetch_related("decisions__reviewer")
+        .order_by("created_at", "id")
+    )
+    return [
+        {
+            "id": str(r.id),
+            "datasource": r.datasource.name,
+            "identity": r.identity.name,
+            "identity_kind": r.identity.kind,
+            "fingerprint": r.fingerprint,
+            "statement": r.statement,
+            "kind": r.kind,
+            "risk": r.risk,
+            "reasons": r.reasons,
+            "tables": r.tables,
+            "classifications": r.classifications,
+            "state": r.state,
+            "required_approvals": r.required_approvals,
+            "created_at": r.created_at,
+            "decided_at": r.decided_at,
+            "expires_at": r.expires_at,
+            "escalated_at": r.escalated_at,
+            "deny_reason": r.deny_reason,
+            "denied_by": r.denied_by.get_username() if r.denied_by else None,
+            "decisions": [
+                {
+                    "reviewer": d.reviewer.get_username(),
+                    "approve": d.approve,
+                    "reason": d.reason,
+                    "uses": d.uses,
+                    "grant_expires_at": d.grant_expires_at,
+                    "at": d.at,
+                }
+                for d in r.decisions.all()
+            ],
+        }
+        for r in requests
+    ]
 
 
 def access_report_csv(*, user: Any, period: Period) -> bytes:
@@ -173,9 +196,7 @@ def build_archive(*, user: Any, period: Period, progress: Callable[[int, str], N
     for datasource in Datasource.objects.select_related("environment").order_by("name"):
         files.append((f"policy/{datasource.name}.json", _json_bytes(policy_snapshot(datasource))))
     progress(30, "Collecting approvals and their decisions")
-    approvals = approvals_snapshot(period)
-    if approvals is not None:
-        files.append(("approvals.json", _json_bytes(approvals)))
+    files.append(("approvals.json", _json_bytes(approvals_snapshot(period))))
     progress(45, "Building the access report")
     files.append(("access-report.csv", access_report_csv(user=user, period=period)))
     progress(60, "Verifying the audit chain")
@@ -190,7 +211,6 @@ def build_archive(*, user: Any, period: Period, progress: Callable[[int, str], N
         "generated_at": timezone.now().isoformat(),
         "period": {"start": period.start.isoformat(), "end_exclusive": period.end.isoformat()},
         "requested_by": user.get_username(),
-        "approvals_included": approvals is not None,
         "files": entries,
     }
     sums = "".join(f"{e['sha256']}  {e['name']}\n" for e in entries).encode()

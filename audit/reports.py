@@ -193,3 +193,15 @@ def last_verification(*, user: Any) -> AuditVerification | None:
     require_audit_reader(user)
     finished = AuditVerification.objects.filter(finished_at__isnull=False)
     return finished.order_by("-started_at").first()
+
+
+def pending_approvals(*, user: Any) -> int:
+    """Approval requests waiting for a decision, on every datasource.
+
+    Not ``approvals_pending_count``: that is a reviewer's inbox, empty for the
+    security and auditor roles this overview is for.
+    """
+    from approvals.models import ApprovalRequest, ApprovalState
+
+    require_audit_reader(user)
+    return ApprovalRequest.objects.filter(state=ApprovalState.PENDING).count()

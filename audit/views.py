@@ -44,6 +44,8 @@ from governance.permissions import require_role
 
 reader_required = require_role(*AUDIT_READERS)
 PAGE_SIZE = 50
+# The report page lists the largest readers; the CSV holds every row.
+REPORT_ROWS_SHOWN = 200
 
 _ACTIONS = [("allow", "allow"), ("review", "review"), ("block", "block")]
 _OUTCOMES = [(o, o) for o in ("allowed", "held", "blocked", "error", "approved", "denied")]
@@ -287,13 +289,25 @@ def pii_report(request: HttpRequest) -> HttpResponse:
     if name not in reports.PERIODS:
         name = "last_quarter"
     period = reports.period_named(name)
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(
+            evidence.access_report_csv(user=request.user, period=period),
+            content_type="text/csv; charset=utf-8",
+        )
+        filename = f"warden-pii-access-{period.start}-{period.end}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
     rows = reports.pii_access_report(user=request.user, period=period)
     explorer_url = reverse("audit:explorer")
+    shown = rows[:REPORT_ROWS_SHOWN]
     context = {
         "period": period,
         "period_name": name,
         "periods": [(p, reports.period_named(p).label) for p in reports.PERIODS],
-        "rows": [(row, f"{explorer_url}?{filters_query(row.drilldown)}") for row in rows],
+        "rows": [(row, f"{explorer_url}?{filters_query(row.drilldown)}") for row in shown],
+        "row_count": len(rows),
+        "truncated": len(rows) > len(shown),
         "total": sum(row.events for row in rows),
         "classifications": reports.sensitive_classifications(),
     }
@@ -357,15 +371,6 @@ def activity_svg(days: list[dict[str, Any]]) -> SafeString:
     )
 
 
-def _pending_approvals(user: Any) -> int | None:
-    """Pending approval requests, or None while the approvals app has no selector for it."""
-    try:
-        from approvals.selectors import approvals_pending_count  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return int(approvals_pending_count(user=user))
-
-
 @reader_required
 @require_http_methods(["GET"])
 def overview(request: HttpRequest) -> HttpResponse:
@@ -378,7 +383,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "statements_14d": sum(d["total"] for d in days),
         "top_readers": reports.top_classified_readers(user=user),
         "refused": refused,
-        "pending_approvals": _pending_approvals(user),
+        "pending_approvals": reports.pending_approvals(user=user),
         "sidecars": reports.sidecar_health(user=user),
         "last_verification": reports.last_verification(user=user),
     }

@@ -28,3 +28,7 @@ def lab(admin_user: Any) -> Any:
     return services.datasource_create(
         actor=admin_user, name="lab", environment=Environment.objects.get(name="sandbox")
     )
+
+
+# The approvals fixtures, for evidence packs that carry approval decisions.
+from tests.approvals.conftest import open_request, review_setup  # noqa: E402, F401

@@ -38,9 +38,14 @@ def _period(now: datetime.datetime) -> tuple[datetime.date, datetime.date]:
 
 @pytest.mark.django_db
 def test_pack_holds_policy_report_verification_and_a_true_manifest(
-    auditor_user: Any, demo_policy: Any, now: datetime.datetime
+    auditor_user: Any, review_setup: Any, open_request: Any, now: datetime.datetime
 ) -> None:
+    from approvals.services import approval_decide
+
+    demo_policy = review_setup
     ds = demo_policy.datasource
+    held = open_request()
+    approval_decide(request_id=held.id, user=review_setup.reviewer, approve=True, reason="ok")
     event_add(occurred_at=now - datetime.timedelta(days=1), identity_name="svc-billing",
               identity_kind="service", datasource_id=ds.pk,
               classifications=["pii.ssn"])  # fmt: skip
@@ -54,8 +59,8 @@ def test_pack_holds_policy_report_verification_and_a_true_manifest(
     body = bytes(pack.content)
     assert pack.sha256 == hashlib.sha256(body).hexdigest() and pack.size == len(body)
     files = _zip(body)
-    assert {"policy/crm-prod.json", "access-report.csv", "verification.json", "manifest.json",
-            "SHA256SUMS"} <= set(files)  # fmt: skip
+    assert {"policy/crm-prod.json", "approvals.json", "access-report.csv", "verification.json",
+            "manifest.json", "SHA256SUMS"} <= set(files)  # fmt: skip
     manifest = json.loads(files["manifest.json"])
     listed = {entry["name"]: entry for entry in manifest["files"]}
     assert set(listed) == set(files) - {"manifest.json", "SHA256SUMS"}
@@ -76,6 +81,13 @@ def test_pack_holds_policy_report_verification_and_a_true_manifest(
     report = files["access-report.csv"].decode().splitlines()
     assert report[0] == "identity,identity_kind,classification,events"
     assert "svc-billing,service,pii.ssn,1" in report
+    approvals = json.loads(files["approvals.json"])
+    assert [a["id"] for a in approvals] == [str(held.id)]
+    assert approvals[0]["state"] == "approved"
+    assert approvals[0]["statement"] == "DELETE FROM public.customers WHERE id = $1"
+    assert [(d["reviewer"], d["approve"], d["reason"]) for d in approvals[0]["decisions"]] == [
+        ("reviewer", True, "ok")
+    ]
     verification = json.loads(files["verification.json"])
     assert verification["result"]["ok"] is True
     assert verification["result"]["checked"] >= 1

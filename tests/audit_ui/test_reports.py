@@ -76,3 +76,25 @@ def test_report_counts_identity_by_classification_and_drills_down(auditor_user, 
 def test_report_needs_an_audit_role(reviewer_user) -> None:
     with pytest.raises(PermissionDenied):
         pii_access_report(user=reviewer_user, period=period_named("last_quarter"))
+
+
+def test_report_page_lists_the_largest_and_the_csv_holds_all(client, auditor_user, crm, now,
+                                                             monkeypatch) -> None:  # fmt: skip
+    import audit.views
+
+    monkeypatch.setattr(audit.views, "REPORT_ROWS_SHOWN", 2)
+    day = now - datetime.timedelta(days=1)
+    for i, name in enumerate(["ann", "ben", "cat"]):
+        for _ in range(i + 1):
+            event_add(occurred_at=day, identity_name=name, datasource_id=crm.pk,
+                      classifications=["pii.email"])  # fmt: skip
+    client.force_login(auditor_user)
+    page = client.get("/audit/reports/pii/", {"period": "last_30"})
+    assert [row.identity_name for row, _ in page.context["rows"]] == ["cat", "ben"]
+    assert page.context["truncated"] and page.context["total"] == 6
+    csv_response = client.get("/audit/reports/pii/", {"period": "last_30", "format": "csv"})
+    assert csv_response["Content-Type"].startswith("text/csv")
+    lines = csv_response.content.decode().splitlines()
+    assert lines[0] == "identity,identity_kind,classification,events"
+    assert sorted(lines[1:]) == ["ann,human,pii.email,1", "ben,human,pii.email,2",
+                                 "cat,human,pii.email,3"]  # fmt: skip
