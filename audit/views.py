@@ -16,6 +16,7 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
@@ -215,6 +216,8 @@ def event_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @reader_required
 @require_http_methods(["GET"])
 def export(request: HttpRequest, fmt: str) -> HttpResponse:
+    if fmt not in ("csv", "jsonl"):
+        raise Http404("Exports come as .csv or .jsonl.")
     form = _explorer_form(request)
     if form.is_bound and not form.is_valid():
         return HttpResponseBadRequest("Those filters are not valid: " + form.errors.as_text())
