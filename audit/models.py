@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -213,6 +214,12 @@ class AuditRetention(models.Model):
 
     def __str__(self) -> str:
         return f"{self.environment or 'control plane'}: {self.days} days"
+
+    def clean(self) -> None:
+        from governance.models import Environment
+
+        if self.environment and not Environment.objects.filter(name=self.environment).exists():
+            raise ValidationError({"environment": f"Unknown environment: {self.environment}."})
 
 
 class AuditVerification(models.Model):

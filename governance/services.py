@@ -27,8 +27,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.models import ChangeAction
+from audit.services import audit_control_event, object_snapshot
 from audit.services import change_record_create as _change_record_create
-from audit.services import object_snapshot
 from governance.bundles import bundles_mark_stale
 from governance.errors import ApplicationError
 from governance.models import (
@@ -287,7 +287,19 @@ def token_issue(
         expires_at=expires_at,
     )
     _create(actor, token)
+    _token_event("token.issued", actor, token, identity=identity.name)
     return token, raw
+
+
+def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:
+    """Issue and revoke of access and API tokens in the audit trail (never the token)."""
+    audit_control_event(
+        action=action,
+        actor=actor,
+        target=f"{token._meta.model_name}:{token.pk} {token.name}"[:300],
+        outcome="ok",
+        detail={"kind": token._meta.model_name, "prefix": token.prefix, **detail},
+    )
 
 
 @transaction.atomic
@@ -307,6 +319,7 @@ def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
         before=before,
         after=object_snapshot(token),
     )
+    _token_event("token.revoked", actor, token)
     return token
 
 
@@ -324,6 +337,7 @@ def api_token_issue(
         user=actor, name=name, prefix=raw[:10], digest=token_digest(raw), expires_at=expires_at
     )
     _create(actor, token)
+    _token_event("token.issued", actor, token)
     return token, raw
 
 
@@ -344,6 +358,7 @@ def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
         before=before,
         after=object_snapshot(token),
     )
+    _token_event("token.revoked", actor, token)
     return token
 
 
@@ -819,7 +834,19 @@ def sidecar_register(*, actor: Any, datasource: Datasource, name: str) -> tuple[
         datasource=datasource, name=name, token_prefix=prefix, token_digest=digest, created_by=actor
     )
     _create(actor, sidecar)
+    _sidecar_event("sidecar.registered", actor, sidecar)
     return sidecar, raw
+
+
+def _sidecar_event(action: str, actor: Any, sidecar: Sidecar) -> None:
+    audit_control_event(
+        action=action,
+        actor=actor,
+        datasource=sidecar.datasource,
+        target=f"sidecar:{sidecar.pk} {sidecar.name}",
+        outcome="ok",
+        detail={"prefix": sidecar.token_prefix},
+    )
 
 
 @transaction.atomic
@@ -843,6 +870,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
         before=before,
         after=object_snapshot(sidecar),
     )
+    _sidecar_event("sidecar.token_rotated", actor, sidecar)
     return sidecar, raw
 
 
@@ -863,6 +891,7 @@ def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
         before=before,
         after=object_snapshot(sidecar),
     )
+    _sidecar_event("sidecar.revoked", actor, sidecar)
     return sidecar
 
 
