@@ -223,9 +223,15 @@ def build_archive(*, user: Any, period: Period, progress: Callable[[int, str], N
     return buffer.getvalue()
 
 
-def evidence_pack_build(*, pack_id: int) -> EvidencePack:
-    """Build one pending pack; a failure is recorded on the pack, never half a ZIP."""
-    pack = EvidencePack.objects.select_related("requested_by").get(pk=pack_id)
+def evidence_pack_build(*, pack_id: int) -> EvidencePack | None:
+    """Build one pending pack; a failure is recorded on the pack, never half a ZIP.
+
+    A pack deleted (with its requester) before a worker got to it is skipped.
+    """
+    pack = EvidencePack.objects.select_related("requested_by").filter(pk=pack_id).first()
+    if pack is None:
+        logger.warning("evidence pack %s no longer exists; nothing built", pack_id)
+        return None
     if pack.is_finished:
         return pack
     period = Period(pack.period_start, pack.period_end, "")

@@ -54,7 +54,7 @@ def test_pack_holds_policy_report_verification_and_a_true_manifest(
         requested_by=auditor_user, period_start=start, period_end=end
     )
     pack = evidence_pack_build(pack_id=pack.pk)
-    assert pack.status == "done", pack.error
+    assert pack is not None and pack.status == "done", pack
     assert pack.progress == 100
     body = bytes(pack.content)
     assert pack.sha256 == hashlib.sha256(body).hexdigest() and pack.size == len(body)
@@ -102,8 +102,19 @@ def test_pack_of_a_requester_who_lost_the_role_fails_closed(auditor_user, now) -
     auditor_user.membership.role = Role.REVIEWER
     auditor_user.membership.save()
     pack = evidence_pack_build(pack_id=pack.pk)
-    assert pack.status == "failed" and pack.content is None
+    assert pack is not None and pack.status == "failed" and pack.content is None
     assert "no longer read" in pack.error
+
+
+@pytest.mark.django_db
+def test_a_deleted_pack_is_skipped(auditor_user, now) -> None:
+    start, end = _period(now)
+    pack = EvidencePack.objects.create(
+        requested_by=auditor_user, period_start=start, period_end=end
+    )
+    pack_id = pack.pk
+    pack.delete()
+    assert evidence_pack_build(pack_id=pack_id) is None
 
 
 @pytest.mark.django_db
