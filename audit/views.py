@@ -73,7 +73,14 @@ class ExplorerForm(forms.Form):
     type = forms.ChoiceField(required=False, choices=_any(_TYPES), label="Event")
     action = forms.ChoiceField(required=False, choices=_any(_ACTIONS), label="Action")
     outcome = forms.ChoiceField(required=False, choices=_any(_OUTCOMES), label="Outcome")
-    classification = forms.ChoiceField(required=False, label="Classification")
+    # Free text with suggestions: the trail may name labels deleted since (a report's
+    # drill-down must still work for them).
+    classification = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Classification",
+        widget=forms.TextInput(attrs={"list": "classification-names", "placeholder": "pii.email"}),
+    )
     table = forms.CharField(
         required=False,
         max_length=200,
@@ -105,8 +112,9 @@ class ExplorerForm(forms.Form):
         self.fields["datasource"].choices = _any([(str(d.pk), d.name) for d in sources])
         envs = governance_selectors.environment_list(user=user)
         self.fields["environment"].choices = _any([(e.name, e.name) for e in envs])
-        names = Classification.objects.order_by("name").values_list("name", flat=True)
-        self.fields["classification"].choices = _any([(n, n) for n in names])
+        self.classification_names = list(
+            Classification.objects.order_by("name").values_list("name", flat=True)
+        )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

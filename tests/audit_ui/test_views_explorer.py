@@ -47,6 +47,18 @@ def test_explorer_rejects_bad_input_clearly(client, auditor_user) -> None:
     assert client.get(reverse("audit:explorer"), {"action": "nuke"}).status_code == 400
     assert client.get(reverse("audit:explorer"), {"after": "garbage"}).status_code == 400
     assert client.get(reverse("audit:explorer"), {"identity": "a\x00b"}).status_code == 400
+    too_long = client.get(reverse("audit:explorer"), {"classification": "x" * 101})
+    assert too_long.status_code == 400
+
+
+def test_drilldown_works_for_a_label_no_longer_defined(client, auditor_user, crm, now) -> None:
+    gone = event_add(occurred_at=now - datetime.timedelta(minutes=1), datasource_id=crm.pk,
+                     classifications=["legacy.tax_id"])  # fmt: skip
+    client.force_login(auditor_user)
+    response = client.get(reverse("audit:explorer"), {"classification": "legacy.tax_id"})
+    assert response.status_code == 200
+    assert [e.id for e in response.context["events"]] == [gone]
+    assert b'<datalist id="classification-names">' in response.content
 
 
 def test_event_detail_shows_a_valid_proof(client, auditor_user, crm, now) -> None:
