@@ -45,6 +45,7 @@ def _get_pages(objects: dict[str, Any]) -> list[str]:
         reverse("audit:export", args=["csv"]),
         reverse("audit:export", args=["jsonl"]),
         reverse("audit:pii_report"),
+        reverse("audit:pii_report") + "?format=csv",
         reverse("audit:evidence_list"),
     ]
 
