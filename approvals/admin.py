@@ -1,22 +1,32 @@
+"""Read-only admin views: every approval write goes through approvals.services."""
+
+from typing import Any
+
 from django.contrib import admin
+from django.http import HttpRequest
 
 from approvals.models import ApprovalRequest, Grant, ReviewSettings
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(admin.ModelAdmin):
+class ApprovalRequestAdmin(ReadOnlyAdmin):
     list_display = ["id", "datasource", "identity", "kind", "risk", "state", "created_at"]
     list_filter = ["state"]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False  # decisions go through approvals.services, never the admin
-
 
 @admin.register(Grant)
-class GrantAdmin(admin.ModelAdmin):
+class GrantAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "datasource",
@@ -27,11 +37,7 @@ class GrantAdmin(admin.ModelAdmin):
         "expires_at",
     ]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
-        return False
-
-
-admin.site.register(ReviewSettings)
+@admin.register(ReviewSettings)
+class ReviewSettingsAdmin(ReadOnlyAdmin):
+    list_display = ["datasource", "fallback_team", "escalate_after_seconds", "webhook_url"]

@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -306,7 +306,10 @@ class ReviewSettings(models.Model):
         null=True, blank=True, validators=[MinValueValidator(1)]
     )
     webhook_url = models.URLField(
-        blank=True, max_length=500, help_text="Slack-compatible incoming webhook (POST {text})."
+        blank=True,
+        max_length=500,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="Slack-compatible incoming webhook (POST {text}); http or https.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

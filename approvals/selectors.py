@@ -145,6 +145,17 @@ def approval_timeline(*, request: ApprovalRequest) -> list[dict[str, Any]]:
     ]
 
 
-def identity_recent_activity(*, identity: Identity, limit: int = 10) -> list[ApprovalRequest]:
-    """The identity's latest approval requests, for a reviewer weighing a new one."""
-    return list(_base().filter(identity=identity)[:limit])
+def identity_recent_activity(
+    *, identity: Identity, limit: int = 10, user: Any = None
+) -> list[ApprovalRequest]:
+    """The identity's latest approval requests, for a reviewer weighing a new one.
+
+    With ``user``, only those the user may see (reviewing or asking): a shared
+    agent's history must not show one team another team's deny reasons.
+    """
+    qs = _base().filter(identity=identity)
+    if user is not None:
+        scope = _reviewer_scope(user).values("pk")
+        mine = approvals_of_requester(user=user).values("pk")
+        qs = qs.filter(Q(pk__in=scope) | Q(pk__in=mine))
+    return list(qs[:limit])

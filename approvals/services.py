@@ -26,7 +26,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -138,7 +138,10 @@ def is_reviewer_of(*, user: Any, request: ApprovalRequest) -> bool:
     if user_role(user) not in REVIEWER_ROLES:
         return False
     team_ids = deciding_team_ids(request)
-    return bool(team_ids) and Identity.objects.filter(user=user, teams__in=team_ids).exists()
+    return (
+        bool(team_ids)
+        and Identity.objects.filter(user=user, is_active=True, teams__in=team_ids).exists()
+    )
 
 
 def decision_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
@@ -405,7 +408,7 @@ def approval_request_open(
         datasource=datasource, identity=identity, fingerprint=fingerprint, now=now
     )
     if grant is not None:
-        request = ApprovalRequest.objects.select_related("datasource", "identity").get(
+        request = ApprovalRequest.objects.select_related("datasource__environment", "identity").get(
             pk=grant.request_id
         )
         used = grant.uses_total - grant.uses_left
@@ -483,7 +486,7 @@ def _locked(request_id: Any) -> ApprovalRequest:
         raise ApprovalRequest.DoesNotExist(f"No approval request {request_id}.") from exc
     return (
         ApprovalRequest.objects.select_for_update(of=("self",))
-        .select_related("datasource", "identity", "identity__owner")
+        .select_related("datasource", "datasource__environment", "identity", "identity__owner")
         .get(pk=request_id)
     )
 
@@ -591,9 +594,10 @@ def approval_decide(
     request.save(update_fields=["state", "decided_at"])
     asked_uses = [d.uses for d in approvals if d.uses is not None]
     asked_expiry = [d.grant_expires_at for d in approvals if d.grant_expires_at is not None]
-    default_expiry = now + datetime.timedelta(
-        seconds=settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS
+    default_seconds = min(
+        settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS, settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS
     )
+    default_expiry = now + datetime.timedelta(seconds=default_seconds)
     grant = Grant.objects.create(
         request=request,
         datasource_id=request.datasource_id,
@@ -664,7 +668,7 @@ def approvals_expire_stale(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING, expires_at__lte=now)
                 .first()
             )
@@ -683,9 +687,9 @@ def approvals_expire_stale(*, now: datetime.datetime | None = None) -> int:
                 continue
             grant.state = GrantState.EXPIRED
             grant.save(update_fields=["state"])
-            request = ApprovalRequest.objects.select_related("datasource", "identity").get(
-                pk=grant.request_id
-            )
+            request = ApprovalRequest.objects.select_related(
+                "datasource__environment", "identity"
+            ).get(pk=grant.request_id)
             _event(request, ApprovalEventKind.GRANT_EXPIRED, detail={"uses_left": grant.uses_left})
             _audit(request, "grant_expired", grant=str(grant.id), uses_left=grant.uses_left)
             ended += 1
@@ -710,7 +714,7 @@ def approvals_escalate_due(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING, escalated_at__isnull=True)
                 .first()
             )
@@ -745,7 +749,7 @@ def approvals_remind_due(*, now: datetime.datetime | None = None) -> int:
         with transaction.atomic():
             request = (
                 ApprovalRequest.objects.select_for_update(skip_locked=True)
-                .select_related("datasource", "identity")
+                .select_related("datasource__environment", "identity")
                 .filter(pk=request_id, state=ApprovalState.PENDING)
                 .first()
             )
@@ -835,15 +839,17 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
     """Send one notice (``created``, ``escalated``, ``reminder-<n>``) of a pending request
     to each reviewer by email and to the webhook. Returns how many were sent now.
 
-    Each delivery is its own transaction that locks the request, skips what an
-    ``ApprovalEvent`` says was already sent, sends, and records it. A failed send
-    raises (the task retries); what went out before it stays recorded and is not
-    sent again.
+    Each delivery is its own transaction that takes an advisory lock on (request,
+    notice, recipient), skips what an ``ApprovalEvent`` says was already sent,
+    sends, and records it. A failed send raises (the task retries); what went out
+    before it stays recorded and is not sent again.
     """
     if not NOTICE_RE.match(kind):
         raise ValueError(f"Unknown notice {kind!r}.")
     request = (
-        ApprovalRequest.objects.select_related("datasource", "identity", "identity__owner")
+        ApprovalRequest.objects.select_related(
+            "datasource", "datasource__environment", "identity", "identity__owner"
+        )
         .filter(pk=request_id)
         .first()
     )
@@ -861,8 +867,14 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
     for channel, recipient, target in deliveries:
         key = f"{kind}:{recipient}"
         with transaction.atomic():
-            locked = ApprovalRequest.objects.select_for_update().filter(pk=request.pk).first()
-            if locked is None or not locked.is_pending:
+            # Serialise deliveries of this one notice (two copies of the task), not
+            # the request: a reviewer deciding meanwhile must not wait for SMTP.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{request.pk}:{key}"]
+                )
+            state = ApprovalRequest.objects.filter(pk=request.pk).values_list("state", flat=True)
+            if state.first() != ApprovalState.PENDING:
                 return sent
             if ApprovalEvent.objects.filter(
                 request=request, kind=ApprovalEventKind.NOTIFIED, key=key

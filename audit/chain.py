@@ -4,10 +4,11 @@
 hex characters of the previous event's hash in the same chain (``GENESIS`` for
 the first) and ``canonical_event`` is the JSON of every stored column except
 ``id``, ``prev_hash`` and ``hash``: keys sorted, no whitespace, UTF-8, times as
-integer microseconds since the Unix epoch (UTC), and every float that is a whole
-number written as an integer (JSON numbers go through ``jsonb``, which does not
-keep ``1e+16`` and ``10000000000000000`` apart). The same function serves
-ingestion and verification, so they cannot disagree.
+integer microseconds since the Unix epoch (UTC). Ingestion stores every float
+in ``extra`` that is a whole number as an integer (``jsonb`` does not keep
+``1e+16`` and ``10000000000000000`` apart, so a stored value must read back as
+what was hashed). The same function serves ingestion and verification, so they
+cannot disagree.
 """
 
 from __future__ import annotations
@@ -66,26 +67,11 @@ def from_micros(value: int) -> datetime.datetime:
     )
 
 
-def _plain_numbers(value: Any) -> Any:
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_numbers(v) for v in value]
-    return value
-
-
 def canonical_event(row: Mapping[str, Any]) -> bytes:
     """The bytes the chain hash covers for one event (a row's column values)."""
-    doc: dict[str, Any] = {}
-    for name in CHAINED_FIELDS:
-        value = row[name]
-        if isinstance(value, datetime.datetime):
-            value = micros(value)
-        elif name in ("extra", "duration_ms"):
-            value = _plain_numbers(value)
-        doc[name] = value
+    doc = {name: row[name] for name in CHAINED_FIELDS}
+    doc["occurred_at"] = micros(doc["occurred_at"])
+    doc["received_at"] = micros(doc["received_at"])
     text = json.dumps(
         doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

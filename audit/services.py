@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 import logging
 import math
@@ -25,7 +26,6 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
 from audit.chain import CHAINED_FIELDS, GENESIS, canonical_event, chain_hash, from_micros
 from audit.context import current_request_id
@@ -192,20 +192,35 @@ _MIN_TS = 946_684_800  # 2000-01-01: anything earlier is a broken clock
 _FUTURE_SLACK_SECONDS = 86_400
 
 
+@functools.lru_cache(maxsize=4096)
 def _carries_values(key: str) -> bool:
     lowered = key.lower()
     return lowered not in _SAFE_NESTED and any(word in lowered for word in _VALUE_CARRYING)
 
 
 def _scrub(value: Any) -> Any:
-    """Drop value-carrying keys at any depth; non-finite floats become None."""
+    """Drop value-carrying keys at any depth; make numbers read back from jsonb as sent.
+
+    Non-finite floats become None, and whole floats integers (jsonb keeps
+    ``1e+16`` as ``10000000000000000``; the hash must cover what is read back).
+    """
     if isinstance(value, dict):
-        return {str(k): _scrub(v) for k, v in value.items() if not _carries_values(str(k))}
+        out = {}
+        for k, v in value.items():
+            key = k if isinstance(k, str) else str(k)
+            if not _carries_values(key):
+                out[key] = v if v is None or v.__class__ in _PLAIN else _scrub(v)
+        return out
     if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return [v if v is None or v.__class__ in _PLAIN else _scrub(v) for v in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() else value
     return value
+
+
+_PLAIN = {str, int, bool}
 
 
 def _clean_text(value: str) -> str:
@@ -252,7 +267,7 @@ def _sidecar_row(
         "event_id": event["id"],
         "received_at": received,
         "chain": context["chain"],
-        "source": EventSource.SIDECAR,
+        "source": EventSource.SIDECAR.value,
         "actor": "",
         "datasource_id": context["datasource_id"],
         "environment": context["environment"],
@@ -269,16 +284,18 @@ def _sidecar_row(
         row["occurred_at"] = received
         extra["claimed_ts"] = ts
     for key, column in _TEXT_COLUMNS.items():
-        text = _as_text(event.get(key))
-        if text is None:
-            invalid.append(key)
-            text = ""
+        text = event.get(key)
+        if text.__class__ is not str:
+            text = _as_text(text)
+            if text is None:
+                invalid.append(key)
+                text = ""
         row[column] = text
     for key, column in _ARRAY_COLUMNS.items():
         items = event.get(key)
         if items is None:
             row[column] = []
-        elif isinstance(items, list) and all(isinstance(i, str) for i in items):
+        elif items.__class__ is list and all(i.__class__ is str for i in items):
             row[column] = items
         else:
             invalid.append(key)
@@ -327,26 +344,56 @@ def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[in
 
 
 _COPY_COLUMNS = (*CHAINED_FIELDS, "prev_hash", "hash")
-_COPY_TYPES = [
-    {
-        "occurred_at": "timestamptz",
-        "received_at": "timestamptz",
-        "seq": "int8",
-        "datasource_id": "int4",
-        "tables": "text[]",
-        "columns": "text[]",
-        "classifications": "text[]",
-        "masked_columns": "text[]",
-        "rows": "int8",
-        "duration_ms": "float8",
-        "risk": "int4",
-        "extra": "jsonb",
-    }.get(name, "text")
-    for name in _COPY_COLUMNS
-]
-_COPY_SQL = "COPY audit_event ({}) FROM STDIN (FORMAT BINARY)".format(
-    ", ".join(f'"{c}"' for c in _COPY_COLUMNS)
-)
+_COPY_SQL = "COPY audit_event ({}) FROM STDIN".format(", ".join(f'"{c}"' for c in _COPY_COLUMNS))
+_ARRAY_FIELDS = {"tables", "columns", "classifications", "masked_columns"}
+_TIME_FIELDS = {"occurred_at", "received_at"}
+
+
+def _copy_escape(text: str) -> str:
+    """COPY's text format escapes backslash, tab, newline and carriage return."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return (
+            text.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return text
+
+
+def _array_literal(items: list[str]) -> str:
+    quoted = (
+        '"' + (i.replace("\\", "\\\\").replace('"', '\\"') if ("\\" in i or '"' in i) else i) + '"'
+        for i in items
+    )
+    return "{" + ",".join(quoted) + "}"
+
+
+def _copy_text(rows: list[dict[str, Any]]) -> str:
+    """The rows in COPY's text format; built by hand, it is several times faster than
+    psycopg's per-value dumpers, which matters at tens of thousands of events a second."""
+    lines = []
+    for row in rows:
+        fields = []
+        for name in _COPY_COLUMNS:
+            value = row[name]
+            if value is None:
+                fields.append("\\N")
+            elif name in _TIME_FIELDS:
+                fields.append(value.isoformat())
+            elif name in _ARRAY_FIELDS:
+                fields.append(_copy_escape(_array_literal(value)))
+            elif name == "extra":
+                text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+                fields.append(_copy_escape(text))
+            elif isinstance(value, str):
+                fields.append(_copy_escape(value))
+            else:
+                fields.append(repr(value) if isinstance(value, float) else str(value))
+        lines.append("\t".join(fields))
+    lines.append("")
+    return "\n".join(lines)
+
 
 # Partitions known to exist, per process: (month start, environment).
 _partitions_seen: set[tuple[datetime.date, str]] = set()
@@ -406,9 +453,7 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             return 0
         new_seq, new_hash = _seal(fresh, head_seq, head_hash)
         with cursor.copy(_COPY_SQL) as copy:
-            copy.set_types(_COPY_TYPES)
-            for row in fresh:
-                copy.write_row([Jsonb(row[c]) if c == "extra" else row[c] for c in _COPY_COLUMNS])
+            copy.write(_copy_text(fresh).encode("utf-8"))
         cursor.execute(
             "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
             [new_seq, new_hash, chain],
@@ -534,7 +579,7 @@ def audit_control_event(
         "occurred_at": now,
         "received_at": now,
         "chain": chain,
-        "source": EventSource.CONTROL_PLANE,
+        "source": EventSource.CONTROL_PLANE.value,
         "type": action,
         "actor": actor_name[:150],
         "identity_name": "",

@@ -81,6 +81,13 @@ def db_connections() -> int:
         return int(cur.fetchone()[0])
 
 
+def db_connections_closing() -> int:
+    try:
+        return db_connections()
+    finally:
+        connection.close()
+
+
 # --- setup -----------------------------------------------------------------------------
 
 
@@ -187,10 +194,10 @@ async def measure(port: int, token: str, ids: list[str], reviewer: Any, server_p
     await asyncio.sleep(3.0)  # every waiter has reached the server and parked
     parked = len(ids) - len(received)
     threads_parked = threads_of(server_pid)
-    conns_parked = await asyncio.to_thread(db_connections)
+    conns_parked = await asyncio.to_thread(db_connections_closing)
     print(
         f"{parked} long-polls parked; server threads {threads_before} -> {threads_parked}; "
-        f"database connections (server and others) while parked: {conns_parked}"
+        f"server database connections while parked: {conns_parked}"
     )
     committed: dict[str, float] = {}
 
@@ -227,6 +234,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     _, reviewer, token = setup()
+    connection.close()  # so that the count of connections while parked is the server's alone
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"warden-bench-approvals-{port}.log"
     with log.open("wb") as out:

@@ -4,7 +4,9 @@ one decision; a grant's last use is consumed once; two sidecars share one reques
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -114,3 +116,49 @@ def test_concurrent_opens_share_one_request(review_setup):
         assert not any(isinstance(r, Exception) for r in results), results
         assert len({r[0].pk for r in results}) == 1
         assert sum(1 for r in results if r[2]) == 1  # exactly one "created"
+
+
+class SlowHook(BaseHTTPRequestHandler):
+    """A webhook receiver that takes its time, so concurrent deliveries overlap."""
+
+    posts: list[bytes] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        time.sleep(0.3)
+        type(self).posts.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_two_copies_of_a_notice_at_once_send_it_once(
+    review_setup, open_request, settings, admin_user
+):
+    from django.core import mail
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        services.review_settings_set(
+            actor=admin_user,
+            datasource=review_setup.datasource,
+            data={"webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook"},
+        )
+        for n in range(3):
+            request = open_request(fingerprint=f"{n:02x}" * 16)
+            mail.outbox = []
+            SlowHook.posts = []
+            results = race(
+                *(
+                    lambda r=request: services.approval_notify(request_id=r.pk, kind="created")
+                    for _ in range(3)
+                )
+            )
+            assert all(isinstance(r, int) for r in results) and sum(results) == 3, results
+            assert len(mail.outbox) == 2 and len(SlowHook.posts) == 1
+    finally:
+        server.shutdown()

@@ -302,6 +302,12 @@ def test_review_settings_only_by_policy_editors(review_setup, admin_user):
         services.review_settings_set(
             actor=admin_user, datasource=review_setup.datasource, data={"webhook_url": "nope"}
         )
+    with pytest.raises(ValidationError):
+        services.review_settings_set(
+            actor=admin_user,
+            datasource=review_setup.datasource,
+            data={"webhook_url": "ftp://example.com/hook"},
+        )
     assert not ReviewSettings.objects.exists()
 
 
@@ -339,4 +345,17 @@ def test_selectors_scope_inbox_and_requester(review_setup, open_request, persona
     assert (
         selectors.approval_for_requester(user=review_setup.requester, request_id=request.pk)
         == request
+    )
+
+
+def test_recent_activity_is_scoped_to_the_viewer(review_setup, open_request, personas):
+    first = open_request(identity=review_setup.agent)
+    second = open_request(identity=review_setup.agent, fingerprint="cd" * 16)
+    everything = selectors.identity_recent_activity(identity=review_setup.agent)
+    assert everything == [second, first]
+    assert selectors.identity_recent_activity(
+        identity=review_setup.agent, user=review_setup.reviewer, limit=1
+    ) == [second]
+    assert (
+        selectors.identity_recent_activity(identity=review_setup.agent, user=personas["none"]) == []
     )

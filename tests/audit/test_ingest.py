@@ -100,6 +100,24 @@ def test_malformed_fields_are_kept_as_well_as_possible(client: Client, sidecar: 
     assert audit_verify(chain=stored.chain).ok
 
 
+def test_awkward_text_survives_the_copy_and_the_chain(client: Client, sidecar: Any) -> None:
+    awkward = 'tab\there\nnew "quoted" back\\slash \\N \\. {braces},commas ünïcödé 🚀'
+    event = statement_event(
+        statement=awkward,
+        application_name=awkward,
+        tables=[awkward, "plain", ""],
+        classifications=['pii."odd"'],
+        reasons=[{"code": awkward, "n": 1.0, "big": 1e16, "small": 1.5e-7}],
+    )
+    assert _post(client, sidecar.token, [event]).json()["accepted"] == 1
+    stored = AuditEvent.objects.get(event_id=event["id"])
+    assert stored.statement == awkward and stored.application_name == awkward
+    assert stored.tables == [awkward, "plain", ""]
+    assert stored.classifications == ['pii."odd"']
+    assert stored.extra["reasons"] == [{"code": awkward, "n": 1, "big": 10**16, "small": 1.5e-7}]
+    assert audit_verify(chain=stored.chain).ok
+
+
 def test_old_month_event_gets_its_partition(client: Client, sidecar: Any) -> None:
     old = datetime.datetime(2024, 3, 15, 12, 0, tzinfo=datetime.UTC)
     event = statement_event(ts=old.timestamp())
