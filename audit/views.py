@@ -216,7 +216,7 @@ def _saved(request: HttpRequest) -> Any:
 @reader_required
 @require_http_methods(["GET"])
 def event_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    event = audit_event_get(user=request.user, pk=pk)
+    event = audit_event_get(user=request.user, pk=pk, at_micros=request.GET.get("at"))
     context = {"event": _named([event])[0], "proof": audit_event_proof(event=event)}
     return render(request, "audit/event_detail.html", context)
 

@@ -75,8 +75,25 @@ def test_event_detail_shows_a_valid_proof(client, auditor_user, crm, now) -> Non
     assert proof.recomputed_hash == proof.event.hash
     body = response.content.decode()
     assert "Chain proof" in body and proof.recomputed_hash in body
-    assert reverse("audit:event_detail", args=[first]) in body
-    assert reverse("audit:event_detail", args=[last]) in body
+    assert reverse("audit:event_detail", args=[first]) + "?at=" in body
+    assert reverse("audit:event_detail", args=[last]) + "?at=" in body
+
+
+def test_event_links_carry_the_time_and_a_wrong_time_is_404(client, auditor_user, crm,
+                                                            now) -> None:  # fmt: skip
+    from audit.chain import micros
+
+    at = now - datetime.timedelta(minutes=2)
+    event = event_add(occurred_at=at, datasource_id=crm.pk, identity_name="linked")
+    client.force_login(auditor_user)
+    page = client.get(reverse("audit:explorer"), {"identity": "linked"}).content.decode()
+    url = f"{reverse('audit:event_detail', args=[event])}?at={micros(at)}"
+    assert url in page
+    assert client.get(url).status_code == 200
+    wrong = f"{reverse('audit:event_detail', args=[event])}?at={micros(at) + 1}"
+    assert client.get(wrong).status_code == 404
+    bad = f"{reverse('audit:event_detail', args=[event])}?at=soon"
+    assert client.get(bad).status_code == 404
 
 
 def test_event_detail_shows_a_tampered_event_as_broken(client, auditor_user, crm, now) -> None:
