@@ -222,6 +222,10 @@ def measure(repeat: int) -> dict[str, list[float]]:
         next_url = page.context["next_url"]
         cursor = {"after": next_url.rsplit("after=", 1)[1]}
     print(f"pii_report_rows={rows} period={last_q.start}..{last_q.end}")
+    from audit.templatetags.audit_links import event_url
+
+    detail_path, _, detail_query = event_url(first.context["events"][0]).partition("?")
+    detail_params = dict([detail_query.split("=", 1)])
     measured = {
         "audit_pii_report": _measure(client, report, {}, repeat),
         "audit_explorer_page": _measure(client, explorer, filtered, repeat),
@@ -230,6 +234,8 @@ def measure(repeat: int) -> dict[str, list[float]]:
             client, explorer, {"q": "public.t7 where", "since": str(last_q.start)}, repeat
         ),
         "audit_overview": _measure(client, reverse("audit:overview"), {}, max(5, repeat // 3)),
+        # An event's page as the explorer links it (?at=: one partition's primary key).
+        "audit_event_detail": _measure(client, detail_path, detail_params, repeat),
     }
     names = iter(measured)
     for cpu in CPU_MS.values():
