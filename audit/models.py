@@ -238,3 +238,7 @@ class AuditVerification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.started_at:%Y-%m-%d %H:%M} {'OK' if self.ok else 'BROKEN'}"
+
+
+# The auditor's tools (saved searches, evidence packs) live in their own module.
+from audit.report_models import EvidencePack, EvidenceStatus, SavedSearch  # noqa: E402, F401

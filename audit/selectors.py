@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.http import Http404
 
 from audit.models import AuditEvent, ChangeRecord
 from governance.permissions import Role, user_role
@@ -122,8 +124,101 @@ def audit_events_search(
     qs = _filtered(filters)
     if after:
         at, event_pk = _cursor_decode(after)
-        qs = qs.filter(Q(occurred_at__lt=at) | Q(occurred_at=at, id__lt=event_pk))
+        # ``occurred_at <= at`` bounds the index range scan; the OR alone cannot,
+        # and deep pages would then scan every newer row first.
+        qs = qs.filter(occurred_at__lte=at).filter(
+            Q(occurred_at__lt=at) | Q(occurred_at=at, id__lt=event_pk)
+        )
     events = list(qs.order_by("-occurred_at", "-id")[: limit + 1])
     more = len(events) > limit
     events = events[:limit]
     return events, (_cursor_encode(events[-1]) if more and events else None)
+
+
+# --- the audit trail: what the explorer, exports and reports add ------------------------
+
+
+def require_audit_reader(user: Any) -> None:
+    if not audit_can_view(user):
+        raise PermissionDenied("Your role does not allow reading the audit trail.")
+
+
+def audit_events_iter(
+    *, user: Any, filters: AuditFilters, batch: int = 1000
+) -> Iterator[AuditEvent]:
+    """Every matching event, newest first, fetched in keyset batches (never all at once)."""
+    require_audit_reader(user)
+    return _events_iter(user=user, filters=filters, batch=batch)
+
+
+def _events_iter(*, user: Any, filters: AuditFilters, batch: int) -> Iterator[AuditEvent]:
+    cursor: str | None = None
+    while True:
+        events, cursor = audit_events_search(user=user, filters=filters, after=cursor, limit=batch)
+        yield from events
+        if cursor is None:
+            return
+
+
+def audit_event_get(*, user: Any, pk: Any, at_micros: Any = None) -> AuditEvent:
+    """One event by its id, for a reader of the trail; 404 when there is none.
+
+    ``at_micros`` (its ``occurred_at`` in µs since the epoch, as event links carry
+    it) narrows the lookup to one partition's primary key; without it every
+    partition is searched for the id, which is slow on a large trail.
+    """
+    require_audit_reader(user)
+    from audit.chain import from_micros
+
+    try:
+        qs = AuditEvent.objects.filter(id=int(pk))
+        if at_micros not in (None, ""):
+            qs = qs.filter(occurred_at=from_micros(int(at_micros)))
+        event = qs.first()
+    except (TypeError, ValueError, OverflowError):
+        event = None
+    if event is None:
+        raise Http404("No such audit event.")
+    return event
+
+
+@dataclass(frozen=True)
+class EventProof:
+    """Whether one event's place in its chain checks out, and the links to show."""
+
+    event: AuditEvent
+    prev: AuditEvent | None
+    next: AuditEvent | None
+    recomputed_hash: str
+    hash_ok: bool  # the stored hash is what the stored content hashes to
+    prev_ok: bool | None  # the previous event's hash is this one's prev_hash (None: no previous)
+    next_ok: bool | None  # the next event's prev_hash is this one's hash (None: no next yet)
+
+    @property
+    def ok(self) -> bool:
+        return self.hash_ok and self.prev_ok is not False and self.next_ok is not False
+
+
+def audit_event_proof(*, event: AuditEvent) -> EventProof:
+    """Recompute ``event``'s hash and check the links to its neighbours in its chain.
+
+    A first event (or the first after retention) has no previous row; its
+    ``prev_hash`` is then checked by ``audit_verify`` against the genesis or the
+    retention anchor, not here.
+    """
+    from audit.chain import CHAINED_FIELDS, canonical_event, chain_hash
+
+    around = (event.seq - 1, event.seq + 1)
+    neighbours = {e.seq: e for e in AuditEvent.objects.filter(chain=event.chain, seq__in=around)}
+    prev, nxt = neighbours.get(event.seq - 1), neighbours.get(event.seq + 1)
+    row = {name: getattr(event, name) for name in CHAINED_FIELDS}
+    recomputed = chain_hash(event.prev_hash, canonical_event(row))
+    return EventProof(
+        event=event,
+        prev=prev,
+        next=nxt,
+        recomputed_hash=recomputed,
+        hash_ok=recomputed == event.hash,
+        prev_ok=None if prev is None else prev.hash == event.prev_hash,
+        next_ok=None if nxt is None else nxt.prev_hash == event.hash,
+    )

@@ -23,3 +23,14 @@ def audit_verify_chains() -> bool:
 def audit_retention_enforce() -> list[str]:
     """Drop the partitions past their environment's retention (chains anchored first)."""
     return services.audit_retention_enforce()
+
+
+# --- the auditor's tools ------------------------------------------------------------------
+
+
+@shared_task(name="audit.evidence_pack_build", ignore_result=True)
+def evidence_pack_build_task(*, pack_id: int) -> None:
+    """Build an evidence pack requested in the UI (enqueued on commit)."""
+    from audit.evidence import evidence_pack_build
+
+    evidence_pack_build(pack_id=pack_id)
