@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -62,3 +64,181 @@ class ChangeRecord(models.Model):
         after = self.after or {}
         keys = sorted(set(before) | set(after))
         return [(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
+
+
+# --- the audit trail -----------------------------------------------------------------
+#
+# The trail's tables are made by migration 0002 with raw SQL (a partitioned table,
+# a trigger, a function Django cannot express), so these models only map them.
+
+
+class EventSource(models.TextChoices):
+    SIDECAR = "sidecar", "Sidecar"
+    CONTROL_PLANE = "control_plane", "Control plane"
+
+
+CONTROL_PLANE_CHAIN = "control-plane"
+
+
+def datasource_chain(datasource_id: int) -> str:
+    return f"datasource:{datasource_id}"
+
+
+class AuditEvent(models.Model):
+    """One thing that happened: a statement a sidecar saw, or a control-plane decision.
+
+    Append-only (a trigger refuses UPDATE and DELETE); ``seq``/``prev_hash``/``hash``
+    chain the events of one ``chain`` (a datasource, or the control plane), see
+    ``audit.chain``. ``id`` is unique (an identity column) though the database's
+    key is ``(occurred_at, environment, id)``, as partitioning requires.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    event_id = models.TextField()
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    chain = models.TextField()
+    seq = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+    source = models.TextField(choices=EventSource.choices)
+    type = models.TextField()
+    actor = models.TextField(blank=True)
+    identity_name = models.TextField(blank=True)
+    identity_kind = models.TextField(blank=True)
+    identity_owner = models.TextField(blank=True)
+    datasource_id = models.IntegerField(null=True)
+    environment = models.TextField(blank=True)
+    sidecar_id = models.TextField(blank=True)
+    client_addr = models.TextField(blank=True)
+    application_name = models.TextField(blank=True)
+    statement_kind = models.TextField(blank=True)
+    statement = models.TextField(blank=True)
+    fingerprint = models.TextField(blank=True)
+    tables = ArrayField(models.TextField(), default=list)
+    columns = ArrayField(models.TextField(), default=list)
+    classifications = ArrayField(models.TextField(), default=list)
+    masked_columns = ArrayField(models.TextField(), default=list)
+    action = models.TextField(blank=True)
+    outcome = models.TextField(blank=True)
+    rows = models.BigIntegerField(null=True)
+    duration_ms = models.FloatField(null=True)
+    risk = models.IntegerField(null=True)
+    extra = models.JSONField(default=dict)
+
+    class Meta:
+        managed = False
+        db_table = "audit_event"
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        who = self.identity_name or self.actor or "-"
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.type} {who}"
+
+
+class ChainHead(models.Model):
+    """The last (seq, hash) of a chain; ingestion locks this row to append in order."""
+
+    chain = models.TextField(primary_key=True)
+    seq = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        managed = False
+        db_table = "audit_chain_head"
+
+    def __str__(self) -> str:
+        return f"{self.chain} @ {self.seq}"
+
+
+class ChainAnchor(models.Model):
+    """The last (seq, hash) of a chain that retention dropped: verification resumes there."""
+
+    chain = models.TextField(primary_key=True)
+    seq = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    dropped_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "audit_chain_anchor"
+
+    def __str__(self) -> str:
+        return f"{self.chain} anchored @ {self.seq}"
+
+
+class AccessDaily(models.Model):
+    """Daily count of allowed statements per identity, datasource and classification.
+
+    Maintained by ingestion in the same transaction as the events (the PII
+    report reads it). The database key is (day, identity_name, datasource_id,
+    classification); Django needs one column as ``pk``, so ``day`` stands in and
+    this model is for reading only.
+    """
+
+    day = models.DateField(primary_key=True)
+    identity_name = models.TextField()
+    identity_kind = models.TextField()
+    datasource_id = models.IntegerField()
+    classification = models.TextField()
+    events = models.BigIntegerField()
+
+    class Meta:
+        managed = False
+        db_table = "audit_access_daily"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.identity_name} {self.classification}: {self.events}"
+
+
+DEFAULT_RETENTION_DAYS = 400
+
+
+class AuditRetention(models.Model):
+    """How long the trail keeps an environment's events; '' is the control plane's own."""
+
+    environment = models.CharField(
+        max_length=32,
+        unique=True,
+        blank=True,
+        help_text="Environment name; empty for control-plane events without a datasource.",
+    )
+    days = models.PositiveIntegerField(default=DEFAULT_RETENTION_DAYS)
+
+    class Meta:
+        ordering = ["environment"]
+        constraints = [
+            # A month partition is the unit dropped: under ~a month would drop the current one.
+            models.CheckConstraint(condition=Q(days__gte=31), name="auditretention_days_min"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.environment or 'control plane'}: {self.days} days"
+
+    def clean(self) -> None:
+        from governance.models import Environment
+
+        if self.environment and not Environment.objects.filter(name=self.environment).exists():
+            raise ValidationError({"environment": f"Unknown environment: {self.environment}."})
+
+
+class AuditVerification(models.Model):
+    """One run of chain verification, for the overview and for alerting."""
+
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField()
+    checked = models.BigIntegerField(default=0)
+    chains = models.PositiveIntegerField(default=0)
+    first_broken = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        get_latest_by = "started_at"
+
+    def __str__(self) -> str:
+        return f"{self.started_at:%Y-%m-%d %H:%M} {'OK' if self.ok else 'BROKEN'}"
+
+
+# The auditor's tools (saved searches, evidence packs) live in their own module.
+from audit.report_models import EvidencePack, EvidenceStatus, SavedSearch  # noqa: E402, F401

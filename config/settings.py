@@ -77,6 +77,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "governance.tasks.scans_request_due",
         "schedule": float(envint("WARDEN_SCAN_BEAT_SECONDS", 60, minimum=1)),
     },
+    # The audit trail: partitions made ahead of need, chains verified, expired months dropped.
+    "audit-partitions-prepare": {
+        "task": "audit.tasks.audit_partitions_prepare",
+        "schedule": 3600.0,
+    },
+    "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 21600.0},
+    "audit-retention-enforce": {"task": "audit.tasks.audit_retention_enforce", "schedule": 3600.0},
 }
 
 CACHES = {

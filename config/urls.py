@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/", include("approvals.api_urls")),
     path("api/v1/", include("governance.api_urls")),
     path("approvals/", include("approvals.urls")),
+    path("audit/", include("audit.urls")),
     path("", include("governance.urls")),
 ]
 

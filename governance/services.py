@@ -27,8 +27,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.models import ChangeAction
+from audit.services import audit_control_event, object_snapshot
 from audit.services import change_record_create as _change_record_create
-from audit.services import object_snapshot
 from governance.bundles import bundles_mark_stale
 from governance.errors import ApplicationError
 from governance.models import (
@@ -292,7 +292,19 @@ def token_issue(
         expires_at=expires_at,
     )
     _create(actor, token)
+    _token_event("token.issued", actor, token, identity=identity.name)
     return token, raw
+
+
+def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:
+    """Issue and revoke of access and API tokens in the audit trail (never the token)."""
+    audit_control_event(
+        action=action,
+        actor=actor,
+        target=f"{token._meta.model_name}:{token.pk} {token.name}"[:300],
+        outcome="ok",
+        detail={"kind": token._meta.model_name, "prefix": token.prefix, **detail},
+    )
 
 
 @transaction.atomic
@@ -312,6 +324,7 @@ def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
         before=before,
         after=object_snapshot(token),
     )
+    _token_event("token.revoked", actor, token)
     return token
 
 
@@ -329,6 +342,7 @@ def api_token_issue(
         user=actor, name=name, prefix=raw[:10], digest=token_digest(raw), expires_at=expires_at
     )
     _create(actor, token)
+    _token_event("token.issued", actor, token)
     return token, raw
 
 
@@ -349,6 +363,7 @@ def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
         before=before,
         after=object_snapshot(token),
     )
+    _token_event("token.revoked", actor, token)
     return token
 
 
@@ -872,7 +887,19 @@ def sidecar_register(*, actor: Any, datasource: Datasource, name: str) -> tuple[
         datasource=datasource, name=name, token_prefix=prefix, token_digest=digest, created_by=actor
     )
     _create(actor, sidecar)
+    _sidecar_event("sidecar.registered", actor, sidecar)
     return sidecar, raw
+
+
+def _sidecar_event(action: str, actor: Any, sidecar: Sidecar) -> None:
+    audit_control_event(
+        action=action,
+        actor=actor,
+        datasource=sidecar.datasource,
+        target=f"sidecar:{sidecar.pk} {sidecar.name}",
+        outcome="ok",
+        detail={"prefix": sidecar.token_prefix},
+    )
 
 
 @transaction.atomic
@@ -896,6 +923,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
         before=before,
         after=object_snapshot(sidecar),
     )
+    _sidecar_event("sidecar.token_rotated", actor, sidecar)
     return sidecar, raw
 
 
@@ -916,6 +944,7 @@ def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
         before=before,
         after=object_snapshot(sidecar),
     )
+    _sidecar_event("sidecar.revoked", actor, sidecar)
     return sidecar
 
 
@@ -1211,41 +1240,6 @@ def identities_expire() -> int:
         _update(None, identity, {"is_active": False}, allowed={"is_active"})
         count += 1
     return count
-
-
-# --- audit events from sidecars -------------------------------------------------------
-
-# Until audit events are stored (a later issue), the control plane remembers which
-# event ids each sidecar delivered, so a batch re-sent after a lost reply is
-# recognised, and counts what arrived: enough to prove delivery is exactly-once.
-AUDIT_IDS_TTL_SECONDS = 30 * 24 * 3600
-
-
-def audit_keys(sidecar_id: int) -> tuple[str, str]:
-    """Redis keys: the set of delivered event ids, and the hash of counts by type."""
-    return f"warden:audit:{sidecar_id}:ids", f"warden:audit:{sidecar_id}:counts"
-
-
-def audit_batch_receive(*, sidecar_id: int, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Take a sidecar's batch; an id seen before is a duplicate and not counted again."""
-    from governance.bundles import redis_client
-
-    ids_key, counts_key = audit_keys(sidecar_id)
-    client = redis_client()
-    pipe = client.pipeline(transaction=True)
-    for event in events:
-        pipe.sadd(ids_key, event["id"])
-    pipe.expire(ids_key, AUDIT_IDS_TTL_SECONDS)
-    added = pipe.execute()[:-1]
-    fresh = [event for event, new in zip(events, added, strict=True) if new]
-    pipe = client.pipeline(transaction=True)
-    pipe.hincrby(counts_key, "received", len(events))
-    pipe.hincrby(counts_key, "duplicates", len(events) - len(fresh))
-    for event in fresh:
-        pipe.hincrby(counts_key, f"type:{event.get('type', '')}", 1)
-    pipe.expire(counts_key, AUDIT_IDS_TTL_SECONDS)
-    pipe.execute()
-    return {"accepted": len(fresh), "duplicates": len(events) - len(fresh)}
 
 
 # --- custom detectors -------------------------------------------------------------------

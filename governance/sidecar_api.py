@@ -32,10 +32,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from audit.services import audit_events_ingest
 from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
 from governance.services import (
-    audit_batch_receive,
     scan_requested_for,
     sidecar_heartbeat_record,
     sidecar_schema_report,
@@ -551,20 +551,50 @@ def schema_view(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def audit_view(request: HttpRequest) -> JsonResponse:
-    """Body: {events: [{id, ts, type, ...}]}, the proxy's spool lines. Idempotent by
-    ``id``: a re-sent event is answered as a duplicate and not counted twice."""
-    principal = _principal(request)
+    """Body: {events: [{id, ts, type, ...}]}, the proxy's spool lines, stored in the
+    audit trail under the token's datasource. Idempotent by ``id``: a re-sent
+    event is answered as a duplicate and stored once. (Under uvicorn,
+    ``governance.sidecar_asgi`` serves this path itself, off Django's one sync
+    thread, through the same ``audit_reply``.)"""
+    length = request.headers.get("Content-Length")
+    if length is not None and (not length.isdigit() or int(length) > AUDIT_MAX_BYTES):
+        return _json_error(413, f"The body is larger than {AUDIT_MAX_BYTES} bytes.")
+    status, payload = audit_reply(
+        authorization=request.headers.get("Authorization"),
+        content_type=request.content_type or "",
+        body=request.read(AUDIT_MAX_BYTES + 1),
+    )
+    response = JsonResponse(payload, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="warden-sidecar"'
+    return response
+
+
+def audit_reply(
+    *, authorization: str | None, content_type: str, body: bytes
+) -> tuple[int, dict[str, Any]]:
+    """Authenticate, validate and store one audit batch; (status, JSON answer)."""
+
+    def error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+        return status, {"error": {"code": status, "message": message}}
+
+    principal = sidecar_authenticate(authorization)
     if principal is None:
-        return _unauthorized()
-    data, problem = _json_body(request, AUDIT_MAX_BYTES)
-    if problem is not None:
-        return problem
+        return error(401, "A valid sidecar token is required.")
+    if len(body) > AUDIT_MAX_BYTES:
+        return error(413, f"The body is larger than {AUDIT_MAX_BYTES} bytes.")
+    if content_type.split(";")[0].strip() != "application/json":
+        return error(415, "Send application/json.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "The body is not valid JSON.")
     message = _check_keys(data, {"events"})
     if message:
-        return _json_error(400, message)
+        return error(400, message)
     events = data["events"]
     if not isinstance(events, list) or len(events) > AUDIT_MAX_EVENTS:
-        return _json_error(400, f"events: a list of at most {AUDIT_MAX_EVENTS} objects.")
+        return error(400, f"events: a list of at most {AUDIT_MAX_EVENTS} objects.")
     if not all(
         isinstance(e, dict)
         and isinstance(e.get("id"), str)
@@ -574,11 +604,22 @@ def audit_view(request: HttpRequest) -> JsonResponse:
         and isinstance(e.get("type", ""), str)
         for e in events
     ):
-        return _json_error(
-            400, "Every event needs a string id (at most 64 characters) and a numeric ts."
-        )
-    result = audit_batch_receive(sidecar_id=principal.sidecar_id, events=events)
-    return JsonResponse(result, status=202)
+        return error(400, "Every event needs a string id (at most 64 characters) and a numeric ts.")
+    result = audit_events_ingest(
+        sidecar_id=principal.sidecar_id, datasource_id=principal.datasource_id, events=events
+    )
+    return 202, result
+
+
+def audit_reply_and_close(
+    *, authorization: str | None, content_type: str, body: bytes
+) -> tuple[int, dict[str, Any]]:
+    """``audit_reply`` for a worker thread outside Django's request cycle."""
+    close_old_connections()
+    try:
+        return audit_reply(authorization=authorization, content_type=content_type, body=body)
+    finally:
+        close_old_connections()
 
 
 @csrf_exempt

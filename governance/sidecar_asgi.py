@@ -21,13 +21,19 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
+from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from approvals.sidecar_api import approval_state_reply  # noqa: E402
-from governance.sidecar_api import bundle_reply  # noqa: E402 - needs the app registry
+from governance.sidecar_api import (  # noqa: E402 - needs the app registry
+    AUDIT_MAX_BYTES,
+    audit_reply_and_close,
+    bundle_reply,
+)
 
 BUNDLE_PATH = "/api/v1/sidecar/bundle"
+AUDIT_PATH = "/api/v1/sidecar/audit"
 APPROVAL_PREFIX = "/api/v1/sidecar/approvals/"
 
 
@@ -53,6 +59,35 @@ async def _bundle(scope: dict[str, Any], receive: Any, send: Any) -> None:
     out.append((b"content-length", str(len(reply.body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": out})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _audit(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Audit batches in a thread pool, not Django's one sync thread: batches of
+    different chains then overlap their database waits with each other's parsing."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= AUDIT_MAX_BYTES + 1:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+    status, payload = await sync_to_async(audit_reply_and_close, thread_sensitive=False)(
+        authorization=headers.get("authorization"),
+        content_type=headers.get("content-type", ""),
+        body=b"".join(chunks)[: AUDIT_MAX_BYTES + 1],
+    )
+    body = json.dumps(payload).encode()
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        out.append((b"www-authenticate", b'Bearer realm="warden-sidecar"'))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _approval(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -92,6 +127,9 @@ async def _approval(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http" and scope["path"] == BUNDLE_PATH and scope["method"] == "GET":
         await _bundle(scope, receive, send)
+        return
+    if scope["type"] == "http" and scope["path"] == AUDIT_PATH and scope["method"] == "POST":
+        await _audit(scope, receive, send)
         return
     if (
         scope["type"] == "http"

@@ -16,10 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
-from django.conf import settings
+from django.db import connection
 
 from governance import services
+from governance.models import Sidecar
 from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, pinned_key
 
@@ -46,8 +46,18 @@ def _connect(port: int, dbname: str, user: str, token: str) -> psycopg.Connectio
 
 
 def _counts(sidecar_pk: int) -> dict[str, int]:
-    raw = redis.Redis.from_url(settings.REDIS_URL).hgetall(f"warden:audit:{sidecar_pk}:counts")
-    return {k.decode(): int(v) for k, v in raw.items()}
+    """What the audit trail holds from this sidecar: events by type, and repeats."""
+    name = Sidecar.objects.get(pk=sidecar_pk).name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT type, count(*), count(DISTINCT event_id) FROM audit_event "
+            "WHERE source = 'sidecar' AND sidecar_id = %s GROUP BY type",
+            [name],
+        )
+        rows = cursor.fetchall()
+    counts = {f"type:{t}": n for t, n, _ in rows}
+    counts["duplicates"] = sum(n - distinct for _, n, distinct in rows)
+    return counts
 
 
 def _wait_statements(sidecar_pk: int, expected: int, timeout: float) -> dict[str, int]:

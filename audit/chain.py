@@ -1,0 +1,85 @@
+"""The canonical form of an audit event and its chain hash (see docs/audit.md).
+
+``hash = sha256(prev_hash + canonical_event(row))`` where ``prev_hash`` is the 64
+hex characters of the previous event's hash in the same chain (``GENESIS`` for
+the first) and ``canonical_event`` is the JSON of every stored column except
+``id``, ``prev_hash`` and ``hash``: keys sorted, no whitespace, UTF-8, times as
+integer microseconds since the Unix epoch (UTC). Ingestion stores every float
+in ``extra`` that is a whole number as an integer (``jsonb`` does not keep
+``1e+16`` and ``10000000000000000`` apart, so a stored value must read back as
+what was hashed). The same function serves ingestion and verification, so they
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+GENESIS = "0" * 64
+
+# Every column the hash covers, in the order COPY writes them.
+CHAINED_FIELDS = (
+    "event_id",
+    "occurred_at",
+    "received_at",
+    "chain",
+    "seq",
+    "source",
+    "type",
+    "actor",
+    "identity_name",
+    "identity_kind",
+    "identity_owner",
+    "datasource_id",
+    "environment",
+    "sidecar_id",
+    "client_addr",
+    "application_name",
+    "statement_kind",
+    "statement",
+    "fingerprint",
+    "tables",
+    "columns",
+    "classifications",
+    "masked_columns",
+    "action",
+    "outcome",
+    "rows",
+    "duration_ms",
+    "risk",
+    "extra",
+)
+
+
+def micros(at: datetime.datetime) -> int:
+    """Microseconds since the epoch, exactly (no float on the way)."""
+    delta = at - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime.datetime:
+    return datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=value
+    )
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def canonical_event(row: Mapping[str, Any]) -> bytes:
+    """The bytes the chain hash covers for one event (a row's column values)."""
+    doc = {name: row[name] for name in CHAINED_FIELDS}
+    doc["occurred_at"] = micros(doc["occurred_at"])
+    doc["received_at"] = micros(doc["received_at"])
+    return _CANONICAL.encode(doc).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, canonical: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()

@@ -1,0 +1,258 @@
+"""Benchmark of audit ingestion through the real sidecar API, then the UI's query latencies.
+
+One uvicorn process serves ``governance.sidecar_asgi`` (Django behind it) on a
+database of its own (migrated here); ``--sidecars`` sidecars, each on its own
+datasource (so its own chain), post batches of ``--batch`` statement events
+shaped like the proxy's over keep-alive HTTP, ``--clients`` at a time, until
+``--events`` have been accepted. Figures: events/s accepted (wall clock) and
+the web process's CPU time per event (steadier than the rate on a shared
+machine). Then every chain is verified, and ``bench/audit_queries.py``
+runs when it exists (its ``main()``).
+
+    WARDEN_DEV=1 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/warden_bench_audit \\
+    REDIS_URL=redis://127.0.0.1:6379/N .venv/bin/python bench/audit.py
+
+Ends with ``audit_ingest_rate=<v> events/s target=20000 met|missed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import importlib.util
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from audit.services import audit_verify  # noqa: E402
+from governance import services  # noqa: E402
+from governance.models import Environment, Membership, Role  # noqa: E402
+
+TARGET = 20_000
+CLASSIFICATIONS = ["pii.email", "pii.ssn", "pii.phone", "financial.card"]
+TABLES = ["public.customers", "public.orders", "public.payments", "public.api_keys"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup(sidecars: int) -> list[str]:
+    """Datasources and sidecars for the run (fresh names each time); their tokens."""
+    call_command("migrate", verbosity=0)
+    User = get_user_model()
+    admin, _ = User.objects.get_or_create(
+        username="bench-admin", defaults={"is_superuser": True, "is_staff": True}
+    )
+    Membership.objects.get_or_create(user=admin, defaults={"role": Role.ADMIN})
+    production = Environment.objects.get(name="production")
+    run = uuid.uuid4().hex[:6]
+    tokens = []
+    for i in range(sidecars):
+        ds = services.datasource_create(
+            actor=admin, name=f"bench-audit-{run}-{i}", environment=production
+        )
+        _, token = services.sidecar_register(actor=admin, datasource=ds, name="bench")
+        tokens.append(token)
+    return tokens
+
+
+def event(rng: random.Random) -> dict[str, Any]:
+    """One statement event as ``sidecar.proxy.session._record`` writes it."""
+    classified = rng.random() < 0.4
+    tables = rng.sample(TABLES, rng.randint(1, 2))
+    return {
+        "id": str(uuid.uuid4()),
+        "type": "statement",
+        "ts": round(time.time(), 6),
+        "action": "allow",
+        "outcome": "allowed",
+        "rows": rng.randint(0, 500),
+        "duration_ms": round(rng.random() * 20, 3),
+        "error_sqlstate": None,
+        "identity": f"svc-{rng.randint(1, 40)}",
+        "identity_kind": rng.choice(["service", "human", "agent"]),
+        "owner": "alice",
+        "datasource": "ignored",
+        "sidecar": "bench",
+        "client_addr": f"10.0.{rng.randint(0, 9)}.{rng.randint(1, 250)}",
+        "application_name": "bench",
+        "kind": "select",
+        "statement": "SELECT id, email, total FROM customers JOIN orders USING (id) "
+        "WHERE customers.id = $1 AND status = $2 LIMIT $3",
+        "fingerprint": f"{rng.getrandbits(256):064x}",
+        "tables": tables,
+        "tables_read": tables,
+        "tables_written": [],
+        "columns_read": [f"{t}.id" for t in tables],
+        "functions": [],
+        "classifications": rng.sample(CLASSIFICATIONS, 2) if classified else [],
+        "masked_columns": ["public.customers.email"] if classified else [],
+        "statements": None,
+        "reasons": [{"code": "masked", "message": "classified columns masked"}]
+        if classified
+        else [],
+        "risk": rng.randint(0, 60),
+        "revision": "a" * 64,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, int, float]:
+    """Post batches until args.events are accepted; return (accepted, duplicates, seconds)."""
+    rng = random.Random(7)
+    per_client = max(1, args.events // args.batch // args.clients)
+    bodies = [
+        [
+            json.dumps({"events": [event(rng) for _ in range(args.batch)]}).encode()
+            for _ in range(per_client)
+        ]
+        for _ in range(args.clients)
+    ]
+    totals = {"accepted": 0, "duplicates": 0}
+    lock = threading.Lock()
+    errors: list[str] = []
+    start = threading.Barrier(args.clients + 1)
+
+    def client(n: int) -> None:
+        token = tokens[n % len(tokens)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        start.wait()
+        for body in bodies[n]:
+            conn.request("POST", "/api/v1/sidecar/audit", body=body, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            if reply.status != 202:
+                errors.append(f"{reply.status} {data[:200]!r}")
+                return
+            answer = json.loads(data)
+            with lock:
+                totals["accepted"] += answer["accepted"]
+                totals["duplicates"] += answer["duplicates"]
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise SystemExit(f"ingestion failed: {errors[0]}")
+    return totals["accepted"], totals["duplicates"], elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--sidecars", type=int, default=4)
+    parser.add_argument("--skip-queries", action="store_true")
+    args = parser.parse_args()
+
+    tokens = setup(args.sidecars)
+    connection.close()
+    port = free_port()
+    log = Path(tempfile.gettempdir()) / "bench-audit-uvicorn.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "governance.sidecar_asgi:application",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        # Warm-up (connections, caches, first partition checks), not counted.
+        warm = argparse.Namespace(**{**vars(args), "events": args.batch * args.clients})
+        run(warm, port, tokens)
+        web_before = cpu_seconds(server.pid)
+        accepted, duplicates, elapsed = run(args, port, tokens)
+        web_cpu = cpu_seconds(server.pid) - web_before
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+
+    rate = accepted / elapsed
+    print(
+        f"ingested {accepted:,} events ({duplicates} duplicates) in {elapsed:.2f} s: "
+        f"{rate:,.0f} events/s; batches of {args.batch}, {args.clients} clients, "
+        f"{args.sidecars} chains, one uvicorn process"
+    )
+    print(
+        f"web process CPU per event: {web_cpu / accepted * 1e6:.1f} us "
+        f"(one core at 100% would take {1e6 / (web_cpu / accepted * 1e6):,.0f} events/s)"
+    )
+    began = time.perf_counter()
+    verified = audit_verify()
+    print(
+        f"audit_verify: {'OK' if verified.ok else 'BROKEN'} {verified.checked:,} events "
+        f"in {time.perf_counter() - began:.2f} s"
+    )
+    verdict = (
+        f"audit_ingest_rate={rate:.0f} events/s target={TARGET} "
+        f"{'met' if rate >= TARGET else 'missed'}"
+    )
+    print(verdict)
+    queries = ROOT / "bench" / "audit_queries.py"
+    if queries.exists() and not args.skip_queries:
+        spec = importlib.util.spec_from_file_location("bench_audit_queries", queries)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.argv = [str(queries)]
+        module.main()
+        print(verdict)  # the ingestion verdict stays the last line
+
+
+if __name__ == "__main__":
+    main()

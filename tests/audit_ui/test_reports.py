@@ -1,0 +1,100 @@
+"""The PII access report (from the daily rollup), its periods and its drill-down."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from audit.reports import Period, period_named, pii_access_report, sensitive_classifications
+from audit.selectors import audit_events_search
+from tests.audit_ui.trail import event_add
+
+pytestmark = pytest.mark.django_db
+
+
+def test_period_names() -> None:
+    today = datetime.date(2026, 11, 23)
+    last = period_named("last_quarter", today=today)
+    assert (last.start, last.end) == (datetime.date(2026, 7, 1), datetime.date(2026, 10, 1))
+    assert "Q3 2026" in last.label
+    jan = period_named("last_quarter", today=datetime.date(2026, 1, 5))
+    assert (jan.start, jan.end) == (datetime.date(2025, 10, 1), datetime.date(2026, 1, 1))
+    this = period_named("this_quarter", today=today)
+    assert (this.start, this.end) == (datetime.date(2026, 10, 1), datetime.date(2026, 11, 24))
+    assert period_named("bogus", today=today) == last
+
+
+def test_sensitive_means_pii_and_confidential_or_restricted() -> None:
+    names = set(sensitive_classifications())
+    assert "pii.email" in names
+    assert "financial.card" in names  # restricted, though not named pii.*
+    assert not any(n.startswith("public") for n in names)
+
+
+def test_report_counts_identity_by_classification_and_drills_down(auditor_user, crm, lab,
+                                                                   now) -> None:  # fmt: skip
+    day = now - datetime.timedelta(days=2)
+    period = Period(
+        (now - datetime.timedelta(days=10)).date(), (now + datetime.timedelta(days=1)).date(), "t"
+    )
+    for i in range(3):
+        event_add(occurred_at=day + datetime.timedelta(minutes=i), identity_name="alice",
+                  datasource_id=crm.pk, classifications=["pii.email", "pii.ssn"])  # fmt: skip
+    event_add(occurred_at=day, identity_name="alice", datasource_id=lab.pk,
+              environment="sandbox", classifications=["pii.email"])  # fmt: skip
+    event_add(occurred_at=day, identity_name="bob", identity_kind="service",
+              datasource_id=crm.pk, classifications=["financial.card"])  # fmt: skip
+    # Not counted: refused, not classified as sensitive, outside the period.
+    event_add(occurred_at=day, identity_name="eve", datasource_id=crm.pk, action="block",
+              outcome="blocked", classifications=["pii.email"])  # fmt: skip
+    event_add(occurred_at=day, identity_name="carol", datasource_id=crm.pk,
+              classifications=["internal.metrics"])  # fmt: skip
+    event_add(occurred_at=now - datetime.timedelta(days=30), identity_name="alice",
+              datasource_id=crm.pk, classifications=["pii.email"])  # fmt: skip
+
+    rows = pii_access_report(user=auditor_user, period=period)
+    table = {(r.identity_name, r.classification): r.events for r in rows}
+    assert table == {
+        ("alice", "pii.email"): 4,
+        ("alice", "pii.ssn"): 3,
+        ("bob", "financial.card"): 1,
+    }
+    assert [r.events for r in rows] == sorted((r.events for r in rows), reverse=True)
+    # The drill-down finds exactly the events that were counted.
+    row = next(r for r in rows if (r.identity_name, r.classification) == ("alice", "pii.email"))
+    events, _ = audit_events_search(user=auditor_user, filters=row.drilldown, limit=100)
+    assert len(events) == row.events
+    assert all("pii.email" in e.classifications and e.identity_name == "alice" for e in events)
+    only_lab = pii_access_report(user=auditor_user, period=period, datasource_id=lab.pk)
+    assert [(r.identity_name, r.classification, r.events) for r in only_lab] == [
+        ("alice", "pii.email", 1)
+    ]
+
+
+def test_report_needs_an_audit_role(reviewer_user) -> None:
+    with pytest.raises(PermissionDenied):
+        pii_access_report(user=reviewer_user, period=period_named("last_quarter"))
+
+
+def test_report_page_lists_the_largest_and_the_csv_holds_all(client, auditor_user, crm, now,
+                                                             monkeypatch) -> None:  # fmt: skip
+    import audit.views
+
+    monkeypatch.setattr(audit.views, "REPORT_ROWS_SHOWN", 2)
+    day = now - datetime.timedelta(days=1)
+    for i, name in enumerate(["ann", "ben", "cat"]):
+        for _ in range(i + 1):
+            event_add(occurred_at=day, identity_name=name, datasource_id=crm.pk,
+                      classifications=["pii.email"])  # fmt: skip
+    client.force_login(auditor_user)
+    page = client.get("/audit/reports/pii/", {"period": "last_30"})
+    assert [row.identity_name for row, _ in page.context["rows"]] == ["cat", "ben"]
+    assert page.context["truncated"] and page.context["total"] == 6
+    csv_response = client.get("/audit/reports/pii/", {"period": "last_30", "format": "csv"})
+    assert csv_response["Content-Type"].startswith("text/csv")
+    lines = csv_response.content.decode().splitlines()
+    assert lines[0] == "identity,identity_kind,classification,events"
+    assert sorted(lines[1:]) == ["ann,human,pii.email,1", "ben,human,pii.email,2",
+                                 "cat,human,pii.email,3"]  # fmt: skip
