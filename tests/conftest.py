@@ -15,6 +15,7 @@ column classifications, masking rules and two guardrails.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,6 +74,38 @@ def _builtin_rows(request: pytest.FixtureRequest) -> None:
         is_builtin=True
     ).count() < len(seed.CLASSIFICATIONS):
         seed.seed(apps, None)
+
+
+# The audit trail's tables are raw SQL (a partitioned table and its key, chain and
+# rollup tables), so Django's flush after a transactional test does not empty them,
+# and the append-only trigger refuses TRUNCATE. Without this, events one test left
+# behind show up in the reports of the next test on the same database.
+_AUDIT_TRAIL_TABLES = (
+    "audit_event, audit_event_key, audit_chain_head, audit_chain_anchor, audit_access_daily"
+)
+
+
+@pytest.fixture(autouse=True)
+def _audit_trail_emptied(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    transactional = bool(
+        {"transactional_db", "live_server"} & names
+        or (marker is not None and marker.kwargs.get("transaction"))
+    )
+    if not transactional:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_truncate;"
+            f"TRUNCATE {_AUDIT_TRAIL_TABLES};"
+            "ALTER TABLE audit_event ENABLE TRIGGER audit_event_no_truncate"
+        )
 
 
 @pytest.fixture(autouse=True)

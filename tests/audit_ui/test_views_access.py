@@ -24,7 +24,7 @@ def objects(personas: dict[str, Any], crm: Any, now: datetime.datetime) -> dict[
     event = event_add(occurred_at=now - datetime.timedelta(minutes=1), datasource_id=crm.pk)
     # Owned by the admin: personal objects of someone else for every other reader.
     search = SavedSearch.objects.create(
-        owner=personas["admin"], name="mine", query="type=statement"
+        owner=personas["admin"], name="admins-search", query="type=statement"
     )
     pack = EvidencePack.objects.create(
         requested_by=personas["admin"],
@@ -100,7 +100,8 @@ def test_another_persons_saved_search_and_pack_are_404(client, personas, objects
     assert client.post(delete).status_code == 404
     assert SavedSearch.objects.filter(pk=objects["search"].pk).exists()
     # Nor are they listed.
-    assert b"mine" not in client.get(reverse("audit:explorer")).content
+    opened = reverse("audit:saved_search_open", args=[objects["search"].pk])
+    assert opened not in client.get(reverse("audit:explorer")).content.decode()
     listed = client.get(reverse("audit:evidence_list")).content.decode()
     assert f'id="pack-{objects["pack"].pk}"' not in listed
 

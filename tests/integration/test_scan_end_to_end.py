@@ -147,11 +147,14 @@ def test_a_new_email_column_is_masked_within_one_scan_interval(
         added = time.monotonic()
         raw = {f"person{i}@corp.example.com" for i in range(1, ROWS + 1)}
 
+        leaked: set[str | None] = set()
+
         def masked() -> list[str | None] | None:
             try:
                 values = contacts()
             except psycopg.Error:
                 return None  # the column is not in the bundle's snapshot yet: refused
+            leaked.update(raw & set(values))
             return values if not raw & set(values) else None
 
         values = _wait(
@@ -160,6 +163,8 @@ def test_a_new_email_column_is_masked_within_one_scan_interval(
             "the new e-mail column to be masked through the sidecar",
         )
         elapsed = time.monotonic() - added
+        # Before the scan the unknown column is refused, never served raw.
+        assert not leaked, f"{len(leaked)} raw values were served before the column was masked"
         assert set(values) == {"***@corp.example.com"}, values[:3]  # the pii.email rule
 
         # Both halves did their part, and nobody touched the UI.
