@@ -1,0 +1,228 @@
+"""A bundle change reaches statements prepared before it, on the same connection.
+
+Each test prepares a statement through the real sidecar (psycopg ``prepare=True``
+or its auto-prepare threshold), replaces the bundle file the sidecar watches,
+waits until the sidecar reports the new revision, and runs the same prepared
+statement again. Before the fix the upstream kept the statement prepared with
+the old rewritten SQL, so the old policy applied for the session's lifetime.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from tests.sidecar.proxy.conftest import (
+    SSNS,
+    Sidecar,
+    build_bundle,
+    start_sidecar,
+    wait_for,
+)
+
+SSN_QUERY = "SELECT ssn FROM customers WHERE id = %s"
+NAME_QUERY = "SELECT name FROM customers WHERE id = %s"
+
+
+def _partial(value: str, keep: int) -> str:
+    return "*" * (len(value) - keep) + value[-keep:]
+
+
+class Bundles:
+    """The running sidecar's bundle file: publish a changed bundle and wait for it."""
+
+    def __init__(self, sidecar: Sidecar, path: Path, first: dict[str, Any]) -> None:
+        self.sidecar = sidecar
+        self.path = path
+        self.current = first
+
+    def publish(self, **overrides: Any) -> None:
+        from sidecar.engine import compute_revision
+
+        bundle = {**self.current, **copy.deepcopy(overrides), "revision": ""}
+        bundle["revision"] = compute_revision(bundle)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(bundle))
+        tmp.replace(self.path)
+        revision = f'revision="{bundle["revision"]}"'
+        assert wait_for(lambda: revision in self.sidecar.metrics(), timeout=10)
+        self.current = bundle
+
+    def set_ssn_strategy(self, strategy: str, **params: Any) -> None:
+        rules = copy.deepcopy(self.current["masking_rules"])
+        for rule in rules:
+            if rule["classification"] == "pii.ssn":
+                rule["strategy"] = strategy
+                rule["params"] = params
+        self.publish(masking_rules=rules)
+
+
+@pytest.fixture
+def bundles(upstream: str, tmp_path: Path) -> Iterator[Bundles]:
+    first = build_bundle(urlsplit(upstream).path.lstrip("/"))
+    sidecar = start_sidecar(tmp_path, upstream, first)
+    try:
+        yield Bundles(sidecar, tmp_path / "bundle.json", first)
+    finally:
+        sidecar.stop()
+
+
+def _ssn(conn: psycopg.Connection, customer: int, **kw: Any) -> str:
+    row = conn.execute(SSN_QUERY, (customer,), **kw).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_explicitly_prepared_select_gets_the_new_mask(bundles: Bundles) -> None:
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        assert _ssn(conn, 1, prepare=True) == _partial(SSNS[0], 4)
+        assert _ssn(conn, 2, prepare=True) == _partial(SSNS[1], 4)
+
+        bundles.set_ssn_strategy("partial", keep_last=2)
+        assert _ssn(conn, 3, prepare=True) == _partial(SSNS[2], 2)
+        assert _ssn(conn, 4, prepare=True) == _partial(SSNS[3], 2)
+
+        bundles.set_ssn_strategy("redact")
+        assert _ssn(conn, 5, prepare=True) == "***"
+        # Re-deciding a statement whose SQL did not change keeps it as it is.
+        bundles.publish(issued_at="2026-11-23T13:00:00Z")
+        assert _ssn(conn, 6, prepare=True) == "***"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_auto_prepared_select_gets_the_new_mask(bundles: Bundles) -> None:
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        assert conn.prepare_threshold == 5
+        for i in range(1, 11):  # past psycopg's threshold: now a named statement
+            assert _ssn(conn, i) == _partial(SSNS[i - 1], 4)
+        bundles.set_ssn_strategy("partial", keep_last=1)
+        for i in range(11, 14):
+            assert _ssn(conn, i) == _partial(SSNS[i - 1], 1)
+
+
+def test_a_column_classified_after_the_prepare_is_masked(bundles: Bundles) -> None:
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        name = conn.execute(NAME_QUERY, (7,), prepare=True).fetchone()
+        assert name == ("Customer 7",)
+
+        classified = [
+            *bundles.current["column_classifications"],
+            {
+                "schema": "public",
+                "table": "customers",
+                "column": "name",
+                "classification": "pii.ssn",
+            },
+        ]
+        bundles.publish(column_classifications=classified)
+        assert conn.execute(NAME_QUERY, (8,), prepare=True).fetchone() == ("******er 8",)
+
+
+def _pg_notes(upstream: str) -> list[tuple[int, str]]:
+    with psycopg.connect(upstream, autocommit=True) as conn:
+        return [(r[0], r[1]) for r in conn.execute("SELECT id, body FROM notes ORDER BY id")]
+
+
+def test_a_guardrail_that_now_blocks_refuses_the_prepared_statement(
+    bundles: Bundles, upstream: str
+) -> None:
+    with psycopg.connect(upstream, autocommit=True) as admin:
+        admin.execute("TRUNCATE notes RESTART IDENTITY")
+        admin.execute("INSERT INTO notes (body) VALUES ('one'), ('two'), ('three')")
+    update = "UPDATE notes SET body = %s WHERE id = %s"
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        assert conn.execute(update, ("ONE", 1), prepare=True).rowcount == 1
+
+        freeze = {
+            "name": "freeze-notes",
+            "position": 0,
+            "enabled": True,
+            "action": "block",
+            "message": "Notes are frozen for the audit",
+            "conditions": {"statement_kinds": ["update"]},
+        }
+        bundles.publish(guardrails=[freeze, *bundles.current["guardrails"]])
+
+        for _ in range(2):  # every later run is refused, not only the first
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                conn.execute(update, ("TWO", 2), prepare=True)
+            assert "Notes are frozen for the audit" in str(refused.value)
+            assert refused.value.sqlstate == "42501"
+        # The connection is still usable, and the old statement never ran.
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3,)
+        assert _pg_notes(upstream) == [(1, "ONE"), (2, "two"), (3, "three")]
+
+        # Lifting the guardrail lets the same prepared statement run again.
+        bundles.publish(
+            guardrails=[g for g in bundles.current["guardrails"] if g["name"] != "freeze-notes"]
+        )
+        assert conn.execute(update, ("TWO", 2), prepare=True).rowcount == 1
+        assert _pg_notes(upstream) == [(1, "ONE"), (2, "TWO"), (3, "three")]
+
+
+def test_pipeline_and_binary_results_across_a_re_prepare(bundles: Bundles) -> None:
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        cur = conn.cursor(binary=True)
+        assert cur.execute(SSN_QUERY, (1,), prepare=True).fetchone() == (_partial(SSNS[0], 4),)
+
+        bundles.set_ssn_strategy("partial", keep_last=3)
+        with conn.pipeline() as pipeline:
+            cursors = []
+            for i in range(1, 6):
+                c = conn.cursor(binary=True)
+                c.execute(SSN_QUERY, (i,), prepare=True)
+                cursors.append(c)
+                if i == 3:
+                    pipeline.sync()
+            plain = conn.execute("SELECT 41 + 1")
+        assert [c.fetchone() for c in cursors] == [(_partial(SSNS[i], 3),) for i in range(5)]
+        assert plain.fetchone() == (42,)
+
+        # An error ahead of the re-prepare in the same pipeline segment makes the
+        # server skip it; the next segment must still not see the old mask.
+        bundles.set_ssn_strategy("redact")
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline() as pipeline:
+            conn.execute("SELECT 1 / 0")
+            conn.execute(SSN_QUERY, (1,), prepare=True)
+            pipeline.sync()
+        assert _ssn(conn, 2, prepare=True, binary=True) == "***"
+        assert _ssn(conn, 3, prepare=True) == "***"
+
+
+def test_unnamed_statement_bound_again_after_a_change(bundles: Bundles) -> None:
+    """A client that binds the unnamed statement twice, across a bundle change."""
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        pgconn = conn.pgconn
+        pgconn.prepare(b"", b"SELECT ssn FROM customers WHERE id = $1")
+        first = pgconn.exec_prepared(b"", [b"1"])
+        assert first.get_value(0, 0) == _partial(SSNS[0], 4).encode()
+
+        bundles.set_ssn_strategy("partial", keep_last=2)
+        again = pgconn.exec_prepared(b"", [b"9"])
+        assert again.error_message == b""
+        assert again.get_value(0, 0) == _partial(SSNS[8], 2).encode()
+
+
+def test_sql_prepare_is_refused_to_run_after_a_change_until_deallocated(bundles: Bundles) -> None:
+    """SQL-level PREPARE/EXECUTE: the sidecar cannot re-prepare what it cannot name,
+    so after a bundle change it refuses to run those statements (fail closed)."""
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        conn.execute("PREPARE leak(int) AS SELECT ssn FROM customers WHERE id = $1")
+        assert conn.execute("EXECUTE leak(1)").fetchone() == (_partial(SSNS[0], 4),)
+
+        bundles.set_ssn_strategy("redact")
+        for run in ("EXECUTE leak(1)", "EXPLAIN ANALYZE EXECUTE leak(1)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="DEALLOCATE ALL"):
+                conn.execute(run)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+        conn.execute("DEALLOCATE ALL")
+        conn.execute("PREPARE leak(int) AS SELECT ssn FROM customers WHERE id = $1")
+        assert conn.execute("EXECUTE leak(2)").fetchone() == ("***",)
