@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,39 @@ def test_sql_prepare_is_refused_to_run_after_a_change_until_deallocated(bundles:
         conn.execute("DEALLOCATE ALL")
         conn.execute("PREPARE leak(int) AS SELECT ssn FROM customers WHERE id = $1")
         assert conn.execute("EXECUTE leak(2)").fetchone() == ("***",)
+
+
+def test_a_prepared_statement_that_now_needs_review_is_held(upstream: str, tmp_path: Path) -> None:
+    """Review after the change: the Bind is held for approval like any reviewed
+    statement; with the control plane down the hold fails closed (WR001)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = build_bundle(urlsplit(upstream).path.lstrip("/"), approvals={"hold_seconds": 5})
+    sidecar = start_sidecar(
+        tmp_path, upstream, first, approvals_url=f"http://127.0.0.1:{port}/approvals"
+    )
+    bundles = Bundles(sidecar, tmp_path / "bundle.json", first)
+    with psycopg.connect(upstream, autocommit=True) as admin:
+        admin.execute("TRUNCATE notes RESTART IDENTITY")
+        admin.execute("INSERT INTO notes (body) VALUES ('one'), ('two')")
+    update = "UPDATE notes SET body = %s WHERE id = %s"
+    try:
+        with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+            assert conn.execute(update, ("ONE", 1), prepare=True).rowcount == 1
+            review = {
+                "name": "review-notes",
+                "position": 0,
+                "enabled": True,
+                "action": "review",
+                "message": "Note edits need a reviewer",
+                "conditions": {"statement_kinds": ["update"]},
+            }
+            bundles.publish(guardrails=[review, *bundles.current["guardrails"]])
+            with pytest.raises(psycopg.Error, match="approval could not be requested") as held:
+                conn.execute(update, ("TWO", 2), prepare=True)
+            assert held.value.sqlstate == "WR001"
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert _pg_notes(upstream) == [(1, "ONE"), (2, "two")]
+    finally:
+        sidecar.stop()
