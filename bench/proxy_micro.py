@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -158,6 +159,7 @@ async def run(n: int, rounds: int, prepared: bool = False) -> list[float]:
         results.append((time.process_time() - started) / n * 1e6)
         spool.flush()
     spool.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     assert not session.closed and not session.pending, "the exchange went wrong"
     return results
 
