@@ -160,6 +160,14 @@ def test_a_guardrail_that_now_blocks_refuses_the_prepared_statement(
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3,)
         assert _pg_notes(upstream) == [(1, "ONE"), (2, "two"), (3, "three")]
 
+        def refusals() -> list[dict[str, Any]]:
+            events = bundles.sidecar.events()
+            return [e for e in events if e.get("outcome") == "blocked" and e["kind"] == "update"]
+
+        # Each refusal is in the audit trail, redacted (never the literal).
+        assert len(wait_for(lambda: len(refusals()) >= 2 and refusals(), timeout=10) or []) == 2
+        assert all("TWO" not in json.dumps(e) for e in refusals())
+
         # Lifting the guardrail lets the same prepared statement run again.
         bundles.publish(
             guardrails=[g for g in bundles.current["guardrails"] if g["name"] != "freeze-notes"]
