@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from tests.sidecar.proxy.conftest import (
     SSNS,
@@ -271,3 +272,43 @@ def test_a_prepared_statement_that_now_needs_review_is_held(upstream: str, tmp_p
         assert _pg_notes(upstream) == [(1, "ONE"), (2, "two")]
     finally:
         sidecar.stop()
+
+
+def test_client_close_and_parse_pipelined_around_a_re_prepare(bundles: Bundles) -> None:
+    """libpq pipeline: the client's own Close and Parse replies, before and after the
+    sidecar's Close + Parse, reach the client one for one and in order."""
+    with psycopg.connect(bundles.sidecar.dsn(), autocommit=True) as conn:
+        pgconn = conn.pgconn
+        sql = b"SELECT ssn FROM customers WHERE id = $1"
+        for name in (b"s", b"gone"):
+            assert pgconn.prepare(name, sql).status == pq.ExecStatus.COMMAND_OK
+        bundles.set_ssn_strategy("partial", keep_last=2)
+
+        pgconn.enter_pipeline_mode()
+        pgconn.send_close_prepared(b"gone")
+        pgconn.send_prepare(b"fresh", b"SELECT name FROM customers WHERE id = $1")
+        pgconn.send_query_prepared(b"s", [b"4"])
+        pgconn.send_close_prepared(b"fresh")
+        pgconn.send_query_prepared(b"s", [b"5"])
+        pgconn.pipeline_sync()
+        pgconn.send_query_prepared(b"s", [b"6"])
+        pgconn.pipeline_sync()
+        results = []
+        syncs = 0
+        while syncs < 2:
+            while pgconn.is_busy():
+                pgconn.consume_input()
+            res = pgconn.get_result()
+            if res is None:
+                continue
+            if res.status == pq.ExecStatus.PIPELINE_SYNC:
+                syncs += 1
+                continue
+            results.append(res)
+        pgconn.exit_pipeline_mode()
+
+        ok, tuples = pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
+        assert [r.status for r in results] == [ok, ok, tuples, ok, tuples, tuples]
+        values = [r.get_value(0, 0) for r in results if r.status == tuples]
+        assert values == [_partial(SSNS[i], 2).encode() for i in (3, 4, 5)]
+        assert conn.execute("SELECT 1").fetchone() == (1,)
