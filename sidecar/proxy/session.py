@@ -868,7 +868,8 @@ class Session:
                 closing.prepared.generation = closing.generation
                 return b""
         elif kind == 0x5A:  # Z ReadyForQuery
-            self._reprepare_failed()
+            if self._reparsing is not None:
+                self._reprepare_failed()
             self.status = data[pos + 5 : pos + 6]
             while pending:
                 head = pending.popleft()
@@ -880,8 +881,9 @@ class Session:
             if not pending:
                 self._refusals.clear()
         elif kind == 0x45:  # E ErrorResponse
-            # A re-prepare's Parse that failed: the statement is gone upstream.
-            self._reprepare_failed()
+            if self._reparsing is not None:
+                # A re-prepare's Parse that failed: the statement is gone upstream.
+                self._reprepare_failed()
             replacement = None
             at = data.find(self._marker, pos, end) if self._refusals else -1
             if at >= 0:
