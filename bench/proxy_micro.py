@@ -8,7 +8,11 @@ stand-ins that only count bytes, so what is measured is the sidecar's own work
 per transaction (split, decide, relay, audit), not the system calls that
 ``bench/proxy.py`` includes. CPU time (``time.process_time``), best of rounds.
 
-    .venv/bin/python bench/proxy_micro.py [--n 20000] [--rounds 5] [--tree DIR]
+    .venv/bin/python bench/proxy_micro.py [--n 20000] [--rounds 5] [--tree DIR] [--prepared]
+
+``--prepared`` drives the extended protocol instead: one named statement
+prepared once, then Bind/Execute/Sync per transaction (a driver's prepared
+statement, the path that checks the policy generation on every Bind).
 
 ``--tree`` runs the same loop against another checkout's ``sidecar`` package
 (e.g. ``git archive HEAD sidecar | tar -x -C /tmp/base``) for a before/after.
@@ -66,7 +70,21 @@ def _reply() -> bytes:
     )
 
 
-async def run(n: int, rounds: int) -> list[float]:
+def _prepared_reply() -> bytes:
+    row = (1).to_bytes(2, "big") + (4).to_bytes(4, "big") + b"1234"
+    return (
+        _frame(b"2", b"") + _frame(b"D", row) + _frame(b"C", b"SELECT 1\x00") + _frame(b"Z", b"I")
+    )
+
+
+def _bind(value: int) -> bytes:
+    param = str(value).encode()
+    bind = b"\x00s1\x00" + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
+    bind += len(param).to_bytes(4, "big") + param + (0).to_bytes(2, "big")
+    return _frame(b"B", bind) + _frame(b"E", b"\x00" + (0).to_bytes(4, "big")) + _frame(b"S", b"")
+
+
+async def run(n: int, rounds: int, prepared: bool = False) -> list[float]:
     from bench.proxy import bundle
     from sidecar.metrics import Metrics
     from sidecar.proxy.policy import identities_from_bundle
@@ -113,7 +131,21 @@ async def run(n: int, rounds: int) -> list[float]:
     reply = _reply()
     rng = random.Random(7)
     results = []
+    if prepared:
+        sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        session.client_data(_frame(b"P", b"s1\x00" + sql + b"\x00\x00\x00") + _frame(b"S", b""))
+        session.upstream_data(_frame(b"1", b"") + _frame(b"Z", b"I"))
+        reply = _prepared_reply()
     for _ in range(rounds):
+        if prepared:
+            binds = [_bind(rng.randint(1, 10**9)) for _ in range(n)]
+            started = time.process_time()
+            for b in binds:
+                session.client_data(b)
+                session.upstream_data(reply)
+            results.append((time.process_time() - started) / n * 1e6)
+            spool.flush()
+            continue
         # Fresh literals every round, as pgbench's random aid over 800k rows: the
         # decision caches see a new text almost every time.
         sql = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
@@ -128,6 +160,7 @@ async def run(n: int, rounds: int) -> list[float]:
         spool.flush()
     spool.close()
     shutil.rmtree(tmp, ignore_errors=True)
+    assert not session.closed and not session.pending, "the exchange went wrong"
     return results
 
 
@@ -136,12 +169,14 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000, help="transactions per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tree", default=str(ROOT), help="checkout whose sidecar package to run")
+    parser.add_argument("--prepared", action="store_true", help="Bind/Execute a prepared statement")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # bench.proxy (the bundle)
     sys.path.insert(0, str(Path(args.tree).resolve()))  # the sidecar under test
-    results = asyncio.run(run(args.n, args.rounds))
+    results = asyncio.run(run(args.n, args.rounds, args.prepared))
+    what = "prepared select-only" if args.prepared else "select-only"
     print(
-        f"session CPU per select-only transaction: best {min(results):.2f} us, "
+        f"session CPU per {what} transaction: best {min(results):.2f} us, "
         f"rounds {' '.join(f'{r:.2f}' for r in results)} ({args.tree})"
     )
     return 0

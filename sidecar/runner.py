@@ -186,6 +186,9 @@ class EnginePolicy:
         self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
         self._audit_cache: dict[Any, str] = {}
+        # Bumped after every swap, once the new engine answers: sessions compare it
+        # with the generation their prepared statements were decided under.
+        self.generation = 0
         self._note(document)
         source.subscribe(self.replace)
 
@@ -205,6 +208,7 @@ class EnginePolicy:
         self._hold_seconds = hold_seconds(document)
         self._cache = {}
         self._audit_cache = {}
+        self.generation += 1
         self._note(document)
 
     def _audit_json(self, decision: Any) -> str:
@@ -258,6 +262,7 @@ class EnginePolicy:
                 message=decision.message or "Warden: statement refused by policy",
                 upstream_sql=decision.upstream_sql,
                 _audit_json=self._audit_json(decision),
+                kinds=frozenset(s.kind for s in decision.statements),
             )
             if decision.action == "review":
                 verdict.approval = approval_facts(decision)

@@ -35,6 +35,9 @@ class Verdict:
     literals), ``hold_seconds`` how long the bundle lets the sidecar wait for a
     decision, and ``upstream_sql`` what runs once approved. ``approval_id`` is
     set on the copy the session keeps after an approval, for the audit trail.
+
+    ``kinds`` are the statement kinds (``select``, ``prepare``, ``execute``...),
+    for the few session-level rules that depend on them.
     """
 
     action: str
@@ -45,6 +48,7 @@ class Verdict:
     approval: Mapping[str, Any] | None = None
     hold_seconds: float = 0.0
     approval_id: str | None = None
+    kinds: frozenset[str] = frozenset()
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces), encoded once."""
@@ -78,7 +82,14 @@ class Identity:
 
 class Policy(Protocol):
     """What the proxy calls. Implementations must not raise for a bad statement:
-    they return a ``block`` verdict. Anything they do raise is treated as block."""
+    they return a ``block`` verdict. Anything they do raise is treated as block.
+
+    ``generation`` changes whenever the rules change (a new bundle): a verdict
+    kept past that point, such as a prepared statement's, must be decided again.
+    """
+
+    @property
+    def generation(self) -> int: ...
 
     def decide(
         self,

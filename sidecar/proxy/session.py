@@ -63,8 +63,15 @@ _CODECS = {"UTF8": "utf-8", "SQL_ASCII": "ascii", "LATIN1": "latin-1", "WIN1252"
 _Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
 _COPY = frozenset(b"dcf")
 _UP_ROWS = frozenset(b"Dd")
-_UP_STATEFUL = frozenset(b"ZSCEsI")
+_UP_STATEFUL = frozenset(b"ZSCEsI3")
+# Also ParseComplete, only between a re-prepare's CloseComplete and its ParseComplete.
+_UP_STATEFUL_REPREPARE = _UP_STATEFUL | frozenset(b"1")
 _unpack_i32 = struct.Struct("!i").unpack_from  # bound once: called for every message
+
+# Statements that can run a statement prepared with SQL PREPARE (EXECUTE p,
+# EXPLAIN ANALYZE EXECUTE p, CREATE TABLE t AS EXECUTE p).
+_RUNS_SQL_PREPARED = frozenset({"execute", "explain_analyze", "create_table_as"})
+_DEALLOCATED_ALL = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
 
 
 class AuditSink(Protocol):
@@ -134,10 +141,59 @@ _event_id = _EventIds()
 _SYNC = object()
 
 
+class _Prepared:
+    """A prepared statement: its verdict, the policy generation that gave it, and
+    what is needed to decide it again (client text, Parse tail) after a bundle change.
+
+    ``upstream`` is the SQL the upstream server holds under this name, once known.
+    """
+
+    __slots__ = ("generation", "tail", "text", "upstream", "verdict")
+
+    def __init__(self, verdict: Verdict, generation: int, text: str, tail: bytes) -> None:
+        self.verdict = verdict
+        self.generation = generation
+        self.text = text
+        self.tail = tail
+        self.upstream: str | None = verdict.upstream_sql
+
+
+class _Closing:
+    """A Close in flight, kept in ``pending`` so its CloseComplete can be told apart.
+
+    With ``prepared`` set it is the sidecar's own Close of a re-prepare: that
+    CloseComplete and the ParseComplete that follows are swallowed. Shaped like a
+    refused ``_Exec`` (no verdict) so the reply bookkeeping can pass over it.
+    """
+
+    __slots__ = ("error", "generation", "prepared", "rows", "sql")
+    is_query = False
+    verdict = None
+
+    def __init__(self, prepared: _Prepared | None, sql: str = "", generation: int = -1) -> None:
+        self.prepared = prepared
+        self.sql = sql
+        self.generation = generation
+        self.error: str | None = None
+        self.rows: int | None = None
+
+
 class _Hold:
     """A statement waiting for an approval; the session's later messages wait behind it."""
 
-    __slots__ = ("bind", "name", "portal", "request_id", "simple", "tail", "task", "verdict")
+    __slots__ = (
+        "bind",
+        "generation",
+        "name",
+        "portal",
+        "prepared",
+        "request_id",
+        "simple",
+        "tail",
+        "task",
+        "text",
+        "verdict",
+    )
 
     def __init__(
         self,
@@ -158,6 +214,11 @@ class _Hold:
         self.portal = portal
         self.request_id: str | None = None
         self.task: asyncio.Task[None] | None = None
+        # A Parse: its text and the generation it was decided under. A Bind: the
+        # prepared statement it runs, re-prepared upstream if its SQL changed.
+        self.text = ""
+        self.generation = -1
+        self.prepared: _Prepared | None = None
 
 
 class Session:
@@ -195,12 +256,20 @@ class Session:
         self.status = status
         self.scs = parameters.get("standard_conforming_strings", "on") == "on"
         self.codec: str | None = _CODECS.get(parameters.get("client_encoding", "UTF8"))
-        self.statements: dict[bytes, Verdict | None] = {}
+        self.statements: dict[bytes, _Prepared] = {}
         self.portals: dict[bytes, Verdict | None] = {}
         self.pending: deque[Any] = deque()
         self.cbuf = b""
         self.ubuf = b""
         self.uskip = 0
+        self._up_stateful = _UP_STATEFUL
+        # The prepared statement whose re-prepare's ParseComplete comes next.
+        self._reparsing: _Closing | None = None
+        # SQL PREPARE: the generation of the oldest statement this session may
+        # still hold that way (None: none), and how many PREPAREs were decided.
+        self._sql_prepared: int | None = None
+        self._sql_prepares = 0
+        self._sql_prepares_at_deallocate = -1
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
@@ -254,23 +323,39 @@ class Session:
                         break
                 elif kind == _B:
                     portal, stmt = m.parse_bind_names(data[pos + 5 : end])
-                    verdict = self.statements.get(stmt)
-                    if verdict is not None and verdict.action == REVIEW:
+                    prepared = self.statements.get(stmt)
+                    if prepared is None:
+                        self.portals[portal] = None
+                        out.append(data[pos:end])
+                        pos = end
+                        continue
+                    if prepared.generation != self.policy.generation:
+                        # Decided under rules that have changed since: decide again.
+                        refusal = self._redecide(stmt, prepared, out)
+                        if refusal is not None:
+                            self.portals[portal] = None
+                            out.append(refusal)
+                            pos = end
+                            continue
+                    verdict = prepared.verdict
+                    if verdict.action == REVIEW:
                         if verdict.approval_id is None:
                             # A prepared statement approved before and run since:
                             # each run needs its own approval (a grant's uses).
                             hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
+                            hold.prepared = prepared
                             self._hold_start(hold)
                             pos = end
                             break
                         # This run is the approval its Parse got; the next one asks.
-                        self.statements[stmt] = dataclasses.replace(verdict, approval_id=None)
+                        prepared.verdict = dataclasses.replace(verdict, approval_id=None)
                     self.portals[portal] = verdict
                     out.append(data[pos:end])
                 elif kind == _E:
                     portal = data[pos + 5 : data.index(0, pos + 5)]
-                    verdict = self.portals.get(portal, _UNSEEN_PORTAL)
-                    self.pending.append(_Exec(verdict or _UNSEEN_PORTAL, False))
+                    self.pending.append(
+                        _Exec(self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL, False)
+                    )
                     out.append(data[pos:end])
                 elif kind == _S:
                     self.pending.append(_SYNC)
@@ -280,6 +365,7 @@ class Session:
                 elif kind == _C:
                     what, name = data[pos + 5], data[pos + 6 : end - 1]
                     (self.statements if what == _S else self.portals).pop(name, None)
+                    self.pending.append(_Closing(None))
                     out.append(data[pos:end])
                 elif kind == _F:
                     out.append(self._on_function_call())
@@ -325,6 +411,7 @@ class Session:
                 audit={"kind": "undecodable"},
             )
         started = time.perf_counter()
+        generation = self.policy.generation
         try:
             verdict = self.policy.decide(
                 identity=self.identity.name,
@@ -342,6 +429,10 @@ class Session:
                 upstream_sql="",
                 audit={"kind": "error"},
             )
+        if (self._sql_prepared is not None or "prepare" in verdict.kinds) and (
+            verdict.action != "block"
+        ):
+            verdict = self._sql_prepared_rule(verdict, generation)
         self.metrics.observe_decision(time.perf_counter() - started, verdict.action)
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
@@ -350,6 +441,29 @@ class Session:
                 upstream_sql="",
                 audit=verdict.audit,
             )
+        return verdict
+
+    def _sql_prepared_rule(self, verdict: Verdict, generation: int) -> Verdict:
+        """Statements prepared with SQL PREPARE are not decided again when the rules
+        change (the sidecar does not know their names), so once the rules have
+        changed, running one is refused until the session deallocates them all."""
+        kinds = verdict.kinds
+        if self._sql_prepared is not None:
+            if self._sql_prepared != generation and not kinds.isdisjoint(_RUNS_SQL_PREPARED):
+                return Verdict(
+                    action="block",
+                    message="Warden: the access rules changed after this session prepared "
+                    "statements with SQL PREPARE, and those are not checked again; run "
+                    "DEALLOCATE ALL (or DISCARD ALL) and PREPARE them again",
+                    upstream_sql="",
+                    audit={"kind": "stale_sql_prepare"},
+                )
+            if "deallocate" in kinds or "discard" in kinds:
+                self._sql_prepares_at_deallocate = self._sql_prepares
+        if "prepare" in kinds:
+            self._sql_prepares += 1
+            if self._sql_prepared is None:
+                self._sql_prepared = generation
         return verdict
 
     # _on_query and _on_parse return the message to send upstream, or None when
@@ -374,18 +488,60 @@ class Session:
     def _on_parse(self, payload: bytes) -> bytes | None:
         name, raw, tail = m.parse_parse(payload)
         text = self._decode(raw)
+        # Read before deciding: a verdict is never newer than the generation it carries.
+        generation = self.policy.generation
         verdict = self._decide(text, "extended")
         if verdict.action == ALLOW:
-            self.statements[name] = verdict
+            assert text is not None  # undecodable text is blocked
+            self.statements[name] = _Prepared(verdict, generation, text, tail)
             if verdict.upstream_sql == text:
                 return None
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
             return m.build_parse(name, sql, tail)
         self.statements.pop(name, None)
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            self._hold_start(_Hold(verdict, False, name, tail))
+            hold = _Hold(verdict, False, name, tail)
+            hold.text = text or ""
+            hold.generation = generation
+            self._hold_start(hold)
             return b""
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
+
+    def _redecide(self, name: bytes, prepared: _Prepared, out: list[bytes]) -> bytes | None:
+        """Decide a prepared statement again under the current rules, before a Bind.
+
+        Allowed: its verdict is replaced, and when its SQL for upstream changed the
+        statement is re-prepared there first (appended to ``out``). Review: the Bind
+        is held as for any reviewed statement. Otherwise the marker statement that
+        refuses the Bind is returned; the statement stays stale, so every later Bind
+        of it is refused too and its old SQL never runs.
+        """
+        generation = self.policy.generation
+        verdict = self._decide(prepared.text, "extended")
+        if verdict.action == ALLOW or (
+            verdict.action == REVIEW and verdict.approval and self.approvals
+        ):
+            prepared.verdict = verdict
+            if verdict.action == REVIEW or verdict.upstream_sql == prepared.upstream:
+                prepared.generation = generation
+            else:
+                out.append(self._reprepare(name, prepared, generation))
+            return None
+        return m.build_parse(self._refusal_name, self._refuse(verdict), b"\x00\x00")
+
+    def _reprepare(self, name: bytes, prepared: _Prepared, generation: int) -> bytes:
+        """Close and Parse ``name`` again upstream with the statement's current SQL.
+
+        The statement counts as current only once the upstream's ParseComplete for
+        it arrives: until then every Bind of it re-prepares again, so no Bind can
+        reach the old SQL whatever happens to the messages in between.
+        """
+        sql = prepared.verdict.upstream_sql
+        prepared.generation = -1
+        self.pending.append(_Closing(prepared, sql, generation))
+        return m.frame(b"C", b"S" + name + b"\x00") + m.build_parse(
+            name, sql.encode(self.codec or "utf-8"), prepared.tail
+        )
 
     def _on_function_call(self) -> bytes:
         # FunctionCall names a function by OID with no SQL text for the engine to
@@ -565,8 +721,16 @@ class Session:
             return m.query(sql)
         if hold.bind is not None:
             self.portals[hold.portal] = verdict
+            prepared = hold.prepared
+            if (
+                prepared is not None
+                and prepared.upstream != verdict.upstream_sql
+                and self.statements.get(hold.name) is prepared
+            ):
+                generation = prepared.generation
+                return self._reprepare(hold.name, prepared, generation) + hold.bind
             return hold.bind
-        self.statements[hold.name] = verdict
+        self.statements[hold.name] = _Prepared(verdict, hold.generation, hold.text, hold.tail)
         return m.build_parse(hold.name, sql, hold.tail)
 
     def _hold_release(self, hold: _Hold, message: bytes) -> None:
@@ -641,6 +805,7 @@ class Session:
             self.uskip = 0
         start = 0
         parts: list[bytes] = []
+        stateful = self._up_stateful
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + _unpack_i32(data, pos + 1)[0]
@@ -653,12 +818,13 @@ class Session:
                 continue
             if end > n:
                 break
-            if kind in _UP_STATEFUL:
+            if kind in stateful:
                 replacement = self._on_upstream(kind, data, pos, end)
                 if replacement is not None:
                     parts.append(data[start:pos])
                     parts.append(replacement)
                     start = end
+                stateful = self._up_stateful
             pos = end
         if pos < n:
             self.ubuf = data[pos:]
@@ -672,6 +838,13 @@ class Session:
     def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         pending = self.pending
         if kind == 0x43:  # C CommandComplete
+            if (
+                self._sql_prepared is not None
+                and data[pos + 5 : end] in _DEALLOCATED_ALL
+                and self._sql_prepares == self._sql_prepares_at_deallocate
+            ):
+                # Every SQL-prepared statement is gone, and none was decided since.
+                self._sql_prepared = None
             if pending and pending[0] is not _SYNC:
                 head = pending[0]
                 rows = m.command_rows(data[pos + 5 : end])
@@ -679,7 +852,24 @@ class Session:
                     head.rows = (head.rows or 0) + rows
                 if not head.is_query:
                     self._finish(pending.popleft(), "allowed")
+        elif kind == 0x33:  # 3 CloseComplete
+            if pending and type(pending[0]) is _Closing:
+                closing = pending.popleft()
+                if closing.prepared is not None:  # the sidecar's own: the client sent no Close
+                    self._reparsing = closing
+                    self._up_stateful = _UP_STATEFUL_REPREPARE
+                    return b""
+        elif kind == 0x31:  # 1 ParseComplete, watched only after a re-prepare's Close
+            closing = self._reparsing
+            self._reparsing = None
+            self._up_stateful = _UP_STATEFUL
+            if closing is not None and closing.prepared is not None:
+                closing.prepared.upstream = closing.sql
+                closing.prepared.generation = closing.generation
+                return b""
         elif kind == 0x5A:  # Z ReadyForQuery
+            if self._reparsing is not None:
+                self._reprepare_failed()
             self.status = data[pos + 5 : pos + 6]
             while pending:
                 head = pending.popleft()
@@ -691,6 +881,9 @@ class Session:
             if not pending:
                 self._refusals.clear()
         elif kind == 0x45:  # E ErrorResponse
+            if self._reparsing is not None:
+                # A re-prepare's Parse that failed: the statement is gone upstream.
+                self._reprepare_failed()
             replacement = None
             at = data.find(self._marker, pos, end) if self._refusals else -1
             if at >= 0:
@@ -730,6 +923,15 @@ class Session:
         ):
             self._finish(pending.popleft(), "allowed")
         return None
+
+    def _reprepare_failed(self) -> None:
+        closing = self._reparsing
+        if closing is not None:
+            self._reparsing = None
+            self._up_stateful = _UP_STATEFUL
+            if closing.prepared is not None:
+                closing.prepared.upstream = None
+                closing.prepared.generation = -1
 
     def _finish(self, item: _Exec, outcome: str) -> None:
         if item.verdict is None:  # a refusal, recorded when it was decided
