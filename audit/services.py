@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import decimal
 import functools
+import itertools
 import json
 import logging
 import math
@@ -192,6 +193,8 @@ _VALUE_CARRYING = (
 # The engine's own per-statement redacted text is the one "sql" allowed.
 _SAFE_NESTED = {"redacted_sql", "tables_read", "tables_written", "columns_read"}
 
+# ``all(map(isinstance, items, _ALL_STR))``: the per-item test without a Python loop.
+_ALL_STR = itertools.repeat(str)
 _SIDECAR_TYPES = frozenset({"statement", "session_start", "session_end"})
 _MIN_TS = 946_684_800  # 2000-01-01: anything earlier is a broken clock
 _FUTURE_SLACK_SECONDS = 86_400
@@ -304,7 +307,7 @@ def _sidecar_row(
         items = event.get(key)
         if items is None:
             row[column] = []
-        elif items.__class__ is list and all(i.__class__ is str for i in items):
+        elif items.__class__ is list and all(map(isinstance, items, _ALL_STR)):
             row[column] = items
         else:
             invalid.append(key)
