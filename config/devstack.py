@@ -111,8 +111,11 @@ def main(argv: list[str]) -> int:
         # Two cores: the bulk runs on two workers (a file stays on one worker, so
         # module fixtures such as the browser are set up once); tests that flush
         # Redis or drive the whole stack then run alone.
-        parallel = subprocess.call([*pytest, "-n", "2", "--dist", "loadfile", "-m", "not serial"])  # noqa: S603
-        serial = subprocess.call([*pytest, "-m", "serial"])  # noqa: S603
+        # --durations: the suite must stay under ten minutes; this shows what to trim.
+        parallel = subprocess.call(  # noqa: S603
+            [*pytest, "-n", "2", "--dist", "loadfile", "-m", "not serial", "--durations=15"]
+        )
+        serial = subprocess.call([*pytest, "-m", "serial", "--durations=10"])  # noqa: S603
         return parallel or (0 if serial == 5 else serial)  # 5: nothing was marked serial
 
 

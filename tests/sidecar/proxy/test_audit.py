@@ -78,7 +78,9 @@ def test_spool_bound_refuse_policy_refuses_statements(upstream: str, tmp_path: P
     sidecar = start_sidecar(tmp_path, upstream, build_bundle(name), spool_max_bytes=1)
     try:
         with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
-            conn.execute("SELECT 1")  # fills the (one-byte) spool once flushed
+            # The session's own start event fills the one-byte spool once the writer
+            # thread flushes it, possibly before the first statement: from then on
+            # every statement is refused.
             refused = wait_for(lambda: _refused(conn), timeout=5)
             assert refused and "audit spool is full" in refused
     finally:
