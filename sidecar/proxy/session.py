@@ -518,11 +518,19 @@ class Session:
         """
         generation = self.policy.generation
         verdict = self._decide(prepared.text, "extended")
+        approved = prepared.verdict.approval_id
+        if verdict.action == REVIEW and approved is not None:
+            # The run a reviewer just approved, and the new rules still only ask for
+            # review: the approval stands (for this run, with the new SQL), or the
+            # client would be held a second time for the same statement.
+            verdict = dataclasses.replace(verdict, approval_id=approved)
         if verdict.action == ALLOW or (
             verdict.action == REVIEW and verdict.approval and self.approvals
         ):
             prepared.verdict = verdict
-            if verdict.action == REVIEW or verdict.upstream_sql == prepared.upstream:
+            # A Bind that will be held is re-prepared once approved (_hold_approved).
+            held_later = verdict.action == REVIEW and verdict.approval_id is None
+            if held_later or verdict.upstream_sql == prepared.upstream:
                 prepared.generation = generation
             else:
                 out.append(self._reprepare(name, prepared, generation))
