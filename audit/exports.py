@@ -14,43 +14,13 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from audit.chain import CHAINED_FIELDS
 from audit.models import AuditEvent
 from audit.selectors import AuditFilters, audit_events_iter, require_audit_reader
 
-COLUMNS = (
-    "id",
-    "event_id",
-    "occurred_at",
-    "received_at",
-    "chain",
-    "seq",
-    "hash",
-    "prev_hash",
-    "source",
-    "type",
-    "actor",
-    "identity_name",
-    "identity_kind",
-    "identity_owner",
-    "datasource_id",
-    "environment",
-    "sidecar_id",
-    "client_addr",
-    "application_name",
-    "statement_kind",
-    "statement",
-    "fingerprint",
-    "tables",
-    "columns",
-    "classifications",
-    "masked_columns",
-    "action",
-    "outcome",
-    "rows",
-    "duration_ms",
-    "risk",
-    "extra",
-)
+# The chained fields in their order, with the row id first and the chain's own
+# links after ``seq``: one list of what an event holds (audit.chain), not two.
+COLUMNS = ("id", *CHAINED_FIELDS[:5], "hash", "prev_hash", *CHAINED_FIELDS[5:])
 
 
 def _plain(value: Any) -> Any:
