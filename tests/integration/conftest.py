@@ -107,3 +107,20 @@ class SidecarProcess:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+def sidecar_config(
+    server: Any, sidecar_token: str, upstream_db: str, **overrides: Any
+) -> dict[str, Any]:
+    """A real sidecar's configuration against the test control plane (``overrides`` win)."""
+    return {
+        "upstream_dsn": upstream_db,
+        "listen_port": 0,
+        "control_plane_url": server.url,
+        "token": sidecar_token,
+        "bundle_public_keys": pinned_key(),
+        "bundle_wait": 30,
+        "bundle_max_backoff": 1,
+        "heartbeat_interval": 1,
+        **overrides,
+    }

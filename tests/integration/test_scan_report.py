@@ -20,8 +20,7 @@ import pytest
 from governance import services
 from governance.models import ColumnClassification, Datasource, ScanRun
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess
-from tests.integration.test_sidecar_control_plane import _sidecar_config
+from tests.integration.conftest import SidecarProcess, sidecar_config
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -65,7 +64,7 @@ def test_sidecar_reports_a_scan_at_start_and_on_request(
     )
     state = tmp_path / "state"
     proc = SidecarProcess(
-        config=_sidecar_config(control_plane, sidecar_token, upstream_db), state_dir=state
+        config=sidecar_config(control_plane, sidecar_token, upstream_db), state_dir=state
     )
     try:
         started = _wait_for(
@@ -116,7 +115,7 @@ def test_sidecar_reports_a_scan_at_start_and_on_request(
         proc.stop()
         control_plane.stop()
         proc = SidecarProcess(
-            config=_sidecar_config(control_plane, sidecar_token, upstream_db), state_dir=state
+            config=sidecar_config(control_plane, sidecar_token, upstream_db), state_dir=state
         )
         status = _wait_for(
             lambda: json.loads(proc.ready_file.read_text()).get("scan"), 20, "the scan at restart"

@@ -24,25 +24,21 @@ from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from governance import services
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess, pinned_key
+from tests.integration.conftest import SidecarProcess, sidecar_config
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict[str, Any]:
-    return {
-        "upstream_dsn": upstream_db,
-        "listen_port": 0,
-        "control_plane_url": control_plane.url,
-        "token": sidecar_token,
-        "bundle_public_keys": pinned_key(),
-        "bundle_wait": 30,
-        "bundle_max_backoff": 1,
-        "heartbeat_interval": 5,
-        # Audit stays in the local spool (nothing listens here), so the test can
-        # read each statement event the sidecar wrote.
-        "audit_url": "http://127.0.0.1:9/api/v1/sidecar/audit",
-    }
+    # Audit stays in the local spool (nothing listens here), so the test can
+    # read each statement event the sidecar wrote.
+    return sidecar_config(
+        control_plane,
+        sidecar_token,
+        upstream_db,
+        heartbeat_interval=5,
+        audit_url="http://127.0.0.1:9/api/v1/sidecar/audit",
+    )
 
 
 def _connect(port: int, dbname: str, token: str) -> psycopg.Connection[Any]:

@@ -21,7 +21,7 @@ from django.db import connection
 from governance import services
 from governance.models import Sidecar
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess, pinned_key
+from tests.integration.conftest import SidecarProcess, sidecar_config
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -77,19 +77,6 @@ def _assert_enforced(port: int, dbname: str, token: str) -> None:
             conn.execute("DROP TABLE customers")
 
 
-def _sidecar_config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict[str, Any]:
-    return {
-        "upstream_dsn": upstream_db,
-        "listen_port": 0,
-        "control_plane_url": control_plane.url,
-        "token": sidecar_token,
-        "bundle_public_keys": pinned_key(),
-        "bundle_wait": 30,
-        "bundle_max_backoff": 1,
-        "heartbeat_interval": 1,
-    }
-
-
 def test_sidecar_enforces_ships_audit_and_obeys_revocation(
     control_plane: Server,
     celery_worker: Any,
@@ -102,7 +89,7 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
     sidecar, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-integration"
     )
-    config = _sidecar_config(control_plane, sidecar_token, upstream_db)
+    config = sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     dbname = upstream_db.rsplit("/", 1)[1]
     try:
@@ -187,7 +174,7 @@ def test_masking_rule_change_reaches_the_running_sidecar_within_2_s(
     _, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-masking-change"
     )
-    config = _sidecar_config(control_plane, sidecar_token, upstream_db)
+    config = sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     dbname = upstream_db.rsplit("/", 1)[1]
     select = "SELECT ssn FROM customers ORDER BY id LIMIT 1"
