@@ -26,7 +26,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection
 from django.http import HttpRequest, JsonResponse
@@ -43,6 +42,7 @@ from approvals.services import (
 )
 from governance.bundles import redis_client
 from governance.models import Datasource
+from governance.pubsub import EventHub
 from governance.sidecar_auth import SidecarPrincipal, asidecar_authenticate
 
 logger = logging.getLogger(__name__)
@@ -168,59 +168,14 @@ def _parse_id(raw: str) -> str | None:
         return None
 
 
-class DecisionHub:
-    """Fans one Redis pub/sub subscription out to per-request asyncio Events."""
+class DecisionHub(EventHub[str]):
+    """Wakes the waiters of a request when its decision is published."""
 
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self._ready: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+    channel = DECIDED_CHANNEL
+    what = "approval decision"
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._listen())
-        assert self._ready is not None
-        await self._ready.wait()
-
-    def event_for(self, request_id: str) -> asyncio.Event:
-        event = self._events.get(request_id)
-        if event is None:
-            event = self._events[request_id] = asyncio.Event()
-        return event
-
-    def _fire(self, request_id: str | None) -> None:
-        ids = list(self._events) if request_id is None else [request_id]
-        for key in ids:
-            event = self._events.pop(key, None)
-            if event is not None:
-                event.set()
-
-    async def _listen(self) -> None:
-        assert self._ready is not None
-        delay = 0.1
-        while True:
-            pubsub = aioredis.Redis.from_url(settings.REDIS_URL).pubsub()
-            try:
-                await pubsub.subscribe(DECIDED_CHANNEL)
-                async for message in pubsub.listen():
-                    if message["type"] == "subscribe":
-                        self._ready.set()
-                        delay = 0.1
-                    elif message["type"] == "message":
-                        self._fire(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis restarted or unreachable: resubscribe
-                logger.warning("approval decision subscriber lost Redis: %s", exc)
-            finally:
-                self._ready.clear()
-                # A decision may have been published while unsubscribed: re-check all.
-                self._fire(None)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    def on_message(self, data: bytes) -> None:
+        self._fire(data.decode())
 
 
 _hubs: dict[int, DecisionHub] = {}

@@ -14,7 +14,6 @@ that validate their JSON strictly and refuse oversized bodies with 413.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -35,6 +34,7 @@ from django.views.decorators.http import require_GET, require_POST
 from audit.services import audit_events_ingest
 from governance.bundles import CHANNEL, BundleCompileError, bundle_current, bundle_publish
 from governance.models import Datasource, validate_schema_snapshot
+from governance.pubsub import EventHub
 from governance.services import (
     scan_requested_for,
     sidecar_heartbeat_record,
@@ -61,11 +61,14 @@ _REVISION_RE = re.compile(r"^[0-9a-f]{64}$")
 # --- change notifications: one subscriber per process ------------------------------
 
 
-class ChangeHub:
-    """Fans one Redis pub/sub subscription out to per-datasource asyncio Events."""
+class ChangeHub(EventHub[int]):
+    """Wakes the bundle waiters of a datasource when its revision is announced."""
+
+    channel = CHANNEL
+    what = "bundle change"
 
     def __init__(self) -> None:
-        self._events: dict[int, asyncio.Event] = {}
+        super().__init__()
         self.principals = PrincipalCache()
         # Current revision per datasource, kept by the change messages, so a 304
         # costs no Redis round trip; ``_generation`` stops a slow read from
@@ -74,22 +77,17 @@ class ChangeHub:
         self._generation: dict[int, int] = {}
         self._bodies: dict[int, tuple[str, bytes]] = {}
         self._flights: dict[tuple[int, str], asyncio.Future[bytes | None]] = {}
-        self._ready: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
         self.redis: aioredis.Redis | None = None
 
     async def start(self) -> None:
-        if self._task is None:
+        if self.redis is None:
             # Blocking pool: a thundering herd of woken waiters queues for a
             # connection instead of failing with "Too many connections".
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL, max_connections=64, timeout=20
             )
             self.redis = aioredis.Redis(connection_pool=pool)
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._listen())
-        assert self._ready is not None
-        await self._ready.wait()
+        await super().start()
 
     async def revision(self, datasource_id: int) -> str | None:
         """The current revision: from memory while subscribed, else one Redis GET."""
@@ -139,56 +137,24 @@ class ChangeHub:
         self._generation[datasource_id] = self._generation.get(datasource_id, 0) + 1
         self._revisions.pop(datasource_id, None)
 
-    def event_for(self, datasource_id: int) -> asyncio.Event:
-        event = self._events.get(datasource_id)
-        if event is None:
-            event = self._events[datasource_id] = asyncio.Event()
-        return event
+    def on_message(self, data: bytes) -> None:
+        kind, _, rest = data.decode().partition(" ")
+        if kind == "bundle":
+            ds_text, _, revision = rest.partition(" ")
+            ds = int(ds_text)
+            self._generation[ds] = self._generation.get(ds, 0) + 1
+            self._revisions[ds] = revision
+            self._fire(ds)
+        elif kind == "forget":
+            self.principals.forget(rest)
 
-    def _fire(self, datasource_id: int | None) -> None:
-        ids = list(self._events) if datasource_id is None else [datasource_id]
-        for ds in ids:
-            event = self._events.pop(ds, None)
-            if event is not None:
-                event.set()
-
-    async def _listen(self) -> None:
-        assert self._ready is not None
-        delay = 0.1
-        while True:
-            pubsub = aioredis.Redis.from_url(settings.REDIS_URL).pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
-                    if message["type"] == "subscribe":
-                        self._ready.set()
-                        delay = 0.1
-                    elif message["type"] == "message":
-                        kind, _, rest = message["data"].decode().partition(" ")
-                        if kind == "bundle":
-                            ds_text, _, revision = rest.partition(" ")
-                            ds = int(ds_text)
-                            self._generation[ds] = self._generation.get(ds, 0) + 1
-                            self._revisions[ds] = revision
-                            self._fire(ds)
-                        elif kind == "forget":
-                            self.principals.forget(rest)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis restarted or unreachable: resubscribe
-                logger.warning("bundle change subscriber lost Redis: %s", exc)
-            finally:
-                self._ready.clear()
-                # Revocations may be missed while unsubscribed: remember nothing.
-                self.principals.forget()
-                self._revisions.clear()
-                self._generation.clear()
-                # Waiters re-check the revision rather than miss a change while down.
-                self._fire(None)
-                with contextlib.suppress(Exception):  # already broken; nothing to release
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    def on_lost(self) -> None:
+        # Revocations may be missed while unsubscribed: remember nothing, and
+        # waiters re-check the revision rather than miss a change while down.
+        self.principals.forget()
+        self._revisions.clear()
+        self._generation.clear()
+        super().on_lost()
 
 
 _hubs: dict[int, ChangeHub] = {}

@@ -1,0 +1,85 @@
+"""One Redis pub/sub subscription per process, fanned out to per-key asyncio Events.
+
+The bundle long-poll (waiters per datasource) and the approval long-poll
+(waiters per request) both park on an ``asyncio.Event`` and are woken by a
+message; neither holds a thread or a database connection while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+
+class EventHub(Generic[K]):
+    """Subclasses name the ``channel`` and say what a message means (``on_message``)."""
+
+    channel: str
+    what: str  # for the log line when Redis is lost
+
+    def __init__(self) -> None:
+        self._events: dict[K, asyncio.Event] = {}
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._listen())
+        assert self._ready is not None
+        await self._ready.wait()
+
+    def event_for(self, key: K) -> asyncio.Event:
+        event = self._events.get(key)
+        if event is None:
+            event = self._events[key] = asyncio.Event()
+        return event
+
+    def _fire(self, key: K | None) -> None:
+        keys = list(self._events) if key is None else [key]
+        for k in keys:
+            event = self._events.pop(k, None)
+            if event is not None:
+                event.set()
+
+    def on_message(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_lost(self) -> None:
+        """While unsubscribed a message may be missed: every waiter re-checks."""
+        self._fire(None)
+
+    async def _listen(self) -> None:
+        assert self._ready is not None
+        delay = 0.1
+        while True:
+            pubsub = aioredis.Redis.from_url(settings.REDIS_URL).pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        self._ready.set()
+                        delay = 0.1
+                    elif message["type"] == "message":
+                        self.on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarted or unreachable: resubscribe
+                logger.warning("%s subscriber lost Redis: %s", self.what, exc)
+            finally:
+                self._ready.clear()
+                self.on_lost()
+                with contextlib.suppress(Exception):  # already broken; nothing to release
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
