@@ -11,8 +11,11 @@ Django unchanged; ``GET /api/v1/sidecar/approvals/<id>`` likewise goes to
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,14 +24,13 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
-from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from approvals.sidecar_api import approval_state_reply  # noqa: E402
 from governance.sidecar_api import (  # noqa: E402 - needs the app registry
     AUDIT_MAX_BYTES,
-    audit_reply_and_close,
+    audit_reply_on_kept_connection,
     bundle_reply,
 )
 
@@ -61,9 +63,15 @@ async def _bundle(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
+# Audit batches run on these threads, not Django's one sync thread: batches of
+# different chains then overlap their database waits with each other's parsing.
+# Each thread keeps one database connection, so this is also the number of
+# connections ingestion holds.
+AUDIT_WORKERS = 4
+_audit_pool = ThreadPoolExecutor(max_workers=AUDIT_WORKERS, thread_name_prefix="audit-ingest")
+
+
 async def _audit(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Audit batches in a thread pool, not Django's one sync thread: batches of
-    different chains then overlap their database waits with each other's parsing."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     chunks: list[bytes] = []
     size = 0
@@ -77,11 +85,13 @@ async def _audit(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if size <= AUDIT_MAX_BYTES + 1:
             chunks.append(chunk)
         more = message.get("more_body", False)
-    status, payload = await sync_to_async(audit_reply_and_close, thread_sensitive=False)(
+    reply = functools.partial(
+        audit_reply_on_kept_connection,
         authorization=headers.get("authorization"),
         content_type=headers.get("content-type", ""),
         body=b"".join(chunks)[: AUDIT_MAX_BYTES + 1],
     )
+    status, payload = await asyncio.get_running_loop().run_in_executor(_audit_pool, reply)
     body = json.dumps(payload).encode()
     out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:

@@ -1,0 +1,121 @@
+"""Audit ingestion as served in production: uvicorn's ASGI app and its audit worker threads.
+
+Each worker thread keeps its database connection from batch to batch; these
+tests check that a connection lost in between (PostgreSQL restarted, the
+backend killed) costs nothing: the next batch reconnects and is stored whole.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from audit.models import AuditEvent
+from audit.services import audit_verify
+from governance import services
+from tests.bundles.conftest import Server
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+@pytest.fixture
+def sidecar_token(demo_policy: Any, admin_user: Any) -> str:
+    _, raw = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-audit-asgi"
+    )
+    return raw
+
+
+def _events(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "ts": time.time(),
+            "type": "statement",
+            "identity": "svc-billing",
+            "action": "allow",
+            "statement": "SELECT id FROM customers WHERE id = $1",
+        }
+        for _ in range(n)
+    ]
+
+
+def _post(server: Server, token: str, events: list[dict[str, Any]]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/sidecar/audit",
+        data=json.dumps({"events": events}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _kill_other_backends() -> int:
+    """Terminate every session on the test database but this test's own."""
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params["dbname"],
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        autocommit=True,
+    ) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND pid <> %s",
+            [connection.connection.info.backend_pid],
+        ).fetchall()
+    return len(rows)
+
+
+def test_batches_after_a_lost_connection_are_stored_whole(
+    control_plane: Server, sidecar_token: str, demo_policy: Any
+) -> None:
+    connection.ensure_connection()
+    stored: list[str] = []
+    # More batches than audit worker threads, so every worker holds a connection.
+    for _ in range(8):
+        batch = _events(20)
+        assert _post(control_plane, sidecar_token, batch) == (
+            202,
+            {"accepted": 20, "duplicates": 0},
+        )
+        stored += [e["id"] for e in batch]
+
+    assert _kill_other_backends() >= 1  # the workers' kept connections
+
+    for _ in range(8):
+        batch = _events(20)
+        status, answer = _post(control_plane, sidecar_token, batch)
+        assert (status, answer) == (202, {"accepted": 20, "duplicates": 0})
+        stored += [e["id"] for e in batch]
+
+    in_trail = set(
+        AuditEvent.objects.filter(event_id__in=stored).values_list("event_id", flat=True)
+    )
+    assert in_trail == set(stored)
+    assert audit_verify().ok
+
+
+def test_a_resent_batch_after_a_lost_connection_is_a_duplicate(
+    control_plane: Server, sidecar_token: str
+) -> None:
+    connection.ensure_connection()
+    batch = _events(30)
+    assert _post(control_plane, sidecar_token, batch)[0] == 202
+    _kill_other_backends()
+    assert _post(control_plane, sidecar_token, batch) == (202, {"accepted": 0, "duplicates": 30})
+    assert AuditEvent.objects.filter(event_id__in=[e["id"] for e in batch]).count() == 30
