@@ -48,6 +48,7 @@ from django.db import connection  # noqa: E402
 from audit.services import audit_verify  # noqa: E402
 from governance import services  # noqa: E402
 from governance.models import Environment, Membership, Role  # noqa: E402
+from sidecar.proxy.session import event_id  # noqa: E402
 
 TARGET = 20_000
 CLASSIFICATIONS = ["pii.email", "pii.ssn", "pii.phone", "financial.card"]
@@ -85,7 +86,7 @@ def event(rng: random.Random) -> dict[str, Any]:
     classified = rng.random() < 0.4
     tables = rng.sample(TABLES, rng.randint(1, 2))
     return {
-        "id": str(uuid.uuid4()),
+        "id": event_id(),
         "type": "statement",
         "ts": round(time.time(), 6),
         "action": "allow",

@@ -21,7 +21,6 @@ import socket
 import ssl
 import struct
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,13 @@ from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.policy import Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer
-from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
+from sidecar.proxy.session import (
+    AuditSink,
+    ClientProtocol,
+    Session,
+    UpstreamProtocol,
+    event_id,
+)
 from sidecar.proxy.upstream import UpstreamError, UpstreamTarget, connect, send_cancel
 
 if TYPE_CHECKING:
@@ -313,10 +318,11 @@ class ProxyServer:
             self._cancel_sessions.pop((pid, secret), None)
             self.metrics.connection_closed()
             end = dict(base_event)
+            now = time.time()
             end.update(
-                id=str(uuid.uuid4()),
+                id=event_id(now),
                 type="session_end",
-                ts=round(time.time(), 6),
+                ts=round(now, 6),
                 duration_ms=round((time.time() - session.started) * 1000, 3),
             )
             self.audit.append(end)
@@ -342,7 +348,8 @@ class ProxyServer:
         self.sessions.add(session)
         self.metrics.connection_opened()
         start = dict(base_event)
-        start.update(id=str(uuid.uuid4()), type="session_start", ts=round(time.time(), 6))
+        now = time.time()
+        start.update(id=event_id(now), type="session_start", ts=round(now, 6))
         self.audit.append(start)
         leftover_client = bytes(reader._buffer)  # type: ignore[attr-defined]
         leftover_upstream = bytes(up.reader._buffer)

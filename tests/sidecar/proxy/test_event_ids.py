@@ -1,22 +1,37 @@
-"""Audit event ids: random version-4 UUIDs, unique across refills of the random pool."""
+"""Audit event ids: time-ordered version-7 UUIDs, unique across refills of the random pool."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from sidecar.proxy.session import _EventIds
 
 
-def test_event_ids_are_unique_rfc4122_version_4_uuids() -> None:
+def test_event_ids_are_unique_rfc9562_version_7_uuids() -> None:
     ids = _EventIds()
     # 256 ids per 4 KiB pool: this crosses several refills.
     issued = [ids() for _ in range(1000)]
     assert len(set(issued)) == len(issued)
     for value in issued:
         parsed = uuid.UUID(value)
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == value
+
+
+def test_ids_carry_their_millisecond_and_sort_by_it() -> None:
+    ids = _EventIds()
+    before = int(time.time() * 1000)
+    now = ids()
+    after = int(time.time() * 1000)
+    assert before <= int(now.replace("-", "")[:12], 16) <= after
+    # Ids of later milliseconds sort after earlier ones, as text and as UUIDs.
+    stamps = [1_700_000_000.000, 1_700_000_000.001, 1_700_000_000.500, 1_800_000_000.0]
+    issued = [ids(at) for at in stamps]
+    assert issued == sorted(issued)
+    assert [uuid.UUID(i) for i in issued] == sorted(uuid.UUID(i) for i in issued)
+    assert [int(i.replace("-", "")[:12], 16) for i in issued] == [int(at * 1000) for at in stamps]
 
 
 def test_separate_generators_do_not_repeat_each_other() -> None:
