@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +59,10 @@ CHAINED_FIELDS = (
 )
 
 
+# The row's chained values in one C call (a dict comprehension was a tenth of sealing).
+_chained_values = operator.itemgetter(*CHAINED_FIELDS)
+
+
 def micros(at: datetime.datetime) -> int:
     """Microseconds since the epoch, exactly (no float on the way)."""
     delta = at - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -78,7 +83,7 @@ _CANONICAL = json.JSONEncoder(
 
 def canonical_event(row: Mapping[str, Any]) -> bytes:
     """The bytes the chain hash covers for one event (a row's column values)."""
-    doc = {name: row[name] for name in CHAINED_FIELDS}
+    doc = dict(zip(CHAINED_FIELDS, _chained_values(row), strict=True))
     doc["occurred_at"] = micros(doc["occurred_at"])
     doc["received_at"] = micros(doc["received_at"])
     try:

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import time
 import uuid
 from collections import defaultdict
@@ -220,6 +221,8 @@ def _scrub(value: Any) -> Any:
                 out[key] = v if v is None or v.__class__ in _PLAIN else _scrub(v)
         return out
     if isinstance(value, list):
+        if all(map(isinstance, value, _ALL_STR)):
+            return value  # the usual list (tables, functions): nothing to scrub
         return [v if v is None or v.__class__ in _PLAIN else _scrub(v) for v in value]
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -323,9 +326,9 @@ def _sidecar_row(
     for key in ("rows", "risk", "duration_ms"):
         if event.get(key) is not None and row[key] is None:
             invalid.append(key)
-    for key, value in event.items():
-        if key in _KNOWN_EXTRA or (key not in _COLUMN_KEYS and not _carries_values(key)):
-            extra[key] = value
+    for key in event.keys() - _COLUMN_KEYS:
+        if key in _KNOWN_EXTRA or not _carries_values(key):
+            extra[key] = event[key]
     extra = _scrub(extra)
     if invalid:
         extra["invalid_fields"] = sorted(invalid)
@@ -391,6 +394,7 @@ def _copy_json(value: Any) -> str:
         return _COPY_JSON.encode(value)
 
 
+_copy_values = operator.itemgetter(*_COPY_COLUMNS)
 _TIME_AT = tuple(i for i, name in enumerate(_COPY_COLUMNS) if name in _TIME_FIELDS)
 _ARRAY_AT = tuple(i for i, name in enumerate(_COPY_COLUMNS) if name in _ARRAY_FIELDS)
 _EXTRA_AT = _COPY_COLUMNS.index("extra")
@@ -432,7 +436,7 @@ def _copy_text(rows: list[dict[str, Any]]) -> str:
     no line break); a row that fails the check is escaped value by value."""
     lines = []
     for row in rows:
-        values = [row[name] for name in _COPY_COLUMNS]
+        values = list(_copy_values(row))
         nulls = values.count(None)
         for i in _TIME_AT:
             if values[i] is not None:
@@ -505,7 +509,8 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         cursor.execute(
             "INSERT INTO audit_event_key (event_id) SELECT unnest(%s::text[]) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            [[r["event_id"] for r in rows]],
+            # The array literal built here: psycopg's list dumper is per-item Python.
+            [_array_literal([r["event_id"] for r in rows])],
         )
         fresh_ids = {r[0] for r in cursor.fetchall()}
         fresh: list[dict[str, Any]] = []

@@ -15,6 +15,7 @@ from django.test import Client
 from audit.chain import CHAINED_FIELDS, canonical_event, micros
 from audit.models import AuditEvent
 from audit.services import audit_verify
+from governance.sidecar_api import _audit_json, _has_long_number
 from tests.audit.conftest import statement_event
 
 REFERENCE = json.JSONEncoder(
@@ -86,3 +87,32 @@ def test_awkward_numbers_survive_the_copy_and_the_chain(client: Client, sidecar:
     assert stored.duration_ms == 1.5e-07
     assert stored.extra["reasons"][0]["n"] == [*numbers[:3], 10**16, *numbers[4:]]
     assert audit_verify(chain=stored.chain).ok
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 12345678901234567890}',
+        b'{"a":-9223372036854775809}',
+        b'{"a": [1,\n\t 18446744073709551617]}',
+        b"[12345678901234567890]",
+        b'{"a": {"b" :  1234567890123456789012345}}',
+    ],
+)
+def test_a_number_beyond_64_bits_takes_the_exact_parser(body: bytes) -> None:
+    # orjson alone would read these as floats and lose digits.
+    assert _has_long_number(body)
+    assert _audit_json(body) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 123456789012345678, "b": -123456789012345678}',
+        b'{"fingerprint": "1234567890123456789012345", "ts": 1795459200.123456}',
+        b'{"a": 1.5e-07, "b": [0.1, 10000000000000000.0]}',
+    ],
+)
+def test_ordinary_numbers_and_digit_strings_take_the_fast_parser(body: bytes) -> None:
+    assert not _has_long_number(body)
+    assert _audit_json(body) == json.loads(body)
