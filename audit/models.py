@@ -191,6 +191,27 @@ class AccessDaily(models.Model):
         return f"{self.day} {self.identity_name} {self.classification}: {self.events}"
 
 
+class ActivityDaily(models.Model):
+    """Daily count of statement events per environment and outcome (the overview's).
+
+    Maintained by ingestion in the same transaction as the events. The database
+    key is (day, environment, outcome); ``day`` stands in as Django's ``pk``, so
+    this model is for reading only.
+    """
+
+    day = models.DateField(primary_key=True)
+    environment = models.TextField()
+    outcome = models.TextField()
+    events = models.BigIntegerField()
+
+    class Meta:
+        managed = False
+        db_table = "audit_activity_daily"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.environment} {self.outcome}: {self.events}"
+
+
 DEFAULT_RETENTION_DAYS = 400
 
 

@@ -6,6 +6,9 @@ classification, maintained at ingestion), so it costs the same for a trail of
 a thousand events or a billion. "PII" means what a user would expect: every
 classification named ``pii.*`` and every classification at level confidential
 or restricted. Each row links to the matching events in the explorer.
+
+The overview's chart and its blocked/held counts read ``audit_activity_daily``
+(statements per day, environment and outcome), likewise kept at ingestion.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncDay
+from django.db.models import Q, Sum
 from django.utils import timezone
 
-from audit.models import AccessDaily, AuditEvent, AuditVerification
+from audit.models import AccessDaily, ActivityDaily, AuditEvent, AuditVerification
 from audit.selectors import AuditFilters, require_audit_reader
 from governance.models import Classification, Datasource, Level, Sidecar
 
@@ -125,27 +127,23 @@ def pii_access_report(
 
 
 def activity_by_day(*, user: Any, days: int = 14) -> list[dict[str, Any]]:
-    """Statements per UTC day and environment over the last ``days`` days, oldest first.
-
-    Every day appears, also the quiet ones, so the chart's axis is honest.
+    """Statements per UTC day and environment over the last ``days`` days, oldest first
+    (from the rollup). Every day appears, also the quiet ones, so the chart's axis is honest.
     """
     require_audit_reader(user)
     today = timezone.now().date()
     start = today - datetime.timedelta(days=days - 1)
-    since = datetime.datetime.combine(start, datetime.time(), tzinfo=datetime.UTC)
     counts = (
-        AuditEvent.objects.filter(type="statement", occurred_at__gte=since)
-        .annotate(day=TruncDay("occurred_at", tzinfo=datetime.UTC))
+        ActivityDaily.objects.filter(day__gte=start)
         .values("day", "environment")
-        .annotate(n=Count("id"))
+        .annotate(n=Sum("events"))
     )
     by_day: dict[datetime.date, dict[str, int]] = {
         start + datetime.timedelta(days=i): {} for i in range(days)
     }
     for row in counts:
-        day = row["day"].date()
-        if day in by_day:
-            by_day[day][row["environment"] or "unknown"] = row["n"]
+        if row["day"] in by_day:
+            by_day[row["day"]][row["environment"] or "unknown"] = row["n"]
     return [{"day": d, "by_env": envs, "total": sum(envs.values())} for d, envs in by_day.items()]
 
 
@@ -162,15 +160,27 @@ def top_classified_readers(*, user: Any, days: int = 30, limit: int = 8) -> list
     return [dict(r) for r in rows]
 
 
+REFUSED = ("blocked", "held")
+
+
 def refused_recent(*, user: Any, days: int = 7, limit: int = 10) -> dict[str, Any]:
-    """Blocked and held statements of the last ``days`` days: counts and the latest few."""
+    """Blocked and held statements of the last ``days`` UTC days (today included):
+    counts from the rollup, and the latest few."""
     require_audit_reader(user)
-    since = timezone.now() - datetime.timedelta(days=days)
-    qs = AuditEvent.objects.filter(
-        type="statement", occurred_at__gte=since, outcome__in=("blocked", "held")
+    start = timezone.now().date() - datetime.timedelta(days=days - 1)
+    since = datetime.datetime.combine(start, datetime.time(), tzinfo=datetime.UTC)
+    counts = {
+        r["outcome"]: r["n"]
+        for r in ActivityDaily.objects.filter(day__gte=start, outcome__in=REFUSED)
+        .values("outcome")
+        .annotate(n=Sum("events"))
+    }
+    # Matches the partial index audit_event_refused_idx.
+    latest = list(
+        AuditEvent.objects.filter(
+            type="statement", outcome__in=REFUSED, occurred_at__gte=since
+        ).order_by("-occurred_at", "-id")[:limit]
     )
-    counts = {r["outcome"]: r["n"] for r in qs.values("outcome").annotate(n=Count("id"))}
-    latest = list(qs.order_by("-occurred_at", "-id")[:limit])
     return {"blocked": counts.get("blocked", 0), "held": counts.get("held", 0), "latest": latest}
 
 

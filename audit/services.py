@@ -21,7 +21,7 @@ import math
 import operator
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -528,6 +528,7 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             [new_seq, new_hash, chain],
         )
         _access_daily_add(cursor, fresh)
+        _activity_daily_add(cursor, fresh)
     return len(fresh)
 
 
@@ -564,6 +565,30 @@ def _access_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
             [k[2] for k in keys],
             [k[3] for k in keys],
             [counts[k][1] for k in keys],
+        ],
+    )
+
+
+def _activity_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Count statement events per (UTC day, environment, outcome)."""
+    counts: Counter[tuple[datetime.date, str, str]] = Counter(
+        (row["occurred_at"].astimezone(datetime.UTC).date(), row["environment"], row["outcome"])
+        for row in rows
+        if row["type"] == "statement"
+    )
+    if not counts:
+        return
+    keys = sorted(counts)  # one order for every writer: no deadlock between batches
+    cursor.execute(
+        "INSERT INTO audit_activity_daily (day, environment, outcome, events) "
+        "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::bigint[]) "
+        "ON CONFLICT (day, environment, outcome) "
+        "DO UPDATE SET events = audit_activity_daily.events + EXCLUDED.events",
+        [
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [counts[k] for k in keys],
         ],
     )
 
@@ -942,10 +967,11 @@ def audit_retention_enforce(*, now: datetime.datetime | None = None) -> list[str
                 cursor.execute(f'DROP TABLE "{month_name}"')
                 dropped.append(month_name)
         # The rollup outlives no event it counts: kept as long as the longest retention.
-        cursor.execute(
-            "DELETE FROM audit_access_daily WHERE day < %s",
-            [(now - datetime.timedelta(days=longest)).date()],
-        )
+        for rollup in ("audit_access_daily", "audit_activity_daily"):
+            cursor.execute(
+                f"DELETE FROM {rollup} WHERE day < %s",
+                [(now - datetime.timedelta(days=longest)).date()],
+            )
     if dropped:
         logger.info("audit retention dropped %s", ", ".join(dropped))
     return dropped

@@ -81,7 +81,8 @@ def _builtin_rows(request: pytest.FixtureRequest) -> None:
 # and the append-only trigger refuses TRUNCATE. Without this, events one test left
 # behind show up in the reports of the next test on the same database.
 _AUDIT_TRAIL_TABLES = (
-    "audit_event, audit_event_key, audit_chain_head, audit_chain_anchor, audit_access_daily"
+    "audit_event, audit_event_key, audit_chain_head, audit_chain_anchor, audit_access_daily, "
+    "audit_activity_daily"
 )
 
 

@@ -156,6 +156,33 @@ def test_rollup_counts_allowed_classified_statements(client: Client, sidecar: An
         assert cursor.fetchall() == [("pii.email", "service", 1), ("pii.ssn", "service", 2)]
 
 
+def test_rollup_counts_statements_per_day_environment_and_outcome(
+    client: Client, sidecar: Any
+) -> None:
+    yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    events = [
+        statement_event(),
+        statement_event(),
+        statement_event(ts=yesterday.timestamp()),
+        statement_event(action="block", outcome="blocked"),
+        statement_event(action="review", outcome="held"),
+        statement_event(type="session_start"),  # not a statement: not counted
+    ]
+    _post(client, sidecar.token, events)
+    _post(client, sidecar.token, events)  # duplicates are not counted again
+    today = datetime.datetime.now(datetime.UTC).date()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT day, environment, outcome, events FROM audit_activity_daily ORDER BY 1, 3"
+        )
+        assert cursor.fetchall() == [
+            (yesterday.date(), "production", "allowed", 1),
+            (today, "production", "allowed", 2),
+            (today, "production", "blocked", 1),
+            (today, "production", "held", 1),
+        ]
+
+
 def test_wrong_token_is_refused(client: Client, sidecar: Any) -> None:
     answer = _post(client, "not-a-token", [statement_event()])
     assert answer.status_code == 401 and "Bearer" in answer["WWW-Authenticate"]

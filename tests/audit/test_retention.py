@@ -63,6 +63,8 @@ def test_expired_month_is_dropped_and_the_chain_still_verifies(sidecar: Any) -> 
             [sidecar.datasource.pk],
         )
         assert cursor.fetchone()[0] == LESS_OLD.date()
+        cursor.execute("SELECT min(day) FROM audit_activity_daily")
+        assert cursor.fetchone()[0] == LESS_OLD.date()
     anchor = ChainAnchor.objects.get(chain=chain)
     assert (anchor.seq, anchor.hash) == (last_old.seq, last_old.hash)
     result = audit_verify(chain=chain)

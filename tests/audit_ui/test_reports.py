@@ -98,3 +98,46 @@ def test_report_page_lists_the_largest_and_the_csv_holds_all(client, auditor_use
     assert lines[0] == "identity,identity_kind,classification,events"
     assert sorted(lines[1:]) == ["ann,human,pii.email,1", "ben,human,pii.email,2",
                                  "cat,human,pii.email,3"]  # fmt: skip
+
+
+def test_overview_counts_come_from_the_activity_rollup(auditor_user, crm, lab, now) -> None:
+    from audit.reports import activity_by_day, refused_recent
+
+    today = now.date()
+    # Noon today: "a few minutes ago" must not fall on yesterday just after midnight.
+    now = datetime.datetime.combine(today, datetime.time(12), tzinfo=datetime.UTC)
+    event_add(occurred_at=now, datasource_id=crm.pk)
+    event_add(occurred_at=now, datasource_id=crm.pk)
+    event_add(occurred_at=now, datasource_id=lab.pk, environment="sandbox")
+    event_add(occurred_at=now - datetime.timedelta(days=3), datasource_id=crm.pk)
+    event_add(occurred_at=now - datetime.timedelta(days=20), datasource_id=crm.pk)  # too old
+    event_add(occurred_at=now, datasource_id=crm.pk, type="session_start")  # not a statement
+    blocked = event_add(occurred_at=now - datetime.timedelta(minutes=5), datasource_id=crm.pk,
+                        action="block", outcome="blocked", statement="DROP TABLE t")  # fmt: skip
+    held = event_add(occurred_at=now - datetime.timedelta(minutes=1), datasource_id=crm.pk,
+                     action="review", outcome="held")  # fmt: skip
+    event_add(
+        occurred_at=now - datetime.timedelta(days=9),
+        datasource_id=crm.pk,
+        action="block",
+        outcome="blocked",
+    )  # fmt: skip  (outside the 7 days)
+
+    days = activity_by_day(user=auditor_user, days=14)
+    assert len(days) == 14 and days[-1]["day"] == today
+    assert days[-1]["by_env"] == {"production": 4, "sandbox": 1}
+    assert days[-4]["total"] == 1
+    assert sum(d["total"] for d in days) == 7  # the 9-day-old block is in the chart
+
+    refused = refused_recent(user=auditor_user)
+    assert (refused["blocked"], refused["held"]) == (1, 1)
+    assert [e.pk for e in refused["latest"]] == [held, blocked]
+
+
+def test_overview_needs_an_audit_reader(outsider_user) -> None:
+    from audit.reports import activity_by_day, refused_recent
+
+    with pytest.raises(PermissionDenied):
+        activity_by_day(user=outsider_user)
+    with pytest.raises(PermissionDenied):
+        refused_recent(user=outsider_user)

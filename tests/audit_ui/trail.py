@@ -1,8 +1,8 @@
 """Writing audit events for tests, the way ingestion stores them (rows, chain, head, rollup).
 
 Rows go straight into ``audit_event`` with a correct per-chain ``seq``,
-``prev_hash`` and ``hash`` (``audit.chain``), and allowed statements with
-classifications bump ``audit_access_daily`` as ingestion does. Used where a test
+``prev_hash`` and ``hash`` (``audit.chain``); statements bump ``audit_activity_daily`` and
+allowed ones with classifications ``audit_access_daily``, as ingestion does. Used where a test
 needs exact timestamps (keyset pagination across equal ``occurred_at``) or
 events in past months, which the sidecar API would stamp otherwise.
 """
@@ -89,6 +89,12 @@ def event_add(
             "ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
             [row["chain"], row["seq"], row["hash"]],
         )
+        if row["type"] == "statement":
+            cur.execute(
+                "INSERT INTO audit_activity_daily AS d VALUES (%s, %s, %s, 1) "
+                "ON CONFLICT (day, environment, outcome) DO UPDATE SET events = d.events + 1",
+                [occurred_at.astimezone(datetime.UTC).date(), row["environment"], row["outcome"]],
+            )
         if (
             row["type"] == "statement"
             and row["action"] == "allow"
