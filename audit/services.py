@@ -376,6 +376,12 @@ def _copy_escape(text: str) -> str:
 
 
 def _array_literal(items: list[str]) -> str:
+    """A text[] literal: every item double-quoted, backslashes and quotes escaped."""
+    if not items:
+        return "{}"
+    body = '","'.join(items)
+    if "\\" not in body and body.count('"') == 2 * (len(items) - 1):
+        return '{"' + body + '"}'  # the usual case: nothing inside needs escaping
     quoted = (
         '"' + (i.replace("\\", "\\\\").replace('"', '\\"') if ("\\" in i or '"' in i) else i) + '"'
         for i in items

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.models import AuditEvent, datasource_chain
 from audit.services import audit_events_ingest, audit_verify
@@ -245,3 +247,17 @@ def test_concurrent_resend_stores_each_event_once(sidecar: Any) -> None:
     assert seqs == list(range(1, len(seqs) + 1))
     assert AuditEvent.objects.filter(chain=chain, source="sidecar").count() == 200
     assert audit_verify(chain=chain).ok
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"))
+    )
+)
+def test_array_literal_reads_back_as_the_list(items: list[str]) -> None:
+    from audit.services import _array_literal
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[]", [_array_literal(items)])
+        assert cursor.fetchone()[0] == items
