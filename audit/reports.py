@@ -127,8 +127,10 @@ def pii_access_report(
 
 
 def activity_by_day(*, user: Any, days: int = 14) -> list[dict[str, Any]]:
-    """Statements per UTC day and environment over the last ``days`` days, oldest first
-    (from the rollup). Every day appears, also the quiet ones, so the chart's axis is honest.
+    """Statements per UTC day and environment over the last ``days`` days, oldest first.
+
+    Read from the rollup. Every day appears, also the quiet ones, so the chart's
+    axis is honest.
     """
     require_audit_reader(user)
     today = timezone.now().date()
@@ -164,8 +166,9 @@ REFUSED = ("blocked", "held")
 
 
 def refused_recent(*, user: Any, days: int = 7, limit: int = 10) -> dict[str, Any]:
-    """Blocked and held statements of the last ``days`` UTC days (today included):
-    counts from the rollup, and the latest few."""
+    """Blocked and held statements of the last ``days`` UTC days, today included.
+
+    The counts come from the rollup; the latest few from the events."""
     require_audit_reader(user)
     start = timezone.now().date() - datetime.timedelta(days=days - 1)
     since = datetime.datetime.combine(start, datetime.time(), tzinfo=datetime.UTC)

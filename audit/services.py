@@ -599,6 +599,43 @@ def _activity_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
     )
 
 
+# The rollups recomputed from the events themselves, from a day on (see below).
+_ACCESS_DAILY_FROM_EVENTS = """
+INSERT INTO audit_access_daily (day, identity_name, identity_kind, datasource_id,
+                                classification, events)
+SELECT (occurred_at AT TIME ZONE 'UTC')::date, identity_name, min(identity_kind),
+       datasource_id, c, count(*)
+FROM audit_event, unnest(classifications) AS c
+WHERE type = 'statement' AND action = 'allow' AND datasource_id IS NOT NULL
+  AND occurred_at >= %s
+GROUP BY 1, 2, 4, 5
+"""
+_ACTIVITY_DAILY_FROM_EVENTS = """
+INSERT INTO audit_activity_daily (day, environment, outcome, events)
+SELECT (occurred_at AT TIME ZONE 'UTC')::date, environment, outcome, count(*)
+FROM audit_event
+WHERE type = 'statement' AND occurred_at >= %s
+GROUP BY 1, 2, 3
+"""
+
+
+def audit_rollups_rebuild(*, since: datetime.date) -> None:
+    """Recount both daily rollups from the stored events, for every UTC day from ``since``.
+
+    For a rollup that missed events (those stored by processes still running the
+    code from before a rollup existed, during a deployment), or after a restore.
+    The rollups are locked first: a batch that is being ingested either committed
+    its counts before (and its events are read) or adds them after.
+    """
+    start = datetime.datetime.combine(since, datetime.time(), tzinfo=datetime.UTC)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE audit_access_daily, audit_activity_daily IN EXCLUSIVE MODE")
+        cursor.execute("DELETE FROM audit_access_daily WHERE day >= %s", [since])
+        cursor.execute("DELETE FROM audit_activity_daily WHERE day >= %s", [since])
+        cursor.execute(_ACCESS_DAILY_FROM_EVENTS, [start])
+        cursor.execute(_ACTIVITY_DAILY_FROM_EVENTS, [start])
+
+
 _CONTEXT_TTL_SECONDS = 30.0
 _sidecar_contexts: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
 

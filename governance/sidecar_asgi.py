@@ -31,6 +31,7 @@ from django.http.request import split_domain_port, validate_host  # noqa: E402
 from approvals.sidecar_api import approval_state_reply  # noqa: E402
 from governance.sidecar_api import (  # noqa: E402 - needs the app registry
     AUDIT_MAX_BYTES,
+    AUDIT_WORKERS,
     audit_reply_on_kept_connection,
     bundle_reply,
 )
@@ -66,9 +67,6 @@ async def _bundle(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 # Audit batches run on these threads, not Django's one sync thread: batches of
 # different chains then overlap their database waits with each other's parsing.
-# Each thread keeps one database connection, so this is also the number of
-# connections ingestion holds.
-AUDIT_WORKERS = 4
 _audit_pool = ThreadPoolExecutor(max_workers=AUDIT_WORKERS, thread_name_prefix="audit-ingest")
 
 
@@ -157,5 +155,6 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
 # it again and again. An audit batch allocates ~10,000 containers (its events'
 # dicts and lists), which at the default threshold of 700 meant a dozen young
 # collections per batch; they are all garbage by the batch's end.
+gc.collect()  # what imports left behind, so it is not frozen for good
 gc.freeze()
 gc.set_threshold(20_000, 10, 10)

@@ -100,9 +100,9 @@ def test_awkward_numbers_survive_the_copy_and_the_chain(client: Client, sidecar:
     ],
 )
 def test_a_number_beyond_64_bits_takes_the_exact_parser(body: bytes) -> None:
-    # orjson alone would read these as floats and lose digits.
+    # orjson alone would read these as floats and lose digits. repr tells 1 from 1.0.
     assert _has_long_number(body)
-    assert _audit_json(body) == json.loads(body)
+    assert repr(_audit_json(body)) == repr(json.loads(body))
 
 
 @pytest.mark.parametrize(
@@ -115,4 +115,4 @@ def test_a_number_beyond_64_bits_takes_the_exact_parser(body: bytes) -> None:
 )
 def test_ordinary_numbers_and_digit_strings_take_the_fast_parser(body: bytes) -> None:
     assert not _has_long_number(body)
-    assert _audit_json(body) == json.loads(body)
+    assert repr(_audit_json(body)) == repr(json.loads(body))

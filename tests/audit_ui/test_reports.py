@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -141,3 +142,39 @@ def test_overview_needs_an_audit_reader(outsider_user) -> None:
         activity_by_day(user=outsider_user)
     with pytest.raises(PermissionDenied):
         refused_recent(user=outsider_user)
+
+
+def test_rollups_rebuild_recounts_from_a_day_on(auditor_user, crm, now) -> None:
+    from django.core.management import CommandError, call_command
+    from django.db import connection
+
+    from audit.reports import activity_by_day
+
+    old = now - datetime.timedelta(days=5)
+    event_add(occurred_at=old, datasource_id=crm.pk, classifications=["pii.email"])
+    event_add(occurred_at=now, datasource_id=crm.pk, classifications=["pii.email"])
+    event_add(occurred_at=now, datasource_id=crm.pk, action="block", outcome="blocked")
+
+    def counts() -> tuple[list[Any], list[Any]]:
+        with connection.cursor() as cur:
+            cur.execute("SELECT day, classification, events FROM audit_access_daily ORDER BY 1")
+            access = cur.fetchall()
+            cur.execute("SELECT day, outcome, events FROM audit_activity_daily ORDER BY 1, 2")
+            return access, cur.fetchall()
+
+    right = counts()
+    with connection.cursor() as cur:  # what a deployment's old processes leave: nothing
+        cur.execute("DELETE FROM audit_access_daily")
+        cur.execute("DELETE FROM audit_activity_daily")
+    call_command("audit_rollups_rebuild", since=now.date().isoformat())
+    access, activity = counts()
+    assert access == [r for r in right[0] if r[0] >= now.date()]
+    assert activity == [r for r in right[1] if r[0] >= now.date()]
+    assert activity_by_day(user=auditor_user)[-1]["total"] == 2
+
+    call_command("audit_rollups_rebuild", since=old.date().isoformat())
+    call_command("audit_rollups_rebuild", since=old.date().isoformat())  # idempotent
+    assert counts() == right
+    for bad in ("yesterday", "2026-02-30"):
+        with pytest.raises(CommandError):
+            call_command("audit_rollups_rebuild", since=bad)

@@ -8,19 +8,21 @@ backend killed) costs nothing: the next batch reconnects and is stored whole.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection
 
 from audit.models import AuditEvent
 from audit.services import audit_verify
 from governance import services
+from governance.sidecar_api import AUDIT_WORKERS
 from tests.bundles.conftest import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -64,44 +66,45 @@ def _post(server: Server, token: str, events: list[dict[str, Any]]) -> tuple[int
 
 def _kill_other_backends() -> int:
     """Terminate every session on the test database but this test's own."""
-    params = connection.get_connection_params()
-    with psycopg.connect(
-        dbname=params["dbname"],
-        host=params.get("host"),
-        port=params.get("port"),
-        user=params.get("user"),
-        autocommit=True,
-    ) as admin:
-        rows = admin.execute(
+    with connection.cursor() as cursor:
+        cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND pid <> %s",
-            [connection.connection.info.backend_pid],
-        ).fetchall()
-    return len(rows)
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return len(cursor.fetchall())
+
+
+def _post_concurrently(
+    server: Server, token: str, batches: list[list[dict[str, Any]]]
+) -> list[Any]:
+    """All batches at once, so several audit worker threads (and connections) take part."""
+    start = threading.Barrier(len(batches))
+
+    def post(batch: list[dict[str, Any]]) -> Any:
+        start.wait()
+        return _post(server, token, batch)
+
+    with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+        return list(pool.map(post, batches))
 
 
 def test_batches_after_a_lost_connection_are_stored_whole(
     control_plane: Server, sidecar_token: str, demo_policy: Any
 ) -> None:
-    connection.ensure_connection()
     stored: list[str] = []
-    # More batches than audit worker threads, so every worker holds a connection.
-    for _ in range(8):
-        batch = _events(20)
-        assert _post(control_plane, sidecar_token, batch) == (
-            202,
-            {"accepted": 20, "duplicates": 0},
-        )
-        stored += [e["id"] for e in batch]
+    for _ in range(3):  # a few rounds, so every worker thread holds a connection
+        batches = [_events(20) for _ in range(AUDIT_WORKERS)]
+        for answer in _post_concurrently(control_plane, sidecar_token, batches):
+            assert answer == (202, {"accepted": 20, "duplicates": 0})
+        stored += [e["id"] for batch in batches for e in batch]
 
-    assert _kill_other_backends() >= 1  # the workers' kept connections
+    assert _kill_other_backends() >= 2  # the workers' kept connections
 
-    for _ in range(8):
-        batch = _events(20)
-        status, answer = _post(control_plane, sidecar_token, batch)
-        assert (status, answer) == (202, {"accepted": 20, "duplicates": 0})
-        stored += [e["id"] for e in batch]
+    for _ in range(2):
+        batches = [_events(20) for _ in range(AUDIT_WORKERS)]
+        for answer in _post_concurrently(control_plane, sidecar_token, batches):
+            assert answer == (202, {"accepted": 20, "duplicates": 0})
+        stored += [e["id"] for batch in batches for e in batch]
 
     in_trail = set(
         AuditEvent.objects.filter(event_id__in=stored).values_list("event_id", flat=True)
@@ -113,7 +116,6 @@ def test_batches_after_a_lost_connection_are_stored_whole(
 def test_a_resent_batch_after_a_lost_connection_is_a_duplicate(
     control_plane: Server, sidecar_token: str
 ) -> None:
-    connection.ensure_connection()
     batch = _events(30)
     assert _post(control_plane, sidecar_token, batch)[0] == 202
     _kill_other_backends()
