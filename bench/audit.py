@@ -126,8 +126,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, int, float]:
-    """Post batches until args.events are accepted; return (accepted, duplicates, seconds)."""
+def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, int, float, float]:
+    """Post batches until args.events are accepted.
+
+    Returns (accepted, duplicates, seconds, CPU seconds this load generator used meanwhile).
+    """
     rng = random.Random(7)
     per_client = max(1, args.events // args.batch // args.clients)
     bodies = [
@@ -164,13 +167,13 @@ def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, in
     for t in threads:
         t.start()
     start.wait()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     if errors:
         raise SystemExit(f"ingestion failed: {errors[0]}")
-    return totals["accepted"], totals["duplicates"], elapsed
+    return totals["accepted"], totals["duplicates"], elapsed, cpu
 
 
 def main() -> None:
@@ -216,7 +219,7 @@ def main() -> None:
         warm = argparse.Namespace(**{**vars(args), "events": args.batch * args.clients})
         run(warm, port, tokens)
         web_before = cpu_seconds(server.pid)
-        accepted, duplicates, elapsed = run(args, port, tokens)
+        accepted, duplicates, elapsed, client_cpu = run(args, port, tokens)
         web_cpu = cpu_seconds(server.pid) - web_before
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -232,6 +235,8 @@ def main() -> None:
         f"web process CPU per event: {web_cpu / accepted * 1e6:.1f} us "
         f"(one core at 100% would take {1e6 / (web_cpu / accepted * 1e6):,.0f} events/s)"
     )
+    # The load generator shares the machine: what it burns, the server cannot use.
+    print(f"load generator CPU per event: {client_cpu / accepted * 1e6:.1f} us")
     began = time.perf_counter()
     verified = audit_verify()
     print(
