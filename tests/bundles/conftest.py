@@ -124,6 +124,10 @@ class Server:
                 "--loop",
                 "uvloop",
                 "--no-access-log",
+                # A sidecar's long-poll (bundle_wait=30) would otherwise hold SIGTERM
+                # until _stop's 10 s SIGKILL: "down" is what the tests want, not a drain.
+                "--timeout-graceful-shutdown",
+                "1",
             ],
             cwd=ROOT,
             env=server_env(),
