@@ -153,14 +153,28 @@ class Server:
             self.proc = None
 
 
-@pytest.fixture
-def control_plane() -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def _control_plane_process(django_db_setup: Any) -> Iterator[Server]:
     server = Server()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def control_plane(_control_plane_process: Server) -> Server:
+    """The control plane, one uvicorn per module (starting one takes over a second).
+
+    It keeps nothing a later test could see: its state is the database and Redis,
+    which every test here restores (serialized rollback, a flushed Redis), and
+    what it caches in memory is keyed by tokens and rows the test made. A test
+    that stopped it leaves it stopped; the next one gets it started again.
+    """
+    if _control_plane_process.proc is None or _control_plane_process.proc.poll() is not None:
+        _control_plane_process.start()
+    return _control_plane_process
 
 
 @pytest.fixture
