@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -41,6 +42,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def restartable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server stopped and restarted.
+
+    A port from ``free_port`` is in that range, so while the server is down any
+    outgoing connection on the machine (other tests run beside these) may be given
+    it as its local port, and the restart then fails to bind.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +131,7 @@ class Server:
     """uvicorn serving governance.sidecar_asgi on a fixed port; can be stopped and restarted."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or restartable_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[Any] | None = None
 
