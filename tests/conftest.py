@@ -27,7 +27,8 @@ from governance import services
 from governance.models import Classification, Environment, Membership, Role
 
 # These directories flush Redis or run the whole stack as subprocesses; make
-# test runs them after the parallel part, one at a time (config.devstack).
+# test runs them one at a time, in a pytest process of their own with a Redis of
+# their own, beside the parallel part (config.devstack).
 SERIAL_DIRS = ("bundles", "integration")
 
 
