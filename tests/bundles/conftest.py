@@ -130,38 +130,42 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 class Server:
     """uvicorn serving governance.sidecar_asgi on a fixed port; can be stopped and restarted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, log: Path, port: int | None = None) -> None:
         self.port = port or restartable_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its stderr (tracebacks of any 500) goes to a file: an unread pipe would
+        # fill up over a module's tests and block the server.
+        self.log = log
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "governance.sidecar_asgi:application",
-                "--port",
-                str(self.port),
-                "--loop",
-                "uvloop",
-                "--no-access-log",
-                # A sidecar's long-poll (bundle_wait=30) would otherwise hold SIGTERM
-                # until _stop's 10 s SIGKILL: "down" is what the tests want, not a drain.
-                "--timeout-graceful-shutdown",
-                "1",
-            ],
-            cwd=ROOT,
-            env=server_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "governance.sidecar_asgi:application",
+                    "--port",
+                    str(self.port),
+                    "--loop",
+                    "uvloop",
+                    "--no-access-log",
+                    # A sidecar's long-poll (bundle_wait=30) would otherwise hold SIGTERM
+                    # until _stop's 10 s SIGKILL: "down" is what the tests want, not a drain.
+                    "--timeout-graceful-shutdown",
+                    "1",
+                ],
+                cwd=ROOT,
+                env=server_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "")
+                raise RuntimeError(self.log.read_text()[-3000:])
             try:
                 urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
                 return
@@ -177,8 +181,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def _control_plane_process(django_db_setup: Any) -> Iterator[Server]:
-    server = Server()
+def _control_plane_process(
+    django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    server = Server(log=tmp_path_factory.mktemp("control-plane") / "uvicorn.log")
     server.start()
     try:
         yield server
