@@ -15,6 +15,7 @@ column classifications, masking rules and two guardrails.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +27,8 @@ from governance import services
 from governance.models import Classification, Environment, Membership, Role
 
 # These directories flush Redis or run the whole stack as subprocesses; make
-# test runs them after the parallel part, one at a time (config.devstack).
+# test runs them one at a time, in a pytest process of their own with a Redis of
+# their own, beside the parallel part (config.devstack).
 SERIAL_DIRS = ("bundles", "integration")
 
 
@@ -63,6 +65,10 @@ def _builtin_rows(request: pytest.FixtureRequest) -> None:
     if not transactional and marker is None and "db" not in names:
         return
     request.getfixturevalue("transactional_db" if transactional else "db")
+    _ensure_builtin_rows()
+
+
+def _ensure_builtin_rows() -> None:
     import importlib
 
     from django.apps import apps
@@ -109,10 +115,13 @@ def _audit_trail_emptied(request: pytest.FixtureRequest) -> Iterator[None]:
         )
 
 
+FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # PBKDF2's deliberate slowness is for attackers, not for five personas per test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 def _make_user(username: str, role: Role, *, actor: Any = None, superuser: bool = False) -> Any:
@@ -136,8 +145,7 @@ def _make_user(username: str, role: Role, *, actor: Any = None, superuser: bool 
     return user
 
 
-@pytest.fixture
-def admin_user(db: Any) -> Any:
+def _make_admin() -> Any:
     from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 
     user = _make_user("admin", Role.ADMIN, superuser=True)
@@ -147,24 +155,94 @@ def admin_user(db: Any) -> Any:
     return user
 
 
-@pytest.fixture
-def security_user(admin_user: Any) -> Any:
-    return _make_user("security", Role.SECURITY, actor=admin_user)
+@pytest.fixture(scope="module")
+def policy_once(django_db_setup: Any, django_db_blocker: Any) -> Iterator[SimpleNamespace]:
+    """The personas, both teams and the demo policy, made once for a whole module.
+
+    For modules of many short, non-transactional tests over the same policy: they
+    opt in with ``pytest.mark.usefixtures("policy_once")``. Building the policy
+    (services, histories, audit rows) costs more than most of those tests, so it
+    is done once, inside a transaction held open for the module and rolled back
+    after it. Each test runs in a savepoint of that transaction (pytest-django's
+    ``db``), so every test starts from exactly these rows, as with Django's
+    ``TestCase.setUpTestData``; the fixtures below give each test its own deep
+    copy of the objects. Every persona exists in such a module's tests, whichever
+    ones a test asks for.
+    """
+    from django.db import connection, transaction
+    from django.test import override_settings
+
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            with override_settings(PASSWORD_HASHERS=FAST_HASHERS):
+                _ensure_builtin_rows()
+                admin = _make_admin()
+                users = {
+                    role.value: _make_user(name, role, actor=admin)
+                    for name, role in [
+                        ("security", Role.SECURITY),
+                        ("reviewer", Role.REVIEWER),
+                        ("auditor", Role.AUDITOR),
+                        ("outsider", Role.NONE),
+                    ]
+                }
+                team_a = services.team_create(actor=admin, name="Team A", slug="team-a")
+                team_b = services.team_create(actor=admin, name="Team B", slug="team-b")
+                demo = _make_demo_policy(admin, users["security"], team_a, team_b)
+        except BaseException:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+            raise
+    yield SimpleNamespace(
+        personas={"admin": admin, **users}, team_a=team_a, team_b=team_b, demo_policy=demo
+    )
+    with django_db_blocker.unblock():
+        if connection.in_atomic_block:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
 
 
 @pytest.fixture
-def reviewer_user(admin_user: Any) -> Any:
-    return _make_user("reviewer", Role.REVIEWER, actor=admin_user)
+def _policy_copy(request: pytest.FixtureRequest) -> SimpleNamespace | None:
+    """This test's copy of ``policy_once`` when its module uses it, else None."""
+    if "policy_once" not in request.fixturenames:
+        return None
+    return copy.deepcopy(request.getfixturevalue("policy_once"))
 
 
 @pytest.fixture
-def auditor_user(admin_user: Any) -> Any:
-    return _make_user("auditor", Role.AUDITOR, actor=admin_user)
+def admin_user(db: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    if _policy_copy is not None:
+        return _policy_copy.personas["admin"]
+    return _make_admin()
+
+
+def _persona(role: Role, name: str, admin: Any, shared: SimpleNamespace | None) -> Any:
+    if shared is not None:
+        return shared.personas[role.value]
+    return _make_user(name, role, actor=admin)
 
 
 @pytest.fixture
-def outsider_user(admin_user: Any) -> Any:
-    return _make_user("outsider", Role.NONE, actor=admin_user)
+def security_user(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    return _persona(Role.SECURITY, "security", admin_user, _policy_copy)
+
+
+@pytest.fixture
+def reviewer_user(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    return _persona(Role.REVIEWER, "reviewer", admin_user, _policy_copy)
+
+
+@pytest.fixture
+def auditor_user(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    return _persona(Role.AUDITOR, "auditor", admin_user, _policy_copy)
+
+
+@pytest.fixture
+def outsider_user(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    return _persona(Role.NONE, "outsider", admin_user, _policy_copy)
 
 
 @pytest.fixture
@@ -182,12 +260,16 @@ def personas(
 
 
 @pytest.fixture
-def team_a(admin_user: Any) -> Any:
+def team_a(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    if _policy_copy is not None:
+        return _policy_copy.team_a
     return services.team_create(actor=admin_user, name="Team A", slug="team-a")
 
 
 @pytest.fixture
-def team_b(admin_user: Any) -> Any:
+def team_b(admin_user: Any, _policy_copy: SimpleNamespace | None) -> Any:
+    if _policy_copy is not None:
+        return _policy_copy.team_b
     return services.team_create(actor=admin_user, name="Team B", slug="team-b")
 
 
@@ -222,7 +304,21 @@ DEMO_SCHEMA = {
 
 
 @pytest.fixture
-def demo_policy(admin_user: Any, security_user: Any, team_a: Any, team_b: Any) -> SimpleNamespace:
+def demo_policy(
+    admin_user: Any,
+    security_user: Any,
+    team_a: Any,
+    team_b: Any,
+    _policy_copy: SimpleNamespace | None,
+) -> SimpleNamespace:
+    if _policy_copy is not None:
+        return _policy_copy.demo_policy
+    return _make_demo_policy(admin_user, security_user, team_a, team_b)
+
+
+def _make_demo_policy(
+    admin_user: Any, security_user: Any, team_a: Any, team_b: Any
+) -> SimpleNamespace:
     actor = admin_user
     production = Environment.objects.get(name="production")
     datasource = services.datasource_create(

@@ -12,7 +12,7 @@ from approvals.models import ApprovalRequest, Grant, ReviewSettings
 from governance import services as gov
 from tests.governance.test_api_access import Api
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once", "review_once")]
 
 BASE = "/api/v1/approvals"
 

@@ -21,7 +21,7 @@ from approvals.models import (
 )
 from tests.approvals.conftest import open_payload
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once", "review_once")]
 
 
 def test_open_creates_one_pending_request_and_dedupes(review_setup, open_request):

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -41,6 +42,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def restartable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server stopped and restarted.
+
+    A port from ``free_port`` is in that range, so while the server is down any
+    outgoing connection on the machine (other tests run beside these) may be given
+    it as its local port, and the restart then fails to bind.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
 
 
 @pytest.fixture(autouse=True)
@@ -107,34 +130,42 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 class Server:
     """uvicorn serving governance.sidecar_asgi on a fixed port; can be stopped and restarted."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, log: Path, port: int | None = None) -> None:
+        self.port = port or restartable_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its stderr (tracebacks of any 500) goes to a file: an unread pipe would
+        # fill up over a module's tests and block the server.
+        self.log = log
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "governance.sidecar_asgi:application",
-                "--port",
-                str(self.port),
-                "--loop",
-                "uvloop",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=server_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "governance.sidecar_asgi:application",
+                    "--port",
+                    str(self.port),
+                    "--loop",
+                    "uvloop",
+                    "--no-access-log",
+                    # A sidecar's long-poll (bundle_wait=30) would otherwise hold SIGTERM
+                    # until _stop's 10 s SIGKILL: "down" is what the tests want, not a drain.
+                    "--timeout-graceful-shutdown",
+                    "1",
+                ],
+                cwd=ROOT,
+                env=server_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "")
+                raise RuntimeError(self.log.read_text()[-3000:])
             try:
                 urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
                 return
@@ -149,14 +180,30 @@ class Server:
             self.proc = None
 
 
-@pytest.fixture
-def control_plane() -> Iterator[Server]:
-    server = Server()
+@pytest.fixture(scope="module")
+def _control_plane_process(
+    django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    server = Server(log=tmp_path_factory.mktemp("control-plane") / "uvicorn.log")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def control_plane(_control_plane_process: Server) -> Server:
+    """The control plane, one uvicorn per module (starting one takes over a second).
+
+    It keeps nothing a later test could see: its state is the database and Redis,
+    which every test here restores (serialized rollback, a flushed Redis), and
+    what it caches in memory is keyed by tokens and rows the test made. A test
+    that stopped it leaves it stopped; the next one gets it started again.
+    """
+    if _control_plane_process.proc is None or _control_plane_process.proc.poll() is not None:
+        _control_plane_process.start()
+    return _control_plane_process
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from governance.models import (
     Team,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 class Api:

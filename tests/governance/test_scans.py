@@ -26,7 +26,7 @@ from governance.models import (
 )
 from tests.conftest import DEMO_SCHEMA
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from governance import selectors, services
 from governance.errors import ApplicationError
 from governance.models import Classification, Environment, GuardrailRule, token_digest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 def _fields(exc: pytest.ExceptionInfo) -> dict:

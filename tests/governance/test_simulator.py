@@ -22,7 +22,7 @@ from governance.simulator import policy_simulate
 from sidecar.engine import Engine, load_bundle
 from tests.governance.test_api_access import Api
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 def _simulate(user: Any, demo: Any, identity: str, sql: str, **kw: Any) -> dict[str, Any]:

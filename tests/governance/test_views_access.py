@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from governance.models import GuardrailRule, MaskingRule
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 @pytest.fixture(autouse=True)

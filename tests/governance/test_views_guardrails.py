@@ -12,7 +12,7 @@ from django.urls import reverse
 from audit.selectors import change_history_for
 from governance.models import GuardrailRule
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 @pytest.fixture(autouse=True)

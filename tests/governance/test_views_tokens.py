@@ -14,7 +14,7 @@ from django.urls import reverse
 from governance import services
 from governance.models import AccessToken, ApiToken, token_digest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from django.db import connection
 from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for pytest
     ROOT,
     _clean_redis,
+    _control_plane_process,
     _fresh_content_types,
     _signing_key,
     _stop,
