@@ -350,7 +350,7 @@ def _grant_consume(
     # Under READ COMMITTED a locked row is re-checked after the lock wait, so a
     # grant a concurrent caller just used up is skipped, never taken twice.
     grant = (
-        Grant.objects.select_for_update()
+        Grant.objects.select_for_update(no_key=True)
         .filter(
             datasource=datasource,
             identity=identity,
@@ -429,7 +429,7 @@ def approval_request_open(
 
     lookup = {"datasource": datasource, "identity": identity, "fingerprint": fingerprint}
     pending = (
-        ApprovalRequest.objects.select_for_update()
+        ApprovalRequest.objects.select_for_update(no_key=True)
         .filter(state=ApprovalState.PENDING, **lookup)
         .first()
     )
@@ -915,7 +915,9 @@ def review_settings_set(
     unknown = sorted(set(data) - REVIEW_SETTINGS_FIELDS)
     if unknown:
         raise ValidationError({name: "This field cannot be changed here." for name in unknown})
-    row = ReviewSettings.objects.select_for_update().filter(datasource=datasource).first()
+    row = (
+        ReviewSettings.objects.select_for_update(no_key=True).filter(datasource=datasource).first()
+    )
     before = object_snapshot(row) if row is not None else None
     if row is None:
         row = ReviewSettings(datasource=datasource)

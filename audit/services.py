@@ -509,7 +509,7 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             [chain, GENESIS],
         )
         cursor.execute(
-            "SELECT seq, hash FROM audit_chain_head WHERE chain = %s FOR UPDATE", [chain]
+            "SELECT seq, hash FROM audit_chain_head WHERE chain = %s FOR NO KEY UPDATE", [chain]
         )
         head_seq, head_hash = cursor.fetchone()
         cursor.execute(

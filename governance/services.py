@@ -172,7 +172,7 @@ def team_create(*, actor: Any, name: str, slug: str = "", description: str = "")
 def team_update(*, actor: Any, team: Team, data: dict[str, Any]) -> Team:
     """Change name, slug or description. A slug used by a guardrail cannot change."""
     _require_policy_editor(actor)
-    team = Team.objects.select_for_update().get(pk=team.pk)
+    team = Team.objects.select_for_update(no_key=True).get(pk=team.pk)
     if "slug" in data and data["slug"] != team.slug:
         users = _guardrails_naming("teams", team.slug)
         if users:
@@ -244,7 +244,7 @@ IDENTITY_FIELDS = {
 def identity_update(*, actor: Any, identity: Identity, data: dict[str, Any]) -> Identity:
     """Change any of IDENTITY_FIELDS (``teams``: an iterable of Team)."""
     _require_policy_editor(actor)
-    identity = Identity.objects.select_for_update().get(pk=identity.pk)
+    identity = Identity.objects.select_for_update(no_key=True).get(pk=identity.pk)
     _update(actor, identity, data, allowed=IDENTITY_FIELDS)
     return identity
 
@@ -278,7 +278,7 @@ def token_issue(
     """Mint an access token; the raw value is returned here once and never stored."""
     if not _may_manage_tokens_of(actor, identity):
         raise PermissionDenied("You may not issue tokens for this identity.")
-    identity = Identity.objects.select_for_update().get(pk=identity.pk)
+    identity = Identity.objects.select_for_update(no_key=True).get(pk=identity.pk)
     if not identity.is_active or identity.is_expired:
         raise ApplicationError(f"{identity.name} is not active; it cannot get a token.")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -311,7 +311,7 @@ def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:
 def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
     if not _may_manage_tokens_of(actor, token.identity):
         raise PermissionDenied("You may not revoke tokens of this identity.")
-    token = AccessToken.objects.select_for_update().get(pk=token.pk)
+    token = AccessToken.objects.select_for_update(no_key=True).get(pk=token.pk)
     if token.revoked_at is not None:
         raise ApplicationError("This token is already revoked.")
     before = object_snapshot(token)
@@ -350,7 +350,7 @@ def api_token_issue(
 def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
     if token.user_id != actor.pk and user_role(actor) != Role.ADMIN:
         raise PermissionDenied("You may only revoke your own API tokens.")
-    token = ApiToken.objects.select_for_update().get(pk=token.pk)
+    token = ApiToken.objects.select_for_update(no_key=True).get(pk=token.pk)
     if token.revoked_at is not None:
         raise ApplicationError("This token is already revoked.")
     before = object_snapshot(token)
@@ -412,7 +412,7 @@ DATASOURCE_FIELDS = {
 def datasource_update(*, actor: Any, datasource: Datasource, data: dict[str, Any]) -> Datasource:
     """Change any of DATASOURCE_FIELDS. Moving environment re-checks its guardrails."""
     _require_policy_editor(actor)
-    datasource = Datasource.objects.select_for_update().get(pk=datasource.pk)
+    datasource = Datasource.objects.select_for_update(no_key=True).get(pk=datasource.pk)
     _update(actor, datasource, data, allowed=DATASOURCE_FIELDS)
     for guardrail in datasource.guardrails.all():
         try:
@@ -452,7 +452,7 @@ def classification_update(
 ) -> Classification:
     """Change name, level or description. Built-in names are fixed; so are names in use."""
     _require_policy_editor(actor)
-    classification = Classification.objects.select_for_update().get(pk=classification.pk)
+    classification = Classification.objects.select_for_update(no_key=True).get(pk=classification.pk)
     if "name" in data and data["name"] != classification.name:
         if classification.is_builtin:
             raise ValidationError({"name": "Built-in classifications cannot be renamed."})
@@ -497,7 +497,7 @@ def column_classification_set(
     """
     _require_policy_editor(actor)
     existing = (
-        ColumnClassification.objects.select_for_update()
+        ColumnClassification.objects.select_for_update(no_key=True)
         .filter(
             datasource=datasource,
             schema_name=schema_name,
@@ -550,7 +550,9 @@ def column_classification_review(
     _require_policy_editor(actor)
     if status not in {ClassificationStatus.CONFIRMED, ClassificationStatus.REJECTED}:
         raise ValidationError({"status": "Choose confirmed or rejected."})
-    column = ColumnClassification.objects.select_for_update().get(pk=column_classification.pk)
+    column = ColumnClassification.objects.select_for_update(no_key=True).get(
+        pk=column_classification.pk
+    )
     _update(
         actor,
         column,
@@ -583,7 +585,9 @@ def column_classification_reclassify(
     """A person picks another classification for a proposed one: the new one is confirmed
     (manual), and the scanner's choice is remembered as rejected for this column."""
     _require_policy_editor(actor)
-    column = ColumnClassification.objects.select_for_update().get(pk=column_classification.pk)
+    column = ColumnClassification.objects.select_for_update(no_key=True).get(
+        pk=column_classification.pk
+    )
     previous = column.classification
     values = {
         "classification": classification,
@@ -653,7 +657,7 @@ MASKING_RULE_FIELDS = {
 def masking_rule_update(*, actor: Any, rule: MaskingRule, data: dict[str, Any]) -> MaskingRule:
     """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team)."""
     _require_policy_editor(actor)
-    rule = MaskingRule.objects.select_for_update().get(pk=rule.pk)
+    rule = MaskingRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
     _update(actor, rule, data, allowed=MASKING_RULE_FIELDS)
     return rule
 
@@ -670,7 +674,7 @@ def masking_rule_delete(*, actor: Any, rule: MaskingRule) -> None:
 def _lock_guardrails() -> list[GuardrailRule]:
     # Positions are one sequence; moving or inserting locks all of it so two
     # concurrent edits cannot interleave.
-    return list(GuardrailRule.objects.select_for_update().order_by("position", "id"))
+    return list(GuardrailRule.objects.select_for_update(no_key=True).order_by("position", "id"))
 
 
 @transaction.atomic
@@ -719,7 +723,7 @@ def guardrail_update(
 ) -> GuardrailRule:
     """Change any of GUARDRAIL_FIELDS; use guardrail_move to change the order."""
     _require_policy_editor(actor)
-    guardrail = GuardrailRule.objects.select_for_update().get(pk=guardrail.pk)
+    guardrail = GuardrailRule.objects.select_for_update(no_key=True).get(pk=guardrail.pk)
     _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS)
     return guardrail
 
@@ -906,7 +910,7 @@ def _sidecar_event(action: str, actor: Any, sidecar: Sidecar) -> None:
 def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]:
     """Replace the token; the old one stops working when this commits."""
     _require_policy_editor(actor)
-    sidecar = Sidecar.objects.select_for_update().get(pk=sidecar.pk)
+    sidecar = Sidecar.objects.select_for_update(no_key=True).get(pk=sidecar.pk)
     if sidecar.revoked_at is not None:
         raise ApplicationError("This sidecar is revoked; register a new one.")
     before = object_snapshot(sidecar)
@@ -930,7 +934,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
 @transaction.atomic
 def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
     _require_policy_editor(actor)
-    sidecar = Sidecar.objects.select_for_update().get(pk=sidecar.pk)
+    sidecar = Sidecar.objects.select_for_update(no_key=True).get(pk=sidecar.pk)
     if sidecar.revoked_at is not None:
         raise ApplicationError("This sidecar is already revoked.")
     before = object_snapshot(sidecar)
@@ -988,7 +992,7 @@ def sidecar_schema_report(
     """
     from governance.scans import snapshot_drift
 
-    datasource = Datasource.objects.select_for_update().get(pk=datasource_id)
+    datasource = Datasource.objects.select_for_update(no_key=True).get(pk=datasource_id)
     previous = datasource.schema_snapshot or {}
     drift = snapshot_drift(previous, snapshot) if previous.get("tables") else {}
     changed = previous != snapshot
@@ -1033,7 +1037,9 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
     classifications = {c.name: c for c in Classification.objects.all()}
     existing = {
         (c.schema_name, c.table_name, c.column_name): c
-        for c in ColumnClassification.objects.select_for_update().filter(datasource=datasource)
+        for c in ColumnClassification.objects.select_for_update(no_key=True).filter(
+            datasource=datasource
+        )
     }
     rejected = set(
         ClassificationRejection.objects.filter(datasource=datasource).values_list(
@@ -1120,7 +1126,7 @@ def _inherit_pass(*, datasource: Datasource) -> int:
 
     rows = {
         (c.schema_name, c.table_name, c.column_name): c
-        for c in ColumnClassification.objects.select_for_update()
+        for c in ColumnClassification.objects.select_for_update(no_key=True)
         .filter(datasource=datasource)
         .select_related("classification")
     }
@@ -1232,7 +1238,7 @@ def _scan_run_record(
 @transaction.atomic
 def identities_expire() -> int:
     """Deactivate every active identity whose ``expires_at`` has passed; return how many."""
-    expired = Identity.objects.select_for_update().filter(
+    expired = Identity.objects.select_for_update(no_key=True).filter(
         is_active=True, expires_at__lte=timezone.now()
     )
     count = 0
@@ -1304,7 +1310,7 @@ def scan_schedule_update(
     *, actor: Any, datasource: Datasource, data: dict[str, Any]
 ) -> ScanSchedule:
     _require_policy_editor(actor)
-    schedule = ScanSchedule.objects.select_for_update().get(
+    schedule = ScanSchedule.objects.select_for_update(no_key=True).get(
         pk=scan_schedule_for(datasource=datasource).pk
     )
     _update(
@@ -1319,7 +1325,7 @@ def scan_schedule_update(
 def _scan_request(*, actor: Any, datasource: Datasource, now: Any = None) -> ScanSchedule:
     import uuid
 
-    schedule = ScanSchedule.objects.select_for_update().get(
+    schedule = ScanSchedule.objects.select_for_update(no_key=True).get(
         pk=scan_schedule_for(datasource=datasource).pk
     )
     before = object_snapshot(schedule)
