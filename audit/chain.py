@@ -86,23 +86,45 @@ def canonical_event(row: Mapping[str, Any]) -> bytes:
     doc = dict(zip(CHAINED_FIELDS, _chained_values(row), strict=True))
     doc["occurred_at"] = micros(doc["occurred_at"])
     doc["received_at"] = micros(doc["received_at"])
+    return canonical_doc(doc)
+
+
+def canonical_doc(doc: Mapping[str, Any], extra_json: bytes | None = None) -> bytes:
+    """``canonical_event`` of a mapping that holds exactly the chained fields, its
+    times already in microseconds (ingestion builds its rows so: no copy to make).
+
+    ``extra_json``, when given, is ``orjson.dumps(doc["extra"])``, which a caller
+    that needs it anyway saves this function from writing again.
+    """
     try:
         fast = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # ints beyond 64 bits, lone surrogates, odd keys: the reference says
-        fast = None
-    if fast is not None and not (
-        (b"e-" in fast or b"e+" in fast or b"0.0000" in fast) and _FLOAT_SPELLING.search(fast)
-    ):
+        return _CANONICAL.encode(doc).encode("utf-8")
+    if _floats_spelled_alike(doc, extra_json):
         return fast
     return _CANONICAL.encode(doc).encode("utf-8")
 
 
 # orjson writes every value as json.dumps does (same escapes, key order and digits)
-# except the spelling of some floats: 1e-05 as 0.00001, 1.5e-07 as 1.5e-7. A number
-# with an exponent or below 1e-4 sends the event to the reference encoder; a string
-# that merely looks like one only costs the slow path. The substring test first:
-# the pattern alone costs more than the encoding.
+# except the spelling of some floats: 1e-05 as 0.00001, 1.5e-07 as 1.5e-7. The
+# chained columns hold floats in two places only, ``duration_ms`` and ``extra``
+# (the others are text, integers and text arrays), so those two are what is
+# looked at: scanning the whole event for a float's spelling cost more than
+# encoding it (an event id such as "…284e-7841…" looks like an exponent).
 _FLOAT_SPELLING = re.compile(rb"[:,\[]-?(?:0\.0000|[0-9]+(?:\.[0-9]+)?[eE])")
+
+
+def _floats_spelled_alike(doc: Mapping[str, Any], extra_json: bytes | None) -> bool:
+    duration = doc["duration_ms"]
+    if duration.__class__ is float and duration and not 1e-4 <= abs(duration) < 1e16:
+        return False  # an exponent, or below 1e-4 (NaN too: the reference refuses it)
+    if extra_json is None:
+        extra_json = orjson.dumps(doc["extra"])
+    if b"e-" in extra_json or b"e+" in extra_json or b"0.0000" in extra_json:
+        # A string that merely looks like a number only costs the reference encoder.
+        # The bracket: a bare number (not an object) has nothing before it.
+        return _FLOAT_SPELLING.search(b"[" + extra_json) is None
+    return True
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:

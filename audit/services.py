@@ -10,15 +10,16 @@ chains; ``audit_retention_enforce`` drops expired partitions and anchors the cha
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import decimal
 import functools
+import hashlib
 import itertools
 import json
 import logging
 import math
 import operator
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -31,7 +32,15 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 
-from audit.chain import CHAINED_FIELDS, GENESIS, canonical_event, chain_hash, from_micros
+from audit.chain import (
+    CHAINED_FIELDS,
+    GENESIS,
+    canonical_doc,
+    canonical_event,
+    chain_hash,
+    from_micros,
+    micros,
+)
 from audit.context import current_request_id
 from audit.models import (
     CONTROL_PLANE_CHAIN,
@@ -264,86 +273,157 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) < value < 2**63:
-        return value
-    return None
+_TEXT_KEYS = tuple(_TEXT_COLUMNS)
+_ARRAY_KEYS = tuple(_ARRAY_COLUMNS)
+_text_values = operator.itemgetter(*_TEXT_KEYS)
+_array_values = operator.itemgetter(*_ARRAY_KEYS)
+_INT64 = 2**63
+# ``error_sqlstate`` would fall to the value-carrying test ("sql"): a five-character
+# SQLSTATE is kept, anything else in its place is named invalid.
+_SQLSTATE = re.compile(r"[0-9A-Z]{5}")
 
 
 def _sidecar_row(
-    event: dict[str, Any], *, received: datetime.datetime, context: dict[str, Any]
+    event: dict[str, Any], *, received_us: int, context: dict[str, Any]
 ) -> dict[str, Any]:
-    """One sidecar event as column values (see the contract in docs/audit.md)."""
-    row: dict[str, Any] = {
-        "event_id": _clean_text(event["id"]),
-        "received_at": received,
-        "chain": context["chain"],
-        "source": EventSource.SIDECAR.value,
-        "actor": "",
-        "datasource_id": context["datasource_id"],
-        "environment": context["environment"],
-        "sidecar_id": context["sidecar_name"],
-    }
+    """One sidecar event as column values (see the contract in docs/audit.md).
+
+    The row holds exactly the chained columns but ``seq`` (``_seal`` adds it), its
+    times as microseconds since the epoch: it is what the hash covers, as it is.
+    """
     extra: dict[str, Any] = {}
     invalid: list[str] = []
     ts = event["ts"]
-    now = received.timestamp()
-    if _MIN_TS <= ts <= now + _FUTURE_SLACK_SECONDS:
-        row["occurred_at"] = from_micros(round(ts * 1_000_000))
+    if _MIN_TS <= ts <= received_us / 1_000_000 + _FUTURE_SLACK_SECONDS:
+        occurred_us = round(ts * 1_000_000)
     else:
         # A broken clock must not put the event in year 1970 or 3000; keep the claim.
-        row["occurred_at"] = received
-        extra["claimed_ts"] = ts
-    for key, column in _TEXT_COLUMNS.items():
-        text = event.get(key)
-        if text.__class__ is not str:
-            text = _as_text(text)
-            if text is None:
-                invalid.append(key)
-                text = ""
-        row[column] = text
-    if row["type"] not in _SIDECAR_TYPES:
+        occurred_us = received_us
+        extra["claimed_ts"] = _scrub(ts)
+    try:
+        texts = _text_values(event)
+    except KeyError:
+        texts = tuple(map(event.get, _TEXT_KEYS))
+    if not all(map(isinstance, texts, _ALL_STR)):
+        texts = _texts_repaired(texts, invalid)
+    (kind, identity, identity_kind, owner, addr, app) = texts[:6]
+    (statement_kind, statement, fp, action, outcome) = texts[6:]
+    if kind not in _SIDECAR_TYPES:
         # A sidecar cannot speak for the control plane (``policy.change`` …).
-        extra["claimed_type"] = row["type"][:64]
-        row["type"] = "sidecar.unknown"
-    for key, column in _ARRAY_COLUMNS.items():
-        items = event.get(key)
-        if items is None:
-            row[column] = []
-        elif items.__class__ is list and all(map(isinstance, items, _ALL_STR)):
-            row[column] = items
+        extra["claimed_type"] = kind[:64]
+        kind = "sidecar.unknown"
+    try:
+        arrays = _array_values(event)
+    except KeyError:
+        arrays = tuple(map(event.get, _ARRAY_KEYS))
+    lists = []
+    for key, items in zip(_ARRAY_KEYS, arrays, strict=True):
+        if items.__class__ is list and all(map(isinstance, items, _ALL_STR)):
+            lists.append(items)
         else:
-            invalid.append(key)
-            row[column] = []
-    row["rows"] = _as_int(event.get("rows"))
-    row["risk"] = _as_int(event.get("risk"))
-    duration = event.get("duration_ms")
-    row["duration_ms"] = None
-    if isinstance(duration, int | float) and not isinstance(duration, bool):
-        with contextlib.suppress(OverflowError):  # an int too large for a double
-            duration = float(duration)
-            row["duration_ms"] = duration if math.isfinite(duration) else None
-    for key in ("rows", "risk", "duration_ms"):
-        if event.get(key) is not None and row[key] is None:
-            invalid.append(key)
+            if items is not None:
+                invalid.append(key)
+            lists.append([])
+    tables, columns, classifications, masked = lists
+    rows, risk, duration = event.get("rows"), event.get("risk"), event.get("duration_ms")
+    if rows is not None and not (rows.__class__ is int and -_INT64 < rows < _INT64):
+        invalid.append("rows")
+        rows = None
+    if risk is not None and not (risk.__class__ is int and -_INT64 < risk < _INT64):
+        invalid.append("risk")
+        risk = None
+    if duration is not None:
+        duration = _as_duration(duration)
+        if duration is None:
+            invalid.append("duration_ms")
     for key in event.keys() - _COLUMN_KEYS:
-        if key in _KNOWN_EXTRA or not _carries_values(key):
-            extra[key] = event[key]
-    extra = _scrub(extra)
+        value = event[key]
+        if key in _KNOWN_EXTRA:
+            if key == "error_sqlstate" and not _is_sqlstate(value):
+                invalid.append(key)
+                continue
+        elif _carries_values(key):
+            continue
+        extra[key] = value if value is None or value.__class__ in _PLAIN else _scrub(value)
     if invalid:
         extra["invalid_fields"] = sorted(invalid)
-    row["extra"] = extra
-    return row
+    return {
+        "event_id": _clean_text(event["id"]),
+        "occurred_at": occurred_us,
+        "received_at": received_us,
+        "chain": context["chain"],
+        "source": _SIDECAR_SOURCE,
+        "type": kind,
+        "actor": "",
+        "identity_name": identity,
+        "identity_kind": identity_kind,
+        "identity_owner": owner,
+        "datasource_id": context["datasource_id"],
+        "environment": context["environment"],
+        "sidecar_id": context["sidecar_name"],
+        "client_addr": addr,
+        "application_name": app,
+        "statement_kind": statement_kind,
+        "statement": statement,
+        "fingerprint": fp,
+        "tables": tables,
+        "columns": columns,
+        "classifications": classifications,
+        "masked_columns": masked,
+        "action": action,
+        "outcome": outcome,
+        "rows": rows,
+        "duration_ms": duration,
+        "risk": risk,
+        "extra": extra,
+    }
 
 
-def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[int, str]:
-    """Assign seq, prev_hash and hash in order; return the new head."""
+_SIDECAR_SOURCE = EventSource.SIDECAR.value
+
+
+def _is_sqlstate(value: Any) -> bool:
+    return value is None or (value.__class__ is str and _SQLSTATE.fullmatch(value) is not None)
+
+
+def _texts_repaired(texts: tuple[Any, ...], invalid: list[str]) -> tuple[str, ...]:
+    """The text fields with numbers spelled out and anything else emptied (and named)."""
+    repaired = []
+    for key, value in zip(_TEXT_KEYS, texts, strict=True):
+        text = _as_text(value)
+        if text is None:
+            invalid.append(key)
+            text = ""
+        repaired.append(text)
+    return tuple(repaired)
+
+
+def _as_duration(value: Any) -> float | None:
+    if value.__class__ is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a double
+            return None
+    return None
+
+
+def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[int, str, bytes]:
+    """Assign seq, prev_hash and hash in order; return the new head and the rows as
+    COPY text, built in the same pass (each row's ``extra`` is encoded once, for
+    the hash and for the copy)."""
     seq, prev = head_seq, head_hash
+    lines = []
     for row in rows:
         seq += 1
         row["seq"] = seq
         try:
-            canonical = canonical_event(row)
+            extra_json = orjson.dumps(row["extra"])
+            canonical = canonical_doc(row, extra_json)
+        except TypeError:  # an int beyond 64 bits: the standard encoder takes it
+            extra_json = _COPY_JSON.encode(row["extra"]).encode("utf-8")
+            canonical = _canonical_or_empty(row)
         except (UnicodeEncodeError, ValueError):
             canonical = b""
         if not canonical or b"\\u0000" in canonical:
@@ -351,16 +431,29 @@ def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[in
             for name in CHAINED_FIELDS:
                 row[name] = _clean_deep(row[name])
             row["extra"] = _scrub(row["extra"])
-            canonical = canonical_event(row)
+            canonical = canonical_doc(row)
+            extra_json = _COPY_JSON.encode(row["extra"]).encode("utf-8")
         row["prev_hash"] = prev
-        row["hash"] = prev = chain_hash(prev, canonical)
-    return seq, prev
+        row["hash"] = prev = hashlib.sha256(prev.encode("ascii") + canonical).hexdigest()
+        lines.append(_copy_line(row, extra_json.decode("utf-8")))
+    lines.append("")
+    return seq, prev, "\n".join(lines).encode("utf-8")
+
+
+def _canonical_or_empty(row: dict[str, Any]) -> bytes:
+    try:
+        return canonical_doc(row)
+    except (UnicodeEncodeError, ValueError):
+        return b""
 
 
 _COPY_COLUMNS = (*CHAINED_FIELDS, "prev_hash", "hash")
 _COPY_SQL = "COPY audit_event ({}) FROM STDIN".format(", ".join(f'"{c}"' for c in _COPY_COLUMNS))
 _ARRAY_FIELDS = {"tables", "columns", "classifications", "masked_columns"}
 _TIME_FIELDS = {"occurred_at", "received_at"}
+_COPY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_COPY_TABS = len(_COPY_COLUMNS) - 1
+_NULL = "\\N"
 
 
 def _copy_escape(text: str) -> str:
@@ -389,80 +482,66 @@ def _array_literal(items: list[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-_COPY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+@functools.lru_cache(maxsize=4096)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
-def _copy_json(value: Any) -> str:
-    """``extra`` as JSON for jsonb (which keeps numbers, not their spelling)."""
-    try:
-        return orjson.dumps(value).decode("utf-8")
-    except TypeError:  # an int beyond 64 bits: the standard encoder takes it
-        return _COPY_JSON.encode(value)
+def _timestamp_text(us: int) -> str:
+    """A timestamptz literal (UTC) for microseconds since the epoch; a batch's events
+    share their seconds, so the calendar arithmetic is mostly a cache hit."""
+    second, fraction = divmod(us, 1_000_000)
+    return f"{_second_text(second)}.{fraction:06d}+00"
 
 
-_copy_values = operator.itemgetter(*_COPY_COLUMNS)
-_TIME_AT = tuple(i for i, name in enumerate(_COPY_COLUMNS) if name in _TIME_FIELDS)
-_ARRAY_AT = tuple(i for i, name in enumerate(_COPY_COLUMNS) if name in _ARRAY_FIELDS)
-_EXTRA_AT = _COPY_COLUMNS.index("extra")
-_COPY_TABS = len(_COPY_COLUMNS) - 1
+def _copy_line(row: dict[str, Any], extra_json: str) -> str:
+    """One row in COPY's text format, in ``_COPY_COLUMNS`` order.
 
-
-def _copy_scalar(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _copy_line(row: dict[str, Any]) -> str:
-    """One row in COPY's text format: each value escaped on its own."""
+    Nearly every row needs no escaping: it is written whole and checked whole
+    (one tab per column boundary, no other backslash than the NULL markers, no
+    line break); a row that fails the check is escaped value by value."""
+    datasource_id, rows, duration, risk = (
+        row["datasource_id"],
+        row["rows"],
+        row["duration_ms"],
+        row["risk"],
+    )
+    nulls = (datasource_id is None) + (rows is None) + (duration is None) + (risk is None)
+    line = (
+        f"{row['event_id']}\t{_timestamp_text(row['occurred_at'])}\t"
+        f"{_timestamp_text(row['received_at'])}\t{row['chain']}\t{row['seq']}\t"
+        f"{row['source']}\t{row['type']}\t{row['actor']}\t{row['identity_name']}\t"
+        f"{row['identity_kind']}\t{row['identity_owner']}\t"
+        f"{_NULL if datasource_id is None else datasource_id}\t{row['environment']}\t"
+        f"{row['sidecar_id']}\t{row['client_addr']}\t{row['application_name']}\t"
+        f"{row['statement_kind']}\t{row['statement']}\t{row['fingerprint']}\t"
+        f"{_array_literal(row['tables'])}\t{_array_literal(row['columns'])}\t"
+        f"{_array_literal(row['classifications'])}\t{_array_literal(row['masked_columns'])}\t"
+        f"{row['action']}\t{row['outcome']}\t{_NULL if rows is None else rows}\t"
+        f"{_NULL if duration is None else repr(duration)}\t{_NULL if risk is None else risk}\t"
+        f"{extra_json}\t{row['prev_hash']}\t{row['hash']}"
+    )
+    if (
+        line.count("\\") == nulls
+        and line.count("\t") == _COPY_TABS
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line
     fields = []
     for name in _COPY_COLUMNS:
-        value = row[name]
+        value = extra_json if name == "extra" else row[name]
         if value is None:
             fields.append("\\N")
         elif name in _TIME_FIELDS:
-            fields.append(value.isoformat())
+            fields.append(_timestamp_text(value))
         elif name in _ARRAY_FIELDS:
             fields.append(_copy_escape(_array_literal(value)))
-        elif name == "extra":
-            fields.append(_copy_escape(_copy_json(value)))
         elif isinstance(value, str):
             fields.append(_copy_escape(value))
         else:
-            fields.append(_copy_scalar(value))
+            fields.append(repr(value) if isinstance(value, float) else str(value))
     return "\t".join(fields)
-
-
-def _copy_text(rows: list[dict[str, Any]]) -> str:
-    """The rows in COPY's text format; built by hand, it is several times faster than
-    psycopg's per-value dumpers, which matters at tens of thousands of events a second.
-
-    Nearly every row needs no escaping at all: it is joined as is, and checked
-    whole (one tab per column boundary, no other backslash than the NULL markers,
-    no line break); a row that fails the check is escaped value by value."""
-    lines = []
-    for row in rows:
-        values = list(_copy_values(row))
-        nulls = values.count(None)
-        for i in _TIME_AT:
-            if values[i] is not None:
-                values[i] = values[i].isoformat()
-        for i in _ARRAY_AT:
-            if values[i] is not None:
-                values[i] = _array_literal(values[i])
-        if values[_EXTRA_AT] is not None:
-            values[_EXTRA_AT] = _copy_json(values[_EXTRA_AT])
-        line = "\t".join([v if v.__class__ is str else _copy_scalar(v) for v in values])
-        if (
-            line.count("\\") != nulls
-            or line.count("\t") != _COPY_TABS
-            or "\n" in line
-            or "\r" in line
-        ):
-            line = _copy_line(row)
-        lines.append(line)
-    lines.append("")
-    return "\n".join(lines)
 
 
 # Partitions known to exist, per process: (month start, environment).
@@ -498,10 +577,10 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         return 0
     months = {}
     for row in rows:
-        at = row["occurred_at"]
-        months.setdefault((at.year, at.month, row["environment"]), at)
+        day = _utc_day(row["occurred_at"] // _DAY_US)
+        months.setdefault((day.year, day.month, row["environment"]), row["occurred_at"])
     for (_y, _m, env), at in months.items():
-        audit_partition_ensure(at=at, environment=env)
+        audit_partition_ensure(at=from_micros(at), environment=env)
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (%s, 0, %s) "
@@ -526,9 +605,9 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
                 fresh.append(row)
         if not fresh:
             return 0
-        new_seq, new_hash = _seal(fresh, head_seq, head_hash)
+        new_seq, new_hash, copy_text = _seal(fresh, head_seq, head_hash)
         with cursor.copy(_COPY_SQL) as copy:
-            copy.write(_copy_text(fresh).encode("utf-8"))
+            copy.write(copy_text)
         cursor.execute(
             "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
             [new_seq, new_hash, chain],
@@ -536,6 +615,15 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         _access_daily_add(cursor, fresh)
         _activity_daily_add(cursor, fresh)
     return len(fresh)
+
+
+_DAY_US = 86_400 * 1_000_000
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_day(number: int) -> datetime.date:
+    """The UTC date of day ``number`` since the epoch (an event time // ``_DAY_US``)."""
+    return datetime.date(1970, 1, 1) + datetime.timedelta(days=number)
 
 
 def _access_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
@@ -546,7 +634,7 @@ def _access_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
             continue
         if row["datasource_id"] is None:
             continue
-        day = row["occurred_at"].astimezone(datetime.UTC).date()
+        day = _utc_day(row["occurred_at"] // _DAY_US)
         for classification in set(row["classifications"]):
             key = (day, row["identity_name"], row["datasource_id"], classification)
             entry = counts.get(key)
@@ -578,7 +666,7 @@ def _access_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
 def _activity_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
     """Count statement events per (UTC day, environment, outcome)."""
     counts: Counter[tuple[datetime.date, str, str]] = Counter(
-        (row["occurred_at"].astimezone(datetime.UTC).date(), row["environment"], row["outcome"])
+        (_utc_day(row["occurred_at"] // _DAY_US), row["environment"], row["outcome"])
         for row in rows
         if row["type"] == "statement"
     )
@@ -671,8 +759,8 @@ def audit_events_ingest(
     Returns ``{"accepted": new events, "duplicates": ids seen before}``.
     """
     context = _sidecar_context(sidecar_id, datasource_id)
-    received = timezone.now()
-    rows = [_sidecar_row(e, received=received, context=context) for e in events]
+    received_us = micros(timezone.now())
+    rows = [_sidecar_row(e, received_us=received_us, context=context) for e in events]
     with transaction.atomic():
         accepted = _chain_append(context["chain"], rows)
     return {"accepted": accepted, "duplicates": len(events) - accepted}
@@ -707,7 +795,7 @@ def audit_control_event(
         chain = datasource_chain(datasource_id)
     else:
         chain = CONTROL_PLANE_CHAIN
-    now = timezone.now()
+    now = micros(timezone.now())
     extra: dict[str, Any] = {"target": target} if target else {}
     if detail:
         extra["detail"] = _scrub(detail)

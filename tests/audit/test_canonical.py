@@ -9,10 +9,11 @@ import random
 import struct
 from typing import Any
 
+import orjson
 import pytest
 from django.test import Client
 
-from audit.chain import CHAINED_FIELDS, canonical_event, micros
+from audit.chain import CHAINED_FIELDS, canonical_doc, canonical_event, micros
 from audit.models import AuditEvent
 from audit.services import audit_verify
 from governance.sidecar_api import _audit_json, _has_long_number
@@ -48,6 +49,12 @@ AWKWARD_FLOATS += [0.0001, 1e15, 9999999999999998.0, -0.0, 5e-324, 1.79769313486
 def test_awkward_floats_are_spelled_as_the_reference_does(value: float) -> None:
     row = _row(duration_ms=value, extra={"n": [value, {"deep": -value}]})
     assert canonical_event(row) == _reference(row)
+    # Ingestion's way: times already in microseconds, extra's JSON written once.
+    doc = {**row, "occurred_at": micros(AT), "received_at": micros(AT)}
+    assert canonical_doc(doc, orjson.dumps(doc["extra"])) == _reference(row)
+    only_extra = _row(duration_ms=1.25, extra=row["extra"])
+    doc = {**only_extra, "occurred_at": micros(AT), "received_at": micros(AT)}
+    assert canonical_doc(doc, orjson.dumps(doc["extra"])) == _reference(only_extra)
 
 
 def test_random_floats_texts_and_big_ints_match_the_reference() -> None:

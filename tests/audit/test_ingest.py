@@ -73,6 +73,19 @@ def test_datasource_comes_from_the_token_and_columns_are_mapped(
     assert abs(stored.occurred_at.timestamp() - event["ts"]) < 1e-5
 
 
+def test_the_error_sqlstate_is_kept_and_nothing_else_in_its_place(
+    client: Client, sidecar: Any
+) -> None:
+    failed = statement_event(error_sqlstate="42P01", outcome="error")
+    smuggled = statement_event(error_sqlstate="SELECT '123-45-6789'")
+    _post(client, sidecar.token, [failed, smuggled])
+    assert AuditEvent.objects.get(event_id=failed["id"]).extra["error_sqlstate"] == "42P01"
+    stored = AuditEvent.objects.get(event_id=smuggled["id"])
+    assert "error_sqlstate" not in stored.extra
+    assert stored.extra["invalid_fields"] == ["error_sqlstate"]
+    assert audit_verify(chain=stored.chain).ok
+
+
 def test_value_carrying_keys_are_dropped_at_any_depth(client: Client, sidecar: Any) -> None:
     event = statement_event(
         upstream_sql="SELECT '123-45-6789'",
