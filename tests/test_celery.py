@@ -9,17 +9,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from config.celery import app as celery_app
 from governance import services
 from governance.bundles import bundle_current
 from governance.models import Environment, Identity
+from tests.dsn import database_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,21 +34,8 @@ def _wait_for(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-def _test_database_url() -> str:
-    """The test database as a URL, for the worker (not the development database)."""
-    db = connection.settings_dict
-    auth = quote(db["USER"] or "postgres") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
-    host = db["HOST"] or db.get("OPTIONS", {}).get("host", "")
-    if not host or host.startswith("/"):  # a Unix socket (the embedded server)
-        query = f"?host={host}" if host else ""
-        if db["PORT"]:
-            query += f"&port={db['PORT']}"
-        return f"postgresql://{auth}@/{db['NAME']}{query}"
-    return f"postgresql://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def test_policy_change_reaches_a_worker_only_after_commit(admin_user, tmp_path):
-    env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": _test_database_url()}
+    env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": database_url()}
     # A queue of our own: other tests (other xdist workers) enqueue too.
     queue = f"test-{uuid.uuid4().hex}"
     default_queue = celery_app.conf.task_default_queue

@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 
 from governance import signing
 from governance.signing import signing_key_generate
+from tests.dsn import database_url
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SIGNING_KEY = signing_key_generate("test-1")
@@ -105,8 +105,7 @@ def pinned_key() -> str:
 
 
 def server_env() -> dict[str, str]:
-    db = connection.settings_dict
-    url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    url = database_url()
     return {
         **os.environ,
         "WARDEN_DEV": "1",

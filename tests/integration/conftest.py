@@ -32,6 +32,7 @@ from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for p
     control_plane,
     pinned_key,
 )
+from tests.dsn import database_url
 
 UPSTREAM_ROWS = [
     (1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0001", "123-45-6789", "1815-12-10"),
@@ -40,8 +41,7 @@ UPSTREAM_ROWS = [
 
 
 def _admin_dsn(dbname: str) -> str:
-    db = connection.settings_dict
-    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{dbname}"
+    return database_url(dbname)
 
 
 @pytest.fixture
