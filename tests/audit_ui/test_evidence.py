@@ -23,6 +23,7 @@ from audit.evidence import evidence_pack_build, evidence_pack_request
 from audit.report_models import EvidencePack
 from governance.models import Role
 from tests.audit_ui.trail import event_add
+from tests.dsn import database_url
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -135,12 +136,6 @@ def test_request_validates_the_period(auditor_user, client) -> None:
     assert not EvidencePack.objects.exists()
 
 
-def _test_database_url() -> str:
-    from tests.test_celery import _test_database_url as url
-
-    return url()
-
-
 def _wait_for(predicate: Any, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,7 +166,7 @@ def test_pack_built_by_a_real_worker_and_downloaded(client, auditor_user, now, t
         row = client.get(reverse("audit:evidence_status", args=[pack.pk])).content.decode()
         assert 'hx-trigger="every 1s"' in row
         assert client.get(reverse("audit:evidence_download", args=[pack.pk])).status_code == 409
-        env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": _test_database_url()}
+        env = {**os.environ, "WARDEN_DEV": "1", "DATABASE_URL": database_url()}
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo",
              "--loglevel", "WARNING", "-Q", queue],
