@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
@@ -344,7 +345,12 @@ def _sidecar_row(
                 continue
         elif _carries_values(key):
             continue
-        extra[key] = value if value is None or value.__class__ in _PLAIN else _scrub(value)
+        if value is None or value.__class__ in _PLAIN:
+            extra[key] = value
+        elif value.__class__ is list and all(map(isinstance, value, _ALL_STR)):
+            extra[key] = value  # the usual list (tables_read, functions): nothing to scrub
+        else:
+            extra[key] = _scrub(value)
     if invalid:
         extra["invalid_fields"] = sorted(invalid)
     return {
@@ -581,7 +587,10 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         months.setdefault((day.year, day.month, row["environment"]), row["occurred_at"])
     for (_y, _m, env), at in months.items():
         audit_partition_ensure(at=from_micros(at), environment=env)
-    with connection.cursor() as cursor:
+    connection.ensure_connection()
+    # A cursor that binds on the server: Django's binds on the client, which spent
+    # more Python quoting the batch's event ids than building them.
+    with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
             "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (%s, 0, %s) "
             "ON CONFLICT (chain) DO NOTHING",
@@ -595,6 +604,7 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             "INSERT INTO audit_event_key (event_id) SELECT unnest(%s::text[]) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             # The array literal built here: psycopg's list dumper is per-item Python.
+            # Sent as text and cast on the server.
             [_array_literal([r["event_id"] for r in rows])],
         )
         fresh_ids = {r[0] for r in cursor.fetchall()}
@@ -612,8 +622,7 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
             [new_seq, new_hash, chain],
         )
-        _access_daily_add(cursor, fresh)
-        _activity_daily_add(cursor, fresh)
+        _rollups_add(cursor, fresh)
     return len(fresh)
 
 
@@ -626,65 +635,69 @@ def _utc_day(number: int) -> datetime.date:
     return datetime.date(1970, 1, 1) + datetime.timedelta(days=number)
 
 
-def _access_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
-    """Count allowed statement events per (day, identity, datasource, classification)."""
-    counts: dict[tuple[datetime.date, str, int, str], list[Any]] = {}
+def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Count the rows into both daily rollups, in one pass.
+
+    ``audit_access_daily``: allowed statements per (UTC day, identity, datasource,
+    classification); ``audit_activity_daily``: statements per (UTC day,
+    environment, outcome)."""
+    access: dict[tuple[datetime.date, str, int, str], list[Any]] = {}
+    activity: Counter[tuple[datetime.date, str, str]] = Counter()
     for row in rows:
-        if row["type"] != "statement" or row["action"] != "allow" or not row["classifications"]:
+        if row["type"] != "statement":
+            continue
+        day = _utc_day(row["occurred_at"] // _DAY_US)
+        activity[day, row["environment"], row["outcome"]] += 1
+        if row["action"] != "allow" or not row["classifications"]:
             continue
         if row["datasource_id"] is None:
             continue
-        day = _utc_day(row["occurred_at"] // _DAY_US)
         for classification in set(row["classifications"]):
             key = (day, row["identity_name"], row["datasource_id"], classification)
-            entry = counts.get(key)
+            entry = access.get(key)
             if entry is None:
-                counts[key] = [row["identity_kind"], 1]
+                access[key] = [row["identity_kind"], 1]
             else:
                 entry[1] += 1
-    if not counts:
-        return
-    keys = sorted(counts)  # one order for every writer: no deadlock between batches
-    cursor.execute(
-        "INSERT INTO audit_access_daily "
-        "(day, identity_name, identity_kind, datasource_id, classification, events) "
-        "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::int[], %s::text[], "
-        "%s::bigint[]) "
-        "ON CONFLICT (day, identity_name, datasource_id, classification) "
-        "DO UPDATE SET events = audit_access_daily.events + EXCLUDED.events",
-        [
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [counts[k][0] for k in keys],
-            [k[2] for k in keys],
-            [k[3] for k in keys],
-            [counts[k][1] for k in keys],
-        ],
-    )
+    # Sorted: one order for every writer, so concurrent batches cannot deadlock.
+    if access:
+        keys = sorted(access)
+        cursor.execute(
+            "INSERT INTO audit_access_daily "
+            "(day, identity_name, identity_kind, datasource_id, classification, events) "
+            "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::int[], %s::text[], "
+            "%s::bigint[]) "
+            "ON CONFLICT (day, identity_name, datasource_id, classification) "
+            "DO UPDATE SET events = audit_access_daily.events + EXCLUDED.events",
+            # Array literals built here, as for the event ids: psycopg's list dumper
+            # is per-item Python, and these lists run to hundreds of items.
+            [
+                _array_literal([k[0].isoformat() for k in keys]),
+                _array_literal([k[1] for k in keys]),
+                _array_literal([access[k][0] for k in keys]),
+                _number_array([k[2] for k in keys]),
+                _array_literal([k[3] for k in keys]),
+                _number_array([access[k][1] for k in keys]),
+            ],
+        )
+    if activity:
+        keys = sorted(activity)
+        cursor.execute(
+            "INSERT INTO audit_activity_daily (day, environment, outcome, events) "
+            "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::bigint[]) "
+            "ON CONFLICT (day, environment, outcome) "
+            "DO UPDATE SET events = audit_activity_daily.events + EXCLUDED.events",
+            [
+                _array_literal([k[0].isoformat() for k in keys]),
+                _array_literal([k[1] for k in keys]),
+                _array_literal([k[2] for k in keys]),
+                _number_array([activity[k] for k in keys]),
+            ],
+        )
 
 
-def _activity_daily_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
-    """Count statement events per (UTC day, environment, outcome)."""
-    counts: Counter[tuple[datetime.date, str, str]] = Counter(
-        (_utc_day(row["occurred_at"] // _DAY_US), row["environment"], row["outcome"])
-        for row in rows
-        if row["type"] == "statement"
-    )
-    if not counts:
-        return
-    keys = sorted(counts)  # one order for every writer: no deadlock between batches
-    cursor.execute(
-        "INSERT INTO audit_activity_daily (day, environment, outcome, events) "
-        "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::bigint[]) "
-        "ON CONFLICT (day, environment, outcome) "
-        "DO UPDATE SET events = audit_activity_daily.events + EXCLUDED.events",
-        [
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [counts[k] for k in keys],
-        ],
-    )
+def _number_array(numbers: list[int]) -> str:
+    return "{" + ",".join(map(str, numbers)) + "}"
 
 
 # The rollups recomputed from the events themselves, from a day on (see below).
