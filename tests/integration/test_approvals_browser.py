@@ -29,6 +29,7 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connections
 from playwright.sync_api import expect
+from psycopg.conninfo import conninfo_to_dict
 
 from approvals.models import ApprovalRequest
 from governance import services
@@ -165,7 +166,7 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
     proc = SidecarProcess(
         config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
     )
-    dbname = upstream_db.rsplit("/", 1)[1]
+    dbname = conninfo_to_dict(upstream_db)["dbname"]
 
     def psql(sql: str) -> Psql:
         return Psql(port=proc.port, dbname=dbname, user=agent.name, token=token, sql=sql)

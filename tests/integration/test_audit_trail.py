@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
+from psycopg.conninfo import conninfo_to_dict
 
 from audit.models import datasource_chain
 from audit.services import audit_verify
@@ -76,7 +77,7 @@ def test_real_sidecar_events_carry_no_literals(
         "heartbeat_interval": 1,
     }
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
-    dbname = upstream_db.rsplit("/", 1)[1]
+    dbname = conninfo_to_dict(upstream_db)["dbname"]
     chain = datasource_chain(demo_policy.datasource.pk)
     try:
         with psycopg.connect(

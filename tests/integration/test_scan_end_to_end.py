@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from governance import services
 from governance.models import ColumnClassification, ScanRun, ScanSchedule
@@ -133,7 +134,7 @@ def test_a_new_email_column_is_masked_within_one_scan_interval(
             with psycopg.connect(
                 host="127.0.0.1",
                 port=sidecar.port,
-                dbname=upstream_db.rsplit("/", 1)[1],
+                dbname=conninfo_to_dict(upstream_db)["dbname"],
                 user="svc-billing",
                 password=client_token,
                 autocommit=True,

@@ -116,6 +116,10 @@ def test_sidecar_scans_at_start_on_schedule_and_on_request(
         assert value not in written
 
 
+# Nothing listens on port 1: a wrong upstream whatever server the tests use.
+NOWHERE = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
 def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
     _seed(scratch_url)
     bundle_path = tmp_path / "bundle.json"
@@ -158,7 +162,7 @@ def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
     config.write_text(
         json.dumps(
             {
-                "upstream_dsn": scratch_url.replace(":5432/", ":1/"),
+                "upstream_dsn": NOWHERE,
                 "bundle_file": str(bundle_path),
                 "state_dir": str(tmp_path / "state"),
             }
