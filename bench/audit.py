@@ -18,6 +18,8 @@ Ends with ``audit_ingest_rate=<v> events/s target=20000 met|missed``.
 from __future__ import annotations
 
 import argparse
+import datetime
+import gc
 import http.client
 import json
 import os
@@ -176,6 +178,51 @@ def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, in
     return totals["accepted"], totals["duplicates"], elapsed, cpu
 
 
+def stages(batches: int = 20, repeat: int = 7) -> None:
+    """Time the ingest path's Python stages in this process, one thread, no database:
+    parse the body, map events to rows, seal (hash chain) and write the COPY text."""
+    from audit.chain import micros
+    from audit.services import _seal, _sidecar_row
+    from governance.sidecar_api import _audit_json
+
+    rng = random.Random(7)
+    bodies = [
+        json.dumps({"events": [event(rng) for _ in range(500)]}).encode() for _ in range(batches)
+    ]
+    context = {"chain": "bench", "datasource_id": 1, "environment": "production"}
+    context["sidecar_name"] = "bench"
+    best = {"parse": float("inf"), "map": float("inf"), "seal+copy": float("inf")}
+    # The collector as governance.sidecar_asgi sets it for the server process.
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    for _ in range(repeat):
+        took = dict.fromkeys(best, 0.0)
+        for body in bodies:
+            a = time.perf_counter()
+            events = _audit_json(body)["events"]
+            b = time.perf_counter()
+            received = micros(datetime.datetime.now(datetime.UTC))
+            rows = [_sidecar_row(e, received_us=received, context=context) for e in events]
+            c = time.perf_counter()
+            _seal(rows, 0, "0" * 64)
+            d = time.perf_counter()
+            took["parse"] += b - a
+            took["map"] += c - b
+            took["seal+copy"] += d - c
+        best = {k: min(best[k], took[k]) for k in best}
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
+    per_event = {k: v / (500 * batches) * 1e6 for k, v in best.items()}
+    print(
+        "in-process stages, us/event (best of "
+        f"{repeat}): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in per_event.items())
+        + f"; total {sum(per_event.values()):.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -183,7 +230,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--sidecars", type=int, default=4)
     parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument(
+        "--stages", action="store_true", help="first time the Python stages in-process"
+    )
     args = parser.parse_args()
+    if args.stages:
+        stages()
 
     tokens = setup(args.sidecars)
     connection.close()
