@@ -279,6 +279,7 @@ _ARRAY_KEYS = tuple(_ARRAY_COLUMNS)
 _text_values = operator.itemgetter(*_TEXT_KEYS)
 _array_values = operator.itemgetter(*_ARRAY_KEYS)
 _INT64 = 2**63
+_INT32 = 2**31  # risk is an integer column
 # ``error_sqlstate`` would fall to the value-carrying test ("sql"): a five-character
 # SQLSTATE is kept, anything else in its place is named invalid.
 _SQLSTATE = re.compile(r"[0-9A-Z]{5}")
@@ -330,7 +331,7 @@ def _sidecar_row(
     if rows is not None and not (rows.__class__ is int and -_INT64 < rows < _INT64):
         invalid.append("rows")
         rows = None
-    if risk is not None and not (risk.__class__ is int and -_INT64 < risk < _INT64):
+    if risk is not None and not (risk.__class__ is int and -_INT32 <= risk < _INT32):
         invalid.append("risk")
         risk = None
     if duration is not None:
@@ -425,11 +426,13 @@ def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[in
         seq += 1
         row["seq"] = seq
         try:
-            extra_json = orjson.dumps(row["extra"])
+            extra_json: bytes | None = orjson.dumps(row["extra"])
+        except TypeError:  # an int beyond 64 bits or a lone surrogate: see below
+            extra_json = None
+        try:
             canonical = canonical_doc(row, extra_json)
-        except TypeError:  # an int beyond 64 bits: the standard encoder takes it
-            extra_json = _COPY_JSON.encode(row["extra"]).encode("utf-8")
-            canonical = _canonical_or_empty(row)
+            if extra_json is None:  # the standard encoder takes big ints
+                extra_json = _COPY_JSON.encode(row["extra"]).encode("utf-8")
         except (UnicodeEncodeError, ValueError):
             canonical = b""
         if not canonical or b"\\u0000" in canonical:
@@ -444,13 +447,6 @@ def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[in
         lines.append(_copy_line(row, extra_json.decode("utf-8")))
     lines.append("")
     return seq, prev, "\n".join(lines).encode("utf-8")
-
-
-def _canonical_or_empty(row: dict[str, Any]) -> bytes:
-    try:
-        return canonical_doc(row)
-    except (UnicodeEncodeError, ValueError):
-        return b""
 
 
 _COPY_COLUMNS = (*CHAINED_FIELDS, "prev_hash", "hash")

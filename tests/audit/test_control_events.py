@@ -108,3 +108,11 @@ def test_approval_decision_and_rollback(demo_policy: Any, reviewer_user: Any) ->
         raise RuntimeError("rolled back")
     assert AuditEvent.objects.filter(type="approval.denied").count() == before
     assert audit_verify().ok
+
+
+def test_a_lone_surrogate_in_a_detail_is_replaced_and_the_event_kept() -> None:
+    # A sign-in attempt records the username tried, whatever its bytes.
+    audit_control_event(action="auth.sign_in_failed", detail={"username": "x\ud800"})
+    event = _latest(type="auth.sign_in_failed")
+    assert event.extra["detail"] == {"username": "x\ufffd"}
+    assert audit_verify(chain=CONTROL_PLANE_CHAIN).ok

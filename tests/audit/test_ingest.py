@@ -124,6 +124,34 @@ def test_malformed_fields_are_kept_as_well_as_possible(client: Client, sidecar: 
     assert audit_verify(chain=stored.chain).ok
 
 
+def test_lone_surrogates_in_extra_are_replaced_not_a_failed_batch(
+    client: Client, sidecar: Any
+) -> None:
+    # orjson refuses a lone surrogate escape; the standard parser reads it, and the
+    # event must still land (a failed batch would jam the sidecar's spool).
+    good, odd = statement_event(), statement_event(reasons=[{"code": "x"}])
+    body = json.dumps({"events": [good, odd]}).replace('"code": "x"', '"\\udc00": "caf\\ud800"')
+    answer = client.post(
+        "/api/v1/sidecar/audit",
+        data=body,
+        content_type="application/json",
+        headers={"authorization": f"Bearer {sidecar.token}"},
+    )
+    assert answer.status_code == 202 and answer.json()["accepted"] == 2, answer.content
+    stored = AuditEvent.objects.get(event_id=odd["id"])
+    assert stored.extra["reasons"] == [{"\ufffd": "caf\ufffd"}]
+    assert audit_verify(chain=stored.chain).ok
+
+
+def test_a_risk_beyond_the_integer_column_is_invalid_not_a_failed_batch(
+    client: Client, sidecar: Any
+) -> None:
+    event = statement_event(risk=2**40)
+    assert _post(client, sidecar.token, [event, statement_event()]).json()["accepted"] == 2
+    stored = AuditEvent.objects.get(event_id=event["id"])
+    assert stored.risk is None and stored.extra["invalid_fields"] == ["risk"]
+
+
 def test_awkward_text_survives_the_copy_and_the_chain(client: Client, sidecar: Any) -> None:
     awkward = 'tab\there\nnew "quoted" back\\slash \\N \\. {braces},commas ünïcödé 🚀'
     event = statement_event(
