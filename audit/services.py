@@ -585,8 +585,10 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         audit_partition_ensure(at=from_micros(at), environment=env)
     connection.ensure_connection()
     # A cursor that binds on the server: Django's binds on the client, which spent
-    # more Python quoting the batch's event ids than building them.
-    with psycopg.Cursor(connection.connection) as cursor:
+    # more Python quoting the batch's event ids than building them. Its errors are
+    # Django's all the same (callers catch DatabaseError; a broken connection is
+    # then known to be one and closed).
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
             "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (%s, 0, %s) "
             "ON CONFLICT (chain) DO NOTHING",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import OperationalError, connection, transaction
 from django.test import Client
 
 from audit.models import CONTROL_PLANE_CHAIN, AuditEvent, datasource_chain
 from audit.services import audit_control_event, audit_verify
 from governance import services
 from tests.conftest import persona_password
+from tests.dsn import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -116,3 +119,17 @@ def test_a_lone_surrogate_in_a_detail_is_replaced_and_the_event_kept() -> None:
     event = _latest(type="auth.sign_in_failed")
     assert event.extra["detail"] == {"username": "x\ufffd"}
     assert audit_verify(chain=CONTROL_PLANE_CHAIN).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_while_appending_is_djangos_to_catch() -> None:
+    # The chain append runs on a raw psycopg cursor; callers catch Django's errors.
+    audit_control_event(action="auth.sign_in")
+    with psycopg.connect(database_url(), autocommit=False) as other:
+        other.execute(
+            "SELECT 1 FROM audit_chain_head WHERE chain = %s FOR UPDATE", [CONTROL_PLANE_CHAIN]
+        )
+        with pytest.raises(OperationalError), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '100ms'")
+            audit_control_event(action="auth.sign_out")
