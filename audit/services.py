@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -443,7 +442,7 @@ def _seal(rows: list[dict[str, Any]], head_seq: int, head_hash: str) -> tuple[in
             canonical = canonical_doc(row)
             extra_json = _COPY_JSON.encode(row["extra"]).encode("utf-8")
         row["prev_hash"] = prev
-        row["hash"] = prev = hashlib.sha256(prev.encode("ascii") + canonical).hexdigest()
+        row["hash"] = prev = chain_hash(prev, canonical)
         lines.append(_copy_line(row, extra_json.decode("utf-8")))
     lines.append("")
     return seq, prev, "\n".join(lines).encode("utf-8")
@@ -657,45 +656,49 @@ def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
                 access[key] = [row["identity_kind"], 1]
             else:
                 entry[1] += 1
-    # Sorted: one order for every writer, so concurrent batches cannot deadlock.
-    if access:
-        keys = sorted(access)
-        cursor.execute(
-            "INSERT INTO audit_access_daily "
-            "(day, identity_name, identity_kind, datasource_id, classification, events) "
-            "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::int[], %s::text[], "
-            "%s::bigint[]) "
-            "ON CONFLICT (day, identity_name, datasource_id, classification) "
-            "DO UPDATE SET events = audit_access_daily.events + EXCLUDED.events",
-            # Array literals built here, as for the event ids: psycopg's list dumper
-            # is per-item Python, and these lists run to hundreds of items.
-            [
-                _array_literal([k[0].isoformat() for k in keys]),
-                _array_literal([k[1] for k in keys]),
-                _array_literal([access[k][0] for k in keys]),
-                _number_array([k[2] for k in keys]),
-                _array_literal([k[3] for k in keys]),
-                _number_array([access[k][1] for k in keys]),
-            ],
-        )
-    if activity:
-        keys = sorted(activity)
-        cursor.execute(
-            "INSERT INTO audit_activity_daily (day, environment, outcome, events) "
-            "SELECT * FROM unnest(%s::date[], %s::text[], %s::text[], %s::bigint[]) "
-            "ON CONFLICT (day, environment, outcome) "
-            "DO UPDATE SET events = audit_activity_daily.events + EXCLUDED.events",
-            [
-                _array_literal([k[0].isoformat() for k in keys]),
-                _array_literal([k[1] for k in keys]),
-                _array_literal([k[2] for k in keys]),
-                _number_array([activity[k] for k in keys]),
-            ],
-        )
+    # Sorted by key: one order for every writer, so concurrent batches cannot deadlock.
+    _rollup_add(
+        cursor,
+        _ACCESS_DAILY_ADD,
+        [(k[0], k[1], access[k][0], k[2], k[3], access[k][1]) for k in sorted(access)],
+    )
+    _rollup_add(cursor, _ACTIVITY_DAILY_ADD, [(*k, activity[k]) for k in sorted(activity)])
 
 
-def _number_array(numbers: list[int]) -> str:
-    return "{" + ",".join(map(str, numbers)) + "}"
+def _rollup_add_sql(table: str, columns: dict[str, str], key: tuple[str, ...]) -> str:
+    """An upsert adding rows (one array per column, the last being ``events``) into a rollup."""
+    arrays = ", ".join(f"%s::{kind}[]" for kind in columns.values())
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET events = {table}.events + EXCLUDED.events"
+    )
+
+
+_ACCESS_DAILY_ADD = _rollup_add_sql(
+    "audit_access_daily",
+    {
+        "day": "date",
+        "identity_name": "text",
+        "identity_kind": "text",
+        "datasource_id": "int",
+        "classification": "text",
+        "events": "bigint",
+    },
+    key=("day", "identity_name", "datasource_id", "classification"),
+)
+_ACTIVITY_DAILY_ADD = _rollup_add_sql(
+    "audit_activity_daily",
+    {"day": "date", "environment": "text", "outcome": "text", "events": "bigint"},
+    key=("day", "environment", "outcome"),
+)
+
+
+def _rollup_add(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        # Array literals built here, as for the event ids: psycopg's list dumper is
+        # per-item Python, and these lists run to hundreds of items.
+        columns = zip(*rows, strict=True)
+        cursor.execute(sql, [_array_literal([str(v) for v in column]) for column in columns])
 
 
 # The rollups recomputed from the events themselves, from a day on (see below).

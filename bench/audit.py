@@ -189,8 +189,12 @@ def stages(batches: int = 20, repeat: int = 7) -> None:
     bodies = [
         json.dumps({"events": [event(rng) for _ in range(500)]}).encode() for _ in range(batches)
     ]
-    context = {"chain": "bench", "datasource_id": 1, "environment": "production"}
-    context["sidecar_name"] = "bench"
+    context = {
+        "chain": "bench",
+        "datasource_id": 1,
+        "environment": "production",
+        "sidecar_name": "bench",
+    }
     best = {"parse": float("inf"), "map": float("inf"), "seal+copy": float("inf")}
     # The collector as governance.sidecar_asgi sets it for the server process.
     threshold = gc.get_threshold()
