@@ -20,7 +20,6 @@ import os
 import random
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from django.conf import settings
@@ -28,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from psycopg import sql
 
+from config.database import database_url
 from governance import services
 from governance.management.commands.seed_demo import SCHEMA
 from governance.models import AccessToken, Datasource, Identity, Sidecar, token_digest
@@ -62,23 +62,9 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _conninfo(dbname: str) -> dict[str, Any]:
-    db = settings.DATABASES["default"]
-    info = {"dbname": dbname, "user": db.get("USER") or "postgres"}
-    for key, name in (("HOST", "host"), ("PORT", "port"), ("PASSWORD", "password")):
-        if db.get(key):
-            info[name] = db[key]
-    return info
-
-
 def upstream_dsn(dbname: str) -> str:
     """The sidecar's upstream: the same server and role as the control plane's database."""
-    db = settings.DATABASES["default"]
-    user = quote(db.get("USER") or "postgres", safe="")
-    host, port = str(db.get("HOST") or "127.0.0.1"), str(db.get("PORT") or 5432)
-    if host.startswith("/"):
-        return f"postgresql://{user}@/{dbname}?host={quote(host)}&port={port}"
-    return f"postgresql://{user}@{host}:{port}/{dbname}"
+    return database_url(settings.DATABASES["default"], dbname, password=False)
 
 
 def _luhn_complete(digits: str) -> str:
@@ -144,10 +130,12 @@ def generated_rows(count: int = CUSTOMERS) -> dict[str, list[tuple[Any, ...]]]:
 
 def demo_database_seed(*, dbname: str) -> int:
     """Create the database and tables if missing; fill them once. Returns customers inserted."""
-    with psycopg.connect(**_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(
+        database_url(settings.DATABASES["default"], "postgres"), autocommit=True
+    ) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    with psycopg.connect(**_conninfo(dbname)) as conn:
+    with psycopg.connect(database_url(settings.DATABASES["default"], dbname)) as conn:
         # The tables come from the snapshot itself, so the two cannot drift apart.
         for table in SCHEMA["tables"]:
             columns = sql.SQL(", ").join(
