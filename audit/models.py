@@ -90,7 +90,7 @@ class AuditEvent(models.Model):
     Append-only (a trigger refuses UPDATE and DELETE); ``seq``/``prev_hash``/``hash``
     chain the events of one ``chain`` (a datasource, or the control plane), see
     ``audit.chain``. ``id`` is unique (an identity column) though the database's
-    key is ``(occurred_at, environment, id)``, as partitioning requires.
+    key is ``(occurred_at, id, environment)``, as partitioning requires.
     """
 
     id = models.BigIntegerField(primary_key=True)

@@ -179,6 +179,25 @@ def test_old_month_event_gets_its_partition(client: Client, sidecar: Any) -> Non
             "SELECT tableoid::regclass::text FROM audit_event WHERE event_id = %s", [event["id"]]
         )
         assert cursor.fetchone()[0] == "audit_event_y2024m03_production"
+        # A partition made on demand has the parent's indexes: who, when, datasource,
+        # action, classification and table for the explorer, the chain for
+        # verification. Exactly these: each one costs every ingested event.
+        cursor.execute(
+            "SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') "
+            "FROM pg_index WHERE indrelid = 'audit_event_y2024m03_production'::regclass"
+        )
+        assert sorted(r[0] for r in cursor.fetchall()) == [
+            "btree (action, occurred_at)",
+            "btree (chain, seq)",
+            "btree (datasource_id, occurred_at)",
+            "btree (identity_name, occurred_at)",
+            "btree (occurred_at, id) WHERE ((type = 'statement'::text) "
+            "AND (outcome = ANY (ARRAY['blocked'::text, 'held'::text])))",
+            "btree (occurred_at, id, environment)",
+            "btree (type, occurred_at) WHERE (type <> 'statement'::text)",
+            "gin (classifications)",
+            "gin (tables)",
+        ]
 
 
 def test_rollup_counts_allowed_classified_statements(client: Client, sidecar: Any) -> None:
