@@ -4,10 +4,12 @@ One uvicorn process serves ``governance.sidecar_asgi`` (Django behind it) on a
 database of its own (migrated here); ``--sidecars`` sidecars, each on its own
 datasource (so its own chain), post batches of ``--batch`` statement events
 shaped like the proxy's over keep-alive HTTP, ``--clients`` at a time, until
-``--events`` have been accepted. Figures: events/s accepted (wall clock) and
-the web process's CPU time per event (steadier than the rate on a shared
-machine). Then every chain is verified, and ``bench/audit_queries.py``
-runs when it exists (its ``main()``).
+``--events`` have been accepted. Figures: events/s accepted (wall clock), the
+web process's CPU time per event (steadier than the rate on a shared machine)
+and, when PostgreSQL runs on this machine, its backends' CPU time per event.
+Then every chain is verified, and ``bench/audit_queries.py`` runs when it
+exists (its ``main()``). ``--database-stage`` instead times only PostgreSQL's
+side of ingestion on whatever the database holds, for comparing schemas.
 
     WARDEN_DEV=1 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/warden_bench_audit \\
     REDIS_URL=redis://127.0.0.1:6379/N .venv/bin/python bench/audit.py
@@ -128,6 +130,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def database_backends(*, include_self: bool = False) -> list[int]:
+    """The PostgreSQL backends serving this database (the web process's kept
+    connections; or this process's own), when the server runs on this machine;
+    [] when their CPU cannot be read here."""
+    with connection.cursor() as cursor:
+        if include_self:
+            cursor.execute("SELECT pg_backend_pid()")
+        else:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        pids = [pid for (pid,) in cursor.fetchall()]
+    if not include_self:
+        connection.close()
+    try:
+        for pid in pids:
+            cpu_seconds(pid)
+    except (OSError, IndexError, ValueError):
+        return []
+    return pids
+
+
+def backends_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, int, float, float]:
     """Post batches until args.events are accepted.
 
@@ -227,6 +256,49 @@ def stages(batches: int = 20, repeat: int = 7) -> None:
     )
 
 
+def database_stage(batches: int = 120) -> None:
+    """PostgreSQL's own CPU per event for the ingest statements, one connection,
+    nothing else running through it: ``_chain_append`` (idempotency key, COPY,
+    chain head, rollups) and the commit, on rows built beforehand. For comparing
+    schemas (indexes, collations) without the web process's noise."""
+    from django.db import transaction
+
+    from audit.chain import micros
+    from audit.services import _chain_append, _sidecar_row
+    from governance.models import Datasource
+
+    rng = random.Random(11)
+    context = {
+        # A chain of its own (verified with the others), on a bench datasource so
+        # the PII rollup is written as in a real batch.
+        "chain": f"bench-db-stage-{uuid.uuid4().hex[:8]}",
+        "datasource_id": Datasource.objects.filter(name__startswith="bench-audit-")
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first(),
+        "environment": "production",
+        "sidecar_name": "bench",
+    }
+    received = micros(datetime.datetime.now(datetime.UTC))
+    work = [
+        [_sidecar_row(event(rng), received_us=received, context=context) for _ in range(500)]
+        for _ in range(batches + 1)
+    ]
+    with transaction.atomic():
+        _chain_append(context["chain"], work[0])  # warm-up: partition check, caches
+    backend = database_backends(include_self=True)
+    if not backend:
+        print("database stage: the server's backends cannot be read from here")
+        return
+    before = backends_cpu(backend)
+    for rows in work[1:]:
+        with transaction.atomic():
+            _chain_append(context["chain"], rows)
+    per_event = (backends_cpu(backend) - before) / (500 * batches) * 1e6
+    connection.close()
+    print(f"database stage: PostgreSQL CPU per event {per_event:.1f} us ({batches} batches of 500)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -237,11 +309,20 @@ def main() -> None:
     parser.add_argument(
         "--stages", action="store_true", help="first time the Python stages in-process"
     )
+    parser.add_argument(
+        "--database-stage",
+        action="store_true",
+        help="only time PostgreSQL's CPU for the ingest statements, on the events the "
+        "database already holds (no HTTP run)",
+    )
     args = parser.parse_args()
     if args.stages:
         stages()
 
     tokens = setup(args.sidecars)
+    if args.database_stage:
+        database_stage()
+        return
     connection.close()
     port = free_port()
     log = Path(tempfile.gettempdir()) / "bench-audit-uvicorn.log"
@@ -274,9 +355,11 @@ def main() -> None:
         # Warm-up (connections, caches, first partition checks), not counted.
         warm = argparse.Namespace(**{**vars(args), "events": args.batch * args.clients})
         run(warm, port, tokens)
-        web_before = cpu_seconds(server.pid)
+        backends = database_backends()
+        web_before, database_before = cpu_seconds(server.pid), backends_cpu(backends)
         accepted, duplicates, elapsed, client_cpu = run(args, port, tokens)
         web_cpu = cpu_seconds(server.pid) - web_before
+        database_cpu = backends_cpu(backends) - database_before
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
@@ -291,6 +374,12 @@ def main() -> None:
         f"web process CPU per event: {web_cpu / accepted * 1e6:.1f} us "
         f"(one core at 100% would take {1e6 / (web_cpu / accepted * 1e6):,.0f} events/s)"
     )
+    if backends:
+        # The statements' own cost in PostgreSQL (not its WAL writer or checkpointer).
+        print(
+            f"PostgreSQL CPU per event ({len(backends)} backends of the web process): "
+            f"{database_cpu / accepted * 1e6:.1f} us"
+        )
     # The load generator shares the machine: what it burns, the server cannot use.
     print(f"load generator CPU per event: {client_cpu / accepted * 1e6:.1f} us")
     began = time.perf_counter()
