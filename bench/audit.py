@@ -146,9 +146,10 @@ def database_backends(*, include_self: bool = False) -> list[int]:
     if not include_self:
         connection.close()
     try:
-        for pid in pids:
-            cpu_seconds(pid)
-    except (OSError, IndexError, ValueError):
+        # A remote server's pids may name unrelated processes here: only postgres counts.
+        if any(Path(f"/proc/{pid}/comm").read_text().strip() != "postgres" for pid in pids):
+            return []
+    except OSError:
         return []
     return pids
 
