@@ -40,26 +40,27 @@ UPSTREAM_ROWS = [
 ]
 
 
-def _admin_dsn(dbname: str) -> str:
-    return database_url(dbname)
+def upstream_dbname() -> str:
+    """The name of ``upstream_db``'s database (clients connect to it through the sidecar)."""
+    return f"{connection.settings_dict['NAME']}_upstream"
 
 
 @pytest.fixture
 def upstream_db() -> Iterator[str]:
     """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN."""
-    name = f"{connection.settings_dict['NAME']}_upstream"
-    with psycopg.connect(_admin_dsn("postgres"), autocommit=True) as conn:
+    name = upstream_dbname()
+    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(_admin_dsn(name)) as conn:
+    with psycopg.connect(database_url(name)) as conn:
         conn.execute(
             "CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text,"
             " phone text, ssn text, birth_date date)"
         )
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO customers VALUES (%s, %s, %s, %s, %s, %s)", UPSTREAM_ROWS)
-    yield _admin_dsn(name)
-    with psycopg.connect(_admin_dsn("postgres"), autocommit=True) as conn:
+    yield database_url(name)
+    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -29,7 +29,6 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connections
 from playwright.sync_api import expect
-from psycopg.conninfo import conninfo_to_dict
 
 from approvals.models import ApprovalRequest
 from governance import services
@@ -37,7 +36,7 @@ from governance.bundles import APPROVAL_HOLD_SECONDS
 from tests.bundles.conftest import Server
 from tests.conftest import persona_password
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.integration.conftest import SidecarProcess, pinned_key
+from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -166,7 +165,7 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
     proc = SidecarProcess(
         config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
     )
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
 
     def psql(sql: str) -> Psql:
         return Psql(port=proc.port, dbname=dbname, user=agent.name, token=token, sql=sql)

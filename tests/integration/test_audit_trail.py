@@ -16,13 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
-from psycopg.conninfo import conninfo_to_dict
 
 from audit.models import datasource_chain
 from audit.services import audit_verify
 from governance import services
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess, pinned_key
+from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -77,7 +76,7 @@ def test_real_sidecar_events_carry_no_literals(
         "heartbeat_interval": 1,
     }
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     chain = datasource_chain(demo_policy.datasource.pk)
     try:
         with psycopg.connect(

@@ -24,12 +24,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from governance import services
 from governance.models import ColumnClassification, ScanRun, ScanSchedule
 from tests.bundles.conftest import ROOT, Server, _stop, server_env
-from tests.integration.conftest import SidecarProcess, pinned_key
+from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -134,7 +133,7 @@ def test_a_new_email_column_is_masked_within_one_scan_interval(
             with psycopg.connect(
                 host="127.0.0.1",
                 port=sidecar.port,
-                dbname=conninfo_to_dict(upstream_db)["dbname"],
+                dbname=upstream_dbname(),
                 user="svc-billing",
                 password=client_token,
                 autocommit=True,

@@ -19,13 +19,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from governance import services
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess, sidecar_config
+from tests.integration.conftest import SidecarProcess, sidecar_config, upstream_dbname
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -106,7 +105,7 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
     proc = SidecarProcess(
         config=_config(control_plane, sidecar_token, upstream_db), state_dir=state_dir
     )
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     try:
         with _connect(proc.port, dbname, raw) as conn:
             # 1. Held, approved while the client waits: the statement then runs.
@@ -238,7 +237,7 @@ def test_control_plane_down_refuses_held_statements(
     proc = SidecarProcess(
         config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
     )
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     try:
         control_plane.stop()  # the sidecar keeps enforcing its verified bundle
         with _connect(proc.port, dbname, raw) as conn:
@@ -270,7 +269,7 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
     proc = SidecarProcess(
         config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
     )
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     try:
         with _connect(proc.port, dbname, raw) as waits, _connect(proc.port, dbname, raw) as other:
             # Nobody decides: after the bundle's hold time, WR001 naming the pending request.

@@ -17,12 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
-from psycopg.conninfo import conninfo_to_dict
 
 from governance import services
 from governance.models import Sidecar
 from tests.bundles.conftest import Server
-from tests.integration.conftest import SidecarProcess, sidecar_config
+from tests.integration.conftest import SidecarProcess, sidecar_config, upstream_dbname
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -92,7 +91,7 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
     )
     config = sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     try:
         # Masked through real psql; DROP refused with 42501.
         select = "SELECT ssn FROM customers ORDER BY id"
@@ -177,7 +176,7 @@ def test_masking_rule_change_reaches_the_running_sidecar_within_2_s(
     )
     config = sidecar_config(control_plane, sidecar_token, upstream_db)
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
-    dbname = conninfo_to_dict(upstream_db)["dbname"]
+    dbname = upstream_dbname()
     select = "SELECT ssn FROM customers ORDER BY id LIMIT 1"
     try:
         with _connect(proc.port, dbname, "svc-billing", raw) as conn:
