@@ -62,6 +62,10 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+# Nothing listens on port 1: a wrong upstream whatever server (TCP or socket) the tests use.
+UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
 def admin_url() -> str:
     """The maintenance database on the server DATABASE_URL names."""
     url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -21,6 +21,7 @@ import psycopg
 from tests.sidecar.proxy.conftest import (
     ALICE_TOKEN,
     ROOT,
+    UNREACHABLE_URL,
     Sidecar,
     build_bundle,
     start_sidecar,
@@ -116,10 +117,6 @@ def test_sidecar_scans_at_start_on_schedule_and_on_request(
         assert value not in written
 
 
-# Nothing listens on port 1: a wrong upstream whatever server the tests use.
-NOWHERE = "postgresql://postgres@127.0.0.1:1/postgres"
-
-
 def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
     _seed(scratch_url)
     bundle_path = tmp_path / "bundle.json"
@@ -162,7 +159,7 @@ def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
     config.write_text(
         json.dumps(
             {
-                "upstream_dsn": NOWHERE,
+                "upstream_dsn": UNREACHABLE_URL,
                 "bundle_file": str(bundle_path),
                 "state_dir": str(tmp_path / "state"),
             }

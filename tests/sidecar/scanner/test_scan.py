@@ -15,6 +15,7 @@ from sidecar.scanner import ScanError, ScanSettings, run_scan
 from sidecar.scanner.catalog import Column, Relation
 from sidecar.scanner.sampling import VALUE_MAX, sample_query
 from sidecar.scanner.scan import connect
+from tests.sidecar.proxy.conftest import UNREACHABLE_URL
 
 CANARIES = [f"canary{i}.zebra@leak-test.example" for i in range(40)]
 CANARY_SSNS = [f"536-90-{4300 + i}" for i in range(40)]
@@ -138,9 +139,8 @@ def test_a_failing_relation_is_reported_without_values_and_the_scan_goes_on(
 
 
 def test_no_connection_is_a_scan_error_without_the_password() -> None:
-    bad = "postgresql://postgres@127.0.0.1:1/postgres"  # nothing listens on port 1
     with pytest.raises(ScanError) as info:
-        run_scan(bad, password="hunter2-secret", settings=ScanSettings())
+        run_scan(UNREACHABLE_URL, password="hunter2-secret", settings=ScanSettings())
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
