@@ -130,23 +130,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def database_backends(*, include_self: bool = False) -> list[int]:
-    """The PostgreSQL backends serving this database (the web process's kept
-    connections; or this process's own), when the server runs on this machine;
-    [] when their CPU cannot be read here."""
+def web_backends() -> list[int]:
+    """The PostgreSQL backends serving the web process (every other connection to
+    this database), when their CPU can be read here; else []."""
     with connection.cursor() as cursor:
-        if include_self:
-            cursor.execute("SELECT pg_backend_pid()")
-        else:
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            )
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
         pids = [pid for (pid,) in cursor.fetchall()]
-    if not include_self:
-        connection.close()
+    connection.close()
+    return local_backends(pids)
+
+
+def local_backends(pids: list[int]) -> list[int]:
+    """``pids`` when all are PostgreSQL processes on this machine, else []: a remote
+    server's pids may name unrelated processes here."""
     try:
-        # A remote server's pids may name unrelated processes here: only postgres counts.
         if any(Path(f"/proc/{pid}/comm").read_text().strip() != "postgres" for pid in pids):
             return []
     except OSError:
@@ -287,7 +287,9 @@ def database_stage(batches: int = 120) -> None:
     ]
     with transaction.atomic():
         _chain_append(context["chain"], work[0])  # warm-up: partition check, caches
-    backend = database_backends(include_self=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = local_backends([cursor.fetchone()[0]])
     if not backend:
         print("database stage: the server's backends cannot be read from here")
         return
@@ -356,7 +358,7 @@ def main() -> None:
         # Warm-up (connections, caches, first partition checks), not counted.
         warm = argparse.Namespace(**{**vars(args), "events": args.batch * args.clients})
         run(warm, port, tokens)
-        backends = database_backends()
+        backends = web_backends()
         web_before, database_before = cpu_seconds(server.pid), backends_cpu(backends)
         accepted, duplicates, elapsed, client_cpu = run(args, port, tokens)
         web_cpu = cpu_seconds(server.pid) - web_before
