@@ -6,6 +6,17 @@ codes: 0 allow, 1 review or block, 2 usage error or unusable bundle.
 ``python -m sidecar scan --config FILE [--json]`` scans the upstream with the
 sidecar's credential and prints the findings (never values) for an operator;
 exit 2 when the configuration or the connection fails. ``run`` starts the proxy.
+
+``python -m sidecar install-masking --config FILE --admin-dsn DSN [--grant-to ROLE]``
+installs (or upgrades) hash masking in the database the sidecar protects, with an
+administrator's connection: the ``warden_masking`` role and schema, the key table,
+a key generated inside PostgreSQL, and ``warden_masking.hmac(text)``, executable
+by ``ROLE`` (default: the user of the sidecar's ``upstream_dsn``).
+``python -m sidecar rotate-masking-key --config FILE --admin-dsn DSN`` makes a new
+key active (every hash changes). Both refuse an admin DSN pointing at another
+database than the sidecar's upstream, print a one-line summary and exit 0, or
+print a one-line error and exit 2. Neither prints key material or the admin
+password. See ``sidecar.masking_db`` and ``docs/masking.md``.
 """
 
 from __future__ import annotations
@@ -70,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--config", required=True, help="the sidecar's TOML or JSON config file")
     scan.add_argument("--json", action="store_true", help="print the report body as JSON")
     scan.set_defaults(handler=_scan)
+    install = commands.add_parser(
+        "install-masking",
+        help="install or upgrade hash masking in the upstream database (administrator)",
+    )
+    install.add_argument("--config", required=True, help="the sidecar's TOML or JSON config file")
+    install.add_argument(
+        "--admin-dsn",
+        required=True,
+        help="an administrator's libpq DSN for the same database (superuser, or CREATEROLE)",
+    )
+    install.add_argument(
+        "--grant-to", help="the role allowed to hash (default: the upstream DSN's user)"
+    )
+    install.set_defaults(handler=_install_masking)
+    rotate = commands.add_parser(
+        "rotate-masking-key", help="activate a new hash masking key (every hash changes)"
+    )
+    rotate.add_argument("--config", required=True, help="the sidecar's TOML or JSON config file")
+    rotate.add_argument("--admin-dsn", required=True, help="an administrator's libpq DSN")
+    rotate.set_defaults(handler=_rotate_masking_key)
     return parser
 
 
@@ -131,6 +162,34 @@ def _scan(args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
     return 0
+
+
+def _masking(args: argparse.Namespace, rotate: bool) -> int:
+    from sidecar.config import ConfigError, load_config
+    from sidecar.masking_db import MaskingError, install, rotate_key, upstream_identity
+
+    try:
+        config = load_config(args.config)
+        database, user = upstream_identity(config.upstream_dsn)
+        if rotate:
+            summary = rotate_key(args.admin_dsn, expect_database=database)
+        else:
+            summary = install(
+                args.admin_dsn, grant_to=args.grant_to or user, expect_database=database
+            )
+    except (ConfigError, MaskingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+def _install_masking(args: argparse.Namespace) -> int:
+    return _masking(args, rotate=False)
+
+
+def _rotate_masking_key(args: argparse.Namespace) -> int:
+    return _masking(args, rotate=True)
 
 
 def _run(args: argparse.Namespace) -> int:

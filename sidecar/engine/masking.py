@@ -18,6 +18,13 @@ from pglast import parser as pg
 
 from sidecar.engine.bundle import Masking, Table
 
+# Hash masking runs in the protected database, in a schema only Warden's installer
+# creates (``python -m sidecar install-masking``): a SECURITY DEFINER function keyed
+# by a table only its owner reads, so no key ever travels in statement text.
+# Clients may not reference the schema at all.
+RESERVED_SCHEMA = "warden_masking"
+HMAC_FUNCTION = f"{RESERVED_SCHEMA}.hmac"
+
 _TEXT = re.compile(r"^(text|citext|name|character varying|varchar|character|char|bpchar)\b")
 _INT = {"smallint": 14, "int2": 14, "integer": 28, "int": 28, "int4": 28, "bigint": 60, "int8": 60}
 _NUMERIC = re.compile(r"^(numeric|decimal|real|double precision|float4|float8|float|money)\b")
