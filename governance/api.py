@@ -227,7 +227,6 @@ class DatasourceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Datasource
-        # masking_key is deliberately absent: it leaves only inside signed bundles.
         fields = [
             "id",
             "name",

@@ -247,7 +247,6 @@ def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str
             "dialect": datasource.dialect,
             "environment": environment.name,
             "criticality": environment.criticality,
-            "masking_key": datasource.masking_key,
         },
         "schema": schema,
         "identities": _identities(datasource, now),

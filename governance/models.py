@@ -336,10 +336,6 @@ class Dialect(models.TextChoices):
     POSTGRES = "postgres", "PostgreSQL"
 
 
-def _new_masking_key() -> str:
-    return secrets.token_hex(32)
-
-
 def validate_schema_snapshot(value: Any) -> None:
     """Shape: {"tables": [{"schema", "name", "kind", "columns": [{"name", "type"}]}]}."""
     if not isinstance(value, dict):
@@ -437,7 +433,6 @@ class Datasource(models.Model):
     review_teams = models.ManyToManyField(Team, blank=True, related_name="reviewed_datasources")
     # Key of the keyed-HMAC ("hash") masking strategy; it travels only in the
     # signed bundle to the sidecar, never to a page or an API response.
-    masking_key = models.CharField(max_length=64, default=_new_masking_key, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -14,7 +14,6 @@ hides it; the result is checked again before it is returned).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -29,7 +28,6 @@ from governance.permissions import can_view
 from sidecar.engine import BundleError, Engine, SessionContext, compute_revision, load_bundle
 
 MAX_SQL_LENGTH = 100_000
-_KEY_PLACEHOLDER = "<masking_key>"
 
 
 def _try_disabled_guardrail(
@@ -176,8 +174,4 @@ def policy_simulate(
         "notes": _identity_notes(bundle, datasource, identity_name),
         "tried": tried,
     }
-    # Defence in depth: the engine replaces the key in its JSON; never rely on one place.
-    text = json.dumps(result)
-    if datasource.masking_key and datasource.masking_key in text:
-        result = json.loads(text.replace(datasource.masking_key, _KEY_PLACEHOLDER))
     return result

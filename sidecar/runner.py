@@ -181,10 +181,12 @@ class EnginePolicy:
         self._engine_mod = engine
         self.metrics = metrics
         document = source.current()
-        self._engine = engine.Engine(engine.load_bundle(document))
+        # Until the upstream has been checked, hash-masked columns are refused.
+        self.hash_available = False
+        self._engine = engine.Engine(engine.load_bundle(document), hash_available=False)
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
-        self._cache: dict[tuple[str, str, bool, bool, str], Verdict] = {}
+        self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
         self._audit_cache: dict[Any, str] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
         # with the generation their prepared statements were decided under.
@@ -199,6 +201,15 @@ class EnginePolicy:
         except ValueError:
             issued_ts = None
         self.metrics.bundle_loaded(str(document.get("revision", "")), issued_ts)
+
+    def set_hash_available(self, available: bool) -> None:
+        """Whether the upstream has Warden's keyed hash (``sidecar.masking_db``)."""
+        if available == self.hash_available:
+            return
+        self.hash_available = available
+        self._engine.set_hash_available(available)
+        self._cache = {}
+        self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
         bundle = self._engine_mod.load_bundle(document)
@@ -242,31 +253,40 @@ class EnginePolicy:
         identity: str,
         sql: str,
         standard_conforming_strings: bool,
+        search_path: tuple[str, ...] | None,
         in_transaction: bool,
         protocol: str,
     ) -> Verdict:
         # The engine is pure, so a verdict depends only on these inputs and the
         # bundle (the cache is dropped on every bundle change).
-        key = (identity, sql, standard_conforming_strings, in_transaction, protocol)
+        key = (identity, sql, standard_conforming_strings, search_path, protocol)
         verdict = self._cache.get(key)
         if verdict is None:
             session = self._engine_mod.SessionContext(
                 standard_conforming_strings=standard_conforming_strings,
                 in_transaction=in_transaction,
+                search_path=search_path,
             )
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )
+            review = decision.action == "review"
             verdict = Verdict(
                 action=decision.action,
                 message=decision.message or "Warden: statement refused by policy",
                 upstream_sql=decision.upstream_sql,
                 _audit_json=self._audit_json(decision),
                 kinds=frozenset(s.kind for s in decision.statements),
+                multi=len(decision.statements) > 1,
+                barrier=decision.barrier,
+                executes=frozenset(
+                    s.session["execute"]
+                    for s in decision.statements
+                    if s.session and "execute" in s.session
+                ),
+                approval=approval_facts(decision) if review else None,
+                hold_seconds=self._hold_seconds if review else 0.0,
             )
-            if decision.action == "review":
-                verdict.approval = approval_facts(decision)
-                verdict.hold_seconds = self._hold_seconds
             if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
                 if len(self._cache) >= self.CACHE_LIMIT:
                     self._cache.clear()
@@ -307,6 +327,38 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(target)
+
+
+async def _check_masking(
+    config: SidecarConfig, policy: EnginePolicy, said: tuple[bool, str] | None = None
+) -> tuple[bool, str]:
+    """Whether the upstream can hash-mask (installed once per database by an
+    administrator with ``python -m sidecar install-masking``); logged when it changes."""
+    from sidecar import masking_db
+
+    try:
+        status = await asyncio.to_thread(
+            masking_db.status, config.upstream_dsn, password=config.upstream_password
+        )
+        now = (status.usable, status.detail)
+    except Exception as exc:  # an unreachable upstream: refuse, and say why
+        now = (False, f"the check failed ({type(exc).__name__})")
+    policy.set_hash_available(now[0])
+    if now != said:
+        if now[0]:
+            log.info("hash masking is usable in the upstream database")
+        else:
+            log.warning("hash-masked columns are refused: %s", now[1])
+    return now
+
+
+async def _watch_masking(
+    config: SidecarConfig, policy: EnginePolicy, said: tuple[bool, str], interval: float = 60.0
+) -> None:
+    # Installing it (or losing it) takes effect without a restart.
+    while True:
+        await asyncio.sleep(interval)
+        said = await _check_masking(config, policy, said)
 
 
 async def _revalidate_periodically(server: ProxyServer, interval: float = 10.0) -> None:
@@ -418,6 +470,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     else:
         source = FileBundleSource(Path(config.bundle_file))
     policy = EnginePolicy(source, metrics)
+    masking = await _check_masking(config, policy)
     document = source.current()
     upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
     spool = AuditSpool(
@@ -456,6 +509,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     source.subscribe(lambda _document: server.revalidate())
     port = await server.start(config.listen_host, config.listen_port)
     tasks = [
+        asyncio.create_task(_watch_masking(config, policy, masking)),
         asyncio.create_task(spool.run()),
         asyncio.create_task(source.watch()),
         asyncio.create_task(_revalidate_periodically(server)),

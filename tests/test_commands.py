@@ -79,3 +79,23 @@ def test_mint_api_token_refuses_unknown_user_and_bad_days(security_user):
         call_command("mint_api_token", "ghost")
     with pytest.raises(CommandError, match="--days"):
         call_command("mint_api_token", "security", "--days", "0")
+
+
+def test_demo_policy_holds_writes_to_hash_masked_tables_in_production(settings, tmp_path):
+    # Hash masking is deterministic: a guess written into customers could be compared
+    # with the others' masked names, so the demo holds such writes for a reviewer.
+    from governance.bundles import bundle_compile
+    from sidecar.engine import Engine, load_bundle
+
+    settings.VAR_DIR = tmp_path
+    call_command("seed_demo", stdout=io.StringIO())
+    datasource = Datasource.objects.get(name="crm-prod")
+    engine = Engine(load_bundle(bundle_compile(datasource=datasource)))
+    write = engine.decide(
+        identity="alice",
+        sql="INSERT INTO customers (id, full_name) VALUES (9001, 'Guess Name')",
+    )
+    assert write.action == "review"
+    assert write.reasons[0].rule == "review-writes-to-hashed-tables-in-production"
+    read = engine.decide(identity="alice", sql="SELECT full_name FROM customers WHERE id = 1")
+    assert read.action == "allow" and "warden_masking.hmac(" in read.upstream_sql

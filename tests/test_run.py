@@ -62,6 +62,11 @@ def _demo_psql(lines: list[str]) -> tuple[str, str]:
     assert email.startswith("***@") and ssn and not any(c.isdigit() for c in ssn), shown.stdout
     dropped = psql("DROP TABLE customers")
     assert dropped.returncode != 0 and "block-ddl-in-production" in dropped.stderr, dropped
+    # The name is hash-masked by the database's keyed function; its plan shows the call.
+    named = psql("SELECT full_name FROM customers ORDER BY id LIMIT 1")
+    assert named.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", named.stdout.strip()), named
+    plan = psql("EXPLAIN (VERBOSE) SELECT full_name FROM customers")
+    assert plan.returncode == 0 and "warden_masking.hmac" in plan.stdout, plan
     return token, conninfo
 
 

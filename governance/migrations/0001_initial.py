@@ -91,7 +91,7 @@ class Migration(migrations.Migration):
                 ('dialect', models.CharField(choices=[('postgres', 'PostgreSQL')], default='postgres', max_length=16)),
                 ('description', models.TextField(blank=True)),
                 ('schema_snapshot', models.JSONField(blank=True, default=dict, validators=[governance.models.validate_schema_snapshot])),
-                ('masking_key', models.CharField(default=governance.models._new_masking_key, editable=False, max_length=64)),
+                ('masking_key', models.CharField(default="", editable=False, max_length=64)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
                 ('environment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='datasources', to='governance.environment')),

@@ -92,7 +92,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_HIDDEN_KEYS = {"updated_at", "created_at", "masking_key", "digest", "scram_verifier"}
+_HIDDEN_KEYS = {"updated_at", "created_at", "digest", "scram_verifier"}
 
 
 @register.simple_tag

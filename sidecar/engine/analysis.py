@@ -19,6 +19,7 @@ from typing import Any
 from pglast import parser as pg
 
 from sidecar.engine.bundle import Bundle, Table
+from sidecar.engine.masking import RESERVED_SCHEMA
 
 # Statement node -> (kind, category). Anything missing here is "unknown".
 KINDS: dict[str, tuple[str, str]] = {
@@ -109,6 +110,8 @@ class RawStatement:
     body: dict[str, Any]
     start: int  # byte offsets into the whole text
     end: int
+    # The parse tree holds the reserved schema's name somewhere (maybe as a literal).
+    may_name_reserved: bool = False
 
 
 @dataclass(slots=True)
@@ -127,6 +130,9 @@ class Analysis:
     using_cols: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
     set_config_params: list[str | None] = field(default_factory=list)
+    # (name, value) of each set_config call; None where not a constant.
+    set_config_calls: list[tuple[str | None, str | None]] = field(default_factory=list)
+    reserved_schema: bool = False  # the text names Warden's masking schema
     table_functions: list[str] = field(default_factory=list)
     writes: list[WriteInfo] = field(default_factory=list)
     data_modifying_cte: bool = False
@@ -142,7 +148,9 @@ class Analysis:
 
 def parse_statements(sql: str) -> list[RawStatement]:
     """Split and parse ``sql``; raises ``pglast.parser.ParseError`` when PostgreSQL would."""
-    tree = json.loads(pg.parse_sql_json(sql))
+    text = pg.parse_sql_json(sql)
+    reserved = f'"{RESERVED_SCHEMA}"' in text
+    tree = json.loads(text)
     total = len(sql.encode("utf-8")) if not sql.isascii() else len(sql)
     out: list[RawStatement] = []
     for raw in tree.get("stmts", []):
@@ -150,7 +158,7 @@ def parse_statements(sql: str) -> list[RawStatement]:
         length = raw.get("stmt_len")
         end = total if length is None or length == 0 else start + length
         ((node_type, body),) = raw["stmt"].items()
-        out.append(RawStatement(node_type, body, start, end))
+        out.append(RawStatement(node_type, body, start, end, reserved))
     return out
 
 
@@ -164,6 +172,34 @@ def _const_int(node: Any) -> int | None:
         if "ival" in const:
             return int(const["ival"].get("ival", 0))
     return None
+
+
+def _const_text(node: Any) -> str | None:
+    """The text of a string constant (also under a cast to text), else None."""
+    if isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    if isinstance(node, dict) and "A_Const" in node:
+        value = node["A_Const"].get("sval")
+        if isinstance(value, dict):
+            return str(value.get("sval", ""))
+    return None
+
+
+def _names_schema(node: Any, schema: str, parent: str = "") -> bool:
+    """True when an identifier (not a string literal) in the tree is ``schema``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if value == schema and (
+                    (key == "sval" and parent == "String")
+                    or key in ("schemaname", "catalogname", "schema")
+                ):
+                    return True
+            elif _names_schema(value, schema, key):
+                return True
+    elif isinstance(node, list):
+        return any(_names_schema(item, schema, parent) for item in node)
+    return False
 
 
 def _strip(node: Any) -> Any:
@@ -258,9 +294,12 @@ def _returning(body: dict[str, Any]) -> list[Any]:
 class _Walker:
     """Collects relations, column references and calls from one statement tree."""
 
-    def __init__(self, bundle: Bundle, result: Analysis) -> None:
+    def __init__(
+        self, bundle: Bundle, result: Analysis, search_path: tuple[str, ...] | None = None
+    ) -> None:
         self.bundle = bundle
         self.r = result
+        self.search_path = search_path
         # Relations a bare * expands to, innermost last; None: every table
         # (RETURNING *, which also covers UPDATE ... FROM and DELETE ... USING).
         self.scope: list[list[RangeRef] | None] = []
@@ -311,7 +350,7 @@ class _Walker:
             rv.get("location", -1),
             rv.get("inh", False),
             role,
-            self.bundle.resolve_table(schema, name),
+            self.bundle.resolve_table(schema, name, self.search_path),
         )
         self.r.ranges.append(ref)
         return ref
@@ -361,10 +400,10 @@ class _Walker:
         self.r.functions.append(name)
         if names and names[-1] == "set_config":
             args = body.get("args", [])
-            param = None
-            if args and "A_Const" in args[0]:
-                param = args[0]["A_Const"].get("sval", {}).get("sval")
+            param = _const_text(args[0]) if args else None
             self.r.set_config_params.append(param)
+            value = _const_text(args[1]) if len(args) > 1 else None
+            self.r.set_config_calls.append((param, value))
         self.fields(body, ctes, skip=("funcname",))
 
     def v_RangeFunction(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
@@ -492,12 +531,16 @@ class _Walker:
         }
 
 
-def analyse_statement(bundle: Bundle, raw: RawStatement) -> Analysis:
-    """Analyse one parsed statement against the bundle's schema snapshot."""
+def analyse_statement(
+    bundle: Bundle, raw: RawStatement, search_path: tuple[str, ...] | None = None
+) -> Analysis:
+    """Analyse one parsed statement against the bundle's schema snapshot, resolving
+    unqualified names under ``search_path`` (the session's; default the bundle's)."""
     node_type, body = raw.node_type, raw.body
     kind, category = KINDS.get(node_type, ("unknown", "unknown"))
     result = Analysis(node_type, kind, category, node_type)
-    walker = _Walker(bundle, result)
+    walker = _Walker(bundle, result, search_path)
+    result.reserved_schema = raw.may_name_reserved and _names_schema(body, RESERVED_SCHEMA)
     judged_type, judged = node_type, body
     if node_type == "ExplainStmt":
         options = _names_defelem(body.get("options", []))
@@ -537,6 +580,15 @@ def analyse_statement(bundle: Bundle, raw: RawStatement) -> Analysis:
     else:
         walker.visit({node_type: body}, frozenset())
     result.judged_type = judged_type
+    # EXECUTE p, EXPLAIN ANALYZE EXECUTE p, CREATE TABLE t AS EXECUTE p: which statement
+    # runs is the session's business (the proxy knows what it prepared under the name).
+    executed: dict[str, Any] | None = None
+    if judged_type == "ExecuteStmt":
+        executed = judged
+    elif node_type == "CreateTableAsStmt" and "ExecuteStmt" in body.get("query", {}):
+        executed = body["query"]["ExecuteStmt"]
+    if executed is not None:
+        result.details["execute"] = executed.get("name", "")
     if result.copy is not None:
         result.kind = "copy_" + result.copy["direction"]
         result.category = "write" if result.copy["direction"] == "from" else "read"

@@ -120,7 +120,6 @@ class Bundle:
     datasource_name: str
     environment: str
     criticality: int
-    masking_key: str
     search_path: tuple[str, ...]  # the upstream role's effective schemas, in order
     tables: dict[str, Table]  # "schema.table" -> Table
     tables_by_name: dict[str, tuple[Table, ...]]
@@ -135,16 +134,19 @@ class Bundle:
     hold_seconds: int
     raw: dict[str, Any] = field(repr=False)
 
-    def resolve_table(self, schema: str | None, name: str) -> Table | None:
+    def resolve_table(
+        self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None
+    ) -> Table | None:
         """The snapshot table a (possibly unqualified) name designates, if known.
 
-        Unqualified names resolve through the datasource's search_path (default
-        ``public``; clients may not change it), then to a name that exists in
-        exactly one schema of the snapshot.
+        Unqualified names resolve through ``search_path``, the session's effective
+        schemas as the server confirmed them (default: the datasource's), then to a
+        name that exists in exactly one schema of the snapshot, so that a name the
+        server may not find is still treated as the classified table it could be.
         """
         if schema is not None:
             return self.tables.get(f"{schema}.{name}")
-        for entry in self.search_path:
+        for entry in self.search_path if search_path is None else search_path:
             table = self.tables.get(f"{entry}.{name}")
             if table is not None:
                 return table
@@ -305,7 +307,6 @@ def load_bundle(data: Any) -> Bundle:
         datasource_name=data["datasource"]["name"],
         environment=environment,
         criticality=data["datasource"]["criticality"],
-        masking_key=data["datasource"]["masking_key"],
         search_path=tuple(data["datasource"].get("search_path", ["public"])),
         tables=tables,
         tables_by_name={k: tuple(v) for k, v in by_name.items()},

@@ -21,6 +21,9 @@ class SessionContext:
 
     standard_conforming_strings: bool = True
     in_transaction: bool = False
+    # The effective schemas (``current_schemas(true)``) the server confirmed for the
+    # session; None: the datasource's search_path from the bundle.
+    search_path: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +92,10 @@ class Decision:
     critical: bool = False
     identity: str = ""
     revision: str = ""
+    # The text may change the session state statements are read under
+    # (``sidecar.engine.state``): what follows waits for the server to confirm it.
+    barrier: bool = False
     cached: bool = field(default=False, compare=False)
-    # The datasource's masking key appears in hash-masked SQL; the JSON form
-    # (audit trail, simulator, CLI) shows a placeholder instead.
-    secret: str = field(default="", repr=False, compare=False)
-
-    def _hide(self, text: str | None) -> str | None:
-        if text is None or not self.secret:
-            return text
-        return text.replace(self.secret, "<masking_key>")
 
     def to_json(self, *, audit: bool = False) -> dict[str, Any]:
         """The stable JSON form. ``upstream_sql`` and ``rewritten_sql`` carry the
@@ -106,10 +104,11 @@ class Decision:
         statements = []
         for s in self.statements:
             item = s.to_json()
-            item["rewritten_sql"] = None if audit else self._hide(s.rewritten_sql)
+            item["rewritten_sql"] = None if audit else s.rewritten_sql
             statements.append(item)
         return {
             "action": self.action,
+            "barrier": self.barrier,
             "critical": self.critical,
             "identity": self.identity,
             "message": self.message,
@@ -117,5 +116,5 @@ class Decision:
             "revision": self.revision,
             "risk": self.risk,
             "statements": statements,
-            "upstream_sql": None if audit else self._hide(self.upstream_sql),
+            "upstream_sql": None if audit else self.upstream_sql,
         }

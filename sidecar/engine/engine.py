@@ -43,7 +43,14 @@ from sidecar.engine.analysis import (
 )
 from sidecar.engine.bundle import Bundle, Identity, Masking
 from sidecar.engine.decision import SEVERITY, Decision, Reason, SessionContext, StatementAnalysis
-from sidecar.engine.masking import Token, masking_subquery, quote_ident, relation_span, scan_tokens
+from sidecar.engine.masking import (
+    Token,
+    masking_subquery,
+    quote_ident,
+    relation_span,
+    scan_tokens,
+    uses_hash,
+)
 
 REWRITABLE = frozenset(
     {
@@ -57,6 +64,24 @@ REWRITABLE = frozenset(
         "DeclareCursorStmt",
         "CreateTableAsStmt",
         "CopyStmt",
+    }
+)
+# Statements whose functions run when the statement does; anything else that
+# holds a barrier would run it later, out of the proxy's sight.
+RUNS_NOW = frozenset(
+    {
+        "SelectStmt",
+        "InsertStmt",
+        "UpdateStmt",
+        "DeleteStmt",
+        "MergeStmt",
+        "ExplainStmt",
+        "CopyStmt",
+        "CreateTableAsStmt",
+        "VariableSetStmt",
+        "DiscardStmt",
+        "DoStmt",
+        "CallStmt",
     }
 )
 _TEMPLATE_KINDS = frozenset({"select", "insert", "update", "delete"})
@@ -81,25 +106,41 @@ def _max_action(a: str, b: str) -> str:
     return a if SEVERITY[a] >= SEVERITY[b] else b
 
 
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
+
+
 def _redact(text: str) -> tuple[str, str]:
-    """(redacted text, fingerprint): literals replaced, safe for the audit trail."""
+    """(redacted text, fingerprint): literals and comments removed, safe for the audit trail.
+
+    ``pglast.normalize`` replaces the literals of plannable statements with ``$n``
+    but leaves those of utility statements (``PREPARE ... AS``, ``CREATE TABLE
+    ... AS``) and every comment, so a second pass over the tokens replaces what
+    is left. Text the scanner cannot read is not stored at all.
+    """
     try:
-        redacted = pg.normalize(text)
+        normalized = pg.normalize(text)
     except Exception:
-        try:
-            parts = []
-            last = 0
-            raw = text.encode("utf-8")
-            for token in scan_tokens(text):
-                if token.name in _CONST_TOKENS - {"ASCII_45", "PARAM"}:
-                    parts.append(raw[last : token.start].decode("utf-8", "replace") + "?")
-                    last = token.end
-            parts.append(raw[last:].decode("utf-8", "replace"))
-            redacted = "".join(parts)
-            if "'" in redacted or "$" in redacted:
-                raise ValueError("unterminated literal")
-        except Exception:
-            redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
+        normalized = text
+    try:
+        tokens = pg.scan(normalized)
+        params = [int(normalized[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"]
+        number = max(params, default=0)
+        parts: list[str] = []
+        last = 0
+        for token in tokens:
+            if token.name in _LITERAL_TOKENS:
+                number += 1
+                parts.append(normalized[last : token.start] + f"${number}")
+            elif token.name in _COMMENT_TOKENS:
+                parts.append(normalized[last : token.start].rstrip(" \t"))
+            else:
+                continue
+            last = token.end + 1
+        parts.append(normalized[last:])
+        redacted = "".join(parts).strip()
+    except Exception:
+        redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
     return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
 
 
@@ -145,7 +186,6 @@ class _State:
     sqlglot_schema: Any = None
 
 
-_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _NOT_STRUCTURE = _CONST_TOKENS | _COMMENT_TOKENS
 _STATEMENT_MEMO = 64  # distinct LIMIT values remembered per template
 
@@ -163,9 +203,14 @@ def _structure(sql: str, tokens: list[Any]) -> tuple[list[Any], tuple[str, ...]]
 class Engine:
     """Decides statements for one bundle; thread-safe; ``replace_bundle`` swaps atomically."""
 
-    def __init__(self, bundle: Bundle, cache_size: int = 4096) -> None:
+    def __init__(
+        self, bundle: Bundle, cache_size: int = 4096, *, hash_available: bool = True
+    ) -> None:
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        # Whether the protected database has Warden's keyed hash function (the
+        # runner checks at start); without it hash-masked columns are refused.
+        self._hash_available = hash_available
         self._state = _State(bundle)
 
     @property
@@ -175,6 +220,12 @@ class Engine:
     def replace_bundle(self, bundle: Bundle) -> None:
         """Swap the bundle; the caches go with the old one, so nothing stale survives."""
         self._state = _State(bundle)
+
+    def set_hash_available(self, available: bool) -> None:
+        """Record whether the database has Warden's keyed hash; decisions depend on it."""
+        if available != self._hash_available:
+            self._hash_available = available
+            self._state = _State(self._state.bundle)
 
     def cache_info(self) -> dict[str, int]:
         state = self._state
@@ -214,7 +265,8 @@ class Engine:
         if protocol not in ("simple", "extended"):
             raise ValueError(f"protocol must be 'simple' or 'extended', not {protocol!r}")
         scs = session.standard_conforming_strings
-        key = (identity, protocol, scs, explain, sql)
+        path = session.search_path
+        key = (identity, protocol, scs, explain, path, sql)
         cached = state.exact.get(key)
         if cached is not None:
             with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
@@ -223,7 +275,7 @@ class Engine:
         norm_key: tuple[Any, ...] | None = None
         if scs and not explain:
             try:
-                norm_key = (identity, protocol, pg.normalize(sql))
+                norm_key = (identity, protocol, path, pg.normalize(sql))
             except Exception:
                 norm_key = None
             template = state.normalised.get(norm_key) if norm_key else None
@@ -319,8 +371,8 @@ class Engine:
             critical=d.critical,
             identity=d.identity,
             revision=d.revision,
+            barrier=d.barrier,
             cached=True,
-            secret=d.secret,
         )
 
     # -- full analysis --------------------------------------------------------------
@@ -362,6 +414,8 @@ class Engine:
         raw_bytes = sql.encode("utf-8")
         masks_anything = any(not (m.exempt_teams & who.teams) for m in bundle.masking.values())
         facts: list[dict[str, Any]] = []
+        barriers: list[bool] = []
+        hash_missing = False
 
         if parse_error is not None:
             redacted, fingerprint = _redact(sql)
@@ -409,7 +463,7 @@ class Engine:
 
         for raw in raws:
             try:
-                a = analyse_statement(bundle, raw)
+                a = analyse_statement(bundle, raw, session.search_path)
             except Exception:  # a tree shape we did not foresee: fail closed
                 a = Analysis(raw.node_type, "unknown", "unknown", raw.node_type)
                 hard.append(
@@ -439,6 +493,13 @@ class Engine:
             masked_cols = sorted(
                 f"{t}.{c}" for t, cols in masked_here.items() for c in cols if f"{t}.{c}" in columns
             )
+            if not self._hash_available:
+                hash_missing = hash_missing or any(
+                    f"{key}.{c.name}" in columns and uses_hash(c.type, cols[c.name])
+                    for key, cols in masked_here.items()
+                    for c in bundle.tables[key].columns
+                    if c.name in cols
+                )
             masked_levels = [
                 bundle.classification_levels[bundle.column_classifications[c]] for c in masked_cols
             ]
@@ -495,28 +556,29 @@ class Engine:
                         ),
                     )
                 )
-            for name in dict.fromkeys(a.functions):
-                refused = policy.function_reason(name)
-                if refused is not None:
-                    dangerous = True
-                    defaults.append(("block", Reason(*refused)))
-            for param in a.set_config_params:
-                if param is None or param.lower() not in policy.SAFE_SETTINGS:
-                    dangerous = True
-                    defaults.append(
-                        (
-                            "block",
-                            Reason(
-                                "default.function.session",
-                                f"set_config() on {param or 'a computed name'!r} "
-                                "could weaken the session's safety",
-                            ),
+            rules = policy.statement_rules(a, bundle)
+            hard.extend(rules.hard)
+            dangerous = dangerous or rules.dangerous
+            for name in rules.unlisted:
+                if policy.function_named(bundle, who, name):
+                    rules.barrier = True  # what it does is the guardrail author's call
+                else:
+                    hard.append(
+                        Reason(
+                            "default.function.unlisted",
+                            f"{policy.function_base(name)}() is not on Warden's list of "
+                            "functions; a guardrail that names it can allow it",
                         )
                     )
-            if a.setting is not None:
-                refused = policy.setting_reason(a)
-                if refused is not None:
-                    defaults.append(("block", Reason(*refused)))
+            if rules.barrier and runs and raw.node_type not in RUNS_NOW:
+                hard.append(
+                    Reason(
+                        "session.deferred_barrier",
+                        "a statement that changes session state may not be prepared, "
+                        "declared as a cursor or stored in a definition; run it directly",
+                    )
+                )
+            barriers.append(rules.barrier and runs)
             if a.copy is not None and a.copy["target"] != "client":
                 dangerous = True
                 defaults.append(
@@ -602,12 +664,32 @@ class Engine:
                 }
             )
 
+        if any(barriers[:-1]):
+            hard.append(
+                Reason(
+                    "session.barrier_not_last",
+                    "a statement that may change session state must be the last one in its "
+                    "text: what follows it is judged under the state the server confirms",
+                )
+            )
+        barrier = any(barriers)
+        if hash_missing:
+            hard.append(
+                Reason(
+                    "mask.hash_unavailable",
+                    "hash masking is not installed in this database; an administrator must "
+                    "run `python -m sidecar install-masking --config FILE --admin-dsn DSN`",
+                )
+            )
+
         # -- rewrite the text -------------------------------------------------------------
         upstream = sql
         if splices and not hard:
             try:
                 upstream, statements, spans = self._apply(sql, raws, statements, splices)
-                verified = self._verify(bundle, who, upstream, len(raws), spans)
+                verified = self._verify(
+                    bundle, who, upstream, len(raws), spans, session.search_path
+                )
             except Exception:
                 verified = False
             if not verified:
@@ -619,21 +701,6 @@ class Engine:
                 )
                 upstream = sql
                 statements = [replace(s, rewritten_sql=None) for s in statements]
-
-        if any(
-            raw.node_type == "ExplainStmt"
-            and s.rewritten_sql is not None
-            and bundle.masking_key in s.rewritten_sql
-            for raw, s in zip(raws, statements[-len(raws) :] if raws else [], strict=False)
-        ):
-            # A plan prints the masking expressions, and with them the hash mask's key.
-            hard.append(
-                Reason(
-                    "mask.explain_rewritten",
-                    "EXPLAIN of this statement would print the key of the hash mask",
-                )
-            )
-            upstream = sql
 
         if explain and raws and parse_error is None:
             statements = self._with_lineage(state, sql, raws, statements)
@@ -684,7 +751,7 @@ class Engine:
             critical=risk >= bundle.critical_at,
             identity=who.name,
             revision=bundle.revision,
-            secret=bundle.masking_key,
+            barrier=barrier,
         )
         template = self._template(sql, analyses, splices, decision, hard) if not explain else None
         return decision, template
@@ -753,7 +820,9 @@ class Engine:
             if not masked:
                 continue
             start, end, first, last = relation_span(tokens, ref.location, ref.inh)
-            sub = masking_subquery(ref.table, masked, bundle.masking_key, only=not ref.inh)
+            sub = masking_subquery(
+                ref.table, masked, only=not ref.inh, hashing=self._hash_available
+            )
             if ref.role == "copy":
                 # COPY t [(cols)] TO ... -> COPY (SELECT cols FROM (masked) AS t) TO ...
                 columns = a.copy["columns"] if a.copy else []
@@ -819,7 +888,13 @@ class Engine:
         return upstream, out, spans
 
     def _verify(
-        self, bundle: Bundle, who: Identity, upstream: str, count: int, spans: list[tuple[int, int]]
+        self,
+        bundle: Bundle,
+        who: Identity,
+        upstream: str,
+        count: int,
+        spans: list[tuple[int, int]],
+        search_path: tuple[str, ...] | None,
     ) -> bool:
         """Fail closed: the rewritten text must parse into as many statements, and every
         read of a masked table in it must lie inside one of the masking subqueries."""
@@ -830,7 +905,7 @@ class Engine:
         if len(raws) != count:
             return False
         for raw in raws:
-            a = analyse_statement(bundle, raw)
+            a = analyse_statement(bundle, raw, search_path)
             for ref in a.ranges:
                 if (
                     ref.role in ("read", "copy")

@@ -34,8 +34,12 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def uses_hash(type_name: str, masking: Masking) -> bool:
+    """True when masking a column of this type calls the database's keyed hash."""
+    return masking.strategy == "hash" and _type_family(type_name) in _HASHABLE
+
+
+_HASHABLE = frozenset({"text", "json", "jsonb", "int", "numeric", "uuid", "bytea"})
 
 
 def _type_family(type_name: str) -> str:
@@ -58,19 +62,24 @@ def _type_family(type_name: str) -> str:
     return "other"
 
 
-def mask_expression(column: str, type_name: str, masking: Masking, key: str) -> str:
+def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool = True) -> str:
     """A PostgreSQL expression masking ``column`` (quoted identifier) that keeps its type.
 
     NULL stays NULL, so masking changes values, never row counts. A strategy
     that has no meaning for a type falls back to redact, and redact falls back
-    to NULL, so an unexpected type is never shown raw.
+    to NULL, so an unexpected type is never shown raw. Hashing calls the keyed
+    function in the reserved schema; no key appears in the text. Without that
+    function (``hashing`` false) a hashed column is NULL: the engine refuses any
+    statement that reads one, and a column nobody reads must still not be raw.
     """
     family = _type_family(type_name)
     strategy = masking.strategy
+    if strategy == "hash" and not hashing:
+        strategy = "null"
     c = column
     expr: str | None = None
-    digest = f"encode(sha256(convert_to({_literal(key)} || {c}::text, 'UTF8')), 'hex')"
     if strategy == "hash":
+        digest = f"{HMAC_FUNCTION}(({c})::text)"
         if family in ("text", "json", "jsonb"):
             expr = digest if family == "text" else f"to_jsonb({digest})"
         elif family == "int":
@@ -79,9 +88,9 @@ def mask_expression(column: str, type_name: str, masking: Masking, key: str) -> 
         elif family == "numeric":
             expr = f"('x' || substr({digest}, 1, 13))::bit(52)::bigint"
         elif family == "uuid":
-            expr = f"md5({_literal(key)} || {c}::text)::uuid"
+            expr = f"substr({digest}, 1, 32)::uuid"
         elif family == "bytea":
-            expr = f"sha256({_literal(key)}::bytea || {c})"
+            expr = f"decode({HMAC_FUNCTION}(encode({c}, 'hex')), 'hex')"
         else:
             strategy = "redact"
     elif strategy == "partial" and family == "text":
@@ -120,7 +129,9 @@ def mask_expression(column: str, type_name: str, masking: Masking, key: str) -> 
     return f"({expr})::{type_name}"
 
 
-def masking_subquery(table: Table, masked: dict[str, Masking], key: str, only: bool) -> str:
+def masking_subquery(
+    table: Table, masked: dict[str, Masking], only: bool, hashing: bool = True
+) -> str:
     """``(SELECT col, mask(col)::type AS col, ... FROM [ONLY] schema.table)``."""
     items = []
     for column in table.columns:
@@ -129,7 +140,7 @@ def masking_subquery(table: Table, masked: dict[str, Masking], key: str, only: b
         if masking is None:
             items.append(ident)
         else:
-            items.append(f"{mask_expression(ident, column.type, masking, key)} AS {ident}")
+            items.append(f"{mask_expression(ident, column.type, masking, hashing)} AS {ident}")
     source = f"{quote_ident(table.schema)}.{quote_ident(table.name)}"
     return f"(SELECT {', '.join(items)} FROM {'ONLY ' if only else ''}{source})"
 

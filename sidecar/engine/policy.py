@@ -1,55 +1,34 @@
-"""Built-in policy: the safe defaults, the function and setting lists, and the risk score.
+"""Built-in policy: the safe defaults, the function and setting rules, and the risk score.
 
-These are the rules that hold with zero configuration (rule ids start with
-``default.``) and the masking invariants that no guardrail can lift (rule ids
-start with ``mask.``): a non-exempt identity may not move classified data
-beyond the reach of the rewrite. Guardrails from the bundle are evaluated
-before the defaults; see ``Engine`` for the order.
+Rule ids name their layer. ``floor.*``: reaching the server's files,
+processes or configuration; ``mask.*``: a non-exempt identity may not move
+classified data beyond the reach of the rewrite, nor read statement text or
+sampled values; ``session.*``: the session state statements are read under
+(``sidecar.engine.state``). No guardrail lifts those. ``default.*`` are the
+rules that hold with zero configuration; guardrails from the bundle are
+evaluated before them, and an unlisted function (``default.function.unlisted``)
+is allowed only by a guardrail that names it. See ``Engine`` for the order.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.engine import functions, state
 from sidecar.engine.analysis import OPAQUE_CODE, VALUE_BLIND_DDL, Analysis
 from sidecar.engine.bundle import Bundle, Identity
+from sidecar.engine.decision import Reason
+from sidecar.engine.masking import RESERVED_SCHEMA
 
-# Functions that reach the server's files, processes or other servers.
-FILE_PROCESS_FUNCTIONS = frozenset(
-    {
-        "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_ls_logdir", "pg_ls_waldir",
-        "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_ls_logicalsnapdir",
-        "pg_ls_logicalmapdir", "pg_ls_replslotdir", "pg_stat_file", "lo_import", "lo_export",
-        "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_file_sync", "pg_logdir_ls",
-        "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend", "pg_reload_conf",
-        "pg_rotate_logfile", "pg_promote", "pg_switch_wal", "pg_create_restore_point",
-        "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup",
-        "pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
-        "pg_drop_replication_slot", "pg_copy_physical_replication_slot",
-        "pg_copy_logical_replication_slot", "pg_logical_slot_get_changes",
-        "pg_logical_slot_peek_changes", "pg_logical_slot_get_binary_changes",
-        "pg_logical_slot_peek_binary_changes", "pg_replication_slot_advance",
-        "pg_logical_emit_message", "pg_import_system_collations", "pg_wal_replay_pause",
-        "pg_wal_replay_resume", "pg_log_backend_memory_contexts", "pg_current_logfile",
-        "postgres_fdw_disconnect", "postgres_fdw_disconnect_all",
-    }
-)  # fmt: skip
-FILE_PROCESS_PREFIXES = ("dblink",)
-# Functions that run SQL given as text: the rewrite cannot see into them.
-DYNAMIC_SQL_FUNCTIONS = frozenset(
-    {
-        "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
-        "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema",
-        "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
-        "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
-        "database_to_xml_and_xmlschema", "ts_stat", "ts_rewrite", "xpath_table",
-        "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby",
-    }
-)  # fmt: skip
-# Settings a client may change; anything else (role, session_authorization,
-# search_path, row_security, session_replication_role, ...) weakens the
-# session's safety or the engine's name resolution, so it is refused.
+# Settings a client may change freely; the tracked ones (client_encoding,
+# standard_conforming_strings, search_path) only to the values
+# ``sidecar.engine.state`` allows. Anything else (role, session_authorization,
+# row_security, session_replication_role, ...) weakens the session's safety, so
+# it is refused whatever the guardrails say.
 SAFE_SETTINGS = frozenset(
     {
-        "application_name", "client_encoding", "client_min_messages", "datestyle",
+        "application_name", "client_min_messages", "datestyle",
         "intervalstyle", "timezone", "extra_float_digits", "bytea_output", "statement_timeout",
         "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
         "transaction_timeout", "work_mem", "maintenance_work_mem", "temp_buffers",
@@ -69,7 +48,7 @@ SAFE_SETTINGS = frozenset(
         "enable_gathermerge", "enable_parallel_append", "enable_async_append",
         "enable_presorted_aggregate", "array_nulls", "escape_string_warning",
         "default_with_oids", "check_function_bodies", "gin_fuzzy_search_limit",
-        "quote_all_identifiers", "standard_conforming_strings",
+        "quote_all_identifiers",
     }
 )  # fmt: skip
 # Table functions whose rows come only from their arguments.
@@ -93,16 +72,6 @@ VALUE_CATALOGS = frozenset(
         "pg_largeobject",
     }
 )  # fmt: skip
-# Functions that return statement text, which for a rewritten statement includes
-# the masking expressions and the datasource's masking key.
-STATEMENT_TEXT_FUNCTIONS = frozenset(
-    {
-        "current_query",
-        "pg_stat_get_activity",
-        "pg_stat_statements",
-        "pg_get_backend_memory_contexts",
-    }
-)
 LEVEL_RISK = {"public": 0, "internal": 8, "confidential": 20, "restricted": 30}
 IDENTITY_RISK = {"human": 0, "service": 5, "agent": 15}
 CATEGORY_RISK = {"write": 15, "ddl": 30, "unknown": 50, "unparseable": 50}
@@ -112,37 +81,130 @@ def function_base(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def function_reason(name: str) -> tuple[str, str] | None:
-    """(rule, message) when calling ``name`` is refused by default."""
-    base = function_base(name)
-    if base in FILE_PROCESS_FUNCTIONS or base.startswith(FILE_PROCESS_PREFIXES):
-        return (
-            "default.function.server_access",
-            f"function {base}() reaches the server's files, processes or other servers",
-        )
-    if base in DYNAMIC_SQL_FUNCTIONS:
-        return ("default.function.dynamic_sql", f"function {base}() runs SQL given as text")
-    return None
+@dataclass(slots=True)
+class StatementRules:
+    """What the function, setting and reserved-schema rules found in one statement."""
+
+    hard: list[Reason] = field(default_factory=list)  # no guardrail lifts these
+    unlisted: list[str] = field(default_factory=list)  # functions a guardrail must name
+    barrier: bool = False  # may change the session state later statements are read under
+    dangerous: bool = False  # reaches for the server: weighs in the risk score
 
 
-def setting_reason(a: Analysis) -> tuple[str, str] | None:
-    """(rule, message) when a SET/RESET statement is refused."""
-    setting = a.setting or {}
-    kind, name = setting.get("kind"), setting.get("name", "")
-    if kind in ("VAR_RESET_ALL", "VAR_RESET", "VAR_SET_DEFAULT"):
-        return None  # back to the server's defaults, which are safe
-    if name == "standard_conforming_strings":
-        values = [str(v).lower() for v in setting.get("values", [])]
-        if kind == "VAR_SET_VALUE" and values != ["on"]:
-            return (
-                "default.setting",
-                "standard_conforming_strings may only be set to on (it changes how "
-                "every later statement is read)",
+def statement_rules(a: Analysis, bundle: Bundle) -> StatementRules:
+    """Functions by category, settings by allowlist, the reserved schema, barriers."""
+    out = StatementRules()
+    if a.reserved_schema:
+        out.hard.append(
+            Reason(
+                "mask.reserved_schema",
+                f"the schema {RESERVED_SCHEMA} belongs to Warden's masking and may not be used",
             )
+        )
+    for name in dict.fromkeys(a.functions):
+        category = functions.category(name)
+        base = function_base(name)
+        if category in functions.INERT_CATEGORIES:
+            continue
+        if category == functions.STATEMENT_TEXT:
+            out.hard.append(
+                Reason(
+                    "mask.statement_text",
+                    f"{base}() reads statement text or sampled values, which can carry "
+                    "other sessions' literals and classified data",
+                )
+            )
+        elif category == functions.DYNAMIC_SQL:
+            out.hard.append(
+                Reason(
+                    "mask.dynamic_sql",
+                    f"{base}() runs SQL given as text, which masking cannot see into",
+                )
+            )
+        elif category == functions.SERVER_ACCESS or (
+            category == functions.SESSION_STATE and base != "set_config"
+        ):
+            out.dangerous = True
+            out.hard.append(
+                Reason(
+                    "floor.server_access",
+                    f"{base}() reaches the server's files, processes, configuration or "
+                    "other sessions",
+                )
+            )
+        elif category is None:
+            out.unlisted.append(name)
+    refusal: str | None
+    for given, value in a.set_config_calls:
+        setting = (given or "").lower()
+        if given is None:
+            refusal = "set_config() with a computed setting name"
+        elif setting in state.TRACKED_SETTINGS:
+            refusal = state.set_config_refusal(value, setting, bundle)
+            out.barrier = True
+        elif setting in SAFE_SETTINGS:
+            refusal = None
+        else:
+            refusal = f"changing the setting {setting!r} is not allowed"
+        if refusal is not None:
+            out.dangerous = True
+            out.hard.append(Reason("session.setting", refusal))
+    if a.setting is not None:
+        refusal = _setting_refusal(a.setting, bundle, out)
+        if refusal is not None:
+            out.hard.append(Reason("session.setting", refusal))
+    if a.node_type in ("DiscardStmt", "DoStmt", "CallStmt"):
+        out.barrier = True
+    for ref in a.ranges:
+        # pg_settings is updatable: an UPDATE of it is set_config by another name.
+        # No other catalog relation is writable by an unprivileged role either.
+        if ref.role == "write" and (
+            ref.schema in ("pg_catalog", "information_schema")
+            or (ref.schema is None and ref.table is None and ref.relname.startswith("pg_"))
+        ):
+            out.hard.append(
+                Reason(
+                    "session.catalog_write",
+                    f"writing to the system catalog relation {ref.relname} is not allowed "
+                    "(pg_settings would change settings)",
+                )
+            )
+            break
+    return out
+
+
+def _setting_refusal(setting: dict[str, Any], bundle: Bundle, out: StatementRules) -> str | None:
+    kind, name = setting.get("kind"), setting.get("name", "")
+    if kind == "VAR_RESET_ALL":
+        out.barrier = True
         return None
-    if name in SAFE_SETTINGS:
+    if kind == "VAR_SET_MULTI":  # SET TRANSACTION / SESSION CHARACTERISTICS
         return None
-    return ("default.setting", f"changing the setting {name or kind!r} is not allowed")
+    if name in state.TRACKED_SETTINGS:
+        out.barrier = True
+        if kind == "VAR_SET_VALUE":
+            return state.setting_refusal(name, list(setting.get("values", [])), bundle)
+        return None  # RESET, DEFAULT, FROM CURRENT: a value the session already had
+    if kind in ("VAR_RESET", "VAR_SET_DEFAULT") or name in SAFE_SETTINGS:
+        return None  # back to the login's own defaults (RESET ROLE included) is safe
+    return f"changing the setting {name or kind!r} is not allowed"
+
+
+def function_named(bundle: Bundle, identity: Identity, name: str) -> bool:
+    """True when an applicable guardrail that does not block names the function."""
+    base = function_base(name)
+    for g in bundle.guardrails:
+        c = g.conditions
+        if g.action == "block" or not c.functions or not ({name, base} & c.functions):
+            continue
+        if c.environments and bundle.environment not in c.environments:
+            continue
+        if c.identity_kinds and identity.kind not in c.identity_kinds:
+            continue
+        if c.teams and not (c.teams & identity.teams):
+            continue
+        return True
+    return False
 
 
 def statement_risk(
@@ -246,23 +308,11 @@ def masking_violations(
                     )
                 )
                 break
-        for name in a.functions:
-            if function_base(name) in STATEMENT_TEXT_FUNCTIONS:
-                out.append(
-                    (
-                        "mask.statement_text",
-                        f"{function_base(name)}() returns statement text, which carries the "
-                        "masking expressions",
-                    )
-                )
-                break
-        for ref in a.ranges:
-            if ref.relname in VALUE_CATALOGS and ref.schema in (None, "pg_catalog", "public"):
-                out.append(
-                    (
-                        "mask.value_catalog",
-                        f"{ref.relname} exposes sampled values or statement text",
-                    )
-                )
-                break
+    # Other sessions' statement text carries their literals whoever asks.
+    for ref in a.ranges:
+        if ref.relname in VALUE_CATALOGS and ref.schema in (None, "pg_catalog", "public"):
+            out.append(
+                ("mask.value_catalog", f"{ref.relname} exposes sampled values or statement text")
+            )
+            break
     return out

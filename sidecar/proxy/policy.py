@@ -22,7 +22,7 @@ REVIEW = "review"
 BLOCK = "block"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the proxy needs from a decision.
 
@@ -37,7 +37,12 @@ class Verdict:
     set on the copy the session keeps after an approval, for the audit trail.
 
     ``kinds`` are the statement kinds (``select``, ``prepare``, ``execute``...),
-    for the few session-level rules that depend on them.
+    for the few session-level rules that depend on them; ``multi`` says the text
+    holds more than one statement. ``barrier``: running it may change the session
+    state statements are read under, so the proxy has the server confirm the
+    state before it lets the next statement be decided.
+
+    Frozen: one verdict is shared by every session that sends the same text.
     """
 
     action: str
@@ -49,12 +54,16 @@ class Verdict:
     hold_seconds: float = 0.0
     approval_id: str | None = None
     kinds: frozenset[str] = frozenset()
+    multi: bool = False
+    barrier: bool = False
+    executes: frozenset[str] = frozenset()  # names run by SQL EXECUTE
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces), encoded once."""
         if self._audit_json is None:
             encoded = json.dumps(dict(self.audit), separators=(",", ":"), default=str)
-            self._audit_json = encoded[1:-1]
+            object.__setattr__(self, "_audit_json", encoded[1:-1])
+        assert self._audit_json is not None
         return self._audit_json
 
 
@@ -97,6 +106,7 @@ class Policy(Protocol):
         identity: str,
         sql: str,
         standard_conforming_strings: bool,
+        search_path: tuple[str, ...] | None,
         in_transaction: bool,
         protocol: str,
     ) -> Verdict: ...

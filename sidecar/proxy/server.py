@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.policy import Identity, Policy
@@ -205,6 +206,10 @@ class ProxyServer:
             raise _Refused("42501", "Warden: the startup 'options' parameter is not allowed")
         if params.get("replication", "false").lower() not in _FALSY:
             raise _Refused("42501", "Warden: replication connections are not allowed")
+        encoding = params.get("client_encoding")
+        refusal = encodings.refusal(encoding) if encoding else None
+        if refusal is not None:
+            raise _Refused("42501", f"Warden: {refusal}")
         database = params.get("database") or identity_name
         if database != self.settings.database:
             raise _Refused(
@@ -340,6 +345,7 @@ class ProxyServer:
             max_message=self.settings.max_message,
             on_close=on_close,
             approvals=self.approvals,
+            search_path=up.search_path,
         )
         self._cancel_sessions[(pid, secret)] = session
         # StreamWriter.__del__ closes its transport, so the stream objects used for

@@ -31,9 +31,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sidecar import encodings
 from sidecar.proxy import messages as m
+from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
-from sidecar.proxy.policy import ALLOW, REVIEW, Identity, Policy, Verdict
+from sidecar.proxy.policy import ALLOW, BLOCK, REVIEW, Identity, Policy, Verdict
 
 if TYPE_CHECKING:
     from sidecar.metrics import Metrics
@@ -55,23 +57,24 @@ HOLD_BUFFER_LIMIT = 256 * 1024
 _PAUSED_BY_UPSTREAM = 1
 _PAUSED_BY_HOLD = 2
 
-# Python codecs for the client encodings whose bytes can be judged as text. Other
-# encodings (SJIS, BIG5, GBK...) can hide a quote inside a multibyte character,
-# so statements in them are refused rather than guessed at.
-_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "ascii", "LATIN1": "latin-1", "WIN1252": "cp1252"}
-
 _Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
 _COPY = frozenset(b"dcf")
 _UP_ROWS = frozenset(b"Dd")
 _UP_STATEFUL = frozenset(b"ZSCEsI3")
 # Also ParseComplete, only between a re-prepare's CloseComplete and its ParseComplete.
 _UP_STATEFUL_REPREPARE = _UP_STATEFUL | frozenset(b"1")
+# While the sidecar's own state probe is answered: every message is looked at.
+_UP_ALL = frozenset(range(256))
 _unpack_i32 = struct.Struct("!i").unpack_from  # bound once: called for every message
 
 # Statements that can run a statement prepared with SQL PREPARE (EXECUTE p,
 # EXPLAIN ANALYZE EXECUTE p, CREATE TABLE t AS EXECUTE p).
 _RUNS_SQL_PREPARED = frozenset({"execute", "explain_analyze", "create_table_as"})
 _DEALLOCATED_ALL = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
+# SQL statements that create or drop prepared statements under a name the
+# protocol may also use: after one, the protocol statements are prepared again
+# before their next Bind, so the server holds exactly what the sidecar decided.
+_TOUCHES_PREPARED = frozenset({"prepare", "deallocate", "discard"})
 
 
 class AuditSink(Protocol):
@@ -104,6 +107,18 @@ class _Exec:
         self.rows: int | None = None
         self.error: str | None = None
         self.started = time.perf_counter()
+
+
+def _unknown_statement(name: bytes) -> Verdict:
+    shown = name.decode("utf-8", "replace") or "(unnamed)"
+    return Verdict(
+        action=BLOCK,
+        message=f"Warden: prepared statement {shown!r} was not prepared through this "
+        "connection's Parse messages, so Warden holds no decision for it (run a statement "
+        "prepared with SQL PREPARE with EXECUTE)",
+        upstream_sql="",
+        audit={"kind": "unknown_prepared_statement"},
+    )
 
 
 def _first_rule(verdict: Verdict) -> str:
@@ -146,6 +161,41 @@ event_id = _EventIds()
 _SYNC = object()
 
 
+class _Probe:
+    """The sidecar's state probe, in ``pending`` after the barrier it follows.
+
+    Shaped like a refused ``_Exec`` (no verdict) so the reply bookkeeping passes
+    over it. ``extended``: the Flush form inside a batch, else a simple Query.
+    """
+
+    __slots__ = ("error", "extended", "replies", "row", "rows")
+    is_query = False
+    verdict = None
+
+    def __init__(self, extended: bool) -> None:
+        self.extended = extended
+        self.replies = 0
+        self.row: tuple[str, str, str] | None = None
+        self.error: str | None = None
+        self.rows: int | None = None
+
+
+class _Barrier:
+    """A barrier's wait: the client's later messages queue until the probe answers."""
+
+    __slots__ = ()
+    task = None
+
+
+_STALE_PORTAL = Verdict(
+    action=BLOCK,
+    message="Warden: this portal was bound in a batch that failed, and the server may "
+    "not hold what Warden decided for it; bind it again",
+    upstream_sql="",
+    audit={"kind": "stale_portal"},
+)
+
+
 class _Prepared:
     """A prepared statement: its verdict, the policy generation that gave it, and
     what is needed to decide it again (client text, Parse tail) after a bundle change.
@@ -153,11 +203,16 @@ class _Prepared:
     ``upstream`` is the SQL the upstream server holds under this name, once known.
     """
 
-    __slots__ = ("generation", "tail", "text", "upstream", "verdict")
+    __slots__ = ("generation", "state", "tail", "text", "upstream", "verdict")
 
-    def __init__(self, verdict: Verdict, generation: int, text: str, tail: bytes) -> None:
+    def __init__(
+        self, verdict: Verdict, generation: int, text: str, tail: bytes, state: st.SessionState
+    ) -> None:
         self.verdict = verdict
         self.generation = generation
+        # The session state it was decided under: the server analyses a prepared
+        # statement again when the search_path changes, so the sidecar decides again.
+        self.state = state
         self.text = text
         self.tail = tail
         self.upstream: str | None = verdict.upstream_sql
@@ -194,6 +249,7 @@ class _Hold:
         "prepared",
         "request_id",
         "simple",
+        "state",
         "tail",
         "task",
         "text",
@@ -223,6 +279,7 @@ class _Hold:
         # prepared statement it runs, re-prepared upstream if its SQL changed.
         self.text = ""
         self.generation = -1
+        self.state: st.SessionState | None = None
         self.prepared: _Prepared | None = None
 
 
@@ -244,6 +301,7 @@ class Session:
         max_message: int,
         on_close: Callable[[Session], None],
         approvals: ApprovalGate | None = None,
+        search_path: tuple[str, ...] | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -255,12 +313,24 @@ class Session:
         self.max_message = max_message
         self.on_close = on_close
         self.approvals = approvals
-        self.hold: _Hold | None = None
+        self.hold: _Hold | _Barrier | None = None
         self._held_data = b""
         self._paused = 0
         self.status = status
-        self.scs = parameters.get("standard_conforming_strings", "on") == "on"
-        self.codec: str | None = _CODECS.get(parameters.get("client_encoding", "UTF8"))
+        encoding = parameters.get("client_encoding", "UTF8")
+        self.state = st.SessionState(
+            encoding, parameters.get("standard_conforming_strings", "on") == "on", search_path
+        )
+        self.codec: str | None = encodings.codec_for(encoding)
+        # A barrier ran since the server last confirmed the state outside a
+        # transaction: an error or the transaction's end may still undo it, so
+        # every statement cycle is followed by a probe until then.
+        self.dirty = False
+        self._probing: _Probe | None = None
+        # The server is skipping this batch's messages until its Sync (an error came
+        # back before the client sent the Sync): what they prepare does not exist.
+        self._discarding = False
+        base_event["session_state"] = self.state.to_audit()
         self.statements: dict[bytes, _Prepared] = {}
         self.portals: dict[bytes, Verdict | None] = {}
         self.pending: deque[Any] = deque()
@@ -268,17 +338,20 @@ class Session:
         self.ubuf = b""
         self.uskip = 0
         self._up_stateful = _UP_STATEFUL
+        self._up_rows = _UP_ROWS
         # The prepared statement whose re-prepare's ParseComplete comes next.
         self._reparsing: _Closing | None = None
         # SQL PREPARE: the generation of the oldest statement this session may
         # still hold that way (None: none), and how many PREPAREs were decided.
         self._sql_prepared: int | None = None
+        self._sql_prepared_state = self.state
         self._sql_prepares = 0
         self._sql_prepares_at_deallocate = -1
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
         self._refusal_name = f"warden_refusal_{nonce}".encode()
+        self._probe_name = f"warden_probe_{nonce}".encode()
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
@@ -315,56 +388,22 @@ class Session:
                 if kind in _COPY:
                     out.append(data[pos:end])
                 elif kind == _Q:
-                    out.append(self._on_query(data[pos + 5 : end]) or data[pos:end])
-                    if self.hold is not None:
-                        out.pop()
-                        pos = end
-                        break
+                    message = self._on_query(data[pos + 5 : end])
+                    out.append(data[pos:end] if message is None else message)
                 elif kind == _P:
-                    out.append(self._on_parse(data[pos + 5 : end]) or data[pos:end])
-                    if self.hold is not None:
-                        out.pop()
-                        pos = end
-                        break
+                    message = self._on_parse(data[pos + 5 : end])
+                    out.append(data[pos:end] if message is None else message)
                 elif kind == _B:
-                    portal, stmt = m.parse_bind_names(data[pos + 5 : end])
-                    prepared = self.statements.get(stmt)
-                    if prepared is None:
-                        self.portals[portal] = None
-                        out.append(data[pos:end])
-                        pos = end
-                        continue
-                    if prepared.generation != self.policy.generation:
-                        # Decided under rules that have changed since: decide again.
-                        refusal = self._redecide(stmt, prepared, out)
-                        if refusal is not None:
-                            self.portals[portal] = None
-                            out.append(refusal)
-                            pos = end
-                            continue
-                    verdict = prepared.verdict
-                    if verdict.action == REVIEW:
-                        if verdict.approval_id is None:
-                            # A prepared statement approved before and run since:
-                            # each run needs its own approval (a grant's uses).
-                            hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
-                            hold.prepared = prepared
-                            self._hold_start(hold)
-                            pos = end
-                            break
-                        # This run is the approval its Parse got; the next one asks.
-                        prepared.verdict = dataclasses.replace(verdict, approval_id=None)
-                    self.portals[portal] = verdict
-                    out.append(data[pos:end])
+                    self._on_bind(data, pos, end, out)
                 elif kind == _E:
-                    portal = data[pos + 5 : data.index(0, pos + 5)]
-                    self.pending.append(
-                        _Exec(self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL, False)
-                    )
-                    out.append(data[pos:end])
+                    self._on_execute(data, pos, end, out)
                 elif kind == _S:
+                    self._discarding = False
                     self.pending.append(_SYNC)
                     out.append(data[pos:end])
+                    if self.dirty:
+                        # The batch may have failed and undone a barrier's change.
+                        out.append(self._probe_after(False))
                 elif kind in (_D, _H):
                     out.append(data[pos:end])
                 elif kind == _C:
@@ -381,6 +420,8 @@ class Session:
                 else:
                     raise m.ProtocolViolation(f"unexpected message type {chr(kind)!r}")
                 pos = end
+                if self.hold is not None:  # held for approval, or behind a barrier
+                    break
         except (m.ProtocolViolation, ValueError, IndexError) as exc:
             log.warning("closing %s: protocol violation (%s)", self._who(), exc)
             if out:
@@ -395,33 +436,93 @@ class Session:
         if pos < n:
             if self.hold is not None:
                 self._held_data = data[pos:]
+                if len(self._held_data) > HOLD_BUFFER_LIMIT:
+                    self._pause_client(_PAUSED_BY_HOLD)
             else:
                 self.cbuf = data[pos:]
+
+    def _on_bind(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        portal, stmt = m.parse_bind_names(data[pos + 5 : end])
+        prepared = self.statements.get(stmt)
+        if prepared is None:
+            # Not prepared through this connection's Parse messages (SQL PREPARE, or
+            # a statement the server kept when the sidecar saw it closed): the
+            # sidecar has no decision for what the server holds under that name.
+            self.portals[portal] = None
+            out.append(self._refuse_in_batch(_unknown_statement(stmt)))
+            return
+        if prepared.generation != self.policy.generation or prepared.state is not self.state:
+            # Decided under rules or a session state that have changed: decide again.
+            refusal = self._redecide(stmt, prepared, out)
+            if refusal is not None:
+                self.portals[portal] = None
+                out.append(refusal)
+                return
+        verdict = prepared.verdict
+        if verdict.action == REVIEW:
+            if verdict.approval_id is None:
+                # A prepared statement approved before and run since:
+                # each run needs its own approval (a grant's uses).
+                hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
+                hold.prepared = prepared
+                self._hold_start(hold)
+                return
+            # This run is the approval its Parse got; the next one asks.
+            prepared.verdict = dataclasses.replace(verdict, approval_id=None)
+        self.portals[portal] = _STALE_PORTAL if self._discarding else verdict
+        out.append(data[pos:end])
+
+    def _on_execute(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        portal = data[pos + 5 : data.index(0, pos + 5)]
+        verdict = self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL
+        if verdict is _STALE_PORTAL:
+            out.append(self._refuse_in_batch(verdict))
+            return
+        self.pending.append(_Exec(verdict, False))
+        out.append(data[pos:end])
+        if verdict.barrier or self.dirty:
+            out.append(self._probe_after(True))
+
+    def _refuse_in_batch(self, verdict: Verdict) -> bytes:
+        """A failing Parse of a name nobody uses, standing in for a refused extended
+        message: the server errors and discards the batch up to Sync."""
+        return m.build_parse(self._refusal_name, self._refuse(verdict), b"\x00\x00")
+
+    def _probe_after(self, extended: bool) -> bytes:
+        """Ask the server for the session state after what was just forwarded, and
+        hold the client's next messages until it answers (``_probe_done``)."""
+        self.dirty = True
+        self.pending.append(_Probe(extended))
+        self.hold = _Barrier()
+        return st.probe_extended(self._probe_name) if extended else st.probe_query()
 
     def _decode(self, raw: bytes) -> str | None:
         if self.codec is None:
             return None
-        try:
-            return raw.decode(self.codec)
-        except UnicodeDecodeError:
-            return None
+        return encodings.decode(raw, self.codec)
 
     def _decide(self, text: str | None, protocol: str) -> Verdict:
         if text is None:
             return Verdict(
                 action="block",
-                message="Warden: statement text is not valid in the session's client_encoding "
-                "(UTF8, SQL_ASCII, LATIN1 and WIN1252 are supported)",
+                message=(
+                    f"Warden: statement text is not valid in the client encoding "
+                    f"{self.state.client_encoding}"
+                    if self.codec is not None
+                    else f"Warden: {encodings.refusal(self.state.client_encoding)}"
+                ),
                 upstream_sql="",
                 audit={"kind": "undecodable"},
             )
         started = time.perf_counter()
         generation = self.policy.generation
         try:
+            state = self.state
             verdict = self.policy.decide(
                 identity=self.identity.name,
                 sql=text,
-                standard_conforming_strings=self.scs,
+                standard_conforming_strings=state.standard_conforming_strings,
+                search_path=state.search_path,
                 in_transaction=self.status != b"I",
                 protocol=protocol,
             )
@@ -438,6 +539,22 @@ class Session:
             verdict.action != "block"
         ):
             verdict = self._sql_prepared_rule(verdict, generation)
+        if verdict.executes and verdict.action != BLOCK:
+            verdict = self._protocol_execute_rule(verdict, generation)
+        if self.dirty and verdict.multi and verdict.action != BLOCK:
+            # An error or a transaction's end inside the text could undo a change
+            # the rest of the text would then be read without.
+            verdict = Verdict(
+                action=BLOCK,
+                message="Warden: this session changed its settings inside an open "
+                "transaction; send one statement at a time until the transaction ends",
+                upstream_sql="",
+                audit=verdict.audit,
+            )
+        if not verdict.kinds.isdisjoint(_TOUCHES_PREPARED) and verdict.action != BLOCK:
+            for prepared in self.statements.values():
+                prepared.upstream = None
+                prepared.generation = -1
         self.metrics.observe_decision(time.perf_counter() - started, verdict.action)
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
@@ -448,18 +565,39 @@ class Session:
             )
         return verdict
 
+    def _protocol_execute_rule(self, verdict: Verdict, generation: int) -> Verdict:
+        """SQL EXECUTE of a statement prepared through Parse runs what the server holds,
+        which is current only while its decision is (a Bind would decide it again)."""
+        for name in verdict.executes:
+            prepared = self.statements.get(name.encode(self.codec or "utf-8"))
+            if prepared is not None and (
+                prepared.generation != generation
+                or prepared.state is not self.state
+                or prepared.upstream is None
+            ):
+                return Verdict(
+                    action=BLOCK,
+                    message=f"Warden: prepared statement {name!r} was decided under earlier "
+                    "rules or settings; bind it through the protocol (Warden decides it "
+                    "again) or prepare it again",
+                    upstream_sql="",
+                    audit={"kind": "stale_prepared_statement"},
+                )
+        return verdict
+
     def _sql_prepared_rule(self, verdict: Verdict, generation: int) -> Verdict:
         """Statements prepared with SQL PREPARE are not decided again when the rules
         change (the sidecar does not know their names), so once the rules have
         changed, running one is refused until the session deallocates them all."""
         kinds = verdict.kinds
         if self._sql_prepared is not None:
-            if self._sql_prepared != generation and not kinds.isdisjoint(_RUNS_SQL_PREPARED):
+            stale = self._sql_prepared != generation or self._sql_prepared_state is not self.state
+            if stale and not kinds.isdisjoint(_RUNS_SQL_PREPARED):
                 return Verdict(
                     action="block",
-                    message="Warden: the access rules changed after this session prepared "
-                    "statements with SQL PREPARE, and those are not checked again; run "
-                    "DEALLOCATE ALL (or DISCARD ALL) and PREPARE them again",
+                    message="Warden: the access rules or the session's settings changed after "
+                    "this session prepared statements with SQL PREPARE, and those are not "
+                    "checked again; run DEALLOCATE ALL (or DISCARD ALL) and PREPARE them again",
                     upstream_sql="",
                     audit={"kind": "stale_sql_prepare"},
                 )
@@ -469,6 +607,7 @@ class Session:
             self._sql_prepares += 1
             if self._sql_prepared is None:
                 self._sql_prepared = generation
+                self._sql_prepared_state = self.state
         return verdict
 
     # _on_query and _on_parse return the message to send upstream, or None when
@@ -481,14 +620,19 @@ class Session:
         verdict = self._decide(text, "simple")
         if verdict.action == ALLOW:
             self.pending.append(_Exec(verdict, True))
-            if verdict.upstream_sql == text:
-                return None
-            return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
+            message = None
+            if verdict.upstream_sql != text:
+                message = m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
+            if verdict.barrier or self.dirty:
+                return (message or m.query(payload[:-1])) + self._probe_after(False)
+            return message
         if verdict.action == REVIEW and verdict.approval and self.approvals:
             self._hold_start(_Hold(verdict, True, b"", b""))
             return b""
         self.pending.append(_Exec(None, True))
-        return m.query(self._refuse(verdict))
+        refusal = m.query(self._refuse(verdict))
+        # In a transaction, the refusal's error undoes what a barrier changed there.
+        return refusal + self._probe_after(False) if self.dirty else refusal
 
     def _on_parse(self, payload: bytes) -> bytes | None:
         name, raw, tail = m.parse_parse(payload)
@@ -498,7 +642,11 @@ class Session:
         verdict = self._decide(text, "extended")
         if verdict.action == ALLOW:
             assert text is not None  # undecodable text is blocked
-            self.statements[name] = _Prepared(verdict, generation, text, tail)
+            prepared = _Prepared(verdict, generation, text, tail, self.state)
+            self.statements[name] = prepared
+            if self._discarding:
+                prepared.upstream = None
+                prepared.generation = -1
             if verdict.upstream_sql == text:
                 return None
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
@@ -508,6 +656,7 @@ class Session:
             hold = _Hold(verdict, False, name, tail)
             hold.text = text or ""
             hold.generation = generation
+            hold.state = self.state
             self._hold_start(hold)
             return b""
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
@@ -523,6 +672,7 @@ class Session:
         """
         generation = self.policy.generation
         verdict = self._decide(prepared.text, "extended")
+        prepared.state = self.state
         approved = prepared.verdict.approval_id
         if verdict.action == REVIEW and approved is not None:
             # The run a reviewer just approved, and the new rules still only ask for
@@ -568,7 +718,8 @@ class Session:
         )
         self.metrics.observe_decision(0.0, verdict.action)
         self.pending.append(_Exec(None, True))
-        return m.query(self._refuse(verdict))
+        refusal = m.query(self._refuse(verdict))
+        return refusal + self._probe_after(False) if self.dirty else refusal
 
     def _refuse(
         self,
@@ -643,7 +794,7 @@ class Session:
                     hold, self._hold_refusal(hold, SQLSTATE_BLOCKED, message, "blocked")
                 )
                 return
-            self._hold_release(hold, self._hold_approved(hold, state))
+            self._hold_release(hold, self._hold_approved(hold, state), verdict.barrier)
             return
         rule = _first_rule(verdict)
         if state.state == "denied":
@@ -743,16 +894,27 @@ class Session:
                 generation = prepared.generation
                 return self._reprepare(hold.name, prepared, generation) + hold.bind
             return hold.bind
-        self.statements[hold.name] = _Prepared(verdict, hold.generation, hold.text, hold.tail)
+        self.statements[hold.name] = _Prepared(
+            verdict, hold.generation, hold.text, hold.tail, hold.state or self.state
+        )
         return m.build_parse(hold.name, sql, hold.tail)
 
-    def _hold_release(self, hold: _Hold, message: bytes) -> None:
-        """Send what the held message became, then the messages that queued behind it."""
+    def _hold_release(self, hold: _Hold, message: bytes, barrier: bool = False) -> None:
+        """Send what the held message became, then the messages that queued behind it
+        (after the state probe, when that message may have changed the state)."""
         if self.hold is not hold or self.closed:
             return
         self.hold = None
-        queued, self._held_data = self._held_data, b""
+        if hold.simple and (barrier or self.dirty):
+            message += self._probe_after(False)
         self.upstream.write(message)
+        self._release_queued()
+
+    def _release_queued(self) -> None:
+        """Handle the client messages queued behind a hold or a barrier, if none is left."""
+        if self.hold is not None:
+            return
+        queued, self._held_data = self._held_data, b""
         if queued:
             self.client_data(queued)
         if self.hold is None and not self.closed:
@@ -820,10 +982,11 @@ class Session:
         start = 0
         parts: list[bytes] = []
         stateful = self._up_stateful
+        rows = self._up_rows
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + _unpack_i32(data, pos + 1)[0]
-            if kind in _UP_ROWS:
+            if kind in rows:
                 if end > n:  # stream a large row through instead of buffering it
                     self.uskip = end - n
                     pos = n
@@ -839,6 +1002,7 @@ class Session:
                     parts.append(replacement)
                     start = end
                 stateful = self._up_stateful
+                rows = self._up_rows
             pos = end
         if pos < n:
             self.ubuf = data[pos:]
@@ -850,6 +1014,8 @@ class Session:
             self.client.write(b"".join(parts))
 
     def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+        if self._probing is not None:
+            return self._on_probe(self._probing, kind, data, pos, end)
         pending = self.pending
         if kind == 0x43:  # C CommandComplete
             if (
@@ -866,6 +1032,7 @@ class Session:
                     head.rows = (head.rows or 0) + rows
                 if not head.is_query:
                     self._finish(pending.popleft(), "allowed")
+                    self._next_probe()
         elif kind == 0x33:  # 3 CloseComplete
             if pending and type(pending[0]) is _Closing:
                 closing = pending.popleft()
@@ -894,6 +1061,7 @@ class Session:
                     break
             if not pending:
                 self._refusals.clear()
+            self._next_probe()
         elif kind == 0x45:  # E ErrorResponse
             if self._reparsing is not None:
                 # A re-prepare's Parse that failed: the statement is gone upstream.
@@ -908,27 +1076,28 @@ class Session:
                 if stop > digits:
                     replacement = self._refusals.pop(int(data[digits:stop]), None)
             sqlstate = m.error_fields(data[pos + 5 : end]).get("C", "")
-            if pending and pending[0] is not _SYNC:
-                head = pending[0]
-                head.error = sqlstate
-                if not head.is_query:
-                    # Extended protocol: the server now skips to Sync, so the
-                    # Executes queued behind this one will not run either.
+            failed: Any = pending[0] if pending else _SYNC
+            if failed is _SYNC or not failed.is_query:
+                # Extended protocol: the server now skips to Sync, so the Executes
+                # queued behind this one will not run either, nor the Parse, Bind
+                # and Close messages between them: what the server holds under each
+                # name is no longer certain, up to the Sync that ends the skipping.
+                self._invalidate_batch()
+                self._discarding = _SYNC not in pending
+            if failed is not _SYNC:
+                failed.error = sqlstate
+                if not failed.is_query:
                     self._finish(pending.popleft(), "error")
                     while pending and pending[0] is not _SYNC and not pending[0].is_query:
                         skipped = pending.popleft()
                         skipped.error = "skipped"
-                        self._finish(skipped, "error")
+                        if type(skipped) is _Probe:
+                            self._probe_skipped()
+                        else:
+                            self._finish(skipped, "error")
             return replacement
         elif kind == 0x53:  # S ParameterStatus
-            name, _, value = data[pos + 5 : end - 1].partition(b"\x00")
-            if name == b"standard_conforming_strings":
-                self.scs = value == b"on"
-            elif name == b"client_encoding":
-                self.codec = _CODECS.get(value.decode("ascii", "replace"))
-            elif name == b"application_name":
-                self.base_event["application_name"] = value.decode("utf-8", "replace")
-                self._base_json = self._encode_base()
+            self._on_parameter_status(data[pos + 5 : end - 1])
         elif (
             kind in (0x73, 0x49)  # s PortalSuspended, I EmptyQueryResponse
             and pending
@@ -936,7 +1105,113 @@ class Session:
             and not pending[0].is_query
         ):
             self._finish(pending.popleft(), "allowed")
+            self._next_probe()
         return None
+
+    def _on_parameter_status(self, body: bytes) -> None:
+        name, _, value = body.partition(b"\x00")
+        if name == b"standard_conforming_strings":
+            self._set_state(standard_conforming_strings=value == b"on")
+        elif name == b"client_encoding":
+            self._set_state(client_encoding=value.decode("ascii", "replace"))
+        elif name == b"application_name":
+            self.base_event["application_name"] = value.decode("utf-8", "replace")
+            self._base_json = self._encode_base()
+
+    def _set_state(self, **changes: Any) -> None:
+        state = dataclasses.replace(self.state, **changes)
+        if state == self.state:
+            return  # keep the object: prepared statements compare it by identity
+        self.state = state
+        self.codec = encodings.codec_for(state.client_encoding)
+        self.base_event["session_state"] = state.to_audit()
+        self._base_json = self._encode_base()
+
+    def _invalidate_batch(self) -> None:
+        """After an error in an extended-protocol batch: prepare every statement again
+        before its next Bind (Close, then Parse of the text Warden decided), and refuse
+        the portals, so nothing runs that the server kept and Warden did not decide."""
+        for prepared in self.statements.values():
+            prepared.upstream = None
+            prepared.generation = -1
+        for portal in self.portals:
+            self.portals[portal] = _STALE_PORTAL
+
+    # ---- the state probe ------------------------------------------------------
+
+    def _next_probe(self) -> None:
+        """Start reading the probe's replies once every earlier reply is through."""
+        pending = self.pending
+        if self._probing is None and pending and type(pending[0]) is _Probe:
+            self._probing = pending[0]
+            self._up_stateful = _UP_ALL
+            self._up_rows = frozenset()
+
+    def _on_probe(self, probe: _Probe, kind: int, data: bytes, pos: int, end: int) -> bytes:
+        """One reply to the probe: swallowed; the DataRow read, the end recognised."""
+        if kind == 0x44:  # D DataRow
+            probe.row = st.parse_row(data[pos + 5 : end])
+        elif kind == 0x45:  # E ErrorResponse
+            probe.error = m.error_fields(data[pos + 5 : end]).get("C", "")
+            if probe.extended:
+                # The batch the client is waiting on has now failed because of the
+                # sidecar's own statement; nothing honest can be said to the client.
+                self._probe_end(probe)
+                self.terminate(
+                    "08006", "Warden could not confirm the session state; the session ended"
+                )
+                return b""
+        elif kind == 0x4E:  # N NoticeResponse: not one of the replies counted
+            return b""
+        elif kind == 0x53:  # S ParameterStatus: the client sees it too
+            self._on_parameter_status(data[pos + 5 : end - 1])
+            return data[pos:end]
+        elif kind == 0x5A:  # Z ReadyForQuery: the simple probe's end
+            self.status = data[pos + 5 : pos + 6]
+            self._probe_end(probe)
+            self._probe_answered(probe)
+            return b""
+        if probe.extended:
+            probe.replies += 1
+            if probe.replies == st.EXTENDED_REPLIES:
+                self._probe_end(probe)
+                self._probe_answered(probe)
+        return b""
+
+    def _probe_end(self, probe: _Probe) -> None:
+        if self.pending and self.pending[0] is probe:
+            self.pending.popleft()
+        self._probing = None
+        self._up_stateful = _UP_STATEFUL_REPREPARE if self._reparsing else _UP_STATEFUL
+        self._up_rows = _UP_ROWS
+
+    def _probe_answered(self, probe: _Probe) -> None:
+        row = probe.row
+        if row is not None and probe.error is None:
+            schemas = st.parse_name_array(row[0])
+            self._set_state(
+                client_encoding=row[1],
+                standard_conforming_strings=row[2] == "on",
+                search_path=schemas,
+            )
+            if schemas is not None and not probe.extended and self.status == b"I":
+                self.dirty = False  # outside a transaction nothing can undo it
+        elif self.status != b"E":
+            # Only an aborted transaction (which runs nothing but its end) may
+            # leave the state unconfirmed; anything else ends the session.
+            self.terminate("08006", "Warden could not confirm the session state; the session ended")
+            return
+        self._release_barrier()
+
+    def _probe_skipped(self) -> None:
+        """The probe was discarded with its batch: the state is still unconfirmed, and
+        the batch's Sync (a barrier while ``dirty``) will ask again."""
+        self._release_barrier()
+
+    def _release_barrier(self) -> None:
+        if isinstance(self.hold, _Barrier) and not self.closed:
+            self.hold = None
+            self._release_queued()
 
     def _reprepare_failed(self) -> None:
         closing = self._reparsing

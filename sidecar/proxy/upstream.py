@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from sidecar.proxy import messages as m
 from sidecar.proxy.scram import ScramClient, ScramError, md5_password
+from sidecar.proxy.state import parse_name_array, parse_row, probe_query
 
 
 class UpstreamError(Exception):
@@ -71,6 +72,8 @@ class UpstreamSession:
     backend_pid: int = 0
     backend_secret: int = 0
     status: bytes = b"I"
+    # The effective schemas (current_schemas(true)) the session starts with.
+    search_path: tuple[str, ...] | None = None
 
 
 async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -91,6 +94,26 @@ async def connect(
         raise UpstreamError(
             f"cannot reach the upstream database: {exc.__class__.__name__}"
         ) from exc
+
+
+async def _probe_state(session: UpstreamSession) -> None:
+    """Ask the new session's effective search_path, which the engine resolves names
+    under: the role's and database's defaults may differ from the bundle's."""
+    session.writer.write(probe_query())
+    row: tuple[str, str, str] | None = None
+    while True:
+        kind, body = await _read_message(session.reader)
+        if kind == b"D":
+            row = parse_row(body)
+        elif kind == b"E":
+            fields = m.error_fields(body)
+            raise UpstreamError(f"the session state probe failed: {fields.get('M', '')}", fields)
+        elif kind == b"Z":
+            break
+    schemas = parse_name_array(row[0]) if row is not None else None
+    if schemas is None:
+        raise UpstreamError("the session state probe gave no usable answer")
+    session.search_path = schemas
 
 
 async def _connect(target: UpstreamTarget, client_params: dict[str, str]) -> UpstreamSession:
@@ -132,6 +155,7 @@ async def _connect(target: UpstreamTarget, client_params: dict[str, str]) -> Ups
                 session.backend_pid, session.backend_secret = struct.unpack("!ii", body[:8])
             elif kind == b"Z":
                 session.status = body[:1]
+                await _probe_state(session)
                 return session
             elif kind == b"E":
                 fields = m.error_fields(body)

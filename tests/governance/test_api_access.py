@@ -15,6 +15,7 @@ from django.test import Client
 
 from audit.models import ChangeRecord
 from governance import services
+from governance.bundles import bundle_compile
 from governance.models import (
     AccessToken,
     Classification,
@@ -289,10 +290,11 @@ def test_filters_search_and_pagination(api, demo_policy):
     assert body["count"] == 0
 
 
-def test_datasource_never_exposes_masking_key(api, demo_policy):
+def test_no_masking_key_in_datasource_or_bundle(api, demo_policy):
+    # Hashing is keyed inside the protected database; the control plane holds no key.
     body = api["admin"].call("GET", f"/api/v1/datasources/{demo_policy.datasource.pk}/").json()
     assert "masking_key" not in body
-    assert demo_policy.datasource.masking_key not in json.dumps(body)
+    assert "masking_key" not in json.dumps(bundle_compile(datasource=demo_policy.datasource))
 
 
 # --- guardrail actions -------------------------------------------------------------------

@@ -182,10 +182,6 @@ def test_datasource_create_with_schema(editor: Any, team_a: Any) -> None:
     assert ds.schema_snapshot == schema
     detail = editor.get(response.url)
     assert b"public.t" in detail.content
-    # The HMAC key of the hash strategy never reaches a page.
-    assert ds.masking_key.encode() not in detail.content
-    edit = editor.get(reverse("governance:datasource_edit", args=[ds.pk]))
-    assert ds.masking_key.encode() not in edit.content
 
 
 @pytest.mark.parametrize(

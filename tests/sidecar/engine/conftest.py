@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
+from sidecar import masking_db
 from sidecar.engine import Bundle, Engine, load_bundle
 
 BUNDLES = Path(__file__).resolve().parents[2] / "fixtures" / "bundles"
@@ -62,6 +63,9 @@ def scratch_dsn() -> Iterator[str]:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SEED.read_text("utf-8"))  # type: ignore[arg-type]
+            user = conn.execute("SELECT current_user").fetchone()
+        # The hash mask calls Warden's keyed function in the database.
+        masking_db.install(dsn, grant_to=user[0] if user else "postgres")
         yield dsn
     finally:
         admin.execute(

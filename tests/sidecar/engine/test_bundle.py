@@ -74,7 +74,8 @@ def _mutations() -> list[tuple[str, Any]]:
         ("schema violation", set_path(["guardrails", 1, "action"], "maybe")),
         ("schema violation", set_path(["guardrails", 1, "conditions", "colour"], ["red"])),
         ("schema violation", set_path(["schema", "tables", 0, "columns", 0, "type"], "int; --")),
-        ("schema violation", set_path(["datasource", "masking_key"], "short")),
+        # The masking key lives in the protected database, never in a bundle.
+        ("schema violation", set_path(["datasource", "masking_key"], "k" * 32)),
         ("schema violation", set_path(["identities", 0, "kind"], "robot")),
         (
             "unknown classification",

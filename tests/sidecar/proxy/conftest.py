@@ -118,7 +118,6 @@ def build_bundle(datasource: str, **overrides: Any) -> dict[str, Any]:
             "dialect": "postgres",
             "environment": "production",
             "criticality": 5,
-            "masking_key": "test-masking-key-0123456789",
         },
         "schema": {
             "tables": [

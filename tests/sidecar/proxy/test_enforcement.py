@@ -205,19 +205,21 @@ def test_psql_sees_masking_and_the_blocked_drop(sidecar: Sidecar, upstream: str)
     assert _ddl_seen(upstream) == []
 
 
-def test_standard_conforming_strings_is_tracked_from_the_server(sidecar: Sidecar) -> None:
+def test_standard_conforming_strings_cannot_be_turned_off(sidecar: Sidecar) -> None:
     # With standard_conforming_strings off the backslash escapes the quote, so
-    # the text means something else than with it on. The engine refuses legacy
-    # escapes outright, and names a different rule for each setting: proof that
-    # the setting the server reported is the one the engine judged with.
+    # the text would mean something else than with it on; no route turns it off.
     text = r"SELECT 'x\'; DROP TABLE notes; --'"
     with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
         cur = psycopg.ClientCursor(conn)
-        cur.execute("SET standard_conforming_strings = off")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="backslash"):
-            cur.execute(text)
-        cur.execute("SELECT 'plain'")
-        assert cur.fetchone() == ("plain",)
+        for attempt in (
+            "SET standard_conforming_strings = off",
+            "SET LOCAL standard_conforming_strings TO false",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"session\.setting"):
+                cur.execute(attempt)
+        cur.execute("SHOW standard_conforming_strings")
+        assert cur.fetchone() == ("on",)
         cur.execute("SET standard_conforming_strings = on")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-drop"):
             cur.execute(text)
