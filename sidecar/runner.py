@@ -29,7 +29,7 @@ from sidecar.bundle import BundleClient, HttpError, NoBundle, parse_public_keys
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
-from sidecar.proxy.policy import Identity, Verdict, identities_from_bundle
+from sidecar.proxy.policy import NO_FACTS, Identity, Verdict, identities_from_bundle
 from sidecar.proxy.server import ProxyServer, ProxySettings
 from sidecar.proxy.upstream import UpstreamTarget
 from sidecar.shipper import AuditShipper, AuditSpool, Upload
@@ -187,7 +187,7 @@ class EnginePolicy:
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
-        self._audit_cache: dict[Any, str] = {}
+        self._audit_cache: dict[Any, tuple[Any, ...]] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
         # with the generation their prepared statements were decided under.
         self.generation = 0
@@ -222,9 +222,9 @@ class EnginePolicy:
         self.generation += 1
         self._note(document)
 
-    def _audit_json(self, decision: Any) -> str:
-        # Statements that differ only in literals share their audit facts; encode
-        # those once rather than on every execution.
+    def _shared(self, decision: Any) -> tuple[Any, ...]:
+        """Everything a verdict holds but its upstream SQL, shared by the statements
+        that differ only in literals: encoded and computed once, not per execution."""
         key = (
             decision.action,
             decision.risk,
@@ -235,14 +235,28 @@ class EnginePolicy:
                 for s in decision.statements
             ),
         )
-        fragment = self._audit_cache.get(key)
-        if fragment is None:
+        shared = self._audit_cache.get(key)
+        if shared is None:
             encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
-            fragment = encoded[1:-1]
+            statements = decision.statements
+            review = decision.action == "review"
+            shared = (
+                decision.action,
+                decision.message or "Warden: statement refused by policy",
+                encoded[1:-1],
+                approval_facts(decision) if review else None,
+                self._hold_seconds if review else 0.0,
+                frozenset(s.kind for s in statements),
+                len(statements) > 1,
+                decision.barrier,
+                frozenset(
+                    s.session["execute"] for s in statements if s.session and "execute" in s.session
+                ),
+            )
             if len(self._audit_cache) >= self.CACHE_LIMIT:
                 self._audit_cache.clear()
-            self._audit_cache[key] = fragment
-        return fragment
+            self._audit_cache[key] = shared
+        return shared
 
     def identity(self, name: str) -> Identity | None:
         return self._identities.get(name)
@@ -270,22 +284,22 @@ class EnginePolicy:
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )
-            review = decision.action == "review"
+            action, message, fragment, approval, hold, kinds, multi, barrier, executes = (
+                self._shared(decision)
+            )
             verdict = Verdict(
-                action=decision.action,
-                message=decision.message or "Warden: statement refused by policy",
-                upstream_sql=decision.upstream_sql,
-                _audit_json=self._audit_json(decision),
-                kinds=frozenset(s.kind for s in decision.statements),
-                multi=len(decision.statements) > 1,
-                barrier=decision.barrier,
-                executes=frozenset(
-                    s.session["execute"]
-                    for s in decision.statements
-                    if s.session and "execute" in s.session
-                ),
-                approval=approval_facts(decision) if review else None,
-                hold_seconds=self._hold_seconds if review else 0.0,
+                action,
+                message,
+                decision.upstream_sql,
+                NO_FACTS,
+                fragment,
+                approval,
+                hold,
+                None,
+                kinds,
+                multi,
+                barrier,
+                executes,
             )
             if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
                 if len(self._cache) >= self.CACHE_LIMIT:

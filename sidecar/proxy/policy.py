@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 from sidecar.proxy.scram import ScramError, Verifier
 
@@ -22,8 +23,10 @@ REVIEW = "review"
 BLOCK = "block"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+NO_FACTS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Verdict(NamedTuple):
     """What the proxy needs from a decision.
 
     ``audit`` holds the statement facts for the trail (kind, redacted text,
@@ -42,14 +45,16 @@ class Verdict:
     state statements are read under, so the proxy has the server confirm the
     state before it lets the next statement be decided.
 
-    Frozen: one verdict is shared by every session that sends the same text.
+    Immutable (a tuple, the cheapest immutable object to build, once per statement
+    text): one verdict is shared by every session that sends the same text.
+    ``audit_fragment`` is ``audit`` already encoded, when the policy has it.
     """
 
     action: str
     message: str
     upstream_sql: str
-    audit: Mapping[str, Any] = field(default_factory=dict)
-    _audit_json: str | None = field(default=None, repr=False, compare=False)
+    audit: Mapping[str, Any] = NO_FACTS
+    audit_fragment: str | None = None
     approval: Mapping[str, Any] | None = None
     hold_seconds: float = 0.0
     approval_id: str | None = None
@@ -59,12 +64,10 @@ class Verdict:
     executes: frozenset[str] = frozenset()  # names run by SQL EXECUTE
 
     def audit_json(self) -> str:
-        """The audit facts as the members of a JSON object (no braces), encoded once."""
-        if self._audit_json is None:
-            encoded = json.dumps(dict(self.audit), separators=(",", ":"), default=str)
-            object.__setattr__(self, "_audit_json", encoded[1:-1])
-        assert self._audit_json is not None
-        return self._audit_json
+        """The audit facts as the members of a JSON object (no braces)."""
+        if self.audit_fragment is not None:
+            return self.audit_fragment
+        return json.dumps(dict(self.audit), separators=(",", ":"), default=str)[1:-1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ _UP_STATEFUL = frozenset(b"ZSCEsI3")
 _UP_STATEFUL_REPREPARE = _UP_STATEFUL | frozenset(b"1")
 # While the sidecar's own state probe is answered: every message is looked at.
 _UP_ALL = frozenset(range(256))
+_NO_ROWS: frozenset[int] = frozenset()
 _unpack_i32 = struct.Struct("!i").unpack_from  # bound once: called for every message
 
 # Statements that can run a statement prepared with SQL PREPARE (EXECUTE p,
@@ -193,6 +194,7 @@ _STALE_PORTAL = Verdict(
     "not hold what Warden decided for it; bind it again",
     upstream_sql="",
     audit={"kind": "stale_portal"},
+    barrier=True,  # only so that an Execute of it leaves the fast path
 )
 
 
@@ -337,8 +339,13 @@ class Session:
         self.cbuf = b""
         self.ubuf = b""
         self.uskip = 0
-        self._up_stateful = _UP_STATEFUL
-        self._up_rows = _UP_ROWS
+        # How upstream_data reads replies: (messages looked at, DataRow-like messages
+        # passed through unread, the handler). See _set_up_mode.
+        self._up_mode: tuple[frozenset[int], frozenset[int], Callable[..., bytes | None]] = (
+            _UP_STATEFUL,
+            _UP_ROWS,
+            self._on_upstream,
+        )
         # The prepared statement whose re-prepare's ParseComplete comes next.
         self._reparsing: _Closing | None = None
         # SQL PREPARE: the generation of the oldest statement this session may
@@ -385,43 +392,73 @@ class Session:
                 end = pos + 1 + length
                 if end > n:
                     break
+                start, pos = pos, end
+                # A branch that may hold the client (an approval, a barrier) breaks
+                # out once it has; the rest of the data waits in _held_data.
                 if kind in _COPY:
-                    out.append(data[pos:end])
+                    out.append(data[start:end])
                 elif kind == _Q:
-                    message = self._on_query(data[pos + 5 : end])
-                    out.append(data[pos:end] if message is None else message)
+                    message = self._on_query(data[start + 5 : end])
+                    out.append(data[start:end] if message is None else message)
+                    if self.hold is not None:
+                        break
                 elif kind == _P:
-                    message = self._on_parse(data[pos + 5 : end])
-                    out.append(data[pos:end] if message is None else message)
+                    message = self._on_parse(data[start + 5 : end])
+                    out.append(data[start:end] if message is None else message)
+                    if self.hold is not None:
+                        break
                 elif kind == _B:
-                    self._on_bind(data, pos, end, out)
+                    # The hot path of prepared statements inline; the rest in _on_bind.
+                    portal, stmt = m.parse_bind_names(data[start + 5 : end])
+                    prepared = self.statements.get(stmt)
+                    if (
+                        prepared is not None
+                        and prepared.generation == self.policy.generation
+                        and prepared.state is self.state
+                        and prepared.verdict.action == ALLOW
+                        and not self._discarding
+                    ):
+                        self.portals[portal] = prepared.verdict
+                        out.append(data[start:end])
+                    else:
+                        self._on_bind(data, start, end, portal, stmt, prepared, out)
+                        if self.hold is not None:
+                            break
                 elif kind == _E:
-                    self._on_execute(data, pos, end, out)
+                    portal = data[start + 5 : data.index(0, start + 5)]
+                    verdict = self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL
+                    if verdict.barrier or self.dirty:  # _STALE_PORTAL is one too
+                        self._on_execute(data, start, end, verdict, out)
+                        if self.hold is not None:
+                            break
+                    else:
+                        self.pending.append(_Exec(verdict, False))
+                        out.append(data[start:end])
                 elif kind == _S:
                     self._discarding = False
                     self.pending.append(_SYNC)
-                    out.append(data[pos:end])
+                    out.append(data[start:end])
                     if self.dirty:
                         # The batch may have failed and undone a barrier's change.
                         out.append(self._probe_after(False))
+                        break
                 elif kind in (_D, _H):
-                    out.append(data[pos:end])
+                    out.append(data[start:end])
                 elif kind == _C:
-                    what, name = data[pos + 5], data[pos + 6 : end - 1]
+                    what, name = data[start + 5], data[start + 6 : end - 1]
                     (self.statements if what == _S else self.portals).pop(name, None)
                     self.pending.append(_Closing(None))
-                    out.append(data[pos:end])
+                    out.append(data[start:end])
                 elif kind == _F:
                     out.append(self._on_function_call())
+                    if self.hold is not None:
+                        break
                 elif kind == _X:
-                    self.upstream.write(b"".join(out) + data[pos:end])
+                    self.upstream.write(b"".join(out) + data[start:end])
                     self.close()
                     return
                 else:
                     raise m.ProtocolViolation(f"unexpected message type {chr(kind)!r}")
-                pos = end
-                if self.hold is not None:  # held for approval, or behind a barrier
-                    break
         except (m.ProtocolViolation, ValueError, IndexError) as exc:
             log.warning("closing %s: protocol violation (%s)", self._who(), exc)
             if out:
@@ -441,9 +478,16 @@ class Session:
             else:
                 self.cbuf = data[pos:]
 
-    def _on_bind(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
-        portal, stmt = m.parse_bind_names(data[pos + 5 : end])
-        prepared = self.statements.get(stmt)
+    def _on_bind(
+        self,
+        data: bytes,
+        pos: int,
+        end: int,
+        portal: bytes,
+        stmt: bytes,
+        prepared: _Prepared | None,
+        out: list[bytes],
+    ) -> None:
         if prepared is None:
             # Not prepared through this connection's Parse messages (SQL PREPARE, or
             # a statement the server kept when the sidecar saw it closed): the
@@ -468,13 +512,13 @@ class Session:
                 self._hold_start(hold)
                 return
             # This run is the approval its Parse got; the next one asks.
-            prepared.verdict = dataclasses.replace(verdict, approval_id=None)
+            prepared.verdict = verdict._replace(approval_id=None)
         self.portals[portal] = _STALE_PORTAL if self._discarding else verdict
         out.append(data[pos:end])
 
-    def _on_execute(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
-        portal = data[pos + 5 : data.index(0, pos + 5)]
-        verdict = self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL
+    def _on_execute(
+        self, data: bytes, pos: int, end: int, verdict: Verdict, out: list[bytes]
+    ) -> None:
         if verdict is _STALE_PORTAL:
             out.append(self._refuse_in_batch(verdict))
             return
@@ -678,7 +722,7 @@ class Session:
             # The run a reviewer just approved, and the new rules still only ask for
             # review: the approval stands (for this run, with the new SQL), or the
             # client would be held a second time for the same statement.
-            verdict = dataclasses.replace(verdict, approval_id=approved)
+            verdict = verdict._replace(approval_id=approved)
         if verdict.action == ALLOW or (
             verdict.action == REVIEW and verdict.approval and self.approvals
         ):
@@ -878,7 +922,7 @@ class Session:
 
     def _hold_approved(self, hold: _Hold, state: ApprovalState) -> bytes:
         """The held statement as it runs now: the engine's upstream text, as for allow."""
-        verdict = dataclasses.replace(hold.verdict, approval_id=state.id)
+        verdict = hold.verdict._replace(approval_id=state.id)
         sql = verdict.upstream_sql.encode(self.codec or "utf-8")
         if hold.simple:
             self.pending.append(_Exec(verdict, True))
@@ -981,8 +1025,7 @@ class Session:
             self.uskip = 0
         start = 0
         parts: list[bytes] = []
-        stateful = self._up_stateful
-        rows = self._up_rows
+        stateful, rows, handler = self._up_mode
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + _unpack_i32(data, pos + 1)[0]
@@ -996,13 +1039,12 @@ class Session:
             if end > n:
                 break
             if kind in stateful:
-                replacement = self._on_upstream(kind, data, pos, end)
+                replacement = handler(kind, data, pos, end)
                 if replacement is not None:
                     parts.append(data[start:pos])
                     parts.append(replacement)
                     start = end
-                stateful = self._up_stateful
-                rows = self._up_rows
+                stateful, rows, handler = self._up_mode
             pos = end
         if pos < n:
             self.ubuf = data[pos:]
@@ -1013,9 +1055,15 @@ class Session:
             parts.append(data[start:pos])
             self.client.write(b"".join(parts))
 
-    def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+    def _set_up_mode(self) -> None:
         if self._probing is not None:
-            return self._on_probe(self._probing, kind, data, pos, end)
+            self._up_mode = (_UP_ALL, _NO_ROWS, self._on_probe)
+        elif self._reparsing is not None:
+            self._up_mode = (_UP_STATEFUL_REPREPARE, _UP_ROWS, self._on_upstream)
+        else:
+            self._up_mode = (_UP_STATEFUL, _UP_ROWS, self._on_upstream)
+
+    def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         pending = self.pending
         if kind == 0x43:  # C CommandComplete
             if (
@@ -1032,18 +1080,19 @@ class Session:
                     head.rows = (head.rows or 0) + rows
                 if not head.is_query:
                     self._finish(pending.popleft(), "allowed")
-                    self._next_probe()
+                    if pending and type(pending[0]) is _Probe:
+                        self._next_probe()
         elif kind == 0x33:  # 3 CloseComplete
             if pending and type(pending[0]) is _Closing:
                 closing = pending.popleft()
                 if closing.prepared is not None:  # the sidecar's own: the client sent no Close
                     self._reparsing = closing
-                    self._up_stateful = _UP_STATEFUL_REPREPARE
+                    self._set_up_mode()
                     return b""
         elif kind == 0x31:  # 1 ParseComplete, watched only after a re-prepare's Close
             closing = self._reparsing
             self._reparsing = None
-            self._up_stateful = _UP_STATEFUL
+            self._set_up_mode()
             if closing is not None and closing.prepared is not None:
                 closing.prepared.upstream = closing.sql
                 closing.prepared.generation = closing.generation
@@ -1061,7 +1110,8 @@ class Session:
                     break
             if not pending:
                 self._refusals.clear()
-            self._next_probe()
+            elif type(pending[0]) is _Probe:
+                self._next_probe()
         elif kind == 0x45:  # E ErrorResponse
             if self._reparsing is not None:
                 # A re-prepare's Parse that failed: the statement is gone upstream.
@@ -1105,7 +1155,8 @@ class Session:
             and not pending[0].is_query
         ):
             self._finish(pending.popleft(), "allowed")
-            self._next_probe()
+            if pending and type(pending[0]) is _Probe:
+                self._next_probe()
         return None
 
     def _on_parameter_status(self, body: bytes) -> None:
@@ -1140,15 +1191,16 @@ class Session:
     # ---- the state probe ------------------------------------------------------
 
     def _next_probe(self) -> None:
-        """Start reading the probe's replies once every earlier reply is through."""
-        pending = self.pending
-        if self._probing is None and pending and type(pending[0]) is _Probe:
-            self._probing = pending[0]
-            self._up_stateful = _UP_ALL
-            self._up_rows = frozenset()
+        """Start reading the probe's replies (at the head of ``pending``): every earlier
+        reply is through."""
+        if self._probing is None:
+            self._probing = self.pending[0]
+            self._set_up_mode()
 
-    def _on_probe(self, probe: _Probe, kind: int, data: bytes, pos: int, end: int) -> bytes:
+    def _on_probe(self, kind: int, data: bytes, pos: int, end: int) -> bytes:
         """One reply to the probe: swallowed; the DataRow read, the end recognised."""
+        probe = self._probing
+        assert probe is not None
         if kind == 0x44:  # D DataRow
             probe.row = st.parse_row(data[pos + 5 : end])
         elif kind == 0x45:  # E ErrorResponse
@@ -1182,8 +1234,7 @@ class Session:
         if self.pending and self.pending[0] is probe:
             self.pending.popleft()
         self._probing = None
-        self._up_stateful = _UP_STATEFUL_REPREPARE if self._reparsing else _UP_STATEFUL
-        self._up_rows = _UP_ROWS
+        self._set_up_mode()
 
     def _probe_answered(self, probe: _Probe) -> None:
         row = probe.row
@@ -1217,7 +1268,7 @@ class Session:
         closing = self._reparsing
         if closing is not None:
             self._reparsing = None
-            self._up_stateful = _UP_STATEFUL
+            self._set_up_mode()
             if closing.prepared is not None:
                 closing.prepared.upstream = None
                 closing.prepared.generation = -1
