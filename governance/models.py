@@ -786,6 +786,8 @@ STATEMENT_KINDS = (
     "delete",
     "merge",
     "copy",
+    "copy_from",
+    "copy_to",
     "ddl",
     "truncate",
     "grant",

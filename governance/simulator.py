@@ -7,9 +7,9 @@ sees exactly what enforcement would do, including the rewrite sent upstream.
 To try a rule before enabling it, one disabled guardrail may be treated as
 enabled, and/or one draft guardrail (validated like a real one, never saved)
 added after the others. Nothing is written and the SQL is never stored or
-logged: it is the analyst's own text and may hold literals that are PII. The
-datasource's masking key never leaves this module (the engine's JSON already
-hides it; the result is checked again before it is returned).
+logged: it is the analyst's own text and may hold literals that are PII. No
+masking key is involved: hash masking calls a keyed function inside the
+protected database, so the rewrite shows the call, not a key.
 """
 
 from __future__ import annotations

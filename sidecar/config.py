@@ -44,7 +44,9 @@ class SidecarConfig:
     cleartext_over_tls: bool = False
     metrics_listen: str | None = None  # "host:port"; port 0 picks a free one
     ready_file: str | None = None  # written with the bound ports once serving
-    max_message_bytes: int = 256 * 1024 * 1024
+    max_message_bytes: int = 256 * 1024 * 1024  # any message (COPY data included)
+    # Query and Parse messages: larger ones are refused with an error, the session kept.
+    max_statement_bytes: int = 8 * 1024 * 1024
     spool_max_bytes: int = 512 * 1024 * 1024
     spool_full_policy: str = "refuse"
     audit_url: str | None = None  # POST target for audit batches (control plane)

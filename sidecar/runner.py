@@ -29,7 +29,13 @@ from sidecar.bundle import BundleClient, HttpError, NoBundle, parse_public_keys
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
-from sidecar.proxy.policy import NO_FACTS, Identity, Verdict, identities_from_bundle
+from sidecar.proxy.policy import (
+    BY_NAME_KINDS,
+    NO_FACTS,
+    Identity,
+    Verdict,
+    identities_from_bundle,
+)
 from sidecar.proxy.server import ProxyServer, ProxySettings
 from sidecar.proxy.upstream import UpstreamTarget
 from sidecar.shipper import AuditShipper, AuditSpool, Upload
@@ -240,18 +246,32 @@ class EnginePolicy:
             encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
             statements = decision.statements
             review = decision.action == "review"
+            kinds = frozenset(s.kind for s in statements)
+            executes = frozenset(
+                s.session["execute"] for s in statements if s.session and "execute" in s.session
+            )
+            cursors = tuple(
+                (c["op"], c["name"], c["hold"])
+                for s in statements
+                if s.session and (c := s.session.get("cursor"))
+            )
             shared = (
                 decision.action,
                 decision.message or "Warden: statement refused by policy",
                 encoded[1:-1],
                 approval_facts(decision) if review else None,
                 self._hold_seconds if review else 0.0,
-                frozenset(s.kind for s in statements),
+                kinds,
                 len(statements) > 1,
                 decision.barrier,
-                frozenset(
-                    s.session["execute"] for s in statements if s.session and "execute" in s.session
-                ),
+                executes,
+                cursors,
+                decision.redact_errors,
+                decision.action == "allow"
+                and not decision.barrier
+                and not executes
+                and not cursors
+                and kinds.isdisjoint(BY_NAME_KINDS),
             )
             if len(self._audit_cache) >= self.CACHE_LIMIT:
                 self._audit_cache.clear()
@@ -284,9 +304,7 @@ class EnginePolicy:
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )
-            action, message, fragment, approval, hold, kinds, multi, barrier, executes = (
-                self._shared(decision)
-            )
+            action, message, fragment, approval, hold, *facts = self._shared(decision)
             verdict = Verdict(
                 action,
                 message,
@@ -296,10 +314,7 @@ class EnginePolicy:
                 approval,
                 hold,
                 None,
-                kinds,
-                multi,
-                barrier,
-                executes,
+                *facts,
             )
             if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
                 if len(self._cache) >= self.CACHE_LIMIT:
@@ -503,6 +518,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         tls=_tls_context(config),
         cleartext_over_tls=config.cleartext_over_tls,
         max_message=config.max_message_bytes,
+        max_statement=config.max_statement_bytes,
     )
     approvals_url = config.approvals_url or (
         config.control_plane_url.rstrip("/") + APPROVALS_PATH if config.control_plane_url else None
@@ -520,7 +536,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         settings=settings, policy=policy, audit=spool, metrics=metrics, approvals=approvals
     )
     # Subscribed after the policy, so it sees the new bundle's identities.
-    source.subscribe(lambda _document: server.revalidate())
+    source.subscribe(lambda _document: server.policy_changed())
     port = await server.start(config.listen_host, config.listen_port)
     tasks = [
         asyncio.create_task(_watch_masking(config, policy, masking)),

@@ -74,6 +74,7 @@ VALUE_BLIND_DDL = frozenset(
     {"DropStmt", "TruncateStmt", "CommentStmt", "IndexStmt", "VacuumStmt", "LockStmt"}
 )
 _WRITES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+_CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's DECLARE ... WITH HOLD bit
 
 
 @dataclass(slots=True)
@@ -551,7 +552,7 @@ def analyse_statement(
             result.kind = "explain_analyze"
             result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
         walker.visit(inner, frozenset())
-    elif node_type in ("PrepareStmt", "DeclareCursorStmt"):
+    elif node_type == "PrepareStmt":
         ((judged_type, judged),) = body["query"].items()
         result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
         walker.visit(body["query"], frozenset())
@@ -572,6 +573,18 @@ def analyse_statement(
             "name": result.setting["name"],
             "local": result.setting["local"],
         }
+    elif node_type in ("DeclareCursorStmt", "FetchStmt", "ClosePortalStmt"):
+        # Cursors share their names with protocol portals: the proxy tracks both.
+        op = {"DeclareCursorStmt": "declare", "FetchStmt": "fetch"}.get(node_type, "close")
+        result.details["cursor"] = {
+            "op": op,
+            "name": body.get("portalname"),
+            "hold": bool(body.get("options", 0) & _CURSOR_OPT_HOLD),
+        }
+        if node_type == "DeclareCursorStmt":
+            ((judged_type, judged),) = body["query"].items()
+            result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+            walker.visit(body["query"], frozenset())
     elif node_type == "TransactionStmt":
         result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()
     elif node_type == "SelectStmt" and body.get("intoClause"):

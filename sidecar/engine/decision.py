@@ -95,6 +95,9 @@ class Decision:
     # The text may change the session state statements are read under
     # (``sidecar.engine.state``): what follows waits for the server to confirm it.
     barrier: bool = False
+    # The text touches a table with columns masked for this identity: the server's
+    # error details (a failing row, a duplicate key) may carry their raw values.
+    redact_errors: bool = False
     cached: bool = field(default=False, compare=False)
 
     def to_json(self, *, audit: bool = False) -> dict[str, Any]:

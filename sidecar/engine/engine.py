@@ -6,13 +6,19 @@ Order of evaluation for one request:
 2. the text is parsed by PostgreSQL's parser; extended-protocol text must hold
    exactly one statement; with ``standard_conforming_strings`` off, text
    containing a backslash is refused (we do not lex the legacy escapes);
-3. each statement is analysed; masking invariants (``mask.*``) are hard
-   blocks that no guardrail lifts;
+3. each statement is analysed (names resolved under the session's confirmed
+   search_path); the safety floor (``floor.*``), masking invariants
+   (``mask.*``) and session-state rules (``session.*``) are hard blocks that
+   no guardrail lifts, and so is a function that is not on the list unless a
+   guardrail that applies to the statement names it;
 4. guardrails, enabled and ordered by position: the first whose conditions
    all match some statement decides. An ``allow`` guardrail cannot lift an
    unknown or unparseable statement above ``review``;
 5. otherwise the defaults (``default.*``) and the risk thresholds decide,
    the most severe wins.
+
+A text that may change the session state is marked ``barrier``: the proxy has
+the server confirm the state before it lets the next statement be decided.
 
 Masking is applied to every allowed or held statement by rewrite; a request
 no policy touches goes upstream byte for byte. Decisions are cached per
@@ -372,6 +378,7 @@ class Engine:
             identity=d.identity,
             revision=d.revision,
             barrier=d.barrier,
+            redact_errors=d.redact_errors,
             cached=True,
         )
 
@@ -416,6 +423,7 @@ class Engine:
         facts: list[dict[str, Any]] = []
         barriers: list[bool] = []
         hash_missing = False
+        redact_errors = False
 
         if parse_error is not None:
             redacted, fingerprint = _redact(sql)
@@ -490,6 +498,10 @@ class Engine:
                     m = bundle.masked_columns_for(who, ref.table)
                     if m:
                         masked_here[ref.table.key] = m
+            redact_errors = redact_errors or any(
+                ref.table is not None and bundle.masked_columns_for(who, ref.table)
+                for ref in a.ranges
+            )
             masked_cols = sorted(
                 f"{t}.{c}" for t, cols in masked_here.items() for c in cols if f"{t}.{c}" in columns
             )
@@ -559,26 +571,6 @@ class Engine:
             rules = policy.statement_rules(a, bundle)
             hard.extend(rules.hard)
             dangerous = dangerous or rules.dangerous
-            for name in rules.unlisted:
-                if policy.function_named(bundle, who, name):
-                    rules.barrier = True  # what it does is the guardrail author's call
-                else:
-                    hard.append(
-                        Reason(
-                            "default.function.unlisted",
-                            f"{policy.function_base(name)}() is not on Warden's list of "
-                            "functions; a guardrail that names it can allow it",
-                        )
-                    )
-            if rules.barrier and runs and raw.node_type not in RUNS_NOW:
-                hard.append(
-                    Reason(
-                        "session.deferred_barrier",
-                        "a statement that changes session state may not be prepared, "
-                        "declared as a cursor or stored in a definition; run it directly",
-                    )
-                )
-            barriers.append(rules.barrier and runs)
             if a.copy is not None and a.copy["target"] != "client":
                 dangerous = True
                 defaults.append(
@@ -596,11 +588,22 @@ class Engine:
                 hard.append(Reason(rule_id, msg))
 
             # -- masking rewrite ----------------------------------------------------
-            if masked_here and raw.node_type in REWRITABLE:
+            masking = bool(masked_here) and raw.node_type in REWRITABLE
+            ambiguous = [
+                r
+                for r in a.ranges
+                if r.schema is None
+                and r.table is not None
+                and r.role in ("read", "write", "copy", "ddl")
+                and len(bundle.tables_by_name.get(r.relname, ())) > 1
+            ]
+            if masking or ambiguous:
                 if tokens is None:
                     tokens = scan_tokens(sql)
                 try:
-                    splices.extend(self._splices(a, tokens, who, bundle))
+                    placed = self._splices(a, tokens, who, bundle) if masking else []
+                    splices.extend(placed)
+                    splices.extend(self._pins(ambiguous, tokens, placed, raw_bytes))
                 except Exception:
                     hard.append(
                         Reason(
@@ -663,6 +666,34 @@ class Engine:
                     "unbounded": unbounded,
                 }
             )
+            for name in rules.unlisted:
+                # Allowed only by a guardrail that names it and applies to this statement.
+                if policy.function_named(bundle, who, name, facts[-1], len(raws) > 1):
+                    rules.barrier = True  # what it does is the guardrail author's call
+                else:
+                    hard.append(
+                        Reason(
+                            "default.function.unlisted",
+                            f"{policy.function_base(name)}() is not on Warden's list of "
+                            "functions; a guardrail that names it can allow it",
+                        )
+                    )
+            if rules.barrier and a.copy is not None and a.copy["direction"] == "from":
+                hard.append(
+                    Reason(
+                        "session.copy_barrier",
+                        "COPY FROM may not call code that changes session state",
+                    )
+                )
+            if rules.barrier and runs and raw.node_type not in RUNS_NOW:
+                hard.append(
+                    Reason(
+                        "session.deferred_barrier",
+                        "a statement that changes session state may not be prepared, "
+                        "declared as a cursor or stored in a definition; run it directly",
+                    )
+                )
+            barriers.append(rules.barrier and runs)
 
         if any(barriers[:-1]):
             hard.append(
@@ -752,6 +783,7 @@ class Engine:
             identity=who.name,
             revision=bundle.revision,
             barrier=barrier,
+            redact_errors=redact_errors,
         )
         template = self._template(sql, analyses, splices, decision, hard) if not explain else None
         return decision, template
@@ -843,6 +875,31 @@ class Engine:
             else:
                 text = sub if ref.alias else f"{sub} AS {quote_ident(ref.relname)}"
             out.append(_Splice(start, end, text, first, last))
+        return out
+
+    def _pins(
+        self, refs: list[RangeRef], tokens: list[Token], placed: list[_Splice], raw: bytes
+    ) -> list[_Splice]:
+        """Qualify unqualified names that exist in several schemas of the snapshot with
+        the schema the engine resolved them to, so the server reads the table that was
+        decided even if its search_path changes before the statement runs (a trigger,
+        or a portal, PREPARE or COPY that looks names up when it executes)."""
+        out: list[_Splice] = []
+        for ref in refs:
+            if ref.location < 0:
+                raise ValueError("an ambiguous name without a location")
+            if any(p.start <= ref.location < p.end for p in placed):
+                continue  # inside a masking subquery's span, which names the schema
+            assert ref.table is not None
+            index = next(i for i, t in enumerate(tokens) if t.start == ref.location)
+            last = (
+                index + 2
+                if index + 2 < len(tokens) and tokens[index + 1].name == "UESCAPE"
+                else index
+            )
+            start, end = tokens[index].start, tokens[last].end
+            text = quote_ident(ref.table.schema) + "." + raw[start:end].decode("utf-8")
+            out.append(_Splice(start, end, text, index, last))
         return out
 
     def _apply(
@@ -941,36 +998,7 @@ class Engine:
     def _first_guardrail(self, bundle: Bundle, who: Identity, facts: list[dict[str, Any]]) -> Any:
         multi = len(facts) > 1
         for g in bundle.guardrails:
-            c = g.conditions
-            if c.environments and bundle.environment not in c.environments:
-                continue
-            if c.identity_kinds and who.kind not in c.identity_kinds:
-                continue
-            if c.teams and not (c.teams & who.teams):
-                continue
-            if c.multi_statement is not None and c.multi_statement != multi:
-                continue
-            for f in facts:
-                if c.statement_kinds and not ({f["kind"], f["category"]} & c.statement_kinds):
-                    continue
-                if c.tables and not (f["tables"] & c.tables):
-                    continue
-                if c.classifications and not any(
-                    cls == want or cls.startswith(want + ".")
-                    for cls in f["classifications"]
-                    for want in c.classifications
-                ):
-                    continue
-                if c.functions and not (f["functions"] & c.functions):
-                    continue
-                if c.missing_where is not None and c.missing_where != f["missing_where"]:
-                    continue
-                if c.unbounded_classified_read is not None and (
-                    c.unbounded_classified_read != f["unbounded"]
-                ):
-                    continue
-                if c.unparseable is not None and c.unparseable != f["unparseable"]:
-                    continue
+            if policy.guardrail_applies(bundle, g, who, facts, multi):
                 return g
         return None
 

@@ -76,39 +76,48 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
     strategy = masking.strategy
     if strategy == "hash" and not hashing:
         strategy = "null"
+    # Every function and operator is schema-qualified, and text functions get text:
+    # a same-named function elsewhere on the search_path with a closer argument type
+    # (say public.length(varchar)) would otherwise run on the raw value.
     c = column
+    t = f"({c})::text"
+    cat = "OPERATOR(pg_catalog.||)"
     expr: str | None = None
     if strategy == "hash":
-        digest = f"{HMAC_FUNCTION}(({c})::text)"
+        digest = f"{HMAC_FUNCTION}({t})"
         if family in ("text", "json", "jsonb"):
-            expr = digest if family == "text" else f"to_jsonb({digest})"
+            expr = digest if family == "text" else f"pg_catalog.to_jsonb({digest})"
         elif family == "int":
             bits = _INT[type_name.strip().lower().split("(")[0].strip()]
-            expr = f"('x' || substr({digest}, 1, {bits // 4}))::bit({bits})::bigint"
+            expr = f"('x' {cat} pg_catalog.substr({digest}, 1, {bits // 4}))::bit({bits})::bigint"
         elif family == "numeric":
-            expr = f"('x' || substr({digest}, 1, 13))::bit(52)::bigint"
+            expr = f"('x' {cat} pg_catalog.substr({digest}, 1, 13))::bit(52)::bigint"
         elif family == "uuid":
-            expr = f"substr({digest}, 1, 32)::uuid"
+            expr = f"pg_catalog.substr({digest}, 1, 32)::uuid"
         elif family == "bytea":
-            expr = f"decode({HMAC_FUNCTION}(encode({c}, 'hex')), 'hex')"
+            expr = f"pg_catalog.decode({HMAC_FUNCTION}(pg_catalog.encode({c}, 'hex')), 'hex')"
         else:
             strategy = "redact"
     elif strategy == "partial" and family == "text":
         keep = int(masking.params.get("keep_last", 4))
+        length = f"pg_catalog.length({t})"
         expr = (
-            f"CASE WHEN length({c}) <= {keep} THEN repeat('*', length({c})) "
-            f"ELSE repeat('*', length({c}) - {keep}) || right({c}, {keep}) END"
+            f"CASE WHEN {length} OPERATOR(pg_catalog.<=) {keep} "
+            f"THEN pg_catalog.repeat('*', {length}) "
+            f"ELSE pg_catalog.repeat('*', {length} OPERATOR(pg_catalog.-) {keep}) "
+            f"{cat} pg_catalog.right({t}, {keep}) END"
         )
     elif strategy == "email" and family == "text":
         expr = (
-            f"CASE WHEN {c} IS NULL THEN NULL WHEN position('@' in {c}) > 0 "
-            f"THEN '***@' || split_part({c}, '@', 2) ELSE '***' END"
+            f"CASE WHEN {c} IS NULL THEN NULL "
+            f"WHEN pg_catalog.strpos({t}, '@') OPERATOR(pg_catalog.>) 0 "
+            f"THEN '***@' {cat} pg_catalog.split_part({t}, '@', 2) ELSE '***' END"
         )
     elif strategy == "year_only" and family in ("date", "timestamp"):
         expr = (
-            f"make_date(extract(year from {c})::int, 1, 1)"
+            f"pg_catalog.make_date(pg_catalog.date_part('year', {c})::int, 1, 1)"
             if family == "date"
-            else f"date_trunc('year', {c})"
+            else f"pg_catalog.date_trunc('year', {c})"
         )
     elif strategy != "null":
         strategy = "redact"

@@ -155,6 +155,16 @@ def statement_rules(a: Analysis, bundle: Bundle) -> StatementRules:
             out.hard.append(Reason("session.setting", refusal))
     if a.node_type in ("DiscardStmt", "DoStmt", "CallStmt"):
         out.barrier = True
+    if a.node_type in ("AlterRoleSetStmt", "AlterDatabaseSetStmt"):
+        # Defaults of the role every identity shares: RESET would then bring in any
+        # setting, past the allowlist, for every session.
+        out.dangerous = True
+        out.hard.append(
+            Reason(
+                "floor.role_setting",
+                "changing a role's or a database's default settings is not allowed through Warden",
+            )
+        )
     for ref in a.ranges:
         # pg_settings is updatable: an UPDATE of it is set_config by another name.
         # No other catalog relation is writable by an unprivileged role either.
@@ -190,21 +200,57 @@ def _setting_refusal(setting: dict[str, Any], bundle: Bundle, out: StatementRule
     return f"changing the setting {name or kind!r} is not allowed"
 
 
-def function_named(bundle: Bundle, identity: Identity, name: str) -> bool:
-    """True when an applicable guardrail that does not block names the function."""
-    base = function_base(name)
-    for g in bundle.guardrails:
-        c = g.conditions
-        if g.action == "block" or not c.functions or not ({name, base} & c.functions):
+def guardrail_applies(
+    bundle: Bundle, g: Any, who: Identity, facts: list[dict[str, Any]], multi: bool
+) -> bool:
+    """True when every condition of guardrail ``g`` holds for ``who`` and some statement."""
+    c = g.conditions
+    if c.environments and bundle.environment not in c.environments:
+        return False
+    if c.identity_kinds and who.kind not in c.identity_kinds:
+        return False
+    if c.teams and not (c.teams & who.teams):
+        return False
+    if c.multi_statement is not None and c.multi_statement != multi:
+        return False
+    for f in facts:
+        if c.statement_kinds and not ({f["kind"], f["category"]} & c.statement_kinds):
             continue
-        if c.environments and bundle.environment not in c.environments:
+        if c.tables and not (f["tables"] & c.tables):
             continue
-        if c.identity_kinds and identity.kind not in c.identity_kinds:
+        if c.classifications and not any(
+            cls == want or cls.startswith(want + ".")
+            for cls in f["classifications"]
+            for want in c.classifications
+        ):
             continue
-        if c.teams and not (c.teams & identity.teams):
+        if c.functions and not (f["functions"] & c.functions):
+            continue
+        if c.missing_where is not None and c.missing_where != f["missing_where"]:
+            continue
+        if c.unbounded_classified_read is not None and (
+            c.unbounded_classified_read != f["unbounded"]
+        ):
+            continue
+        if c.unparseable is not None and c.unparseable != f["unparseable"]:
             continue
         return True
     return False
+
+
+def function_named(
+    bundle: Bundle, who: Identity, name: str, fact: dict[str, Any], multi: bool
+) -> bool:
+    """True when a guardrail that does not block names the function and applies to the
+    statement calling it (all its conditions, as for deciding)."""
+    base = function_base(name)
+    return any(
+        g.action != "block"
+        and g.conditions.functions
+        and {name, base} & g.conditions.functions
+        and guardrail_applies(bundle, g, who, [fact], multi)
+        for g in bundle.guardrails
+    )
 
 
 def statement_risk(

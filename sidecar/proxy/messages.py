@@ -67,6 +67,24 @@ def error_fields(payload: bytes) -> dict[str, str]:
     return out
 
 
+# Fields of an ErrorResponse that name things rather than carry values. DETAIL,
+# HINT, CONTEXT and the internal query can quote a row, a key or a parameter.
+_NAMING_FIELDS = frozenset(b"SVCMPsctdnFLR")
+
+
+def error_without_values(payload: bytes) -> bytes:
+    """An ErrorResponse with only the fields that cannot carry a row's values."""
+    kept = []
+    pos = 0
+    while pos < len(payload) and payload[pos] != 0:
+        end = payload.index(0, pos + 1)
+        if payload[pos] in _NAMING_FIELDS:
+            kept.append(payload[pos : end + 1])
+        pos = end + 1
+    kept.append(b"D" + cstr("Warden withheld the details: they may contain masked values"))
+    return frame(b"E", b"".join(kept) + b"\x00")
+
+
 def ready_for_query(status: bytes) -> bytes:
     return frame(b"Z", status)
 

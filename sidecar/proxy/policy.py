@@ -24,6 +24,12 @@ BLOCK = "block"
 
 
 NO_FACTS: Mapping[str, Any] = MappingProxyType({})
+# Statements that act on prepared statements or cursors by name. The proxy keeps
+# its books on them when it decides them, so they must run then: they are never
+# a prepared statement's fast path nor bound to a named portal to run later.
+BY_NAME_KINDS = frozenset(
+    {"prepare", "deallocate", "discard", "execute", "declare_cursor", "fetch", "close_cursor"}
+)
 
 
 class Verdict(NamedTuple):
@@ -43,7 +49,8 @@ class Verdict(NamedTuple):
     for the few session-level rules that depend on them; ``multi`` says the text
     holds more than one statement. ``barrier``: running it may change the session
     state statements are read under, so the proxy has the server confirm the
-    state before it lets the next statement be decided.
+    state before it lets the next statement be decided. ``executes`` and
+    ``cursors`` name the prepared statements and cursors it acts on.
 
     Immutable (a tuple, the cheapest immutable object to build, once per statement
     text): one verdict is shared by every session that sends the same text.
@@ -62,6 +69,12 @@ class Verdict(NamedTuple):
     multi: bool = False
     barrier: bool = False
     executes: frozenset[str] = frozenset()  # names run by SQL EXECUTE
+    # DECLARE/FETCH/MOVE/CLOSE: (operation, cursor name or None for CLOSE ALL, WITH HOLD)
+    cursors: tuple[tuple[str, str | None, bool], ...] = ()
+    redact_errors: bool = False  # the server's error details may carry masked values
+    # An allowed statement with none of the above: a prepared statement the proxy may
+    # bind and run on its fast path, into any portal.
+    plain: bool = False
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces)."""

@@ -80,6 +80,7 @@ class ProxySettings:
     tls: ssl.SSLContext | None = None
     cleartext_over_tls: bool = False
     max_message: int = 256 * 1024 * 1024
+    max_statement: int = 8 * 1024 * 1024
     auth_timeout: float = 30.0
 
 
@@ -121,6 +122,12 @@ class ProxyServer:
             self._server.close()
         for session in list(self.sessions):
             session.close()
+
+    def policy_changed(self) -> None:
+        """A new bundle: portals bound under the old rules may not run under the new."""
+        for session in list(self.sessions):
+            session.rules_changed()
+        self.revalidate()
 
     def revalidate(self) -> None:
         """After a bundle change: end sessions whose identity is gone or expired."""
@@ -206,7 +213,8 @@ class ProxyServer:
             raise _Refused("42501", "Warden: the startup 'options' parameter is not allowed")
         if params.get("replication", "false").lower() not in _FALSY:
             raise _Refused("42501", "Warden: replication connections are not allowed")
-        encoding = params.get("client_encoding")
+        # Parameter names are case-insensitive to the server, as they are here.
+        encoding = next((v for k, v in params.items() if k.lower() == "client_encoding"), None)
         refusal = encodings.refusal(encoding) if encoding else None
         if refusal is not None:
             raise _Refused("42501", f"Warden: {refusal}")
@@ -343,6 +351,7 @@ class ProxyServer:
             status=up.status,
             base_event=dict(base_event),
             max_message=self.settings.max_message,
+            max_statement=self.settings.max_statement,
             on_close=on_close,
             approvals=self.approvals,
             search_path=up.search_path,
@@ -353,7 +362,7 @@ class ProxyServer:
         session.keepalive = (reader, writer, up.reader, up.writer)
         self.sessions.add(session)
         self.metrics.connection_opened()
-        start = dict(base_event)
+        start = dict(session.base_event)  # with the session state it starts in
         now = time.time()
         start.update(id=event_id(now), type="session_start", ts=round(now, 6))
         self.audit.append(start)

@@ -35,7 +35,7 @@ from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
-from sidecar.proxy.policy import ALLOW, BLOCK, REVIEW, Identity, Policy, Verdict
+from sidecar.proxy.policy import ALLOW, BLOCK, BY_NAME_KINDS, REVIEW, Identity, Policy, Verdict
 
 if TYPE_CHECKING:
     from sidecar.metrics import Metrics
@@ -58,6 +58,11 @@ _PAUSED_BY_UPSTREAM = 1
 _PAUSED_BY_HOLD = 2
 
 _Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
+_STATEMENTS = frozenset((_Q, _P))
+# Statement messages above this many bytes are judged in a worker thread while the
+# session waits, so one large statement never stalls the event loop every session
+# shares (the engine's cost grows with the text: ~30 us per list element).
+LARGE_STATEMENT = 64 * 1024
 _COPY = frozenset(b"dcf")
 _UP_ROWS = frozenset(b"Dd")
 _UP_STATEFUL = frozenset(b"ZSCEsI3")
@@ -100,11 +105,14 @@ _UNSEEN_PORTAL = Verdict(
 class _Exec:
     """An Execute (or simple Query) whose outcome the audit trail is waiting for."""
 
-    __slots__ = ("error", "is_query", "rows", "started", "verdict")
+    __slots__ = ("base", "error", "is_query", "rows", "started", "verdict")
 
-    def __init__(self, verdict: Verdict | None, is_query: bool) -> None:
+    def __init__(self, verdict: Verdict | None, is_query: bool, base: str = "") -> None:
         self.verdict = verdict
         self.is_query = is_query
+        # The session's event fields as the statement was decided: a statement that
+        # changes client_encoding completes after the server reported the new one.
+        self.base = base
         self.rows: int | None = None
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -119,6 +127,37 @@ def _unknown_statement(name: bytes) -> Verdict:
         "prepared with SQL PREPARE with EXECUTE)",
         upstream_sql="",
         audit={"kind": "unknown_prepared_statement"},
+    )
+
+
+def _state_sensitive(data: bytes, start: int, end: int) -> bool:
+    """Text that means something else if the state changed: a backslash (read
+    differently with standard_conforming_strings off) or a non-ASCII byte (read
+    differently in another client encoding). Server-side code such as a trigger
+    can change either while earlier statements are still running."""
+    return data.find(b"\\", start, end) >= 0 or not data[start:end].isascii()
+
+
+def _tables(verdict: Verdict) -> object:
+    return (verdict.approval or {}).get("tables")
+
+
+def _acts_by_name(verdict: Verdict) -> bool:
+    return bool(
+        verdict.barrier
+        or verdict.executes
+        or verdict.cursors
+        or not verdict.kinds.isdisjoint(BY_NAME_KINDS)
+    )
+
+
+def _named_portal_refusal(verdict: Verdict) -> Verdict:
+    return Verdict(
+        action=BLOCK,
+        message="Warden: a statement that changes session settings, or acts on prepared "
+        "statements or cursors by name, may only be bound to the unnamed portal",
+        upstream_sql="",
+        audit_fragment=verdict.audit_json(),
     )
 
 
@@ -301,6 +340,7 @@ class Session:
         status: bytes,
         base_event: dict[str, Any],
         max_message: int,
+        max_statement: int = 8 * 1024 * 1024,
         on_close: Callable[[Session], None],
         approvals: ApprovalGate | None = None,
         search_path: tuple[str, ...] | None = None,
@@ -313,10 +353,11 @@ class Session:
         self.metrics = metrics
         self.base_event = base_event
         self.max_message = max_message
+        self.max_statement = max_statement
         self.on_close = on_close
         self.approvals = approvals
         self.hold: _Hold | _Barrier | None = None
-        self._held_data = b""
+        self._held_data = bytearray()
         self._paused = 0
         self.status = status
         encoding = parameters.get("client_encoding", "UTF8")
@@ -336,7 +377,10 @@ class Session:
         self.statements: dict[bytes, _Prepared] = {}
         self.portals: dict[bytes, Verdict | None] = {}
         self.pending: deque[Any] = deque()
-        self.cbuf = b""
+        # A partial message and the size it needs to be whole: chunks are appended,
+        # not re-copied on every read, so a large message costs linear time.
+        self.cbuf = bytearray()
+        self._cneed = 0
         self.ubuf = b""
         self.uskip = 0
         # How upstream_data reads replies: (messages looked at, DataRow-like messages
@@ -351,6 +395,8 @@ class Session:
         # SQL PREPARE: the generation of the oldest statement this session may
         # still hold that way (None: none), and how many PREPAREs were decided.
         self._sql_prepared: int | None = None
+        # SQL cursors this session declared: name -> (policy generation, WITH HOLD).
+        self._cursors: dict[str, tuple[int, bool]] = {}
         self._sql_prepared_state = self.state
         self._sql_prepares = 0
         self._sql_prepares_at_deallocate = -1
@@ -359,6 +405,7 @@ class Session:
         self._marker = f"warden refused {nonce} ".encode()
         self._refusal_name = f"warden_refusal_{nonce}".encode()
         self._probe_name = f"warden_probe_{nonce}".encode()
+        self._background: asyncio.Task[None] | None = None
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
@@ -374,8 +421,11 @@ class Session:
                 self._pause_client(_PAUSED_BY_HOLD)
             return
         if self.cbuf:
-            data = self.cbuf + data
-            self.cbuf = b""
+            self.cbuf += data
+            if len(self.cbuf) < self._cneed:
+                return
+            data = bytes(self.cbuf)
+            self.cbuf = bytearray()
         out: list[bytes] = []
         pos = 0
         n = len(data)
@@ -397,12 +447,35 @@ class Session:
                 # out once it has; the rest of the data waits in _held_data.
                 if kind in _COPY:
                     out.append(data[start:end])
+                elif kind in _STATEMENTS and length > LARGE_STATEMENT:
+                    if length > self.max_statement:
+                        out.append(self._refuse_oversized(kind, length))
+                        continue
+                    # Too large to judge here without stalling every other session.
+                    self._decide_later(data[start:end])
+                    break
                 elif kind == _Q:
+                    if (
+                        self.pending
+                        and not self._discarding  # skipped by the server anyway
+                        and _state_sensitive(data, start + 5, end)
+                    ):
+                        pos = start  # judged once the probe has answered
+                        out.append(self._probe_before(False))
+                        break
                     message = self._on_query(data[start + 5 : end])
                     out.append(data[start:end] if message is None else message)
                     if self.hold is not None:
                         break
                 elif kind == _P:
+                    if (
+                        self.pending
+                        and not self._discarding
+                        and _state_sensitive(data, start + 5, end)
+                    ):
+                        pos = start
+                        out.append(self._probe_before(True))
+                        break
                     message = self._on_parse(data[start + 5 : end])
                     out.append(data[start:end] if message is None else message)
                     if self.hold is not None:
@@ -415,7 +488,7 @@ class Session:
                         prepared is not None
                         and prepared.generation == self.policy.generation
                         and prepared.state is self.state
-                        and prepared.verdict.action == ALLOW
+                        and prepared.verdict.plain
                         and not self._discarding
                     ):
                         self.portals[portal] = prepared.verdict
@@ -432,7 +505,7 @@ class Session:
                         if self.hold is not None:
                             break
                     else:
-                        self.pending.append(_Exec(verdict, False))
+                        self.pending.append(_Exec(verdict, False, self._base_json))
                         out.append(data[start:end])
                 elif kind == _S:
                     self._discarding = False
@@ -447,7 +520,8 @@ class Session:
                 elif kind == _C:
                     what, name = data[start + 5], data[start + 6 : end - 1]
                     (self.statements if what == _S else self.portals).pop(name, None)
-                    self.pending.append(_Closing(None))
+                    if not self._discarding:  # else skipped: no CloseComplete comes
+                        self.pending.append(_Closing(None))
                     out.append(data[start:end])
                 elif kind == _F:
                     out.append(self._on_function_call())
@@ -472,11 +546,12 @@ class Session:
             self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
         if pos < n:
             if self.hold is not None:
-                self._held_data = data[pos:]
+                self._held_data = bytearray(data[pos:])
                 if len(self._held_data) > HOLD_BUFFER_LIMIT:
                     self._pause_client(_PAUSED_BY_HOLD)
             else:
-                self.cbuf = data[pos:]
+                self.cbuf = bytearray(data[pos:])
+                self._cneed = 5 if n - pos < 5 else 1 + _unpack_i32(data, pos + 1)[0]
 
     def _on_bind(
         self,
@@ -513,6 +588,12 @@ class Session:
                 return
             # This run is the approval its Parse got; the next one asks.
             prepared.verdict = verdict._replace(approval_id=None)
+        if portal and not verdict.plain and _acts_by_name(verdict):
+            # In a named portal it could run later (Execute, or SQL FETCH of the
+            # portal), after the sidecar has settled its books or the state.
+            self.portals[portal] = None
+            out.append(self._refuse_in_batch(_named_portal_refusal(verdict)))
+            return
         self.portals[portal] = _STALE_PORTAL if self._discarding else verdict
         out.append(data[pos:end])
 
@@ -522,10 +603,65 @@ class Session:
         if verdict is _STALE_PORTAL:
             out.append(self._refuse_in_batch(verdict))
             return
-        self.pending.append(_Exec(verdict, False))
+        self.pending.append(_Exec(verdict, False, self._base_json))
         out.append(data[pos:end])
-        if verdict.barrier or self.dirty:
+        if verdict.barrier or (self.dirty and "copy_from" not in verdict.kinds):
             out.append(self._probe_after(True))
+
+    def _refuse_oversized(self, kind: int, length: int) -> bytes:
+        verdict = Verdict(
+            action=BLOCK,
+            message=f"Warden: this statement is {length} bytes; statements above "
+            f"{self.max_statement} bytes are refused (max_statement_bytes)",
+            upstream_sql="",
+            audit={"kind": "oversized", "bytes": length},
+        )
+        if kind == _Q:
+            self.pending.append(_Exec(None, True))
+            return m.query(self._refuse(verdict))
+        return self._refuse_in_batch(verdict)
+
+    def _decide_later(self, message: bytes) -> None:
+        """Hold the session while a large Query or Parse is judged off the event loop."""
+        hold = _Barrier()
+        self.hold = hold
+        task = asyncio.get_running_loop().create_task(self._decide_large(hold, message))
+        self._background = task  # kept referenced until done
+
+    async def _decide_large(self, hold: _Barrier, message: bytes) -> None:
+        kind, payload = message[0], message[5:]
+        generation, state = self.policy.generation, self.state
+        in_transaction, started = self.status != b"I", time.perf_counter()
+        try:
+            if kind == _Q:
+                if not payload or payload[-1] != 0:
+                    raise m.ProtocolViolation("Query is not NUL-terminated")
+                text = self._decode(payload[:-1])
+                protocol = "simple"
+            else:
+                name, raw, tail = m.parse_parse(payload)
+                text = self._decode(raw)
+                protocol = "extended"
+            verdict = await asyncio.to_thread(
+                self._ask_policy, text, protocol, state, in_transaction
+            )
+            if self.closed or self.hold is not hold:
+                return
+            self.hold = None
+            verdict = self._session_rules(verdict, generation, started)
+            if kind == _Q:
+                sent = self._query_decided(payload, text, verdict)
+            else:
+                sent = self._parse_decided(name, text, tail, generation, verdict)
+        except (m.ProtocolViolation, ValueError, IndexError) as exc:
+            self.terminate("08P01", f"protocol: {exc}")
+            return
+        except Exception:  # never let a failure run the statement
+            log.exception("judging a large statement failed for %s", self._who())
+            self.terminate("XX000", "Warden could not judge this statement; the session ended")
+            return
+        self.upstream.write(message if sent is None else sent)
+        self._release_queued()
 
     def _refuse_in_batch(self, verdict: Verdict) -> bytes:
         """A failing Parse of a name nobody uses, standing in for a refused extended
@@ -534,11 +670,24 @@ class Session:
 
     def _probe_after(self, extended: bool) -> bytes:
         """Ask the server for the session state after what was just forwarded, and
-        hold the client's next messages until it answers (``_probe_done``)."""
+        hold the client's next messages until it answers (``_probe_answered``).
+        ``extended``: inside an extended-protocol batch (the Flush form), else
+        between message cycles (the form with its own Sync)."""
+        if self._discarding:
+            return b""  # the server skips it all up to the Sync, the barrier too
         self.dirty = True
+        return self._probe(extended)
+
+    def _probe_before(self, extended: bool) -> bytes:
+        """Confirm the state before deciding a message that depends on it while
+        earlier statements are still running (see ``_state_sensitive``)."""
+        return self._probe(extended)
+
+    def _probe(self, extended: bool) -> bytes:
         self.pending.append(_Probe(extended))
         self.hold = _Barrier()
-        return st.probe_extended(self._probe_name) if extended else st.probe_query()
+        name = self._probe_name
+        return st.probe_extended(name) if extended else st.probe_synced(name)
 
     def _decode(self, raw: bytes) -> str | None:
         if self.codec is None:
@@ -546,6 +695,16 @@ class Session:
         return encodings.decode(raw, self.codec)
 
     def _decide(self, text: str | None, protocol: str) -> Verdict:
+        generation = self.policy.generation
+        started = time.perf_counter()
+        verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+        return self._session_rules(verdict, generation, started)
+
+    def _ask_policy(
+        self, text: str | None, protocol: str, state: st.SessionState, in_transaction: bool
+    ) -> Verdict:
+        """The policy's verdict on one text; touches no session state, so it may run in
+        a worker thread (``_decide_later``)."""
         if text is None:
             return Verdict(
                 action="block",
@@ -558,33 +717,36 @@ class Session:
                 upstream_sql="",
                 audit={"kind": "undecodable"},
             )
-        started = time.perf_counter()
-        generation = self.policy.generation
         try:
-            state = self.state
-            verdict = self.policy.decide(
+            return self.policy.decide(
                 identity=self.identity.name,
                 sql=text,
                 standard_conforming_strings=state.standard_conforming_strings,
                 search_path=state.search_path,
-                in_transaction=self.status != b"I",
+                in_transaction=in_transaction,
                 protocol=protocol,
             )
         except Exception as exc:
             # Only the exception's type: its message could quote the statement.
             log.error("policy failed (%s); statement refused", type(exc).__name__)
-            verdict = Verdict(
+            return Verdict(
                 action="block",
                 message="Warden: the policy engine could not decide on this statement",
                 upstream_sql="",
                 audit={"kind": "error"},
             )
+
+    def _session_rules(self, verdict: Verdict, generation: int, started: float) -> Verdict:
+        """The rules that depend on this session's own books (prepared statements,
+        cursors, a transaction that changed settings), after the policy's verdict."""
         if (self._sql_prepared is not None or "prepare" in verdict.kinds) and (
             verdict.action != "block"
         ):
             verdict = self._sql_prepared_rule(verdict, generation)
         if verdict.executes and verdict.action != BLOCK:
             verdict = self._protocol_execute_rule(verdict, generation)
+        if verdict.cursors and verdict.action != BLOCK:
+            verdict = self._cursor_rule(verdict, generation)
         if self.dirty and verdict.multi and verdict.action != BLOCK:
             # An error or a transaction's end inside the text could undo a change
             # the rest of the text would then be read without.
@@ -593,7 +755,7 @@ class Session:
                 message="Warden: this session changed its settings inside an open "
                 "transaction; send one statement at a time until the transaction ends",
                 upstream_sql="",
-                audit=verdict.audit,
+                audit_fragment=verdict.audit_json(),
             )
         if not verdict.kinds.isdisjoint(_TOUCHES_PREPARED) and verdict.action != BLOCK:
             for prepared in self.statements.values():
@@ -605,7 +767,7 @@ class Session:
                 action="block",
                 message="Warden: the audit spool is full; statements are refused until it drains",
                 upstream_sql="",
-                audit=verdict.audit,
+                audit_fragment=verdict.audit_json(),
             )
         return verdict
 
@@ -627,6 +789,36 @@ class Session:
                     upstream_sql="",
                     audit={"kind": "stale_prepared_statement"},
                 )
+            if prepared is not None and prepared.verdict.barrier:
+                verdict = verdict._replace(barrier=True, plain=False)
+        return verdict
+
+    def _cursor_rule(self, verdict: Verdict, generation: int) -> Verdict:
+        """Keep the books on SQL cursors (a cursor is planned when it is declared, under
+        the rules of that moment) and refuse reading one declared under earlier rules,
+        or a protocol portal of the same name that is stale."""
+        codec = self.codec or "utf-8"
+        for op, name, hold in verdict.cursors:
+            if op == "declare" and name is not None:
+                self._cursors[name] = (generation, hold)
+            elif op == "close":
+                if name is None:
+                    self._cursors.clear()
+                else:
+                    self._cursors.pop(name, None)
+            elif op == "fetch" and name is not None:
+                declared = self._cursors.get(name)
+                portal = self.portals.get(name.encode(codec))
+                if (declared is not None and declared[0] != generation) or (
+                    portal is _STALE_PORTAL
+                ):
+                    return Verdict(
+                        action=BLOCK,
+                        message=f"Warden: cursor {name!r} was opened under earlier rules; "
+                        "close it and open it again",
+                        upstream_sql="",
+                        audit={"kind": "stale_cursor"},
+                    )
         return verdict
 
     def _sql_prepared_rule(self, verdict: Verdict, generation: int) -> Verdict:
@@ -661,13 +853,24 @@ class Session:
         if not payload or payload[-1] != 0:
             raise m.ProtocolViolation("Query is not NUL-terminated")
         text = self._decode(payload[:-1])
-        verdict = self._decide(text, "simple")
+        return self._query_decided(payload, text, self._decide(text, "simple"))
+
+    def _query_decided(self, payload: bytes, text: str | None, verdict: Verdict) -> bytes | None:
+        if self._discarding:
+            # Inside a failed extended batch the server ignores a Query too: no reply
+            # will come for it. Recorded as skipped; what was sent never runs.
+            if verdict.action == ALLOW:
+                self._record(verdict, "error", None, 0.0, "skipped")
+                return None
+            return m.query(self._refuse(verdict))
         if verdict.action == ALLOW:
-            self.pending.append(_Exec(verdict, True))
+            self.pending.append(_Exec(verdict, True, self._base_json))
             message = None
             if verdict.upstream_sql != text:
                 message = m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
-            if verdict.barrier or self.dirty:
+            if verdict.barrier or (self.dirty and "copy_from" not in verdict.kinds):
+                # (COPY FROM STDIN: the server wants the data next, not a probe; the
+                # next cycle is probed as usual.)
                 return (message or m.query(payload[:-1])) + self._probe_after(False)
             return message
         if verdict.action == REVIEW and verdict.approval and self.approvals:
@@ -683,14 +886,14 @@ class Session:
         text = self._decode(raw)
         # Read before deciding: a verdict is never newer than the generation it carries.
         generation = self.policy.generation
-        verdict = self._decide(text, "extended")
+        return self._parse_decided(name, text, tail, generation, self._decide(text, "extended"))
+
+    def _parse_decided(
+        self, name: bytes, text: str | None, tail: bytes, generation: int, verdict: Verdict
+    ) -> bytes | None:
         if verdict.action == ALLOW:
             assert text is not None  # undecodable text is blocked
-            prepared = _Prepared(verdict, generation, text, tail, self.state)
-            self.statements[name] = prepared
-            if self._discarding:
-                prepared.upstream = None
-                prepared.generation = -1
+            self._remember_prepared(name, _Prepared(verdict, generation, text, tail, self.state))
             if verdict.upstream_sql == text:
                 return None
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
@@ -705,6 +908,14 @@ class Session:
             return b""
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
 
+    def _remember_prepared(self, name: bytes, prepared: _Prepared) -> None:
+        """Record what a Parse prepares. While the server skips to Sync it will not
+        prepare it: the record then says "uncertain", so the next Bind prepares again."""
+        self.statements[name] = prepared
+        if self._discarding:
+            prepared.upstream = None
+            prepared.generation = -1
+
     def _redecide(self, name: bytes, prepared: _Prepared, out: list[bytes]) -> bytes | None:
         """Decide a prepared statement again under the current rules, before a Bind.
 
@@ -717,11 +928,18 @@ class Session:
         generation = self.policy.generation
         verdict = self._decide(prepared.text, "extended")
         prepared.state = self.state
-        approved = prepared.verdict.approval_id
-        if verdict.action == REVIEW and approved is not None:
+        before = prepared.verdict
+        approved = before.approval_id
+        if (
+            verdict.action == REVIEW
+            and approved is not None
+            and verdict.upstream_sql == before.upstream_sql
+            and _tables(verdict) == _tables(before)
+        ):
             # The run a reviewer just approved, and the new rules still only ask for
-            # review: the approval stands (for this run, with the new SQL), or the
-            # client would be held a second time for the same statement.
+            # review of the very same statement (same text upstream, same tables and
+            # facts): the approval stands, or the client would be held a second time.
+            # A statement that now reads or writes something else asks again.
             verdict = verdict._replace(approval_id=approved)
         if verdict.action == ALLOW or (
             verdict.action == REVIEW and verdict.approval and self.approvals
@@ -925,10 +1143,10 @@ class Session:
         verdict = hold.verdict._replace(approval_id=state.id)
         sql = verdict.upstream_sql.encode(self.codec or "utf-8")
         if hold.simple:
-            self.pending.append(_Exec(verdict, True))
+            self.pending.append(_Exec(verdict, True, self._base_json))
             return m.query(sql)
         if hold.bind is not None:
-            self.portals[hold.portal] = verdict
+            self.portals[hold.portal] = _STALE_PORTAL if self._discarding else verdict
             prepared = hold.prepared
             if (
                 prepared is not None
@@ -938,8 +1156,9 @@ class Session:
                 generation = prepared.generation
                 return self._reprepare(hold.name, prepared, generation) + hold.bind
             return hold.bind
-        self.statements[hold.name] = _Prepared(
-            verdict, hold.generation, hold.text, hold.tail, hold.state or self.state
+        self._remember_prepared(
+            hold.name,
+            _Prepared(verdict, hold.generation, hold.text, hold.tail, hold.state or self.state),
         )
         return m.build_parse(hold.name, sql, hold.tail)
 
@@ -958,7 +1177,7 @@ class Session:
         """Handle the client messages queued behind a hold or a barrier, if none is left."""
         if self.hold is not None:
             return
-        queued, self._held_data = self._held_data, b""
+        queued, self._held_data = bytes(self._held_data), bytearray()
         if queued:
             self.client_data(queued)
         if self.hold is None and not self.closed:
@@ -995,6 +1214,7 @@ class Session:
         duration_ms: float,
         sqlstate: str | None,
         approval_id: str | None = None,
+        base: str = "",
     ) -> None:
         """Append one statement event; only the per-execution fields are encoded here."""
         extra = verdict.audit_json()
@@ -1005,7 +1225,7 @@ class Session:
             f'"action":"{verdict.action}","outcome":"{outcome}",'
             f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
             f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-            f"{approval}{self._base_json}{',' if extra else ''}{extra}}}"
+            f"{approval}{base or self._base_json}{',' if extra else ''}{extra}}}"
         )
 
     # ---- upstream -> client -------------------------------------------------
@@ -1101,6 +1321,9 @@ class Session:
             if self._reparsing is not None:
                 self._reprepare_failed()
             self.status = data[pos + 5 : pos + 6]
+            if self._cursors and self.status == b"I":
+                # The transaction ended: only WITH HOLD cursors are still open.
+                self._cursors = {k: v for k, v in self._cursors.items() if v[1]}
             while pending:
                 head = pending.popleft()
                 if head is _SYNC:
@@ -1136,15 +1359,25 @@ class Session:
                 self._discarding = _SYNC not in pending
             if failed is not _SYNC:
                 failed.error = sqlstate
+                verdict = failed.verdict
+                if replacement is None and verdict is not None and verdict.redact_errors:
+                    # A failing row or a duplicate key in DETAIL is a raw value of a
+                    # masked column: only the error's type and message go back.
+                    replacement = m.error_without_values(data[pos + 5 : end])
                 if not failed.is_query:
                     self._finish(pending.popleft(), "error")
-                    while pending and pending[0] is not _SYNC and not pending[0].is_query:
+                    # Every message up to the Sync is skipped by the server, a Query
+                    # included, and the sidecar's own probe.
+                    skipped_probe = False
+                    while pending and pending[0] is not _SYNC:
                         skipped = pending.popleft()
                         skipped.error = "skipped"
                         if type(skipped) is _Probe:
-                            self._probe_skipped()
+                            skipped_probe = True
                         else:
                             self._finish(skipped, "error")
+                    if skipped_probe:
+                        self._probe_skipped()
             return replacement
         elif kind == 0x53:  # S ParameterStatus
             self._on_parameter_status(data[pos + 5 : end - 1])
@@ -1162,21 +1395,41 @@ class Session:
     def _on_parameter_status(self, body: bytes) -> None:
         name, _, value = body.partition(b"\x00")
         if name == b"standard_conforming_strings":
-            self._set_state(standard_conforming_strings=value == b"on")
+            self._track(standard_conforming_strings=value == b"on")
         elif name == b"client_encoding":
-            self._set_state(client_encoding=value.decode("ascii", "replace"))
+            self._track(client_encoding=value.decode("ascii", "replace"))
         elif name == b"application_name":
             self.base_event["application_name"] = value.decode("utf-8", "replace")
             self._base_json = self._encode_base()
 
-    def _set_state(self, **changes: Any) -> None:
+    def _track(self, **changes: Any) -> None:
+        """A state the server reports. Changed with no barrier sent (``dirty``): code on
+        the server (a trigger, a function) did it while the sidecar may already have
+        decided what follows under the old state, so the session ends."""
+        if self._set_state(**changes) and not self.dirty:
+            log.warning("session state of %s changed by server-side code", self._who())
+            self.terminate(
+                "08006",
+                "Warden: code on the server (a trigger or function) changed this session's "
+                "settings; the session ended",
+            )
+
+    def _set_state(self, **changes: Any) -> bool:
         state = dataclasses.replace(self.state, **changes)
         if state == self.state:
-            return  # keep the object: prepared statements compare it by identity
+            return False  # keep the object: prepared statements compare it by identity
         self.state = state
         self.codec = encodings.codec_for(state.client_encoding)
         self.base_event["session_state"] = state.to_audit()
         self._base_json = self._encode_base()
+        return True
+
+    def rules_changed(self) -> None:
+        """The rules changed: a portal (or a cursor by its protocol name) bound under the
+        old ones, still open in a transaction, is refused rather than read. Prepared
+        statements and SQL cursors are checked by their generation when used."""
+        for portal in self.portals:
+            self.portals[portal] = _STALE_PORTAL
 
     def _invalidate_batch(self) -> None:
         """After an error in an extended-protocol batch: prepare every statement again
@@ -1240,11 +1493,13 @@ class Session:
         row = probe.row
         if row is not None and probe.error is None:
             schemas = st.parse_name_array(row[0])
-            self._set_state(
+            self._track(
                 client_encoding=row[1],
                 standard_conforming_strings=row[2] == "on",
                 search_path=schemas,
             )
+            if self.closed:
+                return
             if schemas is not None and not probe.extended and self.status == b"I":
                 self.dirty = False  # outside a transaction nothing can undo it
         elif self.status != b"E":
@@ -1280,7 +1535,7 @@ class Session:
         approval_id = item.verdict.approval_id
         if approval_id is not None and outcome == "allowed":
             outcome = "approved"
-        self._record(item.verdict, outcome, item.rows, duration, item.error, approval_id)
+        self._record(item.verdict, outcome, item.rows, duration, item.error, approval_id, item.base)
 
     # ---- lifetime -----------------------------------------------------------
 

@@ -45,17 +45,26 @@ def probe_query() -> bytes:
     return m.query(PROBE_SQL)
 
 
+def probe_synced(name: bytes) -> bytes:
+    """The probe between message cycles, as its own extended-protocol cycle ending in
+    Sync: unlike a simple Query it leaves the client's unnamed statement alone."""
+    return _probe_messages(name) + m.frame(b"S", b"")
+
+
 def probe_extended(name: bytes) -> bytes:
     """The probe inside an extended-protocol batch, without ending it: a statement and
     portal of the sidecar's own, executed, closed, then a Flush so the answer comes
     back before the client's Sync (which waits behind the probe)."""
+    return _probe_messages(name) + m.frame(b"H", b"")
+
+
+def _probe_messages(name: bytes) -> bytes:
     return (
         m.build_parse(name, PROBE_SQL, b"\x00\x00")
         + m.frame(b"B", name + b"\x00" + name + b"\x00" + b"\x00\x00\x00\x00\x00\x00")
         + m.frame(b"E", name + b"\x00" + b"\x00\x00\x00\x00")
         + m.frame(b"C", b"P" + name + b"\x00")
         + m.frame(b"C", b"S" + name + b"\x00")
-        + m.frame(b"H", b"")
     )
 
 

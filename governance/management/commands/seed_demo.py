@@ -167,7 +167,7 @@ GUARDRAILS: list[dict[str, Any]] = [
         "action": "review",
         "conditions": {
             "environments": ["production"],
-            "statement_kinds": ["insert", "update", "merge"],
+            "statement_kinds": ["insert", "update", "merge", "copy_from"],
             "tables": ["public.customers"],
         },
         "message": "Writes to a table with hash-masked columns in production need a reviewer.",

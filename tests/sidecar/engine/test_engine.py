@@ -361,3 +361,139 @@ def test_replace_bundle_is_atomic_under_concurrent_decisions(production: Bundle)
         t.join()
     # Each decision is wholly of one bundle: email unmasked exactly under the relaxed one.
     assert seen and all((rev == relaxed.revision) == raw for rev, raw in seen)
+
+
+def test_an_unlisted_function_needs_a_guardrail_that_names_it_and_applies() -> None:
+    # A user function is not a built-in: refused by default. A guardrail naming it
+    # allows it only where the guardrail's other conditions hold too (here: reads of
+    # orders), and the call becomes a barrier (it may change session state).
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["guardrails"].insert(
+        0,
+        {
+            "name": "allow-note-count-on-orders",
+            "position": 0,
+            "enabled": True,
+            "action": "allow",
+            "message": "",
+            "conditions": {"functions": ["note_count"], "tables": ["orders"]},
+        },
+    )
+    data["revision"] = compute_revision(data)
+    engine = Engine(load_bundle(data))
+    alone = engine.decide(identity="alice", sql="SELECT note_count()")
+    assert alone.action == "block"
+    assert alone.reasons[0].rule == "default.function.unlisted"
+    named = engine.decide(identity="alice", sql="SELECT note_count() FROM orders")
+    assert named.action == "allow" and named.barrier
+    schema_qualified = engine.decide(
+        identity="alice", sql="SELECT public.lower(status) FROM orders"
+    )
+    assert schema_qualified.action == "block"
+    assert "default.function.unlisted" in [r.rule for r in schema_qualified.reasons]
+
+
+def _two_customers_tables() -> Bundle:
+    # hr.customers shadows public.customers by name: an unqualified name is ambiguous.
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["schema"]["tables"].append(
+        {
+            "schema": "hr",
+            "name": "customers",
+            "kind": "table",
+            "columns": [{"name": "id", "type": "integer"}, {"name": "ssn", "type": "text"}],
+        }
+    )
+    data["revision"] = compute_revision(data)
+    return load_bundle(data)
+
+
+def test_ambiguous_names_are_sent_with_the_schema_they_were_decided_for() -> None:
+    # The server may look a name up again later (a portal, PREPARE, COPY, a trigger that
+    # changes the search_path): the text sent upstream names the table that was decided.
+    engine = Engine(_two_customers_tables())
+    under_hr = SessionContext(search_path=("pg_catalog", "hr", "public"))
+    d = engine.decide(identity="alice", sql="SELECT ssn FROM customers c", session=under_hr)
+    assert d.action == "allow"
+    assert d.upstream_sql == 'SELECT ssn FROM "hr".customers c'
+    copy_out = engine.decide(
+        identity="alice", sql="COPY customers (ssn) TO STDOUT", session=under_hr
+    )
+    assert copy_out.upstream_sql == 'COPY "hr".customers (ssn) TO STDOUT'
+    insert = engine.decide(
+        identity="alice", sql="INSERT INTO customers VALUES (1, 'x')", session=under_hr
+    )
+    assert insert.upstream_sql == "INSERT INTO \"hr\".customers VALUES (1, 'x')"
+    # Under public the same text reads the masked public table, through its subquery.
+    under_public = SessionContext(search_path=("pg_catalog", "public", "hr"))
+    masked = engine.decide(identity="alice", sql="SELECT ssn FROM customers", session=under_public)
+    assert 'FROM "public"."customers") AS "customers"' in masked.upstream_sql
+    assert masked.statements[0].tables_read == ("public.customers",)
+    # A name that exists in one schema only is left as the client wrote it.
+    plain = engine.decide(identity="alice", sql="SELECT id FROM orders", session=under_hr)
+    assert plain.upstream_sql == "SELECT id FROM orders"
+
+
+def test_errors_of_statements_on_masked_tables_are_marked_for_redaction(production: Bundle) -> None:
+    # A NOT NULL or unique violation's DETAIL quotes the raw row or key.
+    engine = Engine(production)
+    write = engine.decide(identity="alice", sql="UPDATE customers SET name = NULL WHERE id = 1")
+    assert write.redact_errors
+    assert not engine.decide(
+        identity="alice", sql="UPDATE orders SET status = 'x' WHERE id = 1"
+    ).redact_errors
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # What follows a barrier in the same text would be read before the server
+        # confirms the change: the barrier must come last.
+        ("SET search_path = public; SELECT ssn FROM customers", "session.barrier_not_last"),
+        (
+            "SELECT set_config('client_encoding', 'LATIN1', false); SELECT 1",
+            "session.barrier_not_last",
+        ),
+        # A barrier that would run later, out of the proxy's sight.
+        (
+            "PREPARE p AS SELECT set_config('search_path', 'public', false)",
+            "session.deferred_barrier",
+        ),
+        (
+            "DECLARE c CURSOR FOR SELECT set_config('search_path', 'public', false)",
+            "session.deferred_barrier",
+        ),
+        (
+            "CREATE VIEW v AS SELECT set_config('search_path', 'public', false)",
+            "session.deferred_barrier",
+        ),
+        # Defaults of the role every identity shares would come back with RESET.
+        ("ALTER ROLE CURRENT_USER SET search_path = pg_temp", "floor.role_setting"),
+        ("ALTER DATABASE app SET standard_conforming_strings = off", "floor.role_setting"),
+        # pg_settings is updatable: an UPDATE of it is set_config by another name.
+        (
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+            "session.catalog_write",
+        ),
+    ],
+)
+def test_session_state_rules(production: Bundle, sql: str, rule: str) -> None:
+    d = Engine(production).decide(identity="bob", sql=sql)
+    assert d.action == "block", d.to_json()
+    assert rule in [r.rule for r in d.reasons]
+
+
+def test_a_barrier_last_in_its_text_is_allowed_and_marked(production: Bundle) -> None:
+    d = Engine(production).decide(identity="bob", sql="SELECT 1; SET search_path = public")
+    assert d.action == "allow" and d.barrier
+    assert not Engine(production).decide(identity="bob", sql="SET statement_timeout = 5").barrier
+
+
+def test_redaction_removes_comments_and_utility_literals(production: Bundle) -> None:
+    d = Engine(production).decide(
+        identity="alice",
+        sql="PREPARE p AS SELECT id FROM customers WHERE ssn = '111-22-3333' -- 222-33-4444",
+    )
+    text = d.statements[0].redacted_sql
+    assert "111-22-3333" not in text and "222-33-4444" not in text and "--" not in text
+    assert text.startswith("PREPARE p AS SELECT id FROM customers WHERE ssn = $")
