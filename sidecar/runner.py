@@ -141,6 +141,8 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         "reasons": [r.to_json() for r in decision.reasons],
         "risk": decision.risk,
         "revision": decision.revision,
+        # The break-glass grants this statement used: audited on every use.
+        "break_glass": list(decision.break_glass) or None,
     }
 
 
@@ -236,6 +238,7 @@ class EnginePolicy:
             decision.risk,
             decision.revision,
             decision.reasons,
+            decision.break_glass,
             tuple(
                 (s.fingerprint, s.redacted_sql, s.masked_columns, s.classifications)
                 for s in decision.statements
@@ -316,7 +319,7 @@ class EnginePolicy:
                 None,
                 *facts,
             )
-            if len(sql) <= self.CACHE_TEXT_LIMIT:  # bounds the cache's memory too
+            if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
                 if len(self._cache) >= self.CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[key] = verdict

@@ -70,6 +70,16 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakGlass:
+    """An audited, expiring grant that lifts named safety-floor rules for one identity."""
+
+    id: str
+    identity: str
+    rules: frozenset[str]
+    expires_at: float  # POSIX seconds
+
+
+@dataclass(frozen=True, slots=True)
 class MaskingRule:
     classification: str
     strategy: str
@@ -133,6 +143,7 @@ class Bundle:
     critical_at: int
     hold_seconds: int
     raw: dict[str, Any] = field(repr=False)
+    break_glass: tuple[BreakGlass, ...] = ()
 
     def resolve_table(
         self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None
@@ -320,4 +331,13 @@ def load_bundle(data: Any) -> Bundle:
         critical_at=risk["critical_at"],
         hold_seconds=data["approvals"]["hold_seconds"],
         raw=data,
+        break_glass=tuple(
+            BreakGlass(
+                g["id"],
+                g["identity"],
+                frozenset(g["rules"]),
+                _timestamp(g["expires_at"], f"break_glass/{g['id']}") or 0.0,
+            )
+            for g in data.get("break_glass", [])
+        ),
     )

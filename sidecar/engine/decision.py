@@ -98,6 +98,8 @@ class Decision:
     # The text touches a table with columns masked for this identity: the server's
     # error details (a failing row, a duplicate key) may carry their raw values.
     redact_errors: bool = False
+    # Break-glass grants that lifted safety-floor rules for this decision (ids).
+    break_glass: tuple[str, ...] = ()
     cached: bool = field(default=False, compare=False)
 
     def to_json(self, *, audit: bool = False) -> dict[str, Any]:
@@ -112,6 +114,7 @@ class Decision:
         return {
             "action": self.action,
             "barrier": self.barrier,
+            "break_glass": list(self.break_glass),
             "critical": self.critical,
             "identity": self.identity,
             "message": self.message,

@@ -291,11 +291,13 @@ class Engine:
                     self._remember(state.exact, key, decision)
                     return decision
         try:
-            decision, new_template = self._judge(state, who, sql, session, protocol, explain)
+            decision, new_template = self._judge(state, who, sql, session, protocol, explain, now)
         except Exception:  # never fail open, never crash the proxy
             return self._refusal(
                 bundle, identity, sql, "default.engine_error", "Warden could not judge this text"
             )
+        if decision.break_glass:
+            return decision  # its grant expires on its own clock: decided afresh each time
         self._remember(state.exact, key, decision)
         if new_template is not None and norm_key is not None:
             self._remember(state.normalised, norm_key, new_template)
@@ -379,6 +381,7 @@ class Engine:
             revision=d.revision,
             barrier=d.barrier,
             redact_errors=d.redact_errors,
+            break_glass=d.break_glass,
             cached=True,
         )
 
@@ -391,6 +394,7 @@ class Engine:
         session: SessionContext,
         protocol: str,
         explain: bool,
+        now: float | None = None,
     ) -> tuple[Decision, _Template | None]:
         bundle = state.bundle
         production = bundle.environment == "production"
@@ -539,6 +543,17 @@ class Engine:
                         ),
                     )
                 )
+            if production and runs and a.kind == "lock":
+                defaults.append(
+                    (
+                        "review",
+                        Reason(
+                            "default.lock_in_production",
+                            "LOCK TABLE in production can stop every other client: it needs "
+                            "a review",
+                        ),
+                    )
+                )
             if production and runs and a.kind == "truncate":
                 defaults.append(
                     (
@@ -571,19 +586,6 @@ class Engine:
             rules = policy.statement_rules(a, bundle)
             hard.extend(rules.hard)
             dangerous = dangerous or rules.dangerous
-            if a.copy is not None and a.copy["target"] != "client":
-                dangerous = True
-                defaults.append(
-                    (
-                        "block",
-                        Reason(
-                            "default.copy_server_side",
-                            f"COPY {a.copy['direction'].upper()} a server "
-                            f"{a.copy['target']} reaches the server's files "
-                            "or processes",
-                        ),
-                    )
-                )
             for rule_id, msg in policy.masking_violations(a, bundle, who, masks_anything):
                 hard.append(Reason(rule_id, msg))
 
@@ -695,6 +697,7 @@ class Engine:
                 )
             barriers.append(rules.barrier and runs)
 
+        hard, used_grants = self._break_glass(bundle, who, hard, now)
         if any(barriers[:-1]):
             hard.append(
                 Reason(
@@ -784,11 +787,31 @@ class Engine:
             revision=bundle.revision,
             barrier=barrier,
             redact_errors=redact_errors,
+            break_glass=used_grants,
         )
         template = self._template(sql, analyses, splices, decision, hard) if not explain else None
         return decision, template
 
     # -- helpers -------------------------------------------------------------------------------
+    def _break_glass(
+        self, bundle: Bundle, who: Identity, hard: list[Reason], now: float | None
+    ) -> tuple[list[Reason], tuple[str, ...]]:
+        """Lift the safety-floor reasons an active break-glass grant for ``who`` names.
+        The grants used go into the decision, and so into the audit event."""
+        if not bundle.break_glass or not any(r.rule.startswith("floor.") for r in hard):
+            return hard, ()
+        moment = time.time() if now is None else now
+        grants = [g for g in bundle.break_glass if g.identity == who.name and g.expires_at > moment]
+        kept: list[Reason] = []
+        used: dict[str, None] = {}
+        for reason in hard:
+            grant = next((g for g in grants if reason.rule in g.rules), None)
+            if grant is None:
+                kept.append(reason)
+            else:
+                used[grant.id] = None
+        return kept, tuple(used)
+
     def _columns(self, a: Analysis) -> set[str]:
         """schema.table.column for every column reference (over-approximated when ambiguous)."""
         tables = [r for r in a.ranges if r.table is not None and r.role != "into"]

@@ -81,6 +81,48 @@ def function_base(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+_ROLE_DEFAULTS = (
+    "floor.role_setting",
+    # Defaults of the role every identity shares: RESET would bring them back.
+    "changing a role's or a database's default settings is not allowed through Warden",
+)
+# Statements that reach beyond the database's data: the safety floor. No guardrail
+# lifts them; only a break-glass grant naming the rule does, for one identity.
+FLOOR_STATEMENTS: dict[str, tuple[str, str]] = {
+    "AlterRoleSetStmt": _ROLE_DEFAULTS,
+    "AlterDatabaseSetStmt": _ROLE_DEFAULTS,
+    "AlterSystemStmt": ("floor.server_config", "ALTER SYSTEM changes the server's configuration"),
+    "LoadStmt": ("floor.server_access", "LOAD loads a library into the server process"),
+    **dict.fromkeys(
+        (
+            "CreateForeignServerStmt",
+            "AlterForeignServerStmt",
+            "CreateUserMappingStmt",
+            "AlterUserMappingStmt",
+            "DropUserMappingStmt",
+            "CreateFdwStmt",
+            "AlterFdwStmt",
+            "ImportForeignSchemaStmt",
+            "CreateSubscriptionStmt",
+            "AlterSubscriptionStmt",
+            "DropSubscriptionStmt",
+        ),
+        (
+            "floor.remote_server",
+            "foreign servers, user mappings and subscriptions connect the database to "
+            "other servers",
+        ),
+    ),
+}
+# Settings whose change is role switching: the floor, not the settings allowlist.
+# (RESET ROLE and SET ... TO DEFAULT go back to the login's own role: allowed.)
+ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+_ROLE_SWITCH = (
+    "floor.role_switch",
+    "switching roles (SET ROLE, SESSION AUTHORIZATION) would act with another role's rights",
+)
+
+
 @dataclass(slots=True)
 class StatementRules:
     """What the function, setting and reserved-schema rules found in one statement."""
@@ -105,6 +147,10 @@ def statement_rules(a: Analysis, bundle: Bundle) -> StatementRules:
         category = functions.category(name)
         base = function_base(name)
         if category in functions.INERT_CATEGORIES:
+            continue
+        if base.startswith("dblink"):  # the extension's connect and query functions
+            out.dangerous = True
+            out.hard.append(Reason("floor.remote_server", f"{base}() connects to another server"))
             continue
         if category == functions.STATEMENT_TEXT:
             out.hard.append(
@@ -144,25 +190,39 @@ def statement_rules(a: Analysis, bundle: Bundle) -> StatementRules:
             out.barrier = True
         elif setting in SAFE_SETTINGS:
             refusal = None
+        elif setting in ROLE_SETTINGS:
+            out.dangerous = True
+            out.hard.append(Reason(*_ROLE_SWITCH))
+            continue
         else:
             refusal = f"changing the setting {setting!r} is not allowed"
         if refusal is not None:
             out.dangerous = True
             out.hard.append(Reason("session.setting", refusal))
     if a.setting is not None:
-        refusal = _setting_refusal(a.setting, bundle, out)
-        if refusal is not None:
-            out.hard.append(Reason("session.setting", refusal))
+        if a.setting.get("name") in ROLE_SETTINGS and a.setting.get("kind") not in (
+            "VAR_RESET",
+            "VAR_SET_DEFAULT",
+        ):
+            out.dangerous = True
+            out.hard.append(Reason(*_ROLE_SWITCH))
+        else:
+            refusal = _setting_refusal(a.setting, bundle, out)
+            if refusal is not None:
+                out.hard.append(Reason("session.setting", refusal))
     if a.node_type in ("DiscardStmt", "DoStmt", "CallStmt"):
         out.barrier = True
-    if a.node_type in ("AlterRoleSetStmt", "AlterDatabaseSetStmt"):
-        # Defaults of the role every identity shares: RESET would then bring in any
-        # setting, past the allowlist, for every session.
+    floor = FLOOR_STATEMENTS.get(a.node_type)
+    if floor is not None:
+        out.dangerous = True
+        out.hard.append(Reason(*floor))
+    if a.copy is not None and a.copy["target"] != "client":
         out.dangerous = True
         out.hard.append(
             Reason(
-                "floor.role_setting",
-                "changing a role's or a database's default settings is not allowed through Warden",
+                "floor.copy_server_side",
+                f"COPY {a.copy['direction'].upper()} a server {a.copy['target']} reaches "
+                "the server's files or processes",
             )
         )
     for ref in a.ranges:

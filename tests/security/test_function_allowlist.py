@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,24 @@ def test_psql_tab_completion_still_works(sidecar: Sidecar) -> None:
     pg_table_is_visible, ...) through the production sidecar and offers the tables."""
     assert b"SELECT * FROM public.customers" in _complete(sidecar, b"SELECT * FROM public.cu")
     assert b"SELECT * FROM notes" in _complete(sidecar, b"SELECT * FROM no")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 1) TO PROGRAM 'touch {path}'",
+        "COPY notes TO '{path}'",
+        "SET ROLE postgres",
+        "ALTER SYSTEM SET log_statement = 'none'",
+        "CREATE SERVER evil FOREIGN DATA WRAPPER postgres_fdw",
+    ],
+)
+def test_the_safety_floor_holds_under_the_allow_guardrail(
+    sidecar: Sidecar, witness_file: Path, statement: str
+) -> None:
+    """Attack: under a datasource whose last guardrail allows everything, reach the
+    server's files and programs, switch role or reconfigure the server. The fixture's
+    role is even a member of pg_execute_server_program (so a leak would create the
+    witness file): the refusal must be Warden's, before the database sees it."""
+    _refused_once(sidecar, "sec", statement.format(path=witness_file))
+    assert not witness_file.exists()

