@@ -1,22 +1,9 @@
 """Read-only admin views: every approval write goes through approvals.services."""
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from approvals.models import ApprovalRequest, Grant, ReviewSettings
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from governance.admin import ReadOnlyAdmin
 
 
 @admin.register(ApprovalRequest)

@@ -13,12 +13,15 @@ run one fingerprint a number of times before an expiry; it ends ``used`` or
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 from django.db.models import F, Q
+
+from config.egress import url_refusal
 
 
 class ApprovalState(models.TextChoices):
@@ -281,6 +284,25 @@ class ApprovalEvent(models.Model):
         return f"{self.request_id} {self.kind} {self.key}".strip()
 
 
+def validate_webhook_url(value: str) -> None:
+    """Refuse a webhook to this machine or an internal address, as far as the URL alone
+    shows (a literal address, localhost); host names are checked when it is sent. What
+    is not an http(s) URL at all is URLValidator's to report."""
+    try:
+        if urlsplit(value).scheme not in {"http", "https"}:
+            return
+    except ValueError:
+        return
+    refusal = url_refusal(value, settings.WARDEN_WEBHOOK_ALLOWED_NETWORKS)
+    if refusal is not None:
+        raise ValidationError(
+            "Webhooks may not go to internal addresses: %(why)s. An on-premise receiver's "
+            "network can be allowed with WARDEN_WEBHOOK_ALLOWED_NETWORKS.",
+            code="webhook_address",
+            params={"why": refusal},
+        )
+
+
 class ReviewSettings(models.Model):
     """How one datasource's approvals are routed and timed; without a row, the settings'
     defaults apply (``WARDEN_APPROVAL_*``)."""
@@ -308,8 +330,9 @@ class ReviewSettings(models.Model):
     webhook_url = models.URLField(
         blank=True,
         max_length=500,
-        validators=[URLValidator(schemes=["http", "https"])],
-        help_text="Slack-compatible incoming webhook (POST {text}); http or https.",
+        validators=[URLValidator(schemes=["http", "https"]), validate_webhook_url],
+        help_text="Slack-compatible incoming webhook (POST {text}); http or https, not to an "
+        "internal address.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from approvals.models import (
 )
 from audit.services import audit_control_event, object_snapshot
 from audit.services import change_record_create as _change_record_create
+from config.egress import EgressRefused, post_json
 from governance.bundles import RISK_THRESHOLDS, redis_client
 from governance.models import Datasource, Identity, IdentityKind, Sidecar, Team
 from governance.permissions import Role, can_edit_policy, user_role
@@ -826,13 +826,14 @@ def _notice_text(request: ApprovalRequest, notice: str) -> tuple[str, str]:
 
 
 def _post_webhook(url: str, text: str) -> None:
-    data = json.dumps({"text": text}).encode()
-    req = urllib.request.Request(  # noqa: S310 - an operator-configured http(s) URL
-        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    """POST the notice; never to an internal address, never following a redirect
+    (config.egress). EgressRefused when refused, OSError when it failed."""
+    post_json(
+        url,
+        {"text": text},
+        timeout=settings.WARDEN_APPROVAL_WEBHOOK_TIMEOUT,
+        allowed=settings.WARDEN_WEBHOOK_ALLOWED_NETWORKS,
     )
-    with urllib.request.urlopen(req, timeout=settings.WARDEN_APPROVAL_WEBHOOK_TIMEOUT) as resp:  # noqa: S310
-        if not 200 <= resp.status < 300:
-            raise OSError(f"webhook answered {resp.status}")
 
 
 def approval_notify(*, request_id: Any, kind: str) -> int:
@@ -883,7 +884,15 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
             if channel == "email":
                 send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [target])
             else:
-                _post_webhook(target, f"{subject}\n{approval_url(request.id)}")
+                try:
+                    _post_webhook(target, f"{subject}\n{approval_url(request.id)}")
+                except EgressRefused as exc:
+                    # The address or the answer (a redirect) is refused: a retry would
+                    # be refused too. Not recorded as sent; the reviewers got their email.
+                    logger.error(
+                        "approval webhook for request %s (%s) not sent: %s", request.pk, kind, exc
+                    )
+                    continue
             _event(
                 request,
                 ApprovalEventKind.NOTIFIED,

@@ -1,45 +1,30 @@
-"""Configuration history in the Django admin: read-only."""
+"""Configuration history, retention and verification runs in the Django admin: view only.
 
-from typing import Any
+Retention is set with ``manage.py audit_retention`` (``audit.services.audit_retention_set``),
+which records the change in history and in the audit trail: shortening it deletes events.
+"""
 
 from django.contrib import admin
 
 from audit.models import AuditRetention, AuditVerification, ChangeRecord
+from governance.admin import ReadOnlyAdmin
 
 
 @admin.register(ChangeRecord)
-class ChangeRecordAdmin(admin.ModelAdmin):
+class ChangeRecordAdmin(ReadOnlyAdmin):
     list_display = ["at", "actor_name", "action", "content_type", "object_repr", "request_id"]
     list_filter = ["action", "content_type"]
     search_fields = ["actor_name", "object_repr", "request_id"]
 
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(AuditRetention)
-class AuditRetentionAdmin(admin.ModelAdmin):
+class AuditRetentionAdmin(ReadOnlyAdmin):
     """How long each environment's events are kept; enforced hourly by beat."""
 
     list_display = ["environment", "days"]
 
 
 @admin.register(AuditVerification)
-class AuditVerificationAdmin(admin.ModelAdmin):
+class AuditVerificationAdmin(ReadOnlyAdmin):
     list_display = ["started_at", "ok", "checked", "chains", "first_broken"]
     list_filter = ["ok"]
-
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
-        return False

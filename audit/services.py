@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import psycopg
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 
@@ -205,7 +206,9 @@ _SAFE_NESTED = {"redacted_sql", "tables_read", "tables_written", "columns_read"}
 
 # ``all(map(isinstance, items, _ALL_STR))``: the per-item test without a Python loop.
 _ALL_STR = itertools.repeat(str)
-_SIDECAR_TYPES = frozenset({"statement", "session_start", "session_end"})
+_SIDECAR_TYPES = frozenset(
+    {"statement", "session_start", "session_end", "login_failed", "login_throttled"}
+)
 _MIN_TS = 946_684_800  # 2000-01-01: anything earlier is a broken clock
 _FUTURE_SLACK_SECONDS = 86_400
 
@@ -1064,6 +1067,52 @@ def _retention_days() -> tuple[dict[str, int], int]:
     days = dict(AuditRetention.objects.values_list("environment", "days"))
     default = days.get("", DEFAULT_RETENTION_DAYS)
     return days, default
+
+
+MIN_RETENTION_DAYS = 31
+
+
+@transaction.atomic
+def audit_retention_set(*, actor: Any, environment: str, days: int | None) -> AuditRetention | None:
+    """Keep ``environment``'s events (``""``: the control plane's own) for ``days``; ``None``
+    goes back to the default. Admins only, and recorded in history and in the trail: a
+    shorter retention deletes events at the next hourly run, so it is never a silent edit.
+    """
+    from governance.permissions import Role, user_role
+
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("Only admins may change how long the audit trail is kept.")
+    if days is not None and days < MIN_RETENTION_DAYS:
+        # A month partition is the unit dropped: less would drop the current month.
+        raise ValidationError({"days": f"Keep events at least {MIN_RETENTION_DAYS} days."})
+    row = AuditRetention.objects.select_for_update().filter(environment=environment).first()
+    before = object_snapshot(row) if row is not None else None
+    if days is None:
+        if row is not None:
+            pk = row.pk
+            row.delete()
+            change_record_create(
+                actor=actor,
+                action=ChangeAction.DELETE,
+                obj=row,
+                before=before,
+                after=None,
+                object_id=pk,
+            )
+        return None
+    if row is None:
+        row = AuditRetention(environment=environment)
+    row.days = days
+    row.full_clean()
+    row.save()
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE if before is not None else ChangeAction.CREATE,
+        obj=row,
+        before=before,
+        after=object_snapshot(row),
+    )
+    return row
 
 
 def audit_retention_enforce(*, now: datetime.datetime | None = None) -> list[str]:

@@ -51,7 +51,8 @@ REPORT_ROWS_SHOWN = 200
 _ACTIONS = [("allow", "allow"), ("review", "review"), ("block", "block")]
 _OUTCOMES = [(o, o) for o in ("allowed", "held", "blocked", "error", "approved", "denied")]
 _TYPES = [("statement", "statement"), ("session_start", "session start"),
-          ("session_end", "session end")]  # fmt: skip
+          ("session_end", "session end"), ("login_failed", "failed sign-in"),
+          ("login_throttled", "throttled sign-in")]  # fmt: skip
 _DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 
 
@@ -374,10 +375,11 @@ def activity_svg(days: list[dict[str, Any]]) -> SafeString:
             '<text x="{}" y="{}" font-size="10" text-anchor="middle" fill="#5d6d7e">{}</text>',
             labels,
         ),
+        # The legend's colours are classes (static/css/warden.css): the CSP forbids inline styles.
         format_html_join(
             " ",
-            '<span class="legend"><span class="swatch" style="background:{}"></span>{}</span>',
-            [(_ENV_COLOURS.get(env, "#5d6d7e"), env) for env in envs],
+            '<span class="legend"><span class="swatch swatch-{}"></span>{}</span>',
+            [(env if env in _ENV_COLOURS else "other", env) for env in envs],
         ),
     )
 

@@ -7,6 +7,7 @@ rather than surprising someone later. Secrets may also come from
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -56,3 +57,16 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def envnetworks(name: str) -> list[str]:
+    """Comma-separated networks in CIDR notation (a bare address is a /32 or /128)."""
+    networks = []
+    for item in envlist(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated networks such as 10.0.0.0/8, got {item!r}"
+            ) from exc
+    return networks

@@ -159,8 +159,10 @@ def _serve(
     children: list[tuple[str, subprocess.Popen]],
 ) -> int:
     env = {**os.environ, **service_env}
+    # WARDEN_DEV allows the generated secrets under var/; DEBUG stays off unless asked
+    # for (DEBUG=1 make run), so the demo shows Warden's error pages, not Django's
+    # debug pages with settings and tracebacks. WhiteNoise serves static files either way.
     env.setdefault("WARDEN_DEV", "1")
-    env.setdefault("DEBUG", "1")
     env.setdefault("SECRET_KEY", _secret_key())
     env.setdefault("WARDEN_BASE_URL", url)
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import envbool, envint, envlist, envstr
+from config.egress import url_refusal
+from config.env import envbool, envint, envlist, envnetworks, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("WARDEN_VAR_DIR") or BASE_DIR / "var")
@@ -84,6 +85,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     },
     "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 21600.0},
     "audit-retention-enforce": {"task": "audit.tasks.audit_retention_enforce", "schedule": 3600.0},
+    # "bundles-resign" is added with the policy bundle settings below.
 }
 
 CACHES = {
@@ -119,6 +121,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "audit.context.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "config.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -170,9 +173,38 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 
+# --- browser security ------------------------------------------------------------------
+# Behind TLS (docs/deploy.md): SECURE_SSL_REDIRECT, SESSION_COOKIE_SECURE,
+# CSRF_COOKIE_SECURE, SECURE_HSTS_SECONDS and, behind a proxy that terminates TLS,
+# SECURE_PROXY_SSL_HEADER. All off by default: `make run` and the tests speak plain HTTP.
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# The probes answer on plain HTTP too: orchestrators call them from inside.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+
+
+def _proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """``X-Forwarded-Proto`` (meaning "https" there) or ``Header: value``, as Django's tuple."""
+    raw = (envstr(name) or "").strip()
+    if not raw:
+        return None
+    header, _, value = raw.partition(":")
+    header, value = header.strip(), value.strip() or "https"
+    if not header or not all(c.isalnum() or c == "-" for c in header):
+        raise ImproperlyConfigured(
+            f"{name} must be a header name, optionally with its value "
+            f"(e.g. X-Forwarded-Proto or 'X-Forwarded-Proto: https'), got {raw!r}"
+        )
+    return "HTTP_" + header.upper().replace("-", "_"), value
+
+
+# Trust it only behind a proxy that always sets (or strips) this header.
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -250,6 +282,26 @@ if OIDC_SERVER_URL:
         }
     ]
 
+# Content-Security-Policy of every HTML page (config.csp): nothing inline. data: images
+# are the TOTP QR code and Swagger UI's icons. Forms post to Warden only, and to the
+# identity provider, where single sign-on redirects (chromium checks form-action
+# on the redirect after a form too).
+WARDEN_CSP: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
+if OIDC_SERVER_URL:
+    _idp = urlsplit(OIDC_SERVER_URL)
+    WARDEN_CSP["form-action"].append(f"{_idp.scheme}://{_idp.netloc}")
+
 # --- management API -------------------------------------------------------------------
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
@@ -266,6 +318,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# The schema and its docs are for signed-in users and API tokens unless made public.
+WARDEN_PUBLIC_API_DOCS = envbool("WARDEN_PUBLIC_API_DOCS", False)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Warden management API",
     "DESCRIPTION": "Policy objects of the Warden control plane. Errors always have the shape "
@@ -296,6 +350,21 @@ WARDEN_BUNDLE_SIGNING_KEY = envstr("WARDEN_BUNDLE_SIGNING_KEY") or ""
 WARDEN_BUNDLE_PUBLIC_KEYS = envlist("WARDEN_BUNDLE_PUBLIC_KEYS", [])
 WARDEN_BUNDLE_DEV_KEY_FILE = VAR_DIR / "bundle-signing.key"
 WARDEN_BUNDLE_DEV_KEY_ALLOWED = DEBUG or envbool("WARDEN_DEV", False)
+# A bundle expires this long after it is signed (``expires_at``, signed). A sidecar
+# enforces its last bundle for its own grace period past that (bundle_grace_hours,
+# 72 h) while the control plane is unreachable, then refuses new sessions; so a
+# replayed old bundle (a revoked token in it) lives at most lifetime + grace.
+WARDEN_BUNDLE_LIFETIME_HOURS = envint("WARDEN_BUNDLE_LIFETIME_HOURS", 24, minimum=1)
+# Celery beat re-signs every bundle this often, well before it expires.
+WARDEN_BUNDLE_RESIGN_HOURS = envint("WARDEN_BUNDLE_RESIGN_HOURS", 6, minimum=1)
+if WARDEN_BUNDLE_RESIGN_HOURS >= WARDEN_BUNDLE_LIFETIME_HOURS:
+    raise ImproperlyConfigured(
+        "WARDEN_BUNDLE_RESIGN_HOURS must be shorter than WARDEN_BUNDLE_LIFETIME_HOURS"
+    )
+CELERY_BEAT_SCHEDULE["bundles-resign"] = {
+    "task": "governance.tasks.bundles_resign",
+    "schedule": WARDEN_BUNDLE_RESIGN_HOURS * 3600.0,
+}
 # A sidecar whose last heartbeat is older than this is flagged stale.
 WARDEN_SIDECAR_STALE_SECONDS = envint("WARDEN_SIDECAR_STALE_SECONDS", 90, minimum=5)
 
@@ -314,6 +383,13 @@ WARDEN_APPROVAL_ESCALATE_SECONDS = envint("WARDEN_APPROVAL_ESCALATE_SECONDS", 18
 WARDEN_APPROVAL_REMIND_SECONDS = envint("WARDEN_APPROVAL_REMIND_SECONDS", 3600, minimum=1)
 WARDEN_APPROVAL_WEBHOOK_URL = envstr("WARDEN_APPROVAL_WEBHOOK_URL") or ""
 WARDEN_APPROVAL_WEBHOOK_TIMEOUT = 5
+# Webhooks never go to loopback, link-local, private, multicast or metadata addresses
+# (config.egress) unless one of these networks holds them: on-premise receivers.
+WARDEN_WEBHOOK_ALLOWED_NETWORKS = envnetworks("WARDEN_WEBHOOK_ALLOWED_NETWORKS")
+if WARDEN_APPROVAL_WEBHOOK_URL and (
+    _refusal := url_refusal(WARDEN_APPROVAL_WEBHOOK_URL, WARDEN_WEBHOOK_ALLOWED_NETWORKS)
+):
+    raise ImproperlyConfigured(f"WARDEN_APPROVAL_WEBHOOK_URL is refused: {_refusal}")
 
 # --- classification scans (docs/classification.md) ------------------------------------
 # A scanner finding at or above this confidence is applied at once (masked, flagged

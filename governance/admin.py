@@ -1,11 +1,17 @@
-"""Django admin registrations: a read-mostly escape hatch for admins.
+"""Django admin registrations: a view-only window onto policy, for admins.
 
-Policy is edited through the security-team UI and the API (which go through
-the services and record history); here secrets stay hidden and digests are
-read-only.
+Every change to policy goes through the services (the security-team UI, the API,
+the management commands): they check who may make it, record it in history and
+in the audit trail, and recompile the sidecars' bundles. An edit in the admin
+would do none of that, so nothing registered here, nor in approvals.admin or
+audit.admin, can be added, changed or deleted. Secrets stay hidden: digests and
+verifiers are never shown. The admin's sign-in is allauth's (config/urls.py).
 """
 
+from typing import Any
+
 from django.contrib import admin
+from django.http import HttpRequest
 
 from governance.models import (
     AccessToken,
@@ -22,26 +28,39 @@ from governance.models import (
 )
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View only: lists and read-only object pages; no add, change, delete or bulk action."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(ReadOnlyAdmin):
     list_display = ["user", "role"]
     list_filter = ["role"]
 
 
 @admin.register(AccessToken)
-class AccessTokenAdmin(admin.ModelAdmin):
+class AccessTokenAdmin(ReadOnlyAdmin):
     list_display = ["identity", "name", "prefix", "created_at", "expires_at", "revoked_at"]
-    readonly_fields = ["prefix", "digest", "scram_verifier", "created_at", "created_by"]
+    exclude = ["digest", "scram_verifier"]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(ReadOnlyAdmin):
     list_display = ["user", "name", "prefix", "created_at", "expires_at", "revoked_at"]
-    readonly_fields = ["prefix", "digest", "created_at"]
+    exclude = ["digest"]
 
 
 @admin.register(Datasource)
-class DatasourceAdmin(admin.ModelAdmin):
+class DatasourceAdmin(ReadOnlyAdmin):
     list_display = ["name", "environment", "engine"]
 
 
@@ -54,4 +73,4 @@ for model in (
     MaskingRule,
     GuardrailRule,
 ):
-    admin.site.register(model)
+    admin.site.register(model, ReadOnlyAdmin)

@@ -99,3 +99,36 @@ def test_demo_policy_holds_writes_to_hash_masked_tables_in_production(settings, 
     assert write.reasons[0].rule == "review-writes-to-hashed-tables-in-production"
     read = engine.decide(identity="alice", sql="SELECT full_name FROM customers WHERE id = 1")
     assert read.action == "allow" and "warden_masking.hmac(" in read.upstream_sql
+
+
+def test_set_role_goes_through_the_service_and_is_recorded(admin_user, auditor_user):
+    from governance.models import Membership
+
+    out = io.StringIO()
+    call_command("set_role", "auditor", "security", "--by", "admin", stdout=out)
+    assert out.getvalue().strip() == "auditor: security"
+    assert Membership.objects.get(user=auditor_user).role == "security"
+    record = ChangeRecord.objects.filter(content_type__model="membership").latest("at")
+    assert record.actor == admin_user and record.after["role"] == "security"
+    # Only an admin may hand out roles.
+    with pytest.raises(CommandError, match="Only admins"):
+        call_command("set_role", "admin", "none", "--by", "auditor")
+
+
+def test_audit_retention_is_set_by_an_admin_and_recorded(admin_user, security_user):
+    from audit.models import AuditRetention
+
+    out = io.StringIO()
+    call_command("audit_retention", "production", "90", "--by", "admin", stdout=out)
+    assert AuditRetention.objects.get(environment="production").days == 90
+    record = ChangeRecord.objects.filter(content_type__model="auditretention").latest("at")
+    assert record.actor == admin_user and record.action == "create"
+    with pytest.raises(CommandError, match="31"):
+        call_command("audit_retention", "production", "7", "--by", "admin")
+    with pytest.raises(CommandError, match="Only admins"):
+        call_command("audit_retention", "production", "400", "--by", "security")
+    call_command("audit_retention", "production", "default", "--by", "admin")
+    assert not AuditRetention.objects.exists()
+    out = io.StringIO()
+    call_command("audit_retention", stdout=out)
+    assert out.getvalue().splitlines() == ["default: 400 days"]

@@ -2,9 +2,10 @@
 
 Runs the real command with the embedded PostgreSQL and Redis in a temporary
 var/ directory, as on a fresh machine, then checks the probes, the sign-in
-page, that the demo sidecar answers the printed psql line with masked values
-and blocks ``DROP TABLE``, that Ctrl-C (SIGINT) stops every process it started
-(the sidecar too), and that a second run finds the same data and token.
+page, Warden's own 404 page (DEBUG is off), that the demo sidecar answers the
+printed psql line with masked values and blocks ``DROP TABLE``, that Ctrl-C
+(SIGINT) stops every process it started (the sidecar too), and that a second
+run finds the same data and token.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def _run_once(var: Path, port: int, sidecar_port: int) -> tuple[dict, list[int],
         assert status == 200 and json.loads(body)["status"] == "ok"
         status, body = _get(f"{url}/accounts/login/")
         assert status == 200 and "password" in body.lower()
+        # DEBUG is off unless asked for: Warden's own 404, not Django's debug page (which
+        # lists the URL patterns); static files are still served (WhiteNoise).
+        status, body = _get(f"{url}/no-such-page/")
+        assert status == 404 and "There is nothing here" in body, body[:500]
+        assert "URLconf" not in body
+        assert _get(f"{url}/static/css/warden.css")[0] == 200
         token, conninfo = _demo_psql(lines)
         assert f"port={sidecar_port}" in conninfo and "dbname=warden_demo" in conninfo
         # Everything it started, at any depth (Celery's pool and beat too), plus PostgreSQL.

@@ -95,17 +95,53 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+# Reports every Content-Security-Policy violation in any document of the context to
+# Python. Playwright's init scripts run before the page's own and are not subject
+# to the page's policy, so the listener is in place from the first byte.
+_CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__wardenCspViolation(
+    `${event.effectiveDirective} blocked ${event.blockedURI || "inline"} ` +
+    `(${event.sourceFile || event.documentURI}:${event.lineNumber})`
+  );
+});
+"""
+
+
+def watch_csp(context: Any, page: Any, violations: list[str] | None = None) -> list[str]:
+    """Collect CSP violations (the DOM event, and chromium's console report of them)."""
+    violations = [] if violations is None else violations
+    context.expose_binding("__wardenCspViolation", lambda _source, text: violations.append(text))
+    context.add_init_script(_CSP_LISTENER)
+
+    def console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(f"console: {message.text}")
+
+    page.on("console", console)
+    return violations
+
+
 @pytest.fixture
-def page(browser: Any, live_server: Any) -> Iterator[Any]:
+def csp_violations() -> list[str]:
+    """The violations ``page`` has seen so far, live (it also fails the test on any)."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any, csp_violations: list[str]) -> Iterator[Any]:
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(10_000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    violations = watch_csp(context, page, csp_violations)
     yield page
     context.close()
-    # A JavaScript error on any page is a defect even if the assertions passed.
+    # A JavaScript error, or anything the Content-Security-Policy blocked, on any page
+    # is a defect even if the assertions passed.
     assert not errors, f"JavaScript errors: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 def totp_code(secret: str, *, at: float | None = None, step: int = 30, digits: int = 6) -> str:

@@ -35,7 +35,7 @@ from governance import services
 from governance.bundles import APPROVAL_HOLD_SECONDS
 from tests.bundles.conftest import Server
 from tests.conftest import persona_password
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_csp
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -135,6 +135,7 @@ def reviewer_page(control_plane: Server) -> Iterator[Any]:
         page.set_default_timeout(15_000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        violations = watch_csp(context, page)
         try:
             yield page
         finally:
@@ -142,6 +143,7 @@ def reviewer_page(control_plane: Server) -> Iterator[Any]:
             browser.close()
             connections.close_all()
     assert not errors, f"JavaScript errors: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 def test_reviewer_decides_in_the_browser_and_the_client_sees_it(

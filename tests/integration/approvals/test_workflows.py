@@ -167,7 +167,9 @@ class Hook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, type[Hook]]]:
+def webhook(settings: Any) -> Iterator[tuple[str, type[Hook]]]:
+    # Saved here (review settings) and sent by the worker (its env): both allow loopback.
+    settings.WARDEN_WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
     Hook.received = []
     Hook.fail_next = 0
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
@@ -190,6 +192,8 @@ def worker(mail_dir: Path) -> Iterator[subprocess.Popen[Any]]:
         "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "EMAIL_FILE_PATH": str(mail_dir),
         "WARDEN_PUBLIC_URL": "https://warden.example.com",
+        # The webhook receiver is local: loopback is refused unless allowed.
+        "WARDEN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
