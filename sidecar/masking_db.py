@@ -490,6 +490,9 @@ def status(
     }
     if password is not None:
         kwargs["password"] = password
+    from sidecar.proxy.upstream import libpq_tls_defaults
+
+    kwargs.update(libpq_tls_defaults(conninfo))  # TLS as the proxy's own logins
     try:
         conn = psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:

@@ -40,9 +40,29 @@ class SessionState:
         }
 
 
-def probe_query() -> bytes:
-    """The probe as a simple Query, for when the server is between message cycles."""
-    return m.query(PROBE_SQL)
+# What makes a role too privileged to stand between clients and the database: it
+# would turn any statement the engine misjudges into files, programs, other roles
+# or all data. pg_has_role(..., 'MEMBER') follows inherited membership too.
+PRIVILEGED_ROLES = (
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_read_all_data",
+    "pg_write_all_data",
+)
+PRIVILEGES_SQL = (
+    "SELECT pg_catalog.concat_ws(',', "
+    "CASE WHEN r.rolsuper THEN 'SUPERUSER' END, "
+    "CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END, "
+    "CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, "
+    + ", ".join(
+        f"CASE WHEN pg_catalog.pg_has_role(r.oid, '{role}', 'MEMBER') THEN '{role}' END"
+        for role in PRIVILEGED_ROLES
+    )
+    + ") FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+)
+# The probe at login: the state, and what the sidecar's own role may do.
+LOGIN_PROBE_SQL = PROBE_SQL + b", (" + PRIVILEGES_SQL.encode() + b")"
 
 
 def probe_synced(name: bytes) -> bytes:
@@ -73,8 +93,8 @@ def _probe_messages(name: bytes) -> bytes:
 EXTENDED_REPLIES = 6
 
 
-def parse_row(body: bytes) -> tuple[str, str, str] | None:
-    """The probe's DataRow: (schemas array text, client_encoding, scs), all text."""
+def parse_row(body: bytes, columns: int = 3) -> tuple[str, ...] | None:
+    """The probe's DataRow: (schemas array text, client_encoding, scs[, privileges])."""
     try:
         count = m.unpack_i16(body, 0)
         pos = 2
@@ -88,9 +108,9 @@ def parse_row(body: bytes) -> tuple[str, str, str] | None:
             pos += size
     except (IndexError, UnicodeDecodeError, ValueError):
         return None
-    if len(values) != 3:
+    if len(values) != columns:
         return None
-    return values[0], values[1], values[2]
+    return tuple(values)
 
 
 def parse_name_array(text: str) -> tuple[str, ...] | None:

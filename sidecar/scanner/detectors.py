@@ -144,6 +144,9 @@ class Detector:
     veto: re.Pattern[str] | None = None  # names that look like a hint and are not
     # Ranks equal confidences: a restricted class wins over a confidential one.
     rank: int = 0
+    # A custom detector's value regex (``match`` applies it in this process; the
+    # scan runs it in ``regex_worker`` under a deadline instead).
+    value_pattern: re.Pattern[str] | None = None
 
     def hinted(self, column: str) -> bool:
         lowered = column.lower()
@@ -698,6 +701,9 @@ def custom_detectors(specs: Iterable[Any]) -> tuple[list[Detector], int]:
     return compiled, skipped
 
 
+CUSTOM_RANK = 3
+
+
 def _custom(
     name: str,
     classification: str,
@@ -717,38 +723,70 @@ def _custom(
         min_share=0.5,
         name_prior=confidence,
         needs_hint=name_re is not None,
-        rank=3,
+        rank=CUSTOM_RANK,
+        value_pattern=value_re,
     )
 
 
-def _custom_verdict(
-    detector: Detector, column: ColumnSample, counts: Counter[str]
-) -> Verdict | None:
-    # A custom detector's confidence is the one the security team gave it.
-    if detector.hint is not None and not detector.hint.search(column.name):
+def custom_verdict(detector: Detector, *, hinted: bool, share: float | None) -> Verdict | None:
+    """A custom detector's verdict from what its regexes said: ``hinted`` (its name
+    regex matched the column name, or it has none) and ``share`` (of the sampled values
+    its value regex matched; None when values were not consulted: no value regex, or
+    fewer than ``MIN_VALUES`` values). Its confidence is the one the security team gave."""
+    if not hinted:
         return None
-    total = sum(counts.values())
-    if detector.match is None or total < MIN_VALUES:
+    if share is None:
         if detector.hint is None:
             return None
         return Verdict(detector.classification, detector.name_prior, 0.0, detector.name)
-    share = value_share(detector.match, counts, total, True)
     if share < detector.min_share:
         return None
     return Verdict(detector.classification, detector.name_prior, round(share, 3), detector.name)
 
 
+def _custom_verdict(
+    detector: Detector, column: ColumnSample, counts: Counter[str]
+) -> Verdict | None:
+    if detector.hint is not None and not detector.hint.search(column.name):
+        return None
+    total = sum(counts.values())
+    share = None
+    if detector.match is not None and total >= MIN_VALUES:
+        share = value_share(detector.match, counts, total, True)
+    return custom_verdict(detector, hinted=True, share=share)
+
+
+_BUILTIN_RANKS = {d.name: d.rank for d in BUILTIN_DETECTORS}
+
+
+def _rank(verdict: Verdict) -> int:
+    if verdict.detector.startswith("custom:"):
+        return CUSTOM_RANK
+    return _BUILTIN_RANKS.get(verdict.detector, 0)
+
+
+def preferred(current: Verdict | None, candidate: Verdict | None) -> Verdict | None:
+    """The better of two verdicts: higher confidence, then rank; ``current`` on a tie."""
+    if candidate is None:
+        return current
+    if current is None or (candidate.confidence, _rank(candidate)) > (
+        current.confidence,
+        _rank(current),
+    ):
+        return candidate
+    return current
+
+
 def classify(column: ColumnSample, custom: Sequence[Detector] = ()) -> Verdict | None:
-    """The best verdict for one column (highest confidence, then rank), or None."""
+    """The best verdict for one column (highest confidence, then rank), or None.
+
+    ``custom`` detectors run here, in this process, without a time limit: the scan
+    passes none and runs them through ``sidecar.scanner.regex_worker`` instead."""
     counts = Counter(v for v in column.values if v)
     total = sum(counts.values())
-    best: tuple[float, int, Verdict] | None = None
+    best: Verdict | None = None
     for detector in BUILTIN_DETECTORS:
-        verdict = detector.judge(column, counts, total)
-        if verdict is not None and (best is None or (verdict.confidence, detector.rank) > best[:2]):
-            best = (verdict.confidence, detector.rank, verdict)
+        best = preferred(best, detector.judge(column, counts, total))
     for detector in custom:
-        verdict = _custom_verdict(detector, column, counts)
-        if verdict is not None and (best is None or (verdict.confidence, detector.rank) > best[:2]):
-            best = (verdict.confidence, detector.rank, verdict)
-    return best[2] if best else None
+        best = preferred(best, _custom_verdict(detector, column, counts))
+    return best

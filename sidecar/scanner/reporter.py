@@ -276,6 +276,7 @@ class ScanReporter:
                 **report.summary,
                 "findings": len(report.findings),
                 "errors": len(report.errors),
+                "detectors_timed_out": list(report.detectors_timed_out),
                 "reported": self.reported_id == report.summary["id"],
                 "at": time.time(),
             }

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from sidecar.proxy.upstream import libpq_tls_defaults
 from sidecar.scanner.catalog import Catalog, Relation, read_catalog
 from sidecar.scanner.detectors import (
     ColumnSample,
@@ -29,6 +30,12 @@ from sidecar.scanner.detectors import (
     Verdict,
     classify,
     custom_detectors,
+    preferred,
+)
+from sidecar.scanner.regex_worker import (
+    DETECTOR_BUDGET_MS,
+    DETECTOR_TIMEOUT_MS,
+    CustomDetectorRunner,
 )
 from sidecar.scanner.sampling import SamplingError, sample_relation, sampled_columns
 
@@ -55,6 +62,9 @@ class ScanSettings:
     interval_seconds: int = DEFAULT_INTERVAL
     requested: str | None = None
     detectors: tuple[Any, ...] = ()
+    # Limits on the custom detectors' regexes (not bundle settings: the sidecar's own).
+    detector_timeout_ms: int = DETECTOR_TIMEOUT_MS
+    detector_budget_ms: int = DETECTOR_BUDGET_MS
 
     @classmethod
     def from_bundle(cls, bundle: dict[str, Any]) -> ScanSettings:
@@ -85,6 +95,8 @@ class ScanReport:
     summary: dict[str, Any]
     errors: list[SamplingError] = field(default_factory=list)
     detectors_skipped: int = 0
+    # Custom detectors stopped during the scan (their regex ran out of time).
+    detectors_timed_out: list[str] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         """What ``POST /api/v1/sidecar/schema`` takes (at most ``MAX_REPORTED_FINDINGS``
@@ -103,8 +115,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def connect(dsn: str, *, password: str | None = None) -> psycopg.Connection[Any]:
-    """A read-only connection as the sidecar's upstream role."""
+def connect_kwargs(dsn: str, *, password: str | None = None) -> dict[str, Any]:
+    """What ``connect`` passes to psycopg besides the DSN.
+
+    libpq already honours the DSN's ``sslmode``, ``sslrootcert``, ``sslcert`` and
+    ``sslkey``. A DSN without ``sslmode`` gets the sidecar proxy's default
+    (``sidecar.proxy.upstream.libpq_tls_defaults``: ``require`` for a host that is not
+    loopback) instead of libpq's ``prefer``, so the scanner never falls back to plain
+    text where the proxy would refuse to, and ``PGSSLMODE`` does not apply either.
+    """
     kwargs: dict[str, Any] = {
         "autocommit": True,
         "application_name": "warden-scanner",
@@ -113,8 +132,14 @@ def connect(dsn: str, *, password: str | None = None) -> psycopg.Connection[Any]
     }
     if password is not None:
         kwargs["password"] = password
+    kwargs.update(libpq_tls_defaults(dsn))
+    return kwargs
+
+
+def connect(dsn: str, *, password: str | None = None) -> psycopg.Connection[Any]:
+    """A read-only connection as the sidecar's upstream role."""
     try:
-        conn = psycopg.connect(dsn, **kwargs)
+        conn = psycopg.connect(dsn, **connect_kwargs(dsn, password=password))
     except psycopg.Error as exc:
         raise ScanError(f"cannot connect to the upstream database: {type(exc).__name__}") from None
     conn.read_only = True
@@ -141,6 +166,9 @@ def scan_connection(
     trigger: str = "start",
     classify_column: Callable[[ColumnSample, list[Detector]], Verdict | None] = classify,
 ) -> ScanReport:
+    """Scan on ``conn``. ``classify_column`` judges each column with the built-in
+    detectors; the bundle's custom detectors run in a child process under a deadline
+    (``regex_worker``), and the better verdict wins."""
     started_at, started = _now(), time.perf_counter()
     custom, skipped = custom_detectors(settings.detectors)
     if skipped:
@@ -155,31 +183,39 @@ def scan_connection(
     errors: list[SamplingError] = []
     by_column: dict[str, Finding] = {}
     columns = sampled = 0
-    for relation in catalog.relations:
-        columns += len(relation.columns)
-        try:
-            values = sample_relation(
-                conn,
-                relation,
-                rows=settings.sample_rows,
-                timeout_ms=settings.statement_timeout_ms,
-            )
-        except SamplingError as exc:
-            log.warning("%s", exc)  # names the relation and SQLSTATE only
-            errors.append(exc)
-            if conn.closed or conn.broken:
-                raise ScanError(f"the upstream connection was lost during {exc}") from None
-            values = {}
-        sampled += sum(1 for name in sampled_columns(relation) if name in values)
-        for column in relation.columns:
-            sample = ColumnSample(
-                column.name, column.type, column.family, values.get(column.name, ())
-            )
-            verdict = classify_column(sample, custom)
-            if verdict is not None:
-                finding = _finding(relation, column.name, verdict)
-                findings.append(finding)
-                by_column[f"{relation.key}.{column.name}"] = finding
+    runner = CustomDetectorRunner(
+        custom, timeout_ms=settings.detector_timeout_ms, budget_ms=settings.detector_budget_ms
+    )
+    with runner:
+        for relation in catalog.relations:
+            columns += len(relation.columns)
+            try:
+                values = sample_relation(
+                    conn,
+                    relation,
+                    rows=settings.sample_rows,
+                    timeout_ms=settings.statement_timeout_ms,
+                )
+            except SamplingError as exc:
+                log.warning("%s", exc)  # names the relation and SQLSTATE only
+                errors.append(exc)
+                if conn.closed or conn.broken:
+                    raise ScanError(f"the upstream connection was lost during {exc}") from None
+                values = {}
+            sampled += sum(1 for name in sampled_columns(relation) if name in values)
+            for column in relation.columns:
+                sample = ColumnSample(
+                    column.name, column.type, column.family, values.get(column.name, ())
+                )
+                verdict = classify_column(sample, [])
+                for candidate in runner.verdicts(sample, f"{relation.key}.{column.name}"):
+                    verdict = preferred(verdict, candidate)
+                if verdict is not None:
+                    finding = _finding(relation, column.name, verdict)
+                    findings.append(finding)
+                    by_column[f"{relation.key}.{column.name}"] = finding
+    if runner.unavailable:
+        skipped += len(custom)
     findings = _with_lineage(catalog, findings, by_column)
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     summary = {
@@ -203,7 +239,13 @@ def scan_connection(
         len(errors),
         duration_ms,
     )
-    return ScanReport(catalog, findings, summary, errors, skipped)
+    if runner.timed_out:
+        log.warning(
+            "scan %s: custom detector(s) timed out: %s",
+            summary["id"],
+            ", ".join(runner.timed_out),
+        )
+    return ScanReport(catalog, findings, summary, errors, skipped, list(runner.timed_out))
 
 
 def _finding(relation: Relation, column: str, verdict: Verdict) -> Finding:

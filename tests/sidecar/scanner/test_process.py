@@ -128,6 +128,7 @@ def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
                 "upstream_dsn": scratch_url,
                 "bundle_file": str(bundle_path),
                 "state_dir": str(tmp_path / "state"),
+                "datasource": "scan-test",
             }
         )
     )
@@ -162,6 +163,7 @@ def test_scan_command_prints_findings(scratch_url: str, tmp_path: Path) -> None:
                 "upstream_dsn": UNREACHABLE_URL,
                 "bundle_file": str(bundle_path),
                 "state_dir": str(tmp_path / "state"),
+                "datasource": "scan-test",
             }
         )
     )
