@@ -39,6 +39,9 @@ from sidecar.engine import compute_revision  # noqa: E402
 from sidecar.proxy.scram import make_verifier  # noqa: E402
 
 TOKEN = "wdn_bench_" + secrets.token_hex(16)
+# strict (production's default: each statement's intent fsynced before it runs) or
+# batched; set from --audit-durability.
+AUDIT_DURABILITY = ["strict"]
 PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
@@ -247,9 +250,20 @@ def start_sidecar(
         "log_level": "WARNING",
     }
     (workdir / "sidecar.json").write_text(json.dumps(config))
+    # The sidecar's datasource (a required key) through the environment: a --compare
+    # tree from before the key existed ignores the variable, where it would refuse a key.
+    inner = bundle_data.get("bundle", bundle_data)
+    env = {
+        **os.environ,
+        "WARDEN_SIDECAR_DATASOURCE": inner["datasource"]["name"],
+        # The bench reaches its scratch database as its superuser (pgbench needs it).
+        "WARDEN_SIDECAR_ALLOW_PRIVILEGED_UPSTREAM": "true",
+        "WARDEN_SIDECAR_AUDIT_DURABILITY": AUDIT_DURABILITY[0],
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.runner", "--config", str(workdir / "sidecar.json")],
         cwd=tree,
+        env=env,
     )
     deadline = time.monotonic() + 30
     while not ready.exists():
@@ -405,6 +419,12 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=60, help="idle connections for memory")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per cell (median kept)")
     parser.add_argument(
+        "--audit-durability",
+        choices=("strict", "batched"),
+        default="strict",
+        help="the sidecar's audit_durability (strict: production's default)",
+    )
+    parser.add_argument(
         "--compare",
         metavar="TREE",
         help="only the sidecar: CPU per transaction of this tree vs the checkout TREE",
@@ -413,6 +433,7 @@ def main() -> int:
         "--workloads", default="select-only,tpcb-like", help="with --compare: which workloads"
     )
     args = parser.parse_args()
+    AUDIT_DURABILITY[0] = args.audit_durability
 
     # Named after DATABASE_URL's database (e.g. warden_perf_proxy_bench_<hex>) so
     # engineers sharing one server each stay within their own database names.
@@ -456,7 +477,7 @@ def main() -> int:
         cpu_us: dict[tuple[str, int], list[float]] = {}
         print(
             f"pgbench scale {args.scale}, {args.duration}s per run, {args.repeat} round(s), "
-            "targets interleaved"
+            f"targets interleaved; sidecar audit_durability={args.audit_durability}"
         )
         print(
             f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"

@@ -8,6 +8,13 @@ Redis (where a conditional GET costs one Redis round trip and no SQL) and
 announces the new revision on a pub/sub channel that long-polls wait on.
 ``bundles_mark_stale`` is the hook the governance services call: it enqueues
 the recompile after the change commits, never before, never per request.
+
+Every bundle carries ``expires_at`` (``WARDEN_BUNDLE_LIFETIME_HOURS`` after
+``issued_at``, inside the signed content and so inside the revision, which is
+the ETag). ``bundles_resign``, from Celery beat every
+``WARDEN_BUNDLE_RESIGN_HOURS``, recompiles and re-signs every bundle whether or
+not the policy changed, so a sidecar always holds one well before its expiry and
+a replayed old bundle stops being accepted once it expires.
 """
 
 from __future__ import annotations
@@ -189,9 +196,19 @@ def _detectors() -> list[dict[str, Any]]:
     ]
 
 
-def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str, Any]:
-    """The inner bundle of ``datasource`` (revision included), checked by ``load_bundle``."""
+def bundle_lifetime() -> datetime.timedelta:
+    """How long after signing a bundle expires (``WARDEN_BUNDLE_LIFETIME_HOURS``)."""
+    return datetime.timedelta(hours=settings.WARDEN_BUNDLE_LIFETIME_HOURS)
+
+
+def bundle_compile(
+    *, datasource: Datasource, issued_at: Any = None, lifetime: datetime.timedelta | None = None
+) -> dict[str, Any]:
+    """The inner bundle of ``datasource`` (revision included), checked by ``load_bundle``.
+
+    ``expires_at`` is ``issued_at`` + ``lifetime`` (default ``bundle_lifetime()``)."""
     now = timezone.now()
+    issued = issued_at or now
     schema = _schema(datasource)
     known_columns = {
         (t["schema"], t["name"]): {c["name"] for c in t["columns"]} for t in schema["tables"]
@@ -240,7 +257,8 @@ def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str
     classification_names = [c.name for c in classifications]
     bundle: dict[str, Any] = {
         "format": FORMAT,
-        "issued_at": _rfc3339(issued_at or now),
+        "issued_at": _rfc3339(issued),
+        "expires_at": _rfc3339(issued + (lifetime or bundle_lifetime())),
         "datasource": {
             "name": datasource.name,
             "engine": datasource.engine,
@@ -286,10 +304,16 @@ def bundle_compile(*, datasource: Datasource, issued_at: Any = None) -> dict[str
     return bundle
 
 
+# Bumped when what a digest covers changes, so a bundle stored by an older control
+# plane (without expires_at) is republished at the next compile.
+_DIGEST_VERSION = b"warden.content/2\n"
+
+
 def content_digest(bundle: dict[str, Any]) -> str:
-    """What the policy says, without when it was said: equal digests, same bundle."""
-    content = {k: v for k, v in bundle.items() if k not in {"revision", "issued_at"}}
-    return hashlib.sha256(canonical_bytes(content)).hexdigest()
+    """What the policy says, without when it was said or until when: equal digests,
+    same policy."""
+    content = {k: v for k, v in bundle.items() if k not in {"revision", "issued_at", "expires_at"}}
+    return hashlib.sha256(_DIGEST_VERSION + canonical_bytes(content)).hexdigest()
 
 
 def envelope_bytes(bundle: dict[str, Any]) -> bytes:
@@ -306,8 +330,9 @@ class Published:
     changed: bool
 
 
-def bundle_publish(*, datasource: Datasource) -> Published:
-    """Compile, and when the policy changed, sign, store and announce a new revision.
+def bundle_publish(*, datasource: Datasource, force: bool = False) -> Published:
+    """Compile, and when the policy changed (or ``force``: a re-sign with a fresh
+    ``issued_at``/``expires_at``), sign, store and announce a new revision.
 
     A lock per datasource serialises compilers, so a slow run that read older rows
     can never publish after a newer one.
@@ -324,7 +349,12 @@ def bundle_publish(*, datasource: Datasource) -> Published:
             raise
         digest = content_digest(bundle)
         current = client.mget(_key(datasource.pk, "content"), _key(datasource.pk, "rev"))
-        if current[0] is not None and current[0].decode() == digest and current[1] is not None:
+        if (
+            not force
+            and current[0] is not None
+            and current[0].decode() == digest
+            and current[1] is not None
+        ):
             client.delete(_key(datasource.pk, "error"))
             return Published(revision=current[1].decode(), changed=False)
         body = envelope_bytes(bundle)
@@ -361,7 +391,9 @@ def bundle_error(*, datasource_id: int) -> str:
     return raw.decode() if raw else ""
 
 
-def bundles_publish_all(*, datasource_ids: list[int] | None = None) -> dict[int, Published]:
+def bundles_publish_all(
+    *, datasource_ids: list[int] | None = None, force: bool = False
+) -> dict[int, Published]:
     """Recompile every datasource (or those given); one that fails does not stop the rest."""
     qs = Datasource.objects.all()
     if datasource_ids is not None:
@@ -369,9 +401,23 @@ def bundles_publish_all(*, datasource_ids: list[int] | None = None) -> dict[int,
     results: dict[int, Published] = {}
     for datasource in qs.order_by("pk"):
         try:
-            results[datasource.pk] = bundle_publish(datasource=datasource)
+            results[datasource.pk] = bundle_publish(datasource=datasource, force=force)
         except BundleCompileError:
             continue
+    return results
+
+
+def bundles_resign() -> dict[int, Published]:
+    """Recompile and re-sign every datasource's bundle with a fresh ``issued_at`` and
+    ``expires_at``, changed or not (Celery beat, every ``WARDEN_BUNDLE_RESIGN_HOURS``).
+
+    A new revision each time, so the long-poll's ETag changes and every sidecar
+    fetches the renewed expiry. A datasource that no longer compiles keeps its old
+    bundle, which then expires: its sidecars enforce it for their grace period and
+    then refuse new sessions (the compile error shows on the sidecar list).
+    """
+    results = bundles_publish_all(force=True)
+    logger.info("re-signed %d bundle(s)", len(results))
     return results
 
 

@@ -15,6 +15,7 @@ field); other expected failures raise ``governance.errors.ApplicationError``.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import secrets
 from collections.abc import Iterable
@@ -287,13 +288,36 @@ def token_issue(
         name=name,
         prefix=raw[:10],
         digest=token_digest(raw),
-        scram_verifier=scram_sha256_verifier(raw),
+        scram_verifier=scram_sha256_verifier(raw, salt=_identity_salt(identity)),
         created_by=actor,
         expires_at=expires_at,
     )
     _create(actor, token)
     _token_event("token.issued", actor, token, identity=identity.name)
     return token, raw
+
+
+def _identity_salt(identity: Identity) -> bytes | None:
+    """The SCRAM salt the identity's live tokens share, if it has one.
+
+    A SCRAM exchange offers the client one salt, so the sidecar can only check the
+    tokens whose verifiers were made with it: every token of an identity gets the
+    same salt, and a second token works beside the first. (The tokens themselves
+    are 256 random bits each; a shared salt weakens nothing.)
+    """
+    live = (
+        AccessToken.objects.filter(identity=identity, revoked_at__isnull=True)
+        .exclude(scram_verifier="")
+        .order_by("-created_at")
+        .values_list("scram_verifier", flat=True)
+        .first()
+    )
+    if not live:
+        return None
+    try:
+        return base64.b64decode(live.split("$")[1].split(":")[1], validate=True)
+    except (IndexError, ValueError):
+        return None
 
 
 def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:

@@ -131,6 +131,12 @@ class ChangeHub(EventHub[int]):
         )
         if rev is None or body is None or rev.decode() != revision:
             return None
+        if _without_expiry(body):
+            # Stored by a control plane from before bundles expired: sidecars reject
+            # it. Recompiled here (its content digest no longer matches, so this
+            # publishes), and the caller reads the new revision.
+            await sync_to_async(_publish_now)(datasource_id)
+            return None
         self._bodies[datasource_id] = (revision, body)
         return bytes(body)
 
@@ -191,6 +197,13 @@ def _etag_matches(if_none_match: str, revision: str) -> bool:
         if tag == revision or tag == "*":
             return True
     return False
+
+
+def _without_expiry(body: bytes) -> bool:
+    try:
+        return "expires_at" not in json.loads(body)["bundle"]
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _publish_now(datasource_id: int) -> None:
@@ -260,6 +273,10 @@ async def bundle_reply(
                 if attempts > 3:
                     return _error(503, "The bundle is changing; try again.")
                 continue
+            # The ETag is the revision: the SHA-256 of the whole signed bundle,
+            # issued_at and expires_at included. A re-sign (governance.bundles.
+            # bundles_resign) is therefore a new ETag, and a 304 never hides a
+            # renewed expiry from a sidecar.
             headers = [
                 ("content-type", "application/json"),
                 ("etag", f'"{revision}"'),

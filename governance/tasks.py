@@ -1,7 +1,8 @@
 """Celery entry points of the governance app. Thin: they call services.
 
 ``bundles_recompile`` is enqueued on commit by every recorded policy change
-(never for a change that rolled back); ``identities_expire`` runs from beat.
+(never for a change that rolled back); ``identities_expire`` and
+``bundles_resign`` run from beat.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def bundles_recompile(*, datasource_ids: list[int] | None = None) -> dict[str, s
 
     results = bundles_publish_all(datasource_ids=datasource_ids)
     return {str(pk): p.revision for pk, p in results.items()}
+
+
+@shared_task(ignore_result=True, name="governance.tasks.bundles_resign")
+def bundles_resign() -> dict[str, str]:
+    """From beat (every ``WARDEN_BUNDLE_RESIGN_HOURS``): re-sign every bundle with a
+    fresh expiry, well before the current one expires (``WARDEN_BUNDLE_LIFETIME_HOURS``)."""
+    from governance.bundles import bundles_resign as resign
+
+    return {str(pk): p.revision for pk, p in resign().items()}
 
 
 @shared_task(ignore_result=True, name="governance.tasks.scans_request_due")

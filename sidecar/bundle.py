@@ -8,8 +8,15 @@ atomically (temp file, fsync, rename, fsync of the directory). On start it
 takes the last verified bundle from disk, re-verified, so a sidecar enforces
 while the control plane is down. A sidecar that never had a valid bundle has
 nothing to enforce and refuses to serve (``NoBundle``). A bundle that fails any
-check, or is older than the active one (a replay), is rejected and reported;
-the active bundle stays. Errors back off exponentially with full jitter.
+check, names another datasource than the sidecar's, or is older than the active
+one (a replay), is rejected, counted by reason and reported; the active bundle
+stays. Errors back off exponentially with full jitter.
+
+Every bundle carries ``expires_at`` (signed). With nothing active, only an
+unexpired bundle is taken from the network; the sidecar's own cache is honoured
+until ``expires_at`` + the grace period, as if it had kept running. Past that
+point ``policy_usable()`` gives the reason new sessions must be refused (live
+ones continue) until a newer bundle arrives.
 
 It satisfies the runner's ``BundleSource`` seam: ``current()`` (the inner
 bundle dict), ``subscribe(callback)`` and ``watch()``; ``active()`` also gives
@@ -50,6 +57,19 @@ HEARTBEAT_PATH = "/api/v1/sidecar/heartbeat"
 CACHE_FILE = "bundle.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_GRACE_SECONDS = 72 * 3600.0
+
+# Why a bundle was rejected: the ``reason`` label of the rejection counter.
+REJECTION_REASONS = (
+    "envelope",  # not JSON, not {bundle, signature}
+    "signature",  # unsupported algorithm, key not pinned, signature does not match
+    "engine",  # signed, but the engine's load_bundle refuses it
+    "datasource",  # signed, but for another datasource than this sidecar's
+    "expiry",  # no expires_at, or one not after issued_at
+    "expired",  # past its expiry with nothing active (past the grace period for the cache)
+    "replay",  # issued before the active bundle
+    "refused",  # a subscriber (the proxy's policy) could not use it
+)
 
 
 class NoBundle(Exception):
@@ -57,7 +77,12 @@ class NoBundle(Exception):
 
 
 class BundleRejected(Exception):
-    """A bundle failed verification; the message says which check."""
+    """A bundle failed verification; the message says which check, ``reason`` its
+    label (one of ``REJECTION_REASONS``)."""
+
+    def __init__(self, message: str, reason: str = "envelope") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class HttpError(Exception):
@@ -90,6 +115,30 @@ def _parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _timestamp(value: str | None) -> float | None:
+    return None if value is None else _parse_time(value).timestamp()
+
+
+def expiry_timestamp(document: dict[str, Any]) -> float | None:
+    """A bundle's ``expires_at`` as POSIX seconds (None without one); ValueError if malformed."""
+    value = document.get("expires_at")
+    return None if value is None else _parse_time(str(value)).timestamp()
+
+
+def expiry_refusal(
+    expires_at: str | None, *, grace_seconds: float, now: float | None = None, what: str = ""
+) -> str | None:
+    """Why new sessions must be refused under a bundle expiring at ``expires_at``
+    (None while it is usable: before ``expires_at`` + the grace period, or no expiry)."""
+    expires = _timestamp(expires_at)
+    if expires is None or (time.time() if now is None else now) < expires + grace_seconds:
+        return None
+    return (
+        f"Warden's policy expired at {expires_at} and "
+        f"{what or 'the control plane has been unreachable'}; new sessions are refused"
+    )
+
+
 @dataclass(frozen=True)
 class Verified:
     document: dict[str, Any]  # the inner bundle
@@ -98,12 +147,27 @@ class Verified:
     issued_at: str
     key_id: str
     raw: bytes  # the envelope exactly as received, for the disk cache
+    expires_at: str | None = None
+
+    @property
+    def issued_ts(self) -> float:
+        return _parse_time(self.issued_at).timestamp()
+
+    @property
+    def expires_ts(self) -> float | None:
+        return _timestamp(self.expires_at)
 
 
 def envelope_verify(
-    raw: bytes, keys: dict[str, Ed25519PublicKey], *, datasource: str | None = None
+    raw: bytes,
+    keys: dict[str, Ed25519PublicKey],
+    *,
+    datasource: str | None = None,
+    require_expiry: bool = True,
 ) -> Verified:
-    """Signature first, then the engine's own checks; raises ``BundleRejected``."""
+    """Signature first, then the engine's own checks, the datasource (when given) and
+    the expiry; raises ``BundleRejected``. Whether the bundle is still fresh enough
+    depends on what is active: ``BundleClient`` decides that."""
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -114,25 +178,45 @@ def envelope_verify(
     if not isinstance(document, dict) or not isinstance(signature, dict):
         raise BundleRejected("not a signed envelope {bundle, signature}")
     if signature.get("alg") != "ed25519":
-        raise BundleRejected(f"unsupported signature algorithm {signature.get('alg')!r}")
+        raise BundleRejected(
+            f"unsupported signature algorithm {signature.get('alg')!r}", "signature"
+        )
     key_id = signature.get("key_id")
     key = keys.get(key_id) if isinstance(key_id, str) else None
     if key is None:
-        raise BundleRejected(f"signed by key {key_id!r}, which is not pinned")
+        raise BundleRejected(f"signed by key {key_id!r}, which is not pinned", "signature")
     try:
         key.verify(
             base64.b64decode(str(signature.get("value")), validate=True), canonical_bytes(document)
         )
     except (InvalidSignature, binascii.Error, ValueError) as exc:
-        raise BundleRejected("the signature does not match the bundle") from exc
+        raise BundleRejected("the signature does not match the bundle", "signature") from exc
     try:
         bundle = load_bundle(document)
     except BundleError as exc:
-        raise BundleRejected(f"signed, but refused by the engine: {exc}") from exc
+        raise BundleRejected(f"signed, but refused by the engine: {exc}", "engine") from exc
     name = document["datasource"]["name"]
     if datasource is not None and name != datasource:
-        raise BundleRejected(f"the bundle is for datasource {name!r}, not {datasource!r}")
-    return Verified(document, bundle, document["revision"], document["issued_at"], str(key_id), raw)
+        raise BundleRejected(
+            f"the bundle is for datasource {name!r}, not {datasource!r}", "datasource"
+        )
+    expires_at = document.get("expires_at")
+    if expires_at is None:
+        if require_expiry:
+            raise BundleRejected(
+                "the bundle carries no expires_at (signed by an older control plane?)", "expiry"
+            )
+    elif _parse_time(expires_at) <= _parse_time(document["issued_at"]):
+        raise BundleRejected(f"expires_at {expires_at} is not after issued_at", "expiry")
+    return Verified(
+        document,
+        bundle,
+        document["revision"],
+        document["issued_at"],
+        str(key_id),
+        raw,
+        expires_at,
+    )
 
 
 # --- a small HTTP/1.1 client -----------------------------------------------------------
@@ -262,6 +346,8 @@ class BundleClient:
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        rejections: dict[str, int] | None = None,
     ) -> None:
         self.base_url = url.rstrip("/")
         self._token = token
@@ -272,7 +358,12 @@ class BundleClient:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.ssl_context = ssl_context
+        self.grace_seconds = grace_seconds
+        # Rejections by reason (shared with the metrics when the runner passes its own).
+        self.rejections = {} if rejections is None else rejections
         self._active: Verified | None = None
+        self._rejected_cache: bytes | None = None
+        self._refusing = False
         self._status = _Status()
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._changed: asyncio.Event | None = None
@@ -302,13 +393,39 @@ class BundleClient:
             await self._changed.wait()
         return self._active
 
+    def policy_usable(self, now: float | None = None) -> str | None:
+        """None while new sessions may be accepted; else the reason to refuse them.
+
+        The active bundle is enforced past its ``expires_at`` for the grace period
+        (the control plane may be down); after that, new sessions are refused until
+        a newer bundle arrives. Sessions already open are not affected.
+        """
+        active = self._active
+        if active is None:
+            return "Warden has no verified policy bundle; new sessions are refused"
+        refusal = expiry_refusal(active.expires_at, grace_seconds=self.grace_seconds, now=now)
+        if (refusal is not None) != self._refusing:
+            self._refusing = refusal is not None
+            if refusal is not None:
+                log.error("%s (grace period of %.0f s over)", refusal, self.grace_seconds)
+        return refusal
+
     def status(self) -> dict[str, Any]:
         """What a heartbeat reports about bundles (no secrets)."""
         active = self._active
+        now = time.time()
+        expires = active.expires_ts if active else None
+        state = "active" if active else "no_bundle"
+        if expires is not None and now >= expires:
+            state = "expired" if now < expires + self.grace_seconds else "refusing"
         return {
-            "state": "active" if active else "no_bundle",
+            "state": state,
             "revision": active.revision if active else "",
             "issued_at": active.issued_at if active else None,
+            "expires_at": active.expires_at if active else None,
+            "age_seconds": round(now - active.issued_ts, 3) if active else None,
+            "expires_in_seconds": round(expires - now, 3) if expires is not None else None,
+            "grace_seconds": self.grace_seconds,
             "key_id": active.key_id if active else None,
             "source": self._status.source,
             "activated_at": self._status.activated_at,
@@ -316,6 +433,7 @@ class BundleClient:
             "consecutive_failures": self._status.consecutive_failures,
             "last_error": self._status.last_error,
             "rejected": self._status.rejected,
+            "rejections": dict(self.rejections),
             "last_rejection": self._status.last_rejection,
         }
 
@@ -323,16 +441,29 @@ class BundleClient:
 
     def _activate(self, verified: Verified, source: str) -> None:
         current = self._active
-        if current is not None and _parse_time(verified.issued_at) < _parse_time(current.issued_at):
+        if current is None:
+            # Nothing enforced yet: only an unexpired bundle from the network. The
+            # sidecar's own cache is honoured up to the grace period, as it would
+            # have been had the sidecar kept running.
+            expires = verified.expires_ts
+            grace = self.grace_seconds if source == "disk" else 0.0
+            if expires is not None and time.time() >= expires + grace:
+                beyond = " and its grace period" if grace else ""
+                raise BundleRejected(
+                    f"expired at {verified.expires_at}{beyond}; refusing to start from it",
+                    "expired",
+                )
+        elif verified.issued_ts < current.issued_ts:
             raise BundleRejected(
                 f"older than the active bundle ({verified.issued_at} < {current.issued_at}): "
-                "a replay would undo newer policy"
+                "a replay would undo newer policy",
+                "replay",
             )
         for callback in self._callbacks:
             try:
                 callback(verified.document)
             except Exception as exc:
-                raise BundleRejected(f"refused by the sidecar: {exc}") from exc
+                raise BundleRejected(f"refused by the sidecar: {exc}", "refused") from exc
         self._active = verified
         self._status.source = source
         self._status.activated_at = _utcnow()
@@ -341,11 +472,17 @@ class BundleClient:
             self._changed = None
         log.info("bundle %s active (from %s)", verified.revision[:12], source)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, exc: BundleRejected, prefix: str = "") -> None:
+        reason = f"{prefix}{exc}"
+        self.rejections[exc.reason] = self.rejections.get(exc.reason, 0) + 1
         self._status.rejected += 1
-        self._status.last_rejection = {"at": _utcnow(), "reason": reason}
+        self._status.last_rejection = {"at": _utcnow(), "reason": reason, "code": exc.reason}
+        active = self._active
         log.error(
-            "bundle rejected, keeping %s: %s", self.status()["revision"][:12] or "none", reason
+            "bundle rejected (%s), keeping %s: %s",
+            exc.reason,
+            active.revision[:12] if active else "none",
+            reason,
         )
 
     def _write_cache(self, raw: bytes) -> None:
@@ -373,12 +510,16 @@ class BundleClient:
             raw = path.read_bytes()
         except FileNotFoundError:
             return False
+        if raw == self._rejected_cache:
+            return False  # rejected (and counted) already; start() retries every few seconds
         try:
             self._activate(envelope_verify(raw, self.keys, datasource=self.datasource), "disk")
         except BundleRejected as exc:
-            # A cache that no longer verifies (key rotated away, engine upgraded) is
-            # not fatal: the network may still bring a good bundle.
-            self._reject(f"cached bundle: {exc}")
+            # A cache that no longer verifies (key rotated away, engine upgraded,
+            # expired past the grace period) is not fatal: the network may still
+            # bring a good bundle.
+            self._rejected_cache = raw
+            self._reject(exc, "cached bundle: ")
             return False
         return True
 
@@ -411,7 +552,7 @@ class BundleClient:
                 return "unchanged"
             self._activate(verified, "network")
         except BundleRejected as exc:
-            self._reject(str(exc))
+            self._reject(exc)
             self._status.consecutive_failures += 1
             return "rejected"
         try:
@@ -509,7 +650,8 @@ class BundleClient:
 
 def client_from_env(env: dict[str, str] | None = None) -> BundleClient:
     """Build a client from ``WARDEN_SIDECAR_CONTROL_PLANE_URL``, ``..._TOKEN`` (or
-    ``..._TOKEN_FILE``), ``..._BUNDLE_PUBLIC_KEYS`` and ``..._STATE_DIR``."""
+    ``..._TOKEN_FILE``), ``..._BUNDLE_PUBLIC_KEYS``, ``..._STATE_DIR`` and
+    ``..._DATASOURCE`` (optionally ``..._BUNDLE_GRACE_HOURS``)."""
     env = dict(os.environ) if env is None else env
 
     def get(name: str) -> str:
@@ -526,8 +668,10 @@ def client_from_env(env: dict[str, str] | None = None) -> BundleClient:
         token=get("TOKEN"),
         public_keys=parse_public_keys(get("BUNDLE_PUBLIC_KEYS")),
         state_dir=get("STATE_DIR"),
+        datasource=get("DATASOURCE"),
         wait=int(env.get("WARDEN_SIDECAR_BUNDLE_WAIT", "55")),
         max_backoff=float(env.get("WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF", "30")),
+        grace_seconds=3600 * float(env.get("WARDEN_SIDECAR_BUNDLE_GRACE_HOURS", "72")),
     )
 
 

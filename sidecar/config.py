@@ -6,12 +6,14 @@ from ``WARDEN_SIDECAR_<KEY>_FILE``. A missing or malformed value raises
 may live in the DSN or, better, in ``upstream_password`` (file or env).
 Policy comes from the control plane (``control_plane_url`` + ``token`` +
 ``bundle_public_keys``) or, as an explicit offline mode, from ``bundle_file``:
-exactly one of the two.
+exactly one of the two. Either way ``datasource`` names the one datasource whose
+bundles this sidecar accepts (a bundle naming another is rejected).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import MISSING, dataclass, fields
@@ -27,12 +29,17 @@ class ConfigError(Exception):
 class SidecarConfig:
     upstream_dsn: str
     state_dir: str
+    # The datasource this sidecar enforces: a bundle naming any other is rejected.
+    datasource: str
     bundle_file: str = ""  # offline mode only: a local bundle JSON instead of the control plane
     control_plane_url: str = ""  # e.g. http://127.0.0.1:8000; bundles, audit and heartbeats
     token: str | None = None  # the sidecar's own token (wsc_...), from the control plane
     bundle_public_keys: str = ""  # pinned "<key id>:<base64>" items, comma-separated
     bundle_wait: int = 55  # long-poll seconds
     bundle_max_backoff: int = 30
+    # How long past its expires_at the last bundle is still enforced while no newer
+    # one can be had; after that new sessions are refused (live ones continue).
+    bundle_grace_hours: float = 72.0
     heartbeat_interval: int = 10  # seconds between heartbeats
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
@@ -47,8 +54,15 @@ class SidecarConfig:
     max_message_bytes: int = 256 * 1024 * 1024  # any message (COPY data included)
     # Query and Parse messages: larger ones are refused with an error, the session kept.
     max_statement_bytes: int = 8 * 1024 * 1024
+    # The upstream role must not be a superuser, BYPASSRLS, CREATEROLE or a member of
+    # the file, program or all-data roles; true allows it (logged at every start).
+    allow_privileged_upstream: bool = False
     spool_max_bytes: int = 512 * 1024 * 1024
     spool_full_policy: str = "refuse"
+    # strict: each statement's intent is fsynced (group commit) before it may run, so
+    # a crash loses no record; batched: records are fsynced every 0.1 s; auto: strict
+    # when the bundle's environment is production.
+    audit_durability: str = "auto"
     audit_url: str | None = None  # POST target for audit batches (control plane)
     audit_token: str | None = None
     # Approvals API for held statements; default: <control_plane_url>/api/v1/sidecar/approvals.
@@ -73,6 +87,14 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
         if value in {"0", "false", "no", "off", ""}:
             return False
         raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+    if isinstance(default, float):
+        try:
+            number = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+        return number
     if isinstance(default, int):
         try:
             return int(raw)
@@ -116,6 +138,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     config = SidecarConfig(**values)
     if config.spool_full_policy not in ("refuse", "drop"):
         raise ConfigError("spool_full_policy must be 'refuse' or 'drop'")
+    if config.audit_durability not in ("auto", "strict", "batched"):
+        raise ConfigError("audit_durability must be 'auto', 'strict' or 'batched'")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key must be given together")
     if bool(config.bundle_file) == bool(config.control_plane_url):
@@ -129,6 +153,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raise ConfigError("token is required with control_plane_url")
         if not config.bundle_public_keys:
             raise ConfigError("bundle_public_keys is required with control_plane_url")
+    if not config.datasource.strip():
+        raise ConfigError("datasource must name the datasource this sidecar enforces")
+    if config.bundle_grace_hours < 0:
+        raise ConfigError("bundle_grace_hours must not be negative")
     if config.heartbeat_interval < 1:
         raise ConfigError("heartbeat_interval must be at least 1 second")
     return config

@@ -4,6 +4,10 @@ Hand-written rather than ``prometheus_client``: the sidecar needs a handful of
 counters, gauges and one histogram, and updating them sits on the per-statement
 path, where a plain attribute increment is the cheapest thing available. The
 endpoint is a tiny asyncio HTTP server that answers ``GET /metrics``.
+
+It also carries the bundle source's verdict on whether new sessions may start
+(``policy_usable``), which the proxy asks before accepting one: the runner wires
+both to the same bundle source, so what /metrics shows is what the proxy does.
 """
 
 from __future__ import annotations
@@ -12,6 +16,19 @@ import asyncio
 import bisect
 import time
 from collections.abc import Callable
+
+# The ``reason`` labels of warden_sidecar_bundle_rejected_total (sidecar.bundle's
+# REJECTION_REASONS; repeated so this module imports nothing of the sidecar).
+BUNDLE_REJECTION_REASONS = (
+    "envelope",
+    "signature",
+    "engine",
+    "datasource",
+    "expiry",
+    "expired",
+    "replay",
+    "refused",
+)
 
 # Decision latency buckets in seconds: the engine's cached path is tens of
 # microseconds, a cold parse of a large statement is milliseconds.
@@ -31,6 +48,17 @@ class Metrics:
         self.bundle_revision = ""
         self.bundle_loaded_at: float | None = None
         self.bundle_issued_at: float | None = None
+        # Set by the runner from the bundle source: rejections by reason (a dict the
+        # source updates in place), the active bundle's expiry (POSIX seconds, None
+        # when it has none), the grace period past it, and
+        # ``policy_usable() -> None | reason``: the proxy refuses a new session with
+        # that reason (past expiry + grace).
+        self.bundle_rejected: dict[str, int] = {}
+        self.bundle_expires_at: Callable[[], float | None] = lambda: None
+        self.bundle_grace_seconds = 0.0
+        self.policy_usable: Callable[[], str | None] = lambda: None
+        # Sign-ins that failed, and attempts refused while their pair backed off.
+        self.logins: dict[str, int] = {"failed": 0, "throttled": 0}
 
     def connection_opened(self) -> None:
         self.connections_total += 1
@@ -83,17 +111,56 @@ class Metrics:
             "# HELP warden_sidecar_audit_dropped_total Audit events dropped (spool full).",
             "# TYPE warden_sidecar_audit_dropped_total counter",
             f"warden_sidecar_audit_dropped_total {self.spool_dropped()}",
+            "# HELP warden_sidecar_logins_total Refused sign-ins: a wrong identity or token, "
+            "or an attempt while that identity and address back off.",
+            "# TYPE warden_sidecar_logins_total counter",
+            *(f'warden_sidecar_logins_total{{result="{k}"}} {n}' for k, n in self.logins.items()),
             "# HELP warden_sidecar_bundle_info The bundle revision being enforced.",
             "# TYPE warden_sidecar_bundle_info gauge",
             f'warden_sidecar_bundle_info{{revision="{self.bundle_revision}"}} 1',
         ]
+        lines += [
+            "# HELP warden_sidecar_bundle_rejected_total Bundles rejected (the active one "
+            "stays), by reason.",
+            "# TYPE warden_sidecar_bundle_rejected_total counter",
+        ]
+        rejected = dict.fromkeys(BUNDLE_REJECTION_REASONS, 0) | self.bundle_rejected
+        lines += [
+            f'warden_sidecar_bundle_rejected_total{{reason="{reason}"}} {count}'
+            for reason, count in rejected.items()
+        ]
+        now = time.time()
         if self.bundle_loaded_at is not None:
-            age = time.time() - (self.bundle_issued_at or self.bundle_loaded_at)
+            age = now - (self.bundle_issued_at or self.bundle_loaded_at)
             lines += [
                 "# HELP warden_sidecar_bundle_age_seconds Seconds since the bundle was issued.",
                 "# TYPE warden_sidecar_bundle_age_seconds gauge",
                 f"warden_sidecar_bundle_age_seconds {age:.3f}",
             ]
+        expires = self.bundle_expires_at()
+        if expires is not None:
+            lines += [
+                "# HELP warden_sidecar_bundle_expiry_timestamp_seconds When the active bundle "
+                "expires (Unix time).",
+                "# TYPE warden_sidecar_bundle_expiry_timestamp_seconds gauge",
+                f"warden_sidecar_bundle_expiry_timestamp_seconds {expires:.3f}",
+                "# HELP warden_sidecar_bundle_expires_in_seconds Seconds until the active bundle "
+                "expires; negative once expired (enforced for the grace period, then new "
+                "sessions are refused).",
+                "# TYPE warden_sidecar_bundle_expires_in_seconds gauge",
+                f"warden_sidecar_bundle_expires_in_seconds {expires - now:.3f}",
+                "# HELP warden_sidecar_bundle_grace_seconds How long past expiry the bundle is "
+                "still enforced.",
+                "# TYPE warden_sidecar_bundle_grace_seconds gauge",
+                f"warden_sidecar_bundle_grace_seconds {self.bundle_grace_seconds:.0f}",
+            ]
+        usable = self.bundle_loaded_at is not None and self.policy_usable() is None
+        lines += [
+            "# HELP warden_sidecar_policy_usable 1 while new sessions are accepted; 0 with no "
+            "bundle, or past the bundle's expiry and grace period.",
+            "# TYPE warden_sidecar_policy_usable gauge",
+            f"warden_sidecar_policy_usable {int(usable)}",
+        ]
         return "\n".join(lines) + "\n"
 
 

@@ -4,15 +4,19 @@
 The bundle comes from a ``BundleSource``: normally ``sidecar.bundle``'s client
 of the control plane (signed, long-polled, cached on disk), or, as an explicit
 offline mode, a local JSON file watched for changes. A bundle that fails to
-load never replaces the one being enforced, and with no verified bundle at all
-the sidecar does not listen (fail closed). With a control plane it also ships
-the audit spool to ``/api/v1/sidecar/audit`` and sends heartbeats.
+load, names another datasource than the configured one, or (from the control
+plane) is older than the active one never replaces the one being enforced, and
+with no usable bundle at all the sidecar does not listen (fail closed). Past the
+bundle's ``expires_at`` plus ``bundle_grace_hours`` the proxy refuses new
+sessions (``Metrics.policy_usable``). With a control plane it also ships the
+audit spool to ``/api/v1/sidecar/audit`` and sends heartbeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,8 +29,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sidecar.bundle import BundleClient, HttpError, NoBundle, parse_public_keys
+from sidecar.bundle import (
+    BundleClient,
+    BundleRejected,
+    HttpError,
+    NoBundle,
+    expiry_refusal,
+    expiry_timestamp,
+    parse_public_keys,
+)
 from sidecar.config import ConfigError, SidecarConfig, load_config
+from sidecar.engine import BundleError
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.policy import (
@@ -67,20 +80,79 @@ class FileBundleSource:
     Compared by content, not only modification time: a coarse mtime can hide a
     second write, and a half-written file (write it to a temporary name and
     rename it, ideally) is simply retried on the next tick.
+
+    The file is not signed (offline mode is the operator's explicit choice), but
+    it must name ``datasource`` when one is given, and a file with ``expires_at``
+    is used only until ``expires_at`` + ``grace_seconds``: a file past that is
+    rejected, and one that passes it while enforced makes ``policy_usable()``
+    refuse new sessions. A file without ``expires_at`` does not expire. The
+    constructor raises ``BundleRejected`` (counted), ``OSError`` or ``ValueError``.
     """
 
-    def __init__(self, path: Path, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        interval: float = 1.0,
+        datasource: str | None = None,
+        grace_seconds: float = 0.0,
+        rejections: dict[str, int] | None = None,
+    ) -> None:
         self.path = path
         self.interval = interval
+        self.datasource = datasource
+        self.grace_seconds = grace_seconds
+        self.rejections = {} if rejections is None else rejections
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._seen = path.read_bytes()
-        self._current = inner_bundle(json.loads(self._seen))
+        self._current = self._checked(inner_bundle(json.loads(self._seen)))
+
+    def _count(self, reason: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    def _checked(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ds = candidate.get("datasource")
+            name = ds.get("name") if isinstance(ds, dict) else None
+            if self.datasource is not None and name != self.datasource:
+                raise BundleRejected(
+                    f"the bundle file is for datasource {name!r}, not {self.datasource!r}",
+                    "datasource",
+                )
+            expires_at = candidate.get("expires_at")
+            try:
+                refusal = expiry_refusal(
+                    None if expires_at is None else str(expires_at),
+                    grace_seconds=self.grace_seconds,
+                )
+            except ValueError as exc:
+                raise BundleRejected(f"expires_at {expires_at!r} is not a time", "expiry") from exc
+            if refusal is not None:
+                raise BundleRejected(
+                    f"the bundle file expired at {expires_at} and its grace period", "expired"
+                )
+        except BundleRejected as exc:
+            self._count(exc.reason)
+            raise
+        return candidate
 
     def current(self) -> dict[str, Any]:
         return self._current
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
         self._callbacks.append(callback)
+
+    def expires_at(self) -> float | None:
+        return expiry_timestamp(self._current)
+
+    def policy_usable(self) -> str | None:
+        """None while new sessions may start; else why not (see the class docstring)."""
+        value = self._current.get("expires_at")
+        return expiry_refusal(
+            None if value is None else str(value),
+            grace_seconds=self.grace_seconds,
+            what="the bundle file has not been replaced",
+        )
 
     async def watch(self) -> None:
         while True:
@@ -90,12 +162,18 @@ class FileBundleSource:
                 if raw == self._seen:
                     continue
                 self._seen = raw
-                candidate = inner_bundle(json.loads(raw))
-                for callback in self._callbacks:
-                    callback(candidate)  # the policy's raises if the bundle does not load
+                candidate = self._checked(inner_bundle(json.loads(raw)))
+                try:
+                    for callback in self._callbacks:
+                        callback(candidate)  # the policy's raises if the bundle does not load
+                except BundleError:
+                    self._count("engine")
+                    raise
                 self._current = candidate
                 log.info("bundle reloaded from %s", self.path.name)
             except Exception as exc:
+                if isinstance(exc, ValueError) and not isinstance(exc, BundleError):
+                    self._count("envelope")  # not JSON (or half written: retried next tick)
                 log.error("bundle file rejected, keeping the current one: %s", exc)
 
 
@@ -195,7 +273,7 @@ class EnginePolicy:
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
-        self._audit_cache: dict[Any, tuple[Any, ...]] = {}
+        self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
         # with the generation their prepared statements were decided under.
         self.generation = 0
@@ -230,7 +308,7 @@ class EnginePolicy:
         self.generation += 1
         self._note(document)
 
-    def _shared(self, decision: Any) -> tuple[Any, ...]:
+    def _shared(self, decision: Any) -> tuple[str, str, tuple[Any, ...]]:
         """Everything a verdict holds but its upstream SQL, shared by the statements
         that differ only in literals: encoded and computed once, not per execution."""
         key = (
@@ -258,23 +336,28 @@ class EnginePolicy:
                 for s in statements
                 if s.session and (c := s.session.get("cursor"))
             )
+            # Verdict's fields in order, but for upstream_sql.
             shared = (
                 decision.action,
                 decision.message or "Warden: statement refused by policy",
-                encoded[1:-1],
-                approval_facts(decision) if review else None,
-                self._hold_seconds if review else 0.0,
-                kinds,
-                len(statements) > 1,
-                decision.barrier,
-                executes,
-                cursors,
-                decision.redact_errors,
-                decision.action == "allow"
-                and not decision.barrier
-                and not executes
-                and not cursors
-                and kinds.isdisjoint(BY_NAME_KINDS),
+                (
+                    NO_FACTS,
+                    encoded[1:-1],
+                    approval_facts(decision) if review else None,
+                    self._hold_seconds if review else 0.0,
+                    None,
+                    kinds,
+                    len(statements) > 1,
+                    decision.barrier,
+                    executes,
+                    cursors,
+                    decision.redact_errors,
+                    decision.action == "allow"
+                    and not decision.barrier
+                    and not executes
+                    and not cursors
+                    and kinds.isdisjoint(BY_NAME_KINDS),
+                ),
             )
             if len(self._audit_cache) >= self.CACHE_LIMIT:
                 self._audit_cache.clear()
@@ -307,18 +390,10 @@ class EnginePolicy:
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )
-            action, message, fragment, approval, hold, *facts = self._shared(decision)
-            verdict = Verdict(
-                action,
-                message,
-                decision.upstream_sql,
-                NO_FACTS,
-                fragment,
-                approval,
-                hold,
-                None,
-                *facts,
-            )
+            action, message, rest = self._shared(decision)
+            # The tuple itself: once per statement on the hot path, without the
+            # NamedTuple constructor's keyword handling.
+            verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
             if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
                 if len(self._cache) >= self.CACHE_LIMIT:
                     self._cache.clear()
@@ -359,6 +434,36 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(target)
+
+
+async def _check_privileges(config: SidecarConfig) -> None:
+    """Refuse to start as a privileged upstream role (each session checks again at
+    login, so a role made privileged later is refused there)."""
+    from sidecar.proxy.state import PRIVILEGES_SQL
+    from sidecar.scanner.scan import connect as scanner_connect
+
+    def privileges() -> list[str]:
+        with scanner_connect(config.upstream_dsn, password=config.upstream_password) as conn:
+            row = conn.execute(PRIVILEGES_SQL).fetchone()
+        return [p for p in str(row[0] if row else "").split(",") if p]
+
+    try:
+        found = await asyncio.to_thread(privileges)
+    except Exception as exc:  # unreachable now: every session checks at its login
+        log.warning("could not check the upstream role's privileges (%s)", type(exc).__name__)
+        return
+    if not found:
+        return
+    if not config.allow_privileged_upstream:
+        raise ConfigError(
+            f"the upstream role is privileged ({', '.join(found)}): give the sidecar an "
+            "unprivileged role (docs/deploy.md), or set allow_privileged_upstream: true"
+        )
+    log.warning(
+        "the upstream role is privileged (%s) and allow_privileged_upstream is set: a "
+        "misjudged statement could reach the server's files, programs or all data",
+        ", ".join(found),
+    )
 
 
 async def _check_masking(
@@ -419,6 +524,33 @@ async def _first_bundle(client: BundleClient, stop: asyncio.Event) -> bool:
     return False
 
 
+async def _first_file_bundle(
+    config: SidecarConfig, metrics: Metrics, stop: asyncio.Event, interval: float = 1.0
+) -> FileBundleSource | None:
+    """The offline bundle file, once it names this datasource and has not expired past
+    its grace period; nothing listens meanwhile. None when asked to stop first."""
+    path = Path(config.bundle_file)
+    rejected: bytes | None = None
+    while not stop.is_set():
+        # A file rejected once is checked (and counted) again only when it changes.
+        if path.read_bytes() != rejected:
+            try:
+                return FileBundleSource(
+                    path,
+                    datasource=config.datasource,
+                    grace_seconds=config.bundle_grace_hours * 3600,
+                    rejections=metrics.bundle_rejected,
+                )
+            except BundleRejected as exc:
+                rejected = path.read_bytes()
+                log.error(
+                    "bundle file rejected (%s): %s; not serving, still trying", exc.reason, exc
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+    return None
+
+
 def heartbeat_counters(metrics: Metrics, spool: AuditSpool, shipped: int) -> dict[str, int]:
     return {
         "connections_total": metrics.connections_total,
@@ -427,6 +559,7 @@ def heartbeat_counters(metrics: Metrics, spool: AuditSpool, shipped: int) -> dic
         "audit_spool_depth": spool.depth,
         "audit_dropped": spool.dropped,
         "audit_shipped": shipped,
+        **{f"bundle_rejected_{reason}": n for reason, n in sorted(metrics.bundle_rejected.items())},
     }
 
 
@@ -476,7 +609,7 @@ def scan_reporter(
     )
 
 
-def bundle_client(config: SidecarConfig) -> BundleClient:
+def bundle_client(config: SidecarConfig, rejections: dict[str, int] | None = None) -> BundleClient:
     try:
         keys = parse_public_keys(config.bundle_public_keys)
     except ValueError as exc:
@@ -486,30 +619,70 @@ def bundle_client(config: SidecarConfig) -> BundleClient:
         token=config.token or "",
         public_keys=keys,
         state_dir=config.state_dir,
+        datasource=config.datasource,
         wait=config.bundle_wait,
         max_backoff=float(config.bundle_max_backoff),
+        grace_seconds=config.bundle_grace_hours * 3600,
+        rejections=rejections,
     )
+
+
+async def _bundle_source(
+    config: SidecarConfig, metrics: Metrics, stop: asyncio.Event
+) -> FileBundleSource | BundleClient | None:
+    """The first usable bundle, wired into ``metrics`` (rejections, expiry, and the
+    ``policy_usable`` the proxy asks before each new session); None if stopped first."""
+    source: FileBundleSource | BundleClient | None
+    if config.control_plane_url:
+        client = bundle_client(config, metrics.bundle_rejected)
+        source = client if await _first_bundle(client, stop) else None
+    else:
+        source = await _first_file_bundle(config, metrics, stop)
+    if source is None:
+        return None
+    if isinstance(source, BundleClient):
+        active = source.active
+        metrics.bundle_expires_at = lambda: active().expires_ts
+    else:
+        metrics.bundle_expires_at = source.expires_at
+    metrics.bundle_grace_seconds = config.bundle_grace_hours * 3600
+    metrics.policy_usable = source.policy_usable
+    return source
 
 
 async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     metrics = Metrics()
-    source: FileBundleSource | BundleClient
-    if config.control_plane_url:
-        source = bundle_client(config)
-        if not await _first_bundle(source, stop):
-            return
-    else:
-        source = FileBundleSource(Path(config.bundle_file))
+    ready: dict[str, Any] = {}
+    metrics_server: asyncio.AbstractServer | None = None
+    if config.metrics_listen:
+        # Served before there is a bundle: a sidecar that does not listen (no usable
+        # bundle yet) still shows why in warden_sidecar_bundle_rejected_total.
+        host, _, mport = config.metrics_listen.rpartition(":")
+        metrics_server = await serve_metrics(metrics, host or "127.0.0.1", int(mport))
+        sockets: Any = getattr(metrics_server, "sockets", ())
+        ready["metrics_port"] = sockets[0].getsockname()[1]
+    source = await _bundle_source(config, metrics, stop)
+    if source is None:
+        if metrics_server is not None:
+            metrics_server.close()
+        return
     policy = EnginePolicy(source, metrics)
+    await _check_privileges(config)
     masking = await _check_masking(config, policy)
     document = source.current()
     upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
+    durability = config.audit_durability
+    if durability == "auto":
+        environment = (document.get("datasource") or {}).get("environment")
+        durability = "strict" if environment == "production" else "batched"
     spool = AuditSpool(
         Path(config.state_dir) / "spool",
         max_bytes=config.spool_max_bytes,
         full_policy=config.spool_full_policy,
+        durability=durability,
     )
+    log.info("audit durability: %s", durability)
     metrics.spool_depth = lambda: spool.depth
     metrics.spool_dropped = lambda: spool.dropped
     datasource = document.get("datasource") or {}
@@ -522,6 +695,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         cleartext_over_tls=config.cleartext_over_tls,
         max_message=config.max_message_bytes,
         max_statement=config.max_statement_bytes,
+        allow_privileged_upstream=config.allow_privileged_upstream,
     )
     approvals_url = config.approvals_url or (
         config.control_plane_url.rstrip("/") + APPROVALS_PATH if config.control_plane_url else None
@@ -554,7 +728,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     if audit_url:
         shipper = AuditShipper(spool, http_upload(audit_url, config.audit_token or config.token))
         tasks.append(asyncio.create_task(shipper.run()))
-    ready: dict[str, Any] = {"port": port, "pid": os.getpid()}
+    ready.update({"port": port, "pid": os.getpid()})
     reporter: Any = None
     if config.scan_enabled:
 
@@ -577,11 +751,6 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
                 )
             )
         )
-    if config.metrics_listen:
-        host, _, mport = config.metrics_listen.rpartition(":")
-        metrics_server = await serve_metrics(metrics, host or "127.0.0.1", int(mport))
-        sockets: Any = getattr(metrics_server, "sockets", ())
-        ready["metrics_port"] = sockets[0].getsockname()[1]
     log.info(
         "sidecar serving on %s:%s for database %s", config.listen_host, port, settings.database
     )
@@ -605,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if config.control_plane_url:
             bundle_client(config)  # a bad pinned key is a start-up error, not a retry loop
-    except ConfigError as exc:
+        # A bad TLS setting in the DSN (a missing CA file...) too.
+        UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
+    except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -622,10 +793,14 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    if uvloop is not None:
-        uvloop.run(run())
-    else:
-        asyncio.run(run())
+    try:
+        if uvloop is not None:
+            uvloop.run(run())
+        else:
+            asyncio.run(run())
+    except ConfigError as exc:  # found while starting: a privileged upstream role, say
+        log.error("not starting: %s", exc)
+        return 2
     return 0
 
 

@@ -18,6 +18,19 @@ nothing runs unaudited; ``drop`` keeps serving and drops the new events,
 counting them in ``dropped`` (exported as a metric). Session end events are
 written even when full: they are few and close the trail.
 
+Durability. With ``durability="strict"`` no statement runs without its record:
+before the proxy forwards a statement it writes its intent (the statement's
+event with outcome ``unknown``) to a journal under ``<state_dir>/journal``,
+fsynced by group commit (one fsync for every intent that arrived while the
+previous one ran), and holds the statement until that fsync is done. The
+statement's outcome follows in the spool as usual, under the same event id. A
+journal file is deleted once every intent in it has its outcome on disk; the
+ones left after a crash are appended to the spool at the next start, so the
+trail shows every statement that could have run: the control plane keeps the
+first event of an id, so an outcome recorded before the crash wins over the
+journal's ``unknown``. ``batched`` skips the journal (an outcome may then be lost
+with the last ``flush_interval`` of a crash).
+
 Shipping. The shipper reads sealed segments in order and calls an async
 ``upload(batch)`` with lists of events. A segment is deleted only after every
 batch in it was acknowledged; progress inside a segment is kept in
@@ -54,9 +67,12 @@ class AuditSpool:
         flush_interval: float = 0.1,
         flush_events: int = 500,
         full_policy: str = "refuse",
+        durability: str = "batched",
     ) -> None:
         if full_policy not in ("refuse", "drop"):
             raise ValueError("full_policy must be 'refuse' or 'drop'")
+        if durability not in ("strict", "batched"):
+            raise ValueError("durability must be 'strict' or 'batched'")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -84,6 +100,125 @@ class AuditSpool:
         self.full = False
         self.accepting = True
         self._account(0)
+        # The intent journal (strict durability). Tickets count intents; ``durable``
+        # is the highest whose fsync is done, read by sessions on every write.
+        self.strict = durability == "strict"
+        self.durable = 0
+        self._tickets = 0
+        self._journal_buffer: list[str] = []
+        self._journal_inflight = False
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._journal_dir = directory / "journal"
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        # journal seq -> intents in it without their outcome on disk yet
+        self._unresolved: dict[int, int] = {}
+        self._resolved_unflushed: list[int] = []
+        self._recover_journal()
+        self._journal_seq = self._next_journal_seq()
+        self._journal_file = self._open_journal()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- the intent journal (strict durability) -----------------------------
+
+    def journal(self, line: str) -> tuple[int, int]:
+        """Record an intent (the event as it reads if the outcome is never known);
+        returns (ticket, journal seq). The intent is durable once ``durable`` reaches
+        the ticket; ``when_durable`` calls back then."""
+        self._tickets += 1
+        self._journal_buffer.append(line)
+        seq = self._journal_seq
+        self._unresolved[seq] = self._unresolved.get(seq, 0) + 1
+        if not self._journal_inflight:
+            self._commit_journal()
+        return self._tickets, seq
+
+    def resolved(self, seq: int) -> None:
+        """The outcome of an intent in journal ``seq`` was appended to the spool."""
+        self._resolved_unflushed.append(seq)
+
+    def when_durable(self, ticket: int, callback: Callable[[], None]) -> None:
+        if ticket <= self.durable:
+            callback()
+        else:
+            self._waiters.append((ticket, callback))
+
+    def _commit_journal(self) -> None:
+        """One write + fsync for every intent buffered since the last one (group commit)."""
+        if not self._journal_buffer:
+            return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._journal_buffer.append("")
+        data = "\n".join(self._journal_buffer).encode()
+        self._journal_buffer = []
+        ticket = self._tickets
+        self._journal_inflight = True
+        loop = self._loop
+        future = self._submit(_write_sync, self._journal_file, data)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._journal_done, ticket, f))
+
+    def _journal_done(self, ticket: int, future: Future[None]) -> None:
+        self._journal_inflight = False
+        if future.exception() is not None:
+            return  # write_error is set and accepting false: the proxy refuses from now
+        self.durable = ticket
+        ready = [cb for t, cb in self._waiters if t <= ticket]
+        self._waiters = [(t, cb) for t, cb in self._waiters if t > ticket]
+        for callback in ready:
+            callback()
+        self._commit_journal()
+
+    def _rotate_journal(self) -> None:
+        """Start a new journal file, and delete the earlier ones whose every intent
+        has its outcome in a spool write that is queued (so: done first) before."""
+        for seq in self._resolved_unflushed:
+            self._unresolved[seq] -= 1
+        self._resolved_unflushed = []
+        if self._unresolved.get(self._journal_seq) or self._journal_buffer:
+            self._submit(_close_sync, self._journal_file)
+            self._journal_seq += 1
+            self._journal_file = self._open_journal()
+        done = [s for s, n in self._unresolved.items() if n <= 0 and s != self._journal_seq]
+        for seq in done:
+            del self._unresolved[seq]
+        if done:
+            self._submit(_unlink_sync, [self._journal_path(s) for s in done])
+
+    def _journal_path(self, seq: int) -> Path:
+        return self._journal_dir / f"{seq:012d}.jsonl"
+
+    def _next_journal_seq(self) -> int:
+        existing = sorted(self._journal_dir.glob("*.jsonl"))
+        return int(existing[-1].stem) + 1 if existing else 1
+
+    def _open_journal(self) -> Any:
+        return self._journal_path(self._journal_seq).open("ab")
+
+    def _recover_journal(self) -> None:
+        """Intents a crash left without their outcome: appended to the spool (after
+        everything recorded before the crash, so a known outcome of the same id,
+        shipped first, is the one the control plane keeps)."""
+        leftovers = sorted(self._journal_dir.glob("*.jsonl"))
+        if not leftovers:
+            return
+        lines = []
+        for path in leftovers:
+            for raw in path.read_bytes().splitlines():
+                try:
+                    json.loads(raw)
+                except ValueError:
+                    continue  # a torn last line: its fsync never returned, nothing ran
+                lines.append(raw.decode())
+        if lines:
+            data = ("\n".join(lines) + "\n").encode()
+            _write_sync(self._file, data)
+            self._current_lines += len(lines)
+            self._current_bytes += len(data)
+            self._account(len(data))
+            self._depth += len(lines)
+            log.warning("recovered %d audit intents left by an unclean stop", len(lines))
+        for path in leftovers:
+            path.unlink()
 
     # ---- writing ------------------------------------------------------------
 
@@ -114,6 +249,8 @@ class AuditSpool:
             self.flush()
 
     def flush(self) -> None:
+        if self._resolved_unflushed and not self._buffer:
+            self._rotate_journal()
         if not self._buffer:
             return
         self._buffer.append("")
@@ -122,6 +259,8 @@ class AuditSpool:
         count = len(self._buffer)
         self._buffer = []
         self._submit(_write_sync, self._file, data)
+        if self.strict:
+            self._rotate_journal()  # queued after the write: the outcomes are on disk first
         self._current_lines += count
         self._current_bytes += len(data)
         self._account(len(data))
@@ -205,7 +344,12 @@ class AuditSpool:
 
     def close(self) -> None:
         self.flush()
+        self._rotate_journal()
         self._submit(_close_sync, self._file)
+        self._submit(_close_sync, self._journal_file)
+        if not self._unresolved.get(self._journal_seq) and not self._journal_buffer:
+            # A clean stop: every intent has its outcome; nothing to recover.
+            self._submit(_unlink_sync, [self._journal_path(self._journal_seq)])
         self._writer.shutdown(wait=True)
 
 
@@ -217,6 +361,11 @@ def _write_sync(file: Any, data: bytes) -> None:
 
 def _close_sync(file: Any) -> None:
     file.close()
+
+
+def _unlink_sync(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _count_lines(path: Path) -> int:

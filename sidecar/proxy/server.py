@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import socket
 import ssl
@@ -29,7 +30,7 @@ from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.policy import Identity, Policy
-from sidecar.proxy.scram import ScramError, ScramServer
+from sidecar.proxy.scram import ScramError, ScramServer, Verifier
 from sidecar.proxy.session import (
     AuditSink,
     ClientProtocol,
@@ -71,6 +72,46 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class LoginThrottle:
+    """Failed sign-ins per (identity, client address). After ``FREE`` failures within
+    ``WINDOW`` seconds each further attempt of that pair is refused until a delay that
+    doubles with every failure (to ``CAP``) has passed. Keyed by the pair, so an
+    attacker elsewhere cannot lock a service account out; bounded in memory."""
+
+    FREE = 5
+    WINDOW = 60.0
+    BASE = 1.0
+    CAP = 300.0
+    MAX_PAIRS = 10_000
+
+    def __init__(self) -> None:
+        # pair -> [failures, first failure, refused until]
+        self._pairs: dict[tuple[str, str], list[float]] = {}
+
+    def blocked_for(self, pair: tuple[str, str], now: float | None = None) -> float:
+        entry = self._pairs.get(pair)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry[2] - (time.monotonic() if now is None else now))
+
+    def failed(self, pair: tuple[str, str], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        entry = self._pairs.get(pair)
+        if entry is None or (now - entry[1] > self.WINDOW and now >= entry[2]):
+            if len(self._pairs) >= self.MAX_PAIRS:
+                # Forget the stalest pairs rather than grow without bound.
+                for stale in sorted(self._pairs, key=lambda p: self._pairs[p][2])[:1000]:
+                    del self._pairs[stale]
+            entry = self._pairs[pair] = [0.0, now, 0.0]
+        entry[0] += 1
+        over = entry[0] - self.FREE
+        if over > 0:
+            entry[2] = now + min(self.CAP, self.BASE * 2 ** (over - 1))
+
+    def succeeded(self, pair: tuple[str, str]) -> None:
+        self._pairs.pop(pair, None)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     database: str
@@ -81,6 +122,8 @@ class ProxySettings:
     cleartext_over_tls: bool = False
     max_message: int = 256 * 1024 * 1024
     max_statement: int = 8 * 1024 * 1024
+    # A superuser or otherwise privileged upstream role is refused unless allowed.
+    allow_privileged_upstream: bool = False
     auth_timeout: float = 30.0
 
 
@@ -111,6 +154,7 @@ class ProxyServer:
         self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self._cancel_sessions: dict[tuple[int, int], Session] = {}
         self._fake_salt_key = secrets.token_bytes(32)
+        self._throttle = LoginThrottle()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -159,6 +203,21 @@ class ProxyServer:
         except Exception:
             log.exception("unexpected error during startup from %s", client_addr)
             self._fatal(writer, "XX000", "Warden: internal error during login")
+
+    def _audit_login(self, kind: str, name: str, client_addr: str) -> None:
+        # The name the client gave, shortened: never the attempted token.
+        now = time.time()
+        self.audit.append(
+            {
+                "id": event_id(now),
+                "type": kind,
+                "ts": round(now, 6),
+                "identity": name[:64],
+                "datasource": self.settings.datasource,
+                "sidecar": self.settings.sidecar_id,
+                "client_addr": client_addr,
+            }
+        )
 
     def _fatal(self, writer: asyncio.StreamWriter, sqlstate: str, message: str) -> None:
         if not writer.is_closing():
@@ -223,7 +282,27 @@ class ProxyServer:
             raise _Refused(
                 "3D000", f'database "{database}" is not served here; use "{self.settings.database}"'
             )
-        identity = await self._authenticate(reader, writer, identity_name, tls)
+        if (expired := self.metrics.policy_usable()) is not None:
+            raise _Refused("08006", expired)  # past its expiry and grace: no new sessions
+        pair = (identity_name, client_addr)
+        wait = self._throttle.blocked_for(pair)
+        if wait > 0:
+            self.metrics.logins["throttled"] += 1
+            self._audit_login("login_throttled", identity_name, client_addr)
+            raise _Refused(
+                "28P01",
+                f"Warden: too many failed sign-ins as {identity_name!r} from this address; "
+                f"try again in {math.ceil(wait)} s",
+            )
+        try:
+            identity = await self._authenticate(reader, writer, identity_name, tls)
+        except _Refused as exc:
+            if exc.sqlstate == "28P01":
+                self._throttle.failed(pair)
+                self.metrics.logins["failed"] += 1
+                self._audit_login("login_failed", identity_name, client_addr)
+            raise
+        self._throttle.succeeded(pair)
         forwarded = {k: v for k, v in params.items() if k.lower() in FORWARDED_PARAMS}
         try:
             up = await connect(self.settings.upstream, forwarded)
@@ -232,6 +311,18 @@ class ProxyServer:
             raise _Refused(
                 exc.fields.get("C", "08006"), f"Warden: the upstream database refused: {exc}"
             ) from exc
+        if up.privileges and not self.settings.allow_privileged_upstream:
+            up.writer.close()
+            log.error(
+                "upstream role is privileged (%s): sessions refused; see docs/deploy.md",
+                ", ".join(up.privileges),
+            )
+            raise _Refused(
+                "42501",
+                "Warden: the sidecar's upstream role is privileged "
+                f"({', '.join(up.privileges)}); an administrator must give it an "
+                "unprivileged role (docs/deploy.md) or set allow_privileged_upstream",
+            )
         # The bundle may have changed while the upstream login was in flight; a
         # revocation in that window must not let the session through.
         current = self.policy.identity(identity.name)
@@ -260,17 +351,15 @@ class ProxyServer:
             assert identity is not None
             writer.write(m.auth_request(0))
             return identity
-        # One salt per exchange: verify against the credentials sharing the first
-        # usable one's salt and iterations. Unknown users get a stable fake salt so
-        # the exchange does not reveal which identities exist.
+        # One salt per exchange: verify against the credentials sharing the salt (and
+        # iterations) most of them have: the control plane gives every token of an
+        # identity the same one, so all of them work. Unknown users get a stable fake
+        # salt so the exchange does not reveal which identities exist.
         if creds:
-            first = creds[0].verifier
-            group = [
-                c.verifier
-                for c in creds
-                if c.verifier.salt == first.salt and c.verifier.iterations == first.iterations
-            ]
-            salt, iterations = first.salt, first.iterations
+            groups: dict[tuple[bytes, int], list[Verifier]] = {}
+            for c in creds:
+                groups.setdefault((c.verifier.salt, c.verifier.iterations), []).append(c.verifier)
+            (salt, iterations), group = max(groups.items(), key=lambda item: len(item[1]))
         else:
             group = []
             salt = hmac.new(self._fake_salt_key, name.encode(), hashlib.sha256).digest()[:16]

@@ -58,7 +58,6 @@ _PAUSED_BY_UPSTREAM = 1
 _PAUSED_BY_HOLD = 2
 
 _Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
-_STATEMENTS = frozenset((_Q, _P))
 # Statement messages above this many bytes are judged in a worker thread while the
 # session waits, so one large statement never stalls the event loop every session
 # shares (the engine's cost grows with the text: ~30 us per list element).
@@ -84,12 +83,28 @@ _TOUCHES_PREPARED = frozenset({"prepare", "deallocate", "discard"})
 
 
 class AuditSink(Protocol):
+    """The audit spool as the session uses it (``sidecar.shipper.AuditSpool``).
+
+    With ``strict`` true each statement's intent is journaled before it may run:
+    ``journal`` returns (ticket, journal seq), ``durable`` is the highest ticket on
+    disk, ``when_durable`` calls back once a ticket is, and ``resolved`` says the
+    statement's outcome was appended."""
+
+    strict: bool
+    durable: int
+
     def append(self, event: dict[str, Any]) -> None: ...
 
     def append_line(self, line: str, kind: object = None) -> None: ...
 
     @property
     def accepting(self) -> bool: ...
+
+    def journal(self, line: str) -> tuple[int, int]: ...
+
+    def resolved(self, seq: int) -> None: ...
+
+    def when_durable(self, ticket: int, callback: Callable[[], None]) -> None: ...
 
 
 _UNSEEN_PORTAL = Verdict(
@@ -105,13 +120,18 @@ _UNSEEN_PORTAL = Verdict(
 class _Exec:
     """An Execute (or simple Query) whose outcome the audit trail is waiting for."""
 
-    __slots__ = ("base", "error", "is_query", "rows", "started", "verdict")
+    __slots__ = ("base", "error", "event", "is_query", "journal", "rows", "started", "verdict")
 
     def __init__(self, verdict: Verdict | None, is_query: bool, base: str = "") -> None:
         self.verdict = verdict
         self.is_query = is_query
-        # The session's event fields as the statement was decided: a statement that
-        # changes client_encoding completes after the server reported the new one.
+        # With strict durability: the event id its intent was journaled under, and
+        # the journal file holding it.
+        self.event: str | None = None
+        self.journal = 0
+        # The session's event fields as the statement was decided, for one that may
+        # change the state (it completes after the server reported the new one); else
+        # "": the session's current fields are the same.
         self.base = base
         self.rows: int | None = None
         self.error: str | None = None
@@ -215,7 +235,7 @@ class _Probe:
     def __init__(self, extended: bool) -> None:
         self.extended = extended
         self.replies = 0
-        self.row: tuple[str, str, str] | None = None
+        self.row: tuple[str, ...] | None = None
         self.error: str | None = None
         self.rows: int | None = None
 
@@ -405,6 +425,12 @@ class Session:
         self._marker = f"warden refused {nonce} ".encode()
         self._refusal_name = f"warden_refusal_{nonce}".encode()
         self._probe_name = f"warden_probe_{nonce}".encode()
+        # Strict durability: the last intent ticket this session journaled, and the
+        # upstream writes waiting for the journal to reach theirs.
+        self._strict = bool(getattr(audit, "strict", False))
+        self._need = 0
+        self._gated: deque[tuple[int, bytes]] = deque()
+        self._gate_armed = False
         self._background: asyncio.Task[None] | None = None
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
@@ -447,14 +473,11 @@ class Session:
                 # out once it has; the rest of the data waits in _held_data.
                 if kind in _COPY:
                     out.append(data[start:end])
-                elif kind in _STATEMENTS and length > LARGE_STATEMENT:
-                    if length > self.max_statement:
-                        out.append(self._refuse_oversized(kind, length))
-                        continue
-                    # Too large to judge here without stalling every other session.
-                    self._decide_later(data[start:end])
-                    break
                 elif kind == _Q:
+                    if length > LARGE_STATEMENT:
+                        if self._large(kind, length, data, start, end, out):
+                            break
+                        continue
                     if (
                         self.pending
                         and not self._discarding  # skipped by the server anyway
@@ -468,6 +491,10 @@ class Session:
                     if self.hold is not None:
                         break
                 elif kind == _P:
+                    if length > LARGE_STATEMENT:
+                        if self._large(kind, length, data, start, end, out):
+                            break
+                        continue
                     if (
                         self.pending
                         and not self._discarding
@@ -505,7 +532,7 @@ class Session:
                         if self.hold is not None:
                             break
                     else:
-                        self.pending.append(_Exec(verdict, False, self._base_json))
+                        self.pending.append(self._exec(verdict, False))
                         out.append(data[start:end])
                 elif kind == _S:
                     self._discarding = False
@@ -528,7 +555,7 @@ class Session:
                     if self.hold is not None:
                         break
                 elif kind == _X:
-                    self.upstream.write(b"".join(out) + data[start:end])
+                    self._write(b"".join(out) + data[start:end])
                     self.close()
                     return
                 else:
@@ -536,14 +563,18 @@ class Session:
         except (m.ProtocolViolation, ValueError, IndexError) as exc:
             log.warning("closing %s: protocol violation (%s)", self._who(), exc)
             if out:
-                self.upstream.write(b"".join(out))
+                self._write(b"".join(out))
             self.client.write(
                 m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
             )
             self.close()
             return
         if out:
-            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+            sending = out[0] if len(out) == 1 else b"".join(out)
+            if self._need > self.audit.durable or self._gated:
+                self._gate(sending)  # strict durability: after the intents are on disk
+            else:
+                self.upstream.write(sending)
         if pos < n:
             if self.hold is not None:
                 self._held_data = bytearray(data[pos:])
@@ -603,10 +634,61 @@ class Session:
         if verdict is _STALE_PORTAL:
             out.append(self._refuse_in_batch(verdict))
             return
-        self.pending.append(_Exec(verdict, False, self._base_json))
+        self.pending.append(self._exec(verdict, False, self._base_json))
         out.append(data[pos:end])
         if verdict.barrier or (self.dirty and "copy_from" not in verdict.kinds):
             out.append(self._probe_after(True))
+
+    def _exec(self, verdict: Verdict, is_query: bool, base: str = "") -> _Exec:
+        """A statement about to be forwarded. With strict durability its intent (the
+        event as it reads if the outcome is never known) is journaled first, and the
+        bytes that carry it wait for the journal's fsync (``_gate``)."""
+        item = _Exec(verdict, is_query, base)
+        if self._strict:
+            now = time.time()
+            item.event = event_id(now)
+            line = self._event_line(
+                item.event, now, verdict, "unknown", None, None, None, None, base
+            )
+            self._need, item.journal = self.audit.journal(line)
+        return item
+
+    def _write(self, data: bytes) -> None:
+        if self._need > self.audit.durable or self._gated:
+            self._gate(data)
+        else:
+            self.upstream.write(data)
+
+    def _gate(self, data: bytes) -> None:
+        self._gated.append((self._need, data))
+        if not self._gate_armed:
+            self._gate_armed = True
+            self.audit.when_durable(self._gated[0][0], self._release_gate)
+
+    def _release_gate(self) -> None:
+        """The journal caught up: send what waited for it, in order."""
+        self._gate_armed = False
+        if self.closed:
+            self._gated.clear()
+            return
+        durable = self.audit.durable
+        while self._gated and self._gated[0][0] <= durable:
+            self.upstream.write(self._gated.popleft()[1])
+        if self._gated:
+            self._gate_armed = True
+            self.audit.when_durable(self._gated[0][0], self._release_gate)
+
+    def _large(
+        self, kind: int, length: int, data: bytes, start: int, end: int, out: list[bytes]
+    ) -> bool:
+        """A Query or Parse too large to judge on the event loop without stalling every
+        other session: refused above max_statement_bytes, else judged in a worker
+        thread while this session waits (True: stop reading the client)."""
+        if length > self.max_statement:
+            out.append(self._refuse_oversized(kind, length))
+            return False
+        self._decide_later(data[start:end])
+        return True
 
     def _refuse_oversized(self, kind: int, length: int) -> bytes:
         verdict = Verdict(
@@ -660,7 +742,7 @@ class Session:
             log.exception("judging a large statement failed for %s", self._who())
             self.terminate("XX000", "Warden could not judge this statement; the session ended")
             return
-        self.upstream.write(message if sent is None else sent)
+        self._write(message if sent is None else sent)
         self._release_queued()
 
     def _refuse_in_batch(self, verdict: Verdict) -> bytes:
@@ -690,14 +772,38 @@ class Session:
         return st.probe_extended(name) if extended else st.probe_synced(name)
 
     def _decode(self, raw: bytes) -> str | None:
-        if self.codec is None:
+        codec = self.codec
+        if codec == "utf-8":  # the usual case, without a call: strict UTF-8 round-trips
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if codec is None:
             return None
-        return encodings.decode(raw, self.codec)
+        return encodings.decode(raw, codec)
 
     def _decide(self, text: str | None, protocol: str) -> Verdict:
         generation = self.policy.generation
         started = time.perf_counter()
-        verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+        if text is None:
+            verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+        else:
+            try:
+                state = self.state
+                verdict = self.policy.decide(
+                    identity=self.identity.name,
+                    sql=text,
+                    standard_conforming_strings=state.standard_conforming_strings,
+                    search_path=state.search_path,
+                    in_transaction=self.status != b"I",
+                    protocol=protocol,
+                )
+            except Exception:  # the same refusal as _ask_policy's, which logs it
+                verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+        if verdict.plain and self._sql_prepared is None and self.audit.accepting:
+            # Nothing of the session's own books applies to a plain allowed statement.
+            self.metrics.observe_decision(time.perf_counter() - started, ALLOW)
+            return verdict
         return self._session_rules(verdict, generation, started)
 
     def _ask_policy(
@@ -853,7 +959,13 @@ class Session:
         if not payload or payload[-1] != 0:
             raise m.ProtocolViolation("Query is not NUL-terminated")
         text = self._decode(payload[:-1])
-        return self._query_decided(payload, text, self._decide(text, "simple"))
+        verdict = self._decide(text, "simple")
+        if verdict.plain and not self.dirty and not self._discarding:
+            self.pending.append(self._exec(verdict, True))
+            if verdict.upstream_sql == text:
+                return None
+            return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
+        return self._query_decided(payload, text, verdict)
 
     def _query_decided(self, payload: bytes, text: str | None, verdict: Verdict) -> bytes | None:
         if self._discarding:
@@ -864,7 +976,7 @@ class Session:
                 return None
             return m.query(self._refuse(verdict))
         if verdict.action == ALLOW:
-            self.pending.append(_Exec(verdict, True, self._base_json))
+            self.pending.append(self._exec(verdict, True, self._base_json))
             message = None
             if verdict.upstream_sql != text:
                 message = m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
@@ -1143,7 +1255,7 @@ class Session:
         verdict = hold.verdict._replace(approval_id=state.id)
         sql = verdict.upstream_sql.encode(self.codec or "utf-8")
         if hold.simple:
-            self.pending.append(_Exec(verdict, True, self._base_json))
+            self.pending.append(self._exec(verdict, True, self._base_json))
             return m.query(sql)
         if hold.bind is not None:
             self.portals[hold.portal] = _STALE_PORTAL if self._discarding else verdict
@@ -1170,7 +1282,7 @@ class Session:
         self.hold = None
         if hold.simple and (barrier or self.dirty):
             message += self._probe_after(False)
-        self.upstream.write(message)
+        self._write(message)
         self._release_queued()
 
     def _release_queued(self) -> None:
@@ -1211,19 +1323,45 @@ class Session:
         verdict: Verdict,
         outcome: str,
         rows: int | None,
-        duration_ms: float,
+        duration_ms: float | None,
         sqlstate: str | None,
         approval_id: str | None = None,
         base: str = "",
+        event: str | None = None,
+        journal: int = 0,
     ) -> None:
-        """Append one statement event; only the per-execution fields are encoded here."""
-        extra = verdict.audit_json()
-        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
+        """Append one statement event; only the per-execution fields are encoded here.
+        ``event``/``journal``: the id and journal file of its intent (strict mode)."""
         now = time.time()
-        self.audit.append_line(
-            f'{{"id":"{event_id(now)}","type":"statement","ts":{now:.6f},'
+        line = self._event_line(
+            event or event_id(now), now, verdict, outcome, rows, duration_ms, sqlstate,
+            approval_id, base,
+        )  # fmt: skip
+        self.audit.append_line(line)
+        if journal:
+            self.audit.resolved(journal)
+
+    def _event_line(
+        self,
+        event: str,
+        now: float,
+        verdict: Verdict,
+        outcome: str,
+        rows: int | None,
+        duration_ms: float | None,
+        sqlstate: str | None,
+        approval_id: str | None,
+        base: str,
+    ) -> str:
+        extra = verdict.audit_fragment
+        if extra is None:
+            extra = verdict.audit_json()
+        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
+        return (
+            f'{{"id":"{event}","type":"statement","ts":{now:.6f},'
             f'"action":"{verdict.action}","outcome":"{outcome}",'
-            f'"rows":{"null" if rows is None else rows},"duration_ms":{duration_ms},'
+            f'"rows":{"null" if rows is None else rows},'
+            f'"duration_ms":{"null" if duration_ms is None else duration_ms},'
             f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
             f"{approval}{base or self._base_json}{',' if extra else ''}{extra}}}"
         )
@@ -1535,7 +1673,17 @@ class Session:
         approval_id = item.verdict.approval_id
         if approval_id is not None and outcome == "allowed":
             outcome = "approved"
-        self._record(item.verdict, outcome, item.rows, duration, item.error, approval_id, item.base)
+        self._record(
+            item.verdict,
+            outcome,
+            item.rows,
+            duration,
+            item.error,
+            approval_id,
+            item.base,
+            item.event,
+            item.journal,
+        )
 
     # ---- lifetime -----------------------------------------------------------
 

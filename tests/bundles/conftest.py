@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import http.client
 import json
 import os
 import queue
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +248,15 @@ def celery_worker() -> Iterator[subprocess.Popen[Any]]:
 class SidecarClient:
     """``python -m sidecar.bundle`` in a subprocess; its JSON-line events in a queue."""
 
-    def __init__(self, *, url: str, token: str, state_dir: Path, probes: list[str]) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        state_dir: Path,
+        probes: list[str],
+        datasource: str = "crm-prod",
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "WARDEN_BUNDLE"))}
         env.update(
             {
@@ -254,6 +264,7 @@ class SidecarClient:
                 "WARDEN_SIDECAR_TOKEN": token,
                 "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": pinned_key(),
                 "WARDEN_SIDECAR_STATE_DIR": str(state_dir),
+                "WARDEN_SIDECAR_DATASOURCE": datasource,
                 "WARDEN_SIDECAR_BUNDLE_WAIT": "30",
                 "WARDEN_SIDECAR_BUNDLE_MAX_BACKOFF": "1",
                 "PYTHONUNBUFFERED": "1",
@@ -348,3 +359,120 @@ class ByteFlipRelay:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class BundleRelay:
+    """Someone on a plain-HTTP control-plane link, as a local HTTP server.
+
+    Passes every call through to the control plane, except: with ``envelope`` set
+    it answers the bundle call itself with those bytes (a validly signed envelope
+    it captured or was given; ``304`` when the sidecar already names its revision),
+    and with ``down`` set it drops every connection unanswered, as a control plane
+    that is unreachable.
+    """
+
+    FORWARDED = ("authorization", "if-none-match", "content-type", "accept")
+    RETURNED = ("content-type", "etag", "cache-control", "www-authenticate")
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.envelope: bytes | None = None
+        self.down = False
+        self.served = 0
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                relay._handle(self)
+
+            def do_POST(self) -> None:
+                relay._handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _reply(
+        self, handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(body)
+        handler.close_connection = True
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        if self.down:
+            handler.close_connection = True
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        envelope = self.envelope
+        if (
+            envelope is not None
+            and handler.command == "GET"
+            and handler.path.startswith("/api/v1/sidecar/bundle")
+        ):
+            etag = '"{}"'.format(json.loads(envelope)["bundle"]["revision"])
+            if etag in (handler.headers.get("If-None-Match") or ""):
+                time.sleep(0.2)  # a short "long-poll"
+                self._reply(handler, 304, {"ETag": etag}, b"")
+                return
+            self.served += 1
+            self._reply(handler, 200, {"Content-Type": "application/json", "ETag": etag}, envelope)
+            return
+        headers = {k: v for k, v in handler.headers.items() if k.lower() in self.FORWARDED}
+        upstream = http.client.HTTPConnection("127.0.0.1", self.target_port, timeout=75)
+        try:
+            upstream.request(handler.command, handler.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        except OSError:
+            handler.close_connection = True
+            return
+        finally:
+            upstream.close()
+        returned = {k: v for k, v in response.getheaders() if k.lower() in self.RETURNED}
+        self._reply(handler, response.status, returned, data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def bundle_relay(control_plane: Server) -> Iterator[BundleRelay]:
+    relay = BundleRelay(control_plane.port)
+    yield relay
+    relay.close()
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    """The value of one sample in a Prometheus text exposition, or None."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            return float(value)
+    return None
+
+
+def scrape(port: int) -> str:
+    """The sidecar's /metrics (empty when nothing answers yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return str(response.read().decode())
+    except (urllib.error.URLError, OSError):
+        return ""

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "bundles" / "demo-production.json"
 
 
-def _inner(issued_at: str = "2026-01-01T00:00:00Z", **changes: Any) -> dict[str, Any]:
+FAR_FUTURE = "2099-01-01T00:00:00Z"
+
+
+def _inner(
+    issued_at: str = "2026-01-01T00:00:00Z", expires_at: str | None = FAR_FUTURE, **changes: Any
+) -> dict[str, Any]:
     data = json.loads(FIXTURE.read_text())
     bundle = copy.deepcopy(data.get("bundle", data))
     bundle.update(changes)
     bundle["issued_at"] = issued_at
+    if expires_at is not None:
+        bundle["expires_at"] = expires_at
     bundle["revision"] = compute_revision(bundle)
     return bundle
 
@@ -198,3 +206,139 @@ def test_the_client_imports_without_django() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+# --- the datasource pin, expiry and freshness (security review) ---------------------------
+
+
+def _verified(signer: Signer, **kwargs: Any) -> Any:
+    return envelope_verify(signer.envelope(_inner(**kwargs)), parse_public_keys(signer.pin))
+
+
+def test_a_bundle_for_another_datasource_is_rejected_by_reason_and_counted(
+    tmp_path: Path,
+) -> None:
+    signer = Signer()
+    other = _inner(datasource={**_inner()["datasource"], "name": "other"})
+    raw = signer.envelope(other)
+    with pytest.raises(BundleRejected, match="'other', not 'demo'") as caught:
+        envelope_verify(raw, parse_public_keys(signer.pin), datasource="demo")
+    assert caught.value.reason == "datasource"
+    counted: dict[str, int] = {}
+    client = BundleClient(
+        url="http://127.0.0.1:9",
+        token="wds_test",
+        public_keys=parse_public_keys(signer.pin),
+        state_dir=tmp_path,
+        datasource="demo",
+        rejections=counted,
+    )
+    client._write_cache(raw)
+    assert not client.load_from_disk()
+    assert not client.load_from_disk()  # the same rejected cache is not counted twice
+    assert counted == {"datasource": 1}
+    assert client.status()["last_rejection"]["code"] == "datasource"
+    assert client.policy_usable() is not None  # nothing active: nothing to serve
+
+
+def test_a_signed_bundle_without_an_expiry_is_rejected() -> None:
+    signer = Signer()
+    with pytest.raises(BundleRejected, match="no expires_at") as caught:
+        _verified(signer, expires_at=None)
+    assert caught.value.reason == "expiry"
+    with pytest.raises(BundleRejected, match="not after issued_at"):
+        _verified(signer, expires_at="2025-12-31T00:00:00Z")
+
+
+def test_with_nothing_active_the_network_must_be_unexpired_the_cache_within_grace(
+    tmp_path: Path,
+) -> None:
+    signer = Signer()
+    # Long expired by now.
+    expired = _verified(signer, issued_at="2026-01-01T00:00:00Z", expires_at="2026-01-02T00:00:00Z")
+    client = _client(tmp_path, signer)
+    with pytest.raises(BundleRejected, match="expired at") as caught:
+        client._activate(expired, "network")
+    assert caught.value.reason == "expired"
+    client.grace_seconds = 1e10  # the cache is the sidecar's own: honoured for the grace
+    client._activate(expired, "disk")
+    assert client.policy_usable() is None and client.status()["state"] == "expired"
+    late = _client(tmp_path, signer)
+    late.grace_seconds = 3600.0
+    with pytest.raises(BundleRejected, match="and its grace period"):
+        late._activate(expired, "disk")
+
+
+def test_renewals_are_taken_replays_are_not_and_grace_ends_in_a_refusal(tmp_path: Path) -> None:
+    signer = Signer()
+    client = _client(tmp_path, signer)
+    client.grace_seconds = 60.0
+    first = _verified(signer, issued_at="2026-12-01T00:00:00Z", expires_at="2099-01-01T00:00:00Z")
+    renewal = _verified(signer, issued_at="2026-12-01T06:00:00Z", expires_at="2099-01-01T06:00:00Z")
+    client._activate(first, "network")
+    client._activate(renewal, "network")  # same policy, later issue and expiry: taken
+    assert client.active().revision == renewal.revision
+    with pytest.raises(BundleRejected, match="replay") as caught:
+        client._activate(first, "network")
+    assert caught.value.reason == "replay"
+    expires = renewal.expires_ts
+    assert expires is not None
+    assert client.policy_usable(now=expires - 1) is None
+    assert client.policy_usable(now=expires + 59) is None  # in the grace period
+    refusal = client.policy_usable(now=expires + 61)
+    assert refusal == (
+        "Warden's policy expired at 2099-01-01T06:00:00Z and the control plane has been "
+        "unreachable; new sessions are refused"
+    )
+
+
+def test_the_offline_file_is_pinned_and_expires_with_the_same_grace(tmp_path: Path) -> None:
+    from sidecar.runner import FileBundleSource
+
+    path = tmp_path / "bundle.json"
+    counted: dict[str, int] = {}
+    path.write_text(json.dumps(_inner(datasource={**_inner()["datasource"], "name": "other"})))
+    with pytest.raises(BundleRejected, match="'other', not 'demo'"):
+        FileBundleSource(path, datasource="demo", rejections=counted)
+    path.write_text(json.dumps(_inner(expires_at="2026-01-02T00:00:00Z")))
+    with pytest.raises(BundleRejected, match="expired at"):
+        FileBundleSource(path, datasource="demo", grace_seconds=3600, rejections=counted)
+    assert counted == {"datasource": 1, "expired": 1}
+    in_grace = FileBundleSource(path, datasource="demo", grace_seconds=1e10)
+    assert in_grace.policy_usable() is None
+    in_grace.grace_seconds = 0
+    assert "policy expired at 2026-01-02T00:00:00Z" in str(in_grace.policy_usable())
+    path.write_text(json.dumps(_inner(expires_at=None)))  # no expiry: offline, never expires
+    assert FileBundleSource(path, datasource="demo").policy_usable() is None
+
+
+def test_an_offline_sidecar_given_another_datasources_file_does_not_listen(
+    tmp_path: Path,
+) -> None:
+    from tests.bundles.conftest import _stop, free_port, metric, scrape
+    from tests.bundles.test_pinning import listening, start_unready
+
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps(_inner(datasource={**_inner()["datasource"], "name": "other"})))
+    port, metrics_port = free_port(), free_port()
+    config = {
+        "upstream_dsn": "postgresql://nobody@127.0.0.1:1/nothing",
+        "bundle_file": str(bundle),
+        "datasource": "demo",
+        "listen_port": port,
+        "metrics_listen": f"127.0.0.1:{metrics_port}",
+    }
+    proc = start_unready(config, tmp_path / "state")
+    try:
+        rejected = 'reason="datasource"'
+        deadline = time.monotonic() + 15
+        while metric(scrape(metrics_port), "warden_sidecar_bundle_rejected_total", rejected) != 1:
+            assert time.monotonic() < deadline, (tmp_path / "state" / "sidecar.log").read_text()
+            time.sleep(0.1)
+        time.sleep(1.5)  # retried every second, counted once: the file did not change
+        assert metric(scrape(metrics_port), "warden_sidecar_bundle_rejected_total", rejected) == 1
+        assert proc.poll() is None and not listening(port)
+        log = (tmp_path / "state" / "sidecar.log").read_text()
+        assert "bundle file rejected (datasource)" in log and "'other', not 'demo'" in log
+    finally:
+        _stop(proc)

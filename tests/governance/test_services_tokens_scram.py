@@ -56,3 +56,20 @@ def test_postgres_accepts_the_token_against_our_verifier(scram_postgres, demo_po
         psycopg.connect(**dsn, password=wrong).close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(**dsn, password=token.digest).close()
+
+
+def test_every_token_of_an_identity_shares_its_scram_salt(demo_policy, admin_user):
+    # A SCRAM exchange offers the client one salt, so the sidecar can check only the
+    # tokens made with it: a second token must work beside the first.
+    from sidecar.proxy.scram import Verifier
+
+    first, raw_first = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="a")
+    second, raw_second = services.token_issue(
+        actor=admin_user, identity=demo_policy.agent, name="b"
+    )
+    one, two = Verifier.parse(first.scram_verifier), Verifier.parse(second.scram_verifier)
+    assert one.salt == two.salt and one.iterations == two.iterations
+    assert one.matches_password(raw_first) and two.matches_password(raw_second)
+    assert not one.matches_password(raw_second)
+    other, _ = services.token_issue(actor=admin_user, identity=demo_policy.service, name="c")
+    assert Verifier.parse(other.scram_verifier).salt != one.salt

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -45,13 +46,30 @@ def upstream_dbname() -> str:
     return f"{connection.settings_dict['NAME']}_upstream"
 
 
+def app_role() -> str:
+    """The unprivileged role the sidecars reach ``upstream_db`` as (made with it)."""
+    return f"{upstream_dbname()}_app"
+
+
+def as_app_role(url: str) -> str:
+    """``url`` (the upstream's, as its administrator) as the sidecar's own role."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{app_role()}@{host}"))
+
+
 @pytest.fixture
 def upstream_db() -> Iterator[str]:
-    """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN."""
+    """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN (as its
+    administrator). Sidecars reach it as ``app_role()``: no superuser, owns nothing,
+    DML on the tables (SidecarProcess swaps the role in)."""
     name = upstream_dbname()
+    role = app_role()
     with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
         conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS')
     with psycopg.connect(database_url(name)) as conn:
         conn.execute(
             "CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text,"
@@ -59,15 +77,41 @@ def upstream_db() -> Iterator[str]:
         )
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO customers VALUES (%s, %s, %s, %s, %s, %s)", UPSTREAM_ROWS)
+        conn.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        conn.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        conn.execute(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "{role}"'
+        )
     yield database_url(name)
     with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def token_datasource(sidecar_token: str) -> str:
+    """The name of the datasource a sidecar token is bound to: the sidecar's ``datasource``."""
+    from governance.models import Sidecar, token_digest
+
+    sidecar = Sidecar.objects.select_related("datasource").get(
+        token_digest=token_digest(sidecar_token)
+    )
+    return sidecar.datasource.name
 
 
 class SidecarProcess:
-    """``python -m sidecar run --config FILE``; ``port`` once its ready file appears."""
+    """``python -m sidecar run --config FILE``; ``port`` once its ready file appears.
+
+    A config without ``datasource`` gets its token's (the key is required)."""
 
     def __init__(self, *, config: dict[str, Any], state_dir: Path, timeout: float = 30.0) -> None:
+        if "datasource" not in config and config.get("token"):
+            config = {**config, "datasource": token_datasource(config["token"])}
+        if upstream_dbname() in config.get("upstream_dsn", ""):
+            # Never as the database's administrator: the sidecar would refuse it.
+            config = {**config, "upstream_dsn": as_app_role(config["upstream_dsn"])}
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file = state_dir / "ready.json"
         self.ready_file.unlink(missing_ok=True)  # left by an earlier process on this state
@@ -120,6 +164,7 @@ def sidecar_config(
         "listen_port": 0,
         "control_plane_url": server.url,
         "token": sidecar_token,
+        "datasource": token_datasource(sidecar_token),
         "bundle_public_keys": pinned_key(),
         "bundle_wait": 30,
         "bundle_max_backoff": 1,

@@ -119,7 +119,7 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
         control_plane.stop()
         _assert_enforced(proc.port, dbname, raw)
         time.sleep(1.5)
-        spooled = b"".join(p.read_bytes() for p in (tmp_path / "state" / "spool").glob("*"))
+        spooled = b"".join(p.read_bytes() for p in (tmp_path / "state" / "spool").glob("*.jsonl"))
         assert spooled.count(b'"type":"statement"') >= 2
 
         # A restart while it is still down starts from the verified disk cache; its

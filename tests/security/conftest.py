@@ -6,12 +6,13 @@ plus a schema ``staging`` whose ``customers`` table shadows ``public.customers``
 ``shadow`` that exists in the database but not in the bundle's snapshot. The
 sidecar reaches the database as an unprivileged login role made for the module
 (``warden_app_<hex>``): no superuser, owns nothing, DML on the tables. Two
-grants exist only so the "did it reach the database" witnesses cannot pass
+grant exists only so the "did it reach the database" witness cannot pass
 vacuously: CREATE on ``public``/``staging`` (a leaked ``CREATE TABLE``
-succeeds and the event trigger's ``ddl_seen`` row survives) and membership of
-``pg_execute_server_program`` (a leaked ``COPY ... TO PROGRAM 'touch f'``
-creates ``f``). ``test_witnesses.py`` proves both witnesses see a statement
-that does reach the database.
+succeeds and the event trigger's ``ddl_seen`` row survives). The role is not a
+member of any privileged role (the sidecar would refuse it), so a leaked
+``COPY ... TO PROGRAM`` would fail at the server: those attacks assert that the
+refusal is Warden's own. ``test_witnesses.py`` proves the witnesses see a
+statement that does reach the database.
 """
 
 from __future__ import annotations
@@ -142,7 +143,6 @@ def make_upstream(prefix: str = "warden_sec_", *, staging_search_path: bool = Tr
         conn.execute(f"GRANT EXECUTE ON FUNCTION public.note_count() TO {role}")
         # Witness grants (see the module docstring): only a leak can use them.
         conn.execute(f"GRANT CREATE ON SCHEMA public, staging TO {role}")
-        conn.execute(f"GRANT pg_execute_server_program TO {role}")
         if staging_search_path:
             conn.execute(f'ALTER DATABASE "{name}" SET search_path = staging, public')
         conn.execute("DELETE FROM public.ddl_seen")

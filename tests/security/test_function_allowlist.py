@@ -254,8 +254,7 @@ def test_the_safety_floor_holds_under_the_allow_guardrail(
     sidecar: Sidecar, witness_file: Path, statement: str
 ) -> None:
     """Attack: under a datasource whose last guardrail allows everything, reach the
-    server's files and programs, switch role or reconfigure the server. The fixture's
-    role is even a member of pg_execute_server_program (so a leak would create the
-    witness file): the refusal must be Warden's, before the database sees it."""
+    server's files and programs, switch role or reconfigure the server. The refusal
+    must be Warden's, before the database sees it (and the witness file absent)."""
     _refused_once(sidecar, "sec", statement.format(path=witness_file))
     assert not witness_file.exists()

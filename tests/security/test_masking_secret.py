@@ -67,6 +67,7 @@ def write_config(workdir: Path, upstream_dsn: str, bundle: dict[str, Any]) -> Pa
         "upstream_dsn": upstream_dsn,
         "bundle_file": str(bundle_path),
         "state_dir": str(workdir / "state"),
+        "datasource": bundle["datasource"]["name"],
         "listen_port": 0,
         "metrics_listen": "127.0.0.1:0",
         "ready_file": str(workdir / "ready.json"),

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.security.conftest import STAGING_SSNS, Upstream
 from tests.security.wire import RawClient, public_ssns_in, q
@@ -50,9 +51,15 @@ def test_a_ddl_that_reaches_the_database_is_seen(upstream: Upstream) -> None:
 
 
 def test_a_program_that_reaches_the_database_runs(upstream: Upstream, witness_file: Path) -> None:
-    with psycopg.connect(upstream.app_dsn, autocommit=True) as conn:
+    # As an administrator: the sidecar's own role may not run programs at all.
+    with upstream.admin() as conn:
         conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {witness_file}'")
     assert witness_file.exists()
+    with (
+        psycopg.connect(upstream.app_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(f"COPY (SELECT 1) TO PROGRAM 'touch {witness_file}'")
 
 
 def test_the_lexical_payload_leaks_when_the_server_reads_it_with_backslash_escapes(

@@ -22,6 +22,7 @@ def _env(**extra: str) -> dict[str, str]:
     base = {
         "WARDEN_SIDECAR_UPSTREAM_DSN": "postgresql://warden@db/app",
         "WARDEN_SIDECAR_STATE_DIR": "state",
+        "WARDEN_SIDECAR_DATASOURCE": "crm-prod",
         "WARDEN_SIDECAR_CONTROL_PLANE_URL": "http://cp.example:8000",
         "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": _pin(),
     }

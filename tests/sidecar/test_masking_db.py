@@ -114,6 +114,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
                 "upstream_dsn": sidecar_dsn,
                 "bundle_file": str(tmp / "bundle.json"),
                 "state_dir": str(tmp / "state"),
+                "datasource": database,
             }
         )
     )

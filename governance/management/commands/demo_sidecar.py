@@ -267,6 +267,7 @@ class Command(BaseCommand):
         config = {
             "upstream_dsn": upstream_dsn(dbname),
             "state_dir": str(directory / "state"),
+            "datasource": datasource.name,
             "listen_host": "127.0.0.1",
             "listen_port": options["listen_port"],
             "control_plane_url": options["control_plane"],

@@ -283,14 +283,21 @@ def start_sidecar(
     bundle_path.write_text(json.dumps(bundle))
     ready = workdir / "ready.json"
     ready.unlink(missing_ok=True)
+    inner = bundle["bundle"] if isinstance(bundle.get("bundle"), dict) else bundle
     settings = {
         "upstream_dsn": upstream_dsn,
         "bundle_file": str(bundle_path),
         "state_dir": str(workdir / "state"),
+        # The sidecar accepts only bundles naming its datasource: the bundle's own here.
+        "datasource": inner["datasource"]["name"],
         "listen_port": 0,
         "metrics_listen": "127.0.0.1:0",
         "ready_file": str(ready),
         "sidecar_id": "test-sidecar",
+        # Most proxy tests reach their scratch database as its superuser; the
+        # least-privilege check has its own tests (tests/security/test_upstream_role.py),
+        # and tests/security passes an unprivileged role anyway.
+        "allow_privileged_upstream": True,
         **config,
     }
     config_path = workdir / "sidecar.json"

@@ -273,6 +273,7 @@ def test_sidecar_config_accepts_the_approvals_keys(tmp_path: Path) -> None:
         env={
             "WARDEN_SIDECAR_UPSTREAM_DSN": "postgresql://u@h/db",
             "WARDEN_SIDECAR_STATE_DIR": str(tmp_path),
+            "WARDEN_SIDECAR_DATASOURCE": "db",
             "WARDEN_SIDECAR_BUNDLE_FILE": str(tmp_path / "b.json"),
             "WARDEN_SIDECAR_APPROVALS_URL": "http://cp/api/v1/sidecar/approvals",
             "WARDEN_SIDECAR_APPROVALS_TIMEOUT": "3",

@@ -13,7 +13,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.toml"
     path.write_text(
         'upstream_dsn = "postgresql://warden@db/app"\nbundle_file = "b.json"\n'
-        'state_dir = "state"\nlisten_port = 7000\n'
+        'state_dir = "state"\nlisten_port = 7000\ndatasource = "app"\n'
     )
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
@@ -37,12 +37,13 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ('bundle_file = "b"\nstate_dir = "s"\n', {}, "upstream_dsn"),
         ('upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\nbogus = 1\n', {}, "bogus"),
         (
-            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\n',
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ndatasource = "d"\n',
             {"WARDEN_SIDECAR_LISTEN_PORT": "many"},
             "listen_port",
         ),
         (
-            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ntls_cert = "c"\n',
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ndatasource = "d"\n'
+            'tls_cert = "c"\n',
             {},
             "tls_key",
         ),

@@ -37,7 +37,11 @@ class Recorder:
 
 
 class Spool:
+    """Collects the audit lines; batched durability (no intent journal)."""
+
     accepting = True
+    strict = False
+    durable = 0
 
     def __init__(self) -> None:
         self.lines: list[str] = []

@@ -1,0 +1,120 @@
+"""Sign-in limits: failed logins back off per (identity, client address), and every
+token of an identity works.
+
+A password-guessing client meets a delay that doubles after a few failures, but
+only for the identity and address it guesses from: the same identity signs in
+from another address, so an attacker cannot lock a service account out. Failures
+are counted in the metrics and audited without the attempted secret.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sidecar.proxy import messages as m
+from sidecar.proxy.scram import ScramClient, make_verifier
+from tests.sidecar.proxy.conftest import (
+    ALICE_TOKEN,
+    Sidecar,
+    build_bundle,
+    start_sidecar,
+    wait_for,
+)
+from tests.sidecar.proxy.test_garbage import recv_message
+
+SECOND_TOKEN = "wdn_alice_second_" + "d4" * 12
+WRONG = "wdn_wrong_guess_" + "e5" * 12
+
+
+@pytest.fixture(scope="module")
+def sidecar(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    bundle = build_bundle(upstream.rsplit("/", 1)[-1].split("?")[0])
+    alice = next(i for i in bundle["identities"] if i["name"] == "alice")
+    # Two live tokens with the salt they share, as the control plane issues them.
+    salt = os.urandom(16)
+    alice["credentials"] = [
+        {"id": "tok_a", "scram_sha_256": make_verifier(ALICE_TOKEN, salt=salt), "expires_at": None},
+        {
+            "id": "tok_b",
+            "scram_sha_256": make_verifier(SECOND_TOKEN, salt=salt),
+            "expires_at": None,
+        },
+    ]
+    from sidecar.engine import compute_revision
+
+    bundle["revision"] = compute_revision(bundle)
+    proc = start_sidecar(tmp_path_factory.mktemp("limits"), upstream, bundle)
+    yield proc
+    proc.stop()
+
+
+def _login(sidecar: Sidecar, user: str, token: str, source: str = "127.0.0.1") -> dict[str, str]:
+    """One SCRAM login from ``source``; {} when it succeeded, else the error's fields."""
+    sock = socket.create_connection(
+        ("127.0.0.1", sidecar.port), timeout=10, source_address=(source, 0)
+    )
+    try:
+        sock.sendall(m.startup_message({"user": user, "database": sidecar.database}))
+        scram = ScramClient(token)
+        while True:
+            kind, body = recv_message(sock)
+            if kind == b"R":
+                code = struct.unpack("!i", body[:4])[0]
+                if code == 10:
+                    first = scram.first()
+                    payload = b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first
+                    sock.sendall(m.frame(b"p", payload))
+                elif code == 11:
+                    sock.sendall(m.frame(b"p", scram.final(body[4:])))
+            elif kind == b"Z":
+                return {}
+            elif kind == b"E":
+                return m.error_fields(body)
+    finally:
+        sock.close()
+
+
+def test_every_live_token_of_an_identity_signs_in(sidecar: Sidecar) -> None:
+    for token in (ALICE_TOKEN, SECOND_TOKEN):
+        with psycopg.connect(sidecar.dsn(token=token)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_failed_sign_ins_back_off_per_identity_and_address(sidecar: Sidecar) -> None:
+    refused = [_login(sidecar, "bob", WRONG) for _ in range(6)]
+    assert all(
+        r.get("C") == "28P01" and "password authentication failed" in r["M"] for r in refused
+    )
+    # The pair now backs off: even the right token is refused, quickly and without
+    # a SCRAM exchange, while the same identity from another address signs in.
+    started = time.monotonic()
+    throttled = [_login(sidecar, "bob", "wdn_bob_" + "b2" * 16) for _ in range(20)]
+    assert time.monotonic() - started < 2.0
+    assert all("too many failed sign-ins" in r.get("M", "") for r in throttled), throttled[0]
+    assert _login(sidecar, "bob", "wdn_bob_" + "b2" * 16, source="127.0.0.2") == {}
+    # Counted, and audited without the attempted secret.
+    metrics = sidecar.metrics()
+    assert 'warden_sidecar_logins_total{result="failed"} 6' in metrics
+    assert 'warden_sidecar_logins_total{result="throttled"} 20' in metrics
+    events = wait_for(
+        lambda: (
+            [e for e in sidecar.events() if e["type"] in ("login_failed", "login_throttled")]
+            if len([e for e in sidecar.events() if e["type"] == "login_throttled"]) >= 20
+            else None
+        )
+    )
+    assert {e["type"] for e in events} == {"login_failed", "login_throttled"}
+    assert all(e["identity"] == "bob" and e["client_addr"] == "127.0.0.1" for e in events)
+    spool = "".join(p.read_text() for p in Path(sidecar.state_dir, "spool").glob("*.jsonl"))
+    assert WRONG not in spool
+    # The back-off ends: after a second, the right token works from there too.
+    time.sleep(1.1)
+    assert _login(sidecar, "bob", "wdn_bob_" + "b2" * 16) == {}
