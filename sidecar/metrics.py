@@ -59,6 +59,8 @@ class Metrics:
         self.policy_usable: Callable[[], str | None] = lambda: None
         # Sign-ins that failed, and attempts refused while their pair backed off.
         self.logins: dict[str, int] = {"failed": 0, "throttled": 0}
+        # The upstream role is privileged and allow_privileged_upstream is set.
+        self.privileged_upstream = False
 
     def connection_opened(self) -> None:
         self.connections_total += 1
@@ -111,6 +113,10 @@ class Metrics:
             "# HELP warden_sidecar_audit_dropped_total Audit events dropped (spool full).",
             "# TYPE warden_sidecar_audit_dropped_total counter",
             f"warden_sidecar_audit_dropped_total {self.spool_dropped()}",
+            "# HELP warden_sidecar_upstream_privileged 1: the upstream role is privileged and "
+            "allow_privileged_upstream is set.",
+            "# TYPE warden_sidecar_upstream_privileged gauge",
+            f"warden_sidecar_upstream_privileged {int(self.privileged_upstream)}",
             "# HELP warden_sidecar_logins_total Refused sign-ins: a wrong identity or token, "
             "or an attempt while that identity and address back off.",
             "# TYPE warden_sidecar_logins_total counter",

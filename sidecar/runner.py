@@ -436,7 +436,7 @@ def _write_ready(path: str, data: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
-async def _check_privileges(config: SidecarConfig) -> None:
+async def _check_privileges(config: SidecarConfig) -> list[str]:
     """Refuse to start as a privileged upstream role (each session checks again at
     login, so a role made privileged later is refused there)."""
     from sidecar.proxy.state import PRIVILEGES_SQL
@@ -451,9 +451,9 @@ async def _check_privileges(config: SidecarConfig) -> None:
         found = await asyncio.to_thread(privileges)
     except Exception as exc:  # unreachable now: every session checks at its login
         log.warning("could not check the upstream role's privileges (%s)", type(exc).__name__)
-        return
+        return []
     if not found:
-        return
+        return []
     if not config.allow_privileged_upstream:
         raise ConfigError(
             f"the upstream role is privileged ({', '.join(found)}): give the sidecar an "
@@ -464,6 +464,7 @@ async def _check_privileges(config: SidecarConfig) -> None:
         "misjudged statement could reach the server's files, programs or all data",
         ", ".join(found),
     )
+    return found
 
 
 async def _check_masking(
@@ -552,7 +553,9 @@ async def _first_file_bundle(
 
 
 def heartbeat_counters(metrics: Metrics, spool: AuditSpool, shipped: int) -> dict[str, int]:
+    privileged = {"privileged_upstream": 1} if metrics.privileged_upstream else {}
     return {
+        **privileged,
         "connections_total": metrics.connections_total,
         "connections_active": metrics.connections_active,
         **{f"statements_{action}": count for action, count in metrics.statements.items()},
@@ -668,7 +671,8 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
             metrics_server.close()
         return
     policy = EnginePolicy(source, metrics)
-    await _check_privileges(config)
+    # Reported in every heartbeat when allowed: the sidecar page shows it.
+    metrics.privileged_upstream = bool(await _check_privileges(config))
     masking = await _check_masking(config, policy)
     document = source.current()
     upstream = UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)

@@ -60,6 +60,17 @@ def test_list_shows_heartbeat_revision_behind_version_counters_and_stale(
     assert "0.3.1" in html and "statements 42" in html and first.revision[:12] in html
     assert "signature mismatch" in html and "stale" in html
     assert "Register a sidecar" not in html  # auditors read only
+    assert "privileged database role" not in html
+    services.sidecar_heartbeat_record(
+        sidecar_id=old.pk,
+        revision=first.revision,
+        version="0.3.0",
+        counters={"privileged_upstream": 1},
+        bundle_status={},
+    )
+    # A sidecar allowed to run as a privileged role says so in every heartbeat.
+    listing = _client(auditor_user).get(reverse("governance:sidecar_list")).content.decode()
+    assert "privileged database role" in listing
     services.sidecar_heartbeat_record(
         sidecar_id=live.pk,
         revision=bundle_publish(datasource=demo_policy.datasource).revision,

@@ -63,5 +63,7 @@ def test_allowed_explicitly_it_starts_and_says_so_in_the_log(
         with psycopg.connect(sidecar.dsn(token=ALICE_TOKEN)) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert "the upstream role is privileged (SUPERUSER" in sidecar.log()
+        # Reported (and in the heartbeat, which the sidecar page shows).
+        assert "warden_sidecar_upstream_privileged 1" in sidecar.metrics()
     finally:
         sidecar.stop()
