@@ -68,6 +68,11 @@ def _demo_psql(lines: list[str]) -> tuple[str, str]:
     assert named.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", named.stdout.strip()), named
     plan = psql("EXPLAIN (VERBOSE) SELECT full_name FROM customers")
     assert plan.returncode == 0 and "warden_masking.hmac" in plan.stdout, plan
+    # psql's \d family runs its catalog queries through the production policy.
+    described = psql("\\d customers")
+    assert described.returncode == 0 and "full_name" in described.stdout, described
+    listed = psql("\\dt")
+    assert listed.returncode == 0 and "payments" in listed.stdout, listed
     return token, conninfo
 
 
