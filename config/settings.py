@@ -70,6 +70,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "identities-expire": {"task": "governance.tasks.identities_expire", "schedule": 300.0},
+    # Expired break-glass grants leave their bundles within a minute (docs/security.md).
+    "break-glass-expire": {"task": "governance.tasks.break_glass_expire", "schedule": 60.0},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire", "schedule": 60.0},
     "approvals-escalate": {"task": "approvals.tasks.approvals_escalate", "schedule": 60.0},
     "approvals-remind": {"task": "approvals.tasks.approvals_remind", "schedule": 60.0},
@@ -330,6 +332,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Approval requests and break-glass grants both have a "state": keep each its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "StateEnum": "approvals.models.ApprovalState",
+        "BreakGlassStateEnum": "governance.models.BreakGlassState",
+    },
 }
 
 LOGGING = {

@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from governance.models import (
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
     Classification,
     ColumnClassification,
     Datasource,
@@ -72,5 +73,6 @@ for model in (
     ColumnClassification,
     MaskingRule,
     GuardrailRule,
+    BreakGlassGrant,
 ):
     admin.site.register(model, ReadOnlyAdmin)

@@ -35,11 +35,14 @@ from governance import selectors, services, simulator
 from governance.models import (
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
+    BreakGlassState,
     Classification,
     ColumnClassification,
     CustomDetector,
     Datasource,
     Environment,
+    FloorRule,
     GuardrailRule,
     Identity,
     MaskingRule,
@@ -47,7 +50,7 @@ from governance.models import (
     ScanSchedule,
     Team,
 )
-from governance.permissions import IsViewer
+from governance.permissions import IsAdminOrReadOnly, IsViewer
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -989,3 +992,130 @@ class ScanScheduleView(APIView):
             actor=request.user, datasource=datasource, data=serializer.validated_data
         )
         return Response(ScanScheduleSerializer(schedule).data)
+
+
+# --- break-glass grants ---------------------------------------------------------------------
+
+
+class BreakGlassSerializer(serializers.ModelSerializer):
+    datasource = by_name(Datasource.objects.all(), "name", "datasource")
+    identity = by_name(Identity.objects.all(), "name", "identity")
+    rules = serializers.ListField(
+        child=serializers.ChoiceField(choices=FloorRule.choices),
+        min_length=1,
+        max_length=len(FloorRule.values),
+        help_text="Safety-floor rule ids to lift: " + ", ".join(FloorRule.values) + ".",
+    )
+    reason = serializers.CharField(max_length=5000)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    denied_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    revoked_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    in_force = serializers.BooleanField(source="is_in_force", read_only=True)
+
+    class Meta:
+        model = BreakGlassGrant
+        fields = [
+            "id",
+            "datasource",
+            "identity",
+            "rules",
+            "reason",
+            "expires_at",
+            "state",
+            "in_force",
+            "created_by",
+            "created_at",
+            "approved_by",
+            "approved_at",
+            "denied_by",
+            "denied_at",
+            "revoked_by",
+            "revoked_at",
+        ]
+        read_only_fields = [
+            "state",
+            "created_at",
+            "approved_at",
+            "denied_at",
+            "revoked_at",
+        ]
+
+
+_GRANT_ACTION = extend_schema(
+    tags=["break-glass"], request=None, responses={200: BreakGlassSerializer, **_ERRORS}
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        tags=["break-glass"],
+        parameters=[
+            Q_PARAM,
+            _query("datasource", "Datasource id.", OpenApiTypes.INT),
+            _query("state", ", ".join(BreakGlassState.values) + "."),
+            _query("identity", "Identity name."),
+        ],
+    ),
+    retrieve=extend_schema(tags=["break-glass"]),
+    create=extend_schema(tags=["break-glass"], responses={201: BreakGlassSerializer, **_ERRORS}),
+    history=extend_schema(tags=["break-glass"]),
+)
+class BreakGlassViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Break-glass grants: any viewer reads them; admins make, approve, deny and revoke.
+
+    In production a grant is ``pending`` until a second admin (not its maker)
+    approves it; elsewhere it is ``active`` at once. Grants are never edited or
+    deleted: revoke one and make another.
+    """
+
+    serializer_class = BreakGlassSerializer
+    permission_classes = [IsAdminOrReadOnly]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.break_glass_list(user=self.request.user, filters=self.request.query_params)
+
+    def get_object(self) -> BreakGlassGrant:
+        return selectors.break_glass_get(user=self.request.user, pk=self.kwargs["pk"])
+
+    def perform_create(self, serializer: serializers.Serializer) -> None:
+        data = dict(serializer.validated_data)
+        # Resolve through the selector so the caller's visibility rules apply.
+        data["datasource"] = selectors.datasource_get(
+            user=self.request.user, pk=data["datasource"].pk
+        )
+        serializer.instance = services.break_glass_create(actor=self.request.user, **data)
+
+    def _act(self, service: Callable[..., BreakGlassGrant]) -> Response:
+        grant = service(actor=self.request.user, grant=self.get_object())
+        return Response(BreakGlassSerializer(grant).data)
+
+    @_GRANT_ACTION
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str) -> Response:
+        """A second admin puts a pending grant in force (its maker may not: 403)."""
+        return self._act(services.break_glass_approve)
+
+    @_GRANT_ACTION
+    @action(detail=True, methods=["post"])
+    def deny(self, request: Request, pk: str) -> Response:
+        """A second admin refuses a pending grant (its maker may not: 403)."""
+        return self._act(services.break_glass_deny)
+
+    @_GRANT_ACTION
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        """End a pending or active grant now."""
+        return self._act(services.break_glass_revoke)
+
+    @extend_schema(responses={200: ChangeRecordSerializer(many=True), **_ERRORS})
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str) -> Response:
+        """Configuration history of this grant: who made, approved, denied or revoked it."""
+        page = self.paginate_queryset(change_history_for(self.get_object()))
+        return self.get_paginated_response(ChangeRecordSerializer(page, many=True).data)

@@ -20,6 +20,7 @@ router.register("masking-rules", api.MaskingRuleViewSet, basename="masking-rule"
 router.register("guardrails", api.GuardrailViewSet, basename="guardrail")
 router.register("sidecars", sidecar_mgmt_api.SidecarViewSet, basename="sidecar")
 router.register("detectors", api.CustomDetectorViewSet, basename="detector")
+router.register("break-glass", api.BreakGlassViewSet, basename="break-glass")
 
 app_name = "api"
 urlpatterns = [

@@ -36,18 +36,20 @@ from governance.models import (
     ENFORCED_STATUSES,
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
+    BreakGlassState,
     Classification,
     ColumnClassification,
     CustomDetector,
     Datasource,
     GuardrailRule,
-    Identity,
     MaskingRule,
     MaskingStrategy,
     Membership,
     ScanRun,
     ScanSchedule,
     Sidecar,
+    identities_allowed_on,
 )
 from governance.signing import bytes_sign
 from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle
@@ -92,13 +94,11 @@ def _rfc3339(value: Any) -> str | None:
 
 
 def _identities(datasource: Datasource, now: Any) -> list[dict[str, Any]]:
-    teams = list(datasource.connect_teams.all())
     live_tokens = AccessToken.objects.filter(revoked_at__isnull=True).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=now)
     )
     identities = (
-        Identity.objects.filter(is_active=True, teams__in=teams)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        identities_allowed_on(datasource, now)
         .select_related("owner")
         .prefetch_related("teams", models.Prefetch("tokens", queryset=live_tokens))
         .distinct()
@@ -181,6 +181,28 @@ def _scan(datasource: Datasource) -> dict[str, Any]:
     }
 
 
+def _break_glass(datasource: Datasource, now: Any, identities: set[str]) -> list[dict[str, Any]]:
+    """The datasource's active, unexpired break-glass grants for identities the bundle lists
+    (the engine lifts their floor rules until ``expires_at`` by its own clock too)."""
+    grants = (
+        BreakGlassGrant.objects.filter(
+            datasource=datasource, state=BreakGlassState.ACTIVE, expires_at__gt=now
+        )
+        .select_related("identity")
+        .order_by("pk")
+    )
+    return [
+        {
+            "id": str(grant.pk),
+            "identity": grant.identity.name,
+            "rules": sorted(grant.rules),
+            "expires_at": _rfc3339(grant.expires_at),
+        }
+        for grant in grants
+        if grant.identity.name in identities
+    ]
+
+
 def _detectors() -> list[dict[str, Any]]:
     return [
         {
@@ -255,6 +277,7 @@ def bundle_compile(
     environment = datasource.environment
     classifications = list(Classification.objects.order_by("name"))
     classification_names = [c.name for c in classifications]
+    identities = _identities(datasource, now)
     bundle: dict[str, Any] = {
         "format": FORMAT,
         "issued_at": _rfc3339(issued),
@@ -267,7 +290,7 @@ def bundle_compile(
             "criticality": environment.criticality,
         },
         "schema": schema,
-        "identities": _identities(datasource, now),
+        "identities": identities,
         "classifications": [{"name": c.name, "level": c.level} for c in classifications],
         "column_classifications": column_classifications,
         "masking_rules": [
@@ -295,6 +318,7 @@ def bundle_compile(
         "approvals": {"hold_seconds": APPROVAL_HOLD_SECONDS},
         "scan": _scan(datasource),
         "detectors": _detectors(),
+        "break_glass": _break_glass(datasource, now, {i["name"] for i in identities}),
     }
     bundle["revision"] = compute_revision(bundle)
     try:
@@ -428,7 +452,7 @@ def _datasource_scope(obj: models.Model) -> list[int] | None:
     """The datasources a change to ``obj`` can affect; None means all of them."""
     if isinstance(obj, Datasource):
         return [obj.pk] if obj.pk is not None else None
-    if isinstance(obj, ColumnClassification | ScanSchedule):
+    if isinstance(obj, ColumnClassification | ScanSchedule | BreakGlassGrant):
         return [obj.datasource_id]
     if isinstance(obj, GuardrailRule) and obj.datasource_id is not None:
         return [obj.datasource_id]

@@ -18,22 +18,26 @@ from django.forms.models import model_to_dict
 from governance import selectors, services, simulator
 from governance.errors import ApplicationError
 from governance.models import (
+    BREAK_GLASS_MAX_HOURS,
     DETECTOR_REGEX_MAX_LENGTH,
     FLAG_CONDITIONS,
     STATEMENT_KINDS,
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
     Classification,
     ColumnClassification,
     CustomDetector,
     Datasource,
     Environment,
+    FloorRule,
     GuardrailRule,
     Identity,
     IdentityKind,
     MaskingRule,
     ScanSchedule,
     Team,
+    identities_allowed_on,
 )
 
 
@@ -622,3 +626,37 @@ class ReclassifyForm(forms.Form):
     classification = forms.ModelChoiceField(
         queryset=Classification.objects.all(), to_field_name="name"
     )
+
+
+# --- break-glass grants ---------------------------------------------------------------
+
+
+class BreakGlassForm(ServiceForm):
+    """Make a break-glass grant on one datasource (``services.break_glass_create``)."""
+
+    identity = forms.ModelChoiceField(
+        queryset=Identity.objects.none(),
+        to_field_name="name",
+        help_text="Only identities that may connect to this datasource.",
+    )
+    rules = forms.MultipleChoiceField(
+        choices=[(value, f"{value}: {label}") for value, label in FloorRule.choices],
+        widget=forms.CheckboxSelectMultiple,
+        label="Safety-floor rules to lift",
+    )
+    reason = model_field(BreakGlassGrant, "reason", widget=forms.Textarea(attrs={"rows": 3}))
+    expires_at = forms.DateTimeField(
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        label="Expires at",
+        help_text=f"UTC, at most {BREAK_GLASS_MAX_HOURS} hours from now.",
+    )
+
+    def __init__(self, *args: Any, datasource: Datasource, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.datasource = datasource
+        self.fields["identity"].queryset = identities_allowed_on(datasource).order_by("name")
+
+    def create(self, *, actor: Any) -> BreakGlassGrant:
+        return services.break_glass_create(
+            actor=actor, datasource=self.datasource, **self.cleaned_data
+        )

@@ -10,6 +10,7 @@ contradict another) can only live in ``clean()``; services always call
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import secrets
@@ -327,6 +328,10 @@ class Environment(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_production(self) -> bool:
+        return self.criticality >= PRODUCTION_CRITICALITY
+
 
 class Engine(models.TextChoices):
     POSTGRESQL = "postgresql", "PostgreSQL"
@@ -459,6 +464,17 @@ class Datasource(models.Model):
         """(schema, table) -> column names, from the schema snapshot."""
         tables = (self.schema_snapshot or {}).get("tables", [])
         return {(t["schema"], t["name"]): [c["name"] for c in t.get("columns", [])] for t in tables}
+
+
+def identities_allowed_on(datasource: Datasource, now: Any = None) -> models.QuerySet[Identity]:
+    """The identities that may connect to ``datasource``, as its bundle lists them:
+    active, unexpired members of a team that may connect to it."""
+    now = now or timezone.now()
+    return (
+        Identity.objects.filter(is_active=True, teams__in=datasource.connect_teams.all())
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .distinct()
+    )
 
 
 # --- classifications -----------------------------------------------------------------
@@ -1214,3 +1230,178 @@ class ScanRun(models.Model):
     @property
     def drift_count(self) -> int:
         return sum(len(v) for v in (self.drift or {}).values() if isinstance(v, list))
+
+
+# --- break-glass grants --------------------------------------------------------------
+
+
+class FloorRule(models.TextChoices):
+    """The engine's safety-floor rule ids (``sidecar.engine.policy``): no guardrail lifts
+    them, only a break-glass grant naming them. The sidecar package exports no list of
+    them, so it is kept here; ``tests/governance/test_break_glass.py`` checks it against
+    the ``floor.*`` rule ids the engine's source names and produces."""
+
+    COPY_SERVER_SIDE = "floor.copy_server_side", "COPY to or from a server file or program"
+    SERVER_ACCESS = "floor.server_access", "Server files, processes and libraries"
+    REMOTE_SERVER = "floor.remote_server", "Foreign servers, user mappings, subscriptions"
+    SERVER_CONFIG = "floor.server_config", "ALTER SYSTEM"
+    ROLE_SWITCH = "floor.role_switch", "SET ROLE / SESSION AUTHORIZATION"
+    ROLE_SETTING = "floor.role_setting", "ALTER ROLE / DATABASE … SET"
+
+
+# An environment at this criticality is production: a grant there needs a second admin.
+PRODUCTION_CRITICALITY = 5
+BREAK_GLASS_MAX_HOURS = 24
+
+
+class BreakGlassState(models.TextChoices):
+    PENDING = "pending", "Pending approval"
+    ACTIVE = "active", "Active"
+    DENIED = "denied", "Denied"
+    REVOKED = "revoked", "Revoked"
+    EXPIRED = "expired", "Expired"
+
+
+# The states whose grant can still become or be in force.
+BREAK_GLASS_LIVE_STATES = (BreakGlassState.PENDING, BreakGlassState.ACTIVE)
+
+
+class BreakGlassGrant(models.Model):
+    """An audited, expiring exception to the safety floor for one identity on one datasource.
+
+    The engine lifts exactly ``rules`` for ``identity`` until ``expires_at`` (bundle
+    ``break_glass``). In production (criticality 5) a grant starts ``pending`` and a
+    second admin approves it; elsewhere it is ``active`` at once. The bundle carries
+    only active, unexpired grants; beat marks the expired ones ``expired``.
+    """
+
+    datasource = models.ForeignKey(
+        Datasource, on_delete=models.CASCADE, related_name="break_glass_grants"
+    )
+    identity = models.ForeignKey(
+        Identity, on_delete=models.CASCADE, related_name="break_glass_grants"
+    )
+    rules = models.JSONField(help_text="Safety-floor rule ids the grant lifts.")
+    reason = models.TextField(help_text="Why the floor must be lifted: the incident or ticket.")
+    expires_at = models.DateTimeField(
+        help_text=f"At most {BREAK_GLASS_MAX_HOURS} hours after the grant is made."
+    )
+    state = models.CharField(max_length=16, choices=BreakGlassState.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    denied_at = models.DateTimeField(null=True, blank=True)
+    denied_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # What beat's expiry sweep and the compiler look for.
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(state__in=BREAK_GLASS_LIVE_STATES),
+                name="breakglass_live_expiry",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=BreakGlassState.values), name="breakglass_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(rules__jsonb_typeof="array")
+                & ~Q(rules=[])
+                & Q(rules__contained_by=FloorRule.values),
+                name="breakglass_rules_floor",
+            ),
+            models.CheckConstraint(condition=~Q(reason=""), name="breakglass_has_reason"),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=models.F("created_at"))
+                & Q(
+                    expires_at__lte=models.F("created_at")
+                    + datetime.timedelta(hours=BREAK_GLASS_MAX_HOURS)
+                ),
+                name="breakglass_expiry_within_24h",
+            ),
+            # Four eyes: whoever asked for a grant neither approves nor denies it.
+            models.CheckConstraint(
+                condition=~Q(approved_by=models.F("created_by")),
+                name="breakglass_not_self_approved",
+            ),
+            models.CheckConstraint(
+                condition=~Q(denied_by=models.F("created_by")),
+                name="breakglass_not_self_denied",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state=BreakGlassState.PENDING)
+                | (Q(approved_at__isnull=True) & Q(denied_at__isnull=True)),
+                name="breakglass_pending_undecided",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state=BreakGlassState.DENIED) | Q(denied_at__isnull=False),
+                name="breakglass_denied_has_time",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state=BreakGlassState.REVOKED) | Q(revoked_at__isnull=False),
+                name="breakglass_revoked_has_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"break-glass #{self.pk} {self.identity.name}@{self.datasource.name}"
+
+    @property
+    def is_expired(self) -> bool:
+        """Past its expiry, whether or not beat has marked it ``expired`` yet."""
+        return self.expires_at <= timezone.now()
+
+    @property
+    def is_in_force(self) -> bool:
+        """Active and not yet expired: what the bundle carries."""
+        return self.state == BreakGlassState.ACTIVE and not self.is_expired
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        rules = self.rules
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            errors["rules"] = ["Must be a list of safety-floor rule ids."]
+        elif not rules:
+            errors["rules"] = ["Name at least one safety-floor rule."]
+        else:
+            unknown = sorted(set(rules) - set(FloorRule.values))
+            if unknown:
+                errors["rules"] = [f"Not a safety-floor rule: {', '.join(unknown)}."]
+            else:
+                self.rules = sorted(set(rules))
+        if not (self.reason or "").strip():
+            errors["reason"] = ["Say why the floor must be lifted."]
+        created = self.created_at or timezone.now()
+        if self.expires_at is not None:
+            if self._state.adding and self.expires_at <= timezone.now():
+                errors["expires_at"] = ["The expiry must be in the future."]
+            elif self.expires_at > created + datetime.timedelta(hours=BREAK_GLASS_MAX_HOURS):
+                errors["expires_at"] = [
+                    f"A grant lasts at most {BREAK_GLASS_MAX_HOURS} hours; make a new one after."
+                ]
+        if (
+            self._state.adding
+            and self.datasource_id is not None
+            and self.identity_id is not None
+            and not identities_allowed_on(self.datasource).filter(pk=self.identity_id).exists()
+        ):
+            errors["identity"] = [
+                f"{self.identity.name} may not connect to {self.datasource.name}: it is not an "
+                "active member of a team that may connect."
+            ]
+        if errors:
+            raise ValidationError(errors)

@@ -128,3 +128,14 @@ class IsAdmin(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return user_role(request.user) == Role.ADMIN
+
+
+class IsAdminOrReadOnly(BasePermission):
+    """API: viewers may read; only admins may write (break-glass grants)."""
+
+    message = "Only admins may do this."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in SAFE_METHODS:
+            return can_view(request.user)
+        return user_role(request.user) == Role.ADMIN

@@ -20,6 +20,7 @@ from audit.selectors import change_history_for
 from governance.models import (
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
     Classification,
     ClassificationStatus,
     ColumnClassification,
@@ -39,6 +40,9 @@ from governance.permissions import can_read_all_tokens, can_view, user_role
 __all__ = [
     "api_token_get",
     "api_token_list",
+    "break_glass_get",
+    "break_glass_item_get",
+    "break_glass_list",
     "change_history_for",
     "classification_get",
     "classification_list",
@@ -378,3 +382,37 @@ def scan_schedule_get(*, datasource: Datasource) -> ScanSchedule:
     return ScanSchedule.objects.filter(datasource=datasource).first() or ScanSchedule(
         datasource=datasource
     )
+
+
+# --- break-glass grants ---------------------------------------------------------------------
+
+
+def break_glass_list(*, user: Any, filters: dict | None = None) -> QuerySet[BreakGlassGrant]:
+    """Newest first. Filters: datasource (pk), state, identity (name), q (reason or identity)."""
+    filters = filters or {}
+    qs = BreakGlassGrant.objects.select_related(
+        "datasource__environment",
+        "identity",
+        "created_by",
+        "approved_by",
+        "denied_by",
+        "revoked_by",
+    )
+    if q := _text(filters, "q"):
+        qs = qs.filter(Q(reason__icontains=q) | Q(identity__name__icontains=q))
+    if datasource := _text(filters, "datasource"):
+        qs = qs.filter(datasource_id=datasource) if datasource.isdigit() else qs.none()
+    if state := _text(filters, "state"):
+        qs = qs.filter(state=state)
+    if identity := _text(filters, "identity"):
+        qs = qs.filter(identity__name=identity)
+    return _visible(user, qs)
+
+
+def break_glass_get(*, user: Any, pk: Any) -> BreakGlassGrant:
+    return _get(break_glass_list(user=user), pk)
+
+
+def break_glass_item_get(*, user: Any, datasource_pk: Any, pk: Any) -> BreakGlassGrant:
+    """A grant of *this* datasource (another datasource's answers 404)."""
+    return _get(break_glass_list(user=user).filter(datasource_id=datasource_pk), pk)

@@ -34,10 +34,13 @@ from governance.bundles import bundles_mark_stale
 from governance.errors import ApplicationError
 from governance.models import (
     API_TOKEN_PREFIX,
+    BREAK_GLASS_LIVE_STATES,
     SIDECAR_TOKEN_PREFIX,
     TOKEN_PREFIX,
     AccessToken,
     ApiToken,
+    BreakGlassGrant,
+    BreakGlassState,
     Classification,
     ClassificationRejection,
     ClassificationSource,
@@ -1413,3 +1416,165 @@ def scan_requested_for(*, datasource_id: int) -> str | None:
     """The scan request a sidecar has not answered yet (for the heartbeat reply)."""
     schedule = ScanSchedule.objects.filter(datasource_id=datasource_id).first()
     return scan_pending(schedule=schedule) if schedule is not None else None
+
+
+# --- break-glass grants -----------------------------------------------------------------
+
+
+def _require_admin(actor: Any, what: str) -> None:
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied(f"Only admins may {what} break-glass grants.")
+
+
+def _break_glass_event(action: str, actor: Any, grant: BreakGlassGrant) -> None:
+    """Every state change of a grant in the datasource's audit chain (never a secret)."""
+    audit_control_event(
+        action=action,
+        actor=actor,
+        datasource=grant.datasource,
+        target=f"breakglassgrant:{grant.pk} {grant.identity.name}"[:300],
+        outcome=grant.state,
+        detail={
+            "grant": str(grant.pk),
+            "identity": grant.identity.name,
+            "rules": list(grant.rules),
+            "reason": grant.reason[:1000],
+            "expires_at": grant.expires_at.isoformat(),
+            "created_by": grant.created_by.get_username() if grant.created_by else None,
+        },
+    )
+
+
+def _break_glass_lock(grant: BreakGlassGrant) -> BreakGlassGrant:
+    return (
+        BreakGlassGrant.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("datasource__environment", "identity", "created_by")
+        .get(pk=grant.pk)
+    )
+
+
+def _break_glass_save(
+    actor: Any, grant: BreakGlassGrant, before: dict[str, Any], event: str
+) -> BreakGlassGrant:
+    grant.full_clean()
+    grant.save()
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=grant,
+        before=before,
+        after=object_snapshot(grant),
+    )
+    _break_glass_event(event, actor, grant)
+    return grant
+
+
+@transaction.atomic
+def break_glass_create(
+    *,
+    actor: Any,
+    datasource: Datasource,
+    identity: Identity,
+    rules: Iterable[str],
+    reason: str,
+    expires_at: datetime.datetime,
+) -> BreakGlassGrant:
+    """Lift the safety-floor ``rules`` for ``identity`` on ``datasource`` until ``expires_at``
+    (at most ``BREAK_GLASS_MAX_HOURS`` away). Admins only.
+
+    In production (criticality 5) the grant is ``pending`` until a second admin approves
+    it (``break_glass_approve``); elsewhere it is ``active`` at once and reaches the
+    sidecars with the next bundle.
+    """
+    _require_admin(actor, "make")
+    datasource = Datasource.objects.select_related("environment").get(pk=datasource.pk)
+    grant = BreakGlassGrant(
+        datasource=datasource,
+        identity=identity,
+        rules=list(rules) if not isinstance(rules, str) else rules,
+        reason=(reason or "").strip(),
+        expires_at=expires_at,
+        created_by=actor,
+        state=BreakGlassState.PENDING
+        if datasource.environment.is_production
+        else BreakGlassState.ACTIVE,
+    )
+    _create(actor, grant)
+    _break_glass_event("break_glass.created", actor, grant)
+    return grant
+
+
+def _break_glass_decide(
+    *, actor: Any, grant: BreakGlassGrant, verb: str
+) -> tuple[BreakGlassGrant, dict[str, Any]]:
+    _require_admin(actor, verb)
+    grant = _break_glass_lock(grant)
+    if grant.state != BreakGlassState.PENDING:
+        raise ApplicationError(
+            f"Only a pending grant can be {verb}d; this one is {grant.get_state_display().lower()}."
+        )
+    if grant.created_by_id is not None and grant.created_by_id == actor.pk:
+        raise PermissionDenied(
+            f"A second admin must {verb} this grant: you asked for it. Revoke it to withdraw it."
+        )
+    if grant.expires_at <= timezone.now():
+        raise ApplicationError("This grant expired before anyone decided it.")
+    return grant, object_snapshot(grant)
+
+
+@transaction.atomic
+def break_glass_approve(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """A second admin (not the one who asked) puts a pending grant in force."""
+    grant, before = _break_glass_decide(actor=actor, grant=grant, verb="approve")
+    grant.state = BreakGlassState.ACTIVE
+    grant.approved_by = actor
+    grant.approved_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.approved")
+
+
+@transaction.atomic
+def break_glass_deny(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """A second admin (not the one who asked) refuses a pending grant."""
+    grant, before = _break_glass_decide(actor=actor, grant=grant, verb="deny")
+    grant.state = BreakGlassState.DENIED
+    grant.denied_by = actor
+    grant.denied_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.denied")
+
+
+@transaction.atomic
+def break_glass_revoke(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """End a pending or active grant now (any admin, its creator included)."""
+    _require_admin(actor, "revoke")
+    grant = _break_glass_lock(grant)
+    if grant.state not in BREAK_GLASS_LIVE_STATES:
+        raise ApplicationError(
+            f"This grant is already {grant.get_state_display().lower()}; nothing to revoke."
+        )
+    before = object_snapshot(grant)
+    grant.state = BreakGlassState.REVOKED
+    grant.revoked_by = actor
+    grant.revoked_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.revoked")
+
+
+@transaction.atomic
+def break_glass_expire(*, now: datetime.datetime | None = None) -> list[int]:
+    """Mark every pending or active grant whose ``expires_at`` has passed ``expired``
+    (beat, every minute). Recorded like any change, with the actor "system", so each
+    affected datasource's bundle is recompiled without the grant. Returns their ids."""
+    now = now or timezone.now()
+    due = (
+        BreakGlassGrant.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .select_related("datasource__environment", "identity", "created_by")
+        .filter(state__in=BREAK_GLASS_LIVE_STATES, expires_at__lte=now)
+        .order_by("pk")
+    )
+    datasources: list[int] = []
+    for grant in due:
+        before = object_snapshot(grant)
+        grant.state = BreakGlassState.EXPIRED
+        _break_glass_save(None, grant, before, "break_glass.expired")
+        if grant.datasource_id not in datasources:
+            datasources.append(grant.datasource_id)
+    return datasources

@@ -1,8 +1,8 @@
 """Celery entry points of the governance app. Thin: they call services.
 
 ``bundles_recompile`` is enqueued on commit by every recorded policy change
-(never for a change that rolled back); ``identities_expire`` and
-``bundles_resign`` run from beat.
+(never for a change that rolled back); ``identities_expire``,
+``break_glass_expire`` and ``bundles_resign`` run from beat.
 """
 
 from __future__ import annotations
@@ -44,3 +44,11 @@ def bundles_resign() -> dict[str, str]:
 def scans_request_due() -> list[int]:
     """From beat: request a scan of every datasource whose scan interval passed."""
     return services.scans_request_due()
+
+
+@shared_task(ignore_result=True, name="governance.tasks.break_glass_expire")
+def break_glass_expire() -> list[int]:
+    """From beat, every minute: mark break-glass grants past their expiry ``expired``
+    (recorded in history and the audit trail), which recompiles their datasources'
+    bundles without them."""
+    return services.break_glass_expire()

@@ -52,6 +52,16 @@ urlpatterns = [
         name="review_decide",
     ),
     path("datasources/<int:pk>/scan/", views.datasource_scan, name="datasource_scan"),
+    path("datasources/<int:pk>/break-glass/", views.break_glass_list, name="break_glass_list"),
+    *(
+        path(
+            f"datasources/<int:datasource_pk>/break-glass/<int:pk>/{action}/",
+            views.break_glass_action,
+            {"action": action},
+            name=f"break_glass_{action}",
+        )
+        for action in ("approve", "deny", "revoke")
+    ),
     path(
         "datasources/<int:pk>/scan-schedule/",
         views.datasource_scan_schedule,

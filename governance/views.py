@@ -11,6 +11,7 @@ services re-check, so a view can never do more than its service allows.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from django.forms.models import model_to_dict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
@@ -34,6 +36,7 @@ from governance import selectors, services
 from governance.errors import ApplicationError
 from governance.forms import (
     ApiTokenIssueForm,
+    BreakGlassForm,
     ClassificationForm,
     ColumnClassificationForm,
     CustomDetectorForm,
@@ -50,6 +53,8 @@ from governance.forms import (
     TokenIssueForm,
 )
 from governance.models import (
+    BREAK_GLASS_LIVE_STATES,
+    BreakGlassState,
     ClassificationSource,
     ClassificationStatus,
     GuardrailAction,
@@ -71,6 +76,7 @@ PAGE_SIZE = 25
 
 viewer_required = require_role(*VIEWERS)
 editor_required = require_role(*POLICY_EDITORS)
+admin_required = require_role(Role.ADMIN)
 
 
 # --- filters --------------------------------------------------------------------------
@@ -401,6 +407,7 @@ CHANGE_MODELS = {
     "guardrailrule": "Guardrail",
     "customdetector": "Custom detector",
     "scanschedule": "Scan schedule",
+    "breakglassgrant": "Break-glass grant",
 }
 # content-type model name → Resource key, to link a change to its object's page.
 _CHANGE_LINKS = {
@@ -486,6 +493,11 @@ def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
         "awaiting_review": selectors.review_queue(
             user=request.user, filters={"datasource": str(datasource.pk)}
         ).count(),
+        "break_glass_live": selectors.break_glass_list(
+            user=request.user, filters={"datasource": str(datasource.pk)}
+        )
+        .filter(state__in=BREAK_GLASS_LIVE_STATES, expires_at__gt=timezone.now())
+        .count(),
     }
 
 
@@ -803,6 +815,87 @@ def api_token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request, "governance/api_token_revoke.html", context, status=400 if error else 200
     )
+
+
+# --- break-glass grants ---------------------------------------------------------------
+
+_ONE_HOUR = datetime.timedelta(hours=1)
+
+
+def _break_glass_page(
+    request: HttpRequest, datasource: Any, form: BreakGlassForm | None, status: int = 200
+) -> HttpResponse:
+    grants = selectors.break_glass_list(
+        user=request.user, filters={"datasource": str(datasource.pk)}
+    )
+    page = _paginate(request, grants)
+    context = {
+        "datasource": datasource,
+        "form": form,
+        "page": page,
+        "objects": page.object_list,
+        "may_manage": user_role(request.user) == Role.ADMIN,
+    }
+    return render(request, "governance/break_glass_list.html", context, status=status)
+
+
+@viewer_required
+@require_http_methods(["GET", "POST"])
+def break_glass_list(request: HttpRequest, pk: int) -> HttpResponse:
+    """A datasource's break-glass grants; admins make new ones here (POST)."""
+    datasource = selectors.datasource_get(user=request.user, pk=pk)
+    if user_role(request.user) != Role.ADMIN:
+        if request.method == "POST":
+            raise PermissionDenied("Only admins may make break-glass grants.")
+        return _break_glass_page(request, datasource, None)
+    initial = {"expires_at": timezone.now().replace(second=0, microsecond=0) + _ONE_HOUR}
+    form = BreakGlassForm(request.POST or None, initial=initial, datasource=datasource)
+    if request.method == "POST":
+        grant = form.save(actor=request.user)
+        if grant is not None:
+            state = (
+                "in force"
+                if grant.state == BreakGlassState.ACTIVE
+                else "waiting for a second admin's approval"
+            )
+            messages.success(request, f"Break-glass grant for {grant.identity.name} {state}.")
+            return redirect("governance:break_glass_list", datasource.pk)
+    return _break_glass_page(request, datasource, form, status=_form_status(request))
+
+
+_BREAK_GLASS_ACTIONS: dict[str, tuple[Callable[..., Any], str]] = {
+    "approve": (services.break_glass_approve, "approved"),
+    "deny": (services.break_glass_deny, "denied"),
+    "revoke": (services.break_glass_revoke, "revoked"),
+}
+
+
+@admin_required
+@require_POST
+def break_glass_action(
+    request: HttpRequest, datasource_pk: int, pk: int, *, action: str
+) -> HttpResponse:
+    """Approve, deny or revoke one grant of this datasource; htmx swaps its row."""
+    grant = selectors.break_glass_item_get(user=request.user, datasource_pk=datasource_pk, pk=pk)
+    service, done = _BREAK_GLASS_ACTIONS[action]
+    error = ""
+    try:
+        grant = service(actor=request.user, grant=grant)
+    except ApplicationError as exc:
+        error = exc.message
+    back = reverse("governance:break_glass_list", args=[datasource_pk])
+    if request.htmx:
+        context = {"g": grant, "may_manage": True, "error": error, "flash": not error}
+        # 200 even when refused: htmx swaps only 2xx, and the row shows why inline.
+        response = render(request, "governance/_break_glass_row.html", context)
+        if error:
+            return trigger_client_event(response, "warden:error", {"message": error})
+        return response
+    if error:
+        messages.error(request, error)
+        return _back(request, back, status=400)
+    messages.success(request, f"Break-glass grant #{grant.pk} for {grant.identity.name} {done}.")
+    return _back(request, back)
 
 
 # --- simulator ------------------------------------------------------------------------

@@ -4,12 +4,14 @@ through the services that record history, write the audit trail and recompile bu
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals import services as approvals
 from audit.models import AuditRetention, ChangeRecord
@@ -63,6 +65,14 @@ def _one_of_everything(demo_policy: Any, admin_user: Any, reviewer_user: Any) ->
     """At least one row of every model the admin shows, made the way Warden makes them."""
     services.token_issue(actor=admin_user, identity=demo_policy.service, name="ci")
     services.api_token_issue(actor=admin_user, name="automation")
+    services.break_glass_create(
+        actor=admin_user,
+        datasource=demo_policy.datasource,
+        identity=demo_policy.service,
+        rules=["floor.copy_server_side"],
+        reason="INC-1: restore",
+        expires_at=timezone.now() + datetime.timedelta(hours=1),
+    )
     services.identity_update(
         actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
     )
