@@ -8,7 +8,7 @@ tree runs at two transaction counts and the difference is divided by the
 difference in transactions, so start-up and import cost cancel out.
 
     git archive <base commit> sidecar | tar -x -C /tmp/base
-    .venv/bin/python bench/proxy_instructions.py --compare /tmp/base [--n 1500]
+    .venv/bin/python bench/proxy_instructions.py --compare /tmp/base [--n 1000] [--repeat 3]
 
 It prints instructions per transaction for both trees and ends with one line
 per workload: ``<workload>_instructions_delta=<percent> % target=2 met|missed``
@@ -64,10 +64,19 @@ def per_transaction(tree: Path, n: int, prepared: bool, work: Path) -> float:
     return (large - small) / n
 
 
+def median_per_transaction(tree: Path, n: int, prepared: bool, work: Path, repeat: int) -> float:
+    # Object addresses differ from run to run (and with them some hashing and the
+    # garbage collector's timing): a few hundred instructions of noise per
+    # transaction, which the median of a few runs irons out.
+    runs = sorted(per_transaction(tree, n, prepared, work) for _ in range(repeat))
+    return runs[len(runs) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--compare", required=True, metavar="TREE", help="the base checkout")
-    parser.add_argument("--n", type=int, default=1500, help="transactions in the smaller run")
+    parser.add_argument("--n", type=int, default=1000, help="transactions in the smaller run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median kept)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -78,7 +87,8 @@ def main() -> int:
         work = Path(tmp)
         for workload, prepared in (("select_only", False), ("select_prepared", True)):
             counts = {
-                name: per_transaction(tree, args.n, prepared, work) for name, tree in trees.items()
+                name: median_per_transaction(tree, args.n, prepared, work, args.repeat)
+                for name, tree in trees.items()
             }
             delta = (counts["this"] / counts["base"] - 1) * 100
             print(

@@ -274,6 +274,7 @@ class EnginePolicy:
         self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
         self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
+        self._contexts: dict[tuple[bool, bool, tuple[str, ...] | None], Any] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
         # with the generation their prepared statements were decided under.
         self.generation = 0
@@ -382,11 +383,18 @@ class EnginePolicy:
         key = (identity, sql, standard_conforming_strings, search_path, protocol)
         verdict = self._cache.get(key)
         if verdict is None:
-            session = self._engine_mod.SessionContext(
-                standard_conforming_strings=standard_conforming_strings,
-                in_transaction=in_transaction,
-                search_path=search_path,
-            )
+            context = (standard_conforming_strings, in_transaction, search_path)
+            session = self._contexts.get(context)
+            if session is None:
+                # Few distinct contexts exist: build each once (a frozen dataclass's
+                # constructor is a noticeable part of a cache miss).
+                if len(self._contexts) >= 64:
+                    self._contexts.clear()
+                session = self._contexts[context] = self._engine_mod.SessionContext(
+                    standard_conforming_strings=standard_conforming_strings,
+                    in_transaction=in_transaction,
+                    search_path=search_path,
+                )
             decision = self._engine.decide(
                 identity=identity, sql=sql, session=session, protocol=protocol
             )

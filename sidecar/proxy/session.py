@@ -57,12 +57,13 @@ HOLD_BUFFER_LIMIT = 256 * 1024
 _PAUSED_BY_UPSTREAM = 1
 _PAUSED_BY_HOLD = 2
 
-_Q, _P, _B, _E, _S, _C, _D, _H, _X, _F = (ord(c) for c in "QPBESCDHXF")
+_Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 # Statement messages above this many bytes are judged in a worker thread while the
 # session waits, so one large statement never stalls the event loop every session
 # shares (the engine's cost grows with the text: ~30 us per list element).
 LARGE_STATEMENT = 64 * 1024
-_COPY = frozenset(b"dcf")
+# Forwarded as they are: COPY data, done and fail; Describe; Flush.
+_FORWARDED = frozenset(b"dcfDH")
 _UP_ROWS = frozenset(b"Dd")
 _UP_STATEFUL = frozenset(b"ZSCEsI3")
 # Also ParseComplete, only between a re-prepare's CloseComplete and its ParseComplete.
@@ -471,9 +472,8 @@ class Session:
                 start, pos = pos, end
                 # A branch that may hold the client (an approval, a barrier) breaks
                 # out once it has; the rest of the data waits in _held_data.
-                if kind in _COPY:
-                    out.append(data[start:end])
-                elif kind == _Q:
+                # Ordered by frequency: simple queries, then a prepared statement's run.
+                if kind == _Q:
                     if length > LARGE_STATEMENT:
                         if self._large(kind, length, data, start, end, out):
                             break
@@ -487,23 +487,6 @@ class Session:
                         out.append(self._probe_before(False))
                         break
                     message = self._on_query(data[start + 5 : end])
-                    out.append(data[start:end] if message is None else message)
-                    if self.hold is not None:
-                        break
-                elif kind == _P:
-                    if length > LARGE_STATEMENT:
-                        if self._large(kind, length, data, start, end, out):
-                            break
-                        continue
-                    if (
-                        self.pending
-                        and not self._discarding
-                        and _state_sensitive(data, start + 5, end)
-                    ):
-                        pos = start
-                        out.append(self._probe_before(True))
-                        break
-                    message = self._on_parse(data[start + 5 : end])
                     out.append(data[start:end] if message is None else message)
                     if self.hold is not None:
                         break
@@ -532,7 +515,9 @@ class Session:
                         if self.hold is not None:
                             break
                     else:
-                        self.pending.append(self._exec(verdict, False))
+                        self.pending.append(
+                            self._exec(verdict, False) if self._strict else _Exec(verdict, False)
+                        )
                         out.append(data[start:end])
                 elif kind == _S:
                     self._discarding = False
@@ -542,7 +527,24 @@ class Session:
                         # The batch may have failed and undone a barrier's change.
                         out.append(self._probe_after(False))
                         break
-                elif kind in (_D, _H):
+                elif kind == _P:
+                    if length > LARGE_STATEMENT:
+                        if self._large(kind, length, data, start, end, out):
+                            break
+                        continue
+                    if (
+                        self.pending
+                        and not self._discarding
+                        and _state_sensitive(data, start + 5, end)
+                    ):
+                        pos = start
+                        out.append(self._probe_before(True))
+                        break
+                    message = self._on_parse(data[start + 5 : end])
+                    out.append(data[start:end] if message is None else message)
+                    if self.hold is not None:
+                        break
+                elif kind in _FORWARDED:
                     out.append(data[start:end])
                 elif kind == _C:
                     what, name = data[start + 5], data[start + 6 : end - 1]
@@ -571,7 +573,7 @@ class Session:
             return
         if out:
             sending = out[0] if len(out) == 1 else b"".join(out)
-            if self._need > self.audit.durable or self._gated:
+            if self._strict and (self._need > self.audit.durable or self._gated):
                 self._gate(sending)  # strict durability: after the intents are on disk
             else:
                 self.upstream.write(sending)
@@ -654,7 +656,7 @@ class Session:
         return item
 
     def _write(self, data: bytes) -> None:
-        if self._need > self.audit.durable or self._gated:
+        if self._strict and (self._need > self.audit.durable or self._gated):
             self._gate(data)
         else:
             self.upstream.write(data)
@@ -961,7 +963,7 @@ class Session:
         text = self._decode(payload[:-1])
         verdict = self._decide(text, "simple")
         if verdict.plain and not self.dirty and not self._discarding:
-            self.pending.append(self._exec(verdict, True))
+            self.pending.append(self._exec(verdict, True) if self._strict else _Exec(verdict, True))
             if verdict.upstream_sql == text:
                 return None
             return m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
@@ -1667,23 +1669,22 @@ class Session:
                 closing.prepared.generation = -1
 
     def _finish(self, item: _Exec, outcome: str) -> None:
-        if item.verdict is None:  # a refusal, recorded when it was decided
+        verdict = item.verdict
+        if verdict is None:  # a refusal, recorded when it was decided
             return
         duration = round((time.perf_counter() - item.started) * 1000, 3)
-        approval_id = item.verdict.approval_id
+        approval_id = verdict.approval_id
         if approval_id is not None and outcome == "allowed":
             outcome = "approved"
-        self._record(
-            item.verdict,
-            outcome,
-            item.rows,
-            duration,
-            item.error,
-            approval_id,
-            item.base,
-            item.event,
-            item.journal,
-        )
+        # _record inline: this runs once for every statement that reached the server.
+        now = time.time()
+        line = self._event_line(
+            item.event or event_id(now), now, verdict, outcome, item.rows, duration,
+            item.error, approval_id, item.base,
+        )  # fmt: skip
+        self.audit.append_line(line)
+        if item.journal:
+            self.audit.resolved(item.journal)
 
     # ---- lifetime -----------------------------------------------------------
 
