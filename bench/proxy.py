@@ -434,6 +434,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     AUDIT_DURABILITY[0] = args.audit_durability
+    if not args.compare and not Path(PGBOUNCER).exists():
+        raise SystemExit(f"{PGBOUNCER} is missing: apt-get install pgbouncer (the baseline)")
+    if shutil.which("pgbench") is None:
+        raise SystemExit("pgbench is missing: apt-get install postgresql-client")
 
     # Named after DATABASE_URL's database (e.g. warden_perf_proxy_bench_<hex>) so
     # engineers sharing one server each stay within their own database names.
