@@ -1,0 +1,399 @@
+"""Identity services: who connects through the sidecars, and who runs the control plane.
+
+Identities (humans, service accounts, AI agents), their teams, the access tokens
+they sign in to a sidecar with, accounts' roles (memberships) and management-API
+tokens, the single sign-on sync that keeps a user's identity, teams and role in
+step with the identity provider, and the expiry of identities.
+
+Identities, teams and access tokens reach the bundles (a sidecar checks tokens
+and team-based rules), so their services record history and then call
+``bundles_mark_stale``. Roles and API tokens act on the control plane only: no
+bundle carries them, and their services record history alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from audit.models import ChangeAction
+from audit.services import audit_control_event, change_record_create, object_snapshot
+from governance.bundles import bundles_mark_stale
+from governance.errors import ApplicationError
+from governance.models import (
+    API_TOKEN_PREFIX,
+    TOKEN_PREFIX,
+    AccessToken,
+    ApiToken,
+    Identity,
+    IdentityKind,
+    Membership,
+    Role,
+    Team,
+    scram_sha256_verifier,
+    token_digest,
+)
+from governance.permissions import can_manage_all_tokens, user_role
+from governance.services.history import _create, _delete, _update
+from governance.services.policy import _guardrails_naming, _require_policy_editor
+
+# --- roles ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def membership_set_role(*, actor: Any, user: Any, role: Role | str) -> Membership:
+    """Give ``user`` a role (admins only). Recorded in history."""
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("Only admins may change roles.")
+    membership, created = Membership.objects.get_or_create(user=user)
+    before = None if created else object_snapshot(membership)
+    membership.role = Role(role)
+    membership.full_clean()
+    membership.save()
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.CREATE if created else ChangeAction.UPDATE,
+        obj=membership,
+        before=before,
+        after=object_snapshot(membership),
+    )
+    return membership
+
+
+# --- teams ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def team_create(*, actor: Any, name: str, slug: str = "", description: str = "") -> Team:
+    _require_policy_editor(actor)
+    team = Team(name=name, slug=slug or slugify(name), description=description)
+    _create(actor, team)
+    bundles_mark_stale(obj=team)
+    return team
+
+
+@transaction.atomic
+def team_update(*, actor: Any, team: Team, data: dict[str, Any]) -> Team:
+    """Change name, slug or description. A slug used by a guardrail cannot change."""
+    _require_policy_editor(actor)
+    team = Team.objects.select_for_update(no_key=True).get(pk=team.pk)
+    if "slug" in data and data["slug"] != team.slug:
+        users = _guardrails_naming("teams", team.slug)
+        if users:
+            raise ValidationError(
+                {"slug": f"Guardrails refer to this team by its slug: {', '.join(users)}."}
+            )
+    _update(actor, team, data, allowed={"name", "slug", "description"})
+    bundles_mark_stale(obj=team)
+    return team
+
+
+@transaction.atomic
+def team_delete(*, actor: Any, team: Team) -> None:
+    _require_policy_editor(actor)
+    users = _guardrails_naming("teams", team.slug)
+    if users:
+        raise ApplicationError(
+            f"Team {team.name} is named in guardrails: {', '.join(users)}. Change them first.",
+            {"guardrails": users},
+        )
+    _delete(actor, team, blocked_by="other objects")
+    bundles_mark_stale(obj=team)
+
+
+# --- identities -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def identity_create(
+    *,
+    actor: Any,
+    name: str,
+    kind: str,
+    display_name: str = "",
+    email: str = "",
+    user: Any = None,
+    owner: Identity | None = None,
+    teams: Iterable[Team] = (),
+    is_active: bool = True,
+    expires_at: datetime.datetime | None = None,
+) -> Identity:
+    _require_policy_editor(actor)
+    identity = Identity(
+        name=name,
+        kind=kind,
+        display_name=display_name,
+        email=email,
+        user=user,
+        owner=owner,
+        is_active=is_active,
+        expires_at=expires_at,
+    )
+    _create(actor, identity, {"teams": teams})
+    bundles_mark_stale(obj=identity)
+    return identity
+
+
+IDENTITY_FIELDS = {
+    "name",
+    "kind",
+    "display_name",
+    "email",
+    "user",
+    "owner",
+    "teams",
+    "is_active",
+    "expires_at",
+}
+
+
+@transaction.atomic
+def identity_update(*, actor: Any, identity: Identity, data: dict[str, Any]) -> Identity:
+    """Change any of IDENTITY_FIELDS (``teams``: an iterable of Team)."""
+    _require_policy_editor(actor)
+    identity = Identity.objects.select_for_update(no_key=True).get(pk=identity.pk)
+    _update(actor, identity, data, allowed=IDENTITY_FIELDS)
+    bundles_mark_stale(obj=identity)
+    return identity
+
+
+@transaction.atomic
+def identity_delete(*, actor: Any, identity: Identity) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, identity, blocked_by="the identities it owns")
+    bundles_mark_stale(obj=identity)
+
+
+@transaction.atomic
+def identities_expire() -> int:
+    """Deactivate every active identity whose ``expires_at`` has passed; return how many."""
+    expired = Identity.objects.select_for_update(no_key=True).filter(
+        is_active=True, expires_at__lte=timezone.now()
+    )
+    count = 0
+    for identity in expired:
+        _update(None, identity, {"is_active": False}, allowed={"is_active"})
+        bundles_mark_stale(obj=identity)
+        count += 1
+    return count
+
+
+# --- access tokens --------------------------------------------------------------------
+
+
+def _may_manage_tokens_of(actor: Any, identity: Identity) -> bool:
+    if can_manage_all_tokens(actor):
+        return True
+    if user_role(actor) != Role.REVIEWER:
+        return False
+    own = Identity.objects.filter(user=actor).first()
+    return own is not None and (identity.pk == own.pk or identity.owner_id == own.pk)
+
+
+@transaction.atomic
+def token_issue(
+    *,
+    actor: Any,
+    identity: Identity,
+    name: str,
+    expires_at: datetime.datetime | None = None,
+) -> tuple[AccessToken, str]:
+    """Mint an access token; the raw value is returned here once and never stored."""
+    if not _may_manage_tokens_of(actor, identity):
+        raise PermissionDenied("You may not issue tokens for this identity.")
+    identity = Identity.objects.select_for_update(no_key=True).get(pk=identity.pk)
+    if not identity.is_active or identity.is_expired:
+        raise ApplicationError(f"{identity.name} is not active; it cannot get a token.")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = AccessToken(
+        identity=identity,
+        name=name,
+        prefix=raw[:10],
+        digest=token_digest(raw),
+        scram_verifier=scram_sha256_verifier(raw, salt=_identity_salt(identity)),
+        created_by=actor,
+        expires_at=expires_at,
+    )
+    _create(actor, token)
+    bundles_mark_stale(obj=token)
+    _token_event("token.issued", actor, token, identity=identity.name)
+    return token, raw
+
+
+def _identity_salt(identity: Identity) -> bytes | None:
+    """The SCRAM salt the identity's live tokens share, if it has one.
+
+    A SCRAM exchange offers the client one salt, so the sidecar can only check the
+    tokens whose verifiers were made with it: every token of an identity gets the
+    same salt, and a second token works beside the first. (The tokens themselves
+    are 256 random bits each; a shared salt weakens nothing.)
+    """
+    live = (
+        AccessToken.objects.filter(identity=identity, revoked_at__isnull=True)
+        .exclude(scram_verifier="")
+        .order_by("-created_at")
+        .values_list("scram_verifier", flat=True)
+        .first()
+    )
+    if not live:
+        return None
+    try:
+        return base64.b64decode(live.split("$")[1].split(":")[1], validate=True)
+    except (IndexError, ValueError):
+        return None
+
+
+def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:
+    """Issue and revoke of access and API tokens in the audit trail (never the token)."""
+    audit_control_event(
+        action=action,
+        actor=actor,
+        target=f"{token._meta.model_name}:{token.pk} {token.name}"[:300],
+        outcome="ok",
+        detail={"kind": token._meta.model_name, "prefix": token.prefix, **detail},
+    )
+
+
+@transaction.atomic
+def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
+    if not _may_manage_tokens_of(actor, token.identity):
+        raise PermissionDenied("You may not revoke tokens of this identity.")
+    token = AccessToken.objects.select_for_update(no_key=True).get(pk=token.pk)
+    if token.revoked_at is not None:
+        raise ApplicationError("This token is already revoked.")
+    before = object_snapshot(token)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=token,
+        before=before,
+        after=object_snapshot(token),
+    )
+    bundles_mark_stale(obj=token)
+    _token_event("token.revoked", actor, token)
+    return token
+
+
+@transaction.atomic
+def api_token_issue(
+    *, actor: Any, name: str, expires_at: datetime.datetime | None = None
+) -> tuple[ApiToken, str]:
+    """Mint a management-API token acting as ``actor``; raw value returned once."""
+    if not getattr(actor, "is_authenticated", False):
+        raise PermissionDenied("Sign in first.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    raw = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user=actor, name=name, prefix=raw[:10], digest=token_digest(raw), expires_at=expires_at
+    )
+    _create(actor, token)
+    _token_event("token.issued", actor, token)
+    return token, raw
+
+
+@transaction.atomic
+def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
+    if token.user_id != actor.pk and user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("You may only revoke your own API tokens.")
+    token = ApiToken.objects.select_for_update(no_key=True).get(pk=token.pk)
+    if token.revoked_at is not None:
+        raise ApplicationError("This token is already revoked.")
+    before = object_snapshot(token)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=token,
+        before=before,
+        after=object_snapshot(token),
+    )
+    _token_event("token.revoked", actor, token)
+    return token
+
+
+# --- single sign-on ---------------------------------------------------------------------
+
+_ROLE_ORDER = [Role.ADMIN, Role.SECURITY, Role.REVIEWER, Role.AUDITOR, Role.NONE]
+
+
+def _identity_name_for(user: Any) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9_.-]", "_", (user.get_username() or "user").lower().split("@")[0])
+    if not re.match(r"^[a-z_]", base):
+        base = "u_" + base
+    base = base[:56]
+    name, n = base, 1
+    while Identity.objects.filter(name=name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+@transaction.atomic
+def sso_user_sync(
+    *,
+    user: Any,
+    groups: list[str],
+    team_map: dict[str, str],
+    role_map: dict[str, str],
+) -> Identity:
+    """Apply an identity provider's group claims to a user signing in with SSO.
+
+    The user gets a human identity (created on first sign-in) whose teams are
+    exactly the mapped groups' teams, and, when a role map is configured, the
+    highest role any of their groups maps to (``none`` when no group maps).
+    The provider is the source of truth, so removals apply at the next sign-in.
+    Recorded in history with the actor "system".
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    identity = Identity.objects.filter(user=user).first()
+    if identity is None:
+        identity = Identity(
+            name=_identity_name_for(user),
+            kind=IdentityKind.HUMAN,
+            display_name=user.get_full_name() or user.get_username(),
+            email=user.email or "",
+            user=user,
+        )
+        _create(None, identity)
+        bundles_mark_stale(obj=identity)
+    wanted_slugs = sorted({team_map[g] for g in groups if g in team_map})
+    teams = list(Team.objects.filter(slug__in=wanted_slugs))
+    missing = sorted(set(wanted_slugs) - {t.slug for t in teams})
+    if missing:
+        log.warning("OIDC_GROUP_TEAM_MAP names teams that do not exist: %s", ", ".join(missing))
+    if {t.pk for t in identity.teams.all()} != {t.pk for t in teams}:
+        _update(None, identity, {"teams": teams}, allowed={"teams"})
+        bundles_mark_stale(obj=identity)
+    if role_map:
+        roles = {Role(role_map[g]) for g in groups if g in role_map}
+        role = next((r for r in _ROLE_ORDER if r in roles), Role.NONE)
+        membership, created = Membership.objects.get_or_create(user=user)
+        if created or membership.role != role:
+            before = None if created else object_snapshot(membership)
+            membership.role = role
+            membership.full_clean()
+            membership.save()
+            change_record_create(
+                actor=None,
+                action=ChangeAction.CREATE if created else ChangeAction.UPDATE,
+                obj=membership,
+                before=before,
+                after=object_snapshot(membership),
+            )
+    return identity

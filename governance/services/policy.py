@@ -1,0 +1,695 @@
+"""Policy services: what the sidecars enforce, and who may change it.
+
+Classifications and the classification of each column (a person's, a scanner's, or
+inherited by a view from its source columns), masking rules, the ordered
+guardrails, and break-glass grants that lift a safety-floor rule for one identity.
+Also the checks the other service modules share: who may edit policy, and which
+guardrails name a team or classification.
+
+Every change here can alter a bundle, so each service records history and then
+calls ``bundles_mark_stale`` for the object it changed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from audit.models import ChangeAction
+from audit.services import audit_control_event, change_record_create, object_snapshot
+from governance.bundles import bundles_mark_stale
+from governance.errors import ApplicationError
+from governance.models import (
+    BREAK_GLASS_LIVE_STATES,
+    BreakGlassGrant,
+    BreakGlassState,
+    Classification,
+    ClassificationRejection,
+    ClassificationSource,
+    ClassificationStatus,
+    ColumnClassification,
+    Datasource,
+    GuardrailRule,
+    Identity,
+    MaskingRule,
+    Role,
+    Team,
+)
+from governance.permissions import can_edit_policy, user_role
+from governance.services.history import _create, _delete, _update
+
+
+def _require_policy_editor(actor: Any) -> None:
+    if not can_edit_policy(actor):
+        raise PermissionDenied("Only admin and security may change policy.")
+
+
+def _guardrails_naming(key: str, value: str) -> list[str]:
+    """Names of guardrails whose list condition ``key`` mentions ``value``."""
+    return list(
+        GuardrailRule.objects.filter(**{f"conditions__{key}__contains": [value]}).values_list(
+            "name", flat=True
+        )
+    )
+
+
+# --- classifications ------------------------------------------------------------------
+
+
+@transaction.atomic
+def classification_create(
+    *, actor: Any, name: str, level: str, description: str = ""
+) -> Classification:
+    _require_policy_editor(actor)
+    classification = Classification(name=name, level=level, description=description)
+    _create(actor, classification)
+    bundles_mark_stale(obj=classification)
+    return classification
+
+
+@transaction.atomic
+def classification_update(
+    *, actor: Any, classification: Classification, data: dict[str, Any]
+) -> Classification:
+    """Change name, level or description. Built-in names are fixed; so are names in use."""
+    _require_policy_editor(actor)
+    classification = Classification.objects.select_for_update(no_key=True).get(pk=classification.pk)
+    if "name" in data and data["name"] != classification.name:
+        if classification.is_builtin:
+            raise ValidationError({"name": "Built-in classifications cannot be renamed."})
+        users = _guardrails_naming("classifications", classification.name)
+        if users:
+            raise ValidationError({"name": f"Guardrails refer to it by name: {', '.join(users)}."})
+    _update(actor, classification, data, allowed={"name", "level", "description"})
+    bundles_mark_stale(obj=classification)
+    return classification
+
+
+@transaction.atomic
+def classification_delete(*, actor: Any, classification: Classification) -> None:
+    _require_policy_editor(actor)
+    if classification.is_builtin:
+        raise ApplicationError(f"{classification.name} is built in and cannot be deleted.")
+    users = _guardrails_naming("classifications", classification.name)
+    if users:
+        raise ApplicationError(
+            f"{classification.name} is named in guardrails: {', '.join(users)}.",
+            {"guardrails": users},
+        )
+    _delete(actor, classification, blocked_by="masking rules or column classifications")
+    bundles_mark_stale(obj=classification)
+
+
+@transaction.atomic
+def column_classification_set(
+    *,
+    actor: Any,
+    datasource: Datasource,
+    schema_name: str,
+    table_name: str,
+    column_name: str,
+    classification: Classification,
+    source: str = ClassificationSource.MANUAL,
+    confidence: float = 1.0,
+) -> ColumnClassification:
+    """Classify one column (create or replace).
+
+    A manual classification is confirmed by the actor at once. A scanner
+    (``auto``) finding is only a proposal, and never overrides a person's
+    confirmed decision for the same column.
+    """
+    _require_policy_editor(actor)
+    existing = (
+        ColumnClassification.objects.select_for_update(no_key=True)
+        .filter(
+            datasource=datasource,
+            schema_name=schema_name,
+            table_name=table_name,
+            column_name=column_name,
+        )
+        .first()
+    )
+    if (
+        existing is not None
+        and source == ClassificationSource.AUTO
+        and existing.source == ClassificationSource.MANUAL
+        and existing.status == ClassificationStatus.CONFIRMED
+    ):
+        return existing
+    manual = source == ClassificationSource.MANUAL
+    values = {
+        "classification": classification,
+        "source": source,
+        "confidence": 1.0 if manual else confidence,
+        "status": ClassificationStatus.CONFIRMED if manual else ClassificationStatus.PROPOSED,
+        "confirmed_by": actor if manual else None,
+        "confirmed_at": timezone.now() if manual else None,
+    }
+    if existing is None:
+        column = ColumnClassification(
+            datasource=datasource,
+            schema_name=schema_name,
+            table_name=table_name,
+            column_name=column_name,
+            **values,
+        )
+        _create(actor, column)
+        bundles_mark_stale(obj=column)
+        column_classifications_inherit(datasource=datasource)
+        return column
+    _update(actor, existing, values, allowed=set(values))
+    bundles_mark_stale(obj=existing)
+    column_classifications_inherit(datasource=datasource)
+    return existing
+
+
+@transaction.atomic
+def column_classification_review(
+    *, actor: Any, column_classification: ColumnClassification, status: str
+) -> ColumnClassification:
+    """Confirm or reject a (scanner-)proposed or auto-applied classification.
+
+    A rejection is remembered per (column, classification): later scans do not
+    propose it again. Views inheriting from the column follow the decision.
+    """
+    _require_policy_editor(actor)
+    if status not in {ClassificationStatus.CONFIRMED, ClassificationStatus.REJECTED}:
+        raise ValidationError({"status": "Choose confirmed or rejected."})
+    column = ColumnClassification.objects.select_for_update(no_key=True).get(
+        pk=column_classification.pk
+    )
+    _update(
+        actor,
+        column,
+        {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
+        allowed={"status", "confirmed_by", "confirmed_at"},
+    )
+    bundles_mark_stale(obj=column)
+    if status == ClassificationStatus.REJECTED:
+        _rejection_remember(actor=actor, column=column, classification=column.classification)
+    column_classifications_inherit(datasource=column.datasource)
+    return column
+
+
+def _rejection_remember(
+    *, actor: Any, column: ColumnClassification, classification: Classification
+) -> None:
+    ClassificationRejection.objects.get_or_create(
+        datasource=column.datasource,
+        schema_name=column.schema_name,
+        table_name=column.table_name,
+        column_name=column.column_name,
+        classification=classification,
+        defaults={"rejected_by": actor},
+    )
+
+
+@transaction.atomic
+def column_classification_reclassify(
+    *, actor: Any, column_classification: ColumnClassification, classification: Classification
+) -> ColumnClassification:
+    """A person picks another classification for a proposed one: the new one is confirmed
+    (manual), and the scanner's choice is remembered as rejected for this column."""
+    _require_policy_editor(actor)
+    column = ColumnClassification.objects.select_for_update(no_key=True).get(
+        pk=column_classification.pk
+    )
+    previous = column.classification
+    values = {
+        "classification": classification,
+        "source": ClassificationSource.MANUAL,
+        "confidence": 1.0,
+        "status": ClassificationStatus.CONFIRMED,
+        "confirmed_by": actor,
+        "confirmed_at": timezone.now(),
+        "inherited_from": "",
+    }
+    _update(actor, column, values, allowed=set(values))
+    bundles_mark_stale(obj=column)
+    if previous.pk != classification.pk:
+        _rejection_remember(actor=actor, column=column, classification=previous)
+    column_classifications_inherit(datasource=column.datasource)
+    return column
+
+
+@transaction.atomic
+def column_classification_delete(
+    *, actor: Any, column_classification: ColumnClassification
+) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, column_classification, blocked_by="other objects")
+    bundles_mark_stale(obj=column_classification)
+    column_classifications_inherit(datasource=column_classification.datasource)
+
+
+# --- masking rules --------------------------------------------------------------------
+
+
+@transaction.atomic
+def masking_rule_create(
+    *,
+    actor: Any,
+    name: str,
+    classification: Classification,
+    strategy: str,
+    params: dict[str, Any] | None = None,
+    exempt_teams: Iterable[Team] = (),
+    environments: list[str] | None = None,
+    enabled: bool = True,
+) -> MaskingRule:
+    _require_policy_editor(actor)
+    rule = MaskingRule(
+        name=name,
+        classification=classification,
+        strategy=strategy,
+        params=params if params is not None else {},
+        environments=environments if environments is not None else [],
+        enabled=enabled,
+    )
+    _create(actor, rule, {"exempt_teams": exempt_teams})
+    bundles_mark_stale(obj=rule)
+    return rule
+
+
+MASKING_RULE_FIELDS = {
+    "name",
+    "classification",
+    "strategy",
+    "params",
+    "exempt_teams",
+    "environments",
+    "enabled",
+}
+
+
+@transaction.atomic
+def masking_rule_update(*, actor: Any, rule: MaskingRule, data: dict[str, Any]) -> MaskingRule:
+    """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team)."""
+    _require_policy_editor(actor)
+    rule = MaskingRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
+    _update(actor, rule, data, allowed=MASKING_RULE_FIELDS)
+    bundles_mark_stale(obj=rule)
+    return rule
+
+
+@transaction.atomic
+def masking_rule_delete(*, actor: Any, rule: MaskingRule) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, rule, blocked_by="other objects")
+    bundles_mark_stale(obj=rule)
+
+
+# --- guardrails -----------------------------------------------------------------------
+
+
+def _lock_guardrails() -> list[GuardrailRule]:
+    # Positions are one sequence; moving or inserting locks all of it so two
+    # concurrent edits cannot interleave.
+    return list(GuardrailRule.objects.select_for_update(no_key=True).order_by("position", "id"))
+
+
+@transaction.atomic
+def guardrail_create(
+    *,
+    actor: Any,
+    name: str,
+    action: str,
+    conditions: dict[str, Any] | None = None,
+    message: str = "",
+    datasource: Datasource | None = None,
+    enabled: bool = True,
+    position: int | None = None,
+) -> GuardrailRule:
+    """Add a guardrail at ``position`` (1 = first), or last when not given."""
+    _require_policy_editor(actor)
+    rules = _lock_guardrails()
+    last = rules[-1].position if rules else 0
+    if position is None or position > last:
+        position = last + 1
+    elif position < 1:
+        raise ValidationError({"position": "Positions start at 1."})
+    else:
+        GuardrailRule.objects.filter(position__gte=position).update(
+            position=models.F("position") + 1
+        )
+    guardrail = GuardrailRule(
+        name=name,
+        action=action,
+        conditions=conditions if conditions is not None else {},
+        message=message,
+        datasource=datasource,
+        enabled=enabled,
+        position=position,
+    )
+    _create(actor, guardrail)
+    bundles_mark_stale(obj=guardrail)
+    return guardrail
+
+
+GUARDRAIL_FIELDS = {"name", "action", "conditions", "message", "datasource", "enabled"}
+
+
+@transaction.atomic
+def guardrail_update(
+    *, actor: Any, guardrail: GuardrailRule, data: dict[str, Any]
+) -> GuardrailRule:
+    """Change any of GUARDRAIL_FIELDS; use guardrail_move to change the order."""
+    _require_policy_editor(actor)
+    guardrail = GuardrailRule.objects.select_for_update(no_key=True).get(pk=guardrail.pk)
+    _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS)
+    bundles_mark_stale(obj=guardrail)
+    return guardrail
+
+
+@transaction.atomic
+def guardrail_set_enabled(*, actor: Any, guardrail: GuardrailRule, enabled: bool) -> GuardrailRule:
+    return guardrail_update(actor=actor, guardrail=guardrail, data={"enabled": enabled})
+
+
+@transaction.atomic
+def guardrail_move(
+    *,
+    actor: Any,
+    guardrail: GuardrailRule,
+    position: int | None = None,
+    direction: str | None = None,
+) -> GuardrailRule:
+    """Move to ``position`` (1 = first) or one step ``direction`` "up"/"down".
+
+    Positions are renumbered 1..n afterwards; every guardrail whose position
+    changed gets a history record.
+    """
+    _require_policy_editor(actor)
+    if (position is None) == (direction is None):
+        raise ValidationError({"position": "Give either a position or a direction."})
+    rules = _lock_guardrails()
+    ids = [r.pk for r in rules]
+    if guardrail.pk not in ids:
+        raise ApplicationError("This guardrail no longer exists.")
+    index = ids.index(guardrail.pk)
+    if direction is not None:
+        if direction not in {"up", "down"}:
+            raise ValidationError({"direction": "Use 'up' or 'down'."})
+        target = index - 1 if direction == "up" else index + 1
+    else:
+        assert position is not None
+        if position < 1:
+            raise ValidationError({"position": "Positions start at 1."})
+        target = position - 1
+    target = max(0, min(target, len(rules) - 1))
+    moved = rules.pop(index)
+    rules.insert(target, moved)
+    for new_position, rule in enumerate(rules, start=1):
+        if rule.position != new_position:
+            before = object_snapshot(rule)
+            rule.position = new_position
+            # The deferred unique constraint is checked at commit, after all moves.
+            GuardrailRule.objects.filter(pk=rule.pk).update(position=new_position)
+            change_record_create(
+                actor=actor,
+                action=ChangeAction.UPDATE,
+                obj=rule,
+                before=before,
+                after=object_snapshot(rule),
+            )
+            bundles_mark_stale(obj=rule)
+    return moved
+
+
+@transaction.atomic
+def guardrail_delete(*, actor: Any, guardrail: GuardrailRule) -> None:
+    _require_policy_editor(actor)
+    _delete(actor, guardrail, blocked_by="other objects")
+    bundles_mark_stale(obj=guardrail)
+
+
+def next_guardrail_position() -> int:
+    return (GuardrailRule.objects.aggregate(m=Max("position"))["m"] or 0) + 1
+
+
+def column_classifications_inherit(*, datasource: Datasource) -> int:
+    """Inherit until nothing changes, so a view over a view inherits too (bounded: a
+    chain deeper than this waits for the next scan). Returns how many changed."""
+    total = 0
+    for _ in range(_INHERIT_MAX_DEPTH):
+        changed = _inherit_pass(datasource=datasource)
+        total += changed
+        if not changed:
+            break
+    return total
+
+
+_INHERIT_MAX_DEPTH = 8
+
+
+def _inherit_pass(*, datasource: Datasource) -> int:
+    """Give each view column the classification of its source columns (the snapshot's
+    ``sources``), so the engine masks reads through the view like the table.
+
+    With several classified sources the most sensitive wins. An inherited
+    classification follows its source: it goes when the source is no longer
+    enforced, and a person's own decision on the view column is left alone.
+    Returns how many were created or changed.
+    """
+    from governance.models import ENFORCED_STATUSES, Level
+
+    rows = {
+        (c.schema_name, c.table_name, c.column_name): c
+        for c in ColumnClassification.objects.select_for_update(no_key=True)
+        .filter(datasource=datasource)
+        .select_related("classification")
+    }
+    rejected = set(
+        ClassificationRejection.objects.filter(datasource=datasource).values_list(
+            "schema_name", "table_name", "column_name", "classification__name"
+        )
+    )
+    wanted: dict[tuple[str, str, str], tuple[ColumnClassification, str]] = {}
+    for table in (datasource.schema_snapshot or {}).get("tables", []):
+        if table.get("kind", "table") not in {"view", "materialized_view"}:
+            continue
+        for column in table.get("columns", []):
+            key = (table["schema"], table["name"], column["name"])
+            best: tuple[ColumnClassification, str] | None = None
+            for path in column.get("sources") or []:
+                parts = path.rsplit(".", 2)
+                source = rows.get(tuple(parts)) if len(parts) == 3 else None  # type: ignore[arg-type]
+                if source is None or source.status not in ENFORCED_STATUSES:
+                    continue
+                if (*key, source.classification.name) in rejected:
+                    continue
+                rank = Level(source.classification.level).rank
+                if best is None or rank > Level(best[0].classification.level).rank:
+                    best = (source, path)
+            if best is not None:
+                wanted[key] = best
+    changed = 0
+    for key, row in rows.items():
+        if row.source == ClassificationSource.INHERITED and key not in wanted:
+            _delete(None, row, blocked_by="other objects")
+            bundles_mark_stale(obj=row)
+            changed += 1
+    for key, (source, path) in wanted.items():
+        current = rows.get(key)
+        values = {
+            "classification": source.classification,
+            "source": ClassificationSource.INHERITED,
+            "confidence": source.confidence,
+            "status": source.status,
+            "confirmed_by": source.confirmed_by,
+            "confirmed_at": source.confirmed_at,
+            "detector": "",
+            "share": None,
+            "inherited_from": path,
+        }
+        if current is None:
+            inherited = ColumnClassification(
+                datasource=datasource,
+                schema_name=key[0],
+                table_name=key[1],
+                column_name=key[2],
+                **values,
+            )
+            _create(None, inherited)
+            bundles_mark_stale(obj=inherited)
+            changed += 1
+        elif current.source == ClassificationSource.MANUAL or (
+            current.status == ClassificationStatus.CONFIRMED
+            and current.source != ClassificationSource.INHERITED
+        ):
+            continue  # a person decided this column
+        elif any(getattr(current, k) != v for k, v in values.items()):
+            _update(None, current, values, allowed=set(values))
+            bundles_mark_stale(obj=current)
+            changed += 1
+    return changed
+
+
+# --- break-glass grants -----------------------------------------------------------------
+
+
+def _require_admin(actor: Any, what: str) -> None:
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied(f"Only admins may {what} break-glass grants.")
+
+
+def _break_glass_event(action: str, actor: Any, grant: BreakGlassGrant) -> None:
+    """Every state change of a grant in the datasource's audit chain (never a secret)."""
+    audit_control_event(
+        action=action,
+        actor=actor,
+        datasource=grant.datasource,
+        target=f"breakglassgrant:{grant.pk} {grant.identity.name}"[:300],
+        outcome=grant.state,
+        detail={
+            "grant": str(grant.pk),
+            "identity": grant.identity.name,
+            "rules": list(grant.rules),
+            "reason": grant.reason[:1000],
+            "expires_at": grant.expires_at.isoformat(),
+            "created_by": grant.created_by.get_username() if grant.created_by else None,
+        },
+    )
+
+
+def _break_glass_lock(grant: BreakGlassGrant) -> BreakGlassGrant:
+    return (
+        BreakGlassGrant.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("datasource__environment", "identity", "created_by")
+        .get(pk=grant.pk)
+    )
+
+
+def _break_glass_save(
+    actor: Any, grant: BreakGlassGrant, before: dict[str, Any], event: str
+) -> BreakGlassGrant:
+    grant.full_clean()
+    grant.save()
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=grant,
+        before=before,
+        after=object_snapshot(grant),
+    )
+    bundles_mark_stale(obj=grant)
+    _break_glass_event(event, actor, grant)
+    return grant
+
+
+@transaction.atomic
+def break_glass_create(
+    *,
+    actor: Any,
+    datasource: Datasource,
+    identity: Identity,
+    rules: Iterable[str],
+    reason: str,
+    expires_at: datetime.datetime,
+) -> BreakGlassGrant:
+    """Lift the safety-floor ``rules`` for ``identity`` on ``datasource`` until ``expires_at``
+    (at most ``BREAK_GLASS_MAX_HOURS`` away). Admins only.
+
+    In production (criticality 5) the grant is ``pending`` until a second admin approves
+    it (``break_glass_approve``); elsewhere it is ``active`` at once and reaches the
+    sidecars with the next bundle.
+    """
+    _require_admin(actor, "make")
+    datasource = Datasource.objects.select_related("environment").get(pk=datasource.pk)
+    grant = BreakGlassGrant(
+        datasource=datasource,
+        identity=identity,
+        rules=list(rules) if not isinstance(rules, str) else rules,
+        reason=(reason or "").strip(),
+        expires_at=expires_at,
+        created_by=actor,
+        state=BreakGlassState.PENDING
+        if datasource.environment.is_production
+        else BreakGlassState.ACTIVE,
+    )
+    _create(actor, grant)
+    bundles_mark_stale(obj=grant)
+    _break_glass_event("break_glass.created", actor, grant)
+    return grant
+
+
+def _break_glass_decide(
+    *, actor: Any, grant: BreakGlassGrant, verb: str
+) -> tuple[BreakGlassGrant, dict[str, Any]]:
+    _require_admin(actor, verb)
+    grant = _break_glass_lock(grant)
+    if grant.state != BreakGlassState.PENDING:
+        raise ApplicationError(
+            f"Only a pending grant can be {verb}d; this one is {grant.get_state_display().lower()}."
+        )
+    if grant.created_by_id is not None and grant.created_by_id == actor.pk:
+        raise PermissionDenied(
+            f"A second admin must {verb} this grant: you asked for it. Revoke it to withdraw it."
+        )
+    if grant.expires_at <= timezone.now():
+        raise ApplicationError("This grant expired before anyone decided it.")
+    return grant, object_snapshot(grant)
+
+
+@transaction.atomic
+def break_glass_approve(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """A second admin (not the one who asked) puts a pending grant in force."""
+    grant, before = _break_glass_decide(actor=actor, grant=grant, verb="approve")
+    grant.state = BreakGlassState.ACTIVE
+    grant.approved_by = actor
+    grant.approved_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.approved")
+
+
+@transaction.atomic
+def break_glass_deny(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """A second admin (not the one who asked) refuses a pending grant."""
+    grant, before = _break_glass_decide(actor=actor, grant=grant, verb="deny")
+    grant.state = BreakGlassState.DENIED
+    grant.denied_by = actor
+    grant.denied_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.denied")
+
+
+@transaction.atomic
+def break_glass_revoke(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
+    """End a pending or active grant now (any admin, its creator included)."""
+    _require_admin(actor, "revoke")
+    grant = _break_glass_lock(grant)
+    if grant.state not in BREAK_GLASS_LIVE_STATES:
+        raise ApplicationError(
+            f"This grant is already {grant.get_state_display().lower()}; nothing to revoke."
+        )
+    before = object_snapshot(grant)
+    grant.state = BreakGlassState.REVOKED
+    grant.revoked_by = actor
+    grant.revoked_at = timezone.now()
+    return _break_glass_save(actor, grant, before, "break_glass.revoked")
+
+
+@transaction.atomic
+def break_glass_expire(*, now: datetime.datetime | None = None) -> list[int]:
+    """Mark every pending or active grant whose ``expires_at`` has passed ``expired``
+    (beat, every minute). Recorded like any change, with the actor "system", so each
+    affected datasource's bundle is recompiled without the grant. Returns their ids."""
+    now = now or timezone.now()
+    due = (
+        BreakGlassGrant.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .select_related("datasource__environment", "identity", "created_by")
+        .filter(state__in=BREAK_GLASS_LIVE_STATES, expires_at__lte=now)
+        .order_by("pk")
+    )
+    datasources: list[int] = []
+    for grant in due:
+        before = object_snapshot(grant)
+        grant.state = BreakGlassState.EXPIRED
+        _break_glass_save(None, grant, before, "break_glass.expired")
+        if grant.datasource_id not in datasources:
+            datasources.append(grant.datasource_id)
+    return datasources
