@@ -45,35 +45,63 @@ class EventField:
     """
 
     name: str
-    type: str
+    value_type: str
     column: str | None = None
     required: bool = False
     nullable: bool = True
     claim: bool = False
     doc: str = ""
 
+    @property
+    def classes(self) -> frozenset[type]:
+        """The classes ``json.loads`` gives a value of this field (``NoneType`` if
+        nullable); a list of strings must also hold only strings (``accepts``)."""
+        classes = _CLASSES[self.value_type]
+        return classes | {type(None)} if self.nullable else classes
+
     def accepts(self, value: Any) -> bool:
         """Whether ``value`` is of this field's declared type (``None`` if nullable)."""
         if value is None:
             return self.nullable
-        return value_has_type(value, self.type)
+        return value_has_type(value, self.value_type)
+
+
+_CLASSES: Mapping[str, frozenset[type]] = {
+    TEXT: frozenset({str}),
+    INTEGER: frozenset({int}),
+    NUMBER: frozenset({int, float}),
+    TEXT_LIST: frozenset({list}),
+    LIST: frozenset({list}),
+    OBJECT: frozenset({dict}),
+}
 
 
 def value_has_type(value: Any, kind: str) -> bool:
-    cls = value.__class__
-    if kind == TEXT:
-        return cls is str
-    if kind == INTEGER:
-        return cls is int
-    if kind == NUMBER:
-        return cls is int or cls is float
-    if kind == TEXT_LIST:
-        return cls is list and all(item.__class__ is str for item in value)
-    if kind == LIST:
-        return cls is list
-    if kind == OBJECT:
-        return cls is dict
-    raise ValueError(f"unknown contract type {kind!r}")
+    """Whether a decoded JSON value is of contract type ``kind`` (never ``None``)."""
+    if value.__class__ not in _CLASSES[kind]:
+        return False
+    return kind != TEXT_LIST or (isinstance(value, list) and _all_text(value))
+
+
+def _all_text(items: list[Any]) -> bool:
+    return all(item.__class__ is str for item in items)
+
+
+def json_type_name(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words: for messages that must not show it."""
+    if value is None:
+        return "null"
+    if value.__class__ is bool:
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 FIELDS: tuple[EventField, ...] = (
