@@ -1,6 +1,6 @@
 """Configuration history, retention and verification runs in the Django admin: view only.
 
-Retention is set with ``manage.py audit_retention`` (``audit.services.audit_retention_set``),
+Retention is set with ``manage.py audit_retention`` (``audit.sink.retention.audit_retention_set``),
 which records the change in history and in the audit trail: shortening it deletes events.
 """
 

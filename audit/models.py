@@ -11,7 +11,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -216,7 +215,11 @@ DEFAULT_RETENTION_DAYS = 400
 
 
 class AuditRetention(models.Model):
-    """How long the trail keeps an environment's events; '' is the control plane's own."""
+    """How long the trail keeps an environment's events; '' is the control plane's own.
+
+    That the environment exists is checked where a retention is set
+    (``audit.sink.retention.audit_retention_set``): this module imports no other app.
+    """
 
     environment = models.CharField(
         max_length=32,
@@ -235,12 +238,6 @@ class AuditRetention(models.Model):
 
     def __str__(self) -> str:
         return f"{self.environment or 'control plane'}: {self.days} days"
-
-    def clean(self) -> None:
-        from governance.models import Environment
-
-        if self.environment and not Environment.objects.filter(name=self.environment).exists():
-            raise ValidationError({"environment": f"Unknown environment: {self.environment}."})
 
 
 class AuditVerification(models.Model):

@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 
-from audit.services import audit_control_event
+from audit.sink.trail import audit_control_event
 
 _USERNAME_KEYS = ("username", "login", "email")
 

@@ -30,9 +30,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_http_methods, require_POST
 
-from audit import evidence, reports, saved_searches
-from audit.exports import export_stream
-from audit.selectors import (
+from audit.reporting import evidence, reports, saved_searches
+from audit.reporting.exports import export_stream
+from audit.reporting.selectors import (
     AUDIT_READERS,
     AuditFilters,
     audit_event_get,

@@ -3,7 +3,8 @@
 ``hash = sha256(prev_hash + canonical_event(row))`` where ``prev_hash`` is the 64
 hex characters of the previous event's hash in the same chain (``GENESIS`` for
 the first) and ``canonical_event`` is the JSON of every stored column except
-``id``, ``prev_hash`` and ``hash``: keys sorted, no whitespace, UTF-8, times as
+``id``, ``prev_hash`` and ``hash`` (``CHAINED_FIELDS``, declared with the event
+contract in ``sidecar/events.py``): keys sorted, no whitespace, UTF-8, times as
 integer microseconds since the Unix epoch (UTC). Ingestion stores every float
 in ``extra`` that is a whole number as an integer (``jsonb`` does not keep
 ``1e+16`` and ``10000000000000000`` apart, so a stored value must read back as
@@ -23,41 +24,19 @@ from typing import Any
 
 import orjson
 
+from sidecar.events import CHAINED_FIELDS
+
+__all__ = [
+    "CHAINED_FIELDS",  # every column the hash covers, in COPY's order: the contract's
+    "GENESIS",
+    "canonical_doc",
+    "canonical_event",
+    "chain_hash",
+    "from_micros",
+    "micros",
+]
+
 GENESIS = "0" * 64
-
-# Every column the hash covers, in the order COPY writes them.
-CHAINED_FIELDS = (
-    "event_id",
-    "occurred_at",
-    "received_at",
-    "chain",
-    "seq",
-    "source",
-    "type",
-    "actor",
-    "identity_name",
-    "identity_kind",
-    "identity_owner",
-    "datasource_id",
-    "environment",
-    "sidecar_id",
-    "client_addr",
-    "application_name",
-    "statement_kind",
-    "statement",
-    "fingerprint",
-    "tables",
-    "columns",
-    "classifications",
-    "masked_columns",
-    "action",
-    "outcome",
-    "rows",
-    "duration_ms",
-    "risk",
-    "extra",
-)
-
 
 # The row's chained values in one C call (a dict comprehension was a tenth of sealing).
 _chained_values = operator.itemgetter(*CHAINED_FIELDS)

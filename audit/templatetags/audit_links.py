@@ -8,7 +8,7 @@ from typing import Any
 from django import template
 from django.urls import reverse
 
-from audit.chain import micros
+from audit.sink.chain import micros
 
 register = template.Library()
 

@@ -293,6 +293,7 @@ def sidecar_schema_report(
             obj=datasource,
             before=before,
             after=object_snapshot(datasource),
+            datasource=datasource,
         )
         bundles_mark_stale(obj=datasource)
     counts = _findings_apply(datasource=datasource, findings=findings)

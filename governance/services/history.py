@@ -20,6 +20,12 @@ from django.db.models import ProtectedError
 from audit.models import ChangeAction
 from audit.services import change_record_create, object_snapshot
 from governance.errors import ApplicationError
+from governance.models import Datasource
+
+
+def _own_chain(obj: models.Model) -> Datasource | None:
+    """A datasource's own changes join its chain (the audit sink knows no governance model)."""
+    return obj if isinstance(obj, Datasource) else None
 
 
 def _m2m_names(model: type[models.Model]) -> set[str]:
@@ -32,7 +38,12 @@ def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None 
     for name, values in (m2m or {}).items():
         getattr(obj, name).set(list(values))
     change_record_create(
-        actor=actor, action=ChangeAction.CREATE, obj=obj, before=None, after=object_snapshot(obj)
+        actor=actor,
+        action=ChangeAction.CREATE,
+        obj=obj,
+        before=None,
+        after=object_snapshot(obj),
+        datasource=_own_chain(obj),
     )
 
 
@@ -51,7 +62,12 @@ def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set
         if name in m2m:
             getattr(obj, name).set(list(value))
     change_record_create(
-        actor=actor, action=ChangeAction.UPDATE, obj=obj, before=before, after=object_snapshot(obj)
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=obj,
+        before=before,
+        after=object_snapshot(obj),
+        datasource=_own_chain(obj),
     )
 
 
@@ -68,5 +84,11 @@ def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
             {"protected": users},
         ) from exc
     change_record_create(
-        actor=actor, action=ChangeAction.DELETE, obj=obj, before=before, after=None, object_id=pk
+        actor=actor,
+        action=ChangeAction.DELETE,
+        obj=obj,
+        before=before,
+        after=None,
+        object_id=pk,
+        datasource=_own_chain(obj),
     )

@@ -2,7 +2,7 @@
 
 Without arguments, lists the retention of each environment. With them, sets it
 (``DAYS`` at least 31, or ``default`` to go back to the default) as the admin
-named by ``--by``, through ``audit.services.audit_retention_set``, which records
+named by ``--by``, through ``audit.sink.retention.audit_retention_set``, which records
 the change in history and in the audit trail. ``control-plane`` names the
 control plane's own events (those without a datasource).
 """
@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.models import DEFAULT_RETENTION_DAYS, AuditRetention
-from audit.services import audit_retention_set
+from audit.sink.retention import audit_retention_set
 
 CONTROL_PLANE = "control-plane"
 

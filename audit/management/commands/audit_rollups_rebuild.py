@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_date
 
-from audit.services import audit_rollups_rebuild
+from audit.sink.trail import audit_rollups_rebuild
 
 
 class Command(BaseCommand):

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_date, parse_datetime
 
 from audit.models import CONTROL_PLANE_CHAIN, datasource_chain
-from audit.services import audit_verify
+from audit.sink.verify import audit_verify
 
 
 def _since(value: str) -> datetime.datetime:

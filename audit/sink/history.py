@@ -1,0 +1,122 @@
+"""Configuration history: a ``ChangeRecord`` per change, and its ``policy.change`` event.
+
+Other apps' services call ``change_record_create`` inside their own transaction;
+what it needs of them (the object, the datasource whose chain the event joins)
+comes as arguments.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import QuerySet
+
+from audit.context import current_request_id
+from audit.models import ChangeAction, ChangeRecord
+from audit.sink.trail import audit_control_event
+
+# Never copied into history: secrets and derived credentials.
+_NEVER_RECORDED = {"digest", "scram_verifier", "password"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    return value
+
+
+def object_snapshot(obj: models.Model) -> dict[str, Any]:
+    """A JSON-ready dict of obj's fields; relations by their natural name.
+
+    Foreign keys and many-to-many fields are recorded as the related object's
+    ``str()`` so that "from what to what" stays readable after renames.
+    Timestamps that change on every save are left out.
+    """
+    data: dict[str, Any] = {}
+    for field in obj._meta.concrete_fields:
+        if field.name in _NEVER_RECORDED or field.name in {"id", "created_at", "updated_at"}:
+            continue
+        if isinstance(field, models.ForeignKey):
+            related = getattr(obj, field.name)
+            data[field.name] = str(related) if related is not None else None
+        else:
+            data[field.name] = _plain(field.value_from_object(obj))
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            data[field.name] = sorted(str(o) for o in getattr(obj, field.name).all())
+    return data
+
+
+def change_record_create(
+    *,
+    actor: Any,
+    action: str,
+    obj: models.Model,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    object_id: Any = None,
+    datasource: Any = None,
+) -> ChangeRecord | None:
+    """Record one change; an update that changed nothing records nothing.
+
+    Its ``policy.change`` event joins the chain of ``datasource`` (the caller
+    passes it when ``obj`` is a datasource: this module knows no other app's
+    models), else of the datasource ``obj`` belongs to through its ``datasource``
+    relation, else the control plane's.
+    """
+    if action == ChangeAction.UPDATE and before == after:
+        return None
+    is_user = actor is not None and getattr(actor, "is_authenticated", False)
+    record = ChangeRecord(
+        actor=actor if is_user else None,
+        actor_name=(actor.get_username() if is_user else "system")[:150],
+        request_id=current_request_id(),
+        action=action,
+        content_type=ContentType.objects.get_for_model(obj, for_concrete_model=True),
+        object_id=str(object_id if object_id is not None else obj.pk),
+        object_repr=str(obj)[:200],
+        before=before,
+        after=after,
+    )
+    record.full_clean()
+    record.save()
+    if datasource is None:
+        datasource = getattr(obj, "datasource", None)
+    _policy_change_event(record, datasource)
+    return record
+
+
+def _policy_change_event(record: ChangeRecord, datasource: Any) -> None:
+    """Every recorded policy change is also a ``policy.change`` event in the trail.
+
+    Field names only, never the values (history keeps those, with its own rules).
+    """
+    audit_control_event(
+        action="policy.change",
+        actor=record.actor,
+        actor_name=record.actor_name,
+        datasource=datasource,
+        target=f"{record.content_type.model}:{record.object_id} {record.object_repr}"[:300],
+        outcome=record.action,
+        detail={
+            "change_record": record.pk,
+            "model": record.content_type.model,
+            "fields": [name for name, _b, _a in record.changes],
+            "request_id": record.request_id,
+        },
+    )
+
+
+def change_history_for(obj: models.Model) -> QuerySet[ChangeRecord]:
+    """Every recorded change of obj, newest first (also after obj was deleted)."""
+    content_type = ContentType.objects.get_for_model(obj, for_concrete_model=True)
+    return ChangeRecord.objects.filter(
+        content_type=content_type, object_id=str(obj.pk)
+    ).select_related("actor")
