@@ -33,6 +33,7 @@ from audit.models import ChangeRecord
 from audit.selectors import change_history_for
 from governance import selectors, services, simulator
 from governance.models import (
+    STATEMENT_KINDS,
     AccessToken,
     ApiToken,
     BreakGlassGrant,
@@ -49,6 +50,7 @@ from governance.models import (
     ScanRun,
     ScanSchedule,
     Team,
+    strategy_params_help,
 )
 from governance.permissions import IsAdminOrReadOnly, IsViewer
 
@@ -295,7 +297,7 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
 class MaskingRuleSerializer(serializers.ModelSerializer):
     classification = by_name(Classification.objects.all(), "name", "classification")
     exempt_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
-    params = JSONObjectField(required=False)
+    params = JSONObjectField(required=False, help_text=strategy_params_help())
     environments = serializers.ListField(
         child=serializers.CharField(max_length=32), required=False, max_length=50
     )
@@ -325,7 +327,9 @@ class GuardrailSerializer(serializers.ModelSerializer):
         required=False,
         help_text="Lists (empty = any): environments, identity_kinds, teams, statement_kinds, "
         "tables, classifications, functions. Flags (true/false/null = either): missing_where, "
-        "unbounded_classified_read, multi_statement, unparseable.",
+        "unbounded_classified_read, multi_statement, unparseable. statement_kinds names: "
+        + ", ".join(STATEMENT_KINDS)
+        + ".",
     )
     position = serializers.IntegerField(
         required=False, min_value=1, max_value=1_000_000, help_text="1 = evaluated first."

@@ -52,7 +52,7 @@ from governance.models import (
     identities_allowed_on,
 )
 from governance.signing import bytes_sign
-from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle
+from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle, vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,6 @@ FORMAT = "warden.bundle/1"
 # Not yet editable in the control plane; the same figures as the engine's fixtures.
 RISK_THRESHOLDS = {"review_at": 70, "block_at": 90, "critical_at": 85}
 APPROVAL_HOLD_SECONDS = 20
-# The control plane's guardrail vocabulary is coarser than the engine's: these
-# names widen to every engine kind they cover. Others (ddl, utility, transaction,
-# set, unknown, select, ...) are already engine kinds or categories.
-STATEMENT_KIND_MAP = {"copy": ["copy_to", "copy_from"], "explain": ["explain", "explain_analyze"]}
 
 CHANNEL = "warden:bundle-changed"
 HISTORY_LENGTH = 100
@@ -143,7 +139,8 @@ def _schema(datasource: Datasource) -> dict[str, Any]:
 def _masking_params(rule: MaskingRule) -> dict[str, Any]:
     # The model accepts exactly the parameters the engine implements.
     if rule.strategy == MaskingStrategy.PARTIAL:
-        return {"keep_last": int(rule.params.get("keep_last", 4))}
+        keep_last = vocabulary.KEEP_LAST
+        return {keep_last.name: int(rule.params.get(keep_last.name, keep_last.default))}
     return {}
 
 
@@ -151,7 +148,8 @@ def _conditions(rule: GuardrailRule, classification_names: list[str]) -> dict[st
     cond = rule.normalised_conditions()
     kinds: list[str] = []
     for kind in cond["statement_kinds"]:
-        for mapped in STATEMENT_KIND_MAP.get(kind, [kind]):
+        # The control plane's coarser names ("copy") widen to the engine kinds they cover.
+        for mapped in vocabulary.engine_statement_kinds(kind):
             if mapped not in kinds:
                 kinds.append(mapped)
     cond["statement_kinds"] = kinds

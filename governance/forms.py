@@ -38,6 +38,7 @@ from governance.models import (
     ScanSchedule,
     Team,
     identities_allowed_on,
+    strategy_params_help,
 )
 
 
@@ -335,7 +336,7 @@ class MaskingRuleForm(ServiceForm):
     params = JSONTextField(
         empty={},
         label="Parameters",
-        help_text='JSON object. partial: {"keep_last": 4}; the other strategies take none.',
+        help_text=strategy_params_help(),
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
     )
     environments = _checkboxes([], "Environments", "None ticked: every environment.")

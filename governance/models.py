@@ -23,6 +23,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from sidecar.engine import vocabulary
+
 
 @models.JSONField.register_lookup
 class JSONBTypeOf(models.Transform):
@@ -481,7 +483,7 @@ def identities_allowed_on(datasource: Datasource, now: Any = None) -> models.Que
 
 
 class Level(models.TextChoices):
-    """Sensitivity, in increasing order."""
+    """Sensitivity, in increasing order: ``vocabulary.LEVELS`` (a test holds them equal)."""
 
     PUBLIC = "public", "Public"
     INTERNAL = "internal", "Internal"
@@ -663,6 +665,8 @@ class ColumnClassification(models.Model):
 
 
 class MaskingStrategy(models.TextChoices):
+    """``vocabulary.MASKING_STRATEGIES``, labelled (a test holds them equal)."""
+
     REDACT = "redact", "Redact (replace with a constant)"
     PARTIAL = "partial", "Partial (keep the last N characters)"
     EMAIL = "email", "E-mail (keep the domain)"
@@ -671,19 +675,25 @@ class MaskingStrategy(models.TextChoices):
     YEAR_ONLY = "year_only", "Year only (dates)"
 
 
-# Allowed params per strategy: name -> (type, check, message). Exactly what the
-# engine implements (docs/bundle-format.md): a parameter the sidecar would
-# silently ignore must not be accepted here.
-_STRATEGY_PARAMS: dict[str, dict[str, tuple[type, Any, str]]] = {
-    MaskingStrategy.REDACT: {},
-    MaskingStrategy.PARTIAL: {
-        "keep_last": (int, lambda v: 1 <= v <= 16, "must be an integer from 1 to 16"),
-    },
-    MaskingStrategy.EMAIL: {},
-    MaskingStrategy.HASH: {},
-    MaskingStrategy.NULL: {},
-    MaskingStrategy.YEAR_ONLY: {},
+# Allowed params per strategy, with their bounds: exactly what the engine
+# implements (``vocabulary.MASKING_STRATEGIES``). A parameter the sidecar would
+# silently ignore, or one outside what it applies safely, is refused here.
+_STRATEGY_PARAMS: dict[str, dict[str, vocabulary.IntParameter]] = {
+    strategy: {p.name: p for p in parameters}
+    for strategy, parameters in vocabulary.MASKING_STRATEGIES.items()
 }
+
+
+def strategy_params_help() -> str:
+    """What each masking strategy takes, for the form and the API's help."""
+    taking = [
+        f"{strategy}: {{"
+        + ", ".join(f'"{p.name}": {p.minimum} to {p.maximum}' for p in parameters)
+        + "}"
+        for strategy, parameters in vocabulary.MASKING_STRATEGIES.items()
+        if parameters
+    ]
+    return f"JSON object. {'; '.join(taking)}; the other strategies take none."
 
 
 def validate_strategy_params(strategy: str, params: Any) -> list[str]:
@@ -699,12 +709,14 @@ def validate_strategy_params(strategy: str, params: Any) -> list[str]:
             names = ", ".join(sorted(allowed)) or "none"
             problems.append(f"'{key}' is not a parameter of {strategy} (allowed: {names}).")
             continue
-        kind, check, message = allowed[key]
-        # bool is an int in Python; a JSON true is not a count.
-        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
-            problems.append(f"'{key}' {message}.")
-    if strategy == MaskingStrategy.PARTIAL and "keep_last" not in params:
-        problems.append("'keep_last' is required for the partial strategy.")
+        parameter = allowed[key]
+        if not parameter.accepts(value):
+            problems.append(
+                f"'{key}' must be an integer from {parameter.minimum} to {parameter.maximum}."
+            )
+    for name, parameter in allowed.items():
+        if parameter.required and name not in params:
+            problems.append(f"'{name}' is required for the {strategy} strategy.")
     return problems
 
 
@@ -789,31 +801,16 @@ def validate_environment_names(value: Any) -> list[str]:
 
 
 class GuardrailAction(models.TextChoices):
+    """``vocabulary.ACTIONS`` (a test holds them equal)."""
+
     ALLOW = "allow", "Allow"
     REVIEW = "review", "Hold for review"
     BLOCK = "block", "Block"
 
 
-# Statement kinds the engine reports. "unknown" is anything it cannot classify.
-STATEMENT_KINDS = (
-    "select",
-    "insert",
-    "update",
-    "delete",
-    "merge",
-    "copy",
-    "copy_from",
-    "copy_to",
-    "ddl",
-    "truncate",
-    "grant",
-    "transaction",
-    "set",
-    "explain",
-    "call",
-    "utility",
-    "unknown",
-)
+# What a guardrail's statement_kinds may name: the engine's kinds and categories,
+# and the coarser names the compiler widens ("copy": copy_to and copy_from).
+STATEMENT_KINDS = vocabulary.GUARDRAIL_STATEMENT_KINDS
 LIST_CONDITIONS = (
     "environments",
     "identity_kinds",

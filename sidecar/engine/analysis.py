@@ -18,53 +18,13 @@ from typing import Any
 
 from pglast import parser as pg
 
+from sidecar.engine import vocabulary
 from sidecar.engine.bundle import Bundle, Table
 from sidecar.engine.masking import RESERVED_SCHEMA
 
-# Statement node -> (kind, category). Anything missing here is "unknown".
-KINDS: dict[str, tuple[str, str]] = {
-    "SelectStmt": ("select", "read"),
-    "InsertStmt": ("insert", "write"),
-    "UpdateStmt": ("update", "write"),
-    "DeleteStmt": ("delete", "write"),
-    "MergeStmt": ("merge", "write"),
-    "TransactionStmt": ("transaction", "transaction"),
-    "VariableSetStmt": ("set", "session"),
-    "VariableShowStmt": ("show", "session"),
-    "DiscardStmt": ("discard", "session"),
-    "ExplainStmt": ("explain", "read"),
-    "CopyStmt": ("copy", "read"),
-    "PrepareStmt": ("prepare", "utility"),
-    "ExecuteStmt": ("execute", "utility"),
-    "DeallocateStmt": ("deallocate", "utility"),
-    "DeclareCursorStmt": ("declare_cursor", "read"),
-    "FetchStmt": ("fetch", "utility"),
-    "ClosePortalStmt": ("close_cursor", "utility"),
-    "LockStmt": ("lock", "utility"),
-    "TruncateStmt": ("truncate", "ddl"),
-    "DropStmt": ("drop", "ddl"),
-    "CreateStmt": ("create_table", "ddl"),
-    "CreateTableAsStmt": ("create_table_as", "ddl"),
-    "AlterTableStmt": ("alter_table", "ddl"),
-    "IndexStmt": ("create_index", "ddl"),
-    "ViewStmt": ("create_view", "ddl"),
-    "RenameStmt": ("rename", "ddl"),
-    "CreateSchemaStmt": ("create_schema", "ddl"),
-    "CreateSeqStmt": ("create_sequence", "ddl"),
-    "AlterSeqStmt": ("alter_sequence", "ddl"),
-    "CommentStmt": ("comment", "ddl"),
-    "CreateEnumStmt": ("create_type", "ddl"),
-    "AlterEnumStmt": ("alter_type", "ddl"),
-    "CompositeTypeStmt": ("create_type", "ddl"),
-    "CreateDomainStmt": ("create_domain", "ddl"),
-    "RefreshMatViewStmt": ("refresh_materialized_view", "ddl"),
-    "CreateFunctionStmt": ("create_function", "ddl"),
-    "RuleStmt": ("create_rule", "ddl"),
-    "CreateTrigStmt": ("create_trigger", "ddl"),
-    "CreatePolicyStmt": ("create_policy", "ddl"),
-    "VacuumStmt": ("vacuum", "ddl"),
-    "GrantStmt": ("grant", "ddl"),
-}
+# Statement node -> (kind, category); the vocabulary the control plane offers too.
+KINDS = vocabulary.NODE_KINDS
+_UNKNOWN = (vocabulary.UNKNOWN, vocabulary.UNKNOWN)
 # Statements whose effect is code or definitions the rewrite cannot see into.
 OPAQUE_CODE = frozenset(
     {"CreateFunctionStmt", "RuleStmt", "CreateTrigStmt", "CreatePolicyStmt", "ViewStmt"}
@@ -538,7 +498,7 @@ def analyse_statement(
     """Analyse one parsed statement against the bundle's schema snapshot, resolving
     unqualified names under ``search_path`` (the session's; default the bundle's)."""
     node_type, body = raw.node_type, raw.body
-    kind, category = KINDS.get(node_type, ("unknown", "unknown"))
+    kind, category = KINDS.get(node_type, _UNKNOWN)
     result = Analysis(node_type, kind, category, node_type)
     walker = _Walker(bundle, result, search_path)
     result.reserved_schema = raw.may_name_reserved and _names_schema(body, RESERVED_SCHEMA)
@@ -549,16 +509,16 @@ def analyse_statement(
         ((judged_type, judged),) = inner.items()
         if options.get("analyze", False):
             result.explain_analyze = True
-            result.kind = "explain_analyze"
-            result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+            result.kind = vocabulary.EXPLAIN_ANALYZE
+            result.category = KINDS.get(judged_type, _UNKNOWN)[1]
         walker.visit(inner, frozenset())
     elif node_type == "PrepareStmt":
         ((judged_type, judged),) = body["query"].items()
-        result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+        result.category = KINDS.get(judged_type, _UNKNOWN)[1]
         walker.visit(body["query"], frozenset())
     elif node_type == "CreateTableAsStmt":
         if body.get("objtype") == "OBJECT_MATVIEW":
-            result.kind = "create_materialized_view"
+            result.kind = vocabulary.CREATE_MATERIALIZED_VIEW
         walker.add_range(body["into"]["rel"], "into", frozenset())
         walker.visit(body["query"], frozenset())
     elif node_type == "VariableSetStmt":
@@ -583,12 +543,12 @@ def analyse_statement(
         }
         if node_type == "DeclareCursorStmt":
             ((judged_type, judged),) = body["query"].items()
-            result.category = KINDS.get(judged_type, ("unknown", "unknown"))[1]
+            result.category = KINDS.get(judged_type, _UNKNOWN)[1]
             walker.visit(body["query"], frozenset())
     elif node_type == "TransactionStmt":
         result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()
     elif node_type == "SelectStmt" and body.get("intoClause"):
-        result.kind, result.category = "select_into", "ddl"
+        result.kind, result.category = vocabulary.SELECT_INTO, "ddl"
         walker.visit({node_type: body}, frozenset())
     else:
         walker.visit({node_type: body}, frozenset())
@@ -603,8 +563,9 @@ def analyse_statement(
     if executed is not None:
         result.details["execute"] = executed.get("name", "")
     if result.copy is not None:
-        result.kind = "copy_" + result.copy["direction"]
-        result.category = "write" if result.copy["direction"] == "from" else "read"
+        inbound = result.copy["direction"] == "from"
+        result.kind = vocabulary.COPY_FROM if inbound else vocabulary.COPY_TO
+        result.category = "write" if inbound else "read"
     if result.writes and result.category == "read":
         result.category = "write"
     if judged_type == "SelectStmt":

@@ -23,7 +23,6 @@ import jsonschema
 from sidecar.engine.canonical import compute_revision
 
 FORMAT = "warden.bundle/1"
-LEVELS = ("public", "internal", "confidential", "restricted")
 # Safe by default: a classified column with no masking rule for the environment
 # is still masked when its level says the data must not leave unmasked.
 DEFAULT_STRATEGY_BY_LEVEL: dict[str, str | None] = {

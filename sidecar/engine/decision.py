@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = ("allow", "review", "block")
-SEVERITY = {action: index for index, action in enumerate(ACTIONS)}
+from sidecar.engine.vocabulary import ACTIONS, SEVERITY
+
+__all__ = ["ACTIONS", "SEVERITY", "Decision", "Reason", "SessionContext", "StatementAnalysis"]
 
 
 @dataclass(frozen=True, slots=True)

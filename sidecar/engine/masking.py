@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pglast import parser as pg
 
 from sidecar.engine.bundle import Masking, Table
+from sidecar.engine.vocabulary import KEEP_LAST
 
 # Hash masking runs in the protected database, in a schema only Warden's installer
 # creates (``python -m sidecar install-masking``): a SECURITY DEFINER function keyed
@@ -99,7 +100,8 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
         else:
             strategy = "redact"
     elif strategy == "partial" and family == "text":
-        keep = int(masking.params.get("keep_last", 4))
+        # The loader holds keep_last within KEEP_LAST's bounds (bundle.schema.json).
+        keep = int(masking.params.get(KEEP_LAST.name, KEEP_LAST.default))
         length = f"pg_catalog.length({t})"
         expr = (
             f"CASE WHEN {length} OPERATOR(pg_catalog.<=) {keep} "

@@ -1,0 +1,153 @@
+"""The policy vocabulary: every name a policy author may write, defined once.
+
+The engine owns these names: it produces the statement kinds and categories,
+applies the masking strategies within their parameter bounds, ranks the
+classification levels and takes the actions. The control plane imports this
+module for its model choices, form choices and validators, so what a policy
+author is offered is what the engine does. ``bundle.schema.json`` repeats
+the enumerations the bundle carries; tests/sidecar/engine/test_vocabulary.py
+fails when it disagrees with this module, and when a kind offered here is one
+the engine never reports (or the reverse: the ``call`` guardrail that never
+matched).
+
+Standard library only: the control plane's models import it at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- actions ------------------------------------------------------------------------------
+# In increasing severity: when several rules decide, the most severe wins.
+ACTIONS = ("allow", "review", "block")
+SEVERITY = {action: index for index, action in enumerate(ACTIONS)}
+
+# -- classification levels ------------------------------------------------------------------
+# In increasing sensitivity.
+LEVELS = ("public", "internal", "confidential", "restricted")
+
+# -- statement kinds and categories ------------------------------------------------------------
+UNKNOWN = "unknown"  # a statement the engine does not understand: kind and category
+UNPARSEABLE = "unparseable"  # text PostgreSQL's parser refuses: kind and category
+CATEGORIES = ("read", "write", "ddl", "session", "transaction", "utility", UNKNOWN, UNPARSEABLE)
+
+# Statement node -> (kind, category). A node missing here is (unknown, unknown).
+NODE_KINDS: dict[str, tuple[str, str]] = {
+    "SelectStmt": ("select", "read"),
+    "InsertStmt": ("insert", "write"),
+    "UpdateStmt": ("update", "write"),
+    "DeleteStmt": ("delete", "write"),
+    "MergeStmt": ("merge", "write"),
+    "TransactionStmt": ("transaction", "transaction"),
+    "VariableSetStmt": ("set", "session"),
+    "VariableShowStmt": ("show", "session"),
+    "DiscardStmt": ("discard", "session"),
+    "ExplainStmt": ("explain", "read"),
+    "CopyStmt": ("copy_to", "read"),  # the analysis refines both by direction
+    "PrepareStmt": ("prepare", "utility"),
+    "ExecuteStmt": ("execute", "utility"),
+    "DeallocateStmt": ("deallocate", "utility"),
+    "DeclareCursorStmt": ("declare_cursor", "read"),
+    "FetchStmt": ("fetch", "utility"),
+    "ClosePortalStmt": ("close_cursor", "utility"),
+    "LockStmt": ("lock", "utility"),
+    "TruncateStmt": ("truncate", "ddl"),
+    "DropStmt": ("drop", "ddl"),
+    "CreateStmt": ("create_table", "ddl"),
+    "CreateTableAsStmt": ("create_table_as", "ddl"),
+    "AlterTableStmt": ("alter_table", "ddl"),
+    "IndexStmt": ("create_index", "ddl"),
+    "ViewStmt": ("create_view", "ddl"),
+    "RenameStmt": ("rename", "ddl"),
+    "CreateSchemaStmt": ("create_schema", "ddl"),
+    "CreateSeqStmt": ("create_sequence", "ddl"),
+    "AlterSeqStmt": ("alter_sequence", "ddl"),
+    "CommentStmt": ("comment", "ddl"),
+    "CreateEnumStmt": ("create_type", "ddl"),
+    "AlterEnumStmt": ("alter_type", "ddl"),
+    "CompositeTypeStmt": ("create_type", "ddl"),
+    "CreateDomainStmt": ("create_domain", "ddl"),
+    "RefreshMatViewStmt": ("refresh_materialized_view", "ddl"),
+    "CreateFunctionStmt": ("create_function", "ddl"),
+    "RuleStmt": ("create_rule", "ddl"),
+    "CreateTrigStmt": ("create_trigger", "ddl"),
+    "CreatePolicyStmt": ("create_policy", "ddl"),
+    "VacuumStmt": ("vacuum", "ddl"),
+    "GrantStmt": ("grant", "ddl"),
+    # A procedure runs code the engine cannot see into: named, so a guardrail can
+    # pick it out, but still not understood, so the unknown-statement default, the
+    # review floor for allow-guardrails and its risk weight all stay.
+    "CallStmt": ("call", UNKNOWN),
+}
+# Kinds the analysis reads from a statement's details rather than its node type.
+EXPLAIN_ANALYZE = "explain_analyze"
+CREATE_MATERIALIZED_VIEW = "create_materialized_view"
+SELECT_INTO = "select_into"
+COPY_FROM, COPY_TO = "copy_from", "copy_to"
+REFINED_KINDS = (EXPLAIN_ANALYZE, CREATE_MATERIALIZED_VIEW, SELECT_INTO, COPY_FROM, COPY_TO)
+
+# Every kind a decision reports, in the order policy authors see them.
+STATEMENT_KINDS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [*(kind for kind, _ in NODE_KINDS.values()), *REFINED_KINDS, UNKNOWN, UNPARSEABLE]
+    )
+)
+
+# The control plane's coarser names: the compiler widens each to the engine kinds it
+# covers (a guardrail on "explain" there means any EXPLAIN, analysed or not).
+KIND_GROUPS: dict[str, tuple[str, ...]] = {
+    "copy": (COPY_TO, COPY_FROM),
+    "explain": ("explain", EXPLAIN_ANALYZE),
+}
+
+# What a guardrail's ``statement_kinds`` may name in the control plane: a guardrail
+# matches a statement whose kind or category is listed (after KIND_GROUPS widen).
+GUARDRAIL_STATEMENT_KINDS: tuple[str, ...] = tuple(
+    dict.fromkeys([*CATEGORIES, *STATEMENT_KINDS, *KIND_GROUPS])
+)
+
+
+def engine_statement_kinds(name: str) -> tuple[str, ...]:
+    """The engine kinds or categories a control-plane statement kind stands for."""
+    return KIND_GROUPS.get(name, (name,))
+
+
+# -- masking strategies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntParameter:
+    """An integer parameter of a masking strategy, with its inclusive bounds."""
+
+    name: str
+    minimum: int
+    maximum: int
+    default: int  # what the engine applies when a bundle leaves it out
+    required: bool  # the control plane insists on it being written
+
+    def accepts(self, value: object) -> bool:
+        # bool is an int in Python; a JSON true is not a count.
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.minimum <= value <= self.maximum
+        )
+
+
+# partial keeps the last N characters of a text value and stars the rest. At least
+# one (keeping none is redact under another name); at most 16, the length of a card
+# number: keeping more shows most of the values the mask is there to hide.
+KEEP_LAST = IntParameter("keep_last", minimum=1, maximum=16, default=4, required=True)
+
+# Strategy -> its parameters (none for most). Order: as offered to policy authors.
+MASKING_STRATEGIES: dict[str, tuple[IntParameter, ...]] = {
+    "redact": (),
+    "partial": (KEEP_LAST,),
+    "email": (),
+    "hash": (),
+    "null": (),
+    "year_only": (),
+}
+MASKING_PARAMETERS: tuple[IntParameter, ...] = tuple(
+    dict.fromkeys(p for parameters in MASKING_STRATEGIES.values() for p in parameters)
+)
