@@ -21,7 +21,7 @@ ones continue) until a newer bundle arrives.
 It satisfies the runner's ``BundleSource`` seam: ``current()`` (the inner
 bundle dict), ``subscribe(callback)`` and ``watch()``; ``active()`` also gives
 the parsed ``Bundle`` and its revision, ``changed()`` awaits the next one.
-No Django here: the HTTP client is a small HTTP/1.1 client on asyncio streams.
+No Django here: requests go through the sidecar's one HTTP client, ``sidecar.http``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import datetime
 import json
 import logging
@@ -43,20 +42,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sidecar.engine import Bundle, BundleError, canonical_bytes, load_bundle
+from sidecar.http import ControlPlane, HttpError
+from sidecar.http import request as http_request  # noqa: F401 - the name callers import
 
 log = logging.getLogger("warden.sidecar.bundle")
 
 BUNDLE_PATH = "/api/v1/sidecar/bundle"
 HEARTBEAT_PATH = "/api/v1/sidecar/heartbeat"
 CACHE_FILE = "bundle.json"
-MAX_BUNDLE_BYTES = 64 * 1024 * 1024
-MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_GRACE_SECONDS = 72 * 3600.0
 
 # Why a bundle was rejected: the ``reason`` label of the rejection counter.
@@ -83,10 +81,6 @@ class BundleRejected(Exception):
     def __init__(self, message: str, reason: str = "envelope") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class HttpError(Exception):
-    """The control plane could not be reached or answered something unusable."""
 
 
 # --- verification ----------------------------------------------------------------------
@@ -219,95 +213,6 @@ def envelope_verify(
     )
 
 
-# --- a small HTTP/1.1 client -----------------------------------------------------------
-
-
-@dataclass
-class HttpResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        size_line = await reader.readline()
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            await reader.readline()
-            return b"".join(parts)
-        total += size
-        if total > MAX_BUNDLE_BYTES:
-            raise HttpError("response too large")
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-
-
-async def http_request(
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str],
-    body: bytes | None = None,
-    timeout: float,
-    ssl_context: ssl.SSLContext | None = None,
-) -> HttpResponse:
-    """One request on its own connection (``Connection: close``); raises ``HttpError``."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise HttpError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
-
-    async def exchange() -> HttpResponse:
-        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
-        try:
-            lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            if body is not None:
-                lines.append(f"Content-Length: {len(body)}")
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) > MAX_HEADER_BYTES:
-                raise HttpError("response headers too large")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            status = int(status_line.split(" ", 2)[1])
-            got: dict[str, str] = {}
-            for line in header_lines:
-                if ":" in line:
-                    name, _, value = line.partition(":")
-                    got[name.strip().lower()] = value.strip()
-            if status in (204, 304) or method == "HEAD":
-                data = b""
-            elif got.get("transfer-encoding", "").lower() == "chunked":
-                data = await _read_chunked(reader)
-            elif "content-length" in got:
-                length = int(got["content-length"])
-                if length > MAX_BUNDLE_BYTES:
-                    raise HttpError("response too large")
-                data = await reader.readexactly(length)
-            else:
-                data = await reader.read(MAX_BUNDLE_BYTES + 1)
-                if len(data) > MAX_BUNDLE_BYTES:
-                    raise HttpError("response too large")
-            return HttpResponse(status, got, data)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    try:
-        return await asyncio.wait_for(exchange(), timeout)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-        raise HttpError(f"{type(exc).__name__}: {exc}") from exc
-    except TimeoutError as exc:
-        raise HttpError("timed out") from exc
-
-
 # --- the client --------------------------------------------------------------------------
 
 
@@ -349,15 +254,14 @@ class BundleClient:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         rejections: dict[str, int] | None = None,
     ) -> None:
-        self.base_url = url.rstrip("/")
-        self._token = token
+        # Bundles, heartbeats and scan reports: one client, the sidecar's token.
+        self.control_plane = ControlPlane(url, token, ssl_context=ssl_context)
         self.keys = public_keys
         self.state_dir = Path(state_dir)
         self.datasource = datasource
         self.wait = max(0, min(wait, 60))
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
-        self.ssl_context = ssl_context
         self.grace_seconds = grace_seconds
         # Rejections by reason (shared with the metrics when the runner passes its own).
         self.rejections = {} if rejections is None else rejections
@@ -526,17 +430,17 @@ class BundleClient:
     # -- talking to the control plane --
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if self._active is not None:
             headers["If-None-Match"] = f'"{self._active.revision}"'
         return headers
 
     async def poll_once(self, *, wait: int = 0) -> str:
         """One (long-)poll: "activated", "unchanged", "rejected" or "error"."""
-        url = f"{self.base_url}{BUNDLE_PATH}?wait={wait}" if wait else self.base_url + BUNDLE_PATH
+        path = f"{BUNDLE_PATH}?wait={wait}" if wait else BUNDLE_PATH
         try:
-            response = await http_request(
-                "GET", url, headers=self._headers(), timeout=wait + 15, ssl_context=self.ssl_context
+            response = await self.control_plane.call(
+                "GET", path, headers=self._headers(), timeout=wait + 15
             )
         except HttpError as exc:
             return self._failed(str(exc))
@@ -608,13 +512,8 @@ class BundleClient:
 
     async def post_json(self, path: str, body: dict[str, Any], *, timeout: float = 30) -> int:
         """POST ``body`` to the control plane with the sidecar's token; the HTTP status."""
-        response = await http_request(
-            "POST",
-            self.base_url + path,
-            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
-            body=json.dumps(body).encode(),
-            timeout=timeout,
-            ssl_context=self.ssl_context,
+        response = await self.control_plane.post_json(
+            path, json.dumps(body).encode(), timeout=timeout
         )
         return response.status
 
@@ -628,18 +527,10 @@ class BundleClient:
                 "status": self.status(),
             }
         ).encode()
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
-        response = await http_request(
-            "POST",
-            self.base_url + HEARTBEAT_PATH,
-            headers=headers,
-            body=body,
-            timeout=10,
-            ssl_context=self.ssl_context,
-        )
+        response = await self.control_plane.post_json(HEARTBEAT_PATH, body, timeout=10)
         if response.status != 200:
-            raise HttpError(f"heartbeat: HTTP {response.status}")
-        reply = json.loads(response.body)
+            raise HttpError(f"heartbeat: HTTP {response.status}", response.status)
+        reply = response.json()
         self.last_heartbeat_reply = reply if isinstance(reply, dict) else {}
         current = self.last_heartbeat_reply.get("current_revision")
         return current if isinstance(current, str) else None

@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import ssl
-import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any, Protocol
 from sidecar.bundle import (
     BundleClient,
     BundleRejected,
-    HttpError,
     NoBundle,
     expiry_refusal,
     expiry_timestamp,
@@ -40,13 +38,16 @@ from sidecar.bundle import (
 )
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
+from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
+from sidecar.proxy.audit_event import audit_facts
 from sidecar.proxy.policy import (
     BY_NAME_KINDS,
     NO_FACTS,
     Identity,
     Verdict,
+    frozen,
     identities_from_bundle,
 )
 from sidecar.proxy.server import ProxyServer, ProxySettings
@@ -184,46 +185,6 @@ def hold_seconds(document: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) and value > 0 else 0.0
 
 
-def audit_facts(decision: Any) -> dict[str, Any]:
-    """What the audit trail keeps of a decision: never the literals, never upstream_sql
-    (which can carry the masking key), only the engine's redacted text and facts."""
-    statements = [
-        {
-            "kind": st.kind,
-            "category": st.category,
-            "tables_read": list(st.tables_read),
-            "tables_written": list(st.tables_written),
-            "columns_read": list(st.columns_read),
-            "functions": list(st.functions),
-            "classifications": list(st.classifications),
-            "masked_columns": list(st.masked_columns),
-            "fingerprint": st.fingerprint,
-            "redacted_sql": st.redacted_sql,
-        }
-        for st in decision.statements
-    ]
-    return {
-        "kind": ",".join(s["kind"] for s in statements) or None,
-        "statement": "; ".join(s["redacted_sql"] for s in statements) or None,
-        "fingerprint": statements[0]["fingerprint"] if len(statements) == 1 else None,
-        "tables": sorted({t for s in statements for t in s["tables_read"] + s["tables_written"]}),
-        "classifications": sorted({c for s in statements for c in s["classifications"]}),
-        "masked_columns": sorted({c for s in statements for c in s["masked_columns"]}),
-        # Per-statement detail only when there is more than one; a single
-        # statement's facts are the top-level ones (keeps events small).
-        "statements": statements if len(statements) > 1 else None,
-        "tables_read": sorted({t for s in statements for t in s["tables_read"]}),
-        "tables_written": sorted({t for s in statements for t in s["tables_written"]}),
-        "columns_read": sorted({c for s in statements for c in s["columns_read"]}),
-        "functions": sorted({f for s in statements for f in s["functions"]}),
-        "reasons": [r.to_json() for r in decision.reasons],
-        "risk": decision.risk,
-        "revision": decision.revision,
-        # The break-glass grants this statement used: audited on every use.
-        "break_glass": list(decision.break_glass) or None,
-    }
-
-
 def approval_fingerprint(statements: Any) -> str:
     """The identity-independent fingerprint an approval and its grant are bound to.
 
@@ -344,7 +305,7 @@ class EnginePolicy:
                 (
                     NO_FACTS,
                     encoded[1:-1],
-                    approval_facts(decision) if review else None,
+                    frozen(approval_facts(decision)) if review else None,
                     self._hold_seconds if review else 0.0,
                     None,
                     kinds,
@@ -410,20 +371,14 @@ class EnginePolicy:
 
 
 def http_upload(url: str, token: str | None) -> Upload:
-    """An ``upload`` for the shipper: POST the batch as JSON; any non-2xx raises."""
+    """An ``upload`` for the shipper: POST the batch as ``{"events": [...]}``; any
+    answer but a 2xx raises (``HttpError``), and the shipper retries the batch."""
+    control_plane = ControlPlane(url, token)
 
-    def post(batch: list[dict[str, Any]]) -> None:
-        body = json.dumps({"events": batch}, default=str).encode()
-        request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            if response.status // 100 != 2:
-                raise OSError(f"audit upload answered {response.status}")
-
-    async def upload(batch: list[dict[str, Any]]) -> None:
-        await asyncio.to_thread(post, batch)
+    async def upload(events: bytes) -> None:
+        body = b'{"events":' + events + b"}"
+        response = await control_plane.post_json("", body, timeout=30)
+        response.expect(what="audit upload")
 
     return upload
 

@@ -32,7 +32,10 @@ journal's ``unknown``. ``batched`` skips the journal (an outcome may then be los
 with the last ``flush_interval`` of a crash).
 
 Shipping. The shipper reads sealed segments in order and calls an async
-``upload(batch)`` with lists of events. A segment is deleted only after every
+``upload(batch)`` with each batch as a JSON array of events: the spool lines as
+they are on disk, joined, never decoded and encoded again. A batch stays within
+what the control plane takes (``AUDIT_MAX_EVENTS`` events, ``AUDIT_MAX_BYTES``
+of body). A segment is deleted only after every
 batch in it was acknowledged; progress inside a segment is kept in
 ``<segment>.ack`` (atomically replaced), so a restart resumes after the last
 acknowledged batch. Failures back off exponentially (with jitter) up to
@@ -54,7 +57,15 @@ from typing import Any
 
 log = logging.getLogger("warden.sidecar.shipper")
 
-Upload = Callable[[list[dict[str, Any]]], Awaitable[None]]
+# One batch: the events as a JSON array (``[{...},{...}]``), encoded.
+Upload = Callable[[bytes], Awaitable[None]]
+
+# What the control plane's POST /api/v1/sidecar/audit takes (AUDIT_MAX_EVENTS and
+# AUDIT_MAX_BYTES in governance/sidecar_api.py; the sidecar cannot import them).
+AUDIT_MAX_EVENTS = 1000
+AUDIT_MAX_BYTES = 4 * 1024 * 1024
+# Room for the envelope the upload wraps the array in (``{"events":...}``).
+ENVELOPE_BYTES = 64
 
 
 class AuditSpool:
@@ -395,12 +406,14 @@ class AuditShipper:
         upload: Upload,
         *,
         batch_size: int = 500,
+        max_bytes: int = AUDIT_MAX_BYTES - ENVELOPE_BYTES,
         interval: float = 1.0,
         max_backoff: float = 30.0,
     ) -> None:
         self.spool = spool
         self.upload = upload
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, AUDIT_MAX_EVENTS))
+        self.max_bytes = max_bytes  # of the JSON array a batch is
         self.interval = interval
         self.max_backoff = max_backoff
         self.shipped = 0
@@ -428,22 +441,47 @@ class AuditShipper:
             await self._ship_segment(segment)
 
     async def _ship_segment(self, segment: Path) -> None:
-        done = _acked(segment)
-        lines = segment.read_bytes().splitlines()
-        position = done
+        data = segment.read_bytes()
+        lines = data.splitlines()
+        if not data.endswith(b"\n") or b"\0" in data:
+            # A crash mid-write leaves a torn last line (or, on some file systems,
+            # a block of zeros): only such a segment is decoded line by line, and
+            # what does not read as JSON is skipped (blanked: positions still count).
+            lines = [line if _readable(line) else b"" for line in lines]
+        position = _acked(segment)
         while position < len(lines):
-            chunk = lines[position : position + self.batch_size]
-            batch = []
-            for raw in chunk:
-                try:
-                    batch.append(json.loads(raw))
-                except ValueError:
-                    # A torn last line from a crash mid-write: nothing to ship.
+            # Up to batch_size events and max_bytes of array ("[" + lines joined by
+            # "," + "]"); a single line larger than that still goes, alone.
+            end, size = position, 1
+            batch: list[bytes] = []
+            while end < len(lines) and len(batch) < self.batch_size:
+                line = lines[end]
+                if not line or line[0] != 0x7B or line[-1] != 0x7D:  # not {...}: unreadable
                     log.warning("skipping an unreadable audit line in %s", segment.name)
+                    end += 1
+                    continue
+                if batch and size + len(line) + 1 > self.max_bytes:
+                    break
+                if len(line) + 2 > self.max_bytes:
+                    log.error(
+                        "an audit event of %d bytes exceeds the batch limit of %d; sent alone",
+                        len(line),
+                        self.max_bytes,
+                    )
+                batch.append(line)
+                size += len(line) + 1
+                end += 1
             if batch:
-                await self.upload(batch)
-            position += len(chunk)
+                await self.upload(b"[" + b",".join(batch) + b"]")
             self.shipped += len(batch)
-            _write_ack(segment, position)
-            self.spool.acknowledged(len(chunk))
+            _write_ack(segment, end)
+            self.spool.acknowledged(end - position)
+            position = end
         self.spool.forget(segment, events=0)
+
+
+def _readable(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # UnicodeDecodeError included
+        return False

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
+
+from sidecar.http import ControlPlane, HttpError
 
 log = logging.getLogger("warden.sidecar.approvals")
 
@@ -60,7 +63,7 @@ class ApprovalState:
 class ApprovalGate(Protocol):
     """What the session calls while it holds a statement."""
 
-    async def open(self, request: dict[str, Any]) -> ApprovalState:
+    async def open(self, request: Mapping[str, Any]) -> ApprovalState:
         """Open (or find, or consume a grant for) a request; raises ``ApprovalUnavailable``."""
         ...
 
@@ -80,45 +83,38 @@ class HttpApprovalGate:
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._token = token
+        self.control_plane = ControlPlane(url, token, ssl_context=ssl_context)
         self.timeout = timeout
-        self.ssl_context = ssl_context
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
-
-    async def _call(self, method: str, url: str, body: bytes | None, timeout: float) -> Any:
-        # Imported here: the proxy package stays free of the engine that
-        # sidecar.bundle (home of the small HTTP client) loads.
-        from sidecar.bundle import HttpError, http_request
-
+    async def _call(self, method: str, path: str, body: bytes | None, timeout: float) -> Any:
         try:
-            response = await http_request(
-                method,
-                url,
-                headers=self._headers(),
-                body=body,
-                timeout=timeout,
-                ssl_context=self.ssl_context,
+            response = await self.control_plane.call(
+                method, path, body=body, headers=_HEADERS, timeout=timeout
             )
         except HttpError as exc:
             raise ApprovalUnavailable(f"control plane unreachable: {exc}") from exc
         if response.status not in (200, 201):
             raise ApprovalUnavailable(f"the approvals API answered HTTP {response.status}")
         try:
-            return json.loads(response.body)
+            return response.json()
         except ValueError as exc:
             raise ApprovalUnavailable("the approvals API answered non-JSON") from exc
 
-    async def open(self, request: dict[str, Any]) -> ApprovalState:
-        body = json.dumps(request, separators=(",", ":")).encode()
-        return ApprovalState.from_json(await self._call("POST", self.url, body, self.timeout))
+    async def open(self, request: Mapping[str, Any]) -> ApprovalState:
+        body = json.dumps(request, separators=(",", ":"), default=_thawed).encode()
+        return ApprovalState.from_json(await self._call("POST", "", body, self.timeout))
 
     async def wait(self, request_id: str, seconds: int) -> ApprovalState:
         seconds = max(0, min(int(seconds), MAX_WAIT))
-        url = f"{self.url}/{quote(request_id, safe='')}?wait={seconds}"
-        return ApprovalState.from_json(await self._call("GET", url, None, self.timeout + seconds))
+        path = f"/{quote(request_id, safe='')}?wait={seconds}"
+        return ApprovalState.from_json(await self._call("GET", path, None, self.timeout + seconds))
+
+
+_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
+
+def _thawed(value: object) -> object:
+    """JSON for the read-only mappings a shared verdict holds (``policy.frozen``)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

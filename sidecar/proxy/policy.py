@@ -24,6 +24,19 @@ BLOCK = "block"
 
 
 NO_FACTS: Mapping[str, Any] = MappingProxyType({})
+
+
+def frozen(value: Any) -> Any:
+    """``value`` made read-only all the way down: dicts become read-only mappings
+    (``MappingProxyType``), lists tuples. For what a shared ``Verdict`` holds; built
+    once per decision the policy caches, never per statement."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
 # Statements that act on prepared statements or cursors by name. The proxy keeps
 # its books on them when it decides them, so they must run then: they are never
 # a prepared statement's fast path nor bound to a named portal to run later.
@@ -53,8 +66,11 @@ class Verdict(NamedTuple):
     ``cursors`` name the prepared statements and cursors it acts on.
 
     Immutable (a tuple, the cheapest immutable object to build, once per statement
-    text): one verdict is shared by every session that sends the same text.
-    ``audit_fragment`` is ``audit`` already encoded, when the policy has it.
+    text): one verdict is shared by every session that sends the same text, so what
+    it holds is immutable too: frozensets, tuples, and read-only mappings for
+    ``audit`` and ``approval`` (``frozen``). A session that needs another verdict
+    makes one (``_replace``). ``audit_fragment`` is ``audit`` already encoded, when
+    the policy has it.
     """
 
     action: str

@@ -29,15 +29,10 @@ from typing import TYPE_CHECKING, Any
 from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
+from sidecar.proxy.audit_event import login_event, session_event
 from sidecar.proxy.policy import Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer, Verifier
-from sidecar.proxy.session import (
-    AuditSink,
-    ClientProtocol,
-    Session,
-    UpstreamProtocol,
-    event_id,
-)
+from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
 from sidecar.proxy.upstream import UpstreamError, UpstreamTarget, connect, send_cancel
 
 if TYPE_CHECKING:
@@ -205,18 +200,15 @@ class ProxyServer:
             self._fatal(writer, "XX000", "Warden: internal error during login")
 
     def _audit_login(self, kind: str, name: str, client_addr: str) -> None:
-        # The name the client gave, shortened: never the attempted token.
-        now = time.time()
+        settings = self.settings
         self.audit.append(
-            {
-                "id": event_id(now),
-                "type": kind,
-                "ts": round(now, 6),
-                "identity": name[:64],
-                "datasource": self.settings.datasource,
-                "sidecar": self.settings.sidecar_id,
-                "client_addr": client_addr,
-            }
+            login_event(
+                kind,
+                name,
+                datasource=settings.datasource,
+                sidecar=settings.sidecar_id,
+                client_addr=client_addr,
+            )
         )
 
     def _fatal(self, writer: asyncio.StreamWriter, sqlstate: str, message: str) -> None:
@@ -419,15 +411,7 @@ class ProxyServer:
             self._cancel_keys.pop((pid, secret), None)
             self._cancel_sessions.pop((pid, secret), None)
             self.metrics.connection_closed()
-            end = dict(base_event)
-            now = time.time()
-            end.update(
-                id=event_id(now),
-                type="session_end",
-                ts=round(now, 6),
-                duration_ms=round((time.time() - session.started) * 1000, 3),
-            )
-            self.audit.append(end)
+            self.audit.append(session_event("session_end", base_event, session.started))
 
         session = Session(
             client=writer.transport,  # type: ignore[arg-type]
@@ -451,10 +435,8 @@ class ProxyServer:
         session.keepalive = (reader, writer, up.reader, up.writer)
         self.sessions.add(session)
         self.metrics.connection_opened()
-        start = dict(session.base_event)  # with the session state it starts in
-        now = time.time()
-        start.update(id=event_id(now), type="session_start", ts=round(now, 6))
-        self.audit.append(start)
+        # With the session state it starts in.
+        self.audit.append(session_event("session_start", session.base_event))
         leftover_client = bytes(reader._buffer)  # type: ignore[attr-defined]
         leftover_upstream = bytes(up.reader._buffer)
         writer.transport.set_protocol(ClientProtocol(session))

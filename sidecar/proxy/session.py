@@ -15,15 +15,17 @@ therefore does exactly what PostgreSQL does on an error: a transaction block
 becomes failed (``E``), an implicit extended-protocol transaction is rolled
 back, messages are discarded until Sync, and exactly one ReadyForQuery follows.
 Nothing of the refused text reaches the database.
+
+Beside it: ``sidecar.proxy.hold`` asks the control plane about a statement held
+for review (the session rewrites the held message by the answer), and
+``sidecar.proxy.audit_event`` builds every audit event the session records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import os
 import secrets
 import struct
 import time
@@ -32,22 +34,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar import encodings
+from sidecar.proxy import hold as holds
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
-from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
-from sidecar.proxy.policy import ALLOW, BLOCK, BY_NAME_KINDS, REVIEW, Identity, Policy, Verdict
+from sidecar.proxy.approvals import ApprovalGate, ApprovalState
+from sidecar.proxy.audit_event import encode_base, event_id, statement_line
+from sidecar.proxy.hold import SPOOL_FULL, SQLSTATE_BLOCKED, SQLSTATE_HELD, Hold, Ruling
+from sidecar.proxy.policy import (
+    ALLOW,
+    BLOCK,
+    BY_NAME_KINDS,
+    REVIEW,
+    Identity,
+    Policy,
+    Verdict,
+    frozen,
+)
 
 if TYPE_CHECKING:
     from sidecar.metrics import Metrics
 
 log = logging.getLogger("warden.sidecar.proxy")
 
-# Documented Warden SQLSTATEs (docs in sidecar/proxy/__init__.py): 42501 for a
-# block (and a denied approval), WR001 for a statement that needs approval and
-# did not get it in time, 57014 for a hold the client cancelled.
-SQLSTATE_BLOCKED = "42501"
-SQLSTATE_HELD = "WR001"
-SQLSTATE_CANCELED = "57014"
 _HINT = "Ask the data owner or your security team if you need this access."
 
 # Client bytes queued behind a held statement before the sidecar stops reading
@@ -114,7 +122,7 @@ _UNSEEN_PORTAL = Verdict(
     upstream_sql="",
     # A portal the sidecar did not see prepared, e.g. a cursor opened by a
     # DECLARE statement (which was itself decided when it ran).
-    audit={"kind": "execute_portal"},
+    audit=frozen({"kind": "execute_portal"}),
 )
 
 
@@ -147,7 +155,7 @@ def _unknown_statement(name: bytes) -> Verdict:
         "connection's Parse messages, so Warden holds no decision for it (run a statement "
         "prepared with SQL PREPARE with EXECUTE)",
         upstream_sql="",
-        audit={"kind": "unknown_prepared_statement"},
+        audit=frozen({"kind": "unknown_prepared_statement"}),
     )
 
 
@@ -180,43 +188,6 @@ def _named_portal_refusal(verdict: Verdict) -> Verdict:
         upstream_sql="",
         audit_fragment=verdict.audit_json(),
     )
-
-
-def _first_rule(verdict: Verdict) -> str:
-    reasons = (verdict.approval or {}).get("reasons") or []
-    first = reasons[0] if reasons else {}
-    return str(first.get("rule") or "review") if isinstance(first, dict) else "review"
-
-
-class _EventIds:
-    """Time-ordered UUID strings (version 7, RFC 9562): 48 bits of Unix milliseconds,
-    then 74 random bits from the OS CSPRNG, read 4 KiB at a time.
-
-    Time order is for the control plane: the trail's two indexes on the event id
-    (the idempotency key and the lookup) then grow at their right edge instead of
-    taking a random page per event, which cost PostgreSQL ~20 us per event at
-    ingestion (bench/README.md). One ``os.urandom`` call per event was a system
-    call on every statement; slicing a pooled buffer keeps the randomness without it.
-    """
-
-    __slots__ = ("_hex", "_pos")
-
-    def __init__(self) -> None:
-        self._hex = ""
-        self._pos = 0
-
-    def __call__(self, now: float | None = None) -> str:
-        pos = self._pos
-        if pos >= len(self._hex):
-            self._hex = os.urandom(4096).hex()
-            pos = 0
-        self._pos = pos + 32
-        h = self._hex[pos : pos + 32]
-        t = f"{int((time.time() if now is None else now) * 1000):012x}"
-        return f"{t[:8]}-{t[8:]}-7{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
-
-
-event_id = _EventIds()
 
 
 _SYNC = object()
@@ -253,7 +224,7 @@ _STALE_PORTAL = Verdict(
     message="Warden: this portal was bound in a batch that failed, and the server may "
     "not hold what Warden decided for it; bind it again",
     upstream_sql="",
-    audit={"kind": "stale_portal"},
+    audit=frozen({"kind": "stale_portal"}),
     barrier=True,  # only so that an Execute of it leaves the fast path
 )
 
@@ -300,51 +271,6 @@ class _Closing:
         self.rows: int | None = None
 
 
-class _Hold:
-    """A statement waiting for an approval; the session's later messages wait behind it."""
-
-    __slots__ = (
-        "bind",
-        "generation",
-        "name",
-        "portal",
-        "prepared",
-        "request_id",
-        "simple",
-        "state",
-        "tail",
-        "task",
-        "text",
-        "verdict",
-    )
-
-    def __init__(
-        self,
-        verdict: Verdict,
-        simple: bool,
-        name: bytes,
-        tail: bytes,
-        bind: bytes | None = None,
-        portal: bytes = b"",
-    ) -> None:
-        self.verdict = verdict
-        # A Query; else a Parse named ``name`` with ``tail``; or, with ``bind``, a
-        # Bind of prepared statement ``name`` into ``portal`` (a re-run).
-        self.simple = simple
-        self.name = name
-        self.tail = tail
-        self.bind = bind
-        self.portal = portal
-        self.request_id: str | None = None
-        self.task: asyncio.Task[None] | None = None
-        # A Parse: its text and the generation it was decided under. A Bind: the
-        # prepared statement it runs, re-prepared upstream if its SQL changed.
-        self.text = ""
-        self.generation = -1
-        self.state: st.SessionState | None = None
-        self.prepared: _Prepared | None = None
-
-
 class Session:
     """Both directions of one proxied connection."""
 
@@ -377,7 +303,7 @@ class Session:
         self.max_statement = max_statement
         self.on_close = on_close
         self.approvals = approvals
-        self.hold: _Hold | _Barrier | None = None
+        self.hold: Hold | _Barrier | None = None
         self._held_data = bytearray()
         self._paused = 0
         self.status = status
@@ -436,7 +362,7 @@ class Session:
         self._refusals: dict[int, bytes] = {}
         self._refusal_seq = 0
         self.started = time.time()
-        self._base_json = self._encode_base()
+        self._base_json = encode_base(self.base_event)
         self.keepalive: tuple[object, ...] = ()
 
     # ---- client -> upstream -------------------------------------------------
@@ -615,7 +541,7 @@ class Session:
             if verdict.approval_id is None:
                 # A prepared statement approved before and run since:
                 # each run needs its own approval (a grant's uses).
-                hold = _Hold(verdict, False, stmt, b"", data[pos:end], portal)
+                hold = Hold(verdict, False, stmt, b"", data[pos:end], portal)
                 hold.prepared = prepared
                 self._hold_start(hold)
                 return
@@ -649,9 +575,10 @@ class Session:
         if self._strict:
             now = time.time()
             item.event = event_id(now)
-            line = self._event_line(
-                item.event, now, verdict, "unknown", None, None, None, None, base
-            )
+            line = statement_line(
+                item.event, now, verdict, "unknown", None, None, None, None,
+                base or self._base_json,
+            )  # fmt: skip
             self._need, item.journal = self.audit.journal(line)
         return item
 
@@ -698,7 +625,7 @@ class Session:
             message=f"Warden: this statement is {length} bytes; statements above "
             f"{self.max_statement} bytes are refused (max_statement_bytes)",
             upstream_sql="",
-            audit={"kind": "oversized", "bytes": length},
+            audit=frozen({"kind": "oversized", "bytes": length}),
         )
         if kind == _Q:
             self.pending.append(_Exec(None, True))
@@ -823,7 +750,7 @@ class Session:
                     else f"Warden: {encodings.refusal(self.state.client_encoding)}"
                 ),
                 upstream_sql="",
-                audit={"kind": "undecodable"},
+                audit=frozen({"kind": "undecodable"}),
             )
         try:
             return self.policy.decide(
@@ -841,7 +768,7 @@ class Session:
                 action="block",
                 message="Warden: the policy engine could not decide on this statement",
                 upstream_sql="",
-                audit={"kind": "error"},
+                audit=frozen({"kind": "error"}),
             )
 
     def _session_rules(self, verdict: Verdict, generation: int, started: float) -> Verdict:
@@ -873,7 +800,7 @@ class Session:
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
                 action="block",
-                message="Warden: the audit spool is full; statements are refused until it drains",
+                message=SPOOL_FULL,
                 upstream_sql="",
                 audit_fragment=verdict.audit_json(),
             )
@@ -895,7 +822,7 @@ class Session:
                     "rules or settings; bind it through the protocol (Warden decides it "
                     "again) or prepare it again",
                     upstream_sql="",
-                    audit={"kind": "stale_prepared_statement"},
+                    audit=frozen({"kind": "stale_prepared_statement"}),
                 )
             if prepared is not None and prepared.verdict.barrier:
                 verdict = verdict._replace(barrier=True, plain=False)
@@ -925,7 +852,7 @@ class Session:
                         message=f"Warden: cursor {name!r} was opened under earlier rules; "
                         "close it and open it again",
                         upstream_sql="",
-                        audit={"kind": "stale_cursor"},
+                        audit=frozen({"kind": "stale_cursor"}),
                     )
         return verdict
 
@@ -943,7 +870,7 @@ class Session:
                     "this session prepared statements with SQL PREPARE, and those are not "
                     "checked again; run DEALLOCATE ALL (or DISCARD ALL) and PREPARE them again",
                     upstream_sql="",
-                    audit={"kind": "stale_sql_prepare"},
+                    audit=frozen({"kind": "stale_sql_prepare"}),
                 )
             if "deallocate" in kinds or "discard" in kinds:
                 self._sql_prepares_at_deallocate = self._sql_prepares
@@ -988,7 +915,7 @@ class Session:
                 return (message or m.query(payload[:-1])) + self._probe_after(False)
             return message
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            self._hold_start(_Hold(verdict, True, b"", b""))
+            self._hold_start(Hold(verdict, True, b"", b""))
             return b""
         self.pending.append(_Exec(None, True))
         refusal = m.query(self._refuse(verdict))
@@ -1014,7 +941,7 @@ class Session:
             return m.build_parse(name, sql, tail)
         self.statements.pop(name, None)
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            hold = _Hold(verdict, False, name, tail)
+            hold = Hold(verdict, False, name, tail)
             hold.text = text or ""
             hold.generation = generation
             hold.state = self.state
@@ -1090,7 +1017,7 @@ class Session:
             message="Warden: the FunctionCall protocol message is not allowed "
             "(call the function from SQL so policy can judge it)",
             upstream_sql="",
-            audit={"kind": "function_call"},
+            audit=frozen({"kind": "function_call"}),
         )
         self.metrics.observe_decision(0.0, verdict.action)
         self.pending.append(_Exec(None, True))
@@ -1135,104 +1062,44 @@ class Session:
 
     # ---- approval holds -------------------------------------------------------
 
-    def _hold_start(self, hold: _Hold) -> None:
+    def _hold_start(self, hold: Hold) -> None:
         """Stop handling this client's messages until the approval exchange is over."""
         self.hold = hold
         hold.task = asyncio.get_running_loop().create_task(self._hold_run(hold))
         hold.task.add_done_callback(lambda task: self._hold_done(hold, task))
 
-    def _hold_done(self, hold: _Hold, task: asyncio.Task[None]) -> None:
+    def _hold_done(self, hold: Hold, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
             return
         if self.closed:  # the client went away while held
             self._record(hold.verdict, "held", None, 0.0, "connection_closed", hold.request_id)
             return
-        where = f" of request {hold.request_id}" if hold.request_id else ""
-        message = f"Warden: canceled while waiting for approval{where}; the statement did not run"
-        self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_CANCELED, message, "held"))
+        self._hold_end(hold, holds.canceled(hold))
 
-    async def _hold_run(self, hold: _Hold) -> None:
-        verdict = hold.verdict
-        try:
-            state = await self._ask_approval(hold)
-        except ApprovalUnavailable as exc:
-            log.warning("approval for %s could not be requested: %s", self._who(), exc)
-            self._hold_release(hold, self._hold_unavailable(hold, str(exc)))
-            return
-        except Exception:  # never let a bug in the exchange run the statement
-            log.exception("approval exchange failed for %s", self._who())
-            self._hold_release(hold, self._hold_unavailable(hold, "internal error"))
-            return
-        if state.state == "approved":
-            if not self.audit.accepting:
-                message = "Warden: the audit spool is full; statements are refused until it drains"
-                self._hold_release(
-                    hold, self._hold_refusal(hold, SQLSTATE_BLOCKED, message, "blocked")
-                )
-                return
-            self._hold_release(hold, self._hold_approved(hold, state), verdict.barrier)
-            return
-        rule = _first_rule(verdict)
-        if state.state == "denied":
-            who = state.decided_by or "a reviewer"
-            reason = state.reason or "no reason given"
-            message = f"Warden: request {state.url} was denied by {who}: {reason}"
-            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_BLOCKED, message, "denied"))
-        elif state.state == "pending":
-            message = (
-                f"Warden: this statement needs approval (rule {rule}); request {state.url} "
-                "is pending — run it again once it is approved"
-            )
-            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_HELD, message, "held"))
-        else:  # expired, cancelled
-            message = (
-                f"Warden: this statement needs approval (rule {rule}); request {state.url} "
-                f"is {state.state} — run it again to request a new approval"
-            )
-            self._hold_release(hold, self._hold_refusal(hold, SQLSTATE_HELD, message, "held"))
-
-    async def _ask_approval(self, hold: _Hold) -> ApprovalState:
-        """Open the request, wait up to the bundle's hold time, consume the grant."""
+    async def _hold_run(self, hold: Hold) -> None:
         gate = self.approvals
         assert gate is not None  # only held when there is a gate
-        verdict = hold.verdict
-        assert verdict.approval is not None
-        request = {
-            "identity": self.identity.name,
-            **verdict.approval,
-            "client_addr": str(self.base_event.get("client_addr") or ""),
-            "application_name": str(self.base_event.get("application_name") or ""),
-        }
-        state = await gate.open(request)
-        hold.request_id = state.id
-        if state.state == "approved":  # a grant existed; this POST consumed one use
-            return state
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + verdict.hold_seconds
-        while state.state == "pending":
-            seconds = int(deadline - loop.time())
-            if seconds < 1:
-                return state
-            asked = loop.time()
-            state = await gate.wait(state.id, seconds)
-            if state.state == "pending" and loop.time() - asked < 0.5:
-                await asyncio.sleep(0.5)  # a control plane that ignores ``wait``
-        if state.state != "approved":
-            return state
-        # Approved while waiting: the run itself consumes one use of the grant.
-        consumed = await gate.open(request)
-        hold.request_id = consumed.id
-        return consumed
-
-    def _hold_unavailable(self, hold: _Hold, why: str) -> bytes:
-        rule = _first_rule(hold.verdict)
-        message = (
-            f"Warden: this statement needs approval (rule {rule}), but approval could not be "
-            f"requested ({why}); the statement did not run"
+        audit = self.audit
+        ruling = await holds.rule(
+            gate,
+            hold,
+            identity=self.identity.name,
+            base_event=self.base_event,
+            accepting=lambda: audit.accepting,
+            who=self._who(),
         )
-        return self._hold_refusal(hold, SQLSTATE_HELD, message, "held")
+        self._hold_end(hold, ruling)
 
-    def _hold_refusal(self, hold: _Hold, sqlstate: str, message: str, outcome: str) -> bytes:
+    def _hold_end(self, hold: Hold, ruling: Ruling) -> None:
+        """Send what the held message became under ``ruling``."""
+        if ruling.approved is not None:
+            message = self._hold_approved(hold, ruling.approved)
+            self._hold_release(hold, message, hold.verdict.barrier)
+        else:
+            message = self._hold_refusal(hold, ruling.sqlstate, ruling.message, ruling.outcome)
+            self._hold_release(hold, message)
+
+    def _hold_refusal(self, hold: Hold, sqlstate: str, message: str, outcome: str) -> bytes:
         """The marker statement standing in for a held message that will not run."""
         marker = self._refuse(
             hold.verdict,
@@ -1252,7 +1119,7 @@ class Session:
             return m.build_parse(self._refusal_name, marker, b"\x00\x00")
         return m.build_parse(hold.name, marker, b"\x00\x00")
 
-    def _hold_approved(self, hold: _Hold, state: ApprovalState) -> bytes:
+    def _hold_approved(self, hold: Hold, state: ApprovalState) -> bytes:
         """The held statement as it runs now: the engine's upstream text, as for allow."""
         verdict = hold.verdict._replace(approval_id=state.id)
         sql = verdict.upstream_sql.encode(self.codec or "utf-8")
@@ -1276,7 +1143,7 @@ class Session:
         )
         return m.build_parse(hold.name, sql, hold.tail)
 
-    def _hold_release(self, hold: _Hold, message: bytes, barrier: bool = False) -> None:
+    def _hold_release(self, hold: Hold, message: bytes, barrier: bool = False) -> None:
         """Send what the held message became, then the messages that queued behind it
         (after the state probe, when that message may have changed the state)."""
         if self.hold is not hold or self.closed:
@@ -1317,9 +1184,6 @@ class Session:
         if not self._paused:
             self.client.resume_reading()
 
-    def _encode_base(self) -> str:
-        return json.dumps(self.base_event, separators=(",", ":"), default=str)[1:-1]
-
     def _record(
         self,
         verdict: Verdict,
@@ -1335,38 +1199,13 @@ class Session:
         """Append one statement event; only the per-execution fields are encoded here.
         ``event``/``journal``: the id and journal file of its intent (strict mode)."""
         now = time.time()
-        line = self._event_line(
+        line = statement_line(
             event or event_id(now), now, verdict, outcome, rows, duration_ms, sqlstate,
-            approval_id, base,
+            approval_id, base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
         if journal:
             self.audit.resolved(journal)
-
-    def _event_line(
-        self,
-        event: str,
-        now: float,
-        verdict: Verdict,
-        outcome: str,
-        rows: int | None,
-        duration_ms: float | None,
-        sqlstate: str | None,
-        approval_id: str | None,
-        base: str,
-    ) -> str:
-        extra = verdict.audit_fragment
-        if extra is None:
-            extra = verdict.audit_json()
-        approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
-        return (
-            f'{{"id":"{event}","type":"statement","ts":{now:.6f},'
-            f'"action":"{verdict.action}","outcome":"{outcome}",'
-            f'"rows":{"null" if rows is None else rows},'
-            f'"duration_ms":{"null" if duration_ms is None else duration_ms},'
-            f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-            f"{approval}{base or self._base_json}{',' if extra else ''}{extra}}}"
-        )
 
     # ---- upstream -> client -------------------------------------------------
 
@@ -1540,7 +1379,7 @@ class Session:
             self._track(client_encoding=value.decode("ascii", "replace"))
         elif name == b"application_name":
             self.base_event["application_name"] = value.decode("utf-8", "replace")
-            self._base_json = self._encode_base()
+            self._base_json = encode_base(self.base_event)
 
     def _track(self, **changes: Any) -> None:
         """A state the server reports. Changed with no barrier sent (``dirty``): code on
@@ -1561,7 +1400,7 @@ class Session:
         self.state = state
         self.codec = encodings.codec_for(state.client_encoding)
         self.base_event["session_state"] = state.to_audit()
-        self._base_json = self._encode_base()
+        self._base_json = encode_base(self.base_event)
         return True
 
     def rules_changed(self) -> None:
@@ -1678,9 +1517,9 @@ class Session:
             outcome = "approved"
         # _record inline: this runs once for every statement that reached the server.
         now = time.time()
-        line = self._event_line(
+        line = statement_line(
             item.event or event_id(now), now, verdict, outcome, item.rows, duration,
-            item.error, approval_id, item.base,
+            item.error, approval_id, item.base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
         if item.journal:

@@ -39,7 +39,7 @@ def test_environment_alone_configures_a_control_plane_sidecar(tmp_path: Path) ->
         "",
     )
     client = bundle_client(config)
-    assert client.base_url == "http://cp.example:8000"
+    assert client.control_plane.url == "http://cp.example:8000"
     assert set(client.keys) == {"k1"}
 
 

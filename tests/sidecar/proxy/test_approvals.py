@@ -281,3 +281,68 @@ def test_sidecar_config_accepts_the_approvals_keys(tmp_path: Path) -> None:
     )
     assert config.approvals_url == "http://cp/api/v1/sidecar/approvals"
     assert config.approvals_timeout == 3
+
+
+def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: Path) -> None:
+    """The verdict a policy caches is shared by every session sending the same text:
+    nothing in it can be changed, and the approval request built from it is the JSON
+    the control plane takes, sent by the sidecar's HTTP client with its token."""
+    import asyncio
+    import json
+
+    from sidecar.metrics import Metrics
+    from sidecar.proxy.approvals import HttpApprovalGate
+    from sidecar.proxy.hold import approval_request, first_rule
+    from sidecar.runner import EnginePolicy, FileBundleSource
+
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(build_bundle("ro")))
+    policy = EnginePolicy(FileBundleSource(path), Metrics())
+
+    def decide() -> Any:
+        return policy.decide(
+            identity="alice",
+            sql="DELETE FROM notes WHERE id = 1",
+            standard_conforming_strings=True,
+            search_path=None,
+            in_transaction=False,
+            protocol="simple",
+        )
+
+    verdict = decide()
+    assert verdict.action == "review" and decide() is verdict  # cached, so shared
+    approval = verdict.approval
+    assert approval is not None
+    with pytest.raises(TypeError):
+        approval["risk"] = 0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        approval["reasons"][0]["rule"] = "other"
+    assert approval["tables"] == ("public.notes",)
+    assert first_rule(verdict) == "delete-needs-review"
+
+    seen: dict[str, Any] = {}
+
+    async def control_plane(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        length = int(head.lower().split("content-length:")[1].split("\r\n")[0])
+        seen["head"], seen["body"] = head, json.loads(await reader.readexactly(length))
+        reply = json.dumps({"id": "r1", "state": "pending", "url": "http://cp/r1"}).encode()
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> Any:
+        server = await asyncio.start_server(control_plane, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        gate = HttpApprovalGate(url=f"http://127.0.0.1:{port}/api/v1/sidecar/approvals", token="t")
+        async with server:
+            return await gate.open(approval_request("alice", verdict, {"client_addr": "1.2.3.4"}))
+
+    state = asyncio.run(scenario())
+    assert (state.id, state.state, state.url) == ("r1", "pending", "http://cp/r1")
+    assert seen["head"].startswith("POST /api/v1/sidecar/approvals HTTP/1.1\r\n")
+    assert "Authorization: Bearer t\r\n" in seen["head"]
+    body = seen["body"]
+    assert body["identity"] == "alice" and body["client_addr"] == "1.2.3.4"
+    assert body["tables"] == ["public.notes"]
+    assert body["reasons"][0]["rule"] == "delete-needs-review"

@@ -28,11 +28,11 @@ def test_shipper_retries_and_resumes_without_duplicates(tmp_path: Path) -> None:
     received: list[dict[str, Any]] = []
     attempts = {"n": 0}
 
-    async def flaky(batch: list[dict[str, Any]]) -> None:
+    async def flaky(batch: bytes) -> None:
         attempts["n"] += 1
         if attempts["n"] in (1, 3):  # down at first, and again after one good batch
             raise OSError("control plane unreachable")
-        received.extend(batch)
+        received.extend(json.loads(batch))
 
     async def scenario() -> None:
         spool = AuditSpool(tmp_path, segment_bytes=1_000_000)
@@ -59,6 +59,106 @@ def test_shipper_retries_and_resumes_without_duplicates(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 260
     assert list(tmp_path.glob("*.ack")) == []
     assert all(p.stat().st_size == 0 for p in tmp_path.glob("*.jsonl")), "shipped segments go"
+
+
+def test_batches_are_the_spool_lines_as_written_within_the_control_planes_limits(
+    tmp_path: Path,
+) -> None:
+    batches: list[bytes] = []
+
+    async def upload(batch: bytes) -> None:
+        batches.append(batch)
+
+    async def scenario() -> list[bytes]:
+        spool = AuditSpool(tmp_path, segment_bytes=10_000_000)
+        for i in range(60):  # sizes from ~50 bytes to ~1 KB, a key order json.dumps keeps
+            spool.append({"z": "x" * (i * 17 % 1000), "id": f"ev-{i:05d}", "ts": i + 0.5})
+        spool.seal()
+        written = b"".join(p.read_bytes() for p in spool.sealed_segments()).splitlines()
+        await AuditShipper(spool, upload, batch_size=7, max_bytes=2_000).ship_once()
+        assert spool.depth == 0
+        spool.close()
+        return written
+
+    written = asyncio.run(scenario())
+    assert all(len(b) <= 2_000 for b in batches)
+    assert all(1 <= len(json.loads(b)) <= 7 for b in batches)
+    # The bytes on disk, joined: no decode and encode on the way.
+    assert b"".join(batches) == b"".join(b"[" + b",".join(p) + b"]" for p in _split(batches))
+    assert [line for b in batches for line in _split([b])[0]] == written
+
+
+def _split(batches: list[bytes]) -> list[list[bytes]]:
+    """Each batch's events as the bytes it carries them in."""
+    return [[json.dumps(e, separators=(",", ":")).encode() for e in json.loads(b)] for b in batches]
+
+
+def test_the_batch_limits_default_to_the_control_planes(tmp_path: Path) -> None:
+    from sidecar.shipper import AUDIT_MAX_BYTES, AUDIT_MAX_EVENTS
+
+    batches: list[bytes] = []
+
+    async def upload(batch: bytes) -> None:
+        batches.append(batch)
+
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path, segment_bytes=64 * 1024 * 1024)
+        for i in range(2_500):
+            spool.append({"id": f"ev-{i:05d}", "ts": i, "pad": "p" * (5_000 if i < 1_500 else 10)})
+        shipper = AuditShipper(spool, upload, batch_size=5_000)
+        await shipper.ship_once()
+        assert shipper.shipped == 2_500
+        spool.close()
+
+    asyncio.run(scenario())
+    envelope = len(b'{"events":}')
+    assert all(len(b) + envelope <= AUDIT_MAX_BYTES for b in batches)
+    counts = [len(json.loads(b)) for b in batches]
+    # The first batch is full by bytes (832 events of 5 KB), the second by count.
+    assert counts[0] < AUDIT_MAX_EVENTS and len(batches[0]) > AUDIT_MAX_BYTES - 6_000
+    assert counts[1] == AUDIT_MAX_EVENTS and sum(counts) == 2_500
+
+
+def test_torn_and_zeroed_lines_left_by_a_crash_are_skipped(tmp_path: Path) -> None:
+    good = [json.dumps(_event(i), separators=(",", ":")).encode() for i in range(3)]
+    # A crash mid-write: the last line torn; on some file systems, a block of zeros.
+    (tmp_path / "000000000001.jsonl").write_bytes(b"\n".join(good) + b'\n{"id":"ev-torn","ty')
+    (tmp_path / "000000000002.jsonl").write_bytes(good[0] + b"\n" + b"\0" * 40 + b"\n")
+    received: list[dict[str, Any]] = []
+
+    async def upload(batch: bytes) -> None:
+        received.extend(json.loads(batch))
+
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path)
+        await AuditShipper(spool, upload).ship_once()
+        assert spool.depth == 0
+        spool.close()
+
+    asyncio.run(scenario())
+    assert [e["id"] for e in received] == ["ev-00000", "ev-00001", "ev-00002", "ev-00000"]
+
+
+def test_an_event_larger_than_a_batch_goes_alone(tmp_path: Path) -> None:
+    batches: list[bytes] = []
+
+    async def upload(batch: bytes) -> None:
+        batches.append(batch)
+
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path)
+        spool.append(_event(0))
+        spool.append({**_event(1), "big": "b" * 5_000})
+        spool.append(_event(2))
+        await AuditShipper(spool, upload, max_bytes=1_000).ship_once()
+        spool.close()
+
+    asyncio.run(scenario())
+    assert [[e["id"] for e in json.loads(b)] for b in batches] == [
+        ["ev-00000"],
+        ["ev-00001"],
+        ["ev-00002"],
+    ]
 
 
 def test_spool_bound_drop_policy_counts(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from sidecar.proxy.session import _EventIds
+from sidecar.proxy.audit_event import _EventIds
 
 
 def test_event_ids_are_unique_rfc9562_version_7_uuids() -> None:

@@ -1,0 +1,197 @@
+"""The approval hold: a statement that needs review waits while the control plane is asked.
+
+When the policy's verdict is ``review`` (and an approvals service is
+configured), the session stops handling that client's messages and starts a
+``Hold``: ``rule`` opens an approval request (or consumes a grant) through the
+``ApprovalGate``, long-polls it up to the bundle's ``hold_seconds``, and
+answers with a ``Ruling``: approved (the statement runs, with the request's id
+in its audit event) or a refusal with its SQLSTATE, message and audit outcome.
+Anything that goes wrong while asking is a refusal (fail closed). The session
+then rewrites the held message accordingly (``Session._hold_approved`` /
+``_hold_refusal``, which keep its books on prepared statements and portals)
+and handles the messages that queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
+from sidecar.proxy.policy import Verdict
+
+if TYPE_CHECKING:
+    from sidecar.proxy import state as st
+    from sidecar.proxy.session import _Prepared
+
+log = logging.getLogger("warden.sidecar.proxy")
+
+# Documented Warden SQLSTATEs (docs in sidecar/proxy/__init__.py): 42501 for a
+# block (and a denied approval), WR001 for a statement that needs approval and
+# did not get it in time, 57014 for a hold the client cancelled.
+SQLSTATE_BLOCKED = "42501"
+SQLSTATE_HELD = "WR001"
+SQLSTATE_CANCELED = "57014"
+
+SPOOL_FULL = "Warden: the audit spool is full; statements are refused until it drains"
+
+
+class Hold:
+    """A statement waiting for an approval; the session's later messages wait behind it."""
+
+    __slots__ = (
+        "bind",
+        "generation",
+        "name",
+        "portal",
+        "prepared",
+        "request_id",
+        "simple",
+        "state",
+        "tail",
+        "task",
+        "text",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        simple: bool,
+        name: bytes,
+        tail: bytes,
+        bind: bytes | None = None,
+        portal: bytes = b"",
+    ) -> None:
+        self.verdict = verdict
+        # A Query; else a Parse named ``name`` with ``tail``; or, with ``bind``, a
+        # Bind of prepared statement ``name`` into ``portal`` (a re-run).
+        self.simple = simple
+        self.name = name
+        self.tail = tail
+        self.bind = bind
+        self.portal = portal
+        self.request_id: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        # A Parse: its text and the generation it was decided under. A Bind: the
+        # prepared statement it runs, re-prepared upstream if its SQL changed.
+        self.text = ""
+        self.generation = -1
+        self.state: st.SessionState | None = None
+        self.prepared: _Prepared | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ruling:
+    """How a hold ends: ``approved`` (the request's state) or a refusal."""
+
+    approved: ApprovalState | None = None
+    sqlstate: str = SQLSTATE_HELD
+    message: str = ""
+    outcome: str = "held"  # the audit event's outcome: held, denied, blocked
+
+
+def first_rule(verdict: Verdict) -> str:
+    """The rule that asked for review, for the client's message."""
+    reasons = (verdict.approval or {}).get("reasons") or []
+    first = reasons[0] if reasons else {}
+    return str(first.get("rule") or "review") if isinstance(first, Mapping) else "review"
+
+
+def approval_request(
+    identity: str, verdict: Verdict, base_event: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The body of the approval request: the verdict's redacted facts, who and where."""
+    assert verdict.approval is not None
+    return {
+        "identity": identity,
+        **verdict.approval,
+        "client_addr": str(base_event.get("client_addr") or ""),
+        "application_name": str(base_event.get("application_name") or ""),
+    }
+
+
+async def rule(
+    gate: ApprovalGate,
+    hold: Hold,
+    *,
+    identity: str,
+    base_event: Mapping[str, Any],
+    accepting: Callable[[], bool],
+    who: str,
+) -> Ruling:
+    """Ask for ``identity`` (the session's fields in ``base_event``), wait up to the
+    bundle's hold time, and say how the hold ends; raises only when cancelled.
+    ``accepting``: whether the audit spool still takes events."""
+    try:
+        state = await _ask(gate, hold, approval_request(identity, hold.verdict, base_event))
+    except ApprovalUnavailable as exc:
+        log.warning("approval for %s could not be requested: %s", who, exc)
+        return unavailable(hold, str(exc))
+    except Exception:  # never let a bug in the exchange run the statement
+        log.exception("approval exchange failed for %s", who)
+        return unavailable(hold, "internal error")
+    if state.state == "approved":
+        if not accepting():
+            return Ruling(sqlstate=SQLSTATE_BLOCKED, message=SPOOL_FULL, outcome="blocked")
+        return Ruling(approved=state)
+    asked_by = first_rule(hold.verdict)
+    if state.state == "denied":
+        reviewer = state.decided_by or "a reviewer"
+        reason = state.reason or "no reason given"
+        message = f"Warden: request {state.url} was denied by {reviewer}: {reason}"
+        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied")
+    if state.state == "pending":
+        message = (
+            f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
+            "is pending — run it again once it is approved"
+        )
+    else:  # expired, cancelled
+        message = (
+            f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
+            f"is {state.state} — run it again to request a new approval"
+        )
+    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held")
+
+
+async def _ask(gate: ApprovalGate, hold: Hold, request: Mapping[str, Any]) -> ApprovalState:
+    """Open the request, wait up to the bundle's hold time, consume the grant."""
+    state = await gate.open(request)
+    hold.request_id = state.id
+    if state.state == "approved":  # a grant existed; this POST consumed one use
+        return state
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + hold.verdict.hold_seconds
+    while state.state == "pending":
+        seconds = int(deadline - loop.time())
+        if seconds < 1:
+            return state
+        asked = loop.time()
+        state = await gate.wait(state.id, seconds)
+        if state.state == "pending" and loop.time() - asked < 0.5:
+            await asyncio.sleep(0.5)  # a control plane that ignores ``wait``
+    if state.state != "approved":
+        return state
+    # Approved while waiting: the run itself consumes one use of the grant.
+    consumed = await gate.open(request)
+    hold.request_id = consumed.id
+    return consumed
+
+
+def unavailable(hold: Hold, why: str) -> Ruling:
+    """Approval could not be requested: the statement does not run."""
+    message = (
+        f"Warden: this statement needs approval (rule {first_rule(hold.verdict)}), but "
+        f"approval could not be requested ({why}); the statement did not run"
+    )
+    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held")
+
+
+def canceled(hold: Hold) -> Ruling:
+    """The client cancelled the hold (a CancelRequest)."""
+    where = f" of request {hold.request_id}" if hold.request_id else ""
+    message = f"Warden: canceled while waiting for approval{where}; the statement did not run"
+    return Ruling(sqlstate=SQLSTATE_CANCELED, message=message, outcome="held")
