@@ -3,10 +3,9 @@
 Starts (or reuses) the embedded PostgreSQL and Redis under ``var/`` unless
 ``DATABASE_URL``/``REDIS_URL`` are set, migrates, seeds the demo and the demo
 database ``warden_demo`` (idempotent), then runs the web server (uvicorn on
-``governance.sidecar_asgi``, which serves the sidecars' long-poll itself), a
-Celery worker with embedded beat, and the demo sidecar on 127.0.0.1:6432
-(``WARDEN_SIDECAR_PORT``). It prints where to go and how
-to sign in. Ctrl-C or SIGTERM stops every child, then the embedded services;
+``config.asgi``, the one ASGI application), a Celery worker with embedded beat,
+and the demo sidecar on 127.0.0.1:6432 (``WARDEN_SIDECAR_PORT``). It prints
+where to go and how to sign in. Ctrl-C or SIGTERM stops every child, then the embedded services;
 the next ``make run`` finds the same data again.
 """
 
@@ -175,7 +174,7 @@ def _serve(
             _start(
                 "web",
                 [
-                    sys.executable, "-m", "uvicorn", "governance.sidecar_asgi:application",
+                    sys.executable, "-m", "uvicorn", "config.asgi:application",
                     "--host", host, "--port", port, "--no-access-log",
                 ],
                 env,

@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "governance",
     "approvals",
     "audit",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -346,7 +347,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL") or "INFO"},
 }
 
-# --- policy bundles (governance.signing, governance.sidecar_api) ----------------------
+# --- policy bundles (governance.signing, gateway.bundle) ------------------------------
 # The active Ed25519 signing key, "<key id>:<base64 32-byte private seed>" (or from
 # WARDEN_BUNDLE_SIGNING_KEY_FILE). Unset under WARDEN_DEV/DEBUG: a key is generated
 # once under var/ so restarts keep it. Rotation: publish the next key's public half

@@ -26,7 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", DocsView.as_view(url_name="api-schema"), name="api-docs"),
-    path("api/v1/sidecar/", include("governance.sidecar_urls")),
+    path("api/v1/sidecar/", include("gateway.urls")),
     path("api/v1/", include("approvals.api_urls")),
     path("api/v1/", include("governance.api_urls")),
     path("approvals/", include("approvals.urls")),

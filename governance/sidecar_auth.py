@@ -1,153 +1,25 @@
-"""Who is calling the sidecar-facing API: a sidecar's bearer token, bound to one datasource.
+"""The revocation side of the sidecar token cache (``gateway.auth`` authenticates).
 
-Tokens are looked up by SHA-256 digest. The digest -> (sidecar, datasource)
-mapping is cached in Redis for a few minutes so a conditional GET or a
-long-poll costs no SQL; revoking or rotating a token deletes its entry when
-the change commits, so a revoked token stops working at once.
+The gateway caches a token's digest -> (sidecar, datasource) in Redis and in
+each server process's memory. Revoking or rotating a token must end both at
+once, and governance revokes tokens without knowing the gateway: it deletes the
+Redis entry named here and announces ``forget <digest>`` on the bundle channel,
+which every gateway process listens to.
 """
 
 from __future__ import annotations
 
-import re
-import time
-from dataclasses import dataclass
+from governance.bundles import CHANNEL, redis_client
 
-from asgiref.sync import sync_to_async
-from django.db import DatabaseError, connection
-
-from governance.bundles import redis_client
-from governance.models import Sidecar, token_digest
-
-_BEARER_RE = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,128})$")
 CACHE_SECONDS = 300
 
 
-@dataclass(frozen=True)
-class SidecarPrincipal:
-    sidecar_id: int
-    datasource_id: int
-
-
-def _cache_key(digest: str) -> str:
+def auth_cache_key(digest: str) -> str:
     return f"warden:sidecar-auth:{digest}"
-
-
-def bearer_digest(header: str | None) -> str | None:
-    """The digest of a well-formed ``Bearer`` token, else None (never the token itself)."""
-    match = _BEARER_RE.match(header or "")
-    return token_digest(match.group(1)) if match else None
-
-
-def _decode(raw: bytes | None) -> SidecarPrincipal | None:
-    if not raw:
-        return None
-    sidecar_id, _, datasource_id = raw.decode().partition(":")
-    return SidecarPrincipal(int(sidecar_id), int(datasource_id))
-
-
-def _lookup_db(digest: str) -> SidecarPrincipal | None:
-    row = (
-        Sidecar.objects.filter(token_digest=digest, revoked_at__isnull=True)
-        .values_list("pk", "datasource_id")
-        .first()
-    )
-    if row is None:
-        return None
-    principal = SidecarPrincipal(row[0], row[1])
-    redis_client().set(
-        _cache_key(digest), f"{principal.sidecar_id}:{principal.datasource_id}", ex=CACHE_SECONDS
-    )
-    return principal
-
-
-def sidecar_authenticate(header: str | None) -> SidecarPrincipal | None:
-    """The sidecar behind an ``Authorization`` header, or None."""
-    digest = bearer_digest(header)
-    if digest is None:
-        return None
-    cached = _decode(redis_client().get(_cache_key(digest)))
-    return cached if cached is not None else _lookup_db(digest)
-
-
-_in_flight = 0  # lookups queued for the one thread that runs them
-
-
-def _lookup_db_and_close(digest: str) -> SidecarPrincipal | None:
-    # Called outside Django's request cycle (the raw ASGI path): nothing else
-    # would return the connection, and a long-poll must not hold one. A burst
-    # (every sidecar reconnecting at once) reuses it until the last lookup.
-    try:
-        try:
-            return _lookup_db(digest)
-        except DatabaseError:
-            # A connection kept from an earlier burst may have died: once more, fresh.
-            connection.close()
-            return _lookup_db(digest)
-    finally:
-        if _in_flight <= 1:
-            connection.close()
-
-
-class PrincipalCache:
-    """Per-process memory of recent tokens, for the hot path of the bundle call.
-
-    Entries live ``ttl`` seconds, and the change hub drops one as soon as a
-    ``forget`` message for its digest arrives (revocation, rotation), or all of
-    them while it is not subscribed, so memory never outlives a revocation by
-    more than the pub/sub delivery time.
-    """
-
-    def __init__(self, ttl: float = 60.0, size: int = 100_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._entries: dict[str, tuple[float, SidecarPrincipal]] = {}
-
-    def get(self, digest: str) -> SidecarPrincipal | None:
-        entry = self._entries.get(digest)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, digest: str, principal: SidecarPrincipal) -> None:
-        if len(self._entries) >= self.size:
-            self._entries.clear()
-        self._entries[digest] = (time.monotonic() + self.ttl, principal)
-
-    def forget(self, digest: str | None = None) -> None:
-        if digest is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(digest, None)
-
-
-async def asidecar_authenticate(
-    header: str | None, aredis: object, memory: PrincipalCache | None = None
-) -> SidecarPrincipal | None:
-    """Async variant: memory, else one Redis GET, else one SQL query in a thread."""
-    digest = bearer_digest(header)
-    if digest is None:
-        return None
-    if memory is not None:
-        remembered = memory.get(digest)
-        if remembered is not None:
-            return remembered
-    principal = _decode(await aredis.get(_cache_key(digest)))  # type: ignore[attr-defined]
-    if principal is None:
-        global _in_flight
-        _in_flight += 1
-        try:
-            principal = await sync_to_async(_lookup_db_and_close)(digest)
-        finally:
-            _in_flight -= 1
-    if principal is not None and memory is not None:
-        memory.put(digest, principal)
-    return principal
 
 
 def sidecar_auth_forget(*, digest: str) -> None:
     """Drop a token from the Redis cache and from every server process's memory."""
-    from governance.bundles import CHANNEL
-
     client = redis_client()
-    client.delete(_cache_key(digest))
+    client.delete(auth_cache_key(digest))
     client.publish(CHANNEL, f"forget {digest}")

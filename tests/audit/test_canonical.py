@@ -16,7 +16,7 @@ from django.test import Client
 from audit.chain import CHAINED_FIELDS, canonical_doc, canonical_event, micros
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from governance.sidecar_api import _audit_json, _has_long_number
+from gateway.audit_intake import _audit_json, _has_long_number
 from tests.audit.conftest import statement_event
 
 REFERENCE = json.JSONEncoder(

@@ -129,7 +129,7 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class Server:
-    """uvicorn serving governance.sidecar_asgi on a fixed port; can be stopped and restarted."""
+    """uvicorn serving config.asgi on a fixed port; can be stopped and restarted."""
 
     def __init__(self, log: Path, port: int | None = None) -> None:
         self.port = port or restartable_port()
@@ -146,7 +146,7 @@ class Server:
                     sys.executable,
                     "-m",
                     "uvicorn",
-                    "governance.sidecar_asgi:application",
+                    "config.asgi:application",
                     "--port",
                     str(self.port),
                     "--loop",

@@ -39,7 +39,7 @@ from sidecar.bundle import envelope_verify, parse_public_keys
 from sidecar.engine import compute_revision
 from tests.bundles.conftest import BundleRelay, _stop, free_port, metric, pinned_key, scrape
 from tests.bundles.test_pinning import REJECTED, connect, listening, start_unready, wait_for
-from tests.bundles.test_sidecar_api import call
+from tests.gateway.test_sidecar_api import call
 from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
     SidecarProcess,
     sidecar_config,

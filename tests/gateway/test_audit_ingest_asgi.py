@@ -21,11 +21,15 @@ from django.db import connection
 
 from audit.models import AuditEvent
 from audit.services import audit_verify
+from gateway.audit_intake import AUDIT_WORKERS
 from governance import services
-from governance.sidecar_api import AUDIT_WORKERS
 from tests.bundles.conftest import Server
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Serial, as under tests/bundles: a uvicorn of its own, and Redis flushed before each test.
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.serial,
+]
 
 
 @pytest.fixture

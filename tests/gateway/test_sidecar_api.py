@@ -17,7 +17,11 @@ from governance.models import Environment, Sidecar
 from sidecar.bundle import BundleClient, envelope_verify, parse_public_keys
 from tests.bundles.conftest import Server, pinned_key, run_async
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Serial, as under tests/bundles: a uvicorn of its own, and Redis flushed before each test.
+pytestmark = [
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.serial,
+]
 
 
 def call(

@@ -3,6 +3,9 @@
 The bundle long-poll (waiters per datasource) and the approval long-poll
 (waiters per request) both park on an ``asyncio.Event`` and are woken by a
 message; neither holds a thread or a database connection while it waits.
+A hub belongs to one event loop (``PerLoop``): uvicorn runs one for the life of
+the process, while Django's sync handler (the test client, runserver) runs each
+async view on a loop of its own that is closed when the view returns.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -19,6 +22,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+H = TypeVar("H")
 
 
 class EventHub(Generic[K]):
@@ -59,6 +63,9 @@ class EventHub(Generic[K]):
         """While unsubscribed a message may be missed: every waiter re-checks."""
         self._fire(None)
 
+    async def on_stop(self) -> None:
+        """The loop is shutting down (its tasks are cancelled): release what the hub holds."""
+
     async def _listen(self) -> None:
         assert self._ready is not None
         delay = 0.1
@@ -73,6 +80,8 @@ class EventHub(Generic[K]):
                     elif message["type"] == "message":
                         self.on_message(message["data"])
             except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await self.on_stop()
                 raise
             except Exception as exc:  # Redis restarted or unreachable: resubscribe
                 logger.warning("%s subscriber lost Redis: %s", self.what, exc)
@@ -83,3 +92,25 @@ class EventHub(Generic[K]):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class PerLoop(Generic[H]):
+    """One hub per running event loop, made on first use.
+
+    Keyed by the loop itself, not its ``id``: a closed loop's id may be reused
+    by the next one, which must not inherit a hub bound to a dead loop. Hubs of
+    closed loops are dropped whenever a new one is made.
+    """
+
+    def __init__(self, factory: Callable[[], H]) -> None:
+        self._factory = factory
+        self._hubs: dict[asyncio.AbstractEventLoop, H] = {}
+
+    def get(self) -> H:
+        loop = asyncio.get_running_loop()
+        hub = self._hubs.get(loop)
+        if hub is None:
+            for closed in [known for known in self._hubs if known.is_closed()]:
+                del self._hubs[closed]
+            hub = self._hubs[loop] = self._factory()
+        return hub

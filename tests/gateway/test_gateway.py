@@ -1,0 +1,186 @@
+"""The gateway's own promises: each sidecar call exists once, served by ``config.asgi``;
+one error shape; a wrong or revoked token, or another datasource's, is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.urls import URLPattern, URLResolver, get_resolver, resolve
+
+from gateway import approval_requests, audit_intake, bundle, reports
+from gateway.asgi import served_directly
+from gateway.http import error_body
+from governance import services as gov
+from governance.models import Environment
+from tests.approvals.conftest import open_payload
+from tests.bundles.conftest import run_async
+
+SIDECAR = "/api/v1/sidecar/"
+REQUEST_ID = "00000000-0000-0000-0000-000000000000"
+# Every path a sidecar calls, the view that answers it, and whether it skips the middleware.
+CALLS = [
+    ("bundle", bundle.bundle_view, True),
+    ("keys", bundle.keys_view, False),
+    ("heartbeat", reports.heartbeat_view, False),
+    ("schema", reports.schema_view, False),
+    ("audit", audit_intake.audit_view, True),
+    ("approvals", approval_requests.approval_open_view, False),
+    (f"approvals/{REQUEST_ID}", approval_requests.approval_state_view, True),
+]
+
+
+def _patterns(resolver: URLResolver) -> list[URLPattern]:
+    found: list[URLPattern] = []
+    for entry in resolver.url_patterns:
+        found += _patterns(entry) if isinstance(entry, URLResolver) else [entry]
+    return found
+
+
+@pytest.mark.parametrize(("path", "view", "direct"), CALLS)
+def test_each_sidecar_call_resolves_to_its_one_gateway_view(path: str, view: Any, direct: bool):
+    assert settings.ASGI_APPLICATION == "config.asgi.application"
+    assert resolve(SIDECAR + path).func is view
+    assert view.__module__.startswith("gateway.")
+    assert served_directly(SIDECAR + path) is direct
+    routed = [p for p in _patterns(get_resolver()) if p.callback is view]
+    assert len(routed) == 1, routed
+
+
+def test_the_old_homes_are_gone():
+    for module in (
+        "governance.sidecar_api",
+        "governance.sidecar_asgi",
+        "governance.sidecar_urls",
+        "governance.pubsub",
+        "approvals.sidecar_api",
+    ):
+        assert importlib.util.find_spec(module) is None, module
+
+
+def test_the_error_shape():
+    assert error_body(401, "No.") == {
+        "error": {"code": 401, "type": "not_authenticated", "message": "No."}
+    }
+    assert error_body(400, "Bad.", {"x": ["y"]}) == {
+        "error": {"code": 400, "type": "invalid", "message": "Bad.", "fields": {"x": ["y"]}}
+    }
+
+
+async def _call(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    """One request through config.asgi's application, as uvicorn would make it."""
+    from config.asgi import application
+
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await application(scope, receive, send)
+    headers_out = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], headers_out, body
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["bundle", "bundle?wait=5", f"approvals/{REQUEST_ID}?wait=5", "heartbeat"]
+)
+@pytest.mark.parametrize("token", [None, b"Bearer wsc_not-a-token-of-anyone-at-all"])
+def test_config_asgi_refuses_a_missing_or_unknown_token(path: str, token: bytes | None):
+    method = "POST" if path == "heartbeat" else "GET"
+    headers = [(b"authorization", token)] if token else []
+    status, headers_out, body = run_async(_call(method, SIDECAR + path, headers))
+    assert status == 401
+    assert json.loads(body) == error_body(401, "A valid sidecar token is required.")
+    assert headers_out["www-authenticate"] == 'Bearer realm="warden-sidecar"'
+    assert headers_out["content-length"] == str(len(body))
+    # The long-polls skip the middleware (no request id); the small calls keep it.
+    assert ("x-request-id" in headers_out) is (path == "heartbeat")
+
+
+@pytest.fixture
+def tokens(review_setup: Any, admin_user: Any) -> dict[str, Any]:
+    sidecar, token = gov.sidecar_register(
+        actor=admin_user, datasource=review_setup.datasource, name="sc"
+    )
+    other_ds = gov.datasource_create(
+        actor=admin_user,
+        name="other-ds",
+        environment=Environment.objects.get(name="staging"),
+        connect_teams=[review_setup.team_a],
+    )
+    _, other = gov.sidecar_register(actor=admin_user, datasource=other_ds, name="sc")
+    return {"mine": token, "other": other, "sidecar": sidecar, "admin": admin_user}
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+@pytest.mark.django_db
+def test_another_sidecar_or_a_revoked_token_is_refused_on_every_call(
+    client, tokens, django_capture_on_commit_callbacks
+):
+    opened = client.post(
+        SIDECAR + "approvals",
+        data=json.dumps({"identity": "requester", **open_payload()}),
+        content_type="application/json",
+        **_auth(tokens["mine"]),
+    )
+    assert opened.status_code == 201
+    state = f"{SIDECAR}approvals/{opened.json()['id']}"
+    # Another datasource's sidecar: the request does not exist for it.
+    refused = client.get(state, **_auth(tokens["other"]))
+    assert refused.status_code == 404
+    assert refused.json() == error_body(404, "No such approval request.")
+    assert client.get(state, **_auth(tokens["mine"])).status_code == 200
+    # Revoked: refused everywhere, the long-poll included.
+    with django_capture_on_commit_callbacks(execute=True):  # drops the cached token
+        gov.sidecar_revoke(actor=tokens["admin"], sidecar=tokens["sidecar"])
+    for method, path in [
+        ("get", state),
+        ("get", SIDECAR + "bundle"),
+        ("post", SIDECAR + "heartbeat"),
+        ("post", SIDECAR + "schema"),
+        ("post", SIDECAR + "audit"),
+        ("post", SIDECAR + "approvals"),
+    ]:
+        kwargs = {"content_type": "application/json", "data": "{}"} if method == "post" else {}
+        response = getattr(client, method)(path, **_auth(tokens["mine"]), **kwargs)
+        assert response.status_code == 401, path
+        assert response.json()["error"]["type"] == "not_authenticated"
+
+
+@pytest.mark.django_db
+def test_a_wrong_method_is_405_in_the_error_shape(client, tokens):
+    response = client.post(SIDECAR + "bundle", **_auth(tokens["mine"]))
+    assert response.status_code == 405
+    assert response["Allow"] == "GET"
+    assert response.json() == error_body(405, "Use GET.")
