@@ -29,7 +29,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from django.db import transaction
 from django.utils import timezone
@@ -52,6 +52,7 @@ from sidecar.events import (
     REQUIRED_FIELDS,
     SCHEMA_MAJOR,
     SCHEMA_VERSION,
+    TEXT_LIST,
     VERSION_KEY,
     json_type_name,
     parse_version,
@@ -270,8 +271,9 @@ def _as_duration(value: Any) -> float | None:
 
 # --- the contract's checks ---------------------------------------------------------------
 
-# Each declared key: the classes its value may have, and whether it is a list of strings.
-_DECLARED = {f.name: (f.classes, f.value_type == "list of strings") for f in FIELDS}
+# Each declared key: the classes its value may have (``NoneType`` when nullable).
+_DECLARED = {f.name: f.classes for f in FIELDS}
+_TEXT_LISTS = frozenset(f.name for f in FIELDS if f.value_type == TEXT_LIST)
 _MISSING = object()
 # Version strings seen: their major (a batch's events all carry the same few).
 _majors: dict[str, int] = {}
@@ -298,6 +300,12 @@ def _expected(name: str) -> str:
     return f"{field.value_type}{' or null' if field.nullable else ''}"
 
 
+def _type_mismatch(index: int, key: str, found: str) -> NoReturn:
+    raise EventRejected(
+        "type_mismatch", f"events[{index}]: {key!r} must be {_expected(key)}, not {found}."
+    )
+
+
 def _event_check(index: int, event: Any) -> None:
     """Refuse what intake cannot take from event ``index``; see the module's docstring."""
     if event.__class__ is not dict:
@@ -319,20 +327,13 @@ def _event_check(index: int, event: Any) -> None:
             f"{SCHEMA_VERSION}). Upgrade the control plane before its sidecars.",
         )
     for key, value in event.items():
-        declared = _DECLARED.get(key)
-        if declared is None:
+        classes = _DECLARED.get(key)
+        if classes is None:
             continue  # a newer minor version's key: kept and counted
-        classes, text_list = declared
-        if value.__class__ not in classes or (
-            text_list and value and not all(map(isinstance, value, _ALL_STR))
-        ):
-            found = json_type_name(value)
-            if text_list and value.__class__ is list:
-                found = "a list holding something else"
-            raise EventRejected(
-                "type_mismatch",
-                f"events[{index}]: {key!r} must be {_expected(key)}, not {found}.",
-            )
+        if value.__class__ not in classes:
+            _type_mismatch(index, key, json_type_name(value))
+        if value and key in _TEXT_LISTS and not all(map(isinstance, value, _ALL_STR)):
+            _type_mismatch(index, key, "a list holding something else")
     if not event.keys() >= REQUIRED_FIELDS:
         missing = sorted(REQUIRED_FIELDS - event.keys())
         raise EventRejected("missing_field", f"events[{index}]: {missing[0]!r} is required.")
