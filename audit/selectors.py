@@ -1,29 +1,10 @@
-"""Moved to ``audit.reporting.selectors``; this path stays for the callers that import it."""
+"""Configuration history's read paths, for the callers that import this path.
 
-from audit.reporting.selectors import (
-    AUDIT_READERS,
-    AuditFilters,
-    EventProof,
-    audit_can_view,
-    audit_event_get,
-    audit_event_proof,
-    audit_events_iter,
-    audit_events_search,
-    change_list,
-    require_audit_reader,
-)
-from audit.sink.history import change_history_for
+They are ``audit.sink.history``'s; the audit trail's page selectors moved to
+``audit.reporting.selectors`` (which reads governance: governance importing it
+through here would be a cycle).
+"""
 
-__all__ = [
-    "AUDIT_READERS",
-    "AuditFilters",
-    "EventProof",
-    "audit_can_view",
-    "audit_event_get",
-    "audit_event_proof",
-    "audit_events_iter",
-    "audit_events_search",
-    "change_history_for",
-    "change_list",
-    "require_audit_reader",
-]
+from audit.sink.history import change_history_for, change_list
+
+__all__ = ["change_history_for", "change_list"]

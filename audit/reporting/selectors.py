@@ -1,4 +1,5 @@
-"""Read paths of the audit app (``change_history_for`` is the sink's: governance reads it)."""
+"""Read paths of the audit trail's pages (configuration history's are ``audit.sink.history``'s:
+governance reads them)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,8 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from audit.models import AuditEvent, ChangeRecord
+from audit.models import AuditEvent
 from governance.permissions import Role, user_role
-
-
-def change_list(*, filters: dict | None = None) -> QuerySet[ChangeRecord]:
-    """All configuration changes, newest first, optionally by model name or actor."""
-    filters = filters or {}
-    qs = ChangeRecord.objects.select_related("content_type", "actor")
-    if filters.get("model"):
-        qs = qs.filter(content_type__model=str(filters["model"]).lower())
-    if filters.get("actor"):
-        qs = qs.filter(actor_name=filters["actor"])
-    if filters.get("request_id"):
-        qs = qs.filter(request_id=filters["request_id"])
-    return qs
-
 
 # --- the audit trail -----------------------------------------------------------------
 

@@ -120,3 +120,16 @@ def change_history_for(obj: models.Model) -> QuerySet[ChangeRecord]:
     return ChangeRecord.objects.filter(
         content_type=content_type, object_id=str(obj.pk)
     ).select_related("actor")
+
+
+def change_list(*, filters: dict | None = None) -> QuerySet[ChangeRecord]:
+    """All configuration changes, newest first, optionally by model name or actor."""
+    filters = filters or {}
+    qs = ChangeRecord.objects.select_related("content_type", "actor")
+    if filters.get("model"):
+        qs = qs.filter(content_type__model=str(filters["model"]).lower())
+    if filters.get("actor"):
+        qs = qs.filter(actor_name=filters["actor"])
+    if filters.get("request_id"):
+        qs = qs.filter(request_id=filters["request_id"])
+    return qs

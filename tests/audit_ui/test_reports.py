@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.core.exceptions import PermissionDenied
 
+from audit.reporting.selectors import audit_events_search
 from audit.reports import Period, period_named, pii_access_report, sensitive_classifications
-from audit.selectors import audit_events_search
 from tests.audit_ui.trail import event_add
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from audit.selectors import AuditFilters, audit_events_iter, audit_events_search
+from audit.reporting.selectors import AuditFilters, audit_events_iter, audit_events_search
 from tests.audit_ui.trail import event_add
 
 pytestmark = pytest.mark.django_db
