@@ -1,6 +1,6 @@
 """Benchmark of the approval long-poll: decision commit -> waiting sidecar has the answer.
 
-Runs the real parts: one uvicorn process serving ``governance.sidecar_asgi``
+Runs the real parts: one uvicorn process serving ``config.asgi`` (the gateway behind it)
 (the ASGI long-poll), Redis pub/sub, PostgreSQL. Opens N requests through the
 sidecar API (``POST /api/v1/sidecar/approvals``), parks N long-polls at once
 (``GET .../<id>?wait=60``), then decides them all through the service
@@ -239,7 +239,7 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / f"warden-bench-approvals-{port}.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "governance.sidecar_asgi:application",
+            [sys.executable, "-m", "uvicorn", "config.asgi:application",
              "--port", str(port), "--loop", "uvloop", "--no-access-log"],
             cwd=ROOT, env={**os.environ}, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,

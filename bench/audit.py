@@ -1,6 +1,6 @@
 """Benchmark of audit ingestion through the real sidecar API, then the UI's query latencies.
 
-One uvicorn process serves ``governance.sidecar_asgi`` (Django behind it) on a
+One uvicorn process serves ``config.asgi`` (the gateway behind it) (Django behind it) on a
 database of its own (migrated here); ``--sidecars`` sidecars, each on its own
 datasource (so its own chain), post batches of ``--batch`` statement events
 shaped like the proxy's over keep-alive HTTP, ``--clients`` at a time, until
@@ -213,7 +213,7 @@ def stages(batches: int = 20, repeat: int = 7) -> None:
     parse the body, map events to rows, seal (hash chain) and write the COPY text."""
     from audit.chain import micros
     from audit.services import _seal, _sidecar_row
-    from governance.sidecar_api import _audit_json
+    from gateway.audit_intake import _audit_json
 
     rng = random.Random(7)
     bodies = [
@@ -226,7 +226,7 @@ def stages(batches: int = 20, repeat: int = 7) -> None:
         "sidecar_name": "bench",
     }
     best = {"parse": float("inf"), "map": float("inf"), "seal+copy": float("inf")}
-    # The collector as governance.sidecar_asgi sets it for the server process.
+    # The collector as config.asgi sets it for the server process.
     threshold = gc.get_threshold()
     gc.collect()
     gc.freeze()
@@ -335,7 +335,7 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "governance.sidecar_asgi:application",
+                "config.asgi:application",
                 "--port",
                 str(port),
                 "--no-access-log",

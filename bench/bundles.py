@@ -1,6 +1,6 @@
 """Benchmark of bundle distribution: conditional GETs, 2,000 held long-polls, change-to-activated.
 
-Runs the real parts: one uvicorn process serving ``governance.sidecar_asgi``, a
+Runs the real parts: one uvicorn process serving ``config.asgi`` (the gateway behind it), a
 Celery worker (solo pool) for the recompile, Redis pub/sub, and the sidecar's
 own ``BundleClient``. Use a database of its own (it is migrated and filled):
 
@@ -388,7 +388,7 @@ async def main_async(args: argparse.Namespace) -> None:
             sys.executable,
             "-m",
             "uvicorn",
-            "governance.sidecar_asgi:application",
+            "config.asgi:application",
             "--port",
             str(port),
             "--loop",

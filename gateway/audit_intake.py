@@ -21,7 +21,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from audit.services import audit_events_ingest
+from audit.sink.intake import EventRejected, audit_events_ingest
 from gateway.auth import sidecar_authenticate
 from gateway.http import UNAUTHENTICATED, check_keys, error_response, read_body, sidecar_call
 
@@ -84,9 +84,14 @@ def audit_reply(*, authorization: str | None, content_type: str, body: bytes) ->
         return error_response(
             400, "Every event needs a string id (at most 64 characters) and a numeric ts."
         )
-    result = audit_events_ingest(
-        sidecar_id=principal.sidecar_id, datasource_id=principal.datasource_id, events=events
-    )
+    try:
+        result = audit_events_ingest(
+            sidecar_id=principal.sidecar_id, datasource_id=principal.datasource_id, events=events
+        )
+    except EventRejected as refused:
+        # Nothing of the batch was stored; the sidecar keeps it in its spool and
+        # logs this message (which names the version or key, never a value).
+        return error_response(refused.status, refused.message)
     return JsonResponse(result, status=202)
 
 

@@ -250,12 +250,6 @@ def test_unknown_keys_are_kept_counted_and_logged_by_name_only(
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    raises=EventRejected,
-    strict=False,
-    reason="until gateway.audit_intake.audit_reply answers EventRejected with its status "
-    "and message (see docs/audit.md, 'The event contract')",
-)
 def test_the_sidecar_is_told_over_http_which_version_was_refused(client: Any, sidecar: Any) -> None:
     import json
 
