@@ -1,6 +1,6 @@
 """Real parts for the sidecar ↔ control plane tests: reuses the bundle tests' processes.
 
-The control plane (uvicorn on ``governance.sidecar_asgi``), the Celery worker
+The control plane (uvicorn on ``config.asgi``), the Celery worker
 and the per-session signing key come from ``tests.bundles.conftest``; this adds
 a scratch upstream database and the real sidecar process (``python -m sidecar
 run --config FILE``).
