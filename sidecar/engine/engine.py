@@ -39,7 +39,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-from sidecar.engine import policy
+from sidecar.engine import guardrails, policy, rules
 from sidecar.engine.analysis import (
     Analysis,
     RangeRef,
@@ -49,14 +49,21 @@ from sidecar.engine.analysis import (
 )
 from sidecar.engine.bundle import Bundle, Identity, Masking
 from sidecar.engine.decision import SEVERITY, Decision, Reason, SessionContext, StatementAnalysis
+from sidecar.engine.facts import (
+    UNPARSEABLE,
+    Context,
+    GuardrailFacts,
+    context_for,
+    statement_facts,
+)
 from sidecar.engine.masking import (
     Token,
     masking_subquery,
     quote_ident,
     relation_span,
     scan_tokens,
-    uses_hash,
 )
+from sidecar.engine.rules import Default
 
 REWRITABLE = frozenset(
     {
@@ -70,24 +77,6 @@ REWRITABLE = frozenset(
         "DeclareCursorStmt",
         "CreateTableAsStmt",
         "CopyStmt",
-    }
-)
-# Statements whose functions run when the statement does; anything else that
-# holds a barrier would run it later, out of the proxy's sight.
-RUNS_NOW = frozenset(
-    {
-        "SelectStmt",
-        "InsertStmt",
-        "UpdateStmt",
-        "DeleteStmt",
-        "MergeStmt",
-        "ExplainStmt",
-        "CopyStmt",
-        "CreateTableAsStmt",
-        "VariableSetStmt",
-        "DiscardStmt",
-        "DoStmt",
-        "CallStmt",
     }
 )
 _TEMPLATE_KINDS = frozenset({"select", "insert", "update", "delete"})
@@ -113,6 +102,7 @@ def _max_action(a: str, b: str) -> str:
 
 
 _COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_PAREN_DEPTH = {"ASCII_40": 1, "ASCII_41": -1}
 _LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
 
 
@@ -190,6 +180,8 @@ class _State:
     exact: OrderedDict[tuple[Any, ...], Decision] = field(default_factory=OrderedDict)
     normalised: OrderedDict[tuple[Any, ...], _Template] = field(default_factory=OrderedDict)
     sqlglot_schema: Any = None
+    # Per identity: what holds for each of its statements under this bundle.
+    contexts: dict[str, Context] = field(default_factory=dict)
 
 
 _NOT_STRUCTURE = _CONST_TOKENS | _COMMENT_TOKENS
@@ -397,25 +389,23 @@ class Engine:
         now: float | None = None,
     ) -> tuple[Decision, _Template | None]:
         bundle = state.bundle
-        production = bundle.environment == "production"
         hard: list[Reason] = []
-        defaults: list[tuple[str, Reason]] = []
+        defaults: list[Default] = []
         floor = "allow"  # the least an allow-guardrail can leave (unknown -> review)
 
-        if not session.standard_conforming_strings and "\\" in sql:
-            hard.append(
-                Reason(
-                    "default.backslash_escapes",
-                    "standard_conforming_strings is off and the text contains a "
-                    "backslash; Warden does not analyse legacy string escapes",
-                )
-            )
+        reason = rules.backslash_escapes(sql, session)
+        if reason is not None:
+            hard.append(reason)
         try:
             raws = parse_statements(sql)
             parse_error: str | None = None
         except Exception as exc:
             raws = []
             parse_error = _parse_error(exc)
+        ctx = state.contexts.get(who.name)
+        if ctx is None or ctx.who is not who:
+            ctx = state.contexts[who.name] = context_for(bundle, who, self._hash_available)
+        multi = len(raws) > 1
 
         analyses: list[Analysis] = []
         statements: list[StatementAnalysis] = []
@@ -423,8 +413,7 @@ class Engine:
         splices: list[_Splice] = []
         tokens: list[Token] | None = None
         raw_bytes = sql.encode("utf-8")
-        masks_anything = any(not (m.exempt_teams & who.teams) for m in bundle.masking.values())
-        facts: list[dict[str, Any]] = []
+        facts: list[GuardrailFacts] = []
         barriers: list[bool] = []
         hash_missing = False
         redact_errors = False
@@ -448,149 +437,43 @@ class Engine:
                     redacted,
                 )
             )
-            msg = f"the statement could not be parsed ({parse_error})"
-            rule = Reason("default.unparseable", msg)
-            defaults.append(("block" if production else "review", rule))
+            defaults.append(rules.unparseable(ctx, parse_error))
             floor = "review"
             risks.append(min(100, bundle.criticality * 6 + 50 + policy.IDENTITY_RISK[who.kind]))
-            facts.append(
-                {
-                    "unparseable": True,
-                    "kind": "unparseable",
-                    "category": "unparseable",
-                    "tables": set(),
-                    "classifications": set(),
-                    "functions": set(),
-                    "missing_where": False,
-                    "unbounded": False,
-                }
-            )
-        if protocol == "extended" and len(raws) > 1:
-            hard.append(
-                Reason(
-                    "default.extended_multi_statement",
-                    "the extended protocol carries exactly one statement per Parse",
-                )
-            )
+            facts.append(UNPARSEABLE)
+        reason = rules.extended_multi_statement(protocol, len(raws))
+        if reason is not None:
+            hard.append(reason)
 
         for raw in raws:
             try:
                 a = analyse_statement(bundle, raw, session.search_path)
             except Exception:  # a tree shape we did not foresee: fail closed
                 a = Analysis(raw.node_type, "unknown", "unknown", raw.node_type)
-                hard.append(
-                    Reason("default.analysis_failed", "Warden could not analyse this statement")
-                )
+                hard.append(rules.ANALYSIS_FAILED)
             analyses.append(a)
             if raw.node_type not in REWRITABLE:
                 for ref in a.ranges:
                     if ref.role == "read":
                         ref.role = "ddl"
-            runs = not (raw.node_type == "ExplainStmt" and not a.explain_analyze)
-            columns = self._columns(a)
-            read_cols = sorted(columns)
-            classes = sorted(
-                {
-                    bundle.column_classifications[c]
-                    for c in read_cols
-                    if c in bundle.column_classifications
-                }
-            )
-            masked_here: dict[str, dict[str, Masking]] = {}
-            for ref in a.ranges:
-                if ref.table is not None and ref.role in ("read", "copy"):
-                    m = bundle.masked_columns_for(who, ref.table)
-                    if m:
-                        masked_here[ref.table.key] = m
-            redact_errors = redact_errors or any(
-                ref.table is not None and bundle.masked_columns_for(who, ref.table)
-                for ref in a.ranges
-            )
-            masked_cols = sorted(
-                f"{t}.{c}" for t, cols in masked_here.items() for c in cols if f"{t}.{c}" in columns
-            )
-            if not self._hash_available:
-                hash_missing = hash_missing or any(
-                    f"{key}.{c.name}" in columns and uses_hash(c.type, cols[c.name])
-                    for key, cols in masked_here.items()
-                    for c in bundle.tables[key].columns
-                    if c.name in cols
-                )
-            masked_levels = [
-                bundle.classification_levels[bundle.column_classifications[c]] for c in masked_cols
-            ]
-            unmasked_levels = [
-                bundle.classification_levels[bundle.column_classifications[c]]
-                for c in read_cols
-                if c in bundle.column_classifications and c not in masked_cols
-            ]
-            missing_where = runs and any(w.has_effective_where is False for w in a.writes)
-            unbounded = (
-                bool(classes) and a.judged_type == "SelectStmt" and not (a.has_where or a.has_limit)
-            )
-            dangerous = False
+            f = statement_facts(ctx, raw, a)
+            redact_errors = redact_errors or bool(f.masked)
+            hash_missing = hash_missing or f.needs_hash
 
-            # -- defaults --------------------------------------------------------
-            if a.category == "unknown":
+            # -- defaults, then the hard rules ---------------------------------------
+            for default_rule in rules.STATEMENT_DEFAULTS:
+                outcome = default_rule(f, ctx)
+                if outcome is not None:
+                    defaults.append(outcome)
+            if rules.review_floor(f):
                 floor = "review"
-                defaults.append(
-                    (
-                        "block" if production else "review",
-                        Reason(
-                            "default.unknown_statement",
-                            f"{raw.node_type.removesuffix('Stmt')} statements are "
-                            "not on the list of statements Warden understands",
-                        ),
-                    )
-                )
-            if production and runs and a.kind == "lock":
-                defaults.append(
-                    (
-                        "review",
-                        Reason(
-                            "default.lock_in_production",
-                            "LOCK TABLE in production can stop every other client: it needs "
-                            "a review",
-                        ),
-                    )
-                )
-            if production and runs and a.kind == "truncate":
-                defaults.append(
-                    (
-                        "review",
-                        Reason(
-                            "default.truncate_in_production",
-                            "TRUNCATE in production needs a review",
-                        ),
-                    )
-                )
-            elif production and runs and a.category == "ddl":
-                defaults.append(
-                    (
-                        "review",
-                        Reason(
-                            "default.ddl_in_production", f"{a.kind} in production needs a review"
-                        ),
-                    )
-                )
-            if production and missing_where:
-                defaults.append(
-                    (
-                        "review",
-                        Reason(
-                            "default.write_without_where",
-                            "a write without an effective WHERE in production needs a review",
-                        ),
-                    )
-                )
-            rules = policy.statement_rules(a, bundle)
-            hard.extend(rules.hard)
-            dangerous = dangerous or rules.dangerous
-            for rule_id, msg in policy.masking_violations(a, bundle, who, masks_anything):
+            found = policy.statement_rules(a, bundle)
+            hard.extend(found.hard)
+            for rule_id, msg in policy.masking_violations(a, f.masked, ctx.masks_anything):
                 hard.append(Reason(rule_id, msg))
 
             # -- masking rewrite ----------------------------------------------------
-            masking = bool(masked_here) and raw.node_type in REWRITABLE
+            masking = f.reads_masked and raw.node_type in REWRITABLE
             ambiguous = [
                 r
                 for r in a.ranges
@@ -603,16 +486,11 @@ class Engine:
                 if tokens is None:
                     tokens = scan_tokens(sql)
                 try:
-                    placed = self._splices(a, tokens, who, bundle) if masking else []
+                    placed = self._splices(a, tokens, f.masked) if masking else []
                     splices.extend(placed)
                     splices.extend(self._pins(ambiguous, tokens, placed, raw_bytes))
                 except Exception:
-                    hard.append(
-                        Reason(
-                            "mask.rewrite_failed",
-                            "Warden could not place the masking rewrite in this statement",
-                        )
-                    )
+                    hard.append(rules.REWRITE_NOT_PLACED)
 
             redacted, fingerprint = _redact(
                 raw_bytes[raw.start : raw.end].decode("utf-8", "replace")
@@ -625,10 +503,10 @@ class Engine:
                     category=a.category,
                     tables_read=tuple(tables_read),
                     tables_written=tuple(tables_written),
-                    columns_read=tuple(read_cols),
+                    columns_read=f.columns_read,
                     functions=tuple(dict.fromkeys(a.functions)),
-                    classifications=tuple(classes),
-                    masked_columns=tuple(masked_cols),
+                    classifications=f.classifications,
+                    masked_columns=f.masked_columns,
                     has_effective_where=(
                         None
                         if not any(w.has_effective_where is not None for w in a.writes)
@@ -649,72 +527,35 @@ class Engine:
                     a,
                     bundle,
                     who,
-                    unmasked_levels,
-                    masked_levels,
-                    missing_where,
-                    unbounded,
-                    dangerous,
+                    f.unmasked_levels,
+                    f.masked_levels,
+                    f.missing_where,
+                    f.unbounded,
+                    found.dangerous,
                 )
             )
-            facts.append(
-                {
-                    "unparseable": False,
-                    "kind": a.kind,
-                    "category": a.category,
-                    "tables": {r.key for r in a.ranges} | {r.relname for r in a.ranges},
-                    "classifications": set(classes),
-                    "functions": {policy.function_base(f) for f in a.functions} | set(a.functions),
-                    "missing_where": missing_where,
-                    "unbounded": unbounded,
-                }
-            )
-            for name in rules.unlisted:
-                # Allowed only by a guardrail that names it and applies to this statement.
-                if policy.function_named(bundle, who, name, facts[-1], len(raws) > 1):
-                    rules.barrier = True  # what it does is the guardrail author's call
+            facts.append(f)
+            barrier = found.barrier
+            for name in found.unlisted:
+                reason = rules.unlisted_function(f, ctx, name, multi)
+                if reason is None:
+                    barrier = True  # allowed by a guardrail that names it
                 else:
-                    hard.append(
-                        Reason(
-                            "default.function.unlisted",
-                            f"{policy.function_base(name)}() is not on Warden's list of "
-                            "functions; a guardrail that names it can allow it",
-                        )
-                    )
-            if rules.barrier and a.copy is not None and a.copy["direction"] == "from":
-                hard.append(
-                    Reason(
-                        "session.copy_barrier",
-                        "COPY FROM may not call code that changes session state",
-                    )
-                )
-            if rules.barrier and runs and raw.node_type not in RUNS_NOW:
-                hard.append(
-                    Reason(
-                        "session.deferred_barrier",
-                        "a statement that changes session state may not be prepared, "
-                        "declared as a cursor or stored in a definition; run it directly",
-                    )
-                )
-            barriers.append(rules.barrier and runs)
+                    hard.append(reason)
+            for barrier_rule in rules.BARRIER_RULES:
+                reason = barrier_rule(f, barrier)
+                if reason is not None:
+                    hard.append(reason)
+            barriers.append(barrier and f.runs)
 
         hard, used_grants = self._break_glass(bundle, who, hard, now)
-        if any(barriers[:-1]):
-            hard.append(
-                Reason(
-                    "session.barrier_not_last",
-                    "a statement that may change session state must be the last one in its "
-                    "text: what follows it is judged under the state the server confirms",
-                )
-            )
+        reason = rules.barrier_not_last(barriers)
+        if reason is not None:
+            hard.append(reason)
         barrier = any(barriers)
-        if hash_missing:
-            hard.append(
-                Reason(
-                    "mask.hash_unavailable",
-                    "hash masking is not installed in this database; an administrator must "
-                    "run `python -m sidecar install-masking --config FILE --admin-dsn DSN`",
-                )
-            )
+        reason = rules.hash_unavailable(hash_missing)
+        if reason is not None:
+            hard.append(reason)
 
         # -- rewrite the text -------------------------------------------------------------
         upstream = sql
@@ -727,12 +568,7 @@ class Engine:
             except Exception:
                 verified = False
             if not verified:
-                hard.append(
-                    Reason(
-                        "mask.rewrite_failed",
-                        "the masked statement did not pass Warden's own check",
-                    )
-                )
+                hard.append(rules.REWRITE_NOT_VERIFIED)
                 upstream = sql
                 statements = [replace(s, rewritten_sql=None) for s in statements]
 
@@ -743,7 +579,7 @@ class Engine:
         risk = max(risks) if risks else 0
         reasons: list[Reason] = list(hard)
         action = "block" if hard else "allow"
-        guardrail = self._first_guardrail(bundle, who, facts)
+        guardrail = guardrails.first_applying(bundle, who, facts)
         if guardrail is not None:
             g_action = guardrail.action
             if SEVERITY[g_action] < SEVERITY[floor]:
@@ -751,19 +587,13 @@ class Engine:
             action = _max_action(action, g_action)
             reasons.append(Reason(guardrail.name, guardrail.message))
         else:
-            for d_action, d_reason in defaults:
-                action = _max_action(action, d_action)
-                reasons.append(d_reason)
-            if risk >= bundle.block_at:
-                action = _max_action(action, "block")
-                reasons.append(
-                    Reason("default.risk", f"risk {risk} is at or above {bundle.block_at}")
-                )
-            elif risk >= bundle.review_at:
-                action = _max_action(action, "review")
-                reasons.append(
-                    Reason("default.risk", f"risk {risk} is at or above {bundle.review_at}")
-                )
+            for default in defaults:
+                action = _max_action(action, default.action)
+                reasons.append(default.reason)
+            default_risk = rules.risk_threshold(bundle, risk)
+            if default_risk is not None:
+                action = _max_action(action, default_risk.action)
+                reasons.append(default_risk.reason)
         message = ""
         if action != "allow":
             first = next((r for r in reasons), Reason("default", "policy"))
@@ -812,66 +642,14 @@ class Engine:
                 used[grant.id] = None
         return kept, tuple(used)
 
-    def _columns(self, a: Analysis) -> set[str]:
-        """schema.table.column for every column reference (over-approximated when ambiguous)."""
-        tables = [r for r in a.ranges if r.table is not None and r.role != "into"]
-        by_alias: dict[str, list[RangeRef]] = {}
-        for r in tables:
-            by_alias.setdefault(r.alias or r.relname, []).append(r)
-            by_alias.setdefault(r.relname, []).append(r)
-        out: set[str] = set()
-
-        def all_of(refs: list[RangeRef]) -> None:
-            for r in refs:
-                assert r.table is not None
-                out.update(f"{r.table.key}.{c}" for c in r.table.column_names())
-
-        def named(refs: list[RangeRef], column: str) -> bool:
-            hit = False
-            for r in refs:
-                assert r.table is not None
-                if column in r.table.column_names():
-                    out.add(f"{r.table.key}.{column}")
-                    hit = True
-            return hit
-
-        stars = iter(a.star_scopes)
-        for parts in a.colrefs:
-            if parts == ("*",):
-                # RETURNING * and the like have no SELECT scope: all tables then.
-                scope = next(stars, None)
-                all_of([r for r in (tables if scope is None else scope) if r.table is not None])
-            elif len(parts) == 1:
-                if not named(tables, parts[0]) and parts[0] in by_alias:
-                    all_of(by_alias[parts[0]])  # whole-row reference
-            else:
-                qualifier, column = parts[-2], parts[-1]
-                refs = by_alias.get(qualifier, [])
-                if len(parts) >= 3:
-                    refs = [r for r in refs if r.table and r.table.schema == parts[-3]] or refs
-                if column == "*":
-                    all_of(refs)
-                else:
-                    named(refs, column)
-        for column in a.using_cols:
-            named(tables, column)
-        if a.copy is not None and a.copy["relation"] and a.copy["direction"] == "to":
-            copy_refs = [r for r in tables if r.role == "copy"]
-            if a.copy["columns"]:
-                for column in a.copy["columns"]:
-                    named(copy_refs, column)
-            else:
-                all_of(copy_refs)
-        return out
-
     def _splices(
-        self, a: Analysis, tokens: list[Token], who: Identity, bundle: Bundle
+        self, a: Analysis, tokens: list[Token], masked_tables: dict[str, dict[str, Masking]]
     ) -> list[_Splice]:
         out: list[_Splice] = []
         for ref in a.ranges:
             if ref.table is None or ref.role not in ("read", "copy"):
                 continue
-            masked = bundle.masked_columns_for(who, ref.table)
+            masked = masked_tables.get(ref.table.key)
             if not masked:
                 continue
             start, end, first, last = relation_span(tokens, ref.location, ref.inh)
@@ -884,7 +662,7 @@ class Engine:
                 if last + 1 < len(tokens) and tokens[last + 1].name == "ASCII_40":
                     depth = 0
                     for i in range(last + 1, len(tokens)):
-                        depth += {"ASCII_40": 1, "ASCII_41": -1}.get(tokens[i].name, 0)
+                        depth += _PAREN_DEPTH.get(tokens[i].name, 0)
                         if depth == 0:
                             last = i
                             break
@@ -1017,13 +795,6 @@ class Engine:
                 lineage = tuple(result) if result is not None else None
             out.append(replace(statement, lineage=lineage))
         return out
-
-    def _first_guardrail(self, bundle: Bundle, who: Identity, facts: list[dict[str, Any]]) -> Any:
-        multi = len(facts) > 1
-        for g in bundle.guardrails:
-            if policy.guardrail_applies(bundle, g, who, facts, multi):
-                return g
-        return None
 
     def _template(
         self,

@@ -5,19 +5,21 @@ processes or configuration; ``mask.*``: a non-exempt identity may not move
 classified data beyond the reach of the rewrite, nor read statement text or
 sampled values; ``session.*``: the session state statements are read under
 (``sidecar.engine.state``). No guardrail lifts those. ``default.*`` are the
-rules that hold with zero configuration; guardrails from the bundle are
-evaluated before them, and an unlisted function (``default.function.unlisted``)
-is allowed only by a guardrail that names it. See ``Engine`` for the order.
+rules that hold with zero configuration (``sidecar.engine.rules``); guardrails
+from the bundle (``sidecar.engine.guardrails``) are evaluated before them, and
+an unlisted function (``default.function.unlisted``) is allowed only by a
+guardrail that names it. See ``Engine`` for the order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.engine import functions, state
 from sidecar.engine.analysis import OPAQUE_CODE, VALUE_BLIND_DDL, Analysis
-from sidecar.engine.bundle import Bundle, Identity
+from sidecar.engine.bundle import Bundle, Identity, Masking
 from sidecar.engine.decision import Reason
 from sidecar.engine.masking import RESERVED_SCHEMA
 
@@ -260,65 +262,12 @@ def _setting_refusal(setting: dict[str, Any], bundle: Bundle, out: StatementRule
     return f"changing the setting {name or kind!r} is not allowed"
 
 
-def guardrail_applies(
-    bundle: Bundle, g: Any, who: Identity, facts: list[dict[str, Any]], multi: bool
-) -> bool:
-    """True when every condition of guardrail ``g`` holds for ``who`` and some statement."""
-    c = g.conditions
-    if c.environments and bundle.environment not in c.environments:
-        return False
-    if c.identity_kinds and who.kind not in c.identity_kinds:
-        return False
-    if c.teams and not (c.teams & who.teams):
-        return False
-    if c.multi_statement is not None and c.multi_statement != multi:
-        return False
-    for f in facts:
-        if c.statement_kinds and not ({f["kind"], f["category"]} & c.statement_kinds):
-            continue
-        if c.tables and not (f["tables"] & c.tables):
-            continue
-        if c.classifications and not any(
-            cls == want or cls.startswith(want + ".")
-            for cls in f["classifications"]
-            for want in c.classifications
-        ):
-            continue
-        if c.functions and not (f["functions"] & c.functions):
-            continue
-        if c.missing_where is not None and c.missing_where != f["missing_where"]:
-            continue
-        if c.unbounded_classified_read is not None and (
-            c.unbounded_classified_read != f["unbounded"]
-        ):
-            continue
-        if c.unparseable is not None and c.unparseable != f["unparseable"]:
-            continue
-        return True
-    return False
-
-
-def function_named(
-    bundle: Bundle, who: Identity, name: str, fact: dict[str, Any], multi: bool
-) -> bool:
-    """True when a guardrail that does not block names the function and applies to the
-    statement calling it (all its conditions, as for deciding)."""
-    base = function_base(name)
-    return any(
-        g.action != "block"
-        and g.conditions.functions
-        and {name, base} & g.conditions.functions
-        and guardrail_applies(bundle, g, who, [fact], multi)
-        for g in bundle.guardrails
-    )
-
-
 def statement_risk(
     a: Analysis,
     bundle: Bundle,
     identity: Identity,
-    unmasked_levels: list[str],
-    masked_levels: list[str],
+    unmasked_levels: Sequence[str],
+    masked_levels: Sequence[str],
     missing_where: bool,
     unbounded: bool,
     dangerous: bool,
@@ -345,15 +294,18 @@ def statement_risk(
 
 
 def masking_violations(
-    a: Analysis, bundle: Bundle, identity: Identity, identity_masks_anything: bool
+    a: Analysis, masked_tables: Mapping[str, Mapping[str, Masking]], identity_masks_anything: bool
 ) -> list[tuple[str, str]]:
-    """(rule, message) for statements that would let classified data escape the rewrite."""
+    """(rule, message) for statements that would let classified data escape the rewrite.
+
+    ``masked_tables``: table key -> its columns masked for the identity, for every
+    table of ``a`` that has any (``StatementFacts.masked``)."""
     out: list[tuple[str, str]] = []
     for write in a.writes:
         table = write.target.table
         if table is None:
             continue
-        masked = bundle.masked_columns_for(identity, table)
+        masked = masked_tables.get(table.key)
         if not masked:
             continue
         names = {write.target.alias or write.target.relname, write.target.relname}
@@ -380,7 +332,7 @@ def masking_violations(
                 )
                 break
     if a.node_type in OPAQUE_CODE and identity_masks_anything:
-        touched = [r for r in a.ranges if r.table and bundle.masked_columns_for(identity, r.table)]
+        touched = [r for r in a.ranges if r.table and r.table.key in masked_tables]
         if touched or a.node_type != "ViewStmt":
             out.append(
                 (
@@ -391,7 +343,7 @@ def masking_violations(
             )
     elif a.category == "ddl" and a.node_type not in VALUE_BLIND_DDL:
         for ref in a.ranges:
-            if ref.role == "ddl" and ref.table and bundle.masked_columns_for(identity, ref.table):
+            if ref.role == "ddl" and ref.table and ref.table.key in masked_tables:
                 out.append(
                     (
                         "mask.ddl_on_classified",
