@@ -6,16 +6,21 @@ Order of evaluation for one request:
 2. the text is parsed by PostgreSQL's parser; extended-protocol text must hold
    exactly one statement; with ``standard_conforming_strings`` off, text
    containing a backslash is refused (we do not lex the legacy escapes);
-3. each statement is analysed (names resolved under the session's confirmed
-   search_path); the safety floor (``floor.*``), masking invariants
-   (``mask.*``) and session-state rules (``session.*``) are hard blocks that
-   no guardrail lifts, and so is a function that is not on the list unless a
-   guardrail that applies to the statement names it;
-4. guardrails, enabled and ordered by position: the first whose conditions
-   all match some statement decides. An ``allow`` guardrail cannot lift an
-   unknown or unparseable statement above ``review``;
-5. otherwise the defaults (``default.*``) and the risk thresholds decide,
-   the most severe wins.
+3. each statement is analysed (``analysis``: names resolved under the
+   session's confirmed search_path) and its facts for the identity computed
+   once (``facts.StatementFacts``); the safety floor (``floor.*``), masking
+   invariants (``mask.*``) and session-state rules (``session.*``) are hard
+   blocks that no guardrail lifts (``policy``, ``rules``), and so is a
+   function that is not on the list unless a guardrail that applies to the
+   statement names it;
+4. guardrails, enabled and ordered by position (``guardrails``): the first
+   whose conditions all match some statement decides. An ``allow`` guardrail
+   cannot lift an unknown or unparseable statement above ``review``;
+5. otherwise the defaults (``rules``: ``default.*``) and the risk thresholds
+   decide, the most severe wins.
+
+This module is the orchestrator: it runs those in order, places the masking
+rewrite, and caches.
 
 A text that may change the session state is marked ``barrier``: the proxy has
 the server confirm the state before it lets the next statement be decided.
@@ -53,6 +58,7 @@ from sidecar.engine.facts import (
     UNPARSEABLE,
     Context,
     GuardrailFacts,
+    StatementFacts,
     context_for,
     statement_facts,
 )
@@ -146,6 +152,35 @@ def _parse_error(exc: Exception) -> str:
     message = re.sub(r' at or near ".*"$', "", message)
     location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
     return message if location is None else f"{message} at character {location}"
+
+
+def _statement_analysis(f: StatementFacts, fingerprint: str, redacted: str) -> StatementAnalysis:
+    """What the decision reports about one statement (the rewrite is added later)."""
+    a = f.analysis
+    writes = a.writes
+    return StatementAnalysis(
+        kind=a.kind,
+        category=a.category,
+        tables_read=tuple(sorted({r.key for r in a.ranges if r.role in ("read", "copy")})),
+        tables_written=tuple(sorted({r.key for r in a.ranges if r.role in ("write", "into")})),
+        columns_read=f.columns_read,
+        functions=tuple(dict.fromkeys(a.functions)),
+        classifications=f.classifications,
+        masked_columns=f.masked_columns,
+        has_effective_where=(
+            None
+            if not any(w.has_effective_where is not None for w in writes)
+            else not any(w.has_effective_where is False for w in writes)
+        ),
+        row_bound=a.row_bound,
+        rewritten_sql=None,
+        fingerprint=fingerprint,
+        redacted_sql=redacted,
+        data_modifying_cte=a.data_modifying_cte,
+        explain_analyze=a.explain_analyze,
+        copy=a.copy,
+        session=dict(a.details) or None,
+    )
 
 
 @dataclass(slots=True)
@@ -495,33 +530,7 @@ class Engine:
             redacted, fingerprint = _redact(
                 raw_bytes[raw.start : raw.end].decode("utf-8", "replace")
             )
-            tables_read = sorted({r.key for r in a.ranges if r.role in ("read", "copy")})
-            tables_written = sorted({r.key for r in a.ranges if r.role in ("write", "into")})
-            statements.append(
-                StatementAnalysis(
-                    kind=a.kind,
-                    category=a.category,
-                    tables_read=tuple(tables_read),
-                    tables_written=tuple(tables_written),
-                    columns_read=f.columns_read,
-                    functions=tuple(dict.fromkeys(a.functions)),
-                    classifications=f.classifications,
-                    masked_columns=f.masked_columns,
-                    has_effective_where=(
-                        None
-                        if not any(w.has_effective_where is not None for w in a.writes)
-                        else not any(w.has_effective_where is False for w in a.writes)
-                    ),
-                    row_bound=a.row_bound,
-                    rewritten_sql=None,
-                    fingerprint=fingerprint,
-                    redacted_sql=redacted,
-                    data_modifying_cte=a.data_modifying_cte,
-                    explain_analyze=a.explain_analyze,
-                    copy=a.copy,
-                    session=dict(a.details) or None,
-                )
-            )
+            statements.append(_statement_analysis(f, fingerprint, redacted))
             risks.append(
                 policy.statement_risk(
                     a,
