@@ -104,7 +104,11 @@ async def request(
             if len(head) > MAX_HEADER_BYTES:
                 raise HttpError("response headers too large")
             status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            status = int(status_line.split(" ", 2)[1])
+            version, _, rest = status_line.partition(" ")
+            if not version.startswith("HTTP/") or not rest[:3].isdigit():
+                # (An IndexError here once escaped callers that catch HttpError.)
+                raise HttpError(f"not an HTTP answer: {status_line[:60]!r}")
+            status = int(rest[:3])
             got: dict[str, str] = {}
             for line in header_lines:
                 if ":" in line:
@@ -131,10 +135,10 @@ async def request(
 
     try:
         return await asyncio.wait_for(exchange(), timeout)
+    except TimeoutError as exc:  # first: since Python 3.11 it is also an OSError
+        raise HttpError(f"timed out after {timeout:g} s") from exc
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         raise HttpError(f"{type(exc).__name__}: {exc}") from exc
-    except TimeoutError as exc:
-        raise HttpError("timed out") from exc
 
 
 class ControlPlane:

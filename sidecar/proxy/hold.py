@@ -115,7 +115,7 @@ def approval_request(
 
 
 async def rule(
-    gate: ApprovalGate,
+    gate: ApprovalGate | None,
     hold: Hold,
     *,
     identity: str,
@@ -127,6 +127,7 @@ async def rule(
     bundle's hold time, and say how the hold ends; raises only when cancelled.
     ``accepting``: whether the audit spool still takes events."""
     try:
+        assert gate is not None  # only held when there is a gate
         state = await _ask(gate, hold, approval_request(identity, hold.verdict, base_event))
     except ApprovalUnavailable as exc:
         log.warning("approval for %s could not be requested: %s", who, exc)

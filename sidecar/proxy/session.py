@@ -1077,11 +1077,9 @@ class Session:
         self._hold_end(hold, holds.canceled(hold))
 
     async def _hold_run(self, hold: Hold) -> None:
-        gate = self.approvals
-        assert gate is not None  # only held when there is a gate
         audit = self.audit
         ruling = await holds.rule(
-            gate,
+            self.approvals,
             hold,
             identity=self.identity.name,
             base_event=self.base_event,
