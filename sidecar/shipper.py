@@ -61,7 +61,8 @@ log = logging.getLogger("warden.sidecar.shipper")
 Upload = Callable[[bytes], Awaitable[None]]
 
 # What the control plane's POST /api/v1/sidecar/audit takes (AUDIT_MAX_EVENTS and
-# AUDIT_MAX_BYTES in governance/sidecar_api.py; the sidecar cannot import them).
+# AUDIT_MAX_BYTES in gateway/audit_intake.py; the sidecar cannot import them, a
+# test in tests/sidecar/proxy/test_audit.py keeps the two equal).
 AUDIT_MAX_EVENTS = 1000
 AUDIT_MAX_BYTES = 4 * 1024 * 1024
 # Room for the envelope the upload wraps the array in (``{"events":...}``).

@@ -119,6 +119,16 @@ def test_the_batch_limits_default_to_the_control_planes(tmp_path: Path) -> None:
     assert counts[1] == AUDIT_MAX_EVENTS and sum(counts) == 2_500
 
 
+def test_the_shippers_limits_are_the_control_planes() -> None:
+    from gateway import audit_intake
+    from sidecar import shipper
+
+    assert (shipper.AUDIT_MAX_EVENTS, shipper.AUDIT_MAX_BYTES) == (
+        audit_intake.AUDIT_MAX_EVENTS,
+        audit_intake.AUDIT_MAX_BYTES,
+    )
+
+
 def test_torn_and_zeroed_lines_left_by_a_crash_are_skipped(tmp_path: Path) -> None:
     good = [json.dumps(_event(i), separators=(",", ":")).encode() for i in range(3)]
     # A crash mid-write: the last line torn; on some file systems, a block of zeros.
