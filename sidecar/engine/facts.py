@@ -19,6 +19,7 @@ from sidecar.engine import vocabulary
 from sidecar.engine.analysis import Analysis, RangeRef, RawStatement
 from sidecar.engine.bundle import Bundle, Identity, Masking
 from sidecar.engine.masking import uses_hash
+from sidecar.engine.policy import function_base
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
         category=a.category,
         tables=(*[r.key for r in a.ranges], *[r.relname for r in a.ranges]),
         classifications=classes,
-        functions=(*map(_function_base, a.functions), *a.functions),
+        functions=(*map(function_base, a.functions), *a.functions),
         missing_where=missing_where,
         unbounded=unbounded,
         raw=raw,
@@ -148,10 +149,6 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
         reads_masked=bool(masked_read),
         needs_hash=needs_hash,
     )
-
-
-def _function_base(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
 
 
 # -- referenced columns ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sidecar.engine.bundle import Bundle, Conditions, Guardrail, Identity
 from sidecar.engine.facts import GuardrailFacts
+from sidecar.engine.policy import function_base
 
 
 def _applies_to_identity(bundle: Bundle, c: Conditions, who: Identity, multi: bool) -> bool:
@@ -65,7 +66,7 @@ def names_function(
     """True when a guardrail that does not block names the function (as called or
     without its schema) and applies to the statement calling it (all its
     conditions, as for deciding)."""
-    base = name.rsplit(".", 1)[-1]
+    base = function_base(name)
     for g in bundle.guardrails:
         c = g.conditions
         if (

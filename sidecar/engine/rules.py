@@ -21,6 +21,7 @@ from sidecar.engine import guardrails, vocabulary
 from sidecar.engine.bundle import Bundle
 from sidecar.engine.decision import Reason, SessionContext
 from sidecar.engine.facts import Context, StatementFacts
+from sidecar.engine.policy import function_base
 
 # Statements whose functions run when the statement does; anything else that
 # holds a barrier would run it later, out of the proxy's sight.
@@ -190,7 +191,7 @@ def unlisted_function(f: StatementFacts, ctx: Context, name: str, multi: bool) -
         return None
     return Reason(
         "default.function.unlisted",
-        f"{name.rsplit('.', 1)[-1]}() is not on Warden's list of "
+        f"{function_base(name)}() is not on Warden's list of "
         "functions; a guardrail that names it can allow it",
     )
 
