@@ -349,7 +349,7 @@ class _Walker:
         self.r.colref_outer.append(
             top is None
             or len(parts) > 1
-            or not any(r.table is not None and parts[0] in r.table.column_names() for r in top)
+            or not any(r.table is not None and parts[0] in r.table.names for r in top)
         )
         if parts == ("*",):
             top = self.scope[-1] if self.scope else None

@@ -49,6 +49,11 @@ class Table:
     name: str
     kind: str
     columns: tuple[Column, ...]
+    # The column names, for membership tests on the decision path (built once).
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(c.name for c in self.columns))
 
     @property
     def key(self) -> str:
@@ -235,7 +240,7 @@ def load_bundle(data: Any) -> Bundle:
         classified = tables.get(key)
         if classified is None:
             raise BundleError(f"column_classifications: unknown table {key}")
-        if cc["column"] not in classified.column_names():
+        if cc["column"] not in classified.names:
             raise BundleError(f"column_classifications: unknown column {key}.{cc['column']}")
         if cc["classification"] not in levels:
             raise BundleError(

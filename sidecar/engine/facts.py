@@ -165,7 +165,7 @@ def _named(refs: list[RangeRef], column: str, out: set[str]) -> bool:
     hit = False
     for r in refs:
         assert r.table is not None
-        if column in r.table.column_names():
+        if column in r.table.names:
             out.add(f"{r.table.key}.{column}")
             hit = True
     return hit

@@ -53,7 +53,7 @@ def column_lineage(sql: str, bundle: Bundle, schema: MappingSchema) -> list[dict
                     continue
                 table = bundle.resolve_table(leaf.source.db or None, leaf.source.name)
                 column = leaf.name.split(".")[-1].strip('"')
-                if table is not None and column in table.column_names():
+                if table is not None and column in table.names:
                     sources.add(f"{table.key}.{column}")
             whole_rows = [t.name for t in select.find_all(exp.TableColumn)]
             out.append(
