@@ -3,9 +3,10 @@
 ``statement_facts`` turns an ``Analysis`` (identity-independent) into the
 ``StatementFacts`` the rules, the guardrail matcher and the risk score read:
 the columns it references, their classifications, which of its tables are
-masked for the identity (``Bundle.masked_columns_for`` runs once per table per
-statement here, nowhere else in the decision), whether it is a write without
-an effective WHERE or an unbounded read of classified data.
+masked for the identity (``Bundle.masked_columns_for`` runs here, once per
+table per statement; only the check of the rewritten text, a different
+statement, asks again), whether it is a write without an effective WHERE or
+an unbounded read of classified data.
 
 This is the per-statement hot path of a cache miss: plain loops and slots,
 no per-call closures.
