@@ -26,16 +26,19 @@ from django.contrib.auth import get_user_model
 from governance import services
 from governance.models import Classification, Environment, Membership, Role
 
-# These directories flush Redis or run the whole stack as subprocesses; make
-# test runs them one at a time, in a pytest process of their own with a Redis of
-# their own, beside the parallel part (config.devstack).
-SERIAL_DIRS = ("bundles", "integration")
+# These directories (under tests/) flush Redis or run the whole stack as
+# subprocesses; make test runs them one at a time, in a pytest process of their
+# own with a Redis of their own, beside the parallel part (config.devstack).
+SERIAL_DIRS = (("integration",), ("governance", "bundles"), ("sidecar", "bundle"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = item.path.parts
-        if "tests" in parts and parts[parts.index("tests") + 1] in SERIAL_DIRS:
+        if "tests" not in parts:
+            continue
+        below = parts[parts.index("tests") + 1 :]
+        if any(below[: len(folder)] == folder for folder in SERIAL_DIRS):
             item.add_marker(pytest.mark.serial)
 
 

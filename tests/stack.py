@@ -1,4 +1,9 @@
-"""Real parts for the bundle tests: the ASGI server, a Celery worker, the sidecar client.
+"""Real parts for the tests that run the stack: the ASGI server, a Celery worker, the
+sidecar's bundle client, relays on the control-plane link.
+
+A plain module, not a conftest: the bundle tests of governance and of the sidecar,
+tests/gateway and tests/integration each import the fixtures they use into their
+own conftest (the three autouse ones included, where a folder wants them).
 
 Each runs as its own process against the test database (committed rows only,
 hence ``transaction=True`` in the tests that use them) and this worker's Redis
@@ -36,7 +41,7 @@ from governance import signing
 from governance.signing import signing_key_generate
 from tests.dsn import database_url
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 SIGNING_KEY = signing_key_generate("test-1")
 
 

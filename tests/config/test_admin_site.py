@@ -20,7 +20,7 @@ from governance import services
 from governance.models import GuardrailRule
 from tests.approvals.conftest import open_payload
 from tests.conftest import persona_password
-from tests.test_auth import totp_now
+from tests.governance.test_auth import totp_now
 
 pytestmark = pytest.mark.django_db
 

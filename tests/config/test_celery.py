@@ -22,7 +22,7 @@ from governance.models import Environment, Identity
 from tests.dsn import database_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> bool:

@@ -16,7 +16,7 @@ from tests.governance.test_api_access import Api
 
 pytestmark = pytest.mark.django_db
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 EXPECTED = [
     "default-src 'self'",
     "script-src 'self'",

@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from audit.reports import period_named
 from governance import services
 from governance.models import Environment
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -2,7 +2,7 @@
 
 Tests marked ``serial`` (``test_sidecar_api``, ``test_audit_ingest_asgi``) run
 against the real ASGI server (``config.asgi`` under uvicorn, one per module)
-with what tests/bundles gives its own: a known signing key the client pins, a
+with what tests/stack.py gives the bundle tests: a known signing key the client pins, a
 flushed Redis, content types forgotten after the transactional flush. The
 others go through Django's test client, as tests/approvals does.
 """
@@ -18,7 +18,7 @@ from django.conf import settings as django_settings
 
 from governance import signing
 from tests.approvals.conftest import review_setup  # noqa: F401 - fixture, re-exported for pytest
-from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for pytest
+from tests.stack import (  # noqa: F401 - fixtures, re-exported for pytest
     SIGNING_KEY,
     _control_plane_process,
     control_plane,
@@ -27,7 +27,7 @@ from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for p
 
 @pytest.fixture(autouse=True)
 def _like_tests_bundles(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For the serial tests: tests/bundles' three autouse fixtures, in their order."""
+    """For the serial tests: tests/stack.py's three autouse fixtures, in their order."""
     if request.node.get_closest_marker("serial") is None:
         yield
         return

@@ -23,9 +23,9 @@ from audit.models import AuditEvent
 from audit.services import audit_verify
 from gateway.audit_intake import AUDIT_WORKERS
 from governance import services
-from tests.bundles.conftest import Server
+from tests.stack import Server
 
-# Serial, as under tests/bundles: a uvicorn of its own, and Redis flushed before each test.
+# Serial, as under tests/integration: a uvicorn of its own, and Redis flushed before each test.
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
     pytest.mark.serial,

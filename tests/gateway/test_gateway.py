@@ -18,7 +18,7 @@ from gateway.http import error_body
 from governance import services as gov
 from governance.models import Environment
 from tests.approvals.conftest import open_payload
-from tests.bundles.conftest import run_async
+from tests.stack import run_async
 
 SIDECAR = "/api/v1/sidecar/"
 REQUEST_ID = "00000000-0000-0000-0000-000000000000"

@@ -15,9 +15,9 @@ from governance import services
 from governance.bundles import bundle_publish, redis_client
 from governance.models import Environment, Sidecar
 from sidecar.bundle import BundleClient, envelope_verify, parse_public_keys
-from tests.bundles.conftest import Server, pinned_key, run_async
+from tests.stack import Server, pinned_key, run_async
 
-# Serial, as under tests/bundles: a uvicorn of its own, and Redis flushed before each test.
+# Serial, as under tests/integration: a uvicorn of its own, and Redis flushed before each test.
 pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
     pytest.mark.serial,

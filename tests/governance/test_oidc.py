@@ -24,7 +24,7 @@ from governance.models import Identity, Role
 from governance.permissions import user_role
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

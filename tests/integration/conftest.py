@@ -1,7 +1,7 @@
 """Real parts for the sidecar ↔ control plane tests: reuses the bundle tests' processes.
 
 The control plane (uvicorn on ``config.asgi``), the Celery worker
-and the per-session signing key come from ``tests.bundles.conftest``; this adds
+and the per-session signing key come from ``tests.stack``; this adds
 a scratch upstream database and the real sidecar process (``python -m sidecar
 run --config FILE``).
 """
@@ -22,18 +22,20 @@ import psycopg
 import pytest
 from django.db import connection
 
-from tests.bundles.conftest import (  # noqa: F401 - fixtures, re-exported for pytest
+from tests.dsn import database_url
+from tests.stack import (  # noqa: F401 - fixtures, re-exported for pytest
     ROOT,
     _clean_redis,
     _control_plane_process,
     _fresh_content_types,
     _signing_key,
     _stop,
+    bundle_relay,
     celery_worker,
     control_plane,
     pinned_key,
+    sidecar_clients,
 )
-from tests.dsn import database_url
 
 UPSTREAM_ROWS = [
     (1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0001", "123-45-6789", "1815-12-10"),

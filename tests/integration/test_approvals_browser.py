@@ -33,10 +33,10 @@ from playwright.sync_api import expect
 from approvals.models import ApprovalRequest
 from governance import services
 from governance.bundles import APPROVAL_HOLD_SECONDS
-from tests.bundles.conftest import Server
 from tests.conftest import persona_password
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_csp
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
+from tests.stack import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 

@@ -20,8 +20,8 @@ from django.db import connection
 from audit.models import datasource_chain
 from audit.services import audit_verify
 from governance import services
-from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
+from tests.stack import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from governance import services
 from governance.models import Environment
-from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, app_role, sidecar_config, upstream_dbname
+from tests.stack import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -27,8 +27,8 @@ import pytest
 
 from governance import services
 from governance.models import ColumnClassification, ScanRun, ScanSchedule
-from tests.bundles.conftest import ROOT, Server, _stop, server_env
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
+from tests.stack import ROOT, Server, _stop, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

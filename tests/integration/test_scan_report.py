@@ -19,8 +19,8 @@ import pytest
 
 from governance import services
 from governance.models import ColumnClassification, Datasource, ScanRun
-from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, sidecar_config
+from tests.stack import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -23,8 +23,8 @@ import pytest
 from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from governance import services
-from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, sidecar_config, upstream_dbname
+from tests.stack import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -20,8 +20,8 @@ from django.db import connection
 
 from governance import services
 from governance.models import Sidecar
-from tests.bundles.conftest import Server
 from tests.integration.conftest import SidecarProcess, sidecar_config, upstream_dbname
+from tests.stack import Server
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -22,10 +22,10 @@ from django.urls import reverse
 from audit.evidence import evidence_pack_build, evidence_pack_request
 from audit.report_models import EvidencePack
 from governance.models import Role
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 from tests.dsn import database_url
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _zip(body: bytes) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 
 from audit.reporting.selectors import audit_events_search
 from audit.reports import Period, period_named, pii_access_report, sensitive_classifications
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 
 pytestmark = pytest.mark.django_db
 

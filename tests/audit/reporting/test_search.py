@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from audit.reporting.selectors import AuditFilters, audit_events_iter, audit_events_search
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 
 from audit.report_models import EvidencePack, SavedSearch
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from django.http import StreamingHttpResponse
 from django.urls import reverse
 
 from audit.report_models import SavedSearch
-from tests.audit_ui.trail import event_add
+from tests.audit.reporting.trail import event_add
 
 pytestmark = pytest.mark.django_db
 

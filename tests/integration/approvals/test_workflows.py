@@ -27,7 +27,7 @@ from config.celery import app as celery_app
 from governance import services as gov
 from governance.models import Environment
 from tests.approvals.conftest import open_payload
-from tests.bundles.conftest import ROOT, Server, _stop, free_port, server_env
+from tests.stack import ROOT, Server, _stop, free_port, server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 

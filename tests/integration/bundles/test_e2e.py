@@ -22,7 +22,7 @@ from django.test import Client
 from django.urls import reverse
 
 from governance import services
-from tests.bundles.conftest import Server, SidecarClient
+from tests.stack import Server, SidecarClient
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -37,14 +37,14 @@ from governance.bundles import (
 from governance.models import Sidecar
 from sidecar.bundle import envelope_verify, parse_public_keys
 from sidecar.engine import compute_revision
-from tests.bundles.conftest import BundleRelay, _stop, free_port, metric, pinned_key, scrape
-from tests.bundles.test_pinning import REJECTED, connect, listening, start_unready, wait_for
 from tests.gateway.test_sidecar_api import call
 from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
     SidecarProcess,
     sidecar_config,
     upstream_db,
 )
+from tests.sidecar.bundle.test_pinning import REJECTED, connect, listening, start_unready, wait_for
+from tests.stack import BundleRelay, _stop, free_port, metric, pinned_key, scrape
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -29,9 +29,9 @@ from sidecar.bundle import (
     parse_public_keys,
 )
 from sidecar.engine import canonical_bytes, compute_revision
-from tests.bundles.conftest import run_async
+from tests.stack import run_async
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "tests" / "fixtures" / "bundles" / "demo-production.json"
 
 
@@ -315,8 +315,8 @@ def test_the_offline_file_is_pinned_and_expires_with_the_same_grace(tmp_path: Pa
 def test_an_offline_sidecar_given_another_datasources_file_does_not_listen(
     tmp_path: Path,
 ) -> None:
-    from tests.bundles.conftest import _stop, free_port, metric, scrape
-    from tests.bundles.test_pinning import listening, start_unready
+    from tests.sidecar.bundle.test_pinning import listening, start_unready
+    from tests.stack import _stop, free_port, metric, scrape
 
     bundle = tmp_path / "bundle.json"
     bundle.write_text(json.dumps(_inner(datasource={**_inner()["datasource"], "name": "other"})))

@@ -15,7 +15,7 @@ import pytest
 
 from governance import services
 from governance.bundles import bundle_publish
-from tests.bundles.conftest import ByteFlipRelay, Server, SidecarClient
+from tests.stack import ByteFlipRelay, Server, SidecarClient
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -25,19 +25,19 @@ import pytest
 from governance import services
 from governance.bundles import bundle_current, bundle_publish
 from governance.models import Environment
-from tests.bundles.conftest import (
+from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
+    SidecarProcess,
+    sidecar_config,
+    upstream_db,
+    upstream_dbname,
+)
+from tests.stack import (
     ROOT,
     BundleRelay,
     _stop,
     free_port,
     metric,
     scrape,
-)
-from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
-    SidecarProcess,
-    sidecar_config,
-    upstream_db,
-    upstream_dbname,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
