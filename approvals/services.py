@@ -40,8 +40,9 @@ from approvals.models import (
     ReviewSettings,
     can_transition,
 )
-from audit.services import audit_control_event, object_snapshot
-from audit.services import change_record_create as _change_record_create
+from audit.sink.history import change_record_create as _change_record_create
+from audit.sink.history import object_snapshot
+from audit.sink.trail import audit_control_event
 from config.egress import EgressRefused, post_json
 from governance.bundles import RISK_THRESHOLDS, redis_client
 from governance.models import Datasource, Identity, IdentityKind, Sidecar, Team

@@ -30,7 +30,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.models import ChangeRecord
-from audit.selectors import change_history_for
+from audit.sink.history import change_history_for
 from governance import selectors, services, simulator
 from governance.models import (
     STATEMENT_KINDS,

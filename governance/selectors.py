@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from audit.selectors import change_history_for
+from audit.sink.history import change_history_for
 from governance.models import (
     AccessToken,
     ApiToken,

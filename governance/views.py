@@ -30,8 +30,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
-from audit import selectors as audit_selectors
-from audit.selectors import change_history_for
+from audit.sink import history as audit_history
+from audit.sink.history import change_history_for
 from governance import selectors, services
 from governance.errors import ApplicationError
 from governance.forms import (
@@ -428,7 +428,7 @@ def change_list(request: HttpRequest) -> HttpResponse:
     """Every configuration change, newest first: who changed what, when, from what to what."""
     filters = ChangeFilters(request.GET or None, user=request.user)
     cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
-    records = audit_selectors.change_list(filters={k: v for k, v in cleaned.items() if v})
+    records = audit_history.change_list(filters={k: v for k, v in cleaned.items() if v})
     page = _paginate(request, records)
     for record in page.object_list:
         key = _CHANGE_LINKS.get(record.content_type.model)

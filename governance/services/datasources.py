@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import ChangeAction
-from audit.services import change_record_create, object_snapshot
+from audit.sink.history import change_record_create, object_snapshot
 from governance.bundles import bundles_mark_stale
 from governance.models import (
     Classification,

@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.db.models import ProtectedError
 
 from audit.models import ChangeAction
-from audit.services import change_record_create, object_snapshot
+from audit.sink.history import change_record_create, object_snapshot
 from governance.errors import ApplicationError
 from governance.models import Datasource
 

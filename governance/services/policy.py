@@ -22,7 +22,8 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit.models import ChangeAction
-from audit.services import audit_control_event, change_record_create, object_snapshot
+from audit.sink.history import change_record_create, object_snapshot
+from audit.sink.trail import audit_control_event
 from governance.bundles import bundles_mark_stale
 from governance.errors import ApplicationError
 from governance.models import (

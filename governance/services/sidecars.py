@@ -16,7 +16,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import ChangeAction
-from audit.services import audit_control_event, change_record_create, object_snapshot
+from audit.sink.history import change_record_create, object_snapshot
+from audit.sink.trail import audit_control_event
 from governance.errors import ApplicationError
 from governance.models import SIDECAR_TOKEN_PREFIX, Datasource, Sidecar, token_digest
 from governance.services.history import _create
