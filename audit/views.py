@@ -42,13 +42,14 @@ from audit.reporting.selectors import (
 from governance import selectors as governance_selectors
 from governance.models import Classification, IdentityKind
 from governance.permissions import require_role
+from sidecar.engine.vocabulary import ACTIONS
 
 reader_required = require_role(*AUDIT_READERS)
 PAGE_SIZE = 50
 # The report page lists the largest readers; the CSV holds every row.
 REPORT_ROWS_SHOWN = 200
 
-_ACTIONS = [("allow", "allow"), ("review", "review"), ("block", "block")]
+_ACTIONS = [(action, action) for action in ACTIONS]
 _OUTCOMES = [(o, o) for o in ("allowed", "held", "blocked", "error", "approved", "denied")]
 _TYPES = [("statement", "statement"), ("session_start", "session start"),
           ("session_end", "session end"), ("login_failed", "failed sign-in"),

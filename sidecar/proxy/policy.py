@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
+from sidecar.engine.vocabulary import ACTIONS
 from sidecar.proxy.scram import ScramError, Verifier
 
-ALLOW = "allow"
-REVIEW = "review"
-BLOCK = "block"
+ALLOW, REVIEW, BLOCK = ACTIONS  # the engine's actions, least severe first
 
 
 NO_FACTS: Mapping[str, Any] = MappingProxyType({})
