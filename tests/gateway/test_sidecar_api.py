@@ -9,7 +9,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import connection
 
 from governance import services
 from governance.bundles import bundle_publish, redis_client
@@ -311,3 +313,50 @@ def test_a_lost_redis_copy_is_recompiled_not_spun_on(
     status, fresh, body = call(url, token=token, headers={"If-None-Match": headers["etag"]})
     assert status == 200 and fresh["etag"] != headers["etag"]  # a new issue time
     envelope_verify(body, parse_public_keys(pinned_key()))
+
+
+def test_many_sidecars_at_first_contact_share_a_few_database_connections(
+    control_plane: Server, demo_policy: Any, admin_user: Any
+) -> None:
+    """150 sidecars starting at once each cost one token lookup in SQL. Served through
+    Django's ASGI handler, every request got a thread (and a database connection) of its
+    own: past PostgreSQL's max_connections, sidecars got 500s. The lookups share the
+    gateway's one thread for ORM work instead."""
+    tokens = [
+        services.sidecar_register(
+            actor=admin_user, datasource=demo_policy.datasource, name=f"fleet-{n}"
+        )[1]
+        for n in range(150)
+    ]
+    url = f"{control_plane.url}/api/v1/sidecar/bundle"
+    statuses: list[int] = []
+    peak = [0]
+    storming = threading.Event()
+    start = threading.Barrier(len(tokens))
+
+    def sample_connections() -> None:
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as db:
+            while storming.is_set():
+                row = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                ).fetchone()
+                peak[0] = max(peak[0], row[0] if row else 0)
+                time.sleep(0.005)
+
+    def first_contact(token: str) -> None:
+        start.wait()
+        statuses.append(call(url, token=token)[0])
+
+    storming.set()
+    sampler = threading.Thread(target=sample_connections)
+    sampler.start()
+    threads = [threading.Thread(target=first_contact, args=(t,)) for t in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    storming.clear()
+    sampler.join(timeout=10)
+    assert sorted(set(statuses)) == [200] and len(statuses) == len(tokens)
+    # This test's own two connections, the server's ORM thread, a few of Django's.
+    assert peak[0] <= 12, f"{peak[0]} connections to the database during the storm"
