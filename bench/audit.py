@@ -52,7 +52,8 @@ from django.db import connection  # noqa: E402
 from audit.services import audit_verify  # noqa: E402
 from governance import services  # noqa: E402
 from governance.models import Environment, Membership, Role  # noqa: E402
-from sidecar.proxy.session import event_id  # noqa: E402
+from sidecar.events import SCHEMA_VERSION  # noqa: E402
+from sidecar.proxy.audit_event import event_id  # noqa: E402
 
 TARGET = 20_000
 CLASSIFICATIONS = ["pii.email", "pii.ssn", "pii.phone", "financial.card"]
@@ -86,10 +87,12 @@ def setup(sidecars: int) -> list[str]:
 
 
 def event(rng: random.Random) -> dict[str, Any]:
-    """One statement event as ``sidecar.proxy.session._record`` writes it."""
+    """One statement event as ``sidecar.proxy.audit_event`` writes it: versioned, so
+    the intake checks every key's type against the contract (``sidecar/events.py``)."""
     classified = rng.random() < 0.4
     tables = rng.sample(TABLES, rng.randint(1, 2))
     return {
+        "v": SCHEMA_VERSION,
         "id": event_id(),
         "type": "statement",
         "ts": round(time.time(), 6),
