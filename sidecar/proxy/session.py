@@ -38,7 +38,7 @@ from sidecar.proxy import hold as holds
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState
-from sidecar.proxy.audit_event import encode_base, event_id, statement_line
+from sidecar.proxy.audit_event import encode_base, event_id, now_us, statement_line
 from sidecar.proxy.hold import SPOOL_FULL, SQLSTATE_BLOCKED, SQLSTATE_HELD, Hold, Ruling
 from sidecar.proxy.policy import (
     ALLOW,
@@ -573,8 +573,8 @@ class Session:
         bytes that carry it wait for the journal's fsync (``_gate``)."""
         item = _Exec(verdict, is_query, base)
         if self._strict:
-            now = time.time()
-            item.event = event_id(now)
+            now = now_us()
+            item.event = event_id.at_ms(now // 1000)
             line = statement_line(
                 item.event, now, verdict, "unknown", None, None, None, None,
                 base or self._base_json,
@@ -1196,10 +1196,10 @@ class Session:
     ) -> None:
         """Append one statement event; only the per-execution fields are encoded here.
         ``event``/``journal``: the id and journal file of its intent (strict mode)."""
-        now = time.time()
+        now = now_us()
         line = statement_line(
-            event or event_id(now), now, verdict, outcome, rows, duration_ms, sqlstate,
-            approval_id, base or self._base_json,
+            event or event_id.at_ms(now // 1000), now, verdict, outcome, rows, duration_ms,
+            sqlstate, approval_id, base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
         if journal:
@@ -1514,9 +1514,9 @@ class Session:
         if approval_id is not None and outcome == "allowed":
             outcome = "approved"
         # _record inline: this runs once for every statement that reached the server.
-        now = time.time()
+        now = now_us()
         line = statement_line(
-            item.event or event_id(now), now, verdict, outcome, item.rows, duration,
+            item.event or event_id.at_ms(now // 1000), now, verdict, outcome, item.rows, duration,
             item.error, approval_id, item.base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -37,3 +38,18 @@ def test_ids_carry_their_millisecond_and_sort_by_it() -> None:
 def test_separate_generators_do_not_repeat_each_other() -> None:
     first, second = _EventIds(), _EventIds()
     assert {first() for _ in range(300)}.isdisjoint({second() for _ in range(300)})
+
+
+def test_statement_lines_carry_the_microsecond_as_a_json_number() -> None:
+    from sidecar.proxy.audit_event import now_us, statement_line
+    from sidecar.proxy.policy import Verdict
+
+    verdict = Verdict("allow", "", "SELECT 1", audit_fragment="")
+    for stamp in (1_700_000_000_000_000, 1_700_000_000_000_001, 1_765_000_123_456_789, now_us()):
+        line = statement_line("e", stamp, verdict, "allowed", 1, 0.5, None, None, '"identity":"a"')
+        event = json.loads(line)
+        assert f'"ts":{stamp // 1_000_000}.{stamp % 1_000_000:06d},' in line
+        assert abs(event["ts"] * 1_000_000 - stamp) <= 1  # a double holds ~16 digits
+        assert event["rows"] == 1 and event["identity"] == "a"
+    ids = _EventIds()
+    assert int(ids.at_ms(1_700_000_000_123).replace("-", "")[:12], 16) == 1_700_000_000_123
