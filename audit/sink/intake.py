@@ -277,6 +277,11 @@ def _as_duration(value: Any) -> float | None:
 _DECLARED = {f.name: f.classes for f in FIELDS}
 _TEXT_LISTS = frozenset(f.name for f in FIELDS if f.value_type == TEXT_LIST)
 _MISSING = object()
+_ID_MAX = 64  # the event id column's idempotency key
+_ID_TS_TYPE = (
+    "every event needs a string id (at most 64 characters), a numeric ts "
+    "and, if it has one, a string type."
+)
 # Version strings seen: their major (a batch's events all carry the same few).
 _majors: dict[str, int] = {}
 
@@ -315,10 +320,13 @@ def _event_check(index: int, event: Any) -> None:
     version = event.get(VERSION_KEY, _MISSING)
     if version is _MISSING:
         ident, ts = event.get("id"), event.get("ts")
-        if not (ident.__class__ is str and (ts.__class__ is int or ts.__class__ is float)):
-            raise EventRejected(
-                "missing_field", f"events[{index}]: every event needs a string id and a numeric ts."
-            )
+        if not (
+            ident.__class__ is str
+            and 0 < len(ident) <= _ID_MAX
+            and (ts.__class__ is int or ts.__class__ is float)
+            and event.get("type", "").__class__ is str
+        ):
+            raise EventRejected("missing_field", f"events[{index}]: {_ID_TS_TYPE}")
         return
     major = _major(index, version)
     if major != SCHEMA_MAJOR:
@@ -339,6 +347,8 @@ def _event_check(index: int, event: Any) -> None:
     if not event.keys() >= REQUIRED_FIELDS:
         missing = sorted(REQUIRED_FIELDS - event.keys())
         raise EventRejected("missing_field", f"events[{index}]: {missing[0]!r} is required.")
+    if not 0 < len(event["id"]) <= _ID_MAX:
+        raise EventRejected("invalid_event", f"events[{index}]: {_ID_TS_TYPE}")
 
 
 # --- the batch ---------------------------------------------------------------------------
