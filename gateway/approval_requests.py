@@ -34,17 +34,14 @@ from approvals.services import (
     state_key,
     state_payload,
 )
-from gateway.auth import asidecar_authenticate, sidecar_authenticate
-from gateway.bundle import BAD_WAIT, change_hub
+from gateway.auth import sidecar_json_call
+from gateway.bundle import waiting_sidecar
 from gateway.http import (
-    UNAUTHENTICATED,
-    check_keys,
     error_response,
-    read_json,
     sidecar_call,
     site_root,
 )
-from gateway.longpoll import long_poll, off_loop, parse_wait
+from gateway.longpoll import long_poll, off_loop
 from gateway.pubsub import EventHub, PerLoop
 from governance.models import Datasource
 
@@ -69,15 +66,10 @@ NOT_FOUND = "No such approval request."
 @sidecar_call("POST")
 def approval_open_view(request: HttpRequest) -> JsonResponse:
     """Nothing is stored unless every field is valid."""
-    principal = sidecar_authenticate(request.headers.get("Authorization"))
-    if principal is None:
-        return error_response(401, UNAUTHENTICATED)
-    data, problem = read_json(request, OPEN_MAX_BYTES)
-    if problem is not None:
-        return problem
-    message = check_keys(data, OPEN_REQUIRED, OPEN_OPTIONAL)
-    if message:
-        return error_response(400, message)
+    call = sidecar_json_call(request, OPEN_MAX_BYTES, OPEN_REQUIRED, OPEN_OPTIONAL)
+    if isinstance(call, JsonResponse):
+        return call
+    principal, data = call
     name = data["identity"]
     datasource = Datasource.objects.filter(pk=principal.datasource_id).first()
     if datasource is None:
@@ -182,18 +174,10 @@ async def _state(aredis: aioredis.Redis, request_id: str) -> dict[str, Any] | No
 @sidecar_call("GET", direct=True)
 async def approval_state_view(request: HttpRequest, request_id: str) -> JsonResponse:
     """The request's state, answered as soon as it is decided (or after ``wait`` seconds)."""
-    bundle_hub = change_hub()  # its Redis pool and its revocation-aware token memory
-    await bundle_hub.start()
-    assert bundle_hub.redis is not None
-    aredis = bundle_hub.redis
-    principal = await asidecar_authenticate(
-        request.headers.get("Authorization"), aredis, bundle_hub.principals
-    )
-    if principal is None:
-        return error_response(401, UNAUTHENTICATED)
-    wait = parse_wait(request.GET.get("wait"))
-    if wait is None:
-        return error_response(400, BAD_WAIT)
+    call = await waiting_sidecar(request)  # the bundle hub's Redis pool and token memory
+    if isinstance(call, JsonResponse):
+        return call
+    _, aredis, principal, wait = call
     pk = _parse_id(request_id)
     if pk is None:
         return error_response(404, NOT_FOUND)

@@ -12,7 +12,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from django.http import HttpRequest, JsonResponse
+
+from gateway.http import UNAUTHENTICATED, check_keys, error_response, read_json
 from gateway.longpoll import off_loop
 from governance.bundles import redis_client
 from governance.models import Sidecar, token_digest
@@ -64,6 +68,23 @@ def sidecar_authenticate(header: str | None) -> SidecarPrincipal | None:
         return None
     cached = _decode(redis_client().get(auth_cache_key(digest)))
     return cached if cached is not None else _lookup_db(digest)
+
+
+def sidecar_json_call(
+    request: HttpRequest, limit: int, required: set[str], optional: set[str]
+) -> tuple[SidecarPrincipal, Any] | JsonResponse:
+    """The sidecar behind a JSON call and its body, its keys checked; else the answer
+    refusing it (401, 413, 415, or 400 naming the keys)."""
+    principal = sidecar_authenticate(request.headers.get("Authorization"))
+    if principal is None:
+        return error_response(401, UNAUTHENTICATED)
+    data, problem = read_json(request, limit)
+    if problem is not None:
+        return problem
+    message = check_keys(data, required, optional)
+    if message:
+        return error_response(400, message)
+    return principal, data
 
 
 class PrincipalCache:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from gateway.auth import PrincipalCache, asidecar_authenticate
+from gateway.auth import PrincipalCache, SidecarPrincipal, asidecar_authenticate
 from gateway.http import UNAUTHENTICATED, error_response, sidecar_call
 from gateway.longpoll import long_poll, off_loop, parse_wait
 from gateway.pubsub import EventHub, PerLoop
@@ -150,6 +150,25 @@ def change_hub() -> ChangeHub:
     return _change_hubs.get()
 
 
+async def waiting_sidecar(
+    request: HttpRequest,
+) -> tuple[ChangeHub, aioredis.Redis, SidecarPrincipal, int] | JsonResponse:
+    """What every long-poll starts with: the hub (started), its Redis, the sidecar behind
+    the token and the seconds it may wait; else the answer refusing the call."""
+    hub = change_hub()
+    await hub.start()
+    assert hub.redis is not None
+    principal = await asidecar_authenticate(
+        request.headers.get("Authorization"), hub.redis, hub.principals
+    )
+    if principal is None:
+        return error_response(401, UNAUTHENTICATED)
+    wait = parse_wait(request.GET.get("wait"))
+    if wait is None:
+        return error_response(400, BAD_WAIT)
+    return hub, hub.redis, principal, wait
+
+
 # --- the bundle call -----------------------------------------------------------------
 
 
@@ -195,18 +214,10 @@ def _cache_headers(response: HttpResponse, revision: str) -> HttpResponse:
 async def bundle_view(request: HttpRequest) -> HttpResponse:
     """The signed bundle of the token's datasource; 304 while ``If-None-Match`` names
     it, after up to ``wait`` seconds of waiting for a change."""
-    hub = change_hub()
-    await hub.start()
-    assert hub.redis is not None
-    aredis = hub.redis
-    principal = await asidecar_authenticate(
-        request.headers.get("Authorization"), aredis, hub.principals
-    )
-    if principal is None:
-        return error_response(401, UNAUTHENTICATED)
-    wait = parse_wait(request.GET.get("wait"))
-    if wait is None:
-        return error_response(400, BAD_WAIT)
+    call = await waiting_sidecar(request)
+    if isinstance(call, JsonResponse):
+        return call
+    hub, aredis, principal, wait = call
     if_none_match = request.headers.get("If-None-Match", "")
     ds = principal.datasource_id
     attempts = 0

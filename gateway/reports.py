@@ -12,8 +12,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, JsonResponse
 
-from gateway.auth import sidecar_authenticate
-from gateway.http import UNAUTHENTICATED, check_keys, error_response, read_json, sidecar_call
+from gateway.auth import sidecar_json_call
+from gateway.http import check_keys, error_response, sidecar_call
 from governance.bundles import bundle_current
 from governance.models import validate_schema_snapshot
 from governance.services import (
@@ -30,15 +30,12 @@ _REVISION_RE = re.compile(r"^[0-9a-f]{64}$")
 @sidecar_call("POST")
 def heartbeat_view(request: HttpRequest) -> JsonResponse:
     """Body: {revision, version, counters: {name: int}, status: {...}}."""
-    principal = sidecar_authenticate(request.headers.get("Authorization"))
-    if principal is None:
-        return error_response(401, UNAUTHENTICATED)
-    data, problem = read_json(request, HEARTBEAT_MAX_BYTES)
-    if problem is not None:
-        return problem
-    message = check_keys(data, {"revision", "version", "counters"}, {"status"})
-    if message:
-        return error_response(400, message)
+    call = sidecar_json_call(
+        request, HEARTBEAT_MAX_BYTES, {"revision", "version", "counters"}, {"status"}
+    )
+    if isinstance(call, JsonResponse):
+        return call
+    principal, data = call
     revision, version, counters = data["revision"], data["version"], data["counters"]
     status = data.get("status", {})
     fields: dict[str, str] = {}
@@ -151,15 +148,10 @@ def schema_view(request: HttpRequest) -> JsonResponse:
     confidence, share?, detector?}], scan?: {id, trigger, started_at, finished_at, tables,
     columns, sampled_columns, duration_ms}}; findings name a classification, never a
     value. Anything malformed is refused whole (400) and nothing is stored."""
-    principal = sidecar_authenticate(request.headers.get("Authorization"))
-    if principal is None:
-        return error_response(401, UNAUTHENTICATED)
-    data, problem = read_json(request, SCHEMA_MAX_BYTES)
-    if problem is not None:
-        return problem
-    message = check_keys(data, {"snapshot", "findings"}, {"scan"})
-    if message:
-        return error_response(400, message)
+    call = sidecar_json_call(request, SCHEMA_MAX_BYTES, {"snapshot", "findings"}, {"scan"})
+    if isinstance(call, JsonResponse):
+        return call
+    principal, data = call
     try:
         validate_schema_snapshot(data["snapshot"])
     except ValidationError as exc:
