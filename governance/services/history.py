@@ -1,6 +1,6 @@
 """Configuration history: how every governance service saves and records a change.
 
-``_create``, ``_update`` and ``_delete`` validate (``full_clean()``), save and record
+``_create``, ``_update``, ``_delete`` and ``_revoke`` validate (``full_clean()``), save and record
 the change in history (``audit.services.change_record_create``: a ``ChangeRecord``
 and its ``policy.change`` event), inside the caller's transaction. They never touch
 bundles: a service whose change can reach a sidecar also calls
@@ -11,11 +11,12 @@ datasources reads off each service.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import ProtectedError
+from django.utils import timezone
 
 from audit.models import ChangeAction
 from audit.sink.history import change_record_create, object_snapshot
@@ -92,3 +93,25 @@ def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
         object_id=pk,
         datasource=_own_chain(obj),
     )
+
+
+R = TypeVar("R", bound=models.Model)
+
+
+def _revoke(actor: Any, obj: R, *, already: str) -> R:
+    """Lock ``obj`` (a token or a sidecar), stamp its ``revoked_at`` and record the
+    change; ``already`` is the refusal when it was revoked before."""
+    obj = type(obj)._default_manager.select_for_update(no_key=True).get(pk=obj.pk)
+    if obj.revoked_at is not None:
+        raise ApplicationError(already)
+    before = object_snapshot(obj)
+    obj.revoked_at = timezone.now()
+    obj.save(update_fields=["revoked_at"])
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=obj,
+        before=before,
+        after=object_snapshot(obj),
+    )
+    return obj

@@ -43,7 +43,7 @@ from governance.models import (
     token_digest,
 )
 from governance.permissions import can_manage_all_tokens, user_role
-from governance.services.history import _create, _delete, _update
+from governance.services.history import _create, _delete, _revoke, _update
 from governance.services.policy import _guardrails_naming, _require_policy_editor
 
 # --- roles ----------------------------------------------------------------------------
@@ -267,19 +267,7 @@ def _token_event(action: str, actor: Any, token: Any, **detail: Any) -> None:
 def token_revoke(*, actor: Any, token: AccessToken) -> AccessToken:
     if not _may_manage_tokens_of(actor, token.identity):
         raise PermissionDenied("You may not revoke tokens of this identity.")
-    token = AccessToken.objects.select_for_update(no_key=True).get(pk=token.pk)
-    if token.revoked_at is not None:
-        raise ApplicationError("This token is already revoked.")
-    before = object_snapshot(token)
-    token.revoked_at = timezone.now()
-    token.save(update_fields=["revoked_at"])
-    change_record_create(
-        actor=actor,
-        action=ChangeAction.UPDATE,
-        obj=token,
-        before=before,
-        after=object_snapshot(token),
-    )
+    token = _revoke(actor, token, already="This token is already revoked.")
     bundles_mark_stale(obj=token)
     _token_event("token.revoked", actor, token)
     return token
@@ -307,19 +295,7 @@ def api_token_issue(
 def api_token_revoke(*, actor: Any, token: ApiToken) -> ApiToken:
     if token.user_id != actor.pk and user_role(actor) != Role.ADMIN:
         raise PermissionDenied("You may only revoke your own API tokens.")
-    token = ApiToken.objects.select_for_update(no_key=True).get(pk=token.pk)
-    if token.revoked_at is not None:
-        raise ApplicationError("This token is already revoked.")
-    before = object_snapshot(token)
-    token.revoked_at = timezone.now()
-    token.save(update_fields=["revoked_at"])
-    change_record_create(
-        actor=actor,
-        action=ChangeAction.UPDATE,
-        obj=token,
-        before=before,
-        after=object_snapshot(token),
-    )
+    token = _revoke(actor, token, already="This token is already revoked.")
     _token_event("token.revoked", actor, token)
     return token
 

@@ -20,7 +20,7 @@ from audit.sink.history import change_record_create, object_snapshot
 from audit.sink.trail import audit_control_event
 from governance.errors import ApplicationError
 from governance.models import SIDECAR_TOKEN_PREFIX, Datasource, Sidecar, token_digest
-from governance.services.history import _create
+from governance.services.history import _create, _revoke
 from governance.services.policy import _require_policy_editor
 
 _HEARTBEAT_COUNTER_LIMIT = 64
@@ -89,20 +89,8 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
 @transaction.atomic
 def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
     _require_policy_editor(actor)
-    sidecar = Sidecar.objects.select_for_update(no_key=True).get(pk=sidecar.pk)
-    if sidecar.revoked_at is not None:
-        raise ApplicationError("This sidecar is already revoked.")
-    before = object_snapshot(sidecar)
-    sidecar.revoked_at = timezone.now()
-    sidecar.save(update_fields=["revoked_at"])
+    sidecar = _revoke(actor, sidecar, already="This sidecar is already revoked.")
     _forget_sidecar_digest(sidecar.token_digest)
-    change_record_create(
-        actor=actor,
-        action=ChangeAction.UPDATE,
-        obj=sidecar,
-        before=before,
-        after=object_snapshot(sidecar),
-    )
     _sidecar_event("sidecar.revoked", actor, sidecar)
     return sidecar
 
