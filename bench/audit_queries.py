@@ -191,7 +191,7 @@ def measure(repeat: int) -> dict[str, list[float]]:
     from django.test.utils import setup_test_environment
     from django.urls import reverse
 
-    from audit.reports import period_named
+    from audit.reporting.reports import period_named
     from governance.models import Membership, Role
 
     user = get_user_model().objects.create_user("bench-auditor", password="x")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from audit.reports import period_named
+from audit.reporting.reports import period_named
 from governance import services
 from governance.models import Environment
 from tests.audit.reporting.trail import event_add
@@ -117,8 +117,8 @@ def test_pii_report_drills_down_in_one_click(
 def test_evidence_pack_progress_updates_in_place(
     page: Any, sign_in: Any, admin_user: Any, auditor_user: Any, screenshot: Any
 ) -> None:
-    from audit.evidence import evidence_pack_build
     from audit.report_models import EvidencePack
+    from audit.reporting.evidence import evidence_pack_build
 
     _datasource(admin_user)
     sign_in(auditor_user, "auditor")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from audit.evidence import evidence_pack_build, evidence_pack_request
 from audit.report_models import EvidencePack
+from audit.reporting.evidence import evidence_pack_build, evidence_pack_request
 from governance.models import Role
 from tests.audit.reporting.trail import event_add
 from tests.dsn import database_url

@@ -8,8 +8,13 @@ from typing import Any
 import pytest
 from django.core.exceptions import PermissionDenied
 
+from audit.reporting.reports import (
+    Period,
+    period_named,
+    pii_access_report,
+    sensitive_classifications,
+)
 from audit.reporting.selectors import audit_events_search
-from audit.reports import Period, period_named, pii_access_report, sensitive_classifications
 from tests.audit.reporting.trail import event_add
 
 pytestmark = pytest.mark.django_db
@@ -102,7 +107,7 @@ def test_report_page_lists_the_largest_and_the_csv_holds_all(client, auditor_use
 
 
 def test_overview_counts_come_from_the_activity_rollup(auditor_user, crm, lab, now) -> None:
-    from audit.reports import activity_by_day, refused_recent
+    from audit.reporting.reports import activity_by_day, refused_recent
 
     today = now.date()
     # Noon today: "a few minutes ago" must not fall on yesterday just after midnight.
@@ -136,7 +141,7 @@ def test_overview_counts_come_from_the_activity_rollup(auditor_user, crm, lab, n
 
 
 def test_overview_needs_an_audit_reader(outsider_user) -> None:
-    from audit.reports import activity_by_day, refused_recent
+    from audit.reporting.reports import activity_by_day, refused_recent
 
     with pytest.raises(PermissionDenied):
         activity_by_day(user=outsider_user)
@@ -148,7 +153,7 @@ def test_rollups_rebuild_recounts_from_a_day_on(auditor_user, crm, now) -> None:
     from django.core.management import CommandError, call_command
     from django.db import connection
 
-    from audit.reports import activity_by_day
+    from audit.reporting.reports import activity_by_day
 
     old = now - datetime.timedelta(days=5)
     event_add(occurred_at=old, datasource_id=crm.pk, classifications=["pii.email"])
