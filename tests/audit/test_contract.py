@@ -188,6 +188,11 @@ def test_a_malformed_version_is_refused(sidecar: Any, version: Any) -> None:
         ("reasons", "123-45-6789", "list or null, not string"),
         ("ts", "123456789", "number, not string"),
         ("type", None, "string, not null"),
+        # Claims and keys kept in ``extra`` are checked in the same pass as the columns.
+        ("sidecar", 123456789, "string or null, not number"),
+        ("tables_read", ["public.customers", 123456789], "a list holding something else"),
+        ("session_state", "123-45-6789", "object or null, not string"),
+        ("error_sqlstate", 123456789, "string or null, not number"),
     ],
 )
 def test_a_value_contradicting_its_declared_type_is_refused_naming_the_key_only(
@@ -208,6 +213,19 @@ def test_a_versioned_event_needs_its_required_keys(sidecar: Any) -> None:
     del event["type"]
     with pytest.raises(EventRejected, match=r"events\[0\]: 'type' is required"):
         _ingest(sidecar, [event])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "changes", [{"id": "x" * 65}, {"id": 7}, {"ts": None}, {"type": 7}, {"type": None}]
+)
+def test_an_event_without_a_usable_id_ts_or_type_is_refused_in_any_version(
+    sidecar: Any, changes: dict[str, Any]
+) -> None:
+    for version in ({}, {"v": "1.0"}):
+        with pytest.raises(EventRejected, match=r"^events\[1\]: "):
+            _ingest(sidecar, [statement_event(), statement_event(**version, **changes)])
+    assert _sidecar_events(sidecar) == 0
 
 
 @pytest.mark.django_db
