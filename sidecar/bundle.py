@@ -517,14 +517,26 @@ class BundleClient:
         )
         return response.status
 
-    async def heartbeat(self, *, version: str, counters: dict[str, int]) -> str | None:
-        """Report status; returns the control plane's current revision (None if unknown)."""
+    async def heartbeat(
+        self,
+        *,
+        version: str,
+        counters: dict[str, int],
+        workers: list[dict[str, int]] | None = None,
+    ) -> str | None:
+        """Report status; returns the control plane's current revision (None if unknown).
+
+        ``workers``: each worker process's own counters when several serve, sent as
+        ``status.workers`` (``counters`` then holds their totals)."""
+        status = self.status()
+        if workers is not None:
+            status = {**status, "workers": workers}
         body = json.dumps(
             {
                 "revision": self._active.revision if self._active else "",
                 "version": version,
                 "counters": counters,
-                "status": self.status(),
+                "status": status,
             }
         ).encode()
         response = await self.control_plane.post_json(HEARTBEAT_PATH, body, timeout=10)

@@ -43,6 +43,8 @@ class SidecarConfig:
     heartbeat_interval: int = 10  # seconds between heartbeats
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
+    # Processes serving the one port (SO_REUSEPORT); 1 serves from this process alone.
+    workers: int = 1
     database: str = ""  # the name clients connect to; default: the upstream's
     upstream_password: str | None = None
     sidecar_id: str = "sidecar"
@@ -73,6 +75,10 @@ class SidecarConfig:
     # Classify columns by sampling the upstream (at start, on schedule, on request).
     scan_enabled: bool = True
 
+
+# Each worker long-polls the control plane and holds its own upstream connections;
+# far past the number of cores that only costs.
+MAX_WORKERS = 64
 
 _SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token"}
 
@@ -157,6 +163,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError("datasource must name the datasource this sidecar enforces")
     if config.bundle_grace_hours < 0:
         raise ConfigError("bundle_grace_hours must not be negative")
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
     if config.heartbeat_interval < 1:
         raise ConfigError("heartbeat_interval must be at least 1 second")
     return config

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # The ``reason`` labels of warden_sidecar_bundle_rejected_total (sidecar.bundle's
 # REJECTION_REASONS; repeated so this module imports nothing of the sidecar).
@@ -59,6 +59,9 @@ class Metrics:
         self.policy_usable: Callable[[], str | None] = lambda: None
         # Sign-ins that failed, and attempts refused while their pair backed off.
         self.logins: dict[str, int] = {"failed": 0, "throttled": 0}
+        # CancelRequests received: for a key this process issued ("own", whether or
+        # not it still holds it), or handed to the worker that issued it.
+        self.cancel_requests: dict[str, int] = {"own": 0, "forwarded": 0}
         # The upstream role is privileged and allow_privileged_upstream is set.
         self.privileged_upstream = False
 
@@ -121,6 +124,13 @@ class Metrics:
             "or an attempt while that identity and address back off.",
             "# TYPE warden_sidecar_logins_total counter",
             *(f'warden_sidecar_logins_total{{result="{k}"}} {n}' for k, n in self.logins.items()),
+            "# HELP warden_sidecar_cancel_requests_total CancelRequests received, by route: "
+            "own (a key this process issued, or none) or forwarded (to the worker that did).",
+            "# TYPE warden_sidecar_cancel_requests_total counter",
+            *(
+                f'warden_sidecar_cancel_requests_total{{route="{k}"}} {n}'
+                for k, n in self.cancel_requests.items()
+            ),
             "# HELP warden_sidecar_bundle_info The bundle revision being enforced.",
             "# TYPE warden_sidecar_bundle_info gauge",
             f'warden_sidecar_bundle_info{{revision="{self.bundle_revision}"}} 1',
@@ -173,6 +183,18 @@ class Metrics:
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.AbstractServer:
     """Serve ``GET /metrics``; anything else is a 404."""
 
+    async def render() -> str:
+        return metrics.render()
+
+    return await serve_exposition(render, host, port)
+
+
+async def serve_exposition(
+    render: Callable[[], Awaitable[str]], host: str, port: int
+) -> asyncio.AbstractServer:
+    """Serve ``GET /metrics`` with what ``render`` returns (the parent of several
+    workers gathers theirs); anything else is a 404."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
@@ -181,7 +203,7 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Abstr
             return
         path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
         if path.split(b"?")[0] == b"/metrics":
-            body = metrics.render().encode()
+            body = (await render()).encode()
             head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
         else:
             body = b"not found\n"

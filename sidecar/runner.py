@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.bundle import (
     BundleClient,
@@ -53,6 +53,10 @@ from sidecar.proxy.policy import (
 from sidecar.proxy.server import ProxyServer, ProxySettings
 from sidecar.proxy.upstream import UpstreamTarget
 from sidecar.shipper import AuditShipper, AuditSpool, Upload
+from sidecar.workers import orphan_spools, spool_directory
+
+if TYPE_CHECKING:
+    from sidecar.workers import Worker
 
 log = logging.getLogger("warden.sidecar")
 
@@ -534,10 +538,16 @@ async def _heartbeats(
     interval: float,
     counters: Callable[[], dict[str, int]],
     on_scan_requested: Callable[[str], None] | None = None,
+    worker: Worker | None = None,
 ) -> None:
     while True:
         try:
-            await client.heartbeat(version=VERSION, counters=counters())
+            if worker is None:
+                await client.heartbeat(version=VERSION, counters=counters())
+            else:
+                # One heartbeat for the whole sidecar, from worker 0, with every worker's.
+                totals, each = await worker.fleet_counters(counters())
+                await client.heartbeat(version=VERSION, counters=totals, workers=each)
             requested = client.last_heartbeat_reply.get("scan_requested")
             if on_scan_requested is not None and isinstance(requested, str) and requested:
                 on_scan_requested(requested)
@@ -616,12 +626,19 @@ async def _bundle_source(
     return source
 
 
-async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: SidecarConfig, stop: asyncio.Event | None = None, worker: Worker | None = None
+) -> None:
+    """The sidecar, in this process alone or as ``worker`` of several (``sidecar.workers``)."""
     stop = stop or asyncio.Event()
     metrics = Metrics()
     ready: dict[str, Any] = {}
     metrics_server: asyncio.AbstractServer | None = None
-    if config.metrics_listen:
+    index = worker.index if worker is not None else 0
+    if worker is not None:
+        # The parent serves metrics_listen with every worker's, asked for over this.
+        await worker.start_control(metrics)
+    elif config.metrics_listen:
         # Served before there is a bundle: a sidecar that does not listen (no usable
         # bundle yet) still shows why in warden_sidecar_bundle_rejected_total.
         host, _, mport = config.metrics_listen.rpartition(":")
@@ -644,7 +661,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         environment = (document.get("datasource") or {}).get("environment")
         durability = "strict" if environment == "production" else "batched"
     spool = AuditSpool(
-        Path(config.state_dir) / "spool",
+        spool_directory(config.state_dir, index),
         max_bytes=config.spool_max_bytes,
         full_policy=config.spool_full_policy,
         durability=durability,
@@ -677,11 +694,21 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
         else None
     )
     server = ProxyServer(
-        settings=settings, policy=policy, audit=spool, metrics=metrics, approvals=approvals
+        settings=settings,
+        policy=policy,
+        audit=spool,
+        metrics=metrics,
+        approvals=approvals,
+        sign_in_limits=worker.link if worker is not None else None,
+        cancel_route=worker.cancel_route() if worker is not None else None,
     )
     # Subscribed after the policy, so it sees the new bundle's identities.
     source.subscribe(lambda _document: server.policy_changed())
-    port = await server.start(config.listen_host, config.listen_port)
+    if worker is not None:
+        worker.server = server
+        port = await server.start(config.listen_host, worker.slot.port, reuse_port=True)
+    else:
+        port = await server.start(config.listen_host, config.listen_port)
     tasks = [
         asyncio.create_task(_watch_masking(config, policy, masking)),
         asyncio.create_task(spool.run()),
@@ -693,35 +720,48 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     )
     shipper: AuditShipper | None = None
     if audit_url:
-        shipper = AuditShipper(spool, http_upload(audit_url, config.audit_token or config.token))
+        upload = http_upload(audit_url, config.audit_token or config.token)
+        shipper = AuditShipper(spool, upload)
         tasks.append(asyncio.create_task(shipper.run()))
+        if index == 0:
+            tasks += _ship_orphan_spools(config, upload, spool)
     ready.update({"port": port, "pid": os.getpid()})
+    shipped = shipper
+    counters = lambda: heartbeat_counters(metrics, spool, shipped.shipped if shipped else 0)  # noqa: E731
+    if worker is not None:
+        worker.counters = counters
     reporter: Any = None
-    if config.scan_enabled:
+    # One scanner and one heartbeat per sidecar: worker 0's.
+    if config.scan_enabled and index == 0:
 
         def scan_status(status: dict[str, Any]) -> None:
+            if worker is not None:
+                worker.scan_status(status)  # the parent writes the readiness file
+                return
             ready["scan"] = status
             if config.ready_file:
                 _write_ready(config.ready_file, ready)
 
         reporter = scan_reporter(config, source, scan_status)
         source.subscribe(reporter.bundle_changed)
-    if isinstance(source, BundleClient):
-        shipped = shipper
+    if isinstance(source, BundleClient) and index == 0:
         tasks.append(
             asyncio.create_task(
                 _heartbeats(
                     source,
                     config.heartbeat_interval,
-                    lambda: heartbeat_counters(metrics, spool, shipped.shipped if shipped else 0),
+                    counters,
                     reporter.request if reporter is not None else None,
+                    worker,
                 )
             )
         )
     log.info(
         "sidecar serving on %s:%s for database %s", config.listen_host, port, settings.database
     )
-    if config.ready_file:
+    if worker is not None:
+        await worker.ready(port)  # the parent writes the readiness file once all serve
+    elif config.ready_file:
         _write_ready(config.ready_file, ready)
     if reporter is not None:
         # Started once serving: the scan runs in a worker process and never delays it.
@@ -731,6 +771,20 @@ async def serve(config: SidecarConfig, stop: asyncio.Event | None = None) -> Non
     for task in tasks:
         task.cancel()
     spool.close()
+
+
+def _ship_orphan_spools(
+    config: SidecarConfig, upload: Upload, spool: AuditSpool
+) -> list[asyncio.Task[None]]:
+    """Ship the spools of worker indexes no longer configured (the sidecar ran with more
+    workers before): nothing writes to them any more, but their events must still go."""
+    tasks = []
+    for directory in orphan_spools(config.state_dir, config.workers):
+        log.info("shipping the audit spool %s left by a worker no longer configured", directory)
+        orphan = AuditSpool(directory, full_policy="drop", durability="batched")
+        tasks.append(asyncio.create_task(orphan.run()))
+        tasks.append(asyncio.create_task(AuditShipper(orphan, upload).run()))
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -748,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if config.workers > 1:
+        from sidecar.workers import supervise
+
+        return supervise(config)
     try:
         import uvloop
     except ImportError:  # uvloop is pinned, but the sidecar still runs without it

@@ -6,7 +6,10 @@ bundle's verifiers, the upstream login) and then hands both transports to a
 ``Session``, whose callbacks carry the rest of the connection. The sidecar
 issues its own BackendKeyData per client and maps it to the upstream backend,
 so a CancelRequest reaches the right query and nobody can cancel by guessing
-upstream pids.
+upstream pids. When several worker processes serve one port (``CancelRoute``),
+the key's process id also names the worker that issued it, and a CancelRequest
+that reaches another worker is handed to that one; the failed sign-ins each
+worker counts are then kept by the parent process (``SignInLimits``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar import encodings
 from sidecar.proxy import messages as m
@@ -107,6 +111,53 @@ class LoginThrottle:
         self._pairs.pop(pair, None)
 
 
+class SignInLimitsUnavailable(Exception):
+    """The shared sign-in limits could not be asked: the login is refused (fail closed)."""
+
+
+class SignInLimits(Protocol):
+    """Where failed sign-ins are counted: this process's ``LoginThrottle``, or the one
+    the parent of several workers holds for all of them (``sidecar.workers``)."""
+
+    async def blocked_for(self, pair: tuple[str, str]) -> float: ...
+
+    async def failed(self, pair: tuple[str, str]) -> None: ...
+
+    async def succeeded(self, pair: tuple[str, str]) -> None: ...
+
+
+class LocalSignInLimits:
+    """A ``LoginThrottle`` of this process: the only one when a single process serves."""
+
+    def __init__(self) -> None:
+        self.throttle = LoginThrottle()
+
+    async def blocked_for(self, pair: tuple[str, str]) -> float:
+        return self.throttle.blocked_for(pair)
+
+    async def failed(self, pair: tuple[str, str]) -> None:
+        self.throttle.failed(pair)
+
+    async def succeeded(self, pair: tuple[str, str]) -> None:
+        self.throttle.succeeded(pair)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRoute:
+    """This process is worker ``index`` of ``count`` serving one port.
+
+    The kernel gives a CancelRequest's connection to any worker, but only the one
+    that issued the key knows its upstream backend: every key it issues has a
+    process id equal to ``index`` modulo ``count``, and ``forward(owner, body)``
+    hands a request for another worker's key to that worker, which checks the
+    whole key itself. The secret stays 31 random bits.
+    """
+
+    index: int = 0
+    count: int = 1
+    forward: Callable[[int, bytes], Awaitable[None]] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     database: str
@@ -139,6 +190,8 @@ class ProxyServer:
         audit: AuditSink,
         metrics: Metrics,
         approvals: ApprovalGate | None = None,
+        sign_in_limits: SignInLimits | None = None,
+        cancel_route: CancelRoute | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -149,11 +202,16 @@ class ProxyServer:
         self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self._cancel_sessions: dict[tuple[int, int], Session] = {}
         self._fake_salt_key = secrets.token_bytes(32)
-        self._throttle = LoginThrottle()
+        self._limits = sign_in_limits or LocalSignInLimits()
+        self._route = cancel_route or CancelRoute()
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port, limit=2**16)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        # reuse_port: the other workers listen on the same port, and the kernel
+        # spreads new connections over them.
+        self._server = await asyncio.start_server(
+            self._handle, host, port, limit=2**16, reuse_port=reuse_port or None
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -277,7 +335,13 @@ class ProxyServer:
         if (expired := self.metrics.policy_usable()) is not None:
             raise _Refused("08006", expired)  # past its expiry and grace: no new sessions
         pair = (identity_name, client_addr)
-        wait = self._throttle.blocked_for(pair)
+        try:
+            wait = await self._limits.blocked_for(pair)
+        except SignInLimitsUnavailable as exc:
+            log.error("sign-in refused: the sign-in limits cannot be checked (%s)", exc)
+            raise _Refused(
+                "57P03", "Warden: sign-ins cannot be checked right now; try again shortly"
+            ) from exc
         if wait > 0:
             self.metrics.logins["throttled"] += 1
             self._audit_login("login_throttled", identity_name, client_addr)
@@ -290,11 +354,16 @@ class ProxyServer:
             identity = await self._authenticate(reader, writer, identity_name, tls)
         except _Refused as exc:
             if exc.sqlstate == "28P01":
-                self._throttle.failed(pair)
+                # Counted before the client hears of it: its next attempt, on any
+                # worker, must find this failure.
+                with contextlib.suppress(SignInLimitsUnavailable):
+                    await self._limits.failed(pair)
                 self.metrics.logins["failed"] += 1
                 self._audit_login("login_failed", identity_name, client_addr)
             raise
-        self._throttle.succeeded(pair)
+        # Unrecorded, the earlier failures only stay counted: stricter, not looser.
+        with contextlib.suppress(SignInLimitsUnavailable):
+            await self._limits.succeeded(pair)
         forwarded = {k: v for k, v in params.items() if k.lower() in FORWARDED_PARAMS}
         try:
             up = await connect(self.settings.upstream, forwarded)
@@ -450,12 +519,30 @@ class ProxyServer:
             session.client_data(leftover_client)
 
     def _new_cancel_key(self) -> tuple[int, int]:
+        index, count = self._route.index, self._route.count
         while True:
-            key = (secrets.randbits(31), secrets.randbits(31))
+            # A process id in [0, 2**31) naming this worker (CancelRoute); with one
+            # worker, 31 random bits as before.
+            pid = secrets.randbelow(2**31 // count) * count + index
+            key = (pid, secrets.randbits(31))
             if key not in self._cancel_keys:
                 return key
 
     async def _cancel(self, body: bytes) -> None:
+        if len(body) != 8:
+            return
+        route = self._route
+        owner = struct.unpack("!i", body[:4])[0] % route.count
+        if owner != route.index and route.forward is not None:
+            self.metrics.cancel_requests["forwarded"] += 1
+            await route.forward(owner, body)
+            return
+        self.metrics.cancel_requests["own"] += 1
+        await self.cancel_own(body)
+
+    async def cancel_own(self, body: bytes) -> None:
+        """A CancelRequest's body for a key this worker issued, if it did: never
+        forwarded again, and a key it does not hold (wrong secret) cancels nothing."""
         if len(body) != 8:
             return
         pid, secret = struct.unpack("!ii", body)
