@@ -6,7 +6,11 @@ hits all three alike), then the sidecar's memory per idle connection. It prints
 TPS and latency, the ratios, and ends with ``<metric>=<value> <unit>
 target=<target> met|missed`` lines.
 
-    .venv/bin/python bench/proxy.py [--duration 10] [--scale 8]
+    .venv/bin/python bench/proxy.py [--duration 10] [--scale 8] [--workers 1,2]
+
+``--workers 1,2`` runs one sidecar per value (its ``workers`` setting) beside the
+others, named ``sidecar`` (1) and ``sidecar-w2`` (2); a sidecar's CPU is its
+parent's plus every worker's.
 
 PostgreSQL comes from ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432``,
 trust auth); a scratch database ``<its database>_proxy_bench_<hex>`` is created and dropped.
@@ -233,7 +237,7 @@ def start_pgbouncer(
 
 
 def start_sidecar(
-    workdir: Path, upstream_dsn: str, bundle_data: dict, tree: Path = ROOT
+    workdir: Path, upstream_dsn: str, bundle_data: dict, tree: Path = ROOT, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], int]:
     (workdir / "bundle.json").write_text(json.dumps(bundle_data))
     ready = workdir / "ready.json"
@@ -249,6 +253,8 @@ def start_sidecar(
         "spool_max_bytes": 16 * 1024**3,
         "log_level": "WARNING",
     }
+    if workers > 1:  # only then: a --compare tree from before the key would refuse it
+        config["workers"] = workers
     (workdir / "sidecar.json").write_text(json.dumps(config))
     # The sidecar's datasource (a required key) through the environment: a --compare
     # tree from before the key existed ignores the variable, where it would refuse a key.
@@ -330,6 +336,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time used so far by ``pid`` (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sidecar_pids(workdir: Path, proc: subprocess.Popen[bytes]) -> list[int]:
+    """The sidecar's processes: itself, and its workers when it has several."""
+    ready = json.loads((workdir / "ready.json").read_text())
+    return [proc.pid, *(w["pid"] for w in ready.get("workers", ()))]
 
 
 def rss_kb(pid: int) -> int:
@@ -432,6 +444,11 @@ def main() -> int:
     parser.add_argument(
         "--workloads", default="select-only,tpcb-like", help="with --compare: which workloads"
     )
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated: one sidecar per value of its workers setting (e.g. 1,2)",
+    )
     args = parser.parse_args()
     AUDIT_DURABILITY[0] = args.audit_durability
     if not args.compare and not Path(PGBOUNCER).exists():
@@ -465,20 +482,28 @@ def main() -> int:
         (tmp / "bouncer").mkdir()
         bouncer, bouncer_port = start_pgbouncer(tmp / "bouncer", host, port, database)
         procs.append(bouncer)
-        sidecar, sidecar_port = start_sidecar(tmp, upstream, bundle(database))
-        procs.append(sidecar)
-        # Measured first, on a fresh process, so memory freed by earlier sessions
-        # cannot hide what new ones cost.
-        per_conn = idle_memory(sidecar_port, database, sidecar.pid, args.idle)
         targets = {
             "direct": (port, "postgres", ""),
             "pgbouncer": (bouncer_port, "postgres", ""),
-            "sidecar": (sidecar_port, "bench", TOKEN),
         }
+        # Each sidecar's processes, whose CPU time is its own.
+        sidecar_procs: dict[str, list[int]] = {}
+        for workers in (int(w) for w in args.workers.split(",")):
+            name = "sidecar" if workers == 1 else f"sidecar-w{workers}"
+            workdir = tmp if workers == 1 else tmp / name
+            workdir.mkdir(exist_ok=True)
+            proc, sidecar_port = start_sidecar(workdir, upstream, bundle(database), workers=workers)
+            procs.append(proc)
+            targets[name] = (sidecar_port, "bench", TOKEN)
+            sidecar_procs[name] = sidecar_pids(workdir, proc)
+        first = next(iter(sidecar_procs))
+        # Measured first, on a fresh process, so memory freed by earlier sessions
+        # cannot hide what new ones cost (one process: the first sidecar's, if it has one).
+        per_conn = idle_memory(targets[first][0], database, sidecar_procs[first][-1], args.idle)
         results: dict[tuple[str, int, str], tuple[float, float]] = {}
         # The sidecar's own CPU time per transaction: on a shared machine TPS
         # moves with other people's load, this figure much less.
-        cpu_us: dict[tuple[str, int], list[float]] = {}
+        cpu_us: dict[tuple[str, int, str], list[float]] = {}
         print(
             f"pgbench scale {args.scale}, {args.duration}s per run, {args.repeat} round(s), "
             f"targets interleaved; sidecar audit_durability={args.audit_durability}"
@@ -499,15 +524,16 @@ def main() -> int:
                 runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
                 for _ in range(args.repeat):  # interleaved rounds; the median is kept
                     for target, (tport, user, pw) in targets.items():
-                        before = cpu_seconds(sidecar.pid)
+                        pids = sidecar_procs.get(target, [])
+                        before = sum(cpu_seconds(p) for p in pids)
                         tps, lat = pgbench(
                             tport, user, database, clients, args.duration, options, pw
                         )
                         runs[target].append((tps, lat))
-                        if target == "sidecar":
-                            used = cpu_seconds(sidecar.pid) - before
+                        if pids:
+                            used = sum(cpu_seconds(p) for p in pids) - before
                             per_txn = used / max(tps * args.duration, 1.0) * 1e6
-                            cpu_us.setdefault((workload, clients), []).append(per_txn)
+                            cpu_us.setdefault((workload, clients, target), []).append(per_txn)
                 for target, measured in runs.items():
                     measured.sort()
                     results[(workload, clients, target)] = measured[len(measured) // 2]
@@ -516,8 +542,9 @@ def main() -> int:
                     direct = results[(workload, clients, "direct")][0]
                     bouncer_tps = results[(workload, clients, "pgbouncer")][0]
                     cpu = ""
-                    if target == "sidecar":
-                        cpu = f"{sorted(cpu_us[(workload, clients)])[args.repeat // 2]:>12.1f}"
+                    if target in sidecar_procs:
+                        measured_cpu = sorted(cpu_us[(workload, clients, target)])
+                        cpu = f"{measured_cpu[args.repeat // 2]:>12.1f}"
                     print(
                         f"{workload:<16}{clients:>8}  {target:<10}{tps:>12.0f}{lat:>10.3f}"
                         f"{tps / direct:>11.3f}{tps / bouncer_tps:>12.3f}{cpu}"
@@ -527,16 +554,20 @@ def main() -> int:
         lines = []
         for workload in ("select-only", "tpcb-like"):
             d1 = results[(workload, 1, "direct")][0]
-            s1 = results[(workload, 1, "sidecar")][0]
-            s8 = results[(workload, 8, "sidecar")][0]
             b8 = results[(workload, 8, "pgbouncer")][0]
             tag = workload.replace("-", "_")
-            lines.append(
-                verdict(f"sidecar_vs_direct_tps_1client_{tag}", s1 / d1, "ratio", 0.85, True)
-            )
-            lines.append(
-                verdict(f"sidecar_vs_pgbouncer_tps_8clients_{tag}", s8 / b8, "ratio", 1.0, True)
-            )
+            for target in sidecar_procs:
+                s1 = results[(workload, 1, target)][0]
+                s8 = results[(workload, 8, target)][0]
+                metric = target.replace("-", "_")
+                lines.append(
+                    verdict(f"{metric}_vs_direct_tps_1client_{tag}", s1 / d1, "ratio", 0.85, True)
+                )
+                lines.append(
+                    verdict(
+                        f"{metric}_vs_pgbouncer_tps_8clients_{tag}", s8 / b8, "ratio", 1.0, True
+                    )
+                )
         lines.append(verdict("sidecar_memory_per_idle_connection", per_conn, "KB", 100, False))
         print("\n".join(lines))
     finally:
