@@ -18,6 +18,8 @@ import secrets
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ import psycopg
 import pytest
 
 from sidecar.proxy import messages as m
+from tests.sidecar.proxy.cluster import free_port
 from tests.sidecar.proxy.conftest import (
     BOB_TOKEN,
     Sidecar,
@@ -35,6 +38,7 @@ from tests.sidecar.proxy.conftest import (
     start_sidecar,
     wait_for,
 )
+from tests.sidecar.proxy.test_audit import RECEIVER
 from tests.sidecar.proxy.test_login_limits import WRONG, _login
 
 WORKERS = 2
@@ -238,3 +242,40 @@ def test_sigterm_stops_every_worker(upstream: str, tmp_path: Path) -> None:
         conn.execute("SELECT 1")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", sidecar.port), timeout=2).close()
+
+
+def test_the_spool_of_a_worker_no_longer_configured_is_still_shipped(
+    upstream: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    name = upstream.rsplit("/", 1)[-1].split("?")[0]
+    settings = {"audit_url": f"http://127.0.0.1:{port}/audit", "scan_enabled": False}
+    # Nothing receives yet: worker 1's events stay in its spool when it stops.
+    sidecar = start_sidecar(tmp_path, upstream, build_bundle(name), workers=WORKERS, **settings)
+    conn = connection_on(sidecar, 1)
+    conn.execute("SELECT 1")
+    conn.close()
+    sidecar.stop()
+    left = [
+        json.loads(line)["id"]
+        for path in (sidecar.state_dir / "spool" / "worker-1").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(left) >= 3  # session start, the statement, session end
+    out = tmp_path / "received.jsonl"
+    receiver = subprocess.Popen([sys.executable, str(RECEIVER), str(port), str(out)])
+    # Back to one worker: it ships worker 1's spool too.
+    sidecar = start_sidecar(tmp_path, upstream, build_bundle(name), **settings)
+    try:
+
+        def received() -> set[str]:
+            lines = out.read_text().splitlines() if out.exists() else []
+            return {json.loads(line)["id"] for line in lines}
+
+        assert wait_for(lambda: set(left) <= received(), timeout=30)
+        lines = out.read_text().splitlines()
+        assert len(lines) == len({json.loads(line)["id"] for line in lines}), "each once"
+    finally:
+        sidecar.stop()
+        receiver.terminate()
+        receiver.wait()
