@@ -71,6 +71,14 @@ def per_worker(metrics: str, sample: str) -> dict[int, int]:
     return {int(worker): int(value) for worker, value in re.findall(pattern, metrics, re.M)}
 
 
+def alive(pid: int) -> bool:
+    """Running (a worker whose parent died is a zombie until something reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def ready_info(sidecar: Sidecar) -> dict[str, Any]:
     return dict(json.loads((sidecar.config_path.parent / "ready.json").read_text()))
 
@@ -237,7 +245,7 @@ def test_sigterm_stops_every_worker(upstream: str, tmp_path: Path) -> None:
     sidecar.proc.send_signal(signal.SIGTERM)
     assert sidecar.proc.wait(15) == 0
     for pid in pids:
-        assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=5), pid
+        assert wait_for(lambda pid=pid: not alive(pid), timeout=5), pid
     with pytest.raises(psycopg.OperationalError):
         conn.execute("SELECT 1")
     with pytest.raises(OSError):
@@ -279,3 +287,19 @@ def test_the_spool_of_a_worker_no_longer_configured_is_still_shipped(
         sidecar.stop()
         receiver.terminate()
         receiver.wait()
+
+
+def test_workers_stop_when_their_parent_is_gone(upstream: str, tmp_path: Path) -> None:
+    # Without the parent nothing holds the shared sign-in limits: the workers
+    # must not go on serving (fail closed).
+    name = upstream.rsplit("/", 1)[-1].split("?")[0]
+    sidecar = start_sidecar(
+        tmp_path, upstream, build_bundle(name), workers=WORKERS, scan_enabled=False
+    )
+    pids = [w["pid"] for w in ready_info(sidecar)["workers"]]
+    sidecar.proc.kill()
+    sidecar.proc.wait()
+    for pid in pids:
+        assert wait_for(lambda pid=pid: not alive(pid), timeout=10), pid
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sidecar.port), timeout=2).close()
