@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from audit.models import datasource_chain
+from audit.models import sidecar_chain
 from audit.sink.lookups import BatchContext, Lookups
 from governance.models import Datasource, Environment, Role, Sidecar
 from governance.permissions import user_role
@@ -21,7 +21,7 @@ def batch_context(sidecar_id: int, datasource_id: int) -> BatchContext:
     datasource = Datasource.objects.select_related("environment").get(pk=datasource_id)
     name = Sidecar.objects.filter(pk=sidecar_id).values_list("name", flat=True).first()
     return {
-        "chain": datasource_chain(datasource_id),
+        "chain": sidecar_chain(datasource_id, sidecar_id),
         "datasource_id": datasource_id,
         "environment": datasource.environment.name,
         "sidecar_name": name or str(sidecar_id),

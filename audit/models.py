@@ -83,11 +83,21 @@ def datasource_chain(datasource_id: int) -> str:
     return f"datasource:{datasource_id}"
 
 
+def sidecar_chain(datasource_id: int, sidecar_id: int) -> str:
+    """A sidecar's own chain, named under its datasource's: its batches never wait
+    for another sidecar's, and its head is anchored into ``datasource_chain``."""
+    return f"{datasource_chain(datasource_id)}/sidecar:{sidecar_id}"
+
+
+# Every sidecar chain, as a LIKE pattern.
+SIDECAR_CHAINS_LIKE = "datasource:%/sidecar:%"
+
+
 class AuditEvent(models.Model):
     """One thing that happened: a statement a sidecar saw, or a control-plane decision.
 
     Append-only (a trigger refuses UPDATE and DELETE); ``seq``/``prev_hash``/``hash``
-    chain the events of one ``chain`` (a datasource, or the control plane), see
+    chain the events of one ``chain`` (a sidecar, a datasource, or the control plane), see
     ``audit.chain``. ``id`` is unique (an identity column) though the database's
     key is ``(occurred_at, id, environment)``, as partitioning requires.
     """
@@ -136,11 +146,17 @@ class AuditEvent(models.Model):
 
 
 class ChainHead(models.Model):
-    """The last (seq, hash) of a chain; ingestion locks this row to append in order."""
+    """The last (seq, hash) of a chain; ingestion locks this row to append in order.
+
+    ``anchored_seq``/``anchored_at``: the last seq of this (sidecar) chain written
+    into its datasource's chain as a ``chain.anchored`` event, and when.
+    """
 
     chain = models.TextField(primary_key=True)
     seq = models.BigIntegerField()
     hash = models.CharField(max_length=64)
+    anchored_seq = models.BigIntegerField(default=0)
+    anchored_at = models.DateTimeField(null=True)
 
     class Meta:
         managed = False
@@ -171,8 +187,9 @@ class AccessDaily(models.Model):
 
     Maintained by ingestion in the same transaction as the events (the PII
     report reads it). The database key is (day, identity_name, datasource_id,
-    classification); Django needs one column as ``pk``, so ``day`` stands in and
-    this model is for reading only.
+    classification, writer), ``writer`` being the sidecar whose batches counted
+    the row (0 for a rebuild): read it summed. Django needs one column as ``pk``,
+    so ``day`` stands in and this model is for reading only.
     """
 
     day = models.DateField(primary_key=True)
@@ -180,6 +197,7 @@ class AccessDaily(models.Model):
     identity_kind = models.TextField()
     datasource_id = models.IntegerField()
     classification = models.TextField()
+    writer = models.IntegerField(default=0)
     events = models.BigIntegerField()
 
     class Meta:
@@ -194,13 +212,14 @@ class ActivityDaily(models.Model):
     """Daily count of statement events per environment and outcome (the overview's).
 
     Maintained by ingestion in the same transaction as the events. The database
-    key is (day, environment, outcome); ``day`` stands in as Django's ``pk``, so
-    this model is for reading only.
+    key is (day, environment, outcome, writer) (see ``AccessDaily``: read it
+    summed); ``day`` stands in as Django's ``pk``, so this model is for reading only.
     """
 
     day = models.DateField(primary_key=True)
     environment = models.TextField()
     outcome = models.TextField()
+    writer = models.IntegerField(default=0)
     events = models.BigIntegerField()
 
     class Meta:

@@ -14,8 +14,16 @@ def audit_partitions_prepare() -> int:
 
 
 @shared_task(ignore_result=True)
+def audit_chains_anchor() -> int:
+    """Anchor the sidecar chains whose last events intake could not anchor."""
+    return trail.audit_chains_anchor()
+
+
+@shared_task(ignore_result=True)
 def audit_verify_chains() -> bool:
-    """Verify every chain; a failure is logged, mailed to admins and kept for the overview."""
+    """Anchor the sidecar chains' heads, then verify every chain; a failure is logged,
+    mailed to admins and kept for the overview."""
+    trail.audit_chains_anchor()
     return verify.audit_verify_run().ok
 
 

@@ -1,4 +1,4 @@
-"""A sidecar's batch into its datasource's chain, checked against the event contract.
+"""A sidecar's batch into its own chain, checked against the event contract.
 
 The contract is ``sidecar/events.py`` (docs/audit.md, "The event contract"):
 the key maps below, the types and the versions are read from it.
@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 from django.db import transaction
 from django.utils import timezone
 
-from audit.models import EventSource, datasource_chain
+from audit.models import EventSource, datasource_chain, sidecar_chain
 from audit.sink.chain import micros
 from audit.sink.lookups import BatchContext, lookups
 from audit.sink.trail import (
@@ -409,11 +409,13 @@ def _sidecar_context(sidecar_id: int, datasource_id: int) -> BatchContext:
     return context
 
 
-def batch_context(*, datasource_id: int, environment: str, sidecar_name: str) -> BatchContext:
+def batch_context(
+    *, sidecar_id: int, datasource_id: int, environment: str, sidecar_name: str
+) -> BatchContext:
     """The context of a batch whose datasource's environment and sidecar's name the
     caller knows (``audit_events_ingest(context=...)``)."""
     return {
-        "chain": datasource_chain(datasource_id),
+        "chain": sidecar_chain(datasource_id, sidecar_id),
         "datasource_id": datasource_id,
         "environment": environment,
         "sidecar_name": sidecar_name,
@@ -447,7 +449,8 @@ def audit_events_ingest(
     events: list[dict[str, Any]],
     context: BatchContext | None = None,
 ) -> dict[str, Any]:
-    """Store a sidecar's batch in its datasource's chain; idempotent by event id.
+    """Store a sidecar's batch in its own chain (anchored into its datasource's from
+    time to time); idempotent by event id.
 
     ``datasource_id`` comes from the sidecar's token, never from the events;
     ``context`` (``batch_context``) spares the lookup of its environment and the
@@ -466,7 +469,9 @@ def audit_events_ingest(
         for i, e in enumerate(events)
     ]
     with transaction.atomic():
-        accepted = _chain_append(context["chain"], rows)
+        # The sidecar's own chain: sidecars of one datasource commit in parallel.
+        anchor_into = datasource_chain(context["datasource_id"])
+        accepted = _chain_append(context["chain"], rows, anchor_into=anchor_into, writer=sidecar_id)
     result: dict[str, Any] = {"accepted": accepted, "duplicates": len(events) - accepted}
     if unknown:
         result["unknown_keys"] = {k[:64]: n for k, n in sorted(unknown.items())}

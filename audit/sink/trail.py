@@ -4,7 +4,10 @@
 (``audit_event_key``), assigns ``seq`` and the hash in order, COPYs the rows and
 moves the head, all in the caller's transaction (with the daily rollups).
 ``audit_control_event`` is one control-plane decision; a sidecar's batch comes
-through ``audit.sink.intake``. Imports no other app: a datasource is passed in.
+through ``audit.sink.intake`` into the sidecar's own chain, whose head is
+anchored into the datasource's chain (``chain.anchored`` events: inline when one
+is due and the datasource's head is free, else by ``audit_chains_anchor``).
+Imports no other app: a datasource is passed in.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from audit.models import CONTROL_PLANE_CHAIN, EventSource, datasource_chain
+from audit.models import (
+    CONTROL_PLANE_CHAIN,
+    SIDECAR_CHAINS_LIKE,
+    EventSource,
+    datasource_chain,
+)
 from audit.sink.chain import CHAINED_FIELDS, GENESIS, canonical_doc, chain_hash, from_micros, micros
 from audit.sink.lookups import lookups
 
@@ -264,20 +272,43 @@ def audit_partition_ensure(*, at: datetime.datetime, environment: str) -> None:
     transaction.on_commit(lambda: _partitions_seen.add(key))
 
 
-def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
-    """Append rows (event ids not seen before) to ``chain``; return how many were new.
-
-    Must run inside a transaction: the head row stays locked until it commits,
-    so concurrent appends to one chain queue up and seq stays gap-free.
-    """
-    if not rows:
-        return 0
+def _partitions_ensure(rows: list[dict[str, Any]]) -> None:
     months = {}
     for row in rows:
         day = _utc_day(row["occurred_at"] // _DAY_US)
         months.setdefault((day.year, day.month, row["environment"]), row["occurred_at"])
     for (_y, _m, env), at in months.items():
         audit_partition_ensure(at=from_micros(at), environment=env)
+
+
+# How often a sidecar chain's head is written into its datasource's chain while
+# events arrive. Events after the last anchor are vouched for by the head row
+# alone (a superuser who truncates them and rewinds the head goes unseen), so
+# this is the window; each anchor is one more event in the datasource's chain, at
+# most 2,880 a day per sidecar however busy, and one per batch for a sidecar that
+# sends fewer than one batch per interval.
+ANCHOR_INTERVAL = datetime.timedelta(seconds=30)
+ANCHOR_TYPE = "chain.anchored"
+
+
+def _chain_append(
+    chain: str, rows: list[dict[str, Any]], *, anchor_into: str = "", writer: int = 0
+) -> int:
+    """Append rows (event ids not seen before) to ``chain``; return how many were new.
+
+    Must run inside a transaction: the head row stays locked until it commits,
+    so concurrent appends to one chain queue up and seq stays gap-free.
+
+    ``anchor_into`` names the chain this one is anchored into (a sidecar chain's
+    datasource chain): when an anchor is due and that chain's head is not locked
+    by someone else, the new head is written there as a ``chain.anchored`` event
+    in the same transaction. Its head is never waited for: sidecars of one
+    datasource would queue on it again. ``writer`` (the sidecar's id) keys the
+    rows this batch adds to the daily rollups, for the same reason.
+    """
+    if not rows:
+        return 0
+    _partitions_ensure(rows)
     connection.ensure_connection()
     # A cursor that binds on the server: Django's binds on the client, which spent
     # more Python quoting the batch's event ids than building them. Its errors are
@@ -290,9 +321,11 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
             [chain, GENESIS],
         )
         cursor.execute(
-            "SELECT seq, hash FROM audit_chain_head WHERE chain = %s FOR NO KEY UPDATE", [chain]
+            "SELECT seq, hash, anchored_at FROM audit_chain_head WHERE chain = %s "
+            "FOR NO KEY UPDATE",
+            [chain],
         )
-        head_seq, head_hash = cursor.fetchone()
+        head_seq, head_hash, anchored_at = cursor.fetchone()
         cursor.execute(
             "INSERT INTO audit_event_key (event_id) SELECT unnest(%s::text[]) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
@@ -311,12 +344,195 @@ def _chain_append(chain: str, rows: list[dict[str, Any]]) -> int:
         new_seq, new_hash, copy_text = _seal(fresh, head_seq, head_hash)
         with cursor.copy(_COPY_SQL) as copy:
             copy.write(copy_text)
-        cursor.execute(
-            "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
-            [new_seq, new_hash, chain],
-        )
-        _rollups_add(cursor, fresh)
+        _rollups_add(cursor, fresh, writer)
+        now = timezone.now()
+        if (
+            anchor_into
+            and (anchored_at is None or now - anchored_at >= ANCHOR_INTERVAL)
+            and _anchor_append(
+                cursor,
+                into=anchor_into,
+                chain=chain,
+                seq=new_seq,
+                hash_=new_hash,
+                datasource_id=fresh[-1]["datasource_id"],
+                environment=fresh[-1]["environment"],
+                wait=False,
+            )
+        ):
+            cursor.execute(
+                "UPDATE audit_chain_head SET seq = %s, hash = %s, anchored_seq = %s, "
+                "anchored_at = %s WHERE chain = %s",
+                [new_seq, new_hash, new_seq, now, chain],
+            )
+        else:
+            cursor.execute(
+                "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
+                [new_seq, new_hash, chain],
+            )
     return len(fresh)
+
+
+def _anchor_append(
+    cursor: Any,
+    *,
+    into: str,
+    chain: str,
+    seq: int,
+    hash_: str,
+    datasource_id: int | None,
+    environment: str,
+    wait: bool,
+) -> bool:
+    """Append a ``chain.anchored`` event naming ``chain``'s head (seq, hash) to
+    ``into``; with ``wait=False`` give up (False) when ``into``'s head is locked.
+
+    The anchor is an event of ``into`` like any other, hashed into that chain, so
+    rewriting or truncating ``chain`` below an anchored seq breaks verification
+    unless ``into`` is rewritten from the anchor on as well."""
+    if wait:
+        cursor.execute(
+            "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (%s, 0, %s) "
+            "ON CONFLICT (chain) DO NOTHING",
+            [into, GENESIS],
+        )
+    cursor.execute(
+        "SELECT seq, hash FROM audit_chain_head WHERE chain = %s "
+        + ("FOR NO KEY UPDATE" if wait else "FOR NO KEY UPDATE SKIP LOCKED"),
+        [into],
+    )
+    head = cursor.fetchone()
+    if head is None:
+        return False  # locked by another batch or a control event (or no head yet)
+    now = micros(timezone.now())
+    row = _control_row(
+        chain=into,
+        action=ANCHOR_TYPE,
+        actor_name="system",
+        datasource_id=datasource_id,
+        environment=environment,
+        at=now,
+        extra={"chain": chain, "seq": seq, "hash": hash_},
+    )
+    _partitions_ensure([row])
+    into_seq, into_hash, copy_text = _seal([row], head[0], head[1])
+    with cursor.copy(_COPY_SQL) as copy:
+        copy.write(copy_text)
+    cursor.execute(
+        "UPDATE audit_chain_head SET seq = %s, hash = %s WHERE chain = %s",
+        [into_seq, into_hash, into],
+    )
+    return True
+
+
+def _control_row(
+    *,
+    chain: str,
+    action: str,
+    actor_name: str,
+    datasource_id: int | None,
+    environment: str,
+    at: int,
+    extra: dict[str, Any],
+    client_addr: str = "",
+    outcome: str = "",
+) -> dict[str, Any]:
+    """A control-plane event's row: the chained columns, its times in microseconds."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "occurred_at": at,
+        "received_at": at,
+        "chain": chain,
+        "source": EventSource.CONTROL_PLANE.value,
+        "type": action,
+        "actor": actor_name[:150],
+        "identity_name": "",
+        "identity_kind": "",
+        "identity_owner": "",
+        "datasource_id": datasource_id,
+        "environment": environment,
+        "sidecar_id": "",
+        "client_addr": client_addr,
+        "application_name": "",
+        "statement_kind": "",
+        "statement": "",
+        "fingerprint": "",
+        "tables": [],
+        "columns": [],
+        "classifications": [],
+        "masked_columns": [],
+        "action": "",
+        "outcome": outcome,
+        "rows": None,
+        "duration_ms": None,
+        "risk": None,
+        "extra": extra,
+    }
+
+
+def audit_chains_anchor() -> int:
+    """Anchor every sidecar chain whose head moved since its last anchor; return how many.
+
+    Intake anchors inline while events arrive, but skips when the datasource's
+    head is busy and cannot anchor the last batch of a sidecar that then goes
+    quiet: this closes that window (run from beat, before verification). Each
+    chain in its own transaction; the datasource's head is locked first, then
+    the sidecar's (intake takes them the other way round but never waits for
+    the datasource's, so the two cannot deadlock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT chain FROM audit_chain_head WHERE chain LIKE %s AND seq > anchored_seq "
+            "ORDER BY chain",
+            [SIDECAR_CHAINS_LIKE],
+        )
+        chains = [name for (name,) in cursor.fetchall()]
+    anchored = 0
+    for chain in chains:
+        into = chain.rsplit("/", 1)[0]
+        with (
+            transaction.atomic(),
+            connection.wrap_database_errors,
+            psycopg.Cursor(connection.connection) as cursor,
+        ):
+            cursor.execute(
+                "INSERT INTO audit_chain_head (chain, seq, hash) VALUES (%s, 0, %s) "
+                "ON CONFLICT (chain) DO NOTHING",
+                [into, GENESIS],
+            )
+            cursor.execute(
+                "SELECT 1 FROM audit_chain_head WHERE chain = %s FOR NO KEY UPDATE", [into]
+            )
+            cursor.execute(
+                "SELECT seq, hash, anchored_seq FROM audit_chain_head WHERE chain = %s "
+                "FOR NO KEY UPDATE",
+                [chain],
+            )
+            seq, hash_, anchored_seq = cursor.fetchone()
+            if seq <= anchored_seq:
+                continue
+            cursor.execute(
+                "SELECT datasource_id, environment FROM audit_event WHERE chain = %s AND seq = %s",
+                [chain, seq],
+            )
+            found = cursor.fetchone()
+            datasource_id, environment = found if found else (None, "")
+            _anchor_append(
+                cursor,
+                into=into,
+                chain=chain,
+                seq=seq,
+                hash_=hash_,
+                datasource_id=datasource_id,
+                environment=environment,
+                wait=True,
+            )
+            cursor.execute(
+                "UPDATE audit_chain_head SET anchored_seq = %s, anchored_at = now() "
+                "WHERE chain = %s",
+                [seq, chain],
+            )
+            anchored += 1
+    return anchored
 
 
 _DAY_US = 86_400 * 1_000_000
@@ -328,12 +544,14 @@ def _utc_day(number: int) -> datetime.date:
     return datetime.date(1970, 1, 1) + datetime.timedelta(days=number)
 
 
-def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
+def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]], writer: int = 0) -> None:
     """Count the rows into both daily rollups, in one pass.
 
     ``audit_access_daily``: allowed statements per (UTC day, identity, datasource,
     classification); ``audit_activity_daily``: statements per (UTC day,
-    environment, outcome)."""
+    environment, outcome); both per ``writer`` too, so that batches of different
+    sidecars never upsert the same row (the second would wait for the first's
+    commit). Readers sum over writers."""
     access: dict[tuple[datetime.date, str, int, str], list[Any]] = {}
     activity: Counter[tuple[datetime.date, str, str]] = Counter()
     for row in rows:
@@ -356,9 +574,9 @@ def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
     _rollup_add(
         cursor,
         _ACCESS_DAILY_ADD,
-        [(k[0], k[1], access[k][0], k[2], k[3], access[k][1]) for k in sorted(access)],
+        [(k[0], k[1], access[k][0], k[2], k[3], writer, access[k][1]) for k in sorted(access)],
     )
-    _rollup_add(cursor, _ACTIVITY_DAILY_ADD, [(*k, activity[k]) for k in sorted(activity)])
+    _rollup_add(cursor, _ACTIVITY_DAILY_ADD, [(*k, writer, activity[k]) for k in sorted(activity)])
 
 
 def _rollup_add_sql(table: str, columns: dict[str, str], key: tuple[str, ...]) -> str:
@@ -378,14 +596,15 @@ _ACCESS_DAILY_ADD = _rollup_add_sql(
         "identity_kind": "text",
         "datasource_id": "int",
         "classification": "text",
+        "writer": "int",
         "events": "bigint",
     },
-    key=("day", "identity_name", "datasource_id", "classification"),
+    key=("day", "identity_name", "datasource_id", "classification", "writer"),
 )
 _ACTIVITY_DAILY_ADD = _rollup_add_sql(
     "audit_activity_daily",
-    {"day": "date", "environment": "text", "outcome": "text", "events": "bigint"},
-    key=("day", "environment", "outcome"),
+    {"day": "date", "environment": "text", "outcome": "text", "writer": "int", "events": "bigint"},
+    key=("day", "environment", "outcome", "writer"),
 )
 
 
@@ -463,40 +682,20 @@ def audit_control_event(
         chain = datasource_chain(datasource_id)
     else:
         chain = CONTROL_PLANE_CHAIN
-    now = micros(timezone.now())
     extra: dict[str, Any] = {"target": target} if target else {}
     if detail:
         extra["detail"] = _scrub(detail)
-    row: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
-        "occurred_at": now,
-        "received_at": now,
-        "chain": chain,
-        "source": EventSource.CONTROL_PLANE.value,
-        "type": action,
-        "actor": actor_name[:150],
-        "identity_name": "",
-        "identity_kind": "",
-        "identity_owner": "",
-        "datasource_id": datasource_id,
-        "environment": environment,
-        "sidecar_id": "",
-        "client_addr": client_addr or "",
-        "application_name": "",
-        "statement_kind": "",
-        "statement": "",
-        "fingerprint": "",
-        "tables": [],
-        "columns": [],
-        "classifications": [],
-        "masked_columns": [],
-        "action": "",
-        "outcome": outcome,
-        "rows": None,
-        "duration_ms": None,
-        "risk": None,
-        "extra": extra,
-    }
+    row = _control_row(
+        chain=chain,
+        action=action,
+        actor_name=actor_name,
+        datasource_id=datasource_id,
+        environment=environment,
+        at=micros(timezone.now()),
+        extra=extra,
+        client_addr=client_addr or "",
+        outcome=outcome,
+    )
     with transaction.atomic():
         _chain_append(chain, [row])
 

@@ -1,4 +1,12 @@
-"""Verification of the audit trail: recompute every hash and link, report the first break."""
+"""Verification of the audit trail: recompute every hash and link, report the first break.
+
+Each chain is walked in seq order (hashes, links, no gap, the head). A sidecar
+chain is also held to the latest ``chain.anchored`` event of its datasource's
+chain: the event at the anchored seq must still be there with the anchored hash
+(or have been dropped by retention, which records its own anchor). Checking the
+latest anchor is enough: rewriting the chain from any earlier seq changes the
+hash at every later one, and truncating it below that seq removes the event.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditVerification
+from audit.models import AuditVerification, EventSource
 from audit.sink.chain import CHAINED_FIELDS, GENESIS, canonical_event, chain_hash
 from audit.sink.lookups import lookups
+from audit.sink.trail import ANCHOR_TYPE
 
 logger = logging.getLogger("audit.services")  # the name operators' log routing knows
 
@@ -128,32 +137,98 @@ def _verify_chain(
     return broken(prev_seq, "", "the last event does not match the chain head")
 
 
+def _latest_anchors(cursor: Any) -> dict[str, tuple[int, str, str, int]]:
+    """Per sidecar chain, its latest anchor: (seq, hash, the anchoring chain, its seq).
+
+    Only control-plane events count (a sidecar's own ``type`` never becomes one:
+    intake stores unknown types as ``sidecar.unknown``), and only those naming a
+    chain of their own datasource."""
+    cursor.execute(
+        "SELECT DISTINCT ON (extra->>'chain') extra->>'chain', (extra->>'seq')::bigint, "
+        "extra->>'hash', chain, seq FROM audit_event WHERE type = %s AND source = %s "
+        "ORDER BY extra->>'chain', (extra->>'seq')::bigint DESC, seq DESC",
+        [ANCHOR_TYPE, EventSource.CONTROL_PLANE.value],
+    )
+    return {
+        target: (seq, hash_, into, into_seq)
+        for target, seq, hash_, into, into_seq in cursor.fetchall()
+        if target and target.startswith(into + "/")
+    }
+
+
+def _check_anchor(
+    cursor: Any,
+    chain: str,
+    anchor: tuple[int, str, str, int],
+    head: tuple[int, str] | None,
+    dropped: tuple[int, str] | None,
+) -> dict[str, Any] | None:
+    """Whether ``chain`` still holds the event its latest anchor names, as anchored."""
+    seq, hash_, into, into_seq = anchor
+    where = f"anchored at seq {seq} by {into} seq {into_seq}"
+
+    def broken(reason: str) -> dict[str, Any]:
+        return {"chain": chain, "seq": seq, "event_id": "", "reason": reason}
+
+    if head is None or head[0] < seq:
+        return broken(f"the chain head is behind its anchor ({where}): events truncated")
+    cursor.execute(
+        "SELECT event_id, hash FROM audit_event WHERE chain = %s AND seq = %s", [chain, seq]
+    )
+    found = cursor.fetchone()
+    if found is None:
+        dropped_seq, dropped_hash = dropped if dropped else (0, GENESIS)
+        if seq < dropped_seq or (seq == dropped_seq and hash_ == dropped_hash):
+            return None  # dropped by retention
+        return broken(f"the anchored event is missing ({where}): events truncated or deleted")
+    if found[1] != hash_:
+        return {
+            "chain": chain,
+            "seq": seq,
+            "event_id": found[0],
+            "reason": f"the event's hash is not the anchored one ({where}): chain rewritten",
+        }
+    return None
+
+
 def audit_verify(
     *, chain: str | None = None, since: datetime.datetime | None = None
 ) -> VerifyResult:
     """Recompute every hash and link of one chain (or all) and report the first break.
 
+    ``chain`` also takes the chains named under it (a datasource's sidecar chains).
     ``since`` starts each chain at its first event at or after that time (its link
     to the event before is taken on trust). Events dropped by retention are
-    vouched for by the chain's anchor (the last seq and hash dropped).
+    vouched for by the chain's retention anchor (the last seq and hash dropped).
+    A sidecar chain must still hold the event its latest ``chain.anchored``
+    names, with that hash, and its head must not be behind it.
+
+    Reads one snapshot (repeatable read) when not inside a caller's transaction,
+    so events ingested meanwhile are not taken for a head that moved.
     """
-    with connection.cursor() as cursor:
-        if chain is None:
-            cursor.execute("SELECT chain, seq, hash FROM audit_chain_head ORDER BY chain")
-        else:
-            cursor.execute(
-                "SELECT chain, seq, hash FROM audit_chain_head WHERE chain = %s", [chain]
-            )
+    nested = connection.in_atomic_block  # a caller's (a test's) transaction: its snapshot
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not nested:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cursor.execute("SELECT chain, seq, hash FROM audit_chain_head")
         heads = {c: (s, h) for c, s, h in cursor.fetchall()}
         cursor.execute("SELECT chain, seq, hash FROM audit_chain_anchor")
-        anchors = {c: (s, h) for c, s, h in cursor.fetchall()}
-        chains = [chain] if chain is not None else sorted(heads)
+        dropped = {c: (s, h) for c, s, h in cursor.fetchall()}
+        anchors = _latest_anchors(cursor)
+        names = set(heads) | set(anchors)  # a chain whose head was deleted is still named
+        if chain is not None:
+            names = {n for n in names if n == chain or n.startswith(chain + "/")} | {chain}
+        chains = sorted(names)
         total = 0
         for name in chains:
             checked, first_broken = _verify_chain(
-                cursor, name, heads.get(name), anchors.get(name), since
+                cursor, name, heads.get(name), dropped.get(name), since
             )
             total += checked
+            if first_broken is None and name in anchors:
+                first_broken = _check_anchor(
+                    cursor, name, anchors[name], heads.get(name), dropped.get(name)
+                )
             if first_broken is not None:
                 return VerifyResult(False, total, first_broken, len(chains))
     return VerifyResult(True, total, None, len(chains))

@@ -14,7 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from audit.models import AuditEvent, datasource_chain
+from audit.models import AuditEvent, sidecar_chain
 from audit.services import audit_events_ingest, audit_verify
 from tests.audit.conftest import statement_event
 
@@ -28,7 +28,7 @@ def chain(sidecar: Any) -> str:
         datasource_id=sidecar.datasource.pk,
         events=[statement_event(rows=i) for i in range(20)],
     )
-    return datasource_chain(sidecar.datasource.pk)
+    return sidecar_chain(sidecar.datasource.pk, sidecar.obj.pk)
 
 
 def _as_attacker(sql: str, params: list[Any]) -> None:

@@ -13,7 +13,7 @@ from django.test import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.models import AuditEvent, datasource_chain
+from audit.models import AuditEvent, sidecar_chain
 from audit.services import audit_events_ingest, audit_verify
 from tests.audit.conftest import chain_rows, statement_event
 
@@ -39,10 +39,10 @@ def test_batch_is_stored_chained_and_idempotent(client: Client, sidecar: Any) ->
     again = _post(client, sidecar.token, [*events[:10], *(statement_event() for _ in range(2))])
     assert again.json() == {"accepted": 2, "duplicates": 10}
 
-    chain = datasource_chain(sidecar.datasource.pk)
-    rows = chain_rows(chain)  # the datasource's policy.change events come first
-    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r[1] for r in rows[-52:-2]] == [e["id"] for e in events]
+    chain = sidecar_chain(sidecar.datasource.pk, sidecar.obj.pk)  # the sidecar's own
+    rows = chain_rows(chain)
+    assert [r[0] for r in rows] == list(range(1, 53))
+    assert [r[1] for r in rows[:50]] == [e["id"] for e in events]
     assert all(rows[i][2] == rows[i - 1][3] for i in range(1, len(rows)))
     assert AuditEvent.objects.filter(chain=chain, source="sidecar").count() == 52
     assert audit_verify(chain=chain).ok
@@ -61,7 +61,7 @@ def test_datasource_comes_from_the_token_and_columns_are_mapped(
     assert stored.datasource_id == sidecar.datasource.pk
     assert stored.environment == "production"
     assert stored.sidecar_id == "sc-audit"
-    assert stored.chain == f"datasource:{sidecar.datasource.pk}"
+    assert stored.chain == f"datasource:{sidecar.datasource.pk}/sidecar:{sidecar.obj.pk}"
     assert stored.identity_name == "svc-billing" and stored.identity_owner == "admin"
     assert stored.statement_kind == "select" and stored.tables == ["public.customers"]
     assert stored.columns == ["public.customers.id", "public.customers.ssn"]
@@ -302,7 +302,7 @@ def test_concurrent_resend_stores_each_event_once(sidecar: Any) -> None:
     assert not errors, errors
     assert sorted(r["accepted"] for r in results) == [0, 0, 200]
     assert all(r["duplicates"] == 200 - r["accepted"] for r in results)
-    chain = datasource_chain(sidecar.datasource.pk)
+    chain = sidecar_chain(sidecar.datasource.pk, sidecar.obj.pk)
     seqs = [r[0] for r in chain_rows(chain)]
     assert seqs == list(range(1, len(seqs) + 1))
     assert AuditEvent.objects.filter(chain=chain, source="sidecar").count() == 200

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from audit.models import AuditEvent, AuditRetention, ChainAnchor, datasource_chain
+from audit.models import AuditEvent, AuditRetention, ChainAnchor, sidecar_chain
 from audit.services import (
     audit_events_ingest,
     audit_partitions_prepare,
@@ -36,7 +36,7 @@ def _ingest(sidecar: Any, *events: dict[str, Any]) -> None:
 
 
 def test_expired_month_is_dropped_and_the_chain_still_verifies(sidecar: Any) -> None:
-    chain = datasource_chain(sidecar.datasource.pk)
+    chain = sidecar_chain(sidecar.datasource.pk, sidecar.obj.pk)
     old = [statement_event(ts=OLD.timestamp() + i) for i in range(5)]
     _ingest(sidecar, *old)
     _ingest(sidecar, statement_event(ts=LESS_OLD.timestamp()))

@@ -32,8 +32,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--datasource",
-            help=f"Only this datasource's chain (by name); '{CONTROL_PLANE_CHAIN}' for the "
-            "control plane's own.",
+            help=f"Only this datasource's chains (by name: its own and its sidecars'); "
+            f"'{CONTROL_PLANE_CHAIN}' for the control plane's own.",
         )
         parser.add_argument("--since", help="Start at the first event on or after this date.")
 

@@ -92,7 +92,8 @@ def event_add(
         if row["type"] == "statement":
             cur.execute(
                 "INSERT INTO audit_activity_daily AS d VALUES (%s, %s, %s, 1) "
-                "ON CONFLICT (day, environment, outcome) DO UPDATE SET events = d.events + 1",
+                "ON CONFLICT (day, environment, outcome, writer) "
+                "DO UPDATE SET events = d.events + 1",
                 [occurred_at.astimezone(datetime.UTC).date(), row["environment"], row["outcome"]],
             )
         if (
@@ -103,7 +104,7 @@ def event_add(
             for classification in row["classifications"]:
                 cur.execute(
                     "INSERT INTO audit_access_daily AS d VALUES (%s, %s, %s, %s, %s, 1) "
-                    "ON CONFLICT (day, identity_name, datasource_id, classification) "
+                    "ON CONFLICT (day, identity_name, datasource_id, classification, writer) "
                     "DO UPDATE SET events = d.events + 1",
                     [
                         occurred_at.astimezone(datetime.UTC).date(),
