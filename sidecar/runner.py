@@ -38,11 +38,13 @@ from sidecar.bundle import (
 )
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
+from sidecar.engine.shape import confirmed, shape_of
 from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.audit_event import audit_facts
 from sidecar.proxy.policy import (
+    ALLOW,
     BY_NAME_KINDS,
     NO_FACTS,
     Identity,
@@ -217,6 +219,51 @@ def approval_facts(decision: Any) -> dict[str, Any]:
     }
 
 
+def verdict_parts(decision: Any, hold: float) -> tuple[str, str, tuple[Any, ...]]:
+    """Everything the ``Verdict`` for ``decision`` holds but its upstream SQL: the
+    action, the message, then the other fields in order. ``hold`` is how long a
+    held statement waits for a reviewer."""
+    encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
+    statements = decision.statements
+    review = decision.action == "review"
+    kinds = frozenset(s.kind for s in statements)
+    executes = frozenset(
+        s.session["execute"] for s in statements if s.session and "execute" in s.session
+    )
+    cursors = tuple(
+        (c["op"], c["name"], c["hold"])
+        for s in statements
+        if s.session and (c := s.session.get("cursor"))
+    )
+    return (
+        decision.action,
+        decision.message or "Warden: statement refused by policy",
+        (
+            NO_FACTS,
+            encoded[1:-1],
+            frozen(approval_facts(decision)) if review else None,
+            hold if review else 0.0,
+            None,
+            kinds,
+            len(statements) > 1,
+            decision.barrier,
+            executes,
+            cursors,
+            decision.redact_errors,
+            decision.action == "allow"
+            and not decision.barrier
+            and not executes
+            and not cursors
+            and kinds.isdisjoint(BY_NAME_KINDS),
+        ),
+    )
+
+
+# A shape whose text failed ``shape.confirmed``: remembered, so the check is not
+# run again for each of its texts, and never served.
+UNCONFIRMED: tuple[Any, ...] = ()
+
+
 class EnginePolicy:
     """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
 
@@ -238,6 +285,11 @@ class EnginePolicy:
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
         self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
+        # Allow verdicts by statement shape (``sidecar.engine.shape``): the part
+        # of a verdict the engine gave by template, without a rewrite, that every
+        # text of the shape shares, so those texts need no engine call at all.
+        self._by_shape: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._shape_hits = 0
         self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
         self._contexts: dict[tuple[bool, bool, tuple[str, ...] | None], Any] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
@@ -261,6 +313,7 @@ class EnginePolicy:
         self.hash_available = available
         self._engine.set_hash_available(available)
         self._cache = {}
+        self._by_shape = {}
         self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
@@ -270,13 +323,13 @@ class EnginePolicy:
         self._identities = identities
         self._hold_seconds = hold_seconds(document)
         self._cache = {}
+        self._by_shape = {}
         self._audit_cache = {}
         self.generation += 1
         self._note(document)
 
     def _shared(self, decision: Any) -> tuple[str, str, tuple[Any, ...]]:
-        """Everything a verdict holds but its upstream SQL, shared by the statements
-        that differ only in literals: encoded and computed once, not per execution."""
+        """``verdict_parts``, computed once for the statements that differ only in literals."""
         key = (
             decision.action,
             decision.risk,
@@ -290,41 +343,7 @@ class EnginePolicy:
         )
         shared = self._audit_cache.get(key)
         if shared is None:
-            encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
-            statements = decision.statements
-            review = decision.action == "review"
-            kinds = frozenset(s.kind for s in statements)
-            executes = frozenset(
-                s.session["execute"] for s in statements if s.session and "execute" in s.session
-            )
-            cursors = tuple(
-                (c["op"], c["name"], c["hold"])
-                for s in statements
-                if s.session and (c := s.session.get("cursor"))
-            )
-            # Verdict's fields in order, but for upstream_sql.
-            shared = (
-                decision.action,
-                decision.message or "Warden: statement refused by policy",
-                (
-                    NO_FACTS,
-                    encoded[1:-1],
-                    frozen(approval_facts(decision)) if review else None,
-                    self._hold_seconds if review else 0.0,
-                    None,
-                    kinds,
-                    len(statements) > 1,
-                    decision.barrier,
-                    executes,
-                    cursors,
-                    decision.redact_errors,
-                    decision.action == "allow"
-                    and not decision.barrier
-                    and not executes
-                    and not cursors
-                    and kinds.isdisjoint(BY_NAME_KINDS),
-                ),
-            )
+            shared = verdict_parts(decision, self._hold_seconds)
             if len(self._audit_cache) >= self.CACHE_LIMIT:
                 self._audit_cache.clear()
             self._audit_cache[key] = shared
@@ -332,6 +351,13 @@ class EnginePolicy:
 
     def identity(self, name: str) -> Identity | None:
         return self._identities.get(name)
+
+    def cache_info(self) -> dict[str, int]:
+        return {
+            "verdicts": len(self._cache),
+            "shapes": len(self._by_shape),
+            "shape_hits": self._shape_hits,
+        }
 
     def decide(
         self,
@@ -344,33 +370,54 @@ class EnginePolicy:
         protocol: str,
     ) -> Verdict:
         # The engine is pure, so a verdict depends only on these inputs and the
-        # bundle (the cache is dropped on every bundle change).
+        # bundle (the caches are dropped on every bundle change).
         key = (identity, sql, standard_conforming_strings, search_path, protocol)
         verdict = self._cache.get(key)
-        if verdict is None:
-            context = (standard_conforming_strings, in_transaction, search_path)
-            session = self._contexts.get(context)
-            if session is None:
-                # Few distinct contexts exist: build each once (a frozen dataclass's
-                # constructor is a noticeable part of a cache miss).
-                if len(self._contexts) >= 64:
-                    self._contexts.clear()
-                session = self._contexts[context] = self._engine_mod.SessionContext(
-                    standard_conforming_strings=standard_conforming_strings,
-                    in_transaction=in_transaction,
-                    search_path=search_path,
-                )
-            decision = self._engine.decide(
-                identity=identity, sql=sql, session=session, protocol=protocol
+        if verdict is not None:
+            return verdict
+        shape_key = None
+        # A long text is rarely sent twice and its scan would hold the GIL while
+        # other sessions wait: shapes are for the short statements sent all day.
+        if standard_conforming_strings and len(sql) <= self.CACHE_TEXT_LIMIT:
+            shape_key = (identity, search_path, protocol, shape_of(sql))
+            shared = self._by_shape.get(shape_key)
+            if shared:  # neither unseen (None) nor UNCONFIRMED (empty)
+                self._shape_hits += 1
+                action, message, rest = shared
+                return tuple.__new__(Verdict, (action, message, sql, *rest))
+        context = (standard_conforming_strings, in_transaction, search_path)
+        session = self._contexts.get(context)
+        if session is None:
+            # Few distinct contexts exist: build each once (a frozen dataclass's
+            # constructor is a noticeable part of a cache miss).
+            if len(self._contexts) >= 64:
+                self._contexts.clear()
+            session = self._contexts[context] = self._engine_mod.SessionContext(
+                standard_conforming_strings=standard_conforming_strings,
+                in_transaction=in_transaction,
+                search_path=search_path,
             )
-            action, message, rest = self._shared(decision)
-            # The tuple itself: once per statement on the hot path, without the
-            # NamedTuple constructor's keyword handling.
-            verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
-            if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
-                if len(self._cache) >= self.CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[key] = verdict
+        decision = self._engine.decide(
+            identity=identity, sql=sql, session=session, protocol=protocol
+        )
+        action, message, rest = self._shared(decision)
+        # The tuple itself: once per statement on the hot path, without the
+        # NamedTuple constructor's keyword handling.
+        verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
+        if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
+            if len(self._cache) >= self.CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = verdict
+        if (
+            shape_key is not None
+            and decision.cached  # served by a template: the literals' values did not matter
+            and action == ALLOW
+            and decision.upstream_sql == sql  # no rewrite to re-apply to new values
+            and shape_key not in self._by_shape
+        ):
+            if len(self._by_shape) >= self.CACHE_LIMIT:
+                self._by_shape.clear()
+            self._by_shape[shape_key] = (action, message, rest) if confirmed(sql) else UNCONFIRMED
         return verdict
 
 

@@ -27,8 +27,9 @@ the server confirm the state before it lets the next statement be decided.
 
 Masking is applied to every allowed or held statement by rewrite; a request
 no policy touches goes upstream byte for byte. Decisions are cached per
-bundle: first by exact text, then by text normalised for literals (the
-cached template is re-applied to the new literals at token positions).
+bundle: first by exact text, then by the text's tokens with each literal's
+value replaced by its kind (the cached template is re-applied to the new
+literals at token positions).
 """
 
 from __future__ import annotations
@@ -196,14 +197,14 @@ class _Splice:
 class _Template:
     """A decision for one single-statement text, re-applicable to other literals.
 
-    ``structure`` holds the text of every token that is neither a literal nor a
-    comment, so a text matches the template exactly when only its literals (and
-    comments) differ. ``statements`` memoises the per-hit StatementAnalysis by
-    LIMIT value: everything else in it is the same for every match.
+    It is found by the text's ``_literal_shape``, so a text uses it exactly when
+    only its literals (and comments) differ. Splices and LIMIT are located by
+    structural index: the position among the tokens that are neither literals
+    nor comments. ``statements`` memoises the per-hit StatementAnalysis by LIMIT
+    value: everything else in it is the same for every match.
     """
 
     decision: Decision
-    structure: tuple[str, ...]  # non-literal tokens of the text it was made from
     splices: tuple[tuple[int, int, str], ...]  # (first, last structural index, text)
     limit_index: int | None  # structural index of LIMIT when the bound is a literal
     statements: dict[int | None, StatementAnalysis] = field(default_factory=dict)
@@ -223,14 +224,23 @@ _NOT_STRUCTURE = _CONST_TOKENS | _COMMENT_TOKENS
 _STATEMENT_MEMO = 64  # distinct LIMIT values remembered per template
 
 
-def _structure(sql: str, tokens: list[Any]) -> tuple[list[Any], tuple[str, ...]]:
-    """(structural tokens, their text) from pglast's raw scan of ``sql``.
+def _literal_shape(sql: str, tokens: list[Any]) -> tuple[str, ...]:
+    """The template key of a scanned text: the text itself, but each literal's
+    kind (``ICONST``, ``SCONST``...) in place of its value.
 
-    pglast reports character offsets (end inclusive), so slicing the ``str``
-    gives each token's text; equal text tuples mean equal UTF-8 byte tuples.
+    Two texts with the same key differ only in their literals' values, and so
+    parse alike and redact to the same text (comments and spacing included,
+    which the audit trail's redacted text and fingerprint keep).
     """
-    kept = [t for t in tokens if t.name not in _NOT_STRUCTURE]
-    return kept, tuple([sql[t.start : t.end + 1] for t in kept])
+    parts: list[str] = []
+    last = 0
+    for t in tokens:
+        if t.name in _CONST_TOKENS:
+            parts.append(sql[last : t.start])
+            parts.append(t.name)
+            last = t.end + 1
+    parts.append(sql[last:])
+    return tuple(parts)
 
 
 class Engine:
@@ -307,16 +317,20 @@ class Engine:
             return cached
         norm_key: tuple[Any, ...] | None = None
         if scs and not explain:
+            # One raw scan gives both the template key and the token offsets an
+            # instantiation needs; a text the scanner rejects is judged in full.
             try:
-                norm_key = (identity, protocol, path, pg.normalize(sql))
+                tokens = pg.scan(sql)
             except Exception:
-                norm_key = None
-            template = state.normalised.get(norm_key) if norm_key else None
-            if template is not None:
-                decision = self._instantiate(template, sql)
-                if decision is not None:
-                    self._remember(state.exact, key, decision)
-                    return decision
+                tokens = None
+            if tokens is not None:
+                norm_key = (identity, protocol, path, _literal_shape(sql, tokens))
+                template = state.normalised.get(norm_key)
+                if template is not None:
+                    decision = self._instantiate(template, sql, tokens)
+                    if decision is not None:
+                        self._remember(state.exact, key, decision)
+                        return decision
         try:
             decision, new_template = self._judge(state, who, sql, session, protocol, explain, now)
         except Exception:  # never fail open, never crash the proxy
@@ -354,17 +368,16 @@ class Engine:
         )
 
     # -- the cached template path ---------------------------------------------------
-    def _instantiate(self, template: _Template, sql: str) -> Decision | None:
+    def _instantiate(self, template: _Template, sql: str, tokens: list[Any]) -> Decision | None:
         # The hot path of a proxy under load (same statement, new literals), so it
         # works on pglast's raw scan and str offsets: no per-token objects of our
         # own, no re-encoding, and the StatementAnalysis is memoised per LIMIT.
-        try:
-            tokens = pg.scan(sql)
-        except Exception:
-            return None
-        kept, structure = _structure(sql, tokens)
-        if structure != template.structure:
-            return None
+        # ``tokens`` matched the template's key, so the structure is the template's.
+        kept = (
+            [t for t in tokens if t.name not in _NOT_STRUCTURE]
+            if template.splices or template.limit_index is not None
+            else []
+        )
         d = template.decision
         row_bound = d.statements[0].row_bound
         if template.limit_index is not None:
@@ -828,8 +841,8 @@ class Engine:
         # offsets); the template is keyed on structural indices, which are the
         # same in both scans because both drop comments and literals alike.
         index = [i for i, t in enumerate(tokens) if t.name not in _CONST_TOKENS]
-        structure = _structure(sql, raw_tokens)[1]
-        if len(structure) != len(index):
+        structural = sum(1 for t in raw_tokens if t.name not in _NOT_STRUCTURE)
+        if structural != len(index):
             return None
         position = {token_index: i for i, token_index in enumerate(index)}
         mapped = []
@@ -848,4 +861,4 @@ class Engine:
             if len(limits) != 1 or limits[0] not in position:
                 return None
             limit_index = position[limits[0]]
-        return _Template(decision, structure, tuple(mapped), limit_index)
+        return _Template(decision, tuple(mapped), limit_index)

@@ -1,0 +1,85 @@
+"""A statement's shape: its text with the values of its simple literals taken out.
+
+The proxy's busiest traffic is one statement sent again and again with new
+values (``WHERE aid = 48213``, an ORM's ``WHERE "email" = 'a@b.c'``). The
+engine already serves those from a template once it has judged the first one,
+but finding the template costs a full scan by PostgreSQL's lexer. A shape is
+found with one regular expression, so a policy can keep the verdicts the
+engine gave by template under the shape and skip the engine altogether.
+
+What may vary between two texts of one shape:
+
+- an integer literal of at most nine digits (so PostgreSQL lexes it as an
+  ``ICONST`` whatever its value), standing alone: not part of a name (``t1``),
+  a parameter (``$1``), a number with a point or exponent (``1.5``, ``1e5``),
+  or a longer number;
+- a standard string literal, ``'...'`` with ``''`` for a quote.
+
+Everything else is kept verbatim, quoted identifiers included: identifiers,
+quoted or not, are never a variable part of a shape.
+
+The expression is not PostgreSQL's lexer, and does not have to be: a shape is
+only ever recorded from a text whose every match ``confirmed`` is a whole
+token of the kind it stands for in PostgreSQL's own scan. Another text of the
+same shape is the same text outside those tokens, so PostgreSQL lexes it the
+same way up to each of them; the token there is again of the same kind and
+length class, and ends where the expression says, because the character after
+it is the same as in the confirmed text. (A digit run is followed by none of
+``[\\w.$]``; a string ends at a quote that is not doubled, and the confirmed
+text shows PostgreSQL ended it there too.) So two texts of one shape scan to
+the same tokens except for those literals' values, which is exactly what the
+engine's own templates vary, and the soundness of reusing a verdict across a
+shape reduces to the engine's. ``tests/sidecar/engine/test_shape.py`` checks
+it decision for decision against a fresh engine.
+
+Only for ``standard_conforming_strings`` on: with it off, a backslash would
+escape a quote inside a string, which the expression does not follow.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pglast import parser as pg
+
+# Each match adds two items to ``split``'s result: the quoted identifier (kept
+# verbatim) or None, and "'" for a string or None. So a number reads (None,
+# None), a string (None, "'") and a quoted identifier ('"name"', None), and
+# the unmatched text between stays in the list as it is.
+_LITERALS = re.compile(
+    r"""(?=["'\d])(?:("[^"]*(?:""[^"]*)*")|(')[^']*(?:''[^']*)*'|(?<![\w$.])\d{1,9}(?![\w.$]))"""
+)
+_split = _LITERALS.split
+
+Shape = tuple[str | None, ...]
+
+
+def shape_of(sql: str) -> Shape:
+    """The text's shape; two texts share one when they differ only in the values
+    of their simple literals (see the module docstring)."""
+    return tuple(_split(sql))
+
+
+def confirmed(sql: str) -> bool:
+    """Whether PostgreSQL's lexer reads every literal and quoted identifier the
+    shape expression found in ``sql`` as one whole token of that kind.
+
+    A text that fails here (a comment or dollar quote holding digits, an
+    ``E'...'`` string, a string continued on the next line...) still gets its
+    verdict from the engine; it is only never kept by shape.
+    """
+    try:
+        tokens = {(t.start, t.end): t.name for t in pg.scan(sql)}
+    except Exception:
+        return False
+    for match in _LITERALS.finditer(sql):
+        span = (match.start(), match.end() - 1)  # pglast: character offsets, end inclusive
+        if match.group(1) is not None:
+            expected = "IDENT"
+        elif match.group(2) is not None:
+            expected = "SCONST"
+        else:
+            expected = "ICONST"
+        if tokens.get(span) != expected:
+            return False
+    return True
