@@ -1,12 +1,15 @@
 """Benchmark of audit ingestion through the real sidecar API, then the UI's query latencies.
 
-One uvicorn process serves ``config.asgi`` (the gateway behind it) (Django behind it) on a
-database of its own (migrated here); ``--sidecars`` sidecars, each on its own
-datasource (so its own chain), post batches of ``--batch`` statement events
-shaped like the proxy's over keep-alive HTTP, ``--clients`` at a time, until
-``--events`` have been accepted. Figures: events/s accepted (wall clock), the
-web process's CPU time per event (steadier than the rate on a shared machine)
-and, when PostgreSQL runs on this machine, its backends' CPU time per event.
+``--web-processes`` uvicorn processes serve ``config.asgi`` (the gateway behind it)
+(Django behind it), each on a port of its own as behind a load balancer, on a
+database of its own (migrated here); ``--sidecars`` sidecars, spread over
+``--datasources`` datasources (each sidecar has its own chain, anchored into
+its datasource's), post batches of ``--batch`` statement events shaped like
+the proxy's over keep-alive HTTP, ``--clients`` at a time (client n to web
+process n mod N), until ``--events`` have been accepted. Figures: events/s
+accepted (wall clock), the web processes' CPU time per event (steadier than
+the rate on a shared machine) and, when PostgreSQL runs on this machine, its
+backends' CPU time per event, and their sum.
 Then every chain is verified, and ``bench/audit_queries.py`` runs when it
 exists (its ``main()``). ``--database-stage`` instead times only PostgreSQL's
 side of ingestion on whatever the database holds, for comparing schemas.
@@ -14,7 +17,9 @@ side of ingestion on whatever the database holds, for comparing schemas.
     WARDEN_DEV=1 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/warden_bench_audit \\
     REDIS_URL=redis://127.0.0.1:6379/N .venv/bin/python bench/audit.py
 
-Ends with ``audit_ingest_rate=<v> events/s target=20000 met|missed``.
+Ends with ``audit_ingest_cpu_per_event=<v> us target=40 met|missed`` (web and
+PostgreSQL together) and ``audit_ingest_rate=<v> events/s target=20000
+met|missed`` (missed, whatever the rate, when ``audit_verify`` fails after the run).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from sidecar.events import SCHEMA_VERSION  # noqa: E402
 from sidecar.proxy.audit_event import event_id  # noqa: E402
 
 TARGET = 20_000
+CPU_TARGET_US = 40.0
 CLASSIFICATIONS = ["pii.email", "pii.ssn", "pii.phone", "financial.card"]
 TABLES = ["public.customers", "public.orders", "public.payments", "public.api_keys"]
 
@@ -66,8 +72,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def setup(sidecars: int) -> list[str]:
-    """Datasources and sidecars for the run (fresh names each time); their tokens."""
+def setup(sidecars: int, datasources: int = 1) -> list[str]:
+    """Datasources and sidecars for the run (fresh names each time); their tokens.
+    Sidecar i belongs to datasource i mod ``datasources``."""
     call_command("migrate", verbosity=0)
     User = get_user_model()
     admin, _ = User.objects.get_or_create(
@@ -76,12 +83,17 @@ def setup(sidecars: int) -> list[str]:
     Membership.objects.get_or_create(user=admin, defaults={"role": Role.ADMIN})
     production = Environment.objects.get(name="production")
     run = uuid.uuid4().hex[:6]
-    tokens = []
-    for i in range(sidecars):
-        ds = services.datasource_create(
+    sources = [
+        services.datasource_create(
             actor=admin, name=f"bench-audit-{run}-{i}", environment=production
         )
-        _, token = services.sidecar_register(actor=admin, datasource=ds, name="bench")
+        for i in range(max(1, min(datasources, sidecars)))
+    ]
+    tokens = []
+    for i in range(sidecars):
+        _, token = services.sidecar_register(
+            actor=admin, datasource=sources[i % len(sources)], name=f"bench-{i}"
+        )
         tokens.append(token)
     return tokens
 
@@ -161,7 +173,9 @@ def backends_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, int, float, float]:
+def run(
+    args: argparse.Namespace, ports: list[int], tokens: list[str]
+) -> tuple[int, int, float, float]:
     """Post batches until args.events are accepted.
 
     Returns (accepted, duplicates, seconds, CPU seconds this load generator used meanwhile).
@@ -182,7 +196,7 @@ def run(args: argparse.Namespace, port: int, tokens: list[str]) -> tuple[int, in
 
     def client(n: int) -> None:
         token = tokens[n % len(tokens)]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=120)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         start.wait()
         for body in bodies[n]:
@@ -305,35 +319,10 @@ def database_stage(batches: int = 120) -> None:
     print(f"database stage: PostgreSQL CPU per event {per_event:.1f} us ({batches} batches of 500)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--sidecars", type=int, default=4)
-    parser.add_argument("--skip-queries", action="store_true")
-    parser.add_argument(
-        "--stages", action="store_true", help="first time the Python stages in-process"
-    )
-    parser.add_argument(
-        "--database-stage",
-        action="store_true",
-        help="only time PostgreSQL's CPU for the ingest statements, on the events the "
-        "database already holds (no HTTP run)",
-    )
-    args = parser.parse_args()
-    if args.stages:
-        stages()
-
-    tokens = setup(args.sidecars)
-    if args.database_stage:
-        database_stage()
-        return
-    connection.close()
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / "bench-audit-uvicorn.log"
+def start_server(port: int, n: int) -> subprocess.Popen[bytes]:
+    log = Path(tempfile.gettempdir()) / f"bench-audit-uvicorn-{n}.log"
     with log.open("wb") as out:
-        server = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -351,52 +340,117 @@ def main() -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def wait_for(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--sidecars", type=int, default=4)
+    parser.add_argument(
+        "--datasources",
+        type=int,
+        default=1,
+        help="datasources the sidecars are spread over (1: one busy datasource)",
+    )
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="uvicorn processes, each on its own port; client n posts to process n mod N",
+    )
+    parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument(
+        "--stages", action="store_true", help="first time the Python stages in-process"
+    )
+    parser.add_argument(
+        "--database-stage",
+        action="store_true",
+        help="only time PostgreSQL's CPU for the ingest statements, on the events the "
+        "database already holds (no HTTP run)",
+    )
+    args = parser.parse_args()
+    if args.stages:
+        stages()
+
+    tokens = setup(args.sidecars, args.datasources)
+    if args.database_stage:
+        database_stage()
+        return
+    connection.close()
+    print(f"load average before the run: {Path('/proc/loadavg').read_text().strip()}")
+    ports = [free_port() for _ in range(max(1, args.web_processes))]
+    servers = [start_server(port, n) for n, port in enumerate(ports)]
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        # Warm-up (connections, caches, first partition checks), not counted.
+        for port in ports:
+            wait_for(port)
+        # Warm-up (connections, caches, first partition checks), not counted; twice,
+        # so each process's ingest threads have opened the connections they will use.
         warm = argparse.Namespace(**{**vars(args), "events": args.batch * args.clients})
-        run(warm, port, tokens)
+        run(warm, ports, tokens)
+        run(warm, ports, tokens)
         backends = web_backends()
-        web_before, database_before = cpu_seconds(server.pid), backends_cpu(backends)
-        accepted, duplicates, elapsed, client_cpu = run(args, port, tokens)
-        web_cpu = cpu_seconds(server.pid) - web_before
+        web_before = sum(cpu_seconds(s.pid) for s in servers)
+        database_before = backends_cpu(backends)
+        accepted, duplicates, elapsed, client_cpu = run(args, ports, tokens)
+        web_cpu = sum(cpu_seconds(s.pid) for s in servers) - web_before
         database_cpu = backends_cpu(backends) - database_before
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
+        for server in servers:
+            os.killpg(server.pid, signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=10)
 
     rate = accepted / elapsed
+    processes = f"{len(servers)} uvicorn process{'es' if len(servers) > 1 else ''}"
     print(
         f"ingested {accepted:,} events ({duplicates} duplicates) in {elapsed:.2f} s: "
         f"{rate:,.0f} events/s; batches of {args.batch}, {args.clients} clients, "
-        f"{args.sidecars} chains, one uvicorn process"
+        f"{args.sidecars} sidecar chains over {min(args.datasources, args.sidecars)} "
+        f"datasource(s), {processes}"
     )
+    web_us = web_cpu / accepted * 1e6
     print(
-        f"web process CPU per event: {web_cpu / accepted * 1e6:.1f} us "
-        f"(one core at 100% would take {1e6 / (web_cpu / accepted * 1e6):,.0f} events/s)"
+        f"web process CPU per event: {web_us:.1f} us "
+        f"(one core at 100% would take {1e6 / web_us:,.0f} events/s)"
     )
+    total_us = web_us
     if backends:
         # The statements' own cost in PostgreSQL (not its WAL writer or checkpointer).
+        database_us = database_cpu / accepted * 1e6
+        total_us += database_us
         print(
-            f"PostgreSQL CPU per event ({len(backends)} backends of the web process): "
-            f"{database_cpu / accepted * 1e6:.1f} us"
+            f"PostgreSQL CPU per event ({len(backends)} backends of the web processes): "
+            f"{database_us:.1f} us"
         )
     # The load generator shares the machine: what it burns, the server cannot use.
     print(f"load generator CPU per event: {client_cpu / accepted * 1e6:.1f} us")
+    print(f"load average after the run: {Path('/proc/loadavg').read_text().strip()}")
     began = time.perf_counter()
     verified = audit_verify()
     print(
         f"audit_verify: {'OK' if verified.ok else 'BROKEN'} {verified.checked:,} events "
-        f"in {time.perf_counter() - began:.2f} s"
+        f"in {verified.chains} chains, {time.perf_counter() - began:.2f} s"
+        + ("" if verified.ok else f": {verified.first_broken}")
     )
+    if backends:
+        print(
+            f"audit_ingest_cpu_per_event={total_us:.1f} us target={CPU_TARGET_US:.0f} "
+            f"{'met' if total_us <= CPU_TARGET_US else 'missed'}"
+        )
     verdict = (
         f"audit_ingest_rate={rate:.0f} events/s target={TARGET} "
-        f"{'met' if rate >= TARGET else 'missed'}"
+        f"{'met' if rate >= TARGET and verified.ok else 'missed'}"
     )
     print(verdict)
     queries = ROOT / "bench" / "audit_queries.py"
