@@ -1,8 +1,8 @@
 """Instructions per transaction in the sidecar's session, this tree against another checkout.
 
 ``bench/proxy_micro.py`` drives one real ``Session`` with pgbench's select-only
-exchange (``--prepared``: Bind/Execute/Sync of one prepared statement) and no
-sockets. Here it runs under valgrind's callgrind, which counts instructions
+exchange, the same as Bind/Execute/Sync of a prepared statement, and an ORM's
+statement, with no sockets. Here it runs under valgrind's callgrind, which counts instructions
 rather than time, so the figure does not move with the machine's load. Each
 tree runs at two transaction counts and the difference is divided by the
 difference in transactions, so start-up and import cost cancel out.
@@ -14,7 +14,8 @@ It prints instructions per transaction for both trees and ends with one line
 per workload: ``<workload>_instructions_delta=<percent> % target=2 met|missed``
 (this tree's extra instructions over the base, for traffic that changes no
 session state: the cost of the session-state barrier and everything else
-that differs).
+that differs), then ``orm_vs_select_only_instructions``: this tree's ORM
+statement against the integer one (issue target: within 1.3x).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "bench" / "proxy_micro.py"
 
 
-def instructions(tree: Path, n: int, prepared: bool, work: Path) -> int:
-    out = work / f"callgrind.{tree.name}.{n}.{int(prepared)}"
+def instructions(tree: Path, n: int, workload: str, work: Path) -> int:
+    out = work / f"callgrind.{tree.name}.{n}.{workload}"
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -46,9 +47,9 @@ def instructions(tree: Path, n: int, prepared: bool, work: Path) -> int:
         "1",
         "--tree",
         str(tree),
+        "--workload",
+        workload,
     ]
-    if prepared:
-        command.append("--prepared")
     # A fixed hash seed: dict and set layouts (and so instruction counts) repeat.
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(command, check=True, capture_output=True, env=env)
@@ -58,17 +59,17 @@ def instructions(tree: Path, n: int, prepared: bool, work: Path) -> int:
     return int(match.group(1))
 
 
-def per_transaction(tree: Path, n: int, prepared: bool, work: Path) -> float:
-    small = instructions(tree, n, prepared, work)
-    large = instructions(tree, 2 * n, prepared, work)
+def per_transaction(tree: Path, n: int, workload: str, work: Path) -> float:
+    small = instructions(tree, n, workload, work)
+    large = instructions(tree, 2 * n, workload, work)
     return (large - small) / n
 
 
-def median_per_transaction(tree: Path, n: int, prepared: bool, work: Path, repeat: int) -> float:
+def median_per_transaction(tree: Path, n: int, workload: str, work: Path, repeat: int) -> float:
     # Object addresses differ from run to run (and with them some hashing and the
     # garbage collector's timing): a few hundred instructions of noise per
     # transaction, which the median of a few runs irons out.
-    runs = sorted(per_transaction(tree, n, prepared, work) for _ in range(repeat))
+    runs = sorted(per_transaction(tree, n, workload, work) for _ in range(repeat))
     return runs[len(runs) // 2]
 
 
@@ -85,11 +86,14 @@ def main() -> int:
     lines = []
     with tempfile.TemporaryDirectory(prefix="warden-callgrind-") as tmp:
         work = Path(tmp)
-        for workload, prepared in (("select_only", False), ("select_prepared", True)):
+        this: dict[str, float] = {}
+        for workload in ("select-only", "select-prepared", "orm"):
             counts = {
-                name: median_per_transaction(tree, args.n, prepared, work, args.repeat)
+                name: median_per_transaction(tree, args.n, workload, work, args.repeat)
                 for name, tree in trees.items()
             }
+            this[workload] = counts["this"]
+            workload = workload.replace("-", "_")
             delta = (counts["this"] / counts["base"] - 1) * 100
             print(
                 f"{workload:<16} this {counts['this']:>10.0f}  base {counts['base']:>10.0f} "
@@ -97,6 +101,10 @@ def main() -> int:
             )
             verdict = "met" if delta <= 2 else "missed"
             lines.append(f"{workload}_instructions_delta={delta:.2f} % target=2 {verdict}")
+        # An ORM's statements (string literals, quoted names) against pgbench's.
+        ratio = this["orm"] / this["select-only"]
+        verdict = "met" if ratio <= 1.3 else "missed"
+        lines.append(f"orm_vs_select_only_instructions={ratio:.3f} ratio target=1.3 {verdict}")
     for line in lines:
         print(line)
     return 0

@@ -8,11 +8,15 @@ stand-ins that only count bytes, so what is measured is the sidecar's own work
 per transaction (split, decide, relay, audit), not the system calls that
 ``bench/proxy.py`` includes. CPU time (``time.process_time``), best of rounds.
 
-    .venv/bin/python bench/proxy_micro.py [--n 20000] [--rounds 5] [--tree DIR] [--prepared]
+    .venv/bin/python bench/proxy_micro.py [--n 20000] [--rounds 5] [--tree DIR]
+        [--workload select-only|select-prepared|orm]
 
-``--prepared`` drives the extended protocol instead: one named statement
+``select-prepared`` drives the extended protocol instead: one named statement
 prepared once, then Bind/Execute/Sync per transaction (a driver's prepared
-statement, the path that checks the policy generation on every Bind).
+statement, the path that checks the policy generation on every Bind). ``orm``
+sends an ORM's statement (quoted names, ``LIMIT 21``) with a fresh string
+literal and a fresh integer each time, in positions where their values change
+nothing.
 
 ``--tree`` runs the same loop against another checkout's ``sidecar`` package
 (e.g. ``git archive HEAD sidecar | tar -x -C /tmp/base``) for a before/after.
@@ -94,7 +98,15 @@ def _fit_to_tree(document: dict[str, Any]) -> None:
         document["revision"] = compute_revision(document)
 
 
-async def run(n: int, rounds: int, prepared: bool = False) -> list[float]:
+ORM = (
+    'SELECT "pgbench_accounts"."aid", "pgbench_accounts"."abalance" FROM "pgbench_accounts" '
+    'WHERE "pgbench_accounts"."aid" = {0} AND "pgbench_accounts"."filler" <> '
+    "'user-{0}@example.com' LIMIT 21"
+)
+
+
+async def run(n: int, rounds: int, workload: str = "select-only") -> list[float]:
+    prepared = workload == "select-prepared"
     from bench.proxy import bundle
     from sidecar.metrics import Metrics
     from sidecar.proxy.policy import identities_from_bundle
@@ -159,7 +171,7 @@ async def run(n: int, rounds: int, prepared: bool = False) -> list[float]:
             continue
         # Fresh literals every round, as pgbench's random aid over 800k rows: the
         # decision caches see a new text almost every time.
-        sql = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+        sql = ORM if workload == "orm" else "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
         queries = [
             _frame(b"Q", sql.format(rng.randint(1, 10**9)).encode() + b"\x00") for _ in range(n)
         ]
@@ -180,12 +192,14 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000, help="transactions per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tree", default=str(ROOT), help="checkout whose sidecar package to run")
-    parser.add_argument("--prepared", action="store_true", help="Bind/Execute a prepared statement")
+    parser.add_argument(
+        "--workload", choices=("select-only", "select-prepared", "orm"), default="select-only"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # bench.proxy (the bundle)
     sys.path.insert(0, str(Path(args.tree).resolve()))  # the sidecar under test
-    results = asyncio.run(run(args.n, args.rounds, args.prepared))
-    what = "prepared select-only" if args.prepared else "select-only"
+    results = asyncio.run(run(args.n, args.rounds, args.workload))
+    what = args.workload
     print(
         f"session CPU per {what} transaction: best {min(results):.2f} us, "
         f"rounds {' '.join(f'{r:.2f}' for r in results)} ({args.tree})"
