@@ -143,16 +143,19 @@ def _latest_anchors(cursor: Any) -> dict[str, tuple[int, str, str, int]]:
     Only control-plane events count (a sidecar's own ``type`` never becomes one:
     intake stores unknown types as ``sidecar.unknown``), and only those naming a
     chain of their own datasource."""
+    # An anchor whose seq is not a number (edited: its own chain's walk reports it)
+    # is read as NULL rather than failing the query, and sorted last.
     cursor.execute(
-        "SELECT DISTINCT ON (extra->>'chain') extra->>'chain', (extra->>'seq')::bigint, "
+        "SELECT DISTINCT ON (extra->>'chain') extra->>'chain', "
+        "CASE WHEN extra->>'seq' ~ '^[0-9]{1,18}$' THEN (extra->>'seq')::bigint END AS anchored, "
         "extra->>'hash', chain, seq FROM audit_event WHERE type = %s AND source = %s "
-        "ORDER BY extra->>'chain', (extra->>'seq')::bigint DESC, seq DESC",
+        "ORDER BY extra->>'chain', anchored DESC NULLS LAST, seq DESC",
         [ANCHOR_TYPE, EventSource.CONTROL_PLANE.value],
     )
     return {
         target: (seq, hash_, into, into_seq)
         for target, seq, hash_, into, into_seq in cursor.fetchall()
-        if target and target.startswith(into + "/")
+        if target and seq is not None and target.startswith(into + "/")
     }
 
 

@@ -9,6 +9,7 @@ attacker (a database superuser, trigger disabled) also rewinds the head row.
 
 from __future__ import annotations
 
+import json
 import threading
 from io import StringIO
 from typing import Any
@@ -323,3 +324,17 @@ def test_tamper_deleted_anchor_breaks_the_datasource_chain(anchored: str) -> Non
     )
     broken = _broken(datasource)
     assert broken["chain"] == datasource
+
+
+def test_tamper_edited_anchor_is_reported_not_a_crash(anchored: str) -> None:
+    datasource = anchored.rsplit("/", 1)[0]
+    anchor = AuditEvent.objects.filter(chain=datasource, type=ANCHOR_TYPE).order_by("-seq")[0]
+    _as_attacker(
+        (
+            "UPDATE audit_event SET extra = %s::jsonb WHERE chain = %s AND seq = %s",
+            [json.dumps({"chain": anchored, "seq": "many"}), datasource, anchor.seq],
+        )
+    )
+    broken = _broken(datasource)
+    assert (broken["chain"], broken["seq"]) == (datasource, anchor.seq)
+    assert "edited" in broken["reason"]
