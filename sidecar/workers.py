@@ -138,7 +138,7 @@ class SharedState:
                 request = json.loads(line)
                 try:
                     reply = {"id": request.get("id"), **self.answer(request)}
-                except (KeyError, TypeError, ValueError) as exc:
+                except (IndexError, KeyError, TypeError, ValueError) as exc:
                     reply = {"id": request.get("id"), "error": str(exc)}
                 writer.write(json.dumps(reply).encode() + b"\n")
         except (ConnectionError, ValueError):
@@ -158,11 +158,21 @@ class _Child:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) the port with SO_REUSEPORT: it picks the port when 0, finds
-    a port held by another program before any worker starts, and keeps it ours."""
+    """Bind (not listen) the port with SO_REUSEPORT, for the workers to listen on.
+
+    First without SO_REUSEPORT: a port another program holds, or another sidecar
+    with workers (whose group would otherwise take this one in and split the
+    clients between two sidecars), is refused before any worker starts. It also
+    picks the port when ``port`` is 0. The reservation keeps it ours meanwhile."""
     family, kind, proto, _name, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+        address = probe.getsockname()
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:

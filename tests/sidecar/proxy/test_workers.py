@@ -303,3 +303,18 @@ def test_workers_stop_when_their_parent_is_gone(upstream: str, tmp_path: Path) -
         assert wait_for(lambda pid=pid: not alive(pid), timeout=10), pid
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", sidecar.port), timeout=2).close()
+
+
+def test_a_second_sidecar_cannot_take_a_share_of_the_port(
+    sidecar: Sidecar, upstream: str, tmp_path: Path
+) -> None:
+    name = upstream.rsplit("/", 1)[-1].split("?")[0]
+    with pytest.raises(RuntimeError, match="cannot listen"):
+        start_sidecar(
+            tmp_path,
+            upstream,
+            build_bundle(name),
+            workers=WORKERS,
+            listen_port=sidecar.port,
+            scan_enabled=False,
+        )
