@@ -48,6 +48,11 @@ def test_file_then_environment(tmp_path: Path) -> None:
             "tls_key",
         ),
         ('upstream_dsn = "x"\nbundle_file = ', {}, "malformed"),
+        (
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ndatasource = "d"\n',
+            {"WARDEN_SIDECAR_WORKERS": "0"},
+            "workers must be between 1 and 64",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
