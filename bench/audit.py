@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,54 @@ def local_backends(pids: list[int]) -> list[int]:
 
 def backends_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
+
+
+class LockWaits:
+    """Samples, every 50 ms while the run lasts, how many of the ingest backends are
+    running a statement and how many of those wait for a lock (a chain head, a
+    rollup row): the share of ingestion spent queueing, which the machine's load
+    moves much less than the rate."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.active, self.waiting = pids, 0, 0
+        self.events: Counter[str] = Counter()  # what they wait for: tuple, extend …
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> LockWaits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psycopg
+
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"] or None,
+            port=settings["PORT"] or None,
+            user=settings["USER"] or None,
+            password=settings["PASSWORD"] or None,
+            dbname=settings["NAME"],
+            autocommit=True,
+        ) as sampler:
+            while not self._stop.wait(0.05):
+                rows = sampler.execute(
+                    "SELECT wait_event_type = 'Lock', wait_event FROM pg_stat_activity "
+                    "WHERE pid = ANY(%s) AND state = 'active'",
+                    [self.pids],
+                ).fetchall()
+                self.active += len(rows)
+                for is_lock, wait_event in rows:
+                    if is_lock:
+                        self.waiting += 1
+                        self.events[wait_event] += 1
+
+    def share(self) -> float:
+        return self.waiting / self.active if self.active else 0.0
 
 
 def run(
@@ -402,7 +451,8 @@ def main() -> None:
         backends = web_backends()
         web_before = sum(cpu_seconds(s.pid) for s in servers)
         database_before = backends_cpu(backends)
-        accepted, duplicates, elapsed, client_cpu = run(args, ports, tokens)
+        with LockWaits(backends) as lock_waits:
+            accepted, duplicates, elapsed, client_cpu = run(args, ports, tokens)
         web_cpu = sum(cpu_seconds(s.pid) for s in servers) - web_before
         database_cpu = backends_cpu(backends) - database_before
     finally:
@@ -432,6 +482,12 @@ def main() -> None:
         print(
             f"PostgreSQL CPU per event ({len(backends)} backends of the web processes): "
             f"{database_us:.1f} us"
+        )
+    if backends:
+        print(
+            f"ingest statements waiting for a lock: {lock_waits.share():.0%} of "
+            f"{lock_waits.active:,} samples of a running statement"
+            + "".join(f", {n} {event}" for event, n in lock_waits.events.most_common())
         )
     # The load generator shares the machine: what it burns, the server cannot use.
     print(f"load generator CPU per event: {client_cpu / accepted * 1e6:.1f} us")
