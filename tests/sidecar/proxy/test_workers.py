@@ -202,24 +202,36 @@ def test_a_cancel_stops_only_the_query_of_its_key(sidecar: Sidecar, upstream: st
     second.close()
 
 
+def _logins(sidecar: Sidecar, result: str) -> dict[int, int]:
+    return per_worker(sidecar.metrics(), f'warden_sidecar_logins_total{{result="{result}"}}')
+
+
 def test_failed_sign_ins_on_one_worker_throttle_the_next_attempt_on_another(
     sidecar: Sidecar,
 ) -> None:
-    refused = [_login(sidecar, "bob", WRONG) for _ in range(6)]
+    # An address of its own (all of 127/8 is loopback): a pair no earlier test used.
+    source, elsewhere = (f"127.{secrets.randbelow(250) + 1}.{i}.{i}" for i in (7, 8))
+    failed_before, refused_before = _logins(sidecar, "failed"), _logins(sidecar, "throttled")
+    refused = [_login(sidecar, "bob", WRONG, source=source) for _ in range(6)]
     assert all(r.get("C") == "28P01" for r in refused)
-    throttled = [_login(sidecar, "bob", BOB_TOKEN) for _ in range(20)]
+    throttled = [_login(sidecar, "bob", BOB_TOKEN, source=source) for _ in range(20)]
     assert all("too many failed sign-ins" in r.get("M", "") for r in throttled), throttled
-    metrics = sidecar.metrics()
-    failed = per_worker(metrics, 'warden_sidecar_logins_total{result="failed"}')
-    refusals = per_worker(metrics, 'warden_sidecar_logins_total{result="throttled"}')
+    failed = {w: n - failed_before.get(w, 0) for w, n in _logins(sidecar, "failed").items()}
+    refusals = {w: n - refused_before.get(w, 0) for w, n in _logins(sidecar, "throttled").items()}
     assert sum(failed.values()) == 6 and sum(refusals.values()) == 20
     # Both workers refused: at least one of them saw fewer than the six failures
     # that back a pair off, so it refused on what the other one counted.
     assert refusals[0] > 0 and refusals[1] > 0, refusals
-    assert _login(sidecar, "bob", BOB_TOKEN, source="127.0.0.2") == {}
+    assert _login(sidecar, "bob", BOB_TOKEN, source=elsewhere) == {}
+
+
+def _restarts(sidecar: Sidecar) -> int:
+    found = re.search(r"^warden_sidecar_worker_restarts_total (\d+)$", sidecar.metrics(), re.M)
+    return int(found.group(1)) if found else -1
 
 
 def test_a_worker_that_dies_is_restarted(sidecar: Sidecar) -> None:
+    restarts = _restarts(sidecar)
     before = {w["index"]: w["pid"] for w in ready_info(sidecar)["workers"]}
     os.kill(before[1], signal.SIGKILL)
 
@@ -232,7 +244,7 @@ def test_a_worker_that_dies_is_restarted(sidecar: Sidecar) -> None:
     conn = connection_on(sidecar, 1)
     assert conn.execute("SELECT 1").fetchone() == (1,)
     conn.close()
-    assert "warden_sidecar_worker_restarts_total 1" in sidecar.metrics()
+    assert _restarts(sidecar) == restarts + 1
 
 
 def test_sigterm_stops_every_worker(upstream: str, tmp_path: Path) -> None:
