@@ -330,3 +330,20 @@ def test_a_second_sidecar_cannot_take_a_share_of_the_port(
             listen_port=sidecar.port,
             scan_enabled=False,
         )
+
+
+def test_a_sign_in_the_parent_cannot_check_is_refused(sidecar: Sidecar) -> None:
+    # The parent holds the sign-in limits: while it does not answer, no worker
+    # lets anyone in (fail closed), and once it answers again sign-ins work.
+    parent = sidecar.proc.pid
+    os.kill(parent, signal.SIGSTOP)
+    try:
+        for _ in range(4):  # whichever worker each attempt reaches
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError, match="cannot be checked"):
+                psycopg.connect(sidecar.dsn(), connect_timeout=10)
+            assert time.monotonic() - started < 5
+    finally:
+        os.kill(parent, signal.SIGCONT)
+    with psycopg.connect(sidecar.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
