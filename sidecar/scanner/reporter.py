@@ -29,6 +29,8 @@ import functools
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -301,7 +303,7 @@ def scan_executor(log_level: str) -> concurrent.futures.Executor:
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(log_level,),
+        initargs=(log_level, os.getpid()),
     )
 
 
@@ -314,7 +316,17 @@ def _stop_executor(executor: concurrent.futures.Executor) -> None:
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _worker_init(log_level: str) -> None:
+def _worker_init(log_level: str, parent: int) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # A sidecar killed outright (SIGKILL, OOM) cannot stop its pool: the worker would
+    # wait for scans forever. It follows its parent instead. (Not PR_SET_PDEATHSIG,
+    # which follows the thread that happened to start the process.)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
