@@ -144,7 +144,7 @@ class _Exec:
         self.base = base
         self.rows: int | None = None
         self.error: str | None = None
-        self.started = time.perf_counter()
+        self.started = time.perf_counter_ns()
 
 
 def _unknown_statement(name: bytes) -> Verdict:
@@ -901,7 +901,7 @@ class Session:
             # Inside a failed extended batch the server ignores a Query too: no reply
             # will come for it. Recorded as skipped; what was sent never runs.
             if verdict.action == ALLOW:
-                self._record(verdict, "error", None, 0.0, "skipped")
+                self._record(verdict, "error", None, 0, "skipped")
                 return None
             return m.query(self._refuse(verdict))
         if verdict.action == ALLOW:
@@ -1054,7 +1054,7 @@ class Session:
             verdict,
             outcome or ("held" if held else "blocked"),
             None,
-            0.0,
+            0,
             sqlstate if held else None,
             approval_id,
         )
@@ -1072,7 +1072,7 @@ class Session:
         if not task.cancelled():
             return
         if self.closed:  # the client went away while held
-            self._record(hold.verdict, "held", None, 0.0, "connection_closed", hold.request_id)
+            self._record(hold.verdict, "held", None, 0, "connection_closed", hold.request_id)
             return
         self._hold_end(hold, holds.canceled(hold))
 
@@ -1187,7 +1187,7 @@ class Session:
         verdict: Verdict,
         outcome: str,
         rows: int | None,
-        duration_ms: float | None,
+        duration_us: int | None,
         sqlstate: str | None,
         approval_id: str | None = None,
         base: str = "",
@@ -1198,7 +1198,7 @@ class Session:
         ``event``/``journal``: the id and journal file of its intent (strict mode)."""
         now = now_us()
         line = statement_line(
-            event or event_id.at_ms(now // 1000), now, verdict, outcome, rows, duration_ms,
+            event or event_id.at_ms(now // 1000), now, verdict, outcome, rows, duration_us,
             sqlstate, approval_id, base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
@@ -1509,14 +1509,14 @@ class Session:
         verdict = item.verdict
         if verdict is None:  # a refusal, recorded when it was decided
             return
-        duration = round((time.perf_counter() - item.started) * 1000, 3)
+        took = (time.perf_counter_ns() - item.started) // 1000  # microseconds
         approval_id = verdict.approval_id
         if approval_id is not None and outcome == "allowed":
             outcome = "approved"
         # _record inline: this runs once for every statement that reached the server.
         now = now_us()
         line = statement_line(
-            item.event or event_id.at_ms(now // 1000), now, verdict, outcome, item.rows, duration,
+            item.event or event_id.at_ms(now // 1000), now, verdict, outcome, item.rows, took,
             item.error, approval_id, item.base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)

@@ -46,10 +46,14 @@ def test_statement_lines_carry_the_microsecond_as_a_json_number() -> None:
 
     verdict = Verdict("allow", "", "SELECT 1", audit_fragment="")
     for stamp in (1_700_000_000_000_000, 1_700_000_000_000_001, 1_765_000_123_456_789, now_us()):
-        line = statement_line("e", stamp, verdict, "allowed", 1, 0.5, None, None, '"identity":"a"')
+        line = statement_line("e", stamp, verdict, "allowed", 1, 500, None, None, '"identity":"a"')
         event = json.loads(line)
+        assert event["duration_ms"] == 0.5
         assert f'"ts":{stamp // 1_000_000}.{stamp % 1_000_000:06d},' in line
         assert abs(event["ts"] * 1_000_000 - stamp) <= 1  # a double holds ~16 digits
         assert event["rows"] == 1 and event["identity"] == "a"
+    for took, shown in ((0, "0.000"), (7, "0.007"), (1_234_567, "1234.567")):
+        line = statement_line("e", 1, verdict, "allowed", None, took, None, None, '"a":1')
+        assert f'"duration_ms":{shown},' in line
     ids = _EventIds()
     assert int(ids.at_ms(1_700_000_000_123).replace("-", "")[:12], 16) == 1_700_000_000_123
