@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean native fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt sidecar/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,15 +14,25 @@ $(STAMP): requirements.txt requirements-dev.txt sidecar/requirements.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-run: $(STAMP)
+# The sidecar's native relay (sidecar/proxy/_relay.c): optional, so a machine
+# without a C compiler runs the pure-Python relay instead of failing.
+native: $(STAMP)
+	-$(PY) -m sidecar.proxy.build_relay
+
+run: $(STAMP) native
 	$(PY) -m config.run
 
-test: $(STAMP)
+test: $(STAMP) native
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m config.devstack test $(PYTEST_ARGS)
+
+# The native relay under AddressSanitizer, against the Python relay, with malformed
+# and fragmented messages (not part of `make test`).
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/relay.py --seconds $(or $(FUZZ_SECONDS),120)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

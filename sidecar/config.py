@@ -71,6 +71,9 @@ class SidecarConfig:
     # With neither, a held statement is refused (approval cannot be requested).
     approvals_url: str | None = None
     approvals_timeout: int = 10  # seconds for one approvals API call (plus any long-poll wait)
+    # Relay the hot messages (a prepared statement's Bind/Execute/Sync, the server's
+    # rows and completions) in C when the native relay is built; false: Python only.
+    native_relay: bool = True
     log_level: str = "INFO"
     # Classify columns by sampling the upstream (at start, on schedule, on request).
     scan_enabled: bool = True

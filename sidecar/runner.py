@@ -727,6 +727,7 @@ async def serve(
         max_message=config.max_message_bytes,
         max_statement=config.max_statement_bytes,
         allow_privileged_upstream=config.allow_privileged_upstream,
+        native_relay=config.native_relay,
     )
     approvals_url = config.approvals_url or (
         config.control_plane_url.rstrip("/") + APPROVALS_PATH if config.control_plane_url else None

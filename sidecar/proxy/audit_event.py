@@ -29,7 +29,7 @@ from sidecar.proxy.policy import Verdict
 # The schema version every event carries (sidecar.events.SCHEMA_VERSION), as the
 # first member of its JSON object.
 VERSION = events.SCHEMA_VERSION
-_STAMP = f'"{events.VERSION_KEY}":{json.dumps(VERSION)},'
+STAMP = f'"{events.VERSION_KEY}":{json.dumps(VERSION)},'
 
 
 class _EventIds:
@@ -116,7 +116,7 @@ def statement_line(
         extra = verdict.audit_json()
     approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
     return (
-        f'{{{_STAMP}"id":"{event}","type":"statement",'
+        f'{{{STAMP}"id":"{event}","type":"statement",'
         f'"ts":{now // 1_000_000}.{now % 1_000_000:06d},'
         f'"action":"{verdict.action}","outcome":"{outcome}",'
         f'"rows":{"null" if rows is None else rows},'

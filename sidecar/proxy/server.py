@@ -171,6 +171,7 @@ class ProxySettings:
     # A superuser or otherwise privileged upstream role is refused unless allowed.
     allow_privileged_upstream: bool = False
     auth_timeout: float = 30.0
+    native_relay: bool = True  # the C relay of hot messages, when built (sidecar/proxy/_relay.c)
 
 
 class _Refused(Exception):
@@ -497,6 +498,7 @@ class ProxyServer:
             on_close=on_close,
             approvals=self.approvals,
             search_path=up.search_path,
+            native_relay=self.settings.native_relay,
         )
         self._cancel_sessions[(pid, secret)] = session
         # StreamWriter.__del__ closes its transport, so the stream objects used for

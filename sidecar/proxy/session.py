@@ -31,6 +31,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar import encodings
@@ -38,7 +39,7 @@ from sidecar.proxy import hold as holds
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState
-from sidecar.proxy.audit_event import encode_base, event_id, now_us, statement_line
+from sidecar.proxy.audit_event import STAMP, encode_base, event_id, now_us, statement_line
 from sidecar.proxy.hold import SPOOL_FULL, SQLSTATE_BLOCKED, SQLSTATE_HELD, Hold, Ruling
 from sidecar.proxy.policy import (
     ALLOW,
@@ -192,6 +193,18 @@ def _named_portal_refusal(verdict: Verdict) -> Verdict:
 
 _SYNC = object()
 
+# The native relay (``_relay.c``): hot messages whose verdicts this module already
+# holds, relayed in C; everything else comes back to the Session's own methods. It
+# is built by ``sidecar.proxy.build_relay`` and optional: without it, Python relays.
+try:
+    from sidecar.proxy import _relay  # type: ignore[attr-defined]
+except ImportError:
+    _relay = None
+else:
+    _relay.configure(_Exec, _SYNC, STAMP)
+
+NATIVE_RELAY_AVAILABLE = _relay is not None
+
 
 class _Probe:
     """The sidecar's state probe, in ``pending`` after the barrier it follows.
@@ -291,6 +304,7 @@ class Session:
         on_close: Callable[[Session], None],
         approvals: ApprovalGate | None = None,
         search_path: tuple[str, ...] | None = None,
+        native_relay: bool = True,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -364,6 +378,14 @@ class Session:
         self.started = time.time()
         self._base_json = encode_base(self.base_event)
         self.keepalive: tuple[object, ...] = ()
+        # Where the transports deliver data: the native relay when it is built and
+        # enabled (it hands whatever it does not relay back to the methods below).
+        self.native_relay = native_relay and _relay is not None
+        self.client_entry: Callable[[bytes], None] = self.client_data
+        self.upstream_entry: Callable[[bytes], None] = self.upstream_data
+        if self.native_relay:
+            self.client_entry = partial(_relay.client, self)
+            self.upstream_entry = partial(_relay.upstream, self)
 
     # ---- client -> upstream -------------------------------------------------
 
@@ -1572,8 +1594,8 @@ class ClientProtocol(asyncio.Protocol):
     def __init__(self, session: Session) -> None:
         self.session = session
         # The loop looks data_received up once (uvloop, at set_protocol): bound
-        # straight to the session, each read skips one Python call.
-        self.data_received = session.client_data  # type: ignore[method-assign]
+        # straight to the session (or the native relay), each read skips one Python call.
+        self.data_received = session.client_entry  # type: ignore[method-assign,assignment]
 
     def data_received(self, data: bytes) -> None:
         self.session.client_data(data)
@@ -1593,7 +1615,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.data_received = session.upstream_data  # type: ignore[method-assign]
+        self.data_received = session.upstream_entry  # type: ignore[method-assign,assignment]
 
     def data_received(self, data: bytes) -> None:
         self.session.upstream_data(data)

@@ -40,6 +40,7 @@ from tests.sidecar.proxy.conftest import (
     build_bundle,
     create_database,
     drop_database,
+    relay,  # noqa: F401 - the fixture: every test here runs on both relays
     start_sidecar,
     wait_for,
     with_database,
@@ -219,7 +220,7 @@ def publish(sidecar: Sidecar, bundle: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
+def upstream(relay: str) -> Iterator[Upstream]:  # noqa: F811 - one database per relay
     up = make_upstream()
     try:
         yield up
@@ -228,7 +229,11 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def sidecar(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+def sidecar(
+    relay: str,  # noqa: F811 - set before the sidecar starts
+    upstream: Upstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Sidecar]:
     """The module's sidecar: production, alice masked, allow-the-rest guardrail."""
     workdir = tmp_path_factory.mktemp("sidecar")
     proc = start_sidecar(workdir, upstream.app_dsn, security_bundle(upstream.name))

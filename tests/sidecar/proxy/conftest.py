@@ -27,6 +27,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from sidecar.proxy.scram import make_verifier
+from sidecar.proxy.session import NATIVE_RELAY_AVAILABLE
 
 ROOT = Path(__file__).resolve().parents[3]
 ALICE_TOKEN = "wdn_alice_" + "a1" * 16
@@ -275,6 +276,20 @@ class Sidecar:
                 self.proc.wait()
 
 
+# The relay the sidecars started here use, set by the ``relay`` fixture: the proxy
+# tests and tests/security run once on the native relay, once on Python alone.
+_RELAY = {"native_relay": NATIVE_RELAY_AVAILABLE}
+
+
+@pytest.fixture(scope="module", autouse=True, params=["native", "python"])
+def relay(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "native" and not NATIVE_RELAY_AVAILABLE:
+        pytest.skip("the native relay is not built: python -m sidecar.proxy.build_relay")
+    _RELAY["native_relay"] = request.param == "native"
+    yield request.param
+    _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+
+
 def start_sidecar(
     workdir: Path, upstream_dsn: str, bundle: dict[str, Any], **config: Any
 ) -> Sidecar:
@@ -298,6 +313,7 @@ def start_sidecar(
         # least-privilege check has its own tests (tests/security/test_upstream_role.py),
         # and tests/security passes an unprivileged role anyway.
         "allow_privileged_upstream": True,
+        **_RELAY,
         **config,
     }
     config_path = workdir / "sidecar.json"
@@ -331,8 +347,9 @@ def start_sidecar(
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """A scratch database with PII, seeded; yields its admin DSN (superuser)."""
+def upstream(relay: str) -> Iterator[str]:
+    """A scratch database with PII, seeded; yields its admin DSN (superuser). One per
+    relay, so the tests of the second relay start from the same data as the first's."""
     name = create_database()
     dsn = with_database(admin_url(), name)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -342,7 +359,9 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def sidecar(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+def sidecar(
+    relay: str, upstream: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sidecar]:
     workdir = tmp_path_factory.mktemp("sidecar")
     name = urlsplit(upstream).path.lstrip("/")
     proc = start_sidecar(workdir, upstream, build_bundle(name))

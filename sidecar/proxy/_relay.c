@@ -1,0 +1,961 @@
+/*
+ * The sidecar's native relay: the hot messages of a session, relayed in C.
+ *
+ * It decides nothing and never reads SQL. It relays a buffer only when every
+ * message in it is one whose verdict the Python Session already holds:
+ *
+ *   client:   Bind of a prepared statement whose verdict is plain and was
+ *             given under the current policy generation and session state,
+ *             Execute of a portal so bound, Sync;
+ *   upstream: ParseComplete, BindComplete, ParameterDescription,
+ *             RowDescription, NoData, DataRow, CommandComplete and
+ *             ReadyForQuery, while the Session waits for nothing else.
+ *
+ * Anything else in the buffer, a message cut short, or a Session in any other
+ * state (holding, probing, re-preparing, discarding after an error...) and the
+ * buffer goes, untouched, to the Python Session's
+ * own client_data/upstream_data. So the relay works in two passes: the first
+ * only reads and checks, the second applies exactly what the Python code would
+ * have done for those messages (the same dict and deque updates, the same
+ * _finish calls for the audit trail) and writes the buffer on unchanged.
+ *
+ * Built by sidecar/proxy/build_relay.py; optional (the sidecar runs without it).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#define MAX_MESSAGES 256 /* per buffer; more and Python relays it */
+#define SMALL_MESSAGE_LIMIT 10000 /* messages.SMALL_MESSAGE_LIMIT */
+
+/* Interned attribute names, and what configure() hands over. */
+static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_statements,
+    *s_portals, *s_pending, *s_policy, *s_generation, *s_state, *s_verdict, *s_plain,
+    *s_barrier, *s_upstream, *s_client, *s_write, *s_client_data, *s_upstream_data,
+    *s_ubuf, *s_uskip, *s_probing, *s_reparsing, *s_sql_prepared, *s_cursors,
+    *s_is_query, *s_error, *s_rows, *s_finish, *s_status, *s_refusals, *s_append,
+    *s_popleft, *s_max_message, *s_allowed, *s_errored, *s_exec, *s_session_write,
+    *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
+    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action;
+static PyObject *Exec = NULL;  /* session._Exec */
+static PyObject *SYNC = NULL;  /* session._SYNC */
+static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
+static PyObject *status_bytes[256];
+/* Buffers relayed here, each way (stats()): what the tests check was not all Python's. */
+static unsigned long long relayed_client = 0, relayed_upstream = 0;
+
+static inline int32_t
+be32(const unsigned char *p)
+{
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
+                     (uint32_t)p[3]);
+}
+
+/* 1 if obj.name is None, 0 if not, -1 on error. */
+static int
+attr_is_none(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_None;
+    Py_DECREF(v);
+    return r;
+}
+
+/* 1 if obj.name is true, 0 if false, -1 on error. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *
+fallback(PyObject *session, PyObject *method, PyObject *data)
+{
+    PyObject *r = PyObject_CallMethodOneArg(session, method, data);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* The end of the NUL-terminated string at p (exclusive of the NUL), or NULL. */
+static const unsigned char *
+cstring_end(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char *z = memchr(p, 0, (size_t)(end - p));
+    return z;
+}
+
+/* ---- client -> upstream ------------------------------------------------------ */
+
+typedef struct {
+    char kind;
+    PyObject *portal;  /* B, E: new reference */
+    PyObject *verdict; /* B, E: new reference */
+} ClientStep;
+
+static void
+release_steps(ClientStep *steps, int count)
+{
+    for (int i = 0; i < count; i++) {
+        Py_XDECREF(steps[i].portal);
+        Py_XDECREF(steps[i].verdict);
+    }
+}
+
+/* 1: every message is hot and the steps are filled; 0: not hot; -1: error. */
+static int
+plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientStep *steps,
+            int *count)
+{
+    int hot = 0;
+    PyObject *statements = NULL, *portals = NULL, *policy = NULL, *generation = NULL,
+             *state = NULL, *max_obj = NULL;
+    long long max_message;
+    Py_ssize_t pos = 0;
+    *count = 0;
+
+    /* The session's own state first: anything but the plain relaying state is Python's. */
+    int r;
+    if ((r = attr_is_none(session, s_hold)) != 1)
+        return r;
+    PyObject *cbuf = PyObject_GetAttr(session, s_cbuf);
+    if (cbuf == NULL)
+        return -1;
+    Py_ssize_t buffered = PyObject_Length(cbuf);
+    Py_DECREF(cbuf);
+    if (buffered != 0)
+        return buffered < 0 ? -1 : 0;
+    if ((r = attr_true(session, s_discarding)) != 0)
+        return r < 0 ? -1 : 0;
+    if ((r = attr_true(session, s_dirty)) != 0)
+        return r < 0 ? -1 : 0;
+
+    max_obj = PyObject_GetAttr(session, s_max_message);
+    if (max_obj == NULL)
+        goto error;
+    max_message = PyLong_AsLongLong(max_obj);
+    if (max_message == -1 && PyErr_Occurred())
+        goto error;
+    statements = PyObject_GetAttr(session, s_statements);
+    portals = PyObject_GetAttr(session, s_portals);
+    policy = PyObject_GetAttr(session, s_policy);
+    state = PyObject_GetAttr(session, s_state);
+    if (statements == NULL || portals == NULL || policy == NULL || state == NULL)
+        goto error;
+    if (!PyDict_CheckExact(statements) || !PyDict_CheckExact(portals))
+        goto done;
+    generation = PyObject_GetAttr(policy, s_generation);
+    if (generation == NULL)
+        goto error;
+
+    while (pos < n) {
+        if (n - pos < 5 || *count >= MAX_MESSAGES)
+            goto done; /* a message cut short, or too many: Python's */
+        unsigned char kind = buf[pos];
+        int32_t length = be32(buf + pos + 1);
+        if (length < 4 || (long long)length > max_message ||
+            ((kind == 'E' || kind == 'S') && length > SMALL_MESSAGE_LIMIT))
+            goto done; /* Python answers the violation */
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)length;
+        if (end > n)
+            goto done;
+        const unsigned char *payload = buf + pos + 5, *stop = buf + end;
+        ClientStep *step = &steps[*count];
+        step->kind = (char)kind;
+        step->portal = NULL;
+        step->verdict = NULL;
+        if (kind == 'B') {
+            const unsigned char *portal_end = cstring_end(payload, stop);
+            if (portal_end == NULL)
+                goto done;
+            const unsigned char *stmt_end = cstring_end(portal_end + 1, stop);
+            if (stmt_end == NULL)
+                goto done;
+            PyObject *stmt = PyBytes_FromStringAndSize((const char *)portal_end + 1,
+                                                       stmt_end - portal_end - 1);
+            if (stmt == NULL)
+                goto error;
+            PyObject *prepared = PyDict_GetItemWithError(statements, stmt); /* borrowed */
+            Py_DECREF(stmt);
+            if (prepared == NULL) {
+                if (PyErr_Occurred())
+                    goto error;
+                goto done;
+            }
+            PyObject *pgen = PyObject_GetAttr(prepared, s_generation);
+            if (pgen == NULL)
+                goto error;
+            int same = PyObject_RichCompareBool(pgen, generation, Py_EQ);
+            Py_DECREF(pgen);
+            if (same != 1)
+                goto maybe_error;
+            PyObject *pstate = PyObject_GetAttr(prepared, s_state);
+            if (pstate == NULL)
+                goto error;
+            Py_DECREF(pstate); /* only its identity is compared */
+            if (pstate != state)
+                goto done;
+            PyObject *verdict = PyObject_GetAttr(prepared, s_verdict);
+            if (verdict == NULL)
+                goto error;
+            Py_DECREF(verdict); /* the prepared statement keeps it */
+            if ((r = attr_true(verdict, s_plain)) != 1)
+                goto maybe_error_r;
+            step->portal =
+                PyBytes_FromStringAndSize((const char *)payload, portal_end - payload);
+            if (step->portal == NULL)
+                goto error;
+            step->verdict = Py_NewRef(verdict);
+        }
+        else if (kind == 'E') {
+            const unsigned char *portal_end = cstring_end(payload, stop);
+            if (portal_end == NULL)
+                goto done;
+            step->portal =
+                PyBytes_FromStringAndSize((const char *)payload, portal_end - payload);
+            if (step->portal == NULL)
+                goto error;
+            PyObject *verdict = NULL;
+            /* A portal bound earlier in this buffer, else one the session holds. */
+            for (int i = *count - 1; i >= 0 && verdict == NULL; i--) {
+                if (steps[i].kind == 'B') {
+                    int eq = PyObject_RichCompareBool(steps[i].portal, step->portal, Py_EQ);
+                    if (eq < 0)
+                        goto error_step;
+                    if (eq)
+                        verdict = steps[i].verdict;
+                }
+            }
+            if (verdict == NULL) {
+                verdict = PyDict_GetItemWithError(portals, step->portal);
+                if (verdict == NULL) {
+                    if (PyErr_Occurred())
+                        goto error_step;
+                    goto done_step;
+                }
+                if (verdict == Py_None)
+                    goto done_step;
+            }
+            if ((r = attr_true(verdict, s_barrier)) != 0) {
+                if (r < 0)
+                    goto error_step;
+                goto done_step;
+            }
+            step->verdict = Py_NewRef(verdict);
+        }
+        else if (kind != 'S') {
+            goto done;
+        }
+        (*count)++;
+        pos = end;
+    }
+    hot = 1;
+    goto done;
+
+done_step:
+    Py_CLEAR(steps[*count].portal);
+    goto done;
+error_step:
+    Py_CLEAR(steps[*count].portal);
+    goto error;
+maybe_error_r:
+    if (r < 0)
+        goto error;
+    goto done;
+maybe_error:
+    if (PyErr_Occurred())
+        goto error;
+    goto done;
+error:
+    hot = -1;
+done:
+    Py_XDECREF(max_obj);
+    Py_XDECREF(statements);
+    Py_XDECREF(portals);
+    Py_XDECREF(policy);
+    Py_XDECREF(state);
+    Py_XDECREF(generation);
+    if (hot != 1) {
+        release_steps(steps, *count);
+        *count = 0;
+    }
+    return hot;
+}
+
+static PyObject *
+relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "client(session, data: bytes)");
+        return NULL;
+    }
+    PyObject *session = args[0], *data = args[1];
+    ClientStep steps[MAX_MESSAGES];
+    int count = 0;
+    int hot = plan_client(session, (const unsigned char *)PyBytes_AS_STRING(data),
+                          PyBytes_GET_SIZE(data), steps, &count);
+    if (hot < 0)
+        return NULL;
+    if (hot == 0 || count == 0)
+        return fallback(session, s_client_data, data);
+
+    PyObject *portals = PyObject_GetAttr(session, s_portals);
+    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    PyObject *upstream = PyObject_GetAttr(session, s_upstream);
+    PyObject *result = NULL;
+    if (portals == NULL || pending == NULL || upstream == NULL)
+        goto out;
+    /* Strict audit durability: each intent is journaled by the Session's _exec, and
+     * its _write holds the bytes until the journal is on disk. */
+    int strict = attr_true(session, s_strict);
+    if (strict < 0)
+        goto out;
+    for (int i = 0; i < count; i++) {
+        ClientStep *step = &steps[i];
+        if (step->kind == 'B') {
+            if (PyDict_SetItem(portals, step->portal, step->verdict) < 0)
+                goto out;
+        }
+        else if (step->kind == 'E') {
+            PyObject *item;
+            if (strict) {
+                PyObject *call_args[3] = {session, step->verdict, Py_False};
+                item = PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
+            }
+            else {
+                PyObject *call_args[2] = {step->verdict, Py_False};
+                item = PyObject_Vectorcall(Exec, call_args, 2, NULL);
+            }
+            if (item == NULL)
+                goto out;
+            PyObject *r = PyObject_CallMethodOneArg(pending, s_append, item);
+            Py_DECREF(item);
+            if (r == NULL)
+                goto out;
+            Py_DECREF(r);
+        }
+        else { /* S */
+            if (PyObject_SetAttr(session, s_discarding, Py_False) < 0)
+                goto out;
+            PyObject *r = PyObject_CallMethodOneArg(pending, s_append, SYNC);
+            if (r == NULL)
+                goto out;
+            Py_DECREF(r);
+        }
+    }
+    PyObject *r = strict ? PyObject_CallMethodOneArg(session, s_session_write, data)
+                         : PyObject_CallMethodOneArg(upstream, s_write, data);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    relayed_client++;
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release_steps(steps, count);
+    Py_XDECREF(portals);
+    Py_XDECREF(pending);
+    Py_XDECREF(upstream);
+    return result;
+}
+
+/* ---- upstream -> client ------------------------------------------------------ */
+
+typedef struct {
+    char kind;           /* 'C' or 'Z' */
+    long long rows;      /* C: rows in its tag, or -1 */
+    Py_ssize_t finish;   /* C: 1 if the head is finished; Z: how many items it pops */
+    unsigned char status; /* Z */
+} UpstreamStep;
+
+/* Rows in a CommandComplete tag such as "SELECT 3" (the last word, all digits), -1 for
+ * none, -2 for a count too large to follow here. */
+static long long
+tag_rows(const unsigned char *tag, Py_ssize_t len)
+{
+    while (len > 0 && tag[len - 1] == 0)
+        len--;
+    Py_ssize_t space = len - 1;
+    while (space >= 0 && tag[space] != ' ')
+        space--;
+    if (space <= 0 || space == len - 1) /* no head, or nothing after the space */
+        return -1;
+    long long rows = 0;
+    for (Py_ssize_t i = space + 1; i < len; i++) {
+        if (tag[i] < '0' || tag[i] > '9')
+            return -1;
+        if (rows > 100000000000000LL)
+            return -2; /* beyond what is followed here: Python's */
+        rows = rows * 10 + (tag[i] - '0');
+    }
+    return rows;
+}
+
+/* Whether item is an _Exec (1), the Sync marker (2), or anything else (0). */
+static int
+item_kind(PyObject *item)
+{
+    if (item == SYNC)
+        return 2;
+    return Py_TYPE(item) == (PyTypeObject *)Exec;
+}
+
+/* 1: hot, steps filled; 0: Python's; -1: error. */
+static int
+plan_upstream(PyObject *session, PyObject *pending, const unsigned char *buf, Py_ssize_t n,
+              UpstreamStep *steps, int *count)
+{
+    int r;
+    *count = 0;
+    PyObject *ubuf = PyObject_GetAttr(session, s_ubuf);
+    if (ubuf == NULL)
+        return -1;
+    Py_ssize_t buffered = PyObject_Length(ubuf);
+    Py_DECREF(ubuf);
+    if (buffered != 0)
+        return buffered < 0 ? -1 : 0;
+    if ((r = attr_true(session, s_uskip)) != 0)
+        return r < 0 ? -1 : 0;
+    if ((r = attr_is_none(session, s_probing)) != 1)
+        return r;
+    if ((r = attr_is_none(session, s_reparsing)) != 1)
+        return r;
+    if ((r = attr_is_none(session, s_sql_prepared)) != 1)
+        return r;
+    if ((r = attr_true(session, s_cursors)) != 0)
+        return r < 0 ? -1 : 0;
+
+    Py_ssize_t waiting = PyObject_Length(pending);
+    if (waiting < 0)
+        return -1;
+    Py_ssize_t at = 0; /* how far into pending the replies so far have gone */
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        if (n - pos < 5 || *count >= MAX_MESSAGES)
+            return 0;
+        unsigned char kind = buf[pos];
+        int32_t length = be32(buf + pos + 1);
+        if (length < 4)
+            return 0;
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)length;
+        if (end > n)
+            return 0; /* cut short (a large row is streamed by Python) */
+        switch (kind) {
+        case '1': case '2': case 't': case 'T': case 'n': case 'D':
+            break;
+        case 'C': {
+            UpstreamStep *step = &steps[(*count)++];
+            step->kind = 'C';
+            step->rows = -1;
+            step->finish = 0;
+            if (at < waiting) {
+                PyObject *head = PySequence_GetItem(pending, at);
+                if (head == NULL)
+                    return -1;
+                int k = item_kind(head);
+                if (k == 1) {
+                    step->rows = tag_rows(buf + pos + 5, length - 4);
+                    if (step->rows == -2) {
+                        Py_DECREF(head);
+                        return 0;
+                    }
+                    r = attr_true(head, s_is_query);
+                    Py_DECREF(head);
+                    if (r < 0)
+                        return -1;
+                    if (!r) {
+                        step->finish = 1;
+                        at++;
+                    }
+                }
+                else {
+                    Py_DECREF(head);
+                    if (k == 0)
+                        return 0; /* a probe or a Close in flight: Python's */
+                }
+            }
+            break;
+        }
+        case 'Z': {
+            UpstreamStep *step = &steps[(*count)++];
+            step->kind = 'Z';
+            step->status = buf[pos + 5];
+            if (length != 5)
+                return 0;
+            Py_ssize_t from = at;
+            while (at < waiting) {
+                PyObject *head = PySequence_GetItem(pending, at);
+                if (head == NULL)
+                    return -1;
+                int k = item_kind(head);
+                if (k == 0) {
+                    Py_DECREF(head);
+                    return 0;
+                }
+                at++;
+                if (k == 2) {
+                    Py_DECREF(head);
+                    break;
+                }
+                r = attr_true(head, s_is_query);
+                Py_DECREF(head);
+                if (r < 0)
+                    return -1;
+                if (r)
+                    break;
+            }
+            step->finish = at - from;
+            break;
+        }
+        default:
+            return 0;
+        }
+        pos = end;
+    }
+    if (at < waiting) {
+        /* What is left must be ours to pass over later too (no probe next). */
+        PyObject *head = PySequence_GetItem(pending, at);
+        if (head == NULL)
+            return -1;
+        int k = item_kind(head);
+        Py_DECREF(head);
+        if (k == 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- the statement event ----------------------------------------------------- */
+
+/* Event ids as audit_event.event_id makes them: UUID version 7, 48 bits of Unix
+ * milliseconds and 74 random bits from the OS, read 4 KiB at a time. */
+static unsigned char pool[4096];
+static size_t pool_used = sizeof(pool);
+
+static int
+event_id(char out[37], long long now_ms)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (pool_used + 10 > sizeof(pool)) {
+        size_t got = 0;
+        while (got < sizeof(pool)) {
+            ssize_t n = getrandom(pool + got, sizeof(pool) - got, 0);
+            if (n < 0) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
+            }
+            got += (size_t)n;
+        }
+        pool_used = 0;
+    }
+    unsigned char b[16];
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(now_ms >> (8 * (5 - i)));
+    memcpy(b + 6, pool + pool_used, 10);
+    pool_used += 10;
+    b[6] = (unsigned char)(0x70 | (b[6] & 0x0f)); /* version 7 */
+    b[8] = (unsigned char)(0x80 | (b[8] & 0x3f)); /* variant 10xx */
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = 0;
+    return 0;
+}
+
+/* A str attribute that is ASCII, borrowed via *out (kept alive by the caller's
+ * reference to owner): 1; not a str, or not ASCII: 0; error: -1. */
+static int
+ascii_attr(PyObject *owner, PyObject *name, PyObject **out)
+{
+    PyObject *v = PyObject_GetAttr(owner, name);
+    if (v == NULL)
+        return -1;
+    *out = v;
+    return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
+}
+
+/* The statement event of a successful execution, as audit_event.statement_line
+ * encodes it, appended to the session's spool. 1: done; 0: not one for here (an
+ * error, an approval, no verdict...): Session._finish does it; -1: error. */
+static int
+finish_native(PyObject *session, PyObject *item, PyObject *outcome)
+{
+    int done = -1, ok;
+    PyObject *verdict = NULL, *event = NULL, *error = NULL, *approval = NULL,
+             *fragment = NULL, *action = NULL, *base = NULL, *started = NULL, *rows = NULL,
+             *journal = NULL, *audit = NULL, *line = NULL;
+    verdict = PyObject_GetAttr(item, s_verdict);
+    if (verdict == NULL)
+        goto out;
+    done = 0;
+    if (verdict == Py_None)
+        goto out;
+    error = PyObject_GetAttr(item, s_error);
+    approval = error == NULL ? NULL : PyObject_GetAttr(verdict, s_approval_id);
+    if (approval == NULL)
+        goto fail;
+    if (error != Py_None || approval != Py_None)
+        goto out;
+    if ((ok = ascii_attr(verdict, s_audit_fragment, &fragment)) != 1)
+        goto check;
+    if ((ok = ascii_attr(verdict, s_action, &action)) != 1)
+        goto check;
+    if ((ok = ascii_attr(item, s_base, &base)) != 1)
+        goto check;
+    if (PyUnicode_GET_LENGTH(base) == 0) {
+        Py_CLEAR(base);
+        if ((ok = ascii_attr(session, s_base_json, &base)) != 1)
+            goto check;
+    }
+    event = PyObject_GetAttr(item, s_event);
+    started = event == NULL ? NULL : PyObject_GetAttr(item, s_started);
+    rows = started == NULL ? NULL : PyObject_GetAttr(item, s_rows);
+    journal = rows == NULL ? NULL : PyObject_GetAttr(item, s_journal);
+    if (journal == NULL)
+        goto fail;
+    if (!PyLong_CheckExact(started) || (rows != Py_None && !PyLong_CheckExact(rows)) ||
+        (event != Py_None && !(PyUnicode_CheckExact(event) && PyUnicode_IS_ASCII(event))))
+        goto out;
+
+    struct timespec wall, mono;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    clock_gettime(CLOCK_MONOTONIC, &mono); /* time.perf_counter_ns's clock */
+    long long now_us = (long long)wall.tv_sec * 1000000LL + wall.tv_nsec / 1000;
+    long long began = PyLong_AsLongLong(started);
+    long long count = rows == Py_None ? -1 : PyLong_AsLongLong(rows);
+    if (PyErr_Occurred())
+        goto fail;
+    long long took = ((long long)mono.tv_sec * 1000000000LL + mono.tv_nsec - began) / 1000;
+    if (took < 0)
+        took = 0;
+
+    char id[37];
+    const char *event_text;
+    if (event == Py_None) {
+        if (event_id(id, now_us / 1000) < 0)
+            goto fail;
+        event_text = id;
+    }
+    else {
+        event_text = (const char *)PyUnicode_1BYTE_DATA(event);
+    }
+    char rows_text[24], head[320];
+    if (count < 0)
+        strcpy(rows_text, "null");
+    else
+        snprintf(rows_text, sizeof(rows_text), "%lld", count);
+    /* Everything up to the session's members: short, bounded, formatted once. */
+    int head_len = snprintf(
+        head, sizeof(head),
+        "\"id\":\"%s\",\"type\":\"statement\",\"ts\":%lld.%06lld,\"action\":\"%s\","
+        "\"outcome\":\"%s\",\"rows\":%s,\"duration_ms\":%lld.%03lld,\"error_sqlstate\":null,",
+        event_text, now_us / 1000000, now_us % 1000000,
+        (const char *)PyUnicode_1BYTE_DATA(action), PyUnicode_AsUTF8(outcome), rows_text,
+        took / 1000, took % 1000);
+    if (head_len < 0 || head_len >= (int)sizeof(head))
+        goto out;
+    Py_ssize_t stamp_len = PyUnicode_GET_LENGTH(STAMP), base_len = PyUnicode_GET_LENGTH(base),
+               extra_len = PyUnicode_GET_LENGTH(fragment);
+    Py_ssize_t total = 1 + stamp_len + head_len + base_len + (extra_len ? 1 + extra_len : 0) + 1;
+    line = PyUnicode_New(total, 127);
+    if (line == NULL)
+        goto fail;
+    char *w = (char *)PyUnicode_1BYTE_DATA(line);
+    *w++ = '{';
+    memcpy(w, PyUnicode_1BYTE_DATA(STAMP), (size_t)stamp_len);
+    w += stamp_len;
+    memcpy(w, head, (size_t)head_len);
+    w += head_len;
+    memcpy(w, PyUnicode_1BYTE_DATA(base), (size_t)base_len);
+    w += base_len;
+    if (extra_len) {
+        *w++ = ',';
+        memcpy(w, PyUnicode_1BYTE_DATA(fragment), (size_t)extra_len);
+        w += extra_len;
+    }
+    *w++ = '}';
+    audit = PyObject_GetAttr(session, s_audit);
+    if (audit == NULL)
+        goto fail;
+    PyObject *r = PyObject_CallMethodOneArg(audit, s_append_line, line);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
+    ok = PyObject_IsTrue(journal);
+    if (ok < 0)
+        goto fail;
+    if (ok) {
+        r = PyObject_CallMethodOneArg(audit, s_resolved, journal);
+        if (r == NULL)
+            goto fail;
+        Py_DECREF(r);
+    }
+    done = 1;
+    goto out;
+check:
+    if (ok >= 0)
+        goto out;
+fail:
+    done = -1;
+out:
+    Py_XDECREF(verdict);
+    Py_XDECREF(event);
+    Py_XDECREF(error);
+    Py_XDECREF(approval);
+    Py_XDECREF(fragment);
+    Py_XDECREF(action);
+    Py_XDECREF(base);
+    Py_XDECREF(started);
+    Py_XDECREF(rows);
+    Py_XDECREF(journal);
+    Py_XDECREF(audit);
+    Py_XDECREF(line);
+    return done;
+}
+
+static int
+finish(PyObject *session, PyObject *item, PyObject *outcome)
+{
+    int done = finish_native(session, item, outcome);
+    if (done != 0)
+        return done < 0 ? -1 : 0;
+    PyObject *args[3] = {session, item, outcome};
+    PyObject *r = PyObject_VectorcallMethod(s_finish, args, 3, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+popleft(PyObject *pending)
+{
+    return PyObject_CallMethodNoArgs(pending, s_popleft);
+}
+
+static PyObject *
+relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "upstream(session, data: bytes)");
+        return NULL;
+    }
+    PyObject *session = args[0], *data = args[1];
+    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    if (pending == NULL)
+        return NULL;
+    UpstreamStep steps[MAX_MESSAGES];
+    int count = 0;
+    int hot = plan_upstream(session, pending, (const unsigned char *)PyBytes_AS_STRING(data),
+                            PyBytes_GET_SIZE(data), steps, &count);
+    if (hot <= 0) {
+        Py_DECREF(pending);
+        if (hot < 0)
+            return NULL;
+        return fallback(session, s_upstream_data, data);
+    }
+    PyObject *result = NULL, *client = NULL;
+    for (int i = 0; i < count; i++) {
+        UpstreamStep *step = &steps[i];
+        if (step->kind == 'C') {
+            if (step->rows >= 0) {
+                PyObject *head = PySequence_GetItem(pending, 0);
+                if (head == NULL)
+                    goto out;
+                PyObject *had = PyObject_GetAttr(head, s_rows);
+                if (had == NULL) {
+                    Py_DECREF(head);
+                    goto out;
+                }
+                long long before = had == Py_None ? 0 : PyLong_AsLongLong(had);
+                Py_DECREF(had);
+                PyObject *rows = PyLong_FromLongLong(before + step->rows);
+                int set = rows == NULL ? -1 : PyObject_SetAttr(head, s_rows, rows);
+                Py_XDECREF(rows);
+                Py_DECREF(head);
+                if (set < 0 || PyErr_Occurred())
+                    goto out;
+            }
+            if (step->finish) {
+                PyObject *item = popleft(pending);
+                if (item == NULL)
+                    goto out;
+                int f = finish(session, item, s_allowed);
+                Py_DECREF(item);
+                if (f < 0)
+                    goto out;
+            }
+        }
+        else { /* Z */
+            if (PyObject_SetAttr(session, s_status, status_bytes[step->status]) < 0)
+                goto out;
+            for (Py_ssize_t k = 0; k < step->finish; k++) {
+                PyObject *item = popleft(pending);
+                if (item == NULL)
+                    goto out;
+                if (item == SYNC) {
+                    Py_DECREF(item);
+                    continue;
+                }
+                int errored = attr_true(item, s_error);
+                int query = errored < 0 ? -1 : attr_true(item, s_is_query);
+                if (query < 0) {
+                    Py_DECREF(item);
+                    goto out;
+                }
+                int f = finish(session, item, errored || !query ? s_errored : s_allowed);
+                Py_DECREF(item);
+                if (f < 0)
+                    goto out;
+            }
+            Py_ssize_t left = PyObject_Length(pending);
+            if (left < 0)
+                goto out;
+            if (left == 0) {
+                PyObject *refusals = PyObject_GetAttr(session, s_refusals);
+                if (refusals == NULL)
+                    goto out;
+                if (PyDict_Check(refusals) && PyDict_GET_SIZE(refusals))
+                    PyDict_Clear(refusals);
+                Py_DECREF(refusals);
+            }
+        }
+    }
+    client = PyObject_GetAttr(session, s_client);
+    if (client == NULL)
+        goto out;
+    PyObject *r = PyObject_CallMethodOneArg(client, s_write, data);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    relayed_upstream++;
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    Py_XDECREF(client);
+    Py_DECREF(pending);
+    return result;
+}
+
+static PyObject *
+relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyUnicode_CheckExact(args[2]) || !PyUnicode_IS_ASCII(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "configure(exec_type, sync_marker, stamp: str)");
+        return NULL;
+    }
+    Py_XSETREF(Exec, Py_NewRef(args[0]));
+    Py_XSETREF(SYNC, Py_NewRef(args[1]));
+    Py_XSETREF(STAMP, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+relay_stats(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("{s:K,s:K}", "client", relayed_client, "upstream", relayed_upstream);
+}
+
+static PyMethodDef relay_methods[] = {
+    {"stats", relay_stats, METH_NOARGS,
+     "stats(): buffers relayed natively so far in this process, each way."},
+    {"client", (PyCFunction)(void (*)(void))relay_client, METH_FASTCALL,
+     "client(session, data): relay a client buffer of hot messages, else hand it to "
+     "session.client_data."},
+    {"upstream", (PyCFunction)(void (*)(void))relay_upstream, METH_FASTCALL,
+     "upstream(session, data): relay a server buffer of hot messages, else hand it to "
+     "session.upstream_data."},
+    {"configure", (PyCFunction)(void (*)(void))relay_configure, METH_FASTCALL,
+     "configure(exec_type, sync_marker, stamp): the Session module's pending-item types "
+     "and the events' schema version member."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef relay_module = {
+    PyModuleDef_HEAD_INIT, "_relay", "The sidecar's native relay of hot messages.", -1,
+    relay_methods,
+};
+
+#define INTERN(var, text)                                                                   \
+    do {                                                                                    \
+        var = PyUnicode_InternFromString(text);                                             \
+        if (var == NULL)                                                                    \
+            return NULL;                                                                    \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__relay(void)
+{
+    INTERN(s_hold, "hold");
+    INTERN(s_cbuf, "cbuf");
+    INTERN(s_discarding, "_discarding");
+    INTERN(s_dirty, "dirty");
+    INTERN(s_strict, "_strict");
+    INTERN(s_statements, "statements");
+    INTERN(s_portals, "portals");
+    INTERN(s_pending, "pending");
+    INTERN(s_policy, "policy");
+    INTERN(s_generation, "generation");
+    INTERN(s_state, "state");
+    INTERN(s_verdict, "verdict");
+    INTERN(s_plain, "plain");
+    INTERN(s_barrier, "barrier");
+    INTERN(s_upstream, "upstream");
+    INTERN(s_client, "client");
+    INTERN(s_write, "write");
+    INTERN(s_client_data, "client_data");
+    INTERN(s_upstream_data, "upstream_data");
+    INTERN(s_ubuf, "ubuf");
+    INTERN(s_uskip, "uskip");
+    INTERN(s_probing, "_probing");
+    INTERN(s_reparsing, "_reparsing");
+    INTERN(s_sql_prepared, "_sql_prepared");
+    INTERN(s_cursors, "_cursors");
+    INTERN(s_is_query, "is_query");
+    INTERN(s_error, "error");
+    INTERN(s_rows, "rows");
+    INTERN(s_finish, "_finish");
+    INTERN(s_status, "status");
+    INTERN(s_refusals, "_refusals");
+    INTERN(s_append, "append");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_max_message, "max_message");
+    INTERN(s_allowed, "allowed");
+    INTERN(s_errored, "error");
+    INTERN(s_exec, "_exec");
+    INTERN(s_audit, "audit");
+    INTERN(s_append_line, "append_line");
+    INTERN(s_resolved, "resolved");
+    INTERN(s_event, "event");
+    INTERN(s_started, "started");
+    INTERN(s_journal, "journal");
+    INTERN(s_base, "base");
+    INTERN(s_base_json, "_base_json");
+    INTERN(s_approval_id, "approval_id");
+    INTERN(s_audit_fragment, "audit_fragment");
+    INTERN(s_action, "action");
+    INTERN(s_session_write, "_write");
+    for (int i = 0; i < 256; i++) {
+        char c = (char)i;
+        status_bytes[i] = PyBytes_FromStringAndSize(&c, 1);
+        if (status_bytes[i] == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&relay_module);
+}
