@@ -24,6 +24,7 @@ from sidecar import events as contract
 from tests.audit.conftest import chain_rows, statement_event
 from tests.sidecar.proxy.conftest import (
     build_bundle,
+    relay,  # noqa: F401 - a sidecar of each relay writes the events checked here
     start_sidecar,
     upstream,  # noqa: F401 - the scratch database the sidecar fronts
     wait_for,

@@ -3,7 +3,7 @@
 uvicorn serves the control plane, ``python -m sidecar run`` proxies a scratch
 database, real psycopg clients send statements full of literals (PII-looking
 strings and numbers), and the test then reads every stored row of the
-datasource's chain as text: none of those literals may appear anywhere.
+sidecar's chain as text: none of those literals may appear anywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from audit.models import datasource_chain
+from audit.models import sidecar_chain
 from audit.services import audit_verify
 from governance import services
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
@@ -62,7 +62,7 @@ def test_real_sidecar_events_carry_no_literals(
     tmp_path: Path,
 ) -> None:
     _, raw = services.token_issue(actor=admin_user, identity=demo_policy.service, name="t")
-    _, sidecar_token = services.sidecar_register(
+    sidecar, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-audit-trail"
     )
     config = {
@@ -77,7 +77,7 @@ def test_real_sidecar_events_carry_no_literals(
     }
     proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     dbname = upstream_dbname()
-    chain = datasource_chain(demo_policy.datasource.pk)
+    chain = sidecar_chain(demo_policy.datasource.pk, sidecar.pk)
     try:
         with psycopg.connect(
             host="127.0.0.1",
