@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.security.conftest import Upstream, security_bundle
-from tests.sidecar.proxy.conftest import ALICE_TOKEN, start_sidecar
+from tests.sidecar.proxy.conftest import ALICE_TOKEN, one_relay, start_sidecar
 
 
 def test_a_superuser_upstream_is_refused_at_start(upstream: Upstream, tmp_path: Path) -> None:
@@ -67,3 +67,7 @@ def test_allowed_explicitly_it_starts_and_says_so_in_the_log(
         assert "warden_sidecar_upstream_privileged 1" in sidecar.metrics()
     finally:
         sidecar.stop()
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

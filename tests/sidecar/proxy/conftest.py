@@ -290,6 +290,19 @@ def relay(request: pytest.FixtureRequest) -> Iterator[str]:
     _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
 
 
+def one_relay() -> Any:
+    """A ``relay`` fixture for a module whose subject is not how messages are relayed
+    (start-up, sign-in, TLS to the upstream, workers): its tests run once, on the
+    relay a sidecar uses by default, which keeps ``make test`` within its time."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def relay() -> str:
+        _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+        return "native" if NATIVE_RELAY_AVAILABLE else "python"
+
+    return relay
+
+
 def start_sidecar(
     workdir: Path, upstream_dsn: str, bundle: dict[str, Any], **config: Any
 ) -> Sidecar:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError, load_config
+from tests.sidecar.proxy.conftest import one_relay
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -60,3 +61,7 @@ def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], mes
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path, env=env)
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

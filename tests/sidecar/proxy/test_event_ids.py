@@ -7,6 +7,7 @@ import time
 import uuid
 
 from sidecar.proxy.audit_event import _EventIds
+from tests.sidecar.proxy.conftest import one_relay
 
 
 def test_event_ids_are_unique_rfc9562_version_7_uuids() -> None:
@@ -57,3 +58,7 @@ def test_statement_lines_carry_the_microsecond_as_a_json_number() -> None:
         assert f'"duration_ms":{shown},' in line
     ids = _EventIds()
     assert int(ids.at_ms(1_700_000_000_123).replace("-", "")[:12], 16) == 1_700_000_000_123
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

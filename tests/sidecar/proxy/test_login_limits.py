@@ -25,6 +25,7 @@ from tests.sidecar.proxy.conftest import (
     ALICE_TOKEN,
     Sidecar,
     build_bundle,
+    one_relay,
     start_sidecar,
     wait_for,
 )
@@ -118,3 +119,7 @@ def test_failed_sign_ins_back_off_per_identity_and_address(sidecar: Sidecar) -> 
     # The back-off ends: after a second, the right token works from there too.
     time.sleep(1.1)
     assert _login(sidecar, "bob", "wdn_bob_" + "b2" * 16) == {}
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

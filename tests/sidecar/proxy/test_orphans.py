@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.sidecar.proxy.conftest import build_bundle, start_sidecar, wait_for
+from tests.sidecar.proxy.conftest import build_bundle, one_relay, start_sidecar, wait_for
 
 
 def children(pid: int) -> set[int]:
@@ -48,3 +48,7 @@ def test_the_scan_worker_of_a_killed_sidecar_exits(upstream: str, tmp_path: Path
     assert wait_for(lambda: not any(alive(p) for p in workers), timeout=10), (
         f"scan workers {sorted(p for p in workers if alive(p))} outlived their sidecar"
     )
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

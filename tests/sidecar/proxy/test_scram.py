@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from sidecar.proxy.scram import ScramClient, ScramError, ScramServer, Verifier, make_verifier
-from tests.sidecar.proxy.conftest import admin_url
+from tests.sidecar.proxy.conftest import admin_url, one_relay
 
 
 def test_postgres_verifier_matches_our_derivation() -> None:
@@ -66,3 +66,7 @@ def test_malformed_or_channel_bound_first_messages_are_refused(first: bytes) -> 
 def test_bad_verifiers_do_not_parse(text: str) -> None:
     with pytest.raises(ScramError):
         Verifier.parse(text)
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -9,7 +9,13 @@ import psycopg
 import pytest
 
 from tests.sidecar.proxy.cluster import PrivatePostgres
-from tests.sidecar.proxy.conftest import SCHEMA_SQL, build_bundle, start_sidecar, wait_for
+from tests.sidecar.proxy.conftest import (
+    SCHEMA_SQL,
+    build_bundle,
+    one_relay,
+    start_sidecar,
+    wait_for,
+)
 
 USERS = {
     # role -> (password_encryption used to store it, pg_hba method)
@@ -87,3 +93,7 @@ def test_upstream_restart_mid_session(cluster: PrivatePostgres, tmp_path: Path) 
         assert sidecar.proc.poll() is None
     finally:
         sidecar.stop()
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -49,6 +49,7 @@ from tests.sidecar.proxy.conftest import (
     Sidecar,
     admin_url,
     build_bundle,
+    one_relay,
     start_sidecar,
 )
 
@@ -475,3 +476,7 @@ def test_cancel_requests_follow_the_transport_rules(server: TlsServer) -> None:
     assert asyncio.run(run(b"N", "sslmode=require")) == (False, b"")
     assert asyncio.run(run(b"N", "sslmode=prefer")) == (False, cancel)
     assert asyncio.run(run(b"S", "sslmode=disable")) == (False, cancel)
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

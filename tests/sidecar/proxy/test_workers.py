@@ -35,6 +35,7 @@ from tests.sidecar.proxy.conftest import (
     BOB_TOKEN,
     Sidecar,
     build_bundle,
+    one_relay,
     start_sidecar,
     wait_for,
 )
@@ -347,3 +348,7 @@ def test_a_sign_in_the_parent_cannot_check_is_refused(sidecar: Sidecar) -> None:
         os.kill(parent, signal.SIGCONT)
     with psycopg.connect(sidecar.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()
