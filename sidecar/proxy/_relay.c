@@ -639,8 +639,12 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     long long now_us = (long long)wall.tv_sec * 1000000LL + wall.tv_nsec / 1000;
     long long began = PyLong_AsLongLong(started);
     long long count = rows == Py_None ? -1 : PyLong_AsLongLong(rows);
-    if (PyErr_Occurred())
-        goto fail;
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            goto fail;
+        PyErr_Clear(); /* a count past 64 bits: Session._finish writes it */
+        goto out;
+    }
     long long took = ((long long)mono.tv_sec * 1000000000LL + mono.tv_nsec - began) / 1000;
     if (took < 0)
         took = 0;
@@ -783,13 +787,17 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(head);
                     goto out;
                 }
-                long long before = had == Py_None ? 0 : PyLong_AsLongLong(had);
+                /* Python's arithmetic: an earlier count may be past 64 bits. */
+                PyObject *more = PyLong_FromLongLong(step->rows);
+                PyObject *rows = more == NULL ? NULL
+                                 : had == Py_None ? Py_NewRef(more)
+                                                  : PyNumber_Add(had, more);
+                Py_XDECREF(more);
                 Py_DECREF(had);
-                PyObject *rows = PyLong_FromLongLong(before + step->rows);
                 int set = rows == NULL ? -1 : PyObject_SetAttr(head, s_rows, rows);
                 Py_XDECREF(rows);
                 Py_DECREF(head);
-                if (set < 0 || PyErr_Occurred())
+                if (set < 0)
                     goto out;
             }
             if (step->finish) {

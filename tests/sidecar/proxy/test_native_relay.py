@@ -156,3 +156,17 @@ def test_native_events_are_valid_statement_events(document: dict[str, Any]) -> N
     for event in statements:
         assert event["v"] and len(event["id"]) == 36 and event["id"][14] == "7"
         assert isinstance(event["ts"], float) and isinstance(event["duration_ms"], float)
+
+
+def test_a_row_count_past_64_bits_is_counted_as_python_counts_it(
+    document: dict[str, Any],
+) -> None:
+    # Found by make fuzz: a count Python parsed into a big int, then added to natively.
+    huge = b"SELECT 99999999999999999999"
+    exchange = [
+        ("client", frame(b"Q", b"SELECT 1; SELECT 2\x00")),
+        ("upstream", DESCRIPTION + ROW + frame(b"C", huge + b"\x00")),
+        ("upstream", DESCRIPTION + ROW + done(b"SELECT 1")),
+        *prepared_exchange(2),
+    ]
+    assert differences(document, "alice", exchange) == []
