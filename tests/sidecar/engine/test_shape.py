@@ -156,7 +156,7 @@ def subject(request: pytest.FixtureRequest) -> tuple[EnginePolicy, Any, float]:
     return policy, load_bundle(document), hold_seconds(document)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     texts=statements(),
     identity=st.sampled_from(IDENTITIES),

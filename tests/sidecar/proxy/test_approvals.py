@@ -26,6 +26,7 @@ from tests.sidecar.proxy.conftest import (
     BOB_TOKEN,
     Sidecar,
     build_bundle,
+    one_relay,
     start_sidecar,
     wait_for,
 )
@@ -346,3 +347,7 @@ def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: P
     assert body["identity"] == "alice" and body["client_addr"] == "1.2.3.4"
     assert body["tables"] == ["public.notes"]
     assert body["reasons"][0]["rule"] == "delete-needs-review"
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.shipper import AuditShipper, AuditSpool
 from tests.sidecar.proxy.cluster import free_port
-from tests.sidecar.proxy.conftest import build_bundle, start_sidecar, wait_for
+from tests.sidecar.proxy.conftest import build_bundle, one_relay, start_sidecar, wait_for
 
 RECEIVER = Path(__file__).with_name("receiver.py")
 
@@ -276,3 +276,7 @@ def test_a_failed_spool_write_refuses_statements_whatever_the_policy(tmp_path: P
     assert spool.write_error and "No space" in spool.write_error
     (tmp_path / "000000000002.jsonl").unlink()
     spool.close()
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.sidecar.proxy.conftest import Sidecar, build_bundle, start_sidecar
+from tests.sidecar.proxy.conftest import Sidecar, build_bundle, one_relay, start_sidecar
 
 CLIENTS = 8
 
@@ -74,3 +74,7 @@ def test_a_kill_9_leaves_every_statement_that_could_have_run_in_the_trail(
         )
         # Where the crash hid the outcome, the trail says so.
         assert set(events.values()) <= {"allowed", "unknown", "error"}
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests.sidecar.proxy.conftest import BOB_TOKEN, build_bundle, start_sidecar, wait_for
+from tests.sidecar.proxy.conftest import BOB_TOKEN, build_bundle, one_relay, start_sidecar, wait_for
 
 
 def _publish(path: Path, bundle: dict) -> None:
@@ -61,3 +61,7 @@ def test_revocation_and_bad_bundles(upstream: str, tmp_path: Path) -> None:
             conn.execute("DROP TABLE notes")
     finally:
         sidecar.stop()
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from tests.sidecar.proxy.conftest import Sidecar
+from tests.sidecar.proxy.conftest import Sidecar, one_relay
 
 
 def _latencies(sidecar: Sidecar, seconds: float) -> list[float]:
@@ -61,3 +61,7 @@ def test_an_oversized_statement_is_an_error_not_a_lost_session(sidecar: Sidecar)
         else:
             raise AssertionError("a 9 MiB statement went through")
         assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()

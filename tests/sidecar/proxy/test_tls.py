@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sidecar.proxy import messages as m
-from tests.sidecar.proxy.conftest import Sidecar, build_bundle, start_sidecar
+from tests.sidecar.proxy.conftest import Sidecar, build_bundle, one_relay, start_sidecar
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -115,3 +115,7 @@ def test_gssenc_request_is_declined(sidecar: Sidecar) -> None:
         sock.sendall(m.startup_message({"user": "alice", "database": sidecar.database}))
         reply = sock.recv(64)
         assert reply[:1] == b"R" and b"SCRAM-SHA-256\x00" in reply
+
+
+# Not about how messages are relayed: one relay is enough (``one_relay``).
+relay = one_relay()
