@@ -224,9 +224,15 @@ _NOT_STRUCTURE = _CONST_TOKENS | _COMMENT_TOKENS
 _STATEMENT_MEMO = 64  # distinct LIMIT values remembered per template
 
 
-def _literal_shape(sql: str, tokens: list[Any]) -> tuple[str, ...]:
+# Tokens whose content PostgreSQL's parser, not its scanner, checks: a U&'...' string
+# or U&"..." name with a bad escape scans fine and then fails to parse.
+_PARSER_CHECKED = frozenset({"USCONST", "UIDENT", "UESCAPE"})
+
+
+def _literal_shape(sql: str, tokens: list[Any]) -> tuple[str, ...] | None:
     """The template key of a scanned text: the text itself, but each literal's
-    kind (``ICONST``, ``SCONST``...) in place of its value.
+    kind (``ICONST``, ``SCONST``...) in place of its value; None when a value
+    could decide whether the text parses at all (``_PARSER_CHECKED``).
 
     Two texts with the same key differ only in their literals' values, and so
     parse alike and redact to the same text (comments and spacing included,
@@ -235,6 +241,8 @@ def _literal_shape(sql: str, tokens: list[Any]) -> tuple[str, ...]:
     parts: list[str] = []
     last = 0
     for t in tokens:
+        if t.name in _PARSER_CHECKED:
+            return None
         if t.name in _CONST_TOKENS:
             parts.append(sql[last : t.start])
             parts.append(t.name)
@@ -323,8 +331,9 @@ class Engine:
                 tokens = pg.scan(sql)
             except Exception:
                 tokens = None
-            if tokens is not None:
-                norm_key = (identity, protocol, path, _literal_shape(sql, tokens))
+            shape = None if tokens is None else _literal_shape(sql, tokens)
+            if tokens is not None and shape is not None:
+                norm_key = (identity, protocol, path, shape)
                 template = state.normalised.get(norm_key)
                 if template is not None:
                     decision = self._instantiate(template, sql, tokens)

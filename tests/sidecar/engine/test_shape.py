@@ -204,3 +204,15 @@ def test_the_property_test_exercises_the_shape_cache() -> None:
             protocol="simple",
         )
     assert policy.cache_info()["shape_hits"] == 3  # the first judged, the second templated
+
+
+def test_a_unicode_escape_string_the_parser_rejects_is_never_served_by_template() -> None:
+    """Found by test_properties: U&'...' escapes are checked by the parser, not the
+    scanner, so a template keyed by the scan allowed a text that does not parse."""
+    engine = Engine(load_bundle(bundle_data("demo-staging")))
+    context = SessionContext(standard_conforming_strings=True)
+    for good in ("SELECT U&'d\\0061t\\+000061'", "SELECT U&'ab'"):
+        assert engine.decide(identity="alice", sql=good, session=context).action == "allow"
+    bad_sql = "SELECT U&'\\\"0044ROP TABLE orders'"
+    bad = engine.decide(identity="alice", sql=bad_sql, session=context)
+    assert bad.action != "allow"
