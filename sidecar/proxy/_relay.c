@@ -38,7 +38,7 @@ static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_stateme
     *s_barrier, *s_upstream, *s_client, *s_write, *s_client_data, *s_upstream_data,
     *s_ubuf, *s_uskip, *s_probing, *s_reparsing, *s_sql_prepared, *s_cursors,
     *s_is_query, *s_error, *s_rows, *s_finish, *s_status, *s_refusals, *s_append,
-    *s_popleft, *s_max_message, *s_allowed, *s_errored, *s_exec, *s_session_write,
+    *s_popleft, *s_max_message, *s_allowed, *s_exec, *s_session_write,
     *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
     *s_base_json, *s_approval_id, *s_audit_fragment, *s_action;
 static PyObject *Exec = NULL;  /* session._Exec */
@@ -827,7 +827,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(item);
                     goto out;
                 }
-                int f = finish(session, item, errored || !query ? s_errored : s_allowed);
+                int f = finish(session, item, errored || !query ? s_error : s_allowed);
                 Py_DECREF(item);
                 if (f < 0)
                     goto out;
@@ -936,7 +936,7 @@ PyInit__relay(void)
     INTERN(s_sql_prepared, "_sql_prepared");
     INTERN(s_cursors, "_cursors");
     INTERN(s_is_query, "is_query");
-    INTERN(s_error, "error");
+    INTERN(s_error, "error"); /* the attribute, and the outcome of that name */
     INTERN(s_rows, "rows");
     INTERN(s_finish, "_finish");
     INTERN(s_status, "status");
@@ -945,7 +945,6 @@ PyInit__relay(void)
     INTERN(s_popleft, "popleft");
     INTERN(s_max_message, "max_message");
     INTERN(s_allowed, "allowed");
-    INTERN(s_errored, "error");
     INTERN(s_exec, "_exec");
     INTERN(s_audit, "audit");
     INTERN(s_append_line, "append_line");
