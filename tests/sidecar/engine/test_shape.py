@@ -22,6 +22,7 @@ from sidecar.metrics import Metrics
 from sidecar.proxy.policy import Verdict
 from sidecar.runner import EnginePolicy, hold_seconds, verdict_parts
 from tests.sidecar.engine.conftest import bundle_data
+from tests.sidecar.proxy.relay_check import Source
 
 
 @pytest.mark.parametrize(
@@ -137,21 +138,10 @@ def statements(draw: st.DrawFn) -> list[str]:
     return texts
 
 
-class _Source:
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-
-    def current(self) -> dict[str, Any]:
-        return self.document
-
-    def subscribe(self, callback: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module", params=["demo-production", "demo-staging"])
 def subject(request: pytest.FixtureRequest) -> tuple[EnginePolicy, Any, float]:
     document = bundle_data(request.param)
-    policy = EnginePolicy(_Source(document), Metrics())
+    policy = EnginePolicy(Source(document), Metrics())
     policy.set_hash_available(True)
     return policy, load_bundle(document), hold_seconds(document)
 
@@ -193,7 +183,7 @@ def test_a_verdict_by_shape_is_the_fresh_engines_verdict(
 def test_the_property_test_exercises_the_shape_cache() -> None:
     """Without hits by shape the comparison above proves nothing: count them."""
     document = bundle_data("demo-production")
-    policy = EnginePolicy(_Source(document), Metrics())
+    policy = EnginePolicy(Source(document), Metrics())
     for n in range(5):
         policy.decide(
             identity="alice",
