@@ -25,7 +25,9 @@ from sidecar.shipper import AuditSpool
 _VOLATILE = ("id", "ts", "duration_ms")
 
 
-class _Transport:
+class Recorder:
+    """Stands in for an asyncio transport: keeps what was written."""
+
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
@@ -64,7 +66,7 @@ class Side:
 
         self.tmp = Path(tempfile.mkdtemp(prefix="warden-relay-"))
         self.spool = AuditSpool(self.tmp / "spool", max_bytes=1024**3)
-        self.client, self.upstream = _Transport(), _Transport()
+        self.client, self.upstream = Recorder(), Recorder()
         self.raised = ""
         metrics = Metrics()
         self.session = sessions.Session(

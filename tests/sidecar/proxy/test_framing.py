@@ -20,20 +20,7 @@ from sidecar.proxy import messages as m
 from sidecar.proxy.session import Session
 from sidecar.runner import EnginePolicy, FileBundleSource
 from tests.sidecar.proxy.conftest import build_bundle
-
-
-class Recorder:
-    """Stands in for an asyncio transport: keeps what was written."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
+from tests.sidecar.proxy.relay_check import Recorder
 
 
 class Spool:
