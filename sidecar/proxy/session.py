@@ -102,6 +102,7 @@ class AuditSink(Protocol):
 
     strict: bool
     durable: int
+    write_error: str | None
 
     def append(self, event: dict[str, Any]) -> None: ...
 
@@ -625,6 +626,19 @@ class Session:
         durable = self.audit.durable
         while self._gated and self._gated[0][0] <= durable:
             self.upstream.write(self._gated.popleft()[1])
+        if self._gated and self.audit.write_error is not None:
+            # The journal cannot be written: what waited for it never runs.
+            log.error("closing %s: the audit trail cannot be written", self._who())
+            self._gated.clear()
+            self.client.write(
+                m.error_response(
+                    severity="FATAL",
+                    sqlstate="58030",
+                    message="Warden: the audit trail cannot be written; nothing more runs",
+                )
+            )
+            self.close()
+            return
         if self._gated:
             self._gate_armed = True
             self.audit.when_durable(self._gated[0][0], self._release_gate)

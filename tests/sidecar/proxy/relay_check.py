@@ -60,12 +60,18 @@ class Side:
     """One Session and what it forwarded and recorded."""
 
     def __init__(
-        self, document: dict[str, Any], identity: str, *, native: bool, policy: Any = None
+        self,
+        document: dict[str, Any],
+        identity: str,
+        *,
+        native: bool,
+        policy: Any = None,
+        durability: str = "batched",
     ) -> None:
         from sidecar.runner import EnginePolicy  # the runner imports the engine
 
         self.tmp = Path(tempfile.mkdtemp(prefix="warden-relay-"))
-        self.spool = AuditSpool(self.tmp / "spool", max_bytes=1024**3)
+        self.spool = AuditSpool(self.tmp / "spool", max_bytes=1024**3, durability=durability)
         self.client, self.upstream = Recorder(), Recorder()
         self.raised = ""
         metrics = Metrics()

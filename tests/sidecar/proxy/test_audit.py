@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from sidecar.shipper import AuditShipper, AuditSpool
+from sidecar.shipper import JOURNAL_CHUNK, AuditShipper, AuditSpool
 from tests.sidecar.proxy.cluster import free_port
 from tests.sidecar.proxy.conftest import build_bundle, one_relay, start_sidecar, wait_for
 
@@ -147,6 +148,56 @@ def test_torn_and_zeroed_lines_left_by_a_crash_are_skipped(tmp_path: Path) -> No
 
     asyncio.run(scenario())
     assert [e["id"] for e in received] == ["ev-00000", "ev-00001", "ev-00002", "ev-00000"]
+
+
+def test_intents_of_one_loop_turn_share_one_commit_and_a_crash_keeps_them(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal"
+
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path, durability="strict")
+        released: list[int] = []
+        for i in range(3):
+            ticket, _seq = spool.journal(json.dumps(_event(i)))
+            spool.when_durable(ticket, lambda i=i: released.append(i))
+        assert spool.durable == 0 and not released  # nothing is on disk yet
+        await asyncio.sleep(0)  # the end of the turn: one commit for the three
+        assert spool.durable == 3 and released == [0, 1, 2]
+        # Written inside the file's allocation: no size for fdatasync to record.
+        assert [p.stat().st_size for p in sorted(journal.glob("*.jsonl"))] == [JOURNAL_CHUNK] * 2
+        spool._writer.shutdown(wait=True)  # a crash: no outcome, no close
+
+    asyncio.run(scenario())
+    recovered = AuditSpool(tmp_path, durability="strict")
+    recovered.seal()
+    lines = [json.loads(raw) for p in recovered.segments() for raw in p.read_bytes().splitlines()]
+    assert [e["id"] for e in lines] == ["ev-00000", "ev-00001", "ev-00002"]
+    recovered.close()
+    assert not list(journal.glob("*.jsonl")), "a clean stop leaves no journal to recover"
+
+
+def test_a_journal_the_disk_refuses_releases_nothing_and_refuses_from_then(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        spool = AuditSpool(tmp_path, durability="strict")
+        assert spool._journal_file is not None
+        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        os.dup2(full, spool._journal_file.fd)
+        os.close(full)
+        calls: list[int] = []
+        ticket, _seq = spool.journal(json.dumps(_event(0)))
+        spool.when_durable(ticket, lambda: calls.append(spool.durable))
+        await asyncio.sleep(0)
+        # The waiter is told (so its session can close), but the intent is not durable.
+        assert calls == [0] and spool.durable == 0
+        assert not spool.accepting and "No space" in (spool.write_error or "")
+        spool.when_durable(spool.journal(json.dumps(_event(1)))[0], lambda: calls.append(-1))
+        assert calls == [0, -1]
+        spool._writer.shutdown(wait=True)
+
+    asyncio.run(scenario())
 
 
 def test_an_event_larger_than_a_batch_goes_alone(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ fuzz`` runs this comparison on an AddressSanitizer build with malformed input.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,3 +172,23 @@ def test_a_row_count_past_64_bits_is_counted_as_python_counts_it(
         *prepared_exchange(2),
     ]
     assert differences(document, "alice", exchange) == []
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_journal_the_disk_refuses_runs_nothing_and_says_why(
+    document: dict[str, Any], native: bool
+) -> None:
+    async def scenario() -> Side:
+        side = Side(document, "alice", native=native, durability="strict")
+        assert side.spool._journal_file is not None
+        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        os.dup2(full, side.spool._journal_file.fd)
+        os.close(full)
+        side.feed("client", frame(b"Q", b"SELECT 1\x00"))
+        await asyncio.sleep(0)  # the end of the loop's turn: the journal's commit
+        return side
+
+    side = asyncio.run(scenario())
+    assert bytes(side.upstream.data) == b"", "a statement ran without its intent on disk"
+    assert side.session.closed and b"58030" in bytes(side.client.data)
+    side.spool._writer.shutdown(wait=True)
