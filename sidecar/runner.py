@@ -255,6 +255,7 @@ def verdict_parts(decision: Any, hold: float) -> tuple[str, str, tuple[Any, ...]
             and not executes
             and not cursors
             and kinds.isdisjoint(BY_NAME_KINDS),
+            decision.error,
         ),
     )
 
@@ -336,6 +337,7 @@ class EnginePolicy:
             decision.revision,
             decision.reasons,
             decision.break_glass,
+            decision.error,  # the parser's message quotes the text
             tuple(
                 (s.fingerprint, s.redacted_sql, s.masked_columns, s.classifications)
                 for s in decision.statements

@@ -9,7 +9,7 @@ added, never removed or renamed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.engine.vocabulary import ACTIONS, SEVERITY
 
@@ -25,6 +25,16 @@ class SessionContext:
     # The effective schemas (``current_schemas(true)``) the server confirmed for the
     # session; None: the datasource's search_path from the bundle.
     search_path: tuple[str, ...] | None = None
+
+
+class ClientError(NamedTuple):
+    """The error PostgreSQL itself would answer, for a text the engine refuses the
+    way the server would (a syntax error): sent to the client as it is, never
+    stored (the parser's message may quote the text)."""
+
+    sqlstate: str
+    message: str
+    position: int | None  # 1-based, in characters, as the server reports it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,9 @@ class Decision:
     redact_errors: bool = False
     # Break-glass grants that lifted safety-floor rules for this decision (ids).
     break_glass: tuple[str, ...] = ()
+    # Set when the text is refused as the server would refuse it (a syntax error,
+    # several statements in one Parse): the client gets this error, not Warden's.
+    error: ClientError | None = None
     cached: bool = field(default=False, compare=False)
 
     def to_json(self, *, audit: bool = False) -> dict[str, Any]:

@@ -15,7 +15,9 @@ Order of evaluation for one request:
    statement names it;
 4. guardrails, enabled and ordered by position (``guardrails``): the first
    whose conditions all match some statement decides. An ``allow`` guardrail
-   cannot lift an unknown or unparseable statement above ``review``;
+   cannot lift a statement the engine does not understand above ``review``;
+   text the parser refuses is refused as the server would refuse it (42601,
+   the parser's message and position), in every environment;
 5. otherwise the defaults (``rules``: ``default.*``) and the risk thresholds
    decide, the most severe wins.
 
@@ -54,7 +56,14 @@ from sidecar.engine.analysis import (
     parse_statements,
 )
 from sidecar.engine.bundle import Bundle, Identity, Masking
-from sidecar.engine.decision import SEVERITY, Decision, Reason, SessionContext, StatementAnalysis
+from sidecar.engine.decision import (
+    SEVERITY,
+    ClientError,
+    Decision,
+    Reason,
+    SessionContext,
+    StatementAnalysis,
+)
 from sidecar.engine.facts import (
     UNPARSEABLE,
     Context,
@@ -153,6 +162,16 @@ def _parse_error(exc: Exception) -> str:
     message = re.sub(r' at or near ".*"$', "", message)
     location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
     return message if location is None else f"{message} at character {location}"
+
+
+def _syntax_error(exc: Exception, sql: str) -> ClientError:
+    """The error the server would answer: the parser's message, its position (the
+    parser gives none at the end of the input, where the server points past it)."""
+    message = str(exc.args[0] if exc.args else exc).split("\n")[0]
+    location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+    if location is None and message.endswith("at end of input"):
+        location = len(sql)
+    return ClientError("42601", message, None if location is None else location + 1)
 
 
 def _statement_analysis(f: StatementFacts, fingerprint: str, redacted: str) -> StatementAnalysis:
@@ -453,12 +472,14 @@ class Engine:
         reason = rules.backslash_escapes(sql, session)
         if reason is not None:
             hard.append(reason)
+        error: ClientError | None = None
         try:
             raws = parse_statements(sql)
             parse_error: str | None = None
         except Exception as exc:
             raws = []
             parse_error = _parse_error(exc)
+            error = _syntax_error(exc, sql)
         ctx = state.contexts.get(who.name)
         if ctx is None or ctx.who is not who:
             ctx = state.contexts[who.name] = context_for(bundle, who, self._hash_available)
@@ -494,13 +515,13 @@ class Engine:
                     redacted,
                 )
             )
-            defaults.append(rules.unparseable(ctx, parse_error))
-            floor = "review"
+            hard.append(rules.unparseable(parse_error))
             risks.append(min(100, bundle.criticality * 6 + 50 + policy.IDENTITY_RISK[who.kind]))
             facts.append(UNPARSEABLE)
         reason = rules.extended_multi_statement(protocol, len(raws))
         if reason is not None:
             hard.append(reason)
+            error = rules.EXTENDED_MULTI_STATEMENT_ERROR
 
         for raw in raws:
             try:
@@ -612,11 +633,15 @@ class Engine:
         action = "block" if hard else "allow"
         guardrail = guardrails.first_applying(bundle, who, facts)
         if guardrail is not None:
-            g_action = guardrail.action
-            if SEVERITY[g_action] < SEVERITY[floor]:
-                g_action = floor
-            action = _max_action(action, g_action)
-            reasons.append(Reason(guardrail.name, guardrail.message))
+            if SEVERITY[guardrail.action] < SEVERITY[floor]:
+                # The allow rule did not decide: what it could not lift did, and the
+                # decision names that (a hold never names an allow rule).
+                action = _max_action(action, floor)
+                unknown = rules.UNKNOWN_STATEMENT
+                reasons.extend(d.reason for d in defaults if d.reason.rule == unknown)
+            else:
+                action = _max_action(action, guardrail.action)
+                reasons.append(Reason(guardrail.name, guardrail.message))
         else:
             for default in defaults:
                 action = _max_action(action, default.action)
@@ -649,6 +674,7 @@ class Engine:
             barrier=barrier,
             redact_errors=redact_errors,
             break_glass=used_grants,
+            error=error,
         )
         template = self._template(sql, analyses, splices, decision, hard) if not explain else None
         return decision, template

@@ -26,8 +26,8 @@ from sidecar.engine.masking import RESERVED_SCHEMA
 # Settings a client may change freely; the tracked ones (client_encoding,
 # standard_conforming_strings, search_path) only to the values
 # ``sidecar.engine.state`` allows. Anything else (role, session_authorization,
-# row_security, session_replication_role, ...) weakens the session's safety, so
-# it is refused whatever the guardrails say.
+# session_replication_role, ...) weakens the session's safety, so it is refused
+# whatever the guardrails say.
 SAFE_SETTINGS = frozenset(
     {
         "application_name", "client_min_messages", "datestyle",
@@ -51,6 +51,9 @@ SAFE_SETTINGS = frozenset(
         "enable_presorted_aggregate", "array_nulls", "escape_string_warning",
         "default_with_oids", "check_function_bodies", "gin_fuzzy_search_limit",
         "quote_all_identifiers",
+        # Off, a query that a row security policy would filter fails instead of
+        # reading more (pg_dump and pg_restore set it): it can only narrow reads.
+        "row_security",
     }
 )  # fmt: skip
 # Table functions whose rows come only from their arguments.
@@ -76,7 +79,10 @@ VALUE_CATALOGS = frozenset(
 )  # fmt: skip
 LEVEL_RISK = {"public": 0, "internal": 8, "confidential": 20, "restricted": 30}
 IDENTITY_RISK = {"human": 0, "service": 5, "agent": 15}
-CATEGORY_RISK = {"write": 15, "ddl": 30, "unknown": 50, "unparseable": 50}
+CATEGORY_RISK = {
+    "write": 15, "ddl": 30, "maintenance": 20, "role": 40, "code": 50, "unknown": 50,
+    "unparseable": 50,
+}  # fmt: skip
 
 
 def function_base(name: str) -> str:
@@ -95,6 +101,10 @@ FLOOR_STATEMENTS: dict[str, tuple[str, str]] = {
     "AlterDatabaseSetStmt": _ROLE_DEFAULTS,
     "AlterSystemStmt": ("floor.server_config", "ALTER SYSTEM changes the server's configuration"),
     "LoadStmt": ("floor.server_access", "LOAD loads a library into the server process"),
+    "CreateTableSpaceStmt": (
+        "floor.server_access",
+        "CREATE TABLESPACE places data in a directory of the server's file system",
+    ),
     **dict.fromkeys(
         (
             "CreateForeignServerStmt",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sidecar.engine import guardrails, vocabulary
 from sidecar.engine.bundle import Bundle
-from sidecar.engine.decision import Reason, SessionContext
+from sidecar.engine.decision import ClientError, Reason, SessionContext
 from sidecar.engine.facts import Context, StatementFacts
 from sidecar.engine.policy import function_base
 
@@ -87,6 +87,12 @@ def backslash_escapes(sql: str, session: SessionContext) -> Reason | None:
     return None
 
 
+# What PostgreSQL answers to a Parse with several statements.
+EXTENDED_MULTI_STATEMENT_ERROR = ClientError(
+    "42601", "cannot insert multiple commands into a prepared statement", None
+)
+
+
 def extended_multi_statement(protocol: str, statements: int) -> Reason | None:
     return EXTENDED_MULTI_STATEMENT if protocol == "extended" and statements > 1 else None
 
@@ -99,9 +105,10 @@ def hash_unavailable(needed: bool) -> Reason | None:
     return HASH_UNAVAILABLE if needed else None
 
 
-def unparseable(ctx: Context, parse_error: str) -> Default:
-    reason = Reason("default.unparseable", f"the statement could not be parsed ({parse_error})")
-    return Default("block" if ctx.production else "review", reason)
+def unparseable(parse_error: str) -> Reason:
+    """Refused everywhere, without a review: the server would refuse it too, and the
+    client gets the parser's own error (``Decision.error``)."""
+    return Reason("default.unparseable", f"the statement could not be parsed ({parse_error})")
 
 
 # -- defaults per statement ------------------------------------------------------------------
@@ -125,16 +132,34 @@ _WRITE_WITHOUT_WHERE = Default(
 )
 
 
+UNKNOWN_STATEMENT = "default.unknown_statement"
+
+
 def unknown_statement(f: StatementFacts, ctx: Context) -> Default | None:
     if f.category != vocabulary.UNKNOWN:
         return None
     return Default(
         "block" if ctx.production else "review",
         Reason(
-            "default.unknown_statement",
+            UNKNOWN_STATEMENT,
             f"{f.raw.node_type.removesuffix('Stmt')} statements are "
             "not on the list of statements Warden understands",
         ),
+    )
+
+
+def opaque_or_role(f: StatementFacts, ctx: Context) -> Default | None:
+    """Code the engine cannot see into, and changes to roles: blocked in production,
+    held elsewhere, unless a guardrail allows them."""
+    if f.category == "code":
+        message = f"{f.kind.upper()} runs code Warden cannot see into"
+    elif f.category == "role":
+        message = f"{f.kind.replace('_', ' ')} changes roles or what they may do"
+    else:
+        return None
+    return Default(
+        "block" if ctx.production else "review",
+        Reason(f"default.{f.category}_statement", f"{message}: a guardrail must allow it"),
     )
 
 
@@ -147,9 +172,10 @@ def ddl_in_production(f: StatementFacts, ctx: Context) -> Default | None:
         return None
     if f.kind == "truncate":
         return _TRUNCATE_IN_PRODUCTION
-    if f.category == "ddl":
+    if f.category in ("ddl", "maintenance"):
         return Default(
-            "review", Reason("default.ddl_in_production", f"{f.kind} in production needs a review")
+            "review",
+            Reason(f"default.{f.category}_in_production", f"{f.kind} in production needs a review"),
         )
     return None
 
@@ -161,6 +187,7 @@ def write_without_where(f: StatementFacts, ctx: Context) -> Default | None:
 StatementDefault = Callable[[StatementFacts, Context], Default | None]
 STATEMENT_DEFAULTS: tuple[StatementDefault, ...] = (
     unknown_statement,
+    opaque_or_role,
     lock_in_production,
     ddl_in_production,
     write_without_where,

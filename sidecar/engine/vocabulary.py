@@ -29,7 +29,13 @@ LEVELS = ("public", "internal", "confidential", "restricted")
 # -- statement kinds and categories ------------------------------------------------------------
 UNKNOWN = "unknown"  # a statement the engine does not understand: kind and category
 UNPARSEABLE = "unparseable"  # text PostgreSQL's parser refuses: kind and category
-CATEGORIES = ("read", "write", "ddl", "session", "transaction", "utility", UNKNOWN, UNPARSEABLE)
+# ``notify``: LISTEN/NOTIFY/UNLISTEN. ``maintenance``: server upkeep (CHECKPOINT,
+# CLUSTER, REINDEX, and the floor's ALTER SYSTEM and LOAD). ``code``: code the engine
+# cannot see into (DO blocks, procedures). ``role``: roles and role membership.
+CATEGORIES = (
+    "read", "write", "ddl", "session", "transaction", "utility", "notify", "maintenance",
+    "code", "role", UNKNOWN, UNPARSEABLE,
+)  # fmt: skip
 
 # Statement node -> (kind, category). A node missing here is (unknown, unknown).
 NODE_KINDS: dict[str, tuple[str, str]] = {
@@ -74,10 +80,87 @@ NODE_KINDS: dict[str, tuple[str, str]] = {
     "CreatePolicyStmt": ("create_policy", "ddl"),
     "VacuumStmt": ("vacuum", "ddl"),
     "GrantStmt": ("grant", "ddl"),
-    # A procedure runs code the engine cannot see into: named, so a guardrail can
-    # pick it out, but still not understood, so the unknown-statement default, the
-    # review floor for allow-guardrails and its risk weight all stay.
-    "CallStmt": ("call", UNKNOWN),
+    # Code the engine cannot see into: refused to identities with masked columns
+    # (``mask.opaque_code``), blocked in production and held elsewhere unless a
+    # guardrail allows it; a procedure is also a function a guardrail must name.
+    "CallStmt": ("call", "code"),
+    "DoStmt": ("do", "code"),
+    # Nothing about reading or security: allowed by default everywhere.
+    "ConstraintsSetStmt": ("set_constraints", "transaction"),
+    "ListenStmt": ("listen", "notify"),
+    "UnlistenStmt": ("unlisten", "notify"),
+    "NotifyStmt": ("notify", "notify"),
+    # Server upkeep: reviewed in production. ALTER SYSTEM and LOAD are the floor's.
+    "CheckPointStmt": ("checkpoint", "maintenance"),
+    "ClusterStmt": ("cluster", "maintenance"),
+    "ReindexStmt": ("reindex", "maintenance"),
+    "AlterSystemStmt": ("alter_system", "maintenance"),
+    "LoadStmt": ("load", "maintenance"),
+    # Roles: blocked in production, held elsewhere unless a guardrail allows them.
+    # (ALTER ROLE ... SET is the floor's: it changes what every session starts with.)
+    "CreateRoleStmt": ("create_role", "role"),
+    "AlterRoleStmt": ("alter_role", "role"),
+    "AlterRoleSetStmt": ("alter_role_set", "role"),
+    "DropRoleStmt": ("drop_role", "role"),
+    "GrantRoleStmt": ("grant_role", "role"),
+    "ReassignOwnedStmt": ("reassign_owned", "role"),
+    "DropOwnedStmt": ("drop_owned", "ddl"),
+    # Definitions of database objects: reviewed in production like other DDL. The
+    # foreign-server, user-mapping and subscription ones are the floor's.
+    "AlterCollationStmt": ("alter_collation", "ddl"),
+    "AlterDatabaseRefreshCollStmt": ("alter_database", "ddl"),
+    "AlterDatabaseStmt": ("alter_database", "ddl"),
+    "AlterDatabaseSetStmt": ("alter_database_set", "ddl"),
+    "AlterDefaultPrivilegesStmt": ("alter_default_privileges", "ddl"),
+    "AlterDomainStmt": ("alter_domain", "ddl"),
+    "AlterEventTrigStmt": ("alter_event_trigger", "ddl"),
+    "AlterExtensionContentsStmt": ("alter_extension", "ddl"),
+    "AlterExtensionStmt": ("alter_extension", "ddl"),
+    "AlterFdwStmt": ("alter_foreign_data_wrapper", "ddl"),
+    "AlterForeignServerStmt": ("alter_server", "ddl"),
+    "AlterFunctionStmt": ("alter_function", "ddl"),
+    "AlterObjectDependsStmt": ("alter_object_depends", "ddl"),
+    "AlterObjectSchemaStmt": ("alter_object_schema", "ddl"),
+    "AlterOpFamilyStmt": ("alter_operator_family", "ddl"),
+    "AlterOperatorStmt": ("alter_operator", "ddl"),
+    "AlterOwnerStmt": ("alter_owner", "ddl"),
+    "AlterPolicyStmt": ("alter_policy", "ddl"),
+    "AlterPublicationStmt": ("alter_publication", "ddl"),
+    "AlterStatsStmt": ("alter_statistics", "ddl"),
+    "AlterSubscriptionStmt": ("alter_subscription", "ddl"),
+    "AlterTSConfigurationStmt": ("alter_text_search", "ddl"),
+    "AlterTSDictionaryStmt": ("alter_text_search", "ddl"),
+    "AlterTableMoveAllStmt": ("alter_tablespace", "ddl"),
+    "AlterTableSpaceOptionsStmt": ("alter_tablespace", "ddl"),
+    "AlterTypeStmt": ("alter_type", "ddl"),
+    "AlterUserMappingStmt": ("alter_user_mapping", "ddl"),
+    "CreateAmStmt": ("create_access_method", "ddl"),
+    "CreateCastStmt": ("create_cast", "ddl"),
+    "CreateConversionStmt": ("create_conversion", "ddl"),
+    "CreateEventTrigStmt": ("create_event_trigger", "ddl"),
+    "CreateExtensionStmt": ("create_extension", "ddl"),
+    "CreateFdwStmt": ("create_foreign_data_wrapper", "ddl"),
+    "CreateForeignServerStmt": ("create_server", "ddl"),
+    "CreateForeignTableStmt": ("create_foreign_table", "ddl"),
+    "CreateOpClassStmt": ("create_operator_class", "ddl"),
+    "CreateOpFamilyStmt": ("create_operator_family", "ddl"),
+    "CreatePLangStmt": ("create_language", "ddl"),
+    "CreatePublicationStmt": ("create_publication", "ddl"),
+    "CreateRangeStmt": ("create_type", "ddl"),
+    "CreateStatsStmt": ("create_statistics", "ddl"),
+    "CreateSubscriptionStmt": ("create_subscription", "ddl"),
+    "CreateTableSpaceStmt": ("create_tablespace", "ddl"),
+    "CreateTransformStmt": ("create_transform", "ddl"),
+    "CreateUserMappingStmt": ("create_user_mapping", "ddl"),
+    "CreatedbStmt": ("create_database", "ddl"),
+    # CREATE AGGREGATE, OPERATOR, COLLATION, TEXT SEARCH ..., a base TYPE.
+    "DefineStmt": ("define", "ddl"),
+    "DropSubscriptionStmt": ("drop_subscription", "ddl"),
+    "DropTableSpaceStmt": ("drop_tablespace", "ddl"),
+    "DropUserMappingStmt": ("drop_user_mapping", "ddl"),
+    "DropdbStmt": ("drop_database", "ddl"),
+    "ImportForeignSchemaStmt": ("import_foreign_schema", "ddl"),
+    "SecLabelStmt": ("security_label", "ddl"),
 }
 # Kinds the analysis reads from a statement's details rather than its node type.
 EXPLAIN_ANALYZE = "explain_analyze"

@@ -45,6 +45,7 @@ def error_response(
     severity: str = "ERROR",
     detail: str | None = None,
     hint: str | None = None,
+    position: int | None = None,
 ) -> bytes:
     fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate)]
     fields.append(b"M" + cstr(message))
@@ -52,6 +53,8 @@ def error_response(
         fields.append(b"D" + cstr(detail))
     if hint:
         fields.append(b"H" + cstr(hint))
+    if position is not None:
+        fields.append(b"P" + cstr(str(position)))
     return frame(b"E", b"".join(fields) + b"\x00")
 
 

@@ -90,6 +90,9 @@ class Verdict(NamedTuple):
     # An allowed statement with none of the above: a prepared statement the proxy may
     # bind and run on its fast path, into any portal.
     plain: bool = False
+    # (sqlstate, message, position): a refusal the server would have answered the
+    # same way (a syntax error), sent as the server's error rather than Warden's.
+    error: tuple[str, str, int | None] | None = None
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces)."""

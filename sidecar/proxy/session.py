@@ -326,7 +326,9 @@ class Session:
         self.state = st.SessionState(
             encoding, parameters.get("standard_conforming_strings", "on") == "on", search_path
         )
-        self.codec: str | None = encodings.codec_for(encoding)
+        # A SQL_ASCII client's text is checked by the server in the database's encoding.
+        self._server_encoding = parameters.get("server_encoding", "UTF8")
+        self.codec: str | None = encodings.codec_for(encoding, self._server_encoding)
         # A barrier ran since the server last confirmed the state outside a
         # transaction: an error or the transaction's end may still undo it, so
         # every statement cycle is followed by a probe until then.
@@ -683,14 +685,14 @@ class Session:
             if kind == _Q:
                 if not payload or payload[-1] != 0:
                     raise m.ProtocolViolation("Query is not NUL-terminated")
-                text = self._decode(payload[:-1])
+                raw = payload[:-1]
                 protocol = "simple"
             else:
                 name, raw, tail = m.parse_parse(payload)
-                text = self._decode(raw)
                 protocol = "extended"
+            text = self._decode(raw)
             verdict = await asyncio.to_thread(
-                self._ask_policy, text, protocol, state, in_transaction
+                self._ask_policy, text, protocol, state, in_transaction, raw
             )
             if self.closed or self.hold is not hold:
                 return
@@ -747,11 +749,13 @@ class Session:
             return None
         return encodings.decode(raw, codec)
 
-    def _decide(self, text: str | None, protocol: str) -> Verdict:
+    def _decide(self, text: str | None, protocol: str, raw: bytes = b"") -> Verdict:
+        """The verdict on one text; ``raw``, its bytes, only for the refusal of text
+        that is not valid in the client encoding (``text`` None)."""
         generation = self.policy.generation
         started = time.perf_counter()
         if text is None:
-            verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+            verdict = self._ask_policy(text, protocol, self.state, self.status != b"I", raw)
         else:
             try:
                 state = self.state
@@ -772,22 +776,17 @@ class Session:
         return self._session_rules(verdict, generation, started)
 
     def _ask_policy(
-        self, text: str | None, protocol: str, state: st.SessionState, in_transaction: bool
+        self,
+        text: str | None,
+        protocol: str,
+        state: st.SessionState,
+        in_transaction: bool,
+        raw: bytes = b"",
     ) -> Verdict:
         """The policy's verdict on one text; touches no session state, so it may run in
         a worker thread (``_decide_later``)."""
         if text is None:
-            return Verdict(
-                action="block",
-                message=(
-                    f"Warden: statement text is not valid in the client encoding "
-                    f"{self.state.client_encoding}"
-                    if self.codec is not None
-                    else f"Warden: {encodings.refusal(self.state.client_encoding)}"
-                ),
-                upstream_sql="",
-                audit=frozen({"kind": "undecodable"}),
-            )
+            return self._undecodable(raw, state.client_encoding)
         try:
             return self.policy.decide(
                 identity=self.identity.name,
@@ -806,6 +805,27 @@ class Session:
                 upstream_sql="",
                 audit=frozen({"kind": "error"}),
             )
+
+    def _undecodable(self, raw: bytes, encoding: str) -> Verdict:
+        """The refusal of a text that is not valid in the session's client encoding:
+        it names the encoding and where the text stops being valid in it."""
+        codec = self.codec
+        if codec is None:
+            message = f"Warden: {encodings.refusal(encoding)}"
+        else:
+            read_as = ""
+            if encodings.canonical(encoding) == "SQL_ASCII":
+                read_as = f" (read as the database's encoding {self._server_encoding})"
+            message = (
+                f"Warden: statement text is not valid in the client encoding {encoding}"
+                f"{read_as}: {encodings.describe_invalid(raw, codec)}"
+            )
+        return Verdict(
+            action="block",
+            message=message,
+            upstream_sql="",
+            audit=frozen({"kind": "undecodable"}),
+        )
 
     def _session_rules(self, verdict: Verdict, generation: int, started: float) -> Verdict:
         """The rules that depend on this session's own books (prepared statements,
@@ -923,8 +943,9 @@ class Session:
     def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:
             raise m.ProtocolViolation("Query is not NUL-terminated")
-        text = self._decode(payload[:-1])
-        verdict = self._decide(text, "simple")
+        raw = payload[:-1]
+        text = self._decode(raw)
+        verdict = self._decide(text, "simple", raw)
         if verdict.plain and not self.dirty and not self._discarding:
             self.pending.append(self._exec(verdict, True) if self._strict else _Exec(verdict, True))
             if verdict.upstream_sql == text:
@@ -963,7 +984,9 @@ class Session:
         text = self._decode(raw)
         # Read before deciding: a verdict is never newer than the generation it carries.
         generation = self.policy.generation
-        return self._parse_decided(name, text, tail, generation, self._decide(text, "extended"))
+        return self._parse_decided(
+            name, text, tail, generation, self._decide(text, "extended", raw)
+        )
 
     def _parse_decided(
         self, name: bytes, text: str | None, tail: bytes, generation: int, verdict: Verdict
@@ -1071,19 +1094,26 @@ class Session:
     ) -> bytes:
         """Record the refusal and return the marker statement that stands in for it."""
         held = verdict.action == REVIEW
-        if message is None:
-            message = (
-                f"{verdict.message} (this statement needs approval, but approval could not "
-                "be requested: no approvals service is configured; it did not run)"
-                if held
-                else verdict.message
-            )
-        if sqlstate is None:
-            sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
+        error = verdict.error if message is None and sqlstate is None else None
         self._refusal_seq += 1
-        self._refusals[self._refusal_seq] = m.error_response(
-            sqlstate=sqlstate, message=message, hint=_HINT
-        )
+        if error is not None:
+            # The server's own answer (a syntax error): no Warden hint, its position.
+            self._refusals[self._refusal_seq] = m.error_response(
+                sqlstate=error[0], message=error[1], position=error[2]
+            )
+        else:
+            if message is None:
+                message = (
+                    f"{verdict.message} (this statement needs approval, but approval could "
+                    "not be requested: no approvals service is configured; it did not run)"
+                    if held
+                    else verdict.message
+                )
+            if sqlstate is None:
+                sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
+            self._refusals[self._refusal_seq] = m.error_response(
+                sqlstate=sqlstate, message=message, hint=_HINT
+            )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
         self._record(
@@ -1432,7 +1462,7 @@ class Session:
         if state == self.state:
             return False  # keep the object: prepared statements compare it by identity
         self.state = state
-        self.codec = encodings.codec_for(state.client_encoding)
+        self.codec = encodings.codec_for(state.client_encoding, self._server_encoding)
         self.base_event["session_state"] = state.to_audit()
         self._base_json = encode_base(self.base_event)
         return True

@@ -118,7 +118,8 @@ for sql, action in [
     ("SET SCHEMA 'evil'", "block"),
     ("SET ROLE postgres", "block"),
     ("SET SESSION AUTHORIZATION postgres", "block"),
-    ("SET row_security = off", "block"),
+    # Off, a query a row security policy would filter fails instead: it only narrows.
+    ("SET row_security = off", "allow"),
     ("SET session_replication_role = replica", "block"),
     ("SET LOCAL role = 'postgres'", "block"),
     ("SET app.tenant_id = '42'", "block"),
@@ -260,36 +261,74 @@ for sql, action in [
 ]:
     CASES.append(C(sql, action))
 
-# -- unknown statements: blocked in production --
+# -- every statement kind is known; each category has its production default --
+# Code the engine cannot see into: blocked (and refused to masked identities).
 for sql in [
     "DO $$ BEGIN PERFORM 1; END $$",
     "DO LANGUAGE plpgsql $x$ BEGIN EXECUTE 'DROP TABLE orders'; END $x$",
     "CALL do_things()",
-    "LISTEN events",
-    "NOTIFY events, 'x'",
-    "UNLISTEN *",
-    "CHECKPOINT",
-    "CREATE EXTENSION dblink",
-    "ALTER SYSTEM SET fsync = off",
+]:
+    CASES.append(C(sql, "block", rules=("default.code_statement", "mask.opaque_code")))
+    CASES.append(C(sql, "block", identity="bob", rules=("default.code_statement",)))
+# Roles: blocked.
+for sql in [
     "CREATE ROLE mallory SUPERUSER",
     "ALTER ROLE alice SUPERUSER",
     "DROP ROLE alice",
-    "CREATE DATABASE other",
-    "LOAD 'plugin'",
-    "SECURITY LABEL ON TABLE orders IS 'x'",
-    "IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public",
-    "CREATE SERVER srv FOREIGN DATA WRAPPER postgres_fdw",
-    "CREATE USER MAPPING FOR CURRENT_USER SERVER srv",
-    "REINDEX TABLE orders",
-    "CLUSTER orders",
     "REASSIGN OWNED BY alice TO bob",
-    "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
-    "CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()",
+    "GRANT pg_read_all_data TO alice",
+]:
+    CASES.append(C(sql, "block", rules=("default.role_statement",)))
+# Nothing about reading or security: allowed everywhere, production included.
+for sql in [
+    "LISTEN events",
+    "NOTIFY events, 'x'",
+    "UNLISTEN *",
+    "SET CONSTRAINTS ALL IMMEDIATE",
+    "SET CONSTRAINTS ALL DEFERRED",
+    "CLOSE ALL",
+    "RESET ALL",
+    "DISCARD ALL",
+    "SET row_security = off",
+    "SELECT pg_advisory_unlock_all()",
     "SELECT 1; LISTEN x",
 ]:
-    CASES.append(C(sql, "block", rules=("default.unknown_statement",)))
+    CASES.append(C(sql, "allow"))
+# Object definitions and server upkeep: reviewed in production.
+for sql, rule in [
+    ("CHECKPOINT", "default.maintenance_in_production"),
+    ("REINDEX TABLE orders", "default.maintenance_in_production"),
+    ("CLUSTER orders", "default.maintenance_in_production"),
+    ("CREATE EXTENSION IF NOT EXISTS hstore", "default.ddl_in_production"),
+    ("CREATE DATABASE other", "default.ddl_in_production"),
+    ("SECURITY LABEL ON TABLE orders IS 'x'", "default.ddl_in_production"),
+    ("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC", "default.ddl_in_production"),
+    (
+        "CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()",
+        "default.ddl_in_production",
+    ),
+    ("CREATE TYPE r AS RANGE (subtype = int4)", "default.ddl_in_production"),
+    ("CREATE COLLATION c (provider = icu, locale = 'und')", "default.ddl_in_production"),
+    ("ALTER SCHEMA public OWNER TO bob", "default.ddl_in_production"),
+    ("ALTER FUNCTION f() OWNER TO bob", "default.ddl_in_production"),
+    ("CREATE STATISTICS st ON id, total FROM orders", "default.ddl_in_production"),
+]:
+    CASES.append(C(sql, "review", rules=(rule,)))
+    CASES.append(C(sql, "allow", env="staging"))
+# The safety floor: blocked whatever the guardrails say.
+for sql, rule in [
+    ("ALTER SYSTEM SET fsync = off", "floor.server_config"),
+    ("LOAD 'plugin'", "floor.server_access"),
+    ("CREATE TABLESPACE t LOCATION '/tmp/t'", "floor.server_access"),
+    ("IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public", "floor.remote_server"),
+    ("CREATE SERVER srv FOREIGN DATA WRAPPER postgres_fdw", "floor.remote_server"),
+    ("CREATE USER MAPPING FOR CURRENT_USER SERVER srv", "floor.remote_server"),
+    ("ALTER ROLE alice SET search_path = evil", "floor.role_setting"),
+]:
+    CASES.append(C(sql, "block", rules=(rule,)))
+    CASES.append(C(sql, "block", env="staging", rules=(rule,)))
 
-# -- unparseable: blocked in production --
+# -- unparseable: refused everywhere, as the server would refuse it --
 for sql in [
     "SELEC 1",
     "SELECT * FROM",
@@ -305,6 +344,7 @@ for sql in [
     "UPDATE orders SET WHERE id = 1",
 ]:
     CASES.append(C(sql, "block", rules=("default.unparseable",)))
+    CASES.append(C(sql, "block", env="staging", rules=("default.unparseable",)))
 
 # -- functions that reach files, processes or run dynamic SQL --
 for sql, rule in [
@@ -611,16 +651,17 @@ for sql, action in [
 ]:
     CASES.append(C(sql, action, scs=False))
 
-# -- staging: unknown and unparseable are held, DDL and unfiltered writes pass --
+# -- staging: roles are held, syntax errors refused, DDL and unfiltered writes pass --
 for sql, action in [
     ("DELETE FROM orders", "allow"),
     ("UPDATE orders SET total = 0", "allow"),
     ("CREATE TABLE t (id int)", "allow"),
     ("TRUNCATE orders", "allow"),
     ("DROP TABLE orders", "allow"),
-    ("LISTEN x", "review"),
+    ("LISTEN x", "allow"),
+    ("CREATE ROLE r", "review"),
     ("DO $$ BEGIN END $$", "block"),
-    ("SELEC 1", "review"),
+    ("SELEC 1", "block"),
     ("SELECT pg_read_file('x')", "block"),
     ("SELECT email FROM customers WHERE id = 1", "allow"),
     ("SET ROLE postgres", "block"),
