@@ -857,6 +857,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return supervise(config)
     try:
+        run_until_signalled(lambda stop: serve(config, stop))
+    except ConfigError as exc:  # found while starting: a privileged upstream role, say
+        log.error("not starting: %s", exc)
+        return 2
+    return 0
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on uvloop (on asyncio's own loop without it) until it
+    returns; SIGTERM and SIGINT set ``stop``. A sidecar and each of its workers."""
+    try:
         import uvloop
     except ImportError:  # uvloop is pinned, but the sidecar still runs without it
         uvloop = None  # type: ignore[assignment]
@@ -866,17 +877,12 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await main(stop)
 
-    try:
-        if uvloop is not None:
-            uvloop.run(run())
-        else:
-            asyncio.run(run())
-    except ConfigError as exc:  # found while starting: a privileged upstream role, say
-        log.error("not starting: %s", exc)
-        return 2
-    return 0
+    if uvloop is not None:
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 if __name__ == "__main__":

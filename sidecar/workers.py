@@ -588,22 +588,14 @@ class Worker:
 
 def worker_main(config: SidecarConfig, slot: WorkerSlot) -> None:
     """A worker process: the sidecar of ``sidecar.runner.serve`` on the shared port."""
-    from sidecar.runner import serve
+    from sidecar.runner import run_until_signalled, serve
 
     logging.basicConfig(
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [worker {slot.index}] %(message)s",
     )
-    try:
-        import uvloop
-    except ImportError:  # uvloop is pinned, but the sidecar still runs without it
-        uvloop = None  # type: ignore[assignment]
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def run(stop: asyncio.Event) -> None:
         link = SharedLink(str(Path(slot.run_dir) / SHARED_SOCKET))
         await link.connect()
         # Without the parent there are no shared sign-in limits: stop, and let a
@@ -613,10 +605,7 @@ def worker_main(config: SidecarConfig, slot: WorkerSlot) -> None:
         await serve(config, stop, worker=Worker(slot=slot, link=link))
 
     try:
-        if uvloop is not None:
-            uvloop.run(run())
-        else:
-            asyncio.run(run())
+        run_until_signalled(run)
     except ConfigError as exc:  # a privileged upstream role, say
         log.error("not starting: %s", exc)
         raise SystemExit(EXIT_REFUSED) from exc
