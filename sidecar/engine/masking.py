@@ -11,12 +11,12 @@ the spliced spans is kept byte for byte.
 
 from __future__ import annotations
 
+import bisect
 import re
-from dataclasses import dataclass
-
-from pglast import parser as pg
+from typing import NamedTuple
 
 from sidecar.engine.bundle import Masking, Table
+from sidecar.engine.scanning import scan_bytes
 from sidecar.engine.vocabulary import KEEP_LAST
 
 # Hash masking runs in the protected database, in a schema only Warden's installer
@@ -156,27 +156,39 @@ def masking_subquery(
     return f"(SELECT {', '.join(items)} FROM {'ONLY ' if only else ''}{source})"
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
+    """One token of ``scan_tokens``. A tuple: a large statement has hundreds of
+    thousands of them, and a tuple is the cheapest immutable object to build."""
+
     start: int  # byte offsets, end exclusive
     end: int
     name: str
     keyword: bool
 
 
+_COMMENTS = ("SQL_COMMENT", "C_COMMENT")
+
+
 def scan_tokens(sql: str) -> list[Token]:
-    """pglast's scanner, with offsets converted to UTF-8 byte offsets (end exclusive)."""
+    """PostgreSQL's scan of ``sql`` with UTF-8 byte offsets (end exclusive), comments
+    left out.
+
+    Linear in the text (``scanning.scan_bytes``, not pglast's scan, which is
+    quadratic in a text with non-ASCII characters), and each token is built once
+    (``tuple.__new__``, without the NamedTuple constructor's argument handling).
+    """
     # Comments never hold a splice point; dropping them lets a name written as
     # ``public/**/./**/customers`` be spliced like any other.
-    tokens = [t for t in pg.scan(sql) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
-    if sql.isascii():
-        return [Token(t.start, t.end + 1, t.name, t.kind != "NO_KEYWORD") for t in tokens]
-    offsets = [0]
-    for ch in sql:
-        offsets.append(offsets[-1] + len(ch.encode("utf-8")))
+    new = tuple.__new__
     return [
-        Token(offsets[t.start], offsets[t.end + 1], t.name, t.kind != "NO_KEYWORD") for t in tokens
+        new(Token, (start, end + 1, name, kind != "NO_KEYWORD"))
+        for start, end, name, kind in scan_bytes(sql)
+        if name not in _COMMENTS
     ]
+
+
+def _start(token: Token) -> int:
+    return token.start
 
 
 def _is_name(token: Token) -> bool:
@@ -189,7 +201,11 @@ def relation_span(tokens: list[Token], location: int, inh: bool) -> tuple[int, i
     Returns (start_byte, end_byte, first_index, last_index). The span covers a
     preceding ``ONLY`` (when ``inh`` is false) and a trailing ``*``.
     """
-    index = next(i for i, t in enumerate(tokens) if t.start == location)
+    # Tokens are in order: a binary search, or a statement with many references
+    # would cost references x tokens.
+    index = bisect.bisect_left(tokens, location, key=_start)
+    if index == len(tokens) or tokens[index].start != location:
+        raise ValueError(f"no token starts at byte {location}")  # no splice placed
     first = index
     last = index
     while (
