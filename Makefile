@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean native fuzz
+.PHONY: run test lint format bench clean native fuzz compat
 
 $(STAMP): requirements.txt requirements-dev.txt sidecar/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: $(STAMP) native
 # and fragmented messages (not part of `make test`).
 fuzz: $(STAMP)
 	$(PY) tests/fuzz/relay.py --seconds $(or $(FUZZ_SECONDS),120)
+
+# Native clients' own suites (psycopg, asyncpg, Django's, pg_dump/pg_restore), directly
+# and through a sandbox sidecar, with the ratio of each (docs/compatibility.md; not part
+# of `make test`). DATABASE_URL must name an administrator of the server (the run makes
+# and drops its role and scratch databases); PSYCOPG_SRC a psycopg checkout, if wanted.
+compat: $(STAMP) native
+	$(PY) -m pip install --quiet -r compat/requirements.txt
+	$(PY) -m compat.run $(COMPAT_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

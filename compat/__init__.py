@@ -1,0 +1,1 @@
+"""The compatibility suite (``make compat``): docs/compatibility.md."""
