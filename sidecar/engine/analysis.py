@@ -282,6 +282,24 @@ class _Walker:
                     return
             self.fields(node, ctes)
 
+    def v_A_Const(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        """A constant holds no name, call or reference: nothing to walk into (a
+        multi-row INSERT is mostly constants)."""
+
+    def v_ParamRef(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        """A parameter ($n): nothing to walk into either."""
+
+    def v_List(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
+        # A VALUES row: its constants and parameters skipped without a call each.
+        for item in body.get("items", ()):
+            if (
+                isinstance(item, dict)
+                and len(item) == 1
+                and ("A_Const" in item or "ParamRef" in item)
+            ):
+                continue
+            self.visit(item, ctes)
+
     def fields(
         self, body: dict[str, Any], ctes: frozenset[str], skip: tuple[str, ...] = ()
     ) -> None:

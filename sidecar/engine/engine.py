@@ -36,6 +36,7 @@ literals at token positions).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import re
@@ -47,7 +48,8 @@ from typing import Any
 
 from pglast import parser as pg
 
-from sidecar.engine import guardrails, policy, rules
+from sidecar import collector
+from sidecar.engine import guardrails, policy, rules, scanning
 from sidecar.engine.analysis import (
     Analysis,
     RangeRef,
@@ -117,9 +119,17 @@ def _max_action(a: str, b: str) -> str:
     return a if SEVERITY[a] >= SEVERITY[b] else b
 
 
+# Texts longer than this get no template and stay out of the caches: each would
+# keep megabytes, and such a text is rarely sent twice (the proxy judges them in a
+# worker thread from the same size: sidecar.proxy.session.LARGE_STATEMENT).
+LARGE_TEXT = 64 * 1024
 _COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _PAREN_DEPTH = {"ASCII_40": 1, "ASCII_41": -1}
 _LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
+# Where a literal or a comment could start: a quote (every string and bit-string
+# form has one), a dollar quote, a comment, a number (a digit, or a point and a
+# digit, not inside a name or a $n parameter). Text without any holds none.
+_MAY_HOLD_LITERAL = re.compile(r"'|\$[^0-9]|--|/\*|(?<![\w$])\.?[0-9]")
 
 
 def _redact(text: str) -> tuple[str, str]:
@@ -133,9 +143,20 @@ def _redact(text: str) -> tuple[str, str]:
     try:
         normalized = pg.normalize(text)
     except Exception:
-        normalized = text
+        normalized = ""  # the scan decides what of the text may be kept
+    if normalized and _MAY_HOLD_LITERAL.search(normalized) is None:
+        # Parsed, and no quote, dollar quote, comment or number is left to replace:
+        # the scan would find nothing (a bulk INSERT's values all became $n).
+        redacted = normalized.strip()
+    else:
+        redacted = _redact_scanned(normalized or text, text)
+    return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
+
+
+def _redact_scanned(normalized: str, text: str) -> str:
+    """``normalized`` with the literals and comments normalize left replaced."""
     try:
-        tokens = pg.scan(normalized)
+        tokens = scanning.scan(normalized)
         params = [int(normalized[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"]
         number = max(params, default=0)
         parts: list[str] = []
@@ -150,10 +171,9 @@ def _redact(text: str) -> tuple[str, str]:
                 continue
             last = token.end + 1
         parts.append(normalized[last:])
-        redacted = "".join(parts).strip()
+        return "".join(parts).strip()
     except Exception:
-        redacted = f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
-    return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
+        return f"<unparseable statement: {len(text.encode('utf-8'))} bytes>"
 
 
 def _parse_error(exc: Exception) -> str:
@@ -162,6 +182,10 @@ def _parse_error(exc: Exception) -> str:
     message = re.sub(r' at or near ".*"$', "", message)
     location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
     return message if location is None else f"{message} at character {location}"
+
+
+def _token_start(token: Token) -> int:
+    return token.start
 
 
 def _syntax_error(exc: Exception, sql: str) -> ClientError:
@@ -343,11 +367,12 @@ class Engine:
                 state.exact.move_to_end(key)
             return cached
         norm_key: tuple[Any, ...] | None = None
-        if scs and not explain:
+        large = len(sql) > LARGE_TEXT
+        if scs and not explain and not large:
             # One raw scan gives both the template key and the token offsets an
             # instantiation needs; a text the scanner rejects is judged in full.
             try:
-                tokens = pg.scan(sql)
+                tokens = scanning.scan(sql)
             except Exception:
                 tokens = None
             shape = None if tokens is None else _literal_shape(sql, tokens)
@@ -360,13 +385,23 @@ class Engine:
                         self._remember(state.exact, key, decision)
                         return decision
         try:
-            decision, new_template = self._judge(state, who, sql, session, protocol, explain, now)
+            if large:
+                with collector.paused():
+                    decision, new_template = self._judge(
+                        state, who, sql, session, protocol, explain, now
+                    )
+            else:
+                decision, new_template = self._judge(
+                    state, who, sql, session, protocol, explain, now
+                )
         except Exception:  # never fail open, never crash the proxy
             return self._refusal(
                 bundle, identity, sql, "default.engine_error", "Warden could not judge this text"
             )
-        if decision.break_glass:
-            return decision  # its grant expires on its own clock: decided afresh each time
+        if decision.break_glass or large:
+            # A grant expires on its own clock: decided afresh each time. A large text
+            # is rarely sent twice, and would hold megabytes in the caches.
+            return decision
         self._remember(state.exact, key, decision)
         if new_template is not None and norm_key is not None:
             self._remember(state.normalised, norm_key, new_template)
@@ -676,7 +711,11 @@ class Engine:
             break_glass=used_grants,
             error=error,
         )
-        template = self._template(sql, analyses, splices, decision, hard) if not explain else None
+        template = (
+            self._template(sql, analyses, splices, decision, hard)
+            if not explain and len(sql) <= LARGE_TEXT
+            else None
+        )
         return decision, template
 
     # -- helpers -------------------------------------------------------------------------------
@@ -749,7 +788,9 @@ class Engine:
             if any(p.start <= ref.location < p.end for p in placed):
                 continue  # inside a masking subquery's span, which names the schema
             assert ref.table is not None
-            index = next(i for i, t in enumerate(tokens) if t.start == ref.location)
+            index = bisect.bisect_left(tokens, ref.location, key=_token_start)
+            if index == len(tokens) or tokens[index].start != ref.location:
+                raise ValueError(f"no token starts at byte {ref.location}")
             last = (
                 index + 2
                 if index + 2 < len(tokens) and tokens[index + 1].name == "UESCAPE"
@@ -869,7 +910,7 @@ class Engine:
             return None
         try:
             tokens = scan_tokens(sql)
-            raw_tokens = pg.scan(sql)
+            raw_tokens = scanning.scan(sql)
         except Exception:
             return None
         # Splices and LIMIT were located on scan_tokens (comments dropped, byte

@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import secrets
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecar import encodings
+from sidecar import collector, encodings
 from sidecar.proxy import hold as holds
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
@@ -94,39 +92,6 @@ _DEALLOCATED_ALL = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
 # protocol may also use: after one, the protocol statements are prepared again
 # before their next Bind, so the server holds exactly what the sidecar decided.
 _TOUCHES_PREPARED = frozenset({"prepare", "deallocate", "discard"})
-
-
-class _CollectorPause:
-    """Python's cyclic garbage collector, paused while any large statement is judged.
-
-    Judging one builds a parse tree of hundreds of thousands of objects, whose
-    allocations set off the collector's full passes over everything alive: in the
-    worker thread they hold the interpreter lock for 300-600 ms at a time (2 MB of
-    multi-row INSERT), stalling the event loop, and are half of the judging's own
-    time. The tree has no reference cycles, so nothing waits for the collector; it
-    resumes when the last large statement is judged.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._judging = 0
-        self._resume = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._judging == 0:
-                self._resume = gc.isenabled()
-                gc.disable()
-            self._judging += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._judging -= 1
-            if self._judging == 0 and self._resume:
-                gc.enable()
-
-
-_COLLECTOR_PAUSE = _CollectorPause()
 
 
 class AuditSink(Protocol):
@@ -852,7 +817,7 @@ class Session:
         raw: bytes,
     ) -> Verdict:
         """``_ask_policy`` in a worker thread, with the garbage collector paused."""
-        with _COLLECTOR_PAUSE:
+        with collector.paused():
             return self._ask_policy(text, protocol, state, in_transaction, raw)
 
     def _undecodable(self, raw: bytes, encoding: str) -> Verdict:

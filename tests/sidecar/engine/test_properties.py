@@ -7,11 +7,15 @@ the same number of statements as the original.
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import parser as pg
 
 from sidecar.engine import Engine, SessionContext
+from sidecar.engine.engine import _redact, _redact_scanned
 from tests.sidecar.engine.cases import CASES
 
 SEEDS = sorted({c.sql for c in CASES})
@@ -93,3 +97,35 @@ def test_random_text(
 )
 def test_mutated_corpus(engines: dict[str, Engine], sql: str, identity: str, env: str) -> None:
     _check(engines[env], identity, sql, True, "simple")
+
+
+# -- the redaction's shortcut -------------------------------------------------------------
+
+_TEXT_PIECES = [
+    "SELECT", "INSERT INTO orders (id, note) VALUES", "(1, 'a')", "($1, $2)", ",", " ", "\n",
+    "-- c\n", "/* c */", "$$x$$", "$t$y$t$", "E'\\n'", "B'101'", "X'1F'", "U&'d\\0061t'",
+    ".5", "1e3", "0x1F", "col1", "\"q'uoted\"", "a$b", "$1", "::text", "LIMIT 21", "(",
+    ")", "FROM orders", "WHERE id =", "é", "\"é1\"", "RETURNING \"orders\".\"id\"", ";",
+]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_TEXT_PIECES), min_size=1, max_size=12))
+def test_the_redaction_shortcut_gives_what_the_scan_gives(pieces: list[str]) -> None:
+
+    text = " ".join(pieces)
+    try:
+        normalized = pg.normalize(text)
+    except Exception:
+        normalized = text
+    assert _redact(text)[0] == _redact_scanned(normalized, text), text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.sql[:40])
+def test_the_redaction_shortcut_on_the_corpus(case: Any) -> None:
+
+    try:
+        normalized = pg.normalize(case.sql)
+    except Exception:
+        normalized = case.sql
+    assert _redact(case.sql)[0] == _redact_scanned(normalized, case.sql)

@@ -93,19 +93,20 @@ def _seconds(call: object, text: str) -> float:
 
 
 def test_linear_in_a_text_with_non_ascii_characters() -> None:
-    """Twice the rows, about twice the time (pglast's own scan: four times; it took
-    2.8 s on 118 KB of this INSERT)."""
+    """Sixteen times the rows, about sixteen times the time; pglast's own scan is
+    quadratic here (256 times; it took 2.8 s on 118 KB of this INSERT). The bound
+    leaves room for a loaded machine: only the quadratic walk comes near it."""
 
     def insert(rows: int) -> str:
         return "INSERT INTO notes (body) VALUES " + ", ".join(
             f"('nöte {i} 日本')" for i in range(rows)
         )
 
-    small, large = insert(20_000), insert(80_000)
+    small, large = insert(5_000), insert(80_000)
     ratio = _seconds(scanning.scan, large) / _seconds(scanning.scan, small)
-    assert ratio < 8, f"4x the text took {ratio:.1f}x the time"
+    assert ratio < 64, f"16x the text took {ratio:.1f}x the time"
     ratio = _seconds(scan_tokens, large) / _seconds(scan_tokens, small)
-    assert ratio < 8, f"4x the text took {ratio:.1f}x the time"
+    assert ratio < 64, f"16x the text took {ratio:.1f}x the time"
 
 
 def test_a_text_needing_pglast_s_scan_is_refused_beyond_a_bound() -> None:
