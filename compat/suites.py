@@ -292,7 +292,7 @@ def run_django(tests: Path, labels: list[str]) -> Runner:
 # --- psycopg's own suite ------------------------------------------------------------
 
 # The modules of psycopg's suite about the protocol and the types (and their async and
-# server-side variants), without the tests marked slow or timing-based (minutes of
+# server-side variants), without the tests it marks slow, timing-based or flakey (minutes of
 # sleeping, and timing asserts a shared machine fails either way) or needing pproxy.
 PSYCOPG_TESTS = [
     "tests/test_cursor*.py",
@@ -303,7 +303,7 @@ PSYCOPG_TESTS = [
     "tests/test_transaction*.py",
     "tests/types",
 ]
-PSYCOPG_MARKERS = "not slow and not timing and not proxy and not mypy"
+PSYCOPG_MARKERS = "not slow and not timing and not flakey and not proxy and not mypy"
 
 
 def run_psycopg(source: Path) -> Runner:
