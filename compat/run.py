@@ -380,6 +380,7 @@ def main() -> int:
     print(header, flush=True)
     sandbox = Sandbox(last / "sidecars")
     outcomes: list[Outcome] = []
+    interrupted = False
     try:
         sandbox.create_role()
         for suite in chosen:
@@ -402,12 +403,16 @@ def main() -> int:
                 print(f"   {result.summary()} in {result.seconds:.0f} s", flush=True)
             outcomes.append(Outcome(suite, sides["direct"], sides["sidecar"], refused))
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted: cleaning up", file=sys.stderr)
     finally:
         for problem in sandbox.cleanup():
             print(f"cleanup: {problem}", file=sys.stderr)
     seconds = time.monotonic() - started
     summary = report(outcomes, seconds)
+    if interrupted:
+        done = ", ".join(o.suite.name for o in outcomes) or "none"
+        summary += f"\ninterrupted: only these suites ran to the end: {done}"
     (last / "report.md").write_text(
         header
         + "\n\n"

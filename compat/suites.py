@@ -119,12 +119,15 @@ def run_process(
         proc = subprocess.Popen(  # noqa: S603
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        code: int | None = None
         try:
-            code: int | None = proc.wait(timeout)
+            code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            code = None
+            pass
         finally:
-            if proc.poll() is None or code is None:
+            # After a timeout, and when the run itself is interrupted: the whole
+            # group (runtests.py and pytest start processes of their own).
+            if code is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
