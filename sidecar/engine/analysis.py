@@ -586,12 +586,54 @@ def analyse_statement(
         result.category = "write" if inbound else "read"
     if result.writes and result.category == "read":
         result.category = "write"
+    if judged_type == "SelectStmt" and len(result.set_config_calls) == 1:
+        given, value = result.set_config_calls[0]
+        setting = _pg_settings_row(judged) if given is None else None
+        if setting is not None:
+            result.set_config_calls = [(setting, value)]
+            result.set_config_params = [setting]
     if judged_type == "SelectStmt":
         limit = judged.get("limitCount")
         result.has_limit = limit is not None and judged.get("limitOption") != "LIMIT_OPTION_DEFAULT"
         result.row_bound = _const_int(limit) if result.has_limit else None
         result.has_where = judged.get("whereClause") is not None
     return result
+
+
+def _column_name(node: Any) -> str | None:
+    fields = node.get("ColumnRef", {}).get("fields", []) if isinstance(node, dict) else []
+    names = _names(fields)
+    return names[0] if len(names) == 1 else None
+
+
+def _pg_settings_row(select: dict[str, Any]) -> str | None:
+    """The setting pg_dump's ``SELECT set_config(name, v, false) FROM pg_settings
+    WHERE name = 'x'`` changes: ``x`` (the one row the condition leaves), else None."""
+    sources = select.get("fromClause", [])
+    targets = select.get("targetList", [])
+    if len(sources) != 1 or len(targets) != 1 or "RangeVar" not in sources[0]:
+        return None
+    relation = sources[0]["RangeVar"]
+    if relation.get("relname") != "pg_settings" or relation.get("schemaname") not in (
+        None,
+        "pg_catalog",
+    ):
+        return None
+    call = targets[0].get("ResTarget", {}).get("val", {}).get("FuncCall")
+    if call is None or _names(call.get("funcname", []))[-1:] != ["set_config"]:
+        return None
+    args = call.get("args", [])
+    where = select.get("whereClause", {}).get("A_Expr") if select.get("whereClause") else None
+    if (
+        not args
+        or _column_name(args[0]) != "name"
+        or where is None
+        or where.get("kind") != "AEXPR_OP"
+        or _names(where.get("name", [])) != ["="]
+        or _column_name(where.get("lexpr")) != "name"
+    ):
+        return None
+    return _const_text(where.get("rexpr"))
 
 
 def _names_defelem(options: list[Any]) -> dict[str, Any]:

@@ -23,12 +23,13 @@ SEQUENCE = "sequence"
 CATALOG = "catalog"
 SESSION_INFO = "session_info"
 ADVISORY_LOCK = "advisory_lock"
+NOTIFY = "notify"
 SESSION_STATE = "session_state"
 STATEMENT_TEXT = "statement_text"
 SERVER_ACCESS = "server_access"
 DYNAMIC_SQL = "dynamic_sql"
 
-INERT_CATEGORIES = frozenset({PURE, CLOCK, SEQUENCE, CATALOG, SESSION_INFO, ADVISORY_LOCK})
+INERT_CATEGORIES = frozenset({PURE, CLOCK, SEQUENCE, CATALOG, SESSION_INFO, ADVISORY_LOCK, NOTIFY})
 REFUSED_CATEGORIES = frozenset({SESSION_STATE, STATEMENT_TEXT, SERVER_ACCESS, DYNAMIC_SQL})
 
 FUNCTIONS: dict[str, str] = {
@@ -349,6 +350,9 @@ FUNCTIONS: dict[str, str] = {
         ),
         ADVISORY_LOCK,
     ),
+    # NOTIFY as a function: a message to this database's listeners, as the statement
+    # (which is allowed everywhere) sends one.
+    **dict.fromkeys(("pg_notify",), NOTIFY),
     # Refused: they change session or server settings (the engine judges set_config of
     # an allowlisted setting name itself).
     **dict.fromkeys(
@@ -457,7 +461,7 @@ FUNCTIONS: dict[str, str] = {
             "pg_logical_slot_peek_binary_changes", "pg_logical_slot_peek_changes",
             "pg_ls_archive_statusdir", "pg_ls_dir", "pg_ls_logdir", "pg_ls_logicalmapdir",
             "pg_ls_logicalsnapdir", "pg_ls_replslotdir", "pg_ls_tmpdir", "pg_ls_waldir",
-            "pg_nextoid", "pg_notify", "pg_promote", "pg_read_binary_file", "pg_read_file",
+            "pg_nextoid", "pg_promote", "pg_read_binary_file", "pg_read_file",
             "pg_read_file_old", "pg_relation_filepath", "pg_replication_origin_advance",
             "pg_replication_origin_create", "pg_replication_origin_drop",
             "pg_replication_origin_oid", "pg_replication_origin_progress",

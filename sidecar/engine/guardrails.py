@@ -78,3 +78,12 @@ def names_function(
         ):
             return True
     return False
+
+
+def first_allows(bundle: Bundle, who: Identity, fact: GuardrailFacts, multi: bool) -> bool:
+    """True when the first guardrail that applies to this statement allows it."""
+    for g in bundle.guardrails:
+        c = g.conditions
+        if _applies_to_identity(bundle, c, who, multi) and _matches_statement(c, fact):
+            return g.action == "allow"
+    return False

@@ -54,6 +54,11 @@ SAFE_SETTINGS = frozenset(
         # Off, a query that a row security policy would filter fails instead of
         # reading more (pg_dump and pg_restore set it): it can only narrow reads.
         "row_security",
+        # Set by pg_dump, pg_restore and psql -f of a dump: where new objects go
+        # and how they are stored, the order of a scan, a restriction on which
+        # relations a query may use. None changes what a statement reads.
+        "synchronize_seqscans", "default_tablespace", "default_table_access_method",
+        "restrict_nonsystem_relation_kind",
     }
 )  # fmt: skip
 # Table functions whose rows come only from their arguments.

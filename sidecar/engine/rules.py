@@ -212,9 +212,19 @@ _DEFERRED_BARRIER = Reason(
 
 
 def unlisted_function(f: StatementFacts, ctx: Context, name: str, multi: bool) -> Reason | None:
-    """None when a guardrail that applies to the statement names the function: it is
-    then allowed, and what it does to the session is the guardrail author's call."""
+    """None when a guardrail that applies to the statement names the function, or,
+    outside production and for an identity with nothing masked, when the first
+    guardrail that applies allows the statement (a sandbox's allow rule covers
+    what it calls; the function rule guards masking, which does not apply to
+    that identity). Either way the statement is a barrier: the server confirms
+    the session state after it."""
     if guardrails.names_function(ctx.bundle, ctx.who, name, f, multi):
+        return None
+    if (
+        not ctx.production
+        and not ctx.masks_anything
+        and guardrails.first_allows(ctx.bundle, ctx.who, f, multi)
+    ):
         return None
     return Reason(
         "default.function.unlisted",

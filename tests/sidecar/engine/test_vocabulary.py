@@ -295,3 +295,68 @@ def test_masking_parameter_bounds_are_enforced_by_the_loader(
     for value in (parameter.minimum - 1, parameter.maximum + 1):
         with pytest.raises(BundleError, match=parameter.name):
             load(value)
+
+
+def _sandbox(environment: str = "sandbox", masked: bool = False) -> Engine:
+    """demo-staging as a sandbox: an allow-everything guardrail; without ``masked``,
+    no column classified, so nothing is masked for anyone."""
+    data = copy.deepcopy(bundle_data("demo-staging"))
+    data["datasource"]["environment"] = environment
+    if not masked:
+        data["column_classifications"] = []
+        data["masking_rules"] = []
+    data["guardrails"] = [
+        {
+            "position": 0,
+            "enabled": True,
+            "name": "allow-sandbox",
+            "action": "allow",
+            "message": "",
+            "conditions": {},
+        }
+    ]
+    data["revision"] = compute_revision(data)
+    return Engine(load_bundle(data))
+
+
+def test_a_sandbox_allow_covers_unlisted_functions_for_an_identity_without_masks() -> None:
+    engine = _sandbox()
+    d = engine.decide(identity="bob", sql="SELECT similarity(name, 'x') FROM customers")
+    assert d.action == "allow" and d.barrier  # the server confirms the state after it
+    # Masking still guards an identity with masked columns: the function could read them.
+    d = _sandbox(masked=True).decide(identity="alice", sql="SELECT similarity('a', 'b')")
+    assert d.action == "block" and "default.function.unlisted" in [r.rule for r in d.reasons]
+    # So does the safety floor, whoever asks.
+    d = engine.decide(identity="bob", sql="SELECT pg_read_file('/etc/passwd')")
+    assert d.action == "block"
+    # In production an allow guardrail lifts no unlisted function: it must name it.
+    d = _sandbox("production").decide(identity="bob", sql="SELECT similarity('a', 'b')")
+    assert d.action == "block" and "default.function.unlisted" in [r.rule for r in d.reasons]
+
+
+def test_what_pg_dump_and_pg_restore_set_is_allowed() -> None:
+    engine = _sandbox()
+    for sql in [
+        "SET synchronize_seqscans TO off",
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+        "WHERE name = 'restrict_nonsystem_relation_kind'",
+        "SET default_tablespace = ''",
+        "SET default_table_access_method = heap",
+        "SET row_security = off",
+        "SELECT pg_catalog.set_config('search_path', '', false)",
+        "SELECT pg_notify('events', 'x')",
+    ]:
+        d = engine.decide(identity="alice", sql=sql)
+        assert d.action == "allow", (sql, [r.rule for r in d.reasons])
+    # The pg_settings form names the setting it changes: one not on the list stays refused.
+    d = engine.decide(
+        identity="alice",
+        sql="SELECT set_config(name, 'replica', false) FROM pg_settings "
+        "WHERE name = 'session_replication_role'",
+    )
+    assert d.action == "block" and "session.setting" in [r.rule for r in d.reasons]
+    d = engine.decide(
+        identity="alice",
+        sql="SELECT set_config(name, 'x', false) FROM pg_settings WHERE name LIKE 'search%'",
+    )
+    assert d.action == "block"
