@@ -73,6 +73,10 @@ def _demo_psql(lines: list[str]) -> tuple[str, str]:
     assert described.returncode == 0 and "full_name" in described.stdout, described
     listed = psql("\\dt")
     assert listed.returncode == 0 and "payments" in listed.stdout, listed
+    for command in ("\\d+ customers", "\\dn", "\\df", "\\dv", "\\di", "\\ds", "\\du",
+                    "\\l", "\\dx", "\\dT", "\\dp", "\\dd", "\\dm", "\\dconfig"):  # fmt: skip
+        described = psql(command)
+        assert described.returncode == 0 and "ERROR" not in described.stderr, (command, described)
     return token, conninfo
 
 
