@@ -181,7 +181,7 @@ def _parse_error(exc: Exception) -> str:
     message = str(exc.args[0] if exc.args else exc).split("\n")[0]
     message = re.sub(r' at or near ".*"$', "", message)
     location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
-    return message if location is None else f"{message} at character {location}"
+    return message if location is None else f"{message} at character {location + 1}"
 
 
 def _token_start(token: Token) -> int:
