@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -53,6 +53,9 @@ class MaskingStatus:
     usable: bool
     version: int | None
     detail: str
+    # The database's extensions, read in the same check: the engine judges CREATE
+    # EXTENSION IF NOT EXISTS of an installed one as the no-op it is.
+    extensions: frozenset[str] = frozenset()
 
 
 def _ddl() -> list[sql.Composed]:
@@ -475,14 +478,15 @@ def upstream_identity(dsn: str) -> tuple[str, str]:
 def status(
     conninfo: str | psycopg.Connection[Any], *, password: str | None = None
 ) -> MaskingStatus:
-    """Whether hash masking is usable through this connection (the sidecar's own role).
+    """Whether hash masking is usable through this connection (the sidecar's own role),
+    and the database's extensions.
 
     ``conninfo``: a DSN (connected with ``password`` if given, closed afterwards) or an
     open connection (left as found: each check runs in its own transaction or
     savepoint). Raises ``MaskingError`` only when a DSN cannot be connected.
     """
     if not isinstance(conninfo, str):
-        return _status(conninfo)
+        return _with_extensions(conninfo, _status(conninfo))
     kwargs: dict[str, Any] = {
         "autocommit": True,
         "application_name": "warden-masking-status",
@@ -500,7 +504,13 @@ def status(
             f"cannot connect to the upstream database: {type(exc).__name__}"
         ) from None
     with conn:
-        return _status(conn)
+        return _with_extensions(conn, _status(conn))
+
+
+def _with_extensions(conn: psycopg.Connection[Any], status: MaskingStatus) -> MaskingStatus:
+    with conn.transaction():
+        rows = conn.execute("SELECT extname FROM pg_catalog.pg_extension").fetchall()
+    return replace(status, extensions=frozenset(str(r[0]) for r in rows))
 
 
 def _status(conn: psycopg.Connection[Any]) -> MaskingStatus:

@@ -282,6 +282,7 @@ class EnginePolicy:
         document = source.current()
         # Until the upstream has been checked, hash-masked columns are refused.
         self.hash_available = False
+        self.installed_extensions: frozenset[str] = frozenset()
         self._engine = engine.Engine(engine.load_bundle(document), hash_available=False)
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
@@ -316,6 +317,16 @@ class EnginePolicy:
         self._cache = {}
         self._by_shape = {}
         self.generation += 1  # prepared statements are decided again
+
+    def set_installed_extensions(self, names: frozenset[str]) -> None:
+        """The upstream database's extensions (``sidecar.masking_db``)."""
+        if names == self.installed_extensions:
+            return
+        self.installed_extensions = names
+        self._engine.set_installed_extensions(names)
+        self._cache = {}
+        self._by_shape = {}
+        self.generation += 1
 
     def replace(self, document: dict[str, Any]) -> None:
         bundle = self._engine_mod.load_bundle(document)
@@ -490,14 +501,18 @@ async def _check_masking(
     administrator with ``python -m sidecar install-masking``); logged when it changes."""
     from sidecar import masking_db
 
+    extensions: frozenset[str] | None = None
     try:
         status = await asyncio.to_thread(
             masking_db.status, config.upstream_dsn, password=config.upstream_password
         )
         now = (status.usable, status.detail)
+        extensions = status.extensions
     except Exception as exc:  # an unreachable upstream: refuse, and say why
         now = (False, f"the check failed ({type(exc).__name__})")
     policy.set_hash_available(now[0])
+    if extensions is not None:
+        policy.set_installed_extensions(extensions)
     if now != said:
         if now[0]:
             log.info("hash masking is usable in the upstream database")

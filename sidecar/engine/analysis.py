@@ -563,6 +563,10 @@ def analyse_statement(
             ((judged_type, judged),) = body["query"].items()
             result.category = KINDS.get(judged_type, _UNKNOWN)[1]
             walker.visit(body["query"], frozenset())
+    elif node_type == "CreateExtensionStmt":
+        result.details["extension"] = body.get("extname", "")
+        result.details["if_not_exists"] = bool(body.get("if_not_exists"))
+        walker.visit({node_type: body}, frozenset())
     elif node_type == "TransactionStmt":
         result.details["transaction"] = body.get("kind", "").removeprefix("TRANS_STMT_").lower()
     elif node_type == "SelectStmt" and body.get("intoClause"):

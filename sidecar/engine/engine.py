@@ -305,6 +305,7 @@ class Engine:
         # Whether the protected database has Warden's keyed hash function (the
         # runner checks at start); without it hash-masked columns are refused.
         self._hash_available = hash_available
+        self._installed_extensions: frozenset[str] = frozenset()
         self._state = _State(bundle)
 
     @property
@@ -319,6 +320,14 @@ class Engine:
         """Record whether the database has Warden's keyed hash; decisions depend on it."""
         if available != self._hash_available:
             self._hash_available = available
+            self._state = _State(self._state.bundle)
+
+    def set_installed_extensions(self, names: frozenset[str]) -> None:
+        """Record the database's extensions: ``CREATE EXTENSION IF NOT EXISTS`` of one
+        of them changes nothing (the server answers with a notice), so it is judged
+        as a utility statement rather than DDL."""
+        if names != self._installed_extensions:
+            self._installed_extensions = names
             self._state = _State(self._state.bundle)
 
     def cache_info(self) -> dict[str, int]:
@@ -564,6 +573,12 @@ class Engine:
             except Exception:  # a tree shape we did not foresee: fail closed
                 a = Analysis(raw.node_type, "unknown", "unknown", raw.node_type)
                 hard.append(rules.ANALYSIS_FAILED)
+            if (
+                a.details.get("if_not_exists")
+                and a.details.get("extension") in self._installed_extensions
+            ):
+                # Installed when last looked (the sidecar looks every minute): a no-op.
+                a.category = "utility"
             analyses.append(a)
             if raw.node_type not in REWRITABLE:
                 for ref in a.ranges:

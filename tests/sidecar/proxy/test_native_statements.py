@@ -11,11 +11,12 @@ PostgreSQL itself answers to the same text.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.sidecar.proxy.conftest import Sidecar, wait_for
+from tests.sidecar.proxy.conftest import Sidecar, build_bundle, start_sidecar, wait_for
 from tests.sidecar.proxy.test_clients import psql
 
 SYNTAX_ERRORS = [
@@ -132,3 +133,26 @@ def test_pg_dump_restores_through_the_sidecar(sidecar: Sidecar, upstream: str) -
     assert "row_security" in dump
     result = psql(sidecar, "-v", "ON_ERROR_STOP=1", stdin=dump)
     assert result.returncode == 0, result.stderr
+
+
+def test_create_extension_if_not_exists_of_an_installed_one_runs_in_production(
+    upstream: str, tmp_path: Path
+) -> None:
+    """Without a guardrail that allows everything: CREATE EXTENSION is DDL, held for
+    review in production, unless the extension is there, when it changes nothing."""
+    name = upstream.rsplit("/", 1)[-1].split("?")[0]
+    guardrails = [g for g in build_bundle(name)["guardrails"] if g["action"] != "allow"]
+    bundle = build_bundle(name, guardrails=guardrails)
+    sidecar = start_sidecar(tmp_path / "strict", upstream, bundle)
+    try:
+        with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+            notices: list[str] = []
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            conn.execute("CREATE EXTENSION IF NOT EXISTS plpgsql")  # always installed
+            assert any("already exists" in n for n in notices), notices
+            for sql in ["CREATE EXTENSION plpgsql", "CREATE EXTENSION IF NOT EXISTS hstore"]:
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(sql)
+                assert "default.ddl_in_production" in str(caught.value), sql
+    finally:
+        sidecar.stop()
