@@ -93,7 +93,10 @@ def test_judging_multi_row_inserts_does_not_stall_the_other_sessions(sidecar: Si
     assert counts == [40_000, 40_001, 40_002]
     latencies.sort()
     worst = latencies[-1]
-    assert worst < 0.3, (
+    # A bound a loaded CI machine keeps (the worst measured under CI's load: 347 ms;
+    # quiet, 121-166 ms): it fails when judging holds the lock for a second or more, as
+    # a superlinear scan or analysis would. The figure itself is measured, not asserted.
+    assert worst < 1.0, (
         f"SELECT 1 waited {worst * 1000:.0f} ms (then {latencies[-2] * 1000:.0f}, "
         f"{latencies[-3] * 1000:.0f} ms; median {statistics.median(latencies) * 1000:.1f}) "
         f"while the INSERTs took {', '.join(f'{s:.1f}' for s in judged)} s"
