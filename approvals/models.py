@@ -72,7 +72,8 @@ class ApprovalRequest(models.Model):
     )
     fingerprint = models.CharField(max_length=128)
     statement = models.TextField(help_text="Redacted: literals replaced, never the raw text.")
-    kind = models.CharField(max_length=32)
+    # The statement kind, or the kinds of a text of several statements, joined by ", ".
+    kind = models.CharField(max_length=400)
     risk = models.PositiveSmallIntegerField(validators=[MaxValueValidator(100)])
     reasons = models.JSONField(default=list, blank=True)
     tables = models.JSONField(default=list, blank=True)

@@ -260,9 +260,25 @@ def _transition(request: ApprovalRequest, target: str, now: datetime.datetime) -
 
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{8,128}$")
 KIND_RE = re.compile(r"^[a-z_]{1,32}$")
+# A text of several statements carries one kind each (a list); stored joined.
+MAX_KINDS = 10
+KINDS_SEPARATOR = ", "
 MAX_STATEMENT = 64 * 1024
 MAX_LIST = 200
 MAX_ITEM = 300
+
+
+def _kinds(kind: Any) -> list[str] | None:
+    """The statement kinds of a request: one (a string, as sidecars before lists sent
+    it) or a list of one per statement; None when it is neither."""
+    kinds = [kind] if isinstance(kind, str) else kind
+    if (
+        not isinstance(kinds, list)
+        or not 1 <= len(kinds) <= MAX_KINDS
+        or not all(isinstance(k, str) and KIND_RE.match(k) for k in kinds)
+    ):
+        return None
+    return kinds
 
 
 def _no_nul(value: Any) -> bool:
@@ -293,8 +309,11 @@ def validate_open_payload(
         errors["fingerprint"] = "8 to 128 lower-case hex characters."
     if not isinstance(statement, str) or not statement.strip() or len(statement) > MAX_STATEMENT:
         errors["statement"] = f"The redacted statement, 1 to {MAX_STATEMENT} characters."
-    if not isinstance(kind, str) or not KIND_RE.match(kind):
-        errors["kind"] = "A statement kind such as 'delete'."
+    if _kinds(kind) is None:
+        errors["kind"] = (
+            f"A statement kind such as 'delete', or a list of 1 to {MAX_KINDS} "
+            "(one per statement of the text)."
+        )
     if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 100:
         errors["risk"] = "An integer from 0 to 100."
     if (
@@ -379,7 +398,7 @@ def approval_request_open(
     identity: Identity,
     fingerprint: str,
     statement: str,
-    kind: str,
+    kind: str | list[str],
     risk: int,
     reasons: list[dict[str, str]],
     tables: list[str],
@@ -446,7 +465,7 @@ def approval_request_open(
         sidecar_id=sidecar.pk if isinstance(sidecar, Sidecar) else sidecar,
         fingerprint=fingerprint,
         statement=statement,
-        kind=kind,
+        kind=KINDS_SEPARATOR.join(_kinds(kind) or ()),
         risk=risk,
         reasons=reasons,
         tables=tables,

@@ -209,7 +209,7 @@ def approval_facts(decision: Any) -> dict[str, Any]:
     return {
         "fingerprint": approval_fingerprint(decision.statements),
         "statement": "; ".join(st.redacted_sql for st in decision.statements),
-        "kind": ",".join(st.kind for st in decision.statements),
+        "kind": [st.kind for st in decision.statements],
         "risk": decision.risk,
         "reasons": [r.to_json() for r in decision.reasons],
         "tables": sorted(

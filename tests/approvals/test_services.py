@@ -49,6 +49,26 @@ def test_bad_payload_is_refused_field_by_field_and_stores_nothing(review_setup):
     assert ApprovalRequest.objects.count() == 0
 
 
+def test_a_text_of_several_statements_has_one_kind_each(review_setup):
+    """The sidecar sends ``kind`` as a list for a text of several statements (before,
+    "prepare,execute" was refused and such a text could never be approved)."""
+    request, _, created = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(kind=["update", "delete"]),
+    )
+    assert created and request.kind == "update, delete"
+    for bad in ([], ["update", "DROP"], ["delete"] * 11, "prepare,execute", [1]):
+        with pytest.raises(ValidationError) as info:
+            services.approval_request_open(
+                datasource=review_setup.datasource,
+                identity=review_setup.requester.identity,
+                **open_payload(kind=bad, fingerprint="cd" * 16),
+            )
+        assert set(info.value.message_dict) == {"kind"}, bad
+    assert ApprovalRequest.objects.count() == 1
+
+
 def test_database_refuses_a_second_pending_request_for_the_same_statement(open_request):
     first = open_request()
     duplicate = ApprovalRequest(

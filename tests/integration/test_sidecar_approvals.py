@@ -222,6 +222,45 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
         proc.stop()
 
 
+def test_a_held_text_of_several_statements_is_approved_and_runs(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    """The sidecar sends one kind per statement; the control plane used to answer 400
+    to its "update,delete", so such a text could never be approved."""
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-multi"
+    )
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    )
+    try:
+        with _connect(proc.port, upstream_dbname(), raw) as conn:
+            text = (
+                "UPDATE customers SET full_name = 'Grace H.' WHERE id = 1; "
+                "UPDATE customers SET full_name = 'Edsger D.' WHERE id = 2"
+            )
+            thread, result = _in_thread(lambda: conn.execute(text))
+            request = _pending(demo_policy.agent)
+            assert request.kind == "update, update"
+            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            thread.join(20)
+            assert "error" not in result, result
+            rows = conn.execute("SELECT full_name FROM customers ORDER BY id").fetchall()
+            assert rows[:2] == [("Grace H.",), ("Edsger D.",)]
+    finally:
+        proc.stop()
+
+
 def test_control_plane_down_refuses_held_statements(
     control_plane: Server,
     celery_worker: Any,

@@ -256,14 +256,14 @@ def test_fingerprint_ignores_identity_and_literals() -> None:
     assert a["fingerprint"] == b["fingerprint"]
     assert a["fingerprint"] != c["fingerprint"]
     assert "secret" not in a["statement"] and "1" not in a["statement"].replace("$1", "")
-    assert a["kind"] == "delete" and a["tables"] == ["public.notes"]
+    assert a["kind"] == ["delete"] and a["tables"] == ["public.notes"]
     assert a["reasons"][0]["rule"] == "delete-needs-review"
     multi = facts("alice", "DELETE FROM notes WHERE id = 1; SELECT 2")
     again = facts("bob", "DELETE FROM notes WHERE id = 7; SELECT 3")
     other = facts("alice", "SELECT 2; DELETE FROM notes WHERE id = 1")
     assert multi["fingerprint"] == again["fingerprint"] != other["fingerprint"]
     assert len(multi["fingerprint"]) == 64
-    assert multi["kind"] == "delete,select"
+    assert multi["kind"] == ["delete", "select"]  # one per statement
 
 
 def test_sidecar_config_accepts_the_approvals_keys(tmp_path: Path) -> None:
