@@ -122,13 +122,16 @@ async def rule(
     base_event: Mapping[str, Any],
     accepting: Callable[[], bool],
     who: str,
+    tell: Callable[[str], None] = lambda _text: None,
 ) -> Ruling:
     """Ask for ``identity`` (the session's fields in ``base_event``), wait up to the
     bundle's hold time, and say how the hold ends; raises only when cancelled.
-    ``accepting``: whether the audit spool still takes events."""
+    ``accepting``: whether the audit spool still takes events. ``tell``: says to the
+    client, at once, that the statement waits and where its request is."""
     try:
         assert gate is not None  # only held when there is a gate
-        state = await _ask(gate, hold, approval_request(identity, hold.verdict, base_event))
+        request = approval_request(identity, hold.verdict, base_event)
+        state = await _ask(gate, hold, request, tell)
     except ApprovalUnavailable as exc:
         log.warning("approval for %s could not be requested: %s", who, exc)
         return unavailable(hold, str(exc))
@@ -158,7 +161,9 @@ async def rule(
     return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held")
 
 
-async def _ask(gate: ApprovalGate, hold: Hold, request: Mapping[str, Any]) -> ApprovalState:
+async def _ask(
+    gate: ApprovalGate, hold: Hold, request: Mapping[str, Any], tell: Callable[[str], None]
+) -> ApprovalState:
     """Open the request, wait up to the bundle's hold time, consume the grant."""
     state = await gate.open(request)
     hold.request_id = state.id
@@ -166,6 +171,11 @@ async def _ask(gate: ApprovalGate, hold: Hold, request: Mapping[str, Any]) -> Ap
         return state
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hold.verdict.hold_seconds
+    if state.state == "pending":
+        tell(
+            f"Warden is holding this statement for approval: {state.url}; "
+            f"waiting up to {int(hold.verdict.hold_seconds)} s"
+        )
     while state.state == "pending":
         seconds = int(deadline - loop.time())
         if seconds < 1:

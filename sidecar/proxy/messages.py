@@ -58,6 +58,13 @@ def error_response(
     return frame(b"E", b"".join(fields) + b"\x00")
 
 
+def notice_response(message: str) -> bytes:
+    """A NoticeResponse: clients show it as it arrives (psql prints it at once),
+    whatever they are waiting for."""
+    fields = b"SNOTICE\x00VNOTICE\x00C00000\x00M" + cstr(message)
+    return frame(b"N", fields + b"\x00")
+
+
 def error_fields(payload: bytes) -> dict[str, str]:
     """Fields of an ErrorResponse/NoticeResponse payload, keyed by their one-letter code."""
     out: dict[str, str] = {}

@@ -1165,6 +1165,7 @@ class Session:
             base_event=self.base_event,
             accepting=lambda: audit.accepting,
             who=self._who(),
+            tell=lambda text: self.client.write(m.notice_response(text)),
         )
         self._hold_end(hold, ruling)
 

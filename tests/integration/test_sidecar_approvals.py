@@ -245,6 +245,8 @@ def test_a_held_text_of_several_statements_is_approved_and_runs(
     )
     try:
         with _connect(proc.port, upstream_dbname(), raw) as conn:
+            notices: list[str] = []
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
             text = (
                 "UPDATE customers SET full_name = 'Grace H.' WHERE id = 1; "
                 "UPDATE customers SET full_name = 'Edsger D.' WHERE id = 2"
@@ -252,6 +254,13 @@ def test_a_held_text_of_several_statements_is_approved_and_runs(
             thread, result = _in_thread(lambda: conn.execute(text))
             request = _pending(demo_policy.agent)
             assert request.kind == "update, update"
+            # The client is told at once, while it waits, where the request is.
+            deadline = time.monotonic() + 10
+            while not notices and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert thread.is_alive() and len(notices) == 1, notices
+            assert notices[0].startswith("Warden is holding this statement for approval: ")
+            assert f"/approvals/{request.id}/" in notices[0] and "waiting up to" in notices[0]
             approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
             thread.join(20)
             assert "error" not in result, result
