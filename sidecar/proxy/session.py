@@ -634,14 +634,7 @@ class Session:
             # The journal cannot be written: what waited for it never runs.
             log.error("closing %s: the audit trail cannot be written", self._who())
             self._gated.clear()
-            self.client.write(
-                m.error_response(
-                    severity="FATAL",
-                    sqlstate="58030",
-                    message="Warden: the audit trail cannot be written; nothing more runs",
-                )
-            )
-            self.close()
+            self.terminate("58030", "Warden: the audit trail cannot be written; nothing more runs")
             return
         if self._gated:
             self._gate_armed = True
@@ -1610,14 +1603,7 @@ class Session:
         if self.closed:
             return
         log.warning("upstream connection lost for %s", self._who())
-        self.client.write(
-            m.error_response(
-                severity="FATAL",
-                sqlstate="08006",
-                message="Warden: the connection to the upstream database was lost",
-            )
-        )
-        self.close()
+        self.terminate("08006", "Warden: the connection to the upstream database was lost")
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """End the session from the sidecar's side, telling the client why."""
