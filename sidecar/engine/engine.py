@@ -394,12 +394,7 @@ class Engine:
                         self._remember(state.exact, key, decision)
                         return decision
         try:
-            if large:
-                with collector.paused():
-                    decision, new_template = self._judge(
-                        state, who, sql, session, protocol, explain, now
-                    )
-            else:
+            with collector.paused() if large else contextlib.nullcontext():
                 decision, new_template = self._judge(
                     state, who, sql, session, protocol, explain, now
                 )
