@@ -41,6 +41,26 @@ def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict
     )
 
 
+def _agent_sidecar(
+    control_plane: Server,
+    demo_policy: Any,
+    admin_user: Any,
+    upstream_db: str,
+    state_dir: Path,
+    name: str,
+) -> tuple[SidecarProcess, str]:
+    """A sidecar registered as ``name`` in front of the upstream, and a token of the
+    agent identity whose writes need a reviewer."""
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name=name
+    )
+    proc = SidecarProcess(
+        config=_config(control_plane, sidecar_token, upstream_db), state_dir=state_dir
+    )
+    return proc, raw
+
+
 def _connect(port: int, dbname: str, token: str) -> psycopg.Connection[Any]:
     return psycopg.connect(
         host="127.0.0.1",
@@ -97,13 +117,9 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
     services.identity_update(
         actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
     )
-    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals"
-    )
     state_dir = tmp_path / "state"
-    proc = SidecarProcess(
-        config=_config(control_plane, sidecar_token, upstream_db), state_dir=state_dir
+    proc, raw = _agent_sidecar(
+        control_plane, demo_policy, admin_user, upstream_db, state_dir, "sc-approvals"
     )
     dbname = upstream_dbname()
     try:
@@ -236,12 +252,13 @@ def test_a_held_text_of_several_statements_is_approved_and_runs(
     services.identity_update(
         actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
     )
-    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-multi"
-    )
-    proc = SidecarProcess(
-        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    proc, raw = _agent_sidecar(
+        control_plane,
+        demo_policy,
+        admin_user,
+        upstream_db,
+        tmp_path / "state",
+        "sc-approvals-multi",
     )
     try:
         with _connect(proc.port, upstream_dbname(), raw) as conn:
@@ -278,12 +295,8 @@ def test_control_plane_down_refuses_held_statements(
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
-    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-down"
-    )
-    proc = SidecarProcess(
-        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    proc, raw = _agent_sidecar(
+        control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-approvals-down"
     )
     dbname = upstream_dbname()
     try:
@@ -310,12 +323,8 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
 ) -> None:
     from governance.bundles import APPROVAL_HOLD_SECONDS
 
-    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-wait"
-    )
-    proc = SidecarProcess(
-        config=_config(control_plane, sidecar_token, upstream_db), state_dir=tmp_path / "state"
+    proc, raw = _agent_sidecar(
+        control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-approvals-wait"
     )
     dbname = upstream_dbname()
     try:
