@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import io
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -642,16 +643,21 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
     }
 
 
-async def aconnect(dsn: str, **kw: Any) -> Any:
+@contextlib.asynccontextmanager
+async def aconnect(dsn: str, **kw: Any) -> AsyncIterator[Any]:
+    """An asyncpg connection, closed when the block ends."""
     import asyncpg
 
-    return await asyncpg.connect(**asyncpg_params(dsn), timeout=10, **kw)
+    conn = await asyncpg.connect(**asyncpg_params(dsn), timeout=10, **kw)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @check()
 async def check_fetch_and_codecs(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         row = await conn.fetchrow(
             "SELECT $1::int, $2::text, $3::numeric, $4::timestamptz, $5::uuid, $6::int[], "
             "$7::bytea, $8::interval, $9::jsonb",
@@ -668,64 +674,49 @@ async def check_fetch_and_codecs(dsn: str) -> None:
         expect(row is not None and row[0] == 7 and row[1] == "ünïcode", f"{row}")
         expect(row[2] == decimal.Decimal("1.25") and row[5] == [1, 2], f"{row}")
         expect(await conn.fetchval("SELECT count(*) FROM generate_series(1, 10)") == 10, "fetchval")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_prepared_statement(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         stmt = await conn.prepare("SELECT $1::int * 3 AS tripled")
         expect([a.name for a in stmt.get_attributes()] == ["tripled"], "attributes")
         for i in range(10):
             expect(await stmt.fetchval(i) == i * 3, f"run {i}")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_statement_cache(dsn: str) -> None:
-    conn = await aconnect(dsn, statement_cache_size=3)
-    try:
+    async with aconnect(dsn, statement_cache_size=3) as conn:
         for rnd in range(3):
             for q in range(6):
                 expect(await conn.fetchval(f"SELECT $1::int + {q}", rnd) == rnd + q, f"{rnd}/{q}")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_statement_cache_after_alter(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute("CREATE TABLE sca (id int)")
         await conn.execute("INSERT INTO sca VALUES (1)")
         expect(len(await conn.fetch("SELECT * FROM sca")) == 1, "before")
         await conn.execute("ALTER TABLE sca ADD COLUMN extra text")
         rows = await conn.fetch("SELECT * FROM sca")
         expect(len(rows) == 1 and len(rows[0]) == 2, f"after ALTER: {rows}")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_executemany(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute("CREATE TABLE aem (id int, v text)")
         await conn.executemany(
             "INSERT INTO aem VALUES ($1, $2)", [(i, f"v{i}") for i in range(100)]
         )
         expect(await conn.fetchval("SELECT count(*) FROM aem") == 100, "count")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_copy_records_binary(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute("CREATE TABLE acr (id int, v text, at timestamptz)")
         now = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
         result = await conn.copy_records_to_table(
@@ -733,28 +724,22 @@ async def check_copy_records_binary(dsn: str) -> None:
         )
         expect(result == "COPY 2000", result)
         expect(await conn.fetchval("SELECT count(*) FROM acr") == 2000, "count")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_copy_to_table_text_and_csv(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute("CREATE TABLE act (id int, v text)")
         text = "".join(f"{i}\tv{i}\n" for i in range(500)).encode()
         await conn.copy_to_table("act", source=io.BytesIO(text))
         csv = "".join(f'{i},"c, {i}"\n' for i in range(500, 1000)).encode()
         await conn.copy_to_table("act", source=io.BytesIO(csv), format="csv")
         expect(await conn.fetchval("SELECT count(*) FROM act") == 1000, "count")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_copy_from_table_and_query(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute(
             "CREATE TABLE acf AS SELECT i AS id, 'v' || i AS v FROM generate_series(1, 300) i"
         )
@@ -766,33 +751,26 @@ async def check_copy_from_table_and_query(dsn: str) -> None:
             "SELECT * FROM acf WHERE id > $1", 100, output=binary, format="binary"
         )
         expect(binary.getvalue().startswith(b"PGCOPY\n\xff\r\n\x00"), "binary signature")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_cursors(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
-        async with conn.transaction():
-            total = 0
-            async for record in conn.cursor("SELECT i FROM generate_series(1, 500) i", prefetch=50):
-                total += record[0]
-            expect(total == 125250, f"sum {total}")
-            cur = await conn.cursor("SELECT i FROM generate_series(1, 100) i")
-            expect([r[0] for r in await cur.fetch(3)] == [1, 2, 3], "fetch")
-            await cur.forward(10)
-            expect(await cur.fetchrow() == (14,), "after forward")
-    finally:
-        await conn.close()
+    async with aconnect(dsn) as conn, conn.transaction():
+        total = 0
+        async for record in conn.cursor("SELECT i FROM generate_series(1, 500) i", prefetch=50):
+            total += record[0]
+        expect(total == 125250, f"sum {total}")
+        cur = await conn.cursor("SELECT i FROM generate_series(1, 100) i")
+        expect([r[0] for r in await cur.fetch(3)] == [1, 2, 3], "fetch")
+        await cur.forward(10)
+        expect(await cur.fetchrow() == (14,), "after forward")
 
 
 @check()
 async def check_cancel_by_timeout(dsn: str) -> None:
     import asyncpg
 
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         start = time.monotonic()
         try:
             await conn.fetch("SELECT pg_sleep(10)", timeout=0.5)
@@ -802,36 +780,26 @@ async def check_cancel_by_timeout(dsn: str) -> None:
             raise AssertionError("not cancelled")
         expect(time.monotonic() - start < 5, "cancelled late")
         expect(await conn.fetchval("SELECT 1") == 1, "usable")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_log_listener_notices(dsn: str) -> None:
-    conn = await aconnect(dsn)
     got: list[Any] = []
-    try:
+    async with aconnect(dsn) as conn:
         conn.add_log_listener(lambda _conn, message: got.append(message))
         await conn.execute("DROP TABLE IF EXISTS no_such_table_either")
         await asyncio.sleep(0.1)
         expect(any(m.sqlstate == "00000" for m in got), f"{got}")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_listen_notify_listener(dsn: str) -> None:
-    listener = await aconnect(dsn)
-    sender = await aconnect(dsn)
     got: asyncio.Queue[str] = asyncio.Queue()
-    try:
+    async with aconnect(dsn) as listener, aconnect(dsn) as sender:
         await listener.add_listener("apg_chan", lambda *args: got.put_nowait(args[3]))
         await sender.execute("NOTIFY apg_chan, 'ping'")
         expect(await asyncio.wait_for(got.get(), 5) == "ping", "payload")
         await listener.remove_listener("apg_chan", lambda *args: None)
-    finally:
-        await listener.close()
-        await sender.close()
 
 
 @check()
@@ -879,8 +847,7 @@ async def check_pool_concurrency(dsn: str) -> None:
 
 @check()
 async def check_transactions_nested(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.execute("CREATE TABLE atx (id int)")
         async with conn.transaction(isolation="repeatable_read"):
             await conn.execute("INSERT INTO atx VALUES (1)")
@@ -891,16 +858,13 @@ async def check_transactions_nested(dsn: str) -> None:
             except RuntimeError:
                 pass
         expect(await conn.fetchval("SELECT array_agg(id) FROM atx") == [1], "rows")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_errors(dsn: str) -> None:
     import asyncpg
 
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         try:
             await conn.execute("SELEC 1")
         except asyncpg.PostgresSyntaxError as exc:
@@ -914,20 +878,15 @@ async def check_errors(dsn: str) -> None:
         else:
             raise AssertionError("no division by zero")
         expect(await conn.fetchval("SELECT 1") == 1, "usable")
-    finally:
-        await conn.close()
 
 
 @check()
 async def check_type_codec(dsn: str) -> None:
-    conn = await aconnect(dsn)
-    try:
+    async with aconnect(dsn) as conn:
         await conn.set_type_codec(
             "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
         expect(await conn.fetchval("SELECT $1::json", {"a": [1]}) == {"a": [1]}, "json codec")
-    finally:
-        await conn.close()
 
 
 # --- running ------------------------------------------------------------------------
