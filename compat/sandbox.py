@@ -26,7 +26,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from sidecar.engine import compute_revision
 from sidecar.proxy.scram import make_verifier
@@ -136,18 +135,6 @@ class Sidecar:
     database: str
     token: str
 
-    def conninfo(self, **extra: str) -> str:
-        return make_conninfo(
-            "",
-            host="127.0.0.1",
-            port=str(self.port),
-            user=IDENTITY,
-            password=self.token,
-            dbname=self.database,
-            sslmode="disable",
-            **extra,
-        )
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -228,20 +215,6 @@ class Sandbox:
             )
         if name in self.databases:
             self.databases.remove(name)
-
-    def direct_params(self, database: str) -> dict[str, str]:
-        host, port = server_address()
-        return {
-            "host": host,
-            "port": str(port),
-            "user": self.role,
-            "password": self.password,
-            "dbname": database,
-            "sslmode": "disable",
-        }
-
-    def direct_conninfo(self, database: str) -> str:
-        return make_conninfo("", **self.direct_params(database))
 
     def upstream_url(self, database: str) -> str:
         host, port = server_address()
