@@ -314,9 +314,7 @@ class EnginePolicy:
             return
         self.hash_available = available
         self._engine.set_hash_available(available)
-        self._cache = {}
-        self._by_shape = {}
-        self.generation += 1  # prepared statements are decided again
+        self._decisions_changed()
 
     def set_installed_extensions(self, names: frozenset[str]) -> None:
         """The upstream database's extensions (``sidecar.masking_db``)."""
@@ -324,9 +322,13 @@ class EnginePolicy:
             return
         self.installed_extensions = names
         self._engine.set_installed_extensions(names)
+        self._decisions_changed()
+
+    def _decisions_changed(self) -> None:
+        """The bundle or the upstream changed decisions: drop the verdicts kept so far."""
         self._cache = {}
         self._by_shape = {}
-        self.generation += 1
+        self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
         bundle = self._engine_mod.load_bundle(document)
@@ -334,10 +336,8 @@ class EnginePolicy:
         self._engine.replace_bundle(bundle)
         self._identities = identities
         self._hold_seconds = hold_seconds(document)
-        self._cache = {}
-        self._by_shape = {}
         self._audit_cache = {}
-        self.generation += 1
+        self._decisions_changed()
         self._note(document)
 
     def _shared(self, decision: Any) -> tuple[str, str, tuple[Any, ...]]:
