@@ -53,6 +53,13 @@ def can_transition(source: str, target: str) -> bool:
     return target in TRANSITIONS.get(source, frozenset())
 
 
+class GrantBinding(models.TextChoices):
+    """What a grant lets run again: exactly the approved statement, or its shape."""
+
+    STATEMENT = "statement", "The statement with these values"
+    SHAPE = "shape", "Same shape, any values"
+
+
 class ApprovalRequest(models.Model):
     """A statement a sidecar held for review, and where its review stands."""
 
@@ -91,6 +98,22 @@ class ApprovalRequest(models.Model):
     expires_at = models.DateTimeField(help_text="A pending request expires at this time.")
     escalated_at = models.DateTimeField(null=True, blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
+    # What the grant is bound to (``GrantBinding``): by default the values too.
+    binding = models.CharField(max_length=16, default="statement")
+    # A keyed digest of the statement's literal and parameter values: a grant for
+    # one set of values does not run another. Blank once purged (and for a request
+    # whose values were never sent).
+    values_digest = models.CharField(max_length=64, blank=True)
+    # The values a reviewer sees, in placeholder order: {"n": 1, "value": "'refunded'"}
+    # or, for a value compared with or written into a classified column,
+    # {"n": 1, "classification": "pii.email"}. Kept while pending; replaced by []
+    # (``values_purged_at`` set) once the request has been decided for the review
+    # settings' retention. Never in the audit trail.
+    values = models.JSONField(default=list, blank=True)
+    values_purged_at = models.DateTimeField(null=True, blank=True)
+    # The planner's estimate, from EXPLAIN (FORMAT JSON) the sidecar ran before asking:
+    # {"rows": {"orders": 993}, "top": "ModifyTable", "error": ""}; {} when none was sent.
+    estimate = models.JSONField(default=dict, blank=True)
     deny_reason = models.TextField(blank=True)
     denied_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -128,17 +151,25 @@ class ApprovalRequest(models.Model):
                 condition=~Q(state=ApprovalState.DENIED) | ~Q(deny_reason=""),
                 name="approval_denial_has_reason",
             ),
-            # Two sidecars holding the same statement share one pending request.
+            # Two sidecars holding the same statement, with the same values, share one
+            # pending request.
             models.UniqueConstraint(
-                fields=["datasource", "identity", "fingerprint"],
+                fields=["datasource", "identity", "fingerprint", "values_digest"],
                 condition=Q(state=ApprovalState.PENDING),
                 name="approval_one_pending_per_statement",
             ),
             models.CheckConstraint(
                 condition=Q(reasons__jsonb_typeof="array")
                 & Q(tables__jsonb_typeof="array")
-                & Q(classifications__jsonb_typeof="array"),
+                & Q(classifications__jsonb_typeof="array")
+                & Q(values__jsonb_typeof="array"),
                 name="approval_lists_are_arrays",
+            ),
+            models.CheckConstraint(
+                condition=Q(estimate__jsonb_typeof="object"), name="approval_estimate_is_object"
+            ),
+            models.CheckConstraint(
+                condition=Q(binding__in=GrantBinding.values), name="approval_binding_valid"
             ),
         ]
 
@@ -188,6 +219,7 @@ class GrantState(models.TextChoices):
     ACTIVE = "active", "Active"
     USED = "used", "Used up"
     EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
 
 
 class Grant(models.Model):
@@ -202,11 +234,22 @@ class Grant(models.Model):
         "governance.Identity", on_delete=models.CASCADE, related_name="grants"
     )
     fingerprint = models.CharField(max_length=128)
+    # The request's values digest: a run with other values needs a new approval.
+    # Blank: any values (the datasource binds grants to the shape only).
+    values_digest = models.CharField(max_length=64, blank=True)
     uses_total = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
     uses_left = models.PositiveSmallIntegerField()
     expires_at = models.DateTimeField()
     state = models.CharField(max_length=16, choices=GrantState.choices, default=GrantState.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -237,6 +280,12 @@ class Grant(models.Model):
                 condition=~Q(state=GrantState.USED) | Q(uses_left=0),
                 name="grant_used_has_none_left",
             ),
+            # Revoked exactly when it says when.
+            models.CheckConstraint(
+                condition=(Q(state=GrantState.REVOKED) & Q(revoked_at__isnull=False))
+                | (~Q(state=GrantState.REVOKED) & Q(revoked_at__isnull=True)),
+                name="grant_revoked_at_iff_revoked",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -255,6 +304,8 @@ class ApprovalEventKind(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     GRANT_USED = "grant_used", "Grant used"
     GRANT_EXPIRED = "grant_expired", "Grant expired"
+    GRANT_REVOKED = "grant_revoked", "Grant revoked"
+    VALUES_PURGED = "values_purged", "Values removed"
 
 
 class ApprovalEvent(models.Model):
@@ -328,6 +379,19 @@ class ReviewSettings(models.Model):
     expire_after_seconds = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    # How long a sidecar holds a statement waiting for a decision (None: the
+    # setting WARDEN_APPROVAL_HOLD_SECONDS), at most WARDEN_APPROVAL_MAX_HOLD_SECONDS.
+    hold_seconds = models.PositiveIntegerField(null=True, blank=True)
+    grant_binding = models.CharField(
+        max_length=16,
+        choices=GrantBinding.choices,
+        default=GrantBinding.STATEMENT,
+        help_text="What a grant lets run: exactly the approved statement, or any values of "
+        "its shape (a reviewer then approves values they have not seen).",
+    )
+    # How long a decided request keeps the values it showed (None: the setting
+    # WARDEN_APPROVAL_VALUES_RETENTION_SECONDS, 7 days).
+    values_retention_seconds = models.PositiveIntegerField(null=True, blank=True)
     webhook_url = models.URLField(
         blank=True,
         max_length=500,
@@ -351,6 +415,14 @@ class ReviewSettings(models.Model):
             models.CheckConstraint(
                 condition=Q(expire_after_seconds__isnull=True) | Q(expire_after_seconds__gte=1),
                 name="reviewsettings_expire_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(hold_seconds__isnull=True) | Q(hold_seconds__gte=1),
+                name="reviewsettings_hold_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(grant_binding__in=GrantBinding.values),
+                name="reviewsettings_binding_valid",
             ),
         ]
 

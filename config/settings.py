@@ -389,6 +389,14 @@ WARDEN_APPROVAL_MAX_GRANT_SECONDS = envint("WARDEN_APPROVAL_MAX_GRANT_SECONDS", 
 WARDEN_APPROVAL_EXPIRE_SECONDS = envint("WARDEN_APPROVAL_EXPIRE_SECONDS", 86400, minimum=1)
 WARDEN_APPROVAL_ESCALATE_SECONDS = envint("WARDEN_APPROVAL_ESCALATE_SECONDS", 1800, minimum=1)
 WARDEN_APPROVAL_REMIND_SECONDS = envint("WARDEN_APPROVAL_REMIND_SECONDS", 3600, minimum=1)
+# How long a sidecar holds a statement for a decision, unless review settings say
+# otherwise; no datasource may ask for more than the maximum (docs/approvals.md).
+WARDEN_APPROVAL_HOLD_SECONDS = envint("WARDEN_APPROVAL_HOLD_SECONDS", 20, minimum=1)
+WARDEN_APPROVAL_MAX_HOLD_SECONDS = 300
+# How long a decided request keeps the literal values its reviewers saw.
+WARDEN_APPROVAL_VALUES_RETENTION_SECONDS = envint(
+    "WARDEN_APPROVAL_VALUES_RETENTION_SECONDS", 7 * 86400, minimum=60
+)
 WARDEN_APPROVAL_WEBHOOK_URL = envstr("WARDEN_APPROVAL_WEBHOOK_URL") or ""
 WARDEN_APPROVAL_WEBHOOK_TIMEOUT = 5
 # Webhooks never go to loopback, link-local, private, multicast or metadata addresses
