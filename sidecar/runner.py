@@ -38,11 +38,14 @@ from sidecar.bundle import (
 )
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
+from sidecar.engine import values as engine_values
 from sidecar.engine.shape import confirmed, shape_of
+from sidecar.estimates import PlanEstimator
 from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.audit_event import audit_facts
+from sidecar.proxy.hold import PARAM_LABELS
 from sidecar.proxy.policy import (
     ALLOW,
     BY_NAME_KINDS,
@@ -217,6 +220,31 @@ def approval_facts(decision: Any) -> dict[str, Any]:
         ),
         "classifications": sorted({c for st in decision.statements for c in st.classifications}),
     }
+
+
+def with_values(
+    approval: Any, bundle: Any, sql: str, decision: Any, search_path: tuple[str, ...] | None
+) -> Any:
+    """The approval facts of ``decision`` with this text's values: their digest, and
+    each value at its placeholder unless it stays redacted (``engine.values``); the
+    facts ``verdict_parts`` gives are shared by texts that differ only in values."""
+    values = engine_values.statement_values(
+        bundle, sql, [s.redacted_sql for s in decision.statements], search_path
+    )
+    shown = [
+        {"statement": index, **item}
+        for index, statement in enumerate(values or ())
+        for item in statement.literals
+    ]
+    labels = values[0].param_labels if values and len(values) == 1 else {}
+    return frozen(
+        {
+            **approval,
+            "values_digest": engine_values.values_digest(sql),
+            "values": shown[: engine_values.MAX_VALUES],
+            PARAM_LABELS: labels,
+        }
+    )
 
 
 def verdict_parts(decision: Any, hold: float) -> tuple[str, str, tuple[Any, ...]]:
@@ -414,6 +442,9 @@ class EnginePolicy:
             identity=identity, sql=sql, session=session, protocol=protocol
         )
         action, message, rest = self._shared(decision)
+        if rest[2] is not None:  # held for review: the request shows this text's values
+            approval = with_values(rest[2], self._engine.bundle, sql, decision, search_path)
+            rest = (*rest[:2], approval, *rest[3:])
         # The tuple itself: once per statement on the hot path, without the
         # NamedTuple constructor's keyword handling.
         verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
@@ -758,12 +789,19 @@ async def serve(
         if approvals_url
         else None
     )
+    # The planner's estimate on each request: EXPLAIN on a connection of the sidecar's own.
+    estimator = (
+        PlanEstimator(config.upstream_dsn, password=config.upstream_password)
+        if approvals is not None
+        else None
+    )
     server = ProxyServer(
         settings=settings,
         policy=policy,
         audit=spool,
         metrics=metrics,
         approvals=approvals,
+        estimator=estimator,
         sign_in_limits=worker.link if worker is not None else None,
         cancel_route=worker.cancel_route() if worker is not None else None,
     )

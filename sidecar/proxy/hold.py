@@ -15,16 +15,17 @@ and handles the messages that queued behind it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState, ApprovalUnavailable
 from sidecar.proxy.policy import Verdict
 
 if TYPE_CHECKING:
-    from sidecar.proxy import state as st
     from sidecar.proxy.session import _Prepared
 
 log = logging.getLogger("warden.sidecar.proxy")
@@ -36,52 +37,38 @@ SQLSTATE_BLOCKED = "42501"
 SQLSTATE_HELD = "WR001"
 SQLSTATE_CANCELED = "57014"
 
+# What the control plane accepts of ``values`` (as ``sidecar.engine.values``).
+MAX_VALUES = 500
+MAX_VALUE_CHARS = 2000
+
 SPOOL_FULL = "Warden: the audit spool is full; statements are refused until it drains"
 
 
 class Hold:
-    """A statement waiting for an approval; the session's later messages wait behind it."""
+    """A statement waiting for an approval; the session's later messages wait behind it.
 
-    __slots__ = (
-        "bind",
-        "generation",
-        "name",
-        "portal",
-        "prepared",
-        "request_id",
-        "simple",
-        "state",
-        "tail",
-        "task",
-        "text",
-        "verdict",
-    )
+    A Query (``bind`` None), or a Bind of prepared statement ``name`` into
+    ``portal``: an extended-protocol statement is prepared at once and held at
+    each Bind, when the values it runs with are known.
+    """
+
+    __slots__ = ("bind", "name", "portal", "prepared", "request_id", "task", "verdict")
 
     def __init__(
-        self,
-        verdict: Verdict,
-        simple: bool,
-        name: bytes,
-        tail: bytes,
-        bind: bytes | None = None,
-        portal: bytes = b"",
+        self, verdict: Verdict, name: bytes = b"", bind: bytes | None = None, portal: bytes = b""
     ) -> None:
         self.verdict = verdict
-        # A Query; else a Parse named ``name`` with ``tail``; or, with ``bind``, a
-        # Bind of prepared statement ``name`` into ``portal`` (a re-run).
-        self.simple = simple
         self.name = name
-        self.tail = tail
         self.bind = bind
         self.portal = portal
         self.request_id: str | None = None
         self.task: asyncio.Task[None] | None = None
-        # A Parse: its text and the generation it was decided under. A Bind: the
-        # prepared statement it runs, re-prepared upstream if its SQL changed.
-        self.text = ""
-        self.generation = -1
-        self.state: st.SessionState | None = None
+        # The prepared statement a Bind runs, re-prepared upstream if its SQL changed.
         self.prepared: _Prepared | None = None
+
+    @property
+    def simple(self) -> bool:
+        return self.bind is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +88,72 @@ def first_rule(verdict: Verdict) -> str:
     return str(first.get("rule") or "review") if isinstance(first, Mapping) else "review"
 
 
+# The approval facts' labels of the extended protocol's parameters (None: shown),
+# used here and never sent.
+PARAM_LABELS = "param_labels"
+
+
+class Estimator(Protocol):
+    """Runs the planner on a held statement before its request is opened."""
+
+    async def estimate(
+        self,
+        sql: str,
+        params: Sequence[tuple[int, bytes | None]],
+        types: Sequence[int],
+        search_path: tuple[str, ...] | None,
+    ) -> dict[str, Any]:
+        """``{"rows": {table: n}, "top": node, "error": ""}``; never raises."""
+        ...
+
+
 def approval_request(
-    identity: str, verdict: Verdict, base_event: Mapping[str, Any]
+    identity: str,
+    hold: Hold,
+    base_event: Mapping[str, Any],
+    codec: str | None = None,
+    params: Sequence[tuple[int, bytes | None]] = (),
 ) -> dict[str, Any]:
-    """The body of the approval request: the verdict's redacted facts, who and where."""
-    assert verdict.approval is not None
+    """The body of the approval request: the verdict's facts, who and where, and the
+    values it runs with (a Bind's parameters added to its text's literals)."""
+    assert hold.verdict.approval is not None
+    facts = dict(hold.verdict.approval)
+    labels = facts.pop(PARAM_LABELS, None) or {}
+    if hold.bind is not None:
+        digest = hashlib.sha256(b"warden.params.v1\x00")
+        digest.update(str(facts.get("values_digest", "")).encode())
+        for position, (fmt, value) in enumerate(params):
+            digest.update(f"\x01{position}:{fmt}:{-1 if value is None else len(value)}:".encode())
+            digest.update(value or b"")
+        facts["values_digest"] = digest.hexdigest()
+        shown = list(facts.get("values") or ())
+        for number, (fmt, value) in enumerate(params, start=1):
+            label = labels.get(number)
+            if label is not None:
+                shown.append({"statement": 0, "n": number, "classification": label})
+            else:
+                shown.append({"statement": 0, "n": number, "value": _param_text(fmt, value, codec)})
+        facts["values"] = sorted(shown, key=lambda v: (v["statement"], v["n"]))[:MAX_VALUES]
     return {
         "identity": identity,
-        **verdict.approval,
+        **facts,
         "client_addr": str(base_event.get("client_addr") or ""),
         "application_name": str(base_event.get("application_name") or ""),
     }
+
+
+def _param_text(fmt: int, value: bytes | None, codec: str | None) -> str:
+    """A parameter as the reviewer reads it: text as sent, binary in hex, NULL."""
+    if value is None:
+        return "NULL"
+    if fmt == 0:
+        text = value.decode(codec or "utf-8", "replace")
+        text = "'" + text.replace("'", "''") + "'"
+    else:
+        text = "\\x" + value.hex() + " (binary)"
+    if len(text) > MAX_VALUE_CHARS:
+        text = f"{text[: MAX_VALUE_CHARS - 40]}… ({len(text)} characters in all)"
+    return text
 
 
 async def rule(
@@ -123,14 +165,25 @@ async def rule(
     accepting: Callable[[], bool],
     who: str,
     tell: Callable[[str], None] = lambda _text: None,
+    codec: str | None = None,
+    estimator: Estimator | None = None,
+    search_path: tuple[str, ...] | None = None,
 ) -> Ruling:
     """Ask for ``identity`` (the session's fields in ``base_event``), wait up to the
     bundle's hold time, and say how the hold ends; raises only when cancelled.
     ``accepting``: whether the audit spool still takes events. ``tell``: says to the
-    client, at once, that the statement waits and where its request is."""
+    client, at once, that the statement waits and where its request is. ``estimator``
+    runs the planner on the statement (under the session's ``search_path``) so the
+    request shows how many rows it would touch."""
     try:
         assert gate is not None  # only held when there is a gate
-        request = approval_request(identity, hold.verdict, base_event)
+        params = m.parse_bind_params(hold.bind) if hold.bind is not None else []
+        request = approval_request(identity, hold, base_event, codec, params)
+        if estimator is not None:
+            types = m.parse_param_types(hold.prepared.tail) if hold.prepared else []
+            request["estimate"] = await estimator.estimate(
+                hold.verdict.upstream_sql, params, types, search_path
+            )
         state = await _ask(gate, hold, request, tell)
     except ApprovalUnavailable as exc:
         log.warning("approval for %s could not be requested: %s", who, exc)

@@ -24,6 +24,7 @@ SMALL_TYPES = frozenset(b"CDEHSXcfp")
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!ci")
 _I16 = struct.Struct("!h")
+_U32 = struct.Struct("!I")
 
 
 class ProtocolViolation(Exception):
@@ -160,6 +161,45 @@ def parse_bind_names(payload: bytes) -> tuple[bytes, bytes]:
     portal_end = payload.index(0)
     stmt_end = payload.index(0, portal_end + 1)
     return payload[:portal_end], payload[portal_end + 1 : stmt_end]
+
+
+def parse_bind_params(message: bytes) -> list[tuple[int, bytes | None]]:
+    """(format, value) of each parameter of a framed Bind message (value None: NULL).
+    Raises ``ValueError`` on a malformed one."""
+    try:
+        pos = message.index(0, 5) + 1
+        pos = message.index(0, pos) + 1
+        (count,) = _I16.unpack_from(message, pos)
+        formats = [_I16.unpack_from(message, pos + 2 + 2 * i)[0] for i in range(count)]
+        pos += 2 + 2 * count
+        (n,) = _I16.unpack_from(message, pos)
+        pos += 2
+        if count not in (0, 1, n):
+            raise ValueError("Bind: parameter format count mismatch")
+        params: list[tuple[int, bytes | None]] = []
+        for i in range(n):
+            (length,) = _I32.unpack_from(message, pos)
+            pos += 4
+            fmt = formats[i] if count == n else (formats[0] if count else 0)
+            if length < 0:
+                params.append((fmt, None))
+                continue
+            if pos + length > len(message):
+                raise ValueError("Bind: parameter value past the end of the message")
+            params.append((fmt, message[pos : pos + length]))
+            pos += length
+    except struct.error as exc:
+        raise ValueError(f"Bind: {exc}") from None
+    return params
+
+
+def parse_param_types(tail: bytes) -> list[int]:
+    """The parameter type OIDs of a Parse's tail (0: unspecified)."""
+    try:
+        (count,) = _I16.unpack_from(tail, 0)
+        return [_U32.unpack_from(tail, 2 + 4 * i)[0] for i in range(count)]
+    except struct.error:
+        return []
 
 
 def command_rows(tag: bytes) -> int | None:

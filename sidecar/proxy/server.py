@@ -34,6 +34,7 @@ from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.audit_event import login_event, session_event
+from sidecar.proxy.hold import Estimator
 from sidecar.proxy.policy import Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer, Verifier
 from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
@@ -193,12 +194,14 @@ class ProxyServer:
         approvals: ApprovalGate | None = None,
         sign_in_limits: SignInLimits | None = None,
         cancel_route: CancelRoute | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.audit = audit
         self.metrics = metrics
         self.approvals = approvals
+        self.estimator = estimator
         self.sessions: set[Session] = set()
         self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self._cancel_sessions: dict[tuple[int, int], Session] = {}
@@ -497,6 +500,7 @@ class ProxyServer:
             max_statement=self.settings.max_statement,
             on_close=on_close,
             approvals=self.approvals,
+            estimator=self.estimator,
             search_path=up.search_path,
             native_relay=self.settings.native_relay,
         )

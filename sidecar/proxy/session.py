@@ -40,7 +40,14 @@ from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState
 from sidecar.proxy.audit_event import STAMP, encode_base, event_id, now_us, statement_line
-from sidecar.proxy.hold import SPOOL_FULL, SQLSTATE_BLOCKED, SQLSTATE_HELD, Hold, Ruling
+from sidecar.proxy.hold import (
+    SPOOL_FULL,
+    SQLSTATE_BLOCKED,
+    SQLSTATE_HELD,
+    Estimator,
+    Hold,
+    Ruling,
+)
 from sidecar.proxy.policy import (
     ALLOW,
     BLOCK,
@@ -169,10 +176,6 @@ def _state_sensitive(data: bytes, start: int, end: int) -> bool:
     differently in another client encoding). Server-side code such as a trigger
     can change either while earlier statements are still running."""
     return data.find(b"\\", start, end) >= 0 or not data[start:end].isascii()
-
-
-def _tables(verdict: Verdict) -> object:
-    return (verdict.approval or {}).get("tables")
 
 
 def _acts_by_name(verdict: Verdict) -> bool:
@@ -308,6 +311,7 @@ class Session:
         approvals: ApprovalGate | None = None,
         search_path: tuple[str, ...] | None = None,
         native_relay: bool = True,
+        estimator: Estimator | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -320,6 +324,7 @@ class Session:
         self.max_statement = max_statement
         self.on_close = on_close
         self.approvals = approvals
+        self.estimator = estimator
         self.hold: Hold | _Barrier | None = None
         self._held_data = bytearray()
         self._paused = 0
@@ -565,15 +570,11 @@ class Session:
                 return
         verdict = prepared.verdict
         if verdict.action == REVIEW:
-            if verdict.approval_id is None:
-                # A prepared statement approved before and run since:
-                # each run needs its own approval (a grant's uses).
-                hold = Hold(verdict, False, stmt, b"", data[pos:end], portal)
-                hold.prepared = prepared
-                self._hold_start(hold)
-                return
-            # This run is the approval its Parse got; the next one asks.
-            prepared.verdict = verdict._replace(approval_id=None)
+            # Each run needs its own approval, of the values it binds.
+            hold = Hold(verdict, stmt, data[pos:end], portal)
+            hold.prepared = prepared
+            self._hold_start(hold)
+            return
         if portal and not verdict.plain and _acts_by_name(verdict):
             # In a named portal it could run later (Execute, or SQL FETCH of the
             # portal), after the sidecar has settled its books or the state.
@@ -979,7 +980,7 @@ class Session:
                 return (message or m.query(payload[:-1])) + self._probe_after(False)
             return message
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            self._hold_start(Hold(verdict, True, b"", b""))
+            self._hold_start(Hold(verdict))
             return b""
         self.pending.append(_Exec(None, True))
         refusal = m.query(self._refuse(verdict))
@@ -1005,14 +1006,13 @@ class Session:
                 return None
             sql = verdict.upstream_sql.encode(self.codec or "utf-8")
             return m.build_parse(name, sql, tail)
-        self.statements.pop(name, None)
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            hold = Hold(verdict, False, name, tail)
-            hold.text = text or ""
-            hold.generation = generation
-            hold.state = self.state
-            self._hold_start(hold)
-            return b""
+            # Prepared now, held at each Bind: only then are the values it runs with
+            # known, and a grant is bound to them. Preparing runs nothing.
+            assert text is not None
+            self._remember_prepared(name, _Prepared(verdict, generation, text, tail, self.state))
+            return m.build_parse(name, verdict.upstream_sql.encode(self.codec or "utf-8"), tail)
+        self.statements.pop(name, None)
         return m.build_parse(name, self._refuse(verdict), b"\x00\x00")
 
     def _remember_prepared(self, name: bytes, prepared: _Prepared) -> None:
@@ -1035,25 +1035,12 @@ class Session:
         generation = self.policy.generation
         verdict = self._decide(prepared.text, "extended")
         prepared.state = self.state
-        before = prepared.verdict
-        approved = before.approval_id
-        if (
-            verdict.action == REVIEW
-            and approved is not None
-            and verdict.upstream_sql == before.upstream_sql
-            and _tables(verdict) == _tables(before)
-        ):
-            # The run a reviewer just approved, and the new rules still only ask for
-            # review of the very same statement (same text upstream, same tables and
-            # facts): the approval stands, or the client would be held a second time.
-            # A statement that now reads or writes something else asks again.
-            verdict = verdict._replace(approval_id=approved)
         if verdict.action == ALLOW or (
             verdict.action == REVIEW and verdict.approval and self.approvals
         ):
             prepared.verdict = verdict
             # A Bind that will be held is re-prepared once approved (_hold_approved).
-            held_later = verdict.action == REVIEW and verdict.approval_id is None
+            held_later = verdict.action == REVIEW
             if held_later or verdict.upstream_sql == prepared.upstream:
                 prepared.generation = generation
             else:
@@ -1159,6 +1146,9 @@ class Session:
             accepting=lambda: audit.accepting,
             who=self._who(),
             tell=lambda text: self.client.write(m.notice_response(text)),
+            codec=self.codec,
+            estimator=self.estimator,
+            search_path=self.state.search_path,
         )
         self._hold_end(hold, ruling)
 
@@ -1183,13 +1173,11 @@ class Session:
         if hold.simple:
             self.pending.append(_Exec(None, True))
             return m.query(marker)
-        if hold.bind is not None:
-            # A failing Parse of a statement name nobody uses stands in for the
-            # Bind: the server errors, discards up to Sync, and keeps the client's
-            # prepared statement.
-            self.portals[hold.portal] = None
-            return m.build_parse(self._refusal_name, marker, b"\x00\x00")
-        return m.build_parse(hold.name, marker, b"\x00\x00")
+        # A failing Parse of a statement name nobody uses stands in for the Bind:
+        # the server errors, discards up to Sync, and keeps the client's prepared
+        # statement.
+        self.portals[hold.portal] = None
+        return m.build_parse(self._refusal_name, marker, b"\x00\x00")
 
     def _hold_approved(self, hold: Hold, state: ApprovalState) -> bytes:
         """The held statement as it runs now: the engine's upstream text, as for allow."""
@@ -1198,22 +1186,17 @@ class Session:
         if hold.simple:
             self.pending.append(self._exec(verdict, True, self._base_json))
             return m.query(sql)
-        if hold.bind is not None:
-            self.portals[hold.portal] = _STALE_PORTAL if self._discarding else verdict
-            prepared = hold.prepared
-            if (
-                prepared is not None
-                and prepared.upstream != verdict.upstream_sql
-                and self.statements.get(hold.name) is prepared
-            ):
-                generation = prepared.generation
-                return self._reprepare(hold.name, prepared, generation) + hold.bind
-            return hold.bind
-        self._remember_prepared(
-            hold.name,
-            _Prepared(verdict, hold.generation, hold.text, hold.tail, hold.state or self.state),
-        )
-        return m.build_parse(hold.name, sql, hold.tail)
+        assert hold.bind is not None
+        self.portals[hold.portal] = _STALE_PORTAL if self._discarding else verdict
+        prepared = hold.prepared
+        if (
+            prepared is not None
+            and prepared.upstream != verdict.upstream_sql
+            and self.statements.get(hold.name) is prepared
+        ):
+            generation = prepared.generation
+            return self._reprepare(hold.name, prepared, generation) + hold.bind
+        return hold.bind
 
     def _hold_release(self, hold: Hold, message: bytes, barrier: bool = False) -> None:
         """Send what the held message became, then the messages that queued behind it

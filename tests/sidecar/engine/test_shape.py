@@ -20,7 +20,7 @@ from sidecar.engine import Engine, SessionContext, load_bundle
 from sidecar.engine.shape import confirmed, shape_of
 from sidecar.metrics import Metrics
 from sidecar.proxy.policy import Verdict
-from sidecar.runner import EnginePolicy, hold_seconds, verdict_parts
+from sidecar.runner import EnginePolicy, hold_seconds, verdict_parts, with_values
 from tests.sidecar.engine.conftest import bundle_data
 from tests.sidecar.proxy.relay_check import Source
 
@@ -177,6 +177,8 @@ def test_a_verdict_by_shape_is_the_fresh_engines_verdict(
             protocol=protocol,
         )
         action, message, rest = verdict_parts(fresh, hold)
+        if rest[2] is not None:
+            rest = (*rest[:2], with_values(rest[2], bundle, sql, fresh, path), *rest[3:])
         assert verdict == Verdict(action, message, fresh.upstream_sql, *rest), sql
 
 

@@ -171,8 +171,9 @@ def test_held_parse_in_a_pipeline_refuses_its_batch_then_the_next_runs(
         kinds.append(kind)
         if kind == b"E":
             errors.append(m.error_fields(body))
-    # The held batch: one error, discarded up to its Sync; then the next batch runs.
-    assert kinds == [b"E", b"Z", b"1", b"2", b"D", b"C", b"Z"]
+    # Prepared, then held at its Bind: one error, the batch discarded up to its Sync;
+    # then the next batch runs.
+    assert kinds == [b"1", b"E", b"Z", b"1", b"2", b"D", b"C", b"Z"]
     assert errors[0]["C"] == "WR001"
     assert "approval could not be requested" in errors[0]["M"]
     sock.close()
@@ -293,7 +294,7 @@ def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: P
 
     from sidecar.metrics import Metrics
     from sidecar.proxy.approvals import HttpApprovalGate
-    from sidecar.proxy.hold import approval_request, first_rule
+    from sidecar.proxy.hold import Hold, approval_request, first_rule
     from sidecar.runner import EnginePolicy, FileBundleSource
 
     path = tmp_path / "bundle.json"
@@ -337,7 +338,8 @@ def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: P
         port = server.sockets[0].getsockname()[1]
         gate = HttpApprovalGate(url=f"http://127.0.0.1:{port}/api/v1/sidecar/approvals", token="t")
         async with server:
-            return await gate.open(approval_request("alice", verdict, {"client_addr": "1.2.3.4"}))
+            request = approval_request("alice", Hold(verdict), {"client_addr": "1.2.3.4"})
+            return await gate.open(request)
 
     state = asyncio.run(scenario())
     assert (state.id, state.state, state.url) == ("r1", "pending", "http://cp/r1")
@@ -347,6 +349,9 @@ def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: P
     assert body["identity"] == "alice" and body["client_addr"] == "1.2.3.4"
     assert body["tables"] == ["public.notes"]
     assert body["reasons"][0]["rule"] == "delete-needs-review"
+    # Bound to these values, and showing them; the parameters' labels stay here.
+    assert body["values"] == [{"statement": 0, "n": 1, "value": "1"}]
+    assert len(body["values_digest"]) == 64 and "param_labels" not in body
 
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).
