@@ -15,12 +15,10 @@ HTML-escaped here; nothing of the statement or of a value becomes markup.
 
 from __future__ import annotations
 
-import difflib
 import html
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import sqlglot
@@ -28,10 +26,12 @@ from sqlglot.errors import SqlglotError
 
 from sidecar.engine import scanning
 
-# Longer texts are highlighted but keep their own layout: aligning sqlglot's output
-# with the tokens costs time quadratic in the tokens, and a page shows 20 cards.
+# Longer texts are highlighted but keep their own layout: sqlglot takes about 3 ms a
+# kilobyte, and a page shows 20 cards.
 MAX_FORMAT_CHARS = 8_000
-MAX_FORMAT_TOKENS = 1_500
+# How far apart (in tokens) the statement and sqlglot's output may drift where sqlglot
+# rewrote something ("x::int" against "CAST(x AS INT)") and still be matched up again.
+RESYNC_TOKENS = 8
 # A value shown at its placeholder inside the statement is cut to this many
 # characters; the table beside the statement shows it whole.
 INLINE_VALUE_CHARS = 40
@@ -45,7 +45,7 @@ _OPERATORS = frozenset(
     | {"LESS_EQUALS", "GREATER_EQUALS", "NOT_EQUALS", "RIGHT_ARROW"}
 )
 _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?:")
-SEMICOLON = "ASCII_59"
+_SEMICOLON = "ASCII_59"
 _SPACE = re.compile(r"\s+")
 # What a sidecar sends instead of a text PostgreSQL's scanner could not read.
 _UNREADABLE = re.compile(r"<unparseable statement: [0-9]+ bytes>")
@@ -149,15 +149,45 @@ def _key(text: str, start: int, end: int) -> str:
     return text[start:end].upper()
 
 
+def _align(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """Pairs (i, j) of equal tokens, in order: where the two streams differ, the
+    nearest place within ``RESYNC_TOKENS`` where they agree again on two tokens
+    running. Linear in the tokens (sqlglot's rewrites are local); a pair taken
+    wrongly only misplaces a line break."""
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            pairs.append((i, j))
+            i += 1
+            j += 1
+            continue
+        found = None
+        for total in range(1, 2 * RESYNC_TOKENS + 1):
+            for di in range(max(0, total - RESYNC_TOKENS), min(total, RESYNC_TOKENS) + 1):
+                ii, jj = i + di, j + total - di
+                if ii >= len(a) or jj >= len(b) or a[ii] != b[jj]:
+                    continue
+                if ii + 1 == len(a) or jj + 1 == len(b) or a[ii + 1] == b[jj + 1]:
+                    found = (ii, jj)
+                    break
+            if found:
+                break
+        if found is None:
+            break
+        i, j = found
+    return pairs
+
+
 def _pretty_gaps(text: str, tokens: list[tuple[int, int, str, str]]) -> dict[int, str]:
     """For the statement's tokens that sqlglot's pretty output has too, the whitespace
     before them there (token index -> gap). Empty when sqlglot cannot read the text."""
-    code = [t for t in tokens if t[2] not in _COMMENTS]
-    if not code or len(text) > MAX_FORMAT_CHARS or len(code) > MAX_FORMAT_TOKENS:
+    index = [i for i, t in enumerate(tokens) if t[2] not in _COMMENTS]
+    if not index or len(text) > MAX_FORMAT_CHARS:
         return {}
     # sqlglot is given the tokens one space apart: its own tokenizer misreads
     # "($1,$2)" (a dollar quote), and PostgreSQL's has already said where tokens end.
-    spaced = " ".join(text[start:end] for start, end, _, _ in code)
+    spaced = " ".join(text[tokens[i][0] : tokens[i][1]] for i in index)
     try:
         statements = sqlglot.transpile(spaced, read="postgres", write="postgres", pretty=True)
     except (SqlglotError, RecursionError, ValueError):
@@ -171,25 +201,22 @@ def _pretty_gaps(text: str, tokens: list[tuple[int, int, str, str]]) -> dict[int
     for start, end, _, _ in pretty_tokens:
         pretty_gaps.append(pretty[last:start])
         last = end
-    index = [i for i, t in enumerate(tokens) if t[2] not in _COMMENTS]
-    matcher = difflib.SequenceMatcher(
-        None,
-        [_key(text, s, e) for s, e, _, _ in code],
-        [_key(pretty, s, e) for s, e, _, _ in pretty_tokens],
-        autojunk=False,
+    pairs = _align(
+        [_key(text, tokens[i][0], tokens[i][1]) for i in index],
+        [_key(pretty, start, end) for start, end, _, _ in pretty_tokens],
     )
     gaps: dict[int, str] = {}
-    for a, b, size in matcher.get_matching_blocks():
-        for k in range(size):
-            gap = pretty_gaps[b + k]
-            # Inside a matching run the spacing too is sqlglot's; at a run's start only
-            # a line break is (the tokens before it differ there: "x::int", "CAST(x").
-            if k > 0 or "\n" in gap:
-                gaps[index[a + k]] = gap if not gap or gap.isspace() else " "
+    previous = (-2, -2)
+    for a, b in pairs:
+        gap = pretty_gaps[b]
+        # Between two matched neighbours the spacing too is sqlglot's; after a
+        # difference only a line break is ("x::int" against "CAST(x AS INT)").
+        if (a - 1, b - 1) == previous or "\n" in gap:
+            gaps[index[a]] = gap if not gap or gap.isspace() else " "
+        previous = (a, b)
     return gaps
 
 
-@lru_cache(maxsize=512)
 def layout(text: str, *, pretty: bool = True) -> tuple[Piece, ...]:
     """The statement as pieces: its tokens as sent, with sqlglot's line breaks between
     them when ``pretty`` (else the text's own spacing).
@@ -224,23 +251,22 @@ def layout(text: str, *, pretty: bool = True) -> tuple[Piece, ...]:
             pieces.append(Piece(word, "sql-ph", statement=statement, n=int(word[1:])))
         else:
             pieces.append(Piece(word, _css(name, kind, word)))
-        if name == SEMICOLON:
+        if name == _SEMICOLON:
             statement += 1
         previous = name
         last = end
     return tuple(pieces)
 
 
-def statement_count(text: str) -> int:
-    """How many statements the text holds (its placeholders' numbering restarts in each)."""
-    pieces = layout(text)
+def statement_count(pieces: tuple[Piece, ...]) -> int:
+    """How many statements the laid-out text holds (each numbers its own placeholders)."""
     semicolons = [i for i, p in enumerate(pieces) if p.text == ";" and p.css == "sql-p"]
     trailing = bool(semicolons) and all(not p.text.strip() for p in pieces[semicolons[-1] + 1 :])
     return max(1, len(semicolons) + 1 - trailing)
 
 
-def has_placeholders(text: str) -> bool:
-    return any(p.n for p in layout(text))
+def has_placeholders(pieces: tuple[Piece, ...]) -> bool:
+    return any(p.n for p in pieces)
 
 
 def _span(css: str, text: str, title: str = "") -> str:
@@ -262,9 +288,14 @@ def _bound(piece: Piece, shown: ShownValue) -> str:
 def highlight(text: Any, values: Iterable[ShownValue] = (), *, pretty: bool = True) -> str:
     """The statement as HTML for inside ``<pre><code>``: escaped, highlighted, laid out
     (``pretty``), and with each given value at its placeholder."""
+    return render(layout(str(text or ""), pretty=pretty), values)
+
+
+def render(pieces: Iterable[Piece], values: Iterable[ShownValue] = ()) -> str:
+    """``layout``'s pieces as HTML, each value at its placeholder."""
     at = {(v.statement, v.n): v for v in values}
     out: list[str] = []
-    for piece in layout(str(text or ""), pretty=pretty):
+    for piece in pieces:
         if piece.n and (piece.statement, piece.n) in at:
             out.append(_bound(piece, at[(piece.statement, piece.n)]))
         elif piece.css:

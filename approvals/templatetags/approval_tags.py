@@ -36,17 +36,17 @@ def sql(text: Any) -> SafeString:
 def what_runs(approval: Any) -> dict[str, Any]:
     """The statement a reviewer approves, the values at its placeholders, the planner's
     estimate and what the grant will be bound to (``approvals/_what_runs.html``)."""
-    statement = str(approval.statement or "")
+    pieces = sql_display.layout(str(approval.statement or ""))
     purged = approval.values_purged_at is not None
     values = () if purged else sql_display.shown_values(approval.values)
     return {
         "pk": approval.pk,
-        "statement_html": mark_safe(sql_display.highlight(statement, values)),  # noqa: S308
+        "statement_html": mark_safe(sql_display.render(pieces, values)),  # noqa: S308 - escaped
         "purged": purged,
         "groups": sql_display.value_groups(values),
-        "multi": sql_display.statement_count(statement) > 1,
+        "multi": sql_display.statement_count(pieces) > 1,
         # Without values, say so only where the statement has placeholders to fill.
-        "not_sent": not purged and not values and sql_display.has_placeholders(statement),
+        "not_sent": not purged and not values and sql_display.has_placeholders(pieces),
         "estimate": sql_display.estimate(approval.estimate),
         "any_values": approval.binding == GrantBinding.SHAPE,
     }

@@ -72,6 +72,27 @@ def test_the_laid_out_statement_has_exactly_the_tokens_sent(text: str) -> None:
             assert line.rstrip().endswith("trailing comment")
 
 
+def test_the_layout_picks_up_again_after_what_sqlglot_rewrites() -> None:
+    # sqlglot prints "CAST(x AS DATE)" and "CURRENT_TIMESTAMP": the tokens differ there,
+    # and agree again after.
+    shown = _text("select a from t where now()::date > $1 and b = $2 order by a limit 5")
+    assert shown.splitlines() == [
+        "select",
+        "  a",
+        "from t",
+        "where now()::date > $1 and b = $2",  # the text's own case and tokens
+        "order by",
+        "  a",
+        "limit 5",
+    ]
+
+
+def test_a_long_text_keeps_its_own_layout() -> None:
+    text = "SELECT " + ", ".join(f"c{i}" for i in range(2_000)) + " FROM t WHERE a = $1"
+    assert len(text) > d.MAX_FORMAT_CHARS
+    assert _text(text) == text
+
+
 def test_an_unreadable_text_is_shown_as_sent() -> None:
     for text in ("select 'unterminated", "<unparseable statement: 12 bytes>"):
         assert _text(text) == text
@@ -86,10 +107,10 @@ def test_without_pretty_the_text_keeps_its_spacing() -> None:
 def test_multi_statement_placeholders_are_numbered_per_statement() -> None:
     text = "UPDATE t SET a = $1 WHERE b = $2; DELETE FROM u WHERE c = $1;"
     assert [(p.statement, p.n) for p in d.layout(text) if p.n] == [(0, 1), (0, 2), (1, 1)]
-    assert d.statement_count(text) == 2
-    assert d.statement_count("SELECT 1") == 1
-    assert d.has_placeholders(text)
-    assert not d.has_placeholders("DELETE FROM t")
+    assert d.statement_count(d.layout(text)) == 2
+    assert d.statement_count(d.layout("SELECT 1")) == 1
+    assert d.has_placeholders(d.layout(text))
+    assert not d.has_placeholders(d.layout("DELETE FROM t"))
 
 
 # --- highlighting and escaping ----------------------------------------------------------
@@ -177,8 +198,12 @@ def test_items_outside_the_contract_are_left_out() -> None:
         {"n": 3},
         {"n": 4, "value": 5},
         {"n": 5, "value": "'kept'"},  # no statement: the first
+        {"n": 6, "value": "'a@b.example'", "classification": "pii.email"},  # stays redacted
     ]
-    assert d.shown_values(raw) == (d.ShownValue(0, 5, "'kept'"),)
+    assert d.shown_values(raw) == (
+        d.ShownValue(0, 5, "'kept'"),
+        d.ShownValue(0, 6, None, "pii.email"),
+    )
     assert d.shown_values(None) == () and d.shown_values({"n": 1}) == ()
 
 

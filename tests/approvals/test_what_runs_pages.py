@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from approvals import services
 from approvals.models import ApprovalRequest
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once", "review_once")]
@@ -179,6 +180,13 @@ def test_a_shape_bound_grant_is_flagged_on_the_card_and_the_page(
     assert SHAPE_WARNING in _text(_card(page, shape.pk))
     assert SHAPE_WARNING not in _text(_card(page, exact.pk))
     assert SHAPE_WARNING in _text(_detail(client, shape.pk))
+    # Once approved, the grant says what it lets run.
+    for request in (shape, exact):
+        services.approval_decide(request_id=request.pk, user=review_setup.reviewer, approve=True)
+    assert "from the same identity, with any values, runs" in _text(_detail(client, shape.pk))
+    exact_page = _text(_detail(client, exact.pk))
+    assert "from the same identity, with the values shown, runs" in exact_page
+    assert SHAPE_WARNING not in exact_page
 
 
 def test_values_are_not_shown_to_the_wrong_role_or_another_team(
@@ -187,7 +195,6 @@ def test_values_are_not_shown_to_the_wrong_role_or_another_team(
     auditor_user: Any,
     admin_user: Any,
 ) -> None:
-    from approvals import services
     from governance import services as gov
     from governance.models import Environment
     from tests.approvals.conftest import open_payload
