@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlglot
-from sqlglot.errors import SqlglotError
 
 from sidecar.engine import scanning
 
@@ -190,7 +189,7 @@ def _pretty_gaps(text: str, tokens: list[tuple[int, int, str, str]]) -> dict[int
     spaced = " ".join(text[tokens[i][0] : tokens[i][1]] for i in index)
     try:
         statements = sqlglot.transpile(spaced, read="postgres", write="postgres", pretty=True)
-    except (SqlglotError, RecursionError, ValueError):
+    except Exception:  # SqlglotError, RecursionError, a fault of its printer: no layout
         return {}
     pretty = ";\n\n".join(s for s in statements if s.strip())
     pretty_tokens = _tokens(pretty)
