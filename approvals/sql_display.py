@@ -16,6 +16,7 @@ HTML-escaped here; nothing of the statement or of a value becomes markup.
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from typing import Any
 import sqlglot
 
 from sidecar.engine import scanning
+
+# sqlglot logs a warning, quoting the text, for every statement it only half
+# understands (as sidecar.engine.lineage says too); such a text keeps its own layout.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 # Longer texts are highlighted but keep their own layout: sqlglot takes about 3 ms a
 # kilobyte, and a page shows 20 cards.

@@ -229,3 +229,10 @@ def test_estimate_error_and_none() -> None:
         assert d.estimate(nothing) is None
     odd = d.estimate({"rows": {"a": "many", "b": -1, "c": True, "d": 2.6}})
     assert odd is not None and [(t.table, t.rows) for t in odd.tables] == [("d", 3)]
+
+
+def test_a_text_sqlglot_half_understands_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    text = "SET ON AND $1 VALUES"  # sqlglot parses it as an opaque command, and says so
+    with caplog.at_level("DEBUG"):
+        assert _text(text) == text
+    assert not [r for r in caplog.records if r.name.startswith("sqlglot")]
