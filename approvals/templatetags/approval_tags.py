@@ -1,9 +1,11 @@
-"""Template helpers for the approval pages: SQL highlighting and the pending badge.
+"""Template helpers for the approval pages: what will run, the pending badge, timelines.
 
-Highlighting is done on the server with Pygments' PostgreSQL lexer, so the
-page needs no script and no asset from elsewhere; the statement is already
-redacted (literals replaced) before it reaches the control plane, and Pygments
-escapes every token, so nothing in it can become markup.
+The statement is laid out and highlighted on the server (``approvals.sql_display``:
+PostgreSQL's scanner, sqlglot's line breaks), so the page needs no script and no
+asset from elsewhere. The statement is already redacted (literals replaced by
+``$n``) before it reaches the control plane; the values a reviewer is shown come
+beside it, and ``sql_display`` escapes every token and value, so nothing in them
+can become markup.
 """
 
 from __future__ import annotations
@@ -16,23 +18,38 @@ from django.utils.dateparse import parse_datetime
 from django.utils.formats import date_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import PostgresLexer
 
-from approvals import pages
+from approvals import pages, sql_display
+from approvals.models import GrantBinding
 
 register = template.Library()
-
-# Short class names ("sql-k" for a keyword); the colours live in warden.css.
-_LEXER = PostgresLexer()
-_FORMATTER = HtmlFormatter(nowrap=True, classprefix="sql-")
 
 
 @register.filter
 def sql(text: Any) -> SafeString:
-    """The statement as highlighted HTML, for inside ``<pre><code>``."""
-    return mark_safe(highlight(str(text or ""), _LEXER, _FORMATTER).rstrip("\n"))  # noqa: S308 - Pygments escapes
+    """The statement as highlighted HTML, for inside ``<pre><code>``, in its own layout
+    (the short cells of "My requests")."""
+    return mark_safe(sql_display.highlight(text, pretty=False))  # noqa: S308 - escaped there
+
+
+@register.inclusion_tag("approvals/_what_runs.html")
+def what_runs(approval: Any) -> dict[str, Any]:
+    """The statement a reviewer approves, the values at its placeholders, the planner's
+    estimate and what the grant will be bound to (``approvals/_what_runs.html``)."""
+    pieces = sql_display.layout(str(approval.statement or ""))
+    purged = approval.values_purged_at is not None
+    values = () if purged else sql_display.shown_values(approval.values)
+    return {
+        "pk": approval.pk,
+        "statement_html": mark_safe(sql_display.render(pieces, values)),  # noqa: S308 - escaped
+        "purged": purged,
+        "groups": sql_display.value_groups(values),
+        "multi": sql_display.statement_count(pieces) > 1,
+        # Without values, say so only where the statement has placeholders to fill.
+        "not_sent": not purged and not values and sql_display.has_placeholders(pieces),
+        "estimate": sql_display.estimate(approval.estimate),
+        "any_values": approval.binding == GrantBinding.SHAPE,
+    }
 
 
 @register.simple_tag(takes_context=True)
