@@ -1,6 +1,6 @@
 """Forms of the approval pages: the inbox filters, approve (optionally narrowing the
 grant) and deny (with a reason). They only parse input; ``approval_decide``
-enforces the limits and refuses anything wider than settings allow."""
+enforces the limits and refuses anything wider than the default grant."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.utils import timezone
 
+from approvals.services import grant_default_seconds, grant_default_uses
 from governance import selectors as governance_selectors
 from governance.models import IdentityKind
 
@@ -25,11 +25,13 @@ STATES = [
 
 
 def max_uses() -> int:
-    return int(getattr(settings, "WARDEN_APPROVAL_MAX_USES", 10))
+    """A reviewer narrows a grant: at most the default uses, never more."""
+    return grant_default_uses()
 
 
 def max_grant_minutes() -> int:
-    return max(1, int(getattr(settings, "WARDEN_APPROVAL_MAX_GRANT_SECONDS", 24 * 3600)) // 60)
+    """A reviewer narrows a grant: at most the default lifetime, never longer."""
+    return max(1, grant_default_seconds() // 60)
 
 
 class InboxFilters(forms.Form):
@@ -73,11 +75,25 @@ class ApproveForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Built here, not at class level: the limits come from settings.
+        uses, minutes = max_uses(), max_grant_minutes()
         self.fields["uses"] = forms.IntegerField(
-            required=False, min_value=1, max_value=max_uses(), label="Uses"
+            required=False,
+            min_value=1,
+            max_value=uses,
+            label="Uses",
+            error_messages={
+                "max_value": f"A grant can only be narrowed: at most {uses} use(s), the default."
+            },
         )
         self.fields["minutes"] = forms.IntegerField(
-            required=False, min_value=1, max_value=max_grant_minutes(), label="Valid for (minutes)"
+            required=False,
+            min_value=1,
+            max_value=minutes,
+            label="Valid for (minutes)",
+            error_messages={
+                "max_value": f"A grant can only be narrowed: at most {minutes} minutes, "
+                "the default."
+            },
         )
 
     def grant(self, *, now: datetime | None = None) -> dict[str, Any]:
