@@ -7,7 +7,8 @@ request; revoke ends its grant (its reviewers, an admin, the requester). A
 request outside the caller's scope answers 404; a rule that forbids the action
 (not a reviewer, self-approval, an agent's owner, a second approval by the same
 reviewer) answers 403; an invalid decision (no reason, already decided, a grant
-wider than the defaults, a grant already used, expired or revoked) answers 400.
+wider than the defaults) answers 400; revoking a grant already used up, expired
+or revoked answers 409.
 ``/api/v1/review-settings/`` holds each datasource's routing, timing, hold time,
 grant binding and values retention (admin and security write).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
@@ -35,7 +37,8 @@ from rest_framework.response import Response
 
 from approvals import selectors, services
 from approvals.models import ApprovalRequest, ApprovalState, Grant, ReviewSettings
-from governance.api import _ERRORS, by_name
+from governance.api import _ERRORS, ErrorSerializer, by_name
+from governance.errors import ApplicationError
 from governance.models import Datasource, IdentityKind, Team
 from governance.permissions import IsPolicyEditorOrReadOnly, user_role
 
@@ -304,13 +307,19 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return self._detail(request, target.pk)
 
     @extend_schema(
-        tags=["approvals"], request=None, responses={200: ApprovalDetailSerializer, **_ERRORS}
+        tags=["approvals"],
+        request=None,
+        responses={200: ApprovalDetailSerializer, 409: ErrorSerializer, **_ERRORS},
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
         """End the request's active grant now (its reviewers, an admin, the requester)."""
         target = self.get_object()
-        services.grant_revoke(request_id=target.pk, user=request.user)
+        try:
+            services.grant_revoke(request_id=target.pk, user=request.user)
+        except DjangoValidationError as exc:
+            # Nothing wrong with what was sent: the grant is no longer there to revoke.
+            raise ApplicationError(" ".join(exc.messages), {"status": 409}) from exc
         return self._detail(request, target.pk)
 
 

@@ -8,9 +8,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 
-from approvals.services import grant_default_seconds, grant_default_uses
+from approvals.models import ReviewSettings
+from approvals.services import (
+    MIN_VALUES_RETENTION_SECONDS,
+    grant_default_seconds,
+    grant_default_uses,
+)
 from governance import selectors as governance_selectors
 from governance.models import IdentityKind
 
@@ -113,3 +119,69 @@ class DenyForm(forms.Form):
         error_messages={"required": "Say why, so the requester knows what to change."},
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+
+
+class ReviewSettingsForm(forms.ModelForm):
+    """A datasource's review routing and timing; empty durations use the settings'
+    defaults. ``review_settings_set`` saves it (and re-checks every limit)."""
+
+    webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        label="Webhook URL",
+        help_text=ReviewSettings._meta.get_field("webhook_url").help_text,
+    )
+
+    class Meta:
+        model = ReviewSettings
+        fields = [
+            "fallback_team",
+            "escalate_after_seconds",
+            "remind_every_seconds",
+            "expire_after_seconds",
+            "hold_seconds",
+            "grant_binding",
+            "values_retention_seconds",
+            "webhook_url",
+        ]
+        labels = {
+            "escalate_after_seconds": "Escalate after (seconds)",
+            "remind_every_seconds": "Remind every (seconds)",
+            "expire_after_seconds": "Requests expire after (seconds)",
+            "hold_seconds": "Hold a statement for (seconds)",
+            "grant_binding": "A grant runs",
+            "values_retention_seconds": "Keep the values of decided requests for (seconds)",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        most_hold = settings.WARDEN_APPROVAL_MAX_HOLD_SECONDS
+        hold_message = (
+            f"From 1 to {most_hold} seconds: a sidecar holds a statement at most "
+            f"{most_hold} s (WARDEN_APPROVAL_MAX_HOLD_SECONDS)."
+        )
+        self.fields["hold_seconds"] = forms.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=most_hold,
+            label=self.Meta.labels["hold_seconds"],
+            help_text=f"How long the client waits for a decision; empty: "
+            f"{settings.WARDEN_APPROVAL_HOLD_SECONDS}, at most {most_hold}.",
+            error_messages={"min_value": hold_message, "max_value": hold_message},
+        )
+        least = MIN_VALUES_RETENTION_SECONDS
+        self.fields["values_retention_seconds"] = forms.IntegerField(
+            required=False,
+            min_value=least,
+            label=self.Meta.labels["values_retention_seconds"],
+            help_text="Then the literal values reviewers saw are deleted; empty: "
+            f"{settings.WARDEN_APPROVAL_VALUES_RETENTION_SECONDS}.",
+            error_messages={"min_value": f"At least {least} seconds."},
+        )
+        for name, default in (
+            ("escalate_after_seconds", settings.WARDEN_APPROVAL_ESCALATE_SECONDS),
+            ("remind_every_seconds", settings.WARDEN_APPROVAL_REMIND_SECONDS),
+            ("expire_after_seconds", settings.WARDEN_APPROVAL_EXPIRE_SECONDS),
+        ):
+            self.fields[name].help_text = f"Empty: {default}."
