@@ -861,13 +861,20 @@ def grant_revoke(*, request_id: Any, user: Any) -> Grant:
     so the next run of the statement is held again for a new review. A grant
     already used up, expired or revoked is refused (ValidationError).
     """
-    request = _locked(request_id)
+    try:
+        uuid.UUID(str(request_id))
+    except ValueError as exc:
+        raise ApprovalRequest.DoesNotExist(f"No approval request {request_id}.") from exc
+    # Only the grant is locked, as a consumer locks it: whoever comes second waits,
+    # then finds it used or revoked. (Locking the request too would deadlock with a
+    # consumer, whose GRANT_USED event takes a key-share lock on the request.)
+    grant = Grant.objects.select_for_update(no_key=True).filter(request_id=request_id).first()
+    request = ApprovalRequest.objects.select_related(
+        "datasource", "datasource__environment", "identity", "identity__owner"
+    ).get(pk=request_id)
     refusal = revoke_refusal(user=user, request=request)
     if refusal:
         raise PermissionDenied(refusal)
-    # Locked after the request, as ``approval_decide`` does; a consumer locks only
-    # the grant and waits here, then finds it revoked.
-    grant = Grant.objects.select_for_update(no_key=True).filter(request=request).first()
     if grant is None:
         raise ValidationError(f"This request is {request.state}: it has no grant to revoke.")
     now = timezone.now()
