@@ -1048,7 +1048,7 @@ def approvals_purge_values(*, now: datetime.datetime | None = None) -> int:
         for request_id in due.values_list("pk", flat=True)[:1000]:
             with transaction.atomic():
                 request = (
-                    ApprovalRequest.objects.select_for_update(skip_locked=True)
+                    ApprovalRequest.objects.select_for_update(skip_locked=True, no_key=True)
                     .select_related("datasource__environment", "identity")
                     .filter(pk=request_id, values_purged_at__isnull=True)
                     .exclude(state=ApprovalState.PENDING)
