@@ -238,6 +238,7 @@ def test_schema_lists_the_approvals_endpoints(clients):
         "/api/v1/approvals/{id}/approve/",
         "/api/v1/approvals/{id}/deny/",
         "/api/v1/approvals/{id}/cancel/",
+        "/api/v1/approvals/{id}/revoke/",
         "/api/v1/review-settings/{datasource}/",
     ):
         assert path in schema["paths"], path
