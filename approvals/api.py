@@ -3,17 +3,22 @@
 ``/api/v1/approvals/`` lists the caller's reviewer inbox (``scope=inbox``, the
 default; admin and reviewer roles) or their own requests (``scope=mine``, any
 signed-in user); detail, approve, deny (with a reason) and cancel act on one
-request. A request outside the caller's scope answers 404; a rule that forbids
-the action (not a reviewer, self-approval, an agent's owner, a second approval
-by the same reviewer) answers 403; an invalid decision (no reason, already
-decided, a grant wider than allowed) answers 400. ``/api/v1/review-settings/``
-holds each datasource's routing and timing (admin and security write).
+request; revoke ends its grant (its reviewers, an admin, the requester). A
+request outside the caller's scope answers 404; a rule that forbids the action
+(not a reviewer, self-approval, an agent's owner, a second approval by the same
+reviewer) answers 403; an invalid decision (no reason, already decided, a grant
+wider than the defaults) answers 400; revoking a grant already used up, expired
+or revoked answers 409.
+``/api/v1/review-settings/`` holds each datasource's routing, timing, hold time,
+grant binding and values retention (admin and security write).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
@@ -31,8 +36,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from approvals import selectors, services
-from approvals.models import ApprovalRequest, ApprovalState, ReviewSettings
-from governance.api import _ERRORS, by_name
+from approvals.models import ApprovalRequest, ApprovalState, Grant, ReviewSettings
+from governance.api import _ERRORS, ErrorSerializer, by_name
+from governance.errors import ApplicationError
 from governance.models import Datasource, IdentityKind, Team
 from governance.permissions import IsPolicyEditorOrReadOnly, user_role
 
@@ -55,6 +61,13 @@ class GrantSerializer(serializers.Serializer):
     uses_left = serializers.IntegerField()
     expires_at = serializers.DateTimeField()
     state = serializers.CharField()
+    # Blank: any values of the statement's shape; else only the approved values.
+    values_digest = serializers.CharField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    revoked_by = serializers.SerializerMethodField()
+
+    def get_revoked_by(self, obj: Grant) -> str | None:
+        return obj.revoked_by.get_username() if obj.revoked_by else None
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -113,6 +126,11 @@ class ApprovalSerializer(serializers.ModelSerializer):
             "deny_reason",
             "denied_by",
             "url",
+            "binding",
+            "values_digest",
+            "values",
+            "values_purged_at",
+            "estimate",
             "grant",
         ]
         read_only_fields = fields
@@ -288,10 +306,51 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         services.approval_cancel(request_id=target.pk, user=request.user)
         return self._detail(request, target.pk)
 
+    @extend_schema(
+        tags=["approvals"],
+        request=None,
+        responses={200: ApprovalDetailSerializer, 409: ErrorSerializer, **_ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        """End the request's active grant now (its reviewers, an admin, the requester)."""
+        target = self.get_object()
+        try:
+            services.grant_revoke(request_id=target.pk, user=request.user)
+        except DjangoValidationError as exc:
+            # Nothing wrong with what was sent: the grant is no longer there to revoke.
+            raise ApplicationError(" ".join(exc.messages), {"status": 409}) from exc
+        return self._detail(request, target.pk)
+
+
+def _hold_seconds_field() -> serializers.IntegerField:
+    most = settings.WARDEN_APPROVAL_MAX_HOLD_SECONDS
+    message = (
+        f"From 1 to {most} seconds: a sidecar holds a statement at most {most} s "
+        "(WARDEN_APPROVAL_MAX_HOLD_SECONDS)."
+    )
+    return serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=most,
+        error_messages={"min_value": message, "max_value": message},
+        help_text=f"Seconds a sidecar holds a statement for a decision (1-{most}); "
+        "null: WARDEN_APPROVAL_HOLD_SECONDS.",
+    )
+
 
 class ReviewSettingsSerializer(serializers.ModelSerializer):
     datasource = serializers.CharField(source="datasource.name", read_only=True)
     fallback_team = by_name(Team.objects.all(), "slug", "team", allow_null=True, required=False)
+    values_retention_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=services.MIN_VALUES_RETENTION_SECONDS,
+        max_value=2**31 - 1,
+        help_text="Seconds a decided request keeps its values; null: "
+        "WARDEN_APPROVAL_VALUES_RETENTION_SECONDS.",
+    )
 
     class Meta:
         model = ReviewSettings
@@ -301,10 +360,19 @@ class ReviewSettingsSerializer(serializers.ModelSerializer):
             "escalate_after_seconds",
             "remind_every_seconds",
             "expire_after_seconds",
+            "hold_seconds",
+            "grant_binding",
+            "values_retention_seconds",
             "webhook_url",
             "updated_at",
         ]
         read_only_fields = ["datasource", "updated_at"]
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        # Built per call: the maximum comes from settings.
+        fields["hold_seconds"] = _hold_seconds_field()
+        return fields
 
 
 @extend_schema_view(

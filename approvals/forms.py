@@ -1,6 +1,6 @@
 """Forms of the approval pages: the inbox filters, approve (optionally narrowing the
 grant) and deny (with a reason). They only parse input; ``approval_decide``
-enforces the limits and refuses anything wider than settings allow."""
+enforces the limits and refuses anything wider than the default grant."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
+from approvals.models import ReviewSettings
+from approvals.services import (
+    MIN_VALUES_RETENTION_SECONDS,
+    grant_default_seconds,
+    grant_default_uses,
+)
 from governance import selectors as governance_selectors
 from governance.models import IdentityKind
 
@@ -25,11 +31,13 @@ STATES = [
 
 
 def max_uses() -> int:
-    return int(getattr(settings, "WARDEN_APPROVAL_MAX_USES", 10))
+    """A reviewer narrows a grant: at most the default uses, never more."""
+    return grant_default_uses()
 
 
 def max_grant_minutes() -> int:
-    return max(1, int(getattr(settings, "WARDEN_APPROVAL_MAX_GRANT_SECONDS", 24 * 3600)) // 60)
+    """A reviewer narrows a grant: at most the default lifetime, never longer."""
+    return max(1, grant_default_seconds() // 60)
 
 
 class InboxFilters(forms.Form):
@@ -73,11 +81,25 @@ class ApproveForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Built here, not at class level: the limits come from settings.
+        uses, minutes = max_uses(), max_grant_minutes()
         self.fields["uses"] = forms.IntegerField(
-            required=False, min_value=1, max_value=max_uses(), label="Uses"
+            required=False,
+            min_value=1,
+            max_value=uses,
+            label="Uses",
+            error_messages={
+                "max_value": f"A grant can only be narrowed: at most {uses} use(s), the default."
+            },
         )
         self.fields["minutes"] = forms.IntegerField(
-            required=False, min_value=1, max_value=max_grant_minutes(), label="Valid for (minutes)"
+            required=False,
+            min_value=1,
+            max_value=minutes,
+            label="Valid for (minutes)",
+            error_messages={
+                "max_value": f"A grant can only be narrowed: at most {minutes} minutes, "
+                "the default."
+            },
         )
 
     def grant(self, *, now: datetime | None = None) -> dict[str, Any]:
@@ -97,3 +119,69 @@ class DenyForm(forms.Form):
         error_messages={"required": "Say why, so the requester knows what to change."},
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+
+
+class ReviewSettingsForm(forms.ModelForm):
+    """A datasource's review routing and timing; empty durations use the settings'
+    defaults. ``review_settings_set`` saves it (and re-checks every limit)."""
+
+    webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        label="Webhook URL",
+        help_text=ReviewSettings._meta.get_field("webhook_url").help_text,
+    )
+
+    class Meta:
+        model = ReviewSettings
+        fields = [
+            "fallback_team",
+            "escalate_after_seconds",
+            "remind_every_seconds",
+            "expire_after_seconds",
+            "hold_seconds",
+            "grant_binding",
+            "values_retention_seconds",
+            "webhook_url",
+        ]
+        labels = {
+            "escalate_after_seconds": "Escalate after (seconds)",
+            "remind_every_seconds": "Remind every (seconds)",
+            "expire_after_seconds": "Requests expire after (seconds)",
+            "hold_seconds": "Hold a statement for (seconds)",
+            "grant_binding": "A grant runs",
+            "values_retention_seconds": "Keep the values of decided requests for (seconds)",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        most_hold = settings.WARDEN_APPROVAL_MAX_HOLD_SECONDS
+        hold_message = (
+            f"From 1 to {most_hold} seconds: a sidecar holds a statement at most "
+            f"{most_hold} s (WARDEN_APPROVAL_MAX_HOLD_SECONDS)."
+        )
+        self.fields["hold_seconds"] = forms.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=most_hold,
+            label=self.Meta.labels["hold_seconds"],
+            help_text=f"How long the client waits for a decision; empty: "
+            f"{settings.WARDEN_APPROVAL_HOLD_SECONDS}, at most {most_hold}.",
+            error_messages={"min_value": hold_message, "max_value": hold_message},
+        )
+        least = MIN_VALUES_RETENTION_SECONDS
+        self.fields["values_retention_seconds"] = forms.IntegerField(
+            required=False,
+            min_value=least,
+            label=self.Meta.labels["values_retention_seconds"],
+            help_text="Then the literal values reviewers saw are deleted; empty: "
+            f"{settings.WARDEN_APPROVAL_VALUES_RETENTION_SECONDS}.",
+            error_messages={"min_value": f"At least {least} seconds."},
+        )
+        for name, default in (
+            ("escalate_after_seconds", settings.WARDEN_APPROVAL_ESCALATE_SECONDS),
+            ("remind_every_seconds", settings.WARDEN_APPROVAL_REMIND_SECONDS),
+            ("expire_after_seconds", settings.WARDEN_APPROVAL_EXPIRE_SECONDS),
+        ):
+            self.fields[name].help_text = f"Empty: {default}."

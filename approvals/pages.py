@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.utils import timezone
+
 from approvals import selectors, services
-from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.models import ApprovalDecision, ApprovalRequest, Grant, GrantState
 from governance.permissions import can_review
 
 PENDING = "pending"
@@ -20,6 +22,17 @@ PENDING = "pending"
 
 def may_review(user: Any) -> bool:
     return bool(user is not None and user.is_authenticated and can_review(user))
+
+
+def may_revoke(*, approval: ApprovalRequest, grant: Grant | None, user: Any) -> bool:
+    """Whether to offer the Revoke button: an active grant, and a viewer
+    ``grant_revoke`` would let revoke it."""
+    return (
+        grant is not None
+        and grant.state == GrantState.ACTIVE
+        and grant.expires_at > timezone.now()
+        and services.revoke_refusal(user=user, request=approval) is None
+    )
 
 
 def pending_count(*, user: Any) -> int:

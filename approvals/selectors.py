@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from approvals.models import ApprovalEvent, ApprovalRequest, ApprovalState
+from approvals.models import ApprovalEvent, ApprovalRequest, ApprovalState, ReviewSettings
 from approvals.services import REVIEWER_ROLES
 from governance.models import Datasource, Identity, Role, Team
 from governance.permissions import user_role
@@ -29,6 +29,7 @@ __all__ = [
     "approvals_of_requester",
     "approvals_pending_count",
     "identity_recent_activity",
+    "review_settings_of",
 ]
 
 _BASE_RELATED = ("datasource", "datasource__environment", "identity", "identity__owner")
@@ -159,3 +160,9 @@ def identity_recent_activity(
         mine = approvals_of_requester(user=user).values("pk")
         qs = qs.filter(Q(pk__in=scope) | Q(pk__in=mine))
     return list(qs[:limit])
+
+
+def review_settings_of(*, datasource: Datasource) -> ReviewSettings:
+    """The datasource's review settings, or an unsaved row of the defaults."""
+    row = ReviewSettings.objects.filter(datasource=datasource).first()
+    return row or ReviewSettings(datasource=datasource)

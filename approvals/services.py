@@ -36,6 +36,7 @@ from approvals.models import (
     ApprovalRequest,
     ApprovalState,
     Grant,
+    GrantBinding,
     GrantState,
     ReviewSettings,
     can_transition,
@@ -44,7 +45,7 @@ from audit.sink.history import change_record_create as _change_record_create
 from audit.sink.history import object_snapshot
 from audit.sink.trail import audit_control_event
 from config.egress import EgressRefused, post_json
-from governance.bundles import RISK_THRESHOLDS, redis_client
+from governance.bundles import RISK_THRESHOLDS, bundles_mark_stale, redis_client
 from governance.models import Datasource, Identity, IdentityKind, Sidecar, Team
 from governance.permissions import Role, can_edit_policy, user_role
 
@@ -84,6 +85,8 @@ class ReviewPolicy:
     remind_every: datetime.timedelta
     expire_after: datetime.timedelta
     webhook_url: str
+    grant_binding: str = GrantBinding.STATEMENT
+    values_retention: datetime.timedelta = datetime.timedelta(days=7)
 
 
 def review_policy(*, datasource_id: int) -> ReviewPolicy:
@@ -104,6 +107,11 @@ def review_policy(*, datasource_id: int) -> ReviewPolicy:
             row.expire_after_seconds if row else None, settings.WARDEN_APPROVAL_EXPIRE_SECONDS
         ),
         webhook_url=(row.webhook_url if row else "") or settings.WARDEN_APPROVAL_WEBHOOK_URL,
+        grant_binding=row.grant_binding if row else GrantBinding.STATEMENT,
+        values_retention=seconds(
+            row.values_retention_seconds if row else None,
+            settings.WARDEN_APPROVAL_VALUES_RETENTION_SECONDS,
+        ),
     )
 
 
@@ -266,6 +274,15 @@ KINDS_SEPARATOR = ", "
 MAX_STATEMENT = 64 * 1024
 MAX_LIST = 200
 MAX_ITEM = 300
+# What a sidecar may add so the reviewer approves exactly what runs (all optional).
+VALUES_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_VALUES = 500
+MAX_VALUE = 2000
+MAX_PLACEHOLDER = 65535  # PostgreSQL's limit on the parameters of one statement
+MAX_PLAN_NODE = 64
+MAX_ESTIMATE_ERROR = 2000
+# A statement denied this recently, with the same values, is answered with that denial.
+DENIAL_MEMORY = datetime.timedelta(hours=1)
 
 
 def _kinds(kind: Any) -> list[str] | None:
@@ -291,6 +308,55 @@ def _no_nul(value: Any) -> bool:
     return True
 
 
+def _index(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _values_valid(values: Any) -> bool:
+    """``[{"statement": 0, "n": 1, "value": "'x'"} | {..., "classification": "pii.email"}]``."""
+    if not isinstance(values, list) or len(values) > MAX_VALUES:
+        return False
+    for item in values:
+        if not isinstance(item, dict) or not (
+            _index(item.get("statement"), 0, MAX_KINDS - 1)
+            and _index(item.get("n"), 1, MAX_PLACEHOLDER)
+        ):
+            return False
+        if set(item) == {"statement", "n", "value"}:
+            if not isinstance(item["value"], str) or len(item["value"]) > MAX_VALUE:
+                return False
+        elif set(item) == {"statement", "n", "classification"}:
+            label = item["classification"]
+            if not isinstance(label, str) or not 0 < len(label) <= MAX_ITEM:
+                return False
+        else:
+            return False
+    return True
+
+
+def _estimate_valid(estimate: Any) -> bool:
+    """``{"rows": {"orders": 993}, "top": "ModifyTable", "error": ""}``."""
+    if not isinstance(estimate, dict) or set(estimate) != {"rows", "top", "error"}:
+        return False
+    rows, top, error = estimate["rows"], estimate["top"], estimate["error"]
+    return (
+        isinstance(rows, dict)
+        and len(rows) <= MAX_LIST
+        and all(
+            isinstance(table, str)
+            and 0 < len(table) <= MAX_ITEM
+            and isinstance(n, int)
+            and not isinstance(n, bool)
+            and n >= 0
+            for table, n in rows.items()
+        )
+        and isinstance(top, str)
+        and len(top) <= MAX_PLAN_NODE
+        and isinstance(error, str)
+        and len(error) <= MAX_ESTIMATE_ERROR
+    )
+
+
 def validate_open_payload(
     *,
     fingerprint: Any,
@@ -302,9 +368,29 @@ def validate_open_payload(
     classifications: Any,
     client_addr: Any = "",
     application_name: Any = "",
+    values_digest: Any = None,
+    values: Any = None,
+    estimate: Any = None,
 ) -> None:
-    """Refuse, field by field, what a sidecar must not store (raises ValidationError)."""
+    """Refuse, field by field, what a sidecar must not store (raises ValidationError).
+
+    ``values_digest``, ``values`` and ``estimate`` are optional (None: not sent, as by
+    sidecars before them); sent, each must be exactly as the contract says.
+    """
     errors: dict[str, str] = {}
+    if values_digest is not None and (
+        not isinstance(values_digest, str) or not VALUES_DIGEST_RE.match(values_digest)
+    ):
+        errors["values_digest"] = "64 lower-case hex characters."
+    if values is not None and not _values_valid(values):
+        errors["values"] = (
+            f"A list of at most {MAX_VALUES} objects {{statement, n, value}} (a string of at "
+            f"most {MAX_VALUE} characters) or {{statement, n, classification}}."
+        )
+    if estimate is not None and not _estimate_valid(estimate):
+        errors["estimate"] = (
+            "An object {rows: {table: estimated rows}, top: plan node type, error: text}."
+        )
     if not isinstance(fingerprint, str) or not FINGERPRINT_RE.match(fingerprint):
         errors["fingerprint"] = "8 to 128 lower-case hex characters."
     if not isinstance(statement, str) or not statement.strip() or len(statement) > MAX_STATEMENT:
@@ -345,6 +431,8 @@ def validate_open_payload(
         ("classifications", classifications),
         ("client_addr", client_addr),
         ("application_name", application_name),
+        ("values", values),
+        ("estimate", estimate),
     ):
         if name not in errors and not _no_nul(value):
             errors[name] = "NUL characters are not allowed."
@@ -365,13 +453,29 @@ def identity_for_datasource(*, datasource: Datasource, name: str) -> Identity | 
 
 
 def _grant_consume(
-    *, datasource: Datasource, identity: Identity, fingerprint: str, now: datetime.datetime
+    *,
+    datasource: Datasource,
+    identity: Identity,
+    fingerprint: str,
+    values_digest: str,
+    now: datetime.datetime,
 ) -> Grant | None:
+    """Take one use of an active grant for this statement, if there is one.
+
+    A grant bound to values (its ``values_digest``) runs only those values; a blank
+    one (bound to the shape, or approved for an old sidecar that sent no digest)
+    runs any. A run without a digest is matched by blank grants only.
+    """
+    same_values = Q(values_digest="")
+    if values_digest:
+        same_values |= Q(values_digest=values_digest)
     # Under READ COMMITTED a locked row is re-checked after the lock wait, so a
-    # grant a concurrent caller just used up is skipped, never taken twice.
+    # grant a concurrent caller just used up (or a reviewer revoked) is skipped,
+    # never taken twice.
     grant = (
         Grant.objects.select_for_update(no_key=True)
         .filter(
+            same_values,
             datasource=datasource,
             identity=identity,
             fingerprint=fingerprint,
@@ -406,11 +510,18 @@ def approval_request_open(
     sidecar: Sidecar | int | None = None,
     client_addr: str = "",
     application_name: str = "",
+    values_digest: str | None = None,
+    values: list[dict[str, Any]] | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> tuple[ApprovalRequest, Grant | None, bool]:
     """May ``identity`` run this statement now? Returns (request, consumed grant, created).
 
     A usable grant is consumed (one use); else the pending request for the same
-    statement is returned; else a new one is opened and its reviewers notified.
+    statement and values is returned; else, when the same statement with the same
+    values was denied within ``DENIAL_MEMORY``, that denied request (the caller
+    answers with its reason at once); else a new one is opened and its reviewers
+    notified. ``values_digest``, ``values`` and ``estimate`` are None when the
+    sidecar did not send them.
     """
     validate_open_payload(
         fingerprint=fingerprint,
@@ -422,10 +533,18 @@ def approval_request_open(
         classifications=classifications,
         client_addr=client_addr,
         application_name=application_name,
+        values_digest=values_digest,
+        values=values,
+        estimate=estimate,
     )
+    digest = values_digest or ""
     now = timezone.now()
     grant = _grant_consume(
-        datasource=datasource, identity=identity, fingerprint=fingerprint, now=now
+        datasource=datasource,
+        identity=identity,
+        fingerprint=fingerprint,
+        values_digest=digest,
+        now=now,
     )
     if grant is not None:
         request = ApprovalRequest.objects.select_related("datasource__environment", "identity").get(
@@ -447,7 +566,12 @@ def approval_request_open(
         )
         return request, grant, False
 
-    lookup = {"datasource": datasource, "identity": identity, "fingerprint": fingerprint}
+    lookup = {
+        "datasource": datasource,
+        "identity": identity,
+        "fingerprint": fingerprint,
+        "values_digest": digest,
+    }
     pending = (
         ApprovalRequest.objects.select_for_update(no_key=True)
         .filter(state=ApprovalState.PENDING, **lookup)
@@ -457,6 +581,19 @@ def approval_request_open(
         if pending.expires_at > now:
             return pending, None, False
         _expire_locked(pending, now)
+
+    if digest:
+        # Asking again for what a reviewer just refused gets the refusal, not a new
+        # request (and no new notices). Without a digest the values are unknown: a
+        # retry may differ from what was denied, so it is reviewed anew.
+        denied = (
+            ApprovalRequest.objects.select_related("denied_by")
+            .filter(state=ApprovalState.DENIED, decided_at__gt=now - DENIAL_MEMORY, **lookup)
+            .order_by("-decided_at")
+            .first()
+        )
+        if denied is not None:
+            return denied, None, False
 
     policy = review_policy(datasource_id=datasource.pk)
     request = ApprovalRequest(
@@ -474,6 +611,10 @@ def approval_request_open(
         application_name=application_name,
         required_approvals=2 if risk >= RISK_THRESHOLDS["critical_at"] else 1,
         expires_at=now + policy.expire_after,
+        binding=policy.grant_binding,
+        values_digest=digest,
+        values=values or [],
+        estimate=estimate or {},
     )
     request.full_clean(validate_unique=False, validate_constraints=False)
     try:
@@ -511,23 +652,44 @@ def _locked(request_id: Any) -> ApprovalRequest:
     )
 
 
+def grant_default_uses() -> int:
+    """The uses of a grant nobody narrowed, and the most a reviewer may give."""
+    return int(min(settings.WARDEN_APPROVAL_DEFAULT_USES, settings.WARDEN_APPROVAL_MAX_USES))
+
+
+def grant_default_seconds() -> int:
+    """How long a grant nobody narrowed lasts, and the longest a reviewer may give."""
+    return int(
+        min(
+            settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS,
+            settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS,
+        )
+    )
+
+
 def _grant_limits(
     *, uses: int | None, expires_at: datetime.datetime | None, now: datetime.datetime
 ) -> None:
+    """A reviewer narrows a grant, never widens it: fewer uses or an earlier expiry than
+    the defaults, not more (a wider grant would outlive what they reviewed)."""
     errors: dict[str, str] = {}
-    max_uses = settings.WARDEN_APPROVAL_MAX_USES
+    most_uses = grant_default_uses()
     if uses is not None and (
-        not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= max_uses
+        not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= most_uses
     ):
-        errors["uses"] = f"Between 1 and {max_uses} uses."
+        errors["uses"] = f"A grant can only be narrowed: from 1 to {most_uses} use(s), the default."
     if expires_at is not None:
-        latest = now + datetime.timedelta(seconds=settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS)
+        seconds = grant_default_seconds()
+        latest = now + datetime.timedelta(seconds=seconds)
         if timezone.is_naive(expires_at):
             errors["expires_at"] = "Give a time zone."
         elif expires_at <= now:
             errors["expires_at"] = "The grant's expiry must be in the future."
         elif expires_at > latest:
-            errors["expires_at"] = f"At most {settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS} s ahead."
+            errors["expires_at"] = (
+                f"A grant can only be narrowed: it expires at most {seconds} s "
+                f"({seconds // 60} minutes) after the approval, the default."
+            )
     if errors:
         raise ValidationError(errors)
 
@@ -612,20 +774,25 @@ def approval_decide(
 
     _transition(request, ApprovalState.APPROVED, now)
     request.save(update_fields=["state", "decided_at"])
-    asked_uses = [d.uses for d in approvals if d.uses is not None]
-    asked_expiry = [d.grant_expires_at for d in approvals if d.grant_expires_at is not None]
-    default_seconds = min(
-        settings.WARDEN_APPROVAL_DEFAULT_GRANT_SECONDS, settings.WARDEN_APPROVAL_MAX_GRANT_SECONDS
+    # The narrowest of what the approvers asked, never wider than the defaults.
+    uses_total = min([grant_default_uses(), *(d.uses for d in approvals if d.uses is not None)])
+    expiry = min(
+        [
+            now + datetime.timedelta(seconds=grant_default_seconds()),
+            *(d.grant_expires_at for d in approvals if d.grant_expires_at is not None),
+        ]
     )
-    default_expiry = now + datetime.timedelta(seconds=default_seconds)
     grant = Grant.objects.create(
         request=request,
         datasource_id=request.datasource_id,
         identity_id=request.identity_id,
         fingerprint=request.fingerprint,
-        uses_total=min(asked_uses) if asked_uses else settings.WARDEN_APPROVAL_DEFAULT_USES,
-        uses_left=min(asked_uses) if asked_uses else settings.WARDEN_APPROVAL_DEFAULT_USES,
-        expires_at=min(asked_expiry) if asked_expiry else default_expiry,
+        # Bound to the statement: these values only. Blank: any values of the shape
+        # (and a request of an old sidecar, which sent no digest).
+        values_digest=(request.values_digest if request.binding == GrantBinding.STATEMENT else ""),
+        uses_total=uses_total,
+        uses_left=uses_total,
+        expires_at=expiry,
     )
     _event(
         request,
@@ -635,6 +802,7 @@ def approval_decide(
             "grant": str(grant.id),
             "uses": grant.uses_total,
             "expires_at": grant.expires_at.isoformat(),
+            "binding": request.binding,
             "reviewers": [d.reviewer.get_username() for d in approvals],
         },
     )
@@ -646,6 +814,7 @@ def approval_decide(
         grant=str(grant.id),
         uses=grant.uses_total,
         grant_expires_at=grant.expires_at.isoformat(),
+        binding=request.binding,
     )
     _on_commit_publish(request)
     return request
@@ -664,6 +833,74 @@ def approval_cancel(*, request_id: Any, user: Any) -> ApprovalRequest:
     _audit(request, "cancelled", actor=user)
     _on_commit_publish(request)
     return request
+
+
+def revoke_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
+    """Why ``user`` may not revoke the grant of ``request`` (None when they may).
+
+    Those who may decide the datasource's requests, any admin, and the requester
+    (the human, or an agent's owner): revoking only ever narrows what runs, so the
+    rules that stop self-approval do not apply.
+    """
+    if user is None or not getattr(user, "is_authenticated", False):
+        return "Sign in first."
+    if (
+        user_role(user) == Role.ADMIN
+        or is_reviewer_of(user=user, request=request)
+        or is_requester(user=user, request=request)
+    ):
+        return None
+    return f"Only a reviewer of {request.datasource.name}, an admin or the requester may revoke."
+
+
+@transaction.atomic
+def grant_revoke(*, request_id: Any, user: Any) -> Grant:
+    """End the active grant of an approved request before its uses or time run out.
+
+    The sidecar asks the control plane at every use (``approval_request_open``),
+    so the next run of the statement is held again for a new review. A grant
+    already used up, expired or revoked is refused (ValidationError).
+    """
+    try:
+        uuid.UUID(str(request_id))
+    except ValueError as exc:
+        raise ApprovalRequest.DoesNotExist(f"No approval request {request_id}.") from exc
+    # Only the grant is locked, as a consumer locks it: whoever comes second waits,
+    # then finds it used or revoked. (Locking the request too would deadlock with a
+    # consumer, whose GRANT_USED event takes a key-share lock on the request.)
+    grant = Grant.objects.select_for_update(no_key=True).filter(request_id=request_id).first()
+    request = ApprovalRequest.objects.select_related(
+        "datasource", "datasource__environment", "identity", "identity__owner"
+    ).get(pk=request_id)
+    refusal = revoke_refusal(user=user, request=request)
+    if refusal:
+        raise PermissionDenied(refusal)
+    if grant is None:
+        raise ValidationError(f"This request is {request.state}: it has no grant to revoke.")
+    now = timezone.now()
+    if grant.state != GrantState.ACTIVE:
+        raise ValidationError(f"This grant is already {grant.get_state_display().lower()}.")
+    if grant.expires_at <= now:
+        raise ValidationError("This grant has already expired.")
+    grant.state = GrantState.REVOKED
+    grant.revoked_at = now
+    grant.revoked_by = user
+    grant.save(update_fields=["state", "revoked_at", "revoked_by"])
+    _event(
+        request,
+        ApprovalEventKind.GRANT_REVOKED,
+        actor=user,
+        detail={"grant": str(grant.id), "uses_left": grant.uses_left},
+    )
+    _audit(
+        request,
+        "grant_revoked",
+        actor=user,
+        grant=str(grant.id),
+        uses_left=grant.uses_left,
+        grant_state=grant.state,
+    )
+    return grant
 
 
 # --- the sweeps (Celery beat) ---------------------------------------------------------------
@@ -786,6 +1023,47 @@ def approvals_remind_due(*, now: datetime.datetime | None = None) -> int:
             _enqueue_notify(request.id, f"reminder-{round_no}")
             reminded += 1
     return reminded
+
+
+def approvals_purge_values(*, now: datetime.datetime | None = None) -> int:
+    """Drop the literal values of requests decided longer ago than their datasource's
+    retention (``values_retention_seconds``, else WARDEN_APPROVAL_VALUES_RETENTION_SECONDS).
+
+    ``values`` becomes [] and ``values_purged_at`` is set, with a ``values_purged``
+    event; pending requests keep theirs (a reviewer still needs them). The digest
+    stays: it reveals no value, and a grant or a recent denial is matched by it.
+    Idempotent: a purged request is not a candidate again. Returns how many it purged.
+    """
+    now = now or timezone.now()
+    purged = 0
+    candidates = (
+        ApprovalRequest.objects.exclude(state=ApprovalState.PENDING)
+        .filter(values_purged_at__isnull=True)
+        .exclude(values=[])
+    )
+    datasource_ids = candidates.values_list("datasource_id", flat=True).distinct()
+    for datasource_id in list(datasource_ids):
+        retention = review_policy(datasource_id=datasource_id).values_retention
+        due = candidates.filter(datasource_id=datasource_id, decided_at__lte=now - retention)
+        for request_id in due.values_list("pk", flat=True)[:1000]:
+            with transaction.atomic():
+                request = (
+                    ApprovalRequest.objects.select_for_update(skip_locked=True, no_key=True)
+                    .select_related("datasource__environment", "identity")
+                    .filter(pk=request_id, values_purged_at__isnull=True)
+                    .exclude(state=ApprovalState.PENDING)
+                    .first()
+                )
+                if request is None:
+                    continue
+                kept = len(request.values)
+                request.values = []
+                request.values_purged_at = now
+                request.save(update_fields=["values", "values_purged_at"])
+                _event(request, ApprovalEventKind.VALUES_PURGED, detail={"count": kept})
+                _audit(request, "values_purged", count=kept)
+                purged += 1
+    return purged
 
 
 # --- notifications ---------------------------------------------------------------------------
@@ -930,8 +1208,29 @@ REVIEW_SETTINGS_FIELDS = {
     "escalate_after_seconds",
     "remind_every_seconds",
     "expire_after_seconds",
+    "hold_seconds",
+    "grant_binding",
+    "values_retention_seconds",
     "webhook_url",
 }
+# A decided request keeps its values at least this long (as the setting's minimum).
+MIN_VALUES_RETENTION_SECONDS = 60
+
+
+def _review_settings_limits(row: ReviewSettings) -> None:
+    """What the model cannot say alone: limits that come from settings."""
+    errors: dict[str, str] = {}
+    most = settings.WARDEN_APPROVAL_MAX_HOLD_SECONDS
+    if row.hold_seconds is not None and not 1 <= row.hold_seconds <= most:
+        errors["hold_seconds"] = (
+            f"From 1 to {most} seconds: a sidecar holds a statement at most "
+            f"{most} s (WARDEN_APPROVAL_MAX_HOLD_SECONDS)."
+        )
+    least = MIN_VALUES_RETENTION_SECONDS
+    if row.values_retention_seconds is not None and row.values_retention_seconds < least:
+        errors["values_retention_seconds"] = f"At least {least} seconds."
+    if errors:
+        raise ValidationError(errors)
 
 
 @transaction.atomic
@@ -952,6 +1251,7 @@ def review_settings_set(
         row = ReviewSettings(datasource=datasource)
     for name, value in data.items():
         setattr(row, name, value)
+    _review_settings_limits(row)
     row.full_clean()
     row.save()
     _change_record_create(
@@ -961,4 +1261,6 @@ def review_settings_set(
         before=before,
         after=object_snapshot(row),
     )
+    # The hold time is in the datasource's policy bundle: recompile it on commit.
+    bundles_mark_stale(obj=datasource)
     return row

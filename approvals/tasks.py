@@ -2,7 +2,8 @@
 
 Notices are enqueued on commit by the services and retried with backoff when a
 mail server or webhook fails; ``approval_notify`` records every delivery, so a
-retry or a duplicate run sends nothing twice. The sweeps run from beat
+retry or a duplicate run sends nothing twice. The sweeps (expiry, escalation,
+reminders, the purge of decided requests' values) run from beat
 (``CELERY_BEAT_SCHEDULE`` in config/settings.py).
 """
 
@@ -57,3 +58,14 @@ def approvals_escalate() -> int:
 )
 def approvals_remind() -> int:
     return services.approvals_remind_due()
+
+
+@shared_task(
+    name="approvals.tasks.approvals_purge_values",
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def approvals_purge_values() -> int:
+    return services.approvals_purge_values()

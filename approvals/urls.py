@@ -17,4 +17,6 @@ urlpatterns = [
     path("<uuid:pk>/approve/", views.approve, name="approve"),
     path("<uuid:pk>/deny/", views.deny, name="deny"),
     path("<uuid:pk>/cancel/", views.cancel, name="cancel"),
+    path("<uuid:pk>/revoke/", views.revoke, name="revoke"),
+    path("settings/<int:datasource_pk>/", views.review_settings, name="review_settings"),
 ]

@@ -6,7 +6,9 @@ approve or deny inline with htmx: the request's card is swapped in place and the
 nav's pending badge is swapped out of band. Without JavaScript the same forms
 POST and redirect back (POST-redirect-GET). Requesters, whatever their role,
 see and cancel only their own requests: a held statement's error message
-sends them to the request's page, so signing in is enough to follow it.
+sends them to the request's page, so signing in is enough to follow it. A
+grant is revoked from the request's page by its reviewers, an admin or the
+requester; admin and security edit a datasource's review settings.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from approvals import pages, selectors, services
-from approvals.forms import ApproveForm, DenyForm, InboxFilters
+from approvals.forms import ApproveForm, DenyForm, InboxFilters, ReviewSettingsForm
 from approvals.models import ApprovalRequest
+from governance.models import Datasource
 from governance.permissions import Role, require_role
 
 PAGE_SIZE = 20
 RECENT_ACTIVITY = 5
 
 reviewer_required = require_role(Role.ADMIN, Role.REVIEWER)
+policy_editor_required = require_role(Role.ADMIN, Role.SECURITY)
 
 
 def _card(
@@ -225,10 +229,72 @@ def detail(request: HttpRequest, pk: UUID) -> HttpResponse:
         {
             "as_reviewer": as_reviewer,
             "timeline": selectors.approval_timeline(request=approval),
-            "grant": getattr(approval, "grant", None),
+            **_grant_context(request, approval),
         }
     )
     return render(request, "approvals/detail.html", context)
+
+
+@login_required
+@require_POST
+def revoke(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """End the request's grant now: its reviewers, an admin, or the requester."""
+    approval, _ = _visible(request, pk)
+    error, status = "", 200
+    try:
+        services.grant_revoke(request_id=approval.pk, user=request.user)
+    except PermissionDenied as exc:
+        error, status = str(exc) or "You may not revoke this grant.", 403
+    except ValidationError as exc:
+        error, status = " ".join(exc.messages), 400
+    if request.htmx:
+        approval, _ = _visible(request, pk)
+        context = _grant_context(request, approval)
+        context.update({"grant_error": error, "flash": not error})
+        return render(request, "approvals/_grant.html", context, status=status)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, "Grant revoked: the statement is held for review again.")
+    return redirect(_next_url(request, reverse("approvals:detail", args=[approval.pk])))
+
+
+def _grant_context(request: HttpRequest, approval: ApprovalRequest) -> dict[str, Any]:
+    grant = getattr(approval, "grant", None)
+    return {
+        "r": approval,
+        "grant": grant,
+        "may_revoke": pages.may_revoke(approval=approval, grant=grant, user=request.user),
+    }
+
+
+# --- review settings (admin and security) -----------------------------------------------
+
+
+@policy_editor_required
+@require_http_methods(["GET", "POST"])
+def review_settings(request: HttpRequest, datasource_pk: int) -> HttpResponse:
+    """A datasource's review routing, timing, hold time, grant binding and retention."""
+    datasource = get_object_or_404(Datasource, pk=datasource_pk)
+    row = selectors.review_settings_of(datasource=datasource)
+    form = ReviewSettingsForm(request.POST or None, instance=row)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                services.review_settings_set(
+                    actor=request.user, datasource=datasource, data=form.cleaned_data
+                )
+            except ValidationError as exc:
+                for name, errors in exc.message_dict.items():
+                    form.add_error(name if name in form.fields else None, errors)
+            else:
+                messages.success(request, f"Review settings of {datasource.name} saved.")
+                return redirect("approvals:review_settings", datasource_pk=datasource.pk)
+        status = 400
+    else:
+        status = 200
+    context = {"datasource": datasource, "form": form}
+    return render(request, "approvals/review_settings.html", context, status=status)
 
 
 # --- requesters -------------------------------------------------------------------------

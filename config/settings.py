@@ -75,6 +75,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "approvals-expire": {"task": "approvals.tasks.approvals_expire", "schedule": 60.0},
     "approvals-escalate": {"task": "approvals.tasks.approvals_escalate", "schedule": 60.0},
     "approvals-remind": {"task": "approvals.tasks.approvals_remind", "schedule": 60.0},
+    # Decided requests lose their literal values after the retention (docs/approvals.md).
+    "approvals-purge-values": {"task": "approvals.tasks.approvals_purge_values", "schedule": 300.0},
     # Requests a scan from every datasource whose interval passed (docs/classification.md).
     "scans-request-due": {
         "task": "governance.tasks.scans_request_due",

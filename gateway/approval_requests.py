@@ -1,7 +1,8 @@
 """A sidecar's approval calls: open a request for a held statement, wait for its decision.
 
 ``POST /api/v1/sidecar/approvals`` consumes a grant, returns the pending request
-for the same statement, or opens one. ``GET /api/v1/sidecar/approvals/<id>?wait=N``
+for the same statement and values, answers with a denial of them in the last
+hour, or opens one. ``GET /api/v1/sidecar/approvals/<id>?wait=N``
 long-polls the request's state: a waiting sidecar costs one coroutine parked on
 an ``asyncio.Event``, and under ASGI the call is served without Django's
 middleware (``gateway.asgi``). One Redis pub/sub subscriber per process
@@ -56,7 +57,9 @@ OPEN_REQUIRED = {
     "tables",
     "classifications",
 }
-OPEN_OPTIONAL = {"client_addr", "application_name"}
+# The values fields came later: an older sidecar sends none of them.
+VALUES_FIELDS = ("values_digest", "values", "estimate")
+OPEN_OPTIONAL = {"client_addr", "application_name", *VALUES_FIELDS}
 NOT_FOUND = "No such approval request."
 
 
@@ -85,6 +88,10 @@ def approval_open_view(request: HttpRequest) -> JsonResponse:
             "Unknown identity for this datasource.",
             {"identity": ["No active identity of that name may connect to this datasource."]},
         )
+    # Omitted means "not sent" (an older sidecar); a null is a malformed value.
+    nulls = {k: ["Omit it or give a value."] for k in VALUES_FIELDS if data.get(k, 0) is None}
+    if nulls:
+        return error_response(400, "The approval request is not valid.", nulls)
     fields = {k: data[k] for k in OPEN_REQUIRED - {"identity"}}
     try:
         approval, grant, created = approval_request_open(
@@ -93,11 +100,27 @@ def approval_open_view(request: HttpRequest) -> JsonResponse:
             sidecar=principal.sidecar_id,
             client_addr=data.get("client_addr", ""),
             application_name=data.get("application_name", ""),
+            values_digest=data.get("values_digest"),
+            values=data.get("values"),
+            estimate=data.get("estimate"),
             **fields,
         )
     except ValidationError as exc:
         return error_response(400, "The approval request is not valid.", exc.message_dict)
     url = approval_url(approval.id, base=site_root(request))
+    if approval.state == ApprovalState.DENIED:
+        # The same statement with the same values was denied a moment ago: its
+        # refusal, at once, instead of a new request nobody would approve.
+        denial = state_payload(approval)
+        return JsonResponse(
+            {
+                "id": denial["id"],
+                "state": denial["state"],
+                "url": url,
+                "reason": denial["reason"],
+                "denied_by": denial["denied_by"],
+            }
+        )
     if grant is not None:
         return JsonResponse(
             {

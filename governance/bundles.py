@@ -59,7 +59,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "warden.bundle/1"
 # Not yet editable in the control plane; the same figures as the engine's fixtures.
 RISK_THRESHOLDS = {"review_at": 70, "block_at": 90, "critical_at": 85}
-APPROVAL_HOLD_SECONDS = 20
 
 CHANNEL = "warden:bundle-changed"
 HISTORY_LENGTH = 100
@@ -216,6 +215,20 @@ def _detectors() -> list[dict[str, Any]]:
     ]
 
 
+def approval_hold_seconds(datasource: Datasource) -> int:
+    """How long the sidecar holds a statement for a decision: the datasource's review
+    settings (approvals' table, read through the reverse relation: governance
+    does not import approvals), else WARDEN_APPROVAL_HOLD_SECONDS; never above the maximum."""
+    own = (
+        Datasource.objects.filter(pk=datasource.pk)
+        .values_list("review_settings__hold_seconds", flat=True)
+        .first()
+    )
+    return int(
+        min(own or settings.WARDEN_APPROVAL_HOLD_SECONDS, settings.WARDEN_APPROVAL_MAX_HOLD_SECONDS)
+    )
+
+
 def bundle_lifetime() -> datetime.timedelta:
     """How long after signing a bundle expires (``WARDEN_BUNDLE_LIFETIME_HOURS``)."""
     return datetime.timedelta(hours=settings.WARDEN_BUNDLE_LIFETIME_HOURS)
@@ -313,7 +326,7 @@ def bundle_compile(
             for g in guardrails
         ],
         "risk": dict(RISK_THRESHOLDS),
-        "approvals": {"hold_seconds": APPROVAL_HOLD_SECONDS},
+        "approvals": {"hold_seconds": approval_hold_seconds(datasource)},
         "scan": _scan(datasource),
         "detectors": _detectors(),
         "break_glass": _break_glass(datasource, now, {i["name"] for i in identities}),

@@ -141,7 +141,8 @@ def test_agent_owner_refused_403(clients, open_request, review_setup, admin_user
     assert ok.status_code == 200 and ok.json()["state"] == "approved"
 
 
-def test_critical_needs_two_reviewers(clients, open_request):
+def test_critical_needs_two_reviewers(clients, open_request, settings):
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 3
     request = open_request(risk=95)
     first = clients["reviewer"].call("POST", f"{BASE}/{request.pk}/approve/", {"uses": 2})
     assert first.status_code == 200
@@ -177,6 +178,17 @@ def test_grant_narrowing_and_limits(clients, open_request, settings):
     )
     assert wide.status_code == 400
     assert set(wide.json()["error"]["fields"]) == {"uses", "expires_at"}
+    # Within the maxima but above the defaults (1 use, an hour): refused too.
+    later = (timezone.now() + datetime.timedelta(hours=2)).isoformat()
+    raised = clients["reviewer"].call(
+        "POST", f"{BASE}/{request.pk}/approve/", {"uses": 2, "expires_at": later}
+    )
+    assert raised.status_code == 400
+    fields = raised.json()["error"]["fields"]
+    assert set(fields) == {"uses", "expires_at"}
+    assert "can only be narrowed" in str(fields["uses"])
+    assert not Grant.objects.exists()
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 5
     soon = timezone.now() + datetime.timedelta(minutes=10)
     ok = clients["reviewer"].call(
         "POST", f"{BASE}/{request.pk}/approve/", {"uses": 3, "expires_at": soon.isoformat()}
@@ -226,6 +238,7 @@ def test_schema_lists_the_approvals_endpoints(clients):
         "/api/v1/approvals/{id}/approve/",
         "/api/v1/approvals/{id}/deny/",
         "/api/v1/approvals/{id}/cancel/",
+        "/api/v1/approvals/{id}/revoke/",
         "/api/v1/review-settings/{datasource}/",
     ):
         assert path in schema["paths"], path

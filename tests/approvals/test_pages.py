@@ -326,7 +326,13 @@ def test_approve_may_narrow_the_grant_but_not_widen_it(
     too_long = client.post(url, {"minutes": "999999"}, **HTMX)
     assert too_long.status_code == 400
     assert _state(s.agent_request) == "pending"
+    # Above the defaults (one use, an hour) but within the maxima: still a widening.
+    raised = client.post(url, {"uses": "2", "minutes": "61"}, **HTMX)
+    assert raised.status_code == 400
+    assert "can only be narrowed" in raised.content.decode()
+    assert _state(s.agent_request) == "pending"
 
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 5
     response = client.post(url, {"uses": "3", "minutes": "10"}, **HTMX)
     assert response.status_code == 200
     grant = Grant.objects.get(request=s.agent_request)
@@ -383,7 +389,10 @@ def test_deciding_twice_is_refused(client: Client, reviewer_user: Any, s: Simple
 # --- the request's page, "My requests", cancel --------------------------------------------
 
 
-def test_detail_shows_the_timeline(client: Client, reviewer_user: Any, s: SimpleNamespace) -> None:
+def test_detail_shows_the_timeline(
+    client: Client, reviewer_user: Any, settings: Any, s: SimpleNamespace
+) -> None:
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 2
     client.force_login(reviewer_user)
     url = reverse("approvals:detail", args=[s.agent_request.pk])
     client.post(reverse("approvals:approve", args=[s.agent_request.pk]), {"uses": "2"})

@@ -163,3 +163,28 @@ def test_two_copies_of_a_notice_at_once_send_it_once(
             assert len(mail.outbox) == 2 and len(SlowHook.posts) == 1
     finally:
         server.shutdown()
+
+
+def test_revoking_while_a_sidecar_uses_the_grant_lets_exactly_one_win(review_setup, open_request):
+    """The grant's last use and its revocation at once: it is either used (and the
+    revocation refused) or revoked (and the statement held again), never both."""
+    for n in range(ROUNDS):
+        fingerprint = f"{n:02x}" * 16
+        request = open_request(fingerprint=fingerprint, values_digest="e" * 64)
+        services.approval_decide(request_id=request.pk, user=review_setup.reviewer, approve=True)
+        use, revoke = race(
+            lambda fp=fingerprint: services.approval_request_open(
+                datasource=review_setup.datasource,
+                identity=review_setup.requester.identity,
+                **open_payload(fingerprint=fp, values_digest="e" * 64),
+            ),
+            lambda r=request: services.grant_revoke(request_id=r.pk, user=review_setup.reviewer),
+        )
+        grant = Grant.objects.get(request=request)
+        if isinstance(revoke, Grant):
+            # Revoked first: the run found no grant and opened a new request.
+            assert grant.state == "revoked" and grant.uses_left == 1
+            assert use[1] is None and use[2] is True, use
+        else:
+            assert isinstance(revoke, ValidationError), revoke
+            assert grant.state == "used" and use[1] is not None, use

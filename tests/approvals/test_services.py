@@ -125,17 +125,24 @@ def test_approve_yields_a_grant_consumed_by_the_next_open(review_setup, open_req
 
 
 def test_approver_may_narrow_but_never_widen(review_setup, open_request, settings):
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 5
     request = open_request()
     reviewer = review_setup.reviewer
-    with pytest.raises(ValidationError) as info:
-        services.approval_decide(
-            request_id=request.pk,
-            user=reviewer,
-            approve=True,
-            uses=settings.WARDEN_APPROVAL_MAX_USES + 1,
-            expires_at=timezone.now() + datetime.timedelta(days=30),
-        )
-    assert set(info.value.message_dict) == {"uses", "expires_at"}
+    for uses, hours in ((settings.WARDEN_APPROVAL_MAX_USES + 1, 24 * 30), (6, 2)):
+        # Beyond the maxima, and also only beyond the defaults (5 uses, an hour):
+        # a reviewer narrows a grant, never widens it.
+        with pytest.raises(ValidationError) as info:
+            services.approval_decide(
+                request_id=request.pk,
+                user=reviewer,
+                approve=True,
+                uses=uses,
+                expires_at=timezone.now() + datetime.timedelta(hours=hours),
+            )
+        assert set(info.value.message_dict) == {"uses", "expires_at"}
+        assert "can only be narrowed" in info.value.message_dict["uses"][0]
+        assert "can only be narrowed" in info.value.message_dict["expires_at"][0]
+    assert not ApprovalEvent.objects.filter(request=request, kind="approval").exists()
     soon = timezone.now() + datetime.timedelta(minutes=5)
     services.approval_decide(
         request_id=request.pk, user=reviewer, approve=True, uses=3, expires_at=soon
@@ -199,7 +206,8 @@ def test_only_reviewers_of_the_datasource_decide(review_setup, open_request, per
             services.approval_decide(request_id=request.pk, user=user, approve=True)
 
 
-def test_critical_risk_needs_two_distinct_approvals(review_setup, open_request):
+def test_critical_risk_needs_two_distinct_approvals(review_setup, open_request, settings):
+    settings.WARDEN_APPROVAL_DEFAULT_USES = 3
     request = open_request(risk=85)
     assert request.required_approvals == 2
     first = services.approval_decide(

@@ -26,13 +26,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connections
 from playwright.sync_api import expect
 
 from approvals.models import ApprovalRequest
 from governance import services
-from governance.bundles import APPROVAL_HOLD_SECONDS
 from tests.conftest import persona_password
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_csp
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
@@ -80,7 +80,7 @@ class Psql:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=APPROVAL_HOLD_SECONDS + 30,
+            timeout=django_settings.WARDEN_APPROVAL_HOLD_SECONDS + 30,
         )
         self.finished_at = time.monotonic()
 
@@ -200,20 +200,20 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         card.get_by_role("button", name="Approve agent-reports's request").click()
         expect(card).to_have_attribute("data-state", "approved")
         expect(badge).to_have_attribute("data-count", "0")
-        done = first.join(APPROVAL_HOLD_SECONDS)
+        done = first.join(django_settings.WARDEN_APPROVAL_HOLD_SECONDS)
         assert done.returncode == 0, done.stderr
         assert first.finished_at is not None
         waited = first.finished_at - first.started_at
         after_click = first.finished_at - clicked
         print(f"\nheld {waited:.1f} s in all; completed {after_click:.2f} s after the click")
-        assert waited < APPROVAL_HOLD_SECONDS
+        assert waited < django_settings.WARDEN_APPROVAL_HOLD_SECONDS
         assert _rows(upstream_db)[1] == "Ada L."
 
         # 2. Nobody decides in time: WR001 naming the request; approve at that URL; re-run.
         sql = "UPDATE customers SET full_name = 'Alan T.' WHERE id = 2"
         second = psql(sql)
         held = _pending(agent, exclude=(request.pk,))
-        timed_out = second.join(APPROVAL_HOLD_SECONDS + 20)
+        timed_out = second.join(django_settings.WARDEN_APPROVAL_HOLD_SECONDS + 20)
         assert timed_out.returncode != 0
         assert "WR001" in timed_out.stderr, timed_out.stderr
         assert "is pending" in timed_out.stderr
@@ -243,7 +243,7 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         card.get_by_label("Reason for agent-reports").fill("Deletes go through the retention job.")
         card.get_by_role("button", name="Deny", exact=True).click()
         expect(card).to_have_attribute("data-state", "denied")
-        refused = third.join(APPROVAL_HOLD_SECONDS)
+        refused = third.join(django_settings.WARDEN_APPROVAL_HOLD_SECONDS)
         assert refused.returncode != 0
         assert "42501" in refused.stderr, refused.stderr
         assert "denied by reviewer" in refused.stderr

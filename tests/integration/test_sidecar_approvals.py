@@ -321,7 +321,9 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
-    from governance.bundles import APPROVAL_HOLD_SECONDS
+    from django.conf import settings as django_settings
+
+    hold = django_settings.WARDEN_APPROVAL_HOLD_SECONDS
 
     proc, raw = _agent_sidecar(
         control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-approvals-wait"
@@ -354,11 +356,11 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
             assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", quick_result
             assert f"/approvals/{withdrawn.id}/" in str(error) and "cancelled" in str(error)
             assert slow.is_alive(), "the undecided statement stopped waiting early"
-            slow.join(APPROVAL_HOLD_SECONDS + 15)
+            slow.join(hold + 15)
             error = slow_result.get("error")
             assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", slow_result
             assert f"/approvals/{pending.id}/" in str(error) and "is pending" in str(error)
-            assert APPROVAL_HOLD_SECONDS - 1 <= slow_result["seconds"] < APPROVAL_HOLD_SECONDS + 10
+            assert hold - 1 <= slow_result["seconds"] < hold + 10
             assert waits.execute("SELECT count(*) FROM customers").fetchone() == (2,)
     finally:
         proc.stop()

@@ -5,6 +5,7 @@ the webhook is a real local HTTP server."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -329,11 +330,56 @@ def test_escalation_notifies_the_fallback_team_and_expiry_ends_requests_and_gran
     assert _wait_for(lambda: Grant.objects.get(request=approved).state == "expired")
 
 
+def test_the_worker_purges_decided_values_and_never_sends_them(
+    worker, webhook, mail_dir, review_setup, admin_user
+):
+    """A value sent for review reaches no e-mail, webhook or audit event, and the beat
+    task removes it from the decided request once the retention has passed."""
+    url, hook = webhook
+    services.review_settings_set(
+        actor=admin_user,
+        datasource=review_setup.datasource,
+        data={"webhook_url": url, "values_retention_seconds": 60},
+    )
+    canary = "'okapi-canary-7731'"
+    request, _, _ = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(values_digest="f" * 64, values=[{"statement": 0, "n": 1, "value": canary}]),
+    )
+    pending, _, _ = services.approval_request_open(
+        datasource=review_setup.datasource,
+        identity=review_setup.requester.identity,
+        **open_payload(values_digest="e" * 64, values=[{"statement": 0, "n": 1, "value": canary}]),
+    )
+    assert _wait_for(lambda: len(notified(request.pk)) == 3 and len(notified(pending.pk)) == 3)
+    services.approval_decide(
+        request_id=request.pk, user=review_setup.reviewer, approve=False, reason="No."
+    )
+    ApprovalRequest.objects.filter(pk=request.pk).update(
+        decided_at=timezone.now() - datetime.timedelta(seconds=61)
+    )
+    celery_app.send_task("approvals.tasks.approvals_purge_values")
+    assert _wait_for(lambda: ApprovalRequest.objects.get(pk=request.pk).values == [])
+    assert ApprovalRequest.objects.get(pk=request.pk).values_purged_at is not None
+    assert ApprovalEvent.objects.filter(request=request, kind="values_purged").count() == 1
+    # The pending one keeps its value for its reviewers.
+    assert ApprovalRequest.objects.get(pk=pending.pk).values[0]["value"] == canary
+    assert len(mails(mail_dir)) == 4 and len(hook.received) == 2
+    assert not any("okapi-canary" in m for m in mails(mail_dir))
+    assert not any("okapi-canary" in json.dumps(p) for p in hook.received)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM audit_event e WHERE e::text LIKE '%okapi-canary%'")
+        assert cursor.fetchone()[0] == 0
+
+
 def test_beat_schedule_names_registered_tasks():
     celery_app.loader.import_default_modules()
     registered = set(celery_app.tasks)
     for entry in celery_app.conf.beat_schedule.values():
         assert entry["task"] in registered, entry["task"]
-    assert {"approvals.tasks.approvals_expire", "approvals.tasks.approvals_escalate"} <= {
-        e["task"] for e in celery_app.conf.beat_schedule.values()
-    }
+    assert {
+        "approvals.tasks.approvals_expire",
+        "approvals.tasks.approvals_escalate",
+        "approvals.tasks.approvals_purge_values",
+    } <= {e["task"] for e in celery_app.conf.beat_schedule.values()}
