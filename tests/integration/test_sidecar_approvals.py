@@ -177,11 +177,11 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (2,)
             ids.append(str(request.id))
 
-            # 3. The same statement with other literals, after an approval given while
-            # nobody waited: the client cancels its wait, the reviewer approves later,
-            # and the re-run goes through at once on the grant.
+            # 3. An approval given while nobody waited: the client cancels its wait,
+            # the reviewer approves later, and the re-run of the same statement with
+            # the same values goes through at once on the grant.
             thread, result = _in_thread(
-                lambda: conn.execute("UPDATE customers SET full_name = 'x' WHERE id = 2")
+                lambda: conn.execute("UPDATE customers SET full_name = 'Alan T.' WHERE id = 2")
             )
             request = _pending(demo_policy.agent)
             assert request.fingerprint == fingerprint  # literals do not change it
@@ -362,5 +362,105 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
             assert f"/approvals/{pending.id}/" in str(error) and "is pending" in str(error)
             assert hold - 1 <= slow_result["seconds"] < hold + 10
             assert waits.execute("SELECT count(*) FROM customers").fetchone() == (2,)
+    finally:
+        proc.stop()
+
+
+def _orders(upstream_db: str, rows: int) -> None:
+    """An ``orders`` table as DEMO_SCHEMA has it, ids 1..rows, analysed for the planner."""
+    with psycopg.connect(upstream_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint,"
+            " card_number text, amount numeric(12,2))"
+        )
+        conn.execute(
+            "INSERT INTO orders SELECT g, 1, '4111111111111111', 10 FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("ANALYZE orders")
+
+
+def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    """The story of issue 17: a reviewer approved an UPDATE of the orders above 499;
+    the requester then ran the same shape for every order on that grant and changed
+    993 rows. Now the grant is bound to the values: other values need a new approval,
+    whose request shows them and the planner's estimate of the rows they touch."""
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    _orders(upstream_db, 993)
+    proc, raw = _agent_sidecar(
+        control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-values"
+    )
+    dbname = upstream_dbname()
+    try:
+        with _connect(proc.port, dbname, raw) as conn:
+            approved_text = "UPDATE orders SET amount = 5 WHERE id > 499"
+            thread, result = _in_thread(lambda: conn.execute(approved_text))
+            first = _pending(demo_policy.agent)
+            assert first.statement == "UPDATE orders SET amount = $1 WHERE id > $2"
+            assert first.values == [
+                {"statement": 0, "n": 1, "value": "5"},
+                {"statement": 0, "n": 2, "value": "499"},
+            ]
+            assert first.binding == "statement" and len(first.values_digest) == 64
+            estimated = first.estimate["rows"]["orders"]
+            assert 400 <= estimated <= 600, first.estimate  # 494 rows: the planner's guess
+            assert first.estimate["top"] == "ModifyTable" and first.estimate["error"] == ""
+            approvals.approval_decide(request_id=first.id, user=reviewer_user, approve=True)
+            thread.join(20)
+            assert "error" not in result, result
+            assert result["value"].rowcount == 494
+
+            # The same statement for every order: the grant does not cover it.
+            thread, result = _in_thread(
+                lambda: conn.execute("UPDATE orders SET amount = 7 WHERE id > 0")
+            )
+            second = _pending(demo_policy.agent)
+            assert second.pk != first.pk and second.fingerprint == first.fingerprint
+            assert second.values_digest != first.values_digest
+            assert [v["value"] for v in second.values] == ["7", "0"]
+            # Every order (the planner may count the dead row versions the first run left).
+            assert second.estimate["rows"]["orders"] >= 900, second.estimate
+            assert thread.is_alive(), "the statement ran on a grant for other values"
+            approvals.approval_decide(
+                request_id=second.id,
+                user=reviewer_user,
+                approve=False,
+                reason="only the orders above 499",
+            )
+            thread.join(20)
+            assert isinstance(result.get("error"), psycopg.errors.InsufficientPrivilege), result
+            counts = conn.execute(
+                "SELECT amount, count(*) FROM orders GROUP BY amount ORDER BY amount"
+            ).fetchall()
+            assert [(int(a), n) for a, n in counts] == [(5, 494), (10, 499)]
+
+            # Run again within the hour: the denial at once, no new request.
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as denied:
+                conn.execute("UPDATE orders SET amount = 7 WHERE id > 0")
+            assert time.monotonic() - started < 3
+            assert "only the orders above 499" in str(denied.value)
+            assert f"/approvals/{second.id}/" in str(denied.value)
+            assert not ApprovalRequest.objects.filter(state="pending").exists()
+
+            # Parameters bind too: the extended protocol's values are the Bind's.
+            update = "UPDATE orders SET amount = %s WHERE id > %s"
+            thread, result = _in_thread(lambda: conn.execute(update, (8, 990)))
+            third = _pending(demo_policy.agent)
+            assert [v["value"] for v in third.values] == ["8", "990"], third.values
+            assert third.estimate["rows"]["orders"] < 50, third.estimate
+            approvals.approval_decide(request_id=third.id, user=reviewer_user, approve=True)
+            thread.join(20)
+            assert "error" not in result and result["value"].rowcount == 3, result
     finally:
         proc.stop()
