@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,6 +114,7 @@ def approval_request(
     base_event: Mapping[str, Any],
     codec: str | None = None,
     params: Sequence[tuple[int, bytes | None]] = (),
+    types: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The body of the approval request: the verdict's facts, who and where, and the
     values it runs with (a Bind's parameters added to its text's literals)."""
@@ -132,7 +134,9 @@ def approval_request(
             if label is not None:
                 shown.append({"statement": 0, "n": number, "classification": label})
             else:
-                shown.append({"statement": 0, "n": number, "value": _param_text(fmt, value, codec)})
+                oid = types[number - 1] if number <= len(types) else 0
+                text = _param_text(fmt, value, codec, oid)
+                shown.append({"statement": 0, "n": number, "value": text})
         facts["values"] = sorted(shown, key=lambda v: (v["statement"], v["n"]))[:MAX_VALUES]
     return {
         "identity": identity,
@@ -142,13 +146,26 @@ def approval_request(
     }
 
 
-def _param_text(fmt: int, value: bytes | None, codec: str | None) -> str:
-    """A parameter as the reviewer reads it: text as sent, binary in hex, NULL."""
+# Binary parameters of these types (OIDs) are shown as their value, others in hex.
+_BINARY_INTEGERS = {21: 2, 23: 4, 20: 8, 26: 4}  # int2, int4, int8, oid: bytes
+_BINARY_FLOATS = {700: "!f", 701: "!d"}
+_BINARY_TEXTS = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
+
+
+def _param_text(fmt: int, value: bytes | None, codec: str | None, oid: int = 0) -> str:
+    """A parameter as the reviewer reads it: text as sent, a binary one decoded where
+    its type is a number, a boolean or text, else in hex; NULL."""
     if value is None:
         return "NULL"
-    if fmt == 0:
+    if fmt == 0 or oid in _BINARY_TEXTS:
         text = value.decode(codec or "utf-8", "replace")
         text = "'" + text.replace("'", "''") + "'"
+    elif _BINARY_INTEGERS.get(oid) == len(value):
+        text = str(int.from_bytes(value, "big", signed=oid != 26))
+    elif oid in _BINARY_FLOATS and struct.calcsize(_BINARY_FLOATS[oid]) == len(value):
+        text = repr(struct.unpack(_BINARY_FLOATS[oid], value)[0])
+    elif oid == 16 and len(value) == 1:
+        text = "true" if value != b"\x00" else "false"
     else:
         text = "\\x" + value.hex() + " (binary)"
     if len(text) > MAX_VALUE_CHARS:
@@ -178,9 +195,9 @@ async def rule(
     try:
         assert gate is not None  # only held when there is a gate
         params = m.parse_bind_params(hold.bind) if hold.bind is not None else []
-        request = approval_request(identity, hold, base_event, codec, params)
+        types = m.parse_param_types(hold.prepared.tail) if hold.prepared else []
+        request = approval_request(identity, hold, base_event, codec, params, types)
         if estimator is not None:
-            types = m.parse_param_types(hold.prepared.tail) if hold.prepared else []
             request["estimate"] = await estimator.estimate(
                 hold.verdict.upstream_sql, params, types, search_path
             )

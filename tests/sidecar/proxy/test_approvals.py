@@ -356,3 +356,56 @@ def test_a_shared_review_verdict_is_read_only_and_still_asks_as_json(tmp_path: P
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).
 relay = one_relay()
+
+
+def test_a_bind_s_parameters_are_shown_by_type_and_bound_into_the_digest(tmp_path: Path) -> None:
+    """What a reviewer reads of each parameter: text as sent, binary numbers, booleans
+    and text decoded by the type the Parse gave, anything else in hex; and the digest
+    changes with any of them."""
+    import json
+
+    from sidecar.metrics import Metrics
+    from sidecar.proxy.hold import Hold, approval_request
+    from sidecar.runner import EnginePolicy, FileBundleSource
+
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(build_bundle("ro")))
+    policy = EnginePolicy(FileBundleSource(path), Metrics())
+    verdict = policy.decide(
+        identity="alice",
+        sql="DELETE FROM notes WHERE id = $1 AND body = $2 OR $3 OR $4 > $5 OR $6 = $7",
+        standard_conforming_strings=True,
+        search_path=None,
+        in_transaction=False,
+        protocol="extended",
+    )
+    assert verdict.action == "review"
+    params = [
+        (0, b"it's"),
+        (1, (-7).to_bytes(4, "big", signed=True)),
+        (1, b"\x01"),
+        (1, b"\x3f\xf8\x00\x00\x00\x00\x00\x00"),
+        (1, b"\xde\xad"),
+        (1, "né".encode()),
+        (0, None),
+    ]
+    types = [25, 23, 16, 701, 17, 25, 0]
+
+    def request(given: list[Any]) -> dict[str, Any]:
+        return approval_request("alice", Hold(verdict, b"", b"B"), {}, "utf-8", given, types)
+
+    body = request(params)
+    assert [v["value"] for v in body["values"]] == [
+        "'it''s'",
+        "-7",
+        "true",
+        "1.5",
+        "\\xdead (binary)",
+        "'né'",
+        "NULL",
+    ]
+    assert "param_labels" not in body and len(body["values_digest"]) == 64
+    for position, other in ((0, (0, b"its")), (1, (0, b"-7")), (6, (0, b""))):
+        changed = list(params)
+        changed[position] = other
+        assert request(changed)["values_digest"] != body["values_digest"], position
