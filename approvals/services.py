@@ -1031,19 +1031,22 @@ def approvals_purge_values(*, now: datetime.datetime | None = None) -> int:
 
     ``values`` becomes [] and ``values_purged_at`` is set, with a ``values_purged``
     event; pending requests keep theirs (a reviewer still needs them). The digest
-    stays: it reveals no value, and a grant or a recent denial is matched by it.
-    Idempotent: a purged request is not a candidate again. Returns how many it purged.
+    goes too, once the denial memory no longer needs it: a digest of few values
+    (a card number's last four digits, a status) can be reversed by trying them
+    all. A grant keeps its own copy while it can run, and loses it once it has
+    ended. Idempotent: a purged request is not a candidate again. Returns how many
+    it purged.
     """
     now = now or timezone.now()
     purged = 0
     candidates = (
         ApprovalRequest.objects.exclude(state=ApprovalState.PENDING)
         .filter(values_purged_at__isnull=True)
-        .exclude(values=[])
+        .exclude(values=[], values_digest="")
     )
     datasource_ids = candidates.values_list("datasource_id", flat=True).distinct()
     for datasource_id in list(datasource_ids):
-        retention = review_policy(datasource_id=datasource_id).values_retention
+        retention = max(review_policy(datasource_id=datasource_id).values_retention, DENIAL_MEMORY)
         due = candidates.filter(datasource_id=datasource_id, decided_at__lte=now - retention)
         for request_id in due.values_list("pk", flat=True)[:1000]:
             with transaction.atomic():
@@ -1058,11 +1061,16 @@ def approvals_purge_values(*, now: datetime.datetime | None = None) -> int:
                     continue
                 kept = len(request.values)
                 request.values = []
+                request.values_digest = ""
                 request.values_purged_at = now
-                request.save(update_fields=["values", "values_purged_at"])
+                request.save(update_fields=["values", "values_digest", "values_purged_at"])
                 _event(request, ApprovalEventKind.VALUES_PURGED, detail={"count": kept})
                 _audit(request, "values_purged", count=kept)
                 purged += 1
+    # Never an active grant's: a blank digest would let it run any values.
+    Grant.objects.exclude(state=GrantState.ACTIVE).exclude(values_digest="").filter(
+        request__values_purged_at__isnull=False
+    ).update(values_digest="")
     return purged
 
 

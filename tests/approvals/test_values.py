@@ -303,7 +303,8 @@ def test_decided_requests_lose_their_values_after_the_retention(review_setup, ad
     assert approvals_purge_values() == 1  # the task Celery beat runs
     decided.refresh_from_db()
     assert decided.values == [] and decided.values_purged_at is not None
-    assert decided.values_digest == DIGEST_B  # a digest reveals no value
+    # A digest of few values can be reversed by trying them: it goes with them.
+    assert decided.values_digest == ""
     event = ApprovalEvent.objects.get(request=decided, kind="values_purged")
     assert event.detail == {"count": 2}
     for kept in (pending, recent):
@@ -321,12 +322,34 @@ def test_decided_requests_lose_their_values_after_the_retention(review_setup, ad
         datasource=review_setup.datasource,
         data={"values_retention_seconds": 60},
     )
+    # ... but not before the hour a denial is remembered by its digest.
     ApprovalRequest.objects.filter(pk=recent.pk).update(
         decided_at=timezone.now() - datetime.timedelta(seconds=61)
+    )
+    assert services.approvals_purge_values() == 0
+    ApprovalRequest.objects.filter(pk=recent.pk).update(
+        decided_at=timezone.now() - datetime.timedelta(minutes=61)
     )
     assert services.approvals_purge_values() == 1
     recent.refresh_from_db()
     assert recent.values == [] and recent.values_purged_at is not None
+
+
+def test_a_grant_keeps_its_digest_while_it_can_run(review_setup):
+    """A blank digest on a grant means "any values": only an ended grant loses it."""
+    active, _, _ = run(review_setup, values_digest=DIGEST_A, values=VALUES)
+    used, _, _ = run(review_setup, values_digest=DIGEST_B, values=VALUES)
+    for request in (active, used):
+        services.approval_decide(request_id=request.pk, user=review_setup.reviewer, approve=True)
+    run(review_setup, values_digest=DIGEST_B)  # the one use of the second grant
+    long_ago = timezone.now() - datetime.timedelta(days=8)
+    ApprovalRequest.objects.filter(pk__in=[active.pk, used.pk]).update(decided_at=long_ago)
+    assert services.approvals_purge_values() == 2
+    assert Grant.objects.get(request=active).values_digest == DIGEST_A
+    assert Grant.objects.get(request=used).values_digest == ""
+    # Still only these values on the active one.
+    other, grant, _ = run(review_setup, values_digest=DIGEST_B)
+    assert grant is None and other.state == "pending"
 
 
 def test_the_retention_setting_applies_without_review_settings(review_setup, settings):
