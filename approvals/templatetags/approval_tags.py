@@ -20,7 +20,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PostgresLexer
 
-from approvals import pages
+from approvals import live, pages
 
 register = template.Library()
 
@@ -43,6 +43,13 @@ def pending_approvals(context: template.Context) -> int | None:
     if user is None or not pages.may_review(user):
         return None
     return pages.pending_count(user=user)
+
+
+@register.simple_tag(takes_context=True)
+def approvals_live_query(context: template.Context) -> str:
+    """The query a live page polls with (``approvals.live``): the view's, read before
+    it drew anything, or else the version now."""
+    return str(context.get("live_query") or live.poll_query(live.approvals_version()))
 
 
 @register.filter
