@@ -24,11 +24,12 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from approvals import pages, selectors, services
+from approvals import live, pages, selectors, services
 from approvals.forms import ApproveForm, DenyForm, InboxFilters, ReviewSettingsForm
 from approvals.models import ApprovalRequest
 from governance.models import Datasource
@@ -78,34 +79,72 @@ def _next_url(request: HttpRequest, fallback: str) -> str:
 @reviewer_required
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
+    # Read before the list: a request that commits meanwhile makes the first poll draw.
+    version, since = live.approvals_version(), timezone.now()
     filters = InboxFilters(request.GET or None, user=request.user)
     requests = selectors.approvals_inbox(
         user=request.user, **filters.selector_kwargs()
     ).prefetch_related("decisions__reviewer")
     page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
     cards = [_card(request, approval) for approval in page.object_list]
-    context = {"filters": filters, "page": page, "cards": cards}
+    context: dict[str, Any] = {
+        "filters": filters,
+        "page": page,
+        "cards": cards,
+        "live_query": live.poll_query(version),
+    }
+    if page.number == 1:
+        # The first page takes new requests as they come (the badge's poll brings them).
+        context["cursor"] = live.inbox_cursor(
+            shown=list(page.object_list),
+            since=since,
+            params=request.GET,
+            next=request.get_full_path(),
+        )
     return render(request, "approvals/inbox.html", context)
 
 
 @require_GET
 def pending_badge(request: HttpRequest) -> HttpResponse:
-    """The nav badge alone, polled by htmx every few seconds.
+    """The nav badge alone, polled by htmx every second (``approvals.live``).
+
+    A poll that would draw the same badge answers 204 (htmx swaps nothing).
+    From the inbox's first page the poll carries its cursor, and the answer
+    brings the new requests' cards too, out of band, above the others.
 
     A poll from a page whose session has ended sends the whole page to sign-in
     (not the sign-in form into the badge); a viewer who no longer reviews gets
     403, and htmx polling is told to stop.
     """
     if not request.user.is_authenticated:
-        if request.htmx:
-            back = request.htmx.current_url_abs_path or reverse("approvals:inbox")
-            return HttpResponseClientRedirect(redirect_to_login(back).url)
-        return redirect_to_login(request.get_full_path())
+        return _to_sign_in(request, reverse("approvals:inbox"))
     if not pages.may_review(request.user):
         if request.htmx:
             return HttpResponseStopPolling()
         raise PermissionDenied("Your role does not allow this.")
-    return render(request, "approvals/_pending_badge.html", {"pending": _pending(request)})
+    version = live.approvals_version()
+    if request.htmx and live.unchanged(request.GET, version):
+        return HttpResponse(status=204)
+    context: dict[str, Any] = {"pending": _pending(request), "live_query": live.poll_query(version)}
+    cursor = live.cursor_from(request.GET) if request.htmx else None
+    if cursor is not None:
+        filters = InboxFilters(request.GET, user=request.user)
+        new: list[ApprovalRequest] = []
+        if filters.is_valid():  # else the page's filters no longer apply: add nothing
+            new, cursor = live.inbox_new_requests(
+                user=request.user, cursor=cursor, selector_kwargs=filters.selector_kwargs()
+            )
+        context["new_cards"] = [_card(request, approval) for approval in new]
+        context["cursor"] = cursor
+    return render(request, "approvals/_live_badge.html", context)
+
+
+def _to_sign_in(request: HttpRequest, fallback: str) -> HttpResponse:
+    """Signed out: a poll sends the whole page to sign-in, not the form into the page."""
+    if request.htmx:
+        back = request.htmx.current_url_abs_path or fallback
+        return HttpResponseClientRedirect(redirect_to_login(back).url)
+    return redirect_to_login(request.get_full_path())
 
 
 def _pending(request: HttpRequest) -> int:
@@ -133,6 +172,7 @@ def _decided(
             deny_form=deny_form,
             flash=not error,
         )
+        context["live_query"] = live.poll_query(live.approvals_version())
         context["pending"] = _pending(request)
         context["oob_badge"] = True
         return render(request, "approvals/_request_card.html", context, status=status)
@@ -300,12 +340,21 @@ def review_settings(request: HttpRequest, datasource_pk: int) -> HttpResponse:
 # --- requesters -------------------------------------------------------------------------
 
 
-@login_required
 @require_GET
 def my_requests(request: HttpRequest) -> HttpResponse:
+    """The user's requests; the list polls itself every second (``approvals.live``):
+    204 while nothing changed, else the list again with its live states."""
+    if not request.user.is_authenticated:
+        return _to_sign_in(request, reverse("approvals:mine"))
+    version = live.approvals_version()
+    polled = bool(request.htmx) and "v" in request.GET
+    if polled and live.unchanged(request.GET, version):
+        return HttpResponse(status=204)
     requests = selectors.approvals_of_requester(user=request.user)
     page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "approvals/mine.html", {"page": page, "objects": page.object_list})
+    context = {"page": page, "objects": page.object_list, "live_query": live.poll_query(version)}
+    template = "approvals/_mine_list.html" if polled else "approvals/mine.html"
+    return render(request, template, context)
 
 
 @login_required

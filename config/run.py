@@ -216,6 +216,8 @@ def _serve(
         "(you will set up a TOTP authenticator first: admins need MFA)\n"
         f"  or as security / {creds.get('security', '?')} (edits policy), "
         f"reviewer / {creds.get('reviewer', '?')}, auditor / {creds.get('auditor', '?')}.\n"
+        f"  alice / {creds.get('alice', '?')} is the demo identity alice's own sign-in: "
+        "her held statements wait under My requests.\n"
         f"  API docs: {url}/api/docs/   (credentials kept in {creds_path})\n"
         "\n"
         f"  The demo sidecar guards database {dbname} on 127.0.0.1:{_sidecar_port()}; "

@@ -1,7 +1,8 @@
 """django-allauth glue: closed sign-up, SSO group claims → teams and role, the admin MFA gate.
 
 - ``AccountAdapter``: local sign-up only when ``ACCOUNT_ALLOW_SIGNUPS`` is on.
-- ``SocialAccountAdapter``: users arriving through OIDC get a human identity,
+- ``SocialAccountAdapter``: users arriving through OIDC are linked to the human
+  identity their verified address names, or get a new one (docs/accounts.md),
   and their ``OIDC_GROUPS_CLAIM`` groups are mapped to teams and a role
   (``OIDC_GROUP_TEAM_MAP`` / ``OIDC_GROUP_ROLE_MAP``) at every sign-in.
 - ``AdminMfaRequiredMiddleware``: an admin without TOTP is sent to set it up
@@ -23,7 +24,7 @@ from django.urls import reverse
 from governance.errors import error_body
 from governance.models import Role
 from governance.permissions import user_role
-from governance.services import sso_user_sync
+from governance.services import identity_link_by_verified_email, sso_user_sync
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -54,6 +55,12 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
         return True
 
     def _sync(self, sociallogin: Any) -> None:
+        # First link the account to the human identity its verified address names
+        # (docs/accounts.md), so the sync below applies to that identity.
+        identity_link_by_verified_email(
+            user=sociallogin.user,
+            verified_emails=[e.email for e in sociallogin.email_addresses if e.verified],
+        )
         sso_user_sync(
             user=sociallogin.user,
             groups=groups_from_claims(

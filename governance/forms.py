@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.forms.models import model_to_dict
@@ -176,6 +177,33 @@ class IdentityForm(ServiceForm):
 
     def update(self, *, actor: Any, obj: Any) -> Identity:
         return services.identity_update(actor=actor, identity=obj, data=self.data_for_service())
+
+
+class IdentityLinkForm(ServiceForm):
+    """An admin links a sign-in account to a human identity by hand."""
+
+    username = forms.CharField(
+        max_length=150,
+        label="Account",
+        help_text="The user name of the sign-in account to link.",
+    )
+    error_fields = {"user": "username"}
+
+    def __init__(self, *args: Any, identity: Identity, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.identity = identity
+
+    def clean_username(self) -> Any:
+        name = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=name).first()
+        if user is None:
+            raise forms.ValidationError("No account has this user name.")
+        return user
+
+    def create(self, *, actor: Any) -> Identity:
+        return services.identity_link_user(
+            actor=actor, identity=self.identity, user=self.cleaned_data["username"]
+        )
 
 
 class TokenIssueForm(ServiceForm):

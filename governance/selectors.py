@@ -11,8 +11,11 @@ names everywhere; the other keys are listed per selector.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from allauth.account.models import EmailAddress
+from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
@@ -29,6 +32,7 @@ from governance.models import (
     Environment,
     GuardrailRule,
     Identity,
+    IdentityKind,
     MaskingRule,
     Role,
     ScanRun,
@@ -52,11 +56,13 @@ __all__ = [
     "custom_detector_list",
     "datasource_get",
     "datasource_list",
+    "email_claimants",
     "environment_list",
     "guardrail_get",
     "guardrail_list",
     "identity_for_tokens_get",
     "identity_get",
+    "identity_link_problem",
     "identity_list",
     "masking_rule_get",
     "masking_rule_list",
@@ -144,6 +150,68 @@ def identity_list(*, user: Any, filters: dict | None = None) -> QuerySet[Identit
 
 def identity_get(*, user: Any, pk: Any) -> Identity:
     return _get(identity_list(user=user), pk)
+
+
+@dataclass
+class EmailClaim:
+    """Who claims an e-mail address (case-insensitive): identities and accounts."""
+
+    identities: list[Identity] = field(default_factory=list)
+    user_ids: set[int] = field(default_factory=set)
+
+
+def email_claimants(address: str) -> EmailClaim:
+    """The identities with ``address`` and the accounts that have it (as their e-mail
+    or one of their addresses, verified or not) or are linked to such an identity."""
+    address = address.strip()
+    if not address:
+        return EmailClaim()
+    identities = list(Identity.objects.filter(email__iexact=address).order_by("pk"))
+    users = set(get_user_model().objects.filter(email__iexact=address).values_list("pk", flat=True))
+    users |= set(EmailAddress.objects.filter(email__iexact=address).values_list("user", flat=True))
+    users |= {i.user_id for i in identities if i.user_id is not None}
+    return EmailClaim(identities=identities, user_ids=users)
+
+
+def verified_emails_of(user: Any) -> set[str]:
+    """The account's verified addresses (allauth's ``EmailAddress.verified``), lower-cased."""
+    rows = EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True)
+    return {e.strip().lower() for e in rows if e}
+
+
+def identity_link_problem(identity: Identity) -> str:
+    """Why the human ``identity`` is not linked to a sign-in account automatically
+    ("" when it is linked, or will be at its account's next single sign-on)."""
+    if identity.kind != IdentityKind.HUMAN or identity.user_id is not None:
+        return ""
+    if not identity.email:
+        return "It has no e-mail address to match; an admin links it by hand."
+    claim = email_claimants(identity.email)
+    if len(claim.identities) > 1:
+        others = ", ".join(i.name for i in claim.identities if i.pk != identity.pk)
+        return (
+            f"Two identities claim this e-mail address ({others} too); "
+            "it is not linked automatically. Link by hand."
+        )
+    if len(claim.user_ids) > 1:
+        return (
+            "Two accounts claim this e-mail address; it is not linked automatically. Link by hand."
+        )
+    if not claim.user_ids:
+        return (
+            "No account has this e-mail address yet. It is linked at the first single "
+            "sign-on whose identity provider marks the address verified."
+        )
+    (user_id,) = claim.user_ids
+    linked = Identity.objects.filter(user_id=user_id).first()
+    if linked is not None:
+        return f"The account with this e-mail address is linked to {linked.name}."
+    if identity.email.strip().lower() not in verified_emails_of(user_id):
+        return (
+            "The account with this e-mail address has not verified it; it is linked once "
+            "the address is verified (single sign-on), or an admin links it by hand."
+        )
+    return "It is linked at the account's next single sign-on."
 
 
 def _own_identity_scope(user: Any) -> Q:

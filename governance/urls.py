@@ -69,6 +69,8 @@ urlpatterns = [
     ),
     path("detectors/try/", views.detector_try, name="detector_try"),
     path("identities/<int:pk>/tokens/new/", views.token_issue, name="token_issue"),
+    path("identities/<int:pk>/link/", views.identity_link, name="identity_link"),
+    path("identities/<int:pk>/unlink/", views.identity_unlink, name="identity_unlink"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("sidecars/", include("governance.sidecar_ui_urls")),
     path("account/api-tokens/", views.api_token_list, name="api_token_list"),

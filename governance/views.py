@@ -44,6 +44,7 @@ from governance.forms import (
     DetectorTryForm,
     GuardrailForm,
     IdentityForm,
+    IdentityLinkForm,
     MaskingRuleForm,
     ReclassifyForm,
     ScanScheduleForm,
@@ -448,10 +449,14 @@ def change_list(request: HttpRequest) -> HttpResponse:
 
 def _identity_detail(request: HttpRequest, identity: Any) -> dict[str, Any]:
     tokens = selectors.token_list(user=request.user, filters={"identity": str(identity.pk)})
+    may_link = identity.kind == IdentityKind.HUMAN and user_role(request.user) == Role.ADMIN
     return {
         "tokens": tokens,
         "may_manage_tokens": _may_manage_tokens_of(request.user, identity),
         "owned": selectors.identity_list(user=request.user, filters={"owner": identity.name}),
+        "may_link": may_link,
+        "link_form": IdentityLinkForm(identity=identity) if may_link else None,
+        "link_problem": selectors.identity_link_problem(identity),
     }
 
 
@@ -773,6 +778,43 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("governance:identity_detail", token.identity_id)
     context = {"token": token, "error": error}
     return render(request, "governance/token_revoke.html", context, status=400 if error else 200)
+
+
+# --- sign-in accounts of human identities (admins) --------------------------------------
+
+
+@admin_required
+@require_POST
+def identity_link(request: HttpRequest, pk: int) -> HttpResponse:
+    """Link a sign-in account to a human identity by hand (docs/accounts.md)."""
+    identity = selectors.identity_get(user=request.user, pk=pk)
+    form = IdentityLinkForm(request.POST, identity=identity)
+    if form.save(actor=request.user) is not None:
+        account = form.cleaned_data["username"].get_username()
+        messages.success(request, f"Linked {identity.name} to the account {account}.")
+        return redirect("governance:identity_detail", identity.pk)
+    res = RESOURCES["identity"]
+    context: dict[str, Any] = {
+        "res": res,
+        "object": identity,
+        "history": change_history_for(identity),
+        **_identity_detail(request, identity),
+        "link_form": form,
+    }
+    return render(request, res.template("detail"), context, status=400)
+
+
+@admin_required
+@require_POST
+def identity_unlink(request: HttpRequest, pk: int) -> HttpResponse:
+    identity = selectors.identity_get(user=request.user, pk=pk)
+    try:
+        services.identity_unlink_user(actor=request.user, identity=identity)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Unlinked {identity.name} from its sign-in account.")
+    return redirect("governance:identity_detail", identity.pk)
 
 
 # --- personal API tokens --------------------------------------------------------------

@@ -19,7 +19,7 @@ from django.utils.formats import date_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 
-from approvals import pages, sql_display
+from approvals import live, pages, sql_display
 from approvals.models import GrantBinding
 
 register = template.Library()
@@ -60,6 +60,13 @@ def pending_approvals(context: template.Context) -> int | None:
     if user is None or not pages.may_review(user):
         return None
     return pages.pending_count(user=user)
+
+
+@register.simple_tag(takes_context=True)
+def approvals_live_query(context: template.Context) -> str:
+    """The query a live page polls with (``approvals.live``): the view's, read before
+    it drew anything, or else the version now."""
+    return str(context.get("live_query") or live.poll_query(live.approvals_version()))
 
 
 @register.filter

@@ -1,6 +1,7 @@
 """Governance services, one module per aggregate, re-exported so callers import from here.
 
 - ``identities``: roles, teams, identities, access and API tokens, SSO users.
+- ``accounts``: which sign-in account is which human identity (links).
 - ``datasources``: datasources, scans, detectors and what a scan finds.
 - ``policy``: classifications, masking rules, guardrails, break-glass grants.
 - ``sidecars``: sidecar registration, tokens, heartbeats and schema reports.
@@ -13,6 +14,11 @@ two calls, each named for what it does.
 
 from __future__ import annotations
 
+from governance.services.accounts import (
+    identity_link_by_verified_email,
+    identity_link_user,
+    identity_unlink_user,
+)
 from governance.services.datasources import (
     custom_detector_create,
     custom_detector_delete,
@@ -104,6 +110,9 @@ __all__ = [
     "identities_expire",
     "identity_create",
     "identity_delete",
+    "identity_link_by_verified_email",
+    "identity_link_user",
+    "identity_unlink_user",
     "identity_update",
     "masking_rule_create",
     "masking_rule_delete",

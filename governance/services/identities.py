@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import logging
 import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from allauth.account.models import EmailAddress
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -43,8 +45,11 @@ from governance.models import (
     token_digest,
 )
 from governance.permissions import can_manage_all_tokens, user_role
+from governance.selectors import email_claimants
 from governance.services.history import _create, _delete, _revoke, _update
 from governance.services.policy import _guardrails_naming, _require_policy_editor
+
+logger = logging.getLogger(__name__)
 
 # --- roles ----------------------------------------------------------------------------
 
@@ -113,6 +118,17 @@ def team_delete(*, actor: Any, team: Team) -> None:
 # --- identities -----------------------------------------------------------------------
 
 
+def _require_admin_to_link(actor: Any) -> None:
+    """Which account is which identity decides whose requests one sees and may not
+    decide: admins link accounts (``governance.services.accounts``)."""
+    if user_role(actor) != Role.ADMIN:
+        raise PermissionDenied("Only admins link and unlink sign-in accounts.")
+
+
+def _pk(value: Any) -> Any:
+    return getattr(value, "pk", value)
+
+
 @transaction.atomic
 def identity_create(
     *,
@@ -128,6 +144,8 @@ def identity_create(
     expires_at: datetime.datetime | None = None,
 ) -> Identity:
     _require_policy_editor(actor)
+    if user is not None:
+        _require_admin_to_link(actor)
     identity = Identity(
         name=name,
         kind=kind,
@@ -161,6 +179,8 @@ def identity_update(*, actor: Any, identity: Identity, data: dict[str, Any]) -> 
     """Change any of IDENTITY_FIELDS (``teams``: an iterable of Team)."""
     _require_policy_editor(actor)
     identity = Identity.objects.select_for_update(no_key=True).get(pk=identity.pk)
+    if "user" in data and _pk(data["user"]) != identity.user_id:
+        _require_admin_to_link(actor)
     _update(actor, identity, data, allowed=IDENTITY_FIELDS)
     bundles_mark_stale(obj=identity)
     return identity
@@ -326,37 +346,44 @@ def sso_user_sync(
     groups: list[str],
     team_map: dict[str, str],
     role_map: dict[str, str],
-) -> Identity:
+) -> Identity | None:
     """Apply an identity provider's group claims to a user signing in with SSO.
 
-    The user gets a human identity (created on first sign-in) whose teams are
-    exactly the mapped groups' teams, and, when a role map is configured, the
-    highest role any of their groups maps to (``none`` when no group maps).
-    The provider is the source of truth, so removals apply at the next sign-in.
-    Recorded in history with the actor "system".
-    """
-    import logging
+    The user gets a human identity whose teams are exactly the mapped groups'
+    teams, and, when a role map is configured, the highest role any of their
+    groups maps to (``none`` when no group maps). The provider is the source of
+    truth, so removals apply at the next sign-in. Recorded in history with the
+    actor "system".
 
-    log = logging.getLogger(__name__)
+    The identity is the one linked to the user (``identity_link_by_verified_email``
+    links an existing one first); else a new one is created, unless an identity
+    already claims one of the user's addresses: that one may be this person, so
+    none is made beside it (an admin links by hand) and only the role applies.
+    """
     identity = Identity.objects.filter(user=user).first()
     if identity is None:
-        identity = Identity(
-            name=_identity_name_for(user),
-            kind=IdentityKind.HUMAN,
-            display_name=user.get_full_name() or user.get_username(),
-            email=user.email or "",
-            user=user,
+        addresses = {user.email or ""} | set(
+            EmailAddress.objects.filter(user=user).values_list("email", flat=True)
         )
-        _create(None, identity)
-        bundles_mark_stale(obj=identity)
-    wanted_slugs = sorted({team_map[g] for g in groups if g in team_map})
-    teams = list(Team.objects.filter(slug__in=wanted_slugs))
-    missing = sorted(set(wanted_slugs) - {t.slug for t in teams})
-    if missing:
-        log.warning("OIDC_GROUP_TEAM_MAP names teams that do not exist: %s", ", ".join(missing))
-    if {t.pk for t in identity.teams.all()} != {t.pk for t in teams}:
-        _update(None, identity, {"teams": teams}, allowed={"teams"})
-        bundles_mark_stale(obj=identity)
+        addresses.discard("")
+        if any(email_claimants(a).identities for a in addresses):
+            logger.warning(
+                "account %s signed in with an address an identity claims; not linked, "
+                "an admin links it by hand",
+                user.pk,
+            )
+        else:
+            identity = Identity(
+                name=_identity_name_for(user),
+                kind=IdentityKind.HUMAN,
+                display_name=user.get_full_name() or user.get_username(),
+                email=user.email or "",
+                user=user,
+            )
+            _create(None, identity)
+            bundles_mark_stale(obj=identity)
+    if identity is not None:
+        _sso_teams_sync(identity, groups, team_map)
     if role_map:
         roles = {Role(role_map[g]) for g in groups if g in role_map}
         role = next((r for r in _ROLE_ORDER if r in roles), Role.NONE)
@@ -374,3 +401,14 @@ def sso_user_sync(
                 after=object_snapshot(membership),
             )
     return identity
+
+
+def _sso_teams_sync(identity: Identity, groups: list[str], team_map: dict[str, str]) -> None:
+    wanted_slugs = sorted({team_map[g] for g in groups if g in team_map})
+    teams = list(Team.objects.filter(slug__in=wanted_slugs))
+    missing = sorted(set(wanted_slugs) - {t.slug for t in teams})
+    if missing:
+        logger.warning("OIDC_GROUP_TEAM_MAP names teams that do not exist: %s", ", ".join(missing))
+    if {t.pk for t in identity.teams.all()} != {t.pk for t in teams}:
+        _update(None, identity, {"teams": teams}, allowed={"teams"})
+        bundles_mark_stale(obj=identity)

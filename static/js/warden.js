@@ -45,9 +45,10 @@ document.addEventListener("htmx:beforeSwap", function (event) {
   }
 });
 
-/* Approval inbox: when the nav badge's count rises while the inbox is open,
-   offer to show the new requests. The list is not redrawn by itself: a
-   reviewer may be halfway through typing a reason. */
+/* Approval inbox: when the nav badge's count rises while a later page of the
+   inbox is open, offer to show the new requests. (The first page takes new
+   cards above the others as they come, with #inbox-cursor; it never redraws
+   the cards it shows: a reviewer may be halfway through typing a reason.) */
 (function () {
   "use strict";
   var badge = document.getElementById("pending-badge");
@@ -57,7 +58,8 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     if (!elt || elt.id !== "pending-badge") return;
     var count = parseInt(elt.getAttribute("data-count"), 10);
     var news = document.getElementById("inbox-news");
-    if (news && last !== null && count > last) news.hidden = false;
+    var live = document.getElementById("inbox-cursor");
+    if (news && !live && last !== null && count > last) news.hidden = false;
     last = count;
   });
 })();

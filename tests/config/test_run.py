@@ -140,7 +140,7 @@ def test_make_run_starts_stops_cleanly_and_finds_its_data_again(tmp_path):
     port, sidecar_port = free_port(), free_port()
     creds, started, history, token = _run_once(var, port, sidecar_port)
     assert history > 40  # the demo was seeded through the services
-    assert set(creds) == {"admin", "security", "reviewer", "auditor"}
+    assert set(creds) == {"admin", "security", "reviewer", "auditor", "alice"}
     assert (var / "demo-credentials.json").stat().st_mode & 0o077 == 0
     deadline = time.monotonic() + 15
     while any(

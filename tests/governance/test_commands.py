@@ -6,10 +6,12 @@ import io
 import json
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.test import Client
 
 from audit.models import ChangeRecord
+from governance import services
 from governance.models import (
     ApiToken,
     ColumnClassification,
@@ -132,3 +134,28 @@ def test_audit_retention_is_set_by_an_admin_and_recorded(admin_user, security_us
     out = io.StringIO()
     call_command("audit_retention", stdout=out)
     assert out.getvalue().splitlines() == ["default: 400 days"]
+
+
+def test_seed_demo_gives_alice_a_sign_in_linked_to_her_identity(settings, tmp_path):
+    # A var/ from before alice had a sign-in: the others keep their passwords.
+    settings.VAR_DIR = tmp_path
+    old = {"admin": "a", "security": "s", "reviewer": "r", "auditor": "u"}
+    (tmp_path / "demo-credentials.json").write_text(json.dumps(old))
+    call_command("seed_demo", stdout=io.StringIO())
+    creds = json.loads((tmp_path / "demo-credentials.json").read_text())
+    assert {k: creds[k] for k in old} == old and creds["alice"]
+    assert (tmp_path / "demo-credentials.json").stat().st_mode & 0o077 == 0
+    alice = Identity.objects.get(name="alice")
+    assert alice.user is not None and alice.user.username == "alice"
+    client = Client()
+    response = client.post("/accounts/login/", {"login": "alice", "password": creds["alice"]})
+    assert response.status_code == 302 and "_auth_user_id" in client.session
+    assert client.get("/approvals/mine/").status_code == 200
+    assert client.get("/approvals/").status_code == 403  # no role: her own requests only
+    # A database seeded before alice had a sign-in: her identity gets linked.
+    admin = get_user_model().objects.get(username="admin")
+    services.identity_unlink_user(actor=admin, identity=alice)
+    services.identity_update(actor=admin, identity=alice, data={"email": ""})
+    call_command("seed_demo", stdout=io.StringIO())
+    alice.refresh_from_db()
+    assert alice.user is not None and alice.user.username == "alice" and alice.email

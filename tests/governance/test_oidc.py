@@ -20,8 +20,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from audit.models import ChangeRecord
+from governance import services
 from governance.models import Identity, Role
 from governance.permissions import user_role
+from governance.selectors import identity_link_problem
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +140,57 @@ def test_tampered_callback_does_not_sign_in(sso_settings, idp):
     client.get(f"{callback.path}?{query}")
     assert "_auth_user_id" not in client.session
     assert not get_user_model().objects.filter(email="carol@corp.example").exists()
+
+
+def _claims(claims_path: Path, **changes: object) -> None:
+    data = json.loads(claims_path.read_text())
+    data.update(changes)
+    claims_path.write_text(json.dumps(data))
+
+
+def test_sso_links_the_identity_with_the_verified_address(sso_settings, idp, admin_user):
+    # The identity an admin made before Carol ever signed in, address in other case.
+    carol = services.identity_create(
+        actor=admin_user, name="carol", kind="human", email="Carol@Corp.Example"
+    )
+    before = Identity.objects.count()
+    sso_sign_in(Client())
+    user = get_user_model().objects.get(email="carol@corp.example")
+    carol.refresh_from_db()
+    assert carol.user == user
+    assert Identity.objects.count() == before  # linked, not a second identity
+    assert [t.slug for t in carol.teams.all()] == ["team-a"]  # the groups apply to it
+
+
+def test_sso_with_an_unverified_address_links_nothing_and_makes_no_twin(
+    sso_settings, idp, admin_user
+):
+    _, claims = idp
+    _claims(claims, email_verified=False)
+    carol = services.identity_create(
+        actor=admin_user, name="carol", kind="human", email="carol@corp.example"
+    )
+    before = Identity.objects.count()
+    client = Client()
+    sso_sign_in(client)
+    user = get_user_model().objects.get(email="carol@corp.example")
+    assert user_role(user) == Role.SECURITY  # the role still applies
+    carol.refresh_from_db()
+    assert carol.user is None
+    assert Identity.objects.count() == before
+    assert "has not verified it" in identity_link_problem(carol)
+    # The provider verifies the address later: the next sign-in links.
+    _claims(claims, email_verified=True)
+    sso_sign_in(Client())
+    carol.refresh_from_db()
+    assert carol.user == user
+
+
+def test_sso_never_links_an_address_two_identities_claim(sso_settings, idp, admin_user):
+    for name, email in (("carol", "carol@corp.example"), ("carol-2", "CAROL@corp.example")):
+        services.identity_create(actor=admin_user, name=name, kind="human", email=email)
+    sso_sign_in(Client())
+    user = get_user_model().objects.get(email="carol@corp.example")
+    assert not Identity.objects.filter(user=user).exists()
+    problem = identity_link_problem(Identity.objects.get(name="carol"))
+    assert "Two identities claim this e-mail address" in problem

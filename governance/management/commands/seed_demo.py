@@ -1,12 +1,14 @@
 """``manage.py seed_demo``: a demo world a new user can explore at once. Idempotent.
 
 Creates (only what is missing, through the services, so it shows up in the
-configuration history): the demo users admin / security / reviewer / auditor
-with generated passwords kept in ``var/demo-credentials.json`` (never
-committed), teams, identities of each kind with owners, datasources in
-production, staging and sandbox with a schema snapshot, column
-classifications, masking rules and guardrails. Running it twice gives the same
-state and records nothing the second time.
+configuration history): the demo users admin / security / reviewer / auditor,
+and alice (no role: the demo identity alice's own sign-in, linked to it, who
+follows her approval requests under "My requests"), with generated passwords
+kept in ``var/demo-credentials.json`` (never committed), teams, identities
+of each kind with owners, datasources in production, staging and sandbox
+with a schema snapshot, column classifications, masking rules and
+guardrails. Running it twice gives the same state and records nothing the
+second time.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ DEMO_USERS = [
     ("security", Role.SECURITY),
     ("reviewer", Role.REVIEWER),
     ("auditor", Role.AUDITOR),
+    # A requester: the demo identity alice's own sign-in. No role, so she sees her
+    # approval requests (and her agents') under "My requests", and nothing else.
+    ("alice", Role.NONE),
 ]
 
 TEAMS = [
@@ -201,14 +206,21 @@ def credentials_path() -> Path:
 
 
 def load_or_create_credentials(path: Path) -> dict[str, str]:
-    if path.exists():
-        return json.loads(path.read_text())
+    """The demo users' passwords; a user added to the demo since the file was
+    written gets one too (the others keep theirs)."""
+    creds: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [username for username, _ in DEMO_USERS if username not in creds]
+    if not missing:
+        return creds
+    creds.update({username: secrets.token_urlsafe(12) for username in missing})
     path.parent.mkdir(parents=True, exist_ok=True)
-    creds = {username: secrets.token_urlsafe(12) for username, _ in DEMO_USERS}
-    # Created 0600: these are real passwords for this machine's demo.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written 0600 and swapped in whole: these are real passwords for this machine's demo.
+    partial = path.with_suffix(".tmp")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(creds, handle, indent=2)
+    partial.replace(path)
     return creds
 
 
@@ -255,7 +267,7 @@ class Command(BaseCommand):
             "reviewer": ["data-platform"],
             "auditor": [],
         }
-        for username, _ in DEMO_USERS:
+        for username in human_teams:
             identity(
                 username,
                 "human",
@@ -264,7 +276,20 @@ class Command(BaseCommand):
                 user=users[username],
                 teams=[teams[s] for s in human_teams[username]],
             )
-        alice = identity("alice", "human", display_name="Alice Analyst", teams=[teams["analytics"]])
+        alice = identity(
+            "alice",
+            "human",
+            display_name="Alice Analyst",
+            email=users["alice"].email,
+            user=users["alice"],
+            teams=[teams["analytics"]],
+        )
+        if alice.user_id is None:  # seeded before alice had a sign-in
+            if not alice.email:
+                alice = services.identity_update(
+                    actor=actor, identity=alice, data={"email": users["alice"].email}
+                )
+            alice = services.identity_link_user(actor=actor, identity=alice, user=users["alice"])
         bob = identity("bob", "human", display_name="Bob Support", teams=[teams["support"]])
         identity("svc-billing", "service", owner=bob, teams=[teams["data-platform"]])
         identity("svc-etl", "service", owner=alice, teams=[teams["data-platform"]])
