@@ -1,4 +1,4 @@
-"""Issue 6, "done when", end to end with every part real.
+"""Issues 6 and 17, "done when", end to end with every part real.
 
 uvicorn serves the control plane (pages, sidecar API, the approval long-poll),
 a Celery worker compiles the bundle and sends notices, ``python -m sidecar run``
@@ -6,10 +6,12 @@ proxies a scratch database, the client is real ``psql``, and the reviewer
 decides in real chromium, in the inbox the pages serve. The agent identity's
 writes need a reviewer (``review-agent-writes`` in ``demo_policy``).
 
-1. A held statement completes once the reviewer approves it in the browser,
-   within the hold window.
+1. A held statement: psql prints the hold notice as it waits; the card shows
+   its values (a classified one redacted) and the planner's estimate; it
+   completes once the reviewer approves it in the browser, within the hold.
 2. Nobody decides within the hold: psql gets WR001 naming the request's page;
-   the reviewer opens that URL, approves, and a re-run goes through at once.
+   the reviewer opens that URL, approves, then revokes the grant: the re-run
+   is held for a new review, approved, and runs.
 3. A denial, with its reason, reaches psql as 42501.
 """
 
@@ -55,7 +57,9 @@ def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict
 
 
 class Psql:
-    """One ``psql -c`` run in a thread, so the test can act while the statement is held."""
+    """One ``psql -c`` run in a thread, so the test can act while the statement is held.
+    Its standard error is read line by line as psql writes it, so a notice printed
+    while the statement waits is seen while it waits (``lines``, with their times)."""
 
     def __init__(self, *, port: int, dbname: str, user: str, token: str, sql: str) -> None:
         self.args = [
@@ -69,20 +73,34 @@ class Psql:
         ]
         self.env = {**os.environ, "PGPASSWORD": token}
         self.result: subprocess.CompletedProcess[str] | None = None
+        self.lines: list[tuple[float, str]] = []
         self.finished_at: float | None = None
         self.started_at = time.monotonic()
         self.thread = threading.Thread(target=self._run)
         self.thread.start()
 
     def _run(self) -> None:
-        self.result = subprocess.run(
-            self.args,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=django_settings.WARDEN_APPROVAL_HOLD_SECONDS + 30,
+        proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            self.lines.append((time.monotonic(), line))
+        stdout = proc.stdout.read()
+        proc.wait(django_settings.WARDEN_APPROVAL_HOLD_SECONDS + 30)
+        stderr = "".join(line for _, line in self.lines)
+        self.result = subprocess.CompletedProcess(self.args, proc.returncode, stdout, stderr)
         self.finished_at = time.monotonic()
+
+    def printed(self, text: str, timeout: float = 10.0) -> float:
+        """When psql printed a line containing ``text`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if text in line:
+                    return at
+            time.sleep(0.05)
+        raise AssertionError(f"psql did not print {text!r}: {self.lines}")
 
     def join(self, timeout: float) -> subprocess.CompletedProcess[str]:
         self.thread.join(timeout)
@@ -186,15 +204,32 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         badge = page.locator("#pending-badge")
         expect(badge).to_have_attribute("data-count", "0")
 
-        # 1. Held; the badge shows it without a reload; approved inline; psql completes.
-        first = psql("UPDATE customers SET full_name = 'Ada L.' WHERE id = 1")
+        # 1. Held; psql prints the hold notice while it waits; the badge shows the
+        # request without a reload, its card the values (the one written into a
+        # classified column redacted) and the planner's estimate; approved inline;
+        # psql completes.
+        first = psql(
+            "INSERT INTO customers (id, full_name, email) "
+            "VALUES (3, 'Ada L.', 'nobody@example.com')"
+        )
         request = _pending(agent)
         assert request.required_approvals == 1
         assert "Ada" not in request.statement  # redacted before it left the sidecar
+        noticed = first.printed("Warden is holding this statement for approval: ")
+        notice = first.printed(f"/approvals/{request.pk}/")
+        assert noticed == notice and first.thread.is_alive()
+        assert (
+            f"waiting up to {django_settings.WARDEN_APPROVAL_HOLD_SECONDS} s" in first.lines[0][1]
+        )
         expect(badge).to_have_attribute("data-count", "1")
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Inbox").click()
         card = page.locator(f"#request-{request.pk}")
         expect(card).to_contain_text("agent-reports")
+        values = card.locator(".values-table")
+        expect(values).to_contain_text("'Ada L.'")
+        expect(values).to_contain_text("redacted (pii.email)")
+        expect(card).to_contain_text("≈ 1 row in customers (estimate)")
+        assert "nobody@example.com" not in page.content()
         assert first.thread.is_alive(), "the statement did not wait for the decision"
         clicked = time.monotonic()
         card.get_by_role("button", name="Approve agent-reports's request").click()
@@ -207,9 +242,9 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         after_click = first.finished_at - clicked
         print(f"\nheld {waited:.1f} s in all; completed {after_click:.2f} s after the click")
         assert waited < django_settings.WARDEN_APPROVAL_HOLD_SECONDS
-        assert _rows(upstream_db)[1] == "Ada L."
+        assert _rows(upstream_db)[3] == "Ada L."
 
-        # 2. Nobody decides in time: WR001 naming the request; approve at that URL; re-run.
+        # 2. Nobody decides in time: WR001 naming the request; approved at that URL.
         sql = "UPDATE customers SET full_name = 'Alan T.' WHERE id = 2"
         second = psql(sql)
         held = _pending(agent, exclude=(request.pk,))
@@ -225,17 +260,28 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         card = page.locator(f"#request-{held.pk}")
         card.get_by_role("button", name="Approve agent-reports's request").click()
         expect(card).to_have_attribute("data-state", "approved")
+        # Revoked on that page before it is used: the re-run is held for a new review
+        # (the sidecar asks the control plane at every run), approved, and runs.
+        page.reload()
+        page.get_by_role("button", name="Revoke the grant of agent-reports's request").click()
+        expect(page.locator("#grant")).to_have_attribute("data-grant-state", "revoked")
         rerun = psql(sql)
-        again = rerun.join(10)
+        renewed = _pending(agent, exclude=(request.pk, held.pk))
+        rerun.printed("Warden is holding this statement for approval: ")
+        assert _rows(upstream_db)[2] == "Alan Turing" and rerun.thread.is_alive()
+        page.goto(f"/approvals/{renewed.pk}/")
+        card = page.locator(f"#request-{renewed.pk}")
+        card.get_by_role("button", name="Approve agent-reports's request").click()
+        expect(card).to_have_attribute("data-state", "approved")
+        again = rerun.join(django_settings.WARDEN_APPROVAL_HOLD_SECONDS)
         assert again.returncode == 0, again.stderr
-        assert rerun.finished_at is not None and rerun.finished_at - rerun.started_at < 5
         assert _rows(upstream_db)[2] == "Alan T."
         page.reload()
         expect(page.locator("#timeline")).to_contain_text("Grant used")
 
         # 3. Denied in the browser with a reason: psql gets 42501 with the reason.
         third = psql("DELETE FROM customers WHERE id = 1")
-        denied = _pending(agent, exclude=(request.pk, held.pk))
+        denied = _pending(agent, exclude=(request.pk, held.pk, renewed.pk))
         expect(badge).to_have_attribute("data-count", "1")
         page.goto("/approvals/")
         card = page.locator(f"#request-{denied.pk}")
