@@ -20,6 +20,7 @@ from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
+from django_htmx.http import HttpResponseStopPolling
 
 from governance.errors import error_body
 from governance.models import Role
@@ -107,5 +108,9 @@ class AdminMfaRequiredMiddleware:
                     ),
                     status=403,
                 )
+            if request.headers.get("HX-Request") == "true":
+                # A page's poll (the inbox badge, every second): a redirect would be
+                # followed and the set-up page swapped into the page; stop polling.
+                return HttpResponseStopPolling()
             return HttpResponseRedirect(reverse("mfa_activate_totp"))
         return self.get_response(request)

@@ -61,6 +61,9 @@ def test_admin_without_totp_is_sent_to_set_it_up_first(db):
     response = client.get("/api/v1/teams/")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "mfa_required"
+    # A page's poll is told to stop, not sent the set-up page to swap into the page.
+    response = client.get("/approvals/pending-count/", headers={"HX-Request": "true"})
+    assert response.status_code == 286 and not response.content
     # The way out stays open: allauth asks for the password again, then shows the setup.
     response = client.get("/accounts/2fa/totp/activate/")
     assert response.status_code == 302 and response["Location"].startswith(
