@@ -357,7 +357,7 @@ def test_the_worker_purges_decided_values_and_never_sends_them(
         request_id=request.pk, user=review_setup.reviewer, approve=False, reason="No."
     )
     ApprovalRequest.objects.filter(pk=request.pk).update(
-        decided_at=timezone.now() - datetime.timedelta(seconds=61)
+        decided_at=timezone.now() - datetime.timedelta(minutes=61)
     )
     celery_app.send_task("approvals.tasks.approvals_purge_values")
     assert _wait_for(lambda: ApprovalRequest.objects.get(pk=request.pk).values == [])
