@@ -23,6 +23,7 @@ import pytest
 from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from governance import services
+from governance.bundles import bundle_current
 from tests.integration.conftest import SidecarProcess, sidecar_config, upstream_dbname
 from tests.stack import Server
 
@@ -321,10 +322,20 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
-    from django.conf import settings as django_settings
-
-    hold = django_settings.WARDEN_APPROVAL_HOLD_SECONDS
-
+    # The datasource's own hold time, shorter than the default (20 s), reaches the
+    # sidecar in its bundle, recompiled by the worker once the settings change.
+    hold = 6
+    approvals.review_settings_set(
+        actor=admin_user, datasource=demo_policy.datasource, data={"hold_seconds": hold}
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = bundle_current(datasource_id=demo_policy.datasource.pk)
+        if current and json.loads(current[1])["bundle"]["approvals"]["hold_seconds"] == hold:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the bundle never carried the new hold time")
     proc, raw = _agent_sidecar(
         control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-approvals-wait"
     )
