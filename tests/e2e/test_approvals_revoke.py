@@ -38,6 +38,8 @@ def test_revoke_on_the_request_page_swaps_the_grant(
     expect(grant).to_have_attribute("data-grant-state", "revoked")
     expect(grant).to_contain_text("by reviewer")
     expect(grant.get_by_role("button")).to_have_count(0)
+    # The card above says so too, without a reload.
+    expect(page.locator(f"#grant-summary-{request.pk}")).to_contain_text("(revoked)")
     assert page.evaluate("window.__stillHere === true"), "the page was reloaded"
     screenshot("64-approval-grant-revoked")
     stored = Grant.objects.get(request=request)
