@@ -317,6 +317,16 @@ class Environment(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(5)]
     )
     description = models.TextField(blank=True)
+    # Scanner findings at or above this confidence are enforced at once, with their
+    # classification's default mask, while they wait for review (None: only
+    # confirmed and confident findings are, as in a sandbox).
+    protect_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Findings at or above this confidence are masked before anyone reviews "
+        "them; empty: only confirmed and confident (0.9) findings.",
+    )
 
     class Meta:
         ordering = ["-criticality", "name"]
@@ -324,6 +334,11 @@ class Environment(models.Model):
             models.CheckConstraint(
                 condition=Q(criticality__gte=1) & Q(criticality__lte=5),
                 name="environment_criticality_1_5",
+            ),
+            models.CheckConstraint(
+                condition=Q(protect_threshold__isnull=True)
+                | (Q(protect_threshold__gte=0) & Q(protect_threshold__lte=1)),
+                name="environment_protect_threshold_0_1",
             ),
         ]
 
@@ -438,8 +453,14 @@ class Datasource(models.Model):
     )
     connect_teams = models.ManyToManyField(Team, blank=True, related_name="connectable_datasources")
     review_teams = models.ManyToManyField(Team, blank=True, related_name="reviewed_datasources")
-    # Key of the keyed-HMAC ("hash") masking strategy; it travels only in the
-    # signed bundle to the sidecar, never to a page or an API response.
+    # Provisional findings (below the confident threshold, not yet reviewed) are only
+    # audited for service identities ("would have masked"), so an application never
+    # reads a masked value and writes it back; on, they are masked for them too.
+    mask_services_provisionally = models.BooleanField(
+        default=False,
+        help_text="Mask columns the scanner found but nobody confirmed yet for service "
+        "accounts too (by default they are only audited for services).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -593,6 +614,9 @@ class ColumnClassification(models.Model):
         null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
     )
     inherited_from = models.CharField(max_length=200, blank=True)
+    # Inside a JSON or array column, where the data is: ``profile.email``,
+    # ``tags[]``, ``contacts[].phone``; empty: the whole column.
+    path = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -600,7 +624,7 @@ class ColumnClassification(models.Model):
         ordering = ["datasource__name", "schema_name", "table_name", "column_name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["datasource", "schema_name", "table_name", "column_name"],
+                fields=["datasource", "schema_name", "table_name", "column_name", "path"],
                 name="columnclassification_unique_column",
             ),
             models.CheckConstraint(
