@@ -872,9 +872,20 @@ class Session:
 
     def _protocol_execute_rule(self, verdict: Verdict, generation: int) -> Verdict:
         """SQL EXECUTE of a statement prepared through Parse runs what the server holds,
-        which is current only while its decision is (a Bind would decide it again)."""
+        which is current only while its decision is (a Bind would decide it again), and
+        only a statement allowed outright: one that needs review runs only at a Bind."""
         for name in verdict.executes:
             prepared = self.statements.get(name.encode(self.codec or "utf-8"))
+            if prepared is not None and prepared.verdict.action != ALLOW:
+                # Prepared at once but held at each Bind (it needs approval): SQL
+                # EXECUTE would run it with no Bind to hold.
+                return Verdict(
+                    action=BLOCK,
+                    message=f"Warden: prepared statement {name!r} needs approval; run it "
+                    "through the protocol's Bind, where Warden holds it for a reviewer",
+                    upstream_sql="",
+                    audit=frozen({"kind": "execute_needs_approval"}),
+                )
             if prepared is not None and (
                 prepared.generation != generation
                 or prepared.state is not self.state

@@ -154,6 +154,41 @@ def test_control_plane_down_refuses_the_held_statement(down_sidecar: Sidecar) ->
     assert "could not be requested" in down_sidecar.log()
 
 
+def test_sql_execute_of_a_statement_that_needs_approval_is_refused(
+    down_sidecar: Sidecar, upstream: str
+) -> None:
+    """A statement that needs review is prepared at once and held at its Bind: SQL
+    EXECUTE of it, with no Bind to hold, must not run it (nor EXPLAIN ANALYZE or
+    CREATE TABLE AS of it)."""
+    with psycopg.connect(upstream) as conn:
+        before = conn.execute("SELECT count(*) FROM notes").fetchone()
+    sock = login(down_sidecar)
+    sock.sendall(m.frame(b"P", b"s1\x00DELETE FROM notes\x00\x00\x00") + m.frame(b"S", b""))
+    kinds = []
+    while b"Z" not in kinds:
+        kinds.append(recv_message(sock)[0])
+    assert kinds == [b"1", b"Z"]  # prepared: that runs nothing
+    for sql in (
+        b"EXECUTE s1",
+        b"EXPLAIN ANALYZE EXECUTE s1",
+        b"CREATE TABLE copied AS EXECUTE s1",
+    ):
+        sock.sendall(m.query(sql))
+        errors = []
+        while True:
+            kind, body = recv_message(sock)
+            if kind == b"E":
+                errors.append(m.error_fields(body))
+            if kind == b"Z":
+                break
+        assert len(errors) == 1, (sql, errors)
+        assert errors[0]["C"] in {"42501", "WR001"} and "s1" in errors[0]["M"], errors
+    sock.close()
+    with psycopg.connect(upstream) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == before
+        assert conn.execute("SELECT to_regclass('copied')").fetchone() == (None,)
+
+
 def test_held_parse_in_a_pipeline_refuses_its_batch_then_the_next_runs(
     down_sidecar: Sidecar,
 ) -> None:
