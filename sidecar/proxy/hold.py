@@ -122,10 +122,14 @@ def approval_request(
     facts = dict(hold.verdict.approval)
     labels = facts.pop(PARAM_LABELS, None) or {}
     if hold.bind is not None:
-        digest = hashlib.sha256(b"warden.params.v1\x00")
+        # The declared types too: the same bytes are another value under another type
+        # (binary 499 as int8 is 2.5e-321 as float8).
+        digest = hashlib.sha256(b"warden.params.v2\x00")
         digest.update(str(facts.get("values_digest", "")).encode())
         for position, (fmt, value) in enumerate(params):
-            digest.update(f"\x01{position}:{fmt}:{-1 if value is None else len(value)}:".encode())
+            oid = types[position] if position < len(types) else 0
+            length = -1 if value is None else len(value)
+            digest.update(f"\x01{position}:{oid}:{fmt}:{length}:".encode())
             digest.update(value or b"")
         facts["values_digest"] = digest.hexdigest()
         shown = list(facts.get("values") or ())

@@ -444,3 +444,8 @@ def test_a_bind_s_parameters_are_shown_by_type_and_bound_into_the_digest(tmp_pat
         changed = list(params)
         changed[position] = other
         assert request(changed)["values_digest"] != body["values_digest"], position
+    # The same bytes declared as another type are another value: another digest.
+    retyped = approval_request(
+        "alice", Hold(verdict, b"", b"B"), {}, "utf-8", params, [25, 23, 16, 700, 17, 25, 0]
+    )
+    assert retyped["values_digest"] != body["values_digest"]
