@@ -236,11 +236,17 @@ def with_values(
         for index, statement in enumerate(values or ())
         for item in statement.literals
     ]
-    labels = values[0].param_labels if values and len(values) == 1 else {}
+    tables = {t for s in decision.statements for t in s.tables_read + s.tables_written}
+    if values is not None:
+        labels: dict[int, str | None] = values[0].param_labels if len(values) == 1 else {}
+    else:
+        # Not readable value by value: a parameter (0: any) is shown only when no
+        # table the text names has a classified column.
+        labels = {0: engine_values.fallback_label(bundle, tables)}
     return frozen(
         {
             **approval,
-            "values_digest": engine_values.values_digest(sql),
+            "values_digest": engine_values.values_digest(sql, tables=tables),
             "values": shown[: engine_values.MAX_VALUES],
             PARAM_LABELS: labels,
         }
@@ -377,8 +383,17 @@ class EnginePolicy:
             decision.reasons,
             decision.break_glass,
             decision.error,  # the parser's message quotes the text
+            # The tables too: the same text names other tables under another
+            # search_path, and the approval facts list them.
             tuple(
-                (s.fingerprint, s.redacted_sql, s.masked_columns, s.classifications)
+                (
+                    s.fingerprint,
+                    s.redacted_sql,
+                    s.masked_columns,
+                    s.classifications,
+                    s.tables_read,
+                    s.tables_written,
+                )
                 for s in decision.statements
             ),
         )

@@ -37,6 +37,7 @@ MAX_VALUES = 500
 MAX_VALUE_CHARS = 2000
 
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_CONSTANT_KEYWORDS = frozenset({"TRUE_P", "FALSE_P", "NULL_P"})
 _LITERALS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
 # Statement nodes: a value under a second one is inside a subquery or a CTE.
 _STATEMENTS = frozenset(
@@ -65,11 +66,17 @@ UNKNOWN = "classified data"
 _UNWRAPPED = {"onConflictClause": "OnConflictClause"}
 
 
-def values_digest(text: str, params: Iterable[tuple[int, bytes | None]] = ()) -> str:
-    """SHA-256 over the tokens of ``text`` (without comments) and the Bind's
-    (format, value) pairs: equal exactly when the same statement runs with the same
-    values. A text the scanner cannot read is digested as it is."""
-    digest = hashlib.sha256(b"warden.values.v1\x00")
+def values_digest(
+    text: str, params: Iterable[tuple[int, bytes | None]] = (), tables: Iterable[str] = ()
+) -> str:
+    """SHA-256 over the tokens of ``text`` (without comments), the Bind's (format,
+    value) pairs and the tables the text resolved to: equal exactly when the same
+    statement runs with the same values on the same tables (the same unqualified
+    name is another table under another search_path). A text the scanner cannot
+    read is digested as it is."""
+    digest = hashlib.sha256(b"warden.values.v2\x00")
+    for table in sorted(tables):
+        digest.update(b"\x02" + table.encode("utf-8", "surrogatepass"))
     try:
         tokens = scanning.scan(text)
     except Exception:
@@ -298,7 +305,7 @@ def _placeholders(original: str, redacted: str) -> dict[int, tuple[int, str]] | 
             if mine_text == "-" and i + 1 < len(mine) and mine[i + 1].name in _LITERALS:
                 i += 1
                 here = mine[i]
-            elif here.name not in _LITERALS:
+            elif here.name not in _LITERALS and here.name not in _CONSTANT_KEYWORDS:
                 return None
             out[int(text[1:])] = (start, original[start : here.end + 1])
         elif text != mine_text:
@@ -345,13 +352,15 @@ def statement_values(
             return None
         top = nodes[0]
         reader = _Reader(bundle, nodes, search_path)
-        by_location: dict[int, _Node] = {}
+        # SET (a, b) = (...) repeats the row under each column's target: every copy
+        # of a value counts, so one written into a classified column stays redacted.
+        by_location: dict[int, list[_Node]] = {}
         params: dict[int, str | None] = {}
         for node in nodes:
             location = node.body.get("location")
             if node.type == "A_Const" and isinstance(location, int):
                 char = location if chars is None else chars[location]
-                by_location[char - begin] = node
+                by_location.setdefault(char - begin, []).append(node)
             elif node.type == "ParamRef":
                 number = int(node.body.get("number", 0))
                 label = _label(node, top, reader)
@@ -366,9 +375,10 @@ def statement_values(
             if len(literals) >= MAX_VALUES:
                 break
             offset, value = slots[number]
-            const = by_location.get(offset + lead)
-            if const is not None:
-                label = _label(const, top, reader)
+            copies = by_location.get(offset + lead)
+            if copies:
+                labels = {found for const in copies if (found := _label(const, top, reader))}
+                label = ", ".join(sorted(labels)) if labels else None
             else:  # a literal the tree does not place (a utility statement's)
                 label = ", ".join(sorted(reader.touched())) or None
             if label is not None:
@@ -383,3 +393,16 @@ def _cut(value: str) -> str:
     if len(value) <= MAX_VALUE_CHARS:
         return value
     return f"{value[: MAX_VALUE_CHARS - 40]}… ({len(value)} characters in all)"
+
+
+def fallback_label(bundle: Bundle, tables: Iterable[str]) -> str | None:
+    """The label every value gets when the text cannot be read value by value: the
+    classifications of the tables it names (None: none of them is classified)."""
+    found: set[str] = set()
+    for key in tables:
+        table = bundle.tables.get(key)
+        for column in table.columns if table is not None else ():
+            label = bundle.column_classifications.get(f"{key}.{column.name}")
+            if label:
+                found.add(label)
+    return ", ".join(sorted(found)) if found else None

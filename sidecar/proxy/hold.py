@@ -134,7 +134,7 @@ def approval_request(
         facts["values_digest"] = digest.hexdigest()
         shown = list(facts.get("values") or ())
         for number, (fmt, value) in enumerate(params, start=1):
-            label = labels.get(number)
+            label = labels.get(number, labels.get(0))
             if label is not None:
                 shown.append({"statement": 0, "n": number, "classification": label})
             else:

@@ -64,6 +64,15 @@ def test_values_of_plain_columns_are_shown_at_their_placeholders(production: Bun
         ("SELECT id FROM customers WHERE email = (SELECT 'x')", [(0, 1, "<every>")]),
         # A literal with no column beside it, in a statement touching classified data.
         ("SELECT 'x' FROM customers", [(0, 1, "<every>")]),
+        # A row assigned to several columns: each value counts for every column.
+        (
+            "UPDATE customers SET (email, full_name) = ('a@b.c', 'n') WHERE id = 1",
+            [(0, 1, "<pii.email>"), (0, 2, "<pii.email>"), (0, 5, "1")],
+        ),
+        (
+            "UPDATE customers SET (full_name, email) = ('n', 'a@b.c') WHERE id = 1",
+            [(0, 1, "<pii.email>"), (0, 2, "<pii.email>"), (0, 5, "1")],
+        ),
     ],
 )
 def test_values_that_meet_classified_columns_stay_redacted(
@@ -114,3 +123,64 @@ def test_the_digest_follows_values_and_ignores_comments_and_spacing() -> None:
     with_params = values_digest("SELECT $1, $2", params)
     assert with_params != values_digest("SELECT $1, $2", [(0, b"5"), (0, b"")])
     assert with_params != values_digest("SELECT $1, $2", [(1, b"5"), (0, None)])
+
+
+def test_parameters_of_a_text_not_read_value_by_value_stay_redacted(production: Bundle) -> None:
+    """``-(-1)`` defeats the placeholders' alignment: then every parameter of a text
+    naming a table with classified columns stays redacted."""
+    from sidecar.runner import with_values
+
+    sql = "UPDATE customers SET ssn = $1 WHERE id = -(-1)"
+    decision = Engine(production).decide(
+        identity=next(iter(production.identities)), sql=sql, session=SESSION, protocol="extended"
+    )
+    assert statement_values(production, sql, [s.redacted_sql for s in decision.statements]) is None
+    facts = with_values({}, production, sql, decision, None)
+    assert facts["values"] == () and facts["param_labels"][0]
+    assert "pii.ssn" in facts["param_labels"][0]
+
+
+def test_booleans_and_nulls_are_values_too(production: Bundle) -> None:
+    assert shown(production, "UPDATE orders SET amount = NULL WHERE id = 2 AND true") == [
+        (0, 1, "NULL"),
+        (0, 2, "2"),
+        (0, 3, "true"),
+    ]
+
+
+def test_the_same_text_on_other_tables_is_another_statement_to_approve() -> None:
+    """``orders`` is public.orders under one search_path and archive.orders under
+    another: the approval facts name the table each resolved to (never one cached
+    from the other), and the digest differs, so a grant for one does not run the
+    other."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from sidecar.engine.bundle import compute_revision
+    from sidecar.metrics import Metrics
+    from sidecar.runner import EnginePolicy
+    from tests.sidecar.proxy.relay_check import Source
+
+    path = Path(__file__).resolve().parents[2] / "fixtures" / "bundles" / "demo-production.json"
+    document = json.loads(path.read_text("utf-8"))["bundle"]
+    orders = next(t for t in document["schema"]["tables"] if t["name"] == "orders")
+    document["schema"]["tables"].append({**copy.deepcopy(orders), "schema": "archive"})
+    document["revision"] = compute_revision(document)
+    policy = EnginePolicy(Source(document), Metrics())
+
+    def approval(search_path: tuple[str, ...]) -> Any:
+        verdict = policy.decide(
+            identity="alice",
+            sql="SELECT pg_sleep(1) FROM orders WHERE id > 499",
+            standard_conforming_strings=True,
+            search_path=search_path,
+            in_transaction=False,
+            protocol="simple",
+        )
+        assert verdict.action == "review"
+        return verdict.approval
+
+    public, archive = approval(("public",)), approval(("archive",))
+    assert public["tables"] == ("public.orders",) and archive["tables"] == ("archive.orders",)
+    assert public["values_digest"] != archive["values_digest"]
