@@ -16,6 +16,7 @@ statement EXPLAIN cannot plan (DDL, for one) or any failure gives the card an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from pglast import parser as pg
 from psycopg import sql
 
@@ -31,7 +33,6 @@ log = logging.getLogger("warden.sidecar.estimates")
 
 # Statements EXPLAIN can plan: their first keyword.
 _PLANNABLE = frozenset({"select", "insert", "update", "delete", "merge", "with", "values", "table"})
-_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
 TIMEOUT_MS = 2000
 LOCK_TIMEOUT_MS = 500
 
@@ -87,11 +88,21 @@ class PlanEstimator:
     """EXPLAIN on the sidecar's own upstream connection, opened on first use and
     again after a failure; one EXPLAIN at a time, on a worker thread."""
 
+    # Held statements waiting for an estimate beyond which the next gets none: a
+    # flood of them must not queue work on the database or delay every request.
+    MAX_WAITING = 4
+
     def __init__(self, conninfo: str, *, password: str | None = None) -> None:
         self.conninfo = conninfo
         self.password = password
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        # A thread of its own: a slow EXPLAIN never takes the default executor's
+        # threads, which the sessions use to judge large statements.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="warden-estimate"
+        )
+        self._waiting = 0
 
     async def estimate(
         self,
@@ -100,13 +111,22 @@ class PlanEstimator:
         types: Sequence[int],
         search_path: tuple[str, ...] | None,
     ) -> dict[str, Any]:
+        if self._waiting >= self.MAX_WAITING:
+            return failed("estimate skipped: other held statements were waiting for one")
+        self._waiting += 1
         try:
-            return await asyncio.to_thread(self._estimate, text, params, types, search_path)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._estimate, text, params, types, search_path
+            )
         except Exception as exc:  # the request is opened without an estimate
             log.warning("EXPLAIN of a held statement failed: %s", type(exc).__name__)
             return failed(f"EXPLAIN failed: {type(exc).__name__}")
+        finally:
+            self._waiting -= 1
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -194,8 +214,14 @@ class PlanEstimator:
 
 
 def _message(result: Any) -> str:
-    """The server's message without its detail, and without what it quotes: a message
-    such as ``invalid input syntax for type integer: "..."`` may quote a value."""
-    raw = result.error_field(psycopg.pq.DiagnosticField.MESSAGE_PRIMARY) or b""
-    message = bytes(raw).decode("utf-8", "replace") or "unknown error"
-    return _QUOTED.sub('"…"', message)
+    """The error's condition, never the server's message: a message such as ``invalid
+    input syntax for type integer: "..."`` quotes a value, and no filter of quotes
+    is sure to remove it all."""
+    raw = result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b""
+    sqlstate = bytes(raw).decode("ascii", "replace")
+    try:
+        condition = psycopg.errors.lookup(sqlstate).__name__
+    except KeyError:
+        condition = "error"
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", condition).lower()
+    return f"{words} (SQLSTATE {sqlstate})" if sqlstate else words
