@@ -50,6 +50,16 @@ def groups_from_claims(extra_data: dict[str, Any], claim: str) -> list[str]:
     return sorted(set(groups))
 
 
+def provider_verified_emails(sociallogin: Any) -> list[str]:
+    """The addresses the identity provider marks verified at this sign-in. allauth
+    takes ``email_verified`` as it comes, and some providers send the string
+    "false": when the claim is there it must be the JSON value true."""
+    claims = sociallogin.account.extra_data or {}
+    if "email_verified" in claims and claims["email_verified"] is not True:
+        return []
+    return [e.email for e in sociallogin.email_addresses if e.verified is True]
+
+
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     def is_open_for_signup(self, request: HttpRequest, sociallogin: Any) -> bool:
         # The IdP decides who exists; the role map decides what they may see.
@@ -60,7 +70,7 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
         # (docs/accounts.md), so the sync below applies to that identity.
         identity_link_by_verified_email(
             user=sociallogin.user,
-            verified_emails=[e.email for e in sociallogin.email_addresses if e.verified],
+            verified_emails=provider_verified_emails(sociallogin),
         )
         sso_user_sync(
             user=sociallogin.user,

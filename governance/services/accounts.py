@@ -124,7 +124,16 @@ def identity_link_by_verified_email(
     addresses |= verified_emails_of(user)
     candidates: dict[int, Identity] = {}
     for address in sorted(addresses):
+        if not address.isascii():
+            # The database's case-insensitive match follows its locale (a dotless i,
+            # U+0131, upper-cases to I): a look-alike address could name another person's
+            # identity. Non-ASCII addresses are linked by an admin, by hand.
+            logger.info("not linking account %s: a non-ASCII address", user.pk)
+            return None
         claim = email_claimants(address)
+        if any(i.email.strip().lower() != address for i in claim.identities):
+            logger.info("not linking account %s: a look-alike address claims it", user.pk)
+            return None
         if claim.user_ids - {user.pk}:
             logger.info("not linking account %s: another account claims its address", user.pk)
             return None

@@ -76,6 +76,43 @@ def test_an_unverified_address_links_nothing(dana: Identity) -> None:
     assert "Two accounts claim" in identity_link_problem(dana)
 
 
+def test_a_look_alike_address_links_nothing(dana: Identity) -> None:
+    """The database's case-insensitive match follows its locale: upper() of a dotless
+    i (U+0131) is 'I', so dana@corp<U+0131>nc.example matched Dana@Corpinc.example
+    (found in review)."""
+    dana.email = "dana@corpinc.example"
+    dana.save(update_fields=["email"])
+    mallory = _account("mallory", "dana@corp\u0131nc.example", verified=True)
+    assert services.identity_link_by_verified_email(user=mallory) is None
+    dana.refresh_from_db()
+    assert dana.user is None
+    # Nor through the identity provider's claim.
+    other = _account("mallory2", "m@evil.example", verified=None)
+    found = services.identity_link_by_verified_email(
+        user=other, verified_emails=["DANA@CORP\u0130NC.EXAMPLE"]
+    )
+    assert found is None and Identity.objects.get(pk=dana.pk).user is None
+
+
+def test_a_provider_claim_that_is_not_true_verifies_nothing() -> None:
+    """allauth takes ``email_verified`` as the provider sends it; the string "false"
+    (Cognito's userinfo sends strings) must not count as verified."""
+    from types import SimpleNamespace
+
+    from governance.adapters import provider_verified_emails
+
+    def login(claim: Any) -> Any:
+        extra = {} if claim is None else {"email_verified": claim}
+        return SimpleNamespace(
+            account=SimpleNamespace(extra_data=extra),
+            email_addresses=[SimpleNamespace(email="dana@corp.example", verified=bool(claim))],
+        )
+
+    assert provider_verified_emails(login(True)) == ["dana@corp.example"]
+    for claim in ("false", "true", 1, False):
+        assert provider_verified_emails(login(claim)) == [], claim
+
+
 def test_two_identities_with_the_address_link_neither(admin_user: Any, dana: Identity) -> None:
     twin = services.identity_create(
         actor=admin_user, name="dana-2", kind="human", email="dana@corp.example"
