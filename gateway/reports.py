@@ -21,6 +21,7 @@ from governance.services import (
     sidecar_heartbeat_record,
     sidecar_schema_report,
 )
+from sidecar.engine.paths import PathError, parse_path
 
 HEARTBEAT_MAX_BYTES = 16 * 1024
 SCHEMA_MAX_BYTES = 2 * 1024 * 1024
@@ -75,7 +76,7 @@ def heartbeat_view(request: HttpRequest) -> JsonResponse:
 
 
 _FINDING_KEYS = {"schema", "table", "column", "classification", "confidence"}
-_FINDING_OPTIONAL = {"share", "detector"}
+_FINDING_OPTIONAL = {"share", "detector", "path"}
 _SCAN_KEYS = {"id", "trigger"}
 _SCAN_OPTIONAL = {
     "started_at",
@@ -103,7 +104,19 @@ def _finding_valid(f: Any) -> bool:
         and _fraction(f["confidence"])
         and ("share" not in f or _fraction(f["share"]))
         and ("detector" not in f or (isinstance(f["detector"], str) and len(f["detector"]) <= 100))
+        and ("path" not in f or _path_valid(f["path"]))
     )
+
+
+def _path_valid(path: Any) -> bool:
+    """A path inside a JSON or array column, in the engine's syntax (docs/scanner.md)."""
+    if not isinstance(path, str) or not path:
+        return False
+    try:
+        parse_path(path)
+    except PathError:
+        return False
+    return True
 
 
 def _scan_problems(scan: Any) -> dict[str, str]:
@@ -145,7 +158,7 @@ def _scan_problems(scan: Any) -> dict[str, str]:
 @sidecar_call("POST")
 def schema_view(request: HttpRequest) -> JsonResponse:
     """Body: {snapshot: {tables: [...]}, findings: [{schema, table, column, classification,
-    confidence, share?, detector?}], scan?: {id, trigger, started_at, finished_at, tables,
+    confidence, share?, detector?, path?}], scan?: {id, trigger, started_at, finished_at, tables,
     columns, sampled_columns, duration_ms}}; findings name a classification, never a
     value. Anything malformed is refused whole (400) and nothing is stored."""
     call = sidecar_json_call(request, SCHEMA_MAX_BYTES, {"snapshot", "findings"}, {"scan"})
@@ -165,7 +178,7 @@ def schema_view(request: HttpRequest) -> JsonResponse:
         return error_response(
             400,
             "findings: a list of {schema, table, column, classification, confidence, "
-            "share?, detector?}.",
+            "share?, detector?, path?}.",
         )
     scan = data.get("scan")
     if scan is not None:

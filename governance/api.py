@@ -279,6 +279,7 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
             "schema_name",
             "table_name",
             "column_name",
+            "path",
             "classification",
             "source",
             "confidence",
@@ -288,7 +289,16 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["status", "confirmed_by", "confirmed_at", "created_at", "updated_at"]
+        # A path inside a JSON or array column comes from the scanner; a person
+        # classifies whole columns here (and reviews, reclassifies or rejects paths).
+        read_only_fields = [
+            "path",
+            "status",
+            "confirmed_by",
+            "confirmed_at",
+            "created_at",
+            "updated_at",
+        ]
         # Setting a classification on an already classified column replaces it
         # (column_classification_set), so the uniqueness check must not refuse it.
         validators: list = []
@@ -648,6 +658,7 @@ def _column_update(*, actor: Any, column_classification: ColumnClassification, d
         schema_name=column_classification.schema_name,
         table_name=column_classification.table_name,
         column_name=column_classification.column_name,
+        path=column_classification.path,
         classification=data.get("classification", column_classification.classification),
         source=data.get("source", column_classification.source),
         confidence=data.get("confidence", column_classification.confidence),

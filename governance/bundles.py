@@ -53,6 +53,8 @@ from governance.models import (
 )
 from governance.signing import bytes_sign
 from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle, vocabulary
+from sidecar.engine.bundle import FORMAT_PATHS
+from sidecar.engine.paths import PathError, parse_path, path_applies
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,13 @@ def _schema(datasource: Datasource) -> dict[str, Any]:
             }
         )
     return {"tables": tables}
+
+
+def _path_fits(path: str, column_type: str) -> bool:
+    try:
+        return path_applies(column_type, parse_path(path))
+    except PathError:
+        return False
 
 
 def _masking_params(rule: MaskingRule) -> dict[str, Any]:
@@ -244,7 +253,8 @@ def bundle_compile(
     issued = issued_at or now
     schema = _schema(datasource)
     known_columns = {
-        (t["schema"], t["name"]): {c["name"] for c in t["columns"]} for t in schema["tables"]
+        (t["schema"], t["name"]): {c["name"]: c["type"] for c in t["columns"]}
+        for t in schema["tables"]
     }
     column_classifications = []
     skipped = []
@@ -253,21 +263,28 @@ def bundle_compile(
     for cc in (
         ColumnClassification.objects.filter(datasource=datasource, status__in=ENFORCED_STATUSES)
         .select_related("classification")
-        .order_by("schema_name", "table_name", "column_name")
+        .order_by("schema_name", "table_name", "column_name", "path")
     ):
-        if cc.column_name not in known_columns.get((cc.schema_name, cc.table_name), set()):
+        column_type = known_columns.get((cc.schema_name, cc.table_name), {}).get(cc.column_name)
+        if column_type is None:
             # Not in the snapshot, so no statement can be rewritten around it; the
             # next scan brings the column (and this classification) back.
             skipped.append(cc.column_path)
             continue
-        column_classifications.append(
-            {
-                "schema": cc.schema_name,
-                "table": cc.table_name,
-                "column": cc.column_name,
-                "classification": cc.classification.name,
-            }
-        )
+        entry = {
+            "schema": cc.schema_name,
+            "table": cc.table_name,
+            "column": cc.column_name,
+            "classification": cc.classification.name,
+        }
+        if cc.path:
+            if not _path_fits(cc.path, column_type):
+                # The column's type changed under the path (no longer JSON or an
+                # array): the engine could not place it; the next scan re-finds it.
+                skipped.append(f"{cc.column_path} {cc.path}")
+                continue
+            entry["path"] = cc.path
+        column_classifications.append(entry)
     if skipped:
         logger.warning(
             "bundle for %s: classifications of columns missing from the snapshot: %s",
@@ -290,7 +307,9 @@ def bundle_compile(
     classification_names = [c.name for c in classifications]
     identities = _identities(datasource, now)
     bundle: dict[str, Any] = {
-        "format": FORMAT,
+        # Only a bundle with paths needs 1.1: a sidecar that knows only 1 keeps
+        # taking the others, and refuses one with paths whole (docs/bundle-format.md).
+        "format": FORMAT_PATHS if any("path" in c for c in column_classifications) else FORMAT,
         "issued_at": _rfc3339(issued),
         "expires_at": _rfc3339(issued + (lifetime or bundle_lifetime())),
         "datasource": {

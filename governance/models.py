@@ -654,6 +654,11 @@ class ColumnClassification(models.Model):
         return f"{self.schema_name}.{self.table_name}.{self.column_name}"
 
     @property
+    def column_and_path(self) -> str:
+        """``schema.table.column``, and where inside it: ``public.users.doc profile.email``."""
+        return f"{self.column_path} {self.path}" if self.path else self.column_path
+
+    @property
     def is_enforced(self) -> bool:
         return self.status in ENFORCED_STATUSES
 
@@ -1078,6 +1083,8 @@ class ClassificationRejection(models.Model):
     schema_name = models.CharField(max_length=63)
     table_name = models.CharField(max_length=63)
     column_name = models.CharField(max_length=63)
+    # Inside a JSON or array column (as ColumnClassification.path); empty: the column.
+    path = models.CharField(max_length=200, blank=True, default="")
     classification = models.ForeignKey(Classification, on_delete=models.CASCADE, related_name="+")
     rejected_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -1088,7 +1095,14 @@ class ClassificationRejection(models.Model):
         ordering = ["datasource__name", "schema_name", "table_name", "column_name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["datasource", "schema_name", "table_name", "column_name", "classification"],
+                fields=[
+                    "datasource",
+                    "schema_name",
+                    "table_name",
+                    "column_name",
+                    "path",
+                    "classification",
+                ],
                 name="classificationrejection_unique",
             ),
         ]

@@ -286,17 +286,23 @@ def datasource_get(*, user: Any, pk: Any) -> Datasource:
 
 
 def datasource_schema(*, datasource: Datasource) -> list[dict[str, Any]]:
-    """The snapshot's tables with each column's classification (or None), for display."""
-    by_column = {
-        (c.schema_name, c.table_name, c.column_name): c
-        for c in datasource.column_classifications.select_related("classification")
-    }
+    """The snapshot's tables with each column's classification (or None) and the
+    classifications of paths inside it (``paths``, by path), for display."""
+    by_column: dict[tuple[str, str, str], ColumnClassification] = {}
+    paths: dict[tuple[str, str, str], list[ColumnClassification]] = {}
+    for c in datasource.column_classifications.select_related("classification").order_by("path"):
+        key = (c.schema_name, c.table_name, c.column_name)
+        if c.path:
+            paths.setdefault(key, []).append(c)
+        else:
+            by_column[key] = c
     tables = []
     for table in (datasource.schema_snapshot or {}).get("tables", []):
         columns = [
             {
                 **column,
                 "classification": by_column.get((table["schema"], table["name"], column["name"])),
+                "paths": paths.get((table["schema"], table["name"], column["name"]), []),
             }
             for column in table.get("columns", [])
         ]
@@ -329,7 +335,10 @@ def column_classification_list(
     qs = ColumnClassification.objects.select_related("datasource", "classification", "confirmed_by")
     if q := _text(filters, "q"):
         qs = qs.filter(
-            Q(schema_name__icontains=q) | Q(table_name__icontains=q) | Q(column_name__icontains=q)
+            Q(schema_name__icontains=q)
+            | Q(table_name__icontains=q)
+            | Q(column_name__icontains=q)
+            | Q(path__icontains=q)
         )
     if datasource := _text(filters, "datasource"):
         qs = qs.filter(datasource_id=datasource) if datasource.isdigit() else qs.none()

@@ -482,6 +482,10 @@ def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
             column["masking_rule"] = (
                 by_classification.get(found.classification_id) if found is not None else None
             )
+            column["paths"] = [
+                {"cc": cc, "masking_rule": by_classification.get(cc.classification_id)}
+                for cc in column["paths"]
+            ]
     guardrails = selectors.guardrail_list(
         user=request.user, filters={"datasource": str(datasource.pk)}
     )

@@ -39,6 +39,7 @@ from governance.models import (
 )
 from governance.services.history import _create, _delete, _update
 from governance.services.policy import _require_policy_editor, column_classifications_inherit
+from sidecar.engine.paths import PathError, parse_path, path_applies
 
 # --- datasources ----------------------------------------------------------------------
 
@@ -323,22 +324,29 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
 
     threshold = settings.WARDEN_SCAN_AUTO_APPLY_CONFIDENCE
     classifications = {c.name: c for c in Classification.objects.all()}
+    # Keyed by (schema, table, column, path): a path inside a JSON or array column
+    # ("" = the whole column) is classified, reviewed and rejected on its own.
     existing = {
-        (c.schema_name, c.table_name, c.column_name): c
+        (c.schema_name, c.table_name, c.column_name, c.path): c
         for c in ColumnClassification.objects.select_for_update(no_key=True).filter(
             datasource=datasource
         )
     }
     rejected = set(
         ClassificationRejection.objects.filter(datasource=datasource).values_list(
-            "schema_name", "table_name", "column_name", "classification__name"
+            "schema_name", "table_name", "column_name", "path", "classification__name"
         )
     )
     columns = datasource.snapshot_columns()
+    column_types = {
+        (t["schema"], t["name"], c["name"]): c["type"]
+        for t in (datasource.schema_snapshot or {}).get("tables", [])
+        for c in t.get("columns", [])
+    }
     proposed = auto_applied = ignored = 0
     # The most confident finding for a column wins.
     for finding in sorted(findings, key=lambda f: -float(f["confidence"])):
-        key = (finding["schema"], finding["table"], finding["column"])
+        key = (finding["schema"], finding["table"], finding["column"], finding.get("path") or "")
         name = FINDING_CLASSIFICATION_ALIASES.get(
             finding["classification"], finding["classification"]
         )
@@ -348,6 +356,7 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
             classification is None
             or (*key, name) in rejected
             or key[2] not in columns.get(key[:2], [])
+            or (key[3] and not _path_fits(column_types.get(key[:3]), key[3]))
             or (current is not None and current.status != ClassificationStatus.REJECTED)
         ):
             ignored += 1
@@ -373,6 +382,7 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
                 schema_name=key[0],
                 table_name=key[1],
                 column_name=key[2],
+                path=key[3],
                 **values,
             )
             _create(None, current)
@@ -386,6 +396,15 @@ def _findings_apply(*, datasource: Datasource, findings: list[dict[str, Any]]) -
         else:
             proposed += 1
     return {"proposed": proposed, "auto_applied": auto_applied, "ignored": ignored}
+
+
+def _path_fits(column_type: str | None, path: str) -> bool:
+    """Whether a finding's path can point into its column as the snapshot types it (a
+    path into a column that is not JSON or an array could never be masked)."""
+    try:
+        return column_type is not None and path_applies(column_type, parse_path(path))
+    except PathError:
+        return False
 
 
 def _scan_run_record(

@@ -118,8 +118,9 @@ def column_classification_set(
     classification: Classification,
     source: str = ClassificationSource.MANUAL,
     confidence: float = 1.0,
+    path: str = "",
 ) -> ColumnClassification:
-    """Classify one column (create or replace).
+    """Classify one column, or one path inside it (create or replace).
 
     A manual classification is confirmed by the actor at once. A scanner
     (``auto``) finding is only a proposal, and never overrides a person's
@@ -133,6 +134,7 @@ def column_classification_set(
             schema_name=schema_name,
             table_name=table_name,
             column_name=column_name,
+            path=path,  # "" is the whole column; a path inside it is another classification
         )
         .first()
     )
@@ -158,6 +160,7 @@ def column_classification_set(
             schema_name=schema_name,
             table_name=table_name,
             column_name=column_name,
+            path=path,
             **values,
         )
         _create(actor, column)
@@ -206,6 +209,7 @@ def _rejection_remember(
         schema_name=column.schema_name,
         table_name=column.table_name,
         column_name=column.column_name,
+        path=column.path,
         classification=classification,
         defaults={"rejected_by": actor},
     )
@@ -460,14 +464,16 @@ def _inherit_pass(*, datasource: Datasource) -> int:
     """
     from governance.models import ENFORCED_STATUSES, Level
 
+    # Whole columns only: a view column inherits its source column's classification,
+    # not those of paths inside it (the scan judges the view's own values per path).
     rows = {
         (c.schema_name, c.table_name, c.column_name): c
         for c in ColumnClassification.objects.select_for_update(no_key=True)
-        .filter(datasource=datasource)
+        .filter(datasource=datasource, path="")
         .select_related("classification")
     }
     rejected = set(
-        ClassificationRejection.objects.filter(datasource=datasource).values_list(
+        ClassificationRejection.objects.filter(datasource=datasource, path="").values_list(
             "schema_name", "table_name", "column_name", "classification__name"
         )
     )

@@ -1,4 +1,4 @@
-"""Load and validate a policy bundle (format ``warden.bundle/1``) into frozen objects.
+"""Load and validate a policy bundle (format ``warden.bundle/1`` or ``/1.1``) into frozen objects.
 
 A bundle is refused whole when anything in it is not understood: an unknown
 format version, a schema violation (checked against ``bundle.schema.json``), a
@@ -12,7 +12,7 @@ returns a complete ``Bundle`` or raises ``BundleError``. See
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -21,8 +21,16 @@ from typing import Any
 import jsonschema
 
 from sidecar.engine.canonical import compute_revision
+from sidecar.engine.paths import PathError, Step, parse_path, path_applies
 
 FORMAT = "warden.bundle/1"
+# 1.1 adds an optional ``path`` to column classifications (inside JSON and array
+# columns). The compiler writes 1.1 only for a bundle that has a path, so a sidecar
+# that knows only 1 keeps taking every bundle without one, and refuses one with paths
+# as an unsupported format (keeping its current bundle) instead of enforcing it
+# without the paths' masks.
+FORMAT_PATHS = "warden.bundle/1.1"
+FORMATS = (FORMAT, FORMAT_PATHS)
 # Safe by default: a classified column with no masking rule for the environment
 # is still masked when its level says the data must not leave unmasked.
 DEFAULT_STRATEGY_BY_LEVEL: dict[str, str | None] = {
@@ -119,12 +127,29 @@ class Guardrail:
 
 @dataclass(frozen=True, slots=True)
 class Masking:
-    """How one classified column is masked: strategy and parameters."""
+    """How one classified column is masked: strategy and parameters.
+
+    A column classified only inside (JSON or array paths) has strategy ``paths``:
+    ``paths`` holds each path's steps and its own masking, and ``exempt_teams`` the
+    teams exempt from all of them (so from the column)."""
 
     classification: str
     strategy: str
     params: dict[str, Any]
     exempt_teams: frozenset[str]
+    paths: tuple[tuple[tuple[Step, ...], Masking], ...] = ()
+
+
+PATHS_STRATEGY = "paths"
+
+
+def default_masking(classification: str, level: str) -> Masking | None:
+    """How a classification with no applicable masking rule is masked (None: not at
+    all). The one place this is decided, for whole columns and paths alike."""
+    default = DEFAULT_STRATEGY_BY_LEVEL[level]
+    if default is None:
+        return None
+    return Masking(classification, default, {}, frozenset())
 
 
 @dataclass(frozen=True)
@@ -139,7 +164,9 @@ class Bundle:
     tables_by_name: dict[str, tuple[Table, ...]]
     identities: dict[str, Identity]
     classification_levels: dict[str, str]
-    column_classifications: dict[str, str]  # "schema.table.column" -> classification
+    # "schema.table.column" -> classification; for a column classified only inside
+    # (paths), its most sensitive path's classification.
+    column_classifications: dict[str, str]
     masking: dict[str, Masking]  # "schema.table.column" -> masking (only masked columns)
     guardrails: tuple[Guardrail, ...]  # enabled ones, by position
     review_at: int
@@ -148,6 +175,16 @@ class Bundle:
     hold_seconds: int
     raw: dict[str, Any] = field(repr=False)
     break_glass: tuple[BreakGlass, ...] = ()
+    # "schema.table.column" -> {path: classification}, for paths inside JSON/array columns.
+    path_classifications: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def column_labels(self, column_key: str) -> tuple[str, ...]:
+        """Every classification of a column: the whole column's and its paths'."""
+        labels = set(self.path_classifications.get(column_key, {}).values())
+        whole = self.column_classifications.get(column_key)
+        if whole is not None:
+            labels.add(whole)
+        return tuple(sorted(labels))
 
     def resolve_table(
         self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None
@@ -174,6 +211,12 @@ class Bundle:
         for column in table.columns:
             masking = self.masking.get(f"{table.key}.{column.name}")
             if masking is not None and not (masking.exempt_teams & identity.teams):
+                if masking.paths:
+                    kept = tuple(
+                        p for p in masking.paths if not (p[1].exempt_teams & identity.teams)
+                    )
+                    if len(kept) != len(masking.paths):
+                        masking = replace(masking, paths=kept)
                 out[column.name] = masking
         return out
 
@@ -202,8 +245,9 @@ def load_bundle(data: Any) -> Bundle:
     """Validate the inner ``bundle`` dict and return a frozen ``Bundle``."""
     if not isinstance(data, dict):
         raise BundleError("bundle: expected a JSON object")
-    if data.get("format") != FORMAT:
-        raise BundleError(f"bundle: unsupported format {data.get('format')!r}; expected {FORMAT}")
+    if data.get("format") not in FORMATS:
+        expected = " or ".join(FORMATS)
+        raise BundleError(f"bundle: unsupported format {data.get('format')!r}; expected {expected}")
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
@@ -235,6 +279,8 @@ def load_bundle(data: Any) -> Bundle:
         levels[c["name"]] = c["level"]
 
     column_classes: dict[str, str] = {}
+    path_classes: dict[str, dict[str, str]] = {}
+    path_steps: dict[tuple[str, str], tuple[Step, ...]] = {}
     for cc in data["column_classifications"]:
         key = f"{cc['schema']}.{cc['table']}"
         classified = tables.get(key)
@@ -247,6 +293,29 @@ def load_bundle(data: Any) -> Bundle:
                 f"column_classifications: unknown classification {cc['classification']!r}"
             )
         column_key = f"{key}.{cc['column']}"
+        path = cc.get("path")
+        if path is not None:
+            if data["format"] == FORMAT:
+                raise BundleError(
+                    f"column_classifications: {column_key} has a path, "
+                    f"which needs format {FORMAT_PATHS}"
+                )
+            try:
+                steps = parse_path(path)
+            except PathError as exc:
+                raise BundleError(f"column_classifications: {column_key}: {exc}") from None
+            column_type = next(c.type for c in classified.columns if c.name == cc["column"])
+            if not path_applies(column_type, steps):
+                raise BundleError(
+                    f"column_classifications: path {path!r} does not fit {column_key} "
+                    f"({column_type})"
+                )
+            paths = path_classes.setdefault(column_key, {})
+            if path in paths:
+                raise BundleError(f"column_classifications: {column_key} {path} classified twice")
+            paths[path] = cc["classification"]
+            path_steps[(column_key, path)] = steps
+            continue
         if column_key in column_classes:
             raise BundleError(f"column_classifications: {column_key} classified twice")
         column_classes[column_key] = cc["classification"]
@@ -268,17 +337,33 @@ def load_bundle(data: Any) -> Bundle:
         if applies and rule.classification not in rule_for:
             rule_for[rule.classification] = rule
 
-    masking: dict[str, Masking] = {}
-    for column_key, classification in column_classes.items():
+    def masking_of(classification: str) -> Masking | None:
         chosen = rule_for.get(classification)
         if chosen is not None:
-            masking[column_key] = Masking(
-                classification, chosen.strategy, chosen.params, chosen.exempt_teams
-            )
-        else:
-            default = DEFAULT_STRATEGY_BY_LEVEL[levels[classification]]
-            if default is not None:
-                masking[column_key] = Masking(classification, default, {}, frozenset())
+            return Masking(classification, chosen.strategy, chosen.params, chosen.exempt_teams)
+        return default_masking(classification, levels[classification])
+
+    masking: dict[str, Masking] = {}
+    for column_key, classification in column_classes.items():
+        chosen_masking = masking_of(classification)
+        if chosen_masking is not None:
+            masking[column_key] = chosen_masking
+
+    rank = {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}
+    for column_key, paths in path_classes.items():
+        # The most sensitive path speaks for the column where one label is needed.
+        top = max(sorted(paths.values()), key=lambda name: rank[levels[name]])
+        column_classes.setdefault(column_key, top)
+        if column_key in masking:
+            continue  # the whole column is masked: its paths with it
+        masked_paths = tuple(
+            (path_steps[(column_key, path)], m)
+            for path, label in sorted(paths.items())
+            if (m := masking_of(label)) is not None
+        )
+        if masked_paths:
+            exempt = frozenset.intersection(*(m.exempt_teams for _, m in masked_paths))
+            masking[column_key] = Masking(top, PATHS_STRATEGY, {}, exempt, masked_paths)
 
     identities: dict[str, Identity] = {}
     for i in data["identities"]:
@@ -328,6 +413,7 @@ def load_bundle(data: Any) -> Bundle:
         identities=identities,
         classification_levels=levels,
         column_classifications=column_classes,
+        path_classifications=path_classes,
         masking=masking,
         guardrails=tuple(guardrails),
         review_at=risk["review_at"],

@@ -94,7 +94,11 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
     columns = referenced_columns(a)
     columns_read = tuple(sorted(columns))
     column_classes = bundle.column_classifications
-    classes = tuple(sorted({column_classes[c] for c in columns_read if c in column_classes}))
+    labels = {column_classes[c] for c in columns_read if c in column_classes}
+    paths = bundle.path_classifications
+    if paths:  # a column classified inside holds every one of its paths' classifications
+        labels.update(x for c in columns_read if c in paths for x in paths[c].values())
+    classes = tuple(sorted(labels))
 
     masked: dict[str, dict[str, Masking]] = {}
     masked_read: dict[str, dict[str, Masking]] = {}

@@ -16,6 +16,7 @@ import re
 from typing import NamedTuple
 
 from sidecar.engine.bundle import Masking, Table
+from sidecar.engine.paths import Step, element_type, structured_kind
 from sidecar.engine.scanning import scan_bytes
 from sidecar.engine.vocabulary import KEEP_LAST
 
@@ -37,6 +38,9 @@ def quote_ident(name: str) -> str:
 
 def uses_hash(type_name: str, masking: Masking) -> bool:
     """True when masking a column of this type calls the database's keyed hash."""
+    if masking.paths:
+        # A path's value is masked as text (JSON leaves) or as the array's element type.
+        return any(m.strategy == "hash" for _, m in masking.paths)
     return masking.strategy == "hash" and _type_family(type_name) in _HASHABLE
 
 
@@ -73,6 +77,8 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
     function (``hashing`` false) a hashed column is NULL: the engine refuses any
     statement that reads one, and a column nobody reads must still not be raw.
     """
+    if masking.paths:
+        return structured_expression(column, type_name, masking, hashing)
     family = _type_family(type_name)
     strategy = masking.strategy
     if strategy == "hash" and not hashing:
@@ -138,6 +144,125 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
     if expr is None:
         expr = "NULL"
     return f"({expr})::{type_name}"
+
+
+# --- masking inside JSON and array columns ----------------------------------------------
+
+
+class _Node:
+    """The classified paths of one column as a tree: a masked value, or where to descend."""
+
+    __slots__ = ("each", "keys", "masking")
+
+    def __init__(self) -> None:
+        self.masking: Masking | None = None
+        self.keys: dict[str, _Node] = {}
+        self.each: _Node | None = None
+
+
+def _path_tree(paths: tuple[tuple[tuple[Step, ...], Masking], ...]) -> _Node:
+    root = _Node()
+    for steps, masking in paths:
+        node = root
+        for step in steps:
+            if node.masking is not None:
+                break  # a path above this one already masks the whole value
+            if step.key is None:
+                node.each = node.each or _Node()
+                node = node.each
+            else:
+                node = node.keys.setdefault(step.key, _Node())
+        else:
+            # The shorter path masks everything below it; equal paths: the first wins.
+            if node.masking is None:
+                node.masking = masking
+                node.keys, node.each = {}, None
+    return root
+
+
+def _literal(value: str) -> str:
+    """A string constant that reads the same whatever ``standard_conforming_strings`` is."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+_EQ = "OPERATOR(pg_catalog.=)"
+_TYPEOF = "pg_catalog.jsonb_typeof"
+
+
+def _json_leaf(value: str, masking: Masking, hashing: bool) -> str:
+    """A JSON value masked as its text (a string's content, else its JSON text), back to
+    JSON: a string, or JSON null for ``null``. A JSON null stays null."""
+    text = f"({value} OPERATOR(pg_catalog.#>>) '{{}}'::pg_catalog.text[])"
+    masked = mask_expression(text, "text", masking, hashing)
+    return (
+        f"CASE WHEN {value} IS NULL OR {_TYPEOF}({value}) {_EQ} 'null' THEN {value} "
+        f"ELSE COALESCE(pg_catalog.to_jsonb({masked}), 'null'::pg_catalog.jsonb) END"
+    )
+
+
+def _json_rebuild(value: str, node: _Node, depth: int, hashing: bool) -> str:
+    """``value`` (jsonb) with every path of ``node`` masked. Keys and elements the tree
+    does not name are kept; a key a row lacks stays absent; a value of another JSON type
+    than the path expects (a string where an object was expected) is kept as it is."""
+    if node.masking is not None:
+        return _json_leaf(value, node.masking, hashing)
+    alias = f"warden_p{depth}"
+    branches = []
+    if node.keys:
+        cases = " ".join(
+            f"WHEN {alias}.key {_EQ} {_literal(key)} "
+            f"THEN {_json_rebuild(f'{alias}.value', child, depth + 1, hashing)}"
+            for key, child in sorted(node.keys.items())
+        )
+        rebuilt = (
+            f"COALESCE((SELECT pg_catalog.jsonb_object_agg({alias}.key, "
+            f"CASE {cases} ELSE {alias}.value END) "
+            f"FROM pg_catalog.jsonb_each({value}) AS {alias}), '{{}}'::pg_catalog.jsonb)"
+        )
+        branches.append(f"WHEN {_TYPEOF}({value}) {_EQ} 'object' THEN {rebuilt}")
+    if node.each is not None:
+        element = _json_rebuild(f"{alias}.value", node.each, depth + 1, hashing)
+        rebuilt = (
+            f"COALESCE((SELECT pg_catalog.jsonb_agg({element} ORDER BY {alias}.ordinality) "
+            f"FROM pg_catalog.jsonb_array_elements({value}) WITH ORDINALITY "
+            f"AS {alias}(value, ordinality)), '[]'::pg_catalog.jsonb)"
+        )
+        branches.append(f"WHEN {_TYPEOF}({value}) {_EQ} 'array' THEN {rebuilt}")
+    if not branches:
+        return value
+    return f"CASE {' '.join(branches)} ELSE {value} END"
+
+
+def _structured_value(value: str, type_name: str, node: _Node, depth: int, hashing: bool) -> str:
+    kind = structured_kind(type_name)
+    if kind == "jsonb":
+        return _json_rebuild(value, node, depth, hashing)
+    if kind == "json":
+        rebuilt = _json_rebuild(f"({value})::pg_catalog.jsonb", node, depth, hashing)
+        return f"({rebuilt})::pg_catalog.json"
+    if kind == "array" and node.each is not None:
+        alias = f"warden_p{depth}"
+        element = _structured_value(
+            f"{alias}.element", element_type(type_name), node.each, depth + 1, hashing
+        )
+        return (
+            f"CASE WHEN {value} IS NULL THEN NULL ELSE ARRAY(SELECT {element} "
+            f"FROM pg_catalog.unnest({value}) WITH ORDINALITY AS {alias}(element, ordinality) "
+            f"ORDER BY {alias}.ordinality) END"
+        )
+    if node.masking is not None:
+        return mask_expression(value, type_name, node.masking, hashing)
+    return "NULL"  # the loader refuses such a path; never show a value it could not place
+
+
+def structured_expression(column: str, type_name: str, masking: Masking, hashing: bool) -> str:
+    """The value of a JSON or array ``column`` rebuilt with each of ``masking.paths``
+    masked by its own strategy, cast back to the column's type. NULL stays NULL; rows
+    without a path keep their value; a multi-dimensional array comes back flattened."""
+    tree = _path_tree(masking.paths)
+    return f"({_structured_value(column, type_name, tree, 1, hashing)})::{type_name}"
 
 
 def masking_subquery(

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from sidecar.scanner.detectors import DATE, NETWORK, NUMBER, TEXT, TIMESTAMP
+from sidecar.scanner.detectors import ARRAY, DATE, JSON, NETWORK, NUMBER, TEXT, TIMESTAMP
 from sidecar.scanner.viewsources import Columns, view_sources
 
 KINDS = {
@@ -42,10 +42,13 @@ ORDER BY n.nspname, c.relname
 
 COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod),
-       coalesce(b.typname, t.typname), coalesce(b.typcategory, t.typcategory)
+       coalesce(b.typname, t.typname), coalesce(b.typcategory, t.typcategory),
+       e.typname, e.typcategory
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
+LEFT JOIN pg_type e ON e.oid = coalesce(b.typelem, t.typelem)
+    AND coalesce(b.typcategory, t.typcategory) = 'A'
 WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
@@ -53,7 +56,11 @@ ORDER BY a.attrelid, a.attnum
 
 def type_family(typname: str, category: str) -> str:
     """Which detectors may look at a column: text, date, timestamp, network, number (only
-    the types wide enough for a card or phone number), bool or other."""
+    the types wide enough for a card or phone number), bool, json, array or other."""
+    if category == "A":
+        return ARRAY
+    if typname in ("json", "jsonb"):
+        return JSON
     if category == "S":
         return TEXT
     if typname == "date":
@@ -75,6 +82,7 @@ class Column:
     type: str
     family: str
     sources: list[str] | None = None  # views only
+    element: str | None = None  # an array's element type family
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -137,8 +145,12 @@ def read_catalog(conn: psycopg.Connection[Any]) -> Catalog:
             definition=definition.strip() if definition else None,
         )
     if by_oid:
-        for oid, name, formatted, typname, category in conn.execute(COLUMNS_SQL, [list(by_oid)]):
-            by_oid[oid].columns.append(Column(name, formatted, type_family(typname, category)))
+        rows = conn.execute(COLUMNS_SQL, [list(by_oid)])
+        for oid, name, formatted, typname, category, elem_name, elem_category in rows:
+            column = Column(name, formatted, type_family(typname, category))
+            if elem_name is not None:
+                column.element = type_family(elem_name, elem_category)
+            by_oid[oid].columns.append(column)
     catalog = Catalog(relations=list(by_oid.values()), search_path=search_path)
     _attach_view_sources(catalog)
     return catalog

@@ -50,6 +50,10 @@ log = logging.getLogger("warden.sidecar.scanner")
 # Type families (see catalog.type_family). Only these are ever sampled.
 TEXT, DATE, TIMESTAMP, NETWORK, NUMBER = "text", "date", "timestamp", "network", "number"
 SAMPLED_FAMILIES = frozenset({TEXT, DATE, TIMESTAMP, NETWORK, NUMBER})
+# JSON and array columns: their leaves and elements are judged per path
+# (``sidecar.scanner.structured``), never the column's value as a whole.
+JSON, ARRAY = "json", "array"
+STRUCTURED_FAMILIES = frozenset({JSON, ARRAY})
 
 # Fewer sampled values than this and the values cannot decide: the name alone
 # speaks, capped at NAME_ONLY_CAP so a reviewer sees it is a guess.
@@ -105,9 +109,10 @@ class Finding:
     confidence: float
     share: float
     detector: str
+    path: str = ""  # inside a JSON or array column (sidecar.engine.paths); "" = whole
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "schema": self.schema,
             "table": self.table,
             "column": self.column,
@@ -116,6 +121,9 @@ class Finding:
             "share": self.share,
             "detector": self.detector,
         }
+        if self.path:
+            data["path"] = self.path
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,7 +725,7 @@ def _custom(
     return Detector(
         name=f"custom:{name}",
         classification=classification,
-        families=SAMPLED_FAMILIES | {"other", "bool"},
+        families=SAMPLED_FAMILIES | STRUCTURED_FAMILIES | {"other", "bool"},
         hint=name_re,
         match=match if value_re is not None else None,
         min_share=0.5,

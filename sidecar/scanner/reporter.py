@@ -52,10 +52,14 @@ Scan = Callable[[ScanSettings, str | None, str], ScanReport]
 
 
 def legacy_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The report in the shape control planes before the ``scan`` contract accept."""
+    """The report in the shape control planes before the ``scan`` contract accept.
+    Findings inside a JSON or array column (with a ``path``) are left out: such a
+    control plane would take them for the whole column."""
     return {
         "snapshot": body["snapshot"],
-        "findings": [{k: f[k] for k in _LEGACY_FINDING_KEYS} for f in body["findings"]],
+        "findings": [
+            {k: f[k] for k in _LEGACY_FINDING_KEYS} for f in body["findings"] if "path" not in f
+        ],
     }
 
 

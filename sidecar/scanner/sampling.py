@@ -4,8 +4,9 @@ Only columns a detector can use are read (``SAMPLED_FAMILIES``), each cast to
 text and cut to ``VALUE_MAX`` characters inside the database, so a wide
 column never crosses the wire whole. A large table (by row estimate) is read
 with ``TABLESAMPLE SYSTEM`` so the rows come from all over it rather than its
-first pages; a small one with a plain ``LIMIT``. Each query runs in its own
-read-only transaction under ``SET LOCAL statement_timeout`` and
+first pages; a small one with a plain ``LIMIT``. JSON and array columns come
+back as JSON text, bounded (``sidecar.scanner.structured``), for the per-path
+walk. Each query runs in its own read-only transaction under ``SET LOCAL statement_timeout`` and
 ``lock_timeout``, sent as one message, so a relation costs one round trip and
 holds its lock only for its own query.
 
@@ -22,8 +23,9 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from sidecar.scanner.catalog import Relation
-from sidecar.scanner.detectors import SAMPLED_FAMILIES
+from sidecar.scanner.catalog import Column, Relation
+from sidecar.scanner.detectors import ARRAY, JSON, NUMBER, SAMPLED_FAMILIES
+from sidecar.scanner.structured import JSON_VALUE_MAX, MAX_ELEMENTS
 
 VALUE_MAX = 512
 # Below this estimate a table is read with LIMIT; above, with TABLESAMPLE.
@@ -51,14 +53,41 @@ def sampled_columns(relation: Relation) -> list[str]:
     if relation.kind == "foreign_table":
         # Its rows live on another server: the scan does not reach out to it.
         return []
-    return [c.name for c in relation.columns if c.family in SAMPLED_FAMILIES]
+    return [c.name for c in relation.columns if c.family in SAMPLED_FAMILIES or _structured(c)]
+
+
+def _structured(column: Column) -> bool:
+    return column.family == JSON or (
+        column.family == ARRAY and (column.element in SAMPLED_FAMILIES or column.element == JSON)
+    )
+
+
+def _target(column: Column | None, name: str) -> sql.Composable:
+    """A sampled column as text: cut to ``VALUE_MAX``; a JSON value as its JSON text when
+    it is at most ``JSON_VALUE_MAX`` bytes (else NULL: not read); an array as the JSON
+    array of its first ``MAX_ELEMENTS`` elements (each text one cut to ``VALUE_MAX``)."""
+    ident = sql.Identifier(name)
+    if column is not None and column.family == JSON:
+        return sql.SQL("CASE WHEN octet_length(({0})::text) <= {1} THEN ({0})::text END").format(
+            ident, sql.Literal(JSON_VALUE_MAX)
+        )
+    if column is not None and column.family == ARRAY:
+        element = (
+            sql.SQL("to_jsonb(e.x)")
+            if column.element in (JSON, NUMBER)
+            else sql.SQL("to_jsonb(left((e.x)::text, {}))").format(sql.Literal(VALUE_MAX))
+        )
+        return sql.SQL(
+            "(SELECT CASE WHEN octet_length(j::text) <= {0} THEN j::text END FROM "
+            "(SELECT jsonb_agg({1}) AS j FROM (SELECT x FROM unnest({2}) AS u(x) LIMIT {3}) "
+            "AS e) AS a)"
+        ).format(sql.Literal(JSON_VALUE_MAX), element, ident, sql.Literal(MAX_ELEMENTS))
+    return sql.SQL("left(({})::text, {})").format(ident, sql.Literal(VALUE_MAX))
 
 
 def sample_query(relation: Relation, columns: list[str], rows: int) -> sql.Composed:
-    target = sql.SQL(", ").join(
-        sql.SQL("left(({})::text, {})").format(sql.Identifier(name), sql.Literal(VALUE_MAX))
-        for name in columns
-    )
+    by_name = {c.name: c for c in relation.columns}
+    target = sql.SQL(", ").join(_target(by_name.get(name), name) for name in columns)
     source = sql.SQL("{}.{}").format(sql.Identifier(relation.schema), sql.Identifier(relation.name))
     estimate = relation.row_estimate or 0
     sampling: sql.Composable = sql.SQL("")

@@ -24,6 +24,7 @@ import psycopg
 from sidecar.proxy.upstream import libpq_tls_defaults
 from sidecar.scanner.catalog import Catalog, Relation, read_catalog
 from sidecar.scanner.detectors import (
+    STRUCTURED_FAMILIES,
     ColumnSample,
     Detector,
     Finding,
@@ -38,6 +39,7 @@ from sidecar.scanner.regex_worker import (
     CustomDetectorRunner,
 )
 from sidecar.scanner.sampling import SamplingError, sample_relation, sampled_columns
+from sidecar.scanner.structured import path_samples
 
 log = logging.getLogger("warden.sidecar.scanner")
 
@@ -204,9 +206,15 @@ def scan_connection(
                 values = {}
             sampled += sum(1 for name in sampled_columns(relation) if name in values)
             for column in relation.columns:
-                sample = ColumnSample(
-                    column.name, column.type, column.family, values.get(column.name, ())
-                )
+                column_values = values.get(column.name, ())
+                if column.family in STRUCTURED_FAMILIES:
+                    findings.extend(
+                        _path_findings(
+                            relation, column.name, column_values, runner, classify_column
+                        )
+                    )
+                    column_values = ()  # the whole value is not judged: its paths are
+                sample = ColumnSample(column.name, column.type, column.family, column_values)
                 verdict = classify_column(sample, [])
                 for candidate in runner.verdicts(sample, f"{relation.key}.{column.name}"):
                     verdict = preferred(verdict, candidate)
@@ -248,7 +256,7 @@ def scan_connection(
     return ScanReport(catalog, findings, summary, errors, skipped, list(runner.timed_out))
 
 
-def _finding(relation: Relation, column: str, verdict: Verdict) -> Finding:
+def _finding(relation: Relation, column: str, verdict: Verdict, path: str = "") -> Finding:
     return Finding(
         schema=relation.schema,
         table=relation.name,
@@ -257,7 +265,29 @@ def _finding(relation: Relation, column: str, verdict: Verdict) -> Finding:
         confidence=verdict.confidence,
         share=verdict.share,
         detector=verdict.detector,
+        path=path,
     )
+
+
+def _path_findings(
+    relation: Relation,
+    column: str,
+    values: Any,
+    runner: CustomDetectorRunner,
+    classify_column: Callable[[ColumnSample, list[Detector]], Verdict | None],
+) -> list[Finding]:
+    """Findings inside a JSON or array column: each path's leaves judged like a column
+    named after the path's last key (bounded: ``sidecar.scanner.structured``)."""
+    found = []
+    for leaves in path_samples(column, values):
+        sample = ColumnSample(leaves.name, leaves.family, leaves.family, leaves.values)
+        verdict = classify_column(sample, [])
+        where = f"{relation.key}.{column} {leaves.path}"
+        for candidate in runner.verdicts(sample, where):
+            verdict = preferred(verdict, candidate)
+        if verdict is not None:
+            found.append(_finding(relation, column, verdict, leaves.path))
+    return found
 
 
 def _with_lineage(
@@ -265,7 +295,7 @@ def _with_lineage(
 ) -> list[Finding]:
     """Add or strengthen view-column findings from their sources' findings."""
     families = {f"{r.key}.{c.name}": c.family for r in catalog.relations for c in r.columns}
-    result = {(f.schema, f.table, f.column): f for f in findings}
+    result = {(f.schema, f.table, f.column, f.path): f for f in findings}
     for relation in catalog.relations:
         for column in relation.columns:
             if not column.sources:
@@ -279,7 +309,7 @@ def _with_lineage(
             if not inherited:
                 continue
             best = max(inherited, key=lambda f: f.confidence)
-            key = (relation.schema, relation.name, column.name)
+            key = (relation.schema, relation.name, column.name, "")
             confidence = round(best.confidence * LINEAGE_DISCOUNT, 3)
             current = result.get(key)
             if current is None or current.confidence < confidence:
