@@ -72,8 +72,8 @@ LOCALES: dict[str, tuple[list[str], list[str]]] = {
         ["Ørsted", "Lindqvist", "Hansen", "Johansson", "Nyström", "Berg", "Dahl"],
     ),
     "tr": (
-        ["Mehmet", "Ayşe", "Emre", "Zeynep", "Çağrı", "Elif", "Burak"],
-        ["Yılmaz", "Çelik", "Şahin", "Demir", "Kaya", "Öztürk", "Aydın"],
+        ["Mehmet", "Ayşe", "Emre", "Zeynep", "Çağrı", "Elif", "Burak"],  # noqa: RUF001
+        ["Yılmaz", "Çelik", "Şahin", "Demir", "Kaya", "Öztürk", "Aydın"],  # noqa: RUF001
     ),
     "pt": (
         ["João", "Ana", "Thiago", "Larissa", "Gonçalo", "Beatriz", "Rafael"],
@@ -143,7 +143,7 @@ def email(r: random.Random) -> str:
             f"{first}.{last}",
             f"{first[0]}{last}{r.randint(1, 99)}",
             f"{first}+{r.choice(['news', 'shop'])}",
-        ]  # noqa: E501
+        ]
     )
     address = f"{local}@{r.choice(TLDS)}"
     style = r.random()
@@ -474,7 +474,7 @@ def secret_known(r: random.Random) -> str:
 def bcrypt(r: random.Random) -> str:
     return "$2b$12$" + "".join(
         r.choice(string.ascii_letters + string.digits + "./") for _ in range(53)
-    )  # noqa: E501
+    )
 
 
 def argon2(r: random.Random) -> str:
@@ -808,9 +808,28 @@ def _with_quality(r: random.Random, col: Col, in_small: bool) -> Gen:
 
 # --- tables --------------------------------------------------------------------------------------
 
-TABLE_WORDS = ["customers", "orders", "accounts", "contacts", "tickets", "leads", "staff",
-               "partners", "invoices", "shipments", "members", "bookings", "claims", "patients",
-               "subscriptions", "payouts", "visits", "profiles", "applicants", "devices"]  # fmt: skip
+TABLE_WORDS = [
+    "customers",
+    "orders",
+    "accounts",
+    "contacts",
+    "tickets",
+    "leads",
+    "staff",
+    "partners",
+    "invoices",
+    "shipments",
+    "members",
+    "bookings",
+    "claims",
+    "patients",
+    "subscriptions",
+    "payouts",
+    "visits",
+    "profiles",
+    "applicants",
+    "devices",
+]
 
 Columns = list[tuple[str, str, Gen]]
 
@@ -865,7 +884,7 @@ def seed(conn: psycopg.Connection[Any], *, seed_value: int = SEED) -> dict[tuple
             sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {})").format(
                 sql.Identifier(table),
                 sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(sqltype))  # type: ignore[arg-type]
+                    sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(sqltype))
                     for name, sqltype, _ in columns
                 ),
             )
@@ -911,10 +930,10 @@ def score_thresholds(
             "confident": len(confident),
             "precision_confident": _share(
                 sum(truth.get(k) == cls for k in confident), len(confident)
-            ),  # noqa: E501
+            ),
             "precision_protect": _share(
                 sum(truth.get(k) == cls for k in protected), len(protected)
-            ),  # noqa: E501
+            ),
             "recall_confident": _share(sum(found(k, CONFIDENT) for k in expected), len(expected)),
             "missed": sorted(k for k in expected if not found(k, PROTECT)),
             "wrong_confident": sorted(k for k in confident if truth.get(k) != cls),
