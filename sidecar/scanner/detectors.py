@@ -34,6 +34,7 @@ from stdnum import luhn
 from stdnum.de import idnr as de_idnr
 from stdnum.dk import cpr as dk_cpr
 from stdnum.es import dni as es_dni
+from stdnum.es import nie as es_nie
 from stdnum.fi import hetu as fi_hetu
 from stdnum.fr import nir as fr_nir
 from stdnum.iso7064 import mod_97_10
@@ -71,7 +72,7 @@ PROBE = 16
 CONFIDENCE_CAP = 0.99
 # Free text: the share of sampled values embedding PII from which a column is
 # pii.free_text, and the share at which that evidence is at full strength.
-FREE_TEXT_MIN_SHARE = 0.03
+FREE_TEXT_MIN_SHARE = 0.02
 FREE_TEXT_FULL_SHARE = 0.3
 
 
@@ -335,6 +336,7 @@ def is_ssn(value: str, hinted: bool = False) -> bool:
 # their own, and bare digit runs (BSN, PESEL, Steuer-ID) only under a name hint.
 _NATIONAL_STRONG: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
     (re.compile(r"^\d{8}-?[A-Z]$"), es_dni.is_valid),
+    (re.compile(r"^[XYZ]\d{7}-?[A-Z]$"), es_nie.is_valid),
     (re.compile(r"^[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]$"), it_cf.is_valid),
     (re.compile(r"^\d{6}[-+A]\d{3}[0-9A-Y]$"), fi_hetu.is_valid),
     (re.compile(r"^(?:\d{2})?\d{6}[-+]\d{4}$"), se_pnr.is_valid),
@@ -922,7 +924,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
             "commentaires?",
         ),
         contains_pii,
-        # See docs/scanner.md#free-text: 3% of sampled values (3 in 100) is enough to
+        # See docs/scanner.md#free-text: 2% of sampled values (2 in 100) is enough to
         # call it free text with PII; 30% is full strength.
         min_share=FREE_TEXT_MIN_SHARE,
         full_share=FREE_TEXT_FULL_SHARE,
