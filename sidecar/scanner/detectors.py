@@ -665,7 +665,8 @@ _EMBEDDED = re.compile(
     r"|\b[XYZ0-9]\d{7}-?[A-Z]\b"
     r"|\b\d{6}[-+A]\d{3}[0-9A-Y]\b"
     r"|\b(?:\d{2})?\d{6}[-+]\d{4}\b"
-    r"|\+?\(?\d[\d ().\-]{6,24}\d"
+    # Not inside a code: "INV-2024-854802" holds a valid US number by its digits.
+    r"|(?<![\w-])\+?\(?\d[\d ().\-]{6,24}\d(?![\w-])"
 )
 _DIGIT_OR_AT = re.compile(r"[\d@]")
 # Other text: a word with lower-case letters ("NWBK" in a grouped IBAN is no prose).

@@ -377,6 +377,7 @@ def test_free_text_with_pii_inside(text: str) -> None:
         "Tracking 1Z999AA10123456784 handed to the carrier.",
         "Paid with card 4111 1111 1111 1112, declined.",  # fails Luhn
         "Room 204, floor 2; gate code 4411.",
+        "Invoice INV-2024-854802 total 71915.87, due in 30 days.",
     ],
 )
 def test_free_text_without_pii(text: str) -> None:
