@@ -55,8 +55,10 @@ ORDER BY a.attrelid, a.attnum
 
 
 def type_family(typname: str, category: str) -> str:
-    """Which detectors may look at a column: text, date, timestamp, network, number (only
-    the types wide enough for a card or phone number), bool, json, array or other."""
+    """Which detectors may look at a column: text, date, timestamp, network (``inet``,
+    and ``cidr``, which can hold host addresses), number (the integer and numeric types
+    wide enough for an SSN, a card or a phone number: ``integer`` holds every 9-digit
+    SSN), bool, json, array or other."""
     if category == "A":
         return ARRAY
     if typname in ("json", "jsonb"):
@@ -67,9 +69,9 @@ def type_family(typname: str, category: str) -> str:
         return DATE
     if typname in ("timestamp", "timestamptz"):
         return TIMESTAMP
-    if typname == "inet":
+    if typname in ("inet", "cidr"):
         return NETWORK
-    if typname in ("int8", "numeric"):
+    if typname in ("int4", "int8", "numeric"):
         return NUMBER
     if typname == "bool":
         return "bool"

@@ -34,6 +34,7 @@ from stdnum import luhn
 from stdnum.de import idnr as de_idnr
 from stdnum.dk import cpr as dk_cpr
 from stdnum.es import dni as es_dni
+from stdnum.es import nie as es_nie
 from stdnum.fi import hetu as fi_hetu
 from stdnum.fr import nir as fr_nir
 from stdnum.iso7064 import mod_97_10
@@ -55,37 +56,62 @@ SAMPLED_FAMILIES = frozenset({TEXT, DATE, TIMESTAMP, NETWORK, NUMBER})
 JSON, ARRAY = "json", "array"
 STRUCTURED_FAMILIES = frozenset({JSON, ARRAY})
 
-# Fewer sampled values than this and the values cannot decide: the name alone
-# speaks, capped at NAME_ONLY_CAP so a reviewer sees it is a guess.
-MIN_VALUES = 5
+# Without any sampled value the name alone speaks, capped at NAME_ONLY_CAP so a
+# reviewer sees it is a guess. From one value on, values speak (a table of three
+# e-mail addresses is an e-mail column), discounted for the sample's size:
+# SMALL_SAMPLE_WEIGHT in ``n / (n + SMALL_SAMPLE_WEIGHT)``.
 NAME_ONLY_CAP = 0.6
+SMALL_SAMPLE_WEIGHT = 4
+# Custom detectors, whose confidence is the security team's and gets no discount,
+# still need this many values before their value regex decides.
+MIN_VALUES = 5
+# A name that says the column holds something else (``order_number``,
+# ``tracking_id``) caps value evidence here: above the protect threshold (masked
+# provisionally, reviewed), below the confident one (0.9).
+CONTRARY_NAME_CAP = 0.6
 # A detector that matched none of the first PROBE distinct values stops there:
 # it could not reach its minimum share on a sample that starts that badly, and
 # most columns are rejected this way after a handful of cheap checks.
 PROBE = 16
 CONFIDENCE_CAP = 0.99
+# Free text: the share of sampled values embedding PII from which a column is
+# pii.free_text, and the share at which that evidence is at full strength.
+FREE_TEXT_MIN_SHARE = 0.02
+FREE_TEXT_FULL_SHARE = 0.3
 
 
 def combine_confidence(
-    *, name_prior: float, hinted: bool, share: float, sampled: int, min_share: float
+    *,
+    name_prior: float,
+    hinted: bool,
+    share: float,
+    sampled: int,
+    min_share: float,
+    full_share: float = 1.0,
+    contrary: bool = False,
 ) -> float:
     """The confidence of one detector on one column, from name and value evidence.
 
-    - Too few values (``sampled < MIN_VALUES``): the name hint alone, at most
-      ``NAME_ONLY_CAP``; no hint, no finding.
+    - No values (``sampled == 0``: an empty table, a column of NULLs): the name
+      hint alone, at most ``NAME_ONLY_CAP``; no hint, no finding.
     - Values that contradict (``share < min_share``): 0, whatever the name says.
-    - Otherwise value evidence grows from 0.55 at ``min_share`` to 1.0 at a
-      share of 1, discounted for small samples (``n / (n + 4)``), and is
-      combined with the name evidence (``name_prior`` when hinted) as a
-      noisy-OR: ``1 - (1 - name) * (1 - value)``, capped at 0.99.
+    - Otherwise value evidence grows from 0.55 at ``min_share`` to 1.0 at
+      ``full_share`` (1 for most detectors; free text reaches it sooner),
+      discounted for small samples (``n / (n + 4)``: 3 values of 3 give 0.43,
+      10 give 0.71, 100 give 0.96), capped at ``CONTRARY_NAME_CAP`` when the name
+      says the column is something else, and combined with the name evidence
+      (``name_prior`` when hinted) as a noisy-OR: ``1 - (1 - name) * (1 - value)``,
+      capped at 0.99.
     """
-    if sampled < MIN_VALUES:
+    if sampled <= 0:
         return round(min(name_prior, NAME_ONLY_CAP), 3) if hinted else 0.0
     if share < min_share:
         return 0.0
-    span = 1.0 - min_share
-    strength = 1.0 if span <= 0 else (share - min_share) / span
-    value = (0.55 + 0.45 * strength) * (sampled / (sampled + 4))
+    span = full_share - min_share
+    strength = 1.0 if span <= 0 else min(1.0, (share - min_share) / span)
+    value = (0.55 + 0.45 * strength) * (sampled / (sampled + SMALL_SAMPLE_WEIGHT))
+    if contrary and not hinted:
+        value = min(value, CONTRARY_NAME_CAP)
     name = name_prior if hinted else 0.0
     return round(min(CONFIDENCE_CAP, 1.0 - (1.0 - name) * (1.0 - value)), 3)
 
@@ -155,9 +181,18 @@ class Detector:
     # A custom detector's value regex (``match`` applies it in this process; the
     # scan runs it in ``regex_worker`` under a deadline instead).
     value_pattern: re.Pattern[str] | None = None
+    # Names that say the column holds something else (see CONTRARY_NAME_CAP).
+    contrary: re.Pattern[str] | None = None
+    # The share at which value evidence is at full strength.
+    full_share: float = 1.0
+    # Stop after PROBE distinct values without a match (None: read them all, for a
+    # detector whose minimum share is too low for a probe to say anything).
+    probe: int | None = PROBE
+    # Values that are all numbering (ids, order numbers) are not this class.
+    numbering_vetoes: bool = False
 
     def hinted(self, column: str) -> bool:
-        lowered = column.lower()
+        lowered = words_of(column)
         if self.veto is not None and self.veto.search(lowered):
             return False
         return self.hint is not None and bool(self.hint.search(lowered))
@@ -169,29 +204,68 @@ class Detector:
         if self.needs_hint and not hinted:
             return None
         share = 0.0
-        if total >= MIN_VALUES and self.match is not None:
-            share = value_share(self.match, counts, total, hinted)
+        if total and self.match is not None:
+            share = value_share(self.match, counts, total, hinted, self.probe)
+            if share and self.numbering_vetoes and is_numbering(counts):
+                share = 0.0
         confidence = combine_confidence(
             name_prior=self.name_prior,
             hinted=hinted,
             share=share,
             sampled=total,
             min_share=self.min_share,
+            full_share=self.full_share,
+            contrary=self.contrary is not None
+            and bool(self.contrary.search(words_of(column.name))),
         )
         if confidence <= 0:
             return None
         return Verdict(self.classification, confidence, round(share, 3), self.name)
 
 
-def value_share(match: Matcher, counts: Counter[str], total: int, hinted: bool) -> float:
+def value_share(
+    match: Matcher, counts: Counter[str], total: int, hinted: bool, probe: int | None = PROBE
+) -> float:
     """Share of the sampled values (with multiplicity) that ``match`` accepts."""
     matched = 0
     for seen, (value, count) in enumerate(counts.items()):
-        if seen == PROBE and matched == 0:
+        if seen == probe and matched == 0:
             return 0.0
         if match(value, hinted):
             matched += count
     return matched / total
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def words_of(column: str) -> str:
+    """A column name as lower-case ``_``-separated words, whatever its case style:
+    ``dateOfBirth`` and ``DATE_OF_BIRTH`` are ``date_of_birth``."""
+    return _CAMEL.sub("_", column).lower()
+
+
+_SEPARATORS = re.compile(r"[ -]")
+NUMBERING_PREFIX = 10
+
+
+def is_numbering(counts: Counter[str]) -> bool:
+    """Digit runs that are one organisation's numbering, not people's numbers: a
+    dense range (a sequence, however long its digits) or a long prefix all share (an
+    account or order range; cards of one issuer share at most an 8-digit BIN)."""
+    digits = [_SEPARATORS.sub("", v) for v in counts]
+    digits = [d for d in digits if d.isdigit()]
+    if len(digits) < MIN_VALUES:
+        return False
+    numbers = sorted(int(d) for d in digits)
+    if numbers[-1] - numbers[0] <= 100 * len(numbers):
+        return True
+    # The common prefix of all is that of the (lexicographically) first and last.
+    first, last = min(digits), max(digits)
+    shared = next(
+        (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first)
+    )
+    return shared >= NUMBERING_PREFIX
 
 
 def _names(*parts: str) -> re.Pattern[str]:
@@ -217,9 +291,15 @@ _IPV4_SHAPE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?$")
 _SSN_SHAPE = re.compile(r"^\d{3}-\d{2}-\d{4}$")
 
 
+# Under a phone-like name, a national number that is not a valid US one is tried
+# against these regions too (``020 7946 0958``, ``030 1234567``, ``01 23 45 67 89``).
+NATIONAL_REGIONS = ("GB", "DE", "FR", "ES", "IT", "NL", "IN", "BR", "AU")
+
+
 def is_phone(value: str, hinted: bool = False) -> bool:
     """A valid number by ``phonenumbers``; bare digit runs count only under a name hint
-    (a 10-digit order number is also a valid US number)."""
+    (a 10-digit order number is also a valid US number), and so do national numbers
+    of countries other than the US."""
     value = value.strip()
     if not _PHONE_SHAPE.match(value) or _DATE_SHAPE.match(value) or _IPV4_SHAPE.match(value):
         return False
@@ -231,20 +311,32 @@ def is_phone(value: str, hinted: bool = False) -> bool:
     international = value.startswith("+")
     if not hinted and not international and value.isdigit():
         return False
+    if _valid_in(value, None if international else "US"):
+        return True
+    return hinted and not international and any(_valid_in(value, r) for r in NATIONAL_REGIONS)
+
+
+def _valid_in(value: str, region: str | None) -> bool:
     try:
-        number = phonenumbers.parse(value, None if international else "US")
+        number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return False
     return bool(phonenumbers.is_valid_number(number))
 
 
 _DIGITS9 = re.compile(r"^\d{9}$")
+_SSN_SPACED = re.compile(r"^\d{3} \d{2} \d{4}$")
+_SSN_INTEGER = re.compile(r"^\d{7,9}$")
 
 
 def is_ssn(value: str, hinted: bool = False) -> bool:
+    """``123-45-6789`` or ``123 45 6789``; under an SSN name also 9 bare digits, or 7-8
+    (an SSN stored as a number loses its leading zeros: area 001-099)."""
     value = value.strip()
-    if _SSN_SHAPE.match(value) or (hinted and _DIGITS9.match(value)):
-        return bool(us_ssn.is_valid(value))
+    if _SSN_SHAPE.match(value) or _SSN_SPACED.match(value):
+        return bool(us_ssn.is_valid(value.replace(" ", "-")))
+    if hinted and _SSN_INTEGER.match(value):
+        return bool(us_ssn.is_valid(value.zfill(9)))
     return False
 
 
@@ -252,6 +344,7 @@ def is_ssn(value: str, hinted: bool = False) -> bool:
 # their own, and bare digit runs (BSN, PESEL, Steuer-ID) only under a name hint.
 _NATIONAL_STRONG: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
     (re.compile(r"^\d{8}-?[A-Z]$"), es_dni.is_valid),
+    (re.compile(r"^[XYZ]\d{7}-?[A-Z]$"), es_nie.is_valid),
     (re.compile(r"^[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]$"), it_cf.is_valid),
     (re.compile(r"^\d{6}[-+A]\d{3}[0-9A-Y]$"), fi_hetu.is_valid),
     (re.compile(r"^(?:\d{2})?\d{6}[-+]\d{4}$"), se_pnr.is_valid),
@@ -351,8 +444,35 @@ def is_ip_address(value: str, _hinted: bool = False) -> bool:
     return not prefix or prefix == str(parsed.max_prefixlen)
 
 
-_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[ T]|$)")
-_DMY_DATE = re.compile(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4})$")
+_ISO_DATE = re.compile(r"^(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T]|$)")
+_DMY_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})$")
+_MONTHS = {
+    m: i + 1
+    for i, names in enumerate(
+        zip(
+            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+            [
+                "january",
+                "february",
+                "march",
+                "april",
+                "may",
+                "june",
+                "july",
+                "august",
+                "september",
+                "october",
+                "november",
+                "december",
+            ],
+            strict=True,
+        )
+    )
+    for m in names
+}
+# "March 3, 1984", "Mar 3 1984", "3 March 1984", "03-Mar-1984"
+_MONTH_FIRST = re.compile(r"^([A-Za-z]{3,9})\.? (\d{1,2}),? (\d{4})$")
+_DAY_FIRST = re.compile(r"^(\d{1,2})[ -]([A-Za-z]{3,9})\.?[ -](\d{4})$")
 
 
 def _as_date(value: str) -> datetime.date | None:
@@ -366,6 +486,10 @@ def _as_date(value: str) -> datetime.date | None:
             if second <= 12:
                 return datetime.date(year, second, first)
             return datetime.date(year, first, second)
+        if (m := _MONTH_FIRST.match(value)) and (month := _MONTHS.get(m[1].lower())):
+            return datetime.date(int(m[3]), month, int(m[2]))
+        if (m := _DAY_FIRST.match(value)) and (month := _MONTHS.get(m[2].lower())):
+            return datetime.date(int(m[3]), month, int(m[1]))
     except ValueError:
         return None
     return None
@@ -380,26 +504,45 @@ def is_birth_date(value: str, _hinted: bool = False) -> bool:
     return today.year - 120 <= day.year and day <= today
 
 
-# An apostrophe may be the typographic one (U+2019).
-_NAME_TOKEN = re.compile(r"^[A-ZÀ-Ý][a-zà-ÿ]+(?:[-'\u2019][A-ZÀ-Ý]?[a-zà-ÿ]+)*\.?$|^Mc[A-Z][a-z]+$")
-_NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "di", "del", "la", "le"})
+# Parts of a name token: "Jean-Luc", "O'Connor" (the apostrophe may be U+2019).
+_NAME_PARTS = re.compile(r"[-'\u2019]")
+_NAME_PARTICLES = frozenset(
+    {"van", "von", "de", "der", "den", "da", "di", "del", "la", "le", "du", "dos", "das", "al"}
+)
+
+
+def _name_token(token: str, *, caps: bool) -> bool:
+    """A capitalised word in any alphabet with case ("Łukasz", "Çelik", "McDonald",
+    "Jean-Luc", "J."); all capitals ("GARCÍA") only when ``caps``."""
+    parts = _NAME_PARTS.split(token.removesuffix("."))
+    for part in parts:
+        if not part or not part.isalpha() or not part[0].isupper():
+            return False
+        if len(part) > 1 and part.isupper() and not caps:
+            return False
+    return True
 
 
 def is_person_name(value: str, hinted: bool = False) -> bool:
     """Capitalised 2-3 tokens starting with a common given name or ending with a
     common family name ("Maria Garcia", "Quentin Smith"); under a name hint any
-    capitalised 1-4 tokens."""
-    tokens = value.split()
+    capitalised 1-4 tokens, and the ``LAST, First`` of old exports."""
+    last, comma, first = value.partition(",")
+    legacy = bool(comma) and hinted
+    tokens = (first + " " + last).split() if legacy else value.split()
     words = [t for t in tokens if t not in _NAME_PARTICLES]
     if not 1 <= len(words) <= 4 or len(tokens) > 6:
         return False
-    if not all(_NAME_TOKEN.match(t) for t in words):
+    if not all(_name_token(t, caps=legacy) for t in words):
         return False
     if hinted:
         return True
-    first = words[0].lower().rstrip(".")
     if 2 <= len(words) <= 3:
-        return first in GIVEN_NAMES or words[-1].lower() in FAMILY_NAMES
+        return (
+            words[0].lower().rstrip(".") in GIVEN_NAMES
+            or words[-1].lower() in FAMILY_NAMES
+            or words[-2].lower() in FAMILY_NAMES  # "García López"
+        )
     return False
 
 
@@ -519,16 +662,69 @@ def is_postal_address(value: str, _hinted: bool = False) -> bool:
     return any(shape.match(value) for shape in _ADDRESS_SHAPES)
 
 
+# Candidates for PII inside free text, each validated by the matchers above: an
+# e-mail address; a national id of a distinctive format (DNI/NIE, codice fiscale,
+# HETU, personnummer/CPR); a run of digits with separators (a phone number, card,
+# SSN or NIR). These are the patterns the pii.free_text mask replaces in the database
+# too (docs/masking.md), where nothing validates them.
+_EMBEDDED = re.compile(
+    r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}"
+    r"|\b[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]\b"
+    r"|\b[XYZ0-9]\d{7}-?[A-Z]\b"
+    r"|\b\d{6}[-+A]\d{3}[0-9A-Y]\b"
+    r"|\b(?:\d{2})?\d{6}[-+]\d{4}\b"
+    # Not inside a code: "INV-2024-854802" holds a valid US number by its digits.
+    r"|(?<![\w-])\+?\(?\d[\d ().\-]{6,24}\d(?![\w-])"
+)
+_DIGIT_OR_AT = re.compile(r"[\d@]")
+# Other text: a word with lower-case letters ("NWBK" in a grouped IBAN is no prose).
+_WORD = re.compile(r"\b[^\W\d_]?[a-zß-ÿ]{2,}\b")
+
+
+def contains_pii(value: str, _hinted: bool = False) -> bool:
+    """Free text with PII inside it: a validated e-mail address, phone number (with
+    separators or a country code; bare digit runs are order numbers as often),
+    card number (Luhn and issuer), SSN or national id, next to at least one word of
+    other text. A value that *is* an address or a number is its own detector's."""
+    # Prose has spaces, and every pattern a digit or an "@": most values stop here.
+    if " " not in value or _DIGIT_OR_AT.search(value) is None:
+        return False
+    for m in _EMBEDDED.finditer(value):
+        # Other text first: it is cheaper than the validators, and a value that is
+        # only an address or a number (most of them, in such columns) stops here.
+        if not (_WORD.search(value, 0, m.start()) or _WORD.search(value, m.end())):
+            continue
+        candidate = m.group().strip(" .-()")
+        if (
+            is_email(candidate)
+            or is_card(candidate)
+            or is_ssn(candidate)
+            or is_national_id(candidate)
+            or is_phone(candidate)
+        ):
+            return True
+    return False
+
+
 # --- the built-in detectors -----------------------------------------------------------------
 
 _TEXTISH = frozenset({TEXT})
+# Names that say a column holds an organisation's own numbers, codes or amounts.
+_CONTRARY = re.compile(
+    r"(?:^|_)(?:ids?|order|invoice|tracking|track|ref|reference|sku|ean|upc|gtin|isbn|barcode"
+    r"|serial|batch|lot|part|item|seq|sequence|counter|count|hash|checksum|version|amount"
+    r"|total|price|qty|quantity|gift|voucher|coupon|loyalty|ticket|confirmation|booking"
+    r"|shipment|parcel|product|model)(?:_|$)"
+)
 
 BUILTIN_DETECTORS: tuple[Detector, ...] = (
     Detector(
         "email",
         "pii.email",
         _TEXTISH,
-        _names("e_?mail", "e_?mail_?addr(?:ess)?", "mail_?addr(?:ess)?"),
+        _names(
+            "e_?mail", "e_?mail_?addr(?:ess)?", "mail_?addr(?:ess)?", "eml", "correo", "courriel"
+        ),
         is_email,
         min_share=0.6,
     ),
@@ -536,19 +732,40 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
         "phone",
         "pii.phone",
         frozenset({TEXT, NUMBER}),
-        _names("phone", "phone_?(?:number|no|num)", "tel", "telephone", "mobile", "cell", "fax"),
+        _names(
+            "phone",
+            "phone_?(?:number|no|num)",
+            "tel",
+            "tel_?no",
+            "telephone",
+            "mobile",
+            "cell",
+            "fax",
+            "telefon(?:o|nummer)?",
+            "telefone",
+            "handy",
+            "movil",
+            "portable",
+        ),
         is_phone,
         min_share=0.6,
+        contrary=_CONTRARY,
     ),
     Detector(
         "ssn",
         "pii.ssn",
         frozenset({TEXT, NUMBER}),
-        _names("ssn", "social_?security(?:_?(?:number|no|num))?", "soc_?sec(?:_?no)?"),
+        _names(
+            "ssn",
+            "ssn_?(?:number|no|num)",
+            "social_?security(?:_?(?:number|no|num))?",
+            "soc_?sec(?:_?no)?",
+        ),
         is_ssn,
         min_share=0.6,
         name_prior=0.6,
         rank=2,
+        contrary=_CONTRARY,
     ),
     Detector(
         "national_id",
@@ -562,6 +779,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
             "pesel",
             "dni",
             "nie",
+            "nif",
             "codice_?fiscale",
             "cpr",
             "personnummer",
@@ -578,6 +796,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
         min_share=0.6,
         name_prior=0.6,
         rank=1,
+        contrary=_CONTRARY,
     ),
     Detector(
         "card",
@@ -587,6 +806,8 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
         is_card,
         min_share=0.6,
         rank=2,
+        contrary=_CONTRARY,
+        numbering_vetoes=True,
     ),
     Detector(
         "iban",
@@ -609,7 +830,11 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
         "birth_date",
         "pii.dob",
         frozenset({TEXT, DATE, TIMESTAMP}),
-        re.compile(r"(?:^|_)(?:dob|d_o_b|birth_?(?:date|day|dt)?|date_?of_?birth|born(?:_on)?)$"),
+        re.compile(
+            r"(?:^|_)(?:dob|d_o_b|birth_?(?:date|day|dt)?|date_?of_?birth|born(?:_on)?"
+            r"|geburtsdatum|geburtstag|fecha_?(?:de_?)?nacimiento|date_?(?:de_?)?naissance"
+            r"|data_?(?:di_?)?nascita|data_?(?:de_?)?nascimento|fodelsedatum|syntymaaika)$"
+        ),
         is_birth_date,
         min_share=0.8,
         name_prior=0.6,
@@ -623,6 +848,8 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
             r"(?:^|_)(?:first|last|given|family|sur|middle|full|maiden|legal|nick|display"
             r"|contact|customer|patient|employee|person|holder|cardholder)_?name$"
             r"|^(?:fname|lname|surname|forename|firstname|lastname|fullname)$"
+            r"|(?:^|_)(?:cardholder|account_?holder|nombre|apellidos?|vorname|nachname"
+            r"|prenom|nome|cognome|voornaam|achternaam)$"
         ),
         is_person_name,
         min_share=0.5,
@@ -670,12 +897,49 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
             "address_?line_?[123]?",
             "addr(?:_?line)?_?[123]?",
             "(?:home|mailing|shipping|billing|postal|street|residential)_?address",
+            "direccion",
+            "adresse",
+            "anschrift",
+            "indirizzo",
+            "endereco",
+            "adres",
         ),
         is_postal_address,
         min_share=0.5,
         veto=re.compile(
             r"(?:ip|e_?mail|mac|web|url|wallet|server|remote|client|host|contract)_?addr"
         ),
+    ),
+    Detector(
+        "free_text",
+        "pii.free_text",
+        _TEXTISH,
+        _names(
+            "notes?",
+            "comments?",
+            "description",
+            "body",
+            "message",
+            "remarks?",
+            "memo",
+            "details",
+            "text",
+            "content",
+            "feedback",
+            "instructions",
+            "observations?",
+            "notas?",
+            "notizen",
+            "commentaires?",
+        ),
+        contains_pii,
+        # See docs/scanner.md#free-text: 2% of sampled values (2 in 100) is enough to
+        # call it free text with PII; 30% is full strength.
+        min_share=FREE_TEXT_MIN_SHARE,
+        full_share=FREE_TEXT_FULL_SHARE,
+        name_prior=0.3,
+        rank=-1,  # on a tie the column's own class wins (values that ARE numbers)
+        probe=None,
     ),
 )
 

@@ -256,6 +256,21 @@ def test_aliases_map_contract_names_to_builtins(demo_policy: Any, sidecar_token:
     )
 
 
+def test_free_text_findings_are_accepted(demo_policy: Any, sidecar_token: str) -> None:
+    """pii.free_text (built in since governance/0007) is a classification the report may
+    name, like any other: the scanner's free-text detector reports it."""
+    snapshot = _snapshot(customers_extra=[{"name": "notes", "type": "text"}])
+    findings = [_finding("notes", "pii.free_text", 0.62, share=0.1, detector="free_text")]
+    status, body = _post(sidecar_token, {"snapshot": snapshot, "findings": findings})
+    assert status == 202 and body["ignored"] == 0, body
+    column = ColumnClassification.objects.get(column_name="notes")
+    assert (column.classification.name, column.detector, column.share) == (
+        "pii.free_text",
+        "free_text",
+        0.1,
+    )
+
+
 # --- drift ------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from sidecar.scanner.detectors import (
     ColumnSample,
     classify,
     combine_confidence,
+    contains_pii,
     custom_detectors,
     is_birth_date,
     is_card,
@@ -54,7 +55,7 @@ def column(name: str, values: list[str], *, family: str = "text", type_: str = "
         ),
         (
             is_national_id,
-            ["12345678Z", "RSSMRA85T10A562S", "131052-308T", "1 85 05 78 006 084 91"],
+            ["12345678Z", "X1234567L", "RSSMRA85T10A562S", "131052-308T", "1 85 05 78 006 084 91"],
             ["12345678A", "123456789", "hello", "RSSMRA85T10A562X"],
         ),
         (
@@ -252,3 +253,160 @@ def test_custom_detectors() -> None:
     # Value regex only: the values decide, whatever the name.
     verdict = classify(column("c9", ["PRJ-ABC", "PRJ-XYZ"] * 10), detectors)
     assert verdict is not None and verdict.detector == "custom:project-code"
+
+
+# --- issue 19: small samples, numbers and odd types, free text ---------------------------------
+
+
+def test_small_samples_count_with_a_discount() -> None:
+    """Three e-mail addresses of three are an e-mail column: above the protect threshold
+    (0.3), below the confident one (0.9), with or without a telling name."""
+    three = ["ana@example.com", "bo@example.org", "cy@example.net"]
+    unnamed = classify(column("c1", three))
+    named = classify(column("email", three))
+    assert unnamed is not None and named is not None
+    assert unnamed.classification == named.classification == "pii.email"
+    assert 0.3 < unnamed.confidence < named.confidence < 0.9
+    # One value alone is not evidence enough without a name; with one it is.
+    one = classify(column("c1", three[:1]))
+    assert one is None or one.confidence < 0.3
+    named_one = classify(column("email", three[:1]))
+    assert named_one is not None and named_one.confidence >= 0.3
+    # Few values still contradict a name.
+    assert classify(column("email", ["EM-1234-A", "EM-5678-B", "PX-1000-C"])) is None
+    # No value at all: the name alone, capped.
+    empty = classify(column("email", []))
+    assert empty is not None and empty.confidence == min(0.5, NAME_ONLY_CAP)
+    # The discount is n / (n + 4), and the evidence grows with the sample.
+    assert [
+        combine_confidence(name_prior=0.5, hinted=False, share=1, sampled=n, min_share=0.6)
+        for n in (1, 3, 10, 100)
+    ] == [0.2, 0.429, 0.714, 0.962]
+
+
+def test_integer_ssns_under_an_ssn_name() -> None:
+    # Stored as a number, an SSN of area 001-099 loses its leading zeros.
+    values = ["536904399", "78151120", "219451234", "4512345", "219091234"] * 8
+    for name in ("ssn", "SSN", "socialSecurityNumber", "ssn_no"):
+        verdict = classify(column(name, values, family="number", type_="bigint"))
+        assert verdict is not None and verdict.classification == "pii.ssn", name
+        assert verdict.confidence >= 0.9
+    # Without the name, nine digits are an id as often as an SSN.
+    assert classify(column("ref", values, family="number", type_="bigint")) is None
+    assert is_ssn("123 45 6789") and is_ssn("12345678", True) and not is_ssn("12345678")
+    assert not is_ssn("000123456", True)  # area 000
+
+
+def _luhn(body: str) -> str:
+    from stdnum import luhn
+
+    return body + luhn.calc_check_digit(body)
+
+
+def test_card_numbers_as_numbers_and_order_numbers_that_pass_luhn() -> None:
+    import random
+
+    r = random.Random(5)
+    cards = [_luhn("4" + "".join(str(r.randint(0, 9)) for _ in range(14))) for _ in range(40)]
+    for name in ("card_number", "creditCardNumber", "c3"):
+        verdict = classify(column(name, cards, family="number", type_="bigint"))
+        assert verdict is not None and verdict.classification == "financial.card", name
+        assert verdict.confidence >= 0.9
+    # A sequence with a Luhn digit (tracking numbers) is numbering, not cards.
+    sequence = [_luhn(str(400000012345000 + i)) for i in range(40)]
+    assert classify(column("c3", sequence, family="number", type_="bigint")) is None
+    # So is a range sharing a ten-digit prefix.
+    prefixed = [_luhn("5412750000" + f"{r.randint(0, 99999):05d}") for _ in range(40)]
+    assert classify(column("c3", prefixed)) is None
+    # Random Luhn-valid order numbers are card numbers by value; the name caps them
+    # below the confident threshold (masked provisionally, reviewed).
+    for name in ("order_number", "trackingNo", "invoice_ref"):
+        verdict = classify(column(name, cards))
+        assert verdict is not None and 0.3 <= verdict.confidence <= 0.6, name
+
+
+def test_camel_case_and_other_languages_in_column_names() -> None:
+    dates = ["1984-03-02", "02/03/1984", "March 3, 1984", "3 March 1984", "1984/03/02"] * 4
+    for name in ("dateOfBirth", "geburtsdatum", "fecha_nacimiento", "date_naissance", "DOB"):
+        verdict = classify(column(name, dates))
+        assert verdict is not None and verdict.classification == "pii.dob", name
+    assert classify(column("contract_start", dates)) is None
+    phones = ["020 7946 0958", "030 1234567", "01 42 68 53 00"] * 5
+    verdict = classify(column("telefono", phones))
+    assert verdict is not None and verdict.classification == "pii.phone"
+    # National numbers of other countries need the name.
+    assert classify(column("c2", phones)) is None
+
+
+def test_names_from_many_locales() -> None:
+    names = ["Łukasz Wiśniewski", "Ayşe Çelik", "Bjørn Ørsted", "Sanne de Jong", "Jean-Luc Moreau"]
+    verdict = classify(column("c4", names * 4))
+    assert verdict is not None and verdict.classification == "pii.name"
+    legacy = ["GARCÍA LÓPEZ, José", "MÜLLER, Jürgen", "O'CONNOR, Harper"] * 4
+    verdict = classify(column("customer_name", legacy))
+    assert verdict is not None and verdict.classification == "pii.name"
+    assert not is_person_name("GARCÍA LÓPEZ, José")  # all capitals only under a name
+    assert not is_person_name("Premium Chair 42")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please send the invoice to ana.lopez@example.es instead.",
+        "Customer asked to be called back at (415) 555-2671 after 5pm.",
+        "Reach me on +44 20 7946 0958, thanks",
+        "Paid with card 4111 1111 1111 1111, refund pending.",
+        "SSN on file: 536-90-4399; verify before release.",
+        "ID 12345678Z checked at the desk.",
+        "Kontakt: RSSMRA85T10A562S bitte prüfen",
+    ],
+)
+def test_free_text_with_pii_inside(text: str) -> None:
+    assert contains_pii(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ana.lopez@example.es",  # the value IS the address: pii.email's
+        "(415) 555-2671",
+        "4111111111111111",
+        "Order 4839201 shipped in 3 boxes on 2024-03-02.",
+        "Ticket #58213 reopened after the update to version 2.4.1.",
+        "Paid 1299.99 EUR by bank transfer on 12/03/2024.",
+        "Tracking 1Z999AA10123456784 handed to the carrier.",
+        "Paid with card 4111 1111 1111 1112, declined.",  # fails Luhn
+        "Room 204, floor 2; gate code 4411.",
+        "Invoice INV-2024-854802 total 71915.87, due in 30 days.",
+    ],
+)
+def test_free_text_without_pii(text: str) -> None:
+    assert not contains_pii(text)
+
+
+def test_free_text_columns() -> None:
+    plain = [f"Order {1000 + i} shipped in {i % 4 + 1} boxes." for i in range(90)]
+    embedded = [f"Call me back at (415) 555-{2600 + i:04d} please" for i in range(10)]
+    notes = classify(column("notes", plain + embedded))
+    assert notes is not None and notes.classification == "pii.free_text"
+    assert notes.share == 0.1 and 0.3 <= notes.confidence < 0.9
+    unnamed = classify(column("c8", plain + embedded))
+    assert unnamed is not None and unnamed.classification == "pii.free_text"
+    # Below the minimum share (2%): not free text with PII.
+    assert classify(column("notes", plain + embedded[:1])) is None
+    two = classify(column("notes", plain + embedded[:2]))
+    assert two is not None and two.classification == "pii.free_text"
+    # Plenty of PII in it: confident.
+    heavy = classify(column("notes", plain[:60] + embedded * 4))
+    assert heavy is not None and heavy.confidence >= 0.9
+    # A column whose values ARE addresses or numbers stays their class.
+    emails = [f"user{i}@example.com" for i in range(30)]
+    verdict = classify(column("comments", emails))
+    assert verdict is not None and verdict.classification == "pii.email"
+    phones = [f"+1 (415) 555-{2600 + i:04d}" for i in range(30)]
+    verdict = classify(column("notes", phones))  # a misleading name: the values decide
+    assert verdict is not None and verdict.classification == "pii.phone"
+    # Extensions: still a phone column, not free text.
+    extended = [f"(415) 555-{2600 + i:04d} x{i + 10}" for i in range(30)]
+    verdict = classify(column("phone", extended))
+    assert verdict is not None and verdict.classification == "pii.phone"

@@ -182,3 +182,55 @@ def test_custom_detectors_and_foreign_tables(scratch_url: str) -> None:
     assert found[("remote_people", "email")].share == 0
     kinds = {t["name"]: t["kind"] for t in report.body()["snapshot"]["tables"]}
     assert kinds["remote_people"] == "foreign_table"
+
+
+def test_numbers_odd_types_small_tables_and_free_text(scratch_url: str) -> None:
+    """Issue 19: SSNs and cards stored as numbers, IPs in inet and cidr, birth dates as
+    text, a table of three e-mail addresses, and notes with phone numbers inside."""
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE TABLE people (
+                id bigint GENERATED ALWAYS AS IDENTITY, ssn integer, backup_ssn bigint,
+                tax_ssn numeric(9,0), card_number numeric(19,0), tracking_no bigint,
+                last_ip cidr, login_ip inet, subnet cidr, date_of_birth text, notes text);
+            INSERT INTO people (ssn, backup_ssn, tax_ssn, card_number, tracking_no, last_ip,
+                                login_ip, subnet, date_of_birth, notes)
+            SELECT 536904300 + i * 7, 78151100 + i, 219451200 + i, n.card,
+                   (4000000123450 + i) * 10 + (i % 10),
+                   ('203.0.113.' || (i % 250 + 1))::cidr, ('198.51.100.' || (i % 250 + 1))::inet,
+                   ('10.' || i % 250 || '.0.0/16')::cidr,
+                   to_char(date '1950-01-01' + i * 97, 'DD.MM.YYYY'),
+                   CASE WHEN i % 5 = 0 THEN 'Call back on (415) 555-' || (2600 + i) || ' today'
+                        ELSE 'Delivered to reception, ' || i || ' boxes.' END
+            FROM generate_series(1, 80) i,
+                 LATERAL (SELECT CASE i % 3 WHEN 0 THEN 4111111111111111
+                                            WHEN 1 THEN 5500000000000004
+                                            ELSE 4012888888881881 END AS card) n;
+            CREATE TABLE few (id int, c1 text);
+            INSERT INTO few VALUES (1, 'ana@example.com'), (2, 'bo@example.org'),
+                                   (3, 'cy@example.net');
+            ANALYZE;
+            """
+        )
+    report = run_scan(scratch_url, settings=ScanSettings())
+    found = {(f.table, f.column): f for f in report.findings}
+
+    def classified(table: str, col: str) -> tuple[str, float]:
+        finding = found[(table, col)]
+        return finding.classification, finding.confidence
+
+    for col in ("ssn", "backup_ssn", "tax_ssn"):
+        assert classified("people", col)[0] == "pii.ssn", col
+    assert classified("people", "card_number")[0] == "financial.card"
+    assert ("people", "tracking_no") not in found  # a sequence with a check digit
+    assert ("people", "id") not in found
+    assert classified("people", "last_ip")[0] == "pii.ip_address"  # cidr of host addresses
+    assert classified("people", "login_ip")[0] == "pii.ip_address"
+    assert ("people", "subnet") not in found  # networks
+    assert classified("people", "date_of_birth")[0] == "pii.dob"
+    cls, confidence = classified("people", "notes")
+    assert cls == "pii.free_text" and 0.3 <= confidence < 0.9
+    cls, confidence = classified("few", "c1")
+    assert cls == "pii.email" and 0.3 < confidence < 0.9
+    assert found[("few", "c1")].share == 1.0
