@@ -242,6 +242,7 @@ class DatasourceSerializer(serializers.ModelSerializer):
             "schema_snapshot",
             "connect_teams",
             "review_teams",
+            "mask_services_provisionally",
             "created_at",
             "updated_at",
         ]

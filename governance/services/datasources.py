@@ -55,6 +55,7 @@ def datasource_create(
     schema_snapshot: dict[str, Any] | None = None,
     connect_teams: Iterable[Team] = (),
     review_teams: Iterable[Team] = (),
+    mask_services_provisionally: bool = False,
 ) -> Datasource:
     _require_policy_editor(actor)
     datasource = Datasource(
@@ -63,6 +64,7 @@ def datasource_create(
         engine=engine,
         dialect=dialect,
         description=description,
+        mask_services_provisionally=mask_services_provisionally,
         schema_snapshot=schema_snapshot if schema_snapshot is not None else {"tables": []},
     )
     _create(actor, datasource, {"connect_teams": connect_teams, "review_teams": review_teams})
@@ -79,6 +81,7 @@ DATASOURCE_FIELDS = {
     "schema_snapshot",
     "connect_teams",
     "review_teams",
+    "mask_services_provisionally",
 }
 
 

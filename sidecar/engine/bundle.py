@@ -24,7 +24,10 @@ from sidecar.engine.canonical import compute_revision
 
 FORMAT = "warden.bundle/1"
 # Safe by default: a classified column with no masking rule for the environment
-# is still masked when its level says the data must not leave unmasked.
+# is still masked when its level says the data must not leave unmasked. The
+# control plane compiles each built-in classification's own default mask into
+# ``masking_rules`` (docs/masking.md, "Default masks"), so this level default is
+# what a custom classification, or an offline bundle without those rules, gets.
 DEFAULT_STRATEGY_BY_LEVEL: dict[str, str | None] = {
     "public": None,
     "internal": None,
@@ -148,6 +151,11 @@ class Bundle:
     hold_seconds: int
     raw: dict[str, Any] = field(repr=False)
     break_glass: tuple[BreakGlass, ...] = ()
+    # "schema.table.column" of the classifications enforced before anyone reviewed
+    # them (scanner findings at or above the environment's protect threshold).
+    provisional: frozenset[str] = frozenset()
+    # Mask provisional columns for service identities too (else only audited).
+    mask_services_provisionally: bool = False
 
     def resolve_table(
         self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None
@@ -168,14 +176,42 @@ class Bundle:
         candidates = self.tables_by_name.get(name, ())
         return candidates[0] if len(candidates) == 1 else None
 
+    def spares_provisional(self, identity: Identity) -> bool:
+        """Whether provisional columns stay unmasked (and are only audited) for
+        ``identity``: a service, unless the datasource masks them for services too,
+        so an application never reads a masked value and writes it back."""
+        return identity.kind == "service" and not self.mask_services_provisionally
+
     def masked_columns_for(self, identity: Identity, table: Table) -> dict[str, Masking]:
         """Column name -> masking for the columns of ``table`` masked for ``identity``."""
         out: dict[str, Masking] = {}
+        spare = self.provisional and self.spares_provisional(identity)
         for column in table.columns:
-            masking = self.masking.get(f"{table.key}.{column.name}")
+            key = f"{table.key}.{column.name}"
+            masking = self.masking.get(key)
             if masking is not None and not (masking.exempt_teams & identity.teams):
+                if spare and key in self.provisional:
+                    continue
                 out[column.name] = masking
         return out
+
+    def spared_columns_for(self, identity: Identity, table: Table) -> tuple[str, ...]:
+        """The columns of ``table`` that would be masked for ``identity`` but for being
+        provisional (``spares_provisional``): what the audit trail records as
+        "would have masked"."""
+        if not (self.provisional and self.spares_provisional(identity)):
+            return ()
+        out = []
+        for column in table.columns:
+            key = f"{table.key}.{column.name}"
+            masking = self.masking.get(key)
+            if (
+                key in self.provisional
+                and masking is not None
+                and not (masking.exempt_teams & identity.teams)
+            ):
+                out.append(column.name)
+        return tuple(out)
 
 
 @cache
@@ -235,6 +271,7 @@ def load_bundle(data: Any) -> Bundle:
         levels[c["name"]] = c["level"]
 
     column_classes: dict[str, str] = {}
+    provisional: set[str] = set()
     for cc in data["column_classifications"]:
         key = f"{cc['schema']}.{cc['table']}"
         classified = tables.get(key)
@@ -250,6 +287,8 @@ def load_bundle(data: Any) -> Bundle:
         if column_key in column_classes:
             raise BundleError(f"column_classifications: {column_key} classified twice")
         column_classes[column_key] = cc["classification"]
+        if cc.get("provisional", False):
+            provisional.add(column_key)
 
     environment = data["datasource"]["environment"]
     rule_for: dict[str, MaskingRule] = {}
@@ -343,5 +382,9 @@ def load_bundle(data: Any) -> Bundle:
                 _timestamp(g["expires_at"], f"break_glass/{g['id']}") or 0.0,
             )
             for g in data.get("break_glass", [])
+        ),
+        provisional=frozenset(provisional),
+        mask_services_provisionally=bool(
+            data["datasource"].get("mask_services_provisionally", False)
         ),
     )
