@@ -40,6 +40,31 @@ from governance.models import (
 from governance.services.history import _create, _delete, _update
 from governance.services.policy import _require_policy_editor, column_classifications_inherit
 
+# --- environments ---------------------------------------------------------------------
+
+# What may be edited of an environment: the rest (name, criticality) is seeded.
+ENVIRONMENT_FIELDS = {"protect_threshold"}
+
+
+@transaction.atomic
+def environment_update(
+    *, actor: Any, environment: Environment, data: dict[str, Any]
+) -> Environment:
+    """Change an environment's protect threshold (None: enforce only confirmed and
+    confident findings, as a sandbox does). Every datasource of the environment is
+    recompiled, and its views' inherited classifications follow (a provisional
+    source protects its views only while it is at or above the threshold)."""
+    _require_policy_editor(actor)
+    environment = Environment.objects.select_for_update(no_key=True).get(pk=environment.pk)
+    _update(actor, environment, data, allowed=ENVIRONMENT_FIELDS)
+    bundles_mark_stale(obj=environment)
+    for datasource in Datasource.objects.filter(environment=environment).select_related(
+        "environment"
+    ):
+        column_classifications_inherit(datasource=datasource)
+    return environment
+
+
 # --- datasources ----------------------------------------------------------------------
 
 

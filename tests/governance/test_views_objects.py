@@ -222,9 +222,10 @@ def test_datasource_page_shows_columns_with_classification_and_masking(
     assert columns["ssn"]["masking_rule"].strategy == "partial"
     assert columns["id"]["classification"] is None
     card = {c["name"]: c for c in tables["public.orders"]["columns"]}["card_number"]
-    # Restricted, no rule: the engine applies the level's safe default, and says so.
+    # No rule: the control plane compiles the classification's default mask, and says so.
     assert card["masking_rule"] is None
-    assert b"redact (default)" in response.content
+    assert card["default_mask"] == "partial"
+    assert b"partial (default)" in response.content
 
 
 # --- classifications and column classifications -------------------------------------------
