@@ -119,3 +119,20 @@ def test_the_new_threshold_reaches_the_bundle(api: dict[str, Api], demo_policy: 
     assert "phone" not in compiled()
     assert api["security"].call("PATCH", _url(), {"protect_threshold": None}).status_code == 200
     assert "phone" not in compiled()
+
+
+def test_the_datasource_switch_for_services_in_the_api(
+    api: dict[str, Api], demo_policy: Any
+) -> None:
+    url = f"/api/v1/datasources/{demo_policy.datasource.pk}/"
+    assert api["security"].call("GET", url).json()["mask_services_provisionally"] is False
+    for role in ("reviewer", "auditor", "none"):
+        response = api[role].call("PATCH", url, {"mask_services_provisionally": True})
+        assert response.status_code == 403, role
+    response = api["security"].call("PATCH", url, {"mask_services_provisionally": "maybe"})
+    assert response.status_code == 400 and "mask_services_provisionally" in str(response.json())
+    response = api["security"].call("PATCH", url, {"mask_services_provisionally": True})
+    assert response.status_code == 200 and response.json()["mask_services_provisionally"] is True
+    demo_policy.datasource.refresh_from_db()
+    bundle = bundle_compile(datasource=demo_policy.datasource)
+    assert bundle["datasource"]["mask_services_provisionally"] is True
