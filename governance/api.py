@@ -52,7 +52,7 @@ from governance.models import (
     Team,
     strategy_params_help,
 )
-from governance.permissions import IsAdminOrReadOnly, IsViewer
+from governance.permissions import IsAdminOrReadOnly, IsPolicyEditorOrReadOnly, IsViewer
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -121,7 +121,9 @@ def by_name(
 class EnvironmentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Environment
-        fields = ["id", "name", "criticality", "description"]
+        fields = ["id", "name", "criticality", "description", "protect_threshold"]
+        # Seeded; only the protect threshold is a setting.
+        read_only_fields = ["id", "name", "criticality", "description"]
 
 
 class TeamSerializer(serializers.ModelSerializer):
@@ -242,6 +244,7 @@ class DatasourceSerializer(serializers.ModelSerializer):
             "schema_snapshot",
             "connect_teams",
             "review_teams",
+            "mask_services_provisionally",
             "created_at",
             "updated_at",
         ]
@@ -603,16 +606,32 @@ class ApiTokenViewSet(
 
 
 @extend_schema_view(
-    list=extend_schema(tags=["datasources"]), retrieve=extend_schema(tags=["datasources"])
+    list=extend_schema(tags=["datasources"]),
+    retrieve=extend_schema(tags=["datasources"]),
+    partial_update=extend_schema(tags=["datasources"]),
 )
-class EnvironmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Environments (seeded: production, staging, sandbox) and their criticality."""
+class EnvironmentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Environments (seeded: production, staging, sandbox), their criticality and their
+    protect threshold: scanner findings at or above it are masked before anyone
+    reviews them (null: only confirmed and confident ones, as in a sandbox). Policy
+    editors may PATCH ``protect_threshold``; the other fields are seeded."""
 
     serializer_class = EnvironmentSerializer
-    permission_classes = [IsViewer]
+    permission_classes = [IsPolicyEditorOrReadOnly]
+    http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet:
         return selectors.environment_list(user=self.request.user)
+
+    def perform_update(self, serializer: serializers.Serializer) -> None:
+        serializer.instance = services.environment_update(
+            actor=self.request.user, environment=serializer.instance, data=serializer.validated_data
+        )
 
 
 @_crud_schema(

@@ -34,6 +34,8 @@ from django.utils import timezone
 
 from governance.models import (
     ENFORCED_STATUSES,
+    PROVISIONAL,
+    PROVISIONAL_STATUSES,
     AccessToken,
     ApiToken,
     BreakGlassGrant,
@@ -66,6 +68,7 @@ CHANNEL = "warden:bundle-changed"
 HISTORY_LENGTH = 100
 # Changes to these never alter a bundle; everything else in governance might.
 _NOT_POLICY = (ApiToken, Membership, Sidecar, ScanRun)
+ENFORCED_OR_PROVISIONAL = tuple(dict.fromkeys((*ENFORCED_STATUSES, *PROVISIONAL_STATUSES)))
 
 
 class BundleCompileError(Exception):
@@ -150,6 +153,34 @@ def _masking_params(rule: MaskingRule) -> dict[str, Any]:
         keep_last = vocabulary.KEEP_LAST
         return {keep_last.name: int(rule.params.get(keep_last.name, keep_last.default))}
     return {}
+
+
+def _default_masking_rules(
+    environment: str,
+    classifications: list[Classification],
+    column_classifications: list[dict[str, Any]],
+    masking_rules: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The default masks (``vocabulary.DEFAULT_MASKS``) of the built-in classifications
+    the bundle's columns use and no masking rule covers in ``environment``, as rules
+    listed after the real ones (the engine applies the first rule that applies).
+
+    Compiled here rather than known to the engine, so the engine stays generic and a
+    sidecar that predates a default still applies it. A custom classification gets
+    no entry: the engine's level default masks it (docs/masking.md)."""
+    builtin = {c.name for c in classifications if c.is_builtin}
+    covered = {
+        r["classification"]
+        for r in masking_rules
+        if not r["environments"] or environment in r["environments"]
+    }
+    out = []
+    for name in sorted({cc["classification"] for cc in column_classifications}):
+        if name in builtin and name not in covered:
+            rule = vocabulary.default_masking_rule(name)
+            if rule is not None:
+                out.append(rule)
+    return out
 
 
 def _conditions(rule: GuardrailRule, classification_names: list[str]) -> dict[str, Any]:
@@ -256,22 +287,30 @@ def bundle_compile(
         (t["schema"], t["name"]): {c["name"]: c["type"] for c in t["columns"]}
         for t in schema["tables"]
     }
+    environment = datasource.environment
+    protect_threshold = environment.protect_threshold
     column_classifications = []
     skipped = []
-    # Confirmed and auto-applied classifications are enforced; a proposal below the
-    # auto-apply threshold waits for a person, and a rejected one is never enforced.
+    # Confirmed and auto-applied classifications are enforced; a rejected one never
+    # is. A proposal waits for a person, except where the environment has a protect
+    # threshold: at or above it, it is enforced at once as "provisional" (masked
+    # with its classification's default until reviewed, audited only for services).
+    statuses = ENFORCED_STATUSES if protect_threshold is None else ENFORCED_OR_PROVISIONAL
     for cc in (
-        ColumnClassification.objects.filter(datasource=datasource, status__in=ENFORCED_STATUSES)
+        ColumnClassification.objects.filter(datasource=datasource, status__in=statuses)
         .select_related("classification")
         .order_by("schema_name", "table_name", "column_name", "path")
     ):
+        enforcement = cc.enforcement(protect_threshold)
+        if enforcement is None:
+            continue
         column_type = known_columns.get((cc.schema_name, cc.table_name), {}).get(cc.column_name)
         if column_type is None:
             # Not in the snapshot, so no statement can be rewritten around it; the
             # next scan brings the column (and this classification) back.
             skipped.append(cc.column_path)
             continue
-        entry = {
+        entry: dict[str, Any] = {
             "schema": cc.schema_name,
             "table": cc.table_name,
             "column": cc.column_name,
@@ -284,6 +323,10 @@ def bundle_compile(
                 skipped.append(f"{cc.column_path} {cc.path}")
                 continue
             entry["path"] = cc.path
+        if enforcement == PROVISIONAL:
+            # Only when true: a bundle without provisional columns stays loadable
+            # by sidecars that predate the field.
+            entry["provisional"] = True
         column_classifications.append(entry)
     if skipped:
         logger.warning(
@@ -302,37 +345,51 @@ def bundle_compile(
         .order_by("position")
         .all()
     )
-    environment = datasource.environment
     classifications = list(Classification.objects.order_by("name"))
     classification_names = [c.name for c in classifications]
     identities = _identities(datasource, now)
+    masking_rules = [
+        {
+            "classification": rule.classification.name,
+            "strategy": rule.strategy,
+            "params": _masking_params(rule),
+            "exempt_teams": sorted(t.slug for t in rule.exempt_teams.all()),
+            "environments": list(rule.environments),
+        }
+        for rule in rules
+    ]
+    masking_rules += _default_masking_rules(
+        environment.name, classifications, column_classifications, masking_rules
+    )
+    datasource_entry: dict[str, Any] = {
+        "name": datasource.name,
+        "engine": datasource.engine,
+        "dialect": datasource.dialect,
+        "environment": environment.name,
+        "criticality": environment.criticality,
+    }
+    if datasource.mask_services_provisionally:
+        # Only when on, like ``provisional``: older sidecars refuse unknown fields.
+        datasource_entry["mask_services_provisionally"] = True
+    # Only a bundle that uses what 1.1 added (paths, provisional findings, the
+    # services switch, the free_text mask) says 1.1: a sidecar that knows only 1
+    # keeps taking the others, and refuses such a bundle whole, by its format, with
+    # a clear message, keeping its current one (docs/bundle-format.md).
+    needs_1_1 = (
+        any("path" in c or "provisional" in c for c in column_classifications)
+        or "mask_services_provisionally" in datasource_entry
+        or any(r["strategy"] == "free_text" for r in masking_rules)
+    )
     bundle: dict[str, Any] = {
-        # Only a bundle with paths needs 1.1: a sidecar that knows only 1 keeps
-        # taking the others, and refuses one with paths whole (docs/bundle-format.md).
-        "format": FORMAT_PATHS if any("path" in c for c in column_classifications) else FORMAT,
+        "format": FORMAT_PATHS if needs_1_1 else FORMAT,
         "issued_at": _rfc3339(issued),
         "expires_at": _rfc3339(issued + (lifetime or bundle_lifetime())),
-        "datasource": {
-            "name": datasource.name,
-            "engine": datasource.engine,
-            "dialect": datasource.dialect,
-            "environment": environment.name,
-            "criticality": environment.criticality,
-        },
+        "datasource": datasource_entry,
         "schema": schema,
         "identities": identities,
         "classifications": [{"name": c.name, "level": c.level} for c in classifications],
         "column_classifications": column_classifications,
-        "masking_rules": [
-            {
-                "classification": rule.classification.name,
-                "strategy": rule.strategy,
-                "params": _masking_params(rule),
-                "exempt_teams": sorted(t.slug for t in rule.exempt_teams.all()),
-                "environments": list(rule.environments),
-            }
-            for rule in rules
-        ],
+        "masking_rules": masking_rules,
         "guardrails": [
             {
                 "name": g.name,

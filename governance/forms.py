@@ -284,6 +284,7 @@ class DatasourceForm(ServiceForm):
     description = model_field(Datasource, "description", widget=forms.Textarea(attrs={"rows": 3}))
     connect_teams = _team_choices()
     review_teams = _team_choices()
+    mask_services_provisionally = model_field(Datasource, "mask_services_provisionally")
     schema_snapshot = JSONTextField(
         empty={},
         help_text='Usually sent by the sidecar\'s scanner. Shape: {"tables": [{"schema": '

@@ -578,8 +578,45 @@ class ClassificationStatus(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
-# The statuses a bundle enforces.
+# The statuses a bundle enforces everywhere.
 ENFORCED_STATUSES = (ClassificationStatus.CONFIRMED, ClassificationStatus.AUTO_APPLIED)
+# Where an environment has a protect threshold, these are enforced too when at or
+# above it (``classification_enforcement``).
+PROVISIONAL_STATUSES = (ClassificationStatus.PROPOSED, ClassificationStatus.AUTO_APPLIED)
+
+ENFORCED = "enforced"
+PROVISIONAL = "provisional"
+
+
+def classification_enforcement(
+    *, status: str, confidence: float | None, protect_threshold: float | None
+) -> str | None:
+    """How a bundle enforces a column classification: ``ENFORCED`` (confirmed, or
+    auto-applied by a confident finding), ``PROVISIONAL`` (a finding nobody has
+    reviewed, at or above the environment's protect threshold: masked with its
+    classification's default while it waits in the review queue), or None (a
+    proposal below the threshold, or anything in a sandbox that is not enforced,
+    or a rejection).
+
+    An auto-applied finding below the confident threshold (only when
+    ``WARDEN_SCAN_AUTO_APPLY_PERCENT`` was raised after it was applied) is
+    provisional where a protect threshold exists and enforced as before elsewhere.
+    """
+    from django.conf import settings
+
+    if status == ClassificationStatus.CONFIRMED:
+        return ENFORCED
+    if status not in PROVISIONAL_STATUSES:
+        return None
+    if status == ClassificationStatus.AUTO_APPLIED and (
+        protect_threshold is None
+        or confidence is None
+        or confidence >= settings.WARDEN_SCAN_AUTO_APPLY_CONFIDENCE
+    ):
+        return ENFORCED
+    if protect_threshold is not None and confidence is not None and confidence >= protect_threshold:
+        return PROVISIONAL
+    return None
 
 
 class ColumnClassification(models.Model):
@@ -662,6 +699,13 @@ class ColumnClassification(models.Model):
     def is_enforced(self) -> bool:
         return self.status in ENFORCED_STATUSES
 
+    def enforcement(self, protect_threshold: float | None) -> str | None:
+        """``classification_enforcement`` of this row under ``protect_threshold``
+        (the datasource's environment's)."""
+        return classification_enforcement(
+            status=self.status, confidence=self.confidence, protect_threshold=protect_threshold
+        )
+
     @property
     def needs_confirmation(self) -> bool:
         return self.status in {ClassificationStatus.PROPOSED, ClassificationStatus.AUTO_APPLIED}
@@ -702,6 +746,7 @@ class MaskingStrategy(models.TextChoices):
     HASH = "hash", "Hash (keyed HMAC, stable for joins)"
     NULL = "null", "NULL"
     YEAR_ONLY = "year_only", "Year only (dates)"
+    FREE_TEXT = "free_text", "Free text (mask e-mails, phones, cards, national ids inside)"
 
 
 # Allowed params per strategy, with their bounds: exactly what the engine

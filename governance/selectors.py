@@ -332,7 +332,9 @@ def column_classification_list(
 ) -> QuerySet[ColumnClassification]:
     """Filters: q (column path), datasource (pk), classification (name), status, source."""
     filters = filters or {}
-    qs = ColumnClassification.objects.select_related("datasource", "classification", "confirmed_by")
+    qs = ColumnClassification.objects.select_related(
+        "datasource__environment", "classification", "confirmed_by"
+    )
     if q := _text(filters, "q"):
         qs = qs.filter(
             Q(schema_name__icontains=q)

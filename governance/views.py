@@ -55,6 +55,7 @@ from governance.forms import (
 )
 from governance.models import (
     BREAK_GLASS_LIVE_STATES,
+    PROVISIONAL,
     BreakGlassState,
     ClassificationSource,
     ClassificationStatus,
@@ -72,6 +73,8 @@ from governance.permissions import (
     require_role,
     user_role,
 )
+from sidecar.engine import vocabulary
+from sidecar.engine.bundle import DEFAULT_STRATEGY_BY_LEVEL
 
 PAGE_SIZE = 25
 
@@ -470,22 +473,59 @@ def _may_manage_tokens_of(user: Any, identity: Any) -> bool:
     return user.pk in {identity.user_id, owner_user}
 
 
+def default_mask_for(classification: Any) -> str:
+    """The strategy a classified column gets when no masking rule covers it: a built-in
+    classification's default mask (``vocabulary.DEFAULT_MASKS``), else its level's;
+    "" when it is not masked."""
+    if classification.is_builtin and classification.name in vocabulary.DEFAULT_MASKS:
+        default = vocabulary.DEFAULT_MASKS[classification.name]
+        return default[0] if default is not None else ""
+    return DEFAULT_STRATEGY_BY_LEVEL.get(classification.level) or ""
+
+
 def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
     rules = selectors.masking_rule_list(
         user=request.user, filters={"environment": datasource.environment.name, "enabled": True}
     )
     by_classification = {rule.classification_id: rule for rule in rules}
     tables = selectors.datasource_schema(datasource=datasource)
+    threshold = datasource.environment.protect_threshold
+    provisional = []
     for table in tables:
         for column in table["columns"]:
             found = column["classification"]
-            column["masking_rule"] = (
-                by_classification.get(found.classification_id) if found is not None else None
+            rule = by_classification.get(found.classification_id) if found is not None else None
+            column["masking_rule"] = rule
+            # What the bundle does with the column: enforced, provisional or nothing.
+            column["enforcement"] = found.enforcement(threshold) if found is not None else None
+            column["default_mask"] = (
+                default_mask_for(found.classification)
+                if found is not None and rule is None and column["enforcement"]
+                else None
             )
-            column["paths"] = [
-                {"cc": cc, "masking_rule": by_classification.get(cc.classification_id)}
-                for cc in column["paths"]
-            ]
+            if column["enforcement"] == PROVISIONAL:
+                provisional.append(
+                    {
+                        "path": f"{table['schema']}.{table['name']}.{column['name']}",
+                        "cc": found,
+                        "mask": rule.strategy if rule else column["default_mask"],
+                    }
+                )
+            paths = []
+            for cc in column["paths"]:
+                path_rule = by_classification.get(cc.classification_id)
+                paths.append({"cc": cc, "masking_rule": path_rule})
+                if cc.enforcement(threshold) == PROVISIONAL:
+                    provisional.append(
+                        {
+                            "path": f"{table['schema']}.{table['name']}.{column['name']} {cc.path}",
+                            "cc": cc,
+                            "mask": path_rule.strategy
+                            if path_rule
+                            else default_mask_for(cc.classification),
+                        }
+                    )
+            column["paths"] = paths
     guardrails = selectors.guardrail_list(
         user=request.user, filters={"datasource": str(datasource.pk)}
     )
@@ -493,6 +533,8 @@ def _datasource_detail(request: HttpRequest, datasource: Any) -> dict[str, Any]:
     scans = list(selectors.scan_run_list(user=request.user, datasource=datasource)[:10])
     return {
         "tables": tables,
+        "provisional": provisional,
+        "protect_threshold": threshold,
         "guardrails": guardrails,
         "schedule": schedule,
         "schedule_form": ScanScheduleForm(initial=model_to_dict(schedule)),

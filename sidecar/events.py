@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: would_have_masked, provisional_columns
 VERSION_KEY = "v"
 
 # The value types of the contract, as JSON spells them (a boolean is none of the
@@ -137,6 +137,16 @@ FIELDS: tuple[EventField, ...] = (
     EventField("tables_written", TEXT_LIST),
     EventField("functions", TEXT_LIST),
     EventField("break_glass", TEXT_LIST, doc="ids of the grants the statement used"),
+    EventField(
+        "would_have_masked",
+        TEXT_LIST,
+        doc="provisional columns read raw by a service (masked once reviewed)",
+    ),
+    EventField(
+        "provisional_columns",
+        TEXT_LIST,
+        doc="masked columns masked only provisionally (not yet reviewed)",
+    ),
     EventField("approval_request", TEXT, doc="the approval request a held statement opened"),
     EventField("session_state", OBJECT, doc="client_encoding, search_path …"),
     EventField("bytes", INTEGER, doc="the size of an oversized message"),

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -253,10 +253,13 @@ def with_values(
     )
 
 
-def verdict_parts(decision: Any, hold: float) -> tuple[str, str, tuple[Any, ...]]:
+def verdict_parts(
+    decision: Any, hold: float, classes: Mapping[str, str] | None = None
+) -> tuple[str, str, tuple[Any, ...]]:
     """Everything the ``Verdict`` for ``decision`` holds but its upstream SQL: the
     action, the message, then the other fields in order. ``hold`` is how long a
-    held statement waits for a reviewer."""
+    held statement waits for a reviewer; ``classes``, the bundle's column
+    classifications, names those of provisionally masked columns."""
     encoded = json.dumps(audit_facts(decision), separators=(",", ":"), default=str)
     statements = decision.statements
     review = decision.action == "review"
@@ -290,6 +293,10 @@ def verdict_parts(decision: Any, hold: float) -> tuple[str, str, tuple[Any, ...]
             and not cursors
             and kinds.isdisjoint(BY_NAME_KINDS),
             decision.error,
+            tuple(
+                (column, (classes or {}).get(column, ""))
+                for column in sorted({c for s in statements for c in s.provisional_columns})
+            ),
         ),
     )
 
@@ -393,13 +400,17 @@ class EnginePolicy:
                     s.classifications,
                     s.tables_read,
                     s.tables_written,
+                    s.provisional_columns,
+                    s.would_have_masked,
                 )
                 for s in decision.statements
             ),
         )
         shared = self._audit_cache.get(key)
         if shared is None:
-            shared = verdict_parts(decision, self._hold_seconds)
+            shared = verdict_parts(
+                decision, self._hold_seconds, self._engine.bundle.column_classifications
+            )
             if len(self._audit_cache) >= self.CACHE_LIMIT:
                 self._audit_cache.clear()
             self._audit_cache[key] = shared

@@ -41,6 +41,31 @@ from governance.services.history import _create, _delete, _update
 from governance.services.policy import _require_policy_editor, column_classifications_inherit
 from sidecar.engine.paths import PathError, parse_path, path_applies
 
+# --- environments ---------------------------------------------------------------------
+
+# What may be edited of an environment: the rest (name, criticality) is seeded.
+ENVIRONMENT_FIELDS = {"protect_threshold"}
+
+
+@transaction.atomic
+def environment_update(
+    *, actor: Any, environment: Environment, data: dict[str, Any]
+) -> Environment:
+    """Change an environment's protect threshold (None: enforce only confirmed and
+    confident findings, as a sandbox does). Every datasource of the environment is
+    recompiled, and its views' inherited classifications follow (a provisional
+    source protects its views only while it is at or above the threshold)."""
+    _require_policy_editor(actor)
+    environment = Environment.objects.select_for_update(no_key=True).get(pk=environment.pk)
+    _update(actor, environment, data, allowed=ENVIRONMENT_FIELDS)
+    bundles_mark_stale(obj=environment)
+    for datasource in Datasource.objects.filter(environment=environment).select_related(
+        "environment"
+    ):
+        column_classifications_inherit(datasource=datasource)
+    return environment
+
+
 # --- datasources ----------------------------------------------------------------------
 
 
@@ -56,6 +81,7 @@ def datasource_create(
     schema_snapshot: dict[str, Any] | None = None,
     connect_teams: Iterable[Team] = (),
     review_teams: Iterable[Team] = (),
+    mask_services_provisionally: bool = False,
 ) -> Datasource:
     _require_policy_editor(actor)
     datasource = Datasource(
@@ -64,6 +90,7 @@ def datasource_create(
         engine=engine,
         dialect=dialect,
         description=description,
+        mask_services_provisionally=mask_services_provisionally,
         schema_snapshot=schema_snapshot if schema_snapshot is not None else {"tables": []},
     )
     _create(actor, datasource, {"connect_teams": connect_teams, "review_teams": review_teams})
@@ -80,6 +107,7 @@ DATASOURCE_FIELDS = {
     "schema_snapshot",
     "connect_teams",
     "review_teams",
+    "mask_services_provisionally",
 }
 
 

@@ -462,10 +462,12 @@ def _inherit_pass(*, datasource: Datasource) -> int:
     enforced, and a person's own decision on the view column is left alone.
     Returns how many were created or changed.
     """
-    from governance.models import ENFORCED_STATUSES, Level
+    from governance.models import Level
 
     # Whole columns only: a view column inherits its source column's classification,
     # not those of paths inside it (the scan judges the view's own values per path).
+    # A provisional source (enforced before review) protects its views too.
+    protect_threshold = datasource.environment.protect_threshold
     rows = {
         (c.schema_name, c.table_name, c.column_name): c
         for c in ColumnClassification.objects.select_for_update(no_key=True)
@@ -487,7 +489,7 @@ def _inherit_pass(*, datasource: Datasource) -> int:
             for path in column.get("sources") or []:
                 parts = path.rsplit(".", 2)
                 source = rows.get(tuple(parts)) if len(parts) == 3 else None  # type: ignore[arg-type]
-                if source is None or source.status not in ENFORCED_STATUSES:
+                if source is None or source.enforcement(protect_threshold) is None:
                     continue
                 if (*key, source.classification.name) in rejected:
                     continue

@@ -61,6 +61,16 @@ def badge(value: Any, family: str = "") -> SafeString:
 
 
 @register.filter
+def provisional(column_classification: Any) -> bool:
+    """Whether the bundle masks this classification only provisionally: a finding nobody
+    reviewed, at or above its environment's protect threshold."""
+    from governance.models import PROVISIONAL
+
+    threshold = column_classification.datasource.environment.protect_threshold
+    return bool(column_classification.enforcement(threshold) == PROVISIONAL)
+
+
+@register.filter
 def jsonpretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 

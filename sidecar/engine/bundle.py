@@ -32,7 +32,10 @@ FORMAT = "warden.bundle/1"
 FORMAT_PATHS = "warden.bundle/1.1"
 FORMATS = (FORMAT, FORMAT_PATHS)
 # Safe by default: a classified column with no masking rule for the environment
-# is still masked when its level says the data must not leave unmasked.
+# is still masked when its level says the data must not leave unmasked. The
+# control plane compiles each built-in classification's own default mask into
+# ``masking_rules`` (docs/masking.md, "Default masks"), so this level default is
+# what a custom classification, or an offline bundle without those rules, gets.
 DEFAULT_STRATEGY_BY_LEVEL: dict[str, str | None] = {
     "public": None,
     "internal": None,
@@ -186,6 +189,14 @@ class Bundle:
             labels.add(whole)
         return tuple(sorted(labels))
 
+    # "schema.table.column" of the classifications enforced before anyone reviewed
+    # them (scanner findings at or above the environment's protect threshold).
+    provisional: frozenset[str] = frozenset()
+    # (column key, path steps) of provisional paths inside JSON/array columns.
+    provisional_paths: frozenset[tuple[str, tuple[Any, ...]]] = frozenset()
+    # Mask provisional columns for service identities too (else only audited).
+    mask_services_provisionally: bool = False
+
     def resolve_table(
         self, schema: str | None, name: str, search_path: tuple[str, ...] | None = None
     ) -> Table | None:
@@ -205,20 +216,55 @@ class Bundle:
         candidates = self.tables_by_name.get(name, ())
         return candidates[0] if len(candidates) == 1 else None
 
+    def spares_provisional(self, identity: Identity) -> bool:
+        """Whether provisional columns stay unmasked (and are only audited) for
+        ``identity``: a service, unless the datasource masks them for services too,
+        so an application never reads a masked value and writes it back."""
+        return identity.kind == "service" and not self.mask_services_provisionally
+
     def masked_columns_for(self, identity: Identity, table: Table) -> dict[str, Masking]:
         """Column name -> masking for the columns of ``table`` masked for ``identity``."""
         out: dict[str, Masking] = {}
+        spare = self.provisional and self.spares_provisional(identity)
         for column in table.columns:
-            masking = self.masking.get(f"{table.key}.{column.name}")
+            key = f"{table.key}.{column.name}"
+            masking = self.masking.get(key)
             if masking is not None and not (masking.exempt_teams & identity.teams):
                 if masking.paths:
+                    # Per path: the identity's exemptions, and for a service the paths
+                    # enforced only provisionally, stay unmasked; a confirmed path not.
                     kept = tuple(
-                        p for p in masking.paths if not (p[1].exempt_teams & identity.teams)
+                        p
+                        for p in masking.paths
+                        if not (p[1].exempt_teams & identity.teams)
+                        and not (spare and (key, p[0]) in self.provisional_paths)
                     )
+                    if not kept:
+                        continue
                     if len(kept) != len(masking.paths):
                         masking = replace(masking, paths=kept)
+                elif spare and key in self.provisional:
+                    continue
                 out[column.name] = masking
         return out
+
+    def spared_columns_for(self, identity: Identity, table: Table) -> tuple[str, ...]:
+        """The columns of ``table`` that would be masked for ``identity`` but for being
+        provisional (``spares_provisional``): what the audit trail records as
+        "would have masked"."""
+        if not (self.provisional and self.spares_provisional(identity)):
+            return ()
+        out = []
+        for column in table.columns:
+            key = f"{table.key}.{column.name}"
+            masking = self.masking.get(key)
+            if (
+                key in self.provisional
+                and masking is not None
+                and not (masking.exempt_teams & identity.teams)
+            ):
+                out.append(column.name)
+        return tuple(out)
 
 
 @cache
@@ -281,6 +327,8 @@ def load_bundle(data: Any) -> Bundle:
     column_classes: dict[str, str] = {}
     path_classes: dict[str, dict[str, str]] = {}
     path_steps: dict[tuple[str, str], tuple[Step, ...]] = {}
+    provisional: set[str] = set()
+    provisional_paths: set[tuple[str, tuple[Step, ...]]] = set()
     for cc in data["column_classifications"]:
         key = f"{cc['schema']}.{cc['table']}"
         classified = tables.get(key)
@@ -315,10 +363,15 @@ def load_bundle(data: Any) -> Bundle:
                 raise BundleError(f"column_classifications: {column_key} {path} classified twice")
             paths[path] = cc["classification"]
             path_steps[(column_key, path)] = steps
+            if cc.get("provisional", False):
+                provisional.add(column_key)
+                provisional_paths.add((column_key, steps))
             continue
         if column_key in column_classes:
             raise BundleError(f"column_classifications: {column_key} classified twice")
         column_classes[column_key] = cc["classification"]
+        if cc.get("provisional", False):
+            provisional.add(column_key)
 
     environment = data["datasource"]["environment"]
     rule_for: dict[str, MaskingRule] = {}
@@ -429,5 +482,10 @@ def load_bundle(data: Any) -> Bundle:
                 _timestamp(g["expires_at"], f"break_glass/{g['id']}") or 0.0,
             )
             for g in data.get("break_glass", [])
+        ),
+        provisional=frozenset(provisional),
+        provisional_paths=frozenset(provisional_paths),
+        mask_services_provisionally=bool(
+            data["datasource"].get("mask_services_provisionally", False)
         ),
     )

@@ -68,6 +68,11 @@ class StatementAnalysis:
     # {"transaction": "begin"|"commit"|...} or {"setting": {kind, name, local}};
     # setting values are left out (they are literals).
     session: dict[str, Any] | None = None
+    # Of ``masked_columns``, those masked only provisionally (a finding nobody has
+    # reviewed yet); and the provisional columns it reads that were left unmasked
+    # because the identity is a service ("would have masked", for the audit trail).
+    provisional_columns: tuple[str, ...] = ()
+    would_have_masked: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,12 +88,14 @@ class StatementAnalysis:
             "kind": self.kind,
             "lineage": None if self.lineage is None else list(self.lineage),
             "masked_columns": list(self.masked_columns),
+            "provisional_columns": list(self.provisional_columns),
             "redacted_sql": self.redacted_sql,
             "rewritten_sql": self.rewritten_sql,
             "row_bound": self.row_bound,
             "session": self.session,
             "tables_read": list(self.tables_read),
             "tables_written": list(self.tables_written),
+            "would_have_masked": list(self.would_have_masked),
         }
 
 

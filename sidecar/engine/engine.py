@@ -224,6 +224,8 @@ def _statement_analysis(f: StatementFacts, fingerprint: str, redacted: str) -> S
         explain_analyze=a.explain_analyze,
         copy=a.copy,
         session=dict(a.details) or None,
+        provisional_columns=f.provisional_columns,
+        would_have_masked=f.would_have_masked,
     )
 
 

@@ -79,6 +79,10 @@ class StatementFacts(GuardrailFacts):
     # statement names whose columns are masked (any role).
     masked: dict[str, dict[str, Masking]]
     masked_columns: tuple[str, ...]  # referenced columns of read/copied tables that are masked
+    # Of those, the ones masked only provisionally (an unreviewed finding).
+    provisional_columns: tuple[str, ...]
+    # Referenced provisional columns left unmasked for a service ("would have masked").
+    would_have_masked: tuple[str, ...]
     masked_levels: tuple[str, ...]
     unmasked_levels: tuple[str, ...]
     reads_masked: bool  # a read or copied table has masked columns: the text is rewritten
@@ -102,8 +106,10 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
 
     masked: dict[str, dict[str, Masking]] = {}
     masked_read: dict[str, dict[str, Masking]] = {}
+    spared: set[str] = set()
     if ctx.masks_anything:  # else every masking rule exempts this identity
         seen: set[str] = set()
+        spares = bool(bundle.provisional) and bundle.spares_provisional(ctx.who)
         for ref in a.ranges:
             table = ref.table
             if table is None:
@@ -114,11 +120,19 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
                 cols = bundle.masked_columns_for(ctx.who, table)
                 if cols:
                     masked[key] = cols
-            if ref.role in _READ_ROLES and key in masked:
-                masked_read[key] = masked[key]
+            if ref.role in _READ_ROLES:
+                if key in masked:
+                    masked_read[key] = masked[key]
+                if spares:
+                    spared.update(f"{key}.{c}" for c in bundle.spared_columns_for(ctx.who, table))
     masked_columns = tuple(
         sorted(f"{t}.{c}" for t, cols in masked_read.items() for c in cols if f"{t}.{c}" in columns)
     )
+    provisional = bundle.provisional
+    provisional_columns = (
+        tuple(c for c in masked_columns if c in provisional) if provisional else ()
+    )
+    would_have_masked = tuple(sorted(spared & columns)) if spared else ()
     needs_hash = not ctx.hash_available and any(
         f"{key}.{c.name}" in columns and uses_hash(c.type, cols[c.name])
         for key, cols in masked_read.items()
@@ -149,6 +163,8 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
         columns_read=columns_read,
         masked=masked,
         masked_columns=masked_columns,
+        provisional_columns=provisional_columns,
+        would_have_masked=would_have_masked,
         masked_levels=masked_levels,
         unmasked_levels=unmasked_levels,
         reads_masked=bool(masked_read),

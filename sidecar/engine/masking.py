@@ -27,6 +27,26 @@ from sidecar.engine.vocabulary import KEEP_LAST
 RESERVED_SCHEMA = "warden_masking"
 HMAC_FUNCTION = f"{RESERVED_SCHEMA}.hmac"
 
+# The free_text strategy: every match of these PostgreSQL regular expressions
+# (advanced syntax, applied in order, all matches) inside the value is replaced by
+# its label, the rest of the text is kept (docs/masking.md, "Free text"). Over-
+# masking is accepted: there is no Luhn check in SQL, so any run of 13 to 19
+# digits is a card, any run of 9 to 15 a phone number. No backslash anywhere: the
+# text must mean the same whatever the session's standard_conforming_strings.
+FREE_TEXT_PATTERNS: tuple[tuple[str, str], ...] = (
+    (
+        "[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+([.][A-Za-z0-9-]+)*[.][A-Za-z]{2,}",
+        "[email]",
+    ),
+    ("[[:<:]][0-9]([ -]?[0-9]){12,18}[[:>:]]", "[card]"),
+    ("[[:<:]][0-9]{3}-[0-9]{2}-[0-9]{4}[[:>:]]", "[national id]"),
+    (
+        "[[:<:]][A-Za-z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-Da-d][[:>:]]",
+        "[national id]",
+    ),
+    ("[+]?[(]?[[:<:]][0-9]([ .()-]{0,2}[0-9]){8,14}[[:>:]]", "[phone]"),
+)
+
 _TEXT = re.compile(r"^(text|citext|name|character varying|varchar|character|char|bpchar)\b")
 _INT = {"smallint": 14, "int2": 14, "integer": 28, "int": 28, "int4": 28, "bigint": 60, "int8": 60}
 _NUMERIC = re.compile(r"^(numeric|decimal|real|double precision|float4|float8|float|money)\b")
@@ -121,6 +141,10 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
             f"WHEN pg_catalog.strpos({t}, '@') OPERATOR(pg_catalog.>) 0 "
             f"THEN '***@' {cat} pg_catalog.split_part({t}, '@', 2) ELSE '***' END"
         )
+    elif strategy == "free_text" and family == "text":
+        expr = t
+        for pattern, label in FREE_TEXT_PATTERNS:
+            expr = f"pg_catalog.regexp_replace({expr}, '{pattern}', '{label}', 'g')"
     elif strategy == "year_only" and family in ("date", "timestamp"):
         expr = (
             f"pg_catalog.make_date(pg_catalog.date_part('year', {c})::int, 1, 1)"

@@ -16,6 +16,7 @@ Standard library only: the control plane's models import it at start-up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # -- actions ------------------------------------------------------------------------------
 # In increasing severity: when several rules decide, the most severe wins.
@@ -230,7 +231,51 @@ MASKING_STRATEGIES: dict[str, tuple[IntParameter, ...]] = {
     "hash": (),
     "null": (),
     "year_only": (),
+    "free_text": (),
 }
 MASKING_PARAMETERS: tuple[IntParameter, ...] = tuple(
     dict.fromkeys(p for parameters in MASKING_STRATEGIES.values() for p in parameters)
 )
+
+# A built-in classification's default mask: (strategy, params), or None for "not
+# masked". The control plane compiles it into a bundle's ``masking_rules`` for every
+# built-in classification its columns use when no masking rule covers that
+# classification in the datasource's environment, so a fresh install needs no rule
+# and the engine stays generic (docs/masking.md, "Default masks"). Each keeps the
+# column usable where it can: the domain of an e-mail, the last four characters of
+# a number people recognise by them; what has no safe part (secrets, health, dates
+# of birth, IP addresses) is NULL. A custom classification keeps its level's default.
+DEFAULT_MASKS: dict[str, tuple[str, dict[str, int]] | None] = {
+    "pii.email": ("email", {}),
+    "pii.phone": ("partial", {KEEP_LAST.name: 4}),
+    "pii.name": ("redact", {}),
+    "pii.address": ("redact", {}),
+    "pii.dob": ("null", {}),
+    "pii.ssn": ("partial", {KEEP_LAST.name: 4}),
+    "pii.national_id": ("partial", {KEEP_LAST.name: 4}),
+    "pii.free_text": ("free_text", {}),
+    "financial.card": ("partial", {KEEP_LAST.name: 4}),
+    "financial.iban": ("partial", {KEEP_LAST.name: 4}),
+    "secret.token": ("null", {}),
+    "secret.password": ("null", {}),
+    "network.ip": ("null", {}),
+    "health.record": ("null", {}),
+    "general.internal": None,
+    "general.public": None,
+}
+
+
+def default_masking_rule(classification: str) -> dict[str, Any] | None:
+    """The bundle ``masking_rules`` entry of ``classification``'s default mask (it
+    applies in every environment and exempts nobody), or None when it has none."""
+    default = DEFAULT_MASKS.get(classification)
+    if default is None:
+        return None
+    strategy, params = default
+    return {
+        "classification": classification,
+        "strategy": strategy,
+        "params": dict(params),
+        "exempt_teams": [],
+        "environments": [],
+    }

@@ -195,4 +195,13 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         "revision": decision.revision,
         # The break-glass grants this statement used: audited on every use.
         "break_glass": list(decision.break_glass) or None,
+        # Unreviewed findings (docs/classification.md, "Protection before review"):
+        # what a service read raw that others read masked, and what was masked only
+        # provisionally. Absent (null) when none, to keep events small.
+        "would_have_masked": sorted({c for st in decision.statements for c in st.would_have_masked})
+        or None,
+        "provisional_columns": sorted(
+            {c for st in decision.statements for c in st.provisional_columns}
+        )
+        or None,
     }

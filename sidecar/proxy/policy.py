@@ -93,6 +93,9 @@ class Verdict(NamedTuple):
     # (sqlstate, message, position): a refusal the server would have answered the
     # same way (a syntax error), sent as the server's error rather than Warden's.
     error: tuple[str, str, int | None] | None = None
+    # (schema.table.column, classification) of the columns it reads masked only
+    # provisionally: the session tells the client once per column (a NOTICE).
+    provisional: tuple[tuple[str, str], ...] = ()
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces)."""

@@ -371,6 +371,8 @@ class Session:
         self._sql_prepared_state = self.state
         self._sql_prepares = 0
         self._sql_prepares_at_deallocate = -1
+        # Columns masked only provisionally that this session was told about (once each).
+        self._told_provisional: set[str] = set()
         self.closed = False
         nonce = secrets.token_hex(6)
         self._marker = f"warden refused {nonce} ".encode()
@@ -694,6 +696,8 @@ class Session:
                 return
             self.hold = None
             verdict = self._session_rules(verdict, generation, started)
+            if verdict.provisional:
+                self._tell_provisional(verdict)
             if kind == _Q:
                 sent = self._query_decided(payload, text, verdict)
             else:
@@ -765,11 +769,31 @@ class Session:
                 )
             except Exception:  # the same refusal as _ask_policy's, which logs it
                 verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
+        if verdict.provisional:
+            self._tell_provisional(verdict)
         if verdict.plain and self._sql_prepared is None and self.audit.accepting:
             # Nothing of the session's own books applies to a plain allowed statement.
             self.metrics.observe_decision(time.perf_counter() - started, ALLOW)
             return verdict
         return self._session_rules(verdict, generation, started)
+
+    def _tell_provisional(self, verdict: Verdict) -> None:
+        """The first time this session reads a column masked only provisionally (a
+        scanner finding nobody has reviewed yet), say so with a NoticeResponse, which
+        clients show as it arrives, so a person who sees a masked value knows why.
+        Never in the middle of an upstream message (a large row streamed through,
+        ``uskip``): the notice then waits for a later statement reading the column."""
+        if verdict.action != ALLOW or self.uskip:
+            return
+        for column, classification in verdict.provisional:
+            if column in self._told_provisional:
+                continue
+            self._told_provisional.add(column)
+            self.client.write(
+                m.notice_response(
+                    f"Warden masked {column} provisionally ({classification}, not yet reviewed)"
+                )
+            )
 
     def _ask_policy(
         self,

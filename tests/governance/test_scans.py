@@ -200,16 +200,22 @@ def test_threshold_decides_what_the_bundle_enforces(
     demo_policy: Any, sidecar_token: str, settings: Any
 ) -> None:
     settings.WARDEN_SCAN_AUTO_APPLY_CONFIDENCE = 0.9
-    findings = [_finding("phone", "pii.phone", 0.95), _finding("full_name", "pii.name", 0.6)]
+    findings = [
+        _finding("phone", "pii.phone", 0.95),
+        _finding("full_name", "pii.name", 0.6),
+        _finding("birth_date", "pii.dob", 0.2),
+    ]
     assert _post(sidecar_token, {"snapshot": _snapshot(), "findings": findings})[0] == 202
     compiled = _compiled_columns(demo_policy.datasource)
     assert compiled["public.customers.phone"] == "pii.phone"  # auto-applied: masked now
-    assert "public.customers.full_name" not in compiled  # only proposed
-    name = ColumnClassification.objects.get(column_name="full_name")
+    # Proposed at or above production's protect threshold (0.3): masked provisionally.
+    assert compiled["public.customers.full_name"] == "pii.name"
+    assert "public.customers.birth_date" not in compiled  # only proposed, below it
+    dob = ColumnClassification.objects.get(column_name="birth_date")
     services.column_classification_review(
-        actor=demo_policy.owner.user, column_classification=name, status="confirmed"
+        actor=demo_policy.owner.user, column_classification=dob, status="confirmed"
     )
-    assert _compiled_columns(demo_policy.datasource)["public.customers.full_name"] == "pii.name"
+    assert _compiled_columns(demo_policy.datasource)["public.customers.birth_date"] == "pii.dob"
 
 
 def test_rejection_is_remembered_and_reclassify_confirms_another(
@@ -322,7 +328,8 @@ def test_view_columns_inherit_and_follow_their_source(
             {"name": "tel", "type": "text", "sources": ["public.customers.phone"]},
         ],
     }
-    findings = [_finding("phone", "pii.phone", 0.5)]  # only proposed: nothing to inherit
+    # Proposed below production's protect threshold (0.3): nothing to inherit.
+    findings = [_finding("phone", "pii.phone", 0.2)]
     _post(sidecar_token, {"snapshot": _snapshot(view), "findings": findings})
     compiled = _compiled_columns(demo_policy.datasource)
     assert compiled["public.contacts.who"] == "pii.email"

@@ -180,8 +180,38 @@ def test_datasource_create_with_schema(editor: Any, team_a: Any) -> None:
     ds = Datasource.objects.get(name="warehouse-staging")
     assert response.url == reverse("governance:datasource_detail", args=[ds.pk])
     assert ds.schema_snapshot == schema
+    assert ds.mask_services_provisionally is False  # the default: audited only
     detail = editor.get(response.url)
     assert b"public.t" in detail.content
+
+
+def test_datasource_switch_to_mask_provisional_columns_for_services(
+    client: Any, demo_policy: Any, personas: dict
+) -> None:
+    ds = demo_policy.datasource
+    url = reverse("governance:datasource_edit", args=[ds.pk])
+    form = {
+        "name": ds.name,
+        "environment": ds.environment_id,
+        "engine": ds.engine,
+        "dialect": ds.dialect,
+        "description": ds.description,
+        "connect_teams": [t.pk for t in ds.connect_teams.all()],
+        "review_teams": [t.pk for t in ds.review_teams.all()],
+        "schema_snapshot": json.dumps(ds.schema_snapshot),
+        "mask_services_provisionally": "on",
+    }
+    for role in ("reviewer", "auditor", "none"):
+        client.force_login(personas[role])
+        assert client.post(url, form).status_code == 403
+    ds.refresh_from_db()
+    assert ds.mask_services_provisionally is False
+    client.force_login(personas["security"])
+    assert client.post(url, form).status_code == 302
+    ds.refresh_from_db()
+    assert ds.mask_services_provisionally is True
+    page = client.get(reverse("governance:datasource_detail", args=[ds.pk])).content.decode()
+    assert "see provisionally protected columns masked too" in page
 
 
 @pytest.mark.parametrize(
@@ -222,9 +252,10 @@ def test_datasource_page_shows_columns_with_classification_and_masking(
     assert columns["ssn"]["masking_rule"].strategy == "partial"
     assert columns["id"]["classification"] is None
     card = {c["name"]: c for c in tables["public.orders"]["columns"]}["card_number"]
-    # Restricted, no rule: the engine applies the level's safe default, and says so.
+    # No rule: the control plane compiles the classification's default mask, and says so.
     assert card["masking_rule"] is None
-    assert b"redact (default)" in response.content
+    assert card["default_mask"] == "partial"
+    assert b"partial (default)" in response.content
 
 
 # --- classifications and column classifications -------------------------------------------

@@ -144,6 +144,43 @@ def test_review_authorisation(
     assert phone.status == "auto_applied"
 
 
+def test_datasource_page_lists_the_columns_protected_only_provisionally(
+    client: Client, proposals: dict, personas: dict, other_datasource: Any, demo_policy: Any
+) -> None:
+    services.sidecar_schema_report(
+        datasource_id=other_datasource.pk,
+        snapshot=DEMO_SCHEMA,
+        findings=[
+            {
+                "schema": "public",
+                "table": "customers",
+                "column": "birth_date",
+                "classification": "pii.dob",
+                "confidence": 0.5,
+            }
+        ],
+    )
+    url = reverse("governance:datasource_detail", args=[demo_policy.datasource.pk])
+    assert client.get(url).status_code == 302  # anonymous: sign in
+    client.force_login(personas["none"])
+    assert client.get(url).status_code == 403
+    client.force_login(personas["auditor"])
+    page = client.get(url)
+    listed = [p["path"] for p in page.context["provisional"]]
+    # full_name (0.6) waits for review but is masked; phone (0.97) is confident; the
+    # other datasource's provisional column is not this one's.
+    assert listed == ["public.customers.full_name"]
+    html = page.content.decode()
+    assert 'id="provisional-columns"' in html and "redact" in html
+    assert "read provisionally protected columns unmasked" in html
+    queue = client.get(reverse("governance:review_queue")).content.decode()
+    assert queue.count(">masked provisionally</span>") == 2  # full_name here, birth_date there
+    Environment.objects.filter(name="production").update(protect_threshold=None)
+    page = client.get(url)
+    assert page.context["provisional"] == []
+    assert "has no protect threshold" in page.content.decode()
+
+
 def test_scan_now_and_schedule(
     client: Client, demo_policy: Any, personas: dict, other_datasource: Any
 ) -> None:
