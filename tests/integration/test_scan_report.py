@@ -73,8 +73,8 @@ def test_sidecar_reports_a_scan_at_start_and_on_request(
             "the scan at start",
         )
         assert started.tables == 2 and started.columns == 9
-        # Text, date and bigint (wide enough for a card) columns; not int, not boolean.
-        assert started.sampled_columns == 7
+        # Text, date, integer (an SSN fits in one) and bigint columns; not boolean.
+        assert started.sampled_columns == 8
         assert started.findings >= 3
         found = {
             (cc.table_name, cc.column_name): cc
