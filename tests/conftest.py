@@ -79,10 +79,15 @@ def _ensure_builtin_rows() -> None:
     seed = importlib.import_module(
         "governance.migrations.0002_builtin_environments_and_classifications"
     )
-    if Environment.objects.count() < len(seed.ENVIRONMENTS) or Classification.objects.filter(
-        is_builtin=True
-    ).count() < len(seed.CLASSIFICATIONS):
+    later = importlib.import_module("governance.migrations.0007_zero_config_protection")
+    if (
+        Environment.objects.count() < len(seed.ENVIRONMENTS)
+        or Classification.objects.filter(is_builtin=True).count() < len(seed.CLASSIFICATIONS) + 1
+    ):
+        # What the data migrations seed, in order: 0007 adds the protect thresholds
+        # and pii.free_text to what 0002 made.
         seed.seed(apps, None)
+        later.seed(apps, None)
 
 
 # The audit trail's tables are raw SQL (a partitioned table and its key, chain and

@@ -49,10 +49,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _seed_builtin_policy_data() -> None:
     from django.apps import apps
 
-    module = importlib.import_module(
-        "governance.migrations.0002_builtin_environments_and_classifications"
-    )
-    module.seed(apps, None)
+    for name in (
+        "governance.migrations.0002_builtin_environments_and_classifications",
+        "governance.migrations.0007_zero_config_protection",  # thresholds, pii.free_text
+    ):
+        importlib.import_module(name).seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,9 @@ def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict
         "bundle_wait": 30,
         "bundle_max_backoff": 1,
         "heartbeat_interval": 5,
+        # The policy under test is demo_policy's: a start scan's findings would be
+        # enforced provisionally (production) halfway through.
+        "scan_enabled": False,
     }
 
 

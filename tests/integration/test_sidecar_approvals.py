@@ -39,6 +39,9 @@ def _config(control_plane: Server, sidecar_token: str, upstream_db: str) -> dict
         upstream_db,
         heartbeat_interval=5,
         audit_url="http://127.0.0.1:9/api/v1/sidecar/audit",
+        # The policy under test is demo_policy's: a start scan's findings would be
+        # enforced provisionally (production) halfway through.
+        scan_enabled=False,
     )
 
 
