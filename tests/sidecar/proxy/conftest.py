@@ -260,7 +260,9 @@ class Sidecar:
         """Every audit event in the spool (after the sidecar's periodic flush)."""
         out = []
         for path in sorted((self.state_dir / "spool").glob("*.jsonl")):
-            out += [json.loads(line) for line in path.read_text().splitlines() if line]
+            # Complete lines only: the sidecar may be writing the last one right now.
+            complete = path.read_text().rpartition("\n")[0]
+            out += [json.loads(line) for line in complete.splitlines() if line]
         return out
 
     def log(self) -> str:
