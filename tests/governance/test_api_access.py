@@ -502,3 +502,24 @@ def test_valid_update_is_recorded_from_what_to_what(name, api, demo_policy):
     latest = api["auditor"].call("GET", f"/api/v1/{name}/{obj.pk}/history/").json()["results"][0]
     assert latest["action"] == "update" and latest["actor_name"] == "security"
     assert latest["after"][field] == value and latest["before"][field] != value
+
+
+def test_the_issued_token_page_shows_the_header_the_api_takes(security_user):
+    """The page used to say ``Authorization: Bearer``, which the API answers with 401:
+    the header it shows now is the one that works, copied as it stands."""
+    import html
+    import re
+
+    page = Client()
+    page.force_login(security_user)
+    issued = page.post("/account/api-tokens/", {"name": "terraform"})
+    assert issued.status_code == 200
+    shown = re.search(r'<code class="api-header">([^<]+)</code>', issued.content.decode())
+    assert shown is not None
+    name, _, value = html.unescape(shown.group(1)).partition(": ")
+    assert name == "Authorization" and value.startswith("Token ")
+    assert Client().get("/api/v1/teams/", headers={name: value}).status_code == 200
+    bearer = value.replace("Token ", "Bearer ", 1)
+    assert Client().get("/api/v1/teams/", headers={name: bearer}).status_code == 401
+    listed = page.get("/account/api-tokens/").content.decode()
+    assert "Authorization: Token …" in listed and "Bearer" not in listed
