@@ -88,7 +88,8 @@ class ApproveForm(forms.Form):
             max_value=uses,
             label="Uses",
             error_messages={
-                "max_value": f"A grant can only be narrowed: at most {uses} use(s), the default."
+                "max_value": "A grant can only be narrowed: at most "
+                f"{uses} use{'' if uses == 1 else 's'}, the default."
             },
         )
         self.fields["minutes"] = forms.IntegerField(

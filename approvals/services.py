@@ -677,7 +677,10 @@ def _grant_limits(
     if uses is not None and (
         not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= most_uses
     ):
-        errors["uses"] = f"A grant can only be narrowed: from 1 to {most_uses} use(s), the default."
+        errors["uses"] = (
+            f"A grant can only be narrowed: from 1 to {most_uses} "
+            f"use{'' if most_uses == 1 else 's'}, the default."
+        )
     if expires_at is not None:
         seconds = grant_default_seconds()
         latest = now + datetime.timedelta(seconds=seconds)

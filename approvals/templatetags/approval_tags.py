@@ -76,6 +76,13 @@ def state_tally(requests: list[Any]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.most_common())
 
 
+def _count(number: Any, noun: str) -> str:
+    """ "1 use", "2 uses", "? uses" (a detail that lacks the number)."""
+    if isinstance(number, int) and not isinstance(number, bool):
+        return f"{number} {noun}{'' if number == 1 else 's'}"
+    return f"? {noun}s"
+
+
 @register.filter
 def timeline_text(event: dict[str, Any]) -> str:
     """One line of detail under a timeline entry (never a literal from the statement:
@@ -88,15 +95,16 @@ def timeline_text(event: dict[str, Any]) -> str:
             text += f"; asked for at most {detail['uses']} uses"
         return text
     if kind == "approved":
-        text = f"Grant: {detail.get('uses', '?')} use(s) until {_when(detail.get('expires_at'))}"
+        text = f"Grant: {_count(detail.get('uses'), 'use')} until {_when(detail.get('expires_at'))}"
         reviewers = ", ".join(detail.get("reviewers") or [])
         return f"{text}; approved by {reviewers}" if reviewers else text
     if kind == "denied":
         return str(detail.get("reason", ""))
     if kind == "grant_used":
-        return f"{detail.get('uses_left', '?')} use(s) left"
+        return f"{_count(detail.get('uses_left'), 'use')} left"
     if kind == "created" and "required_approvals" in detail:
-        return f"Risk {detail.get('risk', '?')}; needs {detail['required_approvals']} approval(s)"
+        needs = _count(detail["required_approvals"], "approval")
+        return f"Risk {detail.get('risk', '?')}; needs {needs}"
     return ""
 
 

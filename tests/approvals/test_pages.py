@@ -533,3 +533,18 @@ def test_security_sees_only_its_own_requests_page(
     client.force_login(security_user)
     assert client.get(reverse("approvals:detail", args=[s.agent_request.pk])).status_code == 200
     assert client.get(reverse("approvals:detail", args=[s.own_request.pk])).status_code == 403
+
+
+def test_timeline_counts_read_as_english() -> None:
+    """No "use(s)": one use, two uses, one approval."""
+    from approvals.templatetags.approval_tags import timeline_text
+
+    def text(kind: str, **detail: Any) -> str:
+        return timeline_text({"kind": kind, "detail": detail})
+
+    assert text("approved", uses=1).startswith("Grant: 1 use until ")
+    assert text("approved", uses=3).startswith("Grant: 3 uses until ")
+    assert text("grant_used", uses_left=0) == "0 uses left"
+    assert text("grant_used", uses_left=1) == "1 use left"
+    assert text("created", risk=40, required_approvals=1) == "Risk 40; needs 1 approval"
+    assert text("created", risk=90, required_approvals=2) == "Risk 90; needs 2 approvals"
