@@ -297,7 +297,7 @@ class ApprovalEventKind(models.TextChoices):
     NOTIFIED = "notified", "Notified"
     ESCALATED = "escalated", "Escalated"
     REMINDED = "reminded", "Reminded"
-    APPROVAL = "approval", "Approved by a reviewer"
+    APPROVAL = "approval", "Approval"
     APPROVED = "approved", "Approved"
     DENIED = "denied", "Denied"
     EXPIRED = "expired", "Expired"

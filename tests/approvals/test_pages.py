@@ -401,6 +401,9 @@ def test_detail_shows_the_timeline(
     assert "Created" in timeline
     assert "reviewer" in timeline
     assert "Approved" in timeline
+    # Each entry's label is followed by " by <who>": no "Approved by a reviewer by".
+    assert "<strong>Approval</strong> by reviewer" in timeline
+    assert "a reviewer</strong> by" not in timeline
     assert "Uses left" in page and "2 of 2" in page
 
 
