@@ -164,7 +164,9 @@ def test_intents_of_one_loop_turn_share_one_commit_and_a_crash_keeps_them(
         assert spool.durable == 0 and not released  # nothing is on disk yet
         await asyncio.sleep(0)  # the end of the turn: one commit for the three
         assert spool.durable == 3 and released == [0, 1, 2]
-        # Written inside the file's allocation: no size for fdatasync to record.
+        # Written inside the file's allocation: no size for fdatasync to record. The
+        # next file is allocated ahead on the writer thread: wait for that work.
+        spool._writer.submit(lambda: None).result()
         assert [p.stat().st_size for p in sorted(journal.glob("*.jsonl"))] == [JOURNAL_CHUNK] * 2
         spool._writer.shutdown(wait=True)  # a crash: no outcome, no close
 
