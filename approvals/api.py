@@ -354,18 +354,7 @@ class ReviewSettingsSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ReviewSettings
-        fields = [
-            "datasource",
-            "fallback_team",
-            "escalate_after_seconds",
-            "remind_every_seconds",
-            "expire_after_seconds",
-            "hold_seconds",
-            "grant_binding",
-            "values_retention_seconds",
-            "webhook_url",
-            "updated_at",
-        ]
+        fields = ["datasource", *services.REVIEW_SETTINGS_FIELDS, "updated_at"]
         read_only_fields = ["datasource", "updated_at"]
 
     def get_fields(self) -> dict[str, Any]:

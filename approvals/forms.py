@@ -14,6 +14,7 @@ from django.utils import timezone
 from approvals.models import ReviewSettings
 from approvals.services import (
     MIN_VALUES_RETENTION_SECONDS,
+    REVIEW_SETTINGS_FIELDS,
     grant_default_seconds,
     grant_default_uses,
 )
@@ -136,16 +137,7 @@ class ReviewSettingsForm(forms.ModelForm):
 
     class Meta:
         model = ReviewSettings
-        fields = [
-            "fallback_team",
-            "escalate_after_seconds",
-            "remind_every_seconds",
-            "expire_after_seconds",
-            "hold_seconds",
-            "grant_binding",
-            "values_retention_seconds",
-            "webhook_url",
-        ]
+        fields = list(REVIEW_SETTINGS_FIELDS)
         labels = {
             "escalate_after_seconds": "Escalate after (seconds)",
             "remind_every_seconds": "Remind every (seconds)",

@@ -1214,7 +1214,8 @@ def approval_notify(*, request_id: Any, kind: str) -> int:
 
 # --- review settings (management API) --------------------------------------------------------
 
-REVIEW_SETTINGS_FIELDS = {
+# What a policy editor may set, in the order the form and the API show it.
+REVIEW_SETTINGS_FIELDS = (
     "fallback_team",
     "escalate_after_seconds",
     "remind_every_seconds",
@@ -1223,7 +1224,7 @@ REVIEW_SETTINGS_FIELDS = {
     "grant_binding",
     "values_retention_seconds",
     "webhook_url",
-}
+)
 # A decided request keeps its values at least this long (as the setting's minimum).
 MIN_VALUES_RETENTION_SECONDS = 60
 
@@ -1251,7 +1252,7 @@ def review_settings_set(
     """Create or change a datasource's review settings (admin and security only)."""
     if not can_edit_policy(actor):
         raise PermissionDenied("Only admin and security may change review settings.")
-    unknown = sorted(set(data) - REVIEW_SETTINGS_FIELDS)
+    unknown = sorted(set(data).difference(REVIEW_SETTINGS_FIELDS))
     if unknown:
         raise ValidationError({name: "This field cannot be changed here." for name in unknown})
     row = (
