@@ -897,6 +897,8 @@ async def serve(
         tasks.append(asyncio.create_task(reporter.run()))
     await stop.wait()
     await server.stop()
+    if estimator is not None:
+        estimator.close()  # its own upstream connection and thread
     for task in tasks:
         task.cancel()
     spool.close()
