@@ -13,6 +13,7 @@ from approvals import services
 from approvals.models import ApprovalRequest
 from governance import services as gov
 from governance.models import Role
+from tests.approvals import scenario
 from tests.conftest import FAST_HASHERS, _make_user
 
 
@@ -87,3 +88,20 @@ def open_request(review_setup: SimpleNamespace) -> Callable[..., ApprovalRequest
         return request
 
     return make
+
+
+@pytest.fixture(scope="module")
+def _scenario_once(policy_once: SimpleNamespace, django_db_blocker: Any) -> None:
+    # The inbox scenario (tests.approvals.scenario), built once per module with the
+    # personas and the demo policy (tests.conftest.policy_once): every test starts
+    # from these rows and gets its own copy of the objects (``s``).
+    personas = policy_once.personas
+    with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=FAST_HASHERS):
+        policy_once.scenario = scenario.build(
+            demo=policy_once.demo_policy, admin=personas["admin"], reviewer=personas["reviewer"]
+        )
+
+
+@pytest.fixture
+def s(_policy_copy: SimpleNamespace) -> SimpleNamespace:
+    return _policy_copy.scenario

@@ -13,30 +13,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from django.test import Client, override_settings
+from django.test import Client
 from django.urls import reverse
 
 from approvals import live, services
 from tests.approvals import scenario
-from tests.conftest import FAST_HASHERS
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once", "_scenario_once")]
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture(scope="module")
-def _scenario_once(policy_once: SimpleNamespace, django_db_blocker: Any) -> None:
-    personas = policy_once.personas
-    with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=FAST_HASHERS):
-        policy_once.scenario = scenario.build(
-            demo=policy_once.demo_policy, admin=personas["admin"], reviewer=personas["reviewer"]
-        )
-
-
-@pytest.fixture
-def s(_policy_copy: SimpleNamespace) -> SimpleNamespace:
-    return _policy_copy.scenario
 
 
 @pytest.fixture(autouse=True)
