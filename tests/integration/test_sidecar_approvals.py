@@ -65,6 +65,15 @@ def _agent_sidecar(
     return proc, raw
 
 
+@pytest.fixture
+def reviewer(demo_policy: Any, admin_user: Any, reviewer_user: Any) -> Any:
+    """The reviewer, on team B: the team that reviews the demo datasource."""
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    return reviewer_user
+
+
 def _connect(port: int, dbname: str, token: str) -> psycopg.Connection[Any]:
     return psycopg.connect(
         host="127.0.0.1",
@@ -114,13 +123,10 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
     celery_worker: Any,
     demo_policy: Any,
     admin_user: Any,
-    reviewer_user: Any,
+    reviewer: Any,
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
-    services.identity_update(
-        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
-    )
     state_dir = tmp_path / "state"
     proc, raw = _agent_sidecar(
         control_plane, demo_policy, admin_user, upstream_db, state_dir, "sc-approvals"
@@ -138,7 +144,7 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
             assert request.tables == ["public.customers"]
             time.sleep(0.3)
             assert thread.is_alive(), "the statement did not wait for the decision"
-            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            approvals.approval_decide(request_id=request.id, user=reviewer, approve=True)
             thread.join(20)
             assert "error" not in result, result
             assert result["seconds"] < 15
@@ -157,7 +163,7 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
                     lambda name=name: conn.execute(update, (name, 1), prepare=True)
                 )
                 request = _pending(demo_policy.agent)
-                approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+                approvals.approval_decide(request_id=request.id, user=reviewer, approve=True)
                 thread.join(20)
                 assert "error" not in result, result
                 row = conn.execute("SELECT full_name FROM customers WHERE id = 1").fetchone()
@@ -169,7 +175,7 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
             request = _pending(demo_policy.agent)
             approvals.approval_decide(
                 request_id=request.id,
-                user=reviewer_user,
+                user=reviewer,
                 approve=False,
                 reason="not during the audit",
             )
@@ -192,7 +198,7 @@ def test_held_statement_runs_once_approved_is_refused_when_denied_and_reuses_a_g
             conn.cancel_safe()
             thread.join(10)
             assert isinstance(result.get("error"), psycopg.errors.QueryCanceled), result
-            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            approvals.approval_decide(request_id=request.id, user=reviewer, approve=True)
             ids.append(str(request.id))
         started = time.monotonic()
         again = subprocess.run(
@@ -247,15 +253,12 @@ def test_a_held_text_of_several_statements_is_approved_and_runs(
     celery_worker: Any,
     demo_policy: Any,
     admin_user: Any,
-    reviewer_user: Any,
+    reviewer: Any,
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
     """The sidecar sends one kind per statement; the control plane used to answer 400
     to its "update,delete", so such a text could never be approved."""
-    services.identity_update(
-        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
-    )
     proc, raw = _agent_sidecar(
         control_plane,
         demo_policy,
@@ -282,7 +285,7 @@ def test_a_held_text_of_several_statements_is_approved_and_runs(
             assert thread.is_alive() and len(notices) == 1, notices
             assert notices[0].startswith("Warden is holding this statement for approval: ")
             assert f"/approvals/{request.id}/" in notices[0] and "waiting up to" in notices[0]
-            approvals.approval_decide(request_id=request.id, user=reviewer_user, approve=True)
+            approvals.approval_decide(request_id=request.id, user=reviewer, approve=True)
             thread.join(20)
             assert "error" not in result, result
             rows = conn.execute("SELECT full_name FROM customers ORDER BY id").fetchall()
@@ -399,7 +402,7 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
     celery_worker: Any,
     demo_policy: Any,
     admin_user: Any,
-    reviewer_user: Any,
+    reviewer: Any,
     upstream_db: str,
     tmp_path: Path,
 ) -> None:
@@ -407,9 +410,6 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
     the requester then ran the same shape for every order on that grant and changed
     993 rows. Now the grant is bound to the values: other values need a new approval,
     whose request shows them and the planner's estimate of the rows they touch."""
-    services.identity_update(
-        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
-    )
     _orders(upstream_db, 993)
     proc, raw = _agent_sidecar(
         control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state", "sc-values"
@@ -429,7 +429,7 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
             estimated = first.estimate["rows"]["orders"]
             assert 400 <= estimated <= 600, first.estimate  # 494 rows: the planner's guess
             assert first.estimate["top"] == "ModifyTable" and first.estimate["error"] == ""
-            approvals.approval_decide(request_id=first.id, user=reviewer_user, approve=True)
+            approvals.approval_decide(request_id=first.id, user=reviewer, approve=True)
             thread.join(20)
             assert "error" not in result, result
             assert result["value"].rowcount == 494
@@ -447,7 +447,7 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
             assert thread.is_alive(), "the statement ran on a grant for other values"
             approvals.approval_decide(
                 request_id=second.id,
-                user=reviewer_user,
+                user=reviewer,
                 approve=False,
                 reason="only the orders above 499",
             )
@@ -473,7 +473,7 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
             third = _pending(demo_policy.agent)
             assert [v["value"] for v in third.values] == ["8", "990"], third.values
             assert third.estimate["rows"]["orders"] < 50, third.estimate
-            approvals.approval_decide(request_id=third.id, user=reviewer_user, approve=True)
+            approvals.approval_decide(request_id=third.id, user=reviewer, approve=True)
             thread.join(20)
             assert "error" not in result and result["value"].rowcount == 3, result
     finally:
