@@ -24,6 +24,8 @@ import asyncio
 import functools
 import io
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +33,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponseBase
 from django.urls import Resolver404, resolve
 
+from gateway import longpoll
 from gateway.audit_intake import AUDIT_MAX_BYTES
 from gateway.http import error_response
 
@@ -127,10 +130,45 @@ async def _answer(call: Awaitable[HttpResponseBase], scope: dict[str, Any]) -> H
         return error_response(500, "The control plane failed; try again.")
 
 
+def _answer_long_polls_on_exit() -> None:
+    """On SIGTERM or SIGINT, answer the open long-polls before the server's own handler runs.
+
+    The server (uvicorn) then stops accepting and waits for open requests,
+    which now end at once instead of after their wait. Its handler stays in
+    charge of the rest, and is put back by the server when it stops."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; a server in a thread drains as before
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(longpoll.stop_waiting)
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, handler)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol, which Django does not speak: its start hooks the signals."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            _answer_long_polls_on_exit()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def with_gateway(django_application: ASGIApp) -> ASGIApp:
     """``django_application``, with the gateway's direct calls served by ``serve_direct``."""
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             view = _direct_view(scope["path"])
             if view is not None:

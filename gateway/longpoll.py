@@ -17,9 +17,14 @@ from typing import ParamSpec, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
+from gateway import pubsub
+
 MAX_WAIT_SECONDS = 60
 T = TypeVar("T")
 P = ParamSpec("P")
+
+# Set once the process is shutting down: every long-poll answers with what it has.
+_stopping = False
 
 
 def parse_wait(raw: str | None) -> int | None:
@@ -51,10 +56,22 @@ async def long_poll(
         event = wake()
         final, answer = await poll()
         remaining = deadline - time.monotonic()
-        if final or remaining <= 0:
+        if final or remaining <= 0 or _stopping:
             return answer
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), remaining)
+
+
+def stop_waiting() -> None:
+    """The process is shutting down: every long-poll answers now, and new ones at once.
+
+    uvicorn waits for open requests before it exits, and a long-poll waits up
+    to a minute: without this a rolling restart took the whole wait, or ended
+    in a kill. A sidecar given its usual "nothing new" answer simply polls
+    again, and reaches a process that is not stopping. Call on the loop."""
+    global _stopping
+    _stopping = True
+    pubsub.wake_all()
 
 
 async def off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

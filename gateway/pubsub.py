@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -23,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 H = TypeVar("H")
+
+# Every hub of this process, so that shutting down can wake all their waiters.
+_hubs: weakref.WeakSet[EventHub[Any]] = weakref.WeakSet()
+
+
+def wake_all() -> None:
+    """Wake every waiter of every hub (each re-checks its state)."""
+    for hub in list(_hubs):
+        hub._fire(None)
 
 
 class EventHub(Generic[K]):
@@ -35,6 +45,7 @@ class EventHub(Generic[K]):
         self._events: dict[K, asyncio.Event] = {}
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        _hubs.add(self)
 
     async def start(self) -> None:
         if self._task is None:

@@ -136,8 +136,9 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 class Server:
     """uvicorn serving config.asgi on a fixed port; can be stopped and restarted."""
 
-    def __init__(self, log: Path, port: int | None = None) -> None:
+    def __init__(self, log: Path, port: int | None = None, *, drain_seconds: int = 1) -> None:
         self.port = port or restartable_port()
+        self.drain_seconds = drain_seconds
         self.url = f"http://127.0.0.1:{self.port}"
         # Its stderr (tracebacks of any 500) goes to a file: an unread pipe would
         # fill up over a module's tests and block the server.
@@ -157,10 +158,10 @@ class Server:
                     "--loop",
                     "uvloop",
                     "--no-access-log",
-                    # A sidecar's long-poll (bundle_wait=30) would otherwise hold SIGTERM
-                    # until _stop's 10 s SIGKILL: "down" is what the tests want, not a drain.
+                    # Long-polls answer at SIGTERM; anything else still running after
+                    # this is cut off: "down" is what most tests want, not a drain.
                     "--timeout-graceful-shutdown",
-                    "1",
+                    str(self.drain_seconds),
                 ],
                 cwd=ROOT,
                 env=server_env(),

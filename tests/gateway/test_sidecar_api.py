@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.error
@@ -134,6 +135,41 @@ def test_long_poll_returns_as_soon_as_the_revision_changes(
     latency = result["at"] - changed_at
     print(f"long-poll woke {latency * 1000:.0f} ms after the change")
     assert latency < 2
+
+
+def test_a_stopping_server_answers_its_long_polls_at_once(
+    registered: tuple[Sidecar, str], tmp_path: Any
+) -> None:
+    """A rolling restart: SIGTERM ends a 50 s long-poll with "nothing new" within a
+    moment, and the process exits, although the server would wait a minute for it."""
+    _, token = registered
+    server = Server(log=tmp_path / "uvicorn.log", drain_seconds=60)
+    server.start()
+    try:
+        url = f"{server.url}/api/v1/sidecar/bundle"
+        _, headers, _ = call(url, token=token)
+        result: dict[str, Any] = {}
+
+        def poll() -> None:
+            etag = {"If-None-Match": headers["etag"]}
+            result["reply"] = call(f"{url}?wait=50", token=token, headers=etag, timeout=60)
+            result["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        time.sleep(1)
+        assert server.proc is not None
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        waiter.join(timeout=55)
+        assert result["reply"][0] == 304
+        assert result["at"] - signalled < 3
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        assert server.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+        log = server.log.read_text()
+        assert "Application shutdown complete" in log and "Cancel" not in log, log
+    finally:
+        server.stop()
 
 
 def test_bad_wait_and_methods_are_refused(
