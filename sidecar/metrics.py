@@ -73,10 +73,15 @@ class Metrics:
         self.connections_active -= 1
 
     def observe_decision(self, seconds: float, action: str) -> None:
-        self.statements[action] = self.statements.get(action, 0) + 1
         self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
         self._latency_count += 1
+
+    def recorded(self, action: str) -> None:
+        """A statement event was recorded (run, refused or held): the counters by action
+        count what the audit trail holds, not decisions, since a prepared statement is
+        decided once and may run many times."""
+        self.statements[action] = self.statements.get(action, 0) + 1
 
     def bundle_loaded(self, revision: str, issued_at: float | None) -> None:
         self.bundle_revision = revision
@@ -91,7 +96,7 @@ class Metrics:
             "# HELP warden_sidecar_connections_active Client sessions open now.",
             "# TYPE warden_sidecar_connections_active gauge",
             f"warden_sidecar_connections_active {self.connections_active}",
-            "# HELP warden_sidecar_statements_total Statements decided, by action.",
+            "# HELP warden_sidecar_statements_total Statement events recorded, by action.",
             "# TYPE warden_sidecar_statements_total counter",
         ]
         lines += [

@@ -40,7 +40,7 @@ static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_stateme
     *s_is_query, *s_error, *s_rows, *s_finish, *s_status, *s_refusals, *s_append,
     *s_popleft, *s_max_message, *s_allowed, *s_exec, *s_session_write,
     *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
-    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action;
+    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action, *s_metrics, *s_recorded;
 static PyObject *Exec = NULL;  /* session._Exec */
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
@@ -701,6 +701,15 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     if (r == NULL)
         goto fail;
     Py_DECREF(r);
+    /* The heartbeat's statement counters count what the audit trail records. */
+    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
+    if (metrics == NULL)
+        goto fail;
+    r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
+    Py_DECREF(metrics);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
     ok = PyObject_IsTrue(journal);
     if (ok < 0)
         goto fail;
@@ -957,6 +966,8 @@ PyInit__relay(void)
     INTERN(s_approval_id, "approval_id");
     INTERN(s_audit_fragment, "audit_fragment");
     INTERN(s_action, "action");
+    INTERN(s_metrics, "metrics");
+    INTERN(s_recorded, "recorded");
     INTERN(s_session_write, "_write");
     for (int i = 0; i < 256; i++) {
         char c = (char)i;

@@ -1294,6 +1294,7 @@ class Session:
             sqlstate, approval_id, base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
+        self.metrics.recorded(verdict.action)
         if journal:
             self.audit.resolved(journal)
 
@@ -1612,6 +1613,7 @@ class Session:
             item.error, approval_id, item.base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
+        self.metrics.recorded(verdict.action)
         if item.journal:
             self.audit.resolved(item.journal)
 

@@ -275,21 +275,41 @@ def test_audit_events_for_statements_and_sessions(sidecar: Sidecar) -> None:
         assert marker not in text and "003-55-1003" not in text
 
 
-def test_metrics_endpoint(sidecar: Sidecar) -> None:
-    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
-        conn.execute("SELECT 1")
-    text = sidecar.metrics()
-    assert 'warden_sidecar_statements_total{action="allow"}' in text
-    assert "warden_sidecar_decision_seconds_bucket" in text
-    assert "warden_sidecar_connections_total" in text
-    assert "warden_sidecar_audit_spool_depth" in text
-    assert "warden_sidecar_bundle_age_seconds" in text
-    allowed = next(
-        line
+def _statements_counted(text: str) -> dict[str, int]:
+    prefix = 'warden_sidecar_statements_total{action="'
+    return {
+        line[len(prefix) :].split('"')[0]: int(line.split()[-1])
         for line in text.splitlines()
-        if line.startswith('warden_sidecar_statements_total{action="allow"}')
-    )
-    assert int(allowed.split()[-1]) > 0
+        if line.startswith(prefix)
+    }
+
+
+def test_metrics_count_the_statements_the_audit_trail_records(sidecar: Sidecar) -> None:
+    """The counters (the heartbeat's too) count executions: a prepared statement is
+    decided once and run ten times here, and counts ten, like its ten events."""
+    before = _statements_counted(sidecar.metrics())
+    with psycopg.connect(sidecar.dsn(application_name="metrics-test"), autocommit=True) as conn:
+        for i in range(10):
+            conn.execute("SELECT id FROM customers WHERE id = %s", (i,), prepare=True)
+        conn.execute("SELECT 1")
+        with pytest.raises(psycopg.Error):
+            conn.execute("DROP TABLE customers")
+
+    def recorded() -> dict[str, int]:
+        actions: dict[str, int] = {}
+        for event in sidecar.events():
+            if event["type"] == "statement" and event.get("application_name") == "metrics-test":
+                actions[event["action"]] = actions.get(event["action"], 0) + 1
+        return actions
+
+    assert wait_for(lambda: recorded() == {"allow": 11, "block": 1}), recorded()
+    text = sidecar.metrics()
+    after = _statements_counted(text)
+    counted = {a: n - before.get(a, 0) for a, n in after.items() if n != before.get(a, 0)}
+    assert counted == recorded()
+    for name in ("decision_seconds_bucket", "connections_total", "audit_spool_depth"):
+        assert f"warden_sidecar_{name}" in text
+    assert "warden_sidecar_bundle_age_seconds" in text
 
 
 def test_large_rows_and_copy_stream_through(sidecar: Sidecar) -> None:
