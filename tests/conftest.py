@@ -29,7 +29,7 @@ from governance.models import Classification, Environment, Membership, Role
 # These directories (under tests/) flush Redis or run the whole stack as
 # subprocesses; make test runs them one at a time, in a pytest process of their
 # own with a Redis of their own, beside the parallel part (config.devstack).
-SERIAL_DIRS = (("integration",), ("governance", "bundles"), ("sidecar", "bundle"))
+SERIAL_DIRS = (("integration",), ("deploy",), ("governance", "bundles"), ("sidecar", "bundle"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,7 +10,6 @@ for what a client sees, the upstream client itself for the finer cases.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ipaddress
 import logging
 import os
@@ -29,9 +28,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from sidecar.proxy import messages as m
 from sidecar.proxy.upstream import (
@@ -43,6 +40,9 @@ from sidecar.proxy.upstream import (
 )
 from sidecar.scanner import ScanError, ScanSettings, run_scan
 from sidecar.scanner.scan import connect_kwargs
+from tests.pki import ca as _ca
+from tests.pki import issue as _issue
+from tests.pki import write_pem as _write
 from tests.sidecar.proxy.cluster import PrivatePostgres
 from tests.sidecar.proxy.conftest import (
     SCHEMA_SQL,
@@ -56,92 +56,7 @@ from tests.sidecar.proxy.conftest import (
 PASSWORD = "tls-pw-Qx7"
 
 
-# --- a throw-away PKI -------------------------------------------------------------------
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _issue(
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-    cn: str,
-    *,
-    sans: list[x509.GeneralName] | None = None,
-    client: bool = False,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    ca_key, ca_cert = ca
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def _write(directory: Path, stem: str, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+# --- a throw-away PKI: tests/pki.py -------------------------------------------------
 
 
 @dataclass
