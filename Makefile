@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean native fuzz compat
+.PHONY: run test lint format bench clean native fuzz compat dist-check
 
-$(STAMP): requirements.txt requirements-dev.txt sidecar/requirements.txt
+$(STAMP): requirements.txt requirements-demo.txt requirements-dev.txt sidecar/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -41,6 +41,12 @@ fuzz: $(STAMP)
 compat: $(STAMP) native
 	$(PY) -m pip install --quiet -r compat/requirements.txt
 	$(PY) -m compat.run $(COMPAT_ARGS)
+
+# The sidecar's wheel (sidecar/pyproject.toml) in a fresh virtualenv without Django:
+# `warden-sidecar --help`, `check` and a decision (not part of `make test`; needs the
+# package index or a mirror for the wheel's dependencies).
+dist-check: $(STAMP)
+	PY=$(PY) sh deploy/dist-check.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

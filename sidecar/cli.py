@@ -1,8 +1,13 @@
 """Command line of the sidecar: a small argparse dispatcher with one subcommand per job.
 
-``python -m sidecar check --bundle FILE --identity NAME --sql TEXT`` prints the
-engine's decision as JSON (``--sql -`` reads the statement from stdin). Exit
-codes: 0 allow, 1 review or block, 2 usage error or unusable bundle.
+Installed as ``warden-sidecar`` (``sidecar/pyproject.toml``), or ``python -m sidecar``
+from a checkout.
+
+``python -m sidecar check --config FILE [--offline]`` checks a sidecar's configuration
+before ``run`` (``sidecar.preflight``): one line per check, exit 0 when none failed,
+2 otherwise. ``python -m sidecar check --bundle FILE --identity NAME --sql TEXT``
+prints the engine's decision as JSON (``--sql -`` reads the statement from stdin).
+Exit codes: 0 allow, 1 review or block, 2 usage error or unusable bundle.
 ``python -m sidecar scan --config FILE [--json]`` scans the upstream with the
 sidecar's credential and prints the findings (never values) for an operator;
 exit 2 when the configuration or the connection fails. ``run`` starts the proxy.
@@ -32,6 +37,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        from sidecar.preflight import check
+
+        return check(args.config, offline=args.offline)
+    if args.identity is None or args.sql is None:
+        args.parser.error("--bundle needs --identity and --sql")
+    return _decide(args)
+
+
+def _decide(args: argparse.Namespace) -> int:
     from sidecar.engine import BundleError, Engine, SessionContext, load_bundle
 
     try:
@@ -60,18 +75,33 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sidecar", description="Warden sidecar")
+    parser = argparse.ArgumentParser(prog=_prog(), description="Warden sidecar")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="print the engine's decision for one SQL text")
-    check.add_argument("--bundle", required=True, help="bundle JSON (envelope or inner bundle)")
-    check.add_argument("--identity", required=True)
-    check.add_argument("--sql", required=True, help="the SQL text, or - to read stdin")
+    check = commands.add_parser(
+        "check",
+        help="check a configuration (--config), or print the engine's decision for one SQL "
+        "text (--bundle)",
+    )
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--config",
+        help="the sidecar's TOML or JSON config file: check it, the bundle it would enforce, "
+        "and (unless --offline) the upstream and the control plane",
+    )
+    what.add_argument("--bundle", help="bundle JSON (envelope or inner bundle)")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --config: reach neither upstream nor control plane",
+    )
+    check.add_argument("--identity", help="with --bundle: the identity to decide for")
+    check.add_argument("--sql", help="with --bundle: the SQL text, or - to read stdin")
     check.add_argument("--protocol", choices=("simple", "extended"), default="simple")
     check.add_argument(
         "--scs-off", action="store_true", help="judge as if standard_conforming_strings=off"
     )
     check.add_argument("--no-lineage", action="store_true", help="skip the sqlglot lineage")
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=_check, parser=check)
     run = commands.add_parser("run", help="run the proxy (see sidecar.runner)")
     run.add_argument("--config", help="TOML or JSON config file (env overrides it)")
     run.set_defaults(handler=_run)
@@ -196,6 +226,12 @@ def _run(args: argparse.Namespace) -> int:
     from sidecar.runner import main as run_main
 
     return run_main(["--config", args.config] if args.config else [])
+
+
+def _prog() -> str:
+    # `warden-sidecar` when installed, `python -m sidecar` from a checkout.
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("warden-sidecar") else "python -m sidecar"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ sidecar (``python -m sidecar run``) configured for A rejects it, counts it in
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -21,12 +22,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from governance import services
 from governance.bundles import bundle_current, bundle_publish
 from governance.models import Environment
 from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
     SidecarProcess,
+    app_role,
+    as_app_role,
     sidecar_config,
     upstream_db,
     upstream_dbname,
@@ -181,3 +185,42 @@ def test_another_datasources_signed_bundle_is_rejected_counted_and_never_enforce
         assert "cached bundle: the bundle is for datasource 'crm-scratch'" in log
     finally:
         _stop(unready)
+
+
+def test_check_verifies_the_control_planes_bundle_against_the_pinned_keys(
+    control_plane: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    upstream_db: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """``python -m sidecar check --config``: the token, the pinned key and the upstream
+    role, as ``run`` would meet them (tests/sidecar/test_preflight.py: the rest)."""
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-check"
+    )
+    base = sidecar_config(control_plane, sidecar_token, as_app_role(upstream_db))
+    stranger = base64.b64encode(
+        Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    ).decode()
+
+    def check(**overrides: Any) -> tuple[int, str]:
+        config = tmp_path / "sidecar.json"
+        config.write_text(json.dumps({**base, "state_dir": str(tmp_path / "s"), **overrides}))
+        out = subprocess.run(
+            [sys.executable, "-m", "sidecar", "check", "--config", str(config)],
+            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60,
+        )  # fmt: skip
+        return out.returncode, out.stdout + out.stderr
+
+    status, out = check()
+    assert status == 0, out
+    assert "ok: control plane: bundle revision" in out and "verifies (key " in out
+    assert f"ok: upstream: connected as {app_role()}" in out
+    assert not (tmp_path / "s").exists()  # the fetched bundle is not cached
+    status, out = check(token="wsc_" + "x" * 40, upstream_dsn=upstream_db)
+    assert status == 2
+    assert "error: control plane: the token is refused (HTTP 401)" in out, out
+    assert "error: upstream: the role is privileged (SUPERUSER" in out, out
+    status, out = check(bundle_public_keys=f"other:{stranger}")
+    assert status == 2 and "error: control plane: its bundle is refused: signed by key" in out

@@ -1,0 +1,93 @@
+"""``python -m sidecar check --config FILE``: what ``run`` would refuse, said before it
+(``sidecar/preflight.py``). The offline checks and the upstream's; the control plane's
+are in ``tests/sidecar/bundle/test_pinning.py`` (they need a running one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from sidecar.preflight import check
+from tests.livesrv import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "tests" / "fixtures" / "bundles" / "demo-production.json"  # datasource "demo"
+
+
+def _write(tmp_path: Path, **values: object) -> Path:
+    config = {
+        "upstream_dsn": f"postgresql://nobody@127.0.0.1:{free_port()}/crm",
+        "state_dir": str(tmp_path / "state"),
+        "datasource": "demo",
+        "bundle_file": str(BUNDLE),
+        **values,
+    }
+    path = tmp_path / "sidecar.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _check(path: Path, *, offline: bool) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    return check(str(path), offline=offline, emit=lines.append), lines
+
+
+def test_an_offline_configuration_passes_and_names_the_bundle_it_would_enforce(
+    tmp_path: Path,
+) -> None:
+    status, lines = _check(_write(tmp_path), offline=True)
+    assert status == 0, lines
+    assert all(line.startswith("ok: ") for line in lines), lines
+    assert any("6 identities" in line for line in lines), lines
+    assert not (tmp_path / "state").exists()  # checking writes nothing
+
+
+def test_what_run_would_refuse_fails_the_check_with_a_reason(tmp_path: Path) -> None:
+    status, lines = _check(_write(tmp_path, datasource="crm-prod"), offline=True)
+    assert status == 2
+    assert "error: bundle_file" in "\n".join(lines) and "not 'crm-prod'" in "\n".join(lines)
+    (tmp_path / "a-file").write_text("")
+    status, lines = _check(_write(tmp_path, state_dir=str(tmp_path / "a-file" / "s")), offline=True)
+    assert status == 2 and any("is not a directory" in line for line in lines), lines
+    status, lines = _check(
+        _write(tmp_path, bundle_file="", control_plane_url="http://127.0.0.1:9", token="wsc_x",
+               bundle_public_keys="k1:not-base64"),
+        offline=True,
+    )  # fmt: skip
+    assert status == 2 and any(line.startswith("error: bundle_public_keys") for line in lines)
+    status, lines = _check(_write(tmp_path, listen_prot=6432), offline=True)
+    assert (status, lines) == (2, ["error: unknown config keys: listen_prot"])
+
+
+def test_online_it_logs_in_to_the_upstream_and_refuses_a_privileged_role(tmp_path: Path) -> None:
+    closed = _write(tmp_path)
+    status, lines = _check(closed, offline=False)
+    assert status == 2 and lines[-1].startswith("error: upstream: cannot connect"), lines
+    # The tests' server as its administrator: a superuser, which run refuses.
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    status, lines = _check(_write(tmp_path, upstream_dsn=admin), offline=False)
+    text = "\n".join(lines)
+    assert status == 2 and "error: upstream: the role is privileged (SUPERUSER" in text, text
+    assert "warning: upstream: hash masking is not usable" in text
+    status, lines = _check(
+        _write(tmp_path, upstream_dsn=admin, allow_privileged_upstream=True), offline=False
+    )
+    assert status == 0 and "warning: upstream: privileged role allowed" in "\n".join(lines)
+
+
+def test_the_command_line_exits_2_and_keeps_the_decision_mode() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--config", "/nonexistent.toml"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "error: cannot read config file" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--bundle", str(BUNDLE)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--bundle needs --identity and --sql" in out.stderr
