@@ -19,7 +19,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from governance import services
+from governance import selectors, services
 from governance.bundles import bundle_current, bundle_error, bundle_history
 from governance.errors import ApplicationError
 from governance.models import Datasource, Sidecar, slug_validator
@@ -51,10 +51,16 @@ def _behind(sidecar: Sidecar, current: str | None, history: list[str]) -> str:
     return f"more than {len(history)} behind"
 
 
-def _rows() -> list[dict[str, Any]]:
-    sidecars = list(
-        Sidecar.objects.select_related("datasource").order_by("datasource__name", "name")
+class SidecarFilters(forms.Form):
+    state = forms.ChoiceField(
+        required=False,
+        label="State",
+        choices=[("", "Any"), *selectors.SIDECAR_STATES.items()],
     )
+
+
+def _rows(sidecars: Any) -> list[dict[str, Any]]:
+    sidecars = list(sidecars)
     state: dict[int, tuple[str | None, list[str], str]] = {}
     for ds_id in {s.datasource_id for s in sidecars}:
         current = bundle_current(datasource_id=ds_id)
@@ -72,7 +78,11 @@ def _rows() -> list[dict[str, Any]]:
                 "sidecar": sidecar,
                 "current": current,
                 "behind": _behind(sidecar, current, history),
-                "stale": sidecar.revoked_at is None and sidecar.is_stale(now),
+                # A sidecar never heard from is not "stale": it has not started yet.
+                "never": sidecar.revoked_at is None and sidecar.last_heartbeat_at is None,
+                "stale": sidecar.revoked_at is None
+                and sidecar.last_heartbeat_at is not None
+                and sidecar.is_stale(now),
                 "compile_error": error,
                 "bundle_status": sidecar.bundle_status or {},
             }
@@ -112,7 +122,16 @@ def sidecar_list(request: HttpRequest) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, errors)
             else:
                 return _token_page(request, sidecar, raw, "registered")
-    context = {"rows": _rows(), "form": form, "can_edit": can_edit_policy(request.user)}
+    filters = SidecarFilters(request.GET or None)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    sidecars = selectors.sidecar_list(user=request.user, filters=cleaned)
+    context = {
+        "rows": _rows(sidecars),
+        "filters": filters,
+        "filtered": bool(cleaned.get("state")),
+        "form": form,
+        "can_edit": can_edit_policy(request.user),
+    }
     return render(
         request, "governance/sidecars/list.html", context, status=400 if form.errors else 200
     )
