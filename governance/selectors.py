@@ -509,7 +509,7 @@ def break_glass_item_get(*, user: Any, datasource_pk: Any, pk: Any) -> BreakGlas
 SIDECAR_STATES = {
     "never": "never connected",
     "stale": "stale",
-    "privileged": "privileged database role",
+    "privileged": "running as a privileged role",
     "revoked": "revoked",
 }
 

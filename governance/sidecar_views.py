@@ -10,6 +10,7 @@ register sidecars and rotate or revoke their tokens; a new token is shown once
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -24,6 +25,7 @@ from governance.bundles import bundle_current, bundle_error, bundle_history
 from governance.errors import ApplicationError
 from governance.models import Datasource, Sidecar, slug_validator
 from governance.permissions import POLICY_EDITORS, VIEWERS, can_edit_policy, require_role
+from governance.sidecar_setup import sidecar_setup
 
 viewer_required = require_role(*VIEWERS)
 editor_required = require_role(*POLICY_EDITORS)
@@ -36,6 +38,34 @@ class SidecarRegisterForm(forms.Form):
         validators=[slug_validator],
         help_text="Lower-case letters and digits, e.g. crm-prod-1.",
     )
+    # Not stored: only written into the config file shown after registering.
+    upstream_dsn = forms.CharField(
+        required=False,
+        max_length=500,
+        label="Database it guards (optional)",
+        help_text="postgresql://role@host:5432/dbname, without the password: it goes in a "
+        "file. Only used to fill in the config file shown next; Warden does not keep it.",
+        widget=forms.TextInput(
+            attrs={"placeholder": "postgresql://warden_sidecar@db.internal:5432/crm"}
+        ),
+    )
+
+    def clean_upstream_dsn(self) -> str:
+        dsn = self.cleaned_data["upstream_dsn"].strip()
+        if not dsn:
+            return ""
+        try:
+            parts = urlsplit(dsn)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValidationError("Not a valid postgresql:// address.") from exc
+        if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
+            raise ValidationError("Give a postgresql://role@host:5432/dbname address.")
+        if parts.password is not None:
+            raise ValidationError(
+                "Leave the password out: the sidecar reads it from a file, not from this page."
+            )
+        return dsn
 
 
 def _behind(sidecar: Sidecar, current: str | None, history: list[str]) -> str:
@@ -90,12 +120,15 @@ def _rows(sidecars: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _token_page(request: HttpRequest, sidecar: Sidecar, raw: str, verb: str) -> HttpResponse:
+def _token_page(
+    request: HttpRequest, sidecar: Sidecar, raw: str, verb: str, upstream_dsn: str = ""
+) -> HttpResponse:
     context = {
         "sidecar": sidecar,
         "raw": raw,
         "token": {"prefix": sidecar.token_prefix},
         "verb": verb,
+        "setup": sidecar_setup(sidecar=sidecar, upstream_dsn=upstream_dsn),
     }
     # The raw value exists only in this response; it is never stored or logged.
     response = render(request, "governance/sidecars/token.html", context)
@@ -121,7 +154,8 @@ def sidecar_list(request: HttpRequest) -> HttpResponse:
                 for field, errors in exc.message_dict.items():
                     form.add_error(field if field in form.fields else None, errors)
             else:
-                return _token_page(request, sidecar, raw, "registered")
+                upstream = form.cleaned_data["upstream_dsn"]
+                return _token_page(request, sidecar, raw, "registered", upstream)
     filters = SidecarFilters(request.GET or None)
     cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
     sidecars = selectors.sidecar_list(user=request.user, filters=cleaned)
