@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.http import Http404
 
 from approvals.models import ApprovalEvent, ApprovalRequest, ApprovalState, ReviewSettings
@@ -28,6 +28,7 @@ __all__ = [
     "approvals_inbox",
     "approvals_of_requester",
     "approvals_pending_count",
+    "approvals_pending_everywhere",
     "identity_recent_activity",
     "review_settings_of",
 ]
@@ -92,6 +93,17 @@ def approvals_inbox(
 
 def approvals_pending_count(*, user: Any) -> int:
     return approvals_inbox(user=user).count()
+
+
+def approvals_pending_everywhere(*, user: Any) -> tuple[int, Any]:
+    """(how many requests wait for a decision on every datasource, the oldest one's
+    creation time) for admin and security, who watch the queue without reading it;
+    (0, None) for everyone else."""
+    if user_role(user) not in {Role.ADMIN, Role.SECURITY}:
+        return 0, None
+    pending = ApprovalRequest.objects.filter(state=ApprovalState.PENDING)
+    summary = pending.aggregate(count=Count("pk"), oldest=Min("created_at"))
+    return summary["count"], summary["oldest"]
 
 
 def approvals_of_requester(*, user: Any, state: str | None = None) -> QuerySet[ApprovalRequest]:

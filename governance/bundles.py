@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -546,18 +547,60 @@ def _datasource_scope(obj: models.Model) -> list[int] | None:
     return None
 
 
-def bundles_mark_stale(*, obj: models.Model) -> None:
-    """Enqueue a recompile of the bundles ``obj`` feeds, once the change commits."""
-    if isinstance(obj, _NOT_POLICY) or obj._meta.app_label != "governance":
-        return
-    scope = _datasource_scope(obj)
+class _RecompileBatch:
+    """The datasources one transaction's changes feed: one recompile for all of them.
 
-    def enqueue() -> None:
+    Every change registers its own on-commit callback (Django drops those of a
+    savepoint that rolls back, so a batch must not hang on one callback); after the
+    commit the first of them to run enqueues the union and the others find it sent.
+    Scopes added by a savepoint that rolled back only widen the recompile, which is
+    harmless: it compiles what committed. A batch whose whole transaction rolled
+    back is never sent, and the next change (in a later transaction) joins it.
+    """
+
+    def __init__(self) -> None:
+        self.ids: set[int] | None = set()  # None: every datasource
+        self.sent = False
+
+    def add(self, scope: list[int] | None) -> None:
+        if self.ids is None:
+            return
+        if scope is None:
+            self.ids = None
+        else:
+            self.ids.update(scope)
+
+    def send(self) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        if getattr(_batches, "current", None) is self:
+            _batches.current = None
         from governance.tasks import bundles_recompile
 
+        ids = None if self.ids is None else sorted(self.ids)
         try:
-            bundles_recompile.delay(datasource_ids=scope)
+            bundles_recompile.delay(datasource_ids=ids)
         except Exception:  # the broker being down must not fail a committed change
             logger.exception("could not enqueue the bundle recompile")
 
-    transaction.on_commit(enqueue)
+
+# Per thread, as Django's connections are: a transaction never spans threads.
+_batches = threading.local()
+
+
+def bundles_mark_stale(*, obj: models.Model) -> None:
+    """Enqueue a recompile of the bundles ``obj`` feeds, once the change commits.
+
+    All the changes of one transaction share one recompile (``_RecompileBatch``):
+    seeding the demo, a bulk import or a scan's findings enqueue one task, not one
+    per row. Each committed transaction still enqueues its own, so no change waits
+    for a later one to reach the sidecars.
+    """
+    if isinstance(obj, _NOT_POLICY) or obj._meta.app_label != "governance":
+        return
+    batch = getattr(_batches, "current", None)
+    if batch is None or batch.sent:
+        batch = _batches.current = _RecompileBatch()
+    batch.add(_datasource_scope(obj))
+    transaction.on_commit(batch.send)

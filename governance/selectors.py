@@ -11,13 +11,16 @@ names everywhere; the other keys are listed per selector.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
 from allauth.account.models import EmailAddress
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from audit.sink.history import change_history_for
 from governance.models import (
@@ -37,6 +40,7 @@ from governance.models import (
     Role,
     ScanRun,
     ScanSchedule,
+    Sidecar,
     Team,
 )
 from governance.permissions import can_read_all_tokens, can_view, user_role
@@ -71,6 +75,8 @@ __all__ = [
     "scan_run_get",
     "scan_run_list",
     "scan_schedule_get",
+    "sidecar_attention",
+    "sidecar_list",
     "team_get",
     "team_list",
     "token_get",
@@ -495,3 +501,48 @@ def break_glass_get(*, user: Any, pk: Any) -> BreakGlassGrant:
 def break_glass_item_get(*, user: Any, datasource_pk: Any, pk: Any) -> BreakGlassGrant:
     """A grant of *this* datasource (another datasource's answers 404)."""
     return _get(break_glass_list(user=user).filter(datasource_id=datasource_pk), pk)
+
+
+# --- sidecars --------------------------------------------------------------------------
+
+# The states the sidecar list filters by (``?state=``), in the words the pages use.
+SIDECAR_STATES = {
+    "never": "never connected",
+    "stale": "stale",
+    "privileged": "running as a privileged role",
+    "revoked": "revoked",
+}
+
+
+def _sidecar_state_q(state: str, now: datetime.datetime) -> Q:
+    silent_since = now - datetime.timedelta(seconds=settings.WARDEN_SIDECAR_STALE_SECONDS)
+    live = Q(revoked_at__isnull=True)
+    return {
+        # Registered, but no heartbeat ever: not installed yet, or its token never worked.
+        "never": live & Q(last_heartbeat_at__isnull=True),
+        # Heard from once, silent for longer than the stale limit since.
+        "stale": live & Q(last_heartbeat_at__lt=silent_since),
+        # Reported in its heartbeat: its upstream role is privileged and it was allowed.
+        "privileged": live & Q(counters__privileged_upstream__gte=1),
+        "revoked": Q(revoked_at__isnull=False),
+    }[state]
+
+
+def sidecar_list(*, user: Any, filters: dict | None = None) -> QuerySet[Sidecar]:
+    """Every sidecar, by datasource and name. Filters: state (a key of SIDECAR_STATES)."""
+    filters = filters or {}
+    qs = _visible(user, Sidecar.objects.select_related("datasource__environment"))
+    state = _text(filters, "state")
+    if state in SIDECAR_STATES:
+        qs = qs.filter(_sidecar_state_q(state, timezone.now()))
+    return qs.order_by("datasource__name", "name")
+
+
+def sidecar_attention(*, user: Any) -> dict[str, int]:
+    """How many sidecars need someone: never connected, stale, running privileged."""
+    now = timezone.now()
+    qs = _visible(user, Sidecar.objects.all())
+    return {
+        state: qs.filter(_sidecar_state_q(state, now)).count()
+        for state in ("never", "stale", "privileged")
+    }

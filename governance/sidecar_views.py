@@ -10,6 +10,7 @@ register sidecars and rotate or revoke their tokens; a new token is shown once
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -19,11 +20,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from governance import services
+from governance import selectors, services
 from governance.bundles import bundle_current, bundle_error, bundle_history
 from governance.errors import ApplicationError
 from governance.models import Datasource, Sidecar, slug_validator
 from governance.permissions import POLICY_EDITORS, VIEWERS, can_edit_policy, require_role
+from governance.sidecar_setup import sidecar_setup
 
 viewer_required = require_role(*VIEWERS)
 editor_required = require_role(*POLICY_EDITORS)
@@ -36,6 +38,34 @@ class SidecarRegisterForm(forms.Form):
         validators=[slug_validator],
         help_text="Lower-case letters and digits, e.g. crm-prod-1.",
     )
+    # Not stored: only written into the config file shown after registering.
+    upstream_dsn = forms.CharField(
+        required=False,
+        max_length=500,
+        label="Database it guards (optional)",
+        help_text="postgresql://role@host:5432/dbname, without the password: it goes in a "
+        "file. Only used to fill in the config file shown next; Warden does not keep it.",
+        widget=forms.TextInput(
+            attrs={"placeholder": "postgresql://warden_sidecar@db.internal:5432/crm"}
+        ),
+    )
+
+    def clean_upstream_dsn(self) -> str:
+        dsn = self.cleaned_data["upstream_dsn"].strip()
+        if not dsn:
+            return ""
+        try:
+            parts = urlsplit(dsn)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValidationError("Not a valid postgresql:// address.") from exc
+        if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
+            raise ValidationError("Give a postgresql://role@host:5432/dbname address.")
+        if parts.password is not None:
+            raise ValidationError(
+                "Leave the password out: the sidecar reads it from a file, not from this page."
+            )
+        return dsn
 
 
 def _behind(sidecar: Sidecar, current: str | None, history: list[str]) -> str:
@@ -51,10 +81,16 @@ def _behind(sidecar: Sidecar, current: str | None, history: list[str]) -> str:
     return f"more than {len(history)} behind"
 
 
-def _rows() -> list[dict[str, Any]]:
-    sidecars = list(
-        Sidecar.objects.select_related("datasource").order_by("datasource__name", "name")
+class SidecarFilters(forms.Form):
+    state = forms.ChoiceField(
+        required=False,
+        label="State",
+        choices=[("", "Any"), *selectors.SIDECAR_STATES.items()],
     )
+
+
+def _rows(sidecars: Any) -> list[dict[str, Any]]:
+    sidecars = list(sidecars)
     state: dict[int, tuple[str | None, list[str], str]] = {}
     for ds_id in {s.datasource_id for s in sidecars}:
         current = bundle_current(datasource_id=ds_id)
@@ -72,7 +108,11 @@ def _rows() -> list[dict[str, Any]]:
                 "sidecar": sidecar,
                 "current": current,
                 "behind": _behind(sidecar, current, history),
-                "stale": sidecar.revoked_at is None and sidecar.is_stale(now),
+                # A sidecar never heard from is not "stale": it has not started yet.
+                "never": sidecar.revoked_at is None and sidecar.last_heartbeat_at is None,
+                "stale": sidecar.revoked_at is None
+                and sidecar.last_heartbeat_at is not None
+                and sidecar.is_stale(now),
                 "compile_error": error,
                 "bundle_status": sidecar.bundle_status or {},
             }
@@ -80,12 +120,15 @@ def _rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _token_page(request: HttpRequest, sidecar: Sidecar, raw: str, verb: str) -> HttpResponse:
+def _token_page(
+    request: HttpRequest, sidecar: Sidecar, raw: str, verb: str, upstream_dsn: str = ""
+) -> HttpResponse:
     context = {
         "sidecar": sidecar,
         "raw": raw,
         "token": {"prefix": sidecar.token_prefix},
         "verb": verb,
+        "setup": sidecar_setup(sidecar=sidecar, upstream_dsn=upstream_dsn),
     }
     # The raw value exists only in this response; it is never stored or logged.
     response = render(request, "governance/sidecars/token.html", context)
@@ -111,8 +154,18 @@ def sidecar_list(request: HttpRequest) -> HttpResponse:
                 for field, errors in exc.message_dict.items():
                     form.add_error(field if field in form.fields else None, errors)
             else:
-                return _token_page(request, sidecar, raw, "registered")
-    context = {"rows": _rows(), "form": form, "can_edit": can_edit_policy(request.user)}
+                upstream = form.cleaned_data["upstream_dsn"]
+                return _token_page(request, sidecar, raw, "registered", upstream)
+    filters = SidecarFilters(request.GET or None)
+    cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
+    sidecars = selectors.sidecar_list(user=request.user, filters=cleaned)
+    context = {
+        "rows": _rows(sidecars),
+        "filters": filters,
+        "filtered": bool(cleaned.get("state")),
+        "form": form,
+        "can_edit": can_edit_policy(request.user),
+    }
     return render(
         request, "governance/sidecars/list.html", context, status=400 if form.errors else 200
     )

@@ -18,26 +18,29 @@ def identities_expire() -> int:
     return services.identities_expire()
 
 
-@shared_task(name="governance.bundles_recompile")
-def bundles_recompile(*, datasource_ids: list[int] | None = None) -> dict[str, str]:
+@shared_task(ignore_result=True, name="governance.bundles_recompile")
+def bundles_recompile(*, datasource_ids: list[int] | None = None) -> int:
     """Recompile (and publish when changed) the bundles of these datasources, or all.
 
-    Enqueued on commit by ``governance.bundles.bundles_mark_stale`` for every
-    recorded policy change, including token revocation.
+    Enqueued on commit by ``governance.bundles.bundles_mark_stale``, once per
+    transaction that recorded a policy change (token revocation included).
+    Returns how many bundles changed: the worker logs a task's return value, and
+    ``bundle_publish`` already logs each new revision.
     """
     from governance.bundles import bundles_publish_all
 
     results = bundles_publish_all(datasource_ids=datasource_ids)
-    return {str(pk): p.revision for pk, p in results.items()}
+    return sum(1 for published in results.values() if published.changed)
 
 
 @shared_task(ignore_result=True, name="governance.tasks.bundles_resign")
-def bundles_resign() -> dict[str, str]:
+def bundles_resign() -> int:
     """From beat (every ``WARDEN_BUNDLE_RESIGN_HOURS``): re-sign every bundle with a
-    fresh expiry, well before the current one expires (``WARDEN_BUNDLE_LIFETIME_HOURS``)."""
+    fresh expiry, well before the current one expires (``WARDEN_BUNDLE_LIFETIME_HOURS``).
+    Returns how many were re-signed (the revisions are logged as they are published)."""
     from governance.bundles import bundles_resign as resign
 
-    return {str(pk): p.revision for pk, p in resign().items()}
+    return len(resign())
 
 
 @shared_task(ignore_result=True, name="governance.tasks.scans_request_due")

@@ -297,20 +297,40 @@ def _paginate(request: HttpRequest, queryset: Any) -> Any:
 # --- generic pages --------------------------------------------------------------------
 
 
+# How far back the home page counts policy changes.
+RECENT_CHANGES_DAYS = 7
+
+
 @viewer_required
 @require_http_methods(["GET"])
 def home(request: HttpRequest) -> HttpResponse:
+    """Each role lands on its work: a reviewer on the approvals inbox, an auditor on
+    the audit overview (with the last chain verification); admin and security on
+    what waits for them (findings to confirm, pending approvals, sidecars that need
+    someone, recent changes), then the policy at a glance. Every count links to
+    the list it counts."""
     user = request.user
-    counts = [
-        (res, res.list_selector(user=user).count())
-        for res in RESOURCES.values()
-        if res.key != "column"
-    ]
+    role = user_role(user)
+    if role == Role.REVIEWER:
+        return redirect("approvals:inbox")
+    if role == Role.AUDITOR:
+        return redirect("audit:overview")
+    since = timezone.localdate() - datetime.timedelta(days=RECENT_CHANGES_DAYS)
+    recent = audit_history.change_list(filters={"since": since})
     context = {
-        "counts": counts,
+        "counts": [
+            (res, res.list_selector(user=user).count())
+            for res in RESOURCES.values()
+            if res.key != "column"
+        ],
         "guardrails": selectors.guardrail_list(user=user)[:8],
         "datasources": selectors.datasource_list(user=user)[:8],
         "proposed": selectors.review_queue(user=user).count(),
+        "sidecars": selectors.sidecar_attention(user=user),
+        "changes": _with_change_links(list(recent[:6])),
+        "changes_count": recent.count(),
+        "changes_since": since,
+        "changes_days": RECENT_CHANGES_DAYS,
     }
     return render(request, "governance/home.html", context)
 
@@ -392,6 +412,9 @@ def object_delete(request: HttpRequest, pk: int, *, res: Resource) -> HttpRespon
 class ChangeFilters(SearchForm):
     model = forms.ChoiceField(required=False, label="Object type")
     actor = forms.CharField(required=False, label="Changed by")
+    since = forms.DateField(
+        required=False, label="Since", widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, user=user, **kwargs)
@@ -434,7 +457,15 @@ def change_list(request: HttpRequest) -> HttpResponse:
     cleaned = filters.cleaned_data if filters.is_bound and filters.is_valid() else {}
     records = audit_history.change_list(filters={k: v for k, v in cleaned.items() if v})
     page = _paginate(request, records)
-    for record in page.object_list:
+    _with_change_links(page.object_list)
+    return render(
+        request, "governance/change_list.html", {"filters": filters, "page": page, "objects": page}
+    )
+
+
+def _with_change_links(records: Any) -> Any:
+    """Set each record's ``link`` (its object's page, unless deleted) and ``kind``."""
+    for record in records:
         key = _CHANGE_LINKS.get(record.content_type.model)
         record.link = (
             reverse(f"governance:{key}_detail", args=[record.object_id])
@@ -442,9 +473,7 @@ def change_list(request: HttpRequest) -> HttpResponse:
             else ""
         )
         record.kind = CHANGE_MODELS.get(record.content_type.model, record.content_type.model)
-    return render(
-        request, "governance/change_list.html", {"filters": filters, "page": page, "objects": page}
-    )
+    return records
 
 
 # --- per-object detail context --------------------------------------------------------

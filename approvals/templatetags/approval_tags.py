@@ -10,17 +10,21 @@ can become markup.
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from typing import Any
+from urllib.parse import urlencode
 
 from django import template
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.formats import date_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 
-from approvals import live, pages, sql_display
+from approvals import live, pages, selectors, sql_display
 from approvals.models import GrantBinding
+from governance.permissions import Role, user_role
 
 register = template.Library()
 
@@ -60,6 +64,33 @@ def pending_approvals(context: template.Context) -> int | None:
     if user is None or not pages.may_review(user):
         return None
     return pages.pending_count(user=user)
+
+
+@register.simple_tag(takes_context=True)
+def approvals_waiting(context: template.Context) -> dict[str, Any] | None:
+    """Pending approvals for the home page, with where the count leads.
+
+    A reviewer (or admin) gets their inbox. Security does not read requests but
+    watches that they are decided: every datasource's count, linked to the held
+    statements in the audit explorer since the oldest pending request. None for
+    the roles that see neither."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    if pages.may_review(user):
+        return {"count": pages.pending_count(user=user), "url": reverse("approvals:inbox")}
+    if user_role(user) != Role.SECURITY:
+        return None
+    count, oldest = selectors.approvals_pending_everywhere(user=user)
+    query: dict[str, str] = {"type": "statement", "outcome": "held"}
+    if oldest is not None:
+        query["since"] = oldest.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return {
+        "count": count,
+        "url": f"{reverse('audit:explorer')}?{urlencode(query)}",
+        "held_statements": True,
+    }
 
 
 @register.simple_tag(takes_context=True)

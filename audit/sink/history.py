@@ -123,7 +123,8 @@ def change_history_for(obj: models.Model) -> QuerySet[ChangeRecord]:
 
 
 def change_list(*, filters: dict | None = None) -> QuerySet[ChangeRecord]:
-    """All configuration changes, newest first, optionally by model name or actor."""
+    """All configuration changes, newest first, optionally by model name, actor,
+    request or day (``since``, a date: changes on that day and after)."""
     filters = filters or {}
     qs = ChangeRecord.objects.select_related("content_type", "actor")
     if filters.get("model"):
@@ -132,4 +133,6 @@ def change_list(*, filters: dict | None = None) -> QuerySet[ChangeRecord]:
         qs = qs.filter(actor_name=filters["actor"])
     if filters.get("request_id"):
         qs = qs.filter(request_id=filters["request_id"])
+    if filters.get("since"):
+        qs = qs.filter(at__date__gte=filters["since"])
     return qs

@@ -63,3 +63,30 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     last = count;
   });
 })();
+
+/* --- landing and phone layout (issue 18: home, narrow screens) --- */
+
+/* On a narrow screen the navigation folds behind its Menu button (a real button:
+   Enter and Space toggle it; Escape folds it again and gives the button focus).
+   Without this script the button stays hidden and the navigation is unfolded. */
+(function () {
+  "use strict";
+  var nav = document.getElementById("main-nav");
+  var button = nav && nav.querySelector(".nav-toggle");
+  if (!button) return;
+  function set(open) {
+    nav.classList.toggle("nav-open", open);
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  nav.classList.add("nav-collapsible");
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    set(button.getAttribute("aria-expanded") !== "true");
+  });
+  nav.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && nav.classList.contains("nav-open")) {
+      set(false);
+      button.focus();
+    }
+  });
+})();

@@ -439,9 +439,9 @@ def test_nav_shows_the_badge_to_reviewers_only(
     client: Client, reviewer_user: Any, auditor_user: Any, s: SimpleNamespace
 ) -> None:
     client.force_login(reviewer_user)
-    assert _badge(client.get(reverse("governance:home")).content) == 4
+    assert _badge(client.get(reverse("governance:team_list")).content) == 4
     client.force_login(auditor_user)
-    home = client.get(reverse("governance:home")).content.decode()
+    home = client.get(reverse("governance:team_list")).content.decode()
     assert 'id="pending-badge"' not in home
     assert reverse("approvals:mine") in home
 

@@ -39,11 +39,17 @@ CHROMIUM_ARGS = [
 SCREENSHOT_DIR = Path(os.environ.get("WARDEN_SCREENSHOTS", "/tmp/warden-screenshots"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.e2e)
+    # `make screenshots` only: a run that does not ask for them by marker leaves them out.
+    if "screenshots" not in (config.option.markexpr or ""):
+        skipped = [item for item in items if item.get_closest_marker("screenshots")]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if not item.get_closest_marker("screenshots")]
 
 
 def _seed_builtin_policy_data() -> None:

@@ -141,7 +141,10 @@ def test_forms_need_csrf(auditor_user, objects) -> None:
 
 def test_audit_nav_only_for_readers(client, personas) -> None:
     client.force_login(personas["reviewer"])
-    assert reverse("audit:explorer") not in client.get(reverse("governance:home")).content.decode()
+    assert (
+        reverse("audit:explorer")
+        not in client.get(reverse("governance:team_list")).content.decode()
+    )
     client.force_login(personas["auditor"])
-    page = client.get(reverse("governance:home")).content.decode()
+    page = client.get(reverse("governance:team_list")).content.decode()
     assert reverse("audit:explorer") in page and reverse("audit:pii_report") in page
