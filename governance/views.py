@@ -53,6 +53,7 @@ from governance.forms import (
     TeamForm,
     TokenIssueForm,
 )
+from governance.masking_preview import masking_preview as mask_preview
 from governance.models import (
     BREAK_GLASS_LIVE_STATES,
     PROVISIONAL,
@@ -63,6 +64,7 @@ from governance.models import (
     IdentityKind,
     Level,
     MaskingStrategy,
+    validate_strategy_params,
 )
 from governance.permissions import (
     POLICY_EDITORS,
@@ -729,6 +731,42 @@ def guardrail_order(request: HttpRequest) -> HttpResponse:
         return _back(request, reverse("governance:guardrail_list"), status=400)
     messages.success(request, "Guardrail order saved.")
     return _back(request, reverse("governance:guardrail_list"))
+
+
+# --- masking rules: preview -----------------------------------------------------------
+
+
+@editor_required
+@require_POST
+def masking_preview(request: HttpRequest) -> HttpResponse:
+    """The masking rule form's preview (htmx, as the form changes): sample values of the
+    chosen classification through the engine's expression (governance.masking_preview)."""
+    form = MaskingRuleForm(request.POST)
+    form.is_valid()  # only the classification, strategy and parameters matter here
+    data = form.cleaned_data
+    # "loaded": the answer replaces the panel, which must not load itself again.
+    context: dict[str, Any] = {"preview": None, "problems": [], "loaded": True}
+    if not data.get("classification") or not data.get("strategy"):
+        context["problems"] = ["Choose a classification and a strategy to see the mask."]
+    else:
+        params = form.params()
+        problems = [
+            *(
+                f"{form.fields[name].label}: {' '.join(errors)}"
+                for name, errors in form.errors.items()
+                if name.startswith("param_")
+            ),
+            *validate_strategy_params(data["strategy"], params),
+        ]
+        if problems:
+            context["problems"] = problems
+        else:
+            context["preview"] = mask_preview(
+                classification=data["classification"].name,
+                strategy=data["strategy"],
+                params=params,
+            )
+    return render(request, "governance/_masking_preview.html", context)
 
 
 # --- column classifications: review of scanner proposals -------------------------------
