@@ -23,7 +23,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
     inline_serializer,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -328,6 +328,16 @@ class ReasonSerializer(serializers.Serializer):
     reason = _reason_field()
 
 
+def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object a request carries, {} when it has none (a bare POST or DELETE,
+    which these actions have always accepted)."""
+    try:
+        data = request.data
+    except exceptions.UnsupportedMediaType:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class MaskingRuleSerializer(serializers.ModelSerializer):
     classification = by_name(Classification.objects.all(), "name", "classification")
     exempt_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
@@ -507,8 +517,8 @@ class PolicyViewSet(
     def _delete_reason(self) -> str:
         """DELETE's reason: ``{"reason": ...}`` in the JSON body, else ``?reason=`` (for
         clients that cannot send a body with DELETE)."""
-        data = self.request.data if isinstance(self.request.data, dict) else {}
-        reason = data.get("reason") or self.request.query_params.get("reason") or ""
+        reason = _json_body(self.request).get("reason") or self.request.query_params.get("reason")
+        reason = reason or ""
         if not isinstance(reason, str):
             raise serializers.ValidationError({"reason": ["Must be text."]})
         return reason
@@ -814,7 +824,7 @@ class GuardrailViewSet(PolicyViewSet):
 
     def _toggle(self, request: Request, enabled: bool) -> Response:
         guardrail = self.get_object()
-        payload = ReasonSerializer(data=request.data)
+        payload = ReasonSerializer(data=_json_body(request))
         payload.is_valid(raise_exception=True)
         guardrail = services.guardrail_set_enabled(
             actor=request.user,
