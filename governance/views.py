@@ -679,7 +679,15 @@ def guardrail_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     except ApplicationError as exc:
         error = exc.message
     if request.htmx:
-        context = {"g": guardrail, "may_edit": True, "error": error, "flash": not error}
+        # reorderable: the row keeps its drag handle and order input (drag and drop
+        # only acts inside a tbody that allows it, so a filtered list is unaffected).
+        context = {
+            "g": guardrail,
+            "may_edit": True,
+            "error": error,
+            "flash": not error,
+            "reorderable": True,
+        }
         response = render(request, "governance/_guardrail_row.html", context)
         if error:
             return trigger_client_event(response, "warden:error", {"message": error})
@@ -744,8 +752,7 @@ def masking_preview(request: HttpRequest) -> HttpResponse:
     form = MaskingRuleForm(request.POST)
     form.is_valid()  # only the classification, strategy and parameters matter here
     data = form.cleaned_data
-    # "loaded": the answer replaces the panel, which must not load itself again.
-    context: dict[str, Any] = {"preview": None, "problems": [], "loaded": True}
+    context: dict[str, Any] = {"preview": None, "problems": []}
     if not data.get("classification") or not data.get("strategy"):
         context["problems"] = ["Choose a classification and a strategy to see the mask."]
     else:
@@ -766,7 +773,7 @@ def masking_preview(request: HttpRequest) -> HttpResponse:
                 strategy=data["strategy"],
                 params=params,
             )
-    return render(request, "governance/_masking_preview.html", context)
+    return render(request, "governance/_masking_preview_body.html", context)
 
 
 # --- column classifications: review of scanner proposals -------------------------------
