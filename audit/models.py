@@ -33,6 +33,9 @@ class ChangeRecord(models.Model):
     object_repr = models.CharField(max_length=200)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
+    # Why, in the actor's words: required for changes that weaken production
+    # protection (governance.services.policy), optional elsewhere.
+    reason = models.TextField(blank=True, max_length=2000)
     at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

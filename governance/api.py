@@ -23,7 +23,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
     inline_serializer,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -53,6 +53,7 @@ from governance.models import (
     strategy_params_help,
 )
 from governance.permissions import IsAdminOrReadOnly, IsPolicyEditorOrReadOnly, IsViewer
+from governance.services.policy import REASON_MAX_LENGTH
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -307,6 +308,36 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
         validators: list = []
 
 
+REASON_HELP = (
+    "Why (kept in the configuration history and the policy.change audit event). Required "
+    "when the change disables or removes protection of a production datasource."
+)
+
+
+def _reason_field() -> serializers.CharField:
+    return serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=REASON_MAX_LENGTH,
+        help_text=REASON_HELP,
+    )
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = _reason_field()
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object a request carries, {} when it has none (a bare POST or DELETE,
+    which these actions have always accepted)."""
+    try:
+        data = request.data
+    except exceptions.UnsupportedMediaType:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class MaskingRuleSerializer(serializers.ModelSerializer):
     classification = by_name(Classification.objects.all(), "name", "classification")
     exempt_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
@@ -314,6 +345,7 @@ class MaskingRuleSerializer(serializers.ModelSerializer):
     environments = serializers.ListField(
         child=serializers.CharField(max_length=32), required=False, max_length=50
     )
+    reason = _reason_field()
 
     class Meta:
         model = MaskingRule
@@ -326,6 +358,7 @@ class MaskingRuleSerializer(serializers.ModelSerializer):
             "exempt_teams",
             "environments",
             "enabled",
+            "reason",
             "created_at",
             "updated_at",
         ]
@@ -345,8 +378,12 @@ class GuardrailSerializer(serializers.ModelSerializer):
         + ".",
     )
     position = serializers.IntegerField(
-        required=False, min_value=1, max_value=1_000_000, help_text="1 = evaluated first."
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        help_text="1 = evaluated first. On creation: where to insert it (default: last).",
     )
+    reason = _reason_field()
 
     class Meta:
         model = GuardrailRule
@@ -359,6 +396,7 @@ class GuardrailSerializer(serializers.ModelSerializer):
             "action",
             "message",
             "datasource",
+            "reason",
             "created_at",
             "updated_at",
         ]
@@ -375,6 +413,14 @@ class GuardrailMoveSerializer(serializers.Serializer):
         return attrs
 
 
+class GuardrailOrderSerializer(serializers.Serializer):
+    order = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        max_length=10_000,
+        help_text="Every guardrail's id, once, first evaluated first.",
+    )
+
+
 class ChangeRecordSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChangeRecord
@@ -387,6 +433,7 @@ class ChangeRecordSerializer(serializers.ModelSerializer):
             "object_repr",
             "before",
             "after",
+            "reason",
         ]
         read_only_fields = fields
 
@@ -437,6 +484,8 @@ class PolicyViewSet(
     delete_service: Callable[..., Any]
     object_kwarg: str
     read_only_on_update: tuple[str, ...] = ()
+    # Services that weaken production protection take a ``reason`` (docs/api.md).
+    takes_reason = False
 
     def get_queryset(self) -> QuerySet:
         return type(self).list_selector(user=self.request.user, filters=self.request.query_params)
@@ -447,20 +496,32 @@ class PolicyViewSet(
         return obj
 
     def perform_create(self, serializer: serializers.Serializer) -> None:
-        serializer.instance = type(self).create_service(
-            actor=self.request.user, **serializer.validated_data
-        )
+        data = dict(serializer.validated_data)
+        data.pop("reason", None)  # a creation weakens nothing
+        serializer.instance = type(self).create_service(actor=self.request.user, **data)
 
     def perform_update(self, serializer: serializers.Serializer) -> None:
         data = {
             k: v for k, v in serializer.validated_data.items() if k not in self.read_only_on_update
         }
+        reason = data.pop("reason", "")
+        extra = {"reason": reason} if self.takes_reason else {}
         serializer.instance = type(self).update_service(
-            actor=self.request.user, **{self.object_kwarg: serializer.instance}, data=data
+            actor=self.request.user, **{self.object_kwarg: serializer.instance}, data=data, **extra
         )
 
     def perform_destroy(self, instance: Any) -> None:
-        type(self).delete_service(actor=self.request.user, **{self.object_kwarg: instance})
+        extra = {"reason": self._delete_reason()} if self.takes_reason else {}
+        type(self).delete_service(actor=self.request.user, **{self.object_kwarg: instance}, **extra)
+
+    def _delete_reason(self) -> str:
+        """DELETE's reason: ``{"reason": ...}`` in the JSON body, else ``?reason=`` (for
+        clients that cannot send a body with DELETE)."""
+        reason = _json_body(self.request).get("reason") or self.request.query_params.get("reason")
+        reason = reason or ""
+        if not isinstance(reason, str):
+            raise serializers.ValidationError({"reason": ["Must be text."]})
+        return reason
 
     @extend_schema(responses={200: ChangeRecordSerializer(many=True), **_ERRORS})
     @action(detail=True, methods=["get"])
@@ -471,14 +532,19 @@ class PolicyViewSet(
         return self.get_paginated_response(ChangeRecordSerializer(page, many=True).data)
 
 
-def _crud_schema(tag: str, filters: list[OpenApiParameter]) -> Callable[[type], type]:
+REASON_PARAM = _query("reason", REASON_HELP + " Or in the JSON body.")
+
+
+def _crud_schema(
+    tag: str, filters: list[OpenApiParameter], *, reason: bool = False
+) -> Callable[[type], type]:
     return extend_schema_view(
         list=extend_schema(tags=[tag], parameters=[Q_PARAM, *filters]),
         retrieve=extend_schema(tags=[tag]),
         create=extend_schema(tags=[tag]),
         update=extend_schema(tags=[tag]),
         partial_update=extend_schema(tags=[tag]),
-        destroy=extend_schema(tags=[tag]),
+        destroy=extend_schema(tags=[tag], parameters=[REASON_PARAM] if reason else []),
         history=extend_schema(tags=[tag]),
     )
 
@@ -692,6 +758,7 @@ def _column_update(*, actor: Any, column_classification: ColumnClassification, d
         _query("status", "proposed, confirmed or rejected."),
         _query("source", "auto or manual."),
     ],
+    reason=True,
 )
 class ColumnClassificationViewSet(PolicyViewSet):
     """Classify a column: POST replaces any earlier classification of the same column."""
@@ -705,6 +772,11 @@ class ColumnClassificationViewSet(PolicyViewSet):
     object_kwarg = "column_classification"
     read_only_on_update = ("datasource", "schema_name", "table_name", "column_name")
 
+    def perform_destroy(self, instance: Any) -> None:
+        services.column_classification_delete(
+            actor=self.request.user, column_classification=instance, reason=self._delete_reason()
+        )
+
 
 @_crud_schema(
     "masking-rules",
@@ -714,6 +786,7 @@ class ColumnClassificationViewSet(PolicyViewSet):
         _query("enabled", "", OpenApiTypes.BOOL),
         _query("environment", "Rules that apply in this environment."),
     ],
+    reason=True,
 )
 class MaskingRuleViewSet(PolicyViewSet):
     serializer_class = MaskingRuleSerializer
@@ -723,6 +796,7 @@ class MaskingRuleViewSet(PolicyViewSet):
     update_service = services.masking_rule_update
     delete_service = services.masking_rule_delete
     object_kwarg = "rule"
+    takes_reason = True
 
 
 @_crud_schema(
@@ -732,9 +806,11 @@ class MaskingRuleViewSet(PolicyViewSet):
         _query("enabled", "", OpenApiTypes.BOOL),
         _query("datasource", "Datasource id.", OpenApiTypes.INT),
     ],
+    reason=True,
 )
 class GuardrailViewSet(PolicyViewSet):
-    """Guardrails in evaluation order; change the order with ``move``."""
+    """Guardrails in evaluation order; change the order with ``order`` (all at once)
+    or ``move`` (one guardrail)."""
 
     serializer_class = GuardrailSerializer
     list_selector = selectors.guardrail_list
@@ -744,26 +820,54 @@ class GuardrailViewSet(PolicyViewSet):
     delete_service = services.guardrail_delete
     object_kwarg = "guardrail"
     read_only_on_update = ("position",)
+    takes_reason = True
 
     def _toggle(self, request: Request, enabled: bool) -> Response:
+        guardrail = self.get_object()
+        payload = ReasonSerializer(data=_json_body(request))
+        payload.is_valid(raise_exception=True)
         guardrail = services.guardrail_set_enabled(
-            actor=request.user, guardrail=self.get_object(), enabled=enabled
+            actor=request.user,
+            guardrail=guardrail,
+            enabled=enabled,
+            reason=payload.validated_data.get("reason", ""),
         )
         return Response(GuardrailSerializer(guardrail).data)
 
     @extend_schema(
-        tags=["guardrails"], request=None, responses={200: GuardrailSerializer, **_ERRORS}
+        tags=["guardrails"],
+        request=ReasonSerializer,
+        responses={200: GuardrailSerializer, **_ERRORS},
     )
     @action(detail=True, methods=["post"])
     def enable(self, request: Request, pk: str) -> Response:
         return self._toggle(request, True)
 
     @extend_schema(
-        tags=["guardrails"], request=None, responses={200: GuardrailSerializer, **_ERRORS}
+        tags=["guardrails"],
+        request=ReasonSerializer,
+        responses={200: GuardrailSerializer, **_ERRORS},
     )
     @action(detail=True, methods=["post"])
     def disable(self, request: Request, pk: str) -> Response:
+        """Disable; ``{"reason": ...}`` is required when it applies to production."""
         return self._toggle(request, False)
+
+    @extend_schema(
+        tags=["guardrails"],
+        request=GuardrailOrderSerializer,
+        responses={200: GuardrailSerializer(many=True), **_ERRORS},
+    )
+    @action(detail=False, methods=["post"])
+    def order(self, request: Request) -> Response:
+        """Reorder every guardrail at once: ``{"order": [ids]}``, each id once. One
+        change in the configuration history, whatever number of rows moved."""
+        payload = GuardrailOrderSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        ordered = services.guardrail_reorder(
+            actor=request.user, order=payload.validated_data["order"]
+        )
+        return Response(GuardrailSerializer(ordered, many=True).data)
 
     @extend_schema(
         tags=["guardrails"],
@@ -962,6 +1066,7 @@ class ScanRequestView(APIView):
 class ReviewDecisionSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=["confirm", "reject", "reclassify"])
     classification = by_name(Classification.objects.all(), "name", "classification", required=False)
+    reason = _reason_field()
 
 
 class ReviewDecisionView(APIView):
@@ -989,7 +1094,10 @@ class ReviewDecisionView(APIView):
         else:
             status_ = "confirmed" if decision == "confirm" else "rejected"
             column = services.column_classification_review(
-                actor=request.user, column_classification=column, status=status_
+                actor=request.user,
+                column_classification=column,
+                status=status_,
+                reason=serializer.validated_data.get("reason", ""),
             )
         return Response(ColumnClassificationSerializer(column).data)
 

@@ -39,8 +39,8 @@ from governance.models import (
     ScanSchedule,
     Team,
     identities_allowed_on,
-    strategy_params_help,
 )
+from sidecar.engine import vocabulary
 
 
 def model_field(model: type[models.Model], name: str, **kwargs: Any) -> forms.Field:
@@ -67,10 +67,21 @@ def apply_service_error(form: forms.Form, exc: ValidationError | ApplicationErro
 
 
 class ServiceForm(forms.Form):
-    """A form whose ``save`` calls a service; subclasses say which."""
+    """A form whose ``save`` calls a service; subclasses say which.
+
+    ``editing``: the form edits an existing object, so fields only a new one has
+    (``create_only``) are left out, and those only an edit has (``edit_only``) kept.
+    """
 
     # Service error keys that belong to a differently named form field.
     error_fields: dict[str, str] = {}
+    create_only: tuple[str, ...] = ()
+    edit_only: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.create_only if editing else self.edit_only:
+            self.fields.pop(name, None)
 
     def error_target(self, name: str) -> str | None:
         name = self.error_fields.get(name, name)
@@ -354,39 +365,111 @@ class ColumnClassificationForm(ServiceForm):
 # --- masking rules --------------------------------------------------------------------
 
 
+def _reason_field() -> forms.CharField:
+    """Why, kept in history and the audit trail; the service says when it is required."""
+    return forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Reason for the change",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Kept in the configuration history and the audit trail.",
+    )
+
+
 def _environment_choices() -> list[tuple[str, str]]:
     return [(e.name, f"{e.name} (criticality {e.criticality})") for e in Environment.objects.all()]
 
 
+def _param_field(name: str) -> str:
+    return f"param_{name}"
+
+
+# What each strategy parameter is, in words (vocabulary.MASKING_STRATEGIES gives the bounds).
+_PARAM_LABELS = {
+    "keep_last": ("Characters kept at the end", "How many of the last characters stay visible."),
+}
+
+
 class MaskingRuleForm(ServiceForm):
+    """The strategy's parameters are one typed field each (``param_<name>``), shown for
+    the strategies that take them; the service gets them as the ``params`` object."""
+
+    edit_only = ("reason",)
+
     name = model_field(MaskingRule, "name")
     classification = forms.ModelChoiceField(queryset=Classification.objects.all())
     strategy = model_field(MaskingRule, "strategy")
-    params = JSONTextField(
-        empty={},
-        label="Parameters",
-        help_text=strategy_params_help(),
-        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
-    )
     environments = _checkboxes([], "Environments", "None ticked: every environment.")
     exempt_teams = _team_choices()
     enabled = model_field(MaskingRule, "enabled", required=False)
+    reason = _reason_field()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["environments"].choices = _environment_choices()
         self.fields["exempt_teams"].help_text = "Members of these teams see real values."
+        for parameter in vocabulary.MASKING_PARAMETERS:
+            label, help_text = _PARAM_LABELS.get(
+                parameter.name, (parameter.name.replace("_", " ").capitalize(), "")
+            )
+            used_by = [s for s, ps in vocabulary.MASKING_STRATEGIES.items() if parameter in ps]
+            field = forms.IntegerField(
+                required=False,
+                min_value=parameter.minimum,
+                max_value=parameter.maximum,
+                label=label,
+                help_text=f"{help_text} {parameter.minimum} to {parameter.maximum}; "
+                f"for {', '.join(used_by)} (default {parameter.default}).".strip(),
+            )
+            # Which strategies show it (warden.js hides it for the others).
+            field.widget.attrs["data-strategies"] = " ".join(used_by)
+            self.fields[_param_field(parameter.name)] = field
+
+    @classmethod
+    def initial_from(cls, obj: models.Model) -> dict[str, Any]:
+        assert isinstance(obj, MaskingRule)
+        fields = ["name", "classification", "strategy", "environments", "exempt_teams", "enabled"]
+        initial = model_to_dict(obj, fields=fields)
+        for name, value in (obj.params or {}).items():
+            initial[_param_field(name)] = value
+        return initial
+
+    def params(self) -> dict[str, Any]:
+        """The chosen strategy's parameters that were filled in (the others are ignored)."""
+        cd = self.cleaned_data
+        taken = vocabulary.MASKING_STRATEGIES.get(cd.get("strategy") or "", ())
+        return {
+            p.name: cd[_param_field(p.name)]
+            for p in taken
+            if cd.get(_param_field(p.name)) is not None
+        }
 
     def data_for_service(self) -> dict[str, Any]:
-        data = dict(self.cleaned_data)
+        data = {
+            k: v
+            for k, v in self.cleaned_data.items()
+            if k != "reason" and not k.startswith("param_")
+        }
         data["environments"] = list(data["environments"])
+        data["params"] = self.params()
         return data
+
+    def error_target(self, name: str) -> str | None:
+        if name == "params":
+            taken = vocabulary.MASKING_STRATEGIES.get(self.cleaned_data.get("strategy") or "", ())
+            return _param_field(taken[0].name) if taken else None
+        return super().error_target(name)
 
     def create(self, *, actor: Any) -> MaskingRule:
         return services.masking_rule_create(actor=actor, **self.data_for_service())
 
     def update(self, *, actor: Any, obj: Any) -> MaskingRule:
-        return services.masking_rule_update(actor=actor, rule=obj, data=self.data_for_service())
+        return services.masking_rule_update(
+            actor=actor,
+            rule=obj,
+            data=self.data_for_service(),
+            reason=self.cleaned_data.get("reason", ""),
+        )
 
 
 # --- guardrails -----------------------------------------------------------------------
@@ -407,6 +490,9 @@ def _names(text: str) -> list[str]:
 
 class GuardrailForm(ServiceForm):
     """The conditions object is edited as one field per condition."""
+
+    create_only = ("position",)
+    edit_only = ("reason",)
 
     name = model_field(GuardrailRule, "name")
     action = model_field(GuardrailRule, "action")
@@ -433,6 +519,13 @@ class GuardrailForm(ServiceForm):
         required=False,
         help_text="Comma-separated function names, e.g. 'pg_read_file, dblink'. Empty: any.",
     )
+    position = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        help_text="1 = evaluated first. Empty: after every other guardrail.",
+    )
+    reason = _reason_field()
     missing_where = forms.ChoiceField(choices=_FLAG_CHOICES, required=False)
     unbounded_classified_read = forms.ChoiceField(choices=_FLAG_CHOICES, required=False)
     multi_statement = forms.ChoiceField(choices=_FLAG_CHOICES, required=False)
@@ -482,7 +575,11 @@ class GuardrailForm(ServiceForm):
         return initial
 
     def data_for_service(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.cleaned_data.items() if k not in self.condition_fields}
+        data = {
+            k: v
+            for k, v in self.cleaned_data.items()
+            if k not in self.condition_fields and k not in {"position", "reason"}
+        }
         cd = self.cleaned_data
         conditions: dict[str, Any] = {
             key: list(cd[key])
@@ -506,10 +603,17 @@ class GuardrailForm(ServiceForm):
         return None if name == "conditions" else super().error_target(name)
 
     def create(self, *, actor: Any) -> GuardrailRule:
-        return services.guardrail_create(actor=actor, **self.data_for_service())
+        return services.guardrail_create(
+            actor=actor, position=self.cleaned_data.get("position"), **self.data_for_service()
+        )
 
     def update(self, *, actor: Any, obj: Any) -> GuardrailRule:
-        return services.guardrail_update(actor=actor, guardrail=obj, data=self.data_for_service())
+        return services.guardrail_update(
+            actor=actor,
+            guardrail=obj,
+            data=self.data_for_service(),
+            reason=self.cleaned_data.get("reason", ""),
+        )
 
 
 class _OptionalJSONField(forms.JSONField):

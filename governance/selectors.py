@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from audit.sink.history import change_history_for
 from governance.models import (
+    PRODUCTION_CRITICALITY,
     AccessToken,
     ApiToken,
     BreakGlassGrant,
@@ -70,6 +71,8 @@ __all__ = [
     "identity_list",
     "masking_rule_get",
     "masking_rule_list",
+    "production_datasources",
+    "production_datasources_affected",
     "review_item_get",
     "review_queue",
     "scan_run_get",
@@ -404,6 +407,52 @@ def guardrail_list(*, user: Any, filters: dict | None = None) -> QuerySet[Guardr
 
 def guardrail_get(*, user: Any, pk: Any) -> GuardrailRule:
     return _get(guardrail_list(user=user), pk)
+
+
+@dataclass(frozen=True)
+class ProductionDatasource:
+    pk: int
+    name: str
+    environment: str
+
+
+def production_datasources() -> list[ProductionDatasource]:
+    """Every production datasource (criticality 5), by name: read once for a list page."""
+    return [
+        ProductionDatasource(pk, name, environment)
+        for pk, name, environment in Datasource.objects.filter(
+            environment__criticality__gte=PRODUCTION_CRITICALITY
+        )
+        .order_by("name")
+        .values_list("pk", "name", "environment__name")
+    ]
+
+
+def production_datasources_affected(
+    obj: Any, production: list[ProductionDatasource] | None = None
+) -> list[str]:
+    """Names of the production datasources whose protection ``obj`` is part of: a
+    guardrail or masking rule by its scope (one datasource, or every datasource of
+    the environments it names, all when it names none), a column classification by
+    its datasource. Empty for anything else. ``production``: production_datasources(),
+    when the caller asks about many objects.
+
+    Disabling or removing such an object weakens production, so the services ask
+    for a reason (docs/api.md, "Changes that weaken production").
+    """
+    if production is None:
+        production = production_datasources()
+    if isinstance(obj, ColumnClassification):
+        return [d.name for d in production if d.pk == obj.datasource_id]
+    if isinstance(obj, GuardrailRule):
+        if obj.datasource_id is not None:
+            return [d.name for d in production if d.pk == obj.datasource_id]
+        names = set(obj.normalised_conditions()["environments"])
+    elif isinstance(obj, MaskingRule):
+        names = set(obj.environments or [])
+    else:
+        return []
+    return [d.name for d in production if not names or d.environment in names]
 
 
 def identity_for_tokens_get(*, user: Any, pk: Any) -> Identity:

@@ -44,6 +44,8 @@ urlpatterns = [
     path("simulate/", views.simulate, name="simulate"),
     path("guardrails/<int:pk>/toggle/", views.guardrail_toggle, name="guardrail_toggle"),
     path("guardrails/<int:pk>/move/", views.guardrail_move, name="guardrail_move"),
+    path("guardrails/order/", views.guardrail_order, name="guardrail_order"),
+    path("masking-rules/preview/", views.masking_preview, name="masking_preview"),
     path("columns/<int:pk>/review/", views.column_review, name="column_review"),
     path("review/", views.review_queue, name="review_queue"),
     path(

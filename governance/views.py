@@ -53,6 +53,7 @@ from governance.forms import (
     TeamForm,
     TokenIssueForm,
 )
+from governance.masking_preview import masking_preview as mask_preview
 from governance.models import (
     BREAK_GLASS_LIVE_STATES,
     PROVISIONAL,
@@ -63,6 +64,7 @@ from governance.models import (
     IdentityKind,
     Level,
     MaskingStrategy,
+    validate_strategy_params,
 )
 from governance.permissions import (
     POLICY_EDITORS,
@@ -171,6 +173,8 @@ class Resource:
     filter_form: type[SearchForm] = SearchForm
     lede: str = ""
     form_takes_instance: bool = False
+    # Deleting one that protects production needs a reason (services.policy).
+    takes_reason: bool = False
 
     def url(self, action: str, pk: Any = None) -> str:
         name = f"governance:{self.key}_{action}"
@@ -243,6 +247,7 @@ RESOURCES: dict[str, Resource] = {
             delete_kwarg="column_classification",
             filter_form=ColumnFilters,
             form_takes_instance=True,
+            takes_reason=True,
             lede="Which columns hold which kind of data. Set by hand or proposed by the scanner.",
         ),
         Resource(
@@ -266,6 +271,7 @@ RESOURCES: dict[str, Resource] = {
             delete_service=services.masking_rule_delete,
             delete_kwarg="rule",
             filter_form=MaskingFilters,
+            takes_reason=True,
             lede="How classified values are masked, inside the database, for everyone not exempt.",
         ),
         Resource(
@@ -278,6 +284,7 @@ RESOURCES: dict[str, Resource] = {
             delete_service=services.guardrail_delete,
             delete_kwarg="guardrail",
             filter_form=GuardrailFilters,
+            takes_reason=True,
             lede="Evaluated top to bottom; the first enabled rule that matches decides.",
         ),
     )
@@ -287,7 +294,12 @@ RESOURCES: dict[str, Resource] = {
 def _form(res: Resource, *args: Any, instance: Any = None, **kwargs: Any) -> ServiceForm:
     if res.form_takes_instance:
         kwargs["instance"] = instance
-    return res.form_class(*args, **kwargs)
+    return res.form_class(*args, editing=instance is not None, **kwargs)
+
+
+def _production_note(res: Resource, obj: Any) -> list[str]:
+    """The production datasources ``obj`` protects, when changing it may need a reason."""
+    return selectors.production_datasources_affected(obj) if res.takes_reason else []
 
 
 def _paginate(request: HttpRequest, queryset: Any) -> Any:
@@ -381,6 +393,12 @@ def object_edit(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse
     obj = res.get_selector(user=request.user, pk=pk)
     initial = res.form_class.initial_from(obj)
     form = _form(res, request.POST or None, initial=initial, instance=obj)
+    production = _production_note(res, obj)
+    if production and "reason" in form.fields:
+        form.fields["reason"].help_text = (
+            f"Required to disable it: it protects production ({', '.join(production)}). "
+            "Kept in the configuration history and the audit trail."
+        )
     if request.method == "POST":
         saved = form.save(actor=request.user, obj=obj)
         if saved is not None:
@@ -395,15 +413,26 @@ def object_edit(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse
 def object_delete(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse:
     obj = res.get_selector(user=request.user, pk=pk)
     error = ""
+    production = _production_note(res, obj)
+    reason = request.POST.get("reason", "")
     if request.method == "POST":
+        extra = {"reason": reason} if res.takes_reason else {}
         try:
-            res.delete_service(actor=request.user, **{res.delete_kwarg: obj})
+            res.delete_service(actor=request.user, **{res.delete_kwarg: obj}, **extra)
         except ApplicationError as exc:
             error = exc.message
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
         else:
             messages.success(request, f"Deleted {res.singular} {obj}.")
             return redirect(res.url("list"))
-    context = {"res": res, "object": obj, "error": error}
+    context = {
+        "res": res,
+        "object": obj,
+        "error": error,
+        "production": production,
+        "reason": reason,
+    }
     return render(
         request, "governance/object_confirm_delete.html", context, status=400 if error else 200
     )
@@ -467,11 +496,12 @@ def _with_change_links(records: Any) -> Any:
     """Set each record's ``link`` (its object's page, unless deleted) and ``kind``."""
     for record in records:
         key = _CHANGE_LINKS.get(record.content_type.model)
-        record.link = (
-            reverse(f"governance:{key}_detail", args=[record.object_id])
-            if key and record.action != "delete"
-            else ""
-        )
+        if not record.object_id.isdigit():  # not one row: the order of all guardrails
+            record.link = reverse("governance:guardrail_list") if key == "guardrail" else ""
+        elif key and record.action != "delete":
+            record.link = reverse(f"governance:{key}_detail", args=[record.object_id])
+        else:
+            record.link = ""
         record.kind = CHANGE_MODELS.get(record.content_type.model, record.content_type.model)
     return records
 
@@ -615,10 +645,38 @@ def _back(request: HttpRequest, fallback: str, status: int = 302) -> HttpRespons
     return redirect(target)
 
 
+def _wants_reason(exc: ValidationError) -> bool:
+    return hasattr(exc, "error_dict") and "reason" in exc.error_dict
+
+
+def _reason_page(
+    request: HttpRequest, exc: ValidationError, *, title: str, confirm: str, back: str
+) -> HttpResponse:
+    """Without JavaScript, a change that needs a reason asks for it on its own page,
+    which posts the same fields again with the reason (400: nothing was changed)."""
+    target = request.POST.get("next") or ""
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = back
+    fields = [
+        (name, value)
+        for name, value in request.POST.items()
+        if name not in {"csrfmiddlewaretoken", "reason"}
+    ]
+    context = {
+        "title": title,
+        "confirm": confirm,
+        "message": " ".join(exc.message_dict["reason"]),
+        "fields": fields,
+        "back": target,
+    }
+    return render(request, "governance/confirm_reason.html", context, status=400)
+
+
 def _guardrail_rows(request: HttpRequest, status: int = 200) -> HttpResponse:
     """The whole tbody: a move changes two rows' positions, so both are redrawn."""
     guardrails = selectors.guardrail_list(user=request.user)
-    context = {"objects": guardrails, "may_edit": can_edit_policy(request.user)}
+    may_edit = can_edit_policy(request.user)
+    context = {"objects": guardrails, "may_edit": may_edit, "reorderable": may_edit}
     return render(request, "governance/_guardrail_rows.html", context, status=status)
 
 
@@ -630,15 +688,35 @@ def guardrail_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     error = ""
     try:
         guardrail = services.guardrail_set_enabled(
-            actor=request.user, guardrail=guardrail, enabled=enabled
+            actor=request.user,
+            guardrail=guardrail,
+            enabled=enabled,
+            reason=request.POST.get("reason", ""),
         )
     except ValidationError as exc:
-        # Enabling can be refused (an allow-all rule in production): say why, inline.
+        # Enabling can be refused (an allow-all rule in production), and disabling one
+        # that protects production wants a reason: say why, inline.
+        if not request.htmx and _wants_reason(exc):
+            return _reason_page(
+                request,
+                exc,
+                title=f"Disable guardrail {guardrail.name}?",
+                confirm="Disable guardrail",
+                back=reverse("governance:guardrail_list"),
+            )
         error = " ".join(exc.messages)
     except ApplicationError as exc:
         error = exc.message
     if request.htmx:
-        context = {"g": guardrail, "may_edit": True, "error": error, "flash": not error}
+        # reorderable: the row keeps its drag handle and order input (drag and drop
+        # only acts inside a tbody that allows it, so a filtered list is unaffected).
+        context = {
+            "g": guardrail,
+            "may_edit": True,
+            "error": error,
+            "flash": not error,
+            "reorderable": True,
+        }
         response = render(request, "governance/_guardrail_row.html", context)
         if error:
             return trigger_client_event(response, "warden:error", {"message": error})
@@ -668,6 +746,65 @@ def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(request, reverse("governance:guardrail_list"))
 
 
+@editor_required
+@require_POST
+def guardrail_order(request: HttpRequest) -> HttpResponse:
+    """The whole order at once (drag and drop posts every row's id): one change."""
+    error = ""
+    try:
+        order = [int(pk) for pk in request.POST.getlist("order")]
+        services.guardrail_reorder(actor=request.user, order=order)
+    except ValueError:
+        error = "The order must list guardrail ids."
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    if request.htmx:
+        response = _guardrail_rows(request)
+        if error:
+            return trigger_client_event(response, "warden:error", {"message": error})
+        return response
+    if error:
+        messages.error(request, error)
+        return _back(request, reverse("governance:guardrail_list"), status=400)
+    messages.success(request, "Guardrail order saved.")
+    return _back(request, reverse("governance:guardrail_list"))
+
+
+# --- masking rules: preview -----------------------------------------------------------
+
+
+@editor_required
+@require_POST
+def masking_preview(request: HttpRequest) -> HttpResponse:
+    """The masking rule form's preview (htmx, as the form changes): sample values of the
+    chosen classification through the engine's expression (governance.masking_preview)."""
+    form = MaskingRuleForm(request.POST)
+    form.is_valid()  # only the classification, strategy and parameters matter here
+    data = form.cleaned_data
+    context: dict[str, Any] = {"preview": None, "problems": []}
+    if not data.get("classification") or not data.get("strategy"):
+        context["problems"] = ["Choose a classification and a strategy to see the mask."]
+    else:
+        params = form.params()
+        problems = [
+            *(
+                f"{form.fields[name].label}: {' '.join(errors)}"
+                for name, errors in form.errors.items()
+                if name.startswith("param_")
+            ),
+            *validate_strategy_params(data["strategy"], params),
+        ]
+        if problems:
+            context["problems"] = problems
+        else:
+            context["preview"] = mask_preview(
+                classification=data["classification"].name,
+                strategy=data["strategy"],
+                params=params,
+            )
+    return render(request, "governance/_masking_preview_body.html", context)
+
+
 # --- column classifications: review of scanner proposals -------------------------------
 
 
@@ -678,9 +815,20 @@ def column_review(request: HttpRequest, pk: int) -> HttpResponse:
     status = request.POST.get("status", "")
     try:
         services.column_classification_review(
-            actor=request.user, column_classification=column, status=status
+            actor=request.user,
+            column_classification=column,
+            status=status,
+            reason=request.POST.get("reason", ""),
         )
     except ValidationError as exc:
+        if _wants_reason(exc):
+            return _reason_page(
+                request,
+                exc,
+                title=f"Reject {column.classification.name} for {column.column_and_path}?",
+                confirm="Reject",
+                back=reverse("governance:column_detail", args=[pk]),
+            )
         messages.error(request, " ".join(exc.messages))
         return _back(request, reverse("governance:column_detail", args=[pk]), status=400)
     messages.success(request, f"{column.column_path}: {status}.")
@@ -719,7 +867,10 @@ def review_decide(request: HttpRequest, datasource_pk: int, pk: int) -> HttpResp
         if decision in {"confirm", "reject"}:
             status = "confirmed" if decision == "confirm" else "rejected"
             column = services.column_classification_review(
-                actor=request.user, column_classification=column, status=status
+                actor=request.user,
+                column_classification=column,
+                status=status,
+                reason=request.POST.get("reason", ""),
             )
         elif decision == "reclassify":
             form = ReclassifyForm(request.POST)
@@ -733,6 +884,14 @@ def review_decide(request: HttpRequest, datasource_pk: int, pk: int) -> HttpResp
         else:
             raise ValidationError("Choose confirm, reject or reclassify.")
     except ValidationError as exc:
+        if not request.htmx and _wants_reason(exc):
+            return _reason_page(
+                request,
+                exc,
+                title=f"Reject {column.classification.name} for {column.column_and_path}?",
+                confirm="Reject",
+                back=reverse("governance:review_queue"),
+            )
         error = " ".join(exc.messages)
     if request.htmx:
         context = {

@@ -63,8 +63,13 @@ def change_record_create(
     after: dict[str, Any] | None,
     object_id: Any = None,
     datasource: Any = None,
+    reason: str = "",
+    object_repr: str = "",
 ) -> ChangeRecord | None:
     """Record one change; an update that changed nothing records nothing.
+
+    ``reason`` is the actor's why (kept on the record and in the event);
+    ``object_repr`` names an object that is not one row (the guardrail order).
 
     Its ``policy.change`` event joins the chain of ``datasource`` (the caller
     passes it when ``obj`` is a datasource: this module knows no other app's
@@ -81,9 +86,10 @@ def change_record_create(
         action=action,
         content_type=ContentType.objects.get_for_model(obj, for_concrete_model=True),
         object_id=str(object_id if object_id is not None else obj.pk),
-        object_repr=str(obj)[:200],
+        object_repr=(object_repr or str(obj))[:200],
         before=before,
         after=after,
+        reason=reason.strip(),
     )
     record.full_clean()
     record.save()
@@ -110,6 +116,7 @@ def _policy_change_event(record: ChangeRecord, datasource: Any) -> None:
             "model": record.content_type.model,
             "fields": [name for name, _b, _a in record.changes],
             "request_id": record.request_id,
+            **({"reason": record.reason} if record.reason else {}),
         },
     )
 

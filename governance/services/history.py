@@ -48,7 +48,9 @@ def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None 
     )
 
 
-def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set[str]) -> None:
+def _update(
+    actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set[str], reason: str = ""
+) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValidationError({name: "This field cannot be changed here." for name in unknown})
@@ -69,10 +71,11 @@ def _update(actor: Any, obj: models.Model, data: dict[str, Any], *, allowed: set
         before=before,
         after=object_snapshot(obj),
         datasource=_own_chain(obj),
+        reason=reason,
     )
 
 
-def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
+def _delete(actor: Any, obj: models.Model, *, blocked_by: str, reason: str = "") -> None:
     before = object_snapshot(obj)
     pk = obj.pk
     try:
@@ -92,6 +95,7 @@ def _delete(actor: Any, obj: models.Model, *, blocked_by: str) -> None:
         after=None,
         object_id=pk,
         datasource=_own_chain(obj),
+        reason=reason,
     )
 
 

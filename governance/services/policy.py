@@ -43,12 +43,35 @@ from governance.models import (
     Team,
 )
 from governance.permissions import can_edit_policy, user_role
+from governance.selectors import production_datasources_affected
 from governance.services.history import _create, _delete, _update
+
+REASON_MAX_LENGTH = 2000
 
 
 def _require_policy_editor(actor: Any) -> None:
     if not can_edit_policy(actor):
         raise PermissionDenied("Only admin and security may change policy.")
+
+
+def _reason_for(obj: Any, reason: str | None, *, weakens: bool, change: str) -> str:
+    """The actor's reason, cleaned; required when the change ``weakens`` the protection
+    ``obj`` gives a production datasource (disabling or removing it). Elsewhere a
+    reason is optional and kept when given."""
+    reason = (reason or "").strip()
+    if len(reason) > REASON_MAX_LENGTH:
+        raise ValidationError({"reason": f"At most {REASON_MAX_LENGTH} characters."})
+    if weakens and not reason:
+        affected = production_datasources_affected(obj)
+        if affected:
+            raise ValidationError(
+                {
+                    "reason": f"{change} affects production ({', '.join(affected)}): "
+                    "give a reason. It is kept in the configuration history and the audit "
+                    "trail."
+                }
+            )
+    return reason
 
 
 def _guardrails_naming(key: str, value: str) -> list[str]:
@@ -175,12 +198,17 @@ def column_classification_set(
 
 @transaction.atomic
 def column_classification_review(
-    *, actor: Any, column_classification: ColumnClassification, status: str
+    *,
+    actor: Any,
+    column_classification: ColumnClassification,
+    status: str,
+    reason: str = "",
 ) -> ColumnClassification:
     """Confirm or reject a (scanner-)proposed or auto-applied classification.
 
     A rejection is remembered per (column, classification): later scans do not
     propose it again. Views inheriting from the column follow the decision.
+    Rejecting one on a production datasource needs a ``reason``.
     """
     _require_policy_editor(actor)
     if status not in {ClassificationStatus.CONFIRMED, ClassificationStatus.REJECTED}:
@@ -188,11 +216,19 @@ def column_classification_review(
     column = ColumnClassification.objects.select_for_update(no_key=True).get(
         pk=column_classification.pk
     )
+    reason = _reason_for(
+        column,
+        reason,
+        weakens=status == ClassificationStatus.REJECTED
+        and column.status != ClassificationStatus.REJECTED,
+        change=f"Rejecting {column.classification.name} for {column.column_path}",
+    )
     _update(
         actor,
         column,
         {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
         allowed={"status", "confirmed_by", "confirmed_at"},
+        reason=reason,
     )
     bundles_mark_stale(obj=column)
     if status == ClassificationStatus.REJECTED:
@@ -245,10 +281,17 @@ def column_classification_reclassify(
 
 @transaction.atomic
 def column_classification_delete(
-    *, actor: Any, column_classification: ColumnClassification
+    *, actor: Any, column_classification: ColumnClassification, reason: str = ""
 ) -> None:
+    """Remove a column's classification; on a production datasource, with a ``reason``."""
     _require_policy_editor(actor)
-    _delete(actor, column_classification, blocked_by="other objects")
+    reason = _reason_for(
+        column_classification,
+        reason,
+        weakens=True,
+        change=f"Removing the classification of {column_classification.column_path}",
+    )
+    _delete(actor, column_classification, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=column_classification)
     column_classifications_inherit(datasource=column_classification.datasource)
 
@@ -294,19 +337,32 @@ MASKING_RULE_FIELDS = {
 
 
 @transaction.atomic
-def masking_rule_update(*, actor: Any, rule: MaskingRule, data: dict[str, Any]) -> MaskingRule:
-    """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team)."""
+def masking_rule_update(
+    *, actor: Any, rule: MaskingRule, data: dict[str, Any], reason: str = ""
+) -> MaskingRule:
+    """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team).
+
+    Disabling a rule that masks in production needs a ``reason`` (as deleting does).
+    """
     _require_policy_editor(actor)
     rule = MaskingRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
-    _update(actor, rule, data, allowed=MASKING_RULE_FIELDS)
+    reason = _reason_for(
+        rule,
+        reason,
+        weakens=rule.enabled and data.get("enabled", True) is False,
+        change=f"Disabling masking rule {rule.name}",
+    )
+    _update(actor, rule, data, allowed=MASKING_RULE_FIELDS, reason=reason)
     bundles_mark_stale(obj=rule)
     return rule
 
 
 @transaction.atomic
-def masking_rule_delete(*, actor: Any, rule: MaskingRule) -> None:
+def masking_rule_delete(*, actor: Any, rule: MaskingRule, reason: str = "") -> None:
+    """Delete a masking rule; one that masks in production needs a ``reason``."""
     _require_policy_editor(actor)
-    _delete(actor, rule, blocked_by="other objects")
+    reason = _reason_for(rule, reason, weakens=True, change=f"Deleting masking rule {rule.name}")
+    _delete(actor, rule, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=rule)
 
 
@@ -362,19 +418,95 @@ GUARDRAIL_FIELDS = {"name", "action", "conditions", "message", "datasource", "en
 
 @transaction.atomic
 def guardrail_update(
-    *, actor: Any, guardrail: GuardrailRule, data: dict[str, Any]
+    *, actor: Any, guardrail: GuardrailRule, data: dict[str, Any], reason: str = ""
 ) -> GuardrailRule:
-    """Change any of GUARDRAIL_FIELDS; use guardrail_move to change the order."""
+    """Change any of GUARDRAIL_FIELDS; use guardrail_reorder to change the order.
+
+    Disabling a guardrail that applies to a production datasource needs a ``reason``.
+    """
     _require_policy_editor(actor)
     guardrail = GuardrailRule.objects.select_for_update(no_key=True).get(pk=guardrail.pk)
-    _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS)
+    reason = _reason_for(
+        guardrail,
+        reason,
+        weakens=guardrail.enabled and data.get("enabled", True) is False,
+        change=f"Disabling guardrail {guardrail.name}",
+    )
+    _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS, reason=reason)
     bundles_mark_stale(obj=guardrail)
     return guardrail
 
 
 @transaction.atomic
-def guardrail_set_enabled(*, actor: Any, guardrail: GuardrailRule, enabled: bool) -> GuardrailRule:
-    return guardrail_update(actor=actor, guardrail=guardrail, data={"enabled": enabled})
+def guardrail_set_enabled(
+    *, actor: Any, guardrail: GuardrailRule, enabled: bool, reason: str = ""
+) -> GuardrailRule:
+    return guardrail_update(
+        actor=actor, guardrail=guardrail, data={"enabled": enabled}, reason=reason
+    )
+
+
+# The configuration-history object id of the order of all guardrails.
+GUARDRAIL_ORDER_ID = "order"
+
+
+def _guardrails_renumber(
+    actor: Any, rules: list[GuardrailRule], order: list[GuardrailRule]
+) -> None:
+    """Give ``order`` positions 1..n and record the whole new order as ONE change
+    (the object "guardrail order", before and after as lists of names): a reorder
+    is one decision, whatever number of rows it moves."""
+    before = [rule.name for rule in rules]
+    after = [rule.name for rule in order]
+    if before == after:
+        return
+    for new_position, rule in enumerate(order, start=1):
+        if rule.position != new_position:
+            rule.position = new_position
+            # The deferred unique constraint is checked at commit, after all moves.
+            GuardrailRule.objects.filter(pk=rule.pk).update(position=new_position)
+    change_record_create(
+        actor=actor,
+        action=ChangeAction.UPDATE,
+        obj=GuardrailRule(),
+        object_id=GUARDRAIL_ORDER_ID,
+        object_repr="Guardrail order",
+        before={"order": before},
+        after={"order": after},
+    )
+    bundles_mark_stale(obj=GuardrailRule())  # no datasource: every bundle
+
+
+@transaction.atomic
+def guardrail_reorder(*, actor: Any, order: list[int]) -> list[GuardrailRule]:
+    """Put every guardrail in ``order`` (their ids, first evaluated first), in one
+    change. ``order`` must name each guardrail exactly once: a list made from a
+    page that is out of date (a guardrail added or deleted since) is refused."""
+    _require_policy_editor(actor)
+    rules = _lock_guardrails()
+    by_id = {rule.pk: rule for rule in rules}
+    if not isinstance(order, list) or not all(
+        isinstance(pk, int) and not isinstance(pk, bool) for pk in order
+    ):
+        raise ValidationError({"order": "A list of guardrail ids."})
+    unknown = [pk for pk in order if pk not in by_id]
+    if unknown:
+        raise ValidationError(
+            {"order": f"No such guardrail: {', '.join(str(pk) for pk in unknown[:10])}."}
+        )
+    if len(set(order)) != len(order):
+        raise ValidationError({"order": "A guardrail is listed twice."})
+    missing = [rule.name for rule in rules if rule.pk not in set(order)]
+    if missing:
+        raise ValidationError(
+            {
+                "order": f"Every guardrail must be listed; missing: {', '.join(missing[:10])}. "
+                "Reload: the list has changed."
+            }
+        )
+    new_order = [by_id[pk] for pk in order]
+    _guardrails_renumber(actor, rules, new_order)
+    return new_order
 
 
 @transaction.atomic
@@ -387,8 +519,8 @@ def guardrail_move(
 ) -> GuardrailRule:
     """Move to ``position`` (1 = first) or one step ``direction`` "up"/"down".
 
-    Positions are renumbered 1..n afterwards; every guardrail whose position
-    changed gets a history record.
+    Positions are renumbered 1..n afterwards, recorded as one change of the
+    guardrail order (``guardrail_reorder``).
     """
     _require_policy_editor(actor)
     if (position is None) == (direction is None):
@@ -408,29 +540,21 @@ def guardrail_move(
             raise ValidationError({"position": "Positions start at 1."})
         target = position - 1
     target = max(0, min(target, len(rules) - 1))
-    moved = rules.pop(index)
-    rules.insert(target, moved)
-    for new_position, rule in enumerate(rules, start=1):
-        if rule.position != new_position:
-            before = object_snapshot(rule)
-            rule.position = new_position
-            # The deferred unique constraint is checked at commit, after all moves.
-            GuardrailRule.objects.filter(pk=rule.pk).update(position=new_position)
-            change_record_create(
-                actor=actor,
-                action=ChangeAction.UPDATE,
-                obj=rule,
-                before=before,
-                after=object_snapshot(rule),
-            )
-            bundles_mark_stale(obj=rule)
+    order = list(rules)
+    moved = order.pop(index)
+    order.insert(target, moved)
+    _guardrails_renumber(actor, rules, order)
     return moved
 
 
 @transaction.atomic
-def guardrail_delete(*, actor: Any, guardrail: GuardrailRule) -> None:
+def guardrail_delete(*, actor: Any, guardrail: GuardrailRule, reason: str = "") -> None:
+    """Delete a guardrail; one that applies to a production datasource needs a ``reason``."""
     _require_policy_editor(actor)
-    _delete(actor, guardrail, blocked_by="other objects")
+    reason = _reason_for(
+        guardrail, reason, weakens=True, change=f"Deleting guardrail {guardrail.name}"
+    )
+    _delete(actor, guardrail, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=guardrail)
 
 

@@ -11,6 +11,7 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from governance import selectors
 from governance.permissions import can_edit_policy, user_role
 
 register = template.Library()
@@ -145,3 +146,16 @@ def conditions_summary(guardrail: Any) -> str:
         if cond[flag] is not None:
             parts.append(yes if cond[flag] else no)
     return " · ".join(parts) if parts else "every statement"
+
+
+@register.simple_tag(takes_context=True)
+def production_affected(context: template.Context, obj: Any) -> str:
+    """The production datasources ``obj`` protects, comma-separated ("" for none): a
+    button that disables or removes it then asks for confirmation and a reason.
+    Production datasources are read once per rendered page."""
+    cache = context.render_context
+    if "production_datasources" not in cache:
+        cache["production_datasources"] = selectors.production_datasources()
+    return ", ".join(
+        selectors.production_datasources_affected(obj, cache["production_datasources"])
+    )

@@ -12,7 +12,9 @@ the spliced spans is kept byte for byte.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from sidecar.engine.bundle import Masking, Table
@@ -87,7 +89,31 @@ def _type_family(type_name: str) -> str:
     return "other"
 
 
-def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool = True) -> str:
+def hmac_expression(value: str, key: bytes) -> str:
+    """The lower-case hex HMAC-SHA-256 of ``value`` (a text expression) under ``key``,
+    in plain SQL: what ``warden_masking.hmac`` computes from its stored pads
+    (``sidecar/masking_db.py``). Only for a throw-away key (the control plane's mask
+    preview): a real key must never be written into statement text."""
+    block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    block = block.ljust(64, b"\x00")
+    inner = bytes(b ^ 0x36 for b in block).hex()
+    outer = bytes(b ^ 0x5C for b in block).hex()
+    cat = "OPERATOR(pg_catalog.||)"
+    # decode(hex), not a '\x...' literal: no backslash, whatever standard_conforming_strings.
+    return (
+        f"pg_catalog.encode(pg_catalog.sha256(pg_catalog.decode('{outer}', 'hex') {cat} "
+        f"pg_catalog.sha256(pg_catalog.decode('{inner}', 'hex') {cat} "
+        f"pg_catalog.convert_to({value}, 'UTF8'))), 'hex')"
+    )
+
+
+def mask_expression(
+    column: str,
+    type_name: str,
+    masking: Masking,
+    hashing: bool = True,
+    hmac: Callable[[str], str] | None = None,
+) -> str:
     """A PostgreSQL expression masking ``column`` (quoted identifier) that keeps its type.
 
     NULL stays NULL, so masking changes values, never row counts. A strategy
@@ -96,9 +122,14 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
     function in the reserved schema; no key appears in the text. Without that
     function (``hashing`` false) a hashed column is NULL: the engine refuses any
     statement that reads one, and a column nobody reads must still not be raw.
+    ``hmac`` builds the keyed hash of a text expression instead of that call (the
+    preview's ``hmac_expression`` with a throw-away key); whole columns only.
     """
     if masking.paths:
+        if hmac is not None:
+            raise ValueError("hmac is for whole-column masks")
         return structured_expression(column, type_name, masking, hashing)
+    keyed = hmac or (lambda value: f"{HMAC_FUNCTION}({value})")
     family = _type_family(type_name)
     strategy = masking.strategy
     if strategy == "hash" and not hashing:
@@ -111,7 +142,7 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
     cat = "OPERATOR(pg_catalog.||)"
     expr: str | None = None
     if strategy == "hash":
-        digest = f"{HMAC_FUNCTION}({t})"
+        digest = keyed(t)
         if family in ("text", "json", "jsonb"):
             expr = digest if family == "text" else f"pg_catalog.to_jsonb({digest})"
         elif family == "int":
@@ -122,7 +153,8 @@ def mask_expression(column: str, type_name: str, masking: Masking, hashing: bool
         elif family == "uuid":
             expr = f"pg_catalog.substr({digest}, 1, 32)::uuid"
         elif family == "bytea":
-            expr = f"pg_catalog.decode({HMAC_FUNCTION}(pg_catalog.encode({c}, 'hex')), 'hex')"
+            hexed = f"pg_catalog.encode({c}, 'hex')"
+            expr = f"pg_catalog.decode({keyed(hexed)}, 'hex')"
         else:
             strategy = "redact"
     elif strategy == "partial" and family == "text":

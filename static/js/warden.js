@@ -90,3 +90,205 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     }
   });
 })();
+
+/* --- issue 18: careful with production, mask preview, feedback where the eyes are --- */
+
+/* Careful with production: a submit button marked data-reason-prompt asks for
+   confirmation and a reason in a dialog before its form is sent; the reason goes
+   along as "reason". Without JavaScript the server asks for it on a page. */
+(function () {
+  "use strict";
+  var dialog = null;
+  var pending = null;
+
+  function build() {
+    dialog = document.createElement("dialog");
+    dialog.id = "reason-dialog";
+    dialog.className = "reason-dialog";
+    dialog.setAttribute("aria-labelledby", "reason-dialog-title");
+    dialog.innerHTML =
+      '<form method="dialog" class="form">' +
+      '<h2 id="reason-dialog-title"></h2>' +
+      '<div class="field"><label for="reason-dialog-input">Reason</label>' +
+      '<textarea id="reason-dialog-input" rows="3" maxlength="2000" required></textarea>' +
+      '<span class="help">Kept in the configuration history and the audit trail.</span></div>' +
+      '<div class="form-actions">' +
+      '<button type="submit" value="confirm" class="btn btn-danger" id="reason-dialog-confirm"></button>' +
+      '<button type="submit" value="cancel" class="btn" id="reason-dialog-cancel" formnovalidate>Cancel</button>' +
+      "</div></form>";
+    document.body.appendChild(dialog);
+    dialog.addEventListener("close", function () {
+      var button = pending;
+      pending = null;
+      if (!button) return;
+      button.focus();
+      var reason = dialog.querySelector("textarea").value.trim();
+      if (dialog.returnValue !== "confirm" || !reason) return;
+      var form = button.form;
+      var extra = [["reason", reason]];
+      if (button.name) extra.push([button.name, button.value]);
+      extra.forEach(function (pair) {
+        var input = document.createElement("input");
+        input.type = "hidden";
+        input.name = pair[0];
+        input.value = pair[1];
+        input.setAttribute("data-reason-extra", "");
+        form.appendChild(input);
+      });
+      button.setAttribute("data-reason-given", "");
+      form.requestSubmit(button);
+      button.removeAttribute("data-reason-given");
+      // Sent (htmx has read the values): a later click asks again.
+      form.querySelectorAll("[data-reason-extra]").forEach(function (input) {
+        input.remove();
+      });
+    });
+  }
+
+  document.addEventListener(
+    "click",
+    function (event) {
+      var button = event.target.closest("button[data-reason-prompt]");
+      if (!button || !button.form || button.hasAttribute("data-reason-given")) return;
+      event.preventDefault();
+      if (!dialog) build();
+      pending = button;
+      dialog.querySelector("h2").textContent = button.getAttribute("data-reason-prompt");
+      dialog.querySelector("#reason-dialog-confirm").textContent =
+        button.getAttribute("data-reason-confirm") || "Confirm";
+      dialog.querySelector("textarea").value = "";
+      dialog.returnValue = "";
+      dialog.showModal();
+      dialog.querySelector("textarea").focus();
+    },
+    true
+  );
+})();
+
+/* Guardrail order: drag a row (tbody[data-reorder]) and the whole new order is
+   posted at once (hx-trigger "warden:reorder"). The arrow buttons are the
+   keyboard's way to do the same, one step at a time. */
+(function () {
+  "use strict";
+  var dragged = null;
+  var before = "";
+
+  function orderOf(body) {
+    return Array.prototype.map
+      .call(body.querySelectorAll("input[name=order]"), function (input) {
+        return input.value;
+      })
+      .join(",");
+  }
+
+  document.addEventListener("dragstart", function (event) {
+    var row = event.target.closest && event.target.closest("tbody[data-reorder] > tr");
+    if (!row) return;
+    dragged = row;
+    before = orderOf(row.parentNode);
+    row.classList.add("dragging");
+    event.dataTransfer.effectAllowed = "move";
+    event.dataTransfer.setData("text/plain", row.getAttribute("data-name") || "");
+  });
+
+  document.addEventListener("dragover", function (event) {
+    if (!dragged) return;
+    var row = event.target.closest && event.target.closest("tr");
+    if (!row || row.parentNode !== dragged.parentNode || row === dragged) return;
+    event.preventDefault();
+    var box = row.getBoundingClientRect();
+    var after = event.clientY > box.top + box.height / 2;
+    row.parentNode.insertBefore(dragged, after ? row.nextSibling : row);
+  });
+
+  document.addEventListener("drop", function (event) {
+    if (dragged) event.preventDefault();
+  });
+
+  document.addEventListener("dragend", function () {
+    if (!dragged) return;
+    var body = dragged.parentNode;
+    dragged.classList.remove("dragging");
+    dragged = null;
+    if (orderOf(body) !== before && window.htmx) window.htmx.trigger(body, "warden:reorder");
+  });
+})();
+
+/* Masking rule form: show each strategy parameter only for the strategies that
+   take it (data-strategies on its input; all are shown without JavaScript). */
+(function () {
+  "use strict";
+  function sync(root) {
+    var strategy = root.querySelector("select[name=strategy]");
+    if (!strategy) return;
+    root.querySelectorAll("[data-strategies]").forEach(function (input) {
+      var field = input.closest(".field");
+      var used = input.getAttribute("data-strategies").split(" ");
+      if (field) field.hidden = used.indexOf(strategy.value) === -1;
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.name === "strategy" && event.target.form) sync(event.target.form);
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-masking-form]").forEach(sync);
+  });
+})();
+
+/* Feedback where the eyes are. The simulator's result scrolls into view and takes
+   focus when it arrives. After an inline decision in a list marked
+   data-next-focus="<selector of undecided items>", focus moves to the next
+   undecided item (the one after, else the one before), unless the answer shows
+   an error. */
+(function () {
+  "use strict";
+  function focusOn(elt) {
+    if (!elt.hasAttribute("tabindex")) elt.setAttribute("tabindex", "-1");
+    elt.scrollIntoView({ block: "nearest" });
+    elt.focus({ preventScroll: true });
+  }
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var target = event.detail.target;
+    if (!target) return;
+    if (target.id === "simulator") {
+      var result = document.getElementById("simulation-result");
+      if (result) {
+        if (!result.hasAttribute("tabindex")) result.setAttribute("tabindex", "-1");
+        result.scrollIntoView({ block: "start" });
+        result.focus({ preventScroll: true });
+      }
+      return;
+    }
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    var list = target && target.parentNode && target.parentNode.closest("[data-next-focus]");
+    if (!list || !target.id) return;
+    var selector = list.getAttribute("data-next-focus");
+    var items = Array.prototype.slice.call(list.querySelectorAll(selector));
+    var index = items.indexOf(target);
+    var others = items.slice(index + 1).concat(items.slice(0, Math.max(index, 0)).reverse());
+    list.__wardenNext = { id: target.id, candidates: others.map(function (e) { return e.id; }) };
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var target = event.detail.target;
+    var item = target && target.id ? document.getElementById(target.id) : null;
+    var list = item && item.parentNode && item.parentNode.closest("[data-next-focus]");
+    var plan = list && list.__wardenNext;
+    if (!plan || plan.id !== item.id) return;
+    list.__wardenNext = null;
+    if (event.detail.xhr && event.detail.xhr.status >= 400) return;
+    if (item.querySelector("[role=alert]")) return;
+    var selector = list.getAttribute("data-next-focus");
+    for (var i = 0; i < plan.candidates.length; i++) {
+      var next = document.getElementById(plan.candidates[i]);
+      if (next && next.matches(selector)) {
+        focusOn(next);
+        return;
+      }
+    }
+  });
+})();

@@ -49,7 +49,9 @@ def test_policy_change_emits_an_event_in_the_datasource_chain(
     demo_policy: Any, admin_user: Any
 ) -> None:
     rule = demo_policy.masking_rules[0]
-    services.masking_rule_update(actor=admin_user, rule=rule, data={"enabled": False})
+    services.masking_rule_update(
+        actor=admin_user, rule=rule, data={"enabled": False}, reason="replaced"
+    )
     ds = demo_policy.datasource
     services.datasource_update(actor=admin_user, datasource=ds, data={"description": "new words"})
     change = _latest(type="policy.change", chain=datasource_chain(ds.pk))

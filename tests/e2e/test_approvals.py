@@ -47,11 +47,22 @@ def test_approve_inline_swaps_the_card_and_drops_the_badge(
     expect(card.locator(".sql .sql-k").first).to_have_text("DELETE")
     screenshot("60-approval-inbox")
     _no_reload_marker(page)
+    # The card the focus should move to: the next pending one (else the one before).
+    following = page.evaluate(
+        """id => {
+          const cards = [...document.querySelectorAll('.approval[data-state=pending]')];
+          const i = cards.findIndex(c => c.id === id);
+          return (cards[i + 1] || cards[i - 1]).id;
+        }""",
+        f"request-{s.agent_request.pk}",
+    )
 
     card.get_by_role("button", name="Approve agent-reports's request").click()
 
     card = page.locator(f"#request-{s.agent_request.pk}")
     expect(card).to_have_attribute("data-state", "approved")
+    expect(page.locator(f"#{following}")).to_be_focused()
+    expect(page.locator(f"#{following}")).to_be_in_viewport()
     expect(card.locator(".decision-note")).to_contain_text("Approved by reviewer")
     expect(badge).to_have_attribute("data-count", "3")
     expect(badge).to_contain_text("3")

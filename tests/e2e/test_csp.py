@@ -89,6 +89,9 @@ def test_main_pages_raise_no_csp_violation(
     _visit(page, "/guardrails/")
     switch = page.locator(f"#toggle-{guardrail.pk}")
     switch.click()
+    # It protects production: the dialog asks for a reason first.
+    page.get_by_role("dialog").get_by_label("Reason").fill("csp check")
+    page.get_by_role("dialog").get_by_role("button", name="Disable guardrail").click()
     expect(page.locator(f"#toggle-{guardrail.pk}")).to_have_attribute("aria-checked", "false")
     page.locator(f"#toggle-{guardrail.pk}").click()
     expect(page.locator(f"#toggle-{guardrail.pk}")).to_have_attribute("aria-checked", "true")

@@ -64,7 +64,7 @@ def test_edit_masking_rule_and_see_it_in_history(
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Masking rules").click()
     page.get_by_role("link", name="mask-ssn").click()
     page.get_by_role("link", name="Edit").click()
-    page.get_by_label("Parameters").fill('{"keep_last": 2}')
+    page.get_by_label("Characters kept at the end").fill("2")
     page.get_by_role("group", name="Environments").get_by_label("production").check()
     page.get_by_role("button", name="Save changes").click()
 
@@ -88,10 +88,14 @@ def test_invalid_masking_params_shown_inline(
     rule = demo_policy.masking_rules[1]
     sign_in(security_user, "security")
     page.goto(f"/masking-rules/{rule.pk}/edit/")
-    page.get_by_label("Parameters").fill('{"keep_last": 99}')
+    keep_last = page.get_by_label("Characters kept at the end")
+    expect(keep_last).to_have_attribute("max", "16")  # a typed field with its bounds
+    keep_last.fill("99")
     page.get_by_role("button", name="Save changes").click()
-    expect(page.locator("#field-params .errorlist")).to_contain_text("from 1 to 16")
-    expect(page.get_by_label("Parameters")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#field-param_keep_last .errorlist")).to_contain_text("16")
+    expect(page.get_by_label("Characters kept at the end")).to_have_attribute(
+        "aria-invalid", "true"
+    )
     rule.refresh_from_db()
     assert rule.params == {"keep_last": 4}
 
@@ -108,6 +112,9 @@ def test_toggle_and_reorder_guardrails_inline_without_reload(
     switch = page.locator(f"#toggle-{second.pk}")
     expect(switch).to_have_attribute("aria-checked", "true")
     switch.click()
+    # It applies everywhere, production included: a reason first.
+    page.get_by_role("dialog").get_by_label("Reason").fill("too noisy")
+    page.get_by_role("dialog").get_by_role("button", name="Disable guardrail").click()
     expect(page.locator(f"#toggle-{second.pk}")).to_have_attribute("aria-checked", "false")
     expect(page.locator(f"#guardrail-{second.pk}")).to_have_class("is-disabled flash")
     second.refresh_from_db()
@@ -147,7 +154,10 @@ def test_guardrails_work_without_javascript(
         page.goto("/guardrails/?action=block")
         first = demo_policy.guardrails[0]
         page.locator(f"#toggle-{first.pk}").click()
-        # A plain POST, then a redirect back to the filtered list.
+        # It protects production: a page asks for the reason, then a redirect back
+        # to the filtered list.
+        page.get_by_label("Reason").fill("migration window")
+        page.get_by_role("button", name="Disable guardrail").click()
         page.wait_for_url("**/guardrails/?action=block")
         expect(page.locator(".messages")).to_contain_text(f"Guardrail {first.name} disabled")
         expect(page.locator(f"#toggle-{first.pk}")).to_have_attribute("aria-checked", "false")

@@ -60,9 +60,17 @@ def test_security_works_the_review_queue_inline(
     phone, name, birth = queue["phone"], queue["full_name"], queue["birth_date"]
     page.get_by_role("button", name="Confirm public.customers.phone as pii.phone").click()
     expect(page.locator(f"#review-{phone.pk}")).to_contain_text("confirmed by security")
+    # Focus moves on to the next item awaiting a decision.
+    expect(page.locator(f"#review-{name.pk}")).to_be_focused()
 
+    # crm-prod is production: rejecting asks for confirmation and a reason first.
     page.get_by_role("button", name="Reject pii.name for public.customers.full_name").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("production datasource crm-prod")
+    dialog.get_by_label("Reason").fill("Product names, not people")
+    dialog.get_by_role("button", name="Reject").click()
     expect(page.locator(f"#review-{name.pk}")).to_contain_text("rejected by security")
+    expect(page.locator(f"#review-{birth.pk}")).to_be_focused()
 
     page.get_by_label("Reclassify public.customers.birth_date as").select_option("pii.dob")
     page.get_by_role("button", name="Reclassify public.customers.birth_date").click()
@@ -89,6 +97,19 @@ def test_security_works_the_review_queue_inline(
     page.get_by_role("button", name="Scan now").click()
     expect(page.locator("#scan-pending")).to_contain_text("requested, not reported yet")
     screenshot("datasource-scans")
+    # When the sidecar reports the scan, the page updates itself (polling stops).
+    page.evaluate("window.__noReload = 'scan'")
+    schedule = services.scan_schedule_for(datasource=phone.datasource)
+    services.sidecar_schema_report(
+        datasource_id=phone.datasource_id,
+        snapshot=DEMO_SCHEMA,
+        findings=[_finding("ssn", "pii.ssn", 0.99)],
+        scan={"id": schedule.requested, "trigger": "request"},
+    )
+    expect(page.locator("#scan-history tbody tr")).to_have_count(2, timeout=8000)
+    expect(page.locator("#scan-pending")).to_have_count(0)
+    expect(page.locator("#scans")).not_to_have_attribute("hx-trigger", "every 2s")
+    assert page.evaluate("() => window.__noReload") == "scan"
 
 
 def test_review_queue_works_without_javascript(

@@ -30,6 +30,9 @@ def test_security_user_simulates_mask_then_block(
     _fill(page, "SELECT email FROM customers")
     result = page.locator("#simulation-result")
     expect(result.locator(".badge-action-allow")).to_have_text("allow")
+    # The result takes focus, and is on screen, where the eyes go next.
+    expect(result).to_be_focused()
+    expect(result).to_be_in_viewport()
     upstream = result.locator(".upstream-sql")
     expect(upstream).to_contain_text("***@")
     expect(upstream).not_to_have_text("SELECT email FROM customers")
@@ -37,8 +40,11 @@ def test_security_user_simulates_mask_then_block(
     expect(result.locator("table.lineage")).to_contain_text("pii.email")
     screenshot("20-simulator-masked")
 
+    page.evaluate("window.scrollTo(0, 0)")
     _fill(page, "DROP TABLE customers")
     expect(result.locator(".badge-action-block")).to_have_text("block")
+    expect(result).to_be_focused()
+    expect(result).to_be_in_viewport()
     expect(result.locator(".reasons")).to_contain_text("block-ddl-in-production")
     expect(result.locator(".client-message")).to_contain_text("migrations")
     screenshot("21-simulator-blocked")

@@ -229,7 +229,10 @@ def test_security_creates_reads_and_deletes_with_history(name, api, demo_policy)
     history = api["auditor"].call("GET", f"/api/v1/{name}/{pk}/history/").json()["results"]
     assert [h["action"] for h in history] == ["create"]
     assert history[0]["actor_name"] == "security"
-    assert api["security"].call("DELETE", f"/api/v1/{name}/{pk}/").status_code == 204
+    # A reason is required where the object protects production (crm-prod); elsewhere
+    # it is kept when given.
+    response = api["security"].call("DELETE", f"/api/v1/{name}/{pk}/?reason=tidy+up")
+    assert response.status_code == 204
     assert not model.objects.filter(pk=obj.pk).exists()
     deleted = ChangeRecord.objects.filter(
         content_type__model=model._meta.model_name, object_id=str(pk), action="delete"
@@ -302,7 +305,9 @@ def test_no_masking_key_in_datasource_or_bundle(api, demo_policy):
 
 def test_guardrail_enable_disable_and_move(api, demo_policy):
     first, second = demo_policy.guardrails
-    response = api["security"].call("POST", f"/api/v1/guardrails/{first.pk}/disable/")
+    response = api["security"].call(
+        "POST", f"/api/v1/guardrails/{first.pk}/disable/", {"reason": "migration window"}
+    )
     assert response.status_code == 200 and response.json()["enabled"] is False
     response = api["security"].call(
         "POST", f"/api/v1/guardrails/{first.pk}/move/", {"direction": "down"}
@@ -313,8 +318,11 @@ def test_guardrail_enable_disable_and_move(api, demo_policy):
     history = (
         api["auditor"].call("GET", f"/api/v1/guardrails/{first.pk}/history/").json()["results"]
     )
-    assert history[0]["before"]["position"] == 1 and history[0]["after"]["position"] == 2
-    assert history[1]["before"]["enabled"] is True and history[1]["after"]["enabled"] is False
+    # The move is one change of the guardrail order, not one per guardrail moved.
+    assert history[0]["before"]["enabled"] is True and history[0]["after"]["enabled"] is False
+    assert history[0]["reason"] == "migration window"
+    order = ChangeRecord.objects.filter(object_id="order").get()
+    assert order.after == {"order": [second.name, first.name]}
     bad = api["security"].call("POST", f"/api/v1/guardrails/{first.pk}/move/", {})
     assert bad.status_code == 400
     assert api["auditor"].call("POST", f"/api/v1/guardrails/{first.pk}/enable/").status_code == 403
@@ -492,7 +500,7 @@ def test_valid_update_is_recorded_from_what_to_what(name, api, demo_policy):
         "datasources": ("description", "CRM in production"),
         "classifications": ("description", "Where to reach someone"),
         "column-classifications": ("classification", "pii.name"),
-        "masking-rules": ("enabled", False),
+        "masking-rules": ("strategy", "redact"),
         "guardrails": ("message", "No DDL here."),
         "detectors": ("confidence", 0.75),
     }[name]

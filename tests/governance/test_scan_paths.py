@@ -147,7 +147,10 @@ def test_a_rejected_path_is_remembered_for_that_path_only(
     _post(sidecar_token, report)
     email_path = ColumnClassification.objects.get(column_name="profile", path="profile.email")
     services.column_classification_review(
-        actor=security_user, column_classification=email_path, status="rejected"
+        actor=security_user,
+        column_classification=email_path,
+        status="rejected",
+        reason="a test address",
     )
     rejection = ClassificationRejection.objects.get(column_name="profile")
     assert (rejection.path, rejection.classification.name) == ("profile.email", "pii.email")

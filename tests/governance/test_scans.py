@@ -225,7 +225,7 @@ def test_rejection_is_remembered_and_reclassify_confirms_another(
     _post(sidecar_token, report)
     phone = ColumnClassification.objects.get(column_name="phone")
     services.column_classification_review(
-        actor=security_user, column_classification=phone, status="rejected"
+        actor=security_user, column_classification=phone, status="rejected", reason="not a phone"
     )
     assert "public.customers.phone" not in _compiled_columns(demo_policy.datasource)
     assert ClassificationRejection.objects.filter(classification__name="pii.phone").exists()
@@ -347,7 +347,7 @@ def test_view_columns_inherit_and_follow_their_source(
     )
     assert _compiled_columns(demo_policy.datasource)["public.contacts.tel"] == "pii.phone"
     services.column_classification_review(
-        actor=security_user, column_classification=phone, status="rejected"
+        actor=security_user, column_classification=phone, status="rejected", reason="not a phone"
     )
     assert "public.contacts.tel" not in _compiled_columns(demo_policy.datasource)
 
@@ -371,7 +371,9 @@ def test_a_view_over_a_view_inherits_in_one_report(demo_policy: Any, sidecar_tok
     # The source goes away: both inherited ones follow.
     _post(sidecar_token, {"snapshot": _snapshot(inner, outer), "findings": []})
     email = ColumnClassification.objects.get(table_name="customers", column_name="email")
-    services.column_classification_delete(actor=demo_policy.owner.user, column_classification=email)
+    services.column_classification_delete(
+        actor=demo_policy.owner.user, column_classification=email, reason="not personal"
+    )
     assert not ColumnClassification.objects.filter(source="inherited").exists()
 
 

@@ -232,7 +232,7 @@ def test_api_tries_a_disabled_guardrail_by_name(
     demo_policy: Any, admin_user: Any, api: dict[str, Api]
 ) -> None:
     services.guardrail_set_enabled(
-        actor=admin_user, guardrail=demo_policy.guardrails[0], enabled=False
+        actor=admin_user, guardrail=demo_policy.guardrails[0], enabled=False, reason="trying"
     )
     body = {"datasource": "crm-prod", "identity": "security", "sql": "DROP TABLE customers"}
     off = api["auditor"].call("POST", URL, body).json()

@@ -131,7 +131,7 @@ def test_toggle_with_htmx_returns_the_row(client: Any, demo_policy: Any, securit
     client.force_login(security_user)
     rule = demo_policy.guardrails[1]
     url = reverse("governance:guardrail_toggle", args=[rule.pk])
-    response = client.post(url, HTTP_HX_REQUEST="true")
+    response = client.post(url, {"reason": "noisy"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     body = response.content.decode()
     assert body.strip().startswith(f'<tr id="guardrail-{rule.pk}"')
@@ -150,7 +150,13 @@ def test_toggle_without_javascript_redirects_back(
     client.force_login(security_user)
     rule = demo_policy.guardrails[0]
     url = reverse("governance:guardrail_toggle", args=[rule.pk])
-    response = client.post(url, {"next": "/guardrails/?action=block"})
+    # It protects production: without a reason a page asks for one, keeping "next".
+    asked = client.post(url, {"next": "/guardrails/?action=block"})
+    assert asked.status_code == 400
+    assert b'name="reason"' in asked.content and b"/guardrails/?action=block" in asked.content
+    rule.refresh_from_db()
+    assert rule.enabled is True
+    response = client.post(url, {"next": "/guardrails/?action=block", "reason": "noisy"})
     assert response.status_code == 302
     assert response.url == "/guardrails/?action=block"
     rule.refresh_from_db()
@@ -186,7 +192,7 @@ def test_move_reorders_and_returns_all_rows(client: Any, demo_policy: Any, secur
     response = client.post(url, {"direction": "up"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     body = response.content.decode()
-    assert body.strip().startswith('<tbody id="guardrail-rows">')
+    assert body.strip().startswith('<tbody id="guardrail-rows"')
     assert body.index(f'id="guardrail-{second.pk}"') < body.index(f'id="guardrail-{first.pk}"')
     first.refresh_from_db()
     second.refresh_from_db()
@@ -217,8 +223,12 @@ def test_delete_guardrail_after_confirmation(client: Any, demo_policy: Any, secu
     confirm = client.get(url)
     assert confirm.status_code == 200
     assert b"cannot be undone" in confirm.content
+    assert b'name="reason"' in confirm.content  # it protects crm-prod
     assert GuardrailRule.objects.filter(pk=rule.pk).exists()
-    response = client.post(url)
+    refused = client.post(url)
+    assert refused.status_code == 400 and b"give a reason" in refused.content
+    assert GuardrailRule.objects.filter(pk=rule.pk).exists()
+    response = client.post(url, {"reason": "replaced by a migration check"})
     assert response.status_code == 302
     assert not GuardrailRule.objects.filter(pk=rule.pk).exists()
     assert change_history_for(rule).filter(action="delete").exists()

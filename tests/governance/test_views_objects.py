@@ -341,14 +341,15 @@ def test_masking_rule_edit_shows_in_history(editor: Any, demo_policy: Any) -> No
     rule = demo_policy.masking_rules[1]  # mask-ssn, partial keep_last 4
     url = reverse("governance:masking_rule_edit", args=[rule.pk])
     form = editor.get(url).context["form"]
-    assert json.loads(form["params"].value()) == {"keep_last": 4}
+    # Parameters are typed fields, one per parameter, not a JSON text.
+    assert form["param_keep_last"].value() == 4 and "params" not in form.fields
     response = editor.post(
         url,
         {
             "name": "mask-ssn",
             "classification": rule.classification_id,
             "strategy": "partial",
-            "params": '{"keep_last": 2}',
+            "param_keep_last": "2",
             "environments": ["production"],
             "exempt_teams": [demo_policy.team_b.pk],
             "enabled": "on",
@@ -367,9 +368,9 @@ def test_masking_rule_edit_shows_in_history(editor: Any, demo_policy: Any) -> No
 @pytest.mark.parametrize(
     ("overrides", "field", "text"),
     [
-        ({"params": '{"keep_last": 99}'}, "params", "must be an integer from 1 to 16"),
-        ({"params": '{"colour": "red"}'}, "params", "is not a parameter of partial"),
-        ({"params": "[1,"}, "params", "Not valid JSON"),
+        ({"param_keep_last": "99"}, "param_keep_last", "less than or equal to 16"),
+        ({"param_keep_last": ""}, "param_keep_last", "is required for the partial strategy"),
+        ({"param_keep_last": "two"}, "param_keep_last", "Enter a whole number"),
         ({"strategy": "scramble"}, "strategy", "Select a valid choice"),
         ({"classification": "999999"}, "classification", "Select a valid choice"),
         ({"environments": ["mars"]}, "environments", "Select a valid choice"),
@@ -383,7 +384,7 @@ def test_masking_rule_invalid(
         "name": "mask-card",
         "classification": card.pk,
         "strategy": "partial",
-        "params": '{"keep_last": 4}',
+        "param_keep_last": "4",
         "enabled": "on",
         **overrides,
     }

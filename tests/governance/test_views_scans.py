@@ -97,7 +97,12 @@ def test_reject_and_reclassify_without_javascript_redirect_back(
     client.force_login(security_user)
     name, phone = proposals["full_name"], proposals["phone"]
     back = reverse("governance:review_queue") + "?datasource=" + str(name.datasource_id)
-    response = client.post(_decide(name), {"decision": "reject", "next": back})
+    # Production: without a reason the decision is refused with a page asking for one.
+    asked = client.post(_decide(name), {"decision": "reject", "next": back})
+    assert asked.status_code == 400 and b'name="reason"' in asked.content
+    name.refresh_from_db()
+    assert name.status != "rejected"
+    response = client.post(_decide(name), {"decision": "reject", "next": back, "reason": "no"})
     assert (response.status_code, response.url) == (302, back)
     name.refresh_from_db()
     assert name.status == "rejected"

@@ -44,7 +44,11 @@ def test_forms_offer_the_vocabulary() -> None:
     form = MaskingRuleForm()
     strategies = [v for v, _ in form.fields["strategy"].choices if v]
     assert strategies == list(vocabulary.MASKING_STRATEGIES)
-    assert form.fields["params"].help_text == strategy_params_help()
+    # One typed field per parameter, bounded as the vocabulary says (the API's JSON
+    # keeps strategy_params_help).
+    for parameter in vocabulary.MASKING_PARAMETERS:
+        field = form.fields[f"param_{parameter.name}"]
+        assert (field.min_value, field.max_value) == (parameter.minimum, parameter.maximum)
     assert '"keep_last": 1 to 16' in strategy_params_help()
 
 

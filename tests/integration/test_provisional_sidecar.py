@@ -140,7 +140,7 @@ def test_a_provisional_finding_is_masked_for_people_and_audited_for_services(
         # Rejecting the finding unmasks the column in the running sidecar.
         phone = ColumnClassification.objects.get(datasource=datasource, column_name="phone")
         services.column_classification_review(
-            actor=admin_user, column_classification=phone, status="rejected"
+            actor=admin_user, column_classification=phone, status="rejected", reason="no phone"
         )
 
         def unmasked() -> bool:

@@ -10,6 +10,8 @@ in every unclassified column.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from decimal import Decimal
 from typing import Any
@@ -19,6 +21,8 @@ import pytest
 from psycopg import sql as pgsql
 
 from sidecar.engine import Bundle, Engine
+from sidecar.engine.bundle import Masking
+from sidecar.engine.masking import hmac_expression, mask_expression
 from tests.sidecar.engine.cases import CLASSIFIED_READS
 
 # Output columns that never derive from classified data in these statements.
@@ -225,3 +229,32 @@ def test_masking_keeps_types_and_nulls(engines: dict[str, Engine], pg: psycopg.C
     )
     _, rows = _run(pg, d.upstream_sql)
     assert rows == [("text", "date", "jsonb", True)]  # customer 7 has no email
+
+
+def test_hmac_expression_equals_the_installed_keyed_function(pg: psycopg.Connection[Any]) -> None:
+    """The plain-SQL HMAC (the control plane's mask preview, with a throw-away key) is
+    the function the sidecar calls: same key, same digest, for text and bytea."""
+    key = bytes(range(32))
+    block = key.ljust(64, b"\x00")
+    # Put this key in the installed table (rolled back with the test's transaction).
+    pg.execute(
+        "UPDATE warden_masking.masking_key SET inner_pad = %s, outer_pad = %s WHERE active",
+        (bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)),
+    )
+    masking = Masking("pii.email", "hash", {}, frozenset())
+    for type_name, value in [("text", "ann.lee@example.org"), ("bytea", b"\x00\xffraw")]:
+        installed = mask_expression('"v"', type_name, masking)
+        inline = mask_expression(
+            '"v"', type_name, masking, hmac=lambda text: hmac_expression(text, key)
+        )
+        assert "warden_masking" not in inline
+        row = pg.execute(
+            pgsql.SQL("SELECT {}, {} FROM (SELECT %s::{} AS v) AS t").format(
+                pgsql.SQL(installed), pgsql.SQL(inline), pgsql.SQL(type_name)
+            ),
+            (value,),
+        ).fetchone()
+        assert row is not None and row[0] == row[1]
+    expected = hmac.new(key, b"ann.lee@example.org", hashlib.sha256).hexdigest()
+    literal = "'ann.lee@example.org'"
+    assert pg.execute(f"SELECT {hmac_expression(literal, key)}").fetchone() == (expected,)

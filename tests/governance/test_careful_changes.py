@@ -1,0 +1,312 @@
+"""Careful with production: a reason for the changes that weaken it, and one reorder.
+
+Disabling or deleting a guardrail, disabling or deleting a masking rule, rejecting or
+removing a column classification: when the object protects a production datasource
+the API and the pages refuse without a ``reason`` (400, naming the field) and keep
+the reason in the change record and its ``policy.change`` event. Elsewhere a click
+is enough. Reordering every guardrail is one change. Each endpoint is also tried with
+the wrong role and with an object that is not the one addressed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from audit.models import AuditEvent, ChangeRecord
+from governance import selectors, services
+from governance.models import (
+    Classification,
+    ColumnClassification,
+    Environment,
+    GuardrailRule,
+    MaskingRule,
+)
+from tests.governance.test_api_access import Api
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("policy_once")]
+
+
+@pytest.fixture
+def api(personas: dict[str, Any]) -> dict[str, Api]:
+    return {role: Api(user) for role, user in personas.items()}
+
+
+def _fields(response: Any) -> dict[str, list[str]]:
+    return response.json()["error"]["fields"]
+
+
+def _last_event(change: ChangeRecord) -> dict[str, Any]:
+    """The detail of the change's ``policy.change`` event."""
+    event = AuditEvent.objects.get(type="policy.change", extra__detail__change_record=change.pk)
+    return event.extra["detail"]
+
+
+@pytest.fixture
+def staging_rule(security_user: Any) -> GuardrailRule:
+    """A guardrail that applies to staging only (no production datasource there)."""
+    return services.guardrail_create(
+        actor=security_user,
+        name="review-staging-ddl",
+        action="review",
+        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
+        message="DDL in staging is reviewed.",
+    )
+
+
+def test_what_affects_production(demo_policy: Any, staging_rule: GuardrailRule) -> None:
+    block_ddl, review_agents = demo_policy.guardrails
+    assert selectors.production_datasources_affected(block_ddl) == ["crm-prod"]
+    assert selectors.production_datasources_affected(review_agents) == ["crm-prod"]  # all
+    assert selectors.production_datasources_affected(staging_rule) == []
+    rule = demo_policy.masking_rules[0]
+    assert selectors.production_datasources_affected(rule) == ["crm-prod"]  # every env
+    rule.environments = ["sandbox"]
+    assert selectors.production_datasources_affected(rule) == []
+    assert selectors.production_datasources_affected(demo_policy.columns[0]) == ["crm-prod"]
+    production = Environment.objects.get(name="production")
+    production.criticality = 4  # no production datasource left
+    production.save()
+    assert selectors.production_datasources_affected(block_ddl) == []
+
+
+def test_disable_guardrail_needs_a_reason_kept_in_history_and_event(
+    api: dict[str, Api], demo_policy: Any
+) -> None:
+    rule = demo_policy.guardrails[0]
+    url = f"/api/v1/guardrails/{rule.pk}/disable/"
+    before = ChangeRecord.objects.count()
+    assert api["reviewer"].call("POST", url, {"reason": "x"}).status_code == 403
+    assert api["auditor"].call("POST", url, {"reason": "x"}).status_code == 403
+    assert api["security"].call("POST", "/api/v1/guardrails/999999/disable/").status_code == 404
+    refused = api["security"].call("POST", url, {})
+    assert refused.status_code == 400
+    assert "crm-prod" in _fields(refused)["reason"][0]
+    blank = api["security"].call("POST", url, {"reason": "   "})
+    assert blank.status_code == 400 and "reason" in _fields(blank)
+    rule.refresh_from_db()
+    assert rule.enabled is True and ChangeRecord.objects.count() == before
+
+    done = api["security"].call("POST", url, {"reason": "Migration window, INC-42"})
+    assert done.status_code == 200 and done.json()["enabled"] is False
+    change = ChangeRecord.objects.get(object_id=str(rule.pk), action="update")
+    assert change.reason == "Migration window, INC-42"
+    assert _last_event(change)["reason"] == "Migration window, INC-42"
+    history = api["auditor"].call("GET", f"/api/v1/guardrails/{rule.pk}/history/").json()
+    assert history["results"][0]["reason"] == "Migration window, INC-42"
+    # Enabling it again weakens nothing: no reason needed.
+    enabled = api["security"].call("POST", f"/api/v1/guardrails/{rule.pk}/enable/")
+    assert enabled.status_code == 200 and enabled.json()["enabled"] is True
+
+
+def test_patch_disabling_and_delete_take_the_reason_in_body_or_query(
+    api: dict[str, Api], demo_policy: Any
+) -> None:
+    rule = demo_policy.guardrails[1]
+    url = f"/api/v1/guardrails/{rule.pk}/"
+    assert api["security"].call("PATCH", url, {"enabled": False}).status_code == 400
+    # Other changes of a production guardrail stay one call.
+    assert api["security"].call("PATCH", url, {"message": "Agents ask first."}).status_code == 200
+    patched = api["security"].call("PATCH", url, {"enabled": False, "reason": "noisy"})
+    assert patched.status_code == 200 and "reason" not in patched.json()  # write-only
+    assert api["reviewer"].call("DELETE", url + "?reason=x").status_code == 403
+    refused = api["security"].call("DELETE", url)
+    assert refused.status_code == 400 and "reason" in _fields(refused)
+    assert api["security"].call("DELETE", url, {"reason": "superseded"}).status_code == 204
+    deleted = ChangeRecord.objects.get(object_id=str(rule.pk), action="delete")
+    assert deleted.reason == "superseded"
+    assert _last_event(deleted)["reason"] == "superseded"
+
+    masking = demo_policy.masking_rules[0]
+    murl = f"/api/v1/masking-rules/{masking.pk}/"
+    assert api["security"].call("PATCH", murl, {"enabled": False}).status_code == 400
+    assert api["security"].call("DELETE", murl).status_code == 400
+    assert api["security"].call("DELETE", murl + "?reason=replaced+by+hash").status_code == 204
+    assert not MaskingRule.objects.filter(pk=masking.pk).exists()
+    assert ChangeRecord.objects.get(object_id=str(masking.pk), action="delete").reason == (
+        "replaced by hash"
+    )
+
+
+def test_outside_production_one_call_is_enough(
+    api: dict[str, Api], demo_policy: Any, staging_rule: GuardrailRule, security_user: Any
+) -> None:
+    url = f"/api/v1/guardrails/{staging_rule.pk}/"
+    assert api["security"].call("POST", url + "disable/").status_code == 200
+    assert api["security"].call("DELETE", url).status_code == 204
+    rule = services.masking_rule_create(
+        actor=security_user,
+        name="mask-card-sandbox",
+        classification=Classification.objects.get(name="financial.card"),
+        strategy="redact",
+        environments=["sandbox"],
+    )
+    assert api["security"].call("DELETE", f"/api/v1/masking-rules/{rule.pk}/").status_code == 204
+
+
+def test_reject_or_remove_a_production_classification_needs_a_reason(
+    api: dict[str, Api], demo_policy: Any, security_user: Any
+) -> None:
+    email, ssn = demo_policy.columns[0], demo_policy.columns[1]
+    decide = f"/api/v1/column-classifications/{email.pk}/decide/"
+    assert api["reviewer"].call("POST", decide, {"decision": "reject"}).status_code == 403
+    refused = api["security"].call("POST", decide, {"decision": "reject"})
+    assert refused.status_code == 400 and "reason" in _fields(refused)
+    email.refresh_from_db()
+    assert email.status == "confirmed"
+    done = api["security"].call(
+        "POST", decide, {"decision": "reject", "reason": "a shared mailbox, not a person"}
+    )
+    assert done.status_code == 200 and done.json()["status"] == "rejected"
+    change = ChangeRecord.objects.filter(object_id=str(email.pk), action="update").first()
+    assert change is not None and change.reason == "a shared mailbox, not a person"
+    # Confirming needs none.
+    confirm = api["security"].call("POST", decide, {"decision": "confirm"})
+    assert confirm.status_code == 200
+
+    url = f"/api/v1/column-classifications/{ssn.pk}/"
+    assert api["security"].call("DELETE", url).status_code == 400
+    assert api["security"].call("DELETE", url + "?reason=dropped+column").status_code == 204
+    assert not ColumnClassification.objects.filter(pk=ssn.pk).exists()
+
+
+def test_review_page_decisions_and_other_datasource(
+    client: Client, demo_policy: Any, security_user: Any, reviewer_user: Any
+) -> None:
+    email = demo_policy.columns[0]
+    other = services.datasource_create(
+        actor=security_user,
+        name="crm-staging",
+        environment=Environment.objects.get(name="staging"),
+    )
+    url = reverse("governance:review_decide", args=[email.datasource_id, email.pk])
+    wrong = reverse("governance:review_decide", args=[other.pk, email.pk])
+    client.force_login(reviewer_user)
+    assert client.post(url, {"decision": "reject", "reason": "x"}).status_code == 403
+    client.force_login(security_user)
+    assert client.post(wrong, {"decision": "reject", "reason": "x"}).status_code == 404
+    inline = client.post(url, {"decision": "reject"}, HTTP_HX_REQUEST="true")
+    assert inline.status_code == 200 and b"give a reason" in inline.content
+    email.refresh_from_db()
+    assert email.status == "confirmed"
+    client.post(url, {"decision": "reject", "reason": "shared inbox"}, HTTP_HX_REQUEST="true")
+    email.refresh_from_db()
+    assert email.status == "rejected"
+
+
+def test_delete_page_asks_for_the_reason_only_in_production(
+    client: Client, demo_policy: Any, security_user: Any, staging_rule: GuardrailRule
+) -> None:
+    client.force_login(security_user)
+    rule = demo_policy.masking_rules[0]
+    url = reverse("governance:masking_rule_delete", args=[rule.pk])
+    page = client.get(url).content.decode()
+    assert 'name="reason"' in page and "crm-prod" in page
+    assert client.post(url).status_code == 400
+    assert client.post(url, {"reason": "moving to hash"}).status_code == 302
+    assert ChangeRecord.objects.get(object_id=str(rule.pk), action="delete").reason == (
+        "moving to hash"
+    )
+    staging = reverse("governance:guardrail_delete", args=[staging_rule.pk])
+    assert 'name="reason"' not in client.get(staging).content.decode()
+    assert client.post(staging).status_code == 302
+
+
+def test_guardrail_edit_form_reason_and_create_position(
+    client: Client, demo_policy: Any, security_user: Any
+) -> None:
+    client.force_login(security_user)
+    rule = demo_policy.guardrails[0]
+    edit = reverse("governance:guardrail_edit", args=[rule.pk])
+    form = client.get(edit).context["form"]
+    assert "reason" in form.fields and "position" not in form.fields
+    assert "crm-prod" in form.fields["reason"].help_text
+    data = {
+        "name": rule.name,
+        "action": "block",
+        "message": rule.message,
+        "environments": ["production"],
+        "statement_kinds": ["ddl"],
+    }  # "enabled" left out: unticked
+    refused = client.post(edit, data)
+    assert refused.status_code == 400 and refused.context["form"].errors["reason"]
+    assert client.post(edit, {**data, "reason": "freeze over"}).status_code == 302
+    rule.refresh_from_db()
+    assert rule.enabled is False
+
+    create = reverse("governance:guardrail_create")
+    assert "position" in client.get(create).context["form"].fields
+    response = client.post(
+        create,
+        {
+            "name": "block-copy",
+            "action": "block",
+            "message": "No COPY.",
+            "statement_kinds": ["copy"],
+            "enabled": "on",
+            "position": "1",
+        },
+    )
+    assert response.status_code == 302
+    assert list(GuardrailRule.objects.values_list("name", flat=True)) == [
+        "block-copy",
+        "block-ddl-in-production",
+        "review-agent-writes",
+    ]
+
+
+def test_reorder_is_one_change(
+    api: dict[str, Api], client: Client, demo_policy: Any, security_user: Any
+) -> None:
+    first, second = demo_policy.guardrails
+    third = services.guardrail_create(
+        actor=security_user,
+        name="block-truncate",
+        action="block",
+        conditions={"statement_kinds": ["truncate"]},
+        message="No TRUNCATE.",
+    )
+    url = "/api/v1/guardrails/order/"
+    before = ChangeRecord.objects.count()
+    assert api["reviewer"].call("POST", url, {"order": [third.pk]}).status_code == 403
+    missing = api["security"].call("POST", url, {"order": [third.pk, first.pk]})
+    assert missing.status_code == 400
+    assert "review-agent-writes" in _fields(missing)["order"][0]
+    unknown = api["security"].call("POST", url, {"order": [third.pk, first.pk, 999999]})
+    assert unknown.status_code == 400 and "999999" in _fields(unknown)["order"][0]
+    twice = api["security"].call("POST", url, {"order": [third.pk, first.pk, first.pk]})
+    assert twice.status_code == 400
+    assert ChangeRecord.objects.count() == before
+
+    done = api["security"].call("POST", url, {"order": [third.pk, first.pk, second.pk]})
+    assert done.status_code == 200
+    assert [g["name"] for g in done.json()] == [third.name, first.name, second.name]
+    assert [g["position"] for g in done.json()] == [1, 2, 3]
+    change = ChangeRecord.objects.get(object_id="order")  # one entry for three moves
+    assert ChangeRecord.objects.count() == before + 1
+    assert change.before == {"order": [first.name, second.name, third.name]}
+    assert change.after == {"order": [third.name, first.name, second.name]}
+    assert _last_event(change)["fields"] == ["order"]
+
+    # The page's drag and drop posts the same list; the change list links to the order.
+    client.force_login(security_user)
+    page = reverse("governance:guardrail_order")
+    response = client.post(page, {"order": [second.pk, third.pk, first.pk]}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and b"data-reorder" in response.content
+    assert ChangeRecord.objects.filter(object_id="order").count() == 2
+    changes = client.get(reverse("governance:change_list")).content.decode()
+    assert 'href="/guardrails/">Guardrail order' in changes
+    refused = client.post(page, {"order": ["x"]}, HTTP_HX_REQUEST="true")
+    assert "warden:error" in refused["HX-Trigger"]
+
+
+def test_reorder_page_refuses_other_roles(client: Client, demo_policy: Any, auditor_user: Any):
+    client.force_login(auditor_user)
+    first, second = demo_policy.guardrails
+    url = reverse("governance:guardrail_order")
+    assert client.post(url, {"order": [second.pk, first.pk]}).status_code == 403
+    first.refresh_from_db()
+    assert first.position == 1
