@@ -353,6 +353,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL") or "INFO"},
 }
 
+# Events fetched per keyset batch of an audit export (CSV/JSON Lines): the memory an
+# export holds at once, whatever its size.
+WARDEN_AUDIT_EXPORT_BATCH = envint("WARDEN_AUDIT_EXPORT_BATCH", 1000, minimum=10)
+
 # --- policy bundles (governance.signing, gateway.bundle) ------------------------------
 # The active Ed25519 signing key, "<key id>:<base64 32-byte private seed>" (or from
 # WARDEN_BUNDLE_SIGNING_KEY_FILE). Unset under WARDEN_DEV/DEBUG: a key is generated

@@ -141,6 +141,7 @@ def _body(response: Any) -> str:
 
 
 def test_exports_are_streamed_and_complete(client, auditor_user, crm, now, settings) -> None:
+    settings.WARDEN_AUDIT_EXPORT_BATCH = 100
     t = now - datetime.timedelta(minutes=10)
     ids = [
         event_add(
@@ -151,7 +152,7 @@ def test_exports_are_streamed_and_complete(client, auditor_user, crm, now, setti
             extra={"reasons": []},
             statement="=cmd|' /C calc'!A0" if i == 0 else "SELECT 1",
         )
-        for i in range(2500)
+        for i in range(250)
     ]
     event_add(occurred_at=t, identity_name="not-exported", datasource_id=crm.pk)
     client.force_login(auditor_user)
