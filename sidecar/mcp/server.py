@@ -338,6 +338,11 @@ class BearerGate:
         scope = dict(scope)
         scope[CALLER_KEY] = caller
         await self.app(scope, receive, send)
+        if scope.get("method") == "DELETE":
+            # The client ended its (handshake-era) session: so does its connection.
+            for name, value in scope.get("headers") or ():
+                if name == b"mcp-session-id":
+                    await self.agents.end(caller, f"sid:{value.decode('latin-1')}")
 
 
 async def _unauthorized(send: Any, message: str) -> None:

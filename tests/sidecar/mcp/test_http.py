@@ -305,5 +305,14 @@ def test_the_handshake_era_protocol_works_too(sidecar: Sidecar, mode: str) -> No
     async def body(client: Client) -> Any:
         return await client.call_tool("query", {"sql": "SELECT ssn FROM customers WHERE id = 9"})
 
-    result = run(with_http_client(sidecar, AGENT_TOKEN, body, mode=mode))
+    result = run(with_http_client(sidecar, AGENT_TOKEN, body, mode=mode, client_name="legacy"))
     assert result.structured_content["rows"] == [["*******1009"]]
+    # The client ended its session (DELETE): the proxied connection is closed with it.
+    ended = wait_for(
+        lambda: [
+            e
+            for e in spool_events(sidecar.state_dir)
+            if e.get("type") == "session_end" and e.get("application_name") == "mcp:legacy"
+        ]
+    )
+    assert ended and ended[0]["identity"] == "agent7" and ended[0]["owner"] == "alice"
