@@ -50,10 +50,14 @@ PAGE_SIZE = 50
 REPORT_ROWS_SHOWN = 200
 
 _ACTIONS = [(action, action) for action in ACTIONS]
-_OUTCOMES = [(o, o) for o in ("allowed", "held", "blocked", "error", "approved", "denied")]
+_OUTCOMES = [
+    (o, o)
+    for o in ("allowed", "held", "blocked", "error", "approved", "denied", "refused", "limited")
+]
 _TYPES = [("statement", "statement"), ("session_start", "session start"),
           ("session_end", "session end"), ("login_failed", "failed sign-in"),
-          ("login_throttled", "throttled sign-in")]  # fmt: skip
+          ("login_throttled", "throttled sign-in"), ("mcp.call", "MCP tool call")]  # fmt: skip
+_CHANNELS = [("mcp", "MCP (AI agents)")]
 _DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 
 
@@ -73,6 +77,7 @@ class ExplorerForm(forms.Form):
     )
     environment = forms.ChoiceField(required=False, label="Environment")
     type = forms.ChoiceField(required=False, choices=_any(_TYPES), label="Event")
+    channel = forms.ChoiceField(required=False, choices=_any(_CHANNELS), label="Through")
     action = forms.ChoiceField(required=False, choices=_any(_ACTIONS), label="Action")
     outcome = forms.ChoiceField(required=False, choices=_any(_OUTCOMES), label="Outcome")
     # Free text with suggestions: the trail may name labels deleted since (a report's
@@ -140,6 +145,7 @@ class ExplorerForm(forms.Form):
             since=d.get("since"),
             until=d.get("until"),
             q=d.get("q") or "",
+            channel=d.get("channel") or "",
         )
 
 
@@ -157,6 +163,7 @@ def filters_query(filters: AuditFilters) -> str:
         ("classification", filters.classification),
         ("table", filters.table),
         ("q", filters.q),
+        ("channel", filters.channel),
     ):
         if value not in (None, ""):
             params[name] = str(value)

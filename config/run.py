@@ -4,7 +4,8 @@ Starts (or reuses) the embedded PostgreSQL and Redis under ``var/`` unless
 ``DATABASE_URL``/``REDIS_URL`` are set, migrates, seeds the demo and the demo
 database ``warden_demo`` (idempotent), then runs the web server (uvicorn on
 ``config.asgi``, the one ASGI application), a Celery worker with embedded beat,
-and the demo sidecar on 127.0.0.1:6432 (``WARDEN_SIDECAR_PORT``). It prints
+and the demo sidecar on 127.0.0.1:6432 (``WARDEN_SIDECAR_PORT``) with its MCP server on
+127.0.0.1:6433 (``WARDEN_MCP_PORT``) for the demo agent. It prints
 where to go and how to sign in. Ctrl-C or SIGTERM stops every child, then the embedded services;
 the next ``make run`` finds the same data again.
 """
@@ -114,6 +115,10 @@ def _sidecar_port() -> str:
     return os.environ.get("WARDEN_SIDECAR_PORT", "6432")
 
 
+def _mcp_port() -> str:
+    return os.environ.get("WARDEN_MCP_PORT", "6433")
+
+
 class _Stop(Exception):
     pass
 
@@ -125,7 +130,11 @@ def _raise_stop(signum: int, frame: object) -> None:
 def main() -> int:
     host = os.environ.get("WARDEN_HOST", "127.0.0.1")
     port = os.environ.get("WARDEN_PORT", "8000")
-    for name, value in (("WARDEN_PORT", port), ("WARDEN_SIDECAR_PORT", _sidecar_port())):
+    for name, value in (
+        ("WARDEN_PORT", port),
+        ("WARDEN_SIDECAR_PORT", _sidecar_port()),
+        ("WARDEN_MCP_PORT", _mcp_port()),
+    ):
         if not value.isdigit() or not 0 < int(value) < 65536:
             print(f"{name} must be a TCP port number, got {value!r}", file=sys.stderr)
             return 2
@@ -167,7 +176,16 @@ def _serve(
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     _manage(env, "migrate", "--no-input", "-v", "0")
     _manage(env, "seed_demo")
-    _manage(env, "demo_sidecar", "--control-plane", url, "--listen-port", _sidecar_port())
+    _manage(
+        env,
+        "demo_sidecar",
+        "--control-plane",
+        url,
+        "--listen-port",
+        _sidecar_port(),
+        "--mcp-port",
+        _mcp_port(),
+    )
     children.append(
         (
             "web",
@@ -208,6 +226,8 @@ def _serve(
     creds_path = Path(VAR_DIR) / "demo-credentials.json"
     creds = json.loads(creds_path.read_text()) if creds_path.exists() else {}
     demo = json.loads((DEMO_DIR / "identity.json").read_text())
+    agent = json.loads((DEMO_DIR / "agent.json").read_text())
+    mcp_url = f"http://127.0.0.1:{_mcp_port()}/mcp"
     dbname = os.environ.get("WARDEN_DEMO_DATABASE") or "warden_demo"
     print(
         "\n"
@@ -227,6 +247,12 @@ def _serve(
         "  and try:\n"
         "    SELECT full_name, email, phone, ssn, birth_date FROM customers LIMIT 3;  -- masked\n"
         "    DROP TABLE customers;  -- blocked by a guardrail (42501)\n"
+        "\n"
+        f"  AI agents: the sidecar's MCP server is at {mcp_url} (streamable HTTP);\n"
+        f"  connect an MCP client as the demo agent {agent['identity']} (owned by alice), e.g.\n"
+        f"    claude mcp add --transport http warden {mcp_url} "
+        f'--header "Authorization: Bearer {agent["token"]}"\n'
+        "  Its writes wait for a reviewer in the inbox (docs/mcp.md).\n"
         "\n"
         "  Press Ctrl-C to stop.\n",
         flush=True,

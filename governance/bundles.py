@@ -46,6 +46,7 @@ from governance.models import (
     CustomDetector,
     Datasource,
     GuardrailRule,
+    IdentityKind,
     MaskingRule,
     MaskingStrategy,
     Membership,
@@ -56,7 +57,7 @@ from governance.models import (
 )
 from governance.signing import bytes_sign
 from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle, vocabulary
-from sidecar.engine.bundle import FORMAT_PATHS
+from sidecar.engine.bundle import FORMAT_AGENTS, FORMAT_PATHS
 from sidecar.engine.paths import PathError, parse_path, path_applies
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ def _identities(datasource: Datasource, now: Any) -> list[dict[str, Any]]:
     )
     result = []
     for identity in identities:
+        # Agents and services may sign in to the sidecar's MCP server with their token
+        # as a bearer token: its prefix (already shown in the control plane, not
+        # secret) tells the sidecar whose it is (format 1.2, docs/mcp.md).
+        bearer = identity.kind in (IdentityKind.AGENT, IdentityKind.SERVICE)
         result.append(
             {
                 "name": identity.name,
@@ -118,6 +123,7 @@ def _identities(datasource: Datasource, now: Any) -> list[dict[str, Any]]:
                         "id": f"tok-{token.pk}",
                         "scram_sha_256": token.scram_verifier,
                         "expires_at": _rfc3339(token.expires_at),
+                        **({"prefix": token.prefix} if bearer and token.prefix else {}),
                     }
                     for token in sorted(identity.tokens.all(), key=lambda t: t.pk)
                 ],
@@ -381,8 +387,10 @@ def bundle_compile(
         or "mask_services_provisionally" in datasource_entry
         or any(r["strategy"] == "free_text" for r in masking_rules)
     )
+    # 1.2 (credential prefixes) includes all of 1.1; likewise written only when used.
+    needs_1_2 = any("prefix" in c for i in identities for c in i["credentials"])
     bundle: dict[str, Any] = {
-        "format": FORMAT_PATHS if needs_1_1 else FORMAT,
+        "format": FORMAT_AGENTS if needs_1_2 else FORMAT_PATHS if needs_1_1 else FORMAT,
         "issued_at": _rfc3339(issued),
         "expires_at": _rfc3339(issued + (lifetime or bundle_lifetime())),
         "datasource": datasource_entry,

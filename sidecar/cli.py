@@ -11,6 +11,9 @@ Exit codes: 0 allow, 1 review or block, 2 usage error or unusable bundle.
 ``python -m sidecar scan --config FILE [--json]`` scans the upstream with the
 sidecar's credential and prints the findings (never values) for an operator;
 exit 2 when the configuration or the connection fails. ``run`` starts the proxy.
+``python -m sidecar mcp --config FILE`` serves one AI agent over MCP on stdin and
+stdout, its access token from ``WARDEN_MCP_TOKEN`` (or ``_FILE``) or ``mcp_token``
+(``sidecar.mcp``, docs/mcp.md).
 
 ``python -m sidecar install-masking --config FILE --admin-dsn DSN [--grant-to ROLE]``
 installs (or upgrades) hash masking in the database the sidecar protects, with an
@@ -105,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the proxy (see sidecar.runner)")
     run.add_argument("--config", help="TOML or JSON config file (env overrides it)")
     run.set_defaults(handler=_run)
+    mcp = commands.add_parser(
+        "mcp", help="serve one AI agent over MCP on stdin and stdout (docs/mcp.md)"
+    )
+    mcp.add_argument("--config", required=True, help="the sidecar's TOML or JSON config file")
+    mcp.set_defaults(handler=_mcp)
     scan = commands.add_parser(
         "scan", help="scan the upstream now and print the findings (nothing is sent)"
     )
@@ -232,6 +240,12 @@ def _prog() -> str:
     # `warden-sidecar` when installed, `python -m sidecar` from a checkout.
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return name if name.startswith("warden-sidecar") else "python -m sidecar"
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from sidecar.runner import mcp_main
+
+    return mcp_main(args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

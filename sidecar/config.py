@@ -77,13 +77,25 @@ class SidecarConfig:
     log_level: str = "INFO"
     # Classify columns by sampling the upstream (at start, on schedule, on request).
     scan_enabled: bool = True
+    # The MCP server (docs/mcp.md; needs the sidecar's ``mcp`` extra): "host:port" of
+    # its streamable HTTP listener in this process (port 0 picks a free one; TLS with
+    # tls_cert/tls_key); empty: none. ``mcp_token``: the agent's access token for
+    # ``python -m sidecar mcp`` (stdio).
+    mcp_listen: str | None = None
+    mcp_token: str | None = None
+    mcp_max_rows: int = 1000  # rows a query returns at most (the result says truncated)
+    mcp_max_result_bytes: int = 1024 * 1024  # JSON size of a result's rows at most
+    mcp_statement_timeout_ms: int = 30_000  # statement_timeout of every MCP session
+    mcp_calls_per_minute: int = 120  # per identity, all its MCP sessions together
+    mcp_concurrent_calls: int = 4  # per identity, in flight at once
+    mcp_session_idle_seconds: int = 900  # an HTTP session unused this long is closed
 
 
 # Each worker long-polls the control plane and holds its own upstream connections;
 # far past the number of cores that only costs.
 MAX_WORKERS = 64
 
-_SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token"}
+_SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token", "mcp_token"}
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
@@ -170,4 +182,18 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
     if config.heartbeat_interval < 1:
         raise ConfigError("heartbeat_interval must be at least 1 second")
+    if config.mcp_listen and ":" not in config.mcp_listen:
+        raise ConfigError('mcp_listen must be "host:port"')
+    for name in (
+        "mcp_max_rows",
+        "mcp_max_result_bytes",
+        "mcp_statement_timeout_ms",
+        "mcp_calls_per_minute",
+        "mcp_concurrent_calls",
+        "mcp_session_idle_seconds",
+    ):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config.mcp_listen and config.workers > 1:
+        raise ConfigError("mcp_listen needs workers = 1 (the MCP server runs in one process)")
     return config

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = "1.1"  # 1.1: would_have_masked, provisional_columns
+SCHEMA_VERSION = "1.2"  # 1.1: would_have_masked, provisional_columns; 1.2: mcp.call, tool
 VERSION_KEY = "v"
 
 # The value types of the contract, as JSON spells them (a boolean is none of the
@@ -150,14 +150,17 @@ FIELDS: tuple[EventField, ...] = (
     EventField("approval_request", TEXT, doc="the approval request a held statement opened"),
     EventField("session_state", OBJECT, doc="client_encoding, search_path …"),
     EventField("bytes", INTEGER, doc="the size of an oversized message"),
+    # 1.2: an MCP tool call (``mcp.call``, sidecar/mcp/): which tool the agent called.
+    EventField("tool", TEXT, doc="the MCP tool an mcp.call event records"),
 )
 FIELDS_BY_NAME: Mapping[str, EventField] = {f.name: f for f in FIELDS}
 REQUIRED_FIELDS = frozenset(f.name for f in FIELDS if f.required)
 
 # The types a sidecar may send; anything else is stored as ``sidecar.unknown``
-# (a sidecar cannot speak for the control plane).
+# (a sidecar cannot speak for the control plane). ``mcp.call`` (1.2): one call of an
+# MCP tool; the statement it ran has its own ``statement`` event beside it.
 EVENT_TYPES = frozenset(
-    {"statement", "session_start", "session_end", "login_failed", "login_throttled"}
+    {"statement", "session_start", "session_end", "login_failed", "login_throttled", "mcp.call"}
 )
 
 # Every ``audit_event`` column the chain hash covers, in the order COPY writes

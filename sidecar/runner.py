@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -419,6 +420,14 @@ class EnginePolicy:
     def identity(self, name: str) -> Identity | None:
         return self._identities.get(name)
 
+    def identities(self) -> Mapping[str, Identity]:
+        """Every identity of the bundle in force, by name (replaced, never changed)."""
+        return self._identities
+
+    def bundle(self) -> Any:
+        """The engine's bundle in force (``sidecar.engine.bundle.Bundle``)."""
+        return self._engine.bundle
+
     def cache_info(self) -> dict[str, int]:
         return {
             "verdicts": len(self._cache),
@@ -748,10 +757,21 @@ async def _bundle_source(
 
 
 async def serve(
-    config: SidecarConfig, stop: asyncio.Event | None = None, worker: Worker | None = None
+    config: SidecarConfig,
+    stop: asyncio.Event | None = None,
+    worker: Worker | None = None,
+    *,
+    mcp_stdio: str | None = None,
 ) -> None:
-    """The sidecar, in this process alone or as ``worker`` of several (``sidecar.workers``)."""
+    """The sidecar, in this process alone or as ``worker`` of several (``sidecar.workers``).
+
+    ``mcp_stdio`` (an agent's access token): serve that agent over MCP on stdin and
+    stdout instead of listening for clients (``python -m sidecar mcp``): the same
+    bundle, engine and proxy, reached only through the proxy's private listener, with
+    its own audit spool, and no heartbeat or scan (the sidecar does those); it ends
+    when the MCP client does."""
     stop = stop or asyncio.Event()
+    stdio = mcp_stdio is not None
     metrics = Metrics()
     ready: dict[str, Any] = {}
     metrics_server: asyncio.AbstractServer | None = None
@@ -782,7 +802,7 @@ async def serve(
         environment = (document.get("datasource") or {}).get("environment")
         durability = "strict" if environment == "production" else "batched"
     spool = AuditSpool(
-        spool_directory(config.state_dir, index),
+        stdio_spool(config.state_dir) if stdio else spool_directory(config.state_dir, index),
         max_bytes=config.spool_max_bytes,
         full_policy=config.spool_full_policy,
         durability=durability,
@@ -836,8 +856,15 @@ async def serve(
     if worker is not None:
         worker.server = server
         port = await server.start(config.listen_host, worker.slot.port, reuse_port=True)
+    elif stdio:
+        port = 0  # only the MCP server's private listener
     else:
         port = await server.start(config.listen_host, config.listen_port)
+    # The MCP server: over stdio it is what this process is for; over HTTP it starts
+    # once the proxy serves (importing the SDK takes a while; clients need not wait).
+    mcp: list[Any] = []
+    if stdio:
+        mcp.append(await _start_mcp(config, server, policy, spool, approvals))
     tasks = [
         asyncio.create_task(_watch_masking(config, policy, masking)),
         asyncio.create_task(spool.run()),
@@ -852,7 +879,7 @@ async def serve(
         upload = http_upload(audit_url, config.audit_token or config.token)
         shipper = AuditShipper(spool, upload)
         tasks.append(asyncio.create_task(shipper.run()))
-        if index == 0:
+        if index == 0 and not stdio:
             tasks += _ship_orphan_spools(config, upload, spool)
     ready.update({"port": port, "pid": os.getpid()})
     shipped = shipper
@@ -861,7 +888,7 @@ async def serve(
         worker.counters = counters
     reporter: Any = None
     # One scanner and one heartbeat per sidecar: worker 0's.
-    if config.scan_enabled and index == 0:
+    if config.scan_enabled and index == 0 and not stdio:
 
         def scan_status(status: dict[str, Any]) -> None:
             if worker is not None:
@@ -873,7 +900,7 @@ async def serve(
 
         reporter = scan_reporter(config, source, scan_status)
         source.subscribe(reporter.bundle_changed)
-    if isinstance(source, BundleClient) and index == 0:
+    if isinstance(source, BundleClient) and index == 0 and not stdio:
         tasks.append(
             asyncio.create_task(
                 _heartbeats(
@@ -895,13 +922,92 @@ async def serve(
     if reporter is not None:
         # Started once serving: the scan runs in a worker process and never delays it.
         tasks.append(asyncio.create_task(reporter.run()))
+    if config.mcp_listen and not stdio:
+
+        async def mcp_http() -> None:
+            service = await _start_mcp(config, server, policy, spool, approvals)
+            mcp.append(service)
+            ready["mcp_port"] = await service.start_http(config.mcp_listen, _tls_context(config))
+            log.info("MCP server (streamable HTTP) on port %s", ready["mcp_port"])
+            if config.ready_file:
+                _write_ready(config.ready_file, ready)
+
+        tasks.append(asyncio.create_task(mcp_http()))
+    if stdio:
+        assert mcp_stdio is not None
+        await _serve_stdio(mcp[0], mcp_stdio, stop)
     await stop.wait()
+    for service in mcp:
+        await service.stop()
     await server.stop()
     if estimator is not None:
         estimator.close()  # its own upstream connection and thread
     for task in tasks:
         task.cancel()
+    if shipper is not None and stdio:
+        # This process ends with its client: ship what its calls recorded first.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(shipper.ship_once(), 10)
     spool.close()
+
+
+async def _start_mcp(
+    config: SidecarConfig, server: ProxyServer, policy: EnginePolicy, spool: Any, approvals: Any
+) -> Any:
+    """The MCP server beside this proxy (``sidecar.mcp``), its private listener open."""
+    from sidecar.mcp.server import McpService, limits_from
+
+    service = McpService(
+        proxy=server,
+        policy=policy,
+        audit=spool,
+        approvals=approvals,
+        limits=limits_from(config),
+        version=VERSION,
+    )
+    await service.start()
+    return service
+
+
+def stdio_spool(state_dir: str) -> Path:
+    """The audit spool of ``python -m sidecar mcp``: its own, beside the sidecar's. One
+    such process per state directory: a second one is refused (``ConfigError``) rather
+    than sharing the spool."""
+    import fcntl
+
+    directory = Path(state_dir) / "mcp-stdio"
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = (directory / "lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock.close()
+        raise ConfigError(
+            f"another `python -m sidecar mcp` uses {directory}: give each its own state_dir"
+        ) from exc
+    _HELD_LOCKS.append(lock)  # held for the life of the process
+    return directory / "spool"
+
+
+_HELD_LOCKS: list[Any] = []
+
+
+async def _serve_stdio(mcp: Any, token: str, stop: asyncio.Event) -> None:
+    """Serve the agent until its client closes stdin (or the process is told to stop)."""
+    from sidecar.mcp.agents import SignInFailed
+
+    serving = asyncio.create_task(mcp.serve_stdio(token))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        exc = serving.exception()
+        if isinstance(exc, SignInFailed):
+            log.error("the MCP agent's access token did not sign in: %s", exc)
+        else:
+            log.error("the MCP stdio server failed: %r", exc)
+    serving.cancel()
+    stop.set()
 
 
 def _ship_orphan_spools(
@@ -940,6 +1046,48 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_until_signalled(lambda stop: serve(config, stop))
     except ConfigError as exc:  # found while starting: a privileged upstream role, say
+        log.error("not starting: %s", exc)
+        return 2
+    return 0
+
+
+def mcp_main(config_path: str) -> int:
+    """``python -m sidecar mcp``: one agent over MCP on stdin and stdout (stdout is the
+    protocol's: everything else goes to stderr)."""
+    try:
+        config = load_config(config_path)
+        if config.control_plane_url:
+            bundle_client(config)
+        UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
+        from sidecar.mcp.server import stdio_token
+    except ImportError:
+        print(
+            "error: the MCP server needs the sidecar's mcp extra (sidecar/requirements-mcp.txt)",
+            file=sys.stderr,
+        )
+        return 2
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        token = stdio_token(config)
+    except OSError as exc:
+        print(f"error: WARDEN_MCP_TOKEN_FILE: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(
+            "error: set WARDEN_MCP_TOKEN (or _FILE) or mcp_token to the agent's token",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        run_until_signalled(lambda stop: serve(config, stop, mcp_stdio=token))
+    except ConfigError as exc:
         log.error("not starting: %s", exc)
         return 2
     return 0

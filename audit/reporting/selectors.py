@@ -41,6 +41,12 @@ class AuditFilters:
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
     q: str = ""
+    # "mcp": only what AI agents did through the sidecar's MCP server (their tool
+    # calls and the statements those ran, under application_name mcp:<client>).
+    channel: str = ""
+
+
+MCP_APPLICATION_PREFIX = "mcp:"
 
 
 def _filtered(filters: AuditFilters) -> QuerySet[AuditEvent]:
@@ -66,6 +72,8 @@ def _filtered(filters: AuditFilters) -> QuerySet[AuditEvent]:
         qs = qs.filter(occurred_at__lt=filters.until)
     if filters.q:
         qs = qs.filter(statement__icontains=filters.q)
+    if filters.channel == "mcp":
+        qs = qs.filter(Q(type="mcp.call") | Q(application_name__startswith=MCP_APPLICATION_PREFIX))
     return qs
 
 

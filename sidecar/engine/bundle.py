@@ -1,4 +1,4 @@
-"""Load and validate a policy bundle (format ``warden.bundle/1`` or ``/1.1``) into frozen objects.
+"""Load and validate a policy bundle (format ``warden.bundle/1``, ``/1.1``, ``/1.2``) into objects.
 
 A bundle is refused whole when anything in it is not understood: an unknown
 format version, a schema violation (checked against ``bundle.schema.json``), a
@@ -30,7 +30,12 @@ FORMAT = "warden.bundle/1"
 # as an unsupported format (keeping its current bundle) instead of enforcing it
 # without the paths' masks.
 FORMAT_PATHS = "warden.bundle/1.1"
-FORMATS = (FORMAT, FORMAT_PATHS)
+# 1.2 adds an optional ``prefix`` to credentials: the token's first characters, shown
+# in the control plane already, by which the MCP server finds whose bearer token it
+# was given (sidecar/mcp/). Written only when a credential has one (agents' and
+# services' tokens), for the same reason as 1.1.
+FORMAT_AGENTS = "warden.bundle/1.2"
+FORMATS = (FORMAT, FORMAT_PATHS, FORMAT_AGENTS)
 # Safe by default: a classified column with no masking rule for the environment
 # is still masked when its level says the data must not leave unmasked. The
 # control plane compiles each built-in classification's own default mask into
@@ -422,6 +427,11 @@ def load_bundle(data: Any) -> Bundle:
     for i in data["identities"]:
         if i["name"] in identities:
             raise BundleError(f"identities: duplicate {i['name']!r}")
+        if data["format"] != FORMAT_AGENTS and any("prefix" in c for c in i["credentials"]):
+            raise BundleError(
+                f"identities: {i['name']} has a credential prefix, which needs format "
+                f"{FORMAT_AGENTS}"
+            )
         identities[i["name"]] = Identity(
             i["name"],
             i["kind"],

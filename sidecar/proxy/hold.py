@@ -80,6 +80,18 @@ class Ruling:
     sqlstate: str = SQLSTATE_HELD
     message: str = ""
     outcome: str = "held"  # the audit event's outcome: held, denied, blocked
+    # The request a refusal is about (pending, denied, expired...): its id, state and
+    # URL go in the error's DETAIL, so a program can follow it (``detail``).
+    request: ApprovalState | None = None
+
+    @property
+    def detail(self) -> str | None:
+        """``approval_request=<id> state=<state> url=<url>``: for programs (the MCP
+        server's ``execute``) and people alike; None when no request was opened."""
+        if self.request is None:
+            return None
+        r = self.request
+        return f"approval_request={r.id} state={r.state} url={r.url}"
 
 
 def first_rule(verdict: Verdict) -> str:
@@ -189,13 +201,15 @@ async def rule(
     codec: str | None = None,
     estimator: Estimator | None = None,
     search_path: tuple[str, ...] | None = None,
+    max_wait: float | None = None,
 ) -> Ruling:
     """Ask for ``identity`` (the session's fields in ``base_event``), wait up to the
     bundle's hold time, and say how the hold ends; raises only when cancelled.
     ``accepting``: whether the audit spool still takes events. ``tell``: says to the
     client, at once, that the statement waits and where its request is. ``estimator``
     runs the planner on the statement (under the session's ``search_path``) so the
-    request shows how many rows it would touch."""
+    request shows how many rows it would touch. ``max_wait``: the client asked to wait
+    at most this long (startup option ``warden.hold_wait``); it only shortens the wait."""
     try:
         assert gate is not None  # only held when there is a gate
         params = m.parse_bind_params(hold.bind) if hold.bind is not None else []
@@ -205,7 +219,10 @@ async def rule(
             request["estimate"] = await estimator.estimate(
                 hold.verdict.upstream_sql, params, types, search_path
             )
-        state = await _ask(gate, hold, request, tell)
+        wait = hold.verdict.hold_seconds
+        if max_wait is not None:
+            wait = min(wait, max_wait)
+        state = await _ask(gate, hold, request, tell, wait)
     except ApprovalUnavailable as exc:
         log.warning("approval for %s could not be requested: %s", who, exc)
         return unavailable(hold, str(exc))
@@ -221,7 +238,7 @@ async def rule(
         reviewer = state.decided_by or "a reviewer"
         reason = state.reason or "no reason given"
         message = f"Warden: request {state.url} was denied by {reviewer}: {reason}"
-        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied")
+        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied", request=state)
     if state.state == "pending":
         message = (
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
@@ -232,23 +249,27 @@ async def rule(
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
             f"is {state.state} — run it again to request a new approval"
         )
-    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held")
+    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held", request=state)
 
 
 async def _ask(
-    gate: ApprovalGate, hold: Hold, request: Mapping[str, Any], tell: Callable[[str], None]
+    gate: ApprovalGate,
+    hold: Hold,
+    request: Mapping[str, Any],
+    tell: Callable[[str], None],
+    wait: float,
 ) -> ApprovalState:
-    """Open the request, wait up to the bundle's hold time, consume the grant."""
+    """Open the request, wait up to ``wait`` seconds, consume the grant."""
     state = await gate.open(request)
     hold.request_id = state.id
     if state.state == "approved":  # a grant existed; this POST consumed one use
         return state
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + hold.verdict.hold_seconds
-    if state.state == "pending":
+    deadline = loop.time() + wait
+    if state.state == "pending" and wait >= 1:
         tell(
             f"Warden is holding this statement for approval: {state.url}; "
-            f"waiting up to {int(hold.verdict.hold_seconds)} s"
+            f"waiting up to {int(wait)} s"
         )
     while state.state == "pending":
         seconds = int(deadline - loop.time())

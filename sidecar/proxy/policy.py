@@ -109,6 +109,9 @@ class Credential:
     id: str
     verifier: Verifier
     expires_at: datetime | None
+    # The token's first characters (bundle format 1.2; agents' and services'
+    # tokens): how the MCP server finds whose bearer token it was given.
+    prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,7 @@ def identities_from_bundle(inner: Mapping[str, Any]) -> dict[str, Identity]:
                     id=str(c.get("id", "")),
                     verifier=verifier,
                     expires_at=_parse_time(c.get("expires_at")),
+                    prefix=str(c.get("prefix") or ""),
                 )
             )
         out[str(raw["name"])] = Identity(

@@ -61,6 +61,75 @@ FORWARDED_PARAMS = {
 }
 _FALSY = {"", "0", "false", "off", "no"}
 
+# Warden's own settings, the only ones the startup ``options`` parameter may carry
+# (``-c warden.hold_wait=0``, as libpq sends ``PGOPTIONS``); nothing in ``options``
+# reaches the upstream. ``warden.hold_wait``: the longest the client will wait for a
+# reviewer, in seconds; it can only shorten the bundle's hold time, so any client may
+# set it. ``warden.client_addr`` is taken only on the private listener, from the
+# sidecar's own MCP server: the address its agent connected from, for the sign-in
+# limits and the audit trail.
+CLIENT_OPTIONS = frozenset({"warden.hold_wait"})
+INTERNAL_OPTIONS = frozenset({"warden.client_addr"})
+MAX_HOLD_WAIT = 3600
+
+
+def _split_options(raw: str) -> list[str]:
+    """The server's reading of ``options``: words split at whitespace, a backslash
+    taking the next character literally (``pg_split_opts``)."""
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    for char in raw:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(char)
+    if word:
+        words.append("".join(word))
+    return words
+
+
+def warden_options(raw: str, *, internal: bool = False) -> dict[str, str]:
+    """The Warden settings a startup ``options`` value gives (``-c name=value``,
+    ``-cname=value`` or ``--name=value``); raises ``_Refused`` for anything else, so
+    no setting reaches the upstream this way."""
+    words = _split_options(raw)
+    allowed = CLIENT_OPTIONS | INTERNAL_OPTIONS if internal else CLIENT_OPTIONS
+    found: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "-c" and index + 1 < len(words):
+            index += 1
+            setting = words[index]
+        elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
+            setting = word[2:]
+        else:
+            setting = ""
+        name, equals, value = setting.partition("=")
+        name = name.lower().replace("-", "_")
+        if not equals or name not in allowed:
+            raise _Refused(
+                "42501",
+                "Warden: the startup 'options' parameter may only set "
+                + ", ".join(sorted(CLIENT_OPTIONS)),
+            )
+        found[name] = value
+        index += 1
+    wait = found.get("warden.hold_wait")
+    if wait is not None and not (wait.isdigit() and int(wait) <= MAX_HOLD_WAIT):
+        raise _Refused(
+            "22023", f"Warden: warden.hold_wait must be whole seconds from 0 to {MAX_HOLD_WAIT}"
+        )
+    return found
+
 
 def _no_delay(transport: asyncio.BaseTransport) -> None:
     # Every reply is one small write that the peer is waiting for; Nagle's
@@ -209,6 +278,16 @@ class ProxyServer:
         self._limits = sign_in_limits or LocalSignInLimits()
         self._route = cancel_route or CancelRoute()
         self._server: asyncio.AbstractServer | None = None
+        self._internal: asyncio.AbstractServer | None = None
+
+    async def start_internal(self, path: str) -> None:
+        """Listen on a Unix socket only this process's user can reach (the caller puts
+        it in a directory of mode 0700): the sidecar's MCP server signs its agents in
+        here, through exactly the checks every client gets, and may say which address
+        its agent came from (``INTERNAL_OPTIONS``)."""
+        self._internal = await asyncio.start_unix_server(
+            lambda r, w: self._handle(r, w, internal=True), path, limit=2**16
+        )
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         # reuse_port: the other workers listen on the same port, and the kernel
@@ -221,6 +300,8 @@ class ProxyServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._internal is not None:
+            self._internal.close()
         for session in list(self.sessions):
             session.close()
 
@@ -243,12 +324,14 @@ class ProxyServer:
 
     # ---- startup ------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, internal: bool = False
+    ) -> None:
         peer = writer.get_extra_info("peername")
         client_addr = peer[0] if isinstance(peer, tuple) else "local"
         try:
             await asyncio.wait_for(
-                self._startup(reader, writer, client_addr), self.settings.auth_timeout
+                self._startup(reader, writer, client_addr, internal), self.settings.auth_timeout
             )
         except _Refused as exc:
             self._fatal(writer, exc.sqlstate, str(exc))
@@ -286,7 +369,11 @@ class ProxyServer:
         return code, await reader.readexactly(length - 8)
 
     async def _startup(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_addr: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_addr: str,
+        internal: bool = False,
     ) -> None:
         tls = False
         while True:
@@ -322,8 +409,8 @@ class ProxyServer:
         identity_name = params.get("user", "")
         if not identity_name:
             raise _Refused("28000", "no user name given: connect as your Warden identity")
-        if params.get("options", "").strip():
-            raise _Refused("42501", "Warden: the startup 'options' parameter is not allowed")
+        options = warden_options(params.get("options", ""), internal=internal)
+        client_addr = options.get("warden.client_addr", client_addr)[:64] or client_addr
         if params.get("replication", "false").lower() not in _FALSY:
             raise _Refused("42501", "Warden: replication connections are not allowed")
         # Parameter names are case-insensitive to the server, as they are here.
@@ -394,7 +481,16 @@ class ProxyServer:
         if current is None or not current.usable_credentials(datetime.now(UTC)):
             up.writer.close()
             raise _Refused("28000", f'Warden: identity "{identity.name}" is no longer allowed')
-        self._begin_session(reader, writer, up, current, params, client_addr)
+        hold_wait = options.get("warden.hold_wait")
+        self._begin_session(
+            reader,
+            writer,
+            up,
+            current,
+            params,
+            client_addr,
+            None if hold_wait is None else float(hold_wait),
+        )
 
     async def _authenticate(
         self,
@@ -464,6 +560,7 @@ class ProxyServer:
         identity: Identity,
         params: dict[str, str],
         client_addr: str,
+        hold_wait: float | None = None,
     ) -> None:
         pid, secret = self._new_cancel_key()
         self._cancel_keys[(pid, secret)] = (up.backend_pid, up.backend_secret)
@@ -484,6 +581,8 @@ class ProxyServer:
             self._cancel_keys.pop((pid, secret), None)
             self._cancel_sessions.pop((pid, secret), None)
             self.metrics.connection_closed()
+            # The name the client ended with (SET application_name is reported back).
+            base_event["application_name"] = session.base_event.get("application_name", "")
             self.audit.append(session_event("session_end", base_event, session.started))
 
         session = Session(
@@ -503,6 +602,7 @@ class ProxyServer:
             estimator=self.estimator,
             search_path=up.search_path,
             native_relay=self.settings.native_relay,
+            hold_wait=hold_wait,
         )
         self._cancel_sessions[(pid, secret)] = session
         # StreamWriter.__del__ closes its transport, so the stream objects used for

@@ -312,8 +312,12 @@ class Session:
         search_path: tuple[str, ...] | None = None,
         native_relay: bool = True,
         estimator: Estimator | None = None,
+        hold_wait: float | None = None,
     ) -> None:
         self.client = client
+        # The client asked to wait at most this long for a reviewer (startup option
+        # ``warden.hold_wait``): it only shortens the bundle's hold time.
+        self.hold_wait = hold_wait
         self.upstream = upstream
         self.identity = identity
         self.policy = policy
@@ -1120,6 +1124,7 @@ class Session:
         message: str | None = None,
         outcome: str | None = None,
         approval_id: str | None = None,
+        detail: str | None = None,
     ) -> bytes:
         """Record the refusal and return the marker statement that stands in for it."""
         held = verdict.action == REVIEW
@@ -1141,7 +1146,7 @@ class Session:
             if sqlstate is None:
                 sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
             self._refusals[self._refusal_seq] = m.error_response(
-                sqlstate=sqlstate, message=message, hint=_HINT
+                sqlstate=sqlstate, message=message, detail=detail, hint=_HINT
             )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
@@ -1184,6 +1189,7 @@ class Session:
             codec=self.codec,
             estimator=self.estimator,
             search_path=self.state.search_path,
+            max_wait=self.hold_wait,
         )
         self._hold_end(hold, ruling)
 
@@ -1193,10 +1199,14 @@ class Session:
             message = self._hold_approved(hold, ruling.approved)
             self._hold_release(hold, message, hold.verdict.barrier)
         else:
-            message = self._hold_refusal(hold, ruling.sqlstate, ruling.message, ruling.outcome)
+            message = self._hold_refusal(
+                hold, ruling.sqlstate, ruling.message, ruling.outcome, ruling.detail
+            )
             self._hold_release(hold, message)
 
-    def _hold_refusal(self, hold: Hold, sqlstate: str, message: str, outcome: str) -> bytes:
+    def _hold_refusal(
+        self, hold: Hold, sqlstate: str, message: str, outcome: str, detail: str | None = None
+    ) -> bytes:
         """The marker statement standing in for a held message that will not run."""
         marker = self._refuse(
             hold.verdict,
@@ -1204,6 +1214,7 @@ class Session:
             message=message,
             outcome=outcome,
             approval_id=hold.request_id,
+            detail=detail,
         )
         if hold.simple:
             self.pending.append(_Exec(None, True))

@@ -52,8 +52,8 @@ def test_the_intake_maps_every_declared_key_and_no_other() -> None:
 
 
 def test_the_version_is_major_dot_minor() -> None:
-    assert contract.parse_version(contract.SCHEMA_VERSION) == (1, 1)
-    assert (contract.SCHEMA_MAJOR, contract.SCHEMA_MINOR) == (1, 1)
+    assert contract.parse_version(contract.SCHEMA_VERSION) == (1, 2)
+    assert (contract.SCHEMA_MAJOR, contract.SCHEMA_MINOR) == (1, 2)
     for bad in ("1", "1.", ".1", "v1.0", "1.0.0", "\uff11.0", 1.0, None):
         with pytest.raises(ValueError):
             contract.parse_version(bad)

@@ -73,6 +73,24 @@ def test_datasource_comes_from_the_token_and_columns_are_mapped(
     assert abs(stored.occurred_at.timestamp() - event["ts"]) < 1e-5
 
 
+def test_an_mcp_tool_call_is_stored_with_its_tool_in_the_same_chain(
+    client: Client, sidecar: Any
+) -> None:
+    from sidecar.events import SCHEMA_VERSION
+
+    ran = statement_event(application_name="mcp:claude-code", v=SCHEMA_VERSION)
+    call = statement_event(
+        type="mcp.call", tool="query", application_name="mcp:claude-code", v=SCHEMA_VERSION
+    )
+    answer = _post(client, sidecar.token, [ran, call])
+    assert answer.status_code == 202, answer.content
+    assert "unknown_keys" not in answer.json()
+    stored = AuditEvent.objects.get(event_id=call["id"])
+    assert stored.type == "mcp.call" and stored.extra["tool"] == "query"
+    assert stored.chain == AuditEvent.objects.get(event_id=ran["id"]).chain
+    assert audit_verify(chain=stored.chain).ok
+
+
 def test_the_error_sqlstate_is_kept_and_nothing_else_in_its_place(
     client: Client, sidecar: Any
 ) -> None:

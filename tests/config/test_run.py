@@ -3,7 +3,8 @@
 Runs the real command with the embedded PostgreSQL and Redis in a temporary
 var/ directory, as on a fresh machine, then checks the probes, the sign-in
 page, Warden's own 404 page (DEBUG is off), that the demo sidecar answers the
-printed psql line with masked values and blocks ``DROP TABLE``, that Ctrl-C
+printed psql line with masked values and blocks ``DROP TABLE``, that its MCP server
+answers the printed MCP line (the SDK's own client) with masked values, that Ctrl-C
 (SIGINT) stops every process it started (the sidecar too), and that a second
 run finds the same data and token.
 """
@@ -80,10 +81,47 @@ def _demo_psql(lines: list[str]) -> tuple[str, str]:
     return token, conninfo
 
 
+def _demo_mcp(lines: list[str], mcp_port: int) -> None:
+    """The printed MCP line: the demo agent, over streamable HTTP, reads masked values."""
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    line = next(x for x in lines if "claude mcp add" in x)
+    match = re.search(r"(http://\S+/mcp) --header \"Authorization: Bearer (\S+)\"", line)
+    assert match, line
+    url, token = match.groups()
+    assert f":{mcp_port}/" in url
+
+    async def read() -> object:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            return await client.call_tool(
+                "query", {"sql": "SELECT email FROM customers ORDER BY id LIMIT 1"}
+            )
+
+    deadline = time.monotonic() + 30  # the MCP server starts once the proxy serves
+    while True:
+        try:
+            result = asyncio.run(read())
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the MCP server did not answer"
+            time.sleep(0.5)
+    rows = result.structured_content["rows"]  # type: ignore[attr-defined]
+    assert rows[0][0].startswith("***@"), rows
+
+
 def _run_once(var: Path, port: int, sidecar_port: int) -> tuple[dict, list[int], int, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    mcp_port = free_port()
     env.update(
-        WARDEN_VAR_DIR=str(var), WARDEN_PORT=str(port), WARDEN_SIDECAR_PORT=str(sidecar_port)
+        WARDEN_VAR_DIR=str(var),
+        WARDEN_PORT=str(port),
+        WARDEN_SIDECAR_PORT=str(sidecar_port),
+        WARDEN_MCP_PORT=str(mcp_port),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "config.run"],
@@ -116,6 +154,7 @@ def _run_once(var: Path, port: int, sidecar_port: int) -> tuple[dict, list[int],
         assert _get(f"{url}/static/css/warden.css")[0] == 200
         token, conninfo = _demo_psql(lines)
         assert f"port={sidecar_port}" in conninfo and "dbname=warden_demo" in conninfo
+        _demo_mcp(lines, mcp_port)
         # Everything it started, at any depth (Celery's pool and beat too), plus PostgreSQL.
         started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         pg_pid = int((var / "pg" / "postmaster.pid").read_text().split()[0])

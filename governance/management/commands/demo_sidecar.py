@@ -8,10 +8,10 @@ payments and API keys. The sidecar connects as ``warden_demo_app``, a role that
 owns nothing and may only read and write those tables, and the database gets
 Warden's keyed hash function (``sidecar.masking_db``) for the hash mask, as an
 administrator would install them in production (docs/deploy.md). Then registers
-a ``Sidecar`` for ``crm-prod``, issues the demo identity (``alice``) an access
-token, and writes under
-``var/demo-sidecar/`` (0600, never committed) the sidecar's config, its token
-and the identity's token. Tokens are reused while they still work and issued
+a ``Sidecar`` for ``crm-prod``, issues the demo identity (``alice``) and the demo
+agent (``agent-insights``, for the sidecar's MCP server) an access token each, and
+writes under ``var/demo-sidecar/`` (0600, never committed) the sidecar's config, its
+token and the identities' tokens. Tokens are reused while they still work and issued
 again only when missing or no longer valid, so the psql line stays the same
 across runs. Run ``seed_demo`` first.
 """
@@ -44,6 +44,8 @@ DATASOURCE = "crm-prod"
 SIDECAR_NAME = "demo-sidecar"
 APP_ROLE = "warden_demo_app"
 IDENTITY = "alice"
+# The AI agent an MCP client signs in as (docs/mcp.md): alice's "Insights assistant".
+AGENT = "agent-insights"
 CUSTOMERS = 500
 SEED = 20261123  # the same generated data on every machine
 
@@ -222,12 +224,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--control-plane", required=True, help="URL the sidecar polls")
         parser.add_argument("--listen-port", type=int, default=6432)
+        parser.add_argument(
+            "--mcp-port", type=int, default=6433, help="the MCP server's HTTP port (0: none)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         dbname = demo_database_name()
         inserted = demo_database_seed(dbname=dbname)
         directory = state_dir()
         sidecar_file, identity_file = directory / "sidecar-token", directory / "identity.json"
+        agent_file = directory / "agent.json"
         role_file = directory / "upstream-password"
         app_password = role_file.read_text().strip() if role_file.exists() else ""
         if not app_password:
@@ -237,9 +243,18 @@ class Command(BaseCommand):
         with transaction.atomic():
             datasource = Datasource.objects.filter(name=DATASOURCE).first()
             identity = Identity.objects.filter(name=IDENTITY).first()
+            agent = Identity.objects.filter(name=AGENT).first()
             admin = Identity.objects.filter(name="admin").select_related("user").first()
-            if datasource is None or identity is None or admin is None or admin.user is None:
-                raise CommandError("run seed_demo first: crm-prod, alice and admin are missing")
+            if (
+                datasource is None
+                or identity is None
+                or agent is None
+                or admin is None
+                or admin.user is None
+            ):
+                raise CommandError(
+                    "run seed_demo first: crm-prod, alice, agent-insights and admin are missing"
+                )
             actor = admin.user
             sidecar_raw = sidecar_file.read_text().strip() if sidecar_file.exists() else None
             if _still_valid_sidecar(sidecar_raw) is None:
@@ -261,8 +276,13 @@ class Command(BaseCommand):
                 _, identity_raw = services.token_issue(
                     actor=actor, identity=identity, name="demo-sidecar"
                 )
+            saved_agent = json.loads(agent_file.read_text()) if agent_file.exists() else {}
+            agent_raw = saved_agent.get("token")
+            if _still_valid_token(agent_raw) is None:
+                _, agent_raw = services.token_issue(actor=actor, identity=agent, name="demo-mcp")
         _write_private(sidecar_file, f"{sidecar_raw}\n")
         _write_private(identity_file, json.dumps({"identity": IDENTITY, "token": identity_raw}))
+        _write_private(agent_file, json.dumps({"identity": AGENT, "token": agent_raw}))
         pins = ",".join(f"{kid}:{pub}" for kid, pub in published_public_keys().items())
         config = {
             "upstream_dsn": upstream_dsn(dbname),
@@ -276,6 +296,8 @@ class Command(BaseCommand):
             "heartbeat_interval": 10,
             "upstream_password": app_password,
         }
+        if options["mcp_port"]:
+            config["mcp_listen"] = f"127.0.0.1:{options['mcp_port']}"
         _write_private(directory / "sidecar.json", json.dumps(config, indent=2))
         self.stdout.write(
             f"Demo database {dbname} ready ({inserted} customers added); "

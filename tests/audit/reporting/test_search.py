@@ -35,14 +35,23 @@ def test_each_filter_narrows_to_the_matching_events(auditor_user, crm, lab, now)
                   action="", outcome="", statement="")  # fmt: skip
     old = event_add(occurred_at=now - datetime.timedelta(days=40), identity_name="alice",
                     datasource_id=crm.pk)  # fmt: skip
+    # An AI agent through the MCP server: its tool call, and the statement the call ran.
+    call = event_add(occurred_at=t + datetime.timedelta(seconds=3), identity_name="bot",
+                     identity_kind="agent", datasource_id=crm.pk, type="mcp.call",
+                     application_name="mcp:claude-code")  # fmt: skip
+    ran = event_add(occurred_at=t + datetime.timedelta(seconds=3), identity_name="bot",
+                    identity_kind="agent", datasource_id=crm.pk,
+                    application_name="mcp:claude-code")  # fmt: skip
 
     def search(**kw: Any) -> set[int]:
         events, _ = audit_events_search(user=auditor_user, filters=AuditFilters(**kw), limit=100)
         return set(_ids(events))
 
-    assert search() >= {a, b, c, old}
+    assert search() >= {a, b, c, old, call, ran}
     assert search(identity="alice") == {a, old}
-    assert search(identity_kind="agent") == {b}
+    assert search(identity_kind="agent") == {b, call, ran}
+    assert search(channel="mcp") == {call, ran}
+    assert search(channel="mcp", type="mcp.call") == {call}
     # Control-plane events (the datasources' creation) carry a datasource too.
     assert search(datasource_id=lab.pk, type="statement") == {b}
     assert search(environment="sandbox", type="statement") == {b}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -56,7 +57,11 @@ def test_identities_are_the_connect_teams_live_members_with_live_tokens(
     demo_policy: Any, admin_user: Any, team_b: Any
 ) -> None:
     services.identity_create(actor=admin_user, name="bob", kind="human", teams=[team_b])
-    live, _ = services.token_issue(actor=admin_user, identity=demo_policy.service, name="live")
+    live, raw = services.token_issue(actor=admin_user, identity=demo_policy.service, name="live")
+    human = services.identity_create(
+        actor=admin_user, name="hana", kind="human", teams=demo_policy.service.teams.all()
+    )
+    _, human_raw = services.token_issue(actor=admin_user, identity=human, name="hana's")
     revoked, _ = services.token_issue(actor=admin_user, identity=demo_policy.service, name="old")
     services.token_revoke(actor=admin_user, token=revoked)
     expired, _ = services.token_issue(
@@ -80,7 +85,15 @@ def test_identities_are_the_connect_teams_live_members_with_live_tokens(
     assert service["owner"] == "security" and service["kind"] == "service"
     assert [c["id"] for c in service["credentials"]] == [f"tok-{live.pk}"]
     assert service["credentials"][0]["scram_sha_256"] == live.scram_verifier
-    assert not any("wdn_" in str(i) for i in bundle["identities"])  # no raw token anywhere
+    # A service's (or an agent's) credential carries the token's prefix, which the
+    # control plane shows anyway: the sidecar's MCP server finds a bearer token's
+    # identity by it (format 1.2). A human's does not: humans use the proxy.
+    assert service["credentials"][0]["prefix"] == live.prefix == raw[:10]
+    assert bundle["format"] == "warden.bundle/1.2"
+    hana = _identity(bundle, "hana")
+    assert hana is not None and "prefix" not in hana["credentials"][0]
+    assert raw not in json.dumps(bundle) and human_raw not in json.dumps(bundle)
+    assert human_raw[:10] not in json.dumps(bundle)
 
 
 def test_content_digest_ignores_only_the_time(demo_policy: Any, admin_user: Any) -> None:

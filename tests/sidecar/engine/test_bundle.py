@@ -102,6 +102,22 @@ def test_refused_whole(expected: str, mutate: Any) -> None:
         load_bundle(data)
 
 
+def test_a_credential_prefix_needs_format_1_2() -> None:
+    data = copy.deepcopy(bundle_data("demo-production"))
+    data["identities"][0]["credentials"][0]["prefix"] = "wdn_abc123"
+    _resigned(data)
+    with pytest.raises(BundleError, match=r"needs format warden.bundle/1\.2"):
+        load_bundle(data)
+    data["format"] = "warden.bundle/1.2"
+    _resigned(data)
+    loaded = load_bundle(data)
+    assert loaded.identities[data["identities"][0]["name"]].credentials[0]["prefix"] == "wdn_abc123"
+    data["identities"][0]["credentials"][0]["prefix"] = "not a prefix!"
+    _resigned(data)
+    with pytest.raises(BundleError, match="schema violation"):
+        load_bundle(data)
+
+
 def test_revision_must_match_content() -> None:
     data = copy.deepcopy(bundle_data("demo-production"))
     data["datasource"]["criticality"] = 1

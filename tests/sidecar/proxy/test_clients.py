@@ -103,6 +103,23 @@ def test_wrong_token_and_unknown_identity_are_refused_alike(sidecar: Sidecar) ->
 def test_startup_is_sanitised(sidecar: Sidecar) -> None:
     with pytest.raises(psycopg.OperationalError, match="options"):
         psycopg.connect(sidecar.dsn(options="-c search_path=evil"))
+    # Warden's own settings only: not a server setting beside one, and the address an
+    # MCP agent came from only on the sidecar's private listener.
+    for options in (
+        "-c warden.hold_wait=0 -c search_path=evil",
+        "-c warden.client_addr=10.0.0.1",
+        "--warden.client_addr=10.0.0.1",
+        "-c",
+    ):
+        with pytest.raises(psycopg.OperationalError, match="options"):
+            psycopg.connect(sidecar.dsn(options=options))
+    with pytest.raises(psycopg.OperationalError, match="whole seconds"):
+        psycopg.connect(sidecar.dsn(options="-c warden.hold_wait=-1"))
+    with psycopg.connect(sidecar.dsn(options="-c warden.hold_wait=0")) as conn:
+        # Not forwarded: the server never hears of it.
+        assert conn.execute("SELECT current_setting('warden.hold_wait', true)").fetchone() == (
+            None,
+        )
     with pytest.raises(psycopg.OperationalError, match="replication"):
         psycopg.connect(sidecar.dsn(replication="database"))
     with pytest.raises(psycopg.OperationalError, match="is not served here"):

@@ -1,0 +1,318 @@
+"""The MCP server over streamable HTTP, driven by the SDK's own client, in front of a
+real PostgreSQL: what an agent reads is masked exactly as through psql, what policy
+refuses is refused with the rule's message, every call is audited, and the bearer
+token is checked on every request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx2
+import psycopg
+import pytest
+from mcp import Client
+
+from sidecar.mcp.tools import TOOLS
+from tests.sidecar.mcp.conftest import (
+    AGENT_TOKEN,
+    LIMITED_TOKEN,
+    LIMITS,
+    REVOKED_TOKEN,
+    mcp_bundle,
+    mcp_url,
+    run,
+    spool_events,
+    spool_text,
+    with_http_client,
+    write_bundle,
+)
+from tests.sidecar.proxy.conftest import ALICE_TOKEN, EMAILS, SSNS, Sidecar, wait_for
+
+# Reads of the classified columns in every position the engine rewrites: none may
+# bring a raw SSN or e-mail back (as tests/sidecar/engine/test_masking_pg.py asks
+# of the engine's rewrite, here end to end through the MCP server and the proxy).
+CLASSIFIED_READS = [
+    "SELECT * FROM customers ORDER BY id",
+    "SELECT id, email, ssn FROM customers WHERE id <= 5",
+    "SELECT upper(email), substr(ssn, 1, 3), ssn || '' FROM customers WHERE id = 3",
+    "SELECT id FROM customers WHERE email = 'user1@example.com'",
+    "SELECT id FROM customers WHERE ssn LIKE '001%'",
+    "SELECT email FROM customers WHERE id = 1 UNION SELECT ssn FROM customers WHERE id = 1",
+    "WITH c AS (SELECT email, ssn FROM customers) SELECT * FROM c LIMIT 3",
+    "SELECT string_agg(email, ',') FROM customers",
+    "SELECT row_to_json(c) FROM customers c WHERE id = 2",
+    "SELECT CASE WHEN ssn LIKE '00%' THEN ssn END FROM customers WHERE id = 4",
+    "SELECT (SELECT max(ssn) FROM customers) AS top",
+]
+
+
+def _text(result: Any) -> str:
+    return json.dumps(result.structured_content) + "".join(
+        getattr(c, "text", "") for c in result.content
+    )
+
+
+def _no_raw_value(text: str) -> None:
+    for raw in SSNS + EMAILS:
+        assert raw not in text, f"raw value {raw} came back"
+
+
+def test_the_tools_and_their_schemas(sidecar: Sidecar) -> None:
+    async def body(client: Client) -> Any:
+        return (await client.list_tools()).tools
+
+    tools = run(with_http_client(sidecar, AGENT_TOKEN, body))
+    assert {t.name: t.input_schema for t in tools} == {
+        name: t["input_schema"] for name, t in TOOLS.items()
+    }
+    # No tool takes connection parameters.
+    for tool in tools:
+        assert set(tool.input_schema["properties"]) <= {"table", "sql", "id", "wait_seconds"}
+
+
+def test_schema_tools_show_classifications_and_masks_never_values(sidecar: Sidecar) -> None:
+    async def body(client: Client) -> Any:
+        return (
+            await client.call_tool("list_tables", {}),
+            await client.call_tool("describe_table", {"table": "customers"}),
+            await client.call_tool("describe_table", {"table": "public.nope"}),
+        )
+
+    tables, customers, missing = run(with_http_client(sidecar, AGENT_TOKEN, body))
+    listed = {t["name"]: t for t in tables.structured_content["tables"]}
+    assert listed["customers"]["classified_columns"] == 2
+    assert listed["customers"]["access"] == "allowed"
+    columns = {c["name"]: c for c in customers.structured_content["columns"]}
+    assert columns["email"]["classification"] == "pii.email"
+    assert columns["email"]["masked"] is True
+    assert columns["ssn"]["masked"] is True
+    assert columns["name"]["masked"] is False
+    assert columns["id"]["type"] == "integer"
+    _no_raw_value(_text(customers) + _text(tables))
+    assert missing.is_error
+    assert missing.structured_content["error"]["code"] == "unknown_table"
+
+
+def test_masked_reads_never_return_a_raw_value(sidecar: Sidecar) -> None:
+    async def body(client: Client) -> list[Any]:
+        return [await client.call_tool("query", {"sql": sql}) for sql in CLASSIFIED_READS]
+
+    results = run(with_http_client(sidecar, AGENT_TOKEN, body))
+    for sql, result in zip(CLASSIFIED_READS, results, strict=True):
+        assert not result.is_error, (sql, result.content)
+        _no_raw_value(_text(result))
+    first = results[0].structured_content
+    assert [c["name"] for c in first["columns"]] == ["id", "name", "email", "ssn"]
+    assert first["columns"][0]["type"] == "int4"
+    assert first["rows"][0][:3] == [1, "Customer 1", "***@example.com"]
+    assert first["masked_columns"] == ["public.customers.email", "public.customers.ssn"]
+    # 50 rows, the configured limit is 20: cut, and said so.
+    assert first["row_count"] == LIMITS["mcp_max_rows"]
+    assert first["truncated"] is True and first["truncated_by"] == "rows"
+    # The security team (exempt from the masks) would see raw values: the masks are
+    # the policy's, not the MCP server's.
+    with psycopg.connect(sidecar.dsn()) as conn:
+        row = conn.execute("SELECT email FROM customers WHERE id = 1").fetchone()
+    assert row == ("***@example.com",)
+    # Nothing raw reached the audit trail either.
+    time.sleep(0.3)
+    _no_raw_value(spool_text(sidecar.state_dir))
+
+
+def test_refusals_are_tool_errors_with_the_rules_message(sidecar: Sidecar) -> None:
+    async def body(client: Client) -> dict[str, Any]:
+        calls = {
+            "drop": ("execute", {"sql": "DROP TABLE notes"}),
+            "drop_as_query": ("query", {"sql": "DROP TABLE notes"}),
+            "write_as_query": ("query", {"sql": "INSERT INTO notes (body) VALUES ('x')"}),
+            "read_as_execute": ("execute", {"sql": "SELECT 1"}),
+            "two": ("query", {"sql": "SELECT 1; SELECT 2"}),
+            "set": ("execute", {"sql": "SET search_path = pg_catalog"}),
+            "server_file": ("query", {"sql": "SELECT pg_read_file('/etc/passwd')"}),
+            "syntax": ("query", {"sql": "SELEC 1"}),
+            "connection_params": ("query", {"sql": "SELECT 1", "host": "10.0.0.1"}),
+            "no_sql": ("query", {}),
+            "unknown_tool": ("shell", {"cmd": "id"}),
+        }
+        return {k: await client.call_tool(t, a) for k, (t, a) in calls.items()}
+
+    results = run(with_http_client(sidecar, AGENT_TOKEN, body))
+    for name, result in results.items():
+        assert result.is_error, name
+    error = {k: r.structured_content["error"] for k, r in results.items()}
+    assert error["drop"]["code"] == "blocked"
+    assert "Dropping objects is not allowed through Warden" in error["drop"]["message"]
+    assert "no-drop" in error["drop"]["message"]
+    assert error["drop_as_query"]["code"] == "blocked"
+    assert error["write_as_query"]["code"] == "wrong_tool"
+    assert error["read_as_execute"]["code"] == "wrong_tool"
+    assert error["two"]["code"] in ("one_statement", "syntax_error")
+    assert error["set"]["code"] == "wrong_tool"
+    assert error["server_file"]["code"] == "blocked"
+    assert error["syntax"]["code"] == "syntax_error" and error["syntax"]["sqlstate"] == "42601"
+    assert error["connection_params"]["code"] == "invalid_arguments"
+    assert error["no_sql"]["code"] == "invalid_arguments"
+    assert error["unknown_tool"]["code"] == "unknown_tool"
+    # The table is still there: the refused DROP never reached the database.
+    with psycopg.connect(sidecar.extra["upstream"]) as conn:
+        assert conn.execute("SELECT to_regclass('public.notes')").fetchone() == ("notes",)
+        assert conn.execute("SELECT count(*) FROM ddl_seen").fetchone() == (0,)
+
+
+def test_every_call_is_audited_in_the_proxys_chain(sidecar: Sidecar) -> None:
+    async def body(client: Client) -> Any:
+        await client.call_tool("query", {"sql": "SELECT email FROM customers WHERE id = 7"})
+        await client.call_tool("execute", {"sql": "DROP TABLE customers"})
+
+    run(with_http_client(sidecar, AGENT_TOKEN, body, client_name="Audit Bot/2 ☃"))
+
+    def settled() -> list[dict[str, Any]]:
+        found = [
+            e
+            for e in spool_events(sidecar.state_dir)
+            if e.get("application_name") == "mcp:Audit-Bot-2" and e.get("type") == "mcp.call"
+        ]
+        return found if len(found) >= 2 else []
+
+    calls = wait_for(settled, timeout=5)
+    assert calls, "no mcp.call events"
+    query, drop = calls[-2:]
+    assert query["tool"] == "query" and drop["tool"] == "execute"
+    for event in (query, drop):
+        assert event["v"] == "1.2"
+        assert event["identity"] == "agent7" and event["identity_kind"] == "agent"
+        assert event["owner"] == "alice"
+        assert event["client_addr"] == "127.0.0.1"
+    assert query["outcome"] == "allowed" and query["rows"] == 1 and query["action"] == "allow"
+    assert query["masked_columns"] == ["public.customers.email"]
+    assert query["statement"] == "SELECT email FROM customers WHERE id = $1"
+    assert drop["outcome"] == "blocked" and drop["action"] == "block"
+    assert drop["error_sqlstate"] == "42501"
+    # The statements themselves, recorded by the proxy under the same application name.
+    statements = [
+        e
+        for e in spool_events(sidecar.state_dir)
+        if e.get("type") == "statement" and e.get("application_name") == "mcp:Audit-Bot-2"
+    ]
+    assert {s["outcome"] for s in statements} >= {"allowed", "blocked"}
+    assert all(s["owner"] == "alice" for s in statements)
+
+
+def test_http_needs_a_valid_bearer_token(sidecar: Sidecar) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "list_tables", "arguments": {}},
+    }
+    headers = {"Accept": "application/json, text/event-stream"}
+    cases = {
+        "none": {},
+        "not bearer": {"Authorization": f"Basic {AGENT_TOKEN}"},
+        "unknown prefix": {"Authorization": "Bearer wdn_nobody" + "x" * 33},
+        "wrong token, known prefix": {"Authorization": f"Bearer {AGENT_TOKEN[:10]}{'z' * 33}"},
+        # A human's token signs in to the proxy, not to the MCP server (no prefix).
+        "a human's token": {"Authorization": f"Bearer {ALICE_TOKEN}"},
+    }
+    for name, extra in cases.items():
+        response = httpx2.post(mcp_url(sidecar), json=body, headers={**headers, **extra})
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert AGENT_TOKEN not in response.text
+    # The wrong token with a real prefix was a sign-in the proxy refused and recorded.
+    failed = wait_for(
+        lambda: [
+            e
+            for e in spool_events(sidecar.state_dir)
+            if e.get("type") == "login_failed" and e.get("identity") == "agent7"
+        ]
+    )
+    assert failed and failed[-1]["client_addr"] == "127.0.0.1"
+    assert "z" * 33 not in spool_text(sidecar.state_dir)
+
+
+def test_limits(sidecar: Sidecar) -> None:
+    """Per identity: calls at once, result size, statement timeout, calls a minute."""
+
+    async def body(client: Client) -> dict[str, Any]:
+        sleepers = await asyncio.gather(
+            *(client.call_tool("query", {"sql": "SELECT pg_sleep(0.6)"}) for _ in range(3))
+        )
+        wide = await client.call_tool(
+            "query", {"sql": "SELECT repeat('x', 1000) FROM generate_series(1, 10)"}
+        )
+        slow = await client.call_tool("query", {"sql": "SELECT pg_sleep(3)"})
+        rest = [await client.call_tool("list_tables", {}) for _ in range(30)]
+        return {"sleepers": sleepers, "wide": wide, "slow": slow, "rest": rest}
+
+    results = run(with_http_client(sidecar, LIMITED_TOKEN, body))
+    codes = sorted(
+        r.structured_content["error"]["code"] if r.is_error else "ok" for r in results["sleepers"]
+    )
+    assert codes == ["limited", "ok", "ok"]
+    wide = results["wide"].structured_content
+    assert wide["truncated"] is True and wide["truncated_by"] == "bytes"
+    assert 0 < wide["row_count"] < 10
+    slow = results["slow"].structured_content["error"]
+    assert slow["code"] == "timeout" and slow["sqlstate"] == "57014"
+    refused = [r for r in results["rest"] if r.is_error]
+    # 3 + 2 + 30 calls against a limit of 30 a minute: the last ones are refused.
+    assert refused and all(
+        "rate limit" in r.structured_content["error"]["message"] for r in refused
+    )
+    assert not results["rest"][0].is_error
+    # Another identity is not affected.
+    other = run(with_http_client(sidecar, AGENT_TOKEN, lambda c: c.call_tool("list_tables", {})))
+    assert not other.is_error
+
+
+def test_a_revoked_token_ends_the_session_at_its_next_call(sidecar: Sidecar) -> None:
+    name = sidecar.database
+
+    async def body(client: Client) -> Any:
+        first = await client.call_tool("query", {"sql": "SELECT 1 AS one"})
+        write_bundle(sidecar, mcp_bundle(name, without=("revoked",)))
+        await asyncio.sleep(2.5)  # the sidecar re-reads its bundle file every second
+        try:
+            second = await client.call_tool("query", {"sql": "SELECT 1 AS one"})
+        except Exception as exc:  # the HTTP layer's 401
+            second = exc
+        return first, second
+
+    try:
+        first, second = run(with_http_client(sidecar, REVOKED_TOKEN, body))
+    finally:
+        write_bundle(sidecar, mcp_bundle(name))
+    assert not first.is_error and first.structured_content["rows"] == [[1]]
+    if isinstance(second, Exception):
+        assert "401" in repr(second) or "not valid" in repr(second)
+    else:
+        assert second.is_error
+    # And a new client with that token is refused at the door.
+    response = httpx2.post(
+        mcp_url(sidecar),
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": f"Bearer {REVOKED_TOKEN}"},
+    )
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("mode", ["legacy"])
+def test_the_handshake_era_protocol_works_too(sidecar: Sidecar, mode: str) -> None:
+    async def body(client: Client) -> Any:
+        return await client.call_tool("query", {"sql": "SELECT ssn FROM customers WHERE id = 9"})
+
+    result = run(with_http_client(sidecar, AGENT_TOKEN, body, mode=mode, client_name="legacy"))
+    assert result.structured_content["rows"] == [["*******1009"]]
+    # The client ended its session (DELETE): the proxied connection is closed with it.
+    ended = wait_for(
+        lambda: [
+            e
+            for e in spool_events(sidecar.state_dir)
+            if e.get("type") == "session_end" and e.get("application_name") == "mcp:legacy"
+        ]
+    )
+    assert ended and ended[0]["identity"] == "agent7" and ended[0]["owner"] == "alice"
