@@ -8,8 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint format bench clean native fuzz compat dist-check screenshots
 
-$(STAMP): requirements.txt requirements-demo.txt requirements-dev.txt sidecar/requirements.txt \
-		sidecar/requirements-mcp.txt
+$(STAMP): requirements.txt requirements-demo.txt requirements-dev.txt sidecar/requirements.txt sidecar/requirements-mcp.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
