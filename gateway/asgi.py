@@ -143,9 +143,17 @@ def _answer_long_polls_on_exit() -> None:
         previous = signal.getsignal(signum)
 
         def handler(number: int, frame: Any, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(longpoll.stop_waiting)
-            if callable(previous):
-                previous(number, frame)
+            try:
+                loop.call_soon_threadsafe(longpoll.stop_waiting)
+            except RuntimeError:
+                pass  # the loop is closed: no long-poll is waiting on it any more
+            finally:
+                if callable(previous):
+                    previous(number, frame)
+                elif previous == signal.SIG_DFL:
+                    # No handler of the server's: the signal does what it would have.
+                    signal.signal(number, signal.SIG_DFL)
+                    signal.raise_signal(number)
 
         signal.signal(signum, handler)
 

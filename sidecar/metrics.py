@@ -72,7 +72,7 @@ class Metrics:
     def connection_closed(self) -> None:
         self.connections_active -= 1
 
-    def observe_decision(self, seconds: float, action: str) -> None:
+    def observe_decision(self, seconds: float) -> None:
         self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
         self._latency_count += 1

@@ -701,15 +701,6 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     if (r == NULL)
         goto fail;
     Py_DECREF(r);
-    /* The heartbeat's statement counters count what the audit trail records. */
-    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
-    if (metrics == NULL)
-        goto fail;
-    r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
-    Py_DECREF(metrics);
-    if (r == NULL)
-        goto fail;
-    Py_DECREF(r);
     ok = PyObject_IsTrue(journal);
     if (ok < 0)
         goto fail;
@@ -719,6 +710,15 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
             goto fail;
         Py_DECREF(r);
     }
+    /* The heartbeat's statement counters count what the audit trail records. */
+    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
+    if (metrics == NULL)
+        goto fail;
+    r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
+    Py_DECREF(metrics);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
     done = 1;
     goto out;
 check:

@@ -777,7 +777,7 @@ class Session:
             self._tell_provisional(verdict)
         if verdict.plain and self._sql_prepared is None and self.audit.accepting:
             # Nothing of the session's own books applies to a plain allowed statement.
-            self.metrics.observe_decision(time.perf_counter() - started, ALLOW)
+            self.metrics.observe_decision(time.perf_counter() - started)
             return verdict
         return self._session_rules(verdict, generation, started)
 
@@ -888,7 +888,7 @@ class Session:
             for prepared in self.statements.values():
                 prepared.upstream = None
                 prepared.generation = -1
-        self.metrics.observe_decision(time.perf_counter() - started, verdict.action)
+        self.metrics.observe_decision(time.perf_counter() - started)
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
                 action="block",
@@ -1111,7 +1111,7 @@ class Session:
             upstream_sql="",
             audit=frozen({"kind": "function_call"}),
         )
-        self.metrics.observe_decision(0.0, verdict.action)
+        self.metrics.observe_decision(0.0)
         self.pending.append(_Exec(None, True))
         refusal = m.query(self._refuse(verdict))
         return refusal + self._probe_after(False) if self.dirty else refusal
@@ -1305,9 +1305,9 @@ class Session:
             sqlstate, approval_id, base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
-        self.metrics.recorded(verdict.action)
         if journal:
             self.audit.resolved(journal)
+        self.metrics.recorded(verdict.action)
 
     # ---- upstream -> client -------------------------------------------------
 
@@ -1624,9 +1624,9 @@ class Session:
             item.error, approval_id, item.base or self._base_json,
         )  # fmt: skip
         self.audit.append_line(line)
-        self.metrics.recorded(verdict.action)
         if item.journal:
             self.audit.resolved(item.journal)
+        self.metrics.recorded(verdict.action)
 
     # ---- lifetime -----------------------------------------------------------
 

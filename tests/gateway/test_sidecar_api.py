@@ -163,7 +163,7 @@ def test_a_stopping_server_answers_its_long_polls_at_once(
         server.proc.send_signal(signal.SIGTERM)
         waiter.join(timeout=55)
         assert result["reply"][0] == 304
-        assert result["at"] - signalled < 3
+        assert result["at"] - signalled < 5  # against the 50 s it would wait
         # uvicorn re-raises the signal once it has shut down cleanly.
         assert server.proc.wait(timeout=10) in (0, -signal.SIGTERM)
         log = server.log.read_text()
