@@ -4,10 +4,12 @@ configuration history. Presentation only; no policy decisions are made here."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 from django import template
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -58,6 +60,47 @@ def badge(value: Any, family: str = "") -> SafeString:
         if family != "env" or key in _ENV_CLASSES:
             css += f" badge-{family}-{key}"
     return format_html('<span class="{}">{}</span>', css, text)
+
+
+# --- date-times -------------------------------------------------------------------------
+#
+# One format everywhere: "2026-12-06 14:05 UTC" in a <time> whose ``datetime`` is
+# the exact instant. static/js/warden.js rewrites the text into the browser's time
+# zone and adds the relative time ("3 hours ago") as its title; without JavaScript
+# the page stays in UTC, which the text says.
+
+_WHEN_FORMATS = {"": "%Y-%m-%d %H:%M", "seconds": "%Y-%m-%d %H:%M:%S"}
+
+
+def _instant(value: Any) -> datetime.datetime | None:
+    if isinstance(value, str):
+        try:
+            value = parse_datetime(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime.datetime):
+        return None
+    if value.tzinfo is None:  # a naive value is UTC here (TIME_ZONE, USE_TZ)
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC)
+
+
+@register.filter
+def when(value: Any, precision: str = "") -> SafeString | str:
+    """``{{ token.last_used_at|when|default:"never" }}``: the instant as a <time>
+    element, "" for None (so ``default`` applies). ``when:"seconds"`` shows seconds.
+
+    Takes a datetime or an ISO 8601 string (e.g. a snapshot's ``scanned_at``)."""
+    at = _instant(value)
+    if at is None:
+        return "" if value in (None, "") else str(value)
+    text = at.strftime(_WHEN_FORMATS.get(precision, _WHEN_FORMATS[""]))
+    return format_html(
+        '<time datetime="{}" data-when="{}">{} UTC</time>',
+        at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        precision or "minutes",
+        text,
+    )
 
 
 @register.filter
