@@ -7,6 +7,8 @@ from typing import Any
 
 from django import template
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from audit.sink.chain import micros
 
@@ -17,3 +19,56 @@ register = template.Library()
 def event_url(event: Any) -> str:
     """``{{ event|event_url }}`` → ``/audit/events/<id>/?at=<µs since epoch>``."""
     return f"{reverse('audit:event_detail', args=[event.id])}?at={micros(event.occurred_at)}"
+
+
+# --- how an event reads in a list ------------------------------------------------------
+
+_CHANGE_VERBS = {"create": "Created", "update": "Changed", "delete": "Deleted"}
+# A statement's outcome when it went the way its action says: shown once, not twice.
+_EXPECTED_OUTCOME = {"allow": "allowed", "block": "blocked", "review": "held"}
+
+
+@register.filter
+def event_label(event: Any) -> str:
+    """The words for the event's type ("Policy changed", "Database session started")."""
+    from audit.sink.kinds import event_label as label
+
+    return label(event.type)
+
+
+@register.filter
+def event_summary(event: Any) -> str:
+    """What a control-plane event concerns, in one line: for ``policy.change``, the
+    object and the fields changed ("Changed guardrail 3 No deletes: enabled, position").
+    """
+    extra = event.extra if isinstance(event.extra, dict) else {}
+    target = str(extra.get("target") or "")
+    detail = extra.get("detail") if isinstance(extra.get("detail"), dict) else {}
+    if event.type == "policy.change":
+        model, _, rest = target.partition(":")
+        _pk, _, name = rest.partition(" ")
+        what = f"{model or detail.get('model', 'object')} {name}".strip()
+        verb = _CHANGE_VERBS.get(event.outcome, event.outcome or "Changed")
+        fields = [str(f) for f in detail.get("fields") or []]
+        if fields and event.outcome == "update":
+            return f"{verb} {what}: {', '.join(fields)}"
+        return f"{verb} {what}"
+    if event.type.startswith("approval.") and target:
+        who = detail.get("identity")
+        return f"Request {target[:8]}" + (f" by {who}" if who else "")
+    return target.partition(" ")[2] or target
+
+
+@register.simple_tag
+def event_outcome(event: Any) -> SafeString:
+    """The decision as one badge ("blocked"), or the action then what came of it
+    ("review → approved") when they differ; a control-plane event's outcome as text."""
+    if not event.action:
+        if event.type == "policy.change":
+            return format_html("")
+        return format_html("{}", event.outcome or "")
+    expected = _EXPECTED_OUTCOME.get(event.action)
+    css = f"badge badge-action-{event.action}"
+    if event.outcome in ("", expected):
+        return format_html('<span class="{}">{}</span>', css, expected or event.action)
+    return format_html('<span class="{}">{}</span> → {}', css, event.action, event.outcome)
