@@ -148,20 +148,114 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 _HIDDEN_KEYS = {"updated_at", "created_at", "digest", "scram_verifier"}
 
 
+def _is_snapshot(value: Any) -> bool:
+    """A datasource's schema snapshot: {"tables": [...], "scanned_at"?}."""
+    return isinstance(value, dict) and "tables" in value and set(value) <= {"tables", "scanned_at"}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _schema_changes(before: Any, after: Any) -> list[dict[str, str]]:
+    """Added, changed and dropped tables and columns between two snapshots, as lines."""
+    from governance.scans import snapshot_drift
+
+    drift = snapshot_drift(before or {}, after or {})
+    lines = [{"kind": "added", "what": "table", "name": t} for t in drift["new_tables"]]
+    lines += [{"kind": "added", "what": "column", "name": c} for c in drift["new_columns"]]
+    lines += [
+        {
+            "kind": "changed",
+            "what": "column",
+            "name": c["column"],
+            "detail": f"{c['from']} → {c['to']}",
+        }
+        for c in drift["changed_columns"]
+    ]
+    lines += [{"kind": "dropped", "what": "column", "name": c} for c in drift["dropped_columns"]]
+    lines += [{"kind": "dropped", "what": "table", "name": t} for t in drift["dropped_tables"]]
+    return lines
+
+
 @register.simple_tag
-def history_changes(record: Any) -> list[dict[str, str]]:
-    """Rows of ``{"field", "before", "after"}`` for the keys a change touched."""
-    before = _flatten(getattr(record, "before", None) or {})
-    after = _flatten(getattr(record, "after", None) or {})
-    rows = []
+def history_changes(record: Any) -> list[dict[str, Any]]:
+    """Rows of ``{"field", "before", "after"}`` for the keys a change touched: every
+    changed field of an update, every field set by a create, every field a delete
+    removed. A schema snapshot is one row whose ``schema`` lists the tables and
+    columns added, changed and dropped, not two JSON blobs."""
+    before_obj = getattr(record, "before", None) or {}
+    after_obj = getattr(record, "after", None) or {}
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(before_obj) | set(after_obj)):
+        old, new = before_obj.get(name), after_obj.get(name)
+        if (_is_snapshot(old) or _is_snapshot(new)) and old != new:
+            schema = _schema_changes(old, new)
+            if not schema:  # only ``scanned_at`` moved
+                detail = "scanned again; no table or column changed"
+                schema = [{"kind": "same", "what": "", "name": "", "detail": detail}]
+            rows.append({"field": name, "schema": schema})
+            before_obj = {k: v for k, v in before_obj.items() if k != name}
+            after_obj = {k: v for k, v in after_obj.items() if k != name}
+    before = _flatten(before_obj)
+    after = _flatten(after_obj)
     for key in sorted(set(before) | set(after)):
         if key.split(".")[-1] in _HIDDEN_KEYS:
             continue
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
-        rows.append({"field": key, "before": _short(old), "after": _short(new)})
+        if _empty(old) and _empty(new):
+            continue
+        rows.append(
+            {
+                "field": key,
+                "before": "" if key not in before else _short(old),
+                "after": "" if key not in after else _short(new),
+            }
+        )
+    rows.sort(key=lambda row: row["field"])
     return rows
+
+
+# --- sidecar counters -------------------------------------------------------------------
+
+# The heartbeat's counter keys (sidecar/runner.py ``heartbeat_counters``), in words.
+_COUNTER_LABELS = {
+    "connections_total": "Connections since start",
+    "connections_active": "Connections open",
+    "statements_allow": "Statements allowed",
+    "statements_review": "Statements held for review",
+    "statements_block": "Statements blocked",
+    "audit_spool_depth": "Audit events waiting to ship",
+    "audit_shipped": "Audit events shipped",
+    "audit_dropped": "Audit events dropped",
+    "privileged_upstream": "Privileged database role",
+    "workers": "Worker processes",
+    "workers_serving": "Workers answering",
+}
+_REJECTION_WORDS = {
+    "envelope": "not a signed envelope",
+    "signature": "bad signature",
+    "engine": "refused by the engine",
+    "datasource": "for another datasource",
+    "expiry": "no valid expiry",
+    "expired": "expired",
+    "replay": "older than the active one",
+    "refused": "not usable",
+}
+
+
+@register.filter
+def counter_label(key: str) -> str:
+    """``statements_allow`` → "Statements allowed"; an unknown key in plain words."""
+    key = str(key)
+    if key in _COUNTER_LABELS:
+        return _COUNTER_LABELS[key]
+    if key.startswith("bundle_rejected_"):
+        reason = key.removeprefix("bundle_rejected_")
+        return f"Bundles rejected ({_REJECTION_WORDS.get(reason, reason.replace('_', ' '))})"
+    return key.replace("_", " ").capitalize()
 
 
 _FLAG_TEXT = {
