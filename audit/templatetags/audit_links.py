@@ -3,12 +3,13 @@ lookup in one partition rather than a search of every partition by id."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django import template
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from audit.sink.chain import micros
 
@@ -26,6 +27,17 @@ def event_url(event: Any) -> str:
 _CHANGE_VERBS = {"create": "Created", "update": "Changed", "delete": "Deleted"}
 # A statement's outcome when it went the way its action says: shown once, not twice.
 _EXPECTED_OUTCOME = {"allow": "allowed", "block": "blocked", "review": "held"}
+
+
+@functools.lru_cache(maxsize=128)
+def _model_words(model_name: str) -> str:
+    """``guardrailrule`` → "guardrail rule" (the model's verbose name), as history names it."""
+    from django.apps import apps
+
+    for model in apps.get_models():
+        if model._meta.model_name == model_name:
+            return str(model._meta.verbose_name)
+    return model_name or "object"
 
 
 @register.filter
@@ -47,7 +59,7 @@ def event_summary(event: Any) -> str:
     if event.type == "policy.change":
         model, _, rest = target.partition(":")
         _pk, _, name = rest.partition(" ")
-        what = f"{model or detail.get('model', 'object')} {name}".strip()
+        what = f"{_model_words(model or str(detail.get('model', '')))} {name}".strip()
         verb = _CHANGE_VERBS.get(event.outcome, event.outcome or "Changed")
         fields = [str(f) for f in detail.get("fields") or []]
         if fields and event.outcome == "update":
@@ -64,8 +76,8 @@ def event_outcome(event: Any) -> SafeString:
     """The decision as one badge ("blocked"), or the action then what came of it
     ("review → approved") when they differ; a control-plane event's outcome as text."""
     if not event.action:
-        if event.type == "policy.change":
-            return format_html("")
+        if event.type == "policy.change":  # its summary says created, changed, deleted
+            return mark_safe("")
         return format_html("{}", event.outcome or "")
     expected = _EXPECTED_OUTCOME.get(event.action)
     css = f"badge badge-action-{event.action}"
