@@ -297,6 +297,7 @@ def verdict_parts(
                 (column, (classes or {}).get(column, ""))
                 for column in sorted({c for s in statements for c in s.provisional_columns})
             ),
+            decision.hint or None,
         ),
     )
 

@@ -80,6 +80,7 @@ class Ruling:
     sqlstate: str = SQLSTATE_HELD
     message: str = ""
     outcome: str = "held"  # the audit event's outcome: held, denied, blocked
+    hint: str | None = None  # PostgreSQL's HINT: where the approval request is
 
 
 def first_rule(verdict: Verdict) -> str:
@@ -221,7 +222,8 @@ async def rule(
         reviewer = state.decided_by or "a reviewer"
         reason = state.reason or "no reason given"
         message = f"Warden: request {state.url} was denied by {reviewer}: {reason}"
-        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied")
+        hint = f"The decision and its reason: {state.url}"
+        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied", hint=hint)
     if state.state == "pending":
         message = (
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
@@ -232,7 +234,8 @@ async def rule(
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
             f"is {state.state} — run it again to request a new approval"
         )
-    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held")
+    hint = f"Follow the approval request at {state.url}"
+    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held", hint=hint)
 
 
 async def _ask(

@@ -1120,8 +1120,13 @@ class Session:
         message: str | None = None,
         outcome: str | None = None,
         approval_id: str | None = None,
+        hint: str | None = None,
     ) -> bytes:
-        """Record the refusal and return the marker statement that stands in for it."""
+        """Record the refusal and return the marker statement that stands in for it.
+
+        Its HINT fits it: the approval request's address for a hold, the deciding
+        guardrail's own words, else the general one (a syntax error has none: it is
+        the server's own error)."""
         held = verdict.action == REVIEW
         error = verdict.error if message is None and sqlstate is None else None
         self._refusal_seq += 1
@@ -1141,7 +1146,7 @@ class Session:
             if sqlstate is None:
                 sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
             self._refusals[self._refusal_seq] = m.error_response(
-                sqlstate=sqlstate, message=message, hint=_HINT
+                sqlstate=sqlstate, message=message, hint=hint or verdict.hint or _HINT
             )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
@@ -1193,10 +1198,14 @@ class Session:
             message = self._hold_approved(hold, ruling.approved)
             self._hold_release(hold, message, hold.verdict.barrier)
         else:
-            message = self._hold_refusal(hold, ruling.sqlstate, ruling.message, ruling.outcome)
+            message = self._hold_refusal(
+                hold, ruling.sqlstate, ruling.message, ruling.outcome, ruling.hint
+            )
             self._hold_release(hold, message)
 
-    def _hold_refusal(self, hold: Hold, sqlstate: str, message: str, outcome: str) -> bytes:
+    def _hold_refusal(
+        self, hold: Hold, sqlstate: str, message: str, outcome: str, hint: str | None = None
+    ) -> bytes:
         """The marker statement standing in for a held message that will not run."""
         marker = self._refuse(
             hold.verdict,
@@ -1204,6 +1213,7 @@ class Session:
             message=message,
             outcome=outcome,
             approval_id=hold.request_id,
+            hint=hint,
         )
         if hold.simple:
             self.pending.append(_Exec(None, True))

@@ -103,6 +103,8 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
         assert first != "123-45-6789" and first.endswith("6789"), shown.stdout
         dropped = _psql(proc.port, dbname, "svc-billing", raw, "DROP TABLE customers")
         assert dropped.returncode != 0 and "migrations" in dropped.stderr, dropped.stderr
+        # Its hint is the rule's own text, not the general "ask the data owner".
+        assert "HINT:  Schema changes in production go through migrations" in dropped.stderr
         _assert_enforced(proc.port, dbname, raw)  # 2 more statements: 4 so far
 
         counts = _wait_statements(sidecar.pk, 4, timeout=15)
