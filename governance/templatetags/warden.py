@@ -150,7 +150,11 @@ _HIDDEN_KEYS = {"updated_at", "created_at", "digest", "scram_verifier"}
 
 def _is_snapshot(value: Any) -> bool:
     """A datasource's schema snapshot: {"tables": [...], "scanned_at"?}."""
-    return isinstance(value, dict) and "tables" in value and set(value) <= {"tables", "scanned_at"}
+    if not (isinstance(value, dict) and set(value) <= {"tables", "scanned_at"}):
+        return False
+    tables = value.get("tables")
+    # Not a guardrail's conditions, whose "tables" are names.
+    return isinstance(tables, list) and all(isinstance(t, dict) and "name" in t for t in tables)
 
 
 def _empty(value: Any) -> bool:
@@ -189,7 +193,8 @@ def history_changes(record: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in sorted(set(before_obj) | set(after_obj)):
         old, new = before_obj.get(name), after_obj.get(name)
-        if (_is_snapshot(old) or _is_snapshot(new)) and old != new:
+        sides_ok = all(side is None or _is_snapshot(side) for side in (old, new))
+        if sides_ok and (old or new) and old != new:
             schema = _schema_changes(old, new)
             if not schema:  # only ``scanned_at`` moved
                 detail = "scanned again; no table or column changed"
