@@ -121,6 +121,8 @@ def jsonpretty(value: Any) -> str:
 def _short(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, str) and len(value) >= 16 and value[10:11] == "T" and _instant(value):
+        return when(value)  # a recorded date-time, in the one format
     if isinstance(value, str):
         return value if value else '""'
     if isinstance(value, bool):

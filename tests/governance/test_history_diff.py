@@ -63,3 +63,10 @@ def test_sidecar_counters_read_as_words() -> None:
 def test_a_guardrails_tables_condition_is_not_taken_for_a_snapshot() -> None:
     rows = _rows({"conditions": {"tables": []}}, {"conditions": {"tables": ["public.a"]}})
     assert rows == [{"field": "conditions.tables", "before": "(none)", "after": "public.a"}]
+
+
+def test_a_recorded_date_time_shows_in_the_one_format() -> None:
+    (row,) = _rows({"expires_at": None}, {"expires_at": "2026-12-06T14:05:09.123+00:00"})
+    assert row["after"] == (
+        '<time datetime="2026-12-06T14:05:09Z" data-when="minutes">2026-12-06 14:05 UTC</time>'
+    )
