@@ -186,20 +186,25 @@ class ChainAnchor(models.Model):
 
 
 class AccessDaily(models.Model):
-    """Daily count of allowed statements per identity, datasource and classification.
+    """Daily count of allowed statements that read classified data, per identity,
+    datasource, the set of classifications read and whether anything was masked.
 
     Maintained by ingestion in the same transaction as the events (the PII
-    report reads it). The database key is (day, identity_name, datasource_id,
-    classification, writer), ``writer`` being the sidecar whose batches counted
-    the row (0 for a rebuild): read it summed. Django needs one column as ``pk``,
-    so ``day`` stands in and this model is for reading only.
+    report reads it). One statement is one row's count: ``classifications`` is
+    the sorted set it read, ``masked`` whether the sidecar masked any column of
+    it (else the values came back raw: an identity exempt from masking, or data
+    no rule masks). The database key is (day, identity_name, datasource_id,
+    classifications, masked, writer), ``writer`` being the sidecar whose batches
+    counted the row (0 for a rebuild): read it summed. Django needs one column as
+    ``pk``, so ``day`` stands in and this model is for reading only.
     """
 
     day = models.DateField(primary_key=True)
     identity_name = models.TextField()
     identity_kind = models.TextField()
     datasource_id = models.IntegerField()
-    classification = models.TextField()
+    classifications = ArrayField(models.TextField())
+    masked = models.BooleanField()
     writer = models.IntegerField(default=0)
     events = models.BigIntegerField()
 
@@ -208,7 +213,9 @@ class AccessDaily(models.Model):
         db_table = "audit_access_daily"
 
     def __str__(self) -> str:
-        return f"{self.day} {self.identity_name} {self.classification}: {self.events}"
+        read = "masked" if self.masked else "raw"
+        labels = ",".join(self.classifications)
+        return f"{self.day} {self.identity_name} {labels} {read}: {self.events}"
 
 
 class ActivityDaily(models.Model):

@@ -34,9 +34,11 @@ from audit.reporting import evidence, reports, saved_searches
 from audit.reporting.exports import export_stream
 from audit.reporting.selectors import (
     AUDIT_READERS,
+    READS,
     AuditFilters,
     audit_event_get,
     audit_event_proof,
+    audit_event_types,
     audit_events_search,
 )
 from governance import selectors as governance_selectors
@@ -54,9 +56,6 @@ _OUTCOMES = [
     (o, o)
     for o in ("allowed", "held", "blocked", "error", "approved", "denied", "refused", "limited")
 ]
-_TYPES = [("statement", "statement"), ("session_start", "session start"),
-          ("session_end", "session end"), ("login_failed", "failed sign-in"),
-          ("login_throttled", "throttled sign-in"), ("mcp.call", "MCP tool call")]  # fmt: skip
 _CHANNELS = [("mcp", "MCP (AI agents)")]
 _DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 
@@ -76,7 +75,8 @@ class ExplorerForm(forms.Form):
         required=False, coerce=int, empty_value=None, label="Datasource"
     )
     environment = forms.ChoiceField(required=False, label="Environment")
-    type = forms.ChoiceField(required=False, choices=_any(_TYPES), label="Event")
+    # Choices: every event type (audit_event_types), set per request.
+    type = forms.ChoiceField(required=False, label="Event")
     channel = forms.ChoiceField(required=False, choices=_any(_CHANNELS), label="Through")
     action = forms.ChoiceField(required=False, choices=_any(_ACTIONS), label="Action")
     outcome = forms.ChoiceField(required=False, choices=_any(_OUTCOMES), label="Outcome")
@@ -93,6 +93,9 @@ class ExplorerForm(forms.Form):
         max_length=200,
         label="Table",
         widget=forms.TextInput(attrs={"placeholder": "public.customers"}),
+    )
+    reads = forms.ChoiceField(
+        required=False, choices=_any(list(READS.items())), label="Classified data"
     )
     since = forms.DateTimeField(
         required=False,
@@ -119,6 +122,7 @@ class ExplorerForm(forms.Form):
         self.fields["datasource"].choices = _any([(str(d.pk), d.name) for d in sources])
         envs = governance_selectors.environment_list(user=user)
         self.fields["environment"].choices = _any([(e.name, e.name) for e in envs])
+        self.fields["type"].choices = [("", "Any"), *audit_event_types(user=user)]
         self.classification_names = list(
             Classification.objects.order_by("name").values_list("name", flat=True)
         )
@@ -142,6 +146,7 @@ class ExplorerForm(forms.Form):
             type=d.get("type") or "",
             classification=d.get("classification") or "",
             table=d.get("table") or "",
+            reads=d.get("reads") or "",
             since=d.get("since"),
             until=d.get("until"),
             q=d.get("q") or "",
@@ -162,6 +167,7 @@ def filters_query(filters: AuditFilters) -> str:
         ("outcome", filters.outcome),
         ("classification", filters.classification),
         ("table", filters.table),
+        ("reads", filters.reads),
         ("q", filters.q),
         ("channel", filters.channel),
     ):
@@ -181,11 +187,20 @@ def _named(events: list[Any]) -> list[Any]:
     return events
 
 
+# What the explorer shows when opened without filters: the statements, which is
+# what people come for (every other type is one choice away in the form).
+DEFAULT_FILTERS = AuditFilters(type="statement")
+
+
 def _explorer_form(request: HttpRequest) -> ExplorerForm:
     data = request.GET.copy()
     for key in ("after", "saved"):
         data.pop(key, None)
-    return ExplorerForm(data or None, user=request.user)
+    return ExplorerForm(data or None, user=request.user, initial={"type": DEFAULT_FILTERS.type})
+
+
+def _explorer_filters(form: ExplorerForm) -> AuditFilters:
+    return form.filters() if form.is_bound else DEFAULT_FILTERS
 
 
 # --- explorer --------------------------------------------------------------------------
@@ -198,7 +213,7 @@ def explorer(request: HttpRequest) -> HttpResponse:
     if form.is_bound and not form.is_valid():
         context = {"form": form, "events": [], "saved": _saved(request)}
         return render(request, "audit/explorer.html", context, status=400)
-    filters = form.filters() if form.is_bound else AuditFilters()
+    filters = _explorer_filters(form)
     after = request.GET.get("after") or None
     try:
         events, next_cursor = audit_events_search(
@@ -238,7 +253,7 @@ def export(request: HttpRequest, fmt: str) -> HttpResponse:
     form = _explorer_form(request)
     if form.is_bound and not form.is_valid():
         return HttpResponseBadRequest("Those filters are not valid: " + form.errors.as_text())
-    filters = form.filters() if form.is_bound else AuditFilters()
+    filters = _explorer_filters(form)
     lines = export_stream(user=request.user, filters=filters, fmt=fmt)
     content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
     response = StreamingHttpResponse(lines, content_type=content_type)
@@ -305,9 +320,9 @@ def saved_search_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @reader_required
 @require_http_methods(["GET"])
 def pii_report(request: HttpRequest) -> HttpResponse:
-    name = request.GET.get("period", "last_quarter")
+    name = request.GET.get("period", reports.DEFAULT_PERIOD)
     if name not in reports.PERIODS:
-        name = "last_quarter"
+        name = reports.DEFAULT_PERIOD
     period = reports.period_named(name)
     if request.GET.get("format") == "csv":
         response = HttpResponse(
@@ -319,19 +334,47 @@ def pii_report(request: HttpRequest) -> HttpResponse:
         response["Cache-Control"] = "no-store"
         return response
     rows = reports.pii_access_report(user=request.user, period=period)
-    explorer_url = reverse("audit:explorer")
     shown = rows[:REPORT_ROWS_SHOWN]
     context = {
         "period": period,
         "period_name": name,
         "periods": [(p, reports.period_named(p).label) for p in reports.PERIODS],
-        "rows": [(row, f"{explorer_url}?{filters_query(row.drilldown)}") for row in shown],
+        "rows": _report_links(shown, period),
         "row_count": len(rows),
         "truncated": len(rows) > len(shown),
-        "total": sum(row.events for row in rows),
+        "raw": sum(row.raw for row in rows),
+        "masked": sum(row.masked for row in rows),
+        "total": sum(row.statements for row in rows),
         "classifications": reports.sensitive_classifications(),
     }
     return render(request, "audit/pii_report.html", context)
+
+
+def _report_links(rows: list[reports.AccessRow], period: reports.Period) -> list[dict[str, Any]]:
+    """The report's rows with the explorer links of their counts.
+
+    Each link is the row's ``drilldown`` filters; the part they share (the period,
+    allowed statements) is encoded once, which keeps a page of 200 rows cheap."""
+    base = filters_query(
+        AuditFilters(type="statement", action="allow", since=period.since, until=period.until)
+    )
+    explorer = f"{reverse('audit:explorer')}?{base}&"
+    out = []
+    for row in rows:
+        who = urlencode({"identity": row.identity_name})
+        out.append(
+            {
+                "row": row,
+                "url": f"{explorer}{who}&reads=classified",
+                "raw_url": f"{explorer}{who}&reads=raw",
+                "masked_url": f"{explorer}{who}&reads=masked",
+                "classifications": [
+                    (c, f"{explorer}{who}&{urlencode({'classification': c.classification})}")
+                    for c in row.classifications
+                ],
+            }
+        )
+    return out
 
 
 # --- overview ----------------------------------------------------------------------------
@@ -397,9 +440,20 @@ def activity_svg(days: list[dict[str, Any]]) -> SafeString:
 def overview(request: HttpRequest) -> HttpResponse:
     user = request.user
     days = reports.activity_by_day(user=user, days=14)
-    refused = reports.refused_recent(user=user)
+    refused = reports.refused_recent(user=user, days=7)
     _named(refused["latest"])
+    explorer_url = reverse("audit:explorer")
+
+    def explore(days_back: int, **filters: Any) -> str:
+        """The explorer over the same UTC days a card counts (today included)."""
+        since = reports.days_since(days_back)
+        return f"{explorer_url}?{filters_query(AuditFilters(since=since, **filters))}"
+
     context = {
+        "statements_14d_url": explore(14, type="statement"),
+        "blocked_7d_url": explore(7, type="statement", outcome="blocked"),
+        "held_7d_url": explore(7, type="statement", outcome="held"),
+        "top_readers_since": filters_query(AuditFilters(since=reports.days_since(30))),
         "chart": activity_svg(days),
         "statements_14d": sum(d["total"] for d in days),
         "top_readers": reports.top_classified_readers(user=user),

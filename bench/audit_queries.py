@@ -56,7 +56,7 @@ INSERT INTO audit_event (
     event_id, occurred_at, received_at, chain, seq, prev_hash, hash, source, type,
     identity_name, identity_kind, datasource_id, environment, sidecar_id, client_addr,
     application_name, statement_kind, statement, fingerprint, tables, columns,
-    classifications, action, outcome, "rows", duration_ms, risk
+    classifications, masked_columns, action, outcome, "rows", duration_ms, risk
 )
 SELECT
     'bench-' || i,
@@ -86,6 +86,9 @@ SELECT
         WHEN 2 THEN ARRAY['financial.card']
         ELSE ARRAY[]::text[]
     END,
+    -- A third of the identities read through masks, the others raw (exempt).
+    CASE WHEN u % 3 = 0 AND i % 7 < 3 THEN ARRAY['public.t' || (i % 60) || '.email']
+         ELSE ARRAY[]::text[] END,
     CASE WHEN i % 20 = 0 THEN 'block' WHEN i % 20 = 1 THEN 'review' ELSE 'allow' END,
     CASE WHEN i % 20 = 0 THEN 'blocked' WHEN i % 20 = 1 THEN 'held' ELSE 'allowed' END,
     i % 100,
@@ -202,7 +205,7 @@ def measure(repeat: int) -> dict[str, list[float]]:
     last_q = period_named("last_quarter")
     report = reverse("audit:pii_report")
     explorer = reverse("audit:explorer")
-    pii = client.get(report)
+    pii = client.get(report, {"period": "last_quarter"})
     rows = pii.context["row_count"]
     filtered = {"identity": "user-42", "classification": "pii.email", "type": "statement"}
     first = client.get(explorer, filtered)
@@ -220,7 +223,8 @@ def measure(repeat: int) -> dict[str, list[float]]:
     detail_path, _, detail_query = event_url(first.context["events"][0]).partition("?")
     detail_params = dict([detail_query.split("=", 1)])
     measured = {
-        "audit_pii_report": _measure(client, report, {}, repeat),
+        "audit_pii_report": _measure(client, report, {}, repeat),  # the last 30 days
+        "audit_pii_report_quarter": _measure(client, report, {"period": "last_quarter"}, repeat),
         "audit_explorer_page": _measure(client, explorer, filtered, repeat),
         "audit_explorer_deep_page": _measure(client, explorer, {**broad, **cursor}, repeat),
         "audit_explorer_text_search": _measure(
@@ -267,7 +271,7 @@ def main() -> None:
     print(f"events={args.events} repeat={args.repeat}")
     for metric, samples in results.items():
         p50, p99 = statistics.median(samples), _p(samples, 0.99)
-        if metric in ("audit_pii_report", "audit_explorer_page"):
+        if metric in ("audit_pii_report", "audit_pii_report_quarter", "audit_explorer_page"):
             print(f"{metric}_p50={p50:.1f} ms target={TARGET_MS:.0f} "
                   f"{'met' if p50 < TARGET_MS else 'missed'}")  # fmt: skip
             print(f"{metric}_p99={p99:.1f} ms target={TARGET_MS:.0f} "

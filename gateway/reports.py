@@ -17,6 +17,7 @@ from gateway.http import check_keys, error_response, sidecar_call
 from governance.bundles import bundle_current
 from governance.models import validate_schema_snapshot
 from governance.services import (
+    access_tokens_used,
     scan_requested_for,
     sidecar_heartbeat_record,
     sidecar_schema_report,
@@ -30,9 +31,10 @@ _REVISION_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @sidecar_call("POST")
 def heartbeat_view(request: HttpRequest) -> JsonResponse:
-    """Body: {revision, version, counters: {name: int}, status: {...}}."""
+    """Body: {revision, version, counters: {name: int}, status: {...}, logins?:
+    {"tok-<id>": POSIX seconds}} (when access tokens last signed in)."""
     call = sidecar_json_call(
-        request, HEARTBEAT_MAX_BYTES, {"revision", "version", "counters"}, {"status"}
+        request, HEARTBEAT_MAX_BYTES, {"revision", "version", "counters"}, {"status", "logins"}
     )
     if isinstance(call, JsonResponse):
         return call
@@ -55,9 +57,20 @@ def heartbeat_view(request: HttpRequest) -> JsonResponse:
         fields["counters"] = "An object of names to non-negative integers."
     if not isinstance(status, dict):
         fields["status"] = "An object."
+    logins = data.get("logins", {})
+    if not isinstance(logins, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and 0 <= v < 2**33
+        for k, v in logins.items()
+    ):
+        fields["logins"] = "An object of credential ids to POSIX times."
     if fields:
         return error_response(400, "The heartbeat is not valid.", fields)
     try:
+        # First: a malformed credential id refuses the heartbeat before anything is stored.
+        access_tokens_used(datasource_id=principal.datasource_id, logins=logins)
         sidecar_heartbeat_record(
             sidecar_id=principal.sidecar_id,
             revision=revision,

@@ -523,22 +523,25 @@ class BundleClient:
         version: str,
         counters: dict[str, int],
         workers: list[dict[str, int]] | None = None,
+        logins: dict[str, float] | None = None,
     ) -> str | None:
         """Report status; returns the control plane's current revision (None if unknown).
 
         ``workers``: each worker process's own counters when several serve, sent as
-        ``status.workers`` (``counters`` then holds their totals)."""
+        ``status.workers`` (``counters`` then holds their totals). ``logins``: when
+        credentials (the bundle's ids, never a token) last signed in, POSIX seconds."""
         status = self.status()
         if workers is not None:
             status = {**status, "workers": workers}
-        body = json.dumps(
-            {
-                "revision": self._active.revision if self._active else "",
-                "version": version,
-                "counters": counters,
-                "status": status,
-            }
-        ).encode()
+        payload: dict[str, Any] = {
+            "revision": self._active.revision if self._active else "",
+            "version": version,
+            "counters": counters,
+            "status": status,
+        }
+        if logins:
+            payload["logins"] = logins
+        body = json.dumps(payload).encode()
         response = await self.control_plane.post_json(HEARTBEAT_PATH, body, timeout=10)
         if response.status != 200:
             raise HttpError(f"heartbeat: HTTP {response.status}", response.status)

@@ -64,6 +64,12 @@ class Metrics:
         self.cancel_requests: dict[str, int] = {"own": 0, "forwarded": 0}
         # The upstream role is privileged and allow_privileged_upstream is set.
         self.privileged_upstream = False
+        # When each credential (the bundle's ``tok-<id>``, never the token) last
+        # signed in, POSIX seconds: the heartbeat reports it as "last used".
+        self.credentials_used: dict[str, float] = {}
+
+    def credential_used(self, credential_id: str, at: float | None = None) -> None:
+        self.credentials_used[credential_id] = time.time() if at is None else at
 
     def connection_opened(self) -> None:
         self.connections_total += 1
@@ -218,3 +224,23 @@ async def serve_exposition(
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+class CredentialUseReport:
+    """Which sign-ins a heartbeat still has to report: those newer than the last
+    the control plane acknowledged, at most ``limit`` a heartbeat (the oldest wait
+    for the next one), so a heartbeat stays small whatever the number of tokens."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self.limit = limit
+        self._sent: dict[str, float] = {}
+
+    def pending(self, used: dict[str, float]) -> dict[str, float]:
+        fresh = [(at, cid) for cid, at in used.items() if self._sent.get(cid) != at]
+        fresh.sort(reverse=True)
+        return {cid: round(at, 3) for at, cid in fresh[: self.limit]}
+
+    def acknowledged(self, sent: dict[str, float], used: dict[str, float]) -> None:
+        for cid in sent:
+            if cid in used:
+                self._sent[cid] = used[cid]

@@ -43,7 +43,7 @@ from sidecar.engine import values as engine_values
 from sidecar.engine.shape import confirmed, shape_of
 from sidecar.estimates import PlanEstimator
 from sidecar.http import ControlPlane, HttpError
-from sidecar.metrics import Metrics, serve_metrics
+from sidecar.metrics import CredentialUseReport, Metrics, serve_metrics
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.audit_event import audit_facts
 from sidecar.proxy.hold import PARAM_LABELS
@@ -298,6 +298,7 @@ def verdict_parts(
                 (column, (classes or {}).get(column, ""))
                 for column in sorted({c for s in statements for c in s.provisional_columns})
             ),
+            decision.hint or None,
         ),
     )
 
@@ -669,15 +670,24 @@ async def _heartbeats(
     counters: Callable[[], dict[str, int]],
     on_scan_requested: Callable[[str], None] | None = None,
     worker: Worker | None = None,
+    credentials_used: dict[str, float] | None = None,
 ) -> None:
+    report = CredentialUseReport()
     while True:
         try:
+            used = dict(credentials_used or {})
             if worker is None:
-                await client.heartbeat(version=VERSION, counters=counters())
+                logins = report.pending(used)
+                await client.heartbeat(version=VERSION, counters=counters(), logins=logins)
             else:
                 # One heartbeat for the whole sidecar, from worker 0, with every worker's.
                 totals, each = await worker.fleet_counters(counters())
-                await client.heartbeat(version=VERSION, counters=totals, workers=each)
+                used = await worker.fleet_logins(used)
+                logins = report.pending(used)
+                await client.heartbeat(
+                    version=VERSION, counters=totals, workers=each, logins=logins
+                )
+            report.acknowledged(logins, used)
             requested = client.last_heartbeat_reply.get("scan_requested")
             if on_scan_requested is not None and isinstance(requested, str) and requested:
                 on_scan_requested(requested)
@@ -909,6 +919,7 @@ async def serve(
                     counters,
                     reporter.request if reporter is not None else None,
                     worker,
+                    metrics.credentials_used,
                 )
             )
         )

@@ -525,6 +525,8 @@ class Worker:
             elif op == b"H":
                 counters = self.counters() if self.counters is not None else {}
                 writer.write(json.dumps({"worker": self.slot.index, **counters}).encode())
+            elif op == b"L" and self.metrics is not None:
+                writer.write(json.dumps(self.metrics.credentials_used).encode())
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -542,6 +544,27 @@ class Worker:
                 await self.link.ask({"op": "status", "worker": self.slot.index, "scan": status})
 
         asyncio.get_running_loop().create_task(send())
+
+    async def fleet_logins(self, own: dict[str, float]) -> dict[str, float]:
+        """Worker 0's heartbeat: when each credential last signed in on any worker."""
+        answers = await asyncio.gather(
+            *(
+                control_request(self.slot.control_socket(i), b"L")
+                for i in range(self.slot.count)
+                if i != self.slot.index
+            ),
+            return_exceptions=True,
+        )
+        merged = dict(own)
+        for answer in answers:
+            if not isinstance(answer, bytes) or not answer:
+                continue
+            with contextlib.suppress(ValueError):
+                decoded = json.loads(answer)
+                for cid, at in decoded.items() if isinstance(decoded, dict) else ():
+                    if isinstance(cid, str) and isinstance(at, int | float):
+                        merged[cid] = max(merged.get(cid, 0.0), float(at))
+        return merged
 
     async def fleet_counters(
         self, own: dict[str, int]

@@ -18,9 +18,7 @@ from urllib.parse import urlencode
 from django import template
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
-from django.utils.formats import date_format
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.timezone import localtime
 
 from approvals import live, pages, selectors, sql_display
 from approvals.models import GrantBinding
@@ -123,7 +121,7 @@ def timeline_text(event: dict[str, Any]) -> str:
     if kind == "approval":
         text = f"{detail.get('approvals', '?')} of {detail.get('required', '?')} approvals"
         if detail.get("uses"):
-            text += f"; asked for at most {detail['uses']} uses"
+            text += f"; asked for at most {_count(detail['uses'], 'use')}"
         return text
     if kind == "approved":
         text = f"Grant: {_count(detail.get('uses'), 'use')} until {_when(detail.get('expires_at'))}"
@@ -143,4 +141,5 @@ def _when(iso: Any) -> str:
     at = parse_datetime(iso) if isinstance(iso, str) else None
     if at is None:
         return "?"
-    return date_format(localtime(at), "DATETIME_FORMAT")
+    # The pages' one format (``warden.when``), as plain text inside a sentence.
+    return at.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

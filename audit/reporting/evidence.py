@@ -170,9 +170,13 @@ def approvals_snapshot(period: Period) -> list[dict[str, Any]]:
 def access_report_csv(*, user: Any, period: Period) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["identity", "identity_kind", "classification", "events"])
+    # One line per identity and classification it read; "statements" counts each
+    # statement once per line, so a statement reading two labels is on two lines.
+    writer.writerow(["identity", "identity_kind", "classification", "statements", "raw", "masked"])
     for row in pii_access_report(user=user, period=period):
-        writer.writerow([row.identity_name, row.identity_kind, row.classification, row.events])
+        for c in row.classifications:
+            line = [row.identity_name, row.identity_kind, c.classification]
+            writer.writerow([*line, c.statements, c.raw, c.masked])
     return out.getvalue().encode()
 
 

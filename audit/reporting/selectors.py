@@ -38,6 +38,9 @@ class AuditFilters:
     type: str = ""
     classification: str = ""
     table: str = ""
+    # "classified": statements that read classified data; "raw": of those, the ones
+    # where nothing was masked; "masked": the ones where something was.
+    reads: str = ""
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
     q: str = ""
@@ -47,6 +50,13 @@ class AuditFilters:
 
 
 MCP_APPLICATION_PREFIX = "mcp:"
+
+
+READS = {
+    "classified": "Read classified data",
+    "raw": "Read classified data raw",
+    "masked": "Read classified data masked",
+}
 
 
 def _filtered(filters: AuditFilters) -> QuerySet[AuditEvent]:
@@ -66,6 +76,12 @@ def _filtered(filters: AuditFilters) -> QuerySet[AuditEvent]:
         qs = qs.filter(classifications__contains=[filters.classification])
     if filters.table:
         qs = qs.filter(tables__contains=[filters.table])
+    if filters.reads in READS:
+        qs = qs.exclude(classifications=[])
+        if filters.reads == "raw":
+            qs = qs.filter(masked_columns=[])
+        elif filters.reads == "masked":
+            qs = qs.exclude(masked_columns=[])
     if filters.since is not None:
         qs = qs.filter(occurred_at__gte=filters.since)
     if filters.until is not None:
@@ -207,3 +223,37 @@ def audit_event_proof(*, event: AuditEvent) -> EventProof:
         prev_ok=None if prev is None else prev.hash == event.prev_hash,
         next_ok=None if nxt is None else nxt.prev_hash == event.hash,
     )
+
+
+# --- event types ----------------------------------------------------------------------
+
+# The distinct stored types other than statements, one index probe per type (a loose
+# index scan on the partial index audit_event_type_idx, which holds exactly those
+# rows), so it costs a few milliseconds however long the trail.
+_STORED_TYPES = """
+WITH RECURSIVE found(type) AS (
+    (SELECT type FROM audit_event WHERE type <> 'statement' ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.type FROM audit_event e
+            WHERE e.type <> 'statement' AND e.type > found.type ORDER BY e.type LIMIT 1)
+    FROM found WHERE found.type IS NOT NULL
+)
+SELECT type FROM found WHERE type IS NOT NULL
+"""
+
+
+def audit_event_types(*, user: Any) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The explorer's event filter: every type the contract and the control plane
+    declare, and any other stored, as (group, [(type, label)])."""
+    from django.db import connection
+
+    from audit.sink.kinds import event_label, event_type_groups
+
+    require_audit_reader(user)
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_TYPES)
+        stored = frozenset(row[0] for row in cursor.fetchall())
+    return [
+        (group, [(kind, event_label(kind)) for kind in kinds])
+        for group, kinds in event_type_groups(stored)
+    ]

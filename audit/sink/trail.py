@@ -36,6 +36,7 @@ from audit.models import (
     datasource_chain,
 )
 from audit.sink.chain import CHAINED_FIELDS, GENESIS, canonical_doc, chain_hash, from_micros, micros
+from audit.sink.kinds import CONTROL_LABELS
 from audit.sink.lookups import lookups
 
 logger = logging.getLogger("audit.services")  # the name operators' log routing knows
@@ -547,12 +548,14 @@ def _utc_day(number: int) -> datetime.date:
 def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]], writer: int = 0) -> None:
     """Count the rows into both daily rollups, in one pass.
 
-    ``audit_access_daily``: allowed statements per (UTC day, identity, datasource,
-    classification); ``audit_activity_daily``: statements per (UTC day,
-    environment, outcome); both per ``writer`` too, so that batches of different
-    sidecars never upsert the same row (the second would wait for the first's
-    commit). Readers sum over writers."""
-    access: dict[tuple[datetime.date, str, int, str], list[Any]] = {}
+    ``audit_access_daily``: allowed statements that read classified data, per (UTC
+    day, identity, datasource, set of classifications read, masked or not): one
+    statement counts once whatever number of classifications it read;
+    ``audit_activity_daily``: statements per (UTC day, environment, outcome); both
+    per ``writer`` too, so that batches of different sidecars never upsert the
+    same row (the second would wait for the first's commit). Readers sum over
+    writers."""
+    access: dict[tuple[datetime.date, str, int, str, bool], list[Any]] = {}
     activity: Counter[tuple[datetime.date, str, str]] = Counter()
     for row in rows:
         if row["type"] != "statement":
@@ -563,18 +566,21 @@ def _rollups_add(cursor: Any, rows: Iterable[dict[str, Any]], writer: int = 0) -
             continue
         if row["datasource_id"] is None:
             continue
-        for classification in set(row["classifications"]):
-            key = (day, row["identity_name"], row["datasource_id"], classification)
-            entry = access.get(key)
-            if entry is None:
-                access[key] = [row["identity_kind"], 1]
-            else:
-                entry[1] += 1
+        labels = _LABEL_SEPARATOR.join(sorted(set(row["classifications"])))
+        key = (day, row["identity_name"], row["datasource_id"], labels, bool(row["masked_columns"]))
+        entry = access.get(key)
+        if entry is None:
+            access[key] = [row["identity_kind"], 1]
+        else:
+            entry[1] += 1
     # Sorted by key: one order for every writer, so concurrent batches cannot deadlock.
     _rollup_add(
         cursor,
         _ACCESS_DAILY_ADD,
-        [(k[0], k[1], access[k][0], k[2], k[3], writer, access[k][1]) for k in sorted(access)],
+        [
+            (k[0], k[1], access[k][0], k[2], k[3], k[4], writer, access[k][1])
+            for k in sorted(access)
+        ],
     )
     _rollup_add(cursor, _ACTIVITY_DAILY_ADD, [(*k, writer, activity[k]) for k in sorted(activity)])
 
@@ -588,18 +594,19 @@ def _rollup_add_sql(table: str, columns: dict[str, str], key: tuple[str, ...]) -
     )
 
 
-_ACCESS_DAILY_ADD = _rollup_add_sql(
-    "audit_access_daily",
-    {
-        "day": "date",
-        "identity_name": "text",
-        "identity_kind": "text",
-        "datasource_id": "int",
-        "classification": "text",
-        "writer": "int",
-        "events": "bigint",
-    },
-    key=("day", "identity_name", "datasource_id", "classification", "writer"),
+# A set of classifications travels as one text (unnest would flatten a text[][]),
+# joined by a character no classification name holds.
+_LABEL_SEPARATOR = "\x1f"
+_ACCESS_DAILY_ADD = (
+    "INSERT INTO audit_access_daily (day, identity_name, identity_kind, datasource_id, "
+    "classifications, masked, writer, events) "
+    "SELECT day, identity_name, identity_kind, datasource_id, "
+    "string_to_array(labels, chr(31)), masked, writer, events "
+    "FROM unnest(%s::date[], %s::text[], %s::text[], %s::int[], %s::text[], %s::boolean[], "
+    "%s::int[], %s::bigint[]) "
+    "AS u(day, identity_name, identity_kind, datasource_id, labels, masked, writer, events) "
+    "ON CONFLICT (day, identity_name, datasource_id, classifications, masked, writer) "
+    "DO UPDATE SET events = audit_access_daily.events + EXCLUDED.events"
 )
 _ACTIVITY_DAILY_ADD = _rollup_add_sql(
     "audit_activity_daily",
@@ -619,13 +626,15 @@ def _rollup_add(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
 # The rollups recomputed from the events themselves, from a day on (see below).
 _ACCESS_DAILY_FROM_EVENTS = """
 INSERT INTO audit_access_daily (day, identity_name, identity_kind, datasource_id,
-                                classification, events)
+                                classifications, masked, events)
 SELECT (occurred_at AT TIME ZONE 'UTC')::date, identity_name, min(identity_kind),
-       datasource_id, c, count(*)
-FROM audit_event, unnest(classifications) AS c
+       datasource_id,
+       ARRAY(SELECT c FROM unnest(classifications) AS c GROUP BY c ORDER BY c COLLATE "C"),
+       cardinality(masked_columns) > 0, count(*)
+FROM audit_event
 WHERE type = 'statement' AND action = 'allow' AND datasource_id IS NOT NULL
-  AND occurred_at >= %s
-GROUP BY 1, 2, 4, 5
+  AND cardinality(classifications) > 0 AND occurred_at >= %s
+GROUP BY 1, 2, 4, 5, 6
 """
 _ACTIVITY_DAILY_FROM_EVENTS = """
 INSERT INTO audit_activity_daily (day, environment, outcome, events)
@@ -671,7 +680,10 @@ def audit_control_event(
     value (keys that could carry one are dropped anyway). The event joins the
     datasource's chain when it concerns one, else the ``control-plane`` chain,
     inside the caller's transaction: a change that rolls back leaves no event.
+    ``action`` must be declared in ``audit.sink.kinds`` (the explorer lists those).
     """
+    if action not in CONTROL_LABELS:
+        raise ValueError(f"{action!r} is not a declared audit event type (audit/sink/kinds.py).")
     if not actor_name:
         is_user = actor is not None and getattr(actor, "is_authenticated", False)
         actor_name = actor.get_username() if is_user else "system"

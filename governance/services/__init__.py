@@ -36,6 +36,7 @@ from governance.services.datasources import (
     sidecar_schema_report,
 )
 from governance.services.identities import (
+    access_tokens_used,
     api_token_issue,
     api_token_revoke,
     identities_expire,
@@ -83,6 +84,7 @@ from governance.services.sidecars import (
 )
 
 __all__ = [
+    "access_tokens_used",
     "api_token_issue",
     "api_token_revoke",
     "break_glass_approve",

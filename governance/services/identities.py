@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime
 import logging
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -36,11 +37,13 @@ from governance.models import (
     TOKEN_PREFIX,
     AccessToken,
     ApiToken,
+    Datasource,
     Identity,
     IdentityKind,
     Membership,
     Role,
     Team,
+    identities_allowed_on,
     scram_sha256_verifier,
     token_digest,
 )
@@ -412,3 +415,43 @@ def _sso_teams_sync(identity: Identity, groups: list[str], team_map: dict[str, s
     if {t.pk for t in identity.teams.all()} != {t.pk for t in teams}:
         _update(None, identity, {"teams": teams}, allowed={"teams"})
         bundles_mark_stale(obj=identity)
+
+
+# --- access tokens: last used -----------------------------------------------------------
+
+_CREDENTIAL_ID = re.compile(r"^tok-([1-9][0-9]{0,17})$")
+MAX_LOGINS_PER_HEARTBEAT = 500
+
+
+def access_tokens_used(*, datasource_id: int, logins: dict[str, float]) -> int:
+    """Record when access tokens last signed in, as a sidecar's heartbeat reports it
+    (``{"tok-<id>": POSIX seconds}``, the ids its bundle carries: never a token).
+
+    Only tokens of identities the datasource's bundle lists count: a sidecar cannot
+    touch another datasource's tokens. A time ahead of the control plane's clock is
+    taken as now; an older time than the one stored changes nothing. Returns how
+    many tokens changed. Not history: it changes with every sign-in.
+    """
+    if len(logins) > MAX_LOGINS_PER_HEARTBEAT:
+        raise ValidationError({"logins": f"At most {MAX_LOGINS_PER_HEARTBEAT} sign-ins."})
+    now = timezone.now()
+    times: dict[int, datetime.datetime] = {}
+    for credential_id, at in logins.items():
+        match = _CREDENTIAL_ID.match(credential_id)
+        if match is None:
+            raise ValidationError({"logins": f"{credential_id[:40]!r} is not a credential id."})
+        moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+        times[int(match.group(1))] = min(moment, now)
+    if not times:
+        return 0
+    datasource = Datasource.objects.filter(pk=datasource_id).first()
+    if datasource is None:
+        return 0
+    allowed = identities_allowed_on(datasource, now).values("pk")
+    changed = 0
+    tokens = AccessToken.objects.filter(pk__in=times, identity__in=allowed)
+    for pk, last in tokens.values_list("pk", "last_used_at"):
+        at = times[pk]
+        if last is None or last < at:
+            changed += AccessToken.objects.filter(pk=pk).update(last_used_at=at)
+    return changed

@@ -121,6 +121,9 @@ class Decision:
     # Set when the text is refused as the server would refuse it (a syntax error,
     # several statements in one Parse): the client gets this error, not Warden's.
     error: ClientError | None = None
+    # What the client is told to do about a refusal (PostgreSQL's HINT): the
+    # deciding guardrail's own text, which its authors wrote for that case.
+    hint: str = ""
     cached: bool = field(default=False, compare=False)
 
     def to_json(self, *, audit: bool = False) -> dict[str, Any]:

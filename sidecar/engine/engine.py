@@ -491,6 +491,7 @@ class Engine:
             barrier=d.barrier,
             redact_errors=d.redact_errors,
             break_glass=d.break_glass,
+            hint=d.hint,
             cached=True,
         )
 
@@ -679,6 +680,7 @@ class Engine:
         reasons: list[Reason] = list(hard)
         action = "block" if hard else "allow"
         guardrail = guardrails.first_applying(bundle, who, facts)
+        hint = ""
         if guardrail is not None:
             if SEVERITY[guardrail.action] < SEVERITY[floor]:
                 # The allow rule did not decide: what it could not lift did, and the
@@ -706,6 +708,8 @@ class Engine:
                 else "is holding this statement for review"
             )
             message = f"Warden {verb}: {first.message} (rule {first.rule})"
+            if guardrail is not None and first.rule == guardrail.name and guardrail.message:
+                hint = guardrail.message  # the rule's own words: what to do instead
         if action == "block":
             upstream = sql
         decision = Decision(
@@ -722,6 +726,7 @@ class Engine:
             redact_errors=redact_errors,
             break_glass=used_grants,
             error=error,
+            hint=hint,
         )
         template = (
             self._template(sql, analyses, splices, decision, hard)

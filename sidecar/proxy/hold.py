@@ -93,6 +93,8 @@ class Ruling:
         r = self.request
         return f"approval_request={r.id} state={r.state} url={r.url}"
 
+    hint: str | None = None  # PostgreSQL's HINT: where the approval request is
+
 
 def first_rule(verdict: Verdict) -> str:
     """The rule that asked for review, for the client's message."""
@@ -238,7 +240,10 @@ async def rule(
         reviewer = state.decided_by or "a reviewer"
         reason = state.reason or "no reason given"
         message = f"Warden: request {state.url} was denied by {reviewer}: {reason}"
-        return Ruling(sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied", request=state)
+        hint = f"The decision and its reason: {state.url}"
+        return Ruling(
+            sqlstate=SQLSTATE_BLOCKED, message=message, outcome="denied", hint=hint, request=state
+        )
     if state.state == "pending":
         message = (
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
@@ -249,7 +254,8 @@ async def rule(
             f"Warden: this statement needs approval (rule {asked_by}); request {state.url} "
             f"is {state.state} — run it again to request a new approval"
         )
-    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held", request=state)
+    hint = f"Follow the approval request at {state.url}"
+    return Ruling(sqlstate=SQLSTATE_HELD, message=message, outcome="held", hint=hint, request=state)
 
 
 async def _ask(

@@ -96,6 +96,9 @@ class Verdict(NamedTuple):
     # (schema.table.column, classification) of the columns it reads masked only
     # provisionally: the session tells the client once per column (a NOTICE).
     provisional: tuple[tuple[str, str], ...] = ()
+    # PostgreSQL's HINT for a refusal: the deciding rule's own words (None: the
+    # session's general one).
+    hint: str | None = None
 
     def audit_json(self) -> str:
         """The audit facts as the members of a JSON object (no braces)."""

@@ -103,6 +103,7 @@ class ScramServer:
         self._server_first = ""
         self._nonce = ""
         self._gs2 = ""
+        self.matched: Verifier | None = None  # the verifier the proof matched
 
     def first(self, client_first: bytes) -> bytes:
         try:
@@ -153,6 +154,7 @@ class ScramServer:
             signature = _hmac(verifier.stored_key, auth_message)
             client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
             if hmac.compare_digest(hashlib.sha256(client_key).digest(), verifier.stored_key):
+                self.matched = verifier
                 server_signature = _hmac(verifier.server_key, auth_message)
                 return b"v=" + base64.b64encode(server_signature)
         raise ScramError("password authentication failed")

@@ -507,10 +507,12 @@ class ProxyServer:
             writer.write(m.auth_request(3))
             password = await self._read_password(reader)
             text = password.rstrip(b"\x00").decode("utf-8", "replace")
-            if not any(c.verifier.matches_password(text) for c in creds):
+            used = next((c for c in creds if c.verifier.matches_password(text)), None)
+            if used is None:
                 raise failed
             assert identity is not None
             writer.write(m.auth_request(0))
+            self.metrics.credential_used(used.id)
             return identity
         # One salt per exchange: verify against the credentials sharing the salt (and
         # iterations) most of them have: the control plane gives every token of an
@@ -543,6 +545,10 @@ class ProxyServer:
         assert identity is not None
         writer.write(m.auth_request(12, server_final))
         writer.write(m.auth_request(0))
+        for c in creds:
+            if c.verifier is scram.matched:
+                self.metrics.credential_used(c.id)
+                break
         return identity
 
     async def _read_password(self, reader: asyncio.StreamReader) -> bytes:

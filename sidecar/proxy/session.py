@@ -1125,8 +1125,13 @@ class Session:
         outcome: str | None = None,
         approval_id: str | None = None,
         detail: str | None = None,
+        hint: str | None = None,
     ) -> bytes:
-        """Record the refusal and return the marker statement that stands in for it."""
+        """Record the refusal and return the marker statement that stands in for it.
+
+        Its HINT fits it: the approval request's address for a hold, the deciding
+        guardrail's own words, else the general one (a syntax error has none: it is
+        the server's own error)."""
         held = verdict.action == REVIEW
         error = verdict.error if message is None and sqlstate is None else None
         self._refusal_seq += 1
@@ -1146,7 +1151,10 @@ class Session:
             if sqlstate is None:
                 sqlstate = SQLSTATE_HELD if held else SQLSTATE_BLOCKED
             self._refusals[self._refusal_seq] = m.error_response(
-                sqlstate=sqlstate, message=message, detail=detail, hint=_HINT
+                sqlstate=sqlstate,
+                message=message,
+                detail=detail,
+                hint=hint or verdict.hint or _HINT,
             )
         if len(self._refusals) > 10_000:  # a client that never reads its results
             self._refusals.pop(next(iter(self._refusals)))
@@ -1200,12 +1208,18 @@ class Session:
             self._hold_release(hold, message, hold.verdict.barrier)
         else:
             message = self._hold_refusal(
-                hold, ruling.sqlstate, ruling.message, ruling.outcome, ruling.detail
+                hold, ruling.sqlstate, ruling.message, ruling.outcome, ruling.detail, ruling.hint
             )
             self._hold_release(hold, message)
 
     def _hold_refusal(
-        self, hold: Hold, sqlstate: str, message: str, outcome: str, detail: str | None = None
+        self,
+        hold: Hold,
+        sqlstate: str,
+        message: str,
+        outcome: str,
+        detail: str | None = None,
+        hint: str | None = None,
     ) -> bytes:
         """The marker statement standing in for a held message that will not run."""
         marker = self._refuse(
@@ -1215,6 +1229,7 @@ class Session:
             outcome=outcome,
             approval_id=hold.request_id,
             detail=detail,
+            hint=hint,
         )
         if hold.simple:
             self.pending.append(_Exec(None, True))

@@ -134,4 +134,4 @@ def test_a_database_error_while_appending_is_djangos_to_catch() -> None:
         with pytest.raises(OperationalError), transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL lock_timeout = '100ms'")
-            audit_control_event(action="auth.sign_out")
+            audit_control_event(action="auth.sign_in_failed")

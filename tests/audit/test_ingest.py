@@ -219,9 +219,12 @@ def test_old_month_event_gets_its_partition(client: Client, sidecar: Any) -> Non
 
 
 def test_rollup_counts_allowed_classified_statements(client: Client, sidecar: Any) -> None:
+    # One row per set of classifications read and masked or not; a statement counts once.
     events = [
-        statement_event(classifications=["pii.ssn", "pii.email"]),
-        statement_event(classifications=["pii.ssn"]),
+        statement_event(classifications=["pii.ssn", "pii.email"], masked_columns=[]),
+        statement_event(classifications=["pii.email", "pii.ssn", "pii.ssn"], masked_columns=[]),
+        statement_event(classifications=["pii.ssn"], masked_columns=[]),
+        statement_event(classifications=["pii.ssn"], masked_columns=["public.c.ssn"]),
         statement_event(classifications=["pii.ssn"], action="block", outcome="blocked"),
         statement_event(type="session_start", classifications=[]),
     ]
@@ -229,11 +232,15 @@ def test_rollup_counts_allowed_classified_statements(client: Client, sidecar: An
     _post(client, sidecar.token, events)  # duplicates are not counted again
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT classification, identity_kind, events FROM audit_access_daily "
-            "WHERE datasource_id = %s ORDER BY classification",
+            "SELECT classifications, masked, identity_kind, sum(events) FROM audit_access_daily "
+            "WHERE datasource_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2",
             [sidecar.datasource.pk],
         )
-        assert cursor.fetchall() == [("pii.email", "service", 1), ("pii.ssn", "service", 2)]
+        assert cursor.fetchall() == [
+            (["pii.email", "pii.ssn"], False, "service", 2),
+            (["pii.ssn"], False, "service", 1),
+            (["pii.ssn"], True, "service", 1),
+        ]
 
 
 def test_rollup_counts_statements_per_day_environment_and_outcome(

@@ -184,3 +184,47 @@ def test_a_wrong_method_is_405_in_the_error_shape(client, tokens):
     assert response.status_code == 405
     assert response["Allow"] == "GET"
     assert response.json() == error_body(405, "Use GET.")
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_records_when_its_datasources_tokens_last_signed_in(
+    client, tokens, review_setup
+):
+    import time
+
+    from governance.models import AccessToken
+
+    admin = tokens["admin"]
+    service, _ = gov.token_issue(actor=admin, identity=review_setup.service, name="svc")
+    # The reviewer's identity is in team B only: crm-prod's bundle does not carry it.
+    outsider, _ = gov.token_issue(actor=admin, identity=review_setup.reviewer.identity, name="x")
+    body = {"revision": "", "version": "1", "counters": {}}
+
+    def beat(logins: dict[str, Any], token: str = tokens["mine"]) -> int:
+        data = json.dumps({**body, "logins": logins})
+        response = client.post(
+            SIDECAR + "heartbeat", data=data, content_type="application/json", **_auth(token)
+        )
+        return response.status_code
+
+    signed_in = time.time() - 60
+    assert beat({f"tok-{service.pk}": signed_in, f"tok-{outsider.pk}": signed_in}) == 200
+    service.refresh_from_db()
+    assert abs(service.last_used_at.timestamp() - signed_in) < 0.01
+    assert AccessToken.objects.get(pk=outsider.pk).last_used_at is None  # another tenant's
+    # An older report changes nothing; one from a clock ahead is taken as now.
+    assert beat({f"tok-{service.pk}": signed_in - 3600}) == 200
+    service.refresh_from_db()
+    assert abs(service.last_used_at.timestamp() - signed_in) < 0.01
+    assert beat({f"tok-{service.pk}": time.time() + 86400}) == 200
+    service.refresh_from_db()
+    assert service.last_used_at.timestamp() <= time.time()
+    # Not a credential id, not a time: refused before anything is stored.
+    for bad in ({"wrt_secret-token": signed_in}, {f"tok-{service.pk}": "now"}, []):
+        assert beat(bad) == 400, bad  # type: ignore[arg-type]
+    # Another datasource's sidecar cannot mark this datasource's token used.
+    other_ds_token = tokens["other"]
+    fresh, _ = gov.token_issue(actor=admin, identity=review_setup.service, name="fresh")
+    gov.identity_update(actor=admin, identity=review_setup.service, data={"teams": []})
+    assert beat({f"tok-{fresh.pk}": signed_in}, other_ds_token) == 200
+    assert AccessToken.objects.get(pk=fresh.pk).last_used_at is None

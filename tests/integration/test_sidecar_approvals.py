@@ -377,6 +377,9 @@ def test_undecided_request_times_out_and_a_withdrawn_one_says_so(
             error = slow_result.get("error")
             assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", slow_result
             assert f"/approvals/{pending.id}/" in str(error) and "is pending" in str(error)
+            # The hint fits the refusal: where the request is, not "ask the data owner".
+            hint = error.diag.message_hint or ""
+            assert hint.startswith("Follow the approval request at ") and str(pending.id) in hint
             assert hold - 1 <= slow_result["seconds"] < hold + 10
             assert waits.execute("SELECT count(*) FROM customers").fetchone() == (2,)
     finally:

@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 from governance import services
 from governance.models import Sidecar
@@ -101,6 +103,8 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
         assert first != "123-45-6789" and first.endswith("6789"), shown.stdout
         dropped = _psql(proc.port, dbname, "svc-billing", raw, "DROP TABLE customers")
         assert dropped.returncode != 0 and "migrations" in dropped.stderr, dropped.stderr
+        # Its hint is the rule's own text, not the general "ask the data owner".
+        assert "HINT:  Schema changes in production go through migrations" in dropped.stderr
         _assert_enforced(proc.port, dbname, raw)  # 2 more statements: 4 so far
 
         counts = _wait_statements(sidecar.pk, 4, timeout=15)
@@ -114,6 +118,17 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
         assert sidecar.last_heartbeat_at is not None
         assert sidecar.bundle_status["state"] == "active"
         assert sidecar.counters["statements_block"] >= 2, sidecar.counters
+        # The heartbeat reports the token's sign-ins (by its bundle id): "Last used".
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and token.last_used_at is None:
+            token.refresh_from_db()
+            time.sleep(0.2)
+        assert token.last_used_at is not None
+        browser = Client()
+        browser.force_login(admin_user)
+        url = reverse("governance:identity_detail", args=[demo_policy.service.pk])
+        page = browser.get(url).content.decode()
+        assert f'datetime="{token.last_used_at:%Y-%m-%dT%H:%M:%S}Z"' in page, page
 
         # Control plane down: enforcement continues from the active bundle; audit spools.
         control_plane.stop()

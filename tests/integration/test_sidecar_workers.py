@@ -31,6 +31,7 @@ def test_two_workers_report_as_one_sidecar(
     tmp_path: Path,
 ) -> None:
     token, raw = services.token_issue(actor=admin_user, identity=demo_policy.service, name="t")
+    second, raw2 = services.token_issue(actor=admin_user, identity=demo_policy.service, name="t2")
     sidecar, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-workers"
     )
@@ -67,6 +68,23 @@ def test_two_workers_report_as_one_sidecar(
                 1 for c in conns if c.info.backend_pid % 2 == worker
             )
         assert sidecar.bundle_status["state"] == "active"
+
+        # Worker 0's heartbeat reports worker 1's sign-ins too: the second token's
+        # latest sign-in is one only worker 1 saw.
+        while True:
+            signed_in = time.time()
+            with _connect(proc.port, dbname, "svc-billing", raw2) as conn:
+                if conn.info.backend_pid % 2 == 1:
+                    break
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            second.refresh_from_db()
+            if second.last_used_at and second.last_used_at.timestamp() >= signed_in - 0.001:
+                break
+            time.sleep(0.2)
+        assert second.last_used_at is not None
+        assert second.last_used_at.timestamp() >= signed_in - 0.001
+        services.token_revoke(actor=admin_user, token=second)  # the identity's other token
 
         # A revocation reaches both workers: their sessions end, new ones are refused.
         services.token_revoke(actor=admin_user, token=token)

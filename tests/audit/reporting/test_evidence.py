@@ -79,8 +79,8 @@ def test_pack_holds_policy_report_verification_and_a_true_manifest(
         for credential in identity["credentials"]:
             assert credential["scram_sha_256"] == "[redacted]"
     report = files["access-report.csv"].decode().splitlines()
-    assert report[0] == "identity,identity_kind,classification,events"
-    assert "svc-billing,service,pii.ssn,1" in report
+    assert report[0] == "identity,identity_kind,classification,statements,raw,masked"
+    assert "svc-billing,service,pii.ssn,1,1,0" in report
     approvals = json.loads(files["approvals.json"])
     assert [a["id"] for a in approvals] == [str(held.id)]
     assert approvals[0]["state"] == "approved"

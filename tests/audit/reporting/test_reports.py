@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -29,7 +30,12 @@ def test_period_names() -> None:
     assert (jan.start, jan.end) == (datetime.date(2025, 10, 1), datetime.date(2026, 1, 1))
     this = period_named("this_quarter", today=today)
     assert (this.start, this.end) == (datetime.date(2026, 10, 1), datetime.date(2026, 11, 24))
-    assert period_named("bogus", today=today) == last
+    last_30 = period_named("last_30", today=today)
+    assert (last_30.start, last_30.end) == (
+        datetime.date(2026, 10, 25),
+        datetime.date(2026, 11, 24),
+    )
+    assert period_named("bogus", today=today) == last_30  # the default
 
 
 def test_sensitive_means_pii_and_confidential_or_restricted() -> None:
@@ -39,19 +45,22 @@ def test_sensitive_means_pii_and_confidential_or_restricted() -> None:
     assert not any(n.startswith("public") for n in names)
 
 
-def test_report_counts_identity_by_classification_and_drills_down(auditor_user, crm, lab,
-                                                                   now) -> None:  # fmt: skip
+def test_report_counts_statements_raw_and_masked_and_drills_down(auditor_user, crm, lab,
+                                                                 now) -> None:  # fmt: skip
     day = now - datetime.timedelta(days=2)
     period = Period(
         (now - datetime.timedelta(days=10)).date(), (now + datetime.timedelta(days=1)).date(), "t"
     )
+    # alice: three statements reading two labels each, read raw (she is exempt)…
     for i in range(3):
         event_add(occurred_at=day + datetime.timedelta(minutes=i), identity_name="alice",
                   datasource_id=crm.pk, classifications=["pii.email", "pii.ssn"])  # fmt: skip
-    event_add(occurred_at=day, identity_name="alice", datasource_id=lab.pk,
-              environment="sandbox", classifications=["pii.email"])  # fmt: skip
-    event_add(occurred_at=day, identity_name="bob", identity_kind="service",
-              datasource_id=crm.pk, classifications=["financial.card"])  # fmt: skip
+    # … and one through masks, on another datasource.
+    event_add(occurred_at=day, identity_name="alice", datasource_id=lab.pk, environment="sandbox",
+              classifications=["pii.email"], masked_columns=["public.c.email"])  # fmt: skip
+    event_add(occurred_at=day, identity_name="bob", identity_kind="service", datasource_id=crm.pk,
+              classifications=["financial.card", "internal.metrics"],
+              masked_columns=["public.c.card"])  # fmt: skip
     # Not counted: refused, not classified as sensitive, outside the period.
     event_add(occurred_at=day, identity_name="eve", datasource_id=crm.pk, action="block",
               outcome="blocked", classifications=["pii.email"])  # fmt: skip
@@ -61,22 +70,28 @@ def test_report_counts_identity_by_classification_and_drills_down(auditor_user, 
               datasource_id=crm.pk, classifications=["pii.email"])  # fmt: skip
 
     rows = pii_access_report(user=auditor_user, period=period)
-    table = {(r.identity_name, r.classification): r.events for r in rows}
-    assert table == {
-        ("alice", "pii.email"): 4,
-        ("alice", "pii.ssn"): 3,
-        ("bob", "financial.card"): 1,
-    }
-    assert [r.events for r in rows] == sorted((r.events for r in rows), reverse=True)
-    # The drill-down finds exactly the events that were counted.
-    row = next(r for r in rows if (r.identity_name, r.classification) == ("alice", "pii.email"))
-    events, _ = audit_events_search(user=auditor_user, filters=row.drilldown, limit=100)
-    assert len(events) == row.events
+    table = {r.identity_name: (r.raw, r.masked, r.statements) for r in rows}
+    # Statements, not classification rows: alice's 3 two-label reads count 3, not 6.
+    assert table == {"alice": (3, 1, 4), "bob": (0, 1, 1)}
+    alice = rows[0]
+    assert [(c.classification, c.raw, c.masked) for c in alice.classifications] == [
+        ("pii.email", 3, 1),
+        ("pii.ssn", 3, 0),
+    ]
+    # Only sensitive labels are listed (internal.metrics is not).
+    assert [c.classification for c in rows[1].classifications] == ["financial.card"]
+    # The drill-downs find exactly the statements that were counted.
+    events, _ = audit_events_search(user=auditor_user, filters=alice.drilldown, limit=100)
+    assert len(events) == alice.statements
+    raw = dataclasses.replace(alice.drilldown, reads="raw")
+    events, _ = audit_events_search(user=auditor_user, filters=raw, limit=100)
+    assert len(events) == alice.raw and not any(e.masked_columns for e in events)
+    email = alice.classifications[0]
+    events, _ = audit_events_search(user=auditor_user, filters=email.drilldown, limit=100)
+    assert len(events) == email.statements
     assert all("pii.email" in e.classifications and e.identity_name == "alice" for e in events)
     only_lab = pii_access_report(user=auditor_user, period=period, datasource_id=lab.pk)
-    assert [(r.identity_name, r.classification, r.events) for r in only_lab] == [
-        ("alice", "pii.email", 1)
-    ]
+    assert [(r.identity_name, r.raw, r.masked) for r in only_lab] == [("alice", 0, 1)]
 
 
 def test_report_needs_an_audit_role(reviewer_user) -> None:
@@ -95,15 +110,16 @@ def test_report_page_lists_the_largest_and_the_csv_holds_all(client, auditor_use
             event_add(occurred_at=day, identity_name=name, datasource_id=crm.pk,
                       classifications=["pii.email"])  # fmt: skip
     client.force_login(auditor_user)
-    page = client.get("/audit/reports/pii/", {"period": "last_30"})
-    assert [row.identity_name for row, _ in page.context["rows"]] == ["cat", "ben"]
+    page = client.get("/audit/reports/pii/")  # the last 30 days by default
+    assert page.context["period_name"] == "last_30"
+    assert [r["row"].identity_name for r in page.context["rows"]] == ["cat", "ben"]
     assert page.context["truncated"] and page.context["total"] == 6
     csv_response = client.get("/audit/reports/pii/", {"period": "last_30", "format": "csv"})
     assert csv_response["Content-Type"].startswith("text/csv")
     lines = csv_response.content.decode().splitlines()
-    assert lines[0] == "identity,identity_kind,classification,events"
-    assert sorted(lines[1:]) == ["ann,human,pii.email,1", "ben,human,pii.email,2",
-                                 "cat,human,pii.email,3"]  # fmt: skip
+    assert lines[0] == "identity,identity_kind,classification,statements,raw,masked"
+    assert sorted(lines[1:]) == ["ann,human,pii.email,1,1,0", "ben,human,pii.email,2,2,0",
+                                 "cat,human,pii.email,3,3,0"]  # fmt: skip
 
 
 def test_overview_counts_come_from_the_activity_rollup(auditor_user, crm, lab, now) -> None:
@@ -162,7 +178,9 @@ def test_rollups_rebuild_recounts_from_a_day_on(auditor_user, crm, now) -> None:
 
     def counts() -> tuple[list[Any], list[Any]]:
         with connection.cursor() as cur:
-            cur.execute("SELECT day, classification, events FROM audit_access_daily ORDER BY 1")
+            cur.execute(
+                "SELECT day, classifications, masked, events FROM audit_access_daily ORDER BY 1"
+            )
             access = cur.fetchall()
             cur.execute("SELECT day, outcome, events FROM audit_activity_daily ORDER BY 1, 2")
             return access, cur.fetchall()

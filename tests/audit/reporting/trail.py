@@ -100,18 +100,21 @@ def event_add(
             row["type"] == "statement"
             and row["action"] == "allow"
             and row["datasource_id"] is not None
+            and row["classifications"]
         ):
-            for classification in row["classifications"]:
-                cur.execute(
-                    "INSERT INTO audit_access_daily AS d VALUES (%s, %s, %s, %s, %s, 1) "
-                    "ON CONFLICT (day, identity_name, datasource_id, classification, writer) "
-                    "DO UPDATE SET events = d.events + 1",
-                    [
-                        occurred_at.astimezone(datetime.UTC).date(),
-                        row["identity_name"],
-                        row["identity_kind"],
-                        row["datasource_id"],
-                        classification,
-                    ],
-                )
+            cur.execute(
+                "INSERT INTO audit_access_daily AS d (day, identity_name, identity_kind, "
+                "datasource_id, classifications, masked, events) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 1) "
+                "ON CONFLICT (day, identity_name, datasource_id, classifications, masked, writer) "
+                "DO UPDATE SET events = d.events + 1",
+                [
+                    occurred_at.astimezone(datetime.UTC).date(),
+                    row["identity_name"],
+                    row["identity_kind"],
+                    row["datasource_id"],
+                    sorted(set(row["classifications"])),
+                    bool(row["masked_columns"]),
+                ],
+            )
     return int(event_pk)

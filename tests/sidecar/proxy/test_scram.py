@@ -49,6 +49,17 @@ def test_exchange_accepts_any_credential_sharing_the_salt() -> None:
         _exchange([old, new], "other-token")
 
 
+def test_the_exchange_tells_which_credential_signed_in() -> None:
+    # The heartbeat reports that credential's last use ("Last used" on its token).
+    salt = secrets.token_bytes(16)
+    old, new = (Verifier.parse(make_verifier(t, salt=salt)) for t in ("old-token", "new-token"))
+    for password, expected in (("old-token", old), ("new-token", new)):
+        server = ScramServer([old, new], salt=salt, iterations=old.iterations)
+        client = ScramClient(password)
+        server.final(client.final(server.first(client.first())))
+        assert server.matched is expected
+
+
 @pytest.mark.parametrize(
     "first",
     [b"p=tls-server-end-point,,n=,r=abc", b"n,a=admin,n=,r=abc", b"x,,n=,r=abc", b"n,,n="],
