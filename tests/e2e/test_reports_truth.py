@@ -49,7 +49,9 @@ def test_reports_diffs_and_dates_tell_the_truth(
     rule = services.guardrail_create(
         actor=admin_user, name=f"no_drop_{uuid.uuid4().hex[:4]}", action="block", message="No."
     )
-    services.guardrail_update(actor=admin_user, guardrail=rule, data={"enabled": False})
+    services.guardrail_update(
+        actor=admin_user, guardrail=rule, data={"enabled": False}, reason="INC-7: replaced"
+    )
     sidecar, _ = services.sidecar_register(actor=admin_user, datasource=ds, name="sc-words")
     Sidecar.objects.filter(pk=sidecar.pk).update(counters={"statements_allow": 5})
     who = f"ra-{uuid.uuid4().hex[:6]}"

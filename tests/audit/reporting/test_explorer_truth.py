@@ -58,7 +58,8 @@ def test_a_policy_change_row_names_the_object_and_the_fields(
         actor=security_user, name="No deletes", action="block", message="No.", datasource=crm
     )
     services.guardrail_update(actor=security_user, guardrail=rule,
-                              data={"enabled": False, "message": "Ask first"})  # fmt: skip
+                              data={"enabled": False, "message": "Ask first"},
+                              reason="INC-7: replaced by a review rule")  # fmt: skip
     client.force_login(auditor_user)
     html = client.get(reverse("audit:explorer"), {"type": "policy.change"}).content.decode()
     assert "Changed guardrail rule No deletes: enabled, message" in html
