@@ -10,7 +10,7 @@ register sidecars and rotate or revoke their tokens; a new token is shown once
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -29,6 +29,9 @@ from governance.sidecar_setup import sidecar_setup
 
 viewer_required = require_role(*VIEWERS)
 editor_required = require_role(*POLICY_EDITORS)
+
+# libpq connection parameters that carry a password or point at one: never on this page.
+PASSWORD_PARAMETERS = frozenset({"password", "sslpassword", "passfile"})
 
 
 class SidecarRegisterForm(forms.Form):
@@ -61,7 +64,9 @@ class SidecarRegisterForm(forms.Form):
             raise ValidationError("Not a valid postgresql:// address.") from exc
         if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
             raise ValidationError("Give a postgresql://role@host:5432/dbname address.")
-        if parts.password is not None:
+        # libpq also takes a password (or a file of them) as a query parameter.
+        named = {unquote(pair.partition("=")[0]).lower() for pair in parts.query.split("&")}
+        if parts.password is not None or named & PASSWORD_PARAMETERS:
             raise ValidationError(
                 "Leave the password out: the sidecar reads it from a file, not from this page."
             )

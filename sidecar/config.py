@@ -20,6 +20,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sidecar.http import INVALID_URL, url_for_display
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
@@ -167,6 +169,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(
             "set exactly one of control_plane_url (normal) and bundle_file (offline mode)"
         )
+    for name in ("control_plane_url", "audit_url", "approvals_url"):
+        url = getattr(config, name)
+        # The parser's own error quotes the URL's text; never say more than this.
+        if url and url_for_display(url) == f"({INVALID_URL})":
+            raise ConfigError(f"{name} is not a valid URL; percent-encode special characters in it")
     if config.control_plane_url:
         if not config.control_plane_url.startswith(("http://", "https://")):
             raise ConfigError("control_plane_url must be an http(s) URL")

@@ -26,6 +26,22 @@ from urllib.parse import urlsplit
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a bundle is the largest answer
 MAX_HEADER_BYTES = 64 * 1024
+INVALID_URL = "not an http(s) URL"
+
+
+def url_for_display(url: str) -> str:
+    """``url`` as messages and logs may show it: without the user and password it may
+    carry (the token is the sidecar's credential, but a URL can hold one all the same).
+    A URL that does not parse cleanly is not shown at all: where a password with a ``/``
+    or ``@`` in it ends is exactly what the parser got wrong."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"({INVALID_URL})"
+    if "@" in parts.path + parts.query + parts.fragment:
+        return f"({INVALID_URL})"
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
 
 
 class HttpError(Exception):
@@ -84,17 +100,22 @@ async def request(
     ssl_context: ssl.SSLContext | None = None,
 ) -> HttpResponse:
     """One request on its own connection (``Connection: close``); raises ``HttpError``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # its text quotes the URL, password included
+        raise HttpError(f"{INVALID_URL}: {url_for_display(url)}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise HttpError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise HttpError(f"{INVALID_URL}: {url_for_display(url)}")
+    # Host names the server only: never the URL's user:password.
+    host_header = parts.netloc.rpartition("@")[2]
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
 
     async def exchange() -> HttpResponse:
         reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
         try:
-            lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+            lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", "Connection: close"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             if body is not None:
                 lines.append(f"Content-Length: {len(body)}")

@@ -14,6 +14,12 @@ What ``run`` would find out at start, found out before it, one line per check:
   keys. Nothing is written: the fetched bundle is not cached, nothing is reported.
 
 Exit status 0 when nothing failed (warnings allowed), 2 otherwise.
+
+Nothing it prints carries a credential: an upstream DSN that does not parse is reported
+without the parser's words (``INVALID_DSN``: they quote part of the URL, which is part of
+the password when the password holds a ``/``) and is then not handed to libpq either
+(its errors quote DSN fragments too); URLs are shown without user and password; and
+every line is scrubbed of the passwords and the token as a last resort.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ Level = Literal["ok", "warning", "error"]
 class Finding:
     level: Level
     message: str
+    # Which check this is, for the checks that depend on it ("upstream_dsn").
+    subject: str = ""
 
     def line(self) -> str:
         return f"{self.level}: {self.message}"
@@ -103,7 +111,7 @@ def _cached_bundle(config: SidecarConfig) -> Finding:
 
 
 def offline_checks(config: SidecarConfig) -> list[Finding]:
-    from sidecar.proxy.upstream import UpstreamTarget
+    from sidecar.proxy.upstream import INVALID_DSN, UpstreamTarget
     from sidecar.runner import bundle_client
 
     findings = [Finding("ok", f"configuration loads (datasource {config.datasource})")]
@@ -117,7 +125,9 @@ def offline_checks(config: SidecarConfig) -> list[Finding]:
         UpstreamTarget.from_dsn(config.upstream_dsn, password=config.upstream_password)
         findings.append(Finding("ok", "upstream_dsn parses (TLS files readable)"))
     except (OSError, ValueError) as exc:
-        findings.append(Finding("error", f"upstream_dsn: {_first_line(exc)}"))
+        reason = _first_line(exc)
+        message = reason if reason == INVALID_DSN else f"upstream_dsn: {reason}"
+        findings.append(Finding("error", message, subject="upstream_dsn"))
     if config.tls_cert and config.tls_key:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
@@ -174,7 +184,7 @@ def _upstream(config: SidecarConfig) -> list[Finding]:
 
 async def _control_plane(config: SidecarConfig) -> Finding:
     from sidecar.bundle import BUNDLE_PATH, BundleRejected, envelope_verify, parse_public_keys
-    from sidecar.http import ControlPlane, HttpError
+    from sidecar.http import ControlPlane, HttpError, url_for_display
 
     plane = ControlPlane(config.control_plane_url, config.token or "")
     try:
@@ -182,7 +192,7 @@ async def _control_plane(config: SidecarConfig) -> Finding:
             "GET", BUNDLE_PATH, headers={"Accept": "application/json"}, timeout=15
         )
     except HttpError as exc:
-        return Finding("error", f"control plane {config.control_plane_url}: {exc}")
+        return Finding("error", f"control plane {url_for_display(config.control_plane_url)}: {exc}")
     if response.status in (401, 403):
         return Finding("error", f"control plane: the token is refused (HTTP {response.status})")
     if response.status != 200:
@@ -201,11 +211,33 @@ async def _control_plane(config: SidecarConfig) -> Finding:
     )
 
 
-def online_checks(config: SidecarConfig) -> list[Finding]:
-    findings = _upstream(config)
+def online_checks(config: SidecarConfig, *, upstream: bool = True) -> list[Finding]:
+    """``upstream``: False when its DSN did not parse, so libpq never sees it."""
+    findings = _upstream(config) if upstream else []
     if config.control_plane_url:
         findings.append(asyncio.run(_control_plane(config)))
     return findings
+
+
+def _secrets(config: SidecarConfig) -> list[str]:
+    """What must never be printed: the passwords (given, and in the DSN) and the tokens."""
+    from urllib.parse import unquote, urlsplit
+
+    found = [config.upstream_password, config.token, config.audit_token, config.mcp_token]
+    for url in (config.upstream_dsn, config.control_plane_url):
+        try:
+            password = urlsplit(url or "").password
+        except ValueError:
+            continue
+        found += [password, unquote(password or "")]
+    # Longest first, so a secret containing another is replaced whole.
+    return sorted({s for s in found if s and len(s) >= 4}, key=len, reverse=True)
+
+
+def _scrubbed(line: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        line = line.replace(secret, "***")
+    return line
 
 
 def check(path: str | None, *, offline: bool, emit: Callable[[str], Any] = print) -> int:
@@ -217,7 +249,9 @@ def check(path: str | None, *, offline: bool, emit: Callable[[str], Any] = print
         return 2
     findings = offline_checks(config)
     if not offline:
-        findings += online_checks(config)
+        parsed = not any(f.subject == "upstream_dsn" and f.level == "error" for f in findings)
+        findings += online_checks(config, upstream=parsed)
+    secrets = _secrets(config)
     for finding in findings:
-        emit(finding.line())
+        emit(_scrubbed(finding.line(), secrets))
     return 2 if any(f.level == "error" for f in findings) else 0

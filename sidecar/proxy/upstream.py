@@ -35,6 +35,11 @@ log = logging.getLogger("warden.sidecar.proxy")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # Modes in which the connection fails rather than continue without TLS.
 TLS_REQUIRED = frozenset({"require", "verify-ca", "verify-full"})
+# What a DSN that does not parse is reported as, wherever the sidecar reports it: the
+# parser's own words quote the part of the URL it choked on, which for a password with
+# a "/", "?", "#" or "@" in it is part of the password.
+INVALID_DSN = "upstream_dsn is not a valid URL; percent-encode special characters in the password"
+
 # libpq TLS parameters the sidecar's client does not implement: refused rather
 # than ignored, since ignoring one (a CRL, say) would weaken the connection silently.
 _UNSUPPORTED_TLS_PARAMS = (
@@ -213,12 +218,17 @@ class UpstreamTarget:
     def from_dsn(cls, dsn: str, *, password: str | None = None) -> UpstreamTarget:
         """Parse ``postgresql://user:pw@host:port/db?sslmode=...``; ``?host=/dir`` selects
         a Unix socket. Only the DSN decides TLS (``PGSSLMODE`` and friends are not read)."""
-        parts = urlsplit(dsn)
+        try:
+            parts = urlsplit(dsn)
+            query = _query_params(parts.query)
+            host = query.get("host", parts.hostname or "127.0.0.1")
+            port = int(query.get("port", str(parts.port or 5432)))
+        except ValueError:
+            raise ValueError(INVALID_DSN) from None
+        if "@" in parts.path + parts.fragment:  # a password's "/" or "#" ended the host early
+            raise ValueError(INVALID_DSN)
         if parts.scheme not in ("postgres", "postgresql"):
             raise ValueError("upstream_dsn must be a postgresql:// URL")
-        query = _query_params(parts.query)
-        host = query.get("host", parts.hostname or "127.0.0.1")
-        port = int(query.get("port", str(parts.port or 5432)))
         user = unquote(parts.username or "")
         if not user:
             raise ValueError("upstream_dsn must name a user")

@@ -37,7 +37,7 @@ def test_each_role_lands_on_its_work_and_a_sidecar_is_set_up_from_the_page(
     expect(work.locator("#card-sidecars-stale .value")).to_have_text("1")
     expect(work.locator("#card-approvals .value")).to_have_text("5")
 
-    # Register a sidecar; the page ends with the config file and the command.
+    # Register a sidecar; the page ends with its files, its config and how to start it.
     page.get_by_role("link", name="Sidecars").click()
     page.get_by_label("Datasource").select_option(label="crm-prod")
     page.get_by_label("Name").fill("crm-prod-9")
@@ -46,10 +46,14 @@ def test_each_role_lands_on_its_work_and_a_sidecar_is_set_up_from_the_page(
     )
     page.get_by_role("button", name="Register sidecar").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Sidecar “crm-prod-9” registered")
-    config = page.get_by_label(re.compile("Save this as"))
+    config = page.get_by_label(re.compile("Put this into"))
     expect(config).to_have_value(re.compile(r'upstream_dsn = "postgresql://warden_guard@db'))
-    expect(page.get_by_label("Run")).to_have_value(
-        re.compile(r"python -m sidecar run --config /etc/warden/crm-prod-9\.toml$")
+    expect(page.get_by_label("Enable and start its unit")).to_have_value(
+        "systemctl enable --now warden-sidecar@crm-prod-9"
+    )
+    page.get_by_text("Without systemd", exact=True).click()
+    expect(page.get_by_label("Run without systemd")).to_have_value(
+        re.compile(r"warden-sidecar run --config /etc/warden/sidecar/crm-prod-9\.toml$")
     )
     page.get_by_role("link", name="Done, I have copied it").click()
 

@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from governance.models import Sidecar
+from governance.sidecar_setup import install_commands, sidecar_paths
 from governance.signing import published_public_keys
 from sidecar.config import load_config
 
@@ -35,13 +36,13 @@ def _register(client: Client, datasource: Any, name: str, dsn: str = "") -> Any:
 
 
 def _started(page: str, tmp_path: Path) -> tuple[Any, str]:
-    """Do what the page says (files in tmp_path for /etc/warden) and load the config
-    as ``python -m sidecar run`` would: (the config, the raw token)."""
+    """Do what the page says without systemd (files in tmp_path for /etc/warden/sidecar)
+    and load the config as ``warden-sidecar run`` would: (the config, the raw token)."""
     raw = html.unescape(re.search(r'id="raw-token" type="text" value="([^"]+)"', page).group(1))
     config_text = _textarea(page, "sidecar-config")
     command = shlex.split(_textarea(page, "sidecar-command").replace("\\\n", " "))
     env = dict(word.split("=", 1) for word in command if "=" in word and word[0].isupper())
-    assert command[-6:-1] == ["python", "-m", "sidecar", "run", "--config"]
+    assert command[-4:-1] == ["warden-sidecar", "run", "--config"]
     assert set(env) == {"WARDEN_SIDECAR_TOKEN_FILE", "WARDEN_SIDECAR_UPSTREAM_PASSWORD_FILE"}
     assert raw not in config_text  # the token is only in its own file
     moved = {path: str(tmp_path / Path(path).name) for path in [*env.values(), command[-1]]}
@@ -69,7 +70,9 @@ def test_registering_shows_a_config_the_sidecar_loads(
         f"{kid}:{key}" for kid, key in published_public_keys().items()
     )
     assert config.state_dir.endswith("/crm-prod-7")
-    assert "python -m sidecar run --config /etc/warden/crm-prod-7.toml" in html.unescape(page)
+    assert _textarea(page, "sidecar-start") == "systemctl enable --now warden-sidecar@crm-prod-7"
+    assert _textarea(page, "sidecar-install") == install_commands("crm-prod-7")
+    assert config.state_dir == sidecar_paths("crm-prod-7").state_dir
 
     # Without the database's address the config still loads, with an example to edit.
     page = _register(client, demo_policy.datasource, "crm-prod-8").content.decode()
@@ -82,7 +85,14 @@ def test_the_address_is_checked_and_never_takes_a_password(
 ) -> None:
     client = Client()
     client.force_login(security_user)
-    for dsn in ["postgresql://guard:pw@db/crm", "mysql://db/crm", "postgresql://db:port/x"]:
+    for dsn in [
+        "postgresql://guard:pw@db/crm",
+        "postgresql://guard@db/crm?sslmode=require&password=pw",
+        "postgresql://guard@db/crm?sslpassword=pw",
+        "postgresql://guard@db/crm?%70assfile=/root/.pgpass",  # percent-encoded, as libpq reads
+        "mysql://db/crm",
+        "postgresql://db:port/x",
+    ]:
         response = _register(client, demo_policy.datasource, "refused-1", dsn)
         assert response.status_code == 400, dsn
         assert response.context["form"].errors["upstream_dsn"], dsn

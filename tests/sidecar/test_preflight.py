@@ -4,6 +4,7 @@ are in ``tests/sidecar/bundle/test_pinning.py`` (they need a running one)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -91,3 +92,49 @@ def test_the_command_line_exits_2_and_keeps_the_decision_mode() -> None:
         capture_output=True, text=True, cwd=ROOT, check=False,
     )  # fmt: skip
     assert out.returncode == 2 and "--bundle needs --identity and --sql" in out.stderr
+
+
+CANARY = "Zq7canary"  # in every password below; no output may contain it
+
+
+def test_no_check_prints_a_password_or_passes_an_unparsed_dsn_to_libpq(tmp_path: Path) -> None:
+    from sidecar.proxy.upstream import INVALID_DSN
+
+    key = "k1:" + base64.b64encode(bytes(32)).decode()
+    # A "/" in the password ends the URL's host early: urllib then reads the password's
+    # first half as the port and says so, quoting it; libpq would quote it too.
+    config = _write(
+        tmp_path,
+        upstream_dsn=f"postgresql://u:{CANARY}/ret@127.0.0.1:{free_port()}/db",
+        bundle_file="",
+        control_plane_url=f"http://cp:{CANARY}2@127.0.0.1:{free_port()}",
+        token="wsc_x",
+        bundle_public_keys=key,
+    )
+    status, lines = _check(config, offline=False)
+    text = "\n".join(lines)
+    assert status == 2 and f"error: {INVALID_DSN}" in lines, text
+    assert not any(line.startswith("error: upstream:") for line in lines), text  # not tried
+    assert "error: control plane http://127.0.0.1:" in text, text  # shown without cp:…@
+    assert CANARY.lower() not in text.lower()
+    # The same DSN stops `run` with the same words, before anything starts.
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--config", str(config)],
+        capture_output=True, text=True, cwd=ROOT, check=False, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and INVALID_DSN in out.stderr, out.stderr
+    assert CANARY.lower() not in (out.stdout + out.stderr).lower()
+    # A control plane URL that does not parse is refused by the loader, unquoted.
+    bad_url = _write(tmp_path, bundle_file="", control_plane_url=f"http://cp:{CANARY}/x@h",
+                     token="wsc_x", bundle_public_keys=key)  # fmt: skip
+    status, lines = _check(bad_url, offline=True)
+    assert status == 2 and lines == [
+        "error: control_plane_url is not a valid URL; percent-encode special characters in it"
+    ]
+    # A DSN that parses, with the password in it, connects and fails without naming it.
+    status, lines = _check(
+        _write(tmp_path, upstream_dsn=f"postgresql://u:{CANARY}@127.0.0.1:{free_port()}/db"),
+        offline=False,
+    )
+    assert status == 2 and lines[-1].startswith("error: upstream: cannot connect"), lines
+    assert CANARY.lower() not in "\n".join(lines).lower()
