@@ -156,7 +156,10 @@ def test_a_rejected_provisional_finding_is_unmasked_and_stays_so_after_the_next_
     phone = ColumnClassification.objects.get(datasource=demo_policy.datasource, column_name="phone")
     assert phone.status == ClassificationStatus.PROPOSED
     services.column_classification_review(
-        actor=admin_user, column_classification=phone, status=ClassificationStatus.REJECTED
+        actor=admin_user,
+        column_classification=phone,
+        status=ClassificationStatus.REJECTED,
+        reason="a dialling code, not a person's phone",
     )
     assert "customers.phone" not in _columns(bundle_compile(datasource=demo_policy.datasource))
     _scan(demo_policy.datasource)  # the same finding again
