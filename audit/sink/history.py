@@ -21,7 +21,7 @@ from audit.models import ChangeAction, ChangeRecord
 from audit.sink.trail import audit_control_event
 
 # Never copied into history: secrets and derived credentials.
-_NEVER_RECORDED = {"digest", "scram_verifier", "password"}
+_NEVER_RECORDED = {"digest", "token_digest", "scram_verifier", "password"}
 
 
 def _plain(value: Any) -> Any:

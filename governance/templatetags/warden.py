@@ -148,7 +148,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_HIDDEN_KEYS = {"updated_at", "created_at", "digest", "scram_verifier"}
+_HIDDEN_KEYS = {"updated_at", "created_at", "digest", "token_digest", "scram_verifier"}
 
 
 def _is_snapshot(value: Any) -> bool:

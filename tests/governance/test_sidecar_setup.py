@@ -100,3 +100,23 @@ def test_the_address_is_checked_and_never_takes_a_password(
     client.force_login(reviewer_user)  # reads the list, registers nothing
     assert _register(client, demo_policy.datasource, "refused-2", DSN).status_code == 403
     assert not Sidecar.objects.filter(name="refused-2").exists()
+
+
+@pytest.mark.django_db
+def test_no_credential_or_its_digest_reaches_the_configuration_history(
+    admin_user: Any, demo_policy: Any
+) -> None:
+    from audit.models import ChangeRecord
+    from governance import services
+
+    sidecar, _ = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-history"
+    )
+    services.sidecar_rotate_token(actor=admin_user, sidecar=sidecar)
+    identity = demo_policy.datasource.connect_teams.first().identities.first()
+    services.token_issue(actor=admin_user, identity=identity, name="laptop")
+    records = ChangeRecord.objects.filter(content_type__model__in=["sidecar", "accesstoken"])
+    assert records.count() >= 3
+    for record in records:
+        for side in (record.before or {}, record.after or {}):
+            assert not {"token_digest", "digest", "scram_verifier"} & set(side), record
