@@ -801,6 +801,7 @@ def masking_preview(request: HttpRequest) -> HttpResponse:
                 classification=data["classification"].name,
                 strategy=data["strategy"],
                 params=params,
+                owner=str(request.user.pk),
             )
     return render(request, "governance/_masking_preview_body.html", context)
 
