@@ -100,6 +100,7 @@ def test_provisional_columns_mask_for_humans_and_agents_and_are_audited_for_serv
         actor=admin_user,
         datasource=demo_policy.datasource,
         data={"mask_services_provisionally": True},
+        reason="services too",
     )
     demo_policy.datasource.refresh_from_db()
     bundle = bundle_compile(datasource=demo_policy.datasource)
@@ -156,7 +157,10 @@ def test_a_rejected_provisional_finding_is_unmasked_and_stays_so_after_the_next_
     phone = ColumnClassification.objects.get(datasource=demo_policy.datasource, column_name="phone")
     assert phone.status == ClassificationStatus.PROPOSED
     services.column_classification_review(
-        actor=admin_user, column_classification=phone, status=ClassificationStatus.REJECTED
+        actor=admin_user,
+        column_classification=phone,
+        status=ClassificationStatus.REJECTED,
+        reason="not a phone number",  # crm-prod is in production
     )
     assert "customers.phone" not in _columns(bundle_compile(datasource=demo_policy.datasource))
     _scan(demo_policy.datasource)  # the same finding again
