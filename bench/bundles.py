@@ -164,7 +164,9 @@ def change_policy(rule: MaskingRule) -> None:
     rule.refresh_from_db()
     strategy = "redact" if rule.strategy == "email" else "email"
     admin = get_user_model().objects.get(username="bench-admin")
-    services.masking_rule_update(actor=admin, rule=rule, data={"strategy": strategy})
+    services.masking_rule_update(
+        actor=admin, rule=rule, data={"strategy": strategy}, reason="bench"
+    )
 
 
 # --- processes -------------------------------------------------------------------------

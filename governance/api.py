@@ -119,10 +119,29 @@ def by_name(
 # --- serializers ---------------------------------------------------------------------------
 
 
+REASON_HELP = (
+    "Why (kept in the configuration history and the policy.change audit event, for good: "
+    "do not include personal data). Required when the change touches the protection of a "
+    'production datasource (docs/api.md, "Changes that weaken production").'
+)
+
+
+def _reason_field() -> serializers.CharField:
+    return serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=REASON_MAX_LENGTH,
+        help_text=REASON_HELP,
+    )
+
+
 class EnvironmentSerializer(serializers.ModelSerializer):
+    reason = _reason_field()
+
     class Meta:
         model = Environment
-        fields = ["id", "name", "criticality", "description", "protect_threshold"]
+        fields = ["id", "name", "criticality", "description", "protect_threshold", "reason"]
         # Seeded; only the protect threshold is a setting.
         read_only_fields = ["id", "name", "criticality", "description"]
 
@@ -232,6 +251,7 @@ class DatasourceSerializer(serializers.ModelSerializer):
     connect_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
     review_teams = by_name(Team.objects.all(), "slug", "team", many=True, required=False)
     schema_snapshot = JSONObjectField(required=False)
+    reason = _reason_field()
 
     class Meta:
         model = Datasource
@@ -246,6 +266,7 @@ class DatasourceSerializer(serializers.ModelSerializer):
             "connect_teams",
             "review_teams",
             "mask_services_provisionally",
+            "reason",
             "created_at",
             "updated_at",
         ]
@@ -274,6 +295,7 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
     datasource = by_name(Datasource.objects.all(), "name", "datasource")
     classification = by_name(Classification.objects.all(), "name", "classification")
     confirmed_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    reason = _reason_field()
 
     class Meta:
         model = ColumnClassification
@@ -290,6 +312,7 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
             "status",
             "confirmed_by",
             "confirmed_at",
+            "reason",
             "created_at",
             "updated_at",
         ]
@@ -306,22 +329,6 @@ class ColumnClassificationSerializer(serializers.ModelSerializer):
         # Setting a classification on an already classified column replaces it
         # (column_classification_set), so the uniqueness check must not refuse it.
         validators: list = []
-
-
-REASON_HELP = (
-    "Why (kept in the configuration history and the policy.change audit event). Required "
-    "when the change disables or removes protection of a production datasource."
-)
-
-
-def _reason_field() -> serializers.CharField:
-    return serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=REASON_MAX_LENGTH,
-        help_text=REASON_HELP,
-    )
 
 
 class ReasonSerializer(serializers.Serializer):
@@ -406,6 +413,7 @@ class GuardrailSerializer(serializers.ModelSerializer):
 class GuardrailMoveSerializer(serializers.Serializer):
     position = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
     direction = serializers.ChoiceField(choices=["up", "down"], required=False)
+    reason = _reason_field()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("position" in attrs) == ("direction" in attrs):
@@ -419,6 +427,7 @@ class GuardrailOrderSerializer(serializers.Serializer):
         max_length=10_000,
         help_text="Every guardrail's id, once, first evaluated first.",
     )
+    reason = _reason_field()
 
 
 class ChangeRecordSerializer(serializers.ModelSerializer):
@@ -484,8 +493,10 @@ class PolicyViewSet(
     delete_service: Callable[..., Any]
     object_kwarg: str
     read_only_on_update: tuple[str, ...] = ()
-    # Services that weaken production protection take a ``reason`` (docs/api.md).
+    # Services that may weaken production protection take a ``reason`` (docs/api.md):
+    # on update and delete, and on create when ``create_takes_reason``.
     takes_reason = False
+    create_takes_reason = False
 
     def get_queryset(self) -> QuerySet:
         return type(self).list_selector(user=self.request.user, filters=self.request.query_params)
@@ -497,7 +508,9 @@ class PolicyViewSet(
 
     def perform_create(self, serializer: serializers.Serializer) -> None:
         data = dict(serializer.validated_data)
-        data.pop("reason", None)  # a creation weakens nothing
+        reason = data.pop("reason", "")
+        if self.create_takes_reason:
+            data["reason"] = reason
         serializer.instance = type(self).create_service(actor=self.request.user, **data)
 
     def perform_update(self, serializer: serializers.Serializer) -> None:
@@ -515,10 +528,9 @@ class PolicyViewSet(
         type(self).delete_service(actor=self.request.user, **{self.object_kwarg: instance}, **extra)
 
     def _delete_reason(self) -> str:
-        """DELETE's reason: ``{"reason": ...}`` in the JSON body, else ``?reason=`` (for
-        clients that cannot send a body with DELETE)."""
-        reason = _json_body(self.request).get("reason") or self.request.query_params.get("reason")
-        reason = reason or ""
+        """DELETE's reason: ``{"reason": ...}`` in the JSON body. Not a query parameter,
+        which proxies and access logs keep."""
+        reason = _json_body(self.request).get("reason") or ""
         if not isinstance(reason, str):
             raise serializers.ValidationError({"reason": ["Must be text."]})
         return reason
@@ -532,9 +544,6 @@ class PolicyViewSet(
         return self.get_paginated_response(ChangeRecordSerializer(page, many=True).data)
 
 
-REASON_PARAM = _query("reason", REASON_HELP + " Or in the JSON body.")
-
-
 def _crud_schema(
     tag: str, filters: list[OpenApiParameter], *, reason: bool = False
 ) -> Callable[[type], type]:
@@ -544,7 +553,7 @@ def _crud_schema(
         create=extend_schema(tags=[tag]),
         update=extend_schema(tags=[tag]),
         partial_update=extend_schema(tags=[tag]),
-        destroy=extend_schema(tags=[tag], parameters=[REASON_PARAM] if reason else []),
+        destroy=extend_schema(tags=[tag], request=ReasonSerializer if reason else None),
         history=extend_schema(tags=[tag]),
     )
 
@@ -695,14 +704,17 @@ class EnvironmentViewSet(
         return selectors.environment_list(user=self.request.user)
 
     def perform_update(self, serializer: serializers.Serializer) -> None:
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
         serializer.instance = services.environment_update(
-            actor=self.request.user, environment=serializer.instance, data=serializer.validated_data
+            actor=self.request.user, environment=serializer.instance, data=data, reason=reason
         )
 
 
 @_crud_schema(
     "datasources",
     [_query("environment", "Environment name."), _query("team", "Team slug (connect or review).")],
+    reason=True,
 )
 class DatasourceViewSet(PolicyViewSet):
     serializer_class = DatasourceSerializer
@@ -712,6 +724,7 @@ class DatasourceViewSet(PolicyViewSet):
     update_service = services.datasource_update
     delete_service = services.datasource_delete
     object_kwarg = "datasource"
+    takes_reason = True
 
 
 @_crud_schema(
@@ -735,7 +748,9 @@ def _column_set(*, actor: Any, **data: Any) -> ColumnClassification:
     return services.column_classification_set(actor=actor, **data)
 
 
-def _column_update(*, actor: Any, column_classification: ColumnClassification, data: dict) -> Any:
+def _column_update(
+    *, actor: Any, column_classification: ColumnClassification, data: dict, reason: str = ""
+) -> Any:
     # The column itself is fixed; what changes is its classification (and source).
     return services.column_classification_set(
         actor=actor,
@@ -747,6 +762,7 @@ def _column_update(*, actor: Any, column_classification: ColumnClassification, d
         classification=data.get("classification", column_classification.classification),
         source=data.get("source", column_classification.source),
         confidence=data.get("confidence", column_classification.confidence),
+        reason=reason,
     )
 
 
@@ -771,11 +787,8 @@ class ColumnClassificationViewSet(PolicyViewSet):
     delete_service = services.column_classification_delete
     object_kwarg = "column_classification"
     read_only_on_update = ("datasource", "schema_name", "table_name", "column_name")
-
-    def perform_destroy(self, instance: Any) -> None:
-        services.column_classification_delete(
-            actor=self.request.user, column_classification=instance, reason=self._delete_reason()
-        )
+    takes_reason = True
+    create_takes_reason = True  # a POST replaces the column's classification
 
 
 @_crud_schema(
@@ -821,6 +834,7 @@ class GuardrailViewSet(PolicyViewSet):
     object_kwarg = "guardrail"
     read_only_on_update = ("position",)
     takes_reason = True
+    create_takes_reason = True  # inserted above a production guardrail
 
     def _toggle(self, request: Request, enabled: bool) -> Response:
         guardrail = self.get_object()
@@ -865,7 +879,9 @@ class GuardrailViewSet(PolicyViewSet):
         payload = GuardrailOrderSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         ordered = services.guardrail_reorder(
-            actor=request.user, order=payload.validated_data["order"]
+            actor=request.user,
+            order=payload.validated_data["order"],
+            reason=payload.validated_data.get("reason", ""),
         )
         return Response(GuardrailSerializer(ordered, many=True).data)
 
@@ -1089,7 +1105,10 @@ class ReviewDecisionView(APIView):
             if classification is None:
                 raise serializers.ValidationError({"classification": "Required to reclassify."})
             column = services.column_classification_reclassify(
-                actor=request.user, column_classification=column, classification=classification
+                actor=request.user,
+                column_classification=column,
+                classification=classification,
+                reason=serializer.validated_data.get("reason", ""),
             )
         else:
             status_ = "confirmed" if decision == "confirm" else "rejected"

@@ -287,7 +287,27 @@ class JSONTextField(forms.CharField):
             ) from exc
 
 
+# The reason's help text; object_edit says when the object protects production.
+REASON_HELP = (
+    "Required when the change touches the protection of a production datasource. Kept "
+    "for good in the configuration history and the audit trail: do not include personal data."
+)
+
+
+def _reason_field() -> forms.CharField:
+    """Why, kept in history and the audit trail; the service says when it is required."""
+    return forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Reason for the change",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=REASON_HELP,
+    )
+
+
 class DatasourceForm(ServiceForm):
+    edit_only = ("reason",)
+
     name = model_field(Datasource, "name")
     environment = model_field(Datasource, "environment")
     engine = model_field(Datasource, "engine")
@@ -302,17 +322,26 @@ class DatasourceForm(ServiceForm):
         '"public", "name": "customers", "kind": "table", "columns": [{"name": "email", '
         '"type": "text"}]}]}',
     )
+    reason = _reason_field()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["connect_teams"].label = "Teams that may connect"
         self.fields["review_teams"].label = "Teams that review"
 
+    def data_for_service(self) -> dict[str, Any]:
+        return {k: v for k, v in self.cleaned_data.items() if k != "reason"}
+
     def create(self, *, actor: Any) -> Datasource:
-        return services.datasource_create(actor=actor, **self.cleaned_data)
+        return services.datasource_create(actor=actor, **self.data_for_service())
 
     def update(self, *, actor: Any, obj: Any) -> Datasource:
-        return services.datasource_update(actor=actor, datasource=obj, data=self.data_for_service())
+        return services.datasource_update(
+            actor=actor,
+            datasource=obj,
+            data=self.data_for_service(),
+            reason=self.cleaned_data.get("reason", ""),
+        )
 
 
 # --- classifications ------------------------------------------------------------------
@@ -340,6 +369,7 @@ class ColumnClassificationForm(ServiceForm):
     table_name = model_field(ColumnClassification, "table_name")
     column_name = model_field(ColumnClassification, "column_name")
     classification = forms.ModelChoiceField(queryset=Classification.objects.all())
+    reason = _reason_field()  # on a create too: it replaces the column's classification
 
     def __init__(self, *args: Any, instance: ColumnClassification | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -359,21 +389,11 @@ class ColumnClassificationForm(ServiceForm):
             table_name=obj.table_name,
             column_name=obj.column_name,
             classification=self.cleaned_data["classification"],
+            reason=self.cleaned_data.get("reason", ""),
         )
 
 
 # --- masking rules --------------------------------------------------------------------
-
-
-def _reason_field() -> forms.CharField:
-    """Why, kept in history and the audit trail; the service says when it is required."""
-    return forms.CharField(
-        required=False,
-        max_length=2000,
-        label="Reason for the change",
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Kept in the configuration history and the audit trail.",
-    )
 
 
 def _environment_choices() -> list[tuple[str, str]]:
@@ -491,8 +511,7 @@ def _names(text: str) -> list[str]:
 class GuardrailForm(ServiceForm):
     """The conditions object is edited as one field per condition."""
 
-    create_only = ("position",)
-    edit_only = ("reason",)
+    create_only = ("position",)  # the reason is on both: an insertion can need one
 
     name = model_field(GuardrailRule, "name")
     action = model_field(GuardrailRule, "action")
@@ -604,7 +623,10 @@ class GuardrailForm(ServiceForm):
 
     def create(self, *, actor: Any) -> GuardrailRule:
         return services.guardrail_create(
-            actor=actor, position=self.cleaned_data.get("position"), **self.data_for_service()
+            actor=actor,
+            position=self.cleaned_data.get("position"),
+            reason=self.cleaned_data.get("reason", ""),
+            **self.data_for_service(),
         )
 
     def update(self, *, actor: Any, obj: Any) -> GuardrailRule:
@@ -760,6 +782,7 @@ class ReclassifyForm(forms.Form):
     classification = forms.ModelChoiceField(
         queryset=Classification.objects.all(), to_field_name="name"
     )
+    reason = _reason_field()
 
 
 # --- break-glass grants ---------------------------------------------------------------

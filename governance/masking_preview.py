@@ -9,15 +9,23 @@ keyed function lives only in protected databases (``warden_masking.hmac``,
 docs/masking.md), so the preview computes the same HMAC-SHA-256 in plain SQL
 (``hmac_expression``) under a throw-away random key: the digests look like the real
 ones but match nothing the sidecar would produce, and the real key is never used.
+
+The query runs with ``search_path = pg_catalog``, so no function or type of another
+schema can stand in for the built-ins the expression names. A database error is
+shown in the panel (``Preview.error``), not raised. The form asks again as it
+changes, so one person's previews run one at a time (``owner``): a request waits
+briefly for the previous one rather than opening a second connection.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from django.core.cache import cache
 from django.db import connection
 from psycopg import sql
 
@@ -52,6 +60,10 @@ GENERIC_SAMPLES: tuple[str, tuple[str, ...]] = ("text", ("Sample value 12345", "
 DATE_SAMPLES: tuple[str, tuple[str, ...]] = ("date", ("1984-07-19", "2001-02-03"))
 
 STATEMENT_TIMEOUT_MS = 2000
+# How long a preview waits for the same person's previous one, and how long the
+# turn is held at most (a crashed request's turn lapses).
+TURN_WAIT_SECONDS = 3.0
+TURN_HOLD_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -89,15 +101,45 @@ def _connect() -> psycopg.Connection[Any]:
     return conn
 
 
+def _take_turn(owner: str) -> bool:
+    """Wait (briefly) until no other preview of ``owner`` runs; True once it is ours."""
+    deadline = time.monotonic() + TURN_WAIT_SECONDS
+    while not cache.add(f"masking-preview:{owner}", 1, timeout=TURN_HOLD_SECONDS):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def masking_preview(
     *,
     classification: str,
     strategy: str,
     params: dict[str, Any],
     key: bytes | None = None,
+    owner: str | None = None,
 ) -> Preview:
     """Mask the samples of ``classification`` with ``strategy`` and ``params`` as the
-    engine would. ``key``: the hash key (tests); by default a new random one each time."""
+    engine would. ``key``: the hash key (tests); by default a new random one each time.
+    ``owner``: whose preview it is (one at a time each); None runs it at once."""
+    if owner is None:
+        return _preview(classification, strategy, params, key)
+    if not _take_turn(owner):
+        return Preview(
+            classification=classification,
+            type_name="",
+            strategy=strategy,
+            error="Your previous preview is still running; change the form again to retry.",
+        )
+    try:
+        return _preview(classification, strategy, params, key)
+    finally:
+        cache.delete(f"masking-preview:{owner}")
+
+
+def _preview(
+    classification: str, strategy: str, params: dict[str, Any], key: bytes | None
+) -> Preview:
     type_name, values = samples_for(classification, strategy)
     masking = Masking(
         classification=classification,
@@ -128,16 +170,27 @@ def masking_preview(
             "Hashed with a throw-away key for this preview: real digests differ, and each "
             "preview draws a new key."
         )
-    with _connect() as conn:
-        try:
-            conn.execute(
-                sql.SQL("SET LOCAL statement_timeout = {}").format(
-                    sql.Literal(STATEMENT_TIMEOUT_MS)
+    try:
+        with _connect() as conn:
+            try:
+                conn.execute(
+                    sql.SQL("SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(STATEMENT_TIMEOUT_MS)
+                    )
                 )
-            )
-            rows = conn.execute(query).fetchall()
-        finally:
-            conn.rollback()
+                conn.execute("SET LOCAL search_path = pg_catalog")
+                rows = conn.execute(query).fetchall()
+            finally:
+                conn.rollback()
+    except psycopg.Error as exc:
+        primary = exc.diag.message_primary if exc.diag is not None else None
+        return Preview(
+            classification=classification,
+            type_name=type_name,
+            strategy=strategy,
+            notes=notes,
+            error=f"PostgreSQL could not compute the preview: {primary or type(exc).__name__}.",
+        )
     return Preview(
         classification=classification,
         type_name=type_name,

@@ -434,12 +434,24 @@ def production_datasources_affected(
     """Names of the production datasources whose protection ``obj`` is part of: a
     guardrail or masking rule by its scope (one datasource, or every datasource of
     the environments it names, all when it names none), a column classification by
-    its datasource. Empty for anything else. ``production``: production_datasources(),
-    when the caller asks about many objects.
+    its datasource, a datasource itself, an environment its datasources. Empty for
+    anything else. ``production``: production_datasources(), when the caller asks
+    about many objects. Judged on ``obj`` as it is in memory (its own fields), so
+    a service can ask before and after a change.
 
-    Disabling or removing such an object weakens production, so the services ask
-    for a reason (docs/api.md, "Changes that weaken production").
+    A change to the protective fields of such an object needs a reason
+    (services.policy, docs/api.md "Changes that weaken production").
     """
+    if isinstance(obj, Datasource):
+        return [obj.name] if obj.environment.is_production else []
+    if isinstance(obj, Environment):
+        if not obj.is_production:
+            return []
+        return list(
+            Datasource.objects.filter(environment_id=obj.pk)
+            .order_by("name")
+            .values_list("name", flat=True)
+        )
     if production is None:
         production = production_datasources()
     if isinstance(obj, ColumnClassification):

@@ -35,6 +35,7 @@ from audit.sink.history import change_history_for
 from governance import selectors, services
 from governance.errors import ApplicationError
 from governance.forms import (
+    REASON_HELP,
     ApiTokenIssueForm,
     BreakGlassForm,
     ClassificationForm,
@@ -173,7 +174,7 @@ class Resource:
     filter_form: type[SearchForm] = SearchForm
     lede: str = ""
     form_takes_instance: bool = False
-    # Deleting one that protects production needs a reason (services.policy).
+    # Changing or deleting one that protects production needs a reason (services.policy).
     takes_reason: bool = False
 
     def url(self, action: str, pk: Any = None) -> str:
@@ -222,6 +223,7 @@ RESOURCES: dict[str, Resource] = {
             delete_service=services.datasource_delete,
             delete_kwarg="datasource",
             filter_form=DatasourceFilters,
+            takes_reason=True,
             lede="Protected databases, each behind its own sidecar.",
         ),
         Resource(
@@ -396,8 +398,8 @@ def object_edit(request: HttpRequest, pk: int, *, res: Resource) -> HttpResponse
     production = _production_note(res, obj)
     if production and "reason" in form.fields:
         form.fields["reason"].help_text = (
-            f"Required to disable it: it protects production ({', '.join(production)}). "
-            "Kept in the configuration history and the audit trail."
+            f"It protects production ({', '.join(production)}): required for any change "
+            f"but its name or description. {REASON_HELP.split('. ', 1)[1]}"
         )
     if request.method == "POST":
         saved = form.save(actor=request.user, obj=obj)
@@ -645,22 +647,22 @@ def _back(request: HttpRequest, fallback: str, status: int = 302) -> HttpRespons
     return redirect(target)
 
 
-def _wants_reason(exc: ValidationError) -> bool:
-    return hasattr(exc, "error_dict") and "reason" in exc.error_dict
-
-
 def _reason_page(
     request: HttpRequest, exc: ValidationError, *, title: str, confirm: str, back: str
-) -> HttpResponse:
-    """Without JavaScript, a change that needs a reason asks for it on its own page,
-    which posts the same fields again with the reason (400: nothing was changed)."""
+) -> HttpResponse | None:
+    """Without JavaScript (not htmx), a change refused for want of a reason asks for it
+    on its own page, which posts the same fields again with the reason (400: nothing
+    was changed). None for any other refusal, and for htmx (its row says why)."""
+    if request.htmx or not (hasattr(exc, "error_dict") and "reason" in exc.error_dict):
+        return None
     target = request.POST.get("next") or ""
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         target = back
     fields = [
         (name, value)
-        for name, value in request.POST.items()
+        for name, values in request.POST.lists()
         if name not in {"csrfmiddlewaretoken", "reason"}
+        for value in values
     ]
     context = {
         "title": title,
@@ -694,16 +696,18 @@ def guardrail_toggle(request: HttpRequest, pk: int) -> HttpResponse:
             reason=request.POST.get("reason", ""),
         )
     except ValidationError as exc:
-        # Enabling can be refused (an allow-all rule in production), and disabling one
+        # Enabling can be refused (an allow-all rule in production), and switching one
         # that protects production wants a reason: say why, inline.
-        if not request.htmx and _wants_reason(exc):
-            return _reason_page(
-                request,
-                exc,
-                title=f"Disable guardrail {guardrail.name}?",
-                confirm="Disable guardrail",
-                back=reverse("governance:guardrail_list"),
-            )
+        verb = "Enable" if enabled else "Disable"
+        page = _reason_page(
+            request,
+            exc,
+            title=f"{verb} guardrail {guardrail.name}?",
+            confirm=f"{verb} guardrail",
+            back=reverse("governance:guardrail_list"),
+        )
+        if page is not None:
+            return page
         error = " ".join(exc.messages)
     except ApplicationError as exc:
         error = exc.message
@@ -739,33 +743,63 @@ def guardrail_move(request: HttpRequest, pk: int) -> HttpResponse:
             return _guardrail_rows(request, status=400)
         messages.error(request, "Choose up or down.")
         return _back(request, reverse("governance:guardrail_list"))
-    services.guardrail_move(actor=request.user, guardrail=guardrail, direction=direction)
+    try:
+        services.guardrail_move(
+            actor=request.user,
+            guardrail=guardrail,
+            direction=direction,
+            reason=request.POST.get("reason", ""),
+        )
+    except ValidationError as exc:
+        page = _reason_page(
+            request,
+            exc,
+            title=f"Move guardrail {guardrail.name} {direction}?",
+            confirm="Move guardrail",
+            back=reverse("governance:guardrail_list"),
+        )
+        if page is not None:
+            return page
+        return _guardrail_order_refused(request, " ".join(exc.messages))
     if request.htmx:
         return _guardrail_rows(request)
     messages.success(request, f"Moved {guardrail.name} {direction}.")
     return _back(request, reverse("governance:guardrail_list"))
 
 
+def _guardrail_order_refused(request: HttpRequest, error: str) -> HttpResponse:
+    if request.htmx:
+        # The rows as they are (the order did not change), and the reason said aloud.
+        response = _guardrail_rows(request)
+        return trigger_client_event(response, "warden:error", {"message": error})
+    messages.error(request, error)
+    return _back(request, reverse("governance:guardrail_list"), status=400)
+
+
 @editor_required
 @require_POST
 def guardrail_order(request: HttpRequest) -> HttpResponse:
     """The whole order at once (drag and drop posts every row's id): one change."""
-    error = ""
     try:
         order = [int(pk) for pk in request.POST.getlist("order")]
-        services.guardrail_reorder(actor=request.user, order=order)
+        services.guardrail_reorder(
+            actor=request.user, order=order, reason=request.POST.get("reason", "")
+        )
     except ValueError:
-        error = "The order must list guardrail ids."
+        return _guardrail_order_refused(request, "The order must list guardrail ids.")
     except ValidationError as exc:
-        error = " ".join(exc.messages)
+        page = _reason_page(
+            request,
+            exc,
+            title="Change the order of the guardrails?",
+            confirm="Save the order",
+            back=reverse("governance:guardrail_list"),
+        )
+        if page is not None:
+            return page
+        return _guardrail_order_refused(request, " ".join(exc.messages))
     if request.htmx:
-        response = _guardrail_rows(request)
-        if error:
-            return trigger_client_event(response, "warden:error", {"message": error})
-        return response
-    if error:
-        messages.error(request, error)
-        return _back(request, reverse("governance:guardrail_list"), status=400)
+        return _guardrail_rows(request)
     messages.success(request, "Guardrail order saved.")
     return _back(request, reverse("governance:guardrail_list"))
 
@@ -801,6 +835,7 @@ def masking_preview(request: HttpRequest) -> HttpResponse:
                 classification=data["classification"].name,
                 strategy=data["strategy"],
                 params=params,
+                owner=str(request.user.pk),
             )
     return render(request, "governance/_masking_preview_body.html", context)
 
@@ -821,14 +856,15 @@ def column_review(request: HttpRequest, pk: int) -> HttpResponse:
             reason=request.POST.get("reason", ""),
         )
     except ValidationError as exc:
-        if _wants_reason(exc):
-            return _reason_page(
-                request,
-                exc,
-                title=f"Reject {column.classification.name} for {column.column_and_path}?",
-                confirm="Reject",
-                back=reverse("governance:column_detail", args=[pk]),
-            )
+        page = _reason_page(
+            request,
+            exc,
+            title=f"Reject {column.classification.name} for {column.column_and_path}?",
+            confirm="Reject",
+            back=reverse("governance:column_detail", args=[pk]),
+        )
+        if page is not None:
+            return page
         messages.error(request, " ".join(exc.messages))
         return _back(request, reverse("governance:column_detail", args=[pk]), status=400)
     messages.success(request, f"{column.column_path}: {status}.")
@@ -880,18 +916,21 @@ def review_decide(request: HttpRequest, datasource_pk: int, pk: int) -> HttpResp
                 actor=request.user,
                 column_classification=column,
                 classification=form.cleaned_data["classification"],
+                reason=form.cleaned_data["reason"],
             )
         else:
             raise ValidationError("Choose confirm, reject or reclassify.")
     except ValidationError as exc:
-        if not request.htmx and _wants_reason(exc):
-            return _reason_page(
-                request,
-                exc,
-                title=f"Reject {column.classification.name} for {column.column_and_path}?",
-                confirm="Reject",
-                back=reverse("governance:review_queue"),
-            )
+        verb = "Reclassify" if decision == "reclassify" else "Reject"
+        page = _reason_page(
+            request,
+            exc,
+            title=f"{verb} {column.classification.name} for {column.column_and_path}?",
+            confirm=verb,
+            back=reverse("governance:review_queue"),
+        )
+        if page is not None:
+            return page
         error = " ".join(exc.messages)
     if request.htmx:
         context = {

@@ -38,7 +38,13 @@ from governance.models import (
     Team,
 )
 from governance.services.history import _create, _delete, _update
-from governance.services.policy import _require_policy_editor, column_classifications_inherit
+from governance.services.policy import (
+    _careful,
+    _clean_reason,
+    _reason_to_delete,
+    _require_policy_editor,
+    column_classifications_inherit,
+)
 from sidecar.engine.paths import PathError, parse_path, path_applies
 
 # --- environments ---------------------------------------------------------------------
@@ -49,15 +55,18 @@ ENVIRONMENT_FIELDS = {"protect_threshold"}
 
 @transaction.atomic
 def environment_update(
-    *, actor: Any, environment: Environment, data: dict[str, Any]
+    *, actor: Any, environment: Environment, data: dict[str, Any], reason: str = ""
 ) -> Environment:
     """Change an environment's protect threshold (None: enforce only confirmed and
     confident findings, as a sandbox does). Every datasource of the environment is
     recompiled, and its views' inherited classifications follow (a provisional
-    source protects its views only while it is at or above the threshold)."""
+    source protects its views only while it is at or above the threshold). In
+    production, with a ``reason``."""
     _require_policy_editor(actor)
     environment = Environment.objects.select_for_update(no_key=True).get(pk=environment.pk)
-    _update(actor, environment, data, allowed=ENVIRONMENT_FIELDS)
+    reason = _clean_reason(reason)
+    with _careful(environment, reason, f"environment {environment.name}"):
+        _update(actor, environment, data, allowed=ENVIRONMENT_FIELDS, reason=reason)
     bundles_mark_stale(obj=environment)
     for datasource in Datasource.objects.filter(environment=environment).select_related(
         "environment"
@@ -112,29 +121,41 @@ DATASOURCE_FIELDS = {
 
 
 @transaction.atomic
-def datasource_update(*, actor: Any, datasource: Datasource, data: dict[str, Any]) -> Datasource:
-    """Change any of DATASOURCE_FIELDS. Moving environment re-checks its guardrails."""
+def datasource_update(
+    *, actor: Any, datasource: Datasource, data: dict[str, Any], reason: str = ""
+) -> Datasource:
+    """Change any of DATASOURCE_FIELDS. Moving environment re-checks its guardrails.
+
+    A production datasource (before or after the change) needs a ``reason`` for
+    anything but its name, description and teams: moving it out of production
+    takes every production rule off it."""
     _require_policy_editor(actor)
     datasource = Datasource.objects.select_for_update(no_key=True).get(pk=datasource.pk)
-    _update(actor, datasource, data, allowed=DATASOURCE_FIELDS)
+    reason = _clean_reason(reason)
+    with _careful(datasource, reason, f"datasource {datasource.name}"):
+        _update(actor, datasource, data, allowed=DATASOURCE_FIELDS, reason=reason)
+        # Inside: a guardrail the move breaks is the first thing to say.
+        for guardrail in datasource.guardrails.all():
+            try:
+                guardrail.full_clean()
+            except ValidationError as exc:
+                raise ValidationError(
+                    {
+                        "environment": f"Guardrail '{guardrail.name}' would become invalid: "
+                        + "; ".join(exc.messages)
+                    }
+                ) from exc
     bundles_mark_stale(obj=datasource)
-    for guardrail in datasource.guardrails.all():
-        try:
-            guardrail.full_clean()
-        except ValidationError as exc:
-            raise ValidationError(
-                {
-                    "environment": f"Guardrail '{guardrail.name}' would become invalid: "
-                    + "; ".join(exc.messages)
-                }
-            ) from exc
     return datasource
 
 
 @transaction.atomic
-def datasource_delete(*, actor: Any, datasource: Datasource) -> None:
+def datasource_delete(*, actor: Any, datasource: Datasource, reason: str = "") -> None:
+    """Delete a datasource with its guardrails and column classifications; a production
+    one needs a ``reason``."""
     _require_policy_editor(actor)
-    _delete(actor, datasource, blocked_by="other objects")
+    reason = _reason_to_delete(datasource, reason, f"datasource {datasource.name}")
+    _delete(actor, datasource, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=datasource)
 
 

@@ -33,7 +33,13 @@ def _m2m_names(model: type[models.Model]) -> set[str]:
     return {f.name for f in model._meta.many_to_many}
 
 
-def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None = None) -> None:
+def _create(
+    actor: Any,
+    obj: models.Model,
+    m2m: dict[str, Iterable[Any]] | None = None,
+    *,
+    reason: str = "",
+) -> None:
     obj.full_clean()
     obj.save()
     for name, values in (m2m or {}).items():
@@ -45,6 +51,7 @@ def _create(actor: Any, obj: models.Model, m2m: dict[str, Iterable[Any]] | None 
         before=None,
         after=object_snapshot(obj),
         datasource=_own_chain(obj),
+        reason=reason,
     )
 
 

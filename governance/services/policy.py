@@ -13,7 +13,8 @@ calls ``bundles_mark_stale`` for the object it changed.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -36,6 +37,8 @@ from governance.models import (
     ClassificationStatus,
     ColumnClassification,
     Datasource,
+    Environment,
+    GuardrailAction,
     GuardrailRule,
     Identity,
     MaskingRule,
@@ -43,7 +46,7 @@ from governance.models import (
     Team,
 )
 from governance.permissions import can_edit_policy, user_role
-from governance.selectors import production_datasources_affected
+from governance.selectors import production_datasources, production_datasources_affected
 from governance.services.history import _create, _delete, _update
 
 REASON_MAX_LENGTH = 2000
@@ -54,24 +57,106 @@ def _require_policy_editor(actor: Any) -> None:
         raise PermissionDenied("Only admin and security may change policy.")
 
 
-def _reason_for(obj: Any, reason: str | None, *, weakens: bool, change: str) -> str:
-    """The actor's reason, cleaned; required when the change ``weakens`` the protection
-    ``obj`` gives a production datasource (disabling or removing it). Elsewhere a
-    reason is optional and kept when given."""
+# --- changes that weaken production ------------------------------------------------------
+#
+# One rule for every policy object: a change that touches a protective field of an
+# object protecting a production datasource, before or after the change, needs a
+# reason; so does deleting such an object. Judged on the object's state before and
+# after the change, so no sequence of small steps (narrow it to sandbox, then
+# disable it) gets around it. docs/api.md, "Changes that weaken production".
+
+# The fields that may change WITHOUT a reason: they name or describe an object, or
+# record who decided, and protect nothing. Every other field is protective, so a
+# field added to a model later needs a reason until someone lists it here.
+FREE_FIELDS: dict[type[models.Model], frozenset[str]] = {
+    GuardrailRule: frozenset({"name", "message"}),
+    MaskingRule: frozenset({"name"}),
+    ColumnClassification: frozenset(
+        {"source", "confidence", "confirmed_by", "confirmed_at", "detector", "share"}
+    ),
+    # Who may connect or review is access, governed by its own history.
+    Datasource: frozenset({"name", "description", "connect_teams", "review_teams"}),
+    Environment: frozenset({"description"}),
+}
+
+
+def _clean_reason(reason: str | None) -> str:
     reason = (reason or "").strip()
     if len(reason) > REASON_MAX_LENGTH:
         raise ValidationError({"reason": f"At most {REASON_MAX_LENGTH} characters."})
-    if weakens and not reason:
+    return reason
+
+
+def _refuse_without_reason(change: str, affected: list[str]) -> None:
+    raise ValidationError(
+        {
+            "reason": f"{change} affects production ({', '.join(affected)}): give a reason. "
+            "It is kept in the configuration history and the audit trail."
+        }
+    )
+
+
+def _only_strengthens(obj: Any, touched: set[str]) -> bool:
+    """The few changes of a protective field that can only add protection."""
+    if isinstance(obj, GuardrailRule):
+        # Block is the strongest action: a block rule switched on can only stop more.
+        return touched == {"enabled"} and obj.enabled and obj.action == GuardrailAction.BLOCK
+    if isinstance(obj, ColumnClassification):
+        # Confirming the classification a column already has.
+        return touched == {"status"} and obj.status == ClassificationStatus.CONFIRMED
+    return False
+
+
+def _protective_changes(obj: Any, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    touched = changed - FREE_FIELDS[type(obj)]
+    return [] if _only_strengthens(obj, touched) else sorted(touched)
+
+
+@contextmanager
+def _careful(obj: Any, reason: str, what: str) -> Iterator[None]:
+    """Around an update of ``obj`` (inside the service's transaction): after it, refuse
+    it without a ``reason`` when it touched a protective field and ``obj`` protects
+    production before or after. The refusal rolls the update back."""
+    before = object_snapshot(obj)
+    affected = production_datasources_affected(obj)
+    yield
+    if reason:
+        return
+    touched = _protective_changes(obj, before, object_snapshot(obj))
+    if not touched:
+        return
+    affected += [name for name in production_datasources_affected(obj) if name not in affected]
+    if affected:
+        _refuse_without_reason(f"Changing {', '.join(touched)} of {what}", affected)
+
+
+def _reason_to_delete(obj: Any, reason: str | None, what: str) -> str:
+    """The cleaned reason for deleting ``obj``; required when it protects production."""
+    reason = _clean_reason(reason)
+    if not reason:
         affected = production_datasources_affected(obj)
         if affected:
-            raise ValidationError(
-                {
-                    "reason": f"{change} affects production ({', '.join(affected)}): "
-                    "give a reason. It is kept in the configuration history and the audit "
-                    "trail."
-                }
-            )
+            _refuse_without_reason(f"Deleting {what}", affected)
     return reason
+
+
+def _order_weakens(before: list[GuardrailRule], after: list[GuardrailRule]) -> list[str]:
+    """The production datasources whose guardrails ``after`` puts in another relative
+    order than ``before`` (the first matching rule decides, so an allow rule moved
+    above a block rule lets through what was blocked). A guardrail that protects no
+    production datasource moves freely."""
+    production = production_datasources()
+    affected = {g.pk: production_datasources_affected(g, production) for g in before + after}
+    moved = []
+    for datasource in production:
+
+        def sequence(rules: list[GuardrailRule], name: str = datasource.name) -> list[int]:
+            return [g.pk for g in rules if name in affected[g.pk]]
+
+        if sequence(before) != sequence(after):
+            moved.append(datasource.name)
+    return moved
 
 
 def _guardrails_naming(key: str, value: str) -> list[str]:
@@ -142,14 +227,17 @@ def column_classification_set(
     source: str = ClassificationSource.MANUAL,
     confidence: float = 1.0,
     path: str = "",
+    reason: str = "",
 ) -> ColumnClassification:
     """Classify one column, or one path inside it (create or replace).
 
     A manual classification is confirmed by the actor at once. A scanner
     (``auto``) finding is only a proposal, and never overrides a person's
-    confirmed decision for the same column.
+    confirmed decision for the same column. Replacing the classification of a
+    column on a production datasource needs a ``reason``.
     """
     _require_policy_editor(actor)
+    reason = _clean_reason(reason)
     existing = (
         ColumnClassification.objects.select_for_update(no_key=True)
         .filter(
@@ -190,7 +278,8 @@ def column_classification_set(
         bundles_mark_stale(obj=column)
         column_classifications_inherit(datasource=datasource)
         return column
-    _update(actor, existing, values, allowed=set(values))
+    with _careful(existing, reason, f"the classification of {existing.column_path}"):
+        _update(actor, existing, values, allowed=set(values), reason=reason)
     bundles_mark_stale(obj=existing)
     column_classifications_inherit(datasource=datasource)
     return existing
@@ -216,20 +305,15 @@ def column_classification_review(
     column = ColumnClassification.objects.select_for_update(no_key=True).get(
         pk=column_classification.pk
     )
-    reason = _reason_for(
-        column,
-        reason,
-        weakens=status == ClassificationStatus.REJECTED
-        and column.status != ClassificationStatus.REJECTED,
-        change=f"Rejecting {column.classification.name} for {column.column_path}",
-    )
-    _update(
-        actor,
-        column,
-        {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
-        allowed={"status", "confirmed_by", "confirmed_at"},
-        reason=reason,
-    )
+    reason = _clean_reason(reason)
+    with _careful(column, reason, f"{column.classification.name} for {column.column_path}"):
+        _update(
+            actor,
+            column,
+            {"status": status, "confirmed_by": actor, "confirmed_at": timezone.now()},
+            allowed={"status", "confirmed_by", "confirmed_at"},
+            reason=reason,
+        )
     bundles_mark_stale(obj=column)
     if status == ClassificationStatus.REJECTED:
         _rejection_remember(actor=actor, column=column, classification=column.classification)
@@ -253,11 +337,17 @@ def _rejection_remember(
 
 @transaction.atomic
 def column_classification_reclassify(
-    *, actor: Any, column_classification: ColumnClassification, classification: Classification
+    *,
+    actor: Any,
+    column_classification: ColumnClassification,
+    classification: Classification,
+    reason: str = "",
 ) -> ColumnClassification:
     """A person picks another classification for a proposed one: the new one is confirmed
-    (manual), and the scanner's choice is remembered as rejected for this column."""
+    (manual), and the scanner's choice is remembered as rejected for this column. On a
+    production datasource, with a ``reason``."""
     _require_policy_editor(actor)
+    reason = _clean_reason(reason)
     column = ColumnClassification.objects.select_for_update(no_key=True).get(
         pk=column_classification.pk
     )
@@ -271,7 +361,8 @@ def column_classification_reclassify(
         "confirmed_at": timezone.now(),
         "inherited_from": "",
     }
-    _update(actor, column, values, allowed=set(values))
+    with _careful(column, reason, f"the classification of {column.column_path}"):
+        _update(actor, column, values, allowed=set(values), reason=reason)
     bundles_mark_stale(obj=column)
     if previous.pk != classification.pk:
         _rejection_remember(actor=actor, column=column, classification=previous)
@@ -285,11 +376,10 @@ def column_classification_delete(
 ) -> None:
     """Remove a column's classification; on a production datasource, with a ``reason``."""
     _require_policy_editor(actor)
-    reason = _reason_for(
+    reason = _reason_to_delete(
         column_classification,
         reason,
-        weakens=True,
-        change=f"Removing the classification of {column_classification.column_path}",
+        f"the classification of {column_classification.column_path}",
     )
     _delete(actor, column_classification, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=column_classification)
@@ -342,17 +432,14 @@ def masking_rule_update(
 ) -> MaskingRule:
     """Change any of MASKING_RULE_FIELDS (``exempt_teams``: an iterable of Team).
 
-    Disabling a rule that masks in production needs a ``reason`` (as deleting does).
+    Changing anything but its name, when it masks in production before or after the
+    change, needs a ``reason`` (as deleting does).
     """
     _require_policy_editor(actor)
     rule = MaskingRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
-    reason = _reason_for(
-        rule,
-        reason,
-        weakens=rule.enabled and data.get("enabled", True) is False,
-        change=f"Disabling masking rule {rule.name}",
-    )
-    _update(actor, rule, data, allowed=MASKING_RULE_FIELDS, reason=reason)
+    reason = _clean_reason(reason)
+    with _careful(rule, reason, f"masking rule {rule.name}"):
+        _update(actor, rule, data, allowed=MASKING_RULE_FIELDS, reason=reason)
     bundles_mark_stale(obj=rule)
     return rule
 
@@ -361,7 +448,7 @@ def masking_rule_update(
 def masking_rule_delete(*, actor: Any, rule: MaskingRule, reason: str = "") -> None:
     """Delete a masking rule; one that masks in production needs a ``reason``."""
     _require_policy_editor(actor)
-    reason = _reason_for(rule, reason, weakens=True, change=f"Deleting masking rule {rule.name}")
+    reason = _reason_to_delete(rule, reason, f"masking rule {rule.name}")
     _delete(actor, rule, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=rule)
 
@@ -386,9 +473,15 @@ def guardrail_create(
     datasource: Datasource | None = None,
     enabled: bool = True,
     position: int | None = None,
+    reason: str = "",
 ) -> GuardrailRule:
-    """Add a guardrail at ``position`` (1 = first), or last when not given."""
+    """Add a guardrail at ``position`` (1 = first), or last when not given.
+
+    Inserting an enabled allow or review rule before a guardrail that protects the
+    same production datasource overrides it, so that needs a ``reason`` (as moving
+    one there does, guardrail_reorder)."""
     _require_policy_editor(actor)
+    reason = _clean_reason(reason)
     rules = _lock_guardrails()
     last = rules[-1].position if rules else 0
     if position is None or position > last:
@@ -408,7 +501,19 @@ def guardrail_create(
         enabled=enabled,
         position=position,
     )
-    _create(actor, guardrail)
+    _create(actor, guardrail, reason=reason)
+    if not reason and guardrail.enabled and guardrail.action != GuardrailAction.BLOCK:
+        # ``rules`` still hold their positions from before the insertion.
+        after = [
+            *(g for g in rules if g.position < position),
+            guardrail,
+            *(g for g in rules if g.position >= position),
+        ]
+        moved = _order_weakens([*rules, guardrail], after)
+        if moved:
+            _refuse_without_reason(
+                f"Inserting {guardrail.action} rule {name} at position {position}", moved
+            )
     bundles_mark_stale(obj=guardrail)
     return guardrail
 
@@ -422,17 +527,15 @@ def guardrail_update(
 ) -> GuardrailRule:
     """Change any of GUARDRAIL_FIELDS; use guardrail_reorder to change the order.
 
-    Disabling a guardrail that applies to a production datasource needs a ``reason``.
+    Changing anything but its name and message, when it applies to a production
+    datasource before or after the change, needs a ``reason`` (switching a block
+    rule on only adds protection and needs none).
     """
     _require_policy_editor(actor)
     guardrail = GuardrailRule.objects.select_for_update(no_key=True).get(pk=guardrail.pk)
-    reason = _reason_for(
-        guardrail,
-        reason,
-        weakens=guardrail.enabled and data.get("enabled", True) is False,
-        change=f"Disabling guardrail {guardrail.name}",
-    )
-    _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS, reason=reason)
+    reason = _clean_reason(reason)
+    with _careful(guardrail, reason, f"guardrail {guardrail.name}"):
+        _update(actor, guardrail, data, allowed=GUARDRAIL_FIELDS, reason=reason)
     bundles_mark_stale(obj=guardrail)
     return guardrail
 
@@ -451,15 +554,21 @@ GUARDRAIL_ORDER_ID = "order"
 
 
 def _guardrails_renumber(
-    actor: Any, rules: list[GuardrailRule], order: list[GuardrailRule]
+    actor: Any, rules: list[GuardrailRule], order: list[GuardrailRule], reason: str
 ) -> None:
     """Give ``order`` positions 1..n and record the whole new order as ONE change
     (the object "guardrail order", before and after as lists of names): a reorder
-    is one decision, whatever number of rows it moves."""
+    is one decision, whatever number of rows it moves. One that changes the order of
+    the guardrails protecting a production datasource needs a ``reason``."""
+    reason = _clean_reason(reason)
     before = [rule.name for rule in rules]
     after = [rule.name for rule in order]
     if before == after:
         return
+    if not reason:
+        moved = _order_weakens(rules, order)
+        if moved:
+            _refuse_without_reason("Changing the order of its guardrails", moved)
     for new_position, rule in enumerate(order, start=1):
         if rule.position != new_position:
             rule.position = new_position
@@ -473,12 +582,13 @@ def _guardrails_renumber(
         object_repr="Guardrail order",
         before={"order": before},
         after={"order": after},
+        reason=reason,
     )
     bundles_mark_stale(obj=GuardrailRule())  # no datasource: every bundle
 
 
 @transaction.atomic
-def guardrail_reorder(*, actor: Any, order: list[int]) -> list[GuardrailRule]:
+def guardrail_reorder(*, actor: Any, order: list[int], reason: str = "") -> list[GuardrailRule]:
     """Put every guardrail in ``order`` (their ids, first evaluated first), in one
     change. ``order`` must name each guardrail exactly once: a list made from a
     page that is out of date (a guardrail added or deleted since) is refused."""
@@ -505,7 +615,7 @@ def guardrail_reorder(*, actor: Any, order: list[int]) -> list[GuardrailRule]:
             }
         )
     new_order = [by_id[pk] for pk in order]
-    _guardrails_renumber(actor, rules, new_order)
+    _guardrails_renumber(actor, rules, new_order, reason)
     return new_order
 
 
@@ -516,6 +626,7 @@ def guardrail_move(
     guardrail: GuardrailRule,
     position: int | None = None,
     direction: str | None = None,
+    reason: str = "",
 ) -> GuardrailRule:
     """Move to ``position`` (1 = first) or one step ``direction`` "up"/"down".
 
@@ -543,7 +654,7 @@ def guardrail_move(
     order = list(rules)
     moved = order.pop(index)
     order.insert(target, moved)
-    _guardrails_renumber(actor, rules, order)
+    _guardrails_renumber(actor, rules, order, reason)
     return moved
 
 
@@ -551,9 +662,7 @@ def guardrail_move(
 def guardrail_delete(*, actor: Any, guardrail: GuardrailRule, reason: str = "") -> None:
     """Delete a guardrail; one that applies to a production datasource needs a ``reason``."""
     _require_policy_editor(actor)
-    reason = _reason_for(
-        guardrail, reason, weakens=True, change=f"Deleting guardrail {guardrail.name}"
-    )
+    reason = _reason_to_delete(guardrail, reason, f"guardrail {guardrail.name}")
     _delete(actor, guardrail, blocked_by="other objects", reason=reason)
     bundles_mark_stale(obj=guardrail)
 

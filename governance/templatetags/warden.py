@@ -303,3 +303,29 @@ def production_affected(context: template.Context, obj: Any) -> str:
     return ", ".join(
         selectors.production_datasources_affected(obj, cache["production_datasources"])
     )
+
+
+@register.simple_tag(takes_context=True)
+def reorder_affects(context: template.Context, guardrail: Any, direction: str) -> str:
+    """The production datasources (comma-separated, "" for none) whose guardrails change
+    order when ``guardrail`` moves one step ``direction``: both it and the neighbour it
+    passes protect them, so the move asks for a reason (services.policy). The
+    guardrails are read once per rendered page."""
+    cache = context.render_context
+    if "production_datasources" not in cache:
+        cache["production_datasources"] = selectors.production_datasources()
+    if "guardrail_scopes" not in cache:
+        production = cache["production_datasources"]
+        cache["guardrail_scopes"] = [
+            (g.pk, set(selectors.production_datasources_affected(g, production)))
+            for g in selectors.guardrail_list(user=context["request"].user)
+        ]
+    scopes = cache["guardrail_scopes"]
+    ids = [pk for pk, _ in scopes]
+    if guardrail.pk not in ids:
+        return ""
+    index = ids.index(guardrail.pk)
+    other = index - 1 if direction == "up" else index + 1
+    if not 0 <= other < len(scopes):
+        return ""
+    return ", ".join(sorted(scopes[index][1] & scopes[other][1]))

@@ -111,7 +111,8 @@ document.addEventListener("htmx:beforeSwap", function (event) {
       '<h2 id="reason-dialog-title"></h2>' +
       '<div class="field"><label for="reason-dialog-input">Reason</label>' +
       '<textarea id="reason-dialog-input" rows="3" maxlength="2000" required></textarea>' +
-      '<span class="help">Kept in the configuration history and the audit trail.</span></div>' +
+      '<span class="help">Kept for good in the configuration history and the audit trail. ' +
+      "Do not include personal data.</span></div>" +
       '<div class="form-actions">' +
       '<button type="submit" value="confirm" class="btn btn-danger" id="reason-dialog-confirm"></button>' +
       '<button type="submit" value="cancel" class="btn" id="reason-dialog-cancel" formnovalidate>Cancel</button>' +

@@ -125,7 +125,10 @@ def test_long_poll_returns_as_soon_as_the_revision_changes(
     waiter.start()
     time.sleep(0.5)
     services.masking_rule_update(
-        actor=admin_user, rule=demo_policy.masking_rules[0], data={"strategy": "redact"}
+        actor=admin_user,
+        rule=demo_policy.masking_rules[0],
+        data={"strategy": "redact"},
+        reason="stricter",
     )
     changed_at = time.monotonic()
     published = bundle_publish(datasource=demo_policy.datasource)  # what the task does

@@ -231,7 +231,7 @@ def test_security_creates_reads_and_deletes_with_history(name, api, demo_policy)
     assert history[0]["actor_name"] == "security"
     # A reason is required where the object protects production (crm-prod); elsewhere
     # it is kept when given.
-    response = api["security"].call("DELETE", f"/api/v1/{name}/{pk}/?reason=tidy+up")
+    response = api["security"].call("DELETE", f"/api/v1/{name}/{pk}/", {"reason": "tidy up"})
     assert response.status_code == 204
     assert not model.objects.filter(pk=obj.pk).exists()
     deleted = ChangeRecord.objects.filter(
@@ -310,7 +310,7 @@ def test_guardrail_enable_disable_and_move(api, demo_policy):
     )
     assert response.status_code == 200 and response.json()["enabled"] is False
     response = api["security"].call(
-        "POST", f"/api/v1/guardrails/{first.pk}/move/", {"direction": "down"}
+        "POST", f"/api/v1/guardrails/{first.pk}/move/", {"direction": "down", "reason": "r"}
     )
     assert response.status_code == 200 and response.json()["position"] == 2
     names = [g["name"] for g in api["auditor"].call("GET", "/api/v1/guardrails/").json()["results"]]
@@ -504,7 +504,9 @@ def test_valid_update_is_recorded_from_what_to_what(name, api, demo_policy):
         "guardrails": ("message", "No DDL here."),
         "detectors": ("confidence", 0.75),
     }[name]
-    response = api["security"].call("PATCH", f"/api/v1/{name}/{obj.pk}/", {field: value})
+    # A reason where the object protects production (ignored where none is taken).
+    body = {field: value, "reason": "CHG-1"}
+    response = api["security"].call("PATCH", f"/api/v1/{name}/{obj.pk}/", body)
     assert response.status_code == 200, response.json()
     assert response.json()[field] == value
     latest = api["auditor"].call("GET", f"/api/v1/{name}/{obj.pk}/history/").json()["results"][0]

@@ -115,9 +115,12 @@ def test_the_new_threshold_reaches_the_bundle(api: dict[str, Api], demo_policy: 
         return {c["column"] for c in bundle["column_classifications"]}
 
     assert "phone" in compiled()
-    assert api["security"].call("PATCH", _url(), {"protect_threshold": 0.6}).status_code == 200
+    # Production: each change of its threshold comes with a reason.
+    raised = {"protect_threshold": 0.6, "reason": "fewer false positives"}
+    assert api["security"].call("PATCH", _url(), raised).status_code == 200
     assert "phone" not in compiled()
-    assert api["security"].call("PATCH", _url(), {"protect_threshold": None}).status_code == 200
+    cleared = {"protect_threshold": None, "reason": "confirmed findings only"}
+    assert api["security"].call("PATCH", _url(), cleared).status_code == 200
     assert "phone" not in compiled()
 
 
@@ -131,7 +134,8 @@ def test_the_datasource_switch_for_services_in_the_api(
         assert response.status_code == 403, role
     response = api["security"].call("PATCH", url, {"mask_services_provisionally": "maybe"})
     assert response.status_code == 400 and "mask_services_provisionally" in str(response.json())
-    response = api["security"].call("PATCH", url, {"mask_services_provisionally": True})
+    switched = {"mask_services_provisionally": True, "reason": "services too"}  # production
+    response = api["security"].call("PATCH", url, switched)
     assert response.status_code == 200 and response.json()["mask_services_provisionally"] is True
     demo_policy.datasource.refresh_from_db()
     bundle = bundle_compile(datasource=demo_policy.datasource)

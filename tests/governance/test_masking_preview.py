@@ -105,3 +105,40 @@ def test_preview_endpoint(client: Client, security_user: Any, reviewer_user: Any
     assert b"less than or equal to 16" in bad.content
     empty = client.post(url, {}).content.decode()
     assert "Choose a classification and a strategy" in empty
+
+
+def test_a_database_error_is_shown_not_raised() -> None:
+    # The form bounds keep_last; past them PostgreSQL refuses the expression.
+    preview = masking_preview(
+        classification="pii.email", strategy="partial", params={"keep_last": 10**19}
+    )
+    assert preview.rows == []
+    assert preview.error.startswith("PostgreSQL could not compute the preview: ")
+    assert "pg_catalog.repeat" in preview.error
+
+
+def test_one_preview_at_a_time_per_person(
+    client: Client, security_user: Any, admin_user: Any, monkeypatch: Any
+) -> None:
+    from django.core.cache import cache
+
+    from governance import masking_preview as module
+
+    monkeypatch.setattr(module, "TURN_WAIT_SECONDS", 0.2)
+    url = reverse("governance:masking_preview")
+    email = Classification.objects.get(name="pii.email")
+    form = {"classification": email.pk, "strategy": "email"}
+    key = f"masking-preview:{security_user.pk}"
+    cache.add(key, 1, timeout=10)  # a preview of this person still running
+    try:
+        client.force_login(security_user)
+        busy = client.post(url, form)
+        assert busy.status_code == 200 and b'id="mask-preview-error"' in busy.content
+        assert b"previous preview is still running" in busy.content
+        client.force_login(admin_user)  # someone else's preview is not held up
+        assert b"***@example.org" in client.post(url, form).content
+    finally:
+        cache.delete(key)
+    client.force_login(security_user)
+    assert b"***@example.org" in client.post(url, form).content
+    assert cache.get(key) is None  # the turn is given back

@@ -240,6 +240,7 @@ def test_rejection_is_remembered_and_reclassify_confirms_another(
         actor=security_user,
         column_classification=phone,
         classification=Classification.objects.get(name="secret.token"),
+        reason="an API token, not a number",
     )
     phone.refresh_from_db()
     assert (phone.classification.name, phone.status, phone.source) == (

@@ -167,8 +167,9 @@ def test_guardrail_move_and_insert_keep_a_dense_order(demo_policy, admin_user):
     )
     order = list(GuardrailRule.objects.values_list("name", "position"))
     assert order == [("g3", 1), (first.name, 2), (second.name, 3)]
-    services.guardrail_move(actor=admin_user, guardrail=third, direction="down")
-    services.guardrail_move(actor=admin_user, guardrail=second, position=1)
+    # All three protect crm-prod: each new order of them comes with a reason.
+    services.guardrail_move(actor=admin_user, guardrail=third, direction="down", reason="r")
+    services.guardrail_move(actor=admin_user, guardrail=second, position=1, reason="r")
     assert list(GuardrailRule.objects.values_list("name", flat=True)) == [
         second.name,
         first.name,
@@ -182,7 +183,10 @@ def test_guardrail_move_and_insert_keep_a_dense_order(demo_policy, admin_user):
 def test_history_records_before_and_after(demo_policy, security_user):
     rule = demo_policy.masking_rules[1]
     services.masking_rule_update(
-        actor=security_user, rule=rule, data={"params": {"keep_last": 2}, "exempt_teams": []}
+        actor=security_user,
+        rule=rule,
+        data={"params": {"keep_last": 2}, "exempt_teams": []},
+        reason="nobody is exempt",
     )
     latest = change_history_for(rule).first()
     assert latest.actor_name == "security" and latest.action == "update"

@@ -115,8 +115,9 @@ def test_edit_guardrail_prefills_and_saves(client: Any, demo_policy: Any, securi
     form = client.get(url).context["form"]
     assert form.initial["environments"] == ["production"]
     assert form.initial["statement_kinds"] == ["ddl"]
+    # Its message only (the form posts every field): no reason needed.
     data = _form(name=rule.name, message="No DDL in production, use migrations.")
-    data["statement_kinds"] = ["ddl"]
+    data.update(statement_kinds=["ddl"], tables="", missing_where="")
     response = client.post(url, data)
     assert response.status_code == 302
     rule.refresh_from_db()
@@ -139,7 +140,10 @@ def test_toggle_with_htmx_returns_the_row(client: Any, demo_policy: Any, securit
     rule.refresh_from_db()
     assert rule.enabled is False
     assert change_history_for(rule).filter(action="update").exists()
-    client.post(url, HTTP_HX_REQUEST="true")
+    # A review rule switched back on in production needs a reason too.
+    refused = client.post(url, HTTP_HX_REQUEST="true")
+    assert "give a reason" in refused["HX-Trigger"]
+    client.post(url, {"reason": "quiet again"}, HTTP_HX_REQUEST="true")
     rule.refresh_from_db()
     assert rule.enabled is True
 
@@ -189,7 +193,10 @@ def test_move_reorders_and_returns_all_rows(client: Any, demo_policy: Any, secur
     client.force_login(security_user)
     first, second = demo_policy.guardrails
     url = reverse("governance:guardrail_move", args=[second.pk])
-    response = client.post(url, {"direction": "up"}, HTTP_HX_REQUEST="true")
+    # Both protect production: the move changes which decides first, so a reason.
+    refused = client.post(url, {"direction": "up"}, HTTP_HX_REQUEST="true")
+    assert "give a reason" in refused["HX-Trigger"]
+    response = client.post(url, {"direction": "up", "reason": "x"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     body = response.content.decode()
     assert body.strip().startswith('<tbody id="guardrail-rows"')
@@ -198,7 +205,7 @@ def test_move_reorders_and_returns_all_rows(client: Any, demo_policy: Any, secur
     second.refresh_from_db()
     assert (second.position, first.position) == (1, 2)
     # Without JavaScript: a redirect back to the list, same effect.
-    response = client.post(url, {"direction": "down"})
+    response = client.post(url, {"direction": "down", "reason": "x"})
     assert response.status_code == 302
     second.refresh_from_db()
     assert second.position == 2

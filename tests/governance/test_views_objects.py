@@ -200,6 +200,7 @@ def test_datasource_switch_to_mask_provisional_columns_for_services(
         "review_teams": [t.pk for t in ds.review_teams.all()],
         "schema_snapshot": json.dumps(ds.schema_snapshot),
         "mask_services_provisionally": "on",
+        "reason": "services see masked values too",  # crm-prod is in production
     }
     for role in ("reviewer", "auditor", "none"):
         client.force_login(personas[role])
@@ -311,7 +312,10 @@ def test_column_classification_set_and_relabel(editor: Any, demo_policy: Any) ->
     assert response.url == reverse("governance:column_detail", args=[column.pk])
     assert column.status == "confirmed"
     name = Classification.objects.get(name="pii.name")
-    editor.post(reverse("governance:column_edit", args=[column.pk]), {"classification": name.pk})
+    edit = reverse("governance:column_edit", args=[column.pk])
+    refused = editor.post(edit, {"classification": name.pk})  # crm-prod: a reason first
+    assert refused.status_code == 400 and refused.context["form"].errors["reason"]
+    editor.post(edit, {"classification": name.pk, "reason": "a name, not a phone number"})
     column.refresh_from_db()
     assert column.classification == name
     assert column.column_name == "phone"
@@ -353,6 +357,7 @@ def test_masking_rule_edit_shows_in_history(editor: Any, demo_policy: Any) -> No
             "environments": ["production"],
             "exempt_teams": [demo_policy.team_b.pk],
             "enabled": "on",
+            "reason": "four digits are enough to identify",
         },
     )
     assert response.status_code == 302
@@ -474,7 +479,9 @@ def test_history_page_lists_changes_with_filters(
     from governance import services
 
     rule = demo_policy.masking_rules[0]
-    services.masking_rule_update(actor=security_user, rule=rule, data={"strategy": "redact"})
+    services.masking_rule_update(
+        actor=security_user, rule=rule, data={"strategy": "redact"}, reason="stricter"
+    )
     client.force_login(auditor_user)
     url = reverse("governance:change_list")
     response = client.get(url, {"model": "maskingrule", "actor": "security"})

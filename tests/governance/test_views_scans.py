@@ -107,9 +107,12 @@ def test_reject_and_reclassify_without_javascript_redirect_back(
     name.refresh_from_db()
     assert name.status == "rejected"
     assert ClassificationRejection.objects.filter(column_name="full_name").exists()
-    response = client.post(
-        _decide(phone), {"decision": "reclassify", "classification": "secret.token"}
+    reclassify = {"decision": "reclassify", "classification": "secret.token"}
+    asked = client.post(_decide(phone), reclassify)  # production: a reason first
+    assert (
+        asked.status_code == 400 and ("classification", "secret.token") in asked.context["fields"]
     )
+    response = client.post(_decide(phone), {**reclassify, "reason": "a token"})
     assert response.status_code == 302
     phone.refresh_from_db()
     assert (phone.classification.name, phone.status) == ("secret.token", "confirmed")
@@ -370,7 +373,9 @@ def test_scan_and_decide_api(
         == 403
     )
     answer = _api(personas["security"]).post(
-        decide, {"decision": "reclassify", "classification": "pii.national_id"}, "application/json"
+        decide,
+        {"decision": "reclassify", "classification": "pii.national_id", "reason": "an id"},
+        "application/json",
     )
     assert answer.status_code == 200 and answer.json()["status"] == "confirmed"
     assert answer.json()["classification"] == "pii.national_id"

@@ -102,7 +102,7 @@ def test_masking_bounds_compile_into_a_bundle_the_engine_loads(
     rule = next(r for r in demo_policy.masking_rules if r.strategy == "partial")
     for value in (vocabulary.KEEP_LAST.minimum, vocabulary.KEEP_LAST.maximum):
         services.masking_rule_update(
-            actor=admin_user, rule=rule, data={"params": {"keep_last": value}}
+            actor=admin_user, rule=rule, data={"params": {"keep_last": value}}, reason="bounds"
         )
         bundle = bundle_compile(datasource=demo_policy.datasource)
         load_bundle(bundle)

@@ -202,7 +202,10 @@ def test_masking_rule_change_reaches_the_running_sidecar_within_2_s(
             assert ssn_rule.classification.name == "pii.ssn"
             started = time.monotonic()
             services.masking_rule_update(
-                actor=admin_user, rule=ssn_rule, data={"strategy": "null", "params": {}}
+                actor=admin_user,
+                rule=ssn_rule,
+                data={"strategy": "null", "params": {}},
+                reason="null it",
             )
             activated = None
             # The same open session sees the new mask: no reconnect, no restart.

@@ -104,7 +104,10 @@ def test_content_digest_ignores_only_the_time(demo_policy: Any, admin_user: Any)
     assert first["revision"] != again["revision"]
     assert content_digest(first) == content_digest(again)
     services.masking_rule_update(
-        actor=admin_user, rule=demo_policy.masking_rules[0], data={"strategy": "redact"}
+        actor=admin_user,
+        rule=demo_policy.masking_rules[0],
+        data={"strategy": "redact"},
+        reason="stricter",
     )
     changed = bundle_compile(datasource=demo_policy.datasource)
     assert content_digest(changed) != content_digest(first)
@@ -150,7 +153,10 @@ def test_a_column_type_the_engine_cannot_cast_to_is_a_compile_error(
         ]
     }
     services.datasource_update(
-        actor=admin_user, datasource=demo_policy.datasource, data={"schema_snapshot": schema}
+        actor=admin_user,
+        datasource=demo_policy.datasource,
+        data={"schema_snapshot": schema},
+        reason="hostile snapshot",
     )
     demo_policy.datasource.refresh_from_db()
     with pytest.raises(BundleCompileError, match="crm-prod"):
@@ -163,7 +169,10 @@ def test_classifications_of_columns_missing_from_the_snapshot_are_left_out(
     snapshot = dict(demo_policy.datasource.schema_snapshot)
     snapshot["tables"] = [t for t in snapshot["tables"] if t["name"] != "orders"]
     services.datasource_update(
-        actor=admin_user, datasource=demo_policy.datasource, data={"schema_snapshot": snapshot}
+        actor=admin_user,
+        datasource=demo_policy.datasource,
+        data={"schema_snapshot": snapshot},
+        reason="orders dropped",
     )
     demo_policy.datasource.refresh_from_db()
     bundle = bundle_compile(datasource=demo_policy.datasource)

@@ -100,6 +100,7 @@ def test_provisional_columns_mask_for_humans_and_agents_and_are_audited_for_serv
         actor=admin_user,
         datasource=demo_policy.datasource,
         data={"mask_services_provisionally": True},
+        reason="services too",
     )
     demo_policy.datasource.refresh_from_db()
     bundle = bundle_compile(datasource=demo_policy.datasource)
@@ -159,7 +160,7 @@ def test_a_rejected_provisional_finding_is_unmasked_and_stays_so_after_the_next_
         actor=admin_user,
         column_classification=phone,
         status=ClassificationStatus.REJECTED,
-        reason="a dialling code, not a person's phone",
+        reason="not a phone number",  # crm-prod is in production
     )
     assert "customers.phone" not in _columns(bundle_compile(datasource=demo_policy.datasource))
     _scan(demo_policy.datasource)  # the same finding again

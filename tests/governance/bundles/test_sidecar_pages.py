@@ -47,7 +47,10 @@ def test_list_shows_heartbeat_revision_behind_version_counters_and_stale(
         last_heartbeat_at=timezone.now() - datetime.timedelta(hours=1)
     )
     services.masking_rule_update(
-        actor=admin_user, rule=demo_policy.masking_rules[0], data={"strategy": "redact"}
+        actor=admin_user,
+        rule=demo_policy.masking_rules[0],
+        data={"strategy": "redact"},
+        reason="stricter",
     )
     bundle_publish(datasource=demo_policy.datasource)  # live-1 is now one behind
 

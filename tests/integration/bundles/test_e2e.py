@@ -106,6 +106,7 @@ def test_ui_change_and_token_revocation_reach_the_running_sidecar_within_two_sec
             ("params", "{}"),
             ("exempt_teams", str(demo_policy.team_b.pk)),
             ("enabled", "on"),
+            ("reason", "redact, as agreed"),  # crm-prod is in production
         ],
     )
     assert status == 200  # after the redirect to the rule's page

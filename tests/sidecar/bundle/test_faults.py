@@ -27,6 +27,7 @@ def _change_ssn_mask(demo_policy: Any, admin_user: Any, strategy: str) -> str:
         actor=admin_user,
         rule=demo_policy.masking_rules[1],
         data={"strategy": strategy, "params": {}},
+        reason="fault drill",
     )
     published = bundle_publish(datasource=demo_policy.datasource)
     assert published.changed
