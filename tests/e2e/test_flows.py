@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from audit.models import ChangeRecord
 from governance.models import GuardrailRule, MaskingRule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -66,12 +67,15 @@ def test_edit_masking_rule_and_see_it_in_history(
     page.get_by_role("link", name="Edit").click()
     page.get_by_label("Characters kept at the end").fill("2")
     page.get_by_role("group", name="Environments").get_by_label("production").check()
+    # mask-ssn protects production: the change needs a reason.
+    page.get_by_label("Reason for the change").fill("SSNs shown on fewer digits")
     page.get_by_role("button", name="Save changes").click()
 
     expect(page.locator(".messages")).to_contain_text("Saved masking rule mask-ssn")
     change = page.locator("#history li.action-update").first
     expect(change).to_contain_text("security")
     expect(change).to_contain_text("updated this")
+    expect(change.locator(".change-reason")).to_contain_text("SSNs shown on fewer digits")
     keep_last = change.locator("tr", has_text="params.keep_last")
     expect(keep_last.locator("td.before")).to_have_text("4")
     expect(keep_last.locator("td.after")).to_have_text("2")
@@ -120,7 +124,10 @@ def test_toggle_and_reorder_guardrails_inline_without_reload(
     second.refresh_from_db()
     assert second.enabled is False
 
+    # Above the block rule, it decides first on production: a reason again.
     page.get_by_role("button", name=f"Move {second.name} up").click()
+    page.get_by_role("dialog").get_by_label("Reason").fill("review before the DDL block")
+    page.get_by_role("dialog").get_by_role("button", name="Move guardrail").click()
     rows = page.locator("#guardrail-rows tr")
     expect(rows.first).to_have_id(f"guardrail-{second.pk}")
     expect(rows.nth(1)).to_have_id(f"guardrail-{first.pk}")
@@ -132,9 +139,14 @@ def test_toggle_and_reorder_guardrails_inline_without_reload(
     second.refresh_from_db()
     assert (second.position, first.position) == (1, 2)
 
-    # And by keyboard alone: Tab to the switch, Space to flip it back on.
+    # And by keyboard alone: Tab to the switch, Space to flip it back on, the reason
+    # typed into the dialog and confirmed.
     page.locator(f"#toggle-{second.pk}").focus()
     page.keyboard.press("Space")
+    expect(page.get_by_role("dialog").get_by_label("Reason")).to_be_focused()
+    page.keyboard.type("noise fixed")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
     expect(page.locator(f"#toggle-{second.pk}")).to_have_attribute("aria-checked", "true")
     assert page.evaluate("window.__noReload") is True
 
@@ -163,11 +175,19 @@ def test_guardrails_work_without_javascript(
         expect(page.locator(f"#toggle-{first.pk}")).to_have_attribute("aria-checked", "false")
         page.goto("/guardrails/")
         page.get_by_role("button", name=f"Move {first.name} down").click()
+        # The order on production changes: the reason page again, back to the list.
+        page.get_by_label("Reason").fill("review first")
+        page.get_by_role("button", name="Move guardrail").click()
+        page.wait_for_url("**/guardrails/")
         expect(page.locator("#guardrail-rows tr").nth(1)).to_have_id(f"guardrail-{first.pk}")
     finally:
         context.close()
     first.refresh_from_db()
     assert (first.enabled, first.position) == (False, 2)
+    # Both reasons reached the history, neither lost on the way through the page.
+    assert {"migration window", "review first"} <= set(
+        ChangeRecord.objects.values_list("reason", flat=True)
+    )
 
 
 def test_issue_token_shown_once_with_copy_button(

@@ -43,8 +43,8 @@ def test_reports_diffs_and_dates_tell_the_truth(
         actor=admin_user, name=f"crm-{uuid.uuid4().hex[:6]}", schema_snapshot=SNAPSHOT,
         environment=Environment.objects.get(name="production"),
     )  # fmt: skip
-    services.datasource_update(
-        actor=admin_user, datasource=ds, data={"schema_snapshot": SNAPSHOT_2}
+    services.datasource_update(  # production: the new snapshot changes what views inherit
+        actor=admin_user, datasource=ds, data={"schema_snapshot": SNAPSHOT_2}, reason="rescan"
     )
     rule = services.guardrail_create(
         actor=admin_user, name=f"no_drop_{uuid.uuid4().hex[:4]}", action="block", message="No."

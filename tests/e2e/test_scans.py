@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from audit.models import ChangeRecord
 from governance import services
 from governance.models import ClassificationRejection, ColumnClassification, CustomDetector
 from tests.conftest import DEMO_SCHEMA
@@ -74,6 +75,9 @@ def test_security_works_the_review_queue_inline(
 
     page.get_by_label("Reclassify public.customers.birth_date as").select_option("pii.dob")
     page.get_by_role("button", name="Reclassify public.customers.birth_date").click()
+    # It changes how a production column is masked: a reason too.
+    dialog.get_by_label("Reason").fill("Dates of birth, not national ids")
+    dialog.get_by_role("button", name="Reclassify").click()
     expect(page.locator(f"#review-{birth.pk}")).to_contain_text("pii.dob")
     expect(page.locator(f"#review-{birth.pk}")).to_contain_text("confirmed by security")
 
@@ -89,6 +93,12 @@ def test_security_works_the_review_queue_inline(
     }
     assert ClassificationRejection.objects.filter(classification__name="pii.name").exists()
     assert ClassificationRejection.objects.filter(classification__name="pii.national_id").exists()
+    reasons = set(
+        ChangeRecord.objects.filter(object_id__in=[str(name.pk), str(birth.pk)]).values_list(
+            "reason", flat=True
+        )
+    )
+    assert {"Product names, not people", "Dates of birth, not national ids"} <= reasons
     page.reload()
     expect(page.locator(".card.empty")).to_contain_text("Nothing awaits review")
     # The datasource page: the scan in the history, and "Scan now" for an editor.
