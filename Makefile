@@ -30,9 +30,12 @@ test: $(STAMP) native
 	$(PY) -m config.devstack test $(PYTEST_ARGS)
 
 # The native relay under AddressSanitizer, against the Python relay, with malformed
-# and fragmented messages (not part of `make test`).
-fuzz: $(STAMP)
+# and fragmented messages; schemathesis against the API; the engine's property tests at
+# five times the examples `make test` runs (none of it part of `make test`).
+fuzz: $(STAMP) native
 	$(PY) tests/fuzz/relay.py --seconds $(or $(FUZZ_SECONDS),120)
+	WARDEN_FUZZ=1 $(PY) -m config.devstack test -m fuzz tests/governance tests/approvals -p no:cacheprovider
+	WARDEN_FUZZ=1 $(PY) -m config.devstack test tests/sidecar/engine/test_properties.py -p no:cacheprovider
 
 # Native clients' own suites (psycopg, asyncpg, Django's, pg_dump/pg_restore), directly
 # and through a sandbox sidecar, with the ratio of each (docs/compatibility.md; not part

@@ -12,7 +12,7 @@ from approvals import services as approvals
 from governance import services
 from tests.approvals.conftest import open_payload
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_approvals_api_has_no_server_errors(live_server, review_setup, admin_user, tmp_path):

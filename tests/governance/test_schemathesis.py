@@ -15,7 +15,7 @@ import pytest
 
 from governance import services
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_api_has_no_server_errors(live_server, demo_policy, admin_user, tmp_path):

@@ -7,6 +7,7 @@ the same number of statements as the original.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -72,7 +73,11 @@ def _check(engine: Engine, identity: str, sql: str, scs: bool, protocol: str) ->
     d.to_json()
 
 
-COMMON = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `make fuzz` (WARDEN_FUZZ=1) runs each property five times longer than `make test`.
+EXAMPLES = 1000 if os.environ.get("WARDEN_FUZZ") else 200
+COMMON = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @COMMON
@@ -109,7 +114,7 @@ _TEXT_PIECES = [
 ]  # fmt: skip
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(st.lists(st.sampled_from(_TEXT_PIECES), min_size=1, max_size=12))
 def test_the_redaction_shortcut_gives_what_the_scan_gives(pieces: list[str]) -> None:
 
