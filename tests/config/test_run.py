@@ -29,7 +29,9 @@ import pytest
 
 from tests.livesrv import ROOT, free_port
 
-pytestmark = pytest.mark.slow
+# Serial: it drives the whole stack as subprocesses (make run's control plane, worker,
+# sidecar and MCP server), mostly waiting on them, beside the parallel bulk.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _get(url: str) -> tuple[int, str]:
