@@ -146,6 +146,27 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     });
   }
 
+  /* For changes that are not a button's (a drag and drop): ask, then call done(reason),
+     or done(null) when cancelled. */
+  window.wardenAskReason = function (title, confirm, done) {
+    if (!dialog) build();
+    pending = null;
+    dialog.querySelector("h2").textContent = title;
+    dialog.querySelector("#reason-dialog-confirm").textContent = confirm;
+    dialog.querySelector("textarea").value = "";
+    dialog.returnValue = "";
+    dialog.addEventListener(
+      "close",
+      function () {
+        var reason = dialog.querySelector("textarea").value.trim();
+        done(dialog.returnValue === "confirm" && reason ? reason : null);
+      },
+      { once: true }
+    );
+    dialog.showModal();
+    dialog.querySelector("textarea").focus();
+  };
+
   document.addEventListener(
     "click",
     function (event) {
@@ -206,12 +227,55 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     if (dragged) event.preventDefault();
   });
 
+  /* The rows protecting each production datasource (data-protects), in page order. */
+  function productionOrder(body, ids) {
+    var rows = {};
+    Array.prototype.forEach.call(body.querySelectorAll("tr[data-protects]"), function (row) {
+      rows[row.id.replace("guardrail-", "")] = row.getAttribute("data-protects").split(", ");
+    });
+    var seen = {};
+    ids.forEach(function (id) {
+      (rows[id] || []).forEach(function (name) {
+        if (name) (seen[name] = seen[name] || []).push(id);
+      });
+    });
+    return JSON.stringify(seen);
+  }
+
+  function restore(body, ids) {
+    var last = body.querySelector("tr[hidden]"); // the reason's row stays last
+    ids.forEach(function (id) {
+      body.insertBefore(document.getElementById("guardrail-" + id), last);
+    });
+  }
+
   document.addEventListener("dragend", function () {
     if (!dragged) return;
     var body = dragged.parentNode;
     dragged.classList.remove("dragging");
     dragged = null;
-    if (orderOf(body) !== before && window.htmx) window.htmx.trigger(body, "warden:reorder");
+    var after = orderOf(body);
+    if (after === before || !window.htmx) return;
+    var reasonInput = body.querySelector("input[name=reason]");
+    var old = before.split(",");
+    if (!reasonInput || productionOrder(body, old) === productionOrder(body, after.split(","))) {
+      window.htmx.trigger(body, "warden:reorder");
+      return;
+    }
+    // Guardrails that protect production change their order: a reason first, as the
+    // arrow buttons ask; cancelled, the rows go back.
+    window.wardenAskReason(
+      "Change the order of guardrails that protect production?",
+      "Save the order",
+      function (reason) {
+        if (reason === null) {
+          restore(body, old);
+          return;
+        }
+        reasonInput.value = reason;
+        window.htmx.trigger(body, "warden:reorder");
+      }
+    );
   });
 })();
 

@@ -81,6 +81,24 @@ def test_production_guardrail_asks_for_a_reason_and_reorders_in_one_change(
     names = list(GuardrailRule.objects.values_list("name", flat=True))
     assert names == [first.name, staging.name, second.name]
 
+    # Dragging one production guardrail above another asks for the reason too;
+    # cancelled, the rows go back and nothing is sent.
+    page.locator(f"#guardrail-{second.pk}").drag_to(page.locator(f"#guardrail-{first.pk}"))
+    expect(dialog).to_contain_text("guardrails that protect production")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(rows.first).to_have_id(f"guardrail-{first.pk}")
+    assert orders.count() == 2
+    page.locator(f"#guardrail-{second.pk}").drag_to(page.locator(f"#guardrail-{first.pk}"))
+    dialog.get_by_label("Reason").fill("Agents' writes reviewed before the DDL block, CHG-1043")
+    dialog.get_by_role("button", name="Save the order").click()
+    expect(rows.first).to_have_id(f"guardrail-{second.pk}")
+    # Swapped in from the server's answer: the position numbers are the saved ones.
+    expect(rows.first.locator("td.num")).to_have_text(re.compile(r"^\D*1$"))
+    assert orders.count() == 3
+    assert orders.first().reason == "Agents' writes reviewed before the DDL block, CHG-1043"
+    names = list(GuardrailRule.objects.values_list("name", flat=True))
+    assert names == [second.name, first.name, staging.name]
+
     # A new guardrail placed second on creation.
     page.get_by_role("link", name="New guardrail").click()
     page.get_by_role("textbox", name="Name", exact=True).fill("block-copy")
