@@ -46,7 +46,9 @@ def test_a_5_mb_statement_does_not_slow_the_other_sessions(sidecar: Sidecar) -> 
     assert result == [(5 * 1024 * 1024,)] * 3
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    assert p99 < 0.05, (
+    # Judging the 5 MB text on the event loop would stall every session for a second
+    # or more; 150 ms leaves room for a loaded machine (80 ms seen at load 9).
+    assert p99 < 0.15, (
         f"SELECT 1 p99 {p99 * 1000:.1f} ms (median {statistics.median(latencies) * 1000:.1f})"
     )
 
