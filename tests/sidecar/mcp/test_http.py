@@ -284,6 +284,13 @@ def test_a_revoked_token_ends_the_session_at_its_next_call(sidecar: Sidecar) -> 
 
     try:
         first, second = run(with_http_client(sidecar, REVOKED_TOKEN, body))
+        # And a new client with that token is refused at the door (asked before the
+        # bundle that knows the token again is restored: the sidecar re-reads it).
+        response = httpx2.post(
+            mcp_url(sidecar),
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {REVOKED_TOKEN}"},
+        )
     finally:
         write_bundle(sidecar, mcp_bundle(name))
     assert not first.is_error and first.structured_content["rows"] == [[1]]
@@ -291,12 +298,6 @@ def test_a_revoked_token_ends_the_session_at_its_next_call(sidecar: Sidecar) -> 
         assert "401" in repr(second) or "not valid" in repr(second)
     else:
         assert second.is_error
-    # And a new client with that token is refused at the door.
-    response = httpx2.post(
-        mcp_url(sidecar),
-        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-        headers={"Authorization": f"Bearer {REVOKED_TOKEN}"},
-    )
     assert response.status_code == 401
 
 
