@@ -15,6 +15,7 @@ column classifications, masking rules and two guardrails.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -30,6 +31,26 @@ from governance.models import Classification, Environment, Membership, Role
 # subprocesses; make test runs them one at a time, in a pytest process of their
 # own with a Redis of their own, beside the parallel part (config.devstack).
 SERIAL_DIRS = (("integration",), ("deploy",), ("governance", "bundles"), ("sidecar", "bundle"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Transactional tests empty the tables with DELETE instead of TRUNCATE (see
+    # tests/pgbackend/base.py). Set before any connection exists; checked below.
+    from django.conf import settings
+    from django.db import connections
+
+    settings.DATABASES["default"]["ENGINE"] = "tests.pgbackend"
+    # Collection may have made the connection object already (it opens no socket).
+    connections.close_all()
+    with contextlib.suppress(AttributeError):
+        del connections["default"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_by_delete() -> None:
+    from django.db import connection
+
+    assert type(connection.ops).__module__ == "tests.pgbackend.base", type(connection.ops)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,8 +116,12 @@ def _ensure_builtin_rows() -> None:
 # and the append-only trigger refuses TRUNCATE. Without this, events one test left
 # behind show up in the reports of the next test on the same database.
 _AUDIT_TRAIL_TABLES = (
-    "audit_event, audit_event_key, audit_chain_head, audit_chain_anchor, audit_access_daily, "
-    "audit_activity_daily"
+    "audit_event",
+    "audit_event_key",
+    "audit_chain_head",
+    "audit_chain_anchor",
+    "audit_access_daily",
+    "audit_activity_daily",
 )
 
 
@@ -113,14 +138,14 @@ def _audit_trail_emptied(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     request.getfixturevalue("transactional_db")
     yield
-    from django.db import connection
+    from django.db import connection, transaction
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_truncate;"
-            f"TRUNCATE {_AUDIT_TRAIL_TABLES};"
-            "ALTER TABLE audit_event ENABLE TRIGGER audit_event_no_truncate"
-        )
+    # DELETE, not TRUNCATE (see tests/pgbackend), with the append-only triggers
+    # off for this transaction only: the tests' role is a superuser.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        for table in _AUDIT_TRAIL_TABLES:
+            cursor.execute(f"DELETE FROM {table}")
 
 
 FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
