@@ -40,6 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.db import connections
 
     settings.DATABASES["default"]["ENGINE"] = "tests.pgbackend"
+    # Every test client builds the middleware again, and WhiteNoise would list every
+    # static file through the finders each time (about 0.1 s a client). Looked up per
+    # request instead, as it does under DEBUG; a server process builds it only once.
+    settings.WHITENOISE_AUTOREFRESH = True
     # Collection may have made the connection object already (it opens no socket).
     connections.close_all()
     with contextlib.suppress(AttributeError):
