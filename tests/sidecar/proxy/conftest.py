@@ -328,6 +328,9 @@ def start_sidecar(
         # least-privilege check has its own tests (tests/security/test_upstream_role.py),
         # and tests/security passes an unprivileged role anyway.
         "allow_privileged_upstream": True,
+        # Tests replace the bundle file and wait for the new revision: read it often
+        # (the default, every second, costs a test up to a second per change).
+        "bundle_file_interval": 0.05,
         **_RELAY,
         **config,
     }
