@@ -283,13 +283,28 @@ class Sidecar:
 _RELAY = {"native_relay": NATIVE_RELAY_AVAILABLE}
 
 
+def _relay_in_use(name: str) -> Iterator[str]:
+    if name == "native" and not NATIVE_RELAY_AVAILABLE:
+        pytest.skip("the native relay is not built: python -m sidecar.proxy.build_relay")
+    _RELAY["native_relay"] = name == "native"
+    yield name
+    _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+
+
 @pytest.fixture(scope="module", autouse=True, params=["native", "python"])
 def relay(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "native" and not NATIVE_RELAY_AVAILABLE:
-        pytest.skip("the native relay is not built: python -m sidecar.proxy.build_relay")
-    _RELAY["native_relay"] = request.param == "native"
-    yield request.param
-    _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+    yield from _relay_in_use(request.param)
+
+
+def each_relay_where_used() -> Any:
+    """A ``relay`` fixture for a module where only some tests run a sidecar: those
+    (through ``upstream``, which asks for it) run on both relays, the others once."""
+
+    @pytest.fixture(scope="module", params=["native", "python"])
+    def relay(request: pytest.FixtureRequest) -> Iterator[str]:
+        yield from _relay_in_use(request.param)
+
+    return relay
 
 
 def one_relay() -> Any:
