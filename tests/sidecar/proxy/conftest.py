@@ -352,6 +352,10 @@ def start_sidecar(
         # Tests replace the bundle file and wait for the new revision: read it often
         # (the default, every second, costs a test up to a second per change).
         "bundle_file_interval": 0.05,
+        # The classification scan at start runs in a worker process of its own (a
+        # second Python start, a second CPU): only the tests about it ask for it
+        # (tests/sidecar/scanner/test_process.py, tests/sidecar/proxy/test_orphans.py).
+        "scan_enabled": False,
         **_RELAY,
         **config,
     }
