@@ -42,6 +42,9 @@ class SidecarConfig:
     # How long past its expires_at the last bundle is still enforced while no newer
     # one can be had; after that new sessions are refused (live ones continue).
     bundle_grace_hours: float = 72.0
+    # Offline mode: seconds between reads of bundle_file (a changed file is enforced
+    # at the next read; a rejected one is read again then).
+    bundle_file_interval: float = 1.0
     heartbeat_interval: int = 10  # seconds between heartbeats
     listen_host: str = "127.0.0.1"
     listen_port: int = 6432
@@ -185,6 +188,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError("datasource must name the datasource this sidecar enforces")
     if config.bundle_grace_hours < 0:
         raise ConfigError("bundle_grace_hours must not be negative")
+    if config.bundle_file_interval <= 0:
+        raise ConfigError("bundle_file_interval must be a positive number of seconds")
     if not 1 <= config.workers <= MAX_WORKERS:
         raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
     if config.heartbeat_interval < 1:

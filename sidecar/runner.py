@@ -624,11 +624,13 @@ async def _first_bundle(client: BundleClient, stop: asyncio.Event) -> bool:
 
 
 async def _first_file_bundle(
-    config: SidecarConfig, metrics: Metrics, stop: asyncio.Event, interval: float = 1.0
+    config: SidecarConfig, metrics: Metrics, stop: asyncio.Event
 ) -> FileBundleSource | None:
     """The offline bundle file, once it names this datasource and has not expired past
-    its grace period; nothing listens meanwhile. None when asked to stop first."""
+    its grace period; nothing listens meanwhile. None when asked to stop first. Read
+    every ``bundle_file_interval`` seconds, then and once serving."""
     path = Path(config.bundle_file)
+    interval = config.bundle_file_interval
     rejected: bytes | None = None
     while not stop.is_set():
         # A file rejected once is checked (and counted) again only when it changes.
@@ -636,6 +638,7 @@ async def _first_file_bundle(
             try:
                 return FileBundleSource(
                     path,
+                    interval=interval,
                     datasource=config.datasource,
                     grace_seconds=config.bundle_grace_hours * 3600,
                     rejections=metrics.bundle_rejected,

@@ -24,11 +24,18 @@ from sidecar import events as contract
 from tests.audit.conftest import chain_rows, statement_event
 from tests.sidecar.proxy.conftest import (
     build_bundle,
-    relay,  # noqa: F401 - a sidecar of each relay writes the events checked here
+    each_relay_where_used,
     start_sidecar,
     upstream,  # noqa: F401 - the scratch database the sidecar fronts
     wait_for,
 )
+
+# A sidecar of each relay writes the events checked here; the tests that need no
+# sidecar (the contract itself, the intake) run once.
+relay = each_relay_where_used()
+
+# The intake tests each register a sidecar of the demo policy, made once for the module.
+pytestmark = pytest.mark.usefixtures("policy_once")
 
 # --- the contract itself ---------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,16 +37,26 @@ def _exempt(bundle: dict[str, Any], teams: list[str]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture
-def policy(upstream: Upstream, tmp_path: Path) -> Iterator[tuple[Sidecar, dict[str, Any]]]:
-    """A sidecar where alice (team eng) is exempt from masking; the test then publishes
-    the masked bundle."""
+@pytest.fixture(scope="module")
+def exempt_sidecar(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Sidecar, dict[str, Any]]]:
     exempt = _exempt(security_bundle(upstream.name), ["security", "eng"])
-    proc = start_sidecar(tmp_path, upstream.app_dsn, finalize(exempt))
+    proc = start_sidecar(tmp_path_factory.mktemp("exempt"), upstream.app_dsn, finalize(exempt))
     try:
-        yield proc, _exempt(exempt, ["security"])
+        yield proc, exempt
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def policy(exempt_sidecar: tuple[Sidecar, dict[str, Any]]) -> tuple[Sidecar, dict[str, Any]]:
+    """A sidecar where alice (team eng) is exempt from masking (the module's, given
+    that bundle again: an earlier test published the masked one); the test then
+    publishes the masked bundle."""
+    sidecar, exempt = exempt_sidecar
+    publish(sidecar, exempt)
+    return sidecar, _exempt(exempt, ["security"])
 
 
 def test_sql_prepare_then_protocol_bind_after_the_change(

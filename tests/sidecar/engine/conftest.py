@@ -59,6 +59,8 @@ def scratch_dsn() -> Iterator[str]:
     name = f"warden_engine_sql_{secrets.token_hex(4)}"
     admin = psycopg.connect(**{**base, "dbname": "postgres"}, autocommit=True)
     admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    # No JIT: see create_database in tests/sidecar/proxy/conftest.py.
+    admin.execute(pgsql.SQL("ALTER DATABASE {} SET jit = off").format(pgsql.Identifier(name)))
     dsn = psycopg.conninfo.make_conninfo(**{**base, "dbname": name})
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -36,6 +36,7 @@ from tests.sidecar.proxy.conftest import (
     drop_database,
     identity,
     start_sidecar,
+    wait_for,
     with_database,
 )
 
@@ -77,11 +78,14 @@ def mcp_bundle(datasource: str, without: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def write_bundle(sidecar: Sidecar, bundle: dict[str, Any]) -> None:
-    """Replace the sidecar's bundle file atomically (it re-reads it every second)."""
+    """Replace the sidecar's bundle file atomically and wait until the sidecar serves it
+    (it re-reads the file every ``bundle_file_interval``)."""
     path = Path(sidecar.config_path).parent / "bundle.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(bundle))
     tmp.replace(path)
+    revision = f'revision="{bundle["revision"]}"'
+    assert wait_for(lambda: revision in sidecar.metrics(), timeout=15), "bundle not picked up"
 
 
 @pytest.fixture(scope="package")

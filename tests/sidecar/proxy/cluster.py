@@ -56,7 +56,7 @@ class PrivatePostgres:
         with conf.open("a") as fh:
             fh.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{root}'\nfsync = off\n"
+                f"unix_socket_directories = '{root}'\nfsync = off\njit = off\n"
             )
         (self.data / "pg_hba.conf").write_text(
             "local all postgres trust\nhost all postgres 127.0.0.1/32 trust\n"

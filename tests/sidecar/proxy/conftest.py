@@ -77,6 +77,12 @@ def create_database(prefix: str = "warden_proxy_") -> str:
     name = prefix + secrets.token_hex(4)
     with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        # PostgreSQL's JIT (on by default) compiles a statement whose estimated cost
+        # passes jit_above_cost; masked rewrites (a subquery per JSON path, functions
+        # the planner guesses 100 rows for) pass it on tables of five rows, and it took
+        # 1-2 s a statement. Scratch databases go without, as the private cluster goes
+        # without fsync: the same results, sooner.
+        conn.execute(f'ALTER DATABASE "{name}" SET jit = off')
     return name
 
 
@@ -283,13 +289,28 @@ class Sidecar:
 _RELAY = {"native_relay": NATIVE_RELAY_AVAILABLE}
 
 
+def _relay_in_use(name: str) -> Iterator[str]:
+    if name == "native" and not NATIVE_RELAY_AVAILABLE:
+        pytest.skip("the native relay is not built: python -m sidecar.proxy.build_relay")
+    _RELAY["native_relay"] = name == "native"
+    yield name
+    _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+
+
 @pytest.fixture(scope="module", autouse=True, params=["native", "python"])
 def relay(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "native" and not NATIVE_RELAY_AVAILABLE:
-        pytest.skip("the native relay is not built: python -m sidecar.proxy.build_relay")
-    _RELAY["native_relay"] = request.param == "native"
-    yield request.param
-    _RELAY["native_relay"] = NATIVE_RELAY_AVAILABLE
+    yield from _relay_in_use(request.param)
+
+
+def each_relay_where_used() -> Any:
+    """A ``relay`` fixture for a module where only some tests run a sidecar: those
+    (through ``upstream``, which asks for it) run on both relays, the others once."""
+
+    @pytest.fixture(scope="module", params=["native", "python"])
+    def relay(request: pytest.FixtureRequest) -> Iterator[str]:
+        yield from _relay_in_use(request.param)
+
+    return relay
 
 
 def one_relay() -> Any:
@@ -328,6 +349,13 @@ def start_sidecar(
         # least-privilege check has its own tests (tests/security/test_upstream_role.py),
         # and tests/security passes an unprivileged role anyway.
         "allow_privileged_upstream": True,
+        # Tests replace the bundle file and wait for the new revision: read it often
+        # (the default, every second, costs a test up to a second per change).
+        "bundle_file_interval": 0.05,
+        # The classification scan at start runs in a worker process of its own (a
+        # second Python start, a second CPU): only the tests about it ask for it
+        # (tests/sidecar/scanner/test_process.py, tests/sidecar/proxy/test_orphans.py).
+        "scan_enabled": False,
         **_RELAY,
         **config,
     }

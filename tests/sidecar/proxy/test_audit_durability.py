@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import psycopg
 
-from tests.sidecar.proxy.conftest import Sidecar, build_bundle, one_relay, start_sidecar
+from tests.sidecar.proxy.conftest import (
+    Sidecar,
+    build_bundle,
+    one_relay,
+    start_sidecar,
+    wait_for,
+)
 
 CLIENTS = 8
 
@@ -47,7 +52,8 @@ def test_a_kill_9_leaves_every_statement_that_could_have_run_in_the_trail(
         ]
         for thread in clients:
             thread.start()
-        time.sleep(1.0)
+        # Killed in full flight: once the clients have been told of a few hundred.
+        wait_for(lambda acked=acked: len(acked) >= 300, timeout=10)
         sidecar.proc.send_signal(signal.SIGKILL)
         sidecar.proc.wait()
         for thread in clients:

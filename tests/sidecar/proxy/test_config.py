@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sidecar.config import ConfigError, load_config
-from tests.sidecar.proxy.conftest import one_relay
+from tests.sidecar.proxy.conftest import build_bundle, one_relay
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -54,6 +57,17 @@ def test_file_then_environment(tmp_path: Path) -> None:
             {"WARDEN_SIDECAR_WORKERS": "0"},
             "workers must be between 1 and 64",
         ),
+        (
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ndatasource = "d"\n'
+            "bundle_file_interval = 0\n",
+            {},
+            "bundle_file_interval must be a positive number",
+        ),
+        (
+            'upstream_dsn = "x"\nbundle_file = "b"\nstate_dir = "s"\ndatasource = "d"\n',
+            {"WARDEN_SIDECAR_BUNDLE_FILE_INTERVAL": "soon"},
+            "bundle_file_interval must be a number",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
@@ -61,6 +75,29 @@ def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], mes
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path, env=env)
+
+
+def test_the_bundle_file_is_read_every_bundle_file_interval(tmp_path: Path) -> None:
+    from sidecar.metrics import Metrics
+    from sidecar.runner import _first_file_bundle
+
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps(build_bundle("app")))
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        f'upstream_dsn = "postgresql://warden@db/app"\nbundle_file = "{bundle}"\n'
+        'state_dir = "state"\ndatasource = "app"\n'
+    )
+    assert load_config(path, env={}).bundle_file_interval == 1.0  # the default
+    config = load_config(path, env={"WARDEN_SIDECAR_BUNDLE_FILE_INTERVAL": "0.25"})
+    assert config.bundle_file_interval == 0.25
+
+    async def first() -> Any:
+        return await _first_file_bundle(config, Metrics(), asyncio.Event())
+
+    source = asyncio.run(first())
+    assert source is not None and source.interval == 0.25
+    assert source.current()["datasource"]["name"] == "app"
 
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).

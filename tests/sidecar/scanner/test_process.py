@@ -71,7 +71,7 @@ def test_sidecar_scans_at_start_on_schedule_and_on_request(
             "requested": None,
         },
     )
-    sidecar = start_sidecar(tmp_path, scratch_url, bundle)
+    sidecar = start_sidecar(tmp_path, scratch_url, bundle, scan_enabled=True)
     ready = tmp_path / "ready.json"
     try:
         first = _scan_status(sidecar, ready, lambda s: True)
@@ -188,7 +188,7 @@ def test_stopping_the_sidecar_does_not_wait_for_a_running_scan(
             "requested": None,
         },
     )
-    sidecar = start_sidecar(tmp_path, scratch_url, bundle)
+    sidecar = start_sidecar(tmp_path, scratch_url, bundle, scan_enabled=True)
     try:
         with psycopg.connect(scratch_url, autocommit=True) as conn:
             deadline = time.monotonic() + 30
