@@ -113,13 +113,16 @@ def _audit_trail_emptied(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     request.getfixturevalue("transactional_db")
     yield
-    from django.db import connection
+    from django.db import connection, transaction
 
-    with connection.cursor() as cursor:
+    # DELETE, not TRUNCATE: the same empty tables without replacing the files of
+    # every partition and index (0.2-0.7 s a test on a busy machine). The trigger
+    # is switched off in the same transaction, on every partition.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_truncate;"
-            f"TRUNCATE {_AUDIT_TRAIL_TABLES};"
-            "ALTER TABLE audit_event ENABLE TRIGGER audit_event_no_truncate"
+            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only;"
+            + "".join(f"DELETE FROM {table};" for table in _AUDIT_TRAIL_TABLES.split(", "))
+            + "ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only"
         )
 
 
