@@ -62,15 +62,9 @@ def _seed_builtin_policy_data() -> None:
         importlib.import_module(name).seed(apps, None)
 
 
-@pytest.fixture(autouse=True)
-def builtin_policy_data(transactional_db: Any) -> None:
-    """Re-seed what the data migration seeds (environments, built-in classifications).
-
-    live_server needs a transactional database, which is flushed after each test;
-    serialized rollback would restore it but proved order-dependent when other
-    tests share the session, so the harness re-applies the migration's own seed.
-    """
-    _seed_builtin_policy_data()
+# Each test starts with what the data migrations seed (environments, built-in
+# classifications): tests/conftest.py's _builtin_rows puts them back after the
+# previous test's flush, for every transactional test (all of these are).
 
 
 # Left as they are: Django's flush empties them and its post_migrate handlers (the
