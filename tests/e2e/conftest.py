@@ -36,7 +36,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT_DIR = Path(os.environ.get("WARDEN_SCREENSHOTS", "/tmp/warden-screenshots"))
+# Where the ``screenshot`` fixture saves its PNGs; unset, it saves none.
+SCREENSHOT_DIR = os.environ.get("WARDEN_SCREENSHOTS")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,15 +63,9 @@ def _seed_builtin_policy_data() -> None:
         importlib.import_module(name).seed(apps, None)
 
 
-@pytest.fixture(autouse=True)
-def builtin_policy_data(transactional_db: Any) -> None:
-    """Re-seed what the data migration seeds (environments, built-in classifications).
-
-    live_server needs a transactional database, which is flushed after each test;
-    serialized rollback would restore it but proved order-dependent when other
-    tests share the session, so the harness re-applies the migration's own seed.
-    """
-    _seed_builtin_policy_data()
+# Each test starts with what the data migrations seed (environments, built-in
+# classifications): tests/conftest.py's _builtin_rows puts them back after the
+# previous test's flush, for every transactional test (all of these are).
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,6 +110,65 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 
+# Counts the page's own requests in flight (htmx's XMLHttpRequests, fetch), for
+# ``settle``: after the load event, those are all a page of this application still
+# does by itself (hx-trigger="load", Swagger UI fetching the schema).
+_REQUESTS_IN_FLIGHT = """
+(() => {
+  let inFlight = 0;
+  const done = () => { inFlight -= 1; };
+  const send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function (...args) {
+    inFlight += 1;
+    this.addEventListener("loadend", done, { once: true });
+    return send.apply(this, args);
+  };
+  const fetch = window.fetch;
+  window.fetch = function (...args) {
+    inFlight += 1;
+    return fetch.apply(this, args).finally(done);
+  };
+  window.__wardenSettled = () => document.readyState === "complete" && inFlight === 0;
+})();
+"""
+
+
+def settle(page: Any) -> None:
+    """Wait until the page has loaded and finished the requests it made by itself,
+    then one more turn of its event loop, so that what they swapped in has been
+    checked against the policy and any violation has been reported.
+
+    Deterministic where ``wait_for_load_state("networkidle")`` waits for 500 ms
+    of silence on every page.
+    """
+    page.wait_for_function("() => window.__wardenSettled()")
+    page.evaluate("() => new Promise(resolve => setTimeout(resolve, 0))")
+
+
+# What every page's Content-Security-Policy header must say.
+CSP_DIRECTIVES = (
+    "script-src 'self'",
+    "style-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+    "form-action 'self'",
+)
+
+
+def visit(page: Any, path: str, violations: list[str]) -> None:
+    """Open a page: it answers 2xx with the full policy, settles, and nothing on it
+    was blocked (named by its path here; the ``page`` fixture would only say so
+    at the end)."""
+    response = page.goto(path)
+    assert response is not None and response.ok, (path, response and response.status)
+    policy = response.headers.get("content-security-policy", "")
+    for directive in CSP_DIRECTIVES:
+        assert directive in policy, (path, policy)
+    settle(page)
+    assert not violations, (path, violations)
+
+
 def watch_csp(context: Any, page: Any, violations: list[str] | None = None) -> list[str]:
     """Collect CSP violations (the DOM event, and chromium's console report of them)."""
     violations = [] if violations is None else violations
@@ -143,6 +197,7 @@ def page(browser: Any, live_server: Any, csp_violations: list[str]) -> Iterator[
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     violations = watch_csp(context, page, csp_violations)
+    context.add_init_script(_REQUESTS_IN_FLIGHT)
     yield page
     context.close()
     # A JavaScript error, or anything the Content-Security-Policy blocked, on any page
@@ -184,12 +239,20 @@ def sign_in(page: Any) -> Callable[..., None]:
 
 
 @pytest.fixture
-def screenshot(page: Any) -> Callable[[str], Path]:
-    """Save a full-page screenshot under /tmp (never committed) for a human to look at."""
+def screenshot(page: Any) -> Callable[[str], Path | None]:
+    """Save a full-page screenshot for a human to look at, into the directory named
+    by WARDEN_SCREENSHOTS (e.g. ``WARDEN_SCREENSHOTS=/tmp/warden-screenshots``).
 
-    def take(name: str) -> Path:
-        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOT_DIR / f"{name}.png"
+    Without it none is taken: a screenshot asserts nothing, and a full-page one
+    costs a third of a second or more, over 10 s for this directory in ``make
+    test``. (``make screenshots`` is another thing: test_screenshots.py.)
+    """
+
+    def take(name: str) -> Path | None:
+        if not SCREENSHOT_DIR:
+            return None
+        path = Path(SCREENSHOT_DIR) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path), full_page=True)
         return path
 

@@ -1,5 +1,7 @@
-"""Signing in through the real allauth pages, and every main page rendering in a
-real browser with the demo policy (screenshots go to /tmp for a human to check)."""
+"""Signing in through the real allauth pages, and the keyboard's way into a page.
+
+Every main page rendering in a real browser with the demo policy (its heading) is
+checked in the one walk over all pages, tests/e2e/test_landing_and_phone.py."""
 
 from __future__ import annotations
 
@@ -38,31 +40,6 @@ def test_anonymous_visitor_is_sent_to_sign_in(page: Any) -> None:
     page.goto("/guardrails/")
     assert "/accounts/login/" in page.url
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-
-
-def test_main_pages_render(page: Any, sign_in: Any, demo_policy: Any, screenshot: Any) -> None:
-    from tests.conftest import persona_password  # noqa: F401 - documents the credentials used
-
-    security = demo_policy.owner.user
-    sign_in(security, "security")
-    screenshot("01-overview")
-    pages = [
-        ("/identities/", "Identities", "02-identities"),
-        (f"/identities/{demo_policy.service.pk}/", "svc-billing", "03-identity"),
-        ("/teams/", "Teams", "04-teams"),
-        ("/datasources/", "Datasources", "05-datasources"),
-        (f"/datasources/{demo_policy.datasource.pk}/", "crm-prod", "06-datasource"),
-        ("/classifications/", "Classifications", "07-classifications"),
-        ("/columns/", "Column classifications", "08-columns"),
-        ("/masking-rules/", "Masking rules", "09-masking-rules"),
-        ("/guardrails/", "Guardrails", "10-guardrails"),
-        ("/guardrails/new/", "New guardrail", "11-guardrail-form"),
-        ("/account/api-tokens/", "Your API tokens", "12-api-tokens"),
-    ]
-    for path, heading, shot in pages:
-        page.goto(path)
-        expect(page.get_by_role("heading", level=1)).to_contain_text(heading)
-        screenshot(shot)
 
 
 def test_keyboard_skip_link_and_visible_focus(page: Any, sign_in: Any, auditor_user: Any) -> None:
