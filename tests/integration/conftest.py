@@ -25,6 +25,7 @@ from django.db import connection
 from tests.dsn import database_url
 from tests.stack import (  # noqa: F401 - fixtures, re-exported for pytest
     ROOT,
+    _celery_worker_process,
     _clean_redis,
     _control_plane_process,
     _fresh_content_types,
