@@ -220,13 +220,15 @@ class Worker:
 
     It logs every task it receives and how each ended (``Task name[id] received``,
     then ``succeeded``, ``raised ...``, ``retry: ...``); ``busy`` is the ids received
-    and not yet ended, so a test can hand it on idle to the next one.
+    and not yet ended, so a test can hand it on idle to the next one; ``ended`` the
+    ids that ran to their end.
     """
 
     TASK_LINE = re.compile(r"Task \S+\[([0-9a-f-]+)\] (\w+)")
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.busy: set[str] = set()
+        self.ended: set[str] = set()
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(
             [
@@ -263,24 +265,41 @@ class Worker:
             found = self.TASK_LINE.search(line)
             if found is None:
                 continue
+            task, outcome = found.groups()
             with self.lock:
-                if found.group(2) == "received":
-                    self.busy.add(found.group(1))
+                if outcome == "received":
+                    self.busy.add(task)
                 else:
-                    self.busy.discard(found.group(1))
+                    self.busy.discard(task)
+                    if outcome != "retry":  # a retry is received again, under its id
+                        self.ended.add(task)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def idle(self, timeout: float) -> bool:
-        """Whether, within ``timeout``, nothing waits in its queue and every task it
-        received has ended."""
-        queue_length = redis.Redis.from_url(settings.REDIS_URL).llen
+    def ran(self, task_ids: list[str], timeout: float) -> bool:
+        """Whether, within ``timeout``, each of these tasks ran to its end here."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
+                if set(task_ids) <= self.ended:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def idle(self, timeout: float) -> bool:
+        """Whether, within ``timeout``, nothing waits in its queue or unacknowledged
+        (taken, not yet logged) and every task it received has ended; seen twice in a
+        row, a moment apart."""
+        broker = redis.Redis.from_url(settings.REDIS_URL)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline and self.alive():
+            with self.lock:
                 busy = bool(self.busy)
-            if not busy and not queue_length("celery") and self.alive():
+            quiet = not busy and not broker.llen("celery") and not broker.hlen("unacked")
+            seen = seen + 1 if quiet else 0
+            if seen == 2:
                 return True
             time.sleep(0.05)
         return False

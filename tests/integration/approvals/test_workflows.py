@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 import threading
 import time
 import urllib.error
@@ -202,8 +201,14 @@ def mail_dir(_workflow_worker: tuple[list[Worker], Path]) -> Path:
 
 @pytest.fixture
 def worker(
-    _workflow_worker: tuple[list[Worker], Path], mail_dir: Path
-) -> Iterator[subprocess.Popen[Any]]:
+    _workflow_worker: tuple[list[Worker], Path],
+    mail_dir: Path,
+    _celery_worker_process: list[Worker],
+) -> Iterator[Worker]:
+    # The queue's only consumer while it runs: the session's worker stops (the next
+    # test that wants it starts it again).
+    for other in _celery_worker_process:
+        other.stop()
     workers = _workflow_worker[0]
     if not workers or not workers[-1].alive():
         env = {
@@ -216,7 +221,7 @@ def worker(
         }
         workers[:] = [Worker(env)]
     running = workers[-1]
-    yield running.proc
+    yield running
     # Nothing of this test may still run (or retry) when the next one starts.
     if not running.idle(timeout=10):
         running.stop()
@@ -268,13 +273,14 @@ def test_creation_notifies_reviewers_by_email_and_webhook_once_despite_a_retry(
     assert [p.get("failed", False) for p in hook.received] == [True, False]
     assert link in hook.received[-1]["text"]
     # The same notice delivered again (a duplicate, a manual re-run) sends nothing more.
-    celery_app.send_task(
-        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
-    )
-    celery_app.send_task(
-        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
-    )
-    time.sleep(3)
+    duplicates = [
+        celery_app.send_task(
+            "approvals.tasks.approval_notify",
+            kwargs={"request_id": str(request.pk), "kind": "created"},
+        ).id
+        for _ in range(2)
+    ]
+    assert worker.ran(duplicates, timeout=30)
     assert len(mails(mail_dir)) == 2
     assert len([p for p in hook.received if not p.get("failed")]) == 1
     assert len(notified(request.pk)) == 3
