@@ -174,11 +174,10 @@ def _serve(
     env.setdefault("SECRET_KEY", _secret_key())
     env.setdefault("WARDEN_BASE_URL", url)
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    _manage(env, "migrate", "--no-input", "-v", "0")
-    _manage(env, "seed_demo")
+    # migrate, seed_demo and demo_sidecar, in one process (Django loads once).
     _manage(
         env,
-        "demo_sidecar",
+        "demo_prepare",
         "--control-plane",
         url,
         "--listen-port",

@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -187,7 +188,7 @@ class Server:
             self.proc = None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def _control_plane_process(
     django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
@@ -201,7 +202,8 @@ def _control_plane_process(
 
 @pytest.fixture
 def control_plane(_control_plane_process: Server) -> Server:
-    """The control plane, one uvicorn per module (starting one takes over a second).
+    """The control plane, one uvicorn for the session (starting one takes seconds;
+    a folder that imports this fixture into its conftest has its own).
 
     It keeps nothing a later test could see: its state is the database and Redis,
     which every test here restores (serialized rollback, a flushed Redis), and
@@ -213,42 +215,126 @@ def control_plane(_control_plane_process: Server) -> Server:
     return _control_plane_process
 
 
+class Worker:
+    """A real Celery worker (solo pool) that runs the recompile task, and what it is doing.
+
+    It logs every task it receives and how each ended (``Task name[id] received``,
+    then ``succeeded``, ``raised ...``, ``retry: ...``); ``busy`` is the ids received
+    and not yet ended, so a test can hand it on idle to the next one; ``ended`` the
+    ids that ran to their end.
+    """
+
+    TASK_LINE = re.compile(r"Task \S+\[([0-9a-f-]+)\] (\w+)")
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.busy: set[str] = set()
+        self.ended: set[str] = set()
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=INFO",
+            ],
+            cwd=ROOT,
+            env=env or server_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "ready." in line:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Celery worker did not start")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout or []:
+            found = self.TASK_LINE.search(line)
+            if found is None:
+                continue
+            task, outcome = found.groups()
+            with self.lock:
+                if outcome == "received":
+                    self.busy.add(task)
+                else:
+                    self.busy.discard(task)
+                    if outcome != "retry":  # a retry is received again, under its id
+                        self.ended.add(task)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ran(self, task_ids: list[str], timeout: float) -> bool:
+        """Whether, within ``timeout``, each of these tasks ran to its end here."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if set(task_ids) <= self.ended:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def idle(self, timeout: float) -> bool:
+        """Whether, within ``timeout``, nothing waits in its queue or unacknowledged
+        (taken, not yet logged) and every task it received has ended; seen twice in a
+        row, a moment apart."""
+        broker = redis.Redis.from_url(settings.REDIS_URL)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline and self.alive():
+            with self.lock:
+                busy = bool(self.busy)
+            quiet = not busy and not broker.llen("celery") and not broker.hlen("unacked")
+            seen = seen + 1 if quiet else 0
+            if seen == 2:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture(scope="session")
+def _celery_worker_process(django_db_setup: Any) -> Iterator[list[Worker]]:
+    """The session's worker, started by the first test that asks for one (in a list,
+    so that a test can replace one that died or would not go idle)."""
+    workers: list[Worker] = []
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
 @pytest.fixture
-def celery_worker() -> Iterator[subprocess.Popen[Any]]:
-    """A real worker (solo pool) that runs the recompile task."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=INFO",
-        ],
-        cwd=ROOT,
-        env=server_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "ready." in line:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Celery worker did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
-    try:
-        yield proc
-    finally:
-        _stop(proc)
+def celery_worker(_celery_worker_process: list[Worker]) -> Iterator[subprocess.Popen[Any]]:
+    """A real worker (solo pool) that runs the recompile task; one per session.
+
+    Starting one takes seconds (Django and Celery). It keeps nothing a later test
+    could see, for the reasons ``control_plane`` gives, once it is idle: each test
+    ends by waiting until its queue is empty and every task it received has run
+    (a task of this test must not run against the next one's rows). One that does
+    not get there in time is stopped, and the next test starts a fresh one.
+    """
+    workers = _celery_worker_process
+    if not workers or not workers[-1].alive():
+        workers[:] = [Worker()]
+    worker = workers[-1]
+    yield worker.proc
+    if not worker.idle(timeout=10):
+        worker.stop()
 
 
 class SidecarClient:

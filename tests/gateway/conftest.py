@@ -1,7 +1,7 @@
 """Gateway fixtures: the tests of every call a sidecar makes.
 
 Tests marked ``serial`` (``test_sidecar_api``, ``test_audit_ingest_asgi``) run
-against the real ASGI server (``config.asgi`` under uvicorn, one per module)
+against the real ASGI server (``config.asgi`` under uvicorn, one per session)
 with what tests/stack.py gives the bundle tests: a known signing key the client pins, a
 flushed Redis, content types forgotten after the transactional flush. The
 others go through Django's test client, as tests/approvals does.

@@ -25,6 +25,7 @@ from django.db import connection
 from tests.dsn import database_url
 from tests.stack import (  # noqa: F401 - fixtures, re-exported for pytest
     ROOT,
+    _celery_worker_process,
     _clean_redis,
     _control_plane_process,
     _fresh_content_types,
@@ -60,11 +61,11 @@ def as_app_role(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{app_role()}@{host}"))
 
 
-@pytest.fixture
-def upstream_db() -> Iterator[str]:
-    """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN (as its
-    administrator). Sidecars reach it as ``app_role()``: no superuser, owns nothing,
-    DML on the tables (SidecarProcess swaps the role in)."""
+@pytest.fixture(scope="session")
+def _upstream_database(django_db_setup: Any) -> Iterator[str]:
+    """``upstream_db``'s database and role, made once: dropping a database makes
+    PostgreSQL checkpoint (a second or more on a busy server), so each test empties
+    it instead."""
     name = upstream_dbname()
     role = app_role()
     with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
@@ -72,6 +73,30 @@ def upstream_db() -> Iterator[str]:
         conn.execute(f'DROP ROLE IF EXISTS "{role}"')
         conn.execute(f'CREATE DATABASE "{name}"')
         conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS')
+    yield name
+    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.fixture
+def upstream_db(_upstream_database: str) -> str:
+    """A scratch database shaped like ``DEMO_SCHEMA``'s customers table; its DSN (as its
+    administrator). Sidecars reach it as ``app_role()``: no superuser, owns nothing,
+    DML on the tables (SidecarProcess swaps the role in).
+
+    Each test gets it as new: an earlier test's sessions are ended and its schema
+    ``public`` (every table, grant and default privilege in it) is made again, as a
+    fresh database has it."""
+    name, role = _upstream_database, app_role()
+    with psycopg.connect(database_url(name), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
+        conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
     with psycopg.connect(database_url(name)) as conn:
         conn.execute(
             "CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text,"
@@ -87,10 +112,7 @@ def upstream_db() -> Iterator[str]:
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "{role}"'
         )
-    yield database_url(name)
-    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+    return database_url(name)
 
 
 def token_datasource(sidecar_token: str) -> str:

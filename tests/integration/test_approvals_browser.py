@@ -9,14 +9,15 @@ writes need a reviewer (``review-agent-writes`` in ``demo_policy``).
 1. A held statement: psql prints the hold notice as it waits; the card shows
    its values (a classified one redacted) and the planner's estimate; it
    completes once the reviewer approves it in the browser, within the hold.
-2. Nobody decides within the hold: psql gets WR001 naming the request's page;
-   the reviewer opens that URL, approves, then revokes the grant: the re-run
-   is held for a new review, approved, and runs.
+2. Nobody decides within the hold (the datasource's own, short): psql gets
+   WR001 naming the request's page; the reviewer opens that URL, approves, then
+   revokes the grant: the re-run is held for a new review, approved, and runs.
 3. A denial, with its reason, reaches psql as 42501.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -33,8 +34,10 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connections
 from playwright.sync_api import expect
 
+from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from governance import services
+from governance.bundles import bundle_current
 from tests.conftest import persona_password
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_csp
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
@@ -128,6 +131,33 @@ def _pending(identity: Any, *, exclude: tuple[Any, ...] = (), timeout: float = 1
 def _rows(upstream_db: str) -> dict[int, str]:
     with psycopg.connect(upstream_db) as conn:
         return dict(conn.execute("SELECT id, full_name FROM customers").fetchall())
+
+
+# Step 2's hold time (the datasource's own): the statement nobody decides waits this long.
+SHORT_HOLD_SECONDS = 5
+
+
+def _hold_until_running(
+    proc: SidecarProcess, datasource: Any, admin_user: Any, seconds: int | None
+) -> None:
+    """Set the datasource's hold time (None: the setting's) and wait until the running
+    sidecar has made the bundle that carries it active."""
+    logged = len(proc.log.read_text())
+    approvals.review_settings_set(
+        actor=admin_user, datasource=datasource, data={"hold_seconds": seconds}
+    )
+    expected = seconds or django_settings.WARDEN_APPROVAL_HOLD_SECONDS
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = bundle_current(datasource_id=datasource.pk)
+        if (
+            current is not None
+            and json.loads(current[1])["bundle"]["approvals"]["hold_seconds"] == expected
+            and f"bundle {current[0][:12]} active" in proc.log.read_text()[logged:]
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the sidecar never took the bundle holding {expected} s")
 
 
 @pytest.fixture
@@ -248,10 +278,16 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         assert _rows(upstream_db)[3] == "Ada L."
 
         # 2. Nobody decides in time: WR001 naming the request; approved at that URL.
+        # The datasource's own hold time, short, so that the test does not wait out
+        # the default; back to the default before anyone has to decide in the browser.
+        _hold_until_running(proc, demo_policy.datasource, admin_user, SHORT_HOLD_SECONDS)
         sql = "UPDATE customers SET full_name = 'Alan T.' WHERE id = 2"
         second = psql(sql)
         held = _pending(agent, exclude=(request.pk,))
-        timed_out = second.join(django_settings.WARDEN_APPROVAL_HOLD_SECONDS + 20)
+        second.printed(f"waiting up to {SHORT_HOLD_SECONDS} s")
+        timed_out = second.join(SHORT_HOLD_SECONDS + 20)
+        assert second.finished_at is not None
+        assert second.finished_at - second.started_at >= SHORT_HOLD_SECONDS - 1
         assert timed_out.returncode != 0
         assert "WR001" in timed_out.stderr, timed_out.stderr
         assert "is pending" in timed_out.stderr
@@ -259,6 +295,7 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         assert url is not None, timed_out.stderr
         assert url.group(0) == f"{control_plane.url}/approvals/{held.pk}/"
         assert _rows(upstream_db)[2] == "Alan Turing"  # nothing ran
+        _hold_until_running(proc, demo_policy.datasource, admin_user, None)
         page.goto(url.group(0))
         card = page.locator(f"#request-{held.pk}")
         card.get_by_role("button", name="Approve agent-reports's request").click()
@@ -271,6 +308,7 @@ def test_reviewer_decides_in_the_browser_and_the_client_sees_it(
         rerun = psql(sql)
         renewed = _pending(agent, exclude=(request.pk, held.pk))
         rerun.printed("Warden is holding this statement for approval: ")
+        rerun.printed(f"waiting up to {django_settings.WARDEN_APPROVAL_HOLD_SECONDS} s")
         assert _rows(upstream_db)[2] == "Alan Turing" and rerun.thread.is_alive()
         page.goto(f"/approvals/{renewed.pk}/")
         card = page.locator(f"#request-{renewed.pk}")

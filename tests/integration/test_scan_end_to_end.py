@@ -28,7 +28,7 @@ import pytest
 from governance import services
 from governance.models import ColumnClassification, ScanRun, ScanSchedule
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
-from tests.stack import ROOT, Server, _stop, server_env
+from tests.stack import ROOT, Server, Worker, _stop, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -40,7 +40,13 @@ ROWS = 100
 
 
 @pytest.fixture
-def celery_worker_with_beat(tmp_path: Path) -> Iterator[subprocess.Popen[Any]]:
+def celery_worker_with_beat(
+    tmp_path: Path, _celery_worker_process: list[Worker]
+) -> Iterator[subprocess.Popen[Any]]:
+    # The queue's only consumer while it runs: the session's worker stops (the next
+    # test that wants it starts it again).
+    for other in _celery_worker_process:
+        other.stop()
     env = {**server_env(), "WARDEN_SCAN_BEAT_SECONDS": "1"}
     proc = subprocess.Popen(
         [

@@ -133,8 +133,13 @@ def test_sidecar_enforces_ships_audit_and_obeys_revocation(
         # Control plane down: enforcement continues from the active bundle; audit spools.
         control_plane.stop()
         _assert_enforced(proc.port, dbname, raw)
-        time.sleep(1.5)
-        spooled = b"".join(p.read_bytes() for p in (tmp_path / "state" / "spool").glob("*.jsonl"))
+        deadline = time.monotonic() + 10
+        while True:
+            spool = (tmp_path / "state" / "spool").glob("*.jsonl")
+            spooled = b"".join(p.read_bytes() for p in spool)
+            if spooled.count(b'"type":"statement"') >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert spooled.count(b'"type":"statement"') >= 2
 
         # A restart while it is still down starts from the verified disk cache; its

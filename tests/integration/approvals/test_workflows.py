@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,7 +26,7 @@ from config.celery import app as celery_app
 from governance import services as gov
 from governance.models import Environment
 from tests.approvals.conftest import open_payload
-from tests.stack import ROOT, Server, _stop, free_port, server_env
+from tests.stack import Server, Worker, free_port, server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -179,41 +177,54 @@ def webhook(settings: Any) -> Iterator[tuple[str, type[Hook]]]:
     server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def _workflow_worker(
+    django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[list[Worker], Path]]:
+    """One worker for the module's workflow tests (starting one takes seconds), and the
+    directory its emails land in; ``worker`` hands it on idle from test to test."""
+    mail = tmp_path_factory.mktemp("mail")
+    workers: list[Worker] = []
+    yield workers, mail
+    for running in workers:
+        running.stop()
+
+
 @pytest.fixture
-def mail_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "mail"
-    path.mkdir()
+def mail_dir(_workflow_worker: tuple[list[Worker], Path]) -> Path:
+    """Where the worker's emails land, emptied of an earlier test's."""
+    path = _workflow_worker[1]
+    for message in path.iterdir():
+        message.unlink()
     return path
 
 
 @pytest.fixture
-def worker(mail_dir: Path) -> Iterator[subprocess.Popen[Any]]:
-    env = {
-        **server_env(),
-        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
-        "EMAIL_FILE_PATH": str(mail_dir),
-        "WARDEN_PUBLIC_URL": "https://warden.example.com",
-        # The webhook receiver is local: loopback is refused unless allowed.
-        "WARDEN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if "ready." in line:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Celery worker did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
-    try:
-        yield proc
-    finally:
-        _stop(proc)
+def worker(
+    _workflow_worker: tuple[list[Worker], Path],
+    mail_dir: Path,
+    _celery_worker_process: list[Worker],
+) -> Iterator[Worker]:
+    # The queue's only consumer while it runs: the session's worker stops (the next
+    # test that wants it starts it again).
+    for other in _celery_worker_process:
+        other.stop()
+    workers = _workflow_worker[0]
+    if not workers or not workers[-1].alive():
+        env = {
+            **server_env(),
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(mail_dir),
+            "WARDEN_PUBLIC_URL": "https://warden.example.com",
+            # The webhook receiver is local: loopback is refused unless allowed.
+            "WARDEN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        }
+        workers[:] = [Worker(env)]
+    running = workers[-1]
+    yield running
+    # Nothing of this test may still run (or retry) when the next one starts.
+    if not running.idle(timeout=10):
+        running.stop()
 
 
 def mails(mail_dir: Path) -> list[str]:
@@ -262,13 +273,14 @@ def test_creation_notifies_reviewers_by_email_and_webhook_once_despite_a_retry(
     assert [p.get("failed", False) for p in hook.received] == [True, False]
     assert link in hook.received[-1]["text"]
     # The same notice delivered again (a duplicate, a manual re-run) sends nothing more.
-    celery_app.send_task(
-        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
-    )
-    celery_app.send_task(
-        "approvals.tasks.approval_notify", kwargs={"request_id": str(request.pk), "kind": "created"}
-    )
-    time.sleep(3)
+    duplicates = [
+        celery_app.send_task(
+            "approvals.tasks.approval_notify",
+            kwargs={"request_id": str(request.pk), "kind": "created"},
+        ).id
+        for _ in range(2)
+    ]
+    assert worker.ran(duplicates, timeout=30)
     assert len(mails(mail_dir)) == 2
     assert len([p for p in hook.received if not p.get("failed")]) == 1
     assert len(notified(request.pk)) == 3

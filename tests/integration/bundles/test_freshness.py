@@ -38,8 +38,9 @@ from governance.models import Sidecar
 from sidecar.bundle import envelope_verify, parse_public_keys
 from sidecar.engine import compute_revision
 from tests.gateway.test_sidecar_api import call
-from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
+from tests.integration.conftest import (  # noqa: F401 - fixtures: upstream_db, its database
     SidecarProcess,
+    _upstream_database,
     sidecar_config,
     upstream_db,
 )

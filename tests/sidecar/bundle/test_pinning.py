@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from governance import services
 from governance.bundles import bundle_current, bundle_publish
 from governance.models import Environment
-from tests.integration.conftest import (  # noqa: F401 - upstream_db is a fixture
+from tests.integration.conftest import (  # noqa: F401 - fixtures: upstream_db, its database
     SidecarProcess,
+    _upstream_database,
     app_role,
     as_app_role,
     sidecar_config,
