@@ -308,10 +308,12 @@ class Worker:
         _stop(self.proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def _celery_worker_process(django_db_setup: Any) -> Iterator[list[Worker]]:
-    """The session's worker, started by the first test that asks for one (in a list,
-    so that a test can replace one that died or would not go idle)."""
+    """The worker of the folder that imports this fixture (tests/integration), started
+    by the first test that asks for one (in a list, so that a test can replace one
+    that died or would not go idle). Stopped when the folder's last test ends: a
+    consumer left on the suite's Redis would take later tests' tasks."""
     workers: list[Worker] = []
     yield workers
     for worker in workers:

@@ -33,8 +33,8 @@ from typing import Any
 import psycopg
 import pytest
 from cryptography import x509
-from django.conf import settings
 
+from config.devstack import embedded_redis
 from governance.signing import signing_key_generate
 from tests.dsn import database_url
 from tests.pki import ca, issue, write_pem
@@ -136,6 +136,14 @@ def _wait(what: str, check: Any, timeout: float, logs: list[Path]) -> Any:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("deploy")
+    # A Redis of its own, as a deployment has: a Celery worker another test left on
+    # the suite's Redis would otherwise take this control plane's tasks and run them
+    # against its own database.
+    with embedded_redis(work / "redis", persist=False) as redis_url:
+        yield from _deployment(work, redis_url)
+
+
+def _deployment(work: Path, redis_url: str) -> Iterator[Deployment]:
     suffix = secrets.token_hex(3)
     control_db, crm_db, role = (f"warden_deploy_{suffix}", f"warden_crm_{suffix}", f"crm_{suffix}")
     role_password = secrets.token_urlsafe(18)
@@ -171,7 +179,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     env.update(
         SECRET_KEY=secrets.token_urlsafe(50),
         DATABASE_URL=database_url(control_db),
-        REDIS_URL=settings.REDIS_URL,
+        REDIS_URL=redis_url,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         CSRF_TRUSTED_ORIGINS=url,
         WARDEN_BASE_URL=url,
