@@ -49,6 +49,7 @@ GRANT CONNECT ON DATABASE {database} TO {role};
 GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
+ALTER ROLE {role} SET jit = off;
 """
 
 
@@ -303,6 +304,8 @@ def test_a_sidecar_in_production_masks_and_refuses(deployment: Deployment) -> No
                 conn.execute("SELECT pg_read_file('/etc/hostname')")
             assert "Warden" in str(refused.value)
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (CUSTOMERS,)
+            # The guide's role setting: masked rewrites are not JIT-compiled first.
+            assert conn.execute("SHOW jit").fetchone() == ("off",)
 
         # The sidecar reports in over HTTPS.
         _wait(

@@ -96,6 +96,8 @@ def demo_app_role(*, dbname: str, password: str) -> None:
         conn.execute(
             sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(make_verifier(password)))
         )
+        # Masked JSON paths would otherwise be JIT-compiled first (docs/deploy.md).
+        conn.execute(sql.SQL("ALTER ROLE {} SET jit = off").format(role))
         conn.execute(
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), role)
         )
