@@ -243,6 +243,39 @@ def sidecar(
         proc.stop()
 
 
+def exempt(bundle: dict[str, Any], teams: list[str]) -> dict[str, Any]:
+    """``bundle`` with every masking rule exempting ``teams``."""
+    out = copy.deepcopy(bundle)
+    for rule in out["masking_rules"]:
+        rule["exempt_teams"] = teams
+    return out
+
+
+@pytest.fixture(scope="module")
+def _exempt_sidecar(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Sidecar, dict[str, Any]]]:
+    """A module's sidecar where alice (team eng) is exempt from masking: one start for
+    the module's policy-change attacks instead of one per test."""
+    loose = exempt(security_bundle(upstream.name), ["security", "eng"])
+    proc = start_sidecar(tmp_path_factory.mktemp("exempt"), upstream.app_dsn, finalize(loose))
+    try:
+        yield proc, loose
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def exempt_then_masked(
+    _exempt_sidecar: tuple[Sidecar, dict[str, Any]],
+) -> tuple[Sidecar, dict[str, Any]]:
+    """That sidecar, given the exempt bundle again (an earlier test published the
+    other), and the bundle that masks alice, for the test to publish."""
+    proc, loose = _exempt_sidecar
+    publish(proc, loose)
+    return proc, exempt(loose, ["security"])
+
+
 @pytest.fixture
 def witness_file() -> Iterator[Path]:
     """A path a leaked ``COPY ... TO PROGRAM 'touch <path>'`` would create (the

@@ -13,59 +13,23 @@ SQL ``EXECUTE px`` after the change.)
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from tests.security.conftest import (
-    Upstream,
     assert_refused_fields,
-    finalize,
     publish,
-    security_bundle,
 )
 from tests.security.wire import SYNC, RawClient, bind_execute, parse, public_ssns_in, q
-from tests.sidecar.proxy.conftest import SSNS, Sidecar, start_sidecar
-
-
-def _exempt(bundle: dict[str, Any], teams: list[str]) -> dict[str, Any]:
-    out = copy.deepcopy(bundle)
-    for rule in out["masking_rules"]:
-        rule["exempt_teams"] = teams
-    return out
-
-
-@pytest.fixture(scope="module")
-def exempt_sidecar(
-    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Sidecar, dict[str, Any]]]:
-    exempt = _exempt(security_bundle(upstream.name), ["security", "eng"])
-    proc = start_sidecar(tmp_path_factory.mktemp("exempt"), upstream.app_dsn, finalize(exempt))
-    try:
-        yield proc, exempt
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def policy(exempt_sidecar: tuple[Sidecar, dict[str, Any]]) -> tuple[Sidecar, dict[str, Any]]:
-    """A sidecar where alice (team eng) is exempt from masking (the module's, given
-    that bundle again: an earlier test published the masked one); the test then
-    publishes the masked bundle."""
-    sidecar, exempt = exempt_sidecar
-    publish(sidecar, exempt)
-    return sidecar, _exempt(exempt, ["security"])
+from tests.sidecar.proxy.conftest import SSNS, Sidecar
 
 
 def test_sql_prepare_then_protocol_bind_after_the_change(
-    policy: tuple[Sidecar, dict[str, Any]],
+    exempt_then_masked: tuple[Sidecar, dict[str, Any]],
 ) -> None:
     """Attack: ``PREPARE px`` (simple Query) while exempt; the bundle now masks alice;
     ``Bind(statement "px")``/Execute/Sync on the same connection. Must be refused
     (42501 or 26000) and never return the raw SSN. SQL ``EXECUTE px`` too."""
-    sidecar, masked = policy
+    sidecar, masked = exempt_then_masked
     with RawClient(sidecar) as client:
         prepared = client.exchange(q("PREPARE px AS SELECT ssn FROM public.customers WHERE id = 1"))
         assert not prepared.errors, prepared.errors
@@ -87,12 +51,12 @@ def test_sql_prepare_then_protocol_bind_after_the_change(
 
 
 def test_protocol_parse_then_sql_execute_after_the_change(
-    policy: tuple[Sidecar, dict[str, Any]],
+    exempt_then_masked: tuple[Sidecar, dict[str, Any]],
 ) -> None:
     """Mirror image: ``Parse("px2")`` while exempt; after the change, SQL
     ``EXECUTE px2`` (and ``EXPLAIN ANALYZE EXECUTE``, ``CREATE TABLE AS EXECUTE``)
     must not run the statement decided under the old rules."""
-    sidecar, masked = policy
+    sidecar, masked = exempt_then_masked
     with RawClient(sidecar) as client:
         made = client.exchange(
             parse("SELECT ssn FROM public.customers WHERE id = 1", name="px2"),

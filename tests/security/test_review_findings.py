@@ -14,7 +14,6 @@ loop); a **REGRESSION** test is a defence that held. All must pass.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import secrets
 import struct
@@ -32,7 +31,6 @@ from tests.security.conftest import (
     PUBLIC_MASKED,
     STAGING_SSNS,
     Upstream,
-    finalize,
     publish,
     security_bundle,
 )
@@ -308,37 +306,6 @@ def test_sql_execute_runs_a_protocol_barrier_without_a_probe(sidecar: Sidecar, r
     assert public_ssns_in(reply.raw) == set(), (
         f"raw public SSNs after {run!r}: {reply.column()[:3]}"
     )
-
-
-def _exempt(bundle: dict[str, Any], teams: list[str]) -> dict[str, Any]:
-    out = copy.deepcopy(bundle)
-    for rule in out["masking_rules"]:
-        rule["exempt_teams"] = teams
-    return out
-
-
-@pytest.fixture(scope="module")
-def _exempt_sidecar(
-    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Sidecar, dict[str, Any]]]:
-    loose = _exempt(security_bundle(upstream.name), ["security", "eng"])
-    proc = start_sidecar(tmp_path_factory.mktemp("exempt"), upstream.app_dsn, finalize(loose))
-    try:
-        yield proc, loose
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def exempt_then_masked(
-    _exempt_sidecar: tuple[Sidecar, dict[str, Any]],
-) -> tuple[Sidecar, dict[str, Any]]:
-    """A sidecar where alice (team eng) is exempt from masking (the module's, given that
-    bundle again: an earlier test published the other), and the bundle that masks her,
-    for the test to publish."""
-    proc, loose = _exempt_sidecar
-    publish(proc, loose)
-    return proc, _exempt(loose, ["security"])
 
 
 @pytest.mark.parametrize("how", ["portal", "cursor"])
