@@ -322,7 +322,8 @@ def _celery_worker_process(django_db_setup: Any) -> Iterator[list[Worker]]:
 
 @pytest.fixture
 def celery_worker(_celery_worker_process: list[Worker]) -> Iterator[subprocess.Popen[Any]]:
-    """A real worker (solo pool) that runs the recompile task; one per session.
+    """A real worker (solo pool) that runs the recompile task; one for the folder
+    (tests/integration), stopped before any of its tests that does not ask for it.
 
     Starting one takes seconds (Django and Celery). It keeps nothing a later test
     could see, for the reasons ``control_plane`` gives, once it is idle: each test

@@ -38,6 +38,22 @@ from tests.stack import (  # noqa: F401 - fixtures, re-exported for pytest
     sidecar_clients,
 )
 
+
+@pytest.fixture(autouse=True)
+def _no_idle_worker_between(
+    request: pytest.FixtureRequest,
+    _celery_worker_process: Any,  # noqa: F811 - the fixture
+) -> None:
+    """A test that did not ask for the shared Celery worker runs without one: left
+    running, it would take this test's tasks (a recompile its fixtures queued, say)
+    and run them while the test looks, or keep a retry in memory past the Redis flush."""
+    if "celery_worker" in request.fixturenames:
+        return
+    for running in _celery_worker_process:
+        running.stop()
+    _celery_worker_process.clear()
+
+
 UPSTREAM_ROWS = [
     (1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0001", "123-45-6789", "1815-12-10"),
     (2, "Alan Turing", "alan@example.com", "+44 20 7946 0002", "987-65-4321", "1912-06-23"),

@@ -5,8 +5,8 @@ Django's flush after each transactional test (live server, browser, threads) is 
 committing that is dearer than emptying the few rows a test leaves: about 0.3-1 s
 a test on this machine against ~10 ms for ``DELETE``. Django creates its foreign keys
 ``DEFERRABLE INITIALLY DEFERRED`` and the flush runs in one transaction, so the
-order of the DELETEs does not matter. A flush that must reset sequences keeps
-TRUNCATE ... RESTART IDENTITY.
+order of the DELETEs does not matter. A flush that must reset sequences or
+cascade (``available_apps``) keeps TRUNCATE.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class DatabaseOperations(operations.DatabaseOperations):
         reset_sequences: bool = False,
         allow_cascade: bool = False,
     ) -> list[str]:
-        if not tables or reset_sequences:
+        if not tables or reset_sequences or allow_cascade:
             return super().sql_flush(
                 style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
             )

@@ -38,12 +38,7 @@ from governance.models import Sidecar
 from sidecar.bundle import envelope_verify, parse_public_keys
 from sidecar.engine import compute_revision
 from tests.gateway.test_sidecar_api import call
-from tests.integration.conftest import (  # noqa: F401 - fixtures: upstream_db, its database
-    SidecarProcess,
-    _upstream_database,
-    sidecar_config,
-    upstream_db,
-)
+from tests.integration.conftest import SidecarProcess, sidecar_config
 from tests.sidecar.bundle.test_pinning import REJECTED, connect, listening, start_unready, wait_for
 from tests.stack import BundleRelay, _stop, free_port, metric, pinned_key, scrape
 
@@ -135,7 +130,7 @@ def test_with_nothing_active_an_expired_bundle_is_refused_from_the_link_and_the_
     sidecar_token: str,
     demo_policy: Any,
     admin_user: Any,
-    upstream_db: str,  # noqa: F811 - the fixture
+    upstream_db: str,
     tmp_path: Path,
 ) -> None:
     _, raw = services.token_issue(actor=admin_user, identity=demo_policy.service, name="t")
@@ -185,7 +180,7 @@ def test_a_replay_is_refused_and_past_expiry_and_grace_new_sessions_are_refused(
     sidecar_token: str,
     demo_policy: Any,
     admin_user: Any,
-    upstream_db: str,  # noqa: F811 - the fixture
+    upstream_db: str,
     tmp_path: Path,
 ) -> None:
     datasource = demo_policy.datasource
