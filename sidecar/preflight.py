@@ -154,6 +154,7 @@ def _upstream(config: SidecarConfig) -> list[Finding]:
             row = conn.execute("SELECT current_user, current_database()").fetchone()
             privileged = conn.execute(PRIVILEGES_SQL).fetchone()
             masking = masking_db.status(conn)
+            jit = conn.execute("SELECT current_setting('jit', true)").fetchone()
     except psycopg.Error as exc:
         return [Finding("error", f"upstream: cannot connect: {_first_line(exc)}")]
     assert row is not None
@@ -169,6 +170,17 @@ def _upstream(config: SidecarConfig) -> list[Finding]:
         )
     elif found:
         findings.append(Finding("warning", f"upstream: privileged role allowed ({found})"))
+    if jit is not None and jit[0] == "on":
+        # Masked JSON and array paths are planned at a cost that passes every JIT
+        # threshold: compiled first, hundreds of milliseconds a statement.
+        findings.append(
+            Finding(
+                "warning",
+                f"upstream: jit is on for role {row[0]}: reads of masked JSON or array paths "
+                f"are JIT-compiled first (about 0.5 s each); ALTER ROLE {row[0]} SET jit = off "
+                "(docs/deploy.md)",
+            )
+        )
     if masking.usable:
         findings.append(Finding("ok", "upstream: hash masking is usable"))
     else:

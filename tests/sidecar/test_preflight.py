@@ -7,10 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
 
 from sidecar.preflight import check
 from tests.livesrv import free_port
@@ -75,10 +78,26 @@ def test_online_it_logs_in_to_the_upstream_and_refuses_a_privileged_role(tmp_pat
     text = "\n".join(lines)
     assert status == 2 and "error: upstream: the role is privileged (SUPERUSER" in text, text
     assert "warning: upstream: hash masking is not usable" in text
+    # The server's default: masked JSON paths would be JIT-compiled first.
+    assert "warning: upstream: jit is on for role postgres" in text, text
     status, lines = _check(
         _write(tmp_path, upstream_dsn=admin, allow_privileged_upstream=True), offline=False
     )
     assert status == 0 and "warning: upstream: privileged role allowed" in "\n".join(lines)
+    # A database whose sessions run without JIT (as the guide's role does): no warning.
+    name = f"warden_preflight_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'ALTER DATABASE "{name}" SET jit = off')
+    try:
+        no_jit = urlunsplit(parts._replace(path=f"/{name}"))
+        status, lines = _check(
+            _write(tmp_path, upstream_dsn=no_jit, allow_privileged_upstream=True), offline=False
+        )
+        assert status == 0 and not any("jit is on" in line for line in lines), lines
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}"')
 
 
 def test_the_command_line_exits_2_and_keeps_the_decision_mode() -> None:
