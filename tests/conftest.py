@@ -355,6 +355,19 @@ def demo_policy(
     return _make_demo_policy(admin_user, security_user, team_a, team_b)
 
 
+@pytest.fixture
+def staging_rule(demo_policy: SimpleNamespace, security_user: Any) -> Any:
+    """A guardrail for staging only (no production datasource there), placed after
+    the demo policy's two production guardrails."""
+    return services.guardrail_create(
+        actor=security_user,
+        name="review-staging-ddl",
+        action="review",
+        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
+        message="DDL in staging is reviewed.",
+    )
+
+
 def _make_demo_policy(
     admin_user: Any, security_user: Any, team_a: Any, team_b: Any
 ) -> SimpleNamespace:

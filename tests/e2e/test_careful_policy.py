@@ -15,23 +15,21 @@ import pytest
 from playwright.sync_api import expect
 
 from audit.models import ChangeRecord
-from governance import services
 from governance.models import GuardrailRule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_production_guardrail_asks_for_a_reason_and_reorders_in_one_change(
-    page: Any, sign_in: Any, security_user: Any, demo_policy: Any, screenshot: Any
+    page: Any,
+    sign_in: Any,
+    security_user: Any,
+    demo_policy: Any,
+    staging_rule: Any,
+    screenshot: Any,
 ) -> None:
     first, second = demo_policy.guardrails
-    staging = services.guardrail_create(
-        actor=security_user,
-        name="review-staging-ddl",
-        action="review",
-        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
-        message="DDL in staging is reviewed.",
-    )
+    staging = staging_rule
     sign_in(security_user, "security")
     page.goto("/guardrails/")
     page.evaluate("window.__noReload = true")

@@ -51,18 +51,6 @@ def _last_event(change: ChangeRecord) -> dict[str, Any]:
     return event.extra["detail"]
 
 
-@pytest.fixture
-def staging_rule(security_user: Any) -> GuardrailRule:
-    """A guardrail that applies to staging only (no production datasource there)."""
-    return services.guardrail_create(
-        actor=security_user,
-        name="review-staging-ddl",
-        action="review",
-        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
-        message="DDL in staging is reviewed.",
-    )
-
-
 def test_what_affects_production(demo_policy: Any, staging_rule: GuardrailRule) -> None:
     block_ddl, review_agents = demo_policy.guardrails
     assert selectors.production_datasources_affected(block_ddl) == ["crm-prod"]
@@ -478,16 +466,10 @@ def test_reclassifying_a_production_column_needs_a_reason(
 
 
 def test_reordering_and_inserting_above_production_rules(
-    api: dict[str, Api], demo_policy: Any, security_user: Any
+    api: dict[str, Api], demo_policy: Any, staging_rule: GuardrailRule
 ) -> None:
     block, review = demo_policy.guardrails
-    staging = services.guardrail_create(
-        actor=security_user,
-        name="review-staging-ddl",
-        action="review",
-        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
-        message="Reviewed.",
-    )
+    staging = staging_rule
     # A guardrail outside production moves freely, however far.
     order = {"order": [staging.pk, block.pk, review.pk]}
     assert api["security"].call("POST", "/api/v1/guardrails/order/", order).status_code == 200
@@ -554,16 +536,10 @@ def test_edit_forms_show_the_services_refusal_on_the_reason(
 
 
 def test_move_buttons_ask_for_a_reason_only_between_production_rules(
-    client: Client, demo_policy: Any, security_user: Any
+    client: Client, demo_policy: Any, security_user: Any, staging_rule: GuardrailRule
 ) -> None:
     block, review = demo_policy.guardrails
-    staging = services.guardrail_create(
-        actor=security_user,
-        name="review-staging-ddl",
-        action="review",
-        conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
-        message="Reviewed.",
-    )
+    staging = staging_rule
     client.force_login(security_user)
     page = client.get(reverse("governance:guardrail_list")).content.decode()
     down = re.search(rf'<button[^>]*id="down-{block.pk}"[^>]*>', page)
