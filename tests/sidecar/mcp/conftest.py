@@ -98,6 +98,16 @@ def upstream() -> Iterator[str]:
     drop_database(name)
 
 
+def await_mcp_port(proc: Sidecar, workdir: Path) -> None:
+    """Wait until the sidecar's ready file names its MCP port; keep it in ``extra``."""
+    ready = workdir / "ready.json"
+    deadline = time.monotonic() + 30
+    while "mcp_port" not in json.loads(ready.read_text()):
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.05)
+    proc.extra["mcp_port"] = json.loads(ready.read_text())["mcp_port"]
+
+
 @pytest.fixture(scope="package")
 def sidecar(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
     workdir = tmp_path_factory.mktemp("mcp-sidecar")
@@ -105,12 +115,7 @@ def sidecar(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     proc = start_sidecar(
         workdir, upstream, mcp_bundle(name), mcp_listen="127.0.0.1:0", scan_enabled=False, **LIMITS
     )
-    ready = workdir / "ready.json"
-    deadline = time.monotonic() + 30
-    while "mcp_port" not in json.loads(ready.read_text()):
-        assert time.monotonic() < deadline, proc.log()
-        time.sleep(0.05)
-    proc.extra["mcp_port"] = json.loads(ready.read_text())["mcp_port"]
+    await_mcp_port(proc, workdir)
     proc.extra["upstream"] = upstream
     yield proc
     proc.stop()

@@ -4,9 +4,7 @@ only TLS: the bearer token never crosses the network in clear."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
 
 from tests.pki import ca, issue, write_pem
-from tests.sidecar.mcp.conftest import AGENT_TOKEN, mcp_bundle, run
+from tests.sidecar.mcp.conftest import AGENT_TOKEN, await_mcp_port, mcp_bundle, run
 from tests.sidecar.proxy.conftest import Sidecar, start_sidecar
 
 
@@ -43,12 +41,7 @@ def tls(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         tls_cert=str(cert),
         tls_key=str(key),
     )
-    ready = workdir / "ready.json"
-    deadline = time.monotonic() + 30
-    while "mcp_port" not in json.loads(ready.read_text()):
-        assert time.monotonic() < deadline, proc.log()
-        time.sleep(0.05)
-    proc.extra["mcp_port"] = json.loads(ready.read_text())["mcp_port"]
+    await_mcp_port(proc, workdir)
     yield proc, ca_file
     proc.stop()
 
