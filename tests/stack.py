@@ -226,7 +226,9 @@ class Worker:
 
     TASK_LINE = re.compile(r"Task \S+\[([0-9a-f-]+)\] (\w+)")
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, *, beat_schedule: Path | None = None
+    ) -> None:
         self.busy: set[str] = set()
         self.ended: set[str] = set()
         self.lock = threading.Lock()
@@ -238,6 +240,8 @@ class Worker:
                 "-A",
                 "config",
                 "worker",
+                # With a schedule file, beat runs inside the worker (-B).
+                *(["-B", "--schedule", str(beat_schedule)] if beat_schedule else []),
                 "--pool=solo",
                 "--without-gossip",
                 "--without-mingle",

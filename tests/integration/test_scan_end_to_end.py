@@ -15,8 +15,6 @@ sidecar's e-mail detector), and the value reaching the client is masked.
 from __future__ import annotations
 
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 from governance import services
 from governance.models import ColumnClassification, ScanRun, ScanSchedule
 from tests.integration.conftest import SidecarProcess, pinned_key, upstream_dbname
-from tests.stack import ROOT, Server, Worker, _stop, server_env
+from tests.stack import Server, Worker, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -40,50 +38,17 @@ ROWS = 100
 
 
 @pytest.fixture
-def celery_worker_with_beat(
-    tmp_path: Path, _celery_worker_process: list[Worker]
-) -> Iterator[subprocess.Popen[Any]]:
-    # The queue's only consumer while it runs: the session's worker stops (the next
-    # test that wants it starts it again).
-    for other in _celery_worker_process:
-        other.stop()
-    env = {**server_env(), "WARDEN_SCAN_BEAT_SECONDS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-B",
-            "--schedule",
-            str(tmp_path / "beat-schedule"),
-            "--pool=solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
+def celery_worker_with_beat(tmp_path: Path) -> Iterator[subprocess.Popen[Any]]:
+    # The queue's only consumer while it runs: tests/integration's conftest stops the
+    # folder's shared worker before a test that does not ask for it.
+    worker = Worker(
+        {**server_env(), "WARDEN_SCAN_BEAT_SECONDS": "1"},
+        beat_schedule=tmp_path / "beat-schedule",
     )
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "ready." in line:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Celery worker did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
     try:
-        yield proc
+        yield worker.proc
     finally:
-        _stop(proc)
+        worker.stop()
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> Any:
