@@ -203,12 +203,9 @@ def mail_dir(_workflow_worker: tuple[list[Worker], Path]) -> Path:
 def worker(
     _workflow_worker: tuple[list[Worker], Path],
     mail_dir: Path,
-    _celery_worker_process: list[Worker],
 ) -> Iterator[Worker]:
-    # The queue's only consumer while it runs: the session's worker stops (the next
-    # test that wants it starts it again).
-    for other in _celery_worker_process:
-        other.stop()
+    # The queue's only consumer while it runs: tests/integration's conftest stops the
+    # folder's shared worker before a test that does not ask for it.
     workers = _workflow_worker[0]
     if not workers or not workers[-1].alive():
         env = {
