@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib
 import os
 import struct
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import _ensure_builtin_rows
 
 # Playwright's sync API runs an event loop in this thread; Django refuses ORM
 # calls from a thread with a running loop unless told it is safe (it is: the
@@ -53,16 +54,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if not item.get_closest_marker("screenshots")]
 
 
-def _seed_builtin_policy_data() -> None:
-    from django.apps import apps
-
-    for name in (
-        "governance.migrations.0002_builtin_environments_and_classifications",
-        "governance.migrations.0007_zero_config_protection",  # thresholds, pii.free_text
-    ):
-        importlib.import_module(name).seed(apps, None)
-
-
 # Each test starts with what the data migrations seed (environments, built-in
 # classifications): tests/conftest.py's _builtin_rows puts them back after the
 # previous test's flush, for every transactional test (all of these are).
@@ -76,7 +67,7 @@ def builtin_policy_data_after_module(
     # session (outside tests/e2e) expect a database as migrations left it.
     yield
     with django_db_blocker.unblock():
-        _seed_builtin_policy_data()
+        _ensure_builtin_rows()
 
 
 # Module scope, not session: Playwright's sync API keeps an asyncio loop running
