@@ -75,17 +75,22 @@ def _reply() -> bytes:
 
 
 def _prepared_reply() -> bytes:
-    row = (1).to_bytes(2, "big") + (4).to_bytes(4, "big") + b"1234"
-    return (
-        _frame(b"2", b"") + _frame(b"D", row) + _frame(b"C", b"SELECT 1\x00") + _frame(b"Z", b"I")
-    )
+    # BindComplete, then the portal's description (libpq asks for it), the row...
+    return _frame(b"2", b"") + _reply()
 
 
 def _bind(value: int) -> bytes:
     param = str(value).encode()
     bind = b"\x00s1\x00" + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
     bind += len(param).to_bytes(4, "big") + param + (0).to_bytes(2, "big")
-    return _frame(b"B", bind) + _frame(b"E", b"\x00" + (0).to_bytes(4, "big")) + _frame(b"S", b"")
+    # What libpq sends for each run of a prepared statement: Bind, Describe (portal),
+    # Execute, Sync.
+    return (
+        _frame(b"B", bind)
+        + _frame(b"D", b"P\x00")
+        + _frame(b"E", b"\x00" + (0).to_bytes(4, "big"))
+        + _frame(b"S", b"")
+    )
 
 
 def _fit_to_tree(document: dict[str, Any]) -> None:

@@ -6,7 +6,9 @@
  *
  *   client:   Bind of a prepared statement whose verdict is plain and was
  *             given under the current policy generation and session state,
- *             Execute of a portal so bound, Sync;
+ *             Execute of a portal so bound, Sync, and Describe and Flush, which
+ *             the Session forwards as they are (libpq sends Bind, Describe,
+ *             Execute, Sync for every run of a prepared statement);
  *   upstream: ParseComplete, BindComplete, ParameterDescription,
  *             RowDescription, NoData, DataRow, CommandComplete and
  *             ReadyForQuery, while the Session waits for nothing else.
@@ -166,7 +168,8 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
         unsigned char kind = buf[pos];
         int32_t length = be32(buf + pos + 1);
         if (length < 4 || (long long)length > max_message ||
-            ((kind == 'E' || kind == 'S') && length > SMALL_MESSAGE_LIMIT))
+            ((kind == 'E' || kind == 'S' || kind == 'D' || kind == 'H') &&
+             length > SMALL_MESSAGE_LIMIT))
             goto done; /* Python answers the violation */
         Py_ssize_t end = pos + 1 + (Py_ssize_t)length;
         if (end > n)
@@ -255,7 +258,7 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
             }
             step->verdict = Py_NewRef(verdict);
         }
-        else if (kind != 'S') {
+        else if (kind != 'S' && kind != 'D' && kind != 'H') {
             goto done;
         }
         (*count)++;
@@ -346,7 +349,7 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto out;
             Py_DECREF(r);
         }
-        else { /* S */
+        else if (step->kind == 'S') {
             if (PyObject_SetAttr(session, s_discarding, Py_False) < 0)
                 goto out;
             PyObject *r = PyObject_CallMethodOneArg(pending, s_append, SYNC);

@@ -36,7 +36,11 @@ def _client_message(rng: random.Random) -> bytes:
     name = rng.choice(
         [b"", b"s1", b"s2", b"p1", b"unknown", bytes(rng.randrange(256) for _ in range(3))]
     )
-    choice = rng.randrange(12)
+    choice = rng.randrange(14)
+    if choice == 12:  # Describe (of a portal or a statement), as libpq sends it per run
+        return frame(b"D", rng.choice([b"P", b"S", b"X"]) + name + rng.choice([b"\x00", b""]))
+    if choice == 13:
+        return frame(b"H")
     if choice < 4:
         body = rng.choice([b"", b"p1"]) + b"\x00" + name + b"\x00" + bytes(4)
         return frame(b"B", body)
@@ -49,7 +53,7 @@ def _client_message(rng: random.Random) -> bytes:
     if choice == 9:
         return frame(b"Q", b"SELECT 1\x00")
     if choice == 10:  # a length that lies
-        kind = rng.choice(b"BESQPXCH")
+        kind = rng.choice(b"BESQPXCHD")
         length = rng.choice([0, 1, 3, 4, 5, 2**31 - 1, -1 & 0xFFFFFFFF, rng.randrange(2**16)])
         return bytes([kind]) + length.to_bytes(4, "big") + os.urandom(rng.randrange(12))
     return os.urandom(rng.randrange(1, 24))  # noise, missing terminators and all

@@ -45,7 +45,12 @@ def execute(portal: bytes = b"") -> bytes:
     return frame(b"E", portal + b"\x00" + (0).to_bytes(4, "big"))
 
 
+def describe_portal(portal: bytes = b"") -> bytes:
+    return frame(b"D", b"P" + portal + b"\x00")
+
+
 SYNC = frame(b"S")
+FLUSH = frame(b"H")
 ROW = frame(b"D", (1).to_bytes(2, "big") + (2).to_bytes(4, "big") + b"42")
 FIELD = b"id\x00" + bytes(6) + (23).to_bytes(4, "big") + (4).to_bytes(2, "big")
 DESCRIPTION = frame(b"T", (1).to_bytes(2, "big") + FIELD + bytes(4) + bytes(2))
@@ -82,6 +87,15 @@ def prepared_exchange(runs: int) -> Iterator[tuple[str, bytes]]:
     yield "upstream", done(b"SELECT 1")
     yield "client", frame(b"Q", b"SELECT 1\x00")
     yield "upstream", DESCRIPTION + ROW + done(b"SELECT 1")
+    # libpq's run of a prepared statement (PQexecPrepared, pgbench -M prepared):
+    # Bind, Describe of the portal, Execute, Sync; and a Flush between batches.
+    for n in range(runs):
+        yield "client", bind(b"", b"s1", str(n).encode()) + describe_portal() + execute() + SYNC
+        yield "upstream", frame(b"2") + DESCRIPTION + ROW + done(b"SELECT 1")
+    yield "client", bind(b"p3", b"s1", b"5") + describe_portal(b"p3") + FLUSH
+    yield "upstream", frame(b"2") + DESCRIPTION
+    yield "client", execute(b"p3") + SYNC
+    yield "upstream", ROW + done(b"SELECT 1")
     # A transaction: the status byte follows the server's.
     yield "client", frame(b"Q", b"BEGIN\x00")
     yield "upstream", done(b"BEGIN", b"T")
@@ -102,6 +116,23 @@ def test_both_relays_forward_and_record_the_same(document: dict[str, Any]) -> No
     # Not a comparison of Python with itself: the native side relayed the hot part.
     assert after["client"] - before["client"] >= 20
     assert after["upstream"] - before["upstream"] >= 20
+
+
+def test_libpq_s_prepared_runs_are_relayed_natively(document: dict[str, Any]) -> None:
+    """Describe and Flush are forwarded as they are: a run of a prepared statement
+    that carries them (every libpq run does) stays on the native path."""
+    side = Side(document, "alice", native=True)
+    side.feed("client", parse(b"s1", b"SELECT id FROM orders WHERE id = $1") + SYNC)
+    side.feed("upstream", frame(b"1") + frame(b"Z", b"I"))
+    before = relayed()
+    for n in range(10):
+        side.feed(
+            "client", bind(b"", b"s1", str(n).encode()) + describe_portal() + execute() + SYNC
+        )
+        side.feed("upstream", frame(b"2") + DESCRIPTION + ROW + done(b"SELECT 1"))
+    after = relayed()
+    assert after["client"] - before["client"] == 10
+    assert after["upstream"] - before["upstream"] == 10
 
 
 def test_the_same_when_every_message_arrives_a_byte_at_a_time(document: dict[str, Any]) -> None:
