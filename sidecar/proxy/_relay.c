@@ -4,7 +4,10 @@
  * It decides nothing and never reads SQL. It relays a buffer only when every
  * message in it is one whose verdict the Python Session already holds:
  *
- *   client:   Bind of a prepared statement whose verdict is plain and was
+ *   client:   a simple Query alone in its buffer, with nothing pending, when the
+ *             Session's quick_query (the engine's verdict, in Python) says its
+ *             bytes go upstream as they are;
+ *             Bind of a prepared statement whose verdict is plain and was
  *             given under the current policy generation and session state,
  *             Execute of a portal so bound, Sync, and Describe and Flush, which
  *             the Session forwards as they are (libpq sends Bind, Describe,
@@ -33,6 +36,7 @@
 
 #define MAX_MESSAGES 256 /* per buffer; more and Python relays it */
 #define SMALL_MESSAGE_LIMIT 10000 /* messages.SMALL_MESSAGE_LIMIT */
+#define LARGE_STATEMENT (64 * 1024) /* session.LARGE_STATEMENT: larger is Python's */
 
 /* Interned attribute names, and what configure() hands over. */
 static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_statements,
@@ -42,10 +46,12 @@ static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_stateme
     *s_is_query, *s_error, *s_rows, *s_finish, *s_status, *s_refusals, *s_append,
     *s_popleft, *s_max_message, *s_allowed, *s_exec, *s_session_write,
     *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
-    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action, *s_metrics, *s_recorded;
+    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action, *s_metrics, *s_recorded,
+    *s_quick_query;
 static PyObject *Exec = NULL;  /* session._Exec */
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
+static PyObject *ONE = NULL;
 static PyObject *status_bytes[256];
 /* Buffers relayed here, each way (stats()): what the tests check was not all Python's. */
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
@@ -116,10 +122,12 @@ release_steps(ClientStep *steps, int count)
     }
 }
 
-/* 1: every message is hot and the steps are filled; 0: not hot; -1: error. */
+/* 1: every message is hot and the steps are filled; 0: not hot; -1: error. *plain
+ * says whether the session itself is in its plain relaying state (then *max_out
+ * holds its max_message), whatever the messages. */
 static int
 plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientStep *steps,
-            int *count)
+            int *count, int *plain, long long *max_out)
 {
     int hot = 0;
     PyObject *statements = NULL, *portals = NULL, *policy = NULL, *generation = NULL,
@@ -150,6 +158,8 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
     max_message = PyLong_AsLongLong(max_obj);
     if (max_message == -1 && PyErr_Occurred())
         goto error;
+    *plain = 1;
+    *max_out = max_message;
     statements = PyObject_GetAttr(session, s_statements);
     portals = PyObject_GetAttr(session, s_portals);
     policy = PyObject_GetAttr(session, s_policy);
@@ -297,6 +307,80 @@ done:
     return hot;
 }
 
+/* Forward data upstream as the Session's client_data would: through its _write under
+ * strict audit durability (which holds the bytes until the journal is on disk). */
+static int
+forward_upstream(PyObject *session, PyObject *data, int strict)
+{
+    PyObject *r;
+    if (strict) {
+        r = PyObject_CallMethodOneArg(session, s_session_write, data);
+    }
+    else {
+        PyObject *upstream = PyObject_GetAttr(session, s_upstream);
+        if (upstream == NULL)
+            return -1;
+        r = PyObject_CallMethodOneArg(upstream, s_write, data);
+        Py_DECREF(upstream);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* A simple Query alone in the buffer, the session plain and nothing pending: the
+ * Session's quick_query decides it (the relay never reads SQL) and hands back the
+ * pending item when the client's bytes may go upstream as they are. 1: relayed;
+ * 0: Python's (quick_query changed nothing); -1: error. */
+static int
+quick_query(PyObject *session, PyObject *data, long long max_message)
+{
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n < 6 || buf[0] != 'Q')
+        return 0;
+    int32_t length = be32(buf + 1);
+    if ((Py_ssize_t)length + 1 != n || length > LARGE_STATEMENT ||
+        (long long)length > max_message || buf[n - 1] != 0)
+        return 0;
+    int done = -1;
+    PyObject *raw = NULL, *item = NULL;
+    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    if (pending == NULL)
+        return -1;
+    Py_ssize_t waiting = PyObject_Length(pending);
+    if (waiting != 0) {
+        /* Statements in flight: the Session decides whether to probe first. */
+        done = waiting < 0 ? -1 : 0;
+        goto out;
+    }
+    raw = PyBytes_FromStringAndSize((const char *)buf + 5, n - 6);
+    if (raw == NULL)
+        goto out;
+    item = PyObject_CallMethodOneArg(session, s_quick_query, raw);
+    if (item == NULL)
+        goto out;
+    if (item == Py_None) {
+        done = 0;
+        goto out;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(pending, s_append, item);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    int strict = attr_true(session, s_strict);
+    if (strict < 0 || forward_upstream(session, data, strict) < 0)
+        goto out;
+    relayed_client++;
+    done = 1;
+out:
+    Py_XDECREF(item);
+    Py_XDECREF(raw);
+    Py_DECREF(pending);
+    return done;
+}
+
 static PyObject *
 relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -306,19 +390,26 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *session = args[0], *data = args[1];
     ClientStep steps[MAX_MESSAGES];
-    int count = 0;
+    int count = 0, plain = 0;
+    long long max_message = 0;
     int hot = plan_client(session, (const unsigned char *)PyBytes_AS_STRING(data),
-                          PyBytes_GET_SIZE(data), steps, &count);
+                          PyBytes_GET_SIZE(data), steps, &count, &plain, &max_message);
     if (hot < 0)
         return NULL;
+    if (hot == 0 && plain) {
+        int quick = quick_query(session, data, max_message);
+        if (quick < 0)
+            return NULL;
+        if (quick == 1)
+            Py_RETURN_NONE;
+    }
     if (hot == 0 || count == 0)
         return fallback(session, s_client_data, data);
 
     PyObject *portals = PyObject_GetAttr(session, s_portals);
     PyObject *pending = PyObject_GetAttr(session, s_pending);
-    PyObject *upstream = PyObject_GetAttr(session, s_upstream);
     PyObject *result = NULL;
-    if (portals == NULL || pending == NULL || upstream == NULL)
+    if (portals == NULL || pending == NULL)
         goto out;
     /* Strict audit durability: each intent is journaled by the Session's _exec, and
      * its _write holds the bytes until the journal is on disk. */
@@ -358,11 +449,8 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(r);
         }
     }
-    PyObject *r = strict ? PyObject_CallMethodOneArg(session, s_session_write, data)
-                         : PyObject_CallMethodOneArg(upstream, s_write, data);
-    if (r == NULL)
+    if (forward_upstream(session, data, strict) < 0)
         goto out;
-    Py_DECREF(r);
     relayed_client++;
     result = Py_None;
     Py_INCREF(result);
@@ -370,7 +458,6 @@ out:
     release_steps(steps, count);
     Py_XDECREF(portals);
     Py_XDECREF(pending);
-    Py_XDECREF(upstream);
     return result;
 }
 
@@ -581,6 +668,44 @@ event_id(char out[37], long long now_ms)
     return 0;
 }
 
+/* Writers for the event line: each copies at w and returns the end. */
+static inline char *
+put_bytes(char *w, const char *text, size_t len)
+{
+    memcpy(w, text, len);
+    return w + len;
+}
+
+#define put_text(w, literal) put_bytes((w), (literal), sizeof(literal) - 1)
+
+/* The decimal digits of v >= 0. */
+static char *
+put_digits(char *w, long long v)
+{
+    char digits[24];
+    int i = 0;
+    do {
+        digits[i++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (i)
+        *w++ = digits[--i];
+    return w;
+}
+
+/* whole.fraction, the fraction zero-padded to places digits (as "%lld.%06lld"). */
+static char *
+put_decimal(char *w, long long whole, long long fraction, int places)
+{
+    w = put_digits(w, whole);
+    *w++ = '.';
+    for (int i = places - 1; i >= 0; i--) {
+        w[i] = (char)('0' + fraction % 10);
+        fraction /= 10;
+    }
+    return w + places;
+}
+
 /* A str attribute that is ASCII, borrowed via *out (kept alive by the caller's
  * reference to owner): 1; not a str, or not ASCII: 0; error: -1. */
 static int
@@ -591,6 +716,41 @@ ascii_attr(PyObject *owner, PyObject *name, PyObject **out)
         return -1;
     *out = v;
     return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
+}
+
+/* session.metrics.statements[action] += 1 (from 0), as Metrics.recorded does; a
+ * Metrics without that dict gets the call. */
+static int
+count_recorded(PyObject *session, PyObject *action)
+{
+    int done = -1;
+    PyObject *statements = NULL, *total = NULL;
+    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
+    if (metrics == NULL)
+        return -1;
+    statements = PyObject_GetAttr(metrics, s_statements);
+    if (statements == NULL)
+        goto out;
+    if (!PyDict_CheckExact(statements)) {
+        PyObject *r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
+        if (r != NULL) {
+            Py_DECREF(r);
+            done = 0;
+        }
+        goto out;
+    }
+    PyObject *before = PyDict_GetItemWithError(statements, action); /* borrowed */
+    if (before == NULL && PyErr_Occurred())
+        goto out;
+    total = before == NULL ? PyLong_FromLong(1) : PyNumber_Add(before, ONE);
+    if (total == NULL || PyDict_SetItem(statements, action, total) < 0)
+        goto out;
+    done = 0;
+out:
+    Py_XDECREF(total);
+    Py_XDECREF(statements);
+    Py_DECREF(metrics);
+    return done;
 }
 
 /* The statement event of a successful execution, as audit_event.statement_line
@@ -662,21 +822,31 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     else {
         event_text = (const char *)PyUnicode_1BYTE_DATA(event);
     }
-    char rows_text[24], head[320];
-    if (count < 0)
-        strcpy(rows_text, "null");
-    else
-        snprintf(rows_text, sizeof(rows_text), "%lld", count);
-    /* Everything up to the session's members: short, bounded, formatted once. */
-    int head_len = snprintf(
-        head, sizeof(head),
-        "\"id\":\"%s\",\"type\":\"statement\",\"ts\":%lld.%06lld,\"action\":\"%s\","
-        "\"outcome\":\"%s\",\"rows\":%s,\"duration_ms\":%lld.%03lld,\"error_sqlstate\":null,",
-        event_text, now_us / 1000000, now_us % 1000000,
-        (const char *)PyUnicode_1BYTE_DATA(action), PyUnicode_AsUTF8(outcome), rows_text,
-        took / 1000, took % 1000);
-    if (head_len < 0 || head_len >= (int)sizeof(head))
-        goto out;
+    /* Everything up to the session's members: short, bounded, formatted once, by
+     * hand (snprintf alone cost more than the rest of the event). */
+    char head[512]; /* at most about 380: the lengths are checked below */
+    size_t event_len = strlen(event_text);
+    Py_ssize_t action_len = PyUnicode_GET_LENGTH(action), outcome_len = 0;
+    const char *outcome_text = PyUnicode_AsUTF8AndSize(outcome, &outcome_len);
+    if (outcome_text == NULL)
+        goto fail;
+    if (event_len > 64 || action_len > 64 || outcome_len > 64)
+        goto out; /* not an event this relay writes: Session._finish does */
+    char *h = head;
+    h = put_text(h, "\"id\":\"");
+    h = put_bytes(h, event_text, event_len);
+    h = put_text(h, "\",\"type\":\"statement\",\"ts\":");
+    h = put_decimal(h, now_us / 1000000, now_us % 1000000, 6);
+    h = put_text(h, ",\"action\":\"");
+    h = put_bytes(h, (const char *)PyUnicode_1BYTE_DATA(action), (size_t)action_len);
+    h = put_text(h, "\",\"outcome\":\"");
+    h = put_bytes(h, outcome_text, (size_t)outcome_len);
+    h = put_text(h, "\",\"rows\":");
+    h = count < 0 ? put_text(h, "null") : put_digits(h, count);
+    h = put_text(h, ",\"duration_ms\":");
+    h = put_decimal(h, took / 1000, took % 1000, 3);
+    h = put_text(h, ",\"error_sqlstate\":null,");
+    int head_len = (int)(h - head);
     Py_ssize_t stamp_len = PyUnicode_GET_LENGTH(STAMP), base_len = PyUnicode_GET_LENGTH(base),
                extra_len = PyUnicode_GET_LENGTH(fragment);
     Py_ssize_t total = 1 + stamp_len + head_len + base_len + (extra_len ? 1 + extra_len : 0) + 1;
@@ -713,15 +883,10 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
             goto fail;
         Py_DECREF(r);
     }
-    /* The heartbeat's statement counters count what the audit trail records. */
-    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
-    if (metrics == NULL)
+    /* The heartbeat's statement counters count what the audit trail records:
+     * Metrics.recorded's increment, on its dict, without the call. */
+    if (count_recorded(session, action) < 0)
         goto fail;
-    r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
-    Py_DECREF(metrics);
-    if (r == NULL)
-        goto fail;
-    Py_DECREF(r);
     done = 1;
     goto out;
 check:
@@ -972,6 +1137,10 @@ PyInit__relay(void)
     INTERN(s_metrics, "metrics");
     INTERN(s_recorded, "recorded");
     INTERN(s_session_write, "_write");
+    INTERN(s_quick_query, "quick_query");
+    ONE = PyLong_FromLong(1);
+    if (ONE == NULL)
+        return NULL;
     for (int i = 0; i < 256; i++) {
         char c = (char)i;
         status_bytes[i] = PyBytes_FromStringAndSize(&c, 1);

@@ -987,6 +987,40 @@ class Session:
     # _on_query and _on_parse return the message to send upstream, or None when
     # the client's own bytes go through unchanged (the common, unmasked case).
 
+    def quick_query(self, raw: bytes) -> _Exec | None:
+        """The native relay's question for a simple Query alone in its buffer (``raw``:
+        its text's bytes), asked only while the session relays plainly with nothing
+        pending: the pending item, when the verdict lets the client's own bytes go
+        upstream as they are. Otherwise None, with nothing changed, and the message
+        goes to ``client_data`` as usual. The same steps as ``_on_query`` and
+        ``_decide`` for that one case; the relay appends the item and writes."""
+        text = self._decode(raw)
+        if text is None:
+            return None
+        state = self.state
+        started = time.perf_counter()
+        try:
+            verdict = self.policy.decide(
+                identity=self.identity.name,
+                sql=text,
+                standard_conforming_strings=state.standard_conforming_strings,
+                search_path=state.search_path,
+                in_transaction=self.status != b"I",
+                protocol="simple",
+            )
+        except Exception:
+            return None  # client_data asks again, and refuses as _ask_policy does
+        if (
+            not verdict.plain
+            or verdict.provisional
+            or verdict.upstream_sql != text
+            or self._sql_prepared is not None
+            or not self.audit.accepting
+        ):
+            return None
+        self.metrics.observe_decision(time.perf_counter() - started)
+        return self._exec(verdict, True) if self._strict else _Exec(verdict, True)
+
     def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:
             raise m.ProtocolViolation("Query is not NUL-terminated")
