@@ -28,6 +28,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -63,18 +64,6 @@ be32(const unsigned char *p)
                      (uint32_t)p[3]);
 }
 
-/* 1 if obj.name is None, 0 if not, -1 on error. */
-static int
-attr_is_none(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_None;
-    Py_DECREF(v);
-    return r;
-}
-
 /* 1 if obj.name is true, 0 if false, -1 on error. */
 static int
 attr_true(PyObject *obj, PyObject *name)
@@ -103,6 +92,202 @@ cstring_end(const unsigned char *p, const unsigned char *end)
 {
     const unsigned char *z = memchr(p, 0, (size_t)(end - p));
     return z;
+}
+
+/* ---- the session's state, in native fields --------------------------------------- */
+
+/* The base class of the Python Session when this module is built: the attributes the
+ * relay reads on every message live here, so reading one is a load, not a lookup by
+ * name. To Python they are ordinary attributes (member descriptors); the Session
+ * sets each in __init__ as before. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *hold;
+    PyObject *cbuf;
+    PyObject *discarding;
+    PyObject *dirty;
+    PyObject *strict;
+    PyObject *statements;
+    PyObject *portals;
+    PyObject *pending;
+    PyObject *policy;
+    PyObject *state;
+    PyObject *upstream;
+    PyObject *client;
+    PyObject *ubuf;
+    PyObject *uskip;
+    PyObject *probing;
+    PyObject *reparsing;
+    PyObject *sql_prepared;
+    PyObject *cursors;
+    PyObject *status;
+    PyObject *refusals;
+    PyObject *max_message;
+    PyObject *audit;
+    PyObject *base_json;
+    PyObject *metrics;
+} SessionCore;
+
+static PyMemberDef core_members[] = {
+    {"hold", T_OBJECT_EX, offsetof(SessionCore, hold), 0, NULL},
+    {"cbuf", T_OBJECT_EX, offsetof(SessionCore, cbuf), 0, NULL},
+    {"_discarding", T_OBJECT_EX, offsetof(SessionCore, discarding), 0, NULL},
+    {"dirty", T_OBJECT_EX, offsetof(SessionCore, dirty), 0, NULL},
+    {"_strict", T_OBJECT_EX, offsetof(SessionCore, strict), 0, NULL},
+    {"statements", T_OBJECT_EX, offsetof(SessionCore, statements), 0, NULL},
+    {"portals", T_OBJECT_EX, offsetof(SessionCore, portals), 0, NULL},
+    {"pending", T_OBJECT_EX, offsetof(SessionCore, pending), 0, NULL},
+    {"policy", T_OBJECT_EX, offsetof(SessionCore, policy), 0, NULL},
+    {"state", T_OBJECT_EX, offsetof(SessionCore, state), 0, NULL},
+    {"upstream", T_OBJECT_EX, offsetof(SessionCore, upstream), 0, NULL},
+    {"client", T_OBJECT_EX, offsetof(SessionCore, client), 0, NULL},
+    {"ubuf", T_OBJECT_EX, offsetof(SessionCore, ubuf), 0, NULL},
+    {"uskip", T_OBJECT_EX, offsetof(SessionCore, uskip), 0, NULL},
+    {"_probing", T_OBJECT_EX, offsetof(SessionCore, probing), 0, NULL},
+    {"_reparsing", T_OBJECT_EX, offsetof(SessionCore, reparsing), 0, NULL},
+    {"_sql_prepared", T_OBJECT_EX, offsetof(SessionCore, sql_prepared), 0, NULL},
+    {"_cursors", T_OBJECT_EX, offsetof(SessionCore, cursors), 0, NULL},
+    {"status", T_OBJECT_EX, offsetof(SessionCore, status), 0, NULL},
+    {"_refusals", T_OBJECT_EX, offsetof(SessionCore, refusals), 0, NULL},
+    {"max_message", T_OBJECT_EX, offsetof(SessionCore, max_message), 0, NULL},
+    {"audit", T_OBJECT_EX, offsetof(SessionCore, audit), 0, NULL},
+    {"_base_json", T_OBJECT_EX, offsetof(SessionCore, base_json), 0, NULL},
+    {"metrics", T_OBJECT_EX, offsetof(SessionCore, metrics), 0, NULL},
+    {NULL},
+};
+
+static int
+core_traverse(SessionCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->hold);
+    Py_VISIT(self->cbuf);
+    Py_VISIT(self->discarding);
+    Py_VISIT(self->dirty);
+    Py_VISIT(self->strict);
+    Py_VISIT(self->statements);
+    Py_VISIT(self->portals);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->policy);
+    Py_VISIT(self->state);
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->client);
+    Py_VISIT(self->ubuf);
+    Py_VISIT(self->uskip);
+    Py_VISIT(self->probing);
+    Py_VISIT(self->reparsing);
+    Py_VISIT(self->sql_prepared);
+    Py_VISIT(self->cursors);
+    Py_VISIT(self->status);
+    Py_VISIT(self->refusals);
+    Py_VISIT(self->max_message);
+    Py_VISIT(self->audit);
+    Py_VISIT(self->base_json);
+    Py_VISIT(self->metrics);
+    return 0;
+}
+
+static int
+core_clear(SessionCore *self)
+{
+    Py_CLEAR(self->hold);
+    Py_CLEAR(self->cbuf);
+    Py_CLEAR(self->discarding);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->strict);
+    Py_CLEAR(self->statements);
+    Py_CLEAR(self->portals);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->policy);
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->client);
+    Py_CLEAR(self->ubuf);
+    Py_CLEAR(self->uskip);
+    Py_CLEAR(self->probing);
+    Py_CLEAR(self->reparsing);
+    Py_CLEAR(self->sql_prepared);
+    Py_CLEAR(self->cursors);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->refusals);
+    Py_CLEAR(self->max_message);
+    Py_CLEAR(self->audit);
+    Py_CLEAR(self->base_json);
+    Py_CLEAR(self->metrics);
+    return 0;
+}
+
+static void
+core_dealloc(SessionCore *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    type->tp_free((PyObject *)self);
+}
+
+static PyTypeObject SessionCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.proxy._relay.SessionCore",
+    .tp_doc = "The relay's part of a Session's state (native fields).",
+    .tp_basicsize = sizeof(SessionCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_members = core_members,
+};
+
+/* A new reference to a field, or AttributeError (named) when it was never set. */
+static PyObject *
+core_ref(PyObject *value, PyObject *name)
+{
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+#define CORE(session) ((SessionCore *)(session))
+#define GET(session, field) core_ref(CORE(session)->field, s_##field)
+#define SET(session, field, value) core_set(&CORE(session)->field, (value))
+
+static inline int
+core_set(PyObject **slot, PyObject *value)
+{
+    Py_XSETREF(*slot, Py_NewRef(value));
+    return 0;
+}
+
+/* Of a new reference (consumed): 1 if true, 0 if false, -1 if NULL or on error. */
+static int
+true_ref(PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Of a new reference (consumed): 1 if None, 0 if not, -1 if NULL. */
+static int
+none_ref(PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int r = v == Py_None;
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+is_session(PyObject *session)
+{
+    if (PyObject_TypeCheck(session, &SessionCoreType))
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "the relay needs a Session (a SessionCore)");
+    return 0;
 }
 
 /* ---- client -> upstream ------------------------------------------------------ */
@@ -138,21 +323,21 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
 
     /* The session's own state first: anything but the plain relaying state is Python's. */
     int r;
-    if ((r = attr_is_none(session, s_hold)) != 1)
+    if ((r = none_ref(GET(session, hold))) != 1)
         return r;
-    PyObject *cbuf = PyObject_GetAttr(session, s_cbuf);
+    PyObject *cbuf = GET(session, cbuf);
     if (cbuf == NULL)
         return -1;
     Py_ssize_t buffered = PyObject_Length(cbuf);
     Py_DECREF(cbuf);
     if (buffered != 0)
         return buffered < 0 ? -1 : 0;
-    if ((r = attr_true(session, s_discarding)) != 0)
+    if ((r = true_ref(GET(session, discarding))) != 0)
         return r < 0 ? -1 : 0;
-    if ((r = attr_true(session, s_dirty)) != 0)
+    if ((r = true_ref(GET(session, dirty))) != 0)
         return r < 0 ? -1 : 0;
 
-    max_obj = PyObject_GetAttr(session, s_max_message);
+    max_obj = GET(session, max_message);
     if (max_obj == NULL)
         goto error;
     max_message = PyLong_AsLongLong(max_obj);
@@ -160,10 +345,10 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
         goto error;
     *plain = 1;
     *max_out = max_message;
-    statements = PyObject_GetAttr(session, s_statements);
-    portals = PyObject_GetAttr(session, s_portals);
-    policy = PyObject_GetAttr(session, s_policy);
-    state = PyObject_GetAttr(session, s_state);
+    statements = GET(session, statements);
+    portals = GET(session, portals);
+    policy = GET(session, policy);
+    state = GET(session, state);
     if (statements == NULL || portals == NULL || policy == NULL || state == NULL)
         goto error;
     if (!PyDict_CheckExact(statements) || !PyDict_CheckExact(portals))
@@ -317,7 +502,7 @@ forward_upstream(PyObject *session, PyObject *data, int strict)
         r = PyObject_CallMethodOneArg(session, s_session_write, data);
     }
     else {
-        PyObject *upstream = PyObject_GetAttr(session, s_upstream);
+        PyObject *upstream = GET(session, upstream);
         if (upstream == NULL)
             return -1;
         r = PyObject_CallMethodOneArg(upstream, s_write, data);
@@ -346,7 +531,7 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
         return 0;
     int done = -1;
     PyObject *raw = NULL, *item = NULL;
-    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    PyObject *pending = GET(session, pending);
     if (pending == NULL)
         return -1;
     Py_ssize_t waiting = PyObject_Length(pending);
@@ -369,7 +554,7 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
     if (r == NULL)
         goto out;
     Py_DECREF(r);
-    int strict = attr_true(session, s_strict);
+    int strict = true_ref(GET(session, strict));
     if (strict < 0 || forward_upstream(session, data, strict) < 0)
         goto out;
     relayed_client++;
@@ -388,6 +573,8 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "client(session, data: bytes)");
         return NULL;
     }
+    if (!is_session(args[0]))
+        return NULL;
     PyObject *session = args[0], *data = args[1];
     ClientStep steps[MAX_MESSAGES];
     int count = 0, plain = 0;
@@ -406,14 +593,14 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (hot == 0 || count == 0)
         return fallback(session, s_client_data, data);
 
-    PyObject *portals = PyObject_GetAttr(session, s_portals);
-    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    PyObject *portals = GET(session, portals);
+    PyObject *pending = GET(session, pending);
     PyObject *result = NULL;
     if (portals == NULL || pending == NULL)
         goto out;
     /* Strict audit durability: each intent is journaled by the Session's _exec, and
      * its _write holds the bytes until the journal is on disk. */
-    int strict = attr_true(session, s_strict);
+    int strict = true_ref(GET(session, strict));
     if (strict < 0)
         goto out;
     for (int i = 0; i < count; i++) {
@@ -441,7 +628,7 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(r);
         }
         else if (step->kind == 'S') {
-            if (PyObject_SetAttr(session, s_discarding, Py_False) < 0)
+            if (SET(session, discarding, Py_False) < 0)
                 goto out;
             PyObject *r = PyObject_CallMethodOneArg(pending, s_append, SYNC);
             if (r == NULL)
@@ -509,22 +696,22 @@ plan_upstream(PyObject *session, PyObject *pending, const unsigned char *buf, Py
 {
     int r;
     *count = 0;
-    PyObject *ubuf = PyObject_GetAttr(session, s_ubuf);
+    PyObject *ubuf = GET(session, ubuf);
     if (ubuf == NULL)
         return -1;
     Py_ssize_t buffered = PyObject_Length(ubuf);
     Py_DECREF(ubuf);
     if (buffered != 0)
         return buffered < 0 ? -1 : 0;
-    if ((r = attr_true(session, s_uskip)) != 0)
+    if ((r = true_ref(GET(session, uskip))) != 0)
         return r < 0 ? -1 : 0;
-    if ((r = attr_is_none(session, s_probing)) != 1)
+    if ((r = none_ref(GET(session, probing))) != 1)
         return r;
-    if ((r = attr_is_none(session, s_reparsing)) != 1)
+    if ((r = none_ref(GET(session, reparsing))) != 1)
         return r;
-    if ((r = attr_is_none(session, s_sql_prepared)) != 1)
+    if ((r = none_ref(GET(session, sql_prepared))) != 1)
         return r;
-    if ((r = attr_true(session, s_cursors)) != 0)
+    if ((r = true_ref(GET(session, cursors))) != 0)
         return r < 0 ? -1 : 0;
 
     Py_ssize_t waiting = PyObject_Length(pending);
@@ -706,6 +893,16 @@ put_decimal(char *w, long long whole, long long fraction, int places)
     return w + places;
 }
 
+/* ascii_attr for a new reference v (kept in *out; NULL: -1). */
+static int
+ascii_ref(PyObject *v, PyObject **out)
+{
+    if (v == NULL)
+        return -1;
+    *out = v;
+    return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
+}
+
 /* A str attribute that is ASCII, borrowed via *out (kept alive by the caller's
  * reference to owner): 1; not a str, or not ASCII: 0; error: -1. */
 static int
@@ -725,7 +922,7 @@ count_recorded(PyObject *session, PyObject *action)
 {
     int done = -1;
     PyObject *statements = NULL, *total = NULL;
-    PyObject *metrics = PyObject_GetAttr(session, s_metrics);
+    PyObject *metrics = GET(session, metrics);
     if (metrics == NULL)
         return -1;
     statements = PyObject_GetAttr(metrics, s_statements);
@@ -783,7 +980,7 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
         goto check;
     if (PyUnicode_GET_LENGTH(base) == 0) {
         Py_CLEAR(base);
-        if ((ok = ascii_attr(session, s_base_json, &base)) != 1)
+        if ((ok = ascii_ref(GET(session, base_json), &base)) != 1)
             goto check;
     }
     event = PyObject_GetAttr(item, s_event);
@@ -867,7 +1064,7 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
         w += extra_len;
     }
     *w++ = '}';
-    audit = PyObject_GetAttr(session, s_audit);
+    audit = GET(session, audit);
     if (audit == NULL)
         goto fail;
     PyObject *r = PyObject_CallMethodOneArg(audit, s_append_line, line);
@@ -937,8 +1134,10 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "upstream(session, data: bytes)");
         return NULL;
     }
+    if (!is_session(args[0]))
+        return NULL;
     PyObject *session = args[0], *data = args[1];
-    PyObject *pending = PyObject_GetAttr(session, s_pending);
+    PyObject *pending = GET(session, pending);
     if (pending == NULL)
         return NULL;
     UpstreamStep steps[MAX_MESSAGES];
@@ -988,7 +1187,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         else { /* Z */
-            if (PyObject_SetAttr(session, s_status, status_bytes[step->status]) < 0)
+            if (SET(session, status, status_bytes[step->status]) < 0)
                 goto out;
             for (Py_ssize_t k = 0; k < step->finish; k++) {
                 PyObject *item = popleft(pending);
@@ -1013,7 +1212,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (left < 0)
                 goto out;
             if (left == 0) {
-                PyObject *refusals = PyObject_GetAttr(session, s_refusals);
+                PyObject *refusals = GET(session, refusals);
                 if (refusals == NULL)
                     goto out;
                 if (PyDict_Check(refusals) && PyDict_GET_SIZE(refusals))
@@ -1022,7 +1221,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
-    client = PyObject_GetAttr(session, s_client);
+    client = GET(session, client);
     if (client == NULL)
         goto out;
     PyObject *r = PyObject_CallMethodOneArg(client, s_write, data);
@@ -1147,5 +1346,14 @@ PyInit__relay(void)
         if (status_bytes[i] == NULL)
             return NULL;
     }
-    return PyModule_Create(&relay_module);
+    if (PyType_Ready(&SessionCoreType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&relay_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "SessionCore", (PyObject *)&SessionCoreType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

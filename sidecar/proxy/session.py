@@ -290,7 +290,12 @@ class _Closing:
         self.rows: int | None = None
 
 
-class Session:
+# With the native relay built, the attributes it reads on every message are native
+# fields of its SessionCore (ordinary attributes to Python); without it, a plain object.
+_SessionBase: Any = object if _relay is None else _relay.SessionCore
+
+
+class Session(_SessionBase):
     """Both directions of one proxied connection."""
 
     def __init__(
