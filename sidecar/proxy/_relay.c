@@ -49,7 +49,6 @@ static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_stateme
     *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
     *s_base_json, *s_approval_id, *s_audit_fragment, *s_action, *s_metrics, *s_recorded,
     *s_quick_query;
-static PyObject *Exec = NULL;  /* session._Exec */
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
@@ -289,6 +288,128 @@ is_session(PyObject *session)
     PyErr_SetString(PyExc_TypeError, "the relay needs a Session (a SessionCore)");
     return 0;
 }
+
+/* ---- a statement awaiting its outcome ------------------------------------------- */
+
+/* session._Exec when this module is built: an Execute (or simple Query) whose outcome
+ * the audit trail is waiting for. The same attributes as the Python class it
+ * replaces, in native fields, so the relay makes and reads one without a call or a
+ * lookup by name. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *verdict;  /* Verdict or None (refused) */
+    PyObject *is_query; /* bool: a simple Query (its reply ends at ReadyForQuery) */
+    PyObject *event;    /* strict durability: the id its intent was journaled under */
+    PyObject *journal;  /* strict durability: the journal file holding it (int, 0: none) */
+    PyObject *base;     /* the session's event fields as decided, or "" for the current */
+    PyObject *rows;     /* int or None */
+    PyObject *error;    /* str or None */
+    PyObject *started;  /* time.perf_counter_ns() when it was sent */
+} ExecObject;
+
+static PyObject *EMPTY = NULL; /* "" */
+
+#define EXEC_FIELDS(X) X(verdict) X(is_query) X(event) X(journal) X(base) X(rows) X(error) X(started)
+
+static PyMemberDef exec_members[] = {
+#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(ExecObject, f), 0, NULL},
+    EXEC_FIELDS(MEMBER)
+#undef MEMBER
+    {NULL},
+};
+
+static long long
+monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now); /* time.perf_counter_ns's clock */
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* What __init__ sets: the one place an Exec's fields get their first values. */
+static int
+exec_fill(ExecObject *self, PyObject *verdict, PyObject *is_query, PyObject *base)
+{
+    PyObject *started = PyLong_FromLongLong(monotonic_ns());
+    if (started == NULL)
+        return -1;
+    Py_XSETREF(self->verdict, Py_NewRef(verdict));
+    Py_XSETREF(self->is_query, Py_NewRef(is_query));
+    Py_XSETREF(self->event, Py_NewRef(Py_None));
+    Py_XSETREF(self->journal, PyLong_FromLong(0));
+    Py_XSETREF(self->base, Py_NewRef(base));
+    Py_XSETREF(self->rows, Py_NewRef(Py_None));
+    Py_XSETREF(self->error, Py_NewRef(Py_None));
+    Py_XSETREF(self->started, started);
+    return self->journal == NULL ? -1 : 0;
+}
+
+static int
+exec_init(ExecObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"verdict", "is_query", "base", NULL};
+    PyObject *verdict, *is_query, *base = EMPTY;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:_Exec", names, &verdict, &is_query,
+                                     &base))
+        return -1;
+    return exec_fill(self, verdict, is_query, base);
+}
+
+static int
+exec_traverse(ExecObject *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    EXEC_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+exec_clear(ExecObject *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    EXEC_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+exec_dealloc(ExecObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    exec_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ExecType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.proxy._relay.Exec",
+    .tp_doc = "An Execute (or simple Query) whose outcome the audit trail is waiting for.",
+    .tp_basicsize = sizeof(ExecObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)exec_init,
+    .tp_traverse = (traverseproc)exec_traverse,
+    .tp_clear = (inquiry)exec_clear,
+    .tp_dealloc = (destructor)exec_dealloc,
+    .tp_members = exec_members,
+};
+
+/* A new Exec, as _Exec(verdict, is_query) makes it. */
+static PyObject *
+exec_new(PyObject *verdict, PyObject *is_query)
+{
+    ExecObject *self = (ExecObject *)ExecType.tp_alloc(&ExecType, 0);
+    if (self == NULL)
+        return NULL;
+    if (exec_fill(self, verdict, is_query, EMPTY) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+#define EX(item) ((ExecObject *)(item))
+#define XGET(item, field) core_ref(EX(item)->field, s_##field)
 
 /* ---- client -> upstream ------------------------------------------------------ */
 
@@ -616,8 +737,7 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 item = PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
             }
             else {
-                PyObject *call_args[2] = {step->verdict, Py_False};
-                item = PyObject_Vectorcall(Exec, call_args, 2, NULL);
+                item = exec_new(step->verdict, Py_False);
             }
             if (item == NULL)
                 goto out;
@@ -686,7 +806,7 @@ item_kind(PyObject *item)
 {
     if (item == SYNC)
         return 2;
-    return Py_TYPE(item) == (PyTypeObject *)Exec;
+    return Py_TYPE(item) == &ExecType;
 }
 
 /* 1: hot, steps filled; 0: Python's; -1: error. */
@@ -748,7 +868,7 @@ plan_upstream(PyObject *session, PyObject *pending, const unsigned char *buf, Py
                         Py_DECREF(head);
                         return 0;
                     }
-                    r = attr_true(head, s_is_query);
+                    r = true_ref(XGET(head, is_query));
                     Py_DECREF(head);
                     if (r < 0)
                         return -1;
@@ -786,7 +906,7 @@ plan_upstream(PyObject *session, PyObject *pending, const unsigned char *buf, Py
                     Py_DECREF(head);
                     break;
                 }
-                r = attr_true(head, s_is_query);
+                r = true_ref(XGET(head, is_query));
                 Py_DECREF(head);
                 if (r < 0)
                     return -1;
@@ -960,13 +1080,13 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     PyObject *verdict = NULL, *event = NULL, *error = NULL, *approval = NULL,
              *fragment = NULL, *action = NULL, *base = NULL, *started = NULL, *rows = NULL,
              *journal = NULL, *audit = NULL, *line = NULL;
-    verdict = PyObject_GetAttr(item, s_verdict);
+    verdict = XGET(item, verdict);
     if (verdict == NULL)
         goto out;
     done = 0;
     if (verdict == Py_None)
         goto out;
-    error = PyObject_GetAttr(item, s_error);
+    error = XGET(item, error);
     approval = error == NULL ? NULL : PyObject_GetAttr(verdict, s_approval_id);
     if (approval == NULL)
         goto fail;
@@ -976,17 +1096,17 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
         goto check;
     if ((ok = ascii_attr(verdict, s_action, &action)) != 1)
         goto check;
-    if ((ok = ascii_attr(item, s_base, &base)) != 1)
+    if ((ok = ascii_ref(XGET(item, base), &base)) != 1)
         goto check;
     if (PyUnicode_GET_LENGTH(base) == 0) {
         Py_CLEAR(base);
         if ((ok = ascii_ref(GET(session, base_json), &base)) != 1)
             goto check;
     }
-    event = PyObject_GetAttr(item, s_event);
-    started = event == NULL ? NULL : PyObject_GetAttr(item, s_started);
-    rows = started == NULL ? NULL : PyObject_GetAttr(item, s_rows);
-    journal = rows == NULL ? NULL : PyObject_GetAttr(item, s_journal);
+    event = XGET(item, event);
+    started = event == NULL ? NULL : XGET(item, started);
+    rows = started == NULL ? NULL : XGET(item, rows);
+    journal = rows == NULL ? NULL : XGET(item, journal);
     if (journal == NULL)
         goto fail;
     if (!PyLong_CheckExact(started) || (rows != Py_None && !PyLong_CheckExact(rows)) ||
@@ -1158,7 +1278,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *head = PySequence_GetItem(pending, 0);
                 if (head == NULL)
                     goto out;
-                PyObject *had = PyObject_GetAttr(head, s_rows);
+                PyObject *had = XGET(head, rows);
                 if (had == NULL) {
                     Py_DECREF(head);
                     goto out;
@@ -1170,7 +1290,7 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                                   : PyNumber_Add(had, more);
                 Py_XDECREF(more);
                 Py_DECREF(had);
-                int set = rows == NULL ? -1 : PyObject_SetAttr(head, s_rows, rows);
+                int set = rows == NULL ? -1 : core_set(&EX(head)->rows, rows);
                 Py_XDECREF(rows);
                 Py_DECREF(head);
                 if (set < 0)
@@ -1197,8 +1317,8 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(item);
                     continue;
                 }
-                int errored = attr_true(item, s_error);
-                int query = errored < 0 ? -1 : attr_true(item, s_is_query);
+                int errored = true_ref(XGET(item, error));
+                int query = errored < 0 ? -1 : true_ref(XGET(item, is_query));
                 if (query < 0) {
                     Py_DECREF(item);
                     goto out;
@@ -1240,13 +1360,12 @@ out:
 static PyObject *
 relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyUnicode_CheckExact(args[2]) || !PyUnicode_IS_ASCII(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "configure(exec_type, sync_marker, stamp: str)");
+    if (nargs != 2 || !PyUnicode_CheckExact(args[1]) || !PyUnicode_IS_ASCII(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure(sync_marker, stamp: str)");
         return NULL;
     }
-    Py_XSETREF(Exec, Py_NewRef(args[0]));
-    Py_XSETREF(SYNC, Py_NewRef(args[1]));
-    Py_XSETREF(STAMP, Py_NewRef(args[2]));
+    Py_XSETREF(SYNC, Py_NewRef(args[0]));
+    Py_XSETREF(STAMP, Py_NewRef(args[1]));
     Py_RETURN_NONE;
 }
 
@@ -1266,8 +1385,8 @@ static PyMethodDef relay_methods[] = {
      "upstream(session, data): relay a server buffer of hot messages, else hand it to "
      "session.upstream_data."},
     {"configure", (PyCFunction)(void (*)(void))relay_configure, METH_FASTCALL,
-     "configure(exec_type, sync_marker, stamp): the Session module's pending-item types "
-     "and the events' schema version member."},
+     "configure(sync_marker, stamp): the Session module's Sync marker and the events' "
+     "schema version member."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1346,12 +1465,14 @@ PyInit__relay(void)
         if (status_bytes[i] == NULL)
             return NULL;
     }
-    if (PyType_Ready(&SessionCoreType) < 0)
+    EMPTY = PyUnicode_FromString("");
+    if (EMPTY == NULL || PyType_Ready(&SessionCoreType) < 0 || PyType_Ready(&ExecType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&relay_module);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(module, "SessionCore", (PyObject *)&SessionCoreType) < 0) {
+    if (PyModule_AddObjectRef(module, "SessionCore", (PyObject *)&SessionCoreType) < 0 ||
+        PyModule_AddObjectRef(module, "Exec", (PyObject *)&ExecType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -137,8 +137,11 @@ _UNSEEN_PORTAL = Verdict(
 )
 
 
-class _Exec:
-    """An Execute (or simple Query) whose outcome the audit trail is waiting for."""
+class _PythonExec:
+    """An Execute (or simple Query) whose outcome the audit trail is waiting for.
+
+    ``_Exec`` below: this class without the native relay, its native twin
+    (``_relay.Exec``, the same attributes and defaults) with it."""
 
     __slots__ = ("base", "error", "event", "is_query", "journal", "rows", "started", "verdict")
 
@@ -207,7 +210,12 @@ try:
 except ImportError:
     _relay = None
 else:
-    _relay.configure(_Exec, _SYNC, STAMP)
+    _relay.configure(_SYNC, STAMP)
+
+if TYPE_CHECKING:
+    _Exec = _PythonExec
+else:
+    _Exec = _PythonExec if _relay is None else _relay.Exec
 
 NATIVE_RELAY_AVAILABLE = _relay is not None
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,8 @@ import pytest
 from sidecar.proxy import session as sessions
 from tests.sidecar.proxy.conftest import build_bundle
 from tests.sidecar.proxy.relay_check import Side, differences
+
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(
     not sessions.NATIVE_RELAY_AVAILABLE,
@@ -188,6 +193,52 @@ def test_a_simple_query_allowed_as_sent_is_relayed_natively(document: dict[str, 
     side.feed("client", frame(b"Q", b"SELECT email FROM customers\x00"))
     assert relayed()["client"] == before["client"]
     assert b"SELECT email FROM customers\x00" not in bytes(side.upstream.data)
+
+
+def what_one_session_does(document: dict[str, Any], native: bool) -> dict[str, Any]:
+    """Every exchange of this module through one Session: what it forwarded each way
+    and the events it recorded."""
+    side = Side(document, "alice", native=native)
+    for direction, data in [*prepared_exchange(5), *simple_exchange()]:
+        side.feed(direction, data)
+    return {
+        "client": side.normalised(side.client.data).hex(),
+        "upstream": side.normalised(side.upstream.data).hex(),
+        "raised": side.raised,
+        "events": side.events(),
+    }
+
+
+# A machine where the relay could not be built: its import fails, so the Session is
+# a plain object and its pending items the Python _Exec.
+_UNBUILT = """
+import json, sys
+sys.modules["sidecar.proxy._relay"] = None
+from sidecar.proxy import session
+assert not session.NATIVE_RELAY_AVAILABLE
+assert session.Session.__mro__[1] is object and session._Exec is session._PythonExec
+from tests.sidecar.proxy.test_native_relay import what_one_session_does
+print(json.dumps(what_one_session_does(json.load(sys.stdin), native=False)))
+"""
+
+
+def test_the_python_classes_used_without_the_relay_do_what_the_native_ones_do(
+    document: dict[str, Any],
+) -> None:
+    """With the relay built, the Session's state and its pending items are native
+    types whichever relay runs; the pure-Python classes a machine without a compiler
+    gets are checked here against them, in a process where the import fails."""
+    unbuilt = subprocess.run(
+        [sys.executable, "-c", _UNBUILT],
+        cwd=ROOT,
+        input=json.dumps(document),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    python = json.loads(unbuilt.stdout)
+    native = what_one_session_does(document, native=True)
+    assert python["events"] and python == native
 
 
 def test_the_same_when_every_message_arrives_a_byte_at_a_time(document: dict[str, Any]) -> None:
