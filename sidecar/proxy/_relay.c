@@ -637,7 +637,7 @@ forward_upstream(PyObject *session, PyObject *data, int strict)
 
 /* A simple Query alone in the buffer, the session plain and nothing pending: the
  * Session's quick_query decides it (the relay never reads SQL) and hands back the
- * pending item when the client's bytes may go upstream as they are. 1: relayed;
+ * verdict when the client's bytes may go upstream as they are. 1: relayed;
  * 0: Python's (quick_query changed nothing); -1: error. */
 static int
 quick_query(PyObject *session, PyObject *data, long long max_message)
@@ -651,7 +651,7 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
         (long long)length > max_message || buf[n - 1] != 0)
         return 0;
     int done = -1;
-    PyObject *raw = NULL, *item = NULL;
+    PyObject *raw = NULL, *verdict = NULL, *item = NULL;
     PyObject *pending = GET(session, pending);
     if (pending == NULL)
         return -1;
@@ -664,24 +664,37 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
     raw = PyBytes_FromStringAndSize((const char *)buf + 5, n - 6);
     if (raw == NULL)
         goto out;
-    item = PyObject_CallMethodOneArg(session, s_quick_query, raw);
-    if (item == NULL)
+    verdict = PyObject_CallMethodOneArg(session, s_quick_query, raw);
+    if (verdict == NULL)
         goto out;
-    if (item == Py_None) {
+    if (verdict == Py_None) {
         done = 0;
         goto out;
     }
+    /* The pending item as _on_query makes it: journaled first under strict durability. */
+    int strict = true_ref(GET(session, strict));
+    if (strict < 0)
+        goto out;
+    if (strict) {
+        PyObject *call_args[3] = {session, verdict, Py_True};
+        item = PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
+    }
+    else {
+        item = exec_new(verdict, Py_True);
+    }
+    if (item == NULL)
+        goto out;
     PyObject *r = PyObject_CallMethodOneArg(pending, s_append, item);
     if (r == NULL)
         goto out;
     Py_DECREF(r);
-    int strict = true_ref(GET(session, strict));
-    if (strict < 0 || forward_upstream(session, data, strict) < 0)
+    if (forward_upstream(session, data, strict) < 0)
         goto out;
     relayed_client++;
     done = 1;
 out:
     Py_XDECREF(item);
+    Py_XDECREF(verdict);
     Py_XDECREF(raw);
     Py_DECREF(pending);
     return done;

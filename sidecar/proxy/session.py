@@ -1000,13 +1000,14 @@ class Session(_SessionBase):
     # _on_query and _on_parse return the message to send upstream, or None when
     # the client's own bytes go through unchanged (the common, unmasked case).
 
-    def quick_query(self, raw: bytes) -> _Exec | None:
+    def quick_query(self, raw: bytes) -> Verdict | None:
         """The native relay's question for a simple Query alone in its buffer (``raw``:
         its text's bytes), asked only while the session relays plainly with nothing
-        pending: the pending item, when the verdict lets the client's own bytes go
-        upstream as they are. Otherwise None, with nothing changed, and the message
-        goes to ``client_data`` as usual. The same steps as ``_on_query`` and
-        ``_decide`` for that one case; the relay appends the item and writes."""
+        pending: the verdict, when it lets the client's own bytes go upstream as they
+        are. Otherwise None, with nothing changed, and the message goes to
+        ``client_data`` as usual. The same steps as ``_on_query`` and ``_decide`` for
+        that one case; the relay then makes the pending item as ``_on_query`` does
+        (``_exec`` under strict durability, else an ``_Exec``), appends it and writes."""
         text = self._decode(raw)
         if text is None:
             return None
@@ -1032,7 +1033,7 @@ class Session(_SessionBase):
         ):
             return None
         self.metrics.observe_decision(time.perf_counter() - started)
-        return self._exec(verdict, True) if self._strict else _Exec(verdict, True)
+        return verdict
 
     def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:

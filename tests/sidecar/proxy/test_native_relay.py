@@ -311,6 +311,26 @@ def test_a_row_count_past_64_bits_is_counted_as_python_counts_it(
     assert differences(document, "alice", exchange) == []
 
 
+def test_strict_durability_the_same_on_both_relays(document: dict[str, Any]) -> None:
+    """Production's default: each intent is journaled (by the Session's _exec, which
+    the relay calls) and the bytes wait for its fsync."""
+
+    async def run(native: bool) -> Side:
+        side = Side(document, "alice", native=native, durability="strict")
+        for direction, data in [*prepared_exchange(3), *simple_exchange()]:
+            side.feed(direction, data)
+            await asyncio.sleep(0)  # the end of the loop's turn: the journal's commit
+        return side
+
+    before = relayed()
+    native, python = asyncio.run(run(True)), asyncio.run(run(False))
+    assert relayed()["client"] - before["client"] >= 10
+    for name in ("client", "upstream"):
+        sent = native.normalised(getattr(native, name).data)
+        assert sent and sent == python.normalised(getattr(python, name).data)
+    assert native.events() == python.events()
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_a_journal_the_disk_refuses_runs_nothing_and_says_why(
     document: dict[str, Any], native: bool
