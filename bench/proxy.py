@@ -221,8 +221,9 @@ def run_as_postgres(cmd: list[str]) -> list[str]:
 
 
 def start_pgbouncer(
-    workdir: Path, host: str, port: int, database: str
+    workdir: Path, host: str, port: int, database: str, prefix: tuple[str, ...] | list[str] = ()
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """PgBouncer in session mode; ``prefix`` runs it under another program (valgrind)."""
     listen = free_port()
     (workdir / "userlist.txt").write_text('"postgres" ""\n')
     (workdir / "pgbouncer.ini").write_text(
@@ -238,7 +239,7 @@ def start_pgbouncer(
         for p in workdir.iterdir():
             shutil.chown(p, entry.pw_uid, entry.pw_gid)
     proc = subprocess.Popen(
-        run_as_postgres([PGBOUNCER, str(workdir / "pgbouncer.ini")]),
+        run_as_postgres([*prefix, PGBOUNCER, str(workdir / "pgbouncer.ini")]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -247,8 +248,16 @@ def start_pgbouncer(
 
 
 def start_sidecar(
-    workdir: Path, upstream_dsn: str, bundle_data: dict, tree: Path = ROOT, workers: int = 1
+    workdir: Path,
+    upstream_dsn: str,
+    bundle_data: dict,
+    tree: Path = ROOT,
+    workers: int = 1,
+    prefix: tuple[str, ...] | list[str] = (),
+    ready_seconds: float = 30,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """A sidecar in front of ``upstream_dsn``; ``prefix`` runs it under another program
+    (valgrind), which may need longer than the default to get ready."""
     (workdir / "bundle.json").write_text(json.dumps(bundle_data))
     ready = workdir / "ready.json"
     config = {
@@ -276,12 +285,13 @@ def start_sidecar(
         "WARDEN_SIDECAR_ALLOW_PRIVILEGED_UPSTREAM": "true",
         "WARDEN_SIDECAR_AUDIT_DURABILITY": AUDIT_DURABILITY[0],
     }
+    command = [sys.executable, "-m", "sidecar.runner", "--config", str(workdir / "sidecar.json")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.runner", "--config", str(workdir / "sidecar.json")],
+        [*prefix, *command],
         cwd=tree,
         env=env,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + ready_seconds
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("sidecar did not start")
