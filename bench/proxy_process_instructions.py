@@ -19,8 +19,8 @@ than at full speed.
         .venv/bin/python bench/proxy_process_instructions.py [--n 1000] [--tree DIR]
 
 It ends with one line per workload, the sidecar's instructions per transaction
-beside PgBouncer's. These are figures to compare, not targets (the targets are
-bench/proxy.py's CPU and TPS lines), so the lines carry no ``target=``.
+beside PgBouncer's: figures to compare, not targets (the targets are
+bench/proxy.py's CPU and TPS lines), so ``target=none`` as in bench/mcp.py.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def main() -> int:
             )
             lines.append(
                 f"sidecar_process_instructions_{workload}={counts['sidecar']:.0f} "
-                f"instructions/txn pgbouncer={counts['pgbouncer']:.0f}"
+                f"instructions/txn target=none pgbouncer={counts['pgbouncer']:.0f}"
             )
         for line in lines:
             print(line)
