@@ -409,6 +409,19 @@ exec_new(PyObject *verdict, PyObject *is_query)
 }
 
 #define EX(item) ((ExecObject *)(item))
+
+/* An item the second pass takes from pending, where the first pass saw an Exec.
+ * Nothing run in between (the audit spool, a Python _finish) changes pending today;
+ * if something ever did, stop with an error rather than read another object as an
+ * Exec. */
+static int
+expect_exec(PyObject *item)
+{
+    if (Py_TYPE(item) == &ExecType)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "the relay's pending statements changed under it");
+    return 0;
+}
 #define XGET(item, field) core_ref(EX(item)->field, s_##field)
 
 /* ---- client -> upstream ------------------------------------------------------ */
@@ -1036,8 +1049,8 @@ ascii_ref(PyObject *v, PyObject **out)
     return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
 }
 
-/* A str attribute that is ASCII, borrowed via *out (kept alive by the caller's
- * reference to owner): 1; not a str, or not ASCII: 0; error: -1. */
+/* A str attribute that is ASCII, a new reference in *out (the caller releases it):
+ * 1; not a str, or not ASCII: 0; error: -1. */
 static int
 ascii_attr(PyObject *owner, PyObject *name, PyObject **out)
 {
@@ -1059,9 +1072,12 @@ count_recorded(PyObject *session, PyObject *action)
     if (metrics == NULL)
         return -1;
     statements = PyObject_GetAttr(metrics, s_statements);
-    if (statements == NULL)
-        goto out;
-    if (!PyDict_CheckExact(statements)) {
+    if (statements == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto out;
+        PyErr_Clear();
+    }
+    if (statements == NULL || !PyDict_CheckExact(statements)) {
         PyObject *r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
         if (r != NULL) {
             Py_DECREF(r);
@@ -1291,6 +1307,10 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *head = PySequence_GetItem(pending, 0);
                 if (head == NULL)
                     goto out;
+                if (!expect_exec(head)) {
+                    Py_DECREF(head);
+                    goto out;
+                }
                 PyObject *had = XGET(head, rows);
                 if (had == NULL) {
                     Py_DECREF(head);
@@ -1313,6 +1333,10 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *item = popleft(pending);
                 if (item == NULL)
                     goto out;
+                if (!expect_exec(item)) {
+                    Py_DECREF(item);
+                    goto out;
+                }
                 int f = finish(session, item, s_allowed);
                 Py_DECREF(item);
                 if (f < 0)
@@ -1329,6 +1353,10 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (item == SYNC) {
                     Py_DECREF(item);
                     continue;
+                }
+                if (!expect_exec(item)) {
+                    Py_DECREF(item);
+                    goto out;
                 }
                 int errored = true_ref(XGET(item, error));
                 int query = errored < 0 ? -1 : true_ref(XGET(item, is_query));

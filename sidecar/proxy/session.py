@@ -334,6 +334,10 @@ class Session(_SessionBase):
         self.upstream = upstream
         self.identity = identity
         self.policy = policy
+        # The longest text quick_query decides: one the policy keeps in its cache, so
+        # that when the answer is "not quick", client_data's second decision is a
+        # cache hit, not a second run of the engine (a policy without a cache: none).
+        self._quick_limit: int = getattr(policy, "CACHE_TEXT_LIMIT", 0)
         self.audit = audit
         self.metrics = metrics
         self.base_event = base_event
@@ -1007,7 +1011,22 @@ class Session(_SessionBase):
         are. Otherwise None, with nothing changed, and the message goes to
         ``client_data`` as usual. The same steps as ``_on_query`` and ``_decide`` for
         that one case; the relay then makes the pending item as ``_on_query`` does
-        (``_exec`` under strict durability, else an ``_Exec``), appends it and writes."""
+        (``_exec`` under strict durability, else an ``_Exec``), appends it and writes.
+
+        A text the policy does not cache (longer than ``_quick_limit``) is never asked
+        here. A break-glass verdict is not cached either: when one is not quick it is
+        decided twice, a rare case and bounded by that length."""
+        # The relay's own checks again: each is one attribute load, and a verdict
+        # given here is acted on without the rest of client_data.
+        if (
+            len(raw) > self._quick_limit
+            or self.hold is not None
+            or self.pending
+            or self.cbuf
+            or self.dirty
+            or self._discarding
+        ):
+            return None
         text = self._decode(raw)
         if text is None:
             return None

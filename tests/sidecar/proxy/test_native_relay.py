@@ -140,13 +140,14 @@ def test_libpq_s_prepared_runs_are_relayed_natively(document: dict[str, Any]) ->
     assert after["upstream"] - before["upstream"] == 10
 
 
+def query(sql: str) -> bytes:
+    return frame(b"Q", sql.encode() + b"\x00")
+
+
 def simple_exchange() -> Iterator[tuple[str, bytes]]:
     """Simple Queries of every kind of verdict: allowed as sent, masked (rewritten),
-    blocked, held for review, a state change, one while another is in flight."""
-
-    def query(sql: str) -> bytes:
-        return frame(b"Q", sql.encode() + b"\x00")
-
+    blocked, held for review, one while another is in flight, and last a state
+    change (a barrier: its probe's answer never comes here, and the session waits)."""
     for n in range(5):
         yield "client", query(f"SELECT id FROM notes WHERE id = {n}")
         yield "upstream", DESCRIPTION + ROW + done(b"SELECT 1")
@@ -156,8 +157,6 @@ def simple_exchange() -> Iterator[tuple[str, bytes]]:
     yield "upstream", frame(b"E", b"SERROR\x00C42000\x00Mrefused\x00\x00") + frame(b"Z", b"I")
     yield "client", query("DELETE FROM notes")
     yield "upstream", frame(b"E", b"SERROR\x00C42000\x00Mrefused\x00\x00") + frame(b"Z", b"I")
-    yield "client", query("SET search_path TO public")
-    yield "upstream", done(b"SET")
     # Two in one buffer, then one sent before the first's answer came.
     yield "client", query("SELECT id FROM notes WHERE id = 7") + query("SELECT 2")
     yield "upstream", DESCRIPTION + ROW + done(b"SELECT 1") + DESCRIPTION + ROW
@@ -166,18 +165,121 @@ def simple_exchange() -> Iterator[tuple[str, bytes]]:
     yield "upstream", DESCRIPTION + ROW + done(b"SELECT 1")
     yield "client", query("SELECT 'é' FROM notes WHERE id = 9")
     yield "upstream", DESCRIPTION + ROW + done(b"SELECT 1")
+    yield "client", query("SET search_path TO public")
+    yield "upstream", done(b"SET")
+
+
+def run_both(
+    document: dict[str, Any],
+    exchange: list[tuple[str, bytes]],
+    prepare: Any = lambda side: None,
+) -> tuple[Side, Side]:
+    """The exchange through a native and a Python session, each set up by ``prepare``
+    first."""
+    sides = []
+    for native in (True, False):
+        side = Side(document, "alice", native=native)
+        prepare(side)
+        for direction, data in exchange:
+            side.feed(direction, data)
+        sides.append(side)
+    return sides[0], sides[1]
+
+
+def assert_alike(native: Side, python: Side) -> None:
+    for name in ("client", "upstream"):
+        a = native.normalised(getattr(native, name).data)
+        assert a == python.normalised(getattr(python, name).data), name
+    assert native.session.closed == python.session.closed
+    assert native.raised == python.raised == ""
+    assert native.events() == python.events()
 
 
 def test_simple_queries_the_same_on_both_relays(document: dict[str, Any]) -> None:
-    assert differences(document, "alice", simple_exchange()) == []
+    before = relayed()
+    native, python = run_both(document, list(simple_exchange()))
+    # The whole exchange ran: the last statement's barrier probe is waiting.
+    assert not native.session.closed and native.session.hold is not None
+    assert relayed()["client"] - before["client"] >= 6
+    assert_alike(native, python)
 
 
 @pytest.mark.parametrize("size", [1, 3, 7])
-def test_simple_queries_the_same_when_cut(document: dict[str, Any], size: int) -> None:
-    def cut(data: bytes) -> list[bytes]:
-        return [data[i : i + size] for i in range(0, len(data), size)]
+def test_simple_queries_the_same_when_the_replies_are_cut(
+    document: dict[str, Any], size: int
+) -> None:
+    exchange = []
+    for direction, data in simple_exchange():
+        pieces = (
+            [data]
+            if direction == "client"
+            else [data[i : i + size] for i in range(0, len(data), size)]
+        )
+        exchange += [(direction, piece) for piece in pieces]
+    before = relayed()
+    assert differences(document, "alice", exchange) == []
+    assert relayed()["client"] - before["client"] >= 6
 
-    assert differences(document, "alice", simple_exchange(), cut) == []
+
+def test_a_query_sent_while_another_runs_is_python_s(document: dict[str, Any]) -> None:
+    """Text that reads differently if the state changed (non-ASCII here), sent while
+    a statement is in flight: the session probes the state before deciding it."""
+    exchange = [
+        ("client", query("SELECT id FROM notes WHERE id = 1")),
+        ("client", query("SELECT 'é' FROM notes WHERE id = 9")),
+    ]
+    before = relayed()
+    native, python = run_both(document, exchange)
+    assert relayed()["client"] - before["client"] == 1
+    assert b"\xc3\xa9" not in bytes(native.upstream.data)  # held behind the probe
+    assert native.session.hold is not None
+    assert_alike(native, python)
+
+
+def test_a_text_longer_than_the_policy_caches_is_python_s(document: dict[str, Any]) -> None:
+    """quick_query decides only what the policy caches: when its answer is "not
+    quick", client_data's second decision must be a cache hit, not a second run
+    of the engine over a long text."""
+    values = ", ".join(str(n) for n in range(1200))
+    long = query(f"SELECT id FROM notes WHERE id IN ({values})")
+    assert len(long) > 4096  # EnginePolicy.CACHE_TEXT_LIMIT
+    before = relayed()
+    native, python = run_both(document, [("client", long)])
+    assert relayed()["client"] == before["client"]
+    assert_alike(native, python)
+
+
+def test_a_spool_that_refuses_is_python_s(document: dict[str, Any]) -> None:
+    """A spool that cannot record (full under refuse, or failed): nothing runs."""
+
+    def refusing(side: Side) -> None:
+        side.spool.accepting = False
+
+    exchange = [("client", query("SELECT id FROM notes WHERE id = 1"))]
+    before = relayed()
+    native, python = run_both(document, exchange, refusing)
+    assert relayed()["client"] == before["client"]
+    assert b"FROM notes" not in bytes(native.upstream.data)
+    assert_alike(native, python)
+
+
+def test_a_stale_sql_prepare_is_python_s(document: dict[str, Any]) -> None:
+    """After the rules change, a statement that can run one prepared with SQL PREPARE
+    (EXPLAIN ANALYZE here, which is otherwise plain) is refused until the session
+    deallocates: the relay never sends it."""
+
+    def prepared_then_new_rules(side: Side) -> None:
+        side.feed("client", query("PREPARE p AS SELECT id FROM notes"))
+        side.feed("upstream", done(b"PREPARE"))
+        side.session.policy.replace(document)  # a new policy generation
+
+    exchange = [("client", query("EXPLAIN ANALYZE SELECT id FROM notes"))]
+    before = relayed()
+    native, python = run_both(document, exchange, prepared_then_new_rules)
+    assert relayed()["client"] == before["client"]
+    assert b"EXPLAIN ANALYZE" not in bytes(native.upstream.data)
+    assert b"warden refused" in bytes(native.upstream.data)  # its refusal went instead
+    assert_alike(native, python)
 
 
 def test_a_simple_query_allowed_as_sent_is_relayed_natively(document: dict[str, Any]) -> None:
