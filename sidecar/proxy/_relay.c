@@ -98,120 +98,62 @@ cstring_end(const unsigned char *p, const unsigned char *end)
 /* The base class of the Python Session when this module is built: the attributes the
  * relay reads on every message live here, so reading one is a load, not a lookup by
  * name. To Python they are ordinary attributes (member descriptors); the Session
- * sets each in __init__ as before. */
+ * sets each in __init__ as before. Each field, and its attribute's name in Python: */
+#define CORE_FIELDS(X) \
+    X(hold, "hold") \
+    X(cbuf, "cbuf") \
+    X(discarding, "_discarding") \
+    X(dirty, "dirty") \
+    X(strict, "_strict") \
+    X(statements, "statements") \
+    X(portals, "portals") \
+    X(pending, "pending") \
+    X(policy, "policy") \
+    X(state, "state") \
+    X(upstream, "upstream") \
+    X(client, "client") \
+    X(ubuf, "ubuf") \
+    X(uskip, "uskip") \
+    X(probing, "_probing") \
+    X(reparsing, "_reparsing") \
+    X(sql_prepared, "_sql_prepared") \
+    X(cursors, "_cursors") \
+    X(status, "status") \
+    X(refusals, "_refusals") \
+    X(max_message, "max_message") \
+    X(audit, "audit") \
+    X(base_json, "_base_json") \
+    X(metrics, "metrics")
+
 typedef struct {
     PyObject_HEAD
-    PyObject *hold;
-    PyObject *cbuf;
-    PyObject *discarding;
-    PyObject *dirty;
-    PyObject *strict;
-    PyObject *statements;
-    PyObject *portals;
-    PyObject *pending;
-    PyObject *policy;
-    PyObject *state;
-    PyObject *upstream;
-    PyObject *client;
-    PyObject *ubuf;
-    PyObject *uskip;
-    PyObject *probing;
-    PyObject *reparsing;
-    PyObject *sql_prepared;
-    PyObject *cursors;
-    PyObject *status;
-    PyObject *refusals;
-    PyObject *max_message;
-    PyObject *audit;
-    PyObject *base_json;
-    PyObject *metrics;
+#define FIELD(f, name) PyObject *f;
+    CORE_FIELDS(FIELD)
+#undef FIELD
 } SessionCore;
 
 static PyMemberDef core_members[] = {
-    {"hold", T_OBJECT_EX, offsetof(SessionCore, hold), 0, NULL},
-    {"cbuf", T_OBJECT_EX, offsetof(SessionCore, cbuf), 0, NULL},
-    {"_discarding", T_OBJECT_EX, offsetof(SessionCore, discarding), 0, NULL},
-    {"dirty", T_OBJECT_EX, offsetof(SessionCore, dirty), 0, NULL},
-    {"_strict", T_OBJECT_EX, offsetof(SessionCore, strict), 0, NULL},
-    {"statements", T_OBJECT_EX, offsetof(SessionCore, statements), 0, NULL},
-    {"portals", T_OBJECT_EX, offsetof(SessionCore, portals), 0, NULL},
-    {"pending", T_OBJECT_EX, offsetof(SessionCore, pending), 0, NULL},
-    {"policy", T_OBJECT_EX, offsetof(SessionCore, policy), 0, NULL},
-    {"state", T_OBJECT_EX, offsetof(SessionCore, state), 0, NULL},
-    {"upstream", T_OBJECT_EX, offsetof(SessionCore, upstream), 0, NULL},
-    {"client", T_OBJECT_EX, offsetof(SessionCore, client), 0, NULL},
-    {"ubuf", T_OBJECT_EX, offsetof(SessionCore, ubuf), 0, NULL},
-    {"uskip", T_OBJECT_EX, offsetof(SessionCore, uskip), 0, NULL},
-    {"_probing", T_OBJECT_EX, offsetof(SessionCore, probing), 0, NULL},
-    {"_reparsing", T_OBJECT_EX, offsetof(SessionCore, reparsing), 0, NULL},
-    {"_sql_prepared", T_OBJECT_EX, offsetof(SessionCore, sql_prepared), 0, NULL},
-    {"_cursors", T_OBJECT_EX, offsetof(SessionCore, cursors), 0, NULL},
-    {"status", T_OBJECT_EX, offsetof(SessionCore, status), 0, NULL},
-    {"_refusals", T_OBJECT_EX, offsetof(SessionCore, refusals), 0, NULL},
-    {"max_message", T_OBJECT_EX, offsetof(SessionCore, max_message), 0, NULL},
-    {"audit", T_OBJECT_EX, offsetof(SessionCore, audit), 0, NULL},
-    {"_base_json", T_OBJECT_EX, offsetof(SessionCore, base_json), 0, NULL},
-    {"metrics", T_OBJECT_EX, offsetof(SessionCore, metrics), 0, NULL},
+#define MEMBER(f, name) {name, T_OBJECT_EX, offsetof(SessionCore, f), 0, NULL},
+    CORE_FIELDS(MEMBER)
+#undef MEMBER
     {NULL},
 };
 
 static int
 core_traverse(SessionCore *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->hold);
-    Py_VISIT(self->cbuf);
-    Py_VISIT(self->discarding);
-    Py_VISIT(self->dirty);
-    Py_VISIT(self->strict);
-    Py_VISIT(self->statements);
-    Py_VISIT(self->portals);
-    Py_VISIT(self->pending);
-    Py_VISIT(self->policy);
-    Py_VISIT(self->state);
-    Py_VISIT(self->upstream);
-    Py_VISIT(self->client);
-    Py_VISIT(self->ubuf);
-    Py_VISIT(self->uskip);
-    Py_VISIT(self->probing);
-    Py_VISIT(self->reparsing);
-    Py_VISIT(self->sql_prepared);
-    Py_VISIT(self->cursors);
-    Py_VISIT(self->status);
-    Py_VISIT(self->refusals);
-    Py_VISIT(self->max_message);
-    Py_VISIT(self->audit);
-    Py_VISIT(self->base_json);
-    Py_VISIT(self->metrics);
+#define VISIT(f, name) Py_VISIT(self->f);
+    CORE_FIELDS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int
 core_clear(SessionCore *self)
 {
-    Py_CLEAR(self->hold);
-    Py_CLEAR(self->cbuf);
-    Py_CLEAR(self->discarding);
-    Py_CLEAR(self->dirty);
-    Py_CLEAR(self->strict);
-    Py_CLEAR(self->statements);
-    Py_CLEAR(self->portals);
-    Py_CLEAR(self->pending);
-    Py_CLEAR(self->policy);
-    Py_CLEAR(self->state);
-    Py_CLEAR(self->upstream);
-    Py_CLEAR(self->client);
-    Py_CLEAR(self->ubuf);
-    Py_CLEAR(self->uskip);
-    Py_CLEAR(self->probing);
-    Py_CLEAR(self->reparsing);
-    Py_CLEAR(self->sql_prepared);
-    Py_CLEAR(self->cursors);
-    Py_CLEAR(self->status);
-    Py_CLEAR(self->refusals);
-    Py_CLEAR(self->max_message);
-    Py_CLEAR(self->audit);
-    Py_CLEAR(self->base_json);
-    Py_CLEAR(self->metrics);
+#define CLEAR(f, name) Py_CLEAR(self->f);
+    CORE_FIELDS(CLEAR)
+#undef CLEAR
     return 0;
 }
 

@@ -779,15 +779,7 @@ class Session(_SessionBase):
             verdict = self._ask_policy(text, protocol, self.state, self.status != b"I", raw)
         else:
             try:
-                state = self.state
-                verdict = self.policy.decide(
-                    identity=self.identity.name,
-                    sql=text,
-                    standard_conforming_strings=state.standard_conforming_strings,
-                    search_path=state.search_path,
-                    in_transaction=self.status != b"I",
-                    protocol=protocol,
-                )
+                verdict = self._policy_verdict(text, protocol)
             except Exception:  # the same refusal as _ask_policy's, which logs it
                 verdict = self._ask_policy(text, protocol, self.state, self.status != b"I")
         if verdict.provisional:
@@ -797,6 +789,18 @@ class Session(_SessionBase):
             self.metrics.observe_decision(time.perf_counter() - started)
             return verdict
         return self._session_rules(verdict, generation, started)
+
+    def _policy_verdict(self, text: str, protocol: str) -> Verdict:
+        """The policy's verdict on ``text`` in this session's state (it may raise)."""
+        state = self.state
+        return self.policy.decide(
+            identity=self.identity.name,
+            sql=text,
+            standard_conforming_strings=state.standard_conforming_strings,
+            search_path=state.search_path,
+            in_transaction=self.status != b"I",
+            protocol=protocol,
+        )
 
     def _tell_provisional(self, verdict: Verdict) -> None:
         """The first time this session reads a column masked only provisionally (a
@@ -1030,17 +1034,9 @@ class Session(_SessionBase):
         text = self._decode(raw)
         if text is None:
             return None
-        state = self.state
         started = time.perf_counter()
         try:
-            verdict = self.policy.decide(
-                identity=self.identity.name,
-                sql=text,
-                standard_conforming_strings=state.standard_conforming_strings,
-                search_path=state.search_path,
-                in_transaction=self.status != b"I",
-                protocol="simple",
-            )
+            verdict = self._policy_verdict(text, "simple")
         except Exception:
             return None  # client_data asks again, and refuses as _ask_policy does
         if (
