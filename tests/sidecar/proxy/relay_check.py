@@ -118,24 +118,29 @@ class Side:
         return out
 
 
-def differences(
+def pair(
     document: dict[str, Any],
     identity: str,
-    exchange: Iterable[tuple[str, bytes]],
-    chunks: Callable[[bytes], Iterable[bytes]] = lambda data: [data],
+    *,
     policy: Any = None,
-) -> list[str]:
-    """Feed ``exchange`` (direction, bytes) to a native and a Python session, each
-    piece split by ``chunks``; what differs between the two, as messages. With
-    ``policy`` both sessions share it, as a sidecar's sessions do."""
+    durability: str = "batched",
+    prepare: Callable[[Side], None] = lambda side: None,
+) -> tuple[Side, Side]:
+    """A native and a Python session over the same bundle, each set up by ``prepare``.
+    With ``policy`` both share it, as a sidecar's sessions do."""
     if not sessions.NATIVE_RELAY_AVAILABLE:
         raise RuntimeError("the native relay is not built: python -m sidecar.proxy.build_relay")
-    native = Side(document, identity, native=True, policy=policy)
-    python = Side(document, identity, native=False, policy=policy)
-    for direction, data in exchange:
-        for piece in chunks(data):
-            native.feed(direction, piece)
-            python.feed(direction, piece)
+    sides = []
+    for native in (True, False):
+        side = Side(document, identity, native=native, policy=policy, durability=durability)
+        prepare(side)
+        sides.append(side)
+    return sides[0], sides[1]
+
+
+def compared(native: Side, python: Side) -> list[str]:
+    """What differs between what the two sessions forwarded, kept pending, raised
+    and recorded, as messages (it closes their spools)."""
     found = []
     for name in ("client", "upstream"):
         a, b = getattr(native, name), getattr(python, name)
@@ -152,3 +157,20 @@ def differences(
     if events[0] != events[1]:
         found.append(f"events differ:\n{events[0]}\n{events[1]}")
     return found
+
+
+def differences(
+    document: dict[str, Any],
+    identity: str,
+    exchange: Iterable[tuple[str, bytes]],
+    chunks: Callable[[bytes], Iterable[bytes]] = lambda data: [data],
+    policy: Any = None,
+) -> list[str]:
+    """Feed ``exchange`` (direction, bytes) to a native and a Python session, each
+    piece split by ``chunks``; what differs between the two, as messages."""
+    native, python = pair(document, identity, policy=policy)
+    for direction, data in exchange:
+        for piece in chunks(data):
+            native.feed(direction, piece)
+            python.feed(direction, piece)
+    return compared(native, python)
