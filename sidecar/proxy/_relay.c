@@ -40,15 +40,10 @@
 #define LARGE_STATEMENT (64 * 1024) /* session.LARGE_STATEMENT: larger is Python's */
 
 /* Interned attribute names, and what configure() hands over. */
-static PyObject *s_hold, *s_cbuf, *s_discarding, *s_dirty, *s_strict, *s_statements,
-    *s_portals, *s_pending, *s_policy, *s_generation, *s_state, *s_verdict, *s_plain,
-    *s_barrier, *s_upstream, *s_client, *s_write, *s_client_data, *s_upstream_data,
-    *s_ubuf, *s_uskip, *s_probing, *s_reparsing, *s_sql_prepared, *s_cursors,
-    *s_is_query, *s_error, *s_rows, *s_finish, *s_status, *s_refusals, *s_append,
-    *s_popleft, *s_max_message, *s_allowed, *s_exec, *s_session_write,
-    *s_audit, *s_append_line, *s_resolved, *s_event, *s_started, *s_journal, *s_base,
-    *s_base_json, *s_approval_id, *s_audit_fragment, *s_action, *s_metrics, *s_recorded,
-    *s_quick_query;
+static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s_barrier,
+    *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
+    *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
+    *s_audit_fragment, *s_action, *s_recorded, *s_quick_query;
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
@@ -178,19 +173,19 @@ static PyTypeObject SessionCoreType = {
     .tp_members = core_members,
 };
 
-/* A new reference to a field, or AttributeError (named) when it was never set. */
+/* A new reference to a field, or AttributeError naming it when it was never set. */
 static PyObject *
-core_ref(PyObject *value, PyObject *name)
+core_ref(PyObject *value, const char *name)
 {
     if (value == NULL) {
-        PyErr_SetObject(PyExc_AttributeError, name);
+        PyErr_Format(PyExc_AttributeError, "%s is not set", name);
         return NULL;
     }
     return Py_NewRef(value);
 }
 
 #define CORE(session) ((SessionCore *)(session))
-#define GET(session, field) core_ref(CORE(session)->field, s_##field)
+#define GET(session, field) core_ref(CORE(session)->field, #field)
 #define SET(session, field, value) core_set(&CORE(session)->field, (value))
 
 static inline int
@@ -364,7 +359,7 @@ expect_exec(PyObject *item)
     PyErr_SetString(PyExc_RuntimeError, "the relay's pending statements changed under it");
     return 0;
 }
-#define XGET(item, field) core_ref(EX(item)->field, s_##field)
+#define XGET(item, field) core_ref(EX(item)->field, #field)
 
 /* ---- client -> upstream ------------------------------------------------------ */
 
@@ -1388,54 +1383,26 @@ static struct PyModuleDef relay_module = {
 PyMODINIT_FUNC
 PyInit__relay(void)
 {
-    INTERN(s_hold, "hold");
-    INTERN(s_cbuf, "cbuf");
-    INTERN(s_discarding, "_discarding");
-    INTERN(s_dirty, "dirty");
-    INTERN(s_strict, "_strict");
     INTERN(s_statements, "statements");
-    INTERN(s_portals, "portals");
-    INTERN(s_pending, "pending");
-    INTERN(s_policy, "policy");
     INTERN(s_generation, "generation");
     INTERN(s_state, "state");
     INTERN(s_verdict, "verdict");
     INTERN(s_plain, "plain");
     INTERN(s_barrier, "barrier");
-    INTERN(s_upstream, "upstream");
-    INTERN(s_client, "client");
     INTERN(s_write, "write");
     INTERN(s_client_data, "client_data");
     INTERN(s_upstream_data, "upstream_data");
-    INTERN(s_ubuf, "ubuf");
-    INTERN(s_uskip, "uskip");
-    INTERN(s_probing, "_probing");
-    INTERN(s_reparsing, "_reparsing");
-    INTERN(s_sql_prepared, "_sql_prepared");
-    INTERN(s_cursors, "_cursors");
-    INTERN(s_is_query, "is_query");
-    INTERN(s_error, "error"); /* the attribute, and the outcome of that name */
-    INTERN(s_rows, "rows");
+    INTERN(s_error, "error"); /* the outcome of that name */
     INTERN(s_finish, "_finish");
-    INTERN(s_status, "status");
-    INTERN(s_refusals, "_refusals");
     INTERN(s_append, "append");
     INTERN(s_popleft, "popleft");
-    INTERN(s_max_message, "max_message");
     INTERN(s_allowed, "allowed");
     INTERN(s_exec, "_exec");
-    INTERN(s_audit, "audit");
     INTERN(s_append_line, "append_line");
     INTERN(s_resolved, "resolved");
-    INTERN(s_event, "event");
-    INTERN(s_started, "started");
-    INTERN(s_journal, "journal");
-    INTERN(s_base, "base");
-    INTERN(s_base_json, "_base_json");
     INTERN(s_approval_id, "approval_id");
     INTERN(s_audit_fragment, "audit_fragment");
     INTERN(s_action, "action");
-    INTERN(s_metrics, "metrics");
     INTERN(s_recorded, "recorded");
     INTERN(s_session_write, "_write");
     INTERN(s_quick_query, "quick_query");
