@@ -156,6 +156,18 @@ def _audit_trail_emptied(request: pytest.FixtureRequest) -> Iterator[None]:
 
 FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# What every page's Content-Security-Policy header must say: checked on each URL by
+# tests/config/test_security_headers.py and on each page a browser opens (tests/e2e).
+CSP_DIRECTIVES = (
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+    "form-action 'self'",
+)
+
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import _ensure_builtin_rows
+from tests.conftest import CSP_DIRECTIVES, _ensure_builtin_rows
 
 # Playwright's sync API runs an event loop in this thread; Django refuses ORM
 # calls from a thread with a running loop unless told it is safe (it is: the
@@ -134,17 +134,6 @@ def settle(page: Any) -> None:
     """
     page.wait_for_function("() => window.__wardenSettled()")
     page.evaluate("() => new Promise(resolve => setTimeout(resolve, 0))")
-
-
-# What every page's Content-Security-Policy header must say.
-CSP_DIRECTIVES = (
-    "script-src 'self'",
-    "style-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-    "form-action 'self'",
-)
 
 
 def visit(page: Any, path: str, violations: list[str]) -> None:
