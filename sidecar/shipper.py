@@ -89,7 +89,7 @@ class AuditSpool:
         max_bytes: int = 512 * 1024 * 1024,
         segment_bytes: int = 8 * 1024 * 1024,
         flush_interval: float = 0.1,
-        flush_events: int = 500,
+        flush_events: int = 2000,
         full_policy: str = "refuse",
         durability: str = "batched",
     ) -> None:
@@ -102,6 +102,10 @@ class AuditSpool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.flush_interval = flush_interval
+        # 2,000 rather than 500: at 23,000 statements a second that is 12 writes and
+        # fdatasyncs a second instead of 46, which took 1-1.7 us of the sidecar's CPU
+        # off every statement (bench/README.md). At most ~2 MB wait in memory, and a
+        # flush's intents under strict durability still fit a JOURNAL_CHUNK.
         self.flush_events = flush_events
         self.full_policy = full_policy
         self.dropped = 0
