@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -1107,9 +1108,36 @@ def mcp_main(config_path: str) -> int:
     return 0
 
 
+# mallopt(3)'s parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> None:
+    """Have glibc's allocator reuse the pages of large blocks instead of handing
+    them back to the kernel at every free.
+
+    By default it returns freed memory once 128 KB sit free at the top of its heap
+    and serves large blocks with fresh mappings, so the spool's flush (a batch's
+    lines joined and encoded: 2 MB at 2,000 events) had the kernel fault in and
+    zero ~0.46 pages per statement, 0.4-1.5 us of the sidecar's CPU at 8 clients
+    (bench/README.md). Blocks up to 8 MB now come from the heap, and up to 32 MB
+    of it stays mapped when free. Elsewhere than Linux nothing is changed; musl's
+    mallopt accepts the call and ignores it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # a C library without mallopt
+        return
+    mallopt(_M_MMAP_THRESHOLD, 8 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on uvloop (on asyncio's own loop without it) until it
     returns; SIGTERM and SIGINT set ``stop``. A sidecar and each of its workers."""
+    keep_freed_memory()
     try:
         import uvloop
     except ImportError:  # uvloop is pinned, but the sidecar still runs without it
