@@ -101,7 +101,9 @@ def setup(sidecars: int, datasources: int = 1) -> list[str]:
 
 def event(rng: random.Random) -> dict[str, Any]:
     """One statement event as ``sidecar.proxy.audit_event`` writes it: versioned, so
-    the intake checks every key's type against the contract (``sidecar/events.py``)."""
+    the intake checks every key's type against the contract (``sidecar/events.py``),
+    with the session's state, and without the optional members a statement without
+    them leaves out (``OMITTED_WHEN_NONE``, ``error_sqlstate``)."""
     classified = rng.random() < 0.4
     tables = rng.sample(TABLES, rng.randint(1, 2))
     return {
@@ -113,7 +115,6 @@ def event(rng: random.Random) -> dict[str, Any]:
         "outcome": "allowed",
         "rows": rng.randint(0, 500),
         "duration_ms": round(rng.random() * 20, 3),
-        "error_sqlstate": None,
         "identity": f"svc-{rng.randint(1, 40)}",
         "identity_kind": rng.choice(["service", "human", "agent"]),
         "owner": "alice",
@@ -121,6 +122,11 @@ def event(rng: random.Random) -> dict[str, Any]:
         "sidecar": "bench",
         "client_addr": f"10.0.{rng.randint(0, 9)}.{rng.randint(1, 250)}",
         "application_name": "bench",
+        "session_state": {
+            "client_encoding": "UTF8",
+            "standard_conforming_strings": "on",
+            "search_path": None,
+        },
         "kind": "select",
         "statement": "SELECT id, email, total FROM customers JOIN orders USING (id) "
         "WHERE customers.id = $1 AND status = $2 LIMIT $3",
@@ -132,7 +138,6 @@ def event(rng: random.Random) -> dict[str, Any]:
         "functions": [],
         "classifications": rng.sample(CLASSIFICATIONS, 2) if classified else [],
         "masked_columns": ["public.customers.email"] if classified else [],
-        "statements": None,
         "reasons": [{"code": "masked", "message": "classified columns masked"}]
         if classified
         else [],

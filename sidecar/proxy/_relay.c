@@ -1128,7 +1128,7 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     h = count < 0 ? put_text(h, "null") : put_digits(h, count);
     h = put_text(h, ",\"duration_ms\":");
     h = put_decimal(h, took / 1000, took % 1000, 3);
-    h = put_text(h, ",\"error_sqlstate\":null,");
+    h = put_text(h, ","); /* no error: no error_sqlstate member (statement_line) */
     int head_len = (int)(h - head);
     Py_ssize_t stamp_len = PyUnicode_GET_LENGTH(STAMP), base_len = PyUnicode_GET_LENGTH(base),
                extra_len = PyUnicode_GET_LENGTH(fragment);

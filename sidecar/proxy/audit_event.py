@@ -114,6 +114,7 @@ def statement_line(
     extra = verdict.audit_fragment
     if extra is None:
         extra = verdict.audit_json()
+    error = "" if sqlstate is None else f'"error_sqlstate":{json.dumps(sqlstate)},'
     approval = "" if approval_id is None else f'"approval_request":{json.dumps(approval_id)},'
     return (
         f'{{{STAMP}"id":"{event}","type":"statement",'
@@ -121,8 +122,7 @@ def statement_line(
         f'"action":"{verdict.action}","outcome":"{outcome}",'
         f'"rows":{"null" if rows is None else rows},'
         f'"duration_ms":{duration},'
-        f'"error_sqlstate":{"null" if sqlstate is None else json.dumps(sqlstate)},'
-        f"{approval}{base}{',' if extra else ''}{extra}}}"
+        f"{error}{approval}{base}{',' if extra else ''}{extra}}}"
     )
 
 
@@ -176,7 +176,7 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         }
         for st in decision.statements
     ]
-    return {
+    facts = {
         "kind": ",".join(s["kind"] for s in statements) or None,
         "statement": "; ".join(s["redacted_sql"] for s in statements) or None,
         "fingerprint": statements[0]["fingerprint"] if len(statements) == 1 else None,
@@ -197,7 +197,7 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         "break_glass": list(decision.break_glass) or None,
         # Unreviewed findings (docs/classification.md, "Protection before review"):
         # what a service read raw that others read masked, and what was masked only
-        # provisionally. Absent (null) when none, to keep events small.
+        # provisionally.
         "would_have_masked": sorted({c for st in decision.statements for c in st.would_have_masked})
         or None,
         "provisional_columns": sorted(
@@ -205,3 +205,14 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         )
         or None,
     }
+    for name in OMITTED_WHEN_NONE:
+        if facts[name] is None:
+            del facts[name]
+    return facts
+
+
+# Members of a statement's facts left out when they have no value, rather than
+# written as null: most statements have none of them, and the nulls were a tenth
+# of every event, in the spool, on the wire and in the trail (docs/audit.md). The
+# control plane reads a missing optional member as null.
+OMITTED_WHEN_NONE = ("statements", "break_glass", "would_have_masked", "provisional_columns")
