@@ -76,9 +76,10 @@ AUDIT_MAX_BYTES = 4 * 1024 * 1024
 # Room for the envelope the upload wraps the array in (``{"events":...}``).
 ENVELOPE_BYTES = 64
 # What a journal file is allocated, and grows by when a turn's intents pass its
-# end: some 2,500 intents, more than a spool flush interval holds at 10,000
-# statements a second (a file is replaced at every spool flush).
-JOURNAL_CHUNK = 1024 * 1024
+# end. A file is replaced at every spool flush, so it must hold what one flush
+# covers: up to ``flush_events`` intents, each a whole statement event (about
+# 1 KB). 4 MiB holds some 4,000; growing a file means an fsync on the loop.
+JOURNAL_CHUNK = 4 * 1024 * 1024
 
 
 class AuditSpool:
@@ -105,7 +106,7 @@ class AuditSpool:
         # 2,000 rather than 500: at 23,000 statements a second that is 12 writes and
         # fdatasyncs a second instead of 46, which took 1-1.7 us of the sidecar's CPU
         # off every statement (bench/README.md). At most ~2 MB wait in memory, and a
-        # flush's intents under strict durability still fit a JOURNAL_CHUNK.
+        # flush's intents under strict durability fit one JOURNAL_CHUNK.
         self.flush_events = flush_events
         self.full_policy = full_policy
         self.dropped = 0
