@@ -176,7 +176,15 @@ def local_backends(pids: list[int]) -> list[int]:
 
 
 def backends_cpu(pids: list[int]) -> float:
-    return sum(cpu_seconds(pid) for pid in pids)
+    try:
+        return sum(cpu_seconds(pid) for pid in pids)
+    except FileNotFoundError as exc:
+        # A connection to the bench database closed during the run (another
+        # process's, taken for one of the web processes'): its CPU time is lost.
+        raise SystemExit(
+            f"a PostgreSQL backend of the bench database exited during the run ({exc.filename}): "
+            "its CPU time cannot be counted; run again with nothing else connected to it"
+        ) from None
 
 
 class LockWaits:
