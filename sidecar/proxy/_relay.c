@@ -33,7 +33,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
+
+#ifndef MSG_NOSIGNAL /* not Linux: Python ignores SIGPIPE anyway */
+#define MSG_NOSIGNAL 0
+#endif
 
 #define MAX_MESSAGES 256 /* per buffer; more and Python relays it */
 #define SMALL_MESSAGE_LIMIT 10000 /* messages.SMALL_MESSAGE_LIMIT */
@@ -43,13 +48,16 @@
 static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s_barrier,
     *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
     *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
-    *s_audit_fragment, *s_action, *s_recorded, *s_quick_query;
+    *s_audit_fragment, *s_action, *s_recorded, *s_quick_query, *s_get_write_buffer_size,
+    *s_is_closing;
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
 static PyObject *status_bytes[256];
 /* Buffers relayed here, each way (stats()): what the tests check was not all Python's. */
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
+/* Writes the relay sent to a socket itself, past the transport (send_to). */
+static unsigned long long sent_direct = 0;
 
 static inline int32_t
 be32(const unsigned char *p)
@@ -118,7 +126,9 @@ cstring_end(const unsigned char *p, const unsigned char *end)
     X(max_message, "max_message") \
     X(audit, "audit") \
     X(base_json, "_base_json") \
-    X(metrics, "metrics")
+    X(metrics, "metrics") \
+    X(client_fd, "_client_fd") \
+    X(upstream_fd, "_upstream_fd")
 
 typedef struct {
     PyObject_HEAD
@@ -563,26 +573,79 @@ done:
     return hot;
 }
 
+/* transport.write(data), or the same bytes sent to the transport's socket here.
+ *
+ * fd is the socket's (Session._direct_fd): >= 0 only for uvloop's plain TCP transport,
+ * whose write would send the bytes at once anyway when it holds nothing. Sent here, they
+ * skip the transport's bookkeeping (about 700 instructions) and the VFS path of write(2).
+ * Only while the transport holds nothing (nothing it sends later can be overtaken) and is
+ * not closing (so its socket is still open and still this fd: uvloop closes the socket only
+ * once the transport is closing, and the number may then be reused); what the socket does
+ * not take at once, and any error, goes to transport.write as before, which buffers,
+ * pauses the protocol or reports the connection lost its own way. */
+static int
+send_to(PyObject *transport, PyObject *fd_obj, PyObject *data)
+{
+    long fd = PyLong_Check(fd_obj) ? PyLong_AsLong(fd_obj) : -1;
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *rest = NULL;
+    if (fd >= 0 && PyBytes_CheckExact(data)) {
+        PyObject *held = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
+        if (held == NULL)
+            return -1;
+        int empty = PyLong_CheckExact(held) && PyLong_AsLong(held) == 0;
+        Py_DECREF(held);
+        PyObject *closing = empty ? PyObject_CallMethodNoArgs(transport, s_is_closing) : NULL;
+        if (empty && closing == NULL)
+            return -1;
+        if (closing == Py_False) {
+            const char *buf = PyBytes_AS_STRING(data);
+            Py_ssize_t len = PyBytes_GET_SIZE(data);
+            ssize_t sent = send((int)fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (sent == len) {
+                Py_DECREF(closing);
+                sent_direct++;
+                return 0;
+            }
+            if (sent > 0) {
+                rest = PyBytes_FromStringAndSize(buf + sent, len - sent);
+                if (rest == NULL) {
+                    Py_DECREF(closing);
+                    return -1;
+                }
+            }
+        }
+        Py_XDECREF(closing);
+    }
+    PyObject *r = PyObject_CallMethodOneArg(transport, s_write, rest != NULL ? rest : data);
+    Py_XDECREF(rest);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Forward data upstream as the Session's client_data would: through its _write under
  * strict audit durability (which holds the bytes until the journal is on disk). */
 static int
 forward_upstream(PyObject *session, PyObject *data, int strict)
 {
-    PyObject *r;
     if (strict) {
-        r = PyObject_CallMethodOneArg(session, s_session_write, data);
-    }
-    else {
-        PyObject *upstream = GET(session, upstream);
-        if (upstream == NULL)
+        PyObject *r = PyObject_CallMethodOneArg(session, s_session_write, data);
+        if (r == NULL)
             return -1;
-        r = PyObject_CallMethodOneArg(upstream, s_write, data);
-        Py_DECREF(upstream);
+        Py_DECREF(r);
+        return 0;
     }
-    if (r == NULL)
+    PyObject *upstream = GET(session, upstream);
+    if (upstream == NULL)
         return -1;
-    Py_DECREF(r);
-    return 0;
+    PyObject *fd = GET(session, upstream_fd);
+    int done = fd == NULL ? -1 : send_to(upstream, fd, data);
+    Py_XDECREF(fd);
+    Py_DECREF(upstream);
+    return done;
 }
 
 /* A simple Query alone in the buffer, the session plain and nothing pending: the
@@ -1322,10 +1385,11 @@ relay_upstream(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     client = GET(session, client);
     if (client == NULL)
         goto out;
-    PyObject *r = PyObject_CallMethodOneArg(client, s_write, data);
-    if (r == NULL)
+    PyObject *fd = GET(session, client_fd);
+    int sent = fd == NULL ? -1 : send_to(client, fd, data);
+    Py_XDECREF(fd);
+    if (sent < 0)
         goto out;
-    Py_DECREF(r);
     relayed_upstream++;
     result = Py_None;
     Py_INCREF(result);
@@ -1350,12 +1414,14 @@ relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 relay_stats(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K}", "client", relayed_client, "upstream", relayed_upstream);
+    return Py_BuildValue("{s:K,s:K,s:K}", "client", relayed_client, "upstream", relayed_upstream,
+                         "direct", sent_direct);
 }
 
 static PyMethodDef relay_methods[] = {
     {"stats", relay_stats, METH_NOARGS,
-     "stats(): buffers relayed natively so far in this process, each way."},
+     "stats(): buffers relayed natively so far in this process, each way, and writes sent "
+     "to a socket past its transport (direct)."},
     {"client", (PyCFunction)(void (*)(void))relay_client, METH_FASTCALL,
      "client(session, data): relay a client buffer of hot messages, else hand it to "
      "session.client_data."},
@@ -1406,6 +1472,8 @@ PyInit__relay(void)
     INTERN(s_recorded, "recorded");
     INTERN(s_session_write, "_write");
     INTERN(s_quick_query, "quick_query");
+    INTERN(s_get_write_buffer_size, "get_write_buffer_size");
+    INTERN(s_is_closing, "is_closing");
     ONE = PyLong_FromLong(1);
     if (ONE == NULL)
         return NULL;

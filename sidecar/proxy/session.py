@@ -212,6 +212,31 @@ except ImportError:
 else:
     _relay.configure(_SYNC, STAMP)
 
+
+def _uvloop_tcp() -> type | None:
+    """uvloop's plain TCP transport class (not in its type stubs); None without uvloop,
+    which is pinned: then no socket is written past its transport."""
+    try:
+        import uvloop.loop
+    except ImportError:
+        return None
+    return getattr(uvloop.loop, "TCPTransport", None)
+
+
+_UvloopTCP = _uvloop_tcp()
+
+
+def _direct_fd(transport: object) -> int:
+    """The socket the native relay may send to itself when the transport holds nothing
+    (``_relay.c``, ``send_to``): only uvloop's plain TCP transport's, whose own write
+    would send at once too. -1 for any other: TLS (the bytes must be encrypted), asyncio's
+    own loop, a test's stand-in."""
+    if _UvloopTCP is None or type(transport) is not _UvloopTCP:
+        return -1
+    sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    return -1 if sock is None else int(sock.fileno())
+
+
 if TYPE_CHECKING:
     _Exec = _PythonExec
 else:
@@ -416,9 +441,12 @@ class Session(_SessionBase):
         self.native_relay = native_relay and _relay is not None
         self.client_entry: Callable[[bytes], None] = self.client_data
         self.upstream_entry: Callable[[bytes], None] = self.upstream_data
+        self._client_fd = self._upstream_fd = -1
         if self.native_relay:
             self.client_entry = partial(_relay.client, self)
             self.upstream_entry = partial(_relay.upstream, self)
+            self._client_fd = _direct_fd(client)
+            self._upstream_fd = _direct_fd(upstream)
 
     # ---- client -> upstream -------------------------------------------------
 

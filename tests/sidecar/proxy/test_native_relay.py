@@ -10,8 +10,10 @@ fuzz`` runs this comparison on an AddressSanitizer build with malformed input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -443,3 +445,130 @@ def test_a_journal_the_disk_refuses_runs_nothing_and_says_why(
     assert bytes(side.upstream.data) == b"", "a statement ran without its intent on disk"
     assert side.session.closed and b"58030" in bytes(side.client.data)
     side.spool._writer.shutdown(wait=True)
+
+
+def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """On uvloop's plain TCP transports the relay sends a hot message to the socket
+    itself when the transport holds nothing; while the transport still holds bytes
+    (a slow client), the message goes through it, behind them, never ahead."""
+    uvloop = pytest.importorskip("uvloop")
+    from sidecar.metrics import Metrics
+    from sidecar.proxy.policy import identities_from_bundle
+    from sidecar.runner import EnginePolicy
+    from sidecar.shipper import AuditSpool
+    from tests.sidecar.proxy.relay_check import Source
+
+    reply = DESCRIPTION + ROW + done(b"SELECT 1")
+
+    async def recv_exactly(sock: socket.socket, size: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = bytearray()
+        while len(data) < size:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+            assert chunk, "the sidecar closed the connection"
+            data += chunk
+        return bytes(data)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        # The upstream: a socket this test plays the server on.
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        accepted = loop.create_task(loop.sock_accept(listener))
+        upstream, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+        server_side, _ = await accepted
+        # The client: a socket this test plays the client on, accepted by the loop.
+        transports: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                transports.put_nowait(transport)
+
+        server = await loop.create_server(Accept, "127.0.0.1", 0)
+        client_side = socket.socket()
+        client_side.setblocking(False)
+        await loop.sock_connect(client_side, server.sockets[0].getsockname())
+        client = await transports.get()
+        metrics = Metrics()
+        spool = AuditSpool(tmp_path / "spool", max_bytes=1024**3)
+        session = sessions.Session(
+            client=client,  # type: ignore[arg-type]
+            upstream=upstream,  # type: ignore[arg-type]
+            identity=identities_from_bundle(document)["alice"],
+            policy=EnginePolicy(Source(document), metrics),
+            audit=spool,
+            metrics=metrics,
+            parameters={"client_encoding": "UTF8", "standard_conforming_strings": "on"},
+            status=b"I",
+            base_event={"identity": "alice", "datasource": "relay-check"},
+            max_message=1024 * 1024,
+            on_close=lambda _s: None,
+        )
+        assert session._client_fd >= 0 and session._upstream_fd >= 0
+        client.set_protocol(sessions.ClientProtocol(session))
+        upstream.set_protocol(sessions.UpstreamProtocol(session))
+        try:
+            # Both ways past the transports.
+            sql = frame(b"Q", b"SELECT id FROM notes WHERE id = 1\x00")
+            before = relayed()
+            await loop.sock_sendall(client_side, sql)
+            assert await recv_exactly(server_side, len(sql)) == sql
+            await loop.sock_sendall(server_side, reply)
+            assert await recv_exactly(client_side, len(reply)) == reply
+            assert relayed()["direct"] - before["direct"] == 2
+
+            # A slow client: the transport holds what the socket did not take. Then the
+            # client reads some, so the socket has room again before the loop's next
+            # turn lets the transport send more: the next reply must still come last.
+            await loop.sock_sendall(client_side, sql)
+            assert await recv_exactly(server_side, len(sql)) == sql
+            backlog = b"x" * (32 * 1024 * 1024)
+            client.write(backlog)  # type: ignore[attr-defined]
+            assert client.get_write_buffer_size() > 0  # type: ignore[attr-defined]
+            drained = bytearray()
+            with contextlib.suppress(BlockingIOError):
+                while True:  # all the socket has, without a turn of the loop
+                    drained += client_side.recv(1 << 20)
+            assert drained
+            before = relayed()
+            session.upstream_entry(reply)  # as if read from the upstream now
+            assert relayed()["upstream"] - before["upstream"] == 1
+            assert relayed()["direct"] == before["direct"], "sent ahead of the held bytes"
+            rest = await recv_exactly(client_side, len(backlog) + len(reply) - len(drained))
+            received = bytes(drained) + rest
+            assert received[: len(backlog)] == backlog
+            assert received[len(backlog) :] == reply
+        finally:
+            client.close()
+            upstream.close()
+            server.close()
+            for sock in (listener, server_side, client_side):
+                sock.close()
+            spool.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_other_transports_are_never_written_past() -> None:
+    """TLS (the bytes must be encrypted), asyncio's own loop, a test's stand-in: the
+    relay writes through them, always."""
+    from tests.sidecar.proxy.relay_check import Recorder
+
+    assert sessions._direct_fd(Recorder()) == -1
+
+    async def plain_asyncio() -> int:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, *server.sockets[0].getsockname()
+        )
+        try:
+            return sessions._direct_fd(transport)
+        finally:
+            transport.close()
+            server.close()
+
+    assert asyncio.run(plain_asyncio()) == -1
