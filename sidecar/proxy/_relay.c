@@ -576,13 +576,16 @@ done:
 /* transport.write(data), or the same bytes sent to the transport's socket here.
  *
  * fd is the socket's (Session._direct_fd): >= 0 only for uvloop's plain TCP transport,
- * whose write would send the bytes at once anyway when it holds nothing. Sent here, they
+ * whose own write sends at once when it holds nothing (and its protocol is not paused,
+ * when it waits for the loop's turn instead: sending earlier overtakes nothing). Sent here, they
  * skip the transport's bookkeeping (about 700 instructions) and the VFS path of write(2).
  * Only while the transport holds nothing (nothing it sends later can be overtaken) and is
  * not closing (so its socket is still open and still this fd: uvloop closes the socket only
  * once the transport is closing, and the number may then be reused); what the socket does
  * not take at once, and any error, goes to transport.write as before, which buffers,
- * pauses the protocol or reports the connection lost its own way. */
+ * pauses the protocol or reports the connection lost its own way. (After write_eof a
+ * transport is not closing yet but refuses writes: nothing here calls write_eof; a change
+ * that does must check it here too.) */
 static int
 send_to(PyObject *transport, PyObject *fd_obj, PyObject *data)
 {
@@ -594,8 +597,11 @@ send_to(PyObject *transport, PyObject *fd_obj, PyObject *data)
         PyObject *held = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
         if (held == NULL)
             return -1;
-        int empty = PyLong_CheckExact(held) && PyLong_AsLong(held) == 0;
+        Py_ssize_t size = PyLong_AsSsize_t(held);
         Py_DECREF(held);
+        if (size == -1 && PyErr_Occurred())
+            return -1;
+        int empty = size == 0;
         PyObject *closing = empty ? PyObject_CallMethodNoArgs(transport, s_is_closing) : NULL;
         if (empty && closing == NULL)
             return -1;

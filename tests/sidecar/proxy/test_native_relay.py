@@ -14,9 +14,10 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -447,117 +448,239 @@ def test_a_journal_the_disk_refuses_runs_nothing_and_says_why(
     side.spool._writer.shutdown(wait=True)
 
 
-def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
-    document: dict[str, Any], tmp_path: Path
-) -> None:
-    """On uvloop's plain TCP transports the relay sends a hot message to the socket
-    itself when the transport holds nothing; while the transport still holds bytes
-    (a slow client), the message goes through it, behind them, never ahead."""
-    uvloop = pytest.importorskip("uvloop")
+REPLY = DESCRIPTION + ROW + done(b"SELECT 1")
+QUERY = frame(b"Q", b"SELECT id FROM notes WHERE id = 1\x00")
+
+
+class Wired:
+    """A native-relay Session on real uvloop TCP connections, with the plain sockets
+    this test plays the client and the upstream server on."""
+
+    session: sessions.Session
+    client: Any  # uvloop's TCPTransport to the client
+    client_side: socket.socket
+    server_side: socket.socket
+
+
+@contextlib.asynccontextmanager
+async def wired(document: dict[str, Any], spool_dir: Path) -> AsyncIterator[Wired]:
     from sidecar.metrics import Metrics
     from sidecar.proxy.policy import identities_from_bundle
     from sidecar.runner import EnginePolicy
     from sidecar.shipper import AuditSpool
     from tests.sidecar.proxy.relay_check import Source
 
-    reply = DESCRIPTION + ROW + done(b"SELECT 1")
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted_upstream = loop.create_task(loop.sock_accept(listener))
+    upstream, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+    w = Wired()
+    w.server_side, _ = await accepted_upstream
+    transports: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
 
-    async def recv_exactly(sock: socket.socket, size: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        data = bytearray()
-        while len(data) < size:
-            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
-            assert chunk, "the sidecar closed the connection"
-            data += chunk
-        return bytes(data)
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.put_nowait(transport)
+
+    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    w.client_side = socket.socket()
+    w.client_side.setblocking(False)
+    await loop.sock_connect(w.client_side, server.sockets[0].getsockname())
+    w.client = await transports.get()
+    metrics = Metrics()
+    spool = AuditSpool(spool_dir, max_bytes=1024**3)
+    w.session = sessions.Session(
+        client=w.client,
+        upstream=upstream,  # type: ignore[arg-type]
+        identity=identities_from_bundle(document)["alice"],
+        policy=EnginePolicy(Source(document), metrics),
+        audit=spool,
+        metrics=metrics,
+        parameters={"client_encoding": "UTF8", "standard_conforming_strings": "on"},
+        status=b"I",
+        base_event={"identity": "alice", "datasource": "relay-check"},
+        max_message=1024 * 1024,
+        on_close=lambda _s: None,
+    )
+    assert w.session._client_fd >= 0 and w.session._upstream_fd >= 0
+    w.client.set_protocol(sessions.ClientProtocol(w.session))
+    upstream.set_protocol(sessions.UpstreamProtocol(w.session))
+    try:
+        yield w
+    finally:
+        w.client.close()
+        upstream.close()
+        server.close()
+        for sock in (listener, w.server_side, w.client_side):
+            sock.close()
+        spool.close()
+
+
+async def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < size:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        assert chunk, "the connection was closed"
+        data += chunk
+    return bytes(data)
+
+
+def on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """On uvloop's plain TCP transports the relay sends a hot message to the socket
+    itself when the transport holds nothing; while the transport still holds bytes
+    (a slow client), the message goes through it, behind them, never ahead."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        # The upstream: a socket this test plays the server on.
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        accepted = loop.create_task(loop.sock_accept(listener))
-        upstream, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
-        server_side, _ = await accepted
-        # The client: a socket this test plays the client on, accepted by the loop.
-        transports: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
-
-        class Accept(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                transports.put_nowait(transport)
-
-        server = await loop.create_server(Accept, "127.0.0.1", 0)
-        client_side = socket.socket()
-        client_side.setblocking(False)
-        await loop.sock_connect(client_side, server.sockets[0].getsockname())
-        client = await transports.get()
-        metrics = Metrics()
-        spool = AuditSpool(tmp_path / "spool", max_bytes=1024**3)
-        session = sessions.Session(
-            client=client,  # type: ignore[arg-type]
-            upstream=upstream,  # type: ignore[arg-type]
-            identity=identities_from_bundle(document)["alice"],
-            policy=EnginePolicy(Source(document), metrics),
-            audit=spool,
-            metrics=metrics,
-            parameters={"client_encoding": "UTF8", "standard_conforming_strings": "on"},
-            status=b"I",
-            base_event={"identity": "alice", "datasource": "relay-check"},
-            max_message=1024 * 1024,
-            on_close=lambda _s: None,
-        )
-        assert session._client_fd >= 0 and session._upstream_fd >= 0
-        client.set_protocol(sessions.ClientProtocol(session))
-        upstream.set_protocol(sessions.UpstreamProtocol(session))
-        try:
+        async with wired(document, tmp_path) as w:
             # Both ways past the transports.
-            sql = frame(b"Q", b"SELECT id FROM notes WHERE id = 1\x00")
             before = relayed()
-            await loop.sock_sendall(client_side, sql)
-            assert await recv_exactly(server_side, len(sql)) == sql
-            await loop.sock_sendall(server_side, reply)
-            assert await recv_exactly(client_side, len(reply)) == reply
+            await loop.sock_sendall(w.client_side, QUERY)
+            assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
+            await loop.sock_sendall(w.server_side, REPLY)
+            assert await recv_exactly(w.client_side, len(REPLY)) == REPLY
             assert relayed()["direct"] - before["direct"] == 2
 
             # A slow client: the transport holds what the socket did not take. Then the
             # client reads some, so the socket has room again before the loop's next
             # turn lets the transport send more: the next reply must still come last.
-            await loop.sock_sendall(client_side, sql)
-            assert await recv_exactly(server_side, len(sql)) == sql
+            await loop.sock_sendall(w.client_side, QUERY)
+            assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
             backlog = b"x" * (32 * 1024 * 1024)
-            client.write(backlog)  # type: ignore[attr-defined]
-            assert client.get_write_buffer_size() > 0  # type: ignore[attr-defined]
+            w.client.write(backlog)
+            assert w.client.get_write_buffer_size() > 0
             drained = bytearray()
             with contextlib.suppress(BlockingIOError):
                 while True:  # all the socket has, without a turn of the loop
-                    drained += client_side.recv(1 << 20)
+                    drained += w.client_side.recv(1 << 20)
             assert drained
             before = relayed()
-            session.upstream_entry(reply)  # as if read from the upstream now
+            w.session.upstream_entry(REPLY)  # as if read from the upstream now
             assert relayed()["upstream"] - before["upstream"] == 1
             assert relayed()["direct"] == before["direct"], "sent ahead of the held bytes"
-            rest = await recv_exactly(client_side, len(backlog) + len(reply) - len(drained))
+            rest = await recv_exactly(w.client_side, len(backlog) + len(REPLY) - len(drained))
             received = bytes(drained) + rest
             assert received[: len(backlog)] == backlog
-            assert received[len(backlog) :] == reply
-        finally:
-            client.close()
-            upstream.close()
-            server.close()
-            for sock in (listener, server_side, client_side):
-                sock.close()
-            spool.close()
+            assert received[len(backlog) :] == REPLY
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(scenario())
+    on_uvloop(scenario)
 
 
-def test_other_transports_are_never_written_past() -> None:
-    """TLS (the bytes must be encrypted), asyncio's own loop, a test's stand-in: the
-    relay writes through them, always."""
+def test_a_closed_connection_s_socket_number_is_never_written_to(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """Once the transport is closing, its socket is closed and the number can belong
+    to another connection at once: the relay never sends to it."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with wired(document, tmp_path) as w:
+            await loop.sock_sendall(w.client_side, QUERY)
+            assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
+            number = w.session._client_fd
+            w.client.close()
+            # Another connection takes the number (the kernel gives out the lowest).
+            mine, theirs = socket.socketpair()
+            os.dup2(mine.fileno(), number)
+            theirs.setblocking(False)
+            try:
+                before = relayed()
+                with contextlib.suppress(RuntimeError):  # the transport's own refusal
+                    w.session.upstream_entry(REPLY)
+                assert relayed()["direct"] == before["direct"]
+                with pytest.raises(BlockingIOError):
+                    theirs.recv(1 << 16)  # nothing reached the other connection
+            finally:
+                os.close(number)
+                mine.close()
+                theirs.close()
+
+    on_uvloop(scenario)
+
+
+def test_what_the_socket_does_not_take_goes_through_the_transport(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """A reply bigger than the socket's room, the transport empty: the relay sends
+    what fits and hands the rest to the transport, in order."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with wired(document, tmp_path) as w:
+            w.client.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await loop.sock_sendall(w.client_side, QUERY)
+            assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
+            rows = b"".join(
+                frame(b"D", (1).to_bytes(2, "big") + (8000).to_bytes(4, "big") + bytes([n]) * 8000)
+                for n in range(200)
+            )
+            reply = DESCRIPTION + rows + done(b"SELECT 200")
+            before = relayed()
+            w.session.upstream_entry(reply)
+            assert relayed()["upstream"] - before["upstream"] == 1
+            assert w.client.get_write_buffer_size() > 0  # the rest, held by the transport
+            assert await recv_exactly(w.client_side, len(reply)) == reply
+
+    on_uvloop(scenario)
+
+
+def test_other_transports_are_never_written_past(tmp_path: Path) -> None:
+    """TLS above all: uvloop's TLS transport answers for the plain socket beneath it,
+    so anything short of the exact plain-TCP class (a base class, "it has a socket")
+    would send plaintext into an encrypted session. Also asyncio's own loop and a
+    test's stand-in: the relay writes through them, always."""
+    uvloop = pytest.importorskip("uvloop")
     from tests.sidecar.proxy.relay_check import Recorder
+    from tests.sidecar.proxy.test_tls import _self_signed
 
     assert sessions._direct_fd(Recorder()) == -1
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def upgraded() -> tuple[int, int, object]:
+        """A plain connection upgraded in place, as the sidecar answers SSLRequest."""
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.put_nowait(transport)
+
+        server = await loop.create_server(Accept, "127.0.0.1", 0)
+        _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        plain = await accepted.get()
+        tls, _ = await asyncio.gather(
+            loop.start_tls(plain, plain.get_protocol(), server_tls, server_side=True),
+            writer.start_tls(client_tls, server_hostname="localhost"),
+        )
+        try:
+            assert tls is not None
+            return (
+                sessions._direct_fd(plain),
+                sessions._direct_fd(tls),
+                tls.get_extra_info("socket"),
+            )
+        finally:
+            tls.close()
+            writer.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        before, after, beneath = runner.run(upgraded())
+    assert before >= 0  # the plain connection would have been written to directly
+    assert after == -1 and beneath is not None  # the TLS one never, socket or not
 
     async def plain_asyncio() -> int:
         loop = asyncio.get_running_loop()
