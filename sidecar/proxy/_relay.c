@@ -355,6 +355,17 @@ exec_new(PyObject *verdict, PyObject *is_query)
     return (PyObject *)self;
 }
 
+/* The pending item for a statement the relay sends, as the Session makes it: through
+ * its _exec under strict durability (which journals the intent first), else an Exec. */
+static PyObject *
+pending_item(PyObject *session, PyObject *verdict, PyObject *is_query, int strict)
+{
+    if (!strict)
+        return exec_new(verdict, is_query);
+    PyObject *call_args[3] = {session, verdict, is_query};
+    return PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
+}
+
 #define EX(item) ((ExecObject *)(item))
 
 /* An item the second pass takes from pending, where the first pass saw an Exec.
@@ -573,12 +584,34 @@ done:
     return hot;
 }
 
+/* 1 when the transport holds nothing and is not closing, 0 when not, -1 on error. */
+static int
+transport_idle(PyObject *transport)
+{
+    PyObject *held = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
+    if (held == NULL)
+        return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(held);
+    Py_DECREF(held);
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    if (size != 0)
+        return 0;
+    PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
+    if (closing == NULL)
+        return -1;
+    int idle = closing == Py_False;
+    Py_DECREF(closing);
+    return idle;
+}
+
 /* transport.write(data), or the same bytes sent to the transport's socket here.
  *
  * fd is the socket's (Session._direct_fd): >= 0 only for uvloop's plain TCP transport,
  * whose own write sends at once when it holds nothing (and its protocol is not paused,
- * when it waits for the loop's turn instead: sending earlier overtakes nothing). Sent here, they
- * skip the transport's bookkeeping (about 700 instructions) and the VFS path of write(2).
+ * when it waits for the loop's turn instead: sending earlier overtakes nothing). Sent
+ * here, they skip the transport's bookkeeping (about 700 instructions) and the VFS path
+ * of write(2).
  * Only while the transport holds nothing (nothing it sends later can be overtaken) and is
  * not closing (so its socket is still open and still this fd: uvloop closes the socket only
  * once the transport is closing, and the number may then be reused); what the socket does
@@ -594,35 +627,20 @@ send_to(PyObject *transport, PyObject *fd_obj, PyObject *data)
         return -1;
     PyObject *rest = NULL;
     if (fd >= 0 && PyBytes_CheckExact(data)) {
-        PyObject *held = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
-        if (held == NULL)
+        int idle = transport_idle(transport);
+        if (idle < 0)
             return -1;
-        Py_ssize_t size = PyLong_AsSsize_t(held);
-        Py_DECREF(held);
-        if (size == -1 && PyErr_Occurred())
-            return -1;
-        int empty = size == 0;
-        PyObject *closing = empty ? PyObject_CallMethodNoArgs(transport, s_is_closing) : NULL;
-        if (empty && closing == NULL)
-            return -1;
-        if (closing == Py_False) {
+        if (idle) {
             const char *buf = PyBytes_AS_STRING(data);
             Py_ssize_t len = PyBytes_GET_SIZE(data);
             ssize_t sent = send((int)fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (sent == len) {
-                Py_DECREF(closing);
                 sent_direct++;
                 return 0;
             }
-            if (sent > 0) {
-                rest = PyBytes_FromStringAndSize(buf + sent, len - sent);
-                if (rest == NULL) {
-                    Py_DECREF(closing);
-                    return -1;
-                }
-            }
+            if (sent > 0 && (rest = PyBytes_FromStringAndSize(buf + sent, len - sent)) == NULL)
+                return -1;
         }
-        Py_XDECREF(closing);
     }
     PyObject *r = PyObject_CallMethodOneArg(transport, s_write, rest != NULL ? rest : data);
     Py_XDECREF(rest);
@@ -690,17 +708,10 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
         done = 0;
         goto out;
     }
-    /* The pending item as _on_query makes it: journaled first under strict durability. */
     int strict = true_ref(GET(session, strict));
     if (strict < 0)
         goto out;
-    if (strict) {
-        PyObject *call_args[3] = {session, verdict, Py_True};
-        item = PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
-    }
-    else {
-        item = exec_new(verdict, Py_True);
-    }
+    item = pending_item(session, verdict, Py_True, strict);
     if (item == NULL)
         goto out;
     PyObject *r = PyObject_CallMethodOneArg(pending, s_append, item);
@@ -763,14 +774,7 @@ relay_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto out;
         }
         else if (step->kind == 'E') {
-            PyObject *item;
-            if (strict) {
-                PyObject *call_args[3] = {session, step->verdict, Py_False};
-                item = PyObject_VectorcallMethod(s_exec, call_args, 3, NULL);
-            }
-            else {
-                item = exec_new(step->verdict, Py_False);
-            }
+            PyObject *item = pending_item(session, step->verdict, Py_False, strict);
             if (item == NULL)
                 goto out;
             PyObject *r = PyObject_CallMethodOneArg(pending, s_append, item);
