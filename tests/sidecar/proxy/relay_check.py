@@ -57,7 +57,8 @@ class Source:
 
 
 class Side:
-    """One Session and what it forwarded and recorded."""
+    """One Session and what it forwarded and recorded: on ``Recorder``s, or on real
+    ``transports`` (client, upstream) when given."""
 
     def __init__(
         self,
@@ -67,17 +68,20 @@ class Side:
         native: bool,
         policy: Any = None,
         durability: str = "batched",
+        transports: tuple[Any, Any] | None = None,
     ) -> None:
         from sidecar.runner import EnginePolicy  # the runner imports the engine
 
         self.tmp = Path(tempfile.mkdtemp(prefix="warden-relay-"))
         self.spool = AuditSpool(self.tmp / "spool", max_bytes=1024**3, durability=durability)
-        self.client, self.upstream = Recorder(), Recorder()
+        self.client: Any
+        self.upstream: Any
+        self.client, self.upstream = transports or (Recorder(), Recorder())
         self.raised = ""
         metrics = Metrics()
         self.session = sessions.Session(
-            client=self.client,  # type: ignore[arg-type]
-            upstream=self.upstream,  # type: ignore[arg-type]
+            client=self.client,
+            upstream=self.upstream,
             identity=identities_from_bundle(document)[identity],
             policy=policy or EnginePolicy(Source(document), metrics),
             audit=self.spool,

@@ -452,24 +452,28 @@ REPLY = DESCRIPTION + ROW + done(b"SELECT 1")
 QUERY = frame(b"Q", b"SELECT id FROM notes WHERE id = 1\x00")
 
 
+class Accepted(asyncio.Protocol):
+    """Keeps the transport of each connection the loop accepts."""
+
+    def __init__(self, transports: asyncio.Queue[asyncio.BaseTransport]) -> None:
+        self.transports = transports
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transports.put_nowait(transport)
+
+
 class Wired:
     """A native-relay Session on real uvloop TCP connections, with the plain sockets
     this test plays the client and the upstream server on."""
 
-    session: sessions.Session
+    side: Side
     client: Any  # uvloop's TCPTransport to the client
     client_side: socket.socket
     server_side: socket.socket
 
 
 @contextlib.asynccontextmanager
-async def wired(document: dict[str, Any], spool_dir: Path) -> AsyncIterator[Wired]:
-    from sidecar.metrics import Metrics
-    from sidecar.proxy.policy import identities_from_bundle
-    from sidecar.runner import EnginePolicy
-    from sidecar.shipper import AuditSpool
-    from tests.sidecar.proxy.relay_check import Source
-
+async def wired(document: dict[str, Any]) -> AsyncIterator[Wired]:
     loop = asyncio.get_running_loop()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
@@ -478,34 +482,16 @@ async def wired(document: dict[str, Any], spool_dir: Path) -> AsyncIterator[Wire
     w = Wired()
     w.server_side, _ = await accepted_upstream
     transports: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
-
-    class Accept(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transports.put_nowait(transport)
-
-    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    server = await loop.create_server(lambda: Accepted(transports), "127.0.0.1", 0)
     w.client_side = socket.socket()
     w.client_side.setblocking(False)
     await loop.sock_connect(w.client_side, server.sockets[0].getsockname())
     w.client = await transports.get()
-    metrics = Metrics()
-    spool = AuditSpool(spool_dir, max_bytes=1024**3)
-    w.session = sessions.Session(
-        client=w.client,
-        upstream=upstream,  # type: ignore[arg-type]
-        identity=identities_from_bundle(document)["alice"],
-        policy=EnginePolicy(Source(document), metrics),
-        audit=spool,
-        metrics=metrics,
-        parameters={"client_encoding": "UTF8", "standard_conforming_strings": "on"},
-        status=b"I",
-        base_event={"identity": "alice", "datasource": "relay-check"},
-        max_message=1024 * 1024,
-        on_close=lambda _s: None,
-    )
-    assert w.session._client_fd >= 0 and w.session._upstream_fd >= 0
-    w.client.set_protocol(sessions.ClientProtocol(w.session))
-    upstream.set_protocol(sessions.UpstreamProtocol(w.session))
+    w.side = Side(document, "alice", native=True, transports=(w.client, upstream))
+    session = w.side.session
+    assert session._client_fd >= 0 and session._upstream_fd >= 0
+    w.client.set_protocol(sessions.ClientProtocol(session))
+    upstream.set_protocol(sessions.UpstreamProtocol(session))
     try:
         yield w
     finally:
@@ -514,7 +500,7 @@ async def wired(document: dict[str, Any], spool_dir: Path) -> AsyncIterator[Wire
         server.close()
         for sock in (listener, w.server_side, w.client_side):
             sock.close()
-        spool.close()
+        w.side.spool.close()
 
 
 async def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -534,7 +520,7 @@ def on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
-    document: dict[str, Any], tmp_path: Path
+    document: dict[str, Any],
 ) -> None:
     """On uvloop's plain TCP transports the relay sends a hot message to the socket
     itself when the transport holds nothing; while the transport still holds bytes
@@ -542,7 +528,7 @@ def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        async with wired(document, tmp_path) as w:
+        async with wired(document) as w:
             # Both ways past the transports.
             before = relayed()
             await loop.sock_sendall(w.client_side, QUERY)
@@ -565,7 +551,7 @@ def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
                     drained += w.client_side.recv(1 << 20)
             assert drained
             before = relayed()
-            w.session.upstream_entry(REPLY)  # as if read from the upstream now
+            w.side.session.upstream_entry(REPLY)  # as if read from the upstream now
             assert relayed()["upstream"] - before["upstream"] == 1
             assert relayed()["direct"] == before["direct"], "sent ahead of the held bytes"
             rest = await recv_exactly(w.client_side, len(backlog) + len(REPLY) - len(drained))
@@ -576,18 +562,16 @@ def test_plain_tcp_is_sent_past_the_transport_and_never_overtakes_it(
     on_uvloop(scenario)
 
 
-def test_a_closed_connection_s_socket_number_is_never_written_to(
-    document: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_closed_connection_s_socket_number_is_never_written_to(document: dict[str, Any]) -> None:
     """Once the transport is closing, its socket is closed and the number can belong
     to another connection at once: the relay never sends to it."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        async with wired(document, tmp_path) as w:
+        async with wired(document) as w:
             await loop.sock_sendall(w.client_side, QUERY)
             assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
-            number = w.session._client_fd
+            number = w.side.session._client_fd
             w.client.close()
             # Another connection takes the number (the kernel gives out the lowest).
             mine, theirs = socket.socketpair()
@@ -596,7 +580,7 @@ def test_a_closed_connection_s_socket_number_is_never_written_to(
             try:
                 before = relayed()
                 with contextlib.suppress(RuntimeError):  # the transport's own refusal
-                    w.session.upstream_entry(REPLY)
+                    w.side.session.upstream_entry(REPLY)
                 assert relayed()["direct"] == before["direct"]
                 with pytest.raises(BlockingIOError):
                     theirs.recv(1 << 16)  # nothing reached the other connection
@@ -608,15 +592,13 @@ def test_a_closed_connection_s_socket_number_is_never_written_to(
     on_uvloop(scenario)
 
 
-def test_what_the_socket_does_not_take_goes_through_the_transport(
-    document: dict[str, Any], tmp_path: Path
-) -> None:
+def test_what_the_socket_does_not_take_goes_through_the_transport(document: dict[str, Any]) -> None:
     """A reply bigger than the socket's room, the transport empty: the relay sends
     what fits and hands the rest to the transport, in order."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        async with wired(document, tmp_path) as w:
+        async with wired(document) as w:
             w.client.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             await loop.sock_sendall(w.client_side, QUERY)
             assert await recv_exactly(w.server_side, len(QUERY)) == QUERY
@@ -626,7 +608,7 @@ def test_what_the_socket_does_not_take_goes_through_the_transport(
             )
             reply = DESCRIPTION + rows + done(b"SELECT 200")
             before = relayed()
-            w.session.upstream_entry(reply)
+            w.side.session.upstream_entry(reply)
             assert relayed()["upstream"] - before["upstream"] == 1
             assert w.client.get_write_buffer_size() > 0  # the rest, held by the transport
             assert await recv_exactly(w.client_side, len(reply)) == reply
@@ -653,12 +635,7 @@ def test_other_transports_are_never_written_past(tmp_path: Path) -> None:
         """A plain connection upgraded in place, as the sidecar answers SSLRequest."""
         loop = asyncio.get_running_loop()
         accepted: asyncio.Queue[asyncio.BaseTransport] = asyncio.Queue()
-
-        class Accept(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                accepted.put_nowait(transport)
-
-        server = await loop.create_server(Accept, "127.0.0.1", 0)
+        server = await loop.create_server(lambda: Accepted(accepted), "127.0.0.1", 0)
         _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
         plain = await accepted.get()
         tls, _ = await asyncio.gather(
