@@ -157,6 +157,13 @@ def login_event(
     }
 
 
+# Members of a statement's facts left out when they have no value, rather than
+# written as null: most statements have none of them, and the nulls were a tenth
+# of every event, in the spool, on the wire and in the trail (docs/audit.md). The
+# control plane reads a missing optional member as null.
+OMITTED_WHEN_NONE = ("statements", "break_glass", "would_have_masked", "provisional_columns")
+
+
 def audit_facts(decision: Any) -> dict[str, Any]:
     """What the audit trail keeps of an engine decision: never the literals, never
     upstream_sql (which can carry the masking key), only the engine's redacted text
@@ -209,10 +216,3 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         if facts[name] is None:
             del facts[name]
     return facts
-
-
-# Members of a statement's facts left out when they have no value, rather than
-# written as null: most statements have none of them, and the nulls were a tenth
-# of every event, in the spool, on the wire and in the trail (docs/audit.md). The
-# control plane reads a missing optional member as null.
-OMITTED_WHEN_NONE = ("statements", "break_glass", "would_have_masked", "provisional_columns")
