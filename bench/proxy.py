@@ -318,7 +318,11 @@ def pgbench(
     duration: int,
     options: list[str],
     password: str = "",
+    transactions: int | None = None,
 ) -> tuple[float, float]:
+    """(TPS, mean latency in ms) of ``clients`` pgbench clients for ``duration``
+    seconds, or for ``transactions`` each when given (then without a time limit)."""
+    length = ["-T", str(duration)] if transactions is None else ["-t", str(transactions)]
     cmd = [
         "pgbench",
         "-n",
@@ -328,8 +332,7 @@ def pgbench(
         str(port),
         "-U",
         user,
-        "-T",
-        str(duration),
+        *length,
         "-c",
         str(clients),
         "-j",
@@ -342,7 +345,7 @@ def pgbench(
         capture_output=True,
         text=True,
         env=env,
-        timeout=duration + 60,
+        timeout=duration + 60 if transactions is None else None,
         check=False,
     )
     if out.returncode != 0:

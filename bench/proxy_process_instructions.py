@@ -92,21 +92,8 @@ class Counted:
 def pgbench_t(
     port: int, user: str, database: str, n: int, options: list[str], password: str
 ) -> Callable[[], None]:
-    def run() -> None:
-        out = subprocess.run(
-            [
-                *("pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", user),
-                *("-c", "1", "-t", str(n), *options, database),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"},
-            check=False,
-        )
-        if out.returncode != 0:
-            raise SystemExit(f"pgbench failed on port {port}: {out.stderr}")
-
-    return run
+    """One pgbench client running ``n`` transactions, to be run later."""
+    return lambda: proxy.pgbench(port, user, database, 1, 0, options, password, transactions=n)
 
 
 def per_transaction(counted: Counted, port: int, user: str, database: str, n: int,
