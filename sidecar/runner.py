@@ -41,7 +41,7 @@ from sidecar.bundle import (
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
 from sidecar.engine import values as engine_values
-from sidecar.engine.shape import confirmed, shape_of
+from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape_of
 from sidecar.estimates import PlanEstimator
 from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import CredentialUseReport, Metrics, serve_metrics
@@ -314,6 +314,7 @@ class EnginePolicy:
 
     CACHE_LIMIT = 50_000
     CACHE_TEXT_LIMIT = 4096
+    ASKERS_LIMIT = 1024  # search_path is the client's to set: bound what it adds
 
     def __init__(self, source: BundleSource, metrics: Metrics) -> None:
         import importlib
@@ -335,7 +336,15 @@ class EnginePolicy:
         # of a verdict the engine gave by template, without a rewrite, that every
         # text of the shape shares, so those texts need no engine call at all.
         self._by_shape: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        # For each asker (identity, search_path, protocol), the last shape served
+        # whose one variable part is an integer literal (``WHERE id = 42``): the
+        # next text of that shape is recognised without the expression's scan
+        # (``fits_number_slot``), which is most of a shape hit's cost. One per
+        # asker, replaced as shapes alternate: a text that does not fit costs a
+        # prefix comparison and goes on to ``_by_shape``.
+        self._last_number_shape: dict[tuple[Any, ...], tuple[str, str, tuple[Any, ...]]] = {}
         self._shape_hits = 0
+        self._number_slot_hits = 0
         self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
         self._contexts: dict[tuple[bool, bool, tuple[str, ...] | None], Any] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
@@ -372,6 +381,7 @@ class EnginePolicy:
         """The bundle or the upstream changed decisions: drop the verdicts kept so far."""
         self._cache = {}
         self._by_shape = {}
+        self._last_number_shape = {}
         self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
@@ -434,7 +444,8 @@ class EnginePolicy:
         return {
             "verdicts": len(self._cache),
             "shapes": len(self._by_shape),
-            "shape_hits": self._shape_hits,
+            "shape_hits": self._shape_hits + self._number_slot_hits,
+            "number_slot_hits": self._number_slot_hits,
         }
 
     def decide(
@@ -457,12 +468,25 @@ class EnginePolicy:
         # A long text is rarely sent twice and its scan would hold the GIL while
         # other sessions wait: shapes are for the short statements sent all day.
         if standard_conforming_strings and len(sql) <= self.CACHE_TEXT_LIMIT:
-            shape_key = (identity, search_path, protocol, shape_of(sql))
+            asker = (identity, search_path, protocol)
+            last = self._last_number_shape.get(asker)
+            if last is not None and fits_number_slot(sql, last[0], last[1]):
+                self._number_slot_hits += 1
+                action, message, rest = last[2]
+                # (Concatenated: a sixth faster than unpacking into a display.)
+                return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
+            shape = shape_of(sql)
+            shape_key = (asker, shape)
             shared = self._by_shape.get(shape_key)
             if shared:  # neither unseen (None) nor UNCONFIRMED (empty)
                 self._shape_hits += 1
+                slot = number_slot(shape)
+                if slot is not None:
+                    if len(self._last_number_shape) >= self.ASKERS_LIMIT:
+                        self._last_number_shape.clear()
+                    self._last_number_shape[asker] = (*slot, shared)
                 action, message, rest = shared
-                return tuple.__new__(Verdict, (action, message, sql, *rest))
+                return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
         context = (standard_conforming_strings, in_transaction, search_path)
         session = self._contexts.get(context)
         if session is None:

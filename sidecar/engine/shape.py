@@ -89,3 +89,33 @@ def confirmed(sql: str) -> bool:
         if tokens.get(span) != expected:
             return False
     return True
+
+
+def number_slot(shape: Shape) -> tuple[str, str] | None:
+    """``(head, tail)`` when the shape's one variable part is an integer literal,
+    the text around it being ``head`` and ``tail``; else None."""
+    if len(shape) == 4 and shape[1] is None and shape[2] is None:
+        return shape[0], shape[3]  # type: ignore[return-value]  # split's text parts
+    return None
+
+
+def fits_number_slot(sql: str, head: str, tail: str) -> bool:
+    """Whether ``shape_of(sql)`` is the shape ``number_slot`` gave ``(head, tail)``
+    for, found without the expression: ``sql`` is ``head``, one to nine ASCII
+    digits and ``tail``.
+
+    The expression reads such a text as it read the text the shape came from.
+    That text's scan found no literal in ``head``: an attempt there fails the
+    same way here, since a quote would need a closing quote after it (digits
+    are not quotes, and ``tail`` is the same), and a digit run in ``head`` ends
+    inside it (``head`` ends with none of ``[\\w$.]``, or the number's look-behind
+    would have failed). The number matches whole, as before: the same character
+    precedes it and the same one, none of ``[\\w.$]``, follows it. Nothing in
+    ``tail`` matches, as before: attempts there read only ``tail`` and, for a
+    digit at its start, the digit before it. ``test_shape.py`` checks this
+    against ``shape_of`` on texts made to break it.
+    """
+    if not (sql.startswith(head) and sql.endswith(tail)):
+        return False
+    number = sql[len(head) : len(sql) - len(tail)]  # empty when the two overlap
+    return len(number) <= 9 and number.isdigit() and number.isascii()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.engine import Engine, SessionContext, load_bundle
-from sidecar.engine.shape import confirmed, shape_of
+from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape_of
 from sidecar.metrics import Metrics
 from sidecar.proxy.policy import Verdict
 from sidecar.runner import EnginePolicy, hold_seconds, verdict_parts, with_values
@@ -195,7 +195,61 @@ def test_the_property_test_exercises_the_shape_cache() -> None:
             in_transaction=False,
             protocol="simple",
         )
-    assert policy.cache_info()["shape_hits"] == 3  # the first judged, the second templated
+    info = policy.cache_info()
+    assert info["shape_hits"] == 3  # the first judged, the second templated
+    # The third found the shape by the expression; the last two without it.
+    assert info["number_slot_hits"] == 2
+
+
+# -- a shape with one integer literal, recognised without the expression ----------
+
+EDGES = "ab1 '\"$._-;(é٣\n"  # quotes, name characters, a non-ASCII digit
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    head=st.text(alphabet=EDGES, max_size=10),
+    number=st.from_regex(r"[0-9]{1,9}", fullmatch=True),
+    tail=st.text(alphabet=EDGES, max_size=10),
+    middle=st.text(alphabet="0123456789٣.e$_a'\" ", max_size=12),
+)
+def test_a_text_fits_a_number_slot_only_when_it_has_that_shape(
+    head: str, number: str, tail: str, middle: str
+) -> None:
+    slot = number_slot(shape_of(head + number + tail))
+    if slot is None:  # the number was not a literal there, or another one was
+        return
+    shape = (slot[0], None, None, slot[1])
+    sql = slot[0] + middle + slot[1]
+    if fits_number_slot(sql, *slot):
+        assert shape_of(sql) == shape
+    elif middle.isascii() and middle.isdigit() and len(middle) <= 9:
+        raise AssertionError(f"{sql!r} has the shape but was not recognised")
+
+
+@pytest.mark.parametrize(
+    ("sql", "fits"),
+    [
+        ("SELECT * FROM t WHERE id = 987654321", True),
+        ("SELECT * FROM t WHERE id = 1000000000", False),  # ten digits: another shape
+        ("SELECT * FROM t WHERE id = ", False),
+        ("SELECT * FROM t WHERE id = 1.5", False),
+        ("SELECT * FROM t WHERE id = \u0661", False),  # an Arabic-Indic digit
+        ("SELECT * FROM t WHERE id = 1 OR 1 = 1", False),
+        ("SELECT * FROM t WHERE id = 0x1F", False),
+    ],
+)
+def test_what_fits_the_number_slot_of_a_lookup(sql: str, fits: bool) -> None:
+    slot = number_slot(shape_of("SELECT * FROM t WHERE id = 42"))
+    assert slot == ("SELECT * FROM t WHERE id = ", "")
+    assert fits_number_slot(sql, *slot) is fits
+    assert (shape_of(sql) == ("SELECT * FROM t WHERE id = ", None, None, "")) is fits
+
+
+def test_a_head_and_tail_that_overlap_do_not_fit() -> None:
+    slot = number_slot(shape_of("x = 1 x"))
+    assert slot == ("x = ", " x")
+    assert not fits_number_slot("x = x", *slot)  # starts with the head, ends with the tail
 
 
 def test_a_unicode_escape_string_the_parser_rejects_is_never_served_by_template() -> None:
