@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 # The ``reason`` labels of warden_sidecar_bundle_rejected_total (sidecar.bundle's
 # REJECTION_REASONS; repeated so this module imports nothing of the sidecar).
@@ -35,14 +36,44 @@ BUNDLE_REJECTION_REASONS = (
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
 
 
+class PythonHistogram:
+    """Counts of observations by bucket (bucket i: at most ``bounds[i]``, more than
+    the bound before; the last, above every bound), with their sum and number."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._count = 0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+        self._count += 1
+
+    def snapshot(self) -> tuple[tuple[int, ...], float, int]:
+        return tuple(self._counts), self._sum, self._count
+
+
+# The native relay's histogram (sidecar/proxy/_relay.c) when it is built: the same
+# interface, and the relay records a quick decision's latency in it without calling
+# back into Python.
+Histogram: Any = PythonHistogram
+try:
+    from sidecar.proxy import _relay  # type: ignore[attr-defined]
+except ImportError:
+    pass
+else:
+    Histogram = _relay.Histogram
+
+
 class Metrics:
     def __init__(self) -> None:
         self.connections_total = 0
         self.connections_active = 0
         self.statements: dict[str, int] = {"allow": 0, "review": 0, "block": 0}
-        self._bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
-        self._latency_count = 0
+        # Time to decide on one statement: ``decisions.observe(seconds)``.
+        self.decisions = Histogram(LATENCY_BUCKETS)
         self.spool_depth: Callable[[], int] = lambda: 0
         self.spool_dropped: Callable[[], int] = lambda: 0
         self.bundle_revision = ""
@@ -78,11 +109,6 @@ class Metrics:
     def connection_closed(self) -> None:
         self.connections_active -= 1
 
-    def observe_decision(self, seconds: float) -> None:
-        self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self._latency_sum += seconds
-        self._latency_count += 1
-
     def recorded(self, action: str) -> None:
         """A statement event was recorded (run, refused or held): the counters by action
         count what the audit trail holds, not decisions, since a prepared statement is
@@ -113,13 +139,14 @@ class Metrics:
             "# HELP warden_sidecar_decision_seconds Time to decide on one statement.",
             "# TYPE warden_sidecar_decision_seconds histogram",
         ]
+        counts, latency_sum, latency_count = self.decisions.snapshot()
         cumulative = 0
-        for bound, count in zip(LATENCY_BUCKETS, self._bucket_counts, strict=False):
+        for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
             cumulative += count
             lines.append(f'warden_sidecar_decision_seconds_bucket{{le="{bound}"}} {cumulative}')
-        lines.append(f'warden_sidecar_decision_seconds_bucket{{le="+Inf"}} {self._latency_count}')
-        lines.append(f"warden_sidecar_decision_seconds_sum {self._latency_sum:.9f}")
-        lines.append(f"warden_sidecar_decision_seconds_count {self._latency_count}")
+        lines.append(f'warden_sidecar_decision_seconds_bucket{{le="+Inf"}} {latency_count}')
+        lines.append(f"warden_sidecar_decision_seconds_sum {latency_sum:.9f}")
+        lines.append(f"warden_sidecar_decision_seconds_count {latency_count}")
         lines += [
             "# HELP warden_sidecar_audit_spool_depth Audit events not yet acknowledged upstream.",
             "# TYPE warden_sidecar_audit_spool_depth gauge",

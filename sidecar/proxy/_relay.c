@@ -49,7 +49,7 @@ static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s
     *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
     *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
     *s_audit_fragment, *s_action, *s_recorded, *s_quick_query, *s_get_write_buffer_size,
-    *s_is_closing;
+    *s_is_closing, *s_decisions, *s_observe;
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
@@ -353,6 +353,144 @@ exec_new(PyObject *verdict, PyObject *is_query)
         return NULL;
     }
     return (PyObject *)self;
+}
+
+/* ---- the decision-latency histogram ------------------------------------------------ */
+
+/* metrics.Histogram in C: what Metrics keeps its decision latencies in when this module
+ * is built, so the relay can record a quick decision's latency without a Python call.
+ * Counts per bucket (bucket i: at most bounds[i] and more than bounds[i - 1]; the last,
+ * above every bound), their sum and their number. */
+#define MAX_BOUNDS 32
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t bounds_len;
+    double bounds[MAX_BOUNDS];
+    unsigned long long counts[MAX_BOUNDS + 1];
+    double sum;
+    unsigned long long count;
+} HistogramObject;
+
+static void
+histogram_add(HistogramObject *self, double seconds)
+{
+    Py_ssize_t i = 0; /* bisect_left: the first bound at or above seconds */
+    while (i < self->bounds_len && self->bounds[i] < seconds)
+        i++;
+    self->counts[i]++;
+    self->sum += seconds;
+    self->count++;
+}
+
+static int
+histogram_init(HistogramObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"bounds", NULL};
+    PyObject *bounds;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Histogram", names, &bounds))
+        return -1;
+    PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of numbers");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_BOUNDS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d bounds", MAX_BOUNDS);
+        return -1;
+    }
+    memset(self->counts, 0, sizeof(self->counts));
+    self->sum = 0.0;
+    self->count = 0;
+    self->bounds_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double bound = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (bound == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (i > 0 && !(bound > self->bounds[i - 1])) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "bounds must increase");
+            return -1;
+        }
+        self->bounds[i] = bound;
+    }
+    self->bounds_len = n;
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *
+histogram_observe(HistogramObject *self, PyObject *seconds)
+{
+    double value = PyFloat_AsDouble(seconds);
+    if (value == -1.0 && PyErr_Occurred())
+        return NULL;
+    histogram_add(self, value);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+histogram_snapshot(HistogramObject *self, PyObject *unused)
+{
+    PyObject *counts = PyTuple_New(self->bounds_len + 1);
+    if (counts == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i <= self->bounds_len; i++) {
+        PyObject *count = PyLong_FromUnsignedLongLong(self->counts[i]);
+        if (count == NULL) {
+            Py_DECREF(counts);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(counts, i, count);
+    }
+    return Py_BuildValue("(NdK)", counts, self->sum, self->count);
+}
+
+static PyMethodDef histogram_methods[] = {
+    {"observe", (PyCFunction)histogram_observe, METH_O, "observe(seconds): count one."},
+    {"snapshot", (PyCFunction)histogram_snapshot, METH_NOARGS,
+     "snapshot(): (counts per bucket, the last above every bound; sum; count)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HistogramType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.proxy._relay.Histogram",
+    .tp_doc = "Histogram(bounds): counts of observations by bucket, with their sum.",
+    .tp_basicsize = sizeof(HistogramObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)histogram_init,
+    .tp_methods = histogram_methods,
+};
+
+/* A quick decision's latency, into session.metrics.decisions: counted here when it is
+ * this module's Histogram, else through its observe(). */
+static int
+observe_decision(PyObject *session, long long started_ns)
+{
+    double seconds = (double)(monotonic_ns() - started_ns) / 1e9;
+    PyObject *metrics = GET(session, metrics);
+    if (metrics == NULL)
+        return -1;
+    PyObject *decisions = PyObject_GetAttr(metrics, s_decisions);
+    Py_DECREF(metrics);
+    if (decisions == NULL)
+        return -1;
+    int done = 0;
+    if (Py_IS_TYPE(decisions, &HistogramType)) {
+        histogram_add((HistogramObject *)decisions, seconds);
+    }
+    else {
+        PyObject *value = PyFloat_FromDouble(seconds);
+        PyObject *r = value == NULL ? NULL : PyObject_CallMethodOneArg(decisions, s_observe, value);
+        Py_XDECREF(value);
+        done = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(decisions);
+    return done;
 }
 
 /* The pending item for a statement the relay sends, as the Session makes it: through
@@ -701,13 +839,16 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
     raw = PyBytes_FromStringAndSize((const char *)buf + 5, n - 6);
     if (raw == NULL)
         goto out;
+    long long started = monotonic_ns();
     verdict = PyObject_CallMethodOneArg(session, s_quick_query, raw);
     if (verdict == NULL)
         goto out;
     if (verdict == Py_None) {
-        done = 0;
+        done = 0; /* client_data decides it, and times that */
         goto out;
     }
+    if (observe_decision(session, started) < 0)
+        goto out;
     int strict = true_ref(GET(session, strict));
     if (strict < 0)
         goto out;
@@ -1484,6 +1625,8 @@ PyInit__relay(void)
     INTERN(s_quick_query, "quick_query");
     INTERN(s_get_write_buffer_size, "get_write_buffer_size");
     INTERN(s_is_closing, "is_closing");
+    INTERN(s_decisions, "decisions");
+    INTERN(s_observe, "observe");
     ONE = PyLong_FromLong(1);
     if (ONE == NULL)
         return NULL;
@@ -1494,13 +1637,15 @@ PyInit__relay(void)
             return NULL;
     }
     EMPTY = PyUnicode_FromString("");
-    if (EMPTY == NULL || PyType_Ready(&SessionCoreType) < 0 || PyType_Ready(&ExecType) < 0)
+    if (EMPTY == NULL || PyType_Ready(&SessionCoreType) < 0 || PyType_Ready(&ExecType) < 0 ||
+        PyType_Ready(&HistogramType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&relay_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "SessionCore", (PyObject *)&SessionCoreType) < 0 ||
-        PyModule_AddObjectRef(module, "Exec", (PyObject *)&ExecType) < 0) {
+        PyModule_AddObjectRef(module, "Exec", (PyObject *)&ExecType) < 0 ||
+        PyModule_AddObjectRef(module, "Histogram", (PyObject *)&HistogramType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

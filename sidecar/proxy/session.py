@@ -814,7 +814,7 @@ class Session(_SessionBase):
             self._tell_provisional(verdict)
         if verdict.plain and self._sql_prepared is None and self.audit.accepting:
             # Nothing of the session's own books applies to a plain allowed statement.
-            self.metrics.observe_decision(time.perf_counter() - started)
+            self.metrics.decisions.observe(time.perf_counter() - started)
             return verdict
         return self._session_rules(verdict, generation, started)
 
@@ -937,7 +937,7 @@ class Session(_SessionBase):
             for prepared in self.statements.values():
                 prepared.upstream = None
                 prepared.generation = -1
-        self.metrics.observe_decision(time.perf_counter() - started)
+        self.metrics.decisions.observe(time.perf_counter() - started)
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
                 action="block",
@@ -1043,7 +1043,9 @@ class Session(_SessionBase):
         are. Otherwise None, with nothing changed, and the message goes to
         ``client_data`` as usual. The same steps as ``_on_query`` and ``_decide`` for
         that one case; the relay then makes the pending item as ``_on_query`` does
-        (``_exec`` under strict durability, else an ``_Exec``), appends it and writes.
+        (``_exec`` under strict durability, else an ``_Exec``), appends it and writes,
+        and counts how long this call took in ``metrics.decisions`` (a verdict of
+        None is timed by ``client_data``'s own decision instead).
 
         A text the policy does not cache (longer than ``_quick_limit``) is never asked
         here. A break-glass verdict is not cached either: when one is not quick it is
@@ -1062,7 +1064,6 @@ class Session(_SessionBase):
         text = self._decode(raw)
         if text is None:
             return None
-        started = time.perf_counter()
         try:
             verdict = self._policy_verdict(text, "simple")
         except Exception:
@@ -1075,8 +1076,7 @@ class Session(_SessionBase):
             or not self.audit.accepting
         ):
             return None
-        self.metrics.observe_decision(time.perf_counter() - started)
-        return verdict
+        return verdict  # the relay records how long this call took
 
     def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:
@@ -1202,7 +1202,7 @@ class Session(_SessionBase):
             upstream_sql="",
             audit=frozen({"kind": "function_call"}),
         )
-        self.metrics.observe_decision(0.0)
+        self.metrics.decisions.observe(0.0)
         self.pending.append(_Exec(None, True))
         refusal = m.query(self._refuse(verdict))
         return refusal + self._probe_after(False) if self.dirty else refusal

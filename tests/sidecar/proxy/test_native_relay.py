@@ -288,6 +288,13 @@ def test_a_simple_query_allowed_as_sent_is_relayed_natively(document: dict[str, 
         side.feed("client", frame(b"Q", f"SELECT id FROM notes WHERE id = {n}\x00".encode()))
         side.feed("upstream", DESCRIPTION + ROW + done(b"SELECT 1"))
     assert relayed()["client"] - before["client"] == 10
+    python = Side(document, "alice", native=False)
+    for n in range(10):
+        python.feed("client", frame(b"Q", f"SELECT id FROM notes WHERE id = {n}\x00".encode()))
+        python.feed("upstream", DESCRIPTION + ROW + done(b"SELECT 1"))
+    for each in (side, python):  # each decision timed once: by the relay, or by _decide
+        counts, _, decided = each.session.metrics.decisions.snapshot()
+        assert decided == 10 and sum(counts) == 10
     before = relayed()
     side.feed("client", frame(b"Q", b"SELECT email FROM customers\x00"))
     assert relayed()["client"] == before["client"]
