@@ -418,16 +418,21 @@ def compare_trees(args: argparse.Namespace, database: str, upstream: str, tmp: P
     """Sidecar CPU per transaction, this tree against ``--compare`` (another checkout),
     interleaved round by round: the before/after measure for one change."""
     trees = {"this": ROOT, "other": Path(args.compare).resolve()}
+    (tmp / "orm.sql").write_text(orm_script(args.scale))
+    workloads = {
+        "select-only": ["-S"],
+        "select-prepared": ["-S", "-M", "prepared"],
+        "orm": ["-f", str(tmp / "orm.sql")],
+        "tpcb-like": [],
+    }
+    unknown = [w for w in args.workloads.split(",") if w not in workloads]
+    if unknown:
+        raise SystemExit(f"unknown workload {', '.join(unknown)}: one of {', '.join(workloads)}")
     procs = {}
     try:
         for name, tree in trees.items():
             (tmp / name).mkdir()
             procs[name] = start_sidecar(tmp / name, upstream, bundle(database), tree)
-        workloads = {
-            "select-only": ["-S"],
-            "select-prepared": ["-S", "-M", "prepared"],
-            "tpcb-like": [],
-        }
         print(f"{'workload':<16}{'clients':>8}  {'tree':<6}{'tps (median)':>14}{'CPU us/txn':>30}")
         for workload in args.workloads.split(","):
             for clients in (1, 8):
@@ -488,7 +493,9 @@ def main() -> int:
         help="only the sidecar: CPU per transaction of this tree vs the checkout TREE",
     )
     parser.add_argument(
-        "--workloads", default="select-only,tpcb-like", help="with --compare: which workloads"
+        "--workloads",
+        default="select-only,tpcb-like",
+        help="with --compare: which workloads (select-only, select-prepared, orm, tpcb-like)",
     )
     parser.add_argument(
         "--workers",
