@@ -26,6 +26,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -309,6 +310,31 @@ def verdict_parts(
 UNCONFIRMED: tuple[Any, ...] = ()
 
 
+@dataclass(slots=True)
+class _Kept:
+    """The verdicts the policy keeps under one set of rules, replaced whole when the
+    rules change. A decision reads this once: one on a worker thread (a large
+    statement's, ``Session._decide_later``) that races a swap then reads and fills
+    the old set, which nothing asks again, and never puts an old verdict in the new."""
+
+    by_text: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = field(
+        default_factory=dict
+    )
+    # Allow verdicts by statement shape (``sidecar.engine.shape``): the part of a
+    # verdict the engine gave by template, without a rewrite, that every text of the
+    # shape shares, so those texts need no engine call at all.
+    by_shape: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
+    # For each asker (identity, search_path, protocol), the last shape served whose
+    # one variable part is an integer literal (``WHERE id = 42``): the next text of
+    # that shape is recognised without the expression's scan (``fits_number_slot``),
+    # which is most of a shape hit's cost. One per asker, replaced as shapes
+    # alternate: a text that does not fit costs a prefix comparison and goes on to
+    # ``by_shape``.
+    last_number_shape: dict[tuple[Any, ...], tuple[str, str, tuple[Any, ...]]] = field(
+        default_factory=dict
+    )
+
+
 class EnginePolicy:
     """Adapts ``sidecar.engine`` to the proxy's ``Policy``; swaps bundles atomically."""
 
@@ -331,18 +357,7 @@ class EnginePolicy:
         self._engine = engine.Engine(engine.load_bundle(document), hash_available=False)
         self._identities = identities_from_bundle(document)
         self._hold_seconds = hold_seconds(document)
-        self._cache: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = {}
-        # Allow verdicts by statement shape (``sidecar.engine.shape``): the part
-        # of a verdict the engine gave by template, without a rewrite, that every
-        # text of the shape shares, so those texts need no engine call at all.
-        self._by_shape: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # For each asker (identity, search_path, protocol), the last shape served
-        # whose one variable part is an integer literal (``WHERE id = 42``): the
-        # next text of that shape is recognised without the expression's scan
-        # (``fits_number_slot``), which is most of a shape hit's cost. One per
-        # asker, replaced as shapes alternate: a text that does not fit costs a
-        # prefix comparison and goes on to ``_by_shape``.
-        self._last_number_shape: dict[tuple[Any, ...], tuple[str, str, tuple[Any, ...]]] = {}
+        self._kept = _Kept()
         self._shape_hits = 0
         self._number_slot_hits = 0
         self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
@@ -378,10 +393,10 @@ class EnginePolicy:
         self._decisions_changed()
 
     def _decisions_changed(self) -> None:
-        """The bundle or the upstream changed decisions: drop the verdicts kept so far."""
-        self._cache = {}
-        self._by_shape = {}
-        self._last_number_shape = {}
+        """The bundle or the upstream changed decisions: drop the verdicts kept so far
+        (after the engine's own swap: a decision that reads the new set asks the new
+        engine)."""
+        self._kept = _Kept()
         self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
@@ -442,8 +457,8 @@ class EnginePolicy:
 
     def cache_info(self) -> dict[str, int]:
         return {
-            "verdicts": len(self._cache),
-            "shapes": len(self._by_shape),
+            "verdicts": len(self._kept.by_text),
+            "shapes": len(self._kept.by_shape),
             "shape_hits": self._shape_hits + self._number_slot_hits,
             "number_slot_hits": self._number_slot_hits,
         }
@@ -460,8 +475,9 @@ class EnginePolicy:
     ) -> Verdict:
         # The engine is pure, so a verdict depends only on these inputs and the
         # bundle (the caches are dropped on every bundle change).
+        kept = self._kept  # once: see _Kept
         key = (identity, sql, standard_conforming_strings, search_path, protocol)
-        verdict = self._cache.get(key)
+        verdict = kept.by_text.get(key)
         if verdict is not None:
             return verdict
         shape_key = None
@@ -469,7 +485,7 @@ class EnginePolicy:
         # other sessions wait: shapes are for the short statements sent all day.
         if standard_conforming_strings and len(sql) <= self.CACHE_TEXT_LIMIT:
             asker = (identity, search_path, protocol)
-            last = self._last_number_shape.get(asker)
+            last = kept.last_number_shape.get(asker)
             if last is not None and fits_number_slot(sql, last[0], last[1]):
                 self._number_slot_hits += 1
                 action, message, rest = last[2]
@@ -477,14 +493,15 @@ class EnginePolicy:
                 return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
             shape = shape_of(sql)
             shape_key = (asker, shape)
-            shared = self._by_shape.get(shape_key)
+            shared = kept.by_shape.get(shape_key)
             if shared:  # neither unseen (None) nor UNCONFIRMED (empty)
                 self._shape_hits += 1
                 slot = number_slot(shape)
                 if slot is not None:
-                    if len(self._last_number_shape) >= self.ASKERS_LIMIT:
-                        self._last_number_shape.clear()
-                    self._last_number_shape[asker] = (*slot, shared)
+                    askers = kept.last_number_shape
+                    if len(askers) >= self.ASKERS_LIMIT and asker not in askers:
+                        askers.clear()
+                    askers[asker] = (*slot, shared)
                 action, message, rest = shared
                 return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
         context = (standard_conforming_strings, in_transaction, search_path)
@@ -510,19 +527,19 @@ class EnginePolicy:
         # NamedTuple constructor's keyword handling.
         verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
         if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
-            if len(self._cache) >= self.CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = verdict
+            if len(kept.by_text) >= self.CACHE_LIMIT:
+                kept.by_text.clear()
+            kept.by_text[key] = verdict
         if (
             shape_key is not None
             and decision.cached  # served by a template: the literals' values did not matter
             and action == ALLOW
             and decision.upstream_sql == sql  # no rewrite to re-apply to new values
-            and shape_key not in self._by_shape
+            and shape_key not in kept.by_shape
         ):
-            if len(self._by_shape) >= self.CACHE_LIMIT:
-                self._by_shape.clear()
-            self._by_shape[shape_key] = (action, message, rest) if confirmed(sql) else UNCONFIRMED
+            if len(kept.by_shape) >= self.CACHE_LIMIT:
+                kept.by_shape.clear()
+            kept.by_shape[shape_key] = (action, message, rest) if confirmed(sql) else UNCONFIRMED
         return verdict
 
 

@@ -10,13 +10,15 @@ the verdict made from a fresh ``Engine``'s decision for the same text.
 
 from __future__ import annotations
 
+import copy
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.engine import Engine, SessionContext, load_bundle
+from sidecar.engine import Engine, SessionContext, compute_revision, load_bundle
 from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape_of
 from sidecar.metrics import Metrics
 from sidecar.proxy.policy import Verdict
@@ -262,3 +264,82 @@ def test_a_unicode_escape_string_the_parser_rejects_is_never_served_by_template(
     bad_sql = "SELECT U&'\\\"0044ROP TABLE orders'"
     bad = engine.decide(identity="alice", sql=bad_sql, session=context)
     assert bad.action != "allow"
+
+
+# -- a decision racing a bundle swap ----------------------------------------------
+
+
+def _orders_blocked(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with one more guardrail: reading ``orders`` is blocked."""
+    changed = copy.deepcopy(document)
+    changed["guardrails"].append(
+        {
+            "action": "block",
+            "conditions": {"tables": ["public.orders"]},
+            "enabled": True,
+            "message": "orders are closed",
+            "name": "orders-closed",
+            "position": 5,
+        }
+    )
+    changed["revision"] = compute_revision(changed)
+    return changed
+
+
+def _decide(policy: EnginePolicy, sql: str) -> Verdict:
+    return policy.decide(
+        identity="alice",
+        sql=sql,
+        standard_conforming_strings=True,
+        search_path=None,
+        in_transaction=False,
+        protocol="simple",
+    )
+
+
+def _swap_at(policy: EnginePolicy, new: dict[str, Any], point: int, sql: str) -> int:
+    """Decide ``sql``, swapping the bundle for ``new`` at the ``point``-th call made
+    inside the decision; the number of calls it made."""
+    seen = 0
+
+    def swap(frame: Any, event: str, arg: Any) -> None:
+        nonlocal seen
+        if event in ("call", "c_call"):
+            if seen == point:
+                sys.setprofile(None)
+                policy.replace(new)
+            seen += 1
+
+    sys.setprofile(swap)
+    try:
+        _decide(policy, sql)
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+# warm 1: the racing text is the first one templated, kept by shape; 2: found by
+# shape, kept as the asker's one-integer shape; 3: found as that, keeps nothing.
+@pytest.mark.parametrize("warm", [1, 2, 3], ids=["kept-by-shape", "kept-as-one-integer", "kept"])
+def test_nothing_a_decision_keeps_outlives_a_bundle_swap_it_raced(warm: int) -> None:
+    """A large statement is decided on a worker thread (``Session._decide_later``)
+    while the event loop may swap the bundle. Whatever that decision returns for
+    itself, nothing it keeps may answer for the new rules. The swap is made at
+    each call inside the racing decision in turn (``sys.setprofile``: the points
+    where another thread may run), after ``warm`` texts of the shape filled the
+    caches; then every text of the shape must be decided as the new rules say."""
+    old = bundle_data("demo-production")
+    new = _orders_blocked(old)
+    texts = [f"SELECT id, status FROM orders WHERE id = {n}" for n in range(8)]
+    point = 0
+    while True:
+        policy = EnginePolicy(Source(old), Metrics())
+        for sql in texts[:warm]:
+            assert _decide(policy, sql).action == "allow"
+        seen = _swap_at(policy, new, point, texts[warm])
+        if seen <= point:
+            break  # the decision made no more calls: every point was tried
+        for sql in texts:
+            assert _decide(policy, sql).action == "block", (point, sql)
+        point += 1
+    assert point > 5
