@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 # The ``reason`` labels of warden_sidecar_bundle_rejected_total (sidecar.bundle's
-# REJECTION_REASONS; repeated so this module imports nothing of the sidecar).
+# REJECTION_REASONS; repeated so this module imports nothing of the sidecar but the
+# native relay's optional histogram, below).
 BUNDLE_REJECTION_REASONS = (
     "envelope",
     "signature",
@@ -36,12 +39,21 @@ BUNDLE_REJECTION_REASONS = (
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
 
 
+MAX_BOUNDS = 32  # the native histogram's (_relay.c)
+
+
 class PythonHistogram:
     """Counts of observations by bucket (bucket i: at most ``bounds[i]``, more than
     the bound before; the last, above every bound), with their sum and number."""
 
     def __init__(self, bounds: Sequence[float]) -> None:
-        self._bounds = tuple(bounds)
+        self._bounds = tuple(float(b) for b in bounds)
+        if len(self._bounds) > MAX_BOUNDS:
+            raise ValueError(f"at most {MAX_BOUNDS} bounds")
+        if any(math.isnan(b) for b in self._bounds) or any(
+            not b > a for a, b in itertools.pairwise(self._bounds)
+        ):
+            raise ValueError("bounds must be numbers that increase")
         self._counts = [0] * (len(self._bounds) + 1)
         self._sum = 0.0
         self._count = 0

@@ -111,8 +111,9 @@ def fits_number_slot(sql: str, head: str, tail: str) -> bool:
     inside it (``head`` ends with none of ``[\\w$.]``, or the number's look-behind
     would have failed). The number matches whole, as before: the same character
     precedes it and the same one, none of ``[\\w.$]``, follows it. Nothing in
-    ``tail`` matches, as before: attempts there read only ``tail`` and, for a
-    digit at its start, the digit before it. ``test_shape.py`` checks this
+    ``tail`` matches, as before: attempts there read only ``tail`` (which starts
+    with no digit) and look behind only at characters of ``tail`` or at the
+    number's last digit, a digit either way. ``test_shape.py`` checks this
     against ``shape_of`` on texts made to break it.
     """
     if not (sql.startswith(head) and sql.endswith(tail)):

@@ -6,7 +6,8 @@
  *
  *   client:   a simple Query alone in its buffer, with nothing pending, when the
  *             Session's quick_query (the engine's verdict, in Python) says its
- *             bytes go upstream as they are;
+ *             bytes go upstream as they are (the relay times that call, into the
+ *             decision-latency Histogram defined here);
  *             Bind of a prepared statement whose verdict is plain and was
  *             given under the current policy generation and session state,
  *             Execute of a portal so bound, Sync, and Describe and Flush, which
@@ -29,6 +30,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -390,34 +392,35 @@ histogram_init(HistogramObject *self, PyObject *args, PyObject *kwargs)
     PyObject *bounds;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Histogram", names, &bounds))
         return -1;
-    PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of numbers");
-    if (seq == NULL)
+    /* A tuple of its own: a bound's __float__ cannot change what is read next. */
+    PyObject *items = PySequence_Tuple(bounds);
+    if (items == NULL)
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    double read[MAX_BOUNDS];
     if (n > MAX_BOUNDS) {
-        Py_DECREF(seq);
+        Py_DECREF(items);
         PyErr_Format(PyExc_ValueError, "at most %d bounds", MAX_BOUNDS);
         return -1;
     }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        read[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(items, i));
+        if (read[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(items);
+            return -1;
+        }
+        if (isnan(read[i]) || (i > 0 && !(read[i] > read[i - 1]))) {
+            Py_DECREF(items);
+            PyErr_SetString(PyExc_ValueError, "bounds must be numbers that increase");
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    memcpy(self->bounds, read, sizeof(double) * (size_t)n);
+    self->bounds_len = n;
     memset(self->counts, 0, sizeof(self->counts));
     self->sum = 0.0;
     self->count = 0;
-    self->bounds_len = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double bound = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
-        if (bound == -1.0 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        if (i > 0 && !(bound > self->bounds[i - 1])) {
-            Py_DECREF(seq);
-            PyErr_SetString(PyExc_ValueError, "bounds must increase");
-            return -1;
-        }
-        self->bounds[i] = bound;
-    }
-    self->bounds_len = n;
-    Py_DECREF(seq);
     return 0;
 }
 
