@@ -312,11 +312,16 @@ UNCONFIRMED: tuple[Any, ...] = ()
 
 @dataclass(slots=True)
 class _Kept:
-    """The verdicts the policy keeps under one set of rules, replaced whole when the
-    rules change. A decision reads this once: one on a worker thread (a large
-    statement's, ``Session._decide_later``) that races a swap then reads and fills
-    the old set, which nothing asks again, and never puts an old verdict in the new."""
+    """What the policy keeps under one set of rules: the bundle's hold time and the
+    verdicts decided so far, replaced whole when the rules change (after the engine's
+    own swap). A decision reads this once. One on a worker thread (a Parse over 64 KiB
+    whose text is short, ``Session._decide_later``) that races a swap then reads and
+    fills the old set, which nothing asks again, and never puts an old verdict or an
+    old hold time in the new one."""
 
+    hold_seconds: float = 0.0
+    # verdict_parts by the decision facts they are made of (``_shared``).
+    parts: dict[Any, tuple[str, str, tuple[Any, ...]]] = field(default_factory=dict)
     by_text: dict[tuple[str, str, bool, tuple[str, ...] | None, str], Verdict] = field(
         default_factory=dict
     )
@@ -356,11 +361,9 @@ class EnginePolicy:
         self.installed_extensions: frozenset[str] = frozenset()
         self._engine = engine.Engine(engine.load_bundle(document), hash_available=False)
         self._identities = identities_from_bundle(document)
-        self._hold_seconds = hold_seconds(document)
-        self._kept = _Kept()
+        self._kept = _Kept(hold_seconds(document))
         self._shape_hits = 0
         self._number_slot_hits = 0
-        self._audit_cache: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}
         self._contexts: dict[tuple[bool, bool, tuple[str, ...] | None], Any] = {}
         # Bumped after every swap, once the new engine answers: sessions compare it
         # with the generation their prepared statements were decided under.
@@ -392,11 +395,11 @@ class EnginePolicy:
         self._engine.set_installed_extensions(names)
         self._decisions_changed()
 
-    def _decisions_changed(self) -> None:
+    def _decisions_changed(self, hold: float | None = None) -> None:
         """The bundle or the upstream changed decisions: drop the verdicts kept so far
         (after the engine's own swap: a decision that reads the new set asks the new
-        engine)."""
-        self._kept = _Kept()
+        engine). ``hold``: a new bundle's hold time."""
+        self._kept = _Kept(self._kept.hold_seconds if hold is None else hold)
         self.generation += 1  # prepared statements are decided again
 
     def replace(self, document: dict[str, Any]) -> None:
@@ -404,12 +407,10 @@ class EnginePolicy:
         identities = identities_from_bundle(document)
         self._engine.replace_bundle(bundle)
         self._identities = identities
-        self._hold_seconds = hold_seconds(document)
-        self._audit_cache = {}
-        self._decisions_changed()
+        self._decisions_changed(hold_seconds(document))
         self._note(document)
 
-    def _shared(self, decision: Any) -> tuple[str, str, tuple[Any, ...]]:
+    def _shared(self, decision: Any, kept: _Kept) -> tuple[str, str, tuple[Any, ...]]:
         """``verdict_parts``, computed once for the statements that differ only in literals."""
         key = (
             decision.action,
@@ -434,14 +435,14 @@ class EnginePolicy:
                 for s in decision.statements
             ),
         )
-        shared = self._audit_cache.get(key)
+        shared = kept.parts.get(key)
         if shared is None:
             shared = verdict_parts(
-                decision, self._hold_seconds, self._engine.bundle.column_classifications
+                decision, kept.hold_seconds, self._engine.bundle.column_classifications
             )
-            if len(self._audit_cache) >= self.CACHE_LIMIT:
-                self._audit_cache.clear()
-            self._audit_cache[key] = shared
+            if len(kept.parts) >= self.CACHE_LIMIT:
+                kept.parts.clear()
+            kept.parts[key] = shared
         return shared
 
     def identity(self, name: str) -> Identity | None:
@@ -519,7 +520,7 @@ class EnginePolicy:
         decision = self._engine.decide(
             identity=identity, sql=sql, session=session, protocol=protocol
         )
-        action, message, rest = self._shared(decision)
+        action, message, rest = self._shared(decision, kept)
         if rest[2] is not None:  # held for review: the request shows this text's values
             approval = with_values(rest[2], self._engine.bundle, sql, decision, search_path)
             rest = (*rest[:2], approval, *rest[3:])

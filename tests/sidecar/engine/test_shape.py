@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -286,6 +287,14 @@ def _orders_blocked(document: dict[str, Any]) -> dict[str, Any]:
     return changed
 
 
+def _new_rules(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with reading ``orders`` blocked and held statements waiting 5 s."""
+    changed = _orders_blocked(document)
+    changed["approvals"] = {**changed.get("approvals", {}), "hold_seconds": 5}
+    changed["revision"] = compute_revision(changed)
+    return changed
+
+
 def _decide(policy: EnginePolicy, sql: str) -> Verdict:
     return policy.decide(
         identity="alice",
@@ -343,3 +352,97 @@ def test_nothing_a_decision_keeps_outlives_a_bundle_swap_it_raced(warm: int) -> 
             assert _decide(policy, sql).action == "block", (point, sql)
         point += 1
     assert point > 5
+
+
+def _interleaved(
+    policy: EnginePolicy, new: dict[str, Any], swap_at: int, pause_at: int, sql: str
+) -> tuple[int, int]:
+    """Swap the bundle for ``new`` while a worker thread decides ``sql``: the thread
+    starts at the swap's ``swap_at``-th step and stops at its own ``pause_at``-th
+    until the swap is over. A step is a call made by the swap itself (``replace``,
+    ``_decisions_changed``) or by the decision itself (``decide``, ``_shared``), not
+    deeper: the points whose order matters. The numbers of steps each took."""
+    swapping = {EnginePolicy.replace.__code__, EnginePolicy._decisions_changed.__code__}
+    deciding = {EnginePolicy.decide.__code__, EnginePolicy._shared.__code__}
+    paused, resume = threading.Event(), threading.Event()
+    steps = {"swap": 0, "decide": 0}
+
+    def counter(codes: set[Any], name: str, at: int, act: Any) -> Any:
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            caller = frame.f_back if event == "call" else frame
+            if event in ("call", "c_call") and caller is not None and caller.f_code in codes:
+                if steps[name] == at:
+                    act()
+                steps[name] += 1
+
+        return profile
+
+    def pause() -> None:
+        paused.set()
+        resume.wait(10)
+
+    def decide() -> None:
+        sys.setprofile(counter(deciding, "decide", pause_at, pause))
+        try:
+            _decide(policy, sql)
+        finally:
+            sys.setprofile(None)
+            paused.set()  # it may have finished without reaching the pause
+
+    worker = threading.Thread(target=decide)
+
+    def start() -> None:
+        worker.start()
+        paused.wait(10)
+
+    sys.setprofile(counter(swapping, "swap", swap_at, start))
+    try:
+        policy.replace(new)
+    finally:
+        sys.setprofile(None)
+    if not worker.is_alive() and worker.ident is None:
+        start()  # the swap took fewer steps: the decision starts after it
+    resume.set()
+    worker.join(10)
+    return steps["swap"], steps["decide"]
+
+
+@pytest.mark.parametrize(
+    "racing",
+    ["SELECT id, status FROM orders WHERE id = 3", "SELECT pg_sleep(3)"],
+    ids=["allowed-then-blocked", "held"],
+)
+def test_a_decision_interleaved_with_a_bundle_swap_keeps_nothing_for_the_new_rules(
+    racing: str,
+) -> None:
+    """A worker thread's decision and the event loop's swap, interleaved at every
+    pair of their steps (the decision starting at each step of the swap and pausing
+    at each of its own until the swap is over). Afterwards every statement must be
+    decided as the new rules say: reading ``orders`` blocked, a held statement
+    waiting the new bundle's hold."""
+    old = bundle_data("demo-production")
+    new = _new_rules(old)
+    swap_at = 0
+    tried = 0
+    while True:
+        pause_at = 0
+        while True:
+            policy = EnginePolicy(Source(old), Metrics())
+            for n in range(3):  # kept by text, by shape and as the one-integer shape
+                _decide(policy, f"SELECT id, status FROM orders WHERE id = {n}")
+                _decide(policy, f"SELECT pg_sleep({n})")
+            swap_steps, decide_steps = _interleaved(policy, new, swap_at, pause_at, racing)
+            for n in range(6):
+                where = (swap_at, pause_at, n)
+                verdict = _decide(policy, f"SELECT id, status FROM orders WHERE id = {n}")
+                assert verdict.action == "block", where
+                held = _decide(policy, f"SELECT pg_sleep({n})")
+                assert (held.action, held.hold_seconds) == ("review", 5), where
+            tried += 1
+            if decide_steps <= pause_at:
+                break
+            pause_at += 1
+        if swap_steps <= swap_at:
+            break
+        swap_at += 1
+    assert tried > 20
