@@ -2,9 +2,10 @@
 
 Tokens are looked up by SHA-256 digest. The digest -> (sidecar, datasource)
 mapping is cached in Redis for a few minutes so a conditional GET or a
-long-poll costs no SQL; revoking or rotating a token deletes its entry when
-the change commits (``governance.sidecar_auth``), so a revoked token stops
-working at once.
+long-poll costs no SQL; revoking or rotating a token marks its entry revoked
+when the change commits (``governance.sidecar_auth``), so a revoked token stops
+working at once in Redis, and in a server process's memory once the ``forget``
+message reaches it over pub/sub (``PrincipalCache``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.http import UNAUTHENTICATED, check_keys, error_response, read_json
 from gateway.longpoll import off_loop
 from governance.bundles import redis_client
 from governance.models import Sidecar, token_digest
-from governance.sidecar_auth import CACHE_SECONDS, auth_cache_key
+from governance.sidecar_auth import CACHE_SECONDS, REVOKED, auth_cache_key
 
 _BEARER_RE = re.compile(r"^Bearer ([A-Za-z0-9_\-]{16,128})$")
 
@@ -37,9 +38,7 @@ def bearer_digest(header: str | None) -> str | None:
     return token_digest(match.group(1)) if match else None
 
 
-def _decode(raw: bytes | None) -> SidecarPrincipal | None:
-    if not raw:
-        return None
+def _decode(raw: bytes) -> SidecarPrincipal:
     sidecar_id, _, datasource_id = raw.decode().partition(":")
     return SidecarPrincipal(int(sidecar_id), int(datasource_id))
 
@@ -57,6 +56,7 @@ def _lookup_db(digest: str) -> SidecarPrincipal | None:
         auth_cache_key(digest),
         f"{principal.sidecar_id}:{principal.datasource_id}",
         ex=CACHE_SECONDS,
+        nx=True,  # never over a revocation that committed after the query above
     )
     return principal
 
@@ -66,8 +66,10 @@ def sidecar_authenticate(header: str | None) -> SidecarPrincipal | None:
     digest = bearer_digest(header)
     if digest is None:
         return None
-    cached = _decode(redis_client().get(auth_cache_key(digest)))
-    return cached if cached is not None else _lookup_db(digest)
+    cached = redis_client().get(auth_cache_key(digest))
+    if cached == REVOKED:
+        return None
+    return _decode(cached) if cached else _lookup_db(digest)
 
 
 def sidecar_json_call(
@@ -100,6 +102,9 @@ class PrincipalCache:
         self.ttl = ttl
         self.size = size
         self._entries: dict[str, tuple[float, SidecarPrincipal]] = {}
+        # Bumped by every forget: a lookup that began before one must not remember
+        # what it found (``put``), which may be the token just revoked.
+        self.forgets = 0
 
     def get(self, digest: str) -> SidecarPrincipal | None:
         entry = self._entries.get(digest)
@@ -107,12 +112,17 @@ class PrincipalCache:
             return None
         return entry[1]
 
-    def put(self, digest: str, principal: SidecarPrincipal) -> None:
+    def put(self, digest: str, principal: SidecarPrincipal, forgets: int) -> None:
+        """Remember ``principal``, found by a lookup that began when ``forgets`` was
+        the count of forgets; not if one has come since."""
+        if forgets != self.forgets:
+            return
         if len(self._entries) >= self.size:
             self._entries.clear()
         self._entries[digest] = (time.monotonic() + self.ttl, principal)
 
     def forget(self, digest: str | None = None) -> None:
+        self.forgets += 1
         if digest is None:
             self._entries.clear()
         else:
@@ -127,13 +137,16 @@ async def asidecar_authenticate(
     digest = bearer_digest(header)
     if digest is None:
         return None
+    forgets = 0
     if memory is not None:
         remembered = memory.get(digest)
         if remembered is not None:
             return remembered
-    principal = _decode(await aredis.get(auth_cache_key(digest)))  # type: ignore[attr-defined]
-    if principal is None:
-        principal = await off_loop(_lookup_db, digest)
+        forgets = memory.forgets
+    cached = await aredis.get(auth_cache_key(digest))  # type: ignore[attr-defined]
+    if cached == REVOKED:
+        return None
+    principal = _decode(cached) if cached else await off_loop(_lookup_db, digest)
     if principal is not None and memory is not None:
-        memory.put(digest, principal)
+        memory.put(digest, principal, forgets)
     return principal

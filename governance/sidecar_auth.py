@@ -2,9 +2,9 @@
 
 The gateway caches a token's digest -> (sidecar, datasource) in Redis and in
 each server process's memory. Revoking or rotating a token must end both at
-once, and governance revokes tokens without knowing the gateway: it deletes the
-Redis entry named here and announces ``forget <digest>`` on the bundle channel,
-which every gateway process listens to.
+once, and governance revokes tokens without knowing the gateway: it marks the
+Redis entry named here revoked and announces ``forget <digest>`` on the bundle
+channel, which every gateway process listens to.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from __future__ import annotations
 from governance.bundles import CHANNEL, redis_client
 
 CACHE_SECONDS = 300
+# What the Redis cache holds for a token revoked or rotated out, instead of nothing:
+# a lookup that read the database just before the revocation committed adds its
+# entry only where there is none (SET NX), so it cannot bring the token back.
+REVOKED = b"revoked"
 
 
 def auth_cache_key(digest: str) -> str:
@@ -19,7 +23,7 @@ def auth_cache_key(digest: str) -> str:
 
 
 def sidecar_auth_forget(*, digest: str) -> None:
-    """Drop a token from the Redis cache and from every server process's memory."""
+    """End a token in the Redis cache and in every server process's memory."""
     client = redis_client()
-    client.delete(auth_cache_key(digest))
+    client.set(auth_cache_key(digest), REVOKED, ex=CACHE_SECONDS)
     client.publish(CHANNEL, f"forget {digest}")

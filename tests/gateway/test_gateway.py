@@ -14,9 +14,17 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 from gateway import approval_requests, audit_intake, bundle, reports
 from gateway.asgi import served_directly
+from gateway.auth import (
+    PrincipalCache,
+    SidecarPrincipal,
+    _lookup_db,
+    bearer_digest,
+    sidecar_authenticate,
+)
 from gateway.http import error_body
 from governance import services as gov
 from governance.models import Environment
+from governance.sidecar_auth import sidecar_auth_forget
 from tests.approvals.conftest import open_payload
 from tests.stack import run_async
 
@@ -228,3 +236,28 @@ def test_a_heartbeat_records_when_its_datasources_tokens_last_signed_in(
     gov.identity_update(actor=admin, identity=review_setup.service, data={"teams": []})
     assert beat({f"tok-{fresh.pk}": signed_in}, other_ds_token) == 200
     assert AccessToken.objects.get(pk=fresh.pk).last_used_at is None
+
+
+@pytest.mark.django_db
+def test_a_lookup_that_read_the_database_before_a_revocation_cannot_cache_the_token(tokens):
+    """The lookup's query ran before the revocation committed; its cache write lands
+    after the revocation's. Here the revocation's cache side runs first and the
+    database still says the token is good, which is that lookup's view: it must not
+    bring the token back, in Redis or in a server process's memory."""
+    digest = bearer_digest(f"Bearer {tokens['mine']}")
+    assert digest is not None
+    sidecar_auth_forget(digest=digest)  # the revocation's mark, its row not yet changed
+    assert _lookup_db(digest) is not None  # what the late lookup read from the database
+    assert sidecar_authenticate(f"Bearer {tokens['mine']}") is None
+    assert sidecar_authenticate(f"Bearer {tokens['other']}") is not None
+
+
+def test_a_forget_during_a_lookup_keeps_its_token_out_of_a_server_s_memory():
+    memory = PrincipalCache()
+    principal = SidecarPrincipal(sidecar_id=1, datasource_id=2)
+    began = memory.forgets  # a lookup begins, then awaits Redis or the database
+    memory.forget("d" * 64)  # the revocation's message arrives meanwhile
+    memory.put("d" * 64, principal, began)
+    assert memory.get("d" * 64) is None
+    memory.put("d" * 64, principal, memory.forgets)  # a lookup begun after it
+    assert memory.get("d" * 64) == principal
