@@ -47,7 +47,10 @@ class PythonHistogram:
     the bound before; the last, above every bound), with their sum and number."""
 
     def __init__(self, bounds: Sequence[float]) -> None:
-        self._bounds = tuple(float(b) for b in bounds)
+        items = tuple(bounds)  # copied first, as the native one does
+        if any(isinstance(b, str | bytes | bytearray) for b in items):
+            raise TypeError("bounds must be numbers")
+        self._bounds = tuple(float(b) for b in items)
         if len(self._bounds) > MAX_BOUNDS:
             raise ValueError(f"at most {MAX_BOUNDS} bounds")
         if any(math.isnan(b) for b in self._bounds) or any(
