@@ -741,6 +741,14 @@ class Session(_SessionBase):
             verdict = await asyncio.to_thread(
                 self._ask_policy_large, text, protocol, state, in_transaction, raw
             )
+            while kind == _Q and self.policy.generation != generation and not self.closed:
+                # New rules arrived while it was judged, and a Query runs as soon as
+                # it is released: judged again under them. (A Parse keeps the
+                # generation it was judged under, and its Bind judges it again.)
+                generation = self.policy.generation
+                verdict = await asyncio.to_thread(
+                    self._ask_policy_large, text, protocol, state, in_transaction, raw
+                )
             if self.closed or self.hold is not hold:
                 return
             self.hold = None

@@ -17,12 +17,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sidecar.engine import Engine
 from sidecar.proxy import session as sessions
 from tests.sidecar.proxy.conftest import build_bundle
 from tests.sidecar.proxy.relay_check import Side, compared, differences, pair
@@ -679,3 +681,59 @@ def test_other_transports_are_never_written_past(tmp_path: Path) -> None:
             server.close()
 
     assert asyncio.run(plain_asyncio()) == -1
+
+
+def test_a_large_query_judged_while_the_rules_change_is_judged_again(
+    document: dict[str, Any],
+) -> None:
+    """A Query over 64 KiB is judged on a worker thread and runs when the answer
+    comes back. If a new bundle arrived meanwhile, the answer is the old rules':
+    the statement must be judged again under the new ones before it runs. The
+    swap is made from inside the worker's judgement (``threading.setprofile``),
+    once the engine has answered; the new rules block reading ``notes``."""
+    blocking = build_bundle(
+        "relay",
+        guardrails=[
+            {
+                "name": "notes-closed",
+                "position": 1,
+                "enabled": True,
+                "action": "block",
+                "message": "notes are closed",
+                "conditions": {"tables": ["public.notes"]},
+            },
+            *document["guardrails"],
+        ],
+    )
+    values = ", ".join(str(n) for n in range(14000))
+    large = query(f"SELECT id FROM notes WHERE id IN ({values})")
+    assert len(large) > 64 * 1024  # session.LARGE_STATEMENT: judged off the loop
+
+    judged = Engine.decide.__code__
+
+    async def exchange() -> Side:
+        side = Side(document, "alice", native=True)
+        swapped = threading.Event()
+
+        def swap_once(frame: Any, event: str, arg: Any) -> None:
+            # Once the engine has answered under the old rules.
+            if event == "return" and frame.f_code is judged and not swapped.is_set():
+                swapped.set()
+                side.session.policy.replace(blocking)
+
+        threading.setprofile(swap_once)  # threads started from now: the worker's
+        try:
+            side.feed("client", large)
+            for _ in range(500):
+                if side.session.hold is None:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            threading.setprofile(None)  # type: ignore[arg-type]
+        assert swapped.is_set()
+        return side
+
+    side = asyncio.run(exchange())
+    sent = bytes(side.upstream.data)
+    assert b"FROM notes WHERE id IN" not in sent
+    assert b"warden refused" in sent  # its refusal went instead
