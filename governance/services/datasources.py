@@ -45,6 +45,7 @@ from governance.services.policy import (
     _require_policy_editor,
     column_classifications_inherit,
 )
+from governance.services.sidecar_tokens import forget_sidecar_digest
 from sidecar.engine.paths import PathError, parse_path, path_applies
 
 # --- environments ---------------------------------------------------------------------
@@ -155,7 +156,12 @@ def datasource_delete(*, actor: Any, datasource: Datasource, reason: str = "") -
     one needs a ``reason``."""
     _require_policy_editor(actor)
     reason = _reason_to_delete(datasource, reason, f"datasource {datasource.name}")
+    # Its sidecars go with it (CASCADE): their tokens must stop as a revocation's do,
+    # not live on in the gateway's caches.
+    digests = list(datasource.sidecars.values_list("token_digest", flat=True))
     _delete(actor, datasource, blocked_by="other objects", reason=reason)
+    for digest in digests:
+        forget_sidecar_digest(digest)
     bundles_mark_stale(obj=datasource)
 
 

@@ -22,6 +22,7 @@ from governance.errors import ApplicationError
 from governance.models import SIDECAR_TOKEN_PREFIX, Datasource, Sidecar, token_digest
 from governance.services.history import _create, _revoke
 from governance.services.policy import _require_policy_editor
+from governance.services.sidecar_tokens import forget_sidecar_digest
 
 _HEARTBEAT_COUNTER_LIMIT = 64
 
@@ -29,12 +30,6 @@ _HEARTBEAT_COUNTER_LIMIT = 64
 def _sidecar_token() -> tuple[str, str, str]:
     raw = SIDECAR_TOKEN_PREFIX + secrets.token_urlsafe(32)
     return raw, raw[:10], token_digest(raw)
-
-
-def _forget_sidecar_digest(digest: str) -> None:
-    from governance.sidecar_auth import sidecar_auth_forget
-
-    transaction.on_commit(lambda: sidecar_auth_forget(digest=digest))
 
 
 @transaction.atomic
@@ -74,7 +69,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
     sidecar.token_rotated_at = timezone.now()
     sidecar.full_clean()
     sidecar.save()
-    _forget_sidecar_digest(old_digest)
+    forget_sidecar_digest(old_digest)
     change_record_create(
         actor=actor,
         action=ChangeAction.UPDATE,
@@ -90,7 +85,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
 def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
     _require_policy_editor(actor)
     sidecar = _revoke(actor, sidecar, already="This sidecar is already revoked.")
-    _forget_sidecar_digest(sidecar.token_digest)
+    forget_sidecar_digest(sidecar.token_digest)
     _sidecar_event("sidecar.revoked", actor, sidecar)
     return sidecar
 

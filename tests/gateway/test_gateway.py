@@ -261,3 +261,15 @@ def test_a_forget_during_a_lookup_keeps_its_token_out_of_a_server_s_memory():
     assert memory.get("d" * 64) is None
     memory.put("d" * 64, principal, memory.forgets)  # a lookup begun after it
     assert memory.get("d" * 64) == principal
+
+
+@pytest.mark.django_db
+def test_deleting_a_datasource_ends_its_sidecars_tokens(tokens, django_capture_on_commit_callbacks):
+    header = f"Bearer {tokens['mine']}"
+    assert sidecar_authenticate(header) is not None  # and now cached in Redis
+    with django_capture_on_commit_callbacks(execute=True):
+        gov.datasource_delete(
+            actor=tokens["admin"], datasource=tokens["sidecar"].datasource, reason="gone"
+        )
+    assert sidecar_authenticate(header) is None
+    assert sidecar_authenticate(f"Bearer {tokens['other']}") is not None
