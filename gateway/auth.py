@@ -105,6 +105,9 @@ class PrincipalCache:
         # Bumped by every forget: a lookup that began before one must not remember
         # what it found (``put``), which may be the token just revoked.
         self.forgets = 0
+        # Whether the hub hears forget messages now: while it does not, nothing is
+        # remembered (the hub clears all and sets this when subscribed again).
+        self.listening = False
 
     def get(self, digest: str) -> SidecarPrincipal | None:
         entry = self._entries.get(digest)
@@ -114,8 +117,8 @@ class PrincipalCache:
 
     def put(self, digest: str, principal: SidecarPrincipal, forgets: int) -> None:
         """Remember ``principal``, found by a lookup that began when ``forgets`` was
-        the count of forgets; not if one has come since."""
-        if forgets != self.forgets:
+        the count of forgets; not if one has come since, nor while not listening."""
+        if forgets != self.forgets or not self.listening:
             return
         if len(self._entries) >= self.size:
             self._entries.clear()

@@ -132,9 +132,15 @@ class ChangeHub(EventHub[int]):
         elif kind == "forget":
             self.principals.forget(rest)
 
+    def on_ready(self) -> None:
+        # What was looked up while unsubscribed may have been revoked unheard.
+        self.principals.forget()
+        self.principals.listening = True
+
     def on_lost(self) -> None:
         # Revocations may be missed while unsubscribed: remember nothing, and
         # waiters re-check the revision rather than miss a change while down.
+        self.principals.listening = False
         self.principals.forget()
         self._revisions.clear()
         self._generation.clear()

@@ -70,6 +70,9 @@ class EventHub(Generic[K]):
     def on_message(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def on_ready(self) -> None:
+        """Subscribed (again): from here on no message is missed."""
+
     def on_lost(self) -> None:
         """While unsubscribed a message may be missed: every waiter re-checks."""
         self._fire(None)
@@ -86,6 +89,7 @@ class EventHub(Generic[K]):
                 await pubsub.subscribe(self.channel)
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":
+                        self.on_ready()
                         self._ready.set()
                         delay = 0.1
                     elif message["type"] == "message":

@@ -254,6 +254,7 @@ def test_a_lookup_that_read_the_database_before_a_revocation_cannot_cache_the_to
 
 def test_a_forget_during_a_lookup_keeps_its_token_out_of_a_server_s_memory():
     memory = PrincipalCache()
+    memory.listening = True  # as the hub sets it once subscribed
     principal = SidecarPrincipal(sidecar_id=1, datasource_id=2)
     began = memory.forgets  # a lookup begins, then awaits Redis or the database
     memory.forget("d" * 64)  # the revocation's message arrives meanwhile
@@ -261,6 +262,22 @@ def test_a_forget_during_a_lookup_keeps_its_token_out_of_a_server_s_memory():
     assert memory.get("d" * 64) is None
     memory.put("d" * 64, principal, memory.forgets)  # a lookup begun after it
     assert memory.get("d" * 64) == principal
+
+
+def test_a_server_remembers_no_token_while_it_cannot_hear_revocations():
+    hub = bundle.ChangeHub()
+    principal = SidecarPrincipal(sidecar_id=1, datasource_id=2)
+    hub.principals.put("d" * 64, principal, hub.principals.forgets)
+    assert hub.principals.get("d" * 64) is None  # not subscribed yet
+    hub.on_ready()
+    began = hub.principals.forgets
+    hub.on_lost()  # the subscription drops during a lookup
+    hub.principals.put("d" * 64, principal, hub.principals.forgets)  # begun while down
+    hub.on_ready()
+    hub.principals.put("d" * 64, principal, began)
+    assert hub.principals.get("d" * 64) is None
+    hub.principals.put("e" * 64, principal, hub.principals.forgets)
+    assert hub.principals.get("e" * 64) == principal
 
 
 @pytest.mark.django_db
