@@ -9,6 +9,8 @@ channel, which every gateway process listens to.
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from governance.bundles import CHANNEL, redis_client
 
 CACHE_SECONDS = 300
@@ -27,3 +29,9 @@ def sidecar_auth_forget(*, digest: str) -> None:
     client = redis_client()
     client.set(auth_cache_key(digest), REVOKED, ex=CACHE_SECONDS)
     client.publish(CHANNEL, f"forget {digest}")
+
+
+def sidecar_auth_forget_on_commit(*, digest: str) -> None:
+    """``sidecar_auth_forget`` once the change that ends the token commits (never, if it
+    rolls back)."""
+    transaction.on_commit(lambda: sidecar_auth_forget(digest=digest))

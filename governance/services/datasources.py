@@ -45,7 +45,7 @@ from governance.services.policy import (
     _require_policy_editor,
     column_classifications_inherit,
 )
-from governance.services.sidecar_tokens import forget_sidecar_digest
+from governance.sidecar_auth import sidecar_auth_forget_on_commit
 from sidecar.engine.paths import PathError, parse_path, path_applies
 
 # --- environments ---------------------------------------------------------------------
@@ -161,7 +161,7 @@ def datasource_delete(*, actor: Any, datasource: Datasource, reason: str = "") -
     digests = list(datasource.sidecars.values_list("token_digest", flat=True))
     _delete(actor, datasource, blocked_by="other objects", reason=reason)
     for digest in digests:
-        forget_sidecar_digest(digest)
+        sidecar_auth_forget_on_commit(digest=digest)
     bundles_mark_stale(obj=datasource)
 
 

@@ -22,7 +22,7 @@ from governance.errors import ApplicationError
 from governance.models import SIDECAR_TOKEN_PREFIX, Datasource, Sidecar, token_digest
 from governance.services.history import _create, _revoke
 from governance.services.policy import _require_policy_editor
-from governance.services.sidecar_tokens import forget_sidecar_digest
+from governance.sidecar_auth import sidecar_auth_forget_on_commit
 
 _HEARTBEAT_COUNTER_LIMIT = 64
 
@@ -69,7 +69,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
     sidecar.token_rotated_at = timezone.now()
     sidecar.full_clean()
     sidecar.save()
-    forget_sidecar_digest(old_digest)
+    sidecar_auth_forget_on_commit(digest=old_digest)
     change_record_create(
         actor=actor,
         action=ChangeAction.UPDATE,
@@ -85,7 +85,7 @@ def sidecar_rotate_token(*, actor: Any, sidecar: Sidecar) -> tuple[Sidecar, str]
 def sidecar_revoke(*, actor: Any, sidecar: Sidecar) -> Sidecar:
     _require_policy_editor(actor)
     sidecar = _revoke(actor, sidecar, already="This sidecar is already revoked.")
-    forget_sidecar_digest(sidecar.token_digest)
+    sidecar_auth_forget_on_commit(digest=sidecar.token_digest)
     _sidecar_event("sidecar.revoked", actor, sidecar)
     return sidecar
 
