@@ -310,6 +310,14 @@ def verdict_parts(
 UNCONFIRMED: tuple[Any, ...] = ()
 
 
+def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """``cache[key] = value``, emptying the cache first when a new key would pass
+    ``limit``: a bound that costs nothing per hit."""
+    if len(cache) >= limit and key not in cache:
+        cache.clear()
+    cache[key] = value
+
+
 @dataclass(slots=True)
 class _Kept:
     """What the policy keeps under one set of rules: the bundle's hold time and the
@@ -440,9 +448,7 @@ class EnginePolicy:
             shared = verdict_parts(
                 decision, kept.hold_seconds, self._engine.bundle.column_classifications
             )
-            if len(kept.parts) >= self.CACHE_LIMIT:
-                kept.parts.clear()
-            kept.parts[key] = shared
+            _keep(kept.parts, key, shared, self.CACHE_LIMIT)
         return shared
 
     def identity(self, name: str) -> Identity | None:
@@ -499,10 +505,7 @@ class EnginePolicy:
                 self._shape_hits += 1
                 slot = number_slot(shape)
                 if slot is not None:
-                    askers = kept.last_number_shape
-                    if len(askers) >= self.ASKERS_LIMIT and asker not in askers:
-                        askers.clear()
-                    askers[asker] = (*slot, shared)
+                    _keep(kept.last_number_shape, asker, (*slot, shared), self.ASKERS_LIMIT)
                 action, message, rest = shared
                 return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
         context = (standard_conforming_strings, in_transaction, search_path)
@@ -510,13 +513,12 @@ class EnginePolicy:
         if session is None:
             # Few distinct contexts exist: build each once (a frozen dataclass's
             # constructor is a noticeable part of a cache miss).
-            if len(self._contexts) >= 64:
-                self._contexts.clear()
-            session = self._contexts[context] = self._engine_mod.SessionContext(
+            session = self._engine_mod.SessionContext(
                 standard_conforming_strings=standard_conforming_strings,
                 in_transaction=in_transaction,
                 search_path=search_path,
             )
+            _keep(self._contexts, context, session, 64)
         decision = self._engine.decide(
             identity=identity, sql=sql, session=session, protocol=protocol
         )
@@ -528,9 +530,7 @@ class EnginePolicy:
         # NamedTuple constructor's keyword handling.
         verdict = tuple.__new__(Verdict, (action, message, decision.upstream_sql, *rest))
         if len(sql) <= self.CACHE_TEXT_LIMIT and not decision.break_glass:
-            if len(kept.by_text) >= self.CACHE_LIMIT:
-                kept.by_text.clear()
-            kept.by_text[key] = verdict
+            _keep(kept.by_text, key, verdict, self.CACHE_LIMIT)
         if (
             shape_key is not None
             and decision.cached  # served by a template: the literals' values did not matter
@@ -538,9 +538,8 @@ class EnginePolicy:
             and decision.upstream_sql == sql  # no rewrite to re-apply to new values
             and shape_key not in kept.by_shape
         ):
-            if len(kept.by_shape) >= self.CACHE_LIMIT:
-                kept.by_shape.clear()
-            kept.by_shape[shape_key] = (action, message, rest) if confirmed(sql) else UNCONFIRMED
+            kept_parts = (action, message, rest) if confirmed(sql) else UNCONFIRMED
+            _keep(kept.by_shape, shape_key, kept_parts, self.CACHE_LIMIT)
         return verdict
 
 
