@@ -738,17 +738,16 @@ class Session(_SessionBase):
                 name, raw, tail = m.parse_parse(payload)
                 protocol = "extended"
             text = self._decode(raw)
-            verdict = await asyncio.to_thread(
-                self._ask_policy_large, text, protocol, state, in_transaction, raw
-            )
-            while kind == _Q and self.policy.generation != generation and not self.closed:
-                # New rules arrived while it was judged, and a Query runs as soon as
-                # it is released: judged again under them. (A Parse keeps the
-                # generation it was judged under, and its Bind judges it again.)
-                generation = self.policy.generation
+            while True:
                 verdict = await asyncio.to_thread(
                     self._ask_policy_large, text, protocol, state, in_transaction, raw
                 )
+                # New rules arrived while it was judged, and a Query runs as soon as
+                # it is released: judged again under them. (A Parse keeps the
+                # generation it was judged under, and its Bind judges it again.)
+                if kind != _Q or self.policy.generation == generation or self.closed:
+                    break
+                generation = self.policy.generation
             if self.closed or self.hold is not hold:
                 return
             self.hold = None
