@@ -414,20 +414,27 @@ def idle_memory(port: int, database: str, pid: int, count: int) -> float:
     return (after - before) / count
 
 
-def compare_trees(args: argparse.Namespace, database: str, upstream: str, tmp: Path) -> None:
-    """Sidecar CPU per transaction, this tree against ``--compare`` (another checkout),
-    interleaved round by round: the before/after measure for one change."""
-    trees = {"this": ROOT, "other": Path(args.compare).resolve()}
-    (tmp / "orm.sql").write_text(orm_script(args.scale))
-    workloads = {
+def workloads(tmp: Path, scale: int) -> dict[str, list[str]]:
+    """pgbench's options for each workload, in the order they run (the ORM statement's
+    script is written into ``tmp``). select-prepared (-M prepared): statements are
+    decided once, at Parse, so it shows the protocol layer's cost without the engine's."""
+    (tmp / "orm.sql").write_text(orm_script(scale))
+    return {
         "select-only": ["-S"],
         "select-prepared": ["-S", "-M", "prepared"],
         "orm": ["-f", str(tmp / "orm.sql")],
         "tpcb-like": [],
     }
-    unknown = [w for w in args.workloads.split(",") if w not in workloads]
+
+
+def compare_trees(args: argparse.Namespace, database: str, upstream: str, tmp: Path) -> None:
+    """Sidecar CPU per transaction, this tree against ``--compare`` (another checkout),
+    interleaved round by round: the before/after measure for one change."""
+    trees = {"this": ROOT, "other": Path(args.compare).resolve()}
+    options = workloads(tmp, args.scale)
+    unknown = [w for w in args.workloads.split(",") if w not in options]
     if unknown:
-        raise SystemExit(f"unknown workload {', '.join(unknown)}: one of {', '.join(workloads)}")
+        raise SystemExit(f"unknown workload {', '.join(unknown)}: one of {', '.join(options)}")
     procs = {}
     try:
         for name, tree in trees.items():
@@ -447,7 +454,7 @@ def compare_trees(args: argparse.Namespace, database: str, upstream: str, tmp: P
                             database,
                             clients,
                             args.duration,
-                            workloads[workload],
+                            options[workload],
                             TOKEN,
                         )
                         used = cpu_seconds(proc.pid) - before
@@ -535,7 +542,6 @@ def main() -> int:
         (tmp / "bouncer").mkdir()
         bouncer, bouncer_port = start_pgbouncer(tmp / "bouncer", host, port, database)
         procs.append(bouncer)
-        (tmp / "orm.sql").write_text(orm_script(args.scale))
         targets = {
             "direct": (port, "postgres", ""),
             "pgbouncer": (bouncer_port, "postgres", ""),
@@ -567,15 +573,7 @@ def main() -> int:
             f"{'workload':<16}{'clients':>8}  {'target':<10}{'tps':>12}{'lat ms':>10}"
             f"{'vs direct':>11}{'vs bouncer':>12}{'CPU us/txn':>12}"
         )
-        # "select-prepared" (-M prepared): statements are decided once, at Parse, so
-        # it shows the protocol layer's cost without the engine's.
-        workloads = (
-            ("select-only", ["-S"]),
-            ("select-prepared", ["-S", "-M", "prepared"]),
-            ("orm", ["-f", str(tmp / "orm.sql")]),
-            ("tpcb-like", []),
-        )
-        for workload, options in workloads:
+        for workload, options in workloads(tmp, args.scale).items():
             for clients in (1, 8):
                 runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
                 for _ in range(args.repeat):  # interleaved rounds; the median is kept
