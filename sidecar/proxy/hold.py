@@ -53,15 +53,34 @@ class Hold:
     each Bind, when the values it runs with are known.
     """
 
-    __slots__ = ("bind", "name", "portal", "prepared", "request_id", "task", "verdict")
+    __slots__ = (
+        "bind",
+        "generation",
+        "name",
+        "portal",
+        "prepared",
+        "request_id",
+        "task",
+        "text",
+        "verdict",
+    )
 
     def __init__(
-        self, verdict: Verdict, name: bytes = b"", bind: bytes | None = None, portal: bytes = b""
+        self,
+        verdict: Verdict,
+        name: bytes = b"",
+        bind: bytes | None = None,
+        portal: bytes = b"",
+        text: str = "",
     ) -> None:
         self.verdict = verdict
         self.name = name
         self.bind = bind
         self.portal = portal
+        self.text = text  # a Query's text (a Bind's is its prepared statement's)
+        # The policy generation ``verdict`` came from: an approval given after the
+        # bundle changed has the statement judged again (Session._hold_judged_again).
+        self.generation = -1
         self.request_id: str | None = None
         self.task: asyncio.Task[None] | None = None
         # The prepared statement a Bind runs, re-prepared upstream if its SQL changed.

@@ -1117,7 +1117,8 @@ class Session(_SessionBase):
                 return (message or m.query(payload[:-1])) + self._probe_after(False)
             return message
         if verdict.action == REVIEW and verdict.approval and self.approvals:
-            self._hold_start(Hold(verdict))
+            assert text is not None  # undecodable text is blocked
+            self._hold_start(Hold(verdict, text=text))
             return b""
         self.pending.append(_Exec(None, True))
         refusal = m.query(self._refuse(verdict))
@@ -1270,6 +1271,9 @@ class Session(_SessionBase):
 
     def _hold_start(self, hold: Hold) -> None:
         """Stop handling this client's messages until the approval exchange is over."""
+        # Held as soon as decided, with nothing awaited in between: the verdict is
+        # the current generation's.
+        hold.generation = self.policy.generation
         self.hold = hold
         hold.task = asyncio.get_running_loop().create_task(self._hold_run(hold))
         hold.task.add_done_callback(lambda task: self._hold_done(hold, task))
@@ -1301,14 +1305,70 @@ class Session(_SessionBase):
 
     def _hold_end(self, hold: Hold, ruling: Ruling) -> None:
         """Send what the held message became under ``ruling``."""
-        if ruling.approved is not None:
-            message = self._hold_approved(hold, ruling.approved)
-            self._hold_release(hold, message, hold.verdict.barrier)
-        else:
+        if ruling.approved is None:
             message = self._hold_refusal(
                 hold, ruling.sqlstate, ruling.message, ruling.outcome, ruling.detail, ruling.hint
             )
             self._hold_release(hold, message)
+            return
+        if hold.generation != self.policy.generation and not self.closed:
+            refusal = self._hold_judged_again(hold, ruling.approved)
+            if refusal is not None:
+                self._hold_release(hold, refusal)
+                return
+        message = self._hold_approved(hold, ruling.approved)
+        self._hold_release(hold, message, hold.verdict.barrier)
+
+    def _hold_judged_again(self, hold: Hold, state: ApprovalState) -> bytes | None:
+        """An approval that came after the bundle changed: the held verdict is from
+        rules no longer in force (an emergency block may have arrived meanwhile), so
+        the statement is judged again under the current ones. Allowed, it runs. Still
+        reviewed with the very facts the reviewer was shown (statement, tables,
+        classifications, risk, reasons), the approval stands. Either way the new
+        verdict runs, its SQL for upstream included. Reviewed with other facts (a
+        higher risk, another rule, another table), it needs a new approval; blocked,
+        it is refused: the message standing in for the held one. None: run
+        ``hold.verdict``, now the current rules' verdict."""
+        generation = self.policy.generation
+        prepared = hold.prepared
+        if hold.simple:
+            verdict = self._decide(hold.text, "simple")
+        else:
+            assert prepared is not None
+            verdict = self._decide(prepared.text, "extended")
+        if verdict.action == ALLOW or (
+            verdict.action == REVIEW and verdict.approval == hold.verdict.approval
+        ):
+            hold.verdict = verdict
+            if prepared is not None:
+                # _hold_approved re-prepares it upstream when its SQL changed.
+                prepared.verdict, prepared.generation = verdict, generation
+            return None
+        # A prepared statement keeps its old generation: every later Bind of it is
+        # judged again under the rules in force.
+        if verdict.action == REVIEW and verdict.approval:
+            refusal = self._refuse(
+                verdict,
+                sqlstate=SQLSTATE_HELD,
+                message=f"Warden: the rules changed while this statement waited; request "
+                f"{state.id} approved it under the old ones, and under the new ones it "
+                f"needs approval again (rule {holds.first_rule(verdict)}) — run it again to "
+                "request one",
+                outcome="held",
+                approval_id=state.id,
+            )
+        else:
+            refusal = self._refuse(
+                verdict,
+                approval_id=state.id,
+                detail=f"approval request {state.id} was approved, but the rules changed "
+                "while the statement waited and the rules in force now refuse it",
+            )
+        if hold.simple:
+            self.pending.append(_Exec(None, True))
+            return m.query(refusal)
+        self.portals[hold.portal] = None
+        return m.build_parse(self._refusal_name, refusal, b"\x00\x00")
 
     def _hold_refusal(
         self,

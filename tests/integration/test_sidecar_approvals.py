@@ -481,3 +481,158 @@ def test_a_grant_runs_only_the_values_approved_and_a_denial_is_remembered(
             assert "error" not in result and result["value"].rowcount == 3, result
     finally:
         proc.stop()
+
+
+def _serving_new_rules(sidecar: Any, datasource: Any, before: str, timeout: float = 30) -> str:
+    """The revision the control plane published after ``before``, once the sidecar's
+    heartbeat says it runs it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = bundle_current(datasource_id=datasource.id)
+        if current is not None and current[0] != before:
+            sidecar.refresh_from_db()
+            if sidecar.running_revision == current[0]:
+                return current[0]
+        time.sleep(0.1)
+    raise AssertionError("the sidecar did not take the new bundle")
+
+
+def test_an_approval_given_after_the_rules_changed_is_judged_again(
+    control_plane: Server,
+    celery_worker: Any,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer: Any,
+    upstream_db: str,
+    tmp_path: Path,
+) -> None:
+    """Attack: an agent's UPDATE waits for a reviewer; meanwhile the security team
+    ships an emergency block of agent updates; the reviewer, who approves from the
+    request alone, approves. The statement must not run on the verdict of rules that
+    are no longer in force: it is judged again under the bundle the sidecar now runs.
+    A change that leaves the statement reviewed keeps the approval (the reviewer
+    approved this statement), and the new rules' SQL runs."""
+    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
+    sidecar, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-change"
+    )
+    config = {**_config(control_plane, sidecar_token, upstream_db), "heartbeat_interval": 1}
+    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+    datasource = demo_policy.datasource
+    revision = _serving_new_rules(sidecar, datasource, "")
+    dbname = upstream_dbname()
+
+    def held_then(change: Any, run: Any) -> dict[str, Any]:
+        """Run ``run`` on a connection, change the rules while it is held, wait until
+        the sidecar runs the new ones, approve; what ``run`` returned or raised, and
+        the request (``request``)."""
+        nonlocal revision
+        thread, result = _in_thread(run)
+        request = _pending(demo_policy.agent)
+        change()
+        revision = _serving_new_rules(sidecar, datasource, revision)
+        assert thread.is_alive(), "the statement did not wait for the decision"
+        approvals.approval_decide(request_id=request.id, user=reviewer, approve=True)
+        thread.join(20)
+        assert not thread.is_alive()
+        return {**result, "request": str(request.id)}
+
+    def names() -> list[tuple[str]]:
+        with _connect(proc.port, dbname, raw) as conn:
+            return conn.execute("SELECT full_name FROM customers ORDER BY id").fetchall()
+
+    try:
+        with _connect(proc.port, dbname, raw) as conn:
+            # 1. A change that leaves the UPDATE reviewed: the approval stands.
+            result = held_then(
+                lambda: services.guardrail_create(
+                    actor=admin_user,
+                    name="review-staging-ddl",
+                    action="review",
+                    conditions={"environments": ["staging"], "statement_kinds": ["ddl"]},
+                    message="DDL in staging is reviewed.",
+                ),
+                lambda: conn.execute("UPDATE customers SET full_name = 'Kept K.' WHERE id = 1"),
+            )
+            assert "error" not in result, result
+            assert names()[0] == ("Kept K.",)
+
+            # 1b. A change that asks for review on other grounds than the reviewer was
+            # shown (another rule, first now): the approval does not carry over.
+            result = held_then(
+                lambda: services.guardrail_create(
+                    actor=admin_user,
+                    name="review-agent-updates",
+                    action="review",
+                    conditions={"identity_kinds": ["agent"], "statement_kinds": ["update"]},
+                    message="Agent updates are reviewed by the data owner.",
+                    position=1,
+                    reason="the data owner reviews agent updates",
+                ),
+                lambda: conn.execute("UPDATE customers SET full_name = 'Other O.' WHERE id = 1"),
+            )
+            error = result.get("error")
+            assert isinstance(error, psycopg.Error) and error.sqlstate == "WR001", result
+            assert "run it again to request one" in str(error)
+            assert "review-agent-updates" in str(error)
+            assert names()[0] == ("Kept K.",)
+
+            # 2. An emergency block while the UPDATE waits: refused, nothing changed.
+            freeze: dict[str, Any] = {}
+
+            def block() -> None:
+                freeze["rule"] = services.guardrail_create(
+                    actor=admin_user,
+                    name="freeze-agent-updates",
+                    action="block",
+                    conditions={"identity_kinds": ["agent"], "statement_kinds": ["update"]},
+                    message="Agent updates are frozen during the incident.",
+                    position=1,
+                )
+
+            result = held_then(
+                block,
+                lambda: conn.execute("UPDATE customers SET full_name = 'Ran R.' WHERE id = 1"),
+            )
+            error = result.get("error")
+            assert isinstance(error, psycopg.errors.InsufficientPrivilege), result
+            assert "frozen during the incident" in str(error)
+            assert "rules changed while the statement waited" in str(error.diag.message_detail)
+            assert names()[0] == ("Kept K.",)
+            assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+            # The trail links the refusal to the approval it overrode.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                refused = [
+                    e
+                    for e in _spool_events(tmp_path / "state")
+                    if e.get("approval_request") == result["request"]
+                ]
+                if refused:
+                    break
+                time.sleep(0.2)
+            assert [(e["action"], e["outcome"]) for e in refused] == [("block", "blocked")]
+
+            # 3. The same with a prepared statement (the extended protocol holds its
+            # Bind): the freeze lifted, a run held, the freeze back, then approved.
+            services.guardrail_set_enabled(
+                actor=admin_user, guardrail=freeze["rule"], enabled=False, reason="lifted"
+            )
+            revision = _serving_new_rules(sidecar, datasource, revision)
+            update = "UPDATE customers SET full_name = %s WHERE id = %s"
+            result = held_then(
+                lambda: services.guardrail_set_enabled(
+                    actor=admin_user, guardrail=freeze["rule"], enabled=True, reason="again"
+                ),
+                lambda: conn.execute(update, ("Bound B.", 1), prepare=True),
+            )
+            error = result.get("error")
+            assert isinstance(error, psycopg.errors.InsufficientPrivilege), result
+            assert "frozen during the incident" in str(error)
+            assert names()[0] == ("Kept K.",)
+            # Every later run of that prepared statement is judged under the freeze.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(update, ("Bound again", 1), prepare=True)
+            assert names()[0] == ("Kept K.",)
+    finally:
+        proc.stop()
