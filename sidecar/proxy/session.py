@@ -285,10 +285,11 @@ class _Prepared:
     """A prepared statement: its verdict, the policy generation that gave it, and
     what is needed to decide it again (client text, Parse tail) after a bundle change.
 
-    ``upstream`` is the SQL the upstream server holds under this name, once known.
+    ``upstream`` is the SQL the upstream server holds under this name, once known;
+    ``reparse`` the sidecar's latest re-prepare of it not yet confirmed.
     """
 
-    __slots__ = ("generation", "state", "tail", "text", "upstream", "verdict")
+    __slots__ = ("generation", "reparse", "state", "tail", "text", "upstream", "verdict")
 
     def __init__(
         self, verdict: Verdict, generation: int, text: str, tail: bytes, state: st.SessionState
@@ -301,6 +302,7 @@ class _Prepared:
         self.text = text
         self.tail = tail
         self.upstream: str | None = verdict.upstream_sql
+        self.reparse: _Closing | None = None
 
 
 class _Closing:
@@ -1195,7 +1197,14 @@ class Session(_SessionBase):
         """
         sql = prepared.verdict.upstream_sql
         prepared.generation = -1
-        self.pending.append(_Closing(prepared, sql, generation))
+        # Unknown until confirmed: the server already runs this Parse's SQL for every
+        # Bind sent after it, whatever it last confirmed, so no verdict may match the
+        # old SQL and skip re-preparing (a client that sends no Sync keeps the
+        # confirmation back for as long as it likes).
+        prepared.upstream = None
+        closing = _Closing(prepared, sql, generation)
+        prepared.reparse = closing
+        self.pending.append(closing)
         return m.frame(b"C", b"S" + name + b"\x00") + m.build_parse(
             name, sql.encode(self.codec or "utf-8"), prepared.tail
         )
@@ -1568,8 +1577,11 @@ class Session(_SessionBase):
             self._reparsing = None
             self._set_up_mode()
             if closing is not None and closing.prepared is not None:
-                closing.prepared.upstream = closing.sql
-                closing.prepared.generation = closing.generation
+                prepared = closing.prepared
+                if prepared.reparse is closing:  # else a later re-prepare is on its way
+                    prepared.reparse = None
+                    prepared.upstream = closing.sql
+                    prepared.generation = closing.generation
                 return b""
         elif kind == 0x5A:  # Z ReadyForQuery
             if self._reparsing is not None:

@@ -13,13 +13,24 @@ SQL ``EXECUTE px`` after the change.)
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tests.security.conftest import (
     assert_refused_fields,
+    exempt,
     publish,
 )
-from tests.security.wire import SYNC, RawClient, bind_execute, parse, public_ssns_in, q
+from tests.security.wire import (
+    SYNC,
+    RawClient,
+    bind,
+    bind_execute,
+    execute,
+    parse,
+    public_ssns_in,
+    q,
+)
 from tests.sidecar.proxy.conftest import SSNS, Sidecar
 
 
@@ -73,3 +84,81 @@ def test_protocol_parse_then_sql_execute_after_the_change(
         copied = client.exchange(q("SELECT * FROM px2_copy"))
         assert public_ssns_in(copied.raw) == set(), "CREATE TABLE AS EXECUTE copied the raw SSN"
         assert client.exchange(q("SELECT 1")).column() == ["1"]
+
+
+def test_a_bind_behind_an_unconfirmed_reprepare_runs_the_current_rules(
+    _exempt_sidecar: tuple[Sidecar, dict[str, Any]],
+) -> None:
+    """Attack: ``Parse("pm")`` while alice is masked (the server holds the masked
+    rewrite). The rules exempt her: ``Bind``/``Execute`` with no Sync, so the sidecar
+    re-prepares the raw text and the server keeps its ParseComplete (it answers at the
+    Sync). The rules mask her again: ``Bind``/``Execute``/``Sync``. The new verdict's SQL
+    is the masked rewrite the server last *confirmed*, so a sidecar that compares with
+    that sees nothing to re-prepare, while the server holds the raw text of the
+    re-prepare still unconfirmed: the second run returned the raw SSN under the rules
+    that mask it. The first run is exempt, its raw value is allowed."""
+    sidecar, loose = _exempt_sidecar
+    masked = exempt(loose, ["security"])
+    publish(sidecar, masked)
+    try:
+        with RawClient(sidecar) as client:
+            made = client.exchange(
+                parse("SELECT ssn FROM public.customers WHERE id = 1", name="pm"),
+                bind_execute("pm", sync=False),
+                SYNC,
+            )
+            assert made.rows and public_ssns_in(made.raw) == set(), made.errors  # masked
+
+            publish(sidecar, loose)
+            client.send(bind("pm"), execute())  # no Sync: the re-prepare stays unconfirmed
+            publish(sidecar, masked)
+            reply = client.exchange(bind("pm"), execute(), SYNC)
+            assert not reply.errors, reply.errors
+            exempt_run, masked_run = reply.rows
+            assert public_ssns_in(b"".join(v or b"" for v in exempt_run)) == {SSNS[0]}
+            assert public_ssns_in(b"".join(v or b"" for v in masked_run)) == set(), (
+                "the run under the masking rules returned the raw SSN"
+            )
+            assert client.exchange(q("SELECT 1")).column() == ["1"]
+    finally:
+        publish(sidecar, loose)
+
+
+def test_an_older_reprepare_confirmed_behind_a_newer_one_is_not_taken_for_it(
+    _exempt_sidecar: tuple[Sidecar, dict[str, Any]],
+) -> None:
+    """Attack: ``Parse("pq")`` while alice is exempt. Masked: ``Bind``/``Execute``
+    (the sidecar re-prepares the masked rewrite), exempt: ``Bind``/``Execute`` (it
+    re-prepares the raw text), no Sync. Each run returns 24 MB, and the client reads
+    nothing, so the sidecar sees the first re-prepare confirmed while the second's
+    confirmation waits behind the first run's rows. Masked again: ``Bind``/``Execute``/
+    ``Sync``. Taking the first confirmation for the statement's state, the sidecar
+    saw the masked rewrite in place and sent the Bind as it was, and the server ran
+    the raw text of the second re-prepare under the rules that mask."""
+    sidecar, loose = _exempt_sidecar
+    masked = exempt(loose, ["security"])
+    sql = "SELECT ssn, repeat('x', 24000000) AS pad FROM public.customers WHERE id = 1"
+    publish(sidecar, loose)
+    try:
+        with RawClient(sidecar, timeout=60) as client:
+            made = client.exchange(parse(sql, name="pq"), SYNC)
+            assert not made.errors, made.errors
+
+            publish(sidecar, masked)
+            client.send(bind("pq"), execute())
+            publish(sidecar, loose)
+            client.send(bind("pq"), execute())
+            # The sidecar has read the first confirmation, and stopped reading the
+            # server while 24 MB wait for the client.
+            time.sleep(1.0)
+            publish(sidecar, masked)
+            client.send(bind("pq"), execute(), SYNC)
+            reply = client.read(1)
+            assert not reply.errors, reply.errors
+            ssns = [public_ssns_in(row[0] or b"") for row in reply.rows]
+            assert ssns == [set(), {SSNS[0]}, set()], (
+                "the last run, under the masking rules, returned the raw SSN" if ssns[2] else ssns
+            )
+            assert client.exchange(q("SELECT 1")).column() == ["1"]
+    finally:
+        publish(sidecar, loose)
