@@ -211,7 +211,7 @@ class RawClient:
         timeout: float = 15.0,
     ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", sidecar.port), timeout=timeout)
-        self.buffer = b""
+        self.buffer = bytearray()  # grown in place: a large row arrives in many reads
         self.startup_parameters: dict[str, str] = {}
         startup = {"user": user, "database": sidecar.database, **(params or {})}
         self.sock.sendall(m.startup_message(startup))
@@ -257,8 +257,8 @@ class RawClient:
         length = struct.unpack("!i", self.buffer[1:5])[0]
         while len(self.buffer) < 1 + length:
             self._fill()
-        kind, body = self.buffer[:1], self.buffer[5 : 1 + length]
-        self.buffer = self.buffer[1 + length :]
+        kind, body = bytes(self.buffer[:1]), bytes(self.buffer[5 : 1 + length])
+        del self.buffer[: 1 + length]
         return kind, body
 
     def _fill(self) -> None:
