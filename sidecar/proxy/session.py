@@ -622,17 +622,18 @@ class Session(_SessionBase):
                 out.append(refusal)
                 return
         verdict = prepared.verdict
+        if portal and not verdict.plain and _acts_by_name(verdict):
+            # In a named portal it could run later (Execute, or SQL FETCH of the
+            # portal), after the sidecar has settled its books or the state. Refused
+            # before any hold: an approval would not make it safe there.
+            self.portals[portal] = None
+            out.append(self._refuse_in_batch(_named_portal_refusal(verdict)))
+            return
         if verdict.action == REVIEW:
             # Each run needs its own approval, of the values it binds.
             hold = Hold(verdict, stmt, data[pos:end], portal)
             hold.prepared = prepared
             self._hold_start(hold)
-            return
-        if portal and not verdict.plain and _acts_by_name(verdict):
-            # In a named portal it could run later (Execute, or SQL FETCH of the
-            # portal), after the sidecar has settled its books or the state.
-            self.portals[portal] = None
-            out.append(self._refuse_in_batch(_named_portal_refusal(verdict)))
             return
         self.portals[portal] = _STALE_PORTAL if self._discarding else verdict
         out.append(data[pos:end])
@@ -1345,7 +1346,9 @@ class Session(_SessionBase):
         else:
             assert prepared is not None
             verdict = self._decide(prepared.text, "extended")
-        if verdict.action == ALLOW or (
+        if hold.portal and not verdict.plain and _acts_by_name(verdict):
+            verdict = _named_portal_refusal(verdict)  # as _on_bind refuses it
+        elif verdict.action == ALLOW or (
             verdict.action == REVIEW and verdict.approval == hold.verdict.approval
         ):
             hold.verdict = verdict

@@ -839,3 +839,29 @@ def test_role_and_database_settings_do_not_run(
             "SELECT proconfig FROM pg_proc WHERE proname = 'note_count'"
         ).fetchone()
     assert rows == (0,) and config == (None,)
+
+
+def test_a_reviewed_statement_that_acts_by_name_is_refused_in_a_named_portal(
+    approving_sidecar: tuple[Sidecar, ApprovingControlPlane],
+) -> None:
+    """FINDING (medium; needs one approval). A statement that changes the session
+    state (a barrier) may only be bound to the unnamed portal: in a named one it could
+    run later, by an Execute, after the sidecar has settled what state it judges
+    under. The Bind of a reviewed statement was held before that check, and once
+    approved bound into the named portal all the same. Attack: ``Parse`` a reviewed
+    DELETE that also sets ``search_path``, ``Bind`` it into portal ``p1``. It must be
+    refused at the Bind, before a reviewer is asked, like any such statement."""
+    sidecar, plane = approving_sidecar
+    before = len(plane.requests)
+    sql = (
+        "DELETE FROM public.notes WHERE id = -1 "
+        "RETURNING set_config('search_path', 'staging', false)"
+    )
+    with RawClient(sidecar) as client:
+        reply = client.exchange(parse(sql, "sb"), bind("sb", "p1"), execute("p1"), SYNC)
+        assert [e.get("M", "") for e in reply.warden_refusals()] == [
+            "Warden: a statement that changes session settings, or acts on prepared "
+            "statements or cursors by name, may only be bound to the unnamed portal"
+        ], reply.errors
+        assert client.exchange(q("SHOW search_path")).column() != ["staging"]
+    assert plane.requests[before:] == []
