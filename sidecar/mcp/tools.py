@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import psycopg
 
+from sidecar.engine import functions
 from sidecar.engine.vocabulary import NODE_KINDS
 from sidecar.mcp.agents import AgentSession, Caller, Limits
 from sidecar.proxy.approvals import MAX_WAIT, ApprovalGate, ApprovalUnavailable
@@ -257,21 +258,39 @@ class Toolbox:
 
     def _check_kind(self, verdict: Verdict, tool: str) -> None:
         """A tool runs only its own kind of statement; what the policy refuses is left
-        to the proxy, which refuses it with the rule's message (and records it)."""
+        to the proxy, which refuses it with the rule's message (and records it).
+
+        No tool changes the session a later call runs in: the read-only default, the
+        statement timeout and the application name the audit trail tags MCP calls
+        with are set once, when the session connects. So no statement that changes a
+        setting, whatever the engine allows a psql user (``set_config`` of a setting
+        it judges harmless is neither a barrier nor of kind ``set``)."""
         if verdict.action == BLOCK or verdict.error is not None:
             return
         kinds = set(verdict.kinds)
         if verdict.multi:
             raise ToolError("one_statement", f"{tool} runs one statement at a time")
-        if verdict.barrier or kinds & {"set", "reset", "discard", "transaction"}:
+        facts = facts_of(verdict)
+        if (
+            verdict.barrier
+            or kinds & {"set", "reset", "discard", "transaction"}
+            or any(
+                functions.category(str(f)) == functions.SESSION_STATE
+                for f in facts.get("functions") or ()
+            )
+        ):
             raise ToolError(
                 "wrong_tool",
                 f"{tool} does not run statements that change the session or transaction",
             )
-        if tool == "query" and not kinds <= READ_KINDS:
+        if tool == "query" and (not kinds <= READ_KINDS or facts.get("tables_written")):
+            # (A SELECT whose WITH inserts, updates or deletes is of kind select.)
+            what = ", ".join(sorted(kinds))
+            if facts.get("tables_written"):
+                what += " that writes " + ", ".join(facts["tables_written"])
             raise ToolError(
                 "wrong_tool",
-                f"query runs read statements (SELECT); this is {', '.join(sorted(kinds))}: "
+                f"query runs read statements (SELECT); this is {what}: "
                 "use execute for writes, explain for plans",
             )
         if tool == "explain" and not kinds <= EXPLAINABLE_KINDS:
@@ -471,20 +490,28 @@ class Toolbox:
         rows: list[list[Any]] = []
         size = 2
         truncated: str | None = None
-        cursor = session.connection.cursor()
-        # Closed on leaving the loop early: psycopg then cancels the rest of the query.
-        stream: Any = cursor.stream(text)
-        async with contextlib.aclosing(stream):
-            async for row in stream:
-                if len(rows) >= limits.max_rows:
-                    truncated = "rows"
-                    break
-                values = [jsonable(v) for v in row]
-                size += len(json.dumps(values, default=str)) + 1
-                if size > limits.max_result_bytes:
-                    truncated = "bytes"
-                    break
-                rows.append(values)
+        connection = session.connection
+        # Each read in a read-only transaction of its own, always rolled back: nothing
+        # it did (a setting, whatever the checks above did not foresee) outlives it.
+        await connection.execute("BEGIN READ ONLY", prepare=False)
+        try:
+            cursor = connection.cursor()
+            # Closed on leaving the loop early: psycopg then cancels the rest of it.
+            stream: Any = cursor.stream(text)
+            async with contextlib.aclosing(stream):
+                async for row in stream:
+                    if len(rows) >= limits.max_rows:
+                        truncated = "rows"
+                        break
+                    values = [jsonable(v) for v in row]
+                    size += len(json.dumps(values, default=str)) + 1
+                    if size > limits.max_result_bytes:
+                        truncated = "bytes"
+                        break
+                    rows.append(values)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.execute("ROLLBACK", prepare=False)
         columns = [{"name": c.name, "type": c.type_display} for c in cursor.description or ()]
         record.rows = len(rows)
         return {

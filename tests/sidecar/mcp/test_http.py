@@ -18,6 +18,7 @@ from mcp import Client
 from sidecar.mcp.tools import TOOLS
 from tests.sidecar.mcp.conftest import (
     AGENT_TOKEN,
+    ESCAPE_TOKEN,
     LIMITED_TOKEN,
     LIMITS,
     REVOKED_TOKEN,
@@ -316,3 +317,58 @@ def test_the_handshake_era_protocol_works_too(sidecar: Sidecar, mode: str) -> No
         ]
     )
     assert ended and ended[0]["identity"] == "agent7" and ended[0]["owner"] == "alice"
+
+
+def test_no_call_changes_the_session_a_later_call_runs_in(sidecar: Sidecar) -> None:
+    """Attack (a review's finding): the session's read-only default, statement timeout
+    and MCP application name were set once, when it connected, and ``set_config`` of
+    those settings is a statement the engine allows anyone (it is neither a barrier
+    nor of kind ``set``). So ``query`` could turn read-only off for the session and
+    then write through a SELECT whose WITH inserts, lift the time limit, and
+    ``execute`` could rename the session so its statements left the trail's MCP
+    filter. Every such call must be refused, nothing written, nothing changed."""
+
+    async def body(client: Client) -> dict[str, Any]:
+        calls = {
+            "read_only_off": (
+                "query",
+                "SELECT set_config('default_transaction_read_only', 'off', false)",
+            ),
+            "qualified": (
+                "query",
+                "SELECT pg_catalog.set_config('statement_timeout', '0', false)",
+            ),
+            "write_in_with": (
+                "query",
+                "WITH d AS (INSERT INTO notes (body) VALUES ('escaped') RETURNING 1) "
+                "SELECT count(*) FROM d",
+            ),
+            "rename": (
+                "execute",
+                "INSERT INTO notes (body) VALUES ('renamed') "
+                "RETURNING set_config('application_name', 'psql', false)",
+            ),
+        }
+        out = {k: await client.call_tool(t, {"sql": q}) for k, (t, q) in calls.items()}
+        out["slow"] = await client.call_tool("query", {"sql": "SELECT pg_sleep(3)"})
+        out["after"] = await client.call_tool(
+            "query",
+            {
+                "sql": "SELECT current_setting('application_name'), "
+                "current_setting('statement_timeout'), current_setting('transaction_read_only')"
+            },
+        )
+        return out
+
+    results = run(with_http_client(sidecar, ESCAPE_TOKEN, body, client_name="escaper"))
+    for name in ("read_only_off", "qualified", "write_in_with", "rename"):
+        assert results[name].is_error, name
+        assert results[name].structured_content["error"]["code"] == "wrong_tool", name
+    assert "writes public.notes" in results["write_in_with"].structured_content["error"]["message"]
+    assert results["slow"].structured_content["error"]["code"] == "timeout"
+    assert results["after"].structured_content["rows"] == [["mcp:escaper", "1500ms", "on"]]
+    with psycopg.connect(sidecar.extra["upstream"]) as conn:
+        written = conn.execute(
+            "SELECT count(*) FROM notes WHERE body IN ('escaped', 'renamed')"
+        ).fetchone()
+        assert written == (0,)
