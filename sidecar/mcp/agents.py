@@ -47,6 +47,9 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+NOT_VALID = "the access token is not valid here"
+
+
 class SignInFailed(Exception):
     """The bearer token signs in as nobody (or is refused for now): HTTP 401."""
 
@@ -219,7 +222,7 @@ class Agents:
                     f"too many failed sign-ins from this address; try again in {wait:.0f} s"
                 )
             self._unknown.failed(pair)
-            raise SignInFailed("the access token is not valid here")
+            raise SignInFailed(NOT_VALID)
         identity, credential = candidates[0]
         caller = Caller(identity, credential, digest, token, client_addr)
         connection = await self._connect(caller, application_name(""))
@@ -333,11 +336,16 @@ class Agents:
 
 
 def _sign_in_message(exc: psycopg.OperationalError) -> str:
-    """The proxy's reason for refusing a sign-in, as the agent may read it."""
+    """The proxy's reason for refusing a sign-in, as the agent may read it: a wrong
+    token reads as an unknown one (the proxy's own words name the identity whose
+    token prefix was sent, which the sender need not know)."""
     text = str(exc).strip().splitlines()
     for line in text:
         if "FATAL:" in line:
-            return line.split("FATAL:", 1)[1].strip()
+            reason = line.split("FATAL:", 1)[1].strip()
+            if reason.startswith("password authentication failed"):
+                return NOT_VALID
+            return reason
     return text[-1] if text else "sign-in refused"
 
 

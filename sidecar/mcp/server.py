@@ -284,6 +284,10 @@ class McpService:
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=2,
+            # The peer's own address, never an X-Forwarded-For it sends: the address
+            # keys the sign-in limits and goes into the audit trail (uvicorn trusts
+            # that header from loopback peers by default, and agents run there).
+            proxy_headers=False,
         )
         config.load()
         if tls is not None:

@@ -209,7 +209,9 @@ def test_http_needs_a_valid_bearer_token(sidecar: Sidecar) -> None:
         "method": "tools/call",
         "params": {"name": "list_tables", "arguments": {}},
     }
-    headers = {"Accept": "application/json, text/event-stream"}
+    # An address of the agent's choosing: the trail and the sign-in limits must see
+    # the peer's own (agents reach a loopback listener, which uvicorn trusted for it).
+    headers = {"Accept": "application/json, text/event-stream", "X-Forwarded-For": "203.0.113.9"}
     cases = {
         "none": {},
         "not bearer": {"Authorization": f"Basic {AGENT_TOKEN}"},
@@ -223,6 +225,8 @@ def test_http_needs_a_valid_bearer_token(sidecar: Sidecar) -> None:
         assert response.status_code == 401, name
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert AGENT_TOKEN not in response.text
+        # A wrong token with a known prefix reads as an unknown one: no identity named.
+        assert "agent7" not in response.text, name
     # The wrong token with a real prefix was a sign-in the proxy refused and recorded.
     failed = wait_for(
         lambda: [
