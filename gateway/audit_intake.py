@@ -66,6 +66,8 @@ def audit_reply(*, authorization: str | None, content_type: str, body: bytes) ->
         data = _audit_json(body)
     except (ValueError, UnicodeDecodeError):
         return error_response(400, "The body is not valid JSON.")
+    except RecursionError:  # nested deeper than the parser goes: no event is
+        return error_response(400, "The body nests JSON too deeply.")
     message = check_keys(data, {"events"})
     if message:
         return error_response(400, message)

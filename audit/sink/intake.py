@@ -424,21 +424,30 @@ def batch_context(
 
 # Unknown keys already logged, per sidecar (bounded: names only, never values).
 _unknown_logged: set[tuple[str, str]] = set()
+_UNKNOWN_LOGGED_LIMIT = 10_000
 # Unknown keys received since the process started, by name: for an operator's
-# metrics surface, when the control plane has one.
+# metrics surface, when the control plane has one. Names cut to 64 characters and at
+# most 1,000 of them: a sender makes up as many keys as it likes, and as long.
 UNKNOWN_KEYS_RECEIVED: Counter[str] = Counter()
+_UNKNOWN_COUNTED_LIMIT = 1_000
+_KEY_NAME_LENGTH = 64
 
 
 def _unknown_keys_note(sidecar_name: str, unknown: Counter[str]) -> None:
-    UNKNOWN_KEYS_RECEIVED.update(unknown)
-    new = sorted(k for k in unknown if (sidecar_name, k) not in _unknown_logged)
-    if new and len(_unknown_logged) < 10_000:
+    for key, count in unknown.items():
+        name = key[:_KEY_NAME_LENGTH]
+        if name in UNKNOWN_KEYS_RECEIVED or len(UNKNOWN_KEYS_RECEIVED) < _UNKNOWN_COUNTED_LIMIT:
+            UNKNOWN_KEYS_RECEIVED[name] += count
+    room = _UNKNOWN_LOGGED_LIMIT - len(_unknown_logged)
+    names = {k[:_KEY_NAME_LENGTH] for k in unknown}
+    new = sorted(n for n in names if (sidecar_name, n) not in _unknown_logged)[: max(room, 0)]
+    if new:
         _unknown_logged.update((sidecar_name, k) for k in new)
         logger.warning(
             "sidecar %s sends audit event keys this control plane does not know "
             "(kept in extra; is the sidecar newer?): %s",
             sidecar_name,
-            ", ".join(k[:64] for k in new),
+            ", ".join(new),
         )
 
 

@@ -67,10 +67,19 @@ _SAFE_NESTED = {"redacted_sql", "tables_read", "tables_written", "columns_read"}
 _ALL_STR = itertools.repeat(str)
 
 
-@functools.lru_cache(maxsize=4096)
-def _carries_values(key: str) -> bool:
+def _judge_key(key: str) -> bool:
     lowered = key.lower()
     return lowered not in _SAFE_NESTED and any(word in lowered for word in _VALUE_CARRYING)
+
+
+_judged_keys = functools.lru_cache(maxsize=4096)(_judge_key)
+# Keys are the sender's to make long: only short ones are remembered, so the cache
+# holds at most 4,096 names of this length, not 4,096 of a request body's.
+_KEPT_KEY_LENGTH = 64
+
+
+def _carries_values(key: str) -> bool:
+    return _judged_keys(key) if len(key) <= _KEPT_KEY_LENGTH else _judge_key(key)
 
 
 def _scrub(value: Any) -> Any:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from audit.models import AuditEvent, datasource_chain
-from audit.sink import chain, intake
+from audit.sink import chain, intake, trail
 from audit.sink.intake import EventRejected, audit_events_ingest
 from sidecar import events as contract
 from tests.audit.conftest import chain_rows, statement_event
@@ -294,3 +294,27 @@ def test_event_rejected_is_a_value_error_with_a_status() -> None:
     refused = EventRejected("type_mismatch", "events[0]: 'rows' must be integer or null")
     assert isinstance(refused, ValueError) and refused.status == 400
     assert str(refused) == refused.message
+
+
+@pytest.mark.django_db
+def test_made_up_keys_cannot_grow_a_web_process_without_bound(sidecar: Any) -> None:
+    """A review's finding: every unknown key was counted under its full name for the
+    life of the process, the log's memory of them grew a whole batch past its cap,
+    and the scrub's cache kept 4,096 keys of any length. A holder of a sidecar token
+    sending batch after batch of long, made-up keys grew every web process until it
+    was killed. Names are now cut and counted up to a bound, and long keys are not
+    cached."""
+    intake._unknown_logged.clear()
+    intake.UNKNOWN_KEYS_RECEIVED.clear()
+    trail._judged_keys.cache_clear()
+    long_keys = {f"k{i:05d}" + "x" * 5000: 1 for i in range(400)}
+    for batch in range(3):
+        events = [statement_event(**{f"b{batch}e{e}" + k: v for k, v in long_keys.items()})
+                  for e in range(2)]  # fmt: skip
+        assert _ingest(sidecar, events)["accepted"] == 2
+    received = intake.UNKNOWN_KEYS_RECEIVED
+    assert len(received) == intake._UNKNOWN_COUNTED_LIMIT
+    assert max(map(len, received)) <= 64
+    assert len(intake._unknown_logged) <= intake._UNKNOWN_LOGGED_LIMIT
+    assert all(len(k) <= 64 for _, k in intake._unknown_logged)
+    assert trail._judged_keys.cache_info().currsize < 100  # the long ones were not kept

@@ -315,6 +315,10 @@ def test_audit_is_accepted_and_a_malformed_approval_request_is_refused(
     assert _post(control_plane, "audit", token, {"events": [{"id": "e3"}]})[0] == 400
     assert _post(control_plane, "audit", token, {"events": [{"id": "e3", "ts": True}]})[0] == 400
     assert _post(control_plane, "audit", None, events)[0] == 401
+    # JSON nested past what the parsers go to: a 400 that says so, not a 500.
+    deep = b'{"events": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    status, _, body = _post(control_plane, "audit", token, deep)
+    assert status == 400 and b"nests JSON too deeply" in body, (status, body[:200])
     # Approvals are tested in tests/approvals; a malformed body is refused here too.
     status, _, _ = _post(control_plane, "approvals", token, {"statement": "x"})
     assert status == 400
