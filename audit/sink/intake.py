@@ -37,6 +37,7 @@ from django.utils import timezone
 from audit.models import EventSource, datasource_chain, sidecar_chain
 from audit.sink.chain import micros
 from audit.sink.lookups import BatchContext, lookups
+from audit.sink.retention import retention_horizon
 from audit.sink.trail import (
     _ALL_STR,
     _PLAIN,
@@ -139,6 +140,7 @@ def _sidecar_row(
     context: Mapping[str, Any],
     unknown: Counter[str] | None = None,
     index: int = 0,
+    oldest_ts: float = _MIN_TS,
 ) -> dict[str, Any]:
     """One sidecar event (number ``index`` of its batch) as column values, checked
     against the contract on the way (see docs/audit.md); raises ``EventRejected``.
@@ -174,10 +176,13 @@ def _sidecar_row(
                 _event_check(index, event)
     extra: dict[str, Any] = {}
     invalid: list[str] = []
-    if _MIN_TS <= ts <= received_us / 1_000_000 + _FUTURE_SLACK_SECONDS:
+    if oldest_ts <= ts <= received_us / 1_000_000 + _FUTURE_SLACK_SECONDS:
         occurred_us = round(ts * 1_000_000)
     else:
-        # A broken clock must not put the event in year 1970 or 3000; keep the claim.
+        # A broken clock must not put the event in year 1970 or 3000, nor a sender
+        # (a clock, or a token's holder) in a month retention has expired: dropped
+        # at its next run, unseen, after making a table for each month named (every
+        # audit read and write waits for each). Stored when received; the claim kept.
         occurred_us = received_us
         extra["claimed_ts"] = _scrub(ts)
     try:
@@ -470,11 +475,20 @@ def audit_events_ingest(
     """
     if context is None:
         context = _sidecar_context(sidecar_id, datasource_id)
-    received_us = micros(timezone.now())
+    now = timezone.now()
+    received_us = micros(now)
+    oldest_ts = max(_MIN_TS, retention_horizon(context["environment"], now).timestamp())
     unknown: Counter[str] = Counter()
     # Checked and mapped in one pass; a refusal raises before anything is stored.
     rows = [
-        _sidecar_row(e, received_us=received_us, context=context, unknown=unknown, index=i)
+        _sidecar_row(
+            e,
+            received_us=received_us,
+            context=context,
+            unknown=unknown,
+            index=i,
+            oldest_ts=oldest_ts,
+        )
         for i, e in enumerate(events)
     ]
     with transaction.atomic():

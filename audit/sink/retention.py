@@ -29,6 +29,13 @@ def _retention_days() -> tuple[dict[str, int], int]:
     return days, default
 
 
+def retention_horizon(environment: str, now: datetime.datetime) -> datetime.datetime:
+    """The earliest time an event of ``environment`` may be stored at: the month of
+    anything earlier has expired, and retention would drop it at its next run."""
+    days, default = _retention_days()
+    return now - datetime.timedelta(days=days.get(environment, default))
+
+
 MIN_RETENTION_DAYS = 31
 
 

@@ -13,7 +13,7 @@ from django.test import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.models import AuditEvent, sidecar_chain
+from audit.models import AuditEvent, AuditRetention, sidecar_chain
 from audit.services import audit_events_ingest, audit_verify
 from tests.audit.conftest import chain_rows, statement_event
 
@@ -189,6 +189,7 @@ def test_awkward_text_survives_the_copy_and_the_chain(client: Client, sidecar: A
 
 
 def test_old_month_event_gets_its_partition(client: Client, sidecar: Any) -> None:
+    AuditRetention.objects.create(environment="production", days=4000)  # 2024 is kept
     old = datetime.datetime(2024, 3, 15, 12, 0, tzinfo=datetime.UTC)
     event = statement_event(ts=old.timestamp())
     assert _post(client, sidecar.token, [event]).json()["accepted"] == 1

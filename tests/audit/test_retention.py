@@ -37,6 +37,8 @@ def _ingest(sidecar: Any, *events: dict[str, Any]) -> None:
 
 def test_expired_month_is_dropped_and_the_chain_still_verifies(sidecar: Any) -> None:
     chain = sidecar_chain(sidecar.datasource.pk, sidecar.obj.pk)
+    # Kept long enough for 2024's events to be stored in their months at all.
+    retention = AuditRetention.objects.create(environment="production", days=4000)
     old = [statement_event(ts=OLD.timestamp() + i) for i in range(5)]
     _ingest(sidecar, *old)
     _ingest(sidecar, statement_event(ts=LESS_OLD.timestamp()))
@@ -49,7 +51,8 @@ def test_expired_month_is_dropped_and_the_chain_still_verifies(sidecar: Any) -> 
 
     # Production keeps 400 days; 2024-03 ended long before, 2024-04 too, so make
     # the cut-off fall between them by pretending it is now a later day.
-    AuditRetention.objects.create(environment="production", days=400)
+    retention.days = 400
+    retention.save()
     now = datetime.datetime(2025, 5, 10, tzinfo=datetime.UTC)
     dropped = audit_retention_enforce(now=now)
     assert "audit_event_y2024m03_production" in dropped
@@ -84,13 +87,13 @@ def test_short_retention_drops_only_that_environment(sidecar: Any, admin_user: A
     from audit.services import audit_control_event
     from governance.models import Environment
 
+    AuditRetention.objects.create(environment="production", days=4000)
     _ingest(sidecar, statement_event(ts=OLD.timestamp()))
     staging = Environment.objects.get(name="staging")
     with connection.cursor() as cursor:
         cursor.execute("SELECT audit_partition_ensure(%s, %s)", [OLD, staging.name])
     audit_control_event(action="auth.sign_in", actor=admin_user)  # control-plane chain
     AuditRetention.objects.create(environment="staging", days=31)
-    AuditRetention.objects.create(environment="production", days=4000)
     dropped = audit_retention_enforce()
     assert "audit_event_y2024m03_staging" in dropped
     assert "audit_event_y2024m03_production" not in dropped
@@ -108,3 +111,33 @@ def test_partitions_are_prepared_ahead() -> None:
         assert f"audit_event_{month}_production" in names
         assert f"audit_event_{month}_default" in names
     assert "audit_event_y2032m03" not in names
+
+
+def test_an_event_dated_before_retention_is_stored_when_received(sidecar: Any) -> None:
+    """A review's finding: an event's own ``ts`` chose its month. Dated before its
+    environment's retention (a broken clock, or a sidecar token's holder), it went into
+    a month that retention drops at its next run, unseen; and one batch naming some
+    300 past months made ~900 tables, each under a lock every audit read and write
+    waits for. Now it is stored at the time it was received, its claim kept."""
+    AuditRetention.objects.create(environment="production", days=31)
+    before = _tables()
+    now = datetime.datetime.now(datetime.UTC)
+    months = [datetime.datetime(2001 + i // 12, i % 12 + 1, 15, tzinfo=datetime.UTC)
+              for i in range(0, 300, 7)]  # fmt: skip
+    backdated = [statement_event(ts=m.timestamp()) for m in months]
+    recent = statement_event(ts=(now - datetime.timedelta(days=20)).timestamp())
+    _ingest(sidecar, *backdated, recent)
+    assert _tables() == before  # no month of 2024 made for them
+    with connection.cursor() as cursor:  # nor of any earlier year
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname ~ '^audit_event_y20(0|1)'")
+        assert cursor.fetchone()[0] == 0
+    for event, month in zip(backdated, months, strict=True):
+        stored = AuditEvent.objects.get(event_id=event["id"])
+        assert abs((stored.occurred_at - now).total_seconds()) < 60
+        assert stored.extra["claimed_ts"] == month.timestamp()
+    kept = AuditEvent.objects.get(event_id=recent["id"])
+    assert abs((kept.occurred_at - now).total_seconds() - -20 * 86400) < 60  # its own ts
+    assert "claimed_ts" not in kept.extra
+    audit_retention_enforce()  # the next run keeps them: none is in an expired month
+    assert all(AuditEvent.objects.filter(event_id=e["id"]).exists() for e in backdated)
+    assert audit_verify().ok
