@@ -67,6 +67,26 @@ def test_update_and_delete_are_refused_by_the_database(chain: str) -> None:
         connection.cursor() as cursor,
     ):
         cursor.execute("TRUNCATE audit_event")
+    # Each partition too: PostgreSQL gives partitions the parent's row triggers only,
+    # and TRUNCATE of one month, or of one environment's leaf, emptied it (a review's
+    # finding). Both the partitions made with the schema and one made on demand.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT tableoid::regclass::text FROM audit_event WHERE chain = %s", [chain]
+        )
+        leaves = [r[0] for r in cursor.fetchall()]
+        cursor.execute("SELECT audit_partition_ensure('2031-07-04', 'production')")
+        cursor.execute("SELECT relid::text FROM pg_partition_tree('audit_event') WHERE level > 0")
+        partitions = [r[0] for r in cursor.fetchall()]
+    assert leaves and "audit_event_y2031m07_production" in partitions
+    for table in {*leaves, *partitions}:
+        with (
+            pytest.raises(DatabaseError, match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(f'TRUNCATE "{table}"')
+    assert AuditEvent.objects.filter(chain=chain).count() >= 20
 
 
 def test_edited_row_is_found(chain: str) -> None:
