@@ -183,6 +183,8 @@ def state_payload(request: ApprovalRequest) -> dict[str, Any]:
         "denied_by": reviewer,
         "decided_at": request.decided_at.isoformat() if request.decided_at else None,
         "datasource_id": request.datasource_id,
+        # Whose request it is: a sidecar tells an identity only about its own.
+        "identity": request.identity.name,
     }
 
 

@@ -154,12 +154,17 @@ def _answer(payload: dict[str, Any], base: str) -> dict[str, Any]:
         "reason": payload.get("reason", ""),
         "denied_by": payload.get("denied_by", ""),
         "decided_at": payload.get("decided_at"),
+        "identity": payload.get("identity", ""),
     }
 
 
 def _db_state(request_id: str) -> dict[str, Any] | None:
     """The state from the database, cached back into Redis for the next reader."""
-    request = ApprovalRequest.objects.select_related("denied_by").filter(pk=request_id).first()
+    request = (
+        ApprovalRequest.objects.select_related("denied_by", "identity")
+        .filter(pk=request_id)
+        .first()
+    )
     if request is None:
         return None
     approval_publish(request=request, wake=False)

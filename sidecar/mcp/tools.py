@@ -473,6 +473,13 @@ class Toolbox:
             state = await self.approvals.wait(request_id, max(0, min(wait, MAX_WAIT)))
         except ApprovalUnavailable as exc:
             raise ToolError("approvals_unavailable", f"Warden: {exc}") from None
+        if state.identity != caller.identity.name:
+            # The list above is what the caller's calls were answered, and the database
+            # can answer WR001 with any DETAIL too (a view over a function that raises
+            # it): the control plane's word on whose request it is decides.
+            raise ToolError(
+                "unknown_request", f"no approval request {request_id!r} was opened by your calls"
+            )
         record.outcome = state.state
         answer = {"id": state.id, "state": state.state, "url": state.url}
         if state.decided_by:

@@ -41,6 +41,7 @@ class ApprovalState:
     url: str
     reason: str = ""
     decided_by: str = ""
+    identity: str = ""  # whose request it is (the state's answer names it; "": not said)
 
     @classmethod
     def from_json(cls, data: Any) -> ApprovalState:
@@ -57,6 +58,7 @@ class ApprovalState:
             url=str(data.get("url") or ""),
             reason=str(data.get("reason") or ""),
             decided_by=str(reviewer),
+            identity=str(data.get("identity") or ""),
         )
 
 

@@ -158,6 +158,8 @@ def test_denied_state_names_the_reason_and_reviewer(
     state = get(client, tokens["mine"], data["id"]).json()
     assert (state["state"], state["reason"], state["denied_by"]) == ("denied", "No.", "reviewer")
     assert state["decided_at"]
+    # Whose request it is: a sidecar tells an identity (an MCP agent) only its own.
+    assert state["identity"] == "requester"
 
 
 def test_bad_wait_is_400(client, tokens):
