@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
@@ -341,6 +343,18 @@ class BearerGate:
             return
         scope = dict(scope)
         scope[CALLER_KEY] = caller
+        # The SDK serves a session only to the credential that opened it when the
+        # request says who it is: another token naming the session id gets a 404
+        # (it could otherwise end, or listen on, that session). The token's digest
+        # stands for it, never the token.
+        scope["user"] = AuthenticatedUser(
+            AccessToken(
+                token=caller.digest,
+                client_id=caller.digest,
+                scopes=[],
+                subject=caller.identity.name,
+            )
+        )
         await self.app(scope, receive, send)
         if scope.get("method") == "DELETE":
             # The client ended its (handshake-era) session: so does its connection.

@@ -376,3 +376,35 @@ def test_no_call_changes_the_session_a_later_call_runs_in(sidecar: Sidecar) -> N
             "SELECT count(*) FROM notes WHERE body IN ('escaped', 'renamed')"
         ).fetchone()
         assert written == (0,)
+
+
+def test_a_session_serves_only_the_token_that_opened_it(sidecar: Sidecar) -> None:
+    """Attack (a review's finding): the SDK keeps a session to the credential that
+    opened it only when the request says who it is, and the bearer gate never did. A
+    second agent's token naming the first's session id could end it (DELETE) or
+    listen on it. It must be answered as if the session did not exist."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-03-26",
+            "capabilities": {},
+            "clientInfo": {"name": "owner", "version": "1"},
+        },
+    }
+    mine = {**headers, "Authorization": f"Bearer {AGENT_TOKEN}"}
+    opened = httpx2.post(mcp_url(sidecar), json=initialize, headers=mine)
+    assert opened.status_code == 200, opened.text
+    session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+    theirs = {**headers, **session, "Authorization": f"Bearer {ESCAPE_TOKEN}"}
+    assert httpx2.delete(mcp_url(sidecar), headers=theirs).status_code == 404
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    assert httpx2.post(mcp_url(sidecar), json=listing, headers=theirs).status_code == 404
+    # The owner's session is still there, and the owner may end it.
+    notified = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert httpx2.post(mcp_url(sidecar), json=notified, headers={**mine, **session}).is_success
+    still = httpx2.post(mcp_url(sidecar), json=listing, headers={**mine, **session})
+    assert still.status_code == 200 and "query" in still.text
+    assert httpx2.delete(mcp_url(sidecar), headers={**mine, **session}).is_success
