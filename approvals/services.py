@@ -160,10 +160,13 @@ def decision_refusal(*, user: Any, request: ApprovalRequest) -> str | None:
     identity = request.identity
     if identity.user_id is not None and identity.user_id == user.pk:
         return "Nobody decides their own request; cancel it instead."
-    if identity.kind != IdentityKind.HUMAN and requester_user_id(identity) == user.pk:
+    owner = identity.owner
+    if owner is not None and owner.user_id is not None and owner.user_id == user.pk:
+        # Whatever the identity's kind (a person has no owner since migration 0010 of
+        # governance, but an owner is never a reviewer of what it answers for).
         return (
             f"You are the accountable owner of {identity.name}; "
-            "a request from an agent or service account needs another human reviewer."
+            "its requests need another human reviewer."
         )
     return None
 

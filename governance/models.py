@@ -176,7 +176,13 @@ class Identity(models.Model):
                 )
             if self.user_id is not None:
                 errors.setdefault("user", []).append("Only human identities have a sign-in.")
-        if self.owner_id is not None:
+        if self.owner_id is not None and self.kind == IdentityKind.HUMAN:
+            # An owner answers for a service account or agent. Over a person it would
+            # only lend powers: their tokens, and a say in their approvals.
+            errors.setdefault("owner", []).append(
+                "A person answers for themselves: only a service account or agent has an owner."
+            )
+        elif self.owner_id is not None:
             owner = self.owner
             if self.pk is not None and owner.pk == self.pk:
                 errors.setdefault("owner", []).append("An identity cannot own itself.")

@@ -224,7 +224,9 @@ def identity_link_problem(identity: Identity) -> str:
 
 
 def _own_identity_scope(user: Any) -> Q:
-    return Q(identity__user=user) | Q(identity__owner__user=user)
+    # Owned: the service accounts and agents the user answers for, never a person.
+    owned = Q(identity__owner__user=user) & ~Q(identity__kind=IdentityKind.HUMAN)
+    return Q(identity__user=user) | owned
 
 
 def token_list(*, user: Any, filters: dict | None = None) -> QuerySet[AccessToken]:
@@ -473,7 +475,7 @@ def identity_for_tokens_get(*, user: Any, pk: Any) -> Identity:
     if can_read_all_tokens(user):
         pass
     elif user_role(user) == Role.REVIEWER:
-        qs = qs.filter(Q(user=user) | Q(owner__user=user))
+        qs = qs.filter(Q(user=user) | (Q(owner__user=user) & ~Q(kind=IdentityKind.HUMAN)))
     else:
         qs = qs.none()
     return _get(qs, pk)

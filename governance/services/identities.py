@@ -219,7 +219,12 @@ def _may_manage_tokens_of(actor: Any, identity: Identity) -> bool:
     if user_role(actor) != Role.REVIEWER:
         return False
     own = Identity.objects.filter(user=actor).first()
-    return own is not None and (identity.pk == own.pk or identity.owner_id == own.pk)
+    if own is None:
+        return False
+    # An owner's reach: the service accounts and agents it answers for, never a person.
+    return identity.pk == own.pk or (
+        identity.owner_id == own.pk and identity.kind != IdentityKind.HUMAN
+    )
 
 
 @transaction.atomic

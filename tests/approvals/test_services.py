@@ -387,3 +387,29 @@ def test_recent_activity_is_scoped_to_the_viewer(review_setup, open_request, per
     assert (
         selectors.identity_recent_activity(identity=review_setup.agent, user=personas["none"]) == []
     )
+
+
+def test_the_owner_of_a_persons_identity_may_neither_hold_its_tokens_nor_decide_for_it(
+    review_setup, open_request, admin_user
+):
+    """A review's finding: a human identity could have an owner, and ownership lent
+    its powers: a reviewer who owned a person's identity issued a token for it, signed
+    in as that person, and approved the request that opened. A person has no owner
+    now; one already set (from before) gives no say in its approvals either."""
+    from django.core.exceptions import ValidationError
+
+    from governance import services as gov
+    from governance.models import Identity
+
+    reviewer = review_setup.reviewer
+    person = review_setup.requester.identity
+    with pytest.raises(ValidationError, match="answers for themselves"):
+        gov.identity_update(actor=admin_user, identity=person, data={"owner": reviewer.identity})
+    # As data from before the rule would have it.
+    Identity.objects.filter(pk=person.pk).update(owner=reviewer.identity)
+    with pytest.raises(PermissionDenied):
+        gov.token_issue(actor=reviewer, identity=person, name="as-them")
+    request = open_request()
+    with pytest.raises(PermissionDenied, match="accountable owner"):
+        services.approval_decide(request_id=request.pk, user=reviewer, approve=True)
+    assert ApprovalRequest.objects.get(pk=request.pk).state == ApprovalState.PENDING
