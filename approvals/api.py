@@ -40,7 +40,7 @@ from approvals.models import ApprovalRequest, ApprovalState, Grant, ReviewSettin
 from governance.api import _ERRORS, ErrorSerializer, by_name
 from governance.errors import ApplicationError
 from governance.models import Datasource, IdentityKind, Team
-from governance.permissions import IsPolicyEditorOrReadOnly, user_role
+from governance.permissions import IsPolicyEditorOrReadOnly, can_edit_policy, user_role
 
 
 class IsSignedIn(BasePermission):
@@ -362,6 +362,16 @@ class ReviewSettingsSerializer(serializers.ModelSerializer):
         # Built per call: the maximum comes from settings.
         fields["hold_seconds"] = _hold_seconds_field()
         return fields
+
+    def to_representation(self, instance: ReviewSettings) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if "webhook_url" in data and not can_edit_policy(getattr(request, "user", None)):
+            # An incoming-webhook URL is a bearer secret: whoever has it can post
+            # approval notices into the reviewers' channel. Shown to those who set it
+            # (as the settings page is), said to be set to everyone else.
+            data["webhook_url"] = "(set)" if data["webhook_url"] else ""
+        return data
 
 
 @extend_schema_view(

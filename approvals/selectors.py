@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db.models import Count, Min, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from approvals.models import ApprovalEvent, ApprovalRequest, ApprovalState, ReviewSettings
 from approvals.services import REVIEWER_ROLES
@@ -42,13 +43,22 @@ def _base() -> QuerySet[ApprovalRequest]:
     )
 
 
+def _active_identities(user: Any) -> QuerySet[Identity]:
+    now = timezone.now()
+    return Identity.objects.filter(user=user, is_active=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+
+
 def _reviewer_scope(user: Any) -> QuerySet[ApprovalRequest]:
     role = user_role(user)
     if role == Role.ADMIN:
         return _base()
     if role not in REVIEWER_ROLES:
         return ApprovalRequest.objects.none()
-    teams = Team.objects.filter(identities__user=user)
+    # Through the user's identity while it is in force: a deactivated or expired one
+    # reviews nothing, and reads nothing either (deciding checks the same).
+    teams = Team.objects.filter(identities__in=_active_identities(user))
     return _base().filter(
         Q(datasource__review_teams__in=teams)
         | Q(escalated_at__isnull=False, datasource__review_settings__fallback_team__in=teams)

@@ -149,7 +149,9 @@ def is_reviewer_of(*, user: Any, request: ApprovalRequest) -> bool:
     team_ids = deciding_team_ids(request)
     return (
         bool(team_ids)
-        and Identity.objects.filter(user=user, is_active=True, teams__in=team_ids).exists()
+        and Identity.objects.filter(user=user, is_active=True, teams__in=team_ids)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .exists()
     )
 
 

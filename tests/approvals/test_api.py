@@ -250,3 +250,41 @@ def test_a_nul_in_a_filter_is_a_400_not_a_500(clients):
         answer = clients["reviewer"].call("GET", f"{BASE}/?{name}=a%00b")
         assert answer.status_code == 400, (name, answer.content)
         assert name in answer.json()["error"]["fields"]
+
+
+def test_the_webhook_url_is_shown_only_to_those_who_set_it(clients, review_setup, settings):
+    """A review's finding: the review settings API showed the approval webhook's URL to
+    every viewer, where the settings page shows it to admins and security only. An
+    incoming-webhook URL is a bearer secret: whoever has it can post approval notices
+    into the reviewers' channel."""
+    settings.WARDEN_WEBHOOK_ALLOWED_NETWORKS = "0.0.0.0/0"
+    url = "/api/v1/review-settings/crm-prod/"
+    hook = "https://hooks.example.com/services/T000/B000/secretpart"
+    set_ = clients["security"].call("PUT", url, {"webhook_url": hook})
+    assert set_.status_code == 200, set_.content
+    for role in ("security", "admin"):
+        assert clients[role].call("GET", url).json()["webhook_url"] == hook, role
+    for role in ("reviewer", "auditor", "viewer"):
+        if role not in clients:
+            continue
+        for path in (url, "/api/v1/review-settings/"):
+            shown = clients[role].call("GET", path)
+            assert shown.status_code == 200, (role, path)
+            assert "secretpart" not in shown.text, (role, path)
+        assert clients[role].call("GET", url).json()["webhook_url"] == "(set)"
+
+
+def test_a_deactivated_reviewer_reads_no_request(clients, review_setup, open_request, admin_user):
+    """A review's finding: the inbox's scope followed the reviewer's teams through their
+    identity whether or not it was still active; deciding checked, reading did not. A
+    reviewer whose identity was deactivated kept reading requests, their values
+    included."""
+    request = open_request()
+    reviewer = clients["reviewer"]
+    assert reviewer.call("GET", f"{BASE}/{request.pk}/").status_code == 200
+    gov.identity_update(
+        actor=admin_user, identity=review_setup.reviewer.identity, data={"is_active": False}
+    )
+    assert reviewer.call("GET", f"{BASE}/{request.pk}/").status_code == 404
+    inbox = reviewer.call("GET", f"{BASE}/?scope=inbox")
+    assert inbox.status_code == 200 and inbox.json()["results"] == []
