@@ -555,3 +555,31 @@ def test_move_buttons_ask_for_a_reason_only_between_production_rules(
         block.pk,
         staging.pk,
     ]
+
+
+def test_rows_swapped_in_by_htmx_send_a_plain_submit_back_to_the_page(
+    client: Client, demo_policy: Any, security_user: Any, staging_rule: GuardrailRule
+) -> None:
+    """CI failed once in Chromium: after a drag (an htmx POST to the order endpoint)
+    the rows came back with that endpoint as their forms' ``next``; a move button
+    pressed before htmx took over the new row submitted plainly, and the redirect
+    sent the browser to GET /guardrails/order/: a 405. The rows' ``next`` is the page
+    the browser shows (htmx sends it), wherever the fragment was rendered."""
+    block, review = demo_policy.guardrails
+    client.force_login(security_user)
+    page = reverse("governance:guardrail_list")
+    order = [staging_rule.pk, block.pk, review.pk]
+    swapped = client.post(
+        reverse("governance:guardrail_order"),
+        {"order": order, "reason": "incident CHG-7"},
+        headers={"HX-Request": "true", "HX-Current-URL": f"http://testserver{page}?q=1"},
+    )
+    assert swapped.status_code == 200, swapped.content[:300]
+    nexts = set(re.findall(r'name="next" value="([^"]*)"', swapped.content.decode()))
+    assert nexts == {f"{page}?q=1"}, nexts
+    # Plainly submitted from such a row, a move lands back on the page.
+    moved = client.post(
+        reverse("governance:guardrail_move", args=[staging_rule.pk]),
+        {"direction": "down", "reason": "x", "next": f"{page}?q=1"},
+    )
+    assert moved.status_code == 302 and moved["Location"] == f"{page}?q=1"
