@@ -120,7 +120,10 @@ def approvals_of_requester(*, user: Any, state: str | None = None) -> QuerySet[A
     """The user's own requests: their human identity's, and those of identities they own."""
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
         return ApprovalRequest.objects.none()
-    qs = _base().filter(Q(identity__user=user) | Q(identity__owner__user=user))
+    # Owned: the agents and service accounts the user answers for (a person has no
+    # owner; one set before that rule gives no reach).
+    owned = Q(identity__owner__user=user) & ~Q(identity__kind="human")
+    qs = _base().filter(Q(identity__user=user) | owned)
     if state and state != "all":
         qs = qs.filter(state=state)
     return qs

@@ -1102,7 +1102,8 @@ def _reviewer_recipients(request: ApprovalRequest, notice: str) -> list[tuple[in
     requester = requester_user_id(request.identity)
     users = (
         get_user_model()
-        .objects.filter(identity__teams__in=team_ids, is_active=True)
+        .objects.filter(identity__teams__in=team_ids, identity__is_active=True, is_active=True)
+        .filter(Q(identity__expires_at__isnull=True) | Q(identity__expires_at__gt=timezone.now()))
         .exclude(email="")
         .distinct()
         .order_by("pk")

@@ -195,7 +195,9 @@ async def _state(aredis: aioredis.Redis, request_id: str) -> dict[str, Any] | No
     raw = await aredis.get(state_key(request_id))
     if raw is not None:
         with contextlib.suppress(ValueError):
-            return dict(json.loads(raw))
+            cached = dict(json.loads(raw))
+            if "identity" in cached:  # cached before it named whose request: read afresh
+                return cached
     return await off_loop(_db_state, request_id)
 
 

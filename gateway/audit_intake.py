@@ -55,6 +55,9 @@ async def audit_view(request: HttpRequest) -> JsonResponse:
     return await sync_to_async(reply)()
 
 
+NESTED_TOO_DEEPLY = "The body nests JSON too deeply."
+
+
 def audit_reply(*, authorization: str | None, content_type: str, body: bytes) -> JsonResponse:
     """Authenticate, validate and store one audit batch."""
     principal = sidecar_authenticate(authorization)
@@ -67,7 +70,7 @@ def audit_reply(*, authorization: str | None, content_type: str, body: bytes) ->
     except (ValueError, UnicodeDecodeError):
         return error_response(400, "The body is not valid JSON.")
     except RecursionError:  # nested deeper than the parser goes: no event is
-        return error_response(400, "The body nests JSON too deeply.")
+        return error_response(400, NESTED_TOO_DEEPLY)
     message = check_keys(data, {"events"})
     if message:
         return error_response(400, message)
@@ -82,6 +85,8 @@ def audit_reply(*, authorization: str | None, content_type: str, body: bytes) ->
         # Nothing of the batch was stored; the sidecar keeps it in its spool and
         # logs this message (which names the version or key, never a value).
         return error_response(refused.status, refused.message)
+    except RecursionError:  # the scrub walks what the parser took (it goes deeper)
+        return error_response(400, NESTED_TOO_DEEPLY)
     return JsonResponse(result, status=202)
 
 

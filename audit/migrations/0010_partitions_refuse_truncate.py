@@ -71,10 +71,13 @@ $$;
     + ENSURE
     + r"""
 DO $$
-DECLARE part regclass;
+DECLARE part name;
 BEGIN
-    FOR part IN SELECT relid FROM pg_partition_tree('audit_event') WHERE level > 0 LOOP
-        PERFORM audit_partition_refuse_truncate(part::text);
+    -- By name: a regclass's text is already quoted where the name needs it (an
+    -- environment slug with a hyphen), and would be quoted twice.
+    FOR part IN SELECT c.relname FROM pg_partition_tree('audit_event') t
+                JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 LOOP
+        PERFORM audit_partition_refuse_truncate(part);
     END LOOP;
 END
 $$;
@@ -84,10 +87,11 @@ $$;
 BACKWARD = (
     r"""
 DO $$
-DECLARE part regclass;
+DECLARE part name;
 BEGIN
-    FOR part IN SELECT relid FROM pg_partition_tree('audit_event') WHERE level > 0 LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS audit_event_no_truncate ON %s', part);
+    FOR part IN SELECT c.relname FROM pg_partition_tree('audit_event') t
+                JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS audit_event_no_truncate ON %I', part);
     END LOOP;
 END
 $$;

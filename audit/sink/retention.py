@@ -30,10 +30,12 @@ def _retention_days() -> tuple[dict[str, int], int]:
 
 
 def retention_horizon(environment: str, now: datetime.datetime) -> datetime.datetime:
-    """The earliest time an event of ``environment`` may be stored at: the month of
-    anything earlier has expired, and retention would drop it at its next run."""
+    """The earliest time an event of ``environment`` may be stored at: the start of
+    the oldest month retention keeps (a month goes once it ended more than the
+    retention ago); anything earlier is in a month it drops at its next run."""
     days, default = _retention_days()
-    return now - datetime.timedelta(days=days.get(environment, default))
+    cut = (now - datetime.timedelta(days=days.get(environment, default))).astimezone(datetime.UTC)
+    return cut.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 MIN_RETENTION_DAYS = 31

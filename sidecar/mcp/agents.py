@@ -345,6 +345,9 @@ def _sign_in_message(exc: psycopg.OperationalError) -> str:
             reason = line.split("FATAL:", 1)[1].strip()
             if reason.startswith("password authentication failed"):
                 return NOT_VALID
+            if reason.startswith("Warden: too many failed sign-ins"):
+                # "... as 'name' from this address; try again in N s": not the name.
+                return "too many failed sign-ins from this address;" + reason.rpartition(";")[2]
             return reason
     return text[-1] if text else "sign-in refused"
 

@@ -498,8 +498,10 @@ class Toolbox:
         size = 2
         truncated: str | None = None
         connection = session.connection
-        # Each read in a read-only transaction of its own, always rolled back: nothing
-        # it did (a setting, whatever the checks above did not foresee) outlives it.
+        # Each read in a read-only transaction of its own, always rolled back: what it
+        # changed in the session that a transaction undoes (a setting, whatever the
+        # checks above did not foresee) does not outlive it. (A session-level advisory
+        # lock would: the session's own end releases those.)
         await connection.execute("BEGIN READ ONLY", prepare=False)
         try:
             cursor = connection.cursor()
@@ -517,8 +519,13 @@ class Toolbox:
                         break
                     rows.append(values)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await connection.execute("ROLLBACK", prepare=False)
+            except Exception:
+                # Still in that transaction (the ROLLBACK itself cancelled or failed):
+                # the next call must not run in it, so the session goes, and the next
+                # call connects afresh.
+                await session.close()
         columns = [{"name": c.name, "type": c.type_display} for c in cursor.description or ()]
         record.rows = len(rows)
         return {

@@ -71,7 +71,7 @@ class Hold:
         name: bytes = b"",
         bind: bytes | None = None,
         portal: bytes = b"",
-        text: str = "",
+        text: str | None = None,
     ) -> None:
         self.verdict = verdict
         self.name = name

@@ -325,6 +325,15 @@ class _Closing:
         self.rows: int | None = None
 
 
+def _forget_upstream(prepared: _Prepared) -> None:
+    """What the server holds under the statement's name is unknown: its next Bind
+    prepares it again. A re-prepare still on its way no longer vouches for it either
+    (its confirmation would restore what was just forgotten)."""
+    prepared.upstream = None
+    prepared.generation = -1
+    prepared.reparse = None
+
+
 # With the native relay built, the attributes it reads on every message are native
 # fields of its SessionCore (ordinary attributes to Python); without it, a plain object.
 _SessionBase: Any = object if _relay is None else _relay.SessionCore
@@ -945,8 +954,7 @@ class Session(_SessionBase):
             )
         if not verdict.kinds.isdisjoint(_TOUCHES_PREPARED) and verdict.action != BLOCK:
             for prepared in self.statements.values():
-                prepared.upstream = None
-                prepared.generation = -1
+                _forget_upstream(prepared)
         self.metrics.decisions.observe(time.perf_counter() - started)
         if verdict.action == ALLOW and not self.audit.accepting:
             return Verdict(
@@ -1161,8 +1169,7 @@ class Session(_SessionBase):
         prepare it: the record then says "uncertain", so the next Bind prepares again."""
         self.statements[name] = prepared
         if self._discarding:
-            prepared.upstream = None
-            prepared.generation = -1
+            _forget_upstream(prepared)
 
     def _redecide(self, name: bytes, prepared: _Prepared, out: list[bytes]) -> bytes | None:
         """Decide a prepared statement again under the current rules, before a Bind.
@@ -1342,6 +1349,7 @@ class Session(_SessionBase):
         generation = self.policy.generation
         prepared = hold.prepared
         if hold.simple:
+            # (A Query's hold always has its text: _query_decided holds decoded ones.)
             verdict = self._decide(hold.text, "simple")
         else:
             assert prepared is not None
@@ -1705,8 +1713,7 @@ class Session(_SessionBase):
         before its next Bind (Close, then Parse of the text Warden decided), and refuse
         the portals, so nothing runs that the server kept and Warden did not decide."""
         for prepared in self.statements.values():
-            prepared.upstream = None
-            prepared.generation = -1
+            _forget_upstream(prepared)
         for portal in self.portals:
             self.portals[portal] = _STALE_PORTAL
 
@@ -1794,8 +1801,7 @@ class Session(_SessionBase):
             self._reparsing = None
             self._set_up_mode()
             if closing.prepared is not None:
-                closing.prepared.upstream = None
-                closing.prepared.generation = -1
+                _forget_upstream(closing.prepared)
 
     def _finish(self, item: _Exec, outcome: str) -> None:
         verdict = item.verdict

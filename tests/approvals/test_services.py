@@ -339,7 +339,9 @@ def test_review_settings_only_by_policy_editors(review_setup, admin_user):
     assert not ReviewSettings.objects.exists()
 
 
-def test_notify_is_idempotent_and_skips_the_requester(review_setup, open_request, settings):
+def test_notify_is_idempotent_and_skips_the_requester(
+    review_setup, open_request, settings, admin_user
+):
     from django.core import mail
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -351,6 +353,15 @@ def test_notify_is_idempotent_and_skips_the_requester(review_setup, open_request
     assert recipients == ["reviewer2@example.com", "reviewer@example.com"]
     assert str(request.pk) in mail.outbox[0].body
     assert "requester@example.com" not in recipients
+    # A reviewer whose identity is no longer in force is told nothing more.
+    from governance import services as gov
+
+    gov.identity_update(
+        actor=admin_user, identity=review_setup.reviewer2.identity, data={"is_active": False}
+    )
+    mail.outbox = []
+    assert services.approval_notify(request_id=request.pk, kind="reminder-1") == 1
+    assert [m.to[0] for m in mail.outbox] == ["reviewer@example.com"]
 
 
 def test_selectors_scope_inbox_and_requester(review_setup, open_request, personas):

@@ -126,7 +126,12 @@ def test_an_event_dated_before_retention_is_stored_when_received(sidecar: Any) -
               for i in range(0, 300, 7)]  # fmt: skip
     backdated = [statement_event(ts=m.timestamp()) for m in months]
     recent = statement_event(ts=(now - datetime.timedelta(days=20)).timestamp())
-    _ingest(sidecar, *backdated, recent)
+    # Older than the 31 days, in the month retention still keeps (it drops a month
+    # once the month ended 31 days ago): its own time.
+    cut = now - datetime.timedelta(days=31)
+    kept_month = cut.replace(day=1, hour=1, minute=0, second=0, microsecond=0)
+    oldest_kept = statement_event(ts=kept_month.timestamp())
+    _ingest(sidecar, *backdated, recent, oldest_kept)
     assert _tables() == before  # no month of 2024 made for them
     with connection.cursor() as cursor:  # nor of any earlier year
         cursor.execute("SELECT count(*) FROM pg_class WHERE relname ~ '^audit_event_y20(0|1)'")
@@ -138,6 +143,8 @@ def test_an_event_dated_before_retention_is_stored_when_received(sidecar: Any) -
     kept = AuditEvent.objects.get(event_id=recent["id"])
     assert abs((kept.occurred_at - now).total_seconds() - -20 * 86400) < 60  # its own ts
     assert "claimed_ts" not in kept.extra
+    oldest = AuditEvent.objects.get(event_id=oldest_kept["id"])
+    assert oldest.occurred_at == kept_month and "claimed_ts" not in oldest.extra
     audit_retention_enforce()  # the next run keeps them: none is in an expired month
     assert all(AuditEvent.objects.filter(event_id=e["id"]).exists() for e in backdated)
     assert audit_verify().ok

@@ -160,6 +160,12 @@ def test_denied_state_names_the_reason_and_reviewer(
     assert state["decided_at"]
     # Whose request it is: a sidecar tells an identity (an MCP agent) only its own.
     assert state["identity"] == "requester"
+    # A state cached before it named the identity is read afresh, not served as is.
+    from approvals.services import state_key
+    from governance.bundles import redis_client
+
+    redis_client().set(state_key(data["id"]), json.dumps({"id": data["id"], "state": "denied"}))
+    assert get(client, tokens["mine"], data["id"]).json()["identity"] == "requester"
 
 
 def test_bad_wait_is_400(client, tokens):

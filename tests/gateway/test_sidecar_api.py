@@ -319,6 +319,10 @@ def test_audit_is_accepted_and_a_malformed_approval_request_is_refused(
     deep = b'{"events": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
     status, _, body = _post(control_plane, "audit", token, deep)
     assert status == 400 and b"nests JSON too deeply" in body, (status, body[:200])
+    # Within what the parser takes, deeper than the scrub goes: a 400 too.
+    nested = {"id": "e9", "ts": ts, "type": "statement", "plan": json.loads("[" * 900 + "]" * 900)}
+    status, _, body = _post(control_plane, "audit", token, {"events": [nested]})
+    assert status == 400 and b"nests JSON too deeply" in body, (status, body[:200])
     # Approvals are tested in tests/approvals; a malformed body is refused here too.
     status, _, _ = _post(control_plane, "approvals", token, {"statement": "x"})
     assert status == 400

@@ -359,7 +359,8 @@ def test_no_call_changes_the_session_a_later_call_runs_in(sidecar: Sidecar) -> N
             "query",
             {
                 "sql": "SELECT current_setting('application_name'), "
-                "current_setting('statement_timeout'), current_setting('transaction_read_only')"
+                "current_setting('statement_timeout'), "
+                "current_setting('default_transaction_read_only')"
             },
         )
         return out
@@ -408,3 +409,23 @@ def test_a_session_serves_only_the_token_that_opened_it(sidecar: Sidecar) -> Non
     still = httpx2.post(mcp_url(sidecar), json=listing, headers={**mine, **session})
     assert still.status_code == 200 and "query" in still.text
     assert httpx2.delete(mcp_url(sidecar), headers={**mine, **session}).is_success
+
+
+def test_a_throttled_sign_in_does_not_name_the_identity_either() -> None:
+    """The proxy's refusal of a throttled sign-in names the identity the prefix
+    belongs to, as its wrong-password refusal does; the MCP server's 401 says neither
+    name (a review's finding, after the wrong-password case was mended)."""
+    from sidecar.mcp.agents import NOT_VALID, _sign_in_message
+
+    throttled = psycopg.OperationalError(
+        'connection failed: FATAL:  Warden: too many failed sign-ins as "agent7" from this '
+        "address; try again in 7 s"
+    )
+    assert (
+        _sign_in_message(throttled)
+        == "too many failed sign-ins from this address; try again in 7 s"
+    )
+    wrong = psycopg.OperationalError(
+        'connection failed: FATAL:  password authentication failed for user "agent7"'
+    )
+    assert _sign_in_message(wrong) == NOT_VALID
