@@ -141,6 +141,14 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _still_usable(identity: Identity | None, credential: str, now: datetime) -> bool:
+    """Whether ``identity`` (None: gone from the bundle) still holds ``credential``
+    (the id of the token a session signed in with), unexpired."""
+    return identity is not None and any(
+        c.id == credential for c in identity.usable_credentials(now)
+    )
+
+
 class LoginThrottle:
     """Failed sign-ins per (identity, client address). After ``FREE`` failures within
     ``WINDOW`` seconds each further attempt of that pair is refused until a delay that
@@ -312,12 +320,15 @@ class ProxyServer:
         self.revalidate()
 
     def revalidate(self) -> None:
-        """After a bundle change: end sessions whose identity is gone or expired."""
+        """After a bundle change, and every few seconds: end sessions whose identity,
+        or the very credential they signed in with, is gone or expired. (Another token
+        of the identity does not keep alive the session of one that was revoked: a
+        leaked token is revoked and replaced exactly so.)"""
         now = datetime.now(UTC)
         for session in list(self.sessions):
             current = self.policy.identity(session.identity.name)
-            if current is None or not current.usable_credentials(now):
-                log.info("ending session of %s: identity revoked", session.identity.name)
+            if not _still_usable(current, session.credential, now):
+                log.info("ending session of %s: credential revoked", session.identity.name)
                 session.terminate(
                     "28000", f'Warden: identity "{session.identity.name}" is no longer allowed'
                 )
@@ -442,7 +453,7 @@ class ProxyServer:
                 f"try again in {math.ceil(wait)} s",
             )
         try:
-            identity = await self._authenticate(reader, writer, identity_name, tls)
+            identity, credential = await self._authenticate(reader, writer, identity_name, tls)
         except _Refused as exc:
             if exc.sqlstate == "28P01":
                 # Counted before the client hears of it: its next attempt, on any
@@ -478,7 +489,7 @@ class ProxyServer:
         # The bundle may have changed while the upstream login was in flight; a
         # revocation in that window must not let the session through.
         current = self.policy.identity(identity.name)
-        if current is None or not current.usable_credentials(datetime.now(UTC)):
+        if current is None or not _still_usable(current, credential, datetime.now(UTC)):
             up.writer.close()
             raise _Refused("28000", f'Warden: identity "{identity.name}" is no longer allowed')
         hold_wait = options.get("warden.hold_wait")
@@ -489,6 +500,7 @@ class ProxyServer:
             current,
             params,
             client_addr,
+            credential,
             None if hold_wait is None else float(hold_wait),
         )
 
@@ -498,7 +510,8 @@ class ProxyServer:
         writer: asyncio.StreamWriter,
         name: str,
         tls: bool,
-    ) -> Identity:
+    ) -> tuple[Identity, str]:
+        """The identity that signed in, and the id of the credential it proved."""
         identity = self.policy.identity(name)
         now = datetime.now(UTC)
         creds = identity.usable_credentials(now) if identity else []
@@ -513,7 +526,7 @@ class ProxyServer:
             assert identity is not None
             writer.write(m.auth_request(0))
             self.metrics.credential_used(used.id)
-            return identity
+            return identity, used.id
         # One salt per exchange: verify against the credentials sharing the salt (and
         # iterations) most of them have: the control plane gives every token of an
         # identity the same one, so all of them work. Unknown users get a stable fake
@@ -543,13 +556,13 @@ class ProxyServer:
             log.info("authentication failed for %r: %s", name, exc)
             raise failed from exc
         assert identity is not None
+        used = next((c for c in creds if c.verifier is scram.matched), None)
+        if used is None:  # the exchange succeeded: one of the group's verifiers matched
+            raise failed
         writer.write(m.auth_request(12, server_final))
         writer.write(m.auth_request(0))
-        for c in creds:
-            if c.verifier is scram.matched:
-                self.metrics.credential_used(c.id)
-                break
-        return identity
+        self.metrics.credential_used(used.id)
+        return identity, used.id
 
     async def _read_password(self, reader: asyncio.StreamReader) -> bytes:
         header = await reader.readexactly(5)
@@ -566,6 +579,7 @@ class ProxyServer:
         identity: Identity,
         params: dict[str, str],
         client_addr: str,
+        credential: str,
         hold_wait: float | None = None,
     ) -> None:
         pid, secret = self._new_cancel_key()
@@ -614,6 +628,7 @@ class ProxyServer:
         # StreamWriter.__del__ closes its transport, so the stream objects used for
         # the startup phase must live as long as the session.
         session.keepalive = (reader, writer, up.reader, up.writer)
+        session.credential = credential
         self.sessions.add(session)
         self.metrics.connection_opened()
         # With the session state it starts in.

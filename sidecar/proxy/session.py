@@ -447,6 +447,9 @@ class Session(_SessionBase):
         self.started = time.time()
         self._base_json = encode_base(self.base_event)
         self.keepalive: tuple[object, ...] = ()
+        # The id of the credential (token) the client signed in with: the server ends
+        # the session once the bundle no longer holds it unexpired (revalidate).
+        self.credential = ""
         # Where the transports deliver data: the native relay when it is built and
         # enabled (it hands whatever it does not relay back to the methods below).
         self.native_relay = native_relay and _relay is not None
