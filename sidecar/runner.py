@@ -294,7 +294,10 @@ def verdict_parts(
             and not decision.barrier
             and not executes
             and not cursors
-            and kinds.isdisjoint(BY_NAME_KINDS),
+            and kinds.isdisjoint(BY_NAME_KINDS)
+            # COPY FROM STDIN: the session holds the client around its copy
+            # (session._CopyHold), which no fast path does.
+            and "copy_from" not in kinds,
             decision.error,
             tuple(
                 (column, (classes or {}).get(column, ""))

@@ -83,7 +83,8 @@ LARGE_STATEMENT = 64 * 1024
 # Forwarded as they are: COPY data, done and fail; Describe; Flush.
 _FORWARDED = frozenset(b"dcfDH")
 _UP_ROWS = frozenset(b"Dd")
-_UP_STATEFUL = frozenset(b"ZSCEsI3")
+# (G CopyInResponse: the server copies in; see _COPY_IN.)
+_UP_STATEFUL = frozenset(b"ZSCEsI3G")
 # Also ParseComplete, only between a re-prepare's CloseComplete and its ParseComplete.
 _UP_STATEFUL_REPREPARE = _UP_STATEFUL | frozenset(b"1")
 # While the sidecar's own state probe is answered: every message is looked at.
@@ -200,6 +201,26 @@ def _named_portal_refusal(verdict: Verdict) -> Verdict:
     )
 
 
+def _portal_verdict(verdict: Verdict) -> Verdict:
+    """What a portal bound to ``verdict`` keeps for its Execute. A COPY FROM STDIN is
+    marked as a barrier so that its Execute comes to ``_on_execute`` on either relay
+    (the native one runs a portal's Execute itself unless it is one), where the
+    session starts its copy hold (``_CopyHold``); it sends no probe for it."""
+    if "copy_from" in verdict.kinds and not verdict.barrier:
+        return verdict._replace(barrier=True)
+    return verdict
+
+
+def _copy_not_alone(verdict: Verdict) -> Verdict:
+    return Verdict(
+        action=BLOCK,
+        message="Warden: COPY ... FROM STDIN runs only on its own, not with other "
+        "statements in one query",
+        upstream_sql="",
+        audit_fragment=verdict.audit_json(),
+    )
+
+
 _SYNC = object()
 
 # The native relay (``_relay.c``): hot messages whose verdicts this module already
@@ -269,6 +290,37 @@ class _Barrier:
 
     __slots__ = ()
     task = None
+
+
+class _CopyHold:
+    """The session's hold around COPY FROM STDIN (the two instances below).
+
+    While it copies in, the server takes CopyData, CopyDone and CopyFail, ignores a
+    Sync or a Flush, and answers anything else with an error. A Sync counted as one
+    waiting for its ReadyForQuery, which never comes, put every later reply down to
+    the item before its own (a review's finding: errors went unredacted, and the
+    session came to believe the server skipped to a Sync while it was idle, and let
+    a Query through as the client wrote it). So whether a message reaches a server
+    that copies is settled before it is handled:
+
+    - ``_COPY_START``, from the forwarding of a statement that may start a copy: the
+      client's later messages wait until the server answers it, with a
+      CopyInResponse (then ``_COPY_IN``) or an error (then as usual);
+    - ``_COPY_IN``, until the client's CopyDone or CopyFail or the server's error:
+      CopyData goes through, a Sync or a Flush is dropped (the server would ignore
+      it: nothing is counted that the server does not see), anything else ends the
+      session.
+    """
+
+    __slots__ = ("name",)
+    task = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_COPY_START = _CopyHold("copy start")
+_COPY_IN = _CopyHold("copy in")
 
 
 _STALE_PORTAL = Verdict(
@@ -382,7 +434,7 @@ class Session(_SessionBase):
         self.on_close = on_close
         self.approvals = approvals
         self.estimator = estimator
-        self.hold: Hold | _Barrier | None = None
+        self.hold: Hold | _Barrier | _CopyHold | None = None
         self._held_data = bytearray()
         self._paused = 0
         self.status = status
@@ -465,6 +517,9 @@ class Session(_SessionBase):
     # ---- client -> upstream -------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
+        if self.hold is _COPY_IN:
+            self._copy_data(data)
+            return
         if self.hold is not None:
             self._held_data += data
             if len(self._held_data) > HOLD_BUFFER_LIMIT:
@@ -647,7 +702,7 @@ class Session(_SessionBase):
             hold.prepared = prepared
             self._hold_start(hold)
             return
-        self.portals[portal] = _STALE_PORTAL if self._discarding else verdict
+        self.portals[portal] = _STALE_PORTAL if self._discarding else _portal_verdict(verdict)
         out.append(data[pos:end])
 
     def _on_execute(
@@ -658,7 +713,9 @@ class Session(_SessionBase):
             return
         self.pending.append(self._exec(verdict, False, self._base_json))
         out.append(data[pos:end])
-        if verdict.barrier or (self.dirty and "copy_from" not in verdict.kinds):
+        if "copy_from" in verdict.kinds:
+            self.hold = _COPY_START  # the server wants the data next, not a probe
+        elif verdict.barrier or self.dirty:
             out.append(self._probe_after(True))
 
     def _exec(self, verdict: Verdict, is_query: bool, base: str = "") -> _Exec:
@@ -1115,17 +1172,26 @@ class Session(_SessionBase):
     def _query_decided(self, payload: bytes, text: str | None, verdict: Verdict) -> bytes | None:
         if self._discarding:
             # Inside a failed extended batch the server ignores a Query too: no reply
-            # will come for it. Recorded as skipped; what was sent never runs.
+            # will come for it. Recorded as skipped, and not sent at all: were the
+            # session wrong about the skipping, the client's own text (not the
+            # masked one) would run.
             if verdict.action == ALLOW:
                 self._record(verdict, "error", None, 0, "skipped")
-                return None
+                return b""
             return m.query(self._refuse(verdict))
+        if verdict.action == ALLOW and "copy_from" in verdict.kinds and verdict.multi:
+            # Its copy would run in the middle of the text, between statements whose
+            # replies and state changes the session follows: COPY on its own.
+            verdict = _copy_not_alone(verdict)
         if verdict.action == ALLOW:
             self.pending.append(self._exec(verdict, True, self._base_json))
             message = None
             if verdict.upstream_sql != text:
                 message = m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
-            if verdict.barrier or (self.dirty and "copy_from" not in verdict.kinds):
+            if "copy_from" in verdict.kinds:
+                self.hold = _COPY_START  # the server wants the data next, not a probe
+                return message
+            if verdict.barrier or self.dirty:
                 # (COPY FROM STDIN: the server wants the data next, not a probe; the
                 # next cycle is probed as usual.)
                 return (message or m.query(payload[:-1])) + self._probe_after(False)
@@ -1337,7 +1403,8 @@ class Session(_SessionBase):
                 self._hold_release(hold, refusal)
                 return
         message = self._hold_approved(hold, ruling.approved)
-        self._hold_release(hold, message, hold.verdict.barrier)
+        copy = hold.simple and "copy_from" in hold.verdict.kinds
+        self._hold_release(hold, message, hold.verdict.barrier, copy)
 
     def _hold_judged_again(self, hold: Hold, state: ApprovalState) -> bytes | None:
         """An approval that came after the bundle changed: the held verdict is from
@@ -1429,7 +1496,7 @@ class Session(_SessionBase):
             self.pending.append(self._exec(verdict, True, self._base_json))
             return m.query(sql)
         assert hold.bind is not None
-        self.portals[hold.portal] = _STALE_PORTAL if self._discarding else verdict
+        self.portals[hold.portal] = _STALE_PORTAL if self._discarding else _portal_verdict(verdict)
         prepared = hold.prepared
         if (
             prepared is not None
@@ -1440,12 +1507,18 @@ class Session(_SessionBase):
             return self._reprepare(hold.name, prepared, generation) + hold.bind
         return hold.bind
 
-    def _hold_release(self, hold: Hold, message: bytes, barrier: bool = False) -> None:
+    def _hold_release(
+        self, hold: Hold, message: bytes, barrier: bool = False, copy: bool = False
+    ) -> None:
         """Send what the held message became, then the messages that queued behind it
         (after the state probe, when that message may have changed the state)."""
         if self.hold is not hold or self.closed:
             return
         self.hold = None
+        if copy:
+            self._write(message)
+            self.hold = _COPY_START  # the server wants the data next, not a probe
+            return
         if hold.simple and (barrier or self.dirty):
             message += self._probe_after(False)
         self._write(message)
@@ -1460,6 +1533,70 @@ class Session(_SessionBase):
             self.client_data(queued)
         if self.hold is None and not self.closed:
             self._resume_client(_PAUSED_BY_HOLD)
+
+    def _copy_in(self) -> None:
+        """The server copies in (CopyInResponse): the client's messages that waited
+        are handled as the copy's, and the client is read again."""
+        if self.hold is not _COPY_START and self.hold is not None:
+            log.warning("%s: the server copies in while a hold is on", self._who())
+            return
+        self.hold = _COPY_IN
+        queued, self._held_data = bytes(self._held_data), bytearray()
+        if queued:
+            self._copy_data(queued)
+        if not self.closed:
+            self._resume_client(_PAUSED_BY_HOLD)
+
+    def _copy_data(self, data: bytes) -> None:
+        """The client's messages while the server copies in (see ``_CopyHold``)."""
+        if self.cbuf:
+            self.cbuf += data
+            if len(self.cbuf) < self._cneed:
+                return
+            data = bytes(self.cbuf)
+            self.cbuf = bytearray()
+        out: list[bytes] = []
+        pos, n = 0, len(data)
+        try:
+            while n - pos >= 5:
+                kind = data[pos]
+                length = _unpack_i32(data, pos + 1)[0]
+                if length < 4 or length > self.max_message:
+                    raise m.ProtocolViolation(f"invalid message length {length}")
+                end = pos + 1 + length
+                if end > n:
+                    break
+                if kind == 0x64:  # d CopyData
+                    out.append(data[pos:end])
+                elif kind in (0x63, 0x66):  # c CopyDone, f CopyFail: the copy ends
+                    out.append(data[pos:end])
+                    pos = end
+                    self.hold = None
+                    break
+                elif kind not in (_S, 0x48):  # a Sync or a Flush (H) the server would ignore
+                    raise m.ProtocolViolation(
+                        f"message type {chr(kind)!r} while copying in (only CopyData, "
+                        "CopyDone and CopyFail)"
+                    )
+                pos = end
+        except m.ProtocolViolation as exc:
+            log.warning("closing %s: protocol violation (%s)", self._who(), exc)
+            if out:
+                self._write(b"".join(out))
+            self.client.write(
+                m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
+            )
+            self.close()
+            return
+        if out:
+            self._write(b"".join(out))
+        rest = data[pos:]
+        if self.hold is None:
+            if rest:
+                self.client_data(rest)
+        elif rest:
+            self.cbuf = bytearray(rest)
+            self._cneed = 5 if len(rest) < 5 else 1 + _unpack_i32(rest, 1)[0]
 
     def cancel_hold(self) -> bool:
         """A CancelRequest for this session: end a hold; False when nothing is held."""
@@ -1562,6 +1699,9 @@ class Session(_SessionBase):
 
     def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         pending = self.pending
+        if kind == 0x47:  # G CopyInResponse
+            self._copy_in()
+            return None
         if kind == 0x43:  # C CommandComplete
             if (
                 self._sql_prepared is not None
@@ -1658,6 +1798,11 @@ class Session(_SessionBase):
                             self._finish(skipped, "error")
                     if skipped_probe:
                         self._probe_skipped()
+            if self.hold is _COPY_START or self.hold is _COPY_IN:
+                # The copy did not start, or the server left it: the client's
+                # messages are the server's ordinary ones again.
+                self.hold = None
+                self._release_queued()
             return replacement
         elif kind == 0x53:  # S ParameterStatus
             self._on_parameter_status(data[pos + 5 : end - 1])
