@@ -586,7 +586,7 @@ class Session(_SessionBase):
                         if self.hold is not None:
                             break
                 elif kind == _E:
-                    portal = data[start + 5 : data.index(0, start + 5)]
+                    portal = data[start + 5 : data.index(0, start + 5, end)]  # within it
                     verdict = self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL
                     if verdict.barrier or self.dirty:  # _STALE_PORTAL is one too
                         self._on_execute(data, start, end, verdict, out)

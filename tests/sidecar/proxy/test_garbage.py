@@ -100,6 +100,9 @@ AFTER_LOGIN = [
     pytest.param(m.frame(b"Q", b"SELECT 1"), b"08P01", id="query-without-nul"),
     pytest.param(m.frame(b"P", b"nonul"), b"08P01", id="malformed-parse"),
     pytest.param(m.frame(b"S", b"x" * 20_000), b"08P01", id="oversized-sync"),
+    # An Execute without its NUL: its portal's name must not run on into the next
+    # message (a review's finding: the sidecar read it from there, the server refused).
+    pytest.param(m.frame(b"E", b"p") + m.frame(b"S", b""), b"08P01", id="execute-without-nul"),
 ]
 
 
