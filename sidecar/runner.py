@@ -58,7 +58,7 @@ from sidecar.proxy.policy import (
     frozen,
     identities_from_bundle,
 )
-from sidecar.proxy.server import ProxyServer, ProxySettings
+from sidecar.proxy.server import ProxyServer, ProxySettings, fake_salt_key
 from sidecar.proxy.upstream import UpstreamTarget
 from sidecar.shipper import AuditShipper, AuditSpool, Upload
 from sidecar.workers import orphan_spools, spool_directory
@@ -908,6 +908,7 @@ async def serve(
         estimator=estimator,
         sign_in_limits=worker.link if worker is not None else None,
         cancel_route=worker.cancel_route() if worker is not None else None,
+        fake_salt_key=fake_salt_key(Path(config.state_dir)),
     )
     # Subscribed after the policy, so it sees the new bundle's identities.
     source.subscribe(lambda _document: server.policy_changed())

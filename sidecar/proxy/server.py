@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import secrets
 import socket
 import ssl
@@ -28,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar import encodings
@@ -139,6 +141,32 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def fake_salt_key(state_dir: Path) -> bytes:
+    """The sidecar's key for unknown identities' SCRAM salts, made once and kept in
+    its state directory (readable by it alone). A key per process showed a name a
+    new salt on each worker and after each restart, where a real identity's salt
+    never changes: asking a few times told which names exist (a review's finding)."""
+    path = state_dir / "scram-unknown-salt.key"
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fresh = state_dir / f".scram-unknown-salt.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        try:
+            os.link(fresh, path)  # whole or not at all; the first worker's wins
+        except FileExistsError:
+            pass
+        finally:
+            fresh.unlink()
+        key = path.read_bytes()
+    if len(key) != 32:
+        raise ValueError(f"{path} is not a 32-byte key; remove it and restart the sidecar")
+    return key
 
 
 def _still_usable(identity: Identity | None, credential: str, now: datetime) -> bool:
@@ -272,6 +300,7 @@ class ProxyServer:
         sign_in_limits: SignInLimits | None = None,
         cancel_route: CancelRoute | None = None,
         estimator: Estimator | None = None,
+        fake_salt_key: bytes | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -282,7 +311,10 @@ class ProxyServer:
         self.sessions: set[Session] = set()
         self._cancel_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self._cancel_sessions: dict[tuple[int, int], Session] = {}
-        self._fake_salt_key = secrets.token_bytes(32)
+        # The key of the salt shown for an identity the bundle does not hold: the
+        # sidecar's own (``fake_salt_key``), so that every worker and every restart
+        # shows one salt per name, as the bundle's verifiers do for a real identity.
+        self._fake_salt_key = fake_salt_key or secrets.token_bytes(32)
         self._limits = sign_in_limits or LocalSignInLimits()
         self._route = cancel_route or CancelRoute()
         self._server: asyncio.AbstractServer | None = None

@@ -365,3 +365,42 @@ def test_a_sign_in_the_parent_cannot_check_is_refused(sidecar: Sidecar) -> None:
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).
 relay = one_relay()
+
+
+def _salt_shown(sidecar: Sidecar, user: str) -> str:
+    """The salt the SCRAM exchange shows ``user`` (the server-first message's s=)."""
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+        sock.sendall(m.startup_message({"user": user, "database": sidecar.database}))
+        buffer = b""
+
+        def message() -> tuple[bytes, bytes]:
+            nonlocal buffer
+            while len(buffer) < 5 or len(buffer) < 1 + struct.unpack("!i", buffer[1:5])[0]:
+                chunk = sock.recv(65536)
+                assert chunk, "closed"
+                buffer += chunk
+            length = struct.unpack("!i", buffer[1:5])[0]
+            kind, body, buffer = buffer[:1], buffer[5 : 1 + length], buffer[1 + length :]
+            return kind, body
+
+        kind, body = message()
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
+        first = b"n,,n=,r=" + secrets.token_hex(12).encode()
+        payload = b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first
+        sock.sendall(m.frame(b"p", payload))
+        kind, body = message()
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
+        fields = dict(part.split("=", 1) for part in body[4:].decode().split(","))
+        return fields["s"]
+
+
+def test_a_name_the_bundle_does_not_hold_gets_one_salt_on_every_worker(sidecar: Sidecar) -> None:
+    """A review's finding: each worker made its own key for the salt an unknown name is
+    shown, so the name got a different salt on each worker (and after a restart), where
+    a real identity's salt never changes: a few sign-ins told which names exist. Both
+    kinds of name now show one salt however often they ask, on whichever worker."""
+    for user in ("nobody-here", "alice"):
+        salts = {_salt_shown(sidecar, user) for _ in range(16)}
+        assert len(salts) == 1, (user, salts)
+    key = sidecar.state_dir / "scram-unknown-salt.key"
+    assert key.stat().st_mode & 0o777 == 0o600
