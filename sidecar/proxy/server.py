@@ -178,19 +178,22 @@ def _still_usable(identity: Identity | None, credential: str, now: datetime) -> 
 
 
 class LoginThrottle:
-    """Failed sign-ins per (identity, client address). After ``FREE`` failures within
-    ``WINDOW`` seconds each further attempt of that pair is refused until a delay that
-    doubles with every failure (to ``CAP``) has passed. Keyed by the pair, so an
+    """Failed sign-ins per (identity, client address). After ``FREE`` failures each
+    further attempt of that pair is refused until a delay that doubles with every
+    failure (to ``CAP``) has passed; the count is forgotten once the pair has had no
+    failure for ``WINDOW`` seconds. (It was forgotten a minute after the first one: an
+    attacker who waited out each delay started again with five free guesses, about
+    eleven a minute without end; a review's finding.) Keyed by the pair, so an
     attacker elsewhere cannot lock a service account out; bounded in memory."""
 
     FREE = 5
-    WINDOW = 60.0
+    WINDOW = 900.0
     BASE = 1.0
     CAP = 300.0
     MAX_PAIRS = 10_000
 
     def __init__(self) -> None:
-        # pair -> [failures, first failure, refused until]
+        # pair -> [failures, last failure, refused until]
         self._pairs: dict[tuple[str, str], list[float]] = {}
 
     def blocked_for(self, pair: tuple[str, str], now: float | None = None) -> float:
@@ -209,6 +212,7 @@ class LoginThrottle:
                     del self._pairs[stale]
             entry = self._pairs[pair] = [0.0, now, 0.0]
         entry[0] += 1
+        entry[1] = now
         over = entry[0] - self.FREE
         if over > 0:
             entry[2] = now + min(self.CAP, self.BASE * 2 ** (over - 1))
@@ -286,6 +290,10 @@ class _Refused(Exception):
     def __init__(self, sqlstate: str, message: str) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+class _Throttled(_Refused):
+    """A sign-in refused by the limits, before its token is judged (not a failure)."""
 
 
 class ProxyServer:
@@ -469,25 +477,13 @@ class ProxyServer:
         if (expired := self.metrics.policy_usable()) is not None:
             raise _Refused("08006", expired)  # past its expiry and grace: no new sessions
         pair = (identity_name, client_addr)
+        await self._check_limits(pair)
         try:
-            wait = await self._limits.blocked_for(pair)
-        except SignInLimitsUnavailable as exc:
-            log.error("sign-in refused: the sign-in limits cannot be checked (%s)", exc)
-            raise _Refused(
-                "57P03", "Warden: sign-ins cannot be checked right now; try again shortly"
-            ) from exc
-        if wait > 0:
-            self.metrics.logins["throttled"] += 1
-            self._audit_login("login_throttled", identity_name, client_addr)
-            raise _Refused(
-                "28P01",
-                f"Warden: too many failed sign-ins as {identity_name!r} from this address; "
-                f"try again in {math.ceil(wait)} s",
+            identity, credential = await self._authenticate(
+                reader, writer, identity_name, tls, lambda: self._check_limits(pair)
             )
-        try:
-            identity, credential = await self._authenticate(reader, writer, identity_name, tls)
         except _Refused as exc:
-            if exc.sqlstate == "28P01":
+            if exc.sqlstate == "28P01" and not isinstance(exc, _Throttled):
                 # Counted before the client hears of it: its next attempt, on any
                 # worker, must find this failure.
                 with contextlib.suppress(SignInLimitsUnavailable):
@@ -536,14 +532,37 @@ class ProxyServer:
             None if hold_wait is None else float(hold_wait),
         )
 
+    async def _check_limits(self, pair: tuple[str, str]) -> None:
+        """Refuse the sign-in of ``pair`` (identity, address) while its failures hold
+        it back; fail closed when the limits cannot be asked."""
+        try:
+            wait = await self._limits.blocked_for(pair)
+        except SignInLimitsUnavailable as exc:
+            log.error("sign-in refused: the sign-in limits cannot be checked (%s)", exc)
+            raise _Refused(
+                "57P03", "Warden: sign-ins cannot be checked right now; try again shortly"
+            ) from exc
+        if wait > 0:
+            self.metrics.logins["throttled"] += 1
+            self._audit_login("login_throttled", pair[0], pair[1])
+            raise _Throttled(
+                "28P01",
+                f"Warden: too many failed sign-ins as {pair[0]!r} from this address; "
+                f"try again in {math.ceil(wait)} s",
+            )
+
     async def _authenticate(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         name: str,
         tls: bool,
+        recheck: Callable[[], Awaitable[None]],
     ) -> tuple[Identity, str]:
-        """The identity that signed in, and the id of the credential it proved."""
+        """The identity that signed in, and the id of the credential it proved.
+        ``recheck`` asks the sign-in limits again just before the token is judged:
+        connections opened side by side all pass the check at startup, and would
+        each have a guess judged before any failure was counted (a review's finding)."""
         identity = self.policy.identity(name)
         now = datetime.now(UTC)
         creds = identity.usable_credentials(now) if identity else []
@@ -551,6 +570,7 @@ class ProxyServer:
         if tls and self.settings.cleartext_over_tls:
             writer.write(m.auth_request(3))
             password = await self._read_password(reader)
+            await recheck()
             text = password.rstrip(b"\x00").decode("utf-8", "replace")
             used = next((c for c in creds if c.verifier.matches_password(text)), None)
             if used is None:
@@ -583,6 +603,7 @@ class ProxyServer:
             first_msg = initial[mech_end + 5 : mech_end + 5 + size]
             writer.write(m.auth_request(11, scram.first(first_msg)))
             final = await self._read_password(reader)
+            await recheck()
             server_final = scram.final(final)
         except (ScramError, ValueError, struct.error) as exc:
             log.info("authentication failed for %r: %s", name, exc)

@@ -21,6 +21,7 @@ import pytest
 
 from sidecar.proxy import messages as m
 from sidecar.proxy.scram import ScramClient, make_verifier
+from sidecar.proxy.server import LoginThrottle
 from tests.sidecar.proxy.conftest import (
     ALICE_TOKEN,
     Sidecar,
@@ -119,6 +120,58 @@ def test_failed_sign_ins_back_off_per_identity_and_address(sidecar: Sidecar) -> 
     # The back-off ends: after a second, the right token works from there too.
     time.sleep(1.1)
     assert _login(sidecar, "bob", "wdn_bob_" + "b2" * 16) == {}
+
+
+def test_guesses_sent_side_by_side_are_limited_as_one_after_another(sidecar: Sidecar) -> None:
+    """A review's finding: the limits were asked once, at startup, and a failure
+    counted once its exchange ended, so connections opened side by side all had their
+    guess judged. Now the limits are asked again just before each guess is judged."""
+    socks, clients = [], []
+    for _ in range(12):
+        sock = socket.create_connection(("127.0.0.1", sidecar.port), timeout=10,
+                                        source_address=("127.0.0.3", 0))  # fmt: skip
+        sock.sendall(m.startup_message({"user": "sec", "database": sidecar.database}))
+        kind, body = recv_message(sock)
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10
+        scram = ScramClient(WRONG)
+        first = scram.first()
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first))
+        kind, body = recv_message(sock)
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11
+        socks.append(sock)
+        clients.append((scram, body[4:]))
+    for sock, (scram, server_first) in zip(socks, clients, strict=True):
+        sock.sendall(m.frame(b"p", scram.final(server_first)))
+    answers = []
+    for sock in socks:
+        kind, body = recv_message(sock)
+        answers.append(m.error_fields(body).get("M", "") if kind == b"E" else kind)
+        sock.close()
+    judged = [a for a in answers if "password authentication failed" in str(a)]
+    throttled = [a for a in answers if "too many failed sign-ins" in str(a)]
+    assert len(judged) + len(throttled) == 12, answers
+    assert len(judged) <= LoginThrottle.FREE + 1, answers  # the free ones, and the one over
+
+
+def test_a_guesser_who_waits_out_each_delay_gets_no_fresh_start() -> None:
+    """A review's finding: the count of failures was forgotten a minute after the
+    first one, so a guesser who waited out each delay began again with five free
+    guesses: about eleven a minute, without end. Waiting out every delay for an hour
+    now gets a few dozen guesses at most; a pair quiet for the window starts afresh."""
+    throttle, pair, now, guesses = LoginThrottle(), ("bob", "203.0.113.9"), 0.0, 0
+    while now < 3600:
+        wait = throttle.blocked_for(pair, now)
+        if wait > 0:
+            now += wait
+            continue
+        throttle.failed(pair, now)
+        guesses += 1
+        now += 0.1
+    assert guesses < 30, guesses
+    later = now + LoginThrottle.WINDOW + 1 + LoginThrottle.CAP
+    assert throttle.blocked_for(pair, later) == 0
+    throttle.failed(pair, later)
+    assert throttle.blocked_for(pair, later) == 0  # a typo after a quiet spell is free
 
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).
