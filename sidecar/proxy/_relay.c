@@ -1007,6 +1007,10 @@ plan_upstream(PyObject *session, PyObject *pending, const unsigned char *buf, Py
         return r < 0 ? -1 : 0;
     if ((r = none_ref(GET(session, probing))) != 1)
         return r;
+    /* A hold (an approval, a barrier, a COPY's start or copy) ends on a reply Python
+     * must see, as the COPY's own CommandComplete: every reply is Python's then. */
+    if ((r = none_ref(GET(session, hold))) != 1)
+        return r;
     if ((r = none_ref(GET(session, reparsing))) != 1)
         return r;
     if ((r = none_ref(GET(session, sql_prepared))) != 1)

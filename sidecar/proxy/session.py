@@ -499,6 +499,8 @@ class Session(_SessionBase):
         self.started = time.time()
         self._base_json = encode_base(self.base_event)
         self.keepalive: tuple[object, ...] = ()
+        # The pending item of the statement that may start, or runs, a copy (_CopyHold).
+        self._copy_item: object | None = None
         # The id of the credential (token) the client signed in with: the server ends
         # the session once the bundle no longer holds it unexpired (revalidate).
         self.credential = ""
@@ -714,7 +716,7 @@ class Session(_SessionBase):
         self.pending.append(self._exec(verdict, False, self._base_json))
         out.append(data[pos:end])
         if "copy_from" in verdict.kinds:
-            self.hold = _COPY_START  # the server wants the data next, not a probe
+            self._copy_start()  # the server wants the data next, not a probe
         elif verdict.barrier or self.dirty:
             out.append(self._probe_after(True))
 
@@ -1179,7 +1181,7 @@ class Session(_SessionBase):
                 self._record(verdict, "error", None, 0, "skipped")
                 return b""
             return m.query(self._refuse(verdict))
-        if verdict.action == ALLOW and "copy_from" in verdict.kinds and verdict.multi:
+        if verdict.action in (ALLOW, REVIEW) and "copy_from" in verdict.kinds and verdict.multi:
             # Its copy would run in the middle of the text, between statements whose
             # replies and state changes the session follows: COPY on its own.
             verdict = _copy_not_alone(verdict)
@@ -1189,7 +1191,7 @@ class Session(_SessionBase):
             if verdict.upstream_sql != text:
                 message = m.query(verdict.upstream_sql.encode(self.codec or "utf-8"))
             if "copy_from" in verdict.kinds:
-                self.hold = _COPY_START  # the server wants the data next, not a probe
+                self._copy_start()  # the server wants the data next, not a probe
                 return message
             if verdict.barrier or self.dirty:
                 # (COPY FROM STDIN: the server wants the data next, not a probe; the
@@ -1403,7 +1405,8 @@ class Session(_SessionBase):
                 self._hold_release(hold, refusal)
                 return
         message = self._hold_approved(hold, ruling.approved)
-        copy = hold.simple and "copy_from" in hold.verdict.kinds
+        # (Not when nothing is sent: the server skipping to a Sync, see _hold_approved.)
+        copy = bool(message) and hold.simple and "copy_from" in hold.verdict.kinds
         self._hold_release(hold, message, hold.verdict.barrier, copy)
 
     def _hold_judged_again(self, hold: Hold, state: ApprovalState) -> bytes | None:
@@ -1493,6 +1496,11 @@ class Session(_SessionBase):
         verdict = hold.verdict._replace(approval_id=state.id)
         sql = verdict.upstream_sql.encode(self.codec or "utf-8")
         if hold.simple:
+            if self._discarding:
+                # A failed extended batch's error came while it was held: the server
+                # skips to a Sync, this Query too (as in _query_decided).
+                self._record(verdict, "error", None, 0, "skipped", state.id)
+                return b""
             self.pending.append(self._exec(verdict, True, self._base_json))
             return m.query(sql)
         assert hold.bind is not None
@@ -1517,7 +1525,7 @@ class Session(_SessionBase):
         self.hold = None
         if copy:
             self._write(message)
-            self.hold = _COPY_START  # the server wants the data next, not a probe
+            self._copy_start()  # the server wants the data next, not a probe
             return
         if hold.simple and (barrier or self.dirty):
             message += self._probe_after(False)
@@ -1534,12 +1542,20 @@ class Session(_SessionBase):
         if self.hold is None and not self.closed:
             self._resume_client(_PAUSED_BY_HOLD)
 
+    def _copy_start(self) -> None:
+        """The statement just queued (``pending[-1]``) may start a copy: hold."""
+        self.hold = _COPY_START
+        self._copy_item = self.pending[-1]
+
+    def _copy_end(self) -> None:
+        """The copy ended, or never started: the client's messages are ordinary again."""
+        self._copy_item = None
+        self.hold = None
+        self._release_queued()
+
     def _copy_in(self) -> None:
         """The server copies in (CopyInResponse): the client's messages that waited
         are handled as the copy's, and the client is read again."""
-        if self.hold is not _COPY_START and self.hold is not None:
-            log.warning("%s: the server copies in while a hold is on", self._who())
-            return
         self.hold = _COPY_IN
         queued, self._held_data = bytes(self._held_data), bytearray()
         if queued:
@@ -1561,7 +1577,11 @@ class Session(_SessionBase):
             while n - pos >= 5:
                 kind = data[pos]
                 length = _unpack_i32(data, pos + 1)[0]
-                if length < 4 or length > self.max_message:
+                if (
+                    length < 4
+                    or length > self.max_message
+                    or (kind in m.SMALL_TYPES and length > m.SMALL_MESSAGE_LIMIT)
+                ):
                     raise m.ProtocolViolation(f"invalid message length {length}")
                 end = pos + 1 + length
                 if end > n:
@@ -1572,6 +1592,7 @@ class Session(_SessionBase):
                     out.append(data[pos:end])
                     pos = end
                     self.hold = None
+                    self._copy_item = None
                     break
                 elif kind not in (_S, 0x48):  # a Sync or a Flush (H) the server would ignore
                     raise m.ProtocolViolation(
@@ -1700,6 +1721,11 @@ class Session(_SessionBase):
     def _on_upstream(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         pending = self.pending
         if kind == 0x47:  # G CopyInResponse
+            if self.hold is not _COPY_START:
+                # A copy the session did not see start: its count of replies and its
+                # reading of the client's messages can no longer be trusted.
+                self.terminate("08P01", "Warden lost track of a COPY; the session ended")
+                return b""
             self._copy_in()
             return None
         if kind == 0x43:  # C CommandComplete
@@ -1719,6 +1745,8 @@ class Session(_SessionBase):
                     self._finish(pending.popleft(), "allowed")
                     if pending and type(pending[0]) is _Probe:
                         self._next_probe()
+                if head is self._copy_item and self.hold is _COPY_START:
+                    self._copy_end()  # done without copying in (a server-side COPY)
         elif kind == 0x33:  # 3 CloseComplete
             if pending and type(pending[0]) is _Closing:
                 closing = pending.popleft()
@@ -1798,11 +1826,10 @@ class Session(_SessionBase):
                             self._finish(skipped, "error")
                     if skipped_probe:
                         self._probe_skipped()
-            if self.hold is _COPY_START or self.hold is _COPY_IN:
-                # The copy did not start, or the server left it: the client's
-                # messages are the server's ordinary ones again.
-                self.hold = None
-                self._release_queued()
+            if failed is self._copy_item:
+                # The copy did not start, or the server left it (only its own error
+                # says so: an earlier statement's comes first).
+                self._copy_end()
             return replacement
         elif kind == 0x53:  # S ParameterStatus
             self._on_parameter_status(data[pos + 5 : end - 1])

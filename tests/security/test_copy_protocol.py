@@ -79,3 +79,22 @@ def test_anything_but_copy_messages_while_copying_ends_the_session(sidecar: Side
         reply = client.read(1)
         assert any(kind == b"E" for kind, _ in reply.messages), reply.messages
         assert public_ssns_in(reply.raw) == set()
+
+
+def test_an_earlier_statements_error_does_not_end_the_wait_for_the_copy(
+    sidecar: Sidecar,
+) -> None:
+    """The review of the fix: a failing statement, then the COPY, then a Sync, in one
+    write. The first statement's error must not end the wait for the COPY's answer:
+    the Sync would be counted, while the server, copying by then, ignores it."""
+    with RawClient(sidecar) as client:
+        client.send(q("SELECT 1/0"), q("COPY public.notes(body) FROM STDIN"), SYNC)
+        kinds = []
+        while not kinds or kinds[-1] != b"G":
+            kind, _ = client._recv()
+            kinds.append(kind)
+        assert kinds[0] == b"E" and kinds[-1] == b"G", kinds
+        client.send(copy_data("after an error\n"), COPY_DONE)
+        done = client.read(1)
+        assert done.tags == ["COPY 1"], done.messages
+        _still_in_step(client)
