@@ -1826,9 +1826,11 @@ class Session(_SessionBase):
                             self._finish(skipped, "error")
                     if skipped_probe:
                         self._probe_skipped()
-            if failed is self._copy_item:
-                # The copy did not start, or the server left it (only its own error
-                # says so: an earlier statement's comes first).
+            copy = self._copy_item
+            if copy is not None and (failed is copy or copy not in pending):
+                # The copy did not start, or the server left it: its own error says so,
+                # or an earlier one in its extended batch made the server skip it (an
+                # earlier statement's error alone does not: the COPY still runs).
                 self._copy_end()
             return replacement
         elif kind == 0x53:  # S ParameterStatus

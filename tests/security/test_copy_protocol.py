@@ -98,3 +98,17 @@ def test_an_earlier_statements_error_does_not_end_the_wait_for_the_copy(
         done = client.read(1)
         assert done.tags == ["COPY 1"], done.messages
         _still_in_step(client)
+
+
+def test_a_copy_the_server_skips_after_an_earlier_error_does_not_hang(sidecar: Sidecar) -> None:
+    """The second review of the fix: in one extended batch, a failing statement, then
+    the COPY, then a Sync. The server skips the COPY to the Sync; the session must not
+    wait for the COPY's answer, which never comes."""
+    with RawClient(sidecar, timeout=5) as client:
+        reply = client.exchange(
+            parse("SELECT 1/0"), bind(), execute(),
+            parse("COPY public.notes(body) FROM STDIN"), bind(), execute(),
+            SYNC,
+        )  # fmt: skip
+        assert reply.sqlstates == ["22012"], reply.messages
+        _still_in_step(client)
