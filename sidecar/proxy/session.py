@@ -643,13 +643,7 @@ class Session(_SessionBase):
                 else:
                     raise m.ProtocolViolation(f"unexpected message type {chr(kind)!r}")
         except (m.ProtocolViolation, ValueError, IndexError) as exc:
-            log.warning("closing %s: protocol violation (%s)", self._who(), exc)
-            if out:
-                self._write(b"".join(out))
-            self.client.write(
-                m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
-            )
-            self.close()
+            self._violation(out, exc)
             return
         if out:
             sending = out[0] if len(out) == 1 else b"".join(out)
@@ -665,6 +659,17 @@ class Session(_SessionBase):
             else:
                 self.cbuf = bytearray(data[pos:])
                 self._cneed = 5 if n - pos < 5 else 1 + _unpack_i32(data, pos + 1)[0]
+
+    def _violation(self, out: list[bytes], exc: Exception) -> None:
+        """End the session on a client's protocol violation: what was decided before
+        it is sent, then FATAL 08P01."""
+        log.warning("closing %s: protocol violation (%s)", self._who(), exc)
+        if out:
+            self._write(b"".join(out))
+        self.client.write(
+            m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
+        )
+        self.close()
 
     def _on_bind(
         self,
@@ -1601,13 +1606,7 @@ class Session(_SessionBase):
                     )
                 pos = end
         except m.ProtocolViolation as exc:
-            log.warning("closing %s: protocol violation (%s)", self._who(), exc)
-            if out:
-                self._write(b"".join(out))
-            self.client.write(
-                m.error_response(severity="FATAL", sqlstate="08P01", message=f"protocol: {exc}")
-            )
-            self.close()
+            self._violation(out, exc)
             return
         if out:
             self._write(b"".join(out))

@@ -75,6 +75,23 @@ def _calls(url: str, token: str, calls: list[tuple[str, dict[str, Any]]]) -> lis
     return _in_thread(work)
 
 
+def _mcp_sidecar(
+    control_plane: Server, sidecar_token: str, upstream_db: str, tmp_path: Path
+) -> tuple[SidecarProcess, str]:
+    """A sidecar with its MCP listener on, and the listener's URL once it is up."""
+    config = sidecar_config(
+        control_plane, sidecar_token, upstream_db, scan_enabled=False, mcp_listen="127.0.0.1:0"
+    )
+    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+    deadline = time.monotonic() + 30
+    while "mcp_port" not in json.loads(proc.ready_file.read_text()):
+        if time.monotonic() > deadline:
+            proc.stop()
+            raise AssertionError(proc.log.read_text()[-3000:])
+        time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{json.loads(proc.ready_file.read_text())['mcp_port']}/mcp"
+
+
 def test_a_held_write_is_approved_in_the_inbox_then_runs(
     control_plane: Server,
     celery_worker: Any,
@@ -93,17 +110,8 @@ def test_a_held_write_is_approved_in_the_inbox_then_runs(
     _, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-mcp"
     )
-    config = sidecar_config(
-        control_plane, sidecar_token, upstream_db, scan_enabled=False, mcp_listen="127.0.0.1:0"
-    )
-    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+    proc, url = _mcp_sidecar(control_plane, sidecar_token, upstream_db, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while "mcp_port" not in json.loads(proc.ready_file.read_text()):
-            assert time.monotonic() < deadline, proc.log.read_text()[-3000:]
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{json.loads(proc.ready_file.read_text())['mcp_port']}/mcp"
-
         # The write is held: execute answers at once with the request, nothing ran.
         started = time.monotonic()
         held, foreign = _calls(
@@ -231,16 +239,8 @@ def test_a_hold_the_database_forged_does_not_show_another_identitys_request(
     _, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name="sc-mcp-forge"
     )
-    config = sidecar_config(
-        control_plane, sidecar_token, upstream_db, scan_enabled=False, mcp_listen="127.0.0.1:0"
-    )
-    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
+    proc, url = _mcp_sidecar(control_plane, sidecar_token, upstream_db, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while "mcp_port" not in json.loads(proc.ready_file.read_text()):
-            assert time.monotonic() < deadline, proc.log.read_text()[-3000:]
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{json.loads(proc.ready_file.read_text())['mcp_port']}/mcp"
         forged, status = _calls(
             url,
             token,
