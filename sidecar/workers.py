@@ -117,11 +117,13 @@ class SharedState:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        if op in ("blocked", "failed", "succeeded"):
+        if op in ("blocked", "attempt", "failed", "succeeded"):
             name, address = request["pair"]
             pair = (str(name), str(address))
             if op == "blocked":
                 return {"wait": self.throttle.blocked_for(pair)}
+            if op == "attempt":  # checked and counted in one answer: see attempt()
+                return {"wait": self.throttle.attempt(pair)}
             if op == "failed":
                 self.throttle.failed(pair)
             else:
@@ -479,6 +481,9 @@ class SharedLink:
 
     async def succeeded(self, pair: tuple[str, str]) -> None:
         await self.ask({"op": "succeeded", "pair": list(pair)})
+
+    async def attempt(self, pair: tuple[str, str]) -> float:
+        return float((await self.ask({"op": "attempt", "pair": list(pair)}))["wait"])
 
 
 @dataclass

@@ -220,6 +220,17 @@ class LoginThrottle:
     def succeeded(self, pair: tuple[str, str]) -> None:
         self._pairs.pop(pair, None)
 
+    def attempt(self, pair: tuple[str, str], now: float | None = None) -> float:
+        """Just before a guess is judged: how long ``pair`` must still wait (nothing is
+        counted then), else 0 with the guess counted as a failure already, which its
+        success undoes (``succeeded``). Checking and counting in one step is what keeps
+        guesses judged side by side, on any worker, within the limits."""
+        now = time.monotonic() if now is None else now
+        wait = self.blocked_for(pair, now)
+        if wait == 0:
+            self.failed(pair, now)
+        return wait
+
 
 class SignInLimitsUnavailable(Exception):
     """The shared sign-in limits could not be asked: the login is refused (fail closed)."""
@@ -234,6 +245,8 @@ class SignInLimits(Protocol):
     async def failed(self, pair: tuple[str, str]) -> None: ...
 
     async def succeeded(self, pair: tuple[str, str]) -> None: ...
+
+    async def attempt(self, pair: tuple[str, str]) -> float: ...
 
 
 class LocalSignInLimits:
@@ -250,6 +263,9 @@ class LocalSignInLimits:
 
     async def succeeded(self, pair: tuple[str, str]) -> None:
         self.throttle.succeeded(pair)
+
+    async def attempt(self, pair: tuple[str, str]) -> float:
+        return self.throttle.attempt(pair)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,16 +494,24 @@ class ProxyServer:
             raise _Refused("08006", expired)  # past its expiry and grace: no new sessions
         pair = (identity_name, client_addr)
         await self._check_limits(pair)
+        judged = False
+
+        async def judging() -> None:
+            nonlocal judged
+            await self._check_limits(pair, judging=True)
+            judged = True  # counted as a failure already, until it succeeds
+
         try:
             identity, credential = await self._authenticate(
-                reader, writer, identity_name, tls, lambda: self._check_limits(pair)
+                reader, writer, identity_name, tls, judging
             )
         except _Refused as exc:
             if exc.sqlstate == "28P01" and not isinstance(exc, _Throttled):
                 # Counted before the client hears of it: its next attempt, on any
-                # worker, must find this failure.
-                with contextlib.suppress(SignInLimitsUnavailable):
-                    await self._limits.failed(pair)
+                # worker, must find this failure (a judged guess was counted already).
+                if not judged:
+                    with contextlib.suppress(SignInLimitsUnavailable):
+                        await self._limits.failed(pair)
                 self.metrics.logins["failed"] += 1
                 self._audit_login("login_failed", identity_name, client_addr)
             raise
@@ -532,11 +556,16 @@ class ProxyServer:
             None if hold_wait is None else float(hold_wait),
         )
 
-    async def _check_limits(self, pair: tuple[str, str]) -> None:
+    async def _check_limits(self, pair: tuple[str, str], judging: bool = False) -> None:
         """Refuse the sign-in of ``pair`` (identity, address) while its failures hold
-        it back; fail closed when the limits cannot be asked."""
+        it back; fail closed when the limits cannot be asked. ``judging``: the guess is
+        about to be judged, and is counted as a failure in the same step (``attempt``);
+        its success undoes that."""
         try:
-            wait = await self._limits.blocked_for(pair)
+            if judging:
+                wait = await self._limits.attempt(pair)
+            else:
+                wait = await self._limits.blocked_for(pair)
         except SignInLimitsUnavailable as exc:
             log.error("sign-in refused: the sign-in limits cannot be checked (%s)", exc)
             raise _Refused(

@@ -404,3 +404,54 @@ def test_a_name_the_bundle_does_not_hold_gets_one_salt_on_every_worker(sidecar: 
         assert len(salts) == 1, (user, salts)
     key = sidecar.state_dir / "scram-unknown-salt.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_guesses_sent_side_by_side_to_both_workers_are_limited_as_one_after_another(
+    sidecar: Sidecar,
+) -> None:
+    """A review's finding: a worker asked the parent whether a pair was held back, then
+    judged the guess, then reported the failure in a second call, so guesses judged at
+    once on two workers all passed the check. The check now counts the guess in the
+    same answer (``LoginThrottle.attempt``)."""
+    from sidecar.proxy.scram import ScramClient
+    from sidecar.proxy.server import LoginThrottle
+
+    socks, finals = [], []
+    for _ in range(16):
+        sock = socket.create_connection(("127.0.0.1", sidecar.port), timeout=10,
+                                        source_address=("127.0.0.4", 0))  # fmt: skip
+        sock.sendall(m.startup_message({"user": "alice", "database": sidecar.database}))
+        kind, body = _message(sock)
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
+        scram = ScramClient("wdn_wrong_" + secrets.token_hex(16))
+        first = scram.first()
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+        kind, body = _message(sock)
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
+        socks.append(sock)
+        finals.append(m.frame(b"p", scram.final(body[4:])))
+    for sock, final in zip(socks, finals, strict=True):
+        sock.sendall(final)
+    answers = []
+    for sock in socks:
+        kind, body = _message(sock)
+        answers.append(m.error_fields(body).get("M", "") if kind == b"E" else str(kind))
+        sock.close()
+    judged = [a for a in answers if "password authentication failed" in a]
+    assert len(judged) <= LoginThrottle.FREE + 1, answers
+    assert all("too many failed sign-ins" in a for a in answers if a not in judged), answers
+
+
+def _message(sock: socket.socket) -> tuple[bytes, bytes]:
+    header = b""
+    while len(header) < 5:
+        chunk = sock.recv(5 - len(header))
+        assert chunk, "closed"
+        header += chunk
+    length = struct.unpack("!i", header[1:5])[0]
+    body = b""
+    while len(body) < length - 4:
+        chunk = sock.recv(length - 4 - len(body))
+        assert chunk, "closed"
+        body += chunk
+    return header[:1], body
