@@ -256,7 +256,7 @@ class Toolbox:
         )
         return verdict
 
-    def _check_kind(self, verdict: Verdict, tool: str) -> None:
+    def _check_kind(self, verdict: Verdict, tool: str, facts: Mapping[str, Any]) -> None:
         """A tool runs only its own kind of statement; what the policy refuses is left
         to the proxy, which refuses it with the rule's message (and records it).
 
@@ -270,7 +270,6 @@ class Toolbox:
         kinds = set(verdict.kinds)
         if verdict.multi:
             raise ToolError("one_statement", f"{tool} runs one statement at a time")
-        facts = facts_of(verdict)
         if (
             verdict.barrier
             or kinds & {"set", "reset", "discard", "transaction"}
@@ -330,13 +329,13 @@ class Toolbox:
         text = str(args["sql"])
         if tool == "explain":
             verdict = self.decide(caller, text)
-            self._check_kind(verdict, tool)
+            self._check_kind(verdict, tool, facts_of(verdict))
             text = "EXPLAIN (FORMAT JSON) " + text
         verdict = self.decide(caller, text)
         record.action = verdict.action
         record.facts = facts_of(verdict)
         if tool != "explain":  # its statement was checked above; EXPLAIN itself reads
-            self._check_kind(verdict, tool)
+            self._check_kind(verdict, tool, record.facts)
         try:
             if tool == "execute":
                 payload = await self._write(session, text, record)
