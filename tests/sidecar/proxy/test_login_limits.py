@@ -122,22 +122,22 @@ def test_failed_sign_ins_back_off_per_identity_and_address(sidecar: Sidecar) -> 
     assert _login(sidecar, "bob", "wdn_bob_" + "b2" * 16) == {}
 
 
-def test_guesses_sent_side_by_side_are_limited_as_one_after_another(sidecar: Sidecar) -> None:
-    """A review's finding: the limits were asked once, at startup, and a failure
-    counted once its exchange ended, so connections opened side by side all had their
-    guess judged. Now the limits are asked again just before each guess is judged."""
+def guesses_side_by_side(sidecar: Sidecar, user: str, source: str, count: int) -> list[str]:
+    """``count`` wrong guesses of ``user``'s token from ``source``, each on a connection
+    of its own, their proofs sent only once every exchange has come that far: the
+    message each was answered with."""
     socks, clients = [], []
-    for _ in range(12):
+    for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", sidecar.port), timeout=10,
-                                        source_address=("127.0.0.3", 0))  # fmt: skip
-        sock.sendall(m.startup_message({"user": "sec", "database": sidecar.database}))
+                                        source_address=(source, 0))  # fmt: skip
+        sock.sendall(m.startup_message({"user": user, "database": sidecar.database}))
         kind, body = recv_message(sock)
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
         scram = ScramClient(WRONG)
         first = scram.first()
         sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first))
         kind, body = recv_message(sock)
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
         socks.append(sock)
         clients.append((scram, body[4:]))
     for sock, (scram, server_first) in zip(socks, clients, strict=True):
@@ -145,10 +145,18 @@ def test_guesses_sent_side_by_side_are_limited_as_one_after_another(sidecar: Sid
     answers = []
     for sock in socks:
         kind, body = recv_message(sock)
-        answers.append(m.error_fields(body).get("M", "") if kind == b"E" else kind)
+        answers.append(m.error_fields(body).get("M", "") if kind == b"E" else str(kind))
         sock.close()
-    judged = [a for a in answers if "password authentication failed" in str(a)]
-    throttled = [a for a in answers if "too many failed sign-ins" in str(a)]
+    return answers
+
+
+def test_guesses_sent_side_by_side_are_limited_as_one_after_another(sidecar: Sidecar) -> None:
+    """A review's finding: the limits were asked once, at startup, and a failure
+    counted once its exchange ended, so connections opened side by side all had their
+    guess judged. Now the limits are asked again just before each guess is judged."""
+    answers = guesses_side_by_side(sidecar, "sec", "127.0.0.3", 12)
+    judged = [a for a in answers if "password authentication failed" in a]
+    throttled = [a for a in answers if "too many failed sign-ins" in a]
     assert len(judged) + len(throttled) == 12, answers
     assert len(judged) <= LoginThrottle.FREE + 1, answers  # the free ones, and the one over
 

@@ -31,6 +31,7 @@ import psycopg
 import pytest
 
 from sidecar.proxy import messages as m
+from sidecar.proxy.server import LoginThrottle
 from tests.sidecar.proxy.cluster import free_port
 from tests.sidecar.proxy.conftest import (
     BOB_TOKEN,
@@ -41,7 +42,8 @@ from tests.sidecar.proxy.conftest import (
     wait_for,
 )
 from tests.sidecar.proxy.test_audit import RECEIVER
-from tests.sidecar.proxy.test_login_limits import WRONG, _login
+from tests.sidecar.proxy.test_garbage import recv_message
+from tests.sidecar.proxy.test_login_limits import WRONG, _login, guesses_side_by_side
 
 WORKERS = 2
 FORWARDED = 'warden_sidecar_cancel_requests_total{route="forwarded"}'
@@ -371,24 +373,12 @@ def _salt_shown(sidecar: Sidecar, user: str) -> str:
     """The salt the SCRAM exchange shows ``user`` (the server-first message's s=)."""
     with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
         sock.sendall(m.startup_message({"user": user, "database": sidecar.database}))
-        buffer = b""
-
-        def message() -> tuple[bytes, bytes]:
-            nonlocal buffer
-            while len(buffer) < 5 or len(buffer) < 1 + struct.unpack("!i", buffer[1:5])[0]:
-                chunk = sock.recv(65536)
-                assert chunk, "closed"
-                buffer += chunk
-            length = struct.unpack("!i", buffer[1:5])[0]
-            kind, body, buffer = buffer[:1], buffer[5 : 1 + length], buffer[1 + length :]
-            return kind, body
-
-        kind, body = message()
+        kind, body = recv_message(sock)
         assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
         first = b"n,,n=,r=" + secrets.token_hex(12).encode()
         payload = b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first
         sock.sendall(m.frame(b"p", payload))
-        kind, body = message()
+        kind, body = recv_message(sock)
         assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
         fields = dict(part.split("=", 1) for part in body[4:].decode().split(","))
         return fields["s"]
@@ -413,45 +403,7 @@ def test_guesses_sent_side_by_side_to_both_workers_are_limited_as_one_after_anot
     judged the guess, then reported the failure in a second call, so guesses judged at
     once on two workers all passed the check. The check now counts the guess in the
     same answer (``LoginThrottle.attempt``)."""
-    from sidecar.proxy.scram import ScramClient
-    from sidecar.proxy.server import LoginThrottle
-
-    socks, finals = [], []
-    for _ in range(16):
-        sock = socket.create_connection(("127.0.0.1", sidecar.port), timeout=10,
-                                        source_address=("127.0.0.4", 0))  # fmt: skip
-        sock.sendall(m.startup_message({"user": "alice", "database": sidecar.database}))
-        kind, body = _message(sock)
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
-        scram = ScramClient("wdn_wrong_" + secrets.token_hex(16))
-        first = scram.first()
-        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
-        kind, body = _message(sock)
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
-        socks.append(sock)
-        finals.append(m.frame(b"p", scram.final(body[4:])))
-    for sock, final in zip(socks, finals, strict=True):
-        sock.sendall(final)
-    answers = []
-    for sock in socks:
-        kind, body = _message(sock)
-        answers.append(m.error_fields(body).get("M", "") if kind == b"E" else str(kind))
-        sock.close()
+    answers = guesses_side_by_side(sidecar, "alice", "127.0.0.4", 16)
     judged = [a for a in answers if "password authentication failed" in a]
     assert len(judged) <= LoginThrottle.FREE + 1, answers
     assert all("too many failed sign-ins" in a for a in answers if a not in judged), answers
-
-
-def _message(sock: socket.socket) -> tuple[bytes, bytes]:
-    header = b""
-    while len(header) < 5:
-        chunk = sock.recv(5 - len(header))
-        assert chunk, "closed"
-        header += chunk
-    length = struct.unpack("!i", header[1:5])[0]
-    body = b""
-    while len(body) < length - 4:
-        chunk = sock.recv(length - 4 - len(body))
-        assert chunk, "closed"
-        body += chunk
-    return header[:1], body
