@@ -264,9 +264,7 @@ def test_the_webhook_url_is_shown_only_to_those_who_set_it(clients, review_setup
     assert set_.status_code == 200, set_.content
     for role in ("security", "admin"):
         assert clients[role].call("GET", url).json()["webhook_url"] == hook, role
-    for role in ("reviewer", "auditor", "viewer"):
-        if role not in clients:
-            continue
+    for role in ("reviewer", "auditor"):
         for path in (url, "/api/v1/review-settings/"):
             shown = clients[role].call("GET", path)
             assert shown.status_code == 200, (role, path)

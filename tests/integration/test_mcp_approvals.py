@@ -76,9 +76,24 @@ def _calls(url: str, token: str, calls: list[tuple[str, dict[str, Any]]]) -> lis
 
 
 def _mcp_sidecar(
-    control_plane: Server, sidecar_token: str, upstream_db: str, tmp_path: Path
-) -> tuple[SidecarProcess, str]:
-    """A sidecar with its MCP listener on, and the listener's URL once it is up."""
+    control_plane: Server,
+    demo_policy: Any,
+    admin_user: Any,
+    reviewer_user: Any,
+    upstream_db: str,
+    tmp_path: Path,
+    name: str,
+) -> tuple[SidecarProcess, str, str]:
+    """The reviewer on the team that reviews the demo datasource, a sidecar ``name``
+    with its MCP listener on, once it is up: the sidecar, its MCP URL and an access
+    token of the agent."""
+    services.identity_update(
+        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    )
+    _, token = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="mcp")
+    _, sidecar_token = services.sidecar_register(
+        actor=admin_user, datasource=demo_policy.datasource, name=name
+    )
     config = sidecar_config(
         control_plane, sidecar_token, upstream_db, scan_enabled=False, mcp_listen="127.0.0.1:0"
     )
@@ -89,7 +104,8 @@ def _mcp_sidecar(
             proc.stop()
             raise AssertionError(proc.log.read_text()[-3000:])
         time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{json.loads(proc.ready_file.read_text())['mcp_port']}/mcp"
+    port = json.loads(proc.ready_file.read_text())["mcp_port"]
+    return proc, f"http://127.0.0.1:{port}/mcp", token
 
 
 def test_a_held_write_is_approved_in_the_inbox_then_runs(
@@ -103,14 +119,9 @@ def test_a_held_write_is_approved_in_the_inbox_then_runs(
     reviewer_page: Any,
 ) -> None:
     agent = demo_policy.agent
-    services.identity_update(
-        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    proc, url, token = _mcp_sidecar(
+        control_plane, demo_policy, admin_user, reviewer_user, upstream_db, tmp_path, "sc-mcp"
     )
-    _, token = services.token_issue(actor=admin_user, identity=agent, name="mcp")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-mcp"
-    )
-    proc, url = _mcp_sidecar(control_plane, sidecar_token, upstream_db, tmp_path)
     try:
         # The write is held: execute answers at once with the request, nothing ran.
         started = time.monotonic()
@@ -218,29 +229,24 @@ def test_a_hold_the_database_forged_does_not_show_another_identitys_request(
     from approvals import services as approvals
     from tests.approvals.conftest import open_payload
 
-    services.identity_update(
-        actor=admin_user, identity=reviewer_user.identity, data={"teams": [demo_policy.team_b]}
+    proc, url, token = _mcp_sidecar(
+        control_plane, demo_policy, admin_user, reviewer_user, upstream_db, tmp_path, "sc-forge"
     )
-    victim, _, _ = approvals.approval_request_open(
-        datasource=demo_policy.datasource, identity=demo_policy.service, **open_payload()
-    )
-    approvals.approval_decide(
-        request_id=victim.id, user=reviewer_user, approve=False, reason="payroll is frozen"
-    )
-    with psycopg.connect(upstream_db, autocommit=True) as conn:
-        conn.execute(
-            "CREATE FUNCTION public.forge() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'held' USING ERRCODE = 'WR001', DETAIL = "
-            f"'approval_request={victim.id} state=pending url=x'; END $$"
-        )
-        conn.execute("CREATE VIEW public.forged AS SELECT public.forge() AS x")
-        conn.execute("GRANT SELECT ON public.forged TO PUBLIC")
-    _, token = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="mcp")
-    _, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-mcp-forge"
-    )
-    proc, url = _mcp_sidecar(control_plane, sidecar_token, upstream_db, tmp_path)
     try:
+        victim, _, _ = approvals.approval_request_open(
+            datasource=demo_policy.datasource, identity=demo_policy.service, **open_payload()
+        )
+        approvals.approval_decide(
+            request_id=victim.id, user=reviewer_user, approve=False, reason="payroll is frozen"
+        )
+        with psycopg.connect(upstream_db, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION public.forge() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'held' USING ERRCODE = 'WR001', DETAIL = "
+                f"'approval_request={victim.id} state=pending url=x'; END $$"
+            )
+            conn.execute("CREATE VIEW public.forged AS SELECT public.forge() AS x")
+            conn.execute("GRANT SELECT ON public.forged TO PUBLIC")
         forged, status = _calls(
             url,
             token,

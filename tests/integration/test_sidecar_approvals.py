@@ -52,15 +52,18 @@ def _agent_sidecar(
     upstream_db: str,
     state_dir: Path,
     name: str,
+    **overrides: Any,
 ) -> tuple[SidecarProcess, str]:
-    """A sidecar registered as ``name`` in front of the upstream, and a token of the
-    agent identity whose writes need a reviewer."""
+    """A sidecar registered as ``name`` in front of the upstream (its configuration
+    with ``overrides``), and a token of the agent identity whose writes need a
+    reviewer."""
     _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
     _, sidecar_token = services.sidecar_register(
         actor=admin_user, datasource=demo_policy.datasource, name=name
     )
     proc = SidecarProcess(
-        config=_config(control_plane, sidecar_token, upstream_db), state_dir=state_dir
+        config={**_config(control_plane, sidecar_token, upstream_db), **overrides},
+        state_dir=state_dir,
     )
     return proc, raw
 
@@ -512,13 +515,12 @@ def test_an_approval_given_after_the_rules_changed_is_judged_again(
     are no longer in force: it is judged again under the bundle the sidecar now runs.
     A change that leaves the statement reviewed keeps the approval (the reviewer
     approved this statement), and the new rules' SQL runs."""
-    _, raw = services.token_issue(actor=admin_user, identity=demo_policy.agent, name="t")
-    sidecar, sidecar_token = services.sidecar_register(
-        actor=admin_user, datasource=demo_policy.datasource, name="sc-approvals-change"
-    )
-    config = {**_config(control_plane, sidecar_token, upstream_db), "heartbeat_interval": 1}
-    proc = SidecarProcess(config=config, state_dir=tmp_path / "state")
     datasource = demo_policy.datasource
+    proc, raw = _agent_sidecar(
+        control_plane, demo_policy, admin_user, upstream_db, tmp_path / "state",
+        "sc-approvals-change", heartbeat_interval=1,
+    )  # fmt: skip
+    sidecar = datasource.sidecars.get(name="sc-approvals-change")
     revision = _serving_new_rules(sidecar, datasource, "")
     dbname = upstream_dbname()
 
