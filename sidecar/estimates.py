@@ -133,7 +133,7 @@ class PlanEstimator:
                 self._conn = None
 
     def _connect(self) -> psycopg.Connection[Any]:
-        from sidecar.proxy.upstream import libpq_tls_defaults
+        from sidecar.proxy.upstream import libpq_defaults
 
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -142,7 +142,7 @@ class PlanEstimator:
         }
         if self.password is not None:
             kwargs["password"] = self.password
-        kwargs.update(libpq_tls_defaults(self.conninfo))
+        kwargs.update(libpq_defaults(self.conninfo))
         return psycopg.connect(self.conninfo, **kwargs)
 
     def _estimate(

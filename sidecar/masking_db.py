@@ -494,9 +494,9 @@ def status(
     }
     if password is not None:
         kwargs["password"] = password
-    from sidecar.proxy.upstream import libpq_tls_defaults
+    from sidecar.proxy.upstream import libpq_defaults
 
-    kwargs.update(libpq_tls_defaults(conninfo))  # TLS as the proxy's own logins
+    kwargs.update(libpq_defaults(conninfo))  # TLS and logins as the proxy's own
     try:
         conn = psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:

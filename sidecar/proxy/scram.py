@@ -10,6 +10,7 @@ server side advertises and accepts only plain ``SCRAM-SHA-256``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -77,6 +78,20 @@ def _salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     # PostgreSQL applies SASLprep, which leaves ASCII unchanged; access tokens are
     # ASCII, and a non-ASCII password simply fails to match.
     return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+
+
+# PostgreSQL's default is 4,096. The count is the server's to choose, and the
+# derivation runs on the event loop, so an impostor asking for billions would stall
+# every session; a million (about half a second here) is far above any real setting.
+MAX_UPSTREAM_ITERATIONS = 1_000_000
+
+
+@functools.lru_cache(maxsize=4)
+def _upstream_salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+    """The sidecar's own password salted as its database asks: the same salt and count
+    at every login, so derived once rather than once per session (never used for
+    clients' tokens, whose guesses must not be kept)."""
+    return _salted_password(password, salt, iterations)
 
 
 def _attributes(message: str) -> dict[str, str]:
@@ -169,17 +184,26 @@ class ScramClient:
         self._client_first_bare = f"n=,r={self._nonce}"
         self._auth_message = b""
         self._server_key = b""
+        # Set once the server's signature checked out: only then has the server
+        # shown it holds the verifier, and only then may the login succeed.
+        self.verified = False
 
     def first(self) -> bytes:
         return f"n,,{self._client_first_bare}".encode()
 
     def final(self, server_first: bytes) -> bytes:
-        text = server_first.decode("ascii")
-        attrs = _attributes(text)
-        nonce, salt_b64, iterations = attrs["r"], attrs["s"], int(attrs["i"])
-        if not nonce.startswith(self._nonce):
+        try:
+            text = server_first.decode("ascii")
+            attrs = _attributes(text)
+            nonce, iterations = attrs["r"], int(attrs["i"])
+            salt = base64.b64decode(attrs["s"], validate=True)
+        except (UnicodeDecodeError, KeyError, ValueError) as exc:
+            raise ScramError("malformed server-first-message") from exc
+        if not nonce.startswith(self._nonce) or len(nonce) == len(self._nonce):
             raise ScramError("server nonce does not extend ours")
-        salted = _salted_password(self._password, base64.b64decode(salt_b64), iterations)
+        if not 1 <= iterations <= MAX_UPSTREAM_ITERATIONS:
+            raise ScramError(f"server asks for {iterations} SCRAM iterations")
+        salted = _upstream_salted_password(self._password, salt, iterations)
         client_key = _hmac(salted, b"Client Key")
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={nonce}"
@@ -191,8 +215,9 @@ class ScramClient:
 
     def verify(self, server_final: bytes) -> None:
         expected = b"v=" + base64.b64encode(_hmac(self._server_key, self._auth_message))
-        if not hmac.compare_digest(server_final.strip(), expected):
+        if not self._auth_message or not hmac.compare_digest(server_final.strip(), expected):
             raise ScramError("upstream server signature does not match")
+        self.verified = True
 
 
 def md5_password(password: str, user: str, salt: bytes) -> bytes:

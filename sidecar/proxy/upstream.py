@@ -3,7 +3,10 @@
 The upstream only ever sees the sidecar's role; the client's token stops at the
 sidecar. Supports SCRAM-SHA-256, MD5 and cleartext, TCP or a Unix socket, and
 returns the server's ParameterStatus values and BackendKeyData so the session
-can replay them to the client and map cancel requests.
+can replay them to the client and map cancel requests. ``require_auth`` limits
+the methods the server may ask for, as in libpq 16; without it a cleartext
+password is never sent to a host that is not loopback unless ``sslmode``
+requires TLS. A SCRAM login always needs the server's signature.
 
 TLS follows libpq's ``sslmode`` from the DSN's query parameters (``sslmode``,
 ``sslrootcert``, ``sslcert``, ``sslkey``, ``sslpassword``), with one deliberate
@@ -27,7 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sidecar.proxy import messages as m
-from sidecar.proxy.scram import ScramClient, md5_password
+from sidecar.proxy.scram import ScramClient, ScramError, md5_password
 from sidecar.proxy.state import LOGIN_PROBE_SQL, parse_name_array, parse_row
 
 log = logging.getLogger("warden.sidecar.proxy")
@@ -51,6 +54,10 @@ _UNSUPPORTED_TLS_PARAMS = (
     "requiressl",
     "sslcompression",
 )
+
+# libpq 16's require_auth methods (gss and sspi name methods the sidecar cannot use).
+AUTH_METHODS = frozenset({"password", "md5", "scram-sha-256", "none"})
+_FOREIGN_AUTH_METHODS = frozenset({"gss", "sspi"})
 
 
 class UpstreamError(Exception):
@@ -104,10 +111,20 @@ def default_sslmode(host: str) -> str:
     return "require"
 
 
-def libpq_tls_defaults(dsn: str) -> dict[str, str]:
-    """Keyword arguments that give a libpq (psycopg) connection to ``dsn`` the same
-    default as this client: ``{"sslmode": ...}`` when the DSN names none, else ``{}``.
-    Without it libpq would use ``PGSSLMODE`` or ``prefer``."""
+def refuses_cleartext(host: str, sslmode: str) -> bool:
+    """Whether a cleartext password is refused to ``host`` when ``require_auth`` does not
+    allow it by name: over the network (not loopback, not a Unix socket) unless
+    ``sslmode`` requires TLS. Whoever sits on that path, or strips TLS under
+    ``prefer``, would simply ask for the password in clear and get the sidecar's."""
+    local = not host or host.startswith(("/", "@")) or is_loopback(host)
+    return not local and sslmode not in TLS_REQUIRED
+
+
+def libpq_defaults(dsn: str) -> dict[str, str]:
+    """Keyword arguments that give a libpq (psycopg) connection to ``dsn`` this client's
+    defaults: ``sslmode`` when the DSN names none (libpq would use ``PGSSLMODE`` or
+    ``prefer``), and ``require_auth=!password`` when the DSN names no ``require_auth``
+    and ``refuses_cleartext`` holds for one of its hosts."""
     from psycopg import Error
     from psycopg.conninfo import conninfo_to_dict
 
@@ -115,11 +132,37 @@ def libpq_tls_defaults(dsn: str) -> dict[str, str]:
         params = conninfo_to_dict(dsn)
     except Error:
         return {}  # psycopg.connect reports it
-    if params.get("sslmode") or params.get("sslrootcert") == "system":
-        return {}  # as given (libpq: system implies verify-full)
-    hosts = str(params.get("host") or "").split(",")
-    modes = {default_sslmode(host.strip()) for host in hosts}
-    return {"sslmode": "require" if "require" in modes else "prefer"}
+    hosts = [host.strip() for host in str(params.get("host") or "").split(",")]
+    defaults: dict[str, str] = {}
+    sslmode = str(params.get("sslmode") or "")
+    if not sslmode:
+        if params.get("sslrootcert") == "system":
+            sslmode = "verify-full"  # libpq: system implies it
+        else:
+            modes = {default_sslmode(host) for host in hosts}
+            sslmode = defaults["sslmode"] = "require" if "require" in modes else "prefer"
+    if not params.get("require_auth") and any(refuses_cleartext(h, sslmode) for h in hosts):
+        defaults["require_auth"] = "!password"
+    return defaults
+
+
+def _require_auth(value: str | None) -> frozenset[str] | None:
+    """The methods libpq 16's ``require_auth`` allows: a list of methods, or a list of
+    methods each prefixed with ``!`` to allow all others (the two cannot be mixed)."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    negated = {name.startswith("!") for name in names}
+    if len(negated) != 1:
+        raise ValueError("upstream_dsn: require_auth cannot mix methods and !methods")
+    methods = {name.removeprefix("!") for name in names}
+    unknown = methods - AUTH_METHODS - _FOREIGN_AUTH_METHODS
+    if unknown or "" in methods:
+        raise ValueError(
+            "upstream_dsn: require_auth takes password, md5, scram-sha-256, none, gss or "
+            "sspi, optionally each with !"
+        )
+    return frozenset(AUTH_METHODS - methods if negated == {True} else methods & AUTH_METHODS)
 
 
 def _query_params(query: str) -> dict[str, str]:
@@ -210,6 +253,9 @@ class UpstreamTarget:
     password: str
     database: str
     sslmode: str = "prefer"
+    # The authentication the server may ask for (``require_auth``); None: anything
+    # but what ``refuses_cleartext`` refuses.
+    auth_methods: frozenset[str] | None = None
     # Built once from the DSN (so a missing or bad file is a start-up error);
     # None on a Unix socket or with sslmode=disable.
     tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
@@ -241,6 +287,7 @@ class UpstreamTarget:
             raise ValueError("upstream_dsn: only sslnegotiation=postgres is supported")
         if query.get("gssencmode") == "require":
             raise ValueError("upstream_dsn: GSSAPI encryption is not supported; use sslmode")
+        auth_methods = _require_auth(query.get("require_auth"))
         rootcert = query.get("sslrootcert")
         sslmode = query.get("sslmode") or (
             "verify-full" if rootcert == "system" else default_sslmode(host)
@@ -275,6 +322,7 @@ class UpstreamTarget:
             password=pw,
             database=database,
             sslmode=sslmode,
+            auth_methods=auth_methods,
             tls=context,
         )
 
@@ -283,6 +331,25 @@ class UpstreamTarget:
         if self.host.startswith("/"):
             return str(Path(self.host) / f".s.PGSQL.{self.port}")
         return None
+
+    def check_auth(self, method: str) -> None:
+        """Refuse to answer the server's request for ``method`` unless ``require_auth``
+        allows it; without ``require_auth``, ``refuses_cleartext`` decides."""
+        if self.auth_methods is not None:
+            if method not in self.auth_methods:
+                allowed = ", ".join(sorted(self.auth_methods)) or "nothing"
+                asked = "no authentication" if method == "none" else f"{method} authentication"
+                raise UpstreamError(
+                    f"the upstream database asked for {asked}, and upstream_dsn's "
+                    f"require_auth allows {allowed}"
+                )
+        elif method == "password" and refuses_cleartext(self.host, self.sslmode):
+            raise UpstreamError(
+                "the upstream database asked for the password in clear text over a "
+                f"connection that may be unencrypted (sslmode={self.sslmode}); refused: "
+                "use SCRAM, an sslmode that requires TLS, or require_auth=password in "
+                "upstream_dsn to allow it"
+            )
 
     @property
     def tls_required(self) -> bool:
@@ -434,18 +501,37 @@ async def _login(
         params = {**client_params, "user": target.user, "database": target.database}
         writer.write(m.startup_message(params))
         scram: ScramClient | None = None
+        asked = False  # the server asked for some authentication
         while True:
             kind, body = await _read_message(reader)
             if kind == b"R":
                 code = m.unpack_i32(body)
                 if code == 0:
+                    if scram is not None and not scram.verified:
+                        # A genuine server proves it knows the verifier (SASLFinal)
+                        # before AuthenticationOk; skipping it is how an impostor that
+                        # does not would get in (libpq checks this only on request).
+                        raise UpstreamError(
+                            "the upstream database ended SCRAM authentication without "
+                            "proving it knows the password"
+                        )
+                    if not asked:
+                        target.check_auth("none")
                     continue
+                asked = True
+                if scram is not None and code not in (11, 12):
+                    raise UpstreamError(
+                        f"upstream asked for authentication {code} during SCRAM authentication"
+                    )
                 if code == 3:
+                    target.check_auth("password")
                     writer.write(m.frame(b"p", target.password.encode() + b"\x00"))
                 elif code == 5:
+                    target.check_auth("md5")
                     reply = md5_password(target.password, target.user, body[4:8])
                     writer.write(m.frame(b"p", reply + b"\x00"))
                 elif code == 10:
+                    target.check_auth("scram-sha-256")
                     mechanisms = body[4:].split(b"\x00")
                     if b"SCRAM-SHA-256" not in mechanisms:
                         raise UpstreamError("upstream offers no supported SASL mechanism")
@@ -454,9 +540,15 @@ async def _login(
                     payload = b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first
                     writer.write(m.frame(b"p", payload))
                 elif code == 11 and scram is not None:
-                    writer.write(m.frame(b"p", scram.final(body[4:])))
+                    try:
+                        writer.write(m.frame(b"p", scram.final(body[4:])))
+                    except ScramError as exc:
+                        raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
                 elif code == 12 and scram is not None:
-                    scram.verify(body[4:])
+                    try:
+                        scram.verify(body[4:])
+                    except ScramError as exc:
+                        raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
                 else:
                     raise UpstreamError(f"upstream asks for unsupported authentication {code}")
             elif kind == b"S":

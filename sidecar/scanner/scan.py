@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from sidecar.proxy.upstream import libpq_tls_defaults
+from sidecar.proxy.upstream import libpq_defaults
 from sidecar.scanner.catalog import Catalog, Relation, read_catalog
 from sidecar.scanner.detectors import (
     STRUCTURED_FAMILIES,
@@ -120,11 +120,13 @@ def _now() -> str:
 def connect_kwargs(dsn: str, *, password: str | None = None) -> dict[str, Any]:
     """What ``connect`` passes to psycopg besides the DSN.
 
-    libpq already honours the DSN's ``sslmode``, ``sslrootcert``, ``sslcert`` and
-    ``sslkey``. A DSN without ``sslmode`` gets the sidecar proxy's default
-    (``sidecar.proxy.upstream.libpq_tls_defaults``: ``require`` for a host that is not
-    loopback) instead of libpq's ``prefer``, so the scanner never falls back to plain
-    text where the proxy would refuse to, and ``PGSSLMODE`` does not apply either.
+    libpq already honours the DSN's ``sslmode``, ``sslrootcert``, ``sslcert``,
+    ``sslkey`` and ``require_auth``. A DSN without them gets the sidecar proxy's
+    defaults (``sidecar.proxy.upstream.libpq_defaults``: ``require`` for a host that
+    is not loopback instead of libpq's ``prefer``, and no cleartext password where the
+    connection may be unencrypted), so the scanner never falls back to plain text or
+    gives its password away where the proxy would refuse to, and ``PGSSLMODE`` does
+    not apply either.
     """
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -134,7 +136,7 @@ def connect_kwargs(dsn: str, *, password: str | None = None) -> dict[str, Any]:
     }
     if password is not None:
         kwargs["password"] = password
-    kwargs.update(libpq_tls_defaults(dsn))
+    kwargs.update(libpq_defaults(dsn))
     return kwargs
 
 
