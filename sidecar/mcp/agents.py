@@ -84,14 +84,20 @@ class AgentSession:
         self.application_name = app
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
-        self.closed = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Closed here, or ended by the proxy (a revoked token, an answer too large):
+        the next call opens a new session either way."""
+        return self._closed or self.connection.closed
 
     async def close(self) -> None:
         """End the proxied session: the proxy closes its upstream connection with it,
         so nothing of this session (settings, prepared statements) outlives it."""
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
+        self._closed = True
         with contextlib.suppress(Exception):
             await self.connection.close()
 

@@ -298,6 +298,9 @@ class ProxySettings:
     allow_privileged_upstream: bool = False
     auth_timeout: float = 30.0
     native_relay: bool = True  # the C relay of hot messages, when built (sidecar/proxy/_relay.c)
+    # The most the upstream may send in answer to one message of a session on the
+    # private listener (the MCP server's), which holds whole results in memory.
+    internal_answer_bytes: int = 64 * 1024 * 1024
 
 
 class _Refused(Exception):
@@ -554,6 +557,7 @@ class ProxyServer:
             client_addr,
             credential,
             None if hold_wait is None else float(hold_wait),
+            self.settings.internal_answer_bytes if internal else 0,
         )
 
     async def _check_limits(self, pair: tuple[str, str], judging: bool = False) -> None:
@@ -663,6 +667,7 @@ class ProxyServer:
         client_addr: str,
         credential: str,
         hold_wait: float | None = None,
+        answer_limit: int = 0,
     ) -> None:
         pid, secret = self._new_cancel_key()
         self._cancel_keys[(pid, secret)] = (up.backend_pid, up.backend_secret)
@@ -705,6 +710,7 @@ class ProxyServer:
             search_path=up.search_path,
             native_relay=self.settings.native_relay,
             hold_wait=hold_wait,
+            answer_limit=answer_limit,
         )
         self._cancel_sessions[(pid, secret)] = session
         # StreamWriter.__del__ closes its transport, so the stream objects used for

@@ -414,6 +414,7 @@ class Session(_SessionBase):
         native_relay: bool = True,
         estimator: Estimator | None = None,
         hold_wait: float | None = None,
+        answer_limit: int = 0,
     ) -> None:
         self.client = client
         # The client asked to wait at most this long for a reviewer (startup option
@@ -510,6 +511,16 @@ class Session(_SessionBase):
         self.client_entry: Callable[[bytes], None] = self.client_data
         self.upstream_entry: Callable[[bytes], None] = self.upstream_data
         self._client_fd = self._upstream_fd = -1
+        # Bytes the upstream may send in answer to one client write (0: no bound), and
+        # what it sent since the last one. For the sidecar's own MCP server, whose
+        # driver holds a whole result (a write's RETURNING rows, one row of any width)
+        # in memory before it can look at its size.
+        self.answer_limit = answer_limit
+        self._answered = 0
+        if answer_limit:
+            self.native_relay = False
+            self.client_entry = self._client_data_answered
+            self.upstream_entry = self._upstream_data_bounded
         if self.native_relay:
             self.client_entry = partial(_relay.client, self)
             self.upstream_entry = partial(_relay.upstream, self)
@@ -1664,6 +1675,29 @@ class Session(_SessionBase):
 
     # ---- upstream -> client -------------------------------------------------
 
+    def _client_data_answered(self, data: bytes) -> None:
+        self._answered = 0
+        self.client_data(data)
+
+    def _upstream_data_bounded(self, data: bytes) -> None:
+        self._answered += len(data)
+        if self._answered <= self.answer_limit:
+            self.upstream_data(data)
+            return
+        # Ended at a message boundary, so that the client reads the reason: the rest of
+        # a row already on its way goes first (upstream_data let it start only if it
+        # fitted whole), nothing after it does.
+        if self.uskip:
+            self.upstream_data(data[: self.uskip])
+        self._answer_too_large()
+
+    def _answer_too_large(self) -> None:
+        self.terminate(
+            "54000",
+            f"Warden: the answer to one statement passed {self.answer_limit} bytes, the "
+            "limit of the MCP server's sessions; the session ended",
+        )
+
     def upstream_data(self, data: bytes) -> None:
         if self.ubuf:
             data = self.ubuf + data
@@ -1680,11 +1714,15 @@ class Session(_SessionBase):
         start = 0
         parts: list[bytes] = []
         stateful, rows, handler = self._up_mode
+        too_large = False
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + _unpack_i32(data, pos + 1)[0]
             if kind in rows:
                 if end > n:  # stream a large row through instead of buffering it
+                    if self.answer_limit and self._answered + end - n > self.answer_limit:
+                        too_large = True  # none of it relayed: _answer_too_large below
+                        break
                     self.uskip = end - n
                     pos = n
                     break
@@ -1708,6 +1746,8 @@ class Session(_SessionBase):
         else:
             parts.append(data[start:pos])
             self.client.write(b"".join(parts))
+        if too_large:
+            self._answer_too_large()
 
     def _set_up_mode(self) -> None:
         if self._probing is not None:

@@ -47,12 +47,14 @@ LIMITED_TOKEN = "wdn_limit3" + "r" * 33
 REVOKED_TOKEN = "wdn_revok5" + "s" * 33
 STDIO_TOKEN = "wdn_stdio9" + "t" * 33
 ESCAPE_TOKEN = "wdn_escap4" + "u" * 33
+WIDE_TOKEN = "wdn_wides6" + "v" * 33
 AGENTS = {
     "agent7": AGENT_TOKEN,
     "limited": LIMITED_TOKEN,
     "revoked": REVOKED_TOKEN,
     "stdio-agent": STDIO_TOKEN,
     "escaper": ESCAPE_TOKEN,
+    "widener": WIDE_TOKEN,
 }
 LIMITS = {
     "mcp_max_rows": 20,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -22,6 +24,7 @@ from tests.sidecar.mcp.conftest import (
     LIMITED_TOKEN,
     LIMITS,
     REVOKED_TOKEN,
+    WIDE_TOKEN,
     mcp_bundle,
     mcp_url,
     run,
@@ -377,6 +380,47 @@ def test_no_call_changes_the_session_a_later_call_runs_in(sidecar: Sidecar) -> N
             "SELECT count(*) FROM notes WHERE body IN ('escaped', 'renamed')"
         ).fetchone()
         assert written == (0,)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1]) / 1024  # type: ignore[index]
+
+
+def test_one_enormous_answer_cannot_exhaust_the_sidecars_memory(sidecar: Sidecar) -> None:
+    """Attack (a review's finding): the result limits are checked row by row, after the
+    driver has read the row, and a write's RETURNING rows are all read before the
+    first is looked at. One row of 200 MB, or 40 of 5 MB returned by an INSERT, sat
+    whole in the sidecar's memory (the MCP server runs in it), and a few agents at
+    once could have it killed. The proxy now ends a session of the MCP server's when
+    the answer to one statement passes a bound far above what a result keeps."""
+    pid = sidecar.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts from here
+    before = _peak_rss_mb(pid)
+
+    async def body(client: Client) -> dict[str, Any]:
+        wide_row = await client.call_tool("query", {"sql": "SELECT repeat('x', 200000000)"})
+        returned = await client.call_tool(
+            "execute",
+            {
+                "sql": "INSERT INTO notes (body) SELECT 'wide' FROM generate_series(1, 40) "
+                "RETURNING repeat('y', 5000000)"
+            },
+        )
+        after = await client.call_tool("query", {"sql": "SELECT 1 AS one"})
+        return {"wide_row": wide_row, "returned": returned, "after": after}
+
+    results = run(with_http_client(sidecar, WIDE_TOKEN, body, client_name="widener"))
+    grew = _peak_rss_mb(pid) - before
+    for name in ("wide_row", "returned"):
+        error = results[name].structured_content["error"]
+        assert error["code"] == "session_ended", name
+        assert "passed 67108864 bytes" in error["message"], name
+    assert grew < 150, f"the sidecar's peak memory grew by {grew:.0f} MB"
+    # The next call opens a new session; the write ended before its COMMIT.
+    assert results["after"].structured_content.get("rows") == [[1]], results["after"]
+    with psycopg.connect(sidecar.extra["upstream"]) as conn:
+        assert conn.execute("SELECT count(*) FROM notes WHERE body = 'wide'").fetchone() == (0,)
 
 
 def test_a_session_serves_only_the_token_that_opened_it(sidecar: Sidecar) -> None:
