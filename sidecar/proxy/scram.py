@@ -52,9 +52,14 @@ class Verifier:
 
     def matches_password(self, password: str) -> bool:
         """True when ``password`` derives this verifier (cleartext auth over TLS)."""
-        salted = _salted_password(password, self.salt, self.iterations)
-        client_key = _hmac(salted, b"Client Key")
-        return hmac.compare_digest(hashlib.sha256(client_key).digest(), self.stored_key)
+        stored = stored_key(password, self.salt, self.iterations)
+        return hmac.compare_digest(stored, self.stored_key)
+
+
+def stored_key(password: str, salt: bytes, iterations: int) -> bytes:
+    """The StoredKey ``password`` derives with this salt and count."""
+    salted = _salted_password(password, salt, iterations)
+    return hashlib.sha256(_hmac(salted, b"Client Key")).digest()
 
 
 def make_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:

@@ -37,8 +37,8 @@ from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
 from sidecar.proxy.audit_event import login_event, session_event
 from sidecar.proxy.hold import Estimator
-from sidecar.proxy.policy import Identity, Policy
-from sidecar.proxy.scram import ScramError, ScramServer, Verifier
+from sidecar.proxy.policy import Credential, Identity, Policy
+from sidecar.proxy.scram import ScramError, ScramServer, Verifier, stored_key
 from sidecar.proxy.session import AuditSink, ClientProtocol, Session, UpstreamProtocol
 from sidecar.proxy.upstream import UpstreamError, UpstreamTarget, connect, send_cancel
 
@@ -301,6 +301,30 @@ class ProxySettings:
     # The most the upstream may send in answer to one message of a session on the
     # private listener (the MCP server's), which holds whole results in memory.
     internal_answer_bytes: int = 64 * 1024 * 1024
+
+
+# The iteration count an unknown name's made-up verifier has (the control plane's).
+FAKE_ITERATIONS = 4096
+
+
+def _proven_by(creds: list[Credential], password: str, fake_salt: bytes) -> Credential | None:
+    """The credential a cleartext ``password`` proves, if any: one derivation per salt
+    and count (the control plane gives an identity's tokens one salt). For a name with
+    none, one derivation with its made-up salt all the same, so that the answer takes
+    as long as for a real identity and does not tell which names exist."""
+    if not creds:
+        stored_key(password, fake_salt, FAKE_ITERATIONS)
+        return None
+    derived: dict[tuple[bytes, int], bytes] = {}
+    for credential in creds:
+        verifier = credential.verifier
+        shape = (verifier.salt, verifier.iterations)
+        key = derived.get(shape)
+        if key is None:
+            key = derived[shape] = stored_key(password, *shape)
+        if hmac.compare_digest(key, verifier.stored_key):
+            return credential
+    return None
 
 
 class _Refused(Exception):
@@ -605,7 +629,9 @@ class ProxyServer:
             password = await self._read_password(reader)
             await recheck()
             text = password.rstrip(b"\x00").decode("utf-8", "replace")
-            used = next((c for c in creds if c.verifier.matches_password(text)), None)
+            # Thousands of HMAC rounds a guess: in a thread (hashlib lets go of the
+            # interpreter lock), not on the event loop every session shares.
+            used = await asyncio.to_thread(_proven_by, creds, text, self._fake_salt(name))
             if used is None:
                 raise failed
             assert identity is not None
@@ -623,8 +649,8 @@ class ProxyServer:
             (salt, iterations), group = max(groups.items(), key=lambda item: len(item[1]))
         else:
             group = []
-            salt = hmac.new(self._fake_salt_key, name.encode(), hashlib.sha256).digest()[:16]
-            iterations = 4096
+            salt = self._fake_salt(name)
+            iterations = FAKE_ITERATIONS
         scram = ScramServer(group, salt=salt, iterations=iterations)
         writer.write(m.auth_request(10, b"SCRAM-SHA-256\x00\x00"))
         initial = await self._read_password(reader)
@@ -649,6 +675,11 @@ class ProxyServer:
         writer.write(m.auth_request(0))
         self.metrics.credential_used(used.id)
         return identity, used.id
+
+    def _fake_salt(self, name: str) -> bytes:
+        """The salt an unknown name is answered with: the same for the name on every
+        worker and across restarts, so asking again does not tell it is made up."""
+        return hmac.new(self._fake_salt_key, name.encode(), hashlib.sha256).digest()[:16]
 
     async def _read_password(self, reader: asyncio.StreamReader) -> bytes:
         header = await reader.readexactly(5)

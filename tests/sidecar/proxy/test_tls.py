@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,8 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sidecar.engine import compute_revision
 from sidecar.proxy import messages as m
-from tests.sidecar.proxy.conftest import Sidecar, build_bundle, one_relay, start_sidecar
+from sidecar.proxy.scram import make_verifier
+from tests.sidecar.proxy.conftest import Sidecar, build_bundle, identity, one_relay, start_sidecar
+
+SLOW_TOKEN = "wdn_slowp1" + "w" * 33
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -63,10 +69,16 @@ def cleartext_sidecar(upstream: str, tmp_path_factory: pytest.TempPathFactory) -
     workdir = tmp_path_factory.mktemp("cleartext")
     cert, key = _self_signed(workdir)
     name = urlsplit(upstream).path.lstrip("/")
+    bundle = build_bundle(name)
+    # A token whose verifier takes about a second to derive (test_a_cleartext_...).
+    slow = identity("slowpoke", SLOW_TOKEN)
+    slow["credentials"][0]["scram_sha_256"] = make_verifier(SLOW_TOKEN, iterations=3_000_000)
+    bundle["identities"].append(slow)
+    bundle["revision"] = compute_revision(bundle)
     proc = start_sidecar(
         workdir,
         upstream,
-        build_bundle(name),
+        bundle,
         tls_cert=str(cert),
         tls_key=str(key),
         cleartext_over_tls=True,
@@ -106,6 +118,37 @@ def test_cleartext_password_only_inside_tls(cleartext_sidecar: Sidecar) -> None:
         cleartext_sidecar.dsn(sslmode="disable", require_auth="scram-sha-256"), autocommit=True
     ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_cleartext_sign_in_does_not_stop_other_sessions(cleartext_sidecar: Sidecar) -> None:
+    """Attack (a review's finding): a cleartext password is checked by deriving the
+    token's verifier, thousands of HMAC rounds, and that ran on the event loop every
+    session shares. Sign-ins (good or bad guesses, from many addresses) stalled every
+    other session's statements for as long. With a verifier that takes about a second,
+    another session's statements must go on meanwhile."""
+    with psycopg.connect(cleartext_sidecar.dsn(sslmode="require"), autocommit=True) as conn:
+        signed_in: list[float] = []
+
+        def sign_in() -> None:
+            started = time.monotonic()
+            dsn = cleartext_sidecar.dsn(
+                "slowpoke", SLOW_TOKEN, sslmode="require", require_auth="password"
+            )
+            with psycopg.connect(dsn) as slow:
+                slow.execute("SELECT 1")
+            signed_in.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=sign_in)
+        thread.start()
+        slowest = 0.0
+        while thread.is_alive():
+            started = time.monotonic()
+            conn.execute("SELECT 1")
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.01)
+        thread.join()
+    assert signed_in and signed_in[0] > 0.5  # the derivation did take its time
+    assert slowest < 0.4, f"a statement waited {slowest:.2f} s for another's sign-in"
 
 
 def test_gssenc_request_is_declined(sidecar: Sidecar) -> None:
