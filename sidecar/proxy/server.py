@@ -205,17 +205,34 @@ class LoginThrottle:
     def failed(self, pair: tuple[str, str], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         entry = self._pairs.get(pair)
-        if entry is None or (now - entry[1] > self.WINDOW and now >= entry[2]):
+        if entry is None or self._forgotten(entry, now):
             if len(self._pairs) >= self.MAX_PAIRS:
-                # Forget the stalest pairs rather than grow without bound.
-                for stale in sorted(self._pairs, key=lambda p: self._pairs[p][2])[:1000]:
-                    del self._pairs[stale]
+                self._make_room(now)
             entry = self._pairs[pair] = [0.0, now, 0.0]
         entry[0] += 1
         entry[1] = now
         over = entry[0] - self.FREE
         if over > 0:
             entry[2] = now + min(self.CAP, self.BASE * 2 ** (over - 1))
+
+    def _forgotten(self, entry: list[float], now: float) -> bool:
+        return now - entry[1] > self.WINDOW and now >= entry[2]
+
+    def _make_room(self, now: float) -> None:
+        """Bounded in memory: forget the pairs whose count has lapsed, then those with
+        the fewest failures, oldest first. (It forgot those whose delay ended first:
+        made-up names, each failing a few times, pushed out a pair of many failures
+        once its delay had run out, and its guesser began again with five free
+        guesses; a review's finding. A pair's count now goes only after every pair
+        with fewer, which an attacker would have to fill the table with.)"""
+        lapsed = [pair for pair, entry in self._pairs.items() if self._forgotten(entry, now)]
+        for pair in lapsed:
+            del self._pairs[pair]
+        if len(self._pairs) < self.MAX_PAIRS * 0.9:
+            return
+        least = sorted(self._pairs, key=lambda pair: (self._pairs[pair][0], self._pairs[pair][1]))
+        for pair in least[: self.MAX_PAIRS // 10]:
+            del self._pairs[pair]
 
     def succeeded(self, pair: tuple[str, str]) -> None:
         self._pairs.pop(pair, None)

@@ -182,5 +182,25 @@ def test_a_guesser_who_waits_out_each_delay_gets_no_fresh_start() -> None:
     assert throttle.blocked_for(pair, later) == 0  # a typo after a quiet spell is free
 
 
+def test_made_up_names_do_not_push_a_guessers_count_out() -> None:
+    """A review's finding: the table of counts is bounded, and when full it forgot the
+    pairs whose delay had ended first. Waiting out bob's delay and filling the table
+    with made-up names that failed six times each (cheap: any name gets a SCRAM
+    exchange) pushed bob's pair out, and the next guesses at bob were free again."""
+    throttle, bob, now = LoginThrottle(), ("bob", "203.0.113.9"), 0.0
+    for _ in range(12):  # twelve guesses at bob, each after its delay
+        now += throttle.blocked_for(bob, now)
+        throttle.failed(bob, now)
+    now += throttle.blocked_for(bob, now) + 1
+    for n in range(LoginThrottle.MAX_PAIRS + 2000):
+        made_up = (f"nobody{n}", "198.51.100.7")
+        for _ in range(LoginThrottle.FREE + 1):
+            throttle.failed(made_up, now)
+        now += 0.001
+    assert throttle.blocked_for(bob, now) == 0  # bob's delay is over, but not his count:
+    throttle.failed(bob, now)
+    assert throttle.blocked_for(bob, now) >= 64  # the thirteenth failure waits as before
+
+
 # Not about how messages are relayed: one relay is enough (``one_relay``).
 relay = one_relay()
