@@ -111,13 +111,20 @@ def default_sslmode(host: str) -> str:
     return "require"
 
 
-def refuses_cleartext(host: str, sslmode: str) -> bool:
+def verifies_server(sslmode: str, rootcert: str | None) -> bool:
+    """Whether TLS under ``sslmode`` authenticates the server (checks its certificate
+    against ``sslrootcert``: ``verify-ca``, ``verify-full``, and ``require`` given one)."""
+    return sslmode in ("verify-ca", "verify-full") or (sslmode == "require" and bool(rootcert))
+
+
+def refuses_cleartext(host: str, server_verified: bool) -> bool:
     """Whether a cleartext password is refused to ``host`` when ``require_auth`` does not
-    allow it by name: over the network (not loopback, not a Unix socket) unless
-    ``sslmode`` requires TLS. Whoever sits on that path, or strips TLS under
-    ``prefer``, would simply ask for the password in clear and get the sidecar's."""
+    allow it by name: over the network (not loopback, not a Unix socket) unless TLS
+    authenticates the server. Whoever sits on that path (stripping TLS under
+    ``prefer``, or answering it with a certificate of their own under ``require``)
+    would simply ask for the password in clear and get the sidecar's."""
     local = not host or host.startswith(("/", "@")) or is_loopback(host)
-    return not local and sslmode not in TLS_REQUIRED
+    return not local and not server_verified
 
 
 def libpq_defaults(dsn: str) -> dict[str, str]:
@@ -134,14 +141,16 @@ def libpq_defaults(dsn: str) -> dict[str, str]:
         return {}  # psycopg.connect reports it
     hosts = [host.strip() for host in str(params.get("host") or "").split(",")]
     defaults: dict[str, str] = {}
+    rootcert = str(params.get("sslrootcert") or "") or None
     sslmode = str(params.get("sslmode") or "")
     if not sslmode:
-        if params.get("sslrootcert") == "system":
+        if rootcert == "system":
             sslmode = "verify-full"  # libpq: system implies it
         else:
             modes = {default_sslmode(host) for host in hosts}
             sslmode = defaults["sslmode"] = "require" if "require" in modes else "prefer"
-    if not params.get("require_auth") and any(refuses_cleartext(h, sslmode) for h in hosts):
+    verified = verifies_server(sslmode, rootcert)
+    if not params.get("require_auth") and any(refuses_cleartext(h, verified) for h in hosts):
         defaults["require_auth"] = "!password"
     return defaults
 
@@ -151,18 +160,27 @@ def _require_auth(value: str | None) -> frozenset[str] | None:
     methods each prefixed with ``!`` to allow all others (the two cannot be mixed)."""
     if value is None:
         return None
-    names = [name.strip() for name in value.split(",")]
+    # As libpq reads it, so that the libpq connections given the same DSN agree: no
+    # spaces stripped, no method named twice.
+    names = value.split(",")
     negated = {name.startswith("!") for name in names}
     if len(negated) != 1:
         raise ValueError("upstream_dsn: require_auth cannot mix methods and !methods")
-    methods = {name.removeprefix("!") for name in names}
-    unknown = methods - AUTH_METHODS - _FOREIGN_AUTH_METHODS
-    if unknown or "" in methods:
+    methods = [name.removeprefix("!") for name in names]
+    if set(methods) - AUTH_METHODS - _FOREIGN_AUTH_METHODS:
         raise ValueError(
             "upstream_dsn: require_auth takes password, md5, scram-sha-256, none, gss or "
-            "sspi, optionally each with !"
+            "sspi, optionally each with !, separated by commas without spaces"
         )
-    return frozenset(AUTH_METHODS - methods if negated == {True} else methods & AUTH_METHODS)
+    if len(set(methods)) != len(methods):
+        raise ValueError("upstream_dsn: require_auth names a method twice")
+    allowed = AUTH_METHODS - set(methods) if negated == {True} else set(methods) & AUTH_METHODS
+    if not allowed:
+        raise ValueError(
+            "upstream_dsn: require_auth allows none of the methods the sidecar can use "
+            "(password, md5, scram-sha-256, none)"
+        )
+    return frozenset(allowed)
 
 
 def _query_params(query: str) -> dict[str, str]:
@@ -256,6 +274,8 @@ class UpstreamTarget:
     # The authentication the server may ask for (``require_auth``); None: anything
     # but what ``refuses_cleartext`` refuses.
     auth_methods: frozenset[str] | None = None
+    # TLS checks the server's certificate (``verifies_server``).
+    server_verified: bool = False
     # Built once from the DSN (so a missing or bad file is a start-up error);
     # None on a Unix socket or with sslmode=disable.
     tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
@@ -323,6 +343,7 @@ class UpstreamTarget:
             database=database,
             sslmode=sslmode,
             auth_methods=auth_methods,
+            server_verified=verifies_server(sslmode, rootcert),
             tls=context,
         )
 
@@ -343,12 +364,12 @@ class UpstreamTarget:
                     f"the upstream database asked for {asked}, and upstream_dsn's "
                     f"require_auth allows {allowed}"
                 )
-        elif method == "password" and refuses_cleartext(self.host, self.sslmode):
+        elif method == "password" and refuses_cleartext(self.host, self.server_verified):
             raise UpstreamError(
                 "the upstream database asked for the password in clear text over a "
-                f"connection that may be unencrypted (sslmode={self.sslmode}); refused: "
-                "use SCRAM, an sslmode that requires TLS, or require_auth=password in "
-                "upstream_dsn to allow it"
+                "connection that does not authenticate the server "
+                f"(sslmode={self.sslmode}); refused: use SCRAM, sslmode=verify-full with "
+                "sslrootcert, or require_auth=password in upstream_dsn to allow it"
             )
 
     @property
@@ -492,6 +513,76 @@ async def _connect(target: UpstreamTarget, client_params: dict[str, str]) -> Ups
     raise next((e for e in failed if e.over_tls), failed[0])
 
 
+async def _authenticate(
+    target: UpstreamTarget,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    encrypted: bool,
+) -> None:
+    """Answer the server's authentication requests until AuthenticationOk. Nothing else
+    is taken before it (an impostor that sends ReadyForQuery straight away has not
+    authenticated, whatever came first), and after a SCRAM exchange it counts only
+    once the server has proved it holds the verifier."""
+    scram: ScramClient | None = None
+    asked = False  # the server asked for some authentication
+    while True:
+        kind, body = await _read_message(reader)
+        if kind == b"E":
+            fields = m.error_fields(body)
+            message = fields.get("M", "upstream refused the login")
+            raise _LoginRefused(message, fields, over_tls=encrypted)
+        if kind in (b"N", b"v"):
+            continue
+        if kind != b"R":
+            raise UpstreamError(f"upstream sent {kind!r} before authenticating the login")
+        code = m.unpack_i32(body)
+        if code == 0:
+            if scram is not None and not scram.verified:
+                # A genuine server proves it knows the verifier (SASLFinal) before
+                # AuthenticationOk; skipping it is how an impostor that does not would
+                # get in (libpq checks this only on request).
+                raise UpstreamError(
+                    "the upstream database ended SCRAM authentication without proving it "
+                    "knows the password"
+                )
+            if not asked:
+                target.check_auth("none")
+            return
+        asked = True
+        if scram is not None and code not in (11, 12):
+            raise UpstreamError(
+                f"upstream asked for authentication {code} during SCRAM authentication"
+            )
+        if code == 3:
+            target.check_auth("password")
+            writer.write(m.frame(b"p", target.password.encode() + b"\x00"))
+        elif code == 5:
+            target.check_auth("md5")
+            reply = md5_password(target.password, target.user, body[4:8])
+            writer.write(m.frame(b"p", reply + b"\x00"))
+        elif code == 10 and scram is None:
+            target.check_auth("scram-sha-256")
+            if b"SCRAM-SHA-256" not in body[4:].split(b"\x00"):
+                raise UpstreamError("upstream offers no supported SASL mechanism")
+            scram = ScramClient(target.password)
+            first = scram.first()
+            writer.write(m.frame(b"p", b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first))
+        elif code == 11 and scram is not None:
+            try:
+                # The key derivation is the server's to make expensive: off the loop.
+                final = await asyncio.to_thread(scram.final, body[4:])
+            except ScramError as exc:
+                raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
+            writer.write(m.frame(b"p", final))
+        elif code == 12 and scram is not None:
+            try:
+                scram.verify(body[4:])
+            except ScramError as exc:
+                raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
+        else:
+            raise UpstreamError(f"upstream asks for unsupported authentication {code}")
+
+
 async def _login(
     target: UpstreamTarget, client_params: dict[str, str], how: str
 ) -> UpstreamSession:
@@ -500,57 +591,13 @@ async def _login(
     try:
         params = {**client_params, "user": target.user, "database": target.database}
         writer.write(m.startup_message(params))
-        scram: ScramClient | None = None
-        asked = False  # the server asked for some authentication
+        await _authenticate(target, reader, writer, encrypted)
+        # Authenticated (AuthenticationOk, and only then): the session's parameters,
+        # its cancel key, and ReadyForQuery.
         while True:
             kind, body = await _read_message(reader)
             if kind == b"R":
-                code = m.unpack_i32(body)
-                if code == 0:
-                    if scram is not None and not scram.verified:
-                        # A genuine server proves it knows the verifier (SASLFinal)
-                        # before AuthenticationOk; skipping it is how an impostor that
-                        # does not would get in (libpq checks this only on request).
-                        raise UpstreamError(
-                            "the upstream database ended SCRAM authentication without "
-                            "proving it knows the password"
-                        )
-                    if not asked:
-                        target.check_auth("none")
-                    continue
-                asked = True
-                if scram is not None and code not in (11, 12):
-                    raise UpstreamError(
-                        f"upstream asked for authentication {code} during SCRAM authentication"
-                    )
-                if code == 3:
-                    target.check_auth("password")
-                    writer.write(m.frame(b"p", target.password.encode() + b"\x00"))
-                elif code == 5:
-                    target.check_auth("md5")
-                    reply = md5_password(target.password, target.user, body[4:8])
-                    writer.write(m.frame(b"p", reply + b"\x00"))
-                elif code == 10:
-                    target.check_auth("scram-sha-256")
-                    mechanisms = body[4:].split(b"\x00")
-                    if b"SCRAM-SHA-256" not in mechanisms:
-                        raise UpstreamError("upstream offers no supported SASL mechanism")
-                    scram = ScramClient(target.password)
-                    first = scram.first()
-                    payload = b"SCRAM-SHA-256\x00" + m.pack_i32(len(first)) + first
-                    writer.write(m.frame(b"p", payload))
-                elif code == 11 and scram is not None:
-                    try:
-                        writer.write(m.frame(b"p", scram.final(body[4:])))
-                    except ScramError as exc:
-                        raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
-                elif code == 12 and scram is not None:
-                    try:
-                        scram.verify(body[4:])
-                    except ScramError as exc:
-                        raise UpstreamError(f"SCRAM authentication failed: {exc}") from None
-                else:
-                    raise UpstreamError(f"upstream asks for unsupported authentication {code}")
+                raise UpstreamError("upstream asked for authentication after AuthenticationOk")
             elif kind == b"S":
                 name, _, rest = body.partition(b"\x00")
                 session.parameters[name.decode()] = rest.rstrip(b"\x00").decode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -24,10 +25,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from sidecar.proxy import messages as m
 from sidecar.proxy.upstream import UpstreamError, UpstreamTarget, connect, libpq_defaults
 from sidecar.scanner.scan import connect_kwargs
+from tests.pki import ca as _ca
+from tests.pki import issue as _issue
+from tests.pki import write_pem as _write
 from tests.sidecar.proxy.conftest import Sidecar, build_bundle, one_relay, start_sidecar
 
 PASSWORD = "sidecar-upstream-pw-Jq2"
@@ -63,8 +69,14 @@ class Impostor:
     what the connection sent so far; after the script it records one more message,
     then closes."""
 
-    def __init__(self, host: str, script: list[bytes | Callable[[Login], bytes]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        script: list[bytes | Callable[[Login], bytes]],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.script = script
+        self.tls = tls  # answers SSLRequest with S and this context, else N
         self.logins: list[Login] = []
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = socket.socket(family, socket.SOCK_STREAM)
@@ -92,12 +104,26 @@ class Impostor:
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(10)
+        try:
+            length, code = struct.unpack("!ii", conn.recv(8, socket.MSG_WAITALL))
+            while code in (m.SSL_REQUEST, 80877104):  # TLS, GSSAPI
+                if code == m.SSL_REQUEST and self.tls is not None:
+                    conn.sendall(b"S")
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                else:
+                    conn.sendall(b"N")
+                head = b""
+                while len(head) < 8:
+                    more = conn.recv(8 - len(head))
+                    if not more:
+                        return
+                    head += more
+                length, code = struct.unpack("!ii", head)
+        except (OSError, struct.error):
+            conn.close()
+            return
         with conn, conn.makefile("rb") as stream:
             try:
-                length, code = struct.unpack("!ii", stream.read(8))
-                while code in (m.SSL_REQUEST, 80877104):  # TLS or GSSAPI: not offered
-                    conn.sendall(b"N")
-                    length, code = struct.unpack("!ii", stream.read(8))
                 pairs = stream.read(length - 8).split(b"\x00")
                 login = Login(
                     dict(
@@ -214,6 +240,49 @@ def test_no_password_in_clear_over_the_network(impostor: list[Impostor], tmp_pat
 # --- the finer cases, with the upstream client itself ------------------------------------
 
 
+def test_nothing_counts_before_authentication_ok(impostor: list[Impostor]) -> None:
+    """A review's finding: the checks ran only at AuthenticationOk, and an impostor
+    could leave it out: ReadyForQuery straight after the SCRAM exchange (no server
+    signature), or straight away under require_auth, and the login went on."""
+    no_ok = READY.removeprefix(_auth(0))
+    after_scram = Impostor("127.0.0.1", [SCRAM_OFFER, _server_first(4096), no_ok])
+    at_once = Impostor("127.0.0.1", [no_ok])
+    impostor += [after_scram, at_once]
+    _expect_refused(after_scram.dsn(), "before authenticating the login")
+    assert after_scram.logins[-1].kinds == [b"p", b"p"]  # client-first, client-final
+    _expect_refused(at_once.dsn(require_auth="scram-sha-256"), "before authenticating")
+    _expect_refused(at_once.dsn(), "before authenticating")
+    assert all(login.kinds == [] for login in at_once.logins)  # no probe Query sent
+
+
+def test_no_password_in_clear_inside_tls_that_does_not_check_the_server(
+    impostor: list[Impostor], tmp_path: Path
+) -> None:
+    """A review's finding: the default for a remote host, sslmode=require, encrypts
+    without checking the certificate, and the impostor answers TLS with one of its
+    own. Cleartext goes only to a server whose certificate is checked."""
+    authority = _ca("impostor-test CA")
+    address = _network_address()
+    key, cert = _issue(authority, address, sans=[x509.IPAddress(ipaddress.ip_address(address))])
+    cert_path, key_path = _write(tmp_path, "server", key, cert)
+    ca_path = tmp_path / "ca.crt"
+    ca_path.write_bytes(authority[1].public_bytes(serialization.Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    ask = [_auth(3), m.frame(b"E", b"SFATAL\x00Mimpostor says no\x00\x00")]
+    fake = Impostor(address, ask, tls=context)
+    impostor.append(fake)
+    _expect_refused(fake.dsn(), "does not authenticate the server")  # sslmode=require
+    assert fake.logins[-1].kinds == []
+    assert libpq_defaults(fake.dsn()) == {"sslmode": "require", "require_auth": "!password"}
+    # Checked against its CA (verify-full, or require with sslrootcert): sent.
+    _expect_refused(fake.dsn(sslmode="verify-full", sslrootcert=str(ca_path)), "says no")
+    assert fake.logins[-1].sent == [(b"p", PASSWORD.encode() + b"\x00")]
+    _expect_refused(fake.dsn(sslmode="require", sslrootcert=str(ca_path)), "says no")
+    assert fake.logins[-1].kinds == [b"p"]
+    assert libpq_defaults(fake.dsn(sslmode="require", sslrootcert=str(ca_path))) == {}
+
+
 def _expect_refused(dsn: str, match: str) -> None:
     with pytest.raises(UpstreamError, match=match):
         _upstream_login(dsn)
@@ -278,7 +347,12 @@ def test_libpq_connections_get_the_same_defaults() -> None:
     assert libpq_defaults("postgresql://u@db.internal/app?sslmode=prefer") == {
         "require_auth": "!password"
     }
-    assert libpq_defaults("postgresql://u@db.internal/app") == {"sslmode": "require"}
+    assert libpq_defaults("postgresql://u@db.internal/app") == {
+        "sslmode": "require",
+        "require_auth": "!password",
+    }
+    verified = "sslmode=verify-full&sslrootcert=/etc/ca.pem"
+    assert libpq_defaults(f"postgresql://u@db.internal/app?{verified}") == {}
     assert libpq_defaults("postgresql://u@127.0.0.1/app") == {"sslmode": "prefer"}
     assert (
         libpq_defaults("postgresql://u@db.internal/app?sslmode=disable&require_auth=password") == {}
@@ -291,6 +365,9 @@ def test_libpq_connections_get_the_same_defaults() -> None:
     for query, problem in [
         ("require_auth=md5,!password", "cannot mix"),
         ("require_auth=kerberos", "require_auth takes"),
+        ("require_auth=md5, password", "require_auth takes"),
+        ("require_auth=md5,md5", "names a method twice"),
+        ("require_auth=gss", "allows none of the methods"),
         ("require_auth=", None),
     ]:
         dsn = f"postgresql://u@db.internal/app?{query}"
