@@ -244,6 +244,26 @@ def _direct_locations(items: list[Any]) -> set[int]:
     return out
 
 
+def _renamed_locations(items: list[Any], renamed: bool = False) -> set[int]:
+    """Locations of the relations in a FROM list (through joins) whose columns go by
+    other names: a column alias list on the relation (``customers AS x(a, b)``) or on
+    a join around it. Which of their columns an alias list renames is not known here,
+    so no unqualified name can be shown to be one of theirs."""
+    out: set[int] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "RangeVar" in item:
+            rv = item["RangeVar"]
+            if renamed or (rv.get("alias") or {}).get("colnames"):
+                out.add(rv.get("location", -1))
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            hidden = renamed or bool((join.get("alias") or {}).get("colnames"))
+            out |= _renamed_locations([join.get("larg"), join.get("rarg")], hidden)
+    return out
+
+
 def _returning(body: dict[str, Any]) -> list[Any]:
     """RETURNING items (PostgreSQL 18 wraps them in a returningClause)."""
     clause = body.get("returningClause")
@@ -264,6 +284,8 @@ class _Walker:
         # Relations a bare * expands to, innermost last; None: every table
         # (RETURNING *, which also covers UPDATE ... FROM and DELETE ... USING).
         self.scope: list[list[RangeRef] | None] = []
+        # Locations of relations whose columns an alias list renames (_renamed_locations).
+        self.renamed: set[int] = set()
 
     # -- generic traversal -------------------------------------------------
     def visit(self, node: Any, ctes: frozenset[str]) -> None:
@@ -362,12 +384,19 @@ class _Walker:
         self.r.colrefs.append(parts)
         top = self.scope[-1] if self.scope else None
         # An unqualified name inside a nested SELECT belongs to that SELECT when
-        # one of its own tables has the column; otherwise it may be the outer
-        # (written) table's, which matters for the write-oracle check.
+        # one of its own tables has the column under that name; otherwise it may be
+        # the outer (written) table's, which matters for the write-oracle check. A
+        # table whose columns an alias list renames shows nothing: PostgreSQL looks
+        # the name up among the new names (a review's finding: ``(SELECT ssn FROM
+        # customers AS x(a, b, c, d))`` reads the written table's ssn).
+        renamed = self.renamed
         self.r.colref_outer.append(
             top is None
             or len(parts) > 1
-            or not any(r.table is not None and parts[0] in r.table.names for r in top)
+            or not any(
+                r.table is not None and r.location not in renamed and parts[0] in r.table.names
+                for r in top
+            )
         )
         if parts == ("*",):
             top = self.scope[-1] if self.scope else None
@@ -409,6 +438,7 @@ class _Walker:
         start = len(self.r.ranges)
         self.visit(body.get("fromClause"), ctes)
         direct = _direct_locations(body.get("fromClause", []))
+        self.renamed |= _renamed_locations(body.get("fromClause", []))
         self.scope.append([r for r in self.r.ranges[start:] if r.location in direct])
         self.fields(body, ctes, skip=("withClause", "intoClause", "fromClause"))
         self.scope.pop()

@@ -507,6 +507,17 @@ for sql in [
 # -- attempts to move classified data beyond the rewrite: blocked --
 for sql, rule in [
     ("UPDATE customers SET name = email WHERE id = 1", "mask.write_oracle"),
+    # A column alias list renames the sub-select's columns: ssn is the target's.
+    (
+        "UPDATE customers SET name = name WHERE id = 1 "
+        "RETURNING (SELECT ssn FROM customers AS x(a, b, c, d) LIMIT 1)",
+        "mask.write_oracle",
+    ),
+    (
+        "UPDATE customers SET name = (SELECT email FROM (orders o RIGHT JOIN customers c "
+        "ON false) AS j(a, b, c, d, e, f) LIMIT 1) WHERE id = 1",
+        "mask.write_oracle",
+    ),
     ("UPDATE customers SET name = 'x' WHERE email LIKE 'a%'", "mask.write_oracle"),
     ("UPDATE customers SET name = 'x' WHERE id = 1 RETURNING ssn", "mask.write_oracle"),
     ("UPDATE customers SET name = 'x' WHERE id = 1 RETURNING *", "mask.write_returning"),
