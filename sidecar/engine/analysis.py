@@ -96,6 +96,9 @@ class Analysis:
     reserved_schema: bool = False  # the text names Warden's masking schema
     table_functions: list[str] = field(default_factory=list)
     writes: list[WriteInfo] = field(default_factory=list)
+    # Kinds of what the writes do beyond their own kind: a MERGE's actions, an
+    # INSERT's ON CONFLICT DO UPDATE (facts.effective_kinds).
+    write_actions: list[str] = field(default_factory=list)
     data_modifying_cte: bool = False
     literal_sensitive: bool = False
     explain_analyze: bool = False
@@ -242,6 +245,10 @@ def _direct_locations(items: list[Any]) -> set[int]:
             join = item["JoinExpr"]
             out |= _direct_locations([join.get("larg"), join.get("rarg")])
     return out
+
+
+# A MERGE action's command -> the statement kind it acts as.
+_MERGE_ACTIONS = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
 
 
 def _renamed_locations(items: list[Any], renamed: bool = False) -> set[int]:
@@ -487,6 +494,9 @@ class _Walker:
         self.visit(body.get("selectStmt"), ctes)
         if info is not None:
             self._oracle(info, [body.get("onConflictClause"), _returning(body)], ctes)
+        conflict = body.get("onConflictClause") or {}
+        if conflict.get("action") == "ONCONFLICT_UPDATE":
+            self.r.write_actions.append("update")
         self.scope.pop()
 
     def v_UpdateStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
@@ -509,6 +519,11 @@ class _Walker:
     def v_MergeStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         ctes = self.with_clause(body, ctes)
         info = self._write("merge", body, ctes)
+        for clause in body.get("mergeWhenClauses", []):
+            command = clause.get("MergeWhenClause", {}).get("commandType", "")
+            action = _MERGE_ACTIONS.get(command)
+            if action is not None:
+                self.r.write_actions.append(action)
         self.visit(body.get("sourceRelation"), ctes)
         if info is not None:
             parts = [

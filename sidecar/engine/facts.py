@@ -52,6 +52,8 @@ class GuardrailFacts:
     unparseable: bool
     kind: str
     category: str
+    # ``kind``, and the kind of every write the statement runs inside it (effective_kinds).
+    kinds: tuple[str, ...]
     # Collections a guardrail's sets are tested against (``isdisjoint``, iteration),
     # so plain tuples: no set is built per statement.
     tables: tuple[str, ...]  # "schema.table" and bare names, as a guardrail may write either
@@ -63,8 +65,32 @@ class GuardrailFacts:
 
 # Text PostgreSQL's parser refuses: nothing is known about it but that.
 UNPARSEABLE = GuardrailFacts(
-    True, vocabulary.UNPARSEABLE, vocabulary.UNPARSEABLE, (), (), (), False, False
+    True,
+    vocabulary.UNPARSEABLE,
+    vocabulary.UNPARSEABLE,
+    (vocabulary.UNPARSEABLE,),
+    (),
+    (),
+    (),
+    False,
+    False,
 )
+
+
+def effective_kinds(a: Analysis, runs: bool) -> tuple[str, ...]:
+    """The statement's own kind and those of the writes it runs inside it: a CTE's
+    DELETE, a MERGE's actions, an INSERT's ON CONFLICT DO UPDATE, the statement of a
+    PREPARE, an EXPLAIN ANALYZE or a COPY (query). A guardrail on ``delete`` must
+    hold ``WITH d AS (DELETE ...) SELECT ...`` as it holds the DELETE (a review's
+    finding: it matched the outer kind alone, ``select``). DROP OWNED drops
+    objects: it is a ``drop`` as well. A plain EXPLAIN runs nothing."""
+    kinds = {a.kind}
+    if runs:
+        kinds.update(w.kind for w in a.writes)
+        kinds.update(a.write_actions)
+    if a.kind == "drop_owned":
+        kinds.add("drop")
+    return tuple(sorted(kinds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +178,7 @@ def statement_facts(ctx: Context, raw: RawStatement, a: Analysis) -> StatementFa
         unparseable=False,
         kind=a.kind,
         category=a.category,
+        kinds=effective_kinds(a, runs),
         tables=(*[r.key for r in a.ranges], *[r.relname for r in a.ranges]),
         classifications=classes,
         functions=(*map(function_base, a.functions), *a.functions),

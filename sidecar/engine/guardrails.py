@@ -27,7 +27,7 @@ def _applies_to_identity(bundle: Bundle, c: Conditions, who: Identity, multi: bo
 
 def _matches_statement(c: Conditions, f: GuardrailFacts) -> bool:
     kinds = c.statement_kinds
-    if kinds and f.kind not in kinds and f.category not in kinds:
+    if kinds and kinds.isdisjoint(f.kinds) and f.category not in kinds:
         return False
     if c.tables and c.tables.isdisjoint(f.tables):
         return False

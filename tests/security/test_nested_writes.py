@@ -1,0 +1,78 @@
+"""A guardrail on a kind of write holds that write wherever it runs (a review's finding).
+
+The bundle's ``delete-needs-review`` guardrail (``statement_kinds: [delete]``) held
+``DELETE FROM notes WHERE id = 1``, but matched only the outer statement's kind, so
+every one of these ran at once: a DELETE inside a CTE (of a ``select``), a MERGE
+whose action deletes, the DELETE of a PREPARE, of an EXPLAIN ANALYZE, of a COPY
+(query). ``no-drop`` (``drop``, ``truncate``) let ``DROP OWNED`` through. Each must
+be held (or blocked) as the plain statement is, and nothing deleted.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.security.conftest import Upstream
+from tests.sidecar.proxy.conftest import Sidecar
+
+HELD_DELETES = {
+    "cte": "WITH d AS (DELETE FROM public.notes WHERE id = 1 RETURNING id) SELECT * FROM d",
+    "merge": (
+        "MERGE INTO public.notes t USING (VALUES (1)) v(id) ON t.id = v.id "
+        "WHEN MATCHED THEN DELETE"
+    ),
+    "prepare": "PREPARE drop_one AS DELETE FROM public.notes WHERE id = 1",
+    "explain_analyze": "EXPLAIN ANALYZE DELETE FROM public.notes WHERE id = 1",
+    "copy_query": "COPY (DELETE FROM public.notes WHERE id = 1 RETURNING id) TO STDOUT",
+    "plain": "DELETE FROM public.notes WHERE id = 1",
+}
+
+
+@pytest.fixture
+def one_note(upstream: Upstream) -> int:
+    with upstream.admin() as admin:
+        admin.execute("TRUNCATE public.notes RESTART IDENTITY")
+        admin.execute("INSERT INTO public.notes (body) VALUES ('keep me')")
+    return 1
+
+
+def _notes(upstream: Upstream) -> int:
+    with upstream.admin() as admin:
+        row = admin.execute("SELECT count(*) FROM public.notes").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("statement", HELD_DELETES)
+def test_a_delete_inside_another_statement_is_held_as_a_delete(
+    sidecar: Sidecar, upstream: Upstream, one_note: int, statement: str
+) -> None:
+    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.DatabaseError) as held:
+            if statement == "copy_query":
+                with conn.cursor().copy(HELD_DELETES[statement]) as copy:
+                    list(copy)
+            else:
+                conn.execute(HELD_DELETES[statement])
+    assert "delete-needs-review" in str(held.value), held.value
+    assert _notes(upstream) == one_note
+
+
+def test_drop_owned_is_a_drop(sidecar: Sidecar, upstream: Upstream) -> None:
+    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as blocked:
+            conn.execute("DROP OWNED BY CURRENT_USER")
+    assert "no-drop" in str(blocked.value) or "Dropping objects" in str(blocked.value)
+    assert not [tag for tag in upstream.ddl_tags() if tag == "DROP OWNED"]
+
+
+def test_a_merge_that_only_inserts_is_not_a_delete(sidecar: Sidecar, upstream: Upstream) -> None:
+    """The kinds are the actions a statement takes, not all it could name: a MERGE
+    whose only action inserts is not held by the delete rule."""
+    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+        conn.execute(
+            "MERGE INTO public.notes t USING (VALUES (1000, 'merged')) v(id, body) "
+            "ON t.id = v.id WHEN NOT MATCHED THEN INSERT (id, body) VALUES (v.id, v.body)"
+        )
+    with upstream.admin() as admin:
+        assert admin.execute("DELETE FROM public.notes WHERE id = 1000").rowcount == 1
