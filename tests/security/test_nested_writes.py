@@ -19,8 +19,7 @@ from tests.sidecar.proxy.conftest import Sidecar
 HELD_DELETES = {
     "cte": "WITH d AS (DELETE FROM public.notes WHERE id = 1 RETURNING id) SELECT * FROM d",
     "merge": (
-        "MERGE INTO public.notes t USING (VALUES (1)) v(id) ON t.id = v.id "
-        "WHEN MATCHED THEN DELETE"
+        "MERGE INTO public.notes t USING (VALUES (1)) v(id) ON t.id = v.id WHEN MATCHED THEN DELETE"
     ),
     "prepare": "PREPARE drop_one AS DELETE FROM public.notes WHERE id = 1",
     "explain_analyze": "EXPLAIN ANALYZE DELETE FROM public.notes WHERE id = 1",
@@ -47,21 +46,25 @@ def _notes(upstream: Upstream) -> int:
 def test_a_delete_inside_another_statement_is_held_as_a_delete(
     sidecar: Sidecar, upstream: Upstream, one_note: int, statement: str
 ) -> None:
-    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
-        with pytest.raises(psycopg.DatabaseError) as held:
-            if statement == "copy_query":
-                with conn.cursor().copy(HELD_DELETES[statement]) as copy:
-                    list(copy)
-            else:
-                conn.execute(HELD_DELETES[statement])
+    with (
+        psycopg.connect(sidecar.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.DatabaseError) as held,
+    ):
+        if statement == "copy_query":
+            with conn.cursor().copy(HELD_DELETES[statement]) as copy:
+                list(copy)
+        else:
+            conn.execute(HELD_DELETES[statement])
     assert "delete-needs-review" in str(held.value), held.value
     assert _notes(upstream) == one_note
 
 
 def test_drop_owned_is_a_drop(sidecar: Sidecar, upstream: Upstream) -> None:
-    with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as blocked:
-            conn.execute("DROP OWNED BY CURRENT_USER")
+    with (
+        psycopg.connect(sidecar.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege) as blocked,
+    ):
+        conn.execute("DROP OWNED BY CURRENT_USER")
     assert "no-drop" in str(blocked.value) or "Dropping objects" in str(blocked.value)
     assert not [tag for tag in upstream.ddl_tags() if tag == "DROP OWNED"]
 
