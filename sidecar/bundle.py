@@ -56,6 +56,10 @@ BUNDLE_PATH = "/api/v1/sidecar/bundle"
 HEARTBEAT_PATH = "/api/v1/sidecar/heartbeat"
 CACHE_FILE = "bundle.json"
 DEFAULT_GRACE_SECONDS = 72 * 3600.0
+# How far in the future a bundle's issued_at may be. Bundles are ordered by it, so
+# one signed by a control plane whose clock runs ahead would be kept over every
+# correct one after it (they would look like replays) and would not expire in time.
+MAX_CLOCK_SKEW_SECONDS = 300.0
 
 # Why a bundle was rejected: the ``reason`` label of the rejection counter.
 REJECTION_REASONS = (
@@ -66,6 +70,7 @@ REJECTION_REASONS = (
     "expiry",  # no expires_at, or one not after issued_at
     "expired",  # past its expiry with nothing active (past the grace period for the cache)
     "replay",  # issued before the active bundle
+    "clock",  # issued later than this host's clock allows (the signer's clock is ahead)
     "refused",  # a subscriber (the proxy's policy) could not use it
 )
 
@@ -160,8 +165,27 @@ def envelope_verify(
     require_expiry: bool = True,
 ) -> Verified:
     """Signature first, then the engine's own checks, the datasource (when given) and
-    the expiry; raises ``BundleRejected``. Whether the bundle is still fresh enough
+    the expiry; raises ``BundleRejected``, and nothing else, whatever the bytes: a
+    reply nested too deep for the parser, or a signed date that does not exist, is a
+    rejected bundle, not the end of the task that polls (a review's finding: one
+    such reply stopped every later update). Whether the bundle is still fresh enough
     depends on what is active: ``BundleClient`` decides that."""
+    try:
+        return _envelope_verify(raw, keys, datasource, require_expiry)
+    except BundleRejected:
+        raise
+    except RecursionError:
+        raise BundleRejected("nested too deep to be a bundle") from None
+    except Exception as exc:
+        raise BundleRejected(f"malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _envelope_verify(
+    raw: bytes,
+    keys: dict[str, Ed25519PublicKey],
+    datasource: str | None,
+    require_expiry: bool,
+) -> Verified:
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -194,13 +218,14 @@ def envelope_verify(
         raise BundleRejected(
             f"the bundle is for datasource {name!r}, not {datasource!r}", "datasource"
         )
+    issued_at = _parse_time(str(document["issued_at"]))  # a date that exists
     expires_at = document.get("expires_at")
     if expires_at is None:
         if require_expiry:
             raise BundleRejected(
                 "the bundle carries no expires_at (signed by an older control plane?)", "expiry"
             )
-    elif _parse_time(expires_at) <= _parse_time(document["issued_at"]):
+    elif _parse_time(expires_at) <= issued_at:
         raise BundleRejected(f"expires_at {expires_at} is not after issued_at", "expiry")
     return Verified(
         document,
@@ -357,7 +382,13 @@ class BundleClient:
                     f"expired at {verified.expires_at}{beyond}; refusing to start from it",
                     "expired",
                 )
-        elif verified.issued_ts < current.issued_ts:
+        if verified.issued_ts > time.time() + MAX_CLOCK_SKEW_SECONDS:
+            raise BundleRejected(
+                f"issued at {verified.issued_at}, later than this host's clock allows: the "
+                "control plane's clock (or this host's) is wrong",
+                "clock",
+            )
+        if current is not None and verified.issued_ts < current.issued_ts:
             raise BundleRejected(
                 f"older than the active bundle ({verified.issued_at} < {current.issued_at}): "
                 "a replay would undo newer policy",
@@ -488,10 +519,16 @@ class BundleClient:
         return max(self.min_backoff / 2, random.uniform(0, ceiling))  # noqa: S311 - jitter
 
     async def watch(self) -> None:
-        """Poll forever: long-polls while healthy, backs off with jitter on failures."""
+        """Poll forever: long-polls while healthy, backs off with jitter on failures.
+        Nothing a poll raises ends it: the sidecar would keep its bundle, revocations
+        would no longer arrive, and all would look well until it expired."""
         while True:
             started = time.monotonic()
-            outcome = await self.poll_once(wait=self.wait if self._active else 0)
+            try:
+                outcome = await self.poll_once(wait=self.wait if self._active else 0)
+            except Exception as exc:
+                log.exception("bundle poll failed unexpectedly")
+                outcome = self._failed(f"unexpected {type(exc).__name__}")
             if outcome in {"error", "rejected"}:
                 await asyncio.sleep(self.backoff_delay())
             elif outcome == "unchanged" and time.monotonic() - started < 1.0 and self.wait:

@@ -31,6 +31,7 @@ BUNDLE_REJECTION_REASONS = (
     "expiry",
     "expired",
     "replay",
+    "clock",
     "refused",
 )
 

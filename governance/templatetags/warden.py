@@ -250,6 +250,7 @@ _REJECTION_WORDS = {
     "expiry": "no valid expiry",
     "expired": "expired",
     "replay": "older than the active one",
+    "clock": "issued in the future",
     "refused": "not usable",
 }
 

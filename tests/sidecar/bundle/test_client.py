@@ -6,13 +6,17 @@ test; every check is exercised on real bytes, as they would arrive.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import datetime
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +346,95 @@ def test_an_offline_sidecar_given_another_datasources_file_does_not_listen(
         assert "bundle file rejected (datasource)" in log and "'other', not 'demo'" in log
     finally:
         _stop(proc)
+
+
+class _Replies:
+    """A control plane that answers the bundle poll with each of ``bodies`` in turn
+    (the last one for good): what anyone on the link could answer with."""
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self.bodies = bodies
+        self.served = 0
+        replies = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = replies.bodies[min(replies.served, len(replies.bodies) - 1)]
+                replies.served += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_one_malformed_reply_does_not_stop_the_updates(tmp_path: Path) -> None:
+    """A review's finding: the poll caught only what the JSON parser usually raises.
+    A reply nested deeper than the parser goes (RecursionError) ended the task that
+    polls, silently: the sidecar kept its bundle, revocations no longer arrived, and
+    it looked alive until the bundle expired. A signed date that does not exist did
+    the same. Each must be a rejection, and the next good bundle must be taken."""
+    signer = Signer()
+    good = signer.envelope(_inner("2026-03-01T00:00:00Z"))
+    bad_date = signer.envelope(_inner("2026-02-30T00:00:00Z"))
+    with pytest.raises(BundleRejected, match="malformed"):
+        envelope_verify(bad_date, parse_public_keys(signer.pin))
+    with pytest.raises(BundleRejected, match="nested too deep"):
+        envelope_verify(b"[" * 100_000, parse_public_keys(signer.pin))
+    replies = _Replies([b"[" * 100_000, bad_date, good])
+    try:
+        client = _client(tmp_path, signer, url=replies.url)
+        client.min_backoff = client.max_backoff = 0.05
+        client.wait = 0
+
+        async def watch_until_active() -> None:
+            task = asyncio.create_task(client.watch())
+            try:
+                deadline = time.monotonic() + 10
+                while client._active is None and time.monotonic() < deadline:
+                    assert not task.done(), task.exception()
+                    await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+
+        run_async(watch_until_active())
+        assert replies.served >= 3
+        assert client.active().revision == envelope_verify(good, client.keys).revision
+        assert client.status()["rejected"] >= 2
+    finally:
+        replies.close()
+
+
+def test_a_bundle_issued_in_the_future_is_rejected(tmp_path: Path) -> None:
+    """A review's finding: bundles are ordered by issued_at, so one signed by a
+    control plane whose clock ran ahead was taken, and then every correct bundle
+    after it was refused as a replay, revocations included, while it did not expire
+    in time. More than five minutes ahead of this host is refused; a correct
+    bundle goes on being taken."""
+    signer = Signer()
+    client = _client(tmp_path, signer)
+    keys = parse_public_keys(signer.pin)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def at(moment: datetime.datetime) -> Any:
+        stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return envelope_verify(signer.envelope(_inner(stamp, approvals={"hold_seconds": 5})), keys)
+
+    with pytest.raises(BundleRejected, match="later than this host's clock") as refused:
+        client._activate(at(now + datetime.timedelta(days=300)), "network")
+    assert refused.value.reason == "clock"
+    current = at(now - datetime.timedelta(minutes=1))
+    client._activate(current, "network")
+    with pytest.raises(BundleRejected, match="later than this host's clock"):
+        client._activate(at(now + datetime.timedelta(hours=2)), "network")
+    assert client.active().revision == current.revision
+    client._activate(at(now + datetime.timedelta(minutes=2)), "network")  # within the skew
