@@ -450,6 +450,31 @@ class Published:
     changed: bool
 
 
+# A compile holds the datasource's lock at most this long; one that outlived it
+# could publish after a newer one.
+LOCK_SECONDS = 600
+# How far ahead of this host's clock a published issued_at may be followed: as the
+# sidecars' own bound (sidecar.bundle.MAX_CLOCK_SKEW_SECONDS).
+MAX_CLOCK_SKEW = datetime.timedelta(minutes=5)
+
+
+def issued_after(previous: str | None, now: datetime.datetime) -> datetime.datetime:
+    """The next bundle's issued_at: ``now``, or a microsecond after the last one's when
+    that is later. Sidecars order bundles by issued_at and refuse one older than they
+    hold, so a publication from a host whose clock is a little behind another's
+    (the web process and the workers both publish) would otherwise be refused
+    everywhere until the next re-sign (a review's finding). A last one too far ahead
+    is not followed: the sidecars refused it, and its successor would be refused too."""
+    if previous is None:
+        return now
+    last = datetime.datetime.fromisoformat(previous.replace("Z", "+00:00"))
+    if last < now or last > now + MAX_CLOCK_SKEW:
+        if last > now + MAX_CLOCK_SKEW:
+            logger.error("the last bundle was issued at %s, ahead of this host's clock", previous)
+        return now
+    return last + datetime.timedelta(microseconds=1)
+
+
 def bundle_publish(*, datasource: Datasource, force: bool = False) -> Published:
     """Compile, and when the policy changed (or ``force``: a re-sign with a fresh
     ``issued_at``/``expires_at``), sign, store and announce a new revision.
@@ -458,10 +483,12 @@ def bundle_publish(*, datasource: Datasource, force: bool = False) -> Published:
     can never publish after a newer one.
     """
     client = redis_client()
-    with client.lock(_key(datasource.pk, "lock"), timeout=60, blocking_timeout=60):
+    with client.lock(_key(datasource.pk, "lock"), timeout=LOCK_SECONDS, blocking_timeout=60):
         datasource = Datasource.objects.select_related("environment").get(pk=datasource.pk)
+        last = client.lindex(_key(datasource.pk, "history"), 0)
+        issued = issued_after(last.decode().split(" ", 1)[1] if last else None, timezone.now())
         try:
-            bundle = bundle_compile(datasource=datasource)
+            bundle = bundle_compile(datasource=datasource, issued_at=issued)
         except BundleCompileError as exc:
             # The previous bundle stays served; say why on the sidecar page.
             client.set(_key(datasource.pk, "error"), str(exc))
@@ -523,6 +550,10 @@ def bundles_publish_all(
         try:
             results[datasource.pk] = bundle_publish(datasource=datasource, force=force)
         except BundleCompileError:
+            continue
+        except redis.exceptions.LockError:
+            # Another compile of it is still running: it publishes; the rest go on.
+            logger.warning("bundle of %s not published: its lock is held", datasource.name)
             continue
     return results
 

@@ -35,7 +35,7 @@ from governance.bundles import (
     redis_client,
 )
 from governance.models import Sidecar
-from sidecar.bundle import envelope_verify, parse_public_keys
+from sidecar.bundle import BundleClient, envelope_verify, parse_public_keys
 from sidecar.engine import compute_revision
 from tests.gateway.test_sidecar_api import call
 from tests.integration.conftest import SidecarProcess, sidecar_config
@@ -255,3 +255,38 @@ def test_a_replay_is_refused_and_past_expiry_and_grace_new_sessions_are_refused(
         assert metric(text, "warden_sidecar_bundle_grace_seconds") == 2
     finally:
         proc.stop()
+
+
+def test_a_publisher_whose_clock_is_behind_still_publishes_newer_policy(
+    demo_policy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review's finding: sidecars order bundles by issued_at and refuse an older
+    one as a replay, and both the web process and the Celery workers publish. A
+    policy change published from a host whose clock was 30 s behind the last
+    publisher's got an older issued_at, and every sidecar refused it, revocations
+    included, until the next re-sign (6 h). Publications of a datasource now follow
+    each other in issued_at whatever the publishing host's clock says."""
+    from governance import bundles as compiler  # the module whose clock the host sets
+
+    datasource = demo_policy.datasource
+    keys = parse_public_keys(pinned_key())
+    first = bundle_publish(datasource=datasource, force=True)
+    current = bundle_current(datasource_id=datasource.id)
+    assert current is not None and current[0] == first.revision
+    held = envelope_verify(current[1], keys, datasource="crm-prod")
+
+    behind = timezone.now() - datetime.timedelta(seconds=30)
+    monkeypatch.setattr(compiler.timezone, "now", lambda: behind)
+    second = bundle_publish(datasource=datasource, force=True)
+    current = bundle_current(datasource_id=datasource.id)
+    assert current is not None and current[0] == second.revision != first.revision
+    newer = envelope_verify(current[1], keys, datasource="crm-prod")
+    assert _time(newer.issued_at) > _time(held.issued_at)
+
+    # A sidecar holding the first takes the second.
+    client = BundleClient(
+        url="http://127.0.0.1:9", token="wds_test", public_keys=keys, state_dir=tmp_path
+    )
+    client._activate(held, "network")
+    client._activate(newer, "network")
+    assert client.active().revision == second.revision
