@@ -12,6 +12,7 @@ bundles this sidecar accepts (a bundle naming another is rejected).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import tomllib
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar.http import INVALID_URL, url_for_display
 
@@ -64,6 +66,10 @@ class SidecarConfig:
     # The upstream role must not be a superuser, BYPASSRLS, CREATEROLE or a member of
     # the file, program or all-data roles; true allows it (logged at every start).
     allow_privileged_upstream: bool = False
+    # control_plane_url, audit_url and approvals_url in plain http:// to a host that
+    # is not loopback carry the sidecar's token, every identity's verifier (in the
+    # bundle) and the approvals in clear: refused unless this is true.
+    allow_plain_http: bool = False
     spool_max_bytes: int = 512 * 1024 * 1024
     spool_full_policy: str = "refuse"
     # strict: each statement's intent is fsynced (group commit) before it may run, so
@@ -101,6 +107,20 @@ class SidecarConfig:
 MAX_WORKERS = 64
 
 _SECRETS = {"upstream_password", "audit_token", "upstream_dsn", "token", "mcp_token"}
+
+
+def _plain_http_over_network(url: str) -> bool:
+    """``url`` is http:// to a host other than ``localhost`` or a loopback address."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
@@ -177,6 +197,14 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         # The parser's own error quotes the URL's text; never say more than this.
         if url and url_for_display(url) == f"({INVALID_URL})":
             raise ConfigError(f"{name} is not a valid URL; percent-encode special characters in it")
+    for name in ("control_plane_url", "audit_url", "approvals_url"):
+        url = getattr(config, name)
+        if url and _plain_http_over_network(url) and not config.allow_plain_http:
+            raise ConfigError(
+                f"{name} is plain http:// to a host that is not loopback: the sidecar's "
+                "token, the bundle's credential verifiers and the approvals would cross "
+                "the network in clear; use https://, or set allow_plain_http = true"
+            )
     if config.control_plane_url:
         if not config.control_plane_url.startswith(("http://", "https://")):
             raise ConfigError("control_plane_url must be an http(s) URL")

@@ -25,6 +25,9 @@ def _env(**extra: str) -> dict[str, str]:
         "WARDEN_SIDECAR_DATASOURCE": "crm-prod",
         "WARDEN_SIDECAR_CONTROL_PLANE_URL": "http://cp.example:8000",
         "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": _pin(),
+        # An internal network the operator vouches for (test_bad_combinations: refused
+        # without it).
+        "WARDEN_SIDECAR_ALLOW_PLAIN_HTTP": "true",
     }
     return {**base, **extra}
 
@@ -51,6 +54,17 @@ def test_environment_alone_configures_a_control_plane_sidecar(tmp_path: Path) ->
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": ""}, "public_keys"),
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_CONTROL_PLANE_URL": "cp:80"}, "http"),
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_HEARTBEAT_INTERVAL": "0"}, "heartbeat"),
+        # Plain http to a host on the network: the token and verifiers in clear.
+        ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_ALLOW_PLAIN_HTTP": "false"}, "plain http"),
+        (
+            {
+                "WARDEN_SIDECAR_TOKEN": "t",
+                "WARDEN_SIDECAR_CONTROL_PLANE_URL": "https://cp.example",
+                "WARDEN_SIDECAR_AUDIT_URL": "http://10.0.0.5/a",
+                "WARDEN_SIDECAR_ALLOW_PLAIN_HTTP": "false",
+            },
+            "audit_url is plain http",
+        ),
     ],
 )
 def test_bad_combinations_are_refused_at_start(env: dict[str, str], message: str) -> None:
