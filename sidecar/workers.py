@@ -51,7 +51,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar.config import ConfigError, SidecarConfig
-from sidecar.proxy.server import CancelRoute, LoginThrottle, SignInLimitsUnavailable
+from sidecar.proxy.server import (
+    CancelRoute,
+    LoginThrottle,
+    SignInLimitsUnavailable,
+    SignInPair,
+)
 
 if TYPE_CHECKING:
     from sidecar.metrics import Metrics
@@ -118,8 +123,8 @@ class SharedState:
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op in ("blocked", "attempt", "failed", "succeeded"):
-            name, address = request["pair"]
-            pair = (str(name), str(address))
+            name, address, known = request["pair"]
+            pair = SignInPair(str(name), str(address), bool(known))
             if op == "blocked":
                 return {"wait": self.throttle.blocked_for(pair)}
             if op == "attempt":  # checked and counted in one answer: see attempt()
@@ -473,16 +478,16 @@ class SharedLink:
             raise SignInLimitsUnavailable(str(reply["error"]))
         return reply
 
-    async def blocked_for(self, pair: tuple[str, str]) -> float:
+    async def blocked_for(self, pair: SignInPair) -> float:
         return float((await self.ask({"op": "blocked", "pair": list(pair)}))["wait"])
 
-    async def failed(self, pair: tuple[str, str]) -> None:
+    async def failed(self, pair: SignInPair) -> None:
         await self.ask({"op": "failed", "pair": list(pair)})
 
-    async def succeeded(self, pair: tuple[str, str]) -> None:
+    async def succeeded(self, pair: SignInPair) -> None:
         await self.ask({"op": "succeeded", "pair": list(pair)})
 
-    async def attempt(self, pair: tuple[str, str]) -> float:
+    async def attempt(self, pair: SignInPair) -> float:
         return float((await self.ask({"op": "attempt", "pair": list(pair)}))["wait"])
 
 

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from sidecar.proxy.policy import Credential, Identity
-from sidecar.proxy.server import LoginThrottle
+from sidecar.proxy.server import LoginThrottle, SignInPair, sign_in_address
 
 log = logging.getLogger("warden.sidecar.mcp")
 
@@ -221,7 +221,7 @@ class Agents:
         if len(candidates) > 1:  # a shared prefix (rare): the verifier decides
             candidates = [(i, c) for i, c in candidates if c.verifier.matches_password(token)]
         if len(token) <= PREFIX_LENGTH or not candidates:
-            pair = ("", client_addr)
+            pair = SignInPair("", sign_in_address(client_addr), False)
             wait = self._unknown.blocked_for(pair)
             if wait > 0:
                 raise SignInFailed(

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sidecar import encodings
 from sidecar.proxy import messages as m
@@ -177,6 +178,32 @@ def _still_usable(identity: Identity | None, credential: str, now: datetime) -> 
     )
 
 
+class SignInPair(NamedTuple):
+    """Whose failed sign-ins are counted together."""
+
+    identity: str  # the name signed in as
+    # The client's address; of an IPv6 address its /64, which one host or network
+    # holds whole (a guesser would otherwise take a fresh address for every guess).
+    address: str
+    # The name is an identity of the bundle. Made-up names are counted in a table of
+    # their own: filling it, which costs a guesser nothing, cannot push a real
+    # identity's count out (a review's finding).
+    known: bool
+
+
+def sign_in_address(address: str) -> str:
+    """The address a sign-in is counted under (``SignInPair.address``)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a Unix socket's peer, or the MCP server's name for its client
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
 class LoginThrottle:
     """Failed sign-ins per (identity, client address). After ``FREE`` failures each
     further attempt of that pair is refused until a delay that doubles with every
@@ -193,22 +220,24 @@ class LoginThrottle:
     MAX_PAIRS = 10_000
 
     def __init__(self) -> None:
-        # pair -> [failures, last failure, refused until]
-        self._pairs: dict[tuple[str, str], list[float]] = {}
+        # pair -> [failures, last failure, refused until], by SignInPair.known; each
+        # table holds up to MAX_PAIRS.
+        self._tables: dict[bool, dict[SignInPair, list[float]]] = {True: {}, False: {}}
 
-    def blocked_for(self, pair: tuple[str, str], now: float | None = None) -> float:
-        entry = self._pairs.get(pair)
+    def blocked_for(self, pair: SignInPair, now: float | None = None) -> float:
+        entry = self._tables[pair.known].get(pair)
         if entry is None:
             return 0.0
         return max(0.0, entry[2] - (time.monotonic() if now is None else now))
 
-    def failed(self, pair: tuple[str, str], now: float | None = None) -> None:
+    def failed(self, pair: SignInPair, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        entry = self._pairs.get(pair)
+        table = self._tables[pair.known]
+        entry = table.get(pair)
         if entry is None or self._forgotten(entry, now):
-            if len(self._pairs) >= self.MAX_PAIRS:
-                self._make_room(now)
-            entry = self._pairs[pair] = [0.0, now, 0.0]
+            if len(table) >= self.MAX_PAIRS:
+                self._make_room(table, now)
+            entry = table[pair] = [0.0, now, 0.0]
         entry[0] += 1
         entry[1] = now
         over = entry[0] - self.FREE
@@ -218,26 +247,27 @@ class LoginThrottle:
     def _forgotten(self, entry: list[float], now: float) -> bool:
         return now - entry[1] > self.WINDOW and now >= entry[2]
 
-    def _make_room(self, now: float) -> None:
+    def _make_room(self, table: dict[SignInPair, list[float]], now: float) -> None:
         """Bounded in memory: forget the pairs whose count has lapsed, then those with
         the fewest failures, oldest first. (It forgot those whose delay ended first:
         made-up names, each failing a few times, pushed out a pair of many failures
         once its delay had run out, and its guesser began again with five free
-        guesses; a review's finding. A pair's count now goes only after every pair
-        with fewer, which an attacker would have to fill the table with.)"""
-        lapsed = [pair for pair, entry in self._pairs.items() if self._forgotten(entry, now)]
-        for pair in lapsed:
-            del self._pairs[pair]
-        if len(self._pairs) < self.MAX_PAIRS * 0.9:
+        guesses; a review's finding. Made-up names now fill a table of their own, and
+        in the identities' table a pair's count goes only after every pair with
+        fewer: the guesser would need that many identity and network pairs.)"""
+        for pair in [pair for pair, entry in table.items() if self._forgotten(entry, now)]:
+            del table[pair]
+        if len(table) < self.MAX_PAIRS * 0.9:
             return
-        least = sorted(self._pairs, key=lambda pair: (self._pairs[pair][0], self._pairs[pair][1]))
-        for pair in least[: self.MAX_PAIRS // 10]:
-            del self._pairs[pair]
+        for pair in sorted(table, key=lambda pair: (table[pair][0], table[pair][1]))[
+            : self.MAX_PAIRS // 10
+        ]:
+            del table[pair]
 
-    def succeeded(self, pair: tuple[str, str]) -> None:
-        self._pairs.pop(pair, None)
+    def succeeded(self, pair: SignInPair) -> None:
+        self._tables[pair.known].pop(pair, None)
 
-    def attempt(self, pair: tuple[str, str], now: float | None = None) -> float:
+    def attempt(self, pair: SignInPair, now: float | None = None) -> float:
         """Just before a guess is judged: how long ``pair`` must still wait (nothing is
         counted then), else 0 with the guess counted as a failure already, which its
         success undoes (``succeeded``). Checking and counting in one step is what keeps
@@ -257,13 +287,13 @@ class SignInLimits(Protocol):
     """Where failed sign-ins are counted: this process's ``LoginThrottle``, or the one
     the parent of several workers holds for all of them (``sidecar.workers``)."""
 
-    async def blocked_for(self, pair: tuple[str, str]) -> float: ...
+    async def blocked_for(self, pair: SignInPair) -> float: ...
 
-    async def failed(self, pair: tuple[str, str]) -> None: ...
+    async def failed(self, pair: SignInPair) -> None: ...
 
-    async def succeeded(self, pair: tuple[str, str]) -> None: ...
+    async def succeeded(self, pair: SignInPair) -> None: ...
 
-    async def attempt(self, pair: tuple[str, str]) -> float: ...
+    async def attempt(self, pair: SignInPair) -> float: ...
 
 
 class LocalSignInLimits:
@@ -272,16 +302,16 @@ class LocalSignInLimits:
     def __init__(self) -> None:
         self.throttle = LoginThrottle()
 
-    async def blocked_for(self, pair: tuple[str, str]) -> float:
+    async def blocked_for(self, pair: SignInPair) -> float:
         return self.throttle.blocked_for(pair)
 
-    async def failed(self, pair: tuple[str, str]) -> None:
+    async def failed(self, pair: SignInPair) -> None:
         self.throttle.failed(pair)
 
-    async def succeeded(self, pair: tuple[str, str]) -> None:
+    async def succeeded(self, pair: SignInPair) -> None:
         self.throttle.succeeded(pair)
 
-    async def attempt(self, pair: tuple[str, str]) -> float:
+    async def attempt(self, pair: SignInPair) -> float:
         return self.throttle.attempt(pair)
 
 
@@ -536,13 +566,14 @@ class ProxyServer:
             )
         if (expired := self.metrics.policy_usable()) is not None:
             raise _Refused("08006", expired)  # past its expiry and grace: no new sessions
-        pair = (identity_name, client_addr)
-        await self._check_limits(pair)
+        known = self.policy.identity(identity_name) is not None
+        pair = SignInPair(identity_name, sign_in_address(client_addr), known)
+        await self._check_limits(pair, client_addr)
         judged = False
 
         async def judging() -> None:
             nonlocal judged
-            await self._check_limits(pair, judging=True)
+            await self._check_limits(pair, client_addr, judging=True)
             judged = True  # counted as a failure already, until it succeeds
 
         try:
@@ -601,7 +632,9 @@ class ProxyServer:
             self.settings.internal_answer_bytes if internal else 0,
         )
 
-    async def _check_limits(self, pair: tuple[str, str], judging: bool = False) -> None:
+    async def _check_limits(
+        self, pair: SignInPair, client_addr: str, judging: bool = False
+    ) -> None:
         """Refuse the sign-in of ``pair`` (identity, address) while its failures hold
         it back; fail closed when the limits cannot be asked. ``judging``: the guess is
         about to be judged, and is counted as a failure in the same step (``attempt``);
@@ -618,10 +651,10 @@ class ProxyServer:
             ) from exc
         if wait > 0:
             self.metrics.logins["throttled"] += 1
-            self._audit_login("login_throttled", pair[0], pair[1])
+            self._audit_login("login_throttled", pair.identity, client_addr)
             raise _Throttled(
                 "28P01",
-                f"Warden: too many failed sign-ins as {pair[0]!r} from this address; "
+                f"Warden: too many failed sign-ins as {pair.identity!r} from this address; "
                 f"try again in {math.ceil(wait)} s",
             )
 

@@ -21,7 +21,7 @@ import pytest
 
 from sidecar.proxy import messages as m
 from sidecar.proxy.scram import ScramClient, make_verifier
-from sidecar.proxy.server import LoginThrottle
+from sidecar.proxy.server import LoginThrottle, SignInPair, sign_in_address
 from tests.sidecar.proxy.conftest import (
     ALICE_TOKEN,
     Sidecar,
@@ -166,7 +166,7 @@ def test_a_guesser_who_waits_out_each_delay_gets_no_fresh_start() -> None:
     first one, so a guesser who waited out each delay began again with five free
     guesses: about eleven a minute, without end. Waiting out every delay for an hour
     now gets a few dozen guesses at most; a pair quiet for the window starts afresh."""
-    throttle, pair, now, guesses = LoginThrottle(), ("bob", "203.0.113.9"), 0.0, 0
+    throttle, pair, now, guesses = LoginThrottle(), SignInPair("bob", "203.0.113.9", True), 0.0, 0
     while now < 3600:
         wait = throttle.blocked_for(pair, now)
         if wait > 0:
@@ -183,23 +183,40 @@ def test_a_guesser_who_waits_out_each_delay_gets_no_fresh_start() -> None:
 
 
 def test_made_up_names_do_not_push_a_guessers_count_out() -> None:
-    """A review's finding: the table of counts is bounded, and when full it forgot the
-    pairs whose delay had ended first. Waiting out bob's delay and filling the table
-    with made-up names that failed six times each (cheap: any name gets a SCRAM
-    exchange) pushed bob's pair out, and the next guesses at bob were free again."""
-    throttle, bob, now = LoginThrottle(), ("bob", "203.0.113.9"), 0.0
+    """Two reviews' findings: the table of counts is bounded, and when full it forgot
+    the pairs whose delay had ended first; then (second review) those with the
+    fewest failures. Filling it with made-up names that failed more often than bob
+    (cheap: any name gets a SCRAM exchange) pushed bob's pair out, and the next
+    guesses at bob were free again. Made-up names now fill a table of their own."""
+    throttle, bob, now = LoginThrottle(), SignInPair("bob", "203.0.113.9", True), 0.0
     for _ in range(12):  # twelve guesses at bob, each after its delay
         now += throttle.blocked_for(bob, now)
         throttle.failed(bob, now)
     now += throttle.blocked_for(bob, now) + 1
     for n in range(LoginThrottle.MAX_PAIRS + 2000):
-        made_up = (f"nobody{n}", "198.51.100.7")
-        for _ in range(LoginThrottle.FREE + 1):
+        made_up = SignInPair(f"nobody{n}", "198.51.100.7", False)
+        for _ in range(14):  # more failures than bob's, so that bob's pair is the least
             throttle.failed(made_up, now)
         now += 0.001
     assert throttle.blocked_for(bob, now) == 0  # bob's delay is over, but not his count:
     throttle.failed(bob, now)
     assert throttle.blocked_for(bob, now) >= 64  # the thirteenth failure waits as before
+
+
+def test_a_guesser_cannot_take_a_fresh_ipv6_address_for_every_guess() -> None:
+    """An IPv6 host or network holds a whole /64: its addresses count as one."""
+    throttle, now = LoginThrottle(), 0.0
+    for n in range(LoginThrottle.FREE + 1):
+        address = sign_in_address(f"2001:db8:5:7::{n + 1:x}")
+        throttle.failed(SignInPair("bob", address, True), now)
+    other_host = SignInPair("bob", sign_in_address("2001:db8:5:7:ffff::1"), True)
+    assert throttle.blocked_for(other_host, now) > 0
+    assert (
+        throttle.blocked_for(SignInPair("bob", sign_in_address("2001:db8:5:8::1"), True), now) == 0
+    )
+    assert sign_in_address("::ffff:203.0.113.9") == "203.0.113.9"
+    assert sign_in_address("203.0.113.9") == "203.0.113.9"
+    assert sign_in_address("local") == "local"
 
 
 # Not about how messages are relayed: one relay is enough (``one_relay``).
