@@ -133,6 +133,19 @@ def datasource_update(
     _require_policy_editor(actor)
     datasource = Datasource.objects.select_for_update(no_key=True).get(pk=datasource.pk)
     reason = _clean_reason(reason)
+    renamed = "name" in data and str(data["name"]) != datasource.name
+    pinned = datasource.sidecars.filter(revoked_at__isnull=True).count() if renamed else 0
+    if pinned:
+        # Each sidecar accepts only bundles naming the datasource it was set up for:
+        # renamed, every one of them would refuse every new bundle, and enforce the
+        # old policy (no revocation reaching it) until the bundle expired.
+        raise ValidationError(
+            {
+                "name": f"{pinned} sidecar(s) enforce this datasource under its name "
+                f"{datasource.name!r} and would refuse every bundle under another: revoke "
+                "them (and register them again with the new name) before renaming"
+            }
+        )
     with _careful(datasource, reason, f"datasource {datasource.name}"):
         _update(actor, datasource, data, allowed=DATASOURCE_FIELDS, reason=reason)
         # Inside: a guardrail the move breaks is the first thing to say.

@@ -302,3 +302,27 @@ def test_token_issue_stores_digest_and_scram_verifier(demo_policy, admin_user):
     )
     with pytest.raises(ApplicationError):
         services.token_issue(actor=admin_user, identity=demo_policy.service, name="again")
+
+
+def test_a_datasource_its_sidecars_enforce_is_not_renamed(demo_policy, admin_user):
+    """A review's finding: each sidecar accepts only bundles naming its datasource. A
+    rename made every sidecar of it refuse every later bundle, so revocations no
+    longer reached them and they enforced the old policy until it expired. A rename
+    is refused while a sidecar enforces the datasource, and allowed once none does."""
+    datasource = demo_policy.datasource
+    sidecar, _ = services.sidecar_register(actor=admin_user, datasource=datasource, name="sc-pin")
+    with pytest.raises(ValidationError, match="1 sidecar"):
+        services.datasource_update(
+            actor=admin_user, datasource=datasource, data={"name": "crm-renamed"}, reason="r"
+        )
+    datasource.refresh_from_db()
+    assert datasource.name != "crm-renamed"
+    services.datasource_update(  # its other fields change as before
+        actor=admin_user, datasource=datasource, data={"description": "still pinned"}
+    )
+    services.sidecar_revoke(actor=admin_user, sidecar=sidecar)
+    services.datasource_update(
+        actor=admin_user, datasource=datasource, data={"name": "crm-renamed"}, reason="r"
+    )
+    datasource.refresh_from_db()
+    assert datasource.name == "crm-renamed"
