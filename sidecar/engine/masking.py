@@ -136,9 +136,15 @@ def mask_expression(
         strategy = "null"
     # Every function and operator is schema-qualified, and text functions get text:
     # a same-named function elsewhere on the search_path with a closer argument type
-    # (say public.length(varchar)) would otherwise run on the raw value.
+    # (say public.length(varchar)) would otherwise run on the raw value. So is every
+    # type a raw value is cast to: PostgreSQL looks a type name up in the session's
+    # temporary schema before pg_catalog, and a domain pg_temp.text whose CHECK calls
+    # pg_notify(VALUE), or casts VALUE to int, handed out every raw value the mask
+    # was given (a review's finding). (The keyword types, int and bit(n), are
+    # pg_catalog's by the grammar; the last cast, to the column's type, sees only
+    # the masked value.)
     c = column
-    t = f"({c})::text"
+    t = f"({c})::pg_catalog.text"
     cat = "OPERATOR(pg_catalog.||)"
     expr: str | None = None
     if strategy == "hash":
@@ -151,7 +157,7 @@ def mask_expression(
         elif family == "numeric":
             expr = f"('x' {cat} pg_catalog.substr({digest}, 1, 13))::bit(52)::bigint"
         elif family == "uuid":
-            expr = f"pg_catalog.substr({digest}, 1, 32)::uuid"
+            expr = f"pg_catalog.substr({digest}, 1, 32)::pg_catalog.uuid"
         elif family == "bytea":
             hexed = f"pg_catalog.encode({c}, 'hex')"
             expr = f"pg_catalog.decode({keyed(hexed)}, 'hex')"
@@ -193,7 +199,7 @@ def mask_expression(
             "json": "'\"***\"'",
             "jsonb": "'\"***\"'",
             "uuid": "'00000000-0000-0000-0000-000000000000'",
-            "bytea": "'\\x'::bytea",
+            "bytea": "'\\x'::pg_catalog.bytea",
         }.get(family)
         if constant is not None:
             expr = f"CASE WHEN {c} IS NULL THEN NULL ELSE {constant} END"

@@ -15,10 +15,11 @@ from typing import Any
 
 from sidecar.proxy import messages as m
 
-# Read-only, schema-qualified (a client's search_path cannot redirect it), and
+# Read-only, schema-qualified, types included (neither a client's search_path nor a
+# type of its temporary schema can redirect it), and
 # answered even inside an open transaction.
 PROBE_SQL = (
-    b"SELECT pg_catalog.current_schemas(true)::text, "
+    b"SELECT pg_catalog.current_schemas(true)::pg_catalog.text, "
     b"pg_catalog.current_setting('client_encoding'), "
     b"pg_catalog.current_setting('standard_conforming_strings')"
 )
