@@ -89,6 +89,10 @@ class Analysis:
     colref_outer: list[bool] = field(default_factory=list)  # parallel to colrefs
     star_scopes: list[list[RangeRef] | None] = field(default_factory=list)  # one per bare *
     using_cols: list[str] = field(default_factory=list)
+    # Locations of relations whose columns go by other names or are merged (an alias
+    # list on them or on a join around them, a NATURAL join): a name cannot be traced
+    # to one of their columns, so every column of theirs counts as read.
+    whole_locations: set[int] = field(default_factory=set)
     functions: list[str] = field(default_factory=list)
     set_config_params: list[str | None] = field(default_factory=list)
     # (name, value) of each set_config call; None where not a constant.
@@ -351,6 +355,8 @@ class _Walker:
             self.r.cte_refs += 1
             return None
         alias = rv.get("alias", {}).get("aliasname")
+        if rv.get("alias", {}).get("colnames"):
+            self.r.whole_locations.add(rv.get("location", -1))
         ref = RangeRef(
             schema,
             name,
@@ -433,6 +439,8 @@ class _Walker:
 
     def v_JoinExpr(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         self.r.using_cols.extend(_names(body.get("usingClause", [])))
+        if body.get("isNatural") or (body.get("alias") or {}).get("colnames"):
+            self.r.whole_locations |= _direct_locations([body.get("larg"), body.get("rarg")])
         self.fields(body, ctes, skip=("usingClause",))
 
     def v_SelectStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:

@@ -247,6 +247,12 @@ def referenced_columns(a: Analysis) -> set[str]:
                 _named(refs, column, out)
     for column in a.using_cols:
         _named(tables, column, out)
+    if a.whole_locations:
+        # An alias list renames a relation's columns and a NATURAL join merges them:
+        # no name traces to them (a review's finding: ``SELECT d FROM customers AS
+        # x(a, b, c, d)`` read ssn past a guardrail on its classification), so all of
+        # them count as read.
+        _all_of([r for r in tables if r.location in a.whole_locations], out)
     if a.copy is not None and a.copy["relation"] and a.copy["direction"] == "to":
         copy_refs = [r for r in tables if r.role == "copy"]
         if a.copy["columns"]:
