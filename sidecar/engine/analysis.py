@@ -63,6 +63,9 @@ class WriteInfo:
     has_effective_where: bool | None
     oracle_refs: list[tuple[str, ...]] = field(default_factory=list)
     returns_whole_row: bool = False
+    # Names RETURNING may give the target's row besides its own (PostgreSQL 18):
+    # old and new, and those RETURNING WITH (OLD AS o, NEW AS n) chooses.
+    returning_aliases: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -275,6 +278,16 @@ def _renamed_locations(items: list[Any], renamed: bool = False) -> set[int]:
     return out
 
 
+def _returning_aliases(body: dict[str, Any]) -> frozenset[str]:
+    """``old``, ``new`` and the names ``RETURNING WITH (OLD AS o, NEW AS n)`` gives them:
+    each names the written row (a review's finding: ``RETURNING old.ssn`` was not
+    taken for the target's column). All of them, whatever the options rename."""
+    clause = body.get("returningClause")
+    options = clause.get("options", []) if isinstance(clause, dict) else []
+    named = {o.get("ReturningOption", {}).get("value") for o in options}
+    return frozenset({"old", "new"} | {name for name in named if isinstance(name, str)})
+
+
 def _returning(body: dict[str, Any]) -> list[Any]:
     """RETURNING items (PostgreSQL 18 wraps them in a returningClause)."""
     clause = body.get("returningClause")
@@ -483,7 +496,7 @@ class _Walker:
             effective = where is not None and not always_true(where, notes)
             if notes:
                 self.r.literal_sensitive = True
-        info = WriteInfo(kind, target, effective)
+        info = WriteInfo(kind, target, effective, returning_aliases=_returning_aliases(body))
         self.r.writes.append(info)
         for item in _returning(body):
             val = item.get("ResTarget", {}).get("val", {})

@@ -226,6 +226,10 @@ def referenced_columns(a: Analysis) -> set[str]:
     for r in tables:
         by_alias.setdefault(r.alias or r.relname, []).append(r)
         by_alias.setdefault(r.relname, []).append(r)
+    for write in a.writes:  # RETURNING old.col and the like name the written row
+        if write.target.table is not None:
+            for name in write.returning_aliases:
+                by_alias.setdefault(name, []).append(write.target)
     out: set[str] = set()
     stars = iter(a.star_scopes)
     for parts in a.colrefs:

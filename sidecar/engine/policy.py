@@ -323,7 +323,11 @@ def masking_violations(
         masked = masked_tables.get(table.key)
         if not masked:
             continue
-        names = {write.target.alias or write.target.relname, write.target.relname}
+        names = {
+            write.target.alias or write.target.relname,
+            write.target.relname,
+            *write.returning_aliases,
+        }
         if write.returns_whole_row:
             out.append(
                 (

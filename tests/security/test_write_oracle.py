@@ -45,6 +45,14 @@ ATTACKS = {
         "MERGE INTO public.customers t USING (VALUES (1)) v(id) ON t.id = v.id WHEN MATCHED "
         "THEN UPDATE SET name = (SELECT ssn FROM public.customers x(a, b, c, d) LIMIT 1)"
     ),
+    # PostgreSQL 18 names the written row old and new in RETURNING (a second
+    # review's finding). The engine reads PostgreSQL 18's grammar: on an older
+    # server the statement would fail at the server instead of leaking, but it must
+    # be refused before it gets there.
+    "returning_old": "UPDATE public.customers SET name = name WHERE id = 1 RETURNING old.ssn",
+    "returning_with_alias": (
+        "UPDATE public.customers SET name = name WHERE id = 1 RETURNING WITH (OLD AS o) o.ssn"
+    ),
     "delete_returning": (
         "DELETE FROM public.customers WHERE id = -1 "
         "RETURNING (SELECT ssn FROM public.customers AS x(a, b, c, d) LIMIT 1)"

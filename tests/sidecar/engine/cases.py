@@ -507,6 +507,11 @@ for sql in [
 # -- attempts to move classified data beyond the rewrite: blocked --
 for sql, rule in [
     ("UPDATE customers SET name = email WHERE id = 1", "mask.write_oracle"),
+    ("UPDATE customers SET name = name WHERE id = 1 RETURNING old.ssn", "mask.write_oracle"),
+    (
+        "UPDATE customers SET name = name WHERE id = 1 RETURNING WITH (NEW AS n) n.email",
+        "mask.write_oracle",
+    ),
     # A column alias list renames the sub-select's columns: ssn is the target's.
     (
         "UPDATE customers SET name = name WHERE id = 1 "
