@@ -96,6 +96,10 @@ class Analysis:
     # list on them or on a join around them, a NATURAL join): a name cannot be traced
     # to one of their columns, so every column of theirs counts as read.
     whole_locations: set[int] = field(default_factory=set)
+    # The name a CREATE FUNCTION/PROCEDURE/AGGREGATE or a rename gives a routine
+    # (without its schema), and whether the statement defines an operator.
+    defines_routine: str | None = None
+    defines_operator: bool = False
     functions: list[str] = field(default_factory=list)
     set_config_params: list[str | None] = field(default_factory=list)
     # (name, value) of each set_config call; None where not a constant.
@@ -276,6 +280,27 @@ def _renamed_locations(items: list[Any], renamed: bool = False) -> set[int]:
             hidden = renamed or bool((join.get("alias") or {}).get("colnames"))
             out |= _renamed_locations([join.get("larg"), join.get("rarg")], hidden)
     return out
+
+
+_ROUTINE_OBJECTS = frozenset(
+    {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_AGGREGATE", "OBJECT_ROUTINE"}
+)
+
+
+def _routine_defined(result: Analysis, node_type: str, body: dict[str, Any]) -> None:
+    """``defines_routine``, ``defines_operator``: what the statement names a routine or
+    makes an operator (``policy.masking_violations``, ``mask.builtin_shadow``)."""
+    if node_type == "CreateFunctionStmt":
+        names = _names(body.get("funcname", []))
+        result.defines_routine = names[-1] if names else None
+    elif node_type == "DefineStmt":
+        if body.get("kind") == "OBJECT_OPERATOR":
+            result.defines_operator = True
+        elif body.get("kind") == "OBJECT_AGGREGATE":
+            names = _names(body.get("defnames", []))
+            result.defines_routine = names[-1] if names else None
+    elif node_type == "RenameStmt" and body.get("renameType") in _ROUTINE_OBJECTS:
+        result.defines_routine = body.get("newname")
 
 
 def _returning_aliases(body: dict[str, Any]) -> frozenset[str]:
@@ -641,6 +666,7 @@ def analyse_statement(
     else:
         walker.visit({node_type: body}, frozenset())
     result.judged_type = judged_type
+    _routine_defined(result, node_type, body)
     # EXECUTE p, EXPLAIN ANALYZE EXECUTE p, CREATE TABLE t AS EXECUTE p: which statement
     # runs is the session's business (the proxy knows what it prepared under the name).
     executed: dict[str, Any] | None = None

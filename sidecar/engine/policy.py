@@ -385,6 +385,22 @@ def masking_violations(
                     )
                 )
                 break
+    # A function of a built-in's name (or an operator) in another schema runs in place
+    # of the built-in wherever its argument types fit better: SELECT upper('a'::varchar)
+    # calls public.upper(varchar) before pg_catalog.upper(text). Every identity signs in
+    # as the same database role, so what one defines every other would run, under the
+    # name the allowlist lets through (a review's finding). Whoever asks.
+    if a.defines_operator or (
+        a.defines_routine is not None and functions.category(a.defines_routine) is not None
+    ):
+        what = "an operator" if a.defines_operator else f"a function named {a.defines_routine}"
+        out.append(
+            (
+                "mask.builtin_shadow",
+                f"{what} would run in place of PostgreSQL's own wherever its argument types "
+                "fit better, for every identity",
+            )
+        )
     # Other sessions' statement text carries their literals whoever asks.
     for ref in a.ranges:
         if ref.relname in VALUE_CATALOGS and ref.schema in (None, "pg_catalog", "public"):
