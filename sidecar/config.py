@@ -96,6 +96,9 @@ class SidecarConfig:
     mcp_token: str | None = None
     mcp_max_rows: int = 1000  # rows a query returns at most (the result says truncated)
     mcp_max_result_bytes: int = 1024 * 1024  # JSON size of a result's rows at most
+    # The most the database may send in answer to one statement of an MCP session
+    # (the driver holds it whole); 0: 8 x mcp_max_result_bytes, at least 64 MiB.
+    mcp_answer_bytes: int = 0
     mcp_statement_timeout_ms: int = 30_000  # statement_timeout of every MCP session
     mcp_calls_per_minute: int = 120  # per identity, all its MCP sessions together
     mcp_concurrent_calls: int = 4  # per identity, in flight at once
@@ -197,8 +200,6 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         # The parser's own error quotes the URL's text; never say more than this.
         if url and url_for_display(url) == f"({INVALID_URL})":
             raise ConfigError(f"{name} is not a valid URL; percent-encode special characters in it")
-    for name in ("control_plane_url", "audit_url", "approvals_url"):
-        url = getattr(config, name)
         if url and _plain_http_over_network(url) and not config.allow_plain_http:
             raise ConfigError(
                 f"{name} is plain http:// to a host that is not loopback: the sidecar's "
@@ -222,6 +223,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}")
     if config.heartbeat_interval < 1:
         raise ConfigError("heartbeat_interval must be at least 1 second")
+    if config.mcp_answer_bytes and config.mcp_answer_bytes < 2 * config.mcp_max_result_bytes:
+        # A read keeps up to mcp_max_result_bytes and stops: the rows in flight when it
+        # cancels still arrive, and must not end the session.
+        raise ConfigError("mcp_answer_bytes must be at least twice mcp_max_result_bytes")
     if config.mcp_listen and ":" not in config.mcp_listen:
         raise ConfigError('mcp_listen must be "host:port"')
     for name in (

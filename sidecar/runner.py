@@ -883,7 +883,8 @@ async def serve(
         # Far above what a read keeps (it streams, and stops at the result limit; the
         # rows in flight when it cancels still arrive), so that only a write's
         # RETURNING rows or one enormous row meet it.
-        internal_answer_bytes=max(64 * 1024 * 1024, 8 * config.mcp_max_result_bytes),
+        internal_answer_bytes=config.mcp_answer_bytes
+        or max(64 * 1024 * 1024, 8 * config.mcp_max_result_bytes),
     )
     approvals_url = config.approvals_url or (
         config.control_plane_url.rstrip("/") + APPROVALS_PATH if config.control_plane_url else None

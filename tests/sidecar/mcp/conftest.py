@@ -59,6 +59,9 @@ AGENTS = {
 LIMITS = {
     "mcp_max_rows": 20,
     "mcp_max_result_bytes": 4000,
+    # What one answer may be: small enough that the test of it needs no statement
+    # that runs long on a loaded machine.
+    "mcp_answer_bytes": 8 * 1024 * 1024,
     "mcp_statement_timeout_ms": 1500,
     "mcp_calls_per_minute": 30,
     "mcp_concurrent_calls": 2,

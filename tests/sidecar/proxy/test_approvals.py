@@ -312,11 +312,11 @@ def test_sidecar_config_accepts_the_approvals_keys(tmp_path: Path) -> None:
             "WARDEN_SIDECAR_STATE_DIR": str(tmp_path),
             "WARDEN_SIDECAR_DATASOURCE": "db",
             "WARDEN_SIDECAR_BUNDLE_FILE": str(tmp_path / "b.json"),
-            "WARDEN_SIDECAR_APPROVALS_URL": "http://cp/api/v1/sidecar/approvals",
+            "WARDEN_SIDECAR_APPROVALS_URL": "https://cp/api/v1/sidecar/approvals",
             "WARDEN_SIDECAR_APPROVALS_TIMEOUT": "3",
         },
     )
-    assert config.approvals_url == "http://cp/api/v1/sidecar/approvals"
+    assert config.approvals_url == "https://cp/api/v1/sidecar/approvals"
     assert config.approvals_timeout == 3
 
 
