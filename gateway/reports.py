@@ -22,7 +22,7 @@ from governance.services import (
     sidecar_heartbeat_record,
     sidecar_schema_report,
 )
-from sidecar.engine.paths import PathError, parse_path
+from sidecar.engine.paths import PathError, name_key, parse_path
 
 HEARTBEAT_MAX_BYTES = 16 * 1024
 SCHEMA_MAX_BYTES = 2 * 1024 * 1024
@@ -126,10 +126,12 @@ def _path_valid(path: Any) -> bool:
     if not isinstance(path, str) or not path:
         return False
     try:
-        parse_path(path)
+        steps = parse_path(path)
     except PathError:
         return False
-    return True
+    # Each key a field's name: a key that looks like a value is not stored (paths are
+    # shown, recorded in the change history and signed into bundles).
+    return all(step.each or name_key(step.key or "") for step in steps)
 
 
 def _scan_problems(scan: Any) -> dict[str, str]:

@@ -17,6 +17,7 @@ can be named (``a\\.b`` is the key ``a.b``). The empty path is the whole column.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 MAX_PATH_LENGTH = 200  # ColumnClassification.path's length
@@ -39,6 +40,20 @@ class Step(NamedTuple):
 
 
 ELEMENTS = Step(None)
+
+# A key that names a field rather than carries a value: an identifier of at most 63
+# characters with few digits. Keys can be data too ({"by_email": {"ann@x.org": ...}}),
+# and a path is stored, signed into bundles and written into rewritten statements:
+# the scanner proposes paths only through such names, and the intake takes no other.
+_NAME_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+_MAX_KEY_DIGITS = 4
+
+
+def name_key(key: str) -> bool:
+    """``key`` looks like a field's name, not like a value (``_NAME_KEY``)."""
+    return (
+        _NAME_KEY.fullmatch(key) is not None and sum(ch.isdigit() for ch in key) <= _MAX_KEY_DIGITS
+    )
 
 
 def escape_key(key: str) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.engine.paths import ELEMENTS, MAX_PATH_LENGTH, Step, format_path
+from sidecar.engine.paths import ELEMENTS, MAX_PATH_LENGTH, Step, format_path, name_key
 from sidecar.scanner.detectors import NUMBER, TEXT
 
 JSON_VALUE_MAX = 16_384
@@ -62,10 +62,6 @@ def _name(steps: tuple[Step, ...], column: str) -> str:
     return column
 
 
-def _usable_key(key: str) -> bool:
-    return bool(key) and not any(ord(ch) < 32 or ord(ch) == 127 for ch in key)
-
-
 def path_samples(column: str, values: Iterable[str]) -> list[PathSample]:
     """Per-path leaf samples of one column's sampled JSON texts, in the order met."""
     samples: dict[tuple[Step, ...], PathSample] = {}
@@ -93,7 +89,10 @@ def _walk(
         if len(steps) >= MAX_DEPTH:
             return
         for key, value in node.items():
-            if _usable_key(key):
+            # Only through a key that names a field: a key can be a value itself (an
+            # e-mail address or an id keying a map), and a path leaves the sidecar
+            # (a review's finding: paths carried raw addresses and SSNs).
+            if name_key(key):
                 _walk(value, (*steps, Step(key)), column, samples, budget)
         return
     if isinstance(node, list):

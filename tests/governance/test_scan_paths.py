@@ -120,7 +120,11 @@ def test_path_findings_are_stored_per_path_and_compiled_as_format_1_1(
     assert not any(c.get("path") for c in bundle["column_classifications"])
 
 
-@pytest.mark.parametrize("path", ["", "a..b", "a[0]", 7, "x" * 201])
+@pytest.mark.parametrize(
+    "path",
+    # The last two: keys that are values, not names (an address, an SSN keying a map).
+    ["", "a..b", "a[0]", 7, "x" * 201, "by_email.ann@example\\.org.email", "idx.078-05-1120"],
+)
 def test_a_bad_path_refuses_the_report(demo_policy: Any, sidecar_token: str, path: Any) -> None:
     finding = {**_finding("profile", None, "pii.email", 0.95), "path": path}
     status, answer = _post(sidecar_token, {"snapshot": _snapshot(), "findings": [finding]})

@@ -109,6 +109,30 @@ def test_the_walk_is_bounded() -> None:
     assert "k" not in {s.name for s in samples}  # the deep leaf is below the bound
     numbers = path_samples("c", ["[1, 2.5, null, true]"])
     assert [(s.path, s.values, s.family) for s in numbers] == [("[]", ["1", "2.5"], "number")]
-    # Keys a path cannot name are skipped; brackets and backslashes are escaped.
-    odd = path_samples("c", [json.dumps({"": 1, "a\nb": 2, "x[0]": "v", "a\\b": "w"})])
-    assert {s.path for s in odd} == {"x\\[0\\]", "a\\\\b"}
+    # Only keys that name fields lead to paths (test_a_key_that_is_a_value...): not
+    # an empty one, one with a control character, brackets or a backslash.
+    odd = path_samples("c", [json.dumps({"": 1, "a\nb": 2, "x[0]": "v", "a\\b": "w", "a.b": "z"})])
+    assert {s.path for s in odd} == {"a\\.b"}
+
+
+def test_a_key_that_is_a_value_is_never_a_path(scratch_url: str) -> None:
+    """A review's finding: keys can be data. A map keyed by e-mail address or SSN made
+    finding paths that carried them raw: to the control plane, into its change
+    history, into every bundle and into rewritten statements. The scanner descends
+    only through keys that name fields, and the schema intake takes no other."""
+    ssns = [f"{100 + i:03d}-45-{1000 + i:04d}" for i in range(40)]
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE directory (id int, doc jsonb)")
+        for i, ssn in enumerate(ssns):
+            doc = {
+                "by_email": {EMAILS[i % len(EMAILS)]: {"email": EMAILS[i % len(EMAILS)]}},
+                "ssn_index": {ssn: {"note": "x"}},
+                "owner": {"email": EMAILS[i % len(EMAILS)]},
+            }
+            conn.execute("INSERT INTO directory VALUES (%s, %s)", (i, json.dumps(doc)))
+    found = _findings(scratch_url)
+    paths = [path for (table, _, path) in found if table == "directory"]
+    assert "owner.email" in paths  # a field's name still leads to its finding
+    text = json.dumps(paths)
+    assert not any(value in text for value in EMAILS + ssns), paths
+    assert not any("@" in path for path in paths)
