@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import hashlib
 import uuid
 from typing import Any
 
@@ -22,6 +23,16 @@ from audit.sink.trail import audit_control_event
 
 # Never copied into history: secrets and derived credentials.
 _NEVER_RECORDED = {"digest", "token_digest", "scram_verifier", "password"}
+# Secrets whose change the history must still show: recorded as a short digest. A
+# webhook's URL often carries its bearer token (a review's finding: every viewer
+# role read it on /changes, though the settings API hides it from them).
+_DIGESTED = {"webhook_url"}
+
+
+def _digested(value: Any) -> str:
+    if not value:
+        return ""
+    return "(set, sha256 " + hashlib.sha256(str(value).encode()).hexdigest()[:12] + ")"
 
 
 def _plain(value: Any) -> Any:
@@ -46,6 +57,8 @@ def object_snapshot(obj: models.Model) -> dict[str, Any]:
         if isinstance(field, models.ForeignKey):
             related = getattr(obj, field.name)
             data[field.name] = str(related) if related is not None else None
+        elif field.name in _DIGESTED:
+            data[field.name] = _digested(field.value_from_object(obj))
         else:
             data[field.name] = _plain(field.value_from_object(obj))
     if obj.pk is not None:

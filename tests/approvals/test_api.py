@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -270,6 +271,12 @@ def test_the_webhook_url_is_shown_only_to_those_who_set_it(clients, review_setup
             assert shown.status_code == 200, (role, path)
             assert "secretpart" not in shown.text, (role, path)
         assert clients[role].call("GET", url).json()["webhook_url"] == "(set)"
+    # Nor in the change history every viewer role reads (a later review's finding):
+    # a digest shows that it changed.
+    from audit.models import ChangeRecord
+
+    recorded = json.dumps([[r.before, r.after] for r in ChangeRecord.objects.all()])
+    assert "secretpart" not in recorded and "(set, sha256 " in recorded
 
 
 def test_a_deactivated_reviewer_reads_no_request(clients, review_setup, open_request, admin_user):
