@@ -132,14 +132,22 @@ _LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "
 _MAY_HOLD_LITERAL = re.compile(r"'|\$[^0-9]|--|/\*|(?<![\w$])\.?[0-9]")
 
 
-def _redact(text: str) -> tuple[str, str]:
+def _redact(text: str, legacy_escapes: bool = False) -> tuple[str, str]:
     """(redacted text, fingerprint): literals and comments removed, safe for the audit trail.
+
+    ``legacy_escapes``: the text has a backslash and the session reads strings with
+    standard_conforming_strings off, where ``'a\\'b'`` is one literal that the scanner
+    (which lexes with it on) would end early and partly keep (a review's finding:
+    a blocked UPDATE's name and SSN reached the trail). Nothing of such text is kept.
 
     ``pglast.normalize`` replaces the literals of plannable statements with ``$n``
     but leaves those of utility statements (``PREPARE ... AS``, ``CREATE TABLE
     ... AS``) and every comment, so a second pass over the tokens replaces what
     is left. Text the scanner cannot read is not stored at all.
     """
+    if legacy_escapes:
+        redacted = f"<statement with backslash escapes: {len(text.encode())} bytes>"
+        return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
     try:
         normalized = pg.normalize(text)
     except Exception:
@@ -512,6 +520,7 @@ class Engine:
         floor = "allow"  # the least an allow-guardrail can leave (unknown -> review)
 
         reason = rules.backslash_escapes(sql, session)
+        legacy = reason is not None  # its literals cannot be told apart: nothing kept
         if reason is not None:
             hard.append(reason)
         error: ClientError | None = None
@@ -539,7 +548,7 @@ class Engine:
         redact_errors = False
 
         if parse_error is not None:
-            redacted, fingerprint = _redact(sql)
+            redacted, fingerprint = _redact(sql, legacy)
             statements.append(
                 StatementAnalysis(
                     "unparseable",
@@ -619,7 +628,7 @@ class Engine:
                     hard.append(rules.REWRITE_NOT_PLACED)
 
             redacted, fingerprint = _redact(
-                raw_bytes[raw.start : raw.end].decode("utf-8", "replace")
+                raw_bytes[raw.start : raw.end].decode("utf-8", "replace"), legacy
             )
             statements.append(_statement_analysis(f, fingerprint, redacted))
             risks.append(

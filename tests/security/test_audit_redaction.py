@@ -10,14 +10,25 @@ leak: the literal, to everyone who can read the audit trail.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.security.conftest import Upstream
 from tests.security.wire import SYNC, RawClient, extended, q
-from tests.sidecar.proxy.conftest import Sidecar, wait_for
+from tests.sidecar.proxy.conftest import (
+    SCHEMA_SQL,
+    Sidecar,
+    admin_url,
+    build_bundle,
+    create_database,
+    drop_database,
+    start_sidecar,
+    wait_for,
+    with_database,
+)
 
 # Each case: (name, literal, messages). The literal is an SSN-shaped value.
 CASES: dict[str, Callable[[str, str], list[bytes]]] = {
@@ -92,3 +103,45 @@ def test_literals_never_reach_the_audit_trail(
             for name in (f"t_{tag}", f"tm_{tag}"):
                 conn.execute(f"DROP TABLE IF EXISTS staging.{name}, public.{name}")
             conn.execute(f"DROP VIEW IF EXISTS staging.v_{tag}, public.v_{tag}")
+
+
+@pytest.fixture(scope="module")
+def legacy_strings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    """A sidecar in front of a database whose sessions start with
+    standard_conforming_strings off (a legacy application's database default)."""
+    name = create_database("warden_legacy_")
+    try:
+        with psycopg.connect(with_database(admin_url(), name), autocommit=True) as conn:
+            conn.execute(SCHEMA_SQL)
+            conn.execute(f'ALTER DATABASE "{name}" SET standard_conforming_strings = off')
+        proc = start_sidecar(
+            tmp_path_factory.mktemp("legacy"),
+            with_database(admin_url(), name),
+            build_bundle(name),
+        )
+        try:
+            yield proc
+        finally:
+            proc.stop()
+    finally:
+        drop_database(name)
+
+
+def test_a_statement_with_legacy_escapes_keeps_nothing_in_the_trail(
+    legacy_strings: Sidecar,
+) -> None:
+    """A review's finding: where standard_conforming_strings is off, ``'a\\'b'`` is
+    one literal. The engine refuses such text (it does not lex the legacy escapes),
+    but recorded it redacted as if the setting were on, which ends the literal at
+    the backslash: the name and SSN in a refused UPDATE reached the trail."""
+    secret = "Jane Doe, SSN 001-55-1001"
+    statement = f"UPDATE notes SET body = 'Called \\'{secret}\\'' WHERE id = 7"
+    with (
+        psycopg.connect(legacy_strings.dsn(application_name="legacy"), autocommit=True) as conn,
+        pytest.raises(psycopg.Error),  # refused, as text the sidecar cannot lex
+    ):
+        conn.execute(statement)
+    assert wait_for(lambda: _events_for(legacy_strings, "legacy"), timeout=10)
+    recorded = " ".join(str(e) for e in _events_for(legacy_strings, "legacy"))
+    assert "Jane" not in recorded and "001-55-1001" not in recorded, recorded
+    assert "backslash escapes" in recorded
