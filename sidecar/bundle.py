@@ -421,7 +421,7 @@ class BundleClient:
         )
 
     def _write_cache(self, raw: bytes) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self.state_dir / CACHE_FILE
         tmp = self.state_dir / f".{CACHE_FILE}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1104,6 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    make_state_dir(config.state_dir)
     if config.workers > 1:
         from sidecar.workers import supervise
 
@@ -1114,6 +1115,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("not starting: %s", exc)
         return 2
     return 0
+
+
+def make_state_dir(state_dir: str) -> None:
+    """The state directory, made private (0700) when the sidecar creates it: it holds
+    the bundle with every identity's verifier, the audit spool and the salt key.
+    (Made here, first: a directory made on the way to one inside it gets the umask.)
+    One that exists is left as its owner made it; what the sidecar writes in it is
+    0600 either way."""
+    Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def mcp_main(config_path: str) -> int:
@@ -1134,6 +1144,7 @@ def mcp_main(config_path: str) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    make_state_dir(config.state_dir)
     try:
         token = stdio_token(config)
     except OSError as exc:

@@ -99,7 +99,8 @@ class AuditSpool:
         if durability not in ("strict", "batched"):
             raise ValueError("durability must be 'strict' or 'batched'")
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Private: the spool holds identities, addresses and redacted statements.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.flush_interval = flush_interval
@@ -138,7 +139,7 @@ class AuditSpool:
         self._commit_scheduled = False
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._journal_dir = directory / "journal"
-        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        self._journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # journal seq -> intents in it without their outcome on disk yet
         self._unresolved: dict[int, int] = {}
         self._resolved_unflushed: list[int] = []
@@ -368,7 +369,10 @@ class AuditSpool:
             self._last_write.result()
 
     def _open_current(self) -> Any:
-        return (self.directory / f"{self._seq:012d}.jsonl").open("ab")
+        # 0600 whatever the umask, as the journal files (a review's finding: 0644).
+        path = self.directory / f"{self._seq:012d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "ab")
 
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.jsonl"))

@@ -153,7 +153,7 @@ def fake_salt_key(state_dir: Path) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = state_dir / f".scram-unknown-salt.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:

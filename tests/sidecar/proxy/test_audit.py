@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -246,6 +247,29 @@ def test_spool_bound_refuse_policy_refuses_statements(upstream: str, tmp_path: P
             # every statement is refused.
             refused = wait_for(lambda: _refused(conn), timeout=5)
             assert refused and "audit spool is full" in refused
+    finally:
+        sidecar.stop()
+
+
+def test_the_state_directory_and_the_spool_are_private(upstream: str, tmp_path: Path) -> None:
+    """A review's finding: the spool's segments were created with the umask (0644 under
+    a usual one) beside journal files of 0600, and they hold identities, client
+    addresses and redacted statements. The sidecar now creates its state directory
+    0700 and every spool segment 0600, whatever the umask."""
+    name = urlsplit(upstream).path.lstrip("/")
+    previous = os.umask(0o022)
+    try:
+        sidecar = start_sidecar(tmp_path / "sc", upstream, build_bundle(name))
+    finally:
+        os.umask(previous)
+    try:
+        with psycopg.connect(sidecar.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        assert wait_for(lambda: list((sidecar.state_dir / "spool").glob("*.jsonl")), timeout=10)
+        assert stat.S_IMODE(sidecar.state_dir.stat().st_mode) == 0o700
+        for path in (sidecar.state_dir / "spool").rglob("*"):
+            expected = 0o700 if path.is_dir() else 0o600
+            assert stat.S_IMODE(path.stat().st_mode) == expected, path
     finally:
         sidecar.stop()
 
