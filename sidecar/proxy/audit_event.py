@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -80,6 +81,22 @@ def _random_tails() -> list[str]:
 
 
 event_id = _EventIds()
+
+
+# What of a client's application_name the trail keeps: PostgreSQL's own 63 bytes, and
+# nothing shaped like an e-mail address or a long number (six digits or more, with
+# or without separators). The name is the client's free text, set at start or by
+# SET or set_config, and repeated in every event of its session: a review found an
+# address and SSNs (set_config('application_name', ssn, false)) carried that way.
+_APPLICATION_NAME_BYTES = 63
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
+_LONG_NUMBER = re.compile(r"\d(?:[\s./-]?\d){5,}")
+
+
+def application_name(value: str) -> str:
+    """``value`` as the audit trail keeps it (``_APPLICATION_NAME_BYTES``)."""
+    kept = value.encode("utf-8")[:_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
+    return _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", kept))
 
 
 def encode_base(base_event: Mapping[str, Any]) -> str:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
-from sidecar.proxy.audit_event import login_event, session_event
+from sidecar.proxy.audit_event import application_name, login_event, session_event
 from sidecar.proxy.hold import Estimator
 from sidecar.proxy.policy import Credential, Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer, Verifier, stored_key
@@ -759,7 +759,7 @@ class ProxyServer:
             "datasource": self.settings.datasource,
             "sidecar": self.settings.sidecar_id,
             "client_addr": client_addr,
-            "application_name": params.get("application_name", ""),
+            "application_name": application_name(params.get("application_name", "")),
         }
         greeting = b"".join(m.parameter_status(k, v) for k, v in up.parameters.items())
         greeting += m.backend_key_data(pid, secret) + m.ready_for_query(up.status)

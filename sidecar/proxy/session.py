@@ -39,7 +39,14 @@ from sidecar.proxy import hold as holds
 from sidecar.proxy import messages as m
 from sidecar.proxy import state as st
 from sidecar.proxy.approvals import ApprovalGate, ApprovalState
-from sidecar.proxy.audit_event import STAMP, encode_base, event_id, now_us, statement_line
+from sidecar.proxy.audit_event import (
+    STAMP,
+    application_name,
+    encode_base,
+    event_id,
+    now_us,
+    statement_line,
+)
 from sidecar.proxy.hold import (
     SPOOL_FULL,
     SQLSTATE_BLOCKED,
@@ -1892,7 +1899,7 @@ class Session(_SessionBase):
         elif name == b"client_encoding":
             self._track(client_encoding=value.decode("ascii", "replace"))
         elif name == b"application_name":
-            self.base_event["application_name"] = value.decode("utf-8", "replace")
+            self.base_event["application_name"] = application_name(value.decode("utf-8", "replace"))
             self._base_json = encode_base(self.base_event)
 
     def _track(self, **changes: Any) -> None:

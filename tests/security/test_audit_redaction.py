@@ -145,3 +145,22 @@ def test_a_statement_with_legacy_escapes_keeps_nothing_in_the_trail(
     recorded = " ".join(str(e) for e in _events_for(legacy_strings, "legacy"))
     assert "Jane" not in recorded and "001-55-1001" not in recorded, recorded
     assert "backslash escapes" in recorded
+
+
+def test_application_name_carries_no_address_or_number_into_the_trail(sidecar: Sidecar) -> None:
+    """A review's finding: application_name is the client's free text, set at start or
+    by SET, and repeated in every event of its session, where literal redaction never
+    looks. An address set at start, and an SSN set later, reached every event."""
+    address, ssn = "ann.lee@example.org", "001-55-1001"
+    dsn = sidecar.dsn(application_name=f"report for {address}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        conn.execute(f"SET application_name = 'case {ssn} review'")
+        conn.execute("SELECT 2")
+    assert wait_for(
+        lambda: any(e.get("application_name") == "case [number] review" for e in sidecar.events()),
+        timeout=10,
+    )
+    recorded = " ".join(str(e) for e in sidecar.events())
+    assert address not in recorded and ssn not in recorded
+    assert "report for [email]" in recorded
