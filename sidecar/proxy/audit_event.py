@@ -156,18 +156,31 @@ def session_event(
     return event
 
 
+# Warden's token prefixes (identity, API, sidecar): a name that starts with one is a
+# secret typed in the wrong field, and an append-only trail cannot forget it.
+_TOKEN_PREFIXES = ("wdn_", "wda_", "wds_")
+_TOKEN_SHOWN = 10  # a credential's prefix, as the control plane shows it
+
+
+def sign_in_name(name: str) -> str:
+    if name.startswith(_TOKEN_PREFIXES) and len(name) > _TOKEN_SHOWN:
+        return name[:_TOKEN_SHOWN] + "… (a token, not a name)"
+    return name[:64]
+
+
 def login_event(
     kind: str, name: str, *, datasource: str, sidecar: str, client_addr: str
 ) -> dict[str, Any]:
     """``login_failed`` or ``login_throttled``: the name the client gave, shortened,
-    never the attempted token."""
+    never the attempted token (nor one pasted into the user name: only its prefix,
+    which the control plane shows to find it by)."""
     now = time.time()
     return {
         events.VERSION_KEY: VERSION,
         "id": event_id(now),
         "type": kind,
         "ts": round(now, 6),
-        "identity": name[:64],
+        "identity": sign_in_name(name),
         "datasource": datasource,
         "sidecar": sidecar,
         "client_addr": client_addr,

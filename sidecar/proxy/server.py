@@ -36,7 +36,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from sidecar import encodings
 from sidecar.proxy import messages as m
 from sidecar.proxy.approvals import ApprovalGate
-from sidecar.proxy.audit_event import application_name, login_event, session_event
+from sidecar.proxy.audit_event import (
+    application_name,
+    login_event,
+    session_event,
+    sign_in_name,
+)
 from sidecar.proxy.hold import Estimator
 from sidecar.proxy.policy import Credential, Identity, Policy
 from sidecar.proxy.scram import ScramError, ScramServer, Verifier, stored_key
@@ -715,7 +720,7 @@ class ProxyServer:
             await recheck()
             server_final = scram.final(final)
         except (ScramError, ValueError, struct.error) as exc:
-            log.info("authentication failed for %r: %s", name, exc)
+            log.info("authentication failed for %r: %s", sign_in_name(name), exc)
             raise failed from exc
         assert identity is not None
         used = next((c for c in creds if c.verifier is scram.matched), None)

@@ -164,3 +164,18 @@ def test_application_name_carries_no_address_or_number_into_the_trail(sidecar: S
     recorded = " ".join(str(e) for e in sidecar.events())
     assert address not in recorded and ssn not in recorded
     assert "report for [email]" in recorded
+
+
+def test_a_token_typed_as_the_user_name_is_not_kept(sidecar: Sidecar) -> None:
+    """A review's finding: a failed sign-in's event keeps the name the client gave (64
+    characters), and a token pasted into the user name (47) was kept whole, in a
+    trail that cannot forget it, and in the log."""
+    token = "wdn_" + secrets.token_hex(21)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(sidecar.dsn(user=token, token=token))
+    assert wait_for(
+        lambda: any(e.get("type") == "login_failed" for e in sidecar.events()), timeout=10
+    )
+    recorded = " ".join(str(e) for e in sidecar.events()) + sidecar.log()
+    assert token not in recorded and token[10:30] not in recorded
+    assert f"{token[:10]}… (a token, not a name)" in recorded
