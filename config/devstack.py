@@ -32,7 +32,18 @@ def embedded_postgres() -> Iterator[str]:
     import pgserver
 
     PG_DIR.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(PG_DIR), cleanup_mode="stop")
+    server = None
+    for attempt in range(3):
+        try:
+            server = pgserver.get_server(str(PG_DIR), cleanup_mode="stop")
+            break
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            # pgserver gives pg_ctl ten seconds; a loaded machine, or the previous run's
+            # server still shutting down, can take longer. It is reused once up.
+            if attempt == 2:
+                raise
+            time.sleep(3)
+    assert server is not None
     try:
         yield f"postgresql://postgres@/postgres?host={PG_DIR}"
     finally:
