@@ -10,9 +10,12 @@ statement calling it (``names_function``).
 
 from __future__ import annotations
 
+import dataclasses
+
 from sidecar.engine.bundle import Bundle, Conditions, Guardrail, Identity
 from sidecar.engine.facts import GuardrailFacts
 from sidecar.engine.policy import function_base
+from sidecar.engine.vocabulary import SEVERITY
 
 
 def _applies_to_identity(bundle: Bundle, c: Conditions, who: Identity, multi: bool) -> bool:
@@ -27,7 +30,7 @@ def _applies_to_identity(bundle: Bundle, c: Conditions, who: Identity, multi: bo
 
 def _matches_statement(c: Conditions, f: GuardrailFacts) -> bool:
     kinds = c.statement_kinds
-    if kinds and kinds.isdisjoint(f.kinds) and f.category not in kinds:
+    if kinds and f.kind not in kinds and f.category not in kinds:
         return False
     if c.tables and c.tables.isdisjoint(f.tables):
         return False
@@ -47,9 +50,31 @@ def _matches_statement(c: Conditions, f: GuardrailFacts) -> bool:
 
 
 def first_applying(bundle: Bundle, who: Identity, facts: list[GuardrailFacts]) -> Guardrail | None:
-    """The enabled guardrail, lowest position first, whose conditions all hold for
-    ``who`` and some statement of the text: it decides."""
+    """The guardrail that decides: the enabled one, lowest position first, whose
+    conditions all hold for ``who`` and some statement of the text. A statement that
+    runs writes of other kinds inside it (``GuardrailFacts.kinds``: a CTE's DELETE, a
+    MERGE's actions) is also judged as each of those kinds, and the most severe of
+    the guardrails so found decides: an allow or a review for the outer kind must
+    not lift a block of the inner one, nor an allow of one lift a review of the
+    other (a review's finding, for the outer kind alone; a second one, for any kind
+    matching an allow)."""
     multi = len(facts) > 1
+    deciding = _first(bundle, who, facts, multi)
+    for f in facts:
+        for kind in f.kinds:
+            if kind == f.kind:
+                continue
+            inner = _first(bundle, who, [dataclasses.replace(f, kind=kind)], multi)
+            if inner is not None and (
+                deciding is None or SEVERITY[inner.action] > SEVERITY[deciding.action]
+            ):
+                deciding = inner
+    return deciding
+
+
+def _first(
+    bundle: Bundle, who: Identity, facts: list[GuardrailFacts], multi: bool
+) -> Guardrail | None:
     for g in bundle.guardrails:
         c = g.conditions
         if not _applies_to_identity(bundle, c, who, multi):

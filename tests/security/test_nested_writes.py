@@ -10,11 +10,13 @@ be held (or blocked) as the plain statement is, and nothing deleted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import psycopg
 import pytest
 
-from tests.security.conftest import Upstream
-from tests.sidecar.proxy.conftest import Sidecar
+from tests.security.conftest import Upstream, guardrail, security_bundle
+from tests.sidecar.proxy.conftest import Sidecar, start_sidecar
 
 HELD_DELETES = {
     "cte": "WITH d AS (DELETE FROM public.notes WHERE id = 1 RETURNING id) SELECT * FROM d",
@@ -79,3 +81,49 @@ def test_a_merge_that_only_inserts_is_not_a_delete(sidecar: Sidecar, upstream: U
         )
     with upstream.admin() as admin:
         assert admin.execute("DELETE FROM public.notes WHERE id = 1000").rowcount == 1
+
+
+@pytest.fixture(scope="module")
+def updates_allowed(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sidecar]:
+    """Updates allowed first, deletes blocked next: the order a policy author writes."""
+    rules = [
+        guardrail("allow-updates", "allow", 1, statement_kinds=["update"]),
+        guardrail("no-deletes", "block", 2, statement_kinds=["delete"]),
+        guardrail("review-inserts", "review", 3, statement_kinds=["insert"]),
+        guardrail("allow-the-rest", "allow", 4),
+    ]
+    proc = start_sidecar(
+        tmp_path_factory.mktemp("updates"),
+        upstream.app_dsn,
+        security_bundle(upstream.name, guardrails=rules),
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_an_allowed_kind_does_not_lift_another_kind_it_carries(
+    updates_allowed: Sidecar, upstream: Upstream, one_note: int
+) -> None:
+    """A review of the fix above found that it let an allow guardrail match any kind a
+    statement runs: the UPDATE in a CTE matched allow-updates, first, and the DELETE
+    around it ran past no-deletes. Each kind is judged as its own statement now, and
+    the most severe answer decides."""
+    with psycopg.connect(updates_allowed.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as blocked:
+            conn.execute(
+                "WITH u AS (UPDATE public.notes SET body = body WHERE id = 0 RETURNING id) "
+                "DELETE FROM public.notes WHERE id = 1"
+            )
+        assert "no-deletes" in str(blocked.value)
+        with pytest.raises(psycopg.DatabaseError) as held:
+            conn.execute(
+                "WITH i AS (INSERT INTO public.notes (body) VALUES ('x') RETURNING id) "
+                "UPDATE public.notes SET body = body WHERE id = 0"
+            )
+        assert "review-inserts" in str(held.value)
+        conn.execute("UPDATE public.notes SET body = body WHERE id = 0")  # still allowed
+    assert _notes(upstream) == one_note
