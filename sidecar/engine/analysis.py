@@ -96,6 +96,12 @@ class Analysis:
     # list on them or on a join around them, a NATURAL join): a name cannot be traced
     # to one of their columns, so every column of theirs counts as read.
     whole_locations: set[int] = field(default_factory=set)
+    # A join's alias -> the locations of the relations under it: ``x.card`` in
+    # ``(payments p JOIN orders o ON ...) AS x`` names a column of theirs.
+    join_aliases: dict[str, set[int]] = field(default_factory=dict)
+    # Each NATURAL join's two sides, as the locations of their relations: the
+    # columns the sides share are compared, so they are read.
+    natural_joins: list[tuple[set[int], set[int]]] = field(default_factory=list)
     # The name a CREATE FUNCTION/PROCEDURE/AGGREGATE or a rename gives a routine
     # (without its schema), and whether the statement defines an operator.
     defines_routine: str | None = None
@@ -477,8 +483,16 @@ class _Walker:
 
     def v_JoinExpr(self, body: dict[str, Any], ctes: frozenset[str]) -> None:
         self.r.using_cols.extend(_names(body.get("usingClause", [])))
-        if body.get("isNatural") or (body.get("alias") or {}).get("colnames"):
-            self.r.whole_locations |= _direct_locations([body.get("larg"), body.get("rarg")])
+        under = _direct_locations([body.get("larg"), body.get("rarg")])
+        alias = body.get("alias") or {}
+        if alias.get("colnames"):
+            self.r.whole_locations |= under
+        elif alias.get("aliasname"):
+            self.r.join_aliases.setdefault(alias["aliasname"], set()).update(under)
+        if body.get("isNatural"):
+            self.r.natural_joins.append(
+                (_direct_locations([body.get("larg")]), _direct_locations([body.get("rarg")]))
+            )
         self.fields(body, ctes, skip=("usingClause",))
 
     def v_SelectStmt(self, body: dict[str, Any], ctes: frozenset[str]) -> None:

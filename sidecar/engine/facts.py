@@ -226,6 +226,8 @@ def referenced_columns(a: Analysis) -> set[str]:
     for r in tables:
         by_alias.setdefault(r.alias or r.relname, []).append(r)
         by_alias.setdefault(r.relname, []).append(r)
+    for alias, locations in a.join_aliases.items():  # (a JOIN b ON ...) AS x: x.col
+        by_alias.setdefault(alias, []).extend(r for r in tables if r.location in locations)
     for write in a.writes:  # RETURNING old.col and the like name the written row
         if write.target.table is not None:
             for name in write.returning_aliases:
@@ -251,11 +253,23 @@ def referenced_columns(a: Analysis) -> set[str]:
                 _named(refs, column, out)
     for column in a.using_cols:
         _named(tables, column, out)
+    for left, right in a.natural_joins:
+        sides = (
+            [r for r in tables if r.location in left],
+            [r for r in tables if r.location in right],
+        )
+        both = [*sides[0], *sides[1]]
+        if not sides[0] or not sides[1]:  # a side the snapshot does not know: all of the other
+            _all_of(both, out)
+            continue
+        left_names = {c for r in sides[0] if r.table for c in r.table.column_names()}
+        right_names = {c for r in sides[1] if r.table for c in r.table.column_names()}
+        for column in left_names & right_names:
+            _named(both, column, out)
     if a.whole_locations:
-        # An alias list renames a relation's columns and a NATURAL join merges them:
-        # no name traces to them (a review's finding: ``SELECT d FROM customers AS
-        # x(a, b, c, d)`` read ssn past a guardrail on its classification), so all of
-        # them count as read.
+        # An alias list renames a relation's columns: no name traces to them (a
+        # review's finding: ``SELECT d FROM customers AS x(a, b, c, d)`` read ssn past
+        # a guardrail on its classification), so all of them count as read.
         _all_of([r for r in tables if r.location in a.whole_locations], out)
     if a.copy is not None and a.copy["relation"] and a.copy["direction"] == "to":
         copy_refs = [r for r in tables if r.role == "copy"]

@@ -34,6 +34,17 @@ READS = {
         "AS j(a, b, c, d, e, f) WHERE c = 21"
     ),
     "partial_alias_list": "SELECT ssn FROM public.customers AS x(a) WHERE a = 21",
+    # A join's alias without a column list: its relations' columns under its name.
+    "join_alias": (
+        "SELECT x.ssn FROM (public.notes n RIGHT JOIN public.customers c ON true) AS x "
+        "WHERE x.id = 21"
+    ),
+    "join_alias_whole_row": (
+        "SELECT x FROM (public.notes n RIGHT JOIN public.customers c ON true) AS x WHERE x.id = 21"
+    ),
+    "natural_join_shared_column": (
+        "SELECT c.id FROM public.customers c NATURAL JOIN staging.customers s WHERE c.id = 21"
+    ),
     "natural_join": (
         "SELECT id FROM public.customers NATURAL JOIN (VALUES ('021-55-1021')) AS v(ssn)"
     ),
@@ -79,6 +90,12 @@ def test_an_unbounded_read_through_an_alias_list_is_unbounded(guarded: Sidecar) 
 
 
 def test_the_guardrail_does_not_block_what_reads_no_ssn(guarded: Sidecar) -> None:
+    """Nor what shares no classified column: a NATURAL join compares the columns its
+    sides share, not all of theirs (public.notes and public.customers share id)."""
     with psycopg.connect(guarded.dsn("sec", SEC_TOKEN), autocommit=True) as conn:
         rows = conn.execute("SELECT id FROM public.customers WHERE id = 21").fetchall()
+        joined = conn.execute(
+            "SELECT id FROM public.customers NATURAL JOIN public.notes WHERE id = 21"
+        ).fetchall()
     assert rows == [(21,)] and not any(ssn in repr(rows) for ssn in SSNS)
+    assert joined == []
