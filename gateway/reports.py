@@ -126,12 +126,20 @@ def _path_valid(path: Any) -> bool:
     if not isinstance(path, str) or not path:
         return False
     try:
-        steps = parse_path(path)
+        parse_path(path)
     except PathError:
         return False
-    # Each key a field's name: a key that looks like a value is not stored (paths are
-    # shown, recorded in the change history and signed into bundles).
-    return all(step.each or name_key(step.key or "") for step in steps)
+    return True
+
+
+def _names_only(finding: dict[str, Any]) -> bool:
+    """A finding whose path, if any, goes through keys that name fields only. Another
+    (from a sidecar older than the rule: its scanner took map keys for names) is left
+    out, not stored: paths are shown, recorded in the change history and signed into
+    bundles, and such a key may be an address or an SSN. The rest of the report is
+    kept."""
+    path = finding.get("path")
+    return not path or all(step.each or name_key(step.key or "") for step in parse_path(path))
 
 
 def _scan_problems(scan: Any) -> dict[str, str]:
@@ -204,7 +212,7 @@ def schema_view(request: HttpRequest) -> JsonResponse:
         result = sidecar_schema_report(
             datasource_id=principal.datasource_id,
             snapshot=data["snapshot"],
-            findings=findings,
+            findings=[f for f in findings if _names_only(f)],
             scan=scan,
             sidecar_id=principal.sidecar_id,
         )

@@ -82,24 +82,32 @@ def _walk(
     column: str,
     samples: dict[tuple[Step, ...], PathSample],
     budget: list[int],
+    depth: int = 0,
+    opaque: bool = False,
 ) -> None:
+    """Collect the leaves under ``node`` at ``steps``. ``opaque``: below a key that is
+    not a field's name, where every leaf counts for ``steps``, the last path that
+    only names fields (so the finding masks that whole value)."""
     if budget[0] <= 0:
         return
     if isinstance(node, dict):
-        if len(steps) >= MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return
         for key, value in node.items():
             # Only through a key that names a field: a key can be a value itself (an
             # e-mail address or an id keying a map), and a path leaves the sidecar
             # (a review's finding: paths carried raw addresses and SSNs).
-            if name_key(key):
-                _walk(value, (*steps, Step(key)), column, samples, budget)
+            if not opaque and name_key(key):
+                _walk(value, (*steps, Step(key)), column, samples, budget, depth + 1)
+            elif steps:
+                _walk(value, steps, column, samples, budget, depth + 1, opaque=True)
         return
     if isinstance(node, list):
-        if len(steps) >= MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return
         for value in node[:MAX_ELEMENTS]:
-            _walk(value, (*steps, ELEMENTS), column, samples, budget)
+            inner = steps if opaque else (*steps, ELEMENTS)
+            _walk(value, inner, column, samples, budget, depth + 1, opaque)
         return
     if node is None or isinstance(node, bool) or not steps:
         return  # a scalar at the top is the whole column: not a path
