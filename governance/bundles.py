@@ -546,15 +546,25 @@ def bundles_publish_all(
     if datasource_ids is not None:
         qs = qs.filter(pk__in=datasource_ids)
     results: dict[int, Published] = {}
+    busy: list[int] = []
     for datasource in qs.order_by("pk"):
         try:
             results[datasource.pk] = bundle_publish(datasource=datasource, force=force)
         except BundleCompileError:
             continue
         except redis.exceptions.LockError:
-            # Another compile of it is still running: it publishes; the rest go on.
-            logger.warning("bundle of %s not published: its lock is held", datasource.name)
-            continue
+            # Another compile of it is still running, which may have read the policy
+            # before the change this one is for: the rest go on, and this one is
+            # compiled again shortly rather than wait for the next change or re-sign.
+            logger.warning("bundle of %s not published yet: its lock is held", datasource.name)
+            busy.append(datasource.pk)
+    if busy:
+        from governance.tasks import bundles_recompile
+
+        try:
+            bundles_recompile.apply_async(kwargs={"datasource_ids": busy}, countdown=30)
+        except Exception:
+            logger.exception("could not enqueue the bundle recompile of %s", busy)
     return results
 
 
