@@ -34,6 +34,8 @@ log = logging.getLogger("warden.sidecar.mcp")
 PREFIX_LENGTH = 10  # what the control plane stores and shows of a token (AccessToken.prefix)
 BEARER_KINDS = frozenset({"agent", "service"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# An IP address, v4 or v6, as the proxy's options carry it (no space, no backslash).
+_NOT_ADDRESS = re.compile(r"[^0-9A-Fa-f.:]+")
 
 
 def application_name(client: str) -> str:
@@ -241,7 +243,9 @@ class Agents:
         bundle's verifiers, the sign-in limits of the caller's address, and a hold for
         approval that answers at once (``warden.hold_wait=0``)."""
         directory, port = self.socket
-        addr = _UNSAFE.sub("", caller.client_addr)[:64] or "local"
+        # (Colons kept: an IPv6 address is counted under its /64 by the sign-in limits,
+        # and the audit trail shows it as it is.)
+        addr = _NOT_ADDRESS.sub("", caller.client_addr)[:64] or "local"
         try:
             return await psycopg.AsyncConnection.connect(
                 host=directory,

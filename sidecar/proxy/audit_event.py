@@ -90,7 +90,7 @@ event_id = _EventIds()
 # address and SSNs (set_config('application_name', ssn, false)) carried that way.
 _APPLICATION_NAME_BYTES = 63
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
-_LONG_NUMBER = re.compile(r"\d(?:[\s./-]?\d){5,}")
+_LONG_NUMBER = re.compile(r"\d(?:[\s./_,-]?\d){5,}")
 
 
 def application_name(value: str) -> str:
