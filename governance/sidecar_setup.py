@@ -105,6 +105,19 @@ def _toml(value: str | int) -> str:
     return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
 
+def _plain_http_lines(url: str) -> list[str]:
+    """For a control plane served over plain http: the sidecar refuses that unless told
+    (its token, the verifiers in the bundle and the approvals would cross the network
+    in clear), so say so, and leave the choice commented out."""
+    if not url.startswith("http://"):
+        return []
+    return [
+        "# The control plane is served over plain http: the sidecar refuses it to a",
+        "# host that is not loopback. Serve it over https, or accept the risk:",
+        "# allow_plain_http = true",
+    ]
+
+
 def sidecar_setup(*, sidecar: Sidecar, upstream_dsn: str = "") -> SidecarSetup:
     """The files and commands that start ``sidecar`` (see the module docstring)."""
     name = sidecar.name
@@ -118,6 +131,7 @@ def sidecar_setup(*, sidecar: Sidecar, upstream_dsn: str = "") -> SidecarSetup:
         f"datasource = {_toml(sidecar.datasource.name)}",
         f"sidecar_id = {_toml(name)}",
         f"control_plane_url = {_toml(settings.WARDEN_BASE_URL)}",
+        *_plain_http_lines(settings.WARDEN_BASE_URL),
         "# The keys bundles are signed with (GET /api/v1/sidecar/keys): pinned here.",
         f"bundle_public_keys = {_toml(keys)}",
         "# The database it guards, as a role of its own that is not privileged",

@@ -121,9 +121,12 @@ def _plain_http_over_network(url: str) -> bool:
     if host == "localhost":
         return False
     try:
-        return not ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return True
+    # 0.0.0.0 and :: reach this host (a control plane told to listen on every
+    # address, as `make run` with WARDEN_HOST=0.0.0.0 names itself).
+    return not (ip.is_loopback or ip.is_unspecified)
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:

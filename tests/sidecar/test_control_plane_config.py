@@ -54,7 +54,8 @@ def test_environment_alone_configures_a_control_plane_sidecar(tmp_path: Path) ->
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_BUNDLE_PUBLIC_KEYS": ""}, "public_keys"),
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_CONTROL_PLANE_URL": "cp:80"}, "http"),
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_HEARTBEAT_INTERVAL": "0"}, "heartbeat"),
-        # Plain http to a host on the network: the token and verifiers in clear.
+        # Plain http to a host on the network: the token and verifiers in clear (not
+        # 0.0.0.0: that names this host).
         ({"WARDEN_SIDECAR_TOKEN": "t", "WARDEN_SIDECAR_ALLOW_PLAIN_HTTP": "false"}, "plain http"),
         (
             {
@@ -70,6 +71,13 @@ def test_environment_alone_configures_a_control_plane_sidecar(tmp_path: Path) ->
 def test_bad_combinations_are_refused_at_start(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(env=_env(**env))
+
+
+def test_plain_http_to_this_host_is_allowed() -> None:
+    for url in ("http://127.0.0.1:8000", "http://localhost:8000", "http://0.0.0.0:8000"):
+        env = _env(WARDEN_SIDECAR_TOKEN="t", WARDEN_SIDECAR_CONTROL_PLANE_URL=url)
+        env["WARDEN_SIDECAR_ALLOW_PLAIN_HTTP"] = "false"
+        assert load_config(env=env).control_plane_url == url
 
 
 def test_neither_source_is_refused() -> None:
