@@ -307,6 +307,13 @@ def _routine_defined(result: Analysis, node_type: str, body: dict[str, Any]) -> 
             result.defines_routine = names[-1] if names else None
     elif node_type == "RenameStmt" and body.get("renameType") in _ROUTINE_OBJECTS:
         result.defines_routine = body.get("newname")
+    elif node_type == "AlterObjectSchemaStmt" and body.get("objectType") in _ROUTINE_OBJECTS:
+        # Moving a function into another schema puts its name on that schema's
+        # search paths: the same as defining it there.
+        names = _names(body.get("object", {}).get("ObjectWithArgs", {}).get("objname", []))
+        result.defines_routine = names[-1] if names else None
+    elif node_type == "AlterObjectSchemaStmt" and body.get("objectType") == "OBJECT_OPERATOR":
+        result.defines_operator = True
 
 
 def _returning_aliases(body: dict[str, Any]) -> frozenset[str]:

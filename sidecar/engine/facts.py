@@ -83,13 +83,16 @@ def effective_kinds(a: Analysis, runs: bool) -> tuple[str, ...]:
     PREPARE, an EXPLAIN ANALYZE or a COPY (query). A guardrail on ``delete`` must
     hold ``WITH d AS (DELETE ...) SELECT ...`` as it holds the DELETE (a review's
     finding: it matched the outer kind alone, ``select``). DROP OWNED drops
-    objects: it is a ``drop`` as well. A plain EXPLAIN runs nothing."""
+    objects: it is a ``drop`` as well; COPY ... FROM inserts, an ``insert`` as well.
+    A plain EXPLAIN runs nothing."""
     kinds = {a.kind}
     if runs:
         kinds.update(w.kind for w in a.writes)
         kinds.update(a.write_actions)
     if a.kind == "drop_owned":
         kinds.add("drop")
+    if a.kind == vocabulary.COPY_FROM:
+        kinds.add("insert")  # COPY t FROM inserts rows
     return tuple(sorted(kinds))
 
 

@@ -34,6 +34,8 @@ SHADOWS = {
         "function = pg_catalog.texteq)"
     ),
     "rename": "ALTER FUNCTION public.harmless(varchar) RENAME TO upper",
+    # Moving one in from a schema no path names (a second reading's finding).
+    "set_schema": "ALTER FUNCTION pg_temp.upper(varchar) SET SCHEMA public",
 }
 
 

@@ -127,3 +127,17 @@ def test_an_allowed_kind_does_not_lift_another_kind_it_carries(
         assert "review-inserts" in str(held.value)
         conn.execute("UPDATE public.notes SET body = body WHERE id = 0")  # still allowed
     assert _notes(upstream) == one_note
+
+
+def test_copy_from_is_an_insert(
+    updates_allowed: Sidecar, upstream: Upstream, one_note: int
+) -> None:
+    """A second reading's finding: a guardrail on insert did not hold COPY ... FROM."""
+    with (
+        psycopg.connect(updates_allowed.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.DatabaseError) as held,
+        conn.cursor().copy("COPY public.notes (body) FROM STDIN") as copy,
+    ):
+        copy.write_row(("copied",))
+    assert "review-inserts" in str(held.value)
+    assert _notes(upstream) == one_note
