@@ -130,8 +130,8 @@ def refuses_cleartext(host: str, server_verified: bool) -> bool:
 def libpq_defaults(dsn: str) -> dict[str, str]:
     """Keyword arguments that give a libpq (psycopg) connection to ``dsn`` this client's
     defaults: ``sslmode`` when the DSN names none (libpq would use ``PGSSLMODE`` or
-    ``prefer``), and ``require_auth=!password`` when the DSN names no ``require_auth``
-    and ``refuses_cleartext`` holds for one of its hosts."""
+    ``prefer``), and ``require_auth=!password,!md5`` when the DSN names no
+    ``require_auth`` and ``refuses_cleartext`` holds for one of its hosts."""
     from psycopg import Error
     from psycopg.conninfo import conninfo_to_dict
 
@@ -151,7 +151,7 @@ def libpq_defaults(dsn: str) -> dict[str, str]:
             sslmode = defaults["sslmode"] = "require" if "require" in modes else "prefer"
     verified = verifies_server(sslmode, rootcert)
     if not params.get("require_auth") and any(refuses_cleartext(h, verified) for h in hosts):
-        defaults["require_auth"] = "!password"
+        defaults["require_auth"] = "!password,!md5"
     return defaults
 
 
@@ -364,12 +364,15 @@ class UpstreamTarget:
                     f"the upstream database asked for {asked}, and upstream_dsn's "
                     f"require_auth allows {allowed}"
                 )
-        elif method == "password" and refuses_cleartext(self.host, self.server_verified):
+        elif method in ("password", "md5") and refuses_cleartext(self.host, self.server_verified):
+            # MD5 too: whoever sits on the path relays the real server's salt and logs in
+            # with the answer (or cracks an answer to a salt of its own).
+            what = "in clear text" if method == "password" else "as an MD5 answer"
             raise UpstreamError(
-                "the upstream database asked for the password in clear text over a "
-                "connection that does not authenticate the server "
-                f"(sslmode={self.sslmode}); refused: use SCRAM, sslmode=verify-full with "
-                "sslrootcert, or require_auth=password in upstream_dsn to allow it"
+                f"the upstream database asked for the password {what} over a connection "
+                f"that does not authenticate the server (sslmode={self.sslmode}); refused: "
+                "use SCRAM, sslmode=verify-full with sslrootcert, or "
+                f"require_auth={method} in upstream_dsn to allow it"
             )
 
     @property

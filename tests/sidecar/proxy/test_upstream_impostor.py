@@ -274,13 +274,21 @@ def test_no_password_in_clear_inside_tls_that_does_not_check_the_server(
     impostor.append(fake)
     _expect_refused(fake.dsn(), "does not authenticate the server")  # sslmode=require
     assert fake.logins[-1].kinds == []
-    assert libpq_defaults(fake.dsn()) == {"sslmode": "require", "require_auth": "!password"}
+    assert libpq_defaults(fake.dsn()) == {"sslmode": "require", "require_auth": "!password,!md5"}
     # Checked against its CA (verify-full, or require with sslrootcert): sent.
     _expect_refused(fake.dsn(sslmode="verify-full", sslrootcert=str(ca_path)), "says no")
     assert fake.logins[-1].sent == [(b"p", PASSWORD.encode() + b"\x00")]
     _expect_refused(fake.dsn(sslmode="require", sslrootcert=str(ca_path)), "says no")
     assert fake.logins[-1].kinds == [b"p"]
     assert libpq_defaults(fake.dsn(sslmode="require", sslrootcert=str(ca_path))) == {}
+    # MD5 likewise (a second reading's finding): the impostor would relay the real
+    # server's salt and log in with the answer.
+    md5 = Impostor(address, [_auth(5, b"salt"), ask[1]], tls=context)
+    impostor.append(md5)
+    _expect_refused(md5.dsn(), "as an MD5 answer")
+    assert md5.logins[-1].kinds == []
+    _expect_refused(md5.dsn(require_auth="md5"), "says no")  # named: answered
+    assert md5.logins[-1].kinds == [b"p"]
 
 
 def _expect_refused(dsn: str, match: str) -> None:
@@ -342,14 +350,14 @@ def test_a_malformed_scram_exchange_is_an_upstream_error(impostor: list[Impostor
 
 def test_libpq_connections_get_the_same_defaults() -> None:
     assert libpq_defaults("postgresql://u@db.internal/app?sslmode=disable") == {
-        "require_auth": "!password"
+        "require_auth": "!password,!md5"
     }
     assert libpq_defaults("postgresql://u@db.internal/app?sslmode=prefer") == {
-        "require_auth": "!password"
+        "require_auth": "!password,!md5"
     }
     assert libpq_defaults("postgresql://u@db.internal/app") == {
         "sslmode": "require",
-        "require_auth": "!password",
+        "require_auth": "!password,!md5",
     }
     verified = "sslmode=verify-full&sslrootcert=/etc/ca.pem"
     assert libpq_defaults(f"postgresql://u@db.internal/app?{verified}") == {}
@@ -360,7 +368,7 @@ def test_libpq_connections_get_the_same_defaults() -> None:
     assert libpq_defaults("host=/run/postgresql dbname=app sslmode=disable") == {}
     assert (
         connect_kwargs("postgresql://u@db.internal/app?sslmode=allow")["require_auth"]
-        == "!password"
+        == "!password,!md5"
     )
     for query, problem in [
         ("require_auth=md5,!password", "cannot mix"),
