@@ -396,7 +396,10 @@ def test_one_enormous_answer_cannot_exhaust_the_sidecars_memory(sidecar: Sidecar
     session of the MCP server's when the answer to one statement passes
     ``mcp_answer_bytes`` (8 MiB here)."""
     pid = sidecar.proc.pid
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts from here
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts from here
+    except OSError:
+        pytest.skip("this kernel does not let the peak memory be reset")
     before = _peak_rss_mb(pid)
 
     async def body(client: Client) -> dict[str, Any]:
