@@ -56,6 +56,7 @@ from governance.models import (
     identities_allowed_on,
 )
 from governance.signing import bytes_sign
+from sidecar.bundle import MAX_CLOCK_SKEW_SECONDS
 from sidecar.engine import BundleError, canonical_bytes, compute_revision, load_bundle, vocabulary
 from sidecar.engine.bundle import FORMAT_AGENTS, FORMAT_PATHS
 from sidecar.engine.paths import PathError, parse_path, path_applies
@@ -453,9 +454,9 @@ class Published:
 # A compile holds the datasource's lock at most this long; one that outlived it
 # could publish after a newer one.
 LOCK_SECONDS = 600
-# How far ahead of this host's clock a published issued_at may be followed: as the
-# sidecars' own bound (sidecar.bundle.MAX_CLOCK_SKEW_SECONDS).
-MAX_CLOCK_SKEW = datetime.timedelta(minutes=5)
+# How far ahead of this host's clock a published issued_at may be followed: the
+# sidecars' own bound.
+MAX_CLOCK_SKEW = datetime.timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
 
 
 def issued_after(previous: str | None, now: datetime.datetime) -> datetime.datetime:
