@@ -516,6 +516,12 @@ async def _connect(target: UpstreamTarget, client_params: dict[str, str]) -> Ups
     raise next((e for e in failed if e.over_tls), failed[0])
 
 
+def _login_refused(body: bytes, encrypted: bool) -> _LoginRefused:
+    """The server's ErrorResponse ``body`` during the login, as the error it raises."""
+    fields = m.error_fields(body)
+    return _LoginRefused(fields.get("M", "upstream refused the login"), fields, over_tls=encrypted)
+
+
 async def _authenticate(
     target: UpstreamTarget,
     reader: asyncio.StreamReader,
@@ -531,9 +537,7 @@ async def _authenticate(
     while True:
         kind, body = await _read_message(reader)
         if kind == b"E":
-            fields = m.error_fields(body)
-            message = fields.get("M", "upstream refused the login")
-            raise _LoginRefused(message, fields, over_tls=encrypted)
+            raise _login_refused(body, encrypted)
         if kind in (b"N", b"v"):
             continue
         if kind != b"R":
@@ -611,9 +615,7 @@ async def _login(
                 await _probe_state(session)
                 return session
             elif kind == b"E":
-                fields = m.error_fields(body)
-                message = fields.get("M", "upstream refused the login")
-                raise _LoginRefused(message, fields, over_tls=encrypted)
+                raise _login_refused(body, encrypted)
             elif kind in (b"N", b"v"):
                 continue
             else:
