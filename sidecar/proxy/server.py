@@ -15,6 +15,7 @@ worker counts are then kept by the parent process (``SignInLimits``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -357,6 +358,8 @@ class ProxySettings:
 
 # The iteration count an unknown name's made-up verifier has (the control plane's).
 FAKE_ITERATIONS = 4096
+# Cleartext sign-ins whose key derivation may be under way or waiting at once.
+MAX_DERIVING = 16
 
 
 def _proven_by(creds: list[Credential], password: str, fake_salt: bytes) -> Credential | None:
@@ -418,6 +421,9 @@ class ProxyServer:
         # sidecar's own (``fake_salt_key``), so that every worker and every restart
         # shows one salt per name, as the bundle's verifiers do for a real identity.
         self._fake_salt_key = fake_salt_key or secrets.token_bytes(32)
+        # Cleartext sign-ins' key derivations: two threads, at most MAX_DERIVING at once.
+        self._deriver = concurrent.futures.ThreadPoolExecutor(2, "warden-derive")
+        self._deriving = 0
         self._limits = sign_in_limits or LocalSignInLimits()
         self._route = cancel_route or CancelRoute()
         self._server: asyncio.AbstractServer | None = None
@@ -682,11 +688,22 @@ class ProxyServer:
         if tls and self.settings.cleartext_over_tls:
             writer.write(m.auth_request(3))
             password = await self._read_password(reader)
+            if self._deriving >= MAX_DERIVING:
+                # Each waits for a thread of its own pool: a flood of sign-ins (fresh
+                # made-up names, so no limit holds them) must not queue without end,
+                # nor hold up the threads that judge large statements.
+                raise _Refused("53300", "Warden: too many sign-ins are being checked; retry")
             await recheck()
             text = password.rstrip(b"\x00").decode("utf-8", "replace")
             # Thousands of HMAC rounds a guess: in a thread (hashlib lets go of the
             # interpreter lock), not on the event loop every session shares.
-            used = await asyncio.to_thread(_proven_by, creds, text, self._fake_salt(name))
+            self._deriving += 1
+            try:
+                used = await asyncio.get_running_loop().run_in_executor(
+                    self._deriver, _proven_by, creds, text, self._fake_salt(name)
+                )
+            finally:
+                self._deriving -= 1
             if used is None:
                 raise failed
             assert identity is not None
