@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from sidecar import events
+from sidecar.engine import free_text
 from sidecar.proxy.policy import Verdict
 
 # The schema version every event carries (sidecar.events.SCHEMA_VERSION), as the
@@ -83,20 +83,18 @@ def _random_tails() -> list[str]:
 event_id = _EventIds()
 
 
-# What of a client's application_name the trail keeps: PostgreSQL's own 63 bytes, and
-# nothing shaped like an e-mail address or a long number (six digits or more, with
-# or without separators). The name is the client's free text, set at start or by
+# What of a client's application_name the trail keeps: PostgreSQL's own 63 bytes,
+# scrubbed (``free_text``). The name is the client's free text, set at start or by
 # SET or set_config, and repeated in every event of its session: a review found an
 # address and SSNs (set_config('application_name', ssn, false)) carried that way.
 _APPLICATION_NAME_BYTES = 63
-_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
-_LONG_NUMBER = re.compile(r"\d(?:[\s./_,-]?\d){5,}")
 
 
 def application_name(value: str) -> str:
     """``value`` as the audit trail keeps it (``_APPLICATION_NAME_BYTES``)."""
-    kept = value.encode("utf-8")[:_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
-    return _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", kept))
+    return free_text.scrub(
+        value.encode("utf-8")[:_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
+    )
 
 
 def encode_base(base_event: Mapping[str, Any]) -> str:
@@ -202,10 +200,12 @@ def audit_facts(decision: Any) -> dict[str, Any]:
         {
             "kind": st.kind,
             "category": st.category,
-            "tables_read": list(st.tables_read),
-            "tables_written": list(st.tables_written),
+            # Names as the client wrote them: a relation or function the snapshot does
+            # not know may be a value typed in double quotes (free_text).
+            "tables_read": [free_text.scrub(t) for t in st.tables_read],
+            "tables_written": [free_text.scrub(t) for t in st.tables_written],
             "columns_read": list(st.columns_read),
-            "functions": list(st.functions),
+            "functions": [free_text.scrub(f) for f in st.functions],
             "classifications": list(st.classifications),
             "masked_columns": list(st.masked_columns),
             "fingerprint": st.fingerprint,

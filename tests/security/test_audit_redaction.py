@@ -180,3 +180,20 @@ def test_a_token_typed_as_the_user_name_is_not_kept(sidecar: Sidecar) -> None:
     recorded = " ".join(str(e) for e in sidecar.events()) + sidecar.log()
     assert token not in recorded and token[10:30] not in recorded
     assert f"{token[:10]}… (a token, not a name)" in recorded
+
+
+def test_a_value_in_double_quotes_is_not_kept(sidecar: Sidecar) -> None:
+    """A review's finding: MySQL's habit, a string in double quotes, is an identifier
+    to PostgreSQL, and the redaction of literals left it in the trail, in the
+    statement and in its tables."""
+    address = "ann.lee@example.org"
+    with psycopg.connect(sidecar.dsn(application_name="quoted"), autocommit=True) as conn:
+        for statement in (
+            f'SELECT id FROM public.customers WHERE email = "{address}"',
+            f'SELECT * FROM "{address}"',
+        ):
+            with pytest.raises(psycopg.Error):
+                conn.execute(statement)
+    assert wait_for(lambda: len(_events_for(sidecar, "quoted")) >= 2, timeout=10)
+    recorded = " ".join(str(e) for e in _events_for(sidecar, "quoted"))
+    assert address not in recorded and '"[email]"' in recorded, recorded
