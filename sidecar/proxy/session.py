@@ -340,6 +340,16 @@ _STALE_PORTAL = Verdict(
 )
 
 
+_UNBOUND_PORTAL = Verdict(
+    action=BLOCK,
+    message="Warden: this portal was not bound through this session, or its cursor was "
+    "declared under earlier rules; bind it (or declare the cursor) again",
+    upstream_sql="",
+    audit=frozen({"kind": "unbound_portal"}),
+    barrier=True,  # only so that an Execute of it leaves the fast path
+)
+
+
 class _Prepared:
     """A prepared statement: its verdict, the policy generation that gave it, and
     what is needed to decide it again (client text, Parse tail) after a bundle change.
@@ -607,7 +617,7 @@ class Session(_SessionBase):
                             break
                 elif kind == _E:
                     portal = data[start + 5 : data.index(0, start + 5, end)]  # within it
-                    verdict = self.portals.get(portal, _UNSEEN_PORTAL) or _UNSEEN_PORTAL
+                    verdict = self.portals.get(portal) or self._unbound_portal(portal)
                     if verdict.barrier or self.dirty:  # _STALE_PORTAL is one too
                         self._on_execute(data, start, end, verdict, out)
                         if self.hold is not None:
@@ -730,10 +740,24 @@ class Session(_SessionBase):
         self.portals[portal] = _STALE_PORTAL if self._discarding else _portal_verdict(verdict)
         out.append(data[pos:end])
 
+    def _unbound_portal(self, portal: bytes) -> Verdict:
+        """The verdict on an Execute of a portal no Bind of this session opened (or one
+        whose Bind was refused): a cursor SQL DECLARE opened under the rules in force,
+        which was decided when it was declared, else a refusal. (It was allowed
+        whatever it was: a cursor declared while the identity was exempt, executed
+        after the masking bundle arrived, returned raw values; and a portal name
+        whose Bind the server refused ran the cursor of that name; a review's
+        findings.)"""
+        if portal not in self.portals:
+            declared = self._cursors.get(portal.decode(self.codec or "utf-8", "replace"))
+            if declared is not None and declared[0] == self.policy.generation:
+                return _UNSEEN_PORTAL
+        return _UNBOUND_PORTAL
+
     def _on_execute(
         self, data: bytes, pos: int, end: int, verdict: Verdict, out: list[bytes]
     ) -> None:
-        if verdict is _STALE_PORTAL:
+        if verdict is _STALE_PORTAL or verdict is _UNBOUND_PORTAL:
             out.append(self._refuse_in_batch(verdict))
             return
         self.pending.append(self._exec(verdict, False, self._base_json))
@@ -867,7 +891,12 @@ class Session(_SessionBase):
 
     def _refuse_in_batch(self, verdict: Verdict) -> bytes:
         """A failing Parse of a name nobody uses, standing in for a refused extended
-        message: the server errors and discards the batch up to Sync."""
+        message: the server errors and discards the batch up to Sync. The session
+        knows that now, not only once the error arrives: a Parse or Bind after it in
+        the batch must not be booked as done (a review's finding: a refused Bind, then
+        a Parse of the unnamed statement that the server skipped, and a Bind of it in
+        the next batch ran the statement the server still held)."""
+        self._discarding = True
         return m.build_parse(self._refusal_name, self._refuse(verdict), b"\x00\x00")
 
     def _probe_after(self, extended: bool) -> bytes:

@@ -13,9 +13,11 @@ SQL ``EXECUTE px`` after the change.)
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
+from sidecar.proxy import messages as m
 from tests.security.conftest import (
     assert_refused_fields,
     exempt,
@@ -162,3 +164,46 @@ def test_an_older_reprepare_confirmed_behind_a_newer_one_is_not_taken_for_it(
             assert client.exchange(q("SELECT 1")).column() == ["1"]
     finally:
         publish(sidecar, loose)
+
+
+def test_an_sql_cursor_executed_by_the_protocol_after_the_change(
+    exempt_then_masked: tuple[Sidecar, dict[str, Any]],
+) -> None:
+    """Attack (a review's finding): a cursor declared with SQL while exempt, the bundle
+    now masks alice, then a protocol Execute of the cursor's name. SQL FETCH of it was
+    refused; the protocol Execute of a portal the sidecar never bound was allowed,
+    and returned raw SSNs."""
+    sidecar, masked = exempt_then_masked
+    with RawClient(sidecar) as client:
+        declared = client.exchange(
+            q("DECLARE c1 CURSOR WITH HOLD FOR SELECT ssn FROM public.customers ORDER BY id")
+        )
+        assert not declared.errors, declared.errors
+        # Positive control: exempt, declared now, the Execute runs and is raw (one
+        # row of it: the rest stays for the attack).
+        one_row = m.frame(b"E", b"c1\x00" + struct.pack("!i", 1))
+        control = client.exchange(one_row, SYNC)
+        assert public_ssns_in(control.raw), control.tags
+
+        publish(sidecar, masked)
+
+        reply = client.exchange(execute("c1"), SYNC)
+        assert public_ssns_in(reply.raw) == set(), "protocol Execute of the cursor leaked"
+        assert reply.errors, f"not refused: {reply.tags}"
+        assert client.exchange(q("CLOSE c1")).errors == []
+        assert client.exchange(q("SELECT 1")).column() == ["1"]
+
+
+def test_a_parse_skipped_after_a_refusal_is_not_booked(sidecar: Sidecar) -> None:
+    """Attack (a review's finding): the unnamed statement prepared as an UPDATE, then in
+    one write a Bind Warden refuses (the server then skips the rest of the batch), a
+    Parse of the unnamed statement as ``SELECT 1`` (skipped), Sync, and a Bind and
+    Execute of the unnamed statement. The session booked ``SELECT 1`` when it sent the
+    Parse; the server ran the UPDATE, and its not-null violation, matched to
+    ``SELECT 1``, came back with the failing row unredacted: a raw SSN."""
+    update = "UPDATE public.customers SET name = NULL WHERE id = 7"
+    with RawClient(sidecar) as client:
+        assert not client.exchange(parse(update), SYNC).errors
+        reply = client.exchange(bind("nope"), parse("SELECT 1"), SYNC, bind(), execute(), SYNC)
+    assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
+    assert not any("null value" in e.get("M", "") for e in reply.errors), reply.errors
