@@ -609,8 +609,8 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
         step->verdict = NULL;
         if (kind == 'B') {
             const unsigned char *portal_end = cstring_end(payload, stop);
-            if (portal_end == NULL)
-                goto done;
+            if (portal_end == NULL || portal_end != payload)
+                goto done; /* a named portal: Python checks the name is free */
             const unsigned char *stmt_end = cstring_end(portal_end + 1, stop);
             if (stmt_end == NULL)
                 goto done;

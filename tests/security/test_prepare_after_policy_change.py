@@ -207,3 +207,35 @@ def test_a_parse_skipped_after_a_refusal_is_not_booked(sidecar: Sidecar) -> None
         reply = client.exchange(bind("nope"), parse("SELECT 1"), SYNC, bind(), execute(), SYNC)
     assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
     assert not any("null value" in e.get("M", "") for e in reply.errors), reply.errors
+
+
+UPDATE_7 = "UPDATE public.customers SET name = NULL WHERE id = 7"
+
+
+def test_a_parse_the_server_refuses_is_not_booked(sidecar: Sidecar) -> None:
+    """Attack (a review's finding): ``u`` prepared as an UPDATE; then in one write a
+    Parse of ``u`` as ``SELECT 1`` (the server refuses it: the name is held), Sync,
+    and a Bind and Execute of ``u``. The session booked ``SELECT 1``; the server ran
+    the UPDATE, and its failing row came back unredacted. Warden now refuses the
+    Parse itself, as the server does, and keeps its books."""
+    with RawClient(sidecar) as client:
+        assert not client.exchange(parse(UPDATE_7, "u"), SYNC).errors
+        reply = client.exchange(parse("SELECT 1", "u"), SYNC, bind("u"), execute(), SYNC)
+    assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
+    assert any("already exists" in e.get("M", "") for e in reply.errors), reply.errors
+
+
+def test_a_close_the_server_skipped_leaves_the_name_uncertain(sidecar: Sidecar) -> None:
+    """Attack (the same review): a failing statement, then Close of ``u`` and a Parse of
+    ``u`` as ``SELECT 1`` in the same batch (both skipped by the server), then Bind
+    and Execute of ``u`` in the next batch. Warden now books such a Parse uncertain
+    (its Close unconfirmed), so the Bind prepares ``u`` again first."""
+    close_u = m.frame(b"C", b"Su\x00")
+    with RawClient(sidecar) as client:
+        assert not client.exchange(parse(UPDATE_7, "u"), SYNC).errors
+        reply = client.exchange(
+            parse("SELECT 1/0"), bind(), execute(), close_u, parse("SELECT 1", "u"), SYNC,
+            bind("u"), execute(), SYNC,
+        )  # fmt: skip
+    assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
+    assert not any("null value" in e.get("M", "") for e in reply.errors), reply.errors

@@ -626,7 +626,7 @@ def test_approved_parse_in_a_failed_batch_runs_the_old_statement(
        server binds the old SELECT, re-analysed under search_path public.
 
     Would leak: every raw public SSN, for a reviewer who approved a harmless DELETE."""
-    sidecar, plane = approving_sidecar
+    sidecar, _plane = approving_sidecar
     tag = _tag()
     with RawClient(sidecar) as client:
         made = client.exchange(parse(f"SELECT ssn AS {tag} FROM customers ORDER BY id", "s1"), SYNC)
@@ -641,7 +641,9 @@ def test_approved_parse_in_a_failed_batch_runs_the_old_statement(
         )
         assert "22012" in held.sqlstates, held.messages
         reply = client.exchange(bind("s1"), describe(), execute(), SYNC)
-    assert plane.requests, "the DELETE was never sent for approval"
+    # Since a later review, a Parse of a name the session holds is refused by Warden
+    # itself, as the server refuses it (42P05): the DELETE is never held. Either way
+    # the old statement must not run under the new name's verdict.
     assert public_ssns_in(reply.raw) == set(), (
         f"Bind of the approved name ran the old statement: {reply.column()[:3]}"
     )
