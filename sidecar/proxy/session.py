@@ -1339,9 +1339,17 @@ class Session(_SessionBase):
         """Record what a Parse prepares. While the server skips to Sync it will not
         prepare it: the record then says "uncertain", so the next Bind prepares again."""
         self.statements[name] = prepared
-        if self._discarding or name in self._maybe_held:
-            # (Or a Close of the name has not been confirmed: the server may have
-            # skipped it, and this Parse with it, keeping the statement it had.)
+        pending = self.pending
+        if (
+            self._discarding
+            or name in self._maybe_held
+            or (pending and pending[-1] is not _SYNC)
+        ):
+            # Or the server may yet skip it: a Close of the name is unconfirmed, or
+            # something sent before it in this batch (an Execute) may fail, and the
+            # server keep the statement it had under the name for a Bind in a later
+            # batch (a review's finding, with the unnamed statement and a DELETE
+            # held for approval). Its next Bind prepares it again.
             self._maybe_held.discard(name)
             _forget_upstream(prepared)
 

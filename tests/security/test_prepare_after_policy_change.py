@@ -239,3 +239,19 @@ def test_a_close_the_server_skipped_leaves_the_name_uncertain(sidecar: Sidecar) 
         )  # fmt: skip
     assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
     assert not any("null value" in e.get("M", "") for e in reply.errors), reply.errors
+
+
+def test_a_parse_behind_a_failing_execute_is_not_booked(sidecar: Sidecar) -> None:
+    """Attack (the same review): the unnamed statement prepared as an UPDATE; then in
+    one write a failing Execute, a Parse of the unnamed statement as ``SELECT 1``
+    (skipped by the server), Sync, and a Bind and Execute of the unnamed statement.
+    A Parse behind an Execute in its batch is now booked uncertain, so that Bind
+    prepares the statement again first."""
+    with RawClient(sidecar) as client:
+        assert not client.exchange(parse(UPDATE_7), SYNC).errors
+        reply = client.exchange(
+            parse("SELECT 1/0", "e"), bind("e"), execute(), parse("SELECT 1"), SYNC,
+            bind(), execute(), SYNC,
+        )  # fmt: skip
+    assert public_ssns_in(reply.raw) == set(), f"leaked: {reply.errors}"
+    assert not any("null value" in e.get("M", "") for e in reply.errors), reply.errors
