@@ -1340,11 +1340,7 @@ class Session(_SessionBase):
         prepare it: the record then says "uncertain", so the next Bind prepares again."""
         self.statements[name] = prepared
         pending = self.pending
-        if (
-            self._discarding
-            or name in self._maybe_held
-            or (pending and pending[-1] is not _SYNC)
-        ):
+        if self._discarding or name in self._maybe_held or (pending and pending[-1] is not _SYNC):
             # Or the server may yet skip it: a Close of the name is unconfirmed, or
             # something sent before it in this batch (an Execute) may fail, and the
             # server keep the statement it had under the name for a Bind in a later
