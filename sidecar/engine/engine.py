@@ -49,7 +49,7 @@ from typing import Any
 from pglast import parser as pg
 
 from sidecar import collector
-from sidecar.engine import free_text, guardrails, policy, rules, scanning
+from sidecar.engine import guardrails, policy, rules, scanning
 from sidecar.engine.analysis import (
     Analysis,
     RangeRef,
@@ -158,9 +158,6 @@ def _redact(text: str, legacy_escapes: bool = False) -> tuple[str, str]:
         redacted = normalized.strip()
     else:
         redacted = _redact_scanned(normalized or text, text)
-    # A value typed in double quotes is an identifier, not a literal (a review's
-    # finding: WHERE email = "ann@example.org" kept the address).
-    redacted = free_text.scrub_quoted(redacted)
     return redacted, hashlib.sha256(redacted.encode("utf-8")).hexdigest()
 
 

@@ -24,7 +24,14 @@ def scrub(text: str) -> str:
 
 
 def scrub_quoted(sql: str) -> str:
-    """``sql`` (redacted: no literal left) with its quoted identifiers scrubbed."""
+    """``sql`` (redacted: no literal left) with its quoted identifiers scrubbed: only
+    e-mail addresses, and identifiers that are a long number whole (``"001-55-1001"``);
+    a name with digits in it (``"t100000"``) is a name."""
     if '"' not in sql:
         return sql
-    return _QUOTED.sub(lambda m: scrub(m.group(0)), sql)
+    return _QUOTED.sub(_scrub_identifier, sql)
+
+
+def _scrub_identifier(match: re.Match[str]) -> str:
+    quoted = EMAIL.sub("[email]", match.group(0))
+    return '"[number]"' if LONG_NUMBER.fullmatch(quoted[1:-1]) else quoted

@@ -209,7 +209,11 @@ def audit_facts(decision: Any) -> dict[str, Any]:
             "classifications": list(st.classifications),
             "masked_columns": list(st.masked_columns),
             "fingerprint": st.fingerprint,
-            "redacted_sql": st.redacted_sql,
+            # A value typed in double quotes is an identifier, not a literal, and the
+            # engine's redaction keeps it (a review's finding: WHERE email =
+            # "ann@example.org"). Scrubbed here, last, where every decision passes
+            # (the engine's templates splice literals by offset into its text).
+            "redacted_sql": free_text.scrub_quoted(st.redacted_sql),
         }
         for st in decision.statements
     ]
