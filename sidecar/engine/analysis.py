@@ -268,26 +268,6 @@ def _direct_locations(items: list[Any]) -> set[int]:
 _MERGE_ACTIONS = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
 
 
-def _renamed_locations(items: list[Any], renamed: bool = False) -> set[int]:
-    """Locations of the relations in a FROM list (through joins) whose columns go by
-    other names: a column alias list on the relation (``customers AS x(a, b)``) or on
-    a join around it. Which of their columns an alias list renames is not known here,
-    so no unqualified name can be shown to be one of theirs."""
-    out: set[int] = set()
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "RangeVar" in item:
-            rv = item["RangeVar"]
-            if renamed or (rv.get("alias") or {}).get("colnames"):
-                out.add(rv.get("location", -1))
-        elif "JoinExpr" in item:
-            join = item["JoinExpr"]
-            hidden = renamed or bool((join.get("alias") or {}).get("colnames"))
-            out |= _renamed_locations([join.get("larg"), join.get("rarg")], hidden)
-    return out
-
-
 _ROUTINE_OBJECTS = frozenset(
     {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_AGGREGATE", "OBJECT_ROUTINE"}
 )
@@ -346,8 +326,6 @@ class _Walker:
         # Relations a bare * expands to, innermost last; None: every table
         # (RETURNING *, which also covers UPDATE ... FROM and DELETE ... USING).
         self.scope: list[list[RangeRef] | None] = []
-        # Locations of relations whose columns an alias list renames (_renamed_locations).
-        self.renamed: set[int] = set()
 
     # -- generic traversal -------------------------------------------------
     def visit(self, node: Any, ctes: frozenset[str]) -> None:
@@ -452,8 +430,9 @@ class _Walker:
         # the outer (written) table's, which matters for the write-oracle check. A
         # table whose columns an alias list renames shows nothing: PostgreSQL looks
         # the name up among the new names (a review's finding: ``(SELECT ssn FROM
-        # customers AS x(a, b, c, d))`` reads the written table's ssn).
-        renamed = self.renamed
+        # customers AS x(a, b, c, d))`` reads the written table's ssn). The FROM list
+        # is walked before the rest of its SELECT, so those are in whole_locations.
+        renamed = self.r.whole_locations
         self.r.colref_outer.append(
             top is None
             or len(parts) > 1
@@ -512,7 +491,6 @@ class _Walker:
         start = len(self.r.ranges)
         self.visit(body.get("fromClause"), ctes)
         direct = _direct_locations(body.get("fromClause", []))
-        self.renamed |= _renamed_locations(body.get("fromClause", []))
         self.scope.append([r for r in self.r.ranges[start:] if r.location in direct])
         self.fields(body, ctes, skip=("withClause", "intoClause", "fromClause"))
         self.scope.pop()
