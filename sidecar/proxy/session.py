@@ -340,23 +340,14 @@ _STALE_PORTAL = Verdict(
 )
 
 
-def _statement_exists(name: bytes) -> Verdict:
+def _name_in_use(what: str, name: bytes, kind: str) -> Verdict:
+    """The refusal of a Parse or Bind the server would refuse: ``name`` is in use."""
     return Verdict(
         action=BLOCK,
-        message=f"Warden: prepared statement {name.decode('utf-8', 'replace')!r} already "
-        "exists; close it first",
+        message=f"Warden: {what} {name.decode('utf-8', 'replace')!r} already exists; close "
+        "it first",
         upstream_sql="",
-        audit=frozen({"kind": "statement_exists"}),
-    )
-
-
-def _portal_exists(portal: bytes) -> Verdict:
-    return Verdict(
-        action=BLOCK,
-        message=f"Warden: portal or cursor {portal.decode('utf-8', 'replace')!r} already "
-        "exists; close it first",
-        upstream_sql="",
-        audit=frozen({"kind": "portal_exists"}),
+        audit=frozen({"kind": kind}),
     )
 
 
@@ -753,15 +744,14 @@ class Session(_SessionBase):
                 self.portals[portal] = None
                 out.append(refusal)
                 return
-        if portal and (
-            self.portals.get(portal) is not None
-            or portal.decode(self.codec or "utf-8", "replace") in self._cursors
-        ):
+        if portal and (self.portals.get(portal) is not None or self._cursor(portal) is not None):
             # The server refuses a Bind into a portal name in use (42P03) and keeps that
             # portal, or the cursor of that name, for a later Execute: refused here, as
             # the server would, the books unchanged (a review's finding: the cursor ran
             # under this Bind's verdict).
-            out.append(self._refuse_in_batch(_portal_exists(portal)))
+            out.append(
+                self._refuse_in_batch(_name_in_use("portal or cursor", portal, "portal_exists"))
+            )
             return
         verdict = prepared.verdict
         if portal and not verdict.plain and _acts_by_name(verdict):
@@ -789,10 +779,14 @@ class Session(_SessionBase):
         whose Bind the server refused ran the cursor of that name; a review's
         findings.)"""
         if portal not in self.portals:
-            declared = self._cursors.get(portal.decode(self.codec or "utf-8", "replace"))
+            declared = self._cursor(portal)
             if declared is not None and declared[0] == self.policy.generation:
                 return _UNSEEN_PORTAL
         return _UNBOUND_PORTAL
+
+    def _cursor(self, portal: bytes) -> tuple[int, bool] | None:
+        """The SQL cursor of the protocol portal name ``portal``, if one is declared."""
+        return self._cursors.get(portal.decode(self.codec or "utf-8", "replace"))
 
     def _on_execute(
         self, data: bytes, pos: int, end: int, verdict: Verdict, out: list[bytes]
@@ -1318,7 +1312,9 @@ class Session(_SessionBase):
             # arrives, would be judged by this Parse's verdict (a review's finding: a
             # masked identity read the failing row of an UPDATE it had prepared under
             # the name). Refused here, as the server would, the books unchanged.
-            return self._refuse_in_batch(_statement_exists(name))
+            return self._refuse_in_batch(
+                _name_in_use("prepared statement", name, "statement_exists")
+            )
         if verdict.action == ALLOW:
             assert text is not None  # undecodable text is blocked
             self._remember_prepared(name, _Prepared(verdict, generation, text, tail, self.state))
