@@ -102,13 +102,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _local(host: str) -> bool:
+    """A Unix socket (an empty host, a directory, an abstract name) or a loopback host:
+    nothing of the connection crosses the network."""
+    return not host or host.startswith(("/", "@")) or is_loopback(host)
+
+
 def default_sslmode(host: str) -> str:
     """The ``sslmode`` a DSN without one gets: ``require`` for a TCP host that is not
     loopback, ``prefer`` (libpq's default) otherwise. On a Unix socket (an empty host or
     a directory) ``sslmode`` has no effect, as with libpq."""
-    if not host or host.startswith(("/", "@")) or is_loopback(host):
-        return "prefer"
-    return "require"
+    return "prefer" if _local(host) else "require"
 
 
 def verifies_server(sslmode: str, rootcert: str | None) -> bool:
@@ -123,8 +127,7 @@ def refuses_cleartext(host: str, server_verified: bool) -> bool:
     authenticates the server. Whoever sits on that path (stripping TLS under
     ``prefer``, or answering it with a certificate of their own under ``require``)
     would simply ask for the password in clear and get the sidecar's."""
-    local = not host or host.startswith(("/", "@")) or is_loopback(host)
-    return not local and not server_verified
+    return not _local(host) and not server_verified
 
 
 def libpq_defaults(dsn: str) -> dict[str, str]:
