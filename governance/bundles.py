@@ -469,11 +469,10 @@ def issued_after(previous: str | None, now: datetime.datetime) -> datetime.datet
     if previous is None:
         return now
     last = datetime.datetime.fromisoformat(previous.replace("Z", "+00:00"))
-    if last < now or last > now + MAX_CLOCK_SKEW:
-        if last > now + MAX_CLOCK_SKEW:
-            logger.error("the last bundle was issued at %s, ahead of this host's clock", previous)
+    if last > now + MAX_CLOCK_SKEW:
+        logger.error("the last bundle was issued at %s, ahead of this host's clock", previous)
         return now
-    return last + datetime.timedelta(microseconds=1)
+    return max(now, last + datetime.timedelta(microseconds=1))
 
 
 def bundle_publish(*, datasource: Datasource, force: bool = False) -> Published:
