@@ -123,10 +123,10 @@ def connect_kwargs(dsn: str, *, password: str | None = None) -> dict[str, Any]:
     libpq already honours the DSN's ``sslmode``, ``sslrootcert``, ``sslcert``,
     ``sslkey`` and ``require_auth``. A DSN without them gets the sidecar proxy's
     defaults (``sidecar.proxy.upstream.libpq_defaults``: ``require`` for a host that
-    is not loopback instead of libpq's ``prefer``, and no cleartext password where the
-    connection may be unencrypted), so the scanner never falls back to plain text or
-    gives its password away where the proxy would refuse to, and ``PGSSLMODE`` does
-    not apply either.
+    is not loopback instead of libpq's ``prefer``, and neither a cleartext password nor
+    an MD5 answer where the connection does not authenticate the server), so the
+    scanner never falls back to plain text or gives its password away where the proxy
+    would refuse to, and ``PGSSLMODE`` does not apply either.
     """
     kwargs: dict[str, Any] = {
         "autocommit": True,
