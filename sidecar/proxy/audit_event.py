@@ -202,10 +202,10 @@ def audit_facts(decision: Any) -> dict[str, Any]:
             "category": st.category,
             # Names as the client wrote them: a relation or function the snapshot does
             # not know may be a value typed in double quotes (free_text).
-            "tables_read": [free_text.scrub(t) for t in st.tables_read],
-            "tables_written": [free_text.scrub(t) for t in st.tables_written],
+            "tables_read": [free_text.scrub_name(t) for t in st.tables_read],
+            "tables_written": [free_text.scrub_name(t) for t in st.tables_written],
             "columns_read": list(st.columns_read),
-            "functions": [free_text.scrub(f) for f in st.functions],
+            "functions": [free_text.scrub_name(f) for f in st.functions],
             "classifications": list(st.classifications),
             "masked_columns": list(st.masked_columns),
             "fingerprint": st.fingerprint,

@@ -197,3 +197,21 @@ def test_a_value_in_double_quotes_is_not_kept(sidecar: Sidecar) -> None:
     assert wait_for(lambda: len(_events_for(sidecar, "quoted")) >= 2, timeout=10)
     recorded = " ".join(str(e) for e in _events_for(sidecar, "quoted"))
     assert address not in recorded and '"[email]"' in recorded, recorded
+
+
+def test_a_name_with_digits_keeps_its_name_and_a_number_for_a_name_does_not(
+    sidecar: Sidecar,
+) -> None:
+    """A partition (``events_2024_12``) is named in the trail as it is; a relation
+    named by a number in double quotes (an SSN typed where a name belongs) is not."""
+    ssn = "001-55-1001"
+    with psycopg.connect(sidecar.dsn(application_name="named"), autocommit=True) as conn:
+        for statement in ("SELECT * FROM events_2024_12", f'SELECT * FROM public."{ssn}"'):
+            with pytest.raises(psycopg.Error):
+                conn.execute(statement)
+    assert wait_for(lambda: len(_events_for(sidecar, "named")) >= 2, timeout=10)
+    tables = [t for e in _events_for(sidecar, "named") for t in e.get("tables", [])]
+    recorded = " ".join(str(e) for e in _events_for(sidecar, "named"))
+    assert ssn not in recorded, recorded
+    assert any(t.endswith("events_2024_12") for t in tables), tables
+    assert any(t.endswith(".[number]") for t in tables), tables
