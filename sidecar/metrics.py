@@ -92,6 +92,10 @@ class Metrics:
         self.decisions = Histogram(LATENCY_BUCKETS)
         self.spool_depth: Callable[[], int] = lambda: 0
         self.spool_dropped: Callable[[], int] = lambda: 0
+        # Statements given the verdict of a statement shape they share with one decided
+        # before, without the engine, by where: {"policy": n, "relay": n} (the native
+        # relay's one-integer shapes). Set by the runner.
+        self.shape_decisions: Callable[[], dict[str, int]] = dict
         self.bundle_revision = ""
         self.bundle_loaded_at: float | None = None
         self.bundle_issued_at: float | None = None
@@ -164,6 +168,13 @@ class Metrics:
         lines.append(f"warden_sidecar_decision_seconds_sum {latency_sum:.9f}")
         lines.append(f"warden_sidecar_decision_seconds_count {latency_count}")
         lines += [
+            "# HELP warden_sidecar_shape_decisions_total Statements given the verdict of a "
+            "shape decided before (the same text but for its literals), by where.",
+            "# TYPE warden_sidecar_shape_decisions_total counter",
+            *(
+                f'warden_sidecar_shape_decisions_total{{path="{k}"}} {n}'
+                for k, n in sorted(self.shape_decisions().items())
+            ),
             "# HELP warden_sidecar_audit_spool_depth Audit events not yet acknowledged upstream.",
             "# TYPE warden_sidecar_audit_spool_depth gauge",
             f"warden_sidecar_audit_spool_depth {self.spool_depth()}",

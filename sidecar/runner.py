@@ -46,6 +46,7 @@ from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape
 from sidecar.estimates import PlanEstimator
 from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import CredentialUseReport, Metrics, serve_metrics
+from sidecar.proxy import session as proxy_session
 from sidecar.proxy.approvals import APPROVALS_PATH, HttpApprovalGate
 from sidecar.proxy.audit_event import audit_facts
 from sidecar.proxy.hold import PARAM_LABELS
@@ -473,6 +474,22 @@ class EnginePolicy:
             "number_slot_hits": self._number_slot_hits,
         }
 
+    def number_shape(
+        self, identity: str, search_path: tuple[str, ...] | None, protocol: str, sql: str
+    ) -> tuple[int, str, str, tuple[Any, ...]] | None:
+        """The one-integer shape ``decide`` serves ``sql`` from for this asker, when
+        ``sql`` is of it (``fits_number_slot``): the generation it holds for, its head
+        and tail, and the verdict's parts (``last_number_shape``). For the native
+        relay, which compares a text's bytes with the head and tail (``Session.
+        quick_query``). Only ``decide`` under standard_conforming_strings uses shapes."""
+        # The generation first: a swap replaces the caches before it bumps it, so a
+        # shape read after a swap began is never given the older generation.
+        generation = self.generation
+        last = self._kept.last_number_shape.get((identity, search_path, protocol))
+        if last is None or not fits_number_slot(sql, last[0], last[1]):
+            return None
+        return (generation, *last)
+
     def decide(
         self,
         *,
@@ -544,6 +561,15 @@ class EnginePolicy:
             kept_parts = (action, message, rest) if confirmed(sql) else UNCONFIRMED
             _keep(kept.by_shape, shape_key, kept_parts, self.CACHE_LIMIT)
         return verdict
+
+
+def _shape_decisions(policy: EnginePolicy) -> dict[str, int]:
+    """Shape hits by where: the policy's, and the native relay's (in this process)."""
+    counts = {"policy": policy.cache_info()["shape_hits"]}
+    relay = proxy_session._relay
+    if relay is not None:
+        counts["relay"] = relay.stats()["shapes"]
+    return counts
 
 
 def http_upload(url: str, token: str | None) -> Upload:
@@ -850,6 +876,7 @@ async def serve(
             metrics_server.close()
         return
     policy = EnginePolicy(source, metrics)
+    metrics.shape_decisions = lambda: _shape_decisions(policy)
     # Reported in every heartbeat when allowed: the sidecar page shows it.
     metrics.privileged_upstream = bool(await _check_privileges(config))
     masking = await _check_masking(config, policy)

@@ -51,7 +51,7 @@ static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s
     *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
     *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
     *s_audit_fragment, *s_action, *s_recorded, *s_quick_query, *s_get_write_buffer_size,
-    *s_is_closing, *s_decisions, *s_observe;
+    *s_is_closing, *s_decisions, *s_observe, *s_accepting;
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
@@ -60,6 +60,8 @@ static PyObject *status_bytes[256];
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
 /* Writes the relay sent to a socket itself, past the transport (send_to). */
 static unsigned long long sent_direct = 0;
+/* Simple Queries given the verdict of the session's one-integer shape (shape_verdict). */
+static unsigned long long by_shape = 0;
 
 static inline int32_t
 be32(const unsigned char *p)
@@ -130,7 +132,8 @@ cstring_end(const unsigned char *p, const unsigned char *end)
     X(base_json, "_base_json") \
     X(metrics, "metrics") \
     X(client_fd, "_client_fd") \
-    X(upstream_fd, "_upstream_fd")
+    X(upstream_fd, "_upstream_fd") \
+    X(number_shape, "_number_shape")
 
 typedef struct {
     PyObject_HEAD
@@ -813,10 +816,82 @@ forward_upstream(PyObject *session, PyObject *data, int strict)
     return done;
 }
 
+/* The verdict for a simple Query's text when it is of the one-integer shape whose
+ * verdict Session.quick_query last kept (session._number_shape): the text is the
+ * shape's head, one to nine ASCII digits and its tail, byte for byte, which is
+ * shape.fits_number_slot's test (the policy serves such a text from that shape
+ * without the engine), and the rules and the session's state are those the verdict
+ * was given under: the policy's generation is the same, the session's state the
+ * same object (SessionState: a new one on every change), and nothing of the
+ * session's own books applies (no SQL PREPARE kept, a spool that records). It
+ * decides nothing: the verdict is Python's, with this text as its upstream_sql,
+ * as EnginePolicy.decide makes it. A new reference; NULL without an error when the
+ * text or the session is not one for it (Python is asked); NULL with one on error. */
+static PyObject *
+shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
+{
+    PyObject *slot = CORE(session)->number_shape; /* borrowed */
+    if (slot == NULL || !PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) != 5)
+        return NULL;
+    PyObject *generation = PyTuple_GET_ITEM(slot, 0), *state = PyTuple_GET_ITEM(slot, 1),
+             *head = PyTuple_GET_ITEM(slot, 2), *tail = PyTuple_GET_ITEM(slot, 3),
+             *verdict = PyTuple_GET_ITEM(slot, 4);
+    if (state != CORE(session)->state || !PyBytes_CheckExact(head) || !PyBytes_CheckExact(tail) ||
+        !PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 3)
+        return NULL;
+    Py_ssize_t head_len = PyBytes_GET_SIZE(head), tail_len = PyBytes_GET_SIZE(tail);
+    Py_ssize_t digits = len - head_len - tail_len;
+    if (digits < 1 || digits > 9 || memcmp(text, PyBytes_AS_STRING(head), (size_t)head_len) ||
+        memcmp(text + len - tail_len, PyBytes_AS_STRING(tail), (size_t)tail_len))
+        return NULL;
+    for (Py_ssize_t i = head_len; i < head_len + digits; i++)
+        if (text[i] < '0' || text[i] > '9')
+            return NULL;
+    if (CORE(session)->sql_prepared != Py_None)
+        return NULL;
+    PyObject *audit = GET(session, audit);
+    if (audit == NULL)
+        return NULL;
+    int accepting = attr_true(audit, s_accepting);
+    Py_DECREF(audit);
+    if (accepting != 1)
+        return NULL;
+    PyObject *policy = GET(session, policy);
+    if (policy == NULL)
+        return NULL;
+    PyObject *now = PyObject_GetAttr(policy, s_generation);
+    Py_DECREF(policy);
+    if (now == NULL)
+        return NULL;
+    int same = PyObject_RichCompareBool(now, generation, Py_EQ);
+    Py_DECREF(now);
+    if (same != 1)
+        return NULL;
+    /* The head and the tail are ASCII (quick_query keeps no other), so is the text. */
+    PyObject *sql = PyUnicode_New(len, 127);
+    if (sql == NULL)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(sql), text, (size_t)len);
+    /* A copy of the kept verdict, of its type (tuple_subtype_new's way), with this
+     * text as its upstream_sql. */
+    Py_ssize_t size = PyTuple_GET_SIZE(verdict);
+    PyTypeObject *type = Py_TYPE(verdict);
+    PyObject *copy = type->tp_alloc(type, size);
+    if (copy == NULL) {
+        Py_DECREF(sql);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++)
+        PyTuple_SET_ITEM(copy, i, i == 2 ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
+    by_shape++;
+    return copy;
+}
+
 /* A simple Query alone in the buffer, the session plain and nothing pending: the
- * Session's quick_query decides it (the relay never reads SQL) and hands back the
- * verdict when the client's bytes may go upstream as they are. 1: relayed;
- * 0: Python's (quick_query changed nothing); -1: error. */
+ * verdict of the session's one-integer shape (shape_verdict), else the Session's
+ * quick_query decides it (the relay never parses SQL) and hands back the verdict
+ * when the client's bytes may go upstream as they are. 1: relayed; 0: Python's
+ * (quick_query changed nothing); -1: error. */
 static int
 quick_query(PyObject *session, PyObject *data, long long max_message)
 {
@@ -839,13 +914,18 @@ quick_query(PyObject *session, PyObject *data, long long max_message)
         done = waiting < 0 ? -1 : 0;
         goto out;
     }
-    raw = PyBytes_FromStringAndSize((const char *)buf + 5, n - 6);
-    if (raw == NULL)
-        goto out;
     long long started = monotonic_ns();
-    verdict = PyObject_CallMethodOneArg(session, s_quick_query, raw);
-    if (verdict == NULL)
-        goto out;
+    verdict = shape_verdict(session, buf + 5, n - 6);
+    if (verdict == NULL) {
+        if (PyErr_Occurred())
+            goto out;
+        raw = PyBytes_FromStringAndSize((const char *)buf + 5, n - 6);
+        if (raw == NULL)
+            goto out;
+        verdict = PyObject_CallMethodOneArg(session, s_quick_query, raw);
+        if (verdict == NULL)
+            goto out;
+    }
     if (verdict == Py_None) {
         done = 0; /* client_data decides it, and times that */
         goto out;
@@ -1572,14 +1652,15 @@ relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 relay_stats(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:K}", "client", relayed_client, "upstream", relayed_upstream,
-                         "direct", sent_direct);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K}", "client", relayed_client, "upstream",
+                         relayed_upstream, "direct", sent_direct, "shapes", by_shape);
 }
 
 static PyMethodDef relay_methods[] = {
     {"stats", relay_stats, METH_NOARGS,
-     "stats(): buffers relayed natively so far in this process, each way, and writes sent "
-     "to a socket past its transport (direct)."},
+     "stats(): buffers relayed natively so far in this process, each way, writes sent "
+     "to a socket past its transport (direct), and simple Queries given their session's "
+     "one-integer shape's verdict (shapes)."},
     {"client", (PyCFunction)(void (*)(void))relay_client, METH_FASTCALL,
      "client(session, data): relay a client buffer of hot messages, else hand it to "
      "session.client_data."},
@@ -1634,6 +1715,7 @@ PyInit__relay(void)
     INTERN(s_is_closing, "is_closing");
     INTERN(s_decisions, "decisions");
     INTERN(s_observe, "observe");
+    INTERN(s_accepting, "accepting");
     ONE = PyLong_FromLong(1);
     if (ONE == NULL)
         return NULL;

@@ -51,7 +51,7 @@ def _client_message(rng: random.Random) -> bytes:
     if choice == 8:
         return frame(b"P", name + b"\x00SELECT id FROM orders WHERE id = $1\x00\x00\x00")
     if choice == 9:
-        return frame(b"Q", b"SELECT 1\x00")
+        return frame(b"Q", rng.choice([b"SELECT 1", _read_by_id(rng)]) + b"\x00")
     if choice == 10:  # a length that lies
         kind = rng.choice(b"BESQPXCHD")
         length = rng.choice([0, 1, 3, 4, 5, 2**31 - 1, -1 & 0xFFFFFFFF, rng.randrange(2**16)])
@@ -88,6 +88,11 @@ def _exchange(rng: random.Random) -> list[tuple[str, bytes]]:
         ("upstream", frame(b"1") + frame(b"Z", b"I")),
     ]
     for _ in range(rng.randrange(1, 40)):
+        if rng.random() < 0.25:  # one-integer reads: the shape the relay may serve
+            out.append(("client", frame(b"Q", _read_by_id(rng) + b"\x00")))
+            reply = frame(b"T", (0).to_bytes(2, "big")) + frame(b"C", b"SELECT 0\x00")
+            out.append(("upstream", reply + frame(b"Z", b"I")))
+            continue
         if rng.random() < 0.6:  # what a driver sends, and what the server answers
             runs = rng.randrange(1, 4)
             portal = rng.choice([b"", b"p1"])
@@ -103,6 +108,17 @@ def _exchange(rng: random.Random) -> list[tuple[str, bytes]]:
         maker = _client_message if direction == "client" else _upstream_message
         out.append((direction, b"".join(maker(rng) for _ in range(rng.randrange(1, 6)))))
     return out
+
+
+def _read_by_id(rng: random.Random) -> bytes:
+    """A one-integer read, mostly of one shape: numbers of 1 to 12 digits, now and then
+    something around or in place of them that the shape does not fit."""
+    number = str(rng.randrange(10 ** rng.randrange(1, 13))).encode()
+    if rng.random() < 0.2:
+        number = rng.choice([b"", b"-", b" ", b";", b"7.5", b"\xd9\xa1", b"0x1F", b"1 OR true"]) + (
+            number if rng.random() < 0.5 else b""
+        )
+    return b"SELECT id FROM orders WHERE id = " + number
 
 
 def _bind(portal: bytes, rng: random.Random) -> bytes:

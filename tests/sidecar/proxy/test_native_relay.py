@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +301,88 @@ def test_a_simple_query_allowed_as_sent_is_relayed_natively(document: dict[str, 
     side.feed("client", frame(b"Q", b"SELECT email FROM customers\x00"))
     assert relayed()["client"] == before["client"]
     assert b"SELECT email FROM customers\x00" not in bytes(side.upstream.data)
+
+
+def reads_by_id(
+    ids: Iterable[int], text: str = "SELECT id FROM notes WHERE id = {}"
+) -> list[tuple[str, bytes]]:
+    """A one-integer shape's texts, each answered."""
+    out = []
+    for n in ids:
+        out += [
+            ("client", query(text.format(n))),
+            ("upstream", DESCRIPTION + ROW + done(b"SELECT 1")),
+        ]
+    return out
+
+
+def by_shape() -> int:
+    return relayed()["shapes"]
+
+
+def test_a_one_integer_shape_is_given_its_verdict_by_the_relay(document: dict[str, Any]) -> None:
+    """From a shape's third text on the policy serves it from the shape, and quick_query
+    keeps that verdict for the session: the relay gives the next texts of the shape
+    the same verdict without asking. What goes each way and what is recorded is
+    Python's, byte for byte."""
+    before = by_shape()
+    native, python = run_both(document, reads_by_id(range(1, 11)))
+    assert by_shape() - before == 7
+    assert_alike(native, python)
+    counts, _, decided = native.session.metrics.decisions.snapshot()
+    assert decided == 10 and sum(counts) == 10  # each decision timed once
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT id FROM notes WHERE id = 1234567890",  # ten digits: the policy's limit is nine
+        "SELECT id FROM notes WHERE id = \u0661",  # a digit, not an ASCII one
+        "SELECT id FROM notes WHERE id = ",
+        "SELECT id FROM notes WHERE id = 7 ",
+        "SELECT id FROM notes WHERE id = 7; DELETE FROM notes",
+        "SELECT id FROM notes WHERE id = -7",
+        "SELECT id FROM notes WHERE id = 7.5",
+        "SELECT id FROM notes WHERE id = 0x1F",
+        "SELECT id FROM notes WHERE id = 7e1",
+        "SELECT id FROM notes WHERE id = 7--",
+        "select id FROM notes WHERE id = 7",
+        "SELECT id FROM notes WHERE id = 77 OR true",
+    ],
+)
+def test_a_text_the_shape_does_not_fit_is_python_s(document: dict[str, Any], text: str) -> None:
+    warm = reads_by_id(range(1, 6))
+    native, python = run_both(document, warm)
+    before = by_shape()
+    for side in (native, python):
+        side.feed("client", query(text))
+    assert by_shape() == before
+    assert_alike(native, python)
+
+
+def test_the_relay_s_shape_holds_only_under_its_rules_and_state(document: dict[str, Any]) -> None:
+    """The verdict kept for the relay was given under one policy generation and one
+    session state: after new rules, or a new state, the next text of the shape is
+    Python's to decide, and only Python keeps a verdict for the relay again."""
+
+    def fed(side: Side, ids: Iterable[int]) -> int:
+        before = by_shape()
+        for direction, data in reads_by_id(ids):
+            side.feed(direction, data)
+        return by_shape() - before
+
+    side = Side(document, "alice", native=True)
+    assert fed(side, range(1, 6)) == 2
+    side.session.policy.replace(document)  # a new bundle: a new generation
+    assert fed(side, [6]) == 0
+    assert fed(side, range(7, 11)) >= 1  # kept again once Python served it by shape
+    side.session._set_state(search_path=("public",))  # as a confirmed SET would
+    assert fed(side, [11]) == 0
+    assert fed(side, range(12, 16)) >= 1
+    side.spool.accepting = False  # a spool that refuses: nothing runs
+    sent = len(side.upstream.data)
+    assert fed(side, [16]) == 0
+    assert b"id = 16" not in bytes(side.upstream.data[sent:])
 
 
 def what_one_session_does(document: dict[str, Any], native: bool) -> dict[str, Any]:
