@@ -55,6 +55,11 @@ static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
+/* proxy.policy.Verdict (configure()), a NamedTuple, and the indices of the fields the
+ * relay reads: an item by index costs a load where the attribute costs a lookup. */
+static PyTypeObject *VERDICT = NULL;
+static Py_ssize_t i_action = -1, i_audit_fragment = -1, i_approval_id = -1, i_plain = -1,
+                  i_barrier = -1;
 static PyObject *status_bytes[256];
 /* Buffers relayed here, each way (stats()): what the tests check was not all Python's. */
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
@@ -68,6 +73,16 @@ be32(const unsigned char *p)
 {
     return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
                      (uint32_t)p[3]);
+}
+
+/* verdict.name, a new reference: its item at index when it is a Verdict, else the
+ * attribute (NULL with an error when it has none). */
+static inline PyObject *
+verdict_get(PyObject *verdict, PyObject *name, Py_ssize_t index)
+{
+    if (Py_TYPE(verdict) == VERDICT && index >= 0 && index < PyTuple_GET_SIZE(verdict))
+        return Py_NewRef(PyTuple_GET_ITEM(verdict, index));
+    return PyObject_GetAttr(verdict, name);
 }
 
 /* 1 if obj.name is true, 0 if false, -1 on error. */
@@ -645,7 +660,7 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
             if (verdict == NULL)
                 goto error;
             Py_DECREF(verdict); /* the prepared statement keeps it */
-            if ((r = attr_true(verdict, s_plain)) != 1)
+            if ((r = true_ref(verdict_get(verdict, s_plain, i_plain))) != 1)
                 goto maybe_error_r;
             step->portal =
                 PyBytes_FromStringAndSize((const char *)payload, portal_end - payload);
@@ -682,7 +697,7 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
                 if (verdict == Py_None)
                     goto done_step;
             }
-            if ((r = attr_true(verdict, s_barrier)) != 0) {
+            if ((r = true_ref(verdict_get(verdict, s_barrier, i_barrier))) != 0) {
                 if (r < 0)
                     goto error_step;
                 goto done_step;
@@ -1277,22 +1292,11 @@ put_decimal(char *w, long long whole, long long fraction, int places)
     return w + places;
 }
 
-/* ascii_attr for a new reference v (kept in *out; NULL: -1). */
+/* Of a new reference v (kept in *out, the caller releases it): 1 when it is an ASCII
+ * str; not a str, or not ASCII: 0; NULL (an error): -1. */
 static int
 ascii_ref(PyObject *v, PyObject **out)
 {
-    if (v == NULL)
-        return -1;
-    *out = v;
-    return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
-}
-
-/* A str attribute that is ASCII, a new reference in *out (the caller releases it):
- * 1; not a str, or not ASCII: 0; error: -1. */
-static int
-ascii_attr(PyObject *owner, PyObject *name, PyObject **out)
-{
-    PyObject *v = PyObject_GetAttr(owner, name);
     if (v == NULL)
         return -1;
     *out = v;
@@ -1354,14 +1358,14 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
     if (verdict == Py_None)
         goto out;
     error = XGET(item, error);
-    approval = error == NULL ? NULL : PyObject_GetAttr(verdict, s_approval_id);
+    approval = error == NULL ? NULL : verdict_get(verdict, s_approval_id, i_approval_id);
     if (approval == NULL)
         goto fail;
     if (error != Py_None || approval != Py_None)
         goto out;
-    if ((ok = ascii_attr(verdict, s_audit_fragment, &fragment)) != 1)
+    if ((ok = ascii_ref(verdict_get(verdict, s_audit_fragment, i_audit_fragment), &fragment)) != 1)
         goto check;
-    if ((ok = ascii_attr(verdict, s_action, &action)) != 1)
+    if ((ok = ascii_ref(verdict_get(verdict, s_action, i_action), &action)) != 1)
         goto check;
     if ((ok = ascii_ref(XGET(item, base), &base)) != 1)
         goto check;
@@ -1637,15 +1641,44 @@ out:
     return result;
 }
 
+/* The index of name in fields (a tuple of str), or -1. */
+static Py_ssize_t
+field_index(PyObject *fields, const char *name)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); i++) {
+        PyObject *field = PyTuple_GET_ITEM(fields, i);
+        if (PyUnicode_Check(field) && PyUnicode_CompareWithASCIIString(field, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
 static PyObject *
 relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyUnicode_CheckExact(args[1]) || !PyUnicode_IS_ASCII(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "configure(sync_marker, stamp: str)");
+    if (nargs != 3 || !PyUnicode_CheckExact(args[1]) || !PyUnicode_IS_ASCII(args[1]) ||
+        !PyType_Check(args[2]) || !PyType_IsSubtype((PyTypeObject *)args[2], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(sync_marker, stamp: str, verdict: a NamedTuple type)");
         return NULL;
     }
+    PyObject *fields = PyObject_GetAttrString(args[2], "_fields");
+    if (fields == NULL)
+        return NULL;
+    if (!PyTuple_Check(fields)) {
+        Py_DECREF(fields);
+        PyErr_SetString(PyExc_TypeError, "the verdict type's _fields is not a tuple");
+        return NULL;
+    }
+    i_action = field_index(fields, "action");
+    i_audit_fragment = field_index(fields, "audit_fragment");
+    i_approval_id = field_index(fields, "approval_id");
+    i_plain = field_index(fields, "plain");
+    i_barrier = field_index(fields, "barrier");
+    Py_DECREF(fields);
     Py_XSETREF(SYNC, Py_NewRef(args[0]));
     Py_XSETREF(STAMP, Py_NewRef(args[1]));
+    Py_XSETREF(VERDICT, (PyTypeObject *)Py_NewRef(args[2]));
     Py_RETURN_NONE;
 }
 
@@ -1668,8 +1701,8 @@ static PyMethodDef relay_methods[] = {
      "upstream(session, data): relay a server buffer of hot messages, else hand it to "
      "session.upstream_data."},
     {"configure", (PyCFunction)(void (*)(void))relay_configure, METH_FASTCALL,
-     "configure(sync_marker, stamp): the Session module's Sync marker and the events' "
-     "schema version member."},
+     "configure(sync_marker, stamp, verdict): the Session module's Sync marker, the "
+     "events' schema version member and the Verdict type (its fields read by index)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -238,7 +238,7 @@ try:
 except ImportError:
     _relay = None
 else:
-    _relay.configure(_SYNC, STAMP)
+    _relay.configure(_SYNC, STAMP, Verdict)
 
 
 def _uvloop_tcp() -> type | None:
