@@ -42,7 +42,14 @@ from sidecar.bundle import (
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
 from sidecar.engine import values as engine_values
-from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape_of
+from sidecar.engine.shape import (
+    NUMBER,
+    confirmed,
+    fits_number_slot,
+    number_slot,
+    pieces,
+    shape_of,
+)
 from sidecar.estimates import PlanEstimator
 from sidecar.http import ControlPlane, HttpError
 from sidecar.metrics import CredentialUseReport, Metrics, serve_metrics
@@ -474,21 +481,27 @@ class EnginePolicy:
             "number_slot_hits": self._number_slot_hits,
         }
 
-    def number_shape(
+    def kept_shape(
         self, identity: str, search_path: tuple[str, ...] | None, protocol: str, sql: str
-    ) -> tuple[int, str, str, tuple[Any, ...]] | None:
-        """The one-integer shape ``decide`` serves ``sql`` from for this asker, when
-        ``sql`` is of it (``fits_number_slot``): the generation it holds for, its head
-        and tail, and the verdict's parts (``last_number_shape``). For the native
-        relay, which compares a text's bytes with the head and tail (``Session.
-        quick_query``). Only ``decide`` under standard_conforming_strings uses shapes."""
+    ) -> tuple[int, tuple[str, ...], str, tuple[Any, ...]] | None:
+        """The shape ``decide`` serves ``sql`` from for this asker, when it serves it from
+        one: the generation it holds for, the shape's ``pieces`` (its fixed texts and
+        the kinds of the values between them) and the verdict's parts. For the native
+        relay, which compares the next texts with the pieces (``Session.quick_query``).
+        Only ``decide`` under standard_conforming_strings uses shapes."""
         # The generation first: a swap replaces the caches before it bumps it, so a
         # shape read after a swap began is never given the older generation.
         generation = self.generation
-        last = self._kept.last_number_shape.get((identity, search_path, protocol))
-        if last is None or not fits_number_slot(sql, last[0], last[1]):
+        kept = self._kept
+        asker = (identity, search_path, protocol)
+        last = kept.last_number_shape.get(asker)
+        if last is not None and fits_number_slot(sql, last[0], last[1]):
+            return generation, (last[0], last[1]), NUMBER, last[2]
+        shape = shape_of(sql)
+        shared = kept.by_shape.get((asker, shape))
+        if not shared:  # unseen, or UNCONFIRMED
             return None
-        return (generation, *last)
+        return generation, *pieces(shape), shared
 
     def decide(
         self,

@@ -120,3 +120,76 @@ def fits_number_slot(sql: str, head: str, tail: str) -> bool:
         return False
     number = sql[len(head) : len(sql) - len(tail)]  # empty when the two overlap
     return len(number) <= 9 and number.isdigit() and number.isascii()
+
+
+NUMBER, STRING = "n", "s"
+
+
+def pieces(shape: Shape) -> tuple[tuple[str, ...], str]:
+    """The shape as the texts that do not vary and the kinds of the values between
+    them: ``(fixed, kinds)``, ``len(fixed) == len(kinds) + 1``, each kind ``NUMBER``
+    or ``STRING``. A quoted identifier is part of the fixed text, quotes and all.
+    ``fits_pieces`` (and the native relay's twin) recognise a text of the shape by
+    them without the expression."""
+    fixed: list[str] = []
+    kinds: list[str] = []
+    text = str(shape[0])
+    for at in range(1, len(shape), 3):
+        identifier, quote, after = shape[at], shape[at + 1], str(shape[at + 2])
+        if identifier is not None:
+            text += f'"{identifier}"{after}'
+            continue
+        fixed.append(text)
+        kinds.append(STRING if quote else NUMBER)
+        text = after
+    fixed.append(text)
+    return tuple(fixed), "".join(kinds)
+
+
+def fits_pieces(sql: str, fixed: tuple[str, ...], kinds: str) -> bool:
+    """Whether ``sql`` is a text of the shape ``pieces`` gave ``(fixed, kinds)`` for,
+    found without the expression: the fixed texts, with between them a number of
+    one to nine ASCII digits or a string (``'...'``, ``''`` for a quote, no ``"``
+    and no NUL), as the kinds say. Those texts have that shape (``shape_of``).
+
+    The fixed texts are the ones the expression found no literal in when it
+    read the text the shape came from, and PostgreSQL's scan of that text
+    ended without error (``confirmed``). So an unmatched quote in them is
+    unmatched because no quote of its kind follows it in that text: a single
+    quote is always followed by the opening quote of a string value, if the
+    shape has one, so there is none; a double quote (in a comment, say) stays
+    unmatched here because a string value holds none. A number value is read
+    whole, as ``fits_number_slot`` explains; a string value ends, as the
+    expression ends it, at its first quote not doubled, and the fixed text after
+    it starts with no quote (or the expression would have read on). So the
+    expression finds the same literals at the same places, and only their
+    values differ. ``tests/sidecar/engine/test_shape.py`` checks this against
+    ``shape_of``, and the relay's twin against this.
+    """
+    at = 0
+    for index, kind in enumerate(kinds):
+        head = fixed[index]
+        if not sql.startswith(head, at):
+            return False
+        at += len(head)
+        if kind == NUMBER:
+            end = at
+            while end < len(sql) and "0" <= sql[end] <= "9":
+                end += 1
+            if not 1 <= end - at <= 9:
+                return False
+            at = end
+            continue
+        if not sql.startswith("'", at):
+            return False
+        at += 1
+        while True:
+            close = sql.find("'", at)
+            if close < 0 or '"' in sql[at:close] or "\0" in sql[at:close]:
+                return False
+            if sql.startswith("'", close + 1):
+                at = close + 2
+                continue
+            at = close + 1
+            break
+    return sql.startswith(fixed[-1], at) and at + len(fixed[-1]) == len(sql)

@@ -65,7 +65,7 @@ static PyObject *status_bytes[256];
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
 /* Writes the relay sent to a socket itself, past the transport (send_to). */
 static unsigned long long sent_direct = 0;
-/* Simple Queries given the verdict of the session's one-integer shape (shape_verdict). */
+/* Simple Queries given the verdict of a shape the session kept (shape_verdict). */
 static unsigned long long by_shape = 0;
 
 static inline int32_t
@@ -148,7 +148,7 @@ cstring_end(const unsigned char *p, const unsigned char *end)
     X(metrics, "metrics") \
     X(client_fd, "_client_fd") \
     X(upstream_fd, "_upstream_fd") \
-    X(number_shape, "_number_shape")
+    X(shapes, "_shapes")
 
 typedef struct {
     PyObject_HEAD
@@ -831,38 +831,96 @@ forward_upstream(PyObject *session, PyObject *data, int strict)
     return done;
 }
 
-/* The verdict for a simple Query's text when it is of the one-integer shape whose
- * verdict Session.quick_query last kept (session._number_shape): the text is the
- * shape's head, one to nine ASCII digits and its tail, byte for byte, which is
- * shape.fits_number_slot's test (the policy serves such a text from that shape
- * without the engine), and the rules and the session's state are those the verdict
- * was given under: the policy's generation is the same, the session's state the
- * same object (SessionState: a new one on every change), and nothing of the
- * session's own books applies (no SQL PREPARE kept, a spool that records). It
- * decides nothing: the verdict is Python's, with this text as its upstream_sql,
- * as EnginePolicy.decide makes it. A new reference; NULL without an error when the
- * text or the session is not one for it (Python is asked); NULL with one on error. */
+/* shape.fits_pieces on bytes: 1 when the text is of the shape whose fixed texts (a
+ * tuple of bytes) and kinds of values between them (bytes: 'n' a number, 's' a
+ * string) these are, else 0. */
+static int
+fits_pieces(const unsigned char *t, Py_ssize_t len, PyObject *fixed, PyObject *kinds)
+{
+    Py_ssize_t count = PyBytes_GET_SIZE(kinds), at = 0;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    if (PyTuple_GET_SIZE(fixed) != count + 1)
+        return 0;
+    for (Py_ssize_t i = 0;; i++) {
+        PyObject *part = PyTuple_GET_ITEM(fixed, i);
+        if (!PyBytes_CheckExact(part))
+            return 0;
+        Py_ssize_t size = PyBytes_GET_SIZE(part);
+        if (len - at < size || memcmp(t + at, PyBytes_AS_STRING(part), (size_t)size) != 0)
+            return 0;
+        at += size;
+        if (i == count)
+            break;
+        if (kind[i] == 'n') { /* one to nine ASCII digits */
+            Py_ssize_t end = at;
+            while (end < len && end - at < 10 && t[end] >= '0' && t[end] <= '9')
+                end++;
+            if (end == at || end - at > 9)
+                return 0;
+            at = end;
+        }
+        else if (kind[i] == 's') { /* '...', '' for a quote, no " and no NUL */
+            if (at >= len || t[at] != '\'')
+                return 0;
+            for (at++;; at++) {
+                if (at >= len)
+                    return 0;
+                unsigned char c = t[at];
+                if (c == '\'') {
+                    if (at + 1 < len && t[at + 1] == '\'') {
+                        at++;
+                        continue;
+                    }
+                    at++;
+                    break;
+                }
+                if (c == '"' || c == 0)
+                    return 0;
+            }
+        }
+        else {
+            return 0;
+        }
+    }
+    return at == len;
+}
+
+/* The verdict for a simple Query's text when it is of a shape whose verdict
+ * Session.quick_query kept (session._shapes: the same text but for the values of its
+ * simple literals, which the policy serves from the shape without the engine): the
+ * text's bytes fit the shape's pieces as shape.fits_pieces says, the text is no
+ * longer than quick_query decides, and the rules and the session's state are those
+ * the verdict was given under: the policy's generation is the same, the session's
+ * state the same object (SessionState: a new one on every change), and nothing of
+ * the session's own books applies (no SQL PREPARE kept, a spool that records). It
+ * decides nothing: the verdict is Python's, with this text as its upstream_sql, as
+ * EnginePolicy.decide makes it. A new reference; NULL without an error when the text
+ * or the session is not one for it (Python is asked); NULL with one on error. */
 static PyObject *
 shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
 {
-    PyObject *slot = CORE(session)->number_shape; /* borrowed */
-    if (slot == NULL || !PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) != 5)
+    PyObject *shapes = CORE(session)->shapes, *entry = NULL; /* borrowed */
+    if (shapes == NULL || !PyTuple_CheckExact(shapes))
         return NULL;
-    PyObject *generation = PyTuple_GET_ITEM(slot, 0), *state = PyTuple_GET_ITEM(slot, 1),
-             *head = PyTuple_GET_ITEM(slot, 2), *tail = PyTuple_GET_ITEM(slot, 3),
-             *verdict = PyTuple_GET_ITEM(slot, 4);
-    if (state != CORE(session)->state || !PyBytes_CheckExact(head) || !PyBytes_CheckExact(tail) ||
-        !PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 3)
-        return NULL;
-    Py_ssize_t head_len = PyBytes_GET_SIZE(head), tail_len = PyBytes_GET_SIZE(tail);
-    Py_ssize_t digits = len - head_len - tail_len;
-    if (digits < 1 || digits > 9 || memcmp(text, PyBytes_AS_STRING(head), (size_t)head_len) ||
-        memcmp(text + len - tail_len, PyBytes_AS_STRING(tail), (size_t)tail_len))
-        return NULL;
-    for (Py_ssize_t i = head_len; i < head_len + digits; i++)
-        if (text[i] < '0' || text[i] > '9')
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(shapes) && entry == NULL; i++) {
+        /* (generation, state, limit, fixed, kinds, verdict) */
+        PyObject *e = PyTuple_GET_ITEM(shapes, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 6 ||
+            PyTuple_GET_ITEM(e, 1) != CORE(session)->state)
+            continue;
+        PyObject *limit = PyTuple_GET_ITEM(e, 2), *fixed = PyTuple_GET_ITEM(e, 3),
+                 *kinds = PyTuple_GET_ITEM(e, 4), *verdict = PyTuple_GET_ITEM(e, 5);
+        if (!PyLong_CheckExact(limit) || !PyTuple_CheckExact(fixed) ||
+            !PyBytes_CheckExact(kinds) || !PyTuple_Check(verdict) ||
+            PyTuple_GET_SIZE(verdict) < 3)
+            continue;
+        Py_ssize_t most = PyLong_AsSsize_t(limit);
+        if (most == -1 && PyErr_Occurred())
             return NULL;
-    if (CORE(session)->sql_prepared != Py_None)
+        if (len <= most && fits_pieces(text, len, fixed, kinds))
+            entry = e;
+    }
+    if (entry == NULL || CORE(session)->sql_prepared != Py_None)
         return NULL;
     PyObject *audit = GET(session, audit);
     if (audit == NULL)
@@ -878,17 +936,21 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
     Py_DECREF(policy);
     if (now == NULL)
         return NULL;
-    int same = PyObject_RichCompareBool(now, generation, Py_EQ);
+    int same = PyObject_RichCompareBool(now, PyTuple_GET_ITEM(entry, 0), Py_EQ);
     Py_DECREF(now);
     if (same != 1)
         return NULL;
-    /* The head and the tail are ASCII (quick_query keeps no other), so is the text. */
-    PyObject *sql = PyUnicode_New(len, 127);
-    if (sql == NULL)
+    /* Decoded as quick_query decodes: strictly, and Python's when that fails. */
+    PyObject *sql = PyUnicode_DecodeUTF8((const char *)text, len, "strict");
+    if (sql == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return NULL;
+        PyErr_Clear();
         return NULL;
-    memcpy(PyUnicode_1BYTE_DATA(sql), text, (size_t)len);
+    }
     /* A copy of the kept verdict, of its type (tuple_subtype_new's way), with this
      * text as its upstream_sql. */
+    PyObject *verdict = PyTuple_GET_ITEM(entry, 5);
     Py_ssize_t size = PyTuple_GET_SIZE(verdict);
     PyTypeObject *type = Py_TYPE(verdict);
     PyObject *copy = type->tp_alloc(type, size);
@@ -903,7 +965,7 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
 }
 
 /* A simple Query alone in the buffer, the session plain and nothing pending: the
- * verdict of the session's one-integer shape (shape_verdict), else the Session's
+ * verdict of a shape the session kept (shape_verdict), else the Session's
  * quick_query decides it (the relay never parses SQL) and hands back the verdict
  * when the client's bytes may go upstream as they are. 1: relayed; 0: Python's
  * (quick_query changed nothing); -1: error. */
@@ -1689,6 +1751,18 @@ relay_stats(PyObject *module, PyObject *unused)
                          relayed_upstream, "direct", sent_direct, "shapes", by_shape);
 }
 
+static PyObject *
+relay_fits_shape(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyTuple_CheckExact(args[1]) ||
+        !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fits_shape(text: bytes, fixed: tuple, kinds: bytes)");
+        return NULL;
+    }
+    return PyBool_FromLong(fits_pieces((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                                       PyBytes_GET_SIZE(args[0]), args[1], args[2]));
+}
+
 static PyMethodDef relay_methods[] = {
     {"stats", relay_stats, METH_NOARGS,
      "stats(): buffers relayed natively so far in this process, each way, writes sent "
@@ -1700,6 +1774,8 @@ static PyMethodDef relay_methods[] = {
     {"upstream", (PyCFunction)(void (*)(void))relay_upstream, METH_FASTCALL,
      "upstream(session, data): relay a server buffer of hot messages, else hand it to "
      "session.upstream_data."},
+    {"fits_shape", (PyCFunction)(void (*)(void))relay_fits_shape, METH_FASTCALL,
+     "fits_shape(text, fixed, kinds): the relay's shape.fits_pieces, on bytes (for tests)."},
     {"configure", (PyCFunction)(void (*)(void))relay_configure, METH_FASTCALL,
      "configure(sync_marker, stamp, verdict): the Session module's Sync marker, the "
      "events' schema version member and the Verdict type (its fields read by index)."},

@@ -458,10 +458,10 @@ class Session(_SessionBase):
         # that when the answer is "not quick", client_data's second decision is a
         # cache hit, not a second run of the engine (a policy without a cache: none).
         self._quick_limit: int = getattr(policy, "CACHE_TEXT_LIMIT", 0)
-        # The policy's one-integer shape for a text it just served (EnginePolicy), and
-        # what quick_query keeps of it for the native relay (_keep_number_shape).
-        self._shape_of_text: Callable[..., Any] | None = getattr(policy, "number_shape", None)
-        self._number_shape: tuple[Any, ...] | None = None
+        # The policy's shape for a text it just served by shape (EnginePolicy), and
+        # the shapes quick_query keeps for the native relay (_keep_shape).
+        self._shape_of_text: Callable[..., Any] | None = getattr(policy, "kept_shape", None)
+        self._shapes: tuple[tuple[Any, ...], ...] = ()
         self.audit = audit
         self.metrics = metrics
         self.base_event = base_event
@@ -1247,18 +1247,22 @@ class Session(_SessionBase):
         ):
             return None
         if self._shape_of_text is not None:
-            self._keep_number_shape(text, verdict)
+            self._keep_shape(text, verdict)
         return verdict  # the relay records how long this call took
 
-    def _keep_number_shape(self, text: str, verdict: Verdict) -> None:
-        """When ``verdict`` is the policy's for the one-integer shape of ``text``
-        (``WHERE id = 42``; ``EnginePolicy.number_shape``), keep it for the native
-        relay, which gives the next text of that shape the same verdict without this
-        call, as the policy would: while the policy's generation and this session's
-        state (``SessionState``, a new object on every change) stay the ones it was
-        given under. The relay compares bytes, so only shapes whose text around the
-        number is ASCII, in a session whose texts are UTF-8, are kept; and only
-        those whose longest text is still one quick_query decides."""
+    # The shapes kept for the relay, most recent first: a session that alternates
+    # between a few statements keeps them all.
+    KEPT_SHAPES = 8
+
+    def _keep_shape(self, text: str, verdict: Verdict) -> None:
+        """When ``verdict`` is the one the policy keeps for the shape of ``text`` (the
+        same text but for the values of its simple literals; ``EnginePolicy.
+        kept_shape``), keep it for the native relay, which gives the next text of
+        that shape the same verdict without this call, as the policy would: while
+        the policy's generation and this session's state (``SessionState``, a new
+        object on every change) stay the ones it was given under. The relay
+        compares bytes with the shape's pieces as ``shape.fits_pieces`` does,
+        so only sessions whose texts are UTF-8 keep shapes."""
         state = self.state
         if self.codec != "utf-8" or not state.standard_conforming_strings:
             return  # the policy has no shapes without standard_conforming_strings
@@ -1266,14 +1270,19 @@ class Session(_SessionBase):
         found = self._shape_of_text(self.identity.name, state.search_path, "simple", text)
         if found is None:
             return
-        generation, head, tail, (action, message, rest) = found
-        if (
-            not (head.isascii() and tail.isascii())
-            or len(head) + len(tail) + 9 > self._quick_limit
-            or (action, message, *rest) != (verdict[0], verdict[1], *verdict[3:])
-        ):
+        generation, fixed, kinds, (action, message, rest) = found
+        if (action, message, *rest) != (verdict[0], verdict[1], *verdict[3:]):
             return
-        self._number_shape = (generation, state, head.encode(), tail.encode(), verdict)
+        entry = (
+            generation,
+            state,
+            self._quick_limit,  # in bytes here: never more characters than that
+            tuple(part.encode() for part in fixed),
+            kinds.encode(),
+            verdict,
+        )
+        kept = [e for e in self._shapes if e[0] == generation and e[1] is state]
+        self._shapes = (entry, *kept[: self.KEPT_SHAPES - 1])
 
     def _on_query(self, payload: bytes) -> bytes | None:
         if not payload or payload[-1] != 0:

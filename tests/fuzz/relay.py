@@ -111,14 +111,20 @@ def _exchange(rng: random.Random) -> list[tuple[str, bytes]]:
 
 
 def _read_by_id(rng: random.Random) -> bytes:
-    """A one-integer read, mostly of one shape: numbers of 1 to 12 digits, now and then
-    something around or in place of them that the shape does not fit."""
+    """A read by id, mostly of two shapes (with a string or without): numbers of 1 to
+    12 digits, now and then something around or in place of them, or a string, that
+    the shape does not fit."""
     number = str(rng.randrange(10 ** rng.randrange(1, 13))).encode()
     if rng.random() < 0.2:
         number = rng.choice([b"", b"-", b" ", b";", b"7.5", b"\xd9\xa1", b"0x1F", b"1 OR true"]) + (
             number if rng.random() < 0.5 else b""
         )
-    return b"SELECT id FROM orders WHERE id = " + number
+    read = b"SELECT id FROM orders WHERE id = " + number
+    if rng.random() < 0.5:  # and a string: quotes doubled or not, a double quote, NUL,
+        # bytes that are not UTF-8
+        body = rng.choice([b"a@b.c", b"it''s", b"x'", b'a"b', b"\x00", b"\xc3\xa9", b"\xff", b""])
+        read += b" AND status <> '" + body * rng.randrange(1, 3) + b"'"
+    return read
 
 
 def _bind(portal: bytes, rng: random.Random) -> bytes:

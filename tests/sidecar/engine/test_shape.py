@@ -20,9 +20,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.engine import Engine, SessionContext, compute_revision, load_bundle
-from sidecar.engine.shape import confirmed, fits_number_slot, number_slot, shape_of
+from sidecar.engine.shape import (
+    NUMBER,
+    STRING,
+    confirmed,
+    fits_number_slot,
+    fits_pieces,
+    number_slot,
+    pieces,
+    shape_of,
+)
 from sidecar.metrics import Metrics
 from sidecar.proxy.policy import Verdict
+from sidecar.proxy.session import NATIVE_RELAY_AVAILABLE, _relay
 from sidecar.runner import EnginePolicy, hold_seconds, verdict_parts, with_values
 from tests.sidecar.engine.conftest import bundle_data
 from tests.sidecar.proxy.relay_check import Source
@@ -253,6 +263,84 @@ def test_a_head_and_tail_that_overlap_do_not_fit() -> None:
     slot = number_slot(shape_of("x = 1 x"))
     assert slot == ("x = ", " x")
     assert not fits_number_slot("x = x", *slot)  # starts with the head, ends with the tail
+
+
+# -- any shape, recognised by its pieces without the expression --------------------
+
+JUNK = st.text(alphabet=EDGES + "0123456789\0", max_size=8)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=statements(), data=st.data())
+def test_a_text_fits_the_pieces_of_a_shape_only_when_it_has_that_shape(
+    texts: list[str], data: st.DataObject
+) -> None:
+    """The shape of a confirmed text (as the policy keeps it) against texts made of its
+    fixed pieces with other values between them: well-formed values of each kind,
+    the other kind's, and junk. ``fits_pieces`` says yes only for texts of that shape,
+    and always for well-formed values; the native relay's twin says what it says."""
+    template = texts[0]
+    if not confirmed(template):
+        return
+    shape = shape_of(template)
+    fixed, kinds = pieces(shape)
+    values = [
+        data.draw(st.one_of(INTEGERS if kind == NUMBER else STRINGS, INTEGERS, STRINGS, JUNK))
+        for kind in kinds
+    ]
+    sql = fixed[0] + "".join(value + after for value, after in zip(values, fixed[1:], strict=True))
+    for candidate in (sql, *texts[1:]):
+        fits = fits_pieces(candidate, fixed, kinds)
+        if fits:
+            assert shape_of(candidate) == shape, candidate
+        if NATIVE_RELAY_AVAILABLE:
+            native = _relay.fits_shape(
+                candidate.encode(), tuple(part.encode() for part in fixed), kinds.encode()
+            )
+            assert native == fits, candidate
+    well_formed = all(
+        (v.isascii() and v.isdigit() and len(v) <= 9)
+        if kind == NUMBER
+        else (
+            len(v) >= 2
+            and v[0] == v[-1] == "'"
+            and "'" not in v[1:-1].replace("''", "")
+            and '"' not in v
+            and "\0" not in v
+        )
+        for v, kind in zip(values, kinds, strict=True)
+    )
+    if well_formed:
+        assert fits_pieces(sql, fixed, kinds), sql
+
+
+@pytest.mark.parametrize(
+    ("sql", "fits"),
+    [
+        ("SELECT * FROM t WHERE id = 42 AND name = 'it''s' LIMIT 21", True),
+        ("SELECT * FROM t WHERE id = 42 AND name = '' LIMIT 1", True),
+        ("SELECT * FROM t WHERE id = 42 AND name = 'é' LIMIT 1", True),
+        ("SELECT * FROM t WHERE id = 42 AND name = 'x' 'y' LIMIT 1", False),
+        ("SELECT * FROM t WHERE id = 42 AND name = 'a\"b' LIMIT 1", False),  # a double quote
+        ("SELECT * FROM t WHERE id = 42 AND name = 'x''' LIMIT 1", True),
+        ("SELECT * FROM t WHERE id = 42 AND name = 'x'' LIMIT 1", False),
+        ("SELECT * FROM t WHERE id = 42 AND name = x LIMIT 1", False),
+        ("SELECT * FROM t WHERE id = 'x' AND name = 42 LIMIT 1", False),  # the kinds swapped
+    ],
+)
+def test_what_fits_the_pieces_of_an_orm_read(sql: str, fits: bool) -> None:
+    fixed, kinds = pieces(shape_of("SELECT * FROM t WHERE id = 7 AND name = 'a@b.c' LIMIT 21"))
+    assert fixed == ("SELECT * FROM t WHERE id = ", " AND name = ", " LIMIT ", "")
+    assert kinds == NUMBER + STRING + NUMBER
+    assert fits_pieces(sql, fixed, kinds) is fits
+    if fits:
+        assert shape_of(sql) == shape_of("SELECT * FROM t WHERE id = 7 AND name = 'a' LIMIT 2")
+
+
+def test_a_quoted_name_is_a_fixed_piece() -> None:
+    fixed, kinds = pieces(shape_of('SELECT "a""b".id FROM "t" WHERE id = 5'))
+    assert fixed == ('SELECT "a""b".id FROM "t" WHERE id = ', "")
+    assert kinds == NUMBER
 
 
 def test_a_unicode_escape_string_the_parser_rejects_is_never_served_by_template() -> None:

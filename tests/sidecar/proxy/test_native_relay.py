@@ -306,11 +306,11 @@ def test_a_simple_query_allowed_as_sent_is_relayed_natively(document: dict[str, 
 def reads_by_id(
     ids: Iterable[int], text: str = "SELECT id FROM notes WHERE id = {}"
 ) -> list[tuple[str, bytes]]:
-    """A one-integer shape's texts, each answered."""
+    """Texts of one shape (each {} the id), each answered."""
     out = []
     for n in ids:
         out += [
-            ("client", query(text.format(n))),
+            ("client", query(text.format(n, n))),
             ("upstream", DESCRIPTION + ROW + done(b"SELECT 1")),
         ]
     return out
@@ -320,14 +320,21 @@ def by_shape() -> int:
     return relayed()["shapes"]
 
 
-def test_a_one_integer_shape_is_given_its_verdict_by_the_relay(document: dict[str, Any]) -> None:
-    """From a shape's third text on the policy serves it from the shape, and quick_query
-    keeps that verdict for the session: the relay gives the next texts of the shape
-    the same verdict without asking. What goes each way and what is recorded is
-    Python's, byte for byte."""
+ORM_READ = (
+    'SELECT "notes"."id" FROM "notes" WHERE "notes"."id" = {} AND "notes"."body" <> '
+    "'user-{}@example.com' LIMIT 21"
+)
+
+
+@pytest.mark.parametrize("text", ["SELECT id FROM notes WHERE id = {}", ORM_READ])
+def test_a_shape_is_given_its_verdict_by_the_relay(document: dict[str, Any], text: str) -> None:
+    """Once the policy keeps a shape's verdict (from its second text, which the engine
+    serves by template), quick_query keeps it for the session: the relay gives the
+    next texts of the shape the same verdict without asking. What goes each way and
+    what is recorded is Python's, byte for byte."""
     before = by_shape()
-    native, python = run_both(document, reads_by_id(range(1, 11)))
-    assert by_shape() - before == 7
+    native, python = run_both(document, reads_by_id(range(1, 11), text))
+    assert by_shape() - before == 8
     assert_alike(native, python)
     counts, _, decided = native.session.metrics.decisions.snapshot()
     assert decided == 10 and sum(counts) == 10  # each decision timed once
@@ -348,10 +355,17 @@ def test_a_one_integer_shape_is_given_its_verdict_by_the_relay(document: dict[st
         "SELECT id FROM notes WHERE id = 7--",
         "select id FROM notes WHERE id = 7",
         "SELECT id FROM notes WHERE id = 77 OR true",
+        "SELECT id FROM notes WHERE id = 7 AND body = 'x'",
+        ORM_READ.format(7, "it''s") + "'",  # another string after it
+        ORM_READ.replace("'user", "'\"user").format(7, 7),  # a double quote in it
+        ORM_READ.replace("'user", "'\0user").format(7, 7),
+        ORM_READ.replace("'user-{}@example.com'", "E'x'").format(7),
+        ORM_READ.replace("'user-{}@example.com'", "'x' 'y'").format(7),
+        ORM_READ.format(7, 7).replace(" LIMIT 21", ""),
     ],
 )
 def test_a_text_the_shape_does_not_fit_is_python_s(document: dict[str, Any], text: str) -> None:
-    warm = reads_by_id(range(1, 6))
+    warm = reads_by_id(range(1, 6)) + reads_by_id(range(1, 6), ORM_READ)
     native, python = run_both(document, warm)
     before = by_shape()
     for side in (native, python):
@@ -372,7 +386,7 @@ def test_the_relay_s_shape_holds_only_under_its_rules_and_state(document: dict[s
         return by_shape() - before
 
     side = Side(document, "alice", native=True)
-    assert fed(side, range(1, 6)) == 2
+    assert fed(side, range(1, 6)) == 3
     side.session.policy.replace(document)  # a new bundle: a new generation
     assert fed(side, [6]) == 0
     assert fed(side, range(7, 11)) >= 1  # kept again once Python served it by shape
