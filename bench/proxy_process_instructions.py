@@ -52,6 +52,7 @@ VALGRIND = ["valgrind", "--tool=callgrind", "--collect-atstart=yes"]
 WORKLOADS = {
     "select_only": ["-S"],
     "select_prepared": ["-S", "-M", "prepared"],
+    "orm": ["-f", "{orm}"],  # bench/proxy.py's ORM statement, a string and an integer
 }
 
 
@@ -182,7 +183,9 @@ def main() -> int:
             "pgbouncer": (bouncer_port, "postgres", ""),
         }
         lines = []
-        for workload, options in WORKLOADS.items():
+        (tmp / "orm.sql").write_text(proxy.orm_script(8))
+        for workload, template in WORKLOADS.items():
+            options = [o.format(orm=tmp / "orm.sql") for o in template]
             counts = {
                 name: per_transaction(counted[name], port, user, database, args.n, options, pw)
                 for name, (port, user, pw) in targets.items()
