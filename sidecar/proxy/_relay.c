@@ -51,7 +51,7 @@ static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s
     *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
     *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
     *s_audit_fragment, *s_action, *s_recorded, *s_quick_query, *s_get_write_buffer_size,
-    *s_is_closing, *s_decisions, *s_observe, *s_accepting;
+    *s_is_closing, *s_observe, *s_accepting;
 static PyObject *SYNC = NULL;  /* session._SYNC */
 static PyObject *STAMP = NULL; /* audit_event._STAMP: the schema version member */
 static PyObject *ONE = NULL;
@@ -148,7 +148,8 @@ cstring_end(const unsigned char *p, const unsigned char *end)
     X(metrics, "metrics") \
     X(client_fd, "_client_fd") \
     X(upstream_fd, "_upstream_fd") \
-    X(shapes, "_shapes")
+    X(shapes, "_shapes") \
+    X(decisions, "_decisions")
 
 typedef struct {
     PyObject_HEAD
@@ -492,11 +493,7 @@ static int
 observe_decision(PyObject *session, long long started_ns)
 {
     double seconds = (double)(monotonic_ns() - started_ns) / 1e9;
-    PyObject *metrics = GET(session, metrics);
-    if (metrics == NULL)
-        return -1;
-    PyObject *decisions = PyObject_GetAttr(metrics, s_decisions);
-    Py_DECREF(metrics);
+    PyObject *decisions = GET(session, decisions); /* metrics.decisions */
     if (decisions == NULL)
         return -1;
     int done = 0;
@@ -604,9 +601,6 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
         goto error;
     if (!PyDict_CheckExact(statements) || !PyDict_CheckExact(portals))
         goto done;
-    generation = PyObject_GetAttr(policy, s_generation);
-    if (generation == NULL)
-        goto error;
 
     while (pos < n) {
         if (n - pos < 5 || *count >= MAX_MESSAGES)
@@ -643,6 +637,12 @@ plan_client(PyObject *session, const unsigned char *buf, Py_ssize_t n, ClientSte
                     goto error;
                 goto done;
             }
+            /* The policy's generation, read at the first Bind (a simple Query needs
+             * none here). */
+            if (generation == NULL)
+                generation = PyObject_GetAttr(policy, s_generation);
+            if (generation == NULL)
+                goto error;
             PyObject *pgen = PyObject_GetAttr(prepared, s_generation);
             if (pgen == NULL)
                 goto error;
@@ -1822,7 +1822,6 @@ PyInit__relay(void)
     INTERN(s_quick_query, "quick_query");
     INTERN(s_get_write_buffer_size, "get_write_buffer_size");
     INTERN(s_is_closing, "is_closing");
-    INTERN(s_decisions, "decisions");
     INTERN(s_observe, "observe");
     INTERN(s_accepting, "accepting");
     ONE = PyLong_FromLong(1);

@@ -464,6 +464,9 @@ class Session(_SessionBase):
         self._shapes: tuple[tuple[Any, ...], ...] = ()
         self.audit = audit
         self.metrics = metrics
+        # The decision-latency histogram, which the native relay counts into (Metrics
+        # makes it once).
+        self._decisions = metrics.decisions
         self.base_event = base_event
         self.max_message = max_message
         self.max_statement = max_statement
