@@ -58,8 +58,8 @@ static PyObject *ONE = NULL;
 /* proxy.policy.Verdict (configure()), a NamedTuple, and the indices of the fields the
  * relay reads: an item by index costs a load where the attribute costs a lookup. */
 static PyTypeObject *VERDICT = NULL;
-static Py_ssize_t i_action = -1, i_audit_fragment = -1, i_approval_id = -1, i_plain = -1,
-                  i_barrier = -1;
+static Py_ssize_t i_action = -1, i_upstream_sql = -1, i_audit_fragment = -1, i_approval_id = -1,
+                  i_plain = -1, i_barrier = -1;
 static PyObject *status_bytes[256];
 /* Buffers relayed here, each way (stats()): what the tests check was not all Python's. */
 static unsigned long long relayed_client = 0, relayed_upstream = 0;
@@ -899,29 +899,13 @@ fits_pieces(const unsigned char *t, Py_ssize_t len, PyObject *fixed, PyObject *k
 static PyObject *
 shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
 {
-    PyObject *shapes = CORE(session)->shapes, *entry = NULL; /* borrowed */
-    if (shapes == NULL || !PyTuple_CheckExact(shapes))
+    PyObject *shapes = CORE(session)->shapes;
+    if (shapes == NULL || !PyTuple_CheckExact(shapes) || PyTuple_GET_SIZE(shapes) == 0 ||
+        CORE(session)->sql_prepared != Py_None || i_upstream_sql < 0)
         return NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(shapes) && entry == NULL; i++) {
-        /* (generation, state, limit, fixed, kinds, verdict) */
-        PyObject *e = PyTuple_GET_ITEM(shapes, i);
-        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 6 ||
-            PyTuple_GET_ITEM(e, 1) != CORE(session)->state)
-            continue;
-        PyObject *limit = PyTuple_GET_ITEM(e, 2), *fixed = PyTuple_GET_ITEM(e, 3),
-                 *kinds = PyTuple_GET_ITEM(e, 4), *verdict = PyTuple_GET_ITEM(e, 5);
-        if (!PyLong_CheckExact(limit) || !PyTuple_CheckExact(fixed) ||
-            !PyBytes_CheckExact(kinds) || !PyTuple_Check(verdict) ||
-            PyTuple_GET_SIZE(verdict) < 3)
-            continue;
-        Py_ssize_t most = PyLong_AsSsize_t(limit);
-        if (most == -1 && PyErr_Occurred())
-            return NULL;
-        if (len <= most && fits_pieces(text, len, fixed, kinds))
-            entry = e;
-    }
-    if (entry == NULL || CORE(session)->sql_prepared != Py_None)
-        return NULL;
+    /* The session's checks that look attributes up come first: a lookup may run Python
+     * code, which may change the session. Nothing after them does until the copy,
+     * which holds its own reference to the shapes it reads. */
     PyObject *audit = GET(session, audit);
     if (audit == NULL)
         return NULL;
@@ -936,31 +920,82 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
     Py_DECREF(policy);
     if (now == NULL)
         return NULL;
-    int same = PyObject_RichCompareBool(now, PyTuple_GET_ITEM(entry, 0), Py_EQ);
-    Py_DECREF(now);
-    if (same != 1)
+    PyObject *copy = NULL, *entry = NULL;
+    shapes = CORE(session)->shapes; /* again: read after the lookups */
+    if (shapes == NULL || !PyTuple_CheckExact(shapes) || !PyLong_CheckExact(now)) {
+        Py_DECREF(now);
         return NULL;
+    }
+    Py_INCREF(shapes);
+    PyObject *state = CORE(session)->state; /* borrowed: compared by identity only */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(shapes) && entry == NULL; i++) {
+        /* (generation, state, limit, fixed, kinds, verdict) */
+        PyObject *e = PyTuple_GET_ITEM(shapes, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 6 || PyTuple_GET_ITEM(e, 1) != state)
+            continue;
+        PyObject *generation = PyTuple_GET_ITEM(e, 0), *limit = PyTuple_GET_ITEM(e, 2),
+                 *fixed = PyTuple_GET_ITEM(e, 3), *kinds = PyTuple_GET_ITEM(e, 4),
+                 *verdict = PyTuple_GET_ITEM(e, 5);
+        if (!PyLong_CheckExact(generation) || !PyLong_CheckExact(limit) ||
+            !PyTuple_CheckExact(fixed) || !PyBytes_CheckExact(kinds) || !PyTuple_Check(verdict) ||
+            PyTuple_GET_SIZE(verdict) <= i_upstream_sql)
+            continue;
+        /* Exact ints: compared without any Python code. */
+        int same = PyObject_RichCompareBool(now, generation, Py_EQ);
+        if (same < 0)
+            goto out;
+        Py_ssize_t most = PyLong_AsSsize_t(limit);
+        if (most == -1 && PyErr_Occurred())
+            goto out;
+        if (same && len <= most && fits_pieces(text, len, fixed, kinds))
+            entry = e;
+    }
+    if (entry == NULL)
+        goto out;
     /* Decoded as quick_query decodes: strictly, and Python's when that fails. */
     PyObject *sql = PyUnicode_DecodeUTF8((const char *)text, len, "strict");
     if (sql == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            return NULL;
-        PyErr_Clear();
-        return NULL;
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear();
+        goto out;
     }
-    /* A copy of the kept verdict, of its type (tuple_subtype_new's way), with this
-     * text as its upstream_sql. */
+    /* The kept verdict with this text as its upstream_sql, of its type, made as
+     * tuple.__new__(type, items) makes it (EnginePolicy.decide's way): before 3.14
+     * tuple_subtype_new allocates and fills it as below; from 3.14, which caches a
+     * tuple's hash in the object, through tuple.__new__ itself. */
     PyObject *verdict = PyTuple_GET_ITEM(entry, 5);
     Py_ssize_t size = PyTuple_GET_SIZE(verdict);
+#if PY_VERSION_HEX < 0x030E0000
     PyTypeObject *type = Py_TYPE(verdict);
-    PyObject *copy = type->tp_alloc(type, size);
+    copy = type->tp_alloc(type, size);
     if (copy == NULL) {
         Py_DECREF(sql);
-        return NULL;
+        goto out;
     }
     for (Py_ssize_t i = 0; i < size; i++)
-        PyTuple_SET_ITEM(copy, i, i == 2 ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
-    by_shape++;
+        PyTuple_SET_ITEM(copy, i,
+                         i == i_upstream_sql ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
+#else
+    PyObject *items = PyTuple_New(size);
+    if (items == NULL) {
+        Py_DECREF(sql);
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < size; i++)
+        PyTuple_SET_ITEM(items, i,
+                         i == i_upstream_sql ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
+    PyObject *args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL)
+        goto out;
+    copy = PyTuple_Type.tp_new(Py_TYPE(verdict), args, NULL);
+    Py_DECREF(args);
+#endif
+    if (copy != NULL)
+        by_shape++;
+out:
+    Py_DECREF(shapes);
+    Py_DECREF(now);
     return copy;
 }
 
@@ -1733,6 +1768,7 @@ relay_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     i_action = field_index(fields, "action");
+    i_upstream_sql = field_index(fields, "upstream_sql");
     i_audit_fragment = field_index(fields, "audit_fragment");
     i_approval_id = field_index(fields, "approval_id");
     i_plain = field_index(fields, "plain");
