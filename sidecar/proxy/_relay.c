@@ -966,26 +966,22 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
     PyObject *verdict = PyTuple_GET_ITEM(entry, 5);
     Py_ssize_t size = PyTuple_GET_SIZE(verdict);
 #if PY_VERSION_HEX < 0x030E0000
-    PyTypeObject *type = Py_TYPE(verdict);
-    copy = type->tp_alloc(type, size);
-    if (copy == NULL) {
-        Py_DECREF(sql);
-        goto out;
-    }
-    for (Py_ssize_t i = 0; i < size; i++)
-        PyTuple_SET_ITEM(copy, i,
-                         i == i_upstream_sql ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
+    PyObject *filled = Py_TYPE(verdict)->tp_alloc(Py_TYPE(verdict), size); /* the copy */
 #else
-    PyObject *items = PyTuple_New(size);
-    if (items == NULL) {
+    PyObject *filled = PyTuple_New(size); /* its items, for tuple.__new__ */
+#endif
+    if (filled == NULL) {
         Py_DECREF(sql);
         goto out;
     }
     for (Py_ssize_t i = 0; i < size; i++)
-        PyTuple_SET_ITEM(items, i,
+        PyTuple_SET_ITEM(filled, i,
                          i == i_upstream_sql ? sql : Py_NewRef(PyTuple_GET_ITEM(verdict, i)));
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
+#if PY_VERSION_HEX < 0x030E0000
+    copy = filled;
+#else
+    PyObject *args = PyTuple_Pack(1, filled);
+    Py_DECREF(filled);
     if (args == NULL)
         goto out;
     copy = PyTuple_Type.tp_new(Py_TYPE(verdict), args, NULL);
