@@ -43,7 +43,7 @@ from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.engine import BundleError
 from sidecar.engine import values as engine_values
 from sidecar.engine.shape import (
-    NUMBER,
+    Shape,
     confirmed,
     fits_number_slot,
     number_slot,
@@ -481,28 +481,6 @@ class EnginePolicy:
             "number_slot_hits": self._number_slot_hits,
         }
 
-    def kept_shape(
-        self, identity: str, search_path: tuple[str, ...] | None, protocol: str, sql: str
-    ) -> tuple[int, tuple[str, ...], str, tuple[Any, ...]] | None:
-        """The shape ``decide`` serves ``sql`` from for this asker, when it serves it from
-        one: the generation it holds for, the shape's ``pieces`` (its fixed texts and
-        the kinds of the values between them) and the verdict's parts. For the native
-        relay, which compares the next texts with the pieces (``Session.quick_query``).
-        Only ``decide`` under standard_conforming_strings uses shapes."""
-        # The generation first: a swap replaces the caches before it bumps it, so a
-        # shape read after a swap began is never given the older generation.
-        generation = self.generation
-        kept = self._kept
-        asker = (identity, search_path, protocol)
-        last = kept.last_number_shape.get(asker)
-        if last is not None and fits_number_slot(sql, last[0], last[1]):
-            return generation, (last[0], last[1]), NUMBER, last[2]
-        shape = shape_of(sql)
-        shared = kept.by_shape.get((asker, shape))
-        if not shared:  # unseen, or UNCONFIRMED
-            return None
-        return generation, *pieces(shape), shared
-
     def decide(
         self,
         *,
@@ -513,13 +491,52 @@ class EnginePolicy:
         in_transaction: bool,
         protocol: str,
     ) -> Verdict:
+        return self._decide(
+            identity, sql, standard_conforming_strings, search_path, in_transaction, protocol
+        )[0]
+
+    def decide_with_shape(
+        self,
+        *,
+        identity: str,
+        sql: str,
+        standard_conforming_strings: bool,
+        search_path: tuple[str, ...] | None,
+        in_transaction: bool,
+        protocol: str,
+    ) -> tuple[Verdict, tuple[int, tuple[str, ...], str] | None]:
+        """``decide``, and when the verdict is the one kept for the text's shape (served
+        from it, or just kept under it), that shape for the native relay: the
+        generation it holds for and its ``pieces`` (the fixed texts and the kinds of
+        the values between them; ``Session.quick_query``)."""
+        verdict, found = self._decide(
+            identity, sql, standard_conforming_strings, search_path, in_transaction, protocol
+        )
+        if found is None:
+            return verdict, None
+        generation, shape = found
+        return verdict, (generation, *pieces(shape))
+
+    def _decide(
+        self,
+        identity: str,
+        sql: str,
+        standard_conforming_strings: bool,
+        search_path: tuple[str, ...] | None,
+        in_transaction: bool,
+        protocol: str,
+    ) -> tuple[Verdict, tuple[int, Shape] | None]:
+        """The verdict, and (generation, shape) when it is its shape's."""
         # The engine is pure, so a verdict depends only on these inputs and the
-        # bundle (the caches are dropped on every bundle change).
+        # bundle (the caches are dropped on every bundle change). The generation
+        # before the caches: a swap replaces them before it bumps it, so a shape
+        # read after a swap began is never given the older generation.
+        generation = self.generation
         kept = self._kept  # once: see _Kept
         key = (identity, sql, standard_conforming_strings, search_path, protocol)
         verdict = kept.by_text.get(key)
         if verdict is not None:
-            return verdict
+            return verdict, None
         shape_key = None
         # A long text is rarely sent twice and its scan would hold the GIL while
         # other sessions wait: shapes are for the short statements sent all day.
@@ -530,7 +547,8 @@ class EnginePolicy:
                 self._number_slot_hits += 1
                 action, message, rest = last[2]
                 # (Concatenated: a sixth faster than unpacking into a display.)
-                return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
+                verdict = tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
+                return verdict, (generation, (last[0], None, None, last[1]))
             shape = shape_of(sql)
             shape_key = (asker, shape)
             shared = kept.by_shape.get(shape_key)
@@ -540,7 +558,8 @@ class EnginePolicy:
                 if slot is not None:
                     _keep(kept.last_number_shape, asker, (*slot, shared), self.ASKERS_LIMIT)
                 action, message, rest = shared
-                return tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
+                verdict = tuple.__new__(Verdict, (action, message, sql) + rest)  # noqa: RUF005
+                return verdict, (generation, shape)
         context = (standard_conforming_strings, in_transaction, search_path)
         session = self._contexts.get(context)
         if session is None:
@@ -571,9 +590,12 @@ class EnginePolicy:
             and decision.upstream_sql == sql  # no rewrite to re-apply to new values
             and shape_key not in kept.by_shape
         ):
-            kept_parts = (action, message, rest) if confirmed(sql) else UNCONFIRMED
-            _keep(kept.by_shape, shape_key, kept_parts, self.CACHE_LIMIT)
-        return verdict
+            if not confirmed(sql):
+                _keep(kept.by_shape, shape_key, UNCONFIRMED, self.CACHE_LIMIT)
+                return verdict, None
+            _keep(kept.by_shape, shape_key, (action, message, rest), self.CACHE_LIMIT)
+            return verdict, (generation, shape_key[1])
+        return verdict, None
 
 
 def _shape_decisions(policy: EnginePolicy) -> dict[str, int]:

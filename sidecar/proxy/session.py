@@ -458,9 +458,11 @@ class Session(_SessionBase):
         # that when the answer is "not quick", client_data's second decision is a
         # cache hit, not a second run of the engine (a policy without a cache: none).
         self._quick_limit: int = getattr(policy, "CACHE_TEXT_LIMIT", 0)
-        # The policy's shape for a text it just served by shape (EnginePolicy), and
-        # the shapes quick_query keeps for the native relay (_keep_shape).
-        self._shape_of_text: Callable[..., Any] | None = getattr(policy, "kept_shape", None)
+        # The policy's decision that names the shape it served a text from
+        # (EnginePolicy), and the shapes quick_query keeps for the native relay.
+        self._decide_with_shape: Callable[..., Any] | None = getattr(
+            policy, "decide_with_shape", None
+        )
         self._shapes: tuple[tuple[Any, ...], ...] = ()
         self.audit = audit
         self.metrics = metrics
@@ -994,8 +996,13 @@ class Session(_SessionBase):
 
     def _policy_verdict(self, text: str, protocol: str) -> Verdict:
         """The policy's verdict on ``text`` in this session's state (it may raise)."""
+        verdict: Verdict = self._ask(self.policy.decide, text, protocol)
+        return verdict
+
+    def _ask(self, decide: Callable[..., Any], text: str, protocol: str) -> Any:
+        """``decide`` (the policy's) asked about ``text`` in this session's state."""
         state = self.state
-        return self.policy.decide(
+        return decide(
             identity=self.identity.name,
             sql=text,
             standard_conforming_strings=state.standard_conforming_strings,
@@ -1237,8 +1244,12 @@ class Session(_SessionBase):
         text = self._decode(raw)
         if text is None:
             return None
+        shape = None
         try:
-            verdict = self._policy_verdict(text, "simple")
+            if self._decide_with_shape is None:
+                verdict = self._policy_verdict(text, "simple")
+            else:
+                verdict, shape = self._ask(self._decide_with_shape, text, "simple")
         except Exception:
             return None  # client_data asks again, and refuses as _ask_policy does
         if (
@@ -1249,33 +1260,27 @@ class Session(_SessionBase):
             or not self.audit.accepting
         ):
             return None
-        if self._shape_of_text is not None:
-            self._keep_shape(text, verdict)
+        if shape is not None:
+            self._keep_shape(shape, verdict)
         return verdict  # the relay records how long this call took
 
     # The shapes kept for the relay, most recent first: a session that alternates
     # between a few statements keeps them all.
     KEPT_SHAPES = 8
 
-    def _keep_shape(self, text: str, verdict: Verdict) -> None:
-        """When ``verdict`` is the one the policy keeps for the shape of ``text`` (the
-        same text but for the values of its simple literals; ``EnginePolicy.
-        kept_shape``), keep it for the native relay, which gives the next text of
-        that shape the same verdict without this call, as the policy would: while
-        the policy's generation and this session's state (``SessionState``, a new
-        object on every change) stay the ones it was given under. The relay
-        compares bytes with the shape's pieces as ``shape.fits_pieces`` does,
-        so only sessions whose texts are UTF-8 keep shapes."""
+    def _keep_shape(self, shape: tuple[Any, ...], verdict: Verdict) -> None:
+        """Keep ``verdict``, the one the policy keeps for its text's ``shape`` (the same
+        text but for the values of its simple literals; ``EnginePolicy.
+        decide_with_shape``), for the native relay, which gives the next text of that
+        shape the same verdict without this call, as the policy would: while the
+        policy's generation and this session's state (``SessionState``, a new object
+        on every change) stay the ones it was given under. The relay compares bytes
+        with the shape's pieces as ``shape.fits_pieces`` does, so only sessions whose
+        texts are UTF-8 keep shapes."""
+        if self.codec != "utf-8":
+            return
+        generation, fixed, kinds = shape
         state = self.state
-        if self.codec != "utf-8" or not state.standard_conforming_strings:
-            return  # the policy has no shapes without standard_conforming_strings
-        assert self._shape_of_text is not None
-        found = self._shape_of_text(self.identity.name, state.search_path, "simple", text)
-        if found is None:
-            return
-        generation, fixed, kinds, (action, message, rest) = found
-        if (action, message, *rest) != (verdict[0], verdict[1], *verdict[3:]):
-            return
         entry = (
             generation,
             state,
