@@ -93,8 +93,8 @@ class Metrics:
         self.spool_depth: Callable[[], int] = lambda: 0
         self.spool_dropped: Callable[[], int] = lambda: 0
         # Statements given the verdict of a statement shape they share with one decided
-        # before, without the engine, by where: {"policy": n, "relay": n} (the native
-        # relay's one-integer shapes). Set by the runner.
+        # before, without the engine, by where: {"policy": n, "relay": n} (the shapes
+        # a session keeps for the native relay). Set by the runner.
         self.shape_decisions: Callable[[], dict[str, int]] = dict
         self.bundle_revision = ""
         self.bundle_loaded_at: float | None = None

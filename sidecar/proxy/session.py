@@ -330,13 +330,21 @@ _COPY_START = _CopyHold("copy start")
 _COPY_IN = _CopyHold("copy in")
 
 
-_STALE_PORTAL = Verdict(
-    action=BLOCK,
-    message="Warden: this portal was bound in a batch that failed, and the server may "
-    "not hold what Warden decided for it; bind it again",
-    upstream_sql="",
-    audit=frozen({"kind": "stale_portal"}),
-    barrier=True,  # only so that an Execute of it leaves the fast path
+def _unrunnable_portal(message: str, kind: str) -> Verdict:
+    """The refusal of an Execute of a portal the session cannot vouch for."""
+    return Verdict(
+        action=BLOCK,
+        message=message,
+        upstream_sql="",
+        audit=frozen({"kind": kind}),
+        barrier=True,  # only so that an Execute of it leaves the fast path
+    )
+
+
+_STALE_PORTAL = _unrunnable_portal(
+    "Warden: this portal was bound in a batch that failed, and the server may not hold "
+    "what Warden decided for it; bind it again",
+    "stale_portal",
 )
 
 
@@ -351,13 +359,10 @@ def _name_in_use(what: str, name: bytes, kind: str) -> Verdict:
     )
 
 
-_UNBOUND_PORTAL = Verdict(
-    action=BLOCK,
-    message="Warden: this portal was not bound through this session, or its cursor was "
-    "declared under earlier rules; bind it (or declare the cursor) again",
-    upstream_sql="",
-    audit=frozen({"kind": "unbound_portal"}),
-    barrier=True,  # only so that an Execute of it leaves the fast path
+_UNBOUND_PORTAL = _unrunnable_portal(
+    "Warden: this portal was not bound through this session, or its cursor was declared "
+    "under earlier rules; bind it (or declare the cursor) again",
+    "unbound_portal",
 )
 
 
