@@ -496,22 +496,13 @@ class EnginePolicy:
         )[0]
 
     def decide_with_shape(
-        self,
-        *,
-        identity: str,
-        sql: str,
-        standard_conforming_strings: bool,
-        search_path: tuple[str, ...] | None,
-        in_transaction: bool,
-        protocol: str,
+        self, **question: Any
     ) -> tuple[Verdict, tuple[int, tuple[str, ...], str] | None]:
         """``decide``, and when the verdict is the one kept for the text's shape (served
         from it, or just kept under it), that shape for the native relay: the
         generation it holds for and its ``pieces`` (the fixed texts and the kinds of
-        the values between them; ``Session.quick_query``)."""
-        verdict, found = self._decide(
-            identity, sql, standard_conforming_strings, search_path, in_transaction, protocol
-        )
+        the values between them; ``Session.quick_query``). Asked as ``decide`` is."""
+        verdict, found = self._decide(**question)
         if found is None:
             return verdict, None
         generation, shape = found
@@ -526,7 +517,8 @@ class EnginePolicy:
         in_transaction: bool,
         protocol: str,
     ) -> tuple[Verdict, tuple[int, Shape] | None]:
-        """The verdict, and (generation, shape) when it is its shape's."""
+        """The verdict, and (generation, shape) when it is its shape's. Positional
+        from ``decide``: keywords passed on (``**``) cost twice a cache hit."""
         # The engine is pure, so a verdict depends only on these inputs and the
         # bundle (the caches are dropped on every bundle change). The generation
         # before the caches: a swap replaces them before it bumps it, so a shape
