@@ -918,6 +918,7 @@ async def serve(
         max_bytes=config.spool_max_bytes,
         full_policy=config.spool_full_policy,
         durability=durability,
+        native=config.native_relay,
     )
     log.info("audit durability: %s", durability)
     metrics.spool_depth = lambda: spool.depth

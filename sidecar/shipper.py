@@ -3,7 +3,9 @@
 Spool. Events are appended to JSON-lines segment files under
 ``<state_dir>/spool`` (``000000000001.jsonl``, ...). Appends are buffered in
 memory and written + fsynced in batches (every ``flush_interval`` seconds or
-``flush_events`` events), so the per-statement cost is a list append. The
+``flush_events`` events), so the per-statement cost is an append to a buffer
+(``lines``: in C when the native relay is built, which writes a statement's
+event into it directly; ``_PythonLines`` otherwise). The
 write and the fsync run on one writer thread, in submission order, so a slow
 disk does not stall the event loop (and every session with it). A segment is
 sealed when it grows past ``segment_bytes`` or when the shipper asks for it;
@@ -93,6 +95,7 @@ class AuditSpool:
         flush_events: int = 2000,
         full_policy: str = "refuse",
         durability: str = "batched",
+        native: bool = True,
     ) -> None:
         if full_policy not in ("refuse", "drop"):
             raise ValueError("full_policy must be 'refuse' or 'drop'")
@@ -104,15 +107,16 @@ class AuditSpool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.flush_interval = flush_interval
-        # 2,000 rather than 500: at 23,000 statements a second that is 12 writes and
-        # fdatasyncs a second instead of 46, which took 1-1.7 us of the sidecar's CPU
-        # off every statement (bench/README.md). At most ~2 MB wait in memory, and a
-        # flush's intents under strict durability fit one JOURNAL_CHUNK.
-        self.flush_events = flush_events
         self.full_policy = full_policy
         self.dropped = 0
         self.written = 0
-        self._buffer: list[str] = []
+        # The events not yet written, flushed at ``flush_events`` of them (its limit).
+        # 2,000 rather than 500: at 23,000 statements a second that is 12 writes and
+        # fdatasyncs a second instead of 46, which took 1-1.7 us of the sidecar's CPU
+        # off every statement (bench/README.md). At most ~2 MB wait in memory, and a
+        # flush's intents under strict durability fit one JOURNAL_CHUNK. ``native``:
+        # the relay's buffer when it is built (the native_relay setting turns it off).
+        self.lines = _lines(flush_events, native)
         existing = self.segments()
         self._seq = int(existing[-1].stem) + 1 if existing else 1
         self._current_lines = 0
@@ -276,6 +280,8 @@ class AuditSpool:
     def _account(self, delta: int) -> None:
         self._disk_bytes += delta
         self.full = self._disk_bytes >= self.max_bytes
+        # While full, the relay leaves each event to append_line, which applies the policy.
+        self.lines.open = not self.full
         # False when the proxy must refuse statements: full under ``refuse``, or
         # the disk failed (nothing could be recorded, whatever the policy).
         self.accepting = self.write_error is None and not (
@@ -285,7 +291,7 @@ class AuditSpool:
     @property
     def depth(self) -> int:
         """Events recorded and not yet acknowledged by the control plane."""
-        return self._depth + len(self._buffer)
+        return self._depth + len(self.lines)
 
     def append(self, event: dict[str, Any]) -> None:
         self.append_line(json.dumps(event, separators=(",", ":"), default=str), event.get("type"))
@@ -295,20 +301,16 @@ class AuditSpool:
         if self.full and kind != "session_end":
             self.dropped += 1
             return
-        self._buffer.append(line)
-        if len(self._buffer) >= self.flush_events:
+        if self.lines.append(line):
             self.flush()
 
     def flush(self) -> None:
-        if self._resolved_unflushed and not self._buffer:
+        count = len(self.lines)
+        if self._resolved_unflushed and not count:
             self._rotate_journal()
-        if not self._buffer:
+        if not count:
             return
-        self._buffer.append("")
-        data = "\n".join(self._buffer).encode()
-        self._buffer.pop()
-        count = len(self._buffer)
-        self._buffer = []
+        data = self.lines.take()
         self._submit(_write_sync, self._file, data)
         if self.strict:
             self._rotate_journal()  # queued after the write: the outcomes are on disk first
@@ -413,6 +415,42 @@ class AuditSpool:
             self._next_journal.add_done_callback(_close_made)
             self._submit(_unlink_sync, unused)
         self._writer.shutdown(wait=True)
+
+
+class _PythonLines:
+    """The spool's events not yet written, as the native relay's ``SpoolLines`` keeps
+    them (in C, where the relay appends a statement's event without Python)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = True  # read by the relay only: AuditSpool.append_line checks ``full``
+        self._lines: list[str] = []
+
+    def append(self, line: str) -> bool:
+        """One event (a JSON object, no newline); True when a flush is due."""
+        self._lines.append(line)
+        return len(self._lines) >= self.limit
+
+    def take(self) -> bytes:
+        """The lines, each ended by a newline; the buffer is then empty."""
+        self._lines.append("")
+        data = "\n".join(self._lines).encode()
+        self._lines = []
+        return data
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+
+def _lines(limit: int, native: bool) -> Any:
+    if native:
+        try:
+            from sidecar.proxy import _relay  # type: ignore[attr-defined]
+        except ImportError:
+            pass
+        else:
+            return _relay.SpoolLines(limit)
+    return _PythonLines(limit)
 
 
 def _write_sync(file: Any, data: bytes) -> None:

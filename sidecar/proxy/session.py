@@ -574,6 +574,12 @@ class Session(_SessionBase):
             self.upstream_entry = partial(_relay.upstream, self)
             self._client_fd = _direct_fd(client)
             self._upstream_fd = _direct_fd(upstream)
+        # The spool's native buffer, which the relay writes a statement's event into
+        # (None: the relay calls audit.append_line, as the Python path does).
+        lines = getattr(audit, "lines", None)
+        self._spool_lines = (
+            lines if _relay is not None and type(lines) is _relay.SpoolLines else None
+        )
 
     # ---- client -> upstream -------------------------------------------------
 

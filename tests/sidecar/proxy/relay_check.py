@@ -69,11 +69,15 @@ class Side:
         policy: Any = None,
         durability: str = "batched",
         transports: tuple[Any, Any] | None = None,
+        spool: dict[str, Any] | None = None,
     ) -> None:
         from sidecar.runner import EnginePolicy  # the runner imports the engine
 
         self.tmp = Path(tempfile.mkdtemp(prefix="warden-relay-"))
-        self.spool = AuditSpool(self.tmp / "spool", max_bytes=1024**3, durability=durability)
+        # The native relay's side writes into the spool's native lines, Python's into
+        # the Python ones: the comparison covers both ways of writing an event.
+        options = {"max_bytes": 1024**3, **(spool or {})}
+        self.spool = AuditSpool(self.tmp / "spool", durability=durability, native=native, **options)
         self.client: Any
         self.upstream: Any
         self.client, self.upstream = transports or (Recorder(), Recorder())

@@ -536,6 +536,57 @@ def test_native_events_are_valid_statement_events(document: dict[str, Any]) -> N
         assert isinstance(event["ts"], float) and isinstance(event["duration_ms"], float)
 
 
+def _relay_one(side: Side, n: int) -> None:
+    side.feed("client", query(f"SELECT id FROM notes WHERE id = {n}"))
+    side.feed("upstream", DESCRIPTION + ROW + done(b"SELECT 1"))
+
+
+def test_the_relay_writes_its_events_into_the_spool_s_native_lines(
+    document: dict[str, Any],
+) -> None:
+    """No str and no append_line per event: the relay appends the line to the spool's
+    buffer in C, and flushes the spool when its flush_events lines wait."""
+    side = Side(document, "alice", native=True, spool={"flush_events": 3})
+    lines = side.spool.lines
+    assert type(lines) is sessions._relay.SpoolLines  # type: ignore[union-attr]
+    assert side.session._spool_lines is lines
+    before, written = relayed()["client"], side.spool.written
+    _relay_one(side, 1)
+    waiting = len(lines)
+    assert waiting >= 1 and side.spool.written == written
+    for n in range(2, 2 + 3 - waiting):
+        _relay_one(side, n)
+    assert relayed()["client"] - before == 3 - waiting + 1
+    assert len(lines) == 0 and side.spool.written == written + 3  # flushed at the limit
+    side.spool.close()
+    events = [
+        json.loads(line) for path in side.spool.segments() for line in path.read_text().splitlines()
+    ]
+    assert [e["outcome"] for e in events if e["type"] == "statement"] == ["allowed"] * (
+        3 - waiting + 1
+    )
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_full_spool_drops_the_relay_s_events_under_drop(
+    document: dict[str, Any], native: bool
+) -> None:
+    """Under ``drop`` a full spool keeps serving and counts what it could not keep: the
+    relay leaves each event to append_line, which applies the policy, instead of
+    writing it into a buffer nobody may flush."""
+    side = Side(document, "alice", native=native, spool={"max_bytes": 1, "full_policy": "drop"})
+    _relay_one(side, 1)
+    side.spool.flush()  # on disk: the one-byte spool is full from now on
+    assert side.spool.full and side.spool.accepting and not side.spool.lines.open
+    before, dropped = relayed()["client"], side.spool.dropped
+    _relay_one(side, 2)
+    _relay_one(side, 3)
+    assert relayed()["client"] - before == (2 if native else 0)
+    assert side.spool.dropped == dropped + 2 and len(side.spool.lines) == 0
+    assert bytes(side.client.data).count(b"SELECT 1") == 3  # all three ran
+    side.spool.close()
+
+
 def test_a_row_count_past_64_bits_is_counted_as_python_counts_it(
     document: dict[str, Any],
 ) -> None:
