@@ -130,7 +130,8 @@ class AuditSpool:
         self._last_write: Future[None] | None = None
         self._closing: dict[str, Future[None]] = {}
         self.write_error: str | None = None
-        # Plain attributes, read on every statement; kept current by _account.
+        # Read on every statement; kept current by _account (``accepting`` lives in
+        # ``lines``, where the native relay reads it).
         self.full = False
         self.accepting = True
         self._account(0)
@@ -289,6 +290,15 @@ class AuditSpool:
         )
 
     @property
+    def accepting(self) -> bool:
+        """False when the proxy must refuse statements (see ``_account``)."""
+        return bool(self.lines.accepting)
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self.lines.accepting = value
+
+    @property
     def depth(self) -> int:
         """Events recorded and not yet acknowledged by the control plane."""
         return self._depth + len(self.lines)
@@ -424,6 +434,7 @@ class _PythonLines:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = True  # read by the relay only: AuditSpool.append_line checks ``full``
+        self.accepting = True  # AuditSpool.accepting
         self._lines: list[str] = []
 
     def append(self, line: str) -> bool:

@@ -51,7 +51,7 @@
 #define LARGE_STATEMENT (64 * 1024) /* session.LARGE_STATEMENT: larger is Python's */
 
 /* Interned attribute names, and what configure() hands over. */
-static PyObject *s_statements, *s_generation, *s_state, *s_verdict, *s_plain, *s_barrier,
+static PyObject *s_generation, *s_state, *s_verdict, *s_plain, *s_barrier,
     *s_write, *s_client_data, *s_upstream_data, *s_error, *s_finish, *s_append, *s_popleft,
     *s_allowed, *s_exec, *s_session_write, *s_append_line, *s_resolved, *s_approval_id,
     *s_audit_fragment, *s_action, *s_recorded, *s_quick_query, *s_get_write_buffer_size,
@@ -154,7 +154,8 @@ cstring_end(const unsigned char *p, const unsigned char *end)
     X(upstream_fd, "_upstream_fd") \
     X(shapes, "_shapes") \
     X(decisions, "_decisions") \
-    X(spool_lines, "_spool_lines")
+    X(spool_lines, "_spool_lines") \
+    X(recorded, "_recorded")
 
 typedef struct {
     PyObject_HEAD
@@ -503,6 +504,144 @@ static PyTypeObject HistogramType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)histogram_init,
     .tp_methods = histogram_methods,
+};
+
+/* The audit spool's lines not yet written (shipper.AuditSpool.lines): events as
+ * newline-ended UTF-8 in one buffer, kept between flushes. The relay writes a
+ * statement event straight into it: no str, no list item, no append_line call, and
+ * the flush takes one bytes object instead of joining and encoding the lines
+ * (together ~2,000 instructions of a select-only transaction's ~16,000). */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t size, cap;
+    Py_ssize_t count;
+    Py_ssize_t limit; /* lines at which a flush is due (the spool's flush_events) */
+    char open;        /* the spool takes lines (set false while it is full) */
+    char accepting;   /* AuditSpool.accepting, kept here: the relay reads it per Query */
+} SpoolLinesObject;
+
+#define LINES_KEPT (4 * 1024 * 1024) /* a larger buffer is freed when taken */
+
+/* Room for n more bytes; NULL (MemoryError set) when there is none. */
+static char *
+lines_reserve(SpoolLinesObject *self, Py_ssize_t n)
+{
+    if (n > PY_SSIZE_T_MAX - self->size) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (self->size + n > self->cap) {
+        Py_ssize_t cap = self->cap ? self->cap : 64 * 1024;
+        while (cap < self->size + n)
+            cap = cap > PY_SSIZE_T_MAX / 2 ? self->size + n : cap * 2;
+        char *grown = PyMem_Realloc(self->data, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        self->data = grown;
+        self->cap = cap;
+    }
+    return self->data + self->size;
+}
+
+static int
+lines_init(SpoolLinesObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"limit", NULL};
+    Py_ssize_t limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n:SpoolLines", names, &limit))
+        return -1;
+    if (limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "limit must be at least 1");
+        return -1;
+    }
+    self->limit = limit;
+    self->open = 1;
+    self->accepting = 1;
+    return 0;
+}
+
+static void
+lines_dealloc(SpoolLinesObject *self)
+{
+    PyMem_Free(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lines_append(SpoolLinesObject *self, PyObject *line)
+{
+    if (!PyUnicode_Check(line)) {
+        PyErr_SetString(PyExc_TypeError, "append(line: str)");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *text = PyUnicode_AsUTF8AndSize(line, &n);
+    if (text == NULL)
+        return NULL;
+    char *at = lines_reserve(self, n + 1);
+    if (at == NULL)
+        return NULL;
+    memcpy(at, text, (size_t)n);
+    at[n] = '\n';
+    self->size += n + 1;
+    self->count++;
+    return PyBool_FromLong(self->count >= self->limit);
+}
+
+static PyObject *
+lines_take(SpoolLinesObject *self, PyObject *unused)
+{
+    PyObject *data = PyBytes_FromStringAndSize(self->data, self->size);
+    if (data == NULL)
+        return NULL;
+    self->size = 0;
+    self->count = 0;
+    if (self->cap > LINES_KEPT) { /* a burst of large events: give the memory back */
+        PyMem_Free(self->data);
+        self->data = NULL;
+        self->cap = 0;
+    }
+    return data;
+}
+
+static Py_ssize_t
+lines_len(SpoolLinesObject *self)
+{
+    return self->count;
+}
+
+static PyMethodDef lines_methods[] = {
+    {"append", (PyCFunction)lines_append, METH_O,
+     "append(line): one event (a JSON object, no newline); True when a flush is due."},
+    {"take", (PyCFunction)lines_take, METH_NOARGS,
+     "take(): the lines as bytes, each ended by a newline; the buffer is then empty."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef lines_members[] = {
+    {"limit", T_PYSSIZET, offsetof(SpoolLinesObject, limit), 0, "lines at which a flush is due"},
+    {"open", T_BOOL, offsetof(SpoolLinesObject, open), 0, "the spool takes lines"},
+    {"accepting", T_BOOL, offsetof(SpoolLinesObject, accepting), 0,
+     "the spool records (AuditSpool.accepting)"},
+    {NULL},
+};
+
+static PySequenceMethods lines_sequence = {.sq_length = (lenfunc)lines_len};
+
+static PyTypeObject SpoolLinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.proxy._relay.SpoolLines",
+    .tp_doc = "SpoolLines(limit): an audit spool's events not yet written, as lines.",
+    .tp_basicsize = sizeof(SpoolLinesObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lines_init,
+    .tp_dealloc = (destructor)lines_dealloc,
+    .tp_methods = lines_methods,
+    .tp_members = lines_members,
+    .tp_as_sequence = &lines_sequence,
 };
 
 /* A quick decision's latency, into session.metrics.decisions: counted here when it is
@@ -924,11 +1063,18 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
     /* The session's checks that look attributes up come first: a lookup may run Python
      * code, which may change the session. Nothing after them does until the copy,
      * which holds its own reference to the shapes it reads. */
-    PyObject *audit = GET(session, audit);
-    if (audit == NULL)
-        return NULL;
-    int accepting = attr_true(audit, s_accepting);
-    Py_DECREF(audit);
+    PyObject *lines = CORE(session)->spool_lines; /* borrowed */
+    int accepting;
+    if (lines != NULL && Py_IS_TYPE(lines, &SpoolLinesType)) {
+        accepting = ((SpoolLinesObject *)lines)->accepting; /* a load, not a lookup */
+    }
+    else {
+        PyObject *audit = GET(session, audit);
+        if (audit == NULL)
+            return NULL;
+        accepting = attr_true(audit, s_accepting);
+        Py_DECREF(audit);
+    }
     if (accepting != 1)
         return NULL;
     PyObject *policy = GET(session, policy);
@@ -1375,19 +1521,33 @@ put_bytes(char *w, const char *text, size_t len)
 
 #define put_text(w, literal) put_bytes((w), (literal), sizeof(literal) - 1)
 
+/* "00" to "99": two digits per division (the event's two clocks were 430
+ * instructions a digit at a time). */
+static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324"
+                                  "25262728293031323334353637383940414243444546474849"
+                                  "50515253545556575859606162636465666768697071727374"
+                                  "75767778798081828384858687888990919293949596979899";
+
 /* The decimal digits of v >= 0. */
 static char *
 put_digits(char *w, long long v)
 {
     char digits[24];
-    int i = 0;
-    do {
-        digits[i++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (i)
-        *w++ = digits[--i];
-    return w;
+    int i = (int)sizeof digits;
+    while (v >= 100) {
+        i -= 2;
+        memcpy(digits + i, DIGIT_PAIRS + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        i -= 2;
+        memcpy(digits + i, DIGIT_PAIRS + 2 * v, 2);
+    }
+    else {
+        digits[--i] = (char)('0' + v);
+    }
+    memcpy(w, digits + i, sizeof digits - (size_t)i);
+    return w + (sizeof digits - (size_t)i);
 }
 
 /* whole.fraction, the fraction zero-padded to places digits (as "%lld.%06lld"). */
@@ -1396,10 +1556,14 @@ put_decimal(char *w, long long whole, long long fraction, int places)
 {
     w = put_digits(w, whole);
     *w++ = '.';
-    for (int i = places - 1; i >= 0; i--) {
-        w[i] = (char)('0' + fraction % 10);
-        fraction /= 10;
+    int i = places;
+    while (i >= 2) {
+        i -= 2;
+        memcpy(w + i, DIGIT_PAIRS + 2 * (fraction % 100), 2);
+        fraction /= 100;
     }
+    if (i)
+        w[0] = (char)('0' + fraction % 10);
     return w + places;
 }
 
@@ -1414,164 +1578,26 @@ ascii_ref(PyObject *v, PyObject **out)
     return PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v);
 }
 
-/* The audit spool's lines not yet written (shipper.AuditSpool.lines): events as
- * newline-ended UTF-8 in one buffer, kept between flushes. The relay writes a
- * statement event straight into it: no str, no list item, no append_line call, and
- * the flush takes one bytes object instead of joining and encoding the lines
- * (together ~2,000 instructions of a select-only transaction's ~16,000). */
-typedef struct {
-    PyObject_HEAD
-    char *data;
-    Py_ssize_t size, cap;
-    Py_ssize_t count;
-    Py_ssize_t limit; /* lines at which a flush is due (the spool's flush_events) */
-    char open;        /* the spool takes lines (set false while it is full) */
-} SpoolLinesObject;
-
-#define LINES_KEPT (4 * 1024 * 1024) /* a larger buffer is freed when taken */
-
-/* Room for n more bytes; NULL (MemoryError set) when there is none. */
-static char *
-lines_reserve(SpoolLinesObject *self, Py_ssize_t n)
-{
-    if (n > PY_SSIZE_T_MAX - self->size) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    if (self->size + n > self->cap) {
-        Py_ssize_t cap = self->cap ? self->cap : 64 * 1024;
-        while (cap < self->size + n)
-            cap = cap > PY_SSIZE_T_MAX / 2 ? self->size + n : cap * 2;
-        char *grown = PyMem_Realloc(self->data, (size_t)cap);
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        self->data = grown;
-        self->cap = cap;
-    }
-    return self->data + self->size;
-}
-
-static int
-lines_init(SpoolLinesObject *self, PyObject *args, PyObject *kwargs)
-{
-    static char *names[] = {"limit", NULL};
-    Py_ssize_t limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n:SpoolLines", names, &limit))
-        return -1;
-    if (limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "limit must be at least 1");
-        return -1;
-    }
-    self->limit = limit;
-    self->open = 1;
-    return 0;
-}
-
-static void
-lines_dealloc(SpoolLinesObject *self)
-{
-    PyMem_Free(self->data);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-lines_append(SpoolLinesObject *self, PyObject *line)
-{
-    if (!PyUnicode_Check(line)) {
-        PyErr_SetString(PyExc_TypeError, "append(line: str)");
-        return NULL;
-    }
-    Py_ssize_t n;
-    const char *text = PyUnicode_AsUTF8AndSize(line, &n);
-    if (text == NULL)
-        return NULL;
-    char *at = lines_reserve(self, n + 1);
-    if (at == NULL)
-        return NULL;
-    memcpy(at, text, (size_t)n);
-    at[n] = '\n';
-    self->size += n + 1;
-    self->count++;
-    return PyBool_FromLong(self->count >= self->limit);
-}
-
-static PyObject *
-lines_take(SpoolLinesObject *self, PyObject *unused)
-{
-    PyObject *data = PyBytes_FromStringAndSize(self->data, self->size);
-    if (data == NULL)
-        return NULL;
-    self->size = 0;
-    self->count = 0;
-    if (self->cap > LINES_KEPT) { /* a burst of large events: give the memory back */
-        PyMem_Free(self->data);
-        self->data = NULL;
-        self->cap = 0;
-    }
-    return data;
-}
-
-static Py_ssize_t
-lines_len(SpoolLinesObject *self)
-{
-    return self->count;
-}
-
-static PyMethodDef lines_methods[] = {
-    {"append", (PyCFunction)lines_append, METH_O,
-     "append(line): one event (a JSON object, no newline); True when a flush is due."},
-    {"take", (PyCFunction)lines_take, METH_NOARGS,
-     "take(): the lines as bytes, each ended by a newline; the buffer is then empty."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef lines_members[] = {
-    {"limit", T_PYSSIZET, offsetof(SpoolLinesObject, limit), 0, "lines at which a flush is due"},
-    {"open", T_BOOL, offsetof(SpoolLinesObject, open), 0, "the spool takes lines"},
-    {NULL},
-};
-
-static PySequenceMethods lines_sequence = {.sq_length = (lenfunc)lines_len};
-
-static PyTypeObject SpoolLinesType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.proxy._relay.SpoolLines",
-    .tp_doc = "SpoolLines(limit): an audit spool's events not yet written, as lines.",
-    .tp_basicsize = sizeof(SpoolLinesObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)lines_init,
-    .tp_dealloc = (destructor)lines_dealloc,
-    .tp_methods = lines_methods,
-    .tp_members = lines_members,
-    .tp_as_sequence = &lines_sequence,
-};
-
-/* session.metrics.statements[action] += 1 (from 0), as Metrics.recorded does; a
- * Metrics without that dict gets the call. */
+/* session.metrics.statements[action] += 1 (from 0), as Metrics.recorded does, on
+ * the dict the Session keeps (_recorded); a Metrics without that dict gets the call. */
 static int
 count_recorded(PyObject *session, PyObject *action)
 {
-    int done = -1;
-    PyObject *statements = NULL, *total = NULL;
-    PyObject *metrics = GET(session, metrics);
-    if (metrics == NULL)
-        return -1;
-    statements = PyObject_GetAttr(metrics, s_statements);
-    if (statements == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            goto out;
-        PyErr_Clear();
-    }
+    PyObject *statements = CORE(session)->recorded; /* borrowed */
     if (statements == NULL || !PyDict_CheckExact(statements)) {
+        PyObject *metrics = GET(session, metrics);
+        if (metrics == NULL)
+            return -1;
         PyObject *r = PyObject_CallMethodOneArg(metrics, s_recorded, action);
-        if (r != NULL) {
-            Py_DECREF(r);
-            done = 0;
-        }
-        goto out;
+        Py_DECREF(metrics);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
     }
+    Py_INCREF(statements); /* held: the lookup may run Python code (a str subclass) */
+    int done = -1;
+    PyObject *total = NULL;
     PyObject *before = PyDict_GetItemWithError(statements, action); /* borrowed */
     if (before == NULL && PyErr_Occurred())
         goto out;
@@ -1581,8 +1607,7 @@ count_recorded(PyObject *session, PyObject *action)
     done = 0;
 out:
     Py_XDECREF(total);
-    Py_XDECREF(statements);
-    Py_DECREF(metrics);
+    Py_DECREF(statements);
     return done;
 }
 
@@ -2007,7 +2032,6 @@ static struct PyModuleDef relay_module = {
 PyMODINIT_FUNC
 PyInit__relay(void)
 {
-    INTERN(s_statements, "statements");
     INTERN(s_generation, "generation");
     INTERN(s_state, "state");
     INTERN(s_verdict, "verdict");

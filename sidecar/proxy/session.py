@@ -580,6 +580,8 @@ class Session(_SessionBase):
         self._spool_lines = (
             lines if _relay is not None and type(lines) is _relay.SpoolLines else None
         )
+        # What the relay counts its statement events in (Metrics.recorded's dict).
+        self._recorded = getattr(metrics, "statements", None)
 
     # ---- client -> upstream -------------------------------------------------
 

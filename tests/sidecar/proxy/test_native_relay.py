@@ -403,30 +403,31 @@ def test_the_relay_s_shape_holds_only_under_its_rules_and_state(document: dict[s
 def test_a_session_changed_while_the_relay_looks_it_up_is_read_again(
     document: dict[str, Any],
 ) -> None:
-    """The relay looks up the spool's ``accepting`` and the policy's generation, which
-    in general may run Python code; here a property that drops the kept shapes and
-    fills memory with forged entries. The relay reads the shapes after those
-    lookups and holds them while it uses one, so it never serves a freed or forged
-    verdict: the text goes to Python, which decides it afresh."""
+    """The relay looks up the policy's generation (and, with a spool other than
+    AuditSpool, its ``accepting``), which in general may run Python code; here a
+    property that drops the kept shapes and fills memory with forged entries. The
+    relay reads the shapes after those lookups and holds them while it uses one, so
+    it never serves a freed or forged verdict: the text goes to Python, which
+    decides it afresh."""
     side = Side(document, "alice", native=True)
     for direction, data in reads_by_id(range(1, 6)):
         side.feed(direction, data)
     session = side.session
     assert session._shapes
-    spool, forged = session.audit, []
+    policy, forged = session.policy, []
     fake = Verdict(action="allow", message="FORGED", upstream_sql="", plain=True)
 
     class Meddling:
         def __getattr__(self, name: str) -> Any:
-            return getattr(spool, name)
+            return getattr(policy, name)
 
         @property
-        def accepting(self) -> bool:
+        def generation(self) -> int:
             session._shapes = ()
-            forged.extend((session.policy.generation, 0, 0, 0, 0, fake) for _ in range(1000))
-            return True
+            forged.extend((policy.generation, 0, 0, 0, 0, fake) for _ in range(1000))
+            return policy.generation  # type: ignore[no-any-return]
 
-    session.audit = Meddling()
+    session.policy = Meddling()
     before = by_shape()
     side.feed("client", query("SELECT id FROM notes WHERE id = 99"))
     assert by_shape() == before
