@@ -288,6 +288,10 @@ class AuditSpool:
         self.accepting = self.write_error is None and not (
             self.full and self.full_policy == "refuse"
         )
+        if self.write_error is not None:
+            # _failed ran on the writer thread between the test and the store above:
+            # its False must not be overwritten until the next flush.
+            self.accepting = False
 
     @property
     def accepting(self) -> bool:
@@ -296,7 +300,7 @@ class AuditSpool:
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
-        self.lines.accepting = value
+        self.lines.accepting = bool(value)  # a native bool member takes only a bool
 
     @property
     def depth(self) -> int:

@@ -575,12 +575,13 @@ class Session(_SessionBase):
             self._client_fd = _direct_fd(client)
             self._upstream_fd = _direct_fd(upstream)
         # The spool's native buffer, which the relay writes a statement's event into
-        # (None: the relay calls audit.append_line, as the Python path does).
+        # (None: the relay calls audit.append_line, as the Python path does), and
+        # below the dict the relay counts them in: both taken from ``audit`` and
+        # ``metrics`` here, which are a session's for its whole life.
         lines = getattr(audit, "lines", None)
         self._spool_lines = (
             lines if _relay is not None and type(lines) is _relay.SpoolLines else None
         )
-        # What the relay counts its statement events in (Metrics.recorded's dict).
         self._recorded = getattr(metrics, "statements", None)
 
     # ---- client -> upstream -------------------------------------------------

@@ -551,6 +551,16 @@ def test_the_relay_writes_its_events_into_the_spool_s_native_lines(
     lines = side.spool.lines
     assert type(lines) is sessions._relay.SpoolLines  # type: ignore[union-attr]
     assert side.session._spool_lines is lines
+    # Seen, not replaced: the spool's own append_line, which the relay would call by
+    # name if it did not write the event itself.
+    through_python: list[str] = []
+    append_line = side.spool.append_line
+
+    def seen(line: str, kind: object = None) -> None:
+        through_python.append(line)
+        append_line(line, kind)
+
+    side.spool.append_line = seen  # type: ignore[method-assign]
     before, written = relayed()["client"], side.spool.written
     _relay_one(side, 1)
     waiting = len(lines)
@@ -566,6 +576,7 @@ def test_the_relay_writes_its_events_into_the_spool_s_native_lines(
     assert [e["outcome"] for e in events if e["type"] == "statement"] == ["allowed"] * (
         3 - waiting + 1
     )
+    assert not [line for line in through_python if '"type":"statement"' in line]
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
