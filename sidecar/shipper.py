@@ -437,7 +437,8 @@ class _PythonLines:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.open = True  # read by the relay only: AuditSpool.append_line checks ``full``
+        # SpoolLines' interface; the relay reads only SpoolLines' (append_line checks ``full``).
+        self.open = True
         self.accepting = True  # AuditSpool.accepting
         self._lines: list[str] = []
 

@@ -644,6 +644,17 @@ static PyTypeObject SpoolLinesType = {
     .tp_as_sequence = &lines_sequence,
 };
 
+/* The session's spool buffer (_spool_lines, which the Session sets to its spool's
+ * SpoolLines or None), borrowed; NULL when it has none: then the spool is asked by
+ * name, as the Python path asks it. */
+static inline SpoolLinesObject *
+session_lines(PyObject *session)
+{
+    PyObject *lines = CORE(session)->spool_lines;
+    return lines != NULL && Py_IS_TYPE(lines, &SpoolLinesType) ? (SpoolLinesObject *)lines
+                                                                 : NULL;
+}
+
 /* A quick decision's latency, into session.metrics.decisions: counted here when it is
  * this module's Histogram, else through its observe(). */
 static int
@@ -1063,10 +1074,10 @@ shape_verdict(PyObject *session, const unsigned char *text, Py_ssize_t len)
     /* The session's checks that look attributes up come first: a lookup may run Python
      * code, which may change the session. Nothing after them does until the copy,
      * which holds its own reference to the shapes it reads. */
-    PyObject *lines = CORE(session)->spool_lines; /* borrowed */
+    SpoolLinesObject *lines = session_lines(session);
     int accepting;
-    if (lines != NULL && Py_IS_TYPE(lines, &SpoolLinesType)) {
-        accepting = ((SpoolLinesObject *)lines)->accepting; /* a load, not a lookup */
+    if (lines != NULL) {
+        accepting = lines->accepting; /* a load, not a lookup */
     }
     else {
         PyObject *audit = GET(session, audit);
@@ -1595,7 +1606,8 @@ count_recorded(PyObject *session, PyObject *action)
         Py_DECREF(r);
         return 0;
     }
-    Py_INCREF(statements); /* held: the lookup may run Python code (a str subclass) */
+    /* Borrowed throughout: action is an exact str (finish_native checks), so neither
+     * the lookup nor the store runs Python code that could replace the dict. */
     int done = -1;
     PyObject *total = NULL;
     PyObject *before = PyDict_GetItemWithError(statements, action); /* borrowed */
@@ -1607,7 +1619,6 @@ count_recorded(PyObject *session, PyObject *action)
     done = 0;
 out:
     Py_XDECREF(total);
-    Py_DECREF(statements);
     return done;
 }
 
@@ -1713,10 +1724,7 @@ finish_native(PyObject *session, PyObject *item, PyObject *outcome)
         goto fail;
     /* Into the spool's native lines while it takes them; a full spool's append_line
      * decides what happens to the event (dropped and counted, under "drop"). */
-    PyObject *spool = CORE(session)->spool_lines; /* borrowed */
-    SpoolLinesObject *lines = spool != NULL && Py_IS_TYPE(spool, &SpoolLinesType)
-                                  ? (SpoolLinesObject *)spool
-                                  : NULL;
+    SpoolLinesObject *lines = session_lines(session);
     char *w;
     if (lines != NULL && lines->open) {
         w = lines_reserve(lines, total + 1);
